@@ -1,0 +1,3 @@
+from kbypass.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""`kbypass doctor`: check up front everything the bypass path needs, each with the fix.
+
+Each check is a small function returning a `Check`. A failed *required* check makes the doctor exit
+non-zero; a failed optional one (a benchmark peer, bpffs) is a warning. Checks look at the real machine;
+tests simulate a missing piece by changing what the machine shows (PATH, the mounts file), not by mocking
+the checks themselves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kbypass import testbed
+
+PROC_MOUNTS = "/proc/mounts"
+PROC_STATUS = "/proc/self/status"
+BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
+BPF_OBJ_DIR = Path(__file__).parent / "bpf" / "obj"
+REQUIRED_OBJECTS = ("steer.bpf.o",)
+
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_NET_RAW = 12, 21, 13
+AF_XDP = 44
+SYS_BPF_X86_64 = 321
+BPF_MAP_CREATE, BPF_MAP_TYPE_ARRAY = 0, 2
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    required: bool
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _cap_eff() -> int:
+    for line in Path(PROC_STATUS).read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def check_root() -> Check:
+    # CAP_SYS_ADMIN covers CAP_BPF on kernels that split them, so these three are what we need.
+    caps = _cap_eff()
+    need = {"CAP_NET_ADMIN": CAP_NET_ADMIN, "CAP_SYS_ADMIN": CAP_SYS_ADMIN, "CAP_NET_RAW": CAP_NET_RAW}
+    missing = [n for n, bit in need.items() if not caps >> bit & 1]
+    if os.geteuid() == 0 and not missing:
+        return Check("root / capabilities", True, True, "root with CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_NET_RAW")
+    detail = "not root" if os.geteuid() != 0 else f"missing {', '.join(missing)}"
+    return Check("root / capabilities", False, True, detail, "run kbypass as root: sudo kbypass ...")
+
+
+def check_bpf_syscall() -> Check:
+    """Create (and close) a one-entry array map: the smallest thing that proves bpf(2) works for us."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    attr = (ctypes.c_uint32 * 32)(BPF_MAP_TYPE_ARRAY, 4, 4, 1)  # map_type, key_size, value_size, entries
+    fd = libc.syscall(SYS_BPF_X86_64, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        return Check("BPF syscall", False, True, f"bpf(BPF_MAP_CREATE) failed: {os.strerror(err)}",
+                     "run as root on a kernel with CONFIG_BPF_SYSCALL; check kernel.unprivileged_bpf_disabled")
+    os.close(fd)
+    return Check("BPF syscall", True, True, "bpf(2) creates maps")
+
+
+def check_af_xdp() -> Check:
+    try:
+        socket.socket(AF_XDP, socket.SOCK_RAW, 0).close()
+    except OSError as e:
+        return Check("AF_XDP sockets", False, True, f"socket(AF_XDP) failed: {e.strerror}",
+                     "use a kernel built with CONFIG_XDP_SOCKETS=y (Linux >= 4.18), and run as root")
+    return Check("AF_XDP sockets", True, True, "socket(AF_XDP, SOCK_RAW) works")
+
+
+def check_bpffs() -> Check:
+    mounts = Path(PROC_MOUNTS).read_text().splitlines()
+    if any(len(f := m.split()) >= 3 and f[2] == "bpf" for m in mounts):
+        return Check("bpffs", True, False, "bpf filesystem mounted")
+    return Check("bpffs", False, False, "no bpf filesystem mounted (needed for pinned maps)",
+                 "mount -t bpf bpf /sys/fs/bpf   (make setup does this)")
+
+
+def check_btf() -> Check:
+    if os.path.exists(BTF_VMLINUX):
+        return Check("kernel BTF", True, False, BTF_VMLINUX)
+    return Check("kernel BTF", False, False, f"{BTF_VMLINUX} missing",
+                 "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (only needed for CO-RE programs)")
+
+
+def check_clang() -> Check:
+    path = shutil.which("clang")
+    if path is None:
+        return Check("clang", False, True, "clang not found on PATH (builds the BPF objects)",
+                     "apt-get install clang llvm   (or: make setup)")
+    out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.splitlines()
+    return Check("clang", True, True, out[0] if out else path)
+
+
+def check_libbpf() -> Check:
+    try:
+        lib = ctypes.CDLL("libbpf.so.1")
+        major, minor = lib.libbpf_major_version(), lib.libbpf_minor_version()
+    except (OSError, AttributeError):
+        return Check("libbpf", False, True, "libbpf.so.1 not found",
+                     "apt-get install libbpf1 libbpf-dev   (or: make setup)")
+    if (major, minor) < (1, 0):
+        return Check("libbpf", False, True, f"libbpf {major}.{minor} is older than 1.0",
+                     "install libbpf >= 1.0 (Debian 12's libbpf1 is fine)")
+    return Check("libbpf", True, True, f"libbpf {major}.{minor}")
+
+
+def check_bpf_objects() -> Check:
+    missing = [o for o in REQUIRED_OBJECTS if not (BPF_OBJ_DIR / o).exists()]
+    if missing:
+        return Check("BPF objects", False, True, f"not built: {', '.join(missing)}",
+                     "make setup   (builds bpf/*.bpf.c with clang)")
+    return Check("BPF objects", True, True, ", ".join(REQUIRED_OBJECTS))
+
+
+def check_native_xdp(prefix: str | None = None) -> Check:
+    """Attach the steering program natively on host b's veth for a moment, then detach."""
+    prefix = prefix or testbed.default_prefix()
+    hosts = testbed.status(prefix)
+    if hosts is None:
+        return Check("native XDP on testbed veth", False, False, f"testbed {prefix!r} is not up; not tried",
+                     "kbypass testbed up   (then run kbypass doctor again)")
+    b = hosts[1]
+    try:
+        from kbypass.steer.steering import Steering
+
+        with Steering(b.iface, netns=b.netns, mode="native") as steering:
+            steering.attach()
+    except Exception as e:  # any failure here is the finding itself
+        return Check("native XDP on testbed veth", False, True, f"attach on {b.iface} failed: {e}",
+                     "use Linux >= 5.9 (veth native XDP with bpf_link); run kbypass doctor after make setup")
+    return Check("native XDP on testbed veth", True, True, f"attached and detached on {b.netns}/{b.iface}")
+
+
+def _tool(name: str, package: str, why: str) -> Callable[[], Check]:
+    def check() -> Check:
+        path = shutil.which(name)
+        if path:
+            return Check(name, True, False, path)
+        return Check(name, False, False, f"{name} not found ({why})", f"apt-get install {package}")
+
+    return check
+
+
+CHECKS: list[Callable[[], Check]] = [
+    check_root,
+    check_bpf_syscall,
+    check_af_xdp,
+    check_bpffs,
+    check_btf,
+    check_clang,
+    check_libbpf,
+    check_bpf_objects,
+    check_native_xdp,
+    _tool("sockperf", "sockperf", "latency anchor for benchmarks"),
+    _tool("tshark", "tshark", "independent dissector in tests"),
+    _tool("dpdk-testpmd", "dpdk dpdk-dev", "DPDK anchor for benchmarks"),
+    _tool("ping", "iputils-ping", "kernel peer in tests"),
+]
+
+
+def run(checks: list[Callable[[], Check]] | None = None) -> list[Check]:
+    return [check() for check in (checks or CHECKS)]
+
+
+def healthy(results: list[Check]) -> bool:
+    return all(c.ok for c in results if c.required)

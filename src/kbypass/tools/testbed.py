@@ -1,0 +1,69 @@
+"""`kbypass testbed up | down | status [--json]`."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from kbypass import testbed
+from kbypass.tools._common import console, add_prefix_option, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("testbed", help="the built-in two-host netns testbed")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    up = verbs.add_parser("up", help="create hosts a and b (idempotent)")
+    add_prefix_option(up)
+    up.add_argument("--queues", type=int, default=2, help="queues per veth end (default 2)")
+    up.add_argument("--mtu", type=int, default=1500, help="MTU of the veth pair (default 1500)")
+    up.add_argument("--subnet", default=testbed.DEFAULT_SUBNET, help="IPv4 subnet (default %(default)s)")
+    up.add_argument("--json", action="store_true", help="print the status JSON")
+    up.set_defaults(func=run_up)
+
+    down = verbs.add_parser("down", help="remove everything 'up' made")
+    add_prefix_option(down)
+    down.set_defaults(func=run_down)
+
+    st = verbs.add_parser("status", help="show the testbed")
+    add_prefix_option(st)
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=run_status)
+
+
+def run_up(args) -> int:
+    prefix = args.prefix or testbed.default_prefix()
+    config = testbed.TestbedConfig(prefix=prefix, queues=args.queues, mtu=args.mtu, subnet=args.subnet)
+    hosts = testbed.up(config)
+    _show(hosts, prefix, args.json)
+    return 0
+
+
+def run_down(args) -> int:
+    prefix = args.prefix or testbed.default_prefix()
+    removed = testbed.down(prefix)
+    print(f"removed {', '.join(removed)}" if removed else f"testbed {prefix!r} was not up")
+    return 0
+
+
+def run_status(args) -> int:
+    prefix = args.prefix or testbed.default_prefix()
+    hosts = testbed.status(prefix)
+    _show(hosts, prefix, args.json)
+    return 0 if hosts is not None else 1
+
+
+def _show(hosts, prefix: str, as_json: bool) -> None:
+    if as_json:
+        print_json(testbed.status_json(hosts, prefix))
+        return
+    if hosts is None:
+        print(f"testbed {prefix!r} is not up (kbypass testbed up)")
+        return
+    table = Table(title=f"testbed {prefix!r}")
+    for col in ("host", "netns", "iface", "ifindex", "mac", "ipv4", "queues", "mtu"):
+        table.add_column(col)
+    for h in hosts:
+        table.add_row(h.name, h.netns, h.iface, str(h.ifindex), h.mac, f"{h.ipv4}/{h.prefixlen}",
+                      str(h.queues), str(h.mtu))
+    console().print(table)

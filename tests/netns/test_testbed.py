@@ -1,0 +1,101 @@
+"""The testbed on the real kernel: build, status schema, idempotence, refusal, teardown on failure."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from kbypass import netns, testbed
+from kbypass.testing.plugin import needs_root
+from tests.kb import kbypass
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def prefix():
+    needs_root()
+    name = f"kz{os.getpid() % 100000}"
+    yield name
+    testbed.down(name)
+    assert not netns.exists(f"{name}-a") and not netns.exists(f"{name}-b")
+
+
+def test_up_status_schema_idempotent_down(prefix):
+    kbypass("testbed", "up", "--prefix", prefix, "--queues", "3", "--mtu", "2000", check=True)
+    status = json.loads(kbypass("testbed", "status", "--prefix", prefix, "--json", check=True).stdout)
+    hosts = status["hosts"]
+    assert [h["name"] for h in hosts] == ["a", "b"]
+    for h in hosts:
+        assert set(h) >= {"name", "netns", "iface", "ifindex", "mac", "ipv4", "prefixlen", "queues"}
+        assert isinstance(h["ifindex"], int) and h["queues"] == 3 and h["prefixlen"] == 24
+        assert h["mtu"] == 2000
+    # The kernel agrees: each end lives in its namespace with the advertised queue count.
+    out = subprocess.run(["ip", "netns", "exec", hosts[1]["netns"], "ls", f"/sys/class/net/{hosts[1]['iface']}/queues"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(out) == ["rx-0", "rx-1", "rx-2", "tx-0", "tx-1", "tx-2"]
+    gro = subprocess.run(["ip", "netns", "exec", hosts[1]["netns"], "ethtool", "-k", hosts[1]["iface"]],
+                         capture_output=True, text=True, check=True).stdout
+    assert "generic-receive-offload: on" in gro
+    # A real exchange: ping from a to b.
+    ping = subprocess.run(["ip", "netns", "exec", hosts[0]["netns"], "ping", "-c", "1", "-W", "2", hosts[1]["ipv4"]],
+                          capture_output=True, text=True)
+    assert ping.returncode == 0, ping.stdout
+    # Second up: no change (same ifindex), same JSON.
+    again = json.loads(kbypass("testbed", "up", "--prefix", prefix, "--queues", "3", "--mtu", "2000", "--json",
+                               check=True).stdout)
+    assert again["hosts"] == hosts
+    # Asking for a different shape while up is refused with the fix.
+    diff = kbypass("testbed", "up", "--prefix", prefix, "--queues", "1")
+    assert diff.returncode == 2 and "testbed down" in diff.stderr
+    kbypass("testbed", "down", "--prefix", prefix, check=True)
+    gone = kbypass("testbed", "status", "--prefix", prefix, "--json")
+    assert gone.returncode == 1 and json.loads(gone.stdout)["hosts"] == []
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [(["--queues", "0"], "--queues 0"), (["--mtu", "67"], "--mtu 67"), (["--subnet", "300.1.1.0/24"], "--subnet")],
+)
+def test_bad_input_one_line_nothing_made(prefix, args, words):
+    proc = kbypass("testbed", "up", "--prefix", prefix, *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr
+    assert not netns.exists(f"{prefix}-a") and not netns.exists(f"{prefix}-b")
+
+
+def test_foreign_namespace_is_refused_and_left_alone(prefix):
+    subprocess.run(["ip", "netns", "add", f"{prefix}-b"], check=True)
+    try:
+        proc = kbypass("testbed", "up", "--prefix", prefix)
+        assert proc.returncode == 2
+        assert f"ip netns del {prefix}-b" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not netns.exists(f"{prefix}-a"), "half a testbed was left behind"
+        kbypass("testbed", "down", "--prefix", prefix, check=True)
+        assert netns.exists(f"{prefix}-b"), "down removed a namespace kbypass did not make"
+    finally:
+        subprocess.run(["ip", "netns", "del", f"{prefix}-b"])
+
+
+def test_fixture_tears_down_after_a_failing_test(tmp_path):
+    needs_root()
+    name = f"ky{os.getpid() % 100000}"
+    seen = tmp_path / "seen.json"
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["kbypass.testing.plugin"]\n')
+    (tmp_path / "test_fails.py").write_text(textwrap.dedent(f"""
+        import json, pathlib
+        def test_fails_mid_testbed(testbed_hosts):
+            pathlib.Path({str(seen)!r}).write_text(json.dumps([h.netns for h in testbed_hosts]))
+            assert False, "fails on purpose"
+    """))
+    env = dict(os.environ, KBYPASS_TEST_TESTBED_PREFIX=name)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stdout  # the test failed, as it should
+    made = json.loads(seen.read_text())
+    assert made == [f"{name}-a", f"{name}-b"]
+    assert not any(netns.exists(n) for n in made), "the failing session left its namespaces"

@@ -1,0 +1,33 @@
+import pytest
+
+from kbypass.errors import UsageError
+from kbypass.testbed import TestbedConfig
+
+
+def test_defaults_are_valid_and_names_derive_from_prefix():
+    c = TestbedConfig(prefix="kq")
+    c.validate()
+    assert c.netns_name("a") == "kq-a" and c.iface_name("b") == "kq-b"
+    assert c.ipv4("a") == "10.77.0.1" and c.ipv4("b") == "10.77.0.2" and c.prefixlen() == 24
+    assert c.mac("a") != c.mac("b")
+    assert int(c.mac("a").split(":")[0], 16) & 0b11 == 0b10  # locally administered, unicast
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"queues": 0}, "--queues 0"),
+        ({"queues": 65}, "--queues 65"),
+        ({"mtu": 67}, "--mtu 67"),
+        ({"mtu": 70000}, "--mtu 70000"),
+        ({"subnet": "10.0.0.1/24"}, "--subnet"),
+        ({"subnet": "10.0.0.0/31"}, "/30 or larger"),
+        ({"prefix": "bad name"}, "prefix"),
+        ({"prefix": "x" * 13}, "at most 12"),
+    ],
+)
+def test_bad_config_names_the_fix(kwargs, words):
+    with pytest.raises(UsageError) as e:
+        TestbedConfig(**kwargs).validate()
+    assert words in str(e.value)
+    assert "\n" not in str(e.value)
