@@ -21,6 +21,7 @@ COMMANDS = [
     "demo",
     "sink",
     "reflect",
+    "gen",
 ]
 
 

@@ -140,8 +140,8 @@ def check_native_xdp(prefix: str | None = None) -> Check:
     try:
         from kbypass.steer.steering import Steering
 
-        with Steering(b.iface, netns=b.netns, mode="native") as steering:
-            steering.attach()
+        with Steering(b.iface, netns=b.netns, mode="native"):  # entering attaches, leaving detaches
+            pass
     except Exception as e:  # any failure here is the finding itself
         return Check("native XDP on testbed veth", False, True, f"attach on {b.iface} failed: {e}",
                      "use Linux >= 5.9 (veth native XDP with bpf_link); run kbypass doctor after make setup")

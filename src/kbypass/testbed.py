@@ -10,6 +10,7 @@ file to go stale.
 
 What veth needs for the bypass path: native XDP works as is; a frame that XDP redirects or transmits into a
 veth is only accepted when the peer runs an XDP program or has GRO on, so GRO is switched on at both ends.
+TX checksum offload is switched off, so frames from kernel sockets carry finished checksums, as on a wire.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ MIN_MTU, MAX_MTU = 68, 65535  # IPv4's minimum; veth's maximum
 
 SIOCETHTOOL = 0x8946
 ETHTOOL_SGRO = 0x0000002C
+ETHTOOL_STXCSUM = 0x00000017
 
 
 def default_prefix() -> str:
@@ -117,9 +119,9 @@ def _ours(prefix: str, name: str) -> bool:
         return False
 
 
-def _set_gro(iface: str, on: bool) -> None:
+def _ethtool_set(iface: str, cmd: int, on: bool) -> None:
     # struct ethtool_value { u32 cmd; u32 data; } passed through SIOCETHTOOL; called inside the namespace.
-    value = ctypes.create_string_buffer(struct.pack("II", ETHTOOL_SGRO, 1 if on else 0))
+    value = ctypes.create_string_buffer(struct.pack("II", cmd, 1 if on else 0))
     ifreq = struct.pack("16sP16x", iface.encode(), ctypes.addressof(value))  # sizeof(struct ifreq) == 40
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
@@ -186,7 +188,11 @@ def _build_link(config: TestbedConfig) -> None:
             ns.addr("add", index=idx, address=config.ipv4(host), prefixlen=config.prefixlen())
             ns.link("set", index=idx, state="up")
         with netns.entered(config.netns_name(host)):
-            _set_gro(config.iface_name(host), True)
+            _ethtool_set(config.iface_name(host), ETHTOOL_SGRO, True)
+            # Without TX checksum offload the kernel finishes every checksum before the frame crosses the
+            # veth, as a real wire would see it; with it, frames carry only the pseudo-header sum, and a
+            # userspace receiver (or a reflector sending them back) would see "bad" checksums.
+            _ethtool_set(config.iface_name(host), ETHTOOL_STXCSUM, False)
 
 
 def _check_matches(config: TestbedConfig, hosts: list[Host]) -> None:
@@ -211,12 +217,13 @@ def down(prefix: str | None = None) -> list[str]:
     removed. Namespaces with the testbed's names that kbypass did not make are left alone."""
     prefix = prefix or default_prefix()
     require_root("kbypass testbed down")
-    removed = []
-    for host in HOSTS:
-        name = f"{prefix}-{host}"
-        if netns.exists(name) and _ours(prefix, name):
-            _remove_netns(name)
-            removed.append(name)
+    # Decide ownership for both hosts before removing either: removing one namespace deletes the veth
+    # pair, and with it the mark in the other.
+    names = [f"{prefix}-{host}" for host in HOSTS]
+    ours = [n for n in names if netns.exists(n) and _ours(prefix, n)]
+    for name in ours:
+        _remove_netns(name)
+    removed = ours
     return removed
 
 

@@ -40,6 +40,7 @@ def test_up_status_schema_idempotent_down(prefix):
     gro = subprocess.run(["ip", "netns", "exec", hosts[1]["netns"], "ethtool", "-k", hosts[1]["iface"]],
                          capture_output=True, text=True, check=True).stdout
     assert "generic-receive-offload: on" in gro
+    assert "tx-checksumming: off" in gro  # frames cross the veth with finished checksums, as on a wire
     # A real exchange: ping from a to b.
     ping = subprocess.run(["ip", "netns", "exec", hosts[0]["netns"], "ping", "-c", "1", "-W", "2", hosts[1]["ipv4"]],
                           capture_output=True, text=True)

@@ -1,0 +1,387 @@
+// SPDX-License-Identifier: MIT
+/*
+ * steer.bpf.c - kbypass XDP flow steering.
+ *
+ * Parses Ethernet, up to two VLAN tags (802.1Q / 802.1ad), IPv4 or IPv6 (a few extension headers),
+ * then UDP/TCP/ICMP ports and types, and scans the rules of steer.h in priority order; the first rule
+ * that decides wins. Anything no rule decides passes to the kernel: we only take what was asked for.
+ *
+ * Parsing is cursor style: every read is preceded by a bounds check against data_end, so a truncated
+ * frame can only end parsing early, never read past the packet (the verifier enforces it as well).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/udp.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "steer.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, STEER_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct steer_rule);
+} steer_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct steer_order);
+} steer_order SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct steer_config);
+} steer_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STEER_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct steer_counter);
+} steer_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STEER_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} steer_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, STEER_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks_map SEC(".maps");
+
+/* What the parser learnt about one packet. Addresses are kept as four network-order words so IPv4
+ * (word 0 only) and IPv6 share one masked compare against the rule. */
+struct flow {
+	__be32 src[4];
+	__be32 dst[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;     /* STEER_PROTO_* for ICMP/TCP/UDP, else the IP protocol number */
+	__u8 family;    /* STEER_FAMILY_V4 / _V6 */
+	__u8 has_l4;    /* sport/dport are valid */
+	__u8 malformed; /* truncated or lying headers: never redirect */
+};
+
+struct cursor {
+	void *pos;
+	void *end;
+};
+
+/* Hand out `len` bytes at the cursor, or NULL when the packet is shorter. */
+static __always_inline void *take(struct cursor *c, __u32 len)
+{
+	void *p = c->pos;
+
+	if (p + len > c->end)
+		return NULL;
+	c->pos = p + len;
+	return p;
+}
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct ext_hdr { /* common start of IPv6 hop-by-hop, routing, destination options, fragment, AH */
+	__u8 nexthdr;
+	__u8 len;
+	__be16 frag_off; /* fragment header only: offset << 3 | flags */
+};
+
+static __always_inline void stat_inc(__u32 key)
+{
+	__u64 *v = bpf_map_lookup_elem(&steer_stats, &key);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int is_vlan(__be16 proto)
+{
+	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
+}
+
+/* Read the L4 header at the cursor; `avail` is the L4 length the IP header claims; `icmp` is the
+ * family's ICMP protocol number (1 or 58). */
+static __always_inline void parse_l4(struct cursor *c, struct flow *f, __u8 l4proto, __u32 avail, __u8 icmp)
+{
+	if (l4proto == IPPROTO_UDP) {
+		struct udphdr *uh = take(c, sizeof(*uh));
+		__u32 ulen;
+
+		f->proto = STEER_PROTO_UDP;
+		if (!uh || avail < sizeof(*uh)) {
+			f->malformed = 1;
+			return;
+		}
+		ulen = bpf_ntohs(uh->len);
+		if (ulen < sizeof(*uh) || ulen > avail) {
+			f->malformed = 1;
+			return;
+		}
+		f->sport = uh->source;
+		f->dport = uh->dest;
+		f->has_l4 = 1;
+	} else if (l4proto == IPPROTO_TCP) {
+		struct tcphdr *th = take(c, sizeof(*th));
+
+		f->proto = STEER_PROTO_TCP;
+		if (!th || avail < sizeof(*th) || th->doff < 5 || (__u32)th->doff * 4 > avail) {
+			f->malformed = 1;
+			return;
+		}
+		f->sport = th->source;
+		f->dport = th->dest;
+		f->has_l4 = 1;
+	} else if (l4proto == icmp) {
+		/* type, code, checksum and 4 bytes of rest-of-header: what the kernel pulls too. */
+		f->proto = STEER_PROTO_ICMP;
+		if (!take(c, 8) || avail < 8) {
+			f->malformed = 1;
+			return;
+		}
+		f->has_l4 = 1;
+	} else {
+		f->proto = l4proto;
+	}
+}
+
+/* Returns 0 when the IPv4 header could not be read at all (nothing to match on). */
+static __always_inline int parse_ipv4(struct cursor *c, struct flow *f)
+{
+	struct iphdr *iph = c->pos;
+	__u32 hlen, tot, have;
+
+	if (!take(c, sizeof(*iph)))
+		return 0;
+	if (iph->version != 4 || iph->ihl < 5)
+		return 0;
+	hlen = iph->ihl * 4;
+	/* Options: skip them, but only if they are really there. */
+	c->pos = iph;
+	if (!take(c, hlen))
+		return 0;
+
+	f->family = STEER_FAMILY_V4;
+	f->src[0] = iph->saddr;
+	f->dst[0] = iph->daddr;
+	f->proto = iph->protocol;
+
+	tot = bpf_ntohs(iph->tot_len);
+	have = c->end - (void *)iph;
+	if (tot < hlen || tot > have) {
+		/* Addresses are readable, the rest is a lie: match on L3 only. */
+		f->malformed = 1;
+		if (iph->protocol == IPPROTO_ICMP)
+			f->proto = STEER_PROTO_ICMP;
+		return 1;
+	}
+	/* A non-first fragment carries no L4 header; its first bytes are payload, not ports. */
+	if (iph->frag_off & bpf_htons(0x1fff)) {
+		if (iph->protocol == IPPROTO_ICMP)
+			f->proto = STEER_PROTO_ICMP;
+		return 1;
+	}
+	parse_l4(c, f, iph->protocol, tot - hlen, IPPROTO_ICMP);
+	return 1;
+}
+
+static __always_inline int is_v6_ext(__u8 next)
+{
+	return next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
+	       next == IPPROTO_FRAGMENT || next == IPPROTO_AH;
+}
+
+static __always_inline int parse_ipv6(struct cursor *c, struct flow *f)
+{
+	struct ipv6hdr *ip6 = take(c, sizeof(*ip6));
+	__u32 avail, have, elen;
+	__u8 next;
+	int i;
+
+	if (!ip6 || ip6->version != 6)
+		return 0;
+
+	f->family = STEER_FAMILY_V6;
+	__builtin_memcpy(f->src, &ip6->saddr, 16);
+	__builtin_memcpy(f->dst, &ip6->daddr, 16);
+	next = ip6->nexthdr;
+	f->proto = next;
+
+	avail = bpf_ntohs(ip6->payload_len);
+	have = c->end - c->pos;
+	if (avail == 0 || avail > have) {
+		/* payload_len 0 is a jumbogram, which we do not parse; larger than the frame is a lie. */
+		f->malformed = 1;
+		if (next == IPPROTO_ICMPV6)
+			f->proto = STEER_PROTO_ICMP;
+		return 1;
+	}
+
+	for (i = 0; i < STEER_MAX_V6_EXT; i++) {
+		struct ext_hdr *eh;
+
+		if (!is_v6_ext(next))
+			break;
+		eh = c->pos;
+		if (!take(c, sizeof(*eh))) {
+			f->malformed = 1;
+			return 1;
+		}
+		if (next == IPPROTO_FRAGMENT)
+			elen = 8;
+		else if (next == IPPROTO_AH)
+			elen = ((__u32)eh->len + 2) * 4;
+		else
+			elen = ((__u32)eh->len + 1) * 8;
+		c->pos = eh;
+		if (elen > avail || !take(c, elen)) {
+			f->malformed = 1;
+			return 1;
+		}
+		avail -= elen;
+		if (next == IPPROTO_FRAGMENT && (eh->frag_off & bpf_htons(0xfff8))) {
+			f->proto = eh->nexthdr == IPPROTO_ICMPV6 ? STEER_PROTO_ICMP : eh->nexthdr;
+			return 1; /* non-first fragment: L3 only */
+		}
+		next = eh->nexthdr;
+		f->proto = next;
+	}
+	if (is_v6_ext(next)) {
+		/* Chain longer than we walk: the L4 protocol is unknown, only proto-"any" rules match. */
+		f->proto = 255;
+		return 1;
+	}
+	parse_l4(c, f, next, avail, IPPROTO_ICMPV6);
+	return 1;
+}
+
+static __always_inline int match(const struct steer_rule *r, const struct flow *f)
+{
+	int k;
+
+	if (r->family && r->family != f->family)
+		return 0;
+	if (r->proto && r->proto != f->proto)
+		return 0;
+	if ((r->sport_mask || r->dport_mask) && !f->has_l4)
+		return 0;
+	if ((f->sport & r->sport_mask) != r->sport || (f->dport & r->dport_mask) != r->dport)
+		return 0;
+	for (k = 0; k < 4; k++) {
+		if ((f->src[k] & r->src_mask[k]) != r->src[k] || (f->dst[k] & r->dst_mask[k]) != r->dst[k])
+			return 0;
+	}
+	return 1;
+}
+
+SEC("xdp")
+int kbypass_steer(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct cursor c = { .pos = data, .end = data_end };
+	struct flow f = {};
+	struct ethhdr *eth;
+	struct vlan_hdr *vh;
+	__be16 proto;
+	__u32 key = 0, i;
+	int ok = 0;
+	struct steer_config *cfg;
+	struct steer_order *ord;
+
+	eth = take(&c, sizeof(*eth));
+	if (!eth) {
+		stat_inc(STEER_STAT_NOT_IP);
+		return XDP_PASS;
+	}
+	proto = eth->h_proto;
+	/* Two tags at most (802.1ad outer + 802.1Q inner); a third leaves proto a VLAN type -> not IP. */
+	for (i = 0; i < 2; i++) {
+		if (!is_vlan(proto))
+			break;
+		vh = take(&c, sizeof(*vh));
+		if (!vh) {
+			stat_inc(STEER_STAT_NOT_IP);
+			return XDP_PASS;
+		}
+		proto = vh->proto;
+	}
+
+	if (proto == bpf_htons(ETH_P_IP))
+		ok = parse_ipv4(&c, &f);
+	else if (proto == bpf_htons(ETH_P_IPV6))
+		ok = parse_ipv6(&c, &f);
+	else {
+		stat_inc(STEER_STAT_NOT_IP);
+		return XDP_PASS;
+	}
+	if (!ok) {
+		stat_inc(STEER_STAT_PARSE_ERROR);
+		stat_inc(STEER_STAT_UNMATCHED);
+		return XDP_PASS;
+	}
+	if (f.malformed)
+		stat_inc(STEER_STAT_PARSE_ERROR);
+
+	cfg = bpf_map_lookup_elem(&steer_config, &key);
+	if (!cfg)
+		goto unmatched;
+	key = cfg->active & 1;
+	ord = bpf_map_lookup_elem(&steer_order, &key);
+	if (!ord)
+		goto unmatched;
+
+	for (i = 0; i < STEER_MAX_RULES; i++) {
+		struct steer_rule *r;
+		struct steer_counter *cnt;
+		__u32 slot;
+
+		if (i >= ord->count)
+			break;
+		slot = ord->slot[i];
+		r = bpf_map_lookup_elem(&steer_rules, &slot);
+		if (!r || r->action == STEER_ACT_NONE || !match(r, &f))
+			continue;
+		if (r->action == STEER_ACT_SAMPLE && r->sample_thresh != STEER_SAMPLE_ALWAYS &&
+		    bpf_get_prandom_u32() >= r->sample_thresh)
+			continue; /* spared by the sampler: later rules decide */
+
+		cnt = bpf_map_lookup_elem(&steer_counters, &slot);
+		if (cnt) {
+			cnt->packets += 1;
+			cnt->bytes += data_end - data;
+		}
+		switch (r->action) {
+		case STEER_ACT_REDIRECT:
+			if (f.malformed)
+				return XDP_PASS;
+			/* XDP_PASS in the flags is the verdict when this queue has no socket. */
+			return bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS);
+		case STEER_ACT_PASS:
+			return XDP_PASS;
+		default: /* DROP, and SAMPLE when the sampler chose this packet */
+			return XDP_DROP;
+		}
+	}
+unmatched:
+	stat_inc(STEER_STAT_UNMATCHED);
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,47 @@
+"""The shared shape of a receive loop: run until the duration ends, a packet count is reached or a
+signal arrives; report packets per second once a second."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+
+class Stopper:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between batches, so the summary still prints and
+    everything is closed in order."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self._old = {}
+
+    def __enter__(self) -> Stopper:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._stop)
+            except ValueError:  # not the main thread: the caller stops us another way
+                pass
+        return self
+
+    def _stop(self, signum, frame) -> None:
+        self.stopped = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Ticker:
+    """Calls `report(packets_in_last_interval, seconds)` about once a second."""
+
+    def __init__(self, report: Callable[[int, float], None] | None, interval: float = 1.0) -> None:
+        self.report = report
+        self.interval = interval
+        self.last_time = time.monotonic()
+        self.last_count = 0
+
+    def tick(self, count: int, now: float) -> None:
+        if self.report is not None and now - self.last_time >= self.interval:
+            self.report(count - self.last_count, now - self.last_time)
+            self.last_time, self.last_count = now, count

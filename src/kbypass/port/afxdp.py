@@ -1,0 +1,229 @@
+"""AfXdpPort: the kernel-bypass Port, one AF_XDP socket + its UMEM on one queue.
+
+Frames flow: free list -> fill ring -> (kernel writes a packet) -> RX ring -> receive() -> yours ->
+transmit() -> TX ring -> (kernel sends) -> completion ring -> free list; or yours -> free() -> free list.
+Every step moves a whole numpy array of addresses. The kernel only receives into frames we put on the fill
+ring, so at most `rx_frames` frames (default: the fill ring size, at most half the UMEM) are lent to it;
+the rest stay available for alloc() and for frames you hold.
+
+The XDP program that redirects packets here is not part of the port: register `port.fd` in the steering
+program's XSKMAP at index `port.queue` (kbypass.steer.Steering.register_xsk).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from kbypass.errors import UsageError
+from kbypass.xsk.ring import check_size
+from kbypass.xsk.socket import XskSocket
+from kbypass.xsk.umem import APP, FILL, TX, OwnershipError, Umem
+
+from .base import Port
+from .batch import DESC, Batch
+
+POLL_MODES = ("wakeup", "busy")
+_COPY_TX_BATCH = 32  # frames the kernel sends per sendto() in copy mode before it returns EAGAIN
+
+
+class AfXdpPort(Port):
+    """Receive and transmit batches on queue `queue` of `ifname` (in namespace `netns`) via AF_XDP.
+
+    mode: "auto" (zero-copy if the driver can, else copy), "copy" or "zerocopy"; `port.mode` tells which.
+    poll: "wakeup" (XDP_USE_NEED_WAKEUP; wait() sleeps in poll()) or "busy" (SO_PREFER_BUSY_POLL etc.;
+    wait() spins on recvfrom). Ownership: see kbypass.port.base — received/allocated frames are yours until
+    you transmit or free them.
+    """
+
+    def __init__(self, ifname: str, queue: int = 0, *, netns: str | None = None, frame_size: int = 2048,
+                 frames: int = 4096, rx_size: int = 2048, tx_size: int = 2048, fill_size: int = 2048,
+                 comp_size: int = 2048, mode: str = "auto", poll: str = "wakeup", busy_budget: int = 64,
+                 headroom: int = 0, rx_frames: int | None = None) -> None:
+        if poll not in POLL_MODES:
+            raise UsageError(f"poll={poll!r} is unknown: use 'wakeup' or 'busy'")
+        for name, size in (("RX", rx_size), ("TX", tx_size), ("fill", fill_size), ("completion", comp_size)):
+            check_size(name, size)
+        self.ifname, self.queue, self.netns, self.poll_mode = ifname, queue, netns, poll
+        self.umem = Umem(frames=frames, frame_size=frame_size, headroom=headroom)
+        try:
+            self.xsk = XskSocket(self.umem, ifname, queue, netns=netns, rx_size=rx_size, tx_size=tx_size,
+                                 fill_size=fill_size, comp_size=comp_size, mode=mode,
+                                 need_wakeup=(poll == "wakeup"), busy_poll=(poll == "busy"),
+                                 busy_budget=busy_budget)
+        except BaseException:
+            self.umem.close()
+            raise
+        self.mode = self.xsk.mode
+        self._rx, self._tx, self._fill, self._comp = self.xsk.rx, self.xsk.tx, self.xsk.fill, self.xsk.comp
+        self._shift = np.uint64(self.umem.shift)
+        self._rx_frames = min(fill_size, frames // 2) if rx_frames is None else min(rx_frames, fill_size, frames)
+        self._refill_batch = max(1, self._rx_frames // 4)
+        self._in_fill = 0  # frames lent to the kernel for receiving
+        self._in_tx = 0  # frames submitted for sending, not yet completed
+        self._counters = dict.fromkeys(("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_completed",
+                                        "tx_kicks", "rx_wakeups"), 0)
+        self._closed = False
+        self.refill(force=True)
+
+    # ---- receive ----------------------------------------------------------------------------------
+    def refill(self, force: bool = False) -> int:
+        """Lend free frames to the kernel for receiving (up to rx_frames in all); returns how many.
+
+        Without force it waits until a quarter of the quota is missing, so each refill moves a batch.
+        """
+        want = min(self._rx_frames - self._in_fill, self.umem.free_count)
+        if want <= 0 or (want < self._refill_batch and not force):
+            return 0
+        idx, n = self._fill.reserve(want)
+        if n == 0:
+            return 0
+        addrs = self.umem.take_free(n, FILL)
+        self._fill.write_slots(idx, addrs)
+        self._fill.submit(n)
+        self._in_fill += n
+        return n
+
+    def receive(self, max_frames: int = 64) -> Batch:
+        """Up to max_frames received frames; yours until you transmit or free them."""
+        rx = self._rx
+        idx, n = rx.peek(max_frames)
+        if n == 0:
+            if self.poll_mode == "busy" or self._fill.needs_wakeup():
+                self.xsk.wake_rx()
+                self._counters["rx_wakeups"] += 1
+                idx, n = rx.peek(max_frames)
+            if n == 0:
+                self.refill(force=True)
+                return Batch(np.zeros(0, dtype=DESC), self.umem.array, self)
+        descs = rx.read_slots(idx, n)
+        rx.release(n)
+        # The kernel only writes frames we lent it, so no ownership check is needed on this hot path.
+        self.umem.state[descs["addr"] >> self._shift] = APP
+        self._in_fill -= n
+        self._counters["rx_packets"] += n
+        self._counters["rx_bytes"] += int(descs["len"].sum())
+        self.refill()
+        return Batch(descs, self.umem.array, self)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the RX ring has frames or timeout seconds pass; True if frames are ready."""
+        if self._rx.available():
+            return True
+        if self.poll_mode == "wakeup":
+            return self.xsk.poll(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.xsk.wake_rx()
+            if self._rx.available():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    # ---- transmit ---------------------------------------------------------------------------------
+    def alloc(self, n: int) -> Batch:
+        """Up to n empty frames (len 0, at the frame start + headroom); yours until transmitted or freed."""
+        if self.umem.free_count < n:
+            self.reap()
+        addrs = self.umem.take_free(n, APP)
+        descs = np.zeros(len(addrs), dtype=DESC)
+        descs["addr"] = addrs + np.uint64(self.umem.headroom)
+        return Batch(descs, self.umem.array, self)
+
+    def _own(self, batch: Batch, what: str) -> None:
+        if batch.owner is not self and batch.mem is not self.umem.array:
+            raise OwnershipError(f"{what}: this batch belongs to another port; give frames back to the port "
+                                 "they came from")
+
+    def transmit(self, batch: Batch) -> int:
+        """Queue frames for sending; returns k, the accepted prefix. batch[k:] stays yours.
+
+        Descriptors outside the UMEM, crossing a frame or empty are refused with a UsageError before the
+        kernel sees any of them.
+        """
+        n = len(batch)
+        if n == 0:
+            return 0
+        self._own(batch, "transmit")
+        descs = batch.descs
+        self.umem.validate_descs(descs["addr"], descs["len"])
+        frames = self.umem.expect(descs["addr"], APP, "transmit")  # yours, each once
+        self.reap()
+        idx, k = self._tx.reserve(n)
+        if k:
+            out = descs[:k].copy()
+            out["options"] = 0
+            self._tx.write_slots(idx, out)
+            self.umem.state[frames[:k]] = TX
+            self._tx.submit(k)
+            self._in_tx += k
+            self._counters["tx_packets"] += k
+            self._counters["tx_bytes"] += int(out["len"].sum())
+        self.flush()
+        return k
+
+    def flush(self) -> None:
+        """Make the kernel send what is on the TX ring (needed after transmit in copy mode)."""
+        if self._tx.outstanding() == 0:
+            return
+        if self.mode == "copy":
+            # Copy mode sends only inside sendto(), at most _COPY_TX_BATCH frames per call (EAGAIN: more).
+            for _ in range(math.ceil(self._tx.outstanding() / _COPY_TX_BATCH) + 1):
+                self._counters["tx_kicks"] += 1
+                err = self.xsk.kick_tx()
+                self.reap()
+                if err == 0 or self._tx.outstanding() == 0:
+                    break
+        elif self._tx.needs_wakeup() or self.poll_mode == "busy":
+            self._counters["tx_kicks"] += 1
+            self.xsk.kick_tx()
+
+    def reap(self) -> int:
+        """Return completed TX frames to the free list; returns how many."""
+        idx, n = self._comp.peek(self._comp.size)
+        if n == 0:
+            return 0
+        addrs = self._comp.read_slots(idx, n)
+        self._comp.release(n)
+        self.umem.give_free(addrs, TX, "completion", trusted=True)
+        self._in_tx -= n
+        self._counters["tx_completed"] += n
+        return n
+
+    # ---- free, stats, teardown -----------------------------------------------------------------------
+    def free(self, batch: Batch) -> None:
+        """Give frames back without sending them (checked: each frame must be yours, once)."""
+        if len(batch) == 0:
+            return
+        self._own(batch, "free")
+        self.umem.give_free(batch.descs["addr"], APP, "free")
+
+    @property
+    def fd(self) -> int:
+        return self.xsk.fd
+
+    @property
+    def stats(self) -> dict:
+        s = dict(self._counters)
+        s.update(self.xsk.statistics())
+        s.update(frames_in_fill=self._in_fill, frames_in_tx=self._in_tx, frames_free=self.umem.free_count)
+        return s
+
+    def check(self, *, app: int | None = None) -> dict:
+        """Verify the UMEM accounting (no leak, no double hand-out); `app`: frames you should hold now."""
+        self.reap()
+        counts = self.umem.check(app=app, fill=self._in_fill, tx=self._in_tx)
+        return counts
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._rx = self._tx = self._fill = self._comp = None
+        self.xsk.close()
+        self.umem.close()
+
+    def __repr__(self) -> str:
+        return f"<AfXdpPort {self.ifname} queue {self.queue} mode {self.mode} poll {self.poll_mode}>"

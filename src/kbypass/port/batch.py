@@ -1,0 +1,179 @@
+"""Batch: many frames at once, as numpy descriptors over one packet-memory array.
+
+A Batch is a structured array of descriptors (`addr` u64, `len` u32, `options` u32) plus the np.uint8 array
+of the memory they point into (the UMEM for AF_XDP). Frame i is `mem[addr[i]:addr[i] + len[i]]`: no copy.
+Header fields are read and written for the whole batch at once with numpy fancy indexing
+(`addr[:, None] + offsets`), so the per-packet cost on Mpps paths stays in C.
+
+Ownership: a Batch is a set of frames you own (see kbypass.port.base). Slicing it (`batch[a:b]`,
+`batch[mask]`) gives a Batch of some of the same frames; it does not duplicate ownership, so transmit or
+free each frame once.
+Offsets are from the start of the Ethernet frame. The IPv4/UDP helpers assume untagged Ethernet and a
+20-byte IPv4 header (no options): Ethernet 0..13, IPv4 14..33 (src 26, dst 30), UDP 34.. (sport 34, dport
+36, length 38, checksum 40), payload 42.. . Check `u8(14) == 0x45` if you are not sure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kbypass.errors import UsageError
+
+DESC = np.dtype([("addr", "<u8"), ("len", "<u4"), ("options", "<u4")])
+
+ETH_HLEN = 14
+IPV4_SRC = 26
+IPV4_DST = 30
+UDP_SPORT = 34
+UDP_DPORT = 36
+UDP_PAYLOAD = 42
+
+_MAC_SWAP = np.r_[6:12, 0:6]
+_IP_PORT_SWAP = np.r_[4:8, 0:4, 10:12, 8:10]  # over bytes 26..37: src ip, dst ip, sport, dport
+
+
+class Batch:
+    """Descriptors + the memory they point into. `len(batch)` frames; see the module doc."""
+
+    __slots__ = ("descs", "mem", "owner")
+
+    def __init__(self, descs: np.ndarray, mem: np.ndarray, owner=None) -> None:
+        self.descs = descs
+        self.mem = mem
+        self.owner = owner  # the port the frames belong to (None for free-standing batches)
+
+    @classmethod
+    def empty(cls, mem: np.ndarray, owner=None) -> "Batch":
+        return cls(np.zeros(0, dtype=DESC), mem, owner)
+
+    # ---- descriptors --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.descs)
+
+    def __bool__(self) -> bool:
+        return len(self.descs) > 0
+
+    def __getitem__(self, key) -> "Batch":
+        """A Batch of some of these frames: a slice, a boolean mask or an index array."""
+        if isinstance(key, (int, np.integer)):
+            raise TypeError("batch[i] would be one packet; use batch.frame(i) or batch[i:i+1]")
+        return Batch(self.descs[key], self.mem, self.owner)
+
+    def __repr__(self) -> str:
+        return f"<Batch of {len(self)} frames>"
+
+    @property
+    def addr(self) -> np.ndarray:
+        return self.descs["addr"]
+
+    @property
+    def lens(self) -> np.ndarray:
+        return self.descs["len"]
+
+    @lens.setter
+    def lens(self, values) -> None:
+        self.descs["len"] = values
+
+    def set_len(self, values) -> None:
+        """Set frame lengths (a scalar for all, or one per frame), e.g. after building frames to send."""
+        self.descs["len"] = values
+
+    # ---- slow paths: one frame --------------------------------------------------------------------
+    def frame(self, i: int) -> np.ndarray:
+        """Frame i as a writable np.uint8 view into packet memory (no copy)."""
+        a = int(self.descs["addr"][i])
+        return self.mem[a : a + int(self.descs["len"][i])]
+
+    def tobytes(self, i: int) -> bytes:
+        return self.frame(i).tobytes()
+
+    def write(self, i: int, data: bytes, offset: int = 0) -> None:
+        """Copy bytes into frame i at offset and set its length to cover them (slow path)."""
+        a = int(self.descs["addr"][i]) + offset
+        self.mem[a : a + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        self.descs["len"][i] = max(int(self.descs["len"][i]), offset + len(data))
+
+    def fill(self, data: bytes) -> None:
+        """Copy the same bytes into every frame and set every length to len(data) (generators)."""
+        n = len(data)
+        idx = self._index(0, n, check=False)
+        self.mem[idx] = np.frombuffer(data, dtype=np.uint8)
+        self.descs["len"] = n
+
+    # ---- vectorized field access ------------------------------------------------------------------
+    def _check(self, offset: int, width: int) -> None:
+        if len(self) and int(self.descs["len"].min()) < offset + width:
+            raise UsageError(
+                f"field at offset {offset} (+{width} bytes) is past the end of a {int(self.descs['len'].min())}"
+                "-byte frame in this batch: filter short frames first (batch[batch.lens >= n])"
+            )
+
+    def _index(self, offset: int, width: int, check: bool = True) -> np.ndarray:
+        if check:
+            self._check(offset, width)
+        return self.descs["addr"].astype(np.intp)[:, None] + np.arange(offset, offset + width, dtype=np.intp)
+
+    def bytes_at(self, offset: int, width: int) -> np.ndarray:
+        """An (n, width) uint8 copy of `width` bytes at `offset` of every frame."""
+        return self.mem[self._index(offset, width)]
+
+    def set_bytes(self, offset: int, values) -> None:
+        """Write an (n, width) or (width,) uint8 array at `offset` of every frame."""
+        values = np.asarray(values, dtype=np.uint8)
+        width = values.shape[-1]
+        self.mem[self._index(offset, width)] = values
+
+    def u8(self, offset: int) -> np.ndarray:
+        self._check(offset, 1)
+        return self.mem[self.descs["addr"].astype(np.intp) + offset]
+
+    def set_u8(self, offset: int, values) -> None:
+        self._check(offset, 1)
+        self.mem[self.descs["addr"].astype(np.intp) + offset] = values
+
+    def _uint_be(self, offset: int, width: int, dtype) -> np.ndarray:
+        raw = np.ascontiguousarray(self.bytes_at(offset, width))
+        return raw.view(np.dtype(dtype).newbyteorder(">")).reshape(-1).astype(dtype)
+
+    def _set_uint_be(self, offset: int, width: int, dtype, values) -> None:
+        be = np.empty(len(self), dtype=np.dtype(dtype).newbyteorder(">"))
+        be[:] = values
+        self.set_bytes(offset, be.view(np.uint8).reshape(len(self), width))
+
+    def u16be(self, offset: int) -> np.ndarray:
+        """The big-endian 16-bit field at `offset` of every frame, e.g. u16be(UDP_DPORT)."""
+        return self._uint_be(offset, 2, np.uint16)
+
+    def set_u16be(self, offset: int, values) -> None:
+        self._set_uint_be(offset, 2, np.uint16, values)
+
+    def u32be(self, offset: int) -> np.ndarray:
+        return self._uint_be(offset, 4, np.uint32)
+
+    def set_u32be(self, offset: int, values) -> None:
+        self._set_uint_be(offset, 4, np.uint32, values)
+
+    def payload_u64(self, offset: int = UDP_PAYLOAD, *, big_endian: bool = True) -> np.ndarray:
+        """The 64-bit word at `offset` of every frame (sequence numbers); network byte order by default."""
+        raw = np.ascontiguousarray(self.bytes_at(offset, 8))
+        return raw.view(np.dtype(">u8" if big_endian else "<u8")).reshape(-1).astype(np.uint64)
+
+    def set_payload_u64(self, offset: int, values, *, big_endian: bool = True) -> None:
+        be = np.empty(len(self), dtype=">u8" if big_endian else "<u8")
+        be[:] = values
+        self.set_bytes(offset, be.view(np.uint8).reshape(len(self), 8))
+
+    # ---- whole-header rewrites (reflectors) ----------------------------------------------------------
+    def swap_macs(self) -> None:
+        """Swap destination and source MAC in every frame, in place."""
+        idx = self._index(0, 12)
+        self.mem[idx] = self.mem[idx][:, _MAC_SWAP]
+
+    def swap_ips_and_ports(self) -> None:
+        """Swap IPv4 src/dst addresses and UDP/TCP src/dst ports in every frame, in place.
+
+        Assumes untagged Ethernet, IPv4 with a 20-byte header (IHL 5). Checksums stay valid: the IPv4 and
+        UDP/TCP checksums are one's-complement sums, which do not change when summed words swap places.
+        """
+        idx = self._index(IPV4_SRC, 12)
+        self.mem[idx] = self.mem[idx][:, _IP_PORT_SWAP]

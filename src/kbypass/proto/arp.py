@@ -1,0 +1,175 @@
+"""ARP for IPv4 over Ethernet (RFC 826): packet parse/build, gratuitous ARP, and a sans-IO resolver.
+
+The resolver (`ArpResolver`) owns the neighbour cache and the pending-resolution table: entries expire
+after `ttl` seconds, a resolution sends up to `attempts` requests `interval` seconds apart and then gives
+up, and packets waiting for a MAC are queued with hard bounds (per address and number of addresses) so a
+peer that never answers cannot grow memory. Time is always an argument.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .ethernet import BROADCAST_MAC, ETH_P_ARP, ETH_P_IP, ZERO_MAC, build_ethernet
+
+ARP_LEN = 28
+OP_REQUEST = 1
+OP_REPLY = 2
+HTYPE_ETHERNET = 1
+
+# drop reasons (counter names)
+TRUNCATED = "arp_truncated"
+UNSUPPORTED = "arp_unsupported"  # not Ethernet/IPv4 address sizes
+BAD_OP = "arp_bad_op"
+BAD_SENDER = "arp_bad_sender"  # multicast/broadcast/zero sender MAC
+
+
+@dataclass(frozen=True, slots=True)
+class ArpPacket:
+    op: int
+    sha: bytes  # sender hardware address
+    spa: bytes  # sender protocol address (4 bytes)
+    tha: bytes
+    tpa: bytes
+
+
+def parse_arp(payload: bytes | memoryview) -> ArpPacket | str:
+    """ARP packet from an Ethernet payload (trailing padding allowed), or a drop-reason string."""
+    if len(payload) < ARP_LEN:
+        return TRUNCATED
+    p = bytes(payload[:ARP_LEN])
+    if p[0:2] != b"\x00\x01" or p[2:4] != ETH_P_IP.to_bytes(2, "big") or p[4] != 6 or p[5] != 4:
+        return UNSUPPORTED
+    op = (p[6] << 8) | p[7]
+    if op not in (OP_REQUEST, OP_REPLY):
+        return BAD_OP
+    sha = p[8:14]
+    if sha[0] & 1 or sha == ZERO_MAC:
+        return BAD_SENDER
+    return ArpPacket(op, sha, p[14:18], p[18:24], p[24:28])
+
+
+def build_arp(op: int, sha: bytes, spa: bytes, tha: bytes, tpa: bytes) -> bytes:
+    """The 28-byte ARP payload."""
+    return (b"\x00\x01" + ETH_P_IP.to_bytes(2, "big") + b"\x06\x04" + op.to_bytes(2, "big")
+            + sha + spa + tha + tpa)
+
+
+def request_frame(src_mac: bytes, src_ip: bytes, target_ip: bytes) -> bytes:
+    """Broadcast 'who has target_ip? tell src_ip'."""
+    return build_ethernet(BROADCAST_MAC, src_mac, ETH_P_ARP,
+                          build_arp(OP_REQUEST, src_mac, src_ip, ZERO_MAC, target_ip), pad=True)
+
+
+def reply_frame(src_mac: bytes, src_ip: bytes, dst_mac: bytes, dst_ip: bytes) -> bytes:
+    """Unicast 'src_ip is at src_mac' to the asker."""
+    return build_ethernet(dst_mac, src_mac, ETH_P_ARP,
+                          build_arp(OP_REPLY, src_mac, src_ip, dst_mac, dst_ip), pad=True)
+
+
+def gratuitous_frame(mac: bytes, ip: bytes, *, reply: bool = False) -> bytes:
+    """Gratuitous ARP announcing ip -> mac (RFC 5227 announcement: a broadcast request with spa == tpa;
+    `reply=True` gives the older reply form some switches expect)."""
+    op = OP_REPLY if reply else OP_REQUEST
+    tha = BROADCAST_MAC if reply else ZERO_MAC
+    return build_ethernet(BROADCAST_MAC, mac, ETH_P_ARP, build_arp(op, mac, ip, tha, ip), pad=True)
+
+
+@dataclass(slots=True)
+class _Pending:
+    next_at: float
+    sent: int
+    queue: deque = field(default_factory=deque)
+
+
+class ArpResolver:
+    """Neighbour cache + pending resolutions. Holds opaque queued items (the stack queues IP packets).
+
+    `lookup(ip, now)` gives a MAC or None; `enqueue(ip, item, now)` parks an item and says whether a
+    request must be sent now; `learn(ip, mac, now)` fills the cache and returns the items released;
+    `handle_timer(now)` returns (ips to re-request, [(ip, dropped items)] that timed out).
+
+    With `resolve` set (the kernel owns the address), no ARP is sent: the callback is asked instead at
+    every attempt and a MAC it returns is cached like a reply."""
+
+    def __init__(self, *, ttl: float = 60.0, interval: float = 1.0, attempts: int = 3,
+                 max_queue: int = 16, max_pending: int = 256, max_entries: int = 4096,
+                 resolve: Callable[[bytes], bytes | None] | None = None):
+        if attempts < 1 or interval <= 0 or ttl <= 0:
+            raise ValueError("ARP attempts must be >= 1, interval and ttl > 0")
+        self.ttl, self.interval, self.attempts = ttl, interval, attempts
+        self.max_queue, self.max_pending, self.max_entries = max_queue, max_pending, max_entries
+        self.resolve = resolve
+        self._cache: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # ip -> (mac, expires)
+        self._pending: dict[bytes, _Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def entries(self, now: float) -> dict[bytes, bytes]:
+        """Live cache entries (ip -> mac)."""
+        return {ip: mac for ip, (mac, exp) in self._cache.items() if exp > now}
+
+    def lookup(self, ip: bytes, now: float) -> bytes | None:
+        hit = self._cache.get(ip)
+        if hit is None:
+            return None
+        if hit[1] <= now:
+            del self._cache[ip]
+            return None
+        return hit[0]
+
+    def is_pending(self, ip: bytes) -> bool:
+        return ip in self._pending
+
+    def learn(self, ip: bytes, mac: bytes, now: float) -> list:
+        """Cache ip -> mac and return the items that were waiting for it (in order)."""
+        self._cache.pop(ip, None)
+        self._cache[ip] = (mac, now + self.ttl)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)  # oldest insertion first
+        p = self._pending.pop(ip, None)
+        return list(p.queue) if p else []
+
+    def refresh(self, ip: bytes, mac: bytes, now: float) -> list:
+        """RFC 826 merge: update an address already cached or pending; ignore strangers. Returns released
+        items (if it was pending)."""
+        if ip in self._cache or ip in self._pending:
+            return self.learn(ip, mac, now)
+        return []
+
+    def enqueue(self, ip: bytes, item, now: float) -> tuple[bool, bool]:
+        """Park `item` until ip resolves. Returns (accepted, send_request_now)."""
+        p = self._pending.get(ip)
+        if p is None:
+            if len(self._pending) >= self.max_pending:
+                return False, False
+            p = self._pending[ip] = _Pending(next_at=now + self.interval, sent=1)
+            p.queue.append(item)
+            return True, True
+        if len(p.queue) >= self.max_queue:
+            return False, False
+        p.queue.append(item)
+        return True, False
+
+    def next_timer(self) -> float | None:
+        return min((p.next_at for p in self._pending.values()), default=None)
+
+    def handle_timer(self, now: float) -> tuple[list[bytes], list[tuple[bytes, list]]]:
+        retry: list[bytes] = []
+        expired: list[tuple[bytes, list]] = []
+        for ip, p in list(self._pending.items()):
+            if p.next_at > now:
+                continue
+            if p.sent >= self.attempts:
+                del self._pending[ip]
+                expired.append((ip, list(p.queue)))
+            else:
+                p.sent += 1
+                p.next_at = now + self.interval
+                retry.append(ip)
+        for ip in [ip for ip, (_, exp) in self._cache.items() if exp <= now]:
+            del self._cache[ip]
+        return retry, expired

@@ -1,0 +1,22 @@
+"""Reliable transport over datagrams ("TCP bypass"), sans-IO.
+
+    conn = Connection(Role.CLIENT, ConnConfig(), now); conn.connect(now)
+    loop: wire.send(conn.datagrams_to_send(now)); conn.receive_datagram(d, now); conn.handle_timer(now)
+          (sleep until conn.next_timer()); ev = conn.next_event()
+
+Modules: wire (codec), events, states (transition table), rtt (RFC 6298), congestion (NewReno AIMD),
+sendbuf / recvbuf (bounded buffers), config, connection, listener, sim (paired endpoints over FaultyLink).
+"""
+
+from .config import ConnConfig
+from .connection import Connection, ConnectionStats, Role
+from .errors import LocalProtocolError, RemoteProtocolError, TransportError
+from .events import Closed, Connected, ConnectionLost, DataReceived, Event, MessageReceived, PeerClosed
+from .listener import Listener
+from .states import State
+
+__all__ = [
+    "Closed", "ConnConfig", "Connected", "Connection", "ConnectionLost", "ConnectionStats", "DataReceived",
+    "Event", "Listener", "LocalProtocolError", "MessageReceived", "PeerClosed", "RemoteProtocolError",
+    "Role", "State", "TransportError",
+]

@@ -1,0 +1,60 @@
+"""Connection configuration: sizes, timers and mode, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import wire
+from .errors import LocalProtocolError
+
+
+@dataclass(frozen=True)
+class ConnConfig:
+    """Everything a Connection is tuned by. Both ends must agree on `message_mode` (checked at handshake).
+
+    max_datagram_size: the largest datagram we emit, header and CRC included; make it fit the
+        encapsulation's MTU (UDP over a 1500 MTU: 1472; raw Ethernet with our EtherType: 1500).
+    send_buffer / recv_buffer: hard byte limits. The send buffer holds unsent plus unacknowledged bytes;
+        the receive buffer holds out-of-order plus delivered-but-unread bytes and is what we advertise.
+    max_message_size: largest message in message mode (must fit the peer's receive buffer).
+    """
+
+    message_mode: bool = False
+    max_datagram_size: int = 1472
+    send_buffer: int = 256 * 1024
+    recv_buffer: int = 256 * 1024
+    max_message_size: int = 64 * 1024
+    initial_rto: float = 1.0
+    min_rto: float = 0.2
+    max_rto: float = 10.0
+    max_retransmits: int = 15  # consecutive RTOs without progress before ConnectionLost
+    max_syn_retransmits: int = 8
+    idle_timeout: float = 30.0  # no valid datagram from the peer for this long -> ConnectionLost
+    keepalive_interval: float = 5.0  # ping a silent peer this often
+    time_wait: float = 1.0  # linger after a clean close to re-ack a retransmitted FIN
+    dupack_threshold: int = 3
+    initial_window: int | None = None  # congestion window at start, bytes (default 4 MSS)
+
+    def __post_init__(self) -> None:
+        if self.max_datagram_size < wire.OVERHEAD + 16 or self.max_datagram_size > 65507:
+            raise LocalProtocolError(
+                f"max_datagram_size {self.max_datagram_size} out of range: use {wire.OVERHEAD + 16}..65507 "
+                "(the encapsulation MTU minus its headers)"
+            )
+        if self.recv_buffer < 2 * self.mss or self.send_buffer < 2 * self.mss:
+            raise LocalProtocolError(
+                f"send_buffer/recv_buffer must be at least two segments ({2 * self.mss} bytes)"
+            )
+        if self.recv_buffer > wire.MAX_U32:
+            raise LocalProtocolError("recv_buffer must fit the 32-bit window field (< 4 GiB)")
+        if self.message_mode and not 0 < self.max_message_size <= min(self.send_buffer, self.recv_buffer):
+            raise LocalProtocolError("max_message_size must be >0 and fit both send_buffer and recv_buffer")
+        if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
+            raise LocalProtocolError("timers: need 0 < min_rto <= initial_rto <= max_rto")
+        if self.keepalive_interval <= 0 or self.idle_timeout <= self.keepalive_interval:
+            raise LocalProtocolError("idle_timeout must be greater than keepalive_interval (both > 0)")
+
+    @property
+    def mss(self) -> int:
+        """Largest payload per datagram. SACK blocks ride only in the room a payload leaves."""
+        return self.max_datagram_size - wire.OVERHEAD

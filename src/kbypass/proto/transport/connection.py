@@ -1,0 +1,574 @@
+"""One reliable connection, sans-IO: datagrams and time in, datagrams and events out.
+
+Theory of operation
+-------------------
+* Handshake: the client picks a random 32-bit id and sends SYN (dst_id 0); the server answers SYN|ACK with
+  its own id; the client's first ACKing datagram (pure ACK or data) completes it. SYN and SYN|ACK are
+  retransmitted on the RTO; a duplicate SYN|ACK is re-acknowledged, a duplicate SYN re-answered.
+* Data: 64-bit stream offsets from 0. Every datagram after the handshake carries the cumulative ack, the
+  receive window and up to four SACK blocks. We acknowledge every batch of arrivals once, the next time
+  the caller asks `datagrams_to_send` (so a burst of N segments processed together costs one ACK).
+* Loss detection: a segment is lost if `dupack_threshold` segments above it were SACKed, if that many
+  duplicate ACKs arrived, or (RACK-like, catches lost retransmissions) if a datagram we sent more than a
+  quarter RTT after it was answered (echoed timestamp). Otherwise the RTO (RFC 6298) fires: everything
+  unSACKed is retransmitted in slow start and the RTO backs off exponentially.
+* Congestion control: NewReno AIMD (see congestion.py) with RFC 6675 "pipe" (bytes in flight that are
+  neither SACKed nor deemed lost) limiting what we send.
+* Flow control: we never send past the peer's advertised right edge; at a zero window we probe with PING
+  (persist timer) so a lost window update cannot deadlock us.
+* Liveness: any valid datagram from the peer resets the idle clock; a silent peer is pinged every
+  `keepalive_interval`; after `idle_timeout` of silence, or `max_retransmits` RTOs in a row, or
+  `max_syn_retransmits` for the handshake, the connection reports ConnectionLost.
+* Blame: LocalProtocolError for API misuse (raised); anything wrong with a received datagram is counted in
+  `stats.drops[reason]` and never raised.
+
+Sending is bounded by `send_buffer`: `send()` accepts what fits and returns the count (like a non-blocking
+socket); `send_message()` takes a whole message or returns False; poll `send_space` and retry.
+Receiving is bounded by `recv_buffer`: unread events count against the window we advertise.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from . import wire
+from .config import ConnConfig
+from .congestion import NewReno
+from .errors import LocalProtocolError, RemoteProtocolError
+from .events import Closed, Connected, ConnectionLost, DataReceived, Event, MessageReceived, PeerClosed
+from .recvbuf import ReceiveBuffer
+from .rtt import RttEstimator
+from .sendbuf import SendBuffer
+from .states import CAN_SEND, CLEAN_END, PEER_OPEN, SYNCHRONIZED, Input, State, next_state
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+@dataclass
+class ConnectionStats:
+    """Counters; read them at any time."""
+
+    datagrams_sent: int = 0
+    datagrams_received: int = 0
+    bytes_sent: int = 0  # payload bytes put on the wire, retransmissions included
+    bytes_acked: int = 0  # payload bytes the peer acknowledged cumulatively (delivered to its app)
+    bytes_delivered: int = 0  # payload bytes we handed to our application
+    retransmits: int = 0  # segments sent again (fast + timeout)
+    fast_retransmits: int = 0  # segments retransmitted because SACK/dupacks/RACK said lost
+    timeouts: int = 0  # RTO expiries
+    loss_events: int = 0  # congestion window reductions
+    duplicates: int = 0  # received segments we already had
+    pings_sent: int = 0
+    drops: Counter = field(default_factory=Counter)  # reason -> datagrams dropped
+    rtt_ms: float | None = None
+    rto_ms: float = 0.0
+    cwnd: int = 0
+
+
+_TS_MASK = 0xFFFFFFFF
+
+
+class Connection:
+    """See the module docstring. All methods take `now` (seconds, any monotonic origin) where time matters."""
+
+    def __init__(self, role: Role, config: ConnConfig | None = None, now: float = 0.0,
+                 *, rng: random.Random | None = None) -> None:
+        self.role = role
+        self.config = config or ConnConfig()
+        self._rng = rng if rng is not None else random.Random()
+        self.local_id = self._rng.randrange(1, 1 << 32)
+        self.peer_id = 0
+        self.state = State.IDLE if role is Role.CLIENT else State.LISTEN
+        self.stats = ConnectionStats()
+        cfg = self.config
+        self.mss = cfg.mss
+        self.rtt = RttEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto)
+        self.cc = NewReno(self.mss, cfg.initial_window, max_window=cfg.send_buffer)
+        self.sbuf = SendBuffer(cfg.send_buffer)
+        self.rbuf = ReceiveBuffer(cfg.recv_buffer, cfg.message_mode)
+        self._events: deque = deque()  # Event objects, or a bytearray of coalesced stream data
+        self._created = now
+        self._last_recv = now
+        self._last_send = now
+        self._ts_recent = 0  # latest tsval from the peer, echoed in tsecr
+        self._ack_pending = False
+        self._syn_due = False  # (re)send SYN or SYN|ACK on the next datagrams_to_send
+        self._syn_retries = 0
+        self._rto_deadline: float | None = None
+        self._retries = 0  # consecutive RTOs without forward progress
+        self._persist_deadline: float | None = None
+        self._persist_backoff = 0
+        self._ping_due = False
+        self._last_ping: float | None = None
+        self._linger_deadline: float | None = None
+        self._peer_right = 0  # highest right edge (ack + window) the peer advertised
+        self._adv_right = 0  # right edge we last advertised
+        self._dupacks = 0
+        self._rack_xmit = -1.0  # send time of the latest datagram the peer answered
+        self._lost_reason: str | None = None
+        self._rst_due = False
+        self._now = now
+
+    # ------------------------------------------------------------------ state
+    def _go(self, inp: Input) -> None:
+        new = next_state(self.state, inp)
+        if new is None:
+            raise LocalProtocolError(f"{inp.value} is not allowed in state {self.state.value}")
+        old, self.state = self.state, new
+        if new is State.ESTABLISHED and old in (State.SYN_SENT, State.SYN_RCVD):
+            self._events.append(Connected(self.local_id, self.peer_id))
+        if new in CLEAN_END and inp not in (Input.LOST, Input.ABORT, Input.LINGER_DONE):
+            self._events.append(Closed())
+            self._rto_deadline = None
+        if new is State.TIME_WAIT:
+            self._linger_deadline = self._now + self.config.time_wait
+        if new is State.CLOSED:
+            self._rto_deadline = self._persist_deadline = self._linger_deadline = None
+
+    def _lose(self, reason: str) -> None:
+        if self.state is State.CLOSED:
+            return
+        self._lost_reason = reason
+        self._go(Input.LOST)
+        self._events.append(ConnectionLost(reason))
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    # ------------------------------------------------------------------ local API
+    def connect(self, now: float) -> None:
+        """Client: start the handshake (a SYN goes out with the next datagrams_to_send)."""
+        self._now = now
+        if self.role is not Role.CLIENT:
+            raise LocalProtocolError("connect() is for client connections; servers come from a Listener")
+        self._go(Input.CONNECT)
+        self._syn_due = True
+
+    @property
+    def send_space(self) -> int:
+        """Bytes send()/send_message() can take right now."""
+        return self.sbuf.space if self.state in CAN_SEND else 0
+
+    def send(self, data: bytes, now: float) -> int:
+        """Byte-stream mode: queue as much of `data` as the send buffer takes; return that count (may be 0)."""
+        self._now = now
+        if self.config.message_mode:
+            raise LocalProtocolError("this connection is in message mode: use send_message()")
+        self._check_can_send()
+        return self.sbuf.write(bytes(data))
+
+    def send_message(self, msg: bytes, now: float) -> bool:
+        """Message mode: queue `msg` whole and return True, or return False if the send buffer is too full
+        now (retry when send_space >= len(msg)). Raises LocalProtocolError if it can never fit."""
+        self._now = now
+        if not self.config.message_mode:
+            raise LocalProtocolError("this connection is in byte-stream mode: use send()")
+        self._check_can_send()
+        if not 0 < len(msg) <= self.config.max_message_size:
+            raise LocalProtocolError(
+                f"message of {len(msg)} bytes: messages must be 1..{self.config.max_message_size} bytes "
+                "(raise max_message_size in ConnConfig, or split it)"
+            )
+        return self.sbuf.write_message(bytes(msg))
+
+    def _check_can_send(self) -> None:
+        if self.state not in CAN_SEND:
+            raise LocalProtocolError(
+                f"cannot send in state {self.state.value}: the connection is closing or closed"
+                + ("" if self.state is not State.IDLE else "; call connect() first")
+            )
+
+    def close(self, now: float) -> None:
+        """Graceful close: a FIN follows all queued data. Events continue until Closed/ConnectionLost."""
+        self._now = now
+        if self.state in (State.SYN_SENT, State.SYN_RCVD, State.IDLE, State.LISTEN):
+            raise LocalProtocolError("close() before Connected: wait for Connected, or use abort()")
+        self._go(Input.CLOSE)
+        self.sbuf.queue_fin()
+
+    def abort(self, now: float) -> None:
+        """Drop the connection at once; the peer is told with RST (best effort)."""
+        self._now = now
+        if self.state is State.CLOSED:
+            return
+        self._rst_due = self.state in SYNCHRONIZED or self.state is State.SYN_RCVD
+        self._go(Input.ABORT)
+
+    def next_event(self) -> Event | None:
+        """The next event, or None. Taking data events opens our receive window."""
+        if not self._events:
+            return None
+        ev = self._events.popleft()
+        if isinstance(ev, bytearray):
+            ev = DataReceived(bytes(ev))
+        if isinstance(ev, (DataReceived, MessageReceived)):
+            self.rbuf.consumed(len(ev.data))
+            self._maybe_window_update()
+        return ev
+
+    def _maybe_window_update(self) -> None:
+        # Tell the peer when the window grew enough to be worth a datagram (avoids silly-window chatter).
+        grown = self.rbuf.right_edge - self._adv_right
+        if self.state in PEER_OPEN and grown >= min(2 * self.mss, self.config.recv_buffer // 2):
+            self._ack_pending = True
+
+    # ------------------------------------------------------------------ input
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        """Feed one datagram from the wire. Never raises for bad input: drops are counted by reason."""
+        self._now = now
+        try:
+            pkt = wire.decode(data)
+        except RemoteProtocolError as e:
+            self.stats.drops[e.reason] += 1
+            return
+        self.receive_packet(pkt, now)
+
+    def receive_packet(self, pkt: wire.Packet, now: float) -> None:
+        """Like receive_datagram, for a packet already decoded (the Listener decodes once to route)."""
+        self._now = now
+        try:
+            self._on_packet(pkt, now)
+        except RemoteProtocolError as e:
+            self.stats.drops[e.reason] += 1
+
+    def _on_packet(self, pkt: wire.Packet, now: float) -> None:
+        st = self.state
+        if st in (State.CLOSED, State.IDLE):
+            raise RemoteProtocolError("not_connected")
+        if st is State.LISTEN:
+            if not (pkt.has(wire.SYN) and not pkt.has(wire.ACK) and pkt.dst_id == 0):
+                raise RemoteProtocolError("not_connected", "expected a SYN")
+            if pkt.has(wire.MSG_MODE) != self.config.message_mode:
+                raise RemoteProtocolError("mode_mismatch", "peer and listener disagree on message mode")
+            self.peer_id = pkt.src_id
+            self._accept_valid(pkt, now)
+            self._peer_right = pkt.window
+            self._go(Input.SYN_IN)
+            self._syn_due = True
+            self._rto_deadline = None
+            return
+        if pkt.dst_id != self.local_id:
+            raise RemoteProtocolError("wrong_connection", f"dst id {pkt.dst_id:#x}")
+        if st is State.SYN_SENT:
+            if not (pkt.has(wire.SYN) and pkt.has(wire.ACK)):
+                raise RemoteProtocolError("unexpected", f"flags {pkt.flags:#x} during handshake")
+            if pkt.has(wire.MSG_MODE) != self.config.message_mode:
+                raise RemoteProtocolError("mode_mismatch", "peer and we disagree on message mode")
+            self.peer_id = pkt.src_id
+        elif pkt.src_id != self.peer_id:
+            raise RemoteProtocolError("wrong_connection", f"src id {pkt.src_id:#x}")
+        self._accept_valid(pkt, now)
+
+        if pkt.has(wire.RST):
+            self._lose("reset by peer")
+            return
+        if st is State.SYN_SENT:
+            self._rtt_sample(pkt.tsecr, now)
+            self._peer_right = pkt.window
+            self._rto_deadline = None
+            self._syn_retries = 0
+            self._ack_pending = True
+            self._go(Input.SYNACK_IN)
+            return
+        if pkt.has(wire.SYN):
+            # a retransmitted SYN (our SYN|ACK was lost) or SYN|ACK (our ACK was lost): answer again
+            if st is State.SYN_RCVD and not pkt.has(wire.ACK):
+                self._syn_due = True
+            else:
+                self._ack_pending = True
+            return
+        if st is State.SYN_RCVD:
+            if not pkt.has(wire.ACK):
+                raise RemoteProtocolError("unexpected", "no ACK after SYN|ACK")
+            self._rto_deadline = None
+            self._syn_retries = 0
+            self._go(Input.ACK_IN)
+        if pkt.has(wire.ACK):
+            self._on_ack(pkt, now)
+        if pkt.payload or pkt.has(wire.FIN):
+            self._on_data(pkt)
+        if pkt.has(wire.PING):
+            self._ack_pending = True
+
+    def _accept_valid(self, pkt: wire.Packet, now: float) -> None:
+        self.stats.datagrams_received += 1
+        self._last_recv = now
+        self._ts_recent = pkt.tsval
+
+    def _ts_to_time(self, ts: int, now: float) -> float:
+        """Our send time encoded in an echoed timestamp, in the caller's clock."""
+        return now - (((self._ts(now) - ts) & _TS_MASK) / 1e6)
+
+    def _rtt_sample(self, tsecr: int, now: float) -> None:
+        if tsecr:
+            self.rtt.sample(now - self._ts_to_time(tsecr, now))
+
+    def _on_ack(self, pkt: wire.Packet, now: float) -> None:
+        sb = self.sbuf
+        if pkt.ack > sb.snd_nxt:
+            raise RemoteProtocolError("ack_beyond_sent", f"ack {pkt.ack} > sent {sb.snd_nxt}")
+        if pkt.ack < sb.snd_una and not pkt.payload:
+            return  # an old reordered ACK: nothing it says is news
+        if pkt.ack + pkt.window > self._peer_right:
+            self._peer_right = pkt.ack + pkt.window
+            self._persist_deadline = None  # re-armed by _send_segments if still blocked
+            self._persist_backoff = 0
+        news = False
+        if pkt.ack > sb.snd_una:
+            acked = sb.ack(pkt.ack)
+            self.stats.bytes_acked += acked
+            self._rtt_sample(pkt.tsecr, now)
+            self.cc.on_ack(max(acked, 1), sb.snd_una)
+            self._retries = 0
+            self._dupacks = 0
+            self._rto_deadline = now + self.rtt.rto if sb.inflight else None
+            news = True
+        elif sb.inflight and pkt.sacks and not pkt.payload and not pkt.flags & (wire.FIN | wire.PING):
+            # only ACKs that report out-of-order data count: window updates and ping answers do not
+            self._dupacks += 1
+        for start, end in pkt.sacks:
+            for seg in sb.inflight.values():
+                if seg.seq >= end:
+                    break
+                if not seg.sacked and seg.seq >= start and seg.end <= end:
+                    seg.sacked = True
+                    seg.lost = False
+                    news = True
+        if news and pkt.tsecr:
+            self._rack_xmit = max(self._rack_xmit, self._ts_to_time(pkt.tsecr, now))
+        if sb.inflight:
+            self._detect_losses(now)
+        if sb.fin_seq is not None and sb.snd_una > sb.fin_seq and self.state in (
+            State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK,
+        ):
+            self._go(Input.FIN_ACKED)
+
+    def _detect_losses(self, now: float) -> None:
+        sb = self.sbuf
+        segs = list(sb.inflight.values())
+        reo = (self.rtt.min_rtt or 0.0) / 4
+        sacked_above = 0
+        newly_lost = False
+        for seg in reversed(segs):
+            if seg.sacked:
+                sacked_above += 1
+                continue
+            if seg.lost or seg.tx_count == 0:
+                continue
+            if (sacked_above >= self.config.dupack_threshold and seg.tx_count == 1) or (
+                seg.sent_at + reo < self._rack_xmit
+            ):
+                seg.lost = True
+                newly_lost = True
+        first = segs[0]
+        if (self._dupacks >= self.config.dupack_threshold and not first.sacked and not first.lost
+                and first.tx_count == 1):  # a retransmission is judged by RACK, not by old dupacks
+            first.lost = True
+            newly_lost = True
+            self._dupacks = 0
+        if newly_lost:
+            # FlightSize (RFC 5681) counts SACKed bytes too: halving the pipe would cut twice as hard
+            if self.cc.on_loss(sb.inflight_bytes, sb.snd_una, sb.snd_nxt):
+                self.stats.loss_events += 1
+
+    def _on_data(self, pkt: wire.Packet) -> None:
+        self._ack_pending = True  # duplicates too: our earlier ACK may have been lost
+        if self.state not in PEER_OPEN and not pkt.has(wire.FIN):
+            if pkt.seq + pkt.seq_len <= self.rbuf.rcv_nxt:
+                self.stats.duplicates += 1
+                return
+            raise RemoteProtocolError("data_after_fin")
+        out, fin_now, reason = self.rbuf.accept(pkt.seq, pkt.payload, pkt.has(wire.MSG_END), pkt.has(wire.FIN))
+        if reason == "duplicate":
+            self.stats.duplicates += 1
+        elif reason is not None:
+            self.stats.drops[reason] += 1
+        for chunk in out:
+            self.stats.bytes_delivered += len(chunk)
+            if self.config.message_mode:
+                self._events.append(MessageReceived(chunk))
+            elif self._events and isinstance(self._events[-1], bytearray):
+                self._events[-1] += chunk
+            else:
+                self._events.append(bytearray(chunk))
+        if fin_now:
+            self._events.append(PeerClosed())
+            self._go(Input.PEER_FIN)
+
+    # ------------------------------------------------------------------ output
+    def _ts(self, now: float) -> int:
+        return (int(now * 1e6) & _TS_MASK) or 1
+
+    def _window_room(self) -> int:
+        return self._peer_right - self.sbuf.snd_nxt
+
+    def _pipe(self) -> int:
+        return sum(len(s.data) or 1 for s in self.sbuf.inflight.values() if not s.sacked and not s.lost)
+
+    def _packet(self, flags: int, now: float, seq: int = 0, payload: bytes = b"") -> bytes:
+        ack = 0
+        sacks: tuple = ()
+        window = self.rbuf.window
+        if self.state not in (State.IDLE, State.SYN_SENT) or flags & wire.ACK:
+            flags |= wire.ACK
+            ack = self.rbuf.rcv_nxt
+            sacks = tuple(self.rbuf.sack_blocks(wire.MAX_SACK_BLOCKS))
+            self._adv_right = max(self._adv_right, ack + window)
+        if self.config.message_mode and flags & wire.SYN:
+            flags |= wire.MSG_MODE
+        pkt = wire.Packet(flags, self.local_id, self.peer_id, seq, ack, window, self._ts(now),
+                          self._ts_recent, sacks, payload)
+        self.stats.datagrams_sent += 1
+        self._last_send = now
+        self._ack_pending = False
+        return wire.encode(pkt, self.config.max_datagram_size)
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        """Everything due to go on the wire now (handshake, data, retransmissions, ACKs, probes)."""
+        self._now = now
+        out: list[bytes] = []
+        st = self.state
+        if self._rst_due:
+            self._rst_due = False
+            out.append(self._packet(wire.RST, now))
+        if st is State.CLOSED:
+            return out
+        if self._syn_due and st in (State.SYN_SENT, State.SYN_RCVD):
+            self._syn_due = False
+            out.append(self._packet(wire.SYN | (wire.ACK if st is State.SYN_RCVD else 0), now))
+            if self._rto_deadline is None:
+                self._rto_deadline = now + self.rtt.rto
+            return out
+        if st not in SYNCHRONIZED:
+            return out
+        self._send_segments(now, out)
+        if self._ping_due:
+            self._ping_due = False
+            self.stats.pings_sent += 1
+            out.append(self._packet(wire.PING, now))
+        if self._ack_pending:
+            out.append(self._packet(wire.ACK, now))
+        self.stats.rtt_ms = None if self.rtt.srtt is None else self.rtt.srtt * 1e3
+        self.stats.rto_ms = self.rtt.rto * 1e3
+        self.stats.cwnd = self.cc.cwnd
+        return out
+
+    def _emit(self, seg, now: float, out: list[bytes]) -> None:
+        flags = (wire.MSG_END if seg.msg_end else 0) | (wire.FIN if seg.fin else 0)
+        seg.sent_at = now
+        seg.tx_count += 1
+        seg.lost = False
+        self.stats.bytes_sent += len(seg.data)
+        out.append(self._packet(flags, now, seg.seq, seg.data))
+        if self._rto_deadline is None:
+            self._rto_deadline = now + self.rtt.rto
+
+    def _send_segments(self, now: float, out: list[bytes]) -> None:
+        sb = self.sbuf
+        pipe = self._pipe()
+        cwnd = self.cc.cwnd
+        # 1. retransmit what is deemed lost, lowest first (may go up to the old snd_nxt whatever the window)
+        for seg in sb.inflight.values():
+            if pipe >= cwnd:
+                return
+            if seg.lost:
+                self.stats.retransmits += 1
+                if self._retries == 0:  # no RTO since the last progress: SACK/dupack/RACK found it
+                    self.stats.fast_retransmits += 1
+                self._emit(seg, now, out)
+                pipe += len(seg.data) or 1
+        # 2. new data within cwnd and the peer's window
+        while pipe < cwnd:
+            n = sb.next_length(self.mss)
+            if n == 0:
+                break
+            room = self._window_room()
+            if room < n:
+                if not sb.inflight and self._persist_deadline is None:
+                    self._persist_deadline = now + self.rtt.rto
+                return
+            seg = sb.cut(n)
+            self._emit(seg, now, out)
+            pipe += n
+        # 3. the FIN, once all data is cut (it needs no window: it occupies no buffer space)
+        if sb.fin_queued and not sb.unsent and pipe < cwnd:
+            self._emit(sb.cut_fin(), now, out)
+
+    # ------------------------------------------------------------------ timers
+    def next_timer(self) -> float | None:
+        """The earliest time handle_timer() has work to do, or None (closed)."""
+        if self.state is State.CLOSED:
+            return None
+        if self.state in (State.IDLE, State.LISTEN):
+            return None
+        cand = [self._last_recv + self.config.idle_timeout]
+        for t in (self._rto_deadline, self._persist_deadline, self._linger_deadline):
+            if t is not None:
+                cand.append(t)
+        if self.state in SYNCHRONIZED and self.state is not State.TIME_WAIT:
+            cand.append(self._keepalive_at())
+        return min(cand)
+
+    def _keepalive_at(self) -> float:
+        base = self._last_recv if self._last_ping is None else max(self._last_recv, self._last_ping)
+        return base + self.config.keepalive_interval
+
+    def handle_timer(self, now: float) -> None:
+        """Run every timer that is due at `now`. Safe to call early (it then does nothing)."""
+        self._now = now
+        st = self.state
+        if st in (State.CLOSED, State.IDLE, State.LISTEN):
+            return
+        if self._linger_deadline is not None and now >= self._linger_deadline:
+            self._linger_deadline = None
+            self._go(Input.LINGER_DONE)
+            return
+        if st is not State.TIME_WAIT and now - self._last_recv >= self.config.idle_timeout:
+            self._lose(f"peer silent for {now - self._last_recv:.3g} s (idle_timeout)")
+            return
+        if self._rto_deadline is not None and now >= self._rto_deadline:
+            self._on_rto(now)
+            if self.state is State.CLOSED:
+                return
+        if self._persist_deadline is not None and now >= self._persist_deadline:
+            self._persist_backoff = min(self._persist_backoff + 1, 10)
+            self._persist_deadline = now + min(self.rtt.rto * (2 ** self._persist_backoff), self.config.max_rto)
+            self._ping_due = True
+        if st in SYNCHRONIZED and st is not State.TIME_WAIT and now >= self._keepalive_at():
+            self._last_ping = now
+            self._ping_due = True
+
+    def _on_rto(self, now: float) -> None:
+        self.stats.timeouts += 1
+        self.rtt.backoff()
+        if self.state in (State.SYN_SENT, State.SYN_RCVD):
+            self._syn_retries += 1
+            if self._syn_retries > self.config.max_syn_retransmits:
+                self._lose(f"no answer to the handshake after {self._syn_retries} tries")
+                return
+            self._syn_due = True
+            self._rto_deadline = now + self.rtt.rto
+            return
+        sb = self.sbuf
+        if not sb.inflight:
+            self._rto_deadline = None
+            return
+        self._retries += 1
+        if self._retries > self.config.max_retransmits:
+            self._lose(f"{self._retries - 1} retransmission timeouts in a row")
+            return
+        flight = sb.inflight_bytes
+        for seg in sb.inflight.values():
+            if not seg.sacked:
+                seg.lost = True
+        self.cc.on_timeout(flight, sb.snd_nxt)
+        self.stats.loss_events += 1
+        self._dupacks = 0
+        self._rto_deadline = now + self.rtt.rto

@@ -1,0 +1,115 @@
+"""Receive side: reassembly of out-of-order segments, duplicate removal, message boundaries, the window.
+
+Memory bound: a segment is accepted only if it ends inside the advertised window, whose right edge is
+`rcv_nxt + limit - unread`. Delivered-but-unread bytes plus buffered out-of-order bytes therefore never
+exceed `limit`. The right edge never moves left (delivering k bytes moves rcv_nxt and unread by k).
+"""
+
+from __future__ import annotations
+
+import bisect
+
+
+class ReceiveBuffer:
+    def __init__(self, limit: int, message_mode: bool) -> None:
+        self.limit = limit
+        self.message_mode = message_mode
+        self.rcv_nxt = 0
+        self.unread = 0  # delivered to the event queue, not yet taken by the application
+        self.ooo: dict[int, tuple[bytes, bool, bool]] = {}  # seq -> (data, msg_end, fin)
+        self.ooo_bytes = 0
+        self.boundaries: set[int] = set()  # message end offsets not yet delivered
+        self.partial = bytearray()  # message mode: the message being assembled
+        self.fin_seq: int | None = None
+        self.fin_received = False
+        self.last_touched: int | None = None  # seq of the latest out-of-order arrival, for SACK order
+
+    @property
+    def window(self) -> int:
+        return max(0, self.limit - self.unread - len(self.partial))
+
+    @property
+    def right_edge(self) -> int:
+        return self.rcv_nxt + self.window
+
+    def accept(self, seq: int, data: bytes, msg_end: bool, fin: bool) -> tuple[list[bytes], bool, str | None]:
+        """Take one segment. Returns (deliverables, fin_now_in_order, drop_reason).
+
+        Deliverables are stream chunks (stream mode) or whole messages (message mode), in order.
+        `drop_reason` is set when the segment was refused (outside the window, beyond FIN)."""
+        end = seq + len(data) + (1 if fin else 0)
+        if end <= self.rcv_nxt:
+            return [], False, "duplicate"
+        if end > self.right_edge + (1 if fin else 0):
+            return [], False, "out_of_window"
+        if self.fin_seq is not None and (end > self.fin_seq + 1 or (fin and seq != self.fin_seq)):
+            return [], False, "beyond_fin"
+        if fin:
+            self.fin_seq = seq + len(data)
+        if seq > self.rcv_nxt:
+            if seq not in self.ooo or len(self.ooo[seq][0]) < len(data):
+                old = self.ooo.get(seq)
+                if self.ooo_bytes + len(data) - (len(old[0]) if old else 0) > self.window:
+                    return [], False, "buffer_full"  # only overlapping junk can get here; keeps the bound
+                self.ooo_bytes += len(data) - (len(old[0]) if old else 0)
+                self.ooo[seq] = (data, msg_end, fin)
+                self.last_touched = seq
+                return [], False, None
+            return [], False, "duplicate"
+        out: list[bytes] = []
+        fin_now = self._deliver(seq, data, msg_end, fin, out)
+        while not fin_now and self.ooo:
+            # pull every buffered segment that now touches rcv_nxt
+            ready = [s for s in self.ooo if s <= self.rcv_nxt]
+            if not ready:
+                break
+            for s in sorted(ready):
+                d, m, f = self.ooo.pop(s)
+                self.ooo_bytes -= len(d)
+                if s + len(d) + (1 if f else 0) > self.rcv_nxt:
+                    fin_now = self._deliver(s, d, m, f, out) or fin_now
+        return out, fin_now, None
+
+    def _deliver(self, seq: int, data: bytes, msg_end: bool, fin: bool, out: list[bytes]) -> bool:
+        skip = self.rcv_nxt - seq  # overlap with what we already have (same bytes by construction)
+        piece = data[skip:] if skip > 0 else data
+        if piece:
+            self.rcv_nxt += len(piece)
+            if self.message_mode:
+                self.partial += piece
+                if msg_end:
+                    out.append(bytes(self.partial))
+                    self.unread += len(self.partial)
+                    self.partial.clear()
+            else:
+                out.append(piece)
+                self.unread += len(piece)
+        if fin and self.rcv_nxt == seq + len(data) and not self.fin_received:
+            self.rcv_nxt += 1
+            self.fin_received = True
+            return True
+        return False
+
+    def consumed(self, n: int) -> None:
+        """The application took `n` delivered bytes: the window opens by n."""
+        self.unread -= n
+
+    def sack_blocks(self, max_blocks: int) -> list[tuple[int, int]]:
+        """Received ranges above rcv_nxt, the most recently changed first (RFC 2018), then ascending."""
+        if not self.ooo:
+            return []
+        ranges: list[list[int]] = []
+        for s in sorted(self.ooo):
+            d, _, f = self.ooo[s]
+            e = s + len(d) + (1 if f else 0)
+            if ranges and s <= ranges[-1][1]:
+                ranges[-1][1] = max(ranges[-1][1], e)
+            else:
+                ranges.append([s, e])
+        first = 0
+        if self.last_touched is not None:
+            starts = [r[0] for r in ranges]
+            i = bisect.bisect_right(starts, self.last_touched) - 1
+            first = max(i, 0)
+        order = [ranges[first]] + ranges[:first] + ranges[first + 1 :]
+        return [(a, b) for a, b in order[:max_blocks]]

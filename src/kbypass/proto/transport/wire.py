@@ -1,0 +1,139 @@
+"""Wire format of the transport: one datagram = header + SACK blocks + payload + CRC32 trailer.
+
+All integers are big-endian (network order)::
+
+    offset size field
+     0     1    version      (1)
+     1     1    flags        SYN=0x01 ACK=0x02 FIN=0x04 RST=0x08 PING=0x10 MSG_END=0x20 MSG_MODE=0x40
+     2     1    nsack        number of SACK blocks that follow the header (0..MAX_SACK_BLOCKS)
+     3     1    reserved     must be 0
+     4     4    src_id       connection id chosen by the sender of this datagram
+     8     4    dst_id       connection id chosen by the receiver (0 in the first SYN)
+    12     8    seq          stream offset of the first payload byte (a FIN occupies one unit after the data)
+    20     8    ack          cumulative ack: next stream offset expected (valid when ACK is set)
+    28     4    window       bytes the sender can still buffer beyond `ack` (receive-window flow control)
+    32     4    tsval        sender's clock in microseconds mod 2**32, never 0
+    36     4    tsecr        echo of the peer's latest tsval (0 = none); gives RTT samples without Karn ambiguity
+    40     2    payload_len
+    42     8*n  SACK blocks  (start - ack: u32, length: u32), each a received range above `ack`
+    ..     len  payload
+    -4     4    crc32        zlib.crc32 (IEEE 802.3 polynomial) over every byte before it
+
+Sequence numbers are 64-bit stream offsets starting at 0, so they never wrap in practice and need no
+serial-number arithmetic; stale datagrams of an older connection are rejected by the random connection ids.
+SACK blocks are relative to `ack` so they cost 8 bytes, not 16.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from .errors import RemoteProtocolError
+
+VERSION = 1
+
+SYN = 0x01
+ACK = 0x02
+FIN = 0x04
+RST = 0x08
+PING = 0x10
+MSG_END = 0x20
+MSG_MODE = 0x40
+KNOWN_FLAGS = SYN | ACK | FIN | RST | PING | MSG_END | MSG_MODE
+
+_HEADER = struct.Struct("!BBBBIIQQIIIH")
+_SACK = struct.Struct("!II")
+_CRC = struct.Struct("!I")
+
+HEADER_SIZE = _HEADER.size  # 42
+SACK_SIZE = _SACK.size  # 8
+CRC_SIZE = _CRC.size  # 4
+OVERHEAD = HEADER_SIZE + CRC_SIZE  # bytes around a payload with no SACK blocks
+MAX_SACK_BLOCKS = 4
+MAX_U32 = 0xFFFFFFFF
+MAX_U64 = 0xFFFFFFFFFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One decoded datagram. `sacks` holds absolute (start, end) stream ranges, end exclusive."""
+
+    flags: int
+    src_id: int
+    dst_id: int
+    seq: int = 0
+    ack: int = 0
+    window: int = 0
+    tsval: int = 0
+    tsecr: int = 0
+    sacks: tuple[tuple[int, int], ...] = ()
+    payload: bytes = b""
+
+    def has(self, flag: int) -> bool:
+        return bool(self.flags & flag)
+
+    @property
+    def seq_len(self) -> int:
+        """Sequence space the packet occupies: payload bytes plus one for a FIN."""
+        return len(self.payload) + (1 if self.flags & FIN else 0)
+
+
+def encode(pkt: Packet, max_size: int | None = None) -> bytes:
+    """Serialize `pkt`. SACK blocks that do not fit in `max_size` are left off (the first ones are kept,
+    so put the most useful block first); the payload must fit or ValueError is raised (a caller bug)."""
+    sacks = pkt.sacks[:MAX_SACK_BLOCKS]
+    if max_size is not None:
+        room = max_size - OVERHEAD - len(pkt.payload)
+        if room < 0:
+            raise ValueError(f"payload of {len(pkt.payload)} bytes does not fit a {max_size}-byte datagram")
+        sacks = sacks[: room // SACK_SIZE]
+    parts = [
+        _HEADER.pack(
+            VERSION, pkt.flags, len(sacks), 0, pkt.src_id, pkt.dst_id, pkt.seq, pkt.ack,
+            pkt.window, pkt.tsval, pkt.tsecr, len(pkt.payload),
+        )
+    ]
+    for start, end in sacks:
+        parts.append(_SACK.pack(start - pkt.ack, end - start))
+    parts.append(pkt.payload)
+    body = b"".join(parts)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def decode(data: bytes) -> Packet:
+    """Parse and verify one datagram; raise RemoteProtocolError(reason) for anything malformed.
+
+    The CRC is checked before any field is trusted, so a corrupted datagram is always reported as
+    `bad_crc` (a 1-in-2**32 chance for random garbage aside)."""
+    n = len(data)
+    if n < OVERHEAD:
+        raise RemoteProtocolError("too_short", f"{n} bytes, header needs {OVERHEAD}")
+    mv = memoryview(data)
+    (crc,) = _CRC.unpack_from(mv, n - CRC_SIZE)
+    if zlib.crc32(mv[: n - CRC_SIZE]) != crc:
+        raise RemoteProtocolError("bad_crc")
+    version, flags, nsack, reserved, src, dst, seq, ack, window, tsval, tsecr, plen = _HEADER.unpack_from(mv, 0)
+    if version != VERSION:
+        raise RemoteProtocolError("bad_version", f"version {version}, we speak {VERSION}")
+    if reserved != 0 or flags & ~KNOWN_FLAGS:
+        raise RemoteProtocolError("bad_flags", f"flags {flags:#x} reserved {reserved}")
+    if nsack > MAX_SACK_BLOCKS:
+        raise RemoteProtocolError("bad_sack", f"{nsack} SACK blocks, at most {MAX_SACK_BLOCKS}")
+    if OVERHEAD + nsack * SACK_SIZE + plen != n:
+        raise RemoteProtocolError("bad_length", f"lengths add to {OVERHEAD + nsack * SACK_SIZE + plen}, got {n}")
+    if src == 0:
+        raise RemoteProtocolError("bad_id", "source connection id 0")
+    if seq + plen + 1 > MAX_U64:
+        raise RemoteProtocolError("bad_seq")
+    sacks = []
+    off = HEADER_SIZE
+    for _ in range(nsack):
+        rel, length = _SACK.unpack_from(mv, off)
+        off += SACK_SIZE
+        if rel == 0 or length == 0 or ack + rel + length > MAX_U64:
+            raise RemoteProtocolError("bad_sack", f"block +{rel} len {length}")
+        sacks.append((ack + rel, ack + rel + length))
+    payload = bytes(mv[off : off + plen])
+    return Packet(flags, src, dst, seq, ack, window, tsval, tsecr, tuple(sacks), payload)

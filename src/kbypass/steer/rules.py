@@ -1,0 +1,262 @@
+"""Steering rules: a validated value object, its one-line text form, and its packed form for the BPF map.
+
+A `Rule` says which IP packets it matches (protocol, source/destination address or prefix, ports; every
+field may be a wildcard) and what the XDP program does with them (redirect to the queue's AF_XDP socket,
+drop, pass to the kernel, or drop a sample of them). Text form, tokens separated by blanks:
+
+    [udp|tcp|icmp|any] [src ADDR[/LEN]] [dst ADDR[/LEN]] [sport N] [dport N]
+    [redirect|drop|pass|sample | action WORD] [prob P]
+
+e.g. ``udp dst 10.0.0.2 dport 4321``, ``tcp src fd00::/64 drop``, ``udp dport 53 sample prob 0.01``.
+The action defaults to redirect. A "sample" rule drops each matching packet with probability P and lets
+the rest fall through to later rules (fault injection in front of a redirect rule). Rules match IPv4 and
+IPv6 only; ARP and other non-IP frames always pass. "icmp" means ICMP on IPv4 and ICMPv6 on IPv6.
+
+The packed layout is `struct steer_rule` in bpf/steer.h; RULE_LAYOUT below is its only Python copy, and a
+test checks it against the BTF of the built object.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import struct
+from dataclasses import dataclass
+
+from kbypass.errors import UsageError
+
+PROTOS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17}  # STEER_PROTO_*
+ACTIONS = {"redirect": 1, "drop": 2, "pass": 3, "sample": 4}  # STEER_ACT_*
+FAMILY_ANY, FAMILY_V4, FAMILY_V6 = 0, 4, 6  # STEER_FAMILY_*
+SAMPLE_ALWAYS = 0xFFFFFFFF  # STEER_SAMPLE_ALWAYS
+
+# struct steer_rule, field by field (name, struct code). Little-endian host order applies only to
+# sample_thresh; ports, addresses and masks are byte strings already in network order.
+RULE_LAYOUT: tuple[tuple[str, str], ...] = (
+    ("action", "B"),
+    ("proto", "B"),
+    ("family", "B"),
+    ("pad", "B"),
+    ("sample_thresh", "I"),
+    ("sport", "2s"),
+    ("sport_mask", "2s"),
+    ("dport", "2s"),
+    ("dport_mask", "2s"),
+    ("src", "16s"),
+    ("src_mask", "16s"),
+    ("dst", "16s"),
+    ("dst_mask", "16s"),
+)
+RULE_STRUCT = struct.Struct("<" + "".join(code for _, code in RULE_LAYOUT))
+RULE_SIZE = RULE_STRUCT.size  # 80
+
+
+def rule_offsets() -> dict[str, int]:
+    """Byte offset of every field of struct steer_rule, derived from RULE_LAYOUT."""
+    offsets, codes = {}, ""
+    for name, code in RULE_LAYOUT:
+        offsets[name] = struct.calcsize("<" + codes)
+        codes += code
+    return offsets
+
+
+class RuleError(UsageError):
+    """A rule that cannot be built.
+
+    `head` names the bad value ("bad dport '70000'"), `tail` explains (" (expected ...)"); `field` names
+    the offending field so `Rule.parse` can put "at token N" between the two.
+    """
+
+    def __init__(self, head: str, tail: str = "", field: str | None = None) -> None:
+        super().__init__(head + tail)
+        self.head = head
+        self.tail = tail
+        self.field = field
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _network(text: str, field: str) -> Network:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        if "host bits set" in str(e):
+            fixed = ipaddress.ip_network(text, strict=False)
+            raise RuleError(f"bad address '{text}'", f": host bits set (did you mean {fixed}?)", field) from None
+        raise RuleError(f"bad address '{text}'", " (expected IPv4/IPv6 address or prefix)", field) from None
+
+
+def _show(net: Network) -> str:
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One steering rule (immutable, hashable). Build it directly or with `Rule.parse(text)`.
+
+    `src`/`dst` are normalised on construction ("10.0.0.2/32" becomes "10.0.0.2").
+    """
+
+    proto: str = "any"
+    src: str | None = None
+    dst: str | None = None
+    sport: int | None = None
+    dport: int | None = None
+    action: str = "redirect"
+    probability: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.proto not in PROTOS:
+            raise RuleError(f"unknown proto '{self.proto}'", " (expected udp, tcp, icmp or any)", "proto")
+        if self.action not in ACTIONS:
+            raise RuleError(f"unknown action '{self.action}'", " (expected redirect, drop, pass or sample)", "action")
+        nets = {}
+        for field in ("src", "dst"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                value = str(value)
+            net = _network(value, field)
+            nets[field] = net
+            object.__setattr__(self, field, _show(net))
+        if len(nets) == 2 and nets["src"].version != nets["dst"].version:
+            raise RuleError(
+                f"dst '{self.dst}'",
+                f" is IPv{nets['dst'].version} but src '{self.src}' is IPv{nets['src'].version}"
+                " (use one IP version per rule)",
+                "dst",
+            )
+        for field in ("sport", "dport"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+                raise RuleError(f"bad {field} '{value}'", " (expected a port number 0-65535)", field)
+            if self.proto not in ("udp", "tcp"):
+                raise RuleError(
+                    f"{field} '{value}'", f" needs proto udp or tcp, not '{self.proto}' (put udp or tcp first)", field
+                )
+        p = self.probability
+        if self.action == "sample":
+            if p is None:
+                raise RuleError("action 'sample'", " needs 'prob P' with 0 <= P <= 1", "action")
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= p <= 1.0):
+                raise RuleError(f"bad prob '{p}'", " (expected a number 0 <= P <= 1)", "probability")
+            object.__setattr__(self, "probability", float(p))
+        elif p is not None:
+            raise RuleError(f"prob '{p}'", f" only goes with action sample, not '{self.action}'", "probability")
+
+    @property
+    def family(self) -> int:
+        """4 or 6 when an address pins the IP version, else 0 (the rule matches both)."""
+        for value in (self.src, self.dst):
+            if value is not None:
+                return FAMILY_V6 if ":" in value else FAMILY_V4
+        return FAMILY_ANY
+
+    # ---- text form -------------------------------------------------------------------------------
+
+    @classmethod
+    def parse(cls, text: str) -> Rule:
+        """Parse the text form (see module docstring); errors name the bad token and its position."""
+        tokens = text.split()
+
+        def fail(head: str, tail: str = "", pos: int | None = None) -> RuleError:
+            at = f" at token {pos}" if pos is not None else ""
+            return RuleError(f'rule "{text}": {head}{at}', tail)
+
+        if not tokens:
+            raise fail("empty rule", " (expected e.g. 'udp dport 4321')")
+        kw: dict[str, object] = {}
+        where: dict[str, int] = {}
+        i = 0
+        if tokens[0] in PROTOS:
+            kw["proto"], where["proto"] = tokens[0], 1
+            i = 1
+        while i < len(tokens):
+            tok, pos = tokens[i], i + 1
+            if tok in ACTIONS:
+                key, value, vpos = "action", tok, pos
+                i += 1
+            elif tok in ("src", "dst", "sport", "dport", "action", "prob"):
+                if i + 1 >= len(tokens):
+                    raise fail(f"'{tok}'", " needs a value", pos)
+                key, value, vpos = tok, tokens[i + 1], pos + 1
+                i += 2
+            elif tok in PROTOS:
+                raise fail(f"proto '{tok}'", " must come first", pos)
+            else:
+                raise fail(
+                    f"unknown word '{tok}'",
+                    " (expected src, dst, sport, dport, action, prob or redirect/drop/pass/sample)",
+                    pos,
+                )
+            field = "probability" if key == "prob" else key
+            if field in kw:
+                raise fail(f"'{tok}'", " given twice", pos)
+            if key in ("sport", "dport"):
+                if not value.isdigit() or int(value) > 65535:
+                    raise fail(f"bad {key} '{value}'", " (expected a port number 0-65535)", vpos)
+                value = int(value)
+            elif key == "prob":
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise fail(f"bad prob '{value}'", " (expected a number 0 <= P <= 1)", vpos) from None
+                if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+                    raise fail(f"bad prob '{tokens[vpos - 1]}'", " (expected a number 0 <= P <= 1)", vpos)
+            elif key in ("src", "dst"):
+                try:
+                    _network(value, key)
+                except RuleError as e:
+                    raise fail(e.head, e.tail, vpos) from None
+            kw[field] = value
+            where[field] = vpos
+        try:
+            return cls(**kw)  # type: ignore[arg-type]
+        except RuleError as e:
+            pos = where.get(e.field or "")
+            raise fail(e.head, e.tail, pos) from None
+
+    def __str__(self) -> str:
+        parts = [] if self.proto == "any" else [self.proto]
+        for field in ("src", "dst", "sport", "dport"):
+            value = getattr(self, field)
+            if value is not None:
+                parts += [field, str(value)]
+        parts.append(self.action)
+        if self.probability is not None:
+            parts += ["prob", repr(self.probability)]
+        return " ".join(parts)
+
+    # ---- packed form -----------------------------------------------------------------------------
+
+    def pack(self) -> bytes:
+        """The 80-byte `struct steer_rule` for the steer_rules map (see bpf/steer.h)."""
+        if self.action == "sample":
+            p = self.probability or 0.0
+            thresh = SAMPLE_ALWAYS if p >= 1.0 else min(round(p * 2**32), SAMPLE_ALWAYS - 1)
+        else:
+            thresh = 0
+        fields = {
+            "action": ACTIONS[self.action],
+            "proto": PROTOS[self.proto],
+            "family": self.family,
+            "pad": 0,
+            "sample_thresh": thresh,
+        }
+        for name in ("sport", "dport"):
+            port = getattr(self, name)
+            fields[name] = (port or 0).to_bytes(2, "big")
+            fields[name + "_mask"] = b"\xff\xff" if port is not None else b"\0\0"
+        for name in ("src", "dst"):
+            value = getattr(self, name)
+            if value is None:
+                fields[name] = fields[name + "_mask"] = bytes(16)
+            else:
+                net = ipaddress.ip_network(value)
+                fields[name] = net.network_address.packed.ljust(16, b"\0")
+                fields[name + "_mask"] = net.netmask.packed.ljust(16, b"\0")
+        return RULE_STRUCT.pack(*(fields[name] for name, _ in RULE_LAYOUT))

@@ -1,0 +1,33 @@
+"""`kbypass reflect`: send every steered packet back (MAC, IP and UDP ports swapped), zero copy."""
+
+from __future__ import annotations
+
+from kbypass.apps.reflect import Reflector
+from kbypass.tools._port import add_port_options, emit, open_port, progress_printer
+
+
+def register(sub) -> None:
+    p = sub.add_parser("reflect", help="bounce steered packets back to their sender (zero-copy forwarding)")
+    add_port_options(p, default_rule_help="default: every UDP packet")
+    p.add_argument("--macs-only", action="store_true", help="swap MACs only (like testpmd macswap)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    with open_port(args, args.rule or ["udp"]) as sp:
+        res = Reflector(sp.port, batch=args.batch, swap_l3=not args.macs_only).run(
+            duration=args.duration, count=args.count, report=progress_printer(not args.json))
+        summary = {
+            "packets": res.packets,
+            "bytes": res.bytes,
+            "sent": res.sent,
+            "tx_dropped": res.tx_dropped,
+            "seconds": round(res.seconds, 6),
+            "pps": round(res.pps, 1),
+            "mode": sp.port.mode,
+            "queues": sp.queues,
+            "stats": sp.port.stats,
+            "rules": sp.rule_counters(),
+        }
+    emit(summary, args.json)
+    return 0

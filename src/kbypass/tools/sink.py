@@ -1,0 +1,37 @@
+"""`kbypass sink`: receive the steered flows on an AF_XDP socket, count them, report pps."""
+
+from __future__ import annotations
+
+from kbypass.apps.sink import Sink
+from kbypass.tools._port import add_port_options, emit, open_port, progress_printer
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sink", help="receive steered flows on AF_XDP and count them")
+    add_port_options(p, default_rule_help="default: every UDP packet")
+    p.add_argument("--check-seq", action="store_true",
+                   help="check the sequence numbers and send stamps kbypass generators put in the payload")
+    p.add_argument("--idle-timeout", type=float, help="stop after this many seconds without a packet")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    with open_port(args, args.rule or ["udp"]) as sp:
+        sink = Sink(sp.port, batch=args.batch, check_seq=args.check_seq)
+        res = sink.run(duration=args.duration, count=args.count, idle_timeout=args.idle_timeout,
+                       report=progress_printer(not args.json))
+        summary = {
+            "packets": res.packets,
+            "bytes": res.bytes,
+            "seconds": round(res.seconds, 6),
+            "pps": round(res.pps, 1),
+            "mode": sp.port.mode,
+            "queues": sp.queues,
+            "stats": sp.port.stats,
+            "rules": sp.rule_counters(),
+        }
+        if res.seq is not None:
+            summary["seq"] = res.seq
+            summary["latency_us"] = res.latency_us
+    emit(summary, args.json)
+    return 0

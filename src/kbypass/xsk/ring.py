@@ -1,0 +1,177 @@
+"""The AF_XDP ring protocol: single-producer/single-consumer rings shared with the kernel.
+
+Mirrors libxdp's xsk.h. Each ring is a power-of-two array of slots plus three u32 words in shared memory:
+`producer`, `consumer` and `flags`. Indexes run free and wrap at 2**32; a slot is `index & mask`.
+
+- Producer rings (fill, TX; we produce, the kernel consumes): `reserve(n)` claims up to n free slots
+  (bounded by a cached copy of the consumer index, re-read only when the cache says the ring looks full),
+  the caller writes the slots, then `submit(n)` publishes them by storing the new producer index.
+- Consumer rings (RX, completion; the kernel produces): `peek(n)` returns up to n filled slots (bounded
+  by a cached producer index, re-read only when the cache runs dry), the caller copies them out, then
+  `release(n)` hands the slots back by storing the new consumer index.
+- `needs_wakeup()` reads XDP_RING_NEED_WAKEUP: the kernel asks for a syscall (poll/sendto) to make progress.
+
+Memory ordering. The protocol needs, in the kernel's words (xsk_queue.h): the producer's slot writes must
+be visible before its producer-index store (release), the consumer's slot reads must happen after its
+producer-index load (acquire), and symmetrically for the consumer index (the consumer's slot reads before
+its consumer-index store; the producer's consumer-index load before its slot writes).
+On x86-64 (TSO) the hardware already gives all of this: stores are not reordered with older stores, loads
+are not reordered with older loads, and stores are not reordered with older loads. The only reordering x86
+does (a store followed by a load of another address) is never relied upon here, so plain aligned 32-bit
+loads and stores suffice; libxdp compiles its acquire/release to plain MOVs on x86 for the same reason.
+The compiler side is covered because every index access is a separate call into ctypes/numpy C code
+through the interpreter, which no compiler can reorder with the next Python-level operation.
+On weakly ordered CPUs (arm64, ppc64, riscv) we would need real barriers: a load-acquire of the
+producer/consumer index (or a read barrier after it) and a store-release of our index (or a write barrier
+before it). Python offers no such primitive, so `Ring` refuses to run there rather than corrupt data.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+import numpy as np
+
+from kbypass.errors import EnvironmentProblem, UsageError
+
+from . import consts
+
+_TSO_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686"})
+_U32 = 0xFFFFFFFF
+
+
+def check_architecture(machine: str | None = None) -> None:
+    """Raise unless the ring protocol's memory ordering is guaranteed on this CPU (see module doc)."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in _TSO_MACHINES:
+        raise EnvironmentProblem(
+            f"kbypass's AF_XDP rings rely on x86 (TSO) memory ordering and this CPU is {machine!r}: "
+            "run on x86-64, or use the packet_mmap/socket port backends here"
+        )
+
+
+def check_size(name: str, size: int) -> None:
+    """Ring sizes must be powers of two (the kernel masks indexes); say so clearly."""
+    if not isinstance(size, int) or size <= 0 or size & (size - 1):
+        raise UsageError(f"{name} ring size {size!r} is not a power of two: use e.g. 512, 1024, 2048 or 4096")
+
+
+class Ring:
+    """One ring over a writable buffer (the mmap the kernel gave us, or a bytearray in tests).
+
+    `producer_off`, `consumer_off`, `flags_off`, `desc_off` are the byte offsets reported by
+    XDP_MMAP_OFFSETS; `dtype` is XDP_DESC (RX/TX) or UMEM_ADDR (fill/completion).
+    """
+
+    def __init__(self, buf, *, size: int, producer_off: int, consumer_off: int, flags_off: int,
+                 desc_off: int, dtype: np.dtype, name: str = "ring") -> None:
+        check_architecture()
+        check_size(name, size)
+        self.name = name
+        self.size = size
+        self.mask = size - 1
+        # ctypes views give one aligned 32-bit load/store per access (see the ordering note above).
+        self._producer = ctypes.c_uint32.from_buffer(buf, producer_off)
+        self._consumer = ctypes.c_uint32.from_buffer(buf, consumer_off)
+        self._flags = ctypes.c_uint32.from_buffer(buf, flags_off)
+        self.slots = np.frombuffer(buf, dtype=dtype, count=size, offset=desc_off)
+
+    def needs_wakeup(self) -> bool:
+        return bool(self._flags.value & consts.XDP_RING_NEED_WAKEUP)
+
+    def read_slots(self, idx: int, n: int) -> np.ndarray:
+        """Copy n slots starting at free-running index idx (one or two numpy slices when it wraps)."""
+        start = idx & self.mask
+        end = start + n
+        if end <= self.size:
+            return self.slots[start:end].copy()
+        return np.concatenate((self.slots[start:], self.slots[: end - self.size]))
+
+    def write_slots(self, idx: int, values: np.ndarray) -> None:
+        """Write values into consecutive slots starting at free-running index idx, wrapping as needed."""
+        start = idx & self.mask
+        n = len(values)
+        first = min(n, self.size - start)
+        self.slots[start : start + first] = values[:first]
+        if first < n:
+            self.slots[: n - first] = values[first:]
+
+    def release_views(self) -> None:
+        """Drop our views of the buffer so the mmap can be closed."""
+        self._producer = self._consumer = self._flags = None
+        self.slots = None
+
+
+class ProducerRing(Ring):
+    """Fill and TX rings: we write slots, the kernel reads them."""
+
+    def __init__(self, buf, **kw) -> None:
+        super().__init__(buf, **kw)
+        self.cached_prod = self._producer.value
+        # Like libxdp, keep the consumer cache `size` ahead so free slots = cached_cons - cached_prod.
+        self.cached_cons = (self._consumer.value + self.size) & _U32
+
+    def free(self, wanted: int = 1) -> int:
+        """How many slots can be reserved; re-reads the kernel's consumer index only if the cache is short."""
+        free = (self.cached_cons - self.cached_prod) & _U32
+        if free >= wanted:
+            return free
+        self.cached_cons = (self._consumer.value + self.size) & _U32
+        return (self.cached_cons - self.cached_prod) & _U32
+
+    def reserve(self, n: int) -> tuple[int, int]:
+        """Claim up to n slots: returns (first index, count). Write them, then submit(count)."""
+        count = min(n, self.free(n))
+        idx = self.cached_prod
+        self.cached_prod = (idx + count) & _U32
+        return idx, count
+
+    def cancel(self, n: int) -> None:
+        """Give back the last n reserved, not yet submitted slots."""
+        self.cached_prod = (self.cached_prod - n) & _U32
+
+    def submit(self, n: int) -> None:
+        """Publish n reserved slots to the kernel (the producer-index store is the release)."""
+        self._producer.value = (self._producer.value + n) & _U32
+
+    def outstanding(self) -> int:
+        """Slots submitted that the kernel has not consumed yet."""
+        return (self._producer.value - self._consumer.value) & _U32
+
+
+class ConsumerRing(Ring):
+    """RX and completion rings: the kernel writes slots, we read them."""
+
+    def __init__(self, buf, **kw) -> None:
+        super().__init__(buf, **kw)
+        self.cached_prod = self._producer.value
+        self.cached_cons = self._consumer.value
+
+    def available(self, wanted: int = 1) -> int:
+        entries = (self.cached_prod - self.cached_cons) & _U32
+        if entries >= wanted:
+            return entries
+        self.cached_prod = self._producer.value  # the producer-index load is the acquire
+        return (self.cached_prod - self.cached_cons) & _U32
+
+    def peek(self, n: int) -> tuple[int, int]:
+        """Up to n filled slots: returns (first index, count). Read them, then release(count)."""
+        count = min(n, self.available(n))
+        idx = self.cached_cons
+        self.cached_cons = (idx + count) & _U32
+        return idx, count
+
+    def cancel(self, n: int) -> None:
+        """Un-peek the last n slots (they will be returned again by the next peek)."""
+        self.cached_cons = (self.cached_cons - n) & _U32
+
+    def release(self, n: int) -> None:
+        """Hand n peeked slots back to the kernel."""
+        self._consumer.value = (self._consumer.value + n) & _U32
+
+
+def ring_layout(size: int, dtype: np.dtype) -> dict:
+    """A layout like the kernel's for a test ring in a bytearray: producer, consumer, flags, then slots."""
+    return {"producer_off": 0, "consumer_off": 64, "flags_off": 128, "desc_off": 192, "size": size,
+            "dtype": np.dtype(dtype), "bytes": 192 + size * np.dtype(dtype).itemsize}

@@ -1,0 +1,200 @@
+"""UMEM: the packet memory shared with the kernel, and the bookkeeping of who owns each frame.
+
+One anonymous mmap of `frames * frame_size` bytes, seen as one np.uint8 array (`Umem.array`); a frame is
+`array[addr:addr + len]`. Frames are aligned chunks (frame_size 2048 or 4096), so the frame of any address
+is `addr >> log2(frame_size)` — descriptors from the kernel point past the headroom, not at the chunk start.
+
+Every frame is in exactly one state:
+  FREE  on our free list (a numpy stack of chunk addresses with a top index)
+  FILL  given to the kernel for receiving (in the fill ring, in the driver, or in the RX ring unread)
+  APP   owned by the application: received and not yet transmitted or freed, or allocated for sending
+  TX    handed to the kernel for sending (in the TX ring, or sent and waiting on the completion ring)
+Transitions are vectorized and checked: handing out a frame that is not in the expected state (a double
+free, transmitting a frame you do not own) raises instead of corrupting memory. `check()` verifies the
+whole picture for tests: the free stack holds no duplicates and exactly the FREE frames.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+
+from kbypass.errors import KbypassError, UsageError
+
+# One bit per state, so "all these frames are in state S" is a single OR-reduction equal to S.
+FREE, FILL, APP, TX = 1, 2, 4, 8
+STATE_NAMES = {FREE: "free", FILL: "fill", APP: "app", TX: "tx"}
+FRAME_SIZES = (2048, 4096)
+
+
+class OwnershipError(KbypassError):
+    """A frame was used by someone who does not own it (double free, transmit of a freed frame...)."""
+
+
+class Umem:
+    """Frames of packet memory plus their ownership states. Use as a context manager or call close()."""
+
+    def __init__(self, frames: int = 4096, frame_size: int = 2048, headroom: int = 0) -> None:
+        if frame_size not in FRAME_SIZES:
+            raise UsageError(f"frame_size {frame_size} is not supported: use 2048 or 4096")
+        if frames <= 0:
+            raise UsageError(f"a UMEM needs at least one frame, not {frames}: pass frames=4096 or so")
+        if not 0 <= headroom <= frame_size - 512:
+            raise UsageError(f"headroom {headroom} leaves no room for packets in {frame_size}-byte frames: "
+                             "use a headroom of at most frame_size - 512")
+        self.frames = frames
+        self.frame_size = frame_size
+        self.headroom = headroom
+        self.shift = frame_size.bit_length() - 1
+        self.size = frames * frame_size
+        self._mmap = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0))
+        self.array = np.frombuffer(self._mmap, dtype=np.uint8)
+        self.state = np.full(frames, FREE, dtype=np.uint8)
+        # The free list is a stack of frame numbers; the top is popped first, so recently used (cache-warm)
+        # frames recur.
+        self._free = np.arange(frames, dtype=np.intp)[::-1].copy()
+        self._top = frames
+        self._ushift = np.uint64(self.shift)
+        # scratch for the duplicate check: mark[frame] = position in the batch (see expect)
+        self._mark = np.zeros(frames, dtype=np.int32)
+        self._positions = np.arange(frames, dtype=np.int32)
+
+    # ---- the memory -------------------------------------------------------------------------------
+    @property
+    def address(self) -> int:
+        """The virtual address of the area (for XDP_UMEM_REG)."""
+        return self.array.ctypes.data
+
+    def close(self) -> None:
+        """Unmap the memory. Views still held elsewhere (batches) keep it alive until they are dropped."""
+        if self._mmap is None:
+            return
+        self.array = None
+        try:
+            self._mmap.close()
+        except BufferError:
+            pass  # someone still holds a numpy view; the mapping goes away with the last reference
+        self._mmap = None
+
+    def __enter__(self) -> "Umem":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- ownership --------------------------------------------------------------------------------
+    @property
+    def free_count(self) -> int:
+        return self._top
+
+    def frame_of(self, addrs: np.ndarray) -> np.ndarray:
+        """Frame numbers of any addresses inside frames."""
+        return (np.asarray(addrs, dtype=np.uint64) >> self._ushift).astype(np.intp)
+
+    def chunk_of(self, addrs: np.ndarray) -> np.ndarray:
+        """Chunk start addresses of any addresses inside frames."""
+        return np.asarray(addrs, dtype=np.uint64) & ~np.uint64(self.frame_size - 1)
+
+    def take_free(self, n: int, to: int) -> np.ndarray:
+        """Pop up to n free chunk addresses (u64 array, maybe shorter) and put them in state `to`."""
+        n = min(n, self._top)
+        top = self._top - n
+        frames = self._free[top : self._top]
+        self._top = top
+        self.state[frames] = to
+        return frames.astype(np.uint64) << self._ushift
+
+    def give_free(self, addrs: np.ndarray, expected: int, what: str = "free", *, trusted: bool = False) -> None:
+        """Return frames (any address inside them) in state `expected` to the free list.
+
+        trusted: skip the ownership checks (for addresses that come from the kernel's completion ring).
+        """
+        n = len(addrs)
+        if n == 0:
+            return
+        if trusted:
+            frames = addrs >> self._ushift
+        else:
+            frames = self.expect(addrs, expected, what)
+        self.state[frames] = FREE
+        self._free[self._top : self._top + n] = frames
+        self._top += n
+
+    def move(self, addrs: np.ndarray, expected: int, to: int, what: str) -> None:
+        """Change the state of frames that must currently be in state `expected`."""
+        if len(addrs) == 0:
+            return
+        frames = self.expect(addrs, expected, what)
+        self.state[frames] = to
+
+    def expect(self, addrs: np.ndarray, expected: int, what: str) -> np.ndarray:
+        """Frame numbers of addrs, after checking each is in state `expected` and none appears twice.
+
+        Kept to a handful of numpy calls: this runs on every free() and transmit().
+        """
+        addrs = np.asarray(addrs, dtype=np.uint64)
+        frames = addrs >> self._ushift
+        try:
+            states = self.state[frames]
+        except IndexError:
+            raise OwnershipError(f"{what}: address {int(addrs.max()):#x} is outside the UMEM "
+                                 f"({self.size:#x} bytes); only pass frames this port gave you") from None
+        if np.bitwise_or.reduce(states) != expected:
+            bad = states != expected
+            i = int(np.argmax(bad))
+            raise OwnershipError(
+                f"{what}: frame {int(frames[i])} (addr {int(addrs[i]):#x}) is {STATE_NAMES[int(states[i])]!r}, "
+                f"not {STATE_NAMES[expected]!r}: a frame is yours from receive/alloc until you transmit or "
+                "free it, once"
+            )
+        # Duplicates: write each frame's position in the batch, read back; a repeated frame reads the
+        # position of its last copy at its first one.
+        pos = self._positions[: len(frames)]
+        self._mark[frames] = pos
+        if not np.array_equal(self._mark[frames], pos):
+            raise OwnershipError(f"{what}: the same frame appears twice in one batch; use each frame once")
+        return frames
+
+    def counts(self) -> dict[str, int]:
+        c = np.bincount(self.state, minlength=TX + 1)
+        return {name: int(c[state]) for state, name in STATE_NAMES.items()}
+
+    def check(self, *, app: int | None = None, fill: int | None = None, tx: int | None = None) -> dict:
+        """Verify the accounting (no frame leaked, none handed out twice); optionally the expected counts.
+
+        Raises OwnershipError on any inconsistency; returns the per-state counts.
+        """
+        counts = self.counts()
+        frames = self._free[: self._top]
+        if len(np.unique(frames)) != len(frames):
+            raise OwnershipError("UMEM free list holds a frame twice (double free)")
+        if len(frames) and (self.state[frames] != FREE).any():
+            raise OwnershipError("UMEM free list holds a frame that is also owned elsewhere")
+        if counts["free"] != self._top:
+            raise OwnershipError(f"UMEM: {counts['free']} frames marked free but {self._top} on the free list")
+        for name, want in (("app", app), ("fill", fill), ("tx", tx)):
+            if want is not None and counts[name] != want:
+                raise OwnershipError(f"UMEM: {counts[name]} frames in state {name!r}, expected {want} "
+                                     "(a leak: some frame was neither transmitted nor freed)")
+        return counts
+
+    def validate_descs(self, addrs: np.ndarray, lens: np.ndarray) -> None:
+        """Refuse TX descriptors the kernel would reject, before it sees them (clear error, nothing sent)."""
+        if len(addrs) == 0:
+            return
+        addrs = np.asarray(addrs, dtype=np.uint64)
+        lens = np.asarray(lens, dtype=np.uint64)
+        fs = np.uint64(self.frame_size)
+        if int(addrs.max()) >= self.size:
+            raise UsageError(f"TX descriptor address {int(addrs.max()):#x} is outside the UMEM "
+                             f"({self.size:#x} bytes): send only frames from receive() or alloc()")
+        if (lens == 0).any():
+            raise UsageError("TX descriptor with length 0: set the frame length before transmitting")
+        over = (addrs & (fs - np.uint64(1))) + lens > fs
+        if over.any():
+            i = int(np.argmax(over))
+            raise UsageError(
+                f"TX descriptor at {int(addrs[i]):#x} with length {int(lens[i])} crosses its "
+                f"{self.frame_size}-byte frame: keep offset + length within one frame"
+            )

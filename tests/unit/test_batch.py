@@ -1,0 +1,138 @@
+"""Batch: vectorized header access on synthetic frames laid out in a UMEM-like array."""
+
+import numpy as np
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from kbypass.errors import UsageError
+from kbypass.port.batch import DESC, IPV4_DST, IPV4_SRC, UDP_DPORT, UDP_PAYLOAD, UDP_SPORT, Batch
+
+FRAME = 2048
+HEADROOM = 256  # frames from the kernel start past the headroom, not at the chunk start
+
+
+def udp_frame(i: int) -> bytes:
+    pkt = (Ether(src=f"02:00:00:00:00:{i:02x}", dst="02:00:00:00:01:00")
+           / IP(src=f"10.0.0.{i + 1}", dst="10.0.1.1", id=i)
+           / UDP(sport=1000 + i, dport=4321)
+           / (int(i * 7).to_bytes(8, "big") + bytes(range(i % 5 + 10))))
+    return bytes(pkt)
+
+
+def make_batch(n=12):
+    mem = np.zeros(FRAME * (n + 2), dtype=np.uint8)
+    frames = [udp_frame(i) for i in range(n)]
+    descs = np.zeros(n, dtype=DESC)
+    # deliberately not in order and not contiguous: frame i lives in chunk n+1-i
+    for i, f in enumerate(frames):
+        addr = (n + 1 - i) * FRAME + HEADROOM
+        mem[addr : addr + len(f)] = np.frombuffer(f, dtype=np.uint8)
+        descs[i] = (addr, len(f), 0)
+    return Batch(descs, mem), frames
+
+
+def test_len_frame_tobytes():
+    b, frames = make_batch()
+    assert len(b) == 12 and bool(b) and not Batch.empty(b.mem)
+    for i, f in enumerate(frames):
+        assert b.tobytes(i) == f
+    view = b.frame(3)
+    view[0] = 0xAA  # a view, not a copy
+    assert b.mem[int(b.addr[3])] == 0xAA
+
+
+def test_u16be_reads_ports_of_every_frame():
+    b, frames = make_batch()
+    assert b.u16be(UDP_DPORT).tolist() == [4321] * 12
+    assert b.u16be(UDP_SPORT).tolist() == [1000 + i for i in range(12)]
+    assert b.u16be(12).tolist() == [0x0800] * 12
+    assert b.u8(14).tolist() == [0x45] * 12
+    assert b.u32be(IPV4_SRC).tolist() == [(10 << 24) + i + 1 for i in range(12)]
+    assert b.u16be(UDP_DPORT).dtype == np.uint16
+
+
+def test_set_u16be_writes_only_that_field():
+    b, frames = make_batch()
+    b.set_u16be(UDP_DPORT, np.arange(12) + 5000)
+    assert b.u16be(UDP_DPORT).tolist() == list(range(5000, 5012))
+    for i, f in enumerate(frames):
+        got = b.tobytes(i)
+        assert got[:36] == f[:36] and got[38:] == f[38:]
+        assert got[36:38] == (5000 + i).to_bytes(2, "big")
+    b.set_u16be(UDP_SPORT, 7)  # a scalar for all
+    assert set(b.u16be(UDP_SPORT).tolist()) == {7}
+    b.set_u32be(IPV4_DST, 0x0A0B0C0D)
+    assert Ether(b.tobytes(0))[IP].dst == "10.11.12.13"
+
+
+def test_payload_u64_sequence_numbers():
+    b, _ = make_batch()
+    assert b.payload_u64(UDP_PAYLOAD).tolist() == [i * 7 for i in range(12)]
+    b.set_payload_u64(UDP_PAYLOAD, np.arange(12, dtype=np.uint64) + 2**40)
+    assert b.payload_u64().tolist() == [2**40 + i for i in range(12)]
+    little = b.payload_u64(UDP_PAYLOAD, big_endian=False)
+    assert little[1] == int.from_bytes((2**40 + 1).to_bytes(8, "big"), "little")
+
+
+def test_swap_macs():
+    b, frames = make_batch()
+    b.swap_macs()
+    for i, f in enumerate(frames):
+        got = b.tobytes(i)
+        assert got[0:6] == f[6:12] and got[6:12] == f[0:6] and got[12:] == f[12:]
+
+
+def test_swap_ips_and_ports_keeps_checksums_valid():
+    b, frames = make_batch()
+    b.swap_ips_and_ports()
+    for i, f in enumerate(frames):
+        orig, got = Ether(f), Ether(b.tobytes(i))
+        assert (got[IP].src, got[IP].dst) == (orig[IP].dst, orig[IP].src)
+        assert (got[UDP].sport, got[UDP].dport) == (orig[UDP].dport, orig[UDP].sport)
+        # recompute both checksums with scapy and compare with what is in the frame
+        ip_ck, udp_ck = got[IP].chksum, got[UDP].chksum
+        del got[IP].chksum, got[UDP].chksum
+        again = Ether(bytes(got))
+        assert (again[IP].chksum, again[UDP].chksum) == (ip_ck, udp_ck)
+
+
+def test_short_frames_are_refused():
+    b, _ = make_batch(3)
+    b.descs["len"][1] = 37  # ends inside the UDP destination port
+    with pytest.raises(UsageError, match="past the end of a 37-byte frame"):
+        b.u16be(UDP_DPORT)
+    with pytest.raises(UsageError):
+        b.swap_ips_and_ports()
+    ok = b[b.lens >= 42]
+    assert len(ok) == 2 and ok.u16be(UDP_DPORT).tolist() == [4321, 4321]
+
+
+def test_slicing_and_masks():
+    b, frames = make_batch()
+    part = b[2:5]
+    assert len(part) == 3 and part.tobytes(0) == frames[2]
+    sel = b[b.u16be(UDP_SPORT) % 2 == 0]
+    assert len(sel) == 6 and sel.u16be(UDP_SPORT).tolist() == [1000, 1002, 1004, 1006, 1008, 1010]
+    with pytest.raises(TypeError):
+        b[0]
+
+
+def test_fill_and_write():
+    mem = np.zeros(FRAME * 4, dtype=np.uint8)
+    descs = np.zeros(4, dtype=DESC)
+    descs["addr"] = np.arange(4) * FRAME
+    b = Batch(descs, mem)
+    tmpl = udp_frame(1)
+    b.fill(tmpl)
+    assert all(b.tobytes(i) == tmpl for i in range(4)) and b.lens.tolist() == [len(tmpl)] * 4
+    b.write(2, b"\xee" * 4, offset=len(tmpl))
+    assert b.lens[2] == len(tmpl) + 4 and b.tobytes(2).endswith(b"\xee" * 4)
+    assert mem[FRAME * 3 + len(tmpl)] == 0  # the next frame untouched
+
+
+def test_empty_batch_operations():
+    b = Batch.empty(np.zeros(4096, dtype=np.uint8))
+    assert len(b.u16be(UDP_DPORT)) == 0
+    b.swap_macs()
+    b.set_u16be(UDP_DPORT, [])

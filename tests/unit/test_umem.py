@@ -1,0 +1,249 @@
+"""UMEM frame accounting: every frame in exactly one state, double hand-outs and leaks detected."""
+
+import numpy as np
+import pytest
+
+from kbypass.errors import UsageError
+from kbypass.xsk.umem import APP, FILL, FREE, TX, OwnershipError, Umem
+
+
+@pytest.fixture
+def umem():
+    with Umem(frames=64, frame_size=2048) as u:
+        yield u
+
+
+def test_layout(umem):
+    assert umem.size == 64 * 2048 and umem.array.dtype == np.uint8 and len(umem.array) == umem.size
+    assert umem.address % 4096 == 0  # page aligned, as XDP_UMEM_REG requires
+    umem.array[2048:2052] = [1, 2, 3, 4]  # writable
+    assert umem.check() == {"free": 64, "fill": 0, "app": 0, "tx": 0}
+
+
+@pytest.mark.parametrize("kw, match", [({"frame_size": 1500}, "2048 or 4096"), ({"frames": 0}, "at least one"),
+                                       ({"headroom": 2000}, "headroom")])
+def test_bad_parameters(kw, match):
+    with pytest.raises(UsageError, match=match):
+        Umem(**kw)
+
+
+def test_full_cycle_keeps_accounting(umem):
+    fill = umem.take_free(40, FILL)
+    assert len(fill) == 40 and len(np.unique(fill)) == 40 and (fill % 2048 == 0).all()
+    assert umem.check(fill=40, app=0)
+    # the kernel delivers 10 frames with data past the headroom: any address inside the frame counts
+    rx = fill[:10] + 256
+    umem.move(rx, FILL, APP, "receive")
+    assert umem.check(fill=30, app=10)
+    umem.move(rx[:4], APP, TX, "transmit")
+    umem.give_free(rx[4:], APP, "free")
+    assert umem.check(fill=30, app=0, tx=4)
+    umem.give_free(rx[:4], TX, "completion")  # completions
+    counts = umem.check(fill=30, app=0, tx=0)
+    assert counts["free"] == 34
+
+
+def test_take_more_than_free_is_partial(umem):
+    a = umem.take_free(100, APP)
+    assert len(a) == 64 and umem.free_count == 0
+    assert len(umem.take_free(1, APP)) == 0
+    umem.give_free(a, APP)
+    assert umem.free_count == 64
+
+
+def test_double_free_is_refused(umem):
+    a = umem.take_free(4, APP)
+    umem.give_free(a[:2], APP)
+    with pytest.raises(OwnershipError, match="is 'free', not 'app'"):
+        umem.give_free(a[1:3], APP)
+    assert umem.check(app=2)  # the refused call changed nothing
+    with pytest.raises(OwnershipError, match="twice in one batch"):
+        umem.give_free(np.array([a[2], a[2] + 100], dtype=np.uint64), APP)
+    assert umem.check(app=2)
+
+
+def test_outside_umem_is_refused(umem):
+    with pytest.raises(OwnershipError, match="outside the UMEM"):
+        umem.give_free(np.array([64 * 2048], dtype=np.uint64), APP)
+
+
+def test_leak_is_detected(umem):
+    umem.take_free(3, APP)
+    with pytest.raises(OwnershipError, match="3 frames in state 'app', expected 0"):
+        umem.check(app=0)
+
+
+def test_corrupted_free_list_is_detected(umem):
+    a = umem.take_free(2, APP)
+    umem._free[umem._top] = umem._free[0]  # simulate a bug pushing a duplicate
+    umem._top += 1
+    umem.state[a[0] >> 11] = FREE
+    with pytest.raises(OwnershipError):
+        umem.check()
+
+
+def test_validate_descs(umem):
+    ok = np.array([0, 2048 + 256, 63 * 2048], dtype=np.uint64)
+    umem.validate_descs(ok, np.array([2048, 1792, 60]))
+    with pytest.raises(UsageError, match="outside the UMEM"):
+        umem.validate_descs(np.array([64 * 2048], dtype=np.uint64), np.array([60]))
+    with pytest.raises(UsageError, match="crosses its 2048-byte frame"):
+        umem.validate_descs(np.array([2048 + 256], dtype=np.uint64), np.array([1793]))
+    with pytest.raises(UsageError, match="crosses"):
+        umem.validate_descs(np.array([0], dtype=np.uint64), np.array([2049]))
+    with pytest.raises(UsageError, match="length 0"):
+        umem.validate_descs(np.array([0], dtype=np.uint64), np.array([0]))
+
+
+def test_close_with_live_view_is_safe():
+    u = Umem(frames=4, frame_size=4096)
+    view = u.array[:10]
+    u.close()  # a view still exists: the mapping lives on until it goes
+    view[:] = 7
+    assert view.sum() == 70
+    u.close()  # idempotent
+
+
+# ---- the port's frame accounting against a fake kernel (no socket, no root) ------------------------------
+
+from kbypass.port import afxdp as afxdp_mod  # noqa: E402
+from kbypass.xsk import consts  # noqa: E402
+from kbypass.xsk.ring import ConsumerRing, ProducerRing, ring_layout  # noqa: E402
+
+
+class FakeXsk:
+    """Stands in for XskSocket: four rings in bytearrays; the test drives the kernel side by hand."""
+
+    def __init__(self, umem, ifname, queue=0, *, rx_size, tx_size, fill_size, comp_size, **_):
+        self.umem, self.mode, self.fd = umem, "copy", -1
+        self.kicks = 0
+
+        def ring(cls, size, dtype, name):
+            lay = ring_layout(size, dtype)
+            buf = bytearray(lay.pop("bytes"))
+            return cls(buf, name=name, **lay), ring_layout(size, dtype), buf
+
+        self.rx, self._rxl, self._rxb = ring(ConsumerRing, rx_size, consts.XDP_DESC, "RX")
+        self.tx, self._txl, self._txb = ring(ProducerRing, tx_size, consts.XDP_DESC, "TX")
+        self.fill, self._fl, self._fb = ring(ProducerRing, fill_size, consts.UMEM_ADDR, "fill")
+        self.comp, self._cl, self._cb = ring(ConsumerRing, comp_size, consts.UMEM_ADDR, "completion")
+        # the kernel's own view of the same memory
+        self.k_rx = ProducerRing(self._rxb, **{k: v for k, v in self._rxl.items() if k != "bytes"})
+        self.k_tx = ConsumerRing(self._txb, **{k: v for k, v in self._txl.items() if k != "bytes"})
+        self.k_fill = ConsumerRing(self._fb, **{k: v for k, v in self._fl.items() if k != "bytes"})
+        self.k_comp = ProducerRing(self._cb, **{k: v for k, v in self._cl.items() if k != "bytes"})
+
+    # kernel side
+    def deliver(self, frames: list[bytes]) -> int:
+        """Receive frames from the wire: take fill addresses, copy data past the headroom, post to RX."""
+        idx, n = self.k_fill.peek(len(frames))
+        addrs = self.k_fill.read_slots(idx, n)
+        self.k_fill.release(n)
+        ridx, m = self.k_rx.reserve(n)
+        assert m == n
+        descs = np.zeros(n, dtype=consts.XDP_DESC)
+        for i in range(n):
+            a = int(addrs[i]) + self.umem.headroom + consts.XDP_PACKET_HEADROOM
+            self.umem.array[a : a + len(frames[i])] = np.frombuffer(frames[i], dtype=np.uint8)
+            descs[i] = (a, len(frames[i]), 0)
+        self.k_rx.write_slots(ridx, descs)
+        self.k_rx.submit(n)
+        return n
+
+    def send_all(self) -> list[bytes]:
+        """Transmit everything on the TX ring and post completions."""
+        idx, n = self.k_tx.peek(1 << 20)
+        descs = self.k_tx.read_slots(idx, n)
+        self.k_tx.release(n)
+        out = [self.umem.array[int(d["addr"]) : int(d["addr"]) + int(d["len"])].tobytes() for d in descs]
+        cidx, m = self.k_comp.reserve(n)
+        assert m == n
+        self.k_comp.write_slots(cidx, descs["addr"].copy())
+        self.k_comp.submit(n)
+        return out
+
+    # XskSocket API used by the port
+    def statistics(self):
+        return dict.fromkeys(consts.XDP_STATISTICS_FIELDS, 0)
+
+    def kick_tx(self):
+        self.kicks += 1
+        return 0
+
+    def wake_rx(self):
+        pass
+
+    def poll(self, timeout):
+        return self.rx.available() > 0
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake_port(monkeypatch):
+    monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
+    port = afxdp_mod.AfXdpPort("fake0", frames=256, fill_size=64, rx_size=64, tx_size=64, comp_size=64)
+    yield port
+    port.close()
+
+
+def test_port_accounting_through_receive_transmit_free(fake_port):
+    port, k = fake_port, fake_port.xsk
+    assert port.check(app=0)["fill"] == 64  # the fill quota is lent at once
+    frames = [bytes([i]) * (60 + i) for i in range(50)]
+    assert k.deliver(frames) == 50
+    b = port.receive(64)
+    assert len(b) == 50 and [b.tobytes(i) for i in range(50)] == frames
+    assert (b.addr % 2048 == 256).all()  # data starts after the kernel's XDP headroom
+    port.check(app=50)
+    sent = port.transmit(b[:20])
+    assert sent == 20 and k.kicks >= 1  # copy mode always kicks
+    port.free(b[20:])
+    port.check(app=0)  # 20 in TX until completed
+    assert k.send_all() == frames[:20]
+    assert port.reap() == 20
+    counts = port.check(app=0)
+    assert counts["tx"] == 0 and counts["free"] + counts["fill"] == 256
+    with pytest.raises(OwnershipError):
+        port.free(b[:1])  # transmitted: not yours any more
+    s = port.stats
+    assert (s["rx_packets"], s["tx_packets"], s["tx_completed"]) == (50, 20, 20)
+    assert s["rx_bytes"] == sum(map(len, frames))
+
+
+def test_port_receive_refills_in_batches_and_wraps(fake_port):
+    port, k = fake_port, fake_port.xsk
+    seq = 0
+    for _ in range(40):  # 40 * 30 frames through 64-slot rings: many wraps of every ring
+        k.deliver([seq.to_bytes(8, "big") + bytes(52) for seq in range(seq, seq + 30)])
+        b = port.receive(64)
+        assert b.payload_u64(0).tolist() == list(range(seq, seq + 30))
+        seq += 30
+        port.free(b)
+        port.check(app=0)
+    assert port.stats["rx_packets"] == 1200
+
+
+def test_port_transmit_partial_when_tx_ring_full(fake_port):
+    port, k = fake_port, fake_port.xsk
+    b = port.alloc(100)
+    assert len(b) == 100 and (b.addr % 2048 == 0).all() and (b.lens == 0).all()
+    b.fill(b"\x01" * 64)
+    k_sent = port.transmit(b)
+    assert k_sent == 64  # TX ring of 64: the rest stays ours
+    port.check(app=36)
+    assert len(k.send_all()) == 64
+    assert port.transmit(b[k_sent:]) == 36
+    k.send_all()
+    port.reap()
+    port.check(app=0)
+
+
+def test_port_alloc_is_bounded_by_free_frames(fake_port):
+    port = fake_port
+    got = port.alloc(1000)
+    assert len(got) == 256 - 64  # the fill quota stays lent to the kernel
+    assert len(port.alloc(1)) == 0
+    port.free(got)
+    port.check(app=0)
