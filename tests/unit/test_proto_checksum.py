@@ -192,3 +192,37 @@ def test_zero_udp_checksum_batch_policy():
     a, n = np.array([0]), np.array([len(f)])
     assert ck.udp_verify_batch(umem, a, n, accept_zero=True).tolist() == [True]
     assert ck.udp_verify_batch(umem, a, n, accept_zero=False).tolist() == [False]
+
+
+def test_batch_range_at_buffer_end_shorter_than_widest():
+    # the widest range sets the window width; a short range in the last bytes must still be summed right
+    long_frame, short_frame = bytes(range(200)), b"\x12\x34\x56"
+    buf = np.frombuffer(long_frame + short_frame, dtype=np.uint8)
+    got = ck.ones_sum_batch(buf, np.array([0, 200]), np.array([200, 3]))
+    assert got.tolist() == [ck.ones_sum(long_frame), ck.ones_sum(short_frame)]
+
+
+def test_batch_argument_errors():
+    with pytest.raises(ValueError, match="negative"):
+        ck.ones_sum_batch(np.zeros(8, np.uint8), np.array([-1]), np.array([2]))
+    with pytest.raises(TypeError):
+        ck.ones_sum_batch(np.zeros(8, np.uint16), np.array([0]), np.array([2]))
+    frozen = np.frombuffer(bytes(100), dtype=np.uint8)  # read-only: filling in place must refuse it
+    with pytest.raises(ValueError, match="writeable"):
+        ck.udp_fill_batch(frozen, np.array([0]), np.array([60]))
+    with pytest.raises(ValueError, match="writeable"):
+        ck.ipv4_fill_batch(np.zeros((4, 64), np.uint8)[:, ::2], np.array([0]), np.array([32]))
+
+
+def test_verify_on_2d_frame_array():
+    rng = random.Random(3)
+    frames = _udp_frames(rng, 8)
+    width = 256
+    mat = np.zeros((8, width), np.uint8)
+    for i, f in enumerate(frames):
+        mat[i, :len(f)] = np.frombuffer(f, np.uint8)
+    addr = np.arange(8) * width
+    length = np.array([len(f) for f in frames])
+    assert ck.udp_verify_batch(mat, addr, length).all() and ck.ipv4_verify_batch(mat, addr, length).all()
+    mat[5, 45] ^= 4
+    assert np.flatnonzero(~ck.udp_verify_batch(mat, addr, length)).tolist() == [5]

@@ -1,6 +1,7 @@
 """ICMP echo and UDP: builders checked by scapy, scapy-built packets parsed, malformations named."""
 
 import numpy as np
+import pytest
 from scapy.all import ICMP, IP, UDP, Ether, Raw, raw
 
 from kbypass.proto import icmp, udp
@@ -119,3 +120,20 @@ def test_classify_batch():
     assert got.tolist() == [True, False, True, False, False, False, False, False, False, False]
     got = udp.classify_batch(buf, addr, length, mac=MAC_A, ip=SRC)
     assert got.tolist()[:3] == [True, True, True]
+    assert udp.udp_lengths_batch(buf, addr[:3]).tolist() == [12, 12, 12]
+    zero = bytearray(good)
+    zero[40:42] = b"\0\0"
+    buf, addr, length = _batch([bytes(zero), good])
+    assert udp.classify_batch(buf, addr, length, mac=MAC_A, ip=SRC).tolist() == [True, True]
+    assert udp.classify_batch(buf, addr, length, mac=MAC_A, ip=SRC, accept_zero_checksum=False).tolist() == [
+        False, True]
+    assert udp.classify_batch(buf, addr, length, mac=MAC_A, ip=SRC, broadcast=DST).tolist() == [False, False]
+    assert udp.classify_batch(buf, addr[:0], length[:0], mac=MAC_A, ip=SRC).shape == (0,)
+
+
+def test_write_lengths_refuses_frames_outside_buffer():
+    buf = np.zeros(100, np.uint8)
+    with pytest.raises(ValueError, match="42 header bytes"):
+        udp.write_lengths_batch(buf, np.array([80]), np.array([42]))
+    with pytest.raises(ValueError, match="42 header bytes"):
+        udp.write_lengths_batch(buf, np.array([0]), np.array([30]))

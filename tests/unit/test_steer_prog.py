@@ -450,7 +450,8 @@ def veth_ns() -> Iterator[str]:
     name = f"kbsteer-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ip("netns", "add", name)
     try:
-        ip("-n", name, "link", "add", "kb0", "type", "veth", "peer", "name", "kb1")
+        two_queues = ("numrxqueues", "2", "numtxqueues", "2")
+        ip("-n", name, "link", "add", "kb0", *two_queues, "type", "veth", "peer", "name", "kb1")
         ip("-n", name, "link", "set", "kb0", "up")
         ip("-n", name, "link", "set", "kb1", "up")
         yield name
@@ -484,6 +485,72 @@ def test_attach_and_close(veth_ns: str) -> None:
         assert st.rules() == {rid: st.rules()[rid]}
         assert not query(veth_ns, "kb1").attached
     assert not query(veth_ns, "kb0").attached
+
+
+@pytest.mark.netns
+def test_real_traffic_through_attached_program(veth_ns: str) -> None:
+    """Attached on kb1, the program drops one UDP port and passes another (and ARP) on real frames."""
+    from kbypass import netns
+
+    peer = veth_ns + "-peer"  # the sender needs its own namespace, or the kernel routes via loopback
+    ip("netns", "add", peer)
+    try:
+        ip("-n", veth_ns, "link", "set", "kb0", "netns", peer)
+        ip("-n", peer, "addr", "add", "10.213.0.1/24", "dev", "kb0")
+        ip("-n", peer, "link", "set", "kb0", "up")
+        ip("-n", veth_ns, "addr", "add", "10.213.0.2/24", "dev", "kb1")
+        with Steering("kb1", netns=veth_ns) as st:
+            drop = st.add("udp dst 10.213.0.2 dport 4321 drop")
+            keep = st.add("udp dport 4322 pass")
+            with netns.entered(veth_ns):
+                rx_drop = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                rx_keep = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with netns.entered(peer):
+                tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with rx_drop, rx_keep, tx:
+                rx_drop.bind(("10.213.0.2", 4321))
+                rx_keep.bind(("10.213.0.2", 4322))
+                rx_keep.settimeout(3.0)
+                for i in range(5):
+                    tx.sendto(b"d%d" % i, ("10.213.0.2", 4321))
+                    tx.sendto(b"k%d" % i, ("10.213.0.2", 4322))
+                got = sorted(rx_keep.recv(100) for _ in range(5))
+                rx_drop.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    rx_drop.recv(100)
+            assert got == [b"k%d" % i for i in range(5)]
+            counters = st.counters()
+            assert counters[drop] == (5, 5 * 44) and counters[keep] == (5, 5 * 44)  # 14+20+8+2 bytes
+            assert st.stats().not_ip >= 1  # the ARP exchange passed through untouched
+    finally:
+        subprocess.run(["ip", "netns", "del", peer], capture_output=True)
+
+
+@pytest.mark.netns
+def test_redirect_follows_the_rx_queue(veth_ns: str, program: SteerProgram) -> None:
+    """The XSKMAP is indexed by ctx->rx_queue_index: only the queue with a socket redirects."""
+    from kbypass import netns
+
+    program.clear()
+    rid = program.add("udp dport 4321")
+    xsk = socket.socket(AF_XDP, socket.SOCK_RAW, 0)
+    try:
+        program.register_xsk(1, xsk.fileno())
+        with netns.entered(veth_ns):
+            ifindex = socket.if_nametoindex("kb0")
+            frame = udp4()
+            # struct xdp_md: data, data_end (must be the frame length), data_meta, ingress_ifindex,
+            # rx_queue_index, egress_ifindex
+            verdicts = [
+                libbpf.test_run(program.prog_fd, frame, ctx=struct.pack("6I", 0, len(frame), 0, ifindex, q, 0)).retval
+                for q in (0, 1)
+            ]
+        assert verdicts == [PASS, REDIRECT]
+        assert program.counters()[rid][0] == 2  # both matched; queue 0 fell back to the kernel
+    finally:
+        program.unregister_xsk(1)
+        xsk.close()
+        program.clear()
 
 
 @pytest.mark.netns
@@ -528,7 +595,7 @@ def test_refuses_when_another_program_is_attached(veth_ns: str) -> None:
         finally:
             second.close()
         msg = str(info.value)
-        assert f"XDP program id {first.prog_id}" in msg
+        assert f"XDP program id {first.prog_id} ('kbypass_steer')" in msg
         assert f"ip -n {veth_ns} link set dev kb0 xdp off" in msg
         assert query(veth_ns, "kb0").prog_id == first.prog_id  # the first one is untouched
     # a netlink-attached program (what `ip link set xdp` makes) is refused the same way

@@ -7,7 +7,8 @@ Header fields are read and written for the whole batch at once with numpy fancy 
 
 Ownership: a Batch is a set of frames you own (see kbypass.port.base). Slicing it (`batch[a:b]`,
 `batch[mask]`) gives a Batch of some of the same frames; it does not duplicate ownership, so transmit or
-free each frame once.
+free each frame once. A slice shares the descriptor array (setting lengths shows in both); a mask or index
+array copies the descriptors (frame memory is shared either way).
 Offsets are from the start of the Ethernet frame. The IPv4/UDP helpers assume untagged Ethernet and a
 20-byte IPv4 header (no options): Ethernet 0..13, IPv4 14..33 (src 26, dst 30), UDP 34.. (sport 34, dport
 36, length 38, checksum 40), payload 42.. . Check `u8(14) == 0x45` if you are not sure.

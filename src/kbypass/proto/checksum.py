@@ -69,13 +69,17 @@ def udp_verify(src_ip: bytes, dst_ip: bytes, segment: bytes | bytearray | memory
 
 # ----------------------------------------------------------------------------------------------------------
 # Batches. A batch is a flat uint8 buffer (a UMEM, or a 2-D frame array raveled) plus per-frame start
-# offsets and lengths. No Python loop runs per frame: an overlapping-window view of the buffer (row k is
-# buf[k : k + width], no copy) is fancy-indexed by the start offsets, which copies each frame into one
-# row of a (frames x width) matrix with one memcpy per row. The rows are summed as native-order 16-bit
-# words: the ones' complement sum is byte-order independent (RFC 1071 section 2(B)), so a sum of
-# little-endian words is the byte-swapped big-endian sum, swapped back once per frame at the end.
+# offsets and lengths. No Python loop runs per frame:
+# - an overlapping-window view of the buffer (row k is buf[k : k + width], strides (1, 1), no copy) is
+#   fancy-indexed by the start offsets, which copies each frame into one row of a (frames x width) matrix;
+# - rows are summed as native-order 16-bit words. The ones' complement sum does not care about byte order
+#   (RFC 1071 section 2(B)): a little-endian sum is the byte-swapped big-endian one, and swapping the two
+#   bytes of x is multiplying by 256 mod 0xFFFF (x*256 = hi*0x10000 + lo*0x100 == hi + lo*0x100), so one
+#   multiply fixes the order;
+# - header fields are read with one gather from a 1-byte-stride big-endian view (`_view`).
+# Numpy calls cost microseconds each whatever their size, so the code keeps their number low.
 
-_SWAP = sys.byteorder == "little"
+_LITTLE = sys.byteorder == "little"
 
 
 def _as_flat(buf: np.ndarray) -> np.ndarray:
@@ -84,52 +88,51 @@ def _as_flat(buf: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(buf.reshape(-1))
 
 
+def _view(flat: np.ndarray, dtype: str) -> np.ndarray:
+    """Every byte offset of `flat` as the start of a big-endian field (unaligned reads are fine)."""
+    size = np.dtype(dtype).itemsize
+    return np.ndarray((flat.shape[0] - size + 1,), dtype, flat, 0, (1,))
+
+
 def ones_sum_batch(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
     """Per-frame ones' complement sums (mod 0xFFFF, int64) of buf[start[i] : start[i] + length[i]].
 
-    `buf` is a uint8 array (1-D, or N-D which is viewed flat). Ranges that run past the end of `buf` are
-    cut there (the missing bytes count as zero), and ranges starting outside it sum to 0, so a lying
-    length can never read out of bounds; validate lengths before trusting the result."""
+    `buf` is a uint8 array (1-D, or N-D which is viewed flat); starts must be >= 0. Ranges that run past
+    the end of `buf` are cut there, so a lying length can never read out of bounds: validate lengths
+    before trusting the result."""
     flat = _as_flat(buf)
     size = flat.shape[0]
     start = np.asarray(start, dtype=np.int64)
     n = start.shape[0]
-    if n == 0 or size == 0:
-        return np.zeros(n, dtype=np.int64)
-    inside = (start >= 0) & (start < size)
-    length = np.where(inside, np.clip(np.asarray(length, dtype=np.int64), 0, size - start), 0)
-    start = np.where(inside, start, 0)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if start.min() < 0:
+        raise ValueError("ones_sum_batch: negative start offset")
+    length = np.maximum(np.minimum(length, size - start), 0)
     width = int(length.max())
     width += width & 1
     if width == 0:
         return np.zeros(n, dtype=np.int64)
-    last_row = size - width  # rows past it would run off the buffer
-    near_end = start > last_row
-    if last_row >= 0:
-        windows = np.lib.stride_tricks.as_strided(flat, shape=(last_row + 1, width), strides=(1, 1),
-                                                  writeable=False)
-        data = windows[np.where(near_end, 0, start)]
-    else:
-        data = np.empty((n, width), dtype=np.uint8)
-    if near_end.any():  # rare: a frame at the very end of the buffer, shorter than the widest one
-        sel = np.flatnonzero(near_end)
-        data[sel] = np.take(flat, start[sel, None] + np.arange(width), mode="clip")
+    last_row = size - width  # window rows past it would run off the buffer
+    if last_row >= 0 and int(start.max()) <= last_row:
+        data = np.ndarray((last_row + 1, width), np.uint8, flat, 0, (1, 1))[start]
+    else:  # rare: a range at the very end of the buffer, shorter than the widest one
+        data = np.take(flat, start[:, None] + np.arange(width), mode="clip")
     odd = length & 1
     has_odd = bool(odd.any())
-    if has_odd:  # read before the masking below zeroes the word that holds it
-        last = data[np.arange(n), np.maximum(length - 1, 0)].astype(np.uint64)
+    if has_odd:  # read it before the masking below zeroes the word that holds it
+        last = data[np.arange(n), np.maximum(length - 1, 0)] * odd.astype(np.uint8)
     words = data.view(np.uint16)
-    full = length >> 1  # whole words inside each range
-    if (full != width >> 1).any():
-        words[np.arange(width >> 1)[None, :] >= full[:, None]] = 0
+    full = length >> 1
+    if int(full.min()) != width >> 1:
+        words[np.arange(width >> 1) >= full[:, None]] = 0
     total = words.sum(axis=1, dtype=np.uint64)
     if has_odd:
-        # the last byte of an odd range is the high byte of a big-endian word padded with zero
-        total += np.where(odd == 1, last if _SWAP else last << np.uint64(8), np.uint64(0))
-    r = (total % np.uint64(_MOD)).astype(np.int64)
-    if _SWAP:
-        r = (((r & 0xFF) << 8) | (r >> 8)) % _MOD
-    return r
+        # an odd range's last byte is the high byte of a big-endian word whose low byte is padding
+        total += last if _LITTLE else last.astype(np.uint64) << np.uint64(8)
+    if _LITTLE:
+        total <<= np.uint64(8)  # byte swap, mod 0xFFFF (see above); sums stay far below 2**56
+    return (total % np.uint64(_MOD)).astype(np.int64)
 
 
 def ones_sum_rows(frames: np.ndarray, start: np.ndarray | int, length: np.ndarray) -> np.ndarray:
@@ -143,67 +146,57 @@ def ones_sum_rows(frames: np.ndarray, start: np.ndarray | int, length: np.ndarra
 
 def checksum_field_batch(partial: np.ndarray) -> np.ndarray:
     """Vector form of `checksum_field`: the uint16 value to store, from sums taken with the field zeroed."""
-    r = np.asarray(partial, dtype=np.int64) % _MOD
-    return np.where(r == 0, 0, _MOD - r).astype(np.uint16)
+    return ((_MOD - np.asarray(partial, dtype=np.int64) % _MOD) % _MOD).astype(np.uint16)
 
 
-def _be16(flat: np.ndarray, off: np.ndarray) -> np.ndarray:
-    return flat[off].astype(np.int64) * 256 + flat[off + 1].astype(np.int64)
-
-
-def _be32(flat: np.ndarray, off: np.ndarray) -> np.ndarray:
-    return _be16(flat, off) * 65536 + _be16(flat, off + 2)
-
-
-def _put16(flat: np.ndarray, off: np.ndarray, value: np.ndarray) -> None:
-    value = np.asarray(value, dtype=np.int64)
-    flat[off] = (value >> 8).astype(np.uint8)
-    flat[off + 1] = (value & 0xFF).astype(np.uint8)
-
-
-def _udp_layout(flat: np.ndarray, addr: np.ndarray, length: np.ndarray, l2_len: int):
-    """Offsets of IPv4 and UDP headers and the UDP length, plus a mask of frames where they fit.
-
-    The mask is False for frames too short for the headers they claim (so they are not summed wrongly):
-    IHL < 5, UDP length < 8, UDP length past the frame end. Reads for such frames are clipped into the
-    buffer and their values ignored."""
+def _layout(flat: np.ndarray, addr, length, l2_len: int, need: int):
+    """(length, ip offsets, IHL in bytes, fits): `fits` marks frames inside the buffer whose IPv4 header
+    (IHL >= 5) plus `need` more bytes lie within their length. Frames that do not fit get ip offset 0 and
+    IHL 20, so every header read stays inside the buffer; their values are then ignored."""
     addr = np.asarray(addr, dtype=np.int64)
     length = np.asarray(length, dtype=np.int64)
-    if flat.shape[0] < l2_len + 28:  # no frame can fit; keeps the clipped reads below in bounds
-        zero = np.zeros_like(addr)
-        return zero, zero, zero, np.zeros(addr.shape, dtype=bool)
-    last = flat.shape[0] - 2
-    fits = (length >= l2_len + 28) & (addr >= 0) & (addr + length <= flat.shape[0])
-    ip = addr + l2_len
-    ihl = (flat[np.clip(ip, 0, last)] & 0x0F).astype(np.int64) * 4
+    size = flat.shape[0]
+    if size < l2_len + 20 + need:  # no frame fits, and the reads below need that much room
+        z = np.zeros_like(addr)
+        return z, z, z + 20, np.zeros(addr.shape, dtype=bool)
+    inside = (addr >= 0) & (length >= l2_len + 20 + need) & (addr + length <= size)
+    ip = np.where(inside, addr + l2_len, 0)
+    ihl = (flat[ip] & 0x0F).astype(np.int64) << 2
+    fits = inside & (ihl >= 20) & (l2_len + ihl + need <= length)
+    return length, ip, np.where(fits, ihl, 20), fits
+
+
+def _udp_parts(flat, addr, length, l2_len):
+    """UDP offsets, UDP lengths (0 where not fitting), pseudo-header sums and the fits mask."""
+    length, ip, ihl, fits = _layout(flat, addr, length, l2_len, 8)
     udp = ip + ihl
-    ulen = _be16(flat, np.clip(udp + 4, 0, last))
-    fits &= (ihl >= 20) & (ulen >= 8) & (l2_len + ihl + ulen <= length)
-    return ip, udp, np.where(fits, ulen, 0), fits
+    ulen = _view(flat, ">u2")[udp + 4].astype(np.int64)
+    fits &= (ulen >= 8) & (l2_len + ihl + ulen <= length)
+    ulen *= fits
+    u32 = _view(flat, ">u4")
+    pseudo = u32[ip + 12].astype(np.int64) + u32[ip + 16] + (IPPROTO_UDP + ulen)
+    return udp, ulen, pseudo, fits
 
 
-def _udp_sums(flat, ip, udp, ulen):
-    last = flat.shape[0] - 4
-    pseudo = _be32(flat, np.clip(ip + 12, 0, last)) + _be32(flat, np.clip(ip + 16, 0, last)) + IPPROTO_UDP + ulen
-    return (ones_sum_batch(flat, udp, ulen) + pseudo) % _MOD
+def _writable(buf: np.ndarray) -> np.ndarray:
+    if buf.dtype != np.uint8 or not buf.flags.c_contiguous or not buf.flags.writeable:
+        raise ValueError("filling checksums needs a writeable, C-contiguous uint8 buffer (the UMEM itself)")
+    return buf.reshape(-1)
 
 
 def udp_verify_batch(buf: np.ndarray, addr: np.ndarray, length: np.ndarray, *, l2_len: int = 14,
                      accept_zero: bool = True) -> np.ndarray:
     """Bool mask: frame i (buf[addr[i]:addr[i]+length[i]], Ethernet + IPv4 + UDP) has a good UDP checksum.
 
-    Frames whose headers do not fit (see `_udp_layout`) are False. A zero checksum field counts as good
-    when `accept_zero` (RFC 768 lets IPv4 senders skip it). The IP header itself is not checked here; use
-    `ipv4_verify_batch`."""
+    Frames whose headers do not fit (IHL < 5, UDP length < 8 or past the frame, frame past the buffer)
+    are False. A zero checksum field counts as good when `accept_zero` (RFC 768 lets IPv4 senders skip
+    it). The IP header checksum is not checked here; use `ipv4_verify_batch`."""
     flat = _as_flat(buf)
-    ip, udp, ulen, fits = _udp_layout(flat, addr, length, l2_len)
-    ok = fits & (_udp_sums(flat, ip, udp, ulen) == 0)
-    field = _be16(flat, np.clip(udp + 6, 0, flat.shape[0] - 2))
-    if accept_zero:
-        ok |= fits & (field == 0)
-    else:
-        ok &= field != 0
-    return ok
+    udp, ulen, pseudo, fits = _udp_parts(flat, addr, length, l2_len)
+    ok = (ones_sum_batch(flat, udp, ulen) + pseudo) % _MOD == 0
+    zero = _view(flat, ">u2")[udp + 6] == 0
+    ok = (ok | zero) if accept_zero else (ok & ~zero)
+    return ok & fits
 
 
 def udp_fill_batch(buf: np.ndarray, addr: np.ndarray, length: np.ndarray, *, l2_len: int = 14) -> np.ndarray:
@@ -211,44 +204,32 @@ def udp_fill_batch(buf: np.ndarray, addr: np.ndarray, length: np.ndarray, *, l2_
 
     Returns the mask of frames that were filled (the others do not hold a well-formed IPv4/UDP header
     within their length and are left untouched)."""
-    flat = _as_flat(buf)
-    ip, udp, ulen, fits = _udp_layout(flat, addr, length, l2_len)
-    if not fits.any():
-        return fits
-    ip, udp, ulen = ip[fits], udp[fits], ulen[fits]
-    _put16(flat, udp + 6, np.zeros_like(udp))
-    field = checksum_field_batch(_udp_sums(flat, ip, udp, ulen)).astype(np.int64)
-    _put16(flat, udp + 6, np.where(field == 0, 0xFFFF, field))
+    flat = _writable(buf)
+    udp, ulen, pseudo, fits = _udp_parts(flat, addr, length, l2_len)
+    if not fits.all():
+        udp, ulen, pseudo = udp[fits], ulen[fits], pseudo[fits]
+    field = _view(flat, ">u2")
+    field[udp + 6] = 0
+    c = checksum_field_batch(ones_sum_batch(flat, udp, ulen) + pseudo)
+    c[c == 0] = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
+    field[udp + 6] = c
     return fits
-
-
-def _ip_layout(flat, addr, length, l2_len):
-    addr = np.asarray(addr, dtype=np.int64)
-    length = np.asarray(length, dtype=np.int64)
-    if flat.shape[0] < l2_len + 20:
-        zero = np.zeros_like(addr)
-        return zero, zero, np.zeros(addr.shape, dtype=bool)
-    fits = (length >= l2_len + 20) & (addr >= 0) & (addr + length <= flat.shape[0])
-    ip = addr + l2_len
-    ihl = (flat[np.clip(ip, 0, flat.shape[0] - 1)] & 0x0F).astype(np.int64) * 4
-    fits &= (ihl >= 20) & (l2_len + ihl <= length)
-    return ip, np.where(fits, ihl, 0), fits
 
 
 def ipv4_verify_batch(buf: np.ndarray, addr: np.ndarray, length: np.ndarray, *, l2_len: int = 14) -> np.ndarray:
     """Bool mask: frame i's IPv4 header checksum is right (and the header fits in the frame)."""
     flat = _as_flat(buf)
-    ip, ihl, fits = _ip_layout(flat, addr, length, l2_len)
-    return fits & (ones_sum_batch(flat, ip, ihl) == 0)
+    _, ip, ihl, fits = _layout(flat, addr, length, l2_len, 0)
+    return (ones_sum_batch(flat, ip, ihl * fits) == 0) & fits
 
 
 def ipv4_fill_batch(buf: np.ndarray, addr: np.ndarray, length: np.ndarray, *, l2_len: int = 14) -> np.ndarray:
     """Compute and write the IPv4 header checksum of every frame in place; returns the mask filled."""
-    flat = _as_flat(buf)
-    ip, ihl, fits = _ip_layout(flat, addr, length, l2_len)
-    if not fits.any():
-        return fits
-    ip, ihl = ip[fits], ihl[fits]
-    _put16(flat, ip + 10, np.zeros_like(ip))
-    _put16(flat, ip + 10, checksum_field_batch(ones_sum_batch(flat, ip, ihl)))
+    flat = _writable(buf)
+    _, ip, ihl, fits = _layout(flat, addr, length, l2_len, 0)
+    if not fits.all():
+        ip, ihl = ip[fits], ihl[fits]
+    field = _view(flat, ">u2")
+    field[ip + 10] = 0
+    field[ip + 10] = checksum_field_batch(ones_sum_batch(flat, ip, ihl))
     return fits

@@ -188,21 +188,24 @@ class Stack:
 
     # ---------------------------------------------------------------------------------------- receive
 
-    def receive(self, frame: bytes | bytearray | memoryview, now: float) -> list[bytes]:
-        """Take one received frame (not kept: the caller may reuse its buffer after this returns).
+    def receive(self, frame: bytes | bytearray | memoryview | np.ndarray, now: float) -> list[bytes]:
+        """Take one received frame: bytes, or any contiguous buffer such as a numpy view of a UMEM frame.
+        Nothing is kept (payloads are copied), so the caller may reuse or free the buffer on return.
 
         Returns frames to transmit now; queues events. Never raises on wire data."""
         self._now = now
         self.counters["rx_frames"] += 1
+        # a memoryview of bytes: indexing yields Python ints (numpy uint8 scalars would overflow on shifts)
+        frame = memoryview(frame).cast("B")
         eth = ethernet.parse_ethernet(frame)
         if isinstance(eth, str):
             return self._drop(eth)
         if eth.dst != self.mac and eth.dst != BROADCAST_MAC:
             return self._drop("eth_not_for_us")
         if eth.ethertype == ETH_P_IP:
-            return self._receive_ip(eth, memoryview(frame)[ETH_HLEN:], now)
+            return self._receive_ip(eth, frame[ETH_HLEN:], now)
         if eth.ethertype == ETH_P_ARP:
-            return self._receive_arp(memoryview(frame)[ETH_HLEN:], now)
+            return self._receive_arp(frame[ETH_HLEN:], now)
         if eth.ethertype in (ETH_P_8021Q, ETH_P_8021AD):
             return self._drop(ethernet.VLAN)
         return self._drop(ethernet.UNKNOWN_ETHERTYPE)
@@ -379,4 +382,4 @@ class Stack:
         when none are bound); pass the rest to `receive` so they are answered or counted."""
         ports = None if self.udp_ports is None else np.fromiter(self.udp_ports, dtype=np.int64)
         return udp.classify_batch(buf, addr, length, mac=self.mac, ip=self.ip, ports=ports,
-                                  accept_zero_checksum=self.accept_zero_udp_checksum)
+                                  accept_zero_checksum=self.accept_zero_udp_checksum, broadcast=self._bcast)

@@ -93,46 +93,85 @@ def frame_template(src_mac: bytes, dst_mac: bytes, src_ip: bytes, dst_ip: bytes,
 
 def write_lengths_batch(buf: np.ndarray, addr: np.ndarray, length: np.ndarray) -> None:
     """Set IP total length and UDP length of frames that start with a 42-byte template, from frame lengths."""
-    flat = buf.reshape(-1)
+    flat = ck._writable(buf)
     addr = np.asarray(addr, dtype=np.int64)
     length = np.asarray(length, dtype=np.int64)
-    ck._put16(flat, addr + 16, length - ETH_HLEN)
-    ck._put16(flat, addr + 38, length - ETH_HLEN - IPV4_HLEN)
+    if addr.size and (addr.min() < 0 or (addr + np.maximum(length, HEADERS_LEN)).max() > flat.shape[0]
+                      or length.min() < HEADERS_LEN):
+        raise ValueError("write_lengths_batch: frames must hold the 42 header bytes and lie inside the buffer")
+    u16 = ck._view(flat, ">u2")
+    u16[addr + 16] = length - ETH_HLEN
+    u16[addr + 38] = length - (ETH_HLEN + IPV4_HLEN)
+
+
+def _header_rule(mac: bytes, ip: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, expected) over the 42 header bytes: (header & mask) == expected for plain UDP to us."""
+    mask, want = np.zeros(HEADERS_LEN, np.uint8), np.zeros(HEADERS_LEN, np.uint8)
+    mask[0:6], want[0:6] = 0xFF, np.frombuffer(mac, np.uint8)  # destination MAC
+    mask[6] = 0x01  # group bit of the source MAC must be clear
+    mask[12:15], want[12:15] = 0xFF, (0x08, 0x00, 0x45)  # IPv4, version 4, IHL 5 (no options)
+    mask[20], mask[21] = 0x3F, 0xFF  # MF and fragment offset zero (DF and the reserved bit ignored)
+    mask[23], want[23] = 0xFF, IPPROTO_UDP
+    mask[30:34], want[30:34] = 0xFF, np.frombuffer(ip, np.uint8)  # destination IP
+    return mask, want
 
 
 def classify_batch(buf: np.ndarray, addr: np.ndarray, length: np.ndarray, *, mac: bytes, ip: bytes,
-                   ports: np.ndarray | None = None, accept_zero_checksum: bool = True) -> np.ndarray:
+                   ports: np.ndarray | None = None, accept_zero_checksum: bool = True,
+                   broadcast: bytes | None = None) -> np.ndarray:
     """Bool mask of received frames that are well-formed, checksum-valid, unfragmented, option-less IPv4
     UDP to `mac`/`ip` (and to one of `ports` if given), with IP total length and UDP length consistent
-    with the frame. Everything else (ARP, ICMP, anything odd) should go to `Stack.receive` one by one,
-    which counts why it was dropped. Payload of frame i: UDP offset 42, length udp_len - 8."""
-    flat = buf.reshape(-1)
+    with the frame, from a plausible source (not multicast, loopback, 0/8, ourselves or `broadcast`).
+
+    It is conservative: anything it refuses (ARP, ICMP, anything odd) goes to `Stack.receive` one frame at
+    a time, which answers it or counts why it was dropped. Payload of an accepted frame i starts at
+    addr[i] + 42 and is (UDP length - 8) bytes long; read the UDP length with `udp_lengths_batch`.
+
+    Cost: the 42 header bytes of every frame are gathered once into a matrix and checked against a
+    mask/expected pair; only the payload sum needs a second gather."""
+    flat = ck._as_flat(buf)
     addr = np.asarray(addr, dtype=np.int64)
     length = np.asarray(length, dtype=np.int64)
-    ok = (length >= HEADERS_LEN) & (addr >= 0) & (addr + length <= flat.shape[0])
+    size = flat.shape[0]
+    if size < HEADERS_LEN or addr.size == 0:
+        return np.zeros(addr.shape, dtype=bool)
+    ok = (addr >= 0) & (length >= HEADERS_LEN) & (addr + length <= size)
     a = np.where(ok, addr, 0)
-    mac_v = np.frombuffer(mac, dtype=np.uint8)
-    ok &= (flat[a[:, None] + np.arange(6)] == mac_v).all(axis=1)
-    ok &= (flat[a + 12] == 0x08) & (flat[a + 13] == 0x00) & (flat[a + 14] == 0x45) & (flat[a + 23] == IPPROTO_UDP)
-    ok &= ~(flat[a + 6] & 1).astype(bool)  # group bit in source MAC
-    total = ck._be16(flat, a + 16)
-    ok &= (total >= IPV4_HLEN + UDP_HLEN) & (total <= length - ETH_HLEN)
-    ok &= (ck._be16(flat, a + 20) & (FLAG_MF | OFFSET_MASK)) == 0
-    ok &= flat[a + 22] != 0
-    src0 = flat[a + 26]
-    ok &= (src0 != 127) & (src0 < 224)
-    ok &= (flat[a[:, None] + 30 + np.arange(4)] == np.frombuffer(ip, dtype=np.uint8)).all(axis=1)
-    ulen = ck._be16(flat, a + 38)
-    ok &= ulen == total - IPV4_HLEN
-    dport = ck._be16(flat, a + 36)
-    ok &= dport != 0
+    hdr = np.ndarray((size - HEADERS_LEN + 1, HEADERS_LEN), np.uint8, flat, 0, (1, 1))[a]
+    mask, want = _header_rule(mac, ip)
+    ok &= ((hdr & mask) == want).all(axis=1)
+    w = hdr.view(">u2").astype(np.int64)  # 16-bit big-endian words at even offsets 0, 2, ... 40
+    total, ulen, dport = w[:, 8], w[:, 19], w[:, 18]
+    ok &= (total >= IPV4_HLEN + UDP_HLEN) & (total <= length - ETH_HLEN) & (ulen == total - IPV4_HLEN)
+    ok &= (hdr[:, 22] != 0) & (dport != 0)  # TTL, destination port
+    src_hi = w[:, 13]
+    src = (src_hi << 16) | w[:, 14]
+    ok &= (src_hi >= 0x0100) & (src_hi >> 8 != 127) & (src_hi < 0xE000) & (src != int.from_bytes(ip, "big"))
+    if broadcast is not None:
+        ok &= src != int.from_bytes(broadcast, "big")
     if ports is not None:
         ok &= np.isin(dport, ports)
+    # IPv4 header checksum: words 7..16 are the 20 header bytes
+    ok &= w[:, 7:17].sum(axis=1) % 0xFFFF == 0
     if not ok.any():
         return ok
-    idx = np.flatnonzero(ok)
-    # checksums only for the survivors; the IP total length bounds the UDP sum (padding excluded)
-    sub_len = ETH_HLEN + total[idx]
-    ok[idx] &= ck.ipv4_verify_batch(flat, addr[idx], sub_len)
-    ok[idx] &= ck.udp_verify_batch(flat, addr[idx], sub_len, accept_zero=accept_zero_checksum)
+    sel = None if ok.all() else np.flatnonzero(ok)
+    if sel is not None:
+        a, w, ulen = a[sel], w[sel], ulen[sel]
+    # UDP: payload + header (from offset 34, UDP length bytes; padding excluded) + pseudo-header, whose
+    # addresses are words 13..16 of the IP header
+    usum = ck.ones_sum_batch(flat, a + ETH_HLEN + IPV4_HLEN, ulen) + w[:, 13:17].sum(axis=1) + IPPROTO_UDP + ulen
+    good = usum % 0xFFFF == 0
+    if accept_zero_checksum:
+        good |= w[:, 20] == 0
+    else:
+        good &= w[:, 20] != 0
+    if sel is None:
+        return good
+    ok[sel] = good
     return ok
+
+
+def udp_lengths_batch(buf: np.ndarray, addr: np.ndarray) -> np.ndarray:
+    """UDP length field (header + payload) of frames laid out as Ethernet + 20-byte IPv4 + UDP."""
+    return ck._view(ck._as_flat(buf), ">u2")[np.asarray(addr, dtype=np.int64) + 38].astype(np.int64)

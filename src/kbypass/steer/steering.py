@@ -227,11 +227,11 @@ class Steering(SteerProgram):
             self.ifindex = self._ifindex()
             info = libbpf.xdp_query(self.ifindex)
             if info.attached:
-                ids = ", ".join(str(i) for i in info.ids)
+                ids = ", ".join(_describe(i) for i in info.ids)
                 raise KbypassError(
                     f"{self.ifname} in {self._where()} already has XDP program id {ids}; kbypass does not "
-                    f"replace it: remove it with '{self._ip()} set dev {self.ifname} xdp off' (a bpf_link-"
-                    "attached one goes away when its owner process exits), then retry"
+                    f"replace it: remove it with '{self._ip()} set dev {self.ifname} xdp off' (if that says busy, a "
+                    "bpf_link holds it: stop the process that owns it, see 'bpftool link show'), then retry"
                 )
             modes = ["native", "skb"] if self.mode == "auto" else [self.mode]
             for i, mode in enumerate(modes):
@@ -272,3 +272,8 @@ class Steering(SteerProgram):
             self.attach()
         return self
 
+
+
+def _describe(prog_id: int) -> str:
+    name = libbpf.prog_name(prog_id)
+    return f"{prog_id} ({name!r})" if name else str(prog_id)

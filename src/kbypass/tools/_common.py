@@ -34,7 +34,11 @@ def pin_cpu(cpu: int | None) -> None:
     """Pin this process to one core, so generator and system under test do not share one."""
     if cpu is None:
         return
-    allowed = os.sched_getaffinity(0)
-    if cpu not in allowed:
-        raise UsageError(f"--cpu {cpu}: this machine allows CPUs {sorted(allowed)}; pick one of those")
-    os.sched_setaffinity(0, {cpu})
+    # Check against the machine's CPUs, not our inherited mask: a parent pinned elsewhere may start us.
+    cpus = os.cpu_count() or 1
+    if not 0 <= cpu < cpus:
+        raise UsageError(f"--cpu {cpu}: this machine has CPUs 0-{cpus - 1}; pick one of those")
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as e:
+        raise UsageError(f"--cpu {cpu}: cannot run there ({e.strerror}); pick another CPU") from None

@@ -17,8 +17,11 @@ producer-index load (acquire), and symmetrically for the consumer index (the con
 its consumer-index store; the producer's consumer-index load before its slot writes).
 On x86-64 (TSO) the hardware already gives all of this: stores are not reordered with older stores, loads
 are not reordered with older loads, and stores are not reordered with older loads. The only reordering x86
-does (a store followed by a load of another address) is never relied upon here, so plain aligned 32-bit
-loads and stores suffice; libxdp compiles its acquire/release to plain MOVs on x86 for the same reason.
+does (a store followed by a load of another address) matters in one place: `submit()` then
+`needs_wakeup()`, where the flag may be read before our producer store is visible. libxdp has no fence
+there either; the worst case is a late wakeup, and the port re-reads the flag (and poll() wakes the driver
+unconditionally) each time it finds the RX ring empty, so nothing stalls for good. Otherwise plain aligned
+32-bit loads and stores suffice; libxdp's acquire/release compile to plain MOVs on x86 for the same reason.
 The compiler side is covered because every index access is a separate call into ctypes/numpy C code
 through the interpreter, which no compiler can reorder with the next Python-level operation.
 On weakly ordered CPUs (arm64, ppc64, riscv) we would need real barriers: a load-acquire of the

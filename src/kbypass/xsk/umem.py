@@ -152,7 +152,7 @@ class Umem:
         # position of its last copy at its first one.
         pos = self._positions[: len(frames)]
         self._mark[frames] = pos
-        if not np.array_equal(self._mark[frames], pos):
+        if not (self._mark[frames] == pos).all():
             raise OwnershipError(f"{what}: the same frame appears twice in one batch; use each frame once")
         return frames
 

@@ -138,6 +138,10 @@ class PairSim:
             self.client.conn.receive_datagram(d, self.now)
         self.client.conn.handle_timer(self.now)
         self.listener.handle_timer(self.now)
+        if self.server.conn is None:
+            self.server.conn = self.listener.accept()
+        for side in (self.client, self.server):
+            self._app(side)  # so `until` sees events at the time they happened
         return True
 
     def run(self, until, max_time: float = 600.0, max_stalled_steps: int = 10000) -> bool:
