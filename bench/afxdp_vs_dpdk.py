@@ -24,168 +24,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from pyroute2 import NetNS
 from rich.console import Console
 from rich.table import Table
 
-from kbypass import netns, testbed
-from kbypass.bpf import libbpf
+from kbypass import testbed
+from kbypass.benchkit import GEN_CPU, PORT, contenders, trial
 from kbypass.gen.live import LiveGenerator
 from kbypass.gen.template import udp_template
 
 PREFIX = "kbb"
-GEN_CPU, SUT_CPU = 0, 1
-PORT = 4321
 ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
-
-# A plain kernel UDP socket receiver: the baseline a Python user would write first.
-SOCKET_RECEIVER = r"""
-import signal, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
-s.bind((sys.argv[1], int(sys.argv[2])))
-n = 0
-stop = False
-def handler(*_):
-    global stop
-    stop = True
-signal.signal(signal.SIGINT, handler)
-s.settimeout(0.2)
-print("ready", flush=True)
-buf = bytearray(2048)
-while not stop:
-    try:
-        s.recv_into(buf)
-        n += 1
-    except socket.timeout:
-        pass
-    except InterruptedError:
-        pass
-print(n, flush=True)
-"""
-
-
-def testpmd_cmd(host: testbed.Host, mode: str) -> list[str]:
-    return ["ip", "netns", "exec", host.netns, "dpdk-testpmd", "--no-huge", "-m", "1024", "--no-pci",
-            "-l", f"{GEN_CPU},{SUT_CPU}", "--main-lcore", str(GEN_CPU), "--file-prefix", f"kbb{os.getpid()}",
-            "--vdev", f"net_af_xdp0,iface={host.iface},start_queue=0,queue_count=1",
-            "--", f"--forward-mode={mode}", "-a", "--stats-period", "1"]
-
-
-class Contender:
-    """A system under test: start it, know when it is ready, stop it and read its count."""
-
-    def __init__(self, name: str, kind: str, argv: list[str], ready, count) -> None:
-        self.name, self.kind, self.argv, self._ready, self._count = name, kind, argv, ready, count
-        self.proc: subprocess.Popen | None = None
-        self.out = ""
-
-    def start(self, b: testbed.Host) -> None:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        deadline = time.monotonic() + 60
-        while not self._ready(self, b):
-            self._read()
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.out[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not get ready:\n{self.out[-2000:]}")
-            time.sleep(0.05)
-        time.sleep(0.3)
-
-    def _read(self) -> None:
-        try:
-            chunk = self.proc.stdout.read()
-        except (BlockingIOError, TypeError):
-            chunk = None
-        if chunk:
-            self.out += chunk
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.set_blocking(self.proc.stdout.fileno(), True)
-        self.out += self.proc.stdout.read() or ""
-        return self._count(self)
-
-
-def xdp_on(b: testbed.Host) -> bool:
-    with netns.entered(b.netns):
-        return libbpf.xdp_query(socket.if_nametoindex(b.iface)).attached
-
-
-def kbypass_json_count(c: Contender) -> int:
-    start = c.out.index("{")
-    return json.loads(c.out[start:])["packets"]
-
-
-def forwarded(c: Contender) -> int:
-    return 0  # forwarders are scored by what arrives back at host a, not by what they say they sent
-
-
-def testpmd_count(field: str):
-    def count(c: Contender) -> int:
-        found = re.findall(rf"{field}:\s+(\d+)", c.out.split("Accumulated forward statistics")[-1])
-        if not found:
-            raise RuntimeError(f"no {field} in testpmd output:\n{c.out[-2000:]}")
-        return int(found[0])
-
-    return count
-
-
-def contenders(b: testbed.Host) -> list[Contender]:
-    kb = [PY, "-m", "kbypass"]
-    common = ["--host", "b", "--queue", "0", "--cpu", str(SUT_CPU), "--json", "--frames", "16384",
-              "--ring-size", "8192", "--rule", f"udp dport {PORT}"]
-    out = [
-        Contender("kbypass sink", "receive", kb + ["sink", *common], lambda c, b: xdp_on(b), kbypass_json_count),
-        Contender("python socket", "receive",
-                  ["ip", "netns", "exec", b.netns, "taskset", "-c", str(SUT_CPU), PY, "-c", SOCKET_RECEIVER,
-                   b.ipv4, str(PORT)],
-                  lambda c, b: "ready" in c.out, lambda c: int(c.out.split()[-1])),
-        # --macs-only: the same work as testpmd macswap, so host a's kernel treats both outputs alike.
-        Contender("kbypass reflect", "forward", kb + ["reflect", "--macs-only", *common], lambda c, b: xdp_on(b),
-                  forwarded),
-    ]
-    if shutil.which("dpdk-testpmd"):
-        started = lambda c, b: "start packet forwarding" in c.out
-        out += [
-            Contender("testpmd rxonly", "receive", testpmd_cmd(b, "rxonly"), started, testpmd_count("RX-packets")),
-            Contender("testpmd macswap", "forward", testpmd_cmd(b, "macswap"), started, forwarded),
-        ]
-    return out
-
-
-def rx_packets(host: testbed.Host) -> int:
-    with NetNS(host.netns) as ns:
-        link = ns.get_links(host.ifindex)[0]
-    return link.get("IFLA_STATS64")["rx_packets"]
-
-
-def trial(c: Contender, gen: LiveGenerator, a: testbed.Host, b: testbed.Host, packets: int) -> dict:
-    c.start(b)
-    before = rx_packets(a)
-    res = gen.run(count=packets)
-    time.sleep(0.5)  # let the system under test drain its rings
-    counted = c.stop()
-    handled = counted if c.kind == "receive" else rx_packets(a) - before
-    return {"name": c.name, "kind": c.kind, "sent": res.packets, "gen_seconds": res.seconds,
-            "handled": handled, "pps": handled / res.seconds, "gen_pps": res.pps}
 
 
 def main() -> int:

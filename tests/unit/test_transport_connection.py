@@ -167,7 +167,7 @@ def test_rto_backs_off_while_the_path_is_dead():
     sim.client.stream += os.urandom(5000)
     rtos, seen = [], 0
     while len(rtos) < 5:
-        sim.step()
+        assert sim.step() and sim.now < 100, "connection stopped retransmitting"
         t = sim.client.conn.stats.timeouts
         if t > seen:
             seen = t

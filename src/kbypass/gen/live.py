@@ -13,18 +13,15 @@ XDP program (the testbed switches GRO on).
 
 from __future__ import annotations
 
-import ctypes
-import os
 import struct
 import time
 from dataclasses import dataclass
 
 from kbypass import netns
 from kbypass.bpf import libbpf
-from kbypass.errors import UsageError
+from kbypass.errors import EnvironmentProblem, UsageError
 from kbypass.gen.stamp import ETH_IPV4_UDP, STAMP_SIZE
 
-BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 XDP_MD = struct.Struct("IIIIII")  # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress
 SLICE = 1 << 18  # frames per BPF_PROG_RUN call: ~50 ms at 5 Mpps, short enough for progress and Ctrl-C
 BATCH = 64  # frames the kernel builds and transmits per internal batch (its default)
@@ -77,22 +74,16 @@ class LiveGenerator:
         self.close()
 
     def _burst(self, count: int) -> None:
-        data = ctypes.create_string_buffer(self.template, len(self.template))
-        ctx = ctypes.create_string_buffer(XDP_MD.pack(0, len(self.template), 0, self.ifindex, 0, 0), XDP_MD.size)
-        opts = libbpf._TestRunOpts(sz=ctypes.sizeof(libbpf._TestRunOpts))
-        opts.data_in = ctypes.cast(data, ctypes.c_void_p)
-        opts.data_size_in = len(self.template)
-        opts.ctx_in = ctypes.cast(ctx, ctypes.c_void_p)
-        opts.ctx_size_in = XDP_MD.size
-        opts.repeat = count
-        opts.flags = BPF_F_TEST_XDP_LIVE_FRAMES
-        opts.batch_size = BATCH
+        ctx = XDP_MD.pack(0, len(self.template), 0, self.ifindex, 0, 0)
         # ingress_ifindex is looked up in the calling thread's namespace: run inside the interface's.
         with netns.entered(self.netns_name):
-            rc = libbpf.lib().bpf_prog_test_run_opts(self.prog_fd, ctypes.byref(opts))
-        if rc != 0:
-            err = -rc if rc < 0 else ctypes.get_errno()
-            raise UsageError(f"live-frames run failed: {os.strerror(err)} (needs Linux >= 5.18 and root)")
+            try:
+                libbpf.test_run(self.prog_fd, self.template, ctx=ctx, repeat=count,
+                                flags=libbpf.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=BATCH)
+            except libbpf.BpfCallError as e:
+                raise EnvironmentProblem(
+                    f"live-frames run failed: {e}; it needs Linux >= 5.18 and root (see 'kbypass doctor')"
+                ) from None
 
     def run(self, *, count: int | None = None, duration: float | None = None, progress=None) -> LiveResult:
         """Send `count` frames, or for `duration` seconds, whichever ends first (one of them is needed).
