@@ -45,6 +45,8 @@ def main() -> int:
     ap.add_argument("--packets", type=int, default=3_000_000, help="frames per trial (default 3M)")
     ap.add_argument("--runs", type=int, default=3, help="repetitions of every trial (default 3)")
     ap.add_argument("--size", type=int, default=64, help="frame size (default 64)")
+    ap.add_argument("--only", action="append", default=[], metavar="NAME",
+                    help="run only this contender (repeatable), e.g. --only 'kbypass reflect'")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "afxdp_vs_dpdk.json"))
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -59,7 +61,7 @@ def main() -> int:
     try:
         frame = udp_template(a.mac, b.mac, a.ipv4, 9, b.ipv4, PORT, args.size)
         with LiveGenerator(a.iface, frame, netns_name=a.netns) as gen:
-            field = contenders(b)
+            field = [c for c in contenders(b) if not args.only or c.name in args.only]
             for run in range(args.runs):
                 order = field[run % len(field):] + field[: run % len(field)]
                 for c in order:

@@ -9,6 +9,8 @@ from scapy.all import ARP, ICMP, IP, UDP, Dot1Q, Ether, Raw, raw
 
 from kbypass.errors import UsageError
 from kbypass.proto import arp
+from kbypass.proto.checksum import ipv4_fill_batch, udp_fill_batch
+from kbypass.proto.udp import write_lengths_batch
 from kbypass.proto.stack import DROP_REASONS, ArpResolved, ArpTimeout, Stack, UdpDatagram
 
 MAC_A, MAC_B, MAC_C = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"
@@ -185,6 +187,16 @@ def test_arp_request_from_kernel_style_peer_answered():
     assert s.counters["arp_ip_conflict"] == 1
 
 
+def test_unsolicited_reply_does_not_create_an_entry():
+    s = Stack(MAC_B, IP_B, 24, 0.0)
+    rep = raw(Ether(src=MAC_C, dst=MAC_B) / ARP(op=2, hwsrc=MAC_C, psrc=IP_C, hwdst=MAC_B, pdst=IP_B))
+    assert s.receive(rep, 0.0) == []
+    assert s.drops() == {"arp_unsolicited": 1} and len(s.arp) == 0
+    assert is_arp(s.send_udp(IP_C, 9, 9, b"", 0.0)[0], arp.OP_REQUEST)  # still unresolved
+    s.receive(rep, 0.1)  # now it is the answer to our request
+    assert s.counters["arp_replies_accepted"] == 1 and s.events() == [ArpResolved(IP_C, MAC_C)]
+
+
 def test_gratuitous_arp():
     s = Stack(MAC_A, IP_A, 24, 0.0)
     p = Ether(s.gratuitous_arp())
@@ -265,7 +277,7 @@ def test_malformed_frame_counted_and_not_answered(reason, frame):
 
 def test_every_drop_reason_is_reachable_or_transmit_side():
     seen = {r for r, _ in MALFORMED}
-    others = {"arp_ip_conflict", "arp_not_for_us", "arp_not_owned", "icmp_not_owned", "udp_no_listener",
+    others = {"arp_ip_conflict", "arp_not_for_us", "arp_unsolicited", "arp_not_owned", "icmp_not_owned", "udp_no_listener",
               "udp_no_checksum", "tx_arp_queue_full", "tx_arp_pending_full", "tx_arp_timeout"}
     assert set(DROP_REASONS) == seen | others
 
@@ -361,6 +373,8 @@ def test_pending_table_bound():
     (dict(owns_address=False), "resolve="),
     (dict(gateway="192.168.1.1"), "on-link gateway"),
     (dict(mtu=20), "MTU"),
+    (dict(gateway="10.0.0.300"), "bad gateway"),
+    (dict(arp_attempts=0), "attempts"),
 ])
 def test_constructor_errors_name_the_fix(kwargs, words):
     args = dict(mac=MAC_A, ip=IP_A, prefixlen=24, now=0.0)
@@ -450,3 +464,24 @@ def test_every_datagram_is_delivered_lost_on_the_wire_or_counted(sends, losses):
         assert calls[id(s)] == c["udp_sent"] + c["tx_arp_timeout"] + c["tx_arp_queue_full"] + c["tx_arp_pending_full"]
         assert c["udp_delivered"] == link.udp_carried[id(s)]
         assert not {k for k in s.drops() if not k.startswith("tx_")}
+
+
+def test_udp_template_for_batch_transmit(pair):
+    a, b, link = pair
+    assert a.udp_template(IP_B, 9000, 4000, 0.0) is None  # unknown peer: resolve first
+    link.send(a, a.send_udp(IP_B, 9000, 4000, b"first", 0.0))
+    link.run(0.0)
+    tmpl = a.udp_template(IP_B, 9000, 4000, 0.1)
+    assert tmpl is not None and len(tmpl) == 42
+    buf = np.zeros(256, np.uint8)
+    frame = tmpl + b"batched"
+    buf[0:len(frame)] = np.frombuffer(frame, np.uint8)
+    write_lengths_batch(buf, np.array([0]), np.array([len(frame)]))
+    ipv4_fill_batch(buf, np.array([0]), np.array([len(frame)]))
+    udp_fill_batch(buf, np.array([0]), np.array([len(frame)]))
+    b.events()
+    b.receive(buf[:len(frame)].tobytes(), 0.2)
+    assert b.events() == [UdpDatagram(IP_A, 4000, 9000, b"batched")]
+    assert a.udp_template(IP_B, 9000, 4000, 31.0) is None  # the entry expired
+    with pytest.raises(UsageError):
+        a.udp_template(IP_A, 9000, 4000, 0.0)

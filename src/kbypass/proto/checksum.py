@@ -61,9 +61,8 @@ def udp_checksum(src_ip: bytes, dst_ip: bytes, segment: bytes | bytearray | memo
 
 
 def udp_verify(src_ip: bytes, dst_ip: bytes, segment: bytes | bytearray | memoryview) -> bool:
-    """True when a received UDP segment's checksum is right. A zero field means "not computed" (IPv4 only):
-    the caller decides whether to accept that; this returns False for it only if the data is also wrong,
-    so check the field for 0 first."""
+    """True when a received UDP segment (exactly UDP-length bytes) checksums right. A zero field means "not
+    computed" (allowed for IPv4) and is not special-cased here: callers check for it first."""
     return verify(segment, pseudo_header_sum(src_ip, dst_ip, IPPROTO_UDP, len(segment)))
 
 

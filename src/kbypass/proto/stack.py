@@ -74,6 +74,7 @@ Event = UdpDatagram | ArpResolved | ArpTimeout
 DROP_REASONS: tuple[str, ...] = (
     ethernet.TRUNCATED, ethernet.BAD_SOURCE, "eth_not_for_us", ethernet.VLAN, ethernet.UNKNOWN_ETHERTYPE,
     arp.TRUNCATED, arp.UNSUPPORTED, arp.BAD_OP, arp.BAD_SENDER, "arp_ip_conflict", "arp_not_for_us",
+    "arp_unsolicited",
     "arp_not_owned",
     ipv4.TRUNCATED, ipv4.BAD_VERSION, ipv4.BAD_IHL, ipv4.BAD_LENGTH, ipv4.LENGTH_LIES, ipv4.BAD_CHECKSUM,
     ipv4.OPTIONS, ipv4.FRAGMENT, ipv4.TTL_ZERO, ipv4.BAD_SOURCE, "ip_not_for_us", "ip_unknown_protocol",
@@ -134,7 +135,10 @@ class Stack:
         self._bcast = self.network.broadcast_address.packed if prefixlen < 31 else None
         self.gateway = None
         if gateway is not None:
-            self.gateway = ipv4.ip_bytes(gateway)
+            try:
+                self.gateway = ipv4.ip_bytes(gateway)
+            except ValueError as e:
+                raise UsageError(f"bad gateway address: {e}") from None
             if not self.on_link(self.gateway):
                 raise UsageError(f"gateway {_ip_text(self.gateway)} is not inside {self.network}; give an "
                                  "on-link gateway")
@@ -143,12 +147,15 @@ class Stack:
         self.accept_zero_udp_checksum = accept_zero_udp_checksum
         self.udp_ports: set[int] | None = set(udp_ports) if udp_ports is not None else None
         self._resolve = resolve
-        self.arp = arp.ArpResolver(ttl=arp_ttl, interval=arp_interval, attempts=arp_attempts,
-                                   max_queue=arp_max_queue, max_pending=arp_max_pending)
+        try:
+            self.arp = arp.ArpResolver(ttl=arp_ttl, interval=arp_interval, attempts=arp_attempts,
+                                       max_queue=arp_max_queue, max_pending=arp_max_pending)
+        except ValueError as e:
+            raise UsageError(f"{e}; the defaults (ttl 60 s, interval 1 s, 3 attempts) suit a LAN") from None
         self.counters: dict[str, int] = dict.fromkeys(DROP_REASONS + ACTIVITY, 0)
         self._events: deque[Event] = deque()
         self._ident = 0
-        self._now = now
+        self.created_at = now  # the stack reads no clock; times are only ever arguments
 
     # ---------------------------------------------------------------------------------------- helpers
 
@@ -193,7 +200,6 @@ class Stack:
         Nothing is kept (payloads are copied), so the caller may reuse or free the buffer on return.
 
         Returns frames to transmit now; queues events. Never raises on wire data."""
-        self._now = now
         self.counters["rx_frames"] += 1
         # a memoryview of bytes: indexing yields Python ints (numpy uint8 scalars would overflow on shifts)
         frame = memoryview(frame).cast("B")
@@ -221,12 +227,14 @@ class Stack:
         to_us = pkt.tpa == self.ip
         usable_sender = (pkt.spa != b"\0\0\0\0" and not ipv4.is_bad_source(pkt.spa) and self.on_link(pkt.spa)
                          and pkt.spa != self._bcast)
+        known = self.arp.is_pending(pkt.spa) or self.arp.lookup(pkt.spa, now) is not None
         out: list[bytes] = []
-        if usable_sender:
-            # RFC 826 merge: update what we know; add the sender only when it is talking to us
-            released = (self.arp.learn if to_us else self.arp.refresh)(pkt.spa, pkt.sha, now)
-            if to_us:
-                self.counters["arp_learned"] += 1
+        if usable_sender and (known or (to_us and pkt.op == arp.OP_REQUEST)):
+            # RFC 826 merge: update what we know; add a new sender only when it asks us (we are about to
+            # answer it, and will likely talk to it). Unsolicited replies never create entries, so a
+            # stranger cannot flood the cache or plant one.
+            released = self.arp.learn(pkt.spa, pkt.sha, now)
+            self.counters["arp_learned"] += 1
             out.extend(self._flush(pkt.sha, released))
             if released:
                 self._events.append(ArpResolved(_ip_text(pkt.spa), ethernet.mac_str(pkt.sha)))
@@ -237,10 +245,12 @@ class Stack:
             # probes (spa 0.0.0.0, RFC 5227) are answered too, to the asker's MAC
             out.append(arp.reply_frame(self.mac, self.ip, pkt.sha, pkt.spa))
             self.counters["arp_requests_answered"] += 1
-        elif usable_sender:
+        elif not usable_sender:
+            self.counters[arp.BAD_SENDER] += 1  # a reply from 0.0.0.0 or off-subnet tells us nothing
+        elif known:
             self.counters["arp_replies_accepted"] += 1
         else:
-            self.counters[arp.BAD_SENDER] += 1  # a reply from 0.0.0.0 or off-subnet tells us nothing
+            self.counters["arp_unsolicited"] += 1
         return out
 
     def _receive_ip(self, eth: ethernet.EthernetHeader, payload: memoryview, now: float) -> list[bytes]:
@@ -293,33 +303,14 @@ class Stack:
         """Frames to transmit for one datagram: the datagram itself when the peer's MAC is known, else an
         ARP request (owned mode) while the datagram waits in a bounded queue, released by `receive` when
         the reply comes (or dropped with an `ArpTimeout` event after the last attempt)."""
-        self._now = now
-        try:
-            dst = ipv4.ip_bytes(dst_ip)
-        except ValueError as e:
-            raise UsageError(f"bad destination address: {e}") from None
-        if not 1 <= dst_port <= 0xFFFF or not 0 <= src_port <= 0xFFFF:
-            raise UsageError(f"UDP ports out of range: dst {dst_port} (1-65535), src {src_port} (0-65535)")
+        dst = self._check_flow(dst_ip, dst_port, src_port)
         if len(payload) > self.max_payload():
             raise UsageError(f"a {len(payload)}-byte message exceeds the MTU ({self.mtu}: at most "
                              f"{self.max_payload()} bytes of UDP payload); kbypass does not fragment, send less")
-        if dst == self.ip:
-            raise UsageError("cannot send to the stack's own address; use a peer address")
+        hop, mac = self._next_hop_mac(dst, now)
         packet = ipv4.build_ipv4(self.ip, dst, IPPROTO_UDP,
                                  udp.build_udp(self.ip, dst, src_port, dst_port, payload),
                                  ident=self._next_ident())
-        if dst == b"\xff\xff\xff\xff" or dst == self._bcast:
-            return self._flush(BROADCAST_MAC, [packet])
-        if dst[0] >= 224 and dst[0] < 240:
-            return self._flush(ipv4.multicast_mac(dst), [packet])
-        if self.on_link(dst):
-            hop = dst
-        elif self.gateway is not None:
-            hop = self.gateway
-        else:
-            raise UsageError(f"{_ip_text(dst)} is outside {self.network} and no gateway is set; pass "
-                             "gateway=... or send inside the subnet")
-        mac = self.arp.lookup(hop, now)
         if mac is not None:
             return self._flush(mac, [packet])
         was_pending = self.arp.is_pending(hop)
@@ -328,6 +319,43 @@ class Stack:
             return self._drop("tx_arp_queue_full" if was_pending else "tx_arp_pending_full")
         self.counters["udp_queued"] += 1
         return self._solicit(hop, now) if ask_now else []
+
+    def _check_flow(self, dst_ip: str | bytes, dst_port: int, src_port: int) -> bytes:
+        try:
+            dst = ipv4.ip_bytes(dst_ip)
+        except ValueError as e:
+            raise UsageError(f"bad destination address: {e}") from None
+        if not 1 <= dst_port <= 0xFFFF or not 0 <= src_port <= 0xFFFF:
+            raise UsageError(f"UDP ports out of range: dst {dst_port} (1-65535), src {src_port} (0-65535)")
+        if dst == self.ip:
+            raise UsageError("cannot send to the stack's own address; use a peer address")
+        return dst
+
+    def _next_hop_mac(self, dst: bytes, now: float) -> tuple[bytes, bytes | None]:
+        """(next hop, its MAC if known without asking). Raises UsageError for unroutable destinations."""
+        if dst == b"\xff\xff\xff\xff" or dst == self._bcast:
+            return dst, BROADCAST_MAC
+        if 224 <= dst[0] < 240:
+            return dst, ipv4.multicast_mac(dst)
+        if self.on_link(dst):
+            hop = dst
+        elif self.gateway is not None:
+            hop = self.gateway
+        else:
+            raise UsageError(f"{_ip_text(dst)} is outside {self.network} and no gateway is set; pass "
+                             "gateway=... or send inside the subnet")
+        return hop, self.arp.lookup(hop, now)
+
+    def udp_template(self, dst_ip: str | bytes, dst_port: int, src_port: int, now: float) -> bytes | None:
+        """The 42 header bytes of a flow for batch transmit (`udp.frame_template`: lengths and checksums
+        left zero for `udp.write_lengths_batch` and the `checksum.*_fill_batch` functions), or None while
+        the peer's MAC is unknown: then send one datagram with `send_udp`, which starts the resolution.
+        Ask again per batch: entries expire."""
+        dst = self._check_flow(dst_ip, dst_port, src_port)
+        _, mac = self._next_hop_mac(dst, now)
+        if mac is None:
+            return None
+        return udp.frame_template(self.mac, mac, self.ip, dst, src_port, dst_port)
 
     def _solicit(self, hop: bytes, now: float) -> list[bytes]:
         """One resolution attempt for `hop`: an ARP request, or a question to the resolve callback."""
@@ -353,7 +381,6 @@ class Stack:
 
     def handle_timer(self, now: float) -> list[bytes]:
         """Run due timers: ARP retries (frames returned) and timeouts (`ArpTimeout` events)."""
-        self._now = now
         retry, expired = self.arp.handle_timer(now)
         out: list[bytes] = []
         for ip in retry:

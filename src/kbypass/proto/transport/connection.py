@@ -65,6 +65,7 @@ class ConnectionStats:
     loss_events: int = 0  # congestion window reductions
     duplicates: int = 0  # received segments we already had
     pings_sent: int = 0
+    fin_presumed_acked: int = 0  # closes that gave up waiting for the ack of our FIN (see _lose)
     drops: Counter = field(default_factory=Counter)  # reason -> datagrams dropped
     rtt_ms: float | None = None
     rto_ms: float = 0.0
@@ -133,6 +134,13 @@ class Connection:
 
     def _lose(self, reason: str) -> None:
         if self.state is State.CLOSED:
+            return
+        sb = self.sbuf
+        if self.state in (State.LAST_ACK, State.CLOSING) and sb.fin_seq is not None and sb.snd_una >= sb.fin_seq:
+            # The peer's FIN arrived and all our data was acknowledged; only the ack of our FIN is missing
+            # (the peer is most likely done and gone). Nothing of ours or theirs is lost: a clean close.
+            self.stats.fin_presumed_acked += 1
+            self._go(Input.FIN_ACKED)
             return
         self._lost_reason = reason
         self._go(Input.LOST)
@@ -401,6 +409,9 @@ class Connection:
         if fin_now:
             self._events.append(PeerClosed())
             self._go(Input.PEER_FIN)
+        elif pkt.has(wire.FIN) and self.state is State.TIME_WAIT:
+            # the peer did not get our ack of its FIN: linger on, so we are still here for its next try
+            self._linger_deadline = self._now + self.config.time_wait
 
     # ------------------------------------------------------------------ output
     def _ts(self, now: float) -> int:
@@ -508,7 +519,7 @@ class Connection:
             return None
         if self.state in (State.IDLE, State.LISTEN):
             return None
-        cand = [self._last_recv + self.config.idle_timeout]
+        cand = [] if self.state is State.TIME_WAIT else [self._last_recv + self.config.idle_timeout]
         for t in (self._rto_deadline, self._persist_deadline, self._linger_deadline):
             if t is not None:
                 cand.append(t)
@@ -538,9 +549,14 @@ class Connection:
             if self.state is State.CLOSED:
                 return
         if self._persist_deadline is not None and now >= self._persist_deadline:
-            self._persist_backoff = min(self._persist_backoff + 1, 10)
-            self._persist_deadline = now + min(self.rtt.rto * (2 ** self._persist_backoff), self.config.max_rto)
-            self._ping_due = True
+            sb = self.sbuf
+            n = sb.next_length(self.mss)
+            if n and not sb.inflight and self._window_room() < n:  # still blocked by the peer's window
+                self._persist_backoff = min(self._persist_backoff + 1, 10)
+                self._persist_deadline = now + min(self.rtt.rto * 2 ** self._persist_backoff, self.config.max_rto)
+                self._ping_due = True
+            else:
+                self._persist_deadline = None
         if st in SYNCHRONIZED and st is not State.TIME_WAIT and now >= self._keepalive_at():
             self._last_ping = now
             self._ping_due = True
