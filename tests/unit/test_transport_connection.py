@@ -13,10 +13,10 @@ from kbypass.proto.transport import (
 from kbypass.proto.transport.sim import PairSim
 
 CFG = ConnConfig(max_datagram_size=600, send_buffer=16 * 1024, recv_buffer=16 * 1024, min_rto=0.05,
-                 initial_rto=0.2, max_rto=2.0, idle_timeout=5.0, keepalive_interval=1.0, time_wait=0.5)
+                 initial_rto=0.2, max_rto=2.0, idle_timeout=5.0, keepalive_interval=1.0, time_wait=4.0)
 MSG_CFG = ConnConfig(message_mode=True, max_datagram_size=600, send_buffer=32 * 1024, recv_buffer=32 * 1024,
                      max_message_size=8 * 1024, min_rto=0.05, initial_rto=0.2, max_rto=2.0, idle_timeout=5.0,
-                     keepalive_interval=1.0, time_wait=0.5)
+                     keepalive_interval=1.0, time_wait=4.0)
 
 
 class NumberedDrops:

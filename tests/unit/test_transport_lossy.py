@@ -21,7 +21,7 @@ EXAMPLES = 300 if SLOW else 25
 
 CFG = ConnConfig(max_datagram_size=1000, send_buffer=32 * 1024, recv_buffer=24 * 1024, min_rto=0.05,
                  initial_rto=0.3, max_rto=3.0, max_retransmits=30, idle_timeout=60.0,
-                 keepalive_interval=2.0, time_wait=2.0)
+                 keepalive_interval=2.0, time_wait=15.0)
 
 
 def hostile(seed, loss=0.2, **kw):

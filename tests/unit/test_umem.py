@@ -170,6 +170,9 @@ class FakeXsk:
         self.kicks += 1
         return 0
 
+    def set_tx_budget(self, frames):
+        return 32  # as a kernel without XDP_MAX_TX_SKB_BUDGET
+
     def wake_rx(self):
         pass
 

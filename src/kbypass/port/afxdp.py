@@ -26,7 +26,6 @@ from .base import Port
 from .batch import DESC, Batch
 
 POLL_MODES = ("wakeup", "busy")
-_COPY_TX_BATCH = 32  # frames the kernel sends per sendto() in copy mode before it returns EAGAIN
 
 
 class AfXdpPort(Port):
@@ -57,6 +56,8 @@ class AfXdpPort(Port):
             self.umem.close()
             raise
         self.mode = self.xsk.mode
+        # Copy mode sends only inside sendto(); ask the kernel to send a whole ring's worth per call.
+        self._tx_budget = self.xsk.set_tx_budget(min(tx_size, 1024)) if self.mode == "copy" else 0
         self._rx, self._tx, self._fill, self._comp = self.xsk.rx, self.xsk.tx, self.xsk.fill, self.xsk.comp
         self._shift = np.uint64(self.umem.shift)
         self._rx_frames = min(fill_size, frames // 2) if rx_frames is None else min(rx_frames, fill_size, frames)
@@ -169,8 +170,8 @@ class AfXdpPort(Port):
         if self._tx.outstanding() == 0:
             return
         if self.mode == "copy":
-            # Copy mode sends only inside sendto(), at most _COPY_TX_BATCH frames per call (EAGAIN: more).
-            for _ in range(math.ceil(self._tx.outstanding() / _COPY_TX_BATCH) + 1):
+            # Copy mode sends only inside sendto(), at most _tx_budget frames per call (EAGAIN: more).
+            for _ in range(math.ceil(self._tx.outstanding() / self._tx_budget) + 1):
                 self._counters["tx_kicks"] += 1
                 err = self.xsk.kick_tx()
                 self.reap()

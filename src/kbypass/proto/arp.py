@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Callable
-
 from .ethernet import BROADCAST_MAC, ETH_P_ARP, ETH_P_IP, ZERO_MAC, build_ethernet
 
 ARP_LEN = 28
@@ -95,13 +93,11 @@ class ArpResolver:
     every attempt and a MAC it returns is cached like a reply."""
 
     def __init__(self, *, ttl: float = 60.0, interval: float = 1.0, attempts: int = 3,
-                 max_queue: int = 16, max_pending: int = 256, max_entries: int = 4096,
-                 resolve: Callable[[bytes], bytes | None] | None = None):
+                 max_queue: int = 16, max_pending: int = 256, max_entries: int = 4096):
         if attempts < 1 or interval <= 0 or ttl <= 0:
             raise ValueError("ARP attempts must be >= 1, interval and ttl > 0")
         self.ttl, self.interval, self.attempts = ttl, interval, attempts
         self.max_queue, self.max_pending, self.max_entries = max_queue, max_pending, max_entries
-        self.resolve = resolve
         self._cache: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # ip -> (mac, expires)
         self._pending: dict[bytes, _Pending] = {}
 

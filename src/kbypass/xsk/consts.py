@@ -32,6 +32,7 @@ XDP_UMEM_FILL_RING = 5
 XDP_UMEM_COMPLETION_RING = 6
 XDP_STATISTICS = 7
 XDP_OPTIONS = 8
+XDP_MAX_TX_SKB_BUDGET = 9  # Linux >= 6.17: frames one sendto() may send in copy mode (default 32)
 
 # xdp_options.flags
 XDP_OPTIONS_ZEROCOPY = 1 << 0

@@ -41,6 +41,9 @@ class XskError(KbypassError):
     """AF_XDP socket setup or use failed; the message names the fix."""
 
 
+COPY_TX_DEFAULT_BUDGET = 32  # frames the kernel sends per sendto() in copy mode before it returns EAGAIN
+
+
 def rx_queue_count(ifname: str) -> int | None:
     """Receive queues of ifname in the current namespace (ethtool channels), None if the driver won't say."""
     channels = (ctypes.c_uint32 * 9)(ETHTOOL_GCHANNELS)
@@ -219,6 +222,16 @@ class XskSocket:
         raw = raw.ljust(consts.XDP_STATISTICS_T.itemsize, b"\0")
         rec = np.frombuffer(raw, dtype=consts.XDP_STATISTICS_T)[0]
         return {name: int(rec[name]) for name in consts.XDP_STATISTICS_FIELDS}
+
+    def set_tx_budget(self, frames: int) -> int:
+        """Let one sendto() send up to `frames` frames in copy mode (XDP_MAX_TX_SKB_BUDGET). Fewer
+        syscalls per frame; returns the budget in force (32, the kernel's fixed batch, where the kernel
+        lacks the option)."""
+        try:
+            self._sock.setsockopt(consts.SOL_XDP, consts.XDP_MAX_TX_SKB_BUDGET, struct.pack("I", frames))
+        except OSError:
+            return COPY_TX_DEFAULT_BUDGET
+        return frames
 
     # ---- wakeups ----------------------------------------------------------------------------------
     def kick_tx(self) -> int:

@@ -31,7 +31,10 @@ class ConnConfig:
     max_syn_retransmits: int = 8
     idle_timeout: float = 30.0  # no valid datagram from the peer for this long -> ConnectionLost
     keepalive_interval: float = 5.0  # ping a silent peer this often
-    time_wait: float = 1.0  # linger after a clean close to re-ack a retransmitted FIN
+    # Linger after a clean close to re-ack the peer's retransmissions (restarted by each one). Keep it a few
+    # times max_rto: the peer retries at most every max_rto, and if all its tries in one linger period are
+    # lost it reports ConnectionLost for data that did arrive.
+    time_wait: float = 30.0
     dupack_threshold: int = 3
     initial_window: int | None = None  # congestion window at start, bytes (default 4 MSS)
 

@@ -262,6 +262,14 @@ class Connection:
             self._syn_due = True
             self._rto_deadline = None
             return
+        if pkt.dst_id == 0 and pkt.flags & (wire.SYN | wire.ACK) == wire.SYN and pkt.src_id == self.peer_id:
+            # the peer's SYN again: our SYN|ACK was lost or is slow. Answer again while that can help.
+            self._accept_valid(pkt, now)
+            if st is State.SYN_RCVD:
+                self._syn_due = True
+            else:
+                self.stats.duplicates += 1
+            return
         if pkt.dst_id != self.local_id:
             raise RemoteProtocolError("wrong_connection", f"dst id {pkt.dst_id:#x}")
         if st is State.SYN_SENT:
@@ -409,8 +417,9 @@ class Connection:
         if fin_now:
             self._events.append(PeerClosed())
             self._go(Input.PEER_FIN)
-        elif pkt.has(wire.FIN) and self.state is State.TIME_WAIT:
-            # the peer did not get our ack of its FIN: linger on, so we are still here for its next try
+        if self.state is State.TIME_WAIT and not fin_now:
+            # the peer retransmits: it missed our ack of its data or FIN. Linger on, so that we are still
+            # here to answer its next try (a closed endpoint could not, and the peer would report loss).
             self._linger_deadline = self._now + self.config.time_wait
 
     # ------------------------------------------------------------------ output
