@@ -22,6 +22,7 @@ COMMANDS = [
     "sink",
     "reflect",
     "gen",
+    "stats",
 ]
 
 

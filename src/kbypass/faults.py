@@ -157,3 +157,38 @@ class FaultyLink:
     def in_flight(self) -> int:
         """Datagrams sent and not yet delivered (not __len__: an empty link must still be truthy)."""
         return len(self._heap)
+
+
+def parse_spec(spec: str) -> dict:
+    """Parse a command-line fault spec such as "loss=0.05,delay=0.01,burst=0.01/0.3,blackhole=2-4" into
+    FaultyLink keyword arguments (for `kbypass xfer --faults ...`). Raises ValueError naming the bad part."""
+    floats = {"loss", "reorder", "reorder_delay", "duplicate", "corrupt", "delay", "jitter", "rate_bps"}
+    kw: dict = {}
+    holes = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, val = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            if key in floats:
+                kw[key] = float(val)
+            elif key == "queue_limit":
+                kw[key] = int(val)
+            elif key == "burst":  # p_bad/p_good
+                p_bad, p_good = (float(x) for x in val.split("/"))
+                kw["burst"] = GilbertElliott(p_bad=p_bad, p_good=p_good)
+            elif key == "blackhole":  # start-end, seconds
+                a, b = (float(x) for x in val.split("-"))
+                holes.append((a, b))
+            else:
+                raise KeyError(key)
+        except KeyError:
+            raise ValueError(
+                f"unknown fault {key!r}: use {', '.join(sorted(floats | {'queue_limit', 'burst', 'blackhole'}))}"
+            ) from None
+        except ValueError:
+            raise ValueError(f"bad fault {part!r}: write key=value, e.g. loss=0.05, burst=0.01/0.3, "
+                             "blackhole=2-4") from None
+    if holes:
+        kw["blackholes"] = tuple(holes)
+    return kw

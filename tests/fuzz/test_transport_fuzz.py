@@ -17,6 +17,8 @@ from kbypass.proto.transport.errors import RemoteProtocolError
 from kbypass.proto.transport.sim import PairSim
 
 SLOW = os.environ.get("KBYPASS_SLOW") == "1"
+# fixed examples by default (reproducible CI); fresh random ones in the opt-in soak
+COMMON = dict(derandomize=not SLOW, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 N = 5000 if SLOW else 300
 CFG = ConnConfig(max_datagram_size=600, send_buffer=16 * 1024, recv_buffer=16 * 1024, min_rto=0.05,
                  initial_rto=0.2, idle_timeout=30.0, keepalive_interval=1.0)
@@ -51,7 +53,7 @@ def established_server():
     return sim
 
 
-@settings(max_examples=N, deadline=None)
+@settings(max_examples=N, **COMMON)
 @given(st.binary(max_size=400))
 def test_random_bytes_never_crash_decode_listener_or_connection(data):
     try:
@@ -68,14 +70,14 @@ def test_random_bytes_never_crash_decode_listener_or_connection(data):
         assert c.next_event() is None
 
 
-@settings(max_examples=N, deadline=None)
+@settings(max_examples=N, **COMMON)
 @given(packets)
 def test_well_formed_packets_round_trip(pkt):
     pkt = absolute(pkt)
     assert wire.decode(wire.encode(pkt)) == pkt
 
 
-@settings(max_examples=N, deadline=None)
+@settings(max_examples=N, **COMMON)
 @given(packets, st.lists(st.integers(0, 10**6), min_size=1, max_size=3, unique=True))
 def test_bit_flips_of_valid_packets_are_always_rejected_by_the_crc(pkt, bits):
     data = bytearray(wire.encode(absolute(pkt)))
@@ -91,7 +93,7 @@ def test_bit_flips_of_valid_packets_are_always_rejected_by_the_crc(pkt, bits):
         raise AssertionError(f"{len(flips)} flipped bits went unnoticed")
 
 
-@settings(max_examples=max(N // 3, 50), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=max(N // 3, 50), **COMMON)
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 3)), min_size=1, max_size=40),
        st.integers(0, 2**32 - 1))
 def test_corrupted_copies_of_real_traffic_deliver_nothing_wrong(mutations, seed):
@@ -132,7 +134,7 @@ def test_corrupted_copies_of_real_traffic_deliver_nothing_wrong(mutations, seed)
     assert drops == 2 * injected
 
 
-@settings(max_examples=max(N // 3, 50), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=max(N // 3, 50), **COMMON)
 @given(st.lists(packets, min_size=1, max_size=30), st.booleans())
 def test_valid_crc_garbage_with_the_right_ids_never_raises(pkts, to_client):
     """Datagrams that pass the CRC but say nonsense (acks beyond what we sent, odd flags, windows, SACKs)

@@ -108,3 +108,19 @@ def test_bad_parameters_are_refused():
         FaultyLink(1, rate_bps=0)
     with pytest.raises(ValueError):
         FaultyLink(1, delay=-1)
+
+
+def test_parse_spec_builds_link_arguments_and_names_bad_parts():
+    from kbypass.faults import parse_spec
+
+    kw = parse_spec("loss=0.05, delay=0.01,burst=0.01/0.3,blackhole=2-4,queue_limit=7")
+    assert kw == dict(loss=0.05, delay=0.01, burst=GilbertElliott(0.01, 0.3), blackholes=((2.0, 4.0),),
+                      queue_limit=7)
+    FaultyLink(1, **kw)
+    assert parse_spec("") == {}
+    with pytest.raises(ValueError, match="unknown fault 'lose'"):
+        parse_spec("lose=0.1")
+    with pytest.raises(ValueError, match="bad fault 'loss'"):
+        parse_spec("loss")
+    with pytest.raises(ValueError, match="blackhole=2-4"):
+        parse_spec("burst=0.1")

@@ -77,10 +77,10 @@ def test_resolver_retries_timeout_and_bounds():
     assert r.enqueue(IP_B, "p3", 0.2) == (False, False)  # per-address queue full
     assert r.enqueue(IP_A, "q", 0.2) == (False, False)  # pending table full
     assert r.next_timer() == 1.0
-    assert r.handle_timer(0.5) == ([], [])
-    assert r.handle_timer(1.0) == ([IP_B], [])
-    assert r.handle_timer(2.0) == ([IP_B], [])
-    assert r.handle_timer(3.0) == ([], [(IP_B, ["p1", "p2"])])
+    assert r.handle_timer(0.5) == ([], [], [])
+    assert r.handle_timer(1.0) == ([IP_B], [], [])
+    assert r.handle_timer(2.0) == ([IP_B], [], [])
+    assert r.handle_timer(3.0) == ([], [(IP_B, ["p1", "p2"])], [])
     assert r.next_timer() is None and not r.is_pending(IP_B)
 
 
@@ -95,6 +95,21 @@ def test_resolver_learn_releases_and_expires():
     r.learn(IP_A, MAC_A, 0.0)
     r.handle_timer(11.0)
     assert len(r) == 0
+
+
+def test_resolver_refreshes_entries_in_use_only():
+    r = ArpResolver(ttl=10, interval=1, attempts=3, refresh_ahead=2)
+    r.learn(IP_A, MAC_A, 0.0)
+    r.learn(IP_B, MAC_B, 0.0)
+    assert r.next_timer() is None  # nothing used yet: nothing to refresh
+    assert r.lookup(IP_B, 1.0) == MAC_B
+    assert r.next_timer() == 8.0
+    assert r.handle_timer(7.9) == ([], [], [])
+    assert r.handle_timer(8.0) == ([], [], [(IP_B, MAC_B)])
+    assert r.next_timer() is None  # one refresh per period
+    r.learn(IP_B, MAC_B, 8.1)  # the answer: a fresh lifetime
+    assert r.lookup(IP_B, 17.0) == MAC_B and r.lookup(IP_A, 10.0) is None
+    assert ArpResolver(ttl=10, refresh_ahead=0).lookup(IP_A, 0.0) is None
 
 
 def test_resolver_bounded_cache():

@@ -133,6 +133,23 @@ def test_cache_expiry_triggers_new_resolution(pair):
     assert is_arp(a.send_udp(IP_B, 9000, 4000, b"x", 30.0)[0], arp.OP_REQUEST)
 
 
+def test_entry_in_use_is_refreshed_before_it_expires(pair):
+    a, b, link = pair  # ttl 30 s: refresh 7.5 s before expiry, by unicast request
+    link.send(a, a.send_udp(IP_B, 9000, 4000, b"x", 0.0))
+    link.run(0.0)
+    assert a.next_timer() is None
+    a.send_udp(IP_B, 9000, 4000, b"y", 1.0)
+    assert a.next_timer() == 22.5
+    out = a.handle_timer(22.5)
+    assert len(out) == 1 and is_arp(out[0], arp.OP_REQUEST) and Ether(out[0]).dst == MAC_B
+    link.send(a, out)
+    link.run(22.6)
+    assert a.counters["arp_refreshes"] == 1
+    assert b.next_timer() is None  # b heard from a but never sent to it: nothing to refresh
+    frames = a.send_udp(IP_B, 9000, 4000, b"z", 40.0)  # past the old expiry: no resolution stall
+    assert len(frames) == 1 and not is_arp(frames[0])
+
+
 def test_checksum_rejection_between_stacks(pair):
     a, b, link = pair
     link.send(a, a.send_udp(IP_B, 9000, 4000, b"x", 0.0))
@@ -277,8 +294,9 @@ def test_malformed_frame_counted_and_not_answered(reason, frame):
 
 def test_every_drop_reason_is_reachable_or_transmit_side():
     seen = {r for r, _ in MALFORMED}
-    others = {"arp_ip_conflict", "arp_not_for_us", "arp_unsolicited", "arp_not_owned", "icmp_not_owned", "udp_no_listener",
-              "udp_no_checksum", "tx_arp_queue_full", "tx_arp_pending_full", "tx_arp_timeout"}
+    # each of these has its own test above
+    others = {"arp_ip_conflict", "arp_not_for_us", "arp_unsolicited", "arp_not_owned", "icmp_not_owned",
+              "udp_no_listener", "udp_no_checksum", "tx_arp_queue_full", "tx_arp_pending_full", "tx_arp_timeout"}
     assert set(DROP_REASONS) == seen | others
 
 
@@ -343,6 +361,10 @@ def test_kernel_owned_mode_ignores_arp_icmp_and_resolves_by_callback():
     s.handle_timer(3.0)
     s.handle_timer(4.0)
     assert s.events() == [ArpTimeout("10.0.0.50", 1)]
+    # an entry in use is re-read from the kernel before it expires (learned at 1.0, ttl 60, ahead 15)
+    assert s.next_timer() == 46.0
+    assert s.handle_timer(46.0) == [] and asked[-1] == IP_C and s.counters["arp_refreshes"] == 1
+    assert s.events() == []
 
 
 # ------------------------------------------------------------------------------- routing and errors

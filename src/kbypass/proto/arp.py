@@ -1,7 +1,8 @@
 """ARP for IPv4 over Ethernet (RFC 826): packet parse/build, gratuitous ARP, and a sans-IO resolver.
 
 The resolver (`ArpResolver`) owns the neighbour cache and the pending-resolution table: entries expire
-after `ttl` seconds, a resolution sends up to `attempts` requests `interval` seconds apart and then gives
+after `ttl` seconds (an entry in use is re-checked `refresh_ahead` seconds before it expires, so a busy
+flow never stalls on a resolution), a resolution sends up to `attempts` requests `interval` seconds apart and then gives
 up, and packets waiting for a MAC are queued with hard bounds (per address and number of addresses) so a
 peer that never answers cannot grow memory. Time is always an argument.
 """
@@ -55,9 +56,9 @@ def build_arp(op: int, sha: bytes, spa: bytes, tha: bytes, tpa: bytes) -> bytes:
             + sha + spa + tha + tpa)
 
 
-def request_frame(src_mac: bytes, src_ip: bytes, target_ip: bytes) -> bytes:
-    """Broadcast 'who has target_ip? tell src_ip'."""
-    return build_ethernet(BROADCAST_MAC, src_mac, ETH_P_ARP,
+def request_frame(src_mac: bytes, src_ip: bytes, target_ip: bytes, *, dst_mac: bytes = BROADCAST_MAC) -> bytes:
+    """'who has target_ip? tell src_ip', broadcast, or unicast to `dst_mac` to re-check a cached entry."""
+    return build_ethernet(dst_mac, src_mac, ETH_P_ARP,
                           build_arp(OP_REQUEST, src_mac, src_ip, ZERO_MAC, target_ip), pad=True)
 
 
@@ -87,19 +88,24 @@ class ArpResolver:
 
     `lookup(ip, now)` gives a MAC or None; `enqueue(ip, item, now)` parks an item and says whether a
     request must be sent now; `learn(ip, mac, now)` fills the cache and returns the items released;
-    `handle_timer(now)` returns (ips to re-request, [(ip, dropped items)] that timed out).
+    `handle_timer(now)` returns (ips to re-request, [(ip, dropped items)] that timed out, [(ip, mac)] of
+    entries in use that are due for a refresh).
 
-    With `resolve` set (the kernel owns the address), no ARP is sent: the callback is asked instead at
-    every attempt and a MAC it returns is cached like a reply."""
+    What an "attempt" is belongs to the caller: an ARP request, or (when the kernel owns the address) a
+    question to the kernel's neighbour table."""
 
     def __init__(self, *, ttl: float = 60.0, interval: float = 1.0, attempts: int = 3,
-                 max_queue: int = 16, max_pending: int = 256, max_entries: int = 4096):
+                 max_queue: int = 16, max_pending: int = 256, max_entries: int = 4096,
+                 refresh_ahead: float | None = None):
         if attempts < 1 or interval <= 0 or ttl <= 0:
             raise ValueError("ARP attempts must be >= 1, interval and ttl > 0")
+        # default: a quarter of the lifetime, enough for `attempts` unanswered-then-answered requests
+        self.refresh_ahead = ttl / 4 if refresh_ahead is None else refresh_ahead
         self.ttl, self.interval, self.attempts = ttl, interval, attempts
         self.max_queue, self.max_pending, self.max_entries = max_queue, max_pending, max_entries
         self._cache: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # ip -> (mac, expires)
         self._pending: dict[bytes, _Pending] = {}
+        self._in_use: dict[bytes, float] = {}  # ip -> when to refresh; entries looked up since learned
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -114,18 +120,28 @@ class ArpResolver:
             return None
         if hit[1] <= now:
             del self._cache[ip]
+            self._in_use.pop(ip, None)
             return None
+        if self.refresh_ahead > 0 and ip not in self._in_use:
+            self._in_use[ip] = hit[1] - self.refresh_ahead
         return hit[0]
 
     def is_pending(self, ip: bytes) -> bool:
         return ip in self._pending
 
+    def knows(self, ip: bytes, now: float) -> bool:
+        """Cached (and live) or being resolved. Unlike `lookup`, does not count as a use."""
+        hit = self._cache.get(ip)
+        return (hit is not None and hit[1] > now) or ip in self._pending
+
     def learn(self, ip: bytes, mac: bytes, now: float) -> list:
         """Cache ip -> mac and return the items that were waiting for it (in order)."""
         self._cache.pop(ip, None)
         self._cache[ip] = (mac, now + self.ttl)
+        self._in_use.pop(ip, None)  # fresh: tracked again from its next use
         while len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)  # oldest insertion first
+            old, _ = self._cache.popitem(last=False)  # oldest insertion first
+            self._in_use.pop(old, None)
         p = self._pending.pop(ip, None)
         return list(p.queue) if p else []
 
@@ -151,9 +167,20 @@ class ArpResolver:
         return True, False
 
     def next_timer(self) -> float | None:
-        return min((p.next_at for p in self._pending.values()), default=None)
+        retry = min((p.next_at for p in self._pending.values()), default=None)
+        refresh = min(self._in_use.values(), default=None)
+        if retry is None or refresh is None:
+            return refresh if retry is None else retry
+        return min(retry, refresh)
 
-    def handle_timer(self, now: float) -> tuple[list[bytes], list[tuple[bytes, list]]]:
+    def handle_timer(self, now: float) -> tuple[list[bytes], list[tuple[bytes, list]], list[tuple[bytes, bytes]]]:
+        refresh: list[tuple[bytes, bytes]] = []
+        for ip, at in list(self._in_use.items()):
+            if at <= now:
+                del self._in_use[ip]  # one refresh per use period; a reply re-arms it through learn()
+                hit = self._cache.get(ip)
+                if hit is not None and hit[1] > now:
+                    refresh.append((ip, hit[0]))
         retry: list[bytes] = []
         expired: list[tuple[bytes, list]] = []
         for ip, p in list(self._pending.items()):
@@ -168,4 +195,4 @@ class ArpResolver:
                 retry.append(ip)
         for ip in [ip for ip, (_, exp) in self._cache.items() if exp <= now]:
             del self._cache[ip]
-        return retry, expired
+        return retry, expired, refresh

@@ -88,7 +88,7 @@ DROP_REASONS: tuple[str, ...] = (
 # icmp_echo_answered, arp_requests_answered, arp_replies_accepted.
 ACTIVITY: tuple[str, ...] = (
     "rx_frames", "arp_requests_answered", "arp_replies_accepted", "arp_requests_sent", "arp_learned",
-    "arp_timeouts",
+    "arp_refreshes", "arp_timeouts",
     "icmp_echo_answered", "udp_delivered", "udp_sent", "udp_queued",
 )
 
@@ -108,7 +108,7 @@ class Stack:
                  udp_ports: Iterable[int] | None = None,
                  accept_zero_udp_checksum: bool = True,
                  arp_ttl: float = 60.0, arp_interval: float = 1.0, arp_attempts: int = 3,
-                 arp_max_queue: int = 16, arp_max_pending: int = 256):
+                 arp_max_queue: int = 16, arp_max_pending: int = 256, arp_refresh_ahead: float | None = None):
         try:
             self.mac = ethernet.mac_bytes(mac)
             self.ip = ipv4.ip_bytes(ip)
@@ -149,7 +149,8 @@ class Stack:
         self._resolve = resolve
         try:
             self.arp = arp.ArpResolver(ttl=arp_ttl, interval=arp_interval, attempts=arp_attempts,
-                                       max_queue=arp_max_queue, max_pending=arp_max_pending)
+                                       max_queue=arp_max_queue, max_pending=arp_max_pending,
+                                       refresh_ahead=arp_refresh_ahead)
         except ValueError as e:
             raise UsageError(f"{e}; the defaults (ttl 60 s, interval 1 s, 3 attempts) suit a LAN") from None
         self.counters: dict[str, int] = dict.fromkeys(DROP_REASONS + ACTIVITY, 0)
@@ -227,7 +228,7 @@ class Stack:
         to_us = pkt.tpa == self.ip
         usable_sender = (pkt.spa != b"\0\0\0\0" and not ipv4.is_bad_source(pkt.spa) and self.on_link(pkt.spa)
                          and pkt.spa != self._bcast)
-        known = self.arp.is_pending(pkt.spa) or self.arp.lookup(pkt.spa, now) is not None
+        known = self.arp.knows(pkt.spa, now)
         out: list[bytes] = []
         if usable_sender and (known or (to_us and pkt.op == arp.OP_REQUEST)):
             # RFC 826 merge: update what we know; add a new sender only when it asks us (we are about to
@@ -369,8 +370,10 @@ class Stack:
             mac = None  # a malformed answer counts as "not known yet"; the next attempt asks again
         if mac is None or ethernet.is_multicast_mac(mac) or mac == ethernet.ZERO_MAC:
             return []
+        was_pending = self.arp.is_pending(hop)
         released = self.arp.learn(hop, mac, now)
-        self._events.append(ArpResolved(_ip_text(hop), ethernet.mac_str(mac)))
+        if was_pending:  # a refresh of a known entry is not news
+            self._events.append(ArpResolved(_ip_text(hop), ethernet.mac_str(mac)))
         return self._flush(mac, released)
 
     # ------------------------------------------------------------------------------------------ timers
@@ -380,11 +383,20 @@ class Stack:
         return self.arp.next_timer()
 
     def handle_timer(self, now: float) -> list[bytes]:
-        """Run due timers: ARP retries (frames returned) and timeouts (`ArpTimeout` events)."""
-        retry, expired = self.arp.handle_timer(now)
+        """Run due timers: ARP retries and refreshes of entries in use (frames returned), and timeouts
+        (`ArpTimeout` events)."""
+        retry, expired, refresh = self.arp.handle_timer(now)
         out: list[bytes] = []
         for ip in retry:
             out.extend(self._solicit(ip, now))
+        for ip, mac in refresh:
+            # re-check a neighbour in use before its entry expires, while still sending to it
+            self.counters["arp_refreshes"] += 1
+            if self._resolve is None:
+                self.counters["arp_requests_sent"] += 1
+                out.append(arp.request_frame(self.mac, self.ip, ip, dst_mac=mac))
+            else:
+                out.extend(self._solicit(ip, now))
         for ip, dropped in expired:
             self.counters["arp_timeouts"] += 1
             self.counters["tx_arp_timeout"] += len(dropped)

@@ -15,7 +15,7 @@ import numpy as np
 from . import checksum as ck
 from .checksum import IPPROTO_UDP, pseudo_header_sum, udp_checksum, verify
 from .ethernet import ETH_HLEN, ETH_P_IP, build_ethernet
-from .ipv4 import FLAG_MF, IPV4_HLEN, OFFSET_MASK, build_ipv4_header
+from .ipv4 import IPV4_HLEN, build_ipv4_header
 
 UDP_HLEN = 8
 HEADERS_LEN = ETH_HLEN + IPV4_HLEN + UDP_HLEN  # 42

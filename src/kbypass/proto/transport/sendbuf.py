@@ -7,7 +7,7 @@ Segments are cut once, when first sent, and retransmitted with the same boundari
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(slots=True, eq=False)
@@ -20,7 +20,6 @@ class Segment:
     tx_count: int = 0
     sacked: bool = False
     lost: bool = False  # deemed lost and waiting to be retransmitted
-    _pad: int = field(default=0, repr=False)
 
     @property
     def end(self) -> int:
