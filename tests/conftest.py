@@ -4,6 +4,8 @@ import pytest
 
 pytest_plugins = ["kbypass.testing.plugin"]
 
+NETNS_DIR = "/var/run/netns"
+
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="also run long soak and fuzz tests")
@@ -16,3 +18,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def _namespaces() -> set[str]:
+    return set(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else set()
+
+
+def _root_links() -> set[str]:
+    return set(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else set()
+
+
+def pytest_sessionstart(session):
+    session.config._kb_before = (_namespaces(), _root_links())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite must leave no namespace or link behind, whatever failed (checked after every fixture's
+    teardown, which runs before this hook)."""
+    before = getattr(session.config, "_kb_before", None)
+    if before is None or os.geteuid() != 0:
+        return
+    left_ns = sorted(_namespaces() - before[0])
+    left_links = sorted(_root_links() - before[1])
+    if left_ns or left_links:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        msg = f"LEAK: the test session left namespaces {left_ns} and root-namespace links {left_links}"
+        if reporter:
+            reporter.write_line(msg, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

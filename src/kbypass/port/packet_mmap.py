@@ -90,7 +90,8 @@ class PacketMmapPort(Port):
     long a partly filled block waits before the kernel hands it over. frame_size: TX slot and staging frame
     size (2048 or 4096); tx_frames: TX ring slots; frames: staging frames for alloc().
     fanout_group: join this PACKET_FANOUT group (one per worker process/port; same id, same mode) with
-    fanout_mode hash|lb|cpu|rollover|rnd|qm. rule: an IPv4 steering rule (text or kbypass.steer.Rule), compiled
+    fanout_mode hash|lb|cpu|rollover|rnd|qm (the group splits every frame of the interface first and each
+    member's filter runs after, so "lb" balances all traffic, not just the matching frames). rule: an IPv4 steering rule (text or kbypass.steer.Rule), compiled
     to a classic BPF filter so only matching frames reach the ring. Ownership: see the module doc.
     """
 

@@ -90,7 +90,7 @@ def _header_template(dst_ip: bytes, dport: int) -> np.ndarray:
 class SocketPort(Port):
     """A UDP socket bound to (bind_ip, port) in namespace `netns`, presented as a Port of synthetic frames.
 
-    batch: datagrams per recvmmsg/sendmmsg call (1..1024); frames: pool size (default 4 x batch, >= 256);
+    batch: datagrams per recvmmsg/sendmmsg call (1..1024); frames: pool size (default 4 x batch, >= 1024);
     rcvbuf: socket receive buffer in bytes (forced as root, so bursts are not dropped by a small default).
     """
 
@@ -106,7 +106,7 @@ class SocketPort(Port):
             raise UsageError(f"UDP port {port!r}: use a number from 0 to 65535")
         if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
             raise UsageError(f"batch {batch!r}: use 1 to {MAX_BATCH} datagrams per call (the kernel's limit)")
-        frames = max(4 * batch, 256) if frames is None else frames
+        frames = max(4 * batch, 1024) if frames is None else frames
         self.netns, self.batch = netns, batch
         self._closed = False
         self._sock = None
