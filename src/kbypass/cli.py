@@ -23,6 +23,7 @@ COMMANDS = [
     "reflect",
     "gen",
     "stats",
+    "capture",
 ]
 
 

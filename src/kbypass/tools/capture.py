@@ -1,0 +1,56 @@
+"""`kbypass capture`: write the steered flows (or every Nth packet of them) to a pcap file."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from kbypass.apps.loop import Stopper, Ticker
+from kbypass.errors import UsageError
+from kbypass.pcap import PcapWriter
+from kbypass.tools._port import add_port_options, emit, open_port, progress_printer
+
+
+def register(sub) -> None:
+    p = sub.add_parser("capture", help="write steered traffic to a pcap file (tcpdump/tshark read it)")
+    add_port_options(p, default_rule_help="default: every IP packet")
+    p.add_argument("--write", "-w", required=True, metavar="FILE.pcap", help="output file")
+    p.add_argument("--snaplen", type=int, default=65535, help="bytes kept of each frame (default 65535)")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="keep one packet in N (sampling)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.snaplen < 14:
+        raise UsageError(f"--snaplen {args.snaplen}: keep at least the 14-byte Ethernet header")
+    if args.every < 1:
+        raise UsageError(f"--every {args.every}: give 1 (every packet) or more")
+    with open_port(args, args.rule or ["any"]) as sp, PcapWriter(args.write, args.snaplen) as pcap:
+        port, seen = sp.port, 0
+        ticker = Ticker(progress_printer(not args.json))
+        with Stopper() as stop:
+            begin = time.monotonic()
+            while not stop.stopped:
+                if args.duration is not None and time.monotonic() - begin >= args.duration:
+                    break
+                if args.count is not None and pcap.packets >= args.count:
+                    break
+                batch = port.receive(args.batch)
+                if not batch:
+                    port.wait(0.05)
+                    continue
+                # Keep packets whose running number is a multiple of N: sampling without a per-packet loop.
+                keep = (seen + np.arange(len(batch))) % args.every == 0
+                seen += len(batch)
+                chosen = batch[keep]
+                if args.count is not None:
+                    chosen = chosen[: args.count - pcap.packets]
+                pcap.write_batch(chosen)
+                port.free(batch)
+                ticker.tick(seen, time.monotonic())
+        summary = {"packets": pcap.packets, "seen": seen, "file": args.write, "mode": port.mode,
+                   "stats": port.stats}
+    emit(summary, args.json)
+    return 0
+
