@@ -60,6 +60,42 @@ def test_generated_frames_are_valid_and_numbered(testbed_hosts):
     assert 200 <= xdp_frames <= 210  # ours, plus the odd ARP or ICMP frame of the kernels
 
 
+def capture_udp(b, run, want, timeout=1.0):
+    with netns.entered(b.netns):
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        raw.bind((b.iface, 0))
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    raw.settimeout(timeout)
+    run()
+    frames = []
+    try:
+        while len(frames) < want:
+            f = raw.recv(4096)
+            if f[12:14] == b"\x08\x00" and f[23] == 17:
+                frames.append(f)
+    except socket.timeout:
+        pass
+    raw.close()
+    return frames
+
+
+def test_afxdp_engine_varies_fields_as_asked(testbed_hosts):
+    a, b = testbed_hosts
+    frames = capture_udp(b, lambda: kbypass("gen", "--engine", "afxdp", "--host", "a", "--count", "100",
+                                            "--src", f"{a.ipv4}:1000-1009", "--dst", f"{b.ipv4}:5000-5003",
+                                            "--size", "60-69", "--rate", "20k", check=True), 100)
+    assert len(frames) == 100
+    for k, f in enumerate(frames):
+        pkt = Ether(f)
+        seq = struct.unpack("!Q", f[42:50])[0]
+        assert seq == k  # rate-limited to 20 kpps: nothing lost, nothing reordered
+        assert pkt[UDP].sport == 1000 + k % 10 and pkt[UDP].dport == 5000 + k % 4
+        assert len(f) == 60 + k % 10 and pkt[IP].len == len(f) - 14 and pkt[UDP].len == len(f) - 34
+        wire = pkt[IP].chksum
+        del pkt[IP].chksum
+        assert IP(bytes(pkt[IP]))[IP].chksum == wire, f"bad IP checksum in packet {k}"
+
+
 def test_stats_cli_json_and_errors(testbed_hosts):
     proc = kbypass("stats", "--host", "b", "--count", "1", "--interval", "0.1", "--json", check=True)
     row = json.loads(proc.stdout.splitlines()[0])
@@ -70,7 +106,10 @@ def test_stats_cli_json_and_errors(testbed_hosts):
 
 @pytest.mark.parametrize("args, words", [(["--count", "0"], "--count 0"), (["--count", "5", "--size", "9000"], "--size 9000"),
                                          (["--count", "5", "--size", "40"], "--size 40"),
-                                         (["--count", "5", "--dst", "10.77.0.2:99999"], "--dst")])
+                                         (["--count", "5", "--dst", "10.77.0.2:99999"], "--dst"),
+                                         (["--count", "5", "--engine", "afxdp", "--rate", "-5"], "--rate"),
+                                         (["--count", "5", "--size", "60-70"], "need --engine afxdp"),
+                                         (["--count", "5", "--engine", "afxdp", "--size", "70-60"], "--size")])
 def test_gen_bad_input(testbed_hosts, args, words):
     proc = kbypass("gen", *args)
     assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
