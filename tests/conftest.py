@@ -28,6 +28,20 @@ def _root_links() -> set[str]:
     return set(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else set()
 
 
+def _another_live_run(name: str) -> bool:
+    """Test namespaces carry their run's pid; one of a run still going (a parallel session) is not ours."""
+    digits = "".join(c for c in name if c.isdigit())
+    if not digits or int(digits) == os.getpid():
+        return False
+    try:
+        os.kill(int(digits), 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def pytest_sessionstart(session):
     session.config._kb_before = (_namespaces(), _root_links())
 
@@ -38,7 +52,7 @@ def pytest_sessionfinish(session, exitstatus):
     before = getattr(session.config, "_kb_before", None)
     if before is None or os.geteuid() != 0:
         return
-    left_ns = sorted(_namespaces() - before[0])
+    left_ns = sorted(n for n in _namespaces() - before[0] if not _another_live_run(n))
     left_links = sorted(_root_links() - before[1])
     if left_ns or left_links:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -310,7 +310,7 @@ def test_packet_mmap_fanout_splits_and_filter_narrows(testbed_hosts):
             tx.sendto(payload(seq), (b.ipv4, PORT + 50))  # filtered out by both
         seqs = []
         for p in (p1, p2):
-            got = drain(p, 100)
+            got = drain(p, 95, timeout=1.0)
             seqs.append(np.concatenate([check_words(x) for x in got]).tolist())
             for x in got:
                 p.free(x)
@@ -347,3 +347,32 @@ def test_packet_mmap_held_frames_hold_their_block(testbed_hosts):
             finally:
                 port.free(out)
         port.check(app=0)
+
+
+# ---- the tools' --backend option (kbypass.tools._backend) ------------------------------------------------
+def test_backend_option_feeds_the_sink(testbed_hosts, backend):
+    import argparse
+
+    from kbypass.apps.sink import Sink
+    from kbypass.tools._backend import add_backend_option, open_backend
+    from kbypass.tools._port import add_port_options
+
+    a, b = testbed_hosts
+    parser = argparse.ArgumentParser()
+    add_port_options(parser, default_rule_help="")
+    add_backend_option(parser)
+    args = parser.parse_args(["--host", "b", "--backend", backend, "--rule", f"udp dst {b.ipv4} dport {PORT}"])
+    args.command = "sink"
+    tx = udp_socket(a)
+    with tx, open_backend(args, args.rule) as opened_port:
+        for seq in range(100):
+            tx.sendto(payload(seq), (b.ipv4, PORT))
+        res = Sink(opened_port.port, batch=args.batch).run(count=100, duration=3)
+        assert res.packets == 100
+        assert sum(r["packets"] for r in opened_port.rule_counters()) == 100
+        for p in getattr(opened_port, "ports", [opened_port.port]):  # afxdp: a SteeredPort, one port per queue
+            p.check(app=0)
+    if backend != "afxdp":
+        args.queue = 1
+        with pytest.raises(UsageError, match="--queue applies to the afxdp backend only"):
+            open_backend(args, args.rule)

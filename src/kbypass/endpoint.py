@@ -1,0 +1,818 @@
+"""UdpEndpoint: a UDP socket without the kernel. Bind ip:port; the steering rule is installed for you.
+
+    with UdpEndpoint("kb-b", "10.77.0.2", 4321, netns="kb-b", poll="busy") as ep:
+        data, (ip, port) = ep.recvfrom(timeout=1.0)
+        ep.sendto(data, (ip, port))
+
+Everything the endpoint did not ask for still passes to the kernel (ssh, ping, other ports).
+
+Two address modes
+- The interface's own address (default): the steering program takes only `udp dst IP dport PORT`. The
+  kernel keeps answering ARP and ping for the address, and peers are resolved through the kernel's
+  neighbour table (pyroute2 in the namespace); a missing entry is resolved by asking the kernel to probe
+  (RTM_NEWNEIGH with NTF_USE, what `ip neigh ... use` does), so no datagram of ours leaves through the
+  kernel.
+- A dedicated address the kernel does not have (`dedicated=True`): the program takes every IP packet to
+  the address (`any dst IP`), and the sans-IO `Stack` answers ping, runs ARP for its own sends and counts
+  the rest. ARP is not IP, so the steering program always passes it to the kernel and it never reaches
+  the AF_XDP socket; the endpoint therefore reads ARP from an AF_PACKET socket bound to the interface
+  for ETH_P_ARP (the kernel ignores requests for an address it does not own, so nobody else answers). We
+  chose this over a static neighbour entry in the peer (it needs root on the peer) and over changing the
+  XDP program (ARP is rare, the slow path is fine). Answers and our own requests leave through the AF_XDP
+  TX ring, and a gratuitous ARP announces the address at start.
+
+Fast path. One message costs a handful of Python operations: the RX descriptor is read through a
+memoryview of the ring, the frame is copied out with one slice, the headers and both checksums are checked
+with integer arithmetic (anything that is not plain valid UDP to us goes to `Stack.receive`, which answers
+it or counts why it was dropped), and the frame goes straight back to the fill ring (it never leaves the
+kernel's share, so the UMEM accounting does not change). Sending writes a cached per-peer header with the
+lengths and checksums patched in. The batch helpers of the port (numpy) cost tens of microseconds per
+call whatever the batch size, which is right for Mpps and wrong for one message; `recv_batch` and
+`send_batch` use them when there is a batch.
+
+Ownership: the endpoint owns its port; frames never leave it. Datagrams come out as `bytes` copies.
+`backend="socket"` gives the same API over a kernel UDP socket (the baseline the latency tool compares).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import select
+import socket
+import time
+from collections import deque
+
+import numpy as np
+
+from kbypass import netns as _netns
+from kbypass.errors import KbypassError, UsageError
+from kbypass.proto import checksum as ck
+from kbypass.proto import udp as udpp
+from kbypass.proto.stack import Stack, UdpDatagram
+
+BACKENDS = ("afxdp", "socket")
+POLL_MODES = ("wakeup", "busy")
+ETH_P_ARP = 0x0806
+PACKET_OUTGOING = 4
+NTF_USE = 0x01
+# neighbour states whose lladdr can be used (REACHABLE, STALE, DELAY, PROBE, NOARP, PERMANENT)
+NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80
+SO_BUSY_POLL, SO_PREFER_BUSY_POLL = 46, 69
+_U32 = 0xFFFFFFFF
+_MOD = 0xFFFF
+VECTOR_MIN = 32  # below this many frames the scalar path beats the numpy batch helpers
+
+# endpoints of this process, so two in one process get a clear error before the kernel's
+_IN_USE: dict[tuple[str | None, str], str] = {}
+
+
+# ------------------------------------------------------------------------------------------ interface
+
+
+class _Iface:
+    """What the endpoint needs to know about an interface, read once through netlink in its namespace."""
+
+    def __init__(self, ifname: str, netns: str | None) -> None:
+        from pyroute2 import IPRoute
+
+        where = f" in namespace {netns!r}" if netns else ""
+        with _netns.entered(netns):
+            self.ipr = IPRoute()  # a netlink socket made inside the namespace stays there
+        try:
+            found = self.ipr.link_lookup(ifname=ifname)
+            if not found:
+                raise UsageError(f"no interface {ifname!r}{where}: check the name with "
+                                 f"'ip {'-n ' + netns + ' ' if netns else ''}link show'")
+            self.ifindex = found[0]
+            link = self.ipr.get_links(self.ifindex)[0]
+            self.mac = link.get_attr("IFLA_ADDRESS")
+            self.mtu = int(link.get_attr("IFLA_MTU"))
+            self.nets = [ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+                         for a in self.ipr.get_addr(index=self.ifindex, family=socket.AF_INET)]
+            self.all_local = {a.get_attr("IFA_ADDRESS") for a in self.ipr.get_addr(family=socket.AF_INET)}
+        except BaseException:
+            self.ipr.close()
+            raise
+
+    def neighbour(self, ip: str) -> str | None:
+        """The kernel's usable neighbour entry for ip, or None after asking the kernel to resolve it."""
+        try:
+            for n in self.ipr.get_neighbours(ifindex=self.ifindex, family=socket.AF_INET, dst=ip):
+                mac = n.get_attr("NDA_LLADDR")
+                if mac and n["state"] & NUD_USABLE and n.get_attr("NDA_DST") == ip:
+                    return mac
+            # NTF_USE makes the kernel start (or continue) resolving, like a send through it would
+            self.ipr.neigh("replace", dst=ip, ifindex=self.ifindex, flags=NTF_USE, state=0)
+        except Exception:  # netlink hiccups count as "not known yet": the stack asks again
+            pass
+        return None
+
+    def close(self) -> None:
+        self.ipr.close()
+
+
+# ------------------------------------------------------------------------------------------- the API
+
+
+class UdpEndpoint:
+    """A bound UDP endpoint. See the module doc; use as a context manager or call close().
+
+    ifname/netns: where; ip/port: what to bind. dedicated: ip is an address the kernel does not have
+    (kbypass answers ARP and ping for it); prefixlen: its subnet when the interface has no address there.
+    poll: "wakeup" (sleep in poll()) or "busy" (spin; SO_PREFER_BUSY_POLL on the AF_XDP sockets).
+    backend: "afxdp" (the bypass) or "socket" (a kernel UDP socket, for comparison).
+    queue: one queue, or None for every receive queue (a flow lands on whichever queue the hash picks).
+    """
+
+    def __new__(cls, *args, backend: str = "afxdp", **kwargs):
+        if cls is UdpEndpoint:
+            if backend not in BACKENDS:
+                raise UsageError(f"backend {backend!r} is unknown: use one of {', '.join(BACKENDS)}")
+            cls = _SocketEndpoint if backend == "socket" else _XdpEndpoint
+        return super().__new__(cls)
+
+    # common helpers -------------------------------------------------------------------------------
+    def _check_common(self, ip: str, port: int, poll: str) -> None:
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise UsageError(f"{ip!r} is not an IPv4 address: give one like 10.77.0.2") from None
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 0xFFFF:
+            raise UsageError(f"UDP port {port!r}: use a number from 1 to 65535")
+        if poll not in POLL_MODES:
+            raise UsageError(f"poll={poll!r} is unknown: use 'wakeup' or 'busy'")
+
+    def _check_size(self, n: int) -> None:
+        if n > self.max_payload:
+            raise UsageError(f"a {n}-byte message exceeds the MTU ({self.mtu}: at most {self.max_payload} "
+                             "bytes of UDP payload); kbypass does not fragment: send less")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _peer(addr) -> tuple[str, int]:
+    try:
+        ip, port = addr
+        ipaddress.IPv4Address(ip)
+        port = int(port)
+    except (TypeError, ValueError):
+        raise UsageError(f"bad peer address {addr!r}: give (ip, port) like ('10.77.0.1', 4321)") from None
+    if not 1 <= port <= 0xFFFF:
+        raise UsageError(f"peer port {port}: use 1-65535")
+    return ip, port
+
+
+# --------------------------------------------------------------------------------------- AF_XDP lane
+
+
+class _Lane:
+    """Scalar access to one AfXdpPort's rings for one message at a time, keeping the port's UMEM
+    accounting exactly as its own receive/transmit would (same states, same counters).
+
+    RX frames go straight back to the fill ring after their bytes are copied out, so they stay in the
+    kernel's share (state FILL) throughout. TX frames come from a small stash the lane allocates from the
+    port in batches (state APP, "held by the application"), are marked TX when submitted, and come back
+    through the port's own reap() into its free list."""
+
+    STASH = 32
+
+    def __init__(self, port) -> None:
+        self.port = port
+        self.umem = port.umem
+        self.rx, self.fill, self.tx = port._rx, port._fill, port._tx  # the port's rings (see class doc)
+        self.rxq = memoryview(self.rx.slots.view(np.uint64)).cast("B").cast("Q")
+        self.fillq = memoryview(self.fill.slots).cast("B").cast("Q")
+        self.txq = memoryview(self.tx.slots.view(np.uint64)).cast("B").cast("Q")
+        self.mem = memoryview(self.umem.array)
+        self.chunk_mask = ~(self.umem.frame_size - 1)
+        self.shift = self.umem.shift
+        self.headroom = self.umem.headroom
+        self.copy = port.mode == "copy"
+        self.busy = port.poll_mode == "busy"
+        self.stash: list[int] = []
+        self.fd = port.fd
+
+    def recv(self) -> bytes | None:
+        """One received frame's bytes, or None when the RX ring is empty (no syscall in that case)."""
+        rx = self.rx
+        if (rx.cached_prod - rx.cached_cons) & _U32 == 0 and not rx.available():
+            return None
+        i = rx.cached_cons
+        rx.cached_cons = (i + 1) & _U32
+        j = (i & rx.mask) << 1
+        addr = self.rxq[j]
+        n = self.rxq[j + 1] & _U32
+        data = bytes(self.mem[addr:addr + n])
+        rx.release(1)
+        fill = self.fill
+        k, got = fill.reserve(1)
+        if got:
+            self.fillq[k & fill.mask] = addr & self.chunk_mask
+            fill.submit(1)
+        else:  # cannot happen (the frame just left the fill quota), but never lose a frame
+            self.umem.give_free(np.array([addr], dtype=np.uint64), 2, trusted=True)
+            self.port._in_fill -= 1
+        c = self.port._counters
+        c["rx_packets"] += 1
+        c["rx_bytes"] += n
+        return data
+
+    def wake(self) -> None:
+        """Nothing on the ring: let the kernel make progress (busy: one busy-poll round)."""
+        if self.busy or self.fill.needs_wakeup():
+            self.port.xsk.wake_rx()
+
+    def send(self, frame: bytes) -> bool:
+        """Put one frame on the TX ring and kick; False when no frame or TX slot is free right now."""
+        if not self.stash:
+            self.port.reap()
+            got = self.port.alloc(self.STASH)
+            self.stash = [int(a) for a in got.addr]
+            if not self.stash:
+                return False
+        tx = self.tx
+        i, k = tx.reserve(1)
+        if not k:
+            self.port.reap()
+            self.port.xsk.kick_tx()
+            i, k = tx.reserve(1)
+            if not k:
+                return False
+        addr = self.stash.pop()
+        n = len(frame)
+        self.mem[addr:addr + n] = frame
+        j = (i & tx.mask) << 1
+        self.txq[j] = addr
+        self.txq[j + 1] = n  # len, options 0
+        self.umem.state[addr >> self.shift] = 8  # TX, as AfXdpPort.transmit marks it
+        tx.submit(1)
+        p = self.port
+        p._in_tx += 1
+        c = p._counters
+        c["tx_packets"] += 1
+        c["tx_bytes"] += n
+        if self.copy or tx.needs_wakeup() or self.busy:
+            c["tx_kicks"] += 1
+            p.xsk.kick_tx()
+        return True
+
+    def release(self) -> None:
+        """Give the stash back and drop every view of the port's memory (before the port closes)."""
+        from kbypass.port.batch import DESC, Batch
+
+        if self.stash:
+            descs = np.zeros(len(self.stash), dtype=DESC)
+            descs["addr"] = self.stash
+            self.port.free(Batch(descs, self.umem.array, self.port))
+            self.stash = []
+        for mv in (self.rxq, self.fillq, self.txq, self.mem):
+            mv.release()
+
+
+class _XdpEndpoint(UdpEndpoint):
+    def __init__(self, ifname: str, ip: str, port: int, *, netns: str | None = None, dedicated: bool = False,
+                 prefixlen: int | None = None, poll: str = "wakeup", backend: str = "afxdp",
+                 queue: int | None = None, xdp_mode: str = "native", mode: str = "auto", frames: int = 4096,
+                 ring_size: int = 2048, gratuitous_arp: bool = True) -> None:
+        self._closed = True
+        self._check_common(ip, port, poll)
+        from kbypass.apps.steered import SteeredPort
+
+        self.ifname, self.netns, self.ip, self.port, self.dedicated, self.poll = ifname, netns, ip, port, \
+            dedicated, poll
+        self.backend = "afxdp"
+        key = (netns, ifname)
+        if key in _IN_USE:
+            raise UsageError(f"{ifname} already carries this process's endpoint {_IN_USE[key]}: one steering "
+                             "program per interface; close that endpoint first or use another interface")
+        self._iface = iface = _Iface(ifname, netns)
+        self._steered = None
+        self._arp_sock = None
+        self._lanes: list[_Lane] = []
+        try:
+            prefixlen = self._check_address(iface, ip, dedicated, prefixlen)
+            self.mtu = iface.mtu
+            self.max_payload = self.mtu - 28
+            now = time.monotonic()
+            if dedicated:
+                self.stack = Stack(iface.mac, ip, prefixlen, now, owns_address=True, mtu=self.mtu,
+                                   udp_ports=[port], arp_interval=0.2, arp_attempts=5)
+                rules = [f"any dst {ip}"]
+            else:
+                self.stack = Stack(iface.mac, ip, prefixlen, now, owns_address=False, mtu=self.mtu,
+                                   udp_ports=[port], resolve=iface.neighbour, arp_interval=0.02,
+                                   arp_attempts=100)
+                rules = [f"udp dst {ip} dport {port}"]
+            self.rules = rules
+            try:
+                self._steered = SteeredPort(ifname, queue, rules, netns=netns, xdp_mode=xdp_mode, mode=mode,
+                                            poll=poll, frames=frames, rx_size=ring_size, tx_size=ring_size,
+                                            fill_size=ring_size, comp_size=ring_size)
+            except KbypassError as e:
+                if "already has XDP program" in str(e):
+                    raise KbypassError(
+                        f"cannot steer {ip}:{port}: {ifname} is already steered by someone else (another "
+                        f"kbypass process or XDP tool holds it; 'bpftool net show' names it): stop that "
+                        f"program, or bind on another interface ({e})") from None
+                raise
+            self._lanes = [_Lane(p) for p in self._steered.ports]
+            if dedicated:
+                self._arp_sock = self._open_arp_socket()
+        except BaseException:
+            self._teardown()
+            raise
+        _IN_USE[key] = f"{ip}:{port}"
+        self._key = key
+        self._closed = False
+        self._pending: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self._templates: dict[tuple[str, int], tuple[float, bytes, int, int]] = {}
+        self._names: dict[bytes, str] = {}
+        self._ident = 0
+        self._ipb = socket.inet_aton(ip)
+        self._macb = bytes.fromhex(iface.mac.replace(":", ""))
+        net = ipaddress.IPv4Network(f"{ip}/{prefixlen}", strict=False)
+        self._bcast = net.broadcast_address.packed if prefixlen < 31 else None
+        self._next_lane = 0
+        self._tx_lane = self._lanes[0]
+        self._poller = select.poll()
+        for lane in self._lanes:
+            self._poller.register(lane.fd, select.POLLIN)
+        if self._arp_sock is not None:
+            self._poller.register(self._arp_sock.fileno(), select.POLLIN)
+        self.counters = {"rx_datagrams": 0, "tx_datagrams": 0, "rx_slow_path": 0, "tx_failed": 0}
+        if dedicated and gratuitous_arp:
+            self._emit([self.stack.gratuitous_arp()])
+
+    # set-up ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_address(iface: _Iface, ip: str, dedicated: bool, prefixlen: int | None) -> int:
+        addr = ipaddress.IPv4Address(ip)
+        nets = ", ".join(str(n.network) for n in iface.nets) or "none"
+        if not dedicated:
+            for n in iface.nets:
+                if n.ip == addr:
+                    return n.network.prefixlen
+            raise UsageError(f"{ip} is not an address of the interface (its subnets: {nets}): bind one of its "
+                             f"own addresses ({', '.join(str(n.ip) for n in iface.nets) or 'none'}), or pass "
+                             "dedicated=True (--dedicated) for an address the kernel does not have")
+        if ip in iface.all_local:
+            raise UsageError(f"{ip} is already an address of the kernel here: a dedicated address must be one "
+                             "the kernel does not have; drop dedicated=True to share the interface's address")
+        if prefixlen is not None:
+            if not 0 < prefixlen <= 32:
+                raise UsageError(f"prefix length {prefixlen}: use 1-32")
+            return prefixlen
+        for n in iface.nets:
+            if addr in n.network:
+                return n.network.prefixlen
+        raise UsageError(f"{ip} is outside the interface's subnets ({nets}): pick an address inside one of "
+                         "them (or give prefixlen= when the interface has no address there)")
+
+    def _open_arp_socket(self) -> socket.socket:
+        with _netns.entered(self.netns):
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        try:
+            s.bind((self.ifname, ETH_P_ARP))
+            s.setblocking(False)
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    # slow path ------------------------------------------------------------------------------------
+    def _emit(self, frames: list[bytes]) -> None:
+        for f in frames:
+            if not self._tx_lane.send(f):
+                self.counters["tx_failed"] += 1
+
+    def _slow(self, frame: bytes, now: float) -> None:
+        self.counters["rx_slow_path"] += 1
+        self._emit(self.stack.receive(frame, now))
+        self._drain_events()
+
+    def _drain_events(self) -> None:
+        ev = self.stack.next_event()
+        while ev is not None:
+            if isinstance(ev, UdpDatagram):
+                self._pending.append((ev.payload, (ev.src_ip, ev.src_port)))
+                self.counters["rx_datagrams"] += 1
+            ev = self.stack.next_event()
+
+    def _service(self, now: float) -> None:
+        """Timers (ARP retries) and ARP frames from the packet socket."""
+        t = self.stack.next_timer()
+        if t is not None and now >= t:
+            self._emit(self.stack.handle_timer(now))
+            self._drain_events()
+        s = self._arp_sock
+        if s is not None:
+            while True:
+                try:
+                    frame, where = s.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if where[2] != PACKET_OUTGOING:
+                    self._slow(frame, now)
+
+    # receive --------------------------------------------------------------------------------------
+    def _accept(self, f: bytes):
+        """Plain valid UDP to ip:port? Then the datagram (payload, (ip, port)); else None.
+        The same checks as proto.udp.classify_batch, in scalar form."""
+        n = len(f)
+        if (n < 42 or f[0:6] != self._macb or f[12:15] != b"\x08\x00\x45" or f[23] != 17
+                or f[30:34] != self._ipb or f[6] & 1 or f[20] & 0x3F or f[21] or not f[22]):
+            return None
+        total = (f[16] << 8) | f[17]
+        ulen = (f[38] << 8) | f[39]
+        if total < 28 or total + 14 > n or ulen != total - 20 or ((f[36] << 8) | f[37]) != self.port:
+            return None
+        src = f[26:30]
+        if src[0] == 0 or src[0] == 127 or src[0] >= 224 or src == self._ipb or src == self._bcast:
+            return None
+        if int.from_bytes(f[14:34], "big") % _MOD:
+            return None
+        end = 14 + total
+        if f[40] or f[41]:
+            s = int.from_bytes(f[34:end], "big")
+            if ulen & 1:
+                s <<= 8
+            if (s + int.from_bytes(f[26:34], "big") + 17 + ulen) % _MOD:
+                return None
+        name = self._names.get(src)
+        if name is None:
+            name = self._names[src] = socket.inet_ntoa(src)
+        return f[42:end], (name, (f[34] << 8) | f[35])
+
+    def _poll_once(self) -> bool:
+        """Take what the rings hold now into _pending (fast path, else the stack); True if anything came."""
+        got = False
+        lanes = self._lanes
+        for k in range(len(lanes)):
+            lane = lanes[(self._next_lane + k) % len(lanes)]
+            f = lane.recv()
+            while f is not None:
+                got = True
+                dg = self._accept(f)
+                if dg is not None:
+                    self._pending.append(dg)
+                    c = self.stack.counters
+                    c["rx_frames"] += 1
+                    c["udp_delivered"] += 1
+                    self.counters["rx_datagrams"] += 1
+                    self._tx_lane = lane  # answer on the queue the peer's traffic arrives on
+                    return True
+                self._slow(f, time.monotonic())
+                f = lane.recv()
+        self._next_lane = (self._next_lane + 1) % len(lanes)
+        return got
+
+    def _wait(self, deadline: float | None) -> None:
+        """Nothing pending: let the kernel work (busy: one round; wakeup: sleep in poll until something
+        may be ready, a timer is due, or the deadline)."""
+        now = time.monotonic()
+        self._service(now)
+        if self.poll == "busy":
+            for lane in self._lanes:
+                lane.wake()
+            return
+        for lane in self._lanes:
+            if lane.fill.needs_wakeup():
+                lane.port.xsk.wake_rx()
+        t = self.stack.next_timer()
+        until = min(x for x in (deadline, t, now + 1.0) if x is not None)
+        self._poller.poll(max(0, int((until - now) * 1000 + 0.999)))
+
+    def recvfrom(self, timeout: float | None = None) -> tuple[bytes, tuple[str, int]]:
+        """The next datagram to ip:port as (payload, (src_ip, src_port)); TimeoutError after `timeout`
+        seconds (None: wait for ever, 0: do not wait)."""
+        pending = self._pending
+        if pending:
+            return pending.popleft()
+        if self._closed:
+            raise UsageError("the endpoint is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        spins = 0
+        while True:
+            if self._poll_once() and pending:
+                return pending.popleft()
+            spins += 1
+            if self.poll == "busy" and spins & 0x3FF == 0 or self.poll == "wakeup":
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"no datagram for {self.ip}:{self.port} within {timeout} s")
+            if self.poll == "busy":
+                for lane in self._lanes:
+                    lane.wake()
+                if spins & 0x3FF == 0:
+                    self._service(time.monotonic())
+            else:
+                self._wait(deadline)
+
+    def recv_batch(self, max_datagrams: int = 64, timeout: float = 0.0) -> list[tuple[bytes, tuple[str, int]]]:
+        """Up to max_datagrams datagrams, waiting at most `timeout` for the first. Large bursts go through
+        the port's numpy batch path (`Stack.fast_path_mask` over the whole batch)."""
+        out: list = []
+        while self._pending and len(out) < max_datagrams:
+            out.append(self._pending.popleft())
+        if len(out) < max_datagrams:
+            for lane in self._lanes:
+                if lane.rx.available() >= VECTOR_MIN:
+                    self._vector_receive(lane.port, max_datagrams - len(out))
+        if not out and not self._pending and timeout:
+            try:
+                out.append(self.recvfrom(timeout))
+            except TimeoutError:
+                return out
+        while len(out) < max_datagrams:
+            if not self._pending and not self._poll_once():
+                break
+            while self._pending and len(out) < max_datagrams:
+                out.append(self._pending.popleft())
+        return out
+
+    def _vector_receive(self, port, want: int) -> None:
+        batch = port.receive(want)
+        if not batch:
+            return
+        try:
+            mask = self.stack.fast_path_mask(batch.mem, batch.addr, batch.lens)
+            good = batch[mask]
+            ulen = udpp.udp_lengths_batch(batch.mem, good.addr)
+            hdr = good.bytes_at(26, 10)  # source IP and port of every accepted frame
+            mv = memoryview(batch.mem)
+            for a, u, h in zip(good.addr.tolist(), ulen.tolist(), hdr.tolist()):
+                src = bytes(h[0:4])
+                name = self._names.get(src) or self._names.setdefault(src, socket.inet_ntoa(src))
+                self._pending.append((bytes(mv[a + 42:a + 34 + u]), (name, (h[8] << 8) | h[9])))
+            self.counters["rx_datagrams"] += len(good)
+            self.stack.counters["rx_frames"] += len(good)
+            self.stack.counters["udp_delivered"] += len(good)
+            now = time.monotonic()
+            for i in np.flatnonzero(~mask).tolist():
+                self._slow(batch.tobytes(i), now)
+            mv.release()
+        finally:
+            port.free(batch)
+
+    # send -----------------------------------------------------------------------------------------
+    def _template(self, ip: str, port: int, now: float):
+        """(header template, IP partial sum, UDP partial sum) for a peer, cached for a second; None while
+        the peer's MAC is being resolved."""
+        t = self._templates.get((ip, port))
+        if t is not None and t[0] > now:
+            return t[1:]
+        tmpl = self.stack.udp_template(ip, port, self.port, now)
+        if tmpl is None:
+            return None
+        ip_partial = ck.ones_sum(tmpl[14:34])
+        udp_partial = (int.from_bytes(tmpl[26:34], "big") + 17 + int.from_bytes(tmpl[34:38], "big")) % _MOD
+        self._templates[(ip, port)] = (now + 1.0, tmpl, ip_partial, udp_partial)
+        return tmpl, ip_partial, udp_partial
+
+    def _frame(self, tmpl: bytes, ip_partial: int, udp_partial: int, payload: bytes) -> bytes:
+        n = len(payload)
+        ulen = n + 8
+        total = ulen + 20
+        self._ident = ident = (self._ident + 1) & 0xFFFF
+        r = (ip_partial + total + ident) % _MOD
+        ipc = _MOD - r if r else 0
+        s = int.from_bytes(payload, "big")
+        if n & 1:
+            s <<= 8
+        r = (udp_partial + 2 * ulen + s) % _MOD
+        uc = (_MOD - r if r else 0) or 0xFFFF
+        return b"".join((tmpl[0:16], total.to_bytes(2, "big"), ident.to_bytes(2, "big"), tmpl[20:24],
+                         ipc.to_bytes(2, "big"), tmpl[26:38], ulen.to_bytes(2, "big"), uc.to_bytes(2, "big"),
+                         payload))
+
+    def sendto(self, payload: bytes, addr: tuple[str, int]) -> int:
+        """Send one datagram to addr = (ip, port); returns its length. Like a kernel socket, a datagram to
+        a peer whose MAC is not known yet waits (bounded) for resolution instead of blocking."""
+        if self._closed:
+            raise UsageError("the endpoint is closed")
+        now = time.monotonic()
+        if type(addr) is not tuple:
+            addr = tuple(addr)
+        t = self._templates.get(addr)
+        if t is not None and t[0] > now:
+            parts = t[1:]
+        else:
+            ip, port = _peer(addr)
+            self._check_size(len(payload))
+            self._service(now)
+            parts = self._template(ip, port, now)
+            if parts is None:
+                self._emit(self.stack.send_udp(ip, port, self.port, bytes(payload), now))
+                self.counters["tx_datagrams"] += 1
+                return len(payload)
+        if len(payload) > self.max_payload:
+            self._check_size(len(payload))
+        if self._tx_lane.send(self._frame(*parts, bytes(payload))):
+            self.counters["tx_datagrams"] += 1
+            self.stack.counters["udp_sent"] += 1
+        else:
+            self.counters["tx_failed"] += 1
+        return len(payload)
+
+    def send_batch(self, payloads: list[bytes], addr: tuple[str, int]) -> int:
+        """Send many datagrams to one peer with the port's batch path (numpy lengths and checksums);
+        returns how many were queued. Falls back to sendto while the peer is being resolved."""
+        if self._closed:
+            raise UsageError("the endpoint is closed")
+        ip, port = _peer(addr)
+        for p in payloads:
+            self._check_size(len(p))
+        now = time.monotonic()
+        parts = self._template(ip, port, now)
+        if parts is None or len(payloads) < 4:
+            for p in payloads:
+                self.sendto(p, (ip, port))
+            return len(payloads)
+        tmpl = parts[0]
+        lane = self._tx_lane
+        sent = 0
+        while sent < len(payloads):
+            chunk = payloads[sent:sent + 256]
+            batch = lane.port.alloc(len(chunk))
+            if not batch:
+                lane.port.reap()
+                break
+            k = len(batch)
+            mv = memoryview(batch.mem)
+            for a, p in zip(batch.addr.tolist(), chunk):
+                mv[a:a + 42] = tmpl
+                mv[a + 42:a + 42 + len(p)] = p
+            mv.release()
+            lens = np.fromiter((42 + len(p) for p in chunk[:k]), dtype=np.int64, count=k)
+            batch.set_len(lens)
+            udpp.write_lengths_batch(batch.mem, batch.addr, lens)
+            self._ident = (self._ident + k) & 0xFFFF
+            batch.set_u16be(18, (np.arange(k) + self._ident) & 0xFFFF)
+            ck.ipv4_fill_batch(batch.mem, batch.addr, lens)
+            ck.udp_fill_batch(batch.mem, batch.addr, lens)
+            accepted = lane.port.transmit(batch)
+            if accepted < k:
+                lane.port.free(batch[accepted:])
+            sent += accepted
+            if accepted < k:
+                break
+        self.counters["tx_datagrams"] += sent
+        self.stack.counters["udp_sent"] += sent
+        return sent
+
+    # status and teardown ----------------------------------------------------------------------------
+    @property
+    def stats(self) -> dict:
+        """Endpoint counters, the stack's non-zero drops, and the port's (kernel XDP statistics included)."""
+        return {**self.counters, "drops": self.stack.drops(), "port": self._steered.port.stats,
+                "rules": self._steered.rule_counters()}
+
+    def check(self) -> dict:
+        """UMEM accounting of every queue's port (raises OwnershipError on a leak)."""
+        total: dict = {}
+        for lane in self._lanes:
+            for k, v in lane.port.check(app=len(lane.stash)).items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def _teardown(self) -> None:
+        for lane in self._lanes:
+            try:
+                lane.release()
+            except Exception:
+                pass
+        self._lanes = []
+        if self._steered is not None:
+            self._steered.close()
+            self._steered = None
+        if self._arp_sock is not None:
+            self._arp_sock.close()
+            self._arp_sock = None
+        self._iface.close()
+
+    def close(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        _IN_USE.pop(self._key, None)
+        self._teardown()
+
+
+# ---------------------------------------------------------------------------------------- kernel socket
+
+
+class _SocketEndpoint(UdpEndpoint):
+    """The same API over a kernel UDP socket: the baseline, with SO_BUSY_POLL when poll="busy"."""
+
+    def __init__(self, ifname: str | None, ip: str, port: int, *, netns: str | None = None,
+                 dedicated: bool = False, prefixlen: int | None = None, poll: str = "wakeup",
+                 backend: str = "socket", busy_poll_usecs: int = 50, **_ignored) -> None:
+        self._closed = True
+        self._check_common(ip, port, poll)
+        if dedicated:
+            raise UsageError("a dedicated address needs the bypass (the kernel does not have the address): "
+                             "use backend='afxdp', or bind one of the interface's own addresses")
+        self.ifname, self.netns, self.ip, self.port, self.poll, self.dedicated = ifname, netns, ip, port, poll, False
+        self.backend = "socket"
+        self.mtu = 1500
+        if ifname:
+            iface = _Iface(ifname, netns)
+            try:
+                self.mtu = iface.mtu
+                _XdpEndpoint._check_address(iface, ip, False, None)
+            finally:
+                iface.close()
+        self.max_payload = self.mtu - 28
+        with _netns.entered(netns):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind((ip, port))
+        except OSError as e:
+            s.close()
+            if e.errno == errno.EADDRINUSE:
+                raise UsageError(f"{ip}:{port} is already bound by another socket: pick another port") from None
+            raise UsageError(f"cannot bind {ip}:{port}: {e.strerror}") from None
+        if poll == "busy":
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, busy_poll_usecs)
+                s.setsockopt(socket.SOL_SOCKET, SO_PREFER_BUSY_POLL, 1)
+            except OSError:
+                pass  # not root or an old kernel: plain spinning on a non-blocking socket still works
+            s.setblocking(False)
+        self._sock = s
+        self._closed = False
+        self.counters = {"rx_datagrams": 0, "tx_datagrams": 0}
+
+    def recvfrom(self, timeout: float | None = None) -> tuple[bytes, tuple[str, int]]:
+        s = self._sock
+        if self.poll == "busy":
+            deadline = None if timeout is None else time.monotonic() + timeout
+            spins = 0
+            while True:
+                try:
+                    data, addr = s.recvfrom(65536)
+                    self.counters["rx_datagrams"] += 1
+                    return data, addr
+                except BlockingIOError:
+                    spins += 1
+                    if deadline is not None and spins & 0x3FF == 0 and time.monotonic() >= deadline:
+                        raise TimeoutError(f"no datagram for {self.ip}:{self.port} within {timeout} s") from None
+        s.settimeout(timeout)
+        try:
+            data, addr = s.recvfrom(65536)
+        except socket.timeout:
+            raise TimeoutError(f"no datagram for {self.ip}:{self.port} within {timeout} s") from None
+        self.counters["rx_datagrams"] += 1
+        return data, addr
+
+    def recv_batch(self, max_datagrams: int = 64, timeout: float = 0.0) -> list:
+        out = []
+        try:
+            out.append(self.recvfrom(timeout))
+        except TimeoutError:
+            return out
+        while len(out) < max_datagrams:
+            try:
+                data, addr = self._sock.recvfrom(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            self.counters["rx_datagrams"] += 1
+            out.append((data, addr))
+        return out
+
+    def sendto(self, payload: bytes, addr: tuple[str, int]) -> int:
+        if len(payload) > self.max_payload:
+            self._check_size(len(payload))
+        while True:
+            try:
+                n = self._sock.sendto(payload, addr)
+                break
+            except BlockingIOError:
+                continue
+        self.counters["tx_datagrams"] += 1
+        return n
+
+    def send_batch(self, payloads: list[bytes], addr: tuple[str, int]) -> int:
+        for p in payloads:
+            self.sendto(p, addr)
+        return len(payloads)
+
+    @property
+    def stats(self) -> dict:
+        return dict(self.counters)
+
+    def close(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        self._sock.close()
