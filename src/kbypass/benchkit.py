@@ -63,7 +63,7 @@ def testpmd_cmd(host: testbed.Host, mode: str) -> list[str]:
 
 
 class Contender:
-    """A system under test: start it, know when it is ready, stop it and read its count."""
+    """A system under test that is a process: start it, know when it is ready, stop it, read its count."""
 
     def __init__(self, name: str, kind: str, argv: list[str], ready, count) -> None:
         self.name, self.kind, self.argv, self._ready, self._count = name, kind, argv, ready, count
@@ -103,6 +103,89 @@ class Contender:
         return self._count(self)
 
 
+class NftDrop:
+    """The kernel's cheapest drop before the stack: an nftables rule at raw-priority PREROUTING."""
+
+    kind = "receive"
+
+    def __init__(self, name: str = "nftables raw drop") -> None:
+        self.name = name
+        self.netns = None
+
+    def _nft(self, *args: str, stdin: str | None = None) -> str:
+        return subprocess.run(["ip", "netns", "exec", self.netns, "nft", *args], input=stdin, text=True,
+                              capture_output=True, check=True).stdout
+
+    def start(self, b: testbed.Host) -> None:
+        self.netns = b.netns
+        self._nft("-f", "-", stdin=f"""
+            table inet kbbench {{
+                chain pre {{ type filter hook prerouting priority raw; udp dport {PORT} counter drop; }}
+            }}""")
+
+    def stop(self) -> int:
+        try:
+            data = json.loads(self._nft("-j", "list", "table", "inet", "kbbench"))
+            for item in data["nftables"]:
+                for expr in item.get("rule", {}).get("expr", []):
+                    if "counter" in expr:
+                        return int(expr["counter"]["packets"])
+            return 0
+        finally:
+            self._nft("delete", "table", "inet", "kbbench")
+
+
+class XdpDrop:
+    """XDP_DROP by the steering program: the floor of what any receive path can cost on this machine."""
+
+    kind = "receive"
+
+    def __init__(self, name: str = "XDP_DROP (steering rule)") -> None:
+        self.name = name
+        self.steering = None
+
+    def start(self, b: testbed.Host) -> None:
+        from kbypass.steer.steering import Steering
+
+        self.steering = Steering(b.iface, netns=b.netns)
+        self.rule = self.steering.add(f"udp dport {PORT} drop")
+        self.steering.attach()
+
+    def stop(self) -> int:
+        try:
+            return self.steering.counters().get(self.rule, (0, 0))[0]
+        finally:
+            self.steering.close()
+
+
+def cpu_ticks() -> dict[int, tuple[int, int, int]]:
+    """Per CPU: (busy, softirq, total) jiffies from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *vals = line.split()
+                v = [int(x) for x in vals]
+                idle = v[3] + v[4]
+                out[int(name[3:])] = (sum(v[:8]) - idle, v[6], sum(v[:8]))
+    return out
+
+
+def cpu_used(before: dict, after: dict) -> float:
+    """Cores the receive path used: everything on the SUT's CPU, plus the softirq share of the
+    generator's CPU (where veth runs the receive side of XDP and the kernel stack)."""
+    def frac(cpu: int, field: int) -> float:
+        total = after[cpu][2] - before[cpu][2]
+        return (after[cpu][field] - before[cpu][field]) / total if total else 0.0
+
+    return round(frac(SUT_CPU, 0) + frac(GEN_CPU, 1), 3)
+
+
+def announced(c: Contender, b: testbed.Host) -> bool:
+    """kbypass tools print "receiving on ..." to stderr once their port is open (tools/_port.announce)."""
+    return "receiving on" in c.out
+
+
 def xdp_on(b: testbed.Host) -> bool:
     with netns.entered(b.netns):
         return libbpf.xdp_query(socket.if_nametoindex(b.iface)).attached
@@ -132,14 +215,13 @@ def contenders(b: testbed.Host, *, dpdk: bool = True, forward: bool = True) -> l
     common = ["--host", "b", "--queue", "0", "--cpu", str(SUT_CPU), "--json", "--frames", "16384",
               "--ring-size", "8192", "--rule", f"udp dport {PORT}"]
     out = [
-        Contender("kbypass sink", "receive", kb + ["sink", *common], lambda c, b: xdp_on(b), kbypass_json_count),
+        Contender("kbypass sink", "receive", kb + ["sink", *common], announced, kbypass_json_count),
         Contender("python socket", "receive",
                   ["ip", "netns", "exec", b.netns, "taskset", "-c", str(SUT_CPU), PY, "-c", SOCKET_RECEIVER,
                    b.ipv4, str(PORT)],
                   lambda c, b: "ready" in c.out, lambda c: int(c.out.split()[-1])),
         # --macs-only: the same work as testpmd macswap, so host a's kernel treats both outputs alike.
-        Contender("kbypass reflect", "forward", kb + ["reflect", "--macs-only", *common], lambda c, b: xdp_on(b),
-                  forwarded),
+        Contender("kbypass reflect", "forward", kb + ["reflect", "--macs-only", *common], announced, forwarded),
     ]
     if not forward:
         out = [c for c in out if c.kind != "forward"]
@@ -159,12 +241,14 @@ def rx_packets(host: testbed.Host) -> int:
     return link.get("IFLA_STATS64")["rx_packets"]
 
 
-def trial(c: Contender, gen: LiveGenerator, a: testbed.Host, b: testbed.Host, packets: int) -> dict:
+def trial(c, gen: LiveGenerator, a: testbed.Host, b: testbed.Host, packets: int) -> dict:
     c.start(b)
     before = rx_packets(a)
+    ticks = cpu_ticks()
     res = gen.run(count=packets)
+    cpu = cpu_used(ticks, cpu_ticks())
     time.sleep(0.5)  # let the system under test drain its rings
     counted = c.stop()
     handled = counted if c.kind == "receive" else rx_packets(a) - before
     return {"name": c.name, "kind": c.kind, "sent": res.packets, "gen_seconds": res.seconds,
-            "handled": handled, "pps": handled / res.seconds, "gen_pps": res.pps}
+            "handled": handled, "pps": handled / res.seconds, "gen_pps": res.pps, "cpu": cpu}

@@ -24,6 +24,9 @@ COMMANDS = [
     "gen",
     "stats",
     "capture",
+    "bench",
+    "pingpong",
+    "tune",
 ]
 
 

@@ -49,7 +49,7 @@ from kbypass import netns as _netns
 from kbypass.errors import KbypassError, UsageError
 from kbypass.proto import checksum as ck
 from kbypass.proto import udp as udpp
-from kbypass.proto.stack import Stack, UdpDatagram
+from kbypass.proto.stack import ArpTimeout, Stack, UdpDatagram
 
 BACKENDS = ("afxdp", "socket")
 POLL_MODES = ("wakeup", "busy")
@@ -138,8 +138,8 @@ class UdpEndpoint:
             ipaddress.IPv4Address(ip)
         except ValueError:
             raise UsageError(f"{ip!r} is not an IPv4 address: give one like 10.77.0.2") from None
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 0xFFFF:
-            raise UsageError(f"UDP port {port!r}: use a number from 1 to 65535")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+            raise UsageError(f"UDP port {port!r}: use a number from 1 to 65535 (0: pick a free one)")
         if poll not in POLL_MODES:
             raise UsageError(f"poll={poll!r} is unknown: use 'wakeup' or 'busy'")
 
@@ -159,6 +159,21 @@ class UdpEndpoint:
             self.close()
         except Exception:
             pass
+
+
+def _bind_udp(netns: str | None, ip: str, port: int) -> socket.socket:
+    """A kernel UDP socket bound to ip:port in netns, with a clear error when the port is taken."""
+    with _netns.entered(netns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((ip, port))
+    except OSError as e:
+        s.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UsageError(f"{ip}:{port} is already bound by another socket in the kernel: pick another "
+                             "port or stop that program") from None
+        raise UsageError(f"cannot bind {ip}:{port}: {e.strerror}") from None
+    return s
 
 
 def _peer(addr) -> tuple[str, int]:
@@ -299,9 +314,17 @@ class _XdpEndpoint(UdpEndpoint):
         self._iface = iface = _Iface(ifname, netns)
         self._steered = None
         self._arp_sock = None
+        self._placeholder = None
         self._lanes: list[_Lane] = []
         try:
             prefixlen = self._check_address(iface, ip, dedicated, prefixlen)
+            if not dedicated:
+                # The kernel owns this address, so reserve the port in it too: a kernel socket already
+                # there is refused clearly, none can bind it later, and port 0 picks a free port.
+                self._placeholder = _bind_udp(netns, ip, port)
+                self.port = port = self._placeholder.getsockname()[1]
+            elif port == 0:
+                self.port = port = 49152 + (int.from_bytes(socket.inet_aton(ip), "big") * 7 + time.monotonic_ns()) % 16384
             self.mtu = iface.mtu
             self.max_payload = self.mtu - 28
             now = time.monotonic()
@@ -336,6 +359,7 @@ class _XdpEndpoint(UdpEndpoint):
         self._key = key
         self._closed = False
         self._pending: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self._unresolved: dict[str, int] = {}  # peers whose resolution timed out (ArpTimeout), not yet reported
         self._templates: dict[tuple[str, int], tuple[float, bytes, int, int]] = {}
         self._names: dict[bytes, str] = {}
         self._ident = 0
@@ -407,6 +431,8 @@ class _XdpEndpoint(UdpEndpoint):
             if isinstance(ev, UdpDatagram):
                 self._pending.append((ev.payload, (ev.src_ip, ev.src_port)))
                 self.counters["rx_datagrams"] += 1
+            elif isinstance(ev, ArpTimeout):
+                self._unresolved[ev.ip] = ev.dropped
             ev = self.stack.next_event()
 
     def _service(self, now: float) -> None:
@@ -613,6 +639,7 @@ class _XdpEndpoint(UdpEndpoint):
             parts = self._template(ip, port, now)
             if parts is None:
                 self._emit(self.stack.send_udp(ip, port, self.port, bytes(payload), now))
+                self._await_resolution(ip)
                 self.counters["tx_datagrams"] += 1
                 return len(payload)
         if len(payload) > self.max_payload:
@@ -623,6 +650,44 @@ class _XdpEndpoint(UdpEndpoint):
         else:
             self.counters["tx_failed"] += 1
         return len(payload)
+
+    def _await_resolution(self, ip: str) -> None:
+        """Drive the endpoint until the peer's MAC is known and the queued datagram has left. There is
+        no kernel thread to finish the resolution behind our back, so sendto waits here (bounded by the
+        ARP attempts, about a second) instead of leaving the datagram stuck until the next call."""
+        hop = socket.inet_aton(ip)
+        if not self.stack.on_link(hop) and self.stack.gateway is not None:
+            hop = self.stack.gateway
+        arp = self.stack.arp
+        while arp.is_pending(hop):
+            now = time.monotonic()
+            self._service(now)
+            self._poll_once()
+            if not arp.is_pending(hop):
+                break
+            t = self.stack.next_timer()
+            wait = 0.0 if t is None else max(0.0, min(t - now, 0.01))
+            if self.poll == "busy":
+                for lane in self._lanes:
+                    lane.wake()
+            else:
+                self._poller.poll(int(wait * 1000 + 0.999))
+        self._drain_events()
+        if self._unresolved.pop(ip, None):
+            raise KbypassError(f"{ip} did not answer ARP for {self.ip} on {self.ifname}: check the peer "
+                               "address, that it is up and inside the subnet")
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Process what arrived (answer ARP and ping, queue datagrams) for up to `timeout` seconds
+        without taking datagrams; returns how many are waiting for recvfrom. Call it when not receiving,
+        so the address keeps answering."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._service(time.monotonic())
+            self._poll_once()
+            if self._pending or time.monotonic() >= deadline:
+                return len(self._pending)
+            self._wait(deadline)
 
     def send_batch(self, payloads: list[bytes], addr: tuple[str, int]) -> int:
         """Send many datagrams to one peer with the port's batch path (numpy lengths and checksums);
@@ -698,6 +763,9 @@ class _XdpEndpoint(UdpEndpoint):
         if self._arp_sock is not None:
             self._arp_sock.close()
             self._arp_sock = None
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
         self._iface.close()
 
     def close(self) -> None:
@@ -733,15 +801,8 @@ class _SocketEndpoint(UdpEndpoint):
             finally:
                 iface.close()
         self.max_payload = self.mtu - 28
-        with _netns.entered(netns):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            s.bind((ip, port))
-        except OSError as e:
-            s.close()
-            if e.errno == errno.EADDRINUSE:
-                raise UsageError(f"{ip}:{port} is already bound by another socket: pick another port") from None
-            raise UsageError(f"cannot bind {ip}:{port}: {e.strerror}") from None
+        s = _bind_udp(netns, ip, port)
+        self.port = s.getsockname()[1]
         if poll == "busy":
             try:
                 s.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, busy_poll_usecs)

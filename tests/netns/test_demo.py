@@ -1,4 +1,4 @@
-"""`kbypass demo` end to end on this session's testbed, with a small burst."""
+"""`kbypass demo` (and so `kbypass bench rx`) end to end on this session's testbed, with small bursts."""
 
 import json
 
@@ -8,15 +8,28 @@ from tests.kb import kbypass
 
 pytestmark = pytest.mark.netns
 
+PATHS = ["nftables raw drop", "kernel UDP socket", "PACKET_MMAP", "AF_XDP copy", "AF_XDP zero-copy", "XDP_DROP"]
 
-def test_demo_runs_and_writes_table_json_and_chart(testbed_hosts, tmp_path):
+
+def test_demo_runs_bench_rx_and_writes_table_json_and_chart(testbed_hosts, tmp_path):
     prefix = testbed_hosts[0].netns[:-2]
-    proc = kbypass("demo", "--prefix", prefix, "--packets", "50000", "--out", str(tmp_path), timeout=300)
+    proc = kbypass("demo", "--prefix", prefix, "--packets", "30000", "--out", str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     assert "answered" in proc.stdout  # ping kept working beside the bypass
-    rows = json.loads((tmp_path / "demo.json").read_text())["rows"]
-    names = {r["name"] for r in rows}
-    assert {"kbypass sink", "python socket"} <= names
+    result = json.loads((tmp_path / "rx.json").read_text())
+    rows = result["rows"]
+    assert [r["path"] for r in rows] == PATHS
     for r in rows:
-        assert r["sent"] == 50000 and 0 < r["handled"] <= r["sent"] and r["pps"] > 0
-    assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert set(r) >= {"path", "pps", "delivered", "cpu"}
+        if r["pps"] is not None:
+            assert r["pps"] > 0 and 0 < r["delivered"] <= 1
+    for t in result["trials"]:
+        assert t["sent"] == 30000 and 0 < t["handled"] <= 30000
+    assert (tmp_path / "rx.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for path in PATHS:
+        assert path in proc.stdout  # the table
+
+
+def test_bench_rx_bad_input(testbed_hosts):
+    proc = kbypass("bench", "rx", "--packets", "0")
+    assert proc.returncode == 2 and "--packets" in proc.stderr

@@ -113,6 +113,12 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def socket_mappings() -> int:
+    """Rings mapped from sockets (AF_XDP, AF_PACKET): a mapping keeps its socket alive without an fd."""
+    with open("/proc/self/maps") as f:
+        return sum("socket:[" in line for line in f)
+
+
 # ---- the suite --------------------------------------------------------------------------------------
 def test_receive_exact_content_and_count(testbed_hosts, backend):
     a, b = testbed_hosts
@@ -274,14 +280,14 @@ BAD_SETUP = {
 def test_bad_setup_is_one_clear_error_and_leaks_nothing(testbed_hosts, backend):
     a, b = testbed_hosts
     for kwargs, words in BAD_SETUP[backend]:
-        before = fd_count()
+        before, mapped = fd_count(), socket_mappings()
         kwargs = dict(kwargs)
         ifname = kwargs.pop("ifname", b.iface)
         with pytest.raises(KbypassError) as info:
             open_port(backend, ifname, netns=b.netns, rules=[f"udp dst {b.ipv4} dport {PORT}"], **kwargs)
         msg = str(info.value)
         assert words in msg and "\n" not in msg, msg
-        assert fd_count() == before, kwargs
+        assert fd_count() == before and socket_mappings() == mapped, kwargs
     # and the interface is usable at once: nothing half-open holds it
     with opened(backend, b) as port:
         port.check(app=0)
@@ -376,3 +382,33 @@ def test_backend_option_feeds_the_sink(testbed_hosts, backend):
         args.queue = 1
         with pytest.raises(UsageError, match="--queue applies to the afxdp backend only"):
             open_backend(args, args.rule)
+
+
+def test_packet_mmap_full_ring_drops_are_counted_and_it_recovers(testbed_hosts):
+    """Nobody reads: the kernel fills both blocks, then finds the next one still ours, freezes the queue and
+    drops. What arrived is an exact prefix; received + dropped is everything; freeing thaws the ring."""
+    from kbypass.port.packet_mmap import PacketMmapPort
+
+    a, b = testbed_hosts
+    tx = udp_socket(a)
+    with tx, PacketMmapPort(b.iface, netns=b.netns, rule=f"udp dport {PORT}", block_size=1 << 16,
+                            block_count=2) as port:
+        n = 2000  # ~144 bytes a frame: two 64 KiB blocks hold under 1000
+        for seq in range(n):
+            tx.sendto(payload(seq), (b.ipv4, PORT))
+        time.sleep(0.05)
+        got = drain(port, n, timeout=0.5)
+        seqs = np.concatenate([check_words(x) for x in got]).tolist()
+        for x in got:
+            port.free(x)
+        s = port.stats
+        assert 0 < len(seqs) < n and seqs == list(range(len(seqs)))
+        assert s["rx_dropped"] > 0 and s["rx_freeze_q"] >= 1
+        assert s["rx_packets"] + s["rx_dropped"] == s["kernel_packets"] == n
+        for seq in range(n, n + 100):
+            tx.sendto(payload(seq), (b.ipv4, PORT))
+        got = drain(port, 100)
+        assert np.concatenate([check_words(x) for x in got]).tolist() == list(range(n, n + 100))
+        for x in got:
+            port.free(x)
+        port.check(app=0)

@@ -14,7 +14,6 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from kbypass.errors import KbypassError, UsageError
-from kbypass.port.batch import UDP_PAYLOAD
 from kbypass.port.socket_port import SocketPort
 from kbypass.xsk.umem import OwnershipError
 

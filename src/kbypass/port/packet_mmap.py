@@ -91,8 +91,9 @@ class PacketMmapPort(Port):
     size (2048 or 4096); tx_frames: TX ring slots; frames: staging frames for alloc().
     fanout_group: join this PACKET_FANOUT group (one per worker process/port; same id, same mode) with
     fanout_mode hash|lb|cpu|rollover|rnd|qm (the group splits every frame of the interface first and each
-    member's filter runs after, so "lb" balances all traffic, not just the matching frames). rule: an IPv4 steering rule (text or kbypass.steer.Rule), compiled
-    to a classic BPF filter so only matching frames reach the ring. Ownership: see the module doc.
+    member's filter runs after, so "lb" balances all traffic, not just the matching frames).
+    rule: an IPv4 steering rule (text or kbypass.steer.Rule), compiled to a classic BPF filter so only
+    matching frames reach the ring. Ownership: see the module doc.
     """
 
     mode = "packet_mmap"
@@ -107,7 +108,11 @@ class PacketMmapPort(Port):
         if fanout_group is not None and not (isinstance(fanout_group, int) and 0 <= fanout_group <= 0xFFFF):
             raise UsageError(f"fanout_group {fanout_group!r}: use a group id from 0 to 65535")
         filt = compile_filter(rule) if rule is not None else None
-        check_architecture()
+        try:
+            check_architecture()
+        except EnvironmentProblem:
+            raise EnvironmentProblem("PACKET_MMAP's ring status words rely on x86 (TSO) memory ordering here "
+                                     "(see kbypass.xsk.ring): use the socket backend on this CPU") from None
         if os.geteuid() != 0:
             raise PermissionProblem("a PACKET_MMAP port needs root (CAP_NET_RAW): run it with sudo")
         self.ifname, self.netns = ifname, netns

@@ -104,7 +104,8 @@ class SocketPort(Port):
         try:
             ip = ipaddress.IPv4Address(bind_ip)
         except ValueError:
-            raise UsageError(f"bind address {bind_ip!r} is not an IPv4 address: use e.g. 10.77.0.2 or 0.0.0.0") from None
+            raise UsageError(f"bind address {bind_ip!r} is not an IPv4 address: use e.g. 10.77.0.2 or "
+                             "0.0.0.0") from None
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise UsageError(f"UDP port {port!r}: use a number from 0 to 65535")
         if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from kbypass import testbed
 from kbypass.apps.steered import SteeredPort
@@ -59,6 +60,14 @@ def open_port(args, rules: list[str]) -> SteeredPort:
     return SteeredPort(iface, args.queue, parsed, netns=ns, xdp_mode=args.xdp_mode, mode=args.mode,
                        poll=args.poll, frames=args.frames, frame_size=args.frame_size, rx_size=args.ring_size,
                        tx_size=args.ring_size, fill_size=args.ring_size, comp_size=args.ring_size)
+
+
+def announce(args, sp) -> None:
+    """One line on stderr once the port is open (scripts and benchmarks wait for it; --json stays clean)."""
+    backend = getattr(args, "backend", "afxdp")
+    mode = getattr(sp.port, "bind_mode", None) or sp.port.mode
+    print(f"kbypass {args.command}: receiving on {args.iface or args.host} (backend {backend}, queues "
+          f"{sp.queues}, {mode}); Ctrl-C to stop", file=sys.stderr, flush=True)
 
 
 def progress_printer(enabled: bool):

@@ -9,11 +9,13 @@ import numpy as np
 from kbypass.apps.loop import Stopper, Ticker
 from kbypass.errors import UsageError
 from kbypass.pcap import PcapWriter
-from kbypass.tools._port import add_port_options, emit, open_port, progress_printer
+from kbypass.tools._backend import add_backend_option, open_backend
+from kbypass.tools._port import add_port_options, announce, emit, progress_printer
 
 
 def register(sub) -> None:
     p = sub.add_parser("capture", help="write steered traffic to a pcap file (tcpdump/tshark read it)")
+    add_backend_option(p)
     add_port_options(p, default_rule_help="default: every IP packet")
     p.add_argument("--write", "-w", required=True, metavar="FILE.pcap", help="output file")
     p.add_argument("--snaplen", type=int, default=65535, help="bytes kept of each frame (default 65535)")
@@ -26,7 +28,8 @@ def run(args) -> int:
         raise UsageError(f"--snaplen {args.snaplen}: keep at least the 14-byte Ethernet header")
     if args.every < 1:
         raise UsageError(f"--every {args.every}: give 1 (every packet) or more")
-    with open_port(args, args.rule or ["any"]) as sp, PcapWriter(args.write, args.snaplen) as pcap:
+    with open_backend(args, args.rule or ["any"]) as sp, PcapWriter(args.write, args.snaplen) as pcap:
+        announce(args, sp)
         port, seen = sp.port, 0
         ticker = Ticker(progress_printer(not args.json))
         with Stopper() as stop:
@@ -49,7 +52,7 @@ def run(args) -> int:
                 pcap.write_batch(chosen)
                 port.free(batch)
                 ticker.tick(seen, time.monotonic())
-        summary = {"packets": pcap.packets, "seen": seen, "file": args.write, "mode": port.mode,
+        summary = {"packets": pcap.packets, "seen": seen, "file": args.write, "mode": getattr(port, "bind_mode", None) or port.mode,
                    "stats": port.stats}
     emit(summary, args.json)
     return 0

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from kbypass.apps.reflect import Reflector
-from kbypass.tools._port import add_port_options, emit, open_port, progress_printer
+from kbypass.tools._backend import add_backend_option, open_backend
+from kbypass.tools._port import add_port_options, announce, emit, progress_printer
 
 
 def register(sub) -> None:
     p = sub.add_parser("reflect", help="bounce steered packets back to their sender (zero-copy forwarding)")
+    add_backend_option(p)
     add_port_options(p, default_rule_help="default: every UDP packet")
     p.add_argument("--macs-only", action="store_true", help="swap MACs only (like testpmd macswap)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    with open_port(args, args.rule or ["udp"]) as sp:
+    with open_backend(args, args.rule or ["udp"]) as sp:
+        announce(args, sp)
         res = Reflector(sp.port, batch=args.batch, swap_l3=not args.macs_only).run(
             duration=args.duration, count=args.count, report=progress_printer(not args.json))
         summary = {
@@ -24,7 +27,7 @@ def run(args) -> int:
             "tx_dropped": res.tx_dropped,
             "seconds": round(res.seconds, 6),
             "pps": round(res.pps, 1),
-            "mode": sp.port.mode,
+            "mode": getattr(sp.port, "bind_mode", None) or sp.port.mode,
             "queues": sp.queues,
             "stats": sp.port.stats,
             "rules": sp.rule_counters(),

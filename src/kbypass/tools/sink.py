@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from kbypass.apps.sink import Sink
-from kbypass.tools._port import add_port_options, emit, open_port, progress_printer
+from kbypass.tools._backend import add_backend_option, open_backend
+from kbypass.tools._port import add_port_options, announce, emit, progress_printer
 
 
 def register(sub) -> None:
     p = sub.add_parser("sink", help="receive steered flows on AF_XDP and count them")
+    add_backend_option(p)
     add_port_options(p, default_rule_help="default: every UDP packet")
     p.add_argument("--check-seq", action="store_true",
                    help="check the sequence numbers and send stamps kbypass generators put in the payload")
@@ -16,7 +18,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    with open_port(args, args.rule or ["udp"]) as sp:
+    with open_backend(args, args.rule or ["udp"]) as sp:
+        announce(args, sp)
         sink = Sink(sp.port, batch=args.batch, check_seq=args.check_seq)
         res = sink.run(duration=args.duration, count=args.count, idle_timeout=args.idle_timeout,
                        report=progress_printer(not args.json))
@@ -25,7 +28,7 @@ def run(args) -> int:
             "bytes": res.bytes,
             "seconds": round(res.seconds, 6),
             "pps": round(res.pps, 1),
-            "mode": sp.port.mode,
+            "mode": getattr(sp.port, "bind_mode", None) or sp.port.mode,
             "queues": sp.queues,
             "stats": sp.port.stats,
             "rules": sp.rule_counters(),

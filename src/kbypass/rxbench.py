@@ -1,0 +1,98 @@
+"""`kbypass bench rx`: what each receive path handles on one core, at one generator rate.
+
+The classic case for bypass as an experiment on one machine: one burst from the live-frames generator in
+host a (CPU 0) into host b, received by each path in turn, the receiving process on CPU 1:
+
+    nftables raw drop     the kernel's cheapest drop, before the stack (no socket, no copy to user space)
+    kernel UDP socket     the full stack plus recvmmsg batches into Python (kbypass sink --backend socket)
+    PACKET_MMAP           TPACKET_V3 ring (kbypass sink --backend packet_mmap)
+    AF_XDP copy           the steered bypass (kbypass sink)
+    AF_XDP zero-copy      only where the driver has it (veth has not: the row says so)
+    XDP_DROP              the steering program's drop rule: the floor of any receive path here
+
+Per row: packets handled per second of the burst, the share of the burst delivered, and CPU used (the
+receiving CPU, plus the softirq share of the generator's CPU where veth runs the receive side).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+from kbypass import benchkit, testbed
+from kbypass.gen.live import LiveGenerator
+from kbypass.gen.template import udp_template
+
+ORDER = ["nftables raw drop", "kernel UDP socket", "PACKET_MMAP", "AF_XDP copy", "XDP_DROP"]
+
+
+def sink(name: str, backend: str, b: testbed.Host) -> benchkit.Contender:
+    argv = [benchkit.PY, "-m", "kbypass", "sink", "--backend", backend, "--host", "b", "--cpu",
+            str(benchkit.SUT_CPU), "--json", "--rule", f"udp dst {b.ipv4} dport {benchkit.PORT}"]
+    if backend == "afxdp":
+        argv += ["--queue", "0", "--frames", "16384", "--ring-size", "8192"]
+    return benchkit.Contender(name, "receive", argv, benchkit.announced, benchkit.kbypass_json_count)
+
+
+def rows(b: testbed.Host) -> list:
+    return [benchkit.NftDrop("nftables raw drop"), sink("kernel UDP socket", "socket", b),
+            sink("PACKET_MMAP", "packet_mmap", b), sink("AF_XDP copy", "afxdp", b),
+            benchkit.XdpDrop("XDP_DROP")]
+
+
+def run(prefix: str, packets: int, runs: int, progress=print) -> dict:
+    hosts = testbed.up(testbed.TestbedConfig(prefix=prefix))
+    a, b = hosts
+    os.environ["KBYPASS_TESTBED"] = prefix
+    home = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {benchkit.GEN_CPU})
+    trials = []
+    try:
+        frame = udp_template(a.mac, b.mac, a.ipv4, 9, b.ipv4, benchkit.PORT, 64)
+        with LiveGenerator(a.iface, frame, netns_name=a.netns) as gen:
+            field = rows(b)
+            for r in range(runs):
+                for c in field[r % len(field):] + field[: r % len(field)]:
+                    t = benchkit.trial(c, gen, a, b, packets)
+                    t["run"] = r
+                    trials.append(t)
+                    progress(f"  run {r + 1}/{runs} {t['name']:<18} {t['pps'] / 1e6:7.3f} Mpps "
+                             f"({t['handled'] / t['sent']:.0%} delivered, {t['cpu']:.2f} CPU)")
+    finally:
+        os.sched_setaffinity(0, home)
+    out_rows = []
+    for name in ORDER:
+        mine = [t for t in trials if t["name"] == name]
+        if not mine:
+            continue
+        out_rows.append({"path": name, "pps": statistics.median(t["pps"] for t in mine),
+                         "delivered": round(statistics.median(t["handled"] / t["sent"] for t in mine), 4),
+                         "cpu": statistics.median(t["cpu"] for t in mine), "runs": len(mine)})
+    out_rows.insert(out_rows.index(next(r for r in out_rows if r["path"] == "AF_XDP copy")) + 1,
+                    {"path": "AF_XDP zero-copy", "pps": None, "delivered": None, "cpu": None,
+                     "note": "veth has no zero-copy AF_XDP; run on a NIC whose driver has it"})
+    return {"packets": packets, "runs": runs, "rows": out_rows, "trials": trials}
+
+
+def save(result: dict, json_path: Path, png_path: Path) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["pps"] is not None]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    colors = ["#1f77b4" if r["path"].startswith(("AF_XDP", "XDP")) else "#999999" for r in rows]
+    ax.barh([r["path"] for r in rows][::-1], [r["pps"] / 1e6 for r in rows][::-1], color=colors[::-1])
+    for i, r in enumerate(rows[::-1]):
+        ax.text(r["pps"] / 1e6, i, f" {r['pps'] / 1e6:.2f} Mpps, {r['delivered']:.0%}", va="center")
+    ax.set_xlabel("Mpps handled (64-byte UDP, one generator burst, receiver on one core)")
+    ax.set_title("kbypass bench rx: kernel paths vs bypass")
+    ax.set_xlim(0, max(r["pps"] for r in rows) / 1e6 * 1.45)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,59 @@
+"""`kbypass bench rx`: the kernel-vs-bypass receive experiment on the testbed (table, JSON, PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from kbypass import rxbench, testbed
+from kbypass.errors import UsageError, require_root
+from kbypass.tools._common import add_prefix_option, console
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="side-by-side experiments on the testbed")
+    kinds = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    kinds.required = True
+    rx = kinds.add_parser("rx", help="what each receive path handles on one core (nft, socket, "
+                                     "PACKET_MMAP, AF_XDP, XDP_DROP)")
+    add_prefix_option(rx)
+    rx.add_argument("--packets", type=int, default=2_000_000, help="frames per trial (default 2M)")
+    rx.add_argument("--runs", type=int, default=1, help="repetitions; medians are reported (default 1)")
+    rx.add_argument("--out", default="bench/results", help="where rx.json and rx.png go")
+    rx.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+    rx.set_defaults(func=run_rx)
+
+
+def run_rx(args) -> int:
+    require_root("kbypass bench rx")
+    if args.packets <= 0 or args.runs <= 0:
+        raise UsageError("--packets and --runs take positive numbers")
+    out = console()
+    prefix = args.prefix or testbed.default_prefix()
+    result = rxbench.run(prefix, args.packets, args.runs, progress=(lambda s: None) if args.json else out.print)
+    where = Path(args.out)
+    json_path, png_path = where / "rx.json", where / "rx.png"
+    rxbench.save(result, json_path, png_path)
+    if args.json:
+        import json
+
+        print(json.dumps({"rows": result["rows"]}, indent=2))
+        return 0
+    show(out, result["rows"])
+    out.print(f"results: {json_path}\nchart:   {png_path}")
+    return 0
+
+
+def show(out, rows: list[dict]) -> None:
+    sock = next((r["pps"] for r in rows if r["path"] == "kernel UDP socket" and r["pps"]), None)
+    t = Table(title="receive paths on one core: 64-byte UDP, one generator burst, same run")
+    for col in ("path", "Mpps", "delivered", "CPU (cores)", "x kernel socket"):
+        t.add_column(col, justify="left" if col == "path" else "right")
+    for r in rows:
+        if r["pps"] is None:
+            t.add_row(r["path"], "-", "-", "-", r.get("note", ""))
+            continue
+        t.add_row(r["path"], f"{r['pps'] / 1e6:.3f}", f"{r['delivered']:.0%}", f"{r['cpu']:.2f}",
+                  f"{r['pps'] / sock:.1f}x" if sock else "-")
+    out.print(t)
