@@ -304,7 +304,7 @@ class _XdpEndpoint(UdpEndpoint):
         self._check_common(ip, port, poll)
         from kbypass.apps.steered import SteeredPort
 
-        self.ifname, self.netns, self.ip, self.port, self.dedicated, self.poll = ifname, netns, ip, port, \
+        self.ifname, self.netns, self.ip, self.port, self.dedicated, self.poll_mode = ifname, netns, ip, port, \
             dedicated, poll
         self.backend = "afxdp"
         key = (netns, ifname)
@@ -508,7 +508,7 @@ class _XdpEndpoint(UdpEndpoint):
         may be ready, a timer is due, or the deadline)."""
         now = time.monotonic()
         self._service(now)
-        if self.poll == "busy":
+        if self.poll_mode == "busy":
             for lane in self._lanes:
                 lane.wake()
             return
@@ -533,10 +533,10 @@ class _XdpEndpoint(UdpEndpoint):
             if self._poll_once() and pending:
                 return pending.popleft()
             spins += 1
-            if self.poll == "busy" and spins & 0x3FF == 0 or self.poll == "wakeup":
+            if self.poll_mode == "busy" and spins & 0x3FF == 0 or self.poll_mode == "wakeup":
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"no datagram for {self.ip}:{self.port} within {timeout} s")
-            if self.poll == "busy":
+            if self.poll_mode == "busy":
                 for lane in self._lanes:
                     lane.wake()
                 if spins & 0x3FF == 0:
@@ -667,7 +667,7 @@ class _XdpEndpoint(UdpEndpoint):
                 break
             t = self.stack.next_timer()
             wait = 0.0 if t is None else max(0.0, min(t - now, 0.01))
-            if self.poll == "busy":
+            if self.poll_mode == "busy":
                 for lane in self._lanes:
                     lane.wake()
             else:
@@ -790,7 +790,7 @@ class _SocketEndpoint(UdpEndpoint):
         if dedicated:
             raise UsageError("a dedicated address needs the bypass (the kernel does not have the address): "
                              "use backend='afxdp', or bind one of the interface's own addresses")
-        self.ifname, self.netns, self.ip, self.port, self.poll, self.dedicated = ifname, netns, ip, port, poll, False
+        self.ifname, self.netns, self.ip, self.port, self.poll_mode, self.dedicated = ifname, netns, ip, port, poll, False
         self.backend = "socket"
         self.mtu = 1500
         if ifname:
@@ -816,7 +816,7 @@ class _SocketEndpoint(UdpEndpoint):
 
     def recvfrom(self, timeout: float | None = None) -> tuple[bytes, tuple[str, int]]:
         s = self._sock
-        if self.poll == "busy":
+        if self.poll_mode == "busy":
             deadline = None if timeout is None else time.monotonic() + timeout
             spins = 0
             while True:

@@ -221,6 +221,13 @@ class Connection:
             self._maybe_window_update()
         return ev
 
+    def peek_event(self) -> Event | None:
+        """The next event without taking it (a data event peeked does not open the window)."""
+        if not self._events:
+            return None
+        ev = self._events[0]
+        return DataReceived(bytes(ev)) if isinstance(ev, bytearray) else ev
+
     def _maybe_window_update(self) -> None:
         # Tell the peer when the window grew enough to be worth a datagram (avoids silly-window chatter).
         grown = self.rbuf.right_edge - self._adv_right
@@ -550,7 +557,8 @@ class Connection:
             self._linger_deadline = None
             self._go(Input.LINGER_DONE)
             return
-        if st is not State.TIME_WAIT and now - self._last_recv >= self.config.idle_timeout:
+        # same expression as in next_timer: `now - last >= t` can be False at now == last + t (rounding)
+        if st is not State.TIME_WAIT and now >= self._last_recv + self.config.idle_timeout:
             self._lose(f"peer silent for {now - self._last_recv:.3g} s (idle_timeout)")
             return
         if self._rto_deadline is not None and now >= self._rto_deadline:

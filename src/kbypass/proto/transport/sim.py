@@ -88,7 +88,7 @@ class PairSim:
                         side.lost = ev.reason
         else:
             # a non-reading app still learns of control events at the head of the queue
-            ev = conn._events[0] if conn._events else None
+            ev = conn.peek_event()
             if isinstance(ev, Connected):
                 conn.next_event()
                 side.connected = True

@@ -1,0 +1,175 @@
+"""Ping-pong message format (against bytes a real sockperf put on the wire), the client/server loops over
+a fake link, and the endpoint's scalar fast path (accept and build) against the protocol modules."""
+
+import collections
+import socket
+
+import pytest
+
+from kbypass.apps import pingpong as pp
+from kbypass.endpoint import _XdpEndpoint
+from kbypass.errors import UsageError
+from kbypass.proto import checksum as ck
+from kbypass.proto import ipv4, udp
+from kbypass.proto.stack import Stack
+
+# sockperf 3.7 `ping-pong -m 20`, first message and its server's answer (tcpdump, UDP payloads)
+SOCKPERF_CLIENT = bytes.fromhex("0000000000000001000300000014b73158a35a25")
+SOCKPERF_SERVER = bytes.fromhex("0000000000000001000200000014b73158a35a25")
+
+
+def test_server_answers_like_sockperf_server():
+    assert pp.answer(SOCKPERF_CLIENT) == SOCKPERF_SERVER
+
+
+def test_client_message_matches_sockperf_layout():
+    m = pp.message(1, 20)
+    assert m[:14] == SOCKPERF_CLIENT[:14] and len(m) == 20
+    assert pp.is_answer(SOCKPERF_SERVER, 1)
+    assert not pp.is_answer(SOCKPERF_SERVER, 2)
+    assert not pp.is_answer(SOCKPERF_CLIENT, 1)  # our own message reflected with the client flag still set
+
+
+def test_answer_edge_cases():
+    assert pp.answer(b"short") == b"short"  # not sockperf: plain echo
+    no_pong = pp.HEADER.pack(5, pp.FLAG_CLIENT, 14)
+    assert pp.answer(no_pong) is None
+    with pytest.raises(UsageError, match="14 bytes"):
+        pp.message(1, 13)
+
+
+class FakeLink:
+    """Two endpoints' recvfrom/sendto over in-memory queues; `lose` drops every n-th client message."""
+
+    def __init__(self, lose: int = 0):
+        self.to_server = collections.deque()
+        self.lose = lose
+        self.n = 0
+
+    def client(self):
+        link = self
+
+        class Client:
+            def sendto(self, data, addr):
+                link.n += 1
+                if link.lose and link.n % link.lose == 0:
+                    return len(data)
+                out = pp.answer(data)  # the server, inline
+                if out is not None:
+                    link.to_server.append(out)
+                return len(data)
+
+            def recvfrom(self, timeout=None):
+                if not link.to_server:
+                    raise TimeoutError
+                return link.to_server.popleft(), ("10.0.0.2", 11111)
+
+        return Client()
+
+
+def test_ping_over_fake_link_counts_samples_and_losses():
+    res = pp.ping(FakeLink().client(), ("10.0.0.2", 11111), size=64, count=500, warmup=10)
+    s = res.summary()
+    assert s["samples"] == 500 and s["lost"] == 0 and s["sent"] == 510
+    assert 0 < s["p50_us"] <= s["p90_us"] <= s["p99_us"] <= s["p999_us"] <= s["max_us"] < 100_000
+    lossy = pp.ping(FakeLink(lose=10).client(), ("10.0.0.2", 11111), size=20, count=90, warmup=0,
+                    reply_timeout=0.01)
+    assert lossy.samples == 90 and lossy.lost == lossy.sent // 10 == 9 and lossy.sent == 99
+
+
+def test_ping_needs_a_stop_condition():
+    with pytest.raises(UsageError, match="duration"):
+        pp.ping(FakeLink().client(), ("10.0.0.2", 1))
+
+
+def test_serve_answers_until_count():
+    msgs = collections.deque(pp.message(i, 32) for i in range(1, 6))
+    sent = []
+
+    class Ep:
+        def recvfrom(self, timeout=None):
+            if not msgs:
+                raise TimeoutError
+            return msgs.popleft(), ("10.0.0.1", 999)
+
+        def sendto(self, data, addr):
+            sent.append((data, addr))
+
+    res = pp.serve(Ep(), count=5, duration=5)
+    assert res.received == res.answered == 5
+    assert [pp.is_answer(d, i + 1) for i, (d, _) in enumerate(sent)] == [True] * 5
+
+
+# ---- the endpoint's scalar fast path -------------------------------------------------------------
+
+MAC_A, MAC_B = bytes.fromhex("026b62000001"), bytes.fromhex("026b62000002")
+IP_A, IP_B = socket.inet_aton("10.77.0.1"), socket.inet_aton("10.77.0.2")
+
+
+def bare_endpoint():
+    ep = object.__new__(_XdpEndpoint)
+    ep._macb, ep._ipb, ep.port, ep._bcast, ep._names, ep._ident = MAC_B, IP_B, 4321, socket.inet_aton(
+        "10.77.0.255"), {}, 0
+    return ep
+
+
+def good(payload=b"hello world", **kw):
+    return bytearray(udp.build_udp_frame(MAC_A, MAC_B, IP_A, IP_B, 5555, 4321, payload, **kw))
+
+
+def fix_ip_checksum(f):
+    f[24:26] = b"\0\0"
+    f[24:26] = ck.internet_checksum(bytes(f[14:14 + (f[14] & 15) * 4])).to_bytes(2, "big")
+    return f
+
+
+def malformed():
+    out = {}
+    f = good(); f[41] ^= 1; out["bad udp checksum"] = f
+    f = good(); f[25] ^= 1; out["bad ip checksum"] = f
+    out["truncated"] = good()[:40]
+    f = good(); f[16:18] = (200).to_bytes(2, "big"); out["ip length lies"] = fix_ip_checksum(f)
+    f = good(); f[38:40] = (300).to_bytes(2, "big"); out["udp length lies"] = f
+    f = good(); f[20] = 0x20; out["fragment"] = fix_ip_checksum(f)
+    f = good(); f[38:40] = b"\0\0"; f[40:42] = b"\0\0"; out["zero udp length"] = f
+    f = good(); f[36:38] = (4322).to_bytes(2, "big"); out["other port"] = f
+    f = good(); f[12:14] = b"\x88\xb5"; out["unknown ethertype"] = f
+    # IP options: a 24-byte header (one NOP-padded option word)
+    seg = udp.build_udp(IP_A, IP_B, 5555, 4321, b"opts")
+    hdr = bytearray(ipv4.build_ipv4_header(IP_A, IP_B, 17, len(seg)))
+    hdr[0] = 0x46
+    hdr[2:4] = (24 + len(seg)).to_bytes(2, "big")
+    hdr = hdr + b"\x01\x01\x01\x00"
+    f = bytearray(MAC_B + MAC_A + b"\x08\x00") + hdr + seg
+    out["ip options"] = fix_ip_checksum(f)
+    return out
+
+
+def test_fast_path_accepts_valid_udp():
+    ep = bare_endpoint()
+    assert ep._accept(bytes(good())) == (b"hello world", ("10.77.0.1", 5555))
+    assert ep._accept(bytes(good(b"odd"))) == (b"odd", ("10.77.0.1", 5555))
+    padded = bytes(good(b"x")) + b"\0" * 10  # Ethernet padding after the datagram is not payload
+    assert ep._accept(padded) == (b"x", ("10.77.0.1", 5555))
+
+
+@pytest.mark.parametrize("name", sorted(malformed()))
+def test_fast_path_refuses_malformed_and_stack_counts_it(name):
+    frame = bytes(malformed()[name])
+    assert bare_endpoint()._accept(frame) is None
+    stack = Stack(MAC_B, IP_B, 24, 0.0, udp_ports=[4321])
+    assert stack.receive(frame, 0.0) == []  # never answered
+    assert stack.next_event() is None and sum(stack.drops().values()) == 1
+
+
+def test_built_frames_parse_with_valid_checksums():
+    ep = bare_endpoint()
+    stack = Stack(MAC_A, IP_A, 24, 0.0, udp_ports=[5555])
+    tmpl = udp.frame_template(MAC_B, MAC_A, IP_B, IP_A, 4321, 5555)
+    ip_partial = ck.ones_sum(tmpl[14:34])
+    udp_partial = (int.from_bytes(tmpl[26:34], "big") + 17 + int.from_bytes(tmpl[34:38], "big")) % 0xFFFF
+    for payload in (b"", b"a", b"ab", bytes(range(256)) * 5):
+        frame = ep._frame(tmpl, ip_partial, udp_partial, payload)
+        stack.receive(frame, 0.0)
+        ev = stack.next_event()
+        assert ev is not None and ev.payload == payload, stack.drops()
