@@ -343,7 +343,8 @@ class _XdpEndpoint(UdpEndpoint):
                                             poll=poll, frames=frames, rx_size=ring_size, tx_size=ring_size,
                                             fill_size=ring_size, comp_size=ring_size)
             except KbypassError as e:
-                if "already has XDP program" in str(e):
+                # someone else's XDP program on the interface, or their AF_XDP sockets on its queues
+                if "already has XDP program" in str(e) or "already uses this queue" in str(e):
                     raise KbypassError(
                         f"cannot steer {ip}:{port}: {ifname} is already steered by someone else (another "
                         f"kbypass process or XDP tool holds it; 'bpftool net show' names it): stop that "

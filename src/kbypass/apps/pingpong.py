@@ -67,7 +67,8 @@ class ServerResult:
 
 def serve(ep, *, duration: float | None = None, count: int | None = None, idle_timeout: float | None = None,
           stop=lambda: False) -> ServerResult:
-    """Answer datagrams on endpoint `ep` until duration/count/idle_timeout/stop() ends it."""
+    """Answer datagrams on endpoint `ep` until duration/count/idle_timeout/stop() ends it. The idle
+    timeout counts from the last message, so it starts with the first one."""
     res = ServerResult()
     start = last = time.monotonic()
     end = None if duration is None else start + duration
@@ -76,7 +77,7 @@ def serve(ep, *, duration: float | None = None, count: int | None = None, idle_t
         now = time.monotonic()
         if end is not None and now >= end:
             break
-        if idle_timeout is not None and now - last >= idle_timeout:
+        if idle_timeout is not None and res.received and now - last >= idle_timeout:
             break
         slice_ = 0.2 if end is None else max(0.0, min(0.2, end - now))
         try:
