@@ -14,7 +14,7 @@ fi
 # 1. Debian packages: the BPF tool chain, netlink/ethtool tools and the real peers tests and benchmarks use.
 packages=(
   clang llvm libbpf-dev libbpf1 libelf-dev bpftool linux-libc-dev
-  iproute2 ethtool iputils-ping sockperf tshark tcpdump netsniff-ng nftables
+  iproute2 ethtool iputils-ping sockperf tshark tcpdump netsniff-ng nftables iperf3
   dpdk dpdk-dev python3-venv python3-dev make gcc
 )
 missing=()

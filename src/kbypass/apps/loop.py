@@ -1,11 +1,11 @@
-"""The shared shape of a receive loop: run until the duration ends, a packet count is reached or a
-signal arrives; report packets per second once a second."""
+"""The shared shape of a receive loop: run until the duration ends, a packet count is reached, the
+traffic stops or a signal arrives; report packets per second once a second."""
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 class Stopper:
@@ -45,3 +45,29 @@ class Ticker:
         if self.report is not None and now - self.last_time >= self.interval:
             self.report(count - self.last_count, now - self.last_time)
             self.last_time, self.last_count = now, count
+
+
+def receive_batches(port, size: int, *, duration: float | None = None, until: Callable[[], bool] | None = None,
+                    idle_timeout: float | None = None, on_idle: Callable[[], None] | None = None) -> Iterator:
+    """Yield non-empty batches from `port` (each yours until transmitted or freed) until `duration` seconds
+    pass, `until()` is true, `idle_timeout` seconds pass without a frame (counted from the first one), or
+    SIGINT/SIGTERM. Waits in port.wait() when nothing is there, calling `on_idle` after each wait."""
+    begin = time.monotonic()
+    last = None
+    with Stopper() as stop:
+        while not stop.stopped:
+            now = time.monotonic()
+            if duration is not None and now - begin >= duration:
+                return
+            if until is not None and until():
+                return
+            if idle_timeout is not None and last is not None and now - last >= idle_timeout:
+                return
+            batch = port.receive(size)
+            if not batch:
+                port.wait(0.05)
+                if on_idle is not None:
+                    on_idle()
+                continue
+            last = now
+            yield batch

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from kbypass.apps.loop import Stopper, Ticker
+from kbypass.apps.loop import Ticker, receive_batches
 from kbypass.port.base import Port
 
 
@@ -37,32 +37,22 @@ class Reflector:
         port, res = self.port, ReflectResult()
         ticker = Ticker(report)
         start = None
-        begin = time.monotonic()
-        with Stopper() as stop:
-            while not stop.stopped:
-                now = time.monotonic()
-                if duration is not None and now - begin >= duration:
-                    break
-                if count is not None and res.packets >= count:
-                    break
-                batch = port.receive(self.batch)
-                if not batch:
-                    port.wait(0.05)
-                    ticker.tick(res.packets, time.monotonic())
-                    continue
-                if start is None:
-                    start = now
-                res.packets += len(batch)
-                res.bytes += int(batch.lens.sum())
-                batch.swap_macs()
-                if self.swap_l3:
-                    batch.swap_ips_and_ports()
-                sent = port.transmit(batch)
-                res.sent += sent
-                if sent < len(batch):
-                    res.tx_dropped += len(batch) - sent
-                    port.free(batch[sent:])
-                ticker.tick(res.packets, now)
+        tick = lambda: ticker.tick(res.packets, time.monotonic())
+        for batch in receive_batches(port, self.batch, duration=duration, on_idle=tick,
+                                     until=None if count is None else lambda: res.packets >= count):
+            if start is None:
+                start = time.monotonic()
+            res.packets += len(batch)
+            res.bytes += int(batch.lens.sum())
+            batch.swap_macs()
+            if self.swap_l3:
+                batch.swap_ips_and_ports()
+            sent = port.transmit(batch)
+            res.sent += sent
+            if sent < len(batch):
+                res.tx_dropped += len(batch) - sent
+                port.free(batch[sent:])
+            tick()
         flush = getattr(port, "flush", None)
         if flush:
             flush()

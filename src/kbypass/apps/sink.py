@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kbypass.apps.loop import Stopper, Ticker
+from kbypass.apps.loop import Ticker, receive_batches
 from kbypass.apps.seqcheck import SeqChecker
 from kbypass.gen.stamp import ETH_IPV4_UDP
 from kbypass.port.base import Port
@@ -47,34 +47,23 @@ class Sink:
         port, res = self.port, SinkResult()
         ticker = Ticker(report)
         start = last = None
-        begin = time.monotonic()
-        with Stopper() as stop:
-            while not stop.stopped:
-                now = time.monotonic()
-                if duration is not None and now - begin >= duration:
-                    break
-                if count is not None and res.packets >= count:
-                    break
-                if idle_timeout is not None and last is not None and now - last >= idle_timeout:
-                    break
-                batch = port.receive(self.batch)
-                if not batch:
-                    port.wait(0.05)
-                    ticker.tick(res.packets, time.monotonic())
-                    continue
-                last = now
-                if start is None:
-                    start = now
-                res.packets += len(batch)
-                res.bytes += int(batch.lens.sum())
-                if self.seq is not None:
-                    stamped = batch[batch.lens >= self.stamp_offset + 16]
-                    if len(stamped):
-                        self.seq.update(stamped.payload_u64(self.stamp_offset))
-                        sent = stamped.payload_u64(self.stamp_offset + 8).astype(np.int64)
-                        self._latency_ns.append(time.monotonic_ns() - sent)
-                port.free(batch)
-                ticker.tick(res.packets, now)
+        tick = lambda: ticker.tick(res.packets, time.monotonic())
+        for batch in receive_batches(port, self.batch, duration=duration, idle_timeout=idle_timeout,
+                                     until=None if count is None else lambda: res.packets >= count,
+                                     on_idle=tick):
+            last = time.monotonic()
+            if start is None:
+                start = last
+            res.packets += len(batch)
+            res.bytes += int(batch.lens.sum())
+            if self.seq is not None:
+                stamped = batch[batch.lens >= self.stamp_offset + 16]
+                if len(stamped):
+                    self.seq.update(stamped.payload_u64(self.stamp_offset))
+                    sent = stamped.payload_u64(self.stamp_offset + 8).astype(np.int64)
+                    self._latency_ns.append(time.monotonic_ns() - sent)
+            port.free(batch)
+            ticker.tick(res.packets, last)
         if start is not None:  # from the first packet to the last: idle time before or after is not rate
             res.seconds = max(last - start, 1e-9)
         if self.seq is not None:

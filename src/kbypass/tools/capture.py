@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from kbypass.apps.loop import Stopper, Ticker
+from kbypass.apps.loop import Ticker, receive_batches
 from kbypass.errors import UsageError
 from kbypass.pcap import PcapWriter
 from kbypass.tools._backend import add_backend_option, open_backend
@@ -32,28 +32,19 @@ def run(args) -> int:
         announce(args, sp)
         port, seen = sp.port, 0
         ticker = Ticker(progress_printer(not args.json))
-        with Stopper() as stop:
-            begin = time.monotonic()
-            while not stop.stopped:
-                if args.duration is not None and time.monotonic() - begin >= args.duration:
-                    break
-                if args.count is not None and pcap.packets >= args.count:
-                    break
-                batch = port.receive(args.batch)
-                if not batch:
-                    port.wait(0.05)
-                    continue
-                # Keep packets whose running number is a multiple of N: sampling without a per-packet loop.
-                keep = (seen + np.arange(len(batch))) % args.every == 0
-                seen += len(batch)
-                chosen = batch[keep]
-                if args.count is not None:
-                    chosen = chosen[: args.count - pcap.packets]
-                pcap.write_batch(chosen)
-                port.free(batch)
-                ticker.tick(seen, time.monotonic())
-        summary = {"packets": pcap.packets, "seen": seen, "file": args.write, "mode": getattr(port, "bind_mode", None) or port.mode,
-                   "stats": port.stats}
+        until = None if args.count is None else lambda: pcap.packets >= args.count
+        for batch in receive_batches(port, args.batch, duration=args.duration, until=until):
+            # Keep packets whose running number is a multiple of N: sampling without a per-packet loop.
+            keep = (seen + np.arange(len(batch))) % args.every == 0
+            seen += len(batch)
+            chosen = batch[keep]
+            if args.count is not None:
+                chosen = chosen[: args.count - pcap.packets]
+            pcap.write_batch(chosen)
+            port.free(batch)
+            ticker.tick(seen, time.monotonic())
+        summary = {"packets": pcap.packets, "seen": seen, "file": args.write,
+                   "mode": getattr(port, "bind_mode", None) or port.mode, "stats": port.stats}
     emit(summary, args.json)
     return 0
 
