@@ -4,7 +4,7 @@
  *
  * Parses Ethernet, up to two VLAN tags (802.1Q / 802.1ad), IPv4 or IPv6 (a few extension headers),
  * then UDP/TCP/ICMP ports and types, and scans the rules of steer.h in priority order; the first rule
- * that decides wins. Anything no rule decides passes to the kernel: we only take what was asked for.
+ * that decides wins. Other EtherTypes are matched only by EtherType rules (raw L2 protocols). Anything no rule decides passes to the kernel: we only take what was asked for.
  *
  * Parsing is cursor style: every read is preceded by a bounds check against data_end, so a truncated
  * frame can only end parsing early, never read past the packet (the verifier enforces it as well).
@@ -71,8 +71,8 @@ struct flow {
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;     /* STEER_PROTO_* for ICMP/TCP/UDP, else the IP protocol number */
-	__u8 family;    /* STEER_FAMILY_V4 / _V6 */
-	__u8 has_l4;    /* sport/dport are valid */
+	__u8 family;    /* STEER_FAMILY_V4 / _V6, or _ETHER for a non-IP frame */
+	__u8 has_l4;    /* sport/dport are valid (for _ETHER: dport is the EtherType) */
 	__u8 malformed; /* truncated or lying headers: never redirect */
 };
 
@@ -275,7 +275,8 @@ static __always_inline int match(const struct steer_rule *r, const struct flow *
 {
 	int k;
 
-	if (r->family && r->family != f->family)
+	/* family 0 means "IPv4 or IPv6": IP rules never see non-IP frames, nor EtherType rules IP ones. */
+	if (r->family != f->family && (r->family != STEER_FAMILY_ANY || f->family == STEER_FAMILY_ETHER))
 		return 0;
 	if (r->proto && r->proto != f->proto)
 		return 0;
@@ -327,9 +328,15 @@ int kbypass_steer(struct xdp_md *ctx)
 		ok = parse_ipv4(&c, &f);
 	else if (proto == bpf_htons(ETH_P_IPV6))
 		ok = parse_ipv6(&c, &f);
-	else {
-		stat_inc(STEER_STAT_NOT_IP);
+	else if (is_vlan(proto)) {
+		stat_inc(STEER_STAT_NOT_IP); /* a third tag: deeper than we parse */
 		return XDP_PASS;
+	} else {
+		/* Raw L2: only EtherType rules can match; what they do not decide is counted NOT_IP. */
+		f.family = STEER_FAMILY_ETHER;
+		f.dport = proto;
+		f.has_l4 = 1;
+		ok = 1;
 	}
 	if (!ok) {
 		stat_inc(STEER_STAT_PARSE_ERROR);
@@ -380,7 +387,7 @@ int kbypass_steer(struct xdp_md *ctx)
 		}
 	}
 unmatched:
-	stat_inc(STEER_STAT_UNMATCHED);
+	stat_inc(f.family == STEER_FAMILY_ETHER ? STEER_STAT_NOT_IP : STEER_STAT_UNMATCHED);
 	return XDP_PASS;
 }
 

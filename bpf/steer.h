@@ -44,8 +44,10 @@
 #define STEER_PROTO_TCP 6
 #define STEER_PROTO_UDP 17
 
-/* steer_rule.family: which IP version a rule applies to (0 = both; set by the addresses it names). */
+/* steer_rule.family: which IP version a rule applies to (0 = both; set by the addresses it names), or
+ * ETHER: the rule matches non-IP frames by EtherType (raw L2 protocols such as kbypass xfer's 0x88B5). */
 #define STEER_FAMILY_ANY 0
+#define STEER_FAMILY_ETHER 1
 #define STEER_FAMILY_V4 4
 #define STEER_FAMILY_V6 6
 
@@ -55,7 +57,8 @@
 /*
  * One rule, 80 bytes. Rules are scanned linearly (about 4 ns per rule that does not match, measured
  * with BPF_PROG_TEST_RUN here), so keep the list short. A packet matches when every field matches:
- *   family   == 0 or the packet's IP version
+ *   family   == 0 or the packet's IP version; STEER_FAMILY_ETHER rules match only non-IP frames and
+ *            family 0/4/6 rules only IP packets
  *   proto    == 0 or the packet's L4 protocol (ICMPv6 counts as STEER_PROTO_ICMP)
  *   (packet sport & sport_mask) == sport, same for dport; a non-zero mask also needs an L4 header, so
  *            non-first fragments and malformed packets match only rules without ports
@@ -64,13 +67,19 @@
  * Byte order: ports, port masks, addresses and masks are network order (compared against the packet
  * as read); sample_thresh is host order. Host bits of src/dst are zero (user space masks them).
  *
+ * EtherType rules (family == STEER_FAMILY_ETHER) keep the struct at 80 bytes by reusing the dport pair:
+ * dport holds the EtherType (network order, the 16 bits after the MACs and up to two VLAN tags) and
+ * dport_mask is 0xffff (or 0 for "any non-IP frame"). The parser puts a non-IP frame's EtherType in
+ * flow.dport, so match() compares it like a port; proto, sport and the addresses are wildcards (zero).
+ * IPv4/IPv6 EtherTypes and VLAN tags are never matched this way (user space refuses such rules).
+ *
  *   offset size field
  *        0    1 action
  *        1    1 proto
- *        2    1 family
+ *        2    1 family         (STEER_FAMILY_*)
  *        3    1 pad (zero)
  *        4    4 sample_thresh
- *        8    2 sport          10 2 sport_mask     12 2 dport     14 2 dport_mask
+ *        8    2 sport          10 2 sport_mask     12 2 dport (EtherType)  14 2 dport_mask
  *       16   16 src            32 16 src_mask      48 16 dst      64 16 dst_mask
  */
 struct steer_rule {
@@ -105,6 +114,8 @@ struct steer_counter {
 };
 
 /* steer_stats keys. Every packet lands in exactly one of: a rule counter, UNMATCHED, NOT_IP.
+ * (A non-IP frame that an EtherType rule decides lands in that rule's counter; one no rule decides in
+ * NOT_IP.)
  * PARSE_ERROR is counted on top of that when an IP packet's headers are truncated or its lengths lie
  * (IHL < 5, header past the end, total/payload/UDP length beyond the data, TCP data offset < 5).
  * Such a packet is matched on what could be read: nothing when the IP header itself is unreadable,
@@ -112,7 +123,8 @@ struct steer_counter {
  * side never sees a malformed frame; the kernel then drops it and counts it in its own statistics. */
 #define STEER_STAT_UNMATCHED 0   /* IPv4/IPv6 (well-formed or not), no rule decided: XDP_PASS */
 #define STEER_STAT_PARSE_ERROR 1 /* truncated or lying headers (in addition to the above) */
-#define STEER_STAT_NOT_IP 2      /* not IPv4/IPv6, or more than two VLAN tags: XDP_PASS */
+#define STEER_STAT_NOT_IP 2      /* not IPv4/IPv6 and no EtherType rule decided, or more than two
+                                  * VLAN tags: XDP_PASS */
 #define STEER_STAT_MAX 3
 
 #endif /* KBYPASS_STEER_H */

@@ -27,6 +27,7 @@ COMMANDS = [
     "bench",
     "pingpong",
     "tune",
+    "xfer",
 ]
 
 

@@ -40,6 +40,7 @@ import errno
 import ipaddress
 import select
 import socket
+import struct
 import time
 from collections import deque
 
@@ -61,7 +62,10 @@ NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80
 SO_BUSY_POLL, SO_PREFER_BUSY_POLL = 46, 69
 _U32 = 0xFFFFFFFF
 _MOD = 0xFFFF
-VECTOR_MIN = 32  # below this many frames the scalar path beats the numpy batch helpers
+VECTOR_MIN = 32
+# Ethernet + IPv4 + UDP headers for the fast path: dst MAC, first byte of the source MAC, EtherType,
+# version/IHL, fragment field, TTL, protocol, src, dst, ports, UDP length and checksum
+_HDR = struct.Struct("!6sB5xHB5xHBB2x4s4sHHHH")  # below this many frames the scalar path beats the numpy batch helpers
 
 # endpoints of this process, so two in one process get a clear error before the kernel's
 _IN_USE: dict[tuple[str | None, str], str] = {}
@@ -123,6 +127,9 @@ class UdpEndpoint:
     poll: "wakeup" (sleep in poll()) or "busy" (spin; SO_PREFER_BUSY_POLL on the AF_XDP sockets).
     backend: "afxdp" (the bypass) or "socket" (a kernel UDP socket, for comparison).
     queue: one queue, or None for every receive queue (a flow lands on whichever queue the hash picks).
+    Not thread-safe: one thread drives an endpoint. It makes progress (answers ARP and ping, retries
+    resolution) only inside its calls, as Onload-style stacks without a helper thread do: call `poll()`
+    while you are not receiving if the address must keep answering.
     """
 
     def __new__(cls, *args, backend: str = "afxdp", **kwargs):
@@ -159,6 +166,25 @@ class UdpEndpoint:
             self.close()
         except Exception:
             pass
+
+
+# the 42 header bytes of an outgoing frame: Ethernet + IPv4 up to the length, total length, ident,
+# flags/TTL/protocol, checksum, addresses and ports, UDP length, UDP checksum
+_OUT = struct.Struct("!16sHH4sH12sHH")
+
+
+def split_template(tmpl: bytes) -> tuple[bytes, bytes, bytes, int, int]:
+    """A flow's 42-byte header template (lengths and checksums zero, `udp.frame_template`) as the pieces
+    `_frame` packs around the computed fields, plus the partial sums of the IP header and of the UDP
+    pseudo-header and ports (the only per-message inputs left are the lengths, the ident and the payload)."""
+    ip_partial = ck.ones_sum(tmpl[14:34])
+    udp_partial = (int.from_bytes(tmpl[26:34], "big") + 17 + int.from_bytes(tmpl[34:38], "big")) % _MOD
+    return tmpl[0:16], tmpl[20:24], tmpl[26:38], ip_partial, udp_partial
+
+
+def join_template(parts) -> bytes:
+    head, mid, addrs = parts[:3]
+    return head + b"\0\0\0\0" + mid + b"\0\0" + addrs + b"\0\0\0\0"
 
 
 def _bind_udp(netns: str | None, ip: str, port: int) -> socket.socket:
@@ -324,7 +350,8 @@ class _XdpEndpoint(UdpEndpoint):
                 self._placeholder = _bind_udp(netns, ip, port)
                 self.port = port = self._placeholder.getsockname()[1]
             elif port == 0:
-                self.port = port = 49152 + (int.from_bytes(socket.inet_aton(ip), "big") * 7 + time.monotonic_ns()) % 16384
+                # nothing in the kernel to ask for a free port of an address it does not have
+                self.port = port = 49152 + time.monotonic_ns() % 16384
             self.mtu = iface.mtu
             self.max_payload = self.mtu - 28
             now = time.monotonic()
@@ -375,7 +402,7 @@ class _XdpEndpoint(UdpEndpoint):
             self._poller.register(lane.fd, select.POLLIN)
         if self._arp_sock is not None:
             self._poller.register(self._arp_sock.fileno(), select.POLLIN)
-        self.counters = {"rx_datagrams": 0, "tx_datagrams": 0, "rx_slow_path": 0, "tx_failed": 0}
+        self.counters = {"rx_datagrams": 0, "tx_datagrams": 0, "rx_slow_path": 0, "rx_vector": 0, "tx_failed": 0}
         if dedicated and gratuitous_arp:
             self._emit([self.stack.gratuitous_arp()])
 
@@ -455,22 +482,23 @@ class _XdpEndpoint(UdpEndpoint):
     # receive --------------------------------------------------------------------------------------
     def _accept(self, f: bytes):
         """Plain valid UDP to ip:port? Then the datagram (payload, (ip, port)); else None.
-        The same checks as proto.udp.classify_batch, in scalar form."""
+        The same checks as proto.udp.classify_batch, in scalar form: one unpack of the 42 header bytes,
+        then both checksums as big-integer sums mod 0xFFFF (see proto.checksum)."""
         n = len(f)
-        if (n < 42 or f[0:6] != self._macb or f[12:15] != b"\x08\x00\x45" or f[23] != 17
-                or f[30:34] != self._ipb or f[6] & 1 or f[20] & 0x3F or f[21] or not f[22]):
+        if n < 42:
             return None
-        total = (f[16] << 8) | f[17]
-        ulen = (f[38] << 8) | f[39]
-        if total < 28 or total + 14 > n or ulen != total - 20 or ((f[36] << 8) | f[37]) != self.port:
+        (dmac, smac0, etype, vihl, frag, ttl, proto, src, dst, sport, dport, ulen, ucsum) = _HDR.unpack_from(f)
+        total = ulen + 20
+        if (etype != 0x0800 or vihl != 0x45 or proto != 17 or dport != self.port or dst != self._ipb
+                or dmac != self._macb or smac0 & 1 or frag & 0x3FFF or not ttl
+                or ((f[16] << 8) | f[17]) != total or ulen < 8 or total + 14 > n):
             return None
-        src = f[26:30]
         if src[0] == 0 or src[0] == 127 or src[0] >= 224 or src == self._ipb or src == self._bcast:
             return None
         if int.from_bytes(f[14:34], "big") % _MOD:
             return None
         end = 14 + total
-        if f[40] or f[41]:
+        if ucsum:
             s = int.from_bytes(f[34:end], "big")
             if ulen & 1:
                 s <<= 8
@@ -479,7 +507,7 @@ class _XdpEndpoint(UdpEndpoint):
         name = self._names.get(src)
         if name is None:
             name = self._names[src] = socket.inet_ntoa(src)
-        return f[42:end], (name, (f[34] << 8) | f[35])
+        return f[42:end], (name, sport)
 
     def _poll_once(self) -> bool:
         """Take what the rings hold now into _pending (fast path, else the stack); True if anything came."""
@@ -582,6 +610,7 @@ class _XdpEndpoint(UdpEndpoint):
                 name = self._names.get(src) or self._names.setdefault(src, socket.inet_ntoa(src))
                 self._pending.append((bytes(mv[a + 42:a + 34 + u]), (name, (h[8] << 8) | h[9])))
             self.counters["rx_datagrams"] += len(good)
+            self.counters["rx_vector"] += len(good)
             self.stack.counters["rx_frames"] += len(good)
             self.stack.counters["udp_delivered"] += len(good)
             now = time.monotonic()
@@ -593,34 +622,29 @@ class _XdpEndpoint(UdpEndpoint):
 
     # send -----------------------------------------------------------------------------------------
     def _template(self, ip: str, port: int, now: float):
-        """(header template, IP partial sum, UDP partial sum) for a peer, cached for a second; None while
-        the peer's MAC is being resolved."""
+        """The split header of a flow (see `split_template`), cached for a second; None while the peer's
+        MAC is being resolved."""
         t = self._templates.get((ip, port))
         if t is not None and t[0] > now:
-            return t[1:]
+            return t[1]
         tmpl = self.stack.udp_template(ip, port, self.port, now)
         if tmpl is None:
             return None
-        ip_partial = ck.ones_sum(tmpl[14:34])
-        udp_partial = (int.from_bytes(tmpl[26:34], "big") + 17 + int.from_bytes(tmpl[34:38], "big")) % _MOD
-        self._templates[(ip, port)] = (now + 1.0, tmpl, ip_partial, udp_partial)
-        return tmpl, ip_partial, udp_partial
+        parts = split_template(tmpl)
+        self._templates[(ip, port)] = (now + 1.0, parts)
+        return parts
 
-    def _frame(self, tmpl: bytes, ip_partial: int, udp_partial: int, payload: bytes) -> bytes:
-        n = len(payload)
-        ulen = n + 8
+    def _frame(self, parts, payload: bytes) -> bytes:
+        """One whole frame: the flow's header with lengths, IP ident and both checksums filled in, computed
+        from the partial sums taken once per flow."""
+        head, mid, addrs, ip_partial, udp_partial = parts
+        ulen = len(payload) + 8
         total = ulen + 20
         self._ident = ident = (self._ident + 1) & 0xFFFF
         r = (ip_partial + total + ident) % _MOD
-        ipc = _MOD - r if r else 0
-        s = int.from_bytes(payload, "big")
-        if n & 1:
-            s <<= 8
-        r = (udp_partial + 2 * ulen + s) % _MOD
-        uc = (_MOD - r if r else 0) or 0xFFFF
-        return b"".join((tmpl[0:16], total.to_bytes(2, "big"), ident.to_bytes(2, "big"), tmpl[20:24],
-                         ipc.to_bytes(2, "big"), tmpl[26:38], ulen.to_bytes(2, "big"), uc.to_bytes(2, "big"),
-                         payload))
+        r2 = (udp_partial + 2 * ulen + (int.from_bytes(payload, "big") << (8 * (ulen & 1)))) % _MOD
+        return _OUT.pack(head, total, ident, mid, _MOD - r if r else 0, addrs, ulen,
+                         (_MOD - r2 if r2 else 0) or 0xFFFF) + payload
 
     def sendto(self, payload: bytes, addr: tuple[str, int]) -> int:
         """Send one datagram to addr = (ip, port); returns its length. Like a kernel socket, a datagram to
@@ -632,7 +656,7 @@ class _XdpEndpoint(UdpEndpoint):
             addr = tuple(addr)
         t = self._templates.get(addr)
         if t is not None and t[0] > now:
-            parts = t[1:]
+            parts = t[1]
         else:
             ip, port = _peer(addr)
             self._check_size(len(payload))
@@ -645,7 +669,7 @@ class _XdpEndpoint(UdpEndpoint):
                 return len(payload)
         if len(payload) > self.max_payload:
             self._check_size(len(payload))
-        if self._tx_lane.send(self._frame(*parts, bytes(payload))):
+        if self._tx_lane.send(self._frame(parts, bytes(payload))):
             self.counters["tx_datagrams"] += 1
             self.stack.counters["udp_sent"] += 1
         else:
@@ -704,7 +728,7 @@ class _XdpEndpoint(UdpEndpoint):
             for p in payloads:
                 self.sendto(p, (ip, port))
             return len(payloads)
-        tmpl = parts[0]
+        tmpl = join_template(parts)
         lane = self._tx_lane
         sent = 0
         while sent < len(payloads):
@@ -791,7 +815,8 @@ class _SocketEndpoint(UdpEndpoint):
         if dedicated:
             raise UsageError("a dedicated address needs the bypass (the kernel does not have the address): "
                              "use backend='afxdp', or bind one of the interface's own addresses")
-        self.ifname, self.netns, self.ip, self.port, self.poll_mode, self.dedicated = ifname, netns, ip, port, poll, False
+        self.ifname, self.netns, self.ip, self.port = ifname, netns, ip, port
+        self.poll_mode, self.dedicated = poll, False
         self.backend = "socket"
         self.mtu = 1500
         if ifname:

@@ -223,7 +223,8 @@ class PacketMmapPort(Port):
         """Take the next block from the kernel if it handed it over; parse its frame headers."""
         b = self._rx_next
         base = b * self.block_size
-        if not self._mem32[(base + BLOCK_STATUS) >> 2] & TP_STATUS_USER:
+        # pending > 0: still ours from the last lap round the ring (frames not yet back), not a new block
+        if self._pending[b] or not self._mem32[(base + BLOCK_STATUS) >> 2] & TP_STATUS_USER:
             return False
         self._rx_next = (b + 1) % self.block_count
         _, num, first = _BLK_HDR.unpack_from(self._mv, base + BLOCK_STATUS)
@@ -262,12 +263,14 @@ class PacketMmapPort(Port):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until a block is ready (or frames of an open one remain) or timeout seconds pass."""
-        if self._cur is not None:
-            return True
-        if self._mem32[(self._rx_next * self.block_size + BLOCK_STATUS) >> 2] & TP_STATUS_USER:
+        if self._cur is not None or self._next_ready():
             return True
         self._poll.poll(None if timeout is None else max(0, int(timeout * 1000)))
-        return bool(self._mem32[(self._rx_next * self.block_size + BLOCK_STATUS) >> 2] & TP_STATUS_USER)
+        return self._next_ready()
+
+    def _next_ready(self) -> bool:
+        b = self._rx_next
+        return not self._pending[b] and bool(self._mem32[(b * self.block_size + BLOCK_STATUS) >> 2] & TP_STATUS_USER)
 
     # ---- ownership --------------------------------------------------------------------------------
     def _own(self, batch: Batch, what: str) -> None:

@@ -6,11 +6,14 @@ drop, pass to the kernel, or drop a sample of them). Text form, tokens separated
 
     [udp|tcp|icmp|any] [src ADDR[/LEN]] [dst ADDR[/LEN]] [sport N] [dport N]
     [redirect|drop|pass|sample | action WORD] [prob P]
+    ether [ETHERTYPE] [redirect|drop|pass|sample | action WORD] [prob P]
 
 e.g. ``udp dst 10.0.0.2 dport 4321``, ``tcp src fd00::/64 drop``, ``udp dport 53 sample prob 0.01``.
 The action defaults to redirect. A "sample" rule drops each matching packet with probability P and lets
 the rest fall through to later rules (fault injection in front of a redirect rule). Rules match IPv4 and
-IPv6 only; ARP and other non-IP frames always pass. "icmp" means ICMP on IPv4 and ICMPv6 on IPv6.
+IPv6 only, except "ether" rules, which match non-IP frames by EtherType (``ether 0x88b5``, a raw L2
+protocol; without a type: any non-IP frame); ARP and other non-IP frames no rule names pass. "icmp" means
+ICMP on IPv4 and ICMPv6 on IPv6.
 
 The packed layout is `struct steer_rule` in bpf/steer.h; RULE_LAYOUT below is its only Python copy, and a
 test checks it against the BTF of the built object.
@@ -27,7 +30,10 @@ from kbypass.errors import UsageError
 
 PROTOS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17}  # STEER_PROTO_*
 ACTIONS = {"redirect": 1, "drop": 2, "pass": 3, "sample": 4}  # STEER_ACT_*
-FAMILY_ANY, FAMILY_V4, FAMILY_V6 = 0, 4, 6  # STEER_FAMILY_*
+FAMILY_ANY, FAMILY_ETHER, FAMILY_V4, FAMILY_V6 = 0, 1, 4, 6  # STEER_FAMILY_*
+ETHER = "ether"  # the proto word of EtherType rules (not an IP protocol, so not in PROTOS)
+# EtherTypes an ether rule may not name: the program parses these itself (IP) or looks through them (VLAN)
+RESERVED_ETHERTYPES = {0x0800: "IPv4", 0x86DD: "IPv6", 0x8100: "an 802.1Q VLAN tag", 0x88A8: "an 802.1ad tag"}
 SAMPLE_ALWAYS = 0xFFFFFFFF  # STEER_SAMPLE_ALWAYS
 
 # struct steer_rule, field by field (name, struct code). Little-endian host order applies only to
@@ -105,10 +111,12 @@ class Rule:
     dport: int | None = None
     action: str = "redirect"
     probability: float | None = None
+    ethertype: int | None = None  # only with proto "ether"; packed into the dport pair (see bpf/steer.h)
 
     def __post_init__(self) -> None:
-        if self.proto not in PROTOS:
-            raise RuleError(f"unknown proto '{self.proto}'", " (expected udp, tcp, icmp or any)", "proto")
+        if self.proto not in PROTOS and self.proto != ETHER:
+            raise RuleError(f"unknown proto '{self.proto}'", " (expected udp, tcp, icmp, any or ether)", "proto")
+        self._check_ether()
         if self.action not in ACTIONS:
             raise RuleError(f"unknown action '{self.action}'", " (expected redirect, drop, pass or sample)", "action")
         nets = {}
@@ -148,9 +156,31 @@ class Rule:
         elif p is not None:
             raise RuleError(f"prob '{p}'", f" only goes with action sample, not '{self.action}'", "probability")
 
+    def _check_ether(self) -> None:
+        et = self.ethertype
+        if self.proto != ETHER:
+            if et is not None:
+                raise RuleError(f"ethertype '{et}'", f" needs proto ether, not '{self.proto}' (write 'ether 0x88b5')",
+                                "ethertype")
+            return
+        for field in ("src", "dst", "sport", "dport"):
+            if getattr(self, field) is not None:
+                raise RuleError(f"{field} '{getattr(self, field)}'", " does not go with ether: an ether rule matches "
+                                "the EtherType of non-IP frames only (use udp/tcp rules for IP)", field)
+        if et is None:
+            return
+        if isinstance(et, bool) or not isinstance(et, int) or not 0x0600 <= et <= 0xFFFF:
+            raise RuleError(f"bad ethertype '{et}'", " (expected 0x0600-0xffff; smaller values are 802.3 lengths)",
+                            "ethertype")
+        if et in RESERVED_ETHERTYPES:
+            raise RuleError(f"ethertype '{et:#06x}'", f" is {RESERVED_ETHERTYPES[et]}, which the program parses "
+                            "itself: use an IP rule (udp/tcp/icmp/any) instead", "ethertype")
+
     @property
     def family(self) -> int:
-        """4 or 6 when an address pins the IP version, else 0 (the rule matches both)."""
+        """4 or 6 when an address pins the IP version, 1 for ether rules, else 0 (the rule matches both)."""
+        if self.proto == ETHER:
+            return FAMILY_ETHER
         for value in (self.src, self.dst):
             if value is not None:
                 return FAMILY_V6 if ":" in value else FAMILY_V4
@@ -172,9 +202,16 @@ class Rule:
         kw: dict[str, object] = {}
         where: dict[str, int] = {}
         i = 0
-        if tokens[0] in PROTOS:
+        if tokens[0] in PROTOS or tokens[0] == ETHER:
             kw["proto"], where["proto"] = tokens[0], 1
             i = 1
+        if tokens[0] == ETHER and len(tokens) > 1 and tokens[1][:1].isdigit():
+            try:
+                kw["ethertype"] = int(tokens[1], 0)
+            except ValueError:
+                raise fail(f"bad ethertype '{tokens[1]}'", " (expected a number such as 0x88b5)", 2) from None
+            where["ethertype"] = 2
+            i = 2
         while i < len(tokens):
             tok, pos = tokens[i], i + 1
             if tok in ACTIONS:
@@ -185,7 +222,7 @@ class Rule:
                     raise fail(f"'{tok}'", " needs a value", pos)
                 key, value, vpos = tok, tokens[i + 1], pos + 1
                 i += 2
-            elif tok in PROTOS:
+            elif tok in PROTOS or tok == ETHER:
                 raise fail(f"proto '{tok}'", " must come first", pos)
             else:
                 raise fail(
@@ -222,6 +259,8 @@ class Rule:
 
     def __str__(self) -> str:
         parts = [] if self.proto == "any" else [self.proto]
+        if self.ethertype is not None:
+            parts.append(f"{self.ethertype:#06x}")
         for field in ("src", "dst", "sport", "dport"):
             value = getattr(self, field)
             if value is not None:
@@ -242,7 +281,7 @@ class Rule:
             thresh = 0
         fields = {
             "action": ACTIONS[self.action],
-            "proto": PROTOS[self.proto],
+            "proto": PROTOS.get(self.proto, 0),
             "family": self.family,
             "pad": 0,
             "sample_thresh": thresh,
@@ -251,6 +290,8 @@ class Rule:
             port = getattr(self, name)
             fields[name] = (port or 0).to_bytes(2, "big")
             fields[name + "_mask"] = b"\xff\xff" if port is not None else b"\0\0"
+        if self.ethertype is not None:  # EtherType rules reuse the dport pair (bpf/steer.h)
+            fields["dport"], fields["dport_mask"] = self.ethertype.to_bytes(2, "big"), b"\xff\xff"
         for name in ("src", "dst"):
             value = getattr(self, name)
             if value is None:

@@ -1,0 +1,156 @@
+"""Encapsulations of transport datagrams in Ethernet frames: UDP over IPv4 (routable) and raw Ethernet
+with our own EtherType (one L2 segment, addressed by MAC).
+
+Each encapsulation builds frames for one peer (headers cached; only lengths and the IPv4 checksum change
+per frame) and parses received frames into (datagram, source) or a drop reason (a short string, counted
+by the caller; nothing here raises on bad input).
+
+Layouts (offsets from the start of the frame):
+  udp: Ethernet 0..13 (EtherType 0x0800), IPv4 14..33 (IHL 5, DF, TTL 64, protocol 17), UDP 34..41
+       (checksum 0 = "none", legal on IPv4: the transport's own CRC32 covers every datagram), datagram 42..
+  eth: Ethernet 0..13 (EtherType ETHERTYPE, default 0x88B5, IEEE 802 "local experimental"), datagram 14..
+       No length field: a transport datagram is at least 46 bytes (wire.OVERHEAD), so the frame is at
+       least the 60-byte Ethernet minimum and is never padded; the frame length is the datagram's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from kbypass.errors import UsageError
+from kbypass.proto.transport import wire
+
+ETHERTYPE = 0x88B5  # IEEE 802 local experimental EtherType 1
+ETH_HLEN = 14
+UDP_HLEN = 42  # Ethernet + IPv4 (no options) + UDP
+_MOD = 0xFFFF
+
+
+def mac_bytes(mac: str | bytes) -> bytes:
+    if isinstance(mac, (bytes, bytearray)) and len(mac) == 6:
+        return bytes(mac)
+    try:
+        b = bytes.fromhex(str(mac).replace(":", "").replace("-", ""))
+    except ValueError:
+        b = b""
+    if len(b) != 6:
+        raise UsageError(f"bad MAC address {mac!r}: write six hex bytes like 02:00:00:00:00:02")
+    return b
+
+
+def mac_str(mac: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in mac)
+
+
+def _ip(ip: str, what: str) -> bytes:
+    try:
+        return ipaddress.IPv4Address(ip).packed
+    except ValueError:
+        raise UsageError(f"{what} {ip!r} is not an IPv4 address: give one like 10.77.0.2") from None
+
+
+class UdpEncap:
+    """IPv4/UDP frames from (local_mac, local_ip, local_port) to one peer. `peer` may be set later
+    (a server learns it from the first SYN). MTU: the IP MTU of the interface."""
+
+    name = "udp"
+    header_len = UDP_HLEN
+
+    def __init__(self, local_mac: str | bytes, local_ip: str, local_port: int, mtu: int = 1500) -> None:
+        self.mac = mac_bytes(local_mac)
+        self.ip = _ip(local_ip, "local address")
+        if not 0 < local_port <= 0xFFFF:
+            raise UsageError(f"UDP port {local_port}: use 1-65535")
+        self.port = local_port
+        self.mtu = mtu
+        self.max_datagram = mtu - 28
+        self.peer: tuple[str, int] | None = None
+        self._peer_mac: bytes | None = None
+        self._tmpl = b""
+        self._ip_partial = 0
+        self._ident = 0
+
+    def set_peer(self, ip: str, port: int, mac: str | bytes) -> None:
+        dst = _ip(ip, "peer address")
+        if not 0 < port <= 0xFFFF:
+            raise UsageError(f"peer port {port}: use 1-65535")
+        self.peer = (ip, port)
+        self._peer_mac = mac_bytes(mac)
+        h = bytearray(UDP_HLEN)
+        h[0:6], h[6:12], h[12:14] = self._peer_mac, self.mac, b"\x08\x00"
+        h[14:24] = bytes((0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17))
+        h[26:30], h[30:34] = self.ip, dst
+        h[34:36], h[36:38] = self.port.to_bytes(2, "big"), port.to_bytes(2, "big")
+        self._tmpl = bytes(h)
+        # IPv4 checksum: the fixed words summed once; total length and ident are added per frame
+        self._ip_partial = int.from_bytes(h[14:34], "big") % _MOD
+
+    def frame(self, datagram: bytes) -> bytes:
+        """One frame carrying `datagram` to the peer (set_peer first)."""
+        n = len(datagram)
+        total = n + 28
+        self._ident = ident = (self._ident + 1) & 0xFFFF
+        r = (self._ip_partial + total + ident) % _MOD
+        t = self._tmpl
+        return b"".join((t[0:16], total.to_bytes(2, "big"), ident.to_bytes(2, "big"), t[20:24],
+                         (_MOD - r if r else 0).to_bytes(2, "big"), t[26:38], (n + 8).to_bytes(2, "big"),
+                         b"\0\0", datagram))
+
+    def parse(self, f: bytes):
+        """(datagram, (src_ip, src_port, src_mac)) for a UDP frame to our port, else a drop reason.
+
+        Frames from the socket backend are synthetic (zero MACs, destination maybe 0.0.0.0): the MAC
+        is not checked, the destination IP only when it is set."""
+        n = len(f)
+        if n < UDP_HLEN or f[12:14] != b"\x08\x00":
+            return "not_udp"
+        if f[14] != 0x45 or f[23] != 17 or f[20] & 0x3F or f[21]:
+            return "not_udp"  # options, fragments or another protocol: not something we send
+        if (f[36] << 8 | f[37]) != self.port:
+            return "wrong_port"
+        dst = f[30:34]
+        if dst != self.ip and dst != b"\0\0\0\0":
+            return "wrong_address"
+        total = f[16] << 8 | f[17]
+        ulen = f[38] << 8 | f[39]
+        if total + 14 > n or ulen != total - 20 or ulen < 8:
+            return "bad_length"
+        return f[42:14 + total], (socket.inet_ntoa(f[26:30]), f[34] << 8 | f[35], f[6:12])
+
+
+class EthEncap:
+    """Raw Ethernet frames of EtherType `ethertype` from local_mac to one peer MAC (set later by a
+    server from the first SYN). MTU: the interface MTU (the whole datagram rides in the payload)."""
+
+    name = "eth"
+    header_len = ETH_HLEN
+
+    def __init__(self, local_mac: str | bytes, ethertype: int = ETHERTYPE, mtu: int = 1500) -> None:
+        self.mac = mac_bytes(local_mac)
+        if not 0x0600 <= ethertype <= 0xFFFF or ethertype in (0x0800, 0x86DD, 0x0806, 0x8100, 0x88A8):
+            raise UsageError(f"EtherType {ethertype:#06x}: use an unassigned one such as 0x88b5 (not IP, ARP, "
+                             "VLAN, nor below 0x0600)")
+        self.ethertype = ethertype
+        self._et = ethertype.to_bytes(2, "big")
+        self.mtu = mtu
+        self.max_datagram = mtu
+        self.peer: bytes | None = None
+        self._hdr = b""
+
+    def set_peer(self, mac: str | bytes) -> None:
+        self.peer = mac_bytes(mac)
+        self._hdr = self.peer + self.mac + self._et
+
+    def frame(self, datagram: bytes) -> bytes:
+        return self._hdr + datagram
+
+    def parse(self, f: bytes):
+        """(datagram, (src_mac,)) for a frame of our EtherType to our MAC, else a drop reason."""
+        if len(f) < ETH_HLEN + wire.OVERHEAD:
+            return "too_short" if f[12:14] == self._et else "not_ours"
+        if f[12:14] != self._et:
+            return "not_ours"
+        if f[0:6] != self.mac:
+            return "wrong_address"
+        return f[14:], (f[6:12],)

@@ -1,0 +1,576 @@
+"""TransportEndpoint: the sans-IO reliable transport (kbypass.proto.transport) driven over a Port.
+
+    ep = TransportEndpoint.open(iface="kb-a", netns="kb-a", encap="udp", local_ip="10.77.0.1",
+                                peer=("10.77.0.2", 7000), peer_mac="02:...")
+    ep.connect(); ep.sendall(data); ep.close()                      # client
+    ep = TransportEndpoint.open(..., local_port=7000); ep.accept()  # server
+    while chunk := ep.recv(): ...; ep.close()
+
+Theory of operation. One loop, `pump(timeout)`, moves everything: it takes a batch of frames from the port
+(up to `rx_batch`), copies each transport datagram out and gives the frames back at once (the UMEM never
+waits for the application), feeds the datagrams to the Connection (or the Listener, for a server), runs
+the due timers, and puts whatever the connection wants to send into one batch of frames for one
+`transmit` (the batch path: one ring operation and one kick for many datagrams; the connection also
+acknowledges a whole batch of arrivals with one ACK). When nothing moved it sleeps in `port.wait` until
+a frame may be there or the next timer (retransmission, keepalive, a delayed simulated fault) is due.
+Time is `time.monotonic()`, passed into the protocol; nothing in the protocol reads a clock.
+
+One peer per endpoint. A client knows its peer; a server takes the source of the first SYN (its MAC,
+and for UDP its address and port) and counts frames from anyone else as `other_peer` drops.
+
+Fault injection, two places:
+  * userspace: `faults_rx` / `faults_tx` (FaultyLink keyword arguments, e.g. from faults.parse_spec) put
+    a seeded FaultyLink on the datagrams this endpoint receives / sends (loss, bursts, reordering,
+    duplication, corruption, delay, blackholes; times in seconds since the endpoint opened). Same seed,
+    same fault decisions per datagram.
+  * the steering program: `xdp_loss=P` (afxdp backend only) installs "MATCH sample prob P" in front of
+    "MATCH redirect", so the kernel drops that share of our frames before they reach the AF_XDP ring.
+    The kernel's random numbers are not seeded; only the rate is reproducible.
+
+Errors: misuse (send after close, oversized message, a datagram size above the MTU) raises a
+KbypassError subclass naming the fix; anything malformed from the wire is counted in `stats["drops"]`
+by reason (encapsulation drops here, CRC/length/id drops in the connection) and never raised.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+
+from kbypass.errors import KbypassError, UsageError
+from kbypass.faults import FaultyLink
+from kbypass.proto.transport import (
+    Closed, ConnConfig, Connected, Connection, ConnectionLost, DataReceived, Listener, MessageReceived,
+    PeerClosed, Role,
+)
+from kbypass.proto.transport import wire
+
+from .encap import ETHERTYPE, EthEncap, UdpEncap, mac_bytes, mac_str
+
+ENCAPS = ("udp", "eth")
+
+
+class TransferError(KbypassError):
+    """The connection failed (peer silent, reset, handshake unanswered); the message says why."""
+
+
+class TransportEndpoint:
+    """See the module doc. Owns `port` (closed by close()) unless own_port=False."""
+
+    def __init__(self, port, encap, *, config: ConnConfig | None = None, seed: int | None = None,
+                 faults_rx: dict | None = None, faults_tx: dict | None = None, rx_batch: int = 64,
+                 clock=time.monotonic, own_port: bool = True, on_close=None) -> None:
+        self.port = port
+        self.encap = encap
+        self.clock = clock
+        self.rx_batch = rx_batch
+        self._own_port = own_port
+        self._on_close = on_close
+        if config is None:
+            config = default_config(encap.max_datagram)
+        if config.max_datagram_size > encap.max_datagram:
+            raise _too_big(config, encap)
+        self.config = config
+        self._rng = random.Random(seed)
+        self.t0 = clock()
+        self._rx_link = FaultyLink(self._rng.randrange(1 << 30), **faults_rx) if faults_rx else None
+        self._tx_link = FaultyLink(self._rng.randrange(1 << 30), **faults_tx) if faults_tx else None
+        self.conn: Connection | None = None
+        self._listener: Listener | None = None
+        self._peer_src = None  # the peer's source tuple as parse() reports it (learnt by a server)
+        self.drops: Counter = Counter()
+        self.counters = Counter()
+        self._rxbuf = bytearray()
+        self._messages: list[bytes] = []
+        self.eof = False
+        self.closed_cleanly = False
+        self.lost: str | None = None
+        self.connected_at: float | None = None
+        self._closed = False
+        self.rules: list[str] = []  # the steering rules open() installed
+        self.backend = getattr(port, "mode", "?")
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, *, iface: str, netns: str | None = None, encap: str = "udp", backend: str = "afxdp",
+             local_ip: str | None = None, local_port: int = 0, local_mac: str | None = None,
+             peer: tuple[str, int] | None = None, peer_mac: str | None = None, ethertype: int = ETHERTYPE,
+             mtu: int | None = None, xdp_loss: float = 0.0, port_options: dict | None = None,
+             **kw) -> "TransportEndpoint":
+        """Open a port on iface (in netns) for one transport endpoint. Client: give `peer` (udp: (ip, port);
+        eth: ignored) and `peer_mac`; server: give `local_port` (udp) and no peer.
+
+        encap "udp": local_ip must be an address of the interface; the steering rule is
+        "udp dst LOCAL_IP dport LOCAL_PORT", and the port is reserved in the kernel with a bound UDP
+        socket (local_port 0 picks a free one). encap "eth": the rule is "ether ETHERTYPE".
+        """
+        from kbypass.port import BACKENDS
+
+        if encap not in ENCAPS:
+            raise UsageError(f"encapsulation {encap!r} is unknown: use udp or eth")
+        if backend not in BACKENDS:
+            raise UsageError(f"backend {backend!r} is unknown: use one of {', '.join(BACKENDS)}")
+        if not 0.0 <= xdp_loss <= 1.0:
+            raise UsageError(f"loss {xdp_loss}: give a probability 0 <= P <= 1")
+        if xdp_loss and backend != "afxdp":
+            raise UsageError("XDP sample-drop loss needs the afxdp backend: use userspace faults "
+                             "(faults_rx={'loss': P}, --loss-at user) with the other backends")
+        held: list = []  # the kernel socket reserving our UDP port, closed on any failure
+        try:
+            return cls._open(held, iface=iface, netns=netns, encap=encap, backend=backend, local_ip=local_ip,
+                             local_port=local_port, local_mac=local_mac, peer=peer, peer_mac=peer_mac,
+                             ethertype=ethertype, mtu=mtu, xdp_loss=xdp_loss, port_options=port_options, **kw)
+        except BaseException:
+            for sock in held:
+                sock.close()
+            raise
+
+    @classmethod
+    def _open(cls, held: list, *, iface, netns, encap, backend, local_ip, local_port, local_mac, peer, peer_mac,
+              ethertype, mtu, xdp_loss, port_options, **kw) -> "TransportEndpoint":
+        from kbypass.port import open_port
+
+        info = _link_info(iface, netns)
+        mac = local_mac or info["mac"]
+        mtu = mtu or info["mtu"]
+        placeholder = None
+        options = dict(port_options or {})
+        if encap == "udp":
+            if local_ip is None:
+                if not info["ipv4"]:
+                    raise UsageError(f"{iface} has no IPv4 address: give local_ip (--ip)")
+                local_ip = info["ipv4"][0]
+            if backend == "socket":
+                if not local_port:
+                    raise UsageError("the socket backend needs a fixed local port (--port)")
+            else:
+                placeholder = _reserve_udp(netns, local_ip, local_port)
+                held.append(placeholder)
+                local_port = placeholder.getsockname()[1]
+            enc = UdpEncap(mac, local_ip, local_port, mtu)
+            match = f"udp dst {local_ip} dport {local_port}"
+        else:
+            if backend == "socket":
+                raise UsageError("the eth encapsulation needs raw frames: use backend afxdp or packet_mmap")
+            enc = EthEncap(mac, ethertype, mtu)
+            match = f"ether {ethertype:#06x}"
+        if peer is not None or peer_mac is not None:
+            if encap == "udp":
+                if peer is None:
+                    raise UsageError("a UDP client needs the peer address: give peer=(ip, port) (--to IP:PORT)")
+                pm = peer_mac or (None if backend == "socket" else resolve_mac(iface, netns, peer[0]))
+                enc.set_peer(peer[0], int(peer[1]), pm or bytes(6))
+            else:
+                if peer_mac is None:
+                    raise UsageError("the eth encapsulation addresses the peer by MAC: give peer_mac (--to-mac, "
+                                     "or --to with a testbed host's address)")
+                enc.set_peer(peer_mac)
+        cfg = kw.get("config")
+        if cfg is not None and cfg.max_datagram_size > enc.max_datagram:  # before any BPF is loaded
+            raise _too_big(cfg, enc)
+        if backend == "afxdp":
+            rules = ([f"{match} sample prob {xdp_loss!r}"] if xdp_loss else []) + [f"{match} redirect"]
+        elif backend == "packet_mmap":
+            # its classic BPF filter knows IPv4 rules only: for eth take every frame, parse() filters
+            rules = [match] if encap == "udp" else []
+        else:
+            rules = [match]
+        port = open_port(backend, iface, netns=netns, rules=rules,
+                         bind=(local_ip, local_port) if backend == "socket" else None, **options)
+        try:
+            ep = cls(port, enc, on_close=placeholder.close if placeholder is not None else None, **kw)
+        except BaseException:
+            port.close()
+            raise
+        ep.rules = rules
+        ep.backend = backend
+        return ep
+
+    # ------------------------------------------------------------------ the loop
+    def _t(self, now: float) -> float:
+        return now - self.t0
+
+    def _take_frames(self, now: float) -> int:
+        batch = self.port.receive(self.rx_batch)
+        n = len(batch)
+        if not n:
+            return 0
+        try:
+            frames = [batch.tobytes(i) for i in range(n)]
+        finally:
+            self.port.free(batch)
+        parse = self.encap.parse
+        for f in frames:
+            r = parse(f)
+            if type(r) is str:
+                self.drops[r] += 1
+                continue
+            data, src = r
+            if self._peer_src is None:
+                if self.conn is None and self._listener is not None:
+                    self._learn_peer(data, src)
+                elif self.conn is not None and self.conn.role is Role.CLIENT:
+                    self._peer_src = src  # the server answered: only it from now on
+            if self._peer_src is not None and src != self._peer_src:
+                self.drops["other_peer"] += 1
+                continue
+            if self._rx_link is not None:
+                self._rx_link.send(data, self._t(now))
+            else:
+                self._deliver(data, now)
+        return n
+
+    def _learn_peer(self, data: bytes, src) -> None:
+        try:
+            pkt = wire.decode(data)
+        except Exception:
+            return  # counted by the listener when fed
+        if pkt.has(wire.SYN) and not pkt.has(wire.ACK):
+            self._peer_src = src
+            if isinstance(self.encap, UdpEncap):
+                self.encap.set_peer(src[0], src[1], src[2])
+            else:
+                self.encap.set_peer(src[0])
+
+    def _deliver(self, data: bytes, now: float) -> None:
+        self.counters["rx_datagrams"] += 1
+        if self._listener is not None:
+            self._listener.receive_datagram(data, now)
+            if self.conn is None:
+                self.conn = self._listener.accept()
+        elif self.conn is not None:
+            self.conn.receive_datagram(data, now)
+        else:
+            self.drops["not_listening"] += 1  # before connect()/accept(): nobody to give it to
+
+    def _send_out(self, datagrams: list[bytes], now: float) -> None:
+        if self._tx_link is not None:
+            t = self._t(now)
+            for d in datagrams:
+                self._tx_link.send(d, t)
+            datagrams = self._tx_link.deliver(t)
+        if not datagrams:
+            return
+        if self.encap.peer is None:
+            self.drops["no_peer_yet"] += len(datagrams)
+            return
+        frame = self.encap.frame
+        frames = [frame(d) for d in datagrams]
+        port = self.port
+        i = 0
+        tries = 0
+        while i < len(frames):
+            batch = port.alloc(len(frames) - i)
+            if not len(batch):
+                tries += 1
+                if tries > 50:
+                    self.counters["tx_no_frames"] += len(frames) - i
+                    return  # the transport retransmits: to it this is loss
+                time.sleep(0)
+                continue
+            mv = memoryview(batch.mem)
+            lens = batch.lens
+            for k, a in enumerate(batch.addr.tolist()):
+                f = frames[i + k]
+                mv[a:a + len(f)] = f
+                lens[k] = len(f)
+            mv.release()
+            sent = port.transmit(batch)
+            if sent < len(batch):
+                port.free(batch[sent:])
+                tries += 1
+                if tries > 50:
+                    self.counters["tx_ring_full"] += len(frames) - i - sent
+                    i = len(frames)
+                    break
+            i += sent
+            self.counters["tx_frames"] += sent
+            self.counters["tx_batches"] += 1
+
+    def _collect(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        while (ev := conn.next_event()) is not None:
+            if isinstance(ev, DataReceived):
+                self._rxbuf += ev.data
+            elif isinstance(ev, MessageReceived):
+                self._messages.append(ev.data)
+            elif isinstance(ev, Connected):
+                self.connected_at = self.clock()
+            elif isinstance(ev, PeerClosed):
+                self.eof = True
+            elif isinstance(ev, Closed):
+                self.closed_cleanly = True
+            elif isinstance(ev, ConnectionLost):
+                self.lost = ev.reason
+                self.eof = True
+
+    def _machine(self):
+        return self._listener if self._listener is not None else self.conn
+
+    def pump(self, timeout: float = 0.0) -> bool:
+        """One round of receive, timers, send; waits up to `timeout` when nothing moved. True if frames
+        moved. Call it (or any blocking method) often enough: the endpoint has no thread of its own."""
+        if self._closed:
+            raise UsageError("the endpoint is closed: open a new one")
+        now = self.clock()
+        moved = self._take_frames(now)
+        if self._rx_link is not None:
+            for d in self._rx_link.deliver(self._t(now)):
+                self._deliver(d, now)
+        m = self._machine()
+        if m is not None:
+            t = m.next_timer()
+            if t is not None and now >= t:
+                m.handle_timer(now)
+            out = m.datagrams_to_send(now)
+            if out or (self._tx_link is not None and self._tx_link.in_flight):
+                self._send_out(out, now)
+                moved += len(out)
+        self._collect()
+        if moved or timeout <= 0:
+            return bool(moved)
+        # nothing moved: sleep until a frame may be there, a timer is due or a delayed fault lands
+        wake = [now + timeout]
+        if m is not None and (t := m.next_timer()) is not None:
+            wake.append(t)
+        for link in (self._rx_link, self._tx_link):
+            if link is not None and (t := link.next_time()) is not None:
+                wake.append(self.t0 + t)
+        delay = min(wake) - now
+        if delay > 0:
+            self.port.wait(delay)
+        return False
+
+    def _run_until(self, cond, timeout: float | None, what: str) -> None:
+        deadline = None if timeout is None else self.clock() + timeout
+        while not cond():
+            if self.lost is not None:
+                raise TransferError(f"connection lost while {what}: {self.lost}")
+            now = self.clock()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError(f"timed out after {timeout} s while {what}")
+            self.pump(min(0.05, deadline - now) if deadline is not None else 0.05)
+
+    # ------------------------------------------------------------------ API
+    def connect(self, timeout: float | None = 10.0) -> None:
+        """Client: handshake with the peer given at open(); returns once Connected."""
+        if self.conn is not None or self._listener is not None:
+            raise UsageError("connect() twice, or on a server endpoint: open a new endpoint")
+        if self.encap.peer is None:
+            raise UsageError("connect() needs a peer: open the endpoint with peer= / peer_mac=")
+        now = self.clock()
+        self.conn = Connection(Role.CLIENT, self.config, now, rng=self._rng)
+        self.conn.connect(now)
+        self._run_until(lambda: self.connected_at is not None, timeout, "connecting")
+
+    def accept(self, timeout: float | None = None) -> None:
+        """Server: wait for one peer's handshake; returns once Connected."""
+        if self.conn is not None or self._listener is not None:
+            raise UsageError("accept() twice, or on a client endpoint: open a new endpoint")
+        self._listener = Listener(self.config, rng=self._rng, backlog=1, max_connections=1)
+        self._run_until(lambda: self.connected_at is not None, timeout, "accepting")
+
+    def _need_conn(self, what: str) -> Connection:
+        if self._closed:
+            raise UsageError(f"{what} on a closed endpoint: open a new one")
+        if self.conn is None or self.connected_at is None:
+            raise UsageError(f"{what} before the connection is up: call connect() or accept() first")
+        return self.conn
+
+    def send(self, data: bytes, timeout: float | None = None) -> int:
+        """Queue all of `data` (byte-stream mode), pumping while the send buffer is full; returns len(data).
+        In message mode `data` is one message. Raises LocalProtocolError after close, TransferError if
+        the connection dies."""
+        conn = self._need_conn("send()")
+        mv = memoryview(bytes(data) if not isinstance(data, (bytes, bytearray)) else data)
+        if conn.config.message_mode:
+            self._run_until(lambda: conn.send_message(mv, self.clock()), timeout, "sending a message")
+            return len(mv)
+        done = 0
+        deadline = None if timeout is None else self.clock() + timeout
+        while done < len(mv):
+            n = conn.send(mv[done:done + 4 * conn.config.send_buffer], self.clock())
+            done += n
+            if done < len(mv):
+                if self.lost is not None:
+                    raise TransferError(f"connection lost while sending: {self.lost}")
+                if deadline is not None and self.clock() >= deadline:
+                    raise TimeoutError(f"timed out after {timeout} s with {done} of {len(mv)} bytes queued")
+                self.pump(0.01 if n == 0 else 0.0)
+        self.pump(0.0)
+        return done
+
+    sendall = send
+
+    def recv(self, max_bytes: int = 1 << 20, timeout: float | None = None) -> bytes:
+        """Up to max_bytes of the stream (message mode: the next message); b"" at the end of the stream.
+        TimeoutError when nothing arrived within timeout (None: wait for ever)."""
+        conn = self._need_conn("recv()")
+        if conn.config.message_mode:
+            self._run_until(lambda: self._messages or self.eof, timeout, "receiving")
+            return self._messages.pop(0) if self._messages else b""
+        self._run_until(lambda: self._rxbuf or self.eof, timeout, "receiving")
+        if self.lost is not None and not self._rxbuf:
+            raise TransferError(f"connection lost: {self.lost} (data that was acknowledged arrived)")
+        out = bytes(self._rxbuf[:max_bytes])
+        del self._rxbuf[:max_bytes]
+        return out
+
+    def close(self, timeout: float = 10.0, linger: float = 0.5) -> None:
+        """Graceful close: our FIN after all queued data, then wait (up to timeout) until the peer
+        acknowledged everything; then release the port. Idempotent.
+
+        Whoever closes second ends in TIME_WAIT; it lingers `linger` seconds re-acknowledging a FIN the
+        peer retransmits (its copy of our last ACK was lost), so the peer's close finishes at once
+        instead of after its retry limit."""
+        if self._closed:
+            return
+        from kbypass.proto.transport import State
+
+        try:
+            conn = self.conn
+            if conn is not None and self.connected_at is not None and not conn.is_closed and self.lost is None:
+                if conn.state in (State.ESTABLISHED, State.CLOSE_WAIT):
+                    conn.close(self.clock())
+                try:
+                    self._run_until(lambda: self.closed_cleanly or self.lost is not None, timeout, "closing")
+                except TimeoutError:
+                    self.counters["close_timeouts"] += 1
+                if conn.state is State.TIME_WAIT and linger > 0:
+                    end = self.clock() + linger
+                    while self.clock() < end:
+                        self.pump(min(0.05, max(0.0, end - self.clock())))
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        """Drop the connection now (RST to the peer, best effort) and release the port."""
+        if self._closed:
+            return
+        try:
+            if self.conn is not None and not self.conn.is_closed:
+                self.conn.abort(self.clock())
+                out = self.conn.datagrams_to_send(self.clock())
+                if out:
+                    self._send_out(out, self.clock())
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._closed = True
+        try:
+            if self._own_port:
+                self.port.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    def __enter__(self) -> "TransportEndpoint":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    @property
+    def stats(self) -> dict:
+        """Connection counters plus this driver's: drops by reason (encapsulation and wire), frames."""
+        s = self.conn.stats if self.conn is not None else None
+        drops = Counter(self.drops)
+        if s is not None:
+            drops.update(s.drops)
+        if self._listener is not None:
+            drops.update(self._listener.drops)
+        out = {
+            "retransmits": s.retransmits if s else 0,
+            "fast_retransmits": s.fast_retransmits if s else 0,
+            "timeouts": s.timeouts if s else 0,
+            "rtt_ms": s.rtt_ms if s else None,
+            "datagrams_sent": s.datagrams_sent if s else 0,
+            "datagrams_received": s.datagrams_received if s else 0,
+            "bytes_acked": s.bytes_acked if s else 0,
+            "bytes_delivered": s.bytes_delivered if s else 0,
+            "duplicates": s.duplicates if s else 0,
+            "drops": dict(drops),
+            **dict(self.counters),
+        }
+        for name, link in (("faults_rx", self._rx_link), ("faults_tx", self._tx_link)):
+            if link is not None:
+                out[name] = {k: v for k, v in vars(link.stats).items()}
+        return out
+
+
+# ------------------------------------------------------------------ helpers
+def _too_big(config: ConnConfig, encap) -> UsageError:
+    return UsageError(f"max_datagram_size {config.max_datagram_size} does not fit the {encap.name} encapsulation "
+                      f"on an MTU of {encap.mtu}: use at most {encap.max_datagram}")
+
+
+def default_config(max_datagram: int, **kw) -> ConnConfig:
+    """ConnConfig for one L2 segment: datagrams as large as the encapsulation allows, 1 MiB buffers
+    (a veth round trip is ~0.1 ms, so the window is never the limit), and an RTO floor of 20 ms instead
+    of 200 ms (Python's scheduling jitter is milliseconds, not tens of them), so a tail loss costs
+    little."""
+    base = dict(max_datagram_size=max_datagram, send_buffer=1 << 20, recv_buffer=1 << 20,
+                max_message_size=64 * 1024, initial_rto=0.25, min_rto=0.02, max_rto=2.0, time_wait=2.0)
+    base.update(kw)
+    return ConnConfig(**base)
+
+
+def _link_info(iface: str, netns: str | None) -> dict:
+    """MAC, MTU and IPv4 addresses of iface, read through netlink inside netns."""
+    import socket
+
+    from pyroute2 import IPRoute
+
+    from kbypass import netns as _netns
+
+    with _netns.entered(netns):
+        ipr = IPRoute()
+    try:
+        idx = ipr.link_lookup(ifname=iface)
+        if not idx:
+            where = f" in namespace {netns!r}" if netns else ""
+            raise UsageError(f"no interface {iface!r}{where}: check the name with "
+                             f"'ip {'-n ' + netns + ' ' if netns else ''}link show'")
+        link = ipr.get_links(idx[0])[0]
+        addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx[0], family=socket.AF_INET)]
+        return {"mac": link.get_attr("IFLA_ADDRESS"), "mtu": int(link.get_attr("IFLA_MTU")), "ipv4": addrs,
+                "ifindex": idx[0]}
+    finally:
+        ipr.close()
+
+
+def resolve_mac(iface: str, netns: str | None, ip: str, timeout: float = 2.0) -> str:
+    """The peer's MAC from the kernel's neighbour table of netns, asking the kernel to resolve it (ARP)
+    when it is not known yet; UsageError naming --to-mac when it cannot be found."""
+    from kbypass.endpoint import _Iface
+
+    nb = _Iface(iface, netns)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            mac = nb.neighbour(ip)
+            if mac:
+                return mac
+            if time.monotonic() >= deadline:
+                raise UsageError(f"cannot find the MAC of {ip} on {iface} (no ARP answer within {timeout} s): "
+                                 "check the address, or give the MAC (--to-mac)")
+            time.sleep(0.02)
+    finally:
+        nb.close()
+
+
+def _reserve_udp(netns: str | None, ip: str, port: int):
+    """Bind a kernel UDP socket on ip:port so no kernel socket takes the port (0 picks a free one)."""
+    from kbypass.endpoint import _bind_udp
+
+    return _bind_udp(netns, ip, port)
+
+
+__all__ = ["ENCAPS", "TransferError", "TransportEndpoint", "default_config", "resolve_mac", "mac_str", "mac_bytes"]
