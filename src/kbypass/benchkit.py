@@ -71,6 +71,7 @@ class Contender:
         self.out = ""
 
     def start(self, b: testbed.Host) -> None:
+        self.out = ""  # a contender runs once per repetition; each run reads only its own output
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         os.set_blocking(self.proc.stdout.fileno(), False)
         deadline = time.monotonic() + 60
@@ -192,8 +193,10 @@ def xdp_on(b: testbed.Host) -> bool:
 
 
 def kbypass_json_count(c: Contender) -> int:
+    # The JSON summary is on stdout; stderr (merged) may carry a status line before or after it.
     start = c.out.index("{")
-    return json.loads(c.out[start:])["packets"]
+    summary, _ = json.JSONDecoder().raw_decode(c.out[start:])
+    return summary["packets"]
 
 
 def forwarded(c: Contender) -> int:

@@ -138,3 +138,21 @@ def test_port_steered_by_another_process(testbed_hosts):
         sink.wait()
     assert proc.returncode == 2
     assert "already steered by someone else" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_kill_9_leaves_nothing_and_restart_works(testbed_hosts):
+    a, b = testbed_hosts
+    cmd = [sys.executable, "-m", "kbypass", "pingpong", "server", "--host", "b", "--port", "11114", "--duration", "20"]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_attached(b)
+    finally:
+        server.kill()  # SIGKILL: no cleanup code runs
+        server.wait()
+    deadline = time.monotonic() + 5
+    while xdp_attached(b) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not xdp_attached(b)  # the bpf_link died with the process
+    again = kbypass("pingpong", "server", "--host", "b", "--port", "11114", "--duration", "0.3", "--json", timeout=60)
+    assert again.returncode == 0, again.stderr  # the port and the queues are free again at once
+    assert json.loads(again.stdout)["received"] == 0

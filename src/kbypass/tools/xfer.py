@@ -225,9 +225,9 @@ def _send(args) -> int:
                 ep.send(chunk)
                 h.update(chunk)
                 sent += len(chunk)
-            # goodput counts until the receiver acknowledged the last byte (and its close)
+            # goodput counts until the receiver acknowledged the last byte and closed (not our linger)
             ep.close(timeout=max(args.timeout, 30.0))
-            seconds = time.monotonic() - t0
+            seconds = (ep.closed_at or time.monotonic()) - t0
         summary = _summary(args, ep, sent, seconds, h.hexdigest())
         summary["acked"] = ep.stats["bytes_acked"]
     finally:

@@ -87,6 +87,7 @@ class TransportEndpoint:
         self.closed_cleanly = False
         self.lost: str | None = None
         self.connected_at: float | None = None
+        self.closed_at: float | None = None  # when Closed arrived: the peer has every byte and closed too
         self._closed = False
         self.rules: list[str] = []  # the steering rules open() installed
         self.backend = getattr(port, "mode", "?")
@@ -303,6 +304,7 @@ class TransportEndpoint:
                 self.eof = True
             elif isinstance(ev, Closed):
                 self.closed_cleanly = True
+                self.closed_at = self.clock()
             elif isinstance(ev, ConnectionLost):
                 self.lost = ev.reason
                 self.eof = True
