@@ -10,7 +10,7 @@ under test runs in host b pinned to CPU 1. Every trial sends the same burst of f
 generator can; the score is what the system under test handled per second of that burst:
 
     receive: packets the receiver counted / burst seconds
-    forward: packets that came back to host a's veth / burst seconds
+    forward: packets that came back to host a (counted there by an XDP_DROP rule) / burst seconds
 
 On veth the receive-side kernel work (XDP, the copy into the AF_XDP ring) runs in the sender's softirq,
 on CPU 0, for every contender alike. Each trial is repeated --runs times in rotating order; medians are
