@@ -88,7 +88,10 @@ def stamp_batch(batch: Batch, spec: FlowSpec, seq: np.ndarray, now_ns: int) -> N
         batch.set_u16be(UDP_DPORT, _cycle(seq, spec.dport))
     if spec.src_ip[0] != spec.src_ip[1]:
         batch.set_u32be(IP_SRC, _cycle(seq, spec.src_ip))
-    batch.set_payload_u64(ETH_IPV4_UDP, seq)
-    batch.set_payload_u64(ETH_IPV4_UDP + 8, np.full(len(batch), now_ns, dtype=np.uint64))
+    # The stamp (sequence number, send time) as one 16-byte scatter per batch.
+    stamp = np.empty((len(batch), 2), dtype=">u8")
+    stamp[:, 0] = seq
+    stamp[:, 1] = now_ns
+    batch.set_bytes(ETH_IPV4_UDP, stamp.view(np.uint8))
     if spec.varies_l3:
         checksum.ipv4_fill_batch(batch.mem, batch.addr, batch.lens)

@@ -518,7 +518,7 @@ def default_config(max_datagram: int, **kw) -> ConnConfig:
     (a veth round trip is ~0.1 ms, so the window is never the limit), and an RTO floor of 20 ms instead
     of 200 ms (Python's scheduling jitter is milliseconds, not tens of them), so a tail loss costs
     little."""
-    base = dict(max_datagram_size=max_datagram, send_buffer=1 << 20, recv_buffer=1 << 20,
+    base = dict(max_datagram_size=max_datagram, send_buffer=1 << 16, recv_buffer=1 << 16,
                 max_message_size=64 * 1024, initial_rto=0.25, min_rto=0.02, max_rto=2.0, time_wait=2.0)
     base.update(kw)
     return ConnConfig(**base)
