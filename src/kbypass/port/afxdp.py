@@ -57,7 +57,7 @@ class AfXdpPort(Port):
             raise
         self.mode = self.xsk.mode
         # Copy mode sends only inside sendto(); ask the kernel to send a whole ring's worth per call.
-        self._tx_budget = self.xsk.set_tx_budget(min(tx_size, 1024)) if self.mode == "copy" else 0
+        self._tx_budget = self.xsk.set_tx_budget(min(tx_size, 4096)) if self.mode == "copy" else 0
         self._rx, self._tx, self._fill, self._comp = self.xsk.rx, self.xsk.tx, self.xsk.fill, self.xsk.comp
         self._shift = np.uint64(self.umem.shift)
         self._rx_frames = min(fill_size, frames // 2) if rx_frames is None else min(rx_frames, fill_size, frames)

@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--duration", type=float, help="seconds to send")
     p.add_argument("--engine", choices=ENGINES, default="live")
     p.add_argument("--queue", type=int, default=0, help="TX queue (afxdp engine)")
-    p.add_argument("--batch", type=int, default=1024, help="frames per transmit (afxdp engine; default 1024)")
+    p.add_argument("--batch", type=int, default=2048, help="frames per transmit (afxdp engine; default 2048)")
     p.add_argument("--cpu", type=int, help="pin to this CPU")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
