@@ -66,11 +66,14 @@ class PortGenerator:
                     break
                 want = self.batch if count is None else min(self.batch, count - sent)
                 if limiter:
-                    allowed = limiter.allowance(now)
-                    if allowed == 0:
-                        _pause(limiter.wait_time(min(want, limiter.burst)))
+                    # Send in quanta of up to half the bucket: waiting for a whole quantum keeps batches
+                    # (and so the per-batch cost) from shrinking to a frame or two at low rates, and the
+                    # other half of the bucket keeps what a late wake-up earned.
+                    quantum = max(1, min(want, limiter.burst // 2))
+                    if limiter.allowance(now) < quantum:
+                        _pause(limiter.wait_time(quantum))
                         continue
-                    want = min(want, allowed)
+                    want = quantum
                 b = port.alloc(want)
                 if not b:  # every frame is in flight: push the TX ring and collect completions
                     self._flush()

@@ -35,7 +35,7 @@ class RateLimiter:
         if pps <= 0:
             raise UsageError(f"rate {pps}: give a rate above zero")
         self.pps = pps
-        self.burst = burst if burst is not None else max(1, int(pps / 1000))  # about 1 ms worth
+        self.burst = burst if burst is not None else max(2, int(pps / 500))  # about 2 ms worth
         self.tokens = float(self.burst)
         self.last = now
 
