@@ -30,6 +30,6 @@ def test_limiter_holds_the_rate_on_a_simulated_clock():
 def test_limiter_does_not_flood_after_a_pause():
     lim = RateLimiter(100_000, 0.0)
     lim.sent(lim.allowance(0.0))
-    assert lim.allowance(5.0) == lim.burst == 100  # 1 ms worth, not 5 s worth
-    lim.sent(100)
+    assert lim.allowance(5.0) == lim.burst == 200  # 2 ms worth, not 5 s worth
+    lim.sent(200)
     assert lim.wait_time(50) == pytest.approx(50 / 100_000)
