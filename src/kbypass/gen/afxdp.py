@@ -9,7 +9,6 @@ rewrite of its varying fields (kbypass.gen.flows) and one transmit.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,18 +16,8 @@ from kbypass.apps.loop import Stopper
 from kbypass.errors import UsageError
 from kbypass.gen.flows import FlowSpec, stamp_batch
 from kbypass.gen.rate import RateLimiter
+from kbypass.gen.result import GenResult
 from kbypass.port.base import Port
-
-
-@dataclass
-class GenResult:
-    packets: int
-    bytes: int
-    seconds: float
-
-    @property
-    def pps(self) -> float:
-        return self.packets / self.seconds if self.seconds > 0 else 0.0
 
 
 class PortGenerator:

@@ -13,28 +13,19 @@ XDP program (the testbed switches GRO on).
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
-from dataclasses import dataclass
 
 from kbypass import netns
 from kbypass.bpf import libbpf
 from kbypass.errors import EnvironmentProblem, UsageError
+from kbypass.gen.result import GenResult
 from kbypass.gen.stamp import ETH_IPV4_UDP, STAMP_SIZE
 
 XDP_MD = struct.Struct("IIIIII")  # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress
 SLICE = 1 << 18  # frames per BPF_PROG_RUN call: ~50 ms at 5 Mpps, short enough for progress and Ctrl-C
 BATCH = 64  # frames the kernel builds and transmits per internal batch (its default)
-
-
-@dataclass
-class LiveResult:
-    packets: int
-    seconds: float
-
-    @property
-    def pps(self) -> float:
-        return self.packets / self.seconds if self.seconds > 0 else 0.0
 
 
 class LiveGenerator:
@@ -54,7 +45,7 @@ class LiveGenerator:
             )
         with netns.entered(netns_name):
             try:
-                self.ifindex = socket_if_nametoindex(ifname)
+                self.ifindex = socket.if_nametoindex(ifname)
             except OSError:
                 raise UsageError(f"no interface {ifname!r} here: check 'kbypass testbed status'") from None
         self.template = template
@@ -85,7 +76,7 @@ class LiveGenerator:
                     f"live-frames run failed: {e}; it needs Linux >= 5.18 and root (see 'kbypass doctor')"
                 ) from None
 
-    def run(self, *, count: int | None = None, duration: float | None = None, progress=None) -> LiveResult:
+    def run(self, *, count: int | None = None, duration: float | None = None, progress=None) -> GenResult:
         """Send `count` frames, or for `duration` seconds, whichever ends first (one of them is needed).
         `progress(sent, seconds)` is called after every slice."""
         if count is None and duration is None:
@@ -105,10 +96,5 @@ class LiveGenerator:
             sent += n
             if progress:
                 progress(sent, time.perf_counter() - start)
-        return LiveResult(sent, time.perf_counter() - start)
+        return GenResult(sent, sent * len(self.template), time.perf_counter() - start)
 
-
-def socket_if_nametoindex(name: str) -> int:
-    import socket
-
-    return socket.if_nametoindex(name)

@@ -70,6 +70,13 @@ def announce(args, sp) -> None:
           f"{sp.queues}, {mode}); Ctrl-C to stop", file=sys.stderr, flush=True)
 
 
+def port_summary(sp, res, **extra) -> dict:
+    """The --json summary every port tool prints: counts and rate, then the port's own view."""
+    return {"packets": res.packets, "bytes": res.bytes, **extra, "seconds": round(res.seconds, 6),
+            "pps": round(res.pps, 1), "mode": getattr(sp.port, "bind_mode", None) or sp.port.mode,
+            "queues": sp.queues, "stats": sp.port.stats, "rules": sp.rule_counters()}
+
+
 def progress_printer(enabled: bool):
     if not enabled:
         return None

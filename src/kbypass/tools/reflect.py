@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kbypass.apps.reflect import Reflector
 from kbypass.tools._backend import add_backend_option, open_backend
-from kbypass.tools._port import add_port_options, announce, emit, progress_printer
+from kbypass.tools._port import add_port_options, announce, emit, port_summary, progress_printer
 
 
 def register(sub) -> None:
@@ -20,17 +20,6 @@ def run(args) -> int:
         announce(args, sp)
         res = Reflector(sp.port, batch=args.batch, swap_l3=not args.macs_only).run(
             duration=args.duration, count=args.count, report=progress_printer(not args.json))
-        summary = {
-            "packets": res.packets,
-            "bytes": res.bytes,
-            "sent": res.sent,
-            "tx_dropped": res.tx_dropped,
-            "seconds": round(res.seconds, 6),
-            "pps": round(res.pps, 1),
-            "mode": getattr(sp.port, "bind_mode", None) or sp.port.mode,
-            "queues": sp.queues,
-            "stats": sp.port.stats,
-            "rules": sp.rule_counters(),
-        }
+        summary = port_summary(sp, res, sent=res.sent, tx_dropped=res.tx_dropped)
     emit(summary, args.json)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kbypass.apps.sink import Sink
 from kbypass.tools._backend import add_backend_option, open_backend
-from kbypass.tools._port import add_port_options, announce, emit, progress_printer
+from kbypass.tools._port import add_port_options, announce, emit, port_summary, progress_printer
 
 
 def register(sub) -> None:
@@ -23,16 +23,7 @@ def run(args) -> int:
         sink = Sink(sp.port, batch=args.batch, check_seq=args.check_seq)
         res = sink.run(duration=args.duration, count=args.count, idle_timeout=args.idle_timeout,
                        report=progress_printer(not args.json))
-        summary = {
-            "packets": res.packets,
-            "bytes": res.bytes,
-            "seconds": round(res.seconds, 6),
-            "pps": round(res.pps, 1),
-            "mode": getattr(sp.port, "bind_mode", None) or sp.port.mode,
-            "queues": sp.queues,
-            "stats": sp.port.stats,
-            "rules": sp.rule_counters(),
-        }
+        summary = port_summary(sp, res)
         if res.seq is not None:
             summary["seq"] = res.seq
             summary["latency_us"] = res.latency_us
