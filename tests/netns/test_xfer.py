@@ -141,10 +141,11 @@ class TestOverSharedPorts:
         assert st["bytes_acked"] == len(data)
         assert st["retransmits"] > 0  # loss really happened and was repaired
         assert kernel_drops[1] > 0  # the steering program dropped data frames on their way into b
-        assert got["stats"]["faults_rx"]["lost"] > 0 and st["faults_rx"]["lost"] > 0
+        assert got["stats"]["faults_rx"]["lost"] > 0  # ~1000 data datagrams at 3%: never none
         corrupted = got["stats"]["faults_rx"]["corrupted"] + st["faults_rx"]["corrupted"]
         bad_crc = got["stats"]["drops"].get("bad_crc", 0) + st["drops"].get("bad_crc", 0)
-        assert corrupted > 0 and bad_crc == corrupted  # every corrupted datagram caught and counted
+        # every corrupted datagram is caught by the CRC and counted (a duplicated one twice)
+        assert corrupted > 0 and bad_crc >= corrupted
         assert time.monotonic() - started < 30
 
 
@@ -266,3 +267,7 @@ def test_cli_errors_name_the_fix(testbed_hosts) -> None:
     assert r.returncode == 2 and "--faults" in r.stderr
     r = kbypass("xfer", "send", "--host", "a", "--encap", "eth", "--to-mac", "zz", "--size", "1K")
     assert r.returncode == 2 and "bad MAC address" in r.stderr
+    # nobody listening: the handshake times out with one line naming what to check, no traceback
+    r = kbypass("xfer", "send", "--host", "a", "--to", "10.77.0.2:7999", "--size", "1K", "--timeout", "1")
+    assert r.returncode == 2 and "timed out after 1.0 s while connecting: is 'kbypass xfer recv' running" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -70,6 +70,7 @@ class UdpEncap:
         self._tmpl = b""
         self._ip_partial = 0
         self._ident = 0
+        self._names: dict[bytes, str] = {}  # source address bytes -> text, so parse() converts once
 
     def set_peer(self, ip: str, port: int, mac: str | bytes) -> None:
         dst = _ip(ip, "peer address")
@@ -116,7 +117,13 @@ class UdpEncap:
         ulen = f[38] << 8 | f[39]
         if total + 14 > n or ulen != total - 20 or ulen < 8:
             return "bad_length"
-        return f[42:14 + total], (socket.inet_ntoa(f[26:30]), f[34] << 8 | f[35], f[6:12])
+        src = f[26:30]
+        name = self._names.get(src)
+        if name is None:
+            if len(self._names) > 1024:  # a flood of spoofed sources must not grow it without bound
+                self._names.clear()
+            name = self._names[src] = socket.inet_ntoa(src)
+        return f[42:14 + total], (name, f[34] << 8 | f[35], f[6:12])
 
 
 class EthEncap:
