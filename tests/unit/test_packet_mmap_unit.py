@@ -101,3 +101,11 @@ def test_bad_sizes_fail_before_any_socket(kwargs, words):
     with pytest.raises(UsageError) as info:
         PacketMmapPort("lo", **kwargs)
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_ethertype_rule_compiles_to_a_type_match():
+    prog = compile_filter("ether 0x88b5")
+    raw = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x88B5) / (b"x" * 20))
+    assert run_cbpf(prog, raw) > 0
+    assert run_cbpf(prog, eth(IP(dst="10.0.0.2") / UDP(dport=4321))) == 0
+    assert run_cbpf(prog, raw[:13]) == 0  # too short to hold the type

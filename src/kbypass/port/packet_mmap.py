@@ -502,9 +502,10 @@ _AND_K, _JEQ_K, _JSET_K, _RET_K = 0x54, 0x15, 0x45, 0x06
 
 
 def compile_filter(rule) -> bytes:
-    """A classic BPF program (struct sock_filter[]) accepting the untagged IPv4 frames `rule` matches.
+    """A classic BPF program (struct sock_filter[]) accepting the untagged frames `rule` matches.
 
-    Supports proto, IPv4 src/dst (with prefix), sport and dport; non-first fragments never match a port.
+    Supports proto, IPv4 src/dst (with prefix), sport and dport (non-first fragments never match a port),
+    and EtherType rules ("ether 0x88b5").
     """
     from kbypass.steer.rules import PROTOS, Rule
 
@@ -518,6 +519,10 @@ def compile_filter(rule) -> bytes:
     if rule.family == 6:
         raise UsageError(f"rule '{rule}': PACKET_MMAP filters match IPv4 only; use an IPv4 address or none")
     ins: list[tuple[int, int, int, int]] = []  # (code, jt, jf, k); jf/jt == -1 means "to drop"
+    if rule.proto == "ether":  # an EtherType rule: the untagged frame's type field, nothing else
+        ins += [(_LD_H, 0, 0, 12), (_JEQ_K, 0, -1, rule.ethertype), (_RET_K, 0, 0, 0x40000), (_RET_K, 0, 0, 0)]
+        return b"".join(struct.pack("HBBI", code, jt, jf if jf != -1 else len(ins) - i - 2, k)
+                        for i, (code, jt, jf, k) in enumerate(ins))
     ins += [(_LD_H, 0, 0, 12), (_JEQ_K, 0, -1, 0x0800)]
     if rule.proto != "any":
         ins += [(_LD_B, 0, 0, 23), (_JEQ_K, 0, -1, PROTOS[rule.proto])]
