@@ -3,7 +3,7 @@ pingpong over a kernel socket, over AF_XDP with wakeups, and over AF_XDP with bu
 b on CPU 1, client in host a on CPU 0; latency is half the round trip. Prints a table of medians over
 --runs, writes bench/results/latency.json and latency.png.
 
-    kbypass testbed up && python bench/latency.py --runs 3 --duration 3
+    python bench/latency.py --runs 3 --duration 3     (brings its own testbed up and down)
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import sys
 import time
 
 from kbypass import testbed
+
+PREFIX = "kbl"
 
 PY = sys.executable
 CLIENT_CPU, SERVER_CPU = 0, 1
@@ -73,6 +75,14 @@ CONTENDERS = [
 ]
 
 
+def run_all(a, b, args) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {name: [] for name, _ in CONTENDERS}
+    for _ in range(args.runs):
+        for name, fn in CONTENDERS:  # interleaved, so drift in machine load hits every contender alike
+            results[name].append(fn(a, b, args.duration, args.size))
+    return results
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
@@ -80,14 +90,17 @@ def main() -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args()
-    a, b = testbed.host("a"), testbed.host("b")
-    results: dict[str, list[dict]] = {name: [] for name, _ in CONTENDERS}
-    for _ in range(args.runs):
-        for name, fn in CONTENDERS:  # interleaved, so drift in machine load hits every contender alike
-            results[name].append(fn(a, b, args.duration, args.size))
+    # Its own testbed, like the other benches; tools started below find it through $KBYPASS_TESTBED.
+    os.environ["KBYPASS_TESTBED"] = PREFIX
+    a, b = testbed.up(testbed.TestbedConfig(prefix=PREFIX))
+    try:
+        results = run_all(a, b, args)
+    finally:
+        testbed.down(PREFIX)
     keys = ("p50_us", "p90_us", "p99_us", "p999_us")
     table = {name: {k: statistics.median(r[k] for r in runs) for k in keys} for name, runs in results.items()}
     anchor = table["sockperf (kernel, C)"]
+
     print(f"{'contender':24} " + " ".join(f"{k:>9}" for k in keys) + "   p50/sockperf  p99/sockperf")
     for name, row in table.items():
         print(f"{name:24} " + " ".join(f"{row[k]:9.2f}" for k in keys)
