@@ -242,6 +242,7 @@ class _Lane:
         self.copy = port.mode == "copy"
         self.busy = port.poll_mode == "busy"
         self.stash: list[int] = []
+        self.empty_looks = 0
         self.fd = port.fd
 
     def recv(self) -> bytes | None:
@@ -269,10 +270,21 @@ class _Lane:
         c["rx_bytes"] += n
         return data
 
+    BUSY_POLL_EVERY = 16
+
     def wake(self) -> None:
-        """Nothing on the ring: let the kernel make progress (busy: one busy-poll round)."""
-        if self.busy or self.fill.needs_wakeup():
+        """Nothing on the ring: let the kernel make progress.
+
+        Busy polling drives the driver's NAPI from recvfrom(), which a NIC with deferred interrupts needs;
+        but a copy-mode ring is also filled from the sender's softirq (veth, generic XDP), and a syscall on
+        every empty look only delays seeing the frame. So a busy spin reads the ring and makes the
+        busy-poll call on every BUSY_POLL_EVERY-th empty look (and whenever the fill ring asks)."""
+        if self.fill.needs_wakeup():
             self.port.xsk.wake_rx()
+        elif self.busy:
+            self.empty_looks += 1
+            if self.empty_looks % self.BUSY_POLL_EVERY == 0:
+                self.port.xsk.wake_rx()
 
     def send(self, frame: bytes) -> bool:
         """Put one frame on the TX ring and kick; False when no frame or TX slot is free right now."""
