@@ -15,3 +15,27 @@ def kbypass(*args: str, env: dict | None = None, timeout: float = 120, check: bo
     if check and proc.returncode != 0:
         raise AssertionError(f"kbypass {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def collect_batches(port, want: int, timeout: float = 3.0, linger: float = 0.05, size: int = 256) -> list:
+    """Receive (and hold: the caller frees) until `want` frames came or `timeout` passed; then, unless
+    linger is 0, wait `linger` seconds and take whatever else arrived, so a test sees extras too."""
+    import time
+
+    batches, got = [], 0
+    deadline = time.monotonic() + timeout
+    while got < want and time.monotonic() < deadline:
+        b = port.receive(size)
+        if len(b):
+            batches.append(b)
+            got += len(b)
+        else:
+            port.wait(0.02)
+    if linger:
+        time.sleep(linger)
+        while True:
+            extra = port.receive(size)
+            if not len(extra):
+                break
+            batches.append(extra)
+    return batches

@@ -24,6 +24,7 @@ from kbypass.port.batch import UDP_DPORT, UDP_PAYLOAD
 from kbypass.testing.plugin import needs_root
 from kbypass.xsk.socket import XskError
 from kbypass.xsk.umem import OwnershipError
+from tests.kb import collect_batches
 
 pytestmark = pytest.mark.netns
 
@@ -97,21 +98,7 @@ def send(sock, seqs, port=PORT) -> None:
 
 
 def drain(port: AfXdpPort, want: int, timeout: float = 2.0) -> list:
-    """Receive until `want` frames came (or timeout), then a little longer to catch any extra."""
-    batches, got = [], 0
-    deadline = time.monotonic() + timeout
-    while got < want and time.monotonic() < deadline:
-        b = port.receive(256)
-        if len(b):
-            batches.append(b)
-            got += len(b)
-        else:
-            port.wait(0.05)
-    time.sleep(0.05)
-    extra = port.receive(256)
-    if len(extra):
-        batches.append(extra)
-    return batches
+    return collect_batches(port, want, timeout)
 
 
 def fd_count() -> int:

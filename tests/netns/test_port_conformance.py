@@ -21,6 +21,7 @@ from kbypass.errors import KbypassError, UsageError
 from kbypass.port import BACKENDS, open_port
 from kbypass.port.batch import UDP_DPORT, UDP_PAYLOAD
 from kbypass.xsk.umem import OwnershipError
+from tests.kb import collect_batches
 
 pytestmark = pytest.mark.netns
 
@@ -57,23 +58,7 @@ def payload(seq: int) -> bytes:
 
 
 def drain(port, want: int, timeout: float = 3.0) -> list:
-    """Receive (and hold) until `want` frames came or timeout, then a little longer to catch extras."""
-    batches, got = [], 0
-    deadline = time.monotonic() + timeout
-    while got < want and time.monotonic() < deadline:
-        b = port.receive(256)
-        if len(b):
-            batches.append(b)
-            got += len(b)
-        else:
-            port.wait(0.02)
-    time.sleep(0.05)
-    while True:
-        extra = port.receive(256)
-        if not len(extra):
-            break
-        batches.append(extra)
-    return batches
+    return collect_batches(port, want, timeout)
 
 
 def check_words(batch) -> np.ndarray:

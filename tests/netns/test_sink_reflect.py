@@ -13,7 +13,6 @@ import pytest
 
 from kbypass import netns
 from kbypass.apps.reflect import Reflector
-from kbypass.apps.sink import Sink
 from kbypass.apps.steered import SteeredPort
 from kbypass.bpf import libbpf
 from tests.kb import kbypass

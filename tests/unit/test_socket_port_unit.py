@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from scapy.layers.l2 import Ether
 from kbypass.errors import KbypassError, UsageError
 from kbypass.port.socket_port import SocketPort
 from kbypass.xsk.umem import OwnershipError
+from tests.kb import collect_batches
 
 LO = "127.0.0.1"
 
@@ -36,16 +36,7 @@ def peer():
 
 
 def receive(port, want, timeout=2.0):
-    batches, got = [], 0
-    deadline = time.monotonic() + timeout
-    while got < want and time.monotonic() < deadline:
-        b = port.receive(64)
-        if len(b):
-            batches.append(b)
-            got += len(b)
-        else:
-            port.wait(0.02)
-    return batches
+    return collect_batches(port, want, timeout, linger=0, size=64)
 
 
 def test_synthetic_frames_dissect_as_valid_ipv4_udp(port, peer):
