@@ -20,15 +20,15 @@ import numpy as np
 from kbypass.errors import UsageError
 from kbypass.xsk.ring import check_size
 from kbypass.xsk.socket import XskSocket
-from kbypass.xsk.umem import APP, FILL, TX, OwnershipError, Umem
+from kbypass.xsk.umem import APP, FILL, TX, Umem
 
-from .base import Port
+from .base import UmemPort
 from .batch import DESC, Batch
 
 POLL_MODES = ("wakeup", "busy")
 
 
-class AfXdpPort(Port):
+class AfXdpPort(UmemPort):
     """Receive and transmit batches on queue `queue` of `ifname` (in namespace `netns`) via AF_XDP.
 
     mode: "auto" (zero-copy if the driver can, else copy), "copy" or "zerocopy"; `port.mode` tells which.
@@ -128,15 +128,7 @@ class AfXdpPort(Port):
         """Up to n empty frames (len 0, at the frame start + headroom); yours until transmitted or freed."""
         if self.umem.free_count < n:
             self.reap()
-        addrs = self.umem.take_free(n, APP)
-        descs = np.zeros(len(addrs), dtype=DESC)
-        descs["addr"] = addrs + np.uint64(self.umem.headroom)
-        return Batch(descs, self.umem.array, self)
-
-    def _own(self, batch: Batch, what: str) -> None:
-        if batch.owner is not self and batch.mem is not self.umem.array:
-            raise OwnershipError(f"{what}: this batch belongs to another port; give frames back to the port "
-                                 "they came from")
+        return self._take_frames(n, self.umem.headroom)
 
     def transmit(self, batch: Batch) -> int:
         """Queue frames for sending; returns k, the accepted prefix. batch[k:] stays yours.

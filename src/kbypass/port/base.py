@@ -54,3 +54,30 @@ class Port(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class UmemPort(Port):
+    """A Port whose frames live in a kbypass.xsk.umem.Umem (`self.umem`), as the AF_XDP and socket ports'
+    do: one frame hand-out and one ownership check for both."""
+
+    umem = None  # set by the subclass
+
+    def _take_frames(self, n: int, offset: int = 0) -> Batch:
+        """Up to n free frames as an application-owned Batch of empty frames starting `offset` bytes in."""
+        import numpy as np
+
+        from kbypass.xsk.umem import APP
+
+        from .batch import DESC
+
+        addrs = self.umem.take_free(max(0, n), APP)
+        descs = np.zeros(len(addrs), dtype=DESC)
+        descs["addr"] = addrs + np.uint64(offset)
+        return Batch(descs, self.umem.array, self)
+
+    def _own(self, batch: Batch, what: str) -> None:
+        from kbypass.xsk.umem import OwnershipError
+
+        if batch.owner is not self and batch.mem is not self.umem.array:
+            raise OwnershipError(f"{what}: this batch belongs to another port; give frames back to the port "
+                                 "they came from")

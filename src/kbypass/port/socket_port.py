@@ -39,9 +39,9 @@ import numpy as np
 
 from kbypass import netns as _netns
 from kbypass.errors import KbypassError, UsageError
-from kbypass.xsk.umem import APP, OwnershipError, Umem
+from kbypass.xsk.umem import APP, Umem
 
-from .base import Port
+from .base import UmemPort
 from .batch import DESC, UDP_PAYLOAD, Batch
 
 MSG_DONTWAIT, MSG_TRUNC = 0x40, 0x20
@@ -90,7 +90,7 @@ def _header_template(dst_ip: bytes, dport: int) -> np.ndarray:
     return h
 
 
-class SocketPort(Port):
+class SocketPort(UmemPort):
     """A UDP socket bound to (bind_ip, port) in namespace `netns`, presented as a Port of synthetic frames.
 
     batch: datagrams per recvmmsg/sendmmsg call (1..1024); frames: pool size (default 4 x batch, >= 1024);
@@ -211,15 +211,7 @@ class SocketPort(Port):
     # ---- transmit ---------------------------------------------------------------------------------
     def alloc(self, n: int) -> Batch:
         """Up to n empty frames (len 0); fill them as Ethernet/IPv4/UDP and transmit, or free them."""
-        addrs = self.umem.take_free(max(0, n), APP)
-        descs = np.zeros(len(addrs), dtype=DESC)
-        descs["addr"] = addrs
-        return Batch(descs, self.umem.array, self)
-
-    def _own(self, batch: Batch, what: str) -> None:
-        if batch.owner is not self and batch.mem is not self.umem.array:
-            raise OwnershipError(f"{what}: this batch belongs to another port; give frames back to the port "
-                                 "they came from")
+        return self._take_frames(n)
 
     def transmit(self, batch: Batch) -> int:
         """Send each frame's UDP payload to the frame's destination IPv4:port; returns k, the accepted prefix.
