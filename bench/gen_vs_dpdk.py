@@ -8,6 +8,10 @@ the kernel's interface counters, and the sender's own count beside it. Every sen
 64-byte UDP from host a to host b (testpmd is told the same MACs, addresses and ports). The sender runs
 pinned to CPU 1 (testpmd: forwarding lcore 1, main lcore 0).
 
+Host b's receive work (its NAPI: the XDP_DROP) runs as a kernel thread pinned to CPU 0 by default
+(--placement receiver, see kbypass.napi), so the sender's core does nothing but send. With --placement
+sender it runs where veth puts it, in the sender's softirq on CPU 1, and every sender also pays for the drop.
+
 Usage:  .venv/bin/python bench/gen_vs_dpdk.py [--seconds 5] [--runs 3] [--json FILE]
 """
 
@@ -26,18 +30,25 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from kbypass import testbed
+from kbypass import napi, testbed
 from kbypass.benchkit import PORT, Contender, rx_packets, testpmd_count
 from kbypass.steer.steering import Steering
 
 PREFIX = "kbg"
 ROOT = Path(__file__).resolve().parent.parent
 SENDER_CPU = 1
+RECEIVER_CPU = 0
 
 
-def kbypass_gen(engine: str, seconds: float) -> list[str]:
+# name -> (engine, extra options): the live engine with the time on every frame and on one frame in 64
+KBYPASS_SENDERS = {"live": ("live", []), "live, time on 1/64": ("live", ["--time-every", "64"]),
+                   "afxdp": ("afxdp", [])}
+
+
+def kbypass_gen(name: str, seconds: float) -> list[str]:
+    engine, extra = KBYPASS_SENDERS[name]
     return [sys.executable, "-m", "kbypass", "gen", "--engine", engine, "--host", "a", "--duration", str(seconds),
-            "--cpu", str(SENDER_CPU), "--json", "--size", "64"]
+            "--cpu", str(SENDER_CPU), "--json", "--size", "64", *extra]
 
 
 def testpmd(a: testbed.Host, b: testbed.Host) -> list[str]:
@@ -48,14 +59,14 @@ def testpmd(a: testbed.Host, b: testbed.Host) -> list[str]:
             f"--tx-ip={a.ipv4},{b.ipv4}", f"--tx-udp=9,{PORT}", "--txpkts=64"]
 
 
-def run_kbypass(engine: str, a, b, seconds: float) -> dict:
+def run_kbypass(name: str, a, b, seconds: float) -> dict:
     before = rx_packets(b)
     t0 = time.perf_counter()
-    out = subprocess.run(kbypass_gen(engine, seconds), capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(kbypass_gen(name, seconds), capture_output=True, text=True, check=True).stdout
     elapsed = time.perf_counter() - t0
     arrived = rx_packets(b) - before
     summary = json.loads(out)
-    return {"name": f"kbypass gen {engine}", "sent": summary["packets"], "seconds": summary["seconds"],
+    return {"name": f"kbypass gen {name}", "sent": summary["packets"], "seconds": summary["seconds"],
             "sender_pps": summary["pps"], "arrived": arrived, "pps": arrived / summary["seconds"],
             "wall": elapsed}
 
@@ -78,6 +89,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--placement", choices=("receiver", "sender"), default="receiver",
+                    help="where host b's receive work runs (default: a NAPI thread on the other core)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "gen_vs_dpdk.json"))
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -90,8 +103,10 @@ def main() -> int:
     try:
         with Steering(b.iface, netns=b.netns) as drop:
             drop.add(f"udp dport {PORT} drop")
+            if args.placement == "receiver":
+                napi.place(b.iface, b.netns, RECEIVER_CPU)
             for run in range(args.runs):
-                for name in ("live", "afxdp", "testpmd"):
+                for name in (*KBYPASS_SENDERS, "testpmd"):
                     if name == "testpmd":
                         if not shutil.which("dpdk-testpmd"):
                             continue
@@ -116,7 +131,8 @@ def main() -> int:
         ratios["kbypass gen afxdp / testpmd txonly"] = med["kbypass gen afxdp"] / med["testpmd txonly"]
         console.print(f"kbypass gen afxdp / testpmd txonly: {ratios['kbypass gen afxdp / testpmd txonly']:.2f}x")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"median_pps": med, "ratios": ratios, "trials": results}, indent=2))
+    Path(args.json).write_text(json.dumps({"placement": args.placement, "median_pps": med, "ratios": ratios,
+                                           "trials": results}, indent=2))
     console.print(f"results: {args.json}")
     return 0
 

@@ -40,9 +40,10 @@ int livegen(struct xdp_md *ctx)
 	if (data + off + 16 > data_end)
 		return XDP_TX; /* template too short to stamp: send it as it is */
 	__u64 *stamp = data + off;
-	stamp[0] = bpf_cpu_to_be64(st->next_seq);
-	st->next_seq++;
-	stamp[1] = bpf_cpu_to_be64(bpf_ktime_get_ns());
+	__u64 seq = st->next_seq++;
+	stamp[0] = bpf_cpu_to_be64(seq);
+	/* A recycled page keeps what an earlier run wrote, so the zero is written, not assumed. */
+	stamp[1] = (seq & cfg->time_mask) == 0 ? bpf_cpu_to_be64(bpf_ktime_get_ns()) : 0;
 	return XDP_TX;
 }
 

@@ -1,9 +1,15 @@
 """Side-by-side receive/forward trials on the testbed: start a system under test in host b, send one burst
 from host a with the live-frames generator, score what it handled per second of the burst.
 
-Used by bench/afxdp_vs_dpdk.py and by `kbypass demo`. On veth the receive-side kernel work (XDP, the copy
-into an AF_XDP ring) runs in the sender's softirq, on the generator's CPU, for every contender alike; the
-system under test runs pinned to SUT_CPU.
+Used by bench/afxdp_vs_dpdk.py and by `kbypass demo`. The system under test runs pinned to SUT_CPU; where its
+receive-side kernel work (XDP, the copy into an AF_XDP ring, the stack) runs is the placement:
+
+    "sut"     threaded NAPI pinned to SUT_CPU: the receiver's core does all of its receive work, as on a NIC
+              whose interrupt is on the application's core. The score is what the receiver handles on one
+              core; the generator's core only generates.
+    "sender"  veth's default: the peer's NAPI runs in the sender's softirq, on the generator's CPU, for
+              every contender alike. The receiver's kernel work then slows the generator, so the score is how
+              fast the generator gets through a frame with each receiver attached.
 """
 
 from __future__ import annotations
@@ -20,12 +26,25 @@ import time
 
 from pyroute2 import NetNS
 
-from kbypass import netns, testbed
+from kbypass import napi, netns, testbed
 from kbypass.bpf import libbpf
 from kbypass.gen.live import LiveGenerator
 
 GEN_CPU, SUT_CPU = 0, 1
 PORT = 4321
+PLACEMENTS = {
+    "sut": "receive work (threaded NAPI) on the receiver's core",
+    "sender": "receive work in the sender's softirq (veth default)",
+}
+
+
+def place_receive_work(b: testbed.Host, placement: str) -> None:
+    """Put host b's receive work where `placement` says (see the module doc); "sender" is veth's default."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement {placement!r}: use one of {', '.join(PLACEMENTS)}")
+    napi.set_threaded(b.iface, b.netns, placement == "sut")
+    if placement == "sut":
+        napi.pin(b.iface, SUT_CPU)
 PY = sys.executable
 
 # A plain kernel UDP socket receiver: the baseline a Python user would write first.
@@ -244,7 +263,7 @@ def rx_packets(host: testbed.Host) -> int:
     return link.get("IFLA_STATS64")["rx_packets"]
 
 
-def trial(c, gen: LiveGenerator, a: testbed.Host, b: testbed.Host, packets: int) -> dict:
+def trial(c, gen: LiveGenerator, a: testbed.Host, b: testbed.Host, packets: int, placement: str = "sender") -> dict:
     """One burst of `packets` frames through contender `c`; see the module doc for the score.
 
     Forwarders are scored by what comes back to host a, counted there by an XDP_DROP rule: that counts
@@ -259,6 +278,8 @@ def trial(c, gen: LiveGenerator, a: testbed.Host, b: testbed.Host, packets: int)
             rule = back.add("udp drop")
             back.attach()
         c.start(b)
+        if placement == "sut":  # attaching a contender's XDP program may have made new NAPI threads
+            napi.pin(b.iface, SUT_CPU)
         ticks = cpu_ticks()
         res = gen.run(count=packets)
         cpu = cpu_used(ticks, cpu_ticks())
@@ -268,5 +289,5 @@ def trial(c, gen: LiveGenerator, a: testbed.Host, b: testbed.Host, packets: int)
     finally:
         if back is not None:
             back.close()
-    return {"name": c.name, "kind": c.kind, "sent": res.packets, "gen_seconds": res.seconds,
+    return {"name": c.name, "kind": c.kind, "placement": placement, "sent": res.packets, "gen_seconds": res.seconds,
             "handled": handled, "pps": handled / res.seconds, "gen_pps": res.pps, "cpu": cpu}

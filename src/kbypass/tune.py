@@ -4,6 +4,8 @@ Knobs (name -> where it lives):
   napi_defer_hard_irqs   /sys/class/net/IF/napi_defer_hard_irqs  (NAPI polls to run before re-arming IRQs)
   gro_flush_timeout      /sys/class/net/IF/gro_flush_timeout     (ns; with the above, the IRQ-suspension
                                                                   window SO_PREFER_BUSY_POLL relies on)
+  threaded               /sys/class/net/IF/threaded              (1: NAPI runs as kernel threads
+                                                                  "napi/IF-ID" you can pin; see kbypass.napi)
   busy_poll, busy_read   /proc/sys/net/core/{busy_poll,busy_read} (us of busy polling in poll()/read();
                                                                   system-wide)
   rx-usecs, rx-frames, tx-usecs, tx-frames, adaptive-rx, adaptive-tx
@@ -19,7 +21,7 @@ import subprocess
 
 from kbypass.errors import KbypassError, UsageError
 
-SYSFS_KNOBS = ("napi_defer_hard_irqs", "gro_flush_timeout")
+SYSFS_KNOBS = ("napi_defer_hard_irqs", "gro_flush_timeout", "threaded")
 SYSCTL_KNOBS = ("busy_poll", "busy_read")
 COALESCE_KNOBS = ("rx-usecs", "rx-frames", "tx-usecs", "tx-frames", "adaptive-rx", "adaptive-tx")
 KNOBS = SYSFS_KNOBS + SYSCTL_KNOBS + COALESCE_KNOBS

@@ -24,15 +24,17 @@ def test_show_and_apply_on_the_testbed(testbed_hosts):
     shown = json.loads(kbypass("tune", "show", "--host", "b", "--json", check=True).stdout)["values"]
     assert set(shown) == set(tune.KNOBS)
     assert shown["napi_defer_hard_irqs"].isdigit() and shown["rx-usecs"] == "unsupported"  # veth: no coalescing
-    old = {k: shown[k] for k in ("napi_defer_hard_irqs", "gro_flush_timeout")}
+    old = {k: shown[k] for k in ("napi_defer_hard_irqs", "gro_flush_timeout", "threaded")}
     try:
         out = json.loads(kbypass("tune", "apply", "--host", "b", "napi_defer_hard_irqs=2",
-                                 "gro_flush_timeout=200000", "--json", check=True).stdout)
+                                 "gro_flush_timeout=200000", "threaded=1", "--json", check=True).stdout)
         assert out["before"]["napi_defer_hard_irqs"] == old["napi_defer_hard_irqs"]
         assert out["after"]["napi_defer_hard_irqs"] == "2" and out["after"]["gro_flush_timeout"] == "200000"
+        assert out["after"]["threaded"] != "0"
     finally:
         tune.restore(b.iface, b.netns, old)
     assert tune.show(b.iface, b.netns)["napi_defer_hard_irqs"] == old["napi_defer_hard_irqs"]
+    assert tune.show(b.iface, b.netns)["threaded"] == old["threaded"]
 
 
 @pytest.mark.parametrize("args, words", [

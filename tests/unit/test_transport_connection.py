@@ -267,6 +267,12 @@ def test_bad_config_is_refused_with_the_fix():
         ConnConfig(recv_buffer=100)
     with pytest.raises(LocalProtocolError, match="idle_timeout"):
         ConnConfig(idle_timeout=1, keepalive_interval=2)
+    with pytest.raises(LocalProtocolError, match="max_window"):
+        ConnConfig(send_buffer=64 * 1024, max_window=128 * 1024)
+    with pytest.raises(LocalProtocolError, match="max_window"):
+        ConnConfig(max_window=100)
+    assert ConnConfig(send_buffer=64 * 1024).window_limit == 32 * 1024  # half: room to send past a hole
+    assert ConnConfig(send_buffer=64 * 1024, max_window=48 * 1024).window_limit == 48 * 1024
 
 
 def test_garbage_from_the_wire_is_counted_never_raised():
@@ -377,3 +383,18 @@ def test_listener_serves_two_clients_at_once():
     assert len(servers) == 2 and len(lst.connections) == 2
     for c, p in zip(clients, payload):
         assert bytes(got[c.local_id]) == p
+
+
+def test_sack_blocks_repeat_recent_runs_so_a_lost_ack_hides_nothing():
+    """RFC 2018: the latest arrival's block first, then the blocks of the arrivals before it."""
+    from kbypass.proto.transport.recvbuf import ReceiveBuffer
+
+    rb = ReceiveBuffer(1 << 20, False)
+    seg = 100
+    for start in (1, 2, 3, 5, 6, 8, 9, 10, 12, 13, 15, 16):  # holes at 0, 4, 7, 11, 14
+        rb.accept(start * seg, bytes(seg), False, False)
+    runs = [(1, 4), (5, 7), (8, 11), (12, 14), (15, 17)]
+    assert rb.sack_blocks(4) == [(a * seg, b * seg) for a, b in (runs[4], runs[3], runs[2], runs[1])]
+    assert rb.sack_blocks(16) == [(a * seg, b * seg) for a, b in (runs[4], runs[3], runs[2], runs[1], runs[0])]
+    rb.accept(4 * seg, bytes(seg), False, False)  # fills a hole, merging two runs: it is now the latest
+    assert rb.sack_blocks(2) == [(1 * seg, 7 * seg), (15 * seg, 17 * seg)]

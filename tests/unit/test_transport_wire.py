@@ -79,7 +79,7 @@ def test_fields_behind_a_valid_crc_are_still_checked():
     assert reason(recrc(bytes(r))) == "bad_flags"
     n = bytearray(body); n[2] = 3  # says three SACK blocks, has two: lengths no longer add up
     assert reason(recrc(bytes(n))) == "bad_length"
-    n5 = bytearray(body); n5[2] = 5
+    n5 = bytearray(body); n5[2] = wire.MAX_SACK_BLOCKS + 1
     assert reason(recrc(bytes(n5))) == "bad_sack"
     pl = bytearray(body); struct.pack_into("!H", pl, 40, 500)  # payload length lies
     assert reason(recrc(bytes(pl))) == "bad_length"
@@ -91,3 +91,14 @@ def test_fields_behind_a_valid_crc_are_still_checked():
     assert reason(recrc(bytes(empty))) == "bad_sack"
     huge = bytearray(body); struct.pack_into("!Q", huge, 12, wire.MAX_U64)
     assert reason(recrc(bytes(huge))) == "bad_seq"
+
+
+def test_up_to_max_sack_blocks_round_trip_and_one_more_is_refused():
+    blocks = tuple((10_000 + 3000 * i, 11_000 + 3000 * i) for i in range(wire.MAX_SACK_BLOCKS + 3))
+    pkt = wire.Packet(wire.ACK, 1, 2, ack=5000, window=1 << 20, tsval=9, sacks=blocks)
+    got = wire.decode(wire.encode(pkt, max_size=1472))
+    assert wire.MAX_SACK_BLOCKS >= 16 and got.sacks == blocks[: wire.MAX_SACK_BLOCKS]
+    body = bytearray(wire.encode(wire.Packet(wire.ACK, 1, 2, ack=5000, sacks=blocks[:1]))[:-4])
+    body[2] = wire.MAX_SACK_BLOCKS + 1
+    body += bytes(wire.SACK_SIZE * wire.MAX_SACK_BLOCKS)
+    assert reason(recrc(bytes(body))) == "bad_sack"

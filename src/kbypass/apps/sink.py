@@ -61,6 +61,7 @@ class Sink:
                 if len(stamped):
                     self.seq.update(stamped.payload_u64(self.stamp_offset))
                     sent = stamped.payload_u64(self.stamp_offset + 8).astype(np.int64)
+                    sent = sent[sent != 0]  # a sampling generator (gen --time-every N) leaves the time zero
                     self._latency_ns.append(time.monotonic_ns() - sent)
             port.free(batch)
             ticker.tick(res.packets, last)

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from kbypass import rxbench, testbed
+from kbypass.benchkit import PLACEMENTS
 from kbypass.errors import UsageError, require_root
 from kbypass.tools._common import add_prefix_option, console
 
@@ -22,6 +23,9 @@ def register(sub) -> None:
     rx.add_argument("--runs", type=int, default=1, help="repetitions; medians are reported (default 1)")
     rx.add_argument("--out", default="bench/results", help="where rx.json and rx.png go")
     rx.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+    rx.add_argument("--placement", choices=list(PLACEMENTS), default="sut",
+                    help="where host b's receive work runs: sut = threaded NAPI on the receiver's core "
+                         "(default), sender = in the generator's softirq (veth's default)")
     rx.set_defaults(func=run_rx)
 
 
@@ -31,7 +35,8 @@ def run_rx(args) -> int:
         raise UsageError("--packets and --runs take positive numbers")
     out = console()
     prefix = args.prefix or testbed.default_prefix()
-    result = rxbench.run(prefix, args.packets, args.runs, progress=(lambda s: None) if args.json else out.print)
+    result = rxbench.run(prefix, args.packets, args.runs, progress=(lambda s: None) if args.json else out.print,
+                         placement=args.placement)
     where = Path(args.out)
     json_path, png_path = where / "rx.json", where / "rx.png"
     rxbench.save(result, json_path, png_path)
@@ -40,14 +45,15 @@ def run_rx(args) -> int:
 
         print(json.dumps({"rows": result["rows"]}, indent=2))
         return 0
-    show(out, result["rows"])
+    show(out, result["rows"], args.placement)
     out.print(f"results: {json_path}\nchart:   {png_path}")
     return 0
 
 
-def show(out, rows: list[dict]) -> None:
+def show(out, rows: list[dict], placement: str = "sut") -> None:
     sock = next((r["pps"] for r in rows if r["path"] == "kernel UDP socket" and r["pps"]), None)
-    t = Table(title="receive paths on one core: 64-byte UDP, one generator burst, same run")
+    t = Table(title="receive paths on one core: 64-byte UDP, one generator burst, same run\n"
+                    f"placement {placement}: {PLACEMENTS[placement]}")
     for col in ("path", "Mpps", "delivered", "CPU (cores)", "x kernel socket"):
         t.add_column(col, justify="left" if col == "path" else "right")
     for r in rows:

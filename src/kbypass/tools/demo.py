@@ -67,7 +67,7 @@ def run(args) -> int:
     out.print(f"UDP {hosts[0].ipv4} -> {hosts[1].ipv4} and back through the kernel stack: {rtt:.0f} us round trip")
     out.rule("4. kernel vs bypass: kbypass bench rx")
     out.print("one burst of 64-byte UDP from host a (live-frames generator, CPU 0) into host b, received by "
-              "each path in turn on CPU 1")
+              "each path in turn on CPU 1, with host b's kernel receive work (threaded NAPI) pinned there too")
     result = rxbench.run(prefix, args.packets, 1, progress=out.print)
     bench_tool.show(out, result["rows"])
     where = Path(args.out)

@@ -11,7 +11,8 @@ on the datagrams this end receives. Give them on both ends for faults in both di
 
 --poll busy (AF_XDP busy polling, spins a CPU while waiting) keeps the round trip under a millisecond on
 veth; with the default need_wakeup the receive path waits for the kernel's softirq, the RTT is a few
-milliseconds and random loss costs more goodput (NewReno: goodput ~ MSS / (RTT * sqrt(loss))).
+milliseconds, so a loss repaired by a timeout costs more. Random loss alone does not shrink the window:
+the congestion controller (LossTolerantReno) cuts only when the recent loss rate passes 2%.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
     loop: wire.send(conn.datagrams_to_send(now)); conn.receive_datagram(d, now); conn.handle_timer(now)
           (sleep until conn.next_timer()); ev = conn.next_event()
 
-Modules: wire (codec), events, states (transition table), rtt (RFC 6298), congestion (NewReno AIMD),
-sendbuf / recvbuf (bounded buffers), config, connection, listener, sim (paired endpoints over FaultyLink).
+Modules: wire (codec), events, states (transition table), rtt (RFC 6298), congestion (loss-rate-tolerant Reno),
+sendbuf / recvbuf (bounded buffers), config, connection, listener, sim (paired endpoints over FaultyLink;
+measure_goodput: a CPU-bound LAN path under random loss).
 """
 
 from .config import ConnConfig

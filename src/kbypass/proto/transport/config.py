@@ -37,6 +37,10 @@ class ConnConfig:
     time_wait: float = 30.0
     dupack_threshold: int = 3
     initial_window: int | None = None  # congestion window at start, bytes (default 4 MSS)
+    # Largest congestion window, bytes (default: half the send buffer). Keep it well below both buffers:
+    # while a hole is repaired (about one flight later), SACKed bytes still fill our send buffer and the
+    # peer's window stays pinned at the hole, so a flight as large as a buffer stalls the sender.
+    max_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_datagram_size < wire.OVERHEAD + 16 or self.max_datagram_size > 65507:
@@ -52,10 +56,19 @@ class ConnConfig:
             raise LocalProtocolError("recv_buffer must fit the 32-bit window field (< 4 GiB)")
         if self.message_mode and not 0 < self.max_message_size <= min(self.send_buffer, self.recv_buffer):
             raise LocalProtocolError("max_message_size must be >0 and fit both send_buffer and recv_buffer")
+        if self.max_window is not None and not 2 * self.mss <= self.max_window <= self.send_buffer:
+            raise LocalProtocolError(
+                f"max_window must be between two segments ({2 * self.mss} bytes) and send_buffer"
+            )
         if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
             raise LocalProtocolError("timers: need 0 < min_rto <= initial_rto <= max_rto")
         if self.keepalive_interval <= 0 or self.idle_timeout <= self.keepalive_interval:
             raise LocalProtocolError("idle_timeout must be greater than keepalive_interval (both > 0)")
+
+    @property
+    def window_limit(self) -> int:
+        """The congestion window's cap in bytes (see max_window)."""
+        return self.max_window if self.max_window is not None else max(self.send_buffer // 2, 2 * self.mss)
 
     @property
     def mss(self) -> int:

@@ -10,10 +10,21 @@ Theory of operation
   the caller asks `datagrams_to_send` (so a burst of N segments processed together costs one ACK).
 * Loss detection: a segment is lost if `dupack_threshold` segments above it were SACKed, if that many
   duplicate ACKs arrived, or (RACK-like, catches lost retransmissions) if a datagram we sent more than a
-  quarter RTT after it was answered (echoed timestamp). Otherwise the RTO (RFC 6298) fires: everything
-  unSACKed is retransmitted in slow start and the RTO backs off exponentially.
-* Congestion control: NewReno AIMD (see congestion.py) with RFC 6675 "pipe" (bytes in flight that are
-  neither SACKed nor deemed lost) limiting what we send.
+  quarter RTT after it was answered (echoed timestamp). Each lost segment is retransmitted once, as soon as
+  the pipe allows, without waiting for a timer. Up to 16 SACK blocks ride in an ACK, the latest arrival's
+  first, then those of the arrivals before it (RFC 2018), so a lost ACK does not make received data look
+  lost.
+* Tail loss probe (RFC 8985): if no ACK told us anything for 2 SRTT (at least 1 ms) while data is in
+  flight, we send one probe: a new segment if the peer's window allows, else the highest un-SACKed one
+  again. Its ACK brings the SACK news that repairs a lost tail, a lost retransmission or a lost ACK of a
+  whole flight through the path above, instead of an RTO. Only if that fails too does the RTO (RFC 6298)
+  fire: everything unSACKed is retransmitted in slow start and the RTO backs off exponentially. An RTO
+  that the next ACK shows premature (Eifel: it echoes a transmission older than the RTO) is undone.
+* Congestion control: LossTolerantReno (congestion.py): Reno growth; a window cut (beta 0.7, once per
+  recovery episode) only when the recent loss rate passes 2%, so random loss on a LAN costs only its
+  retransmissions. RFC 6675 "pipe" (bytes in flight that are neither SACKed nor deemed lost) limits what
+  we send; the window is capped at `ConnConfig.max_window` (half the send buffer by default), so that the
+  buffers have room to keep sending while a hole is repaired.
 * Flow control: we never send past the peer's advertised right edge; at a zero window we probe with PING
   (persist timer) so a lost window update cannot deadlock us.
 * Liveness: any valid datagram from the peer resets the idle clock; a silent peer is pinged every
@@ -36,7 +47,7 @@ from dataclasses import dataclass, field
 
 from . import wire
 from .config import ConnConfig
-from .congestion import NewReno
+from .congestion import LossTolerantReno
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import Closed, Connected, ConnectionLost, DataReceived, Event, MessageReceived, PeerClosed
 from .recvbuf import ReceiveBuffer
@@ -61,7 +72,9 @@ class ConnectionStats:
     bytes_delivered: int = 0  # payload bytes we handed to our application
     retransmits: int = 0  # segments sent again (fast + timeout)
     fast_retransmits: int = 0  # segments retransmitted because SACK/dupacks/RACK said lost
+    tail_probes: int = 0  # tail loss probes sent (PTO expiries with data in flight)
     timeouts: int = 0  # RTO expiries
+    spurious_timeouts: int = 0  # RTOs the next ACK showed premature (window restored, see _on_ack)
     loss_events: int = 0  # congestion window reductions
     duplicates: int = 0  # received segments we already had
     pings_sent: int = 0
@@ -73,6 +86,9 @@ class ConnectionStats:
 
 
 _TS_MASK = 0xFFFFFFFF
+# Floor of the tail loss probe timer: below a millisecond a probe would mostly race the ACK that is already
+# on its way (an event loop's wake-up jitter), and a spurious probe costs a datagram, no window cut.
+_PTO_MIN = 0.001
 
 
 class Connection:
@@ -90,7 +106,7 @@ class Connection:
         cfg = self.config
         self.mss = cfg.mss
         self.rtt = RttEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto)
-        self.cc = NewReno(self.mss, cfg.initial_window, max_window=cfg.send_buffer)
+        self.cc = LossTolerantReno(self.mss, cfg.initial_window, max_window=cfg.window_limit)
         self.sbuf = SendBuffer(cfg.send_buffer)
         self.rbuf = ReceiveBuffer(cfg.recv_buffer, cfg.message_mode)
         self._events: deque = deque()  # Event objects, or a bytearray of coalesced stream data
@@ -103,6 +119,10 @@ class Connection:
         self._syn_retries = 0
         self._rto_deadline: float | None = None
         self._retries = 0  # consecutive RTOs without forward progress
+        self._pto_deadline: float | None = None  # tail loss probe timer (see _arm_pto)
+        self._tlp_allowed = True  # one probe per flight: re-allowed by the next ACK that tells us something
+        self._probe_due = False
+        self._rto_undo: tuple[int, int, float] | None = None  # (cwnd, ssthresh, time) before the first RTO
         self._persist_deadline: float | None = None
         self._persist_backoff = 0
         self._ping_due = False
@@ -126,11 +146,11 @@ class Connection:
             self._events.append(Connected(self.local_id, self.peer_id))
         if new in CLEAN_END and inp not in (Input.LOST, Input.ABORT, Input.LINGER_DONE):
             self._events.append(Closed())
-            self._rto_deadline = None
+            self._rto_deadline = self._pto_deadline = None
         if new is State.TIME_WAIT:
             self._linger_deadline = self._now + self.config.time_wait
         if new is State.CLOSED:
-            self._rto_deadline = self._persist_deadline = self._linger_deadline = None
+            self._rto_deadline = self._pto_deadline = self._persist_deadline = self._linger_deadline = None
 
     def _lose(self, reason: str) -> None:
         if self.state is State.CLOSED:
@@ -345,6 +365,8 @@ class Connection:
             self._persist_backoff = 0
         news = False
         if pkt.ack > sb.snd_una:
+            if self._rto_undo is not None:
+                self._maybe_undo_rto(pkt, now)
             acked = sb.ack(pkt.ack)
             self.stats.bytes_acked += acked
             self._rtt_sample(pkt.tsecr, now)
@@ -356,16 +378,26 @@ class Connection:
         elif sb.inflight and pkt.sacks and not pkt.payload and not pkt.flags & (wire.FIN | wire.PING):
             # only ACKs that report out-of-order data count: window updates and ping answers do not
             self._dupacks += 1
-        for start, end in pkt.sacks:
+        if pkt.sacks and sb.inflight:
+            # one pass over the flight, blocks in order (a receiver sends disjoint blocks; an overlapping
+            # one from a broken peer may go unused, which costs it a retransmission, nothing more)
+            blocks = sorted(pkt.sacks)
+            bi, nb = 0, len(blocks)
             for seg in sb.inflight.values():
-                if seg.seq >= end:
+                while bi < nb and blocks[bi][1] <= seg.seq:
+                    bi += 1
+                if bi == nb:
                     break
-                if not seg.sacked and seg.seq >= start and seg.end <= end:
+                if not seg.sacked and seg.seq >= blocks[bi][0] and seg.end <= blocks[bi][1]:
                     seg.sacked = True
                     seg.lost = False
                     news = True
         if news and pkt.tsecr:
             self._rack_xmit = max(self._rack_xmit, self._ts_to_time(pkt.tsecr, now))
+        if news:
+            self._tlp_allowed = True
+            self._pto_deadline = None
+            self._arm_pto(now)
         if sb.inflight:
             self._detect_losses(now)
         if sb.fin_seq is not None and sb.snd_una > sb.fin_seq and self.state in (
@@ -373,12 +405,28 @@ class Connection:
         ):
             self._go(Input.FIN_ACKED)
 
+    def _maybe_undo_rto(self, pkt: wire.Packet, now: float) -> None:
+        """Eifel (RFC 3522 detection, RFC 4015 response): the first ACK of progress after an RTO echoes
+        the send time of the datagram that reached the peer last. If that is older than the RTO, an
+        original transmission got through and the RTO was only a delay (a scheduling stall of one of the
+        two Python loops, typically): restore the window, and forget the "lost" marks so the flight is
+        not sent again; SACK/RACK will find anything that really is lost."""
+        cwnd, ssthresh, t_rto = self._rto_undo
+        self._rto_undo = None
+        if not pkt.tsecr or self._ts_to_time(pkt.tsecr, now) >= t_rto - 2e-6:  # µs timestamps
+            return
+        self.stats.spurious_timeouts += 1
+        self.cc.cwnd, self.cc.ssthresh = cwnd, ssthresh
+        for seg in self.sbuf.inflight.values():
+            if seg.lost:
+                seg.lost = False
+
     def _detect_losses(self, now: float) -> None:
         sb = self.sbuf
         segs = list(sb.inflight.values())
         reo = (self.rtt.min_rtt or 0.0) / 4
         sacked_above = 0
-        newly_lost = False
+        newly_lost = 0  # bytes
         for seg in reversed(segs):
             if seg.sacked:
                 sacked_above += 1
@@ -389,16 +437,16 @@ class Connection:
                 seg.sent_at + reo < self._rack_xmit
             ):
                 seg.lost = True
-                newly_lost = True
+                newly_lost += len(seg.data) or 1
         first = segs[0]
         if (self._dupacks >= self.config.dupack_threshold and not first.sacked and not first.lost
                 and first.tx_count == 1):  # a retransmission is judged by RACK, not by old dupacks
             first.lost = True
-            newly_lost = True
+            newly_lost += len(first.data) or 1
             self._dupacks = 0
         if newly_lost:
-            # FlightSize (RFC 5681) counts SACKed bytes too: halving the pipe would cut twice as hard
-            if self.cc.on_loss(sb.inflight_bytes, sb.snd_una, sb.snd_nxt):
+            # FlightSize (RFC 5681) counts SACKed bytes too: cutting the pipe would cut twice as hard
+            if self.cc.on_loss(sb.inflight_bytes, sb.snd_una, sb.snd_nxt, newly_lost):
                 self.stats.loss_events += 1
 
     def _on_data(self, pkt: wire.Packet) -> None:
@@ -475,7 +523,12 @@ class Connection:
             return out
         if st not in SYNCHRONIZED:
             return out
+        before = len(out)
         self._send_segments(now, out)
+        if self._probe_due:
+            self._probe_due = False
+            if len(out) == before:  # whatever _send_segments sent would have served as the probe
+                self._send_probe(now, out)
         if self._ping_due:
             self._ping_due = False
             self.stats.pings_sent += 1
@@ -496,6 +549,40 @@ class Connection:
         out.append(self._packet(flags, now, seg.seq, seg.data))
         if self._rto_deadline is None:
             self._rto_deadline = now + self.rtt.rto
+        self._arm_pto(now)
+
+    def _pto(self) -> float | None:
+        """Tail loss probe timeout (RFC 8985 7.2): 2 SRTT. We acknowledge every batch of arrivals at once
+        (no delayed-ACK timer), so no delayed-ACK allowance is added. None: no RTT yet, or the RTO is due
+        first anyway."""
+        if self.rtt.srtt is None:
+            return None
+        pto = max(2 * self.rtt.srtt, _PTO_MIN)
+        return pto if pto < self.rtt.rto else None
+
+    def _arm_pto(self, now: float) -> None:
+        if self._pto_deadline is None and self._tlp_allowed and self._retries == 0 and self.sbuf.inflight:
+            pto = self._pto()
+            if pto is not None:
+                self._pto_deadline = now + pto
+
+    def _send_probe(self, now: float, out: list[bytes]) -> None:
+        """RFC 8985 7.3: one new segment if the peer's window allows (cwnd does not limit a probe), else the
+        highest un-SACKed segment again. Its ACK carries SACK news, so SACK/RACK recovery finds a lost tail or
+        a lost retransmission, and a lost ACK costs a probe instead of an RTO and a collapsed window."""
+        sb = self.sbuf
+        n = sb.next_length(self.mss)
+        if n and self._window_room() >= n:
+            seg = sb.cut(n)
+        elif sb.fin_queued and not sb.unsent:
+            seg = sb.cut_fin()
+        else:
+            seg = next((s for s in reversed(sb.inflight.values()) if not s.sacked), None)
+            if seg is None:
+                return
+            self.stats.retransmits += 1
+        self.stats.tail_probes += 1
+        self._emit(seg, now, out)
 
     def _send_segments(self, now: float, out: list[bytes]) -> None:
         sb = self.sbuf
@@ -536,7 +623,7 @@ class Connection:
         if self.state in (State.IDLE, State.LISTEN):
             return None
         cand = [] if self.state is State.TIME_WAIT else [self._last_recv + self.config.idle_timeout]
-        for t in (self._rto_deadline, self._persist_deadline, self._linger_deadline):
+        for t in (self._rto_deadline, self._pto_deadline, self._persist_deadline, self._linger_deadline):
             if t is not None:
                 cand.append(t)
         if self.state in SYNCHRONIZED and self.state is not State.TIME_WAIT:
@@ -565,6 +652,11 @@ class Connection:
             self._on_rto(now)
             if self.state is State.CLOSED:
                 return
+        if self._pto_deadline is not None and now >= self._pto_deadline:
+            self._pto_deadline = None
+            self._tlp_allowed = False  # until an ACK tells us something: then the RTO is in charge
+            if self.sbuf.inflight and st in SYNCHRONIZED:
+                self._probe_due = True
         if self._persist_deadline is not None and now >= self._persist_deadline:
             sb = self.sbuf
             n = sb.next_length(self.mss)
@@ -601,7 +693,11 @@ class Connection:
         for seg in sb.inflight.values():
             if not seg.sacked:
                 seg.lost = True
+        if self._retries == 1:
+            self._rto_undo = (self.cc.cwnd, self.cc.ssthresh, now)
         self.cc.on_timeout(flight, sb.snd_nxt)
         self.stats.loss_events += 1
         self._dupacks = 0
+        self._pto_deadline = None
+        self._probe_due = False
         self._rto_deadline = now + self.rtt.rto
