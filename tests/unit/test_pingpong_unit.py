@@ -173,4 +173,3 @@ def test_built_frames_parse_with_valid_checksums():
         stack.receive(frame, 0.0)
         ev = stack.next_event()
         assert ev is not None and ev.payload == payload, stack.drops()
-
