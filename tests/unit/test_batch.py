@@ -136,3 +136,27 @@ def test_empty_batch_operations():
     assert len(b.u16be(UDP_DPORT)) == 0
     b.swap_macs()
     b.set_u16be(UDP_DPORT, [])
+
+
+def test_field_access_matches_a_per_frame_reference_at_any_address():
+    """The strided fast path (one void element per field) against plain slicing, for frames at odd and
+    mixed offsets, a frame ending at the very end of memory, and widths 1..16."""
+    rng = np.random.default_rng(7)
+    mem = rng.integers(0, 256, 5000, dtype=np.uint8)
+    addrs = np.array([0, 101, 777, 1999, 3001, 5000 - 64], dtype=np.uint64)  # disjoint frames
+    descs = np.zeros(len(addrs), dtype=DESC)
+    descs["addr"], descs["len"] = addrs, 64
+    b = Batch(descs, mem)
+    for width in (1, 2, 6, 12, 16):
+        for offset in (0, 5, 64 - width):
+            want = np.stack([mem[int(a) + offset:int(a) + offset + width] for a in addrs])
+            assert (b.bytes_at(offset, width) == want).all()
+            new = rng.integers(0, 256, (len(addrs), width), dtype=np.uint8)
+            b.set_bytes(offset, new)
+            assert all((mem[int(a) + offset:int(a) + offset + width] == new[i]).all() for i, a in enumerate(addrs))
+    before = np.stack([mem[int(a):int(a) + 12] for a in addrs])
+    b.swap_macs()
+    after = np.stack([mem[int(a):int(a) + 12] for a in addrs])
+    assert (after[:, :6] == before[:, 6:]).all() and (after[:, 6:] == before[:, :6]).all()
+    b.set_bytes(3, np.arange(4, dtype=np.uint8))  # one row for every frame
+    assert all((mem[int(a) + 3:int(a) + 7] == np.arange(4)).all() for a in addrs)

@@ -12,7 +12,7 @@ from kbypass.steer.rules import Rule
 from kbypass.tools._common import pin_cpu
 
 
-def add_port_options(p, *, default_rule_help: str) -> None:
+def add_port_options(p, *, default_rule_help: str, default_batch: int = 256) -> None:
     where = p.add_argument_group("where")
     where.add_argument("--iface", help="interface to steer from (default: the testbed host's veth)")
     where.add_argument("--netns", help="network namespace of --iface (default: where kbypass runs)")
@@ -27,7 +27,8 @@ def add_port_options(p, *, default_rule_help: str) -> None:
     how.add_argument("--mode", choices=("copy", "zerocopy", "auto"), default="auto", help="AF_XDP bind mode")
     how.add_argument("--poll", choices=("busy", "wakeup"), default="wakeup", help="wait by busy polling or need_wakeup")
     how.add_argument("--xdp-mode", choices=("native", "skb", "auto"), default="native", help="XDP attach mode")
-    how.add_argument("--batch", type=int, default=256, help="descriptors per receive (default 256)")
+    how.add_argument("--batch", type=int, default=default_batch,
+                     help=f"most descriptors per receive; never waits to fill one (default {default_batch})")
     how.add_argument("--frames", type=int, default=4096, help="UMEM frames (default 4096)")
     how.add_argument("--frame-size", type=int, choices=(2048, 4096), default=2048, help="UMEM frame size")
     how.add_argument("--ring-size", type=int, default=2048, help="size of each of the four rings (power of two)")

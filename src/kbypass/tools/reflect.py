@@ -10,7 +10,9 @@ from kbypass.tools._port import add_port_options, announce, emit, port_summary, 
 def register(sub) -> None:
     p = sub.add_parser("reflect", help="bounce steered packets back to their sender (zero-copy forwarding)")
     add_backend_option(p)
-    add_port_options(p, default_rule_help="default: every UDP packet")
+    # A forwarding loop pays one transmit syscall per batch (copy mode): at full load 1024 forwarded
+    # 11% more than 256 on the testbed; at low load batches are small anyway (receive never waits to fill).
+    add_port_options(p, default_rule_help="default: every UDP packet", default_batch=1024)
     p.add_argument("--macs-only", action="store_true", help="swap MACs only (like testpmd macswap)")
     p.set_defaults(func=run)
 
