@@ -97,7 +97,8 @@ class Batch:
     def fill(self, data: bytes) -> None:
         """Copy the same bytes into every frame and set every length to len(data) (generators)."""
         n = len(data)
-        self._runs(n)[self._at(0, check=False)] = np.frombuffer(data, dtype=np.dtype(f"V{n}"))[0]
+        if n and len(self):
+            self._runs(n)[self._at(0, check=False)] = np.frombuffer(data, dtype=np.dtype(f"V{n}"))[0]
         self.descs["len"] = n
 
     # ---- vectorized field access ------------------------------------------------------------------
@@ -192,6 +193,6 @@ class Batch:
         Assumes untagged Ethernet, IPv4 with a 20-byte header (IHL 5). Checksums stay valid: the IPv4 and
         UDP/TCP checksums are one's-complement sums, which do not change when summed words swap places.
         """
-        self._check(IPV4_SRC, 12)
+        self._check(IPV4_SRC, 12)  # both swaps' bytes, before either writes: all or nothing
         self._swap(IPV4_SRC, 4)
         self._swap(UDP_SPORT, 2)
