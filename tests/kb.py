@@ -1,6 +1,8 @@
-"""Helpers for running the real `kbypass` command in tests."""
+"""Helpers for running the real `kbypass` command in tests, and for looking at the testbed."""
 
+import ipaddress
 import os
+import socket
 import subprocess
 import sys
 
@@ -39,3 +41,18 @@ def collect_batches(port, want: int, timeout: float = 3.0, linger: float = 0.05,
                 break
             batches.append(extra)
     return batches
+
+
+def xdp_attached(host) -> bool:
+    """Is an XDP program on the testbed host's veth right now?"""
+    from kbypass import netns
+    from kbypass.bpf import libbpf
+
+    with netns.entered(host.netns):
+        return libbpf.xdp_query(socket.if_nametoindex(host.iface)).attached
+
+
+def spare_ip(host, k: int) -> str:
+    """An address of the testbed subnet that no host has (the kernel does not own it): host part 50 + k."""
+    net = ipaddress.IPv4Interface(f"{host.ipv4}/{host.prefixlen}").network
+    return str(net.network_address + 50 + k)

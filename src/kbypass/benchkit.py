@@ -19,15 +19,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 from pyroute2 import NetNS
 
-from kbypass import napi, netns, testbed
-from kbypass.bpf import libbpf
+from kbypass import napi, testbed
 from kbypass.gen.live import LiveGenerator
 
 GEN_CPU, SUT_CPU = 0, 1
@@ -204,11 +202,6 @@ def cpu_used(before: dict, after: dict) -> float:
 def announced(c: Contender, b: testbed.Host) -> bool:
     """kbypass tools print "receiving on ..." to stderr once their port is open (tools/_port.announce)."""
     return "receiving on" in c.out
-
-
-def xdp_on(b: testbed.Host) -> bool:
-    with netns.entered(b.netns):
-        return libbpf.xdp_query(socket.if_nametoindex(b.iface)).attached
 
 
 def kbypass_json_count(c: Contender) -> int:

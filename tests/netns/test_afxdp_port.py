@@ -101,6 +101,14 @@ def drain(port: AfXdpPort, want: int, timeout: float = 2.0) -> list:
     return collect_batches(port, want, timeout)
 
 
+def assert_in_order_then_free(port: AfXdpPort, batches: list, n: int) -> None:
+    """The batches carry sequence numbers 0..n-1 in order; give them back and check nothing leaked."""
+    assert [int(x) for b in batches for x in b.payload_u64()] == list(range(n))
+    for b in batches:
+        port.free(b)
+    port.check(app=0)
+
+
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -168,10 +176,7 @@ def test_starved_fill_ring_is_counted(link, steering, sender):
         assert s["rx_fill_ring_empty_descs"] == 68 and s["rx_dropped"] == 68, s
         assert s["rx_ring_full"] == 0
         batches = drain(port, 32)
-        assert [int(x) for b in batches for x in b.payload_u64()] == list(range(32))
-        for b in batches:
-            port.free(b)
-        port.check(app=0)
+        assert_in_order_then_free(port, batches, 32)
 
 
 def test_unread_rx_ring_is_counted(link, steering, sender):
@@ -185,10 +190,7 @@ def test_unread_rx_ring_is_counted(link, steering, sender):
         assert s["rx_ring_full"] == 44 and s["rx_dropped"] == 0, s
         assert s["rx_fill_ring_empty_descs"] == 0
         batches = drain(port, 16)
-        assert [int(x) for b in batches for x in b.payload_u64()] == list(range(16))
-        for b in batches:
-            port.free(b)
-        port.check(app=0)
+        assert_in_order_then_free(port, batches, 16)
 
 
 def test_transmit_to_kernel_socket(link):
@@ -305,10 +307,7 @@ def test_busy_poll_receive(link, steering, sender):
         steering.register_xsk(0, port.fd)
         send(sender, range(200))
         batches = drain(port, 200)
-        assert [int(x) for b in batches for x in b.payload_u64()] == list(range(200))
-        for b in batches:
-            port.free(b)
-        port.check(app=0)
+        assert_in_order_then_free(port, batches, 200)
 
 
 def test_headroom_moves_packet_data(link, steering, sender):
@@ -319,10 +318,7 @@ def test_headroom_moves_packet_data(link, steering, sender):
         b = batches[0]
         # data starts after our headroom plus the kernel's XDP_PACKET_HEADROOM (256)
         assert (b.addr % 2048 == 128 + 256).all()
-        assert [int(x) for b in batches for x in b.payload_u64()] == list(range(10))
-        for b in batches:
-            port.free(b)
-        port.check(app=0)
+        assert_in_order_then_free(port, batches, 10)
         a = port.alloc(2)
         assert (a.addr % 2048 == 128).all()  # frames to send start after the headroom too
         port.free(a)

@@ -2,7 +2,6 @@
 kernel UDP socket, ping of a dedicated address answered by kbypass, malformed frames counted and never
 answered, and the bad inputs refused with one clear error."""
 
-import ipaddress
 import socket
 import subprocess
 import threading
@@ -12,10 +11,10 @@ import pytest
 
 from kbypass import netns
 from kbypass.apps.steered import SteeredPort
-from kbypass.bpf import libbpf
 from kbypass.endpoint import UdpEndpoint
 from kbypass.errors import KbypassError, UsageError
 from kbypass.proto import arp, checksum as ck, ipv4, udp
+from tests.kb import spare_ip, xdp_attached
 
 pytestmark = pytest.mark.netns
 PORT = 4400
@@ -27,17 +26,6 @@ def kernel_socket(ns, bind, timeout=2.0):
     s.settimeout(timeout)
     s.bind(bind)
     return s
-
-
-def spare_ip(host, k):
-    """An address of the testbed subnet that no host has (the kernel does not own it)."""
-    net = ipaddress.IPv4Interface(f"{host.ipv4}/{host.prefixlen}").network
-    return str(net.network_address + 50 + k)
-
-
-def xdp_attached(host) -> bool:
-    with netns.entered(host.netns):
-        return libbpf.xdp_query(socket.if_nametoindex(host.iface)).attached
 
 
 def exchange(ep, peer_ns, peer_ip, ep_ip, n=200):

@@ -1,32 +1,18 @@
 """`kbypass pingpong` against the real sockperf, both directions, both address modes; and its errors."""
 
-import ipaddress
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from kbypass import netns
-from kbypass.bpf import libbpf
-from tests.kb import kbypass
+from tests.kb import kbypass, spare_ip, xdp_attached
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(shutil.which("sockperf") is None, reason="sockperf is not installed")]
-
-
-def spare_ip(host, k):
-    net = ipaddress.IPv4Interface(f"{host.ipv4}/{host.prefixlen}").network
-    return str(net.network_address + 60 + k)
-
-
-def xdp_attached(host) -> bool:
-    with netns.entered(host.netns):
-        return libbpf.xdp_query(socket.if_nametoindex(host.iface)).attached
 
 
 def wait_attached(host, timeout=15.0):
@@ -46,7 +32,7 @@ def sockperf_latency(text: str) -> tuple[float, float]:
 @pytest.mark.parametrize("dedicated", [False, True], ids=["own-address", "dedicated"])
 def test_sockperf_client_against_kbypass_server(testbed_hosts, dedicated):
     a, b = testbed_hosts
-    ip = spare_ip(b, 0) if dedicated else b.ipv4
+    ip = spare_ip(b, 10) if dedicated else b.ipv4
     extra = ["--ip", ip, "--dedicated"] if dedicated else []
     server = subprocess.Popen([sys.executable, "-m", "kbypass", "pingpong", "server", "--host", "b", "--port", "11111",
                                "--duration", "20", "--idle-timeout", "0.5", "--json", *extra],
@@ -70,7 +56,7 @@ def test_sockperf_client_against_kbypass_server(testbed_hosts, dedicated):
 @pytest.mark.parametrize("dedicated", [False, True], ids=["own-address", "dedicated"])
 def test_kbypass_client_against_sockperf_server(testbed_hosts, dedicated, tmp_path):
     a, b = testbed_hosts
-    extra = ["--ip", spare_ip(a, 1), "--dedicated"] if dedicated else []
+    extra = ["--ip", spare_ip(a, 11), "--dedicated"] if dedicated else []
     server = subprocess.Popen(["ip", "netns", "exec", b.netns, "sockperf", "server", "-i", b.ipv4, "-p", "11112"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     png = tmp_path / "hist.png"

@@ -14,8 +14,7 @@ import pytest
 from kbypass import netns
 from kbypass.apps.reflect import Reflector
 from kbypass.apps.steered import SteeredPort
-from kbypass.bpf import libbpf
-from tests.kb import kbypass
+from tests.kb import kbypass, xdp_attached
 
 pytestmark = pytest.mark.netns
 PORT = 4321
@@ -34,11 +33,6 @@ def payload(i: int, size: int = 64) -> bytes:
     """Sequence-numbered payload, every word checkable (as the kernel's xskxceiver does)."""
     words = struct.pack("!Q", i) + bytes((i + k) & 0xFF for k in range(size - 8))
     return words
-
-
-def xdp_attached(host) -> bool:
-    with netns.entered(host.netns):
-        return libbpf.xdp_query(socket.if_nametoindex(host.iface)).attached
 
 
 def drain(port, want, timeout=3.0):
