@@ -5,9 +5,13 @@ KB := $(VENV)/bin/kbypass
 BPF_SRC := $(wildcard bpf/*.bpf.c)
 BPF_OBJ := $(patsubst bpf/%.bpf.c,src/kbypass/bpf/obj/%.bpf.o,$(BPF_SRC))
 ARCH_INC := /usr/include/$(shell gcc -dumpmachine)
+# The endpoint's per-message ring path in C (kbypass._fastlane; the pure-Python lane is the fallback).
+PY_INC = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+PY_EXT = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+FASTLANE = src/kbypass/_fastlane$(PY_EXT)
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup bpf bench clean
+.PHONY: demo test setup bpf native bench clean
 
 demo: setup
 	$(KB) demo
@@ -20,6 +24,12 @@ setup:
 
 bpf: $(BPF_OBJ)
 
+native: $(FASTLANE)
+
+$(FASTLANE): csrc/fastlane.c
+	gcc -O2 -g -Wall -Wextra -Werror -Wno-missing-field-initializers -Wno-cast-function-type -Wno-unused-parameter -shared -fPIC \
+	  -I$(PY_INC) $< -o $@
+
 src/kbypass/bpf/obj/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h)
 	@mkdir -p $(dir $@)
 	clang -O2 -g -Wall -Werror -target bpf -I$(ARCH_INC) -Ibpf -c $< -o $@
@@ -28,4 +38,4 @@ bench: setup
 	$(VENV)/bin/python bench/run.py
 
 clean:
-	rm -rf src/kbypass/bpf/obj build
+	rm -rf src/kbypass/bpf/obj build src/kbypass/_fastlane*.so

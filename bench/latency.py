@@ -1,5 +1,6 @@
 """UDP ping-pong latency on the testbed, in one run: sockperf (the kernel anchor, C) against kbypass
-pingpong over a kernel socket, over AF_XDP with wakeups, and over AF_XDP with busy polling. Server in host
+pingpong over a kernel socket, over AF_XDP with wakeups, and over AF_XDP with busy polling (with the
+endpoint's per-message ring work in C, and once more with the pure-Python lane). Server in host
 b on CPU 1, client in host a on CPU 0; latency is half the round trip. Prints a table of medians over
 --runs, writes bench/results/latency.json and latency.png.
 
@@ -47,8 +48,8 @@ def _sockperf(a, b, duration: float, size: int) -> dict:
             "p999_us": pct(r"99\.900"), "max_us": float(re.search(r"<MAX> observation =\s+([\d.]+)", out).group(1))}
 
 
-def _kbypass(backend: str, poll: str, duration: float, size: int, b) -> dict:
-    common = ["--backend", backend, "--poll", poll, "--json"]
+def _kbypass(backend: str, poll: str, duration: float, size: int, b, lane: str | None = None) -> dict:
+    common = ["--backend", backend, "--poll", poll, "--json", *(["--lane", lane] if lane else [])]
     server = subprocess.Popen([PY, "-m", "kbypass", "pingpong", "server", "--host", "b", "--port", str(PORT),
                                "--cpu", str(SERVER_CPU), "--duration", str(duration + 20), "--idle-timeout", "1",
                                *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -70,8 +71,9 @@ CONTENDERS = [
     ("sockperf (kernel, C)", lambda a, b, d, s: _sockperf(a, b, d, s)),
     ("kbypass socket", lambda a, b, d, s: _kbypass("socket", "wakeup", d, s, b)),
     ("kbypass socket busy", lambda a, b, d, s: _kbypass("socket", "busy", d, s, b)),
-    ("kbypass afxdp wakeup", lambda a, b, d, s: _kbypass("afxdp", "wakeup", d, s, b)),
-    ("kbypass afxdp busy", lambda a, b, d, s: _kbypass("afxdp", "busy", d, s, b)),
+    ("kbypass afxdp wakeup", lambda a, b, d, s: _kbypass("afxdp", "wakeup", d, s, b, "c")),
+    ("kbypass afxdp busy", lambda a, b, d, s: _kbypass("afxdp", "busy", d, s, b, "c")),
+    ("afxdp busy, Python lane", lambda a, b, d, s: _kbypass("afxdp", "busy", d, s, b, "python")),
 ]
 
 

@@ -43,8 +43,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# 3. BPF objects (make rebuilds only what changed).
-make -s bpf
+# 3. BPF objects and the endpoint's C fast path (make rebuilds only what changed).
+make -s bpf native
 
 # 4. bpffs, for pinned maps and for tools that expect it.
 if ! grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then

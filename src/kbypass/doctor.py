@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib
 import os
 import shutil
 import socket
@@ -129,6 +130,16 @@ def check_bpf_objects() -> Check:
     return Check("BPF objects", True, True, ", ".join(REQUIRED_OBJECTS))
 
 
+def check_fast_lane() -> Check:
+    """The endpoint's per-message ring path in C: optional (a pure-Python lane does the same, slower)."""
+    try:
+        _fastlane = importlib.import_module("kbypass._fastlane")
+    except ImportError as e:
+        return Check("endpoint C lane", False, False, f"kbypass._fastlane not built ({e}); UdpEndpoint uses "
+                     "its Python lane (about 2x the per-message latency)", "make setup   (needs gcc, python3-dev)")
+    return Check("endpoint C lane", True, False, _fastlane.__file__.rsplit("/", 1)[-1])
+
+
 def check_native_xdp(prefix: str | None = None) -> Check:
     """Attach the steering program natively on host b's veth for a moment, then detach."""
     prefix = prefix or testbed.default_prefix()
@@ -167,6 +178,7 @@ CHECKS: list[Callable[[], Check]] = [
     check_clang,
     check_libbpf,
     check_bpf_objects,
+    check_fast_lane,
     check_native_xdp,
     _tool("sockperf", "sockperf", "latency anchor for benchmarks"),
     _tool("tshark", "tshark", "independent dissector in tests"),

@@ -52,6 +52,11 @@ from kbypass.proto import checksum as ck
 from kbypass.proto import udp as udpp
 from kbypass.proto.stack import ArpTimeout, Stack, UdpDatagram
 
+try:  # the per-message ring path in C (csrc/fastlane.c, built by `make setup`); _Lane is the fallback
+    from kbypass import _fastlane
+except ImportError:  # not built: the pure-Python lane does the same work, slower
+    _fastlane = None
+
 BACKENDS = ("afxdp", "socket")
 POLL_MODES = ("wakeup", "busy")
 ETH_P_ARP = 0x0806
@@ -127,6 +132,7 @@ class UdpEndpoint:
     poll: "wakeup" (sleep in poll()) or "busy" (spin; SO_PREFER_BUSY_POLL on the AF_XDP sockets).
     backend: "afxdp" (the bypass) or "socket" (a kernel UDP socket, for comparison).
     queue: one queue, or None for every receive queue (a flow lands on whichever queue the hash picks).
+    native: the per-message ring work in C (kbypass._fastlane) or in Python (False); None: C when built.
     Not thread-safe: one thread drives an endpoint. It makes progress (answers ARP and ping, retries
     resolution) only inside its calls, as Onload-style stacks without a helper thread do: call `poll()`
     while you are not receiving if the address must keep answering.
@@ -175,7 +181,7 @@ _OUT = struct.Struct("!16sHH4sH12sHH")
 
 def split_template(tmpl: bytes) -> tuple[bytes, bytes, bytes, int, int]:
     """A flow's 42-byte header template (lengths and checksums zero, `udp.frame_template`) as the pieces
-    `_frame` packs around the computed fields, plus the partial sums of the IP header and of the UDP
+    `_build_frame` packs around the computed fields, plus the partial sums of the IP header and of the UDP
     pseudo-header and ports (the only per-message inputs left are the lengths, the ident and the payload)."""
     ip_partial = ck.ones_sum(tmpl[14:34])
     udp_partial = (int.from_bytes(tmpl[26:34], "big") + 17 + int.from_bytes(tmpl[34:38], "big")) % _MOD
@@ -231,8 +237,9 @@ class _Lane:
 
     STASH = 32
 
-    def __init__(self, port) -> None:
+    def __init__(self, port, accept) -> None:
         self.port = port
+        self.accept = accept  # frame -> (payload, src_ip4, src_port) for plain valid UDP to us, else None
         self.umem = port.umem
         self.rx, self.fill, self.tx = port._rx, port._fill, port._tx  # the port's rings (see class doc)
         self.comp = port._comp
@@ -274,6 +281,19 @@ class _Lane:
         c["rx_packets"] += 1
         c["rx_bytes"] += n
         return data
+
+    def recv_udp(self):
+        """None when the RX ring is empty; (payload, src_ip4, src_port) for a plain valid UDP datagram to
+        us; any other frame as bytes, for the stack (the contract of the C lane)."""
+        f = self.recv()
+        if f is None:
+            return None
+        dg = self.accept(f)
+        return f if dg is None else dg
+
+    def stashed(self) -> int:
+        """Frames the lane holds for sending (state APP)."""
+        return len(self.stash)
 
     BUSY_POLL_EVERY = 16
 
@@ -347,6 +367,10 @@ class _Lane:
             p.xsk.kick_tx()
         return True
 
+    def send_udp(self, flow, payload: bytes, ident: int) -> bool:
+        """One datagram of a flow (a `_XdpEndpoint._templates` entry) with IP ident `ident`."""
+        return self.send(_build_frame(flow[1], payload, ident))
+
     def release(self) -> None:
         """Give the stash back and drop every view of the port's memory (before the port closes)."""
         from kbypass.port.batch import DESC, Batch
@@ -360,12 +384,83 @@ class _Lane:
             mv.release()
 
 
+class _NativeLane(_Lane):
+    """The same lane with its per-message work in C (kbypass._fastlane, csrc/fastlane.c): receive with
+    the header and checksum checks of `_XdpEndpoint._accept`, send with lengths and checksums filled in,
+    the TX stash and the completion reclaim. The rings, UMEM states and counters it touches are the
+    port's, kept exactly as the Python lane keeps them, so the two can take turns (the Python path takes
+    over in the one case C hands back, a full fill ring)."""
+
+    def __init__(self, port, accept, *, ip: bytes, mac: bytes, udp_port: int, bcast: bytes | None) -> None:
+        super().__init__(port, accept)
+        import ctypes
+
+        def ring(r):
+            return (r, ctypes.addressof(r._producer), ctypes.addressof(r._consumer), ctypes.addressof(r._flags),
+                    r.slots.ctypes.data, r.size)
+
+        u = self.umem
+        self.c = _fastlane.Lane(ring(self.rx), ring(self.fill), ring(self.tx), ring(self.comp),
+                                umem=u.array.ctypes.data, umem_size=u.array.size, frame_size=u.frame_size,
+                                state=u.state.ctypes.data, fd=self.fd, port=port, counters=port._counters,
+                                mac=mac, ip=ip, udp_port=udp_port, bcast=bcast, copy=self.copy, busy=self.busy,
+                                busy_every=self.BUSY_POLL_EVERY, stash=self.STASH)
+        self.recv_c = self.c.recv
+        self.wake = self.c.wake
+
+    def recv_udp(self):
+        r = self.recv_c()
+        if r is NotImplemented:  # no fill slot for the frame: the Python path handles that case
+            return super().recv_udp()
+        return r
+
+    def stashed(self) -> int:
+        return self.c.stashed + len(self.stash)
+
+    def _sent(self, r: int, again) -> bool:
+        if r < 0:  # the stash ran dry: refill it from the port in one batch, then try once more
+            self.port.reap()
+            got = self.port.alloc(self.STASH)
+            took = self.c.give(got.addr.tolist())
+            if took < len(got):
+                self.port.free(got[took:])
+            r = again() if took else 0
+        return r > 0
+
+    def send(self, frame: bytes) -> bool:
+        return self._sent(self.c.send_frame(frame), lambda: self.c.send_frame(frame))
+
+    def send_udp(self, flow, payload: bytes, ident: int) -> bool:
+        r = self.c.send_udp(flow[2], payload, ident)
+        return r > 0 or self._sent(r, lambda: self.c.send_udp(flow[2], payload, ident))
+
+    def release(self) -> None:
+        self.stash.extend(self.c.take_stash())
+        self.c.close()
+        super().release()
+
+
+def _build_frame(parts, payload: bytes, ident: int) -> bytes:
+    """One whole UDP frame: a flow's header (`split_template` parts) with lengths, IP ident and both
+    checksums filled in, computed from the partial sums taken once per flow."""
+    head, mid, addrs, ip_partial, udp_partial = parts
+    ulen = len(payload) + 8
+    total = ulen + 20
+    r = (ip_partial + total + ident) % _MOD
+    r2 = (udp_partial + 2 * ulen + (int.from_bytes(payload, "big") << (8 * (ulen & 1)))) % _MOD
+    return _OUT.pack(head, total, ident, mid, _MOD - r if r else 0, addrs, ulen,
+                     (_MOD - r2 if r2 else 0) or 0xFFFF) + payload
+
+
 class _XdpEndpoint(UdpEndpoint):
     def __init__(self, ifname: str, ip: str, port: int, *, netns: str | None = None, dedicated: bool = False,
                  prefixlen: int | None = None, poll: str = "wakeup", backend: str = "afxdp",
                  queue: int | None = None, xdp_mode: str = "native", mode: str = "auto", frames: int = 4096,
-                 ring_size: int = 2048, gratuitous_arp: bool = True) -> None:
+                 ring_size: int = 2048, gratuitous_arp: bool = True, native: bool | None = None) -> None:
         self._closed = True
+        if native and _fastlane is None:
+            raise KbypassError("the endpoint's C fast path (kbypass._fastlane) is not built: run 'make setup' "
+                               "(it needs gcc and python3-dev), or pass native=None to use the Python path")
         self._check_common(ip, port, poll)
         from kbypass.apps.steered import SteeredPort
 
@@ -416,7 +511,16 @@ class _XdpEndpoint(UdpEndpoint):
                         f"kbypass process or XDP tool holds it; 'bpftool net show' names it): stop that "
                         f"program, or bind on another interface ({e})") from None
                 raise
-            self._lanes = [_Lane(p) for p in self._steered.ports]
+            self._ipb = socket.inet_aton(ip)
+            self._macb = bytes.fromhex(iface.mac.replace(":", ""))
+            net = ipaddress.IPv4Network(f"{ip}/{prefixlen}", strict=False)
+            self._bcast = net.broadcast_address.packed if prefixlen < 31 else None
+            self.native = _fastlane is not None if native is None else native
+            if self.native:
+                self._lanes = [_NativeLane(p, self._accept, ip=self._ipb, mac=self._macb, udp_port=port,
+                                           bcast=self._bcast) for p in self._steered.ports]
+            else:
+                self._lanes = [_Lane(p, self._accept) for p in self._steered.ports]
             if dedicated:
                 self._arp_sock = self._open_arp_socket()
         except BaseException:
@@ -430,10 +534,6 @@ class _XdpEndpoint(UdpEndpoint):
         self._templates: dict[tuple[str, int], tuple[float, bytes, int, int]] = {}
         self._names: dict[bytes, str] = {}
         self._ident = 0
-        self._ipb = socket.inet_aton(ip)
-        self._macb = bytes.fromhex(iface.mac.replace(":", ""))
-        net = ipaddress.IPv4Network(f"{ip}/{prefixlen}", strict=False)
-        self._bcast = net.broadcast_address.packed if prefixlen < 31 else None
         self._next_lane = 0
         self._tx_lane = self._lanes[0]
         self._poller = select.poll()
@@ -520,7 +620,7 @@ class _XdpEndpoint(UdpEndpoint):
 
     # receive --------------------------------------------------------------------------------------
     def _accept(self, f: bytes):
-        """Plain valid UDP to ip:port? Then the datagram (payload, (ip, port)); else None.
+        """Plain valid UDP to ip:port? Then (payload, source IP as 4 bytes, source port); else None.
         The same checks as proto.udp.classify_batch, in scalar form: one unpack of the 42 header bytes,
         then both checksums as big-integer sums mod 0xFFFF (see proto.checksum)."""
         n = len(f)
@@ -543,10 +643,7 @@ class _XdpEndpoint(UdpEndpoint):
                 s <<= 8
             if (s + int.from_bytes(f[26:34], "big") + 17 + ulen) % _MOD:
                 return None
-        name = self._names.get(src)
-        if name is None:
-            name = self._names[src] = socket.inet_ntoa(src)
-        return f[42:end], (name, sport)
+        return f[42:end], src, sport
 
     def _poll_once(self) -> bool:
         """Take what the rings hold now into _pending (fast path, else the stack); True if anything came."""
@@ -554,20 +651,23 @@ class _XdpEndpoint(UdpEndpoint):
         lanes = self._lanes
         for k in range(len(lanes)):
             lane = lanes[(self._next_lane + k) % len(lanes)]
-            f = lane.recv()
-            while f is not None:
+            r = lane.recv_udp()
+            while r is not None:
                 got = True
-                dg = self._accept(f)
-                if dg is not None:
-                    self._pending.append(dg)
+                if type(r) is tuple:
+                    payload, src, sport = r
+                    name = self._names.get(src)
+                    if name is None:
+                        name = self._names[src] = socket.inet_ntoa(src)
+                    self._pending.append((payload, (name, sport)))
                     c = self.stack.counters
                     c["rx_frames"] += 1
                     c["udp_delivered"] += 1
                     self.counters["rx_datagrams"] += 1
                     self._tx_lane = lane  # answer on the queue the peer's traffic arrives on
                     return True
-                self._slow(f, time.monotonic())
-                f = lane.recv()
+                self._slow(r, time.monotonic())
+                r = lane.recv_udp()
         self._next_lane = (self._next_lane + 1) % len(lanes)
         return got
 
@@ -660,30 +760,22 @@ class _XdpEndpoint(UdpEndpoint):
             port.free(batch)
 
     # send -----------------------------------------------------------------------------------------
-    def _template(self, ip: str, port: int, now: float):
-        """The split header of a flow (see `split_template`), cached for a second; None while the peer's
-        MAC is being resolved."""
+    def _flow(self, ip: str, port: int, now: float):
+        """A flow's cached header, (expiry, `split_template` parts, the 42 template bytes), kept for a
+        second; None while the peer's MAC is being resolved."""
         t = self._templates.get((ip, port))
         if t is not None and t[0] > now:
-            return t[1]
+            return t
         tmpl = self.stack.udp_template(ip, port, self.port, now)
         if tmpl is None:
             return None
-        parts = split_template(tmpl)
-        self._templates[(ip, port)] = (now + 1.0, parts)
-        return parts
+        t = self._templates[(ip, port)] = (now + 1.0, split_template(tmpl), tmpl)
+        return t
 
-    def _frame(self, parts, payload: bytes) -> bytes:
-        """One whole frame: the flow's header with lengths, IP ident and both checksums filled in, computed
-        from the partial sums taken once per flow."""
-        head, mid, addrs, ip_partial, udp_partial = parts
-        ulen = len(payload) + 8
-        total = ulen + 20
-        self._ident = ident = (self._ident + 1) & 0xFFFF
-        r = (ip_partial + total + ident) % _MOD
-        r2 = (udp_partial + 2 * ulen + (int.from_bytes(payload, "big") << (8 * (ulen & 1)))) % _MOD
-        return _OUT.pack(head, total, ident, mid, _MOD - r if r else 0, addrs, ulen,
-                         (_MOD - r2 if r2 else 0) or 0xFFFF) + payload
+    def _template(self, ip: str, port: int, now: float):
+        """The split header of a flow (see `split_template`); None while the peer's MAC is resolved."""
+        t = self._flow(ip, port, now)
+        return None if t is None else t[1]
 
     def sendto(self, payload: bytes, addr: tuple[str, int]) -> int:
         """Send one datagram to addr = (ip, port); returns its length. Like a kernel socket, a datagram to
@@ -694,21 +786,20 @@ class _XdpEndpoint(UdpEndpoint):
         if type(addr) is not tuple:
             addr = tuple(addr)
         t = self._templates.get(addr)
-        if t is not None and t[0] > now:
-            parts = t[1]
-        else:
+        if t is None or t[0] <= now:
             ip, port = _peer(addr)
             self._check_size(len(payload))
             self._service(now)
-            parts = self._template(ip, port, now)
-            if parts is None:
+            t = self._flow(ip, port, now)
+            if t is None:
                 self._emit(self.stack.send_udp(ip, port, self.port, bytes(payload), now))
                 self._await_resolution(ip)
                 self.counters["tx_datagrams"] += 1
                 return len(payload)
         if len(payload) > self.max_payload:
             self._check_size(len(payload))
-        if self._tx_lane.send(self._frame(parts, bytes(payload))):
+        self._ident = ident = (self._ident + 1) & 0xFFFF
+        if self._tx_lane.send_udp(t, payload if type(payload) is bytes else bytes(payload), ident):
             self.counters["tx_datagrams"] += 1
             self.stack.counters["udp_sent"] += 1
         else:
@@ -810,7 +901,7 @@ class _XdpEndpoint(UdpEndpoint):
         """UMEM accounting of every queue's port (raises OwnershipError on a leak)."""
         total: dict = {}
         for lane in self._lanes:
-            for k, v in lane.port.check(app=len(lane.stash)).items():
+            for k, v in lane.port.check(app=lane.stashed()).items():
                 total[k] = total.get(k, 0) + v
         return total
 

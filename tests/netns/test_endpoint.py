@@ -44,10 +44,16 @@ def exchange(ep, peer_ns, peer_ip, ep_ip, n=200):
         s.close()
 
 
+# The C lane (kbypass._fastlane) is the default; the pure-Python lane is its fallback and reference.
+LANES = [pytest.param(True, id="c-lane"), pytest.param(False, id="python-lane")]
+
+
+@pytest.mark.parametrize("native", LANES)
 @pytest.mark.parametrize("poll", ["wakeup", "busy"])
-def test_own_address_kernel_peer_both_ways(testbed_hosts, poll):
+def test_own_address_kernel_peer_both_ways(testbed_hosts, poll, native):
     a, b = testbed_hosts
-    with UdpEndpoint(b.iface, b.ipv4, PORT, netns=b.netns, poll=poll) as ep:
+    with UdpEndpoint(b.iface, b.ipv4, PORT, netns=b.netns, poll=poll, native=native) as ep:
+        assert ep.native is native
         exchange(ep, a.netns, a.ipv4, b.ipv4)
         # the kernel keeps the rest of the address: ping and another UDP port still work
         ping = subprocess.run(["ip", "netns", "exec", a.netns, "ping", "-c", "1", "-W", "2", b.ipv4],
@@ -72,10 +78,11 @@ def test_own_address_resolves_through_the_kernel_neighbour_table(testbed_hosts):
         s.close()
 
 
-def test_dedicated_address_answers_ping_and_udp(testbed_hosts):
+@pytest.mark.parametrize("native", LANES)
+def test_dedicated_address_answers_ping_and_udp(testbed_hosts, native):
     a, b = testbed_hosts
-    ip = spare_ip(b, 0)
-    with UdpEndpoint(b.iface, ip, PORT, netns=b.netns, dedicated=True) as ep:
+    ip = spare_ip(b, 0 if native else 4)  # a fresh address per lane: the peer must not know it yet
+    with UdpEndpoint(b.iface, ip, PORT, netns=b.netns, dedicated=True, native=native) as ep:
         stop = threading.Event()
         t = threading.Thread(target=lambda: [ep.poll(0.05) for _ in iter(stop.is_set, True)])
         t.start()
@@ -145,16 +152,17 @@ def malformed_frames(src_mac, dst_mac, src_ip, dst_ip, port):
     return frames
 
 
-def test_malformed_frames_are_counted_dropped_and_never_answered(testbed_hosts):
+@pytest.mark.parametrize("native", LANES)
+def test_malformed_frames_are_counted_dropped_and_never_answered(testbed_hosts, native):
     a, b = testbed_hosts
-    ip = spare_ip(b, 2)
+    ip = spare_ip(b, 2 if native else 5)
     a_mac, b_mac = (bytes.fromhex(h.mac.replace(":", "")) for h in (a, b))
     a_ip, d_ip = socket.inet_aton(a.ipv4), socket.inet_aton(ip)
     with netns.entered(a.netns):
         raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     raw.bind((a.iface, 0))
     try:
-        with UdpEndpoint(b.iface, ip, PORT, netns=b.netns, dedicated=True) as ep:
+        with UdpEndpoint(b.iface, ip, PORT, netns=b.netns, dedicated=True, native=native) as ep:
             # the peer learns our MAC the normal way (so nothing below needs ARP)
             raw.send(arp.reply_frame(a_mac, a_ip, b_mac, d_ip))
             frames = malformed_frames(a_mac, b_mac, a_ip, d_ip, PORT)

@@ -36,6 +36,16 @@ def test_missing_bpf_object_is_required(tmp_path, monkeypatch):
     assert not doctor.healthy([c])
 
 
+def test_missing_c_lane_is_a_warning_with_the_fix(monkeypatch):
+    import sys
+
+    assert doctor.check_fast_lane().ok  # make setup built it
+    monkeypatch.setitem(sys.modules, "kbypass._fastlane", None)  # import now fails, as when not built
+    c = doctor.check_fast_lane()
+    assert not c.ok and not c.required and "make setup" in c.fix
+    assert doctor.healthy([c])
+
+
 def test_not_root_is_reported(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     c = doctor.check_root()

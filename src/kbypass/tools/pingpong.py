@@ -29,6 +29,8 @@ def register(sub) -> None:
                          help="afxdp (the bypass, default) or socket (a kernel UDP socket, the baseline)")
         how.add_argument("--poll", choices=("busy", "wakeup"), default="wakeup", help="spin, or sleep in poll()")
         how.add_argument("--xdp-mode", choices=("native", "skb", "auto"), default="native", help="XDP attach mode")
+        how.add_argument("--lane", choices=("c", "python"),
+                         help="afxdp: per-message ring work in C (default when built) or in pure Python")
         how.add_argument("--duration", type=float, help="stop after this many seconds")
         how.add_argument("--count", type=int, help="stop after this many messages (client: measured samples)")
         how.add_argument("--cpu", type=int, help="pin to this CPU")
@@ -79,7 +81,8 @@ def _open(args):
         require_root(f"kbypass pingpong {args.role}")
     pin_cpu(args.cpu)
     return UdpEndpoint(iface, ip, args.port, netns=ns, dedicated=args.dedicated, poll=args.poll,
-                       backend=args.backend, xdp_mode=args.xdp_mode)
+                       backend=args.backend, xdp_mode=args.xdp_mode,
+                       native=None if args.lane is None else args.lane == "c")
 
 
 def run(args) -> int:
@@ -92,6 +95,8 @@ def run(args) -> int:
     with Stopper() as stopper, _open(args) as ep:
         stop = lambda: stopper.stopped  # noqa: E731
         base = {"role": args.role, "backend": ep.backend, "poll": args.poll, "local": f"{ep.ip}:{ep.port}"}
+        if ep.backend == "afxdp":
+            base["lane"] = "c" if ep.native else "python"
         if args.role == "server":
             if not args.json:
                 print(f"kbypass pingpong server on {ep.ip}:{ep.port} ({ep.backend}, {args.poll} poll)", flush=True)
