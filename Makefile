@@ -5,10 +5,10 @@ KB := $(VENV)/bin/kbypass
 BPF_SRC := $(wildcard bpf/*.bpf.c)
 BPF_OBJ := $(patsubst bpf/%.bpf.c,src/kbypass/bpf/obj/%.bpf.o,$(BPF_SRC))
 ARCH_INC := /usr/include/$(shell gcc -dumpmachine)
-# The endpoint's per-message ring path in C (kbypass._fastlane; the pure-Python lane is the fallback).
-PY_INC = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-PY_EXT = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
-FASTLANE = src/kbypass/_fastlane$(PY_EXT)
+# kbypass's C modules (csrc/*.c -> kbypass._<name>; kbypass.native imports them, Python paths are the fallback).
+PY_INC = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)
+PY_EXT = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null)
+NATIVE := $(patsubst csrc/%.c,src/kbypass/_%$(PY_EXT),$(wildcard csrc/*.c))
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup bpf native bench clean
@@ -24,9 +24,9 @@ setup:
 
 bpf: $(BPF_OBJ)
 
-native: $(FASTLANE)
+native: $(NATIVE)
 
-$(FASTLANE): csrc/fastlane.c
+src/kbypass/_%$(PY_EXT): csrc/%.c
 	gcc -O2 -g -Wall -Wextra -Werror -Wno-missing-field-initializers -Wno-cast-function-type -Wno-unused-parameter -shared -fPIC \
 	  -I$(PY_INC) $< -o $@
 
@@ -38,4 +38,4 @@ bench: setup
 	$(VENV)/bin/python bench/run.py
 
 clean:
-	rm -rf src/kbypass/bpf/obj build src/kbypass/_fastlane*.so
+	rm -rf src/kbypass/bpf/obj build src/kbypass/_fast*.so

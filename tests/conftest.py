@@ -60,3 +60,18 @@ def pytest_sessionfinish(session, exitstatus):
         if reporter:
             reporter.write_line(msg, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(params=["c", "numpy"])
+def batch_impl(request, monkeypatch):
+    """Run a test with the Port API's per-batch bookkeeping in C (kbypass._fastbatch) and again with
+    its numpy fallback: the two must agree, errors included."""
+    from kbypass.port import batch
+    from kbypass.xsk import umem
+
+    if request.param == "c":
+        assert umem._fast is not None, "kbypass._fastbatch is not built: `make setup` builds it"
+    else:
+        monkeypatch.setattr(umem, "_fast", None)
+        monkeypatch.setattr(batch, "_fast", None)
+    return request.param

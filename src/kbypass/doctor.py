@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib
 import os
 import shutil
 import socket
@@ -130,14 +129,15 @@ def check_bpf_objects() -> Check:
     return Check("BPF objects", True, True, ", ".join(REQUIRED_OBJECTS))
 
 
-def check_fast_lane() -> Check:
-    """The endpoint's per-message ring path in C: optional (a pure-Python lane does the same, slower)."""
-    try:
-        _fastlane = importlib.import_module("kbypass._fastlane")
-    except ImportError as e:
-        return Check("endpoint C lane", False, False, f"kbypass._fastlane not built ({e}); UdpEndpoint uses "
-                     "its Python lane (about 2x the per-message latency)", "make setup   (needs gcc, python3-dev)")
-    return Check("endpoint C lane", True, False, _fastlane.__file__.rsplit("/", 1)[-1])
+def check_native() -> Check:
+    """kbypass's C modules: optional (pure-Python paths do the same work, slower)."""
+    from kbypass import native
+
+    missing = native.missing()
+    if missing:
+        return Check("C modules", False, False, f"not built: {', '.join(missing)} (pure-Python paths used: "
+                     "about 3x the ping-pong latency, slower batch bookkeeping)", "make setup   (needs gcc, python3-dev)")
+    return Check("C modules", True, False, ", ".join(native.MODULES.values()))
 
 
 def check_native_xdp(prefix: str | None = None) -> Check:
@@ -178,7 +178,7 @@ CHECKS: list[Callable[[], Check]] = [
     check_clang,
     check_libbpf,
     check_bpf_objects,
-    check_fast_lane,
+    check_native,
     check_native_xdp,
     _tool("sockperf", "sockperf", "latency anchor for benchmarks"),
     _tool("tshark", "tshark", "independent dissector in tests"),

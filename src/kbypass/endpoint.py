@@ -52,10 +52,7 @@ from kbypass.proto import checksum as ck
 from kbypass.proto import udp as udpp
 from kbypass.proto.stack import ArpTimeout, Stack, UdpDatagram
 
-try:  # the per-message ring path in C (csrc/fastlane.c, built by `make setup`); _Lane is the fallback
-    from kbypass import _fastlane
-except ImportError:  # not built: the pure-Python lane does the same work, slower
-    _fastlane = None
+from kbypass.native import lane as _fastlane  # C per-message path; None: the Python _Lane does the work
 
 BACKENDS = ("afxdp", "socket")
 POLL_MODES = ("wakeup", "busy")

@@ -8,6 +8,9 @@ from scapy.layers.l2 import Ether
 from kbypass.errors import UsageError
 from kbypass.port.batch import DESC, IPV4_DST, IPV4_SRC, UDP_DPORT, UDP_PAYLOAD, UDP_SPORT, Batch
 
+# every test twice: per-batch bookkeeping in C (kbypass._fastbatch) and in numpy
+pytestmark = pytest.mark.usefixtures("batch_impl")
+
 FRAME = 2048
 HEADROOM = 256  # frames from the kernel start past the headroom, not at the chunk start
 
@@ -106,6 +109,18 @@ def test_short_frames_are_refused():
         b.swap_ips_and_ports()
     ok = b[b.lens >= 42]
     assert len(ok) == 2 and ok.u16be(UDP_DPORT).tolist() == [4321, 4321]
+    before = [b.tobytes(i) for i in range(3)]
+    with pytest.raises(UsageError):
+        b.swap_ips_and_ports()
+    assert [b.tobytes(i) for i in range(3)] == before  # all or nothing: no frame was touched
+
+
+def test_swaps_on_a_strided_slice_touch_only_its_frames():
+    b, frames = make_batch(6)
+    b[::2].swap_macs()
+    for i, f in enumerate(frames):
+        got = b.tobytes(i)
+        assert got == (f[6:12] + f[0:6] + f[12:] if i % 2 == 0 else f)
 
 
 def test_slicing_and_masks():

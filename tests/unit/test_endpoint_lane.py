@@ -5,8 +5,8 @@ every frame received, byte-identical frames sent, and the port's UMEM accounting
 from __future__ import annotations
 
 import socket
+from unittest import mock
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,85 +14,20 @@ from scapy.layers.inet import IP, UDP, TCP
 from scapy.layers.l2 import ARP, Ether
 
 from kbypass import endpoint as E
-from kbypass.port.afxdp import AfXdpPort
+from kbypass.port import afxdp as afxdp_mod
 from kbypass.xsk import consts
-from kbypass.xsk.ring import ConsumerRing, ProducerRing
-from kbypass.xsk.umem import Umem
-from tests.unit.test_xsk_ring import FakeKernel
+from tests.fakexsk import FakeXsk
 
 MAC, PEER_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
 IP_, PEER_IP, PORT = "10.9.0.2", "10.9.0.1", 4321
 RING = 16
 
 
-class FakeXsk:
-    """The socket calls a lane makes; the test moves the rings itself (a kick is a no-op here)."""
-
-    def __init__(self) -> None:
-        self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.a.setblocking(False)
-        self.fd = self.a.fileno()
-        self.b.setblocking(False)
-
-    def kick_tx(self) -> int:
-        return 0
-
-    def wake_rx(self) -> None:
-        pass
-
-    def statistics(self) -> dict:
-        return {}
-
-    def close(self) -> None:
-        self.a.close()
-        self.b.close()
-
-
-class FakePort(AfXdpPort):
-    """An AfXdpPort whose rings live in bytearrays; `deliver` and `complete` are the kernel's side."""
-
-    def __init__(self, frames: int = 64, poll: str = "wakeup") -> None:
-        self.ifname, self.queue, self.netns, self.poll_mode = "fake0", 0, None, poll
-        self.umem = Umem(frames=frames, frame_size=2048)
-        self.k = {name: FakeKernel(RING, consts.XDP_DESC if name in ("rx", "tx") else consts.UMEM_ADDR)
-                  for name in ("rx", "tx", "fill", "comp")}
-        ring = {name: (ConsumerRing if name in ("rx", "comp") else ProducerRing)(
-            self.k[name].buf, name=name, **self.k[name].kwargs()) for name in self.k}
-        self.xsk = FakeXsk()
-        self.mode = "copy"
-        self._tx_budget = RING
-        self._rx, self._tx, self._fill, self._comp = ring["rx"], ring["tx"], ring["fill"], ring["comp"]
-        self._shift = np.uint64(self.umem.shift)
-        self._rx_frames = RING
-        self._refill_batch = RING // 4
-        self._in_fill = self._in_tx = 0
-        self._counters = dict.fromkeys(("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_completed",
-                                        "tx_kicks", "rx_wakeups"), 0)
-        self._closed = False
-        self.refill(force=True)
-
-    def deliver(self, frame: bytes) -> None:
-        """The kernel receives one frame into a frame lent on the fill ring."""
-        (addr,) = self.k["fill"].consume(1)
-        addr = int(addr)
-        self.umem.array[addr:addr + len(frame)] = np.frombuffer(frame, dtype=np.uint8)
-        desc = np.zeros(1, dtype=consts.XDP_DESC)
-        desc["addr"], desc["len"] = addr, len(frame)
-        assert self.k["rx"].produce(desc) == 1
-
-    def complete(self, n: int = RING) -> list[bytes]:
-        """The kernel sends up to n frames off the TX ring; returns their bytes."""
-        out = []
-        for d in self.k["tx"].consume(n):
-            a, ln = int(d["addr"]), int(d["len"])
-            out.append(self.umem.array[a:a + ln].tobytes())
-            assert self.k["comp"].produce(np.array([a], dtype=np.uint64)) == 1
-        return out
-
-    def close(self) -> None:
-        self._rx = self._tx = self._fill = self._comp = None
-        self.xsk.close()
-        self.umem.close()
+def fake_port(poll: str = "wakeup"):
+    """A real AfXdpPort over FakeXsk rings; the test is the kernel (xsk.deliver, xsk.send_all)."""
+    with mock.patch.object(afxdp_mod, "XskSocket", FakeXsk):
+        return afxdp_mod.AfXdpPort("fake0", frames=256, fill_size=RING, rx_size=RING, tx_size=RING,
+                                   comp_size=RING, poll=poll)
 
 
 def _acceptor():
@@ -103,7 +38,7 @@ def _acceptor():
 
 
 def make_lane(native: bool, poll: str = "wakeup"):
-    port = FakePort(poll=poll)
+    port = fake_port(poll)
     ep = _acceptor()
     if native:
         return E._NativeLane(port, ep._accept, ip=ep._ipb, mac=ep._macb, udp_port=PORT, bcast=ep._bcast)
@@ -167,7 +102,7 @@ INVALID = {
 def receive_both(lanes, frame: bytes):
     out = []
     for lane in lanes:
-        lane.port.deliver(frame)
+        assert lane.port.xsk.deliver([frame]) == 1
         out.append(lane.recv_udp())
         assert lane.recv_udp() is None  # one frame in, one out
     return out
@@ -234,7 +169,7 @@ def test_sent_frames_are_byte_identical_and_checksums_right(lanes, size):
     for ident in (1, 0xFFFF):
         for lane in lanes:
             assert lane.send_udp(flow, payload, ident)
-        c_frame, py_frame = (lane.port.complete()[0] for lane in lanes)
+        c_frame, py_frame = (lane.port.xsk.send_all()[0] for lane in lanes)
         assert c_frame == py_frame
         sent.append(c_frame)
     for raw in sent:
@@ -256,8 +191,8 @@ def test_the_stash_refills_from_the_port_and_nothing_leaks():
             assert lane.send_udp(flow, b"m%d" % i, i)
             port.check(app=lane.stashed())
             if i % 10 == 9:
-                got += port.complete()
-        got += port.complete()
+                got += port.xsk.send_all()
+        got += port.xsk.send_all()
         assert [Ether(f)[UDP].load for f in got] == [b"m%d" % i for i in range(200)]
         port.check(app=lane.stashed())  # reaps the last completions
         assert port._counters["tx_packets"] == port._counters["tx_completed"] == 200
@@ -266,12 +201,12 @@ def test_the_stash_refills_from_the_port_and_nothing_leaks():
             assert lane.send_udp(flow, b"x", 0)
         assert not lane.send_udp(flow, b"y", 0)
         port.check(app=lane.stashed())
-        port.complete()
+        port.xsk.send_all()
         counts = port.check(app=lane.stashed())
         assert counts["tx"] == 0
         # whole frames from elsewhere (ARP answers) take the same path
         arp = bytes(Ether(dst=PEER_MAC, src=MAC) / ARP(op=2, psrc=IP_, pdst=PEER_IP))
-        assert lane.send(arp) and port.complete() == [arp]
+        assert lane.send(arp) and port.xsk.send_all() == [arp]
     finally:
         lane.release()
         port.check(app=0)  # the stash went back to the port
@@ -284,7 +219,7 @@ def test_the_c_lane_refuses_what_would_corrupt_the_umem():
     try:
         with pytest.raises(ValueError, match="frame of 2049 bytes"):
             lane.send(bytes(2049))
-        lent = int(port.k["fill"].slots[0])  # a frame the kernel holds for receiving
+        lent = int(port.xsk.fill.slots[0])  # a frame the kernel holds for receiving
         with pytest.raises(ValueError, match="not an application-held frame"):
             lane.c.give([lent])
         with pytest.raises(ValueError, match="42 header bytes"):
@@ -301,7 +236,7 @@ def _pending_wakeups(xsk, queued: int) -> int:
     left = 0
     while True:
         try:
-            xsk.a.recv(1)
+            xsk.sock.recv(1)
             left += 1
         except BlockingIOError:
             return queued - left
@@ -312,18 +247,18 @@ def test_a_busy_spin_makes_the_busy_poll_call_every_few_empty_looks(native):
     lane = make_lane(native, poll="busy")
     xsk = lane.port.xsk
     if not native:  # the Python lane goes through the port's socket object
-        xsk.wake_rx = lambda: xsk.a.recv(1)
+        xsk.wake_rx = lambda: xsk.sock.recv(1)
     try:
         for _ in range(100):
-            xsk.b.send(b"")
+            xsk.peer.send(b"")
         for _ in range(3 * lane.BUSY_POLL_EVERY):
             lane.wake()
         assert _pending_wakeups(xsk, 100) == 3
         # the fill ring asking for a wakeup gets one on every look
-        flags = lane.port.k["fill"].lay["flags_off"]
-        lane.port.k["fill"].buf[flags] = consts.XDP_RING_NEED_WAKEUP
+        flags = xsk._fl["flags_off"]
+        xsk._fb[flags] = consts.XDP_RING_NEED_WAKEUP
         for _ in range(100):
-            xsk.b.send(b"")
+            xsk.peer.send(b"")
         for _ in range(5):
             lane.wake()
         assert _pending_wakeups(xsk, 100) == 5

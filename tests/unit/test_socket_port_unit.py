@@ -17,6 +17,9 @@ from kbypass.port.socket_port import SocketPort
 from kbypass.xsk.umem import OwnershipError
 from tests.kb import collect_batches
 
+# every test twice: per-batch bookkeeping in C (kbypass._fastbatch) and in numpy
+pytestmark = pytest.mark.usefixtures("batch_impl")
+
 LO = "127.0.0.1"
 
 

@@ -6,6 +6,9 @@ import pytest
 from kbypass.errors import UsageError
 from kbypass.xsk.umem import APP, FILL, FREE, TX, OwnershipError, Umem
 
+# every test twice: per-batch bookkeeping in C (kbypass._fastbatch) and in numpy
+pytestmark = pytest.mark.usefixtures("batch_impl")
+
 
 @pytest.fixture
 def umem():
@@ -82,6 +85,34 @@ def test_corrupted_free_list_is_detected(umem):
         umem.check()
 
 
+def test_hand_over_for_transmit_is_all_or_nothing(umem):
+    from kbypass.port.batch import DESC
+
+    a = umem.take_free(6, APP)
+    descs = np.zeros(6, dtype=DESC)
+    descs["addr"], descs["len"] = a + np.uint64(256), 60
+
+    def refused(d, error, match, app=6):
+        with pytest.raises(error, match=match):
+            umem.hand_over(d["addr"], APP, TX, "transmit", descs=d)
+        assert umem.check(app=app, tx=0)  # nothing moved
+
+    crossing = descs.copy()
+    crossing["len"][4] = 1793
+    refused(crossing, UsageError, "crosses its 2048-byte frame")
+    empty = descs.copy()
+    empty["len"][5] = 0
+    refused(empty, UsageError, "length 0")
+    twice = descs.copy()
+    twice["addr"][5] = twice["addr"][1] + np.uint64(8)  # same frame, other offset
+    refused(twice, OwnershipError, "twice in one batch")
+    umem.state[a[3] >> 11] = FILL  # as if the kernel held it
+    refused(descs, OwnershipError, "is 'fill', not 'app'", app=5)
+    umem.state[a[3] >> 11] = APP
+    assert umem.hand_over(descs["addr"], APP, TX, "transmit", descs=descs) == 6 * 60  # bytes, for stats
+    assert (umem.state[a >> np.uint64(11)] == TX).all() and umem.check(app=0, tx=6)
+
+
 def test_validate_descs(umem):
     ok = np.array([0, 2048 + 256, 63 * 2048], dtype=np.uint64)
     umem.validate_descs(ok, np.array([2048, 1792, 60]))
@@ -107,80 +138,8 @@ def test_close_with_live_view_is_safe():
 # ---- the port's frame accounting against a fake kernel (no socket, no root) ------------------------------
 
 from kbypass.port import afxdp as afxdp_mod  # noqa: E402
-from kbypass.xsk import consts  # noqa: E402
-from kbypass.xsk.ring import ConsumerRing, ProducerRing, ring_layout  # noqa: E402
+from tests.fakexsk import FakeXsk  # noqa: E402
 
-
-class FakeXsk:
-    """Stands in for XskSocket: four rings in bytearrays; the test drives the kernel side by hand."""
-
-    def __init__(self, umem, ifname, queue=0, *, rx_size, tx_size, fill_size, comp_size, **_):
-        self.umem, self.mode, self.fd = umem, "copy", -1
-        self.kicks = 0
-
-        def ring(cls, size, dtype, name):
-            lay = ring_layout(size, dtype)
-            buf = bytearray(lay.pop("bytes"))
-            return cls(buf, name=name, **lay), ring_layout(size, dtype), buf
-
-        self.rx, self._rxl, self._rxb = ring(ConsumerRing, rx_size, consts.XDP_DESC, "RX")
-        self.tx, self._txl, self._txb = ring(ProducerRing, tx_size, consts.XDP_DESC, "TX")
-        self.fill, self._fl, self._fb = ring(ProducerRing, fill_size, consts.UMEM_ADDR, "fill")
-        self.comp, self._cl, self._cb = ring(ConsumerRing, comp_size, consts.UMEM_ADDR, "completion")
-        # the kernel's own view of the same memory
-        self.k_rx = ProducerRing(self._rxb, **{k: v for k, v in self._rxl.items() if k != "bytes"})
-        self.k_tx = ConsumerRing(self._txb, **{k: v for k, v in self._txl.items() if k != "bytes"})
-        self.k_fill = ConsumerRing(self._fb, **{k: v for k, v in self._fl.items() if k != "bytes"})
-        self.k_comp = ProducerRing(self._cb, **{k: v for k, v in self._cl.items() if k != "bytes"})
-
-    # kernel side
-    def deliver(self, frames: list[bytes]) -> int:
-        """Receive frames from the wire: take fill addresses, copy data past the headroom, post to RX."""
-        idx, n = self.k_fill.peek(len(frames))
-        addrs = self.k_fill.read_slots(idx, n)
-        self.k_fill.release(n)
-        ridx, m = self.k_rx.reserve(n)
-        assert m == n
-        descs = np.zeros(n, dtype=consts.XDP_DESC)
-        for i in range(n):
-            a = int(addrs[i]) + self.umem.headroom + consts.XDP_PACKET_HEADROOM
-            self.umem.array[a : a + len(frames[i])] = np.frombuffer(frames[i], dtype=np.uint8)
-            descs[i] = (a, len(frames[i]), 0)
-        self.k_rx.write_slots(ridx, descs)
-        self.k_rx.submit(n)
-        return n
-
-    def send_all(self) -> list[bytes]:
-        """Transmit everything on the TX ring and post completions."""
-        idx, n = self.k_tx.peek(1 << 20)
-        descs = self.k_tx.read_slots(idx, n)
-        self.k_tx.release(n)
-        out = [self.umem.array[int(d["addr"]) : int(d["addr"]) + int(d["len"])].tobytes() for d in descs]
-        cidx, m = self.k_comp.reserve(n)
-        assert m == n
-        self.k_comp.write_slots(cidx, descs["addr"].copy())
-        self.k_comp.submit(n)
-        return out
-
-    # XskSocket API used by the port
-    def statistics(self):
-        return dict.fromkeys(consts.XDP_STATISTICS_FIELDS, 0)
-
-    def kick_tx(self):
-        self.kicks += 1
-        return 0
-
-    def set_tx_budget(self, frames):
-        return 32  # as a kernel without XDP_MAX_TX_SKB_BUDGET
-
-    def wake_rx(self):
-        pass
-
-    def poll(self, timeout):
-        return self.rx.available() > 0
-
-    def close(self):
-        pass
 
 
 @pytest.fixture

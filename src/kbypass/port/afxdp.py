@@ -102,10 +102,10 @@ class AfXdpPort(UmemPort):
         descs = rx.read_slots(idx, n)
         rx.release(n)
         # The kernel only writes frames we lent it, so no ownership check is needed on this hot path.
-        self.umem.state[descs["addr"] >> self._shift] = APP
+        nbytes = self.umem.mark_received(descs, APP)
         self._in_fill -= n
         self._counters["rx_packets"] += n
-        self._counters["rx_bytes"] += int(descs["len"].sum())
+        self._counters["rx_bytes"] += nbytes
         self.refill()
         return Batch(descs, self.umem.array, self)
 
@@ -141,19 +141,21 @@ class AfXdpPort(UmemPort):
             return 0
         self._own(batch, "transmit")
         descs = batch.descs
-        self.umem.validate_descs(descs["addr"], descs["len"])
-        frames = self.umem.expect(descs["addr"], APP, "transmit")  # yours, each once
+        # valid descriptors of frames that are yours, each once; all now TX (the refused tail goes back)
+        nbytes = self.umem.hand_over(descs["addr"], APP, TX, "transmit", descs=descs)
         self.reap()
         idx, k = self._tx.reserve(n)
+        if k < n:
+            self.umem.state[descs["addr"][k:] >> self._shift] = APP
+            nbytes -= int(descs["len"][k:].sum())
         if k:
             out = descs[:k].copy()
             out["options"] = 0
             self._tx.write_slots(idx, out)
-            self.umem.state[frames[:k]] = TX
             self._tx.submit(k)
             self._in_tx += k
             self._counters["tx_packets"] += k
-            self._counters["tx_bytes"] += int(out["len"].sum())
+            self._counters["tx_bytes"] += nbytes
         self.flush()
         return k
 

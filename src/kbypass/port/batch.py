@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from kbypass.errors import UsageError
+from kbypass.native import batch as _fast  # C swaps; None: the numpy gathers below
 
 DESC = np.dtype([("addr", "<u8"), ("len", "<u4"), ("options", "<u4")])
 
@@ -133,10 +134,17 @@ class Batch:
         rows = np.ascontiguousarray(np.broadcast_to(values, (len(self), width)))
         self._runs(width)[self._at(offset, width=width)] = rows.view(np.dtype(f"V{width}")).reshape(-1)
 
-    def _swap(self, offset: int, width: int) -> None:
-        """Swap the `width` bytes at `offset` with the `width` bytes after them, in every frame."""
+    def _swap(self, offset: int, width: int, need: int = 0) -> None:
+        """Swap the `width` bytes at `offset` with the `width` bytes after them, in every frame (which must
+        hold `need` bytes, at least the two fields)."""
+        need = max(need, offset + 2 * width)
+        if _fast is not None and self.descs.dtype == DESC:
+            if _fast.swap(self.mem, self.descs, offset, width, need) < 0:
+                return
+            # a frame is too short and nothing was swapped: the check below raises the precise error
+        self._check(0, need)
         runs = self._runs(width)
-        first = self._at(offset, width=2 * width)
+        first = self._at(offset, check=False)
         second = first + width
         a = runs[first]
         runs[first] = runs[second]
@@ -193,6 +201,5 @@ class Batch:
         Assumes untagged Ethernet, IPv4 with a 20-byte header (IHL 5). Checksums stay valid: the IPv4 and
         UDP/TCP checksums are one's-complement sums, which do not change when summed words swap places.
         """
-        self._check(IPV4_SRC, 12)  # both swaps' bytes, before either writes: all or nothing
-        self._swap(IPV4_SRC, 4)
+        self._swap(IPV4_SRC, 4, need=UDP_SPORT + 4)  # both swaps' bytes checked first: all or nothing
         self._swap(UDP_SPORT, 2)
