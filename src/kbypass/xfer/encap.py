@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 
 from kbypass.errors import UsageError
 from kbypass.proto.transport import wire
@@ -25,6 +26,12 @@ ETHERTYPE = 0x88B5  # IEEE 802 local experimental EtherType 1
 ETH_HLEN = 14
 UDP_HLEN = 42  # Ethernet + IPv4 (no options) + UDP
 _MOD = 0xFFFF
+# what changes per UDP frame, bytes 16..41: IP total length, ident, [flags..protocol from the template],
+# IP checksum, [addresses and ports from the template], UDP length, UDP checksum 0
+_UDP_VARIABLE = struct.Struct("!HH4sH12sH2x")
+# what parse checks in a received UDP frame, bytes 0..39, in one unpack: source MAC, EtherType, IP
+# version/IHL, total length, flags and fragment offset (two bytes), protocol, addresses, ports, UDP length
+_UDP_PARSE = struct.Struct("!6x6sHBxH2xBBxB2x4s4sHHH")
 
 
 def mac_bytes(mac: str | bytes) -> bytes:
@@ -84,6 +91,8 @@ class UdpEncap:
         h[26:30], h[30:34] = self.ip, dst
         h[34:36], h[36:38] = self.port.to_bytes(2, "big"), port.to_bytes(2, "big")
         self._tmpl = bytes(h)
+        self._eth_ip = self._tmpl[0:16]  # Ethernet header and the IP version/TOS: the same in every frame
+        self._ip_fixed1, self._ip_fixed2 = self._tmpl[20:24], self._tmpl[26:38]
         # IPv4 checksum: the fixed words summed once; total length and ident are added per frame
         self._ip_partial = int.from_bytes(h[14:34], "big") % _MOD
 
@@ -93,10 +102,8 @@ class UdpEncap:
         total = n + 28
         self._ident = ident = (self._ident + 1) & 0xFFFF
         r = (self._ip_partial + total + ident) % _MOD
-        t = self._tmpl
-        return b"".join((t[0:16], total.to_bytes(2, "big"), ident.to_bytes(2, "big"), t[20:24],
-                         (_MOD - r if r else 0).to_bytes(2, "big"), t[26:38], (n + 8).to_bytes(2, "big"),
-                         b"\0\0", datagram))
+        variable = _UDP_VARIABLE.pack(total, ident, self._ip_fixed1, _MOD - r if r else 0, self._ip_fixed2, n + 8)
+        return b"".join((self._eth_ip, variable, datagram))
 
     def parse(self, f: bytes):
         """(datagram, (src_ip, src_port, src_mac)) for a UDP frame to our port, else a drop reason.
@@ -104,26 +111,26 @@ class UdpEncap:
         Frames from the socket backend are synthetic (zero MACs, destination maybe 0.0.0.0): the MAC
         is not checked, the destination IP only when it is set."""
         n = len(f)
-        if n < UDP_HLEN or f[12:14] != b"\x08\x00":
+        if n < UDP_HLEN:
             return "not_udp"
-        if f[14] != 0x45 or f[23] != 17 or f[20] & 0x3F or f[21]:
+        src_mac, ethertype, ver_ihl, total, frag_hi, frag_lo, proto, src, dst, sport, dport, ulen = \
+            _UDP_PARSE.unpack_from(f)
+        if ethertype != 0x0800:
+            return "not_udp"
+        if ver_ihl != 0x45 or proto != 17 or frag_hi & 0x3F or frag_lo:
             return "not_udp"  # options, fragments or another protocol: not something we send
-        if (f[36] << 8 | f[37]) != self.port:
+        if dport != self.port:
             return "wrong_port"
-        dst = f[30:34]
         if dst != self.ip and dst != b"\0\0\0\0":
             return "wrong_address"
-        total = f[16] << 8 | f[17]
-        ulen = f[38] << 8 | f[39]
         if total + 14 > n or ulen != total - 20 or ulen < 8:
             return "bad_length"
-        src = f[26:30]
         name = self._names.get(src)
         if name is None:
             if len(self._names) > 1024:  # a flood of spoofed sources must not grow it without bound
                 self._names.clear()
             name = self._names[src] = socket.inet_ntoa(src)
-        return f[42:14 + total], (name, f[34] << 8 | f[35], f[6:12])
+        return f[42:14 + total], (name, sport, src_mac)
 
 
 class EthEncap:

@@ -8,11 +8,12 @@
 
 Theory of operation. One loop, `pump(timeout)`, moves everything: it takes a batch of frames from the port
 (up to `rx_batch`), copies each transport datagram out and gives the frames back at once (the UMEM never
-waits for the application), feeds the datagrams to the Connection (or the Listener, for a server), runs
-the due timers, and puts whatever the connection wants to send into one batch of frames for one
-`transmit` (the batch path: one ring operation and one kick for many datagrams; the connection also
-acknowledges a whole batch of arrivals with one ACK). When nothing moved it sleeps in `port.wait` until
-a frame may be there or the next timer (retransmission, keepalive, a delayed simulated fault) is due.
+waits for the application), feeds the datagrams to the Connection (or the Listener, for a server) in one
+`receive_datagrams` call, runs the due timers, and puts whatever the connection wants to send into one
+batch of frames for one `transmit` (the batch path: one ring operation and one kick for many datagrams;
+the connection also acknowledges a whole batch of arrivals with one ACK). When nothing moved it sleeps in
+`port.wait` until a frame may be there or the next timer (retransmission, keepalive, a delayed simulated
+fault) is due.
 Time is `time.monotonic()`, passed into the protocol; nothing in the protocol reads a clock.
 
 One peer per endpoint. A client knows its peer; a server takes the source of the first SYN (its MAC,
@@ -222,6 +223,7 @@ class TransportEndpoint:
             mv.release()
             self.port.free(batch)
         parse = self.encap.parse
+        datagrams = []
         for f in frames:
             r = parse(f)
             if type(r) is str:
@@ -236,10 +238,13 @@ class TransportEndpoint:
             elif not self._from_peer(src):
                 self.drops["other_peer"] += 1
                 continue
-            if self._rx_link is not None:
-                self._rx_link.send(data, self._t(now))
-            else:
-                self._deliver(data, now)
+            datagrams.append(data)
+        if self._rx_link is not None:
+            t = self._t(now)
+            for data in datagrams:
+                self._rx_link.send(data, t)
+        elif datagrams:
+            self._deliver_all(datagrams, now)
         return n
 
     def _from_peer(self, src) -> bool:
@@ -259,16 +264,18 @@ class TransportEndpoint:
             else:
                 self.encap.set_peer(src[0])
 
-    def _deliver(self, data: bytes, now: float) -> None:
-        self.counters["rx_datagrams"] += 1
+    def _deliver_all(self, datagrams: list, now: float) -> None:
+        """Give a batch of datagrams to the connection (or listener) in one call: it decodes and handles
+        them in a loop of its own, and one ACK at the next datagrams_to_send answers them all."""
+        self.counters["rx_datagrams"] += len(datagrams)
         if self._listener is not None:
-            self._listener.receive_datagram(data, now)
+            self._listener.receive_datagrams(datagrams, now)
             if self.conn is None:
                 self.conn = self._listener.accept()
         elif self.conn is not None:
-            self.conn.receive_datagram(data, now)
+            self.conn.receive_datagrams(datagrams, now)
         else:
-            self.drops["not_listening"] += 1  # before connect()/accept(): nobody to give it to
+            self.drops["not_listening"] += len(datagrams)  # before connect()/accept(): nobody to give it to
 
     def _send_out(self, datagrams: list[bytes], now: float) -> None:
         if self._tx_link is not None:
@@ -359,9 +366,8 @@ class TransportEndpoint:
             raise UsageError("the endpoint is closed: open a new one")
         now = self.clock()
         moved = self._take_frames(now)
-        if self._rx_link is not None:
-            for d in self._rx_link.deliver(self._t(now)):
-                self._deliver(d, now)
+        if self._rx_link is not None and (late := self._rx_link.deliver(self._t(now))):
+            self._deliver_all(late, now)
         m = self._machine()
         if m is not None:
             t = m.next_timer()

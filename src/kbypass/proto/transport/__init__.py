@@ -1,7 +1,8 @@
 """Reliable transport over datagrams ("TCP bypass"), sans-IO.
 
     conn = Connection(Role.CLIENT, ConnConfig(), now); conn.connect(now)
-    loop: wire.send(conn.datagrams_to_send(now)); conn.receive_datagram(d, now); conn.handle_timer(now)
+    loop: wire.send(conn.datagrams_to_send(now)); conn.receive_datagrams(batch, now) (or receive_datagram(d,
+          now) one at a time: the same result); conn.handle_timer(now)
           (sleep until conn.next_timer()); ev = conn.next_event()
 
 Modules: wire (codec), events, states (transition table), rtt (RFC 6298), congestion (loss-rate-tolerant Reno),

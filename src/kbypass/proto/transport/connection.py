@@ -56,6 +56,13 @@ from .sendbuf import SendBuffer
 from .states import CAN_SEND, CLEAN_END, PEER_OPEN, SYNCHRONIZED, Input, State, next_state
 
 
+class _Chunks(list):
+    """Stream data delivered in order and not yet taken by next_event(): the pieces, joined once when the
+    application takes them (appending each to a bytearray copied it again at every reallocation)."""
+
+    __slots__ = ()
+
+
 class Role(enum.Enum):
     CLIENT = "client"
     SERVER = "server"
@@ -109,7 +116,7 @@ class Connection:
         self.cc = LossTolerantReno(self.mss, cfg.initial_window, max_window=cfg.window_limit)
         self.sbuf = SendBuffer(cfg.send_buffer)
         self.rbuf = ReceiveBuffer(cfg.recv_buffer, cfg.message_mode)
-        self._events: deque = deque()  # Event objects, or a bytearray of coalesced stream data
+        self._events: deque = deque()  # Event objects, or _Chunks of coalesced stream data
         self._created = now
         self._last_recv = now
         self._last_send = now
@@ -234,8 +241,8 @@ class Connection:
         if not self._events:
             return None
         ev = self._events.popleft()
-        if isinstance(ev, bytearray):
-            ev = DataReceived(bytes(ev))
+        if type(ev) is _Chunks:
+            ev = DataReceived(b"".join(ev))
         if isinstance(ev, (DataReceived, MessageReceived)):
             self.rbuf.consumed(len(ev.data))
             self._maybe_window_update()
@@ -246,7 +253,11 @@ class Connection:
         if not self._events:
             return None
         ev = self._events[0]
-        return DataReceived(bytes(ev)) if isinstance(ev, bytearray) else ev
+        if type(ev) is _Chunks:
+            data = b"".join(ev)
+            ev[:] = [data]  # joined once: next_event's join of one bytes object returns it, no copy
+            return DataReceived(data)
+        return ev
 
     def _maybe_window_update(self) -> None:
         # Tell the peer when the window grew enough to be worth a datagram (avoids silly-window chatter).
@@ -265,6 +276,19 @@ class Connection:
             return
         self.receive_packet(pkt, now)
 
+    def receive_datagrams(self, datagrams, now: float) -> None:
+        """Feed a batch of datagrams that arrived by `now`, in arrival order: exactly what calling
+        receive_datagram on each in turn does, with the per-call work paid once per batch. As before,
+        the whole batch is acknowledged by one ACK at the next datagrams_to_send."""
+        self._now = now
+        decode = wire.decode
+        on_packet = self._on_packet
+        for data in datagrams:
+            try:
+                on_packet(decode(data), now)
+            except RemoteProtocolError as e:
+                self.stats.drops[e.reason] += 1
+
     def receive_packet(self, pkt: wire.Packet, now: float) -> None:
         """Like receive_datagram, for a packet already decoded (the Listener decodes once to route)."""
         self._now = now
@@ -275,6 +299,19 @@ class Connection:
 
     def _on_packet(self, pkt: wire.Packet, now: float) -> None:
         st = self.state
+        flags = pkt.flags
+        if (st is State.ESTABLISHED and not flags & (wire.SYN | wire.RST) and pkt.dst_id == self.local_id
+                and pkt.src_id == self.peer_id):
+            # Nearly every datagram of a transfer: the general path below, minus the tests that cannot
+            # succeed for an established connection and a packet without SYN or RST.
+            self._accept_valid(pkt, now)
+            if flags & wire.ACK:
+                self._on_ack(pkt, now)
+            if pkt.payload or flags & wire.FIN:
+                self._on_data(pkt)
+            if flags & wire.PING:
+                self._ack_pending = True
+            return
         if st in (State.CLOSED, State.IDLE):
             raise RemoteProtocolError("not_connected")
         if st is State.LISTEN:
@@ -355,16 +392,19 @@ class Connection:
 
     def _on_ack(self, pkt: wire.Packet, now: float) -> None:
         sb = self.sbuf
-        if pkt.ack > sb.snd_nxt:
-            raise RemoteProtocolError("ack_beyond_sent", f"ack {pkt.ack} > sent {sb.snd_nxt}")
-        if pkt.ack < sb.snd_una and not pkt.payload:
+        ack = pkt.ack
+        if ack > sb.snd_nxt:
+            raise RemoteProtocolError("ack_beyond_sent", f"ack {ack} > sent {sb.snd_nxt}")
+        if ack < sb.snd_una and not pkt.payload:
             return  # an old reordered ACK: nothing it says is news
-        if pkt.ack + pkt.window > self._peer_right:
-            self._peer_right = pkt.ack + pkt.window
+        if ack + pkt.window > self._peer_right:
+            self._peer_right = ack + pkt.window
             self._persist_deadline = None  # re-armed by _send_segments if still blocked
             self._persist_backoff = 0
+        if ack == sb.snd_una and not pkt.sacks and not sb.inflight and sb.fin_seq is None:
+            return  # the usual ACK riding on the peer's data when we have nothing out: no news, no flight
         news = False
-        if pkt.ack > sb.snd_una:
+        if ack > sb.snd_una:
             if self._rto_undo is not None:
                 self._maybe_undo_rto(pkt, now)
             acked = sb.ack(pkt.ack)
@@ -383,7 +423,7 @@ class Connection:
             # one from a broken peer may go unused, which costs it a retransmission, nothing more)
             blocks = sorted(pkt.sacks)
             bi, nb = 0, len(blocks)
-            for seg in sb.inflight.values():
+            for seg in sb.inflight:
                 while bi < nb and blocks[bi][1] <= seg.seq:
                     bi += 1
                 if bi == nb:
@@ -417,13 +457,13 @@ class Connection:
             return
         self.stats.spurious_timeouts += 1
         self.cc.cwnd, self.cc.ssthresh = cwnd, ssthresh
-        for seg in self.sbuf.inflight.values():
+        for seg in self.sbuf.inflight:
             if seg.lost:
                 seg.lost = False
 
     def _detect_losses(self, now: float) -> None:
         sb = self.sbuf
-        segs = list(sb.inflight.values())
+        segs = list(sb.inflight)
         reo = (self.rtt.min_rtt or 0.0) / 4
         sacked_above = 0
         newly_lost = 0  # bytes
@@ -451,24 +491,28 @@ class Connection:
 
     def _on_data(self, pkt: wire.Packet) -> None:
         self._ack_pending = True  # duplicates too: our earlier ACK may have been lost
-        if self.state not in PEER_OPEN and not pkt.has(wire.FIN):
+        flags = pkt.flags
+        # (ESTABLISHED, the usual state, is in PEER_OPEN: tested first, it spares the set lookup)
+        if self.state is not State.ESTABLISHED and self.state not in PEER_OPEN and not flags & wire.FIN:
             if pkt.seq + pkt.seq_len <= self.rbuf.rcv_nxt:
                 self.stats.duplicates += 1
                 return
             raise RemoteProtocolError("data_after_fin")
-        out, fin_now, reason = self.rbuf.accept(pkt.seq, pkt.payload, pkt.has(wire.MSG_END), pkt.has(wire.FIN))
+        out, fin_now, reason = self.rbuf.accept(pkt.seq, pkt.payload, bool(flags & wire.MSG_END),
+                                                bool(flags & wire.FIN))
         if reason == "duplicate":
             self.stats.duplicates += 1
         elif reason is not None:
             self.stats.drops[reason] += 1
+        events = self._events
         for chunk in out:
             self.stats.bytes_delivered += len(chunk)
             if self.config.message_mode:
-                self._events.append(MessageReceived(chunk))
-            elif self._events and isinstance(self._events[-1], bytearray):
-                self._events[-1] += chunk
+                events.append(MessageReceived(chunk))
+            elif events and type(events[-1]) is _Chunks:
+                events[-1].append(chunk)  # stream data coalesces into one DataReceived
             else:
-                self._events.append(bytearray(chunk))
+                events.append(_Chunks((chunk,)))
         if fin_now:
             self._events.append(PeerClosed())
             self._go(Input.PEER_FIN)
@@ -484,26 +528,28 @@ class Connection:
     def _window_room(self) -> int:
         return self._peer_right - self.sbuf.snd_nxt
 
-    def _pipe(self) -> int:
-        return sum(len(s.data) or 1 for s in self.sbuf.inflight.values() if not s.sacked and not s.lost)
-
     def _packet(self, flags: int, now: float, seq: int = 0, payload: bytes = b"") -> bytes:
         ack = 0
-        sacks: tuple = ()
-        window = self.rbuf.window
-        if self.state not in (State.IDLE, State.SYN_SENT) or flags & wire.ACK:
+        sacks: tuple | list = ()
+        rbuf = self.rbuf
+        window = rbuf.window
+        max_size = self.config.max_datagram_size
+        st = self.state
+        if (st is not State.IDLE and st is not State.SYN_SENT) or flags & wire.ACK:
             flags |= wire.ACK
-            ack = self.rbuf.rcv_nxt
-            sacks = tuple(self.rbuf.sack_blocks(wire.MAX_SACK_BLOCKS))
-            self._adv_right = max(self._adv_right, ack + window)
-        if self.config.message_mode and flags & wire.SYN:
+            ack = rbuf.rcv_nxt
+            if rbuf.ooo and max_size - wire.OVERHEAD - len(payload) >= wire.SACK_SIZE:
+                # only when a block fits: a full-sized data segment has no room for one (encode drops them)
+                sacks = rbuf.sack_blocks(wire.MAX_SACK_BLOCKS)
+            if ack + window > self._adv_right:
+                self._adv_right = ack + window
+        if flags & wire.SYN and self.config.message_mode:
             flags |= wire.MSG_MODE
-        pkt = wire.Packet(flags, self.local_id, self.peer_id, seq, ack, window, self._ts(now),
-                          self._ts_recent, sacks, payload)
         self.stats.datagrams_sent += 1
         self._last_send = now
         self._ack_pending = False
-        return wire.encode(pkt, self.config.max_datagram_size)
+        return wire.encode_fields(flags, self.local_id, self.peer_id, seq, ack, window,
+                                  (int(now * 1e6) & _TS_MASK) or 1, self._ts_recent, sacks, payload, max_size)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Everything due to go on the wire now (handshake, data, retransmissions, ACKs, probes)."""
@@ -540,16 +586,34 @@ class Connection:
         self.stats.cwnd = self.cc.cwnd
         return out
 
-    def _emit(self, seg, now: float, out: list[bytes]) -> None:
-        flags = (wire.MSG_END if seg.msg_end else 0) | (wire.FIN if seg.fin else 0)
+    def _ack_fields(self, now: float) -> tuple[int, int, int, list]:
+        """(ack, window, tsval, sacks) for the segments of one datagrams_to_send call, which all carry the
+        same acknowledgement (nothing arrives in between): what _packet works out for each datagram, worked
+        out once. Only in synchronized states, where every datagram carries ACK."""
+        rbuf = self.rbuf
+        sacks = rbuf.sack_blocks(wire.MAX_SACK_BLOCKS) if rbuf.ooo else []
+        return rbuf.rcv_nxt, rbuf.window, (int(now * 1e6) & _TS_MASK) or 1, sacks
+
+    def _emit(self, seg, now: float, out: list[bytes], fields: tuple | None = None) -> None:
+        """Put `seg` on the wire; `fields` from _ack_fields(now), when the caller sends several."""
+        ack, window, tsval, sacks = fields or self._ack_fields(now)
+        flags = wire.ACK | (wire.MSG_END if seg.msg_end else 0) | (wire.FIN if seg.fin else 0)
         seg.sent_at = now
         seg.tx_count += 1
         seg.lost = False
-        self.stats.bytes_sent += len(seg.data)
-        out.append(self._packet(flags, now, seg.seq, seg.data))
+        stats = self.stats
+        stats.bytes_sent += len(seg.data)
+        stats.datagrams_sent += 1
+        self._last_send = now
+        self._ack_pending = False
+        if ack + window > self._adv_right:
+            self._adv_right = ack + window  # (only when a datagram tells the peer: see _maybe_window_update)
+        out.append(wire.encode_fields(flags, self.local_id, self.peer_id, seg.seq, ack, window, tsval,
+                                      self._ts_recent, sacks, seg.data, self.config.max_datagram_size))
         if self._rto_deadline is None:
             self._rto_deadline = now + self.rtt.rto
-        self._arm_pto(now)
+        if self._pto_deadline is None:  # (already armed for nearly every segment of a flight)
+            self._arm_pto(now)
 
     def _pto(self) -> float | None:
         """Tail loss probe timeout (RFC 8985 7.2): 2 SRTT. We acknowledge every batch of arrivals at once
@@ -577,7 +641,7 @@ class Connection:
         elif sb.fin_queued and not sb.unsent:
             seg = sb.cut_fin()
         else:
-            seg = next((s for s in reversed(sb.inflight.values()) if not s.sacked), None)
+            seg = next((s for s in reversed(sb.inflight) if not s.sacked), None)
             if seg is None:
                 return
             self.stats.retransmits += 1
@@ -586,34 +650,44 @@ class Connection:
 
     def _send_segments(self, now: float, out: list[bytes]) -> None:
         sb = self.sbuf
-        pipe = self._pipe()
         cwnd = self.cc.cwnd
+        fields = self._ack_fields(now)
+        # the pipe (RFC 6675: bytes in flight neither SACKed nor deemed lost; a FIN counts one), and whether
+        # anything waits for retransmission, in one pass over the flight
+        pipe = 0
+        any_lost = False
+        for seg in sb.inflight:
+            if seg.sacked:
+                continue
+            if seg.lost:
+                any_lost = True
+            else:
+                pipe += len(seg.data) or 1
         # 1. retransmit what is deemed lost, lowest first (may go up to the old snd_nxt whatever the window)
-        for seg in sb.inflight.values():
+        for seg in sb.inflight if any_lost else ():
             if pipe >= cwnd:
                 return
             if seg.lost:
                 self.stats.retransmits += 1
                 if self._retries == 0:  # no RTO since the last progress: SACK/dupack/RACK found it
                     self.stats.fast_retransmits += 1
-                self._emit(seg, now, out)
+                self._emit(seg, now, out, fields)
                 pipe += len(seg.data) or 1
         # 2. new data within cwnd and the peer's window
+        mss = self.mss
         while pipe < cwnd:
-            n = sb.next_length(self.mss)
+            n = sb.next_length(mss)
             if n == 0:
                 break
-            room = self._window_room()
-            if room < n:
+            if self._peer_right - sb.unsent_seq < n:  # _window_room()
                 if not sb.inflight and self._persist_deadline is None:
                     self._persist_deadline = now + self.rtt.rto
                 return
-            seg = sb.cut(n)
-            self._emit(seg, now, out)
+            self._emit(sb.cut(n), now, out, fields)
             pipe += n
         # 3. the FIN, once all data is cut (it needs no window: it occupies no buffer space)
         if sb.fin_queued and not sb.unsent and pipe < cwnd:
-            self._emit(sb.cut_fin(), now, out)
+            self._emit(sb.cut_fin(), now, out, fields)
 
     # ------------------------------------------------------------------ timers
     def next_timer(self) -> float | None:
@@ -690,7 +764,7 @@ class Connection:
             self._lose(f"{self._retries - 1} retransmission timeouts in a row")
             return
         flight = sb.inflight_bytes
-        for seg in sb.inflight.values():
+        for seg in sb.inflight:
             if not seg.sacked:
                 seg.lost = True
         if self._retries == 1:

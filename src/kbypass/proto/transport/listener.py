@@ -37,6 +37,26 @@ class Listener:
         except RemoteProtocolError as e:
             self.drops[e.reason] += 1
             return None
+        return self._route(pkt, now)
+
+    def receive_datagrams(self, datagrams, now: float) -> None:
+        """Route a batch of datagrams that arrived by `now`, in order: what receive_datagram does for each,
+        with the routing of the common datagram (no SYN, for a known connection) done inline."""
+        decode = wire.decode
+        connections = self.connections
+        for data in datagrams:
+            try:
+                pkt = decode(data)
+            except RemoteProtocolError as e:
+                self.drops[e.reason] += 1
+                continue
+            conn = None if pkt.flags & wire.SYN else connections.get(pkt.dst_id)
+            if conn is not None:
+                conn.receive_packet(pkt, now)
+            else:
+                self._route(pkt, now)
+
+    def _route(self, pkt: wire.Packet, now: float) -> Connection | None:
         if pkt.has(wire.SYN) and not pkt.has(wire.ACK) and pkt.dst_id == 0:
             conn = self._by_peer.get(pkt.src_id)
             if conn is None:

@@ -17,6 +17,10 @@ class ReceiveBuffer:
         self.rcv_nxt = 0
         self.unread = 0  # delivered to the event queue, not yet taken by the application
         self.ooo: dict[int, tuple[bytes, bool, bool]] = {}  # seq -> (data, msg_end, fin)
+        # the keys of `ooo`, ascending: the segments that a delivery made ready are a prefix of it, found
+        # by bisection. (Scanning the dict for them once per delivered segment made repairing a hole
+        # quadratic in the segments buffered behind it: a flight of them per loss.)
+        self._ooo_seqs: list[int] = []
         self.ooo_bytes = 0
         self.boundaries: set[int] = set()  # message end offsets not yet delivered
         self.partial = bytearray()  # message mode: the message being assembled
@@ -40,34 +44,49 @@ class ReceiveBuffer:
 
         Deliverables are stream chunks (stream mode) or whole messages (message mode), in order.
         `drop_reason` is set when the segment was refused (outside the window, beyond FIN)."""
+        if (seq == self.rcv_nxt and data and not fin and not self.ooo and self.fin_seq is None
+                and not self.message_mode and len(data) <= self.limit - self.unread - len(self.partial)):
+            # The bulk-transfer case: the next bytes of a stream, in order, inside the window, nothing
+            # buffered behind them. What the general path below would do, without its checks.
+            self.rcv_nxt += len(data)
+            self.unread += len(data)
+            return [data], False, None
         end = seq + len(data) + (1 if fin else 0)
         if end <= self.rcv_nxt:
             return [], False, "duplicate"
-        if end > self.right_edge + (1 if fin else 0):
+        window = self.window
+        if end > self.rcv_nxt + window + (1 if fin else 0):
             return [], False, "out_of_window"
         if self.fin_seq is not None and (end > self.fin_seq + 1 or (fin and seq != self.fin_seq)):
             return [], False, "beyond_fin"
         if fin:
             self.fin_seq = seq + len(data)
+        ooo = self.ooo
         if seq > self.rcv_nxt:
-            if seq not in self.ooo or len(self.ooo[seq][0]) < len(data):
-                old = self.ooo.get(seq)
-                if self.ooo_bytes + len(data) - (len(old[0]) if old else 0) > self.window:
+            old = ooo.get(seq)
+            if old is None or len(old[0]) < len(data):
+                grown = len(data) - (len(old[0]) if old else 0)
+                if self.ooo_bytes + grown > window:
                     return [], False, "buffer_full"  # only overlapping junk can get here; keeps the bound
-                self.ooo_bytes += len(data) - (len(old[0]) if old else 0)
-                self.ooo[seq] = (data, msg_end, fin)
+                self.ooo_bytes += grown
+                ooo[seq] = (data, msg_end, fin)
+                if old is None:
+                    bisect.insort(self._ooo_seqs, seq)
                 self._touch(seq, end)
                 return [], False, None
             return [], False, "duplicate"
         out: list[bytes] = []
         fin_now = self._deliver(seq, data, msg_end, fin, out)
-        while not fin_now and self.ooo:
-            # pull every buffered segment that now touches rcv_nxt
-            ready = [s for s in self.ooo if s <= self.rcv_nxt]
-            if not ready:
+        seqs = self._ooo_seqs
+        while not fin_now and seqs:
+            # pull every buffered segment that now touches rcv_nxt, lowest first
+            k = bisect.bisect_right(seqs, self.rcv_nxt)
+            if not k:
                 break
-            for s in sorted(ready):
-                d, m, f = self.ooo.pop(s)
+            ready = seqs[:k]
+            del seqs[:k]
+            for s in ready:
+                d, m, f = ooo.pop(s)
                 self.ooo_bytes -= len(d)
                 if s + len(d) + (1 if f else 0) > self.rcv_nxt:
                     fin_now = self._deliver(s, d, m, f, out) or fin_now
@@ -123,15 +142,24 @@ class ReceiveBuffer:
         batches, a lost ACK cost up to a batch of spurious retransmissions)."""
         if not self.ooo:
             return []
-        ranges: list[list[int]] = []
-        for s in sorted(self.ooo):
-            d, _, f = self.ooo[s]
-            e = s + len(d) + (1 if f else 0)
-            if ranges and s <= ranges[-1][1]:
-                ranges[-1][1] = max(ranges[-1][1], e)
+        ooo = self.ooo
+        starts: list[int] = []
+        ends: list[int] = []
+        start = end = -1
+        for s in self._ooo_seqs:  # ascending: merge touching and overlapping segments into ranges
+            d, _, f = ooo[s]
+            e = s + len(d) + f
+            if s <= end:
+                if e > end:
+                    end = e
             else:
-                ranges.append([s, e])
-        starts = [r[0] for r in ranges]
+                if end >= 0:
+                    starts.append(start)
+                    ends.append(end)
+                start, end = s, e
+        starts.append(start)
+        ends.append(end)
+        ranges = list(zip(starts, ends))
         picked: list[int] = []
         for seq in self.recent:
             i = bisect.bisect_right(starts, seq) - 1
@@ -142,4 +170,4 @@ class ReceiveBuffer:
         if len(picked) < max_blocks:
             chosen = set(picked)
             picked += [i for i in range(len(ranges)) if i not in chosen][: max_blocks - len(picked)]
-        return [(ranges[i][0], ranges[i][1]) for i in picked]
+        return [ranges[i] for i in picked]

@@ -6,7 +6,7 @@ Segments are cut once, when first sent, and retransmitted with the same boundari
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -32,7 +32,9 @@ class SendBuffer:
         self.unsent = bytearray()
         self.unsent_seq = 0  # stream offset of unsent[0] == snd_nxt for data
         self.boundaries: deque[int] = deque()  # message end offsets not yet cut into segments
-        self.inflight: OrderedDict[int, Segment] = OrderedDict()  # seq order: we only append at snd_nxt
+        # seq order (we only append at snd_nxt, and only ever drop from the left), so a deque: no lookup by
+        # seq is needed, and acknowledging a segment is a popleft
+        self.inflight: deque[Segment] = deque()
         self.inflight_bytes = 0
         self.snd_una = 0
         self.fin_queued = False
@@ -78,14 +80,16 @@ class SendBuffer:
     def cut(self, n: int) -> Segment:
         """Take the next `n` unsent bytes as a new in-flight segment."""
         seq = self.unsent_seq
-        data = bytes(self.unsent[:n])
-        del self.unsent[:n]
-        self.unsent_seq += n
-        msg_end = bool(self.boundaries) and self.boundaries[0] == self.unsent_seq
+        unsent = self.unsent
+        data = bytes(unsent[:n])
+        del unsent[:n]  # from the front of a bytearray: moves its start, copies nothing
+        self.unsent_seq = end = seq + n
+        boundaries = self.boundaries
+        msg_end = bool(boundaries) and boundaries[0] == end
         if msg_end:
-            self.boundaries.popleft()
-        seg = Segment(seq, data, msg_end=msg_end)
-        self.inflight[seq] = seg
+            boundaries.popleft()
+        seg = Segment(seq, data, msg_end)
+        self.inflight.append(seg)
         self.inflight_bytes += n
         return seg
 
@@ -93,7 +97,7 @@ class SendBuffer:
         seg = Segment(self.unsent_seq, b"", fin=True)
         self.unsent_seq += 1
         self.fin_queued = False
-        self.inflight[seg.seq] = seg
+        self.inflight.append(seg)
         return seg
 
     def ack(self, cum: int) -> int:
@@ -103,10 +107,13 @@ class SendBuffer:
         data_end = self.fin_seq if self.fin_seq is not None else cum
         acked = min(cum, data_end) - min(self.snd_una, data_end)
         self.snd_una = cum
-        while self.inflight:
-            seq, seg = next(iter(self.inflight.items()))
-            if seg.end > cum:
+        inflight = self.inflight
+        freed = 0
+        while inflight:
+            seg = inflight[0]
+            if seg.seq + len(seg.data) + seg.fin > cum:  # seg.end, without a property call per segment
                 break
-            del self.inflight[seq]
-            self.inflight_bytes -= len(seg.data)
+            inflight.popleft()
+            freed += len(seg.data)
+        self.inflight_bytes -= freed
         return max(0, acked)

@@ -1,0 +1,285 @@
+"""The batch paths of the transport: receive_datagrams (Connection, Listener) does exactly what feeding the
+same datagrams one at a time does, byte for byte on the wire, under loss, reordering, duplication and
+corruption; the reassembly and codec fast paths agree with their general paths; an xfer endpoint delivers
+a batch of frames in one call."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+
+import pytest
+
+from kbypass.faults import FaultyLink
+from kbypass.proto.transport import ConnConfig, Connection, Listener, Role, wire
+from kbypass.proto.transport.recvbuf import ReceiveBuffer
+from kbypass.proto.transport.sendbuf import SendBuffer
+from kbypass.proto.transport.sim import PairSim
+
+CFG = ConnConfig(max_datagram_size=1000, send_buffer=32 * 1024, recv_buffer=24 * 1024, min_rto=0.05,
+                 initial_rto=0.3, max_rto=3.0, max_retransmits=30, idle_timeout=60.0,
+                 keepalive_interval=2.0, time_wait=15.0)
+MSG_CFG = ConnConfig(message_mode=True, max_datagram_size=600, send_buffer=32 * 1024, recv_buffer=32 * 1024,
+                     max_message_size=8 * 1024, min_rto=0.05, initial_rto=0.2, max_rto=2.0, idle_timeout=5.0,
+                     keepalive_interval=1.0, time_wait=4.0)
+
+
+class LoggedLink(FaultyLink):
+    """A FaultyLink that records every datagram offered to it, with its time."""
+
+    def __init__(self, seed, log, **kw):
+        super().__init__(seed, **kw)
+        self.log = log
+
+    def send(self, datagram, now):
+        self.log.append((now, bytes(datagram)))
+        return super().send(datagram, now)
+
+
+def hostile_pair(seed, log, loss=0.15):
+    kw = dict(loss=loss, reorder=0.1, reorder_delay=0.03, duplicate=0.05, corrupt=0.01, delay=0.01, jitter=0.002)
+    return LoggedLink(seed, log, **kw), LoggedLink(seed + 10_000, log, **kw)
+
+
+def one_at_a_time(sim):
+    """Make `sim` feed every datagram through receive_datagram, one call each (the reference)."""
+    def singly(machine):
+        def receive_datagrams(datagrams, now):
+            for d in datagrams:
+                machine.receive_datagram(d, now)
+        return receive_datagrams
+
+    for machine in (sim.listener, sim.client.conn):
+        machine.receive_datagrams = singly(machine)
+
+
+def run(seed, batched, cfg=CFG, messages=False):
+    log = []
+    sim = PairSim(*hostile_pair(seed, log), cfg, seed=seed)
+    if not batched:
+        one_at_a_time(sim)
+    rng = random.Random(seed)
+    if messages:
+        sim.client.messages = [rng.randbytes(rng.randrange(1, 3000)) for _ in range(40)]
+    else:
+        sim.client.stream = rng.randbytes(50_000)
+        sim.server.stream = rng.randbytes(20_000)  # both ways: data and ACKs share datagrams
+    sim.start()
+    assert sim.run(lambda s: s.both_finished(), max_time=3000), "deadlock: simulated time ran out"
+    return sim, log
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_batch_is_handled_exactly_as_the_same_datagrams_one_by_one(seed):
+    ref, ref_log = run(seed, batched=False)
+    got, got_log = run(seed, batched=True)
+    assert bytes(got.server.received) == got.client.stream  # the exact stream, both ways
+    assert bytes(got.client.received) == got.server.stream
+    assert got.client.closed and got.server.closed
+    assert got.client.conn.stats.retransmits > 0  # the faults bit
+    assert got.listener.drops["bad_crc"] + got.client.conn.stats.drops["bad_crc"] > 0
+    # same decisions at the same times: the same datagrams on the wire, the same counters
+    assert len(got_log) == len(ref_log)
+    assert hashlib.sha256(repr(got_log).encode()).digest() == hashlib.sha256(repr(ref_log).encode()).digest()
+    for a, b in ((got.client.conn, ref.client.conn), (got.server.conn, ref.server.conn)):
+        assert a.stats == b.stats
+    assert got.listener.drops == ref.listener.drops
+
+
+def test_message_mode_batches_keep_message_boundaries():
+    ref, ref_log = run(5, batched=False, cfg=MSG_CFG, messages=True)
+    got, got_log = run(5, batched=True, cfg=MSG_CFG, messages=True)
+    assert got.server.received_messages == got.client.messages
+    assert got_log == ref_log
+
+
+def test_listener_batch_routes_handshake_data_and_garbage_like_single_calls():
+    """SYN, data for a known connection, garbage, a datagram for an unknown connection: one batch."""
+    def world(batched):
+        rng = random.Random(3)
+        client = Connection(Role.CLIENT, CFG, 0.0, rng=rng)
+        listener = Listener(CFG, rng=rng)
+        client.connect(0.0)
+        feed = (listener.receive_datagrams if batched
+                else lambda ds, now: [listener.receive_datagram(d, now) for d in ds])
+        syn = client.datagrams_to_send(0.0)
+        feed(syn + [b"junk" * 20] + syn, 0.001)  # the SYN twice: answered, not a second connection
+        client.receive_datagrams(listener.datagrams_to_send(0.001), 0.002)
+        client.send(bytes(range(256)) * 20, 0.002)
+        data = client.datagrams_to_send(0.002)
+        stray = wire.encode(wire.Packet(wire.ACK, 77, 12345))
+        feed([data[0], stray] + data[1:] + [b""], 0.003)
+        server = listener.accept()
+        got = bytearray()
+        while (ev := server.next_event()) is not None:
+            got += getattr(ev, "data", b"")
+        return bytes(got), listener.drops, server.stats, listener.datagrams_to_send(0.003)
+
+    ref, got = world(False), world(True)
+    assert len(got[0]) >= 2 * CFG.mss and got[0] == (bytes(range(256)) * 20)[: len(got[0])]  # the first flight
+    assert got[1] == ref[1] and got[1]["unknown_connection"] == 1 and got[1]["too_short"] == 1
+    assert got[1]["bad_crc"] == 1
+    assert got[2] == ref[2] and got[3] == ref[3]
+    assert len(got[3]) == 1  # the whole batch answered by one ACK
+
+
+def test_stream_data_coalesces_into_one_event_across_a_peek():
+    rng = random.Random(4)
+    client = Connection(Role.CLIENT, CFG, 0.0, rng=rng)
+    listener = Listener(CFG, rng=rng)
+    client.connect(0.0)
+    listener.receive_datagrams(client.datagrams_to_send(0.0), 0.001)
+    client.receive_datagrams(listener.datagrams_to_send(0.001), 0.002)
+    server = listener.accept()
+    data = rng.randbytes(3 * CFG.mss)
+    client.send(data, 0.002)
+    first = client.datagrams_to_send(0.002)
+    assert len(first) == 3
+    listener.receive_datagrams(first[:2], 0.003)
+    assert server.next_event() is not None  # Connected
+    window = server.rbuf.window
+    peeked = server.peek_event()
+    assert peeked.data == data[: 2 * CFG.mss] and server.rbuf.window == window  # a peek opens nothing
+    listener.receive_datagrams(first[2:], 0.004)  # arrives behind the peeked data: the same event grows
+    ev = server.next_event()
+    assert ev.data == data and server.next_event() is None
+    assert server.rbuf.window == window + 2 * CFG.mss  # taking it opened the window by all of it
+
+
+def test_receive_datagrams_of_an_empty_batch_does_nothing():
+    c = Connection(Role.CLIENT, CFG, 0.0)
+    c.connect(0.0)
+    c.receive_datagrams([], 1.0)
+    assert c.stats.datagrams_received == 0 and not c.stats.drops
+
+
+# ---------------------------------------------------------------------------- reassembly
+def reference_ranges(received: set[int], rcv_nxt: int) -> list[tuple[int, int]]:
+    """Maximal runs of received byte offsets above rcv_nxt, ascending (the naive way)."""
+    out: list[tuple[int, int]] = []
+    for b in sorted(x for x in received if x >= rcv_nxt):
+        if out and out[-1][1] == b:
+            out[-1] = (out[-1][0], b + 1)
+        else:
+            out.append((b, b + 1))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_reassembly_of_shuffled_overlapping_duplicated_segments_is_exact(seed):
+    rng = random.Random(seed)
+    stream = rng.randbytes(6000)
+    segs = []
+    pos = 0
+    while pos < len(stream):  # two cuttings of the same stream, so some segments overlap others
+        n = rng.randrange(1, 300)
+        segs.append((pos, stream[pos:pos + n]))
+        pos += n
+    for _ in range(30):
+        a = rng.randrange(len(stream))
+        segs.append((a, stream[a:a + rng.randrange(1, 400)]))
+    segs += rng.sample(segs, 20)  # duplicates
+    rng.shuffle(segs)
+    rb = ReceiveBuffer(1 << 20, False)
+    got = bytearray()
+    received: set[int] = set()
+    for seq, data in segs:
+        out, fin_now, reason = rb.accept(seq, data, False, False)
+        assert not fin_now and reason in (None, "duplicate")
+        for chunk in out:
+            got += chunk
+        received.update(range(seq, seq + len(data)))
+        assert bytes(got) == stream[:rb.rcv_nxt]
+        assert rb._ooo_seqs == sorted(rb.ooo)
+        assert rb.ooo_bytes == sum(len(d) for d, _, _ in rb.ooo.values())
+        assert sorted(rb.sack_blocks(1000)) == reference_ranges(received, rb.rcv_nxt)
+    assert bytes(got) == stream and not rb.ooo and rb.sack_blocks(4) == []
+
+
+def test_in_order_fast_path_respects_the_window():
+    rb = ReceiveBuffer(1000, False)
+    assert rb.accept(0, bytes(600), False, False) == ([bytes(600)], False, None)
+    assert rb.accept(600, bytes(600), False, False) == ([], False, "out_of_window")  # 400 left
+    assert rb.accept(600, bytes(400), False, False)[0] == [bytes(400)]
+    rb.consumed(1000)
+    assert rb.window == 1000 and rb.rcv_nxt == 1000
+
+
+def test_send_buffer_ack_drops_whole_segments_only():
+    sb = SendBuffer(10_000)
+    sb.write(bytes(1000))
+    segs = [sb.cut(300), sb.cut(300), sb.cut(400)]
+    assert sb.inflight_bytes == 1000 and list(sb.inflight) == segs
+    assert sb.ack(450) == 450  # the second segment is only half acknowledged: it stays
+    assert list(sb.inflight) == segs[1:] and sb.inflight_bytes == 700
+    sb.queue_fin()
+    fin = sb.cut_fin()
+    assert sb.ack(1001) == 550 and not sb.inflight and sb.inflight_bytes == 0 and fin.end == 1001
+
+
+# ---------------------------------------------------------------------------- codec
+def test_encode_fields_is_encode_of_the_packet():
+    rng = random.Random(1)
+    for _ in range(200):
+        ack = rng.randrange(1 << 40)
+        sacks = tuple((ack + 1 + 3000 * i, ack + 1000 + 3000 * i) for i in range(rng.randrange(0, 20)))
+        fields = (rng.choice([wire.ACK, wire.ACK | wire.MSG_END, wire.SYN, wire.FIN | wire.ACK]),
+                  rng.randrange(1, 1 << 32), rng.randrange(1 << 32), rng.randrange(1 << 40), ack,
+                  rng.randrange(1 << 32), rng.randrange(1 << 32), rng.randrange(1 << 32), sacks,
+                  rng.randbytes(rng.randrange(0, 1400)))
+        size = rng.choice([None, 1472])
+        data = wire.encode_fields(*fields, size)
+        assert data == wire.encode(wire.Packet(*fields), size)
+        kept = fields[8][: (wire.MAX_SACK_BLOCKS if size is None else
+                            min(wire.MAX_SACK_BLOCKS, (size - wire.OVERHEAD - len(fields[9])) // wire.SACK_SIZE))]
+        assert wire.decode(data) == wire.Packet(*fields[:8], kept, fields[9])
+
+
+def test_decoded_packets_are_immutable_values():
+    pkt = wire.decode(wire.encode(wire.Packet(wire.ACK, 1, 2, seq=5, payload=b"abc")))
+    assert pkt == wire.Packet(wire.ACK, 1, 2, seq=5, payload=b"abc") and type(pkt.payload) is bytes
+    with pytest.raises(AttributeError):
+        pkt.seq = 6
+    assert pkt.has(wire.ACK) and not pkt.has(wire.FIN) and pkt.seq_len == 3
+
+
+# ---------------------------------------------------------------------------- xfer endpoint
+def test_endpoint_hands_a_batch_of_frames_to_the_connection_in_one_call():
+    """Two endpoints over SocketPorts on loopback, pumped in turn in this thread: the stream arrives
+    exactly, and the server's listener and connection get whole batches."""
+    from kbypass.port.socket_port import SocketPort
+    from kbypass.xfer import UdpEncap
+    from kbypass.xfer.endpoint import TransportEndpoint, default_config
+
+    lo = "127.0.0.1"
+    cfg = default_config(1472)
+    calls = []
+    with SocketPort(lo, 0, batch=64) as sp, SocketPort(lo, 0, batch=64) as cp:
+        server = TransportEndpoint(sp, UdpEncap(bytes(6), lo, sp.port), config=cfg, own_port=False)
+        enc = UdpEncap(bytes(6), lo, cp.port)
+        enc.set_peer(lo, sp.port, bytes(6))
+        client = TransportEndpoint(cp, enc, config=cfg, own_port=False)
+        server._listener = Listener(cfg, backlog=1, max_connections=1)
+        orig = server._listener.receive_datagrams
+        server._listener.receive_datagrams = lambda ds, now: (calls.append(len(ds)), orig(ds, now))[1]
+        client.conn = Connection(Role.CLIENT, cfg, client.clock())
+        client.conn.connect(client.clock())
+        data = random.Random(2).randbytes(400_000)
+        sent = 0
+        got = bytearray()
+        deadline = time.monotonic() + 20
+        while len(got) < len(data):
+            assert time.monotonic() < deadline, f"stalled at {len(got)} of {len(data)} bytes"
+            if client.connected_at is not None and sent < len(data) and client.conn.send_space:
+                sent += client.conn.send(data[sent:sent + 65536], client.clock())
+            client.pump(0.0)
+            server.pump(0.0)
+            if server._rxbuf:
+                got += server._rxbuf
+                server._buffered -= len(server._rxbuf)
+                server._rxbuf.clear()
+        assert bytes(got) == data
+        assert server.counters["rx_datagrams"] == sum(calls) > 0
+        assert max(calls) > 1  # frames of one receive went in together
+        assert server.stats["datagrams_received"] == server.counters["rx_datagrams"]
