@@ -6,6 +6,12 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
+# KBYPASS_PURE_PYTHON=1 switches kbypass's C modules off (kbypass.native): tests of the C paths skip then
+PURE_PYTHON = os.environ.get("KBYPASS_PURE_PYTHON") == "1"
+needs_c = pytest.mark.skipif(PURE_PYTHON, reason="KBYPASS_PURE_PYTHON=1 switches the C modules off")
+
 
 def kbypass(*args: str, env: dict | None = None, timeout: float = 120, check: bool = False):
     full_env = dict(os.environ)

@@ -137,6 +137,9 @@ def check_native() -> Check:
     if missing:
         return Check("C modules", False, False, f"not built: {', '.join(missing)} (pure-Python paths used: "
                      "about 3x the ping-pong latency, slower batch bookkeeping)", "make setup   (needs gcc, python3-dev)")
+    if os.environ.get("KBYPASS_PURE_PYTHON") == "1":
+        return Check("C modules", False, False, "built, but KBYPASS_PURE_PYTHON=1 switches them off",
+                     "unset KBYPASS_PURE_PYTHON")
     return Check("C modules", True, False, ", ".join(native.MODULES.values()))
 
 

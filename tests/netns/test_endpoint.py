@@ -14,7 +14,7 @@ from kbypass.apps.steered import SteeredPort
 from kbypass.endpoint import UdpEndpoint
 from kbypass.errors import KbypassError, UsageError
 from kbypass.proto import arp, checksum as ck, ipv4, udp
-from tests.kb import spare_ip, xdp_attached
+from tests.kb import needs_c, spare_ip, xdp_attached
 
 pytestmark = pytest.mark.netns
 PORT = 4400
@@ -45,7 +45,7 @@ def exchange(ep, peer_ns, peer_ip, ep_ip, n=200):
 
 
 # The C lane (kbypass._fastlane) is the default; the pure-Python lane is its fallback and reference.
-LANES = [pytest.param(True, id="c-lane"), pytest.param(False, id="python-lane")]
+LANES = [pytest.param(True, id="c-lane", marks=needs_c), pytest.param(False, id="python-lane")]
 
 
 @pytest.mark.parametrize("native", LANES)

@@ -39,7 +39,12 @@ def test_missing_bpf_object_is_required(tmp_path, monkeypatch):
 def test_missing_c_modules_are_a_warning_with_the_fix(monkeypatch):
     import sys
 
+    monkeypatch.delenv("KBYPASS_PURE_PYTHON", raising=False)
     assert doctor.check_native().ok  # make setup built them
+    monkeypatch.setenv("KBYPASS_PURE_PYTHON", "1")
+    off = doctor.check_native()
+    assert not off.ok and "KBYPASS_PURE_PYTHON" in off.fix
+    monkeypatch.delenv("KBYPASS_PURE_PYTHON")
     monkeypatch.setitem(sys.modules, "kbypass._fastlane", None)  # import now fails, as when not built
     c = doctor.check_native()
     assert not c.ok and not c.required and "make setup" in c.fix and "kbypass._fastlane" in c.detail

@@ -17,6 +17,9 @@ from kbypass import endpoint as E
 from kbypass.port import afxdp as afxdp_mod
 from kbypass.xsk import consts
 from tests.fakexsk import FakeXsk
+from tests.kb import needs_c
+
+pytestmark = needs_c  # the C lane against the Python lane
 
 MAC, PEER_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
 IP_, PEER_IP, PORT = "10.9.0.2", "10.9.0.1", 4321
