@@ -48,11 +48,10 @@ import numpy as np
 
 from kbypass import netns as _netns
 from kbypass.errors import KbypassError, UsageError
+from kbypass.native import lane as _fastlane  # C per-message path; None: the Python _Lane does the work
 from kbypass.proto import checksum as ck
 from kbypass.proto import udp as udpp
 from kbypass.proto.stack import ArpTimeout, Stack, UdpDatagram
-
-from kbypass.native import lane as _fastlane  # C per-message path; None: the Python _Lane does the work
 
 BACKENDS = ("afxdp", "socket")
 POLL_MODES = ("wakeup", "busy")
@@ -457,7 +456,7 @@ class _XdpEndpoint(UdpEndpoint):
         self._closed = True
         if native and _fastlane is None:
             raise KbypassError("the endpoint's C fast path (kbypass._fastlane) is not built: run 'make setup' "
-                               "(it needs gcc and python3-dev), or pass native=None to use the Python path")
+                               "(it needs gcc and python3-dev), or leave native=None: the Python lane is used when C is not built")
         self._check_common(ip, port, poll)
         from kbypass.apps.steered import SteeredPort
 
@@ -528,7 +527,7 @@ class _XdpEndpoint(UdpEndpoint):
         self._closed = False
         self._pending: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._unresolved: dict[str, int] = {}  # peers whose resolution timed out (ArpTimeout), not yet reported
-        self._templates: dict[tuple[str, int], tuple[float, bytes, int, int]] = {}
+        self._templates: dict[tuple[str, int], tuple[float, tuple, bytes]] = {}  # see _flow
         self._names: dict[bytes, str] = {}
         self._ident = 0
         self._next_lane = 0
