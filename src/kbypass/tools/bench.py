@@ -1,4 +1,4 @@
-"""`kbypass bench rx`: the kernel-vs-bypass receive experiment on the testbed (table, JSON, PNG)."""
+"""`kbypass bench rx | latency`: the kernel-vs-bypass experiments on the testbed (table, JSON, PNG)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from kbypass import rxbench, testbed
+from kbypass import latbench, rxbench, testbed
 from kbypass.benchkit import PLACEMENTS
 from kbypass.errors import UsageError, require_root
 from kbypass.tools._common import add_prefix_option, console
@@ -27,6 +27,15 @@ def register(sub) -> None:
                     help="where host b's receive work runs: sut = threaded NAPI on the receiver's core "
                          "(default), sender = in the generator's softirq (veth's default)")
     rx.set_defaults(func=run_rx)
+    lat = kinds.add_parser("latency", help="UDP ping-pong: sockperf (kernel) vs kbypass over a socket and "
+                                           "over AF_XDP, wakeup and busy polling")
+    add_prefix_option(lat)
+    lat.add_argument("--runs", type=int, default=3, help="repetitions, contenders taking turns (default 3)")
+    lat.add_argument("--duration", type=float, default=3.0, help="seconds per ping-pong (default 3)")
+    lat.add_argument("--size", type=int, default=64, help="message size in bytes, >= 14 (default 64)")
+    lat.add_argument("--out", default="bench/results", help="where latency.json and latency.png go")
+    lat.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+    lat.set_defaults(func=run_latency)
 
 
 def run_rx(args) -> int:
@@ -62,4 +71,40 @@ def show(out, rows: list[dict], placement: str = "sut") -> None:
             continue
         t.add_row(r["path"], f"{r['pps'] / 1e6:.3f}", f"{r['delivered']:.0%}", f"{r['cpu']:.2f}",
                   f"{r['pps'] / sock:.1f}x" if sock else "-")
+    out.print(t)
+
+
+def run_latency(args) -> int:
+    require_root("kbypass bench latency")
+    if args.runs <= 0 or args.duration <= 0:
+        raise UsageError("--runs and --duration take positive numbers")
+    if args.size < 14:
+        raise UsageError(f"--size {args.size}: a sockperf message needs at least 14 bytes")
+    out = console()
+    prefix = args.prefix or testbed.default_prefix()
+    result = latbench.run(prefix, args.runs, args.duration, args.size,
+                          progress=(lambda s: None) if args.json else out.print)
+    where = Path(args.out)
+    json_path, png_path = where / "latency.json", where / "latency.png"
+    latbench.save(result, json_path, png_path)
+    if args.json:
+        import json
+
+        print(json.dumps({"medians": result["medians"], "ratios": latbench.ratios(result)}, indent=2))
+        return 0
+    show_latency(out, result)
+    out.print(f"results: {json_path}\nchart:   {png_path}")
+    return 0
+
+
+def show_latency(out, result: dict) -> None:
+    t = Table(title=f"UDP ping-pong, {result['size']} B, one-way latency (half the round trip), "
+                    f"median of {result['runs']} runs, same run")
+    t.add_column("contender")
+    for col in ("p50 us", "p90 us", "p99 us", "p99.9 us", "p50 / sockperf", "p99 / sockperf"):
+        t.add_column(col, justify="right")
+    rat = latbench.ratios(result)
+    for name, m in result["medians"].items():
+        t.add_row(name, *(f"{m[k]:.2f}" for k in latbench.KEYS), f"{rat[name]['p50']:.2f}x",
+                  f"{rat[name]['p99']:.2f}x")
     out.print(t)

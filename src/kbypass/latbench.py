@@ -1,0 +1,128 @@
+"""`kbypass bench latency`: UDP ping-pong on the testbed, kernel against bypass, in one run.
+
+    sockperf              the kernel anchor (C): `sockperf server` in host b, `sockperf ping-pong` in a
+    kbypass socket        kbypass pingpong over a kernel UDP socket (the same Python, no bypass)
+    kbypass socket busy   the same with SO_BUSY_POLL
+    kbypass afxdp wakeup  AF_XDP, sleeping in poll() between messages
+    kbypass afxdp busy    AF_XDP, busy polling, the per-message ring work in C (kbypass._fastlane)
+    afxdp busy, Python lane   the same with the pure-Python lane, to show what the C lane buys
+
+Server in host b on CPU 1, client in host a on CPU 0; latency is half the round trip, as sockperf and
+sfnt-pingpong report it. The contenders take turns within each run, so drift in the machine's speed hits
+them alike; medians over the runs are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kbypass import testbed
+from kbypass.errors import KbypassError
+
+CLIENT_CPU, SERVER_CPU = 0, 1
+PORT = 11311
+KEYS = ("p50_us", "p90_us", "p99_us", "p999_us")
+ANCHOR = "sockperf (kernel, C)"
+
+
+def _sockperf(a, b, duration: float, size: int) -> dict:
+    server = subprocess.Popen(["ip", "netns", "exec", b.netns, "taskset", "-c", str(SERVER_CPU), "sockperf",
+                               "server", "-i", b.ipv4, "-p", str(PORT)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = subprocess.run(["ip", "netns", "exec", a.netns, "taskset", "-c", str(CLIENT_CPU), "sockperf",
+                              "ping-pong", "-i", b.ipv4, "-p", str(PORT), "-t", str(int(max(1, duration))),
+                              "-m", str(size)], capture_output=True, text=True, timeout=duration + 30).stdout
+    finally:
+        server.terminate()
+        server.wait()
+
+    def pct(name: str) -> float:
+        m = re.search(rf"percentile {name} =\s+([\d.]+)", out)
+        if m is None:
+            raise KbypassError(f"sockperf printed no {name} percentile: is it installed? (make setup)\n{out}")
+        return float(m.group(1))
+
+    return {"p50_us": pct(r"50\.000"), "p90_us": pct(r"90\.000"), "p99_us": pct(r"99\.000"),
+            "p999_us": pct(r"99\.900")}
+
+
+def _kbypass(backend: str, poll: str, duration: float, size: int, b, lane: str | None = None) -> dict:
+    common = ["--backend", backend, "--poll", poll, "--json", *(["--lane", lane] if lane else [])]
+    py = [sys.executable, "-m", "kbypass", "pingpong"]
+    server = subprocess.Popen([*py, "server", "--host", "b", "--port", str(PORT), "--cpu", str(SERVER_CPU),
+                               "--duration", str(duration + 20), "--idle-timeout", "1", *common],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)  # import, steering and sockets up
+        proc = subprocess.run([*py, "client", "--host", "a", "--server", f"{b.ipv4}:{PORT}", "--cpu",
+                               str(CLIENT_CPU), "--duration", str(duration), "--warmup", "1000", "--size",
+                               str(size), *common], capture_output=True, text=True, timeout=duration + 60)
+        server.communicate(timeout=30)
+    finally:
+        server.kill()
+    if proc.returncode:
+        raise KbypassError(f"kbypass pingpong client failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
+CONTENDERS = [
+    (ANCHOR, lambda a, b, d, s: _sockperf(a, b, d, s)),
+    ("kbypass socket", lambda a, b, d, s: _kbypass("socket", "wakeup", d, s, b)),
+    ("kbypass socket busy", lambda a, b, d, s: _kbypass("socket", "busy", d, s, b)),
+    ("kbypass afxdp wakeup", lambda a, b, d, s: _kbypass("afxdp", "wakeup", d, s, b, "c")),
+    ("kbypass afxdp busy", lambda a, b, d, s: _kbypass("afxdp", "busy", d, s, b, "c")),
+    ("afxdp busy, Python lane", lambda a, b, d, s: _kbypass("afxdp", "busy", d, s, b, "python")),
+]
+
+
+def run(prefix: str, runs: int, duration: float, size: int, progress=print) -> dict:
+    """Every contender `runs` times, taking turns; the testbed `prefix` is brought up (and left up)."""
+    a, b = testbed.up(testbed.TestbedConfig(prefix=prefix))
+    os.environ["KBYPASS_TESTBED"] = prefix  # the pingpong tools find the hosts through it
+    results: dict[str, list[dict]] = {name: [] for name, _ in CONTENDERS}
+    for r in range(runs):
+        for name, fn in CONTENDERS:
+            res = fn(a, b, duration, size)
+            results[name].append(res)
+            progress(f"  run {r + 1}/{runs} {name:<24} p50 {res['p50_us']:8.2f} us  p99 {res['p99_us']:8.2f} us")
+    medians = {name: {k: statistics.median(x[k] for x in rs) for k in KEYS} for name, rs in results.items()}
+    return {"runs": runs, "duration": duration, "size": size, "medians": medians, "all": results}
+
+
+def ratios(result: dict) -> dict[str, dict[str, float]]:
+    """p50 and p99 of every contender over sockperf's, from the medians."""
+    anchor = result["medians"][ANCHOR]
+    return {name: {"p50": m["p50_us"] / anchor["p50_us"], "p99": m["p99_us"] / anchor["p99_us"]}
+            for name, m in result["medians"].items()}
+
+
+def save(result: dict, json_path: Path, png_path: Path) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({**result, "ratios": ratios(result)}, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = result["medians"]
+    names = list(table)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for i, k in enumerate(("p50_us", "p99_us")):
+        ax.bar([j + i * 0.4 for j in range(len(names))], [table[n][k] for n in names], width=0.4, label=k)
+    ax.set_xticks([j + 0.2 for j in range(len(names))], names, rotation=15)
+    ax.set_ylabel("one-way latency, us (half RTT)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title(f"UDP ping-pong on the veth testbed, {result['size']} B, median of {result['runs']} runs")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,37 @@
+"""`kbypass bench latency` end to end on this session's testbed, with one short run per contender."""
+
+import json
+
+import pytest
+
+from kbypass import latbench
+from tests.kb import kbypass, needs_c
+
+pytestmark = pytest.mark.netns
+
+
+@needs_c  # one contender asks for the C lane
+def test_bench_latency_runs_every_contender_and_writes_json_and_chart(testbed_hosts, tmp_path):
+    prefix = testbed_hosts[0].netns[:-2]
+    proc = kbypass("bench", "latency", "--prefix", prefix, "--runs", "1", "--duration", "1",
+                   "--out", str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    result = json.loads((tmp_path / "latency.json").read_text())
+    names = [name for name, _ in latbench.CONTENDERS]
+    assert list(result["medians"]) == names
+    for name in names:
+        m = result["medians"][name]
+        assert 0 < m["p50_us"] <= m["p90_us"] <= m["p99_us"] <= m["p999_us"] < 1_000_000, (name, m)
+        assert result["ratios"][name]["p50"] == pytest.approx(m["p50_us"] / result["medians"][latbench.ANCHOR]["p50_us"])
+    for run in result["all"]["kbypass afxdp busy"] + result["all"]["afxdp busy, Python lane"]:
+        assert run["lost"] == 0 and run["samples"] > 100
+    assert [r["lane"] for r in result["all"]["afxdp busy, Python lane"]] == ["python"]
+    assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in names:
+        assert name in proc.stdout  # the table
+
+
+@pytest.mark.parametrize("args, word", [(["--runs", "0"], "--runs"), (["--size", "8"], "--size")])
+def test_bench_latency_bad_input(args, word):
+    proc = kbypass("bench", "latency", *args)
+    assert proc.returncode == 2 and word in proc.stderr
