@@ -124,6 +124,29 @@ def test_listener_batch_routes_handshake_data_and_garbage_like_single_calls():
     assert len(got[3]) == 1  # the whole batch answered by one ACK
 
 
+def test_listener_hands_a_run_of_packets_for_one_connection_over_in_one_call():
+    """Consecutive data packets for one connection go over in one receive_packets call; a SYN retransmit
+    in the middle of the batch ends the run first, so the connection sees everything in arrival order."""
+    rng = random.Random(6)
+    client = Connection(Role.CLIENT, CFG, 0.0, rng=rng)
+    listener = Listener(CFG, rng=rng)
+    client.connect(0.0)
+    syn = client.datagrams_to_send(0.0)
+    listener.receive_datagrams(syn, 0.001)
+    client.receive_datagrams(listener.datagrams_to_send(0.001), 0.002)
+    server = listener.accept()
+    runs = []
+    orig = server.receive_packets
+    server.receive_packets = lambda pkts, now: (runs.append(len(pkts)), orig(pkts, now))[1]
+    client.send(bytes(range(256)) * 40, 0.002)
+    data = client.datagrams_to_send(0.002)
+    assert len(data) >= 4
+    listener.receive_datagrams(data[:2] + syn + data[2:], 0.003)
+    assert runs == [2, len(data) - 2]  # the SYN went through _route between the two runs
+    got = b"".join(ev.data for ev in iter(server.next_event, None) if hasattr(ev, "data"))
+    assert got == (bytes(range(256)) * 40)[:len(got)] and len(got) == sum(len(wire.decode(d).payload) for d in data)
+
+
 def test_stream_data_coalesces_into_one_event_across_a_peek():
     rng = random.Random(4)
     client = Connection(Role.CLIENT, CFG, 0.0, rng=rng)
@@ -276,10 +299,39 @@ def test_endpoint_hands_a_batch_of_frames_to_the_connection_in_one_call():
             client.pump(0.0)
             server.pump(0.0)
             if server._rxbuf:
-                got += server._rxbuf
-                server._buffered -= len(server._rxbuf)
-                server._rxbuf.clear()
+                got += server.recv(1 << 30, timeout=0)  # buffered already: recv returns it without pumping
         assert bytes(got) == data
         assert server.counters["rx_datagrams"] == sum(calls) > 0
         assert max(calls) > 1  # frames of one receive went in together
         assert server.stats["datagrams_received"] == server.counters["rx_datagrams"]
+
+
+def test_send_buffer_cuts_across_writes_of_any_bytes_like_type_and_keeps_its_own_copy():
+    """Segments are cut from the chunks the application wrote, across chunk boundaries, and hold the
+    bytes as they were when written (a bytearray changed afterwards does not change what is sent)."""
+    sb = SendBuffer(10_000)
+    mutable = bytearray(b"B" * 500)
+    parts = [b"A" * 700, mutable, memoryview(b"C" * 300), b"D" * 2000]
+    assert [sb.write(p) for p in parts] == [700, 500, 300, 2000] and sb.unsent == 3500
+    mutable[:] = b"x" * 500
+    segs = [sb.cut(n) for n in (600, 650, 1000, 1250)]
+    assert b"".join(s.data for s in segs) == b"A" * 700 + b"B" * 500 + b"C" * 300 + b"D" * 2000
+    assert all(type(s.data) is bytes for s in segs) and [s.seq for s in segs] == [0, 600, 1250, 2250]
+    assert sb.unsent == 0 and sb.used == 3500 and sb.snd_nxt == 3500
+    assert sb.write(bytes(8000)) == 6500 and sb.space == 0  # only what fits, copied
+    whole = b"E" * 100
+    sb2 = SendBuffer(1000)
+    sb2.write(whole)
+    assert sb2.cut(100).data is whole  # an immutable chunk taken whole is not copied at all
+
+
+def test_endpoint_recv_hands_out_chunks_whole_or_split_at_max_bytes():
+    from collections import deque
+
+    from kbypass.xfer.endpoint import _take
+
+    chunks = deque([b"a" * 10, b"b" * 5, b"c" * 7])
+    first = chunks[0]
+    assert _take(deque([first]), 100) is first  # the usual case: one chunk, returned without a copy
+    assert _take(chunks, 12) == b"a" * 10 + b"bb"
+    assert _take(chunks, 100) == b"bbb" + b"c" * 7 and not chunks

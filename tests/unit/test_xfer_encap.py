@@ -4,6 +4,7 @@ with a reason (never an exception, never a wrong datagram)."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
@@ -108,3 +109,82 @@ def test_parsers_never_raise_on_garbage() -> None:
 def test_bad_arguments(call, words: str) -> None:
     with pytest.raises(UsageError, match=words):
         call()
+
+
+# ---------------------------------------------------------------------------- the endpoint's batch paths
+def _sized(n: int) -> bytes:
+    """A valid datagram of exactly n bytes (n >= wire.OVERHEAD)."""
+    payload = (bytes(range(256)) * (n // 256 + 1))[:n - wire.OVERHEAD]
+    return wire.encode(wire.Packet(wire.ACK, 1, 2, payload=payload))
+
+
+def _frames_in_memory(frames: list[bytes]):
+    """The frames laid out in one buffer as a port would hand them over: (memoryview, addrs, lens)."""
+    mem = bytearray(2048 * len(frames))
+    addrs, lens = [], []
+    for i, f in enumerate(frames):
+        mem[2048 * i:2048 * i + len(f)] = f
+        addrs.append(2048 * i)
+        lens.append(len(f))
+    return memoryview(mem), addrs, lens
+
+
+def _peer_pair(kind: str):
+    """(sender encap, receiver encap with the sender as its peer)."""
+    if kind == "udp":
+        a, b = UdpEncap(A_MAC, "10.0.0.1", 7001), UdpEncap(B_MAC, "10.0.0.2", 7000)
+        a.set_peer("10.0.0.2", 7000, B_MAC)
+        b.set_peer("10.0.0.1", 7001, A_MAC)
+    else:
+        a, b = EthEncap(A_MAC), EthEncap(B_MAC)
+        a.set_peer(B_MAC)
+        b.set_peer(A_MAC)
+    return a, b
+
+
+@pytest.mark.parametrize("kind", ["udp", "eth"])
+def test_peer_datagrams_judges_every_frame_as_parse_peer_does(kind: str) -> None:
+    """The batch parser's shortcut for the common frame must agree with parse_peer on every frame:
+    same datagrams in the same order, the same drop reasons, on valid frames, frames of another peer,
+    and frames mutilated at random (truncated, bit flips, lying lengths)."""
+    a, b = _peer_pair(kind)
+    stranger = UdpEncap(A_MAC, "10.0.0.9", 7001) if kind == "udp" else EthEncap("02:00:00:00:00:09")
+    stranger.set_peer(*(("10.0.0.2", 7000, B_MAC) if kind == "udp" else (B_MAC,)))
+    rng = random.Random(5)
+    frames = []
+    for i in range(400):
+        f = bytearray((stranger if i % 7 == 3 else a).frame(_sized(rng.randrange(wire.OVERHEAD, 1400))))
+        what = rng.random()
+        if what < 0.3:
+            for _ in range(rng.randrange(1, 4)):
+                f[rng.randrange(min(len(f), 60))] ^= 1 << rng.randrange(8)
+        elif what < 0.4:
+            f = f[:rng.randrange(len(f))]
+        elif what < 0.45 and kind == "udp":
+            f[16:18] = rng.randrange(1 << 16).to_bytes(2, "big")  # IP total length lies
+        frames.append(bytes(f))
+    mv, addrs, lens = _frames_in_memory(frames)
+    drops: Counter = Counter()
+    got = [bytes(d) for d in b.peer_datagrams(mv, addrs, lens, drops)]
+    want, want_drops = [], Counter()
+    for f in frames:
+        r = b.parse_peer(f)
+        if type(r) is str:
+            want_drops[r] += 1
+        else:
+            want.append(bytes(r))
+    assert got == want and drops == want_drops
+    assert len(want) > 150 and want_drops["other_peer"] > 20 and len(want_drops) > 2
+
+
+@pytest.mark.parametrize("kind", ["udp", "eth"])
+def test_parse_peer_is_parse_plus_the_source_check(kind: str) -> None:
+    a, b = _peer_pair(kind)
+    d = datagram(300)
+    f = a.frame(d)
+    assert bytes(b.parse_peer(f)) == d and b.parse(f)[0] == d
+    assert bytes(b.parse_peer(memoryview(f))) == d  # frames are taken where they lie: views work too
+    other = UdpEncap(A_MAC, "10.0.0.9", 7001) if kind == "udp" else EthEncap("02:00:00:00:00:09")
+    other.set_peer(*(("10.0.0.2", 7000, B_MAC) if kind == "udp" else (B_MAC,)))
+    assert b.parse_peer(other.frame(d)) == "other_peer"
+    assert b.parse_peer(f[:20]) == b.parse(f[:20])

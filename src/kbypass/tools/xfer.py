@@ -214,7 +214,7 @@ def _send(args) -> int:
             sent = 0
             t0 = time.monotonic()
             gen = None if src else _stream(args.seed)
-            pending = b""
+            pending = memoryview(b"")
             while True:
                 if args.duration is not None and time.monotonic() - t0 >= args.duration:
                     break
@@ -222,7 +222,7 @@ def _send(args) -> int:
                     chunk = src.read(CHUNK)
                 else:
                     if not pending:
-                        pending = next(gen)
+                        pending = memoryview(next(gen))  # chunks are views of the block: no copy to cut them
                     want = CHUNK if size is None else min(CHUNK, size - sent)
                     chunk, pending = pending[:want], pending[want:]
                 if not chunk:

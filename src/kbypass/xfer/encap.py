@@ -5,6 +5,12 @@ Each encapsulation builds frames for one peer (headers cached; only lengths and 
 per frame) and parses received frames into (datagram, source) or a drop reason (a short string, counted
 by the caller; nothing here raises on bad input).
 
+The endpoint's receive path uses `peer_datagrams` (`parse_peer` for a whole batch): it reads frames where
+they lie (a memoryview of packet memory), keeps those from the peer and returns their datagrams as slices
+of that memory, with no copy. (Sending, building each frame with one join and copying it into packet
+memory with one slice assignment measured cheaper here than writing header and datagram in place
+separately: 0.8 against 1.4 us a frame, each memoryview assignment costing about 0.25 us.)
+
 Layouts (offsets from the start of the frame):
   udp: Ethernet 0..13 (EtherType 0x0800), IPv4 14..33 (IHL 5, DF, TTL 64, protocol 17), UDP 34..41
        (checksum 0 = "none", legal on IPv4: the transport's own CRC32 covers every datagram), datagram 42..
@@ -32,6 +38,10 @@ _UDP_VARIABLE = struct.Struct("!HH4sH12sH2x")
 # what parse checks in a received UDP frame, bytes 0..39, in one unpack: source MAC, EtherType, IP
 # version/IHL, total length, flags and fragment offset (two bytes), protocol, addresses, ports, UDP length
 _UDP_PARSE = struct.Struct("!6x6sHBxH2xBBxB2x4s4sHHH")
+# what peer_datagrams reads of a UDP frame, bytes 0..39: EtherType, version/IHL, total length, flags and
+# fragment offset, protocol, addresses and ports (26..37, compared as one string), UDP length
+_UDP_FAST = struct.Struct("!12xHBxH2xHxB2x12sH")
+_ETH_FAST = struct.Struct("14s")  # an eth frame's header, compared as one string
 
 
 def mac_bytes(mac: str | bytes) -> bytes:
@@ -91,6 +101,9 @@ class UdpEncap:
         h[26:30], h[30:34] = self.ip, dst
         h[34:36], h[36:38] = self.port.to_bytes(2, "big"), port.to_bytes(2, "big")
         self._tmpl = bytes(h)
+        self._peer_raw = (dst, port)  # what parse_peer compares a source with: no text per frame
+        # peer_datagrams compares bytes 26..37 (addresses and ports) of a received frame with this at once
+        self._peer_key = bytes(dst + self.ip + h[36:38] + h[34:36])
         self._eth_ip = self._tmpl[0:16]  # Ethernet header and the IP version/TOS: the same in every frame
         self._ip_fixed1, self._ip_fixed2 = self._tmpl[20:24], self._tmpl[26:38]
         # IPv4 checksum: the fixed words summed once; total length and ident are added per frame
@@ -105,11 +118,9 @@ class UdpEncap:
         variable = _UDP_VARIABLE.pack(total, ident, self._ip_fixed1, _MOD - r if r else 0, self._ip_fixed2, n + 8)
         return b"".join((self._eth_ip, variable, datagram))
 
-    def parse(self, f: bytes):
-        """(datagram, (src_ip, src_port, src_mac)) for a UDP frame to our port, else a drop reason.
-
-        Frames from the socket backend are synthetic (zero MACs, destination maybe 0.0.0.0): the MAC
-        is not checked, the destination IP only when it is set."""
+    def _check(self, f):
+        """The header checks of parse and parse_peer: (end of the datagram, source address bytes, source
+        port, source MAC), or the drop reason."""
         n = len(f)
         if n < UDP_HLEN:
             return "not_udp"
@@ -125,12 +136,55 @@ class UdpEncap:
             return "wrong_address"
         if total + 14 > n or ulen != total - 20 or ulen < 8:
             return "bad_length"
+        return 14 + total, src, sport, src_mac
+
+    def parse_peer(self, f):
+        """The datagram of a UDP frame from the peer to our port (a slice of `f`), else a drop reason:
+        parse's, or "other_peer" for a valid frame from another address or port. set_peer first."""
+        r = self._check(f)
+        if type(r) is str:
+            return r
+        if r[1] != self._peer_raw[0] or r[2] != self._peer_raw[1]:
+            return "other_peer"
+        return f[UDP_HLEN:r[0]]
+
+    def peer_datagrams(self, mv, addrs, lens, drops) -> list:
+        """parse_peer over a batch of frames (in `mv` at addrs, lens): the datagrams (views of `mv`) of the
+        frames from the peer, in order; every other frame counted in `drops` by parse_peer's reason.
+        A frame that passes all of parse_peer's checks is recognised by one unpack and one comparison,
+        in this loop (a call per frame cost as much again); any other goes through parse_peer itself."""
+        key = self._peer_key
+        unpack = _UDP_FAST.unpack_from
+        out = []
+        for a, k in zip(addrs, lens):
+            if k >= UDP_HLEN:
+                ethertype, ver_ihl, total, frag, proto, ends, ulen = unpack(mv, a)
+                if (ends == key and ethertype == 0x0800 and ver_ihl == 0x45 and proto == 17 and not frag & 0x3FFF
+                        and total + ETH_HLEN <= k and ulen == total - 20 and ulen >= 8):
+                    out.append(mv[a + UDP_HLEN:a + ETH_HLEN + total])
+                    continue
+            r = self.parse_peer(mv[a:a + k])
+            if type(r) is str:
+                drops[r] += 1
+            else:
+                out.append(r)
+        return out
+
+    def parse(self, f: bytes):
+        """(datagram, (src_ip, src_port, src_mac)) for a UDP frame to our port, else a drop reason.
+
+        Frames from the socket backend are synthetic (zero MACs, destination maybe 0.0.0.0): the MAC
+        is not checked, the destination IP only when it is set."""
+        r = self._check(f)
+        if type(r) is str:
+            return r
+        end, src, sport, src_mac = r
         name = self._names.get(src)
         if name is None:
             if len(self._names) > 1024:  # a flood of spoofed sources must not grow it without bound
                 self._names.clear()
             name = self._names[src] = socket.inet_ntoa(src)
-        return f[42:14 + total], (name, sport, src_mac)
+        return f[UDP_HLEN:end], (name, sport, src_mac)
 
 
 class EthEncap:
@@ -155,16 +209,52 @@ class EthEncap:
     def set_peer(self, mac: str | bytes) -> None:
         self.peer = mac_bytes(mac)
         self._hdr = self.peer + self.mac + self._et
+        self._peer_key = self.mac + self.peer + self._et  # a frame's first 14 bytes, when from the peer to us
 
     def frame(self, datagram: bytes) -> bytes:
         return self._hdr + datagram
 
-    def parse(self, f: bytes):
-        """(datagram, (src_mac,)) for a frame of our EtherType to our MAC, else a drop reason."""
+    def _check(self, f):
+        """parse's checks: None for a frame of ours, else the drop reason."""
         if len(f) < ETH_HLEN + wire.OVERHEAD:
             return "too_short" if f[12:14] == self._et else "not_ours"
         if f[12:14] != self._et:
             return "not_ours"
         if f[0:6] != self.mac:
             return "wrong_address"
-        return f[14:], (f[6:12],)
+        return None
+
+    def parse_peer(self, f):
+        """The datagram of a frame from the peer (a slice of `f`), else a drop reason: parse's, or
+        "other_peer" for a frame of ours from another MAC. set_peer first."""
+        r = self._check(f)
+        if r is not None:
+            return r
+        if f[6:12] != self.peer:
+            return "other_peer"
+        return f[ETH_HLEN:]
+
+    def peer_datagrams(self, mv, addrs, lens, drops) -> list:
+        """parse_peer over a batch of frames (see UdpEncap.peer_datagrams): a frame from the peer is
+        recognised by its first 14 bytes and its length."""
+        key = self._peer_key
+        unpack = _ETH_FAST.unpack_from
+        least = ETH_HLEN + wire.OVERHEAD
+        out = []
+        for a, k in zip(addrs, lens):
+            if k >= least and unpack(mv, a)[0] == key:
+                out.append(mv[a + ETH_HLEN:a + k])
+                continue
+            r = self.parse_peer(mv[a:a + k])
+            if type(r) is str:
+                drops[r] += 1
+            else:
+                out.append(r)
+        return out
+
+    def parse(self, f: bytes):
+        """(datagram, (src_mac,)) for a frame of our EtherType to our MAC, else a drop reason."""
+        r = self._check(f)
+        if r is not None:
+            return r
+        return f[ETH_HLEN:], (bytes(f[6:12]),)

@@ -6,14 +6,14 @@
     ep = TransportEndpoint.open(..., local_port=7000); ep.accept()  # server
     while chunk := ep.recv(): ...; ep.close()
 
-Theory of operation. One loop, `pump(timeout)`, moves everything: it takes a batch of frames from the port
-(up to `rx_batch`), copies each transport datagram out and gives the frames back at once (the UMEM never
-waits for the application), feeds the datagrams to the Connection (or the Listener, for a server) in one
-`receive_datagrams` call, runs the due timers, and puts whatever the connection wants to send into one
-batch of frames for one `transmit` (the batch path: one ring operation and one kick for many datagrams;
-the connection also acknowledges a whole batch of arrivals with one ACK). When nothing moved it sleeps in
-`port.wait` until a frame may be there or the next timer (retransmission, keepalive, a delayed simulated
-fault) is due.
+Theory of operation. One loop, `pump(timeout)`, moves everything: it takes a batch of frames from the port (up
+to `rx_batch`), checks their headers where they lie (encap.peer_datagrams), feeds the datagrams, still views
+of packet memory, to the Connection (or the Listener, for a server) in one `receive_datagrams` call (the
+decoder copies each payload out once) and then gives the frames back, runs the due timers, and puts whatever
+the connection wants to send into one batch of frames for one `transmit` (the batch path: one ring operation
+and one kick for many datagrams; the connection also acknowledges a whole batch of arrivals with one ACK).
+When nothing moved it sleeps in `port.wait` until a frame may be there or the next timer (retransmission,
+keepalive, a delayed simulated fault) is due.
 Time is `time.monotonic()`, passed into the protocol; nothing in the protocol reads a clock.
 
 One peer per endpoint. A client knows its peer; a server takes the source of the first SYN (its MAC,
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 
 from kbypass.errors import KbypassError, UsageError
 from kbypass.faults import FaultyLink
@@ -92,7 +92,9 @@ class TransportEndpoint:
         self._listener: Listener | None = None
         self.drops: Counter = Counter()
         self.counters = Counter()
-        self._rxbuf = bytearray()
+        # stream data not read yet, as the chunks it arrived in: recv() hands a chunk on as it is when it
+        # fits, instead of appending every chunk to one buffer and copying it out again
+        self._rxbuf: deque[bytes] = deque()
         self._messages: list[bytes] = []
         self._buffered = 0  # bytes in _rxbuf and _messages
         self._closing = False  # close() was called: unread data is discarded
@@ -217,41 +219,50 @@ class TransportEndpoint:
         if not n:
             return 0
         mv = memoryview(batch.mem)
-        try:  # one copy per frame out of packet memory, then every frame goes back at once
-            frames = [bytes(mv[a:a + k]) for a, k in zip(batch.addr.tolist(), batch.lens.tolist())]
+        try:  # the datagrams are views of packet memory: handled (copied by the decoder) before the frames go back
+            datagrams = self._datagrams(mv, batch)
+            if self._rx_link is not None:
+                t = self._t(now)
+                for data in datagrams:
+                    self._rx_link.send(bytes(data), t)  # the link keeps it past this batch: a copy of its own
+            elif datagrams:
+                self._deliver_all(datagrams, now)
         finally:
+            datagrams = None  # no view of a frame outlives the batch
             mv.release()
             self.port.free(batch)
-        parse = self.encap.parse
-        datagrams = []
-        for f in frames:
-            r = parse(f)
-            if type(r) is str:
-                self.drops[r] += 1
-                continue
-            data, src = r
-            if self.encap.peer is None:
-                if self._listener is None:
-                    self.drops["not_listening"] += 1
-                    continue
-                self._learn_peer(data, src)  # a server takes the first SYN's sender as its peer
-            elif not self._from_peer(src):
-                self.drops["other_peer"] += 1
-                continue
-            datagrams.append(data)
-        if self._rx_link is not None:
-            t = self._t(now)
-            for data in datagrams:
-                self._rx_link.send(data, t)
-        elif datagrams:
-            self._deliver_all(datagrams, now)
         return n
 
-    def _from_peer(self, src) -> bool:
-        # UDP: the peer's address and port (its MAC may be a router's); eth: the peer's MAC
-        if isinstance(self.encap, UdpEncap):
-            return src[0] == self.encap.peer[0] and src[1] == self.encap.peer[1]
-        return src[0] == self.encap.peer
+    def _datagrams(self, mv: memoryview, batch) -> list:
+        """The transport datagrams (views into `mv`, the batch's memory) of the frames in `batch` that come
+        from our peer; everything else counted in `drops` by reason."""
+        addrs, lens = batch.addr.tolist(), batch.lens.tolist()
+        if self.encap.peer is None:
+            return self._datagrams_learning(mv, addrs, lens)
+        return self.encap.peer_datagrams(mv, addrs, lens, self.drops)
+
+    def _datagrams_learning(self, mv: memoryview, addrs: list, lens: list) -> list:
+        """_datagrams before the peer is known (a server until the first SYN): the SYN's sender becomes the
+        peer, and the frames after it in the batch are checked against it."""
+        out = []
+        for a, k in zip(addrs, lens):
+            f = mv[a:a + k]
+            if self.encap.peer is not None:
+                r = self.encap.parse_peer(f)
+                if type(r) is str:
+                    self.drops[r] += 1
+                else:
+                    out.append(r)
+                continue
+            r = self.encap.parse(f)
+            if type(r) is str:
+                self.drops[r] += 1
+            elif self._listener is None:
+                self.drops["not_listening"] += 1
+            else:
+                self._learn_peer(r[0], r[1])
+                out.append(r[0])
+        return out
 
     def _learn_peer(self, data: bytes, src) -> None:
         try:
@@ -288,38 +299,46 @@ class TransportEndpoint:
         if self.encap.peer is None:
             self.drops["no_peer_yet"] += len(datagrams)
             return
-        frame = self.encap.frame
-        frames = [frame(d) for d in datagrams]
         port = self.port
+        total = len(datagrams)
         i = 0
         tries = 0
-        while i < len(frames):
-            batch = port.alloc(len(frames) - i)
+        while i < total:
+            batch = port.alloc(total - i)
             if not len(batch):
                 tries += 1
                 if tries > 50:
-                    self.counters["tx_no_frames"] += len(frames) - i
+                    self.counters["tx_no_frames"] += total - i
                     return  # the transport retransmits: to it this is loss
                 time.sleep(0)
                 continue
-            mv = memoryview(batch.mem)
-            lens = batch.lens
-            for k, a in enumerate(batch.addr.tolist()):
-                f = frames[i + k]
-                mv[a:a + len(f)] = f
-                lens[k] = len(f)
-            mv.release()
+            self._write_frames(batch, datagrams, i)
             sent = port.transmit(batch)
             if sent < len(batch):
                 port.free(batch[sent:])
                 tries += 1
                 if tries > 50:
-                    self.counters["tx_ring_full"] += len(frames) - i - sent
-                    i = len(frames)
+                    self.counters["tx_ring_full"] += total - i - sent
+                    i = total
                     break
             i += sent
             self.counters["tx_frames"] += sent
             self.counters["tx_batches"] += 1
+
+    def _write_frames(self, batch, datagrams: list, start: int) -> None:
+        """Fill the frames of `batch` with datagrams[start:...]: each frame built (one join) and copied into
+        packet memory, and all lengths set in one array store instead of one numpy store per frame."""
+        mv = memoryview(batch.mem)
+        frame = self.encap.frame
+        lens = []
+        try:
+            for a, d in zip(batch.addr.tolist(), datagrams[start:start + len(batch)]):
+                f = frame(d)
+                mv[a:a + len(f)] = f
+                lens.append(len(f))
+        finally:
+            mv.release()
+        batch.lens = lens
 
     def _collect(self) -> None:
         """Take the connection's events. Data is taken only while less than one receive buffer of it is
@@ -340,8 +359,9 @@ class TransportEndpoint:
                 self.counters["discarded_bytes"] += len(ev.data)  # close() before reading it all
                 continue
             if isinstance(ev, DataReceived):
-                self._rxbuf += ev.data
-                self._buffered += len(ev.data)
+                if ev.data:
+                    self._rxbuf.append(ev.data)
+                    self._buffered += len(ev.data)
             elif isinstance(ev, MessageReceived):
                 self._messages.append(ev.data)
                 self._buffered += len(ev.data)
@@ -435,7 +455,8 @@ class TransportEndpoint:
         In message mode `data` is one message. Raises LocalProtocolError after close, TransferError if
         the connection dies."""
         conn = self._need_conn("send()")
-        mv = memoryview(bytes(data) if not isinstance(data, (bytes, bytearray)) else data)
+        mv = memoryview(data)  # no copy here: the connection's send buffer copies what it takes, once
+        mv = mv.cast("B") if mv.c_contiguous else memoryview(mv.tobytes())
         if conn.config.message_mode:
             self._run_until(lambda: conn.send_message(mv, self.clock()), timeout, "sending a message")
             return len(mv)
@@ -472,8 +493,7 @@ class TransportEndpoint:
         self._run_until(lambda: self._rxbuf or self.eof, timeout, "receiving")
         if not self._rxbuf:
             return self._end_of_stream()
-        out = bytes(self._rxbuf[:max_bytes])
-        del self._rxbuf[:max_bytes]
+        out = _take(self._rxbuf, max_bytes)
         self._buffered -= len(out)
         return out
 
@@ -571,6 +591,26 @@ class TransportEndpoint:
 
 
 # ------------------------------------------------------------------ helpers
+def _take(chunks: deque, max_bytes: int) -> bytes:
+    """Up to max_bytes (at least 1) from the front of `chunks` (non-empty bytes objects, at least one): a
+    first chunk that is all of it comes back as it is, with no copy."""
+    first = chunks[0]
+    if len(first) <= max_bytes and (len(chunks) == 1 or len(first) == max_bytes):
+        return chunks.popleft()
+    out = []
+    room = max_bytes
+    while chunks and room > 0:
+        c = chunks[0]
+        if len(c) <= room:
+            out.append(chunks.popleft())
+            room -= len(c)
+        else:
+            out.append(c[:room])
+            chunks[0] = c[room:]
+            room = 0
+    return b"".join(out)
+
+
 def _too_big(config: ConnConfig, encap) -> UsageError:
     return UsageError(f"max_datagram_size {config.max_datagram_size} does not fit the {encap.name} encapsulation "
                       f"on an MTU of {encap.mtu}: use at most {encap.max_datagram}")

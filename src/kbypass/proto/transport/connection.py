@@ -56,6 +56,15 @@ from .sendbuf import SendBuffer
 from .states import CAN_SEND, CLEAN_END, PEER_OPEN, SYNCHRONIZED, Input, State, next_state
 
 
+def _byte_view(data):
+    """`data` as something whose len() counts bytes, without copying it: bytes as they are, any other
+    bytes-like object as a byte view (the send buffer copies what it keeps, once)."""
+    if type(data) is bytes:
+        return data
+    mv = memoryview(data)
+    return mv.cast("B") if mv.c_contiguous else mv.tobytes()
+
+
 class _Chunks(list):
     """Stream data delivered in order and not yet taken by next_event(): the pieces, joined once when the
     application takes them (appending each to a bytearray copied it again at every reallocation)."""
@@ -197,7 +206,7 @@ class Connection:
         if self.config.message_mode:
             raise LocalProtocolError("this connection is in message mode: use send_message()")
         self._check_can_send()
-        return self.sbuf.write(bytes(data))
+        return self.sbuf.write(_byte_view(data))
 
     def send_message(self, msg: bytes, now: float) -> bool:
         """Message mode: queue `msg` whole and return True, or return False if the send buffer is too full
@@ -211,7 +220,7 @@ class Connection:
                 f"message of {len(msg)} bytes: messages must be 1..{self.config.max_message_size} bytes "
                 "(raise max_message_size in ConnConfig, or split it)"
             )
-        return self.sbuf.write_message(bytes(msg))
+        return self.sbuf.write_message(_byte_view(msg))
 
     def _check_can_send(self) -> None:
         if self.state not in CAN_SEND:
@@ -289,6 +298,16 @@ class Connection:
             except RemoteProtocolError as e:
                 self.stats.drops[e.reason] += 1
 
+    def receive_packets(self, pkts, now: float) -> None:
+        """receive_packet for each of a batch of decoded packets, in order (the Listener's batch path)."""
+        self._now = now
+        on_packet = self._on_packet
+        for pkt in pkts:
+            try:
+                on_packet(pkt, now)
+            except RemoteProtocolError as e:
+                self.stats.drops[e.reason] += 1
+
     def receive_packet(self, pkt: wire.Packet, now: float) -> None:
         """Like receive_datagram, for a packet already decoded (the Listener decodes once to route)."""
         self._now = now
@@ -306,7 +325,12 @@ class Connection:
             # succeed for an established connection and a packet without SYN or RST.
             self._accept_valid(pkt, now)
             if flags & wire.ACK:
-                self._on_ack(pkt, now)
+                sb = self.sbuf
+                # _on_ack has nothing to do for the ACK riding on a receiver's data (nothing of ours in
+                # flight, no news, no window growth): spare it the call; these tests are its early return's
+                if (pkt.ack != sb.snd_una or sb.inflight or pkt.sacks or sb.fin_seq is not None
+                        or pkt.ack + pkt.window > self._peer_right):
+                    self._on_ack(pkt, now)
             if pkt.payload or flags & wire.FIN:
                 self._on_data(pkt)
             if flags & wire.PING:

@@ -41,9 +41,13 @@ class Listener:
 
     def receive_datagrams(self, datagrams, now: float) -> None:
         """Route a batch of datagrams that arrived by `now`, in order: what receive_datagram does for each,
-        with the routing of the common datagram (no SYN, for a known connection) done inline."""
+        with the routing of the common datagram (no SYN, for a known connection) done inline, and each run
+        of consecutive packets for one connection handed to it in one receive_packets call (a run ends
+        before anything else is routed, so every connection sees its packets in arrival order)."""
         decode = wire.decode
         connections = self.connections
+        run: list = []  # consecutive packets for one connection, handed over in one call
+        run_conn = None
         for data in datagrams:
             try:
                 pkt = decode(data)
@@ -51,10 +55,18 @@ class Listener:
                 self.drops[e.reason] += 1
                 continue
             conn = None if pkt.flags & wire.SYN else connections.get(pkt.dst_id)
+            if conn is not None and conn is run_conn:
+                run.append(pkt)
+                continue
+            if run:
+                run_conn.receive_packets(run, now)
             if conn is not None:
-                conn.receive_packet(pkt, now)
+                run, run_conn = [pkt], conn
             else:
+                run, run_conn = [], None
                 self._route(pkt, now)
+        if run:
+            run_conn.receive_packets(run, now)
 
     def _route(self, pkt: wire.Packet, now: float) -> Connection | None:
         if pkt.has(wire.SYN) and not pkt.has(wire.ACK) and pkt.dst_id == 0:
