@@ -163,11 +163,7 @@ class UdpEncap:
                         and total + ETH_HLEN <= k and ulen == total - 20 and ulen >= 8):
                     out.append(mv[a + UDP_HLEN:a + ETH_HLEN + total])
                     continue
-            r = self.parse_peer(mv[a:a + k])
-            if type(r) is str:
-                drops[r] += 1
-            else:
-                out.append(r)
+            _slow_peer_datagram(self, mv[a:a + k], out, drops)
         return out
 
     def parse(self, f: bytes):
@@ -245,11 +241,7 @@ class EthEncap:
             if k >= least and unpack(mv, a)[0] == key:
                 out.append(mv[a + ETH_HLEN:a + k])
                 continue
-            r = self.parse_peer(mv[a:a + k])
-            if type(r) is str:
-                drops[r] += 1
-            else:
-                out.append(r)
+            _slow_peer_datagram(self, mv[a:a + k], out, drops)
         return out
 
     def parse(self, f: bytes):
@@ -258,3 +250,13 @@ class EthEncap:
         if r is not None:
             return r
         return f[ETH_HLEN:], (bytes(f[6:12]),)
+
+
+def _slow_peer_datagram(encap, f, out: list, drops) -> None:
+    """peer_datagrams' path for a frame its one-comparison test did not pass: parse_peer decides, and the
+    datagram joins `out` or the reason is counted in `drops`."""
+    r = encap.parse_peer(f)
+    if type(r) is str:
+        drops[r] += 1
+    else:
+        out.append(r)
