@@ -127,11 +127,9 @@ class Umem:
         self._top += n
 
     def move(self, addrs: np.ndarray, expected: int, to: int, what: str) -> None:
-        """Change the state of frames that must currently be in state `expected`."""
-        if len(addrs) == 0:
-            return
-        frames = self.expect(addrs, expected, what)
-        self.state[frames] = to
+        """Change the state of frames that must currently be in state `expected` (all or nothing)."""
+        if len(addrs):
+            self.hand_over(addrs, expected, to, what)
 
     def hand_over(self, addrs: np.ndarray, expected: int, to: int, what: str, *, descs=None) -> int:
         """Move frames from state `expected` to `to`, all or nothing, after the checks of `expect` (and of
