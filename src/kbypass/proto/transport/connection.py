@@ -325,11 +325,8 @@ class Connection:
             # succeed for an established connection and a packet without SYN or RST.
             self._accept_valid(pkt, now)
             if flags & wire.ACK:
-                sb = self.sbuf
-                # _on_ack has nothing to do for the ACK riding on a receiver's data (nothing of ours in
-                # flight, no news, no window growth): spare it the call; these tests are its early return's
-                if (pkt.ack != sb.snd_una or sb.inflight or pkt.sacks or sb.fin_seq is not None
-                        or pkt.ack + pkt.window > self._peer_right):
+                # the ACK riding on a receiver's data changes nothing when it does not widen the window
+                if not self._quiet_ack(pkt) or pkt.ack + pkt.window > self._peer_right:
                     self._on_ack(pkt, now)
             if pkt.payload or flags & wire.FIN:
                 self._on_data(pkt)
@@ -414,6 +411,12 @@ class Connection:
         if tsecr:
             self.rtt.sample(now - self._ts_to_time(tsecr, now))
 
+    def _quiet_ack(self, pkt: wire.Packet) -> bool:
+        """No news in this ACK beyond its window: the usual ACK riding on the peer's data when we have
+        nothing out (nothing in flight, nothing new acknowledged, no SACK, no FIN of ours pending)."""
+        sb = self.sbuf
+        return pkt.ack == sb.snd_una and not pkt.sacks and not sb.inflight and sb.fin_seq is None
+
     def _on_ack(self, pkt: wire.Packet, now: float) -> None:
         sb = self.sbuf
         ack = pkt.ack
@@ -425,8 +428,8 @@ class Connection:
             self._peer_right = ack + pkt.window
             self._persist_deadline = None  # re-armed by _send_segments if still blocked
             self._persist_backoff = 0
-        if ack == sb.snd_una and not pkt.sacks and not sb.inflight and sb.fin_seq is None:
-            return  # the usual ACK riding on the peer's data when we have nothing out: no news, no flight
+        if self._quiet_ack(pkt):
+            return
         news = False
         if ack > sb.snd_una:
             if self._rto_undo is not None:
