@@ -26,9 +26,9 @@ bpf: $(BPF_OBJ)
 
 native: $(NATIVE)
 
-src/kbypass/_%$(PY_EXT): csrc/%.c
+src/kbypass/_%$(PY_EXT): csrc/%.c $(wildcard csrc/*.h)
 	gcc -O2 -g -Wall -Wextra -Werror -Wno-missing-field-initializers -Wno-cast-function-type -Wno-unused-parameter -shared -fPIC \
-	  -I$(PY_INC) $< -o $@
+	  -I$(PY_INC) $< -o $@ -lz
 
 src/kbypass/bpf/obj/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h)
 	@mkdir -p $(dir $@)

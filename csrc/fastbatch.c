@@ -15,34 +15,7 @@
 #include <stdint.h>
 #include <string.h>
 
-typedef struct {
-    Py_buffer view;
-    Py_ssize_t n, stride;
-} descs_t;
-
-static int get_descs(PyObject *obj, descs_t *d) {
-    if (PyObject_GetBuffer(obj, &d->view, PyBUF_STRIDES | PyBUF_FORMAT)) return -1;
-    if (d->view.ndim != 1 || d->view.itemsize != 16) {
-        PyBuffer_Release(&d->view);
-        PyErr_SetString(PyExc_TypeError, "descriptors must be a 1-D array of kbypass.port.batch.DESC");
-        return -1;
-    }
-    d->n = d->view.shape[0];
-    d->stride = d->view.strides[0];
-    return 0;
-}
-
-static inline uint64_t d_addr(const descs_t *d, Py_ssize_t i) {
-    uint64_t a;
-    memcpy(&a, (const char *)d->view.buf + i * d->stride, 8);
-    return a;
-}
-
-static inline uint32_t d_len(const descs_t *d, Py_ssize_t i) {
-    uint32_t n;
-    memcpy(&n, (const char *)d->view.buf + i * d->stride + 8, 4);
-    return n;
-}
+#include "descs.h"
 
 static int get_bytes(PyObject *obj, Py_buffer *b, int writable) {
     return PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0));
@@ -51,7 +24,7 @@ static int get_bytes(PyObject *obj, Py_buffer *b, int writable) {
 /* The UMEM's frame-state array (writable u8) and a descriptor array, both or neither. */
 static int get_state_and_descs(PyObject *state_o, PyObject *descs_o, Py_buffer *st, descs_t *d) {
     if (get_bytes(state_o, st, 1)) return -1;
-    if (get_descs(descs_o, d)) {
+    if (get_descs(descs_o, d, 0)) {
         PyBuffer_Release(st);
         return -1;
     }
@@ -72,7 +45,7 @@ static PyObject *swap(PyObject *self, PyObject *args) {
     Py_buffer mem;
     descs_t d;
     if (get_bytes(mem_o, &mem, 1)) return NULL;
-    if (get_descs(descs_o, &d)) {
+    if (get_descs(descs_o, &d, 0)) {
         PyBuffer_Release(&mem);
         return NULL;
     }

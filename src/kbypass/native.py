@@ -3,6 +3,8 @@
     lane   kbypass._fastlane   (csrc/fastlane.c)   UdpEndpoint's per-message ring path
     batch  kbypass._fastbatch  (csrc/fastbatch.c)  the Port API's per-batch bookkeeping (ownership
                                                    checks, header swaps)
+    xfer   kbypass._fastxfer   (csrc/fastxfer.c)   the transport's per-datagram bulk path (in-order
+                                                   receive, encode, framing)
 
 Each is optional: None when it is not built, and its caller then runs the pure-Python (numpy) path that
 does the same work, slower. `make setup` builds them (gcc and python3-dev); `kbypass doctor` says which
@@ -14,7 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 
-MODULES = {"lane": "kbypass._fastlane", "batch": "kbypass._fastbatch"}
+MODULES = {"lane": "kbypass._fastlane", "batch": "kbypass._fastbatch", "xfer": "kbypass._fastxfer"}
 
 
 def load(name: str):
@@ -40,3 +42,4 @@ def missing() -> dict[str, str]:
 
 lane = load("lane")
 batch = load("batch")
+xfer = load("xfer")

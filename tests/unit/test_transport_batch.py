@@ -16,6 +16,7 @@ from kbypass.proto.transport import ConnConfig, Connection, Listener, Role, wire
 from kbypass.proto.transport.recvbuf import ReceiveBuffer
 from kbypass.proto.transport.sendbuf import SendBuffer
 from kbypass.proto.transport.sim import PairSim
+from tests.kb import needs_c
 
 CFG = ConnConfig(max_datagram_size=1000, send_buffer=32 * 1024, recv_buffer=24 * 1024, min_rto=0.05,
                  initial_rto=0.3, max_rto=3.0, max_retransmits=30, idle_timeout=60.0,
@@ -268,9 +269,11 @@ def test_decoded_packets_are_immutable_values():
 
 
 # ---------------------------------------------------------------------------- xfer endpoint
-def test_endpoint_hands_a_batch_of_frames_to_the_connection_in_one_call():
+@pytest.mark.parametrize("native", [False, pytest.param(True, marks=needs_c)], ids=["python", "c"])
+def test_endpoint_hands_a_batch_of_frames_to_the_connection_in_one_call(native):
     """Two endpoints over SocketPorts on loopback, pumped in turn in this thread: the stream arrives
-    exactly, and the server's listener and connection get whole batches."""
+    exactly, and the server's listener and connection get whole batches. With the C path, the in-order
+    data segments skip the listener (rx_inorder takes them) and the rest still come in batches."""
     from kbypass.port.socket_port import SocketPort
     from kbypass.xfer import UdpEncap
     from kbypass.xfer.endpoint import TransportEndpoint, default_config
@@ -279,10 +282,10 @@ def test_endpoint_hands_a_batch_of_frames_to_the_connection_in_one_call():
     cfg = default_config(1472)
     calls = []
     with SocketPort(lo, 0, batch=64) as sp, SocketPort(lo, 0, batch=64) as cp:
-        server = TransportEndpoint(sp, UdpEncap(bytes(6), lo, sp.port), config=cfg, own_port=False)
+        server = TransportEndpoint(sp, UdpEncap(bytes(6), lo, sp.port), config=cfg, own_port=False, native=native)
         enc = UdpEncap(bytes(6), lo, cp.port)
         enc.set_peer(lo, sp.port, bytes(6))
-        client = TransportEndpoint(cp, enc, config=cfg, own_port=False)
+        client = TransportEndpoint(cp, enc, config=cfg, own_port=False, native=native)
         server._listener = Listener(cfg, backlog=1, max_connections=1)
         orig = server._listener.receive_datagrams
         server._listener.receive_datagrams = lambda ds, now: (calls.append(len(ds)), orig(ds, now))[1]
@@ -301,9 +304,14 @@ def test_endpoint_hands_a_batch_of_frames_to_the_connection_in_one_call():
             if server._rxbuf:
                 got += server.recv(1 << 30, timeout=0)  # buffered already: recv returns it without pumping
         assert bytes(got) == data
-        assert server.counters["rx_datagrams"] == sum(calls) > 0
-        assert max(calls) > 1  # frames of one receive went in together
+        in_c = server.counters["rx_inorder_c"]
+        assert server.counters["rx_datagrams"] == sum(calls) + in_c > 0
         assert server.stats["datagrams_received"] == server.counters["rx_datagrams"]
+        if native:
+            assert in_c > len(data) // cfg.mss // 2  # the bulk of the stream went through C
+        else:
+            assert in_c == 0
+            assert max(calls) > 1  # frames of one receive went in together
 
 
 def test_send_buffer_cuts_across_writes_of_any_bytes_like_type_and_keeps_its_own_copy():

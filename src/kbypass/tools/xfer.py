@@ -73,6 +73,9 @@ def _common(v) -> None:
     v.add_argument("--seed", type=int, default=1, help="seed of the userspace faults and the generated stream")
     v.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the handshake (send) "
                                                                "or the close")
+    v.add_argument("--lane", choices=("c", "python"),
+                   help="per-datagram bulk work (in-order arrivals, encoding, framing) in C (kbypass._fastxfer) "
+                        "or Python; default: C when it is built")
     v.add_argument("--cpu", type=int, help="pin to this CPU")
     v.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -151,13 +154,15 @@ def _open(args, **kw):
     options = {"poll": args.poll} if args.backend == "afxdp" else {}
     return TransportEndpoint.open(iface=iface, netns=netns, encap=args.encap, backend=args.backend,
                                   local_ip=ip, ethertype=args.ethertype, xdp_loss=xdp_loss,
-                                  faults_rx=faults, seed=args.seed, port_options=options, **kw)
+                                  faults_rx=faults, seed=args.seed, port_options=options,
+                                  native=None if args.lane is None else args.lane == "c", **kw)
 
 
 def _summary(args, ep, nbytes: int, seconds: float, sha: str) -> dict:
     st = ep.stats
     return {
-        "verb": args.verb, "encap": args.encap, "backend": args.backend, "bytes": nbytes,
+        "verb": args.verb, "encap": args.encap, "backend": args.backend, "lane": "c" if ep.native else "python",
+        "bytes": nbytes,
         "seconds": round(seconds, 6), "goodput_bps": round(nbytes * 8 / seconds) if seconds > 0 else 0,
         "retransmits": st["retransmits"], "fast_retransmits": st["fast_retransmits"], "timeouts": st["timeouts"],
         "rtt_ms": None if st["rtt_ms"] is None else round(st["rtt_ms"], 3), "sha256": sha,

@@ -73,6 +73,7 @@ class UdpEncap:
 
     name = "udp"
     header_len = UDP_HLEN
+    kind = 0  # kbypass._fastxfer's name for this layout
 
     def __init__(self, local_mac: str | bytes, local_ip: str, local_port: int, mtu: int = 1500) -> None:
         self.mac = mac_bytes(local_mac)
@@ -102,12 +103,19 @@ class UdpEncap:
         h[34:36], h[36:38] = self.port.to_bytes(2, "big"), port.to_bytes(2, "big")
         self._tmpl = bytes(h)
         self._peer_raw = (dst, port)  # what parse_peer compares a source with: no text per frame
-        # peer_datagrams compares bytes 26..37 (addresses and ports) of a received frame with this at once
-        self._peer_key = bytes(dst + self.ip + h[36:38] + h[34:36])
+        # peer_datagrams (and kbypass._fastxfer.rx_inorder) compare bytes 26..37 (addresses and ports) of a
+        # received frame with this at once
+        self.peer_key = bytes(dst + self.ip + h[36:38] + h[34:36])
         self._eth_ip = self._tmpl[0:16]  # Ethernet header and the IP version/TOS: the same in every frame
         self._ip_fixed1, self._ip_fixed2 = self._tmpl[20:24], self._tmpl[26:38]
         # IPv4 checksum: the fixed words summed once; total length and ident are added per frame
         self._ip_partial = int.from_bytes(h[14:34], "big") % _MOD
+
+    def write_frames(self, native, batch, datagrams: list, start: int) -> None:
+        """frame() of datagrams[start:...] written into the frames of `batch`, lengths set, in one call of
+        `native` (kbypass._fastxfer): what _write_frames in the endpoint does with frame()."""
+        self._ident = native.write_frames(batch.mem, batch.descs, start, self.mtu + ETH_HLEN, 0, self._tmpl,
+                                          self._ip_partial, self._ident, datagrams)
 
     def frame(self, datagram: bytes) -> bytes:
         """One frame carrying `datagram` to the peer (set_peer first)."""
@@ -153,7 +161,7 @@ class UdpEncap:
         frames from the peer, in order; every other frame counted in `drops` by parse_peer's reason.
         A frame that passes all of parse_peer's checks is recognised by one unpack and one comparison,
         in this loop (a call per frame cost as much again); any other goes through parse_peer itself."""
-        key = self._peer_key
+        key = self.peer_key
         unpack = _UDP_FAST.unpack_from
         out = []
         for a, k in zip(addrs, lens):
@@ -189,6 +197,7 @@ class EthEncap:
 
     name = "eth"
     header_len = ETH_HLEN
+    kind = 1  # kbypass._fastxfer's name for this layout
 
     def __init__(self, local_mac: str | bytes, ethertype: int = ETHERTYPE, mtu: int = 1500) -> None:
         self.mac = mac_bytes(local_mac)
@@ -205,10 +214,15 @@ class EthEncap:
     def set_peer(self, mac: str | bytes) -> None:
         self.peer = mac_bytes(mac)
         self._hdr = self.peer + self.mac + self._et
-        self._peer_key = self.mac + self.peer + self._et  # a frame's first 14 bytes, when from the peer to us
+        # a frame's first 14 bytes, when from the peer to us (what peer_datagrams and rx_inorder compare)
+        self.peer_key = self.mac + self.peer + self._et
 
     def frame(self, datagram: bytes) -> bytes:
         return self._hdr + datagram
+
+    def write_frames(self, native, batch, datagrams: list, start: int) -> None:
+        """See UdpEncap.write_frames."""
+        native.write_frames(batch.mem, batch.descs, start, self.mtu + ETH_HLEN, 1, self._hdr, 0, 0, datagrams)
 
     def _check(self, f):
         """parse's checks: None for a frame of ours, else the drop reason."""
@@ -233,7 +247,7 @@ class EthEncap:
     def peer_datagrams(self, mv, addrs, lens, drops) -> list:
         """parse_peer over a batch of frames (see UdpEncap.peer_datagrams): a frame from the peer is
         recognised by its first 14 bytes and its length."""
-        key = self._peer_key
+        key = self.peer_key
         unpack = _ETH_FAST.unpack_from
         least = ETH_HLEN + wire.OVERHEAD
         out = []

@@ -41,6 +41,7 @@ from collections import Counter, deque
 
 from kbypass.errors import KbypassError, UsageError
 from kbypass.faults import FaultyLink
+from kbypass.native import xfer as _fastxfer  # C bulk path; None: Python does every datagram
 from kbypass.proto.transport import (
     Closed, ConnConfig, Connected, Connection, ConnectionLost, DataReceived, Listener, MessageReceived,
     PeerClosed, Role,
@@ -72,7 +73,14 @@ class TransportEndpoint:
 
     def __init__(self, port, encap, *, config: ConnConfig | None = None, seed: int | None = None,
                  faults_rx: dict | None = None, faults_tx: dict | None = None, rx_batch: int = 64,
-                 clock=time.monotonic, own_port: bool = True, on_close=None) -> None:
+                 clock=time.monotonic, own_port: bool = True, on_close=None, native: bool | None = None) -> None:
+        if native and _fastxfer is None:
+            raise UsageError("the transport's C path (kbypass._fastxfer) is not built: run 'make setup' "
+                             "(it needs gcc, python3-dev and zlib1g-dev), or leave native unset: Python does "
+                             "the work when C is not built")
+        # the C bulk path (in-order arrivals, encoding, framing: kbypass._fastxfer) or None: all in Python
+        self._fast = _fastxfer if native is None or native else None
+        self.native = self._fast is not None
         self.port = port
         self.encap = encap
         self.clock = clock
@@ -220,7 +228,8 @@ class TransportEndpoint:
             return 0
         mv = memoryview(batch.mem)
         try:  # the datagrams are views of packet memory: handled (copied by the decoder) before the frames go back
-            datagrams = self._datagrams(mv, batch)
+            start = self._take_inorder(batch, now) if self._fast is not None else 0
+            datagrams = self._datagrams(mv, batch, start) if start < n else ()
             if self._rx_link is not None:
                 t = self._t(now)
                 for data in datagrams:
@@ -233,10 +242,32 @@ class TransportEndpoint:
             self.port.free(batch)
         return n
 
-    def _datagrams(self, mv: memoryview, batch) -> list:
-        """The transport datagrams (views into `mv`, the batch's memory) of the frames in `batch` that come
-        from our peer; everything else counted in `drops` by reason."""
-        addrs, lens = batch.addr.tolist(), batch.lens.tolist()
+    def _take_inorder(self, batch, now: float) -> int:
+        """Take the run of in-order data segments at the head of `batch` in one C call (rx_inorder under
+        the connection's inorder_params): a bulk transfer's arrivals, with no Python per datagram. Returns
+        the index of the first frame the general path must see (the rest of the batch goes there, in
+        order; the next batch tries C again)."""
+        conn = self.conn
+        if conn is None or self._rx_link is not None or self.encap.peer is None:
+            return 0
+        params = conn.inorder_params()
+        if params is None:
+            return 0
+        stop, data, tsval = self._fast.rx_inorder(batch.mem, batch.descs, 0, self.encap.kind, self.encap.peer_key,
+                                                  *params)
+        if stop:
+            conn.receive_inorder(data, stop, tsval, now)
+            self.counters["rx_datagrams"] += stop
+            self.counters["rx_inorder_c"] += stop
+        return stop
+
+    def _datagrams(self, mv: memoryview, batch, start: int = 0) -> list:
+        """The transport datagrams (views into `mv`, the batch's memory) of the frames in `batch` from index
+        `start` on that come from our peer; everything else counted in `drops` by reason."""
+        if start:
+            addrs, lens = batch.addr[start:].tolist(), batch.lens[start:].tolist()
+        else:
+            addrs, lens = batch.addr.tolist(), batch.lens.tolist()
         if self.encap.peer is None:
             return self._datagrams_learning(mv, addrs, lens)
         return self.encap.peer_datagrams(mv, addrs, lens, self.drops)
@@ -327,7 +358,11 @@ class TransportEndpoint:
 
     def _write_frames(self, batch, datagrams: list, start: int) -> None:
         """Fill the frames of `batch` with datagrams[start:...]: each frame built (one join) and copied into
-        packet memory, and all lengths set in one array store instead of one numpy store per frame."""
+        packet memory, and all lengths set in one array store instead of one numpy store per frame.
+        With the C path, the encapsulation writes them all in one call instead."""
+        if self._fast is not None:
+            self.encap.write_frames(self._fast, batch, datagrams, start)
+            return
         mv = memoryview(batch.mem)
         frame = self.encap.frame
         lens = []

@@ -45,6 +45,8 @@ import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from kbypass.native import xfer as _native  # C encoding of segment runs; None: wire.encode_fields each
+
 from . import wire
 from .config import ConnConfig
 from .congestion import LossTolerantReno
@@ -308,6 +310,41 @@ class Connection:
             except RemoteProtocolError as e:
                 self.stats.drops[e.reason] += 1
 
+    def inorder_params(self) -> tuple[int, int, int, int, int, int] | None:
+        """The conditions under which a run of arriving datagrams may skip the general path, or None when
+        none may now: (local_id, peer_id, rcv_nxt, ack, right, room). A datagram qualifies when it has
+        flags exactly ACK, no SACK blocks, our ids (src_id == peer_id, dst_id == local_id), a non-empty
+        payload at the running rcv_nxt, ack == `ack` and ack + window <= `right`; the run's payloads must
+        fit `room`. Each such datagram is the next bytes of the stream and tells our sender side nothing
+        (nothing of ours is in flight): its whole effect is receive_inorder's. kbypass._fastxfer.rx_inorder
+        finds such runs in a batch of frames."""
+        sb = self.sbuf
+        rb = self.rbuf
+        if (self.state is not State.ESTABLISHED or rb.ooo or rb.fin_seq is not None or rb.message_mode
+                or sb.inflight or sb.fin_seq is not None):
+            return None
+        return self.local_id, self.peer_id, rb.rcv_nxt, sb.snd_una, self._peer_right, rb.window
+
+    def receive_inorder(self, data: bytes, count: int, tsval: int, now: float) -> None:
+        """Take `count` datagrams that met inorder_params() (checked by the caller), their payloads joined
+        in `data` and `tsval` the last one's timestamp: exactly what receive_datagrams does with them."""
+        self._now = now
+        stats = self.stats
+        stats.datagrams_received += count
+        self._last_recv = now
+        self._ts_recent = tsval
+        self._ack_pending = True
+        n = len(data)
+        rb = self.rbuf
+        rb.rcv_nxt += n
+        rb.unread += n
+        stats.bytes_delivered += n
+        events = self._events
+        if events and type(events[-1]) is _Chunks:
+            events[-1].append(data)
+        else:
+            events.append(_Chunks((data,)))
+
     def receive_packet(self, pkt: wire.Packet, now: float) -> None:
         """Like receive_datagram, for a packet already decoded (the Listener decodes once to route)."""
         self._now = now
@@ -457,6 +494,7 @@ class Connection:
                     break
                 if not seg.sacked and seg.seq >= blocks[bi][0] and seg.end <= blocks[bi][1]:
                     seg.sacked = True
+                    sb.sacked_segments += 1
                     seg.lost = False
                     news = True
         if news and pkt.tsecr:
@@ -490,8 +528,16 @@ class Connection:
 
     def _detect_losses(self, now: float) -> None:
         sb = self.sbuf
-        segs = list(sb.inflight)
         reo = (self.rtt.min_rtt or 0.0) / 4
+        if not sb.sacked_segments and not sb.resent_segments and self._dupacks < self.config.dupack_threshold:
+            # Nothing SACKed, nothing sent twice: the flight went out in seq order, so send times only grow
+            # along it, no segment has SACKed ones above it and only RACK could find a loss. If the first
+            # segment is not overdue by RACK, none is, and the scan below would find nothing: an in-order
+            # ACK stream costs O(1) here instead of a pass over the flight per ACK.
+            first = sb.inflight[0]
+            if not first.lost and first.tx_count and first.sent_at + reo >= self._rack_xmit:
+                return
+        segs = list(sb.inflight)
         sacked_above = 0
         newly_lost = 0  # bytes
         for seg in reversed(segs):
@@ -626,6 +672,8 @@ class Connection:
         ack, window, tsval, sacks = fields or self._ack_fields(now)
         flags = wire.ACK | (wire.MSG_END if seg.msg_end else 0) | (wire.FIN if seg.fin else 0)
         seg.sent_at = now
+        if seg.tx_count == 1:
+            self.sbuf.resent_segments += 1
         seg.tx_count += 1
         seg.lost = False
         stats = self.stats
@@ -640,6 +688,31 @@ class Connection:
         if self._rto_deadline is None:
             self._rto_deadline = now + self.rtt.rto
         if self._pto_deadline is None:  # (already armed for nearly every segment of a flight)
+            self._arm_pto(now)
+
+    def _emit_new(self, segs: list, now: float, out: list[bytes], fields: tuple) -> None:
+        """_emit for a run of new segments from SendBuffer.cut_run (already marked sent at `now`): the
+        per-segment effects summed, the datagrams encoded in one C call when there are no SACK blocks to
+        carry (kbypass._fastxfer.encode_segments), else one by one as _emit does."""
+        ack, window, tsval, sacks = fields
+        stats = self.stats
+        stats.bytes_sent += segs[-1].seq + len(segs[-1].data) - segs[0].seq
+        stats.datagrams_sent += len(segs)
+        self._last_send = now
+        self._ack_pending = False
+        if ack + window > self._adv_right:
+            self._adv_right = ack + window
+        if sacks or _native is None:
+            max_size = self.config.max_datagram_size
+            for seg in segs:
+                out.append(wire.encode_fields(wire.ACK | (wire.MSG_END if seg.msg_end else 0), self.local_id,
+                                              self.peer_id, seg.seq, ack, window, tsval, self._ts_recent, sacks,
+                                              seg.data, max_size))
+        else:
+            _native.encode_segments(self.local_id, self.peer_id, ack, window, tsval, self._ts_recent, segs, out)
+        if self._rto_deadline is None:
+            self._rto_deadline = now + self.rtt.rto
+        if self._pto_deadline is None:
             self._arm_pto(now)
 
     def _pto(self) -> float | None:
@@ -700,18 +773,18 @@ class Connection:
                     self.stats.fast_retransmits += 1
                 self._emit(seg, now, out, fields)
                 pipe += len(seg.data) or 1
-        # 2. new data within cwnd and the peer's window
+        # 2. new data within cwnd and the peer's window: cut in one run, then emitted together
         mss = self.mss
-        while pipe < cwnd:
+        if pipe < cwnd and sb.unsent:
+            segs = sb.cut_run(mss, cwnd - pipe, self._peer_right, now)
+            if segs:
+                self._emit_new(segs, now, out, fields)
+                pipe += segs[-1].seq + len(segs[-1].data) - segs[0].seq
             n = sb.next_length(mss)
-            if n == 0:
-                break
-            if self._peer_right - sb.unsent_seq < n:  # _window_room()
+            if pipe < cwnd and n and self._peer_right - sb.unsent_seq < n:  # blocked by the peer's window
                 if not sb.inflight and self._persist_deadline is None:
                     self._persist_deadline = now + self.rtt.rto
                 return
-            self._emit(sb.cut(n), now, out, fields)
-            pipe += n
         # 3. the FIN, once all data is cut (it needs no window: it occupies no buffer space)
         if sb.fin_queued and not sb.unsent and pipe < cwnd:
             self._emit(sb.cut_fin(), now, out, fields)

@@ -44,6 +44,11 @@ class SendBuffer:
         # seq is needed, and acknowledging a segment is a popleft
         self.inflight: deque[Segment] = deque()
         self.inflight_bytes = 0
+        # segments in flight that the peer SACKed / that were sent more than once: while both are 0, the
+        # flight was sent in seq order and nothing above a hole is known, which lets loss detection
+        # look at the first segment only (Connection._detect_losses)
+        self.sacked_segments = 0
+        self.resent_segments = 0
         self.snd_una = 0
         self.fin_queued = False
         self.fin_seq: int | None = None  # set once close() was called: offset of the FIN
@@ -138,6 +143,42 @@ class SendBuffer:
         self.inflight_bytes += n
         return seg
 
+    def cut_run(self, mss: int, budget: int, right: int, now: float) -> list[Segment]:
+        """New segments as a loop of cut(next_length(mss)) makes them while `budget` bytes remain (the last
+        may overshoot it, as a pipe check before each segment allows) and each ends by `right` (the peer's
+        window edge), already marked sent at `now` once: the sender's bulk path."""
+        segs = []
+        boundaries = self.boundaries
+        chunks = self._chunks
+        seq = start = self.unsent_seq
+        unsent = self.unsent
+        while budget > 0 and unsent:
+            n = mss if mss < unsent else unsent
+            if boundaries and boundaries[0] - seq < n:
+                n = boundaries[0] - seq
+            if right - seq < n:
+                break
+            chunk = chunks[0]
+            off = self._offset
+            end = off + n
+            if end < len(chunk):  # _take's usual case, inline: the segment lies inside the first chunk
+                data = chunk[off:end]
+                self._offset = end
+                self.unsent -= n
+            else:
+                data = self._take(n)
+            unsent -= n
+            seq += n
+            msg_end = bool(boundaries) and boundaries[0] == seq
+            if msg_end:
+                boundaries.popleft()
+            segs.append(Segment(seq - n, data, msg_end, False, now, 1))
+            budget -= n
+        self.inflight.extend(segs)
+        self.unsent_seq = seq
+        self.inflight_bytes += seq - start
+        return segs
+
     def cut_fin(self) -> Segment:
         seg = Segment(self.unsent_seq, b"", fin=True)
         self.unsent_seq += 1
@@ -160,5 +201,9 @@ class SendBuffer:
                 break
             inflight.popleft()
             freed += len(seg.data)
+            if seg.sacked:
+                self.sacked_segments -= 1
+            if seg.tx_count > 1:
+                self.resent_segments -= 1
         self.inflight_bytes -= freed
         return max(0, acked)

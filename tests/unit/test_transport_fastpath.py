@@ -1,0 +1,309 @@
+"""kbypass._fastxfer, the transport's C bulk path, held to the Python reference.
+
+  * rx_inorder through the endpoint's real glue (TransportEndpoint._take_frames over a batch of frames):
+    for hypothesis-mutated batches (drops, duplicates, reordering, corruption anywhere in the frame,
+    foreign frames, other flags, truncation) the receiving connection ends in exactly the state the
+    pure-Python path leaves it in: same delivered bytes, counters, drops, and the same ACK on the wire.
+  * encode / encode_segments / write_frames: byte-identical to wire.encode_fields and encap.frame.
+  * the sender's bookkeeping the O(1) loss-detection exit relies on (SACKed / resent segment counts)
+    matches its flight at every step of a hostile simulated transfer.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kbypass import native
+from kbypass.errors import UsageError
+from kbypass.port.batch import DESC, Batch
+from kbypass.proto.transport import ConnConfig, Connection, DataReceived, Role, State, wire
+from kbypass.proto.transport.sendbuf import Segment
+from kbypass.xfer import EthEncap, UdpEncap
+from kbypass.xfer import endpoint as xfer_endpoint
+from kbypass.xfer.endpoint import TransportEndpoint
+from tests.kb import needs_c
+
+pytestmark = needs_c
+fx = native.xfer
+
+MAC_C, MAC_S = "02:00:00:00:00:01", "02:00:00:00:00:02"
+IP_C, IP_S = "10.9.0.1", "10.9.0.2"
+PORT_C, PORT_S = 5000, 7000
+MSS = 1472 - wire.OVERHEAD
+CFG = ConnConfig(max_datagram_size=1472, send_buffer=1 << 20, recv_buffer=1 << 18, max_window=1 << 19,
+                 initial_window=64 * MSS)
+T = 1.0
+
+
+def encaps(kind: str):
+    """(client's encap, server's encap), each with the other as its peer."""
+    if kind == "udp":
+        c, s = UdpEncap(MAC_C, IP_C, PORT_C), UdpEncap(MAC_S, IP_S, PORT_S)
+        c.set_peer(IP_S, PORT_S, MAC_S)
+        s.set_peer(IP_C, PORT_C, MAC_C)
+    else:
+        c, s = EthEncap(MAC_C), EthEncap(MAC_S)
+        c.set_peer(MAC_S)
+        s.set_peer(MAC_C)
+    return c, s
+
+
+def established(cfg: ConnConfig, seed: int = 1) -> tuple[Connection, Connection]:
+    c = Connection(Role.CLIENT, cfg, 0.0, rng=random.Random(seed))
+    s = Connection(Role.SERVER, cfg, 0.0, rng=random.Random(seed + 1))
+    c.connect(0.0)
+    for _ in range(3):
+        for d in c.datagrams_to_send(0.0):
+            s.receive_datagram(d, 0.0)
+        for d in s.datagrams_to_send(0.0):
+            c.receive_datagram(d, 0.0)
+    assert c.state is State.ESTABLISHED and s.state is State.ESTABLISHED
+    return c, s
+
+
+def batch_of(frames: list[bytes]) -> Batch:
+    mem = np.zeros(2048 * max(1, len(frames)), np.uint8)
+    descs = np.zeros(len(frames), DESC)
+    for i, f in enumerate(frames):
+        mem[i * 2048:i * 2048 + len(f)] = np.frombuffer(f, np.uint8)
+        descs[i] = (i * 2048, len(f), 0)
+    return Batch(descs, mem)
+
+
+class OneBatchPort:
+    """A port whose receive() returns one prepared batch, then nothing."""
+
+    mode = "test"
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+
+    def receive(self, n: int) -> Batch:
+        b, self.batch = self.batch, Batch.empty(self.batch.mem)
+        return b
+
+    def free(self, batch: Batch) -> None:
+        pass
+
+
+def take(conn: Connection, frames: list[bytes], enc, native_path: bool) -> TransportEndpoint:
+    """Feed `frames` to `conn` through the endpoint's receive path, with or without the C path."""
+    ep = TransportEndpoint(OneBatchPort(batch_of(frames)), enc, config=conn.config, own_port=False,
+                           native=native_path, rx_batch=4096)
+    ep.conn = conn
+    ep._take_frames(T)
+    return ep
+
+
+def state_of(conn: Connection, ep: TransportEndpoint) -> tuple:
+    """Everything the arrivals can have changed, and what the connection says next on the wire."""
+    data = b"".join(ev.data for ev in iter(conn.next_event, None) if isinstance(ev, DataReceived))
+    rb = conn.rbuf
+    return (data, rb.rcv_nxt, rb.unread, sorted(rb.ooo), conn.stats, conn._ts_recent, conn._last_recv,
+            conn._peer_right, conn.sbuf.snd_una, conn.state, dict(ep.drops), ep.counters["rx_datagrams"],
+            conn.datagrams_to_send(T + 0.001))
+
+
+def stream_datagrams(cfg: ConnConfig, n_bytes: int, seed: int = 1):
+    c, s = established(cfg, seed)
+    c.send(random.Random(seed).randbytes(n_bytes), 0.5)
+    return c, s, c.datagrams_to_send(0.5)
+
+
+MUTATIONS = ("drop", "dup", "swap", "corrupt", "foreign", "fragment", "flags", "truncate", "window", "ack",
+             "ack_window", "seq", "ids")
+
+
+def mutate(frames: list[bytes], ops, enc_c) -> list[bytes]:
+    out = list(frames)
+    i = 0
+    for op, r in ops:
+        if i >= len(out):
+            break
+        f = bytearray(out[i])
+        h = enc_c.header_len
+        if op == "drop":
+            del out[i]
+            continue
+        if op == "dup":
+            out.insert(i, bytes(f))
+            i += 1
+        elif op == "swap" and i + 1 < len(out):
+            out[i], out[i + 1] = out[i + 1], out[i]
+        elif op == "corrupt":
+            f[r % len(f)] ^= 1 << (r >> 20) % 8
+            out[i] = bytes(f)
+        elif op == "foreign":
+            if isinstance(enc_c, UdpEncap):
+                f[36:38] = (PORT_S + 1).to_bytes(2, "big")  # another port of the same host
+            else:
+                f[6:12] = bytes.fromhex("020000000099")  # another sender
+            out[i] = bytes(f)
+        elif op == "fragment":
+            if isinstance(enc_c, UdpEncap):
+                f[20] |= 0x20 if r % 2 else 0  # more fragments
+                f[21] |= 0 if r % 2 else 1  # a fragment offset
+            else:
+                f[12:14] = b"\x08\x00"  # not our EtherType
+            out[i] = bytes(f)
+        elif op in ("flags", "window", "ack", "ack_window", "seq", "ids"):
+            # a datagram that is valid but not plain in-order data: re-encoded with its CRC fixed
+            d = bytes(f[h:])
+            pkt = wire.decode(d)
+            if op == "flags":
+                pkt = pkt._replace(flags=pkt.flags | (wire.PING, wire.MSG_END, wire.FIN)[r % 3])
+            elif op == "window":
+                pkt = pkt._replace(window=pkt.window + 1 + r % 5000)
+            elif op == "ack":
+                pkt = pkt._replace(ack=pkt.ack + 1 + r % 3)  # beyond what the receiver ever sent
+            elif op == "ack_window":  # the same right edge, from an ack beyond what the receiver sent
+                pkt = pkt._replace(ack=pkt.ack + 1, window=pkt.window - 1)
+            elif op == "ids":
+                pkt = pkt._replace(src_id=pkt.src_id ^ 1) if r % 2 else pkt._replace(dst_id=pkt.dst_id ^ 1)
+            else:
+                pkt = pkt._replace(seq=pkt.seq + 1 + r % 3000)
+            out[i] = bytes(f[:h]) + wire.encode(pkt)
+            if isinstance(enc_c, UdpEncap) and len(out[i]) != len(f):
+                out[i] = enc_c.frame(wire.encode(pkt))
+        elif op == "truncate":
+            out[i] = bytes(f[:r % len(f)])
+        i += 1
+    return out
+
+
+@pytest.mark.parametrize("kind", ["udp", "eth"])
+def test_plain_in_order_frames_all_go_through_c_with_the_python_result(kind):
+    enc_c, enc_s = encaps(kind)
+    c, s, grams = stream_datagrams(CFG, 60 * MSS)
+    assert len(grams) == 60
+    frames = [enc_c.frame(d) for d in grams]
+    s_py = copy.deepcopy(s)
+    ep_c = take(s, frames, enc_s, True)
+    ep_py = take(s_py, frames, enc_s, False)
+    assert ep_c.counters["rx_inorder_c"] == 60 and ep_py.counters["rx_inorder_c"] == 0
+    assert state_of(s, ep_c) == state_of(s_py, ep_py)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["udp", "eth"]), small=st.booleans(),
+       muts=st.lists(st.tuples(st.integers(0, 23), st.sampled_from(MUTATIONS), st.integers(0, 1 << 23)), max_size=4))
+def test_any_mutated_batch_leaves_the_connection_as_the_python_path_does(kind, small, muts):
+    """A few mutations at random places in a batch of 24 in-order frames (C takes the run before the first
+    one, Python the rest). `small`: the receiver's window is 6 segments and the sender ignores it."""
+    enc_c, enc_s = encaps(kind)
+    c, s, grams = stream_datagrams(CFG, 24 * MSS)
+    if small:
+        s.rbuf.limit = 6 * MSS  # (a misbehaving sender: 24 segments into a 6-segment window)
+    ops = [("keep", 0)] * len(grams)
+    for i, op, r in muts:
+        ops[i] = (op, r)
+    frames = mutate([enc_c.frame(d) for d in grams], ops, enc_c)
+    s_py = copy.deepcopy(s)
+    ep_c = take(s, frames, enc_s, True)
+    ep_py = take(s_py, frames, enc_s, False)
+    assert state_of(s, ep_c) == state_of(s_py, ep_py)
+
+
+def test_no_fast_path_while_our_own_data_is_in_flight_or_out_of_order_data_waits():
+    c, s, grams = stream_datagrams(CFG, 8 * MSS)
+    assert s.inorder_params() is not None
+    s.send(b"x" * 100, 0.6)
+    s.datagrams_to_send(0.6)  # now something of the server's is in flight: ACKs carry news for it
+    assert s.inorder_params() is None
+    c2, s2, grams2 = stream_datagrams(CFG, 8 * MSS, seed=3)
+    s2.receive_datagram(grams2[1], 0.6)  # a hole before it
+    assert s2.rbuf.ooo and s2.inorder_params() is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(flags=st.integers(0, 0x7F), src=st.integers(1, wire.MAX_U32), dst=st.integers(0, wire.MAX_U32),
+       seq=st.integers(0, 1 << 62), ack=st.integers(0, 1 << 62), window=st.integers(0, wire.MAX_U32),
+       tsval=st.integers(0, wire.MAX_U32), tsecr=st.integers(0, wire.MAX_U32), payload=st.binary(max_size=1500))
+def test_c_encode_is_the_python_encoder(flags, src, dst, seq, ack, window, tsval, tsecr, payload):
+    c = fx.encode(flags, src, dst, seq, ack, window, tsval, tsecr, memoryview(payload))
+    head = struct.pack("!BBBBIIQQIIIH", 1, flags, 0, 0, src, dst, seq, ack, window, tsval, tsecr, len(payload))
+    assert c == head + payload + struct.pack("!I", zlib.crc32(head + payload))
+    assert wire.decode(c) == wire.Packet(flags, src, dst, seq, ack, window, tsval, tsecr, (), payload)
+
+
+def test_out_of_range_fields_still_raise_struct_error():
+    with pytest.raises(struct.error):
+        wire.encode_fields(wire.ACK, 1 << 32, 2, 0, 0, 0, 1, 0, (), b"x")
+    with pytest.raises(struct.error):
+        wire.encode_fields(wire.ACK, 1, 2, -1, 0, 0, 1, 0, (), b"x")
+
+
+def test_encode_segments_matches_encode_fields_per_segment():
+    rng = random.Random(5)
+    segs = [Segment(rng.randrange(1 << 40), rng.randbytes(rng.randrange(0, 1400)), rng.random() < 0.3,
+                    rng.random() < 0.1) for _ in range(50)]
+    out: list[bytes] = ["sentinel"]
+    fx.encode_segments(11, 22, 333, 444, 555, 666, segs, out)
+    assert out[0] == "sentinel" and len(out) == 51
+    for seg, d in zip(segs, out[1:]):
+        flags = wire.ACK | (wire.MSG_END if seg.msg_end else 0) | (wire.FIN if seg.fin else 0)
+        assert d == wire.encode_fields(flags, 11, 22, seg.seq, 333, 444, 555, 666, (), seg.data)
+
+
+@pytest.mark.parametrize("kind", ["udp", "eth"])
+def test_write_frames_builds_what_frame_builds(kind):
+    rng = random.Random(7)
+    grams = [rng.randbytes(rng.randrange(wire.OVERHEAD, 1472)) for _ in range(40)]
+    ref, enc = encaps(kind)[0], encaps(kind)[0]
+    if kind == "udp":
+        ref._ident = enc._ident = 0xFFF0  # the ident wraps inside the batch
+    want = [ref.frame(g) for g in grams[3:]]
+    batch = batch_of([b""] * 37)
+    enc.write_frames(fx, batch, grams, 3)
+    got = [bytes(batch.mem[a:a + k]) for a, k in zip(batch.addr.tolist(), batch.lens.tolist())]
+    assert got == want
+    if kind == "udp":
+        assert enc._ident == ref._ident
+
+
+def test_write_frames_refuses_a_datagram_over_the_mtu_and_writes_nothing():
+    enc = encaps("udp")[0]
+    batch = batch_of([b""] * 2)
+    with pytest.raises(ValueError, match="does not fit"):
+        enc.write_frames(fx, batch, [b"a" * 100, b"b" * 1473], 0)
+    assert not batch.mem.any() and not batch.lens.any()
+
+
+def test_native_true_without_the_module_is_a_usage_error(monkeypatch):
+    monkeypatch.setattr(xfer_endpoint, "_fastxfer", None)
+    with pytest.raises(UsageError, match="make setup"):
+        TransportEndpoint(OneBatchPort(batch_of([])), encaps("udp")[1], native=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sacked_and_resent_counts_follow_the_flight(seed):
+    """_detect_losses' O(1) exit trusts these two counts: check them after every step of a hostile run."""
+    from tests.unit.test_transport_batch import CFG as BATCH_CFG, hostile_pair
+    from kbypass.proto.transport.sim import PairSim
+
+    sim = PairSim(*hostile_pair(seed, []), BATCH_CFG, seed=seed)
+    sim.client.stream = random.Random(seed).randbytes(60_000)
+    sim.server.stream = random.Random(seed + 1).randbytes(20_000)
+    sim.start()
+    checked = 0
+
+    def counts_hold(s):
+        nonlocal checked
+        for conn in (s.client.conn, s.server.conn):
+            if conn is not None:
+                sb = conn.sbuf
+                assert sb.sacked_segments == sum(seg.sacked for seg in sb.inflight)
+                assert sb.resent_segments == sum(seg.tx_count > 1 for seg in sb.inflight)
+                checked += 1
+        return s.both_finished()
+
+    assert sim.run(counts_hold, max_time=3000)
+    assert checked > 100 and sim.client.conn.stats.retransmits > 0
