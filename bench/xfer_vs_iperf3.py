@@ -2,7 +2,8 @@
 """kbypass xfer (the reliable transport over AF_XDP) against iperf3 on the same veth, in one run.
 
     kbypass xfer, udp and eth encapsulation, loss-free and at 1% loss (the steering program's
-        sample-drop on the receive path of both hosts)
+        sample-drop on the receive path of both hosts), with the C bulk path (kbypass._fastxfer), and
+        once, udp loss-free, with the pure-Python lane for comparison
     iperf3 UDP at the same datagram size (1472-byte UDP payloads, what xfer's udp encapsulation puts
         in each datagram), at iperf3's default rate (-b 1M) and unlimited (-b 0)
     iperf3 TCP (the kernel's TCP, GSO/GRO and all) on the same veth
@@ -13,7 +14,11 @@ of stream (every byte checked by SHA-256 against the sender's), for iperf3 UDP t
 in host a on CPU 0. Every trial is repeated --runs times in rotating order; medians are reported with
 the ratios the issue asks for. The machine is shared: expect noise, compare within one run.
 
-Usage:  .venv/bin/python bench/xfer_vs_iperf3.py [--size 100M] [--seconds 5] [--runs 3] [--json FILE]
+--mtu sets the testbed's veth MTU (both ends; default 1500). 3506 is the largest a veth takes with XDP
+attached (4 KiB pages): every contender then runs on the jumbo veth, xfer and iperf3 UDP with datagrams
+of MTU - 28 bytes, and xfer's AF_XDP ports use 4 KiB frames.
+
+Usage:  .venv/bin/python bench/xfer_vs_iperf3.py [--size 100M] [--seconds 5] [--runs 3] [--mtu 1500] [--json FILE]
 """
 
 from __future__ import annotations
@@ -34,15 +39,15 @@ PREFIX = "kbx"
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 7000
 IPERF_PORT = 5299
-DGRAM = 1472  # UDP payload per datagram in xfer's udp encapsulation (MTU 1500 - 28)
 
 
 def kb(*args: str) -> list[str]:
     return [sys.executable, "-m", "kbypass", *args]
 
 
-def xfer_trial(encap: str, loss: float, size: str, poll: str, b: testbed.Host) -> dict:
-    common = ["--encap", encap, "--poll", poll, "--json"] + (["--loss", str(loss)] if loss else [])
+def xfer_trial(encap: str, loss: float, size: str, poll: str, b: testbed.Host, lane: str = "c") -> dict:
+    common = (["--encap", encap, "--poll", poll, "--lane", lane, "--json"]
+              + (["--loss", str(loss)] if loss else []))
     recv = subprocess.Popen(kb("xfer", "recv", "--host", "b", "--port", str(PORT), "--cpu", "1",
                                "--duration", "60", *common),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -101,7 +106,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="repetitions of every trial (default 3)")
     ap.add_argument("--poll", choices=("wakeup", "busy"), default="wakeup", help="xfer's AF_XDP wait mode")
     ap.add_argument("--keep", action="store_true", help="leave the bench testbed up")
-    ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "xfer_vs_iperf3.json"))
+    ap.add_argument("--mtu", type=int, default=1500, help="veth MTU (default 1500; 3506 is the largest with XDP)")
+    ap.add_argument("--json", help="result file (default bench/results/xfer_vs_iperf3[_mtuN].json)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root", file=sys.stderr)
@@ -110,14 +116,19 @@ def main() -> int:
         print("bench: iperf3 is not installed: apt-get install -y iperf3", file=sys.stderr)
         return 2
     os.environ["KBYPASS_TESTBED"] = PREFIX
-    a, b = testbed.up(testbed.TestbedConfig(prefix=PREFIX, queues=2))
+    if args.json is None:
+        suffix = "" if args.mtu == 1500 else f"_mtu{args.mtu}"
+        args.json = str(ROOT / "bench" / "results" / f"xfer_vs_iperf3{suffix}.json")
+    dgram = args.mtu - 28  # UDP payload per datagram in xfer's udp encapsulation, and iperf3's -l
+    a, b = testbed.up(testbed.TestbedConfig(prefix=PREFIX, queues=2, mtu=args.mtu))
     trials = {
         "xfer udp": lambda: xfer_trial("udp", 0.0, args.size, args.poll, b),
         "xfer udp 1% loss": lambda: xfer_trial("udp", 0.01, args.size, args.poll, b),
         "xfer eth": lambda: xfer_trial("eth", 0.0, args.size, args.poll, b),
         "xfer eth 1% loss": lambda: xfer_trial("eth", 0.01, args.size, args.poll, b),
-        "iperf3 udp -b 1M (default)": lambda: iperf3(a, b, args.seconds, ["-u", "-l", str(DGRAM)]),
-        "iperf3 udp -b 0": lambda: iperf3(a, b, args.seconds, ["-u", "-b", "0", "-l", str(DGRAM)]),
+        "xfer udp, python lane": lambda: xfer_trial("udp", 0.0, args.size, args.poll, b, lane="python"),
+        "iperf3 udp -b 1M (default)": lambda: iperf3(a, b, args.seconds, ["-u", "-l", str(dgram)]),
+        "iperf3 udp -b 0": lambda: iperf3(a, b, args.seconds, ["-u", "-b", "0", "-l", str(dgram)]),
         "iperf3 tcp": lambda: iperf3(a, b, args.seconds, []),
     }
     names = list(trials)
@@ -140,6 +151,7 @@ def main() -> int:
         "xfer eth / iperf3 tcp": med["xfer eth"] / med["iperf3 tcp"],
         "xfer udp 1% loss / loss-free": med["xfer udp 1% loss"] / med["xfer udp"],
         "xfer eth 1% loss / loss-free": med["xfer eth 1% loss"] / med["xfer eth"],
+        "xfer udp, C lane / python lane": med["xfer udp"] / med["xfer udp, python lane"],
     }
     print("\nmedians (Mbit/s):")
     for n in names:
@@ -149,7 +161,7 @@ def main() -> int:
         print(f"  {k:40s} {v:8.3f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"median_goodput_bps": med, "ratios": ratios, "runs": runs,
-                                           "size": args.size, "poll": args.poll, "load": os.getloadavg()},
+                                           "size": args.size, "poll": args.poll, "mtu": args.mtu, "datagram": dgram, "load": os.getloadavg()},
                                           indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0

@@ -6,11 +6,12 @@
  * with a decision in it (handshake, SACK, loss detection, timers, congestion control, any datagram that is
  * not the next in-order data segment) stays in the sans-IO Python, which is also the reference:
  *
- *   rx_inorder   the longest run of frames, from `start`, that are each the next in-order data segment of
- *                one connection and tell its sender side nothing new (Connection.inorder_params gives the
- *                conditions; Connection.receive_inorder applies the run's effects). Their payloads come back
- *                joined in one bytes object. The first frame that is anything else ends the run and goes
- *                to the Python path, unread here.
+ *   rx_run       the longest run of frames, from `start`, that are each the next data segment in line of
+ *                one connection (the next in-order bytes, or the next bytes of the out-of-order run above
+ *                a hole) and tell its sender side nothing new (Connection.rx_run_params gives the
+ *                conditions, Connection.receive_run applies the run's effects). Their payloads come back
+ *                joined, or one per segment for the out-of-order buffer. The first frame that is anything
+ *                else ends the run and goes to the Python path, unread here.
  *   encode       wire.encode_fields for a datagram without SACK blocks: header, payload, CRC32 trailer.
  *   write_frames UdpEncap.frame / EthEncap.frame for a list of datagrams, written straight into the
  *                frames of a batch (descriptor lengths set too).
@@ -71,23 +72,26 @@ static const uint8_t *datagram_of(const uint8_t *f, uint32_t k, int kind, const 
     return f + ETH_HLEN;
 }
 
-/* rx_inorder(mem, descs, start, kind, key, local_id, peer_id, rcv_nxt, ack, right, room)
+/* rx_run(mem, descs, start, kind, key, local_id, peer_id, seq, ack, right, room_end, room_bytes, split)
  *     -> (stop, data, tsval)
  *
  * Frames start..stop-1 are each: a frame from the peer (kind 0 udp, 1 eth; key as in encap), carrying a
  * datagram with a valid CRC, version 1, flags exactly ACK (no SYN/FIN/RST/PING/MSG_END), no SACK blocks,
- * our connection ids, a non-empty payload starting at the running rcv_nxt, ack == `ack` (nothing newly
- * acknowledged) and ack + window <= `right` (no wider window); their payloads, `data` joined, fit `room`.
- * `tsval` is the last one's timestamp (0 when stop == start). Nothing is changed in mem or descs. */
-static PyObject *rx_inorder(PyObject *self, PyObject *args) {
+ * our connection ids, a non-empty payload starting at the running seq (from `seq`: rcv_nxt for in-order
+ * data, the end of the out-of-order run being extended otherwise) and ending by `room_end`, ack == `ack`
+ * (nothing newly acknowledged) and ack + window <= `right` (no wider window); their payloads add up to at
+ * most `room_bytes`. `data` is their payloads joined in one bytes object, or with `split` a list of one
+ * bytes object per datagram; `tsval` is the last one's timestamp (0 when stop == start). Nothing is
+ * changed in mem or descs. */
+static PyObject *rx_run(PyObject *self, PyObject *args) {
     PyObject *mem_o, *descs_o;
     Py_ssize_t start;
-    int kind;
+    int kind, split;
     Py_buffer key;
     unsigned long local_id, peer_id;
-    unsigned long long rcv_nxt, ack, right, room;
-    if (!PyArg_ParseTuple(args, "OOniy*kkKKKK", &mem_o, &descs_o, &start, &kind, &key, &local_id, &peer_id,
-                          &rcv_nxt, &ack, &right, &room))
+    unsigned long long seq0, ack, right, room_end, room_bytes;
+    if (!PyArg_ParseTuple(args, "OOniy*kkKKKKKp", &mem_o, &descs_o, &start, &kind, &key, &local_id, &peer_id,
+                          &seq0, &ack, &right, &room_end, &room_bytes, &split))
         return NULL;
     Py_buffer mem;
     descs_t d;
@@ -98,12 +102,12 @@ static PyObject *rx_inorder(PyObject *self, PyObject *args) {
     }
     if (get_descs(descs_o, &d, 0)) goto out_mem;
     if (start < 0 || start > d.n || (kind != KIND_UDP && kind != KIND_ETH)) {
-        PyErr_SetString(PyExc_ValueError, "rx_inorder: start beyond the batch, or an unknown kind");
+        PyErr_SetString(PyExc_ValueError, "rx_run: start beyond the batch, or an unknown kind");
         goto out;
     }
     const uint8_t *base = mem.buf;
     uint64_t memlen = (uint64_t)mem.len;
-    uint64_t seq = rcv_nxt, total = 0;
+    uint64_t seq = seq0, total = 0;
     uint32_t tsval = 0;
     Py_ssize_t i;
     /* pass 1: how far the run goes (every check, the CRC included) */
@@ -119,23 +123,32 @@ static PyObject *rx_inorder(PyObject *self, PyObject *args) {
             rd64(g + 12) != seq)
             break;
         uint64_t pack = rd64(g + 20);
-        if (pack != ack || pack + rd32(g + 28) > right || total + plen > room) break;
+        if (pack != ack || pack + rd32(g + 28) > right || seq + plen > room_end || total + plen > room_bytes) break;
         if (crc32_of(g, n - CRC_SIZE) != rd32(g + n - CRC_SIZE)) break;
         seq += plen;
         total += plen;
         tsval = rd32(g + 32);
     }
     Py_ssize_t stop = i;
-    /* pass 2: the payloads, joined */
-    PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    /* pass 2: the payloads, joined or one by one */
+    PyObject *data = split ? PyList_New(stop - start) : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
     if (data == NULL) goto out;
-    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(data);
+    uint8_t *dst = split ? NULL : (uint8_t *)PyBytes_AS_STRING(data);
     for (i = start; i < stop; i++) {
         uint32_t n;
         const uint8_t *g = datagram_of(base + d_addr(&d, i), d_len(&d, i), kind, key.buf, key.len, &n);
         uint32_t plen = rd16(g + 40);
-        memcpy(dst, g + HEADER_SIZE, plen);
-        dst += plen;
+        if (split) {
+            PyObject *b = PyBytes_FromStringAndSize((const char *)g + HEADER_SIZE, plen);
+            if (b == NULL) {
+                Py_DECREF(data);
+                goto out;
+            }
+            PyList_SET_ITEM(data, i - start, b);
+        } else {
+            memcpy(dst, g + HEADER_SIZE, plen);
+            dst += plen;
+        }
     }
     result = Py_BuildValue("nNk", stop, data, (unsigned long)tsval);
 out:
@@ -343,7 +356,7 @@ out_mem:
 }
 
 static PyMethodDef methods[] = {
-    {"rx_inorder", rx_inorder, METH_VARARGS, "the run of in-order data segments from start (see the source)"},
+    {"rx_run", rx_run, METH_VARARGS, "the run of next-in-line data segments from start (see the source)"},
     {"encode", encode, METH_VARARGS, "wire.encode_fields without SACK blocks"},
     {"encode_segments", encode_segments, METH_VARARGS, "encode a list of segments without SACK blocks"},
     {"write_frames", write_frames, METH_VARARGS, "frame datagrams into a batch's frames"},

@@ -322,3 +322,36 @@ def test_headroom_moves_packet_data(link, steering, sender):
         a = port.alloc(2)
         assert (a.addr % 2048 == 128).all()  # frames to send start after the headroom too
         port.free(a)
+
+
+def test_an_mtu_too_large_for_xdp_is_refused_with_the_fix(link):
+    """veth takes XDP up to a peer MTU of 3506 (one 4 KiB page per frame): above it the attach fails
+    with ERANGE, which must come out as one line naming the MTU that works, with nothing left attached.
+    (A veth pair of its own, both ends in namespace b: the module's pair has XDP on one end.)"""
+    from kbypass.steer import Steering
+
+    ends = (link.if_b[:-1] + "m", link.if_b[:-1] + "n")
+
+    def set_mtu(mtu: int) -> None:
+        with netns.entered(link.ns_b), IPRoute() as ipr:
+            for ifname in ends:
+                ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], mtu=mtu, state="up")
+
+    with netns.entered(link.ns_b), IPRoute() as ipr:
+        ipr.link("add", ifname=ends[0], kind="veth", peer=ends[1])
+    try:
+        set_mtu(4000)
+        before = fd_count()
+        with pytest.raises(KbypassError) as info:
+            with Steering(ends[0], netns=link.ns_b):
+                pass
+        assert "mtu 3506" in str(info.value) and "\n" not in str(info.value)
+        assert fd_count() == before  # the loaded program went with the failed attach
+        set_mtu(3506)
+        with Steering(ends[0], netns=link.ns_b) as st:  # the largest MTU it takes
+            assert st.attached_mode == "native"
+    finally:
+        with netns.entered(link.ns_b), IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=ends[0])
+            if idx:
+                ipr.link("del", index=idx[0])

@@ -169,7 +169,7 @@ class TestOverSharedPorts:
         assert got["bytes"] == len(data) and got["sha256"] == hashlib.sha256(data).hexdigest()
         assert got["clean"] and cli.closed_cleanly and cli.stats["bytes_acked"] == len(data)
         assert dropped > 0 and cli.stats["retransmits"] > 0
-        in_c = srv.counters["rx_inorder_c"]
+        in_c = srv.counters["rx_c"]
         if lane == "c":
             assert in_c > len(data) // cli.conn.mss // 10
         else:

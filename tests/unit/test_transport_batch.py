@@ -273,7 +273,7 @@ def test_decoded_packets_are_immutable_values():
 def test_endpoint_hands_a_batch_of_frames_to_the_connection_in_one_call(native):
     """Two endpoints over SocketPorts on loopback, pumped in turn in this thread: the stream arrives
     exactly, and the server's listener and connection get whole batches. With the C path, the in-order
-    data segments skip the listener (rx_inorder takes them) and the rest still come in batches."""
+    data segments skip the listener (rx_run takes them) and the rest still come in batches."""
     from kbypass.port.socket_port import SocketPort
     from kbypass.xfer import UdpEncap
     from kbypass.xfer.endpoint import TransportEndpoint, default_config
@@ -304,7 +304,7 @@ def test_endpoint_hands_a_batch_of_frames_to_the_connection_in_one_call(native):
             if server._rxbuf:
                 got += server.recv(1 << 30, timeout=0)  # buffered already: recv returns it without pumping
         assert bytes(got) == data
-        in_c = server.counters["rx_inorder_c"]
+        in_c = server.counters["rx_c"]
         assert server.counters["rx_datagrams"] == sum(calls) + in_c > 0
         assert server.stats["datagrams_received"] == server.counters["rx_datagrams"]
         if native:

@@ -1,6 +1,6 @@
 """kbypass._fastxfer, the transport's C bulk path, held to the Python reference.
 
-  * rx_inorder through the endpoint's real glue (TransportEndpoint._take_frames over a batch of frames):
+  * rx_run through the endpoint's real glue (TransportEndpoint._take_frames over a batch of frames):
     for hypothesis-mutated batches (drops, duplicates, reordering, corruption anywhere in the frame,
     foreign frames, other flags, truncation) the receiving connection ends in exactly the state the
     pure-Python path leaves it in: same delivered bytes, counters, drops, and the same ACK on the wire.
@@ -107,7 +107,8 @@ def state_of(conn: Connection, ep: TransportEndpoint) -> tuple:
     """Everything the arrivals can have changed, and what the connection says next on the wire."""
     data = b"".join(ev.data for ev in iter(conn.next_event, None) if isinstance(ev, DataReceived))
     rb = conn.rbuf
-    return (data, rb.rcv_nxt, rb.unread, sorted(rb.ooo), conn.stats, conn._ts_recent, conn._last_recv,
+    return (data, rb.rcv_nxt, rb.unread, sorted(rb.ooo.items()), rb._ooo_seqs, rb.ooo_bytes, rb.recent,
+            rb._run_end, conn.stats, conn._ts_recent, conn._last_recv,
             conn._peer_right, conn.sbuf.snd_una, conn.state, dict(ep.drops), ep.counters["rx_datagrams"],
             conn.datagrams_to_send(T + 0.001))
 
@@ -188,7 +189,7 @@ def test_plain_in_order_frames_all_go_through_c_with_the_python_result(kind):
     s_py = copy.deepcopy(s)
     ep_c = take(s, frames, enc_s, True)
     ep_py = take(s_py, frames, enc_s, False)
-    assert ep_c.counters["rx_inorder_c"] == 60 and ep_py.counters["rx_inorder_c"] == 0
+    assert ep_c.counters["rx_c"] == 60 and ep_py.counters["rx_c"] == 0
     assert state_of(s, ep_c) == state_of(s_py, ep_py)
 
 
@@ -212,15 +213,23 @@ def test_any_mutated_batch_leaves_the_connection_as_the_python_path_does(kind, s
     assert state_of(s, ep_c) == state_of(s_py, ep_py)
 
 
-def test_no_fast_path_while_our_own_data_is_in_flight_or_out_of_order_data_waits():
+def test_run_params_in_order_out_of_order_and_none_while_our_own_data_is_in_flight():
     c, s, grams = stream_datagrams(CFG, 8 * MSS)
-    assert s.inorder_params() is not None
+    p = s.rx_run_params()
+    assert p is not None and p[2] == s.rbuf.rcv_nxt and p[-1] is False
+    s.receive_datagram(grams[1], 0.6)  # a hole before it: the run above the hole can be extended
+    p = s.rx_run_params()
+    assert s.rbuf.ooo and p[2] == wire.decode(grams[1]).seq + MSS and p[-1] is True
+    s.receive_datagram(grams[5], 0.6)  # a second hole: the latest arrival is still the highest
+    assert s.rx_run_params()[2] == wire.decode(grams[5]).seq + MSS
+    s.receive_datagram(grams[3], 0.6)  # an arrival below the highest run: general path only
+    assert s.rx_run_params() is None
     s.send(b"x" * 100, 0.6)
-    s.datagrams_to_send(0.6)  # now something of the server's is in flight: ACKs carry news for it
-    assert s.inorder_params() is None
-    c2, s2, grams2 = stream_datagrams(CFG, 8 * MSS, seed=3)
-    s2.receive_datagram(grams2[1], 0.6)  # a hole before it
-    assert s2.rbuf.ooo and s2.inorder_params() is None
+    s.datagrams_to_send(0.6)  # something of the server's in flight: ACKs carry news for it
+    c2, s2, _ = stream_datagrams(CFG, 8 * MSS, seed=3)
+    s2.send(b"x" * 100, 0.6)
+    s2.datagrams_to_send(0.6)
+    assert s2.rx_run_params() is None
 
 
 @settings(max_examples=200, deadline=None)

@@ -254,6 +254,15 @@ class Steering(SteerProgram):
                 f"{self.ifname} got another XDP program meanwhile ({text}): remove it with "
                 f"'{self._ip()} set dev {self.ifname} xdp off'"
             )
+        if e.errno == errno.ERANGE:
+            # the driver refuses because a frame of this MTU would not fit one page with XDP's headroom
+            # (veth: 4096 - 256 headroom - 320 skb_shared_info - 14 = an MTU of 3506 at most)
+            return KbypassError(
+                f"cannot attach XDP to {self.ifname}: the MTU is too large for XDP on this driver ({text}); "
+                f"lower it: a veth takes up to 3506 with 4 KiB pages, and it is the MTU of its peer that counts "
+                f"('ip link set dev PEER mtu 3506' where the peer lives, and '{self._ip()} set dev {self.ifname} "
+                "mtu 3506')"
+            )
         return KbypassError(f"cannot attach XDP to {self.ifname} in {mode} mode: {text}")
 
     def detach(self) -> None:
@@ -269,7 +278,11 @@ class Steering(SteerProgram):
 
     def __enter__(self) -> Steering:
         if self._link is None:
-            self.attach()
+            try:
+                self.attach()
+            except BaseException:
+                self.close()  # a with-block that never starts must not keep the loaded program
+                raise
         return self
 
 

@@ -103,7 +103,7 @@ class UdpEncap:
         h[34:36], h[36:38] = self.port.to_bytes(2, "big"), port.to_bytes(2, "big")
         self._tmpl = bytes(h)
         self._peer_raw = (dst, port)  # what parse_peer compares a source with: no text per frame
-        # peer_datagrams (and kbypass._fastxfer.rx_inorder) compare bytes 26..37 (addresses and ports) of a
+        # peer_datagrams (and kbypass._fastxfer.rx_run) compare bytes 26..37 (addresses and ports) of a
         # received frame with this at once
         self.peer_key = bytes(dst + self.ip + h[36:38] + h[34:36])
         self._eth_ip = self._tmpl[0:16]  # Ethernet header and the IP version/TOS: the same in every frame
@@ -214,7 +214,7 @@ class EthEncap:
     def set_peer(self, mac: str | bytes) -> None:
         self.peer = mac_bytes(mac)
         self._hdr = self.peer + self.mac + self._et
-        # a frame's first 14 bytes, when from the peer to us (what peer_datagrams and rx_inorder compare)
+        # a frame's first 14 bytes, when from the peer to us (what peer_datagrams and rx_run compare)
         self.peer_key = self.mac + self.peer + self._et
 
     def frame(self, datagram: bytes) -> bytes:

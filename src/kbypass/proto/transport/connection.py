@@ -310,30 +310,46 @@ class Connection:
             except RemoteProtocolError as e:
                 self.stats.drops[e.reason] += 1
 
-    def inorder_params(self) -> tuple[int, int, int, int, int, int] | None:
+    def rx_run_params(self) -> tuple[int, int, int, int, int, int, int, bool] | None:
         """The conditions under which a run of arriving datagrams may skip the general path, or None when
-        none may now: (local_id, peer_id, rcv_nxt, ack, right, room). A datagram qualifies when it has
-        flags exactly ACK, no SACK blocks, our ids (src_id == peer_id, dst_id == local_id), a non-empty
-        payload at the running rcv_nxt, ack == `ack` and ack + window <= `right`; the run's payloads must
-        fit `room`. Each such datagram is the next bytes of the stream and tells our sender side nothing
-        (nothing of ours is in flight): its whole effect is receive_inorder's. kbypass._fastxfer.rx_inorder
-        finds such runs in a batch of frames."""
+        none may now: (local_id, peer_id, seq, ack, right, room_end, room_bytes, out_of_order).
+
+        A datagram qualifies when it has flags exactly ACK, no SACK blocks, our ids (src_id == peer_id,
+        dst_id == local_id), a non-empty payload starting at the running `seq` and ending by `room_end`,
+        ack == `ack` and ack + window <= `right`; the run's payloads must add up to at most `room_bytes`.
+        Nothing of ours is in flight, so such a datagram tells our sender side nothing. `seq` is rcv_nxt
+        (the next in-order bytes: delivered at once) or, with `out_of_order`, the end of the out-of-order
+        run the latest arrival extended, the highest data we hold (the segments that keep arriving while a
+        hole below waits for its retransmission: buffered). Either way receive_run's effects are all of
+        receive_datagrams'. kbypass._fastxfer.rx_run finds such runs in a batch of frames."""
         sb = self.sbuf
         rb = self.rbuf
-        if (self.state is not State.ESTABLISHED or rb.ooo or rb.fin_seq is not None or rb.message_mode
-                or sb.inflight or sb.fin_seq is not None):
+        if (self.state is not State.ESTABLISHED or rb.fin_seq is not None or rb.message_mode or sb.inflight
+                or sb.fin_seq is not None):
             return None
-        return self.local_id, self.peer_id, rb.rcv_nxt, sb.snd_una, self._peer_right, rb.window
+        window = rb.window
+        if not rb.ooo:
+            return self.local_id, self.peer_id, rb.rcv_nxt, sb.snd_una, self._peer_right, rb.rcv_nxt + window, \
+                window, False
+        run_end = rb.extendable_run_end()
+        if run_end is None:
+            return None  # the latest arrival did not extend the highest run: leave it to the general path
+        return self.local_id, self.peer_id, run_end, sb.snd_una, self._peer_right, rb.rcv_nxt + window, \
+            window - rb.ooo_bytes, True
 
-    def receive_inorder(self, data: bytes, count: int, tsval: int, now: float) -> None:
-        """Take `count` datagrams that met inorder_params() (checked by the caller), their payloads joined
-        in `data` and `tsval` the last one's timestamp: exactly what receive_datagrams does with them."""
+    def receive_run(self, data, count: int, tsval: int, now: float, out_of_order: bool) -> None:
+        """Take `count` datagrams that met rx_run_params() (checked by the caller; `out_of_order` as it
+        said), their payloads in `data` (joined in one bytes object, or, out of order, a list of one per
+        datagram) and `tsval` the last one's timestamp: exactly what receive_datagrams does with them."""
         self._now = now
         stats = self.stats
         stats.datagrams_received += count
         self._last_recv = now
         self._ts_recent = tsval
         self._ack_pending = True
+        if out_of_order:
+            self.rbuf.extend_run(data)
+            return
         n = len(data)
         rb = self.rbuf
         rb.rcv_nxt += n

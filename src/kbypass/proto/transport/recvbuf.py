@@ -112,6 +112,29 @@ class ReceiveBuffer:
             return True
         return False
 
+    def extend_run(self, pieces: list[bytes]) -> None:
+        """Buffer segments that continue the latest out-of-order arrival's run, which is the highest data
+        held (Connection.rx_run_params checked that, the window and the order): what accept() does for
+        each, without its checks."""
+        seq = self._run_end
+        ooo, seqs = self.ooo, self._ooo_seqs
+        for d in pieces:
+            ooo[seq] = (d, False, False)
+            seqs.append(seq)  # above every key: the list stays sorted
+            seq += len(d)
+        self.ooo_bytes += seq - self._run_end
+        self.recent[0] = seqs[-1]  # _touch: each continues the run, so the run's entry moves up
+        self._run_end = seq
+
+    def extendable_run_end(self) -> int | None:
+        """Where the next segment extend_run may take starts: the end of the latest out-of-order arrival,
+        when that is also the end of the highest data held (None otherwise, or with nothing buffered)."""
+        if not self.ooo or not self.recent:
+            return None
+        last = self._ooo_seqs[-1]
+        d, _, fin = self.ooo[last]
+        return self._run_end if self._run_end == last + len(d) and not fin else None
+
     _RECENT = 8
 
     def _touch(self, seq: int, end: int) -> None:

@@ -244,7 +244,7 @@ def measure_goodput(loss: float, seed: int = 0, *, size: int = 4_000_000, cost: 
     link's randomness decide the outcome, so a seed gives the same report every time. The config
     defaults to kbypass.xfer's (default_config) for UDP on a 1500-byte MTU."""
     if config is None:
-        config = ConnConfig(max_datagram_size=1472, send_buffer=1 << 19, recv_buffer=1 << 19, max_window=1 << 18,
+        config = ConnConfig(max_datagram_size=1472, send_buffer=1 << 20, recv_buffer=1 << 20, max_window=1 << 19,
                             initial_rto=0.25, min_rto=0.02, max_rto=2.0, time_wait=0.001)
     ab = FaultyLink(seed, loss=loss, delay=delay, queue_limit=1 << 30)
     ba = FaultyLink(seed ^ 0x5A5A5A, loss=loss, delay=delay, queue_limit=1 << 30)
