@@ -291,20 +291,59 @@ static __always_inline int match(const struct steer_rule *r, const struct flow *
 	return 1;
 }
 
+/* The rule scan's state, on the program's stack, shared with rule_step through bpf_loop. */
+struct scan {
+	struct flow f;
+	__u32 active; /* which steer_order entry is live */
+	__u32 slot;   /* out: the deciding rule's slot */
+	__u8 action;  /* out: its action, STEER_ACT_NONE while no rule decided */
+};
+
+/* One rule of the scan, in priority order: 1 stops the scan (a rule decided, or the list ended).
+ * A bpf_loop callback rather than an inline bounded loop: the verifier checks it once, where a loop of
+ * STEER_MAX_RULES iterations over every parse outcome cost it ~900k instructions (limit 1M) and
+ * seconds of load time. */
+static long rule_step(__u32 i, void *data)
+{
+	struct scan *s = data;
+	struct steer_order *ord;
+	struct steer_rule *r;
+	__u32 key = s->active, slot;
+
+	ord = bpf_map_lookup_elem(&steer_order, &key);
+	if (!ord || i >= ord->count || i >= STEER_MAX_RULES)
+		return 1;
+	/* The mask changes nothing (i < STEER_MAX_RULES, a power of two) but bounds the index register the
+	 * verifier sees: clang indexes with a copy of i the comparison did not bound, and would drop a plain
+	 * mask as redundant, hence the empty asm that hides i's range from it. */
+	asm volatile("" : "+r"(i));
+	slot = ord->slot[i & (STEER_MAX_RULES - 1)];
+	r = bpf_map_lookup_elem(&steer_rules, &slot);
+	if (!r || r->action == STEER_ACT_NONE || !match(r, &s->f))
+		return 0;
+	if (r->action == STEER_ACT_SAMPLE && r->sample_thresh != STEER_SAMPLE_ALWAYS &&
+	    bpf_get_prandom_u32() >= r->sample_thresh)
+		return 0; /* spared by the sampler: later rules decide */
+	s->slot = slot;
+	s->action = r->action;
+	return 1;
+}
+
 SEC("xdp")
 int kbypass_steer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct cursor c = { .pos = data, .end = data_end };
+	struct scan s = { .action = STEER_ACT_NONE };
 	struct flow f = {};
 	struct ethhdr *eth;
 	struct vlan_hdr *vh;
+	struct steer_counter *cnt;
 	__be16 proto;
 	__u32 key = 0, i;
 	int ok = 0;
 	struct steer_config *cfg;
-	struct steer_order *ord;
 
 	eth = take(&c, sizeof(*eth));
 	if (!eth) {
@@ -349,42 +388,27 @@ int kbypass_steer(struct xdp_md *ctx)
 	cfg = bpf_map_lookup_elem(&steer_config, &key);
 	if (!cfg)
 		goto unmatched;
-	key = cfg->active & 1;
-	ord = bpf_map_lookup_elem(&steer_order, &key);
-	if (!ord)
+	s.f = f;
+	s.active = cfg->active & 1;
+	bpf_loop(STEER_MAX_RULES, rule_step, &s, 0);
+	if (s.action == STEER_ACT_NONE)
 		goto unmatched;
 
-	for (i = 0; i < STEER_MAX_RULES; i++) {
-		struct steer_rule *r;
-		struct steer_counter *cnt;
-		__u32 slot;
-
-		if (i >= ord->count)
-			break;
-		slot = ord->slot[i];
-		r = bpf_map_lookup_elem(&steer_rules, &slot);
-		if (!r || r->action == STEER_ACT_NONE || !match(r, &f))
-			continue;
-		if (r->action == STEER_ACT_SAMPLE && r->sample_thresh != STEER_SAMPLE_ALWAYS &&
-		    bpf_get_prandom_u32() >= r->sample_thresh)
-			continue; /* spared by the sampler: later rules decide */
-
-		cnt = bpf_map_lookup_elem(&steer_counters, &slot);
-		if (cnt) {
-			cnt->packets += 1;
-			cnt->bytes += data_end - data;
-		}
-		switch (r->action) {
-		case STEER_ACT_REDIRECT:
-			if (f.malformed)
-				return XDP_PASS;
-			/* XDP_PASS in the flags is the verdict when this queue has no socket. */
-			return bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS);
-		case STEER_ACT_PASS:
+	cnt = bpf_map_lookup_elem(&steer_counters, &s.slot);
+	if (cnt) {
+		cnt->packets += 1;
+		cnt->bytes += data_end - data;
+	}
+	switch (s.action) {
+	case STEER_ACT_REDIRECT:
+		if (f.malformed)
 			return XDP_PASS;
-		default: /* DROP, and SAMPLE when the sampler chose this packet */
-			return XDP_DROP;
-		}
+		/* XDP_PASS in the flags is the verdict when this queue has no socket. */
+		return bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS);
+	case STEER_ACT_PASS:
+		return XDP_PASS;
+	default: /* DROP, and SAMPLE when the sampler chose this packet */
+		return XDP_DROP;
 	}
 unmatched:
 	stat_inc(f.family == STEER_FAMILY_ETHER ? STEER_STAT_NOT_IP : STEER_STAT_UNMATCHED);

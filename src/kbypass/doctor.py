@@ -158,7 +158,7 @@ def check_native_xdp(prefix: str | None = None) -> Check:
             pass
     except Exception as e:  # any failure here is the finding itself
         return Check("native XDP on testbed veth", False, True, f"attach on {b.iface} failed: {e}",
-                     "use Linux >= 5.9 (veth native XDP with bpf_link); run kbypass doctor after make setup")
+                     "use Linux >= 5.17 (veth native XDP with bpf_link, and bpf_loop for the rule scan); run kbypass doctor after make setup")
     return Check("native XDP on testbed veth", True, True, f"attached and detached on {b.netns}/{b.iface}")
 
 

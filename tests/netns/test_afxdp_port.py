@@ -71,7 +71,7 @@ def link():
 
 @pytest.fixture(scope="module")
 def steering(link):
-    """One steering program for the module (loading it costs most of a second); each test registers its
+    """One steering program for the module; each test registers its
     own port, and closing a port removes it from the XSKMAP."""
     from kbypass.steer import Rule, Steering
 

@@ -2,9 +2,9 @@
 loss injected in userspace (seeded FaultyLink) and by the steering program (sample-drop); what arrives
 must hash to what was sent. Bad input: oversized messages, send after close, garbage from the wire.
 
-Loading the steering program takes seconds on a busy machine, so the in-process tests share one steered
-AF_XDP port per host (a class fixture, closed before the CLI tests start their own) and make a fresh pair of endpoints over it for each transfer;
-sample-drop rules are added in front of the redirect rules for one test and removed after it.
+The in-process tests share one steered AF_XDP port per host (a class fixture, closed before the CLI tests
+start their own) and make a fresh pair of endpoints over it for each transfer; sample-drop rules are
+added in front of the redirect rules for one test and removed after it.
 """
 
 from __future__ import annotations

@@ -207,6 +207,18 @@ def prog_id(prog_fd: int) -> int:
     return int(buf[1])
 
 
+def verified_insns(prog_fd: int) -> int | None:
+    """Instructions the verifier processed to load the program behind `prog_fd` (the kernel refuses a
+    program at 1,000,000), or None on a kernel older than 5.16, which does not report it."""
+    # struct bpf_prog_info: `__u32 verified_insns` at offset 216 (stable UAPI layout, Linux >= 5.16)
+    buf = ctypes.create_string_buffer(220)
+    n = ctypes.c_uint32(220)
+    _check(lib().bpf_obj_get_info_by_fd(prog_fd, buf, ctypes.byref(n)), "get program info")
+    if n.value < 220:
+        return None
+    return int.from_bytes(buf.raw[216:220], "little")
+
+
 def prog_name(prog_id: int) -> str | None:
     """Name of the loaded program with kernel id `prog_id` (None if it is gone or unreadable)."""
     fd = lib().bpf_prog_get_fd_by_id(prog_id)
