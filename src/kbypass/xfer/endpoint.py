@@ -14,6 +14,14 @@ the connection wants to send into one batch of frames for one `transmit` (the ba
 and one kick for many datagrams; the connection also acknowledges a whole batch of arrivals with one ACK).
 When nothing moved it sleeps in `port.wait` until a frame may be there or the next timer (retransmission,
 keepalive, a delayed simulated fault) is due.
+
+The C bulk path (kbypass._fastxfer; native=False or a missing build leaves everything to Python): before
+the frames of a batch go the way above, rx_run takes the run of them that are each the next data segment
+in line (Connection.rx_run_params / receive_run: in order, or extending the out-of-order run above a
+hole), checks and copies them in one call; the frame that ends a run goes through the Python path alone,
+then C tries again, and once C takes nothing the rest of the batch goes to Python together. On the way
+out the connection encodes its runs of new segments in one call and write_frames builds every frame in
+packet memory in another. Not with userspace faults on receive (they act per datagram).
 Time is `time.monotonic()`, passed into the protocol; nothing in the protocol reads a clock.
 
 One peer per endpoint. A client knows its peer; a server takes the source of the first SYN (its MAC,

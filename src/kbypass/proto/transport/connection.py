@@ -334,8 +334,9 @@ class Connection:
         run_end = rb.extendable_run_end()
         if run_end is None:
             return None  # the latest arrival did not extend the highest run: leave it to the general path
+        # (unread + ooo_bytes never exceed the buffer, so the room is never negative; max() says so to C)
         return self.local_id, self.peer_id, run_end, sb.snd_una, self._peer_right, rb.rcv_nxt + window, \
-            window - rb.ooo_bytes, True
+            max(0, window - rb.ooo_bytes), True
 
     def receive_run(self, data, count: int, tsval: int, now: float, out_of_order: bool) -> None:
         """Take `count` datagrams that met rx_run_params() (checked by the caller; `out_of_order` as it
