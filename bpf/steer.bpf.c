@@ -338,8 +338,7 @@ int kbypass_steer(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct cursor c = { .pos = data, .end = data_end };
-	struct scan s = { .action = STEER_ACT_NONE };
-	struct flow f = {};
+	struct scan s = { .action = STEER_ACT_NONE }; /* the parser fills s.f in place: no copy per packet */
 	struct ethhdr *eth;
 	struct vlan_hdr *vh;
 	struct steer_counter *cnt;
@@ -368,17 +367,17 @@ int kbypass_steer(struct xdp_md *ctx)
 	}
 
 	if (proto == bpf_htons(ETH_P_IP))
-		ok = parse_ipv4(&c, &f);
+		ok = parse_ipv4(&c, &s.f);
 	else if (proto == bpf_htons(ETH_P_IPV6))
-		ok = parse_ipv6(&c, &f);
+		ok = parse_ipv6(&c, &s.f);
 	else if (is_vlan(proto)) {
 		stat_inc(STEER_STAT_NOT_IP); /* a third tag: deeper than we parse */
 		return XDP_PASS;
 	} else {
 		/* Raw L2: only EtherType rules can match; what they do not decide is counted NOT_IP. */
-		f.family = STEER_FAMILY_ETHER;
-		f.dport = proto;
-		f.has_l4 = 1;
+		s.f.family = STEER_FAMILY_ETHER;
+		s.f.dport = proto;
+		s.f.has_l4 = 1;
 		ok = 1;
 	}
 	if (!ok) {
@@ -386,7 +385,7 @@ int kbypass_steer(struct xdp_md *ctx)
 		stat_inc(STEER_STAT_UNMATCHED);
 		return XDP_PASS;
 	}
-	if (f.malformed)
+	if (s.f.malformed)
 		stat_inc(STEER_STAT_PARSE_ERROR);
 
 	cfg = bpf_map_lookup_elem(&steer_config, &key);
@@ -399,7 +398,6 @@ int kbypass_steer(struct xdp_md *ctx)
 	n = ord->count;
 	if (n > STEER_MAX_RULES)
 		n = STEER_MAX_RULES;
-	s.f = f;
 	s.ord = ord;
 	/* The first rule inline (most set-ups have one or two, and a callback per rule costs ~15 ns here
 	 * where the inline loop cost ~8), the rest through bpf_loop. */
@@ -415,7 +413,7 @@ int kbypass_steer(struct xdp_md *ctx)
 	}
 	switch (s.action) {
 	case STEER_ACT_REDIRECT:
-		if (f.malformed)
+		if (s.f.malformed)
 			return XDP_PASS;
 		/* XDP_PASS in the flags is the verdict when this queue has no socket. */
 		return bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS);
@@ -425,7 +423,7 @@ int kbypass_steer(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 unmatched:
-	stat_inc(f.family == STEER_FAMILY_ETHER ? STEER_STAT_NOT_IP : STEER_STAT_UNMATCHED);
+	stat_inc(s.f.family == STEER_FAMILY_ETHER ? STEER_STAT_NOT_IP : STEER_STAT_UNMATCHED);
 	return XDP_PASS;
 }
 

@@ -144,7 +144,7 @@ def test_rule_layout_matches_btf() -> None:
 def test_the_verifier_has_ample_headroom(program: SteerProgram) -> None:
     """The rule scan is a bpf_loop callback, verified once: an inline loop over the 128 rules made the
     verifier walk 909,152 instructions of its 1,000,000 limit (2.5 s per load; a little more parsing and
-    the program would not have loaded at all). Now about 48,000."""
+    the program would not have loaded at all). Now about 22,000."""
     n = libbpf.verified_insns(program.prog_fd)
     if n is None:
         pytest.skip("this kernel does not report verified_insns (Linux < 5.16)")
