@@ -316,3 +316,37 @@ def test_sacked_and_resent_counts_follow_the_flight(seed):
 
     assert sim.run(counts_hold, max_time=3000)
     assert checked > 100 and sim.client.conn.stats.retransmits > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["udp", "eth"]), frames=st.lists(st.binary(min_size=0, max_size=200), max_size=8),
+       keep_header=st.booleans())
+def test_rx_run_on_random_bytes_takes_nothing_and_reads_only_its_frames(kind, frames, keep_header):
+    """Random frames (or random datagrams behind a valid header of ours): nothing qualifies (the CRC alone
+    refuses random bytes but for 1 in 2**32), and frames whose descriptors point past the memory are
+    refused without reading there."""
+    enc_c, enc_s = encaps(kind)
+    c, s = established(CFG)
+    if keep_header:
+        frames = [enc_c.frame(f) for f in frames]
+    batch = batch_of(frames + [b"\0" * 64])
+    batch.descs[-1] = (len(batch.mem) - 10, 64, 0)  # the last descriptor runs off the end of the memory
+    params = s.rx_run_params()
+    stop, data, tsval = fx.rx_run(batch.mem, batch.descs, 0, enc_s.kind, enc_s.peer_key, *params)
+    assert stop == 0 and data == b"" and tsval == 0
+
+
+def test_rx_run_refuses_bad_arguments():
+    enc_c, enc_s = encaps("udp")
+    c, s, grams = stream_datagrams(CFG, 2 * MSS)
+    batch = batch_of([enc_c.frame(d) for d in grams])
+    params = s.rx_run_params()
+    with pytest.raises(ValueError):
+        fx.rx_run(batch.mem, batch.descs, 3, enc_s.kind, enc_s.peer_key, *params)  # start beyond the batch
+    with pytest.raises(ValueError):
+        fx.rx_run(batch.mem, batch.descs, 0, 7, enc_s.peer_key, *params)  # unknown kind
+    with pytest.raises(TypeError):
+        fx.rx_run(batch.mem, np.zeros(4, np.uint8), 0, enc_s.kind, enc_s.peer_key, *params)  # not descriptors
+    # a key of the wrong length matches nothing instead of reading past it
+    assert fx.rx_run(batch.mem, batch.descs, 0, enc_s.kind, b"short", *params)[0] == 0
+    assert fx.rx_run(batch.mem, batch.descs, 0, enc_s.kind, enc_s.peer_key, *params)[0] == 2
