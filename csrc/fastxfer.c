@@ -10,8 +10,9 @@
  *                one connection (the next in-order bytes, or the next bytes of the out-of-order run above
  *                a hole) and tell its sender side nothing new (Connection.rx_run_params gives the
  *                conditions, Connection.receive_run applies the run's effects). Their payloads come back
- *                joined, or one per segment for the out-of-order buffer. The first frame that is anything
- *                else ends the run and goes to the Python path, unread here.
+ *                joined (with the message boundaries in message mode), or one per segment for the
+ *                out-of-order buffer. The first frame that is anything else ends the run and goes to the
+ *                Python path, unread here.
  *   encode       wire.encode_fields for a datagram without SACK blocks: header, payload, CRC32 trailer.
  *   write_frames UdpEncap.frame / EthEncap.frame for a list of datagrams, written straight into the
  *                frames of a batch (descriptor lengths set too).
@@ -72,26 +73,30 @@ static const uint8_t *datagram_of(const uint8_t *f, uint32_t k, int kind, const 
     return f + ETH_HLEN;
 }
 
-/* rx_run(mem, descs, start, kind, key, local_id, peer_id, seq, ack, right, room_end, room_bytes, split)
- *     -> (stop, data, tsval)
+/* rx_run(mem, descs, start, kind, key, local_id, peer_id, seq, ack, right, room_end, room_bytes, mode)
+ *     -> (stop, data, tsval, ends)
  *
  * Frames start..stop-1 are each: a frame from the peer (kind 0 udp, 1 eth; key as in encap), carrying a
- * datagram with a valid CRC, version 1, flags exactly ACK (no SYN/FIN/RST/PING/MSG_END), no SACK blocks,
- * our connection ids, a non-empty payload starting at the running seq (from `seq`: rcv_nxt for in-order
- * data, the end of the out-of-order run being extended otherwise) and ending by `room_end`, ack == `ack`
- * (nothing newly acknowledged) and ack + window <= `right` (no wider window); their payloads add up to at
- * most `room_bytes`. `data` is their payloads joined in one bytes object, or with `split` a list of one
- * bytes object per datagram; `tsval` is the last one's timestamp (0 when stop == start). Nothing is
- * changed in mem or descs. */
+ * datagram with a valid CRC, version 1, flags exactly ACK (in message mode also ACK|MSG_END), no SACK
+ * blocks, our connection ids, a non-empty payload starting at the running seq (from `seq`: rcv_nxt for
+ * in-order data, the end of the out-of-order run being extended otherwise) and ending by `room_end`,
+ * ack == `ack` (nothing newly acknowledged) and ack + window <= `right` (no wider window); their
+ * payloads add up to at most `room_bytes`. `mode`: RUN_IN_ORDER (data: the payloads joined in one bytes
+ * object), RUN_OUT_OF_ORDER (data: a list of one bytes object per datagram) or RUN_MESSAGES (joined, and
+ * `ends` lists the offsets in data where a datagram with MSG_END ended: message boundaries). `tsval` is
+ * the last one's timestamp (0 when stop == start). Nothing is changed in mem or descs. */
+enum { RUN_IN_ORDER = 0, RUN_OUT_OF_ORDER = 1, RUN_MESSAGES = 2 };
+#define FLAG_MSG_END 0x20
+
 static PyObject *rx_run(PyObject *self, PyObject *args) {
     PyObject *mem_o, *descs_o;
     Py_ssize_t start;
-    int kind, split;
+    int kind, mode;
     Py_buffer key;
     unsigned long local_id, peer_id;
     unsigned long long seq0, ack, right, room_end, room_bytes;
-    if (!PyArg_ParseTuple(args, "OOniy*kkKKKKKp", &mem_o, &descs_o, &start, &kind, &key, &local_id, &peer_id,
-                          &seq0, &ack, &right, &room_end, &room_bytes, &split))
+    if (!PyArg_ParseTuple(args, "OOniy*kkKKKKKi", &mem_o, &descs_o, &start, &kind, &key, &local_id, &peer_id,
+                          &seq0, &ack, &right, &room_end, &room_bytes, &mode))
         return NULL;
     Py_buffer mem;
     descs_t d;
@@ -101,10 +106,13 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (get_descs(descs_o, &d, 0)) goto out_mem;
-    if (start < 0 || start > d.n || (kind != KIND_UDP && kind != KIND_ETH)) {
-        PyErr_SetString(PyExc_ValueError, "rx_run: start beyond the batch, or an unknown kind");
+    if (start < 0 || start > d.n || (kind != KIND_UDP && kind != KIND_ETH) || mode < RUN_IN_ORDER ||
+        mode > RUN_MESSAGES) {
+        PyErr_SetString(PyExc_ValueError, "rx_run: start beyond the batch, or an unknown kind or mode");
         goto out;
     }
+    int split = mode == RUN_OUT_OF_ORDER;
+    unsigned allowed_end = mode == RUN_MESSAGES ? FLAG_MSG_END : 0;
     const uint8_t *base = mem.buf;
     uint64_t memlen = (uint64_t)mem.len;
     uint64_t seq = seq0, total = 0;
@@ -118,7 +126,7 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
         const uint8_t *g = datagram_of(base + a, k, kind, key.buf, key.len, &n);
         if (g == NULL || n < OVERHEAD) break;
         uint32_t plen = rd16(g + 40);
-        if (g[0] != VERSION || g[1] != FLAG_ACK || g[2] != 0 || g[3] != 0 || plen == 0 ||
+        if (g[0] != VERSION || (g[1] & ~allowed_end) != FLAG_ACK || g[2] != 0 || g[3] != 0 || plen == 0 ||
             (uint64_t)plen + OVERHEAD != n || rd32(g + 4) != peer_id || rd32(g + 8) != local_id ||
             rd64(g + 12) != seq)
             break;
@@ -133,7 +141,12 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
     /* pass 2: the payloads, joined or one by one */
     PyObject *data = split ? PyList_New(stop - start) : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
     if (data == NULL) goto out;
-    uint8_t *dst = split ? NULL : (uint8_t *)PyBytes_AS_STRING(data);
+    PyObject *ends = PyList_New(0);
+    if (ends == NULL) {
+        Py_DECREF(data);
+        goto out;
+    }
+    uint8_t *base_dst = split ? NULL : (uint8_t *)PyBytes_AS_STRING(data), *dst = base_dst;
     for (i = start; i < stop; i++) {
         uint32_t n;
         const uint8_t *g = datagram_of(base + d_addr(&d, i), d_len(&d, i), kind, key.buf, key.len, &n);
@@ -142,15 +155,26 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
             PyObject *b = PyBytes_FromStringAndSize((const char *)g + HEADER_SIZE, plen);
             if (b == NULL) {
                 Py_DECREF(data);
+                Py_DECREF(ends);
                 goto out;
             }
             PyList_SET_ITEM(data, i - start, b);
         } else {
             memcpy(dst, g + HEADER_SIZE, plen);
             dst += plen;
+            if (g[1] & FLAG_MSG_END) {
+                PyObject *off = PyLong_FromSsize_t(dst - base_dst);
+                if (off == NULL || PyList_Append(ends, off)) {
+                    Py_XDECREF(off);
+                    Py_DECREF(data);
+                    Py_DECREF(ends);
+                    goto out;
+                }
+                Py_DECREF(off);
+            }
         }
     }
-    result = Py_BuildValue("nNk", stop, data, (unsigned long)tsval);
+    result = Py_BuildValue("nNkN", stop, data, (unsigned long)tsval, ends);
 out:
     PyBuffer_Release(&d.view);
 out_mem:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from kbypass import native
 from kbypass.errors import UsageError
 from kbypass.port.batch import DESC, Batch
-from kbypass.proto.transport import ConnConfig, Connection, DataReceived, Role, State, wire
+from kbypass.proto.transport import ConnConfig, Connection, DataReceived, MessageReceived, Role, State, wire
 from kbypass.proto.transport.sendbuf import Segment
 from kbypass.xfer import EthEncap, UdpEncap
 from kbypass.xfer import endpoint as xfer_endpoint
@@ -105,9 +105,12 @@ def take(conn: Connection, frames: list[bytes], enc, native_path: bool) -> Trans
 
 def state_of(conn: Connection, ep: TransportEndpoint) -> tuple:
     """Everything the arrivals can have changed, and what the connection says next on the wire."""
-    data = b"".join(ev.data for ev in iter(conn.next_event, None) if isinstance(ev, DataReceived))
+    events = list(iter(conn.next_event, None))
+    data = b"".join(ev.data for ev in events if isinstance(ev, DataReceived))
+    messages = [ev.data for ev in events if isinstance(ev, MessageReceived)]
     rb = conn.rbuf
-    return (data, rb.rcv_nxt, rb.unread, sorted(rb.ooo.items()), rb._ooo_seqs, rb.ooo_bytes, rb.recent,
+    return (data, messages, bytes(rb.partial), rb.rcv_nxt, rb.unread, sorted(rb.ooo.items()), rb._ooo_seqs,
+            rb.ooo_bytes, rb.recent,
             rb._run_end, conn.stats, conn._ts_recent, conn._last_recv,
             conn._peer_right, conn.sbuf.snd_una, conn.state, dict(ep.drops), ep.counters["rx_datagrams"],
             conn.datagrams_to_send(T + 0.001))
@@ -116,6 +119,22 @@ def state_of(conn: Connection, ep: TransportEndpoint) -> tuple:
 def stream_datagrams(cfg: ConnConfig, n_bytes: int, seed: int = 1):
     c, s = established(cfg, seed)
     c.send(random.Random(seed).randbytes(n_bytes), 0.5)
+    return c, s, c.datagrams_to_send(0.5)
+
+
+MSG_CFG = ConnConfig(max_datagram_size=1472, send_buffer=1 << 20, recv_buffer=1 << 18, max_window=1 << 19,
+                     initial_window=64 * MSS, message_mode=True, max_message_size=8 * MSS)
+
+
+def message_datagrams(n_segments: int, seed: int = 1):
+    """Messages from 1 byte to several segments long, until they fill about n_segments datagrams."""
+    c, s = established(MSG_CFG, seed)
+    rng = random.Random(seed)
+    total = 0
+    while total < n_segments * MSS:
+        msg = rng.randbytes(rng.choice((1, rng.randrange(1, MSS), MSS, rng.randrange(MSS, 4 * MSS))))
+        assert c.send_message(msg, 0.5)
+        total += len(msg)
     return c, s, c.datagrams_to_send(0.5)
 
 
@@ -180,27 +199,32 @@ def mutate(frames: list[bytes], ops, enc_c) -> list[bytes]:
     return out
 
 
+@pytest.mark.parametrize("messages", [False, True], ids=["stream", "messages"])
 @pytest.mark.parametrize("kind", ["udp", "eth"])
-def test_plain_in_order_frames_all_go_through_c_with_the_python_result(kind):
+def test_plain_in_order_frames_all_go_through_c_with_the_python_result(kind, messages):
     enc_c, enc_s = encaps(kind)
-    c, s, grams = stream_datagrams(CFG, 60 * MSS)
-    assert len(grams) == 60
+    c, s, grams = message_datagrams(60) if messages else stream_datagrams(CFG, 60 * MSS)
+    assert len(grams) >= 60
     frames = [enc_c.frame(d) for d in grams]
     s_py = copy.deepcopy(s)
     ep_c = take(s, frames, enc_s, True)
     ep_py = take(s_py, frames, enc_s, False)
-    assert ep_c.counters["rx_c"] == 60 and ep_py.counters["rx_c"] == 0
-    assert state_of(s, ep_c) == state_of(s_py, ep_py)
+    assert ep_c.counters["rx_c"] == len(grams) and ep_py.counters["rx_c"] == 0
+    got, want = state_of(s, ep_c), state_of(s_py, ep_py)
+    assert got == want
+    assert len(got[1]) > 20 if messages else got[0]  # the messages (or the stream) arrived
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(["udp", "eth"]), small=st.booleans(),
+@given(kind=st.sampled_from(["udp", "eth"]), small=st.booleans(), messages=st.booleans(), seed=st.integers(1, 5),
        muts=st.lists(st.tuples(st.integers(0, 23), st.sampled_from(MUTATIONS), st.integers(0, 1 << 23)), max_size=4))
-def test_any_mutated_batch_leaves_the_connection_as_the_python_path_does(kind, small, muts):
-    """A few mutations at random places in a batch of 24 in-order frames (C takes the run before the first
-    one, Python the rest). `small`: the receiver's window is 6 segments and the sender ignores it."""
+def test_any_mutated_batch_leaves_the_connection_as_the_python_path_does(kind, small, messages, seed, muts):
+    """A few mutations at random places in a batch of about 24 in-order frames (C takes the run before the
+    first one, Python the rest), byte stream or messages of 1 byte to 4 segments. `small`: the receiver's
+    window is 6 segments and the sender ignores it."""
     enc_c, enc_s = encaps(kind)
-    c, s, grams = stream_datagrams(CFG, 24 * MSS)
+    c, s, grams = message_datagrams(24, seed) if messages else stream_datagrams(CFG, 24 * MSS, seed)
+    muts = [(i % len(grams), op, r) for i, op, r in muts]
     if small:
         s.rbuf.limit = 6 * MSS  # (a misbehaving sender: 24 segments into a 6-segment window)
     ops = [("keep", 0)] * len(grams)
@@ -216,10 +240,10 @@ def test_any_mutated_batch_leaves_the_connection_as_the_python_path_does(kind, s
 def test_run_params_in_order_out_of_order_and_none_while_our_own_data_is_in_flight():
     c, s, grams = stream_datagrams(CFG, 8 * MSS)
     p = s.rx_run_params()
-    assert p is not None and p[2] == s.rbuf.rcv_nxt and p[-1] is False
+    assert p is not None and p[2] == s.rbuf.rcv_nxt and p[-1] == Connection.RUN_IN_ORDER
     s.receive_datagram(grams[1], 0.6)  # a hole before it: the run above the hole can be extended
     p = s.rx_run_params()
-    assert s.rbuf.ooo and p[2] == wire.decode(grams[1]).seq + MSS and p[-1] is True
+    assert s.rbuf.ooo and p[2] == wire.decode(grams[1]).seq + MSS and p[-1] == Connection.RUN_OUT_OF_ORDER
     s.receive_datagram(grams[5], 0.6)  # a second hole: the latest arrival is still the highest
     assert s.rx_run_params()[2] == wire.decode(grams[5]).seq + MSS
     s.receive_datagram(grams[3], 0.6)  # an arrival below the highest run: general path only
@@ -332,8 +356,8 @@ def test_rx_run_on_random_bytes_takes_nothing_and_reads_only_its_frames(kind, fr
     batch = batch_of(frames + [b"\0" * 64])
     batch.descs[-1] = (len(batch.mem) - 10, 64, 0)  # the last descriptor runs off the end of the memory
     params = s.rx_run_params()
-    stop, data, tsval = fx.rx_run(batch.mem, batch.descs, 0, enc_s.kind, enc_s.peer_key, *params)
-    assert stop == 0 and data == b"" and tsval == 0
+    stop, data, tsval, ends = fx.rx_run(batch.mem, batch.descs, 0, enc_s.kind, enc_s.peer_key, *params)
+    assert stop == 0 and data == b"" and tsval == 0 and ends == []
 
 
 def test_rx_run_refuses_bad_arguments():

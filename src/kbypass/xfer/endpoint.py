@@ -17,8 +17,8 @@ keepalive, a delayed simulated fault) is due.
 
 The C bulk path (kbypass._fastxfer; native=False or a missing build leaves everything to Python): before
 the frames of a batch go the way above, rx_run takes the run of them that are each the next data segment
-in line (Connection.rx_run_params / receive_run: in order, or extending the out-of-order run above a
-hole), checks and copies them in one call; the frame that ends a run goes through the Python path alone,
+in line (Connection.rx_run_params / receive_run: in order, as stream data or as messages, or extending
+the out-of-order run above a hole in stream mode), checks and copies them in one call; the frame that ends a run goes through the Python path alone,
 then C tries again, and once C takes nothing the rest of the batch goes to Python together. On the way
 out the connection encodes its runs of new segments in one call and write_frames builds every frame in
 packet memory in another. Not with userspace faults on receive (they act per datagram).
@@ -277,10 +277,10 @@ class TransportEndpoint:
         params = conn.rx_run_params()
         if params is None:
             return start
-        stop, data, tsval = self._fast.rx_run(batch.mem, batch.descs, start, self.encap.kind, self.encap.peer_key,
-                                              *params)
+        stop, data, tsval, ends = self._fast.rx_run(batch.mem, batch.descs, start, self.encap.kind,
+                                                    self.encap.peer_key, *params)
         if stop > start:
-            conn.receive_run(data, stop - start, tsval, now, params[-1])
+            conn.receive_run(data, stop - start, tsval, now, params[-1], ends)
             self.counters["rx_datagrams"] += stop - start
             self.counters["rx_c"] += stop - start
         return stop

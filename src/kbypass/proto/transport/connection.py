@@ -310,53 +310,63 @@ class Connection:
             except RemoteProtocolError as e:
                 self.stats.drops[e.reason] += 1
 
-    def rx_run_params(self) -> tuple[int, int, int, int, int, int, int, bool] | None:
-        """The conditions under which a run of arriving datagrams may skip the general path, or None when
-        none may now: (local_id, peer_id, seq, ack, right, room_end, room_bytes, out_of_order).
+    # rx_run_params' last field: what kind of run (kbypass._fastxfer's RUN_* values)
+    RUN_IN_ORDER, RUN_OUT_OF_ORDER, RUN_MESSAGES = 0, 1, 2
 
-        A datagram qualifies when it has flags exactly ACK, no SACK blocks, our ids (src_id == peer_id,
-        dst_id == local_id), a non-empty payload starting at the running `seq` and ending by `room_end`,
-        ack == `ack` and ack + window <= `right`; the run's payloads must add up to at most `room_bytes`.
-        Nothing of ours is in flight, so such a datagram tells our sender side nothing. `seq` is rcv_nxt
-        (the next in-order bytes: delivered at once) or, with `out_of_order`, the end of the out-of-order
-        run the latest arrival extended, the highest data we hold (the segments that keep arriving while a
-        hole below waits for its retransmission: buffered). Either way receive_run's effects are all of
+    def rx_run_params(self) -> tuple[int, int, int, int, int, int, int, int] | None:
+        """The conditions under which a run of arriving datagrams may skip the general path, or None when
+        none may now: (local_id, peer_id, seq, ack, right, room_end, room_bytes, mode).
+
+        A datagram qualifies when it has flags exactly ACK (in message mode ACK or ACK|MSG_END), no SACK
+        blocks, our ids (src_id == peer_id, dst_id == local_id), a non-empty payload starting at the
+        running `seq` and ending by `room_end`, ack == `ack` and ack + window <= `right`; the run's
+        payloads must add up to at most `room_bytes`. Nothing of ours is in flight, so such a datagram
+        tells our sender side nothing. `mode` RUN_IN_ORDER or RUN_MESSAGES: `seq` is rcv_nxt, the next
+        in-order bytes, delivered at once (as stream data, or as messages at their MSG_END boundaries);
+        RUN_OUT_OF_ORDER (stream mode only): `seq` is the end of the out-of-order run the latest arrival
+        extended, the highest data we hold, so the segments that keep arriving while a hole below waits
+        for its retransmission are buffered. Either way receive_run's effects are all of
         receive_datagrams'. kbypass._fastxfer.rx_run finds such runs in a batch of frames."""
         sb = self.sbuf
         rb = self.rbuf
-        if (self.state is not State.ESTABLISHED or rb.fin_seq is not None or rb.message_mode or sb.inflight
-                or sb.fin_seq is not None):
+        if self.state is not State.ESTABLISHED or rb.fin_seq is not None or sb.inflight or sb.fin_seq is not None:
             return None
         window = rb.window
         if not rb.ooo:
             return self.local_id, self.peer_id, rb.rcv_nxt, sb.snd_una, self._peer_right, rb.rcv_nxt + window, \
-                window, False
-        run_end = rb.extendable_run_end()
+                window, self.RUN_MESSAGES if rb.message_mode else self.RUN_IN_ORDER
+        run_end = None if rb.message_mode else rb.extendable_run_end()
         if run_end is None:
             return None  # the latest arrival did not extend the highest run: leave it to the general path
         # (unread + ooo_bytes never exceed the buffer, so the room is never negative; max() says so to C)
         return self.local_id, self.peer_id, run_end, sb.snd_una, self._peer_right, rb.rcv_nxt + window, \
-            max(0, window - rb.ooo_bytes), True
+            max(0, window - rb.ooo_bytes), self.RUN_OUT_OF_ORDER
 
-    def receive_run(self, data, count: int, tsval: int, now: float, out_of_order: bool) -> None:
-        """Take `count` datagrams that met rx_run_params() (checked by the caller; `out_of_order` as it
-        said), their payloads in `data` (joined in one bytes object, or, out of order, a list of one per
-        datagram) and `tsval` the last one's timestamp: exactly what receive_datagrams does with them."""
+    def receive_run(self, data, count: int, tsval: int, now: float, mode: int, ends=()) -> None:
+        """Take `count` datagrams that met rx_run_params() (checked by the caller; `mode` as it said),
+        their payloads in `data` (joined in one bytes object, or for RUN_OUT_OF_ORDER a list of one per
+        datagram), `ends` the message boundaries in data (RUN_MESSAGES) and `tsval` the last one's
+        timestamp: exactly what receive_datagrams does with them."""
         self._now = now
         stats = self.stats
         stats.datagrams_received += count
         self._last_recv = now
         self._ts_recent = tsval
         self._ack_pending = True
-        if out_of_order:
-            self.rbuf.extend_run(data)
+        rb = self.rbuf
+        if mode == self.RUN_OUT_OF_ORDER:
+            rb.extend_run(data)
+            return
+        events = self._events
+        if mode == self.RUN_MESSAGES:
+            for msg in rb.take_messages(data, ends):
+                stats.bytes_delivered += len(msg)
+                events.append(MessageReceived(msg))
             return
         n = len(data)
-        rb = self.rbuf
         rb.rcv_nxt += n
         rb.unread += n
         stats.bytes_delivered += n
-        events = self._events
         if events and type(events[-1]) is _Chunks:
             events[-1].append(data)
         else:

@@ -112,6 +112,27 @@ class ReceiveBuffer:
             return True
         return False
 
+    def take_messages(self, data: bytes, ends: list[int]) -> list[bytes]:
+        """Message mode: the next in-order bytes `data`, which end messages at the offsets `ends`, checked
+        to fit the window by the caller (Connection.rx_run_params): the messages they complete, and the
+        rest kept as the partial message, as _deliver does segment by segment."""
+        self.rcv_nxt += len(data)
+        out = []
+        start = 0
+        for end in ends:
+            if self.partial:
+                self.partial += data[start:end]
+                msg = bytes(self.partial)
+                self.partial.clear()
+            else:
+                msg = data[start:end]
+            self.unread += len(msg)
+            out.append(msg)
+            start = end
+        if start < len(data):
+            self.partial += data[start:]
+        return out
+
     def extend_run(self, pieces: list[bytes]) -> None:
         """Buffer segments that continue the latest out-of-order arrival's run, which is the highest data
         held (Connection.rx_run_params checked that, the window and the order): what accept() does for
