@@ -151,9 +151,8 @@ class SendBuffer:
         boundaries = self.boundaries
         chunks = self._chunks
         seq = start = self.unsent_seq
-        unsent = self.unsent
-        while budget > 0 and unsent:
-            n = mss if mss < unsent else unsent
+        while budget > 0 and self.unsent:
+            n = mss if mss < self.unsent else self.unsent
             if boundaries and boundaries[0] - seq < n:
                 n = boundaries[0] - seq
             if right - seq < n:
@@ -167,7 +166,6 @@ class SendBuffer:
                 self.unsent -= n
             else:
                 data = self._take(n)
-            unsent -= n
             seq += n
             msg_end = bool(boundaries) and boundaries[0] == seq
             if msg_end:
