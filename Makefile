@@ -28,7 +28,7 @@ native: $(NATIVE)
 
 src/kbypass/_%$(PY_EXT): csrc/%.c $(wildcard csrc/*.h)
 	gcc -O2 -g -Wall -Wextra -Werror -Wno-missing-field-initializers -Wno-cast-function-type -Wno-unused-parameter -shared -fPIC \
-	  -I$(PY_INC) $< -o $@ -lz
+	  -I$(PY_INC) $< -o $@ -Wl,--as-needed -lisal
 
 src/kbypass/bpf/obj/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h)
 	@mkdir -p $(dir $@)

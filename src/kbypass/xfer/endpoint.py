@@ -84,7 +84,7 @@ class TransportEndpoint:
                  clock=time.monotonic, own_port: bool = True, on_close=None, native: bool | None = None) -> None:
         if native and _fastxfer is None:
             raise UsageError("the transport's C path (kbypass._fastxfer) is not built: run 'make setup' "
-                             "(it needs gcc, python3-dev and zlib1g-dev), or leave native unset: Python does "
+                             "(it needs gcc, python3-dev and libisal-dev), or leave native unset: Python does "
                              "the work when C is not built")
         # the C bulk path (in-order arrivals, encoding, framing: kbypass._fastxfer) or None: all in Python
         self._fast = _fastxfer if native is None or native else None
