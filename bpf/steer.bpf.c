@@ -3,7 +3,7 @@
  * steer.bpf.c - kbypass XDP flow steering.
  *
  * Parses Ethernet, up to two VLAN tags (802.1Q / 802.1ad), IPv4 or IPv6 (a few extension headers),
- * then UDP/TCP/ICMP ports and types, and scans the rules of steer.h in priority order; the first rule
+ * then UDP/TCP ports (ICMP: the protocol, checked for a full 8-byte header), and scans the rules of steer.h in priority order; the first rule
  * that decides wins. Other EtherTypes are matched only by EtherType rules (raw L2 protocols). Anything no rule decides passes to the kernel: we only take what was asked for.
  *
  * Parsing is cursor style: every read is preceded by a bounds check against data_end, so a truncated
@@ -80,6 +80,11 @@ struct cursor {
 	void *pos;
 	void *end;
 };
+
+#define IP_MF 0x2000      /* IPv4 frag_off: more fragments */
+#define IP_OFFSET 0x1fff  /* IPv4 frag_off: fragment offset in 8-byte units */
+#define IP6_FRAG_OFFSET 0xfff8 /* IPv6 fragment header: offset << 3 */
+#define IP6_FRAG_MORE 0x0001   /* IPv6 fragment header: M flag */
 
 /* Hand out `len` bytes at the cursor, or NULL when the packet is shorter. */
 static __always_inline void *take(struct cursor *c, __u32 len)
@@ -191,8 +196,12 @@ static __always_inline int parse_ipv4(struct cursor *c, struct flow *f)
 			f->proto = STEER_PROTO_ICMP;
 		return 1;
 	}
-	/* A non-first fragment carries no L4 header; its first bytes are payload, not ports. */
-	if (iph->frag_off & bpf_htons(0x1fff)) {
+	/* Any fragment (more-fragments set, or an offset): L3 only. A non-first fragment has no L4 header,
+	 * so a port rule can never match it; were the first fragment matched on its ports, a port rule
+	 * would send the first fragment one way and the rest another (half a datagram in the AF_XDP ring,
+	 * half waiting in the kernel's reassembly queue). Rules without ports see every fragment of a
+	 * datagram alike: same addresses, same protocol. */
+	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
 		if (iph->protocol == IPPROTO_ICMP)
 			f->proto = STEER_PROTO_ICMP;
 		return 1;
@@ -255,9 +264,9 @@ static __always_inline int parse_ipv6(struct cursor *c, struct flow *f)
 			return 1;
 		}
 		avail -= elen;
-		if (next == IPPROTO_FRAGMENT && (eh->frag_off & bpf_htons(0xfff8))) {
+		if (next == IPPROTO_FRAGMENT && (eh->frag_off & bpf_htons(IP6_FRAG_OFFSET | IP6_FRAG_MORE))) {
 			f->proto = eh->nexthdr == IPPROTO_ICMPV6 ? STEER_PROTO_ICMP : eh->nexthdr;
-			return 1; /* non-first fragment: L3 only */
+			return 1; /* a fragment: L3 only, as in parse_ipv4 (an atomic fragment is whole: go on) */
 		}
 		next = eh->nexthdr;
 		f->proto = next;

@@ -61,7 +61,9 @@
  *            family 0/4/6 rules only IP packets
  *   proto    == 0 or the packet's L4 protocol (ICMPv6 counts as STEER_PROTO_ICMP)
  *   (packet sport & sport_mask) == sport, same for dport; a non-zero mask also needs an L4 header, so
- *            non-first fragments and malformed packets match only rules without ports
+ *            fragments (first or not) and malformed packets match only rules without ports: every
+ *            fragment of a datagram then goes the same way (a port rule that took the first fragment
+ *            would leave the rest to the kernel). Like NIC ntuple filters, port rules see whole datagrams.
  *   (packet src word i & src_mask[i]) == src[i] for i in 0..3, same for dst; an IPv4 address lives in
  *            word 0 (words 1-3 are zero), so a wildcard is an all-zero mask
  * Byte order: ports, port masks, addresses and masks are network order (compared against the packet

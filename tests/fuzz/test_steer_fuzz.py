@@ -58,6 +58,7 @@ SEEDS = [
     E / IPv6(src="fd00::3", dst="fd00::2") / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / UDP(dport=4321) / P,
     E / IPv6(src="fd00::3", dst="fe80::2") / IPv6ExtHdrFragment(offset=0, m=1) / UDP(dport=4321) / P,
     E / IPv6(src="fd00::3", dst="fe80::2") / IPv6ExtHdrFragment(offset=5, nh=17) / P,
+    E / IPv6(src="fd00::3", dst="fd00::2") / IPv6ExtHdrFragment(offset=0, m=0) / UDP(dport=4321) / P,  # atomic
 ]
 SEED_BYTES = [bytes(s) for s in SEEDS]
 
@@ -126,7 +127,7 @@ def _v4(frame: bytes, off: int) -> tuple[str, dict | None]:
     }
     if tot < hlen or tot > len(frame) - off:
         return "malformed", flow
-    if frag & 0x1FFF:
+    if frag & 0x3FFF:  # more-fragments or an offset: any fragment is matched on L3 only
         return "ok", flow
     return _l4(frame, off + hlen, proto, tot - hlen, flow), flow
 
@@ -153,7 +154,7 @@ def _v6(frame: bytes, off: int) -> tuple[str, dict | None]:
         if elen > avail or len(frame) < o + elen:
             return "malformed", flow
         avail -= elen
-        if nh == 44 and struct.unpack_from(">H", frame, o + 2)[0] & 0xFFF8:
+        if nh == 44 and struct.unpack_from(">H", frame, o + 2)[0] & 0xFFF9:  # offset or M: a fragment
             flow["proto"] = _norm(frame[o], 6)
             return "ok", flow
         nh = frame[o]

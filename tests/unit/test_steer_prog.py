@@ -22,7 +22,7 @@ import pytest
 if os.geteuid() != 0:
     pytest.skip("loading BPF programs needs root", allow_module_level=True)
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
     IPv6,
@@ -30,6 +30,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
     IPv6ExtHdrRouting,
+    fragment6,
 )
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
@@ -314,18 +315,31 @@ def test_ethernet_padding_is_fine(prog: SteerProgram, run: Probe) -> None:
     assert run(frame) == (REDIRECT, [rid], CLEAN)
 
 
-def test_ipv4_fragments(prog: SteerProgram, run: Probe) -> None:
+def test_fragments_are_matched_on_l3_only_so_a_datagram_is_never_split(prog: SteerProgram, run: Probe) -> None:
+    """Real fragments (scapy's fragment(): the first one's UDP length covers the whole datagram): a port
+    rule decides none of them, so all go the same way - to the kernel, or by a rule without ports."""
+    whole = eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1111, dport=4321) / (b"x" * 3000)
+    frags = [bytes(eth() / f) for f in fragment(whole[IP], fragsize=1400)]
+    assert len(frags) == 3
     ports = prog.add("udp dport 4321 drop")
-    l3only = prog.add("udp dst 10.0.0.2 pass")
-    first = udp4(flags="MF", frag=0)
-    later = udp4(flags="MF", frag=100)  # bytes where ports would be are payload
-    assert run(first) == (DROP, [ports], CLEAN)
-    assert run(later) == (PASS, [l3only], CLEAN)
+    assert run(bytes(whole)) == (DROP, [ports], CLEAN)  # unfragmented: the port rule decides
+    assert [run(f) for f in frags] == [(PASS, [], UNMATCHED)] * 3  # no parse error either
+    l3only = prog.add("udp dst 10.0.0.2")
+    assert [run(f) for f in frags] == [(REDIRECT, [l3only], CLEAN)] * 3
     prog.remove(l3only)
-    assert run(later) == (PASS, [], UNMATCHED)
     frag_icmp = bytes(eth() / IP(dst="10.0.0.2", frag=3) / ICMP() / PAYLOAD)
     icmp_rule = prog.add("icmp drop")
     assert run(frag_icmp) == (DROP, [icmp_rule], CLEAN)
+    # IPv6: the same, with fragment6()
+    whole6 = IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrFragment() / UDP(sport=1, dport=4321) / (b"y" * 3000)
+    frags6 = [bytes(eth() / f) for f in fragment6(whole6, 1400)]
+    assert len(frags6) == 3
+    assert [run(f) for f in frags6] == [(PASS, [], UNMATCHED)] * 3
+    l3six = prog.add("udp dst fd00::2 redirect")
+    assert [run(f) for f in frags6] == [(REDIRECT, [l3six], CLEAN)] * 3
+    atomic = bytes(eth() / IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrFragment(m=0, offset=0)
+                   / UDP(dport=4321) / PAYLOAD)  # offset 0, no M: a whole datagram, its ports count
+    assert run(atomic) == (DROP, [ports], CLEAN)
 
 
 def test_ipv6_extension_headers(prog: SteerProgram, run: Probe) -> None:
@@ -337,7 +351,7 @@ def test_ipv6_extension_headers(prog: SteerProgram, run: Probe) -> None:
         IPv6ExtHdrHopByHop(),
         IPv6ExtHdrDestOpt(),
         IPv6ExtHdrRouting(),
-        IPv6ExtHdrFragment(offset=0, m=1),
+        IPv6ExtHdrFragment(offset=0, m=0),  # an atomic fragment: whole, so its ports count
         IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting() / IPv6ExtHdrDestOpt(),
         IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting() / IPv6ExtHdrDestOpt() / IPv6ExtHdrFragment(),  # 4: the most
     ):
