@@ -3,6 +3,11 @@
 The zero-copy forwarding loop: frames received from the RX ring go to the TX ring of the same UMEM
 without a copy; swapping is one numpy gather per batch. Frames the TX ring does not accept are freed
 (counted as tx_dropped), so nothing leaks.
+
+Swapping addresses and ports is only right for untagged IPv4 with a 20-byte header carrying a whole
+UDP or TCP datagram: the fields sit at fixed offsets there. Anything else the rules let through (IPv6,
+a VLAN tag, IP options, a fragment, a short frame) would go back out with its bytes scrambled, so it is
+freed instead and counted as `not_reflected` (--macs-only swaps MACs, which is right for any frame).
 """
 
 from __future__ import annotations
@@ -10,8 +15,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from kbypass.apps.loop import Ticker, receive_batches
 from kbypass.port.base import Port
+
+# Bytes 12..23 of a frame: EtherType (2), IPv4 version/IHL, TOS, total length (2), id (2), flags and
+# fragment offset (2), TTL, protocol. One gather of these decides whether the fixed-offset swap is right.
+HEAD_AT, HEAD_LEN = 12, 12
+L4_PORTS_END = 38  # Ethernet 14 + IPv4 20 + both ports 4
 
 
 @dataclass
@@ -20,6 +32,7 @@ class ReflectResult:
     bytes: int = 0
     sent: int = 0
     tx_dropped: int = 0
+    not_reflected: int = 0  # frames freed because swapping their fixed offsets would scramble them
     seconds: float = 0.0
 
     @property
@@ -36,17 +49,25 @@ class Reflector:
     def run(self, *, duration: float | None = None, count: int | None = None, report=None) -> ReflectResult:
         port, res = self.port, ReflectResult()
         ticker = Ticker(report)
-        start = None
+        start = last = None
         tick = lambda: ticker.tick(res.packets, time.monotonic())
         for batch in receive_batches(port, self.batch, duration=duration, on_idle=tick,
                                      until=None if count is None else lambda: res.packets >= count):
+            last = time.monotonic()
             if start is None:
-                start = time.monotonic()
+                start = last
             res.packets += len(batch)
             res.bytes += int(batch.lens.sum())
-            batch.swap_macs()
             if self.swap_l3:
+                ok = reflectable(batch)
+                if not ok.all():
+                    res.not_reflected += int(len(ok) - ok.sum())
+                    port.free(batch[~ok])
+                    batch = batch[ok]
+                batch.swap_macs()
                 batch.swap_ips_and_ports()
+            else:
+                batch.swap_macs()
             sent = port.transmit(batch)
             res.sent += sent
             if sent < len(batch):
@@ -56,6 +77,20 @@ class Reflector:
         flush = getattr(port, "flush", None)
         if flush:
             flush()
-        if start is not None:
-            res.seconds = max(time.monotonic() - start, 1e-9)
+        if start is not None:  # from the first packet to the last, as the sink counts: idle time is not rate
+            res.seconds = max(last - start, 1e-9)
         return res
+
+
+def reflectable(batch) -> np.ndarray:
+    """Which frames of `batch` swap_ips_and_ports() handles right: untagged IPv4, IHL 5, not a fragment,
+    UDP or TCP, long enough for both ports."""
+    ok = batch.lens >= L4_PORTS_END
+    if not ok.all():  # a short frame cannot be gathered from: look at the long ones only
+        idx = np.flatnonzero(ok)
+        ok[idx] = reflectable(batch[idx]) if len(idx) else ok[idx]
+        return ok
+    h = batch.bytes_at(HEAD_AT, HEAD_LEN)
+    return ((h[:, 0] == 0x08) & (h[:, 1] == 0x00) & (h[:, 2] == 0x45)  # IPv4, 20-byte header
+            & ((h[:, 8] & 0x3F) == 0) & (h[:, 9] == 0)  # MF clear, offset 0: a whole datagram
+            & ((h[:, 11] == 17) | (h[:, 11] == 6)))
