@@ -165,7 +165,8 @@ def test_kill_9_leaves_no_xdp_program(testbed_hosts):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--iface", "nosuch0", "--netns", "{b}"], "no interface 'nosuch0'"),
+        (["--iface", "nosuch0", "--netns", "{b}", "--rule", "udp dport 9"], "no interface 'nosuch0'"),
+        (["--iface", "{bif}", "--netns", "{b}"], "without --rule"),  # a real NIC keeps its UDP
         (["--host", "b", "--queue", "7"], "queue"),
         (["--host", "b", "--ring-size", "1000"], "power of two"),
         (["--host", "b", "--rule", "udp dport 99999"], "99999"),
@@ -174,7 +175,7 @@ def test_kill_9_leaves_no_xdp_program(testbed_hosts):
 )
 def test_bad_input_one_line_nothing_attached(testbed_hosts, args, words):
     a, b = testbed_hosts
-    args = [x.format(b=b.netns) for x in args]
+    args = [x.format(b=b.netns, bif=b.iface) for x in args]
     proc = kbypass("sink", *args, "--duration", "0.2")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -47,6 +47,18 @@ def resolve_where(args) -> tuple[str, str | None]:
     return args.iface, args.netns
 
 
+def rules_or_default(args, default: str, takes: str) -> list[str]:
+    """The --rule list, or `default` on a testbed host. On an interface named with --iface the flows must
+    be named: a default like every UDP packet would take DNS answers, NTP and the rest of `takes` from
+    the kernel of a real machine for as long as the tool runs."""
+    if args.rule:
+        return args.rule
+    if args.host or not args.iface:  # the testbed (or no place at all, which resolve_where reports)
+        return [default]
+    raise UsageError(f"--iface {args.iface} without --rule: name the flows to take, e.g. --rule "
+                     f"\"udp dst ADDR dport PORT\" (the default '{default}', {takes}, is for testbed hosts: --host)")
+
+
 def open_port(args, rules: list[str]) -> SteeredPort:
     require_root(f"kbypass {args.command}")
     if args.batch <= 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kbypass.apps.reflect import Reflector
 from kbypass.tools._backend import add_backend_option, open_backend
-from kbypass.tools._port import add_port_options, announce, emit, port_summary, progress_printer
+from kbypass.tools._port import add_port_options, announce, emit, port_summary, progress_printer, rules_or_default
 
 # IPv4 only: the reflector swaps fields at IPv4 offsets, and IPv6 UDP (DNS, DHCPv6, ...) stays the kernel's.
 DEFAULT_RULE = "udp dst 0.0.0.0/0"
@@ -15,13 +15,13 @@ def register(sub) -> None:
     add_backend_option(p)
     # A forwarding loop pays one transmit syscall per batch (copy mode): at full load 1024 forwarded
     # 11% more than 256 on the testbed; at low load batches are small anyway (receive never waits to fill).
-    add_port_options(p, default_rule_help=f"default: '{DEFAULT_RULE}', every IPv4 UDP packet", default_batch=1024)
+    add_port_options(p, default_rule_help=f"default on a testbed host: '{DEFAULT_RULE}', every IPv4 UDP packet; --iface needs a rule", default_batch=1024)
     p.add_argument("--macs-only", action="store_true", help="swap MACs only (like testpmd macswap)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    with open_backend(args, args.rule or [DEFAULT_RULE]) as sp:
+    with open_backend(args, rules_or_default(args, DEFAULT_RULE, "every IPv4 UDP packet")) as sp:
         announce(args, sp)
         res = Reflector(sp.port, batch=args.batch, swap_l3=not args.macs_only).run(
             duration=args.duration, count=args.count, report=progress_printer(not args.json))

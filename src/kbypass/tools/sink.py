@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from kbypass.apps.sink import Sink
 from kbypass.tools._backend import add_backend_option, open_backend
-from kbypass.tools._port import add_port_options, announce, emit, port_summary, progress_printer
+from kbypass.tools._port import add_port_options, announce, emit, port_summary, progress_printer, rules_or_default
 
 
 def register(sub) -> None:
     p = sub.add_parser("sink", help="receive steered flows on AF_XDP and count them")
     add_backend_option(p)
-    add_port_options(p, default_rule_help="default: every UDP packet")
+    add_port_options(p, default_rule_help="default on a testbed host: every UDP packet; --iface needs a rule")
     p.add_argument("--check-seq", action="store_true",
                    help="check the sequence numbers and send stamps kbypass generators put in the payload")
     p.add_argument("--idle-timeout", type=float, help="stop after this many seconds without a packet")
@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    with open_backend(args, args.rule or ["udp"]) as sp:
+    with open_backend(args, rules_or_default(args, "udp", "every UDP packet")) as sp:
         announce(args, sp)
         sink = Sink(sp.port, batch=args.batch, check_seq=args.check_seq)
         res = sink.run(duration=args.duration, count=args.count, idle_timeout=args.idle_timeout,
