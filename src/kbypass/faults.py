@@ -13,6 +13,7 @@ queue overflow (drop-tail at the bottleneck) -> corruption -> reordering (extra 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -58,13 +59,9 @@ class FaultyLink:
                  reorder: float = 0.0, reorder_delay: float = 0.01, duplicate: float = 0.0,
                  corrupt: float = 0.0, delay: float = 0.0, jitter: float = 0.0, rate_bps: float | None = None,
                  queue_limit: int = 1000, blackholes: tuple[tuple[float, float], ...] = ()) -> None:
-        for name, p in (("loss", loss), ("reorder", reorder), ("duplicate", duplicate), ("corrupt", corrupt)):
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
-        if delay < 0 or jitter < 0 or reorder_delay < 0 or queue_limit < 1:
-            raise ValueError("delay, jitter, reorder_delay must be >= 0 and queue_limit >= 1")
-        if rate_bps is not None and rate_bps <= 0:
-            raise ValueError("rate_bps must be > 0 (or None for an infinitely fast link)")
+        check_link_args(dict(loss=loss, burst=burst, reorder=reorder, reorder_delay=reorder_delay,
+                             duplicate=duplicate, corrupt=corrupt, delay=delay, jitter=jitter, rate_bps=rate_bps,
+                             queue_limit=queue_limit, blackholes=blackholes))
         self.seed = seed
         self._rng = random.Random(seed)
         self.loss, self.burst, self.reorder, self.reorder_delay = loss, burst, reorder, reorder_delay
@@ -159,9 +156,46 @@ class FaultyLink:
         return len(self._heap)
 
 
+PROBABILITIES = ("loss", "reorder", "duplicate", "corrupt")
+SECONDS = ("delay", "jitter", "reorder_delay")
+
+
+def check_link_args(kw: dict) -> None:
+    """Check FaultyLink keyword arguments (as parse_spec returns them) against their ranges. Raises
+    ValueError naming the bad key, its value and the allowed range, in the key=value words of a spec."""
+    for name in PROBABILITIES:
+        p = kw.get(name, 0.0)
+        if not 0.0 <= p <= 1.0:  # also refuses NaN
+            raise ValueError(f"{name}={p}: give a probability 0 <= {name} <= 1")
+    for name in SECONDS:
+        t = kw.get(name, 0.0)
+        if not (0.0 <= t and math.isfinite(t)):
+            raise ValueError(f"{name}={t}: give a finite number of seconds >= 0")
+    rate = kw.get("rate_bps")
+    if rate is not None and not (rate > 0 and math.isfinite(rate)):
+        raise ValueError(f"rate_bps={rate}: give a finite rate > 0 in bit/s (leave it out for an infinitely "
+                         "fast link)")
+    limit = kw.get("queue_limit", 1)
+    if not limit >= 1:
+        raise ValueError(f"queue_limit={limit}: give a whole number of datagrams >= 1")
+    ge = kw.get("burst")
+    if ge is not None:
+        for name in ("p_bad", "p_good", "loss_good", "loss_bad"):
+            p = getattr(ge, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"burst {name}={p}: give probabilities 0 <= p <= 1 (burst=P_BAD/P_GOOD, "
+                                 "e.g. burst=0.01/0.3)")
+    for hole in kw.get("blackholes", ()):
+        a, b = hole
+        if not (0.0 <= a <= b and math.isfinite(a)):
+            raise ValueError(f"blackhole={a}-{b}: give START-END seconds with 0 <= START <= END, e.g. "
+                             "blackhole=2-4")
+
+
 def parse_spec(spec: str) -> dict:
     """Parse a command-line fault spec such as "loss=0.05,delay=0.01,burst=0.01/0.3,blackhole=2-4" into
-    FaultyLink keyword arguments (for `kbypass xfer --faults ...`). Raises ValueError naming the bad part."""
+    FaultyLink keyword arguments (for `kbypass xfer --faults ...`). Raises ValueError naming the bad part:
+    bad syntax, an unknown key, or a value out of its range (check_link_args)."""
     floats = {"loss", "reorder", "reorder_delay", "duplicate", "corrupt", "delay", "jitter", "rate_bps"}
     kw: dict = {}
     holes = []
@@ -191,4 +225,5 @@ def parse_spec(spec: str) -> dict:
                              "blackhole=2-4") from None
     if holes:
         kw["blackholes"] = tuple(holes)
+    check_link_args(kw)
     return kw

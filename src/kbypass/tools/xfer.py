@@ -18,6 +18,8 @@ the congestion controller (LossTolerantReno) cuts only when the recent loss rate
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import random
 import sys
 import time
@@ -81,14 +83,63 @@ def _common(v) -> None:
 
 
 def _size(text: str) -> int:
+    """--size: bytes >= 0, a whole number or a number with a K/M/G suffix (binary: 1K = 1024)."""
     mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     t = text.strip().lower().rstrip("b")
     try:
-        if t and t[-1] in mult:
-            return int(float(t[:-1]) * mult[t[-1]])
-        return int(t)
+        n = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else int(t)
     except ValueError:
-        raise UsageError(f"--size {text!r}: give a number of bytes, e.g. 1000000, 64K, 100M") from None
+        n = None
+    if n is None or not math.isfinite(n) or n < 0:
+        raise UsageError(f"--size {text!r}: give a number of bytes >= 0, e.g. 4096, 64K, 100M, 1G")
+    return int(n)
+
+
+def _seconds(option: str, value: float | None, hint: str = "") -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):  # refuses NaN, inf, 0, negatives
+        raise UsageError(f"{option} {value}: give a finite number of seconds > 0{hint}")
+
+
+def _check(args) -> None:
+    """Every check that needs no network, before any port is opened or file written."""
+    if not 0 <= args.port <= 0xFFFF:
+        raise UsageError(f"--port {args.port}: give a UDP port 0-65535 (0 picks a free one)")
+    _seconds("--timeout", args.timeout, ", e.g. --timeout 10")
+    _seconds("--duration", args.duration,
+             ", e.g. --duration 10" if args.verb == "send" else ", or leave it out to wait for a sender forever")
+    _faults(args)
+    if args.verb == "send":
+        if args.file is None and args.size is None and args.duration is None:
+            raise UsageError("what to send: --file PATH, --size N or --duration S")
+        if args.size is not None:
+            _size(args.size)
+    elif args.out:
+        _check_out(args.out)
+
+
+def _check_out(path: str) -> None:
+    """--out must be a file we can write, without truncating it (that waits until the endpoint is open)."""
+    if os.path.isdir(path):
+        raise UsageError(f"--out {path}: is a directory: give a file name")
+    if os.path.exists(path):
+        try:
+            open(path, "ab").close()  # opens for writing without truncating
+        except OSError as e:
+            raise UsageError(f"--out {path}: {e.strerror}: give a file you can write") from None
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--out {path}: no directory {parent}: create it or give another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: cannot create a file in {parent}: give a writable directory")
+
+
+def _open_file(path: str, mode: str, option: str):
+    try:
+        return open(path, mode)  # noqa: SIM115 (the caller closes it)
+    except OSError as e:
+        raise UsageError(f"{option} {path}: {e.strerror}: give a file you can "
+                         f"{'read' if 'r' in mode else 'write'}") from None
 
 
 def _where(args) -> tuple[str, str | None, str | None]:
@@ -108,8 +159,12 @@ def _faults(args) -> dict | None:
         kw = parse_spec(args.faults) if args.faults else {}
     except ValueError as e:
         raise UsageError(f"--faults: {e}") from None
-    if not 0.0 <= args.loss <= 1.0:
-        raise UsageError(f"--loss {args.loss}: give a probability 0 <= P <= 1")
+    if kw.get("loss", 0.0) >= 1.0:
+        raise UsageError(f"--faults loss={kw['loss']}: that drops every datagram, the transfer cannot finish: "
+                         "give 0 <= loss < 1")
+    if not 0.0 <= args.loss < 1.0:  # also refuses NaN
+        raise UsageError(f"--loss {args.loss}: give a probability 0 <= P < 1 (1 drops every frame: the "
+                         "transfer cannot finish)")
     if args.loss and _loss_at(args) == "user":
         if "loss" in kw:
             raise UsageError("--loss and --faults loss=...: give the loss once")
@@ -198,20 +253,17 @@ def _stream(seed: int):
 
 
 def run(args) -> int:
+    _check(args)
     require_root(f"kbypass xfer {args.verb}")
     pin_cpu(args.cpu)
-    if args.duration is not None and args.duration <= 0:
-        raise UsageError(f"--duration {args.duration}: give a positive number of seconds")
     return _send(args) if args.verb == "send" else _recv(args)
 
 
 def _send(args) -> int:
-    peer, mac = _peer(args)
-    if args.file is None and args.size is None and args.duration is None:
-        raise UsageError("what to send: --file PATH, --size N or --duration S")
     size = _size(args.size) if args.size is not None else None
-    src = open(args.file, "rb") if args.file else None  # noqa: SIM115 (closed below)
+    src = _open_file(args.file, "rb", "--file") if args.file else None
     try:
+        peer, mac = _peer(args)
         ep = _open(args, local_port=args.port, peer=peer if args.encap == "udp" else None, peer_mac=mac)
         with ep:
             ep.connect(timeout=args.timeout)
@@ -248,10 +300,12 @@ def _send(args) -> int:
 
 
 def _recv(args) -> int:
-    out = open(args.out, "wb") if args.out else None  # noqa: SIM115 (closed below)
+    out = None
     try:
         ep = _open(args, local_port=args.port)
         with ep:
+            # truncate --out only now that the endpoint is open (_check made sure it can be written)
+            out = _open_file(args.out, "wb", "--out") if args.out else None
             where = f"{ep.encap.name} " + (f"{args.ip or ''}:{ep.encap.port}" if args.encap == "udp"
                                            else f"ethertype {args.ethertype:#06x}")
             print(f"kbypass xfer recv: listening ({where}, backend {args.backend}); Ctrl-C to stop",

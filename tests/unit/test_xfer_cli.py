@@ -1,0 +1,129 @@
+"""`kbypass xfer` bad input without a network: every mistake is one line `kbypass: error: ...` naming the fix,
+exit 2, found before an endpoint (port, XDP program) is opened and before --out is truncated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from kbypass import cli
+from kbypass.errors import UsageError
+from kbypass.tools import xfer
+
+SEND = ["xfer", "send", "--iface", "nonexist0", "--to", "10.9.9.9:7000", "--to-mac", "02:00:00:00:00:02"]
+RECV = ["xfer", "recv", "--iface", "nonexist0"]
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """run() may not reach the endpoint: opening it fails the test (the checks come first)."""
+
+    def refuse(*a, **kw):
+        raise AssertionError("the endpoint was opened before the bad input was refused")
+
+    monkeypatch.setattr(xfer, "require_root", lambda what: None)
+    monkeypatch.setattr(xfer, "_open", refuse)
+
+
+def refused(capsys, argv: list[str]) -> str:
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("kbypass: error: "), err
+    return lines[0]
+
+
+# 5: --faults values out of range (and --loss outside [0, 1))
+@pytest.mark.parametrize("spec, says", [
+    ("loss=2", "--faults: loss=2.0: give a probability 0 <= loss <= 1"),
+    ("loss=nan", "--faults: loss=nan: give a probability 0 <= loss <= 1"),
+    ("delay=-1", "--faults: delay=-1.0: give a finite number of seconds >= 0"),
+    ("rate_bps=0", "--faults: rate_bps=0.0: give a finite rate > 0 in bit/s"),
+    ("queue_limit=0", "--faults: queue_limit=0: give a whole number of datagrams >= 1"),
+    ("burst=2/0.3", "--faults: burst p_bad=2.0: give probabilities 0 <= p <= 1"),
+    ("blackhole=4-2", "--faults: blackhole=4.0-2.0: give START-END seconds with 0 <= START <= END"),
+    ("loss=1", "--faults loss=1.0: that drops every datagram, the transfer cannot finish: give 0 <= loss < 1"),
+])
+def test_faults_out_of_range(capsys, no_network, spec, says) -> None:
+    assert says in refused(capsys, [*SEND, "--size", "1K", "--faults", spec])
+    assert says in refused(capsys, [*RECV, "--faults", spec])
+
+
+@pytest.mark.parametrize("loss", ["1", "1.5", "-0.1", "nan"])
+def test_loss_outside_unit_interval(capsys, no_network, loss) -> None:
+    line = refused(capsys, [*SEND, "--size", "1K", f"--loss={loss}"])
+    assert "give a probability 0 <= P < 1" in line
+
+
+def test_faults_checked_in_one_process_run() -> None:
+    r = subprocess.run([sys.executable, "-m", "kbypass", *SEND, "--size", "1K", "--faults", "loss=2"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "kbypass: error: --faults: loss=2.0: give a probability 0 <= loss <= 1"
+
+
+# 6: ports
+@pytest.mark.parametrize("argv", [[*SEND, "--size", "1K", "--port", "70000"], [*SEND, "--size", "1K", "--port", "-1"],
+                                  [*RECV, "--port", "65536"], [*RECV, "--port", "-1"]])
+def test_port_out_of_range(capsys, no_network, argv) -> None:
+    assert "give a UDP port 0-65535" in refused(capsys, argv)
+
+
+# 7: --file and --out
+def test_missing_or_unreadable_file(capsys, no_network, tmp_path) -> None:
+    line = refused(capsys, [*SEND, "--file", str(tmp_path / "nope")])
+    assert f"--file {tmp_path / 'nope'}: No such file or directory" in line
+    assert "Is a directory" in refused(capsys, [*SEND, "--file", str(tmp_path)])
+
+
+def test_out_checked_up_front(capsys, no_network, tmp_path) -> None:
+    line = refused(capsys, [*RECV, "--out", str(tmp_path / "no" / "dir.bin")])
+    assert f"no directory {tmp_path / 'no'}: create it" in line
+    assert "is a directory: give a file name" in refused(capsys, [*RECV, "--out", str(tmp_path)])
+
+
+def test_out_not_truncated_when_the_endpoint_fails(capsys, monkeypatch, tmp_path) -> None:
+    out = tmp_path / "keep.bin"
+    out.write_bytes(b"precious")
+
+    def fail(*a, **kw):
+        raise UsageError("nonexist0: no such interface")
+
+    monkeypatch.setattr(xfer, "require_root", lambda what: None)
+    monkeypatch.setattr(xfer, "_open", fail)
+    assert "no such interface" in refused(capsys, [*RECV, "--out", str(out)])
+    assert out.read_bytes() == b"precious"
+
+
+# 8: --size
+@pytest.mark.parametrize("size", ["-5", "-1M", "infk", "nanM", "1e400k", "lots", ""])
+def test_bad_sizes(capsys, no_network, size) -> None:
+    line = refused(capsys, [*SEND, f"--size={size}"])
+    assert f"--size {size!r}: give a number of bytes >= 0, e.g. 4096, 64K, 100M, 1G" in line
+
+
+def test_good_sizes() -> None:
+    assert xfer._size("4096") == 4096
+    assert xfer._size("64K") == 64 << 10
+    assert xfer._size("1.5kb") == 1536
+    assert xfer._size("100M") == 100 << 20
+    assert xfer._size("1G") == 1 << 30
+    assert xfer._size("0") == 0
+
+
+# 12b: --timeout, --duration
+@pytest.mark.parametrize("argv, says", [
+    ([*SEND, "--size", "1K", "--timeout", "nan"], "--timeout nan: give a finite number of seconds > 0"),
+    ([*SEND, "--size", "1K", "--timeout", "0"], "--timeout 0.0: give a finite number of seconds > 0"),
+    ([*SEND, "--size", "1K", "--timeout", "inf"], "--timeout inf: give a finite number of seconds > 0"),
+    ([*RECV, "--timeout=-1"], "--timeout -1.0: give a finite number of seconds > 0"),
+    ([*SEND, "--duration", "nan"], "--duration nan: give a finite number of seconds > 0"),
+    ([*SEND, "--duration", "0"], "--duration 0.0: give a finite number of seconds > 0"),
+    ([*RECV, "--duration", "nan"], "--duration nan: give a finite number of seconds > 0, or leave it out"),
+    ([*RECV, "--duration", "inf"], "--duration inf: give a finite number of seconds > 0, or leave it out"),
+])
+def test_bad_seconds(capsys, no_network, argv, says) -> None:
+    assert says in refused(capsys, argv)
