@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from kbypass.errors import UsageError
 from kbypass.port.batch import Batch
 
 LINKTYPE_ETHERNET = 1
@@ -19,10 +20,22 @@ RECORD = np.dtype([("sec", "<u4"), ("usec", "<u4"), ("incl", "<u4"), ("orig", "<
 
 class PcapWriter:
     def __init__(self, path: str, snaplen: int = 65535) -> None:
+        """Create (or truncate) `path` and write the pcap header; a path that cannot be written is a
+        UsageError naming it and the reason, not an OSError."""
         self.snaplen = snaplen
         self.packets = 0
-        self.file = open(path, "wb")
-        self.file.write(struct.pack("<IHHiIII", PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
+        self.path = str(path)
+        try:
+            self.file = open(path, "wb")
+        except OSError as e:
+            raise UsageError(f"cannot write the capture file {self.path!r}: {e.strerror}; choose a file in a "
+                             "directory you can write") from None
+        try:
+            self.file.write(struct.pack("<IHHiIII", PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
+            self.file.flush()
+        except OSError as e:
+            self.file.close()
+            raise UsageError(f"cannot write the capture file {self.path!r}: {e.strerror}") from None
 
     def write_batch(self, batch: Batch, now: float | None = None) -> None:
         """Append every frame of the batch (cut to snaplen), all stamped `now` (default: the time of call)."""

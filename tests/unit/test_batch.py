@@ -175,3 +175,72 @@ def test_field_access_matches_a_per_frame_reference_at_any_address():
     assert (after[:, :6] == before[:, 6:]).all() and (after[:, 6:] == before[:, :6]).all()
     b.set_bytes(3, np.arange(4, dtype=np.uint8))  # one row for every frame
     assert all((mem[int(a) + 3:int(a) + 7] == np.arange(4)).all() for a in addrs)
+
+
+def _chunks(n=3, headroom=0, frame_size=FRAME):
+    mem = np.zeros(frame_size * n, dtype=np.uint8)
+    descs = np.zeros(n, dtype=DESC)
+    descs["addr"] = np.arange(n) * frame_size + headroom
+    return mem, descs
+
+
+class _UmemOwner:
+    class umem:
+        frame_size = FRAME
+
+
+def test_fill_past_the_frame_end_is_refused_before_writing():
+    """2500 bytes do not fit a 2048-byte frame: nothing is written (the next frame stays intact)."""
+    mem, descs = _chunks()
+    b = Batch(descs, mem, frame_size=FRAME)
+    with pytest.raises(UsageError, match="2500 bytes.*room for 2048"):
+        b.fill(b"\xab" * 2500)
+    assert not mem.any() and b.lens.tolist() == [0, 0, 0]
+    # the owner port's UMEM frame size counts the same; headroom (addr past the chunk start) is taken off
+    mem, descs = _chunks(headroom=HEADROOM)
+    b = Batch(descs, mem, _UmemOwner())
+    assert b.room().tolist() == [FRAME - HEADROOM] * 3
+    with pytest.raises(UsageError, match=f"room for {FRAME - HEADROOM}"):
+        b.fill(b"\xab" * (FRAME - HEADROOM + 1))
+    assert not mem.any()
+    b.fill(b"\xab" * (FRAME - HEADROOM))  # exactly full is fine
+    assert mem[FRAME : FRAME + HEADROOM].sum() == 0  # the next frame's headroom untouched
+
+
+def test_fill_of_the_last_frame_is_a_usage_error_not_an_index_error():
+    mem, descs = _chunks()
+    b = Batch(descs, mem)  # no frame size known: bounded by the memory's end
+    with pytest.raises(UsageError, match="room for 2048"):
+        b.fill(b"\xab" * 2500)
+    assert not mem.any()
+
+
+def test_write_past_the_frame_end_is_refused_before_writing():
+    mem, descs = _chunks()
+    b = Batch(descs, mem, frame_size=FRAME)
+    with pytest.raises(UsageError, match="needs 2049 bytes but the frame has room for 2048"):
+        b.write(0, b"\xee" * 49, offset=2000)
+    with pytest.raises(UsageError, match="room for 2048"):
+        b.write(2, b"\xee" * 2049)  # the last frame: no IndexError either
+    with pytest.raises(UsageError, match="offset -1"):
+        b.write(1, b"\xee", offset=-1)
+    assert not mem.any() and b.lens.tolist() == [0, 0, 0]
+    b.write(-1, b"\xee" * 48, offset=2000)
+    assert b.lens.tolist() == [0, 0, 2048] and b[1:].room().tolist() == [FRAME, FRAME]  # slices keep the size
+
+
+def test_packet_mmap_frame_ends():
+    """Staging frames may grow to their slot's end; received frames (packed in an RX block) may not grow."""
+    from kbypass.port.packet_mmap import PacketMmapPort
+
+    port = object.__new__(PacketMmapPort)
+    port.staging_base, port.frame_size = 8 * FRAME, FRAME
+    mem = np.zeros(12 * FRAME, dtype=np.uint8)
+    descs = np.zeros(3, dtype=DESC)
+    descs["addr"], descs["len"] = [8 * FRAME, 9 * FRAME, 100], [0, 60, 60]
+    b = Batch(descs, mem, port)
+    assert b.room().tolist() == [FRAME, FRAME, 60]
+    with pytest.raises(UsageError, match="room for 60"):
+        b.write(2, b"x", offset=60)
+    with pytest.raises(UsageError, match="room for 60"):
+        b.fill(b"x" * 61)

@@ -109,3 +109,20 @@ def test_ethertype_rule_compiles_to_a_type_match():
     assert run_cbpf(prog, raw) > 0
     assert run_cbpf(prog, eth(IP(dst="10.0.0.2") / UDP(dport=4321))) == 0
     assert run_cbpf(prog, raw[:13]) == 0  # too short to hold the type
+
+
+def test_bare_ether_rule_accepts_any_non_ip_frame():
+    """Like the XDP program's bare ether rule (bpf/steer.h): every non-IP frame, never IPv4/IPv6/VLAN."""
+    prog = compile_filter("ether")
+    raw = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x88B5) / (b"x" * 20))
+    assert run_cbpf(prog, raw) > 0
+    assert run_cbpf(prog, eth(ARP())) > 0
+    assert run_cbpf(prog, eth(IP(dst="10.0.0.2") / UDP(dport=4321))) == 0
+    assert run_cbpf(prog, eth(IPv6() / UDP(dport=4321))) == 0
+    for vlan in (0x8100, 0x88A8):
+        tag = b"\0\1\x88\xb5" + b"x" * 20  # VLAN 1, then the raw type 0x88b5
+        tagged = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=vlan) / tag)
+        assert run_cbpf(prog, tagged) == 0
+    assert run_cbpf(prog, raw[:13]) == 0  # too short to hold the type
+    with pytest.raises(UsageError, match="drop the action"):
+        compile_filter("ether drop")

@@ -63,6 +63,8 @@ PARSE_ERRORS = [
     ("udp dport 70000", "70000", 3, "0-65535"),
     ("udp dport -1", "-1", 3, "0-65535"),
     ("udp sport http", "http", 3, "0-65535"),
+    ("udp dport \u00b2", "\u00b2", 3, "0-65535"),  # superscript two: isdigit() but not a number to int()
+    ("tcp sport \u0663", "\u0663", 3, "0-65535"),  # an Arabic-Indic digit: int() reads it, a port it is not
     ("tcp sport 1 sport 2", "sport", 4, "twice"),
     ("udp dport", "dport", 2, "needs a value"),
     ("udp frob 1", "frob", 2, "unknown word"),

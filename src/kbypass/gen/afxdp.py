@@ -20,10 +20,15 @@ from kbypass.gen.result import GenResult
 from kbypass.port.base import Port
 
 
+MAX_BATCH = 4096  # frames per transmit: `kbypass gen`'s AF_XDP TX ring holds 4096, so no call takes more
+
+
 class PortGenerator:
     """Send the flows of `spec` through `port` (any Port with alloc/transmit/free)."""
 
     def __init__(self, port: Port, template: bytes, spec: FlowSpec, *, batch: int = 256, first_seq: int = 0) -> None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+            raise UsageError(f"--batch {batch}: give 1 to {MAX_BATCH} frames per transmit")
         if len(template) < spec.size[1]:
             raise UsageError(f"template of {len(template)} bytes is shorter than --size {spec.size[1]}")
         self.port, self.spec, self.batch, self.seq = port, spec, batch, first_seq
@@ -81,6 +86,7 @@ class PortGenerator:
                     report(sent, time.perf_counter() - start)
         self._flush()
         return GenResult(sent, nbytes, time.perf_counter() - start)
+
     def _flush(self) -> None:
         flush = getattr(self.port, "flush", None)
         if flush:

@@ -56,14 +56,15 @@ class FlowSpec:
     src_ip: tuple[int, int]
     size: tuple[int, int]
     max_size: int  # frame or MTU limit
+    max_size_why: str = "MTU + Ethernet header, or the UMEM frame size"  # which limit max_size is
 
     def __post_init__(self) -> None:
         lo, hi = self.size
         if lo < ETH_IPV4_UDP + STAMP_SIZE:
             raise UsageError(f"--size {lo}: a stamped UDP frame needs at least {ETH_IPV4_UDP + STAMP_SIZE} bytes")
         if hi > self.max_size:
-            raise UsageError(f"--size {hi}: above the limit of {self.max_size} bytes (MTU + Ethernet header, "
-                             "or the UMEM frame size); use a smaller size")
+            raise UsageError(f"--size {hi}: above the limit of {self.max_size} bytes ({self.max_size_why}); "
+                             "use a smaller size")
 
     @property
     def varies_l3(self) -> bool:

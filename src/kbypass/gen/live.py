@@ -20,6 +20,8 @@ XDP program (the testbed switches GRO on).
 
 from __future__ import annotations
 
+import errno
+import mmap
 import signal
 import socket
 import struct
@@ -39,6 +41,10 @@ SLICE_SECONDS = 1.0  # then slices of about this long: the per-call RCU wait bec
 MAX_SLICE = 1 << 26
 HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 BATCH = 64  # frames the kernel builds and transmits per internal batch (its default)
+# The largest frame live mode takes: each copy lives in one page after XDP_PACKET_HEADROOM (256) and the
+# kernel's struct xdp_page_head (two struct xdp_buff, 112 bytes), before the skb_shared_info tailroom (320
+# bytes on x86-64); longer data makes BPF_PROG_RUN fail with EINVAL ("no live mode for jumbo frames").
+MAX_FRAME = mmap.PAGESIZE - 256 - 112 - 320
 
 
 class LiveGenerator:
@@ -56,6 +62,9 @@ class LiveGenerator:
             raise UsageError(f"--time-every {time_every}: give a power of two (1, 2, 4, ... 64)")
         if len(template) < 14:
             raise UsageError(f"template of {len(template)} bytes: a frame needs at least an Ethernet header")
+        if len(template) > MAX_FRAME:
+            raise UsageError(f"--size {len(template)}: the live engine sends frames of at most {MAX_FRAME} bytes "
+                             "(one page less the kernel's XDP headroom and tailroom); use a smaller --size")
         if stamp_offset and stamp_offset + STAMP_SIZE > len(template):
             raise UsageError(
                 f"frame of {len(template)} bytes has no room for the {STAMP_SIZE}-byte stamp at offset "
@@ -90,8 +99,16 @@ class LiveGenerator:
                 libbpf.test_run(self.prog_fd, self.template, ctx=ctx, repeat=count,
                                 flags=libbpf.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=BATCH)
             except libbpf.BpfCallError as e:
+                size = len(self.template)
+                if e.errno == errno.EINVAL:
+                    raise EnvironmentProblem(
+                        f"live-frames run of {size}-byte frames failed: {e}; the kernel refuses frames that do not "
+                        f"fit one page with its headroom (here at most about {MAX_FRAME} bytes: use a smaller "
+                        "--size) and needs Linux >= 5.18 (see 'kbypass doctor')"
+                    ) from None
                 raise EnvironmentProblem(
-                    f"live-frames run failed: {e}; it needs Linux >= 5.18 and root (see 'kbypass doctor')"
+                    f"live-frames run of {size}-byte frames failed: {e}; it needs Linux >= 5.18 and root "
+                    "(see 'kbypass doctor')"
                 ) from None
 
     def run(self, *, count: int | None = None, duration: float | None = None, progress=None) -> GenResult:

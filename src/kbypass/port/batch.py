@@ -12,6 +12,10 @@ Ownership: a Batch is a set of frames you own (see kbypass.port.base). Slicing i
 `batch[mask]`) gives a Batch of some of the same frames; it does not duplicate ownership, so transmit or
 free each frame once. A slice shares the descriptor array (setting lengths shows in both); a mask or index
 array copies the descriptors (frame memory is shared either way).
+Bounds: a frame may grow (write, fill) only up to the end of its own memory, never into the next frame.
+That end is the end of its aligned chunk when the frames are chunks of `frame_size` bytes (the Batch's
+own `frame_size`, or the owner port's UMEM frame size: a frame's addr already lies past any headroom);
+an owner may say it exactly with a `frame_ends(descs)` method (PacketMmapPort); else the memory's end.
 Offsets are from the start of the Ethernet frame. The IPv4/UDP helpers assume untagged Ethernet and a
 20-byte IPv4 header (no options): Ethernet 0..13, IPv4 14..33 (src 26, dst 30), UDP 34.. (sport 34, dport
 36, length 38, checksum 40), payload 42.. . Check `u8(14) == 0x45` if you are not sure.
@@ -37,16 +41,18 @@ UDP_PAYLOAD = 42
 class Batch:
     """Descriptors + the memory they point into. `len(batch)` frames; see the module doc."""
 
-    __slots__ = ("descs", "mem", "owner")
+    __slots__ = ("descs", "mem", "owner", "frame_size")
 
-    def __init__(self, descs: np.ndarray, mem: np.ndarray, owner=None) -> None:
+    def __init__(self, descs: np.ndarray, mem: np.ndarray, owner=None, frame_size: int | None = None) -> None:
         self.descs = descs
         self.mem = mem
         self.owner = owner  # the port the frames belong to (None for free-standing batches)
+        # frames are aligned chunks of this many bytes (None: ask the owner; see "Bounds" in the module doc)
+        self.frame_size = frame_size
 
     @classmethod
-    def empty(cls, mem: np.ndarray, owner=None) -> "Batch":
-        return cls(np.zeros(0, dtype=DESC), mem, owner)
+    def empty(cls, mem: np.ndarray, owner=None, frame_size: int | None = None) -> "Batch":
+        return cls(np.zeros(0, dtype=DESC), mem, owner, frame_size)
 
     # ---- descriptors --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -59,7 +65,7 @@ class Batch:
         """A Batch of some of these frames: a slice, a boolean mask or an index array."""
         if isinstance(key, (int, np.integer)):
             raise TypeError("batch[i] would be one packet; use batch.frame(i) or batch[i:i+1]")
-        return Batch(self.descs[key], self.mem, self.owner)
+        return Batch(self.descs[key], self.mem, self.owner, self.frame_size)
 
     def __repr__(self) -> str:
         return f"<Batch of {len(self)} frames>"
@@ -90,17 +96,43 @@ class Batch:
         return self.frame(i).tobytes()
 
     def write(self, i: int, data: bytes, offset: int = 0) -> None:
-        """Copy bytes into frame i at offset and set its length to cover them (slow path)."""
+        """Copy bytes into frame i at offset and set its length to cover them (slow path).
+
+        Raises UsageError, writing nothing, when offset + len(data) is past the end of the frame's memory."""
+        if offset < 0:
+            raise UsageError(f"write at offset {offset}: offsets start at 0 (the Ethernet header)")
+        i = range(len(self))[i]  # a negative i counts from the end; out of range raises IndexError
+        room = int(self[i : i + 1].room()[0])
+        if offset + len(data) > room:
+            raise UsageError(f"writing {len(data)} bytes at offset {offset} of frame {i} needs {offset + len(data)} "
+                             f"bytes but the frame has room for {room}: write less (or use larger frames)")
         a = int(self.descs["addr"][i]) + offset
         self.mem[a : a + len(data)] = np.frombuffer(data, dtype=np.uint8)
         self.descs["len"][i] = max(int(self.descs["len"][i]), offset + len(data))
 
     def fill(self, data: bytes) -> None:
-        """Copy the same bytes into every frame and set every length to len(data) (generators)."""
+        """Copy the same bytes into every frame and set every length to len(data) (generators).
+
+        Raises UsageError, writing nothing, when data does not fit in every frame's memory."""
         n = len(data)
         if n and len(self):
+            room = int(self.room().min())
+            if n > room:
+                raise UsageError(f"cannot fill frames with {n} bytes: a frame of this batch has room for {room} "
+                                 "bytes (frame size less headroom); use at most that many")
             self._runs(n)[self._at(0, check=False)] = np.frombuffer(data, dtype=np.dtype(f"V{n}"))[0]
         self.descs["len"] = n
+
+    def room(self) -> np.ndarray:
+        """Bytes each frame can hold from its start (addr) to the end of its memory (see "Bounds")."""
+        addr = self.descs["addr"].astype(np.int64)
+        ends = getattr(self.owner, "frame_ends", None)
+        if self.frame_size is None and ends is not None:
+            end = np.asarray(ends(self.descs), dtype=np.int64)
+        else:
+            fs = self.frame_size or _owner_frame_size(self.owner)
+            end = addr - addr % fs + fs if fs else np.full(len(addr), len(self.mem), dtype=np.int64)
+        return np.maximum(np.minimum(end, len(self.mem)) - addr, 0)
 
     # ---- vectorized field access ------------------------------------------------------------------
     def _check(self, offset: int, width: int) -> None:
@@ -203,3 +235,10 @@ class Batch:
         """
         self._swap(IPV4_SRC, 4, need=UDP_SPORT + 4)  # both swaps' bytes checked first: all or nothing
         self._swap(UDP_SPORT, 2)
+
+
+def _owner_frame_size(owner) -> int | None:
+    """The UMEM frame (chunk) size of the port that owns a batch, when it has one (AF_XDP, socket ports)."""
+    umem = getattr(owner, "umem", None)
+    fs = getattr(umem, "frame_size", None)
+    return fs if isinstance(fs, int) and fs > 0 else None

@@ -329,6 +329,14 @@ class PacketMmapPort(Port):
         self._state[(descs["addr"] >> GRANULE).astype(np.intp)] = APP
         return Batch(descs, self.mem, self)
 
+    def frame_ends(self, descs: np.ndarray) -> np.ndarray:
+        """Where each frame's memory ends (Batch bounds checks): a staging frame may grow to the end of its
+        frame_size slot; a received frame sits packed between others in its RX block, so it cannot grow."""
+        addr = descs["addr"].astype(np.int64)
+        fs = self.frame_size
+        staging = addr - (addr - self.staging_base) % fs + fs
+        return np.where(addr >= self.staging_base, staging, addr + descs["len"].astype(np.int64))
+
     # ---- transmit ---------------------------------------------------------------------------------
     def reap(self) -> int:
         """Advance past TX slots the kernel has finished with; returns how many."""
@@ -505,9 +513,10 @@ def compile_filter(rule) -> bytes:
     """A classic BPF program (struct sock_filter[]) accepting the untagged frames `rule` matches.
 
     Supports proto, IPv4 src/dst (with prefix), sport and dport (non-first fragments never match a port),
-    and EtherType rules ("ether 0x88b5").
+    and EtherType rules: "ether 0x88b5" (that type) and bare "ether" (any frame whose EtherType at offset 12
+    is not IPv4, IPv6 or a VLAN tag: "any non-IP frame", as the XDP steering program reads a bare ether rule).
     """
-    from kbypass.steer.rules import PROTOS, Rule
+    from kbypass.steer.rules import PROTOS, RESERVED_ETHERTYPES, Rule
 
     if isinstance(rule, str):
         rule = Rule.parse(rule)
@@ -520,9 +529,12 @@ def compile_filter(rule) -> bytes:
         raise UsageError(f"rule '{rule}': PACKET_MMAP filters match IPv4 only; use an IPv4 address or none")
     ins: list[tuple[int, int, int, int]] = []  # (code, jt, jf, k); jf/jt == -1 means "to drop"
     if rule.proto == "ether":  # an EtherType rule: the untagged frame's type field, nothing else
-        ins += [(_LD_H, 0, 0, 12), (_JEQ_K, 0, -1, rule.ethertype), (_RET_K, 0, 0, 0x40000), (_RET_K, 0, 0, 0)]
-        return b"".join(struct.pack("HBBI", code, jt, jf if jf != -1 else len(ins) - i - 2, k)
-                        for i, (code, jt, jf, k) in enumerate(ins))
+        ins.append((_LD_H, 0, 0, 12))
+        if rule.ethertype is not None:
+            ins.append((_JEQ_K, 0, -1, rule.ethertype))
+        else:  # bare "ether": any non-IP frame, as in bpf/steer.h (IP and VLAN types never match)
+            ins += [(_JEQ_K, -1, 0, t) for t in sorted(RESERVED_ETHERTYPES)]
+        return _assemble(ins)
     ins += [(_LD_H, 0, 0, 12), (_JEQ_K, 0, -1, 0x0800)]
     if rule.proto != "any":
         ins += [(_LD_B, 0, 0, 23), (_JEQ_K, 0, -1, PROTOS[rule.proto])]
@@ -538,7 +550,12 @@ def compile_filter(rule) -> bytes:
         for off, value in ((14, rule.sport), (16, rule.dport)):
             if value is not None:
                 ins += [(_LDH_IND, 0, 0, off), (_JEQ_K, 0, -1, value)]
-    ins.append((_RET_K, 0, 0, 0x40000))
+    return _assemble(ins)
+
+
+def _assemble(ins: list[tuple[int, int, int, int]]) -> bytes:
+    """The program: the tests `ins`, then accept; a jump offset of -1 in `ins` goes to the final drop."""
+    ins = ins + [(_RET_K, 0, 0, 0x40000)]
     drop = len(ins)
     ins.append((_RET_K, 0, 0, 0))
     out = b""

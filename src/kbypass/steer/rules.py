@@ -234,7 +234,8 @@ class Rule:
             if field in kw:
                 raise fail(f"'{tok}'", " given twice", pos)
             if key in ("sport", "dport"):
-                if not value.isdigit() or int(value) > 65535:
+                # ASCII digits only: str.isdigit() also accepts e.g. '²', which int() refuses
+                if not (value.isascii() and value.isdigit()) or int(value) > 65535:
                     raise fail(f"bad {key} '{value}'", " (expected a port number 0-65535)", vpos)
                 value = int(value)
             elif key == "prob":

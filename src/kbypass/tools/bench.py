@@ -42,12 +42,11 @@ def run_rx(args) -> int:
     require_root("kbypass bench rx")
     if args.packets <= 0 or args.runs <= 0:
         raise UsageError("--packets and --runs take positive numbers")
+    json_path, png_path = output_paths(args.out, "rx")  # before the run: a long run's results are not lost
     out = console()
     prefix = args.prefix or testbed.default_prefix()
     result = rxbench.run(prefix, args.packets, args.runs, progress=(lambda s: None) if args.json else out.print,
                          placement=args.placement)
-    where = Path(args.out)
-    json_path, png_path = where / "rx.json", where / "rx.png"
     rxbench.save(result, json_path, png_path)
     if args.json:
         import json
@@ -57,6 +56,26 @@ def run_rx(args) -> int:
     show(out, result["rows"], args.placement)
     out.print(f"results: {json_path}\nchart:   {png_path}")
     return 0
+
+
+def output_paths(out_dir: str, name: str) -> tuple[Path, Path]:
+    """NAME.json and NAME.png in `out_dir`, which is created and checked writable now, before the experiment
+    runs; a directory that cannot be made or written is a UsageError naming it and the reason."""
+    import tempfile
+
+    where = Path(out_dir)
+    paths = where / f"{name}.json", where / f"{name}.png"
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=where):  # really write: catches read-only file systems as root
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {out_dir}: cannot write results there ({e.strerror}): choose a directory you "
+                         "can write") from None
+    for p in paths:
+        if p.is_dir():
+            raise UsageError(f"--out {out_dir}: {p} is a directory; choose another --out")
+    return paths
 
 
 def show(out, rows: list[dict], placement: str = "sut") -> None:
@@ -80,12 +99,11 @@ def run_latency(args) -> int:
         raise UsageError("--runs and --duration take positive numbers")
     if args.size < 14:
         raise UsageError(f"--size {args.size}: a sockperf message needs at least 14 bytes")
+    json_path, png_path = output_paths(args.out, "latency")
     out = console()
     prefix = args.prefix or testbed.default_prefix()
     result = latbench.run(prefix, args.runs, args.duration, args.size,
                           progress=(lambda s: None) if args.json else out.print)
-    where = Path(args.out)
-    json_path, png_path = where / "latency.json", where / "latency.png"
     latbench.save(result, json_path, png_path)
     if args.json:
         import json

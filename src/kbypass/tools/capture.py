@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -28,7 +29,17 @@ def run(args) -> int:
         raise UsageError(f"--snaplen {args.snaplen}: keep at least the 14-byte Ethernet header")
     if args.every < 1:
         raise UsageError(f"--every {args.every}: give 1 (every packet) or more")
-    with open_backend(args, args.rule or ["any"]) as sp, PcapWriter(args.write, args.snaplen) as pcap:
+    # The file first: a path we cannot write fails before any port is opened or XDP program attached.
+    created = not os.path.lexists(args.write)
+    pcap = PcapWriter(args.write, args.snaplen)
+    try:
+        sp = open_backend(args, args.rule or ["any"])
+    except BaseException:
+        pcap.close()
+        if created and os.path.isfile(args.write):
+            os.unlink(args.write)  # leave no empty capture behind when the port could not be opened
+        raise
+    with sp, pcap:
         announce(args, sp)
         port, seen = sp.port, 0
         ticker = Ticker(progress_printer(not args.json))

@@ -7,24 +7,33 @@ where the backend is available).
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
+import socket
+import struct
 
-from kbypass import testbed
-from kbypass.errors import UsageError, require_root
+from kbypass import netns, testbed
+from kbypass.errors import TestbedError, UsageError, require_root
+from kbypass.gen.afxdp import MAX_BATCH
 from kbypass.gen.flows import FlowSpec, parse_ip_range, parse_range
 from kbypass.gen.rate import parse_rate
 from kbypass.gen.template import udp_template
 from kbypass.tools._common import pin_cpu
 
 ENGINES = ("live", "afxdp", "packet_mmap")
+ETH_HLEN = 14
+AFXDP_FRAME, AFXDP_HEADROOM = 2048, 0  # the UMEM frames of the AF_XDP TX port (_tx_port)
+PACKET_MMAP_FRAME = 2048  # PACKET_MMAP TX slot size (_tx_port); frame data starts TX_DATA bytes in
+SIOCGIFMTU, SIOCGIFHWADDR = 0x8921, 0x8927
 
 
 def register(sub) -> None:
     p = sub.add_parser("gen", help="generate stamped UDP traffic (live frames, AF_XDP or PACKET_MMAP)")
-    p.add_argument("--host", choices=testbed.HOSTS, default="a", help="testbed host to send from (default a)")
-    p.add_argument("--iface", help="interface (default: the host's veth)")
-    p.add_argument("--netns", help="namespace of --iface (default: the host's)")
+    p.add_argument("--host", choices=testbed.HOSTS,
+                   help="testbed host to send from (default a, unless --iface names another interface)")
+    p.add_argument("--iface", help="interface to send from (default: the host's veth); its MTU and MAC are used")
+    p.add_argument("--netns", help="namespace of --iface (default: the --host's if given, else where kbypass runs)")
     p.add_argument("--dst-mac", help="destination MAC (default: the other testbed host's)")
     p.add_argument("--dst", help="destination IP:PORT[-PORT] (default: the other host, port 4321)")
     p.add_argument("--src", help="source IP[-IP][:PORT[-PORT]] (default: this host, port 9)")
@@ -34,7 +43,8 @@ def register(sub) -> None:
     p.add_argument("--duration", type=float, help="seconds to send")
     p.add_argument("--engine", choices=ENGINES, default="live")
     p.add_argument("--queue", type=int, default=0, help="TX queue (afxdp engine)")
-    p.add_argument("--batch", type=int, default=2048, help="frames per transmit (afxdp engine; default 2048)")
+    p.add_argument("--batch", type=int, default=2048,
+                   help=f"frames per transmit, 1 to {MAX_BATCH} (afxdp/packet_mmap engines; default 2048)")
     p.add_argument("--time-every", type=int, default=1, metavar="N",
                    help="live engine: stamp the send time on one frame in N (a power of two; default 1 = every "
                         "frame); sequence numbers stay on every frame. 64 lets the generator run near its limit")
@@ -54,10 +64,74 @@ def _tx_port(engine: str, iface: str, queue: int, ns: str | None):
         from kbypass.port.afxdp import AfXdpPort
 
         return AfXdpPort(iface, queue, netns=ns, frames=8192, tx_size=4096, comp_size=4096, fill_size=64,
-                         rx_size=64)
+                         rx_size=64, frame_size=AFXDP_FRAME, headroom=AFXDP_HEADROOM)
     from kbypass.port.packet_mmap import PacketMmapPort
 
-    return PacketMmapPort(iface, netns=ns)
+    return PacketMmapPort(iface, netns=ns, frame_size=PACKET_MMAP_FRAME)
+
+
+def size_limit(engine: str, mtu: int, iface: str) -> tuple[int, str]:
+    """The largest frame (bytes, no FCS) `engine` can send out of `iface` with this MTU, and which limit
+    that is, in words for the error message: the MTU, or what the engine's frames can hold."""
+    limits = [(mtu + ETH_HLEN, f"the MTU of {iface}, {mtu}, + the {ETH_HLEN}-byte Ethernet header")]
+    if engine == "afxdp":
+        limits.append((AFXDP_FRAME - AFXDP_HEADROOM, f"the {AFXDP_FRAME}-byte AF_XDP UMEM frame"
+                       + (f" less {AFXDP_HEADROOM} bytes of headroom" if AFXDP_HEADROOM else "")))
+    elif engine == "packet_mmap":
+        from kbypass.port.packet_mmap import TX_DATA
+
+        limits.append((PACKET_MMAP_FRAME - TX_DATA, f"the {PACKET_MMAP_FRAME}-byte PACKET_MMAP TX slot less its "
+                       f"{TX_DATA}-byte header"))
+    else:
+        from kbypass.gen.live import MAX_FRAME
+
+        limits.append((MAX_FRAME, "the live engine's one page less the kernel's XDP headroom and tailroom"))
+    return min(limits, key=lambda lim: lim[0])
+
+
+def interface_info(iface: str, ns: str | None) -> tuple[str, int]:
+    """MAC and MTU of `iface` in namespace `ns`, by ioctl on a socket made inside the namespace (/sys would
+    show the namespace it was mounted in, not the one this thread entered)."""
+    where = f" in namespace {ns!r}" if ns else " here"
+    raw = iface.encode()
+    if not raw or len(raw) > 15 or b"/" in raw or b"\0" in raw:
+        raise UsageError(f"--iface {iface!r} is not an interface name (1 to 15 bytes, no '/')")
+    ifr = struct.pack("16s16x", raw)
+    with netns.entered(ns):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                mtu = struct.unpack_from("i", fcntl.ioctl(s.fileno(), SIOCGIFMTU, ifr), 16)[0]
+                hw = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, ifr)[18:24]
+        except OSError:
+            hint = "" if ns else ", or give --netns NS (or --host a|b for the testbed)"
+            raise UsageError(f"no interface {iface!r}{where}: check the name with 'ip link'{hint}") from None
+    return ":".join(f"{b:02x}" for b in hw), mtu
+
+
+def _where(args) -> tuple[str, str | None, str, int, dict | None]:
+    """iface, namespace, source MAC and MTU to send with, and the testbed's hosts when its defaults are
+    needed (None otherwise: with --iface, --src, --dst and --dst-mac no testbed is needed)."""
+    defaults_needed = args.iface is None or args.host is not None or not (args.src and args.dst and args.dst_mac)
+    hosts = None
+    if defaults_needed:
+        try:
+            hosts = {h.name: h for h in testbed.require()}
+        except TestbedError as e:
+            if args.iface is None or args.host is not None:
+                raise
+            missing = [opt for opt, v in (("--src", args.src), ("--dst", args.dst), ("--dst-mac", args.dst_mac))
+                       if not v]
+            raise UsageError(f"{e}; or, to send from --iface {args.iface} without the testbed, give "
+                             f"{', '.join(missing)} too") from None
+    me = hosts[args.host or "a"] if hosts else None
+    if args.iface is None:
+        iface, ns = me.iface, args.netns or me.netns
+    else:
+        iface, ns = args.iface, args.netns or (me.netns if args.host else None)
+    if me is not None and (iface, ns) == (me.iface, me.netns):
+        return iface, ns, me.mac, me.mtu, hosts
+    mac, mtu = interface_info(iface, ns)
+    return iface, ns, mac, mtu, hosts
 
 
 def run(args) -> int:
@@ -68,10 +142,12 @@ def run(args) -> int:
         raise UsageError(f"--count {args.count}: give a positive number of packets")
     if args.duration is not None and args.duration <= 0:
         raise UsageError(f"--duration {args.duration}: give a positive number of seconds")
-    hosts = {h.name: h for h in testbed.require()}
-    me = hosts[args.host]
-    peer = hosts["b" if args.host == "a" else "a"]
-    iface, ns = args.iface or me.iface, args.netns or me.netns
+    if isinstance(args.batch, bool) or not 1 <= args.batch <= MAX_BATCH:
+        raise UsageError(f"--batch {args.batch}: give 1 to {MAX_BATCH} frames per transmit")
+    iface, ns, src_mac, mtu, hosts = _where(args)
+    me_name = args.host or "a"
+    me = hosts[me_name] if hosts else None
+    peer = hosts["b" if me_name == "a" else "a"] if hosts else None
 
     src_ip_text, sport_text = _split_endpoint(args.src, "src") if args.src else (me.ipv4, None)
     src_ip = parse_ip_range(src_ip_text, "--src")
@@ -84,13 +160,11 @@ def run(args) -> int:
         raise UsageError("--dst: one destination address (vary --src or the ports instead)")
     dport = parse_range(dport_text or "4321", "--dst port", 0, 65535)
     size = parse_range(args.size, "--size", 1, 1 << 16)
-    limit = me.mtu + 14 if args.iface is None else 65535
-    if args.engine == "afxdp":
-        limit = min(limit, 2048)
-    spec = FlowSpec(sport=sport, dport=dport, src_ip=src_ip, size=size, max_size=limit)
+    limit, why = size_limit(args.engine, mtu, iface)
+    spec = FlowSpec(sport=sport, dport=dport, src_ip=src_ip, size=size, max_size=limit, max_size_why=why)
     rate = parse_rate(args.rate, sum(size) / 2) if args.rate else None
 
-    template = udp_template(me.mac, args.dst_mac or peer.mac, str(ipaddress.IPv4Address(src_ip[0])), sport[0],
+    template = udp_template(src_mac, args.dst_mac or peer.mac, str(ipaddress.IPv4Address(src_ip[0])), sport[0],
                             dst_ip_text, dport[0], size[1])
     pin_cpu(args.cpu)
     if args.engine == "live":
