@@ -12,7 +12,7 @@ from kbypass.tools import capture
 
 
 def _args(path, **kw) -> argparse.Namespace:
-    base = dict(command="capture", write=str(path), snaplen=65535, every=1, rule=[], count=1, duration=None,
+    base = dict(command="capture", write=str(path), snaplen=65535, every=1, rule=["udp dport 9"], count=1, duration=None,
                 batch=64, json=True, backend="afxdp", iface="lo", netns=None, host=None)
     base.update(kw)
     return argparse.Namespace(**base)
@@ -49,3 +49,12 @@ def test_unwritable_file_fails_before_the_port_is_opened(tmp_path, monkeypatch):
     with pytest.raises(UsageError):
         capture.run(_args(path))
     assert path.exists()
+
+
+def test_iface_without_a_rule_is_refused_before_the_file_is_touched(tmp_path, monkeypatch):
+    monkeypatch.setattr(capture, "open_backend", lambda *a, **k: pytest.fail("port opened"))
+    path = tmp_path / "keep.pcap"
+    path.write_bytes(b"earlier capture")
+    with pytest.raises(UsageError, match="without --rule"):
+        capture.run(_args(path, rule=[]))
+    assert path.read_bytes() == b"earlier capture"

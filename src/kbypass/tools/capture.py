@@ -11,13 +11,14 @@ from kbypass.apps.loop import Ticker, receive_batches
 from kbypass.errors import UsageError
 from kbypass.pcap import PcapWriter
 from kbypass.tools._backend import add_backend_option, open_backend
-from kbypass.tools._port import add_port_options, announce, emit, progress_printer
+from kbypass.tools._port import add_port_options, announce, emit, progress_printer, rules_or_default
 
 
 def register(sub) -> None:
     p = sub.add_parser("capture", help="write steered traffic to a pcap file (tcpdump/tshark read it)")
     add_backend_option(p)
-    add_port_options(p, default_rule_help="default: every IP packet")
+    add_port_options(p, default_rule_help="default on a testbed host: every IP packet; --iface needs a rule "
+                                          "(what is captured does not reach the kernel)")
     p.add_argument("--write", "-w", required=True, metavar="FILE.pcap", help="output file")
     p.add_argument("--snaplen", type=int, default=65535, help="bytes kept of each frame (default 65535)")
     p.add_argument("--every", type=int, default=1, metavar="N", help="keep one packet in N (sampling)")
@@ -29,11 +30,12 @@ def run(args) -> int:
         raise UsageError(f"--snaplen {args.snaplen}: keep at least the 14-byte Ethernet header")
     if args.every < 1:
         raise UsageError(f"--every {args.every}: give 1 (every packet) or more")
+    rules = rules_or_default(args, "any", "every IP packet")
     # The file first: a path we cannot write fails before any port is opened or XDP program attached.
     created = not os.path.lexists(args.write)
     pcap = PcapWriter(args.write, args.snaplen)
     try:
-        sp = open_backend(args, args.rule or ["any"])
+        sp = open_backend(args, rules)
     except BaseException:
         pcap.close()
         if created and os.path.isfile(args.write):
