@@ -24,8 +24,9 @@ out the connection encodes its runs of new segments in one call and write_frames
 packet memory in another. Not with userspace faults on receive (they act per datagram).
 Time is `time.monotonic()`, passed into the protocol; nothing in the protocol reads a clock.
 
-One peer per endpoint. A client knows its peer; a server takes the source of the first SYN (its MAC,
-and for UDP its address and port) and counts frames from anyone else as `other_peer` drops.
+One peer per endpoint. A client knows its peer; a server takes the source of the first SYN its listener
+makes a connection of (its MAC, and for UDP its address and port; a refused SYN teaches nothing) and counts
+frames from anyone else as `other_peer` drops.
 
 Fault injection, two places:
   * userspace: `faults_rx` / `faults_tx` (FaultyLink keyword arguments, e.g. from faults.parse_spec) put
@@ -120,6 +121,7 @@ class TransportEndpoint:
         self.connected_at: float | None = None
         self.closed_at: float | None = None  # when Closed arrived: the peer has every byte and closed too
         self._closed = False
+        self._syn_sources: dict = {}  # a server's SYN senders by connection id, until one is the peer
         self.rules: list[str] = []  # the steering rules open() installed
         self.backend = getattr(port, "mode", "?")
 
@@ -259,7 +261,7 @@ class TransportEndpoint:
     def _take_general(self, mv: memoryview, batch, start: int, stop: int, now: float) -> None:
         """Frames start..stop-1 of `batch` through the general path: the Python checks and decoder, or the
         userspace fault link."""
-        datagrams = self._datagrams(mv, batch, start, stop)
+        datagrams = self._datagrams(mv, batch, start, stop, now)
         if self._rx_link is not None:
             t = self._t(now)
             for data in datagrams:
@@ -285,7 +287,7 @@ class TransportEndpoint:
             self.counters["rx_c"] += stop - start
         return stop
 
-    def _datagrams(self, mv: memoryview, batch, start: int, stop: int) -> list:
+    def _datagrams(self, mv: memoryview, batch, start: int, stop: int, now: float) -> list:
         """The transport datagrams (views into `mv`, the batch's memory) of frames start..stop-1 of `batch`
         that come from our peer; everything else counted in `drops` by reason."""
         if start or stop < len(batch):
@@ -293,12 +295,15 @@ class TransportEndpoint:
         else:
             addrs, lens = batch.addr.tolist(), batch.lens.tolist()
         if self.encap.peer is None:
-            return self._datagrams_learning(mv, addrs, lens)
+            return self._datagrams_learning(mv, addrs, lens, now)
         return self.encap.peer_datagrams(mv, addrs, lens, self.drops)
 
-    def _datagrams_learning(self, mv: memoryview, addrs: list, lens: list) -> list:
-        """_datagrams before the peer is known (a server until the first SYN): the SYN's sender becomes the
-        peer, and the frames after it in the batch are checked against it."""
+    def _datagrams_learning(self, mv: memoryview, addrs: list, lens: list, now: float) -> list:
+        """_datagrams before the peer is known (a server until its listener takes a SYN). The sender of the
+        SYN that made a connection becomes the peer (_deliver_all), not the sender of any SYN: the listener
+        may refuse one (message mode mismatch, full), and locking onto its sender would turn the real
+        client away as other_peer. Without userspace faults each SYN goes to the listener at once, so the
+        frames after it in the batch are checked against the peer it made."""
         out = []
         for a, k in zip(addrs, lens):
             f = mv[a:a + k]
@@ -315,20 +320,36 @@ class TransportEndpoint:
             elif self._listener is None:
                 self.drops["not_listening"] += 1
             else:
-                self._learn_peer(r[0], r[1])
                 out.append(r[0])
+                if self._note_syn(r[0], r[1]) and self._rx_link is None:
+                    self._deliver_all(out, now)  # the listener decides on it now (and sets the peer, or not)
+                    out = []
         return out
 
-    def _learn_peer(self, data: bytes, src) -> None:
+    def _note_syn(self, data, src) -> bool:
+        """Remember where a SYN came from, by its sender's connection id (the peer_id of the connection it
+        may make). True if `data` is a SYN."""
         try:
             pkt = wire.decode(data)
         except Exception:
-            return  # counted by the listener when fed
-        if pkt.has(wire.SYN) and not pkt.has(wire.ACK):
-            if isinstance(self.encap, UdpEncap):
-                self.encap.set_peer(src[0], src[1], src[2])
-            else:
-                self.encap.set_peer(src[0])
+            return False  # counted by the listener when fed
+        if not (pkt.has(wire.SYN) and not pkt.has(wire.ACK)):
+            return False
+        if len(self._syn_sources) >= 64:  # refused SYNs from many ids must not grow it without bound
+            del self._syn_sources[next(iter(self._syn_sources))]
+        self._syn_sources[pkt.src_id] = src
+        return True
+
+    def _learn_peer(self) -> None:
+        """The listener made our connection: its SYN's sender is the peer from now on."""
+        src = self._syn_sources.get(self.conn.peer_id)
+        if src is None:
+            return  # forgotten (see _note_syn): the client's next SYN retransmission is noted again
+        if isinstance(self.encap, UdpEncap):
+            self.encap.set_peer(src[0], src[1], src[2])
+        else:
+            self.encap.set_peer(src[0])
+        self._syn_sources.clear()
 
     def _deliver_all(self, datagrams: list, now: float) -> None:
         """Give a batch of datagrams to the connection (or listener) in one call: it decodes and handles
@@ -338,6 +359,8 @@ class TransportEndpoint:
             self._listener.receive_datagrams(datagrams, now)
             if self.conn is None:
                 self.conn = self._listener.accept()
+            if self.conn is not None and self.encap.peer is None:
+                self._learn_peer()
         elif self.conn is not None:
             self.conn.receive_datagrams(datagrams, now)
         else:
@@ -517,19 +540,22 @@ class TransportEndpoint:
         mv = memoryview(data)  # no copy here: the connection's send buffer copies what it takes, once
         mv = mv.cast("B") if mv.c_contiguous else memoryview(mv.tobytes())
         if conn.config.message_mode:
-            self._run_until(lambda: conn.send_message(mv, self.clock()), timeout, "sending a message")
+            def offer() -> bool:
+                self._raise_if_lost(conn, "sending a message")
+                return conn.send_message(mv, self.clock())
+
+            self._run_until(offer, timeout, "sending a message")
             return len(mv)
         done = 0
         deadline = None if timeout is None else self.clock() + timeout
         while done < len(mv):
+            self._raise_if_lost(conn, "sending")
             space = conn.send_space
             n = conn.send(mv[done:done + space], self.clock()) if space else 0
             if not space:
                 conn.send(b"", self.clock())  # raises LocalProtocolError when closing or closed
             done += n
             if done < len(mv):
-                if self.lost is not None:
-                    raise TransferError(f"connection lost while sending: {self.lost}")
                 if deadline is not None and self.clock() >= deadline:
                     raise TransferTimeout(f"timed out after {timeout} s with {done} of {len(mv)} bytes queued")
                 self.pump(0.01 if n == 0 else 0.0)
@@ -538,9 +564,21 @@ class TransportEndpoint:
 
     sendall = send
 
+    def _raise_if_lost(self, conn: Connection, what: str) -> None:
+        """TransferError naming why the connection died, if it did. Checked before the connection is asked
+        to take data: a dead one is CLOSED and would refuse with "cannot send in state CLOSED", a
+        LocalProtocolError that hides the reason. (The connection's own record, as _collect may not
+        have reached its ConnectionLost yet: it stops behind unread data.)"""
+        reason = self.lost or conn.lost_reason
+        if reason is not None:
+            raise TransferError(f"connection lost while {what}: {reason}")
+
     def recv(self, max_bytes: int = 1 << 20, timeout: float | None = None) -> bytes:
         """Up to max_bytes of the stream (message mode: the next message); b"" at the end of the stream.
         TimeoutError when nothing arrived within timeout (None: wait for ever)."""
+        if max_bytes < 1:
+            raise UsageError(f"recv(max_bytes={max_bytes}): ask for at least 1 byte (an empty result means the "
+                             "end of the stream)")
         conn = self._need_conn("recv()")
         if conn.config.message_mode:
             self._run_until(lambda: self._messages or self.eof, timeout, "receiving")

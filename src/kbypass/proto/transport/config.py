@@ -16,7 +16,9 @@ class ConnConfig:
         encapsulation's MTU (UDP over a 1500 MTU: 1472; raw Ethernet with our EtherType: 1500).
     send_buffer / recv_buffer: hard byte limits. The send buffer holds unsent plus unacknowledged bytes;
         the receive buffer holds out-of-order plus delivered-but-unread bytes and is what we advertise.
-    max_message_size: largest message in message mode (must fit the peer's receive buffer).
+    max_message_size: largest message in message mode. It must fit the peer's receive buffer too: once the
+        handshake told us that size, send_message refuses a larger message; one queued before it makes the
+        peer fail the connection when the unfinished message fills its buffer.
     """
 
     message_mode: bool = False
@@ -60,6 +62,23 @@ class ConnConfig:
             raise LocalProtocolError(
                 f"max_window must be between two segments ({2 * self.mss} bytes) and send_buffer"
             )
+        if self.initial_window is not None and self.initial_window < self.mss:
+            # below one segment nothing full-sized is ever sent (0: nothing at all, and no timer to say so)
+            raise LocalProtocolError(
+                f"initial_window {self.initial_window} is below one segment: give at least {self.mss} bytes "
+                "(the mss), or None for the default of four segments"
+            )
+        if self.dupack_threshold < 1:
+            raise LocalProtocolError(
+                f"dupack_threshold {self.dupack_threshold}: need at least 1 (3 is TCP's; 0 would call every "
+                "segment in flight lost at the first ACK)"
+            )
+        for name in ("max_retransmits", "max_syn_retransmits"):
+            if getattr(self, name) < 0:
+                raise LocalProtocolError(f"{name} {getattr(self, name)}: need 0 or more (0: give up at the first "
+                                         "timeout)")
+        if self.time_wait < 0:
+            raise LocalProtocolError(f"time_wait {self.time_wait}: need 0 or more seconds (a few times max_rto)")
         if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
             raise LocalProtocolError("timers: need 0 < min_rto <= initial_rto <= max_rto")
         if self.keepalive_interval <= 0 or self.idle_timeout <= self.keepalive_interval:

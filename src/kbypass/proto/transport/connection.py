@@ -6,14 +6,16 @@ Theory of operation
   its own id; the client's first ACKing datagram (pure ACK or data) completes it. SYN and SYN|ACK are
   retransmitted on the RTO; a duplicate SYN|ACK is re-acknowledged, a duplicate SYN re-answered.
 * Data: 64-bit stream offsets from 0. Every datagram after the handshake carries the cumulative ack, the
-  receive window and up to four SACK blocks. We acknowledge every batch of arrivals once, the next time
-  the caller asks `datagrams_to_send` (so a burst of N segments processed together costs one ACK).
+  receive window and as many SACK blocks as fit (up to wire.MAX_SACK_BLOCKS). We acknowledge every batch
+  of arrivals once, the next time the caller asks `datagrams_to_send` (so a burst of N segments processed
+  together costs one ACK). We echo the peer's timestamp as RFC 7323 4.3 says: the newest tsval of data at
+  or below rcv_nxt, so a late duplicate or data above a hole never sets the echo.
 * Loss detection: a segment is lost if `dupack_threshold` segments above it were SACKed, if that many
   duplicate ACKs arrived, or (RACK-like, catches lost retransmissions) if a datagram we sent more than a
-  quarter RTT after it was answered (echoed timestamp). Each lost segment is retransmitted once, as soon as
-  the pipe allows, without waiting for a timer. Up to 16 SACK blocks ride in an ACK, the latest arrival's
-  first, then those of the arrivals before it (RFC 2018), so a lost ACK does not make received data look
-  lost.
+  quarter RTT after it was delivered (a SACKed segment's send time, or the echoed timestamp). Each lost
+  segment is retransmitted once, as soon as the pipe allows, without waiting for a timer. The SACK
+  blocks of an ACK put the latest arrival's first, then those of the arrivals before it (RFC 2018), so a
+  lost ACK does not make received data look lost.
 * Tail loss probe (RFC 8985): if no ACK told us anything for 2 SRTT (at least 1 ms) while data is in
   flight, we send one probe: a new segment if the peer's window allows, else the highest un-SACKed one
   again. Its ACK brings the SACK news that repairs a lost tail, a lost retransmission or a lost ACK of a
@@ -86,7 +88,8 @@ class ConnectionStats:
     datagrams_sent: int = 0
     datagrams_received: int = 0
     bytes_sent: int = 0  # payload bytes put on the wire, retransmissions included
-    bytes_acked: int = 0  # payload bytes the peer acknowledged cumulatively (delivered to its app)
+    bytes_acked: int = 0  # payload bytes the peer acknowledged cumulatively: in order in its connection
+    # (queued as events for its application, which may not have read them yet)
     bytes_delivered: int = 0  # payload bytes we handed to our application
     retransmits: int = 0  # segments sent again (fast + timeout)
     fast_retransmits: int = 0  # segments retransmitted because SACK/dupacks/RACK said lost
@@ -143,10 +146,13 @@ class Connection:
         self._rto_undo: tuple[int, int, float] | None = None  # (cwnd, ssthresh, time) before the first RTO
         self._persist_deadline: float | None = None
         self._persist_backoff = 0
+        self._fill_due = False  # send a segment that fills the peer's too-small window (_fill_window)
         self._ping_due = False
         self._last_ping: float | None = None
         self._linger_deadline: float | None = None
         self._peer_right = 0  # highest right edge (ack + window) the peer advertised
+        # the window of the peer's handshake datagram, sent with nothing buffered: its whole receive buffer
+        self._peer_buffer: int | None = None
         self._adv_right = 0  # right edge we last advertised
         self._dupacks = 0
         self._rack_xmit = -1.0  # send time of the latest datagram the peer answered
@@ -171,8 +177,8 @@ class Connection:
             self._rto_deadline = self._pto_deadline = self._persist_deadline = self._linger_deadline = None
 
     def _lose(self, reason: str) -> None:
-        if self.state is State.CLOSED:
-            return
+        if self.state in CLEAN_END:
+            return  # closed, or TIME_WAIT: Closed was reported, and nothing can be lost after it
         sb = self.sbuf
         if self.state in (State.LAST_ACK, State.CLOSING) and sb.fin_seq is not None and sb.snd_una >= sb.fin_seq:
             # The peer's FIN arrived and all our data was acknowledged; only the ack of our FIN is missing
@@ -187,6 +193,11 @@ class Connection:
     @property
     def is_closed(self) -> bool:
         return self.state is State.CLOSED
+
+    @property
+    def lost_reason(self) -> str | None:
+        """Why the connection died (what its ConnectionLost says), or None: it did not, or not yet."""
+        return self._lost_reason
 
     # ------------------------------------------------------------------ local API
     def connect(self, now: float) -> None:
@@ -221,6 +232,12 @@ class Connection:
             raise LocalProtocolError(
                 f"message of {len(msg)} bytes: messages must be 1..{self.config.max_message_size} bytes "
                 "(raise max_message_size in ConnConfig, or split it)"
+            )
+        if self._peer_buffer is not None and len(msg) > self._peer_buffer:
+            # the peer holds a message whole until its end arrives: this one would fill its buffer and stop
+            raise LocalProtocolError(
+                f"message of {len(msg)} bytes is larger than the peer's receive buffer ({self._peer_buffer} "
+                "bytes) and could never be delivered: raise recv_buffer at the peer, or lower max_message_size"
             )
         return self.sbuf.write_message(_byte_view(msg))
 
@@ -351,7 +368,12 @@ class Connection:
         stats = self.stats
         stats.datagrams_received += count
         self._last_recv = now
-        self._ts_recent = tsval
+        # _accept_valid's rule, applied to the run: in-order datagrams all start at rcv_nxt as they
+        # arrive, so only the tsval test applies (to the last one's tsval, the one rx_run returns: a run
+        # whose tsvals go backwards, which needs a retransmission inside it, echoes that one, not the
+        # newest); datagrams above a hole never set the echo.
+        if mode != self.RUN_OUT_OF_ORDER and self._ts_newer(tsval):
+            self._ts_recent = tsval
         self._ack_pending = True
         rb = self.rbuf
         if mode == self.RUN_OUT_OF_ORDER:
@@ -362,6 +384,8 @@ class Connection:
             for msg in rb.take_messages(data, ends):
                 stats.bytes_delivered += len(msg)
                 events.append(MessageReceived(msg))
+            if len(rb.partial) >= rb.limit:
+                self._message_too_large()
             return
         n = len(data)
         rb.rcv_nxt += n
@@ -406,7 +430,7 @@ class Connection:
                 raise RemoteProtocolError("mode_mismatch", "peer and listener disagree on message mode")
             self.peer_id = pkt.src_id
             self._accept_valid(pkt, now)
-            self._peer_right = pkt.window
+            self._peer_right = self._peer_buffer = pkt.window
             self._go(Input.SYN_IN)
             self._syn_due = True
             self._rto_deadline = None
@@ -432,11 +456,16 @@ class Connection:
         self._accept_valid(pkt, now)
 
         if pkt.has(wire.RST):
+            if st is State.TIME_WAIT:
+                # RFC 1337: a reset cannot take anything from a connection that closed cleanly (the peer
+                # aborted in LAST_ACK because our final ACK was lost, or an old duplicate). Keep lingering.
+                self.stats.drops["reset_in_time_wait"] += 1
+                return
             self._lose("reset by peer")
             return
         if st is State.SYN_SENT:
             self._rtt_sample(pkt.tsecr, now)
-            self._peer_right = pkt.window
+            self._peer_right = self._peer_buffer = pkt.window
             self._rto_deadline = None
             self._syn_retries = 0
             self._ack_pending = True
@@ -465,7 +494,17 @@ class Connection:
     def _accept_valid(self, pkt: wire.Packet, now: float) -> None:
         self.stats.datagrams_received += 1
         self._last_recv = now
-        self._ts_recent = pkt.tsval
+        if pkt.seq <= self.rbuf.rcv_nxt and self._ts_newer(pkt.tsval):
+            self._ts_recent = pkt.tsval
+
+    def _ts_newer(self, tsval: int) -> bool:
+        """RFC 7323 4.3: echo a tsval only if it is not older than the one we echo now (32-bit serial
+        comparison: our timestamps are microseconds mod 2**32). The caller also requires the datagram to
+        start at or below rcv_nxt, not above a hole. Otherwise a network duplicate of an old datagram,
+        or one that waited in a queue, would make us echo its send time: the peer would take an RTT
+        sample as old as that datagram (seconds, and an RTO to match) and its Eifel check would see an
+        old transmission answered and undo an RTO that was needed."""
+        return not self._ts_recent or (tsval - self._ts_recent) & _TS_MASK < 0x80000000
 
     def _ts_to_time(self, ts: int, now: float) -> float:
         """Our send time encoded in an echoed timestamp, in the caller's clock."""
@@ -514,6 +553,12 @@ class Connection:
             # one from a broken peer may go unused, which costs it a retransmission, nothing more)
             blocks = sorted(pkt.sacks)
             bi, nb = 0, len(blocks)
+            # RACK (RFC 8985 6.2) takes the send time of each newly SACKed segment: the echoed timestamp
+            # cannot tell it, as the peer echoes only data at or below its rcv_nxt (RFC 7323 4.3), never
+            # the data above a hole that SACKs report. A retransmitted segment SACKed sooner than min_rtt
+            # after its latest transmission was the original's arrival: its send time is unknown.
+            rack = self._rack_xmit
+            min_rtt = self.rtt.min_rtt
             for seg in sb.inflight:
                 while bi < nb and blocks[bi][1] <= seg.seq:
                     bi += 1
@@ -524,6 +569,10 @@ class Connection:
                     sb.sacked_segments += 1
                     seg.lost = False
                     news = True
+                    if seg.sent_at > rack and (seg.tx_count == 1 or (
+                            min_rtt is not None and now - seg.sent_at >= min_rtt)):
+                        rack = seg.sent_at
+            self._rack_xmit = rack
         if news and pkt.tsecr:
             self._rack_xmit = max(self._rack_xmit, self._ts_to_time(pkt.tsecr, now))
         if news:
@@ -613,6 +662,9 @@ class Connection:
                 events[-1].append(chunk)  # stream data coalesces into one DataReceived
             else:
                 events.append(_Chunks((chunk,)))
+        if len(self.rbuf.partial) >= self.rbuf.limit:
+            self._message_too_large()
+            return
         if fin_now:
             self._events.append(PeerClosed())
             self._go(Input.PEER_FIN)
@@ -620,6 +672,15 @@ class Connection:
             # the peer retransmits: it missed our ack of its data or FIN. Linger on, so that we are still
             # here to answer its next try (a closed endpoint could not, and the peer would report loss).
             self._linger_deadline = self._now + self.config.time_wait
+
+    def _message_too_large(self) -> None:
+        """Message mode: the unfinished message fills the whole receive buffer. Its end can never fit, and
+        the window stays shut for good while keepalives keep both ends alive: fail now, and reset the
+        peer so its sender stops too (it sees "reset by peer"; if the RST is lost, its persist pings go
+        unanswered and it reports the silence)."""
+        self._rst_due = True
+        self._lose(f"a message larger than the receive buffer ({self.config.recv_buffer} bytes) is arriving: "
+                   "raise recv_buffer to at least the peer's max_message_size")
 
     # ------------------------------------------------------------------ output
     def _ts(self, now: float) -> int:
@@ -671,6 +732,9 @@ class Connection:
             return out
         before = len(out)
         self._send_segments(now, out)
+        if self._fill_due:
+            self._fill_due = False
+            self._fill_window(now, out)
         if self._probe_due:
             self._probe_due = False
             if len(out) == before:  # whatever _send_segments sent would have served as the probe
@@ -775,6 +839,17 @@ class Connection:
         self.stats.tail_probes += 1
         self._emit(seg, now, out)
 
+    def _fill_window(self, now: float, out: list[bytes]) -> None:
+        """The peer's window stayed smaller than our next segment for a whole persist period, though not
+        shut: send what fits (RFC 9293 3.8.6.2.1, the sender's SWS override). Waiting for it to grow hangs
+        for ever when it never can: in message mode, a message larger than the peer's receive buffer.
+        Filled, that buffer holds an unfinished message and nothing else, and the peer fails the
+        connection (_message_too_large) instead of both ends pinging each other for ever."""
+        sb = self.sbuf
+        room = self._window_room()
+        if not sb.inflight and 0 < room < sb.next_length(self.mss):
+            self._emit(sb.cut(room), now, out)
+
     def _send_segments(self, now: float, out: list[bytes]) -> None:
         sb = self.sbuf
         cwnd = self.cc.cwnd
@@ -862,9 +937,14 @@ class Connection:
             sb = self.sbuf
             n = sb.next_length(self.mss)
             if n and not sb.inflight and self._window_room() < n:  # still blocked by the peer's window
-                self._persist_backoff = min(self._persist_backoff + 1, 10)
-                self._persist_deadline = now + min(self.rtt.rto * 2 ** self._persist_backoff, self.config.max_rto)
-                self._ping_due = True
+                if self._window_room() > 0:
+                    self._fill_due = True  # a whole persist period too small: send what fits (_fill_window)
+                    self._persist_deadline = None  # the segment's RTO takes over; re-armed if still blocked
+                else:
+                    self._persist_backoff = min(self._persist_backoff + 1, 10)
+                    self._persist_deadline = now + min(self.rtt.rto * 2 ** self._persist_backoff,
+                                                       self.config.max_rto)
+                    self._ping_due = True
             else:
                 self._persist_deadline = None
         if st in SYNCHRONIZED and st is not State.TIME_WAIT and now >= self._keepalive_at():

@@ -90,6 +90,13 @@ class ReceiveBuffer:
                 self.ooo_bytes -= len(d)
                 if s + len(d) + (1 if f else 0) > self.rcv_nxt:
                     fin_now = self._deliver(s, d, m, f, out) or fin_now
+        if fin_now and seqs:
+            # The stream is complete, and the loop above stopped at the FIN: what is still buffered lies
+            # below rcv_nxt (an overlap it did not reach) or beyond the FIN (only a broken peer sends that).
+            # Kept, it would go out as a SACK block below the ack, which the wire cannot encode.
+            ooo.clear()
+            seqs.clear()
+            self.ooo_bytes = 0
         return out, fin_now, None
 
     def _deliver(self, seq: int, data: bytes, msg_end: bool, fin: bool, out: list[bytes]) -> bool:
