@@ -206,11 +206,61 @@ out:
     return r;
 }
 
+/* stamp(mem, descs, offset, first_seq, now_ns) -> -1, or the index of the first frame shorter than
+ * offset + 16 (then nothing was written). Frame i gets the generator's stamp at `offset`: first_seq + i
+ * and now_ns, each a big-endian u64 (kbypass.gen.stamp). numpy needs a 16-byte gather-scatter for this,
+ * ~75 us for a batch of 2048 frames here, as much as the rest of the generator's user-space work. */
+static PyObject *stamp(PyObject *self, PyObject *args) {
+    PyObject *mem_o, *descs_o;
+    Py_ssize_t offset;
+    unsigned long long first, now;
+    if (!PyArg_ParseTuple(args, "OOnKK", &mem_o, &descs_o, &offset, &first, &now)) return NULL;
+    if (offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "stamp: negative offset");
+        return NULL;
+    }
+    Py_buffer mem;
+    descs_t d;
+    if (get_bytes(mem_o, &mem, 1)) return NULL;
+    if (get_descs(descs_o, &d, 0)) {
+        PyBuffer_Release(&mem);
+        return NULL;
+    }
+    uint64_t need = (uint64_t)offset + 16;
+    Py_ssize_t bad = -1;
+    for (Py_ssize_t i = 0; i < d.n; i++) {
+        uint64_t a = d_addr(&d, i);
+        if (d_len(&d, i) < need) {
+            bad = i;
+            break;
+        }
+        if (a > (uint64_t)mem.len || (uint64_t)mem.len - a < need) {
+            PyBuffer_Release(&mem);
+            PyBuffer_Release(&d.view);
+            return PyErr_Format(PyExc_IndexError, "frame %zd at 0x%llx is outside the packet memory", i,
+                                (unsigned long long)a);
+        }
+    }
+    if (bad < 0) {
+        uint64_t t = __builtin_bswap64((uint64_t)now);
+        for (Py_ssize_t i = 0; i < d.n; i++) {
+            uint8_t *p = (uint8_t *)mem.buf + d_addr(&d, i) + offset;
+            uint64_t s = __builtin_bswap64((uint64_t)first + (uint64_t)i);
+            memcpy(p, &s, 8);
+            memcpy(p + 8, &t, 8);
+        }
+    }
+    PyBuffer_Release(&mem);
+    PyBuffer_Release(&d.view);
+    return PyLong_FromSsize_t(bad);
+}
+
 static PyMethodDef methods[] = {
     {"swap", swap, METH_VARARGS, "swap(mem, descs, offset, width, need) -> -1 or first short frame"},
     {"claim", claim, METH_VARARGS, "claim(state, descs, shift, umem_size, frame_size, expected, to, tx)"},
     {"mark", mark, METH_VARARGS, "mark(state, descs, shift, to) -> total length"},
     {"push_free", push_free, METH_VARARGS, "push_free(state, free, top, addrs, shift) -> new top"},
+    {"stamp", stamp, METH_VARARGS, "stamp(mem, descs, offset, first_seq, now_ns) -> -1 or first short frame"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -244,3 +244,26 @@ def test_packet_mmap_frame_ends():
         b.write(2, b"x", offset=60)
     with pytest.raises(UsageError, match="room for 60"):
         b.fill(b"x" * 61)
+
+
+def test_stamp_writes_consecutive_numbers_and_the_time_big_endian():
+    b, frames = make_batch(6)
+    sub = b[::2]  # a strided slice: only its frames change
+    sub.stamp(UDP_PAYLOAD, 2**64 - 2, 0x0102030405060708)  # the sequence number wraps past 2**64 - 1
+    for i, f in enumerate(frames):
+        got = b.tobytes(i)
+        if i % 2:
+            assert got == f
+        else:
+            seq = (2**64 - 2 + i // 2) % 2**64
+            want = seq.to_bytes(8, "big") + bytes(range(1, 9))
+            assert got == f[:UDP_PAYLOAD] + want + f[UDP_PAYLOAD + 16:]
+
+
+def test_stamp_refuses_a_short_frame_and_writes_nothing():
+    b, _ = make_batch(3)
+    b.descs["len"][2] = UDP_PAYLOAD + 15
+    before = [b.tobytes(i) for i in range(3)]
+    with pytest.raises(UsageError, match=f"past the end of a {UDP_PAYLOAD + 15}-byte frame"):
+        b.stamp(UDP_PAYLOAD, 1, 2)
+    assert [b.tobytes(i) for i in range(3)] == before

@@ -166,6 +166,21 @@ class Batch:
         rows = np.ascontiguousarray(np.broadcast_to(values, (len(self), width)))
         self._runs(width)[self._at(offset, width=width)] = rows.view(np.dtype(f"V{width}")).reshape(-1)
 
+    def stamp(self, offset: int, first_seq: int, now_ns: int) -> None:
+        """Write the generators' 16-byte stamp at `offset` of every frame: sequence number first_seq + i
+        in frame i, then `now_ns`, both big-endian u64 (kbypass.gen.stamp). One C pass when
+        kbypass._fastbatch is built; the numpy scatter below is the reference and raises the errors."""
+        if len(self) == 0:
+            return
+        if _fast is not None and self.descs.dtype == DESC:
+            if _fast.stamp(self.mem, self.descs, offset, first_seq, now_ns) < 0:
+                return
+            # a frame is too short and nothing was written: set_bytes below raises the precise error
+        rows = np.empty((len(self), 2), dtype=">u8")
+        rows[:, 0] = np.arange(first_seq, first_seq + len(self), dtype=np.uint64)
+        rows[:, 1] = now_ns
+        self.set_bytes(offset, rows.view(np.uint8))
+
     def _swap(self, offset: int, width: int, need: int = 0) -> None:
         """Swap the `width` bytes at `offset` with the `width` bytes after them, in every frame (which must
         hold `need` bytes, at least the two fields)."""
