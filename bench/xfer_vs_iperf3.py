@@ -14,11 +14,18 @@ of stream (every byte checked by SHA-256 against the sender's), for iperf3 UDP t
 in host a on CPU 0. Every trial is repeated --runs times in rotating order; medians are reported with
 the ratios the issue asks for. The machine is shared: expect noise, compare within one run.
 
+--placement says where each host's receive-side kernel work runs (kbypass.napi, as in
+bench/afxdp_vs_dpdk.py): "sender" (default) is veth's, in the softirq of whoever sends, so host b's XDP
+and copies run on the sender's core; "sut" runs every NAPI instance as a kernel thread pinned to its own
+host's core (b: CPU 1, a: CPU 0), as with a NIC whose interrupt is on the application's core. Every
+contender runs under the same placement.
+
 --mtu sets the testbed's veth MTU (both ends; default 1500). 3506 is the largest a veth takes with XDP
 attached (4 KiB pages): every contender then runs on the jumbo veth, xfer and iperf3 UDP with datagrams
 of MTU - 28 bytes, and xfer's AF_XDP ports use 4 KiB frames.
 
-Usage:  .venv/bin/python bench/xfer_vs_iperf3.py [--size 100M] [--seconds 5] [--runs 3] [--mtu 1500] [--json FILE]
+Usage:  .venv/bin/python bench/xfer_vs_iperf3.py [--size 100M] [--seconds 5] [--runs 3] [--mtu 1500]
+                                                 [--placement sender|sut] [--json FILE]
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from kbypass import testbed
+from kbypass import napi, testbed
 
 PREFIX = "kbx"
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +107,29 @@ def iperf3(a: testbed.Host, b: testbed.Host, seconds: float, extra: list[str]) -
     return {"goodput_bps": round(rec["bits_per_second"]), "retransmits": end["sum_sent"].get("retransmits")}
 
 
+class NapiPinner:
+    """Keep each host's NAPI threads on its own core while trials run: attaching an XDP program (every
+    xfer endpoint does) makes new NAPI instances, so pinning once at the start is not enough."""
+
+    def __init__(self, pins: list[tuple[str, int]]) -> None:
+        self.pins = pins
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            for iface, cpu in self.pins:
+                napi.pin(iface, cpu)
+
+    def __enter__(self) -> NapiPinner:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="100M", help="bytes per xfer trial (default 100M)")
@@ -107,7 +138,9 @@ def main() -> int:
     ap.add_argument("--poll", choices=("wakeup", "busy"), default="wakeup", help="xfer's AF_XDP wait mode")
     ap.add_argument("--keep", action="store_true", help="leave the bench testbed up")
     ap.add_argument("--mtu", type=int, default=1500, help="veth MTU (default 1500; 3506 is the largest with XDP)")
-    ap.add_argument("--json", help="result file (default bench/results/xfer_vs_iperf3[_mtuN].json)")
+    ap.add_argument("--placement", choices=("sender", "sut"), default="sender",
+                    help="where receive work runs: veth's default (sender) or NAPI threads on each host's core")
+    ap.add_argument("--json", help="result file (default bench/results/xfer_vs_iperf3[_mtuN][_sut].json)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root", file=sys.stderr)
@@ -117,7 +150,7 @@ def main() -> int:
         return 2
     os.environ["KBYPASS_TESTBED"] = PREFIX
     if args.json is None:
-        suffix = "" if args.mtu == 1500 else f"_mtu{args.mtu}"
+        suffix = ("" if args.mtu == 1500 else f"_mtu{args.mtu}") + ("_sut" if args.placement == "sut" else "")
         args.json = str(ROOT / "bench" / "results" / f"xfer_vs_iperf3{suffix}.json")
     dgram = args.mtu - 28  # UDP payload per datagram in xfer's udp encapsulation, and iperf3's -l
     a, b = testbed.up(testbed.TestbedConfig(prefix=PREFIX, queues=2, mtu=args.mtu))
@@ -133,17 +166,21 @@ def main() -> int:
     }
     names = list(trials)
     runs: dict[str, list[dict]] = {n: [] for n in names}
+    pins = [(b.iface, 1), (a.iface, 0)] if args.placement == "sut" else []
+    if pins:
+        for host in (a, b):
+            napi.set_threaded(host.iface, host.netns, True)
     try:
-        for r in range(args.runs):
-            for n in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
-                res = trials[n]()
-                runs[n].append(res)
-                print(f"run {r + 1} {n:28s} {res['goodput_bps'] / 1e6:9.1f} Mbit/s  "
-                      + " ".join(f"{k}={v}" for k, v in res.items() if k != "goodput_bps"), flush=True)
+        with NapiPinner(pins):
+            _trials(args, names, trials, runs)
     finally:
         if not args.keep:
             testbed.down(PREFIX)
+        elif pins:
+            for host in (a, b):
+                napi.set_threaded(host.iface, host.netns, False)
     med = {n: statistics.median(x["goodput_bps"] for x in runs[n]) for n in names}
+
     ratios = {
         "xfer udp / iperf3 udp -b 1M (default)": med["xfer udp"] / med["iperf3 udp -b 1M (default)"],
         "xfer udp / iperf3 udp -b 0": med["xfer udp"] / med["iperf3 udp -b 0"],
@@ -161,10 +198,20 @@ def main() -> int:
         print(f"  {k:40s} {v:8.3f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"median_goodput_bps": med, "ratios": ratios, "runs": runs,
-                                           "size": args.size, "poll": args.poll, "mtu": args.mtu, "datagram": dgram, "load": os.getloadavg()},
+                                           "size": args.size, "poll": args.poll, "mtu": args.mtu,
+                                           "placement": args.placement, "datagram": dgram, "load": os.getloadavg()},
                                           indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
+
+
+def _trials(args, names: list[str], trials: dict, runs: dict) -> None:
+    for r in range(args.runs):
+        for n in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
+            res = trials[n]()
+            runs[n].append(res)
+            print(f"run {r + 1} {n:28s} {res['goodput_bps'] / 1e6:9.1f} Mbit/s  "
+                  + " ".join(f"{k}={v}" for k, v in res.items() if k != "goodput_bps"), flush=True)
 
 
 if __name__ == "__main__":
