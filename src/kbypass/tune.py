@@ -86,7 +86,7 @@ def parse_settings(items: list[str]) -> dict[str, str]:
         if name.startswith("adaptive-"):
             if value not in ("on", "off"):
                 raise UsageError(f"{name}={value}: use on or off")
-        elif not value.isdigit():
+        elif not (value.isascii() and value.isdigit()):  # '²'.isdigit() is True, and int() refuses it
             raise UsageError(f"{name}={value}: give a non-negative integer")
         out[name] = value
     return out

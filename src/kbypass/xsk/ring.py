@@ -4,10 +4,10 @@ Mirrors libxdp's xsk.h. Each ring is a power-of-two array of slots plus three u3
 `producer`, `consumer` and `flags`. Indexes run free and wrap at 2**32; a slot is `index & mask`.
 
 - Producer rings (fill, TX; we produce, the kernel consumes): `reserve(n)` claims up to n free slots
-  (bounded by a cached copy of the consumer index, re-read only when the cache says the ring looks full),
+  (bounded by a cached copy of the consumer index, re-read only when the cache shows fewer than n free),
   the caller writes the slots, then `submit(n)` publishes them by storing the new producer index.
 - Consumer rings (RX, completion; the kernel produces): `peek(n)` returns up to n filled slots (bounded
-  by a cached producer index, re-read only when the cache runs dry), the caller copies them out, then
+  by a cached producer index, re-read only when the cache holds fewer than n), the caller copies them out, then
   `release(n)` hands the slots back by storing the new consumer index.
 - `needs_wakeup()` reads XDP_RING_NEED_WAKEUP: the kernel asks for a syscall (poll/sendto) to make progress.
 
