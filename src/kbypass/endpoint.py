@@ -52,6 +52,7 @@ from kbypass.native import lane as _fastlane  # C per-message path; None: the Py
 from kbypass.proto import checksum as ck
 from kbypass.proto import udp as udpp
 from kbypass.proto.stack import ArpTimeout, Stack, UdpDatagram
+from kbypass.xsk.consts import XDP_PACKET_HEADROOM
 
 BACKENDS = ("afxdp", "socket")
 POLL_MODES = ("wakeup", "busy")
@@ -129,6 +130,11 @@ class UdpEndpoint:
     backend: "afxdp" (the bypass) or "socket" (a kernel UDP socket, for comparison).
     queue: one queue, or None for every receive queue (a flow lands on whichever queue the hash picks).
     native: the per-message ring work in C (kbypass._fastlane) or in Python (False); None: C when built.
+    gateway: an on-link router, the next hop for peers outside the subnet (without one they are refused);
+    the socket backend uses the kernel's routes instead.
+    frame_size: UMEM frame size (2048 or 4096). One packet never spans frames, so it caps the message
+    size below a jumbo MTU: `max_payload` is what sendto takes, `max_rx_payload` what can arrive (longer
+    frames are dropped by the kernel and counted in `stats["rx_dropped"]`).
     Not thread-safe: one thread drives an endpoint. It makes progress (answers ARP and ping, retries
     resolution) only inside its calls, as Onload-style stacks without a helper thread do: call `poll()`
     while you are not receiving if the address must keep answering.
@@ -154,6 +160,12 @@ class UdpEndpoint:
 
     def _check_size(self, n: int) -> None:
         if n > self.max_payload:
+            frame = getattr(self, "frame_size", None)
+            if frame is not None and self.max_payload < self.mtu - 28:  # the UMEM frame is the limit
+                raise UsageError(f"a {n}-byte message does not fit one {frame}-byte UMEM frame (at most "
+                                 f"{self.max_payload} bytes of UDP payload; the MTU {self.mtu} would allow "
+                                 f"{self.mtu - 28}): open the endpoint with frame_size=4096 (--frame-size 4096)"
+                                 " or send less; kbypass does not fragment")
             raise UsageError(f"a {n}-byte message exceeds the MTU ({self.mtu}: at most {self.max_payload} "
                              "bytes of UDP payload); kbypass does not fragment: send less")
 
@@ -187,6 +199,18 @@ def split_template(tmpl: bytes) -> tuple[bytes, bytes, bytes, int, int]:
 def join_template(parts) -> bytes:
     head, mid, addrs = parts[:3]
     return head + b"\0\0\0\0" + mid + b"\0\0" + addrs + b"\0\0\0\0"
+
+
+def payload_limits(mtu: int, frame_size: int, headroom: int = 0) -> tuple[int, int]:
+    """(largest UDP payload we can send, largest we can receive) on a link of `mtu` with UMEM frames of
+    `frame_size` bytes: a packet never spans two frames, so the frame caps both. A sent frame starts at
+    the frame + headroom; a received one also after the kernel's XDP_PACKET_HEADROOM, and the kernel drops
+    longer ones (counted in the socket's rx_dropped, `stats["rx_dropped"]`)."""
+    if frame_size not in (2048, 4096):
+        raise UsageError(f"frame_size {frame_size} is not supported: use 2048 or 4096")
+    tx_room = frame_size - headroom
+    cap = mtu + 14
+    return min(cap, tx_room) - 42, min(cap, tx_room - XDP_PACKET_HEADROOM) - 42
 
 
 def _bind_udp(netns: str | None, ip: str, port: int) -> socket.socket:
@@ -247,6 +271,11 @@ class _Lane:
         self.chunk_mask = ~(self.umem.frame_size - 1)
         self.shift = self.umem.shift
         self.headroom = self.umem.headroom
+        # the largest frame one UMEM frame carries: TX frames start at chunk + headroom (alloc), RX ones
+        # also after the kernel's XDP_PACKET_HEADROOM; the kernel drops (and counts in the socket's
+        # rx_dropped statistic) any received frame longer than rx_room
+        self.tx_room = self.umem.frame_size - self.headroom
+        self.rx_room = self.tx_room - XDP_PACKET_HEADROOM
         self.copy = port.mode == "copy"
         self.busy = port.poll_mode == "busy"
         self.stash: list[int] = []
@@ -328,7 +357,10 @@ class _Lane:
         p._counters["tx_completed"] += n
 
     def send(self, frame: bytes) -> bool:
-        """Put one frame on the TX ring and kick; False when no frame or TX slot is free right now."""
+        """Put one frame on the TX ring and kick; False when no frame or TX slot is free right now, or
+        when the frame is longer than a UMEM frame holds (nothing written; callers check sizes first)."""
+        if len(frame) > self.tx_room:
+            return False
         if not self.stash:
             self.reclaim()
         if not self.stash:
@@ -365,6 +397,8 @@ class _Lane:
 
     def send_udp(self, flow, payload: bytes, ident: int) -> bool:
         """One datagram of a flow (a `_XdpEndpoint._templates` entry) with IP ident `ident`."""
+        if len(payload) + 42 > self.tx_room:
+            return False
         return self.send(_build_frame(flow[1], payload, ident))
 
     def release(self) -> None:
@@ -424,9 +458,13 @@ class _NativeLane(_Lane):
         return r > 0
 
     def send(self, frame: bytes) -> bool:
+        if len(frame) > self.tx_room:  # C would raise ValueError (or RuntimeError with headroom)
+            return False
         return self._sent(self.c.send_frame(frame), lambda: self.c.send_frame(frame))
 
     def send_udp(self, flow, payload: bytes, ident: int) -> bool:
+        if len(payload) + 42 > self.tx_room:
+            return False
         r = self.c.send_udp(flow[2], payload, ident)
         return r > 0 or self._sent(r, lambda: self.c.send_udp(flow[2], payload, ident))
 
@@ -452,7 +490,8 @@ class _XdpEndpoint(UdpEndpoint):
     def __init__(self, ifname: str, ip: str, port: int, *, netns: str | None = None, dedicated: bool = False,
                  prefixlen: int | None = None, poll: str = "wakeup", backend: str = "afxdp",
                  queue: int | None = None, xdp_mode: str = "native", mode: str = "auto", frames: int = 4096,
-                 ring_size: int = 2048, gratuitous_arp: bool = True, native: bool | None = None) -> None:
+                 frame_size: int = 2048, ring_size: int = 2048, gratuitous_arp: bool = True,
+                 native: bool | None = None, gateway: str | None = None) -> None:
         self._closed = True
         if native and _fastlane is None:
             raise KbypassError("the endpoint's C fast path (kbypass._fastlane) is not built: run 'make setup' "
@@ -483,22 +522,25 @@ class _XdpEndpoint(UdpEndpoint):
                 # nothing in the kernel to ask for a free port of an address it does not have
                 self.port = port = 49152 + time.monotonic_ns() % 16384
             self.mtu = iface.mtu
-            self.max_payload = self.mtu - 28
+            self.frame_size = frame_size
+            self.max_payload, self.max_rx_payload = payload_limits(self.mtu, frame_size)
             now = time.monotonic()
+            # the stack builds whole frames too (datagrams sent while resolving): same limit
+            stack_mtu = self.max_payload + 28
             if dedicated:
-                self.stack = Stack(iface.mac, ip, prefixlen, now, owns_address=True, mtu=self.mtu,
-                                   udp_ports=[port], arp_interval=0.2, arp_attempts=5)
+                self.stack = Stack(iface.mac, ip, prefixlen, now, owns_address=True, mtu=stack_mtu,
+                                   udp_ports=[port], arp_interval=0.2, arp_attempts=5, gateway=gateway)
                 rules = [f"any dst {ip}"]
             else:
-                self.stack = Stack(iface.mac, ip, prefixlen, now, owns_address=False, mtu=self.mtu,
+                self.stack = Stack(iface.mac, ip, prefixlen, now, owns_address=False, mtu=stack_mtu,
                                    udp_ports=[port], resolve=iface.neighbour, arp_interval=0.02,
-                                   arp_attempts=100)
+                                   arp_attempts=100, gateway=gateway)
                 rules = [f"udp dst {ip} dport {port}"]
             self.rules = rules
             try:
                 self._steered = SteeredPort(ifname, queue, rules, netns=netns, xdp_mode=xdp_mode, mode=mode,
-                                            poll=poll, frames=frames, rx_size=ring_size, tx_size=ring_size,
-                                            fill_size=ring_size, comp_size=ring_size)
+                                            poll=poll, frames=frames, frame_size=frame_size, rx_size=ring_size,
+                                            tx_size=ring_size, fill_size=ring_size, comp_size=ring_size)
             except KbypassError as e:
                 # someone else's XDP program on the interface, or their AF_XDP sockets on its queues
                 if "already has XDP program" in str(e) or "already uses this queue" in str(e):
@@ -645,8 +687,10 @@ class _XdpEndpoint(UdpEndpoint):
         """Take what the rings hold now into _pending (fast path, else the stack); True if anything came."""
         got = False
         lanes = self._lanes
-        for k in range(len(lanes)):
-            lane = lanes[(self._next_lane + k) % len(lanes)]
+        n = len(lanes)
+        for k in range(n):
+            at = (self._next_lane + k) % n
+            lane = lanes[at]
             r = lane.recv_udp()
             while r is not None:
                 got = True
@@ -661,10 +705,11 @@ class _XdpEndpoint(UdpEndpoint):
                     c["udp_delivered"] += 1
                     self.counters["rx_datagrams"] += 1
                     self._tx_lane = lane  # answer on the queue the peer's traffic arrives on
+                    self._next_lane = (at + 1) % n  # round robin: the next call looks at the next queue first
                     return True
                 self._slow(r, time.monotonic())
                 r = lane.recv_udp()
-        self._next_lane = (self._next_lane + 1) % len(lanes)
+        self._next_lane = (self._next_lane + 1) % n
         return got
 
     def _wait(self, deadline: float | None) -> None:
@@ -775,7 +820,11 @@ class _XdpEndpoint(UdpEndpoint):
 
     def sendto(self, payload: bytes, addr: tuple[str, int]) -> int:
         """Send one datagram to addr = (ip, port); returns its length. Like a kernel socket, a datagram to
-        a peer whose MAC is not known yet waits (bounded) for resolution instead of blocking."""
+        a peer whose MAC is not known yet waits (bounded) for resolution instead of blocking.
+
+        Raises BlockingIOError (EAGAIN), as a non-blocking kernel socket does, when the datagram could not
+        be queued: the TX ring is full and no frame is free even after taking back the completed ones and
+        kicking the kernel once. Nothing was sent then (counted in tx_failed); try again later."""
         if self._closed:
             raise UsageError("the endpoint is closed")
         now = time.monotonic()
@@ -795,11 +844,18 @@ class _XdpEndpoint(UdpEndpoint):
         if len(payload) > self.max_payload:
             self._check_size(len(payload))
         self._ident = ident = (self._ident + 1) & 0xFFFF
-        if self._tx_lane.send_udp(t, payload if type(payload) is bytes else bytes(payload), ident):
-            self.counters["tx_datagrams"] += 1
-            self.stack.counters["udp_sent"] += 1
-        else:
-            self.counters["tx_failed"] += 1
+        data = payload if type(payload) is bytes else bytes(payload)
+        lane = self._tx_lane
+        if not lane.send_udp(t, data, ident):
+            # TX ring or frame stash full: let the kernel send what is queued, then try once more (the
+            # lane takes the completed frames back when its stash is empty) before telling the caller
+            lane.port.xsk.kick_tx()
+            if not lane.send_udp(t, data, ident):
+                self.counters["tx_failed"] += 1
+                raise BlockingIOError(errno.EAGAIN, f"TX ring of {self.ifname} full: the datagram to "
+                                      f"{addr[0]}:{addr[1]} was not sent; retry (or poll) later")
+        self.counters["tx_datagrams"] += 1
+        self.stack.counters["udp_sent"] += 1
         return len(payload)
 
     def _await_resolution(self, ip: str) -> None:
@@ -851,8 +907,11 @@ class _XdpEndpoint(UdpEndpoint):
         now = time.monotonic()
         parts = self._template(ip, port, now)
         if parts is None or len(payloads) < 4:
-            for p in payloads:
-                self.sendto(p, (ip, port))
+            for i, p in enumerate(payloads):
+                try:
+                    self.sendto(p, (ip, port))
+                except BlockingIOError:
+                    return i  # the ring is full: the rest was not queued, as with the batch path
             return len(payloads)
         tmpl = join_template(parts)
         lane = self._tx_lane
@@ -889,9 +948,12 @@ class _XdpEndpoint(UdpEndpoint):
     # status and teardown ----------------------------------------------------------------------------
     @property
     def stats(self) -> dict:
-        """Endpoint counters, the stack's non-zero drops, and the port's (kernel XDP statistics included)."""
-        return {**self.counters, "drops": self.stack.drops(), "port": self._steered.port.stats,
-                "rules": self._steered.rule_counters()}
+        """Endpoint counters, the stack's non-zero drops, and the port's (kernel XDP statistics included).
+        `rx_dropped` (lifted from the port's) counts frames the kernel could not put in a UMEM frame, among
+        them frames longer than one holds (above `max_rx_payload` bytes of UDP payload)."""
+        port = self._steered.port.stats
+        return {**self.counters, "rx_dropped": int(port.get("rx_dropped", 0)), "drops": self.stack.drops(),
+                "port": port, "rules": self._steered.rule_counters()}
 
     def check(self) -> dict:
         """UMEM accounting of every queue's port (raises OwnershipError on a leak)."""
@@ -978,25 +1040,31 @@ class _SocketEndpoint(UdpEndpoint):
                     return data, addr
                 except BlockingIOError:
                     spins += 1
-                    if deadline is not None and spins & 0x3FF == 0 and time.monotonic() >= deadline:
+                    if deadline is not None and (timeout <= 0 or spins & 0x3FF == 0) and \
+                            time.monotonic() >= deadline:
                         raise TimeoutError(f"no datagram for {self.ip}:{self.port} within {timeout} s") from None
         s.settimeout(timeout)
         try:
             data, addr = s.recvfrom(65536)
-        except socket.timeout:
+        except (socket.timeout, BlockingIOError, InterruptedError):
+            # timeout 0 makes the socket non-blocking: an empty one says EAGAIN, not "timed out"
             raise TimeoutError(f"no datagram for {self.ip}:{self.port} within {timeout} s") from None
         self.counters["rx_datagrams"] += 1
         return data, addr
 
     def recv_batch(self, max_datagrams: int = 64, timeout: float = 0.0) -> list:
+        """Up to max_datagrams datagrams, waiting at most `timeout` for the first (0: do not wait)."""
         out = []
         try:
             out.append(self.recvfrom(timeout))
         except TimeoutError:
             return out
+        # the rest without waiting: MSG_DONTWAIT alone does not do it, since Python first waits out a
+        # socket timeout (recvfrom above may have set one) for readability
+        self._sock.settimeout(0)
         while len(out) < max_datagrams:
             try:
-                data, addr = self._sock.recvfrom(65536, socket.MSG_DONTWAIT)
+                data, addr = self._sock.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
                 break
             self.counters["rx_datagrams"] += 1

@@ -30,6 +30,22 @@ CLIENT_CPU, SERVER_CPU = 0, 1
 PORT = 11311
 KEYS = ("p50_us", "p90_us", "p99_us", "p999_us")
 ANCHOR = "sockperf (kernel, C)"
+LOSS_FLAG = 0.01  # a row losing more than this share of its measured messages is flagged
+
+
+def check_row(name: str, res: dict) -> dict:
+    """One contender's result, refused when it measured nothing (no samples, a percentile missing or 0:
+    a median over it would be a lie) and flagged (`flag`) when it lost more than LOSS_FLAG of its
+    messages, since heavy loss biases the percentiles of what did come back."""
+    bad = [k for k in KEYS if not isinstance(res.get(k), (int, float)) or not res[k] > 0]
+    if res.get("samples") == 0 or bad:
+        raise KbypassError(f"{name} measured no latency (samples {res.get('samples', '?')}, sent "
+                           f"{res.get('sent', '?')}, lost {res.get('lost', '?')}; missing {', '.join(bad) or '-'}): "
+                           "check that its server came up (run the pair by hand with kbypass pingpong)")
+    sent, lost = res.get("sent"), res.get("lost")
+    if sent and lost is not None and lost / sent > LOSS_FLAG:
+        res["flag"] = f"heavy loss: {lost} of {sent} messages ({lost / sent:.1%})"
+    return res
 
 
 def _sockperf(a, b, duration: float, size: int) -> dict:
@@ -89,13 +105,19 @@ def run(prefix: str, runs: int, duration: float, size: int, progress=print) -> d
     a, b = testbed.up(testbed.TestbedConfig(prefix=prefix))
     os.environ["KBYPASS_TESTBED"] = prefix  # the pingpong tools find the hosts through it
     results: dict[str, list[dict]] = {name: [] for name, _ in CONTENDERS}
+    flags: list[str] = []
     for r in range(runs):
         for name, fn in CONTENDERS:
-            res = fn(a, b, duration, size)
+            res = check_row(name, fn(a, b, duration, size))
             results[name].append(res)
-            progress(f"  run {r + 1}/{runs} {name:<24} p50 {res['p50_us']:8.2f} us  p99 {res['p99_us']:8.2f} us")
+            flag = res.get("flag")
+            if flag:
+                flags.append(f"run {r + 1} {name}: {flag}")
+            progress(f"  run {r + 1}/{runs} {name:<24} p50 {res['p50_us']:8.2f} us  p99 {res['p99_us']:8.2f} us"
+                     + (f"  ({flag})" if flag else ""))
     medians = {name: {k: statistics.median(x[k] for x in rs) for k in KEYS} for name, rs in results.items()}
-    return {"runs": runs, "duration": duration, "size": size, "medians": medians, "all": results}
+    return {"runs": runs, "duration": duration, "size": size, "medians": medians, "all": results,
+            "flags": flags}
 
 
 def ratios(result: dict) -> dict[str, dict[str, float]]:

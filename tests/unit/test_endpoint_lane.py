@@ -221,7 +221,8 @@ def test_the_c_lane_refuses_what_would_corrupt_the_umem():
     port = lane.port
     try:
         with pytest.raises(ValueError, match="frame of 2049 bytes"):
-            lane.send(bytes(2049))
+            lane.c.send_frame(bytes(2049))
+        assert not lane.send(bytes(2049))  # the lane refuses it before C sees it
         lent = int(port.xsk.fill.slots[0])  # a frame the kernel holds for receiving
         with pytest.raises(ValueError, match="not an application-held frame"):
             lane.c.give([lent])
@@ -268,3 +269,208 @@ def test_a_busy_spin_makes_the_busy_poll_call_every_few_empty_looks(native):
     finally:
         lane.release()
         lane.port.close()
+
+
+# ---- item: jumbo MTU against the UMEM frame ---------------------------------------------------------
+
+
+def test_payload_limits_follow_the_umem_frame_not_only_the_mtu():
+    assert E.payload_limits(1500, 2048) == (1472, 1472)
+    # MTU 9000: a 2048-byte frame carries 2006 bytes of payload out, and receives 1750 (XDP headroom)
+    assert E.payload_limits(9000, 2048) == (2048 - 42, 2048 - 256 - 42)
+    assert E.payload_limits(9000, 4096) == (4096 - 42, 4096 - 256 - 42)
+    with pytest.raises(E.UsageError, match="2048 or 4096"):
+        E.payload_limits(1500, 3000)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_frame_larger_than_a_umem_frame_is_never_written(native):
+    lane = make_lane(native)
+    port = lane.port
+    try:
+        before = port.umem.array.copy()
+        flow = _flow()
+        assert not lane.send_udp(flow, bytes(3000), 1)  # 3042 bytes: would spill into the next frame
+        assert not lane.send(b"\xaa" * 3042)
+        assert (port.umem.array == before).all()
+        assert port.xsk.send_all() == []
+        assert lane.send_udp(flow, bytes(2048 - 42), 2)  # exactly one frame still goes
+        assert len(port.xsk.send_all()[0]) == 2048
+        port.check(app=lane.stashed())
+    finally:
+        lane.release()
+        port.close()
+
+
+def _jumbo_endpoint(lane, mtu=9000, frame_size=2048):
+    ep = object.__new__(E._XdpEndpoint)
+    ep._closed, ep.ifname, ep.mtu, ep.frame_size, ep.port = False, "fake0", mtu, frame_size, PORT
+    ep.max_payload, ep.max_rx_payload = E.payload_limits(mtu, frame_size)
+    ep.counters = {"rx_datagrams": 0, "tx_datagrams": 0, "rx_slow_path": 0, "rx_vector": 0, "tx_failed": 0}
+    ep.stack = E.Stack(MAC, IP_, 24, 0.0, mtu=ep.max_payload + 28)
+    ep._templates = {(PEER_IP, 5000): _flow()}
+    ep._tx_lane, ep._lanes, ep._ident = lane, [lane], 0
+    return ep
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_sendto_refuses_a_message_above_the_frame_with_the_fix_named(native):
+    lane = make_lane(native)
+    try:
+        ep = _jumbo_endpoint(lane)
+        with pytest.raises(E.UsageError, match="frame_size=4096"):
+            ep.sendto(bytes(3000), (PEER_IP, 5000))
+        with pytest.raises(E.UsageError, match="frame_size=4096"):
+            ep.send_batch([bytes(10)] * 5 + [bytes(3000)], (PEER_IP, 5000))
+        assert lane.port.xsk.send_all() == []
+        assert ep.sendto(bytes(2006), (PEER_IP, 5000)) == 2006
+    finally:
+        lane.release()
+        lane.port.close()
+
+
+# ---- item: sendto with a full TX ring -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_sendto_raises_blocking_io_error_when_nothing_was_sent(native):
+    lane = make_lane(native)
+    try:
+        ep = _jumbo_endpoint(lane, mtu=1500)
+        for i in range(RING):  # the kernel (the test) does not drain the TX ring
+            assert ep.sendto(b"m%d" % i, (PEER_IP, 5000)) == len(b"m%d" % i)
+        with pytest.raises(BlockingIOError):
+            ep.sendto(b"lost", (PEER_IP, 5000))
+        assert ep.counters["tx_failed"] == 1 and ep.counters["tx_datagrams"] == RING
+        # the kernel catches up: the next send goes
+        assert len(lane.port.xsk.send_all()) == RING
+        lane.port.reap()  # the fake completion ring is as small as the TX ring
+        assert ep.sendto(b"again", (PEER_IP, 5000)) == 5
+        assert lane.port.xsk.send_all()[0].endswith(b"again")
+        lane.port.check(app=lane.stashed())
+    finally:
+        lane.release()
+        lane.port.close()
+
+
+# ---- item: several queues are served round robin --------------------------------------------------------
+
+
+class _FakeQueue:
+    """A lane that always has a datagram waiting (a busy queue)."""
+
+    def __init__(self, name: bytes):
+        self.name, self.taken = name, 0
+
+    def recv_udp(self):
+        self.taken += 1
+        return (self.name, socket.inet_aton(PEER_IP), 5000)
+
+
+def test_poll_once_serves_every_queue_in_turn():
+    ep = object.__new__(E._XdpEndpoint)
+    ep._lanes = [_FakeQueue(b"q0"), _FakeQueue(b"q1"), _FakeQueue(b"q2")]
+    ep._next_lane, ep._pending, ep._names = 0, E.deque(), {}
+    ep.counters = {"rx_datagrams": 0}
+    ep.stack = E.Stack(MAC, IP_, 24, 0.0)
+    for _ in range(6):
+        assert ep._poll_once()
+    assert [lane.taken for lane in ep._lanes] == [2, 2, 2]
+    assert [p for p, _ in ep._pending] == [b"q0", b"q1", b"q2"] * 2
+
+
+# ---- item: the kernel-socket baseline with its defaults -------------------------------------------------
+
+
+def test_socket_backend_defaults_on_an_empty_socket():
+    for poll in ("wakeup", "busy"):
+        _socket_backend_defaults(poll)
+
+
+def _socket_backend_defaults(poll):
+    ep = E.UdpEndpoint(None, "127.0.0.1", 0, backend="socket", poll=poll)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert ep.recv_batch() == []  # timeout 0.0: nothing waiting, nothing raised
+        with pytest.raises(TimeoutError):
+            ep.recvfrom(0)
+        with pytest.raises(TimeoutError):
+            ep.recvfrom(0.01)
+        peer.sendto(b"one", ("127.0.0.1", ep.port))
+        peer.sendto(b"two", ("127.0.0.1", ep.port))
+        got = ep.recv_batch(timeout=1.0)
+        assert [d for d, _ in got] == [b"one", b"two"]
+        assert ep.recv_batch(timeout=0.0) == []
+    finally:
+        peer.close()
+        ep.close()
+
+
+# ---- item: a gateway for off-subnet peers ------------------------------------------------------------
+
+GW_IP, GW_MAC, FAR_IP = "10.9.0.254", "02:00:00:00:00:fe", "192.0.2.1"
+
+
+class _FakeIface:
+    """What _XdpEndpoint reads from netlink: the interface holds IP_/24."""
+
+    def __init__(self, ifname, netns):
+        import ipaddress
+
+        self.ifindex, self.mac, self.mtu = 1, MAC, 1500
+        self.nets = [ipaddress.IPv4Interface(f"{IP_}/24")]
+        self.all_local = {IP_}
+
+    def neighbour(self, ip):
+        return GW_MAC if ip == GW_IP else None
+
+    def close(self):
+        pass
+
+
+class _FakeSteered:
+    def __init__(self, ifname, queue, rules, **kw):
+        self.kw = kw
+        self.ports = [fake_port()]
+        self.port = self.ports[0]
+
+    def rule_counters(self):
+        return []
+
+    def close(self):
+        for p in self.ports:
+            p.close()
+
+
+def _placeholder(netns, ip, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))  # the kernel does not have IP_ here
+    return s
+
+
+def _fake_endpoint(**kw):
+    from kbypass.apps import steered
+
+    with mock.patch.object(E, "_Iface", _FakeIface), mock.patch.object(steered, "SteeredPort", _FakeSteered), \
+            mock.patch.object(E, "_bind_udp", _placeholder):
+        return E.UdpEndpoint("fake0", IP_, 0, **kw)
+
+
+def test_gateway_carries_off_subnet_datagrams():
+    with _fake_endpoint(gateway=GW_IP) as ep:
+        assert ep.sendto(b"far away", (FAR_IP, 53)) == 8
+        (frame,) = ep._tx_lane.port.xsk.send_all()
+        p = Ether(frame)
+        assert (p.dst, p[IP].dst, p[UDP].dport, bytes(p[UDP].payload)) == (GW_MAC, FAR_IP, 53, b"far away")
+    with _fake_endpoint() as ep:
+        with pytest.raises(E.UsageError, match="gateway="):
+            ep.sendto(b"x", (FAR_IP, 53))
+    with pytest.raises(E.UsageError, match="on-link gateway"):
+        _fake_endpoint(gateway="192.0.2.254")
+
+
+def test_frame_size_reaches_the_port_and_sets_the_limits():
+    with _fake_endpoint(frame_size=4096) as ep:
+        assert ep._steered.kw["frame_size"] == 4096
+        assert (ep.max_payload, ep.max_rx_payload) == (1472, 1472)
+        assert ep.stats["rx_dropped"] == 0  # the kernel's count of frames too long for a UMEM frame

@@ -70,11 +70,137 @@ class FakeLink:
 def test_ping_over_fake_link_counts_samples_and_losses():
     res = pp.ping(FakeLink().client(), ("10.0.0.2", 11111), size=64, count=500, warmup=10)
     s = res.summary()
-    assert s["samples"] == 500 and s["lost"] == 0 and s["sent"] == 510
+    assert s["samples"] == 500 and s["lost"] == 0 and s["sent"] == 500  # measured messages only
+    assert s["warmup"] == 10 and s["warmup_lost"] == 0
     assert 0 < s["p50_us"] <= s["p90_us"] <= s["p99_us"] <= s["p999_us"] <= s["max_us"] < 100_000
     lossy = pp.ping(FakeLink(lose=10).client(), ("10.0.0.2", 11111), size=20, count=90, warmup=0,
                     reply_timeout=0.01)
     assert lossy.samples == 90 and lossy.lost == lossy.sent // 10 == 9 and lossy.sent == 99
+
+
+class DeadLink:
+    """A server that never answers; counts what was sent."""
+
+    def __init__(self):
+        self.sent = []
+
+    def sendto(self, data, addr):
+        self.sent.append(data)
+        return len(data)
+
+    def recvfrom(self, timeout=None):
+        raise TimeoutError
+
+
+def test_all_lost_reports_no_percentiles_and_gives_up():
+    link = DeadLink()
+    res = pp.ping(link, ("10.0.0.2", 11111), size=20, count=10, warmup=2, reply_timeout=0.01, give_up=0.1)
+    s = res.summary()
+    assert res.gave_up and s["gave_up"] and s["samples"] == 0
+    assert all(s[k] is None for k in ("p50_us", "p90_us", "p99_us", "p999_us", "min_us", "max_us", "mean_us"))
+    assert s["warmup"] == 2 and s["warmup_lost"] == 2 and s["sent"] == s["lost"] == len(link.sent) - 2
+    err = pp.client_error(res, "10.0.0.2:11111", 0.1)
+    assert "no answer from 10.0.0.2:11111 for 0.1 s" in str(err) and "\n" not in str(err)
+    ok = pp.ping(FakeLink().client(), ("10.0.0.2", 11111), size=20, count=5, warmup=0)
+    assert pp.client_error(ok, "x") is None
+
+
+def test_reply_timeout_must_be_positive():
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(UsageError, match="--reply-timeout"):
+            pp.ping(DeadLink(), ("10.0.0.2", 1), count=1, reply_timeout=bad)
+    with pytest.raises(UsageError, match="--give-up"):
+        pp.ping(DeadLink(), ("10.0.0.2", 1), count=1, give_up=0)
+
+
+def _cli(capsys, *argv):
+    from kbypass.cli import main
+
+    code = main(["pingpong", "client", "--backend", "socket", "--ip", "127.0.0.1", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_client_against_a_dead_server_stops_with_an_error(capsys):
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))  # bound, never answers
+    try:
+        code, out, err = _cli(capsys, "--server", f"127.0.0.1:{dead.getsockname()[1]}", "--count", "5",
+                              "--warmup", "0", "--reply-timeout", "0.05", "--give-up", "0.3", "--json")
+    finally:
+        dead.close()
+    assert code == 2
+    assert err.startswith("kbypass: error: no answer from 127.0.0.1:") and err.count("\n") == 1
+    import json
+
+    summary = json.loads(out)
+    assert summary["samples"] == 0 and summary["p50_us"] is None
+
+
+def test_cli_refuses_a_zero_reply_timeout(capsys):
+    code, out, err = _cli(capsys, "--server", "127.0.0.1:9", "--count", "1", "--reply-timeout", "0")
+    assert code == 2 and err.startswith("kbypass: error: --reply-timeout 0.0: give seconds > 0")
+    code, out, err = _cli(capsys, "--server", "127.0.0.1:9", "--count", "1", "--gateway", "10.0.0.1")
+    assert code == 2 and "--gateway is for the afxdp backend" in err
+
+
+def test_two_servers_do_not_reflect_each_others_answers():
+    msg = pp.message(7, 64)
+    a = pp.answer(msg)
+    assert a is not None and pp.is_answer(a, 7)
+    assert pp.answer(a) is None  # an answer is never answered
+    assert pp.answer(SOCKPERF_SERVER) is None
+    plain = b"a plain echo message, not sockperf"
+    assert pp.answer(plain) == plain
+
+
+def test_answers_count_only_from_the_server_and_warmup_is_flagged():
+    sent = []
+    inbox = collections.deque()
+
+    class Ep:
+        def sendto(self, data, addr):
+            sent.append(data)
+            # someone else answers first (right sequence number, wrong address), then the server
+            inbox.append((pp.answer(data), ("10.0.0.99", 11111)))
+            inbox.append((pp.answer(data), ("10.0.0.2", 11111)))
+            return len(data)
+
+        def recvfrom(self, timeout=None):
+            if not inbox:
+                raise TimeoutError
+            return inbox.popleft()
+
+    res = pp.ping(Ep(), ("10.0.0.2", 11111), size=32, count=4, warmup=3)
+    assert res.samples == 4 and res.lost == 0 and res.sent == 4 and res.warmup == 3
+    flags = [m[9] for m in sent]
+    assert flags == [pp.FLAG_CLIENT | pp.FLAG_PONG | pp.FLAG_WARMUP] * 3 + [pp.FLAG_CLIENT | pp.FLAG_PONG] * 4
+    inbox.clear()
+
+    class Impostor(Ep):
+        def sendto(self, data, addr):
+            sent.append(data)
+            inbox.append((pp.answer(data), ("10.0.0.99", 11111)))
+            return len(data)
+
+    res = pp.ping(Impostor(), ("10.0.0.2", 11111), size=32, count=2, warmup=0, reply_timeout=0.01, give_up=0.05)
+    assert res.samples == 0 and res.gave_up
+
+
+def test_latbench_refuses_empty_rows_and_flags_heavy_loss():
+    from kbypass import latbench
+    from kbypass.errors import KbypassError
+
+    empty = {"p50_us": None, "p90_us": None, "p99_us": None, "p999_us": None, "samples": 0, "sent": 9, "lost": 9}
+    with pytest.raises(KbypassError, match="measured no latency"):
+        latbench.check_row("kbypass afxdp busy", empty)
+    with pytest.raises(KbypassError, match="measured no latency"):
+        latbench.check_row("x", {"p50_us": 0.0, "p90_us": 0.0, "p99_us": 0.0, "p999_us": 0.0, "samples": 0})
+    good = {"p50_us": 10.0, "p90_us": 11.0, "p99_us": 20.0, "p999_us": 30.0, "samples": 900, "sent": 1000,
+            "lost": 100}
+    assert "heavy loss" in latbench.check_row("x", dict(good))["flag"]
+    assert "flag" not in latbench.check_row("x", dict(good, lost=1))
+    assert "flag" not in latbench.check_row(latbench.ANCHOR, {k: good[k] for k in latbench.KEYS})
 
 
 def test_ping_needs_a_stop_condition():

@@ -32,11 +32,22 @@ def naive_checksum(data: bytes) -> int:
 @SET
 @given(st.binary(max_size=300))
 def test_scalar_matches_naive_and_scapy(data):
-    if naive_sum(data) in (0, 0xFFFF):
-        # both +0 and -0 are the same checksum mod 0xFFFF; the representation may differ
-        assert ck.internet_checksum(data) % 0xFFFF == naive_checksum(data) % 0xFFFF
-    else:
-        assert ck.internet_checksum(data) == naive_checksum(data) == scapy_checksum(data)
+    assert ck.internet_checksum(data) == naive_checksum(data) == scapy_checksum(data)
+
+
+def test_zero_and_minus_zero_sums():
+    # RFC 1071: all-zero data folds to +0, whose complement is 0xFFFF; a non-zero sum of -0 gives 0
+    for data in (b"", b"\0", b"\0\0", bytes(8), bytes(61), b"\xff\xff", b"\x00\x01\xff\xfe"):
+        assert ck.internet_checksum(data) == naive_checksum(data) == scapy_checksum(data), data
+        field = ck.internet_checksum(data)
+        if len(data) >= 2 and not any(data[:2]):
+            assert ck.verify(field.to_bytes(2, "big") + data[2:])
+
+
+def test_verify_refuses_all_zero_messages():
+    # a zero checksum field over zero data folds to +0: Linux drops it, and so do we
+    assert not ck.verify(bytes(8))
+    assert ck.verify(b"\xff\xff" + bytes(6))
 
 
 @SET
@@ -99,7 +110,16 @@ def test_ones_sum_batch_matches_scalar(frames, gap, data):
     got = ck.ones_sum_batch(umem, np.array(addr), np.array(length))
     assert got.tolist() == [ck.ones_sum(f) for f in frames]
     fields = ck.checksum_field_batch(got)
-    assert fields.tolist() == [ck.internet_checksum(f) for f in frames]
+    assert fields.tolist() == [ck.internet_checksum(f) if any(f) else 0 for f in frames]
+    assert ck.internet_checksum_batch(umem, np.array(addr), np.array(length)).tolist() == [
+        ck.internet_checksum(f) for f in frames]
+
+
+def test_internet_checksum_batch_all_zero_ranges():
+    buf = np.zeros(64, dtype=np.uint8)
+    buf[40:42] = 0xFF  # a -0 sum: checksum 0
+    got = ck.internet_checksum_batch(buf, np.array([0, 8, 40, 3]), np.array([8, 0, 2, 5]))
+    assert got.tolist() == [0xFFFF, 0xFFFF, 0, 0xFFFF]
 
 
 @SET

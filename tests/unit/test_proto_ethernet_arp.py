@@ -106,9 +106,31 @@ def test_resolver_refreshes_entries_in_use_only():
     assert r.next_timer() == 8.0
     assert r.handle_timer(7.9) == ([], [], [])
     assert r.handle_timer(8.0) == ([], [], [(IP_B, MAC_B)])
-    assert r.next_timer() is None  # one refresh per period
-    r.learn(IP_B, MAC_B, 8.1)  # the answer: a fresh lifetime
+    assert r.next_timer() == 9.0  # the next probe, not earlier
+    assert r.lookup(IP_B, 8.05) == MAC_B and r.next_timer() == 9.0  # using it does not re-arm the refresh
+    assert r.handle_timer(8.5) == ([], [], [])
+    r.learn(IP_B, MAC_B, 8.1)  # the answer: a fresh lifetime, probing over
+    assert r.next_timer() is None
     assert r.lookup(IP_B, 17.0) == MAC_B and r.lookup(IP_A, 10.0) is None
+
+
+def test_resolver_refresh_of_a_silent_peer_probes_then_fails():
+    # Linux's PROBE: `attempts` unicast probes `interval` apart, one broadcast, then FAILED
+    r = ArpResolver(ttl=10, interval=1, attempts=3, refresh_ahead=5)
+    r.learn(IP_B, MAC_B, 0.0)
+    probes = []
+    for i in range(9900):
+        t = i / 1000
+        r.lookup(IP_B, t)  # in use at 1 kpps throughout
+        if (r.next_timer() or 1e9) <= t:
+            retry, expired, refresh = r.handle_timer(t)
+            assert retry == []
+            probes += [(round(t, 3), mac) for _, mac in refresh]
+            if expired:
+                assert expired == [(IP_B, [])]
+                break
+    assert probes == [(5.0, MAC_B), (6.0, MAC_B), (7.0, MAC_B), (8.0, None)]
+    assert round(t, 3) == 9.0 and r.lookup(IP_B, t) is None  # FAILED: the entry is gone
     assert ArpResolver(ttl=10, refresh_ahead=0).lookup(IP_A, 0.0) is None
 
 

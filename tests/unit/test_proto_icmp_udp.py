@@ -22,6 +22,17 @@ def test_echo_builders_dissected_by_scapy():
         assert ICMP(raw(q)).chksum == p.chksum
 
 
+def test_all_zero_echo_reply_checksum_is_ffff():
+    # id 0, seq 0, no payload: the reply is all zeros but its checksum; RFC 1071 (and scapy, and Linux)
+    # make that 0xFFFF, never 0
+    reply = icmp.build_echo_reply(icmp.Echo(8, 0, 0, b""))
+    assert reply == bytes.fromhex("0000ffff00000000")
+    q = ICMP(reply)
+    del q.chksum
+    assert ICMP(raw(q)).chksum == 0xFFFF
+    assert icmp.parse_echo(reply, want=icmp.ECHO_REPLY) == icmp.Echo(0, 0, 0, b"")
+    assert icmp.parse_echo(bytes(8), want=icmp.ECHO_REPLY) == icmp.BAD_CHECKSUM
+
 def test_echo_parse():
     msg = raw(ICMP(type=8, id=3, seq=4) / Raw(b"abc"))
     assert icmp.parse_echo(msg) == icmp.Echo(8, 3, 4, b"abc")

@@ -150,6 +150,25 @@ def test_entry_in_use_is_refreshed_before_it_expires(pair):
     assert len(frames) == 1 and not is_arp(frames[0])
 
 
+def test_silent_peer_in_use_gets_a_bounded_number_of_arp_requests(pair):
+    # the peer stops answering after it was resolved; we keep sending at 1 kpps through its refresh
+    a, b, link = pair  # ttl 30 s, interval 1 s, 3 attempts: refresh due at 22.5 s
+    link.send(a, a.send_udp(IP_B, 9000, 4000, b"x", 0.0))
+    link.run(0.0)
+    requests, t = [], 20.0
+    for i in range(int(7.5 * 1000)):  # 20 s .. 27.5 s
+        t = 20.0 + i / 1000
+        out = a.send_udp(IP_B, 9000, 4000, b"x", t)
+        if (a.next_timer() or 1e9) <= t:
+            out += a.handle_timer(t)
+        requests += [Ether(f).dst for f in out if is_arp(f, arp.OP_REQUEST)]
+    # 3 unicast probes and a broadcast one (22.5 .. 25.5), FAILED at 26.5, then one fresh resolution
+    assert requests[:4] == [MAC_B, MAC_B, MAC_B, "ff:ff:ff:ff:ff:ff"]
+    assert len(requests) <= 6, len(requests)
+    assert a.counters["arp_refreshes"] == 4 and a.counters["arp_timeouts"] == 1
+    assert ArpTimeout(IP_B, 0) in a.events()
+
+
 def test_checksum_rejection_between_stacks(pair):
     a, b, link = pair
     link.send(a, a.send_udp(IP_B, 9000, 4000, b"x", 0.0))
@@ -263,6 +282,8 @@ MALFORMED = [
     ("ip_bad_source", udp_frame(ip=dict(src="224.0.0.5"))),
     ("ip_bad_source", udp_frame(ip=dict(src="10.0.0.255"))),  # subnet broadcast
     ("ip_bad_source", udp_frame(ip=dict(src=IP_B))),  # spoofing us
+    ("ip_bad_source", udp_frame(ip=dict(src="0.0.0.0"))),
+    ("ip_bad_source", raw(Ether(src=MAC_C, dst=MAC_B) / IP(src="0.0.0.0", dst=IP_B) / ICMP(type=8))),
     ("ip_not_for_us", udp_frame(ip=dict(dst=IP_C))),
     ("ip_not_for_us", udp_frame(ip=dict(dst="10.0.0.255"), eth=dict(dst="ff:ff:ff:ff:ff:ff"))),
     ("ip_unknown_protocol", raw(Ether(src=MAC_C, dst=MAC_B) / IP(src=IP_C, dst=IP_B, proto=132) / Raw(b"x" * 12))),
@@ -281,7 +302,29 @@ MALFORMED = [
     ("arp_bad_op", raw(Ether(src=MAC_C, dst="ff:ff:ff:ff:ff:ff") / ARP(op=3, hwsrc=MAC_C, psrc=IP_C, pdst=IP_B))),
     ("arp_bad_sender", raw(Ether(src=MAC_C, dst="ff:ff:ff:ff:ff:ff") /
                            ARP(op=1, hwsrc="ff:ff:ff:ff:ff:ff", psrc=IP_C, pdst=IP_B))),
+    # martian sender addresses: asked, never answered (Linux's route check refuses them too)
+    ("arp_bad_sender", raw(Ether(src=MAC_C, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=MAC_C, psrc="224.0.0.1",
+                                                                            pdst=IP_B))),
+    ("arp_bad_sender", raw(Ether(src=MAC_C, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=MAC_C, psrc="10.0.0.255",
+                                                                            pdst=IP_B))),
+    ("arp_bad_sender", raw(Ether(src=MAC_C, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=MAC_C, psrc="127.0.0.1",
+                                                                            pdst=IP_B))),
 ]
+
+
+def test_arp_probe_answered_like_linux():
+    # RFC 5227 probe (sender 0.0.0.0) for our address: answered unicast to the prober, target 0.0.0.0
+    # (Linux's arp_process does the same); nothing learned
+    s = Stack(MAC_B, IP_B, 24, 0.0)
+    probe = raw(Ether(src=MAC_C, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=MAC_C, psrc="0.0.0.0", pdst=IP_B))
+    out = s.receive(probe, 0.0)
+    assert len(out) == 1
+    p = Ether(out[0])
+    assert (p.dst, p[ARP].op, p[ARP].psrc, p[ARP].hwdst, p[ARP].pdst) == (MAC_C, 2, IP_B, MAC_C, "0.0.0.0")
+    assert len(s.arp) == 0 and not s.drops()
+    # an off-subnet (but unicast) sender is answered, not learned
+    far = raw(Ether(src=MAC_C, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=MAC_C, psrc="192.0.2.7", pdst=IP_B))
+    assert len(s.receive(far, 0.0)) == 1 and len(s.arp) == 0
 
 
 @pytest.mark.parametrize("reason,frame", MALFORMED, ids=[f"{i}-{r}" for i, (r, _) in enumerate(MALFORMED)])

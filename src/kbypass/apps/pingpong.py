@@ -10,18 +10,23 @@ fields big-endian, then filler up to the message size:
 
 The server answers a message whose pong-request flag is set with the same bytes and the client flag
 cleared, to the address it came from; a sockperf client drops answers that still carry the client flag.
-Anything shorter than the header is echoed unchanged (plain echo peers work too). The client sends one
-message, waits for the answer with the same sequence number, and records half the round trip, as sockperf
-and sfnt-pingpong report; percentiles come from an HdrHistogram (1 ns to 100 s, 3 significant digits).
+A sockperf message (its length field equal to its size) without the client flag is an answer, never
+answered again: two servers pointed at each other must not reflect one message for ever. Anything else
+(shorter than the header, or a length field that does not match) is echoed unchanged, so plain echo
+peers work too. The client sends one message, waits for the answer with the same sequence number from
+the server's address, and records half the round trip, as sockperf and sfnt-pingpong report; percentiles
+come from an HdrHistogram (1 ns to 100 s, 3 significant digits). Warm-up messages carry sockperf's
+warm-up flag and are counted apart from the measured ones.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 import time
 from dataclasses import dataclass, field
 
-from kbypass.errors import UsageError
+from kbypass.errors import KbypassError, UsageError
 
 HEADER = struct.Struct("!QHI")
 HEADER_LEN = HEADER.size  # 14, sockperf's MsgHeader::EFFECTIVE_SIZE
@@ -38,11 +43,19 @@ def message(seq: int, size: int, *, warmup: bool = False, filler: bytes | None =
     return HEADER.pack(seq, flags, size) + body
 
 
+def is_sockperf(data: bytes) -> bool:
+    """Does `data` look like a sockperf message (header present, its length field equal to its size)?"""
+    return len(data) >= HEADER_LEN and int.from_bytes(data[10:14], "big") == len(data)
+
+
 def answer(data: bytes) -> bytes | None:
-    """The server's answer to one datagram: sockperf messages with the client flag cleared (None when the
-    sender did not ask for an answer), anything else echoed."""
-    if len(data) < HEADER_LEN or not data[9] & FLAG_CLIENT:
+    """The server's answer to one datagram: sockperf messages with the client flag cleared; None when the
+    sender did not ask for an answer, or when the message is itself an answer (no client flag: another
+    server's reply, which must not bounce back and forth); anything that is not sockperf echoed."""
+    if not is_sockperf(data):
         return data
+    if not data[9] & FLAG_CLIENT:
+        return None  # an answer, not a question
     if not data[9] & FLAG_PONG:
         return None  # sockperf's under-load mode: only some messages want an answer
     return data[:9] + bytes((data[9] & ~FLAG_CLIENT,)) + data[10:]
@@ -61,6 +74,7 @@ def is_answer(data: bytes, seq: int) -> bool:
 class ServerResult:
     received: int = 0
     answered: int = 0
+    send_failed: int = 0
     seconds: float = 0.0
     peers: set = field(default_factory=set)
 
@@ -87,8 +101,11 @@ def serve(ep, *, duration: float | None = None, count: int | None = None, idle_t
         res.received += 1
         out = answer(data)
         if out is not None:
-            sendto(out, peer)
-            res.answered += 1
+            try:
+                sendto(out, peer)
+                res.answered += 1
+            except BlockingIOError:  # TX ring full for now: the client counts it lost
+                res.send_failed += 1
         if res.peers is not None and len(res.peers) < 64:
             res.peers.add(peer)
         last = time.monotonic()
@@ -103,22 +120,42 @@ def serve(ep, *, duration: float | None = None, count: int | None = None, idle_t
 
 @dataclass
 class ClientResult:
+    """`sent`/`lost` count measured messages only; the warm-up has its own `warmup` (sent) and
+    `warmup_lost`. `gave_up`: no answer came for `give_up` seconds, so the run stopped early."""
+
     histogram: object
     samples: int
     sent: int
     lost: int
     seconds: float
     warmup: int
+    warmup_lost: int = 0
+    gave_up: bool = False
 
     def summary(self) -> dict:
+        """Percentiles in us; None (not 0) when there is no sample to take them from."""
         h = self.histogram
-        out = {k: round(h.get_value_at_percentile(p) / 1000, 3) for k, p in PERCENTILES}
-        out["max_us"] = round(h.get_max_value() / 1000, 3) if self.samples else 0.0
-        out["min_us"] = round(h.get_min_value() / 1000, 3) if self.samples else 0.0
-        out["mean_us"] = round(h.get_mean_value() / 1000, 3) if self.samples else 0.0
+        have = self.samples > 0
+        out = {k: round(h.get_value_at_percentile(p) / 1000, 3) if have else None for k, p in PERCENTILES}
+        out["max_us"] = round(h.get_max_value() / 1000, 3) if have else None
+        out["min_us"] = round(h.get_min_value() / 1000, 3) if have else None
+        out["mean_us"] = round(h.get_mean_value() / 1000, 3) if have else None
         out.update(samples=self.samples, sent=self.sent, lost=self.lost, warmup=self.warmup,
-                   seconds=round(self.seconds, 3))
+                   warmup_lost=self.warmup_lost, seconds=round(self.seconds, 3))
+        if self.gave_up:
+            out["gave_up"] = True
         return out
+
+    def failure(self, server: str, give_up: float | None = None) -> str | None:
+        """Why this run failed (measured nothing, or the server went silent for `give_up` seconds) as a
+        one-line error naming what to check; None when it did not fail."""
+        if self.samples and not self.gave_up:
+            return None
+        why = (f"no answer from {server} for {give_up:g} s, run stopped" if self.gave_up and give_up
+               else f"no answer from {server}")
+        return (f"{why} (measured: {self.samples} samples, {self.sent} sent, {self.lost} lost; warm-up: "
+                f"{self.warmup} sent, {self.warmup_lost} lost): check that the server runs, its address and "
+                "port, and that nothing in between drops UDP")
 
 
 def new_histogram():
@@ -127,21 +164,46 @@ def new_histogram():
     return HdrHistogram(1, 100_000_000_000, 3)  # nanoseconds, 1 ns .. 100 s
 
 
-def ping(ep, server: tuple[str, int], *, size: int = 64, duration: float | None = None,
-         count: int | None = None, warmup: int = 100, reply_timeout: float = 1.0,
-         stop=lambda: False) -> ClientResult:
-    """Ping-pong with `server` through endpoint `ep`: `warmup` unrecorded round trips, then until `count`
-    recorded samples or `duration` seconds. A message without answer within `reply_timeout` is lost."""
-    if duration is None and count is None:
-        raise UsageError("say how long: give --duration SECONDS or --count MESSAGES")
+def _canonical_ip(ip: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(ip))
+    except ValueError:
+        return ip
+
+
+GIVE_UP = 5.0  # seconds without any answer before the client stops (--give-up)
+
+
+def check_client_options(*, reply_timeout: float, give_up: float | None, warmup: int) -> None:
+    """The client's numeric options, checked before any endpoint opens (UsageError naming the fix)."""
+    if not reply_timeout > 0:  # also refuses NaN
+        raise UsageError(f"--reply-timeout {reply_timeout}: give seconds > 0 (e.g. 1); with 0 every message "
+                         "would count as lost")
+    if give_up is not None and not give_up > 0:
+        raise UsageError(f"--give-up {give_up}: give seconds > 0 (default {GIVE_UP:g})")
     if warmup < 0:
         raise UsageError(f"--warmup {warmup}: give a number of messages >= 0")
+
+
+def ping(ep, server: tuple[str, int], *, size: int = 64, duration: float | None = None,
+         count: int | None = None, warmup: int = 100, reply_timeout: float = 1.0,
+         give_up: float | None = GIVE_UP, stop=lambda: False) -> ClientResult:
+    """Ping-pong with `server` through endpoint `ep`: `warmup` unrecorded round trips (sockperf's warm-up
+    flag set), then until `count` recorded samples or `duration` seconds. A message without answer from
+    `server` within `reply_timeout` is lost. When no answer at all came for `give_up` seconds (None:
+    never), the run stops with `gave_up` set, so a dead server cannot keep a --count run going for ever."""
+    if duration is None and count is None:
+        raise UsageError("say how long: give --duration SECONDS or --count MESSAGES")
+    check_client_options(reply_timeout=reply_timeout, give_up=give_up, warmup=warmup)
     hist = new_histogram()
     filler = bytes((i * 7) & 0xFF for i in range(max(0, size - HEADER_LEN)))
     message(0, size)  # size check before any traffic
     recvfrom, sendto, clock = ep.recvfrom, ep.sendto, time.perf_counter_ns
-    seq = sent = lost = samples = 0
+    server = (_canonical_ip(server[0]), int(server[1]))  # as recvfrom names senders
+    seq = sent = lost = samples = warm_sent = warm_lost = 0
+    gave_up = False
     start = time.monotonic()
+    last_answer = start
     end = None
     measuring = False
     while not stop():
@@ -153,31 +215,58 @@ def ping(ep, server: tuple[str, int], *, size: int = 64, duration: float | None 
             end = start + duration if duration is not None else None
         if end is not None and time.monotonic() >= end:
             break
-        msg = HEADER.pack(seq, FLAG_CLIENT | FLAG_PONG, size) + filler
+        flags = FLAG_CLIENT | FLAG_PONG | (FLAG_WARMUP if warm else 0)
+        msg = HEADER.pack(seq, flags, size) + filler
         t0 = clock()
-        sendto(msg, server)
-        sent += 1
+        if warm:
+            warm_sent += 1
+        else:
+            sent += 1
         deadline = t0 + int(reply_timeout * 1e9)
+        answered = heard = False
+        try:
+            sendto(msg, server)
+        except BlockingIOError:  # not sent (TX ring full): lost, without waiting for an answer
+            deadline = t0
         while True:
             left = (deadline - clock()) / 1e9
             if left <= 0:
-                lost += 1
                 break
             try:
-                data, _ = recvfrom(left)
+                data, peer = recvfrom(left)
             except TimeoutError:
-                lost += 1
                 break
+            if (peer[0], peer[1]) != server:
+                continue  # not from the server: never an answer
+            heard = True
             if is_answer(data, seq):
                 t1 = clock()
+                answered = True
                 if not warm:
                     hist.record_value(max(1, (t1 - t0) // 2))
                     samples += 1
                 break
-            # a late answer to an earlier message: ignore it and keep waiting for ours
+            # a late answer to an earlier message: the server lives; keep waiting for ours
+        now = time.monotonic()
+        if heard:
+            last_answer = now
+        if not answered:
+            if warm:
+                warm_lost += 1
+            else:
+                lost += 1
+            if give_up is not None and now - last_answer >= give_up:
+                gave_up = True
+                break
         if not warm and count is not None and samples >= count:
             break
-    return ClientResult(hist, samples, sent, lost, time.monotonic() - start, min(warmup, seq))
+    return ClientResult(hist, samples, sent, lost, time.monotonic() - start, warm_sent, warm_lost, gave_up)
+
+
+def client_error(result: ClientResult, server: str, give_up: float | None = GIVE_UP) -> KbypassError | None:
+    """The error a client run that measured nothing ends with (None when it measured something)."""
+    why = result.failure(server, give_up)
+    return None if why is None else KbypassError(why)
 
 
 def plot_histogram(result: ClientResult, path: str, title: str) -> None:

@@ -1,10 +1,16 @@
 """ARP for IPv4 over Ethernet (RFC 826): packet parse/build, gratuitous ARP, and a sans-IO resolver.
 
 The resolver (`ArpResolver`) owns the neighbour cache and the pending-resolution table: entries expire
-after `ttl` seconds (an entry in use is re-checked `refresh_ahead` seconds before it expires, so a busy
-flow never stalls on a resolution), a resolution sends up to `attempts` requests `interval` seconds apart and then gives
+after `ttl` seconds, a resolution sends up to `attempts` requests `interval` seconds apart and then gives
 up, and packets waiting for a MAC are queued with hard bounds (per address and number of addresses) so a
 peer that never answers cannot grow memory. Time is always an argument.
+
+An entry in use is re-checked `refresh_ahead` seconds before it expires, so a busy flow never stalls on a
+resolution. The re-check is Linux's neighbour PROBE state, kept per address: `attempts` unicast requests to
+the cached MAC `interval` seconds apart, then one broadcast request, then FAILED (the entry is dropped and
+reported as a timeout with nothing queued; the next send starts a fresh resolution). Sending to the entry
+meanwhile neither restarts nor speeds up the probing, so a silent peer costs attempts + 1 requests per
+entry lifetime, whatever the send rate.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ HTYPE_ETHERNET = 1
 TRUNCATED = "arp_truncated"
 UNSUPPORTED = "arp_unsupported"  # not Ethernet/IPv4 address sizes
 BAD_OP = "arp_bad_op"
-BAD_SENDER = "arp_bad_sender"  # multicast/broadcast/zero sender MAC
+BAD_SENDER = "arp_bad_sender"  # multicast/broadcast/zero sender MAC; (Stack) a martian sender IP
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +89,21 @@ class _Pending:
     queue: deque = field(default_factory=deque)
 
 
+@dataclass(slots=True)
+class _Probe:
+    """A cached entry being re-checked (PROBE): when the next request is due and how many went out."""
+    next_at: float
+    sent: int
+
+
 class ArpResolver:
     """Neighbour cache + pending resolutions. Holds opaque queued items (the stack queues IP packets).
 
     `lookup(ip, now)` gives a MAC or None; `enqueue(ip, item, now)` parks an item and says whether a
     request must be sent now; `learn(ip, mac, now)` fills the cache and returns the items released;
     `handle_timer(now)` returns (ips to re-request, [(ip, dropped items)] that timed out, [(ip, mac)] of
-    entries in use that are due for a refresh).
+    entries in use due for a refresh probe: unicast to mac, or broadcast when mac is None). A refresh
+    that went unanswered shows up among the timeouts with no items.
 
     What an "attempt" is belongs to the caller: an ARP request, or (when the kernel owns the address) a
     question to the kernel's neighbour table."""
@@ -106,6 +120,7 @@ class ArpResolver:
         self._cache: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # ip -> (mac, expires)
         self._pending: dict[bytes, _Pending] = {}
         self._in_use: dict[bytes, float] = {}  # ip -> when to refresh; entries looked up since learned
+        self._probing: dict[bytes, _Probe] = {}  # entries being re-checked (PROBE); not in _in_use
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -119,12 +134,16 @@ class ArpResolver:
         if hit is None:
             return None
         if hit[1] <= now:
-            del self._cache[ip]
-            self._in_use.pop(ip, None)
+            self._forget(ip)
             return None
-        if self.refresh_ahead > 0 and ip not in self._in_use:
+        if self.refresh_ahead > 0 and ip not in self._in_use and ip not in self._probing:
             self._in_use[ip] = hit[1] - self.refresh_ahead
         return hit[0]
+
+    def _forget(self, ip: bytes) -> None:
+        self._cache.pop(ip, None)
+        self._in_use.pop(ip, None)
+        self._probing.pop(ip, None)
 
     def is_pending(self, ip: bytes) -> bool:
         return ip in self._pending
@@ -139,9 +158,10 @@ class ArpResolver:
         self._cache.pop(ip, None)
         self._cache[ip] = (mac, now + self.ttl)
         self._in_use.pop(ip, None)  # fresh: tracked again from its next use
+        self._probing.pop(ip, None)  # the answer to a refresh probe (or news): back to REACHABLE
         while len(self._cache) > self.max_entries:
-            old, _ = self._cache.popitem(last=False)  # oldest insertion first
-            self._in_use.pop(old, None)
+            old = next(iter(self._cache))  # oldest insertion first
+            self._forget(old)
         p = self._pending.pop(ip, None)
         return list(p.queue) if p else []
 
@@ -167,22 +187,40 @@ class ArpResolver:
         return True, False
 
     def next_timer(self) -> float | None:
-        retry = min((p.next_at for p in self._pending.values()), default=None)
-        refresh = min(self._in_use.values(), default=None)
-        if retry is None or refresh is None:
-            return refresh if retry is None else retry
-        return min(retry, refresh)
+        times = [p.next_at for p in self._pending.values()]
+        times += self._in_use.values()
+        times += (p.next_at for p in self._probing.values())
+        return min(times, default=None)
 
-    def handle_timer(self, now: float) -> tuple[list[bytes], list[tuple[bytes, list]], list[tuple[bytes, bytes]]]:
-        refresh: list[tuple[bytes, bytes]] = []
+    def handle_timer(self, now: float) -> tuple[list[bytes], list[tuple[bytes, list]],
+                                                list[tuple[bytes, bytes | None]]]:
+        refresh: list[tuple[bytes, bytes | None]] = []
+        expired: list[tuple[bytes, list]] = []
         for ip, at in list(self._in_use.items()):
             if at <= now:
-                del self._in_use[ip]  # one refresh per use period; a reply re-arms it through learn()
+                del self._in_use[ip]  # now PROBE: the probe state owns the re-check until learn() or FAILED
                 hit = self._cache.get(ip)
                 if hit is not None and hit[1] > now:
+                    self._probing[ip] = _Probe(now + self.interval, 1)
                     refresh.append((ip, hit[0]))
+        for ip, pr in list(self._probing.items()):
+            if pr.next_at > now:
+                continue
+            hit = self._cache.get(ip)
+            if hit is None or hit[1] <= now:  # expired meanwhile: the next use resolves afresh
+                self._forget(ip)
+            elif pr.sent < self.attempts:  # unicast probes to the cached MAC
+                pr.sent += 1
+                pr.next_at = now + self.interval
+                refresh.append((ip, hit[0]))
+            elif pr.sent == self.attempts:  # the last try: broadcast, in case the peer changed MAC
+                pr.sent += 1
+                pr.next_at = now + self.interval
+                refresh.append((ip, None))
+            else:  # FAILED: stop using the entry; nothing was waiting on it
+                self._forget(ip)
+                expired.append((ip, []))
         retry: list[bytes] = []
-        expired: list[tuple[bytes, list]] = []
         for ip, p in list(self._pending.items()):
             if p.next_at > now:
                 continue

@@ -7,10 +7,16 @@ gives the folded sum without a Python loop (CPython's big-int mod runs in C), an
 with plain numpy integer sums followed by one `% 0xFFFF`.
 
 A checksum *field* is then `0xFFFF - r` for r = sum mod 0xFFFF (r == 0 means the folded sum is 0xFFFF for
-any non-zero data, whose complement is 0). For UDP a computed 0 is sent as 0xFFFF (RFC 768: 0 means "no
-checksum"), which is the same value mod 0xFFFF, so receivers verify it unchanged.
+any non-zero data, whose complement is 0). The one exception is all-zero data (an ICMP echo with id 0, seq 0
+and no payload): its folded sum is 0 (+0, not -0), so its checksum is 0xFFFF, as RFC 1071 computes and
+Linux expects (a receiver summing the message with a 0 field folds to 0 and drops it). `internet_checksum`
+and `verify` see the data and handle it; `checksum_field` and the batch fills only see r, which is right
+for IPv4 headers (version 4 is never zero) and UDP (the length word is never zero). For UDP a computed 0
+is sent as 0xFFFF (RFC 768: 0 means "no checksum"), which is the same value mod 0xFFFF, so receivers
+verify it unchanged.
 
-Verification: a message including its own checksum field sums to 0 mod 0xFFFF exactly when it is valid.
+Verification: a message including its own checksum field is valid exactly when it sums to 0 mod 0xFFFF
+and is not all zeros (the folded sum must be 0xFFFF, and a sum of zero words folds to 0).
 """
 
 from __future__ import annotations
@@ -34,19 +40,27 @@ def ones_sum(data: bytes | bytearray | memoryview) -> int:
 
 
 def checksum_field(partial: int) -> int:
-    """The value to store in a checksum field, from a sum (mod 0xFFFF) taken with that field zeroed."""
+    """The value to store in a checksum field, from a sum (mod 0xFFFF) taken with that field zeroed, for
+    data known not to be all zeros (see the module doc; `internet_checksum` handles all-zero data)."""
     r = partial % _MOD
     return _MOD - r if r else 0
 
 
 def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
-    """RFC 1071 checksum of `data` (checksum field inside it must be zero), plus an optional partial sum."""
+    """RFC 1071 checksum of `data` (checksum field inside it must be zero), plus an optional partial sum.
+    All-zero data (with no partial sum) has the folded sum +0, hence the checksum 0xFFFF."""
+    if initial == 0 and not int.from_bytes(data, "big"):
+        return 0xFFFF
     return checksum_field(ones_sum(data) + initial)
 
 
 def verify(data: bytes | bytearray | memoryview, initial: int = 0) -> bool:
-    """True when `data`, checksum field included, sums (with `initial`) to the ones' complement zero."""
-    return (ones_sum(data) + initial) % _MOD == 0
+    """True when `data`, checksum field included, sums (with `initial`) to the ones' complement zero
+    (-0, 0xFFFF). All zeros fold to +0 and are refused, as Linux refuses them."""
+    n = int.from_bytes(data, "big")
+    if len(data) & 1:
+        n <<= 8
+    return (n % _MOD + initial) % _MOD == 0 and bool(n or initial)
 
 
 def pseudo_header_sum(src_ip: bytes, dst_ip: bytes, proto: int, length: int) -> int:
@@ -99,19 +113,34 @@ def ones_sum_batch(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np
     `buf` is a uint8 array (1-D, or N-D which is viewed flat); starts must be >= 0. Ranges that run past
     the end of `buf` are cut there, so a lying length can never read out of bounds: validate lengths
     before trusting the result."""
+    return (_sums_batch(buf, start, length) % np.uint64(_MOD)).astype(np.int64)
+
+
+def internet_checksum_batch(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Vector form of `internet_checksum` (uint16): like `checksum_field_batch(ones_sum_batch(...))`, but
+    an all-zero range gets 0xFFFF, as RFC 1071 wants (see the module doc)."""
+    raw = _sums_batch(buf, start, length)
+    fields = checksum_field_batch((raw % np.uint64(_MOD)).astype(np.int64))
+    fields[raw == 0] = 0xFFFF
+    return fields
+
+
+def _sums_batch(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Plain (unreduced, uint64) sums of the ranges' words, byte order fixed by a shift: congruent to the
+    ones' complement sums mod 0xFFFF, and 0 exactly when a range is all zeros."""
     flat = _as_flat(buf)
     size = flat.shape[0]
     start = np.asarray(start, dtype=np.int64)
     n = start.shape[0]
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.uint64)
     if start.min() < 0:
         raise ValueError("ones_sum_batch: negative start offset")
     length = np.maximum(np.minimum(length, size - start), 0)
     width = int(length.max())
     width += width & 1
     if width == 0:
-        return np.zeros(n, dtype=np.int64)
+        return np.zeros(n, dtype=np.uint64)
     last_row = size - width  # window rows past it would run off the buffer
     if last_row >= 0 and int(start.max()) <= last_row:
         data = np.ndarray((last_row + 1, width), np.uint8, flat, 0, (1, 1))[start]
@@ -131,7 +160,7 @@ def ones_sum_batch(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np
         total += last if _LITTLE else last.astype(np.uint64) << np.uint64(8)
     if _LITTLE:
         total <<= np.uint64(8)  # byte swap, mod 0xFFFF (see above); sums stay far below 2**56
-    return (total % np.uint64(_MOD)).astype(np.int64)
+    return total
 
 
 def ones_sum_rows(frames: np.ndarray, start: np.ndarray | int, length: np.ndarray) -> np.ndarray:

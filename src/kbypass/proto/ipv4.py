@@ -28,7 +28,7 @@ BAD_CHECKSUM = "ip_bad_checksum"
 OPTIONS = "ip_options"
 FRAGMENT = "ip_fragment"
 TTL_ZERO = "ip_ttl_zero"
-BAD_SOURCE = "ip_bad_source"  # multicast, broadcast, loopback, class E source
+BAD_SOURCE = "ip_bad_source"  # 0/8 (0.0.0.0 too), multicast, broadcast, loopback, class E source
 
 
 class Ipv4Header(NamedTuple):
@@ -55,10 +55,12 @@ def ip_str(ip: bytes) -> str:
 
 
 def is_bad_source(src: bytes) -> bool:
-    """Addresses no host may send from: 0/8 except 0.0.0.0 is tolerated elsewhere, loopback, multicast,
-    class E and the limited broadcast. (Subnet-directed broadcast needs the prefix; the stack checks it.)"""
+    """Addresses a unicast IPv4 packet to us may not come from: 0/8 (0.0.0.0 included: only a host
+    without an address uses it, for DHCP, which kbypass does not serve; Linux drops it as a martian),
+    loopback, multicast, class E and the limited broadcast. (Subnet-directed broadcast needs the prefix;
+    the stack checks it.) The fast paths (`udp.classify_batch`, the endpoint's lanes) refuse the same."""
     first = src[0]
-    return first == 127 or first >= 224 or (first == 0 and src != b"\0\0\0\0")
+    return first == 0 or first == 127 or first >= 224
 
 
 def parse_ipv4(data: bytes | memoryview) -> Ipv4Header | str:

@@ -226,8 +226,8 @@ class Stack:
         if pkt.spa == self.ip:
             return self._drop("arp_ip_conflict")  # someone claims our address (or our own echo)
         to_us = pkt.tpa == self.ip
-        usable_sender = (pkt.spa != b"\0\0\0\0" and not ipv4.is_bad_source(pkt.spa) and self.on_link(pkt.spa)
-                         and pkt.spa != self._bcast)
+        martian = ipv4.is_bad_source(pkt.spa) or pkt.spa == self._bcast  # 0.0.0.0 included
+        usable_sender = not martian and self.on_link(pkt.spa)
         known = self.arp.knows(pkt.spa, now)
         out: list[bytes] = []
         if usable_sender and (known or (to_us and pkt.op == arp.OP_REQUEST)):
@@ -243,9 +243,14 @@ class Stack:
             self.counters["arp_not_for_us"] += 1
             return out
         if pkt.op == arp.OP_REQUEST:
-            # probes (spa 0.0.0.0, RFC 5227) are answered too, to the asker's MAC
-            out.append(arp.reply_frame(self.mac, self.ip, pkt.sha, pkt.spa))
-            self.counters["arp_requests_answered"] += 1
+            if not martian or pkt.spa == b"\0\0\0\0":
+                # probes (spa 0.0.0.0, RFC 5227 address conflict detection) are answered too, as Linux's
+                # arp_process answers them: unicast to the prober's MAC, target 0.0.0.0 / its MAC. An
+                # off-subnet sender is answered (Linux does, without strict rp_filter) but not learned.
+                out.append(arp.reply_frame(self.mac, self.ip, pkt.sha, pkt.spa))
+                self.counters["arp_requests_answered"] += 1
+            else:  # a martian sender (multicast, broadcast, loopback, 0/8): Linux's route check refuses it
+                self.counters[arp.BAD_SENDER] += 1
         elif not usable_sender:
             self.counters[arp.BAD_SENDER] += 1  # a reply from 0.0.0.0 or off-subnet tells us nothing
         elif known:
@@ -343,8 +348,9 @@ class Stack:
         elif self.gateway is not None:
             hop = self.gateway
         else:
-            raise UsageError(f"{_ip_text(dst)} is outside {self.network} and no gateway is set; pass "
-                             "gateway=... or send inside the subnet")
+            raise UsageError(f"{_ip_text(dst)} is outside {self.network} and no gateway is set: give an on-link "
+                             "router as gateway=IP (UdpEndpoint, Stack; --gateway IP for kbypass pingpong) or "
+                             "send inside the subnet")
         return hop, self.arp.lookup(hop, now)
 
     def udp_template(self, dst_ip: str | bytes, dst_port: int, src_port: int, now: float) -> bytes | None:
@@ -384,17 +390,19 @@ class Stack:
 
     def handle_timer(self, now: float) -> list[bytes]:
         """Run due timers: ARP retries and refreshes of entries in use (frames returned), and timeouts
-        (`ArpTimeout` events)."""
+        (`ArpTimeout` events; a neighbour in use that stopped answering its refresh probes is one, with
+        nothing dropped, and its entry is gone: the next send resolves afresh)."""
         retry, expired, refresh = self.arp.handle_timer(now)
         out: list[bytes] = []
         for ip in retry:
             out.extend(self._solicit(ip, now))
         for ip, mac in refresh:
-            # re-check a neighbour in use before its entry expires, while still sending to it
+            # re-check a neighbour in use before its entry expires, while still sending to it: unicast
+            # probes, then one broadcast (mac None); the resolver paces them (Linux's PROBE state)
             self.counters["arp_refreshes"] += 1
             if self._resolve is None:
                 self.counters["arp_requests_sent"] += 1
-                out.append(arp.request_frame(self.mac, self.ip, ip, dst_mac=mac))
+                out.append(arp.request_frame(self.mac, self.ip, ip, dst_mac=mac or BROADCAST_MAC))
             else:
                 out.extend(self._solicit(ip, now))
         for ip, dropped in expired:
