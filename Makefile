@@ -4,7 +4,10 @@ VENV := .venv
 KB := $(VENV)/bin/kbypass
 BPF_SRC := $(wildcard bpf/*.bpf.c)
 BPF_OBJ := $(patsubst bpf/%.bpf.c,src/kbypass/bpf/obj/%.bpf.o,$(BPF_SRC))
-ARCH_INC := /usr/include/$(shell gcc -dumpmachine)
+# The first `make demo` parses this file before setup has installed gcc or made .venv: ARCH_INC is deferred
+# (=), so gcc runs only when a BPF object is built (after setup), and every $(shell ...) here is silenced, so
+# a program that is not there yet prints nothing.
+ARCH_INC = /usr/include/$(shell gcc -dumpmachine 2>/dev/null)
 # kbypass's C modules (csrc/*.c -> kbypass._<name>; kbypass.native imports them, Python paths are the fallback).
 PY_INC = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)
 PY_EXT = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null)

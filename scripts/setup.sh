@@ -28,26 +28,40 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# 2. The virtualenv, reinstalled only when pyproject.toml changed.
+# 2. The virtualenv: made again when the Python it was made with changed (`python3 -VV` differs: an upgraded
+#    interpreter can leave it broken or with stale compiled packages), reinstalled when pyproject.toml changed.
+#    The stamp keeps both: line 1 pyproject.toml's hash, line 2 the interpreter's version.
 py=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  say "creating .venv"
-  "$py" -m venv .venv
-fi
 stamp=.venv/.kbypass-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+want_pp=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want_py=$("$py" -VV 2>&1 | sed -n 1p)
+have_pp=$(sed -n 1p "$stamp" 2>/dev/null || true)
+have_py=$(sed -n 2p "$stamp" 2>/dev/null || true)
+if [ -x .venv/bin/python ] && [ -n "$have_pp" ] && [ -z "$have_py" ]; then
+  have_py=$(.venv/bin/python -VV 2>&1 | sed -n 1p || true)  # a stamp from before it kept the version
+fi
+if [ ! -x .venv/bin/python ] || [ "$have_py" != "$want_py" ]; then
+  if [ -e .venv ]; then say "making .venv again for $want_py"; else say "creating .venv"; fi
+  "$py" -m venv --clear .venv
+  have_pp=
+fi
+if [ "$have_pp" != "$want_pp" ]; then
   say "installing kbypass (editable) with its test extras into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' \
     2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
-  echo "$want" > "$stamp"
+fi
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$(printf '%s\n%s' "$want_pp" "$want_py")" ]; then
+  printf '%s\n%s\n' "$want_pp" "$want_py" > "$stamp"
 fi
 
 # 3. BPF objects and the endpoint's C fast path (make rebuilds only what changed).
 make -s bpf native
 
-# 4. bpffs, for pinned maps and for tools that expect it.
+# 4. bpffs, for tools that expect it. kbypass pins no maps, so a refused mount (a container, a locked-down
+#    host) is a warning, not the end of setup; `kbypass doctor` reports it too.
 if ! grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
   say "mounting bpffs on /sys/fs/bpf"
-  mount -t bpf bpf /sys/fs/bpf
+  if ! mount -t bpf bpf /sys/fs/bpf; then
+    echo "setup: warning: could not mount bpffs on /sys/fs/bpf (kbypass does not need it; pinned maps would)" >&2
+  fi
 fi

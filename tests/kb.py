@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from kbypass.testing.plugin import pid_tag  # noqa: F401 (tests name their own testbeds with it)
+
 # KBYPASS_PURE_PYTHON=1 switches kbypass's C modules off (kbypass.native): tests of the C paths skip then
 PURE_PYTHON = os.environ.get("KBYPASS_PURE_PYTHON") == "1"
 needs_c = pytest.mark.skipif(PURE_PYTHON, reason="KBYPASS_PURE_PYTHON=1 switches the C modules off")
@@ -62,3 +64,28 @@ def spare_ip(host, k: int) -> str:
     """An address of the testbed subnet that no host has (the kernel does not own it): host part 50 + k."""
     net = ipaddress.IPv4Interface(f"{host.ipv4}/{host.prefixlen}").network
     return str(net.network_address + 50 + k)
+
+
+
+def udp_bound(ns: str, port: int) -> bool:
+    """Is a UDP socket bound to `port` in namespace `ns`? (/proc/thread-self/net/udp lists the sockets of the
+    namespace the calling thread is in.)"""
+    from kbypass import netns
+
+    with netns.entered(ns):
+        with open("/proc/thread-self/net/udp") as f:
+            lines = f.read().splitlines()[1:]
+    return any(line.split()[1].rsplit(":", 1)[1] == f"{port:04X}" for line in lines)
+
+
+def wait_until(ready, what: str, timeout: float = 15.0, proc=None, interval: float = 0.02) -> None:
+    """Poll `ready()` until true; fail naming `what` after `timeout` s, or at once if `proc` exited."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process exited first (code {proc.returncode})")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(interval)

@@ -251,7 +251,7 @@ def contenders(b: testbed.Host, *, dpdk: bool = True, forward: bool = True) -> l
 
 
 def rx_packets(host: testbed.Host) -> int:
-    with NetNS(host.netns) as ns:
+    with NetNS(host.netns, flags=0) as ns:  # only look: pyroute2 would create a missing namespace
         link = ns.get_links(host.ifindex)[0]
     return link.get("IFLA_STATS64")["rx_packets"]
 
@@ -265,11 +265,13 @@ def trial(c, gen: LiveGenerator, a: testbed.Host, b: testbed.Host, packets: int,
     from kbypass.steer.steering import Steering
 
     back = Steering(a.iface, netns=a.netns) if c.kind == "forward" else None
+    started = stopping = False
     try:
         rule = None
         if back is not None:
             rule = back.add("udp drop")
             back.attach()
+        started = True  # before start(): a start that fails half-way (process up, never ready) is stopped too
         c.start(b)
         if placement == "sut":  # attaching a contender's XDP program may have made new NAPI threads
             napi.pin(b.iface, SUT_CPU)
@@ -277,9 +279,17 @@ def trial(c, gen: LiveGenerator, a: testbed.Host, b: testbed.Host, packets: int,
         res = gen.run(count=packets)
         cpu = cpu_used(ticks, cpu_ticks())
         time.sleep(0.5)  # let the system under test drain its rings
+        stopping = True
         counted = c.stop()
         handled = counted if back is None else back.counters().get(rule, (0, 0))[0]
     finally:
+        # On any failure, stop the contender here: its nft table, its process holding XDP on host b's veth
+        # must not outlive the trial (the next trial or the next run would find them in the way).
+        if started and not stopping:
+            try:
+                c.stop()
+            except Exception:  # it may never have got far enough to stop; the first error is the one to see
+                pass
         if back is not None:
             back.close()
     return {"name": c.name, "kind": c.kind, "placement": placement, "sent": res.packets, "gen_seconds": res.seconds,

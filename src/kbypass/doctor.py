@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -24,12 +25,18 @@ PROC_MOUNTS = "/proc/mounts"
 PROC_STATUS = "/proc/self/status"
 BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
 BPF_OBJ_DIR = Path(__file__).parent / "bpf" / "obj"
-REQUIRED_OBJECTS = ("steer.bpf.o",)
+REQUIRED_OBJECTS = ("steer.bpf.o", "livegen.bpf.o")  # the steering program; the live-frames generator's
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_NET_RAW = 12, 21, 13
 AF_XDP = 44
-SYS_BPF_X86_64 = 321
+# bpf(2)'s number differs per architecture (platform.machine() -> __NR_bpf); the asm-generic table (arm64,
+# riscv, loongarch) has 280. An architecture not listed goes through libbpf's bpf_map_create instead.
+SYS_BPF = {
+    "x86_64": 321, "amd64": 321, "i386": 357, "i686": 357, "aarch64": 280, "arm64": 280, "armv7l": 386,
+    "armv6l": 386, "riscv64": 280, "loongarch64": 280, "ppc64le": 361, "ppc64": 361, "s390x": 351,
+}
 BPF_MAP_CREATE, BPF_MAP_TYPE_ARRAY = 0, 2
+NATIVE_XDP = "native XDP on testbed veth"
 
 
 @dataclass(frozen=True)
@@ -62,13 +69,37 @@ def check_root() -> Check:
     return Check("root / capabilities", False, True, detail, "run kbypass as root: sudo kbypass ...")
 
 
+def bpf_syscall_number(machine: str | None = None) -> int | None:
+    """__NR_bpf on `machine` (default: this one), or None where kbypass does not know it."""
+    return SYS_BPF.get(machine or platform.machine())
+
+
+def _map_create_fd() -> tuple[int, int]:
+    """(fd, errno) of a one-entry array map made through bpf(2) (libbpf's wrapper where the number is
+    unknown)."""
+    nr = bpf_syscall_number()
+    if nr is not None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        attr = (ctypes.c_uint32 * 32)(BPF_MAP_TYPE_ARRAY, 4, 4, 1)  # map_type, key_size, value_size, entries
+        fd = libc.syscall(nr, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+        return fd, ctypes.get_errno() if fd < 0 else 0
+    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)  # OSError when missing: the caller says so
+    lib.bpf_map_create.restype = ctypes.c_int
+    lib.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
+                                   ctypes.c_uint32, ctypes.c_void_p]
+    fd = lib.bpf_map_create(BPF_MAP_TYPE_ARRAY, None, 4, 4, 1, None)
+    return fd, (-fd if fd < 0 else 0)
+
+
 def check_bpf_syscall() -> Check:
     """Create (and close) a one-entry array map: the smallest thing that proves bpf(2) works for us."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    attr = (ctypes.c_uint32 * 32)(BPF_MAP_TYPE_ARRAY, 4, 4, 1)  # map_type, key_size, value_size, entries
-    fd = libc.syscall(SYS_BPF_X86_64, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    try:
+        fd, err = _map_create_fd()
+    except (OSError, AttributeError):
+        return Check("BPF syscall", False, True,
+                     f"bpf(2)'s number on {platform.machine()} is unknown to kbypass and libbpf.so.1 is missing",
+                     "apt-get install libbpf1   (kbypass then makes the call through libbpf)")
     if fd < 0:
-        err = ctypes.get_errno()
         return Check("BPF syscall", False, True, f"bpf(BPF_MAP_CREATE) failed: {os.strerror(err)}",
                      "run as root on a kernel with CONFIG_BPF_SYSCALL; check kernel.unprivileged_bpf_disabled")
     os.close(fd)
@@ -143,13 +174,16 @@ def check_native() -> Check:
     return Check("C modules", True, False, ", ".join(native.MODULES.values()))
 
 
-def check_native_xdp(prefix: str | None = None) -> Check:
-    """Attach the steering program natively on host b's veth for a moment, then detach."""
+def check_native_xdp(prefix: str | None = None, require_testbed: bool = False) -> Check:
+    """Attach the steering program natively on host b's veth for a moment, then detach. Without the
+    testbed the check is not tried: a warning, or with `require_testbed` (the demo, which has just brought
+    it up) a failure."""
     prefix = prefix or testbed.default_prefix()
     hosts = testbed.status(prefix)
     if hosts is None:
-        return Check("native XDP on testbed veth", False, False, f"testbed {prefix!r} is not up; not tried",
-                     "kbypass testbed up   (then run kbypass doctor again)")
+        flag = "" if prefix == testbed.DEFAULT_PREFIX else f" --prefix {prefix}"
+        return Check(NATIVE_XDP, False, require_testbed, f"testbed {prefix!r} is not up; not tried",
+                     f"kbypass testbed up{flag}   (then run kbypass doctor{flag} again)")
     b = hosts[1]
     try:
         from kbypass.steer.steering import Steering
@@ -157,9 +191,9 @@ def check_native_xdp(prefix: str | None = None) -> Check:
         with Steering(b.iface, netns=b.netns, mode="native"):  # entering attaches, leaving detaches
             pass
     except Exception as e:  # any failure here is the finding itself
-        return Check("native XDP on testbed veth", False, True, f"attach on {b.iface} failed: {e}",
+        return Check(NATIVE_XDP, False, True, f"attach on {b.iface} failed: {e}",
                      "use Linux >= 5.17 (veth native XDP with bpf_link, and bpf_loop for the rule scan); run kbypass doctor after make setup")
-    return Check("native XDP on testbed veth", True, True, f"attached and detached on {b.netns}/{b.iface}")
+    return Check(NATIVE_XDP, True, True, f"attached and detached on {b.netns}/{b.iface}")
 
 
 def _tool(name: str, package: str, why: str) -> Callable[[], Check]:
@@ -190,8 +224,17 @@ CHECKS: list[Callable[[], Check]] = [
 ]
 
 
-def run(checks: list[Callable[[], Check]] | None = None) -> list[Check]:
-    return [check() for check in (checks or CHECKS)]
+def run(checks: list[Callable[[], Check]] | None = None, *, prefix: str | None = None,
+        require_testbed: bool = False) -> list[Check]:
+    """Run `checks` (default: all); the native-XDP check looks at testbed `prefix` (default: $KBYPASS_TESTBED
+    or "kb") and, with `require_testbed`, fails instead of warning when that testbed is not up."""
+    out = []
+    for check in checks or CHECKS:
+        if check is check_native_xdp:
+            out.append(check_native_xdp(prefix, require_testbed=require_testbed))
+        else:
+            out.append(check())
+    return out
 
 
 def healthy(results: list[Check]) -> bool:

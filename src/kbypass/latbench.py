@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from kbypass import testbed
+from kbypass import napi, testbed
 from kbypass.errors import KbypassError
 
 CLIENT_CPU, SERVER_CPU = 0, 1
@@ -102,6 +102,7 @@ CONTENDERS = [
 
 def run(prefix: str, runs: int, duration: float, size: int, progress=print) -> dict:
     """Every contender `runs` times, taking turns; the testbed `prefix` is brought up (and left up)."""
+    napi.require_cpus({CLIENT_CPU, SERVER_CPU}, "kbypass bench latency")
     a, b = testbed.up(testbed.TestbedConfig(prefix=prefix))
     os.environ["KBYPASS_TESTBED"] = prefix  # the pingpong tools find the hosts through it
     results: dict[str, list[dict]] = {name: [] for name, _ in CONTENDERS}

@@ -26,7 +26,7 @@ import os
 import statistics
 from pathlib import Path
 
-from kbypass import benchkit, testbed
+from kbypass import benchkit, napi, testbed
 from kbypass.gen.live import LiveGenerator
 from kbypass.gen.template import udp_template
 
@@ -48,14 +48,15 @@ def rows(b: testbed.Host) -> list:
 
 
 def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "sut") -> dict:
+    napi.require_cpus({benchkit.GEN_CPU, benchkit.SUT_CPU}, "kbypass bench rx")
     hosts = testbed.up(testbed.TestbedConfig(prefix=prefix))
     a, b = hosts
-    benchkit.place_receive_work(b, placement)
     os.environ["KBYPASS_TESTBED"] = prefix
     home = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {benchkit.GEN_CPU})
     trials = []
     try:
+        benchkit.place_receive_work(b, placement)  # inside: a failure here still puts veth back
+        os.sched_setaffinity(0, {benchkit.GEN_CPU})
         frame = udp_template(a.mac, b.mac, a.ipv4, 9, b.ipv4, benchkit.PORT, 64)
         with LiveGenerator(a.iface, frame, netns_name=a.netns) as gen:
             field = rows(b)

@@ -3,10 +3,15 @@
 Every tool, test and benchmark targets it by default, so a newcomer needs no NIC, no second machine and no
 hugepages. Built over netlink with pyroute2 (no `ip` subprocesses).
 
-Ownership: each veth carries the interface alias ``kbypass-testbed <prefix>``. That alias, kept by the
-kernel, is how `up` and `down` tell a testbed kbypass made from a namespace someone else made with the same
-name; kbypass never touches the latter. `status` reads everything back from the kernel, so there is no state
-file to go stale.
+Ownership: before `up` creates anything it writes a marker, /run/kbypass/testbed-<prefix>, naming each
+namespace it is about to create (the name goes in before the namespace exists). The marker is how `up` and
+`down` tell a testbed kbypass made, even one built only part-way (a crash, Ctrl-C or a failed create between
+the steps), from a namespace someone else made with the same name; kbypass never touches the latter. `down`
+removes what the marker names, then the marker. Each veth also carries the interface alias
+``kbypass-testbed <prefix>``, which `status` checks and which still marks testbeds made before markers
+existed. /run is a tmpfs, like /var/run/netns: a reboot clears markers and namespaces together. `up` and
+`down` of one prefix hold an exclusive lock (/run/kbypass/testbed-<prefix>.lock), so two at once take turns
+instead of tripping over each other. `status` reads everything back from the kernel and never creates.
 
 What veth needs for the bypass path: native XDP works as is; a frame that XDP redirects or transmits into a
 veth is only accepted when the peer runs an XDP program or has GRO on, so GRO is switched on at both ends.
@@ -15,12 +20,16 @@ TX checksum offload is switched off, so frames from kernel sockets carry finishe
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import ipaddress
+import json
 import os
 import socket
 import struct
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from pyroute2 import NetNS, netns as pr_netns
@@ -34,6 +43,13 @@ DEFAULT_PREFIX = "kb"
 DEFAULT_SUBNET = "10.77.0.0/24"
 MAX_QUEUES = 64  # veth's own limit is higher, but more queues than cores only costs memory here
 MIN_MTU, MAX_MTU = 68, 65535  # IPv4's minimum; veth's maximum
+# Interface names are "<prefix>-a" and "<prefix>-b". A NAPI thread is named "napi/<ifname>-<id>", and kernels
+# before 5.17 show only its first 15 characters: with a prefix of at most 6, "napi/<prefix>-a-" plus at least
+# one digit of the id always survives the cut, so kbypass.napi tells host a's threads from host b's (and from
+# those of a testbed whose prefix merely starts with this one).
+MAX_PREFIX = 6
+RUN_DIR = "/run/kbypass"  # ownership markers and locks (see the module doc)
+LOCK_TIMEOUT = 30.0  # seconds `up`/`down` wait for another `up`/`down` of the same prefix
 
 SIOCETHTOOL = 0x8946
 ETHTOOL_SGRO = 0x0000002C
@@ -73,10 +89,12 @@ class TestbedConfig:
     subnet: str = DEFAULT_SUBNET
 
     def validate(self) -> None:
-        if not self.prefix or not all(c.isalnum() or c in "-_" for c in self.prefix):
-            raise UsageError(f"testbed prefix {self.prefix!r}: use letters, digits, '-' or '_'")
-        if len(self.prefix) > 12:  # interface names are at most 15 bytes: prefix + "-a"
-            raise UsageError(f"testbed prefix {self.prefix!r} is too long: use at most 12 characters")
+        _check_prefix_chars(self.prefix)
+        if len(self.prefix) > MAX_PREFIX:
+            raise UsageError(
+                f"testbed prefix {self.prefix!r} is too long: use at most {MAX_PREFIX} characters (longer "
+                "interface names make the hosts' NAPI thread names ambiguous)"
+            )
         if not 1 <= self.queues <= MAX_QUEUES:
             raise UsageError(f"--queues {self.queues}: choose a queue count from 1 to {MAX_QUEUES}")
         if not MIN_MTU <= self.mtu <= MAX_MTU:
@@ -110,13 +128,116 @@ class TestbedConfig:
         return ipaddress.IPv4Network(self.subnet).prefixlen
 
 
-def _ours(prefix: str, name: str) -> bool:
-    """Does namespace `name` hold a veth marked as this testbed's?"""
+def _check_prefix_chars(prefix: str) -> None:
+    # also keeps the prefix safe in the marker's and the lock's file names
+    if not prefix or not all(c.isascii() and (c.isalnum() or c in "-_") for c in prefix):
+        raise UsageError(f"testbed prefix {prefix!r}: use letters, digits, '-' or '_'")
+
+
+def _names(prefix: str) -> list[str]:
+    return [f"{prefix}-{host}" for host in HOSTS]
+
+
+def _marker_path(prefix: str) -> str:
+    return os.path.join(RUN_DIR, f"testbed-{prefix}")
+
+
+def _lock_path(prefix: str) -> str:
+    return _marker_path(prefix) + ".lock"
+
+
+def _read_marker(prefix: str) -> list[str] | None:
+    """The namespaces the marker says kbypass made (or was about to make), or None without a marker."""
     try:
-        with NetNS(name) as ns:
+        with open(_marker_path(prefix)) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    names = _names(prefix)
+    try:
+        claimed = json.loads(text)["netns"]
+    except (ValueError, KeyError, TypeError):  # a marker cut short by a crash: it still says "ours"
+        return names
+    return [n for n in names if n in claimed]  # never more than this testbed's own names
+
+
+def _write_marker(prefix: str, names: list[str]) -> None:
+    os.makedirs(RUN_DIR, exist_ok=True)
+    path = _marker_path(prefix)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"prefix": prefix, "netns": names, "pid": os.getpid()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic: a reader sees the old list or the new one
+
+
+def _remove_marker(prefix: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_marker_path(prefix))
+
+
+@contextlib.contextmanager
+def _locked(prefix: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold this prefix's lock for the body; waits up to `timeout` seconds for another holder."""
+    os.makedirs(RUN_DIR, exist_ok=True)
+    path = _lock_path(prefix)
+    deadline = time.monotonic() + (LOCK_TIMEOUT if timeout is None else timeout)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                        raise TestbedError(
+                            f"testbed {prefix!r} is being changed by another kbypass process (pid {holder}): "
+                            "wait for it to finish, then run the command again"
+                        ) from None
+                    time.sleep(0.05)
+            mine = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        os.close(fd)  # the holder removed the lock file as it finished: lock the one there now
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        try:
+            if not os.path.exists(_marker_path(prefix)):
+                os.unlink(path)  # nothing of this testbed is left: leave no lock file either
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _ours(prefix: str, name: str) -> bool:
+    """Does namespace `name` hold a veth marked as this testbed's? Only looks: flags=0, so a namespace
+    removed meanwhile is not created again (pyroute2's NetNS creates a missing one by default)."""
+    try:
+        with NetNS(name, flags=0) as ns:
             return any(link.get("IFLA_IFALIAS") == f"{ALIAS_TAG} {prefix}" for link in ns.get_links())
     except Exception:
         return False
+
+
+def _claimed(prefix: str) -> list[str]:
+    """This testbed's namespace names that kbypass made: named in the marker, or (a testbed made before
+    markers existed) holding the veth with this testbed's alias. Decided for both hosts before anything is
+    removed: removing one namespace deletes the veth pair, and with it the alias in the other."""
+    marked = _read_marker(prefix) or []
+    return [n for n in _names(prefix) if n in marked or (netns.exists(n) and _ours(prefix, n))]
 
 
 def _ethtool_set(iface: str, cmd: int, on: bool) -> None:
@@ -128,44 +249,65 @@ def _ethtool_set(iface: str, cmd: int, on: bool) -> None:
 
 
 def up(config: TestbedConfig) -> list[Host]:
-    """Bring the testbed up. Idempotent: an identical testbed already up is left as it is."""
+    """Bring the testbed up. Idempotent: an identical testbed already up is left as it is; one built only
+    part-way (by a `up` that crashed or was interrupted) is removed and built again."""
     config.validate()
     require_root("kbypass testbed up")
-    names = [config.netns_name(h) for h in HOSTS]
+    with _locked(config.prefix):
+        return _up(config)
+
+
+def _up(config: TestbedConfig) -> list[Host]:
+    prefix = config.prefix
+    names = _names(prefix)
+    claimed = _claimed(prefix)
     present = [n for n in names if netns.exists(n)]
     for name in present:
-        if not _ours(config.prefix, name):
+        if name not in claimed:
             raise TestbedError(
                 f"network namespace {name!r} exists but kbypass did not make it: remove it "
                 f"('ip netns del {name}') or choose another --prefix"
             )
     if len(present) == len(names):
-        hosts = status(config.prefix)
+        hosts = status(prefix)
         if hosts is not None:
             _check_matches(config, hosts)
+            if _read_marker(prefix) != names:  # a testbed from before markers: mark it now
+                _write_marker(prefix, names)
             return hosts
-    if present:  # half a testbed (a crash mid-`up`): start again from nothing
-        down(config.prefix)
+    if present or _read_marker(prefix) is not None:  # part of a testbed: start again from nothing
+        _down(prefix, claimed)
 
     made: list[str] = []
     try:
         for name in names:
-            pr_netns.create(name)
+            # Claim the name before the namespace exists: whenever this stops from here on (a crash, Ctrl-C,
+            # a create that fails after making /var/run/netns/NAME), `down` and the next `up` know it is ours.
             made.append(name)
+            _write_marker(prefix, made)
+            try:
+                pr_netns.create(name)
+            except FileExistsError:
+                made.remove(name)  # someone else made it just now: not ours to remove
+                raise TestbedError(
+                    f"network namespace {name!r} was just made by someone else: remove it "
+                    f"('ip netns del {name}') or choose another --prefix"
+                ) from None
         _build_link(config)
-        hosts = status(config.prefix)
+        hosts = status(prefix)
         if hosts is None:
-            raise TestbedError(f"testbed {config.prefix!r} did not come up; run 'kbypass doctor'")
+            raise TestbedError(f"testbed {prefix!r} did not come up; run 'kbypass doctor'")
         return hosts
     except BaseException:
         for name in made:
             _remove_netns(name)
+        _remove_marker(prefix)
         raise
 
 
 def _build_link(config: TestbedConfig) -> None:
     a, b = (config.netns_name(h) for h in HOSTS)
-    with NetNS(a) as ns:
+    with NetNS(a, flags=0) as ns:
         ns.link(
             "add",
             ifname=config.iface_name("a"),
@@ -180,7 +322,7 @@ def _build_link(config: TestbedConfig) -> None:
             },
         )
     for host in HOSTS:
-        with NetNS(config.netns_name(host)) as ns:
+        with NetNS(config.netns_name(host), flags=0) as ns:
             lo = ns.link_lookup(ifname="lo")[0]
             ns.link("set", index=lo, state="up")
             idx = ns.link_lookup(ifname=config.iface_name(host))[0]
@@ -213,17 +355,23 @@ def _remove_netns(name: str) -> None:
 
 
 def down(prefix: str | None = None) -> list[str]:
-    """Remove what `up` made (deleting a namespace deletes its veth end, and so the pair). Returns the names
-    removed. Namespaces with the testbed's names that kbypass did not make are left alone."""
+    """Remove what `up` made (deleting a namespace deletes its veth end, and so the pair), a testbed built
+    only part-way included, then the marker. Returns the names removed. Namespaces with the testbed's names
+    that kbypass did not make are left alone."""
     prefix = prefix or default_prefix()
+    _check_prefix_chars(prefix)  # no length cap: a testbed made under an older, longer limit still goes
     require_root("kbypass testbed down")
-    # Decide ownership for both hosts before removing either: removing one namespace deletes the veth
-    # pair, and with it the mark in the other.
-    names = [f"{prefix}-{host}" for host in HOSTS]
-    ours = [n for n in names if netns.exists(n) and _ours(prefix, n)]
-    for name in ours:
-        _remove_netns(name)
-    removed = ours
+    with _locked(prefix):
+        return _down(prefix, _claimed(prefix))
+
+
+def _down(prefix: str, claimed: list[str]) -> list[str]:
+    removed = []
+    for name in claimed:
+        if netns.exists(name):
+            _remove_netns(name)
+            removed.append(name)
+    _remove_marker(prefix)  # last: until both are gone, the marker is what says they are ours
     return removed
 
 
@@ -236,7 +384,7 @@ def status(prefix: str | None = None) -> list[Host] | None:
         if not netns.exists(name):
             return None
         try:
-            with NetNS(name) as ns:
+            with NetNS(name, flags=0) as ns:  # only look: never create (pyroute2's default would)
                 found = ns.link_lookup(ifname=name)
                 if not found:
                     return None

@@ -31,6 +31,7 @@ def test_capture_count_matches_tshark(testbed_hosts, tmp_path, every, expected):
         out, _ = cap.communicate(timeout=30)
     finally:
         cap.kill()
+        cap.wait()  # gone, and its XDP program with it, before the next test
     summary = json.loads(out)
     assert summary["seen"] == 300 and summary["packets"] == expected
     rows = tshark_count(pcap)

@@ -30,3 +30,36 @@ def test_receive_work_moves_to_a_pinned_thread_and_back(testbed_hosts):
     assert _threaded(b) == "0"
     with pytest.raises(ValueError, match="placement"):
         benchkit.place_receive_work(b, "elsewhere")
+
+
+def test_each_hosts_threads_are_its_own(testbed_hosts):
+    """Both ends threaded at once: host a's NAPI threads and host b's are found apart (the thread names
+    differ only in "-a-"/"-b-"), and the session's testbed prefix is within the cap that guarantees it."""
+    from kbypass import testbed
+
+    a, b = testbed_hosts
+    assert len(a.netns[:-2]) <= testbed.MAX_PREFIX
+    try:
+        for h in (a, b):
+            napi.set_threaded(h.iface, h.netns, True)
+        ta, tb = napi.threads(a.iface), napi.threads(b.iface)
+        assert ta and tb and not set(ta) & set(tb)
+        for pid in ta + tb:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            mine = a if pid in ta else b
+            assert napi.is_thread_of(comm, mine.iface), comm
+    finally:
+        for h in (a, b):
+            napi.set_threaded(h.iface, h.netns, False)
+    assert _threaded(a) == "0" and _threaded(b) == "0"
+
+
+def test_pinning_to_a_cpu_that_is_not_there_is_one_clear_error(testbed_hosts):
+    from kbypass.errors import EnvironmentProblem
+
+    a, b = testbed_hosts
+    missing = max(napi.online_cpus()) + 1
+    with pytest.raises(EnvironmentProblem, match=f"CPU {missing}"):
+        napi.place(b.iface, b.netns, missing)
+    assert _threaded(b) == "0", "a failed placement left threaded NAPI on"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.kb import PURE_PYTHON, kbypass, spare_ip, xdp_attached
+from tests.kb import PURE_PYTHON, kbypass, spare_ip, udp_bound, wait_until, xdp_attached
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(shutil.which("sockperf") is None, reason="sockperf is not installed")]
@@ -44,6 +44,7 @@ def test_sockperf_client_against_kbypass_server(testbed_hosts, dedicated):
         out, err = server.communicate(timeout=30)
     finally:
         server.kill()
+        server.wait()
     assert sp.returncode == 0, sp.stdout + sp.stderr
     assert "# dropped messages = 0" in sp.stdout, sp.stdout + out + err
     p50, p99 = sockperf_latency(sp.stdout)
@@ -62,12 +63,17 @@ def test_kbypass_client_against_sockperf_server(testbed_hosts, dedicated, tmp_pa
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     png = tmp_path / "hist.png"
     try:
-        time.sleep(0.5)
+        # ready once its socket is bound: from then on the kernel queues what arrives for it
+        wait_until(lambda: udp_bound(b.netns, 11112), "sockperf server bound to port 11112", proc=server)
         proc = kbypass("pingpong", "client", "--host", "a", "--server", f"{b.ipv4}:11112", "--count", "2000",
                        "--warmup", "50", "--size", "64", "--json", "--histogram", str(png), *extra, timeout=60)
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)
     for key in ("p50_us", "p90_us", "p99_us", "p999_us", "max_us", "samples"):
@@ -86,12 +92,14 @@ def test_socket_backend_client_and_server(testbed_hosts):
                                "--backend", "socket", "--poll", "busy", "--count", "600", "--duration", "20", "--json"],
                               stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)
+        # the socket backend's server is a bound UDP socket: bound means every ping from now on is answered
+        wait_until(lambda: udp_bound(b.netns, 11113), "kbypass socket server bound to port 11113", proc=server)
         proc = kbypass("pingpong", "client", "--host", "a", "--server", f"{b.ipv4}:11113", "--count", "500",
                        "--warmup", "100", "--json", "--backend", "socket", timeout=60)
         out, _ = server.communicate(timeout=30)
     finally:
         server.kill()
+        server.wait()
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)
     assert s["samples"] == 500 and 0 < s["p50_us"] < 100_000

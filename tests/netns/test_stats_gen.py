@@ -9,7 +9,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from kbypass import ifstats, netns
-from tests.kb import kbypass
+from tests.kb import kbypass, wait_until
 
 pytestmark = pytest.mark.netns
 ETH_P_ALL = 0x0003
@@ -124,15 +124,21 @@ def test_live_generator_ctrl_c_ends_with_an_exact_summary(testbed_hosts):
     import signal
     import subprocess
     import sys
-    import time
 
     a, b = testbed_hosts
     before = ifstats.sample(b.iface, b.netns)
     proc = subprocess.Popen([sys.executable, "-m", "kbypass", "gen", "--host", "a", "--duration", "30", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
+    try:
+        # The generator installs its SIGINT handler before its first slice: frames arriving at host b mean
+        # it is there (a fixed sleep could signal a process still importing, which would die of SIGINT).
+        wait_until(lambda: xdp_frames_since(before, b) >= 1000, "frames from the generator at host b", proc=proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, err
     summary = json.loads(out)
     assert 0 < summary["seconds"] < 10 and summary["packets"] > 0
@@ -140,3 +146,9 @@ def test_live_generator_ctrl_c_ends_with_an_exact_summary(testbed_hosts):
     rates = ifstats.rates(before, after)
     xdp_frames = round(sum(q.get("xdp_packets", 0) for q in rates["queues"].values()) * rates["seconds"])
     assert summary["packets"] <= xdp_frames <= summary["packets"] + 50
+
+
+def xdp_frames_since(before, host) -> int:
+    now = ifstats.sample(host.iface, host.netns)
+    return sum(v - before.driver.get(k, 0) for k, v in now.driver.items()
+               if k.startswith("rx_queue_") and k.endswith("_xdp_packets"))

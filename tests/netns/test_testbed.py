@@ -8,9 +8,11 @@ import textwrap
 
 import pytest
 
+from pyroute2 import netns as pr_netns
+
 from kbypass import netns, testbed
 from kbypass.testing.plugin import needs_root
-from tests.kb import kbypass
+from tests.kb import kbypass, pid_tag
 
 pytestmark = pytest.mark.netns
 
@@ -18,10 +20,11 @@ pytestmark = pytest.mark.netns
 @pytest.fixture
 def prefix():
     needs_root()
-    name = f"kz{os.getpid() % 100000}"
+    name = f"z{pid_tag()}"  # at most 6 characters for any pid (the testbed's prefix cap)
     yield name
     testbed.down(name)
     assert not netns.exists(f"{name}-a") and not netns.exists(f"{name}-b")
+    assert not os.path.exists(testbed._marker_path(name))
 
 
 def test_up_status_schema_idempotent_down(prefix):
@@ -84,7 +87,7 @@ def test_foreign_namespace_is_refused_and_left_alone(prefix):
 
 def test_fixture_tears_down_after_a_failing_test(tmp_path):
     needs_root()
-    name = f"ky{os.getpid() % 100000}"
+    name = f"y{pid_tag()}"
     seen = tmp_path / "seen.json"
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["kbypass.testing.plugin"]\n')
     (tmp_path / "test_fails.py").write_text(textwrap.dedent(f"""
@@ -100,3 +103,36 @@ def test_fixture_tears_down_after_a_failing_test(tmp_path):
     made = json.loads(seen.read_text())
     assert made == [f"{name}-a", f"{name}-b"]
     assert not any(netns.exists(n) for n in made), "the failing session left its namespaces"
+
+
+def test_half_built_testbed_is_removed_by_down_and_rebuilt_by_up(prefix):
+    """`up` killed between its two namespace creations: the marker and host a's namespace exist, no veth (so
+    no alias) anywhere. `down` must remove it; `up` must then build the whole testbed."""
+    testbed._write_marker(prefix, [f"{prefix}-a"])
+    pr_netns.create(f"{prefix}-a")
+    st = kbypass("testbed", "status", "--prefix", prefix, "--json")
+    assert st.returncode == 1 and not netns.exists(f"{prefix}-b")  # status does not create what it looks at
+    down = kbypass("testbed", "down", "--prefix", prefix, check=True)
+    assert f"removed {prefix}-a" in down.stdout
+    assert not netns.exists(f"{prefix}-a") and not os.path.exists(testbed._marker_path(prefix))
+    # once more, and this time `up` meets the half-built testbed itself
+    testbed._write_marker(prefix, [f"{prefix}-a", f"{prefix}-b"])
+    pr_netns.create(f"{prefix}-b")
+    up = json.loads(kbypass("testbed", "up", "--prefix", prefix, "--json", check=True).stdout)
+    assert [h["netns"] for h in up["hosts"]] == [f"{prefix}-a", f"{prefix}-b"]
+
+
+def test_status_after_down_creates_nothing(prefix):
+    kbypass("testbed", "up", "--prefix", prefix, check=True)
+    kbypass("testbed", "down", "--prefix", prefix, check=True)
+    assert testbed.status(prefix) is None and not testbed._ours(prefix, f"{prefix}-a")
+    assert not netns.exists(f"{prefix}-a") and not netns.exists(f"{prefix}-b")
+
+
+def test_two_ups_at_once_take_turns(prefix):
+    procs = [subprocess.Popen([sys.executable, "-m", "kbypass", "testbed", "up", "--prefix", prefix, "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "Traceback" not in err, err
+    assert json.loads(outs[0][0])["hosts"] == json.loads(outs[1][0])["hosts"]

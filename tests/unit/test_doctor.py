@@ -66,3 +66,44 @@ def test_json_shape_and_exit_code_agree():
         if not c["ok"]:
             assert c["fix"], f"{c['name']} failed without a fix"
     assert (proc.returncode == 0) == report["ok"]
+
+
+def test_every_bpf_object_kbypass_loads_is_required(tmp_path, monkeypatch):
+    monkeypatch.setattr(doctor, "BPF_OBJ_DIR", tmp_path)
+    (tmp_path / "steer.bpf.o").write_bytes(b"")
+    c = doctor.check_bpf_objects()  # the live-frames generator's program is missing
+    assert not c.ok and c.required and "livegen.bpf.o" in c.detail
+    (tmp_path / "livegen.bpf.o").write_bytes(b"")
+    assert doctor.check_bpf_objects().ok
+
+
+def test_bpf_syscall_number_per_architecture():
+    assert doctor.bpf_syscall_number("x86_64") == 321
+    assert doctor.bpf_syscall_number("aarch64") == 280
+    assert doctor.bpf_syscall_number("riscv64") == 280
+    assert doctor.bpf_syscall_number("armv7l") == 386
+    assert doctor.bpf_syscall_number("vax") is None  # unknown: the check goes through libbpf instead
+
+
+def test_bpf_check_on_an_unknown_architecture_goes_through_libbpf(monkeypatch):
+    monkeypatch.setattr(doctor.platform, "machine", lambda: "vax")
+    c = doctor.check_bpf_syscall()
+    if os.geteuid() == 0:
+        assert c.ok, c.detail
+    else:
+        assert "bpf(BPF_MAP_CREATE) failed" in c.detail or not c.ok
+
+
+def test_native_xdp_not_tried_is_a_warning_alone_and_a_failure_for_the_demo():
+    warn = doctor.check_native_xdp("kqnope")  # no such testbed
+    assert not warn.ok and not warn.required and "not tried" in warn.detail
+    assert "--prefix kqnope" in warn.fix
+    fail = doctor.check_native_xdp("kqnope", require_testbed=True)
+    assert not fail.ok and fail.required and not doctor.healthy([fail])
+
+
+def test_run_passes_the_prefix_to_the_native_xdp_check(monkeypatch):
+    seen = []
+    monkeypatch.setattr(doctor.testbed, "status", lambda prefix=None: seen.append(prefix))
+    results = doctor.run([doctor.check_native_xdp], prefix="kqx", require_testbed=True)
+    assert seen == ["kqx"] and results[0].required and "'kqx'" in results[0].detail

@@ -154,7 +154,7 @@ def test_two_servers_do_not_reflect_each_others_answers():
     assert pp.answer(plain) == plain
 
 
-def test_answers_count_only_from_the_server_and_warmup_is_flagged():
+def test_answers_count_only_from_the_server_and_warmup_is_counted_apart():
     sent = []
     inbox = collections.deque()
 
@@ -174,7 +174,8 @@ def test_answers_count_only_from_the_server_and_warmup_is_flagged():
     res = pp.ping(Ep(), ("10.0.0.2", 11111), size=32, count=4, warmup=3)
     assert res.samples == 4 and res.lost == 0 and res.sent == 4 and res.warmup == 3
     flags = [m[9] for m in sent]
-    assert flags == [pp.FLAG_CLIENT | pp.FLAG_PONG | pp.FLAG_WARMUP] * 3 + [pp.FLAG_CLIENT | pp.FLAG_PONG] * 4
+    # no warm-up flag even in the warm-up: a sockperf server leaves flagged messages unanswered
+    assert flags == [pp.FLAG_CLIENT | pp.FLAG_PONG] * 7
     inbox.clear()
 
     class Impostor(Ep):

@@ -23,7 +23,8 @@ def test_defaults_are_valid_and_names_derive_from_prefix():
         ({"subnet": "10.0.0.1/24"}, "--subnet"),
         ({"subnet": "10.0.0.0/31"}, "/30 or larger"),
         ({"prefix": "bad name"}, "prefix"),
-        ({"prefix": "x" * 13}, "at most 12"),
+        ({"prefix": "x" * 7}, "at most 6"),
+        ({"prefix": "kb/../x"}, "prefix"),
     ],
 )
 def test_bad_config_names_the_fix(kwargs, words):
@@ -31,3 +32,17 @@ def test_bad_config_names_the_fix(kwargs, words):
         TestbedConfig(**kwargs).validate()
     assert words in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_prefix_cap_keeps_napi_names_apart():
+    """Six characters is the most for which "napi/<prefix>-a-" and one digit of the NAPI id survive a
+    kernel's 15-character cut of thread names (what kbypass.napi needs to tell host a's from host b's)."""
+    from kbypass import napi, testbed
+
+    longest = TestbedConfig(prefix="x" * testbed.MAX_PREFIX)
+    longest.validate()
+    head = f"napi/{longest.iface_name('a')}-"
+    assert len(head) < napi.COMM_LEN  # at least one digit of the id follows
+    cut_a = (head + "8193")[: napi.COMM_LEN]
+    assert napi.is_thread_of(cut_a, longest.iface_name("a"))
+    assert not napi.is_thread_of(cut_a, longest.iface_name("b"))

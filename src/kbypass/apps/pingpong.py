@@ -15,8 +15,9 @@ answered again: two servers pointed at each other must not reflect one message f
 (shorter than the header, or a length field that does not match) is echoed unchanged, so plain echo
 peers work too. The client sends one message, waits for the answer with the same sequence number from
 the server's address, and records half the round trip, as sockperf and sfnt-pingpong report; percentiles
-come from an HdrHistogram (1 ns to 100 s, 3 significant digits). Warm-up messages carry sockperf's
-warm-up flag and are counted apart from the measured ones.
+come from an HdrHistogram (1 ns to 100 s, 3 significant digits). Warm-up round trips are counted apart
+from the measured ones. They do not carry sockperf's warm-up flag: a `sockperf server` does not answer a
+message with that flag, and our warm-up warms both ends' paths with real round trips.
 """
 
 from __future__ import annotations
@@ -188,8 +189,8 @@ def check_client_options(*, reply_timeout: float, give_up: float | None, warmup:
 def ping(ep, server: tuple[str, int], *, size: int = 64, duration: float | None = None,
          count: int | None = None, warmup: int = 100, reply_timeout: float = 1.0,
          give_up: float | None = GIVE_UP, stop=lambda: False) -> ClientResult:
-    """Ping-pong with `server` through endpoint `ep`: `warmup` unrecorded round trips (sockperf's warm-up
-    flag set), then until `count` recorded samples or `duration` seconds. A message without answer from
+    """Ping-pong with `server` through endpoint `ep`: `warmup` unrecorded round trips (answered ones: no
+    sockperf warm-up flag, which a sockperf server does not answer), then until `count` recorded samples or `duration` seconds. A message without answer from
     `server` within `reply_timeout` is lost. When no answer at all came for `give_up` seconds (None:
     never), the run stops with `gave_up` set, so a dead server cannot keep a --count run going for ever."""
     if duration is None and count is None:
@@ -215,8 +216,7 @@ def ping(ep, server: tuple[str, int], *, size: int = 64, duration: float | None 
             end = start + duration if duration is not None else None
         if end is not None and time.monotonic() >= end:
             break
-        flags = FLAG_CLIENT | FLAG_PONG | (FLAG_WARMUP if warm else 0)
-        msg = HEADER.pack(seq, flags, size) + filler
+        msg = HEADER.pack(seq, FLAG_CLIENT | FLAG_PONG, size) + filler
         t0 = clock()
         if warm:
             warm_sent += 1

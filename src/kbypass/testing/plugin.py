@@ -1,7 +1,9 @@
 """pytest plugin: a test session gets its own testbed, always torn down.
 
-Names are unique per test process ("kt<pid>"), so two runs at once never collide, and a run killed with
-SIGKILL (no teardown possible) is swept by the next run: a testbed whose owning pid is gone is removed.
+Names are unique per test process: "t" and the pid in base 36 (at most 6 characters for any Linux pid,
+the testbed's prefix cap; "kt<pid>" did not fit once pids reached 5 digits). Two runs at once never
+collide, and a run killed with SIGKILL (no teardown possible) is swept by the next run: a testbed whose
+owning pid is gone is removed, namespaces and ownership marker alike.
 """
 
 from __future__ import annotations
@@ -14,28 +16,66 @@ import pytest
 from kbypass import netns, testbed
 
 PREFIX_ENV = "KBYPASS_TEST_TESTBED_PREFIX"  # lets a test fix the name of a child session's testbed
-_OWNED = re.compile(r"^kt(\d+)-[ab]$")
+B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+# "<letter><pid in base 36>": "t" for the session fixture; other letters are free for tests that make
+# testbeds of their own and want them swept the same way (pass them to sweep_stale).
+_SHORT = re.compile(r"^([a-z])([0-9a-z]{1,5})$")
+_LEGACY = re.compile(r"^kt(\d+)$")  # testbeds of older kbypass versions
+
+
+def pid_tag(pid: int | None = None) -> str:
+    """`pid` (default: ours) in base 36: at most 5 characters for any Linux pid (pid_max <= 2**22)."""
+    n = os.getpid() if pid is None else pid
+    out = ""
+    while True:
+        n, d = divmod(n, 36)
+        out = B36[d] + out
+        if not n:
+            return out
+
+
+def owner_pid(prefix: str, letters: str = "t") -> int | None:
+    """The pid a test testbed prefix names, or None when it is not a test testbed's."""
+    m = _SHORT.match(prefix)
+    if m and m.group(1) in letters:
+        return int(m.group(2), 36)
+    m = _LEGACY.match(prefix)
+    return int(m.group(1)) if m else None
+
+
+def session_prefix() -> str:
+    return os.environ.get(PREFIX_ENV) or f"t{pid_tag()}"
 
 
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
     return True
 
 
-def sweep_stale() -> list[str]:
-    """Remove test testbeds left by test processes that died without teardown."""
+def _candidates() -> set[str]:
+    """Prefixes of testbeds that may be left over: from namespaces named <prefix>-a|b and from markers."""
+    found = set()
+    if os.path.isdir(netns.NETNS_RUN_DIR):
+        found |= {n[:-2] for n in os.listdir(netns.NETNS_RUN_DIR) if n.endswith(("-a", "-b"))}
+    if os.path.isdir(testbed.RUN_DIR):
+        found |= {m[len("testbed-"):] for m in os.listdir(testbed.RUN_DIR)
+                  if m.startswith("testbed-") and not m.endswith(".lock")}
+    return found
+
+
+def sweep_stale(letters: str = "t") -> list[str]:
+    """Remove test testbeds (prefixes "<letter><base-36 pid>" for `letters`, and old "kt<pid>") left by
+    test processes that died without teardown; testbed.down removes only what kbypass made."""
     removed: list[str] = []
-    if not os.path.isdir(netns.NETNS_RUN_DIR):
-        return removed
-    for name in sorted(os.listdir(netns.NETNS_RUN_DIR)):
-        m = _OWNED.match(name)
-        if m and not _alive(int(m.group(1))):
-            removed += testbed.down(name[:-2])
+    for prefix in sorted(_candidates()):
+        pid = owner_pid(prefix, letters)
+        if pid is not None and pid != os.getpid() and not _alive(pid):
+            removed += testbed.down(prefix)
     return removed
 
 
@@ -51,7 +91,7 @@ def testbed_hosts():
     Also sets $KBYPASS_TESTBED so `kbypass` commands started by tests find it."""
     needs_root()
     sweep_stale()
-    prefix = os.environ.get(PREFIX_ENV) or f"kt{os.getpid()}"
+    prefix = session_prefix()
     config = testbed.TestbedConfig(prefix=prefix, queues=2)
     old = os.environ.get("KBYPASS_TESTBED")
     try:

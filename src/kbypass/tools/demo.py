@@ -11,10 +11,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from pathlib import Path
 
-from kbypass import doctor, netns, rxbench, testbed
-from kbypass.errors import KbypassError
+from kbypass import benchkit, doctor, napi, netns, rxbench, testbed
+from kbypass.errors import KbypassError, UsageError, require_root
 from kbypass.tools import bench as bench_tool
 from kbypass.tools import doctor as doctor_tool
 from kbypass.tools._common import add_prefix_option, console
@@ -50,14 +49,23 @@ def udp_exchange(a: testbed.Host, b: testbed.Host, port: int = 47000, payload: b
 
 
 def run(args) -> int:
+    # Everything the user can get wrong is checked before anything is made (testbed, nft table, XDP).
     prefix = args.prefix or testbed.default_prefix()
+    config = testbed.TestbedConfig(prefix=prefix)
+    config.validate()
+    if args.packets <= 0:
+        raise UsageError(f"--packets {args.packets}: give a positive number of frames per receive path")
+    require_root("kbypass demo")
+    json_path, png_path = bench_tool.output_paths(args.out, "rx")
+    napi.require_cpus({benchkit.GEN_CPU, benchkit.SUT_CPU}, "kbypass demo")
     out = console()
     out.rule("1. testbed")
-    hosts = testbed.up(testbed.TestbedConfig(prefix=prefix))
+    hosts = testbed.up(config)
     for h in hosts:
         out.print(f"host {h.name}: netns {h.netns}, {h.iface} {h.mac} {h.ipv4}/{h.prefixlen}, {h.queues} queues")
     out.rule("2. doctor")
-    results = doctor.run()
+    # This testbed, just brought up: a native-XDP check "not tried" here is a failure, not a warning.
+    results = doctor.run(prefix=prefix, require_testbed=True)
     doctor_tool.show(results)
     if not doctor.healthy(results):
         out.print("[red]a required check failed: fix it as shown above, then run 'make demo' again[/]")
@@ -70,12 +78,11 @@ def run(args) -> int:
               "each path in turn on CPU 1, with host b's kernel receive work (threaded NAPI) pinned there too")
     result = rxbench.run(prefix, args.packets, 1, progress=out.print)
     bench_tool.show(out, result["rows"])
-    where = Path(args.out)
-    rxbench.save(result, where / "rx.json", where / "rx.png")
+    rxbench.save(result, json_path, png_path)
     ping = subprocess.run(["ip", "netns", "exec", hosts[0].netns, "ping", "-c", "1", "-W", "2", hosts[1].ipv4],
                           capture_output=True, text=True)
     out.print(f"ping {hosts[1].ipv4} from host a, after all that: {'answered' if ping.returncode == 0 else 'LOST'}"
               " (the steering only takes the flows it is told to)")
-    out.print(f"results: {where / 'rx.json'}\nchart:   {where / 'rx.png'}")
+    out.print(f"results: {json_path}\nchart:   {png_path}")
     out.print("\nthe testbed stays up for you: 'kbypass testbed status', 'kbypass testbed down'")
     return 0

@@ -5,17 +5,18 @@ from __future__ import annotations
 from rich.table import Table
 
 from kbypass import doctor
-from kbypass.tools._common import console, print_json
+from kbypass.tools._common import add_prefix_option, console, print_json
 
 
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="check root, BPF, AF_XDP, bpffs, BTF, clang, libbpf, native XDP")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_prefix_option(p)  # which testbed the native-XDP check tries
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    results = doctor.run()
+    results = doctor.run(prefix=args.prefix)
     ok = doctor.healthy(results)
     if args.json:
         print_json({"ok": ok, "checks": [c.to_json() for c in results]})

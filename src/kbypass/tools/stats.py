@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 from rich.live import Live
@@ -13,6 +14,7 @@ from kbypass.apps.loop import Stopper
 from kbypass.errors import UsageError
 from kbypass.tools._common import console
 
+MAX_INTERVAL = 3600.0  # an hour between samples; longer is almost certainly a typo
 
 def register(sub) -> None:
     p = sub.add_parser("stats", help="per-interface and per-queue packet rates (like watch ethtool -S)")
@@ -45,8 +47,11 @@ def table(ifname: str, r: dict) -> Table:
 
 
 def run(args) -> int:
-    if args.interval <= 0:
-        raise UsageError(f"--interval {args.interval}: give a positive number of seconds")
+    if not math.isfinite(args.interval) or not 0 < args.interval <= MAX_INTERVAL:
+        raise UsageError(f"--interval {args.interval}: give a number of seconds above 0 and at most "
+                         f"{MAX_INTERVAL:.0f}")
+    if args.count is not None and args.count <= 0:
+        raise UsageError(f"--count {args.count}: give a positive number of intervals")
     if args.host:
         h = testbed.host(args.host)
         iface, ns = args.iface or h.iface, args.netns or h.netns
