@@ -31,6 +31,34 @@ static int get_state_and_descs(PyObject *state_o, PyObject *descs_o, Py_buffer *
     return 0;
 }
 
+/* The packet memory (writable) and descriptors of a header rewrite, both or neither, checked: *bad is the
+ * index of the first frame shorter than `need` bytes (-1: none), and a frame whose first `need` bytes lie
+ * outside the memory is an IndexError. Returns -1 with an exception set, else 0 (release both after). */
+static int open_frames(PyObject *mem_o, PyObject *descs_o, uint64_t need, Py_buffer *mem, descs_t *d,
+                       Py_ssize_t *bad) {
+    if (get_bytes(mem_o, mem, 1)) return -1;
+    if (get_descs(descs_o, d, 0)) {
+        PyBuffer_Release(mem);
+        return -1;
+    }
+    *bad = -1;
+    for (Py_ssize_t i = 0; i < d->n; i++) {
+        uint64_t a = d_addr(d, i);
+        if (d_len(d, i) < need) {
+            *bad = i;
+            return 0;
+        }
+        if (a > (uint64_t)mem->len || (uint64_t)mem->len - a < need) {
+            PyBuffer_Release(mem);
+            PyBuffer_Release(&d->view);
+            PyErr_Format(PyExc_IndexError, "frame %zd at 0x%llx is outside the packet memory", i,
+                         (unsigned long long)a);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* swap(mem, descs, offset, width, need) -> -1, or the index of the first frame shorter than `need`
  * (then nothing was swapped). Swaps bytes [offset, offset+width) with [offset+width, offset+2*width) in
  * every frame: MAC, IPv4 address and port swaps of a reflector. */
@@ -44,25 +72,8 @@ static PyObject *swap(PyObject *self, PyObject *args) {
     }
     Py_buffer mem;
     descs_t d;
-    if (get_bytes(mem_o, &mem, 1)) return NULL;
-    if (get_descs(descs_o, &d, 0)) {
-        PyBuffer_Release(&mem);
-        return NULL;
-    }
-    Py_ssize_t bad = -1;
-    for (Py_ssize_t i = 0; i < d.n; i++) {
-        uint64_t a = d_addr(&d, i);
-        if (d_len(&d, i) < (uint64_t)need) {
-            bad = i;
-            break;
-        }
-        if (a > (uint64_t)mem.len || (uint64_t)mem.len - a < (uint64_t)need) {
-            PyBuffer_Release(&mem);
-            PyBuffer_Release(&d.view);
-            return PyErr_Format(PyExc_IndexError, "frame %zd at 0x%llx is outside the packet memory", i,
-                                (unsigned long long)a);
-        }
-    }
+    Py_ssize_t bad;
+    if (open_frames(mem_o, descs_o, (uint64_t)need, &mem, &d, &bad)) return NULL;
     if (bad < 0) {
         uint8_t tmp[64];
         for (Py_ssize_t i = 0; i < d.n; i++) {
@@ -221,26 +232,8 @@ static PyObject *stamp(PyObject *self, PyObject *args) {
     }
     Py_buffer mem;
     descs_t d;
-    if (get_bytes(mem_o, &mem, 1)) return NULL;
-    if (get_descs(descs_o, &d, 0)) {
-        PyBuffer_Release(&mem);
-        return NULL;
-    }
-    uint64_t need = (uint64_t)offset + 16;
-    Py_ssize_t bad = -1;
-    for (Py_ssize_t i = 0; i < d.n; i++) {
-        uint64_t a = d_addr(&d, i);
-        if (d_len(&d, i) < need) {
-            bad = i;
-            break;
-        }
-        if (a > (uint64_t)mem.len || (uint64_t)mem.len - a < need) {
-            PyBuffer_Release(&mem);
-            PyBuffer_Release(&d.view);
-            return PyErr_Format(PyExc_IndexError, "frame %zd at 0x%llx is outside the packet memory", i,
-                                (unsigned long long)a);
-        }
-    }
+    Py_ssize_t bad;
+    if (open_frames(mem_o, descs_o, (uint64_t)offset + 16, &mem, &d, &bad)) return NULL;
     if (bad < 0) {
         uint64_t t = __builtin_bswap64((uint64_t)now);
         for (Py_ssize_t i = 0; i < d.n; i++) {

@@ -267,3 +267,13 @@ def test_stamp_refuses_a_short_frame_and_writes_nothing():
     with pytest.raises(UsageError, match=f"past the end of a {UDP_PAYLOAD + 15}-byte frame"):
         b.stamp(UDP_PAYLOAD, 1, 2)
     assert [b.tobytes(i) for i in range(3)] == before
+
+
+@pytest.mark.parametrize("rewrite", [lambda b: b.swap_macs(), lambda b: b.stamp(UDP_PAYLOAD, 1, 2)])
+def test_c_rewrites_refuse_a_descriptor_past_the_memory(rewrite, batch_impl):
+    """A hand-made descriptor whose frame runs past the packet memory: the C pass says so instead of
+    writing past the buffer (numpy's gather raises its own IndexError)."""
+    b, _ = make_batch(2)
+    b.descs["addr"][1] = len(b.mem) - 8  # fewer bytes left than either rewrite touches
+    with pytest.raises(IndexError):
+        rewrite(b)
