@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pyroute2 import NetNS, netns as pr_netns
 
 from kbypass import netns
-from kbypass.errors import TestbedError, UsageError, require_root
+from kbypass.errors import PermissionProblem, TestbedError, UsageError, require_root
 
 HOSTS = ("a", "b")
 ALIAS_TAG = "kbypass-testbed"
@@ -378,6 +378,10 @@ def _down(prefix: str, claimed: list[str]) -> list[str]:
 def status(prefix: str | None = None) -> list[Host] | None:
     """The testbed as the kernel has it now, or None when it is not (completely) up."""
     prefix = prefix or default_prefix()
+    if os.geteuid() != 0 and any(netns.exists(n) for n in _names(prefix)):
+        # entering a namespace needs root: without it every look below fails, and "not up" would be a lie
+        raise PermissionProblem(f"testbed {prefix!r} exists, but reading it needs root: run the command as "
+                                "root (sudo)")
     hosts = []
     for host in HOSTS:
         name = f"{prefix}-{host}"

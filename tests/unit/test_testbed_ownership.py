@@ -196,3 +196,15 @@ def test_lock_file_removed_while_waiting_is_not_shared(kernel):
                 pass
     finally:
         held[0].__exit__(None, None, None)
+
+
+def test_status_without_root_says_so_instead_of_not_up(monkeypatch):
+    from kbypass import netns
+    from kbypass.errors import PermissionProblem
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(netns, "exists", lambda name: name == "qq-a")
+    with pytest.raises(PermissionProblem, match="needs root"):
+        testbed.status("qq")
+    monkeypatch.setattr(netns, "exists", lambda name: False)
+    assert testbed.status("qq") is None  # nothing there: "not up" is the truth, root or not
