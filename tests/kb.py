@@ -15,6 +15,16 @@ PURE_PYTHON = os.environ.get("KBYPASS_PURE_PYTHON") == "1"
 needs_c = pytest.mark.skipif(PURE_PYTHON, reason="KBYPASS_PURE_PYTHON=1 switches the C modules off")
 
 
+def unreachable(monkeypatch, target, name: str, why: str) -> None:
+    """Make `target.name` fail the test with `why` when called: a step (opening a port, running an
+    experiment, asking the testbed) that bad input must be refused before."""
+
+    def fail(*a, **k):
+        raise AssertionError(why)
+
+    monkeypatch.setattr(target, name, fail)
+
+
 def kbypass(*args: str, env: dict | None = None, timeout: float = 120, check: bool = False):
     full_env = dict(os.environ)
     if env:

@@ -9,16 +9,14 @@ import pytest
 from kbypass import latbench, rxbench
 from kbypass.errors import UsageError
 from kbypass.tools import bench
+from tests.kb import unreachable
 
 
 @pytest.fixture
 def no_experiment(monkeypatch):
-    def run(*a, **k):
-        raise AssertionError("the experiment ran before --out was checked")
-
     monkeypatch.setattr(bench, "require_root", lambda what: None)
-    monkeypatch.setattr(rxbench, "run", run)
-    monkeypatch.setattr(latbench, "run", run)
+    for module in (rxbench, latbench):
+        unreachable(monkeypatch, module, "run", "the experiment ran before --out was checked")
 
 
 @pytest.mark.parametrize("kind", ["rx", "latency"])

@@ -18,6 +18,7 @@ from kbypass.gen.flows import FlowSpec
 from kbypass.gen.template import udp_template
 from kbypass.port.batch import DESC, Batch
 from kbypass.tools import gen
+from tests.kb import unreachable
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -29,11 +30,9 @@ def parse(*argv: str) -> argparse.Namespace:
 @pytest.fixture
 def offline(monkeypatch):
     """No root check, and the testbed must not be asked for."""
-    def no_testbed(*a, **k):
-        raise AssertionError("gen asked the testbed although --iface, --src, --dst and --dst-mac were given")
-
     monkeypatch.setattr(gen, "require_root", lambda what: None)
-    monkeypatch.setattr(testbed, "require", no_testbed)
+    unreachable(monkeypatch, testbed, "require",
+                "gen asked the testbed although --iface, --src, --dst and --dst-mac were given")
 
 
 STANDALONE = ("--iface", "lo", "--src", "10.0.0.1", "--dst", "10.0.0.2:4321", "--dst-mac", "02:00:00:00:00:02",

@@ -11,6 +11,7 @@ import pytest
 from kbypass import cli
 from kbypass.errors import UsageError
 from kbypass.tools import xfer
+from tests.kb import unreachable
 
 SEND = ["xfer", "send", "--iface", "nonexist0", "--to", "10.9.9.9:7000", "--to-mac", "02:00:00:00:00:02"]
 RECV = ["xfer", "recv", "--iface", "nonexist0"]
@@ -19,12 +20,8 @@ RECV = ["xfer", "recv", "--iface", "nonexist0"]
 @pytest.fixture
 def no_network(monkeypatch):
     """run() may not reach the endpoint: opening it fails the test (the checks come first)."""
-
-    def refuse(*a, **kw):
-        raise AssertionError("the endpoint was opened before the bad input was refused")
-
     monkeypatch.setattr(xfer, "require_root", lambda what: None)
-    monkeypatch.setattr(xfer, "_open", refuse)
+    unreachable(monkeypatch, xfer, "_open", "the endpoint was opened before the bad input was refused")
 
 
 def refused(capsys, argv: list[str]) -> str:

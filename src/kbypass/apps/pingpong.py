@@ -31,15 +31,16 @@ from kbypass.errors import KbypassError, UsageError
 
 HEADER = struct.Struct("!QHI")
 HEADER_LEN = HEADER.size  # 14, sockperf's MsgHeader::EFFECTIVE_SIZE
-FLAG_CLIENT, FLAG_PONG, FLAG_WARMUP = 1, 2, 4
+FLAG_CLIENT, FLAG_PONG = 1, 2
+FLAG_WARMUP = 4  # sockperf's warm-up flag: a sockperf server leaves such messages unanswered, so we never set it
 PERCENTILES = (("p50_us", 50.0), ("p90_us", 90.0), ("p99_us", 99.0), ("p999_us", 99.9))
 
 
-def message(seq: int, size: int, *, warmup: bool = False, filler: bytes | None = None) -> bytes:
+def message(seq: int, size: int, *, filler: bytes | None = None) -> bytes:
     """A sockperf client message of `size` bytes (at least the 14-byte header)."""
     if size < HEADER_LEN:
         raise UsageError(f"--size {size}: a sockperf message needs at least {HEADER_LEN} bytes")
-    flags = FLAG_CLIENT | FLAG_PONG | (FLAG_WARMUP if warmup else 0)
+    flags = FLAG_CLIENT | FLAG_PONG
     body = filler if filler is not None and len(filler) == size - HEADER_LEN else bytes(size - HEADER_LEN)
     return HEADER.pack(seq, flags, size) + body
 
