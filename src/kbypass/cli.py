@@ -1,18 +1,42 @@
 """`kbypass ...`: one entry point, one module per command.
 
 Each command lives in `kbypass.tools.<name>` and exposes `register(subparsers)`, which adds its parser and
-sets `func=run` (run(args) -> exit code). Errors the user can fix (`KbypassError`) print one line and exit
-2; anything else is a bug and keeps its traceback.
+sets `func=run` (run(args) -> exit code). Errors the user can fix (`KbypassError`, and argparse's own
+complaints about options) print one line `kbypass: error: ...` and exit 2; anything else is a bug and keeps
+its traceback.
+
+Signals: SIGTERM unwinds like SIGINT (a `Terminated` exception), so `with` blocks close ports, detach
+programs and remove what a command made; a command that stops on a signal by design (sink, gen, ...)
+catches it around its loop and still prints its summary. Uncaught, SIGINT exits 130 and SIGTERM 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 from kbypass import __version__
 from kbypass.errors import KbypassError
+from kbypass.tools._options import apply_prefix
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so that cleanup runs (like KeyboardInterrupt for SIGINT)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line naming the fix (the house style), not usage plus a message."""
+
+    def error(self, message: str):
+        where = self.prog.removeprefix("kbypass").strip()
+        self.exit(2, f"kbypass: error: {where + ': ' if where else ''}{message} (see '{self.prog} --help')\n")
 
 # Order is the order of `kbypass --help`.
 COMMANDS = [
@@ -32,7 +56,7 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kbypass",
         description="Kernel-bypass networking from Python: steer chosen flows to AF_XDP rings.",
     )
@@ -53,16 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    old_prefix = os.environ.get("KBYPASS_TESTBED")
     try:
+        apply_prefix(args)
         return int(args.func(args) or 0)
     except KbypassError as e:
         print(f"kbypass: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return 143
     except BrokenPipeError:  # `kbypass ... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        if old_prefix is None:  # main() is also called in-process (tests): leave the environment as found
+            os.environ.pop("KBYPASS_TESTBED", None)
+        else:
+            os.environ["KBYPASS_TESTBED"] = old_prefix
 
 
 if __name__ == "__main__":

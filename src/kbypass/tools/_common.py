@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 
 from kbypass.errors import UsageError
 
 
-def print_json(obj: object) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-
-
-def console():
-    """A rich console that does not squeeze tables into 80 columns when output goes to a file or pipe."""
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 160)
-
-
-def add_prefix_option(parser) -> None:
-    parser.add_argument(
-        "--prefix",
-        default=None,
-        help="testbed name prefix (default: $KBYPASS_TESTBED or 'kb')",
-    )
+from kbypass.tools._options import add_prefix as add_prefix_option  # noqa: F401  (older name)
+from kbypass.tools._output import console, print_json  # noqa: F401  (re-exported for the tools)
 
 
 def pin_cpu(cpu: int | None) -> None:

@@ -1,0 +1,156 @@
+"""The option vocabulary every command shares, and argparse types that refuse bad numbers and paths.
+
+One name per concept across the tools (the README's "Options" table lists them and a test holds every
+subcommand to it): `-i/--iface`, `--netns`, `--host`, `--prefix`, `--ip`, `-p/--port`, `--dst`,
+`--dst-mac`, `-t/--duration`, `-c/--count`, `--idle-timeout`, `--reply-timeout`, `-w/--write`, `--out`,
+`--backend`, `--json`, `--cpu`. The short options are the ones tcpdump, iperf3 and sockperf users already
+type. The types below turn NaN, infinities, negative, zero and absurd values into argparse errors, which
+the CLI prints as one line `kbypass: error: ...` with exit 2, before anything is opened or attached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+from kbypass import testbed
+
+# Longer than any run anyone means (a year): catches 1e300 before it overflows a deadline computation.
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
+def _number(text: str, kind, what: str):
+    text = text.strip()
+    if not text.isascii():
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}: use ASCII digits")
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds (at most a year)."""
+    v = _number(text, float, "a number of seconds")
+    if not math.isfinite(v) or v <= 0 or v > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds up to {MAX_SECONDS:.0f}")
+    return v
+
+
+def int_range(lo: int, hi: int, what: str = "a whole number"):
+    """An argparse type for a whole number in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        v = _number(text, int, what)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what} from {lo} to {hi}")
+        return v
+
+    parse.__name__ = what  # argparse names the type in its "invalid ... value" message
+    return parse
+
+
+def positive_int(limit: int = 2**62, what: str = "a positive whole number"):
+    return int_range(1, limit, what)
+
+
+def fraction(text: str) -> float:
+    """A probability: 0 <= p <= 1."""
+    v = _number(text, float, "a fraction")
+    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a fraction from 0 to 1 (0.01 is 1%)")
+    return v
+
+
+def output_file(allow_stdout: bool = False):
+    """A path to write: its directory must exist and it must not be a directory. '-' is standard output
+    where the command can write there, and refused (rather than creating a file named '-') elsewhere."""
+
+    def parse(text: str) -> str:
+        if text == "-":
+            if allow_stdout:
+                return text
+            raise argparse.ArgumentTypeError("'-' (standard output) is not supported here: give a file path")
+        if not text:
+            raise argparse.ArgumentTypeError("give a file path")
+        if os.path.isdir(text):
+            raise argparse.ArgumentTypeError(f"{text} is a directory: give a file path inside it")
+        parent = os.path.dirname(os.path.abspath(text))
+        if not os.path.isdir(parent):
+            raise argparse.ArgumentTypeError(f"{text}: directory {parent} does not exist; create it first")
+        if not os.access(parent, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{text}: directory {parent} is not writable")
+        return text
+
+    return parse
+
+
+def output_dir(text: str) -> str:
+    """A directory for result files: it may not exist yet (it is made), but must not be a file."""
+    if not text or text == "-":
+        raise argparse.ArgumentTypeError("give a directory path")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a directory: give a directory")
+    return text
+
+
+def input_file(text: str) -> str:
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory: give a file")
+    if not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text}: no such readable file")
+    return text
+
+
+# --- the shared options, each added the same way everywhere -------------------------------------------------
+
+def add_prefix(p) -> None:
+    p.add_argument("--prefix", default=None, help="testbed name prefix (default: $KBYPASS_TESTBED or 'kb')")
+
+
+def add_where(p, *, iface_help: str = "interface (default: the testbed host's veth)",
+              host_help: str = "a testbed host: sets --iface and --netns from 'kbypass testbed status'",
+              netns_help: str = "network namespace of --iface (default: where kbypass runs)") -> None:
+    """-i/--iface, --netns, --host and --prefix: where a command works."""
+    p.add_argument("-i", "--iface", help=iface_help)
+    p.add_argument("--netns", help=netns_help)
+    p.add_argument("--host", choices=testbed.HOSTS, help=host_help)
+    add_prefix(p)
+
+
+def add_duration(p, help: str = "stop after this many seconds") -> None:
+    p.add_argument("-t", "--duration", type=seconds, help=help)
+
+
+def add_count(p, help: str = "stop after this many packets", limit: int = 2**62) -> None:
+    p.add_argument("-c", "--count", type=positive_int(limit), help=help)
+
+
+def add_idle_timeout(p, help: str = "stop after this many seconds without a packet", default=None) -> None:
+    p.add_argument("--idle-timeout", type=seconds, default=default, metavar="S", help=help)
+
+
+def add_cpu(p) -> None:
+    p.add_argument("--cpu", type=int_range(0, 4095, "a CPU number"), help="pin to this CPU")
+
+
+def add_json(p, help: str = "print the summary as JSON") -> None:
+    p.add_argument("--json", action="store_true", help=help)
+
+
+def add_port(p, help: str, default: int | None) -> None:
+    p.add_argument("-p", "--port", type=int_range(0 if default == 0 else 1, 65535, "a UDP port"),
+                   default=default, help=help)
+
+
+def add_dst(p, help: str, required: bool = False, metavar: str = "IP:PORT") -> None:
+    p.add_argument("--dst", metavar=metavar, required=required, help=help)
+
+
+def apply_prefix(args) -> None:
+    """--prefix selects the testbed for everything this command looks up (testbed.host() and friends, and
+    the processes it starts); cli.main restores the environment afterwards."""
+    prefix = getattr(args, "prefix", None)
+    if prefix:
+        os.environ["KBYPASS_TESTBED"] = prefix
