@@ -121,6 +121,14 @@ static __always_inline int is_vlan(__be16 proto)
 	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
 }
 
+/* A protocol number that is no ICMP of this family: STEER_PROTO_ICMP (1) is IPv4's ICMP number, so an IPv6
+ * next header of 1 (not ICMPv6) must not read as it, or an `icmp` rule would take it without the ICMP
+ * length check. 255 is reserved (RFC 5237) and no rule names it. */
+static __always_inline __u8 other_proto(__u8 p)
+{
+	return p == STEER_PROTO_ICMP ? 255 : p;
+}
+
 /* Read the L4 header at the cursor; `avail` is the L4 length the IP header claims; `icmp` is the
  * family's ICMP protocol number (1 or 58). */
 static __always_inline void parse_l4(struct cursor *c, struct flow *f, __u8 l4proto, __u32 avail, __u8 icmp)
@@ -162,7 +170,7 @@ static __always_inline void parse_l4(struct cursor *c, struct flow *f, __u8 l4pr
 		}
 		f->has_l4 = 1;
 	} else {
-		f->proto = l4proto;
+		f->proto = other_proto(l4proto);
 	}
 }
 
@@ -230,7 +238,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct flow *f)
 	__builtin_memcpy(f->src, &ip6->saddr, 16);
 	__builtin_memcpy(f->dst, &ip6->daddr, 16);
 	next = ip6->nexthdr;
-	f->proto = next;
+	f->proto = other_proto(next);
 
 	avail = bpf_ntohs(ip6->payload_len);
 	have = c->end - c->pos;
@@ -265,7 +273,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct flow *f)
 		}
 		avail -= elen;
 		if (next == IPPROTO_FRAGMENT && (eh->frag_off & bpf_htons(IP6_FRAG_OFFSET | IP6_FRAG_MORE))) {
-			f->proto = eh->nexthdr == IPPROTO_ICMPV6 ? STEER_PROTO_ICMP : eh->nexthdr;
+			f->proto = eh->nexthdr == IPPROTO_ICMPV6 ? STEER_PROTO_ICMP : other_proto(eh->nexthdr);
 			return 1; /* a fragment: L3 only, as in parse_ipv4 (an atomic fragment is whole: go on) */
 		}
 		next = eh->nexthdr;

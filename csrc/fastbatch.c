@@ -66,7 +66,8 @@ static PyObject *swap(PyObject *self, PyObject *args) {
     PyObject *mem_o, *descs_o;
     Py_ssize_t offset, width, need;
     if (!PyArg_ParseTuple(args, "OOnnn", &mem_o, &descs_o, &offset, &width, &need)) return NULL;
-    if (offset < 0 || width <= 0 || width > 64 || need < offset + 2 * width) {
+    /* Written as subtractions: `offset + 2 * width` wraps for a huge offset and let a swap past the frame. */
+    if (offset < 0 || width <= 0 || width > 64 || need < offset || need - offset < 2 * width) {
         PyErr_SetString(PyExc_ValueError, "swap: bad offset, width or need");
         return NULL;
     }
@@ -161,7 +162,7 @@ static PyObject *push_free(PyObject *self, PyObject *args) {
     }
     PyObject *r = NULL;
     Py_ssize_t n = ad.len / 8, cap = fr.len / (Py_ssize_t)sizeof(Py_ssize_t);
-    if (shift > 31 || ad.len % 8 || top < 0 || top + n > cap) {
+    if (shift > 31 || ad.len % 8 || top < 0 || top > cap || n > cap - top) { /* `top + n` could wrap */
         PyErr_SetString(PyExc_ValueError, "push_free: bad shift, addresses or free-stack size");
         goto out;
     }

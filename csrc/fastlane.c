@@ -204,6 +204,7 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kw) {
                                      &mac, &ip, &udp_port, &bcast, &copy_mode, &busy, &busy_every, &stash))
         return -1;
     int rc = -1;
+    self->closed = 1; /* a failed re-__init__ must not leave a lane that works on cleared rings */
     lane_clear_refs(self);
     if (mac.len != 6 || ip.len != 4 || (bcast.buf && bcast.len != 4)) {
         PyErr_SetString(PyExc_ValueError, "mac must be 6 bytes, ip and bcast 4");
@@ -246,6 +247,13 @@ out:
     PyBuffer_Release(&ip);
     if (bcast.buf) PyBuffer_Release(&bcast);
     return rc;
+}
+
+/* A lane is closed until __init__ succeeds: Lane.__new__(Lane).recv() is an error, not a NULL ring. */
+static PyObject *Lane_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    Lane *self = (Lane *)type->tp_alloc(type, 0);
+    if (self) self->closed = 1;
+    return (PyObject *)self;
 }
 
 static void Lane_dealloc(Lane *self) {
@@ -359,6 +367,10 @@ static int reclaim(Lane *self) {
     if (n == 0) return 0;
     for (uint32_t k = 0; k < n; k++) {
         uint64_t a = ((uint64_t *)c->slots)[(cons + k) & c->mask];
+        if (a >= self->umem_size) { /* as push_free and mark check theirs: never write past the states */
+            PyErr_Format(PyExc_IndexError, "completed address 0x%llx is outside the UMEM", (unsigned long long)a);
+            return -1;
+        }
         self->state[a >> self->shift] = ST_APP;
         self->stash[self->nstash++] = a;
     }
@@ -548,7 +560,7 @@ static PyTypeObject LaneType = {
     .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "One AF_XDP socket's rings, one UDP message at a time (see kbypass.endpoint._Lane).",
-    .tp_new = PyType_GenericNew,
+    .tp_new = Lane_new,
     .tp_init = (initproc)Lane_init,
     .tp_dealloc = (destructor)Lane_dealloc,
     .tp_methods = Lane_methods,

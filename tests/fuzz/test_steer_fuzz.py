@@ -83,8 +83,11 @@ def model(frame: bytes) -> tuple[str, dict | None]:
 
 
 def _norm(proto: int, family: int) -> int:
-    """ICMP on IPv4 and ICMPv6 on IPv6 are both STEER_PROTO_ICMP (1); the other one keeps its number."""
-    return 1 if proto == (1 if family == 4 else 58) else proto
+    """ICMP on IPv4 and ICMPv6 on IPv6 are both STEER_PROTO_ICMP (1); any other number is kept, except that
+    an IPv6 next header of 1 (not ICMPv6) reads as the reserved 255, so no `icmp` rule takes it."""
+    if proto == (1 if family == 4 else 58):
+        return 1
+    return 255 if proto == 1 else proto
 
 
 def _l4(frame: bytes, o: int, proto: int, avail: int, flow: dict) -> str:

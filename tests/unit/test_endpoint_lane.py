@@ -5,6 +5,8 @@ every frame received, byte-identical frames sent, and the port's UMEM accounting
 from __future__ import annotations
 
 import socket
+
+import numpy as np
 from unittest import mock
 
 import pytest
@@ -474,3 +476,44 @@ def test_frame_size_reaches_the_port_and_sets_the_limits():
         assert ep._steered.kw["frame_size"] == 4096
         assert (ep.max_payload, ep.max_rx_payload) == (1472, 1472)
         assert ep.stats["rx_dropped"] == 0  # the kernel's count of frames too long for a UMEM frame
+
+
+# --- the C lane's own guards (each crashed the interpreter before) ----------------------------------------
+
+def _in_child(code: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_a_lane_never_initialised_is_closed():
+    """Lane.__new__(Lane) started with closed == 0 and NULL rings: recv() segfaulted."""
+    r = _in_child("from kbypass._fastlane import Lane\nLane.__new__(Lane).recv()\n")
+    assert r.returncode == 1 and "ValueError" in r.stderr and "closed" in r.stderr, (r.returncode, r.stderr[-400:])
+
+
+def test_a_failed_reinit_leaves_the_lane_closed():
+    """A second __init__ that fails half-way cleared the rings but left the lane open."""
+    lane = make_lane(True)
+    try:
+        with pytest.raises(ValueError, match="mac must be 6 bytes"):
+            lane.c.__init__(*([()] * 4), 0, 0, 2048, 0, -1, None, {}, b"\0" * 5, b"\0" * 4, 1, None, 1, 0)
+        with pytest.raises(ValueError, match="closed"):
+            lane.c.recv()
+    finally:
+        lane.port.close()
+
+
+def test_a_completion_outside_the_umem_is_an_error_not_a_write():
+    """reclaim wrote state[addr >> shift] for any completion address; push_free and mark check theirs."""
+    lane = make_lane(True)
+    try:
+        xsk = lane.port.xsk
+        idx, n = xsk.k_comp.reserve(1)
+        xsk.k_comp.write_slots(idx, np.array([1 << 40], dtype=np.uint64))
+        xsk.k_comp.submit(1)
+        with pytest.raises(IndexError, match="outside the UMEM"):
+            lane.c.reclaim()
+    finally:
+        lane.release()
+        lane.port.close()

@@ -302,6 +302,18 @@ def test_vlan_and_qinq(prog: SteerProgram, run: Probe) -> None:
     assert run(bytes(eth() / Dot1Q(vlan=7) / l3)[:16]) == (PASS, [], NOT_IP)
 
 
+def test_ipv6_next_header_1_is_not_icmp(prog: SteerProgram, run: Probe) -> None:
+    """IPv6 next header 1 is IPv4's ICMP number, not ICMPv6: it read as STEER_PROTO_ICMP, so an `icmp`
+    rule took it (skipping the ICMP length check); now only ICMPv6 and IPv4 ICMP match `icmp`."""
+    rid = prog.add("icmp drop")
+    not_icmp = bytes(eth() / IPv6(src="fd00::1", dst="fd00::2", nh=1) / PAYLOAD)
+    assert run(not_icmp) == (PASS, [], UNMATCHED)
+    frag = bytes(eth() / IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrFragment(nh=1, m=1) / PAYLOAD)
+    assert run(frag) == (PASS, [], UNMATCHED)
+    assert run(icmp6()) == (DROP, [rid], CLEAN)
+    assert run(icmp4()) == (DROP, [rid], CLEAN)
+
+
 def test_ipv4_options_are_skipped(prog: SteerProgram, run: Probe) -> None:
     rid = prog.add("udp dport 4321 drop")
     frame = bytes(eth() / IP(dst="10.0.0.2", options=b"\x01" * 8) / UDP(dport=4321) / PAYLOAD)
