@@ -188,3 +188,32 @@ def test_parse_peer_is_parse_plus_the_source_check(kind: str) -> None:
     other.set_peer(*(("10.0.0.2", 7000, B_MAC) if kind == "udp" else (B_MAC,)))
     assert b.parse_peer(other.frame(d)) == "other_peer"
     assert b.parse_peer(f[:20]) == b.parse(f[:20])
+
+
+@pytest.mark.parametrize("lane", ["c", "python"])
+def test_a_frame_never_spills_into_the_next_umem_frame(lane: str) -> None:
+    """The C path was given mtu + 14 as the frame limit, not the UMEM frame's room: under a large MTU with
+    2 KiB frames a 2,030-byte datagram wrote 24 bytes into the next frame (maybe a kernel RX buffer).
+    The Python path had no limit at all."""
+    import numpy as np
+
+    from kbypass.native import xfer as fastxfer
+    from kbypass.port.batch import DESC, Batch
+    from kbypass.xfer.endpoint import TransportEndpoint
+
+    if lane == "c" and fastxfer is None:
+        pytest.skip("kbypass._fastxfer is not built")
+    a, _ = udp_pair()
+    a.mtu = 3000  # the link allows it; the 2 KiB UMEM frame does not
+    mem = np.zeros(2 * 2048, dtype=np.uint8)
+    descs = np.zeros(1, dtype=DESC)
+    batch = Batch(descs, mem, None, 2048)
+    big = _sized(2048 - 42 + 24)
+    ep = object.__new__(TransportEndpoint)
+    ep._fast, ep.encap = (fastxfer if lane == "c" else None), a
+    with pytest.raises(ValueError, match="does not fit"):
+        ep._write_frames(batch, [big], 0)
+    assert not mem[2048:].any(), "bytes were written into the next UMEM frame"
+    fits = _sized(2048 - 42)
+    ep._write_frames(batch, [fits], 0)
+    assert int(batch.descs["len"][0]) == 2048 and not mem[2048:].any()

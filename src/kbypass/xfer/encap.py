@@ -67,6 +67,17 @@ def _ip(ip: str, what: str) -> bytes:
         raise UsageError(f"{what} {ip!r} is not an IPv4 address: give one like 10.77.0.2") from None
 
 
+def frame_room(batch) -> int:
+    """The bytes every frame of `batch` can hold from its start (the smallest room): what a frame written
+    into it may be at most."""
+    return int(batch.room().min()) if len(batch) else 0
+
+
+def frame_limit(mtu: int, batch) -> int:
+    """A frame is at most the MTU plus the Ethernet header, and never more than its UMEM frame holds."""
+    return min(mtu + ETH_HLEN, frame_room(batch))
+
+
 class UdpEncap:
     """IPv4/UDP frames from (local_mac, local_ip, local_port) to one peer. `peer` may be set later
     (a server learns it from the first SYN). MTU: the IP MTU of the interface."""
@@ -113,8 +124,10 @@ class UdpEncap:
 
     def write_frames(self, native, batch, datagrams: list, start: int) -> None:
         """frame() of datagrams[start:...] written into the frames of `batch`, lengths set, in one call of
-        `native` (kbypass._fastxfer): what _write_frames in the endpoint does with frame()."""
-        self._ident = native.write_frames(batch.mem, batch.descs, start, self.mtu + ETH_HLEN, 0, self._tmpl,
+        `native` (kbypass._fastxfer): what _write_frames in the endpoint does with frame(). The limit is the
+        room of the batch's UMEM frames, not the MTU: with headroom, or 2 KiB frames under a large MTU, an
+        MTU-sized frame wrote past its chunk into the next one (maybe a kernel RX buffer)."""
+        self._ident = native.write_frames(batch.mem, batch.descs, start, frame_limit(self.mtu, batch), 0, self._tmpl,
                                           self._ip_partial, self._ident, datagrams)
 
     def frame(self, datagram: bytes) -> bytes:
@@ -222,7 +235,8 @@ class EthEncap:
 
     def write_frames(self, native, batch, datagrams: list, start: int) -> None:
         """See UdpEncap.write_frames."""
-        native.write_frames(batch.mem, batch.descs, start, self.mtu + ETH_HLEN, 1, self._hdr, 0, 0, datagrams)
+        native.write_frames(batch.mem, batch.descs, start, frame_limit(self.mtu, batch), 1, self._hdr, 0, 0,
+                            datagrams)
 
     def _check(self, f):
         """parse's checks: None for a frame of ours, else the drop reason."""

@@ -57,7 +57,7 @@ from kbypass.proto.transport import (
 )
 from kbypass.proto.transport import wire
 
-from .encap import ETHERTYPE, EthEncap, UdpEncap, mac_bytes, mac_str
+from .encap import ETHERTYPE, EthEncap, UdpEncap, frame_room, mac_bytes, mac_str
 
 ENCAPS = ("udp", "eth")
 
@@ -413,9 +413,12 @@ class TransportEndpoint:
         mv = memoryview(batch.mem)
         frame = self.encap.frame
         lens = []
+        room = frame_room(batch)  # never past the UMEM frame (the C path checks the same limit)
         try:
             for a, d in zip(batch.addr.tolist(), datagrams[start:start + len(batch)]):
                 f = frame(d)
+                if len(f) > room:
+                    raise ValueError(f"a {len(d)}-byte datagram does not fit its {room}-byte frame")
                 mv[a:a + len(f)] = f
                 lens.append(len(f))
         finally:
