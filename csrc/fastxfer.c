@@ -88,6 +88,7 @@ static const uint8_t *datagram_of(const uint8_t *f, uint32_t k, int kind, const 
  * `ends` lists the offsets in data where a datagram with MSG_END ended: message boundaries). `tsval` is
  * the last one's timestamp (0 when stop == start). Nothing is changed in mem or descs. */
 enum { RUN_IN_ORDER = 0, RUN_OUT_OF_ORDER = 1, RUN_MESSAGES = 2 };
+struct piece { uint64_t off; uint32_t len; uint8_t msg_end; }; /* where pass 1 found a payload */
 #define FLAG_MSG_END 0x20
 
 static PyObject *rx_run(PyObject *self, PyObject *args) {
@@ -103,6 +104,7 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
     Py_buffer mem;
     descs_t d;
     PyObject *result = NULL;
+    struct piece *pieces = NULL;
     if (PyObject_GetBuffer(mem_o, &mem, PyBUF_C_CONTIGUOUS)) {
         PyBuffer_Release(&key);
         return NULL;
@@ -120,7 +122,15 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
     uint64_t seq = seq0, total = 0;
     uint32_t tsval = 0;
     Py_ssize_t i;
-    /* pass 1: how far the run goes (every check, the CRC included) */
+    /* Pass 1 records where each payload is; pass 2 copies from the record and never looks at the frames or
+     * descriptors again: pass 2 allocates Python objects, a garbage collection may run a finalizer, and that
+     * Python code may change the descriptors or the frames (it did, in a test: a NULL dereference and a
+     * heap overflow). What a finalizer changes in the payload bytes meanwhile is its own business; every
+     * copy stays inside the memory and the output that pass 1 sized. */
+    if (d.n > start && !(pieces = PyMem_Malloc((size_t)(d.n - start) * sizeof(*pieces)))) {
+        PyErr_NoMemory();
+        goto out;
+    }
     for (i = start; i < d.n; i++) {
         uint64_t a = d_addr(&d, i);
         uint32_t k = d_len(&d, i), n;
@@ -135,12 +145,13 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
         uint64_t pack = rd64(g + 20);
         if (pack != ack || pack + rd32(g + 28) > right || seq + plen > room_end || total + plen > room_bytes) break;
         if (crc32_of(g, n - CRC_SIZE) != rd32(g + n - CRC_SIZE)) break;
+        pieces[i - start] = (struct piece){(uint64_t)(g + HEADER_SIZE - base), plen, (g[1] & FLAG_MSG_END) != 0};
         seq += plen;
         total += plen;
         tsval = rd32(g + 32);
     }
     Py_ssize_t stop = i;
-    /* pass 2: the payloads, joined or one by one */
+    /* pass 2: the payloads, joined or one by one, from the record of pass 1 */
     PyObject *data = split ? PyList_New(stop - start) : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
     if (data == NULL) goto out;
     PyObject *ends = PyList_New(0);
@@ -150,11 +161,11 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
     }
     uint8_t *base_dst = split ? NULL : (uint8_t *)PyBytes_AS_STRING(data), *dst = base_dst;
     for (i = start; i < stop; i++) {
-        uint32_t n;
-        const uint8_t *g = datagram_of(base + d_addr(&d, i), d_len(&d, i), kind, key.buf, key.len, &n);
-        uint32_t plen = rd16(g + 40);
+        const struct piece *pc = &pieces[i - start];
+        const uint8_t *payload = base + pc->off;
+        uint32_t plen = pc->len;
         if (split) {
-            PyObject *b = PyBytes_FromStringAndSize((const char *)g + HEADER_SIZE, plen);
+            PyObject *b = PyBytes_FromStringAndSize((const char *)payload, plen);
             if (b == NULL) {
                 Py_DECREF(data);
                 Py_DECREF(ends);
@@ -162,9 +173,9 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
             }
             PyList_SET_ITEM(data, i - start, b);
         } else {
-            memcpy(dst, g + HEADER_SIZE, plen);
+            memcpy(dst, payload, plen);
             dst += plen;
-            if (g[1] & FLAG_MSG_END) {
+            if (pc->msg_end) {
                 PyObject *off = PyLong_FromSsize_t(dst - base_dst);
                 if (off == NULL || PyList_Append(ends, off)) {
                     Py_XDECREF(off);
@@ -178,6 +189,7 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
     }
     result = Py_BuildValue("nNkN", stop, data, (unsigned long)tsval, ends);
 out:
+    PyMem_Free(pieces);
     PyBuffer_Release(&d.view);
 out_mem:
     PyBuffer_Release(&mem);
@@ -295,8 +307,12 @@ static PyObject *encode_segments(PyObject *self, PyObject *args) {
     for (int i = 0; i < 6; i++)
         if (get_u(f[i], max[i], &v[i])) return NULL;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(segs); i++) {
-        PyObject *d = encode_segment(PyList_GET_ITEM(segs, i), (uint32_t)v[0], (uint32_t)v[1], v[2], (uint32_t)v[3],
-                                     (uint32_t)v[4], (uint32_t)v[5]);
+        /* A strong reference: the attribute look-ups run Python (a property) that may empty the list. */
+        PyObject *seg = PyList_GET_ITEM(segs, i);
+        Py_INCREF(seg);
+        PyObject *d = encode_segment(seg, (uint32_t)v[0], (uint32_t)v[1], v[2], (uint32_t)v[3], (uint32_t)v[4],
+                                     (uint32_t)v[5]);
+        Py_DECREF(seg);
         if (d == NULL) return NULL;
         int r = PyList_Append(out, d);
         Py_DECREF(d);

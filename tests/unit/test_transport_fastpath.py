@@ -12,8 +12,12 @@
 from __future__ import annotations
 
 import copy
+import os
 import random
 import struct
+import subprocess
+import sys
+import textwrap
 import zlib
 
 import numpy as np
@@ -381,3 +385,67 @@ def test_rx_run_refuses_bad_arguments():
     # a key of the wrong length matches nothing instead of reading past it
     assert fx.rx_run(batch.mem, batch.descs, 0, enc_s.kind, b"short", *params)[0] == 0
     assert fx.rx_run(batch.mem, batch.descs, 0, enc_s.kind, enc_s.peer_key, *params)[0] == 2
+
+
+# --- Python running inside a C call (a finalizer, a property) must not make it read or write out of bounds --
+
+def _child(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def test_rx_run_copies_what_pass_one_checked_even_when_a_finalizer_changes_the_descriptors():
+    """rx_run's second pass re-parsed the frames through the descriptors and trusted pass one's sizes; a
+    garbage collection in pass 2 (its first allocation) can run a finalizer that changes them: a NULL
+    dereference (a segfault) here, a heap overflow with other changes. Pass 2 now copies from pass 1's
+    record. Thousands of tries with a finalizer armed each time: some collections land inside pass 2."""
+    r = _child(textwrap.dedent("""
+        import gc
+        from tests.unit.test_transport_fastpath import encaps, stream_datagrams, batch_of, CFG, fx
+        enc_c, enc_s = encaps("udp")
+        c, s, grams = stream_datagrams(CFG, 8 * 1400)
+        batch = batch_of([enc_c.frame(d) for d in grams])
+        descs, lens = batch.descs, batch.descs["len"].copy()
+
+        class Boom:
+            def __del__(self):
+                descs["len"][:] = 0
+
+        args = (batch.mem, descs, 0, enc_s.kind, enc_s.peer_key, *s.rx_run_params()[:7], 1)
+        gc.set_threshold(1, 1, 1)
+        inside = 0
+        for _ in range(3000):
+            descs["len"][:] = lens
+            b = Boom(); b.me = b; del b
+            stop, data, tsval, ends = fx.rx_run(*args)
+            if stop:
+                assert stop == len(grams) and [len(p) for p in data] == [len(g) - 46 for g in grams]
+                inside += descs["len"][0] == 0
+        print("inside pass 2:", inside)
+    """))
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-600:]}"
+
+
+def test_encode_segments_keeps_each_segment_alive_while_it_reads_it():
+    """encode_segments held a borrowed list item across attribute look-ups; a property that empties the
+    list freed the segment under it (AttributeError on freed memory, then a segfault)."""
+    r = _child(textwrap.dedent("""
+        from kbypass import _fastxfer as fx
+
+        class Seg:
+            __slots__ = ("lst", "data", "msg_end", "fin")
+            def __init__(self, lst):
+                self.lst, self.data, self.msg_end, self.fin = lst, b"x" * 100, False, False
+            @property
+            def seq(self):
+                self.lst.clear()
+                [bytearray(64) for _ in range(50)]
+                return 5
+
+        for _ in range(2000):
+            segs, out = [], []
+            segs.append(Seg(segs))
+            fx.encode_segments(1, 2, 3, 4, 5, 6, segs, out)
+            assert len(out) == 1 and len(out[0]) == 146
+    """))
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-600:]}"
