@@ -74,6 +74,8 @@ struct flow {
 	__u8 family;    /* STEER_FAMILY_V4 / _V6, or _ETHER for a non-IP frame */
 	__u8 has_l4;    /* sport/dport are valid (for _ETHER: dport is the EtherType) */
 	__u8 malformed; /* truncated or lying headers: never redirect */
+	__u8 tagged;    /* the frame has a VLAN tag; vlan is the outer tag's VLAN id */
+	__u16 vlan;
 };
 
 struct cursor {
@@ -295,6 +297,9 @@ static __always_inline int match(const struct steer_rule *r, const struct flow *
 	/* family 0 means "IPv4 or IPv6": IP rules never see non-IP frames, nor EtherType rules IP ones. */
 	if (r->family != f->family && (r->family != STEER_FAMILY_ANY || f->family == STEER_FAMILY_ETHER))
 		return 0;
+	/* untagged frames for rules that name no VLAN; the named VLAN's frames for those that do */
+	if (r->tagged != f->tagged || (f->tagged && r->vlan != f->vlan))
+		return 0;
 	if (r->proto && r->proto != f->proto)
 		return 0;
 	if ((r->sport_mask || r->dport_mask) && !f->has_l4)
@@ -379,6 +384,10 @@ int kbypass_steer(struct xdp_md *ctx)
 		if (!vh) {
 			stat_inc(STEER_STAT_NOT_IP);
 			return XDP_PASS;
+		}
+		if (!s.f.tagged) {
+			s.f.tagged = 1;
+			s.f.vlan = bpf_ntohs(vh->tci) & 0x0fff;
 		}
 		proto = vh->proto;
 	}

@@ -55,10 +55,14 @@
 #define STEER_SAMPLE_ALWAYS 0xffffffffu
 
 /*
- * One rule, 80 bytes. Rules are scanned linearly (about 4 ns per rule that does not match, measured
+ * One rule, 84 bytes. Rules are scanned linearly (about 4 ns per rule that does not match, measured
  * with BPF_PROG_TEST_RUN here), so keep the list short. A packet matches when every field matches:
  *   family   == 0 or the packet's IP version; STEER_FAMILY_ETHER rules match only non-IP frames and
  *            family 0/4/6 rules only IP packets
+ *   vlan     tagged == 0: untagged frames only; tagged == 1: frames whose outer VLAN tag (802.1Q or
+ *            802.1ad) has VLAN id `vlan` (host order), whatever is inside it. A frame with a tag is the
+ *            kernel's VLAN device's (eth0.100) unless a rule names that VLAN, and every user-space
+ *            consumer of the untagged default (the UDP endpoint, xfer, reflect) parses untagged frames
  *   proto    == 0 or the packet's L4 protocol (ICMPv6 counts as STEER_PROTO_ICMP)
  *   (packet sport & sport_mask) == sport, same for dport; a non-zero mask also needs an L4 header, so
  *            fragments (first or not) and malformed packets match only rules without ports: every
@@ -69,7 +73,7 @@
  * Byte order: ports, port masks, addresses and masks are network order (compared against the packet
  * as read); sample_thresh is host order. Host bits of src/dst are zero (user space masks them).
  *
- * EtherType rules (family == STEER_FAMILY_ETHER) keep the struct at 80 bytes by reusing the dport pair:
+ * EtherType rules (family == STEER_FAMILY_ETHER) keep the struct small by reusing the dport pair:
  * dport holds the EtherType (network order, the 16 bits after the MACs and up to two VLAN tags) and
  * dport_mask is 0xffff (or 0 for "any non-IP frame"). The parser puts a non-IP frame's EtherType in
  * flow.dport, so match() compares it like a port; proto, sport and the addresses are wildcards (zero).
@@ -79,16 +83,17 @@
  *        0    1 action
  *        1    1 proto
  *        2    1 family         (STEER_FAMILY_*)
- *        3    1 pad (zero)
+ *        3    1 tagged         (0 or 1, see vlan)
  *        4    4 sample_thresh
  *        8    2 sport          10 2 sport_mask     12 2 dport (EtherType)  14 2 dport_mask
  *       16   16 src            32 16 src_mask      48 16 dst      64 16 dst_mask
+ *       80    2 vlan           82  2 pad (zero)
  */
 struct steer_rule {
 	__u8 action;
 	__u8 proto;
 	__u8 family;
-	__u8 pad;
+	__u8 tagged;
 	__u32 sample_thresh;
 	__be16 sport;
 	__be16 sport_mask;
@@ -98,6 +103,8 @@ struct steer_rule {
 	__be32 src_mask[4];
 	__be32 dst[4];
 	__be32 dst_mask[4];
+	__u16 vlan;
+	__u16 pad;
 };
 
 /* The priority list: rule ids (slots of steer_rules) in match order, first match wins. */
@@ -122,7 +129,9 @@ struct steer_counter {
  * (IHL < 5, header past the end, total/payload/UDP length beyond the data, TCP data offset < 5).
  * Such a packet is matched on what could be read: nothing when the IP header itself is unreadable,
  * L3 fields only when the L4 header is bad. A REDIRECT verdict on it turns into PASS, so the AF_XDP
- * side never sees a malformed frame; the kernel then drops it and counts it in its own statistics. */
+ * side never sees a frame whose lengths are wrong; the kernel then drops it and counts it in its own
+ * statistics. The IPv4 header checksum is not verified here (a per-packet cost the kernel's receive
+ * path pays anyway): the user-space consumers check it themselves (kbypass.proto.ipv4, the C lanes). */
 #define STEER_STAT_UNMATCHED 0   /* IPv4/IPv6 (well-formed or not), no rule decided: XDP_PASS */
 #define STEER_STAT_PARSE_ERROR 1 /* truncated or lying headers (in addition to the above) */
 #define STEER_STAT_NOT_IP 2      /* not IPv4/IPv6 and no EtherType rule decided, or more than two

@@ -39,6 +39,8 @@ RULES = [
     "udp dst fd00::/16 drop",
     "src fd00::1 redirect",
     "dst 10.0.0.0/24 drop",
+    "udp vlan 3 dport 4321 redirect",
+    "vlan 3 drop",
 ]
 VERDICT = {"redirect": libbpf.XDP_REDIRECT, "drop": libbpf.XDP_DROP, "pass": libbpf.XDP_PASS}
 
@@ -67,6 +69,20 @@ V6_EXT = {0, 43, 60, 44, 51}
 
 def model(frame: bytes) -> tuple[str, dict | None]:
     """("not_ip" | "unreadable" | "malformed" | "ok", flow) for a frame, per bpf/steer.h."""
+    kind, flow = _l3(frame)
+    if flow is not None:
+        flow["vlan"] = _outer_vlan(frame)
+    return kind, flow
+
+
+def _outer_vlan(frame: bytes) -> int | None:
+    """The outer tag's VLAN id, or None for an untagged frame."""
+    if frame[12:14] in (b"\x81\x00", b"\x88\xa8") and len(frame) >= 16:
+        return struct.unpack_from(">H", frame, 14)[0] & 0x0FFF
+    return None
+
+
+def _l3(frame: bytes) -> tuple[str, dict | None]:
     n = len(frame)
     et, off = frame[12:14], 14
     for _ in range(2):
@@ -171,6 +187,8 @@ def _v6(frame: bytes, off: int) -> tuple[str, dict | None]:
 
 def matches(rule: Rule, flow: dict) -> bool:
     if rule.family and rule.family != flow["family"]:
+        return False
+    if rule.vlan != flow["vlan"]:  # None (untagged only) or the outer tag's id
         return False
     if rule.proto != "any" and {"udp": 17, "tcp": 6, "icmp": 1}[rule.proto] != flow["proto"]:
         return False

@@ -79,6 +79,7 @@ def test_filter_accepts_exactly_what_the_rule_matches(rule, frame, accepted):
 @pytest.mark.parametrize("rule, words", [
     ("udp dst fd00::1", "IPv4 only"),
     ("udp dport 1 drop", "drop the action 'drop'"),
+    ("udp vlan 7 dport 1", "untagged frames only"),
     (42, "give a steering rule"),
 ])
 def test_filter_refuses_what_it_cannot_express(rule, words):

@@ -139,10 +139,24 @@ def unpack(rule: Rule) -> dict:
 
 
 def test_pack_size_and_offsets() -> None:
-    assert RULE_SIZE == 80
+    assert RULE_SIZE == 84
     off = rule_offsets()
-    assert (off["sample_thresh"], off["sport"], off["dport"], off["src"], off["dst_mask"]) == (4, 8, 12, 16, 64)
-    assert len(Rule().pack()) == 80
+    assert (off["tagged"], off["sample_thresh"], off["sport"], off["dport"], off["src"], off["dst_mask"],
+            off["vlan"]) == (3, 4, 8, 12, 16, 64, 80)
+    assert len(Rule().pack()) == 84
+
+
+def test_vlan_parse_pack_and_text() -> None:
+    r = Rule.parse("udp vlan 100 dport 4321")
+    assert r.vlan == 100 and str(r) == "udp vlan 100 dport 4321 redirect" and Rule.parse(str(r)) == r
+    f = unpack(r)
+    assert (f["tagged"], f["vlan"]) == (1, 100)
+    f = unpack(Rule.parse("udp dport 4321"))
+    assert (f["tagged"], f["vlan"]) == (0, 0)  # no VLAN named: untagged frames only
+    assert unpack(Rule.parse("ether 0x88b5 vlan 7"))["vlan"] == 7
+    for bad in ("udp vlan 4095", "udp vlan x", "udp vlan -1", "udp vlan ²", "udp vlan"):
+        with pytest.raises(UsageError):
+            Rule.parse(bad)
 
 
 def test_pack_v4_prefix_and_ports() -> None:

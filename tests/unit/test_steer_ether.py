@@ -31,10 +31,10 @@ def test_parse_and_pack() -> None:
     assert r.family == FAMILY_ETHER
     raw = r.pack()
     off = rule_offsets()
-    assert len(raw) == RULE_SIZE == 80  # the struct keeps its size: the EtherType rides in dport
+    assert len(raw) == RULE_SIZE == 84  # the EtherType rides in dport: no field of its own
     assert raw[off["family"]] == 1 and raw[off["proto"]] == 0
     assert raw[off["dport"]:off["dport"] + 2] == b"\x88\xb5" and raw[off["dport_mask"]:off["dport_mask"] + 2] == b"\xff\xff"
-    assert raw[off["sport"]:off["dport"]] == bytes(4) and raw[off["src"]:] == bytes(64)
+    assert raw[off["sport"]:off["dport"]] == bytes(4) and raw[off["src"]:off["vlan"]] == bytes(64)
     anyl2 = Rule.parse("ether drop").pack()
     assert anyl2[off["dport_mask"]:off["dport_mask"] + 2] == b"\0\0"
 
@@ -125,8 +125,11 @@ def test_matches_the_ethertype(prog) -> None:
 
     rid = prog.add("ether 0x88b5")
     assert run(prog, raw()) == (XDP_REDIRECT, [rid], (0, 0, 0))
-    assert run(prog, raw(tags=(0x8100,))) == (XDP_REDIRECT, [rid], (0, 0, 0))  # through a VLAN tag
-    assert run(prog, raw(tags=(0x88A8, 0x8100))) == (XDP_REDIRECT, [rid], (0, 0, 0))
+    # tagged frames are the kernel's VLAN devices' unless a rule names the VLAN (outer tag 7 here)
+    assert run(prog, raw(tags=(0x8100,))) == (XDP_PASS, [], (0, 0, 1))
+    tagged = prog.add("ether 0x88b5 vlan 7")
+    assert run(prog, raw(tags=(0x8100,))) == (XDP_REDIRECT, [tagged], (0, 0, 0))  # through a VLAN tag
+    assert run(prog, raw(tags=(0x88A8, 0x8100))) == (XDP_REDIRECT, [tagged], (0, 0, 0))
     assert run(prog, raw(0x88B6)) == (XDP_PASS, [], (0, 0, 1))  # another EtherType: not ours, NOT_IP
     assert run(prog, raw(0x0806)) == (XDP_PASS, [], (0, 0, 1))  # ARP still passes
     deep = raw(tags=(0x88A8, 0x8100, 0x8100))  # three tags: deeper than parsed

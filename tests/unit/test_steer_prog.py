@@ -287,12 +287,21 @@ def test_xsk_registration_errors(prog: SteerProgram) -> None:
 
 
 def test_vlan_and_qinq(prog: SteerProgram, run: Probe) -> None:
+    """A rule without `vlan` takes untagged frames only: a tagged frame is the kernel's VLAN device's
+    (eth0.7), and the consumers of the untagged default parse no tags (before, a VLAN-7 UDP frame was
+    redirected and then dropped in user space). `vlan N` names the outer tag's VLAN id."""
     rid = prog.add("udp dst 10.0.0.2 dport 4321")
     l3 = IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=4321) / PAYLOAD
-    assert run(bytes(eth() / Dot1Q(vlan=7) / l3)) == (REDIRECT, [rid], CLEAN)
-    assert run(bytes(eth() / Dot1AD(vlan=7) / Dot1Q(vlan=8) / l3)) == (REDIRECT, [rid], CLEAN)
-    assert run(bytes(eth() / Dot1Q(vlan=7) / Dot1Q(vlan=8) / l3)) == (REDIRECT, [rid], CLEAN)
-    v6 = prog.add("udp dst fd00::2 drop")
+    assert run(bytes(eth() / l3)) == (REDIRECT, [rid], CLEAN)
+    assert run(bytes(eth() / Dot1Q(vlan=7) / l3)) == (PASS, [], UNMATCHED)
+    assert run(bytes(eth() / Dot1AD(vlan=7) / Dot1Q(vlan=8) / l3)) == (PASS, [], UNMATCHED)
+    v7 = prog.add("udp vlan 7 dst 10.0.0.2 dport 4321")
+    assert run(bytes(eth() / Dot1Q(vlan=7) / l3)) == (REDIRECT, [v7], CLEAN)
+    assert run(bytes(eth() / Dot1AD(vlan=7) / Dot1Q(vlan=8) / l3)) == (REDIRECT, [v7], CLEAN)  # the outer tag
+    assert run(bytes(eth() / Dot1Q(vlan=8) / Dot1Q(vlan=7) / l3)) == (PASS, [], UNMATCHED)
+    assert run(bytes(eth() / Dot1Q(vlan=7, prio=5) / l3)) == (REDIRECT, [v7], CLEAN)  # priority bits ignored
+    assert run(bytes(eth() / l3)) == (REDIRECT, [rid], CLEAN)
+    v6 = prog.add("udp vlan 1 dst fd00::2 drop")
     assert run(bytes(eth() / Dot1AD(vlan=1) / Dot1Q(vlan=2) / IPv6(dst="fd00::2") / UDP())) == (DROP, [v6], CLEAN)
     # three tags: deeper than we parse -> not IP, passed even with a catch-all drop
     prog.add("drop")

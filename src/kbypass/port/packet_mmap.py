@@ -527,6 +527,9 @@ def compile_filter(rule) -> bytes:
                          f"'{rule.action}'")
     if rule.family == 6:
         raise UsageError(f"rule '{rule}': PACKET_MMAP filters match IPv4 only; use an IPv4 address or none")
+    if rule.vlan is not None:  # the kernel hands a packet socket VLAN tags as metadata, not in the frame
+        raise UsageError(f"rule '{rule}': PACKET_MMAP filters match untagged frames only; drop 'vlan "
+                         f"{rule.vlan}' or use the afxdp backend")
     ins: list[tuple[int, int, int, int]] = []  # (code, jt, jf, k); jf/jt == -1 means "to drop"
     if rule.proto == "ether":  # an EtherType rule: the untagged frame's type field, nothing else
         ins.append((_LD_H, 0, 0, 12))

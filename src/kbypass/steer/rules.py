@@ -4,16 +4,19 @@ A `Rule` says which IP packets it matches (protocol, source/destination address 
 field may be a wildcard) and what the XDP program does with them (redirect to the queue's AF_XDP socket,
 drop, pass to the kernel, or drop a sample of them). Text form, tokens separated by blanks:
 
-    [udp|tcp|icmp|any] [src ADDR[/LEN]] [dst ADDR[/LEN]] [sport N] [dport N]
+    [udp|tcp|icmp|any] [vlan ID] [src ADDR[/LEN]] [dst ADDR[/LEN]] [sport N] [dport N]
     [redirect|drop|pass|sample | action WORD] [prob P]
-    ether [ETHERTYPE] [redirect|drop|pass|sample | action WORD] [prob P]
+    ether [ETHERTYPE] [vlan ID] [redirect|drop|pass|sample | action WORD] [prob P]
 
 e.g. ``udp dst 10.0.0.2 dport 4321``, ``tcp src fd00::/64 drop``, ``udp dport 53 sample prob 0.01``.
 The action defaults to redirect. A "sample" rule drops each matching packet with probability P and lets
 the rest fall through to later rules (fault injection in front of a redirect rule). Rules match IPv4 and
 IPv6 only, except "ether" rules, which match non-IP frames by EtherType (``ether 0x88b5``, a raw L2
 protocol; without a type: any non-IP frame); ARP and other non-IP frames no rule names pass. "icmp" means
-ICMP on IPv4 and ICMPv6 on IPv6.
+ICMP on IPv4 and ICMPv6 on IPv6. A rule matches untagged frames unless it names a VLAN (``vlan 100``):
+then it matches the frames whose outer 802.1Q/802.1ad tag has that VLAN id, and no others. A tagged frame
+belongs to the kernel's VLAN device (eth0.100) until a rule asks for its VLAN, and the consumers of the
+untagged default (the UDP endpoint, xfer, reflect) never see a tag they do not parse.
 
 The packed layout is `struct steer_rule` in bpf/steer.h; RULE_LAYOUT below is its only Python copy, and a
 test checks it against the BTF of the built object.
@@ -42,7 +45,7 @@ RULE_LAYOUT: tuple[tuple[str, str], ...] = (
     ("action", "B"),
     ("proto", "B"),
     ("family", "B"),
-    ("pad", "B"),
+    ("tagged", "B"),
     ("sample_thresh", "I"),
     ("sport", "2s"),
     ("sport_mask", "2s"),
@@ -52,9 +55,11 @@ RULE_LAYOUT: tuple[tuple[str, str], ...] = (
     ("src_mask", "16s"),
     ("dst", "16s"),
     ("dst_mask", "16s"),
+    ("vlan", "H"),
+    ("pad", "H"),
 )
 RULE_STRUCT = struct.Struct("<" + "".join(code for _, code in RULE_LAYOUT))
-RULE_SIZE = RULE_STRUCT.size  # 80
+RULE_SIZE = RULE_STRUCT.size  # 84
 
 
 def rule_offsets() -> dict[str, int]:
@@ -112,11 +117,15 @@ class Rule:
     action: str = "redirect"
     probability: float | None = None
     ethertype: int | None = None  # only with proto "ether"; packed into the dport pair (see bpf/steer.h)
+    vlan: int | None = None  # the outer VLAN tag's id; None: untagged frames only
 
     def __post_init__(self) -> None:
         if self.proto not in PROTOS and self.proto != ETHER:
             raise RuleError(f"unknown proto '{self.proto}'", " (expected udp, tcp, icmp, any or ether)", "proto")
         self._check_ether()
+        v = self.vlan
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 4094):
+            raise RuleError(f"bad vlan '{v}'", " (expected a VLAN id 0-4094)", "vlan")
         if self.action not in ACTIONS:
             raise RuleError(f"unknown action '{self.action}'", " (expected redirect, drop, pass or sample)", "action")
         nets = {}
@@ -217,7 +226,7 @@ class Rule:
             if tok in ACTIONS:
                 key, value, vpos = "action", tok, pos
                 i += 1
-            elif tok in ("src", "dst", "sport", "dport", "action", "prob"):
+            elif tok in ("vlan", "src", "dst", "sport", "dport", "action", "prob"):
                 if i + 1 >= len(tokens):
                     raise fail(f"'{tok}'", " needs a value", pos)
                 key, value, vpos = tok, tokens[i + 1], pos + 1
@@ -227,7 +236,7 @@ class Rule:
             else:
                 raise fail(
                     f"unknown word '{tok}'",
-                    " (expected src, dst, sport, dport, action, prob or redirect/drop/pass/sample)",
+                    " (expected vlan, src, dst, sport, dport, action, prob or redirect/drop/pass/sample)",
                     pos,
                 )
             field = "probability" if key == "prob" else key
@@ -237,6 +246,10 @@ class Rule:
                 # ASCII digits only: str.isdigit() also accepts e.g. '²', which int() refuses
                 if not (value.isascii() and value.isdigit()) or int(value) > 65535:
                     raise fail(f"bad {key} '{value}'", " (expected a port number 0-65535)", vpos)
+                value = int(value)
+            elif key == "vlan":
+                if not (value.isascii() and value.isdigit()) or int(value) > 4094:
+                    raise fail(f"bad vlan '{value}'", " (expected a VLAN id 0-4094)", vpos)
                 value = int(value)
             elif key == "prob":
                 try:
@@ -262,7 +275,7 @@ class Rule:
         parts = [] if self.proto == "any" else [self.proto]
         if self.ethertype is not None:
             parts.append(f"{self.ethertype:#06x}")
-        for field in ("src", "dst", "sport", "dport"):
+        for field in ("vlan", "src", "dst", "sport", "dport"):
             value = getattr(self, field)
             if value is not None:
                 parts += [field, str(value)]
@@ -274,7 +287,7 @@ class Rule:
     # ---- packed form -----------------------------------------------------------------------------
 
     def pack(self) -> bytes:
-        """The 80-byte `struct steer_rule` for the steer_rules map (see bpf/steer.h)."""
+        """The 84-byte `struct steer_rule` for the steer_rules map (see bpf/steer.h)."""
         if self.action == "sample":
             p = self.probability or 0.0
             thresh = SAMPLE_ALWAYS if p >= 1.0 else min(round(p * 2**32), SAMPLE_ALWAYS - 1)
@@ -284,6 +297,8 @@ class Rule:
             "action": ACTIONS[self.action],
             "proto": PROTOS.get(self.proto, 0),
             "family": self.family,
+            "tagged": int(self.vlan is not None),
+            "vlan": self.vlan or 0,
             "pad": 0,
             "sample_thresh": thresh,
         }
