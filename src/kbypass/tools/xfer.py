@@ -452,10 +452,10 @@ def _recv(args) -> int:
                 created = not existed
             where = f"{ep.encap.name} " + (f"{args.ip or ''}:{ep.encap.port}" if args.encap == "udp"
                                            else f"ethertype {ep.encap.ethertype:#06x}")
-            print(f"kbypass xfer recv: listening ({where}, backend {args.backend}); Ctrl-C to stop",
-                  file=sys.stderr, flush=True)
             progress = Progress(args, ep, None, "bytes_delivered")
-            try:
+            try:  # from the "listening" line on, a signal gets its (empty) summary
+                print(f"kbypass xfer recv: listening ({where}, backend {args.backend}); Ctrl-C to stop",
+                      file=sys.stderr, flush=True)
                 ep.accept(timeout=args.idle_timeout)
                 t0 = ep.connected_at
                 while True:
