@@ -55,15 +55,15 @@ def kb(*args: str) -> list[str]:
 
 def xfer_trial(encap: str, loss: float, size: str, poll: str, b: testbed.Host, lane: str = "c") -> dict:
     common = (["--encap", encap, "--poll", poll, "--lane", lane, "--json"]
-              + (["--loss", str(loss)] if loss else []))
+              + (["--loss", str(loss)] if loss else []))  # on both ends: --loss drops what each end receives
     recv = subprocess.Popen(kb("xfer", "recv", "--host", "b", "--port", str(PORT), "--cpu", "1",
-                               "--duration", "60", *common),
+                               "--idle-timeout", "60", *common),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = recv.stderr.readline()
         if "listening" not in line:
             raise RuntimeError(f"xfer recv did not start: {line}{recv.stderr.read()}")
-        send = subprocess.run(kb("xfer", "send", "--host", "a", "--to", f"{b.ipv4}:{PORT}", "--size", size,
+        send = subprocess.run(kb("xfer", "send", "--host", "a", "--dst", f"{b.ipv4}:{PORT}", "--size", size,
                                  "--cpu", "0", *common), capture_output=True, text=True, timeout=300)
         rout, rerr = recv.communicate(timeout=60)
     finally:

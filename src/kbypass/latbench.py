@@ -75,13 +75,14 @@ def _kbypass(backend: str, poll: str, duration: float, size: int, b, lane: str |
     common = ["--backend", backend, "--poll", poll, "--json", *(["--lane", lane] if lane else [])]
     py = [sys.executable, "-m", "kbypass", "pingpong"]
     server = subprocess.Popen([*py, "server", "--host", "b", "--port", str(PORT), "--cpu", str(SERVER_CPU),
-                               "--duration", str(duration + 20), "--idle-timeout", "1", *common],
+                               "--duration", str(duration + 20), "--idle-timeout", "10", *common],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(2.0)  # import, steering and sockets up
-        proc = subprocess.run([*py, "client", "--host", "a", "--server", f"{b.ipv4}:{PORT}", "--cpu",
+        proc = subprocess.run([*py, "client", "--host", "a", "--dst", f"{b.ipv4}:{PORT}", "--cpu",
                                str(CLIENT_CPU), "--duration", str(duration), "--warmup", "1000", "--size",
                                str(size), *common], capture_output=True, text=True, timeout=duration + 60)
+        server.terminate()  # SIGTERM: the server stops and prints its summary (--idle-timeout is the backstop)
         server.communicate(timeout=30)
     finally:
         server.kill()

@@ -35,12 +35,13 @@ def test_sockperf_client_against_kbypass_server(testbed_hosts, dedicated):
     ip = spare_ip(b, 10) if dedicated else b.ipv4
     extra = ["--ip", ip, "--dedicated"] if dedicated else []
     server = subprocess.Popen([sys.executable, "-m", "kbypass", "pingpong", "server", "--host", "b", "--port", "11111",
-                               "--duration", "20", "--idle-timeout", "0.5", "--json", *extra],
+                               "--duration", "20", "--idle-timeout", "10", "--json", *extra],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_attached(b)
         sp = subprocess.run(["ip", "netns", "exec", a.netns, "sockperf", "ping-pong", "-i", ip, "-p", "11111",
                              "-t", "1", "-m", "64"], capture_output=True, text=True, timeout=30)
+        server.terminate()  # SIGTERM: the server stops and prints its summary
         out, err = server.communicate(timeout=30)
     finally:
         server.kill()
@@ -65,7 +66,7 @@ def test_kbypass_client_against_sockperf_server(testbed_hosts, dedicated, tmp_pa
     try:
         # ready once its socket is bound: from then on the kernel queues what arrives for it
         wait_until(lambda: udp_bound(b.netns, 11112), "sockperf server bound to port 11112", proc=server)
-        proc = kbypass("pingpong", "client", "--host", "a", "--server", f"{b.ipv4}:11112", "--count", "2000",
+        proc = kbypass("pingpong", "client", "--host", "a", "--dst", f"{b.ipv4}:11112", "--count", "2000",
                        "--warmup", "50", "--size", "64", "--json", "--histogram", str(png), *extra, timeout=60)
     finally:
         server.terminate()
@@ -94,7 +95,7 @@ def test_socket_backend_client_and_server(testbed_hosts):
     try:
         # the socket backend's server is a bound UDP socket: bound means every ping from now on is answered
         wait_until(lambda: udp_bound(b.netns, 11113), "kbypass socket server bound to port 11113", proc=server)
-        proc = kbypass("pingpong", "client", "--host", "a", "--server", f"{b.ipv4}:11113", "--count", "500",
+        proc = kbypass("pingpong", "client", "--host", "a", "--dst", f"{b.ipv4}:11113", "--count", "500",
                        "--warmup", "100", "--json", "--backend", "socket", timeout=60)
         out, _ = server.communicate(timeout=30)
     finally:
@@ -109,9 +110,9 @@ def test_socket_backend_client_and_server(testbed_hosts):
 @pytest.mark.parametrize("args, words", [
     (["server", "--host", "b", "--ip", "10.99.0.5"], "not an address of the interface"),
     (["server", "--host", "b", "--ip", "10.99.0.5", "--dedicated"], "outside the interface's subnets"),
-    (["client", "--host", "a", "--server", "{b}:11111", "--size", "2000", "--count", "1"], "exceeds the MTU"),
-    (["client", "--host", "a", "--server", "nonsense", "--count", "1"], "IP:PORT"),
-    (["client", "--host", "a", "--server", "{b}:11111", "--size", "10"], "14 bytes"),
+    (["client", "--host", "a", "--dst", "{b}:11111", "--size", "2000", "--count", "1"], "exceeds the MTU"),
+    (["client", "--host", "a", "--dst", "nonsense", "--count", "1"], "IP:PORT"),
+    (["client", "--host", "a", "--dst", "{b}:11111", "--size", "10"], "from 14 to 65507"),
 ])
 def test_bad_input_one_line(testbed_hosts, args, words):
     a, b = testbed_hosts

@@ -261,13 +261,13 @@ def test_cli_send_recv_with_loss(testbed_hosts, tmp_path) -> None:
     out = tmp_path / "out.bin"
     recv = subprocess.Popen(
         [sys.executable, "-m", "kbypass", "xfer", "recv", "--host", "b", "--port", str(PORT), "--encap", "udp",
-         "--out", str(out), "--loss", "0.02", "--faults", "reorder=0.05,duplicate=0.02", "--json",
-         "--duration", "30"],
+         "-w", str(out), "--loss", "0.02", "--faults", "reorder=0.05,duplicate=0.02", "--json",
+         "--idle-timeout", "30"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = recv.stderr.readline()
         assert "listening" in line, line + recv.stderr.read()
-        sent = kbypass("xfer", "send", "--host", "a", "--to", f"{b.ipv4}:{PORT}", "--encap", "udp", "--size",
+        sent = kbypass("xfer", "send", "--host", "a", "--dst", f"{b.ipv4}:{PORT}", "--encap", "udp", "--size",
                        "1M", "--loss", "0.02", "--loss-at", "user", "--seed", "5", "--json", timeout=60)
         assert sent.returncode == 0, sent.stderr
         rout, rerr = recv.communicate(timeout=30)
@@ -282,18 +282,21 @@ def test_cli_send_recv_with_loss(testbed_hosts, tmp_path) -> None:
     assert s["bytes"] == r["bytes"] == 1 << 20
     assert s["sha256"] == r["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert s["goodput_bps"] > 0 and s["retransmits"] > 0
+    # what the injected loss dropped is counted where it happened (before: the receiver said "drops": {})
+    assert r["drops"]["loss_xdp"] > 0 and r["loss_dropped"] == r["drops"]["loss_xdp"], r
+    assert s["loss_dropped"] == s["drops"].get("loss_user", 0) and s["loss_applies_to"].endswith("receiver's ACKs")
 
 
 def test_cli_errors_name_the_fix(testbed_hosts) -> None:
     r = kbypass("xfer", "send", "--host", "a", "--size", "1K")
-    assert r.returncode == 2 and "--to IP:PORT" in r.stderr
-    r = kbypass("xfer", "send", "--host", "a", "--to", "10.77.0.2:7000", "--size", "lots")
+    assert r.returncode == 2 and "--dst IP:PORT" in r.stderr
+    r = kbypass("xfer", "send", "--host", "a", "--dst", "10.77.0.2:7000", "--size", "lots")
     assert r.returncode == 2 and "--size 'lots'" in r.stderr
-    r = kbypass("xfer", "send", "--host", "a", "--to", "10.77.0.2:7000", "--size", "1K", "--faults", "loss=2x")
+    r = kbypass("xfer", "send", "--host", "a", "--dst", "10.77.0.2:7000", "--size", "1K", "--faults", "loss=2x")
     assert r.returncode == 2 and "--faults" in r.stderr
-    r = kbypass("xfer", "send", "--host", "a", "--encap", "eth", "--to-mac", "zz", "--size", "1K")
+    r = kbypass("xfer", "send", "--host", "a", "--encap", "eth", "--dst-mac", "zz", "--size", "1K")
     assert r.returncode == 2 and "bad MAC address" in r.stderr
     # nobody listening: the handshake times out with one line naming what to check, no traceback
-    r = kbypass("xfer", "send", "--host", "a", "--to", "10.77.0.2:7999", "--size", "1K", "--timeout", "1")
-    assert r.returncode == 2 and "timed out after 1.0 s while connecting: is 'kbypass xfer recv' running" in r.stderr
+    r = kbypass("xfer", "send", "--host", "a", "--dst", "10.77.0.2:7999", "--size", "1K", "--idle-timeout", "1")
+    assert r.returncode == 2 and "while connecting" in r.stderr and "is 'kbypass xfer recv' running" in r.stderr
     assert "Traceback" not in r.stderr

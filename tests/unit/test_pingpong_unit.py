@@ -109,14 +109,17 @@ def test_reply_timeout_must_be_positive():
     for bad in (0, -1, float("nan")):
         with pytest.raises(UsageError, match="--reply-timeout"):
             pp.ping(DeadLink(), ("10.0.0.2", 1), count=1, reply_timeout=bad)
-    with pytest.raises(UsageError, match="--give-up"):
+    with pytest.raises(UsageError, match="--idle-timeout"):
         pp.ping(DeadLink(), ("10.0.0.2", 1), count=1, give_up=0)
 
 
 def _cli(capsys, *argv):
     from kbypass.cli import main
 
-    code = main(["pingpong", "client", "--backend", "socket", "--ip", "127.0.0.1", *argv])
+    try:
+        code = main(["pingpong", "client", "--backend", "socket", "--ip", "127.0.0.1", *argv])
+    except SystemExit as e:  # argparse refused an option
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -125,8 +128,8 @@ def test_cli_client_against_a_dead_server_stops_with_an_error(capsys):
     dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dead.bind(("127.0.0.1", 0))  # bound, never answers
     try:
-        code, out, err = _cli(capsys, "--server", f"127.0.0.1:{dead.getsockname()[1]}", "--count", "5",
-                              "--warmup", "0", "--reply-timeout", "0.05", "--give-up", "0.3", "--json")
+        code, out, err = _cli(capsys, "--dst", f"127.0.0.1:{dead.getsockname()[1]}", "--count", "5",
+                              "--warmup", "0", "--reply-timeout", "0.05", "--idle-timeout", "0.3", "--json")
     finally:
         dead.close()
     assert code == 2
@@ -138,9 +141,9 @@ def test_cli_client_against_a_dead_server_stops_with_an_error(capsys):
 
 
 def test_cli_refuses_a_zero_reply_timeout(capsys):
-    code, out, err = _cli(capsys, "--server", "127.0.0.1:9", "--count", "1", "--reply-timeout", "0")
-    assert code == 2 and err.startswith("kbypass: error: --reply-timeout 0.0: give seconds > 0")
-    code, out, err = _cli(capsys, "--server", "127.0.0.1:9", "--count", "1", "--gateway", "10.0.0.1")
+    code, out, err = _cli(capsys, "--dst", "127.0.0.1:9", "--count", "1", "--reply-timeout", "0")
+    assert code == 2 and err.startswith("kbypass: error: pingpong client: argument --reply-timeout: '0': give a positive")
+    code, out, err = _cli(capsys, "--dst", "127.0.0.1:9", "--count", "1", "--gateway", "10.0.0.1")
     assert code == 2 and "--gateway is for the afxdp backend" in err
 
 

@@ -1,5 +1,5 @@
 """`kbypass xfer` bad input without a network: every mistake is one line `kbypass: error: ...` naming the fix,
-exit 2, found before an endpoint (port, XDP program) is opened and before --out is truncated."""
+exit 2, found before an endpoint (port, XDP program) is opened and before --write is truncated."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from kbypass.errors import UsageError
 from kbypass.tools import xfer
 from tests.kb import unreachable
 
-SEND = ["xfer", "send", "--iface", "nonexist0", "--to", "10.9.9.9:7000", "--to-mac", "02:00:00:00:00:02"]
+SEND = ["xfer", "send", "--iface", "nonexist0", "--dst", "10.9.9.9:7000", "--dst-mac", "02:00:00:00:00:02"]
 RECV = ["xfer", "recv", "--iface", "nonexist0"]
 
 
@@ -24,8 +24,16 @@ def no_network(monkeypatch):
     unreachable(monkeypatch, xfer, "_open", "the endpoint was opened before the bad input was refused")
 
 
+def run_cli(argv: list[str]) -> int:
+    """cli.main in-process; argparse's refusals exit (SystemExit 2) before main returns."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def refused(capsys, argv: list[str]) -> str:
-    rc = cli.main(argv)
+    rc = run_cli(argv)
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert rc == 2, err
@@ -52,6 +60,7 @@ def test_faults_out_of_range(capsys, no_network, spec, says) -> None:
 @pytest.mark.parametrize("loss", ["1", "1.5", "-0.1", "nan"])
 def test_loss_outside_unit_interval(capsys, no_network, loss) -> None:
     line = refused(capsys, [*SEND, "--size", "1K", f"--loss={loss}"])
+    assert "argument --loss" in line
     assert "give a probability 0 <= P < 1" in line
 
 
@@ -64,22 +73,22 @@ def test_faults_checked_in_one_process_run() -> None:
 
 # 6: ports
 @pytest.mark.parametrize("argv", [[*SEND, "--size", "1K", "--port", "70000"], [*SEND, "--size", "1K", "--port", "-1"],
-                                  [*RECV, "--port", "65536"], [*RECV, "--port", "-1"]])
+                                  [*RECV, "--port", "65536"], [*RECV, "--port", "-1"], [*RECV, "-p", "0"]])
 def test_port_out_of_range(capsys, no_network, argv) -> None:
-    assert "give a UDP port 0-65535" in refused(capsys, argv)
+    assert "give a UDP port from" in refused(capsys, argv)
 
 
 # 7: --file and --out
 def test_missing_or_unreadable_file(capsys, no_network, tmp_path) -> None:
     line = refused(capsys, [*SEND, "--file", str(tmp_path / "nope")])
-    assert f"--file {tmp_path / 'nope'}: No such file or directory" in line
-    assert "Is a directory" in refused(capsys, [*SEND, "--file", str(tmp_path)])
+    assert f"--file {tmp_path / 'nope'}: no such file" in line
+    assert "is a directory" in refused(capsys, [*SEND, "--file", str(tmp_path)])
 
 
 def test_out_checked_up_front(capsys, no_network, tmp_path) -> None:
-    line = refused(capsys, [*RECV, "--out", str(tmp_path / "no" / "dir.bin")])
-    assert f"no directory {tmp_path / 'no'}: create it" in line
-    assert "is a directory: give a file name" in refused(capsys, [*RECV, "--out", str(tmp_path)])
+    line = refused(capsys, [*RECV, "-w", str(tmp_path / "no" / "dir.bin")])
+    assert f"directory {tmp_path / 'no'} does not exist; create it" in line
+    assert "is a directory: give a file path" in refused(capsys, [*RECV, "--write", str(tmp_path)])
 
 
 def test_out_not_truncated_when_the_endpoint_fails(capsys, monkeypatch, tmp_path) -> None:
@@ -91,7 +100,7 @@ def test_out_not_truncated_when_the_endpoint_fails(capsys, monkeypatch, tmp_path
 
     monkeypatch.setattr(xfer, "require_root", lambda what: None)
     monkeypatch.setattr(xfer, "_open", fail)
-    assert "no such interface" in refused(capsys, [*RECV, "--out", str(out)])
+    assert "no such interface" in refused(capsys, [*RECV, "--write", str(out)])
     assert out.read_bytes() == b"precious"
 
 
@@ -111,16 +120,51 @@ def test_good_sizes() -> None:
     assert xfer._size("0") == 0
 
 
-# 12b: --timeout, --duration
-@pytest.mark.parametrize("argv, says", [
-    ([*SEND, "--size", "1K", "--timeout", "nan"], "--timeout nan: give a finite number of seconds > 0"),
-    ([*SEND, "--size", "1K", "--timeout", "0"], "--timeout 0.0: give a finite number of seconds > 0"),
-    ([*SEND, "--size", "1K", "--timeout", "inf"], "--timeout inf: give a finite number of seconds > 0"),
-    ([*RECV, "--timeout=-1"], "--timeout -1.0: give a finite number of seconds > 0"),
-    ([*SEND, "--duration", "nan"], "--duration nan: give a finite number of seconds > 0"),
-    ([*SEND, "--duration", "0"], "--duration 0.0: give a finite number of seconds > 0"),
-    ([*RECV, "--duration", "nan"], "--duration nan: give a finite number of seconds > 0, or leave it out"),
-    ([*RECV, "--duration", "inf"], "--duration inf: give a finite number of seconds > 0, or leave it out"),
+# 12b: --idle-timeout, --duration
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "1e300"])
+@pytest.mark.parametrize("argv, option", [
+    ([*SEND, "--size", "1K"], "--idle-timeout"), (RECV, "--idle-timeout"), (SEND, "--duration"), (SEND, "-t"),
 ])
-def test_bad_seconds(capsys, no_network, argv, says) -> None:
+def test_bad_seconds(capsys, no_network, argv, option, value) -> None:
+    line = refused(capsys, [*argv, f"{option}={value}"])
+    assert "give a positive number of seconds" in line and ("--duration" if option == "-t" else option) in line
+
+
+# the vocabulary: old names refused, options a backend or encapsulation ignores refused with the reason
+@pytest.mark.parametrize("argv, says", [
+    ([*RECV, "--out", "/tmp/x"], "unrecognized arguments: --out"),
+    ([*RECV, "--timeout", "1"], "unrecognized arguments: --timeout"),
+    (["xfer", "send", "--iface", "x", "--to", "10.0.0.1:7000", "--size", "1K"], "unrecognized arguments: --to"),
+    ([*RECV, "--duration", "5"], "unrecognized arguments: --duration"),
+    ([*RECV, "--backend", "socket", "--poll", "busy"], "--poll is the AF_XDP wait mode"),
+    ([*RECV, "--backend", "packet_mmap", "--loss", "0.1", "--loss-at", "xdp"], "--loss-at xdp drops in the steering"),
+    ([*RECV, "--loss-at", "user"], "give --loss P too"),
+    ([*RECV, "--ethertype", "0x88b6"], "--ethertype is for --encap eth"),
+    ([*RECV, "--encap", "eth", "--ip", "10.0.0.1"], "--ip is for --encap udp"),
+    ([*RECV, "--encap", "eth", "--ethertype", "0x0800"], "unassigned EtherType"),
+    ([*RECV, "--encap", "eth", "--ethertype", "5"], "unassigned EtherType"),
+    ([*RECV, "--encap", "eth", "--ethertype", "0x10000"], "unassigned EtherType"),
+    ([*RECV, "--encap", "eth", "--ethertype", "zz"], "give an EtherType like 0x88b5"),
+    ([*RECV, "--seed", "-1"], "--seed"), ([*RECV, "--seed", "nan"], "--seed"), ([*RECV, "--seed", str(2**64)], "--seed"),
+    ([*RECV, "--cpu", "-1"], "--cpu"), ([*RECV, "--loss", "inf"], "--loss"),
+    ([*SEND, "--size", "1e30"], "--size '1e30'"), ([*SEND, "--size", "9999999999T"], "at most 1P"),
+    ([*SEND, "--file", "/etc/hostname", "--duration", "1"], "give --file or --duration, not both"),
+    ([*SEND, "--file", "-", "--size", "1K"], "not allowed with argument"),
+    ([*SEND, "--file", "/nonexistent/x"], "no such file"),
+])
+def test_refused(capsys, no_network, argv, says) -> None:
     assert says in refused(capsys, argv)
+
+
+def test_write_dash_means_stdout_and_file_dash_stdin(capsys, monkeypatch) -> None:
+    # '-' passes the checks (stdout for -w, stdin for --file): it reaches the endpoint, which fails here
+    monkeypatch.setattr(xfer, "require_root", lambda what: None)
+    assert "no interface 'nonexist0'" in refused(capsys, [*RECV, "-w", "-"])
+    assert "nonexist0" in refused(capsys, [*SEND, "--file", "-"])
+
+
+def test_failed_recv_leaves_no_write_file(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(xfer, "require_root", lambda what: None)
+    out = tmp_path / "new.bin"
+    refused(capsys, [*RECV, "-w", str(out)])
+    assert not out.exists()

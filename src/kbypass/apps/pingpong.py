@@ -84,7 +84,8 @@ class ServerResult:
 def serve(ep, *, duration: float | None = None, count: int | None = None, idle_timeout: float | None = None,
           stop=lambda: False) -> ServerResult:
     """Answer datagrams on endpoint `ep` until duration/count/idle_timeout/stop() ends it. The idle
-    timeout counts from the last message, so it starts with the first one."""
+    timeout counts from the last message, or from the start while none came: a server nobody talks to
+    stops too."""
     res = ServerResult()
     start = last = time.monotonic()
     end = None if duration is None else start + duration
@@ -93,7 +94,7 @@ def serve(ep, *, duration: float | None = None, count: int | None = None, idle_t
         now = time.monotonic()
         if end is not None and now >= end:
             break
-        if idle_timeout is not None and res.received and now - last >= idle_timeout:
+        if idle_timeout is not None and now - last >= idle_timeout:
             break
         slice_ = 0.2 if end is None else max(0.0, min(0.2, end - now))
         try:
@@ -173,7 +174,7 @@ def _canonical_ip(ip: str) -> str:
         return ip
 
 
-GIVE_UP = 5.0  # seconds without any answer before the client stops (--give-up)
+GIVE_UP = 5.0  # seconds without any answer before the client stops (--idle-timeout)
 
 
 def check_client_options(*, reply_timeout: float, give_up: float | None, warmup: int) -> None:
@@ -182,7 +183,7 @@ def check_client_options(*, reply_timeout: float, give_up: float | None, warmup:
         raise UsageError(f"--reply-timeout {reply_timeout}: give seconds > 0 (e.g. 1); with 0 every message "
                          "would count as lost")
     if give_up is not None and not give_up > 0:
-        raise UsageError(f"--give-up {give_up}: give seconds > 0 (default {GIVE_UP:g})")
+        raise UsageError(f"--idle-timeout {give_up}: give seconds > 0 (default {GIVE_UP:g})")
     if warmup < 0:
         raise UsageError(f"--warmup {warmup}: give a number of messages >= 0")
 

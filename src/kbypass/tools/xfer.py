@@ -1,13 +1,21 @@
 """`kbypass xfer send | recv`: move a file or a generated stream over the reliable transport on the
 bypass path (AF_XDP by default), in UDP or raw Ethernet frames, and report goodput, retransmissions, RTT.
 
-    kbypass xfer recv --host b --port 7000 --json &
-    kbypass xfer send --host a --to 10.77.0.2:7000 --size 100M --loss 0.01 --json
+    kbypass xfer recv --host b -p 7000 --loss 0.01 --json &
+    kbypass xfer send --host a --dst 10.77.0.2:7000 --size 100M --loss 0.01 --json
 
-Loss injection: --loss P drops that share of the frames this end receives, in the XDP steering program
-(afxdp backend; --loss-at user for the seeded userspace link instead); --faults SPEC puts the seeded
-userspace FaultyLink (kbypass.faults.parse_spec: loss, burst, reorder, duplicate, corrupt, delay, ...)
-on the datagrams this end receives. Give them on both ends for faults in both directions.
+Loss injection acts on the frames THIS end receives: --loss P on the receiver drops data, on the sender
+only the receiver's ACKs. For loss on the path give it to both ends. --loss drops in the XDP steering
+program (afxdp backend; --loss-at user for the seeded userspace link instead); --faults SPEC puts the
+seeded userspace FaultyLink (kbypass.faults.parse_spec: loss, burst, reorder, duplicate, corrupt, delay,
+...) on the datagrams this end receives. The summary counts what each dropped (drops.loss_xdp,
+drops.loss_user).
+
+--idle-timeout S is how long either end waits without a word from its peer: the sender's handshake, the
+receiver's wait for a sender (default: for ever) and, during the transfer, the dead-peer time (default
+10 s), so a killed peer is noticed in S seconds; the countdown is printed on stderr once the peer falls
+silent. Progress: a bar on stderr when it is a terminal, JSON lines on stderr about once a second with
+--json; SIGINT/SIGTERM print the partial summary (marked "interrupted") and exit 130/143.
 
 --poll busy (AF_XDP busy polling, spins a CPU while waiting) keeps the round trip under a millisecond on
 veth; with the default need_wakeup the receive path waits for the kernel's softirq, the RTT is a few
@@ -17,7 +25,9 @@ the congestion controller (LossTolerantReno) cuts only when the recent loss rate
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import math
 import os
 import random
@@ -25,11 +35,35 @@ import sys
 import time
 
 from kbypass import testbed
-from kbypass.errors import UsageError, require_root
-from kbypass.tools._common import pin_cpu, print_json
+from kbypass.errors import KbypassError, UsageError, require_root
+from kbypass.tools import _options as opt
+from kbypass.tools._common import pin_cpu
+from kbypass.tools._output import emit
 
 BLOCK = 1 << 20
 CHUNK = 256 * 1024
+IDLE_DEFAULT = 10.0  # seconds without a word from the peer: the handshake, and the dead-peer time
+SILENT_AFTER = 1.0  # a peer quiet this long is reported on stderr (its ACKs normally come every few ms)
+
+
+def _ethertype(text: str) -> int:
+    """An EtherType (0x0600-0xffff: smaller values are 802.3 lengths, not types), in hex or decimal."""
+    try:
+        v = int(text.strip(), 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give an EtherType like 0x88b5") from None
+    if not 0x0600 <= v <= 0xFFFF or v in (0x0800, 0x86DD, 0x0806, 0x8100, 0x88A8):
+        raise argparse.ArgumentTypeError(f"{text!r}: give an unassigned EtherType from 0x0600 to 0xffff (not IP, "
+                                         "ARP or VLAN), e.g. 0x88b5")
+    return v
+
+
+def _loss(text: str) -> float:
+    v = opt._number(text, float, "a probability")
+    if not 0.0 <= v < 1.0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"{text!r}: give a probability 0 <= P < 1 (1 drops every frame: the "
+                                         "transfer cannot finish)")
+    return v
 
 
 def register(subparsers) -> None:
@@ -42,96 +76,95 @@ def register(subparsers) -> None:
         v = verbs.add_parser(verb, help=text)
         _common(v)
         if verb == "send":
-            v.add_argument("--to", metavar="IP:PORT", help="receiver address (udp); with eth, an IP of a testbed "
-                                                          "host names its MAC")
-            v.add_argument("--to-mac", help="receiver MAC (default: the testbed host with --to's address, or ARP)")
-            v.add_argument("--port", type=int, default=0, help="local UDP port (default: a free one)")
+            opt.add_dst(v, help="receiver address (udp); with eth, an IP of a testbed host names its MAC")
+            v.add_argument("--dst-mac", metavar="MAC",
+                           help="receiver MAC (default: the testbed host with --dst's address, or ARP)")
+            opt.add_port(v, help="local UDP port (default 0: a free one)", default=0)
             what = v.add_mutually_exclusive_group()
-            what.add_argument("--file", help="send this file")
+            what.add_argument("--file", help="send this file ('-': standard input)")
             what.add_argument("--size", help="send a generated stream of this many bytes (K/M/G suffixes)")
-            v.add_argument("--duration", type=float, help="send a generated stream for this many seconds")
+            opt.add_duration(v, help="send a generated stream for this many seconds")
+            opt.add_idle_timeout(v, help=f"give up after this many seconds without a word from the receiver: "
+                                         f"the handshake and a peer gone silent (default {IDLE_DEFAULT:g})")
         else:
-            v.add_argument("--port", type=int, default=7000, help="UDP port to listen on (default 7000)")
-            v.add_argument("--out", help="write what arrives to this file")
-            v.add_argument("--duration", type=float, help="give up waiting for a sender after this many seconds")
+            opt.add_port(v, help="UDP port to listen on (default 7000)", default=7000)
+            v.add_argument("-w", "--write", metavar="FILE", type=opt.output_file(allow_stdout=True),
+                           help="write what arrives to this file ('-': standard output; the summary then "
+                                "goes to stderr)")
+            opt.add_idle_timeout(v, help=f"give up after this many seconds without a word from the sender: "
+                                         f"waiting for one (default: for ever) and a sender gone silent "
+                                         f"(default {IDLE_DEFAULT:g})")
         v.set_defaults(func=run)
 
 
 def _common(v) -> None:
-    v.add_argument("--iface", help="interface (default: the testbed host's veth)")
-    v.add_argument("--netns", help="network namespace of --iface")
-    v.add_argument("--host", choices=testbed.HOSTS, help="a testbed host: sets --iface, --netns (and --ip)")
-    v.add_argument("--ip", help="local IPv4 address (default: the interface's)")
+    opt.add_where(v, host_help="a testbed host: sets --iface, --netns (and --ip)")
+    v.add_argument("--ip", help="udp: local IPv4 address (default: the interface's)")
     v.add_argument("--encap", choices=("udp", "eth"), default="udp",
                    help="udp: IPv4/UDP frames (routable); eth: raw Ethernet, EtherType --ethertype")
-    v.add_argument("--ethertype", type=lambda s: int(s, 0), default=0x88B5, help="EtherType for eth (0x88b5)")
-    v.add_argument("--backend", choices=("afxdp", "packet_mmap", "socket"), default="afxdp")
-    v.add_argument("--poll", choices=("wakeup", "busy"), default="wakeup", help="AF_XDP wait mode")
-    v.add_argument("--loss", type=float, default=0.0, help="drop this share of the frames received here")
+    v.add_argument("--ethertype", type=_ethertype, help="eth: the EtherType (default 0x88b5)")
+    v.add_argument("--backend", choices=("afxdp", "packet_mmap", "socket"), default="afxdp",
+                   help="the packet path: afxdp (the bypass, default), packet_mmap (TPACKET_V3 raw socket) or "
+                        "socket (a kernel UDP socket; udp only)")
+    v.add_argument("--poll", choices=("wakeup", "busy"), help="afxdp: wait mode (default wakeup)")
+    v.add_argument("--loss", type=_loss, default=0.0,
+                   help="drop this share of the frames THIS end receives (on the sender: the ACKs); give it to "
+                        "both ends for loss on the path")
     v.add_argument("--loss-at", choices=("xdp", "user"), help="where --loss drops: the steering program "
-                                                              "(default with afxdp) or the userspace link")
+                                                              "(afxdp only, its default) or the userspace link")
     v.add_argument("--faults", default="", help="userspace faults on received datagrams, e.g. "
                                                 "'loss=0.02,reorder=0.05,duplicate=0.01,corrupt=0.01'")
-    v.add_argument("--seed", type=int, default=1, help="seed of the userspace faults and the generated stream")
-    v.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the handshake (send) "
-                                                               "or the close")
+    v.add_argument("--seed", type=opt.int_range(0, 2**63 - 1, "a seed"), default=1,
+                   help="seed of the userspace faults and the generated stream")
     v.add_argument("--lane", choices=("c", "python"),
                    help="per-datagram bulk work (in-order arrivals, encoding, framing) in C (kbypass._fastxfer) "
                         "or Python; default: C when it is built")
-    v.add_argument("--cpu", type=int, help="pin to this CPU")
-    v.add_argument("--json", action="store_true", help="print the summary as JSON")
+    opt.add_cpu(v)
+    opt.add_json(v, help="print the summary as JSON (and progress as JSON lines on stderr)")
 
 
 def _size(text: str) -> int:
     """--size: bytes >= 0, a whole number or a number with a K/M/G suffix (binary: 1K = 1024)."""
-    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     t = text.strip().lower().rstrip("b")
     try:
         n = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else int(t)
     except ValueError:
         n = None
-    if n is None or not math.isfinite(n) or n < 0:
-        raise UsageError(f"--size {text!r}: give a number of bytes >= 0, e.g. 4096, 64K, 100M, 1G")
+    if n is None or not math.isfinite(n) or n < 0 or n > 1 << 50:
+        raise UsageError(f"--size {text!r}: give a number of bytes >= 0, e.g. 4096, 64K, 100M, 1G (at most 1P)")
     return int(n)
-
-
-def _seconds(option: str, value: float | None, hint: str = "") -> None:
-    if value is not None and not (value > 0 and math.isfinite(value)):  # refuses NaN, inf, 0, negatives
-        raise UsageError(f"{option} {value}: give a finite number of seconds > 0{hint}")
 
 
 def _check(args) -> None:
     """Every check that needs no network, before any port is opened or file written."""
-    if not 0 <= args.port <= 0xFFFF:
-        raise UsageError(f"--port {args.port}: give a UDP port 0-65535 (0 picks a free one)")
-    _seconds("--timeout", args.timeout, ", e.g. --timeout 10")
-    _seconds("--duration", args.duration,
-             ", e.g. --duration 10" if args.verb == "send" else ", or leave it out to wait for a sender forever")
     _faults(args)
+    if args.backend != "afxdp" and args.poll is not None:
+        raise UsageError(f"--poll is the AF_XDP wait mode: --backend {args.backend} does not use it; leave it out")
+    if args.loss_at and not args.loss:
+        raise UsageError("--loss-at says where --loss drops: give --loss P too, or leave --loss-at out")
+    if args.loss_at == "xdp" and args.backend != "afxdp":
+        raise UsageError(f"--loss-at xdp drops in the steering program, which --backend {args.backend} does not "
+                         "load: use --loss-at user")
+    if args.encap == "udp" and args.ethertype is not None:
+        raise UsageError("--ethertype is for --encap eth (udp frames are IPv4): leave it out or add --encap eth")
+    if args.encap == "eth" and args.ip is not None:
+        raise UsageError("--ip is for --encap udp (raw Ethernet frames carry no IP address): leave it out")
     if args.verb == "send":
         if args.file is None and args.size is None and args.duration is None:
             raise UsageError("what to send: --file PATH, --size N or --duration S")
+        if args.file is not None and args.duration is not None:
+            raise UsageError("--duration is for a generated stream: give --file or --duration, not both")
         if args.size is not None:
             _size(args.size)
-    elif args.out:
-        _check_out(args.out)
-
-
-def _check_out(path: str) -> None:
-    """--out must be a file we can write, without truncating it (that waits until the endpoint is open)."""
-    if os.path.isdir(path):
-        raise UsageError(f"--out {path}: is a directory: give a file name")
-    if os.path.exists(path):
+        if args.file not in (None, "-") and not os.path.isfile(args.file):
+            why = "is a directory" if os.path.isdir(args.file) else "no such file"
+            raise UsageError(f"--file {args.file}: {why}: give a file to send (or '-' for standard input)")
+    elif args.write not in (None, "-") and os.path.exists(args.write):
         try:
-            open(path, "ab").close()  # opens for writing without truncating
+            open(args.write, "ab").close()  # opens for writing without truncating
         except OSError as e:
-            raise UsageError(f"--out {path}: {e.strerror}: give a file you can write") from None
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UsageError(f"--out {path}: no directory {parent}: create it or give another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {path}: cannot create a file in {parent}: give a writable directory")
+            raise UsageError(f"--write {args.write}: {e.strerror}: give a file you can write") from None
 
 
 def _open_file(path: str, mode: str, option: str):
@@ -146,7 +179,7 @@ def _where(args) -> tuple[str, str | None, str | None]:
     ip = args.ip
     if args.host:
         h = testbed.host(args.host)
-        return args.iface or h.iface, args.netns or h.netns, ip or h.ipv4
+        return args.iface or h.iface, args.netns or h.netns, ip or (h.ipv4 if args.encap == "udp" else None)
     if not args.iface:
         raise UsageError("say where: --iface IF (with --netns NS), or --host a|b for the testbed")
     return args.iface, args.netns, ip
@@ -162,9 +195,6 @@ def _faults(args) -> dict | None:
     if kw.get("loss", 0.0) >= 1.0:
         raise UsageError(f"--faults loss={kw['loss']}: that drops every datagram, the transfer cannot finish: "
                          "give 0 <= loss < 1")
-    if not 0.0 <= args.loss < 1.0:  # also refuses NaN
-        raise UsageError(f"--loss {args.loss}: give a probability 0 <= P < 1 (1 drops every frame: the "
-                         "transfer cannot finish)")
     if args.loss and _loss_at(args) == "user":
         if "loss" in kw:
             raise UsageError("--loss and --faults loss=...: give the loss once")
@@ -177,7 +207,7 @@ def _loss_at(args) -> str:
 
 
 def _peer(args) -> tuple[tuple[str, int] | None, str | None]:
-    to, mac = args.to, args.to_mac
+    to, mac = args.dst, args.dst_mac
     peer = None
     if to:
         ip, sep, port = to.rpartition(":")
@@ -186,16 +216,16 @@ def _peer(args) -> tuple[tuple[str, int] | None, str | None]:
         try:
             peer = (ip, int(port))
         except ValueError:
-            raise UsageError(f"--to {to!r}: write IP:PORT, e.g. 10.77.0.2:7000") from None
+            raise UsageError(f"--dst {to!r}: write IP:PORT, e.g. 10.77.0.2:7000") from None
         if args.encap == "udp" and not 0 < peer[1] <= 0xFFFF:
-            raise UsageError(f"--to {to!r}: the udp encapsulation needs a port 1-65535 (IP:PORT)")
+            raise UsageError(f"--dst {to!r}: the udp encapsulation needs a port 1-65535 (IP:PORT)")
         if mac is None:
             hosts = testbed.status() or []
             mac = next((h.mac for h in hosts if h.ipv4 == ip), None)
     if args.encap == "udp" and peer is None:
-        raise UsageError("send needs the receiver: --to IP:PORT")
+        raise UsageError("send needs the receiver: --dst IP:PORT")
     if args.encap == "eth" and mac is None:
-        raise UsageError("the eth encapsulation addresses the receiver by MAC: give --to-mac, or --to with the "
+        raise UsageError("the eth encapsulation addresses the receiver by MAC: give --dst-mac, or --dst with the "
                          "address of a testbed host")
     return peer, mac
 
@@ -206,39 +236,98 @@ def _open(args, **kw):
     iface, netns, ip = _where(args)
     faults = _faults(args)
     xdp_loss = args.loss if (args.loss and _loss_at(args) == "xdp") else 0.0
-    options = {"poll": args.poll} if args.backend == "afxdp" else {}
+    options = {"poll": args.poll or "wakeup"} if args.backend == "afxdp" else {}
+    extra = {} if args.ethertype is None else {"ethertype": args.ethertype}
     return TransportEndpoint.open(iface=iface, netns=netns, encap=args.encap, backend=args.backend,
-                                  local_ip=ip, ethertype=args.ethertype, xdp_loss=xdp_loss,
-                                  faults_rx=faults, seed=args.seed, port_options=options,
-                                  native=None if args.lane is None else args.lane == "c", **kw)
+                                  local_ip=ip, xdp_loss=xdp_loss, faults_rx=faults, seed=args.seed,
+                                  port_options=options, idle_timeout=args.idle_timeout or IDLE_DEFAULT,
+                                  native=None if args.lane is None else args.lane == "c", **extra, **kw)
 
 
 def _summary(args, ep, nbytes: int, seconds: float, sha: str) -> dict:
     st = ep.stats
+    drops = st["drops"]
     return {
         "verb": args.verb, "encap": args.encap, "backend": args.backend, "lane": "c" if ep.native else "python",
         "bytes": nbytes,
         "seconds": round(seconds, 6), "goodput_bps": round(nbytes * 8 / seconds) if seconds > 0 else 0,
         "retransmits": st["retransmits"], "fast_retransmits": st["fast_retransmits"], "timeouts": st["timeouts"],
         "rtt_ms": None if st["rtt_ms"] is None else round(st["rtt_ms"], 3), "sha256": sha,
-        "loss": args.loss, "loss_at": _loss_at(args) if args.loss else None, "faults": args.faults or None,
+        "loss": args.loss, "loss_at": _loss_at(args) if args.loss else None,
+        # what --loss acts on, and what it dropped: a sender's --loss only ever drops ACKs
+        "loss_applies_to": (None if not args.loss else
+                            "frames this end receives: the receiver's ACKs" if args.verb == "send" else
+                            "frames this end receives: the sender's data"),
+        "loss_dropped": drops.get("loss_xdp", 0) + drops.get("loss_user", 0) if args.loss else 0,
+        "faults": args.faults or None,
         "datagrams_sent": st["datagrams_sent"], "datagrams_received": st["datagrams_received"],
-        "duplicates": st["duplicates"], "drops": st["drops"],
+        "duplicates": st["duplicates"], "drops": drops,
         "faults_rx": st.get("faults_rx"),
         "clean_close": ep.closed_cleanly,
     }
 
 
-def _print(summary: dict, as_json: bool) -> None:
-    if as_json:
-        print_json(summary)
+def _print(summary: dict, args, to_stderr: bool = False) -> None:
+    if to_stderr:  # -w -: standard output carries the data
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):
+            emit(summary, args.json, title=None if args.json else f"kbypass xfer {args.verb}")
         return
-    rtt = "-" if summary["rtt_ms"] is None else f"{summary['rtt_ms']:.3f} ms"
-    print(f"{summary['verb']}: {summary['bytes']} bytes in {summary['seconds']:.3f} s = "
-          f"{summary['goodput_bps'] / 1e6:.1f} Mbit/s goodput; {summary['retransmits']} retransmits; RTT {rtt}; "
-          f"sha256 {summary['sha256']}")
-    if summary["drops"]:
-        print(f"drops: {summary['drops']}")
+    emit(summary, args.json, title=None if args.json else f"kbypass xfer {args.verb}")
+
+
+class Progress:
+    """Progress on stderr, fed by the endpoint's on_tick about once a second: a rich bar when stderr is a
+    terminal (without --json), a JSON line per tick with --json, nothing on a pipe; and in every mode the
+    countdown once the peer has gone silent, which ends in the dead-peer give-up."""
+
+    def __init__(self, args, ep, total: int | None, counter: str) -> None:
+        self.args, self.ep, self.total, self.counter = args, ep, total, counter
+        self.idle = args.idle_timeout or IDLE_DEFAULT
+        self.t0 = None
+        self.warned = False
+        self.bar = None
+        if not args.json and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (BarColumn, DownloadColumn, Progress as Bar, TextColumn, TimeElapsedColumn,
+                                       TransferSpeedColumn)
+
+            self.bar = Bar(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                           TimeElapsedColumn(), console=Console(stderr=True), transient=True, auto_refresh=False)
+            self.task = self.bar.add_task(f"xfer {args.verb}", total=total)
+            self.bar.start()
+        ep.on_tick = self.tick
+
+    def tick(self, ep, now: float) -> None:
+        if ep.connected_at is None:
+            return
+        if self.t0 is None:
+            self.t0 = ep.connected_at
+        done = ep.stats[self.counter]
+        silent = ep.silent_for
+        if self.args.json:
+            line = {"event": "progress", "verb": self.args.verb, "bytes": done, "total": self.total,
+                    "seconds": round(now - self.t0, 3), "goodput_bps": round(done * 8 / max(now - self.t0, 1e-9)),
+                    "retransmits": ep.stats["retransmits"], "peer_silent_s": round(silent, 1)}
+            if silent >= SILENT_AFTER:
+                line["gives_up_in_s"] = round(max(0.0, self.idle - silent), 1)
+            print(json.dumps(line), file=sys.stderr, flush=True)
+        elif self.bar is not None:
+            desc = f"xfer {self.args.verb}"
+            if silent >= SILENT_AFTER:
+                desc = f"[bold red]peer silent {silent:.0f} s, giving up in {max(0.0, self.idle - silent):.0f} s"
+            self.bar.update(self.task, completed=done, description=desc)
+            self.bar.refresh()
+        elif silent >= SILENT_AFTER and not self.warned:
+            print(f"kbypass xfer {self.args.verb}: the peer has been silent for {silent:.0f} s; giving up after "
+                  f"{self.idle:g} s without a word (--idle-timeout)", file=sys.stderr, flush=True)
+        self.warned = silent >= SILENT_AFTER  # once per silence on a pipe
+
+    def close(self) -> None:
+        self.ep.on_tick = None
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def _stream(seed: int):
@@ -259,74 +348,158 @@ def run(args) -> int:
     return _send(args) if args.verb == "send" else _recv(args)
 
 
+def _signal_name(e: BaseException) -> str:
+    return "SIGINT" if isinstance(e, KeyboardInterrupt) else "SIGTERM"
+
+
 def _send(args) -> int:
+    from kbypass.cli import Terminated
+    from kbypass.xfer import TransferError
+
     size = _size(args.size) if args.size is not None else None
-    src = _open_file(args.file, "rb", "--file") if args.file else None
+    if args.file == "-":
+        src = sys.stdin.buffer
+    else:
+        src = _open_file(args.file, "rb", "--file") if args.file else None
+    total = size if src is None else (os.fstat(src.fileno()).st_size if args.file != "-" else None)
+    if args.loss and not args.json:
+        print(f"kbypass xfer send: --loss {args.loss:g} drops only what this end receives (the receiver's ACKs); "
+              "give --loss to 'xfer recv' too for loss on the data path", file=sys.stderr, flush=True)
+    stopped = failed = None
+    h = hashlib.sha256()
+    sent = 0
+    t0 = None
     try:
         peer, mac = _peer(args)
         ep = _open(args, local_port=args.port, peer=peer if args.encap == "udp" else None, peer_mac=mac)
         with ep:
-            ep.connect(timeout=args.timeout)
-            h = hashlib.sha256()
-            sent = 0
-            t0 = time.monotonic()
-            gen = None if src else _stream(args.seed)
-            pending = memoryview(b"")
-            while True:
-                if args.duration is not None and time.monotonic() - t0 >= args.duration:
-                    break
-                if src is not None:
-                    chunk = src.read(CHUNK)
-                else:
-                    if not pending:
-                        pending = memoryview(next(gen))  # chunks are views of the block: no copy to cut them
-                    want = CHUNK if size is None else min(CHUNK, size - sent)
-                    chunk, pending = pending[:want], pending[want:]
-                if not chunk:
-                    break
-                ep.send(chunk)
-                h.update(chunk)
-                sent += len(chunk)
-            # goodput counts until the receiver acknowledged the last byte and closed (not our linger)
-            ep.close(timeout=max(args.timeout, 30.0))
-            seconds = (ep.closed_at or time.monotonic()) - t0
+            progress = Progress(args, ep, total, "bytes_acked")
+            try:
+                ep.connect(timeout=args.idle_timeout or IDLE_DEFAULT)
+                t0 = time.monotonic()
+                gen = None if src else _stream(args.seed)
+                pending = memoryview(b"")
+                while True:
+                    if args.duration is not None and time.monotonic() - t0 >= args.duration:
+                        break
+                    if src is not None:
+                        chunk = src.read(CHUNK)
+                    else:
+                        if not pending:
+                            pending = memoryview(next(gen))  # chunks are views of the block: no copy to cut them
+                        want = CHUNK if size is None else min(CHUNK, size - sent)
+                        chunk, pending = pending[:want], pending[want:]
+                    if not chunk:
+                        break
+                    ep.send(chunk)
+                    h.update(chunk)
+                    sent += len(chunk)
+                # goodput counts until the receiver acknowledged the last byte and closed (not our linger);
+                # a receiver that dies meanwhile is noticed after --idle-timeout (the connection is lost)
+                ep.close(timeout=max(args.idle_timeout or IDLE_DEFAULT, 30.0))
+            except (KeyboardInterrupt, Terminated) as e:
+                stopped = e
+                ep.abort()  # RST to the receiver: it stops at once instead of waiting out its idle timeout
+            except TransferError as e:
+                failed = e
+                ep.abort()
+            finally:
+                progress.close()
+            seconds = ((ep.closed_at or time.monotonic()) - t0) if t0 is not None else 0.0
         summary = _summary(args, ep, sent, seconds, h.hexdigest())
         summary["acked"] = ep.stats["bytes_acked"]
     finally:
-        if src is not None:
+        if src is not None and args.file != "-":
             src.close()
-    _print(summary, args.json)
-    return 0 if ep.closed_cleanly and ep.lost is None else 1
+    return _finish(args, summary, stopped, failed, ok=ep.closed_cleanly and ep.lost is None)
+
+
+def _finish(args, summary: dict, stopped, failed, ok: bool, to_stderr: bool = False) -> int:
+    """Print the summary (partial when a signal or a failure ended the run), then re-raise the signal
+    (exit 130/143) or the failure (one error line, exit 2)."""
+    if stopped is not None:
+        summary["interrupted"] = _signal_name(stopped)
+    if failed is not None:
+        summary["error"] = str(failed)
+    _print(summary, args, to_stderr)
+    if stopped is not None:
+        raise stopped
+    if failed is not None:
+        raise failed
+    return 0 if ok else 1
 
 
 def _recv(args) -> int:
+    from kbypass.cli import Terminated
+    from kbypass.xfer import TransferError
+
     out = None
+    created = False
+    stopped = failed = None
+    h = hashlib.sha256()
+    got = 0
+    t0 = None
+    to_stdout = args.write == "-"
     try:
         ep = _open(args, local_port=args.port)
         with ep:
-            # truncate --out only now that the endpoint is open (_check made sure it can be written)
-            out = _open_file(args.out, "wb", "--out") if args.out else None
+            # open --write only now that the endpoint is open (_check made sure it can be written)
+            if to_stdout:
+                out = sys.stdout.buffer
+            elif args.write:
+                existed = os.path.exists(args.write)
+                out = _open_file(args.write, "wb", "--write")
+                created = not existed
             where = f"{ep.encap.name} " + (f"{args.ip or ''}:{ep.encap.port}" if args.encap == "udp"
-                                           else f"ethertype {args.ethertype:#06x}")
-            print(f"kbypass xfer recv: listening ({where}, backend {args.backend}); Ctrl-C to stop",
-                  file=sys.stderr, flush=True)
-            ep.accept(timeout=args.duration)
-            t0 = ep.connected_at
-            h = hashlib.sha256()
-            got = 0
-            while True:
-                chunk = ep.recv(timeout=None)
-                if not chunk:
-                    break
-                h.update(chunk)
-                got += len(chunk)
-                if out is not None:
-                    out.write(chunk)
-            seconds = time.monotonic() - t0
-            ep.close(timeout=args.timeout)
+                                           else f"ethertype {ep.encap.ethertype:#06x}")
+            progress = Progress(args, ep, None, "bytes_delivered")
+            try:  # from the "listening" line on, a signal gets its (empty) summary
+                print(f"kbypass xfer recv: listening ({where}, backend {args.backend}); Ctrl-C to stop",
+                      file=sys.stderr, flush=True)
+                ep.accept(timeout=args.idle_timeout)
+                t0 = ep.connected_at
+                while True:
+                    chunk = ep.recv(timeout=None)
+                    if not chunk:
+                        break
+                    h.update(chunk)
+                    got += len(chunk)
+                    if out is not None:
+                        out.write(chunk)
+                seconds = time.monotonic() - t0
+                ep.close(timeout=args.idle_timeout or IDLE_DEFAULT)
+            except (KeyboardInterrupt, Terminated) as e:
+                stopped = e
+                ep.abort()
+            except TransferError as e:
+                failed = e
+                ep.abort()
+            finally:
+                progress.close()
+            if stopped or failed:
+                seconds = time.monotonic() - t0 if t0 is not None else 0.0
         summary = _summary(args, ep, got, seconds, h.hexdigest())
-    finally:
-        if out is not None:
-            out.close()
-    _print(summary, args.json)
-    return 0 if ep.lost is None else 1
+    except BaseException:
+        _drop_created(args, out, created)
+        raise
+    if out is not None and not to_stdout:
+        out.close()
+    elif to_stdout:
+        sys.stdout.flush()
+    if created and (failed is not None or (stopped is not None and not got)):
+        _drop_created(args, None, created)  # a failed run's file goes; an interrupted one keeps what arrived
+        summary["write"] = None
+    elif args.write:
+        summary["write"] = args.write
+    return _finish(args, summary, stopped, failed, ok=ep.lost is None, to_stderr=to_stdout)
+
+
+def _drop_created(args, out, created: bool) -> None:
+    """Remove the --write file this run made (it failed before finishing it)."""
+    if out is not None and args.write != "-":
+        out.close()
+    if created:
+        try:
+            os.unlink(args.write)
+        except FileNotFoundError:
+            pass

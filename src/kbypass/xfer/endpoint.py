@@ -44,6 +44,7 @@ by reason (encapsulation drops here, CRC/length/id drops in the connection) and 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections import Counter, deque
@@ -82,7 +83,8 @@ class TransportEndpoint:
 
     def __init__(self, port, encap, *, config: ConnConfig | None = None, seed: int | None = None,
                  faults_rx: dict | None = None, faults_tx: dict | None = None, rx_batch: int = 64,
-                 clock=time.monotonic, own_port: bool = True, on_close=None, native: bool | None = None) -> None:
+                 clock=time.monotonic, own_port: bool = True, on_close=None, native: bool | None = None,
+                 idle_timeout: float | None = None) -> None:
         if native and _fastxfer is None:
             raise UsageError("the transport's C path (kbypass._fastxfer) is not built: run 'make setup' "
                              "(it needs gcc, python3-dev and libisal-dev), or leave native unset: Python does "
@@ -100,7 +102,17 @@ class TransportEndpoint:
             config = default_config(encap.max_datagram)
         if config.max_datagram_size > encap.max_datagram:
             raise _too_big(config, encap)
+        if idle_timeout is not None:
+            # the dead-peer time; keepalives go out often enough that a live but idle peer answers in time
+            config = dataclasses.replace(config, idle_timeout=idle_timeout,
+                                         keepalive_interval=min(config.keepalive_interval, idle_timeout / 3))
         self.config = config
+        # on_tick(endpoint, now): called from pump() about every tick_interval seconds, also while a blocking
+        # call (send, recv, close) waits: progress output and the dead-peer countdown hang on it
+        self.on_tick = None
+        self.tick_interval = 1.0
+        self._next_tick = clock() + self.tick_interval
+        self._xdp_sampled = 0  # frames the "sample" rule (xdp_loss) dropped, read last before the port closed
         self._rng = random.Random(seed)
         self.t0 = clock()
         self._rx_link = FaultyLink(self._rng.randrange(1 << 30), **faults_rx) if faults_rx else None
@@ -198,13 +210,13 @@ class TransportEndpoint:
         if peer is not None or peer_mac is not None:
             if encap == "udp":
                 if peer is None:
-                    raise UsageError("a UDP client needs the peer address: give peer=(ip, port) (--to IP:PORT)")
+                    raise UsageError("a UDP client needs the peer address: give peer=(ip, port) (--dst IP:PORT)")
                 pm = peer_mac or (None if backend == "socket" else resolve_mac(iface, netns, peer[0]))
                 enc.set_peer(peer[0], int(peer[1]), pm or bytes(6))
             else:
                 if peer_mac is None:
-                    raise UsageError("the eth encapsulation addresses the peer by MAC: give peer_mac (--to-mac, "
-                                     "or --to with a testbed host's address)")
+                    raise UsageError("the eth encapsulation addresses the peer by MAC: give peer_mac (--dst-mac, "
+                                     "or --dst with a testbed host's address)")
                 enc.set_peer(peer_mac)
         cfg = kw.get("config")
         if cfg is not None and cfg.max_datagram_size > enc.max_datagram:  # before any BPF is loaded
@@ -470,6 +482,9 @@ class TransportEndpoint:
         if self._closed:
             raise UsageError("the endpoint is closed: open a new one")
         now = self.clock()
+        if self.on_tick is not None and now >= self._next_tick:
+            self._next_tick = now + self.tick_interval
+            self.on_tick(self, now)
         moved = self._take_frames(now)
         if self._rx_link is not None and (late := self._rx_link.deliver(self._t(now))):
             self._deliver_all(late, now)
@@ -502,8 +517,8 @@ class TransportEndpoint:
     def _run_until(self, cond, timeout: float | None, what: str) -> None:
         deadline = None if timeout is None else self.clock() + timeout
         while not cond():
-            if self.lost is not None:
-                raise TransferError(f"connection lost while {what}: {self.lost}")
+            if self.lost is not None:  # (a handshake can end this way too: the peer never said a word)
+                raise TransferError(f"connection lost while {what}: {self.lost}{_HINTS.get(what, '')}")
             now = self.clock()
             if deadline is not None and now >= deadline:
                 raise TransferTimeout(f"timed out after {timeout} s while {what}{_HINTS.get(what, '')}")
@@ -645,6 +660,7 @@ class TransportEndpoint:
             self._release()
 
     def _release(self) -> None:
+        self._xdp_sampled = self._sample_drops()  # the counters go with the steering program
         self._closed = True
         try:
             if self._own_port:
@@ -663,10 +679,32 @@ class TransportEndpoint:
             self.abort()
 
     @property
+    def silent_for(self) -> float:
+        """Seconds since the last valid datagram from the peer (0 before a connection exists)."""
+        if self.conn is None or self.lost is not None:
+            return 0.0
+        return max(0.0, self.clock() - self.conn.last_heard)
+
+    def _sample_drops(self) -> int:
+        """Frames the steering program's sample rule (xdp_loss) dropped before they reached us."""
+        steered = getattr(self.port, "steered", None)
+        if self._closed or steered is None:
+            return self._xdp_sampled
+        return sum(r["packets"] for r in steered.rule_counters() if " sample " in f" {r['rule']} ")
+
+    @property
     def stats(self) -> dict:
-        """Connection counters plus this driver's: drops by reason (encapsulation and wire), frames."""
+        """Connection counters plus this driver's: drops by reason (encapsulation and wire, and the injected
+        loss: loss_xdp for the steering program's sample rule, loss_user for the userspace fault link),
+        frames."""
         s = self.conn.stats if self.conn is not None else None
         drops = Counter(self.drops)
+        if xdp := self._sample_drops():
+            drops["loss_xdp"] += xdp
+        if self._rx_link is not None:
+            ls = self._rx_link.stats
+            if user := ls.lost + ls.burst_lost + ls.blackholed + ls.queue_drops:
+                drops["loss_user"] += user
         if s is not None:
             drops.update(s.drops)
         if self._listener is not None:
@@ -763,7 +801,7 @@ def _link_info(iface: str, netns: str | None) -> dict:
 
 def resolve_mac(iface: str, netns: str | None, ip: str, timeout: float = 2.0) -> str:
     """The peer's MAC from the kernel's neighbour table of netns, asking the kernel to resolve it (ARP)
-    when it is not known yet; UsageError naming --to-mac when it cannot be found."""
+    when it is not known yet; UsageError naming --dst-mac when it cannot be found."""
     from kbypass.endpoint import _Iface
 
     nb = _Iface(iface, netns)
@@ -775,7 +813,7 @@ def resolve_mac(iface: str, netns: str | None, ip: str, timeout: float = 2.0) ->
                 return mac
             if time.monotonic() >= deadline:
                 raise UsageError(f"cannot find the MAC of {ip} on {iface} (no ARP answer within {timeout} s): "
-                                 "check the address, or give the MAC (--to-mac)")
+                                 "check the address, or give the MAC (--dst-mac)")
             time.sleep(0.02)
     finally:
         nb.close()

@@ -906,6 +906,11 @@ class Connection:
             cand.append(self._keepalive_at())
         return min(cand)
 
+    @property
+    def last_heard(self) -> float:
+        """When the last valid datagram from the peer arrived (the idle clock's start)."""
+        return self._last_recv
+
     def _keepalive_at(self) -> float:
         base = self._last_recv if self._last_ping is None else max(self._last_recv, self._last_ping)
         return base + self.config.keepalive_interval
