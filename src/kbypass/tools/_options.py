@@ -186,8 +186,8 @@ def seconds_up_to(hi: float, what: str = "seconds"):
     """Like `seconds`, with a tighter upper bound `hi` where a year makes no sense (a sampling interval)."""
 
     def parse(text: str) -> float:
-        v = seconds(text)
-        if v > hi:
+        v = _number(text, float, "a number of seconds")
+        if not math.isfinite(v) or v <= 0 or v > hi:
             raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of {what} up to {hi:g}")
         return v
 

@@ -7,6 +7,7 @@ where the backend is available).
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import ipaddress
 import sys
@@ -58,6 +59,26 @@ RATE_SHORTFALL = 0.05
 MAX_QUEUE = 1023  # more TX queues than any NIC here has; the kernel names the real limit when binding
 
 
+def size_text(text: str) -> str:
+    """--size N or N-M, checked for form and bounds now (the MTU's limit is checked once the interface is
+    known); kept as text for the summary."""
+    try:
+        parse_range(text, "--size", 1, 1 << 16)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--size ")) from None
+    return text
+
+
+def rate_text(text: str) -> str:
+    """--rate, checked for form and bounds now (a bit rate becomes packets/s once the size is known: the
+    smallest stamped frame gives the most packets per second)."""
+    try:
+        parse_rate(text, 60)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--rate {text!r}: ")) from None
+    return text
+
+
 def register(sub) -> None:
     p = sub.add_parser("gen", help="generate stamped UDP traffic (live frames, AF_XDP or PACKET_MMAP)")
     add_where(p, iface_help="interface to send from (default: the host's veth); its MTU and MAC are used",
@@ -66,8 +87,8 @@ def register(sub) -> None:
     add_dst(p, "destination IP:PORT[-PORT] (default: the other host, port 4321)", metavar="IP:PORT")
     p.add_argument("--dst-mac", type=mac_address, metavar="MAC", help="destination MAC (default: the other testbed host's)")
     p.add_argument("--src", help="source IP[-IP][:PORT[-PORT]] (default: this host, port 9)")
-    p.add_argument("--size", default="60", help="frame size N or range N-M, bytes without FCS (default 60)")
-    p.add_argument("--rate", help="rate limit: packets/s (100k, 1.5Mpps) or bits/s (10Mbit); afxdp and "
+    p.add_argument("--size", default="60", type=size_text, help="frame size N or range N-M, bytes without FCS (default 60)")
+    p.add_argument("--rate", type=rate_text, help="rate limit: packets/s (100k, 1.5Mpps) or bits/s (10Mbit); afxdp and "
                                   "packet_mmap backends")
     add_count(p, "packets to send", limit=MAX_COUNT)
     add_duration(p, "seconds to send")
