@@ -25,6 +25,7 @@ import ctypes
 import fcntl
 import ipaddress
 import json
+import mmap
 import os
 import socket
 import struct
@@ -43,6 +44,14 @@ DEFAULT_PREFIX = "kb"
 DEFAULT_SUBNET = "10.77.0.0/24"
 MAX_QUEUES = 64  # veth's own limit is higher, but more queues than cores only costs memory here
 MIN_MTU, MAX_MTU = 68, 65535  # IPv4's minimum; veth's maximum
+# The largest MTU the tools work with here. veth runs an XDP program that does not declare multi-buffer
+# (frags) support (kbypass's steering program, XDP_DROP, the live generator's XDP_TX) only when a whole
+# frame fits one page: the kernel's veth_xdp_set refuses with ERANGE above PAGE_SIZE less XDP_PACKET_HEADROOM
+# (256) and skb_shared_info (320 bytes on x86-64), less the 14-byte Ethernet header: 3506 with 4 KiB pages.
+XDP_MAX_MTU = mmap.PAGESIZE - 256 - 320 - 14
+XDP_MTU_WHY = (f"veth takes an XDP program without multi-buffer support (kbypass's steering, XDP_DROP, the live "
+               f"generator) only up to MTU {XDP_MAX_MTU}: one {mmap.PAGESIZE}-byte page less 256 bytes of XDP "
+               "headroom and 320 of skb_shared_info, less the 14-byte Ethernet header")
 # Interface names are "<prefix>-a" and "<prefix>-b". A NAPI thread is named "napi/<ifname>-<id>", and kernels
 # before 5.17 show only its first 15 characters: with a prefix of at most 6, "napi/<prefix>-a-" plus at least
 # one digit of the id always survives the cut, so kbypass.napi tells host a's threads from host b's (and from
@@ -99,8 +108,10 @@ class TestbedConfig:
             raise UsageError(f"--queues {self.queues}: choose a queue count from 1 to {MAX_QUEUES}")
         if not MIN_MTU <= self.mtu <= MAX_MTU:
             raise UsageError(
-                f"--mtu {self.mtu}: choose an MTU from {MIN_MTU} (IPv4's minimum) to {MAX_MTU}"
+                f"--mtu {self.mtu}: choose an MTU from {MIN_MTU} (IPv4's minimum) to {XDP_MAX_MTU}"
             )
+        if self.mtu > XDP_MAX_MTU:
+            raise UsageError(f"--mtu {self.mtu}: choose an MTU up to {XDP_MAX_MTU}; {XDP_MTU_WHY}")
         try:
             net = ipaddress.IPv4Network(self.subnet, strict=True)
         except ValueError as e:
