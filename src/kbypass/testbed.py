@@ -27,6 +27,7 @@ import ipaddress
 import json
 import mmap
 import os
+import signal
 import socket
 import struct
 import time
@@ -291,20 +292,11 @@ def _up(config: TestbedConfig) -> list[Host]:
 
     made: list[str] = []
     try:
-        for name in names:
-            # Claim the name before the namespace exists: whenever this stops from here on (a crash, Ctrl-C,
-            # a create that fails after making /var/run/netns/NAME), `down` and the next `up` know it is ours.
-            made.append(name)
-            _write_marker(prefix, made)
-            try:
-                pr_netns.create(name)
-            except FileExistsError:
-                made.remove(name)  # someone else made it just now: not ours to remove
-                raise TestbedError(
-                    f"network namespace {name!r} was just made by someone else: remove it "
-                    f"('ip netns del {name}') or choose another --prefix"
-                ) from None
-        _build_link(config)
+        # Ctrl-C or SIGTERM while pyroute2 forks to make a namespace lands in its fork handlers, where Python
+        # prints "Exception ignored" and carries on: hold them while building, and act on one that came
+        # meanwhile right after, here inside the try, so the except below removes everything made.
+        with _signals_held():
+            _make(config, names, made)
         hosts = status(prefix)
         if hosts is None:
             raise TestbedError(f"testbed {prefix!r} did not come up; run 'kbypass doctor'")
@@ -314,6 +306,36 @@ def _up(config: TestbedConfig) -> list[Host]:
             _remove_netns(name)
         _remove_marker(prefix)
         raise
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Block SIGINT/SIGTERM for the body; one that came meanwhile is delivered on exit."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _make(config: TestbedConfig, names: list[str], made: list[str]) -> None:
+    """Create the namespaces (each claimed in the marker first, and listed in `made`) and the link."""
+    prefix = config.prefix
+    for name in names:
+        # Claim the name before the namespace exists: whenever this stops from here on (a crash, Ctrl-C,
+        # a create that fails after making /var/run/netns/NAME), `down` and the next `up` know it is ours.
+        made.append(name)
+        _write_marker(prefix, made)
+        try:
+            pr_netns.create(name)
+        except FileExistsError:
+            made.remove(name)  # someone else made it just now: not ours to remove
+            raise TestbedError(
+                f"network namespace {name!r} was just made by someone else: remove it "
+                f"('ip netns del {name}') or choose another --prefix"
+            ) from None
+    _build_link(config)
 
 
 def _build_link(config: TestbedConfig) -> None:
