@@ -47,7 +47,7 @@ KBYPASS_SENDERS = {"live": ("live", []), "live, time on 1/64": ("live", ["--time
 
 def kbypass_gen(name: str, seconds: float) -> list[str]:
     engine, extra = KBYPASS_SENDERS[name]
-    return [sys.executable, "-m", "kbypass", "gen", "--engine", engine, "--host", "a", "--duration", str(seconds),
+    return [sys.executable, "-m", "kbypass", "gen", "--backend", engine, "--host", "a", "--duration", str(seconds),
             "--cpu", str(SENDER_CPU), "--json", "--size", "64", *extra]
 
 

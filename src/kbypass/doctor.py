@@ -191,6 +191,13 @@ def check_native_xdp(prefix: str | None = None, require_testbed: bool = False) -
         with Steering(b.iface, netns=b.netns, mode="native"):  # entering attaches, leaving detaches
             pass
     except Exception as e:  # any failure here is the finding itself
+        if b.mtu > testbed.XDP_MAX_MTU:
+            # The kernel refuses with ERANGE: the MTU, not the kernel version, is what to change.
+            flag = "" if prefix == testbed.DEFAULT_PREFIX else f" --prefix {prefix}"
+            return Check(NATIVE_XDP, False, True,
+                         f"attach on {b.iface} failed: its MTU {b.mtu} is too large; {testbed.XDP_MTU_WHY}",
+                         f"kbypass testbed down{flag}; kbypass testbed up{flag} --mtu {testbed.XDP_MAX_MTU} "
+                         "(or less; the default is 1500)")
         return Check(NATIVE_XDP, False, True, f"attach on {b.iface} failed: {e}",
                      "use Linux >= 5.17 (veth native XDP with bpf_link, and bpf_loop for the rule scan); run kbypass doctor after make setup")
     return Check(NATIVE_XDP, True, True, f"attached and detached on {b.netns}/{b.iface}")

@@ -25,7 +25,9 @@ import ctypes
 import fcntl
 import ipaddress
 import json
+import mmap
 import os
+import signal
 import socket
 import struct
 import time
@@ -43,6 +45,14 @@ DEFAULT_PREFIX = "kb"
 DEFAULT_SUBNET = "10.77.0.0/24"
 MAX_QUEUES = 64  # veth's own limit is higher, but more queues than cores only costs memory here
 MIN_MTU, MAX_MTU = 68, 65535  # IPv4's minimum; veth's maximum
+# The largest MTU the tools work with here. veth runs an XDP program that does not declare multi-buffer
+# (frags) support (kbypass's steering program, XDP_DROP, the live generator's XDP_TX) only when a whole
+# frame fits one page: the kernel's veth_xdp_set refuses with ERANGE above PAGE_SIZE less XDP_PACKET_HEADROOM
+# (256) and skb_shared_info (320 bytes on x86-64), less the 14-byte Ethernet header: 3506 with 4 KiB pages.
+XDP_MAX_MTU = mmap.PAGESIZE - 256 - 320 - 14
+XDP_MTU_WHY = (f"veth takes an XDP program without multi-buffer support (kbypass's steering, XDP_DROP, the live "
+               f"generator) only up to MTU {XDP_MAX_MTU}: one {mmap.PAGESIZE}-byte page less 256 bytes of XDP "
+               "headroom and 320 of skb_shared_info, less the 14-byte Ethernet header")
 # Interface names are "<prefix>-a" and "<prefix>-b". A NAPI thread is named "napi/<ifname>-<id>", and kernels
 # before 5.17 show only its first 15 characters: with a prefix of at most 6, "napi/<prefix>-a-" plus at least
 # one digit of the id always survives the cut, so kbypass.napi tells host a's threads from host b's (and from
@@ -99,8 +109,10 @@ class TestbedConfig:
             raise UsageError(f"--queues {self.queues}: choose a queue count from 1 to {MAX_QUEUES}")
         if not MIN_MTU <= self.mtu <= MAX_MTU:
             raise UsageError(
-                f"--mtu {self.mtu}: choose an MTU from {MIN_MTU} (IPv4's minimum) to {MAX_MTU}"
+                f"--mtu {self.mtu}: choose an MTU from {MIN_MTU} (IPv4's minimum) to {XDP_MAX_MTU}"
             )
+        if self.mtu > XDP_MAX_MTU:
+            raise UsageError(f"--mtu {self.mtu}: choose an MTU up to {XDP_MAX_MTU}; {XDP_MTU_WHY}")
         try:
             net = ipaddress.IPv4Network(self.subnet, strict=True)
         except ValueError as e:
@@ -280,20 +292,11 @@ def _up(config: TestbedConfig) -> list[Host]:
 
     made: list[str] = []
     try:
-        for name in names:
-            # Claim the name before the namespace exists: whenever this stops from here on (a crash, Ctrl-C,
-            # a create that fails after making /var/run/netns/NAME), `down` and the next `up` know it is ours.
-            made.append(name)
-            _write_marker(prefix, made)
-            try:
-                pr_netns.create(name)
-            except FileExistsError:
-                made.remove(name)  # someone else made it just now: not ours to remove
-                raise TestbedError(
-                    f"network namespace {name!r} was just made by someone else: remove it "
-                    f"('ip netns del {name}') or choose another --prefix"
-                ) from None
-        _build_link(config)
+        # Ctrl-C or SIGTERM while pyroute2 forks to make a namespace lands in its fork handlers, where Python
+        # prints "Exception ignored" and carries on: hold them while building, and act on one that came
+        # meanwhile right after, here inside the try, so the except below removes everything made.
+        with _signals_held():
+            _make(config, names, made)
         hosts = status(prefix)
         if hosts is None:
             raise TestbedError(f"testbed {prefix!r} did not come up; run 'kbypass doctor'")
@@ -303,6 +306,36 @@ def _up(config: TestbedConfig) -> list[Host]:
             _remove_netns(name)
         _remove_marker(prefix)
         raise
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Block SIGINT/SIGTERM for the body; one that came meanwhile is delivered on exit."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _make(config: TestbedConfig, names: list[str], made: list[str]) -> None:
+    """Create the namespaces (each claimed in the marker first, and listed in `made`) and the link."""
+    prefix = config.prefix
+    for name in names:
+        # Claim the name before the namespace exists: whenever this stops from here on (a crash, Ctrl-C,
+        # a create that fails after making /var/run/netns/NAME), `down` and the next `up` know it is ours.
+        made.append(name)
+        _write_marker(prefix, made)
+        try:
+            pr_netns.create(name)
+        except FileExistsError:
+            made.remove(name)  # someone else made it just now: not ours to remove
+            raise TestbedError(
+                f"network namespace {name!r} was just made by someone else: remove it "
+                f"('ip netns del {name}') or choose another --prefix"
+            ) from None
+    _build_link(config)
 
 
 def _build_link(config: TestbedConfig) -> None:

@@ -25,6 +25,16 @@ SYSFS_KNOBS = ("napi_defer_hard_irqs", "gro_flush_timeout", "threaded")
 SYSCTL_KNOBS = ("busy_poll", "busy_read")
 COALESCE_KNOBS = ("rx-usecs", "rx-frames", "tx-usecs", "tx-frames", "adaptive-rx", "adaptive-tx")
 KNOBS = SYSFS_KNOBS + SYSCTL_KNOBS + COALESCE_KNOBS
+# Where a change lands. "interface": this interface only, gone with it (a testbed's veth goes at `testbed
+# down`). "machine": net.core.busy_poll and busy_read are global sysctls (not per namespace): a change
+# reaches every socket on the machine and outlives the testbed, until set back or reboot.
+SCOPE = {**{k: "interface" for k in SYSFS_KNOBS + COALESCE_KNOBS}, **{k: "machine" for k in SYSCTL_KNOBS}}
+
+
+def restore_command(before: dict[str, str], knobs) -> str:
+    """The command that puts machine-wide `knobs` back to their `before` values: sysctl itself, which
+    works after the testbed (and its interfaces) are gone."""
+    return "sysctl -w " + " ".join(f"net.core.{k}={before[k]}" for k in knobs)
 
 
 def _run(netns: str | None, argv: list[str]) -> subprocess.CompletedProcess:

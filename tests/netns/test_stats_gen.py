@@ -81,7 +81,7 @@ def capture_udp(b, run, want, timeout=1.0):
 
 def test_afxdp_engine_varies_fields_as_asked(testbed_hosts):
     a, b = testbed_hosts
-    frames = capture_udp(b, lambda: kbypass("gen", "--engine", "afxdp", "--host", "a", "--count", "100",
+    frames = capture_udp(b, lambda: kbypass("gen", "--backend", "afxdp", "--host", "a", "--count", "100",
                                             "--src", f"{a.ipv4}:1000-1009", "--dst", f"{b.ipv4}:5000-5003",
                                             "--size", "60-69", "--rate", "20k", check=True), 100)
     assert len(frames) == 100
@@ -104,15 +104,15 @@ def test_stats_cli_json_and_errors(testbed_hosts):
     assert bad.returncode == 2 and "no interface 'nosuch0'" in bad.stderr
 
 
-@pytest.mark.parametrize("args, words", [(["--count", "0"], "--count 0"), (["--count", "5", "--size", "9000"], "--size 9000"),
+@pytest.mark.parametrize("args, words", [(["--count", "0"], "--count"), (["--count", "5", "--size", "9000"], "--size 9000"),
                                          (["--count", "5", "--size", "40"], "--size 40"),
                                          (["--count", "5", "--dst", "10.77.0.2:99999"], "--dst"),
-                                         (["--count", "5", "--engine", "afxdp", "--rate", "-5"], "--rate"),
-                                         (["--count", "5", "--size", "60-70"], "need --engine afxdp"),
+                                         (["--count", "5", "--backend", "afxdp", "--rate", "-5"], "--rate"),
+                                         (["--count", "5", "--size", "60-70"], "need --backend afxdp"),
                                          (["--count", "5", "--time-every", "3"], "power of two"),
-                                         (["--count", "5", "--engine", "afxdp", "--time-every", "4"],
-                                          "only the live engine"),
-                                         (["--count", "5", "--engine", "afxdp", "--size", "70-60"], "--size")])
+                                         (["--count", "5", "--backend", "afxdp", "--time-every", "4"],
+                                          "only the live backend"),
+                                         (["--count", "5", "--backend", "afxdp", "--size", "70-60"], "--size")])
 def test_gen_bad_input(testbed_hosts, args, words):
     proc = kbypass("gen", *args)
     assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -7,6 +7,13 @@ import pytest
 from kbypass import cli, napi, testbed
 
 
+def _main(argv):
+    try:
+        return cli.main(argv)
+    except SystemExit as e:  # argparse's refusals
+        return e.code
+
+
 @pytest.fixture
 def nothing_made(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)  # past the root check: the point is what comes before `up`
@@ -21,19 +28,19 @@ def one_line(capsys) -> str:
 
 @pytest.mark.parametrize("packets", ["0", "-5"])
 def test_bad_packets_refused_first(nothing_made, capsys, tmp_path, packets):
-    assert cli.main(["demo", "--packets", packets, "--out", str(tmp_path)]) == 2
-    assert f"--packets {packets}" in one_line(capsys)
+    assert _main(["demo", "--packets", packets, "--out", str(tmp_path)]) == 2
+    assert f"--packets: '{packets}'" in one_line(capsys)
 
 
 def test_unwritable_out_refused_first(nothing_made, capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    assert cli.main(["demo", "--packets", "10", "--out", str(blocker / "results")]) == 2
+    assert _main(["demo", "--packets", "10", "--out", str(blocker / "results")]) == 2
     assert "--out" in one_line(capsys)
 
 
 def test_bad_prefix_refused_first(nothing_made, capsys, tmp_path):
-    assert cli.main(["demo", "--prefix", "much-too-long", "--out", str(tmp_path)]) == 2
+    assert _main(["demo", "--prefix", "much-too-long", "--out", str(tmp_path)]) == 2
     assert "at most 6" in one_line(capsys)
 
 
@@ -41,6 +48,6 @@ def test_one_cpu_refused_first(nothing_made, capsys, tmp_path, monkeypatch):
     online = tmp_path / "online"
     online.write_text("0\n")
     monkeypatch.setattr(napi, "CPU_ONLINE", str(online))
-    assert cli.main(["demo", "--packets", "10", "--out", str(tmp_path)]) == 2
+    assert _main(["demo", "--packets", "10", "--out", str(tmp_path)]) == 2
     line = one_line(capsys)
     assert "kbypass demo needs 2 CPUs" in line and "at least 2 CPUs" in line

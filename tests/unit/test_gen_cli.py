@@ -9,7 +9,7 @@ import errno
 import numpy as np
 import pytest
 
-from kbypass import testbed
+from kbypass import cli, testbed
 from kbypass.bpf import libbpf
 from kbypass.errors import EnvironmentProblem, TestbedError, UsageError
 from kbypass.gen import live
@@ -64,7 +64,7 @@ def test_interface_info_reads_mtu_and_mac_of_this_namespace():
 def test_iface_needs_no_testbed_and_its_mtu_limits_the_size(offline):
     # lo's MTU is 65536: the PACKET_MMAP TX slot is the limit, and the error says so (no frame is overrun)
     with pytest.raises(UsageError) as info:
-        gen.run(parse(*STANDALONE, "--engine", "packet_mmap", "--size", "2500"))
+        gen.run(parse(*STANDALONE, "--backend", "packet_mmap", "--size", "2500"))
     msg = str(info.value)
     assert msg.startswith("--size 2500: above the limit of 2000 bytes") and "PACKET_MMAP TX slot" in msg
 
@@ -80,9 +80,12 @@ def test_iface_without_the_testbed_says_which_options_replace_it(monkeypatch):
 
 
 @pytest.mark.parametrize("batch", ["0", "-5", str(MAX_BATCH + 1)])
-def test_bad_batch_is_refused_up_front(offline, batch):
-    with pytest.raises(UsageError, match=rf"--batch {batch}: give 1 to {MAX_BATCH}"):
-        gen.run(parse(*STANDALONE, "--engine", "afxdp", "--batch", batch))
+def test_bad_batch_is_refused_up_front(offline, batch, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["gen", *STANDALONE, "--backend", "afxdp", "--batch", batch])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--batch: '{batch}': give a batch size from 1 to {MAX_BATCH}" in err and err.count("\n") == 1
 
 
 class TinyPort:

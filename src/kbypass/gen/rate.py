@@ -13,6 +13,7 @@ import re
 from kbypass.errors import UsageError
 
 WIRE_OVERHEAD = 24  # preamble 7 + SFD 1 + FCS 4 + inter-frame gap 12
+MAX_PPS = 1e9  # a thousand Mpps: far beyond one core (or 100GbE at 64 bytes); larger is a typo
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
 
 
@@ -25,9 +26,11 @@ def parse_rate(text: str, frame_size: float) -> float:
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if value <= 0:
         raise UsageError(f"--rate {text!r}: give a rate above zero")
-    if m.group(3) in ("bit", "bps", "b/s"):
-        return value / ((frame_size + WIRE_OVERHEAD) * 8)
-    return value
+    pps = value / ((frame_size + WIRE_OVERHEAD) * 8) if m.group(3) in ("bit", "bps", "b/s") else value
+    if pps > MAX_PPS:
+        raise UsageError(f"--rate {text!r}: above {MAX_PPS / 1e6:.0f} Mpps, more than any generator here sends; "
+                         "give a lower rate, or leave --rate out for full speed")
+    return pps
 
 
 class RateLimiter:

@@ -154,3 +154,42 @@ def apply_prefix(args) -> None:
     prefix = getattr(args, "prefix", None)
     if prefix:
         os.environ["KBYPASS_TESTBED"] = prefix
+
+
+def mac_address(text: str) -> str:
+    """An Ethernet MAC address, six bytes in hex separated by ':' (or '-'): 02:00:00:00:00:02."""
+    parts = text.strip().replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) in (1, 2) and p.isascii() and all(c in "0123456789abcdefABCDEF" for c in p)
+                                  for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a MAC address: give six hex bytes like 02:00:00:00:00:02")
+    return ":".join(f"{int(p, 16):02x}" for p in parts)
+
+
+mac_address.__name__ = "a MAC address"
+
+
+def power_of_two(hi: int, what: str = "a power of two"):
+    """An argparse type for a power of two from 1 to `hi`."""
+    within = int_range(1, hi, what)
+
+    def parse(text: str) -> int:
+        v = within(text)
+        if v & (v - 1):
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what} (1, 2, 4, ... {hi})")
+        return v
+
+    parse.__name__ = what
+    return parse
+
+
+def seconds_up_to(hi: float, what: str = "seconds"):
+    """Like `seconds`, with a tighter upper bound `hi` where a year makes no sense (a sampling interval)."""
+
+    def parse(text: str) -> float:
+        v = _number(text, float, "a number of seconds")
+        if not math.isfinite(v) or v <= 0 or v > hi:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of {what} up to {hi:g}")
+        return v
+
+    parse.__name__ = what
+    return parse

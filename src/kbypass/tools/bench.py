@@ -10,6 +10,12 @@ from kbypass import latbench, rxbench, testbed
 from kbypass.benchkit import PLACEMENTS
 from kbypass.errors import UsageError, require_root
 from kbypass.tools._common import add_prefix_option, console
+from kbypass.tools._options import int_range, output_dir, positive_int, seconds_up_to
+
+MAX_PACKETS = 10**9  # frames per trial: minutes at the fastest path here
+MAX_RUNS = 100
+MAX_DURATION = 3600.0  # seconds per ping-pong, six contenders each
+MAX_MESSAGE = 1472  # a UDP payload in one frame at MTU 1500 (the testbed's default)
 
 
 def register(sub) -> None:
@@ -19,9 +25,11 @@ def register(sub) -> None:
     rx = kinds.add_parser("rx", help="what each receive path handles on one core (nft, socket, "
                                      "PACKET_MMAP, AF_XDP, XDP_DROP)")
     add_prefix_option(rx)
-    rx.add_argument("--packets", type=int, default=2_000_000, help="frames per trial (default 2M)")
-    rx.add_argument("--runs", type=int, default=1, help="repetitions; medians are reported (default 1)")
-    rx.add_argument("--out", default="bench/results", help="where rx.json and rx.png go")
+    rx.add_argument("--packets", type=positive_int(MAX_PACKETS, "a frame count"), default=2_000_000,
+                    help="frames per trial (default 2M)")
+    rx.add_argument("--runs", type=int_range(1, MAX_RUNS, "a number of runs"), default=1,
+                    help="repetitions; medians are reported (default 1)")
+    rx.add_argument("--out", type=output_dir, default="bench/results", help="where rx.json and rx.png go")
     rx.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     rx.add_argument("--placement", choices=list(PLACEMENTS), default="sut",
                     help="where host b's receive work runs: sut = threaded NAPI on the receiver's core "
@@ -30,10 +38,13 @@ def register(sub) -> None:
     lat = kinds.add_parser("latency", help="UDP ping-pong: sockperf (kernel) vs kbypass over a socket and "
                                            "over AF_XDP, wakeup and busy polling")
     add_prefix_option(lat)
-    lat.add_argument("--runs", type=int, default=3, help="repetitions, contenders taking turns (default 3)")
-    lat.add_argument("--duration", type=float, default=3.0, help="seconds per ping-pong (default 3)")
-    lat.add_argument("--size", type=int, default=64, help="message size in bytes, >= 14 (default 64)")
-    lat.add_argument("--out", default="bench/results", help="where latency.json and latency.png go")
+    lat.add_argument("--runs", type=int_range(1, MAX_RUNS, "a number of runs"), default=3,
+                     help="repetitions, contenders taking turns (default 3)")
+    lat.add_argument("-t", "--duration", type=seconds_up_to(MAX_DURATION, "seconds per ping-pong"), default=3.0,
+                     help="seconds per ping-pong (default 3)")
+    lat.add_argument("--size", type=int_range(14, MAX_MESSAGE, "a message size in bytes"), default=64,
+                     help=f"message size in bytes, 14 to {MAX_MESSAGE} (one frame at MTU 1500; default 64)")
+    lat.add_argument("--out", type=output_dir, default="bench/results", help="where latency.json and latency.png go")
     lat.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     lat.set_defaults(func=run_latency)
 

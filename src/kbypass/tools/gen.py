@@ -7,9 +7,10 @@ where the backend is available).
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import ipaddress
-import json
+import sys
 import socket
 import struct
 
@@ -20,36 +21,87 @@ from kbypass.gen.flows import FlowSpec, parse_ip_range, parse_range
 from kbypass.gen.rate import parse_rate
 from kbypass.gen.template import udp_template
 from kbypass.tools._common import pin_cpu
+from kbypass.tools._options import (add_count, add_cpu, add_dst, add_duration, add_json, add_where, int_range,
+                                    mac_address, power_of_two)
+from kbypass.tools._output import emit
 
-ENGINES = ("live", "afxdp", "packet_mmap")
+BACKENDS = ("live", "afxdp", "packet_mmap")
+DEFAULT_BATCH = 2048
+MAX_TIME_EVERY = 1 << 20
+MAX_COUNT = 1 << 48  # 2.8e14 frames: days at the fastest rate; a larger count is a typo
 ETH_HLEN = 14
 AFXDP_FRAME, AFXDP_HEADROOM = 2048, 0  # the UMEM frames of the AF_XDP TX port (_tx_port)
 PACKET_MMAP_FRAME = 2048  # PACKET_MMAP TX slot size (_tx_port); frame data starts TX_DATA bytes in
 SIOCGIFMTU, SIOCGIFHWADDR = 0x8921, 0x8927
 
 
+BACKEND_HELP = (
+    "how frames are sent: live = BPF_PROG_RUN live frames (the kernel copies one template frame and an XDP "
+    "program stamps and transmits each copy; the fastest, no rate limit, one fixed flow; --time-every "
+    "applies); afxdp = an AF_XDP socket, frames built in UMEM with ports, addresses and sizes varied per "
+    "packet, --rate, --queue and --batch apply; packet_mmap = a PACKET_MMAP TX ring (the kernel's packet "
+    "socket), the same flows and --rate as afxdp, no --queue (default live)")
+# The options each backend ignores, and why: given anyway, they are refused rather than silently dropped.
+IGNORED = {
+    "live": {"rate": "the live backend sends at full speed; use --backend afxdp for a rate limit",
+             "queue": "the live backend transmits through the interface's XDP path, not a chosen TX queue; "
+                      "use --backend afxdp to pick a queue",
+             "batch": "the live backend batches in the kernel (64 frames); use --backend afxdp or packet_mmap "
+                      "to set the frames per transmit"},
+    "afxdp": {"time_every": "only the live backend samples its time stamps; drop --time-every"},
+    "packet_mmap": {"queue": "a PACKET_MMAP socket sends through the kernel's queue selection; use --backend "
+                             "afxdp to pick a TX queue",
+                    "time_every": "only the live backend samples its time stamps; drop --time-every"},
+}
+# Achieved below the asked rate by more than this fraction: the summary says so (the generator, or the
+# core it runs on, is the limit, not the rate limiter).
+RATE_SHORTFALL = 0.05
+MAX_QUEUE = 1023  # more TX queues than any NIC here has; the kernel names the real limit when binding
+
+
+def size_text(text: str) -> str:
+    """--size N or N-M, checked for form and bounds now (the MTU's limit is checked once the interface is
+    known); kept as text for the summary."""
+    try:
+        parse_range(text, "--size", 1, 1 << 16)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--size ")) from None
+    return text
+
+
+def rate_text(text: str) -> str:
+    """--rate, checked for form and bounds now (a bit rate becomes packets/s once the size is known: the
+    smallest stamped frame gives the most packets per second)."""
+    try:
+        parse_rate(text, 60)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--rate {text!r}: ")) from None
+    return text
+
+
 def register(sub) -> None:
     p = sub.add_parser("gen", help="generate stamped UDP traffic (live frames, AF_XDP or PACKET_MMAP)")
-    p.add_argument("--host", choices=testbed.HOSTS,
-                   help="testbed host to send from (default a, unless --iface names another interface)")
-    p.add_argument("--iface", help="interface to send from (default: the host's veth); its MTU and MAC are used")
-    p.add_argument("--netns", help="namespace of --iface (default: the --host's if given, else where kbypass runs)")
-    p.add_argument("--dst-mac", help="destination MAC (default: the other testbed host's)")
-    p.add_argument("--dst", help="destination IP:PORT[-PORT] (default: the other host, port 4321)")
+    add_where(p, iface_help="interface to send from (default: the host's veth); its MTU and MAC are used",
+              host_help="testbed host to send from (default a, unless --iface names another interface)",
+              netns_help="namespace of --iface (default: the --host's if given, else where kbypass runs)")
+    add_dst(p, "destination IP:PORT[-PORT] (default: the other host, port 4321)", metavar="IP:PORT")
+    p.add_argument("--dst-mac", type=mac_address, metavar="MAC", help="destination MAC (default: the other testbed host's)")
     p.add_argument("--src", help="source IP[-IP][:PORT[-PORT]] (default: this host, port 9)")
-    p.add_argument("--size", default="60", help="frame size N or range N-M, bytes without FCS (default 60)")
-    p.add_argument("--rate", help="rate limit: packets/s (100k, 1.5Mpps) or bits/s (10Mbit); afxdp engine")
-    p.add_argument("--count", type=int, help="packets to send")
-    p.add_argument("--duration", type=float, help="seconds to send")
-    p.add_argument("--engine", choices=ENGINES, default="live")
-    p.add_argument("--queue", type=int, default=0, help="TX queue (afxdp engine)")
-    p.add_argument("--batch", type=int, default=2048,
-                   help=f"frames per transmit, 1 to {MAX_BATCH} (afxdp/packet_mmap engines; default 2048)")
-    p.add_argument("--time-every", type=int, default=1, metavar="N",
-                   help="live engine: stamp the send time on one frame in N (a power of two; default 1 = every "
+    p.add_argument("--size", default="60", type=size_text, help="frame size N or range N-M, bytes without FCS (default 60)")
+    p.add_argument("--rate", type=rate_text, help="rate limit: packets/s (100k, 1.5Mpps) or bits/s (10Mbit); afxdp and "
+                                  "packet_mmap backends")
+    add_count(p, "packets to send", limit=MAX_COUNT)
+    add_duration(p, "seconds to send")
+    p.add_argument("--backend", choices=BACKENDS, default="live", help=BACKEND_HELP)
+    p.add_argument("--queue", type=int_range(0, MAX_QUEUE, "a TX queue number"),
+                   help="TX queue (afxdp backend; default 0)")
+    p.add_argument("--batch", type=int_range(1, MAX_BATCH, "a batch size"),
+                   help=f"frames per transmit, 1 to {MAX_BATCH} (afxdp/packet_mmap backends; default {DEFAULT_BATCH})")
+    p.add_argument("--time-every", type=power_of_two(MAX_TIME_EVERY, "a power of two"), metavar="N",
+                   help="live backend: stamp the send time on one frame in N (a power of two; default 1 = every "
                         "frame); sequence numbers stay on every frame. 64 lets the generator run near its limit")
-    p.add_argument("--cpu", type=int, help="pin to this CPU")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_cpu(p)
+    add_json(p)
     p.set_defaults(func=run)
 
 
@@ -134,16 +186,32 @@ def _where(args) -> tuple[str, str | None, str, int, dict | None]:
     return iface, ns, mac, mtu, hosts
 
 
+def refuse_ignored(args) -> None:
+    """An option the chosen backend would ignore is an error naming why, not a silent no-op."""
+    for option, why in IGNORED[args.backend].items():
+        if getattr(args, option) is not None:
+            raise UsageError(f"--{option.replace('_', '-')} with --backend {args.backend}: {why}")
+
+
+def rate_summary(offered: float | None, achieved: float) -> dict:
+    """The offered (asked) and achieved rates for the summary, and a note when the generator fell short."""
+    if not offered:
+        return {}
+    out = {"rate_pps": round(offered, 1), "offered_pps": round(offered, 1), "achieved_pps": round(achieved, 1),
+           "achieved_fraction": round(achieved / offered, 4)}
+    if achieved < offered * (1 - RATE_SHORTFALL):
+        out["rate_note"] = (f"asked for {offered:,.0f} pps, achieved {achieved:,.0f} ({achieved / offered:.0%}): "
+                            "the generator's core is the limit, not --rate")
+    return out
+
+
 def run(args) -> int:
+    refuse_ignored(args)
     require_root("kbypass gen")
     if args.count is None and args.duration is None:
         raise UsageError("say how much to send: --count N or --duration SECONDS")
-    if args.count is not None and args.count <= 0:
-        raise UsageError(f"--count {args.count}: give a positive number of packets")
-    if args.duration is not None and args.duration <= 0:
-        raise UsageError(f"--duration {args.duration}: give a positive number of seconds")
-    if isinstance(args.batch, bool) or not 1 <= args.batch <= MAX_BATCH:
-        raise UsageError(f"--batch {args.batch}: give 1 to {MAX_BATCH} frames per transmit")
+    time_every = args.time_every or 1
+    batch = args.batch or DEFAULT_BATCH
     iface, ns, src_mac, mtu, hosts = _where(args)
     me_name = args.host or "a"
     me = hosts[me_name] if hosts else None
@@ -160,37 +228,48 @@ def run(args) -> int:
         raise UsageError("--dst: one destination address (vary --src or the ports instead)")
     dport = parse_range(dport_text or "4321", "--dst port", 0, 65535)
     size = parse_range(args.size, "--size", 1, 1 << 16)
-    limit, why = size_limit(args.engine, mtu, iface)
+    limit, why = size_limit(args.backend, mtu, iface)
     spec = FlowSpec(sport=sport, dport=dport, src_ip=src_ip, size=size, max_size=limit, max_size_why=why)
     rate = parse_rate(args.rate, sum(size) / 2) if args.rate else None
 
     template = udp_template(src_mac, args.dst_mac or peer.mac, str(ipaddress.IPv4Address(src_ip[0])), sport[0],
                             dst_ip_text, dport[0], size[1])
+    if args.backend == "live" and (spec.size[0] != spec.size[1] or sport[0] != sport[1] or dport[0] != dport[1]
+                                   or src_ip[0] != src_ip[1]):
+        raise UsageError("ranges (--size N-M, port or address ranges) need --backend afxdp")
     pin_cpu(args.cpu)
-    if args.engine == "live":
-        if rate is not None:
-            raise UsageError("--rate: the live engine sends at full speed; use --engine afxdp for a rate limit")
-        if spec.size[0] != spec.size[1] or sport[0] != sport[1] or dport[0] != dport[1] or src_ip[0] != src_ip[1]:
-            raise UsageError("ranges (--size N-M, port or address ranges) need --engine afxdp")
+    stats = None
+    if args.backend == "live":
         from kbypass.gen.live import LiveGenerator
 
-        with LiveGenerator(iface, template, netns_name=ns, time_every=args.time_every) as gen:
+        with LiveGenerator(iface, template, netns_name=ns, time_every=time_every) as gen:
             res = gen.run(count=args.count, duration=args.duration)
-        packets, seconds = res.packets, res.seconds
     else:
-        if args.time_every != 1:
-            raise UsageError("--time-every: only the live engine samples its time stamps")
         from kbypass.gen.afxdp import PortGenerator
 
-        with _tx_port(args.engine, iface, args.queue, ns) as port:
-            gen = PortGenerator(port, template, spec, batch=args.batch)
+        with _tx_port(args.backend, iface, args.queue or 0, ns) as port:
+            gen = PortGenerator(port, template, spec, batch=batch)
             res = gen.run(count=args.count, duration=args.duration, rate=rate)
-        packets, seconds = res.packets, res.seconds
+            stats = port.stats
+    packets, seconds = res.packets, res.seconds
     pps = packets / seconds if seconds > 0 else 0.0
-    summary = {"engine": args.engine, "packets": packets, "seconds": round(seconds, 6), "pps": round(pps, 1),
-               "size": args.size}
-    if rate:
-        summary["rate_pps"] = round(rate, 1)
-    print(json.dumps(summary, indent=2) if args.json else
-          f"sent {packets} packets in {seconds:.3f} s: {pps / 1e6:.3f} Mpps")
+    # "engine" is the old name of "backend", kept so --json readers of either find it.
+    summary = {"engine": args.backend, "backend": args.backend, "packets": packets, "seconds": round(seconds, 6),
+               "pps": round(pps, 1), "size": args.size, "bytes": res.bytes}
+    summary.update(rate_summary(rate, pps))
+    if stats is not None:
+        summary["stats"] = stats
+    if "rate_note" in summary:
+        print(f"kbypass: note: {summary['rate_note']}", file=sys.stderr)
+    emit(summary if args.json else human(summary), args.json, title="kbypass gen")
     return 0
+
+
+def human(summary: dict) -> dict:
+    """The summary for the table: the note went to stderr already, and of the port's counters only the TX
+    side a generator has (an empty TX ring is normal between batches, not an error worth red)."""
+    out = {k: v for k, v in summary.items() if k not in ("rate_note", "stats", "engine", "rate_pps")}
+    if "stats" in summary:
+        out["stats"] = {k: v for k, v in summary["stats"].items()
+                        if k.startswith("tx_") and k != "tx_ring_empty_descs"}
+    return out

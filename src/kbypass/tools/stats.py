@@ -1,9 +1,14 @@
-"""`kbypass stats --iface IF`: per-interface and per-queue packet rates, like `watch ethtool -S`."""
+"""`kbypass stats -i IF`: per-interface and per-queue packet rates, like `watch ethtool -S`.
+
+On a terminal the rates are one table redrawn in place (rich Live). Anywhere else (`> log`, `| grep`) a
+redrawn table would keep only its last state, so each interval is written as plain lines instead, one per
+interface and one per queue, each complete in itself (time, interface, where, rates) so grep and awk work.
+"""
 
 from __future__ import annotations
 
 import json
-import math
+import sys
 import time
 
 from rich.live import Live
@@ -13,18 +18,35 @@ from kbypass import ifstats, testbed
 from kbypass.apps.loop import Stopper
 from kbypass.errors import UsageError
 from kbypass.tools._common import console
+from kbypass.tools._options import add_count, add_json, add_where, seconds_up_to
 
 MAX_INTERVAL = 3600.0  # an hour between samples; longer is almost certainly a typo
+COLUMNS = ("rx_pps", "tx_pps", "rx_mbit_s", "tx_mbit_s", "drops_s")
+
 
 def register(sub) -> None:
     p = sub.add_parser("stats", help="per-interface and per-queue packet rates (like watch ethtool -S)")
-    p.add_argument("--iface", help="interface")
-    p.add_argument("--netns", help="namespace of --iface")
-    p.add_argument("--host", choices=testbed.HOSTS, help="a testbed host: sets --iface and --netns")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
-    p.add_argument("--count", type=int, help="stop after this many intervals (default: until Ctrl-C)")
-    p.add_argument("--json", action="store_true", help="one JSON object per interval")
+    add_where(p, iface_help="interface to watch", host_help="a testbed host: sets --iface and --netns")
+    p.add_argument("--interval", type=seconds_up_to(MAX_INTERVAL, "seconds between samples"), default=1.0,
+                   help=f"seconds between samples (default 1, at most {MAX_INTERVAL:.0f})")
+    add_count(p, "stop after this many intervals (default: until Ctrl-C)", limit=10**9)
+    add_json(p, "one JSON object per interval")
     p.set_defaults(func=run)
+
+
+def rows(r: dict) -> list[tuple[str, dict]]:
+    """(where, {column: per-second value}) for the interface and each queue, in display order."""
+    tot = r["totals"]
+    out = [("interface", {"rx_pps": tot["rx_packets"], "tx_pps": tot["tx_packets"],
+                          "rx_mbit_s": tot["rx_bytes"] * 8 / 1e6, "tx_mbit_s": tot["tx_bytes"] * 8 / 1e6,
+                          "drops_s": tot["rx_dropped"] + tot["tx_dropped"]})]
+    for q, c in r["queues"].items():
+        pk = next((v for k, v in c.items() if k.endswith("packets")), 0.0)
+        by = next((v for k, v in c.items() if k.endswith("bytes")), 0.0)
+        drops = sum(v for k, v in c.items() if "drop" in k or "error" in k)
+        d = q[:2]  # "rx" or "tx": a queue counts one direction
+        out.append((f"queue {q}", {f"{d}_pps": pk, f"{d}_mbit_s": by * 8 / 1e6, "drops_s": drops}))
+    return out
 
 
 def table(ifname: str, r: dict) -> Table:
@@ -32,37 +54,35 @@ def table(ifname: str, r: dict) -> Table:
     t.add_column("where")
     for col in ("rx pps", "tx pps", "rx Mbit/s", "tx Mbit/s", "drops/s"):
         t.add_column(col, justify="right")
-    tot = r["totals"]
-    t.add_row("interface", f"{tot['rx_packets']:,.0f}", f"{tot['tx_packets']:,.0f}",
-              f"{tot['rx_bytes'] * 8 / 1e6:,.1f}", f"{tot['tx_bytes'] * 8 / 1e6:,.1f}",
-              f"{tot['rx_dropped'] + tot['tx_dropped']:,.0f}")
-    for q, c in r["queues"].items():
-        pk = next((v for k, v in c.items() if k.endswith("packets")), 0.0)
-        by = next((v for k, v in c.items() if k.endswith("bytes")), 0.0)
-        drops = sum(v for k, v in c.items() if "drop" in k or "error" in k)
-        rx = q.startswith("rx")
-        t.add_row(f"queue {q}", f"{pk:,.0f}" if rx else "", "" if rx else f"{pk:,.0f}",
-                  f"{by * 8 / 1e6:,.1f}" if rx else "", "" if rx else f"{by * 8 / 1e6:,.1f}", f"{drops:,.0f}")
+    for where, v in rows(r):
+        cells = [("" if k not in v else f"{v[k]:,.1f}" if "mbit" in k else f"{v[k]:,.0f}") for k in COLUMNS]
+        if v.get("drops_s"):
+            cells[-1] = f"[bold red]{cells[-1]}[/]"
+        t.add_row(where, *cells)
     return t
 
 
+def lines(ifname: str, r: dict, now: float) -> list[str]:
+    """The plain form: one line per interface and queue, key=value, every line complete on its own."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(now))
+    return [f"{stamp} iface={ifname} queue={'all' if where == 'interface' else where.split()[1]} "
+            + " ".join(f"{k}={v[k]:.1f}" if "mbit" in k else f"{k}={v[k]:.0f}" for k in COLUMNS if k in v)
+            for where, v in rows(r)]
+
+
 def run(args) -> int:
-    if not math.isfinite(args.interval) or not 0 < args.interval <= MAX_INTERVAL:
-        raise UsageError(f"--interval {args.interval}: give a number of seconds above 0 and at most "
-                         f"{MAX_INTERVAL:.0f}")
-    if args.count is not None and args.count <= 0:
-        raise UsageError(f"--count {args.count}: give a positive number of intervals")
     if args.host:
         h = testbed.host(args.host)
         iface, ns = args.iface or h.iface, args.netns or h.netns
     elif args.iface:
         iface, ns = args.iface, args.netns
     else:
-        raise UsageError("say which interface: --iface IF (with --netns NS), or --host a|b")
+        raise UsageError("say which interface: -i/--iface IF (with --netns NS), or --host a|b")
     prev = ifstats.sample(iface, ns)
     n = 0
+    tty = sys.stdout.isatty()
     with Stopper() as stop:
-        live = None if args.json else Live(console=console(), auto_refresh=False)
+        live = Live(console=console(), auto_refresh=False) if tty and not args.json else None
         if live:
             live.start()
         try:
@@ -74,8 +94,10 @@ def run(args) -> int:
                 n += 1
                 if args.json:
                     print(json.dumps({"iface": iface, **r}), flush=True)
-                else:
+                elif live:
                     live.update(table(iface, r), refresh=True)
+                else:
+                    print("\n".join(lines(iface, r, time.time())), flush=True)
         finally:
             if live:
                 live.stop()

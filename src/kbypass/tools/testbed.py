@@ -6,6 +6,7 @@ from rich.table import Table
 
 from kbypass import testbed
 from kbypass.tools._common import console, add_prefix_option, print_json
+from kbypass.tools._options import int_range
 
 
 def register(sub) -> None:
@@ -15,8 +16,12 @@ def register(sub) -> None:
 
     up = verbs.add_parser("up", help="create hosts a and b (idempotent)")
     add_prefix_option(up)
-    up.add_argument("--queues", type=int, default=2, help="queues per veth end (default 2)")
-    up.add_argument("--mtu", type=int, default=1500, help="MTU of the veth pair (default 1500)")
+    up.add_argument("--queues", type=int_range(1, testbed.MAX_QUEUES, "a queue count"), default=2,
+                    help=f"queues per veth end, 1 to {testbed.MAX_QUEUES} (default 2)")
+    # Any whole number gets through here so that validate() can say why a large MTU cannot work.
+    up.add_argument("--mtu", type=int_range(-(1 << 62), 1 << 62, "an MTU"), default=1500,
+                    help=f"MTU of the veth pair, {testbed.MIN_MTU} to {testbed.XDP_MAX_MTU}, the most with which veth "
+                         "runs XDP programs (default 1500)")
     up.add_argument("--subnet", default=testbed.DEFAULT_SUBNET, help="IPv4 subnet (default %(default)s)")
     up.add_argument("--json", action="store_true", help="print the status JSON")
     up.set_defaults(func=run_up)
