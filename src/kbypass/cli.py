@@ -20,7 +20,6 @@ import sys
 
 from kbypass import __version__
 from kbypass.errors import KbypassError
-from kbypass.tools._options import apply_prefix
 
 
 class Terminated(BaseException):
@@ -75,8 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # This module imports little (the console script imports it before main runs), and the commands'
+    # modules are imported here, inside the handler: a Ctrl-C while Python is still loading them (pyroute2,
+    # numpy: a few hundred ms) is a quiet exit 130, not a KeyboardInterrupt traceback.
+    try:
+        from kbypass.tools._options import apply_prefix
+
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        return 130
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     old_prefix = os.environ.get("KBYPASS_TESTBED")
     try:
