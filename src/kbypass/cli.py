@@ -27,7 +27,15 @@ class Terminated(BaseException):
     """SIGTERM, raised where the process is so that cleanup runs (like KeyboardInterrupt for SIGINT)."""
 
 
+_MAIN_PID = None  # the process main() runs in
+
+
 def _on_sigterm(signum, frame) -> None:
+    if os.getpid() != _MAIN_PID:
+        # A child forked from us (pyroute2 forks one per namespace it opens, and its parent ends it with
+        # SIGTERM) inherits this handler: raising there would unwind the parent's frames in the child and
+        # run their cleanup (capture deleted its own output file that way). The child just goes.
+        os._exit(128 + signum)
     raise Terminated()
 
 
@@ -77,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     old_prefix = os.environ.get("KBYPASS_TESTBED")
     try:

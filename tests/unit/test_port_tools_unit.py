@@ -4,6 +4,8 @@ options a backend ignores."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from scapy.layers.l2 import Ether  # noqa: F401 (rdpcap reads LINKTYPE_ETHERNET)
@@ -179,3 +181,28 @@ def test_capture_every_n_counts_what_it_did_not_write(tmp_path):
     with PcapWriter(str(tmp_path / "c.pcap")) as w:
         res = capture(BatchesPort([100, 100]), w, batch=256, every=4, duration=0.3)
     assert (res.seen, res.packets) == (200, 50)
+
+
+def test_sigterm_in_a_forked_child_does_not_run_the_parents_cleanup(tmp_path):
+    # pyroute2 forks a child per namespace and ends it with SIGTERM; the child inherited the CLI's handler,
+    # raised Terminated through the parent's frames and ran their cleanup: capture deleted its own pcap.
+    import os
+    import signal
+
+    marker = tmp_path / "cleanup-ran-in-child"
+    old = signal.signal(signal.SIGTERM, cli._on_sigterm)
+    old_pid, cli._MAIN_PID = getattr(cli, "_MAIN_PID", None), os.getpid()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: what a `with` or `except BaseException` of the parent would do
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except BaseException:
+                marker.write_text("x")
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        cli._MAIN_PID = old_pid
+    assert os.waitstatus_to_exitcode(status) == 143 and not marker.exists()
