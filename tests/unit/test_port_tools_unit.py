@@ -206,3 +206,8 @@ def test_sigterm_in_a_forked_child_does_not_run_the_parents_cleanup(tmp_path):
         signal.signal(signal.SIGTERM, old)
         cli._MAIN_PID = old_pid
     assert os.waitstatus_to_exitcode(status) == 143 and not marker.exists()
+
+
+def test_too_few_frames_to_lend_the_kernel_any_is_refused(capsys):
+    # --frames 1 lent the kernel none (half are lent) and the run received nothing, silently
+    _one_error_line(capsys, _argv("reflect", "--frames", "1"), ["--frames", "64"])

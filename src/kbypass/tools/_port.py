@@ -50,8 +50,9 @@ def add_port_options(p, *, default_rule_help: str, default_batch: int = 256) -> 
     how.add_argument("--batch", type=_options.int_range(1, MAX_BATCH, "a batch size"), default=default_batch,
                      help=f"most descriptors per receive, 1 to {MAX_BATCH}; never waits to fill one "
                           f"(default {default_batch})")
-    how.add_argument("--frames", type=_options.int_range(1, MAX_FRAMES, "a number of frames"), default=4096,
-                     help=f"packet memory frames, 1 to {MAX_FRAMES} (default 4096)")
+    how.add_argument("--frames", type=_options.int_range(64, MAX_FRAMES, "a number of frames"), default=4096,
+                     help=f"packet memory frames, 64 to {MAX_FRAMES} (default 4096; half are lent to the kernel "
+                          "for receiving)")
     how.add_argument("--frame-size", type=int, choices=(2048, 4096), default=2048, help="packet memory frame size")
     how.add_argument("--ring-size", type=ring_size, default=None,
                      help=f"size of each ring: a power of two from 64 to {MAX_RING} (default {DEFAULT_RING}; "
