@@ -26,7 +26,15 @@ class Terminated(BaseException):
     """SIGTERM, raised where the process is so that cleanup runs (like KeyboardInterrupt for SIGINT)."""
 
 
+_MAIN_PID = None  # the process main() runs in
+
+
 def _on_sigterm(signum, frame) -> None:
+    if os.getpid() != _MAIN_PID:
+        # A child forked from us (pyroute2 forks one per namespace it opens, and its parent ends it with
+        # SIGTERM) inherits this handler: raising there would unwind the parent's frames in the child and
+        # run their cleanup (capture deleted its own output file that way). The child just goes.
+        os._exit(128 + signum)
     raise Terminated()
 
 
@@ -84,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
         return 130
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     old_prefix = os.environ.get("KBYPASS_TESTBED")
     try:

@@ -1,11 +1,13 @@
 """A pcap writer fed whole batches: record headers and frame bytes laid out with numpy, no Python loop per
-packet. Classic pcap (not pcapng), microsecond timestamps, LINKTYPE_ETHERNET, which tcpdump, tshark and
-scapy all read.
+packet. Classic pcap (not pcapng) with nanosecond timestamps (magic 0xa1b23c4d) and LINKTYPE_ETHERNET,
+which tcpdump, tshark and scapy all read. "-" writes to standard output, flushed after every batch, so
+`kbypass capture -w - | tcpdump -r -` shows packets as they come.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 import time
 
 import numpy as np
@@ -14,35 +16,38 @@ from kbypass.errors import UsageError
 from kbypass.port.batch import Batch
 
 LINKTYPE_ETHERNET = 1
-PCAP_MAGIC_US = 0xA1B2C3D4
-RECORD = np.dtype([("sec", "<u4"), ("usec", "<u4"), ("incl", "<u4"), ("orig", "<u4")])
+PCAP_MAGIC_NS = 0xA1B23C4D
+RECORD = np.dtype([("sec", "<u4"), ("nsec", "<u4"), ("incl", "<u4"), ("orig", "<u4")])
 
 
 class PcapWriter:
     def __init__(self, path: str, snaplen: int = 65535) -> None:
-        """Create (or truncate) `path` and write the pcap header; a path that cannot be written is a
-        UsageError naming it and the reason, not an OSError."""
+        """Create (or truncate) `path` ("-": standard output) and write the pcap header; a path that cannot
+        be written is a UsageError naming it and the reason, not an OSError."""
         self.snaplen = snaplen
         self.packets = 0
         self.path = str(path)
+        self.to_stdout = self.path == "-"
         try:
-            self.file = open(path, "wb")
+            self.file = sys.stdout.buffer if self.to_stdout else open(path, "wb")
         except OSError as e:
             raise UsageError(f"cannot write the capture file {self.path!r}: {e.strerror}; choose a file in a "
                              "directory you can write") from None
         try:
-            self.file.write(struct.pack("<IHHiIII", PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
+            self.file.write(struct.pack("<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
             self.file.flush()
         except OSError as e:
-            self.file.close()
+            self.close()
             raise UsageError(f"cannot write the capture file {self.path!r}: {e.strerror}") from None
 
-    def write_batch(self, batch: Batch, now: float | None = None) -> None:
-        """Append every frame of the batch (cut to snaplen), all stamped `now` (default: the time of call)."""
+    def write_batch(self, batch: Batch, now: float | None = None, times_ns: np.ndarray | None = None) -> None:
+        """Append every frame of the batch (cut to snaplen). Stamps: `times_ns`, one per frame (nanoseconds
+        since the epoch), or else `now` (seconds; default the time of call) for all of them."""
         n = len(batch)
         if n == 0:
             return
-        now = time.time() if now is None else now
+        if times_ns is None:
+            times_ns = np.full(n, round((time.time() if now is None else now) * 1e9), dtype=np.int64)
         orig = batch.lens.astype(np.int64)
         incl = np.minimum(orig, self.snaplen)
         rec_len = RECORD.itemsize + incl
@@ -50,7 +55,7 @@ class PcapWriter:
         out = np.empty(int(rec_len.sum()), dtype=np.uint8)
         # Record headers: scatter the 16 header bytes of each record to its start.
         hdr = np.zeros(n, dtype=RECORD)
-        hdr["sec"], hdr["usec"] = int(now), int((now % 1) * 1e6)
+        hdr["sec"], hdr["nsec"] = times_ns // 1_000_000_000, times_ns % 1_000_000_000
         hdr["incl"], hdr["orig"] = incl, orig
         out[(rec_start[:, None] + np.arange(RECORD.itemsize)).ravel()] = hdr.view(np.uint8)
         # Frame bytes: one gather from the packet memory, one scatter into the records.
@@ -60,10 +65,17 @@ class PcapWriter:
         dst = np.repeat(rec_start + RECORD.itemsize, incl) + within
         out[dst] = batch.mem[src]
         self.file.write(out.tobytes())
+        if self.to_stdout:
+            self.file.flush()  # a reader on the pipe sees each batch as it comes
         self.packets += n
 
     def close(self) -> None:
-        if not self.file.closed:
+        if self.to_stdout:
+            try:
+                self.file.flush()
+            except OSError:
+                pass  # the reader left (BrokenPipe): nothing more to give it
+        elif not self.file.closed:
             self.file.close()
 
     def __enter__(self) -> PcapWriter:

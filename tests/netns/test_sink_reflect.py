@@ -120,7 +120,7 @@ def test_reflect_answers_a_kernel_client(testbed_hosts):
 def test_sink_cli_counts_live_generator_stream(testbed_hosts):
     a, b = testbed_hosts
     sink = subprocess.Popen([sys.executable, "-m", "kbypass", "sink", "--host", "b", "--check-seq", "--json",
-                             "--idle-timeout", "1.0", "--duration", "20"], stdout=subprocess.PIPE, text=True)
+                             "--idle-timeout", "5", "--count", "2000", "--duration", "20"], stdout=subprocess.PIPE, text=True)
     try:
         _wait_attached(b)
         gen = kbypass("gen", "--host", "a", "--count", "2000", "--json", check=True)

@@ -50,10 +50,11 @@ class Ticker:
 def receive_batches(port, size: int, *, duration: float | None = None, until: Callable[[], bool] | None = None,
                     idle_timeout: float | None = None, on_idle: Callable[[], None] | None = None) -> Iterator:
     """Yield non-empty batches from `port` (each yours until transmitted or freed) until `duration` seconds
-    pass, `until()` is true, `idle_timeout` seconds pass without a frame (counted from the first one), or
-    SIGINT/SIGTERM. Waits in port.wait() when nothing is there, calling `on_idle` after each wait."""
+    pass, `until()` is true, `idle_timeout` seconds pass without a frame (counted from the start, then from
+    the last frame: a run that never sees a packet ends too), or SIGINT/SIGTERM. Waits in port.wait() when
+    nothing is there, calling `on_idle` after each wait."""
     begin = time.monotonic()
-    last = None
+    last = begin
     with Stopper() as stop:
         while not stop.stopped:
             now = time.monotonic()
@@ -61,7 +62,7 @@ def receive_batches(port, size: int, *, duration: float | None = None, until: Ca
                 return
             if until is not None and until():
                 return
-            if idle_timeout is not None and last is not None and now - last >= idle_timeout:
+            if idle_timeout is not None and now - last >= idle_timeout:
                 return
             batch = port.receive(size)
             if not batch:

@@ -43,7 +43,8 @@ class Sink:
     def run(self, *, duration: float | None = None, count: int | None = None, idle_timeout: float | None = None,
             report=None) -> SinkResult:
         """Receive until `duration` seconds pass, `count` packets arrived, `idle_timeout` seconds pass with
-        nothing (after the first packet), or SIGINT/SIGTERM. The clock starts at the first packet."""
+        nothing (counted from the start, then from the last packet), or SIGINT/SIGTERM. The rate's clock
+        runs from the first packet to the last."""
         port, res = self.port, SinkResult()
         ticker = Ticker(report)
         start = last = None

@@ -28,6 +28,20 @@ from .batch import DESC, Batch
 POLL_MODES = ("wakeup", "busy")
 
 
+CLOSED = "the AF_XDP port is closed: use it inside its `with` block (or before close())"
+
+
+class _ClosedRing:
+    """Stands in for the rings once the port is closed: any use is a UsageError saying so, not an
+    AttributeError on None from deep inside receive()."""
+
+    def __getattr__(self, name):
+        raise UsageError(CLOSED)
+
+
+_CLOSED = _ClosedRing()
+
+
 class AfXdpPort(UmemPort):
     """Receive and transmit batches on queue `queue` of `ifname` (in namespace `netns`) via AF_XDP.
 
@@ -126,6 +140,8 @@ class AfXdpPort(UmemPort):
     # ---- transmit ---------------------------------------------------------------------------------
     def alloc(self, n: int) -> Batch:
         """Up to n empty frames (len 0, at the frame start + headroom); yours until transmitted or freed."""
+        if self._closed:
+            raise UsageError(CLOSED)
         if self.umem.free_count < n:
             self.reap()
         return self._take_frames(n, self.umem.headroom)
@@ -139,6 +155,8 @@ class AfXdpPort(UmemPort):
         n = len(batch)
         if n == 0:
             return 0
+        if self._closed:
+            raise UsageError(CLOSED)
         self._own(batch, "transmit")
         descs = batch.descs
         # valid descriptors of frames that are yours, each once; all now TX (the refused tail goes back)
@@ -192,6 +210,8 @@ class AfXdpPort(UmemPort):
         """Give frames back without sending them (checked: each frame must be yours, once)."""
         if len(batch) == 0:
             return
+        if self._closed:
+            raise UsageError(CLOSED)
         self._own(batch, "free")
         self.umem.give_free(batch.descs["addr"], APP, "free")
 
@@ -216,7 +236,7 @@ class AfXdpPort(UmemPort):
         if self._closed:
             return
         self._closed = True
-        self._rx = self._tx = self._fill = self._comp = None
+        self._rx = self._tx = self._fill = self._comp = _CLOSED
         self.xsk.close()
         self.umem.close()
 

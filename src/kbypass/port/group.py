@@ -57,6 +57,25 @@ class PortGroup(Port):
             if flush:
                 flush()
 
+    def check(self, *, app: int | None = None) -> dict:
+        """The Port API's accounting check over every port: each port's own check (a leak or double
+        hand-out in any of them raises OwnershipError), counts summed; `app`: frames you hold in all."""
+        from kbypass.xsk.umem import OwnershipError
+
+        total: dict = {}
+        for p in self.ports:
+            for k, v in p.check().items():
+                total[k] = total.get(k, 0) + v
+        if app is not None and total.get("app") != app:
+            raise OwnershipError(f"UMEM: {total.get('app')} frames in state 'app', expected {app} (a leak: some "
+                                 "frame was neither transmitted nor freed)")
+        return total
+
+    @property
+    def fd(self) -> int:
+        """The first port's descriptor (each port has its own; `wait()` polls them all)."""
+        return self.ports[0].fd
+
     @property
     def mode(self) -> str:
         return self.ports[0].mode

@@ -14,6 +14,8 @@ from kbypass.port import BACKENDS, Port
 from kbypass.steer.rules import Rule
 from kbypass.tools._common import pin_cpu
 
+DEFAULT_RING = 2048  # kbypass.tools._port.DEFAULT_RING (not imported: _port imports the steering machinery)
+
 DEFAULT_BACKEND = "afxdp"
 
 
@@ -67,12 +69,6 @@ def open_backend(args, rules: list[str]):
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r} is unknown: use one of {', '.join(BACKENDS)}")
     require_root(f"kbypass {args.command}")
-    if args.batch <= 0:
-        raise UsageError(f"--batch {args.batch}: give a positive number of descriptors")
-    for name in ("duration", "count"):
-        v = getattr(args, name, None)
-        if v is not None and v <= 0:
-            raise UsageError(f"--{name} {v}: give a positive number")
     _check_afxdp_only(args, backend)
     parsed = [Rule.parse(r) for r in rules]  # all syntax errors before anything is opened
     from kbypass.tools._port import resolve_where
@@ -85,7 +81,7 @@ def open_backend(args, rules: list[str]):
 
         pin_cpu(args.cpu)
         port = PacketMmapPort(iface, netns=ns, rule=parsed[0] if parsed else None, frame_size=args.frame_size,
-                              frames=args.frames, tx_frames=args.ring_size)
+                              frames=args.frames, tx_frames=args.ring_size or DEFAULT_RING)
         return Opened(port, parsed, "all")
     # socket
     if getattr(args, "macs_only", False):
@@ -94,6 +90,9 @@ def open_backend(args, rules: list[str]):
     if len(parsed) != 1 or parsed[0].proto != "udp" or parsed[0].dport is None or (
             parsed[0].dst is not None and "/" in parsed[0].dst):
         raise UsageError("--backend socket binds one UDP port: give one --rule like 'udp dst 10.77.0.2 dport 4321'")
+    if getattr(args, "ring_size", None) is not None:
+        raise UsageError("--ring-size applies to the afxdp and packet_mmap backends, not socket (a kernel socket "
+                         "has a buffer, not rings): drop it")
     rule = parsed[0]
     ip = rule.dst
     if ip is None:

@@ -1,27 +1,48 @@
-"""`kbypass capture`: write the steered flows (or every Nth packet of them) to a pcap file."""
+"""`kbypass capture`: write the steered flows (or every Nth packet of them) to a pcap file.
+
+On the afxdp backend the matched packets are redirected, not copied: while capture runs the kernel does
+not see them (a ping to the host stops being answered). The start-up line, the help and the README say
+so; `--backend packet_mmap` is the tap that leaves the kernel its traffic. `--every N` writes one packet
+in N of what the rules take; the other N-1 are dropped, not handed back (an AF_XDP socket cannot give a
+frame to the kernel's stack), which the summary counts as `not_written`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
+import sys
 
-import numpy as np
-
-from kbypass.apps.loop import Ticker, receive_batches
+from kbypass.apps.capture import capture
 from kbypass.errors import UsageError
 from kbypass.pcap import PcapWriter
+from kbypass.tools import _options
 from kbypass.tools._backend import add_backend_option, open_backend
-from kbypass.tools._port import add_port_options, announce, emit, progress_printer, rules_or_default
+from kbypass.tools._port import (add_port_options, announce, emit, progress_printer, rules_or_default,
+                                 takes_note, unreached_warnings, warn)
+
+MAX_SNAPLEN = 262144  # tcpdump's largest
 
 
 def register(sub) -> None:
-    p = sub.add_parser("capture", help="write steered traffic to a pcap file (tcpdump/tshark read it)")
+    p = sub.add_parser(
+        "capture", help="write steered traffic to a pcap file (tcpdump/tshark read it); on afxdp the "
+                        "captured packets are taken from the kernel",
+        description="Write the steered flows to a pcap file. With --backend afxdp (the default) the matched "
+                    "packets are taken from the kernel while capture runs: its sockets, ping and tcpdump do "
+                    "not see them. --backend packet_mmap is a tap that copies them instead. Time stamps "
+                    "(nanoseconds) are when kbypass read each packet from the ring, spread evenly over the "
+                    "interval since the previous read, not wire times.")
     add_backend_option(p)
     add_port_options(p, default_rule_help="default on a testbed host: every IP packet; --iface needs a rule "
-                                          "(what is captured does not reach the kernel)")
-    p.add_argument("--write", "-w", required=True, metavar="FILE.pcap", help="output file")
-    p.add_argument("--snaplen", type=int, default=65535, help="bytes kept of each frame (default 65535)")
-    p.add_argument("--every", type=int, default=1, metavar="N", help="keep one packet in N (sampling)")
+                                          "(on afxdp, what is captured does not reach the kernel)")
+    p.add_argument("-w", "--write", required=True, metavar="FILE.pcap", type=_options.output_file(allow_stdout=True),
+                   help="output file; '-' writes the pcap to standard output (the summary then goes to stderr)")
+    p.add_argument("--snaplen", type=_options.int_range(14, MAX_SNAPLEN, "a snap length"), default=65535,
+                   help=f"bytes kept of each frame, 14 to {MAX_SNAPLEN} (default 65535)")
+    p.add_argument("--every", type=_options.positive_int(what="a sampling interval"), default=1, metavar="N",
+                   help="write one packet in N; on afxdp all matched packets are still taken from the kernel, "
+                        "the other N-1 are dropped (counted as not_written)")
     p.set_defaults(func=run)
 
 
@@ -30,9 +51,16 @@ def run(args) -> int:
         raise UsageError(f"--snaplen {args.snaplen}: keep at least the 14-byte Ethernet header")
     if args.every < 1:
         raise UsageError(f"--every {args.every}: give 1 (every packet) or more")
+    if getattr(args, "backend", "afxdp") == "socket":
+        raise UsageError("capture --backend socket would write made-up headers (a kernel socket gives "
+                         "payloads, not frames): use --backend afxdp or packet_mmap")
+    to_stdout = args.write == "-"
+    if to_stdout and sys.stdout.isatty():
+        raise UsageError("-w - writes binary pcap to standard output, which is a terminal: pipe it "
+                         "(| tcpdump -r -) or give a file")
     rules = rules_or_default(args, "any", "every IP packet")
     # The file first: a path we cannot write fails before any port is opened or XDP program attached.
-    created = not os.path.lexists(args.write)
+    created = not to_stdout and not os.path.lexists(args.write)
     pcap = PcapWriter(args.write, args.snaplen)
     try:
         sp = open_backend(args, rules)
@@ -41,23 +69,25 @@ def run(args) -> int:
         if created and os.path.isfile(args.write):
             os.unlink(args.write)  # leave no empty capture behind when the port could not be opened
         raise
+    # With -w - standard output is the pcap: everything for people goes to stderr.
+    human = sys.stderr if to_stdout else sys.stdout
     with sp, pcap:
-        announce(args, sp)
-        port, seen = sp.port, 0
-        ticker = Ticker(progress_printer(not args.json))
-        until = None if args.count is None else lambda: pcap.packets >= args.count
-        for batch in receive_batches(port, args.batch, duration=args.duration, until=until):
-            # Keep packets whose running number is a multiple of N: sampling without a per-packet loop.
-            keep = (seen + np.arange(len(batch))) % args.every == 0
-            seen += len(batch)
-            chosen = batch[keep]
-            if args.count is not None:
-                chosen = chosen[: args.count - pcap.packets]
-            pcap.write_batch(chosen)
-            port.free(batch)
-            ticker.tick(seen, time.monotonic())
-        summary = {"packets": pcap.packets, "seen": seen, "file": args.write,
-                   "mode": getattr(port, "bind_mode", None) or port.mode, "stats": port.stats}
-    emit(summary, args.json)
+        note = takes_note(args)
+        if args.every > 1:
+            note += f"; 1 in {args.every} is written, the rest " + (
+                "dropped" if note else "not written")
+        announce(args, sp, note)
+        res = capture(sp.port, pcap, batch=args.batch, every=args.every, duration=args.duration,
+                      count=args.count, report=progress_printer(not args.json, file=human))
+        port = sp.port
+        summary = {"packets": res.packets, "seen": res.seen, "not_written": res.seen - res.packets,
+                   "file": args.write, "seconds": round(res.seconds, 6),
+                   "mode": getattr(port, "bind_mode", None) or port.mode, "queues": sp.queues,
+                   "stats": port.stats, "rules": sp.rule_counters()}
+        warnings = unreached_warnings(sp)
+        if warnings:
+            summary["warnings"] = warnings
+    warn(args.command, warnings)
+    with contextlib.redirect_stdout(human):
+        emit(summary, args.json)
     return 0
-

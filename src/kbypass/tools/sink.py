@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from kbypass.apps.sink import Sink
+from kbypass.tools import _options
 from kbypass.tools._backend import add_backend_option, open_backend
-from kbypass.tools._port import add_port_options, announce, emit, port_summary, progress_printer, rules_or_default
+from kbypass.tools._port import (add_port_options, announce, emit, port_summary, progress_printer,
+                                 rules_or_default, takes_note, unreached_warnings, warn)
 
 
 def register(sub) -> None:
@@ -13,13 +15,14 @@ def register(sub) -> None:
     add_port_options(p, default_rule_help="default on a testbed host: every UDP packet; --iface needs a rule")
     p.add_argument("--check-seq", action="store_true",
                    help="check the sequence numbers and send stamps kbypass generators put in the payload")
-    p.add_argument("--idle-timeout", type=float, help="stop after this many seconds without a packet")
+    _options.add_idle_timeout(p, help="stop after this many seconds without a packet, counted from the start "
+                                      "and then from the last packet (a run that sees nothing ends too)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     with open_backend(args, rules_or_default(args, "udp", "every UDP packet")) as sp:
-        announce(args, sp)
+        announce(args, sp, takes_note(args))
         sink = Sink(sp.port, batch=args.batch, check_seq=args.check_seq)
         res = sink.run(duration=args.duration, count=args.count, idle_timeout=args.idle_timeout,
                        report=progress_printer(not args.json))
@@ -27,5 +30,9 @@ def run(args) -> int:
         if res.seq is not None:
             summary["seq"] = res.seq
             summary["latency_us"] = res.latency_us
+        warnings = unreached_warnings(sp)
+        if warnings:
+            summary["warnings"] = warnings
+    warn(args.command, warnings)
     emit(summary, args.json)
     return 0

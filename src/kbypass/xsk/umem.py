@@ -49,7 +49,11 @@ class Umem:
         self.headroom = headroom
         self.shift = frame_size.bit_length() - 1
         self.size = frames * frame_size
-        self._mmap = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0))
+        try:
+            self._mmap = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0))
+        except OSError as e:  # ENOMEM: more than the machine will lend
+            raise UsageError(f"cannot allocate {frames} frames of {frame_size} bytes ({self.size / 2**20:,.0f} MiB "
+                             f"of packet memory): {e.strerror}; use fewer frames (--frames)") from None
         self.array = np.frombuffer(self._mmap, dtype=np.uint8)
         self.state = np.full(frames, FREE, dtype=np.uint8)
         # The free list is a stack of frame numbers; the top is popped first, so recently used (cache-warm)
