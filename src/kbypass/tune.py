@@ -84,6 +84,9 @@ def show(ifname: str, netns: str | None = None) -> dict[str, str]:
     return values
 
 
+MAX_VALUE = 2**31 - 1
+
+
 def parse_settings(items: list[str]) -> dict[str, str]:
     """["napi_defer_hard_irqs=2", ...] -> {knob: value}, checked for names and non-negative integers."""
     out: dict[str, str] = {}
@@ -98,6 +101,8 @@ def parse_settings(items: list[str]) -> dict[str, str]:
                 raise UsageError(f"{name}={value}: use on or off")
         elif not (value.isascii() and value.isdigit()):  # '²'.isdigit() is True, and int() refuses it
             raise UsageError(f"{name}={value}: give a non-negative integer")
+        elif int(value) > MAX_VALUE:  # the kernel keeps these in (signed) 32-bit fields
+            raise UsageError(f"{name}={value}: give at most {MAX_VALUE}")
         out[name] = value
     return out
 

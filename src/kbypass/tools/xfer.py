@@ -77,7 +77,7 @@ def register(subparsers) -> None:
         _common(v)
         if verb == "send":
             opt.add_dst(v, help="receiver address (udp); with eth, an IP of a testbed host names its MAC")
-            v.add_argument("--dst-mac", metavar="MAC",
+            v.add_argument("--dst-mac", metavar="MAC", type=opt.mac_address,
                            help="receiver MAC (default: the testbed host with --dst's address, or ARP)")
             opt.add_port(v, help="local UDP port (default 0: a free one)", default=0)
             what = v.add_mutually_exclusive_group()
