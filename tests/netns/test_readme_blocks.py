@@ -157,14 +157,30 @@ def received_something(text: str) -> bool:
             last, i = dec.raw_decode(text, i)
         except json.JSONDecodeError:
             i += 1
-    if isinstance(last, dict):
+    if isinstance(last, dict) and any(k in last for k in ("packets", "received", "bytes")):
         return any(isinstance(last.get(k), int) and last[k] > 0 for k in ("packets", "received", "bytes"))
     return bool(re.search(r"(packets|received|bytes)\W+[1-9]", text))
 
 
 def run_fg(argv) -> None:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    out = None
+    if ">" in argv:  # `cmd > FILE`, the one redirection the README uses: the file must get the output
+        at = argv.index(">")
+        argv, out = argv[:at], Path(argv[at + 1])
+    if "|" in argv:  # `a | b`: a's stdout into b, both must succeed (capture -w - | tcpdump -r -)
+        at = argv.index("|")
+        left = subprocess.Popen(argv[:at], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        r = subprocess.run(argv[at + 1:], stdin=left.stdout, capture_output=True, text=True, timeout=120)
+        left.stdout.close()
+        err = left.stderr.read().decode(errors="replace")
+        assert left.wait(120) == 0, f"{shlex.join(argv[:at])} exited {left.returncode}:\n{err[-2000:]}"
+        argv = argv[at + 1:]
+    else:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, f"{shlex.join(argv)} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    if out is not None:
+        out.write_text(r.stdout)
+        assert r.stdout.strip(), f"{shlex.join(argv)} wrote nothing for {out}"
 
 
 def run_shell_block(text: str, hosts, tmp: Path) -> None:
