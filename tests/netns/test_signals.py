@@ -45,13 +45,13 @@ def argv(tool: str, a, b, tmp: Path) -> list[str]:
 # The peer a tool needs for traffic mid-run (started first and ready, stopped after) and its ready sign.
 # (xfer recv's sender is started after the receiver is ready, in the test.)
 PEER = {
-    "pingpong client": (["pingpong", "server", "--host", "b"], ("out", "pingpong server on")),
+    "pingpong client": (["pingpong", "server", "--host", "b"], ("err", "pingpong server on")),
     "xfer send": (["xfer", "recv", "--host", "b", "--port", str(XFER_PORT), "--json"], ("err", "listening")),
 }
 # How each tool says it is ready: (stream, words), or None when the sign is traffic at host b.
 READY = {
     "sink": ("err", "receiving on"), "reflect": ("err", "receiving on"), "capture": ("err", "receiving on"),
-    "pingpong server": ("out", "pingpong server on"), "xfer recv": ("err", "listening"),
+    "pingpong server": ("err", "pingpong server on"), "xfer recv": ("err", "listening"),
     "stats": ("out", "{"), "gen": None, "pingpong client": None, "xfer send": None,
 }
 # The exit code mid-run, by design. Every tool that runs until stopped (all of these) stops on a signal,

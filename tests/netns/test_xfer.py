@@ -295,7 +295,7 @@ def test_cli_errors_name_the_fix(testbed_hosts) -> None:
     r = kbypass("xfer", "send", "--host", "a", "--dst", "10.77.0.2:7000", "--size", "1K", "--faults", "loss=2x")
     assert r.returncode == 2 and "--faults" in r.stderr
     r = kbypass("xfer", "send", "--host", "a", "--encap", "eth", "--dst-mac", "zz", "--size", "1K")
-    assert r.returncode == 2 and "bad MAC address" in r.stderr
+    assert r.returncode == 2 and "is not a MAC address" in r.stderr
     # nobody listening: the handshake times out with one line naming what to check, no traceback
     r = kbypass("xfer", "send", "--host", "a", "--dst", "10.77.0.2:7999", "--size", "1K", "--idle-timeout", "1")
     assert r.returncode == 2 and "while connecting" in r.stderr and "is 'kbypass xfer recv' running" in r.stderr
