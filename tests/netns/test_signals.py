@@ -1,5 +1,5 @@
 """Issue "The first hour", item 1: every long-running command interrupted with SIGINT and SIGTERM, right at
-start-up and mid-run (after it said it is ready, with traffic flowing where it has any). The real tool in a
+start-up, mid-run (after it said it is ready, with traffic flowing where it has any) and as it ends by itself. The real tool in a
 process of its own on this session's testbed. Afterwards: no traceback, the exit code the tool promises,
 its summary (mid-run), no XDP program left on either testbed veth, no file it made left half-written."""
 
@@ -239,6 +239,57 @@ def test_signal_mid_run(testbed_hosts, tmp_path, tool, sig) -> None:
             pcap_whole(tmp_path / "cap.pcap")
     finally:
         for r in (run, helper, peer):
+            if r is not None:
+                if r.proc.poll() is None:
+                    try:
+                        r.stop(signal.SIGINT, timeout=5)
+                    except AssertionError:
+                        pass
+                r.kill()
+    assert_no_xdp(testbed_hosts)
+
+
+def end_argv(tool: str, a, b, tmp: Path) -> list[str]:
+    """The tool started to end by itself about END s after it is ready."""
+    args = argv(tool, a, b, tmp)
+    if tool == "stats":
+        return [*args, "-c", str(int(END / 0.2))]
+    if "--duration" in args:
+        args[args.index("--duration") + 1] = str(END)
+        return args
+    return [*args, "--duration", str(END)]  # pingpong server
+
+
+END = 1.0
+END_TOOLS = [t for t in TOOLS if t != "xfer recv"]  # a receiver ends with its sender: xfer send covers the pair
+
+
+@pytest.mark.parametrize("late", [-0.05, 0.2], ids=lambda d: f"{d:+.2f}s")
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize("tool", END_TOOLS)
+def test_signal_at_the_end(testbed_hosts, tmp_path, tool, sig, late) -> None:
+    """The signal lands as the run ends by itself (just before, while it prints and closes, just after):
+    no traceback, no error, an exit code the tool promises, nothing attached, no half-written capture."""
+    a, b = testbed_hosts
+    peer = run = None
+    try:
+        if tool in PEER:
+            peer = Run(PEER[tool][0], tmp_path, "peer")
+            peer.wait_for(*PEER[tool][1])
+        t0 = time.monotonic()
+        run = Run(end_argv(tool, a, b, tmp_path), tmp_path, "tool")
+        ready = READY[tool]
+        if ready:
+            run.wait_for(*ready)
+            t0 = time.monotonic()
+        time.sleep(max(0.0, END + late - (time.monotonic() - t0)))
+        rc = run.stop(sig)
+        check_exit(tool, rc, sig, run.err, mid_run=False)
+        cap = tmp_path / "cap.pcap"
+        if cap.exists():
+            pcap_whole(cap)
+    finally:
+        for r in (run, peer):
             if r is not None:
                 if r.proc.poll() is None:
                     try:
