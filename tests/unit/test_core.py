@@ -114,3 +114,19 @@ def test_the_c_lane_and_python_take_turns_on_shared_state(ops):
         c_lane.release()
         port.check(app=0)
         port.close()
+
+
+@needs_c
+@pytest.mark.parametrize("name", ["_fastlane", "_fastbatch", "_fastxfer"])
+def test_the_stubs_name_what_the_modules_have(name):
+    import ast
+    import importlib
+
+    mod = importlib.import_module(f"kbypass.{name}")
+    tree = ast.parse((ROOT / "src/kbypass" / f"{name}.pyi").read_text())
+    stubbed = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    stubbed |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)}
+    assert stubbed == {k for k in vars(mod) if not k.startswith("_")}
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        methods = {m.name for m in cls.body if isinstance(m, ast.FunctionDef)} - {"__init__"}
+        assert methods == {k for k in vars(getattr(mod, cls.name)) if not k.startswith("_")}
