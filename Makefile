@@ -8,13 +8,18 @@ BPF_OBJ := $(patsubst bpf/%.bpf.c,src/kbypass/bpf/obj/%.bpf.o,$(BPF_SRC))
 # (=), so gcc runs only when a BPF object is built (after setup), and every $(shell ...) here is silenced, so
 # a program that is not there yet prints nothing.
 ARCH_INC = /usr/include/$(shell gcc -dumpmachine 2>/dev/null)
-# kbypass's C modules (csrc/*.c -> kbypass._<name>; kbypass.native imports them, Python paths are the fallback).
+# The C core (csrc/core/*.c -> build/libkbcore.a: rings, UMEM accounting, the UDP lane, the transport codec;
+# no Python in it, -fPIC so a preload shim can link it too) and kbypass's C modules, thin CPython bindings
+# over it (csrc/*.c -> kbypass._<name>; kbypass.native imports them, Python paths are the fallback).
+CFLAGS_C := -O2 -g -std=gnu11 -Wall -Wextra -Werror -fPIC
+CORE_OBJ := $(patsubst csrc/core/%.c,build/core/%.o,$(wildcard csrc/core/*.c))
+CORE_LIB := build/libkbcore.a
 PY_INC = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)
 PY_EXT = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null)
 NATIVE := $(patsubst csrc/%.c,src/kbypass/_%$(PY_EXT),$(wildcard csrc/*.c))
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup bpf native bench clean
+.PHONY: demo test setup bpf core native bench clean
 
 demo: setup
 	$(KB) demo
@@ -27,11 +32,22 @@ setup:
 
 bpf: $(BPF_OBJ)
 
+core: $(CORE_LIB)
+
 native: $(NATIVE)
 
-src/kbypass/_%$(PY_EXT): csrc/%.c $(wildcard csrc/*.h)
-	gcc -O2 -g -Wall -Wextra -Werror -Wno-missing-field-initializers -Wno-cast-function-type -Wno-unused-parameter -shared -fPIC \
-	  -I$(PY_INC) $< -o $@ -Wl,--as-needed -lisal
+build/core/%.o: csrc/core/%.c $(wildcard csrc/core/*.h)
+	@mkdir -p $(dir $@)
+	gcc $(CFLAGS_C) -c $< -o $@
+
+# made afresh, so a source removed from csrc/core/ leaves no stale member behind
+$(CORE_LIB): $(CORE_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+src/kbypass/_%$(PY_EXT): csrc/%.c $(wildcard csrc/*.h) $(wildcard csrc/core/*.h) $(CORE_LIB)
+	gcc $(CFLAGS_C) -Wno-missing-field-initializers -Wno-cast-function-type -Wno-unused-parameter -shared \
+	  -I$(PY_INC) $< -o $@ $(CORE_LIB) -Wl,--as-needed -lisal
 
 src/kbypass/bpf/obj/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h)
 	@mkdir -p $(dir $@)

@@ -54,8 +54,8 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$(printf '%s\n%s' "$want_pp" "$wa
   printf '%s\n%s\n' "$want_pp" "$want_py" > "$stamp"
 fi
 
-# 3. BPF objects and the endpoint's C fast path (make rebuilds only what changed).
-make -s bpf native
+# 3. BPF objects, the C core (build/libkbcore.a) and its CPython modules (make rebuilds only what changed).
+make -s bpf core native
 
 # 4. bpffs, for tools that expect it. kbypass pins no maps, so a refused mount (a container, a locked-down
 #    host) is a warning, not the end of setup; `kbypass doctor` reports it too.

@@ -49,10 +49,12 @@ import numpy as np
 from kbypass import netns as _netns
 from kbypass.errors import KbypassError, UsageError
 from kbypass.native import lane as _fastlane  # C per-message path; None: the Python _Lane does the work
+from kbypass.port.afxdp import IN_FILL, IN_TX, RX_BYTES, RX_PACKETS, TX_BYTES, TX_COMPLETED, TX_KICKS, TX_PACKETS
 from kbypass.proto import checksum as ck
 from kbypass.proto import udp as udpp
 from kbypass.proto.stack import ArpTimeout, Stack, UdpDatagram
 from kbypass.xsk.consts import XDP_PACKET_HEADROOM
+from kbypass.xsk.umem import APP, FILL, TX
 
 BACKENDS = ("afxdp", "socket")
 POLL_MODES = ("wakeup", "busy")
@@ -281,14 +283,14 @@ class _Lane:
         self.stash: list[int] = []
         self.empty_looks = 0
         self.fd = port.fd
+        self.stats = memoryview(port.counters).cast("B").cast("Q")  # the port's counters (shared with C)
 
     def recv(self) -> bytes | None:
         """One received frame's bytes, or None when the RX ring is empty (no syscall in that case)."""
         rx = self.rx
-        if (rx.cached_prod - rx.cached_cons) & _U32 == 0 and not rx.available():
+        i, got = rx.peek(1)
+        if not got:
             return None
-        i = rx.cached_cons
-        rx.cached_cons = (i + 1) & _U32
         j = (i & rx.mask) << 1
         addr = self.rxq[j]
         n = self.rxq[j + 1] & _U32
@@ -296,15 +298,15 @@ class _Lane:
         rx.release(1)
         fill = self.fill
         k, got = fill.reserve(1)
+        c = self.stats
         if got:
             self.fillq[k & fill.mask] = addr & self.chunk_mask
             fill.submit(1)
         else:  # cannot happen (the frame just left the fill quota), but never lose a frame
-            self.umem.give_free(np.array([addr], dtype=np.uint64), 2, trusted=True)
-            self.port._in_fill -= 1
-        c = self.port._counters
-        c["rx_packets"] += 1
-        c["rx_bytes"] += n
+            self.umem.give_free(np.array([addr], dtype=np.uint64), FILL, trusted=True)
+            c[IN_FILL] -= 1
+        c[RX_PACKETS] += 1
+        c[RX_BYTES] += n
         return data
 
     def recv_udp(self):
@@ -339,22 +341,23 @@ class _Lane:
     def reclaim(self) -> None:
         """Completed TX frames straight back into the stash (state TX -> APP), scalar: in copy mode a frame
         completes inside the sendto() that sent it, so there is one here per send."""
-        comp = self.comp
-        n = (comp.cached_prod - comp.cached_cons) & _U32 or comp.available()
         # at most a stash's worth: completions of the batch path (send_batch) are for the port's free list
-        n = min(n, self.STASH - len(self.stash))
-        if n <= 0:
+        room = self.STASH - len(self.stash)
+        if room <= 0:
             return
-        i, mask, compq, state, shift = comp.cached_cons, comp.mask, self.compq, self.umem.state, self.shift
+        comp = self.comp
+        i, n = comp.peek(room)
+        if not n:
+            return
+        mask, compq, state, shift = comp.mask, self.compq, self.umem.state, self.shift
         for k in range(n):
             addr = compq[(i + k) & mask]
-            state[addr >> shift] = 4  # APP: held by the lane, as alloc() would hand it out
+            state[addr >> shift] = APP  # held by the lane, as alloc() would hand it out
             self.stash.append(addr)
-        comp.cached_cons = (i + n) & _U32
         comp.release(n)
-        p = self.port
-        p._in_tx -= n
-        p._counters["tx_completed"] += n
+        c = self.stats
+        c[IN_TX] -= n
+        c[TX_COMPLETED] += n
 
     def send(self, frame: bytes) -> bool:
         """Put one frame on the TX ring and kick; False when no frame or TX slot is free right now, or
@@ -383,16 +386,15 @@ class _Lane:
         j = (i & tx.mask) << 1
         self.txq[j] = addr
         self.txq[j + 1] = n  # len, options 0
-        self.umem.state[addr >> self.shift] = 8  # TX, as AfXdpPort.transmit marks it
+        self.umem.state[addr >> self.shift] = TX  # as AfXdpPort.transmit marks it
         tx.submit(1)
-        p = self.port
-        p._in_tx += 1
-        c = p._counters
-        c["tx_packets"] += 1
-        c["tx_bytes"] += n
+        c = self.stats
+        c[IN_TX] += 1
+        c[TX_PACKETS] += 1
+        c[TX_BYTES] += n
         if self.copy or tx.needs_wakeup() or self.busy:
-            c["tx_kicks"] += 1
-            p.xsk.kick_tx()
+            c[TX_KICKS] += 1
+            self.port.xsk.kick_tx()
         return True
 
     def send_udp(self, flow, payload: bytes, ident: int) -> bool:
@@ -410,31 +412,25 @@ class _Lane:
             descs["addr"] = self.stash
             self.port.free(Batch(descs, self.umem.array, self.port))
             self.stash = []
-        for mv in (self.rxq, self.fillq, self.compq, self.txq, self.mem):
+        for mv in (self.rxq, self.fillq, self.compq, self.txq, self.mem, self.stats):
             mv.release()
 
 
 class _NativeLane(_Lane):
-    """The same lane with its per-message work in C (kbypass._fastlane, csrc/fastlane.c): receive with
-    the header and checksum checks of `_XdpEndpoint._accept`, send with lengths and checksums filled in,
-    the TX stash and the completion reclaim. The rings, UMEM states and counters it touches are the
-    port's, kept exactly as the Python lane keeps them, so the two can take turns (the Python path takes
-    over in the one case C hands back, a full fill ring)."""
+    """The same lane with its per-message work in C (kbypass._fastlane over the C core's kb_lane): receive
+    with the header and checksum checks of `_XdpEndpoint._accept`, send with lengths and checksums filled
+    in, the TX stash and the completion reclaim. The rings' cached indexes (each Ring's `shared` struct),
+    the UMEM states and the port's counters array it updates are the very memory the port and the Python
+    lane use, so the two can take turns (the Python path takes over in the one case C hands back, a full
+    fill ring)."""
 
     def __init__(self, port, accept, *, ip: bytes, mac: bytes, udp_port: int, bcast: bytes | None) -> None:
         super().__init__(port, accept)
-        import ctypes
-
-        def ring(r):
-            return (r, ctypes.addressof(r._producer), ctypes.addressof(r._consumer), ctypes.addressof(r._flags),
-                    r.slots.ctypes.data, r.size)
-
         u = self.umem
-        self.c = _fastlane.Lane(ring(self.rx), ring(self.fill), ring(self.tx), ring(self.comp),
-                                umem=u.array.ctypes.data, umem_size=u.array.size, frame_size=u.frame_size,
-                                state=u.state.ctypes.data, fd=self.fd, port=port, counters=port._counters,
-                                mac=mac, ip=ip, udp_port=udp_port, bcast=bcast, copy=self.copy, busy=self.busy,
-                                busy_every=self.BUSY_POLL_EVERY, stash=self.STASH)
+        self.c = _fastlane.Lane(self.rx.shared, self.fill.shared, self.tx.shared, self.comp.shared,
+                                umem=u.array, state=u.state, stats=port.counters, frame_size=u.frame_size,
+                                fd=self.fd, mac=mac, ip=ip, udp_port=udp_port, bcast=bcast, copy=self.copy,
+                                busy=self.busy, busy_every=self.BUSY_POLL_EVERY, stash=self.STASH)
         self.recv_c = self.c.recv
         self.wake = self.c.wake
 

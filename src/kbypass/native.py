@@ -6,6 +6,11 @@
     xfer   kbypass._fastxfer   (csrc/fastxfer.c)   the transport's per-datagram bulk path (in-order
                                                    receive, encode, framing)
 
+Each is a thin CPython binding (arguments, buffers, exceptions; typed in kbypass/_fast*.pyi) over one C core,
+csrc/core/ (build/libkbcore.a, no Python in it, so a preload shim links the same code). State both sides
+need is shared memory, never an attribute C looks up by name: the rings' KbRing structs (xsk/ring.py), the
+port's counters array (port/afxdp.py), the UMEM's frame states (xsk/umem.py).
+
 Each is optional: None when it is not built, and its caller then runs the pure-Python (numpy) path that
 does the same work, slower. `make setup` builds them (gcc and python3-dev); `kbypass doctor` says which
 are missing. KBYPASS_PURE_PYTHON=1 in the environment ignores them (to compare or to debug).

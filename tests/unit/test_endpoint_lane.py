@@ -136,8 +136,8 @@ def test_frames_go_back_to_the_fill_ring_and_counters_match(lanes):
             receive_both(lanes, f)
     c, py = (lane.port for lane in lanes)
     for key in ("rx_packets", "rx_bytes"):
-        assert c._counters[key] == py._counters[key] == (3 * len(frames) if key == "rx_packets"
-                                                          else 3 * sum(map(len, frames)))
+        assert c.stats[key] == py.stats[key] == (3 * len(frames) if key == "rx_packets"
+                                                  else 3 * sum(map(len, frames)))
     for port in (c, py):
         assert port.check(app=0)["fill"] == RING
 
@@ -200,7 +200,7 @@ def test_the_stash_refills_from_the_port_and_nothing_leaks():
         got += port.xsk.send_all()
         assert [Ether(f)[UDP].load for f in got] == [b"m%d" % i for i in range(200)]
         port.check(app=lane.stashed())  # reaps the last completions
-        assert port._counters["tx_packets"] == port._counters["tx_completed"] == 200
+        assert port.stats["tx_packets"] == port.stats["tx_completed"] == 200
         # a full TX ring refuses, and the frame stays the lane's
         for _ in range(RING):
             assert lane.send_udp(flow, b"x", 0)
@@ -497,7 +497,7 @@ def test_a_failed_reinit_leaves_the_lane_closed():
     lane = make_lane(True)
     try:
         with pytest.raises(ValueError, match="mac must be 6 bytes"):
-            lane.c.__init__(*([()] * 4), 0, 0, 2048, 0, -1, None, {}, b"\0" * 5, b"\0" * 4, 1, None, 1, 0)
+            lane.c.__init__(*([()] * 4), b"", b"", b"", 2048, -1, b"\0" * 5, b"\0" * 4, 1, None, 1, 0)
         with pytest.raises(ValueError, match="closed"):
             lane.c.recv()
     finally:

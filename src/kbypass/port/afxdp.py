@@ -8,6 +8,10 @@ the rest stay available for alloc() and for frames you hold.
 
 The XDP program that redirects packets here is not part of the port: register `port.fd` in the steering
 program's XSKMAP at index `port.queue` (kbypass.steer.Steering.register_xsk).
+
+The port's counters and in-flight counts are one u64 array, `port.counters`, indexed by PORT_STATS (the C
+core's kb_port.h order): the endpoint's C lane is given it and counts in it too, so `stats` and `check()`
+see the work of both.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ from .base import UmemPort
 from .batch import DESC, Batch
 
 POLL_MODES = ("wakeup", "busy")
+# The indexes of `AfXdpPort.counters`, in csrc/core/kb_port.h's order (a test holds them to the C core's).
+PORT_STATS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_completed", "tx_kicks", "rx_wakeups",
+              "in_fill", "in_tx")
+RX_PACKETS, RX_BYTES, TX_PACKETS, TX_BYTES, TX_COMPLETED, TX_KICKS, RX_WAKEUPS, IN_FILL, IN_TX = range(9)
+_STATS_KEYS = PORT_STATS[:IN_FILL]  # the counters `stats` reports under their own names
 
 
 CLOSED = "the AF_XDP port is closed: use it inside its `with` block (or before close())"
@@ -76,10 +85,9 @@ class AfXdpPort(UmemPort):
         self._shift = np.uint64(self.umem.shift)
         self._rx_frames = min(fill_size, frames // 2) if rx_frames is None else min(rx_frames, fill_size, frames)
         self._refill_batch = max(1, self._rx_frames // 4)
-        self._in_fill = 0  # frames lent to the kernel for receiving
-        self._in_tx = 0  # frames submitted for sending, not yet completed
-        self._counters = dict.fromkeys(("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_completed",
-                                        "tx_kicks", "rx_wakeups"), 0)
+        self.counters = np.zeros(len(PORT_STATS), dtype=np.uint64)  # shared with the C lane (module doc)
+        # the same memory as one memoryview of u64: an item update costs half a numpy scalar's
+        self._c = memoryview(self.counters).cast("B").cast("Q")
         self._closed = False
         self.refill(force=True)
 
@@ -89,7 +97,7 @@ class AfXdpPort(UmemPort):
 
         Without force it waits until a quarter of the quota is missing, so each refill moves a batch.
         """
-        want = min(self._rx_frames - self._in_fill, self.umem.free_count)
+        want = min(self._rx_frames - self._c[IN_FILL], self.umem.free_count)
         if want <= 0 or (want < self._refill_batch and not force):
             return 0
         idx, n = self._fill.reserve(want)
@@ -98,7 +106,7 @@ class AfXdpPort(UmemPort):
         addrs = self.umem.take_free(n, FILL)
         self._fill.write_slots(idx, addrs)
         self._fill.submit(n)
-        self._in_fill += n
+        self._c[IN_FILL] += n
         return n
 
     def receive(self, max_frames: int = 64) -> Batch:
@@ -108,7 +116,7 @@ class AfXdpPort(UmemPort):
         if n == 0:
             if self.poll_mode == "busy" or self._fill.needs_wakeup():
                 self.xsk.wake_rx()
-                self._counters["rx_wakeups"] += 1
+                self._c[RX_WAKEUPS] += 1
                 idx, n = rx.peek(max_frames)
             if n == 0:
                 self.refill(force=True)
@@ -117,9 +125,10 @@ class AfXdpPort(UmemPort):
         rx.release(n)
         # The kernel only writes frames we lent it, so no ownership check is needed on this hot path.
         nbytes = self.umem.mark_received(descs, APP)
-        self._in_fill -= n
-        self._counters["rx_packets"] += n
-        self._counters["rx_bytes"] += nbytes
+        c = self._c
+        c[IN_FILL] -= n
+        c[RX_PACKETS] += n
+        c[RX_BYTES] += nbytes
         self.refill()
         return Batch(descs, self.umem.array, self)
 
@@ -171,9 +180,10 @@ class AfXdpPort(UmemPort):
             out["options"] = 0
             self._tx.write_slots(idx, out)
             self._tx.submit(k)
-            self._in_tx += k
-            self._counters["tx_packets"] += k
-            self._counters["tx_bytes"] += nbytes
+            c = self._c
+            c[IN_TX] += k
+            c[TX_PACKETS] += k
+            c[TX_BYTES] += nbytes
         self.flush()
         return k
 
@@ -184,13 +194,13 @@ class AfXdpPort(UmemPort):
         if self.mode == "copy":
             # Copy mode sends only inside sendto(), at most _tx_budget frames per call (EAGAIN: more).
             for _ in range(math.ceil(self._tx.outstanding() / self._tx_budget) + 1):
-                self._counters["tx_kicks"] += 1
+                self._c[TX_KICKS] += 1
                 err = self.xsk.kick_tx()
                 self.reap()
                 if err == 0 or self._tx.outstanding() == 0:
                     break
         elif self._tx.needs_wakeup() or self.poll_mode == "busy":
-            self._counters["tx_kicks"] += 1
+            self._c[TX_KICKS] += 1
             self.xsk.kick_tx()
 
     def reap(self) -> int:
@@ -201,8 +211,8 @@ class AfXdpPort(UmemPort):
         addrs = self._comp.read_slots(idx, n)
         self._comp.release(n)
         self.umem.give_free(addrs, TX, "completion", trusted=True)
-        self._in_tx -= n
-        self._counters["tx_completed"] += n
+        self._c[IN_TX] -= n
+        self._c[TX_COMPLETED] += n
         return n
 
     # ---- free, stats, teardown -----------------------------------------------------------------------
@@ -220,16 +230,27 @@ class AfXdpPort(UmemPort):
         return self.xsk.fd
 
     @property
+    def in_fill(self) -> int:
+        """Frames lent to the kernel for receiving."""
+        return self._c[IN_FILL]
+
+    @property
+    def in_tx(self) -> int:
+        """Frames submitted for sending, not yet completed."""
+        return self._c[IN_TX]
+
+    @property
     def stats(self) -> dict:
-        s = dict(self._counters)
+        c = self._c
+        s = {name: c[i] for i, name in enumerate(_STATS_KEYS)}
         s.update(self.xsk.statistics())
-        s.update(frames_in_fill=self._in_fill, frames_in_tx=self._in_tx, frames_free=self.umem.free_count)
+        s.update(frames_in_fill=c[IN_FILL], frames_in_tx=c[IN_TX], frames_free=self.umem.free_count)
         return s
 
     def check(self, *, app: int | None = None) -> dict:
         """Verify the UMEM accounting (no leak, no double hand-out); `app`: frames you should hold now."""
         self.reap()
-        counts = self.umem.check(app=app, fill=self._in_fill, tx=self._in_tx)
+        counts = self.umem.check(app=app, fill=self._c[IN_FILL], tx=self._c[IN_TX])
         return counts
 
     def close(self) -> None:

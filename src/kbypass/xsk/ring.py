@@ -1,6 +1,7 @@
 """The AF_XDP ring protocol: single-producer/single-consumer rings shared with the kernel.
 
-Mirrors libxdp's xsk.h. Each ring is a power-of-two array of slots plus three u32 words in shared memory:
+Mirrors libxdp's xsk.h, and the C core's twin of it (csrc/core/kb_ring.h): one protocol, two front ends.
+Each ring is a power-of-two array of slots plus three u32 words in shared memory:
 `producer`, `consumer` and `flags`. Indexes run free and wrap at 2**32; a slot is `index & mask`.
 
 - Producer rings (fill, TX; we produce, the kernel consumes): `reserve(n)` claims up to n free slots
@@ -10,6 +11,10 @@ Mirrors libxdp's xsk.h. Each ring is a power-of-two array of slots plus three u3
   by a cached producer index, re-read only when the cache holds fewer than n), the caller copies them out, then
   `release(n)` hands the slots back by storing the new consumer index.
 - `needs_wakeup()` reads XDP_RING_NEED_WAKEUP: the kernel asks for a syscall (poll/sendto) to make progress.
+
+The cached indexes live in `Ring.shared`, a `KbRing`: the C core's struct kb_ring, whose address the C
+lane (kbypass._fastlane) is given, so Python and C each take the next step on the same ring and neither
+keeps a copy of the other's indexes. Nobody else touches the struct: use the methods.
 
 Memory ordering. The protocol needs, in the kernel's words (xsk_queue.h): the producer's slot writes must
 be visible before its producer-index store (release), the consumer's slot reads must happen after its
@@ -26,7 +31,8 @@ The compiler side is covered because every index access is a separate call into 
 through the interpreter, which no compiler can reorder with the next Python-level operation.
 On weakly ordered CPUs (arm64, ppc64, riscv) we would need real barriers: a load-acquire of the
 producer/consumer index (or a read barrier after it) and a store-release of our index (or a write barrier
-before it). Python offers no such primitive, so `Ring` refuses to run there rather than corrupt data.
+before it). Python offers no such primitive, so `Ring` refuses to run there rather than corrupt data (the
+C core's functions have them: __atomic acquire/release, LDAR/STLR on arm64).
 """
 
 from __future__ import annotations
@@ -60,6 +66,17 @@ def check_size(name: str, size: int) -> None:
         raise UsageError(f"{name} ring size {size!r} is not a power of two: use e.g. 512, 1024, 2048 or 4096")
 
 
+class KbRing(ctypes.Structure):
+    """struct kb_ring of csrc/core/kb_ring.h, field for field (a test compares it with the C layout)."""
+
+    _fields_ = [("cached_prod", ctypes.c_uint32), ("cached_cons", ctypes.c_uint32), ("mask", ctypes.c_uint32),
+                ("size", ctypes.c_uint32), ("producer", ctypes.c_void_p), ("consumer", ctypes.c_void_p),
+                ("ring", ctypes.c_void_p), ("flags", ctypes.c_void_p)]
+
+
+_PROD, _CONS = 0, 1  # the cached indexes: the struct's first two u32 words
+
+
 class Ring:
     """One ring over a writable buffer (the mmap the kernel gave us, or a bytearray in tests).
 
@@ -79,6 +96,10 @@ class Ring:
         self._consumer = ctypes.c_uint32.from_buffer(buf, consumer_off)
         self._flags = ctypes.c_uint32.from_buffer(buf, flags_off)
         self.slots = np.frombuffer(buf, dtype=dtype, count=size, offset=desc_off)
+        self.shared = KbRing(0, 0, self.mask, size, ctypes.addressof(self._producer),
+                             ctypes.addressof(self._consumer), self.slots.ctypes.data, ctypes.addressof(self._flags))
+        # the cached indexes as one memoryview of u32: an item access costs a third of a ctypes field's
+        self._cache = memoryview(self.shared).cast("B").cast("I")
 
     def needs_wakeup(self) -> bool:
         return bool(self._flags.value & consts.XDP_RING_NEED_WAKEUP)
@@ -104,6 +125,7 @@ class Ring:
         """Drop our views of the buffer so the mmap can be closed."""
         self._producer = self._consumer = self._flags = None
         self.slots = None
+        self.shared.producer = self.shared.consumer = self.shared.ring = self.shared.flags = None
 
 
 class ProducerRing(Ring):
@@ -111,28 +133,34 @@ class ProducerRing(Ring):
 
     def __init__(self, buf, **kw) -> None:
         super().__init__(buf, **kw)
-        self.cached_prod = self._producer.value
+        self._cache[_PROD] = self._producer.value
         # Like libxdp, keep the consumer cache `size` ahead so free slots = cached_cons - cached_prod.
-        self.cached_cons = (self._consumer.value + self.size) & _U32
+        self._cache[_CONS] = (self._consumer.value + self.size) & _U32
 
     def free(self, wanted: int = 1) -> int:
         """How many slots can be reserved; re-reads the kernel's consumer index only if the cache is short."""
-        free = (self.cached_cons - self.cached_prod) & _U32
+        c = self._cache
+        free = (c[_CONS] - c[_PROD]) & _U32
         if free >= wanted:
             return free
-        self.cached_cons = (self._consumer.value + self.size) & _U32
-        return (self.cached_cons - self.cached_prod) & _U32
+        cons = c[_CONS] = (self._consumer.value + self.size) & _U32
+        return (cons - c[_PROD]) & _U32
 
     def reserve(self, n: int) -> tuple[int, int]:
         """Claim up to n slots: returns (first index, count). Write them, then submit(count)."""
-        count = min(n, self.free(n))
-        idx = self.cached_prod
-        self.cached_prod = (idx + count) & _U32
+        c = self._cache
+        idx = c[_PROD]
+        free = (c[_CONS] - idx) & _U32
+        if free < n:  # free() inlined: this runs once per message on the Python lane
+            cons = c[_CONS] = (self._consumer.value + self.size) & _U32
+            free = (cons - idx) & _U32
+        count = n if free >= n else free
+        c[_PROD] = (idx + count) & _U32
         return idx, count
 
     def cancel(self, n: int) -> None:
         """Give back the last n reserved, not yet submitted slots."""
-        self.cached_prod = (self.cached_prod - n) & _U32
+        self._cache[_PROD] = (self._cache[_PROD] - n) & _U32
 
     def submit(self, n: int) -> None:
         """Publish n reserved slots to the kernel (the producer-index store is the release)."""
@@ -148,26 +176,32 @@ class ConsumerRing(Ring):
 
     def __init__(self, buf, **kw) -> None:
         super().__init__(buf, **kw)
-        self.cached_prod = self._producer.value
-        self.cached_cons = self._consumer.value
+        self._cache[_PROD] = self._producer.value
+        self._cache[_CONS] = self._consumer.value
 
     def available(self, wanted: int = 1) -> int:
-        entries = (self.cached_prod - self.cached_cons) & _U32
+        c = self._cache
+        entries = (c[_PROD] - c[_CONS]) & _U32
         if entries >= wanted:
             return entries
-        self.cached_prod = self._producer.value  # the producer-index load is the acquire
-        return (self.cached_prod - self.cached_cons) & _U32
+        prod = c[_PROD] = self._producer.value  # the producer-index load is the acquire
+        return (prod - c[_CONS]) & _U32
 
     def peek(self, n: int) -> tuple[int, int]:
         """Up to n filled slots: returns (first index, count). Read them, then release(count)."""
-        count = min(n, self.available(n))
-        idx = self.cached_cons
-        self.cached_cons = (idx + count) & _U32
+        c = self._cache
+        idx = c[_CONS]
+        entries = (c[_PROD] - idx) & _U32
+        if entries < n:  # available() inlined: this runs once per message on the Python lane
+            prod = c[_PROD] = self._producer.value
+            entries = (prod - idx) & _U32
+        count = n if entries >= n else entries
+        c[_CONS] = (idx + count) & _U32
         return idx, count
 
     def cancel(self, n: int) -> None:
         """Un-peek the last n slots (they will be returned again by the next peek)."""
-        self.cached_cons = (self.cached_cons - n) & _U32
+        self._cache[_CONS] = (self._cache[_CONS] - n) & _U32
 
     def release(self, n: int) -> None:
         """Hand n peeked slots back to the kernel."""

@@ -23,7 +23,9 @@ import numpy as np
 from kbypass.errors import KbypassError, UsageError
 from kbypass.native import batch as _fast  # C claim/mark; None: the numpy checks below do it all
 
-# One bit per state, so "all these frames are in state S" is a single OR-reduction equal to S.
+# One bit per state, so "all these frames are in state S" is a single OR-reduction equal to S. The numbers
+# are the C core's (enum kb_frame_state, csrc/core/kb_umem.h; kbypass._fastbatch.FRAME_*): a test holds
+# them equal, since the C lane and the batch path write these states into the same array.
 FREE, FILL, APP, TX = 1, 2, 4, 8
 STATE_NAMES = {FREE: "free", FILL: "fill", APP: "app", TX: "tx"}
 FRAME_SIZES = (2048, 4096)

@@ -1,0 +1,37 @@
+/* kb_batch.c: per-batch header work (see kb_batch.h). */
+#include "kb_batch.h"
+
+#include <string.h>
+
+long long kb_batch_check(uint64_t memlen, const struct kb_descs *d, uint64_t need) {
+    for (size_t i = 0; i < d->n; i++) {
+        uint64_t a = kb_descs_addr(d, i);
+        if (kb_descs_len(d, i) < need) return (long long)i;
+        if (a > memlen || memlen - a < need) return -2 - (long long)i;
+    }
+    return -1;
+}
+
+int kb_batch_swap_ok(int64_t offset, int64_t width, int64_t need) {
+    return offset >= 0 && width > 0 && width <= 64 && need >= offset && need - offset >= 2 * width;
+}
+
+void kb_batch_swap(uint8_t *mem, const struct kb_descs *d, size_t offset, size_t width) {
+    uint8_t tmp[64];
+    for (size_t i = 0; i < d->n; i++) {
+        uint8_t *p = mem + kb_descs_addr(d, i) + offset;
+        memcpy(tmp, p, width);
+        memcpy(p, p + width, width);
+        memcpy(p + width, tmp, width);
+    }
+}
+
+void kb_batch_stamp(uint8_t *mem, const struct kb_descs *d, size_t offset, uint64_t first_seq, uint64_t now_ns) {
+    uint64_t t = __builtin_bswap64(now_ns);
+    for (size_t i = 0; i < d->n; i++) {
+        uint8_t *p = mem + kb_descs_addr(d, i) + offset;
+        uint64_t s = __builtin_bswap64(first_seq + (uint64_t)i);
+        memcpy(p, &s, 8);
+        memcpy(p + 8, &t, 8);
+    }
+}

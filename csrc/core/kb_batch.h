@@ -1,0 +1,29 @@
+/* kb_batch.h: header work on every frame of a batch, in one pass (the Port API's per-batch helpers;
+ * kbypass/port/batch.py and kbypass/gen/stamp.py hold the numpy reference). */
+#ifndef KB_BATCH_H
+#define KB_BATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kb_descs.h"
+
+/* Check that every frame of d has `need` bytes inside mem (memlen bytes). Returns -1 when all do, the index
+ * of the first frame whose descriptor length is shorter than need (the caller's "short frame"), or
+ * -2 - i when frame i lies (partly) outside the memory. Frames before a short one are checked only. */
+long long kb_batch_check(uint64_t memlen, const struct kb_descs *d, uint64_t need);
+
+/* Is (offset, width, need) a swap kb_batch_swap can do: two adjacent fields of width bytes (1..64) at
+ * offset, inside the first need bytes of a frame? Written as subtractions: offset + 2 * width wraps for a
+ * huge offset and once let a swap past the frame through. */
+int kb_batch_swap_ok(int64_t offset, int64_t width, int64_t need);
+
+/* Swap bytes [offset, offset+width) with [offset+width, offset+2*width) in every frame (MAC, IPv4
+ * address and port swaps of a reflector). Only after kb_batch_check said -1 for that need. */
+void kb_batch_swap(uint8_t *mem, const struct kb_descs *d, size_t offset, size_t width);
+
+/* The generator's stamp at offset in frame i: first_seq + i, then now_ns, big-endian u64s. Only after
+ * kb_batch_check said -1 for offset + 16. */
+void kb_batch_stamp(uint8_t *mem, const struct kb_descs *d, size_t offset, uint64_t first_seq, uint64_t now_ns);
+
+#endif

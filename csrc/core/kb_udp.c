@@ -1,0 +1,38 @@
+/* kb_udp.c: the UDP lane's per-frame check and build (see kb_udp.h). */
+#include "kb_udp.h"
+
+#include <string.h>
+
+#include "kb_csum.h"
+
+int kb_udp_accept(const struct kb_udp_local *me, const uint8_t *f, uint32_t n) {
+    if (n < KB_UDP_HLEN) return 0;
+    if (memcmp(f, me->mac, 6) || (f[6] & 1) || kb_be16(f + 12) != 0x0800) return 0;
+    const uint8_t *ip = f + 14;
+    if (ip[0] != 0x45 || (kb_be16(ip + 6) & 0x3FFF) || ip[8] == 0 || ip[9] != 17) return 0;
+    if (memcmp(ip + 16, me->ip, 4) || kb_be16(f + 36) != me->port) return 0;
+    uint32_t ulen = kb_be16(f + 38), total = ulen + 20;
+    if (kb_be16(ip + 2) != total || ulen < 8 || total + 14 > n) return 0;
+    const uint8_t *src = ip + 12;
+    if (src[0] == 0 || src[0] == 127 || src[0] >= 224 || !memcmp(src, me->ip, 4) ||
+        (me->has_bcast && !memcmp(src, me->bcast, 4)))
+        return 0;
+    if (!kb_csum_ok(kb_csum_add(ip, 20, 0))) return 0;
+    if (kb_be16(f + 40)) { /* zero: the sender did not compute one (allowed over IPv4) */
+        uint64_t pseudo = kb_csum_add(ip + 12, 8, 17 + ulen);
+        if (!kb_csum_ok(kb_csum_add(f + 34, ulen, pseudo))) return 0;
+    }
+    return 1;
+}
+
+void kb_udp_finish(uint8_t *f, uint32_t plen, uint16_t ident) {
+    uint32_t ulen = plen + 8;
+    kb_put_be16(f + 16, (uint16_t)(ulen + 20));
+    kb_put_be16(f + 18, ident);
+    kb_put_be16(f + 24, 0);
+    kb_put_be16(f + 24, (uint16_t)~kb_csum_fold(kb_csum_add(f + 14, 20, 0)));
+    kb_put_be16(f + 38, (uint16_t)ulen);
+    kb_put_be16(f + 40, 0);
+    uint16_t u = (uint16_t)~kb_csum_fold(kb_csum_add(f + 34, ulen, kb_csum_add(f + 26, 8, 17 + ulen)));
+    kb_put_be16(f + 40, u ? u : 0xFFFF);
+}

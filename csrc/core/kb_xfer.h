@@ -1,0 +1,84 @@
+/* kb_xfer.h: the reliable transport's per-datagram bulk work (kbypass.proto.transport is the sans-IO
+ * reference and keeps every decision beyond "is this the next in-order data segment").
+ *
+ * Wire layouts: kbypass/proto/transport/wire.py (datagram: a 42-byte header, the payload, a CRC32
+ * trailer) and kbypass/xfer/encap.py (frames: UDP over IPv4, or a bare Ethernet header).
+ */
+#ifndef KB_XFER_H
+#define KB_XFER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kb_descs.h"
+
+#define KB_XFER_HEADER 42
+#define KB_XFER_CRC 4
+#define KB_XFER_OVERHEAD (KB_XFER_HEADER + KB_XFER_CRC)
+#define KB_XFER_MAX_PAYLOAD 0xFFFF
+#define KB_XFER_FLAG_ACK 0x02
+#define KB_XFER_FLAG_FIN 0x04
+#define KB_XFER_FLAG_MSG_END 0x20
+
+enum kb_xfer_kind { KB_XFER_UDP = 0, KB_XFER_ETH = 1 };       /* encap.UdpEncap, encap.EthEncap */
+enum kb_xfer_run_mode { KB_RUN_IN_ORDER = 0, KB_RUN_OUT_OF_ORDER = 1, KB_RUN_MESSAGES = 2 };
+
+/* The CRC32 of zlib.crc32 (reflected IEEE 802.3), which the Python path uses. */
+uint32_t kb_xfer_crc32(const uint8_t *p, size_t n);
+
+/* The header fields of a datagram without SACK blocks. */
+struct kb_xfer_fields {
+    uint32_t flags, src_id, dst_id;
+    uint64_t seq, ack;
+    uint32_t window, tsval, tsecr;
+};
+
+/* wire.encode_fields without SACK blocks: header, payload (plen <= KB_XFER_MAX_PAYLOAD), CRC32 into out
+ * (KB_XFER_OVERHEAD + plen bytes). */
+void kb_xfer_encode(uint8_t *out, const struct kb_xfer_fields *h, const uint8_t *payload, uint32_t plen);
+
+/* The flags of a data segment's datagram (Connection._emit): ACK, and MSG_END / FIN by the segment's. */
+static inline uint32_t kb_xfer_segment_flags(int msg_end, int fin) {
+    return KB_XFER_FLAG_ACK | (msg_end ? KB_XFER_FLAG_MSG_END : 0) | (fin ? KB_XFER_FLAG_FIN : 0);
+}
+
+/* What rx_run accepts (Connection.rx_run_params gives the values): frames from the peer (kind, key as in
+ * encap), datagrams of our connection ids, at the running seq, acking exactly ack, a window edge up to
+ * right, ending by room_end, room_bytes of payload in all. */
+struct kb_xfer_run {
+    int kind, mode;
+    const uint8_t *key;
+    size_t keylen;
+    uint64_t local_id, peer_id; /* u32 on the wire: a larger id matches nothing */
+    uint64_t seq, ack, right, room_end, room_bytes;
+};
+
+/* Where rx_run found a payload: offset into the memory, length, whether MSG_END was set. */
+struct kb_xfer_piece {
+    uint64_t off;
+    uint32_t len;
+    uint8_t msg_end;
+};
+
+/* The longest run of frames start..stop-1 of d that are each the next data segment in line (see
+ * fastxfer.c's rx_run for the full conditions); returns stop, records each payload in pieces[i - start]
+ * (room for d->n - start), their total length and the last timestamp (unchanged when stop == start).
+ * Reads only: nothing in mem or d changes. */
+size_t kb_xfer_rx_run(const uint8_t *mem, uint64_t memlen, const struct kb_descs *d, size_t start,
+                      const struct kb_xfer_run *p, struct kb_xfer_piece *pieces, uint64_t *total, uint32_t *tsval);
+
+/* The header length of a kind's frames (42 for UDP, 14 for Ethernet). */
+static inline uint32_t kb_xfer_frame_header(int kind) { return kind == KB_XFER_UDP ? 42 : 14; }
+
+/* Does a datagram of dlen bytes, framed with a kind's header, fit the frame at addr (frame_size bytes,
+ * inside memlen bytes of memory; IPv4's total length caps a UDP frame)? */
+int kb_xfer_frame_fits(int kind, uint64_t dlen, uint64_t frame_size, uint64_t addr, uint64_t memlen);
+
+/* UdpEncap.frame / EthEncap.frame into f: the header (udp: the 42-byte template of UdpEncap.set_peer,
+ * whose fixed words sum to ip_partial mod 0xFFFF; eth: the 14 bytes as they are) then the datagram. A UDP
+ * frame gets the IPv4 total length, ident + 1, the header checksum and the UDP length (checksum 0).
+ * Returns the frame's length; *ident is the ident used. */
+uint32_t kb_xfer_frame_write(uint8_t *f, int kind, const uint8_t *hdr, uint32_t ip_partial, uint32_t *ident,
+                             const uint8_t *dgram, uint32_t dlen);
+
+#endif

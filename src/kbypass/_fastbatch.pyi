@@ -1,0 +1,25 @@
+"""The Port API's per-batch bookkeeping in C (csrc/fastbatch.c over the C core's kb_umem and kb_batch)."""
+
+import numpy as np
+from _typeshed import WriteableBuffer
+
+FRAME_FREE: int
+"""UMEM frame state: on the free stack."""
+FRAME_FILL: int
+"""UMEM frame state: lent to the kernel for receiving."""
+FRAME_APP: int
+"""UMEM frame state: the application's."""
+FRAME_TX: int
+"""UMEM frame state: handed to the kernel for sending."""
+
+def swap(mem: WriteableBuffer, descs: np.ndarray, offset: int, width: int, need: int, /) -> int:
+    """Swap two adjacent fields in every frame: -1, or the first frame shorter than need (nothing done)."""
+def claim(state: WriteableBuffer, descs: np.ndarray, shift: int, umem_size: int, frame_size: int,
+          expected: int, to: int, tx: bool, /) -> int:
+    """Move every frame from state expected to to: their total length, or -1 with nothing changed."""
+def mark(state: WriteableBuffer, descs: np.ndarray, shift: int, to: int, /) -> int:
+    """Received frames into state to; returns their total length."""
+def push_free(state: WriteableBuffer, free: np.ndarray, top: int, addrs: np.ndarray, shift: int, /) -> int:
+    """Completed frames back on the free stack; returns the new top."""
+def stamp(mem: WriteableBuffer, descs: np.ndarray, offset: int, first_seq: int, now_ns: int, /) -> int:
+    """The generator's sequence and time stamp: -1, or the first frame too short (nothing written)."""

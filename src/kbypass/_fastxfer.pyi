@@ -1,0 +1,18 @@
+"""The reliable transport's bulk path in C (csrc/fastxfer.c over the C core's kb_xfer)."""
+
+import numpy as np
+from _typeshed import ReadableBuffer, WriteableBuffer
+
+def rx_run(mem: ReadableBuffer, descs: np.ndarray, start: int, kind: int, key: bytes, local_id: int, peer_id: int,
+           seq: int, ack: int, right: int, room_end: int, room_bytes: int, mode: int,
+           /) -> tuple[int, bytes | list[bytes], int, list[int]]:
+    """The run of next-in-line data segments from start: (stop, data, tsval, message ends)."""
+def encode(flags: int, src_id: int, dst_id: int, seq: int, ack: int, window: int, tsval: int, tsecr: int,
+           payload: ReadableBuffer, /) -> bytes:
+    """wire.encode_fields without SACK blocks."""
+def encode_segments(src_id: int, dst_id: int, ack: int, window: int, tsval: int, tsecr: int, segments: list,
+                    out: list[bytes], /) -> None:
+    """Append to out the datagram of each segment, without SACK blocks."""
+def write_frames(mem: WriteableBuffer, descs: np.ndarray, start: int, frame_size: int, kind: int, header: bytes,
+                 ip_partial: int, ident: int, datagrams: list[bytes], /) -> int:
+    """Frame datagrams[start:] into the batch's frames; returns the last IP ident used."""
