@@ -6,7 +6,6 @@ its summary (mid-run), no XDP program left on either testbed veth, no file it ma
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import struct

@@ -11,7 +11,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from kbypass.errors import UsageError
-from kbypass.port.packet_mmap import PacketMmapPort, compile_filter
+from kbypass.port.packet_mmap import PacketMmapPort
+from kbypass.steer.cbpf import compile_filter
 
 
 def run_cbpf(prog: bytes, pkt: bytes) -> int:

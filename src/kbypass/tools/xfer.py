@@ -35,7 +35,7 @@ import sys
 import time
 
 from kbypass import testbed
-from kbypass.errors import KbypassError, UsageError, require_root
+from kbypass.errors import UsageError, require_root
 from kbypass.tools import _options as opt
 from kbypass.tools._common import pin_cpu
 from kbypass.tools._output import emit
