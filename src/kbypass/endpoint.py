@@ -493,7 +493,7 @@ class _XdpEndpoint(UdpEndpoint):
             raise KbypassError("the endpoint's C fast path (kbypass._fastlane) is not built: run 'make setup' "
                                "(it needs gcc and python3-dev), or leave native=None: the Python lane is used when C is not built")
         self._check_common(ip, port, poll)
-        from kbypass.apps.steered import SteeredPort
+        from kbypass.port.steered import SteeredPort
 
         self.ifname, self.netns, self.ip, self.port, self.dedicated, self.poll_mode = ifname, netns, ip, port, \
             dedicated, poll

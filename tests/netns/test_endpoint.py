@@ -10,7 +10,7 @@ import time
 import pytest
 
 from kbypass import netns
-from kbypass.apps.steered import SteeredPort
+from kbypass.port.steered import SteeredPort
 from kbypass.endpoint import UdpEndpoint
 from kbypass.errors import KbypassError, UsageError
 from kbypass.proto import arp, checksum as ck, ipv4, udp

@@ -16,7 +16,7 @@ import pytest
 from scapy.layers.l2 import Ether  # noqa: F401 (rdpcap reads LINKTYPE_ETHERNET)
 from scapy.utils import rdpcap
 
-from kbypass.apps.steered import SteeredPort
+from kbypass.port.steered import SteeredPort
 from kbypass.errors import UsageError
 from tests.kb import kbypass, xdp_attached
 from tests.netns.test_sink_reflect import _wait_attached

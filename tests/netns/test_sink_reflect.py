@@ -13,7 +13,7 @@ import pytest
 
 from kbypass import netns
 from kbypass.apps.reflect import Reflector
-from kbypass.apps.steered import SteeredPort
+from kbypass.port.steered import SteeredPort
 from tests.kb import kbypass, xdp_attached
 
 pytestmark = pytest.mark.netns

@@ -69,7 +69,7 @@ def pair(hosts, ports, encap: str, *, faults_rx=None, config=None,
 @contextlib.contextmanager
 def xdp_loss(port, match: str, prob: float):
     """A sample-drop rule in front of the port's redirect rules; yields a function reading its drops."""
-    steering = port.steered.steering
+    steering = port.steering
     rid = steering.add(f"{match} sample prob {prob}", index=0)
     try:
         yield lambda: steering.counters()[rid][0]

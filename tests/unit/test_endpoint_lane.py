@@ -451,7 +451,7 @@ def _placeholder(netns, ip, port):
 
 
 def _fake_endpoint(**kw):
-    from kbypass.apps import steered
+    from kbypass.port import steered
 
     with mock.patch.object(E, "_Iface", _FakeIface), mock.patch.object(steered, "SteeredPort", _FakeSteered), \
             mock.patch.object(E, "_bind_udp", _placeholder):

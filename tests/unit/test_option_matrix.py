@@ -113,7 +113,7 @@ def numeric_cases():
 def guarded(monkeypatch, tmp_path):
     """Every step that opens, attaches, makes or measures something fails the test when reached; the
     working directory is an empty one of the test's (a file named '-' would show there)."""
-    from kbypass.apps.steered import SteeredPort
+    from kbypass.port.steered import SteeredPort
     from kbypass.endpoint import UdpEndpoint
     from kbypass.gen.live import LiveGenerator
     from kbypass.port.afxdp import AfXdpPort

@@ -13,7 +13,7 @@ from scapy.utils import rdpcap
 
 from kbypass import cli
 from kbypass.apps.capture import capture, spread
-from kbypass.apps.steered import SteeredPort, rule_list
+from kbypass.port.steered import SteeredPort, rule_list
 from kbypass.errors import UsageError
 from kbypass.pcap import PcapWriter
 from kbypass.port.batch import DESC, Batch
@@ -116,10 +116,10 @@ def test_options_a_backend_ignores_are_refused(capsys, tmp_path, argv, words):
 # --- SteeredPort's rules -------------------------------------------------------------------------------------
 
 def test_one_rule_string_is_a_list_of_one_not_letters():
-    assert rule_list("udp dport 1") == ["udp dport 1"]
+    assert rule_list("udp dport 1") == [Rule("udp", dport=1)]  # parsed, as the steering gets them
     r = Rule("udp", dport=1)
     assert rule_list(r) == [r]
-    assert rule_list(("udp", "tcp")) == ["udp", "tcp"]
+    assert rule_list(("udp", "tcp")) == [Rule("udp"), Rule("tcp")]
 
 
 @pytest.mark.parametrize("bad, words", [(5, "not int"), ({"udp"}, "not set"), ([5], "not int"),

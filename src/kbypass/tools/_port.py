@@ -6,11 +6,8 @@ import argparse
 import sys
 
 from kbypass import testbed
-from kbypass.apps.steered import SteeredPort
-from kbypass.errors import UsageError, require_root
-from kbypass.steer.rules import Rule
+from kbypass.errors import UsageError
 from kbypass.tools import _options
-from kbypass.tools._common import pin_cpu
 from kbypass.tools import _output
 
 # Upper bounds that keep a typo from asking for gigabytes (2^24 ring entries already took 1.6 GB, 2^30 spun
@@ -82,17 +79,6 @@ def rules_or_default(args, default: str, takes: str) -> list[str]:
         return [default]
     raise UsageError(f"--iface {args.iface} without --rule: name the flows to take, e.g. --rule "
                      f"\"udp dst ADDR dport PORT\" (the default '{default}', {takes}, is for testbed hosts: --host)")
-
-
-def open_port(args, rules: list[str]) -> SteeredPort:
-    require_root(f"kbypass {args.command}")
-    parsed = [Rule.parse(r) for r in rules]  # all syntax errors before anything is attached
-    iface, ns = resolve_where(args)
-    pin_cpu(args.cpu)
-    ring = args.ring_size or DEFAULT_RING
-    return SteeredPort(iface, args.queue, parsed, netns=ns, xdp_mode=args.xdp_mode, mode=args.mode,
-                       poll=args.poll, frames=args.frames, frame_size=args.frame_size, rx_size=ring,
-                       tx_size=ring, fill_size=ring, comp_size=ring)
 
 
 def announce(args, sp, note: str = "") -> None:

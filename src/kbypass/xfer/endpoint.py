@@ -687,10 +687,10 @@ class TransportEndpoint:
 
     def _sample_drops(self) -> int:
         """Frames the steering program's sample rule (xdp_loss) dropped before they reached us."""
-        steered = getattr(self.port, "steered", None)
-        if self._closed or steered is None:
+        counters = getattr(self.port, "rule_counters", None)  # a steered port (open_port) has them
+        if self._closed or counters is None:
             return self._xdp_sampled
-        return sum(r["packets"] for r in steered.rule_counters() if " sample " in f" {r['rule']} ")
+        return sum(r["packets"] for r in counters() if " sample " in f" {r['rule']} ")
 
     @property
     def stats(self) -> dict:

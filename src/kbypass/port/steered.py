@@ -1,0 +1,210 @@
+"""The steered port: a Port that receives exactly the flows its rules name, on any backend.
+
+This is the ef_vi "hidden RX queue plus filters" shape. On `afxdp` (the bypass) the steering program sits on
+the interface with the user's rules and one AF_XDP socket per queue is registered as that queue's redirect
+target: only the named flows reach the rings, whatever no rule matches passes to the kernel, and closing
+(or the process dying) removes the rules with the program, which lives in a bpf_link that dies with its fd.
+The fallbacks take the same rules the way they can: `packet_mmap` attaches the one rule as a classic BPF
+filter (kbypass.steer.cbpf) to a PACKET_MMAP socket, a tap that leaves the kernel every frame; `socket`
+binds a kernel UDP socket to the one rule's destination address and port, the baseline.
+
+A SteeredPort is itself a Port (receive/transmit/free/alloc/wait/stats/check/close go to the port(s)
+underneath: `sp.port`, a PortGroup when several queues are open) and adds what steering knows:
+`rule_counters()`, `unreached()`, `queues`. `kbypass.port.open_port` is the one way in by backend name.
+"""
+
+from __future__ import annotations
+
+from kbypass.errors import UsageError
+from kbypass.netns import entered
+from kbypass.steer.rules import Rule
+from kbypass.steer.steering import Steering
+from kbypass.xsk.socket import rx_queue_count
+
+from . import BACKENDS
+from .base import Port
+from .batch import Batch
+from .group import PortGroup
+
+
+def rule_list(rules) -> list[Rule]:
+    """`rules` as a list of parsed Rules: one rule (text or Rule) is a list of one. A bare string is not
+    iterated, which would parse "udp dport 1" letter by letter; anything else that is not a list or tuple
+    is refused. Every syntax error is raised here, before anything is attached."""
+    if isinstance(rules, (str, Rule)):
+        rules = [rules]
+    if not isinstance(rules, (list, tuple)):
+        raise UsageError(f"rules: give a list of rules (text or Rule), e.g. [\"udp dport 4321\"], not "
+                         f"{type(rules).__name__}")
+    for r in rules:
+        if not isinstance(r, (str, Rule)):
+            raise UsageError(f"rules: each rule is text like \"udp dport 4321\" or a Rule, not {type(r).__name__}")
+    return [r if isinstance(r, Rule) else Rule.parse(r) for r in rules]
+
+
+class SteeredPort(Port):
+    """Open with `with SteeredPort(...) as sp:`; `sp.port` is the port underneath (the steered port itself
+    is a Port too). After the `with` block both are closed: `sp.port` is a UsageError.
+
+    queue (afxdp): one queue id, or None for every receive queue of the interface (a flow lands on whichever
+    queue the NIC's or veth's hash picks, so "all" is what a sink of named flows wants). Rules: a list of
+    text or `Rule`s (one rule alone is a list of one); a rule without an action redirects to the socket of
+    the queue the packet arrived on. `bind=(ip, port)` (socket backend) instead of a rule. Other keyword
+    options go to the backend's port class (AfXdpPort, PacketMmapPort, SocketPort)."""
+
+    def __init__(self, ifname: str | None, queue: int | None = 0, rules=(), *, netns: str | None = None,
+                 backend: str = "afxdp", xdp_mode: str = "native", bind: tuple[str, int] | None = None,
+                 **port_options) -> None:
+        self.rules = rule_list(rules)  # before anything is attached
+        if backend not in BACKENDS:
+            raise UsageError(f"backend {backend!r} is unknown: use one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self._port = None
+        self.ports: list[Port] = []
+        self.steering = None
+        self.rule_ids: list[int] = []
+        try:
+            if backend == "afxdp":
+                self._open_afxdp(ifname, queue, netns, xdp_mode, port_options)
+            elif backend == "packet_mmap":
+                self._open_packet_mmap(ifname, queue, netns, port_options)
+            else:
+                self._open_socket(queue, netns, bind, port_options)
+        except BaseException:
+            self.close()
+            raise
+        self._port = self.ports[0] if len(self.ports) == 1 else PortGroup(self.ports)
+
+    def _open_afxdp(self, ifname, queue, netns, xdp_mode, options) -> None:
+        from .afxdp import AfXdpPort
+
+        if not ifname:
+            raise UsageError("the afxdp backend needs an interface: give ifname (--iface)")
+        self.steering = Steering(ifname, netns=netns, mode=xdp_mode)
+        self.rule_ids = [self.steering.add(r) for r in self.rules]
+        self.queues = [queue] if queue is not None else list(range(_queue_count(ifname, netns)))
+        for q in self.queues:
+            port = AfXdpPort(ifname, q, netns=netns, **options)
+            self.ports.append(port)
+            self.steering.register_xsk(q, port.fd)
+        self.steering.attach()
+
+    def _open_packet_mmap(self, ifname, queue, netns, options) -> None:
+        from .packet_mmap import PacketMmapPort
+
+        if not ifname:
+            raise UsageError("the packet_mmap backend needs an interface: give ifname (--iface)")
+        if queue is not None:
+            raise UsageError("the packet_mmap backend sees every queue of the interface: drop the queue")
+        if len(self.rules) > 1:
+            raise UsageError(f"the packet_mmap backend takes one rule (a classic BPF filter), not {len(self.rules)}: "
+                             "combine them or filter the rest in userspace")
+        self.queues = "all"
+        self.ports.append(PacketMmapPort(ifname, netns=netns, rule=self.rules[0] if self.rules else None, **options))
+
+    def _open_socket(self, queue, netns, bind, options) -> None:
+        from .socket_port import SocketPort
+
+        if queue is not None:
+            raise UsageError("the socket backend is a kernel socket, not a queue: drop the queue")
+        if bind is None:
+            r = self.rules[0] if len(self.rules) == 1 else None
+            if r is None or r.proto != "udp" or r.dport is None:
+                raise UsageError("the socket backend binds one UDP port: give one rule like "
+                                 "'udp dst 10.77.0.2 dport 4321' (or bind=(ip, port))")
+            if r.dst is not None and "/" in r.dst:
+                raise UsageError(f"the socket backend binds one address, not the prefix {r.dst}")
+            bind = (r.dst or "0.0.0.0", r.dport)
+        self.queues = [0]
+        self.ports.append(SocketPort(bind[0], bind[1], netns=netns, **options))
+
+    # ---- what steering knows ------------------------------------------------------------------------
+
+    @property
+    def port(self) -> Port:
+        if self._port is None:
+            raise UsageError("the steered port is closed: use sp.port inside its `with SteeredPort(...)` block")
+        return self._port
+
+    def rule_counters(self) -> list[dict]:
+        """Each rule with the packets and bytes it matched. Without a steering program (packet_mmap, socket)
+        what reached the port is what its one rule let through."""
+        if self.steering is None:
+            s = self.port.stats
+            return [{"rule": str(r), "packets": s["rx_packets"], "bytes": s["rx_bytes"]} for r in self.rules]
+        counters, rules = self.steering.counters(), self.steering.rules()
+        return [{"rule": str(rules[i]), "packets": counters.get(i, (0, 0))[0], "bytes": counters.get(i, (0, 0))[1]}
+                for i in self.rule_ids if i in rules]
+
+    def unreached(self) -> int:
+        """Packets a redirect rule matched that none of our sockets got (received, dropped for a full ring
+        or an empty fill ring, or waiting in the ring): they arrived on a queue with no socket, where the
+        program's redirect falls back to XDP_PASS, or had malformed headers, which are never redirected.
+        Either way the kernel got them. 0 without a steering program."""
+        if self.steering is None:
+            return 0
+        counters, rules = self.steering.counters(), self.steering.rules()  # first: sockets only lag the count
+        matched = sum(counters.get(i, (0, 0))[0] for i in self.rule_ids if i in rules and rules[i].action == "redirect")
+        got = 0
+        for p in self.ports:
+            s = p.stats
+            got += s["rx_packets"] + s.get("rx_dropped", 0) + s.get("rx_ring_full", 0) + p._rx.available()
+        return max(0, matched - got)
+
+    # ---- the Port API, by the port(s) underneath ----------------------------------------------------
+
+    def receive(self, max_frames: int = 64) -> Batch:
+        return self.port.receive(max_frames)
+
+    def transmit(self, batch: Batch) -> int:
+        return self.port.transmit(batch)
+
+    def free(self, batch: Batch) -> None:
+        self.port.free(batch)
+
+    def alloc(self, n: int) -> Batch:
+        return self.port.alloc(n)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.port.wait(timeout)
+
+    def flush(self) -> None:
+        flush = getattr(self.port, "flush", None)
+        if flush is not None:
+            flush()
+
+    @property
+    def fd(self) -> int:
+        return self.ports[0].fd
+
+    @property
+    def mode(self) -> str:
+        """The backend's mode: copy or zerocopy for AF_XDP sockets, else the backend's own word."""
+        return self.port.mode
+
+    bind_mode = mode
+
+    @property
+    def stats(self) -> dict:
+        return self.port.stats
+
+    def check(self, *, app: int | None = None) -> dict:
+        """UMEM accounting of the port(s) underneath; raises OwnershipError on a leak."""
+        return self.port.check(app=app)
+
+    def close(self) -> None:
+        # Detach first so no new frames are steered to sockets that are going away.
+        self._port = None
+        if self.steering is not None:
+            self.steering.close()
+        for port in self.ports:
+            port.close()
+
+    def __enter__(self) -> SteeredPort:
+        return self
+
+
+def _queue_count(ifname: str, netns: str | None) -> int:
+    with entered(netns):
+        n = rx_queue_count(ifname)
+    return n or 1
