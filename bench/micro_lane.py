@@ -2,7 +2,8 @@
 from the repository root): rings in plain memory with the test harness tests/fakexsk.py playing the kernel,
 whose own work is left out of the timings.
 
-    lane   one UDP message received and one sent by the endpoint's per-message lane (C and Python)
+    lane   one UDP message received and one sent by the port's message lane (AfXdpPort.message_lane: C and
+           Python), as the UDP endpoint drives it
     batch  AfXdpPort.receive(256) then transmit() of the same 256 frames
 
 Prints the median of several rounds, in ns per message and us per batch. The fake kernel is Python, so
@@ -23,8 +24,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
-from kbypass import endpoint as E  # noqa: E402
 from kbypass.port import afxdp as afxdp_mod  # noqa: E402
+from kbypass.port.lane import NATIVE  # noqa: E402
+from kbypass.proto import udp as udpp  # noqa: E402
 from tests.fakexsk import FakeXsk  # noqa: E402
 
 MAC, PEER_MAC, IP_, PEER_IP, PORT = "02:00:00:00:00:02", "02:00:00:00:00:01", "10.9.0.2", "10.9.0.1", 4321
@@ -39,31 +41,26 @@ def fake_port():
 
 def lane_ns(native: bool) -> float:
     port = fake_port()
-    ep = object.__new__(E._XdpEndpoint)
-    ep.port, ep._ipb, ep._macb = PORT, socket.inet_aton(IP_), bytes.fromhex(MAC.replace(":", ""))
-    ep._bcast = socket.inet_aton("10.9.0.255")
-    if native:
-        lane = E._NativeLane(port, ep._accept, ip=ep._ipb, mac=ep._macb, udp_port=PORT, bcast=ep._bcast)
-    else:
-        lane = E._Lane(port, ep._accept)
+    ipb, macb = socket.inet_aton(IP_), bytes.fromhex(MAC.replace(":", ""))
+    lane = port.message_lane(udpp.PlainUdp(macb, ipb, PORT, socket.inet_aton("10.9.0.255")), native=native)
     frame = bytes(Ether(dst=MAC, src=PEER_MAC) / IP(src=PEER_IP, dst=IP_) / UDP(sport=5000, dport=PORT)
                   / (b"x" * 64))
-    tmpl = E.udpp.frame_template(ep._macb, bytes.fromhex(PEER_MAC.replace(":", "")), ep._ipb,
-                                 socket.inet_aton(PEER_IP), PORT, 5000)
-    flow = (float("inf"), E.split_template(tmpl), tmpl)
+    tmpl = udpp.frame_template(macb, bytes.fromhex(PEER_MAC.replace(":", "")), ipb,
+                               socket.inet_aton(PEER_IP), PORT, 5000)
+    flow = udpp.UdpFlow(tmpl)
     per = []
     try:
         for _ in range(ROUNDS):
             port.xsk.deliver([frame] * ROUND)
             t0 = time.perf_counter_ns()
             for i in range(ROUND):
-                payload, _, _ = lane.recv_udp()
+                payload, _, _ = lane.receive_udp()
                 lane.send_udp(flow, payload, i)
             per.append((time.perf_counter_ns() - t0) / ROUND)
             port.xsk.send_all()
             port.reap()
     finally:
-        lane.release()
+        lane.close()
         port.close()
     return statistics.median(per)
 
@@ -89,7 +86,7 @@ def batch_us() -> float:
 
 
 def main() -> None:
-    native = E._fastlane is not None
+    native = NATIVE
     if native:
         print(f"lane C       recv+send {lane_ns(True):8.0f} ns/message")
     print(f"lane Python  recv+send {lane_ns(False):8.0f} ns/message")

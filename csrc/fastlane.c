@@ -2,7 +2,7 @@
  * the C core's lane (csrc/core/kb_lane.h). This file parses arguments, holds the buffers, builds the
  * Python results and raises; the core does the ring, UMEM and UDP work.
  *
- * The narrow C boundary of design.md: the pure-Python lane in kbypass/endpoint.py (_Lane) does the same
+ * The narrow C boundary of design.md: the pure-Python lane in kbypass/port/lane.py (MessageLane) does the same
  * work and stays the reference; this module only removes the interpreter from the per-message path of
  * UdpEndpoint (about 8 us of Python per hop on the test VM, next to ~5 us of kernel). Everything that is
  * not one plain, valid UDP datagram to our address and port is handed back to Python unchanged.

@@ -1,5 +1,5 @@
 /* kb_lane.h: one AF_XDP socket's rings, one UDP message at a time (the UDP endpoint's per-message path;
- * kbypass.endpoint._Lane is the Python twin and the reference).
+ * kbypass.port.lane.MessageLane is the Python twin and the reference).
  *
  * RX frames go straight back to the fill ring once their bytes are taken, so they stay in the kernel's
  * share (state FILL) throughout. TX frames come from a small stash of frames in state APP, are TX once

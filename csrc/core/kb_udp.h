@@ -1,5 +1,5 @@
 /* kb_udp.h: plain UDP over IPv4 over Ethernet, one frame at a time (the UDP endpoint's lane). The Python
- * references are kbypass.endpoint: _XdpEndpoint._accept (the check) and _build_frame (the frame). */
+ * references are kbypass.proto.udp: PlainUdp.accept (the check) and UdpFlow.frame (the frame). */
 #ifndef KB_UDP_H
 #define KB_UDP_H
 

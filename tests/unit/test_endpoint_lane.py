@@ -15,8 +15,15 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP, TCP
 from scapy.layers.l2 import ARP, Ether
 
+from collections import deque
+
 from kbypass import endpoint as E
+from kbypass.endpoint import xdp as xdp_mod
+from kbypass.errors import UsageError
 from kbypass.port import afxdp as afxdp_mod
+from kbypass.port import lane as lane_mod
+from kbypass.proto import udp as udpp
+from kbypass.proto.stack import Stack
 from kbypass.xsk import consts
 from tests.fakexsk import FakeXsk
 from tests.kb import needs_c
@@ -35,19 +42,15 @@ def fake_port(poll: str = "wakeup"):
                                    comp_size=RING, poll=poll)
 
 
-def _acceptor():
-    ep = object.__new__(E._XdpEndpoint)
-    ep.port, ep._ipb, ep._macb = PORT, socket.inet_aton(IP_), bytes.fromhex(MAC.replace(":", ""))
-    ep._bcast = socket.inet_aton("10.9.0.255")
-    return ep
+def plain_udp() -> udpp.PlainUdp:
+    """What the endpoint bound to IP_:PORT on MAC accepts (proto.udp.PlainUdp, the C lane's twin)."""
+    return udpp.PlainUdp(bytes.fromhex(MAC.replace(":", "")), socket.inet_aton(IP_), PORT,
+                         socket.inet_aton("10.9.0.255"))
 
 
 def make_lane(native: bool, poll: str = "wakeup"):
-    port = fake_port(poll)
-    ep = _acceptor()
-    if native:
-        return E._NativeLane(port, ep._accept, ip=ep._ipb, mac=ep._macb, udp_port=PORT, bcast=ep._bcast)
-    return E._Lane(port, ep._accept)
+    """The port's public one-message lane (AfXdpPort.message_lane), C or Python."""
+    return fake_port(poll).message_lane(plain_udp(), native=native)
 
 
 @pytest.fixture
@@ -55,7 +58,7 @@ def lanes():
     made = [make_lane(True), make_lane(False)]
     yield made
     for lane in made:
-        lane.release()
+        lane.close()
         lane.port.close()
 
 
@@ -70,7 +73,7 @@ def _patch(frame: bytes, offset: int, value: bytes) -> bytes:
 
 
 def test_the_c_lane_is_built():
-    assert E._fastlane is not None, "kbypass._fastlane is missing: `make setup` builds it"
+    assert lane_mod.NATIVE, "kbypass._fastlane is missing: `make setup` builds it"
 
 
 VALID = {
@@ -108,8 +111,8 @@ def receive_both(lanes, frame: bytes):
     out = []
     for lane in lanes:
         assert lane.port.xsk.deliver([frame]) == 1
-        out.append(lane.recv_udp())
-        assert lane.recv_udp() is None  # one frame in, one out
+        out.append(lane.receive_udp())
+        assert lane.receive_udp() is None  # one frame in, one out
     return out
 
 
@@ -156,14 +159,14 @@ def test_fuzzed_frames_get_the_same_verdict(base, cut, flips):
         assert c == py
     finally:
         for lane in made:
-            lane.release()
+            lane.close()
             lane.port.close()
 
 
 def _flow(payload_to=(PEER_IP, 5000)):
-    tmpl = E.udpp.frame_template(bytes.fromhex(MAC.replace(":", "")), bytes.fromhex(PEER_MAC.replace(":", "")),
+    tmpl = udpp.frame_template(bytes.fromhex(MAC.replace(":", "")), bytes.fromhex(PEER_MAC.replace(":", "")),
                                  socket.inet_aton(IP_), socket.inet_aton(payload_to[0]), PORT, payload_to[1])
-    return (float("inf"), E.split_template(tmpl), tmpl)
+    return udpp.UdpFlow(tmpl)
 
 
 @pytest.mark.parametrize("size", [0, 1, 13, 14, 64, 1001, 1472])
@@ -194,26 +197,26 @@ def test_the_stash_refills_from_the_port_and_nothing_leaks():
         got = []
         for i in range(200):  # many times the stash, with completions arriving in bursts
             assert lane.send_udp(flow, b"m%d" % i, i)
-            port.check(app=lane.stashed())
+            port.check(app=0)
             if i % 10 == 9:
                 got += port.xsk.send_all()
         got += port.xsk.send_all()
         assert [Ether(f)[UDP].load for f in got] == [b"m%d" % i for i in range(200)]
-        port.check(app=lane.stashed())  # reaps the last completions
+        port.check(app=0)  # reaps the last completions
         assert port.stats["tx_packets"] == port.stats["tx_completed"] == 200
         # a full TX ring refuses, and the frame stays the lane's
         for _ in range(RING):
             assert lane.send_udp(flow, b"x", 0)
         assert not lane.send_udp(flow, b"y", 0)
-        port.check(app=lane.stashed())
+        port.check(app=0)
         port.xsk.send_all()
-        counts = port.check(app=lane.stashed())
+        counts = port.check(app=0)
         assert counts["tx"] == 0
         # whole frames from elsewhere (ARP answers) take the same path
         arp = bytes(Ether(dst=PEER_MAC, src=MAC) / ARP(op=2, psrc=IP_, pdst=PEER_IP))
-        assert lane.send(arp) and port.xsk.send_all() == [arp]
+        assert lane.send_one(arp) and port.xsk.send_all() == [arp]
     finally:
-        lane.release()
+        lane.close()
         port.check(app=0)  # the stash went back to the port
         port.close()
 
@@ -224,14 +227,14 @@ def test_the_c_lane_refuses_what_would_corrupt_the_umem():
     try:
         with pytest.raises(ValueError, match="frame of 2049 bytes"):
             lane.c.send_frame(bytes(2049))
-        assert not lane.send(bytes(2049))  # the lane refuses it before C sees it
+        assert not lane.send_one(bytes(2049))  # the lane refuses it before C sees it
         lent = int(port.xsk.fill.slots[0])  # a frame the kernel holds for receiving
         with pytest.raises(ValueError, match="not an application-held frame"):
             lane.c.give([lent])
         with pytest.raises(ValueError, match="42 header bytes"):
             lane.c.send_udp(b"short", b"", 0)
     finally:
-        lane.release()
+        lane.close()
         port.close()
     with pytest.raises(ValueError, match="closed"):
         lane.c.recv()
@@ -269,7 +272,7 @@ def test_a_busy_spin_makes_the_busy_poll_call_every_few_empty_looks(native):
             lane.wake()
         assert _pending_wakeups(xsk, 100) == 5
     finally:
-        lane.release()
+        lane.close()
         lane.port.close()
 
 
@@ -281,7 +284,7 @@ def test_payload_limits_follow_the_umem_frame_not_only_the_mtu():
     # MTU 9000: a 2048-byte frame carries 2006 bytes of payload out, and receives 1750 (XDP headroom)
     assert E.payload_limits(9000, 2048) == (2048 - 42, 2048 - 256 - 42)
     assert E.payload_limits(9000, 4096) == (4096 - 42, 4096 - 256 - 42)
-    with pytest.raises(E.UsageError, match="2048 or 4096"):
+    with pytest.raises(UsageError, match="2048 or 4096"):
         E.payload_limits(1500, 3000)
 
 
@@ -293,24 +296,24 @@ def test_a_frame_larger_than_a_umem_frame_is_never_written(native):
         before = port.umem.array.copy()
         flow = _flow()
         assert not lane.send_udp(flow, bytes(3000), 1)  # 3042 bytes: would spill into the next frame
-        assert not lane.send(b"\xaa" * 3042)
+        assert not lane.send_one(b"\xaa" * 3042)
         assert (port.umem.array == before).all()
         assert port.xsk.send_all() == []
         assert lane.send_udp(flow, bytes(2048 - 42), 2)  # exactly one frame still goes
         assert len(port.xsk.send_all()[0]) == 2048
-        port.check(app=lane.stashed())
+        port.check(app=0)
     finally:
-        lane.release()
+        lane.close()
         port.close()
 
 
 def _jumbo_endpoint(lane, mtu=9000, frame_size=2048):
-    ep = object.__new__(E._XdpEndpoint)
+    ep = object.__new__(E.XdpEndpoint)
     ep._closed, ep.ifname, ep.mtu, ep.frame_size, ep.port = False, "fake0", mtu, frame_size, PORT
     ep.max_payload, ep.max_rx_payload = E.payload_limits(mtu, frame_size)
     ep.counters = {"rx_datagrams": 0, "tx_datagrams": 0, "rx_slow_path": 0, "rx_vector": 0, "tx_failed": 0}
-    ep.stack = E.Stack(MAC, IP_, 24, 0.0, mtu=ep.max_payload + 28)
-    ep._templates = {(PEER_IP, 5000): _flow()}
+    ep.stack = Stack(MAC, IP_, 24, 0.0, mtu=ep.max_payload + 28)
+    ep._templates = {(PEER_IP, 5000): (float("inf"), _flow())}
     ep._tx_lane, ep._lanes, ep._ident = lane, [lane], 0
     return ep
 
@@ -320,14 +323,14 @@ def test_sendto_refuses_a_message_above_the_frame_with_the_fix_named(native):
     lane = make_lane(native)
     try:
         ep = _jumbo_endpoint(lane)
-        with pytest.raises(E.UsageError, match="frame_size=4096"):
+        with pytest.raises(UsageError, match="frame_size=4096"):
             ep.sendto(bytes(3000), (PEER_IP, 5000))
-        with pytest.raises(E.UsageError, match="frame_size=4096"):
+        with pytest.raises(UsageError, match="frame_size=4096"):
             ep.send_batch([bytes(10)] * 5 + [bytes(3000)], (PEER_IP, 5000))
         assert lane.port.xsk.send_all() == []
         assert ep.sendto(bytes(2006), (PEER_IP, 5000)) == 2006
     finally:
-        lane.release()
+        lane.close()
         lane.port.close()
 
 
@@ -349,9 +352,9 @@ def test_sendto_raises_blocking_io_error_when_nothing_was_sent(native):
         lane.port.reap()  # the fake completion ring is as small as the TX ring
         assert ep.sendto(b"again", (PEER_IP, 5000)) == 5
         assert lane.port.xsk.send_all()[0].endswith(b"again")
-        lane.port.check(app=lane.stashed())
+        lane.port.check(app=0)
     finally:
-        lane.release()
+        lane.close()
         lane.port.close()
 
 
@@ -364,17 +367,17 @@ class _FakeQueue:
     def __init__(self, name: bytes):
         self.name, self.taken = name, 0
 
-    def recv_udp(self):
+    def receive_udp(self):
         self.taken += 1
         return (self.name, socket.inet_aton(PEER_IP), 5000)
 
 
 def test_poll_once_serves_every_queue_in_turn():
-    ep = object.__new__(E._XdpEndpoint)
+    ep = object.__new__(E.XdpEndpoint)
     ep._lanes = [_FakeQueue(b"q0"), _FakeQueue(b"q1"), _FakeQueue(b"q2")]
-    ep._next_lane, ep._pending, ep._names = 0, E.deque(), {}
+    ep._next_lane, ep._pending, ep._names = 0, deque(), {}
     ep.counters = {"rx_datagrams": 0}
-    ep.stack = E.Stack(MAC, IP_, 24, 0.0)
+    ep.stack = Stack(MAC, IP_, 24, 0.0)
     for _ in range(6):
         assert ep._poll_once()
     assert [lane.taken for lane in ep._lanes] == [2, 2, 2]
@@ -414,7 +417,7 @@ GW_IP, GW_MAC, FAR_IP = "10.9.0.254", "02:00:00:00:00:fe", "192.0.2.1"
 
 
 class _FakeIface:
-    """What _XdpEndpoint reads from netlink: the interface holds IP_/24."""
+    """What XdpEndpoint reads from netlink (kbypass.net.Interface): the interface holds IP_/24."""
 
     def __init__(self, ifname, netns):
         import ipaddress
@@ -453,8 +456,8 @@ def _placeholder(netns, ip, port):
 def _fake_endpoint(**kw):
     from kbypass.port import steered
 
-    with mock.patch.object(E, "_Iface", _FakeIface), mock.patch.object(steered, "SteeredPort", _FakeSteered), \
-            mock.patch.object(E, "_bind_udp", _placeholder):
+    with mock.patch.object(xdp_mod, "Interface", _FakeIface), mock.patch.object(steered, "SteeredPort", _FakeSteered), \
+            mock.patch.object(xdp_mod, "bind_udp", _placeholder):
         return E.UdpEndpoint("fake0", IP_, 0, **kw)
 
 
@@ -465,9 +468,9 @@ def test_gateway_carries_off_subnet_datagrams():
         p = Ether(frame)
         assert (p.dst, p[IP].dst, p[UDP].dport, bytes(p[UDP].payload)) == (GW_MAC, FAR_IP, 53, b"far away")
     with _fake_endpoint() as ep:
-        with pytest.raises(E.UsageError, match="gateway="):
+        with pytest.raises(UsageError, match="gateway="):
             ep.sendto(b"x", (FAR_IP, 53))
-    with pytest.raises(E.UsageError, match="on-link gateway"):
+    with pytest.raises(UsageError, match="on-link gateway"):
         _fake_endpoint(gateway="192.0.2.254")
 
 
@@ -515,5 +518,5 @@ def test_a_completion_outside_the_umem_is_an_error_not_a_write():
         with pytest.raises(IndexError, match="outside the UMEM"):
             lane.c.reclaim()
     finally:
-        lane.release()
+        lane.close()
         lane.port.close()

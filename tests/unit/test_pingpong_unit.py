@@ -7,7 +7,6 @@ import socket
 import pytest
 
 from kbypass.apps import pingpong as pp
-from kbypass.endpoint import _build_frame, _XdpEndpoint, join_template, split_template
 from kbypass.errors import UsageError
 from kbypass.proto import checksum as ck
 from kbypass.proto import ipv4, udp
@@ -236,11 +235,9 @@ MAC_A, MAC_B = bytes.fromhex("026b62000001"), bytes.fromhex("026b62000002")
 IP_A, IP_B = socket.inet_aton("10.77.0.1"), socket.inet_aton("10.77.0.2")
 
 
-def bare_endpoint():
-    ep = object.__new__(_XdpEndpoint)
-    ep._macb, ep._ipb, ep.port, ep._bcast, ep._names, ep._ident = MAC_B, IP_B, 4321, socket.inet_aton(
-        "10.77.0.255"), {}, 0
-    return ep
+def to_us() -> udp.PlainUdp:
+    """What the endpoint bound to 10.77.0.2:4321 accepts on its fast path."""
+    return udp.PlainUdp(MAC_B, IP_B, 4321, socket.inet_aton("10.77.0.255"))
 
 
 def good(payload=b"hello world", **kw):
@@ -276,17 +273,17 @@ def malformed():
 
 
 def test_fast_path_accepts_valid_udp():
-    ep = bare_endpoint()
-    assert ep._accept(bytes(good())) == (b"hello world", IP_A, 5555)
-    assert ep._accept(bytes(good(b"odd"))) == (b"odd", IP_A, 5555)
+    accept = to_us().accept
+    assert accept(bytes(good())) == (b"hello world", IP_A, 5555)
+    assert accept(bytes(good(b"odd"))) == (b"odd", IP_A, 5555)
     padded = bytes(good(b"x")) + b"\0" * 10  # Ethernet padding after the datagram is not payload
-    assert ep._accept(padded) == (b"x", IP_A, 5555)
+    assert accept(padded) == (b"x", IP_A, 5555)
 
 
 @pytest.mark.parametrize("name", sorted(malformed()))
 def test_fast_path_refuses_malformed_and_stack_counts_it(name):
     frame = bytes(malformed()[name])
-    assert bare_endpoint()._accept(frame) is None
+    assert to_us().accept(frame) is None
     stack = Stack(MAC_B, IP_B, 24, 0.0, udp_ports=[4321])
     assert stack.receive(frame, 0.0) == []  # never answered
     assert stack.next_event() is None and sum(stack.drops().values()) == 1
@@ -295,10 +292,10 @@ def test_fast_path_refuses_malformed_and_stack_counts_it(name):
 def test_built_frames_parse_with_valid_checksums():
     stack = Stack(MAC_A, IP_A, 24, 0.0, udp_ports=[5555])
     tmpl = udp.frame_template(MAC_B, MAC_A, IP_B, IP_A, 4321, 5555)
-    parts = split_template(tmpl)
-    assert join_template(parts) == tmpl
+    flow = udp.UdpFlow(tmpl)
+    assert flow.template == tmpl
     for ident, payload in enumerate((b"", b"a", b"ab", bytes(range(256)) * 5)):
-        frame = _build_frame(parts, payload, ident)
+        frame = flow.frame(payload, ident)
         stack.receive(frame, 0.0)
         ev = stack.next_event()
         assert ev is not None and ev.payload == payload, stack.drops()

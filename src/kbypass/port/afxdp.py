@@ -10,8 +10,11 @@ The XDP program that redirects packets here is not part of the port: register `p
 program's XSKMAP at index `port.queue` (kbypass.steer.Steering.register_xsk).
 
 The port's counters and in-flight counts are one u64 array, `port.counters`, indexed by PORT_STATS (the C
-core's kb_port.h order): the endpoint's C lane is given it and counts in it too, so `stats` and `check()`
+core's kb_port.h order): the C message lane is given it and counts in it too, so `stats` and `check()`
 see the work of both.
+
+One message at a time: `message_lane()` hands out a MessageLane (port/lane.py), receive one / send one
+with this port's accounting, in C when built. The UDP endpoint uses it.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class AfXdpPort(UmemPort):
         # the same memory as one memoryview of u64: an item update costs half a numpy scalar's
         self._c = memoryview(self.counters).cast("B").cast("Q")
         self._closed = False
+        self._lanes: list = []  # message lanes handed out (message_lane), closed before the port
         self.refill(force=True)
 
     # ---- receive ----------------------------------------------------------------------------------
@@ -215,6 +219,24 @@ class AfXdpPort(UmemPort):
         self._c[TX_COMPLETED] += n
         return n
 
+    # ---- one message at a time ------------------------------------------------------------------------
+    def message_lane(self, udp=None, *, native: bool | None = None):
+        """A MessageLane on this port's rings (kbypass.port.lane): `receive_one()` / `send_one(frame)` and,
+        given `udp` (a proto.udp.PlainUdp: what is plain UDP to us), `receive_udp()` / `send_udp(flow,
+        payload, ident)`. native: the per-message work in C (kbypass._fastlane), in Python (False), or C when
+        built (None). The port owns the lane: `check()` counts the frames it holds, `close()` closes it."""
+        if self._closed:
+            raise UsageError(CLOSED)
+        from .lane import open_lane
+
+        lane = open_lane(self, (self._rx, self._fill, self._tx, self._comp), udp, native)
+        self._lanes.append(lane)
+        return lane
+
+    def _forget_lane(self, lane) -> None:
+        if lane in self._lanes:
+            self._lanes.remove(lane)
+
     # ---- free, stats, teardown -----------------------------------------------------------------------
     def free(self, batch: Batch) -> None:
         """Give frames back without sending them (checked: each frame must be yours, once)."""
@@ -248,14 +270,22 @@ class AfXdpPort(UmemPort):
         return s
 
     def check(self, *, app: int | None = None) -> dict:
-        """Verify the UMEM accounting (no leak, no double hand-out); `app`: frames you should hold now."""
+        """Verify the UMEM accounting (no leak, no double hand-out); `app`: frames you should hold now (the
+        frames the port's message lanes hold are added to it)."""
         self.reap()
+        if app is not None:
+            app += sum(lane.held for lane in self._lanes)
         counts = self.umem.check(app=app, fill=self._c[IN_FILL], tx=self._c[IN_TX])
         return counts
 
     def close(self) -> None:
         if self._closed:
             return
+        for lane in list(self._lanes):
+            try:
+                lane.close()
+            except Exception:  # the port closes anyway; its memory goes with it
+                self._forget_lane(lane)
         self._closed = True
         self._rx = self._tx = self._fill = self._comp = _CLOSED
         self.xsk.close()

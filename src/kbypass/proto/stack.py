@@ -417,11 +417,6 @@ class Stack:
         """A gratuitous ARP announcing our address (send it after taking the address over)."""
         return arp.gratuitous_frame(self.mac, self.ip, reply=reply)
 
-    def learn_neighbour(self, ip: str | bytes, mac: str | bytes, now: float) -> list[bytes]:
-        """Seed the cache (static entry for `arp_ttl`); returns any datagrams released."""
-        ipb, macb = ipv4.ip_bytes(ip), ethernet.mac_bytes(mac)
-        return self._flush(macb, self.arp.learn(ipb, macb, now))
-
     # -------------------------------------------------------------------------------------- fast path
 
     def fast_path_mask(self, buf: np.ndarray, addr: np.ndarray, length: np.ndarray) -> np.ndarray:

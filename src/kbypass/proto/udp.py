@@ -4,10 +4,16 @@ Slow path: `parse_udp` / `build_udp_frame` (one frame, bytes). Fast path: `frame
 42 header bytes of a flow once; `write_lengths_batch` + `checksum.ipv4_fill_batch` +
 `checksum.udp_fill_batch` finish a batch of frames in place; `classify_batch` picks the frames of a
 received batch that are plain valid UDP to one of our ports, without a Python loop per frame.
+
+One message at a time (the UDP endpoint's lane): `PlainUdp.accept` is `classify_batch` for one frame (one
+port), and `UdpFlow.frame` builds one frame from a flow's template with an incremental checksum. They are
+the one definition: the C lane (kbypass._fastlane, csrc/core/kb_lane) is held to them by the same-verdict
+and byte-identical fuzz tests (tests/unit/test_endpoint_lane.py).
 """
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 import numpy as np
@@ -175,3 +181,88 @@ def classify_batch(buf: np.ndarray, addr: np.ndarray, length: np.ndarray, *, mac
 def udp_lengths_batch(buf: np.ndarray, addr: np.ndarray) -> np.ndarray:
     """UDP length field (header + payload) of frames laid out as Ethernet + 20-byte IPv4 + UDP."""
     return ck._view(ck._as_flat(buf), ">u2")[np.asarray(addr, dtype=np.int64) + 38].astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------- one message at a time
+
+_MOD = 0xFFFF
+# Ethernet + IPv4 + UDP headers of a received frame: dst MAC, first byte of the source MAC, EtherType,
+# version/IHL, fragment field, TTL, protocol, src, dst, ports, UDP length and checksum
+_HDR = struct.Struct("!6sB5xHB5xHBB2x4s4sHHHH")
+# the 42 header bytes of an outgoing frame: Ethernet + IPv4 up to the length, total length, ident,
+# flags/TTL/protocol, checksum, addresses and ports, UDP length, UDP checksum
+_OUT = struct.Struct("!16sHH4sH12sHH")
+
+
+class PlainUdp:
+    """"Plain valid UDP to us" for one frame: the scalar twin of `classify_batch` for one port.
+
+    mac/ip/bcast are bytes (6, 4, 4 or None: the subnet's broadcast address, refused as a source); port is
+    the UDP port. `accept(frame)` returns (payload, source IP as 4 bytes, source port), or None for anything
+    else (the stack's business). The C lane takes the same four fields and is held to `accept`."""
+
+    __slots__ = ("mac", "ip", "port", "bcast", "accept")
+
+    def __init__(self, mac: bytes, ip: bytes, port: int, bcast: bytes | None = None) -> None:
+        self.mac, self.ip, self.port, self.bcast = mac, ip, port, bcast
+        self.accept = _acceptor(mac, ip, port, bcast)
+
+    def __repr__(self) -> str:
+        return f"<PlainUdp to {'.'.join(map(str, self.ip))}:{self.port}>"
+
+
+def _acceptor(mac: bytes, ip: bytes, port: int, bcast: bytes | None):
+    unpack, mod = _HDR.unpack_from, _MOD
+
+    def accept(f: bytes):
+        """(payload, src_ip4, src_port) for plain valid UDP to ip:port, else None. One unpack of the 42
+        header bytes, then both checksums as big-integer sums mod 0xFFFF (see proto.checksum)."""
+        n = len(f)
+        if n < 42:
+            return None
+        (dmac, smac0, etype, vihl, frag, ttl, proto, src, dst, sport, dport, ulen, ucsum) = unpack(f)
+        total = ulen + 20
+        if (etype != 0x0800 or vihl != 0x45 or proto != 17 or dport != port or dst != ip
+                or dmac != mac or smac0 & 1 or frag & 0x3FFF or not ttl
+                or ((f[16] << 8) | f[17]) != total or ulen < 8 or total + 14 > n):
+            return None
+        if src[0] == 0 or src[0] == 127 or src[0] >= 224 or src == ip or src == bcast:
+            return None
+        if int.from_bytes(f[14:34], "big") % mod:
+            return None
+        end = 14 + total
+        if ucsum:
+            s = int.from_bytes(f[34:end], "big")
+            if ulen & 1:
+                s <<= 8
+            if (s + int.from_bytes(f[26:34], "big") + 17 + ulen) % mod:
+                return None
+        return f[42:end], src, sport
+
+    return accept
+
+
+class UdpFlow:
+    """One flow's outgoing header: `template` (the 42 bytes of `frame_template`, lengths and checksums
+    zero) split once into the pieces `frame` packs around the computed fields, with the partial sums of the
+    IP header and of the UDP pseudo-header and ports. Per message only the lengths, the IP ident and the
+    payload are left to add (the C lane's send_udp takes `template` and does the same)."""
+
+    __slots__ = ("template", "head", "mid", "addrs", "ip_partial", "udp_partial")
+
+    def __init__(self, template: bytes) -> None:
+        if len(template) != HEADERS_LEN:
+            raise ValueError(f"a flow template is {HEADERS_LEN} bytes, not {len(template)}")
+        t = self.template = bytes(template)
+        self.head, self.mid, self.addrs = t[0:16], t[20:24], t[26:38]
+        self.ip_partial = ck.ones_sum(t[14:34])
+        self.udp_partial = (int.from_bytes(t[26:34], "big") + IPPROTO_UDP + int.from_bytes(t[34:38], "big")) % _MOD
+
+    def frame(self, payload: bytes, ident: int) -> bytes:
+        """One whole frame carrying payload, IP ident `ident`, lengths and both checksums filled in."""
+        ulen = len(payload) + 8
+        total = ulen + 20
+        r = (self.ip_partial + total + ident) % _MOD
+        r2 = (self.udp_partial + 2 * ulen + (int.from_bytes(payload, "big") << (8 * (ulen & 1)))) % _MOD
+        return _OUT.pack(self.head, total, ident, self.mid, _MOD - r if r else 0, self.addrs, ulen,
+                         (_MOD - r2 if r2 else 0) or 0xFFFF) + payload

@@ -52,6 +52,7 @@ from collections import Counter, deque
 from kbypass.errors import KbypassError, UsageError
 from kbypass.faults import FaultyLink
 from kbypass.native import xfer as _fastxfer  # C bulk path; None: Python does every datagram
+from kbypass.net import Interface, bind_udp, link_info
 from kbypass.proto.transport import (
     Closed, ConnConfig, Connected, Connection, ConnectionLost, DataReceived, Listener, MessageReceived,
     PeerClosed, Role,
@@ -177,7 +178,7 @@ class TransportEndpoint:
               ethertype, mtu, xdp_loss, port_options, **kw) -> "TransportEndpoint":
         from kbypass.port import open_port
 
-        info = _link_info(iface, netns)
+        info = link_info(iface, netns)
         mac = local_mac or info["mac"]
         mtu = mtu or info["mtu"]
         placeholder = None
@@ -775,36 +776,10 @@ def default_config(max_datagram: int, **kw) -> ConnConfig:
     return ConnConfig(**base)
 
 
-def _link_info(iface: str, netns: str | None) -> dict:
-    """MAC, MTU and IPv4 addresses of iface, read through netlink inside netns."""
-    import socket
-
-    from pyroute2 import IPRoute
-
-    from kbypass import netns as _netns
-
-    with _netns.entered(netns):
-        ipr = IPRoute()
-    try:
-        idx = ipr.link_lookup(ifname=iface)
-        if not idx:
-            where = f" in namespace {netns!r}" if netns else ""
-            raise UsageError(f"no interface {iface!r}{where}: check the name with "
-                             f"'ip {'-n ' + netns + ' ' if netns else ''}link show'")
-        link = ipr.get_links(idx[0])[0]
-        addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx[0], family=socket.AF_INET)]
-        return {"mac": link.get_attr("IFLA_ADDRESS"), "mtu": int(link.get_attr("IFLA_MTU")), "ipv4": addrs,
-                "ifindex": idx[0]}
-    finally:
-        ipr.close()
-
-
 def resolve_mac(iface: str, netns: str | None, ip: str, timeout: float = 2.0) -> str:
     """The peer's MAC from the kernel's neighbour table of netns, asking the kernel to resolve it (ARP)
     when it is not known yet; UsageError naming --dst-mac when it cannot be found."""
-    from kbypass.endpoint import _Iface
-
-    nb = _Iface(iface, netns)
+    nb = Interface(iface, netns)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -821,9 +796,7 @@ def resolve_mac(iface: str, netns: str | None, ip: str, timeout: float = 2.0) ->
 
 def _reserve_udp(netns: str | None, ip: str, port: int):
     """Bind a kernel UDP socket on ip:port so no kernel socket takes the port (0 picks a free one)."""
-    from kbypass.endpoint import _bind_udp
-
-    return _bind_udp(netns, ip, port)
+    return bind_udp(netns, ip, port)
 
 
 __all__ = ["ENCAPS", "TransferError", "TransferTimeout", "TransportEndpoint", "default_config", "resolve_mac", "mac_str", "mac_bytes"]

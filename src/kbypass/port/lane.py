@@ -1,0 +1,308 @@
+"""MessageLane: one message at a time on an AfXdpPort's rings, with the port's own UMEM accounting.
+
+Get one with `AfXdpPort.message_lane(udp=..., native=...)`; the port owns it (it counts the lane's frames in
+`check()` and closes it before itself). Batches (`receive`/`transmit`) cost tens of microseconds per call
+whatever their size, which is right for Mpps and wrong for one message; a lane costs a handful of Python
+operations per message, or one C call (kbypass._fastlane over the C core's kb_lane) when built.
+
+    lane = port.message_lane(udp=PlainUdp(mac, ip, 4321, bcast))
+    r = lane.receive_udp()       # None, (payload, src_ip4, src_port), or the frame as bytes
+    lane.send_udp(flow, b"hi", ident)   # flow: proto.udp.UdpFlow
+    lane.send_one(frame)         # any whole frame
+
+Accounting (the same states and counters as the port's receive/transmit, in the port's `counters` array):
+RX frames go straight back to the fill ring after their bytes are copied out, so they stay in the kernel's
+share (state FILL) throughout. TX frames come from a small stash (state APP, held by the lane), are marked
+TX when submitted, and come back from the completion ring straight into the stash (reclaim), one or two per
+send; only when that runs dry is the stash refilled from the port in a batch. (Refilling by batch every
+STASH messages put a numpy reap + alloc, ~20 us, into one message in 32: the p99 of a ping-pong.) The
+port's own reap() reads the same completion ring, so frames reclaimed by either path are accounted once.
+The ring protocol is xsk/ring.py's (Python) or the C core's twin over the same `Ring.shared` structs, so
+the two lanes and the port's batch path can take turns on one port.
+
+What "plain UDP to us" means (`udp`) and how a flow's frame is built (`flow`) are proto.udp's `PlainUdp`
+and `UdpFlow`; the lane only uses their fields and methods (it does not import the protocols' layer).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kbypass.errors import KbypassError
+from kbypass.native import lane as _fastlane  # C per-message path; None: the Python lane does the work
+from kbypass.xsk.consts import XDP_PACKET_HEADROOM
+from kbypass.xsk.umem import APP, FILL, TX
+
+from .batch import DESC, Batch
+
+# indexes of the port's counters array (port.afxdp.PORT_STATS, csrc/core/kb_port.h's order)
+RX_PACKETS, RX_BYTES, TX_PACKETS, TX_BYTES, TX_COMPLETED, TX_KICKS, RX_WAKEUPS, IN_FILL, IN_TX = range(9)
+_U32 = 0xFFFFFFFF
+NATIVE = _fastlane is not None  # the C lane is built (and not turned off by KBYPASS_PURE_PYTHON=1)
+
+
+def open_lane(port, rings, udp=None, native: bool | None = None) -> "MessageLane":
+    """The lane for AfXdpPort.message_lane: C when `native` (None: when built), else Python."""
+    if native and _fastlane is None:
+        raise KbypassError("the C message lane (kbypass._fastlane) is not built: run 'make setup' (it needs "
+                           "gcc and python3-dev), or leave native=None: the Python lane is used when C is not built")
+    if native is None:
+        native = _fastlane is not None
+    return NativeMessageLane(port, rings, udp) if native else MessageLane(port, rings, udp)
+
+
+class MessageLane:
+    """Scalar access to one AfXdpPort's rings (see the module doc). Not thread-safe; one per port is the
+    normal case. `udp`: a proto.udp.PlainUdp (or anything with its mac/ip/port/bcast/accept), or None
+    (receive_udp then returns every frame as bytes)."""
+
+    STASH = 32
+    BUSY_POLL_EVERY = 16
+    native = False
+
+    def __init__(self, port, rings, udp=None) -> None:
+        self.port = port
+        self.udp = udp
+        self._accept = None if udp is None else udp.accept
+        self.umem = port.umem
+        self._rx, self._fill, self._tx, self._comp = rings
+        self._rxq = memoryview(self._rx.slots.view(np.uint64)).cast("B").cast("Q")
+        self._fillq = memoryview(self._fill.slots).cast("B").cast("Q")
+        self._compq = memoryview(self._comp.slots).cast("B").cast("Q")
+        self._txq = memoryview(self._tx.slots.view(np.uint64)).cast("B").cast("Q")
+        self._mem = memoryview(self.umem.array)
+        self._chunk_mask = ~(self.umem.frame_size - 1)
+        self._shift = self.umem.shift
+        # the largest frame one UMEM frame carries: TX frames start at chunk + headroom (alloc), RX ones
+        # also after the kernel's XDP_PACKET_HEADROOM; the kernel drops (and counts in the socket's
+        # rx_dropped statistic) any received frame longer than rx_room
+        self.tx_room = self.umem.frame_size - self.umem.headroom
+        self.rx_room = self.tx_room - XDP_PACKET_HEADROOM
+        self._copy = port.mode == "copy"
+        self._busy = port.poll_mode == "busy"
+        self._xsk = port.xsk
+        self._stash: list[int] = []
+        self._empty_looks = 0
+        self.fd = port.fd
+        self._stats = memoryview(port.counters).cast("B").cast("Q")  # the port's counters (shared with C)
+        self.closed = False
+        if udp is None:
+            self.receive_udp = self.receive_one
+
+    # ---- receive ------------------------------------------------------------------------------------
+    def receive_one(self) -> bytes | None:
+        """One received frame's bytes, or None when the RX ring is empty (no syscall in that case). The
+        frame goes back to the kernel at once: nothing to free."""
+        rx = self._rx
+        i, got = rx.peek(1)
+        if not got:
+            return None
+        j = (i & rx.mask) << 1
+        addr = self._rxq[j]
+        n = self._rxq[j + 1] & _U32
+        data = bytes(self._mem[addr:addr + n])
+        rx.release(1)
+        fill = self._fill
+        k, got = fill.reserve(1)
+        c = self._stats
+        if got:
+            self._fillq[k & fill.mask] = addr & self._chunk_mask
+            fill.submit(1)
+        else:  # cannot happen (the frame just left the fill quota), but never lose a frame
+            self.umem.give_free(np.array([addr], dtype=np.uint64), FILL, trusted=True)
+            c[IN_FILL] -= 1
+        c[RX_PACKETS] += 1
+        c[RX_BYTES] += n
+        return data
+
+    def receive_udp(self):
+        """None when the RX ring is empty; (payload, src_ip4, src_port) for plain valid UDP to us (the
+        lane's `udp`); any other frame as bytes, for the stack."""
+        f = self.receive_one()
+        if f is None:
+            return None
+        dg = self._accept(f)
+        return f if dg is None else dg
+
+    def waiting(self) -> int:
+        """Frames on the RX ring now."""
+        return self._rx.available()
+
+    def wake(self) -> None:
+        """Nothing on the ring: let the kernel make progress.
+
+        Busy polling drives the driver's NAPI from recvfrom(), which a NIC with deferred interrupts needs;
+        but a copy-mode ring is also filled from the sender's softirq (veth, generic XDP), and a syscall on
+        every empty look only delays seeing the frame. So a busy spin reads the ring and makes the
+        busy-poll call on every BUSY_POLL_EVERY-th empty look (and whenever the fill ring asks)."""
+        if self._fill.needs_wakeup():
+            self._xsk.wake_rx()
+        elif self._busy:
+            self._empty_looks += 1
+            if self._empty_looks % self.BUSY_POLL_EVERY == 0:
+                self._xsk.wake_rx()
+
+    def wake_if_asked(self) -> None:
+        """The wakeup syscall only when the kernel asks for one (XDP_RING_NEED_WAKEUP on the fill ring)."""
+        if self._fill.needs_wakeup():
+            self._xsk.wake_rx()
+
+    # ---- send ---------------------------------------------------------------------------------------
+    @property
+    def held(self) -> int:
+        """Frames the lane holds for sending (state APP; `port.check()` counts them)."""
+        return len(self._stash)
+
+    def reclaim(self) -> None:
+        """Completed TX frames straight back into the stash (state TX -> APP), scalar: in copy mode a frame
+        completes inside the sendto() that sent it, so there is one here per send."""
+        # at most a stash's worth: completions of the batch path are for the port's free list
+        room = self.STASH - len(self._stash)
+        if room <= 0:
+            return
+        comp = self._comp
+        i, n = comp.peek(room)
+        if not n:
+            return
+        mask, compq, state, shift = comp.mask, self._compq, self.umem.state, self._shift
+        for k in range(n):
+            addr = compq[(i + k) & mask]
+            state[addr >> shift] = APP  # held by the lane, as alloc() would hand it out
+            self._stash.append(addr)
+        comp.release(n)
+        c = self._stats
+        c[IN_TX] -= n
+        c[TX_COMPLETED] += n
+
+    def kick(self) -> None:
+        """Let the kernel send what is on the TX ring."""
+        self._xsk.kick_tx()
+
+    def send_one(self, frame: bytes) -> bool:
+        """Put one whole frame on the TX ring and kick; False when no frame or TX slot is free right now, or
+        when the frame is longer than a UMEM frame holds (`tx_room`; nothing written)."""
+        if len(frame) > self.tx_room:
+            return False
+        if not self._stash:
+            self.reclaim()
+        if not self._stash:
+            self.port.reap()
+            got = self.port.alloc(self.STASH)
+            self._stash = [int(a) for a in got.addr]
+            if not self._stash:
+                return False
+        tx = self._tx
+        i, k = tx.reserve(1)
+        if not k:
+            self.port.reap()
+            self._xsk.kick_tx()
+            i, k = tx.reserve(1)
+            if not k:
+                return False
+        addr = self._stash.pop()
+        n = len(frame)
+        self._mem[addr:addr + n] = frame
+        j = (i & tx.mask) << 1
+        self._txq[j] = addr
+        self._txq[j + 1] = n  # len, options 0
+        self.umem.state[addr >> self._shift] = TX  # as AfXdpPort.transmit marks it
+        tx.submit(1)
+        c = self._stats
+        c[IN_TX] += 1
+        c[TX_PACKETS] += 1
+        c[TX_BYTES] += n
+        if self._copy or tx.needs_wakeup() or self._busy:
+            c[TX_KICKS] += 1
+            self._xsk.kick_tx()
+        return True
+
+    def send_udp(self, flow, payload: bytes, ident: int) -> bool:
+        """One datagram of `flow` (a proto.udp.UdpFlow) with IP ident `ident`; False as for send_one."""
+        if len(payload) + 42 > self.tx_room:
+            return False
+        return self.send_one(flow.frame(payload, ident))
+
+    # ---- teardown -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Give the stash back to the port and drop every view of its memory (the port does this before it
+        closes itself)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._stash:
+            descs = np.zeros(len(self._stash), dtype=DESC)
+            descs["addr"] = self._stash
+            self.port.free(Batch(descs, self.umem.array, self.port))
+            self._stash = []
+        for mv in (self._rxq, self._fillq, self._compq, self._txq, self._mem, self._stats):
+            mv.release()
+        self.port._forget_lane(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} on {self.port!r}{' closed' if self.closed else ''}>"
+
+
+class NativeMessageLane(MessageLane):
+    """The same lane with its per-message work in C (kbypass._fastlane over the C core's kb_lane): receive
+    with the checks of `udp.accept`, send with lengths and checksums filled in, the TX stash and the
+    completion reclaim. The rings' cached indexes (each Ring's `shared` struct), the UMEM states and the
+    port's counters array it updates are the very memory the port and the Python lane use, so the two can
+    take turns (the Python path takes over in the one case C hands back, a full fill ring)."""
+
+    native = True
+
+    def __init__(self, port, rings, udp=None) -> None:
+        super().__init__(port, rings, udp)
+        u = self.umem
+        # without `udp` the C checks never run (receive_udp is receive_one): any address does
+        mac, ip, uport, bcast = (bytes(6), bytes(4), 0, None) if udp is None else (udp.mac, udp.ip, udp.port,
+                                                                                   udp.bcast)
+        self.c = _fastlane.Lane(self._rx.shared, self._fill.shared, self._tx.shared, self._comp.shared,
+                                 umem=u.array, state=u.state, stats=port.counters, frame_size=u.frame_size,
+                                 fd=self.fd, mac=mac, ip=ip, udp_port=uport, bcast=bcast, copy=self._copy,
+                                 busy=self._busy, busy_every=self.BUSY_POLL_EVERY, stash=self.STASH)
+        self._recv_c = self.c.recv
+        self.wake = self.c.wake
+
+    def receive_udp(self):
+        r = self._recv_c()
+        if r is NotImplemented:  # no fill slot for the frame: the Python path handles that case
+            return MessageLane.receive_udp(self)
+        return r
+
+    @property
+    def held(self) -> int:
+        return self.c.stashed + len(self._stash)
+
+    def _sent(self, r: int, again) -> bool:
+        if r < 0:  # the stash ran dry: refill it from the port in one batch, then try once more
+            self.port.reap()
+            got = self.port.alloc(self.STASH)
+            took = self.c.give(got.addr.tolist())
+            if took < len(got):
+                self.port.free(got[took:])
+            r = again() if took else 0
+        return r > 0
+
+    def send_one(self, frame: bytes) -> bool:
+        if len(frame) > self.tx_room:  # C would raise ValueError (or RuntimeError with headroom)
+            return False
+        return self._sent(self.c.send_frame(frame), lambda: self.c.send_frame(frame))
+
+    def send_udp(self, flow, payload: bytes, ident: int) -> bool:
+        if len(payload) + 42 > self.tx_room:
+            return False
+        r = self.c.send_udp(flow.template, payload, ident)
+        return r > 0 or self._sent(r, lambda: self.c.send_udp(flow.template, payload, ident))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._stash.extend(self.c.take_stash())
+            self.c.close()
+        finally:  # a C lane closed already (a failed re-__init__) has no stash left to give
+            super().close()
+
+
+__all__ = ["MessageLane", "NativeMessageLane", "NATIVE", "open_lane"]
