@@ -55,6 +55,11 @@ def select(name: str | None) -> None:
     _selected = name
 
 
+def selected() -> str | None:
+    """What select() chose (None: nothing; the environment may still say python, see lane())."""
+    return _selected
+
+
 def lane() -> str:
     """The lane in force: python under KBYPASS_PURE_PYTHON=1 or after select("python"); else c when its
     modules import, python when they do not (C is an optional speed-up, never a requirement)."""
@@ -196,7 +201,8 @@ class PyBatch:
         """Every frame from state expected to to, all or nothing: their total length, or -1 with nothing
         changed (a frame outside the UMEM, in another state, twice in the batch, or with tx a descriptor
         the kernel would refuse)."""
-        if not (0 <= shift < 64) or frame_size <= 0 or frame_size & (frame_size - 1):
+        if (expected == to or not 0 <= expected <= 255 or not 0 <= to <= 255 or not 0 <= shift <= 31
+                or frame_size != 1 << shift):
             raise ValueError("claim: bad states, shift or frame size")
         if not len(descs):
             return 0
@@ -212,7 +218,7 @@ class PyBatch:
                 return -1
         if (state[frames] != expected).any():
             return -1
-        if to != expected and len(frames) > 1:
+        if len(frames) > 1:  # (a frame twice: C finds it in state `to` the second time)
             s = np.sort(frames)
             if (s[1:] == s[:-1]).any():
                 return -1
@@ -221,6 +227,8 @@ class PyBatch:
 
     def mark(self, state, descs, shift: int, to: int) -> int:
         """Received frames into state to; their total length."""
+        if not 0 <= shift <= 31 or not 0 <= to <= 255:
+            raise ValueError("mark: bad shift or state")
         frames = (descs[_ADDR] >> np.uint64(shift)).astype(np.intp)
         if len(frames) and int(frames.max()) >= len(state):
             raise IndexError(f"descriptor {int(np.argmax(frames >= len(state)))} points outside the UMEM")
@@ -230,7 +238,7 @@ class PyBatch:
     def push_free(self, state, free, top: int, addrs, shift: int) -> int:
         """Completed frames (addresses from the kernel) back on the free stack: the new top."""
         n = len(addrs)
-        if top < 0 or top > len(free) or n > len(free) - top or not 0 <= shift < 64:
+        if top < 0 or top > len(free) or n > len(free) - top or not 0 <= shift <= 31:
             raise ValueError("push_free: bad shift, addresses or free-stack size")
         frames = np.asarray(addrs, dtype=np.uint64) >> np.uint64(shift)
         if n and int(frames.max()) >= len(state):
