@@ -5,6 +5,7 @@ batch path's (so the check can see them)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,8 @@ def _modules(stderr: str) -> set[str]:
 @pytest.mark.parametrize("encap", ["udp", "eth"])
 @pytest.mark.parametrize("lane", ["python", "c"])
 def test_xfer_lane_python_loads_no_c_module(testbed_hosts, lane, encap) -> None:
+    if lane == "c" and os.environ.get("KBYPASS_PURE_PYTHON") == "1":
+        pytest.skip("KBYPASS_PURE_PYTHON=1 switches the C modules off")
     a, b = testbed_hosts
     recv = subprocess.Popen([sys.executable, "-c", WRAP, "xfer", "recv", "--host", "b", "-p", str(PORT),
                              "--encap", encap, "--lane", lane, "--json"],
@@ -61,3 +64,10 @@ def test_xfer_lane_python_loads_no_c_module(testbed_hosts, lane, encap) -> None:
             assert loaded == set(), f"--lane python loaded {loaded}"
         else:
             assert {"kbypass._fastxfer", "kbypass._fastbatch"} <= loaded
+
+
+def test_xfer_lane_c_with_c_switched_off_names_the_switch(testbed_hosts, monkeypatch) -> None:
+    monkeypatch.setenv("KBYPASS_PURE_PYTHON", "1")
+    r = subprocess.run([sys.executable, "-m", "kbypass", "xfer", "recv", "--host", "b", "-p", str(PORT),
+                        "--lane", "c", "--idle-timeout", "1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "KBYPASS_PURE_PYTHON" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -245,7 +245,7 @@ def _open(args, **kw):
     return TransportEndpoint.open(iface=iface, netns=netns, encap=args.encap, backend=args.backend,
                                   local_ip=ip, xdp_loss=xdp_loss, faults_rx=faults, seed=args.seed,
                                   port_options=options, idle_timeout=args.idle_timeout or IDLE_DEFAULT,
-                                  codec=backend.codec(), **extra, **kw)
+                                  codec=backend.codec(args.lane), **extra, **kw)
 
 
 def _summary(args, ep, nbytes: int, seconds: float, sha: str) -> dict:
