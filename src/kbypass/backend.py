@@ -110,17 +110,28 @@ def _check(name: str | None) -> str:
     return name
 
 
+_made: dict = {}  # (class, module name) -> the C backend made over it: one object per process
+
+
+def _c_backend(cls, name: str):
+    key = (cls, MODULES[name])
+    obj = _made.get(key)
+    if obj is None or pure_python():
+        obj = _made[key] = cls(native_module(name))
+    return obj
+
+
 def batch(name: str | None = None):
     """The batch-bookkeeping backend of lane `name` (None: the lane in force)."""
     if _check(name) == "c":
-        return CBatch(native_module("batch"))
+        return _c_backend(CBatch, "batch")
     return PY_BATCH
 
 
 def codec(name: str | None = None):
     """The transport codec of lane `name` (None: the lane in force)."""
     if _check(name) == "c":
-        return CCodec(native_module("xfer"))
+        return _c_backend(CCodec, "xfer")
     return getattr(importlib.import_module(_PY_CODEC[0]), _PY_CODEC[1])()
 
 
