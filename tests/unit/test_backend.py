@@ -203,3 +203,19 @@ def test_swap_and_stamp_give_the_same_verdict_in_c_and_python(seed):
     for call in (swap, stamp):
         c, py = _both(call)
         assert c == py, (call.__name__, c, py)
+
+
+def test_the_backend_module_sits_at_the_lowest_layer():
+    """kbypass.backend is imported by xsk/umem (rings and UMEM): it imports nothing of kbypass above it."""
+    tree = ast.parse((ROOT / "src" / "kbypass" / "backend.py").read_text())
+    mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in mods if m and m.startswith("kbypass")} <= {"kbypass.errors"}, mods
+
+
+@pytest.mark.parametrize("path", ["proto/transport/connection.py", "proto/transport/output.py",
+                                  "proto/transport/recovery.py", "proto/transport/codec.py", "xfer/endpoint.py",
+                                  "xfer/datapath.py", "backend.py", "native.py", "xsk/umem.py", "port/batch.py"])
+def test_the_split_files_stay_under_700_lines(path):
+    n = len((ROOT / "src" / "kbypass" / path).read_text().splitlines())
+    assert n <= 700, f"{path}: {n} lines"
