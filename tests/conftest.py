@@ -124,16 +124,15 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(params=["c", "numpy"])
 def batch_impl(request, monkeypatch):
-    """Run a test with the Port API's per-batch bookkeeping in C (kbypass._fastbatch) and again with
-    its numpy fallback: the two must agree, errors included."""
-    from kbypass.port import batch
-    from kbypass.xsk import umem
+    """Run a test with the Port API's per-batch bookkeeping in C (kbypass.backend.CBatch over
+    kbypass._fastbatch) and again with the reference Python (kbypass.backend.PyBatch, numpy): the two must
+    agree, errors included. The lane is selected as a tool's --lane does, so every Umem (and a Batch
+    without one) made in the test gets that backend."""
+    from kbypass import backend
 
     if request.param == "c":
         if os.environ.get("KBYPASS_PURE_PYTHON") == "1":
             pytest.skip("KBYPASS_PURE_PYTHON=1 switches the C modules off")
-        assert umem._fast is not None, "kbypass._fastbatch is not built: `make setup` builds it"
-    else:
-        monkeypatch.setattr(umem, "_fast", None)
-        monkeypatch.setattr(batch, "_fast", None)
+        assert backend.built("batch"), "kbypass._fastbatch is not built: `make setup` builds it"
+    monkeypatch.setattr(backend, "_selected", "c" if request.param == "c" else "python")
     return request.param

@@ -1,4 +1,5 @@
-"""The Port API's per-batch bookkeeping in C (csrc/fastbatch.c over the C core's kb_umem and kb_batch)."""
+"""The Port API's per-batch bookkeeping in C (csrc/fastbatch.c over the C core's kb_umem and kb_batch).
+Wrapped as the C batch backend by kbypass.backend.CBatch (reference: kbypass.backend.PyBatch)."""
 
 import numpy as np
 from _typeshed import WriteableBuffer

@@ -1,4 +1,5 @@
-"""The reliable transport's bulk path in C (csrc/fastxfer.c over the C core's kb_xfer)."""
+"""The reliable transport's bulk path in C (csrc/fastxfer.c over the C core's kb_xfer).
+Wrapped as the C transport codec by kbypass.backend.CCodec (API of kbypass.proto.transport.codec)."""
 
 import numpy as np
 from _typeshed import ReadableBuffer, WriteableBuffer

@@ -286,10 +286,10 @@ def test_endpoint_hands_a_batch_of_frames_to_the_connection_in_one_call(native):
         enc = UdpEncap(bytes(6), lo, cp.port)
         enc.set_peer(lo, sp.port, bytes(6))
         client = TransportEndpoint(cp, enc, config=cfg, own_port=False, native=native)
-        server._listener = Listener(cfg, backlog=1, max_connections=1)
+        server._listener = Listener(cfg, backlog=1, max_connections=1, codec=server.codec)
         orig = server._listener.receive_datagrams
         server._listener.receive_datagrams = lambda ds, now: (calls.append(len(ds)), orig(ds, now))[1]
-        client.conn = Connection(Role.CLIENT, cfg, client.clock())
+        client.conn = Connection(Role.CLIENT, cfg, client.clock(), codec=client.codec)
         client.conn.connect(client.clock())
         data = random.Random(2).randbytes(400_000)
         sent = 0

@@ -1,4 +1,5 @@
-"""kbypass._fastxfer, the transport's C bulk path, held to the Python reference.
+"""The transport codec in C (kbypass.backend.CCodec over kbypass._fastxfer) held to the Python reference
+(kbypass.proto.transport.codec.PythonCodec), both as kbypass.backend gives them.
 
   * rx_run through the endpoint's real glue (TransportEndpoint._take_frames over a batch of frames):
     for hypothesis-mutated batches (drops, duplicates, reordering, corruption anywhere in the frame,
@@ -25,18 +26,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kbypass import native
+from kbypass import backend
 from kbypass.errors import UsageError
 from kbypass.port.batch import DESC, Batch
 from kbypass.proto.transport import ConnConfig, Connection, DataReceived, MessageReceived, Role, State, wire
 from kbypass.proto.transport.sendbuf import Segment
 from kbypass.xfer import EthEncap, UdpEncap
-from kbypass.xfer import endpoint as xfer_endpoint
 from kbypass.xfer.endpoint import TransportEndpoint
 from tests.kb import needs_c
 
 pytestmark = needs_c
-fx = native.xfer
+fx = backend.codec("c") if backend.built("xfer") else None
+PY = backend.codec("python")
+CODECS = [pytest.param(fx, id="c"), pytest.param(PY, id="python")]
 
 MAC_C, MAC_S = "02:00:00:00:00:01", "02:00:00:00:00:02"
 IP_C, IP_S = "10.9.0.1", "10.9.0.2"
@@ -261,10 +263,11 @@ def test_run_params_in_order_out_of_order_and_none_while_our_own_data_is_in_flig
        seq=st.integers(0, 1 << 62), ack=st.integers(0, 1 << 62), window=st.integers(0, wire.MAX_U32),
        tsval=st.integers(0, wire.MAX_U32), tsecr=st.integers(0, wire.MAX_U32), payload=st.binary(max_size=1500))
 def test_c_encode_is_the_python_encoder(flags, src, dst, seq, ack, window, tsval, tsecr, payload):
-    c = fx.encode(flags, src, dst, seq, ack, window, tsval, tsecr, memoryview(payload))
     head = struct.pack("!BBBBIIQQIIIH", 1, flags, 0, 0, src, dst, seq, ack, window, tsval, tsecr, len(payload))
-    assert c == head + payload + struct.pack("!I", zlib.crc32(head + payload))
-    assert wire.decode(c) == wire.Packet(flags, src, dst, seq, ack, window, tsval, tsecr, (), payload)
+    for codec in (fx, PY):
+        c = codec.encode(flags, src, dst, seq, ack, window, tsval, tsecr, memoryview(payload))
+        assert c == head + payload + struct.pack("!I", zlib.crc32(head + payload))
+        assert wire.decode(c) == wire.Packet(flags, src, dst, seq, ack, window, tsval, tsecr, (), payload)
 
 
 def test_c_crc_is_zlibs_at_every_length_and_alignment():
@@ -285,20 +288,22 @@ def test_out_of_range_fields_still_raise_struct_error():
         wire.encode_fields(wire.ACK, 1, 2, -1, 0, 0, 1, 0, (), b"x")
 
 
-def test_encode_segments_matches_encode_fields_per_segment():
+@pytest.mark.parametrize("codec", CODECS)
+def test_encode_segments_matches_encode_fields_per_segment(codec):
     rng = random.Random(5)
     segs = [Segment(rng.randrange(1 << 40), rng.randbytes(rng.randrange(0, 1400)), rng.random() < 0.3,
                     rng.random() < 0.1) for _ in range(50)]
     out: list[bytes] = ["sentinel"]
-    fx.encode_segments(11, 22, 333, 444, 555, 666, segs, out)
+    codec.encode_segments(11, 22, 333, 444, 555, 666, segs, out)
     assert out[0] == "sentinel" and len(out) == 51
     for seg, d in zip(segs, out[1:]):
         flags = wire.ACK | (wire.MSG_END if seg.msg_end else 0) | (wire.FIN if seg.fin else 0)
         assert d == wire.encode_fields(flags, 11, 22, seg.seq, 333, 444, 555, 666, (), seg.data)
 
 
+@pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("kind", ["udp", "eth"])
-def test_write_frames_builds_what_frame_builds(kind):
+def test_write_frames_builds_what_frame_builds(kind, codec):
     rng = random.Random(7)
     grams = [rng.randbytes(rng.randrange(wire.OVERHEAD, 1472)) for _ in range(40)]
     ref, enc = encaps(kind)[0], encaps(kind)[0]
@@ -306,25 +311,44 @@ def test_write_frames_builds_what_frame_builds(kind):
         ref._ident = enc._ident = 0xFFF0  # the ident wraps inside the batch
     want = [ref.frame(g) for g in grams[3:]]
     batch = batch_of([b""] * 37)
-    enc.write_frames(fx, batch, grams, 3)
+    enc.write_frames(codec, batch, grams, 3)
     got = [bytes(batch.mem[a:a + k]) for a, k in zip(batch.addr.tolist(), batch.lens.tolist())]
     assert got == want
     if kind == "udp":
         assert enc._ident == ref._ident
 
 
-def test_write_frames_refuses_a_datagram_over_the_mtu_and_writes_nothing():
+@pytest.mark.parametrize("codec", CODECS)
+def test_write_frames_refuses_a_datagram_over_the_mtu_and_writes_nothing(codec):
     enc = encaps("udp")[0]
     batch = batch_of([b""] * 2)
     with pytest.raises(ValueError, match="does not fit"):
-        enc.write_frames(fx, batch, [b"a" * 100, b"b" * 1473], 0)
+        enc.write_frames(codec, batch, [b"a" * 100, b"b" * 1473], 0)
     assert not batch.mem.any() and not batch.lens.any()
 
 
 def test_native_true_without_the_module_is_a_usage_error(monkeypatch):
-    monkeypatch.setattr(xfer_endpoint, "_fastxfer", None)
+    monkeypatch.setitem(backend.MODULES, "xfer", "kbypass._fastxfer_not_built")
     with pytest.raises(UsageError, match="make setup"):
         TransportEndpoint(OneBatchPort(batch_of([])), encaps("udp")[1], native=True)
+    with pytest.raises(backend.NativeMissing, match="not built"):
+        backend.codec("c")
+    assert backend.codec("python").name == "python"  # the reference needs nothing built
+
+
+def test_native_picks_the_endpoint_codec_and_a_bare_connection_is_pure_python():
+    c, s = established(CFG)
+    for native_path, name in ((True, "c"), (False, "python")):
+        ep = take(s, [], encaps("udp")[1], native_path)
+        assert ep.codec.name == name and ep.native == (name == "c")
+    assert Connection(Role.CLIENT, CFG).codec.name == "python"  # sans-IO: C only when given
+
+
+def test_the_python_codec_takes_no_run_the_general_path_is_the_reference():
+    enc_c, enc_s = encaps("udp")
+    c, s, grams = stream_datagrams(CFG, 4 * MSS)
+    batch = batch_of([enc_c.frame(d) for d in grams])
+    assert PY.rx_run(batch.mem, batch.descs, 1, enc_s.kind, enc_s.peer_key, *s.rx_run_params()) == (1, b"", 0, [])
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -197,11 +197,11 @@ def test_a_frame_never_spills_into_the_next_umem_frame(lane: str) -> None:
     The Python path had no limit at all."""
     import numpy as np
 
-    from kbypass.native import xfer as fastxfer
+    from kbypass import backend
     from kbypass.port.batch import DESC, Batch
     from kbypass.xfer.endpoint import TransportEndpoint
 
-    if lane == "c" and fastxfer is None:
+    if lane == "c" and not backend.built("xfer"):
         pytest.skip("kbypass._fastxfer is not built")
     a, _ = udp_pair()
     a.mtu = 3000  # the link allows it; the 2 KiB UMEM frame does not
@@ -210,7 +210,7 @@ def test_a_frame_never_spills_into_the_next_umem_frame(lane: str) -> None:
     batch = Batch(descs, mem, None, 2048)
     big = _sized(2048 - 42 + 24)
     ep = object.__new__(TransportEndpoint)
-    ep._fast, ep.encap = (fastxfer if lane == "c" else None), a
+    ep.codec, ep.encap = backend.codec(lane), a
     with pytest.raises(ValueError, match="does not fit"):
         ep._write_frames(batch, [big], 0)
     assert not mem[2048:].any(), "bytes were written into the next UMEM frame"

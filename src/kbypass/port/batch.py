@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kbypass import backend
 from kbypass.errors import UsageError
-from kbypass.native import batch as _fast  # C swaps; None: the numpy gathers below
 
 DESC = np.dtype([("addr", "<u8"), ("len", "<u4"), ("options", "<u4")])
 
@@ -168,12 +168,12 @@ class Batch:
 
     def stamp(self, offset: int, first_seq: int, now_ns: int) -> None:
         """Write the generators' 16-byte stamp at `offset` of every frame: sequence number first_seq + i
-        in frame i, then `now_ns`, both big-endian u64 (kbypass.gen.stamp). One C pass when
-        kbypass._fastbatch is built; the numpy scatter below is the reference and raises the errors."""
+        in frame i, then `now_ns`, both big-endian u64 (kbypass.gen.stamp). One pass of the
+        batch backend (_ops); the numpy scatter below is the reference and raises the errors."""
         if len(self) == 0:
             return
-        if _fast is not None and self.descs.dtype == DESC:
-            if _fast.stamp(self.mem, self.descs, offset, first_seq, now_ns) < 0:
+        if self.descs.dtype == DESC:
+            if self._ops().stamp(self.mem, self.descs, offset, first_seq, now_ns) < 0:
                 return
             # a frame is too short and nothing was written: set_bytes below raises the precise error
         rows = np.empty((len(self), 2), dtype=">u8")
@@ -185,8 +185,8 @@ class Batch:
         """Swap the `width` bytes at `offset` with the `width` bytes after them, in every frame (which must
         hold `need` bytes, at least the two fields)."""
         need = max(need, offset + 2 * width)
-        if _fast is not None and self.descs.dtype == DESC:
-            if _fast.swap(self.mem, self.descs, offset, width, need) < 0:
+        if self.descs.dtype == DESC:
+            if self._ops().swap(self.mem, self.descs, offset, width, need) < 0:
                 return
             # a frame is too short and nothing was swapped: the check below raises the precise error
         self._check(0, need)
@@ -196,6 +196,11 @@ class Batch:
         a = runs[first]
         runs[first] = runs[second]
         runs[second] = a
+
+    def _ops(self):
+        """The batch backend: the owner's UMEM's (chosen when the port was opened), else the lane in force."""
+        ops = getattr(getattr(self.owner, "umem", None), "ops", None)
+        return ops if ops is not None else backend.batch()
 
     def u8(self, offset: int) -> np.ndarray:
         self._check(offset, 1)

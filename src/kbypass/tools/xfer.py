@@ -117,8 +117,9 @@ def _common(v) -> None:
     v.add_argument("--seed", type=opt.int_range(0, 2**63 - 1, "a seed"), default=1,
                    help="seed of the userspace faults and the generated stream")
     v.add_argument("--lane", choices=("c", "python"),
-                   help="per-datagram bulk work (in-order arrivals, encoding, framing) in C (kbypass._fastxfer) "
-                        "or Python; default: C when it is built")
+                   help="per-datagram bulk work (in-order arrivals, encoding, framing) and the port's batch "
+                        "bookkeeping in C (kbypass._fastxfer, _fastbatch) or all in Python (no C module loaded); "
+                        "default: C when it is built")
     opt.add_cpu(v)
     opt.add_json(v, help="print the summary as JSON (and progress as JSON lines on stderr)")
 
@@ -231,7 +232,10 @@ def _peer(args) -> tuple[tuple[str, int] | None, str | None]:
 
 
 def _open(args, **kw):
+    from kbypass import backend
     from kbypass.xfer import TransportEndpoint
+
+    backend.select(args.lane)  # the lane, chosen once for this process: the port's batches and the codec
 
     iface, netns, ip = _where(args)
     faults = _faults(args)
@@ -241,7 +245,7 @@ def _open(args, **kw):
     return TransportEndpoint.open(iface=iface, netns=netns, encap=args.encap, backend=args.backend,
                                   local_ip=ip, xdp_loss=xdp_loss, faults_rx=faults, seed=args.seed,
                                   port_options=options, idle_timeout=args.idle_timeout or IDLE_DEFAULT,
-                                  native=None if args.lane is None else args.lane == "c", **extra, **kw)
+                                  codec=backend.codec(args.lane), **extra, **kw)
 
 
 def _summary(args, ep, nbytes: int, seconds: float, sha: str) -> dict:

@@ -122,12 +122,12 @@ class UdpEncap:
         # IPv4 checksum: the fixed words summed once; total length and ident are added per frame
         self._ip_partial = int.from_bytes(h[14:34], "big") % _MOD
 
-    def write_frames(self, native, batch, datagrams: list, start: int) -> None:
+    def write_frames(self, codec, batch, datagrams: list, start: int) -> None:
         """frame() of datagrams[start:...] written into the frames of `batch`, lengths set, in one call of
-        `native` (kbypass._fastxfer): what _write_frames in the endpoint does with frame(). The limit is the
+        `codec` (kbypass.backend: C or Python): what _write_frames in the endpoint does with frame(). The limit is the
         room of the batch's UMEM frames, not the MTU: with headroom, or 2 KiB frames under a large MTU, an
         MTU-sized frame wrote past its chunk into the next one (maybe a kernel RX buffer)."""
-        self._ident = native.write_frames(batch.mem, batch.descs, start, frame_limit(self.mtu, batch), 0, self._tmpl,
+        self._ident = codec.write_frames(batch.mem, batch.descs, start, frame_limit(self.mtu, batch), 0, self._tmpl,
                                           self._ip_partial, self._ident, datagrams)
 
     def frame(self, datagram: bytes) -> bytes:
@@ -233,9 +233,9 @@ class EthEncap:
     def frame(self, datagram: bytes) -> bytes:
         return self._hdr + datagram
 
-    def write_frames(self, native, batch, datagrams: list, start: int) -> None:
+    def write_frames(self, codec, batch, datagrams: list, start: int) -> None:
         """See UdpEncap.write_frames."""
-        native.write_frames(batch.mem, batch.descs, start, frame_limit(self.mtu, batch), 1, self._hdr, 0, 0,
+        codec.write_frames(batch.mem, batch.descs, start, frame_limit(self.mtu, batch), 1, self._hdr, 0, 0,
                             datagrams)
 
     def _check(self, f):

@@ -15,7 +15,8 @@ and one kick for many datagrams; the connection also acknowledges a whole batch 
 When nothing moved it sleeps in `port.wait` until a frame may be there or the next timer (retransmission,
 keepalive, a delayed simulated fault) is due.
 
-The C bulk path (kbypass._fastxfer; native=False or a missing build leaves everything to Python): before
+The codec (kbypass.backend: the C one over kbypass._fastxfer, or the reference Python, which takes no runs
+and frames each datagram in Python; chosen once, `codec=` or `native=`, and given to the connection): before
 the frames of a batch go the way above, rx_run takes the run of them that are each the next data segment
 in line (Connection.rx_run_params / receive_run: in order, as stream data or as messages, or extending
 the out-of-order run above a hole in stream mode), checks and copies them in one call; the frame that ends a run goes through the Python path alone,
@@ -51,15 +52,15 @@ from collections import Counter, deque
 
 from kbypass.errors import KbypassError, UsageError
 from kbypass.faults import FaultyLink
-from kbypass.native import xfer as _fastxfer  # C bulk path; None: Python does every datagram
+from kbypass import backend
 from kbypass.net import Interface, bind_udp, link_info
 from kbypass.proto.transport import (
     Closed, ConnConfig, Connected, Connection, ConnectionLost, DataReceived, Listener, MessageReceived,
     PeerClosed, Role,
 )
-from kbypass.proto.transport import wire
 
-from .encap import ETHERTYPE, EthEncap, UdpEncap, frame_room, mac_bytes, mac_str
+from .datapath import DataPath
+from .encap import ETHERTYPE, EthEncap, UdpEncap, mac_bytes, mac_str
 
 ENCAPS = ("udp", "eth")
 
@@ -79,20 +80,22 @@ _HINTS = {
 }
 
 
-class TransportEndpoint:
-    """See the module doc. Owns `port` (closed by close()) unless own_port=False."""
+class TransportEndpoint(DataPath):
+    """See the module doc. Owns `port` (closed by close()) unless own_port=False. The receive and send
+    paths are datapath.py's.
+
+    codec: the transport codec (kbypass.backend.codec(): C or the reference Python), given to the
+    connection too; None: the one of `native` (True: C, False: Python), or of the lane in force."""
 
     def __init__(self, port, encap, *, config: ConnConfig | None = None, seed: int | None = None,
                  faults_rx: dict | None = None, faults_tx: dict | None = None, rx_batch: int = 64,
                  clock=time.monotonic, own_port: bool = True, on_close=None, native: bool | None = None,
-                 idle_timeout: float | None = None) -> None:
-        if native and _fastxfer is None:
-            raise UsageError("the transport's C path (kbypass._fastxfer) is not built: run 'make setup' "
-                             "(it needs gcc, python3-dev and libisal-dev), or leave native unset: Python does "
-                             "the work when C is not built")
-        # the C bulk path (in-order arrivals, encoding, framing: kbypass._fastxfer) or None: all in Python
-        self._fast = _fastxfer if native is None or native else None
-        self.native = self._fast is not None
+                 idle_timeout: float | None = None, codec=None) -> None:
+        if codec is None:
+            codec = backend.codec(None if native is None else "c" if native else "python")
+        # the codec: in-order arrival runs, encoding, framing in C (kbypass._fastxfer), or all in Python
+        self.codec = codec
+        self.native = codec.name == "c"
         self.port = port
         self.encap = encap
         self.clock = clock
@@ -246,198 +249,6 @@ class TransportEndpoint:
     def _t(self, now: float) -> float:
         return now - self.t0
 
-    def _take_frames(self, now: float) -> int:
-        batch = self.port.receive(self.rx_batch)
-        n = len(batch)
-        if not n:
-            return 0
-        mv = memoryview(batch.mem)
-        try:  # the datagrams are views of packet memory: handled (copied by the decoder) before the frames go back
-            i = 0
-            if self._fast is not None and self._rx_link is None:
-                # runs of bulk data through C; each frame that ends a run through Python, then C again; once
-                # C takes nothing where it could start, the rest of the batch goes to Python together
-                while i < n:
-                    j = self._take_run(batch, i, now)
-                    if j == i or j == n:
-                        i = j
-                        break
-                    self._take_general(mv, batch, j, j + 1, now)
-                    i = j + 1
-            if i < n:
-                self._take_general(mv, batch, i, n, now)
-        finally:
-            mv.release()
-            self.port.free(batch)
-        return n
-
-    def _take_general(self, mv: memoryview, batch, start: int, stop: int, now: float) -> None:
-        """Frames start..stop-1 of `batch` through the general path: the Python checks and decoder, or the
-        userspace fault link."""
-        datagrams = self._datagrams(mv, batch, start, stop, now)
-        if self._rx_link is not None:
-            t = self._t(now)
-            for data in datagrams:
-                self._rx_link.send(bytes(data), t)  # the link keeps it past this batch: a copy of its own
-        elif datagrams:
-            self._deliver_all(datagrams, now)
-
-    def _take_run(self, batch, start: int, now: float) -> int:
-        """Take the run of next-in-line data segments from frame `start` of `batch` in one C call (rx_run
-        under the connection's rx_run_params): a bulk transfer's arrivals, in order or filling the buffer
-        above a hole, with no Python per datagram. Returns the index of the first frame it did not take."""
-        conn = self.conn
-        if conn is None or self.encap.peer is None:
-            return start
-        params = conn.rx_run_params()
-        if params is None:
-            return start
-        stop, data, tsval, ends = self._fast.rx_run(batch.mem, batch.descs, start, self.encap.kind,
-                                                    self.encap.peer_key, *params)
-        if stop > start:
-            conn.receive_run(data, stop - start, tsval, now, params[-1], ends)
-            self.counters["rx_datagrams"] += stop - start
-            self.counters["rx_c"] += stop - start
-        return stop
-
-    def _datagrams(self, mv: memoryview, batch, start: int, stop: int, now: float) -> list:
-        """The transport datagrams (views into `mv`, the batch's memory) of frames start..stop-1 of `batch`
-        that come from our peer; everything else counted in `drops` by reason."""
-        if start or stop < len(batch):
-            addrs, lens = batch.addr[start:stop].tolist(), batch.lens[start:stop].tolist()
-        else:
-            addrs, lens = batch.addr.tolist(), batch.lens.tolist()
-        if self.encap.peer is None:
-            return self._datagrams_learning(mv, addrs, lens, now)
-        return self.encap.peer_datagrams(mv, addrs, lens, self.drops)
-
-    def _datagrams_learning(self, mv: memoryview, addrs: list, lens: list, now: float) -> list:
-        """_datagrams before the peer is known (a server until its listener takes a SYN). The sender of the
-        SYN that made a connection becomes the peer (_deliver_all), not the sender of any SYN: the listener
-        may refuse one (message mode mismatch, full), and locking onto its sender would turn the real
-        client away as other_peer. Without userspace faults each SYN goes to the listener at once, so the
-        frames after it in the batch are checked against the peer it made."""
-        out = []
-        for a, k in zip(addrs, lens):
-            f = mv[a:a + k]
-            if self.encap.peer is not None:
-                r = self.encap.parse_peer(f)
-                if type(r) is str:
-                    self.drops[r] += 1
-                else:
-                    out.append(r)
-                continue
-            r = self.encap.parse(f)
-            if type(r) is str:
-                self.drops[r] += 1
-            elif self._listener is None:
-                self.drops["not_listening"] += 1
-            else:
-                out.append(r[0])
-                if self._note_syn(r[0], r[1]) and self._rx_link is None:
-                    self._deliver_all(out, now)  # the listener decides on it now (and sets the peer, or not)
-                    out = []
-        return out
-
-    def _note_syn(self, data, src) -> bool:
-        """Remember where a SYN came from, by its sender's connection id (the peer_id of the connection it
-        may make). True if `data` is a SYN."""
-        try:
-            pkt = wire.decode(data)
-        except Exception:
-            return False  # counted by the listener when fed
-        if not (pkt.has(wire.SYN) and not pkt.has(wire.ACK)):
-            return False
-        if len(self._syn_sources) >= 64:  # refused SYNs from many ids must not grow it without bound
-            del self._syn_sources[next(iter(self._syn_sources))]
-        self._syn_sources[pkt.src_id] = src
-        return True
-
-    def _learn_peer(self) -> None:
-        """The listener made our connection: its SYN's sender is the peer from now on."""
-        src = self._syn_sources.get(self.conn.peer_id)
-        if src is None:
-            return  # forgotten (see _note_syn): the client's next SYN retransmission is noted again
-        if isinstance(self.encap, UdpEncap):
-            self.encap.set_peer(src[0], src[1], src[2])
-        else:
-            self.encap.set_peer(src[0])
-        self._syn_sources.clear()
-
-    def _deliver_all(self, datagrams: list, now: float) -> None:
-        """Give a batch of datagrams to the connection (or listener) in one call: it decodes and handles
-        them in a loop of its own, and one ACK at the next datagrams_to_send answers them all."""
-        self.counters["rx_datagrams"] += len(datagrams)
-        if self._listener is not None:
-            self._listener.receive_datagrams(datagrams, now)
-            if self.conn is None:
-                self.conn = self._listener.accept()
-            if self.conn is not None and self.encap.peer is None:
-                self._learn_peer()
-        elif self.conn is not None:
-            self.conn.receive_datagrams(datagrams, now)
-        else:
-            self.drops["not_listening"] += len(datagrams)  # before connect()/accept(): nobody to give it to
-
-    def _send_out(self, datagrams: list[bytes], now: float) -> None:
-        if self._tx_link is not None:
-            t = self._t(now)
-            for d in datagrams:
-                self._tx_link.send(d, t)
-            datagrams = self._tx_link.deliver(t)
-        if not datagrams:
-            return
-        if self.encap.peer is None:
-            self.drops["no_peer_yet"] += len(datagrams)
-            return
-        port = self.port
-        total = len(datagrams)
-        i = 0
-        tries = 0
-        while i < total:
-            batch = port.alloc(total - i)
-            if not len(batch):
-                tries += 1
-                if tries > 50:
-                    self.counters["tx_no_frames"] += total - i
-                    return  # the transport retransmits: to it this is loss
-                time.sleep(0)
-                continue
-            self._write_frames(batch, datagrams, i)
-            sent = port.transmit(batch)
-            if sent < len(batch):
-                port.free(batch[sent:])
-                tries += 1
-                if tries > 50:
-                    self.counters["tx_ring_full"] += total - i - sent
-                    i = total
-                    break
-            i += sent
-            self.counters["tx_frames"] += sent
-            self.counters["tx_batches"] += 1
-
-    def _write_frames(self, batch, datagrams: list, start: int) -> None:
-        """Fill the frames of `batch` with datagrams[start:...]: each frame built (one join) and copied into
-        packet memory, and all lengths set in one array store instead of one numpy store per frame.
-        With the C path, the encapsulation writes them all in one call instead."""
-        if self._fast is not None:
-            self.encap.write_frames(self._fast, batch, datagrams, start)
-            return
-        mv = memoryview(batch.mem)
-        frame = self.encap.frame
-        lens = []
-        room = frame_room(batch)  # never past the UMEM frame (the C path checks the same limit)
-        try:
-            for a, d in zip(batch.addr.tolist(), datagrams[start:start + len(batch)]):
-                f = frame(d)
-                if len(f) > room:
-                    raise ValueError(f"a {len(d)}-byte datagram does not fit its {room}-byte frame")
-                mv[a:a + len(f)] = f
-                lens.append(len(f))
-        finally:
-            mv.release()
-        batch.lens = lens
-
     def _collect(self) -> None:
         """Take the connection's events. Data is taken only while less than one receive buffer of it is
         waiting for recv(): what we leave in the connection keeps its advertised window closed, so a
@@ -533,7 +344,7 @@ class TransportEndpoint:
         if self.encap.peer is None:
             raise UsageError("connect() needs a peer: open the endpoint with peer= / peer_mac=")
         now = self.clock()
-        self.conn = Connection(Role.CLIENT, self.config, now, rng=self._rng)
+        self.conn = Connection(Role.CLIENT, self.config, now, rng=self._rng, codec=self.codec)
         self.conn.connect(now)
         self._run_until(lambda: self.connected_at is not None, timeout, "connecting")
 
@@ -541,7 +352,7 @@ class TransportEndpoint:
         """Server: wait for one peer's handshake; returns once Connected."""
         if self.conn is not None or self._listener is not None:
             raise UsageError("accept() twice, or on a client endpoint: open a new endpoint")
-        self._listener = Listener(self.config, rng=self._rng, backlog=1, max_connections=1)
+        self._listener = Listener(self.config, rng=self._rng, backlog=1, max_connections=1, codec=self.codec)
         self._run_until(lambda: self.connected_at is not None, timeout, "accepting")
 
     def _need_conn(self, what: str) -> Connection:

@@ -20,8 +20,9 @@ import mmap
 
 import numpy as np
 
+from kbypass import backend
 from kbypass.errors import KbypassError, UsageError
-from kbypass.native import batch as _fast  # C claim/mark; None: the numpy checks below do it all
+from kbypass.xsk.consts import XDP_DESC
 
 # One bit per state, so "all these frames are in state S" is a single OR-reduction equal to S. The numbers
 # are the C core's (enum kb_frame_state, csrc/core/kb_umem.h; kbypass._fastbatch.FRAME_*): a test holds
@@ -36,9 +37,12 @@ class OwnershipError(KbypassError):
 
 
 class Umem:
-    """Frames of packet memory plus their ownership states. Use as a context manager or call close()."""
+    """Frames of packet memory plus their ownership states. Use as a context manager or call close().
 
-    def __init__(self, frames: int = 4096, frame_size: int = 2048, headroom: int = 0) -> None:
+    ops: the batch-bookkeeping backend (kbypass.backend: C or the reference Python) that moves frames
+    between states; None: kbypass.backend.batch(), the lane in force. The port's batches use it too."""
+
+    def __init__(self, frames: int = 4096, frame_size: int = 2048, headroom: int = 0, *, ops=None) -> None:
         if frame_size not in FRAME_SIZES:
             raise UsageError(f"frame_size {frame_size} is not supported: use 2048 or 4096")
         if frames <= 0:
@@ -46,6 +50,7 @@ class Umem:
         if not 0 <= headroom <= frame_size - 512:
             raise UsageError(f"headroom {headroom} leaves no room for packets in {frame_size}-byte frames: "
                              "use a headroom of at most frame_size - 512")
+        self.ops = ops if ops is not None else backend.batch()
         self.frames = frames
         self.frame_size = frame_size
         self.headroom = headroom
@@ -121,11 +126,9 @@ class Umem:
         if n == 0:
             return
         if trusted:
-            if _fast is not None and addrs.dtype == np.uint64 and addrs.flags.c_contiguous:
-                self._top = _fast.push_free(self.state, self._free, self._top, addrs, self.shift)
-                return
-            frames = addrs >> self._ushift
-            self.state[frames] = FREE
+            self._top = self.ops.push_free(self.state, self._free, self._top,
+                                           np.ascontiguousarray(addrs, dtype=np.uint64), self.shift)
+            return
         else:
             self.hand_over(addrs, expected, FREE, what)
             frames = np.asarray(addrs, dtype=np.uint64) >> self._ushift
@@ -142,19 +145,15 @@ class Umem:
         `validate_descs` when the TX descriptors `descs` are given); returns the total length of `descs`
         (0 without descs).
 
-        One C pass when kbypass._fastbatch is built; when it finds a problem nothing has changed, and the
-        numpy checks run to raise the precise error."""
-        if _fast is not None:
-            d = descs
-            if d is None:
-                from kbypass.port.batch import DESC
-
-                d = np.zeros(len(addrs), dtype=DESC)
-                d["addr"] = addrs
-            total = _fast.claim(self.state, d, self.shift, self.size, self.frame_size, expected, to,
-                                descs is not None)
-            if total >= 0:
-                return total
+        One pass of the batch backend (ops.claim); when it finds a problem nothing has changed, and the
+        numpy checks below run to raise the precise error."""
+        d = descs
+        if d is None:
+            d = np.zeros(len(addrs), dtype=XDP_DESC)
+            d["addr"] = addrs
+        total = self.ops.claim(self.state, d, self.shift, self.size, self.frame_size, expected, to, descs is not None)
+        if total >= 0:
+            return total
         if descs is not None:
             self.validate_descs(descs["addr"], descs["len"])
         self.state[self.expect(addrs, expected, what)] = to
@@ -162,10 +161,7 @@ class Umem:
 
     def mark_received(self, descs: np.ndarray, to: int) -> int:
         """Frames the kernel handed back (RX descriptors) now in state `to`; returns their total length."""
-        if _fast is not None:
-            return _fast.mark(self.state, descs, self.shift, to)
-        self.state[descs["addr"] >> self._ushift] = to
-        return int(descs["len"].sum())
+        return self.ops.mark(self.state, descs, self.shift, to)
 
     def expect(self, addrs: np.ndarray, expected: int, what: str) -> np.ndarray:
         """Frame numbers of addrs, after checking each is in state `expected` and none appears twice.

@@ -19,8 +19,9 @@ class Listener:
     """Creates a server Connection for each new SYN (up to `max_connections`) and queues it for accept()."""
 
     def __init__(self, config: ConnConfig | None = None, *, rng: random.Random | None = None,
-                 backlog: int = 64, max_connections: int = 1024) -> None:
+                 backlog: int = 64, max_connections: int = 1024, codec=None) -> None:
         self.config = config or ConnConfig()
+        self.codec = codec  # given to each Connection it makes (None: the reference Python codec)
         self._rng = rng if rng is not None else random.Random()
         self.backlog = backlog
         self.max_connections = max_connections
@@ -78,7 +79,7 @@ class Listener:
                 if pkt.has(wire.MSG_MODE) != self.config.message_mode:
                     self.drops["mode_mismatch"] += 1
                     return None
-                conn = Connection(Role.SERVER, self.config, now, rng=self._rng)
+                conn = Connection(Role.SERVER, self.config, now, rng=self._rng, codec=self.codec)
                 while conn.local_id in self.connections:  # vanishingly rare; keep ids unique here
                     conn.local_id = self._rng.randrange(1, 1 << 32)
                 conn.receive_packet(pkt, now)

@@ -33,8 +33,6 @@ import struct
 import zlib
 from typing import NamedTuple
 
-from kbypass import native
-
 from .errors import RemoteProtocolError
 
 VERSION = 1
@@ -98,7 +96,9 @@ def encode(pkt: Packet, max_size: int | None = None) -> bytes:
 
 def encode_fields(flags: int, src_id: int, dst_id: int, seq: int, ack: int, window: int, tsval: int, tsecr: int,
                   sacks, payload: bytes, max_size: int | None = None) -> bytes:
-    """`encode` without building a Packet first: the sender's path, one call per datagram."""
+    """`encode` without building a Packet first. The reference encoder: a Connection encodes through its
+    codec (codec.py; the C one builds a datagram without SACK blocks in one call) and comes here for the
+    rest."""
     plen = len(payload)
     nsack = min(len(sacks), MAX_SACK_BLOCKS)
     if max_size is not None:
@@ -106,11 +106,6 @@ def encode_fields(flags: int, src_id: int, dst_id: int, seq: int, ack: int, wind
         if room < 0:
             raise ValueError(f"payload of {plen} bytes does not fit a {max_size}-byte datagram")
         nsack = min(nsack, room // SACK_SIZE)
-    if not nsack and _native is not None:
-        try:
-            return _native.encode(flags, src_id, dst_id, seq, ack, window, tsval, tsecr, payload)
-        except OverflowError:
-            pass  # a field out of range: struct below says which
     head = _HEADER_PACK(VERSION, flags, nsack, 0, src_id, dst_id, seq, ack, window, tsval, tsecr, plen)
     if nsack:
         head += b"".join([_SACK_PACK(start - ack, end - start) for start, end in sacks[:nsack]])
@@ -173,5 +168,3 @@ _CRC_PACK = _CRC.pack
 _CRC_UNPACK_FROM = _CRC.unpack_from
 _crc32 = zlib.crc32
 _new_packet = tuple.__new__
-# kbypass._fastxfer.encode: the same datagram without SACK blocks, built in one C call (None: not built)
-_native = native.xfer

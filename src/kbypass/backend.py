@@ -1,0 +1,282 @@
+"""Backends of the accelerated concerns (design.md "Narrow C boundary", after pyzmq): one object per concern,
+with a fixed API, in C (a thin wrapper over a kbypass C module) and in reference Python; chosen once and
+passed in, so no caller asks "is C built?".
+
+    concern  API                                                  C               reference Python
+    batch    swap, stamp, claim, mark, push_free                  CBatch          PyBatch (numpy; below)
+             (UMEM frame states, header swaps, generator stamps)  (_fastbatch)
+    codec    encode, encode_segments, rx_run, write_frames        CCodec          kbypass.proto.transport.codec
+             (the transport's bulk path)                          (_fastxfer)     .PythonCodec
+
+The UDP lane (kbypass._fastlane, used by kbypass.endpoint) is named here too (`native_module("lane")`).
+
+Choosing: `lane()` is "c" or "python": KBYPASS_PURE_PYTHON=1 in the environment says python, else
+`select(name)` (a tool's --lane option, called once before anything is opened), else C. `batch()` and
+`codec()` give the backend of that lane (or of the one named); a C backend whose module is not built raises
+NativeMissing with the fix (`make setup`). Nothing here imports a C module until a C backend is asked for,
+so a process that runs the python lane has none in sys.modules.
+
+Layering: this module is for the lowest layer (rings and UMEM) and imports only numpy and kbypass.errors;
+the Python codec, a transport (protocol-layer) object, is named by its import path, as pyzmq names its
+backends.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+
+from kbypass.errors import KbypassError, UsageError
+
+LANES = ("c", "python")
+MODULES = {"lane": "kbypass._fastlane", "batch": "kbypass._fastbatch", "xfer": "kbypass._fastxfer"}
+_PY_CODEC = ("kbypass.proto.transport.codec", "PythonCodec")
+
+
+class NativeMissing(UsageError, ImportError):
+    """A C backend was asked for and its module is not built (or KBYPASS_PURE_PYTHON=1 switches C off)."""
+
+
+_selected: str | None = None
+
+
+def pure_python() -> bool:
+    """KBYPASS_PURE_PYTHON=1: no C at all in this process."""
+    return os.environ.get("KBYPASS_PURE_PYTHON") == "1"
+
+
+def select(name: str | None) -> None:
+    """Choose this process's lane once (a tool's --lane): "c", "python", or None for the default."""
+    global _selected
+    if name is not None and name not in LANES:
+        raise KbypassError(f"unknown lane {name!r}: use one of {', '.join(LANES)}")
+    _selected = name
+
+
+def selected() -> str | None:
+    """What select() chose (None: nothing; the environment may still say python, see lane())."""
+    return _selected
+
+
+def lane() -> str:
+    """The lane in force: python under KBYPASS_PURE_PYTHON=1 or after select("python"); else c when its
+    modules import, python when they do not (C is an optional speed-up, never a requirement)."""
+    if pure_python():
+        return "python"
+    if _selected is not None:
+        return _selected
+    return "c" if built("batch") and built("xfer") else "python"
+
+
+def built(name: str) -> bool:
+    """Whether the C module `name` (a key of MODULES) imports (and is not switched off)."""
+    try:
+        native_module(name)
+    except NativeMissing:
+        return False
+    return True
+
+
+def native_module(name: str):
+    """The C module `name` (a key of MODULES), imported now; NativeMissing (with the fix) when it is not
+    built or KBYPASS_PURE_PYTHON=1 switches C off."""
+    mod = MODULES[name]
+    if pure_python():
+        raise NativeMissing(f"{mod} is switched off by KBYPASS_PURE_PYTHON=1: unset it, or use the python lane")
+    try:
+        return importlib.import_module(mod)
+    except ImportError as e:
+        raise NativeMissing(f"the C module {mod} is not built ({e}): run 'make setup' (it needs gcc, python3-dev "
+                            "and libisal-dev), or use the python lane (--lane python)") from None
+
+
+def missing() -> dict[str, str]:
+    """Modules that do not import, with the reason: {module: error} (kbypass doctor)."""
+    out = {}
+    for mod in MODULES.values():
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            out[mod] = str(e)
+    return out
+
+
+def _check(name: str | None) -> str:
+    name = lane() if name is None else name
+    if name not in LANES:
+        raise KbypassError(f"unknown lane {name!r}: use one of {', '.join(LANES)}")
+    return name
+
+
+_made: dict = {}  # (class, module name) -> the C backend made over it: one object per process
+
+
+def _c_backend(cls, name: str):
+    key = (cls, MODULES[name])
+    obj = _made.get(key)
+    if obj is None or pure_python():
+        obj = _made[key] = cls(native_module(name))
+    return obj
+
+
+def batch(name: str | None = None):
+    """The batch-bookkeeping backend of lane `name` (None: the lane in force)."""
+    if _check(name) == "c":
+        return _c_backend(CBatch, "batch")
+    return PY_BATCH
+
+
+def codec(name: str | None = None):
+    """The transport codec of lane `name` (None: the lane in force)."""
+    if _check(name) == "c":
+        return _c_backend(CCodec, "xfer")
+    return getattr(importlib.import_module(_PY_CODEC[0]), _PY_CODEC[1])()
+
+
+# ---------------------------------------------------------------------------------------------- batch
+class CBatch:
+    """Batch bookkeeping in C: kbypass._fastbatch's functions, as they are (typed in _fastbatch.pyi)."""
+
+    name = "c"
+
+    def __init__(self, mod) -> None:
+        self.swap = mod.swap
+        self.stamp = mod.stamp
+        self.claim = mod.claim
+        self.mark = mod.mark
+        self.push_free = mod.push_free
+
+    def __repr__(self) -> str:
+        return "<batch backend c>"
+
+
+_ADDR = "addr"
+_LEN = "len"
+
+
+class PyBatch:
+    """The reference: what kbypass._fastbatch does (csrc/core/kb_batch.c, kb_umem.c), in numpy. Same
+    arguments, same results, same exceptions; the same-verdict tests (tests/unit/test_batch.py,
+    test_umem.py) hold the two together."""
+
+    name = "python"
+
+    @staticmethod
+    def _frames_ok(mem, descs, need: int) -> int:
+        """kb_batch_check: -1, or the first frame shorter than need; IndexError for one past the memory."""
+        lens = descs[_LEN]
+        short = lens < need
+        first_short = int(np.argmax(short)) if short.any() else len(descs)
+        addrs = descs[_ADDR]
+        memlen = len(mem)
+        outside = (addrs > memlen) | (np.uint64(memlen) - np.minimum(addrs, np.uint64(memlen)) < need)
+        if outside[:first_short].any():
+            i = int(np.argmax(outside))
+            raise IndexError(f"frame {i} at {int(addrs[i]):#x} is outside the packet memory")
+        return first_short if first_short < len(descs) else -1
+
+    def swap(self, mem, descs, offset: int, width: int, need: int) -> int:
+        """Swap the width bytes at offset with the next width bytes in every frame (each at least need
+        bytes long): -1, or the first frame too short (then nothing is swapped)."""
+        if not (offset >= 0 and 0 < width <= 64 and need >= offset and need - offset >= 2 * width):
+            raise ValueError("swap: bad offset, width or need")
+        mem = np.frombuffer(mem, dtype=np.uint8) if not isinstance(mem, np.ndarray) else mem
+        bad = self._frames_ok(mem, descs, need)
+        if bad >= 0 or not len(descs):
+            return bad
+        at = descs[_ADDR].astype(np.intp)[:, None] + offset + np.arange(width)
+        a = mem[at]
+        mem[at] = mem[at + width]
+        mem[at + width] = a
+        return -1
+
+    def stamp(self, mem, descs, offset: int, first_seq: int, now_ns: int) -> int:
+        """Sequence first_seq + i and now_ns, big-endian u64s, at offset of frame i: -1, or the first frame
+        too short (then nothing is written)."""
+        if offset < 0:
+            raise ValueError("stamp: negative offset")
+        mem = np.frombuffer(mem, dtype=np.uint8) if not isinstance(mem, np.ndarray) else mem
+        bad = self._frames_ok(mem, descs, offset + 16)
+        if bad >= 0 or not len(descs):
+            return bad
+        rows = np.empty((len(descs), 2), dtype=">u8")
+        rows[:, 0] = (np.arange(len(descs), dtype=np.uint64) + np.uint64(first_seq & 0xFFFFFFFFFFFFFFFF))
+        rows[:, 1] = now_ns
+        mem[descs[_ADDR].astype(np.intp)[:, None] + offset + np.arange(16)] = rows.view(np.uint8).reshape(-1, 16)
+        return -1
+
+    def claim(self, state, descs, shift: int, umem_size: int, frame_size: int, expected: int, to: int,
+              tx: bool) -> int:
+        """Every frame from state expected to to, all or nothing: their total length, or -1 with nothing
+        changed (a frame outside the UMEM, in another state, twice in the batch, or with tx a descriptor
+        the kernel would refuse)."""
+        if (expected == to or not 0 <= expected <= 255 or not 0 <= to <= 255 or not 0 <= shift <= 31
+                or frame_size != 1 << shift):
+            raise ValueError("claim: bad states, shift or frame size")
+        if not len(descs):
+            return 0
+        addrs = descs[_ADDR]
+        if int(addrs.max()) >= umem_size:
+            return -1
+        frames = (addrs >> np.uint64(shift)).astype(np.intp)
+        if int(frames.max()) >= len(state):
+            return -1
+        if tx:
+            lens = descs[_LEN].astype(np.uint64)
+            if (lens == 0).any() or ((addrs & np.uint64(frame_size - 1)) + lens > frame_size).any():
+                return -1
+        if (state[frames] != expected).any():
+            return -1
+        if len(frames) > 1:  # (a frame twice: C finds it in state `to` the second time)
+            s = np.sort(frames)
+            if (s[1:] == s[:-1]).any():
+                return -1
+        state[frames] = to
+        return int(descs[_LEN].sum())
+
+    def mark(self, state, descs, shift: int, to: int) -> int:
+        """Received frames into state to; their total length."""
+        if not 0 <= shift <= 31 or not 0 <= to <= 255:
+            raise ValueError("mark: bad shift or state")
+        frames = (descs[_ADDR] >> np.uint64(shift)).astype(np.intp)
+        if len(frames) and int(frames.max()) >= len(state):
+            raise IndexError(f"descriptor {int(np.argmax(frames >= len(state)))} points outside the UMEM")
+        state[frames] = to
+        return int(descs[_LEN].sum())
+
+    def push_free(self, state, free, top: int, addrs, shift: int) -> int:
+        """Completed frames (addresses from the kernel) back on the free stack: the new top."""
+        n = len(addrs)
+        if top < 0 or top > len(free) or n > len(free) - top or not 0 <= shift <= 31:
+            raise ValueError("push_free: bad shift, addresses or free-stack size")
+        frames = np.asarray(addrs, dtype=np.uint64) >> np.uint64(shift)
+        if n and int(frames.max()) >= len(state):
+            raise IndexError(f"completed address {int(addrs[int(np.argmax(frames >= len(state)))]):#x} is "
+                             "outside the UMEM")
+        state[frames.astype(np.intp)] = 1  # FREE (xsk.umem's numbering, the C core's enum kb_frame_state)
+        free[top:top + n] = frames
+        return top + n
+
+    def __repr__(self) -> str:
+        return "<batch backend python>"
+
+
+PY_BATCH = PyBatch()
+
+
+# ---------------------------------------------------------------------------------------------- codec
+class CCodec:
+    """The transport codec in C: kbypass._fastxfer's functions, as they are (typed in _fastxfer.pyi)."""
+
+    name = "c"
+
+    def __init__(self, mod) -> None:
+        self.encode = mod.encode
+        self.encode_segments = mod.encode_segments
+        self.rx_run = mod.rx_run
+        self.write_frames = mod.write_frames
+
+    def __repr__(self) -> str:
+        return "<codec c>"

@@ -1,0 +1,193 @@
+"""TransportEndpoint's data path: frames in (the codec's runs, then the general path: encapsulation
+checks, the listener or connection) and datagrams out (frames allocated, written by the codec, transmitted).
+A mixin of TransportEndpoint (endpoint.py, which holds the state and says how the loop runs).
+"""
+
+from __future__ import annotations
+
+import time
+
+from kbypass.proto.transport import wire
+
+from .encap import UdpEncap
+
+
+class DataPath:
+    """TransportEndpoint's receive and send paths (state in TransportEndpoint.__init__)."""
+
+    __slots__ = ()
+
+    def _take_frames(self, now: float) -> int:
+        batch = self.port.receive(self.rx_batch)
+        n = len(batch)
+        if not n:
+            return 0
+        mv = memoryview(batch.mem)
+        try:  # the datagrams are views of packet memory: handled (copied by the decoder) before the frames go back
+            i = 0
+            if self._rx_link is None:
+                # runs of bulk data through C; each frame that ends a run through Python, then C again; once
+                # C takes nothing where it could start, the rest of the batch goes to Python together
+                while i < n:
+                    j = self._take_run(batch, i, now)
+                    if j == i or j == n:
+                        i = j
+                        break
+                    self._take_general(mv, batch, j, j + 1, now)
+                    i = j + 1
+            if i < n:
+                self._take_general(mv, batch, i, n, now)
+        finally:
+            mv.release()
+            self.port.free(batch)
+        return n
+
+    def _take_general(self, mv: memoryview, batch, start: int, stop: int, now: float) -> None:
+        """Frames start..stop-1 of `batch` through the general path: the Python checks and decoder, or the
+        userspace fault link."""
+        datagrams = self._datagrams(mv, batch, start, stop, now)
+        if self._rx_link is not None:
+            t = self._t(now)
+            for data in datagrams:
+                self._rx_link.send(bytes(data), t)  # the link keeps it past this batch: a copy of its own
+        elif datagrams:
+            self._deliver_all(datagrams, now)
+
+    def _take_run(self, batch, start: int, now: float) -> int:
+        """Take the run of next-in-line data segments from frame `start` of `batch` in one C call (rx_run
+        under the connection's rx_run_params): a bulk transfer's arrivals, in order or filling the buffer
+        above a hole, with no Python per datagram. Returns the index of the first frame it did not take."""
+        conn = self.conn
+        if conn is None or self.encap.peer is None:
+            return start
+        params = conn.rx_run_params()
+        if params is None:
+            return start
+        stop, data, tsval, ends = self.codec.rx_run(batch.mem, batch.descs, start, self.encap.kind,
+                                                    self.encap.peer_key, *params)
+        if stop > start:
+            conn.receive_run(data, stop - start, tsval, now, params[-1], ends)
+            self.counters["rx_datagrams"] += stop - start
+            self.counters["rx_c"] += stop - start
+        return stop
+
+    def _datagrams(self, mv: memoryview, batch, start: int, stop: int, now: float) -> list:
+        """The transport datagrams (views into `mv`, the batch's memory) of frames start..stop-1 of `batch`
+        that come from our peer; everything else counted in `drops` by reason."""
+        if start or stop < len(batch):
+            addrs, lens = batch.addr[start:stop].tolist(), batch.lens[start:stop].tolist()
+        else:
+            addrs, lens = batch.addr.tolist(), batch.lens.tolist()
+        if self.encap.peer is None:
+            return self._datagrams_learning(mv, addrs, lens, now)
+        return self.encap.peer_datagrams(mv, addrs, lens, self.drops)
+
+    def _datagrams_learning(self, mv: memoryview, addrs: list, lens: list, now: float) -> list:
+        """_datagrams before the peer is known (a server until its listener takes a SYN). The sender of the
+        SYN that made a connection becomes the peer (_deliver_all), not the sender of any SYN: the listener
+        may refuse one (message mode mismatch, full), and locking onto its sender would turn the real
+        client away as other_peer. Without userspace faults each SYN goes to the listener at once, so the
+        frames after it in the batch are checked against the peer it made."""
+        out = []
+        for a, k in zip(addrs, lens):
+            f = mv[a:a + k]
+            if self.encap.peer is not None:
+                r = self.encap.parse_peer(f)
+                if type(r) is str:
+                    self.drops[r] += 1
+                else:
+                    out.append(r)
+                continue
+            r = self.encap.parse(f)
+            if type(r) is str:
+                self.drops[r] += 1
+            elif self._listener is None:
+                self.drops["not_listening"] += 1
+            else:
+                out.append(r[0])
+                if self._note_syn(r[0], r[1]) and self._rx_link is None:
+                    self._deliver_all(out, now)  # the listener decides on it now (and sets the peer, or not)
+                    out = []
+        return out
+
+    def _note_syn(self, data, src) -> bool:
+        """Remember where a SYN came from, by its sender's connection id (the peer_id of the connection it
+        may make). True if `data` is a SYN."""
+        try:
+            pkt = wire.decode(data)
+        except Exception:
+            return False  # counted by the listener when fed
+        if not (pkt.has(wire.SYN) and not pkt.has(wire.ACK)):
+            return False
+        if len(self._syn_sources) >= 64:  # refused SYNs from many ids must not grow it without bound
+            del self._syn_sources[next(iter(self._syn_sources))]
+        self._syn_sources[pkt.src_id] = src
+        return True
+
+    def _learn_peer(self) -> None:
+        """The listener made our connection: its SYN's sender is the peer from now on."""
+        src = self._syn_sources.get(self.conn.peer_id)
+        if src is None:
+            return  # forgotten (see _note_syn): the client's next SYN retransmission is noted again
+        if isinstance(self.encap, UdpEncap):
+            self.encap.set_peer(src[0], src[1], src[2])
+        else:
+            self.encap.set_peer(src[0])
+        self._syn_sources.clear()
+
+    def _deliver_all(self, datagrams: list, now: float) -> None:
+        """Give a batch of datagrams to the connection (or listener) in one call: it decodes and handles
+        them in a loop of its own, and one ACK at the next datagrams_to_send answers them all."""
+        self.counters["rx_datagrams"] += len(datagrams)
+        if self._listener is not None:
+            self._listener.receive_datagrams(datagrams, now)
+            if self.conn is None:
+                self.conn = self._listener.accept()
+            if self.conn is not None and self.encap.peer is None:
+                self._learn_peer()
+        elif self.conn is not None:
+            self.conn.receive_datagrams(datagrams, now)
+        else:
+            self.drops["not_listening"] += len(datagrams)  # before connect()/accept(): nobody to give it to
+
+    def _send_out(self, datagrams: list[bytes], now: float) -> None:
+        if self._tx_link is not None:
+            t = self._t(now)
+            for d in datagrams:
+                self._tx_link.send(d, t)
+            datagrams = self._tx_link.deliver(t)
+        if not datagrams:
+            return
+        if self.encap.peer is None:
+            self.drops["no_peer_yet"] += len(datagrams)
+            return
+        port = self.port
+        total = len(datagrams)
+        i = 0
+        tries = 0
+        while i < total:
+            batch = port.alloc(total - i)
+            if not len(batch):
+                tries += 1
+                if tries > 50:
+                    self.counters["tx_no_frames"] += total - i
+                    return  # the transport retransmits: to it this is loss
+                time.sleep(0)
+                continue
+            self._write_frames(batch, datagrams, i)
+            sent = port.transmit(batch)
+            if sent < len(batch):
+                port.free(batch[sent:])
+                tries += 1
+                if tries > 50:
+                    self.counters["tx_ring_full"] += total - i - sent
+                    i = total
+                    break
+            i += sent
+            self.counters["tx_frames"] += sent
+            self.counters["tx_batches"] += 1
+
+    def _write_frames(self, batch, datagrams: list, start: int) -> None:
+        """Fill the frames of `batch` with datagrams[start:...] and set their lengths: one codec call
+        (write_frames) through the encapsulation, which gives it the header and the frame room."""
+        self.encap.write_frames(self.codec, batch, datagrams, start)
