@@ -206,10 +206,6 @@ class Batch:
         self._check(offset, 1)
         return self.mem[self.descs["addr"].astype(np.intp) + offset]
 
-    def set_u8(self, offset: int, values) -> None:
-        self._check(offset, 1)
-        self.mem[self.descs["addr"].astype(np.intp) + offset] = values
-
     def _uint_be(self, offset: int, width: int, dtype) -> np.ndarray:
         raw = np.ascontiguousarray(self.bytes_at(offset, width))
         return raw.view(np.dtype(dtype).newbyteorder(">")).reshape(-1).astype(dtype)

@@ -104,10 +104,6 @@ class Umem:
         """Frame numbers of any addresses inside frames."""
         return (np.asarray(addrs, dtype=np.uint64) >> self._ushift).astype(np.intp)
 
-    def chunk_of(self, addrs: np.ndarray) -> np.ndarray:
-        """Chunk start addresses of any addresses inside frames."""
-        return np.asarray(addrs, dtype=np.uint64) & ~np.uint64(self.frame_size - 1)
-
     def take_free(self, n: int, to: int) -> np.ndarray:
         """Pop up to n free chunk addresses (u64 array, maybe shorter) and put them in state `to`."""
         n = min(n, self._top)

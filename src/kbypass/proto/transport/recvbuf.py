@@ -173,11 +173,6 @@ class ReceiveBuffer:
             del self.recent[self._RECENT :]
         self._run_end = end
 
-    @property
-    def last_touched(self) -> int | None:
-        """Seq of the latest out-of-order arrival."""
-        return self.recent[0] if self.recent else None
-
     def consumed(self, n: int) -> None:
         """The application took `n` delivered bytes: the window opens by n."""
         self.unread -= n
