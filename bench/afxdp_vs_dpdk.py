@@ -13,7 +13,7 @@ generator can; the score is what the system under test handled per second of tha
     forward: packets that came back to host a (counted there by an XDP_DROP rule) / burst seconds
 
 Both placements of host b's receive-side kernel work (XDP, the copy into the AF_XDP ring) are measured,
-each a table of its own (kbypass.benchkit):
+each a table of its own (kbypass.bench.kit):
     sut     threaded NAPI pinned to CPU 1: the receiver's one core does everything, as on a NIC whose
             interrupt is on the application's core. This scores the receivers.
     sender  veth's default: that work runs in the generator's softirq on CPU 0. Every receiver then gets
@@ -36,8 +36,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from kbypass import testbed
-from kbypass.benchkit import GEN_CPU, PLACEMENTS, PORT, contenders, place_receive_work, trial
+from kbypass.host import testbed
+from kbypass.bench.kit import GEN_CPU, PLACEMENTS, PORT, contenders, place_receive_work, trial
 from kbypass.gen.live import LiveGenerator
 from kbypass.gen.template import udp_template
 

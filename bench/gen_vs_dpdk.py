@@ -9,7 +9,7 @@ the kernel's interface counters, and the sender's own count beside it. Every sen
 pinned to CPU 1 (testpmd: forwarding lcore 1, main lcore 0).
 
 Host b's receive work (its NAPI: the XDP_DROP) runs as a kernel thread pinned to CPU 0 by default
-(--placement receiver, see kbypass.napi), so the sender's core does nothing but send. With --placement
+(--placement receiver, see kbypass.host.napi), so the sender's core does nothing but send. With --placement
 sender it runs where veth puts it, in the sender's softirq on CPU 1, and every sender also pays for the drop.
 
 Usage:  .venv/bin/python bench/gen_vs_dpdk.py [--seconds 5] [--runs 3] [--json FILE]
@@ -30,8 +30,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from kbypass import napi, testbed
-from kbypass.benchkit import PORT, Contender, rx_packets, testpmd_count
+from kbypass.host import napi, testbed
+from kbypass.bench.kit import PORT, Contender, rx_packets, testpmd_count
 from kbypass.steer.steering import Steering
 
 PREFIX = "kbg"

@@ -1,4 +1,4 @@
-"""UDP ping-pong latency on its own testbed, in one run: `kbypass bench latency` (kbypass.latbench:
+"""UDP ping-pong latency on its own testbed, in one run: `kbypass bench latency` (kbypass.bench.latency:
 sockperf, the kernel anchor in C, against kbypass pingpong over a kernel socket and over AF_XDP, wakeup
 and busy polling, with the C lane and the pure-Python lane), with the testbed brought up and down here.
 Prints the table of medians, writes bench/results/latency.json and latency.png.
@@ -12,7 +12,8 @@ import argparse
 import os
 from pathlib import Path
 
-from kbypass import latbench, testbed
+from kbypass.bench import latency as latbench
+from kbypass.host import testbed
 from kbypass.tools._common import console
 from kbypass.tools.bench import show_latency
 

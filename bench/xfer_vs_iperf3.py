@@ -14,7 +14,7 @@ of stream (every byte checked by SHA-256 against the sender's), for iperf3 UDP t
 in host a on CPU 0. Every trial is repeated --runs times in rotating order; medians are reported with
 the ratios the issue asks for. The machine is shared: expect noise, compare within one run.
 
---placement says where each host's receive-side kernel work runs (kbypass.napi, as in
+--placement says where each host's receive-side kernel work runs (kbypass.host.napi, as in
 bench/afxdp_vs_dpdk.py): "sender" (default) is veth's, in the softirq of whoever sends, so host b's XDP
 and copies run on the sender's core; "sut" runs every NAPI instance as a kernel thread pinned to its own
 host's core (b: CPU 1, a: CPU 0), as with a NIC whose interrupt is on the application's core. Every
@@ -41,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-from kbypass import napi, testbed
+from kbypass.host import napi, testbed
 
 PREFIX = "kbx"
 ROOT = Path(__file__).resolve().parent.parent

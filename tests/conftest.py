@@ -33,7 +33,7 @@ def _root_links() -> set[str]:
 
 
 def _markers() -> set[str]:
-    from kbypass import testbed
+    from kbypass.host import testbed
 
     run_dir = getattr(testbed, "RUN_DIR", "/run/kbypass")
     return set(os.listdir(run_dir)) if os.path.isdir(run_dir) else set()

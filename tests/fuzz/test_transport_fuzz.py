@@ -11,7 +11,7 @@ import zlib
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from kbypass.faults import FaultyLink
+from kbypass.proto.faults import FaultyLink
 from kbypass.proto.transport import ConnConfig, Connection, Listener, Role, wire
 from kbypass.proto.transport.errors import RemoteProtocolError
 from kbypass.proto.transport.sim import PairSim

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kbypass import latbench
+from kbypass.bench import latency as latbench
 from tests.kb import kbypass, needs_c
 
 pytestmark = pytest.mark.netns

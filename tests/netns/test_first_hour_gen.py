@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from kbypass import doctor, ifstats, netns, testbed
+from kbypass.host import doctor, ifstats, testbed
+from kbypass import netns
 from tests.kb import kbypass, pid_tag, wait_until
 
 pytestmark = pytest.mark.netns

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from kbypass import benchkit, napi
+from kbypass.bench import kit as benchkit
+from kbypass.host import napi
 
 pytestmark = pytest.mark.netns
 
@@ -35,7 +36,7 @@ def test_receive_work_moves_to_a_pinned_thread_and_back(testbed_hosts):
 def test_each_hosts_threads_are_its_own(testbed_hosts):
     """Both ends threaded at once: host a's NAPI threads and host b's are found apart (the thread names
     differ only in "-a-"/"-b-"), and the session's testbed prefix is within the cap that guarantees it."""
-    from kbypass import testbed
+    from kbypass.host import testbed
 
     a, b = testbed_hosts
     assert len(a.netns[:-2]) <= testbed.MAX_PREFIX

@@ -8,7 +8,8 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from kbypass import ifstats, netns
+from kbypass.host import ifstats
+from kbypass import netns
 from tests.kb import kbypass, wait_until
 
 pytestmark = pytest.mark.netns

@@ -10,7 +10,8 @@ import pytest
 
 from pyroute2 import netns as pr_netns
 
-from kbypass import netns, testbed
+from kbypass import netns
+from kbypass.host import testbed
 from kbypass.testing.plugin import needs_root
 from tests.kb import kbypass, pid_tag
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kbypass import tune
+from kbypass.host import tune
 from kbypass.errors import UsageError
 from tests.kb import kbypass
 

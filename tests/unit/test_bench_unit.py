@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from kbypass import latbench, rxbench
+from kbypass.bench import latency as latbench, rx as rxbench
 from kbypass.errors import UsageError
 from kbypass.tools import bench
 from tests.kb import unreachable

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from kbypass.errors import UsageError
-from kbypass.pcap import PcapWriter
+from kbypass.apps.pcap import PcapWriter
 from kbypass.tools import capture
 
 

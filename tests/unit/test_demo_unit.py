@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from kbypass import cli, napi, testbed
+from kbypass import cli
+from kbypass.host import napi, testbed
 
 
 def _main(argv):

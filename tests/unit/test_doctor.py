@@ -1,7 +1,7 @@
 import json
 import os
 
-from kbypass import doctor
+from kbypass.host import doctor
 from tests.kb import kbypass
 
 

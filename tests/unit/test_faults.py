@@ -2,7 +2,7 @@
 
 import pytest
 
-from kbypass.faults import FaultyLink, GilbertElliott
+from kbypass.proto.faults import FaultyLink, GilbertElliott
 
 
 def pump(link, n=2000, size=100, gap=0.001):
@@ -111,7 +111,7 @@ def test_bad_parameters_are_refused():
 
 
 def test_parse_spec_builds_link_arguments_and_names_bad_parts():
-    from kbypass.faults import parse_spec
+    from kbypass.proto.faults import parse_spec
 
     kw = parse_spec("loss=0.05, delay=0.01,burst=0.01/0.3,blackhole=2-4,queue_limit=7")
     assert kw == dict(loss=0.05, delay=0.01, burst=GilbertElliott(0.01, 0.3), blackholes=((2.0, 4.0),),

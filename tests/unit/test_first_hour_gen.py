@@ -10,7 +10,9 @@ import os
 
 import pytest
 
-from kbypass import cli, ifstats, latbench, rxbench, testbed, tune
+from kbypass import cli
+from kbypass.host import ifstats, testbed, tune
+from kbypass.bench import latency as latbench, rx as rxbench
 from kbypass.tools import gen
 from tests.kb import unreachable
 

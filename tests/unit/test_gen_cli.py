@@ -9,7 +9,8 @@ import errno
 import numpy as np
 import pytest
 
-from kbypass import cli, testbed
+from kbypass import cli
+from kbypass.host import testbed
 from kbypass.bpf import libbpf
 from kbypass.errors import EnvironmentProblem, TestbedError, UsageError
 from kbypass.gen import live

@@ -1,10 +1,10 @@
-"""kbypass.napi without a network: finding NAPI threads by name, and a clear error when sysfs refuses."""
+"""kbypass.host.napi without a network: finding NAPI threads by name, and a clear error when sysfs refuses."""
 
 import os
 
 import pytest
 
-from kbypass import napi
+from kbypass.host import napi
 from kbypass.errors import EnvironmentProblem
 
 

@@ -14,7 +14,9 @@ import os
 
 import pytest
 
-from kbypass import cli, ifstats, latbench, rxbench, testbed, tune
+from kbypass import cli
+from kbypass.host import ifstats, testbed, tune
+from kbypass.bench import latency as latbench, rx as rxbench
 from tests.clitree import leaves, long_name, options
 
 BAD = ["nan", "inf", "-inf", "-1", "0", "1e300", "99999999999999999999"]
@@ -136,9 +138,9 @@ def guarded(monkeypatch, tmp_path):
                       (testbed, "host"), (tune, "apply"), (tune, "show"), (ifstats, "sample"),
                       (rxbench, "run"), (latbench, "run")):
         monkeypatch.setattr(mod, name, reached(f"{mod.__name__}.{name}"))
-    from kbypass import doctor
+    from kbypass.host import doctor
 
-    monkeypatch.setattr(doctor, "run", reached("kbypass.doctor.run"))
+    monkeypatch.setattr(doctor, "run", reached("kbypass.host.doctor.run"))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)

@@ -1,7 +1,7 @@
 import numpy as np
 from scapy.utils import rdpcap
 
-from kbypass.pcap import PcapWriter
+from kbypass.apps.pcap import PcapWriter
 from kbypass.port.batch import DESC, Batch
 
 

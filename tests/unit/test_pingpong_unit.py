@@ -191,7 +191,7 @@ def test_answers_count_only_from_the_server_and_warmup_is_counted_apart():
 
 
 def test_latbench_refuses_empty_rows_and_flags_heavy_loss():
-    from kbypass import latbench
+    from kbypass.bench import latency as latbench
     from kbypass.errors import KbypassError
 
     empty = {"p50_us": None, "p90_us": None, "p99_us": None, "p999_us": None, "samples": 0, "sent": 9, "lost": 9}

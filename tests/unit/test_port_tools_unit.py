@@ -15,7 +15,7 @@ from kbypass import cli
 from kbypass.apps.capture import capture, spread
 from kbypass.port.steered import SteeredPort, rule_list
 from kbypass.errors import UsageError
-from kbypass.pcap import PcapWriter
+from kbypass.apps.pcap import PcapWriter
 from kbypass.port.batch import DESC, Batch
 from kbypass.steer.rules import Rule
 from kbypass.xsk.umem import Umem

@@ -2,7 +2,8 @@
 
 import pytest
 
-from kbypass import cli, ifstats
+from kbypass import cli
+from kbypass.host import ifstats
 
 
 def _main(argv):

@@ -1,7 +1,7 @@
 import pytest
 
 from kbypass.errors import UsageError
-from kbypass.testbed import TestbedConfig
+from kbypass.host.testbed import TestbedConfig
 
 
 def test_defaults_are_valid_and_names_derive_from_prefix():
@@ -36,8 +36,8 @@ def test_bad_config_names_the_fix(kwargs, words):
 
 def test_prefix_cap_keeps_napi_names_apart():
     """Six characters is the most for which "napi/<prefix>-a-" and one digit of the NAPI id survive a
-    kernel's 15-character cut of thread names (what kbypass.napi needs to tell host a's from host b's)."""
-    from kbypass import napi, testbed
+    kernel's 15-character cut of thread names (what kbypass.host.napi needs to tell host a's from host b's)."""
+    from kbypass.host import napi, testbed
 
     longest = TestbedConfig(prefix="x" * testbed.MAX_PREFIX)
     longest.validate()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from kbypass import testbed
+from kbypass.host import testbed
 from kbypass.errors import TestbedError
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kbypass import testbed
+from kbypass.host import testbed
 from kbypass.testing import plugin
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from kbypass.faults import FaultyLink
+from kbypass.proto.faults import FaultyLink
 from kbypass.proto.transport import ConnConfig, Connection, Listener, Role, wire
 from kbypass.proto.transport.recvbuf import ReceiveBuffer
 from kbypass.proto.transport.sendbuf import SendBuffer

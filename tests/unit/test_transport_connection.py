@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from kbypass.faults import FaultyLink
+from kbypass.proto.faults import FaultyLink
 from kbypass.proto.transport import (
     Closed, ConnConfig, Connected, Connection, ConnectionLost, DataReceived, Listener, LocalProtocolError,
     MessageReceived, PeerClosed, Role, State,

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from kbypass.faults import FaultyLink
+from kbypass.proto.faults import FaultyLink
 from kbypass.proto.transport import ConnConfig, wire
 from kbypass.proto.transport.sim import PairSim, measure_goodput
 from kbypass.xfer.endpoint import default_config

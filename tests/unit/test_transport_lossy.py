@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kbypass.faults import FaultyLink, GilbertElliott
+from kbypass.proto.faults import FaultyLink, GilbertElliott
 from kbypass.proto.transport import ConnConfig
 from kbypass.proto.transport.sim import PairSim
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from kbypass.errors import UsageError
-from kbypass.faults import FaultyLink
+from kbypass.proto.faults import FaultyLink
 from kbypass.port.batch import DESC, Batch
 from kbypass.proto.transport import (
     Closed, ConnConfig, Connected, Connection, ConnectionLost, Listener, LocalProtocolError, PeerClosed, Role,

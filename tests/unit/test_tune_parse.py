@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kbypass.errors import UsageError
-from kbypass.tune import KNOBS, parse_settings
+from kbypass.host.tune import KNOBS, parse_settings
 
 
 def test_good_settings_parse():

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kbypass.apps.loop import Ticker, receive_batches
-from kbypass.pcap import PcapWriter
+from kbypass.apps.pcap import PcapWriter
 
 
 def spread(prev_ns: int, now_ns: int, n: int) -> np.ndarray:

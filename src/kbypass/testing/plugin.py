@@ -13,7 +13,8 @@ import re
 
 import pytest
 
-from kbypass import netns, testbed
+from kbypass import netns
+from kbypass.host import testbed
 
 PREFIX_ENV = "KBYPASS_TEST_TESTBED_PREFIX"  # lets a test fix the name of a child session's testbed
 B36 = "0123456789abcdefghijklmnopqrstuvwxyz"

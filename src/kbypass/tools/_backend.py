@@ -8,7 +8,7 @@ refused for the others rather than silently ignored, before anything is opened.
 
 from __future__ import annotations
 
-from kbypass import testbed
+from kbypass.host import testbed
 from kbypass.errors import UsageError, require_root
 from kbypass.port import BACKENDS
 from kbypass.tools._common import pin_cpu

@@ -14,7 +14,7 @@ import argparse
 import math
 import os
 
-from kbypass import testbed
+from kbypass.host import testbed
 
 # Longer than any run anyone means (a year): catches 1e300 before it overflows a deadline computation.
 MAX_SECONDS = 365 * 24 * 3600.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kbypass import testbed
+from kbypass.host import testbed
 from kbypass.errors import UsageError
 from kbypass.tools import _options
 from kbypass.tools import _output

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from kbypass import latbench, rxbench, testbed
-from kbypass.benchkit import PLACEMENTS
+from kbypass.bench import latency as latbench, rx as rxbench
+from kbypass.host import testbed
+from kbypass.bench.kit import PLACEMENTS
 from kbypass.errors import UsageError, require_root
 from kbypass.tools._common import add_prefix_option, console
 from kbypass.tools._options import int_range, output_dir, positive_int, seconds_up_to

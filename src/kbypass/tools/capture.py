@@ -15,7 +15,7 @@ import sys
 
 from kbypass.apps.capture import capture
 from kbypass.errors import UsageError
-from kbypass.pcap import PcapWriter
+from kbypass.apps.pcap import PcapWriter
 from kbypass.tools import _options
 from kbypass.tools._backend import add_backend_option, open_backend
 from kbypass.tools._port import (add_port_options, announce, emit, progress_printer, rules_or_default,

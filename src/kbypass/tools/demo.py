@@ -12,7 +12,9 @@ import socket
 import subprocess
 import time
 
-from kbypass import benchkit, doctor, napi, netns, rxbench, testbed
+from kbypass.bench import kit as benchkit, rx as rxbench
+from kbypass.host import doctor, napi, testbed
+from kbypass import netns
 from kbypass.errors import KbypassError, UsageError, require_root
 from kbypass.tools import bench as bench_tool
 from kbypass.tools import doctor as doctor_tool

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from kbypass import doctor
+from kbypass.host import doctor
 from kbypass.tools._common import add_prefix_option, console, print_json
 
 

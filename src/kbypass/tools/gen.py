@@ -14,7 +14,8 @@ import sys
 import socket
 import struct
 
-from kbypass import netns, testbed
+from kbypass import netns
+from kbypass.host import testbed
 from kbypass.errors import TestbedError, UsageError, require_root
 from kbypass.gen.afxdp import MAX_BATCH
 from kbypass.gen.flows import FlowSpec, parse_ip_range, parse_range

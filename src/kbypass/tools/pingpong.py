@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from kbypass import testbed
+from kbypass.host import testbed
 from kbypass.apps.loop import Stopper
 from kbypass.apps.pingpong import GIVE_UP, check_client_options, client_error, ping, plot_histogram, serve
 from kbypass.errors import KbypassError, UsageError, require_root

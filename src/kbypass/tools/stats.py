@@ -14,7 +14,7 @@ import time
 from rich.live import Live
 from rich.table import Table
 
-from kbypass import ifstats, testbed
+from kbypass.host import ifstats, testbed
 from kbypass.apps.loop import Stopper
 from kbypass.errors import UsageError
 from kbypass.tools._common import console

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from kbypass import testbed
+from kbypass.host import testbed
 from kbypass.tools._common import console, add_prefix_option, print_json
 from kbypass.tools._options import int_range
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from kbypass import testbed, tune
+from kbypass.host import testbed, tune
 from kbypass.errors import UsageError, require_root
 from kbypass.tools._options import add_json, add_where
 from kbypass.tools._output import console, print_json

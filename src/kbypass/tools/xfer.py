@@ -7,7 +7,7 @@ bypass path (AF_XDP by default), in UDP or raw Ethernet frames, and report goodp
 Loss injection acts on the frames THIS end receives: --loss P on the receiver drops data, on the sender
 only the receiver's ACKs. For loss on the path give it to both ends. --loss drops in the XDP steering
 program (afxdp backend; --loss-at user for the seeded userspace link instead); --faults SPEC puts the
-seeded userspace FaultyLink (kbypass.faults.parse_spec: loss, burst, reorder, duplicate, corrupt, delay,
+seeded userspace FaultyLink (kbypass.proto.faults.parse_spec: loss, burst, reorder, duplicate, corrupt, delay,
 ...) on the datagrams this end receives. The summary counts what each dropped (drops.loss_xdp,
 drops.loss_user).
 
@@ -34,7 +34,7 @@ import random
 import sys
 import time
 
-from kbypass import testbed
+from kbypass.host import testbed
 from kbypass.errors import UsageError, require_root
 from kbypass.tools import _options as opt
 from kbypass.tools._common import pin_cpu
@@ -187,7 +187,7 @@ def _where(args) -> tuple[str, str | None, str | None]:
 
 
 def _faults(args) -> dict | None:
-    from kbypass.faults import parse_spec
+    from kbypass.proto.faults import parse_spec
 
     try:
         kw = parse_spec(args.faults) if args.faults else {}

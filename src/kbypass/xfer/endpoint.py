@@ -51,7 +51,7 @@ import time
 from collections import Counter, deque
 
 from kbypass.errors import KbypassError, UsageError
-from kbypass.faults import FaultyLink
+from kbypass.proto.faults import FaultyLink
 from kbypass import backend
 from kbypass.net import Interface, bind_udp, link_info
 from kbypass.proto.transport import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from kbypass.faults import FaultyLink
+from kbypass.proto.faults import FaultyLink
 
 from .config import ConnConfig
 from .connection import Connection, Role

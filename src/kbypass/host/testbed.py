@@ -55,7 +55,7 @@ XDP_MTU_WHY = (f"veth takes an XDP program without multi-buffer support (kbypass
                "headroom and 320 of skb_shared_info, less the 14-byte Ethernet header")
 # Interface names are "<prefix>-a" and "<prefix>-b". A NAPI thread is named "napi/<ifname>-<id>", and kernels
 # before 5.17 show only its first 15 characters: with a prefix of at most 6, "napi/<prefix>-a-" plus at least
-# one digit of the id always survives the cut, so kbypass.napi tells host a's threads from host b's (and from
+# one digit of the id always survives the cut, so kbypass.host.napi tells host a's threads from host b's (and from
 # those of a testbed whose prefix merely starts with this one).
 MAX_PREFIX = 6
 RUN_DIR = "/run/kbypass"  # ownership markers and locks (see the module doc)

@@ -14,7 +14,7 @@ Per row: packets handled per second of the burst, the share of the burst deliver
 receiving CPU, plus the softirq share of the generator's CPU).
 
 By default host b's receive work runs as threaded NAPI pinned to the receiving CPU (placement "sut", see
-kbypass.benchkit): each path's whole cost lands on its one core, as on a NIC whose interrupt is on that
+kbypass.bench.kit): each path's whole cost lands on its one core, as on a NIC whose interrupt is on that
 core, and the generator is not slowed by the receiver. Placement "sender" is veth's default, where that
 work runs in the generator's softirq and every row is capped by the generator.
 """
@@ -26,7 +26,8 @@ import os
 import statistics
 from pathlib import Path
 
-from kbypass import benchkit, napi, testbed
+from kbypass.bench import kit as benchkit
+from kbypass.host import napi, testbed
 from kbypass.gen.live import LiveGenerator
 from kbypass.gen.template import udp_template
 

@@ -5,7 +5,7 @@ Knobs (name -> where it lives):
   gro_flush_timeout      /sys/class/net/IF/gro_flush_timeout     (ns; with the above, the IRQ-suspension
                                                                   window SO_PREFER_BUSY_POLL relies on)
   threaded               /sys/class/net/IF/threaded              (1: NAPI runs as kernel threads
-                                                                  "napi/IF-ID" you can pin; see kbypass.napi)
+                                                                  "napi/IF-ID" you can pin; see kbypass.host.napi)
   busy_poll, busy_read   /proc/sys/net/core/{busy_poll,busy_read} (us of busy polling in poll()/read();
                                                                   system-wide)
   rx-usecs, rx-frames, tx-usecs, tx-frames, adaptive-rx, adaptive-tx

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from kbypass import napi, testbed
+from kbypass.host import napi, testbed
 from kbypass.errors import KbypassError
 
 CLIENT_CPU, SERVER_CPU = 0, 1

@@ -25,7 +25,7 @@ import time
 
 from pyroute2 import NetNS
 
-from kbypass import napi, testbed
+from kbypass.host import napi, testbed
 from kbypass.gen.live import LiveGenerator
 
 GEN_CPU, SUT_CPU = 0, 1

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kbypass import testbed
+from kbypass.host import testbed
 
 PROC_MOUNTS = "/proc/mounts"
 PROC_STATUS = "/proc/self/status"

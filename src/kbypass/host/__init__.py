@@ -1,0 +1,1 @@
+"""Host facilities: the netns testbed, NAPI placement, tuning knobs, interface statistics, doctor."""

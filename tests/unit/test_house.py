@@ -1,0 +1,77 @@
+"""The house rules of the code base (issue "One house"), checked on every run: the layers import downwards
+only (import-linter's contracts in pyproject.toml), no module reaches into another package's private names,
+and no source file grows past what one person reads in a sitting."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src" / "kbypass"
+MAX_LINES = 700
+
+
+def _package(module: str) -> str:
+    """The package a module belongs to for these rules: kbypass.port.afxdp -> kbypass.port; a top-level
+    module (kbypass.errors) is its own."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def _modules():
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        name = ".".join(rel.parts)
+        yield name.removesuffix(".__init__"), path
+
+
+def test_layers_import_downwards_only():
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert exe, "import-linter is not installed: `make setup` installs the test extras"
+    r = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "BROKEN" not in r.stdout and "KEPT" in r.stdout, r.stdout[-2000:]
+
+
+def _private_uses(name: str, path: Path):
+    """(line, what) for every private name of another package this module imports or reads."""
+    tree = ast.parse(path.read_text(), str(path))
+    mine = _package(name)
+    aliases: dict[str, str] = {}  # local name -> module it stands for
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("kbypass"):
+                    aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else "kbypass"
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("kbypass"):
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__") and _package(node.module) != mine:
+                    if not node.module.split(".")[-1].startswith("_fast"):
+                        yield node.lineno, f"from {node.module} import {a.name}"
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name) and node.value.id in aliases):
+            target = aliases[node.value.id]
+            if _package(target) != mine and not target.split(".")[-1].startswith("_"):
+                yield node.lineno, f"{node.value.id}.{node.attr} ({target})"
+
+
+def test_no_module_reaches_into_another_packages_private_names():
+    found = [f"{path.relative_to(ROOT)}:{line}: {what}" for name, path in _modules()
+             for line, what in _private_uses(name, path)]
+    assert not found, "private names used across packages (make them public or move the code):\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("pattern", ["src/**/*.py", "csrc/**/*.c", "csrc/**/*.h"])
+def test_no_source_file_over_the_limit(pattern):
+    big = {str(p.relative_to(ROOT)): n for p in ROOT.glob(pattern)
+           if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not big, f"over {MAX_LINES} lines (split along a seam): {big}"
