@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kbypass.bpf import libbpf
 from kbypass.host import testbed
 
 PROC_MOUNTS = "/proc/mounts"
 PROC_STATUS = "/proc/self/status"
 BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
-BPF_OBJ_DIR = Path(__file__).parent / "bpf" / "obj"
+BPF_OBJ_DIR = libbpf.OBJ_DIR  # where make setup builds bpf/*.bpf.c (one definition: kbypass.bpf.libbpf)
 REQUIRED_OBJECTS = ("steer.bpf.o", "livegen.bpf.o")  # the steering program; the live-frames generator's
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_NET_RAW = 12, 21, 13
