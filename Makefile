@@ -10,7 +10,7 @@ BPF_OBJ := $(patsubst bpf/%.bpf.c,src/kbypass/bpf/obj/%.bpf.o,$(BPF_SRC))
 ARCH_INC = /usr/include/$(shell gcc -dumpmachine 2>/dev/null)
 # The C core (csrc/core/*.c -> build/libkbcore.a: rings, UMEM accounting, the UDP lane, the transport codec;
 # no Python in it, -fPIC so a preload shim can link it too) and kbypass's C modules, thin CPython bindings
-# over it (csrc/*.c -> kbypass._<name>; kbypass.native imports them, Python paths are the fallback).
+# over it (csrc/*.c -> kbypass._<name>; kbypass.backend imports them, Python paths are the fallback).
 CFLAGS_C := -O2 -g -std=gnu11 -Wall -Wextra -Werror -fPIC
 CORE_OBJ := $(patsubst csrc/core/%.c,build/core/%.o,$(wildcard csrc/core/*.c))
 CORE_LIB := build/libkbcore.a

@@ -131,7 +131,7 @@ struct steer_counter {
  * L3 fields only when the L4 header is bad. A REDIRECT verdict on it turns into PASS, so the AF_XDP
  * side never sees a frame whose lengths are wrong; the kernel then drops it and counts it in its own
  * statistics. The IPv4 header checksum is not verified here (a per-packet cost the kernel's receive
- * path pays anyway): the UDP stack and its C lane check it (kbypass.proto.ipv4, csrc/fastlane.c), and
+ * path pays anyway): the UDP stack and its C lane check it (kbypass.proto.ipv4, csrc/core/kb_udp.c), and
  * the transport's datagrams carry a CRC32 of their own. */
 #define STEER_STAT_UNMATCHED 0   /* IPv4/IPv6 (well-formed or not), no rule decided: XDP_PASS */
 #define STEER_STAT_PARSE_ERROR 1 /* truncated or lying headers (in addition to the above) */

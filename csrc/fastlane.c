@@ -143,7 +143,7 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kw) {
         goto out;
     }
     if (r) {
-        PyErr_SetString(PyExc_ValueError, "bad frame_size, stash, udp_port or busy_every");
+        PyErr_SetString(PyExc_ValueError, "bad frame_size (or a UMEM that is not whole frames), stash, udp_port or busy_every");
         goto out;
     }
     if ((uint64_t)self->views[V_STATE].len < (l->umem_size >> l->shift)) {
@@ -327,7 +327,7 @@ static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kbypass._fastlane.Lane",
     .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "One AF_XDP socket's rings, one UDP message at a time (see kbypass.endpoint._Lane).",
+    .tp_doc = "One AF_XDP socket's rings, one UDP message at a time (see kbypass.port.lane.MessageLane, its Python twin).",
     .tp_new = Lane_new,
     .tp_init = (initproc)Lane_init,
     .tp_dealloc = (destructor)Lane_dealloc,

@@ -286,7 +286,8 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastxfer", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "kbypass._fastxfer",
+                                     "the transport codec of the C core (kb_xfer): rx_run, encode, write_frames", -1, methods};
 
 PyMODINIT_FUNC PyInit__fastxfer(void) {
     if (!(s_seq = PyUnicode_InternFromString("seq")) || !(s_data = PyUnicode_InternFromString("data")) ||

@@ -10,7 +10,7 @@ import pytest
 
 from kbypass.testing.plugin import pid_tag  # noqa: F401 (tests name their own testbeds with it)
 
-# KBYPASS_PURE_PYTHON=1 switches kbypass's C modules off (kbypass.native): tests of the C paths skip then
+# KBYPASS_PURE_PYTHON=1 switches kbypass's C modules off (kbypass.backend): tests of the C paths skip then
 PURE_PYTHON = os.environ.get("KBYPASS_PURE_PYTHON") == "1"
 needs_c = pytest.mark.skipif(PURE_PYTHON, reason="KBYPASS_PURE_PYTHON=1 switches the C modules off")
 

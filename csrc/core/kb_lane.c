@@ -12,7 +12,9 @@ int kb_lane_setup(struct kb_lane *l) {
     if (!kb_ring_valid(l->rx) || !kb_ring_valid(l->fill) || !kb_ring_valid(l->tx) || !kb_ring_valid(l->comp))
         return KB_LANE_E_RINGS;
     uint32_t fs = l->frame_size;
-    if (fs == 0 || (fs & (fs - 1)) || l->stash_cap <= 0 || l->stash_cap > KB_LANE_STASH_MAX || l->busy_every == 0)
+    /* a whole number of frames: then every address below umem_size has its state in state[addr >> shift] */
+    if (fs == 0 || (fs & (fs - 1)) || (l->umem_size & (fs - 1)) || l->stash_cap <= 0 ||
+        l->stash_cap > KB_LANE_STASH_MAX || l->busy_every == 0)
         return KB_LANE_E_SIZES;
     l->shift = (uint32_t)__builtin_ctz(fs);
     l->chunk_mask = ~(uint64_t)(fs - 1);

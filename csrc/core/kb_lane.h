@@ -36,7 +36,8 @@ enum kb_lane_result {
     KB_LANE_E_SYS = -5,       /* a syscall failed (sys_errno) */
     KB_LANE_E_NOT_APP = -6,   /* give: not an application-held frame of this UMEM (bad_addr) */
     KB_LANE_E_RINGS = -7,     /* setup: a ring is not usable (kb_ring_valid) */
-    KB_LANE_E_SIZES = -8,     /* setup: frame_size not a power of two, stash_cap or busy_every out of range */
+    KB_LANE_E_SIZES = -8,     /* setup: frame_size not a power of two, umem_size not whole frames,
+                               * stash_cap or busy_every out of range */
 };
 
 struct kb_lane {

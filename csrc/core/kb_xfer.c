@@ -83,8 +83,9 @@ size_t kb_xfer_rx_run(const uint8_t *mem, uint64_t memlen, const struct kb_descs
             rd64(g + 12) != seq)
             break;
         uint64_t pack = rd64(g + 20);
-        if (pack != p->ack || pack + rd32(g + 28) > p->right || seq + plen > p->room_end ||
-            sum + plen > p->room_bytes)
+        /* as subtractions: the limits come from Python and may be near 2^64, where a sum would wrap */
+        if (pack != p->ack || pack > p->right || rd32(g + 28) > p->right - pack || seq > p->room_end ||
+            plen > p->room_end - seq || sum > p->room_bytes || plen > p->room_bytes - sum)
             break;
         if (kb_xfer_crc32(g, n - KB_XFER_CRC) != rd32(g + n - KB_XFER_CRC)) break;
         pieces[i - start] = (struct kb_xfer_piece){(uint64_t)(g + KB_XFER_HEADER - mem), plen,

@@ -11,7 +11,7 @@ RING_LAYOUT: dict[str, int]
 """struct kb_ring's member offsets, and its size under "sizeof"."""
 
 class Lane:
-    """One AF_XDP socket's rings, one UDP message at a time (see kbypass.endpoint._Lane)."""
+    """One AF_XDP socket's rings, one UDP message at a time (see kbypass.port.lane.MessageLane, its Python twin)."""
 
     def __init__(self, rx: WriteableBuffer, fill: WriteableBuffer, tx: WriteableBuffer, comp: WriteableBuffer,
                  umem: WriteableBuffer, state: WriteableBuffer, stats: WriteableBuffer, frame_size: int, fd: int,

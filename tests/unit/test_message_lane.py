@@ -12,7 +12,7 @@ from scapy.layers.l2 import ARP, Ether
 from kbypass.port import lane as lane_mod
 from tests.unit.test_endpoint_lane import MAC, PEER_MAC, VALID, fake_port, plain_udp
 
-NATIVE = [True, False] if lane_mod.NATIVE else [False]
+NATIVE = [True, False] if lane_mod.native_default() else [False]
 
 
 @pytest.mark.parametrize("native", NATIVE)

@@ -45,9 +45,10 @@ from collections import deque
 import numpy as np
 
 from kbypass import netns as _netns
+from kbypass.backend import native_module
 from kbypass.errors import KbypassError, UsageError
 from kbypass.net import Interface, bind_udp, check_address
-from kbypass.port.lane import NATIVE
+from kbypass.port.lane import native_default
 from kbypass.proto import checksum as ck
 from kbypass.proto import udp as udpp
 from kbypass.proto.stack import ArpTimeout, Stack, UdpDatagram
@@ -71,9 +72,8 @@ class XdpEndpoint(UdpEndpoint):
                  frame_size: int = 2048, ring_size: int = 2048, gratuitous_arp: bool = True,
                  native: bool | None = None, gateway: str | None = None) -> None:
         self._closed = True
-        if native and not NATIVE:
-            raise KbypassError("the endpoint's C fast path (kbypass._fastlane) is not built: run 'make setup' "
-                               "(it needs gcc and python3-dev), or leave native=None: the Python lane is used when C is not built")
+        if native:
+            native_module("lane")  # NativeMissing, naming the fix, before anything is opened
         self._check_common(ip, port, poll)
         from kbypass.port.steered import SteeredPort
 
@@ -131,7 +131,7 @@ class XdpEndpoint(UdpEndpoint):
             self._macb = bytes.fromhex(iface.mac.replace(":", ""))
             net = ipaddress.IPv4Network(f"{ip}/{prefixlen}", strict=False)
             self._bcast = net.broadcast_address.packed if prefixlen < 31 else None
-            self.native = NATIVE if native is None else native
+            self.native = native_default() if native is None else native
             self._udp = udpp.PlainUdp(self._macb, self._ipb, port, self._bcast)
             self._lanes = [p.message_lane(self._udp, native=self.native) for p in self._steered.ports]
             if dedicated:

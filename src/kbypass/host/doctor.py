@@ -163,16 +163,16 @@ def check_bpf_objects() -> Check:
 
 def check_native() -> Check:
     """kbypass's C modules: optional (pure-Python paths do the same work, slower)."""
-    from kbypass import native
+    from kbypass import backend
 
-    missing = native.missing()
+    missing = backend.missing()
     if missing:
         return Check("C modules", False, False, f"not built: {', '.join(missing)} (pure-Python paths used: "
                      "about 3x the ping-pong latency, slower batch bookkeeping)", "make setup   (needs gcc, python3-dev)")
     if os.environ.get("KBYPASS_PURE_PYTHON") == "1":
         return Check("C modules", False, False, "built, but KBYPASS_PURE_PYTHON=1 switches them off",
                      "unset KBYPASS_PURE_PYTHON")
-    return Check("C modules", True, False, ", ".join(native.MODULES.values()))
+    return Check("C modules", True, False, ", ".join(backend.MODULES.values()))
 
 
 def check_native_xdp(prefix: str | None = None, require_testbed: bool = False) -> Check:

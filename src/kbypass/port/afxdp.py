@@ -33,10 +33,8 @@ from .base import UmemPort
 from .batch import DESC, Batch
 
 POLL_MODES = ("wakeup", "busy")
-# The indexes of `AfXdpPort.counters`, in csrc/core/kb_port.h's order (a test holds them to the C core's).
-PORT_STATS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_completed", "tx_kicks", "rx_wakeups",
-              "in_fill", "in_tx")
-RX_PACKETS, RX_BYTES, TX_PACKETS, TX_BYTES, TX_COMPLETED, TX_KICKS, RX_WAKEUPS, IN_FILL, IN_TX = range(9)
+from .stats import (IN_FILL, IN_TX, PORT_STATS, RX_BYTES, RX_PACKETS, RX_WAKEUPS, TX_BYTES, TX_COMPLETED,
+                    TX_KICKS, TX_PACKETS)
 _STATS_KEYS = PORT_STATS[:IN_FILL]  # the counters `stats` reports under their own names
 
 

@@ -28,26 +28,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from kbypass.errors import KbypassError
-from kbypass.native import lane as _fastlane  # C per-message path; None: the Python lane does the work
+from kbypass import backend
 from kbypass.xsk.consts import XDP_PACKET_HEADROOM
 from kbypass.xsk.umem import APP, FILL, TX
 
 from .batch import DESC, Batch
 
-# indexes of the port's counters array (port.afxdp.PORT_STATS, csrc/core/kb_port.h's order)
-RX_PACKETS, RX_BYTES, TX_PACKETS, TX_BYTES, TX_COMPLETED, TX_KICKS, RX_WAKEUPS, IN_FILL, IN_TX = range(9)
+from .stats import IN_FILL, IN_TX, RX_BYTES, RX_PACKETS, TX_BYTES, TX_COMPLETED, TX_KICKS, TX_PACKETS
 _U32 = 0xFFFFFFFF
-NATIVE = _fastlane is not None  # the C lane is built (and not turned off by KBYPASS_PURE_PYTHON=1)
+
+
+def native_default() -> bool:
+    """Whether a lane runs in C unless told otherwise: the lane in force (kbypass.backend: C when built,
+    Python under KBYPASS_PURE_PYTHON=1 or after a tool's --lane python) and the C lane module built."""
+    return backend.lane() == "c" and backend.built("lane")
 
 
 def open_lane(port, rings, udp=None, native: bool | None = None) -> "MessageLane":
     """The lane for AfXdpPort.message_lane: C when `native` (None: when built), else Python."""
-    if native and _fastlane is None:
-        raise KbypassError("the C message lane (kbypass._fastlane) is not built: run 'make setup' (it needs "
-                           "gcc and python3-dev), or leave native=None: the Python lane is used when C is not built")
     if native is None:
-        native = _fastlane is not None
+        native = native_default()
     return NativeMessageLane(port, rings, udp) if native else MessageLane(port, rings, udp)
 
 
@@ -257,7 +257,8 @@ class NativeMessageLane(MessageLane):
         # without `udp` the C checks never run (receive_udp is receive_one): any address does
         mac, ip, uport, bcast = (bytes(6), bytes(4), 0, None) if udp is None else (udp.mac, udp.ip, udp.port,
                                                                                    udp.bcast)
-        self.c = _fastlane.Lane(self._rx.shared, self._fill.shared, self._tx.shared, self._comp.shared,
+        fastlane = backend.native_module("lane")  # NativeMissing, naming the fix, when it is not built
+        self.c = fastlane.Lane(self._rx.shared, self._fill.shared, self._tx.shared, self._comp.shared,
                                  umem=u.array, state=u.state, stats=port.counters, frame_size=u.frame_size,
                                  fd=self.fd, mac=mac, ip=ip, udp_port=uport, bcast=bcast, copy=self._copy,
                                  busy=self._busy, busy_every=self.BUSY_POLL_EVERY, stash=self.STASH)
@@ -305,4 +306,4 @@ class NativeMessageLane(MessageLane):
             super().close()
 
 
-__all__ = ["MessageLane", "NativeMessageLane", "NATIVE", "open_lane"]
+__all__ = ["MessageLane", "NativeMessageLane", "native_default", "open_lane"]

@@ -122,6 +122,10 @@ def _open(args):
             raise UsageError("the afxdp backend needs an interface: --iface IF (with --netns NS), or --host a|b")
         require_root(f"kbypass pingpong {args.role}")
     pin_cpu(args.cpu)
+    if args.lane is not None:  # one choice for the whole process: the message lane and the batch bookkeeping
+        from kbypass import backend
+
+        backend.select(args.lane)
     if args.backend != "afxdp":
         return UdpEndpoint(iface, ip, args.port, netns=ns, poll=args.poll, backend=args.backend)
     return UdpEndpoint(iface, ip, args.port, netns=ns, dedicated=bool(args.dedicated), poll=args.poll,
