@@ -117,3 +117,10 @@ def test_receiver_gives_up_waiting_and_leaves_no_file(testbed_hosts, tmp_path) -
     assert recv.returncode == 2 and time.monotonic() - t0 < 30
     assert recv.stderr.strip().splitlines()[-1].startswith("kbypass: error: timed out after 1.0 s while accepting")
     assert not got.exists()
+    # a file that was there keeps what it had (it was cut to 0 bytes before), and no partial file stays
+    got.write_bytes(b"an earlier transfer")
+    recv = subprocess.run([sys.executable, "-m", "kbypass", "xfer", "recv", "--host", "b", "-p", str(PORT),
+                           "-w", str(got), "--idle-timeout", "1"], capture_output=True, text=True, timeout=60)
+    assert recv.returncode == 2
+    assert got.read_bytes() == b"an earlier transfer"
+    assert [p.name for p in tmp_path.iterdir()] == ["got.bin"]

@@ -45,10 +45,11 @@ def test_unwritable_file_fails_before_the_port_is_opened(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="nosuch0"):
         capture.run(_args(path))
     assert not path.exists()
-    path.write_bytes(b"keep")  # a file that was there before is the user's: not removed
+    path.write_bytes(b"keep")  # a file that was there before is the user's: not removed, not emptied
     with pytest.raises(UsageError):
         capture.run(_args(path))
-    assert path.exists()
+    assert path.read_bytes() == b"keep"  # (it was cut to a 24-byte pcap header before)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.pcap"], "a partial file was left behind"
 
 
 def test_iface_without_a_rule_is_refused_before_the_file_is_touched(tmp_path, monkeypatch):

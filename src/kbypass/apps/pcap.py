@@ -21,24 +21,26 @@ RECORD = np.dtype([("sec", "<u4"), ("nsec", "<u4"), ("incl", "<u4"), ("orig", "<
 
 
 class PcapWriter:
-    def __init__(self, path: str, snaplen: int = 65535) -> None:
+    def __init__(self, path: str, snaplen: int = 65535, *, name: str | None = None) -> None:
         """Create (or truncate) `path` ("-": standard output) and write the pcap header; a path that cannot
-        be written is a UsageError naming it and the reason, not an OSError."""
+        be written is a UsageError naming it (or `name`, the file the user asked for when `path` is a
+        partial file beside it) and the reason, not an OSError."""
         self.snaplen = snaplen
         self.packets = 0
         self.path = str(path)
+        self.name = str(name or path)
         self.to_stdout = self.path == "-"
         try:
             self.file = sys.stdout.buffer if self.to_stdout else open(path, "wb")
         except OSError as e:
-            raise UsageError(f"cannot write the capture file {self.path!r}: {e.strerror}; choose a file in a "
+            raise UsageError(f"cannot write the capture file {self.name!r}: {e.strerror}; choose a file in a "
                              "directory you can write") from None
         try:
             self.file.write(struct.pack("<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
             self.file.flush()
         except OSError as e:
             self.close()
-            raise UsageError(f"cannot write the capture file {self.path!r}: {e.strerror}") from None
+            raise UsageError(f"cannot write the capture file {self.name!r}: {e.strerror}") from None
 
     def write_batch(self, batch: Batch, now: float | None = None, times_ns: np.ndarray | None = None) -> None:
         """Append every frame of the batch (cut to snaplen). Stamps: `times_ns`, one per frame (nanoseconds

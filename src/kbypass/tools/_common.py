@@ -23,3 +23,10 @@ def pin_cpu(cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
     except OSError as e:
         raise UsageError(f"--cpu {cpu}: cannot run there ({e.strerror}); pick another CPU") from None
+
+
+def partial_path(path: str) -> str:
+    """Where a command writes `path` until it has something worth keeping: beside it (one file system, so
+    os.replace is atomic), hidden, per process. A command that fails leaves an existing `path` untouched."""
+    head, name = os.path.split(os.path.abspath(path))
+    return os.path.join(head, f".{name}.kbypass-partial-{os.getpid()}")

@@ -18,6 +18,7 @@ from kbypass.errors import UsageError
 from kbypass.apps.pcap import PcapWriter
 from kbypass.tools import _options
 from kbypass.tools._backend import add_backend_option, open_backend
+from kbypass.tools._common import partial_path
 from kbypass.tools._port import (add_port_options, announce, emit, progress_printer, rules_or_default,
                                  takes_note, unreached_warnings, warn)
 
@@ -59,16 +60,20 @@ def run(args) -> int:
         raise UsageError("-w - writes binary pcap to standard output, which is a terminal: pipe it "
                          "(| tcpdump -r -) or give a file")
     rules = rules_or_default(args, "any", "every IP packet")
-    # The file first: a path we cannot write fails before any port is opened or XDP program attached.
-    created = not to_stdout and not os.path.lexists(args.write)
-    pcap = PcapWriter(args.write, args.snaplen)
+    # The file first: a path we cannot write fails before any port is opened or XDP program attached. It is
+    # a partial file beside the target until the port is open, so a capture that cannot start leaves an
+    # existing file as it was (and no empty one behind).
+    path = args.write if to_stdout else partial_path(args.write)
+    pcap = PcapWriter(path, args.snaplen, name=args.write)
     try:
         sp = open_backend(args, rules)
     except BaseException:
         pcap.close()
-        if created and os.path.isfile(args.write):
-            os.unlink(args.write)  # leave no empty capture behind when the port could not be opened
+        if not to_stdout and os.path.isfile(path):
+            os.unlink(path)
         raise
+    if not to_stdout:
+        os.replace(path, args.write)  # the capture starts: from here on the file is the capture
     # With -w - standard output is the pcap: everything for people goes to stderr.
     human = sys.stderr if to_stdout else sys.stdout
     with sp, pcap:

@@ -37,7 +37,7 @@ import time
 from kbypass.host import testbed
 from kbypass.errors import UsageError, require_root
 from kbypass.tools import _options as opt
-from kbypass.tools._common import pin_cpu
+from kbypass.tools._common import partial_path, pin_cpu
 from kbypass.tools._output import emit
 
 BLOCK = 1 << 20
@@ -438,7 +438,7 @@ def _recv(args) -> int:
     from kbypass.xfer import TransferError
 
     out = None
-    created = False
+    partial = None  # --write goes here first, and replaces the file only when the run has data to keep
     stopped = failed = None
     h = hashlib.sha256()
     got = 0
@@ -451,9 +451,8 @@ def _recv(args) -> int:
             if to_stdout:
                 out = sys.stdout.buffer
             elif args.write:
-                existed = os.path.exists(args.write)
-                out = _open_file(args.write, "wb", "--write")
-                created = not existed
+                partial = partial_path(args.write)
+                out = _open_file(partial, "wb", "--write")
             where = f"{ep.encap.name} " + (f"{args.ip or ''}:{ep.encap.port}" if args.encap == "udp"
                                            else f"ethertype {ep.encap.ethertype:#06x}")
             progress = Progress(args, ep, None, "bytes_delivered")
@@ -484,26 +483,29 @@ def _recv(args) -> int:
                 seconds = time.monotonic() - t0 if t0 is not None else 0.0
         summary = _summary(args, ep, got, seconds, h.hexdigest())
     except BaseException:
-        _drop_created(args, out, created)
+        _drop_partial(out, partial)
         raise
     if out is not None and not to_stdout:
         out.close()
     elif to_stdout:
         sys.stdout.flush()
-    if created and (failed is not None or (stopped is not None and not got)):
-        _drop_created(args, None, created)  # a failed run's file goes; an interrupted one keeps what arrived
+    if partial is not None and (failed is not None or (stopped is not None and not got)):
+        _drop_partial(None, partial)  # a failed run leaves --write as it was; an interrupted one keeps what arrived
         summary["write"] = None
+    elif partial is not None:
+        os.replace(partial, args.write)
+        summary["write"] = args.write
     elif args.write:
         summary["write"] = args.write
     return _finish(args, summary, stopped, failed, ok=ep.lost is None, to_stderr=to_stdout)
 
 
-def _drop_created(args, out, created: bool) -> None:
-    """Remove the --write file this run made (it failed before finishing it)."""
-    if out is not None and args.write != "-":
+def _drop_partial(out, partial: str | None) -> None:
+    """Close and remove the partial --write file of a run that failed: the target stays as it was."""
+    if out is not None and partial is not None:
         out.close()
-    if created:
+    if partial is not None:
         try:
-            os.unlink(args.write)
+            os.unlink(partial)
         except FileNotFoundError:
             pass
