@@ -80,6 +80,7 @@ VALID = {
     ("xfer send", "--size"): {"0"},  # an empty transfer
 }
 PATH_TYPES = {"output_file.<locals>.parse", "output_dir", "input_file"}
+NAME_TYPES = {"testbed_prefix"}  # a name, not a number: "nan" and "0" are fine testbed prefixes
 
 
 def command(path) -> str:
@@ -92,7 +93,7 @@ def is_numeric(cmd: str, action: argparse.Action) -> bool:
     t = action.type
     if t is None or t is str or isinstance(action, argparse._StoreConstAction):
         return False
-    return getattr(t, "__qualname__", "") not in PATH_TYPES
+    return getattr(t, "__qualname__", "") not in PATH_TYPES | NAME_TYPES
 
 
 def numeric_cases():
@@ -271,3 +272,16 @@ def test_dash_is_standard_output_not_a_file_named_dash(guarded, capsysbinary, cm
     with pytest.raises(AssertionError, match="REACHED"):
         run(argv_for(cmd, guarded, [option, "-"], WITHOUT.get((cmd, option), ())))
     assert not (guarded / "cwd" / "-").exists(), f"{cmd} {option} - made a file named '-'"
+
+
+@pytest.mark.parametrize("value", ["", "much-too-long", "a b", "x/y"])
+def test_a_bad_prefix_is_refused_not_read_as_the_default(capsys, value) -> None:
+    """`--prefix ""` (an unset shell variable) acted on the default testbed 'kb': `testbed down --prefix
+    "$UNSET"` took it down."""
+    from kbypass import cli
+
+    with pytest.raises(SystemExit) as exited:  # argparse's own exit, before anything runs
+        cli.main(["testbed", "down", "--prefix", value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kbypass: error: testbed down: argument --prefix"), err

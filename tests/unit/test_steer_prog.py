@@ -641,6 +641,7 @@ def test_refuses_when_another_program_is_attached(veth_ns: str) -> None:
             second.close()
         msg = str(info.value)
         assert f"XDP program id {first.prog_id} ('kbypass_steer')" in msg
+        assert "already steered by kbypass" in msg and "stop the process" in msg  # not "remove it" first
         assert f"ip -n {veth_ns} link set dev kb0 xdp off" in msg
         assert query(veth_ns, "kb0").prog_id == first.prog_id  # the first one is untouched
     # a netlink-attached program (what `ip link set xdp` makes) is refused the same way

@@ -121,7 +121,8 @@ class XdpEndpoint(UdpEndpoint):
                                             tx_size=ring_size, fill_size=ring_size, comp_size=ring_size)
             except KbypassError as e:
                 # someone else's XDP program on the interface, or their AF_XDP sockets on its queues
-                if "already has XDP program" in str(e) or "already uses this queue" in str(e):
+                if any(w in str(e) for w in ("already has XDP program", "already steered by kbypass",
+                                             "already uses this queue")):
                     raise KbypassError(
                         f"cannot steer {ip}:{port}: {ifname} is already steered by someone else (another "
                         f"kbypass process or XDP tool holds it; 'bpftool net show' names it): stop that "

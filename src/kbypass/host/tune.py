@@ -103,6 +103,8 @@ def parse_settings(items: list[str]) -> dict[str, str]:
             raise UsageError(f"{name}={value}: give a non-negative integer")
         elif int(value) > MAX_VALUE:  # the kernel keeps these in (signed) 32-bit fields
             raise UsageError(f"{name}={value}: give at most {MAX_VALUE}")
+        elif name == "threaded" and value not in ("0", "1"):  # the kernel answers anything else with EIO
+            raise UsageError(f"threaded={value}: use 0 (NAPI in softirq) or 1 (NAPI kernel threads)")
         out[name] = value
     return out
 

@@ -228,6 +228,15 @@ class Steering(SteerProgram):
             info = libbpf.xdp_query(self.ifindex)
             if info.attached:
                 ids = ", ".join(_describe(i) for i in info.ids)
+                if any(libbpf.prog_name(i) == PROGRAM for i in info.ids):
+                    # another kbypass process steers here: removing its program would cut its traffic
+                    raise KbypassError(
+                        f"{self.ifname} in {self._where()} is already steered by kbypass (XDP program id {ids}): "
+                        "one kbypass process per interface for now (a shared control plane is planned), so stop "
+                        "the process that steers it ('bpftool link show' names its pid) or use another "
+                        f"interface; only if no process holds it, remove it with '{self._ip()} set dev "
+                        f"{self.ifname} xdp off'"
+                    )
                 raise KbypassError(
                     f"{self.ifname} in {self._where()} already has XDP program id {ids}; kbypass does not "
                     f"replace it: remove it with '{self._ip()} set dev {self.ifname} xdp off' (if that says busy, a "

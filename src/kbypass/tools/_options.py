@@ -105,11 +105,28 @@ def input_file(text: str) -> str:
 
 # --- the shared options, each added the same way everywhere -------------------------------------------------
 
+def testbed_prefix(text: str) -> str:
+    """A testbed name prefix as `kbypass testbed up` makes them: an empty one is refused, never read as the
+    default (`--prefix "$UNSET"` must not reach the default testbed)."""
+    from kbypass.errors import UsageError
+    from kbypass.host import testbed
+
+    try:
+        testbed.TestbedConfig(prefix=text).validate()
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+testbed_prefix.__name__ = "a testbed prefix"
+
+
 def add_prefix(p) -> None:
-    p.add_argument("--prefix", default=None, help="testbed name prefix (default: $KBYPASS_TESTBED or 'kb')")
+    p.add_argument("--prefix", type=testbed_prefix, default=None,
+                   help="testbed name prefix (default: $KBYPASS_TESTBED or 'kb')")
 
 
-def add_where(p, *, iface_help: str = "interface (default: the testbed host's veth)",
+def add_where(p, *, iface_help: str = "interface to work on (or --host for a testbed host's veth)",
               host_help: str = "a testbed host: sets --iface and --netns from 'kbypass testbed status'",
               netns_help: str = "network namespace of --iface (default: where kbypass runs)") -> None:
     """-i/--iface, --netns, --host and --prefix: where a command works."""

@@ -30,7 +30,7 @@ def ring_size(text: str) -> int:
 
 def add_port_options(p, *, default_rule_help: str, default_batch: int = 256) -> None:
     where = p.add_argument_group("where")
-    _options.add_where(where, iface_help="interface to steer from (default: the testbed host's veth)")
+    _options.add_where(where, iface_help="interface to steer from (or --host for a testbed host's veth)")
     where.add_argument("--queue", type=_options.int_range(0, 4095, "a queue id"), default=None,
                        help="queue id (default: every receive queue, one AF_XDP socket each); a flow the "
                             "NIC hashes to another queue goes to the kernel, and the summary says so")
