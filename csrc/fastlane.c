@@ -27,6 +27,7 @@ typedef struct {
     PyObject_HEAD
     struct kb_lane l;
     Py_buffer views[NVIEWS]; /* views[i].obj != NULL while held */
+    uint8_t *scratch;        /* one UMEM frame: recv copies the frame here before it builds Python objects */
     int closed;
 } Lane;
 
@@ -150,6 +151,11 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "state must hold one byte per frame of the UMEM");
         goto out;
     }
+    PyMem_Free(self->scratch);
+    if (!(self->scratch = PyMem_Malloc(l->frame_size))) {
+        PyErr_NoMemory();
+        goto out;
+    }
     self->closed = 0;
     rc = 0;
 out:
@@ -169,6 +175,7 @@ static PyObject *Lane_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 
 static void Lane_dealloc(Lane *self) {
     release_views(self);
+    PyMem_Free(self->scratch);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -182,19 +189,16 @@ static PyObject *Lane_recv(Lane *self, PyObject *unused) {
     if (r == KB_LANE_EMPTY) Py_RETURN_NONE;
     if (r == KB_LANE_FILL_FULL) Py_RETURN_NOTIMPLEMENTED;
     if (r != KB_LANE_FRAME) return lane_error(self, r, 0);
-    const uint8_t *f = self->l.umem + d.addr;
-    PyObject *out;
-    if (kb_udp_accept(&self->l.me, f, d.len))
-        out = Py_BuildValue("(y#y#i)", (const char *)f + KB_UDP_HLEN, (Py_ssize_t)kb_udp_payload_len(f),
-                            (const char *)kb_udp_src_ip(f), (Py_ssize_t)4, (int)kb_udp_src_port(f));
-    else
-        out = PyBytes_FromStringAndSize((const char *)f, d.len);
-    if (!out) {
-        kb_lane_rx_abort(&self->l);
-        return NULL;
-    }
+    /* Copy the frame out and hand it back to the kernel before any Python object is made: making one can
+     * run a garbage collection, and a finalizer may use (or close) this port's rings meanwhile. */
+    uint32_t n = d.len <= self->l.frame_size ? d.len : self->l.frame_size; /* the kernel keeps to a frame */
+    memcpy(self->scratch, self->l.umem + d.addr, n);
     kb_lane_rx_done(&self->l, &d);
-    return out;
+    const uint8_t *f = self->scratch;
+    if (kb_udp_accept(&self->l.me, f, n))
+        return Py_BuildValue("(y#y#i)", (const char *)f + KB_UDP_HLEN, (Py_ssize_t)kb_udp_payload_len(f),
+                             (const char *)kb_udp_src_ip(f), (Py_ssize_t)4, (int)kb_udp_src_port(f));
+    return PyBytes_FromStringAndSize((const char *)f, n);
 }
 
 static PyObject *Lane_wake(Lane *self, PyObject *unused) {

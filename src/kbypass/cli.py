@@ -12,11 +12,14 @@ catches it around its loop and still prints its summary. Uncaught, SIGINT exits 
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import importlib
 import os
 import signal
 import sys
+import threading
+import time
 
 from kbypass import __version__
 from kbypass.errors import KbypassError
@@ -36,6 +39,19 @@ def _on_sigterm(signum, frame) -> None:
         # run their cleanup (capture deleted its own output file that way). The child just goes.
         os._exit(128 + signum)
     raise Terminated()
+
+
+def _redeliver(info) -> None:
+    """sys.unraisablehook: a signal whose exception was raised inside a finalizer or an at-fork handler
+    (pyroute2's event loops and forks have them) is one Python only reports ("Exception ignored in ...",
+    a traceback) and then forgets, so Ctrl-C was lost. Deliver it again to the main thread, quietly;
+    anything else goes to the default hook."""
+    if info.exc_type is not None and issubclass(info.exc_type, (KeyboardInterrupt, Terminated)):
+        sig = signal.SIGINT if issubclass(info.exc_type, KeyboardInterrupt) else signal.SIGTERM
+        # from another thread, a moment later: raised here, in the hook, it would be swallowed again
+        threading.Thread(target=lambda: (time.sleep(0.001), _thread.interrupt_main(sig)), daemon=True).start()
+        return
+    sys.__unraisablehook__(info)
 
 
 class Parser(argparse.ArgumentParser):
@@ -95,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     global _MAIN_PID
     _MAIN_PID = os.getpid()
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    old_hook, sys.unraisablehook = sys.unraisablehook, _redeliver
     old_prefix = os.environ.get("KBYPASS_TESTBED")
     try:
         apply_prefix(args)
@@ -111,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        sys.unraisablehook = old_hook
         if old_prefix is None:  # main() is also called in-process (tests): leave the environment as found
             os.environ.pop("KBYPASS_TESTBED", None)
         else:

@@ -75,3 +75,29 @@ def test_no_source_file_over_the_limit(pattern):
     big = {str(p.relative_to(ROOT)): n for p in ROOT.glob(pattern)
            if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not big, f"over {MAX_LINES} lines (split along a seam): {big}"
+
+
+@pytest.mark.parametrize("exc, sig", [("KeyboardInterrupt", "SIGINT"), ("Terminated", "SIGTERM")])
+def test_a_signal_swallowed_by_a_finalizer_is_delivered_again(exc, sig):
+    """A Ctrl-C that lands inside a finalizer (pyroute2's event loops, the logging module's at-fork handler)
+    was printed as "Exception ignored ... Traceback" and forgotten: the command ran on. kbypass's CLI hands
+    it back to the main thread instead, quietly."""
+    code = f"""
+import signal, sys
+from kbypass import cli
+class Boom:
+    def __del__(self):
+        raise {'KeyboardInterrupt' if exc == 'KeyboardInterrupt' else 'cli.Terminated'}()
+signal.signal(signal.SIGTERM, cli._on_sigterm)
+cli._MAIN_PID = __import__("os").getpid()
+sys.unraisablehook = cli._redeliver
+try:
+    b = Boom(); del b
+    for _ in range(10**7): pass
+    print("lost")
+except (KeyboardInterrupt, cli.Terminated) as e:
+    print("delivered", type(e).__name__)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == f"delivered {exc}", (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
