@@ -99,3 +99,22 @@ def wait_until(ready, what: str, timeout: float = 15.0, proc=None, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s")
         time.sleep(interval)
+
+
+def run_cli(argv: list[str]) -> int:
+    """cli.main in-process; argparse's refusals exit (SystemExit 2) before main returns."""
+    from kbypass import cli
+
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def refused(capsys, argv: list[str]) -> str:
+    rc = run_cli(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("kbypass: error: "), err
+    return lines[0]

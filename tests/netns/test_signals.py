@@ -108,6 +108,19 @@ class Run:
         self.err_f.close()
 
 
+def end_all(*runs) -> None:
+    """Stop whatever still runs (SIGINT, then kill) and close the output files, even when a test failed."""
+    for r in runs:
+        if r is None:
+            continue
+        if r.proc.poll() is None:
+            try:
+                r.stop(signal.SIGINT, timeout=5)
+            except AssertionError:
+                pass
+        r.kill()
+
+
 def _rx_sysfs(host) -> int:
     out = subprocess.run(["ip", "-n", host.netns, "-s", "-j", "link", "show", host.iface],
                          capture_output=True, text=True, check=True).stdout
@@ -237,14 +250,7 @@ def test_signal_mid_run(testbed_hosts, tmp_path, tool, sig) -> None:
         if tool == "capture":
             pcap_whole(tmp_path / "cap.pcap")
     finally:
-        for r in (run, helper, peer):
-            if r is not None:
-                if r.proc.poll() is None:
-                    try:
-                        r.stop(signal.SIGINT, timeout=5)
-                    except AssertionError:
-                        pass
-                r.kill()
+        end_all(run, helper, peer)
     assert_no_xdp(testbed_hosts)
 
 
@@ -288,12 +294,5 @@ def test_signal_at_the_end(testbed_hosts, tmp_path, tool, sig, late) -> None:
         if cap.exists():
             pcap_whole(cap)
     finally:
-        for r in (run, peer):
-            if r is not None:
-                if r.proc.poll() is None:
-                    try:
-                        r.stop(signal.SIGINT, timeout=5)
-                    except AssertionError:
-                        pass
-                r.kill()
+        end_all(run, peer)
     assert_no_xdp(testbed_hosts)

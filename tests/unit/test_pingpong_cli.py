@@ -13,7 +13,7 @@ import pytest
 from kbypass import cli
 from kbypass.apps import pingpong as pp
 from kbypass.tools import pingpong as tool
-from tests.kb import unreachable
+from tests.kb import refused, unreachable
 
 SERVER = ["pingpong", "server", "--backend", "socket", "--ip", "127.0.0.1"]
 CLIENT = ["pingpong", "client", "--backend", "socket", "--ip", "127.0.0.1", "--dst", "127.0.0.1:9"]
@@ -23,22 +23,6 @@ CLIENT = ["pingpong", "client", "--backend", "socket", "--ip", "127.0.0.1", "--d
 def no_network(monkeypatch):
     unreachable(monkeypatch, tool, "_open", "the endpoint was opened before the bad input was refused")
 
-
-def run_cli(argv: list[str]) -> int:
-    """cli.main in-process; argparse's refusals exit (SystemExit 2) before main returns."""
-    try:
-        return cli.main(argv)
-    except SystemExit as e:
-        return e.code
-
-
-def refused(capsys, argv: list[str]) -> str:
-    rc = run_cli(argv)
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("kbypass: error: "), err
-    return lines[0]
 
 
 @pytest.fixture

@@ -8,10 +8,9 @@ import sys
 
 import pytest
 
-from kbypass import cli
 from kbypass.errors import UsageError
 from kbypass.tools import xfer
-from tests.kb import unreachable
+from tests.kb import refused, unreachable
 
 SEND = ["xfer", "send", "--iface", "nonexist0", "--dst", "10.9.9.9:7000", "--dst-mac", "02:00:00:00:00:02"]
 RECV = ["xfer", "recv", "--iface", "nonexist0"]
@@ -23,22 +22,6 @@ def no_network(monkeypatch):
     monkeypatch.setattr(xfer, "require_root", lambda what: None)
     unreachable(monkeypatch, xfer, "_open", "the endpoint was opened before the bad input was refused")
 
-
-def run_cli(argv: list[str]) -> int:
-    """cli.main in-process; argparse's refusals exit (SystemExit 2) before main returns."""
-    try:
-        return cli.main(argv)
-    except SystemExit as e:
-        return e.code
-
-
-def refused(capsys, argv: list[str]) -> str:
-    rc = run_cli(argv)
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("kbypass: error: "), err
-    return lines[0]
 
 
 # 5: --faults values out of range (and --loss outside [0, 1))
