@@ -54,6 +54,12 @@ def _redeliver(info) -> None:
     sys.__unraisablehook__(info)
 
 
+def _quiet(info) -> None:
+    """sys.unraisablehook after a signal cut the command short: objects it left half-made (an event loop
+    whose __init__ the signal interrupted, in pyroute2) fail in their finalizers, at exit or in a later
+    collection. That is the interruption's doing, not news for the user who pressed Ctrl-C."""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line naming the fix (the house style), not usage plus a message."""
 
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
+        sys.unraisablehook = _quiet
         return 130
     global _MAIN_PID
     _MAIN_PID = os.getpid()
@@ -120,15 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kbypass: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        old_hook = _quiet
         return 130
     except Terminated:
+        old_hook = _quiet
         return 143
     except BrokenPipeError:  # `kbypass ... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
     finally:
         signal.signal(signal.SIGTERM, old_term)
-        sys.unraisablehook = old_hook
+        sys.unraisablehook = old_hook  # _quiet, when a signal ended the command: it stays until exit
         if old_prefix is None:  # main() is also called in-process (tests): leave the environment as found
             os.environ.pop("KBYPASS_TESTBED", None)
         else:
