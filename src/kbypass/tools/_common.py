@@ -1,13 +1,10 @@
-"""Small pieces the command modules share: JSON output, CPU pinning, the testbed prefix option."""
+"""Small pieces the command modules share: JSON output, CPU pinning, partial output files."""
 
 from __future__ import annotations
 
 import os
 
 from kbypass.errors import UsageError
-
-
-from kbypass.tools._options import add_prefix as add_prefix_option  # noqa: F401  (older name)
 from kbypass.tools._output import console, print_json  # noqa: F401  (re-exported for the tools)
 
 

@@ -10,7 +10,8 @@ from kbypass.bench import latency as latbench, rx as rxbench
 from kbypass.host import testbed
 from kbypass.bench.kit import PLACEMENTS
 from kbypass.errors import UsageError, require_root
-from kbypass.tools._common import add_prefix_option, console
+from kbypass.tools._common import console
+from kbypass.tools._options import add_prefix
 from kbypass.tools._options import int_range, output_dir, positive_int, seconds_up_to
 
 MAX_PACKETS = 10**9  # frames per trial: minutes at the fastest path here
@@ -25,7 +26,7 @@ def register(sub) -> None:
     kinds.required = True
     rx = kinds.add_parser("rx", help="what each receive path handles on one core (nft, socket, "
                                      "PACKET_MMAP, AF_XDP, XDP_DROP)")
-    add_prefix_option(rx)
+    add_prefix(rx)
     rx.add_argument("--packets", type=positive_int(MAX_PACKETS, "a frame count"), default=2_000_000,
                     help="frames per trial (default 2M)")
     rx.add_argument("--runs", type=int_range(1, MAX_RUNS, "a number of runs"), default=1,
@@ -38,7 +39,7 @@ def register(sub) -> None:
     rx.set_defaults(func=run_rx)
     lat = kinds.add_parser("latency", help="UDP ping-pong: sockperf (kernel) vs kbypass over a socket and "
                                            "over AF_XDP, wakeup and busy polling")
-    add_prefix_option(lat)
+    add_prefix(lat)
     lat.add_argument("--runs", type=int_range(1, MAX_RUNS, "a number of runs"), default=3,
                      help="repetitions, contenders taking turns (default 3)")
     lat.add_argument("-t", "--duration", type=seconds_up_to(MAX_DURATION, "seconds per ping-pong"), default=3.0,

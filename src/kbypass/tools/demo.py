@@ -18,13 +18,14 @@ from kbypass import netns
 from kbypass.errors import KbypassError, UsageError, require_root
 from kbypass.tools import bench as bench_tool
 from kbypass.tools import doctor as doctor_tool
-from kbypass.tools._common import add_prefix_option, console
+from kbypass.tools._common import console
+from kbypass.tools._options import add_prefix
 from kbypass.tools._options import output_dir, positive_int
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="testbed up, doctor, and the headline demo")
-    add_prefix_option(p)
+    add_prefix(p)
     p.add_argument("--packets", type=positive_int(bench_tool.MAX_PACKETS, "a frame count"), default=1_000_000,
                    help="frames per receive path (default 1M)")
     p.add_argument("--out", type=output_dir, default="bench/results", help="where rx.json and rx.png go")

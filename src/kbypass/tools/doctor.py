@@ -5,13 +5,14 @@ from __future__ import annotations
 from rich.table import Table
 
 from kbypass.host import doctor
-from kbypass.tools._common import add_prefix_option, console, print_json
+from kbypass.tools._common import console, print_json
+from kbypass.tools._options import add_prefix
 
 
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="check root, BPF, AF_XDP, bpffs, BTF, clang, libbpf, native XDP")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    add_prefix_option(p)  # which testbed the native-XDP check tries
+    add_prefix(p)  # which testbed the native-XDP check tries
     p.set_defaults(func=run)
 
 

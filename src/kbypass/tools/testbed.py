@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.table import Table
 
 from kbypass.host import testbed
-from kbypass.tools._common import console, add_prefix_option, print_json
+from kbypass.tools._common import console, print_json
+from kbypass.tools._options import add_prefix
 from kbypass.tools._options import int_range
 
 
@@ -15,7 +16,7 @@ def register(sub) -> None:
     verbs.required = True
 
     up = verbs.add_parser("up", help="create hosts a and b (idempotent)")
-    add_prefix_option(up)
+    add_prefix(up)
     up.add_argument("--queues", type=int_range(1, testbed.MAX_QUEUES, "a queue count"), default=2,
                     help=f"queues per veth end, 1 to {testbed.MAX_QUEUES} (default 2)")
     # Any whole number gets through here so that validate() can say why a large MTU cannot work.
@@ -27,11 +28,11 @@ def register(sub) -> None:
     up.set_defaults(func=run_up)
 
     down = verbs.add_parser("down", help="remove everything 'up' made")
-    add_prefix_option(down)
+    add_prefix(down)
     down.set_defaults(func=run_down)
 
     st = verbs.add_parser("status", help="show the testbed")
-    add_prefix_option(st)
+    add_prefix(st)
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=run_status)
 
