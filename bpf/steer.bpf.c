@@ -58,7 +58,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, STEER_MAX_QUEUES);
+	__uint(max_entries, STEER_MAX_GROUPS * STEER_MAX_QUEUES);
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks_map SEC(".maps");
@@ -318,6 +318,7 @@ struct scan {
 	struct flow f;
 	struct steer_order *ord; /* the live rule order */
 	__u32 slot;              /* out: the deciding rule's slot */
+	__u32 group;             /* out: its socket group (whose sockets a REDIRECT uses) */
 	__u8 action;             /* out: its action, STEER_ACT_NONE while no rule decided */
 };
 
@@ -332,6 +333,7 @@ static __always_inline int decides(struct scan *s, __u32 slot)
 	    bpf_get_prandom_u32() >= r->sample_thresh)
 		return 0; /* spared by the sampler: later rules decide */
 	s->slot = slot;
+	s->group = r->group;
 	s->action = r->action;
 	return 1;
 }
@@ -441,8 +443,11 @@ int kbypass_steer(struct xdp_md *ctx)
 	case STEER_ACT_REDIRECT:
 		if (s.f.malformed)
 			return XDP_PASS;
-		/* XDP_PASS in the flags is the verdict when this queue has no socket. */
-		return bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS);
+		/* XDP_PASS in the flags is the verdict when the group has no socket on this queue (an
+		 * out-of-range key is a failed lookup too, so a queue >= STEER_MAX_QUEUES passes). */
+		if (ctx->rx_queue_index >= STEER_MAX_QUEUES)
+			return XDP_PASS;
+		return bpf_redirect_map(&xsks_map, s.group * STEER_MAX_QUEUES + ctx->rx_queue_index, XDP_PASS);
 	case STEER_ACT_PASS:
 		return XDP_PASS;
 	default: /* DROP, and SAMPLE when the sampler chose this packet */

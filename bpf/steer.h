@@ -12,7 +12,8 @@
  *   steer_config    ARRAY          key u32 0                value struct steer_config   1
  *   steer_counters  PERCPU_ARRAY   key u32 rule id          value struct steer_counter  STEER_MAX_RULES
  *   steer_stats     PERCPU_ARRAY   key u32 STEER_STAT_*     value __u64                 STEER_STAT_MAX
- *   xsks_map        XSKMAP         key u32 rx queue index   value u32 AF_XDP socket fd  STEER_MAX_QUEUES
+ *   xsks_map        XSKMAP         key u32 group * STEER_MAX_QUEUES + rx queue index
+ *                                  value u32 AF_XDP socket fd  STEER_MAX_GROUPS * STEER_MAX_QUEUES
  *
  * Why two order lists: rules are matched in priority order, and user space changes that order (insert,
  * remove) while packets flow. It writes the whole new list into the inactive steer_order entry, then
@@ -27,13 +28,17 @@
 
 #define STEER_MAX_RULES 128
 #define STEER_MAX_QUEUES 64
+/* Socket groups: each user of the program (one process of the control plane's clients, or the
+ * in-process steering's 0) has its own row of STEER_MAX_QUEUES sockets, so a rule of one client
+ * redirects only to that client's sockets, whichever queue the packet arrives on. */
+#define STEER_MAX_GROUPS 64
 /* IPv6 extension headers walked before giving up on finding the L4 header. */
 #define STEER_MAX_V6_EXT 4
 
 /* steer_rule.action. 0 marks an empty slot, which never matches. */
 #define STEER_ACT_NONE 0
-#define STEER_ACT_REDIRECT 1 /* to the AF_XDP socket of ctx->rx_queue_index; no socket there (or a
-                              * queue >= STEER_MAX_QUEUES) -> PASS */
+#define STEER_ACT_REDIRECT 1 /* to the AF_XDP socket of the rule's group for ctx->rx_queue_index; no
+                              * socket there (or a queue >= STEER_MAX_QUEUES) -> PASS */
 #define STEER_ACT_DROP 2
 #define STEER_ACT_PASS 3
 #define STEER_ACT_SAMPLE 4   /* drop with probability sample_thresh / 2^32, else keep scanning later rules */
@@ -87,7 +92,7 @@
  *        4    4 sample_thresh
  *        8    2 sport          10 2 sport_mask     12 2 dport (EtherType)  14 2 dport_mask
  *       16   16 src            32 16 src_mask      48 16 dst      64 16 dst_mask
- *       80    2 vlan           82  2 pad (zero)
+ *       80    2 vlan           82  2 group (host order, < STEER_MAX_GROUPS: whose sockets REDIRECT uses)
  */
 struct steer_rule {
 	__u8 action;
@@ -104,7 +109,7 @@ struct steer_rule {
 	__be32 dst[4];
 	__be32 dst_mask[4];
 	__u16 vlan;
-	__u16 pad;
+	__u16 group;
 };
 
 /* The priority list: rule ids (slots of steer_rules) in match order, first match wins. */

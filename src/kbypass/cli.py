@@ -81,6 +81,7 @@ COMMANDS = [
     "pingpong",
     "tune",
     "xfer",
+    "cp",
 ]
 
 

@@ -57,3 +57,16 @@ def entered(name: str | None) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(home)
+
+
+def switch(name: str) -> None:
+    """Move this thread into namespace `name` for good (a process that serves one namespace: call it
+    before starting threads, which inherit the namespace of the thread that starts them)."""
+    try:
+        target = os.open(path(name), os.O_RDONLY)
+    except FileNotFoundError:
+        raise TestbedError(f"network namespace {name!r} does not exist: see 'ip netns list'") from None
+    try:
+        _setns(target)
+    finally:
+        os.close(target)

@@ -205,17 +205,24 @@ def test_bad_input_is_refused_clearly(testbed_hosts):
         UdpEndpoint(b.iface, b.ipv4, PORT, netns=b.netns, dedicated=True)
     with pytest.raises(UsageError, match="no interface"):
         UdpEndpoint("nosuch0", b.ipv4, PORT, netns=b.netns)
-    with SteeredPort(b.iface, None, ["udp dport 9"], netns=b.netns):  # someone else holds the interface
-        with pytest.raises(KbypassError, match="already steered by someone else"):
+    with SteeredPort(b.iface, None, ["udp dport 9"], netns=b.netns):  # another user holds every queue
+        with pytest.raises(UsageError, match=r"queue 0 of \S+ is taken by client \d+ \(pid "):
             UdpEndpoint(b.iface, b.ipv4, PORT, netns=b.netns)
+    with SteeredPort(b.iface, 0, ["udp dport 9"], netns=b.netns, control_plane=False):  # holds the interface
+        with pytest.raises(KbypassError, match="already steered by someone else"):
+            UdpEndpoint(b.iface, b.ipv4, PORT, netns=b.netns, control_plane=False, queue=1)
     held = kernel_socket(b.netns, (b.ipv4, PORT + 1))
     try:
         with pytest.raises(UsageError, match="already bound"):
             UdpEndpoint(b.iface, b.ipv4, PORT + 1, netns=b.netns)
     finally:
         held.close()
-    with UdpEndpoint(b.iface, b.ipv4, PORT, netns=b.netns) as ep:
+    with UdpEndpoint(b.iface, b.ipv4, PORT, netns=b.netns, control_plane=False):
         with pytest.raises(UsageError, match="this process's endpoint"):
+            UdpEndpoint(b.iface, b.ipv4, PORT + 2, netns=b.netns, control_plane=False)
+    with UdpEndpoint(b.iface, b.ipv4, PORT, netns=b.netns) as ep:
+        # through the control plane a second endpoint may share the interface, on queues of its own
+        with pytest.raises(UsageError, match=r"queue 0 of \S+ is taken by client \d+ \(pid "):
             UdpEndpoint(b.iface, b.ipv4, PORT + 2, netns=b.netns)
         with pytest.raises(UsageError, match="exceeds the MTU"):
             ep.sendto(bytes(ep.max_payload + 1), (a.ipv4, 5555))

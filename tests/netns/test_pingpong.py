@@ -133,8 +133,10 @@ def test_port_steered_by_another_process(testbed_hosts):
     finally:
         sink.kill()
         sink.wait()
+    # the control plane names the other program and its overlapping rule
     assert proc.returncode == 2
-    assert "already steered by someone else" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "overlaps 'udp redirect' of client" in proc.stderr and "kbypass sink" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_kill_9_leaves_nothing_and_restart_works(testbed_hosts):

@@ -46,6 +46,10 @@ BASE = {
     "demo": ["demo", "--prefix", "htzz", "--out", "{tmp}/res"],
     "bench rx": ["bench", "rx", "--prefix", "htzz", "--out", "{tmp}/res"],
     "bench latency": ["bench", "latency", "--prefix", "htzz", "--out", "{tmp}/res"],
+    "cp serve": ["cp", "serve"],
+    "cp start": ["cp", "start"],
+    "cp status": ["cp", "status"],
+    "cp stop": ["cp", "stop"],
 }
 # Options that mean something only with another option: given with it, so that the value is what is tried
 # (an option the backend ignores is refused for that reason, which would hide a missing range check).
@@ -139,9 +143,13 @@ def guarded(monkeypatch, tmp_path):
                       (testbed, "host"), (tune, "apply"), (tune, "show"), (ifstats, "sample"),
                       (rxbench, "run"), (latbench, "run")):
         monkeypatch.setattr(mod, name, reached(f"{mod.__name__}.{name}"))
+    from kbypass.cp import server
+    from kbypass.cp.client import ControlPlaneClient
     from kbypass.host import doctor
 
     monkeypatch.setattr(doctor, "run", reached("kbypass.host.doctor.run"))
+    monkeypatch.setattr(server, "serve", reached("kbypass.cp.server.serve"))
+    monkeypatch.setattr(ControlPlaneClient, "__init__", reached("ControlPlaneClient()"))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)

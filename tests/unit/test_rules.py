@@ -162,7 +162,7 @@ def test_vlan_parse_pack_and_text() -> None:
 def test_pack_v4_prefix_and_ports() -> None:
     raw = Rule.parse("udp src 10.1.0.0/16 dst 10.0.0.2 dport 4321 drop").pack()
     f = unpack(Rule.parse("udp src 10.1.0.0/16 dst 10.0.0.2 dport 4321 drop"))
-    assert (f["action"], f["proto"], f["family"], f["pad"], f["sample_thresh"]) == (2, 17, 4, 0, 0)
+    assert (f["action"], f["proto"], f["family"], f["group"], f["sample_thresh"]) == (2, 17, 4, 0, 0)
     assert f["dport"] == struct.pack(">H", 4321) and f["dport_mask"] == b"\xff\xff"
     assert f["sport"] == b"\0\0" and f["sport_mask"] == b"\0\0"  # wildcard
     assert f["src"] == bytes([10, 1, 0, 0]) + bytes(12)

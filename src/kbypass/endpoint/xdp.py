@@ -70,7 +70,7 @@ class XdpEndpoint(UdpEndpoint):
                  prefixlen: int | None = None, poll: str = "wakeup", backend: str = "afxdp",
                  queue: int | None = None, xdp_mode: str = "native", mode: str = "auto", frames: int = 4096,
                  frame_size: int = 2048, ring_size: int = 2048, gratuitous_arp: bool = True,
-                 native: bool | None = None, gateway: str | None = None) -> None:
+                 native: bool | None = None, gateway: str | None = None, control_plane: bool = True) -> None:
         self._closed = True
         if native:
             native_module("lane")  # NativeMissing, naming the fix, before anything is opened
@@ -81,9 +81,10 @@ class XdpEndpoint(UdpEndpoint):
             dedicated, poll
         self.backend = "afxdp"
         key = (netns, ifname)
-        if key in _IN_USE:
-            raise UsageError(f"{ifname} already carries this process's endpoint {_IN_USE[key]}: one steering "
-                             "program per interface; close that endpoint first or use another interface")
+        if key in _IN_USE and not control_plane:
+            raise UsageError(f"{ifname} already carries this process's endpoint {_IN_USE[key]}: in-process "
+                             "steering is one program per interface; close that endpoint first, use another "
+                             "interface, or steer through the control plane (control_plane=True)")
         self._iface = iface = Interface(ifname, netns)
         self._steered = None
         self._arp_sock = None
@@ -117,12 +118,13 @@ class XdpEndpoint(UdpEndpoint):
             self.rules = rules
             try:
                 self._steered = SteeredPort(ifname, queue, rules, netns=netns, xdp_mode=xdp_mode, mode=mode,
+                                            control_plane=control_plane,
                                             poll=poll, frames=frames, frame_size=frame_size, rx_size=ring_size,
                                             tx_size=ring_size, fill_size=ring_size, comp_size=ring_size)
             except KbypassError as e:
-                # someone else's XDP program on the interface, or their AF_XDP sockets on its queues
-                if any(w in str(e) for w in ("already has XDP program", "already steered by kbypass",
-                                             "already uses this queue")):
+                # someone else's XDP program on the interface (their AF_XDP sockets on its queues are
+                # named by SteeredPort's own "queue N is taken by ..." error)
+                if any(w in str(e) for w in ("already has XDP program", "already steered by kbypass")):
                     raise KbypassError(
                         f"cannot steer {ip}:{port}: {ifname} is already steered by someone else (another "
                         f"kbypass process or XDP tool holds it; 'bpftool net show' names it): stop that "
@@ -140,8 +142,9 @@ class XdpEndpoint(UdpEndpoint):
         except BaseException:
             self._teardown()
             raise
-        _IN_USE[key] = f"{ip}:{port}"
-        self._key = key
+        self._key = None if control_plane else key  # the control plane arbitrates between endpoints itself
+        if self._key is not None:
+            _IN_USE[key] = f"{ip}:{port}"
         self._closed = False
         self._pending: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._unresolved: dict[str, int] = {}  # peers whose resolution timed out (ArpTimeout), not yet reported

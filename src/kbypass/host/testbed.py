@@ -399,8 +399,11 @@ def down(prefix: str | None = None) -> list[str]:
 
 
 def _down(prefix: str, claimed: list[str]) -> list[str]:
+    from kbypass.cp.client import terminate
+
     removed = []
     for name in claimed:
+        terminate(name, forget=True)  # a control plane in the namespace would keep it alive after the delete
         if netns.exists(name):
             _remove_netns(name)
             removed.append(name)

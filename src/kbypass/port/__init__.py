@@ -41,8 +41,9 @@ def open_port(backend: str, ifname: str | None = None, *, netns: str | None = No
               bind: tuple[str, int] | None = None, **options):
     """Open a steered port of `backend` that receives the flows `rules` name (text or kbypass.steer.Rule):
     a `SteeredPort` (kbypass.port.steered), which is a Port with rule counters; closing it removes the
-    steering too. `queue` (afxdp only; default every queue) and `xdp_mode` go to the steering, the other
-    `options` to the backend's port class (AfXdpPort, PacketMmapPort, SocketPort).
+    steering too. `queue` (afxdp only; default every queue), `xdp_mode`, `control_plane` and `share` go to
+    the steering (see SteeredPort), the other `options` to the backend's port class (AfXdpPort,
+    PacketMmapPort, SocketPort).
 
     afxdp:       the XDP steering program with `rules`, one AF_XDP socket per queue.
     packet_mmap: PacketMmapPort(ifname) with the one rule as a classic BPF filter.
@@ -51,5 +52,5 @@ def open_port(backend: str, ifname: str | None = None, *, netns: str | None = No
     from .steered import SteeredPort
 
     queue = options.pop("queue", None)
-    steering = {k: options.pop(k) for k in ("xdp_mode",) if k in options}
+    steering = {k: options.pop(k) for k in ("xdp_mode", "control_plane", "share") if k in options}
     return SteeredPort(ifname, queue, rules, netns=netns, backend=backend, bind=bind, **steering, **options)

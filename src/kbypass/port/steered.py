@@ -2,8 +2,14 @@
 
 This is the ef_vi "hidden RX queue plus filters" shape. On `afxdp` (the bypass) the steering program sits on
 the interface with the user's rules and one AF_XDP socket per queue is registered as that queue's redirect
-target: only the named flows reach the rings, whatever no rule matches passes to the kernel, and closing
-(or the process dying) removes the rules with the program, which lives in a bpf_link that dies with its fd.
+target: only the named flows reach the rings, and whatever no rule matches passes to the kernel.
+
+Who owns the program: by default the namespace's control plane (kbypass.cp, started on demand), which
+serves every kbypass user of the interface, so several steered ports (in one process or many) share it,
+each with its own rules and sockets; closing the port (or the process dying) removes them within the
+control plane's next loop turn. `control_plane=False` steers in-process instead (no daemon): this port then
+owns the program alone, in a bpf_link that dies with the process, and nobody else can steer the interface
+meanwhile. Both modes run the same kbypass.steer code (the control plane's is in its process).
 The fallbacks take the same rules the way they can: `packet_mmap` attaches the one rule as a classic BPF
 filter (kbypass.steer.cbpf) to a PACKET_MMAP socket, a tap that leaves the kernel every frame; `socket`
 binds a kernel UDP socket to the one rule's destination address and port, the baseline.
@@ -15,11 +21,14 @@ underneath: `sp.port`, a PortGroup when several queues are open) and adds what s
 
 from __future__ import annotations
 
+import errno
+
+from kbypass.cp.client import ControlPlaneError, SteeringLease
 from kbypass.errors import UsageError
 from kbypass.netns import entered
 from kbypass.steer.rules import Rule
 from kbypass.steer.steering import Steering
-from kbypass.xsk.socket import rx_queue_count
+from kbypass.xsk.socket import XskError, rx_queue_count
 
 from . import BACKENDS
 from .base import Port
@@ -54,7 +63,7 @@ class SteeredPort(Port):
 
     def __init__(self, ifname: str | None, queue: int | None = 0, rules=(), *, netns: str | None = None,
                  backend: str = "afxdp", xdp_mode: str = "native", bind: tuple[str, int] | None = None,
-                 **port_options) -> None:
+                 control_plane: bool = True, share: bool = False, **port_options) -> None:
         self.rules = rule_list(rules)  # before anything is attached
         if backend not in BACKENDS:
             raise UsageError(f"backend {backend!r} is unknown: use one of {', '.join(BACKENDS)}")
@@ -63,9 +72,14 @@ class SteeredPort(Port):
         self.ports: list[Port] = []
         self.steering = None
         self.rule_ids: list[int] = []
+        if (not control_plane or share) and backend != "afxdp":
+            raise UsageError(f"the {backend} backend does not steer (no XDP program): drop "
+                             f"{'share' if share else 'control_plane=False'}")
+        if share and not control_plane:
+            raise UsageError("share=True is for rules in the control plane: drop control_plane=False")
         try:
             if backend == "afxdp":
-                self._open_afxdp(ifname, queue, netns, xdp_mode, port_options)
+                self._open_afxdp(ifname, queue, netns, xdp_mode, port_options, control_plane, share)
             elif backend == "packet_mmap":
                 self._open_packet_mmap(ifname, queue, netns, port_options)
             else:
@@ -75,19 +89,42 @@ class SteeredPort(Port):
             raise
         self._port = self.ports[0] if len(self.ports) == 1 else PortGroup(self.ports)
 
-    def _open_afxdp(self, ifname, queue, netns, xdp_mode, options) -> None:
+    def _open_afxdp(self, ifname, queue, netns, xdp_mode, options, control_plane, share) -> None:
         from .afxdp import AfXdpPort
 
         if not ifname:
             raise UsageError("the afxdp backend needs an interface: give ifname (--iface)")
-        self.steering = Steering(ifname, netns=netns, mode=xdp_mode)
+        if control_plane:
+            self.steering = SteeringLease(ifname, netns, xdp_mode, share=share)
+        else:
+            self.steering = Steering(ifname, netns=netns, mode=xdp_mode)
         self.rule_ids = [self.steering.add(r) for r in self.rules]
         self.queues = [queue] if queue is not None else list(range(_queue_count(ifname, netns)))
         for q in self.queues:
-            port = AfXdpPort(ifname, q, netns=netns, **options)
+            try:
+                port = AfXdpPort(ifname, q, netns=netns, **options)
+            except XskError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+                raise self._queue_taken(ifname, q) from None
             self.ports.append(port)
             self.steering.register_xsk(q, port.fd)
-        self.steering.attach()
+        if not control_plane:
+            self.steering.attach()
+
+    def _queue_taken(self, ifname: str, queue: int) -> UsageError:
+        """EBUSY from the bind: another AF_XDP socket holds the queue (AF_XDP takes one socket pool per
+        queue). Name its owner when the control plane knows it."""
+        owner = "another AF_XDP socket"
+        if isinstance(self.steering, SteeringLease):
+            try:
+                for c in self.steering.client.status()["clients"]:
+                    if f"{ifname}:{queue}" in c["sockets"]:
+                        owner = f"client {c['client']} (pid {c['pid']}, {c['command']})"
+            except ControlPlaneError:
+                pass
+        return UsageError(f"queue {queue} of {ifname} is taken by {owner}: AF_XDP takes one socket per queue, so "
+                          "pick another queue (--queue), or stop that program")
 
     def _open_packet_mmap(self, ifname, queue, netns, options) -> None:
         from .packet_mmap import PacketMmapPort

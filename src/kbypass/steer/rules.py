@@ -56,7 +56,7 @@ RULE_LAYOUT: tuple[tuple[str, str], ...] = (
     ("dst", "16s"),
     ("dst_mask", "16s"),
     ("vlan", "H"),
-    ("pad", "H"),
+    ("group", "H"),
 )
 RULE_STRUCT = struct.Struct("<" + "".join(code for _, code in RULE_LAYOUT))
 RULE_SIZE = RULE_STRUCT.size  # 84
@@ -286,8 +286,9 @@ class Rule:
 
     # ---- packed form -----------------------------------------------------------------------------
 
-    def pack(self) -> bytes:
-        """The 84-byte `struct steer_rule` for the steer_rules map (see bpf/steer.h)."""
+    def pack(self, group: int = 0) -> bytes:
+        """The 84-byte `struct steer_rule` for the steer_rules map (see bpf/steer.h). `group`: whose
+        AF_XDP sockets a redirect goes to (SteerProgram.register_xsk); 0 is in-process steering's."""
         if self.action == "sample":
             p = self.probability or 0.0
             thresh = SAMPLE_ALWAYS if p >= 1.0 else min(round(p * 2**32), SAMPLE_ALWAYS - 1)
@@ -299,7 +300,7 @@ class Rule:
             "family": self.family,
             "tagged": int(self.vlan is not None),
             "vlan": self.vlan or 0,
-            "pad": 0,
+            "group": group,
             "sample_thresh": thresh,
         }
         for name in ("sport", "dport"):
@@ -317,3 +318,29 @@ class Rule:
                 fields[name] = net.network_address.packed.ljust(16, b"\0")
                 fields[name + "_mask"] = net.netmask.packed.ljust(16, b"\0")
         return RULE_STRUCT.pack(*(fields[name] for name, _ in RULE_LAYOUT))
+
+
+def overlap(a: Rule, b: Rule) -> bool:
+    """Can one packet match both rules? Field by field, a wildcard overlaps everything and two values
+    overlap when they are equal (ports, EtherTypes, VLANs) or their prefixes intersect (addresses).
+    The control plane refuses overlapping rules of two clients unless both share: whichever came first
+    would silently take the other's packets."""
+    if a.vlan != b.vlan:
+        return False
+    if (a.proto == ETHER) != (b.proto == ETHER):
+        return False  # ether rules see non-IP frames only, IP rules IP packets only
+    if a.proto == ETHER:
+        return a.ethertype is None or b.ethertype is None or a.ethertype == b.ethertype
+    if a.family and b.family and a.family != b.family:
+        return False
+    if "any" not in (a.proto, b.proto) and a.proto != b.proto:
+        return False
+    for field in ("sport", "dport"):
+        x, y = getattr(a, field), getattr(b, field)
+        if x is not None and y is not None and x != y:
+            return False
+    for field in ("src", "dst"):
+        x, y = getattr(a, field), getattr(b, field)
+        if x is not None and y is not None and not ipaddress.ip_network(x).overlaps(ipaddress.ip_network(y)):
+            return False
+    return True

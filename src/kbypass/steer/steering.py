@@ -33,6 +33,7 @@ PROGRAM = "kbypass_steer"
 OBJECT = "steer"
 # steer_stats keys (STEER_STAT_* in bpf/steer.h)
 STAT_UNMATCHED, STAT_PARSE_ERROR, STAT_NOT_IP = 0, 1, 2
+MAX_QUEUES = 64  # STEER_MAX_QUEUES: the XSKMAP holds one row of this many sockets per group
 MODES = ("native", "skb", "auto")
 
 
@@ -59,19 +60,22 @@ class SteerProgram:
         self._stats_map = self._obj.map("steer_stats")
         self._xsk_map = self._obj.map("xsks_map")
         self.max_rules = self._rules_map.max_entries
-        self.max_queues = self._xsk_map.max_entries
+        self.max_queues = MAX_QUEUES
+        self.max_groups = self._xsk_map.max_entries // MAX_QUEUES  # STEER_MAX_GROUPS
         self._rules: dict[int, Rule] = {}  # rule id (map slot) -> rule
         self._order: list[int] = []  # rule ids in priority order
         self._active = 0  # which steer_order entry the program reads
 
     # ---- rules -----------------------------------------------------------------------------------
 
-    def add(self, rule: Rule | str, *, index: int | None = None) -> int:
+    def add(self, rule: Rule | str, *, index: int | None = None, group: int = 0) -> int:
         """Install `rule` (a Rule or its text form) and return its id.
 
         It goes last in priority order, or at position `index` (0 = first). First match wins, except that
         a sample rule that spares a packet lets later rules decide. Ids are reused after `remove`.
+        A redirect goes to the socket that group `group` registered for the packet's queue.
         """
+        self._check_group(group)
         if isinstance(rule, str):
             rule = Rule.parse(rule)
         free = next((i for i in range(self.max_rules) if i not in self._rules), None)
@@ -83,7 +87,7 @@ class SteerProgram:
             raise UsageError(f"rule position {index} out of range (0-{len(self._order)})")
         # Counters and rule first, then publish: a packet never sees the id before its rule exists.
         self._counters_map.update(free, bytes(self._counters_map.lookup_size))
-        self._rules_map.update(free, rule.pack())
+        self._rules_map.update(free, rule.pack(group))
         self._rules[free] = rule
         self._publish(self._order[:index] + [free] + self._order[index:])
         return free
@@ -139,23 +143,30 @@ class SteerProgram:
         if not 0 <= queue_id < self.max_queues:
             raise UsageError(f"queue {queue_id} out of range (0-{self.max_queues - 1})")
 
-    def register_xsk(self, queue_id: int, xsk_fd: int) -> None:
-        """Send what REDIRECT rules match on rx queue `queue_id` to AF_XDP socket `xsk_fd`.
+    def _check_group(self, group: int) -> None:
+        if not 0 <= group < self.max_groups:
+            raise UsageError(f"socket group {group} out of range (0-{self.max_groups - 1})")
+
+    def register_xsk(self, queue_id: int, xsk_fd: int, group: int = 0) -> None:
+        """Send what group `group`'s REDIRECT rules match on rx queue `queue_id` to AF_XDP socket `xsk_fd`.
 
         The map keeps its own reference to the socket until `unregister_xsk` or until the program goes.
         """
         self._check_queue(queue_id)
+        self._check_group(group)
         try:
-            self._xsk_map.update(queue_id, struct.pack("<I", xsk_fd))
+            self._xsk_map.update(group * self.max_queues + queue_id, struct.pack("<I", xsk_fd))
         except KbypassError as e:
             raise KbypassError(
                 f"cannot register fd {xsk_fd} for queue {queue_id}: {e} (is it an AF_XDP socket?)"
             ) from None
 
-    def unregister_xsk(self, queue_id: int) -> None:
-        """Stop redirecting queue `queue_id` (its matches then pass to the kernel). No socket there: no-op."""
+    def unregister_xsk(self, queue_id: int, group: int = 0) -> None:
+        """Stop redirecting group `group`'s matches on queue `queue_id` (they then pass to the kernel).
+        No socket there: no-op."""
         self._check_queue(queue_id)
-        self._xsk_map.delete(queue_id)
+        self._check_group(group)
+        self._xsk_map.delete(group * self.max_queues + queue_id)
 
     # ---- testing and teardown --------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from kbypass.host import testbed
 from kbypass.errors import UsageError, require_root
 from kbypass.port import BACKENDS
 from kbypass.tools._common import pin_cpu
+from kbypass.tools._options import add_no_cp
 
 DEFAULT_BACKEND = "afxdp"
 
@@ -21,13 +22,16 @@ def add_backend_option(p) -> None:
                    help="afxdp: steered AF_XDP, the bypass (default); packet_mmap: TPACKET_V3 rings, for "
                         "interfaces without XDP (sees every frame, filtered by the one --rule); socket: a "
                         "kernel UDP socket with recvmmsg/sendmmsg, the baseline (binds the --rule's dst/dport)")
+    add_no_cp(p, share=True)
 
 
 def _check_afxdp_only(args, backend: str) -> None:
     for opt, value, default in (("--queue", getattr(args, "queue", None), None),
                                 ("--mode", getattr(args, "mode", "auto"), "auto"),
                                 ("--poll", getattr(args, "poll", "wakeup"), "wakeup"),
-                                ("--xdp-mode", getattr(args, "xdp_mode", "native"), "native")):
+                                ("--xdp-mode", getattr(args, "xdp_mode", "native"), "native"),
+                                ("--no-cp", getattr(args, "no_cp", False), False),
+                                ("--share", getattr(args, "share", False), False)):
         if value != default:
             raise UsageError(f"{opt} applies to the afxdp backend only, not {backend}: drop it or use "
                              "--backend afxdp")
@@ -48,7 +52,7 @@ def open_backend(args, rules: list[str]):
     if backend == "afxdp":
         options = dict(queue=args.queue, xdp_mode=args.xdp_mode, mode=args.mode, poll=args.poll,
                        frames=args.frames, frame_size=args.frame_size, rx_size=ring, tx_size=ring,
-                       fill_size=ring, comp_size=ring)
+                       fill_size=ring, comp_size=ring, control_plane=not args.no_cp, share=args.share)
     else:
         _check_afxdp_only(args, backend)
     if backend == "packet_mmap":

@@ -210,3 +210,14 @@ def seconds_up_to(hi: float, what: str = "seconds"):
 
     parse.__name__ = what
     return parse
+
+
+def add_no_cp(p, *, share: bool = False) -> None:
+    """--no-cp (and --share): who owns the interface's steering program (kbypass.cp)."""
+    p.add_argument("--no-cp", action="store_true",
+                   help="afxdp: steer in-process instead of through the namespace's control plane (kbypass cp, "
+                        "started on demand); this command then owns the interface's XDP program alone")
+    if share:
+        p.add_argument("--share", action="store_true",
+                       help="afxdp: let rules of other kbypass programs overlap ours when they share too (the first "
+                            "in priority order takes the packets)")

@@ -15,7 +15,8 @@ from kbypass.tools._common import pin_cpu
 from kbypass.tools._output import emit
 
 # the afxdp-only options and their defaults: given with --backend socket they are refused (it ignores them)
-AFXDP_ONLY = {"xdp_mode": "native", "lane": None, "frame_size": 2048, "dedicated": False, "gateway": None}
+AFXDP_ONLY = {"xdp_mode": "native", "lane": None, "frame_size": 2048, "dedicated": False, "gateway": None,
+              "no_cp": False}
 MAX_UDP_PAYLOAD = 65507
 
 
@@ -41,6 +42,7 @@ def register(sub) -> None:
         how.add_argument("--poll", choices=("busy", "wakeup"), default="wakeup",
                          help="spin, or sleep in poll() (default wakeup; socket: busy sets SO_BUSY_POLL)")
         how.add_argument("--xdp-mode", choices=("native", "skb", "auto"), help="afxdp: XDP attach mode (native)")
+        opt.add_no_cp(how)
         how.add_argument("--lane", choices=("c", "python"),
                          help="afxdp: per-message ring work in C (default when built) or in pure Python")
         how.add_argument("--frame-size", type=int, choices=(2048, 4096),
@@ -130,7 +132,8 @@ def _open(args):
         return UdpEndpoint(iface, ip, args.port, netns=ns, poll=args.poll, backend=args.backend)
     return UdpEndpoint(iface, ip, args.port, netns=ns, dedicated=bool(args.dedicated), poll=args.poll,
                        backend=args.backend, xdp_mode=args.xdp_mode or "native", gateway=args.gateway,
-                       frame_size=args.frame_size or 2048, native=None if args.lane is None else args.lane == "c")
+                       frame_size=args.frame_size or 2048, native=None if args.lane is None else args.lane == "c",
+                       control_plane=not args.no_cp)
 
 
 def _write_histogram(res, path: str, title: str) -> KbypassError | None:

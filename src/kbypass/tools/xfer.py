@@ -107,6 +107,7 @@ def _common(v) -> None:
                    help="the packet path: afxdp (the bypass, default), packet_mmap (TPACKET_V3 raw socket) or "
                         "socket (a kernel UDP socket; udp only)")
     v.add_argument("--poll", choices=("wakeup", "busy"), help="afxdp: wait mode (default wakeup)")
+    opt.add_no_cp(v)
     v.add_argument("--loss", type=_loss, default=0.0,
                    help="drop this share of the frames THIS end receives (on the sender: the ACKs); give it to "
                         "both ends for loss on the path")
@@ -142,6 +143,8 @@ def _check(args) -> None:
     _faults(args)
     if args.backend != "afxdp" and args.poll is not None:
         raise UsageError(f"--poll is the AF_XDP wait mode: --backend {args.backend} does not use it; leave it out")
+    if args.backend != "afxdp" and args.no_cp:
+        raise UsageError(f"--no-cp is about the XDP steering program: --backend {args.backend} has none; leave it out")
     if args.loss_at and not args.loss:
         raise UsageError("--loss-at says where --loss drops: give --loss P too, or leave --loss-at out")
     if args.loss_at == "xdp" and args.backend != "afxdp":
@@ -240,7 +243,7 @@ def _open(args, **kw):
     iface, netns, ip = _where(args)
     faults = _faults(args)
     xdp_loss = args.loss if (args.loss and _loss_at(args) == "xdp") else 0.0
-    options = {"poll": args.poll or "wakeup"} if args.backend == "afxdp" else {}
+    options = {"poll": args.poll or "wakeup", "control_plane": not args.no_cp} if args.backend == "afxdp" else {}
     extra = {} if args.ethertype is None else {"ethertype": args.ethertype}
     return TransportEndpoint.open(iface=iface, netns=netns, encap=args.encap, backend=args.backend,
                                   local_ip=ip, xdp_loss=xdp_loss, faults_rx=faults, seed=args.seed,

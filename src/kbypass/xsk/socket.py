@@ -38,7 +38,9 @@ ETHTOOL_GCHANNELS = 0x3C
 
 
 class XskError(KbypassError):
-    """AF_XDP socket setup or use failed; the message names the fix."""
+    """AF_XDP socket setup or use failed; the message names the fix. `errno`: the kernel's, when it said one."""
+
+    errno: int | None = None
 
 
 COPY_TX_DEFAULT_BUDGET = 32  # frames the kernel sends per sendto() in copy mode before it returns EAGAIN
@@ -204,7 +206,9 @@ class XskSocket:
             hint = f"the interface is down: 'ip link set {self.ifname} up'"
         else:
             hint = "see 'kbypass doctor'"
-        raise XskError(f"{what} failed: {os.strerror(err)}: {hint}")
+        e = XskError(f"{what} failed: {os.strerror(err)}: {hint}")
+        e.errno = err
+        raise e
 
     # ---- queries ----------------------------------------------------------------------------------
     @property

@@ -1,0 +1,321 @@
+"""A connection to a namespace's control plane, started on demand.
+
+    with ControlPlaneClient() as cp:              # this namespace's; `netns="kb-b"` for another's
+        rid = cp.add_rule("eth0", "udp dport 5000")
+        group = cp.register_xsk("eth0", 0, port.fd)
+
+Everything a client adds is tied to its connection: close it, or let the process die, and the control
+plane removes its rules and sockets. When no control plane runs, the first client starts one
+(`kbypass cp serve --idle-exit 10`, detached, its log in /run/kbypass/cp-NAME.log); it exits on its
+own ten seconds after its last client leaves.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from kbypass import netns as _netns
+from kbypass.errors import UsageError
+
+from . import paths, protocol
+from .protocol import ControlPlaneError
+
+AUTO_IDLE_EXIT = 10.0  # seconds an auto-started control plane outlives its last client
+START_TIMEOUT = 10.0
+REPLY_TIMEOUT = 10.0
+
+
+def _connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def start_detached(netns: str | None, name: str, options: tuple[str, ...] = ("--idle-exit", str(AUTO_IDLE_EXIT))
+                   ) -> subprocess.Popen:
+    """Start `kbypass cp serve OPTIONS` for the namespace in the background (its own session, so a Ctrl-C of
+    the tool that started it does not reach it), logging to /run/kbypass/cp-NAME.log."""
+    os.makedirs(paths.RUN_DIR, mode=0o755, exist_ok=True)
+    cmd = [sys.executable, "-m", "kbypass", "cp", "serve", *options]
+    if netns is not None:
+        cmd += ["--netns", netns]
+    # the child starts in our namespace (an unnamed one can only be inherited) or in `netns`
+    with open(paths.log_path(name), "ab") as log, _netns.entered(netns):
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                close_fds=True)
+
+
+class ControlPlaneClient:
+    def __init__(self, netns: str | None = None, *, start: bool = True, command: str | None = None) -> None:
+        self.name = paths.namespace_name(netns)
+        self.netns = netns
+        self.path = paths.socket_path(self.name)
+        self._lock = threading.Lock()
+        self._next_id = 1
+        self._sock: socket.socket | None = None
+        self._sock = self._open(start)
+        try:
+            hello = self._call("hello", version=protocol.VERSION, command=command or _own_command())
+        except BaseException:
+            self.close()
+            raise
+        self.client_id = hello["client"]
+        self.server_pid = hello["server_pid"]
+
+    def _open(self, start: bool) -> socket.socket:
+        deadline = time.monotonic() + START_TIMEOUT
+        child = None
+        while True:
+            try:
+                return _connect(self.path)
+            except PermissionError:
+                raise ControlPlaneError(
+                    f"the control plane of namespace {self.name} admits root only: run as root, or have it "
+                    "started with 'kbypass cp start --users all' (or --users group NAME)") from None
+            except (FileNotFoundError, ConnectionRefusedError):
+                if not start:
+                    raise ControlPlaneError(f"no control plane serves namespace {self.name}: start one with "
+                                            "'kbypass cp start'") from None
+            if os.geteuid() != 0:
+                raise ControlPlaneError(f"no control plane serves namespace {self.name} and only root can start "
+                                        "one: ask root to run 'kbypass cp start --users all'")
+            if child is None:
+                child = start_detached(self.netns, self.name)
+            elif child.poll() not in (None, 0):
+                raise ControlPlaneError(f"the control plane of namespace {self.name} failed to start (exit "
+                                        f"{child.returncode}): see {paths.log_path(self.name)}")
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"the control plane of namespace {self.name} did not come up within "
+                                        f"{START_TIMEOUT:g}s: see {paths.log_path(self.name)}")
+            time.sleep(0.02)
+
+    # ---- requests --------------------------------------------------------------------------------
+
+    def _call(self, op: str, fds: tuple[int, ...] = (), **args) -> dict:
+        with self._lock:
+            if self._sock is None:
+                raise ControlPlaneError("the control-plane connection is closed")
+            req_id = self._next_id
+            self._next_id += 1
+            data = protocol.request(op, req_id, **args)
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+            try:
+                self._sock.sendmsg([data], anc)
+                self._sock.settimeout(REPLY_TIMEOUT)
+                reply = self._sock.recv(protocol.MAX_MESSAGE)
+            except TimeoutError:
+                raise ControlPlaneError(f"the control plane of namespace {self.name} did not answer {op!r} within "
+                                        f"{REPLY_TIMEOUT:g}s: see {paths.log_path(self.name)}") from None
+            except OSError as e:
+                reply = b"" if isinstance(e, (BrokenPipeError, ConnectionResetError)) else None
+                if reply is None:
+                    raise
+            if not reply:
+                raise ControlPlaneError(
+                    f"the control plane of namespace {self.name} went away: the rules and sockets it held for you "
+                    f"are gone (nothing stays attached); start again (its log: {paths.log_path(self.name)})")
+            return protocol.decode_reply(reply)
+
+    def add_rule(self, iface: str, rule, *, priority: int = protocol.DEFAULT_PRIORITY, share: bool = False,
+                 xdp_mode: str | None = None) -> int:
+        args = {"iface": iface, "rule": str(rule), "priority": priority, "share": share}
+        if xdp_mode is not None:
+            args["xdp_mode"] = xdp_mode
+        return self._call("add", **args)["rule_id"]
+
+    def remove_rule(self, iface: str, rule_id: int) -> None:
+        self._call("remove", iface=iface, rule_id=rule_id)
+
+    def register_xsk(self, iface: str, queue: int, fd: int, *, xdp_mode: str | None = None) -> int:
+        """Have this client's redirect rules send what arrives on `queue` to AF_XDP socket `fd`; returns the
+        client's socket group."""
+        args = {"iface": iface, "queue": queue}
+        if xdp_mode is not None:
+            args["xdp_mode"] = xdp_mode
+        return self._call("register", fds=(fd,), **args)["group"]
+
+    def unregister_xsk(self, iface: str, queue: int) -> None:
+        self._call("unregister", iface=iface, queue=queue)
+
+    def counters(self, iface: str) -> list[dict]:
+        """Every rule on the interface (everyone's: a client may see what else steers there) with its
+        owner and the packets and bytes it decided."""
+        return self._call("counters", iface=iface)["rules"]
+
+    def stats(self, iface: str) -> dict:
+        """What no rule decided on the interface: unmatched, parse_errors, not_ip."""
+        return self._call("counters", iface=iface)["stats"]
+
+    def status(self) -> dict:
+        return self._call("status")
+
+    def stop(self, force: bool = False) -> None:
+        self._call("stop", force=force)
+
+    def close(self) -> None:
+        """Say bye (the control plane removes this client's rules and sockets before it answers), then hang
+        up. A control plane that is gone already is no error here: closing leaves nothing either way."""
+        if self._sock is None:
+            return
+        try:
+            self._call("bye")
+        except (ControlPlaneError, OSError):
+            pass
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    def __enter__(self) -> ControlPlaneClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            sock.close()
+
+
+def _own_command() -> str:
+    argv = [os.path.basename(sys.argv[0])] + sys.argv[1:] if sys.argv and sys.argv[0] else ["python"]
+    return " ".join(argv)[:120]
+
+
+def running(netns: str | None = None) -> bool:
+    """Does a control plane serve the namespace? (Connects and hangs up; starts nothing.)"""
+    try:
+        _connect(paths.socket_path(paths.namespace_name(netns))).close()
+        return True
+    except OSError:
+        return False
+
+
+
+
+class SteeringLease:
+    """One interface's steering through the control plane, with the methods of kbypass.steer.Steering
+    that a steered port uses (add, register_xsk, rules, counters, close), so kbypass.port.SteeredPort has
+    one code path for both modes. It sees only its own rules. Closing it closes the connection, which
+    removes every rule and socket it added."""
+
+    def __init__(self, iface: str, netns: str | None = None, xdp_mode: str | None = None, *,
+                 priority: int = protocol.DEFAULT_PRIORITY, share: bool = False) -> None:
+        from kbypass.steer.rules import Rule
+
+        self._rule_type = Rule
+        self.ifname = iface
+        self.xdp_mode = xdp_mode
+        self.priority = priority
+        self.share = share
+        self.client = ControlPlaneClient(netns)
+        self._rules: dict[int, object] = {}
+        self._priorities: dict[int, int] = {}
+        self.group: int | None = None
+
+    def add(self, rule, *, index: int | None = None) -> int:
+        """Add a rule after this lease's others, or before them all with index=0 (as Steering.add(index=0):
+        a sample rule in front of the redirect it thins out). The control plane orders by priority, so
+        index 0 is one priority step ahead of the lease's first rule."""
+        if index not in (None, 0):
+            raise UsageError("through the control plane a rule goes last (index None) or first (index 0) among "
+                             "yours; other positions are a matter of priority between clients")
+        priority = self.priority
+        if index == 0:
+            priority = max(0, min(self._priorities.values(), default=self.priority) - 1)
+        rule_id = self.client.add_rule(self.ifname, rule, priority=priority, share=self.share,
+                                       xdp_mode=self.xdp_mode)
+        self._rules[rule_id] = rule if not isinstance(rule, str) else self._rule_type.parse(rule)
+        self._priorities[rule_id] = priority
+        return rule_id
+
+    def remove(self, rule_id: int) -> None:
+        self.client.remove_rule(self.ifname, rule_id)
+        del self._rules[rule_id]
+        del self._priorities[rule_id]
+
+    def register_xsk(self, queue_id: int, xsk_fd: int) -> None:
+        self.group = self.client.register_xsk(self.ifname, queue_id, xsk_fd, xdp_mode=self.xdp_mode)
+
+    def rules(self) -> dict:
+        return dict(self._rules)
+
+    def counters(self) -> dict[int, tuple[int, int]]:
+        return {r["rule_id"]: (r["packets"], r["bytes"]) for r in self.client.counters(self.ifname)
+                if r["rule_id"] in self._rules}
+
+    def stats(self):
+        from kbypass.steer.steering import SteerStats
+
+        return SteerStats(**self.client.stats(self.ifname))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+
+
+def terminate(name: str, timeout: float = 3.0, *, forget: bool = False) -> int | None:
+    """End the control plane of namespace NAME (by its control-plane name) whatever its clients say: for
+    `kbypass testbed down`, which is about to delete the namespace (a control plane left in it would keep
+    the namespace alive, unnamed). SIGTERM, then SIGKILL after `timeout`. Returns its pid, or None when none
+    runs. The lock tells: the control plane holds it while it lives. `forget`: also remove its files (the
+    namespace is going away for good)."""
+    try:
+        return _terminate(name, timeout)
+    finally:
+        if forget:
+            for path in (paths.socket_path(name), paths.lock_path(name), paths.log_path(name)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+
+def _terminate(name: str, timeout: float) -> int | None:
+    import fcntl
+    import signal
+
+    try:
+        fd = os.open(paths.lock_path(name), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # nobody holds it: no control plane runs
+        except BlockingIOError:
+            pass
+        try:
+            pid = int(os.pread(fd, 32, 0).decode().strip())
+        except ValueError:
+            return None
+        sig, deadline = signal.SIGTERM, time.monotonic() + timeout
+        while True:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return pid
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # free once the process is gone
+                return pid
+            except BlockingIOError:
+                pass
+            if time.monotonic() > deadline:
+                sig = signal.SIGKILL
+            time.sleep(0.02)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["ControlPlaneClient", "ControlPlaneError", "SteeringLease", "running", "start_detached", "terminate"]

@@ -1,0 +1,58 @@
+"""Where a network namespace's control plane lives: /run/kbypass/cp-NAME.{sock,lock,log}.
+
+One control plane per network namespace, like Onload's onload_cp_server: interfaces and XDP attachments
+are per namespace. NAME is the namespace's name under /var/run/netns (what `ip netns identify` says), or
+"init" for the namespace of pid 1, or "ns-INODE" for an unnamed one. A process started with
+`ip netns exec kb-b ...` finds kb-b's control plane without being told.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from kbypass import netns as _netns
+from kbypass.errors import UsageError
+
+RUN_DIR = "/run/kbypass"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def namespace_name(netns: str | None = None) -> str:
+    """The control-plane name of namespace `netns` (None: the one this thread is in)."""
+    if netns is not None:
+        if not _NAME.match(netns) or netns.startswith("."):
+            raise UsageError(f"namespace name {netns!r}: use letters, digits, '_', '.', '-'")
+        if not _netns.exists(netns):
+            raise UsageError(f"no network namespace {netns!r}: see 'ip netns list'")
+        return netns
+    mine = _inode("/proc/thread-self/ns/net")
+    if mine is not None and mine == _inode("/proc/1/ns/net"):
+        return "init"
+    try:
+        names = sorted(os.listdir(_netns.NETNS_RUN_DIR))
+    except OSError:
+        names = []
+    for name in names:
+        if _NAME.match(name) and _inode(_netns.path(name)) == mine:
+            return name
+    return f"ns-{mine}"
+
+
+def socket_path(name: str) -> str:
+    return os.path.join(RUN_DIR, f"cp-{name}.sock")
+
+
+def lock_path(name: str) -> str:
+    return os.path.join(RUN_DIR, f"cp-{name}.lock")
+
+
+def log_path(name: str) -> str:
+    return os.path.join(RUN_DIR, f"cp-{name}.log")

@@ -1,0 +1,153 @@
+"""The control plane's request protocol, sans-IO: messages in and out as bytes, checked field by field.
+
+Transport: a unix SOCK_SEQPACKET socket (one datagram = one message, so there are no half-read
+requests, and the kernel reports a client's death as end of file). A message is one UTF-8 JSON object of
+at most MAX_MESSAGE bytes. AF_XDP socket fds travel beside a message as SCM_RIGHTS.
+
+Requests: {"op": OP, "id": N, ...fields}. `id` (optional, any integer) is echoed in the reply so a
+client can match them. The first request of a connection must be `hello` with the client's protocol
+`version`; the server answers with its own and refuses a major version it does not speak.
+
+    op           fields (? = optional)                               reply fields
+    hello        version, command?                                   version, client, server_pid
+    add          iface, rule, priority?, share?, xdp_mode?           rule_id
+    remove       iface, rule_id                                      -
+    register     iface, queue, xdp_mode?  + one AF_XDP socket fd     group
+    unregister   iface, queue                                        -
+    counters     iface                                               rules: [{rule_id, rule, owner, packets,
+                                                                     bytes}], stats: {unmatched, parse_errors,
+                                                                     not_ip} (kbypass.steer.SteerStats)
+    status       -                                                   clients, interfaces
+    stop         force?                                              -
+    bye          -                                                   -   (then the server hangs up)
+
+`bye` removes the client's rules and sockets before the reply, so a client that says it before closing
+knows they are gone (closing alone removes them too, a moment later).
+
+Replies: {"ok": true, "id": N, ...} or {"ok": false, "id": N, "error": "one line naming the fix"}.
+Every request that fails validation gets an error reply; the connection stays usable.
+
+`rule` is a rule's text form (kbypass.steer.rules). `priority` orders rules across clients (lower first,
+default 100; equal priorities keep arrival order). `share`: overlapping rules of other clients are
+allowed only when both ask to share (then the first in priority order takes the packets).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from kbypass.errors import KbypassError
+
+VERSION = 1
+MAX_MESSAGE = 65536  # bytes of one message, either way
+MAX_FDS = 1  # fds a request may carry (register's AF_XDP socket)
+DEFAULT_PRIORITY = 100
+
+_STR, _INT, _BOOL = "text", "integer", "true or false"
+
+# op -> {field: (kind, required)}
+OPS: dict[str, dict[str, tuple[str, bool]]] = {
+    "hello": {"version": (_INT, True), "command": (_STR, False)},
+    "add": {"iface": (_STR, True), "rule": (_STR, True), "priority": (_INT, False), "share": (_BOOL, False),
+            "xdp_mode": (_STR, False)},
+    "remove": {"iface": (_STR, True), "rule_id": (_INT, True)},
+    "register": {"iface": (_STR, True), "queue": (_INT, True), "xdp_mode": (_STR, False)},
+    "unregister": {"iface": (_STR, True), "queue": (_INT, True)},
+    "counters": {"iface": (_STR, True)},
+    "status": {},
+    "stop": {"force": (_BOOL, False)},
+    "bye": {},
+}
+TAKES_FD = {"register"}
+_INT_RANGE = (-(2**63), 2**63 - 1)
+
+
+class ProtocolError(KbypassError):
+    """A request the server cannot act on; its message goes back to the client as the error."""
+
+
+class ControlPlaneError(KbypassError):
+    """The control plane answered a request with an error (raised on the client side)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    args: dict = field(default_factory=dict)
+    id: int | None = None
+
+
+def _kind_ok(value, kind: str) -> bool:
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool) and _INT_RANGE[0] <= value <= _INT_RANGE[1]
+    return isinstance(value, str) and 0 < len(value) <= 1024 and "\0" not in value
+
+
+def decode_request(data: bytes, nfds: int = 0) -> Request:
+    """Check one request message (and how many fds came with it); ProtocolError says what is wrong."""
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"request of {len(data)} bytes: at most {MAX_MESSAGE}")
+    try:
+        msg = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError("a request is one UTF-8 JSON object, e.g. {\"op\": \"status\"}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("a request is a JSON object with an \"op\" field")
+    req_id = msg.pop("id", None)
+    if req_id is not None and not _kind_ok(req_id, _INT):
+        raise ProtocolError("\"id\" must be an integer")
+    op = msg.pop("op", None)
+    if op not in OPS:
+        raise ProtocolError(f"unknown op {op!r}: one of {', '.join(OPS)}")
+    spec = OPS[op]
+    for name, value in msg.items():
+        if name not in spec:
+            raise ProtocolError(f"{op}: unknown field {name!r} (fields: {', '.join(spec) or 'none'})")
+        kind = spec[name][0]
+        if not _kind_ok(value, kind):
+            raise ProtocolError(f"{op}: {name!r} must be {kind}")
+    missing = [name for name, (_, required) in spec.items() if required and name not in msg]
+    if missing:
+        raise ProtocolError(f"{op}: missing {', '.join(repr(m) for m in missing)}")
+    want = 1 if op in TAKES_FD else 0
+    if nfds != want:
+        raise ProtocolError(f"{op}: send {want} file descriptor(s) with it, not {nfds}")
+    return Request(op, msg, req_id)
+
+
+def encode(msg: dict) -> bytes:
+    data = json.dumps(msg, separators=(",", ":")).encode()
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"message of {len(data)} bytes: at most {MAX_MESSAGE}")
+    return data
+
+
+def request(op: str, req_id: int | None = None, **args) -> bytes:
+    msg = {"op": op, **args}
+    if req_id is not None:
+        msg["id"] = req_id
+    return encode(msg)
+
+
+def ok(req_id: int | None, **fields) -> bytes:
+    return encode({"ok": True, "id": req_id, **fields})
+
+
+def error(req_id: int | None, message: str) -> bytes:
+    return encode({"ok": False, "id": req_id, "error": message})
+
+
+def decode_reply(data: bytes) -> dict:
+    """The reply's fields; an error reply raises ControlPlaneError with the server's message."""
+    try:
+        msg = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ControlPlaneError("the control plane sent a reply that is not JSON: is it a kbypass cp?") from None
+    if not isinstance(msg, dict) or "ok" not in msg:
+        raise ControlPlaneError("the control plane sent a malformed reply: is it a kbypass cp of this version?")
+    if not msg["ok"]:
+        raise ControlPlaneError(str(msg.get("error", "the control plane refused the request")))
+    return msg

@@ -1,0 +1,256 @@
+"""What the control plane knows and decides: clients, their rules and sockets, one steering program per
+interface. No I/O of its own beyond the steering program (kbypass.cp.server feeds it requests).
+
+Ownership: every rule and socket belongs to the client that asked for it and goes when that client goes
+(`drop_client`). An interface's program is loaded and attached at its first rule or socket and detached
+when the last one goes, so an idle control plane leaves every interface as it found it.
+
+Socket groups: each client that registers a socket gets its own group (a row of the XSKMAP, see
+bpf/steer.h), and its rules redirect only to its own sockets. Group 0 is the in-process steering's
+(`kbypass.port.SteeredPort(control="none")`), never a client's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+
+from kbypass.steer.rules import Rule, RuleError, overlap
+from kbypass.steer.steering import MODES, Steering
+
+from .protocol import DEFAULT_PRIORITY, ProtocolError
+
+log = logging.getLogger("kbypass.cp")
+
+
+@dataclass
+class Client:
+    cid: int
+    pid: int
+    uid: int
+    command: str = "?"
+    group: int | None = None  # its socket group, once it registers a socket
+    rules: set = field(default_factory=set)  # (iface, rule_id)
+    sockets: set = field(default_factory=set)  # (iface, queue)
+    greeted: bool = False
+    leaving: bool = False  # said bye: its connection closes after the reply
+
+    def describe(self) -> str:
+        return f"client {self.cid} (pid {self.pid}, {self.command})"
+
+
+@dataclass
+class _RuleEntry:
+    owner: Client
+    rule: Rule
+    priority: int
+    share: bool
+    seq: int
+
+
+@dataclass
+class _Served:
+    """One interface's program and who uses it."""
+
+    steering: Steering
+    rules: dict = field(default_factory=dict)  # rule id -> _RuleEntry
+    sockets: dict = field(default_factory=dict)  # (group, queue) -> Client
+
+    def idle(self) -> bool:
+        return not self.rules and not self.sockets
+
+
+class ControlPlane:
+    def __init__(self) -> None:
+        self.clients: dict[int, Client] = {}
+        self.served: dict[str, _Served] = {}
+        self._next_cid = 1
+        self._seq = 0
+
+    # ---- clients ---------------------------------------------------------------------------------
+
+    def new_client(self, pid: int, uid: int, command: str) -> Client:
+        client = Client(self._next_cid, pid, uid, command)
+        self._next_cid += 1
+        self.clients[client.cid] = client
+        return client
+
+    def drop_client(self, client: Client) -> None:
+        """Remove everything `client` owns (it closed its connection, died or said bye). Idempotent."""
+        self.clients.pop(client.cid, None)
+        for iface, rule_id in sorted(client.rules):
+            self._remove_rule(iface, rule_id)
+        for iface, queue in sorted(client.sockets):
+            self._unregister(client, iface, queue)
+        if client.rules or client.sockets:  # nothing of it may stay behind
+            raise AssertionError(f"{client.describe()} kept {client.rules} {client.sockets}")
+        for iface in list(self.served):
+            self._release_if_idle(iface)
+
+    # ---- interfaces ------------------------------------------------------------------------------
+
+    def _serve(self, iface: str, xdp_mode: str | None) -> _Served:
+        served = self.served.get(iface)
+        if served is not None:
+            mode = served.steering.attached_mode
+            if xdp_mode not in (None, "auto", mode):
+                raise ProtocolError(f"{iface} is steered in {mode} mode already: ask for {mode} (or auto)")
+            return served
+        if xdp_mode is not None and xdp_mode not in MODES:
+            raise ProtocolError(f"unknown XDP mode {xdp_mode!r} (expected native, skb or auto)")
+        steering = Steering(iface, mode=xdp_mode or "native")
+        try:
+            steering.attach()
+        except BaseException:
+            steering.close()
+            raise
+        served = self.served[iface] = _Served(steering)
+        log.info("attached the steering program to %s (%s mode, program id %d)", iface,
+                 steering.attached_mode, steering.prog_id)
+        return served
+
+    def _served(self, iface: str) -> _Served:
+        served = self.served.get(iface)
+        if served is None:
+            raise ProtocolError(f"no kbypass rule or socket on {iface!r}")
+        return served
+
+    def _release_if_idle(self, iface: str) -> None:
+        served = self.served.get(iface)
+        if served is not None and served.idle():
+            served.steering.close()
+            del self.served[iface]
+            log.info("detached the steering program from %s (no rules or sockets left)", iface)
+
+    # ---- rules -----------------------------------------------------------------------------------
+
+    def add_rule(self, client: Client, iface: str, text: str, priority: int = DEFAULT_PRIORITY,
+                 share: bool = False, xdp_mode: str | None = None) -> int:
+        try:
+            rule = Rule.parse(text)
+        except RuleError as e:
+            raise ProtocolError(str(e)) from None
+        if not 0 <= priority <= 65535:
+            raise ProtocolError(f"priority {priority}: choose 0-65535 (lower goes first)")
+        served = self._serve(iface, xdp_mode)
+        try:
+            for entry in served.rules.values():
+                if entry.owner is not client and overlap(rule, entry.rule) and not (share and entry.share):
+                    raise ProtocolError(
+                        f"rule '{rule}' overlaps '{entry.rule}' of {entry.owner.describe()} on {iface}: narrow the "
+                        "rule, or have both ask to share (the first in priority order then takes the packets)")
+            group = self._group(client)
+            order = sorted(served.rules.items(), key=lambda kv: (kv[1].priority, kv[1].seq))
+            index = sum(1 for _, e in order if e.priority <= priority)
+            rule_id = served.steering.add(rule, index=index, group=group)
+        except BaseException:
+            self._release_if_idle(iface)
+            raise
+        self._seq += 1
+        served.rules[rule_id] = _RuleEntry(client, rule, priority, share, self._seq)
+        client.rules.add((iface, rule_id))
+        log.info("%s: rule %d '%s' on %s (priority %d%s)", client.describe(), rule_id, rule, iface, priority,
+                 ", shared" if share else "")
+        return rule_id
+
+    def remove_rule(self, client: Client, iface: str, rule_id: int) -> None:
+        if (iface, rule_id) not in client.rules:
+            raise ProtocolError(f"you have no rule {rule_id} on {iface!r}: see 'kbypass cp status'")
+        self._remove_rule(iface, rule_id)
+        self._release_if_idle(iface)
+
+    def _remove_rule(self, iface: str, rule_id: int) -> None:
+        served = self.served[iface]
+        entry = served.rules.pop(rule_id)
+        served.steering.remove(rule_id)
+        entry.owner.rules.discard((iface, rule_id))
+        log.info("%s: removed rule %d '%s' on %s", entry.owner.describe(), rule_id, entry.rule, iface)
+
+    def _group(self, client: Client) -> int:
+        """The client's socket group, allocated at its first rule or socket (1..max_groups-1)."""
+        if client.group is None:
+            taken = {c.group for c in self.clients.values()}
+            free = next((g for g in range(1, 64) if g not in taken), None)  # STEER_MAX_GROUPS
+            if free is None:
+                raise ProtocolError("63 clients steer already: that is the most one control plane serves")
+            client.group = free
+        return client.group
+
+    # ---- sockets ---------------------------------------------------------------------------------
+
+    def register(self, client: Client, iface: str, queue: int, fd: int, xdp_mode: str | None = None) -> int:
+        served = self._serve(iface, xdp_mode)
+        try:
+            group = self._group(client)
+            if (group, queue) in served.sockets:
+                raise ProtocolError(f"you registered a socket for queue {queue} of {iface} already: unregister it first")
+            served.steering.register_xsk(queue, fd, group)
+        except BaseException:
+            self._release_if_idle(iface)
+            raise
+        served.sockets[(group, queue)] = client
+        client.sockets.add((iface, queue))
+        log.info("%s: AF_XDP socket for queue %d of %s (group %d)", client.describe(), queue, iface, group)
+        return group
+
+    def unregister(self, client: Client, iface: str, queue: int) -> None:
+        if (iface, queue) not in client.sockets:
+            raise ProtocolError(f"you have no socket on queue {queue} of {iface!r}")
+        self._unregister(client, iface, queue)
+        self._release_if_idle(iface)
+
+    def _unregister(self, client: Client, iface: str, queue: int) -> None:
+        served = self.served[iface]
+        served.steering.unregister_xsk(queue, client.group)
+        del served.sockets[(client.group, queue)]
+        client.sockets.discard((iface, queue))
+        log.info("%s: removed the socket of queue %d of %s", client.describe(), queue, iface)
+
+    def holder_of_queue(self, iface: str, queue: int, but: Client | None = None) -> Client | None:
+        """Who else has a socket on that queue (AF_XDP allows one socket pool per queue)."""
+        served = self.served.get(iface)
+        if served is None:
+            return None
+        return next((c for (g, q), c in served.sockets.items() if q == queue and c is not but), None)
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    def counters(self, iface: str) -> list[dict]:
+        served = self._served(iface)
+        counts = served.steering.counters()
+        return [{"rule_id": rid, "rule": str(e.rule), "owner": e.owner.cid, "packets": counts.get(rid, (0, 0))[0],
+                 "bytes": counts.get(rid, (0, 0))[1]} for rid, e in self._ordered(served)]
+
+    def stats(self, iface: str) -> dict:
+        """What no rule decided on the interface (kbypass.steer.SteerStats, as a dict)."""
+        return dataclasses.asdict(self._served(iface).steering.stats())
+
+    @staticmethod
+    def _ordered(served: _Served):
+        order = served.steering.rules()
+        return [(rid, served.rules[rid]) for rid in order]
+
+    def status(self) -> dict:
+        clients = [{"client": c.cid, "pid": c.pid, "uid": c.uid, "command": c.command, "group": c.group,
+                    "rules": len(c.rules), "sockets": sorted(f"{i}:{q}" for i, q in c.sockets)}
+                   for c in self.clients.values() if c.greeted]
+        interfaces = []
+        for iface, served in sorted(self.served.items()):
+            stats = self.stats(iface)
+            interfaces.append({
+                "iface": iface, "xdp_mode": served.steering.attached_mode, "prog_id": served.steering.prog_id,
+                "rules": [{**r, "priority": served.rules[r["rule_id"]].priority,
+                           "share": served.rules[r["rule_id"]].share} for r in self.counters(iface)],
+                "sockets": [{"queue": q, "group": g, "owner": c.cid} for (g, q), c in sorted(served.sockets.items())],
+                **stats,
+            })
+        return {"server_pid": os.getpid(), "clients": clients, "interfaces": interfaces}
+
+    def close(self) -> None:
+        for client in list(self.clients.values()):
+            self.drop_client(client)
+        for served in self.served.values():
+            served.steering.close()
+        self.served.clear()

@@ -1,0 +1,349 @@
+"""The control plane (kbypass.cp) on the testbed: several kbypass programs steering one interface, each
+getting exactly its own flow while the kernel keeps the rest; clients and the control plane killed with
+SIGKILL; garbage, silent and a thousand short-lived clients; non-root clients.
+
+Which receive queue a packet lands on is the sender's transmit queue on a veth, and XPS maps a CPU to a
+transmit queue: the fixture maps CPU q to queue q on host a, and the senders run pinned, so each flow
+lands on the queue its receiver holds (AF_XDP takes one socket per queue)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kbypass.cp import paths, protocol
+from kbypass.cp.client import ControlPlaneClient, ControlPlaneError, terminate
+from kbypass.endpoint import UdpEndpoint
+from tests.kb import xdp_attached
+
+pytestmark = pytest.mark.skipif(os.cpu_count() < 2, reason="needs two CPUs: one transmit queue per CPU")
+
+
+@pytest.fixture
+def hosts(testbed_hosts):
+    """The session testbed with XPS on host a (CPU q sends on queue q) and no control plane running in
+    either namespace before or after the test."""
+    a, b = testbed_hosts
+    for h in (a, b):
+        terminate(paths.namespace_name(h.netns))
+    _xps(a, ["1", "2"])
+    yield a, b
+    _xps(a, ["0", "0"])
+    for h in (a, b):
+        terminate(paths.namespace_name(h.netns))
+    assert not xdp_attached(b), "a control plane left the steering program attached"
+
+
+def _xps(host, masks) -> None:
+    script = "; ".join(f"echo {m} > /sys/class/net/{host.iface}/queues/tx-{q}/xps_cpus" for q, m in enumerate(masks))
+    subprocess.run(["ip", "netns", "exec", host.netns, "sh", "-c", script], check=True)
+
+
+def send_udp(a, b, port: int, n: int, cpu: int, src_port: int = 0) -> None:
+    """n datagrams from host a's kernel to b's address:port, from CPU `cpu` (so on a's queue `cpu`)."""
+    code = (f"import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{a.ipv4}',{src_port}))\n"
+            f"for i in range({n}):\n    s.sendto(i.to_bytes(4,'big')+bytes(60),('{b.ipv4}',{port}))\n"
+            f"    time.sleep(0.0005)\n")
+    subprocess.run(["ip", "netns", "exec", a.netns, "taskset", "-c", str(cpu), sys.executable, "-c", code],
+                   check=True, timeout=60)
+
+
+def sink(b, rule: str, queue: int, seconds: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kbypass", "sink", "--host", "b", "--rule", rule, "--queue",
+                             str(queue), "-t", str(seconds), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def status(host) -> dict:
+    with ControlPlaneClient(host.netns, start=False, command="test status") as cp:
+        st = cp.status()
+        st["clients"] = [c for c in st["clients"] if c["client"] != cp.client_id]
+        return st
+
+
+def wait_for(what, cond, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got = cond()
+        except ControlPlaneError:
+            got = None
+        if got:
+            return got
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def sockets_of(host) -> set[str]:
+    return {s for c in status(host)["clients"] for s in c["sockets"]}
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return json.loads(out)
+
+
+def test_two_sinks_on_one_interface_each_get_exactly_their_flow_while_the_kernel_keeps_the_rest(hosts):
+    a, b = hosts
+    one, two = sink(b, "udp dport 5000", 0, 6), sink(b, "udp dport 5001", 1, 6)
+    wait_for("both sinks' sockets", lambda: sockets_of(b) == {f"{b.iface}:0", f"{b.iface}:1"})
+    st = status(b)
+    assert [len(st["interfaces"]), sorted(r["rule"] for r in st["interfaces"][0]["rules"])] == [
+        1, ["udp dport 5000 redirect", "udp dport 5001 redirect"]]
+    # the kernel keeps what nobody asked for: a UDP socket on b and ping, while both sinks steer
+    with _kernel_socket(b, 5002) as ks:
+        send_udp(a, b, 5000, 300, cpu=0)
+        send_udp(a, b, 5001, 200, cpu=1)
+        send_udp(a, b, 5002, 20, cpu=0)
+        got = sum(1 for _ in iter(lambda: _recv_or_none(ks), None))
+    assert got == 20
+    ping = subprocess.run(["ip", "netns", "exec", a.netns, "ping", "-c", "2", "-i", "0.2", "-W", "1", b.ipv4],
+                          capture_output=True)
+    assert ping.returncode == 0
+    first, second = finish(one), finish(two)
+    assert (first["packets"], second["packets"]) == (300, 200)
+    wait_for("the program to go with its last rule", lambda: not xdp_attached(b))
+
+
+def test_kill_9_of_one_sink_removes_its_rule_and_socket_within_a_second_and_the_other_keeps_every_packet(hosts):
+    a, b = hosts
+    victim, keeper = sink(b, "udp dport 5000", 0, 30), sink(b, "udp dport 5001", 1, 8)
+    try:
+        wait_for("both sockets", lambda: sockets_of(b) == {f"{b.iface}:0", f"{b.iface}:1"})
+        send_udp(a, b, 5001, 150, cpu=1)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(5)
+        t0 = time.monotonic()
+        wait_for("the victim's rule and socket to go", lambda: sockets_of(b) == {f"{b.iface}:1"}, timeout=1.0)
+        assert time.monotonic() - t0 < 1.0
+        rules = [r["rule"] for r in status(b)["interfaces"][0]["rules"]]
+        assert rules == ["udp dport 5001 redirect"]
+        send_udp(a, b, 5001, 150, cpu=1)
+        assert finish(keeper)["packets"] == 300
+    finally:
+        for p in (victim, keeper):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_kill_9_of_the_control_plane_leaves_nothing_attached_and_the_next_tool_starts_a_new_one(hosts):
+    a, b = hosts
+    first = sink(b, "udp dport 5000", 0, 30)
+    try:
+        wait_for("the sink's socket", lambda: sockets_of(b) == {f"{b.iface}:0"})
+        pid = status(b)["server_pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for("the program to go with the control plane", lambda: not xdp_attached(b), timeout=2.0)
+        # the client says so when it next asks (the sink asks for its counters at the end)
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=10)
+        assert "control plane of namespace" in err and "went away" in err and "Traceback" not in err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    second = sink(b, "udp dport 5000", 0, 4)
+    wait_for("a new control plane with the new sink", lambda: sockets_of(b) == {f"{b.iface}:0"})
+    assert status(b)["server_pid"] != pid
+    send_udp(a, b, 5000, 100, cpu=0)
+    assert finish(second)["packets"] == 100
+
+
+def test_overlapping_rules_of_two_clients_are_refused_naming_the_other_unless_both_share(hosts):
+    _, b = hosts
+    with ControlPlaneClient(b.netns, command="first") as one, ControlPlaneClient(b.netns, command="second") as two:
+        one.add_rule(b.iface, "udp dport 5000")
+        with pytest.raises(ControlPlaneError, match=rf"overlaps 'udp dport 5000 redirect' of client {one.client_id} "
+                                                    rf"\(pid {os.getpid()}, "):
+            two.add_rule(b.iface, "udp dst 10.77.0.0/16")
+        two.add_rule(b.iface, "udp dport 5001")  # disjoint: fine
+        with pytest.raises(ControlPlaneError, match="you have no rule"):
+            two.remove_rule(b.iface, 0)  # one's rule: not two's to remove
+        shared = one.add_rule(b.iface, "tcp dport 80", share=True)
+        two.add_rule(b.iface, "tcp", share=True)
+        one.remove_rule(b.iface, shared)
+    wait_for("everything to go with the clients", lambda: not xdp_attached(b))
+
+
+def test_stop_is_refused_while_other_clients_are_connected_unless_forced(hosts):
+    _, b = hosts
+    with ControlPlaneClient(b.netns, command="holder") as holder:
+        holder.add_rule(b.iface, "udp dport 5000")
+        from tests.kb import kbypass
+
+        refused = kbypass("cp", "stop", "--host", "b")
+        assert refused.returncode == 2 and "1 other client(s) connected" in refused.stderr
+        forced = kbypass("cp", "stop", "--host", "b", "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert not xdp_attached(b)
+        with pytest.raises(ControlPlaneError, match="went away"):
+            holder.counters(b.iface)
+
+
+def test_the_control_plane_survives_garbage_silence_and_a_thousand_clients_that_die(hosts):
+    _, b = hosts
+    with ControlPlaneClient(b.netns, command="witness") as witness:
+        witness.add_rule(b.iface, "udp dport 5000")
+        path = paths.socket_path(paths.namespace_name(b.netns))
+
+        def raw() -> socket.socket:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.connect(path)
+            s.settimeout(5)
+            return s
+
+        with raw() as s:  # garbage, then an oversized message, then a request before hello
+            for junk in (b"\x00\xff garbage", b"{" * 70000, b'{"op":"add","iface":"x","rule":"udp"}'):
+                s.send(junk)
+                reply = json.loads(s.recv(protocol.MAX_MESSAGE))
+                assert reply["ok"] is False and reply["error"]
+            # a request carrying a file descriptor it should not
+            r, w = os.pipe()
+            s.sendmsg([protocol.request("status")], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", r))])
+            assert "file descriptor" in json.loads(s.recv(protocol.MAX_MESSAGE))["error"]
+            os.close(r)
+            os.close(w)
+        silent = raw()  # a client that asks and never reads its replies: dropped, not waited for
+        silent.send(protocol.request("hello", version=protocol.VERSION))
+        silent.setblocking(False)
+        try:
+            for _ in range(100000):
+                silent.send(protocol.request("status"))
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+            pass
+        silent.close()
+        for i in range(1000):  # connect, half of them add a rule, die without a word
+            c = raw()
+            if i % 2:
+                c.send(protocol.request("hello", version=protocol.VERSION))
+                c.recv(4096)
+                c.send(protocol.request("add", iface=b.iface, rule=f"udp dport {10000 + i}"))
+                assert json.loads(c.recv(4096))["ok"]
+            c.close()
+
+        def only_the_witness_left():
+            now = status(b)
+            return now if len(now["interfaces"][0]["rules"]) == 1 else None
+
+        st = wait_for("the dead clients' rules to go", only_the_witness_left)
+        assert [c["client"] for c in st["clients"]] == [witness.client_id]
+        assert witness.counters(b.iface)[0]["rule"] == "udp dport 5000 redirect"
+
+
+def test_any_request_gets_an_answer_and_leaves_no_rule_behind(hosts):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    _, b = hosts
+    with ControlPlaneClient(b.netns, command="fuzz keeper"):  # keeps the control plane up between examples
+        path = paths.socket_path(paths.namespace_name(b.netns))
+        field = st.one_of(st.integers(-5, 70000), st.text(max_size=12), st.booleans(), st.sampled_from(
+            [b.iface, "udp dport 5000", "tcp dport 80 drop", "udp dport 5000 sample prob 0.5", "lo", "native"]))
+        requests = st.lists(st.fixed_dictionaries({"op": st.sampled_from(sorted(protocol.OPS) + ["nope"])}, optional={
+            k: field for k in ("iface", "rule", "queue", "rule_id", "priority", "share", "xdp_mode", "force",
+                               "version", "command")}), min_size=1, max_size=6)
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(requests)
+        def one_client(reqs):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+                s.connect(path)
+                s.settimeout(5)
+                s.send(protocol.request("hello", version=protocol.VERSION))
+                assert json.loads(s.recv(4096))["ok"]
+                for req in reqs:
+                    if req["op"] in ("stop", "bye"):
+                        continue  # stopping is tested above; bye ends the connection
+                    s.send(json.dumps(req).encode())
+                    reply = json.loads(s.recv(protocol.MAX_MESSAGE))
+                    assert reply["ok"] or reply["error"]
+            wait_for("the client's rules to go", lambda: not status(b)["interfaces"])
+
+        one_client()
+    assert not xdp_attached(b)
+
+
+def test_two_udp_endpoints_on_two_ports_of_one_interface_in_one_process_each_talk_to_a_kernel_peer(hosts):
+    a, b = hosts
+    with UdpEndpoint(b.iface, b.ipv4, 5100, netns=b.netns, queue=0) as e0, \
+            UdpEndpoint(b.iface, b.ipv4, 5101, netns=b.netns, queue=1) as e1:
+        for ep, port, cpu in ((e0, 5100, 0), (e1, 5101, 1)):
+            peer = subprocess.Popen(
+                ["ip", "netns", "exec", a.netns, "taskset", "-c", str(cpu), sys.executable, "-c",
+                 f"import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(5)\n"
+                 f"s.sendto(b'ping {port}',('{b.ipv4}',{port}))\nprint(s.recvfrom(100)[0].decode())"],
+                stdout=subprocess.PIPE, text=True)
+            data, addr = ep.recvfrom(timeout=5)
+            assert data == f"ping {port}".encode()
+            ep.sendto(b"pong " + data, addr)
+            assert peer.communicate(timeout=10)[0].strip() == f"pong ping {port}"
+        assert sockets_of(b) == {f"{b.iface}:0", f"{b.iface}:1"}
+
+
+def test_a_non_root_client_steers_its_own_port_and_nothing_else(hosts, testbed_hosts):
+    a, b = hosts
+    from tests.kb import kbypass
+
+    started = kbypass("cp", "start", "--host", "b", "--users", "all")
+    assert started.returncode == 0, started.stderr
+    code = f"""
+import socket
+from kbypass.cp.client import ControlPlaneClient, ControlPlaneError
+cp = ControlPlaneClient()
+print("ok", cp.add_rule("{b.iface}", "udp dport 7000"))
+for rule in ("udp dport 5000", "udp dport 22", "udp dport 7100", "udp dport 7200 drop", "udp"):
+    try:
+        cp.add_rule("{b.iface}", rule)
+        print("allowed", rule)
+    except ControlPlaneError as e:
+        print("refused", rule, "|", e)
+"""
+    with ControlPlaneClient(b.netns, command="root owner") as owner, _kernel_socket(b, 7100):
+        owner.add_rule(b.iface, "udp dport 5000")
+        run = subprocess.run(["ip", "netns", "exec", b.netns, "setpriv", "--reuid=65534", "--regid=65534",
+                              "--clear-groups", "--inh-caps=-all", sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("ok ")
+    verdicts = {line.split(" | ")[0].split(" ", 1)[1]: line for line in lines[1:]}
+    assert verdicts["udp dport 5000"].startswith("refused") and "overlaps" in verdicts["udp dport 5000"]
+    assert "from 1024 up" in verdicts["udp dport 22"]
+    assert "belongs to a kernel socket" in verdicts["udp dport 7100"]
+    assert "only root clients add drop rules" in verdicts["udp dport 7200 drop"]
+    assert verdicts["udp"].startswith("refused")
+
+
+class _kernel_socket:
+    """A kernel UDP socket bound in host's namespace (the kernel's own port, beside the steering)."""
+
+    def __init__(self, host, port: int) -> None:
+        from kbypass import netns
+
+        with netns.entered(host.netns):
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host.ipv4, port))
+        self.sock.settimeout(1.0)
+
+    def __enter__(self) -> socket.socket:
+        return self.sock
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+
+
+def _recv_or_none(sock: socket.socket):
+    try:
+        return sock.recv(2048)
+    except TimeoutError:
+        return None
