@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kbypass.apps.loop import Ticker, receive_batches
+from kbypass.port.loop import Ticker, receive_batches
 from kbypass.apps.pcap import PcapWriter
 
 

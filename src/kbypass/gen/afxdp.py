@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from kbypass.apps.loop import Stopper
+from kbypass.port.loop import Stopper
 from kbypass.errors import UsageError
 from kbypass.gen.flows import FlowSpec, stamp_batch
 from kbypass.gen.rate import RateLimiter
