@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kbypass.errors import UsageError
-from kbypass.proto.stamp import ETH_IPV4_UDP, STAMP_SIZE
 from kbypass.port.batch import Batch
 from kbypass.proto import checksum
+from kbypass.proto.stamp import ETH_IPV4_UDP, STAMP_SIZE
 from kbypass.proto.udp import write_lengths_batch
 
 IP_SRC, UDP_SPORT, UDP_DPORT = 26, 34, 36
