@@ -42,7 +42,8 @@ def open_port(backend: str, ifname: str | None = None, *, netns: str | None = No
     """Open a steered port of `backend` that receives the flows `rules` name (text or kbypass.steer.Rule):
     a `SteeredPort` (kbypass.port.steered), which is a Port with rule counters; closing it removes the
     steering too. `queue` (afxdp only; default every queue) and `xdp_mode` go to the steering, the other
-    `options` to the backend's port class (AfXdpPort, PacketMmapPort, SocketPort).
+    `options` to the backend's port class (AfXdpPort, PacketMmapPort, SocketPort); `batch_ops`, the batch
+    backend (kbypass.backend.batch(name); default the lane in force), is chosen once for all of its ports.
 
     afxdp:       the XDP steering program with `rules`, one AF_XDP socket per queue.
     packet_mmap: PacketMmapPort(ifname) with the one rule as a classic BPF filter.

@@ -198,8 +198,8 @@ class Batch:
         runs[second] = a
 
     def _ops(self):
-        """The batch backend: the owner's UMEM's (chosen when the port was opened), else the lane in force."""
-        ops = getattr(getattr(self.owner, "umem", None), "ops", None)
+        """The batch backend: the owner port's (chosen when it was opened), else the lane in force."""
+        ops = getattr(self.owner, "batch_ops", None)
         return ops if ops is not None else backend.batch()
 
     def u8(self, offset: int) -> np.ndarray:
