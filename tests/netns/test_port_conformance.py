@@ -285,7 +285,7 @@ def test_the_batch_backend_chosen_once_reaches_every_port_its_umem_and_its_batch
     of the batches they hand out; without it, the lane in force (what --lane python selects)."""
     from kbypass import backend as backends
 
-    a, b = testbed_hosts
+    _, b = testbed_hosts
     chosen = backends.PyBatch()  # an object of its own: only being passed down makes it the UMEM's
     with opened(backend, b, batch_ops=chosen) as sp:
         assert sp.batch_ops is chosen
