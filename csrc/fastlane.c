@@ -44,6 +44,14 @@ static int check_open(Lane *self) {
     return 0;
 }
 
+/* Raise `type` with `fmt` (one %s) naming `addr` as Python's hex() spells it: PyErr_Format has no %llx
+ * before 3.12 (it printed the format itself). */
+static void raise_at(PyObject *type, const char *fmt, uint64_t addr) {
+    char hex[24];
+    snprintf(hex, sizeof hex, "0x%llx", (unsigned long long)addr);
+    PyErr_Format(type, fmt, hex);
+}
+
 /* The exception of a core error code (n: the frame's length, for the message). */
 static PyObject *lane_error(Lane *self, int code, Py_ssize_t n) {
     switch (code) {
@@ -51,8 +59,7 @@ static PyObject *lane_error(Lane *self, int code, Py_ssize_t n) {
         PyErr_SetString(PyExc_RuntimeError, "RX descriptor outside the UMEM");
         break;
     case KB_LANE_E_COMP_ADDR:
-        PyErr_Format(PyExc_IndexError, "completed address 0x%llx is outside the UMEM",
-                     (unsigned long long)self->l.bad_addr);
+        raise_at(PyExc_IndexError, "completed address %s is outside the UMEM", self->l.bad_addr);
         break;
     case KB_LANE_E_TOO_BIG:
         PyErr_Format(PyExc_ValueError, "frame of %zd bytes does not fit a %u-byte UMEM frame", n,
@@ -66,8 +73,7 @@ static PyObject *lane_error(Lane *self, int code, Py_ssize_t n) {
         PyErr_SetFromErrno(PyExc_OSError);
         break;
     case KB_LANE_E_NOT_APP:
-        PyErr_Format(PyExc_ValueError, "frame 0x%llx is not an application-held frame of this UMEM",
-                     (unsigned long long)self->l.bad_addr);
+        raise_at(PyExc_ValueError, "frame %s is not an application-held frame of this UMEM", self->l.bad_addr);
         break;
     default:
         PyErr_Format(PyExc_SystemError, "kb_lane error %d", code);
