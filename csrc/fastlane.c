@@ -36,9 +36,20 @@ static void release_views(Lane *self) {
         if (self->views[i].obj) PyBuffer_Release(&self->views[i]);
 }
 
+static PyObject *Lane_close(Lane *self, PyObject *unused);
+
+/* Before any call that touches the rings: the lane holds the rings' kb_ring structs, not the socket's ring
+ * mappings, and closing the socket (XskSocket.close, Ring.release_views) clears the structs' pointers. A
+ * lane whose rings went away under it closes itself and says so, instead of following NULL pointers. */
 static int check_open(Lane *self) {
     if (self->closed) {
         PyErr_SetString(PyExc_ValueError, "the lane is closed");
+        return -1;
+    }
+    struct kb_lane *l = &self->l;
+    if (!kb_ring_valid(l->rx) || !kb_ring_valid(l->fill) || !kb_ring_valid(l->tx) || !kb_ring_valid(l->comp)) {
+        Py_DECREF(Lane_close(self, NULL));
+        PyErr_SetString(PyExc_ValueError, "the lane is closed: its port's socket (and rings) were closed under it");
         return -1;
     }
     return 0;

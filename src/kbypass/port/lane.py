@@ -317,8 +317,8 @@ class NativeMessageLane(MessageLane):
             return
         try:
             self._stash.extend(self.c.take_stash())
+        finally:  # whatever happens, C lets go of the rings before the port unmaps them
             self.c.close()
-        finally:  # a C lane closed already (a failed re-__init__) has no stash left to give
             super().close()
 
 
