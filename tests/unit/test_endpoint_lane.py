@@ -560,10 +560,11 @@ def test_a_completion_outside_the_umem_gets_the_same_verdict_and_is_not_written(
 
 @pytest.mark.parametrize("desc", [lambda size: (size, 60), lambda size: (size - 100, 200),
                                   lambda size: (256, 1 << 31), lambda size: (size + 256, 0),
-                                  lambda size: (size - 100, 100)])
+                                  lambda size: (size - 100, 100), lambda size: (256, 4000)])
 def test_an_rx_descriptor_outside_the_umem_gets_the_same_verdict_and_stays_on_the_ring(desc):
     """The C lane raised for an RX descriptor that reaches past the UMEM; the Python lane copied what
-    fitted (a truncated frame) and went on."""
+    fitted (a truncated frame) and went on. Inside the UMEM but longer than a frame: both give one frame's
+    bytes."""
     def kernel(xsk, umem):
         idx, n = xsk.k_fill.peek(1)  # the kernel takes a lent frame, as for any received one
         xsk.k_fill.release(n)

@@ -74,6 +74,7 @@ class MessageLane:
         self._chunk_mask = ~(self.umem.frame_size - 1)
         self._shift = self.umem.shift
         self._umem_size = self.umem.size
+        self._frame_size = self.umem.frame_size
         # the largest frame one UMEM frame carries: TX frames start at chunk + headroom (alloc), RX ones
         # also after the kernel's XDP_PACKET_HEADROOM; the kernel drops (and counts in the socket's
         # rx_dropped statistic) any received frame longer than rx_room
@@ -106,7 +107,9 @@ class MessageLane:
             # the kernel only hands back frames we lent it; never read (or truncate) outside the UMEM
             rx.cancel(1)
             raise RuntimeError("RX descriptor outside the UMEM")
-        data = bytes(self._mem[addr:addr + n])
+        # the kernel keeps to one frame; a longer length is copied as one frame's bytes (and counted whole),
+        # as the C lane does (its copy buffer is one frame)
+        data = bytes(self._mem[addr:addr + min(n, self._frame_size)])
         rx.release(1)
         fill = self._fill
         k, got = fill.reserve(1)
