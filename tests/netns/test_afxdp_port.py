@@ -24,7 +24,7 @@ from kbypass.port.batch import UDP_DPORT, UDP_PAYLOAD
 from kbypass.testing.plugin import needs_root
 from kbypass.xsk.socket import XskError
 from kbypass.xsk.umem import OwnershipError
-from tests.kb import collect_batches
+from tests.kb import collect_batches, needs_c
 
 pytestmark = pytest.mark.netns
 
@@ -357,7 +357,7 @@ def test_an_mtu_too_large_for_xdp_is_refused_with_the_fix(link):
                 ipr.link("del", index=idx[0])
 
 
-@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("native", [pytest.param(True, marks=needs_c), False])
 def test_a_lane_whose_socket_closed_refuses_use_instead_of_crashing(link, native):
     """The C lane held the rings' kb_ring structs but not the socket's ring mappings: after the socket
     closed under an open lane, its next send followed the cleared pointers and the process died (SIGSEGV).
