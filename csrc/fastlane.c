@@ -36,12 +36,31 @@ static void release_views(Lane *self) {
         if (self->views[i].obj) PyBuffer_Release(&self->views[i]);
 }
 
+static PyObject *Lane_close(Lane *self, PyObject *unused);
+
+/* Before any call that touches the rings: the lane holds the rings' kb_ring structs, not the socket's ring
+ * mappings, and closing the socket (XskSocket.close, Ring.release_views) clears the structs' pointers. A
+ * lane whose rings went away under it closes itself and says so, instead of following NULL pointers. */
 static int check_open(Lane *self) {
     if (self->closed) {
         PyErr_SetString(PyExc_ValueError, "the lane is closed");
         return -1;
     }
+    struct kb_lane *l = &self->l;
+    if (!kb_ring_valid(l->rx) || !kb_ring_valid(l->fill) || !kb_ring_valid(l->tx) || !kb_ring_valid(l->comp)) {
+        Py_DECREF(Lane_close(self, NULL));
+        PyErr_SetString(PyExc_ValueError, "the lane is closed: its port's socket (and rings) were closed under it");
+        return -1;
+    }
     return 0;
+}
+
+/* Raise `type` with `fmt` (one %s) naming `addr` as Python's hex() spells it: PyErr_Format has no %llx
+ * before 3.12 (it printed the format itself). */
+static void raise_at(PyObject *type, const char *fmt, uint64_t addr) {
+    char hex[24];
+    snprintf(hex, sizeof hex, "0x%llx", (unsigned long long)addr);
+    PyErr_Format(type, fmt, hex);
 }
 
 /* The exception of a core error code (n: the frame's length, for the message). */
@@ -51,8 +70,7 @@ static PyObject *lane_error(Lane *self, int code, Py_ssize_t n) {
         PyErr_SetString(PyExc_RuntimeError, "RX descriptor outside the UMEM");
         break;
     case KB_LANE_E_COMP_ADDR:
-        PyErr_Format(PyExc_IndexError, "completed address 0x%llx is outside the UMEM",
-                     (unsigned long long)self->l.bad_addr);
+        raise_at(PyExc_IndexError, "completed address %s is outside the UMEM", self->l.bad_addr);
         break;
     case KB_LANE_E_TOO_BIG:
         PyErr_Format(PyExc_ValueError, "frame of %zd bytes does not fit a %u-byte UMEM frame", n,
@@ -66,8 +84,7 @@ static PyObject *lane_error(Lane *self, int code, Py_ssize_t n) {
         PyErr_SetFromErrno(PyExc_OSError);
         break;
     case KB_LANE_E_NOT_APP:
-        PyErr_Format(PyExc_ValueError, "frame 0x%llx is not an application-held frame of this UMEM",
-                     (unsigned long long)self->l.bad_addr);
+        raise_at(PyExc_ValueError, "frame %s is not an application-held frame of this UMEM", self->l.bad_addr);
         break;
     default:
         PyErr_Format(PyExc_SystemError, "kb_lane error %d", code);

@@ -24,7 +24,7 @@ from kbypass.port.batch import UDP_DPORT, UDP_PAYLOAD
 from kbypass.testing.plugin import needs_root
 from kbypass.xsk.socket import XskError
 from kbypass.xsk.umem import OwnershipError
-from tests.kb import collect_batches
+from tests.kb import collect_batches, needs_c
 
 pytestmark = pytest.mark.netns
 
@@ -355,3 +355,34 @@ def test_an_mtu_too_large_for_xdp_is_refused_with_the_fix(link):
             idx = ipr.link_lookup(ifname=ends[0])
             if idx:
                 ipr.link("del", index=idx[0])
+
+
+@pytest.mark.parametrize("native", [pytest.param(True, marks=needs_c), False])
+def test_a_lane_whose_socket_closed_refuses_use_instead_of_crashing(link, native):
+    """The C lane held the rings' kb_ring structs but not the socket's ring mappings: after the socket
+    closed under an open lane, its next send followed the cleared pointers and the process died (SIGSEGV).
+    In a child, since that is what it did."""
+    import subprocess
+    import sys
+
+    code = f"""
+import socket
+from kbypass.port.afxdp import AfXdpPort
+from kbypass.proto.udp import PlainUdp
+port = AfXdpPort({link.if_a!r}, 0, netns={link.ns_a!r}, frames=256)
+lane = port.message_lane(PlainUdp(bytes(6), socket.inet_aton({IP_A!r}), {PORT}, None), native={native})
+port.xsk.close()  # the rings go while the lane is open
+for name, call in (("send_one", lambda: lane.send_one(bytes(60))), ("receive_udp", lane.receive_udp),
+                   ("wake", lane.wake), ("waiting", lane.waiting)):
+    try:
+        call()
+        print(name, "worked")
+    except ValueError as e:
+        print(name, "refused:", e)
+lane.close()
+port.close()
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-600:])
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4 and all(" refused: " in line and "closed" in line for line in lines), r.stdout

@@ -279,6 +279,27 @@ def test_bad_setup_is_one_clear_error_and_leaks_nothing(testbed_hosts, backend):
         port.check(app=0)
 
 
+def test_the_batch_backend_chosen_once_reaches_every_port_its_umem_and_its_batches(testbed_hosts, backend,
+                                                                                     monkeypatch):
+    """open_port(batch_ops=...) is the batch backend of every port underneath (each queue's UMEM too) and
+    of the batches they hand out; without it, the lane in force (what --lane python selects)."""
+    from kbypass import backend as backends
+
+    _, b = testbed_hosts
+    chosen = backends.PyBatch()  # an object of its own: only being passed down makes it the UMEM's
+    with opened(backend, b, batch_ops=chosen) as sp:
+        assert sp.batch_ops is chosen
+        assert sp.ports and all(p.batch_ops is chosen for p in sp.ports)
+        assert all(p.umem.ops is chosen for p in sp.ports if hasattr(p, "umem"))
+        batch = sp.alloc(2)
+        assert len(batch) and batch.owner.batch_ops is chosen
+        sp.free(batch)
+    monkeypatch.setattr(backends, "_selected", "python")
+    with opened(backend, b) as sp:
+        assert all(p.batch_ops is backends.PY_BATCH for p in sp.ports)
+        assert all(p.umem.ops is backends.PY_BATCH for p in sp.ports if hasattr(p, "umem"))
+
+
 def test_unknown_backend_is_a_usage_error():
     with pytest.raises(UsageError, match="backend 'dpdk' is unknown: use one of afxdp, packet_mmap, socket"):
         open_port("dpdk", "eth0")

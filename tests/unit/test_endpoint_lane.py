@@ -507,16 +507,73 @@ def test_a_failed_reinit_leaves_the_lane_closed():
         lane.port.close()
 
 
-def test_a_completion_outside_the_umem_is_an_error_not_a_write():
-    """reclaim wrote state[addr >> shift] for any completion address; push_free and mark check theirs."""
-    lane = make_lane(True)
+# --- descriptors from the kernel outside the UMEM: the same verdict in C and Python ----------------------
+
+def _post(ring, values: np.ndarray) -> None:
+    """The kernel's side: publish `values` on `ring` (k_rx or k_comp)."""
+    idx, n = ring.reserve(len(values))
+    assert n == len(values)
+    ring.write_slots(idx, values)
+    ring.submit(n)
+
+
+def _verdict(lane, act):
+    """What `act(lane)` decided: its result or its exception (type and message), and what changed: the
+    port's counters, whether any UMEM state moved, what is left on the RX and completion rings."""
+    port = lane.port
+    counters, state = port.counters.copy(), port.umem.state.copy()
     try:
-        xsk = lane.port.xsk
-        idx, n = xsk.k_comp.reserve(1)
-        xsk.k_comp.write_slots(idx, np.array([1 << 40], dtype=np.uint64))
-        xsk.k_comp.submit(1)
-        with pytest.raises(IndexError, match="outside the UMEM"):
-            lane.c.reclaim()
-    finally:
-        lane.close()
-        lane.port.close()
+        out = act(lane)
+    except (IndexError, RuntimeError, ValueError) as e:  # the verdicts under test
+        out = (type(e).__name__, str(e))
+    return (out, (port.counters - counters).tolist(), bool((port.umem.state != state).any()), lane.waiting(),
+            port.xsk.comp.available())
+
+
+def _both(act, kernel):
+    """The verdict of the C lane and of the Python lane, each on a fresh port after `kernel(xsk, umem)`."""
+    out = []
+    for native in (True, False):
+        lane = make_lane(native)
+        try:
+            kernel(lane.port.xsk, lane.umem)
+            out.append(_verdict(lane, act))
+        finally:
+            lane.close()
+            lane.port.close()
+    return out
+
+
+@pytest.mark.parametrize("bad", [lambda size: [size], lambda size: [1 << 40], lambda size: [0, size + 2047]])
+def test_a_completion_outside_the_umem_gets_the_same_verdict_and_is_not_written(bad):
+    """reclaim wrote state[addr >> shift] for any completion address, in C (now checked, as push_free and
+    mark check theirs) and in Python (it still did): both refuse the whole peek and take nothing."""
+    def kernel(xsk, umem):
+        _post(xsk.k_comp, np.array(bad(umem.size), dtype=np.uint64))
+
+    c, py = _both(lambda lane: lane.send_one(udp_frame()), kernel)
+    assert c == py
+    first_bad = next(a for a in bad(256 * 2048) if a >= 256 * 2048)  # fake_port's UMEM: 256 frames
+    assert c == (("IndexError", f"completed address {first_bad:#x} is outside the UMEM"), [0] * len(c[1]), False,
+                 0, len(bad(0)))
+
+
+@pytest.mark.parametrize("desc", [lambda size: (size, 60), lambda size: (size - 100, 200),
+                                  lambda size: (256, 1 << 31), lambda size: (size + 256, 0),
+                                  lambda size: (size - 100, 100), lambda size: (256, 4000)])
+def test_an_rx_descriptor_outside_the_umem_gets_the_same_verdict_and_stays_on_the_ring(desc):
+    """The C lane raised for an RX descriptor that reaches past the UMEM; the Python lane copied what
+    fitted (a truncated frame) and went on. Inside the UMEM but longer than a frame: both give one frame's
+    bytes."""
+    def kernel(xsk, umem):
+        _, n = xsk.k_fill.peek(1)  # the kernel takes a lent frame, as for any received one
+        xsk.k_fill.release(n)
+        d = np.zeros(1, dtype=consts.XDP_DESC)
+        d[0] = (*desc(umem.size), 0)
+        _post(xsk.k_rx, d)
+
+    c, py = _both(lambda lane: lane.receive_udp(), kernel)
+    assert c == py
+    addr, n = desc(1 << 20)
+    if addr + n > 1 << 20:
+        assert c == (("RuntimeError", "RX descriptor outside the UMEM"), [0] * len(c[1]), False, 1, 0)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kbypass.apps.loop import Ticker, receive_batches
 from kbypass.apps.pcap import PcapWriter
+from kbypass.port.loop import Ticker, receive_batches
 
 
 def spread(prev_ns: int, now_ns: int, n: int) -> np.ndarray:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kbypass.apps.loop import Ticker, receive_batches
 from kbypass.port.base import Port
+from kbypass.port.loop import Ticker, receive_batches
 
 # Bytes 12..23 of a frame: EtherType (2), IPv4 version/IHL, TOS, total length (2), id (2), flags and
 # fragment offset (2), TTL, protocol. One gather of these decides whether the fixed-offset swap is right.

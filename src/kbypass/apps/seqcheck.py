@@ -3,7 +3,7 @@
 Counts what a receiver of a numbered stream wants to know: received (every packet), duplicates (a number
 seen before), lost (numbers from the first to the highest that never came: duplicates do not fill a
 gap), reordered (a packet, not a duplicate, older than one already seen). One-way latency comes from the
-send timestamp in the stamp (kbypass.gen.stamp) against CLOCK_MONOTONIC at receipt.
+send timestamp in the stamp (kbypass.proto.stamp) against CLOCK_MONOTONIC at receipt.
 
 Which numbers were seen is kept for the latest WINDOW numbers below the highest one (a ring of flags,
 4 MiB): at several Mpps a bitmap of the whole run would grow by megabytes a second. A packet older than

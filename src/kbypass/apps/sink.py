@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kbypass.apps.loop import Ticker, receive_batches
 from kbypass.apps.seqcheck import SeqChecker
-from kbypass.gen.stamp import ETH_IPV4_UDP
 from kbypass.port.base import Port
+from kbypass.port.loop import Ticker, receive_batches
+from kbypass.proto.stamp import ETH_IPV4_UDP
 
 
 @dataclass

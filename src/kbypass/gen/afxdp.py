@@ -12,13 +12,12 @@ import time
 
 import numpy as np
 
-from kbypass.apps.loop import Stopper
 from kbypass.errors import UsageError
 from kbypass.gen.flows import FlowSpec, stamp_batch
 from kbypass.gen.rate import RateLimiter
 from kbypass.gen.result import GenResult
 from kbypass.port.base import Port
-
+from kbypass.port.loop import Stopper
 
 MAX_BATCH = 4096  # frames per transmit: `kbypass gen`'s AF_XDP TX ring holds 4096, so no call takes more
 

@@ -5,7 +5,7 @@ Packet k of the stream (k = its sequence number) takes
     source port       sport_lo + k % (sport span)        destination port  likewise
     source address    src_lo + k % (src span)            frame size        size_lo + k % (size span)
 so every value of every range is used in turn, reproducibly. The payload starts with the stamp
-(kbypass.gen.stamp: sequence number, send time).
+(kbypass.proto.stamp: sequence number, send time).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kbypass.errors import UsageError
-from kbypass.gen.stamp import ETH_IPV4_UDP, STAMP_SIZE
 from kbypass.port.batch import Batch
 from kbypass.proto import checksum
+from kbypass.proto.stamp import ETH_IPV4_UDP, STAMP_SIZE
 from kbypass.proto.udp import write_lengths_batch
 
 IP_SRC, UDP_SPORT, UDP_DPORT = 26, 34, 36

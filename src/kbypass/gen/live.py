@@ -29,11 +29,11 @@ import time
 from contextlib import contextmanager
 
 from kbypass import netns
-from kbypass.apps.loop import Stopper
 from kbypass.bpf import libbpf
 from kbypass.errors import EnvironmentProblem, UsageError
 from kbypass.gen.result import GenResult
-from kbypass.gen.stamp import ETH_IPV4_UDP, STAMP_SIZE
+from kbypass.port.loop import Stopper
+from kbypass.proto.stamp import ETH_IPV4_UDP, STAMP_SIZE
 
 XDP_MD = struct.Struct("IIIIII")  # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress
 FIRST_SLICE = 1 << 18  # frames in the first BPF_PROG_RUN call, which measures the rate for the next ones

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 
 from kbypass.errors import UsageError
-from kbypass.gen.stamp import ETH_IPV4_UDP
 from kbypass.proto.ethernet import mac_bytes
 from kbypass.proto.ipv4 import ip_bytes
+from kbypass.proto.stamp import ETH_IPV4_UDP
 from kbypass.proto.udp import build_udp_frame
 
 

@@ -43,7 +43,8 @@ def open_port(backend: str, ifname: str | None = None, *, netns: str | None = No
     a `SteeredPort` (kbypass.port.steered), which is a Port with rule counters; closing it removes the
     steering too. `queue` (afxdp only; default every queue), `xdp_mode`, `control_plane` and `share` go to
     the steering (see SteeredPort), the other `options` to the backend's port class (AfXdpPort,
-    PacketMmapPort, SocketPort).
+    PacketMmapPort, SocketPort); `batch_ops`, the batch backend (kbypass.backend.batch(name); default the
+    lane in force), is chosen once for all of its ports.
 
     afxdp:       the XDP steering program with `rules`, one AF_XDP socket per queue.
     packet_mmap: PacketMmapPort(ifname) with the one rule as a classic BPF filter.

@@ -58,19 +58,19 @@ class AfXdpPort(UmemPort):
     mode: "auto" (zero-copy if the driver can, else copy), "copy" or "zerocopy"; `port.mode` tells which.
     poll: "wakeup" (XDP_USE_NEED_WAKEUP; wait() sleeps in poll()) or "busy" (SO_PREFER_BUSY_POLL etc.;
     wait() spins on recvfrom). Ownership: see kbypass.port.base — received/allocated frames are yours until
-    you transmit or free them.
+    you transmit or free them. batch_ops: the batch backend of the UMEM (None: kbypass.backend.batch()).
     """
 
     def __init__(self, ifname: str, queue: int = 0, *, netns: str | None = None, frame_size: int = 2048,
                  frames: int = 4096, rx_size: int = 2048, tx_size: int = 2048, fill_size: int = 2048,
                  comp_size: int = 2048, mode: str = "auto", poll: str = "wakeup", busy_budget: int = 64,
-                 headroom: int = 0, rx_frames: int | None = None) -> None:
+                 headroom: int = 0, rx_frames: int | None = None, batch_ops=None) -> None:
         if poll not in POLL_MODES:
             raise UsageError(f"poll={poll!r} is unknown: use 'wakeup' or 'busy'")
         for name, size in (("RX", rx_size), ("TX", tx_size), ("fill", fill_size), ("completion", comp_size)):
             check_size(name, size)
         self.ifname, self.queue, self.netns, self.poll_mode = ifname, queue, netns, poll
-        self.umem = Umem(frames=frames, frame_size=frame_size, headroom=headroom)
+        self.umem = Umem(frames=frames, frame_size=frame_size, headroom=headroom, ops=batch_ops)
         try:
             self.xsk = XskSocket(self.umem, ifname, queue, netns=netns, rx_size=rx_size, tx_size=tx_size,
                                  fill_size=fill_size, comp_size=comp_size, mode=mode,

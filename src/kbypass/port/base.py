@@ -15,7 +15,12 @@ from .batch import Batch
 
 
 class Port(abc.ABC):
-    """A queue of a network interface that moves batches of frames."""
+    """A queue of a network interface that moves batches of frames.
+
+    batch_ops: the batch backend (kbypass.backend.batch(): C or the reference Python) that this port's
+    batches and frame accounting use, chosen when the port is opened (its `batch_ops=` option) and kept."""
+
+    batch_ops = None  # set by the subclass
 
     @abc.abstractmethod
     def receive(self, max_frames: int = 64) -> Batch:
@@ -61,6 +66,11 @@ class UmemPort(Port):
     do: one frame hand-out and one ownership check for both."""
 
     umem = None  # set by the subclass
+
+    @property
+    def batch_ops(self):
+        """The UMEM's batch backend (given to it when the port was opened)."""
+        return self.umem.ops
 
     def _take_frames(self, n: int, offset: int = 0) -> Batch:
         """Up to n free frames as an application-owned Batch of empty frames starting `offset` bytes in."""

@@ -168,7 +168,7 @@ class Batch:
 
     def stamp(self, offset: int, first_seq: int, now_ns: int) -> None:
         """Write the generators' 16-byte stamp at `offset` of every frame: sequence number first_seq + i
-        in frame i, then `now_ns`, both big-endian u64 (kbypass.gen.stamp). One pass of the
+        in frame i, then `now_ns`, both big-endian u64 (kbypass.proto.stamp). One pass of the
         batch backend (_ops); the numpy scatter below is the reference and raises the errors."""
         if len(self) == 0:
             return
@@ -198,8 +198,8 @@ class Batch:
         runs[second] = a
 
     def _ops(self):
-        """The batch backend: the owner's UMEM's (chosen when the port was opened), else the lane in force."""
-        ops = getattr(getattr(self.owner, "umem", None), "ops", None)
+        """The batch backend: the owner port's (chosen when it was opened), else the lane in force."""
+        ops = getattr(self.owner, "batch_ops", None)
         return ops if ops is not None else backend.batch()
 
     def u8(self, offset: int) -> np.ndarray:

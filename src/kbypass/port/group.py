@@ -21,6 +21,7 @@ class PortGroup(Port):
         if not ports:
             raise ValueError("a PortGroup needs at least one port")
         self.ports = ports
+        self.batch_ops = ports[0].batch_ops  # every member's: they are opened together (SteeredPort)
         self._next = 0
         self._poller = select.poll()
         for p in ports:

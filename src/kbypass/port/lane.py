@@ -73,6 +73,8 @@ class MessageLane:
         self._mem = memoryview(self.umem.array)
         self._chunk_mask = ~(self.umem.frame_size - 1)
         self._shift = self.umem.shift
+        self._umem_size = self.umem.size
+        self._frame_size = self.umem.frame_size
         # the largest frame one UMEM frame carries: TX frames start at chunk + headroom (alloc), RX ones
         # also after the kernel's XDP_PACKET_HEADROOM; the kernel drops (and counts in the socket's
         # rx_dropped statistic) any received frame longer than rx_room
@@ -92,7 +94,8 @@ class MessageLane:
     # ---- receive ------------------------------------------------------------------------------------
     def receive_one(self) -> bytes | None:
         """One received frame's bytes, or None when the RX ring is empty (no syscall in that case). The
-        frame goes back to the kernel at once: nothing to free."""
+        frame goes back to the kernel at once: nothing to free. RuntimeError for a descriptor outside the
+        UMEM (it stays on the ring), as the C lane (kb_lane_rx_next) decides."""
         rx = self._rx
         i, got = rx.peek(1)
         if not got:
@@ -100,7 +103,13 @@ class MessageLane:
         j = (i & rx.mask) << 1
         addr = self._rxq[j]
         n = self._rxq[j + 1] & _U32
-        data = bytes(self._mem[addr:addr + n])
+        if addr >= self._umem_size or n > self._umem_size - addr:
+            # the kernel only hands back frames we lent it; never read (or truncate) outside the UMEM
+            rx.cancel(1)
+            raise RuntimeError("RX descriptor outside the UMEM")
+        # the kernel keeps to one frame; a longer length is copied as one frame's bytes (and counted whole),
+        # as the C lane does (its copy buffer is one frame)
+        data = bytes(self._mem[addr:addr + min(n, self._frame_size)])
         rx.release(1)
         fill = self._fill
         k, got = fill.reserve(1)
@@ -155,7 +164,8 @@ class MessageLane:
 
     def reclaim(self) -> None:
         """Completed TX frames straight back into the stash (state TX -> APP), scalar: in copy mode a frame
-        completes inside the sendto() that sent it, so there is one here per send."""
+        completes inside the sendto() that sent it, so there is one here per send. IndexError, nothing
+        taken, for a completed address outside the UMEM (as kb_lane_reclaim, push_free and mark check)."""
         # at most a stash's worth: completions of the batch path are for the port's free list
         room = self.STASH - len(self._stash)
         if room <= 0:
@@ -165,10 +175,14 @@ class MessageLane:
         if not n:
             return
         mask, compq, state, shift = comp.mask, self._compq, self.umem.state, self._shift
-        for k in range(n):
-            addr = compq[(i + k) & mask]
+        addrs = [compq[(i + k) & mask] for k in range(n)]
+        if max(addrs) >= self._umem_size:  # never write past the states
+            comp.cancel(n)
+            bad = next(a for a in addrs if a >= self._umem_size)
+            raise IndexError(f"completed address {bad:#x} is outside the UMEM")
+        for addr in addrs:
             state[addr >> shift] = APP  # held by the lane, as alloc() would hand it out
-            self._stash.append(addr)
+        self._stash.extend(addrs)
         comp.release(n)
         c = self._stats
         c[IN_TX] -= n
@@ -199,8 +213,13 @@ class MessageLane:
             i, k = tx.reserve(1)
             if not k:
                 return False
-        addr = self._stash.pop()
+        addr = self._stash[-1]
         n = len(frame)
+        if addr >= self._umem_size or n > self.umem.frame_size - (addr & ~self._chunk_mask):
+            # a completion the kernel made up: the frame stays stashed, nothing is written (kb_lane_send)
+            tx.cancel(1)
+            raise RuntimeError("stash frame outside the UMEM")
+        self._stash.pop()
         self._mem[addr:addr + n] = frame
         j = (i & tx.mask) << 1
         self._txq[j] = addr
@@ -301,8 +320,8 @@ class NativeMessageLane(MessageLane):
             return
         try:
             self._stash.extend(self.c.take_stash())
+        finally:  # whatever happens, C lets go of the rings before the port unmaps them
             self.c.close()
-        finally:  # a C lane closed already (a failed re-__init__) has no stash left to give
             super().close()
 
 

@@ -46,6 +46,7 @@ import struct
 
 import numpy as np
 
+from kbypass import backend
 from kbypass import netns as _netns
 from kbypass.errors import EnvironmentProblem, KbypassError, PermissionProblem, UsageError
 from kbypass.xsk.ring import check_architecture
@@ -94,7 +95,8 @@ class PacketMmapPort(Port):
     fanout_mode hash|lb|cpu|rollover|rnd|qm (the group splits every frame of the interface first and each
     member's filter runs after, so "lb" balances all traffic, not just the matching frames).
     rule: an IPv4 steering rule (text or kbypass.steer.Rule), compiled to a classic BPF filter so only
-    matching frames reach the ring. Ownership: see the module doc.
+    matching frames reach the ring. Ownership: see the module doc. batch_ops: the batch backend of the
+    batches' header swaps and stamps (None: kbypass.backend.batch()).
     """
 
     mode = "packet_mmap"
@@ -102,7 +104,7 @@ class PacketMmapPort(Port):
     def __init__(self, ifname: str, *, netns: str | None = None, block_size: int = 1 << 20,
                  block_count: int = 16, block_timeout_ms: int = 2, frame_size: int = 2048,
                  tx_frames: int = 512, frames: int = 1024, fanout_group: int | None = None,
-                 fanout_mode: str = "hash", qdisc_bypass: bool = True, rule=None) -> None:
+                 fanout_mode: str = "hash", qdisc_bypass: bool = True, rule=None, batch_ops=None) -> None:
         _check_sizes(block_size, block_count, block_timeout_ms, frame_size, tx_frames, frames)
         if fanout_mode not in FANOUT_MODES:
             raise UsageError(f"fanout_mode {fanout_mode!r} is unknown: use one of {', '.join(FANOUT_MODES)}")
@@ -117,6 +119,7 @@ class PacketMmapPort(Port):
         if os.geteuid() != 0:
             raise PermissionProblem("a PACKET_MMAP port needs root (CAP_NET_RAW): run it with sudo")
         self.ifname, self.netns = ifname, netns
+        self.batch_ops = batch_ops if batch_ops is not None else backend.batch()
         self.block_size, self.block_count, self.frame_size = block_size, block_count, frame_size
         self._closed = False
         self._sock = None

@@ -100,7 +100,8 @@ class SocketPort(UmemPort):
     mode = "socket"
 
     def __init__(self, bind_ip: str, port: int, *, netns: str | None = None, batch: int = 64,
-                 frame_size: int = 2048, frames: int | None = None, rcvbuf: int = 8 << 20) -> None:
+                 frame_size: int = 2048, frames: int | None = None, rcvbuf: int = 8 << 20,
+                 batch_ops=None) -> None:
         try:
             ip = ipaddress.IPv4Address(bind_ip)
         except ValueError:
@@ -114,7 +115,7 @@ class SocketPort(UmemPort):
         self.netns, self.batch = netns, batch
         self._closed = False
         self._sock = None
-        self.umem = Umem(frames=frames, frame_size=frame_size)  # checks frame_size and frames
+        self.umem = Umem(frames=frames, frame_size=frame_size, ops=batch_ops)  # checks frame_size and frames
         where = f" in namespace {netns!r}" if netns else ""
         try:
             with _netns.entered(netns):

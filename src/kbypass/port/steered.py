@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 
+from kbypass.backend import batch as batch_backend
 from kbypass.cp.client import ControlPlaneError, SteeringLease
 from kbypass.errors import UsageError
 from kbypass.netns import entered
@@ -58,13 +59,16 @@ class SteeredPort(Port):
     queue (afxdp): one queue id, or None for every receive queue of the interface (a flow lands on whichever
     queue the NIC's or veth's hash picks, so "all" is what a sink of named flows wants). Rules: a list of
     text or `Rule`s (one rule alone is a list of one); a rule without an action redirects to the socket of
-    the queue the packet arrived on. `bind=(ip, port)` (socket backend) instead of a rule. Other keyword
-    options go to the backend's port class (AfXdpPort, PacketMmapPort, SocketPort)."""
+    the queue the packet arrived on. `bind=(ip, port)` (socket backend) instead of a rule. batch_ops: the
+    batch backend every port underneath uses (None: kbypass.backend.batch(), the lane in force). Other
+    keyword options go to the backend's port class (AfXdpPort, PacketMmapPort, SocketPort)."""
 
     def __init__(self, ifname: str | None, queue: int | None = 0, rules=(), *, netns: str | None = None,
                  backend: str = "afxdp", xdp_mode: str = "native", bind: tuple[str, int] | None = None,
-                 control_plane: bool = True, share: bool = False, **port_options) -> None:
+                 control_plane: bool = True, share: bool = False, batch_ops=None, **port_options) -> None:
         self.rules = rule_list(rules)  # before anything is attached
+        # chosen once here, so every queue's port (and UMEM) uses the same batch backend
+        self.batch_ops = port_options["batch_ops"] = batch_ops if batch_ops is not None else batch_backend()
         if backend not in BACKENDS:
             raise UsageError(f"backend {backend!r} is unknown: use one of {', '.join(BACKENDS)}")
         self.backend = backend

@@ -6,10 +6,17 @@ from __future__ import annotations
 import os
 import sys
 
-from kbypass.host import testbed
-from kbypass.apps.loop import Stopper
-from kbypass.apps.pingpong import GIVE_UP, check_client_options, client_error, ping, plot_histogram, serve
+from kbypass.apps.pingpong import (
+    GIVE_UP,
+    check_client_options,
+    client_error,
+    ping,
+    plot_histogram,
+    serve,
+)
 from kbypass.errors import KbypassError, UsageError, require_root
+from kbypass.host import testbed
+from kbypass.port.loop import Stopper
 from kbypass.tools import _options as opt
 from kbypass.tools._common import pin_cpu
 from kbypass.tools._output import emit

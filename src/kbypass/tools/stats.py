@@ -14,9 +14,9 @@ import time
 from rich.live import Live
 from rich.table import Table
 
-from kbypass.host import ifstats, testbed
-from kbypass.apps.loop import Stopper
 from kbypass.errors import UsageError
+from kbypass.host import ifstats, testbed
+from kbypass.port.loop import Stopper
 from kbypass.tools._common import console
 from kbypass.tools._options import add_count, add_json, add_where, seconds_up_to
 

@@ -77,6 +77,19 @@ class KbRing(ctypes.Structure):
 _PROD, _CONS = 0, 1  # the cached indexes: the struct's first two u32 words
 
 
+class _ClosedIndex:
+    """What a ring's producer/consumer/flags words become when its socket closes: reading or writing one is
+    a ValueError naming the ring, not "'NoneType' object has no attribute 'value'"."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _refuse(self, *_):
+        raise ValueError(f"the {self.name} ring is closed: its socket (or port) was closed")
+
+    value = property(_refuse, _refuse)
+
+
 class Ring:
     """One ring over a writable buffer (the mmap the kernel gave us, or a bytearray in tests).
 
@@ -122,8 +135,9 @@ class Ring:
             self.slots[: n - first] = values[first:]
 
     def release_views(self) -> None:
-        """Drop our views of the buffer so the mmap can be closed."""
-        self._producer = self._consumer = self._flags = None
+        """Drop our views of the buffer so the mmap can be closed; any later use of the ring is an error
+        that says so (and the C core's kb_ring_valid is false: its pointers are cleared)."""
+        self._producer = self._consumer = self._flags = _ClosedIndex(self.name)
         self.slots = None
         self.shared.producer = self.shared.consumer = self.shared.ring = self.shared.flags = None
 
