@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kbypass import backend
-from kbypass.errors import UsageError
 from kbypass.port.batch import DESC, Batch
 from kbypass.proto.transport import ConnConfig, Connection, DataReceived, MessageReceived, Role, State, wire
 from kbypass.proto.transport.sendbuf import Segment
@@ -81,7 +80,7 @@ def batch_of(frames: list[bytes]) -> Batch:
     for i, f in enumerate(frames):
         mem[i * 2048:i * 2048 + len(f)] = np.frombuffer(f, np.uint8)
         descs[i] = (i * 2048, len(f), 0)
-    return Batch(descs, mem)
+    return Batch(descs, mem, None, 2048)
 
 
 class OneBatchPort:
@@ -103,7 +102,7 @@ class OneBatchPort:
 def take(conn: Connection, frames: list[bytes], enc, native_path: bool) -> TransportEndpoint:
     """Feed `frames` to `conn` through the endpoint's receive path, with or without the C path."""
     ep = TransportEndpoint(OneBatchPort(batch_of(frames)), enc, config=conn.config, own_port=False,
-                           native=native_path, rx_batch=4096)
+                           codec=fx if native_path else PY, rx_batch=4096)
     ep.conn = conn
     ep._take_frames(T)
     return ep
@@ -327,20 +326,19 @@ def test_write_frames_refuses_a_datagram_over_the_mtu_and_writes_nothing(codec):
     assert not batch.mem.any() and not batch.lens.any()
 
 
-def test_native_true_without_the_module_is_a_usage_error(monkeypatch):
-    monkeypatch.setitem(backend.MODULES, "xfer", "kbypass._fastxfer_not_built")
-    with pytest.raises(UsageError, match="make setup"):
+def test_the_codec_is_chosen_once_and_passed_in(monkeypatch):
+    """No native= any more: the caller picks the codec through kbypass.backend (which names the fix when C
+    is not built) and the endpoint takes it, or the lane in force."""
+    with pytest.raises(TypeError, match="native"):
         TransportEndpoint(OneBatchPort(batch_of([])), encaps("udp")[1], native=True)
-    with pytest.raises(backend.NativeMissing, match="not built"):
-        backend.codec("c")
-    assert backend.codec("python").name == "python"  # the reference needs nothing built
-
-
-def test_native_picks_the_endpoint_codec_and_a_bare_connection_is_pure_python():
     c, s = established(CFG)
     for native_path, name in ((True, "c"), (False, "python")):
         ep = take(s, [], encaps("udp")[1], native_path)
         assert ep.codec.name == name and ep.native == (name == "c")
+    monkeypatch.setitem(backend.MODULES, "xfer", "kbypass._fastxfer_not_built")
+    with pytest.raises(backend.NativeMissing, match="not built"):
+        backend.codec("c")
+    assert backend.codec("python").name == "python"  # the reference needs nothing built
     assert Connection(Role.CLIENT, CFG).codec.name == "python"  # sans-IO: C only when given
 
 
