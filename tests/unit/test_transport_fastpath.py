@@ -471,3 +471,81 @@ def test_encode_segments_keeps_each_segment_alive_while_it_reads_it():
             assert len(out) == 1 and len(out[0]) == 146
     """))
     assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-600:]}"
+
+
+# ------------------------------------------------------- write_frames: the same refusals, nothing written
+def _refusal_cases():
+    """(what, args builder) of write_frames calls C refuses; each args builder gets (mem, descs)."""
+    hdr = encaps("udp")[0]._flow.template
+    ok = [b"x" * 100]
+    return [
+        ("kind", lambda m, d: (m, d, 0, 2048, 1514, 2, hdr, 0, ok), ValueError),
+        ("header length", lambda m, d: (m, d, 0, 2048, 1514, 0, hdr[:14], 0, ok), ValueError),
+        ("eth header length", lambda m, d: (m, d, 0, 2048, 1514, 1, hdr, 0, ok), ValueError),
+        ("negative start", lambda m, d: (m, d, -1, 2048, 1514, 0, hdr, 0, ok), ValueError),
+        ("start past the list", lambda m, d: (m, d, 2, 2048, 1514, 0, hdr, 0, ok), ValueError),
+        ("ident too big", lambda m, d: (m, d, 0, 2048, 1514, 0, hdr, 0x10000, ok), ValueError),
+        ("negative ident", lambda m, d: (m, d, 0, 2048, 1514, 0, hdr, -1, ok), ValueError),
+        ("frame size zero", lambda m, d: (m, d, 0, 0, 1514, 0, hdr, 0, ok), ValueError),
+        ("frame size not a power of two", lambda m, d: (m, d, 0, 3000, 1514, 0, hdr, 0, ok), ValueError),
+        ("negative limit", lambda m, d: (m, d, 0, 2048, -1, 0, hdr, 0, ok), ValueError),
+        ("over the limit", lambda m, d: (m, d, 0, 2048, 141, 0, hdr, 0, ok), ValueError),
+        ("past the chunk", lambda m, d: (m, d, 0, 2048, 1 << 20, 0, hdr, 0, [b"x", b"y" * 2007]), ValueError),
+        ("past the memory", lambda m, d: (m, d, 0, 1 << 16, 1 << 20, 0, hdr, 0, [b"x", b"y" * 2007]), ValueError),
+        ("not bytes", lambda m, d: (m, d, 0, 2048, 1514, 0, hdr, 0, [b"x", bytearray(10)]), TypeError),
+        ("not a list", lambda m, d: (m, d, 0, 2048, 1514, 0, hdr, 0, tuple(ok)), TypeError),
+        ("read-only memory", lambda m, d: (bytes(len(m)), d, 0, 2048, 1514, 0, hdr, 0, ok), BufferError),
+        ("not descriptors", lambda m, d: (m, np.zeros(2, np.uint64), 0, 2048, 1514, 0, hdr, 0, ok), TypeError),
+    ]
+
+
+@pytest.mark.parametrize("case", _refusal_cases(), ids=lambda c: c[0])
+def test_write_frames_refuses_alike_and_writes_nothing(case):
+    """The reference makes the C core's all-or-nothing checks: the same exception type for the same call,
+    and no frame written nor length set (the first, valid, datagram included)."""
+    _, build, exc = case
+    raised = []
+    for codec in (fx, PY):
+        batch = batch_of([b""] * 2)
+        with pytest.raises(exc) as info:
+            codec.write_frames(*build(batch.mem, batch.descs))
+        raised.append(type(info.value))
+        assert not batch.mem.any() and not batch.lens.any(), codec
+    assert raised[0] is raised[1]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_too_large_limit_never_writes_past_the_umem_frame(codec):
+    """kb_xfer_frame_fits trusted the caller's room: told a frame may be 64 KiB, it wrote a 2,050-byte
+    frame across its 2 KiB UMEM frame into the next one (maybe a kernel RX buffer). The core now checks the
+    chunk it writes into, also from an address past a headroom."""
+    hdr = encaps("udp")[0]._flow.template
+    for addr, size in ((0, 2048 - 42 + 2), (256, 2048 - 256 - 42 + 1)):
+        mem = np.zeros(2 * 2048, np.uint8)
+        descs = np.zeros(1, DESC)
+        descs["addr"] = addr
+        with pytest.raises(ValueError, match="does not fit"):
+            codec.write_frames(mem, descs, 0, 2048, 0xFFFF, 0, hdr, 0, [bytes(size)])
+        assert not mem.any()
+        codec.write_frames(mem, descs, 0, 2048, 0xFFFF, 0, hdr, 0, [bytes(size - 2)])
+        assert int(descs["len"][0]) == 42 + size - 2 and not mem[2048:].any()
+
+
+# --------------------------------------------- "plain UDP from the peer to us": PeerUdp and kb_udp_from_peer
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flips=st.lists(st.tuples(st.integers(0, 41), st.integers(0, 255)), max_size=3),
+       cut=st.integers(-60, 8))
+def test_peer_check_gives_the_c_verdict(flips, cut):
+    """rx_run takes a frame carrying the next data segment exactly when proto.udp.PeerUdp.accept gives its
+    datagram (kb_udp_from_peer is its C twin): header bytes overwritten, frames cut short or padded."""
+    c, s, grams = stream_datagrams(CFG, MSS)
+    enc_c, enc_s = encaps("udp")
+    f = bytearray(enc_c.frame(grams[0]))
+    for at, v in flips:
+        f[at] = v
+    f = bytes(f[:len(f) + cut] if cut < 0 else f + bytes(cut))
+    py = enc_s._from_peer.accept(f)
+    batch = batch_of([f])
+    p = s.rx_run_params()
+    stop = fx.rx_run(batch.mem, batch.descs, 0, 0, enc_s.peer_key, *p)[0]
+    assert (stop == 1) == (py is not None and bytes(py) == grams[0])

@@ -287,10 +287,9 @@ WRONG_PORT = "wrong_port"
 WRONG_ADDRESS = "wrong_address"
 LENGTHS = "bad_length"  # IP and UDP lengths that disagree or do not fit the frame
 OTHER_PEER = "other_peer"  # valid, from another address or port
-# bytes 0..39 of a received frame in one unpack: source MAC, EtherType, version/IHL, total length, flags
-# and fragment offset, protocol, addresses and ports (26..37: `PeerUdp.key`, compared as one string), UDP
-# length
-_PEER = struct.Struct("!6x6sHBxH2xHxB2x12sH")
+# bytes 12..39 of a received frame in one unpack: EtherType, version/IHL, total length, flags and fragment
+# offset, protocol, addresses and ports (26..37: `PeerUdp.key`, compared as one string), UDP length
+_PEER = struct.Struct("!12xHBxH2xHxB2x12sH")
 
 
 class PeerUdp:
@@ -318,7 +317,7 @@ class PeerUdp:
     def accept(self, f):
         if len(f) < HEADERS_LEN:
             return None
-        _, etype, vihl, total, frag, proto, ends, ulen = _PEER.unpack_from(f)
+        etype, vihl, total, frag, proto, ends, ulen = _PEER.unpack_from(f)
         if (ends != self.key or etype != 0x0800 or vihl != 0x45 or proto != 17 or frag & 0x3FFF
                 or total + ETH_HLEN > len(f) or ulen != total - 20 or ulen < 8):
             return None
@@ -327,7 +326,7 @@ class PeerUdp:
     def source(self, f):
         if len(f) < HEADERS_LEN:
             return NOT_UDP
-        smac, etype, vihl, total, frag, proto, ends, ulen = _PEER.unpack_from(f)
+        etype, vihl, total, frag, proto, ends, ulen = _PEER.unpack_from(f)
         if etype != 0x0800 or vihl != 0x45 or proto != 17 or frag & 0x3FFF:
             return NOT_UDP  # options, fragments or another protocol: not something we send
         if (ends[10] << 8 | ends[11]) != self.port:
@@ -337,7 +336,7 @@ class PeerUdp:
             return WRONG_ADDRESS
         if total + ETH_HLEN > len(f) or ulen != total - 20 or ulen < 8:
             return LENGTHS
-        return ETH_HLEN + total, ends[0:4], ends[8] << 8 | ends[9], smac
+        return ETH_HLEN + total, ends[0:4], ends[8] << 8 | ends[9], bytes(f[6:12])
 
     def datagram(self, f):
         """The datagram of a frame from the peer to us (a slice of f), else the reason (`source`'s, or
@@ -359,7 +358,7 @@ class PeerUdp:
         out = []
         for a, k in zip(addrs, lens):
             if k >= HEADERS_LEN:
-                _, etype, vihl, total, frag, proto, ends, ulen = unpack(mv, a)
+                etype, vihl, total, frag, proto, ends, ulen = unpack(mv, a)
                 if (ends == key and etype == 0x0800 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF
                         and total + ETH_HLEN <= k and ulen == total - 20 and ulen >= 8):
                     out.append(mv[a + HEADERS_LEN:a + ETH_HLEN + total])
