@@ -218,19 +218,20 @@ static PyObject *encode_segments(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* write_frames(mem, descs, start, frame_size, kind, header, ip_partial, ident, datagrams) -> ident
+/* write_frames(mem, descs, start, frame_size, max_len, kind, header, ident, datagrams) -> ident
  *
  * Frame i of descs gets header + datagrams[start + i] (for i < min(len(descs), len(datagrams) - start)),
- * and its descriptor the frame's length (kb_xfer_frame_write). Returns the last ident used. Raises
- * ValueError, writing nothing, when a frame would not fit. */
+ * and its descriptor the frame's length (kb_xfer_frame_write). A frame is at most max_len bytes and stays
+ * inside its UMEM frame, the aligned chunk of frame_size bytes (a power of two) it starts in. Returns the
+ * last ident used. Raises, writing nothing: ValueError for a bad argument or a frame that would not fit,
+ * TypeError for a datagram that is not bytes. */
 static PyObject *write_frames(PyObject *self, PyObject *args) {
     PyObject *mem_o, *descs_o, *grams;
-    Py_ssize_t start, frame_size;
+    Py_ssize_t start, frame_size, max_len, ident;
     int kind;
     Py_buffer hdr;
-    unsigned long ip_partial, ident;
-    if (!PyArg_ParseTuple(args, "OOnniy*kkO!", &mem_o, &descs_o, &start, &frame_size, &kind, &hdr, &ip_partial,
-                          &ident, &PyList_Type, &grams))
+    if (!PyArg_ParseTuple(args, "OOnnniy*nO", &mem_o, &descs_o, &start, &frame_size, &max_len, &kind, &hdr,
+                          &ident, &grams))
         return NULL;
     Py_buffer mem, dv;
     struct kb_descs d;
@@ -240,9 +241,14 @@ static PyObject *write_frames(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (get_descs(descs_o, &dv, &d, 1)) goto out_mem;
+    if (!PyList_CheckExact(grams)) {
+        PyErr_SetString(PyExc_TypeError, "write_frames: datagrams must be a list");
+        goto out;
+    }
     if ((kind != KB_XFER_UDP && kind != KB_XFER_ETH) || hdr.len != kb_xfer_frame_header(kind) || start < 0 ||
-        start > PyList_GET_SIZE(grams) || ip_partial >= 0xFFFF || ident > 0xFFFF || frame_size < 0) {
-        PyErr_SetString(PyExc_ValueError, "write_frames: bad kind, header, start, ip_partial or ident");
+        start > PyList_GET_SIZE(grams) || ident < 0 || ident > 0xFFFF || frame_size <= 0 || (frame_size & (frame_size - 1)) ||
+        max_len < 0) {
+        PyErr_SetString(PyExc_ValueError, "write_frames: bad kind, header, start, ident, frame size or limit");
         goto out;
     }
     Py_ssize_t count = PyList_GET_SIZE(grams) - start;
@@ -254,7 +260,7 @@ static PyObject *write_frames(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_TypeError, "write_frames: datagrams must be bytes");
             goto out;
         }
-        if (!kb_xfer_frame_fits(kind, (uint64_t)PyBytes_GET_SIZE(g), (uint64_t)frame_size,
+        if (!kb_xfer_frame_fits(kind, (uint64_t)PyBytes_GET_SIZE(g), (uint64_t)max_len, (uint64_t)frame_size,
                                 kb_descs_addr(&d, (size_t)i), (uint64_t)mem.len)) {
             PyErr_Format(PyExc_ValueError, "write_frames: a %zd-byte datagram does not fit its frame",
                          PyBytes_GET_SIZE(g));
@@ -265,8 +271,8 @@ static PyObject *write_frames(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *g = PyList_GET_ITEM(grams, start + i);
         uint8_t *f = (uint8_t *)mem.buf + kb_descs_addr(&d, (size_t)i);
-        uint32_t n = kb_xfer_frame_write(f, kind, hdr.buf, (uint32_t)ip_partial, &id,
-                                         (const uint8_t *)PyBytes_AS_STRING(g), (uint32_t)PyBytes_GET_SIZE(g));
+        uint32_t n = kb_xfer_frame_write(f, kind, hdr.buf, &id, (const uint8_t *)PyBytes_AS_STRING(g),
+                                         (uint32_t)PyBytes_GET_SIZE(g));
         kb_descs_set_len(&d, (size_t)i, n);
     }
     result = PyLong_FromUnsignedLong(id);

@@ -119,7 +119,7 @@ int kb_lane_send(struct kb_lane *l, const uint8_t *head, uint32_t hlen, const ui
     uint8_t *f = l->umem + addr;
     memcpy(f, head, hlen);
     if (plen) memcpy(f + hlen, payload, plen);
-    if (udp) kb_udp_finish(f, plen, ident);
+    if (udp) kb_udp_finish(f, plen, ident, 1);
     struct kb_desc *d = kb_ring_desc(l->tx, idx);
     d->addr = addr;
     d->len = (uint32_t)n;

@@ -25,7 +25,17 @@ int kb_udp_accept(const struct kb_udp_local *me, const uint8_t *f, uint32_t n) {
     return 1;
 }
 
-void kb_udp_finish(uint8_t *f, uint32_t plen, uint16_t ident) {
+const uint8_t *kb_udp_from_peer(const uint8_t *f, uint32_t n, const uint8_t key[12], uint32_t *plen) {
+    if (n < KB_UDP_HLEN) return NULL;
+    uint32_t total = kb_be16(f + 16), ulen = kb_be16(f + 38);
+    if (kb_be16(f + 12) != 0x0800 || f[14] != 0x45 || f[23] != 17 || (kb_be16(f + 20) & 0x3FFF) ||
+        memcmp(f + 26, key, 12) != 0 || total + 14 > n || ulen != total - 20 || ulen < 8)
+        return NULL;
+    *plen = ulen - 8;
+    return f + KB_UDP_HLEN;
+}
+
+void kb_udp_finish(uint8_t *f, uint32_t plen, uint16_t ident, int udp_checksum) {
     uint32_t ulen = plen + 8;
     kb_put_be16(f + 16, (uint16_t)(ulen + 20));
     kb_put_be16(f + 18, ident);
@@ -33,6 +43,7 @@ void kb_udp_finish(uint8_t *f, uint32_t plen, uint16_t ident) {
     kb_put_be16(f + 24, (uint16_t)~kb_csum_fold(kb_csum_add(f + 14, 20, 0)));
     kb_put_be16(f + 38, (uint16_t)ulen);
     kb_put_be16(f + 40, 0);
+    if (!udp_checksum) return;
     uint16_t u = (uint16_t)~kb_csum_fold(kb_csum_add(f + 34, ulen, kb_csum_add(f + 26, 8, 17 + ulen)));
     kb_put_be16(f + 40, u ? u : 0xFFFF);
 }

@@ -28,9 +28,16 @@ static inline uint32_t kb_udp_payload_len(const uint8_t *f) { return (uint32_t)(
 static inline const uint8_t *kb_udp_src_ip(const uint8_t *f) { return f + 26; }
 static inline uint16_t kb_udp_src_port(const uint8_t *f) { return (uint16_t)((f[34] << 8) | f[35]); }
 
-/* Complete a frame made of a flow's 42-byte header template and plen bytes of payload after it: the IPv4
- * total length, ident and header checksum, the UDP length and checksum (0xFFFF for a zero sum: zero means
- * "no checksum" in UDP over IPv4). plen <= KB_UDP_MAX_PAYLOAD. */
-void kb_udp_finish(uint8_t *f, uint32_t plen, uint16_t ident);
+/* Is frame f (n bytes) a plain UDP datagram from the peer to us (PeerUdp.accept)? IPv4 without options,
+ * not a fragment, lengths that agree and fit the frame, bytes 26..37 (addresses and ports) equal to key:
+ * the payload (*plen bytes), else NULL. No checksum and no MAC is checked: the transport's CRC32 covers
+ * its datagrams. */
+const uint8_t *kb_udp_from_peer(const uint8_t *f, uint32_t n, const uint8_t key[12], uint32_t *plen);
+
+/* Complete a frame made of a flow's 42-byte header template and plen bytes of payload after it
+ * (UdpFlow.frame): the IPv4 total length, ident and header checksum, the UDP length and, with
+ * udp_checksum, the UDP checksum (0xFFFF for a zero sum: zero means "no checksum" in UDP over IPv4, which
+ * is what it is left at without). plen <= KB_UDP_MAX_PAYLOAD. */
+void kb_udp_finish(uint8_t *f, uint32_t plen, uint16_t ident, int udp_checksum);
 
 #endif

@@ -4,6 +4,8 @@
 #include <isa-l/crc.h>
 #include <string.h>
 
+#include "kb_udp.h"
+
 #define VERSION 1
 #define ETH_HLEN 14
 #define UDP_HLEN 42
@@ -47,20 +49,12 @@ void kb_xfer_encode(uint8_t *out, const struct kb_xfer_fields *h, const uint8_t 
     wr32(out + n - KB_XFER_CRC, kb_xfer_crc32(out, n - KB_XFER_CRC));
 }
 
-/* The transport datagram inside frame f of length k, from the peer to us, or NULL. The checks are
- * UdpEncap.peer_datagrams' / EthEncap.peer_datagrams' one-comparison test; a frame that fails them goes
- * to the Python path, which says why it is dropped (or takes it by its slower test). */
+/* The transport datagram inside frame f of length k, from the peer to us, or NULL: UdpEncap's / EthEncap's
+ * one-comparison test (kb_udp_from_peer is proto.udp.PeerUdp.accept). A frame that fails it goes to the
+ * Python path, which says why it is dropped (or takes it by its slower test). */
 static const uint8_t *datagram_of(const uint8_t *f, uint32_t k, int kind, const uint8_t *key, size_t keylen,
                                   uint32_t *dlen) {
-    if (kind == KB_XFER_UDP) {
-        if (k < UDP_HLEN || keylen != 12) return NULL;
-        uint16_t total = rd16(f + 16), ulen = rd16(f + 38);
-        if (rd16(f + 12) != 0x0800 || f[14] != 0x45 || f[23] != 17 || (rd16(f + 20) & 0x3FFF) ||
-            memcmp(f + 26, key, 12) != 0 || (uint32_t)total + ETH_HLEN > k || ulen != total - 20 || ulen < 8)
-            return NULL;
-        *dlen = (uint32_t)total + ETH_HLEN - UDP_HLEN;
-        return f + UDP_HLEN;
-    }
+    if (kind == KB_XFER_UDP) return keylen == 12 ? kb_udp_from_peer(f, k, key, dlen) : NULL;
     if (k < ETH_HLEN + KB_XFER_OVERHEAD || keylen != ETH_HLEN || memcmp(f, key, ETH_HLEN) != 0) return NULL;
     *dlen = k - ETH_HLEN;
     return f + ETH_HLEN;
@@ -98,25 +92,23 @@ size_t kb_xfer_rx_run(const uint8_t *mem, uint64_t memlen, const struct kb_descs
     return i;
 }
 
-int kb_xfer_frame_fits(int kind, uint64_t dlen, uint64_t frame_size, uint64_t addr, uint64_t memlen) {
+int kb_xfer_frame_fits(int kind, uint64_t dlen, uint64_t max_len, uint64_t frame_size, uint64_t addr,
+                       uint64_t memlen) {
     uint64_t need = kb_xfer_frame_header(kind) + dlen;
-    return need <= frame_size && need <= 0xFFFF + (uint64_t)ETH_HLEN && addr <= memlen && need <= memlen - addr;
+    /* as subtractions: every argument comes from the caller and may be near 2^64 */
+    if (frame_size == 0 || (frame_size & (frame_size - 1)) || dlen > memlen) return 0;
+    return need <= max_len && need <= 0xFFFF + (uint64_t)ETH_HLEN && addr <= memlen && need <= memlen - addr &&
+           need <= frame_size - (addr & (frame_size - 1));
 }
 
-uint32_t kb_xfer_frame_write(uint8_t *f, int kind, const uint8_t *hdr, uint32_t ip_partial, uint32_t *ident,
-                             const uint8_t *dgram, uint32_t dlen) {
+uint32_t kb_xfer_frame_write(uint8_t *f, int kind, const uint8_t *hdr, uint32_t *ident, const uint8_t *dgram,
+                             uint32_t dlen) {
     uint32_t hlen = kb_xfer_frame_header(kind);
     memcpy(f, hdr, hlen);
-    if (kind == KB_XFER_UDP) {
-        uint32_t total = dlen + 28, id = (*ident + 1) & 0xFFFF;
-        uint32_t r = (uint32_t)(((uint64_t)ip_partial + total + id) % 0xFFFF);
-        wr16(f + 16, total);
-        wr16(f + 18, id);
-        wr16(f + 24, r ? 0xFFFF - r : 0);
-        wr16(f + 38, dlen + 8);
-        wr16(f + 40, 0);
-        *ident = id;
-    }
     memcpy(f + hlen, dgram, dlen);
+    if (kind == KB_XFER_UDP) {
+        *ident = (*ident + 1) & 0xFFFF;
+        kb_udp_finish(f, dlen, (uint16_t)*ident, 0);
+    }
     return hlen + dlen;
 }

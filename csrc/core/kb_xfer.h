@@ -70,15 +70,17 @@ size_t kb_xfer_rx_run(const uint8_t *mem, uint64_t memlen, const struct kb_descs
 /* The header length of a kind's frames (42 for UDP, 14 for Ethernet). */
 static inline uint32_t kb_xfer_frame_header(int kind) { return kind == KB_XFER_UDP ? 42 : 14; }
 
-/* Does a datagram of dlen bytes, framed with a kind's header, fit the frame at addr (frame_size bytes,
- * inside memlen bytes of memory; IPv4's total length caps a UDP frame)? */
-int kb_xfer_frame_fits(int kind, uint64_t dlen, uint64_t frame_size, uint64_t addr, uint64_t memlen);
+/* Does a datagram of dlen bytes, framed with a kind's header, fit the frame at addr? At most max_len bytes
+ * (the link's limit), inside its UMEM frame (the aligned chunk of frame_size bytes, a power of two, that
+ * addr lies in: never into the next one, which may be a kernel RX buffer, whatever max_len says), inside
+ * memlen bytes of memory, and no more than an IPv4 total length describes. */
+int kb_xfer_frame_fits(int kind, uint64_t dlen, uint64_t max_len, uint64_t frame_size, uint64_t addr,
+                       uint64_t memlen);
 
-/* UdpEncap.frame / EthEncap.frame into f: the header (udp: the 42-byte template of UdpEncap.set_peer,
- * whose fixed words sum to ip_partial mod 0xFFFF; eth: the 14 bytes as they are) then the datagram. A UDP
- * frame gets the IPv4 total length, ident + 1, the header checksum and the UDP length (checksum 0).
- * Returns the frame's length; *ident is the ident used. */
-uint32_t kb_xfer_frame_write(uint8_t *f, int kind, const uint8_t *hdr, uint32_t ip_partial, uint32_t *ident,
-                             const uint8_t *dgram, uint32_t dlen);
+/* UdpEncap.frame / EthEncap.frame into f: the header (udp: a flow's 42-byte template, completed by
+ * kb_udp_finish without UDP checksum, ident + 1; eth: the 14 bytes as they are) then the datagram. Returns
+ * the frame's length; *ident is the ident used. */
+uint32_t kb_xfer_frame_write(uint8_t *f, int kind, const uint8_t *hdr, uint32_t *ident, const uint8_t *dgram,
+                             uint32_t dlen);
 
 #endif

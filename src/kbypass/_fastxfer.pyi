@@ -14,6 +14,7 @@ def encode(flags: int, src_id: int, dst_id: int, seq: int, ack: int, window: int
 def encode_segments(src_id: int, dst_id: int, ack: int, window: int, tsval: int, tsecr: int, segments: list,
                     out: list[bytes], /) -> None:
     """Append to out the datagram of each segment, without SACK blocks."""
-def write_frames(mem: WriteableBuffer, descs: np.ndarray, start: int, frame_size: int, kind: int, header: bytes,
-                 ip_partial: int, ident: int, datagrams: list[bytes], /) -> int:
-    """Frame datagrams[start:] into the batch's frames; returns the last IP ident used."""
+def write_frames(mem: WriteableBuffer, descs: np.ndarray, start: int, frame_size: int, max_len: int, kind: int,
+                 header: bytes, ident: int, datagrams: list[bytes], /) -> int:
+    """Frame datagrams[start:] into the batch's frames (each at most max_len bytes, inside its aligned
+    frame_size chunk); returns the last IP ident used."""

@@ -83,12 +83,16 @@ static int udp_and_crc(void) {
     kb_put_be16(f + 34, 5000);
     kb_put_be16(f + 36, 4321);
     memcpy(f + 42, "hello", 5);
-    kb_udp_finish(f, 5, 7);
+    kb_udp_finish(f, 5, 7, 1);
     CHECK(kb_udp_accept(&me, f, 47));
     CHECK(kb_udp_payload_len(f) == 5 && kb_udp_src_port(f) == 5000);
     f[44] ^= 1; /* a flipped payload bit fails the UDP checksum */
     CHECK(!kb_udp_accept(&me, f, 47));
     CHECK(kb_xfer_crc32((const uint8_t *)"123456789", 9) == 0xCBF43926u); /* CRC-32/ISO-HDLC check value */
+    /* a frame stays inside its UMEM frame (2 KiB chunks), whatever limit the caller gives */
+    CHECK(kb_xfer_frame_fits(KB_XFER_UDP, 2006, 0xFFFF, 2048, 0, 4096));
+    CHECK(!kb_xfer_frame_fits(KB_XFER_UDP, 2007, 0xFFFF, 2048, 0, 4096));
+    CHECK(!kb_xfer_frame_fits(KB_XFER_UDP, 1800, 0xFFFF, 2048, 256, 4096));
     return 0;
 }
 

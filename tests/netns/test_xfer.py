@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from kbypass import netns
+from kbypass import backend, netns
 from kbypass.errors import UsageError
 from kbypass.proto.transport import LocalProtocolError
 from kbypass.xfer import EthEncap, TransportEndpoint, UdpEncap
@@ -53,7 +53,7 @@ def ports(testbed_hosts):
 
 
 def pair(hosts, ports, encap: str, *, faults_rx=None, config=None,
-         native=None) -> tuple[TransportEndpoint, TransportEndpoint]:
+         lane=None) -> tuple[TransportEndpoint, TransportEndpoint]:
     """(client on a, server on b) over the shared ports."""
     (a, b), (pa, pb) = hosts, ports
     if encap == "udp":
@@ -62,7 +62,7 @@ def pair(hosts, ports, encap: str, *, faults_rx=None, config=None,
     else:
         es, ec = EthEncap(b.mac, mtu=b.mtu), EthEncap(a.mac, mtu=a.mtu)
         ec.set_peer(b.mac)
-    kw = dict(faults_rx=faults_rx, config=config, own_port=False, native=native)
+    kw = dict(faults_rx=faults_rx, config=config, own_port=False, codec=backend.codec(lane))
     return TransportEndpoint(pa, ec, seed=12, **kw), TransportEndpoint(pb, es, seed=11, **kw)
 
 
@@ -161,7 +161,7 @@ class TestOverSharedPorts:
             pytest.skip("KBYPASS_PURE_PYTHON=1 switches the C modules off")
         a, b = testbed_hosts
         data = random.Random(encap + lane).randbytes(3_000_000)
-        cli, srv = pair(testbed_hosts, ports, encap, native=lane == "c")
+        cli, srv = pair(testbed_hosts, ports, encap, lane=lane)
         match_b = ETHER if encap == "eth" else f"udp dst {b.ipv4} dport {PORT}"
         with xdp_loss(ports[1], match_b, 0.02) as dropped_b:
             got = transfer(cli, srv, data)

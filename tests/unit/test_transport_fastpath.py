@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kbypass import backend
-from kbypass.errors import UsageError
 from kbypass.port.batch import DESC, Batch
 from kbypass.proto.transport import ConnConfig, Connection, DataReceived, MessageReceived, Role, State, wire
 from kbypass.proto.transport.sendbuf import Segment
@@ -81,7 +80,7 @@ def batch_of(frames: list[bytes]) -> Batch:
     for i, f in enumerate(frames):
         mem[i * 2048:i * 2048 + len(f)] = np.frombuffer(f, np.uint8)
         descs[i] = (i * 2048, len(f), 0)
-    return Batch(descs, mem)
+    return Batch(descs, mem, None, 2048)
 
 
 class OneBatchPort:
@@ -103,7 +102,7 @@ class OneBatchPort:
 def take(conn: Connection, frames: list[bytes], enc, native_path: bool) -> TransportEndpoint:
     """Feed `frames` to `conn` through the endpoint's receive path, with or without the C path."""
     ep = TransportEndpoint(OneBatchPort(batch_of(frames)), enc, config=conn.config, own_port=False,
-                           native=native_path, rx_batch=4096)
+                           codec=fx if native_path else PY, rx_batch=4096)
     ep.conn = conn
     ep._take_frames(T)
     return ep
@@ -327,20 +326,19 @@ def test_write_frames_refuses_a_datagram_over_the_mtu_and_writes_nothing(codec):
     assert not batch.mem.any() and not batch.lens.any()
 
 
-def test_native_true_without_the_module_is_a_usage_error(monkeypatch):
-    monkeypatch.setitem(backend.MODULES, "xfer", "kbypass._fastxfer_not_built")
-    with pytest.raises(UsageError, match="make setup"):
+def test_the_codec_is_chosen_once_and_passed_in(monkeypatch):
+    """No native= any more: the caller picks the codec through kbypass.backend (which names the fix when C
+    is not built) and the endpoint takes it, or the lane in force."""
+    with pytest.raises(TypeError, match="native"):
         TransportEndpoint(OneBatchPort(batch_of([])), encaps("udp")[1], native=True)
-    with pytest.raises(backend.NativeMissing, match="not built"):
-        backend.codec("c")
-    assert backend.codec("python").name == "python"  # the reference needs nothing built
-
-
-def test_native_picks_the_endpoint_codec_and_a_bare_connection_is_pure_python():
     c, s = established(CFG)
     for native_path, name in ((True, "c"), (False, "python")):
         ep = take(s, [], encaps("udp")[1], native_path)
         assert ep.codec.name == name and ep.native == (name == "c")
+    monkeypatch.setitem(backend.MODULES, "xfer", "kbypass._fastxfer_not_built")
+    with pytest.raises(backend.NativeMissing, match="not built"):
+        backend.codec("c")
+    assert backend.codec("python").name == "python"  # the reference needs nothing built
     assert Connection(Role.CLIENT, CFG).codec.name == "python"  # sans-IO: C only when given
 
 
@@ -473,3 +471,81 @@ def test_encode_segments_keeps_each_segment_alive_while_it_reads_it():
             assert len(out) == 1 and len(out[0]) == 146
     """))
     assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-600:]}"
+
+
+# ------------------------------------------------------- write_frames: the same refusals, nothing written
+def _refusal_cases():
+    """(what, args builder) of write_frames calls C refuses; each args builder gets (mem, descs)."""
+    hdr = encaps("udp")[0]._flow.template
+    ok = [b"x" * 100]
+    return [
+        ("kind", lambda m, d: (m, d, 0, 2048, 1514, 2, hdr, 0, ok), ValueError),
+        ("header length", lambda m, d: (m, d, 0, 2048, 1514, 0, hdr[:14], 0, ok), ValueError),
+        ("eth header length", lambda m, d: (m, d, 0, 2048, 1514, 1, hdr, 0, ok), ValueError),
+        ("negative start", lambda m, d: (m, d, -1, 2048, 1514, 0, hdr, 0, ok), ValueError),
+        ("start past the list", lambda m, d: (m, d, 2, 2048, 1514, 0, hdr, 0, ok), ValueError),
+        ("ident too big", lambda m, d: (m, d, 0, 2048, 1514, 0, hdr, 0x10000, ok), ValueError),
+        ("negative ident", lambda m, d: (m, d, 0, 2048, 1514, 0, hdr, -1, ok), ValueError),
+        ("frame size zero", lambda m, d: (m, d, 0, 0, 1514, 0, hdr, 0, ok), ValueError),
+        ("frame size not a power of two", lambda m, d: (m, d, 0, 3000, 1514, 0, hdr, 0, ok), ValueError),
+        ("negative limit", lambda m, d: (m, d, 0, 2048, -1, 0, hdr, 0, ok), ValueError),
+        ("over the limit", lambda m, d: (m, d, 0, 2048, 141, 0, hdr, 0, ok), ValueError),
+        ("past the chunk", lambda m, d: (m, d, 0, 2048, 1 << 20, 0, hdr, 0, [b"x", b"y" * 2007]), ValueError),
+        ("past the memory", lambda m, d: (m, d, 0, 1 << 16, 1 << 20, 0, hdr, 0, [b"x", b"y" * 2007]), ValueError),
+        ("not bytes", lambda m, d: (m, d, 0, 2048, 1514, 0, hdr, 0, [b"x", bytearray(10)]), TypeError),
+        ("not a list", lambda m, d: (m, d, 0, 2048, 1514, 0, hdr, 0, tuple(ok)), TypeError),
+        ("read-only memory", lambda m, d: (bytes(len(m)), d, 0, 2048, 1514, 0, hdr, 0, ok), BufferError),
+        ("not descriptors", lambda m, d: (m, np.zeros(2, np.uint64), 0, 2048, 1514, 0, hdr, 0, ok), TypeError),
+    ]
+
+
+@pytest.mark.parametrize("case", _refusal_cases(), ids=lambda c: c[0])
+def test_write_frames_refuses_alike_and_writes_nothing(case):
+    """The reference makes the C core's all-or-nothing checks: the same exception type for the same call,
+    and no frame written nor length set (the first, valid, datagram included)."""
+    _, build, exc = case
+    raised = []
+    for codec in (fx, PY):
+        batch = batch_of([b""] * 2)
+        with pytest.raises(exc) as info:
+            codec.write_frames(*build(batch.mem, batch.descs))
+        raised.append(type(info.value))
+        assert not batch.mem.any() and not batch.lens.any(), codec
+    assert raised[0] is raised[1]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_too_large_limit_never_writes_past_the_umem_frame(codec):
+    """kb_xfer_frame_fits trusted the caller's room: told a frame may be 64 KiB, it wrote a 2,050-byte
+    frame across its 2 KiB UMEM frame into the next one (maybe a kernel RX buffer). The core now checks the
+    chunk it writes into, also from an address past a headroom."""
+    hdr = encaps("udp")[0]._flow.template
+    for addr, size in ((0, 2048 - 42 + 2), (256, 2048 - 256 - 42 + 1)):
+        mem = np.zeros(2 * 2048, np.uint8)
+        descs = np.zeros(1, DESC)
+        descs["addr"] = addr
+        with pytest.raises(ValueError, match="does not fit"):
+            codec.write_frames(mem, descs, 0, 2048, 0xFFFF, 0, hdr, 0, [bytes(size)])
+        assert not mem.any()
+        codec.write_frames(mem, descs, 0, 2048, 0xFFFF, 0, hdr, 0, [bytes(size - 2)])
+        assert int(descs["len"][0]) == 42 + size - 2 and not mem[2048:].any()
+
+
+# --------------------------------------------- "plain UDP from the peer to us": PeerUdp and kb_udp_from_peer
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flips=st.lists(st.tuples(st.integers(0, 41), st.integers(0, 255)), max_size=3),
+       cut=st.integers(-60, 8))
+def test_peer_check_gives_the_c_verdict(flips, cut):
+    """rx_run takes a frame carrying the next data segment exactly when proto.udp.PeerUdp.accept gives its
+    datagram (kb_udp_from_peer is its C twin): header bytes overwritten, frames cut short or padded."""
+    c, s, grams = stream_datagrams(CFG, MSS)
+    enc_c, enc_s = encaps("udp")
+    f = bytearray(enc_c.frame(grams[0]))
+    for at, v in flips:
+        f[at] = v
+    f = bytes(f[:len(f) + cut] if cut < 0 else f + bytes(cut))
+    py = enc_s._from_peer.accept(f)
+    batch = batch_of([f])
+    p = s.rx_run_params()
+    stop = fx.rx_run(batch.mem, batch.descs, 0, 0, enc_s.peer_key, *p)[0]
+    assert (stop == 1) == (py is not None and bytes(py) == grams[0])

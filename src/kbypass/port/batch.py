@@ -123,6 +123,15 @@ class Batch:
             self._runs(n)[self._at(0, check=False)] = np.frombuffer(data, dtype=np.dtype(f"V{n}"))[0]
         self.descs["len"] = n
 
+    def chunk_size(self) -> int | None:
+        """The size of the aligned chunks its frames lie in (the Batch's own `frame_size`, else the owner's:
+        its UMEM's, or a PacketMmapPort's slot size, whose staging frames are aligned chunks too), or None
+        when it is not known. Writers that check bounds in C are given this, not a computed room."""
+        if self.frame_size:
+            return self.frame_size
+        fs = _owner_frame_size(self.owner) or getattr(self.owner, "frame_size", None)
+        return fs if isinstance(fs, int) and fs > 0 else None
+
     def room(self) -> np.ndarray:
         """Bytes each frame can hold from its start (addr) to the end of its memory (see "Bounds")."""
         addr = self.descs["addr"].astype(np.int64)

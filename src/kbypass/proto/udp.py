@@ -9,6 +9,12 @@ One message at a time (the UDP endpoint's lane): `PlainUdp.accept` is `classify_
 port), and `UdpFlow.frame` builds one frame from a flow's template with an incremental checksum. They are
 the one definition: the C lane (kbypass._fastlane, csrc/core/kb_lane) is held to them by the same-verdict
 and byte-identical fuzz tests (tests/unit/test_endpoint_lane.py).
+
+The transport's encapsulation (kbypass.xfer.encap.UdpEncap) uses the same two: `UdpFlow(...,
+udp_checksum=False)` (UDP checksum 0, legal on IPv4, because the transport's CRC32 covers the datagram) and
+`PeerUdp`, "a plain UDP datagram from this peer to us" (no checksum either, for the same reason). Their C
+twins are csrc/core/kb_udp.c's kb_udp_finish and kb_udp_from_peer, which the transport codec (kb_xfer.c)
+frames and takes runs with (tests/unit/test_transport_fastpath.py holds them to these).
 """
 
 from __future__ import annotations
@@ -243,19 +249,23 @@ def _acceptor(mac: bytes, ip: bytes, port: int, bcast: bytes | None):
 
 
 class UdpFlow:
-    """One flow's outgoing header: `template` (the 42 bytes of `frame_template`, lengths and checksums
-    zero) split once into the pieces `frame` packs around the computed fields, with the partial sums of the
-    IP header and of the UDP pseudo-header and ports. Per message only the lengths, the IP ident and the
-    payload are left to add (the C lane's send_udp takes `template` and does the same)."""
+    """One flow's outgoing header: `template` (the 42 bytes of `frame_template`) split once into the pieces
+    `frame` packs around the computed fields, with the partial sums of the IP header and of the UDP
+    pseudo-header and ports. Per message only the lengths, the IP ident and the payload are left to add
+    (the C lane's send_udp takes `template` and does the same: kb_udp_finish).
 
-    __slots__ = ("template", "head", "mid", "addrs", "ip_partial", "udp_partial")
+    The template's lengths, ident and checksums are ignored (overwritten per frame). udp_checksum=False:
+    the UDP checksum field is 0, "none" (legal over IPv4; the transport's CRC32 covers its datagrams)."""
 
-    def __init__(self, template: bytes) -> None:
+    __slots__ = ("template", "head", "mid", "addrs", "ip_partial", "udp_partial", "udp_checksum")
+
+    def __init__(self, template: bytes, *, udp_checksum: bool = True) -> None:
         if len(template) != HEADERS_LEN:
             raise ValueError(f"a flow template is {HEADERS_LEN} bytes, not {len(template)}")
         t = self.template = bytes(template)
         self.head, self.mid, self.addrs = t[0:16], t[20:24], t[26:38]
-        self.ip_partial = ck.ones_sum(t[14:34])
+        self.udp_checksum = udp_checksum
+        self.ip_partial = ck.ones_sum(t[14:16] + self.mid + t[26:34])  # the fixed words of the IP header
         self.udp_partial = (int.from_bytes(t[26:34], "big") + IPPROTO_UDP + int.from_bytes(t[34:38], "big")) % _MOD
 
     def frame(self, payload: bytes, ident: int) -> bytes:
@@ -263,6 +273,102 @@ class UdpFlow:
         ulen = len(payload) + 8
         total = ulen + 20
         r = (self.ip_partial + total + ident) % _MOD
-        r2 = (self.udp_partial + 2 * ulen + (int.from_bytes(payload, "big") << (8 * (ulen & 1)))) % _MOD
-        return _OUT.pack(self.head, total, ident, self.mid, _MOD - r if r else 0, self.addrs, ulen,
-                         (_MOD - r2 if r2 else 0) or 0xFFFF) + payload
+        if self.udp_checksum:
+            r2 = (self.udp_partial + 2 * ulen + (int.from_bytes(payload, "big") << (8 * (ulen & 1)))) % _MOD
+            u = (_MOD - r2 if r2 else 0) or 0xFFFF
+        else:
+            u = 0
+        return _OUT.pack(self.head, total, ident, self.mid, _MOD - r if r else 0, self.addrs, ulen, u) + payload
+
+
+# drop reasons of PeerUdp.reason (the transport endpoint's counter names)
+NOT_UDP = "not_udp"  # too short, not IPv4/UDP, options or a fragment: not something a peer of ours sends
+WRONG_PORT = "wrong_port"
+WRONG_ADDRESS = "wrong_address"
+LENGTHS = "bad_length"  # IP and UDP lengths that disagree or do not fit the frame
+OTHER_PEER = "other_peer"  # valid, from another address or port
+# bytes 12..39 of a received frame in one unpack: EtherType, version/IHL, total length, flags and fragment
+# offset, protocol, addresses and ports (26..37: `PeerUdp.key`, compared as one string), UDP length
+_PEER = struct.Struct("!12xHBxH2xHxB2x12sH")
+
+
+class PeerUdp:
+    """"A plain UDP datagram from this peer to us": IPv4 without options, not a fragment, IP and UDP
+    lengths that agree and fit the frame, from peer_ip:peer_port to ip:port. No checksum is checked (the
+    transport's CRC32 covers its datagrams) and neither MAC (frames from the socket port are synthetic).
+
+    ip/peer_ip are 4 bytes; the peer may be set later (`set_peer`: a server learns it from the first SYN).
+    `accept(f)`: the datagram (a slice of f) or None; its C twin is kb_udp_from_peer (the transport codec's
+    rx_run). `reason(f)`: why accept refuses f, for the drop counters; None when it would take it after
+    all: the socket port's synthetic frames may say 0.0.0.0 for us (`datagram(f)` takes those too).
+    `source(f)`: (end of the datagram, source address bytes, source port, source MAC), or the reason."""
+
+    __slots__ = ("ip", "port", "key")
+
+    def __init__(self, ip: bytes, port: int, peer_ip: bytes | None = None, peer_port: int = 0) -> None:
+        self.ip, self.port, self.key = ip, port, None
+        if peer_ip is not None:
+            self.set_peer(peer_ip, peer_port)
+
+    def set_peer(self, peer_ip: bytes, peer_port: int) -> None:
+        # bytes 26..37 of a frame from the peer to us: addresses and ports, compared at once
+        self.key = bytes(peer_ip) + self.ip + peer_port.to_bytes(2, "big") + self.port.to_bytes(2, "big")
+
+    def accept(self, f):
+        if len(f) < HEADERS_LEN:
+            return None
+        etype, vihl, total, frag, proto, ends, ulen = _PEER.unpack_from(f)
+        if (ends != self.key or etype != 0x0800 or vihl != 0x45 or proto != 17 or frag & 0x3FFF
+                or total + ETH_HLEN > len(f) or ulen != total - 20 or ulen < 8):
+            return None
+        return f[HEADERS_LEN:ETH_HLEN + total]
+
+    def source(self, f):
+        if len(f) < HEADERS_LEN:
+            return NOT_UDP
+        etype, vihl, total, frag, proto, ends, ulen = _PEER.unpack_from(f)
+        if etype != 0x0800 or vihl != 0x45 or proto != 17 or frag & 0x3FFF:
+            return NOT_UDP  # options, fragments or another protocol: not something we send
+        if (ends[10] << 8 | ends[11]) != self.port:
+            return WRONG_PORT
+        dst = ends[4:8]
+        if dst != self.ip and dst != b"\0\0\0\0":
+            return WRONG_ADDRESS
+        if total + ETH_HLEN > len(f) or ulen != total - 20 or ulen < 8:
+            return LENGTHS
+        return ETH_HLEN + total, ends[0:4], ends[8] << 8 | ends[9], bytes(f[6:12])
+
+    def datagram(self, f):
+        """The datagram of a frame from the peer to us (a slice of f), else the reason (`source`'s, or
+        OTHER_PEER for a valid frame from another address or port). set_peer first."""
+        r = self.source(f)
+        if type(r) is str:
+            return r
+        if self.key is None or r[1] != self.key[0:4] or r[2] != (self.key[8] << 8 | self.key[9]):
+            return OTHER_PEER
+        return f[HEADERS_LEN:r[0]]
+
+    def datagrams(self, mv, addrs, lens, drops) -> list:
+        """`datagram` over a batch of frames (in `mv` at addrs, lens): the datagrams (views of `mv`) of the
+        frames from the peer, in order; every other frame counted in `drops` by its reason. A frame `accept`
+        takes is recognised by one unpack and one comparison, inline (a call per frame cost as much
+        again); any other goes through `datagram`."""
+        key = self.key
+        unpack = _PEER.unpack_from
+        out = []
+        for a, k in zip(addrs, lens):
+            if k >= HEADERS_LEN:
+                etype, vihl, total, frag, proto, ends, ulen = unpack(mv, a)
+                if (ends == key and etype == 0x0800 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF
+                        and total + ETH_HLEN <= k and ulen == total - 20 and ulen >= 8):
+                    out.append(mv[a + HEADERS_LEN:a + ETH_HLEN + total])
+                    continue
+            r = self.datagram(mv[a:a + k])
+            if type(r) is str:
+                drops[r] += 1
+            else:
+                out.append(r)
+        return out
+
+    def __repr__(self) -> str:
+        return f"<PeerUdp to {'.'.join(map(str, self.ip))}:{self.port}>"

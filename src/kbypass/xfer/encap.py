@@ -26,21 +26,12 @@ import socket
 import struct
 
 from kbypass.errors import UsageError
+from kbypass.proto import udp
 from kbypass.proto.transport import wire
 
 ETHERTYPE = 0x88B5  # IEEE 802 local experimental EtherType 1
 ETH_HLEN = 14
-UDP_HLEN = 42  # Ethernet + IPv4 (no options) + UDP
-_MOD = 0xFFFF
-# what changes per UDP frame, bytes 16..41: IP total length, ident, [flags..protocol from the template],
-# IP checksum, [addresses and ports from the template], UDP length, UDP checksum 0
-_UDP_VARIABLE = struct.Struct("!HH4sH12sH2x")
-# what parse checks in a received UDP frame, bytes 0..39, in one unpack: source MAC, EtherType, IP
-# version/IHL, total length, flags and fragment offset (two bytes), protocol, addresses, ports, UDP length
-_UDP_PARSE = struct.Struct("!6x6sHBxH2xBBxB2x4s4sHHH")
-# what peer_datagrams reads of a UDP frame, bytes 0..39: EtherType, version/IHL, total length, flags and
-# fragment offset, protocol, addresses and ports (26..37, compared as one string), UDP length
-_UDP_FAST = struct.Struct("!12xHBxH2xHxB2x12sH")
+UDP_HLEN = udp.HEADERS_LEN  # Ethernet + IPv4 (no options) + UDP
 _ETH_FAST = struct.Struct("14s")  # an eth frame's header, compared as one string
 
 
@@ -67,20 +58,25 @@ def _ip(ip: str, what: str) -> bytes:
         raise UsageError(f"{what} {ip!r} is not an IPv4 address: give one like 10.77.0.2") from None
 
 
-def frame_room(batch) -> int:
-    """The bytes every frame of `batch` can hold from its start (the smallest room): what a frame written
-    into it may be at most."""
-    return int(batch.room().min()) if len(batch) else 0
+def frame_limit(mtu: int) -> int:
+    """A frame is at most the MTU plus the Ethernet header (the codec also keeps it inside its UMEM frame)."""
+    return mtu + ETH_HLEN
 
 
-def frame_limit(mtu: int, batch) -> int:
-    """A frame is at most the MTU plus the Ethernet header, and never more than its UMEM frame holds."""
-    return min(mtu + ETH_HLEN, frame_room(batch))
+def chunk_of(batch) -> int:
+    """The size of the aligned UMEM frames (chunks) the frames of `batch` lie in: the codec writes no frame
+    past the end of its chunk, whatever the MTU allows."""
+    size = batch.chunk_size()
+    if size is None:
+        raise ValueError("write_frames: the batch's frame size is unknown (give the Batch a frame_size)")
+    return size
 
 
 class UdpEncap:
     """IPv4/UDP frames from (local_mac, local_ip, local_port) to one peer. `peer` may be set later
-    (a server learns it from the first SYN). MTU: the IP MTU of the interface."""
+    (a server learns it from the first SYN). MTU: the IP MTU of the interface.
+
+    The frame and the check are proto.udp's: a UdpFlow without UDP checksum, and PeerUdp."""
 
     name = "udp"
     header_len = UDP_HLEN
@@ -96,8 +92,8 @@ class UdpEncap:
         self.max_datagram = mtu - 28
         self.peer: tuple[str, int] | None = None
         self._peer_mac: bytes | None = None
-        self._tmpl = b""
-        self._ip_partial = 0
+        self._flow: udp.UdpFlow | None = None
+        self._from_peer = udp.PeerUdp(self.ip, local_port)
         self._ident = 0
         self._names: dict[bytes, str] = {}  # source address bytes -> text, so parse() converts once
 
@@ -107,92 +103,41 @@ class UdpEncap:
             raise UsageError(f"peer port {port}: use 1-65535")
         self.peer = (ip, port)
         self._peer_mac = mac_bytes(mac)
-        h = bytearray(UDP_HLEN)
-        h[0:6], h[6:12], h[12:14] = self._peer_mac, self.mac, b"\x08\x00"
-        h[14:24] = bytes((0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17))
-        h[26:30], h[30:34] = self.ip, dst
-        h[34:36], h[36:38] = self.port.to_bytes(2, "big"), port.to_bytes(2, "big")
-        self._tmpl = bytes(h)
-        self._peer_raw = (dst, port)  # what parse_peer compares a source with: no text per frame
-        # peer_datagrams (and kbypass._fastxfer.rx_run) compare bytes 26..37 (addresses and ports) of a
-        # received frame with this at once
-        self.peer_key = bytes(dst + self.ip + h[36:38] + h[34:36])
-        self._eth_ip = self._tmpl[0:16]  # Ethernet header and the IP version/TOS: the same in every frame
-        self._ip_fixed1, self._ip_fixed2 = self._tmpl[20:24], self._tmpl[26:38]
-        # IPv4 checksum: the fixed words summed once; total length and ident are added per frame
-        self._ip_partial = int.from_bytes(h[14:34], "big") % _MOD
+        self._flow = udp.UdpFlow(udp.frame_template(self.mac, self._peer_mac, self.ip, dst, self.port, port),
+                                 udp_checksum=False)
+        self._from_peer.set_peer(dst, port)
+        # kbypass._fastxfer.rx_run compares bytes 26..37 (addresses and ports) of a received frame with this
+        self.peer_key = self._from_peer.key
 
     def write_frames(self, codec, batch, datagrams: list, start: int) -> None:
         """frame() of datagrams[start:...] written into the frames of `batch`, lengths set, in one call of
-        `codec` (kbypass.backend: C or Python): what _write_frames in the endpoint does with frame(). The limit is the
-        room of the batch's UMEM frames, not the MTU: with headroom, or 2 KiB frames under a large MTU, an
-        MTU-sized frame wrote past its chunk into the next one (maybe a kernel RX buffer)."""
-        self._ident = codec.write_frames(batch.mem, batch.descs, start, frame_limit(self.mtu, batch), 0, self._tmpl,
-                                          self._ip_partial, self._ident, datagrams)
+        `codec` (kbypass.backend: C or Python). Each frame stays inside its UMEM frame (the codec checks it
+        against the chunk size): with headroom, or 2 KiB frames under a large MTU, an MTU-sized frame once
+        wrote past its chunk into the next one (maybe a kernel RX buffer)."""
+        self._ident = codec.write_frames(batch.mem, batch.descs, start, chunk_of(batch), frame_limit(self.mtu), 0,
+                                         self._flow.template, self._ident, datagrams)
 
     def frame(self, datagram: bytes) -> bytes:
         """One frame carrying `datagram` to the peer (set_peer first)."""
-        n = len(datagram)
-        total = n + 28
         self._ident = ident = (self._ident + 1) & 0xFFFF
-        r = (self._ip_partial + total + ident) % _MOD
-        variable = _UDP_VARIABLE.pack(total, ident, self._ip_fixed1, _MOD - r if r else 0, self._ip_fixed2, n + 8)
-        return b"".join((self._eth_ip, variable, datagram))
-
-    def _check(self, f):
-        """The header checks of parse and parse_peer: (end of the datagram, source address bytes, source
-        port, source MAC), or the drop reason."""
-        n = len(f)
-        if n < UDP_HLEN:
-            return "not_udp"
-        src_mac, ethertype, ver_ihl, total, frag_hi, frag_lo, proto, src, dst, sport, dport, ulen = \
-            _UDP_PARSE.unpack_from(f)
-        if ethertype != 0x0800:
-            return "not_udp"
-        if ver_ihl != 0x45 or proto != 17 or frag_hi & 0x3F or frag_lo:
-            return "not_udp"  # options, fragments or another protocol: not something we send
-        if dport != self.port:
-            return "wrong_port"
-        if dst != self.ip and dst != b"\0\0\0\0":
-            return "wrong_address"
-        if total + 14 > n or ulen != total - 20 or ulen < 8:
-            return "bad_length"
-        return 14 + total, src, sport, src_mac
+        return self._flow.frame(datagram, ident)
 
     def parse_peer(self, f):
         """The datagram of a UDP frame from the peer to our port (a slice of `f`), else a drop reason:
         parse's, or "other_peer" for a valid frame from another address or port. set_peer first."""
-        r = self._check(f)
-        if type(r) is str:
-            return r
-        if r[1] != self._peer_raw[0] or r[2] != self._peer_raw[1]:
-            return "other_peer"
-        return f[UDP_HLEN:r[0]]
+        return self._from_peer.datagram(f)
 
     def peer_datagrams(self, mv, addrs, lens, drops) -> list:
         """parse_peer over a batch of frames (in `mv` at addrs, lens): the datagrams (views of `mv`) of the
-        frames from the peer, in order; every other frame counted in `drops` by parse_peer's reason.
-        A frame that passes all of parse_peer's checks is recognised by one unpack and one comparison,
-        in this loop (a call per frame cost as much again); any other goes through parse_peer itself."""
-        key = self.peer_key
-        unpack = _UDP_FAST.unpack_from
-        out = []
-        for a, k in zip(addrs, lens):
-            if k >= UDP_HLEN:
-                ethertype, ver_ihl, total, frag, proto, ends, ulen = unpack(mv, a)
-                if (ends == key and ethertype == 0x0800 and ver_ihl == 0x45 and proto == 17 and not frag & 0x3FFF
-                        and total + ETH_HLEN <= k and ulen == total - 20 and ulen >= 8):
-                    out.append(mv[a + UDP_HLEN:a + ETH_HLEN + total])
-                    continue
-            _slow_peer_datagram(self, mv[a:a + k], out, drops)
-        return out
+        frames from the peer, in order; every other frame counted in `drops` by parse_peer's reason."""
+        return self._from_peer.datagrams(mv, addrs, lens, drops)
 
     def parse(self, f: bytes):
         """(datagram, (src_ip, src_port, src_mac)) for a UDP frame to our port, else a drop reason.
 
         Frames from the socket backend are synthetic (zero MACs, destination maybe 0.0.0.0): the MAC
         is not checked, the destination IP only when it is set."""
-        r = self._check(f)
+        r = self._from_peer.source(f)
         if type(r) is str:
             return r
         end, src, sport, src_mac = r
@@ -235,8 +180,8 @@ class EthEncap:
 
     def write_frames(self, codec, batch, datagrams: list, start: int) -> None:
         """See UdpEncap.write_frames."""
-        codec.write_frames(batch.mem, batch.descs, start, frame_limit(self.mtu, batch), 1, self._hdr, 0, 0,
-                            datagrams)
+        codec.write_frames(batch.mem, batch.descs, start, chunk_of(batch), frame_limit(self.mtu), 1, self._hdr, 0,
+                           datagrams)
 
     def _check(self, f):
         """parse's checks: None for a frame of ours, else the drop reason."""
@@ -281,8 +226,8 @@ class EthEncap:
 
 
 def _slow_peer_datagram(encap, f, out: list, drops) -> None:
-    """peer_datagrams' path for a frame its one-comparison test did not pass: parse_peer decides, and the
-    datagram joins `out` or the reason is counted in `drops`."""
+    """EthEncap.peer_datagrams' path for a frame its one-comparison test did not pass: parse_peer decides,
+    and the datagram joins `out` or the reason is counted in `drops`."""
     r = encap.parse_peer(f)
     if type(r) is str:
         drops[r] += 1

@@ -16,7 +16,7 @@ When nothing moved it sleeps in `port.wait` until a frame may be there or the ne
 keepalive, a delayed simulated fault) is due.
 
 The codec (kbypass.backend: the C one over kbypass._fastxfer, or the reference Python, which takes no runs
-and frames each datagram in Python; chosen once, `codec=` or `native=`, and given to the connection): before
+and frames each datagram in Python; chosen once by the caller, `codec=`, and given to the connection): before
 the frames of a batch go the way above, rx_run takes the run of them that are each the next data segment
 in line (Connection.rx_run_params / receive_run: in order, as stream data or as messages, or extending
 the out-of-order run above a hole in stream mode), checks and copies them in one call; the frame that ends a run goes through the Python path alone,
@@ -84,15 +84,15 @@ class TransportEndpoint(DataPath):
     """See the module doc. Owns `port` (closed by close()) unless own_port=False. The receive and send
     paths are datapath.py's.
 
-    codec: the transport codec (kbypass.backend.codec(): C or the reference Python), given to the
-    connection too; None: the one of `native` (True: C, False: Python), or of the lane in force."""
+    codec: the transport codec (kbypass.backend.codec(): C or the reference Python), chosen once by the
+    caller and given to the connection too; None: the one of the lane in force (backend.select)."""
 
     def __init__(self, port, encap, *, config: ConnConfig | None = None, seed: int | None = None,
                  faults_rx: dict | None = None, faults_tx: dict | None = None, rx_batch: int = 64,
-                 clock=time.monotonic, own_port: bool = True, on_close=None, native: bool | None = None,
+                 clock=time.monotonic, own_port: bool = True, on_close=None,
                  idle_timeout: float | None = None, codec=None) -> None:
         if codec is None:
-            codec = backend.codec(None if native is None else "c" if native else "python")
+            codec = backend.codec()
         # the codec: in-order arrival runs, encoding, framing in C (kbypass._fastxfer), or all in Python
         self.codec = codec
         self.native = codec.name == "c"

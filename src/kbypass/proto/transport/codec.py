@@ -14,23 +14,24 @@ TransportEndpoint are given theirs, `codec=`):
         endpoint may hand to Connection.receive_run at once. The reference takes none (stop == start):
         the general path (encap.peer_datagrams, Connection.receive_datagrams) is what the C run is held
         to, datagram by datagram (tests/unit/test_transport_fastpath.py).
-    write_frames(mem, descs, start, frame_size, kind, header, ip_partial, ident, datagrams) -> int
-        frame datagrams[start:] into the batch's frames (kind 0: IPv4/UDP from a 42-byte header template,
-        IP checksum from its precomputed partial sum; kind 1: a 14-byte Ethernet header), lengths set;
-        returns the last IP ident used. ValueError, nothing written, when one does not fit frame_size.
+    write_frames(mem, descs, start, frame_size, max_len, kind, header, ident, datagrams) -> int
+        frame datagrams[start:] into the batch's frames (kind 0: IPv4/UDP, proto.udp.UdpFlow without UDP
+        checksum, from a 42-byte header template; kind 1: a 14-byte Ethernet header), lengths set; returns
+        the last IP ident used. A frame is at most max_len bytes (the link's) and stays inside its UMEM
+        frame: the aligned chunk of frame_size bytes (a power of two) it starts in. All or nothing: bad
+        arguments (ValueError), a datagram that is not bytes (TypeError) or one that does not fit
+        (ValueError) raise before any frame is written.
 
 Pure Python: no C is imported here (the sans-IO protocol never imports C).
 """
 
 from __future__ import annotations
 
-import struct
-
+from .. import udp
 from . import wire
 
-_MOD = 0xFFFF
-_UDP_VARIABLE = struct.Struct("!HH4sH12sH2x")  # IP total length, ident, (flags..proto), checksum, addrs+ports,
-# UDP length, UDP checksum 0
+_HEADER_LEN = (udp.HEADERS_LEN, 14)  # by kind: IPv4/UDP, Ethernet
+_IPV4_CAP = 0xFFFF + 14  # the largest frame an IPv4 total length describes
 
 
 class PythonCodec:
@@ -54,38 +55,58 @@ class PythonCodec:
                ack: int, right: int, room_end: int, room_bytes: int, mode: int):
         return start, b"", 0, []
 
-    def write_frames(self, mem, descs, start: int, frame_size: int, kind: int, header: bytes, ip_partial: int,
+    def __init__(self) -> None:
+        self._flows: dict[bytes, udp.UdpFlow] = {}  # header template -> its flow (one per peer, in practice)
+
+    def write_frames(self, mem, descs, start: int, frame_size: int, max_len: int, kind: int, header: bytes,
                      ident: int, datagrams: list) -> int:
-        n = min(len(descs), len(datagrams) - start)
-        if n <= 0:
-            return ident
-        hlen = len(header)
-        if kind == 0:
-            eth_ip, fixed1, fixed2 = header[0:16], header[20:24], header[26:38]
-            pack = _UDP_VARIABLE.pack
-        todo = datagrams[start:start + n]
-        for d in todo:
-            if hlen + len(d) > frame_size:
-                raise ValueError(f"a {len(d)}-byte datagram does not fit its {frame_size}-byte frame")
         mv = memoryview(mem).cast("B")
         try:
-            addrs = descs["addr"].tolist()
+            if mv.readonly:
+                raise BufferError("write_frames: the memory is read-only")
+            if getattr(descs, "ndim", None) != 1 or descs.dtype.itemsize != 16:
+                raise TypeError("descriptors must be a 1-D array of kbypass.port.batch.DESC")
+            if type(datagrams) is not list:
+                raise TypeError("write_frames: datagrams must be a list")
+            if (kind not in (0, 1) or len(header) != _HEADER_LEN[kind] or not 0 <= start <= len(datagrams)
+                    or not 0 <= ident <= 0xFFFF or frame_size <= 0 or frame_size & (frame_size - 1) or max_len < 0):
+                raise ValueError("write_frames: bad kind, header, start, ident, frame size or limit")
+            n = min(len(descs), len(datagrams) - start)
+            addrs = descs["addr"][:n].tolist()
+            todo = datagrams[start:start + n]
+            hlen, cap, memlen = len(header), min(max_len, _IPV4_CAP), len(mv)
+            for a, d in zip(addrs, todo):  # every frame first: either all are written or none
+                if not isinstance(d, bytes):
+                    raise TypeError("write_frames: datagrams must be bytes")
+                need = hlen + len(d)
+                if need > cap or need > memlen - a or need > frame_size - (a & (frame_size - 1)):
+                    raise ValueError(f"write_frames: a {len(d)}-byte datagram does not fit its frame")
             lens = []
-            for a, d in zip(addrs, todo):
-                k = len(d)
-                if kind == 0:
-                    total = k + 28
+            if kind == 0:
+                frame = self._flow(bytes(header)).frame
+                for a, d in zip(addrs, todo):
                     ident = (ident + 1) & 0xFFFF
-                    r = (ip_partial + total + ident) % _MOD
-                    f = b"".join((eth_ip, pack(total, ident, fixed1, _MOD - r if r else 0, fixed2, k + 8), d))
-                else:
+                    f = frame(d, ident)
+                    mv[a:a + len(f)] = f
+                    lens.append(len(f))
+            else:
+                header = bytes(header)
+                for a, d in zip(addrs, todo):
                     f = header + d
-                mv[a:a + len(f)] = f
-                lens.append(len(f))
+                    mv[a:a + len(f)] = f
+                    lens.append(len(f))
         finally:
             mv.release()
         descs["len"][:n] = lens
         return ident
+
+    def _flow(self, header: bytes) -> udp.UdpFlow:
+        flow = self._flows.get(header)
+        if flow is None:
+            if len(self._flows) > 64:
+                self._flows.clear()
+            flow = self._flows[header] = udp.UdpFlow(header, udp_checksum=False)
+        return flow
 
     def __repr__(self) -> str:
         return "<codec python>"
