@@ -47,6 +47,13 @@ def _another_live_run(name: str) -> bool:
     return pid is not None and pid != os.getpid() and _alive(pid)
 
 
+def _marked_name(marker: str) -> str:
+    """The testbed or namespace a file of /run/kbypass belongs to: testbed-PREFIX, cp-NETNS.{sock,log}."""
+    if marker.startswith("cp-"):
+        return marker[len("cp-"):].rsplit(".", 1)[0]
+    return marker[len("testbed-"):]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -112,7 +119,7 @@ def pytest_sessionfinish(session, exitstatus):
     left_ns = sorted(n for n in _namespaces() - before[0] if not _another_live_run(n))
     left_links = sorted(_root_links() - before[1])
     left_marks = sorted(m for m in _markers() - before[2]
-                        if not m.endswith(".lock") and not _another_live_run(m[len("testbed-"):]))
+                        if not m.endswith(".lock") and not _another_live_run(_marked_name(m)))
     if left_ns or left_links or left_marks:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         msg = (f"LEAK: the test session left namespaces {left_ns}, root-namespace links {left_links} and "

@@ -128,10 +128,10 @@ def _status(args, ns) -> int:
     if args.json:
         emit(out, True)
         return 0
-    emit({"namespace": name, "server_pid": st["server_pid"], "clients": len(st["clients"]),
+    emit({"namespace": name, "server_pid": str(st["server_pid"]), "clients": len(st["clients"]),
           "interfaces": len(st["interfaces"])}, False, title="control plane")
     if st["clients"]:
-        emit({"clients": [{k: c[k] for k in ("client", "pid", "uid", "command", "rules")} | {
+        emit({"clients": [{k: str(c[k]) for k in ("client", "pid", "uid")} | {k: c[k] for k in ("command", "rules")} | {
             "sockets": " ".join(c["sockets"]) or "-"} for c in st["clients"]]}, False)
     for i in st["interfaces"]:
         emit({"rules": [{k: r[k] for k in ("rule_id", "owner", "priority", "rule", "packets", "bytes")}
