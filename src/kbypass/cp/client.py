@@ -25,7 +25,7 @@ from kbypass import netns as _netns
 from kbypass.errors import UsageError
 
 from . import paths, protocol
-from .protocol import ControlPlaneError
+from .protocol import ControlPlaneError, ControlPlaneGone
 
 AUTO_IDLE_EXIT = 10.0  # seconds an auto-started control plane outlives its last client
 START_TIMEOUT = 10.0
@@ -64,12 +64,20 @@ class ControlPlaneClient:
         self._lock = threading.Lock()
         self._next_id = 1
         self._sock: socket.socket | None = None
-        self._sock = self._open(start)
-        try:
-            hello = self._call("hello", version=protocol.VERSION, command=command or _own_command())
-        except BaseException:
-            self.close()
-            raise
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            self._sock = self._open(start)
+            try:
+                hello = self._call("hello", version=protocol.VERSION, command=command or _own_command())
+                break
+            except ControlPlaneGone:
+                self._hang_up()
+                # a control plane exiting (idle) as we connected: a fresh one will serve us
+                if not (start and time.monotonic() < deadline):
+                    raise
+            except BaseException:
+                self._hang_up()
+                raise
         self.client_id = hello["client"]
         self.server_pid = hello["server_pid"]
 
@@ -122,7 +130,7 @@ class ControlPlaneClient:
                 if reply is None:
                     raise
             if not reply:
-                raise ControlPlaneError(
+                raise ControlPlaneGone(
                     f"the control plane of namespace {self.name} went away: the rules and sockets it held for you "
                     f"are gone (nothing stays attached); start again (its log: {paths.log_path(self.name)})")
             return protocol.decode_reply(reply)
@@ -172,6 +180,9 @@ class ControlPlaneClient:
             self._call("bye")
         except (ControlPlaneError, OSError):
             pass
+        self._hang_up()
+
+    def _hang_up(self) -> None:
         with self._lock:
             if self._sock is not None:
                 self._sock.close()

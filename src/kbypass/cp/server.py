@@ -43,6 +43,7 @@ from .state import Client, ControlPlane
 log = logging.getLogger("kbypass.cp")
 
 USERS = ("root", "group", "all")
+LOCK_WAIT = 2.0  # seconds a starting control plane waits for one that is exiting
 _FD_SPACE = socket.CMSG_SPACE(protocol.MAX_FDS * 4)
 
 
@@ -99,14 +100,20 @@ class Server:
     def start(self) -> None:
         os.makedirs(paths.RUN_DIR, mode=0o755, exist_ok=True)
         self._lock_fd = os.open(paths.lock_path(self.name), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            raise AlreadyRunning(f"a control plane already serves namespace {self.name} (pid {other}): "
-                                 f"'kbypass cp status' shows it, 'kbypass cp stop' stops it") from None
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:  # a control plane that is on its way out (idle exit, stop) lets go of the lock soon
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                other = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(self._lock_fd)
+                self._lock_fd = None
+                raise AlreadyRunning(f"a control plane already serves namespace {self.name} (pid {other}): "
+                                     f"'kbypass cp status' shows it, 'kbypass cp stop' stops it") from None
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         path = paths.socket_path(self.name)
@@ -165,8 +172,10 @@ class Server:
                 else:
                     self._serve_one(key.fd)
             if self.idle_exit and not self.conns and time.monotonic() - self._idle_since > self.idle_exit:
-                log.info("no clients for %gs: exiting (--idle-exit)", self.idle_exit)
-                self.running = False
+                self._accept()  # one that connected just now keeps us (a later one starts a new control plane)
+                if not self.conns:
+                    log.info("no clients for %gs: exiting (--idle-exit)", self.idle_exit)
+                    self.running = False
 
     def _accept(self) -> None:
         for _ in range(64):

@@ -295,9 +295,9 @@ def _up(config: TestbedConfig) -> list[Host]:
         # Ctrl-C or SIGTERM while pyroute2 forks to make a namespace lands in its fork handlers, where Python
         # prints "Exception ignored" and carries on: hold them while building, and act on one that came
         # meanwhile right after, here inside the try, so the except below removes everything made.
-        with _signals_held():
+        with _signals_held():  # status() forks pyroute2 too: a signal there came out as "did not come up"
             _make(config, names, made)
-        hosts = status(prefix)
+            hosts = status(prefix)
         if hosts is None:
             raise TestbedError(f"testbed {prefix!r} did not come up; run 'kbypass doctor'")
         return hosts
