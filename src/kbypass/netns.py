@@ -41,12 +41,7 @@ def entered(name: str | None) -> Iterator[None]:
     if name is None:
         yield
         return
-    try:
-        target = os.open(path(name), os.O_RDONLY)
-    except FileNotFoundError:
-        raise TestbedError(
-            f"network namespace {name!r} does not exist: bring the testbed up with 'kbypass testbed up'"
-        ) from None
+    target = _open(name, "bring the testbed up with 'kbypass testbed up'")
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         _setns(target)
@@ -62,11 +57,15 @@ def entered(name: str | None) -> Iterator[None]:
 def switch(name: str) -> None:
     """Move this thread into namespace `name` for good (a process that serves one namespace: call it
     before starting threads, which inherit the namespace of the thread that starts them)."""
-    try:
-        target = os.open(path(name), os.O_RDONLY)
-    except FileNotFoundError:
-        raise TestbedError(f"network namespace {name!r} does not exist: see 'ip netns list'") from None
+    target = _open(name, "see 'ip netns list'")
     try:
         _setns(target)
     finally:
         os.close(target)
+
+
+def _open(name: str, fix: str) -> int:
+    try:
+        return os.open(path(name), os.O_RDONLY)
+    except FileNotFoundError:
+        raise TestbedError(f"network namespace {name!r} does not exist: {fix}") from None

@@ -347,3 +347,42 @@ def _recv_or_none(sock: socket.socket):
         return sock.recv(2048)
     except TimeoutError:
         return None
+
+
+def test_a_clients_redirect_reaches_only_its_own_sockets(hosts):
+    """Without socket groups a rule redirects to whatever socket sits on the packet's queue: a client with a
+    rule and no socket would take the packets into another client's rings."""
+    a, b = hosts
+    other = sink(b, "udp dport 5001", 0, 5)
+    try:
+        wait_for("the sink's socket", lambda: sockets_of(b) == {f"{b.iface}:0"})
+        with ControlPlaneClient(b.netns, command="rule, no socket") as lonely, _kernel_socket(b, 5000) as ks:
+            rid = lonely.add_rule(b.iface, "udp dport 5000")
+            send_udp(a, b, 5000, 40, cpu=0)
+            got = sum(1 for _ in iter(lambda: _recv_or_none(ks), None))
+            assert got == 40  # matched (counted) but passed to the kernel: this client has no socket here
+            assert {r["rule_id"]: r["packets"] for r in lonely.counters(b.iface)}[rid] == 40
+        send_udp(a, b, 5001, 30, cpu=0)
+        assert finish(other)["packets"] == 30  # the other flow only
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+
+
+def test_priority_orders_the_rules_of_different_clients(hosts):
+    a, b = hosts
+    with ControlPlaneClient(b.netns, command="dropper") as dropper, \
+            ControlPlaneClient(b.netns, command="passer") as passer, _kernel_socket(b, 5000) as ks:
+        drop = dropper.add_rule(b.iface, "udp dport 5000 drop", priority=200, share=True)
+        keep = passer.add_rule(b.iface, "udp dport 5000 pass", priority=10, share=True)
+        assert [r["rule_id"] for r in dropper.counters(b.iface)] == [keep, drop]
+        send_udp(a, b, 5000, 20, cpu=0)
+        assert sum(1 for _ in iter(lambda: _recv_or_none(ks), None)) == 20  # the lower priority number decides
+        dropper.remove_rule(b.iface, drop)
+        drop = dropper.add_rule(b.iface, "udp dport 5000 drop", priority=5, share=True)
+        assert [r["rule_id"] for r in passer.counters(b.iface)] == [drop, keep]
+        send_udp(a, b, 5000, 20, cpu=0)
+        assert _recv_or_none(ks) is None
+        counts = {r["rule_id"]: r["packets"] for r in passer.counters(b.iface)}
+        assert counts == {drop: 20, keep: 20}

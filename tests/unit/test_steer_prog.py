@@ -641,8 +641,8 @@ def test_refuses_when_another_program_is_attached(veth_ns: str) -> None:
             second.close()
         msg = str(info.value)
         assert f"XDP program id {first.prog_id} ('kbypass_steer')" in msg
-        assert "already steered by kbypass" in msg and "stop the process" in msg  # not "remove it" first
-        assert f"ip -n {veth_ns} link set dev kb0 xdp off" in msg
+        assert "already steered by kbypass" in msg and "kbypass cp status" in msg and "stop it" in msg
+        assert f"ip -n {veth_ns} link set dev kb0 xdp off" in msg  # for a program no process holds
         assert query(veth_ns, "kb0").prog_id == first.prog_id  # the first one is untouched
     # a netlink-attached program (what `ip link set xdp` makes) is refused the same way
     ip("-n", veth_ns, "link", "set", "dev", "kb0", "xdpgeneric", "obj", str(libbpf.object_path("steer")), "sec", "xdp")

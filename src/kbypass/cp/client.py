@@ -329,4 +329,4 @@ def _terminate(name: str, timeout: float) -> int | None:
         os.close(fd)
 
 
-__all__ = ["ControlPlaneClient", "ControlPlaneError", "SteeringLease", "running", "start_detached", "terminate"]
+__all__ = ["ControlPlaneClient", "ControlPlaneError", "ControlPlaneGone", "SteeringLease", "running", "start_detached", "terminate"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 
 from kbypass.backend import batch as batch_backend
-from kbypass.cp.client import ControlPlaneError, SteeringLease
+from kbypass.cp.client import ControlPlaneError, ControlPlaneGone, SteeringLease
 from kbypass.errors import UsageError
 from kbypass.netns import entered
 from kbypass.steer.rules import Rule
@@ -76,6 +76,7 @@ class SteeredPort(Port):
         self.ports: list[Port] = []
         self.steering = None
         self.rule_ids: list[int] = []
+        self.control_lost: str | None = None  # why the control plane's counters are missing (see _counters)
         if (not control_plane or share) and backend != "afxdp":
             raise UsageError(f"the {backend} backend does not steer (no XDP program): drop "
                              f"{'share' if share else 'control_plane=False'}")
@@ -173,9 +174,20 @@ class SteeredPort(Port):
         if self.steering is None:
             s = self.port.stats
             return [{"rule": str(r), "packets": s["rx_packets"], "bytes": s["rx_bytes"]} for r in self.rules]
-        counters, rules = self.steering.counters(), self.steering.rules()
+        counters, rules = self._counters(), self.steering.rules()
+        if counters is None:  # the control plane is gone, and its counts with it
+            return [{"rule": str(rules[i]), "packets": None, "bytes": None} for i in self.rule_ids if i in rules]
         return [{"rule": str(rules[i]), "packets": counters.get(i, (0, 0))[0], "bytes": counters.get(i, (0, 0))[1]}
                 for i in self.rule_ids if i in rules]
+
+    def _counters(self) -> dict | None:
+        """The steering's rule counters; None when the control plane went away, which `control_lost` then
+        says (the port's own counts stay good: a tool prints them, then the error)."""
+        try:
+            return self.steering.counters()
+        except ControlPlaneGone as e:
+            self.control_lost = str(e)
+            return None
 
     def unreached(self) -> int:
         """Packets a redirect rule matched that none of our sockets got (received, dropped for a full ring
@@ -184,7 +196,9 @@ class SteeredPort(Port):
         Either way the kernel got them. 0 without a steering program."""
         if self.steering is None:
             return 0
-        counters, rules = self.steering.counters(), self.steering.rules()  # first: sockets only lag the count
+        counters, rules = self._counters(), self.steering.rules()  # first: sockets only lag the count
+        if counters is None:
+            return 0
         matched = sum(counters.get(i, (0, 0))[0] for i in self.rule_ids if i in rules and rules[i].action == "redirect")
         got = 0
         for p in self.ports:

@@ -88,8 +88,8 @@ class SteerProgram:
         # Counters and rule first, then publish: a packet never sees the id before its rule exists.
         self._counters_map.update(free, bytes(self._counters_map.lookup_size))
         self._rules_map.update(free, rule.pack(group))
-        self._rules[free] = rule
         self._publish(self._order[:index] + [free] + self._order[index:])
+        self._rules[free] = rule  # after the publish: a failed one must not keep the slot taken
         return free
 
     def remove(self, rule_id: int) -> None:
@@ -243,10 +243,10 @@ class Steering(SteerProgram):
                     # another kbypass process steers here: removing its program would cut its traffic
                     raise KbypassError(
                         f"{self.ifname} in {self._where()} is already steered by kbypass (XDP program id {ids}): "
-                        "one kbypass process per interface for now (a shared control plane is planned), so stop "
-                        "the process that steers it ('bpftool link show' names its pid) or use another "
-                        f"interface; only if no process holds it, remove it with '{self._ip()} set dev "
-                        f"{self.ifname} xdp off'"
+                        "either by the namespace's control plane ('kbypass cp status' lists its users; steer "
+                        "through it, without --no-cp, to share the interface) or by a kbypass program run with "
+                        "--no-cp, which owns it alone (stop it; 'bpftool link show' names its pid); only if no "
+                        f"process holds it, remove it with '{self._ip()} set dev {self.ifname} xdp off'"
                     )
                 raise KbypassError(
                     f"{self.ifname} in {self._where()} already has XDP program id {ids}; kbypass does not "

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from kbypass.host import testbed
-from kbypass.errors import UsageError
+from kbypass.errors import KbypassError, UsageError
 from kbypass.tools import _options
 from kbypass.tools import _output
 
@@ -114,6 +114,14 @@ def unreached_warnings(sp) -> list[str]:
         return []
     return [f"{missed} packets matched a redirect rule but arrived on a queue with no socket (this run has "
             f"queues {sp.queues}): they went to the kernel; leave out --queue to listen on every queue"]
+
+
+def control_plane_lost(sp) -> None:
+    """After the summary: a control plane that died under the run is an error (its rules were gone from
+    then on), said once the port's own counts are printed."""
+    lost = getattr(sp, "control_lost", None)
+    if lost:
+        raise KbypassError(lost)
 
 
 def warn(command: str, warnings: list[str]) -> None:

@@ -14,13 +14,13 @@ import os
 import sys
 
 from kbypass.apps.capture import capture
-from kbypass.errors import UsageError
 from kbypass.apps.pcap import PcapWriter
+from kbypass.errors import UsageError
 from kbypass.tools import _options
 from kbypass.tools._backend import add_backend_option, open_backend
 from kbypass.tools._common import partial_path
-from kbypass.tools._port import (add_port_options, announce, emit, progress_printer, rules_or_default,
-                                 takes_note, unreached_warnings, warn)
+from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, progress_printer,
+                                 rules_or_default, takes_note, unreached_warnings, warn)
 
 MAX_SNAPLEN = 262144  # tcpdump's largest
 
@@ -95,4 +95,5 @@ def run(args) -> int:
     warn(args.command, warnings)
     with contextlib.redirect_stdout(human):
         emit(summary, args.json)
+    control_plane_lost(sp)
     return 0

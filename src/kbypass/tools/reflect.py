@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from kbypass.apps.reflect import Reflector
 from kbypass.tools._backend import add_backend_option, open_backend
-from kbypass.tools._port import (add_port_options, announce, emit, port_summary, progress_printer,
-                                 rules_or_default, takes_note, unreached_warnings, warn)
+from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, port_summary,
+                                 progress_printer, rules_or_default, takes_note, unreached_warnings, warn)
 
 # IPv4 only: the reflector swaps fields at IPv4 offsets, and IPv6 UDP (DNS, DHCPv6, ...) stays the kernel's.
 DEFAULT_RULE = "udp dst 0.0.0.0/0"
@@ -33,4 +33,5 @@ def run(args) -> int:
             summary["warnings"] = warnings
     warn(args.command, warnings)
     emit(summary, args.json)
+    control_plane_lost(sp)
     return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 from kbypass.apps.sink import Sink
 from kbypass.tools import _options
 from kbypass.tools._backend import add_backend_option, open_backend
-from kbypass.tools._port import (add_port_options, announce, emit, port_summary, progress_printer,
-                                 rules_or_default, takes_note, unreached_warnings, warn)
+from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, port_summary,
+                                 progress_printer, rules_or_default, takes_note, unreached_warnings, warn)
 
 
 def register(sub) -> None:
@@ -35,4 +35,5 @@ def run(args) -> int:
             summary["warnings"] = warnings
     warn(args.command, warnings)
     emit(summary, args.json)
+    control_plane_lost(sp)
     return 0
