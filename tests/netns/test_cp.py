@@ -20,7 +20,8 @@ import time
 import pytest
 
 from kbypass.cp import paths, protocol
-from kbypass.cp.client import ControlPlaneClient, ControlPlaneError, terminate
+from kbypass.cp.client import ControlPlaneClient, ControlPlaneError
+from kbypass.cp.lock import terminate
 from kbypass.endpoint import UdpEndpoint
 from tests.kb import xdp_attached
 

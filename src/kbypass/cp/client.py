@@ -25,9 +25,10 @@ from kbypass import netns as _netns
 from kbypass.errors import UsageError
 
 from . import paths, protocol
-from .protocol import ControlPlaneError, ControlPlaneGone
+from .protocol import ControlPlaneError, ControlPlaneGone, ControlPlaneMissing
 
 AUTO_IDLE_EXIT = 10.0  # seconds an auto-started control plane outlives its last client
+LOG_KEEP = 1 << 20  # bytes of log after which a start moves it to cp-NAME.log.1
 START_TIMEOUT = 10.0
 REPLY_TIMEOUT = 10.0
 
@@ -45,15 +46,71 @@ def _connect(path: str) -> socket.socket:
 def start_detached(netns: str | None, name: str, options: tuple[str, ...] = ("--idle-exit", str(AUTO_IDLE_EXIT))
                    ) -> subprocess.Popen:
     """Start `kbypass cp serve OPTIONS` for the namespace in the background (its own session, so a Ctrl-C of
-    the tool that started it does not reach it), logging to /run/kbypass/cp-NAME.log."""
-    os.makedirs(paths.RUN_DIR, mode=0o755, exist_ok=True)
+    the tool that started it does not reach it; working directory /), logging to /run/kbypass/cp-NAME.log
+    (the previous log kept as .1 once it passes LOG_KEEP bytes)."""
     cmd = [sys.executable, "-m", "kbypass", "cp", "serve", *options]
     if netns is not None:
         cmd += ["--netns", netns]
+    log_path = paths.log_path(name)
+    try:
+        os.makedirs(paths.RUN_DIR, mode=0o755, exist_ok=True)
+        if os.path.exists(log_path) and os.path.getsize(log_path) > LOG_KEEP:
+            os.replace(log_path, log_path + ".1")
+        log = open(log_path, "ab")  # noqa: SIM115 (closed below, once the child has it)
+    except OSError as e:
+        raise UsageError(f"cannot start a control plane: {paths.RUN_DIR} is not writable ({e.strerror}): make it "
+                         "writable for root, or steer in-process with --no-cp (control_plane=False)") from None
     # the child starts in our namespace (an unnamed one can only be inherited) or in `netns`
-    with open(paths.log_path(name), "ab") as log, _netns.entered(netns):
+    with log, _netns.entered(netns):
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                close_fds=True)
+                                close_fds=True, cwd="/")
+
+
+@contextlib.contextmanager
+def _one_starter(name: str):
+    """One process at a time starts a namespace's control plane; the others wait here, then connect to it
+    (without this, two tools starting together would both spawn one, and the loser would log an error)."""
+    import fcntl
+
+    fd = os.open(paths.start_lock_path(name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ControlPlaneError(f"another process has been starting the control plane of namespace "
+                                            f"{name} for {START_TIMEOUT:g}s: see {paths.log_path(name)}") from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
+
+
+def spawn_and_connect(netns: str | None, name: str, options: tuple[str, ...] | None = None) -> socket.socket:
+    """Connect to the namespace's control plane, starting one (`start_detached`) if none answers."""
+    path = paths.socket_path(name)
+    with _one_starter(name):
+        try:
+            return _connect(path)  # started by whoever held the start lock before us
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        child = start_detached(netns, name) if options is None else start_detached(netns, name, options)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                return _connect(path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass
+            if child.poll() is not None:
+                raise ControlPlaneError(f"the control plane of namespace {name} failed to start (exit "
+                                        f"{child.returncode}): see {paths.log_path(name)}")
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"the control plane of namespace {name} did not come up within "
+                                        f"{START_TIMEOUT:g}s: see {paths.log_path(name)}")
+            time.sleep(0.02)
 
 
 class ControlPlaneClient:
@@ -82,31 +139,20 @@ class ControlPlaneClient:
         self.server_pid = hello["server_pid"]
 
     def _open(self, start: bool) -> socket.socket:
-        deadline = time.monotonic() + START_TIMEOUT
-        child = None
-        while True:
-            try:
-                return _connect(self.path)
-            except PermissionError:
-                raise ControlPlaneError(
-                    f"the control plane of namespace {self.name} admits root only: run as root, or have it "
-                    "started with 'kbypass cp start --users all' (or --users group NAME)") from None
-            except (FileNotFoundError, ConnectionRefusedError):
-                if not start:
-                    raise ControlPlaneError(f"no control plane serves namespace {self.name}: start one with "
-                                            "'kbypass cp start'") from None
-            if os.geteuid() != 0:
-                raise ControlPlaneError(f"no control plane serves namespace {self.name} and only root can start "
-                                        "one: ask root to run 'kbypass cp start --users all'")
-            if child is None:
-                child = start_detached(self.netns, self.name)
-            elif child.poll() not in (None, 0):
-                raise ControlPlaneError(f"the control plane of namespace {self.name} failed to start (exit "
-                                        f"{child.returncode}): see {paths.log_path(self.name)}")
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(f"the control plane of namespace {self.name} did not come up within "
-                                        f"{START_TIMEOUT:g}s: see {paths.log_path(self.name)}")
-            time.sleep(0.02)
+        try:
+            return _connect(self.path)
+        except PermissionError:
+            raise ControlPlaneError(
+                f"the control plane of namespace {self.name} admits root only: run as root, or have it "
+                "started with 'kbypass cp start --users all' (or --users group NAME)") from None
+        except (FileNotFoundError, ConnectionRefusedError):
+            if not start:
+                raise ControlPlaneMissing(f"no control plane serves namespace {self.name}: start one with "
+                                          "'kbypass cp start'") from None
+        if os.geteuid() != 0:
+            raise ControlPlaneMissing(f"no control plane serves namespace {self.name} and only root can start "
+                                      "one: ask root to run 'kbypass cp start --users all'")
+        return spawn_and_connect(self.netns, self.name)
 
     # ---- requests --------------------------------------------------------------------------------
 
@@ -278,55 +324,4 @@ class SteeringLease:
 
 
 
-def terminate(name: str, timeout: float = 3.0, *, forget: bool = False) -> int | None:
-    """End the control plane of namespace NAME (by its control-plane name) whatever its clients say: for
-    `kbypass testbed down`, which is about to delete the namespace (a control plane left in it would keep
-    the namespace alive, unnamed). SIGTERM, then SIGKILL after `timeout`. Returns its pid, or None when none
-    runs. The lock tells: the control plane holds it while it lives. `forget`: also remove its files (the
-    namespace is going away for good)."""
-    try:
-        return _terminate(name, timeout)
-    finally:
-        if forget:
-            for path in (paths.socket_path(name), paths.lock_path(name), paths.log_path(name)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-
-
-def _terminate(name: str, timeout: float) -> int | None:
-    import fcntl
-    import signal
-
-    try:
-        fd = os.open(paths.lock_path(name), os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return None  # nobody holds it: no control plane runs
-        except BlockingIOError:
-            pass
-        try:
-            pid = int(os.pread(fd, 32, 0).decode().strip())
-        except ValueError:
-            return None
-        sig, deadline = signal.SIGTERM, time.monotonic() + timeout
-        while True:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return pid
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # free once the process is gone
-                return pid
-            except BlockingIOError:
-                pass
-            if time.monotonic() > deadline:
-                sig = signal.SIGKILL
-            time.sleep(0.02)
-    finally:
-        os.close(fd)
-
-
-__all__ = ["ControlPlaneClient", "ControlPlaneError", "ControlPlaneGone", "SteeringLease", "running", "start_detached", "terminate"]
+__all__ = ["ControlPlaneClient", "ControlPlaneError", "ControlPlaneGone", "ControlPlaneMissing", "SteeringLease", "running", "spawn_and_connect", "start_detached"]

@@ -1,4 +1,4 @@
-"""Where a network namespace's control plane lives: /run/kbypass/cp-NAME.{sock,lock,log}.
+"""Where a network namespace's control plane lives: /run/kbypass/cp-NAME.{sock,lock,start,log}.
 
 One control plane per network namespace, like Onload's onload_cp_server: interfaces and XDP attachments
 are per namespace. NAME is the namespace's name under /var/run/netns (what `ip netns identify` says), or
@@ -52,6 +52,10 @@ def socket_path(name: str) -> str:
 
 def lock_path(name: str) -> str:
     return os.path.join(RUN_DIR, f"cp-{name}.lock")
+
+
+def start_lock_path(name: str) -> str:
+    return os.path.join(RUN_DIR, f"cp-{name}.start")
 
 
 def log_path(name: str) -> str:

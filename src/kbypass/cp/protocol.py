@@ -71,6 +71,10 @@ class ControlPlaneError(KbypassError):
     """The control plane answered a request with an error (raised on the client side)."""
 
 
+class ControlPlaneMissing(ControlPlaneError):
+    """No control plane serves the namespace (and none was to be started)."""
+
+
 class ControlPlaneGone(ControlPlaneError):
     """The control plane closed the connection (it stopped or died): what it held for the client is gone."""
 

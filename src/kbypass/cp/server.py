@@ -5,11 +5,13 @@ It runs inside the namespace it serves for its whole life (setns at start), so i
 there and the program attaches there.
 
 Who may connect (`--users`): "root" (the default; socket mode 0600), "group NAME" (0660, owned by that
-group) or "all" (0666). Root clients may do everything. Other clients may add and remove rules only for
-UDP/TCP destination ports from 1024 up that no kernel socket of the namespace is bound to (unless the
-server runs with `--allow-kernel-ports`), never drop/sample rules, and only their own rules; they cannot
-register AF_XDP sockets (making one needs CAP_NET_RAW anyway). Nobody can remove another client's rules,
-and an overlapping rule of another client is refused unless both share (kbypass.cp.state).
+group) or "all" (0666). Root clients may do everything. Other clients may, on the interfaces the server
+was started with (`--iface`, repeatable) only, add up to USER_RULES redirect rules for UDP/TCP destination
+ports from 1024 up that no kernel socket of the namespace is bound to (unless the server runs with
+`--allow-kernel-ports`), and remove their own; they cannot add drop/sample rules, attach the program to
+any other interface, register AF_XDP sockets (making one needs CAP_NET_RAW anyway) or stop the control
+plane. Nobody can remove another client's rules, and an overlapping rule of another client is refused
+unless both share (kbypass.cp.state).
 
 Robustness: every message is one datagram, checked before anything acts on it (kbypass.cp.protocol); a bad
 one gets an error reply, never a crash. A reply that would block (a client that never reads) drops that
@@ -37,12 +39,14 @@ from kbypass.errors import KbypassError, UsageError
 from kbypass.steer.rules import Rule
 
 from . import paths, protocol
-from .protocol import ProtocolError, Request
-from .state import Client, ControlPlane
+from .protocol import DEFAULT_PRIORITY, ProtocolError, Request
+from .state import Client, ControlPlane, parse_rule
 
 log = logging.getLogger("kbypass.cp")
 
 USERS = ("root", "group", "all")
+USER_RULES = 16  # rules one non-root client may hold (128 slots are shared by everyone)
+HELLO_TIMEOUT = 10.0  # seconds a connection may stay without its hello (it would keep an idle exit off)
 LOCK_WAIT = 2.0  # seconds a starting control plane waits for one that is exiting
 _FD_SPACE = socket.CMSG_SPACE(protocol.MAX_FDS * 4)
 
@@ -79,7 +83,7 @@ def kernel_ports(proto: str) -> set[int]:
 
 class Server:
     def __init__(self, name: str, *, users: str = "root", group: str | None = None, idle_exit: float = 0.0,
-                 allow_kernel_ports: bool = False) -> None:
+                 allow_kernel_ports: bool = False, ifaces: tuple[str, ...] = ()) -> None:
         if users not in USERS:
             raise UsageError(f"--users {users!r}: one of {', '.join(USERS)}")
         self.name = name
@@ -87,6 +91,7 @@ class Server:
         self.group = group
         self.idle_exit = idle_exit
         self.allow_kernel_ports = allow_kernel_ports
+        self.ifaces = set(ifaces)  # the interfaces non-root clients may steer
         self.state = ControlPlane()
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, tuple[socket.socket, Client]] = {}
@@ -171,11 +176,18 @@ class Server:
                     self._accept()
                 else:
                     self._serve_one(key.fd)
+            self._drop_silent()
             if self.idle_exit and not self.conns and time.monotonic() - self._idle_since > self.idle_exit:
                 self._accept()  # one that connected just now keeps us (a later one starts a new control plane)
                 if not self.conns:
                     log.info("no clients for %gs: exiting (--idle-exit)", self.idle_exit)
                     self.running = False
+
+    def _drop_silent(self) -> None:
+        now = time.monotonic()
+        for fd, (_, client) in list(self.conns.items()):
+            if not client.greeted and now - client.since > HELLO_TIMEOUT:
+                self._drop(fd, f"no hello within {HELLO_TIMEOUT:g}s")
 
     def _accept(self) -> None:
         for _ in range(64):
@@ -257,8 +269,9 @@ class Server:
         if req.op == "hello":
             raise ProtocolError("hello once per connection")
         if req.op == "add":
-            self._may_add(client, a["rule"])
-            return {"rule_id": self.state.add_rule(client, a["iface"], a["rule"], a.get("priority", 100),
+            rule = parse_rule(a["rule"])
+            self._may_add(client, a["iface"], rule)
+            return {"rule_id": self.state.add_rule(client, a["iface"], rule, a.get("priority", DEFAULT_PRIORITY),
                                                   a.get("share", False), a.get("xdp_mode"))}
         if req.op == "remove":
             self.state.remove_rule(client, a["iface"], a["rule_id"])
@@ -277,12 +290,15 @@ class Server:
         if req.op == "counters":
             return {"rules": self.state.counters(a["iface"]), "stats": self.state.stats(a["iface"])}
         if req.op == "status":
-            return self.state.status()
+            return {**self.state.status(), "users": self.users, "group": self.group, "idle_exit": self.idle_exit,
+                    "ifaces": sorted(self.ifaces)}
         if req.op == "bye":
             self.state.drop_client(client)  # everything it owns goes now; the connection after the reply
             client.leaving = True
             return {}
         if req.op == "stop":
+            if client.uid != 0:
+                raise ProtocolError("only root stops the control plane")
             others = [c for c in self.state.clients.values() if c is not client and c.greeted]
             if others and not a.get("force", False):
                 raise ProtocolError(f"{len(others)} other client(s) connected ({others[0].describe()}...): "
@@ -291,13 +307,15 @@ class Server:
             return {}
         raise ProtocolError(f"unknown op {req.op!r}")  # decode_request lets only known ops through
 
-    def _may_add(self, client: Client, text: str) -> None:
+    def _may_add(self, client: Client, iface: str, rule: Rule) -> None:
+        """What a non-root client may steer (the module doc): root clients may add anything."""
         if client.uid == 0:
             return
-        try:
-            rule = Rule.parse(text)
-        except KbypassError:
-            return  # add_rule reports the syntax error
+        if iface not in self.ifaces:
+            raise ProtocolError(f"a non-root client may steer only the interfaces the control plane was started "
+                                f"with (--iface: {', '.join(sorted(self.ifaces)) or 'none'}), not {iface!r}")
+        if len(client.rules) >= USER_RULES:
+            raise ProtocolError(f"a non-root client has {USER_RULES} rules at most: remove one first")
         if rule.action != "redirect":
             raise ProtocolError(f"only root clients add {rule.action} rules")
         if rule.proto not in ("udp", "tcp") or rule.dport is None or rule.dport < 1024:
@@ -332,12 +350,14 @@ class AlreadyRunning(KbypassError):
 
 
 def serve(netns: str | None, *, users: str = "root", group: str | None = None, idle_exit: float = 0.0,
-          allow_kernel_ports: bool = False) -> None:
+          allow_kernel_ports: bool = False, ifaces: tuple[str, ...] = ()) -> None:
     """Run a control plane for namespace `netns` (None: this one) until stopped (SIGTERM, SIGINT, `stop`)."""
     name = paths.namespace_name(netns)
     if netns is not None:
         _netns.switch(netns)  # for good: the whole process serves that namespace
-    server = Server(name, users=users, group=group, idle_exit=idle_exit, allow_kernel_ports=allow_kernel_ports)
+    _leave_the_starters_cpu()
+    server = Server(name, users=users, group=group, idle_exit=idle_exit, allow_kernel_ports=allow_kernel_ports,
+                    ifaces=ifaces)
 
     def stop(signum, frame):
         server.running = False
@@ -350,3 +370,14 @@ def serve(netns: str | None, *, users: str = "root", group: str | None = None, i
         for s, h in old.items():
             signal.signal(s, h)
         server.close()
+
+
+def _leave_the_starters_cpu() -> None:
+    """A tool that starts the control plane may be pinned to an isolated, busy-polled core (`--cpu`) or run
+    at real-time priority: its daemon must not inherit that."""
+    try:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except OSError as e:
+        log.warning("could not reset CPU affinity and scheduling: %s", e.strerror)

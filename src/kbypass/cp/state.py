@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 from kbypass.steer.rules import Rule, RuleError, overlap
-from kbypass.steer.steering import MODES, Steering
+from kbypass.steer.steering import MAX_GROUPS, MODES, Steering
 
 from .protocol import DEFAULT_PRIORITY, ProtocolError
 
@@ -35,6 +36,7 @@ class Client:
     rules: set = field(default_factory=set)  # (iface, rule_id)
     sockets: set = field(default_factory=set)  # (iface, queue)
     greeted: bool = False
+    since: float = field(default_factory=time.monotonic)  # when it connected
     leaving: bool = False  # said bye: its connection closes after the reply
 
     def describe(self) -> str:
@@ -62,12 +64,23 @@ class _Served:
         return not self.rules and not self.sockets
 
 
+def parse_rule(rule: Rule | str) -> Rule:
+    """A request's rule text as a Rule; its syntax error as the reply's error."""
+    if isinstance(rule, Rule):
+        return rule
+    try:
+        return Rule.parse(rule)
+    except RuleError as e:
+        raise ProtocolError(str(e)) from None
+
+
 class ControlPlane:
     def __init__(self) -> None:
         self.clients: dict[int, Client] = {}
         self.served: dict[str, _Served] = {}
         self._next_cid = 1
         self._seq = 0
+        self._stuck_groups: set[int] = set()  # groups whose XSKMAP row a failed removal may have left full
 
     # ---- clients ---------------------------------------------------------------------------------
 
@@ -78,16 +91,26 @@ class ControlPlane:
         return client
 
     def drop_client(self, client: Client) -> None:
-        """Remove everything `client` owns (it closed its connection, died or said bye). Idempotent."""
+        """Remove everything `client` owns (it closed its connection, died or said bye). Idempotent, and it
+        never raises: a removal the kernel refuses is logged and the rest still go (one client's leftovers
+        must not take the control plane, and every other client's steering, down with it)."""
         self.clients.pop(client.cid, None)
         for iface, rule_id in sorted(client.rules):
-            self._remove_rule(iface, rule_id)
+            self._try(client, f"remove rule {rule_id} on {iface}", self._remove_rule, iface, rule_id)
         for iface, queue in sorted(client.sockets):
-            self._unregister(client, iface, queue)
-        if client.rules or client.sockets:  # nothing of it may stay behind
-            raise AssertionError(f"{client.describe()} kept {client.rules} {client.sockets}")
+            self._try(client, f"remove the socket of queue {queue} of {iface}", self._unregister, client, iface,
+                      queue)
+        if client.sockets and client.group is not None:
+            self._stuck_groups.add(client.group)  # its XSKMAP row may still hold a socket: never hand it out
         for iface in list(self.served):
-            self._release_if_idle(iface)
+            self._try(client, f"release {iface}", self._release_if_idle, iface)
+
+    @staticmethod
+    def _try(client: Client, what: str, action, *args) -> None:
+        try:
+            action(*args)
+        except Exception as e:  # noqa: BLE001 (logged: see drop_client)
+            log.error("%s: could not %s: %s", client.describe(), what, e)
 
     # ---- interfaces ------------------------------------------------------------------------------
 
@@ -126,21 +149,20 @@ class ControlPlane:
 
     # ---- rules -----------------------------------------------------------------------------------
 
-    def add_rule(self, client: Client, iface: str, text: str, priority: int = DEFAULT_PRIORITY,
+    def add_rule(self, client: Client, iface: str, rule: Rule | str, priority: int = DEFAULT_PRIORITY,
                  share: bool = False, xdp_mode: str | None = None) -> int:
-        try:
-            rule = Rule.parse(text)
-        except RuleError as e:
-            raise ProtocolError(str(e)) from None
+        rule = parse_rule(rule)
         if not 0 <= priority <= 65535:
             raise ProtocolError(f"priority {priority}: choose 0-65535 (lower goes first)")
         served = self._serve(iface, xdp_mode)
         try:
             for entry in served.rules.values():
                 if entry.owner is not client and overlap(rule, entry.rule) and not (share and entry.share):
-                    raise ProtocolError(
-                        f"rule '{rule}' overlaps '{entry.rule}' of {entry.owner.describe()} on {iface}: narrow the "
-                        "rule, or have both ask to share (the first in priority order then takes the packets)")
+                    fix = ("it does not share: narrow your rule, or have it shared (--share) too" if share else
+                           "narrow the rule, or have both ask to share (the first in priority order then takes "
+                           "the packets)")
+                    raise ProtocolError(f"rule '{rule}' overlaps '{entry.rule}' of {entry.owner.describe()} on "
+                                        f"{iface}: {fix}")
             group = self._group(client)
             order = sorted(served.rules.items(), key=lambda kv: (kv[1].priority, kv[1].seq))
             index = sum(1 for _, e in order if e.priority <= priority)
@@ -163,18 +185,22 @@ class ControlPlane:
 
     def _remove_rule(self, iface: str, rule_id: int) -> None:
         served = self.served[iface]
-        entry = served.rules.pop(rule_id)
-        served.steering.remove(rule_id)
-        entry.owner.rules.discard((iface, rule_id))
+        entry = served.rules[rule_id]
+        try:
+            served.steering.remove(rule_id)
+        finally:  # the books follow the program even when the map update failed: no rule to find twice
+            del served.rules[rule_id]
+            entry.owner.rules.discard((iface, rule_id))
         log.info("%s: removed rule %d '%s' on %s", entry.owner.describe(), rule_id, entry.rule, iface)
 
     def _group(self, client: Client) -> int:
-        """The client's socket group, allocated at its first rule or socket (1..max_groups-1)."""
+        """The client's socket group, allocated at its first rule or socket (1..MAX_GROUPS-1; 0 is the
+        in-process steering's)."""
         if client.group is None:
-            taken = {c.group for c in self.clients.values()}
-            free = next((g for g in range(1, 64) if g not in taken), None)  # STEER_MAX_GROUPS
+            taken = {c.group for c in self.clients.values()} | self._stuck_groups
+            free = next((g for g in range(1, MAX_GROUPS) if g not in taken), None)
             if free is None:
-                raise ProtocolError("63 clients steer already: that is the most one control plane serves")
+                raise ProtocolError(f"{MAX_GROUPS - 1} clients steer already: the most one control plane serves")
             client.group = free
         return client.group
 

@@ -399,7 +399,7 @@ def down(prefix: str | None = None) -> list[str]:
 
 
 def _down(prefix: str, claimed: list[str]) -> list[str]:
-    from kbypass.cp.client import terminate
+    from kbypass.cp.lock import terminate
 
     removed = []
     for name in claimed:

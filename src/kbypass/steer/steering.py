@@ -34,6 +34,7 @@ OBJECT = "steer"
 # steer_stats keys (STEER_STAT_* in bpf/steer.h)
 STAT_UNMATCHED, STAT_PARSE_ERROR, STAT_NOT_IP = 0, 1, 2
 MAX_QUEUES = 64  # STEER_MAX_QUEUES: the XSKMAP holds one row of this many sockets per group
+MAX_GROUPS = 64  # STEER_MAX_GROUPS: rows of the XSKMAP (group 0 is in-process steering's)
 MODES = ("native", "skb", "auto")
 
 
@@ -61,7 +62,10 @@ class SteerProgram:
         self._xsk_map = self._obj.map("xsks_map")
         self.max_rules = self._rules_map.max_entries
         self.max_queues = MAX_QUEUES
-        self.max_groups = self._xsk_map.max_entries // MAX_QUEUES  # STEER_MAX_GROUPS
+        self.max_groups = self._xsk_map.max_entries // MAX_QUEUES
+        if self.max_groups != MAX_GROUPS:  # bpf/steer.h and this file disagree: a build from another tree
+            raise KbypassError(f"the steering object has {self.max_groups} socket groups, kbypass expects "
+                               f"{MAX_GROUPS}: rebuild it ('make setup')")
         self._rules: dict[int, Rule] = {}  # rule id (map slot) -> rule
         self._order: list[int] = []  # rule ids in priority order
         self._active = 0  # which steer_order entry the program reads
