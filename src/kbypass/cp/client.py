@@ -167,8 +167,8 @@ class ControlPlaneClient:
         """Have the control plane make an AF_XDP socket on `queue` and its UMEM, registered for this client as
         register_xsk does; returns (socket fd, UMEM memfd, layout): the fds are the caller's to close, the
         layout the reply's sizes, group and bind `mode` (kbypass.cp.protocol open_socket). No root needed."""
-        args = dict(iface=iface, queue=queue, frames=frames, frame_size=frame_size, rx_size=rx_size,
-                    tx_size=tx_size, fill_size=fill_size, comp_size=comp_size, headroom=headroom, mode=mode)
+        args = {"iface": iface, "queue": queue, "frames": frames, "frame_size": frame_size, "rx_size": rx_size,
+                "tx_size": tx_size, "fill_size": fill_size, "comp_size": comp_size, "headroom": headroom, "mode": mode}
         if xdp_mode is not None:
             args["xdp_mode"] = xdp_mode
         layout, (xsk_fd, umem_fd) = self._call_fds("open_socket", (), 2, **args)

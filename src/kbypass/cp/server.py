@@ -9,8 +9,9 @@ group) or "all" (0666). Root clients may do everything. Other clients may add an
 UDP/TCP destination ports from 1024 up that no kernel socket of the namespace is bound to (unless the
 server runs with `--allow-kernel-ports`), never drop/sample rules, and only their own rules; they cannot
 register AF_XDP sockets of their own (making one needs CAP_NET_RAW anyway) but may have the control plane
-make them (`open_socket`, kbypass.cp.sockets: the socket and its UMEM come back as fds). Nobody can remove another client's rules,
-and an overlapping rule of another client is refused unless both share (kbypass.cp.state).
+make them (`open_socket`, kbypass.cp.sockets: the socket and its UMEM come back as fds). Nobody can remove
+another client's rules, and an overlapping rule of another client is refused unless both share
+(kbypass.cp.state).
 
 Robustness: every message is one datagram, checked before anything acts on it (kbypass.cp.protocol); a bad
 one gets an error reply, never a crash. A reply that would block (a client that never reads) drops that

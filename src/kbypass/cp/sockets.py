@@ -28,8 +28,8 @@ class MadeSocket:
 
     def __init__(self, iface: str, queue: int, *, frames: int, frame_size: int, rx_size: int, tx_size: int,
                  fill_size: int, comp_size: int, headroom: int = 0, mode: str = "auto") -> None:
-        self.layout = dict(frames=frames, frame_size=frame_size, headroom=headroom, rx_size=rx_size,
-                           tx_size=tx_size, fill_size=fill_size, comp_size=comp_size)
+        self.layout = {"frames": frames, "frame_size": frame_size, "headroom": headroom, "rx_size": rx_size,
+                       "tx_size": tx_size, "fill_size": fill_size, "comp_size": comp_size}
         self.memfd = os.memfd_create(f"kbypass-umem-{iface}-{queue}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         self.umem = self.xsk = None
         try:

@@ -1,10 +1,11 @@
 """XskSocket: one AF_XDP socket bound to one queue of one interface, with its four rings mapped.
 
 Setup order (the kernel insists): socket(AF_XDP) -> XDP_UMEM_REG -> ring sizes (fill, completion, RX, TX)
--> XDP_MMAP_OFFSETS -> mmap the rings -> bind(sockaddr_xdp). A socket another process set up and bound
-(`fd=`: the control plane makes them for unprivileged clients) is only mapped: XDP_MMAP_OFFSETS -> mmap. Python's socket module knows neither
+-> XDP_MMAP_OFFSETS -> mmap the rings -> bind(sockaddr_xdp). Python's socket module knows neither
 sockaddr_xdp nor mmap offsets beyond 2 GiB, so bind goes through libc via ctypes; setsockopt/getsockopt
-with SOL_XDP work from the socket object. Any failure closes everything opened so far.
+with SOL_XDP work from the socket object. Any failure closes everything opened so far. A socket another
+process set up and bound (`fd=`: the control plane makes them for unprivileged clients) is only mapped:
+XDP_MMAP_OFFSETS -> mmap the rings.
 """
 
 from __future__ import annotations
@@ -124,18 +125,19 @@ class XskSocket:
         """Take over `fd`, an AF_XDP socket someone else set up and bound over this UMEM's memory (the control
         plane, for a process that may not make one): map its rings, nothing more. The socket is ours to
         close from here on, whatever happens."""
-        # the family is given: Python would ask getsockname(), which AF_XDP does not answer
-        self._sock = socket.socket(consts.AF_XDP, socket.SOCK_RAW, 0, fileno=fd)
         try:
-            try:
-                family = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
-            except OSError as e:
-                raise XskError(f"fd {fd} is not a socket: {e.strerror}") from None
-            if family != consts.AF_XDP:
-                raise XskError(f"fd {fd} is not an AF_XDP socket (family {family})")
+            # the family is given: Python would ask getsockname(), which AF_XDP does not answer
+            self._sock = socket.socket(consts.AF_XDP, socket.SOCK_RAW, 0, fileno=fd)
+        except OSError as e:
+            os.close(fd)
+            raise XskError(f"fd {fd} is not a socket: {e.strerror}") from None
+        try:
             if busy_poll:
                 raise UsageError("busy polling needs socket options only root may set: use poll='wakeup' with a "
                                  "socket the control plane made")
+            family = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+            if family != consts.AF_XDP:
+                raise XskError(f"fd {fd} is not an AF_XDP socket (family {family})")
             self.ifindex = None
             self._map_rings(*sizes)
             self.mode = "zerocopy" if self.zerocopy_in_use() else "copy"
