@@ -35,6 +35,10 @@ def exists(name: str) -> bool:
     return os.path.exists(path(name))
 
 
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 @contextlib.contextmanager
 def entered(name: str | None) -> Iterator[None]:
     """Run the body with this thread in namespace `name` (None: stay where we are)."""
@@ -43,6 +47,11 @@ def entered(name: str | None) -> Iterator[None]:
         return
     target = _open(name, "bring the testbed up with 'kbypass testbed up'")
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    if _same(os.fstat(target), os.fstat(home)):
+        os.close(target)
+        os.close(home)
+        yield  # there already: nothing to switch (and an unprivileged process may not setns at all)
+        return
     try:
         _setns(target)
         try:

@@ -387,3 +387,149 @@ def test_priority_orders_the_rules_of_different_clients(hosts):
         assert _recv_or_none(ks) is None
         counts = {r["rule_id"]: r["packets"] for r in passer.counters(b.iface)}
         assert counts == {drop: 20, keep: 20}
+
+
+def test_a_root_steered_port_on_cp_made_sockets_receives_its_flow_and_its_umem_adds_up(hosts):
+    a, b = hosts
+    from kbypass.port.steered import SteeredPort
+
+    with SteeredPort(b.iface, 0, ["udp dport 5000"], netns=b.netns, sockets="cp", frames=1024, rx_size=512,
+                     fill_size=512, comp_size=512, tx_size=512) as sp:
+        assert sp.sockets == "cp" and sp.mode == "copy"
+        assert status(b)["interfaces"][0]["sockets"] == [{"queue": 0, "group": sp.steering.group,
+                                                          "owner": sp.steering.client.client_id}]
+        send_udp(a, b, 5000, 200, cpu=0)
+        got = _drain(sp, 200)
+        assert (got, sp.unreached()) == (200, 0)
+        assert sp.check(app=0) == {"free": 512, "fill": 512, "app": 0, "tx": 0}
+        assert sp.rule_counters()[0]["packets"] == 200
+    wait_for("the socket and the program to go with the port", lambda: not xdp_attached(b))
+
+
+def _drain(sp, n: int, timeout: float = 5.0, linger: float = 0.3) -> int:
+    """Receive (and free) until n packets came, then `linger` seconds more for any that should not."""
+    got, deadline = 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = sp.receive(64)
+        got += len(batch)
+        sp.free(batch)
+        if got >= n:
+            deadline = min(deadline, time.monotonic() + linger)
+        sp.wait(0.05)
+    return got
+
+
+UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+
+
+def _unprivileged_port(b, port: int, queue: int, expect: int) -> subprocess.Popen:
+    """A process of user nobody, no capabilities, in b's namespace: a SteeredPort on cp-made sockets for
+    `udp dport PORT` on `queue` that tries to take udp dport 5000 too, says "ready", receives `expect`
+    packets and reports."""
+    code = f"""
+import os
+from kbypass.cp.client import ControlPlaneError
+from kbypass.port.steered import SteeredPort
+from tests.netns.test_cp import _drain
+with SteeredPort("{b.iface}", {queue}, ["udp dport {port}"]) as sp:
+    try:
+        sp.steering.add("udp dport 5000")
+        print("allowed", flush=True)
+    except ControlPlaneError as e:
+        print("refused |", e, flush=True)
+    print("ready", os.geteuid(), sp.sockets, sp.mode, flush=True)
+    got = _drain(sp, {expect}, timeout=30)
+    print("got", got, sp.unreached(), sp.check(app=0)["app"], flush=True)
+"""
+    return subprocess.Popen(["ip", "netns", "exec", b.netns, *UNPRIVILEGED, sys.executable, "-c", code],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _until_ready(proc: subprocess.Popen) -> list[str]:
+    lines = []
+    while not lines or not lines[-1].startswith("ready"):
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the unprivileged client ended: {lines} {proc.stderr.read()}")
+        lines.append(line.strip())
+    return lines
+
+
+def test_an_unprivileged_client_receives_its_flow_through_cp_made_sockets_and_cannot_take_anothers_port(hosts):
+    a, b = hosts
+    from tests.kb import kbypass
+
+    started = kbypass("cp", "start", "--host", "b", "--users", "all")
+    assert started.returncode == 0, started.stderr
+    with ControlPlaneClient(b.netns, command="root owner") as owner:
+        owner.add_rule(b.iface, "udp dport 5000")
+        client = _unprivileged_port(b, 7000, 0, 300)
+        try:
+            lines = _until_ready(client)
+            assert lines[-1] == "ready 65534 cp copy"
+            assert lines[0].startswith("refused |") and f"of client {owner.client_id} (pid {os.getpid()}" in lines[0]
+            send_udp(a, b, 7000, 300, cpu=0)
+            send_udp(a, b, 5000, 50, cpu=0)  # the owner's port: not the unprivileged client's to see
+            out, err = client.communicate(timeout=60)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+    assert client.returncode == 0, err
+    assert out.split() == ["got", "300", "0", "0"]
+
+
+def test_kill_9_of_an_unprivileged_client_frees_its_cp_made_socket_and_queue_within_a_second(hosts):
+    _, b = hosts
+    from kbypass.port.afxdp import socket_layout
+    from tests.kb import kbypass
+
+    started = kbypass("cp", "start", "--host", "b", "--users", "all")
+    assert started.returncode == 0, started.stderr
+    victim = _unprivileged_port(b, 7000, 0, 1)
+    try:
+        _until_ready(victim)
+        assert sockets_of(b) == {f"{b.iface}:0"}
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(5)
+        t0 = time.monotonic()
+        wait_for("the victim's socket to leave the XSKMAP", lambda: not sockets_of(b), timeout=1.0)
+        with ControlPlaneClient(b.netns, command="next") as nxt:
+            def take_queue_0():
+                try:
+                    fds = nxt.open_socket(b.iface, 0, **socket_layout({"frames": 256}))
+                except ControlPlaneError as e:
+                    assert "busy" in str(e).lower() or "has client" in str(e), e
+                    return None
+                return fds
+
+            xsk_fd, umem_fd, layout = wait_for("queue 0 to be free again", take_queue_0, timeout=1.0)
+            assert time.monotonic() - t0 < 1.0
+            os.close(xsk_fd)
+            os.close(umem_fd)
+            assert layout["frames"] == 256 and sockets_of(b) == {f"{b.iface}:0"}
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+
+
+def test_kbypass_sink_without_root_works_through_a_control_plane_that_admits_the_user_and_says_how_otherwise(hosts):
+    a, b = hosts
+    from tests.kb import kbypass
+
+    def nobody_sink(seconds: float) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", b.netns, *UNPRIVILEGED, sys.executable, "-m", "kbypass", "sink",
+                                 "--iface", b.iface, "--rule", "udp dport 7000", "-t", str(seconds), "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    assert kbypass("cp", "start", "--host", "b").returncode == 0  # root only
+    err = nobody_sink(1).communicate(timeout=30)[1]
+    assert "admits root only" in err and "--users all" in err and "Traceback" not in err
+    assert kbypass("cp", "stop", "--host", "b").returncode == 0
+    assert kbypass("cp", "start", "--host", "b", "--users", "all").returncode == 0
+    proc = nobody_sink(5)
+    wait_for("the sink's sockets", lambda: sockets_of(b) == {f"{b.iface}:0", f"{b.iface}:1"})
+    send_udp(a, b, 7000, 120, cpu=1)
+    assert finish(proc)["packets"] == 120

@@ -54,7 +54,9 @@ def test_bad_requests_are_protocol_errors_that_say_what_is_wrong(data, nfds, say
                                        optional={k: st.one_of(st.integers(), st.text(max_size=5), st.booleans(),
                                                               st.none())
                                                  for k in ("iface", "rule", "queue", "rule_id", "priority", "share",
-                                                           "version", "force", "id", "x")}).map(
+                                                           "version", "force", "id", "x", "frames", "frame_size",
+                                                           "rx_size", "tx_size", "fill_size", "comp_size",
+                                                           "headroom", "mode")}).map(
                      lambda d: json.dumps(d).encode())),
        st.integers(0, 2))
 def test_any_bytes_decode_to_a_request_or_a_protocol_error(data, nfds):
@@ -66,6 +68,59 @@ def test_any_bytes_decode_to_a_request_or_a_protocol_error(data, nfds):
     spec = protocol.OPS[req.op]
     assert set(req.args) <= set(spec)
     assert all(name in req.args for name, (_, required) in spec.items() if required)
+    assert all(check(req.args[name]) for name, (check, _) in protocol.VALUES.get(req.op, {}).items()
+               if name in req.args)
+
+
+OPEN = dict(iface="e", queue=0, frames=4096, frame_size=2048, rx_size=2048, tx_size=2048, fill_size=2048,
+            comp_size=2048)
+
+
+def test_open_socket_decodes_with_its_layout_and_no_fd():
+    req = protocol.decode_request(protocol.request("open_socket", 1, **OPEN, headroom=256, mode="copy"))
+    assert (req.op, req.args) == ("open_socket", {**OPEN, "headroom": 256, "mode": "copy"})
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"queue": 64}, "queue 64: use a queue id from 0 to 63"),
+    ({"queue": -1}, "queue -1"),
+    ({"frames": 63}, "frames 63: use a number of frames from 64"),
+    ({"frames": (1 << 18) + 1}, "frames 262145"),
+    ({"frame_size": 3000}, "frame_size 3000: use 2048 or 4096"),
+    ({"rx_size": 1000}, "rx_size 1000: use a power of two from 64 to 65536"),
+    ({"tx_size": 32}, "tx_size 32"),
+    ({"fill_size": 1 << 17}, "fill_size 131072"),
+    ({"comp_size": 0}, "comp_size 0"),
+    ({"headroom": 1537}, "headroom 1537: use 0 to frame_size - 512 (1536)"),
+    ({"headroom": 3000, "frame_size": 4096}, None),
+    ({"headroom": -1}, "headroom -1"),
+    ({"mode": "fast"}, "mode 'fast': use one of auto, copy, zerocopy"),
+    ({"frames": "4096"}, "'frames' must be integer"),
+    ({"comp_size": None}, "'comp_size' must be integer"),
+])
+def test_open_socket_bounds_every_size_it_would_make(change, says):
+    data = json.dumps({"op": "open_socket", **OPEN, **change}).encode()
+    if says is None:
+        assert protocol.decode_request(data).args["headroom"] == change["headroom"]
+        return
+    with pytest.raises(ProtocolError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        protocol.decode_request(data)
+
+
+def test_open_socket_needs_every_size_and_carries_no_fd():
+    with pytest.raises(ProtocolError, match="missing 'comp_size'"):
+        protocol.decode_request(protocol.request("open_socket", **{k: v for k, v in OPEN.items() if k != "comp_size"}))
+    with pytest.raises(ProtocolError, match="send 0 file descriptor"):
+        protocol.decode_request(protocol.request("open_socket", **OPEN), nfds=1)
+
+
+def test_received_fds_reads_scm_rights_and_ignores_the_rest():
+    import array
+    import socket
+
+    fds = array.array("i", [5, 7]).tobytes()
+    assert protocol.received_fds([(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds + b"\x01"),
+                                  (socket.SOL_SOCKET, socket.SCM_CREDENTIALS, b"\0" * 12)]) == [5, 7]
 
 
 def test_replies_round_trip_and_an_error_reply_raises_with_the_servers_words():

@@ -209,3 +209,25 @@ def test_port_alloc_is_bounded_by_free_frames(fake_port):
     assert len(port.alloc(1)) == 0
     port.free(got)
     port.check(app=0)
+
+
+def test_a_umem_over_a_memfd_shares_its_frames_with_every_other_mapping_of_it():
+    """What the control plane's open_socket relies on: the client's Umem and the memory the kernel was given
+    are one (MAP_SHARED over the memfd), not a private copy."""
+    import mmap
+    import os
+
+    fd = os.memfd_create("umem-test")
+    try:
+        os.ftruncate(fd, 64 * 2048)
+        other = mmap.mmap(fd, 64 * 2048)  # the control plane's (or the kernel's) view of the same memory
+        with Umem(frames=64, frame_size=2048, memfd=fd) as u:
+            u.array[4096:4100] = [9, 8, 7, 6]
+            assert other[4096:4100] == bytes([9, 8, 7, 6])
+            other[0:2] = b"\x05\x04"
+            assert list(u.array[:2]) == [5, 4]
+        other.close()
+        with pytest.raises(UsageError, match="holds 131072 bytes, not the 262144 of 128 frames"):
+            Umem(frames=128, frame_size=2048, memfd=fd)
+    finally:
+        os.close(fd)

@@ -31,6 +31,7 @@ AUTO_IDLE_EXIT = 10.0  # seconds an auto-started control plane outlives its last
 LOG_KEEP = 1 << 20  # bytes of log after which a start moves it to cp-NAME.log.1
 START_TIMEOUT = 10.0
 REPLY_TIMEOUT = 10.0
+_REPLY_FD_SPACE = socket.CMSG_SPACE(protocol.MAX_REPLY_FDS * 4)
 
 
 def _connect(path: str) -> socket.socket:
@@ -157,6 +158,11 @@ class ControlPlaneClient:
     # ---- requests --------------------------------------------------------------------------------
 
     def _call(self, op: str, fds: tuple[int, ...] = (), **args) -> dict:
+        return self._call_fds(op, fds, 0, **args)[0]
+
+    def _call_fds(self, op: str, fds: tuple[int, ...], want: int, **args) -> tuple[dict, list[int]]:
+        """Send a request (with `fds`), return its reply and the `want` fds that came with it. Received fds
+        are closed on any error, and any that come unasked."""
         with self._lock:
             if self._sock is None:
                 raise ControlPlaneError("the control-plane connection is closed")
@@ -167,7 +173,7 @@ class ControlPlaneClient:
             try:
                 self._sock.sendmsg([data], anc)
                 self._sock.settimeout(REPLY_TIMEOUT)
-                reply = self._sock.recv(protocol.MAX_MESSAGE)
+                reply, ancdata, flags, _ = self._sock.recvmsg(protocol.MAX_MESSAGE, _REPLY_FD_SPACE)
             except TimeoutError:
                 raise ControlPlaneError(f"the control plane of namespace {self.name} did not answer {op!r} within "
                                         f"{REPLY_TIMEOUT:g}s: see {paths.log_path(self.name)}") from None
@@ -175,11 +181,21 @@ class ControlPlaneClient:
                 reply = b"" if isinstance(e, (BrokenPipeError, ConnectionResetError)) else None
                 if reply is None:
                     raise
-            if not reply:
-                raise ControlPlaneGone(
-                    f"the control plane of namespace {self.name} went away: the rules and sockets it held for you "
-                    f"are gone (nothing stays attached); start again (its log: {paths.log_path(self.name)})")
-            return protocol.decode_reply(reply)
+            got = protocol.received_fds(ancdata) if reply else []
+            try:
+                if not reply:
+                    raise ControlPlaneGone(
+                        f"the control plane of namespace {self.name} went away: the rules and sockets it held for "
+                        f"you are gone (nothing stays attached); start again (its log: {paths.log_path(self.name)})")
+                msg = protocol.decode_reply(reply)
+                if len(got) != want or flags & socket.MSG_CTRUNC:
+                    raise ControlPlaneError(f"the control plane answered {op!r} with {len(got)} file descriptor(s), "
+                                            f"not {want}: is it a kbypass cp of this version?")
+            except BaseException:
+                for fd in got:
+                    os.close(fd)
+                raise
+            return msg, got
 
     def add_rule(self, iface: str, rule, *, priority: int = protocol.DEFAULT_PRIORITY, share: bool = False,
                  xdp_mode: str | None = None) -> int:
@@ -198,6 +214,21 @@ class ControlPlaneClient:
         if xdp_mode is not None:
             args["xdp_mode"] = xdp_mode
         return self._call("register", fds=(fd,), **args)["group"]
+
+    def open_socket(self, iface: str, queue: int, *, frames: int, frame_size: int, rx_size: int, tx_size: int,
+                    fill_size: int, comp_size: int, headroom: int = 0, mode: str = "auto",
+                    xdp_mode: str | None = None) -> tuple[int, int, dict]:
+        """Have the control plane make an AF_XDP socket on `queue` and its UMEM, registered for this client as
+        register_xsk does; returns (socket fd, UMEM memfd, layout): the fds are the caller's to close, the
+        layout the reply's sizes, group and bind `mode` (kbypass.cp.protocol open_socket). No root needed."""
+        args = {"iface": iface, "queue": queue, "frames": frames, "frame_size": frame_size, "rx_size": rx_size,
+                "tx_size": tx_size, "fill_size": fill_size, "comp_size": comp_size, "headroom": headroom, "mode": mode}
+        if xdp_mode is not None:
+            args["xdp_mode"] = xdp_mode
+        layout, (xsk_fd, umem_fd) = self._call_fds("open_socket", (), 2, **args)
+        for key in ("ok", "id"):
+            layout.pop(key, None)
+        return xsk_fd, umem_fd, layout
 
     def unregister_xsk(self, iface: str, queue: int) -> None:
         self._call("unregister", iface=iface, queue=queue)
@@ -305,6 +336,13 @@ class SteeringLease:
 
     def register_xsk(self, queue_id: int, xsk_fd: int) -> None:
         self.group = self.client.register_xsk(self.ifname, queue_id, xsk_fd, xdp_mode=self.xdp_mode)
+
+    def open_socket(self, queue_id: int, **layout) -> tuple[int, int, dict]:
+        """An AF_XDP socket on `queue_id` and its UMEM memfd, made and registered by the control plane (for a
+        process that may not make one): ControlPlaneClient.open_socket."""
+        xsk_fd, umem_fd, reply = self.client.open_socket(self.ifname, queue_id, xdp_mode=self.xdp_mode, **layout)
+        self.group = reply["group"]
+        return xsk_fd, umem_fd, reply
 
     def rules(self) -> dict:
         return dict(self._rules)

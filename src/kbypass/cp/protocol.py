@@ -13,6 +13,9 @@ client can match them. The first request of a connection must be `hello` with th
     add          iface, rule, priority?, share?, xdp_mode?           rule_id
     remove       iface, rule_id                                      -
     register     iface, queue, xdp_mode?  + one AF_XDP socket fd     group
+    open_socket  iface, queue, frames, frame_size, rx_size, tx_size,  group, mode, frames, frame_size, headroom,
+                 fill_size, comp_size, headroom?, mode?, xdp_mode?    rx_size, tx_size, fill_size, comp_size
+                                                                     + two fds: the AF_XDP socket, its UMEM memfd
     unregister   iface, queue                                        -
     counters     iface                                               rules: [{rule_id, rule, owner, packets,
                                                                      bytes}], stats: {unmatched, parse_errors,
@@ -27,6 +30,15 @@ knows they are gone (closing alone removes them too, a moment later).
 Replies: {"ok": true, "id": N, ...} or {"ok": false, "id": N, "error": "one line naming the fix"}.
 Every request that fails validation gets an error reply; the connection stays usable.
 
+`open_socket` is `register` for a client that cannot make an AF_XDP socket (an unprivileged one): the
+control plane makes the UMEM (`frames * frame_size` bytes in a sealed memfd) and the socket (rings of the
+given sizes, bound to the queue with XDP_USE_NEED_WAKEUP in bind `mode` auto|copy|zerocopy, default
+auto), registers it for the client as `register` does, and sends both fds with the reply; the reply's
+`mode` is the bind mode in force (copy or zerocopy). The client maps the memfd MAP_SHARED and the four
+rings from the socket (kbypass.xsk.socket.XskSocket with `fd=`). Bounds (checked here): queue 0-63,
+frame_size 2048 or 4096, frames 64 to 2^18, headroom 0 to frame_size - 512, ring sizes powers of two
+from 64 to 65536.
+
 `rule` is a rule's text form (kbypass.steer.rules). `priority` orders rules across clients (lower first,
 default 100; equal priorities keep arrival order). `share`: overlapping rules of other clients are
 allowed only when both ask to share (then the first in priority order takes the packets).
@@ -34,7 +46,9 @@ allowed only when both ask to share (then the first in priority order takes the 
 
 from __future__ import annotations
 
+import array
 import json
+import socket
 from dataclasses import dataclass, field
 
 from kbypass.errors import KbypassError
@@ -42,6 +56,7 @@ from kbypass.errors import KbypassError
 VERSION = 1
 MAX_MESSAGE = 65536  # bytes of one message, either way
 MAX_FDS = 1  # fds a request may carry (register's AF_XDP socket)
+MAX_REPLY_FDS = 2  # fds a reply may carry (open_socket's AF_XDP socket and UMEM memfd)
 DEFAULT_PRIORITY = 100
 
 _STR, _INT, _BOOL = "text", "integer", "true or false"
@@ -53,6 +68,10 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
             "xdp_mode": (_STR, False)},
     "remove": {"iface": (_STR, True), "rule_id": (_INT, True)},
     "register": {"iface": (_STR, True), "queue": (_INT, True), "xdp_mode": (_STR, False)},
+    "open_socket": {"iface": (_STR, True), "queue": (_INT, True), "frames": (_INT, True),
+                    "frame_size": (_INT, True), "rx_size": (_INT, True), "tx_size": (_INT, True),
+                    "fill_size": (_INT, True), "comp_size": (_INT, True), "headroom": (_INT, False),
+                    "mode": (_STR, False), "xdp_mode": (_STR, False)},
     "unregister": {"iface": (_STR, True), "queue": (_INT, True)},
     "counters": {"iface": (_STR, True)},
     "status": {},
@@ -61,6 +80,30 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
 }
 TAKES_FD = {"register"}
 _INT_RANGE = (-(2**63), 2**63 - 1)
+
+# open_socket's bounds: the UMEM and rings the control plane makes (and pins, on its own account)
+MAX_QUEUE = 63  # STEER_MAX_QUEUES - 1: the XSKMAP row of a socket group
+FRAME_SIZES = (2048, 4096)
+FRAMES = (64, 1 << 18)
+RING_SIZES = (64, 1 << 16)
+BIND_MODES = ("auto", "copy", "zerocopy")
+
+
+def _power_of_two(v: int) -> bool:
+    return RING_SIZES[0] <= v <= RING_SIZES[1] and not v & (v - 1)
+
+
+_RING = (_power_of_two, f"a power of two from {RING_SIZES[0]} to {RING_SIZES[1]}")
+# op -> {field: (check, what it must be)}: values the kind alone does not bound
+VALUES: dict[str, dict] = {
+    "open_socket": {
+        "queue": (lambda v: 0 <= v <= MAX_QUEUE, f"a queue id from 0 to {MAX_QUEUE}"),
+        "frames": (lambda v: FRAMES[0] <= v <= FRAMES[1], f"a number of frames from {FRAMES[0]} to {FRAMES[1]}"),
+        "frame_size": (lambda v: v in FRAME_SIZES, "2048 or 4096"),
+        "rx_size": _RING, "tx_size": _RING, "fill_size": _RING, "comp_size": _RING,
+        "mode": (lambda v: v in BIND_MODES, "one of " + ", ".join(BIND_MODES)),
+    },
+}
 
 
 class ProtocolError(KbypassError):
@@ -120,10 +163,25 @@ def decode_request(data: bytes, nfds: int = 0) -> Request:
     missing = [name for name, (_, required) in spec.items() if required and name not in msg]
     if missing:
         raise ProtocolError(f"{op}: missing {', '.join(repr(m) for m in missing)}")
+    for name, (check, what) in VALUES.get(op, {}).items():
+        if name in msg and not check(msg[name]):
+            raise ProtocolError(f"{op}: {name} {msg[name]!r}: use {what}")
+    if op == "open_socket" and not 0 <= msg.get("headroom", 0) <= msg["frame_size"] - 512:
+        raise ProtocolError(f"open_socket: headroom {msg['headroom']!r}: use 0 to frame_size - 512 "
+                            f"({msg['frame_size'] - 512}), which leaves room for a packet")
     want = 1 if op in TAKES_FD else 0
     if nfds != want:
         raise ProtocolError(f"{op}: send {want} file descriptor(s) with it, not {nfds}")
     return Request(op, msg, req_id)
+
+
+def received_fds(ancdata) -> list[int]:
+    """The file descriptors of a recvmsg's SCM_RIGHTS ancillary data (whoever receives them closes them)."""
+    fds = array.array("i")
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+    return list(fds)
 
 
 def encode(msg: dict) -> bytes:

@@ -9,9 +9,10 @@ group) or "all" (0666). Root clients may do everything. Other clients may, on th
 was started with (`--iface`, repeatable) only, add up to USER_RULES redirect rules for UDP/TCP destination
 ports from 1024 up that no kernel socket of the namespace is bound to (unless the server runs with
 `--allow-kernel-ports`), and remove their own; they cannot add drop/sample rules, attach the program to
-any other interface, register AF_XDP sockets (making one needs CAP_NET_RAW anyway) or stop the control
-plane. Nobody can remove another client's rules, and an overlapping rule of another client is refused
-unless both share (kbypass.cp.state).
+any other interface, register AF_XDP sockets of their own (making one needs CAP_NET_RAW) or stop the
+control plane, but they may have it make their sockets (`open_socket`, kbypass.cp.sockets: the socket and
+its UMEM come back as fds). Nobody can remove another client's rules, and an overlapping rule of another
+client is refused unless both share (kbypass.cp.state).
 
 Robustness: every message is one datagram, checked before anything acts on it (kbypass.cp.protocol); a bad
 one gets an error reply, never a crash. A reply that would block (a client that never reads) drops that
@@ -40,6 +41,7 @@ from kbypass.steer.rules import Rule
 
 from . import paths, protocol
 from .protocol import DEFAULT_PRIORITY, ProtocolError, Request
+from .sockets import MadeSocket
 from .state import Client, ControlPlane, parse_rule
 
 log = logging.getLogger("kbypass.cp")
@@ -208,7 +210,6 @@ class Server:
 
     def _serve_one(self, fd: int) -> None:
         conn, client = self.conns[fd]
-        fds = array.array("i")
         try:
             data, ancdata, flags, _ = conn.recvmsg(protocol.MAX_MESSAGE + 1, _FD_SPACE)
         except (BlockingIOError, InterruptedError):
@@ -216,9 +217,8 @@ class Server:
         except OSError:
             self._drop(fd, "its connection failed")
             return
-        for level, kind, cdata in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+        fds = protocol.received_fds(ancdata)
+        made = None
         try:
             if client.leaving or (not data and not ancdata):
                 self._drop(fd, "it closed the connection")
@@ -227,31 +227,62 @@ class Server:
                 reply = protocol.error(None, f"message too long (at most {protocol.MAX_MESSAGE} bytes and "
                                        f"{protocol.MAX_FDS} fd)")
             else:
-                reply = self._answer(client, data, list(fds))
+                reply, made = self._answer(client, data, fds)
         finally:
             for f in fds:
                 os.close(f)  # the map keeps its own reference to a registered socket
-        if reply is not None:
-            self._send(fd, reply)
+        try:
+            if reply is not None:
+                self._send(fd, reply, made.fds if made is not None else ())
+        finally:
+            if made is not None:
+                made.close()  # the client's fds and the map keep the socket (kbypass.cp.sockets)
         if client.leaving and fd in self.conns:
             self._drop(fd, "it said bye")
 
-    def _answer(self, client: Client, data: bytes, fds: list[int]) -> bytes | None:
+    def _answer(self, client: Client, data: bytes, fds: list[int]) -> tuple[bytes, MadeSocket | None]:
+        """The reply, and the socket made for it (open_socket) whose fds go with it."""
         req_id = None
         try:
             req = protocol.decode_request(data, len(fds))
             req_id = req.id
+            if req.op == "open_socket" and client.greeted:
+                made = self._open_socket(client, req.args)
+                return protocol.ok(req_id, **made.reply(client.group)), made
             fields = self._do(client, req, fds)
             if not self.running and req.op == "stop":
                 log.info("%s asked to stop", client.describe())
-            return protocol.ok(req_id, **fields)
+            return protocol.ok(req_id, **fields), None
         except (ProtocolError, KbypassError) as e:
-            return protocol.error(req_id, str(e) or type(e).__name__)
+            return protocol.error(req_id, str(e) or type(e).__name__), None
         except OSError as e:  # a map update the kernel refused, for instance
-            return protocol.error(req_id, f"{e.strerror or e}")
+            return protocol.error(req_id, f"{e.strerror or e}"), None
         except Exception:  # a bug of ours: one client's request must not take everyone's steering down
             log.exception("%s: internal error", client.describe())
-            return protocol.error(req_id, "internal error in the control plane (see its log)")
+            return protocol.error(req_id, "internal error in the control plane (see its log)"), None
+
+    def _open_socket(self, client: Client, a: dict) -> MadeSocket:
+        """Make an AF_XDP socket and its UMEM for the client and register it as `register` does; the
+        caller sends its fds with the reply and closes ours."""
+        self._queue_free(client, a["iface"], a["queue"])
+        sizes = {k: a[k] for k in ("frames", "frame_size", "rx_size", "tx_size", "fill_size", "comp_size")}
+        made = MadeSocket(a["iface"], a["queue"], headroom=a.get("headroom", 0), mode=a.get("mode", "auto"), **sizes)
+        try:
+            self.state.register(client, a["iface"], a["queue"], made.fd, a.get("xdp_mode"))
+        except BaseException:
+            made.close()
+            raise
+        log.info("%s: made the socket of queue %d of %s (%s mode, %d frames of %d bytes)", client.describe(),
+                 a["queue"], a["iface"], made.xsk.mode, a["frames"], a["frame_size"])
+        return made
+
+    def _queue_free(self, client: Client, iface: str, queue: int) -> None:
+        if (iface, queue) in client.sockets:
+            raise ProtocolError(f"you have a socket for queue {queue} of {iface} already: unregister it first")
+        holder = self.state.holder_of_queue(iface, queue, but=client)
+        if holder is not None:
+            raise ProtocolError(f"queue {queue} of {iface} has {holder.describe()}'s socket: AF_XDP "
+                                "takes one socket pool per queue, so pick another queue")
 
     def _do(self, client: Client, req: Request, fds: list[int]) -> dict:
         a = req.args
@@ -279,10 +310,7 @@ class Server:
         if req.op == "register":
             if client.uid != 0:
                 raise ProtocolError("only root clients register AF_XDP sockets")
-            holder = self.state.holder_of_queue(a["iface"], a["queue"], but=client)
-            if holder is not None:
-                raise ProtocolError(f"queue {a['queue']} of {a['iface']} has {holder.describe()}'s socket: AF_XDP "
-                                    "takes one socket pool per queue, so pick another queue")
+            self._queue_free(client, a["iface"], a["queue"])
             return {"group": self.state.register(client, a["iface"], a["queue"], fds[0], a.get("xdp_mode"))}
         if req.op == "unregister":
             self.state.unregister(client, a["iface"], a["queue"])
@@ -325,10 +353,11 @@ class Server:
             raise ProtocolError(f"{rule.proto} port {rule.dport} belongs to a kernel socket here: a non-root client "
                                 "may not take it (start the control plane with --allow-kernel-ports to allow it)")
 
-    def _send(self, fd: int, reply: bytes) -> None:
+    def _send(self, fd: int, reply: bytes, fds: tuple[int, ...] = ()) -> None:
         conn, _ = self.conns[fd]
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         try:
-            conn.send(reply)
+            conn.sendmsg([reply], anc)
         except (BlockingIOError, InterruptedError):
             self._drop(fd, "it does not read its replies")
         except OSError:

@@ -19,7 +19,9 @@ with this port's accounting, in C when built. The UDP endpoint uses it.
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
 import time
 
 import numpy as np
@@ -52,6 +54,22 @@ class _ClosedRing:
 _CLOSED = _ClosedRing()
 
 
+LAYOUT = ("frames", "frame_size", "headroom", "rx_size", "tx_size", "fill_size", "comp_size")
+
+
+def socket_layout(options: dict) -> dict:
+    """The UMEM and ring sizes (LAYOUT) of an AfXdpPort opened with `options`: the given ones, else the
+    port's defaults (what the control plane needs to make a socket for it)."""
+    params = inspect.signature(AfXdpPort).parameters
+    return {name: options.get(name, params[name].default) for name in LAYOUT}
+
+
+def _close_fds(*fds: int | None) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
+
+
 class AfXdpPort(UmemPort):
     """Receive and transmit batches on queue `queue` of `ifname` (in namespace `netns`) via AF_XDP.
 
@@ -59,23 +77,37 @@ class AfXdpPort(UmemPort):
     poll: "wakeup" (XDP_USE_NEED_WAKEUP; wait() sleeps in poll()) or "busy" (SO_PREFER_BUSY_POLL etc.;
     wait() spins on recvfrom). Ownership: see kbypass.port.base — received/allocated frames are yours until
     you transmit or free them. batch_ops: the batch backend of the UMEM (None: kbypass.backend.batch()).
+    xsk_fd, umem_fd: adopt an AF_XDP socket and its UMEM's memory file that someone else made and bound
+    (the control plane, for a process without the privileges: kbypass.cp.protocol open_socket) instead of
+    making them; the sizes must be the ones they were made with (`socket_layout`). The port owns both
+    fds from the call on, even when it fails.
     """
 
     def __init__(self, ifname: str, queue: int = 0, *, netns: str | None = None, frame_size: int = 2048,
                  frames: int = 4096, rx_size: int = 2048, tx_size: int = 2048, fill_size: int = 2048,
                  comp_size: int = 2048, mode: str = "auto", poll: str = "wakeup", busy_budget: int = 64,
-                 headroom: int = 0, rx_frames: int | None = None, batch_ops=None) -> None:
-        if poll not in POLL_MODES:
-            raise UsageError(f"poll={poll!r} is unknown: use 'wakeup' or 'busy'")
-        for name, size in (("RX", rx_size), ("TX", tx_size), ("fill", fill_size), ("completion", comp_size)):
-            check_size(name, size)
-        self.ifname, self.queue, self.netns, self.poll_mode = ifname, queue, netns, poll
-        self.umem = Umem(frames=frames, frame_size=frame_size, headroom=headroom, ops=batch_ops)
+                 headroom: int = 0, rx_frames: int | None = None, batch_ops=None, xsk_fd: int | None = None,
+                 umem_fd: int | None = None) -> None:
+        try:
+            if (xsk_fd is None) != (umem_fd is None):
+                raise UsageError("adopting a socket takes both fds: xsk_fd (the AF_XDP socket) and umem_fd (its "
+                                 "UMEM's memory file)")
+            if poll not in POLL_MODES:
+                raise UsageError(f"poll={poll!r} is unknown: use 'wakeup' or 'busy'")
+            for name, size in (("RX", rx_size), ("TX", tx_size), ("fill", fill_size), ("completion", comp_size)):
+                check_size(name, size)
+            self.ifname, self.queue, self.netns, self.poll_mode = ifname, queue, netns, poll
+            self.umem = Umem(frames=frames, frame_size=frame_size, headroom=headroom, ops=batch_ops, memfd=umem_fd)
+        except BaseException:
+            _close_fds(xsk_fd)
+            raise
+        finally:
+            _close_fds(umem_fd)  # the mapping keeps the memory
         try:
             self.xsk = XskSocket(self.umem, ifname, queue, netns=netns, rx_size=rx_size, tx_size=tx_size,
                                  fill_size=fill_size, comp_size=comp_size, mode=mode,
                                  need_wakeup=(poll == "wakeup"), busy_poll=(poll == "busy"),
-                                 busy_budget=busy_budget)
+                                 busy_budget=busy_budget, fd=xsk_fd)
         except BaseException:
             self.umem.close()
             raise

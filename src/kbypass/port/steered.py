@@ -22,6 +22,7 @@ underneath: `sp.port`, a PortGroup when several queues are open) and adds what s
 from __future__ import annotations
 
 import errno
+import os
 
 from kbypass.backend import batch as batch_backend
 from kbypass.cp.client import ControlPlaneError, ControlPlaneGone, SteeringLease
@@ -60,12 +61,16 @@ class SteeredPort(Port):
     queue the NIC's or veth's hash picks, so "all" is what a sink of named flows wants). Rules: a list of
     text or `Rule`s (one rule alone is a list of one); a rule without an action redirects to the socket of
     the queue the packet arrived on. `bind=(ip, port)` (socket backend) instead of a rule. batch_ops: the
-    batch backend every port underneath uses (None: kbypass.backend.batch(), the lane in force). Other
-    keyword options go to the backend's port class (AfXdpPort, PacketMmapPort, SocketPort)."""
+    batch backend every port underneath uses (None: kbypass.backend.batch(), the lane in force). sockets
+    (afxdp): "own" (this process makes its AF_XDP sockets and UMEMs: root), "cp" (the control plane makes
+    them and passes them over, so a process without privileges can use the bypass; no busy polling) or
+    "auto" (the default: "cp" when this process is not root). Other keyword options go to the backend's
+    port class (AfXdpPort, PacketMmapPort, SocketPort)."""
 
     def __init__(self, ifname: str | None, queue: int | None = 0, rules=(), *, netns: str | None = None,
                  backend: str = "afxdp", xdp_mode: str = "native", bind: tuple[str, int] | None = None,
-                 control_plane: bool = True, share: bool = False, batch_ops=None, **port_options) -> None:
+                 control_plane: bool = True, share: bool = False, sockets: str = "auto", batch_ops=None,
+                 **port_options) -> None:
         self.rules = rule_list(rules)  # before anything is attached
         # chosen once here, so every queue's port (and UMEM) uses the same batch backend
         self.batch_ops = port_options["batch_ops"] = batch_ops if batch_ops is not None else batch_backend()
@@ -82,6 +87,7 @@ class SteeredPort(Port):
                              f"{'share' if share else 'control_plane=False'}")
         if share and not control_plane:
             raise UsageError("share=True is for rules in the control plane: drop control_plane=False")
+        self.sockets = _who_makes_sockets(sockets, backend, control_plane)
         try:
             if backend == "afxdp":
                 self._open_afxdp(ifname, queue, netns, xdp_mode, port_options, control_plane, share)
@@ -95,7 +101,7 @@ class SteeredPort(Port):
         self._port = self.ports[0] if len(self.ports) == 1 else PortGroup(self.ports)
 
     def _open_afxdp(self, ifname, queue, netns, xdp_mode, options, control_plane, share) -> None:
-        from .afxdp import AfXdpPort
+        from .afxdp import LAYOUT, AfXdpPort, socket_layout
 
         if not ifname:
             raise UsageError("the afxdp backend needs an interface: give ifname (--iface)")
@@ -106,6 +112,13 @@ class SteeredPort(Port):
         self.rule_ids = [self.steering.add(r) for r in self.rules]
         self.queues = [queue] if queue is not None else list(range(_queue_count(ifname, netns)))
         for q in self.queues:
+            if self.sockets == "cp":  # made and registered by the control plane
+                xsk_fd, umem_fd, made = self.steering.open_socket(q, mode=options.get("mode", "auto"),
+                                                                  **socket_layout(options))
+                layout = {k: made[k] for k in LAYOUT}
+                self.ports.append(AfXdpPort(ifname, q, netns=netns, **{**options, **layout}, xsk_fd=xsk_fd,
+                                            umem_fd=umem_fd))
+                continue
             try:
                 port = AfXdpPort(ifname, q, netns=netns, **options)
             except XskError as e:
@@ -257,6 +270,22 @@ class SteeredPort(Port):
 
     def __enter__(self) -> SteeredPort:
         return self
+
+
+SOCKETS = ("auto", "own", "cp")
+
+
+def _who_makes_sockets(sockets: str, backend: str, control_plane: bool) -> str:
+    """"own" (this process makes its AF_XDP sockets: root) or "cp" (the control plane makes them and passes
+    them over: what a process without CAP_NET_RAW can have); "auto" is "cp" for such a process."""
+    if sockets not in SOCKETS:
+        raise UsageError(f"sockets={sockets!r} is unknown: use one of {', '.join(SOCKETS)}")
+    if sockets == "auto":
+        sockets = "own" if os.geteuid() == 0 or backend != "afxdp" or not control_plane else "cp"
+    if sockets == "cp" and (backend != "afxdp" or not control_plane):
+        raise UsageError("sockets='cp' has the control plane make AF_XDP sockets: it needs backend 'afxdp' and the "
+                         "control plane (drop control_plane=False)")
+    return sockets
 
 
 def _queue_count(ifname: str, netns: str | None) -> int:

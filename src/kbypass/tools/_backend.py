@@ -46,7 +46,10 @@ def open_backend(args, rules: list[str]):
     backend = getattr(args, "backend", DEFAULT_BACKEND) or DEFAULT_BACKEND
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r} is unknown: use one of {', '.join(BACKENDS)}")
-    require_root(f"kbypass {args.command}")
+    if backend != "afxdp" or args.no_cp:
+        require_root(f"kbypass {args.command}")
+    # else a non-root user may go on: the control plane makes its sockets (SteeredPort sockets="auto") if
+    # it admits the user, and says how to be admitted if not
     parsed = rule_list(rules)  # all syntax errors before anything is opened
     ring = args.ring_size or DEFAULT_RING
     if backend == "afxdp":

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 
-from kbypass.cp import paths
-from kbypass.cp.client import ControlPlaneClient, ControlPlaneError, start_detached
-from kbypass.cp import server
+from kbypass.cp import paths, server
+from kbypass.cp.client import ControlPlaneClient, ControlPlaneMissing, spawn_and_connect
 from kbypass.cp.server import USERS
 from kbypass.errors import UsageError, require_root
 from kbypass.host import testbed
@@ -39,6 +37,8 @@ def register(sub) -> None:
         q.add_argument("--group", help="with --users group: the group whose members may connect")
         q.add_argument("--allow-kernel-ports", action="store_true",
                        help="let non-root clients steer ports a kernel socket is bound to")
+        q.add_argument("-i", "--iface",
+                       help="the interfaces non-root clients may steer, comma-separated (--host: its veth)")
     srv.add_argument("--idle-exit", type=seconds, default=None,
                      help="exit this many seconds after the last client left (default: never)")
     stop.add_argument("--force", action="store_true", help="stop even while clients are connected")
@@ -54,6 +54,21 @@ def _netns(args) -> str | None:
     return args.netns
 
 
+def _ifaces(args) -> list[str]:
+    """The interfaces non-root clients may steer: -i/--iface, and a testbed host's veth."""
+    ifaces = [i for i in (args.iface or "").split(",") if i]
+    if args.host and not ifaces:
+        ifaces.append(testbed.host(args.host).iface)
+    return ifaces
+
+
+def _options(args) -> list[str]:
+    """serve's options, for `start` to hand to the control plane it starts."""
+    out = ["--users", args.users, *(["--group", args.group] if args.group else [])]
+    out += [w for i in _ifaces(args) for w in ("--iface", i)]
+    return out + (["--allow-kernel-ports"] if args.allow_kernel_ports else [])
+
+
 def run(args) -> int:
     ns = _netns(args)
     if args.action == "serve":
@@ -61,13 +76,18 @@ def run(args) -> int:
         _check_users(args)
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s kbypass cp: %(message)s")
         server.serve(ns, users=args.users, group=args.group, idle_exit=args.idle_exit or 0.0,
-              allow_kernel_ports=args.allow_kernel_ports)
+                     allow_kernel_ports=args.allow_kernel_ports, ifaces=tuple(_ifaces(args)))
         return 0
     if args.action == "start":
         return _start(args, ns)
     if args.action == "status":
         return _status(args, ns)
-    with ControlPlaneClient(ns, start=False, command="kbypass cp stop") as cp:
+    try:
+        cp = ControlPlaneClient(ns, start=False, command="kbypass cp stop")
+    except ControlPlaneMissing:
+        print(f"no control plane serves namespace {paths.namespace_name(ns)}: nothing to stop")
+        return 0
+    with cp:
         pid = cp.server_pid
         cp.stop(force=args.force)
     print(f"stopped the control plane of namespace {paths.namespace_name(ns)} (pid {pid})")
@@ -87,31 +107,31 @@ def _start(args, ns) -> int:
     name = paths.namespace_name(ns)
     try:
         with ControlPlaneClient(ns, start=False, command="kbypass cp start") as cp:
-            print(f"a control plane already serves namespace {name} (pid {cp.server_pid})")
-            return 0
-    except ControlPlaneError:
-        pass
-    options = ["--users", args.users] + (["--group", args.group] if args.group else [])
-    child = start_detached(ns, name, (*options, *(["--allow-kernel-ports"] if args.allow_kernel_ports else [])))
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise UsageError(f"the control plane did not start (exit {child.returncode}): see {paths.log_path(name)}")
-        try:
-            with ControlPlaneClient(ns, start=False, command="kbypass cp start") as cp:
-                print(f"started the control plane of namespace {name} (pid {cp.server_pid}, socket "
-                      f"{paths.socket_path(name)}, log {paths.log_path(name)})")
-                return 0
-        except ControlPlaneError:
-            time.sleep(0.05)
-    raise UsageError(f"the control plane did not come up within 10s: see {paths.log_path(name)}")
+            st = cp.status()
+    except ControlPlaneMissing:
+        sock = spawn_and_connect(ns, name, tuple(_options(args)))
+        sock.close()
+        with ControlPlaneClient(ns, start=False, command="kbypass cp start") as cp:
+            print(f"started the control plane of namespace {name} (pid {cp.server_pid}, socket "
+                  f"{paths.socket_path(name)}, log {paths.log_path(name)})")
+        return 0
+    have = (st["users"], st["group"], sorted(st["ifaces"]), bool(st["idle_exit"]))
+    want = (args.users, args.group, sorted(_ifaces(args)), False)
+    if have != want:
+        raise UsageError(
+            f"a control plane already serves namespace {name} (pid {st['server_pid']}) with --users {st['users']}"
+            f"{' --group ' + st['group'] if st['group'] else ''}, interfaces for non-root clients "
+            f"{', '.join(st['ifaces']) or 'none'}{', exiting when idle (started by a tool)' if st['idle_exit'] else ''}:"
+            " stop it first ('kbypass cp stop', --force if clients are connected), then start again")
+    print(f"a control plane already serves namespace {name} (pid {st['server_pid']}), as asked")
+    return 0
 
 
 def _status(args, ns) -> int:
     name = paths.namespace_name(ns)
     try:
         cp = ControlPlaneClient(ns, start=False, command="kbypass cp status")
-    except ControlPlaneError:
+    except ControlPlaneMissing:
         if args.json:
             emit({"namespace": name, "running": False}, True)
         else:

@@ -3,7 +3,9 @@
 Setup order (the kernel insists): socket(AF_XDP) -> XDP_UMEM_REG -> ring sizes (fill, completion, RX, TX)
 -> XDP_MMAP_OFFSETS -> mmap the rings -> bind(sockaddr_xdp). Python's socket module knows neither
 sockaddr_xdp nor mmap offsets beyond 2 GiB, so bind goes through libc via ctypes; setsockopt/getsockopt
-with SOL_XDP work from the socket object. Any failure closes everything opened so far.
+with SOL_XDP work from the socket object. Any failure closes everything opened so far. A socket another
+process set up and bound (`fd=`: the control plane makes them for unprivileged clients) is only mapped:
+XDP_MMAP_OFFSETS -> mmap the rings.
 """
 
 from __future__ import annotations
@@ -65,19 +67,21 @@ class XskSocket:
     mode: "copy", "zerocopy", or "auto" (try zero-copy, fall back to copy); `self.mode` says what is in use.
     need_wakeup: bind with XDP_USE_NEED_WAKEUP so the kernel sleeps until kicked (see `kick_tx`, `wake_rx`).
     busy_poll: set SO_PREFER_BUSY_POLL, SO_BUSY_POLL (busy_usecs) and SO_BUSY_POLL_BUDGET (busy_budget).
+    fd: adopt this AF_XDP socket, set up and bound elsewhere over this UMEM's memory with rings of these sizes
+    (the control plane's, see kbypass.cp.protocol open_socket), instead of making one: no root needed, and
+    the socket is ours to close. `ifname` and `queue` then only name it; busy polling is refused (its
+    socket options need root).
     """
 
     def __init__(self, umem: Umem, ifname: str, queue: int = 0, *, netns: str | None = None,
                  rx_size: int = 2048, tx_size: int = 2048, fill_size: int = 2048, comp_size: int = 2048,
                  mode: str = "auto", need_wakeup: bool = True, busy_poll: bool = False,
-                 busy_usecs: int = 20, busy_budget: int = 64) -> None:
+                 busy_usecs: int = 20, busy_budget: int = 64, fd: int | None = None) -> None:
         check_architecture()
         if mode not in MODES:
             raise UsageError(f"AF_XDP mode {mode!r} is unknown: use one of {', '.join(MODES)}")
         for name, size in (("RX", rx_size), ("TX", tx_size), ("fill", fill_size), ("completion", comp_size)):
             check_size(name, size)
-        if os.geteuid() != 0:
-            raise PermissionProblem("an AF_XDP socket needs root (CAP_NET_RAW, CAP_NET_ADMIN): run with sudo")
         self.ifname, self.queue, self.netns = ifname, queue, netns
         self.umem = umem
         self.mode = None
@@ -85,6 +89,12 @@ class XskSocket:
         self._maps: list[mmap.mmap] = []
         self.rx = self.tx = self.fill = self.comp = None
         where = f" in namespace {netns!r}" if netns else ""
+        if fd is not None:
+            self._adopt(fd, (rx_size, tx_size, fill_size, comp_size), busy_poll)
+            return
+        if os.geteuid() != 0:
+            raise PermissionProblem("an AF_XDP socket needs root (CAP_NET_RAW, CAP_NET_ADMIN): run with sudo, or "
+                                    "have the control plane make it (kbypass.port.SteeredPort(sockets='cp'))")
         with _netns.entered(netns):
             try:
                 self.ifindex = socket.if_nametoindex(ifname)
@@ -101,9 +111,36 @@ class XskSocket:
                                          "CONFIG_XDP_SOCKETS=y") from None
         try:
             self._setup(rx_size, tx_size, fill_size, comp_size)
+            self._map_rings(rx_size, tx_size, fill_size, comp_size)
             if busy_poll:
                 self._set_busy_poll(busy_usecs, busy_budget)
             self._bind(mode, need_wakeup, where)
+        except BaseException:
+            self.close()
+            raise
+        self._poll = select.poll()
+        self._poll.register(self._sock.fileno(), select.POLLIN)
+
+    def _adopt(self, fd: int, sizes: tuple[int, int, int, int], busy_poll: bool) -> None:
+        """Take over `fd`, an AF_XDP socket someone else set up and bound over this UMEM's memory (the control
+        plane, for a process that may not make one): map its rings, nothing more. The socket is ours to
+        close from here on, whatever happens."""
+        try:
+            # the family is given: Python would ask getsockname(), which AF_XDP does not answer
+            self._sock = socket.socket(consts.AF_XDP, socket.SOCK_RAW, 0, fileno=fd)
+        except OSError as e:
+            os.close(fd)
+            raise XskError(f"fd {fd} is not a socket: {e.strerror}") from None
+        try:
+            if busy_poll:
+                raise UsageError("busy polling needs socket options only root may set: use poll='wakeup' with a "
+                                 "socket the control plane made")
+            family = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+            if family != consts.AF_XDP:
+                raise XskError(f"fd {fd} is not an AF_XDP socket (family {family})")
+            self.ifindex = None
+            self._map_rings(*sizes)
+            self.mode = "zerocopy" if self.zerocopy_in_use() else "copy"
         except BaseException:
             self.close()
             raise
@@ -131,6 +168,8 @@ class XskSocket:
         self._setsockopt(consts.XDP_UMEM_COMPLETION_RING, comp_size, "completion ring size")
         self._setsockopt(consts.XDP_RX_RING, rx_size, "RX ring size")
         self._setsockopt(consts.XDP_TX_RING, tx_size, "TX ring size")
+
+    def _map_rings(self, rx_size: int, tx_size: int, fill_size: int, comp_size: int) -> None:
         raw = self._sock.getsockopt(consts.SOL_XDP, consts.XDP_MMAP_OFFSETS, consts.XDP_MMAP_OFFSETS_T.itemsize)
         off = np.frombuffer(raw, dtype=consts.XDP_MMAP_OFFSETS_T)[0]
         self.rx = self._map(ConsumerRing, off["rx"], rx_size, consts.XDP_DESC, consts.XDP_PGOFF_RX_RING, "RX")

@@ -1,6 +1,7 @@
 """UMEM: the packet memory shared with the kernel, and the bookkeeping of who owns each frame.
 
-One anonymous mmap of `frames * frame_size` bytes, seen as one np.uint8 array (`Umem.array`); a frame is
+One mmap of `frames * frame_size` bytes (anonymous, or MAP_SHARED over a memfd the control plane made:
+`memfd=`), seen as one np.uint8 array (`Umem.array`); a frame is
 `array[addr:addr + len]`. Frames are aligned chunks (frame_size 2048 or 4096), so the frame of any address
 is `addr >> log2(frame_size)` — descriptors from the kernel point past the headroom, not at the chunk start.
 
@@ -17,6 +18,7 @@ whole picture for tests: the free stack holds no duplicates and exactly the FREE
 from __future__ import annotations
 
 import mmap
+import os
 
 import numpy as np
 
@@ -40,9 +42,12 @@ class Umem:
     """Frames of packet memory plus their ownership states. Use as a context manager or call close().
 
     ops: the batch-bookkeeping backend (kbypass.backend: C or the reference Python) that moves frames
-    between states; None: kbypass.backend.batch(), the lane in force. The port's batches use it too."""
+    between states; None: kbypass.backend.batch(), the lane in force. The port's batches use it too.
+    memfd: map this memory file (at least `frames * frame_size` bytes) shared instead of anonymous memory,
+    so that two processes see the same frames (the caller keeps and closes the fd)."""
 
-    def __init__(self, frames: int = 4096, frame_size: int = 2048, headroom: int = 0, *, ops=None) -> None:
+    def __init__(self, frames: int = 4096, frame_size: int = 2048, headroom: int = 0, *, ops=None,
+                 memfd: int | None = None) -> None:
         if frame_size not in FRAME_SIZES:
             raise UsageError(f"frame_size {frame_size} is not supported: use 2048 or 4096")
         if frames <= 0:
@@ -57,7 +62,7 @@ class Umem:
         self.shift = frame_size.bit_length() - 1
         self.size = frames * frame_size
         try:
-            self._mmap = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0))
+            self._mmap = self._map(memfd)
         except OSError as e:  # ENOMEM: more than the machine will lend
             raise UsageError(f"cannot allocate {frames} frames of {frame_size} bytes ({self.size / 2**20:,.0f} MiB "
                              f"of packet memory): {e.strerror}; use fewer frames (--frames)") from None
@@ -73,6 +78,17 @@ class Umem:
         self._positions = np.arange(frames, dtype=np.int32)
 
     # ---- the memory -------------------------------------------------------------------------------
+    def _map(self, memfd: int | None) -> mmap.mmap:
+        populate = getattr(mmap, "MAP_POPULATE", 0)
+        if memfd is None:
+            return mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | populate)
+        have = os.fstat(memfd).st_size
+        if have < self.size:  # a mapping past the file's end faults (SIGBUS) on first touch
+            raise UsageError(f"the UMEM memory file holds {have} bytes, not the {self.size} of {self.frames} frames "
+                             f"of {self.frame_size} bytes")
+        return mmap.mmap(memfd, self.size, flags=mmap.MAP_SHARED | populate,
+                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
     @property
     def address(self) -> int:
         """The virtual address of the area (for XDP_UMEM_REG)."""
