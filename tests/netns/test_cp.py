@@ -308,6 +308,12 @@ for rule in ("udp dport 5000", "udp dport 22", "udp dport 7100", "udp dport 7200
         print("allowed", rule)
     except ControlPlaneError as e:
         print("refused", rule, "|", e)
+for what, call in (("lo", lambda: cp.add_rule("lo", "udp dport 7300")), ("stop", lambda: cp.stop(force=True))):
+    try:
+        call()
+        print("allowed", what)
+    except ControlPlaneError as e:
+        print("refused", what, "|", e)
 """
     with ControlPlaneClient(b.netns, command="root owner") as owner, _kernel_socket(b, 7100):
         owner.add_rule(b.iface, "udp dport 5000")
@@ -323,6 +329,39 @@ for rule in ("udp dport 5000", "udp dport 22", "udp dport 7100", "udp dport 7200
     assert "belongs to a kernel socket" in verdicts["udp dport 7100"]
     assert "only root clients add drop rules" in verdicts["udp dport 7200 drop"]
     assert verdicts["udp"].startswith("refused")
+    assert "may steer only the interfaces" in verdicts["lo"] and f"--iface: {b.iface}" in verdicts["lo"]
+    assert "only root stops the control plane" in verdicts["stop"]
+    assert os.stat(paths.lock_path(paths.namespace_name(b.netns))).st_mode & 0o777 == 0o600
+
+
+def test_a_lingering_socket_sent_as_an_fd_does_not_stall_the_control_plane(hosts):
+    """Closing a TCP socket with SO_LINGER and unsent data blocks for the linger time: the control plane
+    closes the fds clients send, so it must not let them linger (one client would freeze everyone)."""
+    _, b = hosts
+    with ControlPlaneClient(b.netns, command="witness") as witness:
+        listener = socket.create_server(("127.0.0.1", 0))
+        c = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()  # never reads: the window closes
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.setblocking(False)
+        try:
+            while True:
+                c.send(bytes(65536))
+        except BlockingIOError:
+            pass
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 30))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            s.connect(paths.socket_path(paths.namespace_name(b.netns)))
+            s.sendmsg([protocol.request("status")], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                      struct.pack("ii", c.fileno(), c.fileno()))])
+            c.close()  # the control plane now holds the last reference
+            s.settimeout(5)
+            assert "file descriptor" in json.loads(s.recv(protocol.MAX_MESSAGE))["error"]
+        t0 = time.monotonic()
+        assert witness.status()["server_pid"]
+        assert time.monotonic() - t0 < 1.0
+        peer.close()
+        listener.close()
 
 
 class _kernel_socket:

@@ -53,14 +53,14 @@ def start_detached(netns: str | None, name: str, options: tuple[str, ...] = ("--
     if netns is not None:
         cmd += ["--netns", netns]
     log_path = paths.log_path(name)
+    paths.check_run_dir()
     try:
-        os.makedirs(paths.RUN_DIR, mode=0o755, exist_ok=True)
         if os.path.exists(log_path) and os.path.getsize(log_path) > LOG_KEEP:
             os.replace(log_path, log_path + ".1")
-        log = open(log_path, "ab")  # noqa: SIM115 (closed below, once the child has it)
+        log = os.fdopen(paths.open_private(log_path, os.O_WRONLY | os.O_APPEND), "ab")
     except OSError as e:
-        raise UsageError(f"cannot start a control plane: {paths.RUN_DIR} is not writable ({e.strerror}): make it "
-                         "writable for root, or steer in-process with --no-cp (control_plane=False)") from None
+        raise UsageError(f"cannot start a control plane: {log_path}: {e.strerror}: remove it, or steer "
+                         "in-process with --no-cp (control_plane=False)") from None
     # the child starts in our namespace (an unnamed one can only be inherited) or in `netns`
     with log, _netns.entered(netns):
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
@@ -73,7 +73,8 @@ def _one_starter(name: str):
     (without this, two tools starting together would both spawn one, and the loser would log an error)."""
     import fcntl
 
-    fd = os.open(paths.start_lock_path(name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    paths.check_run_dir()
+    fd = paths.open_private(paths.start_lock_path(name))
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -175,6 +176,9 @@ class ControlPlaneClient:
                 self._sock.settimeout(REPLY_TIMEOUT)
                 reply, ancdata, flags, _ = self._sock.recvmsg(protocol.MAX_MESSAGE, _REPLY_FD_SPACE)
             except TimeoutError:
+                # hang up: a late answer would otherwise be read as the answer to the next request
+                self._sock.close()
+                self._sock = None
                 raise ControlPlaneError(f"the control plane of namespace {self.name} did not answer {op!r} within "
                                         f"{REPLY_TIMEOUT:g}s: see {paths.log_path(self.name)}") from None
             except OSError as e:
@@ -187,7 +191,7 @@ class ControlPlaneClient:
                     raise ControlPlaneGone(
                         f"the control plane of namespace {self.name} went away: the rules and sockets it held for "
                         f"you are gone (nothing stays attached); start again (its log: {paths.log_path(self.name)})")
-                msg = protocol.decode_reply(reply)
+                msg = protocol.decode_reply(reply, req_id)
                 if len(got) != want or flags & socket.MSG_CTRUNC:
                     raise ControlPlaneError(f"the control plane answered {op!r} with {len(got)} file descriptor(s), "
                                             f"not {want}: is it a kbypass cp of this version?")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 
 from kbypass import netns as _netns
 from kbypass.errors import UsageError
@@ -60,3 +61,29 @@ def start_lock_path(name: str) -> str:
 
 def log_path(name: str) -> str:
     return os.path.join(RUN_DIR, f"cp-{name}.log")
+
+
+def check_run_dir() -> None:
+    """Make RUN_DIR if needed and refuse one that others could write to or swap (root opens files there:
+    a symlink or a file planted in a writable directory would have root truncate or append to any file).
+    An unwritable one is an error naming the way around it."""
+    try:
+        os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+        st = os.lstat(RUN_DIR)
+    except OSError as e:
+        raise UsageError(f"cannot use {RUN_DIR} for the control plane ({e.strerror}): make it a directory root "
+                         "can write, or steer in-process with --no-cp (control_plane=False)") from None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise UsageError(f"{RUN_DIR} must be a directory of root's that others cannot write to (it is "
+                         f"{stat.filemode(st.st_mode)}, uid {st.st_uid}): 'chown root: {RUN_DIR}; chmod 755 "
+                         f"{RUN_DIR}', or steer in-process with --no-cp")
+    if not os.access(RUN_DIR, os.W_OK):
+        raise UsageError(f"{RUN_DIR} is not writable here (a read-only /run?): make it writable for root, or "
+                         "steer in-process with --no-cp (control_plane=False)")
+
+
+def open_private(path: str, flags: int = os.O_RDWR) -> int:
+    """Open (create) a file of the control plane's: mode 0600, never through a symlink."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd

@@ -206,14 +206,18 @@ def error(req_id: int | None, message: str) -> bytes:
     return encode({"ok": False, "id": req_id, "error": message})
 
 
-def decode_reply(data: bytes) -> dict:
-    """The reply's fields; an error reply raises ControlPlaneError with the server's message."""
+def decode_reply(data: bytes, req_id: int | None = None) -> dict:
+    """The reply's fields; an error reply raises ControlPlaneError with the server's message. With `req_id`,
+    a reply to another request is an error too (requests are answered in order, one at a time)."""
     try:
         msg = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ControlPlaneError("the control plane sent a reply that is not JSON: is it a kbypass cp?") from None
     if not isinstance(msg, dict) or "ok" not in msg:
         raise ControlPlaneError("the control plane sent a malformed reply: is it a kbypass cp of this version?")
+    if req_id is not None and msg.get("id") not in (req_id, None):
+        raise ControlPlaneError(f"the control plane answered request {msg.get('id')} when {req_id} was asked: "
+                                "one connection, one thread at a time")
     if not msg["ok"]:
         raise ControlPlaneError(str(msg.get("error", "the control plane refused the request")))
     return msg

@@ -24,6 +24,7 @@ program that nobody serves, and the next start (after the lock is free) starts c
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import fcntl
 import grp
@@ -47,10 +48,14 @@ from .state import Client, ControlPlane, parse_rule
 log = logging.getLogger("kbypass.cp")
 
 USERS = ("root", "group", "all")
-USER_RULES = 16  # rules one non-root client may hold (128 slots are shared by everyone)
+USER_RULES = 16  # rules one non-root user may hold (128 slots are shared by everyone)
+USER_CONNECTIONS = 16  # connections one non-root user may have open
+ACCEPT_PAUSE = 1.0  # seconds without accepting after running out of fds
 HELLO_TIMEOUT = 10.0  # seconds a connection may stay without its hello (it would keep an idle exit off)
 LOCK_WAIT = 2.0  # seconds a starting control plane waits for one that is exiting
-_FD_SPACE = socket.CMSG_SPACE(protocol.MAX_FDS * 4)
+# Room for the most fds one message can carry (SCM_MAX_FD): fds that did not fit would be closed by the
+# kernel inside recvmsg, where a lingering socket could block this loop (see _close_quietly).
+_FD_SPACE = socket.CMSG_SPACE(253 * 4)
 
 
 def _command_of(pid: int) -> str:
@@ -66,7 +71,13 @@ def _command_of(pid: int) -> str:
             words = ["kbypass", *words[2:]]
     if words:
         words[0] = os.path.basename(words[0])
-    return " ".join(words)[:120] or "?"
+    return printable(" ".join(words)) or "?"
+
+
+def printable(text: str, limit: int = 120) -> str:
+    """A client's words for our log and replies: one line, no control characters (a newline in a command
+    line must not forge a log line)."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
 def kernel_ports(proto: str) -> set[int]:
@@ -101,12 +112,16 @@ class Server:
         self._lock_fd: int | None = None
         self.listener: socket.socket | None = None
         self._idle_since = time.monotonic()
+        self._paused_until: float | None = None  # accepting paused (out of fds) until then
 
     # ---- start and stop --------------------------------------------------------------------------
 
     def start(self) -> None:
-        os.makedirs(paths.RUN_DIR, mode=0o755, exist_ok=True)
-        self._lock_fd = os.open(paths.lock_path(self.name), os.O_RDWR | os.O_CREAT, 0o644)
+        paths.check_run_dir()
+        _raise_fd_limit()
+        # 0600 and no symlink: a lock anyone can open is a lock anyone can hold, and keep every control
+        # plane of the namespace from starting (flock works on a read-only fd)
+        self._lock_fd = paths.open_private(paths.lock_path(self.name))
         deadline = time.monotonic() + LOCK_WAIT
         while True:  # a control plane that is on its way out (idle exit, stop) lets go of the lock soon
             try:
@@ -179,11 +194,24 @@ class Server:
                 else:
                     self._serve_one(key.fd)
             self._drop_silent()
+            self._resume_accepting()
             if self.idle_exit and not self.conns and time.monotonic() - self._idle_since > self.idle_exit:
                 self._accept()  # one that connected just now keeps us (a later one starts a new control plane)
                 if not self.conns:
                     log.info("no clients for %gs: exiting (--idle-exit)", self.idle_exit)
                     self.running = False
+
+    def _pause_accepting(self, why: str) -> None:
+        """The listener stays readable while accept fails: unwatched for a second, it cannot spin the loop."""
+        if self._paused_until is None:
+            log.warning("cannot accept clients (%s): not accepting for %gs", why, ACCEPT_PAUSE)
+            self.sel.unregister(self.listener)
+        self._paused_until = time.monotonic() + ACCEPT_PAUSE
+
+    def _resume_accepting(self) -> None:
+        if self._paused_until is not None and time.monotonic() >= self._paused_until:
+            self._paused_until = None
+            self.sel.register(self.listener, selectors.EVENT_READ, None)
 
     def _drop_silent(self) -> None:
         now = time.monotonic()
@@ -197,13 +225,17 @@ class Server:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # out of fds: keep serving the ones we have
+            except OSError as e:  # out of fds: keep serving the ones we have, and stop listening a while
                 if e.errno in (errno.EMFILE, errno.ENFILE):
-                    log.warning("cannot accept a client: %s", e.strerror)
+                    self._pause_accepting(e.strerror)
                     return
                 raise
             conn.setblocking(False)
             pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            if uid != 0 and sum(1 for _, c in self.conns.values() if c.uid == uid) >= USER_CONNECTIONS:
+                conn.close()  # one user cannot use up the fds (and socket groups) everyone shares
+                log.warning("refused a connection of uid %d: it has %d already", uid, USER_CONNECTIONS)
+                continue
             client = self.state.new_client(pid, uid, _command_of(pid))
             self.conns[conn.fileno()] = (conn, client)
             self.sel.register(conn, selectors.EVENT_READ, client)
@@ -226,11 +258,12 @@ class Server:
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 reply = protocol.error(None, f"message too long (at most {protocol.MAX_MESSAGE} bytes and "
                                        f"{protocol.MAX_FDS} fd)")
+                made = None
             else:
                 reply, made = self._answer(client, data, fds)
         finally:
             for f in fds:
-                os.close(f)  # the map keeps its own reference to a registered socket
+                _close_quietly(f)  # the map keeps its own reference to a registered socket
         try:
             if reply is not None:
                 self._send(fd, reply, made.fds if made is not None else ())
@@ -293,8 +326,8 @@ class Server:
                 raise ProtocolError(f"protocol version {a['version']} is not spoken here (version "
                                     f"{protocol.VERSION}): use the kbypass that started this control plane")
             client.greeted = True
-            if "command" in a and client.command == "?":
-                client.command = a["command"][:120]
+            if "command" in a and client.command == "?":  # its own word: only when /proc had none
+                client.command = f"({printable(a['command'])})"
             log.info("%s connected (uid %d)", client.describe(), client.uid)
             return {"version": protocol.VERSION, "client": client.cid, "server_pid": os.getpid()}
         if req.op == "hello":
@@ -302,8 +335,11 @@ class Server:
         if req.op == "add":
             rule = parse_rule(a["rule"])
             self._may_add(client, a["iface"], rule)
-            return {"rule_id": self.state.add_rule(client, a["iface"], rule, a.get("priority", DEFAULT_PRIORITY),
-                                                  a.get("share", False), a.get("xdp_mode"))}
+            priority, share, xdp_mode = a.get("priority", DEFAULT_PRIORITY), a.get("share", False), a.get("xdp_mode")
+            if client.uid != 0:
+                # never ahead of root's default, never shared, and the attach mode is root's to choose
+                priority, share, xdp_mode = max(priority, DEFAULT_PRIORITY), False, None
+            return {"rule_id": self.state.add_rule(client, a["iface"], rule, priority, share, xdp_mode)}
         if req.op == "remove":
             self.state.remove_rule(client, a["iface"], a["rule_id"])
             return {}
@@ -342,8 +378,8 @@ class Server:
         if iface not in self.ifaces:
             raise ProtocolError(f"a non-root client may steer only the interfaces the control plane was started "
                                 f"with (--iface: {', '.join(sorted(self.ifaces)) or 'none'}), not {iface!r}")
-        if len(client.rules) >= USER_RULES:
-            raise ProtocolError(f"a non-root client has {USER_RULES} rules at most: remove one first")
+        if sum(len(c.rules) for _, c in self.conns.values() if c.uid == client.uid) >= USER_RULES:
+            raise ProtocolError(f"a non-root user has {USER_RULES} rules at most: remove one first")
         if rule.action != "redirect":
             raise ProtocolError(f"only root clients add {rule.action} rules")
         if rule.proto not in ("udp", "tcp") or rule.dport is None or rule.dport < 1024:
@@ -410,3 +446,26 @@ def _leave_the_starters_cpu() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, 0)
     except OSError as e:
         log.warning("could not reset CPU affinity and scheduling: %s", e.strerror)
+
+
+def _close_quietly(fd: int) -> None:
+    """Close an fd a client sent. A socket is made not to linger first: closing a TCP socket with
+    SO_LINGER set and unsent data would block this single-threaded loop for as long as the client chose."""
+    dup = os.dup(fd)
+    try:
+        s = socket.socket(fileno=dup)
+    except OSError:  # not a socket
+        os.close(dup)
+    else:
+        with s, contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 0, 0))
+    os.close(fd)
+
+
+def _raise_fd_limit() -> None:
+    """Clients, their sockets and UMEM fds all count: take the hard limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
