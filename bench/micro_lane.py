@@ -25,7 +25,7 @@ from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
 from kbypass.port import afxdp as afxdp_mod  # noqa: E402
-from kbypass.port.lane import NATIVE  # noqa: E402
+from kbypass.port.lane import native_default  # noqa: E402
 from kbypass.proto import udp as udpp  # noqa: E402
 from tests.fakexsk import FakeXsk  # noqa: E402
 
@@ -86,7 +86,7 @@ def batch_us() -> float:
 
 
 def main() -> None:
-    native = NATIVE
+    native = native_default()
     if native:
         print(f"lane C       recv+send {lane_ns(True):8.0f} ns/message")
     print(f"lane Python  recv+send {lane_ns(False):8.0f} ns/message")
