@@ -195,9 +195,12 @@ def _own_command() -> str:
 
 
 def running(netns: str | None = None) -> bool:
-    """Does a control plane serve the namespace? (Connects and hangs up; starts nothing.)"""
+    """Does a control plane serve the namespace? (Connects and hangs up; starts nothing. One that admits
+    only root runs too, for a non-root caller.)"""
     try:
         _connect(paths.socket_path(paths.namespace_name(netns))).close()
+        return True
+    except PermissionError:
         return True
     except OSError:
         return False

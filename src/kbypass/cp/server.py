@@ -21,11 +21,13 @@ program that nobody serves, and the next start (after the lock is free) starts c
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import fcntl
 import grp
 import logging
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -43,6 +45,7 @@ from .state import Client, ControlPlane
 log = logging.getLogger("kbypass.cp")
 
 USERS = ("root", "group", "all")
+_CHANGES = {"hello", "add", "remove", "register", "unregister", "stop"}  # ops whose refusal is logged
 _FD_SPACE = socket.CMSG_SPACE(protocol.MAX_FDS * 4)
 
 
@@ -93,6 +96,9 @@ class Server:
         self._lock_fd: int | None = None
         self.listener: socket.socket | None = None
         self._idle_since = time.monotonic()
+        self._spare: int | None = None  # an fd kept in reserve to turn clients away when fds run out
+        self._fd_short = False
+        self.stop_signal: str | None = None  # set by serve()'s signal handler
 
     # ---- start and stop --------------------------------------------------------------------------
 
@@ -133,11 +139,15 @@ class Server:
             os.chmod(path, 0o660)
         sock.listen(128)
         self.listener = sock
+        _raise_fd_limit()
+        self._spare = _open_spare()
         self.sel.register(sock, selectors.EVENT_READ, None)
         log.info("serving namespace %s on %s (pid %d, users: %s)", self.name, path, os.getpid(),
                  self.users if self.users != "group" else f"group {self.group}")
 
     def close(self) -> None:
+        if self.stop_signal is not None:
+            log.info("stopping on %s with %d client(s) connected", self.stop_signal, len(self.conns))
         for fd in list(self.conns):
             self._drop(fd, "the control plane stops")
         self.state.close()
@@ -152,6 +162,9 @@ class Server:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
         self.sel.close()
         log.info("stopped")
 
@@ -174,16 +187,44 @@ class Server:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # out of fds: keep serving the ones we have
-                if e.errno in (errno.EMFILE, errno.ENFILE):
-                    log.warning("cannot accept a client: %s", e.strerror)
+            except OSError as e:  # out of fds: keep serving the clients we have, turn the new one away
+                if e.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+                if not self._turn_away(e):
                     return
-                raise
+                continue
+            if self._fd_short:
+                log.info("accepting clients again (%d connected)", len(self.conns))
+                self._fd_short = False
             conn.setblocking(False)
             pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             client = self.state.new_client(pid, uid, _command_of(pid))
             self.conns[conn.fileno()] = (conn, client)
             self.sel.register(conn, selectors.EVENT_READ, client)
+
+    def _turn_away(self, e: OSError) -> bool:
+        """Out of file descriptors: accept the next client with the spare fd, tell it why and hang up. Left
+        in the backlog it would wait for a reply that never comes, and the listener would wake the loop on
+        every turn. One log line per shortage. False when there is no spare to do it with."""
+        if not self._fd_short:
+            log.warning("out of file descriptors (%s) with %d clients connected: turning new clients away until "
+                        "some leave", e.strerror, len(self.conns))
+            self._fd_short = True
+        if self._spare is None:
+            return False
+        os.close(self._spare)
+        self._spare = None
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            conn = None
+        if conn is not None:
+            with conn, contextlib.suppress(OSError):
+                conn.send(protocol.error(None, f"the control plane has no file descriptor left for another client "
+                                               f"({len(self.conns)} connected): try again when some have left"),
+                          socket.MSG_DONTWAIT)
+        self._spare = _open_spare()
+        return conn is not None
 
     def _serve_one(self, fd: int) -> None:
         conn, client = self.conns[fd]
@@ -216,18 +257,19 @@ class Server:
             self._drop(fd, "it said bye")
 
     def _answer(self, client: Client, data: bytes, fds: list[int]) -> bytes | None:
-        req_id = None
+        req_id = op = None
         try:
             req = protocol.decode_request(data, len(fds))
-            req_id = req.id
+            req_id, op = req.id, req.op
             fields = self._do(client, req, fds)
             if not self.running and req.op == "stop":
                 log.info("%s asked to stop", client.describe())
             return protocol.ok(req_id, **fields)
-        except (ProtocolError, KbypassError) as e:
-            return protocol.error(req_id, str(e) or type(e).__name__)
-        except OSError as e:  # a map update the kernel refused, for instance
-            return protocol.error(req_id, f"{e.strerror or e}")
+        except (ProtocolError, KbypassError, OSError) as e:  # OSError: a map update the kernel refused, say
+            message = (e.strerror or str(e)) if isinstance(e, OSError) else (str(e) or type(e).__name__)
+            if op in _CHANGES:  # a refused change (a conflict, a permission) is part of the story the log tells
+                log.info("%s: refused %s: %s", client.describe(), op, message)
+            return protocol.error(req_id, message)
         except Exception:  # a bug of ours: one client's request must not take everyone's steering down
             log.exception("%s: internal error", client.describe())
             return protocol.error(req_id, "internal error in the control plane (see its log)")
@@ -318,6 +360,22 @@ class Server:
             self._idle_since = time.monotonic()
 
 
+def _open_spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one: each client holds an fd, and the soft limit a tool passes on
+    (often 1024) is no limit on how many programs of a namespace may steer."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 class AlreadyRunning(KbypassError):
     """Another control plane holds this namespace's lock."""
 
@@ -331,6 +389,7 @@ def serve(netns: str | None, *, users: str = "root", group: str | None = None, i
     server = Server(name, users=users, group=group, idle_exit=idle_exit, allow_kernel_ports=allow_kernel_ports)
 
     def stop(signum, frame):
+        server.stop_signal = signal.Signals(signum).name  # logged by close(): not from a signal handler
         server.running = False
 
     server.start()

@@ -11,7 +11,7 @@ import sys
 import time
 
 from kbypass.cp import paths
-from kbypass.cp.client import ControlPlaneClient, ControlPlaneError, start_detached
+from kbypass.cp.client import ControlPlaneClient, ControlPlaneError, running, start_detached
 from kbypass.cp import server
 from kbypass.cp.server import USERS
 from kbypass.errors import UsageError, require_root
@@ -67,10 +67,18 @@ def run(args) -> int:
         return _start(args, ns)
     if args.action == "status":
         return _status(args, ns)
+    return _stop(args, ns)
+
+
+def _stop(args, ns) -> int:
+    name = paths.namespace_name(ns)
+    if not running(ns):  # nothing to stop is no error, as 'kbypass testbed down' of a testbed that is not up
+        print(f"no control plane serves namespace {name}: nothing to stop")
+        return 0
     with ControlPlaneClient(ns, start=False, command="kbypass cp stop") as cp:
         pid = cp.server_pid
         cp.stop(force=args.force)
-    print(f"stopped the control plane of namespace {paths.namespace_name(ns)} (pid {pid})")
+    print(f"stopped the control plane of namespace {name} (pid {pid})")
     return 0
 
 
@@ -128,7 +136,7 @@ def _status(args, ns) -> int:
     if args.json:
         emit(out, True)
         return 0
-    emit({"namespace": name, "server_pid": st["server_pid"], "clients": len(st["clients"]),
+    emit({"namespace": name, "server_pid": st["server_pid"], "clients": len(st["clients"]) + st["clients_not_listed"],
           "interfaces": len(st["interfaces"])}, False, title="control plane")
     if st["clients"]:
         emit({"clients": [{k: c[k] for k in ("client", "pid", "uid", "command", "rules")} | {
