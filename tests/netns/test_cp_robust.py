@@ -255,7 +255,7 @@ def test_every_state_change_is_one_line_of_the_log(hosts):
                  r"detached the steering program from ",
                  r"kbypass sink .*: AF_XDP socket for queue 0 of ",
                  r"kbypass sink .*: removed the socket of queue 0 of ",
-                 r"kbypass sink .*\) left: it closed the connection",
+                 r"kbypass sink .*\) left: (it closed the connection|its connection failed)",  # EOF or a reset: dead
                  r"kbypass cp stop [^)]*\) asked to stop",
                  rf"{first} left: the control plane stops",
                  r"stopped$"):

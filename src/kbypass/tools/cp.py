@@ -72,10 +72,14 @@ def run(args) -> int:
 
 def _stop(args, ns) -> int:
     name = paths.namespace_name(ns)
-    if not running(ns):  # nothing to stop is no error, as 'kbypass testbed down' of a testbed that is not up
-        print(f"no control plane serves namespace {name}: nothing to stop")
+    try:
+        cp = ControlPlaneClient(ns, start=False, command="kbypass cp stop")
+    except ControlPlaneError:
+        if running(ns):
+            raise
+        print(f"no control plane serves namespace {name}: nothing to stop")  # no error, as 'testbed down'
         return 0
-    with ControlPlaneClient(ns, start=False, command="kbypass cp stop") as cp:
+    with cp:
         pid = cp.server_pid
         cp.stop(force=args.force)
     print(f"stopped the control plane of namespace {name} (pid {pid})")
