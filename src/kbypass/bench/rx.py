@@ -6,7 +6,10 @@ host a (CPU 0) into host b, received by each path in turn, the receiving process
     nftables raw drop     the kernel's cheapest drop, before the stack (no socket, no copy to user space)
     kernel UDP socket     the full stack plus recvmmsg batches into Python (kbypass sink --backend socket)
     PACKET_MMAP           TPACKET_V3 ring (kbypass sink --backend packet_mmap)
-    AF_XDP copy           the steered bypass (kbypass sink)
+    AF_XDP copy           the steered bypass (kbypass sink: its rule and socket through the control plane)
+    AF_XDP copy, in-process steering   with `also_no_cp` (`kbypass bench rx --also-no-cp`): the same with
+                          `--no-cp`, to show the control plane costs nothing per packet (the same program,
+                          the same maps; `cp_over_in_process` in the JSON, per run and its median)
     AF_XDP zero-copy      only where the driver has it (veth has not: the row says so)
     XDP_DROP              the steering program's drop rule: the floor of any receive path here
 
@@ -31,24 +34,26 @@ from kbypass.host import napi, testbed
 from kbypass.gen.live import LiveGenerator
 from kbypass.gen.template import udp_template
 
-ORDER = ["nftables raw drop", "kernel UDP socket", "PACKET_MMAP", "AF_XDP copy", "XDP_DROP"]
+AFXDP, AFXDP_IN_PROCESS = "AF_XDP copy", "AF_XDP copy, in-process steering"
+ORDER = ["nftables raw drop", "kernel UDP socket", "PACKET_MMAP", AFXDP, AFXDP_IN_PROCESS, "XDP_DROP"]
 
 
-def sink(name: str, backend: str, b: testbed.Host) -> benchkit.Contender:
+def sink(name: str, backend: str, b: testbed.Host, *options: str) -> benchkit.Contender:
     argv = [benchkit.PY, "-m", "kbypass", "sink", "--backend", backend, "--host", "b", "--cpu",
-            str(benchkit.SUT_CPU), "--json", "--rule", f"udp dst {b.ipv4} dport {benchkit.PORT}"]
+            str(benchkit.SUT_CPU), "--json", "--rule", f"udp dst {b.ipv4} dport {benchkit.PORT}", *options]
     if backend == "afxdp":
         argv += ["--queue", "0", "--frames", "16384", "--ring-size", "8192"]
     return benchkit.Contender(name, "receive", argv, benchkit.announced, benchkit.kbypass_json_count)
 
 
-def rows(b: testbed.Host) -> list:
+def rows(b: testbed.Host, also_no_cp: bool = False) -> list:
+    afxdp = [sink(AFXDP, "afxdp", b)] + ([sink(AFXDP_IN_PROCESS, "afxdp", b, "--no-cp")] if also_no_cp else [])
     return [benchkit.NftDrop("nftables raw drop"), sink("kernel UDP socket", "socket", b),
-            sink("PACKET_MMAP", "packet_mmap", b), sink("AF_XDP copy", "afxdp", b),
-            benchkit.XdpDrop("XDP_DROP")]
+            sink("PACKET_MMAP", "packet_mmap", b), *afxdp, benchkit.XdpDrop("XDP_DROP")]
 
 
-def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "sut") -> dict:
+def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "sut", also_no_cp: bool = False
+        ) -> dict:
     napi.require_cpus({benchkit.GEN_CPU, benchkit.SUT_CPU}, "kbypass bench rx")
     hosts = testbed.up(testbed.TestbedConfig(prefix=prefix))
     a, b = hosts
@@ -60,13 +65,13 @@ def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "
         os.sched_setaffinity(0, {benchkit.GEN_CPU})
         frame = udp_template(a.mac, b.mac, a.ipv4, 9, b.ipv4, benchkit.PORT, 64)
         with LiveGenerator(a.iface, frame, netns_name=a.netns) as gen:
-            field = rows(b)
+            field = rows(b, also_no_cp)
             for r in range(runs):
                 for c in field[r % len(field):] + field[: r % len(field)]:
                     t = benchkit.trial(c, gen, a, b, packets, placement)
                     t["run"] = r
                     trials.append(t)
-                    progress(f"  run {r + 1}/{runs} {t['name']:<18} {t['pps'] / 1e6:7.3f} Mpps "
+                    progress(f"  run {r + 1}/{runs} {t['name']:<32} {t['pps'] / 1e6:7.3f} Mpps "
                              f"({t['handled'] / t['sent']:.0%} delivered, {t['cpu']:.2f} CPU)")
     finally:
         os.sched_setaffinity(0, home)
@@ -79,10 +84,24 @@ def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "
         out_rows.append({"path": name, "pps": statistics.median(t["pps"] for t in mine),
                          "delivered": round(statistics.median(t["handled"] / t["sent"] for t in mine), 4),
                          "cpu": statistics.median(t["cpu"] for t in mine), "runs": len(mine)})
-    out_rows.insert(out_rows.index(next(r for r in out_rows if r["path"] == "AF_XDP copy")) + 1,
+    out_rows.insert(max(i for i, r in enumerate(out_rows) if r["path"].startswith(AFXDP)) + 1,
                     {"path": "AF_XDP zero-copy", "pps": None, "delivered": None, "cpu": None,
                      "note": "veth has no zero-copy AF_XDP; run on a NIC whose driver has it"})
-    return {"packets": packets, "runs": runs, "placement": placement, "rows": out_rows, "trials": trials}
+    return {"packets": packets, "runs": runs, "placement": placement, "rows": out_rows, "trials": trials,
+            "cp_over_in_process": _cp_over_in_process(trials)}
+
+
+def _cp_over_in_process(trials: list[dict]) -> dict | None:
+    """AF_XDP through the control plane / in-process, per run (the two ran in the same run, one after the
+    other) and the median of those: 1.0 within the run-to-run noise is the claim."""
+    per_run = {}
+    for t in trials:
+        per_run.setdefault(t["run"], {})[t["name"]] = t["pps"]
+    ratios = [r[AFXDP] / r[AFXDP_IN_PROCESS] for r in per_run.values()
+              if r.get(AFXDP_IN_PROCESS) and AFXDP in r]
+    if not ratios:
+        return None
+    return {"median": statistics.median(ratios), "per_run": ratios}
 
 
 def save(result: dict, json_path: Path, png_path: Path) -> None:

@@ -182,9 +182,9 @@ class ControlPlaneClient:
                 raise ControlPlaneError(f"the control plane of namespace {self.name} did not answer {op!r} within "
                                         f"{REPLY_TIMEOUT:g}s: see {paths.log_path(self.name)}") from None
             except OSError as e:
-                reply = b"" if isinstance(e, (BrokenPipeError, ConnectionResetError)) else None
-                if reply is None:
+                if not isinstance(e, (BrokenPipeError, ConnectionResetError)):
                     raise
+                reply, ancdata, flags = self._last_word()
             got = protocol.received_fds(ancdata) if reply else []
             try:
                 if not reply:
@@ -200,6 +200,14 @@ class ControlPlaneClient:
                     os.close(fd)
                 raise
             return msg, got
+
+    def _last_word(self) -> tuple[bytes, list, int]:
+        """What a control plane that hung up on us said before (why it turned us away), or b"": gone."""
+        try:
+            reply, ancdata, flags, _ = self._sock.recvmsg(protocol.MAX_MESSAGE, _REPLY_FD_SPACE, socket.MSG_DONTWAIT)
+            return reply, ancdata, flags
+        except OSError:
+            return b"", [], 0
 
     def add_rule(self, iface: str, rule, *, priority: int = protocol.DEFAULT_PRIORITY, share: bool = False,
                  xdp_mode: str | None = None) -> int:
@@ -287,9 +295,12 @@ def _own_command() -> str:
 
 
 def running(netns: str | None = None) -> bool:
-    """Does a control plane serve the namespace? (Connects and hangs up; starts nothing.)"""
+    """Does a control plane serve the namespace? (Connects and hangs up; starts nothing. One that admits
+    only root runs too, for a non-root caller.)"""
     try:
         _connect(paths.socket_path(paths.namespace_name(netns))).close()
+        return True
+    except PermissionError:
         return True
     except OSError:
         return False

@@ -30,6 +30,7 @@ import fcntl
 import grp
 import logging
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -56,6 +57,7 @@ LOCK_WAIT = 2.0  # seconds a starting control plane waits for one that is exitin
 # Room for the most fds one message can carry (SCM_MAX_FD): fds that did not fit would be closed by the
 # kernel inside recvmsg, where a lingering socket could block this loop (see _close_quietly).
 _FD_SPACE = socket.CMSG_SPACE(253 * 4)
+_CHANGES = {"hello", "add", "remove", "register", "unregister", "open_socket", "stop"}  # refusals logged
 
 
 def _command_of(pid: int) -> str:
@@ -113,12 +115,14 @@ class Server:
         self.listener: socket.socket | None = None
         self._idle_since = time.monotonic()
         self._paused_until: float | None = None  # accepting paused (out of fds) until then
+        self._spare: int | None = None  # an fd kept in reserve to turn clients away when fds run out
+        self._fd_short = False
+        self.stop_signal: str | None = None  # set by serve()'s signal handler
 
     # ---- start and stop --------------------------------------------------------------------------
 
     def start(self) -> None:
         paths.check_run_dir()
-        _raise_fd_limit()
         # 0600 and no symlink: a lock anyone can open is a lock anyone can hold, and keep every control
         # plane of the namespace from starting (flock works on a read-only fd)
         self._lock_fd = paths.open_private(paths.lock_path(self.name))
@@ -162,11 +166,15 @@ class Server:
             os.chmod(path, 0o660)
         sock.listen(128)
         self.listener = sock
+        _raise_fd_limit()
+        self._spare = _open_spare()
         self.sel.register(sock, selectors.EVENT_READ, None)
         log.info("serving namespace %s on %s (pid %d, users: %s)", self.name, path, os.getpid(),
                  self.users if self.users != "group" else f"group {self.group}")
 
     def close(self) -> None:
+        if self.stop_signal is not None:
+            log.info("stopping on %s with %d client(s) connected", self.stop_signal, len(self.conns))
         for fd in list(self.conns):
             self._drop(fd, "the control plane stops")
         self.state.close()
@@ -181,6 +189,9 @@ class Server:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
         self.sel.close()
         log.info("stopped")
 
@@ -225,11 +236,16 @@ class Server:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # out of fds: keep serving the ones we have, and stop listening a while
-                if e.errno in (errno.EMFILE, errno.ENFILE):
-                    self._pause_accepting(e.strerror)
+            except OSError as e:  # out of fds: keep serving the clients we have, turn the new one away
+                if e.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+                if not self._turn_away(e):
+                    self._pause_accepting(e.strerror)  # no spare fd either: stop listening a while
                     return
-                raise
+                continue
+            if self._fd_short:
+                log.info("accepting clients again (%d connected)", len(self.conns))
+                self._fd_short = False
             conn.setblocking(False)
             pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             if uid != 0 and sum(1 for _, c in self.conns.values() if c.uid == uid) >= USER_CONNECTIONS:
@@ -239,6 +255,30 @@ class Server:
             client = self.state.new_client(pid, uid, _command_of(pid))
             self.conns[conn.fileno()] = (conn, client)
             self.sel.register(conn, selectors.EVENT_READ, client)
+
+    def _turn_away(self, e: OSError) -> bool:
+        """Out of file descriptors: accept the next client with the spare fd, tell it why and hang up. Left
+        in the backlog it would wait for a reply that never comes, and the listener would wake the loop on
+        every turn. One log line per shortage. False when there is no spare to do it with."""
+        if not self._fd_short:
+            log.warning("out of file descriptors (%s) with %d clients connected: turning new clients away until "
+                        "some leave", e.strerror, len(self.conns))
+            self._fd_short = True
+        if self._spare is None:
+            return False
+        os.close(self._spare)
+        self._spare = None
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            conn = None
+        if conn is not None:
+            with conn, contextlib.suppress(OSError):
+                conn.send(protocol.error(None, f"the control plane has no file descriptor left for another client "
+                                               f"({len(self.conns)} connected): try again when some have left"),
+                          socket.MSG_DONTWAIT)
+        self._spare = _open_spare()
+        return conn is not None
 
     def _serve_one(self, fd: int) -> None:
         conn, client = self.conns[fd]
@@ -275,10 +315,10 @@ class Server:
 
     def _answer(self, client: Client, data: bytes, fds: list[int]) -> tuple[bytes, MadeSocket | None]:
         """The reply, and the socket made for it (open_socket) whose fds go with it."""
-        req_id = None
+        req_id = op = None
         try:
             req = protocol.decode_request(data, len(fds))
-            req_id = req.id
+            req_id, op = req.id, req.op
             if req.op == "open_socket" and client.greeted:
                 made = self._open_socket(client, req.args)
                 return protocol.ok(req_id, **made.reply(client.group)), made
@@ -286,10 +326,11 @@ class Server:
             if not self.running and req.op == "stop":
                 log.info("%s asked to stop", client.describe())
             return protocol.ok(req_id, **fields), None
-        except (ProtocolError, KbypassError) as e:
-            return protocol.error(req_id, str(e) or type(e).__name__), None
-        except OSError as e:  # a map update the kernel refused, for instance
-            return protocol.error(req_id, f"{e.strerror or e}"), None
+        except (ProtocolError, KbypassError, OSError) as e:  # OSError: a map update the kernel refused, say
+            message = (e.strerror or str(e)) if isinstance(e, OSError) else (str(e) or type(e).__name__)
+            if op in _CHANGES:  # a refused change (a conflict, a permission) is part of the story the log tells
+                log.info("%s: refused %s: %s", client.describe(), op, message)
+            return protocol.error(req_id, message), None
         except Exception:  # a bug of ours: one client's request must not take everyone's steering down
             log.exception("%s: internal error", client.describe())
             return protocol.error(req_id, "internal error in the control plane (see its log)"), None
@@ -410,6 +451,22 @@ class Server:
             self._idle_since = time.monotonic()
 
 
+def _open_spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one: each client holds an fd, and the soft limit a tool passes on
+    (often 1024) is no limit on how many programs of a namespace may steer."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 class AlreadyRunning(KbypassError):
     """Another control plane holds this namespace's lock."""
 
@@ -425,6 +482,7 @@ def serve(netns: str | None, *, users: str = "root", group: str | None = None, i
                     ifaces=ifaces)
 
     def stop(signum, frame):
+        server.stop_signal = signal.Signals(signum).name  # logged by close(): not from a signal handler
         server.running = False
 
     server.start()
@@ -461,11 +519,3 @@ def _close_quietly(fd: int) -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 0, 0))
     os.close(fd)
 
-
-def _raise_fd_limit() -> None:
-    """Clients, their sockets and UMEM fds all count: take the hard limit."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

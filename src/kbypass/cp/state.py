@@ -24,6 +24,7 @@ from kbypass.steer.steering import MAX_GROUPS, MODES, Steering
 from .protocol import DEFAULT_PRIORITY, ProtocolError
 
 log = logging.getLogger("kbypass.cp")
+MAX_LISTED = 200  # clients a status reply lists (each takes up to ~300 bytes of the 64 KiB message)
 
 
 @dataclass
@@ -259,9 +260,14 @@ class ControlPlane:
         return [(rid, served.rules[rid]) for rid in order]
 
     def status(self) -> dict:
+        """Clients and interfaces. The clients that steer (rules or sockets) are listed first, and at most
+        MAX_LISTED in all, the rest only counted: a thousand idle connections must not make the reply too
+        long for the protocol (one message of at most protocol.MAX_MESSAGE bytes)."""
+        greeted = sorted((c for c in self.clients.values() if c.greeted),
+                         key=lambda c: (not (c.rules or c.sockets), c.cid))
         clients = [{"client": c.cid, "pid": c.pid, "uid": c.uid, "command": c.command, "group": c.group,
                     "rules": len(c.rules), "sockets": sorted(f"{i}:{q}" for i, q in c.sockets)}
-                   for c in self.clients.values() if c.greeted]
+                   for c in greeted[:MAX_LISTED]]
         interfaces = []
         for iface, served in sorted(self.served.items()):
             stats = self.stats(iface)
@@ -272,7 +278,8 @@ class ControlPlane:
                 "sockets": [{"queue": q, "group": g, "owner": c.cid} for (g, q), c in sorted(served.sockets.items())],
                 **stats,
             })
-        return {"server_pid": os.getpid(), "clients": clients, "interfaces": interfaces}
+        return {"server_pid": os.getpid(), "clients": clients, "clients_not_listed": len(greeted) - len(clients),
+                "interfaces": interfaces}
 
     def close(self) -> None:
         for client in list(self.clients.values()):

@@ -36,6 +36,9 @@ def register(sub) -> None:
     rx.add_argument("--placement", choices=list(PLACEMENTS), default="sut",
                     help="where host b's receive work runs: sut = threaded NAPI on the receiver's core "
                          "(default), sender = in the generator's softirq (veth's default)")
+    rx.add_argument("--also-no-cp", action="store_true",
+                    help="also run the AF_XDP row with in-process steering (--no-cp), in the same runs, and "
+                         "report through the control plane / in-process")
     rx.set_defaults(func=run_rx)
     lat = kinds.add_parser("latency", help="UDP ping-pong: sockperf (kernel) vs kbypass over a socket and "
                                            "over AF_XDP, wakeup and busy polling")
@@ -59,14 +62,18 @@ def run_rx(args) -> int:
     out = console()
     prefix = args.prefix or testbed.default_prefix()
     result = rxbench.run(prefix, args.packets, args.runs, progress=(lambda s: None) if args.json else out.print,
-                         placement=args.placement)
+                         placement=args.placement, also_no_cp=args.also_no_cp)
     rxbench.save(result, json_path, png_path)
+    ratio = result["cp_over_in_process"]
     if args.json:
         import json
 
-        print(json.dumps({"rows": result["rows"]}, indent=2))
+        print(json.dumps({"rows": result["rows"], **({"cp_over_in_process": ratio} if ratio else {})}, indent=2))
         return 0
     show(out, result["rows"], args.placement)
+    if ratio:
+        out.print(f"AF_XDP through the control plane / in-process steering: {ratio['median']:.2f}x (per run "
+                  + ", ".join(f"{x:.2f}x" for x in ratio["per_run"]) + ")")
     out.print(f"results: {json_path}\nchart:   {png_path}")
     return 0
 

@@ -82,15 +82,20 @@ def run(args) -> int:
         return _start(args, ns)
     if args.action == "status":
         return _status(args, ns)
+    return _stop(args, ns)
+
+
+def _stop(args, ns) -> int:
+    name = paths.namespace_name(ns)
     try:
         cp = ControlPlaneClient(ns, start=False, command="kbypass cp stop")
-    except ControlPlaneMissing:
-        print(f"no control plane serves namespace {paths.namespace_name(ns)}: nothing to stop")
+    except ControlPlaneMissing:  # no error, as 'testbed down' of a testbed that is not up
+        print(f"no control plane serves namespace {name}: nothing to stop")
         return 0
     with cp:
         pid = cp.server_pid
         cp.stop(force=args.force)
-    print(f"stopped the control plane of namespace {paths.namespace_name(ns)} (pid {pid})")
+    print(f"stopped the control plane of namespace {name} (pid {pid})")
     return 0
 
 
@@ -148,7 +153,8 @@ def _status(args, ns) -> int:
     if args.json:
         emit(out, True)
         return 0
-    emit({"namespace": name, "server_pid": str(st["server_pid"]), "clients": len(st["clients"]),
+    emit({"namespace": name, "server_pid": str(st["server_pid"]),
+          "clients": len(st["clients"]) + st["clients_not_listed"],
           "interfaces": len(st["interfaces"])}, False, title="control plane")
     if st["clients"]:
         emit({"clients": [{k: str(c[k]) for k in ("client", "pid", "uid")} | {k: c[k] for k in ("command", "rules")} | {
