@@ -60,8 +60,8 @@
 #define STEER_SAMPLE_ALWAYS 0xffffffffu
 
 /*
- * One rule, 84 bytes. Rules are scanned linearly (about 4 ns per rule that does not match, measured
- * with BPF_PROG_TEST_RUN here), so keep the list short. A packet matches when every field matches:
+ * One rule, 84 bytes. Rules are scanned linearly (about 11.5 ns per rule that does not match with 128
+ * rules, measured with BPF_PROG_TEST_RUN here: bench/cp_steering.py), so keep the list short. A packet matches when every field matches:
  *   family   == 0 or the packet's IP version; STEER_FAMILY_ETHER rules match only non-IP frames and
  *            family 0/4/6 rules only IP packets
  *   vlan     tagged == 0: untagged frames only; tagged == 1: frames whose outer VLAN tag (802.1Q or
