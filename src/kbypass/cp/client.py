@@ -377,4 +377,5 @@ class SteeringLease:
 
 
 
-__all__ = ["ControlPlaneClient", "ControlPlaneError", "ControlPlaneGone", "ControlPlaneMissing", "SteeringLease", "running", "spawn_and_connect", "start_detached"]
+__all__ = ["ControlPlaneClient", "ControlPlaneError", "ControlPlaneGone", "ControlPlaneMissing", "SteeringLease",
+           "running", "spawn_and_connect", "start_detached"]

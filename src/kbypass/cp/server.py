@@ -51,6 +51,8 @@ log = logging.getLogger("kbypass.cp")
 USERS = ("root", "group", "all")
 USER_RULES = 16  # rules one non-root user may hold (128 slots are shared by everyone)
 USER_CONNECTIONS = 16  # connections one non-root user may have open
+USER_SOCKETS = 4  # sockets the control plane makes for one non-root user ...
+USER_UMEM = 64 << 20  # ... each with at most this much UMEM (pinned, and charged to root)
 ACCEPT_PAUSE = 1.0  # seconds without accepting after running out of fds
 HELLO_TIMEOUT = 10.0  # seconds a connection may stay without its hello (it would keep an idle exit off)
 LOCK_WAIT = 2.0  # seconds a starting control plane waits for one that is exiting
@@ -339,6 +341,8 @@ class Server:
         """Make an AF_XDP socket and its UMEM for the client and register it as `register` does; the
         caller sends its fds with the reply and closes ours."""
         self._queue_free(client, a["iface"], a["queue"])
+        if client.uid != 0:
+            self._may_open(client, a)
         sizes = {k: a[k] for k in ("frames", "frame_size", "rx_size", "tx_size", "fill_size", "comp_size")}
         made = MadeSocket(a["iface"], a["queue"], headroom=a.get("headroom", 0), mode=a.get("mode", "auto"), **sizes)
         try:
@@ -349,6 +353,17 @@ class Server:
         log.info("%s: made the socket of queue %d of %s (%s mode, %d frames of %d bytes)", client.describe(),
                  a["queue"], a["iface"], made.xsk.mode, a["frames"], a["frame_size"])
         return made
+
+    def _may_open(self, client: Client, a: dict) -> None:
+        """A non-root user's sockets pin memory charged to the control plane (root): bounded per user, and
+        only on the interfaces it may steer."""
+        if a["iface"] not in self.ifaces:
+            raise ProtocolError(f"a non-root client may use only the interfaces the control plane was started "
+                                f"with (--iface: {', '.join(sorted(self.ifaces)) or 'none'}), not {a['iface']!r}")
+        if a["frames"] * a["frame_size"] > USER_UMEM:
+            raise ProtocolError(f"a non-root client's UMEM is {USER_UMEM >> 20} MiB at most: fewer --frames")
+        if sum(len(c.sockets) for _, c in self.conns.values() if c.uid == client.uid) >= USER_SOCKETS:
+            raise ProtocolError(f"a non-root user has {USER_SOCKETS} sockets at most: close one first")
 
     def _queue_free(self, client: Client, iface: str, queue: int) -> None:
         if (iface, queue) in client.sockets:

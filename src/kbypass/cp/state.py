@@ -212,7 +212,8 @@ class ControlPlane:
         try:
             group = self._group(client)
             if (group, queue) in served.sockets:
-                raise ProtocolError(f"you registered a socket for queue {queue} of {iface} already: unregister it first")
+                raise ProtocolError(f"you registered a socket for queue {queue} of {iface} already: "
+                                    "unregister it first")
             served.steering.register_xsk(queue, fd, group)
         except BaseException:
             self._release_if_idle(iface)

@@ -126,7 +126,8 @@ def _start(args, ns) -> int:
         raise UsageError(
             f"a control plane already serves namespace {name} (pid {st['server_pid']}) with --users {st['users']}"
             f"{' --group ' + st['group'] if st['group'] else ''}, interfaces for non-root clients "
-            f"{', '.join(st['ifaces']) or 'none'}{', exiting when idle (started by a tool)' if st['idle_exit'] else ''}:"
+            f"{', '.join(st['ifaces']) or 'none'}"
+            f"{', exiting when idle (started by a tool)' if st['idle_exit'] else ''}:"
             " stop it first ('kbypass cp stop', --force if clients are connected), then start again")
     print(f"a control plane already serves namespace {name} (pid {st['server_pid']}), as asked")
     return 0
