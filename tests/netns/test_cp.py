@@ -587,3 +587,15 @@ def test_kbypass_sink_without_root_works_through_a_control_plane_that_admits_the
     wait_for("the sink's sockets", lambda: sockets_of(b) == {f"{b.iface}:0", f"{b.iface}:1"})
     send_udp(a, b, 7000, 120, cpu=1)
     assert finish(proc)["packets"] == 120
+
+
+def test_a_mistyped_interface_is_refused_from_the_callers_side_and_starts_no_control_plane(hosts):
+    _, b = hosts
+    from kbypass.errors import UsageError
+    from kbypass.port.steered import SteeredPort
+
+    with pytest.raises(UsageError, match=rf"no interface 'nosuch0' in namespace '{b.netns}': .*ip -n {b.netns} link"):
+        SteeredPort("nosuch0", 0, ["udp dport 5000"], netns=b.netns)
+    from kbypass.cp.client import running
+
+    assert not running(b.netns)  # nothing was started for the typo

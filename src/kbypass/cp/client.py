@@ -308,6 +308,18 @@ def running(netns: str | None = None) -> bool:
 
 
 
+def _check_iface(iface: str, netns: str | None) -> None:
+    """The interface must exist where the caller said; said from the caller's side (`ip -n NS`), which the
+    control plane, looking from inside the namespace, could not."""
+    with _netns.entered(netns):
+        try:
+            socket.if_nametoindex(iface)
+        except OSError:
+            where, ip = (f"namespace {netns!r}", f"ip -n {netns} link") if netns else ("this network namespace",
+                                                                                        "ip link")
+            raise UsageError(f"no interface {iface!r} in {where}: check the name with '{ip} show'") from None
+
+
 class SteeringLease:
     """One interface's steering through the control plane, with the methods of kbypass.steer.Steering
     that a steered port uses (add, register_xsk, rules, counters, close), so kbypass.port.SteeredPort has
@@ -323,6 +335,7 @@ class SteeringLease:
         self.xdp_mode = xdp_mode
         self.priority = priority
         self.share = share
+        _check_iface(iface, netns)  # before a control plane is started for a typo
         self.client = ControlPlaneClient(netns)
         self._rules: dict[int, object] = {}
         self._priorities: dict[int, int] = {}
