@@ -474,9 +474,6 @@ def _drain(sp, n: int, timeout: float = 5.0, linger: float = 0.3) -> int:
     return got
 
 
-
-
-
 def _unprivileged_port(b, port: int, queue: int, expect: int) -> subprocess.Popen:
     """A process of user nobody, no capabilities, in b's namespace: a SteeredPort on cp-made sockets for
     `udp dport PORT` on `queue` that tries to take udp dport 5000 too, says "ready", receives `expect`

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
@@ -23,6 +24,8 @@ import time
 
 from kbypass import netns as _netns
 from kbypass.errors import UsageError
+from kbypass.steer.rules import Rule
+from kbypass.steer.steering import SteerStats
 
 from . import paths, protocol
 from .protocol import ControlPlaneError, ControlPlaneGone, ControlPlaneMissing
@@ -71,8 +74,6 @@ def start_detached(netns: str | None, name: str, options: tuple[str, ...] = ("--
 def _one_starter(name: str):
     """One process at a time starts a namespace's control plane; the others wait here, then connect to it
     (without this, two tools starting together would both spawn one, and the loser would log an error)."""
-    import fcntl
-
     paths.check_run_dir()
     fd = paths.open_private(paths.start_lock_path(name))
     try:
@@ -306,8 +307,6 @@ def running(netns: str | None = None) -> bool:
         return False
 
 
-
-
 def _check_iface(iface: str, netns: str | None) -> None:
     """The interface must exist where the caller said; said from the caller's side (`ip -n NS`), which the
     control plane, looking from inside the namespace, could not."""
@@ -328,9 +327,6 @@ class SteeringLease:
 
     def __init__(self, iface: str, netns: str | None = None, xdp_mode: str | None = None, *,
                  priority: int = protocol.DEFAULT_PRIORITY, share: bool = False) -> None:
-        from kbypass.steer.rules import Rule
-
-        self._rule_type = Rule
         self.ifname = iface
         self.xdp_mode = xdp_mode
         self.priority = priority
@@ -353,7 +349,7 @@ class SteeringLease:
             priority = max(0, min(self._priorities.values(), default=self.priority) - 1)
         rule_id = self.client.add_rule(self.ifname, rule, priority=priority, share=self.share,
                                        xdp_mode=self.xdp_mode)
-        self._rules[rule_id] = rule if not isinstance(rule, str) else self._rule_type.parse(rule)
+        self._rules[rule_id] = rule if not isinstance(rule, str) else Rule.parse(rule)
         self._priorities[rule_id] = priority
         return rule_id
 
@@ -379,15 +375,11 @@ class SteeringLease:
         return {r["rule_id"]: (r["packets"], r["bytes"]) for r in self.client.counters(self.ifname)
                 if r["rule_id"] in self._rules}
 
-    def stats(self):
-        from kbypass.steer.steering import SteerStats
-
+    def stats(self) -> SteerStats:
         return SteerStats(**self.client.stats(self.ifname))
 
     def close(self) -> None:
         self.client.close()
-
-
 
 
 __all__ = ["ControlPlaneClient", "ControlPlaneError", "ControlPlaneGone", "ControlPlaneMissing", "SteeringLease",

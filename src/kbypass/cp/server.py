@@ -354,12 +354,16 @@ class Server:
                  a["queue"], a["iface"], made.xsk.mode, a["frames"], a["frame_size"])
         return made
 
+    def _may_use(self, iface: str) -> None:
+        """A non-root client's interface: one the control plane was started to let users steer."""
+        if iface not in self.ifaces:
+            raise ProtocolError(f"a non-root client may steer only the interfaces the control plane was started "
+                                f"with (--iface: {', '.join(sorted(self.ifaces)) or 'none'}), not {iface!r}")
+
     def _may_open(self, client: Client, a: dict) -> None:
         """A non-root user's sockets pin memory charged to the control plane (root): bounded per user, and
         only on the interfaces it may steer."""
-        if a["iface"] not in self.ifaces:
-            raise ProtocolError(f"a non-root client may use only the interfaces the control plane was started "
-                                f"with (--iface: {', '.join(sorted(self.ifaces)) or 'none'}), not {a['iface']!r}")
+        self._may_use(a["iface"])
         if a["frames"] * a["frame_size"] > USER_UMEM:
             raise ProtocolError(f"a non-root client's UMEM is {USER_UMEM >> 20} MiB at most: fewer --frames")
         if sum(len(c.sockets) for _, c in self.conns.values() if c.uid == client.uid) >= USER_SOCKETS:
@@ -431,9 +435,7 @@ class Server:
         """What a non-root client may steer (the module doc): root clients may add anything."""
         if client.uid == 0:
             return
-        if iface not in self.ifaces:
-            raise ProtocolError(f"a non-root client may steer only the interfaces the control plane was started "
-                                f"with (--iface: {', '.join(sorted(self.ifaces)) or 'none'}), not {iface!r}")
+        self._may_use(iface)
         if sum(len(c.rules) for _, c in self.conns.values() if c.uid == client.uid) >= USER_RULES:
             raise ProtocolError(f"a non-root user has {USER_RULES} rules at most: remove one first")
         if rule.action != "redirect":
