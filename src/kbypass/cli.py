@@ -30,6 +30,7 @@ class Terminated(BaseException):
 
 
 _MAIN_PID = None  # the process main() runs in
+_COMMAND_RUNNING = False  # args.func is running: a lost signal may be delivered again (_redeliver)
 
 
 def _on_sigterm(signum, frame) -> None:
@@ -49,9 +50,17 @@ def _redeliver(info) -> None:
     if info.exc_type is not None and issubclass(info.exc_type, (KeyboardInterrupt, Terminated)):
         sig = signal.SIGINT if issubclass(info.exc_type, KeyboardInterrupt) else signal.SIGTERM
         # from another thread, a moment later: raised here, in the hook, it would be swallowed again
-        threading.Thread(target=lambda: (time.sleep(0.001), _thread.interrupt_main(sig)), daemon=True).start()
+        threading.Thread(target=_interrupt_main_later, args=(sig,), daemon=True).start()
         return
     sys.__unraisablehook__(info)
+
+
+def _interrupt_main_later(sig: int) -> None:
+    time.sleep(0.001)
+    # only into the command: once it has returned (its summary printed, its exit code chosen), a late
+    # redelivery would kill the interpreter at exit with the signal, and the exit code would be lost
+    if _COMMAND_RUNNING:
+        _thread.interrupt_main(sig)
 
 
 def _quiet(info) -> None:
@@ -116,13 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.unraisablehook = _quiet
         return 130
-    global _MAIN_PID
+    global _MAIN_PID, _COMMAND_RUNNING
     _MAIN_PID = os.getpid()
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     old_hook, sys.unraisablehook = sys.unraisablehook, _redeliver
     old_prefix = os.environ.get("KBYPASS_TESTBED")
     try:
         apply_prefix(args)
+        _COMMAND_RUNNING = True
         return int(args.func(args) or 0)
     except KbypassError as e:
         print(f"kbypass: error: {e}", file=sys.stderr)
@@ -137,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     finally:
+        _COMMAND_RUNNING = False
         signal.signal(signal.SIGTERM, old_term)
         sys.unraisablehook = old_hook  # _quiet, when a signal ended the command: it stays until exit
         if old_prefix is None:  # main() is also called in-process (tests): leave the environment as found
