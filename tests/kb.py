@@ -61,6 +61,15 @@ def collect_batches(port, want: int, timeout: float = 3.0, linger: float = 0.05,
     return batches
 
 
+def fd_closed(fd: int) -> bool:
+    """Whether `fd` is closed in this process (a refused call must close what it was given, never leak it)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
 def xdp_attached(host) -> bool:
     """Is an XDP program on the testbed host's veth right now?"""
     from kbypass import netns

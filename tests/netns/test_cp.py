@@ -25,6 +25,7 @@ from kbypass.cp import paths, protocol
 from kbypass.cp.client import ControlPlaneClient, ControlPlaneError
 from kbypass.cp.lock import terminate
 from kbypass.endpoint import UdpEndpoint
+from kbypass.errors import UsageError
 from tests.kb import xdp_attached
 
 pytestmark = pytest.mark.skipif(os.cpu_count() < 2, reason="needs two CPUs: one transmit queue per CPU")
@@ -72,10 +73,15 @@ def send_udp(a, b, port: int, n: int, cpu: int, src_port: int = 0) -> None:
                    check=True, timeout=60)
 
 
-def sink(b, rule: str, queue: int, seconds: float) -> subprocess.Popen:
+def sink(b, rule: str, queue: int, seconds: float, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "kbypass", "sink", "--host", "b", "--rule", rule, "--queue",
-                             str(queue), "-t", str(seconds), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                             str(queue), "-t", str(seconds), "--json", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def pool_members(host, queue: int = 0) -> int:
+    """Members of the shared pool of `queue` on the host's interface (0: no pool)."""
+    return sum(len(p["members"]) for i in status(host)["interfaces"] for p in i["pools"] if p["queue"] == queue)
 
 
 def status(host) -> dict:
@@ -116,26 +122,112 @@ def finish(proc: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
-def test_two_sinks_on_one_interface_each_get_exactly_their_flow_while_the_kernel_keeps_the_rest(hosts):
+def test_two_sinks_on_one_queue_and_a_third_on_another_each_get_exactly_their_flow_while_the_kernel_keeps_the_rest(
+        hosts):
     a, b = hosts
-    one, two = sink(b, "udp dport 5000", 0, 6), sink(b, "udp dport 5001", 1, 6)
-    wait_for("both sinks' sockets", lambda: sockets_of(b) == {f"{b.iface}:0", f"{b.iface}:1"})
-    st = status(b)
-    assert [len(st["interfaces"]), sorted(r["rule"] for r in st["interfaces"][0]["rules"])] == [
-        1, ["udp dport 5000 redirect", "udp dport 5001 redirect"]]
-    # the kernel keeps what nobody asked for: a UDP socket on b and ping, while both sinks steer
-    with _kernel_socket(b, 5002) as ks:
-        send_udp(a, b, 5000, 300, cpu=0)
-        send_udp(a, b, 5001, 200, cpu=1)
-        send_udp(a, b, 5002, 20, cpu=0)
-        got = sum(1 for _ in iter(lambda: _recv_or_none(ks), None))
-    assert got == 20
-    ping = subprocess.run(["ip", "netns", "exec", a.netns, "ping", "-c", "2", "-i", "0.2", "-W", "1", b.ipv4],
-                          capture_output=True)
-    assert ping.returncode == 0
-    first, second = finish(one), finish(two)
-    assert (first["packets"], second["packets"]) == (300, 200)
-    wait_for("the program to go with its last rule", lambda: not xdp_attached(b))
+    one, two = sink(b, "udp dport 5000", 0, 6, "--share-queue"), sink(b, "udp dport 5003", 0, 6, "--share-queue")
+    three = sink(b, "udp dport 5001", 1, 6)
+    try:
+        wait_for("the three sinks' sockets", lambda: sum(len(c["sockets"]) for c in status(b)["clients"]) == 3)
+        st = status(b)
+        assert [len(st["interfaces"]), sorted(r["rule"] for r in st["interfaces"][0]["rules"])] == [
+            1, ["udp dport 5000 redirect", "udp dport 5001 redirect", "udp dport 5003 redirect"]]
+        # one UMEM for queue 0, two members; queue 1 is the third sink's alone
+        (pool,) = st["interfaces"][0]["pools"]
+        assert (pool["queue"], len(pool["members"])) == (0, 2)
+        assert sorted((s["queue"], s["shared"]) for s in st["interfaces"][0]["sockets"]) == [
+            (0, True), (0, True), (1, False)]
+        # the kernel keeps what nobody asked for: a UDP socket on b and ping, while the sinks steer
+        with _kernel_socket(b, 5002) as ks:
+            send_udp(a, b, 5000, 300, cpu=0)
+            send_udp(a, b, 5003, 250, cpu=0)
+            send_udp(a, b, 5001, 200, cpu=1)
+            send_udp(a, b, 5002, 20, cpu=0)
+            got = sum(1 for _ in iter(lambda: _recv_or_none(ks), None))
+        assert got == 20
+        ping = subprocess.run(["ip", "netns", "exec", a.netns, "ping", "-c", "2", "-i", "0.2", "-W", "1", b.ipv4],
+                              capture_output=True)
+        assert ping.returncode == 0
+        first, second, third = finish(one), finish(two), finish(three)
+        assert (first["packets"], second["packets"], third["packets"]) == (300, 250, 200)
+        wait_for("the program and the pool to go with the last rule", lambda: not xdp_attached(b))
+    finally:
+        _kill(one, two, three)
+
+
+def test_a_shared_queue_member_killed_leaves_the_other_every_packet_and_its_pool_goes_with_the_last(hosts):
+    a, b = hosts
+    victim = sink(b, "udp dport 5000", 0, 30, "--share-queue")
+    keeper = sink(b, "udp dport 5003", 0, 8, "--share-queue")
+    try:
+        wait_for("both members", lambda: pool_members(b) == 2)
+        send_udp(a, b, 5000, 100, cpu=0)  # the victim holds frames of the pool when it dies
+        send_udp(a, b, 5003, 150, cpu=0)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(5)
+        wait_for("the victim to leave the pool", lambda: pool_members(b) == 1, timeout=1.0)
+        send_udp(a, b, 5003, 150, cpu=0)
+        assert finish(keeper)["packets"] == 300
+        wait_for("the pool and the program to go with the last member", lambda: not xdp_attached(b))
+    finally:
+        _kill(victim, keeper)
+
+
+def test_a_queue_is_shared_only_by_programs_that_all_ask_with_one_layout_and_a_pool_takes_eight(hosts):
+    _, b = hosts
+    layout = dict(frames=256, frame_size=2048, rx_size=64, tx_size=64, fill_size=64, comp_size=64)
+    held = []
+
+    def client(name):
+        c = ControlPlaneClient(b.netns, command=name)
+        held.append(c)
+        return c
+
+    try:
+        alone = client("alone")
+        xsk, umem, _ = alone.open_socket(b.iface, 1, **layout)
+        for fd in (xsk, umem):
+            os.close(fd)
+        with pytest.raises(ControlPlaneError, match="does not share it: start both with --share-queue"):
+            client("joiner").open_socket(b.iface, 1, share_queue=True, **layout)
+        members = []
+        for i in range(8):
+            xsk, umem, made = client(f"member {i}").open_socket(b.iface, 0, share_queue=True, **layout)
+            members.append(made)
+            for fd in (xsk, umem, made["shared_queue"].lock_fd):
+                os.close(fd)
+        assert [m["shared_queue"].first for m in members] == [256 * i for i in range(8)]
+        assert {(m["frames"], m["fill_size"]) for m in members} == {(256 * 8, 64 * 8)}
+        with pytest.raises(ControlPlaneError, match="ask to share it too"):
+            client("exclusive").open_socket(b.iface, 0, **layout)
+        with pytest.raises(ControlPlaneError, match="is shared with slices of 256 frames"):
+            client("other layout").open_socket(b.iface, 0, share_queue=True, **{**layout, "frames": 512})
+        held[2].close()  # a member leaves: its slice is not given out again
+        with pytest.raises(ControlPlaneError, match="given out all 8 of its slices"):
+            client("ninth").open_socket(b.iface, 0, share_queue=True, **layout)
+        for c in held[3:]:
+            c.close()
+        wait_for("the pool to go with its last member", lambda: pool_members(b) == 0)
+        xsk, umem, made = client("after").open_socket(b.iface, 0, share_queue=True, **layout)
+        for fd in (xsk, umem, made["shared_queue"].lock_fd):
+            os.close(fd)
+        assert made["shared_queue"].first == 0  # a new pool
+    finally:
+        for c in held:
+            c.close()
+    wait_for("everything to go", lambda: not xdp_attached(b))
+
+
+def test_a_shared_queue_member_refuses_a_message_lane_saying_why(hosts):
+    _, b = hosts
+    from kbypass.port.steered import SteeredPort
+
+    with SteeredPort(b.iface, 0, ["udp dport 5000"], netns=b.netns, share_queue=True, frames=512) as sp:
+        assert sp.ports[0].shared and sp.sockets == "cp"
+        with pytest.raises(UsageError, match="needs a queue of its own"):
+            sp.ports[0].message_lane()
+    with pytest.raises(UsageError, match="sockets are the control plane's"):
+        SteeredPort(b.iface, 0, ["udp dport 5000"], netns=b.netns, share_queue=True, sockets="own")
 
 
 def test_kill_9_of_one_sink_removes_its_rule_and_socket_within_a_second_and_the_other_keeps_every_packet(hosts):
@@ -267,10 +359,12 @@ def test_any_request_gets_an_answer_and_leaves_no_rule_behind(hosts):
     with ControlPlaneClient(b.netns, command="fuzz keeper"):  # keeps the control plane up between examples
         path = paths.socket_path(paths.namespace_name(b.netns))
         field = st.one_of(st.integers(-5, 70000), st.text(max_size=12), st.booleans(), st.sampled_from(
-            [b.iface, "udp dport 5000", "tcp dport 80 drop", "udp dport 5000 sample prob 0.5", "lo", "native"]))
+            [b.iface, "udp dport 5000", "tcp dport 80 drop", "udp dport 5000 sample prob 0.5", "lo", "native", 64,
+             2048]))
         requests = st.lists(st.fixed_dictionaries({"op": st.sampled_from(sorted(protocol.OPS) + ["nope"])}, optional={
             k: field for k in ("iface", "rule", "queue", "rule_id", "priority", "share", "xdp_mode", "force",
-                               "version", "command")}), min_size=1, max_size=6)
+                               "version", "command", "share_queue", "frames", "frame_size", "rx_size", "tx_size",
+                               "fill_size", "comp_size")}), min_size=1, max_size=6)
 
         @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
         @given(requests)
@@ -452,7 +546,7 @@ def test_a_root_steered_port_on_cp_made_sockets_receives_its_flow_and_its_umem_a
                      fill_size=512, comp_size=512, tx_size=512) as sp:
         assert sp.sockets == "cp" and sp.mode == "copy"
         assert status(b)["interfaces"][0]["sockets"] == [{"queue": 0, "group": sp.steering.group,
-                                                          "owner": sp.steering.client.client_id}]
+                                                          "owner": sp.steering.client.client_id, "shared": False}]
         send_udp(a, b, 5000, 200, cpu=0)
         got = _drain(sp, 200)
         assert (got, sp.unreached()) == (200, 0)

@@ -13,14 +13,7 @@ from kbypass.errors import UsageError
 from kbypass.port.afxdp import AfXdpPort, socket_layout
 from kbypass.xsk.socket import XskError, XskSocket
 from kbypass.xsk.umem import Umem
-
-
-def _closed(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return True
-    return False
+from tests.kb import fd_closed
 
 
 @pytest.mark.parametrize("make, says", [
@@ -31,7 +24,7 @@ def test_a_socket_to_adopt_that_is_not_af_xdp_is_refused_and_closed(make, says):
     fd = make()
     with Umem(frames=64) as umem, pytest.raises(XskError, match=says):
         XskSocket(umem, "eth0", 0, fd=fd)
-    assert _closed(fd)
+    assert fd_closed(fd)
 
 
 def test_busy_polling_an_adopted_socket_is_refused_and_both_fds_are_closed():
@@ -40,14 +33,14 @@ def test_busy_polling_an_adopted_socket_is_refused_and_both_fds_are_closed():
     os.ftruncate(umem_fd, 64 * 2048)
     with pytest.raises(UsageError, match="busy polling needs socket options only root may set"):
         AfXdpPort("eth0", 0, frames=64, poll="busy", xsk_fd=xsk_fd, umem_fd=umem_fd)
-    assert _closed(xsk_fd) and _closed(umem_fd)
+    assert fd_closed(xsk_fd) and fd_closed(umem_fd)
 
 
 def test_adopting_takes_both_fds_or_neither_and_closes_what_it_was_given():
     fd = os.memfd_create("umem-test")
     with pytest.raises(UsageError, match="takes both fds"):
         AfXdpPort("eth0", 0, umem_fd=fd)
-    assert _closed(fd)
+    assert fd_closed(fd)
 
 
 def test_the_socket_layout_is_the_given_sizes_over_the_ports_defaults():

@@ -10,6 +10,9 @@ host a (CPU 0) into host b, received by each path in turn, the receiving process
     AF_XDP copy, in-process steering   with `also_no_cp` (`kbypass bench rx --also-no-cp`): the same with
                           `--no-cp`, to show the control plane costs nothing per packet (the same program,
                           the same maps; `cp_over_in_process` in the JSON, per run and its median)
+    AF_XDP copy, shared queue   with `also_shared_queue` (`--also-shared-queue`): the same as a member of the
+                          queue's shared pool (--share-queue: refills and reaps under the pool's lock, frames
+                          from the pool's UMEM); `shared_over_alone` in the JSON
     AF_XDP zero-copy      only where the driver has it (veth has not: the row says so)
     XDP_DROP              the steering program's drop rule: the floor of any receive path here
 
@@ -34,8 +37,8 @@ from kbypass.host import napi, testbed
 from kbypass.gen.live import LiveGenerator
 from kbypass.gen.template import udp_template
 
-AFXDP, AFXDP_IN_PROCESS = "AF_XDP copy", "AF_XDP copy, in-process steering"
-ORDER = ["nftables raw drop", "kernel UDP socket", "PACKET_MMAP", AFXDP, AFXDP_IN_PROCESS, "XDP_DROP"]
+AFXDP, AFXDP_IN_PROCESS, AFXDP_SHARED = "AF_XDP copy", "AF_XDP copy, in-process steering", "AF_XDP copy, shared queue"
+ORDER = ["nftables raw drop", "kernel UDP socket", "PACKET_MMAP", AFXDP, AFXDP_IN_PROCESS, AFXDP_SHARED, "XDP_DROP"]
 
 
 def sink(name: str, backend: str, b: testbed.Host, *options: str) -> benchkit.Contender:
@@ -46,14 +49,15 @@ def sink(name: str, backend: str, b: testbed.Host, *options: str) -> benchkit.Co
     return benchkit.Contender(name, "receive", argv, benchkit.announced, benchkit.kbypass_json_count)
 
 
-def rows(b: testbed.Host, also_no_cp: bool = False) -> list:
+def rows(b: testbed.Host, also_no_cp: bool = False, also_shared_queue: bool = False) -> list:
     afxdp = [sink(AFXDP, "afxdp", b)] + ([sink(AFXDP_IN_PROCESS, "afxdp", b, "--no-cp")] if also_no_cp else [])
+    afxdp += [sink(AFXDP_SHARED, "afxdp", b, "--share-queue")] if also_shared_queue else []
     return [benchkit.NftDrop("nftables raw drop"), sink("kernel UDP socket", "socket", b),
             sink("PACKET_MMAP", "packet_mmap", b), *afxdp, benchkit.XdpDrop("XDP_DROP")]
 
 
-def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "sut", also_no_cp: bool = False
-        ) -> dict:
+def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "sut", also_no_cp: bool = False,
+        also_shared_queue: bool = False) -> dict:
     napi.require_cpus({benchkit.GEN_CPU, benchkit.SUT_CPU}, "kbypass bench rx")
     hosts = testbed.up(testbed.TestbedConfig(prefix=prefix))
     a, b = hosts
@@ -65,7 +69,7 @@ def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "
         os.sched_setaffinity(0, {benchkit.GEN_CPU})
         frame = udp_template(a.mac, b.mac, a.ipv4, 9, b.ipv4, benchkit.PORT, 64)
         with LiveGenerator(a.iface, frame, netns_name=a.netns) as gen:
-            field = rows(b, also_no_cp)
+            field = rows(b, also_no_cp, also_shared_queue)
             for r in range(runs):
                 for c in field[r % len(field):] + field[: r % len(field)]:
                     t = benchkit.trial(c, gen, a, b, packets, placement)
@@ -88,17 +92,18 @@ def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "
                     {"path": "AF_XDP zero-copy", "pps": None, "delivered": None, "cpu": None,
                      "note": "veth has no zero-copy AF_XDP; run on a NIC whose driver has it"})
     return {"packets": packets, "runs": runs, "placement": placement, "rows": out_rows, "trials": trials,
-            "cp_over_in_process": _cp_over_in_process(trials)}
+            "cp_over_in_process": _ratio(trials, AFXDP, AFXDP_IN_PROCESS),
+            "shared_over_alone": _ratio(trials, AFXDP_SHARED, AFXDP)}
 
 
-def _cp_over_in_process(trials: list[dict]) -> dict | None:
-    """AF_XDP through the control plane / in-process, per run (the two ran in the same run, one after the
-    other) and the median of those: 1.0 within the run-to-run noise is the claim."""
+def _ratio(trials: list[dict], top: str, bottom: str) -> dict | None:
+    """Row `top` / row `bottom`, per run (the two ran in the same run, one after the other) and the median
+    of those: through the control plane / in-process, shared queue / alone; 1.0 within the run-to-run
+    noise is the claim of both."""
     per_run = {}
     for t in trials:
         per_run.setdefault(t["run"], {})[t["name"]] = t["pps"]
-    ratios = [r[AFXDP] / r[AFXDP_IN_PROCESS] for r in per_run.values()
-              if r.get(AFXDP_IN_PROCESS) and AFXDP in r]
+    ratios = [r[top] / r[bottom] for r in per_run.values() if r.get(bottom) and top in r]
     if not ratios:
         return None
     return {"median": statistics.median(ratios), "per_run": ratios}

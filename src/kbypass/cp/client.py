@@ -26,6 +26,7 @@ from kbypass import netns as _netns
 from kbypass.errors import UsageError
 from kbypass.steer.rules import Rule
 from kbypass.steer.steering import SteerStats
+from kbypass.xsk.pool_lock import SharedQueue
 
 from . import paths, protocol
 from .protocol import ControlPlaneError, ControlPlaneGone, ControlPlaneMissing
@@ -230,18 +231,31 @@ class ControlPlaneClient:
 
     def open_socket(self, iface: str, queue: int, *, frames: int, frame_size: int, rx_size: int, tx_size: int,
                     fill_size: int, comp_size: int, headroom: int = 0, mode: str = "auto",
-                    xdp_mode: str | None = None) -> tuple[int, int, dict]:
+                    xdp_mode: str | None = None, share_queue: bool = False) -> tuple[int, int, dict]:
         """Have the control plane make an AF_XDP socket on `queue` and its UMEM, registered for this client as
         register_xsk does; returns (socket fd, UMEM memfd, layout): the fds are the caller's to close, the
-        layout the reply's sizes, group and bind `mode` (kbypass.cp.protocol open_socket). No root needed."""
+        layout the reply's sizes, group and bind `mode` (kbypass.cp.protocol open_socket). No root needed.
+        share_queue: join (or make) the queue's shared pool; layout["shared_queue"] is then a SharedQueue
+        whose lock_fd is the caller's to close too."""
         args = {"iface": iface, "queue": queue, "frames": frames, "frame_size": frame_size, "rx_size": rx_size,
                 "tx_size": tx_size, "fill_size": fill_size, "comp_size": comp_size, "headroom": headroom, "mode": mode}
         if xdp_mode is not None:
             args["xdp_mode"] = xdp_mode
-        layout, (xsk_fd, umem_fd) = self._call_fds("open_socket", (), 2, **args)
+        if share_queue:
+            args["share_queue"] = True
+        layout, fds = self._call_fds("open_socket", (), 3 if share_queue else 2, **args)
         for key in ("ok", "id"):
             layout.pop(key, None)
-        return xsk_fd, umem_fd, layout
+        if share_queue:
+            try:
+                part = layout["shared_queue"]
+                layout["shared_queue"] = SharedQueue(fds[2], int(part["first"]), int(part["count"]))
+            except (KeyError, TypeError, ValueError):
+                for fd in fds:
+                    os.close(fd)
+                raise ControlPlaneError("the control plane's shared-queue reply has no slice: is it a kbypass cp "
+                                        "of this version?") from None
+        return fds[0], fds[1], layout
 
     def unregister_xsk(self, iface: str, queue: int) -> None:
         self._call("unregister", iface=iface, queue=queue)
@@ -363,7 +377,7 @@ class SteeringLease:
 
     def open_socket(self, queue_id: int, **layout) -> tuple[int, int, dict]:
         """An AF_XDP socket on `queue_id` and its UMEM memfd, made and registered by the control plane (for a
-        process that may not make one): ControlPlaneClient.open_socket."""
+        process that may not make one, or one that shares the queue): ControlPlaneClient.open_socket."""
         xsk_fd, umem_fd, reply = self.client.open_socket(self.ifname, queue_id, xdp_mode=self.xdp_mode, **layout)
         self.group = reply["group"]
         return xsk_fd, umem_fd, reply

@@ -14,8 +14,9 @@ client can match them. The first request of a connection must be `hello` with th
     remove       iface, rule_id                                      -
     register     iface, queue, xdp_mode?  + one AF_XDP socket fd     group
     open_socket  iface, queue, frames, frame_size, rx_size, tx_size,  group, mode, frames, frame_size, headroom,
-                 fill_size, comp_size, headroom?, mode?, xdp_mode?    rx_size, tx_size, fill_size, comp_size
-                                                                     + two fds: the AF_XDP socket, its UMEM memfd
+                 fill_size, comp_size, headroom?, mode?, xdp_mode?,   rx_size, tx_size, fill_size, comp_size,
+                 share_queue?                                        shared_queue? + two fds: the AF_XDP socket,
+                                                                     its UMEM memfd (+ the pool lock's memfd)
     unregister   iface, queue                                        -
     counters     iface                                               rules: [{rule_id, rule, owner, packets,
                                                                      bytes}], stats: {unmatched, parse_errors,
@@ -39,6 +40,13 @@ rings from the socket (kbypass.xsk.socket.XskSocket with `fd=`). Bounds (checked
 frame_size 2048 or 4096, frames 64 to 2^18, headroom 0 to frame_size - 512, ring sizes powers of two
 from 64 to 65536.
 
+`share_queue`: several clients of one user receive on one queue, each on its own socket over one shared
+UMEM (kbypass.cp.pool): the first one's request makes the pool, the others join it with the same frames,
+frame_size and headroom. The reply's sizes are the pool's (`frames` is the whole pool), `shared_queue` is
+{first, count}, the member's slice of frames to start from, and a third fd comes with it: the pool's lock
+(kbypass.xsk.pool_lock), taken around the shared fill and completion rings. A queue is either shared by
+all its sockets or held by one.
+
 `rule` is a rule's text form (kbypass.steer.rules). `priority` orders rules across clients (lower first,
 default 100; equal priorities keep arrival order). `share`: overlapping rules of other clients are
 allowed only when both ask to share (then the first in priority order takes the packets).
@@ -56,7 +64,7 @@ from kbypass.errors import KbypassError
 VERSION = 1
 MAX_MESSAGE = 65536  # bytes of one message, either way
 MAX_FDS = 1  # fds a request may carry (register's AF_XDP socket)
-MAX_REPLY_FDS = 2  # fds a reply may carry (open_socket's AF_XDP socket and UMEM memfd)
+MAX_REPLY_FDS = 3  # fds a reply may carry (open_socket's AF_XDP socket, UMEM memfd and a shared queue's lock)
 DEFAULT_PRIORITY = 100
 
 _STR, _INT, _BOOL = "text", "integer", "true or false"
@@ -71,7 +79,7 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
     "open_socket": {"iface": (_STR, True), "queue": (_INT, True), "frames": (_INT, True),
                     "frame_size": (_INT, True), "rx_size": (_INT, True), "tx_size": (_INT, True),
                     "fill_size": (_INT, True), "comp_size": (_INT, True), "headroom": (_INT, False),
-                    "mode": (_STR, False), "xdp_mode": (_STR, False)},
+                    "mode": (_STR, False), "xdp_mode": (_STR, False), "share_queue": (_BOOL, False)},
     "unregister": {"iface": (_STR, True), "queue": (_INT, True)},
     "counters": {"iface": (_STR, True)},
     "status": {},

@@ -42,6 +42,8 @@ from kbypass.errors import KbypassError, UsageError
 from kbypass.steer.rules import Rule
 
 from . import paths, protocol
+from .pool import SLICES as POOL_SLICES
+from .pool import Member
 from .protocol import DEFAULT_PRIORITY, ProtocolError, Request
 from .sockets import MadeSocket
 from .state import Client, ControlPlane, parse_rule
@@ -315,7 +317,7 @@ class Server:
         if client.leaving and fd in self.conns:
             self._drop(fd, "it said bye")
 
-    def _answer(self, client: Client, data: bytes, fds: list[int]) -> tuple[bytes, MadeSocket | None]:
+    def _answer(self, client: Client, data: bytes, fds: list[int]) -> tuple[bytes, MadeSocket | Member | None]:
         """The reply, and the socket made for it (open_socket) whose fds go with it."""
         req_id = op = None
         try:
@@ -337,13 +339,18 @@ class Server:
             log.exception("%s: internal error", client.describe())
             return protocol.error(req_id, "internal error in the control plane (see its log)"), None
 
-    def _open_socket(self, client: Client, a: dict) -> MadeSocket:
-        """Make an AF_XDP socket and its UMEM for the client and register it as `register` does; the
-        caller sends its fds with the reply and closes ours."""
-        self._queue_free(client, a["iface"], a["queue"])
+    def _open_socket(self, client: Client, a: dict):
+        """Make an AF_XDP socket and its UMEM for the client (or its member socket of the queue's shared pool:
+        share_queue) and register it as `register` does; the caller sends its fds with the reply and closes
+        ours."""
+        share = a.get("share_queue", False)
+        self._queue_free(client, a["iface"], a["queue"], share)
         if client.uid != 0:
-            self._may_open(client, a)
+            self._may_open(client, a, share)
         sizes = {k: a[k] for k in ("frames", "frame_size", "rx_size", "tx_size", "fill_size", "comp_size")}
+        if share:
+            return self.state.join_pool(client, a["iface"], a["queue"], {**sizes, "headroom": a.get("headroom", 0)},
+                                        a.get("mode", "auto"), a.get("xdp_mode"))
         made = MadeSocket(a["iface"], a["queue"], headroom=a.get("headroom", 0), mode=a.get("mode", "auto"), **sizes)
         try:
             self.state.register(client, a["iface"], a["queue"], made.fd, a.get("xdp_mode"))
@@ -360,22 +367,37 @@ class Server:
             raise ProtocolError(f"a non-root client may steer only the interfaces the control plane was started "
                                 f"with (--iface: {', '.join(sorted(self.ifaces)) or 'none'}), not {iface!r}")
 
-    def _may_open(self, client: Client, a: dict) -> None:
+    def _may_open(self, client: Client, a: dict, share: bool = False) -> None:
         """A non-root user's sockets pin memory charged to the control plane (root): bounded per user, and
-        only on the interfaces it may steer."""
+        only on the interfaces it may steer. A shared queue's UMEM is the pool's, all its slices."""
         self._may_use(a["iface"])
-        if a["frames"] * a["frame_size"] > USER_UMEM:
-            raise ProtocolError(f"a non-root client's UMEM is {USER_UMEM >> 20} MiB at most: fewer --frames")
+        umem = a["frames"] * a["frame_size"] * (POOL_SLICES if share else 1)
+        if umem > USER_UMEM:
+            more = f" ({POOL_SLICES} slices of --frames for a shared queue)" if share else ""
+            raise ProtocolError(f"a non-root client's UMEM is {USER_UMEM >> 20} MiB at most{more}: fewer --frames")
         if sum(len(c.sockets) for _, c in self.conns.values() if c.uid == client.uid) >= USER_SOCKETS:
             raise ProtocolError(f"a non-root user has {USER_SOCKETS} sockets at most: close one first")
 
-    def _queue_free(self, client: Client, iface: str, queue: int) -> None:
+    def _queue_free(self, client: Client, iface: str, queue: int, share: bool = False) -> None:
+        """The client may put a socket on the queue: nobody holds it, or (share) its holders share it."""
         if (iface, queue) in client.sockets:
             raise ProtocolError(f"you have a socket for queue {queue} of {iface} already: unregister it first")
+        pool = self.state.pool_of(iface, queue)
+        if share and pool is not None:
+            if pool.uid != client.uid:  # members see each other's packets in the shared UMEM
+                raise ProtocolError(f"queue {queue} of {iface} is shared by uid {pool.uid}'s programs, which see "
+                                    "each other's packets: pick another queue")
+            return
         holder = self.state.holder_of_queue(iface, queue, but=client)
-        if holder is not None:
-            raise ProtocolError(f"queue {queue} of {iface} has {holder.describe()}'s socket: AF_XDP "
-                                "takes one socket pool per queue, so pick another queue")
+        if holder is None:
+            return
+        if pool is not None:
+            raise ProtocolError(f"queue {queue} of {iface} is shared by {holder.describe()} and its other members: "
+                                "ask to share it too (--share-queue), or pick another queue")
+        why = ("which does not share it: start both with --share-queue, or pick another queue" if share else
+               "AF_XDP takes one socket pool per queue, so pick another queue, or have both share it "
+               "(--share-queue)")
+        raise ProtocolError(f"queue {queue} of {iface} has {holder.describe()}'s socket, {why}")
 
     def _do(self, client: Client, req: Request, fds: list[int]) -> dict:
         a = req.args

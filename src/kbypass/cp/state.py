@@ -7,7 +7,10 @@ when the last one goes, so an idle control plane leaves every interface as it fo
 
 Socket groups: each client that registers a socket gets its own group (a row of the XSKMAP, see
 bpf/steer.h), and its rules redirect only to its own sockets. Group 0 is the in-process steering's
-(`kbypass.port.SteeredPort(control="none")`), never a client's.
+(`kbypass.port.SteeredPort(control_plane=False)`), never a client's.
+
+Shared queues: the clients that ask to share a queue are members of its pool (kbypass.cp.pool), each with
+its own socket in its own group over the pool's UMEM; the pool goes with its last member's socket.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from kbypass.steer.rules import Rule, RuleError, overlap
 from kbypass.steer.steering import MAX_GROUPS, MODES, Steering
 
+from .pool import QueuePool
 from .protocol import DEFAULT_PRIORITY, ProtocolError
 
 log = logging.getLogger("kbypass.cp")
@@ -60,9 +64,10 @@ class _Served:
     steering: Steering
     rules: dict = field(default_factory=dict)  # rule id -> _RuleEntry
     sockets: dict = field(default_factory=dict)  # (group, queue) -> Client
+    pools: dict = field(default_factory=dict)  # queue -> QueuePool, for the shared queues (kbypass.cp.pool)
 
     def idle(self) -> bool:
-        return not self.rules and not self.sockets
+        return not self.rules and not self.sockets and not self.pools
 
 
 def parse_rule(rule: Rule | str) -> Rule:
@@ -223,6 +228,43 @@ class ControlPlane:
         log.info("%s: AF_XDP socket for queue %d of %s (group %d)", client.describe(), queue, iface, group)
         return group
 
+    def join_pool(self, client: Client, iface: str, queue: int, layout: dict, mode: str = "auto",
+                  xdp_mode: str | None = None):
+        """Make the client a member of the queue's shared pool (made now if it has none: kbypass.cp.pool) and
+        register its socket as `register` does; returns the Member, whose fds the caller sends and closes."""
+        served = self._serve(iface, xdp_mode)
+        pool = served.pools.get(queue)
+        made_pool = pool is None
+        try:
+            if made_pool:
+                pool = QueuePool(iface, queue, client.uid, mode=mode, **{k: layout[k] for k in (
+                    "frames", "frame_size", "fill_size", "comp_size", "headroom")})
+                served.pools[queue] = pool
+                log.info("%s: made the shared pool of queue %d of %s (%d frames of %d bytes, %s mode)",
+                         client.describe(), queue, iface, pool.frames, pool.frame_size, pool.mode)
+            else:
+                pool.check_layout(layout["frames"], layout["frame_size"], layout["headroom"])
+            member = pool.join(client.cid, layout["rx_size"], layout["tx_size"])
+            try:
+                self.register(client, iface, queue, member.fd, xdp_mode)
+            except BaseException:
+                member.close()
+                pool.leave(client.cid)
+                raise
+        except BaseException:
+            if made_pool and pool is not None and not pool.members:
+                served.pools.pop(queue, None)
+                pool.close()
+            self._release_if_idle(iface)
+            raise
+        log.info("%s: joined the shared pool of queue %d of %s (slice %d, %d members)", client.describe(), queue,
+                 iface, member.slice, len(pool.members))
+        return member
+
+    def pool_of(self, iface: str, queue: int) -> QueuePool | None:
+        served = self.served.get(iface)
+        return None if served is None else served.pools.get(queue)
+
     def unregister(self, client: Client, iface: str, queue: int) -> None:
         if (iface, queue) not in client.sockets:
             raise ProtocolError(f"you have no socket on queue {queue} of {iface!r}")
@@ -231,10 +273,19 @@ class ControlPlane:
 
     def _unregister(self, client: Client, iface: str, queue: int) -> None:
         served = self.served[iface]
-        served.steering.unregister_xsk(queue, client.group)
-        del served.sockets[(client.group, queue)]
-        client.sockets.discard((iface, queue))
-        log.info("%s: removed the socket of queue %d of %s", client.describe(), queue, iface)
+        try:
+            served.steering.unregister_xsk(queue, client.group)
+            del served.sockets[(client.group, queue)]
+            client.sockets.discard((iface, queue))
+            log.info("%s: removed the socket of queue %d of %s", client.describe(), queue, iface)
+        finally:  # a pool's memory goes with its last member whatever the map said
+            pool = served.pools.get(queue)
+            if pool is not None and client.cid in pool.members:
+                pool.leave(client.cid)
+                if not pool.members:
+                    del served.pools[queue]
+                    pool.close()
+                    log.info("closed the shared pool of queue %d of %s: its last member left", queue, iface)
 
     def holder_of_queue(self, iface: str, queue: int, but: Client | None = None) -> Client | None:
         """Who else has a socket on that queue (AF_XDP allows one socket pool per queue)."""
@@ -276,7 +327,9 @@ class ControlPlane:
                 "iface": iface, "xdp_mode": served.steering.attached_mode, "prog_id": served.steering.prog_id,
                 "rules": [{**r, "priority": served.rules[r["rule_id"]].priority,
                            "share": served.rules[r["rule_id"]].share} for r in self.counters(iface)],
-                "sockets": [{"queue": q, "group": g, "owner": c.cid} for (g, q), c in sorted(served.sockets.items())],
+                "sockets": [{"queue": q, "group": g, "owner": c.cid, "shared": q in served.pools}
+                            for (g, q), c in sorted(served.sockets.items())],
+                "pools": [pool.describe() for _, pool in sorted(served.pools.items())],
                 **stats,
             })
         return {"server_pid": os.getpid(), "clients": clients, "clients_not_listed": len(greeted) - len(clients),
@@ -286,5 +339,8 @@ class ControlPlane:
         for client in list(self.clients.values()):
             self.drop_client(client)
         for served in self.served.values():
+            for pool in served.pools.values():
+                pool.close()
+            served.pools.clear()
             served.steering.close()
         self.served.clear()

@@ -13,6 +13,13 @@ The port's counters and in-flight counts are one u64 array, `port.counters`, ind
 core's kb_port.h order): the C message lane is given it and counts in it too, so `stats` and `check()`
 see the work of both.
 
+A shared queue (`shared_queue=`, from the control plane's pool of that queue, kbypass.cp.pool): several
+processes receive on one queue, each on its own socket, over one UMEM whose fill and completion rings they
+all use. The port then starts with its slice of the frames, refills and reaps under the pool's lock
+(kbypass.xsk.pool_lock), and gives back to the fill ring as many frames as it received; frames float
+between the members, so `in_fill` and `in_tx` count this member's net share (negative when it received
+more than it lent) and check() does not compare them with the frame states.
+
 One message at a time: `message_lane()` hands out a MessageLane (port/lane.py), receive one / send one
 with this port's accounting, in C when built. The UDP endpoint uses it.
 """
@@ -27,6 +34,7 @@ import time
 import numpy as np
 
 from kbypass.errors import UsageError
+from kbypass.xsk.pool_lock import PoolLock, SharedQueue
 from kbypass.xsk.ring import check_size
 from kbypass.xsk.socket import XskSocket
 from kbypass.xsk.umem import APP, FILL, TX, Umem
@@ -35,8 +43,19 @@ from .base import UmemPort
 from .batch import DESC, Batch
 
 POLL_MODES = ("wakeup", "busy")
-from .stats import (IN_FILL, IN_TX, PORT_STATS, RX_BYTES, RX_PACKETS, RX_WAKEUPS, TX_BYTES, TX_COMPLETED,
-                    TX_KICKS, TX_PACKETS)
+from .stats import (
+    IN_FILL,
+    IN_TX,
+    PORT_STATS,
+    RX_BYTES,
+    RX_PACKETS,
+    RX_WAKEUPS,
+    TX_BYTES,
+    TX_COMPLETED,
+    TX_KICKS,
+    TX_PACKETS,
+)
+
 _STATS_KEYS = PORT_STATS[:IN_FILL]  # the counters `stats` reports under their own names
 
 
@@ -64,6 +83,11 @@ def socket_layout(options: dict) -> dict:
     return {name: options.get(name, params[name].default) for name in LAYOUT}
 
 
+def _signed(value: int) -> int:
+    """A u64 counter read as the signed net count it is on a shared queue (the C lane's wrap included)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def _close_fds(*fds: int | None) -> None:
     for fd in fds:
         if fd is not None:
@@ -80,15 +104,22 @@ class AfXdpPort(UmemPort):
     xsk_fd, umem_fd: adopt an AF_XDP socket and its UMEM's memory file that someone else made and bound
     (the control plane, for a process without the privileges: kbypass.cp.protocol open_socket) instead of
     making them; the sizes must be the ones they were made with (`socket_layout`). The port owns both
-    fds from the call on, even when it fails.
+    fds from the call on, even when it fails. shared_queue: the adopted socket is a member of a shared
+    queue (module doc); the port owns its lock_fd too.
     """
 
     def __init__(self, ifname: str, queue: int = 0, *, netns: str | None = None, frame_size: int = 2048,
                  frames: int = 4096, rx_size: int = 2048, tx_size: int = 2048, fill_size: int = 2048,
                  comp_size: int = 2048, mode: str = "auto", poll: str = "wakeup", busy_budget: int = 64,
                  headroom: int = 0, rx_frames: int | None = None, batch_ops=None, xsk_fd: int | None = None,
-                 umem_fd: int | None = None) -> None:
+                 umem_fd: int | None = None, shared_queue: SharedQueue | None = None) -> None:
+        self._lock = None
         try:
+            if shared_queue is not None:
+                if xsk_fd is None:
+                    raise UsageError("a shared queue's member adopts the socket the control plane made: pass xsk_fd "
+                                     "and umem_fd too")
+                self._lock = PoolLock(shared_queue.lock_fd)
             if (xsk_fd is None) != (umem_fd is None):
                 raise UsageError("adopting a socket takes both fds: xsk_fd (the AF_XDP socket) and umem_fd (its "
                                  "UMEM's memory file)")
@@ -98,11 +129,16 @@ class AfXdpPort(UmemPort):
                 check_size(name, size)
             self.ifname, self.queue, self.netns, self.poll_mode = ifname, queue, netns, poll
             self.umem = Umem(frames=frames, frame_size=frame_size, headroom=headroom, ops=batch_ops, memfd=umem_fd)
+            if shared_queue is not None:
+                self.umem.keep_slice(shared_queue.first, shared_queue.count)
         except BaseException:
             _close_fds(xsk_fd)
+            if self._lock is not None:
+                self._lock.close()
             raise
         finally:
-            _close_fds(umem_fd)  # the mapping keeps the memory
+            # the mappings keep the memory
+            _close_fds(umem_fd, None if shared_queue is None else shared_queue.lock_fd)
         try:
             self.xsk = XskSocket(self.umem, ifname, queue, netns=netns, rx_size=rx_size, tx_size=tx_size,
                                  fill_size=fill_size, comp_size=comp_size, mode=mode,
@@ -110,13 +146,16 @@ class AfXdpPort(UmemPort):
                                  busy_budget=busy_budget, fd=xsk_fd)
         except BaseException:
             self.umem.close()
+            if self._lock is not None:
+                self._lock.close()
             raise
         self.mode = self.xsk.mode
         # Copy mode sends only inside sendto(); ask the kernel to send a whole ring's worth per call.
         self._tx_budget = self.xsk.set_tx_budget(min(tx_size, 4096)) if self.mode == "copy" else 0
         self._rx, self._tx, self._fill, self._comp = self.xsk.rx, self.xsk.tx, self.xsk.fill, self.xsk.comp
         self._shift = np.uint64(self.umem.shift)
-        self._rx_frames = min(fill_size, frames // 2) if rx_frames is None else min(rx_frames, fill_size, frames)
+        own = frames if shared_queue is None else shared_queue.count
+        self._rx_frames = min(fill_size, own // 2) if rx_frames is None else min(rx_frames, fill_size, own)
         self._refill_batch = max(1, self._rx_frames // 4)
         self.counters = np.zeros(len(PORT_STATS), dtype=np.uint64)  # shared with the C lane (module doc)
         # the same memory as one memoryview of u64: an item update costs half a numpy scalar's
@@ -129,11 +168,19 @@ class AfXdpPort(UmemPort):
     def refill(self, force: bool = False) -> int:
         """Lend free frames to the kernel for receiving (up to rx_frames in all); returns how many.
 
-        Without force it waits until a quarter of the quota is missing, so each refill moves a batch.
+        Without force it waits until a quarter of the quota is missing, so each refill moves a batch. On a
+        shared queue the quota is net (lent minus received): a member gives back what it took.
         """
-        want = min(self._rx_frames - self._c[IN_FILL], self.umem.free_count)
+        want = min(self._rx_frames - _signed(self._c[IN_FILL]), self.umem.free_count)
         if want <= 0 or (want < self._refill_batch and not force):
             return 0
+        if self._lock is None:
+            return self._lend(want)
+        with self._lock:
+            self._fill.resync()
+            return self._lend(want)
+
+    def _lend(self, want: int) -> int:
         idx, n = self._fill.reserve(want)
         if n == 0:
             return 0
@@ -238,7 +285,14 @@ class AfXdpPort(UmemPort):
             self.xsk.kick_tx()
 
     def reap(self) -> int:
-        """Return completed TX frames to the free list; returns how many."""
+        """Return completed TX frames to the free list; returns how many (on a shared queue: any member's)."""
+        if self._lock is None:
+            return self._reap()
+        with self._lock:
+            self._comp.resync()
+            return self._reap()
+
+    def _reap(self) -> int:
         idx, n = self._comp.peek(self._comp.size)
         if n == 0:
             return 0
@@ -257,6 +311,9 @@ class AfXdpPort(UmemPort):
         built (None). The port owns the lane: `check()` counts the frames it holds, `close()` closes it."""
         if self._closed:
             raise UsageError(CLOSED)
+        if self._lock is not None:
+            raise UsageError("a message lane (the UDP endpoint, pingpong) refills per message and needs a queue of "
+                             "its own: open this port without sharing its queue")
         from .lane import open_lane
 
         lane = open_lane(self, (self._rx, self._fill, self._tx, self._comp), udp, native)
@@ -283,20 +340,25 @@ class AfXdpPort(UmemPort):
 
     @property
     def in_fill(self) -> int:
-        """Frames lent to the kernel for receiving."""
-        return self._c[IN_FILL]
+        """Frames lent to the kernel for receiving (net of those received, on a shared queue)."""
+        return _signed(self._c[IN_FILL])
 
     @property
     def in_tx(self) -> int:
-        """Frames submitted for sending, not yet completed."""
-        return self._c[IN_TX]
+        """Frames submitted for sending, not yet completed (net of those reaped, on a shared queue)."""
+        return _signed(self._c[IN_TX])
+
+    @property
+    def shared(self) -> bool:
+        """Whether this port is a member of a shared queue (module doc)."""
+        return self._lock is not None
 
     @property
     def stats(self) -> dict:
         c = self._c
         s = {name: c[i] for i, name in enumerate(_STATS_KEYS)}
         s.update(self.xsk.statistics())
-        s.update(frames_in_fill=c[IN_FILL], frames_in_tx=c[IN_TX], frames_free=self.umem.free_count)
+        s.update(frames_in_fill=self.in_fill, frames_in_tx=self.in_tx, frames_free=self.umem.free_count)
         return s
 
     def check(self, *, app: int | None = None) -> dict:
@@ -305,6 +367,8 @@ class AfXdpPort(UmemPort):
         self.reap()
         if app is not None:
             app += sum(lane.held for lane in self._lanes)
+        if self._lock is not None:  # frames float between the members: only this member's own can be checked
+            return self.umem.check(app=app)
         counts = self.umem.check(app=app, fill=self._c[IN_FILL], tx=self._c[IN_TX])
         return counts
 
@@ -320,6 +384,8 @@ class AfXdpPort(UmemPort):
         self._rx = self._tx = self._fill = self._comp = _CLOSED
         self.xsk.close()
         self.umem.close()
+        if self._lock is not None:
+            self._lock.close()
 
     def __repr__(self) -> str:
         return f"<AfXdpPort {self.ifname} queue {self.queue} mode {self.mode} poll {self.poll_mode}>"

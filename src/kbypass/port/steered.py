@@ -64,13 +64,16 @@ class SteeredPort(Port):
     batch backend every port underneath uses (None: kbypass.backend.batch(), the lane in force). sockets
     (afxdp): "own" (this process makes its AF_XDP sockets and UMEMs: root), "cp" (the control plane makes
     them and passes them over, so a process without privileges can use the bypass; no busy polling) or
-    "auto" (the default: "cp" when this process is not root). Other keyword options go to the backend's
-    port class (AfXdpPort, PacketMmapPort, SocketPort)."""
+    "auto" (the default: "cp" when this process is not root). share_queue (afxdp, control plane): receive
+    on queues other programs of the same user receive on too, each its own flows (the control plane's
+    shared pool of the queue, kbypass.cp.pool; every program on the queue must ask for it; the sockets are
+    the control plane's). Other keyword options go to the backend's port class (AfXdpPort,
+    PacketMmapPort, SocketPort)."""
 
     def __init__(self, ifname: str | None, queue: int | None = 0, rules=(), *, netns: str | None = None,
                  backend: str = "afxdp", xdp_mode: str = "native", bind: tuple[str, int] | None = None,
                  control_plane: bool = True, share: bool = False, sockets: str = "auto", batch_ops=None,
-                 **port_options) -> None:
+                 share_queue: bool = False, **port_options) -> None:
         self.rules = rule_list(rules)  # before anything is attached
         # chosen once here, so every queue's port (and UMEM) uses the same batch backend
         self.batch_ops = port_options["batch_ops"] = batch_ops if batch_ops is not None else batch_backend()
@@ -87,6 +90,14 @@ class SteeredPort(Port):
                              f"{'share' if share else 'control_plane=False'}")
         if share and not control_plane:
             raise UsageError("share=True is for rules in the control plane: drop control_plane=False")
+        if share_queue:
+            if backend != "afxdp" or not control_plane:
+                raise UsageError("sharing a queue is the control plane's (one UMEM for every AF_XDP socket of the "
+                                 "queue): it needs backend 'afxdp' and the control plane")
+            if sockets == "own":
+                raise UsageError("a shared queue's sockets are the control plane's: drop sockets='own'")
+            sockets = "cp"
+        self.share_queue = share_queue
         self.sockets = _who_makes_sockets(sockets, backend, control_plane)
         try:
             if backend == "afxdp":
@@ -114,10 +125,11 @@ class SteeredPort(Port):
         for q in self.queues:
             if self.sockets == "cp":  # made and registered by the control plane
                 xsk_fd, umem_fd, made = self.steering.open_socket(q, mode=options.get("mode", "auto"),
+                                                                  share_queue=self.share_queue,
                                                                   **socket_layout(options))
                 layout = {k: made[k] for k in LAYOUT}
                 self.ports.append(AfXdpPort(ifname, q, netns=netns, **{**options, **layout}, xsk_fd=xsk_fd,
-                                            umem_fd=umem_fd))
+                                            umem_fd=umem_fd, shared_queue=made.get("shared_queue")))
                 continue
             try:
                 port = AfXdpPort(ifname, q, netns=netns, **options)
@@ -142,7 +154,7 @@ class SteeredPort(Port):
             except ControlPlaneError:
                 pass
         return UsageError(f"queue {queue} of {ifname} is taken by {owner}: AF_XDP takes one socket per queue, so "
-                          "pick another queue (--queue), or stop that program")
+                          "pick another queue (--queue), stop that program, or have both share it (--share-queue)")
 
     def _open_packet_mmap(self, ifname, queue, netns, options) -> None:
         from .packet_mmap import PacketMmapPort

@@ -31,7 +31,8 @@ def _check_afxdp_only(args, backend: str) -> None:
                                 ("--poll", getattr(args, "poll", "wakeup"), "wakeup"),
                                 ("--xdp-mode", getattr(args, "xdp_mode", "native"), "native"),
                                 ("--no-cp", getattr(args, "no_cp", False), False),
-                                ("--share", getattr(args, "share", False), False)):
+                                ("--share", getattr(args, "share", False), False),
+                                ("--share-queue", getattr(args, "share_queue", False), False)):
         if value != default:
             raise UsageError(f"{opt} applies to the afxdp backend only, not {backend}: drop it or use "
                              "--backend afxdp")
@@ -55,7 +56,8 @@ def open_backend(args, rules: list[str]):
     if backend == "afxdp":
         options = dict(queue=args.queue, xdp_mode=args.xdp_mode, mode=args.mode, poll=args.poll,
                        frames=args.frames, frame_size=args.frame_size, rx_size=ring, tx_size=ring,
-                       fill_size=ring, comp_size=ring, control_plane=not args.no_cp, share=args.share)
+                       fill_size=ring, comp_size=ring, control_plane=not args.no_cp, share=args.share,
+                       share_queue=args.share_queue)
     else:
         _check_afxdp_only(args, backend)
     if backend == "packet_mmap":

@@ -213,7 +213,7 @@ def seconds_up_to(hi: float, what: str = "seconds"):
 
 
 def add_no_cp(p, *, share: bool = False) -> None:
-    """--no-cp (and --share): who owns the interface's steering program (kbypass.cp)."""
+    """--no-cp (and --share, --share-queue): who owns the interface's steering program (kbypass.cp)."""
     p.add_argument("--no-cp", action="store_true",
                    help="afxdp: steer in-process instead of through the namespace's control plane (kbypass cp, "
                         "started on demand); this command then owns the interface's XDP program alone")
@@ -221,3 +221,6 @@ def add_no_cp(p, *, share: bool = False) -> None:
         p.add_argument("--share", action="store_true",
                        help="afxdp: let rules of other kbypass programs overlap ours when they share too (the first "
                             "in priority order takes the packets)")
+        p.add_argument("--share-queue", action="store_true",
+                       help="afxdp: receive on a queue other kbypass programs of this user receive on too (each its "
+                            "own rules' packets; one UMEM shared through the control plane): all of them must ask")

@@ -39,6 +39,9 @@ def register(sub) -> None:
     rx.add_argument("--also-no-cp", action="store_true",
                     help="also run the AF_XDP row with in-process steering (--no-cp), in the same runs, and "
                          "report through the control plane / in-process")
+    rx.add_argument("--also-shared-queue", action="store_true",
+                    help="also run the AF_XDP row on a shared queue (--share-queue: the pool's UMEM and lock), in "
+                         "the same runs, and report shared / alone")
     rx.set_defaults(func=run_rx)
     lat = kinds.add_parser("latency", help="UDP ping-pong: sockperf (kernel) vs kbypass over a socket and "
                                            "over AF_XDP, wakeup and busy polling")
@@ -62,18 +65,21 @@ def run_rx(args) -> int:
     out = console()
     prefix = args.prefix or testbed.default_prefix()
     result = rxbench.run(prefix, args.packets, args.runs, progress=(lambda s: None) if args.json else out.print,
-                         placement=args.placement, also_no_cp=args.also_no_cp)
+                         placement=args.placement, also_no_cp=args.also_no_cp,
+                         also_shared_queue=args.also_shared_queue)
     rxbench.save(result, json_path, png_path)
-    ratio = result["cp_over_in_process"]
+    ratios = {key: result[key] for key in ("cp_over_in_process", "shared_over_alone") if result[key]}
     if args.json:
         import json
 
-        print(json.dumps({"rows": result["rows"], **({"cp_over_in_process": ratio} if ratio else {})}, indent=2))
+        print(json.dumps({"rows": result["rows"], **ratios}, indent=2))
         return 0
     show(out, result["rows"], args.placement)
-    if ratio:
-        out.print(f"AF_XDP through the control plane / in-process steering: {ratio['median']:.2f}x (per run "
-                  + ", ".join(f"{x:.2f}x" for x in ratio["per_run"]) + ")")
+    for key, what in (("cp_over_in_process", "AF_XDP through the control plane / in-process steering"),
+                      ("shared_over_alone", "AF_XDP on a shared queue / on a queue of its own")):
+        if key in ratios:
+            out.print(f"{what}: {ratios[key]['median']:.2f}x (per run "
+                      + ", ".join(f"{x:.2f}x" for x in ratios[key]["per_run"]) + ")")
     out.print(f"results: {json_path}\nchart:   {png_path}")
     return 0
 

@@ -165,5 +165,11 @@ def _status(args, ns) -> int:
                         for r in i["rules"]] or [{"rule": "(none)"}]},
              False, title=f"{i['iface']} ({i['xdp_mode']} XDP, program {i['prog_id']}; unmatched {i['unmatched']}, "
                           f"not IP {i['not_ip']})")
+        if i.get("pools"):
+            emit({"shared queues": [{"queue": str(p["queue"]), "uid": str(p["uid"]),
+                                     "members": " ".join(map(str, p["members"])),
+                                     "slices used": f"{p['slices_used']} of {p['slices']}",
+                                     "umem": f"{p['frames']} x {p['frame_size']} B", "mode": p["mode"]}
+                                    for p in i["pools"]]}, False)
     return 0
 

@@ -151,6 +151,12 @@ class ProducerRing(Ring):
         # Like libxdp, keep the consumer cache `size` ahead so free slots = cached_cons - cached_prod.
         self._cache[_CONS] = (self._consumer.value + self.size) & _U32
 
+    def resync(self) -> None:
+        """Drop the cached indexes and read the ring's own: for a ring other processes produce into too (a
+        shared queue's fill ring, kbypass.xsk.pool_lock), under their common lock, before reserving."""
+        self._cache[_PROD] = self._producer.value
+        self._cache[_CONS] = (self._consumer.value + self.size) & _U32
+
     def free(self, wanted: int = 1) -> int:
         """How many slots can be reserved; re-reads the kernel's consumer index only if the cache is short."""
         c = self._cache
@@ -192,6 +198,12 @@ class ConsumerRing(Ring):
         super().__init__(buf, **kw)
         self._cache[_PROD] = self._producer.value
         self._cache[_CONS] = self._consumer.value
+
+    def resync(self) -> None:
+        """Drop the cached indexes and read the ring's own: for a ring other processes consume from too (a
+        shared queue's completion ring), under their common lock, before peeking."""
+        self._cache[_CONS] = self._consumer.value
+        self._cache[_PROD] = self._producer.value
 
     def available(self, wanted: int = 1) -> int:
         c = self._cache

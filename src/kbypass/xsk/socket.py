@@ -24,7 +24,12 @@ import time
 import numpy as np
 
 from kbypass import netns as _netns
-from kbypass.errors import EnvironmentProblem, KbypassError, PermissionProblem, UsageError
+from kbypass.errors import (
+    EnvironmentProblem,
+    KbypassError,
+    PermissionProblem,
+    UsageError,
+)
 
 from . import consts
 from .ring import ConsumerRing, ProducerRing, check_architecture, check_size
@@ -71,12 +76,17 @@ class XskSocket:
     (the control plane's, see kbypass.cp.protocol open_socket), instead of making one: no root needed, and
     the socket is ours to close. `ifname` and `queue` then only name it; busy polling is refused (its
     socket options need root).
+    shared_with: the fd of a bound socket on the same queue whose UMEM this one joins (XDP_SHARED_UMEM: the
+    control plane's pool of a shared queue, kbypass.cp.pool). Only the RX and TX rings are this socket's;
+    the fill and completion rings (mapped through it, of sizes fill_size and comp_size) are the pool's,
+    shared with every member, and the bind mode and need_wakeup are the pool's too.
     """
 
     def __init__(self, umem: Umem, ifname: str, queue: int = 0, *, netns: str | None = None,
                  rx_size: int = 2048, tx_size: int = 2048, fill_size: int = 2048, comp_size: int = 2048,
                  mode: str = "auto", need_wakeup: bool = True, busy_poll: bool = False,
-                 busy_usecs: int = 20, busy_budget: int = 64, fd: int | None = None) -> None:
+                 busy_usecs: int = 20, busy_budget: int = 64, fd: int | None = None,
+                 shared_with: int | None = None) -> None:
         check_architecture()
         if mode not in MODES:
             raise UsageError(f"AF_XDP mode {mode!r} is unknown: use one of {', '.join(MODES)}")
@@ -110,11 +120,20 @@ class XskSocket:
                 raise EnvironmentProblem(f"cannot create an AF_XDP socket ({e.strerror}): the kernel needs "
                                          "CONFIG_XDP_SOCKETS=y") from None
         try:
-            self._setup(rx_size, tx_size, fill_size, comp_size)
-            self._map_rings(rx_size, tx_size, fill_size, comp_size)
-            if busy_poll:
-                self._set_busy_poll(busy_usecs, busy_budget)
-            self._bind(mode, need_wakeup, where)
+            if shared_with is None:
+                self._setup(rx_size, tx_size, fill_size, comp_size)
+                self._map_rings(rx_size, tx_size, fill_size, comp_size)
+                if busy_poll:
+                    self._set_busy_poll(busy_usecs, busy_budget)
+                self._bind(mode, need_wakeup, where)
+            else:  # the UMEM and its fill and completion rings are the pool's
+                self._setsockopt(consts.XDP_RX_RING, rx_size, "RX ring size")
+                self._setsockopt(consts.XDP_TX_RING, tx_size, "TX ring size")
+                if busy_poll:
+                    self._set_busy_poll(busy_usecs, busy_budget)
+                self._join(shared_with, where)
+                # only a bound member reaches the pool's fill and completion rings
+                self._map_rings(rx_size, tx_size, fill_size, comp_size)
         except BaseException:
             self.close()
             raise
@@ -210,10 +229,10 @@ class XskSocket:
                 return err
             time.sleep(0.005)
 
-    def _bind_raw(self, flags: int) -> int:
+    def _bind_raw(self, flags: int, shared_umem_fd: int = 0) -> int:
         addr = np.zeros(1, dtype=consts.SOCKADDR_XDP)
         addr["family"], addr["flags"] = consts.AF_XDP, flags
-        addr["ifindex"], addr["queue_id"] = self.ifindex, self.queue
+        addr["ifindex"], addr["queue_id"], addr["shared_umem_fd"] = self.ifindex, self.queue, shared_umem_fd
         buf = ctypes.create_string_buffer(addr.tobytes(), consts.SOCKADDR_XDP.itemsize)
         if _libc.bind(self._sock.fileno(), buf, consts.SOCKADDR_XDP.itemsize) == 0:
             return 0
@@ -231,6 +250,13 @@ class XskSocket:
             err = self._bind_once(consts.XDP_COPY | wake)
             if err:
                 self._bind_failed(err, where, "copy")
+        self.mode = "zerocopy" if self.zerocopy_in_use() else "copy"
+
+    def _join(self, shared_with: int, where: str) -> None:
+        # the kernel refuses mode and wakeup flags here: a joining socket takes the pool's
+        err = self._bind_raw(consts.XDP_SHARED_UMEM, shared_with)
+        if err:
+            self._bind_failed(err, where, "shared-UMEM")
         self.mode = "zerocopy" if self.zerocopy_in_use() else "copy"
 
     def _bind_failed(self, err: int, where: str, how: str) -> None:

@@ -10,6 +10,9 @@ Every frame is in exactly one state:
   FILL  given to the kernel for receiving (in the fill ring, in the driver, or in the RX ring unread)
   APP   owned by the application: received and not yet transmitted or freed, or allocated for sending
   TX    handed to the kernel for sending (in the TX ring, or sent and waiting on the completion ring)
+In a UMEM shared by the members of a shared queue (kbypass.cp.pool) FILL also means "another member's": a
+member starts with its own slice of frames (`keep_slice`), and frames then float, since the kernel receives
+into whatever frame any member lent it and the completion ring returns a frame to whoever reaps it.
 Transitions are vectorized and checked: handing out a frame that is not in the expected state (a double
 free, transmitting a frame you do not own) raises instead of corrupting memory. `check()` verifies the
 whole picture for tests: the free stack holds no duplicates and exactly the FREE frames.
@@ -115,6 +118,17 @@ class Umem:
     @property
     def free_count(self) -> int:
         return self._top
+
+    def keep_slice(self, first: int, count: int) -> None:
+        """Own only frames first .. first+count-1 (free); the others are another member's of a shared queue's
+        UMEM (state FILL, see the module doc). For a UMEM nothing was handed out of yet."""
+        if not (0 <= first and 0 < count and first + count <= self.frames) or self._top != self.frames:
+            raise UsageError(f"a slice of frames {first}..{first + count - 1} does not fit a fresh UMEM of "
+                             f"{self.frames} frames")
+        self.state[:] = FILL
+        self.state[first:first + count] = FREE
+        self._free[:count] = np.arange(first, first + count, dtype=np.intp)[::-1]
+        self._top = count
 
     def frame_of(self, addrs: np.ndarray) -> np.ndarray:
         """Frame numbers of any addresses inside frames."""
