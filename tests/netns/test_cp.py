@@ -15,8 +15,10 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,6 +28,7 @@ from kbypass.cp.client import ControlPlaneClient, ControlPlaneError
 from kbypass.cp.lock import terminate
 from kbypass.endpoint import UdpEndpoint
 from kbypass.errors import UsageError
+from kbypass.xsk.umem import FILL
 from tests.kb import xdp_attached
 
 pytestmark = pytest.mark.skipif(os.cpu_count() < 2, reason="needs two CPUs: one transmit queue per CPU")
@@ -202,6 +205,8 @@ def test_a_queue_is_shared_only_by_programs_that_all_ask_with_one_layout_and_a_p
             client("exclusive").open_socket(b.iface, 0, **layout)
         with pytest.raises(ControlPlaneError, match="is shared with slices of 256 frames"):
             client("other layout").open_socket(b.iface, 0, share_queue=True, **{**layout, "frames": 512})
+        with pytest.raises(ControlPlaneError, match="is shared in copy mode, not zerocopy"):
+            client("other mode").open_socket(b.iface, 0, share_queue=True, mode="zerocopy", **layout)
         held[2].close()  # a member leaves: its slice is not given out again
         with pytest.raises(ControlPlaneError, match="given out all 8 of its slices"):
             client("ninth").open_socket(b.iface, 0, share_queue=True, **layout)
@@ -216,6 +221,57 @@ def test_a_queue_is_shared_only_by_programs_that_all_ask_with_one_layout_and_a_p
         for c in held:
             c.close()
     wait_for("everything to go", lambda: not xdp_attached(b))
+
+
+def test_shared_queue_members_take_each_others_frames_and_completions_and_both_still_add_up(hosts):
+    """Frames float: a member that receives more than it lent, and one that reaps another's completions,
+    count below zero (net) and go on; nothing is lost or handed out twice."""
+    a, b = hosts
+    from kbypass.port.steered import SteeredPort
+
+    small = dict(frames=256, rx_size=256, tx_size=256, fill_size=256, comp_size=256, share_queue=True)
+    with SteeredPort(b.iface, 0, ["udp dport 5000"], netns=b.netns, **small) as one, \
+            SteeredPort(b.iface, 0, ["udp dport 5003"], netns=b.netns, **small) as two:
+        p1, p2 = one.ports[0], two.ports[0]
+        assert (p1.in_fill, p2.in_fill) == (128, 128)  # each lent half its slice
+        # held, more than `one`'s whole slice: the rest are `two`'s frames (received while sent: the RX ring
+        # holds 256)
+        sender = threading.Thread(target=send_udp, args=(a, b, 5000, 300), kwargs={"cpu": 0})
+        sender.start()
+        got, lowest = [], 128
+        deadline = time.monotonic() + 5
+        while sum(len(x) for x in got) < 300 and time.monotonic() < deadline:
+            batch = p1.receive(64)
+            lowest = min(lowest, p1.in_fill)
+            if len(batch):
+                got.append(batch)
+        sender.join()
+        assert sum(len(x) for x in got) == 300 and lowest < 0
+        # sent back as they are (host a drops them: not its MAC); `one` does not reap meanwhile (as if `two`
+        # came first), so `two` finds `one`'s completions and takes those frames
+        p1.reap = lambda: 0
+        sent = 0
+        while got and sent + len(got[0]) <= 200:  # fewer than the completion ring holds
+            batch = got.pop(0)
+            sent += len(batch)
+            while len(batch):
+                batch = batch[p1.transmit(batch):]
+        free_before = p2.umem.free_count
+        taken = 0
+        deadline = time.monotonic() + 5
+        while taken < sent and time.monotonic() < deadline:
+            taken += p2.reap()
+        assert sent > 100 and taken == sent and p2.in_tx == -sent and p2.umem.free_count == free_before + sent
+        del p1.reap
+        for batch in got:
+            p1.free(batch)
+        for port in (p1, p2):
+            counts = port.check(app=0)
+            assert counts["app"] == 0 and counts["free"] == port.umem.free_count
+        # every frame of the pool is in exactly one member's hands or the kernel's: none twice
+        mine = [set(np.flatnonzero(p.umem.state != FILL)) for p in (p1, p2)]
+        assert not mine[0] & mine[1]
+    wait_for("the pool to go", lambda: not xdp_attached(b))
 
 
 def test_a_shared_queue_member_refuses_a_message_lane_saying_why(hosts):

@@ -55,6 +55,43 @@ def test_a_holder_killed_with_the_lock_held_does_not_block_the_others():
         os.close(fd)
 
 
+def test_a_holder_that_is_stopped_is_named_after_the_patience_and_its_death_frees_the_lock():
+    fd = make_lock_file("test")
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        held = PoolLock(fd)  # kept: its mapping is where the kernel marks the owner dead
+        held.acquire()
+        os.write(ready_w, b"x")
+        os.kill(os.getpid(), signal.SIGSTOP)  # Ctrl-Z with the lock held
+        os._exit(0)
+    try:
+        os.read(ready_r, 1)
+        lock = PoolLock(fd)
+        with pytest.raises(PoolLockError, match="held its lock for over 0.3 s: is it stopped"):
+            lock.acquire(patience=0.3)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        with lock:
+            assert lock.recovered == 1
+        lock.close()
+    finally:
+        for f in (fd, ready_r, ready_w):
+            os.close(f)
+
+
+def test_the_lock_file_cannot_be_cut_under_the_others():
+    import fcntl
+
+    fd = make_lock_file("test")
+    try:
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 0)
+        assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SEAL
+    finally:
+        os.close(fd)
+
+
 def test_the_lock_excludes_another_process():
     """Two processes each add 1 to a shared counter 3000 times by read, yield, write: without the lock
     they lose updates; with it none."""

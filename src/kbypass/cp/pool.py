@@ -75,12 +75,16 @@ class QueuePool:
     def size(self) -> int:
         return self.frames * self.frame_size
 
-    def check_layout(self, frames: int, frame_size: int, headroom: int) -> None:
-        """A member's frames are the pool's: refuse a request the pool cannot honour, naming the pool's."""
+    def check_layout(self, frames: int, frame_size: int, headroom: int, mode: str = "auto") -> None:
+        """A member's frames and bind mode are the pool's: refuse a request the pool cannot honour, naming
+        the pool's."""
         if (frames, frame_size, headroom) != (self.slice_frames, self.frame_size, self.headroom):
             raise ProtocolError(f"queue {self.queue} of {self.iface} is shared with slices of {self.slice_frames} "
                                 f"frames of {self.frame_size} bytes (headroom {self.headroom}): ask for the same "
                                 "to join it")
+        if mode not in ("auto", self.mode):
+            raise ProtocolError(f"queue {self.queue} of {self.iface} is shared in {self.mode} mode, not {mode}: "
+                                f"ask for {self.mode} (or auto) to join it")
 
     def join(self, cid: int, rx_size: int, tx_size: int) -> "Member":
         if self.next_slice >= SLICES:
@@ -94,6 +98,12 @@ class QueuePool:
 
     def leave(self, cid: int) -> None:
         self.members.pop(cid, None)
+
+    def refuse(self, cid: int) -> None:
+        """Undo a join whose socket was never handed out (its registration failed): its slice was not used,
+        so it is given out again."""
+        if self.members.pop(cid, None) == self.next_slice - 1:
+            self.next_slice -= 1
 
     def describe(self) -> dict:
         return {"queue": self.queue, "uid": self.uid, "members": sorted(self.members), "slices_used": self.next_slice,

@@ -243,13 +243,13 @@ class ControlPlane:
                 log.info("%s: made the shared pool of queue %d of %s (%d frames of %d bytes, %s mode)",
                          client.describe(), queue, iface, pool.frames, pool.frame_size, pool.mode)
             else:
-                pool.check_layout(layout["frames"], layout["frame_size"], layout["headroom"])
+                pool.check_layout(layout["frames"], layout["frame_size"], layout["headroom"], mode)
             member = pool.join(client.cid, layout["rx_size"], layout["tx_size"])
             try:
                 self.register(client, iface, queue, member.fd, xdp_mode)
             except BaseException:
                 member.close()
-                pool.leave(client.cid)
+                pool.refuse(client.cid)
                 raise
         except BaseException:
             if made_pool and pool is not None and not pool.members:

@@ -18,7 +18,8 @@ processes receive on one queue, each on its own socket, over one UMEM whose fill
 all use. The port then starts with its slice of the frames, refills and reaps under the pool's lock
 (kbypass.xsk.pool_lock), and gives back to the fill ring as many frames as it received; frames float
 between the members, so `in_fill` and `in_tx` count this member's net share (negative when it received
-more than it lent) and check() does not compare them with the frame states.
+more than it lent, or reaped others' completions), a frame it sent is no longer its own (state FILL, as
+one it lent), and check() does not compare those counts with the frame states.
 
 One message at a time: `message_lane()` hands out a MessageLane (port/lane.py), receive one / send one
 with this port's accounting, in C when built. The UDP endpoint uses it.
@@ -81,11 +82,6 @@ def socket_layout(options: dict) -> dict:
     port's defaults (what the control plane needs to make a socket for it)."""
     params = inspect.signature(AfXdpPort).parameters
     return {name: options.get(name, params[name].default) for name in LAYOUT}
-
-
-def _signed(value: int) -> int:
-    """A u64 counter read as the signed net count it is on a shared queue (the C lane's wrap included)."""
-    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def _close_fds(*fds: int | None) -> None:
@@ -158,8 +154,10 @@ class AfXdpPort(UmemPort):
         self._rx_frames = min(fill_size, own // 2) if rx_frames is None else min(rx_frames, fill_size, own)
         self._refill_batch = max(1, self._rx_frames // 4)
         self.counters = np.zeros(len(PORT_STATS), dtype=np.uint64)  # shared with the C lane (module doc)
-        # the same memory as one memoryview of u64: an item update costs half a numpy scalar's
-        self._c = memoryview(self.counters).cast("B").cast("Q")
+        # the same memory as one memoryview of i64: an item update costs half a numpy scalar's. Signed, since on
+        # a shared queue the in-flight counts are net and go below zero (module doc); the C lane's u64 view of
+        # the same words agrees on every count it can reach (the lane is refused on shared queues).
+        self._c = memoryview(self.counters).cast("B").cast("q")
         self._closed = False
         self._lanes: list = []  # message lanes handed out (message_lane), closed before the port
         self.refill(force=True)
@@ -171,7 +169,7 @@ class AfXdpPort(UmemPort):
         Without force it waits until a quarter of the quota is missing, so each refill moves a batch. On a
         shared queue the quota is net (lent minus received): a member gives back what it took.
         """
-        want = min(self._rx_frames - _signed(self._c[IN_FILL]), self.umem.free_count)
+        want = min(self._rx_frames - self._c[IN_FILL], self.umem.free_count)
         if want <= 0 or (want < self._refill_batch and not force):
             return 0
         if self._lock is None:
@@ -261,6 +259,8 @@ class AfXdpPort(UmemPort):
             out["options"] = 0
             self._tx.write_slots(idx, out)
             self._tx.submit(k)
+            if self._lock is not None:  # a shared queue's: whichever member reaps its completion owns it next
+                self.umem.state[out["addr"] >> self._shift] = FILL
             c = self._c
             c[IN_TX] += k
             c[TX_PACKETS] += k
@@ -288,6 +288,8 @@ class AfXdpPort(UmemPort):
         """Return completed TX frames to the free list; returns how many (on a shared queue: any member's)."""
         if self._lock is None:
             return self._reap()
+        if not self._comp.pending():  # the lock only when there is something to take
+            return 0
         with self._lock:
             self._comp.resync()
             return self._reap()
@@ -341,12 +343,12 @@ class AfXdpPort(UmemPort):
     @property
     def in_fill(self) -> int:
         """Frames lent to the kernel for receiving (net of those received, on a shared queue)."""
-        return _signed(self._c[IN_FILL])
+        return self._c[IN_FILL]
 
     @property
     def in_tx(self) -> int:
         """Frames submitted for sending, not yet completed (net of those reaped, on a shared queue)."""
-        return _signed(self._c[IN_TX])
+        return self._c[IN_TX]
 
     @property
     def shared(self) -> bool:

@@ -205,6 +205,10 @@ class ConsumerRing(Ring):
         self._cache[_CONS] = self._consumer.value
         self._cache[_PROD] = self._producer.value
 
+    def pending(self) -> int:
+        """Filled slots by the ring's own indexes, not the cache (another process may have consumed some)."""
+        return (self._producer.value - self._consumer.value) & _U32
+
     def available(self, wanted: int = 1) -> int:
         c = self._cache
         entries = (c[_PROD] - c[_CONS]) & _U32
