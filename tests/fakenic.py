@@ -1,0 +1,75 @@
+"""A NIC with ntuple rules and an RSS table, kept in a JSON file so that its settings outlive a process
+killed with -9, as a real NIC's do: the device layer kbypass.port.hidden_queue is tested against where no
+NIC with flow steering exists (veth has none and netdevsim cannot be loaded here). It takes the same
+calls as kbypass.steer.ethtool.Ethtool and encodes every rule with the real flow_spec, so what it
+refuses, the real one refuses too."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+from kbypass.steer.ethtool import flow_spec
+
+RINGS, TABLE = 4, 128
+
+
+def make(path: str) -> None:
+    with open(path, "w") as f:
+        json.dump({"rules": {}, "table": [i % RINGS for i in range(TABLE)]}, f)
+
+
+class FakeNic:
+    def __init__(self, ifname: str, netns: str | None = None) -> None:
+        self.ifname, self.path = ifname, os.environ["KB_FAKE_NIC"]
+
+    def _load(self) -> dict:
+        with open(self.path) as f:
+            return json.load(f)
+
+    def _save(self, state: dict) -> None:
+        with open(self.path, "w") as f:
+            json.dump(state, f)
+
+    def rule_count(self):
+        return len(self._load()["rules"]), True
+
+    def ntuple_on(self) -> bool:
+        return True
+
+    def rx_rings(self) -> int:
+        return RINGS
+
+    def indirection(self) -> list[int]:
+        return self._load()["table"]
+
+    def set_indirection(self, table: list[int]) -> None:
+        if len(table) != TABLE or not all(0 <= q < RINGS for q in table):
+            raise OSError(errno.EINVAL, "bad table")
+        state = self._load()
+        state["table"] = list(table)
+        self._save(state)
+
+    def insert(self, rule, queue: int) -> int:
+        flow_spec(rule, queue)
+        state = self._load()
+        loc = next(i for i in range(1023, -1, -1) if str(i) not in state["rules"])
+        state["rules"][str(loc)] = [str(rule), queue]
+        self._save(state)
+        return loc
+
+    def delete(self, location: int) -> None:
+        state = self._load()
+        if state["rules"].pop(str(location), None) is None:
+            raise OSError(errno.ENOENT, "no such rule")
+        self._save(state)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
