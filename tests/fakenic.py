@@ -23,6 +23,7 @@ def make(path: str) -> None:
 class FakeNic:
     def __init__(self, ifname: str, netns: str | None = None) -> None:
         self.ifname, self.path = ifname, os.environ["KB_FAKE_NIC"]
+        self.ifindex = 9
 
     def _load(self) -> dict:
         with open(self.path) as f:

@@ -22,15 +22,17 @@ import time
 
 import pytest
 
+from kbypass.cp.paths import namespace_name
 from kbypass.port import hidden_queue
 from kbypass.port.hidden_queue import HiddenQueue
 from kbypass.steer import ethtool as et
 from kbypass.steer.rules import Rule
 from tests import fakenic
+from tests.kb import refused
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 JUDGE_SRC = os.path.join(ROOT, "tests", "unit", "data", "ethtool_judge.c")
-DEV = "kbjudge0"  # no such interface: the shim answers for it
+DEV = "lo"  # the shim answers every SIOCETHTOOL itself: no request reaches the kernel
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +207,39 @@ def test_a_failure_midway_undoes_what_was_done(nic, monkeypatch):
     with pytest.raises(et.HardwareSteeringError, match="refused hardware steering"):
         HiddenQueue("eth9", None, 2, [Rule.parse("udp dport 1")], device=fakenic.FakeNic).apply()
     assert json.loads(state.read_text()) == original and list(run.iterdir()) == []
+
+
+# ---- the option: refusals that need no device ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--hw"], "give --queue N"),
+    (["--hw", "auto"], "give --queue N"),
+    (["--hw", "--backend", "socket"], "--hw applies to the afxdp backend only"),
+    (["--hw", "auto", "--backend", "packet_mmap"], "--hw applies to the afxdp backend only"),
+    (["--hw", "--queue", "0", "--rule", "udp dport 1 drop"], "no rule redirects"),
+    (["--hw", "--queue", "0", "--rule", "icmp"], "tcp or udp"),
+])
+def test_hw_refusals_are_one_line_before_anything_is_opened(capsys, extra, says):
+    if "--rule" not in extra:
+        extra = [*extra, "--rule", "udp dport 4321"]
+    line = refused(capsys, ["sink", "-i", "lo", "-t", "1", *extra])
+    assert says in line
+
+
+def _plant(run, name: str, **record) -> None:
+    """A record whose owner is dead (nobody holds its lock)."""
+    path = run / f"hw-{name}.json"
+    path.write_text(json.dumps({"ifname": "eth9", "netns_name": namespace_name(None), "ifindex": 9, "queue": 1, "pid": 1,
+                                "table": [0] * 128, "table_set": True, "locations": [5], **record}))
+    path.chmod(0o600)
+
+
+def test_a_record_for_a_device_that_is_gone_or_unreachable_never_touches_another(nic):
+    run, state, original = nic
+    _plant(run, "here-eth9", ifindex=77)  # eth9 now is another device (ifindex 9): its settings went
+    _plant(run, "ns-1-eth9", netns_name="ns-1")  # an unnamed namespace, not ours
+    undone = hidden_queue.sweep(fakenic.FakeNic)
+    assert [r["ifindex"] for r in undone] == [77]
+    assert json.loads(state.read_text()) == original  # neither table was written to the fake eth9
+    assert [p.name for p in run.iterdir()] == ["hw-ns-1-eth9.json"]  # left for a sweep in there

@@ -93,14 +93,29 @@ def _write(fd: int, record: dict) -> None:
     os.fsync(fd)
 
 
+def _where(record: dict) -> str | None:
+    """The namespace argument that reaches the record's interface from here. A named namespace is entered
+    by name; "init" or an unnamed one ("ns-INODE") only from inside it: elsewhere the same interface name
+    may be another device. Raises LookupError when this process cannot reach it."""
+    ns = record.get("netns_name")
+    if ns == namespace_name(None):
+        return None
+    if ns == "init" or not ns or ns.startswith("ns-"):
+        raise LookupError(ns)
+    return ns
+
+
 def _undo(record: dict, device) -> list[str]:
     """Delete the record's rules and restore its table; returns what could not be undone (an interface or
     namespace that is gone took its settings with it, which is not a failure)."""
     problems = []
     try:
-        dev = device(record["ifname"], record.get("netns"))
+        dev = device(record["ifname"], _where(record))
     except (KbypassError, OSError):
         return problems  # the namespace or interface is gone, and the NIC's settings with it
+    if dev.ifindex != record.get("ifindex"):
+        dev.close()
+        return problems  # another device by that name now: the recorded one went, with its settings
     try:
         for loc in record.get("locations", []):
             try:
@@ -133,6 +148,11 @@ def sweep(device=Ethtool) -> list[dict]:
             continue  # a live owner
         try:
             record = _read(fd)
+            try:
+                if record and not record.get("damaged"):
+                    _where(record)
+            except LookupError:
+                continue  # another namespace's that this process cannot enter by name: left for a sweep there
             if record and not record.get("damaged"):
                 problems = _undo(record, device)
                 if problems:
@@ -168,7 +188,8 @@ class HiddenQueue:
         """Ask the device whether it can: ntuple filters on, an RSS table, the queue among its rings.
         Returns the current indirection table."""
         with self.device(self.ifname, self.netns) as dev:
-            fix = "use a NIC with flow steering, or drop --hw (software steering needs no NIC support)"
+            fix = ("use a NIC with flow steering, or '--hw auto' to steer in software only where the NIC cannot, "
+                   "or drop --hw")
             try:
                 _, driver_picks = dev.rule_count()  # EOPNOTSUPP: the driver has no ntuple rules at all
                 if not dev.ntuple_on():
@@ -188,7 +209,7 @@ class HiddenQueue:
             raise HardwareSteeringError(f"queue {self.queue} is not one of the {rings} receive queues of "
                                         f"{self.ifname}: give --queue 0-{rings - 1}")
         hidden_table(table, {self.queue}, rings)  # refuses hiding the last queue
-        self._rings = rings
+        self._rings, self._ifindex = rings, dev.ifindex
         return table
 
     def apply(self) -> None:
@@ -212,7 +233,8 @@ class HiddenQueue:
             _undo(leftover, self.device)  # a dead owner's, made between the sweep and our lock
         table = self.check()
         pid = os.getpid()
-        self._record = {"ifname": self.ifname, "netns": self.netns, "queue": self.queue, "pid": pid,
+        self._record = {"ifname": self.ifname, "netns_name": namespace_name(self.netns), "ifindex": self._ifindex,
+                        "queue": self.queue, "pid": pid,
                         "start_time": start_time(pid), "command": " ".join(sys.argv)[:200], "table": table,
                         "table_set": False, "locations": self.locations}
         _write(fd, self._record)

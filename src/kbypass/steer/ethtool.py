@@ -138,6 +138,7 @@ class Ethtool:
             raise UsageError(f"interface name {ifname!r}: give a name of 1 to 15 bytes")
         self.ifname, self.netns = ifname, netns
         with entered(netns):
+            self.ifindex = socket.if_nametoindex(ifname)  # OSError when there is no such interface
             self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
     def call(self, buf: bytearray) -> None:
