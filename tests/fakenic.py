@@ -17,7 +17,7 @@ RINGS, TABLE = 4, 128
 
 def make(path: str) -> None:
     with open(path, "w") as f:
-        json.dump({"rules": {}, "table": [i % RINGS for i in range(TABLE)]}, f)
+        json.dump({"rules": {}, "table": [i % RINGS for i in range(TABLE)], "configured": False}, f)
 
 
 class FakeNic:
@@ -46,10 +46,13 @@ class FakeNic:
         return self._load()["table"]
 
     def set_indirection(self, table: list[int]) -> None:
-        if len(table) != TABLE or not all(0 <= q < RINGS for q in table):
-            raise OSError(errno.EINVAL, "bad table")
         state = self._load()
-        state["table"] = list(table)
+        if not table:  # size 0: the kernel's default spread, and the table no longer marked as configured
+            state["table"], state["configured"] = [i % RINGS for i in range(TABLE)], False
+        elif len(table) != TABLE or not all(0 <= q < RINGS for q in table):
+            raise OSError(errno.EINVAL, "bad table")
+        else:
+            state["table"], state["configured"] = list(table), True
         self._save(state)
 
     def insert(self, rule, queue: int) -> int:

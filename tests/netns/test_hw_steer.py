@@ -72,3 +72,17 @@ def test_hw_auto_on_a_veth_says_it_falls_back_and_receives_its_flow(hosts):
             proc.wait()
     assert summary["packets"] == 200 and summary["queues"] == [0]
     assert not os.path.exists(hidden_queue.record_path(b.iface, b.netns))
+
+
+def test_steered_port_hw_true_raises_before_attaching_and_auto_says_why_it_did_not(hosts):
+    from kbypass.port.steered import SteeredPort
+    from kbypass.steer.ethtool import HardwareSteeringError
+
+    a, b = hosts
+    with pytest.raises(HardwareSteeringError, match="no ntuple rules"):
+        SteeredPort(b.iface, 1, ["udp dport 4321"], netns=b.netns, hw=True, control_plane=False)
+    assert not xdp_attached(b)
+    with SteeredPort(b.iface, 1, ["udp dport 4321"], netns=b.netns, hw="auto", control_plane=False) as sp:
+        assert sp.hw is False and sp.hidden is None
+        assert "steering in software only" in sp.hw_note and xdp_attached(b)
+    assert not xdp_attached(b)

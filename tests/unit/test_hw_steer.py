@@ -105,6 +105,12 @@ def test_indirection_table_write_is_what_ethtool_sends(judge, tmp_path):
     assert ours == theirs
 
 
+def test_a_default_table_is_restored_by_the_reset_ethtool_sends(judge, tmp_path):
+    theirs, _ = ethtool(judge, tmp_path, "-X", DEV, "default")
+    ours, _ = kbypass(judge, tmp_path, "dev.set_indirection([])")
+    assert ours == theirs == [(et.ETHTOOL_SRXFHINDIR, bytes.fromhex("3900000000000000"))]
+
+
 def test_indirection_table_read_decodes_what_ethtool_prints(judge, tmp_path):
     _, printed = ethtool(judge, tmp_path, "-x", DEV)
     shown = [int(v) for line in printed.splitlines() if ":" in line and line.strip()[0].isdigit()
@@ -195,6 +201,16 @@ def test_a_killed_owners_settings_are_undone_by_the_next_start(nic, tmp_path):
     assert list(now["rules"].values()) == [["udp dport 7 redirect", 1]] and 3 in now["table"]
     hq.undo()
     assert json.loads(state.read_text()) == original and list(run.iterdir()) == []
+
+
+def test_a_table_someone_configured_is_written_back_not_reset(nic):
+    run, state, _ = nic
+    mine = [q for q in (0, 0, 1, 3) for _ in range(32)]
+    fakenic.FakeNic("eth9").set_indirection(mine)
+    before = json.loads(state.read_text())
+    with HiddenQueue("eth9", None, 3, [Rule.parse("udp dport 1")], device=fakenic.FakeNic):
+        assert 3 not in json.loads(state.read_text())["table"]
+    assert json.loads(state.read_text()) == before and before["configured"]
 
 
 def test_a_failure_midway_undoes_what_was_done(nic, monkeypatch):

@@ -33,6 +33,7 @@ from kbypass.steer.ethtool import (
     describe,
     flow_spec,
     hidden_table,
+    is_default,
     unsupported,
 )
 from kbypass.steer.rules import Rule
@@ -125,7 +126,7 @@ def _undo(record: dict, device) -> list[str]:
                     problems.append(f"rule {loc}: {describe(e)}")
         if record.get("table_set") and record.get("table"):
             try:
-                dev.set_indirection(record["table"])
+                dev.set_indirection([] if record.get("table_default") else record["table"])
             except OSError as e:
                 if e.errno != errno.ENODEV:
                     problems.append(f"indirection table: {describe(e)}")
@@ -236,6 +237,7 @@ class HiddenQueue:
         self._record = {"ifname": self.ifname, "netns_name": namespace_name(self.netns), "ifindex": self._ifindex,
                         "queue": self.queue, "pid": pid,
                         "start_time": start_time(pid), "command": " ".join(sys.argv)[:200], "table": table,
+                        "table_default": is_default(table, self._rings),
                         "table_set": False, "locations": self.locations}
         _write(fd, self._record)
         with self.device(self.ifname, self.netns) as dev:

@@ -113,6 +113,12 @@ def indir_table(buf: bytes) -> list[int]:
     return list(struct.unpack_from(f"={size}I", buf, INDIR_HEAD.size))
 
 
+def is_default(table: list[int], rings: int) -> bool:
+    """The table the kernel fills in when nobody set one (ethtool_rxfh_indir_default: bucket i on queue
+    i % rings): restored by a reset rather than written back, so the interface is left unconfigured."""
+    return table == [i % rings for i in range(len(table))]
+
+
 def hidden_table(table: list[int], hidden: set[int], rings: int) -> list[int]:
     """The indirection table with no bucket on the `hidden` queues: every bucket keeps its queue unless
     hidden, and hidden buckets go round-robin to the queues that remain (so the spread of the others
@@ -202,6 +208,8 @@ class Ethtool:
         self.call(rxnfc(ETHTOOL_SRXCLSRLDEL, fs))
 
     def set_indirection(self, table: list[int]) -> None:
+        """Write the table; [] resets it to the driver's default spread (as `ethtool -X DEV default`), which
+        also clears the kernel's "user configured" mark that makes later channel changes refuse."""
         self.call(indir_request(ETHTOOL_SRXFHINDIR, table))
 
 
