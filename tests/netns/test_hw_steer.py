@@ -71,6 +71,7 @@ def test_hw_auto_on_a_veth_says_it_falls_back_and_receives_its_flow(hosts):
             proc.kill()
             proc.wait()
     assert summary["packets"] == 200 and summary["queues"] == [0]
+    assert "steering in software only" in summary["hw"]["fallback"]
     assert not os.path.exists(hidden_queue.record_path(b.iface, b.netns))
 
 

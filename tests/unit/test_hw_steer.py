@@ -259,3 +259,19 @@ def test_a_record_for_a_device_that_is_gone_or_unreachable_never_touches_another
     assert [r["ifindex"] for r in undone] == [77]
     assert json.loads(state.read_text()) == original  # neither table was written to the fake eth9
     assert [p.name for p in run.iterdir()] == ["hw-ns-1-eth9.json"]  # left for a sweep in there
+
+
+def test_the_summary_says_where_the_nic_put_the_rules_or_why_it_did_not(nic):
+    from types import SimpleNamespace
+
+    from kbypass.tools._port import port_summary
+
+    port = SimpleNamespace(stats={}, mode="copy", bind_mode="copy")
+    res = SimpleNamespace(packets=0, bytes=0, seconds=1.0, pps=0.0)
+    with HiddenQueue("eth9", None, 2, [Rule.parse("udp dport 1")], device=fakenic.FakeNic) as hq:
+        sp = SimpleNamespace(port=port, queues=[2], rule_counters=list, hidden=hq, hw_note=None)
+        assert port_summary(sp, res)["hw"] == {"queue": 2, "rule_locations": hq.locations} and hq.locations
+    sp = SimpleNamespace(port=port, queues=[2], rule_counters=list, hidden=None, hw_note="eth9 has none")
+    assert port_summary(sp, res)["hw"] == {"fallback": "eth9 has none"}
+    sp.hw_note = None
+    assert "hw" not in port_summary(sp, res)
