@@ -40,9 +40,10 @@ def _no_control_plane(host) -> bool:
         return True
 
 
-def test_hw_on_a_veth_is_one_clear_error_and_leaves_nothing_behind(hosts):
+@pytest.mark.parametrize("tool", [["sink"], ["reflect"], ["capture", "-w", "/dev/null"]])
+def test_hw_on_a_veth_is_one_clear_error_and_leaves_nothing_behind(hosts, tool):
     a, b = hosts
-    r = kbypass("sink", "--host", "b", "--rule", "udp dport 4321", "--queue", "0", "--hw", "-t", "5")
+    r = kbypass(*tool, "--host", "b", "--rule", "udp dport 4321", "--queue", "0", "--hw", "-t", "5")
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith(f"kbypass: error: {b.iface} has no ntuple rules or RSS indirection table")

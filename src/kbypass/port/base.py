@@ -87,9 +87,7 @@ class UmemPort(Port):
 
     def _own(self, batch: Batch, what: str) -> None:
         if batch.owner is not self and batch.mem is not self.umem.array:
-            from kbypass.xsk.umem import (
-                OwnershipError,  # here, not per call: this runs on every transmit
-            )
+            from kbypass.xsk.umem import OwnershipError  # here, not per call: this runs on every transmit
 
             raise OwnershipError(f"{what}: this batch belongs to another port; give frames back to the port "
                                  "they came from")

@@ -33,17 +33,8 @@ from kbypass.xsk.consts import XDP_PACKET_HEADROOM
 from kbypass.xsk.umem import APP, FILL, TX
 
 from .batch import DESC, Batch
-from .stats import (
-    IN_FILL,
-    IN_TX,
-    RX_BYTES,
-    RX_PACKETS,
-    TX_BYTES,
-    TX_COMPLETED,
-    TX_KICKS,
-    TX_PACKETS,
-)
 
+from .stats import IN_FILL, IN_TX, RX_BYTES, RX_PACKETS, TX_BYTES, TX_COMPLETED, TX_KICKS, TX_PACKETS
 _U32 = 0xFFFFFFFF
 
 
