@@ -33,8 +33,14 @@ class FakeNic:
         with open(self.path, "w") as f:
             json.dump(state, f)
 
+    driver_picks = True  # RX_CLS_LOC_ANY; False: kbypass picks (free_location), as for ixgbe-like drivers
+
     def rule_count(self):
-        return len(self._load()["rules"]), True
+        return len(self._load()["rules"]), self.driver_picks, 1024
+
+    def free_location(self) -> int:
+        used = self._load()["rules"]
+        return next(i for i in range(1023, -1, -1) if str(i) not in used)
 
     def ntuple_on(self) -> bool:
         return True
@@ -55,10 +61,10 @@ class FakeNic:
             state["table"], state["configured"] = list(table), True
         self._save(state)
 
-    def insert(self, rule, queue: int) -> int:
+    def insert(self, rule, queue: int, location: int | None = None) -> int:
         flow_spec(rule, queue)
         state = self._load()
-        loc = next(i for i in range(1023, -1, -1) if str(i) not in state["rules"])
+        loc = self.free_location() if location is None else location
         state["rules"][str(loc)] = [str(rule), queue]
         self._save(state)
         return loc

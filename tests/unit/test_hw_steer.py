@@ -45,23 +45,23 @@ def judge(tmp_path_factory):
     return str(out)
 
 
-def _requests(judge: str, tmp_path, argv: list[str]) -> tuple[list[tuple[int, bytes]], str]:
+def _requests(judge: str, tmp_path, argv: list[str], **env) -> tuple[list[tuple[int, bytes]], str]:
     log = tmp_path / f"log{time.monotonic_ns()}"
-    env = {**os.environ, "LD_PRELOAD": judge, "KB_JUDGE_LOG": str(log)}
+    env = {**os.environ, "LD_PRELOAD": judge, "KB_JUDGE_LOG": str(log), **env}
     r = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr
     lines = log.read_text().split() if log.exists() else []
     return [(int(c, 16), bytes.fromhex(h)) for c, h in zip(lines[::2], lines[1::2])], r.stdout
 
 
-def ethtool(judge, tmp_path, *args):
-    return _requests(judge, tmp_path, ["ethtool", *args])
+def ethtool(judge, tmp_path, *args, **env):
+    return _requests(judge, tmp_path, ["ethtool", *args], **env)
 
 
-def kbypass(judge, tmp_path, code: str):
+def kbypass(judge, tmp_path, code: str, **env):
     """Run `code` with `dev`, an Ethtool on the judge's device, in a Python with the shim loaded."""
     prog = f"from kbypass.steer.ethtool import Ethtool\nfrom kbypass.steer.rules import Rule\ndev = Ethtool({DEV!r})\n"
-    return _requests(judge, tmp_path, [sys.executable, "-c", prog + code])
+    return _requests(judge, tmp_path, [sys.executable, "-c", prog + code], **env)
 
 
 def _without_data(buf: bytes) -> bytes:
@@ -86,6 +86,16 @@ def test_rule_insert_is_what_ethtool_sends(judge, tmp_path, rule, args):
     assert _without_data(ours[0][1]) == _without_data(theirs[0][1])
     # the location the driver chose, read back from the reply the way ethtool reads it
     assert "Added rule with ID 7" in said and printed.strip() == "7"
+
+
+def test_a_driver_that_does_not_pick_gets_the_location_ethtool_would_pick(judge, tmp_path):
+    taken = {"KB_JUDGE_TAKEN": "1023,1021,5"}
+    args = "flow-type udp4 dst-ip 10.77.0.2 dst-port 4321 action 1".split()
+    theirs, said = ethtool(judge, tmp_path, "-N", DEV, *args, **taken)
+    code = "loc = dev.free_location()\nprint(loc, dev.insert(Rule.parse('udp dst 10.77.0.2 dport 4321'), 1, loc))"
+    ours, printed = kbypass(judge, tmp_path, code, **taken)
+    assert "Added rule with ID 1022" in said and printed.split() == ["1022", "1022"]
+    assert _without_data(ours[0][1]) == _without_data(theirs[0][1])
 
 
 def test_rule_delete_names_the_location_as_ethtool_does(judge, tmp_path):
@@ -115,10 +125,11 @@ def test_indirection_table_read_decodes_what_ethtool_prints(judge, tmp_path):
     _, printed = ethtool(judge, tmp_path, "-x", DEV)
     shown = [int(v) for line in printed.splitlines() if ":" in line and line.strip()[0].isdigit()
              for v in line.split(":", 1)[1].split()]
-    _, ours = kbypass(judge, tmp_path, "print(dev.indirection(), dev.rx_rings(), dev.rule_count())")
-    table, rings, count = ours.strip().split("] ", 1)[0] + "]", *ours.strip().split("] ", 1)[1].split(" ", 1)
-    assert json.loads(table) == shown and len(shown) == 128
-    assert rings == "4" and count == "(0, True)"
+    _, ours = kbypass(judge, tmp_path, "import json\nprint(json.dumps([dev.indirection(), dev.rx_rings(), "
+                                       "dev.rule_count()]))")
+    table, rings, count = json.loads(ours)
+    assert table == shown and len(shown) == 128
+    assert rings == 4 and count == [0, True, 0]  # the driver picks locations (RX_CLS_LOC_SPECIAL)
 
 
 @pytest.mark.parametrize("rule, why", [
@@ -275,3 +286,20 @@ def test_the_summary_says_where_the_nic_put_the_rules_or_why_it_did_not(nic):
     assert port_summary(sp, res)["hw"] == {"fallback": "eth9 has none"}
     sp.hw_note = None
     assert "hw" not in port_summary(sp, res)
+
+
+def test_where_the_driver_does_not_pick_the_location_is_recorded_before_the_insert(nic, monkeypatch):
+    run, state, original = nic
+    monkeypatch.setattr(fakenic.FakeNic, "driver_picks", False)
+    seen = []
+    real_insert = fakenic.FakeNic.insert
+
+    def insert(self, rule, queue, location=None):
+        seen.append(json.loads(next(run.iterdir()).read_text())["locations"])  # the record, as the NIC is asked
+        return real_insert(self, rule, queue, location)
+
+    monkeypatch.setattr(fakenic.FakeNic, "insert", insert)
+    with HiddenQueue("eth9", None, 2, [Rule.parse("udp dport 1"), Rule.parse("udp dport 2")],
+                     device=fakenic.FakeNic) as hq:
+        assert hq.locations == [1023, 1022] and seen == [[1023], [1023, 1022]]
+    assert json.loads(state.read_text()) == original

@@ -192,7 +192,7 @@ class HiddenQueue:
             fix = ("use a NIC with flow steering, or '--hw auto' to steer in software only where the NIC cannot, "
                    "or drop --hw")
             try:
-                _, driver_picks = dev.rule_count()  # EOPNOTSUPP: the driver has no ntuple rules at all
+                _, driver_picks, _ = dev.rule_count()  # EOPNOTSUPP: the driver has no ntuple rules at all
                 if not dev.ntuple_on():
                     raise HardwareSteeringError(f"{self.ifname} has ntuple filters off: 'ethtool -K {self.ifname} "
                                                 f"ntuple on', or drop --hw")
@@ -203,14 +203,11 @@ class HiddenQueue:
                     raise HardwareSteeringError(f"{self.ifname} has no ntuple rules or RSS indirection table "
                                                 f"({describe(e)}): {fix}") from None
                 raise HardwareSteeringError(f"{self.ifname}: ethtool request failed ({describe(e)})") from None
-        if not driver_picks:
-            raise HardwareSteeringError(f"the driver of {self.ifname} does not choose ntuple rule locations "
-                                        f"(RX_CLS_LOC_ANY): {fix}")
         if self.queue >= rings:
             raise HardwareSteeringError(f"queue {self.queue} is not one of the {rings} receive queues of "
                                         f"{self.ifname}: give --queue 0-{rings - 1}")
         hidden_table(table, {self.queue}, rings)  # refuses hiding the last queue
-        self._rings, self._ifindex = rings, dev.ifindex
+        self._rings, self._ifindex, self._driver_picks = rings, dev.ifindex, driver_picks
         return table
 
     def apply(self) -> None:
@@ -246,8 +243,18 @@ class HiddenQueue:
                 _write(fd, self._record)
                 dev.set_indirection(hidden_table(table, {self.queue}, self._rings))
                 for r in self.rules:
-                    self.locations.append(dev.insert(r, self.queue))
-                    _write(fd, self._record)
+                    if self._driver_picks:
+                        self.locations.append(dev.insert(r, self.queue))
+                        _write(fd, self._record)
+                        continue
+                    loc = dev.free_location()
+                    self.locations.append(loc)
+                    _write(fd, self._record)  # before the insert: a crash right after it still deletes it
+                    try:
+                        dev.insert(r, self.queue, loc)
+                    except OSError:
+                        self.locations.pop()  # not ours after all
+                        raise
             except OSError as e:
                 raise HardwareSteeringError(f"{self.ifname} refused hardware steering ({describe(e)}): "
                                             "drop --hw") from None

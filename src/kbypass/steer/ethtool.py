@@ -33,6 +33,7 @@ SIOCETHTOOL = 0x8946
 ETHTOOL_GFLAGS = 0x25
 ETHTOOL_GRXRINGS = 0x2D
 ETHTOOL_GRXCLSRLCNT = 0x2E
+ETHTOOL_GRXCLSRLALL = 0x30
 ETHTOOL_SRXCLSRLDEL = 0x31
 ETHTOOL_SRXCLSRLINS = 0x32
 ETHTOOL_GRXFHINDIR = 0x38
@@ -51,10 +52,12 @@ FLOW_UNION, FLOW_EXT = 52, 20
 FLOW_SPEC = struct.Struct(f"=I{FLOW_UNION}s{FLOW_EXT}s{FLOW_UNION}s{FLOW_EXT}s4xQI4x")  # 168 bytes
 # struct ethtool_rxnfc: cmd, flow_type, data u64, fs, rule_cnt (rss_context), then rule_locs[]: 192 bytes
 RXNFC = struct.Struct(f"=IIQ{FLOW_SPEC.size}sI4x")
+RULE_LOCS = 188  # offsetof(struct ethtool_rxnfc, rule_locs): right after rule_cnt, before the tail padding
 VALUE = struct.Struct("=II")  # struct ethtool_value: cmd, data
 INDIR_HEAD = struct.Struct("=II")  # struct ethtool_rxfh_indir: cmd, size, then u32 ring_index[size]
 IFREQ = struct.Struct("@16sP16x")  # struct ifreq: ifr_name, ifr_data (a pointer), the rest of the union
 MAX_INDIR = 1 << 16  # no NIC has a larger table; bounds what a reply may make us allocate
+MAX_RULES = 1 << 16  # the same for the ntuple rule table
 
 
 class HardwareSteeringError(UsageError):
@@ -178,12 +181,30 @@ class Ethtool:
         self.call(buf)
         return RXNFC.unpack(buf)[2]
 
-    def rule_count(self) -> tuple[int, bool]:
-        """(rules in the table, whether the driver picks locations itself: RX_CLS_LOC_ANY works)."""
+    def rule_count(self) -> tuple[int, bool, int]:
+        """(rules in the table, whether the driver picks locations itself (RX_CLS_LOC_ANY works), the size
+        of its rule table)."""
         buf = rxnfc(ETHTOOL_GRXCLSRLCNT)
         self.call(buf)
         _, _, data, _, count = RXNFC.unpack(buf)
-        return count, bool(data & RX_CLS_LOC_SPECIAL)
+        return count, bool(data & RX_CLS_LOC_SPECIAL), data & ~RX_CLS_LOC_SPECIAL & 0xFFFFFFFF
+
+    def free_location(self) -> int:
+        """A free rule location for a driver that does not pick one: the highest free slot, as ethtool's
+        own rule manager takes (the end of the table is the lowest priority)."""
+        count, _, size = self.rule_count()
+        if not 0 <= count <= MAX_RULES or not 0 < size <= MAX_RULES:
+            raise HardwareSteeringError(f"{self.ifname} reports {count} ntuple rules in a table of {size}")
+        buf = rxnfc(ETHTOOL_GRXCLSRLALL) + bytes(4 * count)
+        RXNFC.pack_into(buf, 0, ETHTOOL_GRXCLSRLALL, 0, 0, bytes(FLOW_SPEC.size), count)
+        self.call(buf)
+        got = RXNFC.unpack_from(buf)[4]
+        used = set(struct.unpack_from(f"={min(got, count)}I", buf, RULE_LOCS))
+        for loc in range(size - 1, -1, -1):
+            if loc not in used:
+                return loc
+        raise HardwareSteeringError(f"the ntuple rule table of {self.ifname} is full ({size} rules): 'ethtool -n "
+                                    f"{self.ifname}' lists them")
 
     def indirection(self) -> list[int]:
         size_buf = indir_request(ETHTOOL_GRXFHINDIR, 0)
@@ -197,9 +218,10 @@ class Ethtool:
 
     # ---- changes ----------------------------------------------------------------------------------
 
-    def insert(self, rule: Rule, queue: int) -> int:
-        """Insert the ntuple rule for `rule` at a location the driver picks; returns that location."""
-        buf = rxnfc(ETHTOOL_SRXCLSRLINS, flow_spec(rule, queue))
+    def insert(self, rule: Rule, queue: int, location: int = RX_CLS_LOC_ANY) -> int:
+        """Insert the ntuple rule for `rule` at `location` (RX_CLS_LOC_ANY: one the driver picks); returns
+        where the driver put it."""
+        buf = rxnfc(ETHTOOL_SRXCLSRLINS, flow_spec(rule, queue, location))
         self.call(buf)
         return rxnfc_location(buf)
 

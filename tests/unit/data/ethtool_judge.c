@@ -4,7 +4,8 @@
  * and contents) the way a NIC with ntuple and a 4-queue, 128-bucket RSS table would, and writes every
  * SIOCETHTOOL request it gets to $KB_JUDGE_LOG as "CMD HEX" (sizes from the system's linux/ethtool.h, not
  * from kbypass), so the test compares kbypass's encoding with the bytes the real ethtool sends. Anything
- * else is refused with EOPNOTSUPP, as veth does. */
+ * else is refused with EOPNOTSUPP, as veth does. With $KB_JUDGE_TAKEN (e.g. "1023,1021") it is a driver
+ * that does not pick rule locations (no RX_CLS_LOC_ANY), with a 1024-rule table in which those are taken. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -18,6 +19,7 @@
 
 #define RINGS 4
 #define TABLE 128
+#define RULES 1024
 
 static void record(__u32 cmd, const void *p, size_t n)
 {
@@ -47,17 +49,34 @@ int ioctl(int fd, unsigned long req, ...)
 	__u32 cmd = *(__u32 *)ifr->ifr_data;
 	struct ethtool_rxnfc *nfc = (void *)ifr->ifr_data;
 	struct ethtool_rxfh_indir *indir = (void *)ifr->ifr_data;
+	const char *taken = getenv("KB_JUDGE_TAKEN");
 	switch (cmd) {
 	case ETHTOOL_GRXRINGS:
 		nfc->data = RINGS;
 		return 0;
 	case ETHTOOL_GRXCLSRLCNT:
-		nfc->data = RX_CLS_LOC_SPECIAL; /* the driver picks locations */
+		if (!taken) {
+			nfc->data = RX_CLS_LOC_SPECIAL; /* the driver picks locations */
+			nfc->rule_cnt = 0;
+			return 0;
+		}
+		nfc->data = RULES;
 		nfc->rule_cnt = 0;
+		for (const char *p = taken; p; p = strchr(p, ','), p = p ? p + 1 : p)
+			nfc->rule_cnt++;
 		return 0;
+	case ETHTOOL_GRXCLSRLALL: {
+		__u32 n = 0, room = nfc->rule_cnt;
+		for (const char *p = taken; p && n < room; p = strchr(p, ','), p = p ? p + 1 : p)
+			nfc->rule_locs[n++] = (__u32)strtoul(p, NULL, 10);
+		nfc->rule_cnt = n;
+		nfc->data = RULES;
+		return 0;
+	}
 	case ETHTOOL_SRXCLSRLINS:
 		record(cmd, nfc, sizeof(*nfc));
-		nfc->fs.location = 7;
+		if (nfc->fs.location == RX_CLS_LOC_ANY)
+			nfc->fs.location = 7;
 		return 0;
 	case ETHTOOL_SRXCLSRLDEL:
 		record(cmd, nfc, sizeof(*nfc));
