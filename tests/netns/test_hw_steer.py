@@ -88,3 +88,54 @@ def test_steered_port_hw_true_raises_before_attaching_and_auto_says_why_it_did_n
         assert sp.hw is False and sp.hidden is None
         assert "steering in software only" in sp.hw_note and xdp_attached(b)
     assert not xdp_attached(b)
+
+
+@pytest.fixture
+def fake_nic(tmp_path, monkeypatch):
+    """SteeredPort's hidden queue on tests/fakenic.py (a NIC in a file) while the rest is real: the veth,
+    the XDP program, the AF_XDP socket."""
+    import functools
+
+    from kbypass.port import steered
+    from tests import fakenic
+
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(hidden_queue, "RUN_DIR", str(run))
+    monkeypatch.setattr(hidden_queue, "check_run_dir", lambda: None)
+    state = tmp_path / "nic.json"
+    fakenic.make(str(state))
+    monkeypatch.setenv("KB_FAKE_NIC", str(state))
+    monkeypatch.setattr(steered, "HiddenQueue", functools.partial(hidden_queue.HiddenQueue, device=fakenic.FakeNic))
+    return run, state, fakenic
+
+
+def test_steered_port_applies_the_hidden_queue_and_undoes_it_on_close(hosts, fake_nic):
+    import json
+
+    from kbypass.port.steered import SteeredPort
+
+    a, b = hosts
+    run, state, fakenic = fake_nic
+    before = json.loads(state.read_text())
+    with SteeredPort(b.iface, 1, ["udp dport 4321"], netns=b.netns, hw=True, control_plane=False) as sp:
+        now = json.loads(state.read_text())
+        assert sp.hw and list(now["rules"].values()) == [["udp dport 4321 redirect", 1]] and 1 not in now["table"]
+        assert len(list(run.iterdir())) == 1 and xdp_attached(b)
+    assert json.loads(state.read_text()) == before and list(run.iterdir()) == [] and not xdp_attached(b)
+
+
+def test_a_hidden_queue_held_by_another_program_is_an_error_and_auto_falls_back(hosts, fake_nic):
+    from kbypass.port.steered import SteeredPort
+    from kbypass.steer.ethtool import HardwareSteeringError
+    from kbypass.steer.rules import Rule
+
+    a, b = hosts
+    run, state, fakenic = fake_nic
+    with hidden_queue.HiddenQueue(b.iface, b.netns, 0, [Rule.parse("tcp dport 80")], device=fakenic.FakeNic):
+        with pytest.raises(HardwareSteeringError, match=f"held by pid {os.getpid()}"):
+            SteeredPort(b.iface, 1, ["udp dport 4321"], netns=b.netns, hw=True, control_plane=False)
+        assert not xdp_attached(b)
+        with SteeredPort(b.iface, 1, ["udp dport 4321"], netns=b.netns, hw="auto", control_plane=False) as sp:
+            assert sp.hidden is None and "held by" in sp.hw_note and "software only" in sp.hw_note
+            assert xdp_attached(b)

@@ -5,7 +5,9 @@ The kernel keeps ntuple rules and the indirection table after the process that s
 change is written to /run/kbypass/hw-NETNS-IFNAME.json (mode 0600, never through a symlink) before or as
 it is made: the interface, its namespace, the queue, the original indirection table, the rule locations,
 and the owner's pid, start time and command. The owner holds an flock on the record for as long as it
-lives; the kernel drops the lock when it dies, however it dies. Whoever next applies hardware steering
+lives; the kernel drops the lock when it dies, however it dies. (One window stays: where the driver
+picks a rule's location, a crash between its insert and the record's write, microseconds, leaves that
+rule; `ethtool -n` lists it.) Whoever next applies hardware steering
 (any interface) first sweeps the records whose lock it can take: their owners are dead, so their rules
 are deleted and their tables restored. The lock also makes the owner of an interface's hidden queue one
 process at a time: two would each restore "the original" table over the other's.
@@ -154,7 +156,10 @@ def sweep(device=Ethtool) -> list[dict]:
                     _where(record)
             except LookupError:
                 continue  # another namespace's that this process cannot enter by name: left for a sweep there
-            if record and not record.get("damaged"):
+            if record and record.get("damaged"):
+                print(f"kbypass: warning: {path} was unreadable and is removed: check 'ethtool -n' and 'ethtool -x' "
+                      "of the interface it names for rules and a table a dead kbypass left", file=sys.stderr)
+            elif record:
                 problems = _undo(record, device)
                 if problems:
                     print(f"kbypass: warning: leftover hardware steering of pid {record.get('pid')} on "

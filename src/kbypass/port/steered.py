@@ -114,7 +114,7 @@ class SteeredPort(Port):
             if backend == "afxdp":
                 self._open_afxdp(ifname, queue, netns, xdp_mode, port_options, control_plane, share)
                 if self.hidden is not None:
-                    self.hidden.apply()
+                    self._apply_hardware(hw)
             elif backend == "packet_mmap":
                 self._open_packet_mmap(ifname, queue, netns, port_options)
             else:
@@ -172,10 +172,23 @@ class SteeredPort(Port):
         except HardwareSteeringError as e:
             if hw != "auto":
                 raise
-            self.hw_note = f"{e}; steering in software only (the XDP program)"
+            self._software_only(e)
             return False
         self.hidden = hidden
         return True
+
+    def _apply_hardware(self, hw) -> None:
+        try:
+            self.hidden.apply()
+        except HardwareSteeringError as e:  # held by another program, or refused by the driver
+            if hw != "auto":
+                raise
+            self._software_only(e)
+
+    def _software_only(self, why: HardwareSteeringError) -> None:
+        """hw="auto" where the NIC cannot: the XDP program steers alone, and `hw_note` says why."""
+        self.hidden, self.hw = None, False
+        self.hw_note = f"{why}; steering in software only (the XDP program)"
 
     def _queue_taken(self, ifname: str, queue: int) -> UsageError:
         """EBUSY from the bind: another AF_XDP socket holds the queue (AF_XDP takes one socket pool per
