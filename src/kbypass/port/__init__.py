@@ -53,5 +53,5 @@ def open_port(backend: str, ifname: str | None = None, *, netns: str | None = No
     from .steered import SteeredPort
 
     queue = options.pop("queue", None)
-    steering = {k: options.pop(k) for k in ("xdp_mode", "control_plane", "share") if k in options}
+    steering = {k: options.pop(k) for k in ("xdp_mode", "control_plane", "share", "hw") if k in options}
     return SteeredPort(ifname, queue, rules, netns=netns, backend=backend, bind=bind, **steering, **options)

@@ -28,6 +28,7 @@ from kbypass.backend import batch as batch_backend
 from kbypass.cp.client import ControlPlaneError, ControlPlaneGone, SteeringLease
 from kbypass.errors import UsageError
 from kbypass.netns import entered
+from kbypass.steer.ethtool import HardwareSteeringError
 from kbypass.steer.rules import Rule
 from kbypass.steer.steering import Steering
 from kbypass.xsk.socket import XskError, rx_queue_count
@@ -36,6 +37,8 @@ from . import BACKENDS
 from .base import Port
 from .batch import Batch
 from .group import PortGroup
+from .hidden_queue import MODES as HW_MODES
+from .hidden_queue import HiddenQueue
 
 
 def rule_list(rules) -> list[Rule]:
@@ -67,13 +70,18 @@ class SteeredPort(Port):
     "auto" (the default: "cp" when this process is not root). share_queue (afxdp, control plane): receive
     on queues other programs of the same user receive on too, each its own flows (the control plane's
     shared pool of the queue, kbypass.cp.pool; every program on the queue must ask for it; the sockets are
-    the control plane's). Other keyword options go to the backend's port class (AfXdpPort,
+    the control plane's). hw (afxdp, one queue): also steer in the NIC (kbypass.port.hidden_queue): an
+    ntuple rule per redirect rule sends the flow to `queue` and the RSS table sends that queue nothing else,
+    both undone on close (or, after a crash, by the next program that uses hw). True: a device without
+    ntuple rules or an RSS table is a HardwareSteeringError (a UsageError) before anything is attached;
+    "auto": steer in software only then, and `hw_note` says why. The XDP program steers in every case.
+    Other keyword options go to the backend's port class (AfXdpPort,
     PacketMmapPort, SocketPort)."""
 
     def __init__(self, ifname: str | None, queue: int | None = 0, rules=(), *, netns: str | None = None,
                  backend: str = "afxdp", xdp_mode: str = "native", bind: tuple[str, int] | None = None,
                  control_plane: bool = True, share: bool = False, sockets: str = "auto", batch_ops=None,
-                 share_queue: bool = False, **port_options) -> None:
+                 share_queue: bool = False, hw=False, **port_options) -> None:
         self.rules = rule_list(rules)  # before anything is attached
         # chosen once here, so every queue's port (and UMEM) uses the same batch backend
         self.batch_ops = port_options["batch_ops"] = batch_ops if batch_ops is not None else batch_backend()
@@ -85,6 +93,8 @@ class SteeredPort(Port):
         self.steering = None
         self.rule_ids: list[int] = []
         self.control_lost: str | None = None  # why the control plane's counters are missing (see _counters)
+        self.hidden: HiddenQueue | None = None
+        self.hw_note: str | None = None  # why --hw auto fell back to software steering
         if (not control_plane or share) and backend != "afxdp":
             raise UsageError(f"the {backend} backend does not steer (no XDP program): drop "
                              f"{'share' if share else 'control_plane=False'}")
@@ -99,9 +109,12 @@ class SteeredPort(Port):
             sockets = "cp"
         self.share_queue = share_queue
         self.sockets = _who_makes_sockets(sockets, backend, control_plane)
+        self.hw = self._hardware(hw, ifname, queue, netns)  # every refusal before anything is attached
         try:
             if backend == "afxdp":
                 self._open_afxdp(ifname, queue, netns, xdp_mode, port_options, control_plane, share)
+                if self.hidden is not None:
+                    self._apply_hardware(hw)
             elif backend == "packet_mmap":
                 self._open_packet_mmap(ifname, queue, netns, port_options)
             else:
@@ -141,6 +154,41 @@ class SteeredPort(Port):
             self.steering.register_xsk(q, port.fd)
         if not control_plane:
             self.steering.attach()
+
+    def _hardware(self, hw, ifname, queue, netns) -> bool:
+        """Check `hw` (see the class doc) and the device; True when hardware steering will be applied."""
+        if hw not in HW_MODES:
+            raise UsageError(f"hw={hw!r} is unknown: use False, True or 'auto'")
+        if not hw:
+            return False
+        if self.backend != "afxdp":
+            raise UsageError(f"hardware steering places the flows the steering program redirects, and the "
+                             f"{self.backend} backend has none: drop --hw or use --backend afxdp")
+        if queue is None:
+            raise UsageError("hardware steering puts the flows on one queue: give --queue N (queue=N)")
+        try:
+            hidden = HiddenQueue(ifname, netns, queue, self.rules)
+            hidden.check()
+        except HardwareSteeringError as e:
+            if hw != "auto":
+                raise
+            self._software_only(e)
+            return False
+        self.hidden = hidden
+        return True
+
+    def _apply_hardware(self, hw) -> None:
+        try:
+            self.hidden.apply()
+        except HardwareSteeringError as e:  # held by another program, or refused by the driver
+            if hw != "auto":
+                raise
+            self._software_only(e)
+
+    def _software_only(self, why: HardwareSteeringError) -> None:
+        """hw="auto" where the NIC cannot: the XDP program steers alone, and `hw_note` says why."""
+        self.hidden, self.hw = None, False
+        self.hw_note = f"{why}; steering in software only (the XDP program)"
 
     def _queue_taken(self, ifname: str, queue: int) -> UsageError:
         """EBUSY from the bind: another AF_XDP socket holds the queue (AF_XDP takes one socket pool per
@@ -275,6 +323,8 @@ class SteeredPort(Port):
     def close(self) -> None:
         # Detach first so no new frames are steered to sockets that are going away.
         self._port = None
+        if self.hidden is not None:
+            self.hidden.undo()
         if self.steering is not None:
             self.steering.close()
         for port in self.ports:

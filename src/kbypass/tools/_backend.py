@@ -8,8 +8,10 @@ refused for the others rather than silently ignored, before anything is opened.
 
 from __future__ import annotations
 
-from kbypass.host import testbed
+import sys
+
 from kbypass.errors import UsageError, require_root
+from kbypass.host import testbed
 from kbypass.port import BACKENDS
 from kbypass.tools._common import pin_cpu
 from kbypass.tools._options import add_no_cp
@@ -23,6 +25,16 @@ def add_backend_option(p) -> None:
                         "interfaces without XDP (sees every frame, filtered by the one --rule); socket: a "
                         "kernel UDP socket with recvmmsg/sendmmsg, the baseline (binds the --rule's dst/dport)")
     add_no_cp(p, share=True)
+    p.add_argument("--hw", nargs="?", const="on", choices=("on", "auto"), default=None,
+                   help="afxdp, with --queue N: also steer in the NIC: an ntuple rule sends each flow to queue N and "
+                        "the RSS table sends N nothing else (the hidden queue), undone on exit (after a crash: by "
+                        "the next --hw). A device without ntuple/RSS is an error; '--hw auto' then steers in "
+                        "software only and says so")
+
+
+def hw_mode(args):
+    """--hw as SteeredPort's hw: False, True or "auto"."""
+    return {None: False, "on": True, "auto": "auto"}[getattr(args, "hw", None)]
 
 
 def _check_afxdp_only(args, backend: str) -> None:
@@ -32,7 +44,8 @@ def _check_afxdp_only(args, backend: str) -> None:
                                 ("--xdp-mode", getattr(args, "xdp_mode", "native"), "native"),
                                 ("--no-cp", getattr(args, "no_cp", False), False),
                                 ("--share", getattr(args, "share", False), False),
-                                ("--share-queue", getattr(args, "share_queue", False), False)):
+                                ("--share-queue", getattr(args, "share_queue", False), False),
+                                ("--hw", getattr(args, "hw", None), None)):
         if value != default:
             raise UsageError(f"{opt} applies to the afxdp backend only, not {backend}: drop it or use "
                              "--backend afxdp")
@@ -57,7 +70,7 @@ def open_backend(args, rules: list[str]):
         options = dict(queue=args.queue, xdp_mode=args.xdp_mode, mode=args.mode, poll=args.poll,
                        frames=args.frames, frame_size=args.frame_size, rx_size=ring, tx_size=ring,
                        fill_size=ring, comp_size=ring, control_plane=not args.no_cp, share=args.share,
-                       share_queue=args.share_queue)
+                       share_queue=args.share_queue, hw=hw_mode(args))
     else:
         _check_afxdp_only(args, backend)
     if backend == "packet_mmap":
@@ -81,4 +94,7 @@ def open_backend(args, rules: list[str]):
                                parsed[0].dport)
     iface, ns = resolve_where(args)
     pin_cpu(args.cpu)
-    return open_port(backend, iface, netns=ns, rules=parsed, **options)
+    sp = open_port(backend, iface, netns=ns, rules=parsed, **options)
+    if sp.hw_note:  # --hw auto on a device that cannot: one line, then the software steering runs
+        print(f"kbypass {args.command}: --hw auto: {sp.hw_note}", file=sys.stderr, flush=True)
+    return sp

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kbypass.host import testbed
 from kbypass.errors import KbypassError, UsageError
-from kbypass.tools import _options
-from kbypass.tools import _output
+from kbypass.host import testbed
+from kbypass.tools import _options, _output
 
 # Upper bounds that keep a typo from asking for gigabytes (2^24 ring entries already took 1.6 GB, 2^30 spun
 # at 100% CPU) while leaving room far beyond what a receive loop gains from: 2^18 frames of 4096 bytes are
@@ -102,6 +101,11 @@ def port_summary(sp, res, **extra) -> dict:
     summary = {"packets": res.packets, "bytes": res.bytes, **extra, "seconds": round(res.seconds, 6),
                "pps": round(res.pps, 1), "mode": getattr(sp.port, "bind_mode", None) or sp.port.mode,
                "queues": sp.queues, "stats": sp.port.stats, "rules": sp.rule_counters()}
+    hidden, note = getattr(sp, "hidden", None), getattr(sp, "hw_note", None)
+    if hidden is not None:  # --hw: where the NIC put our ntuple rules
+        summary["hw"] = {"queue": hidden.queue, "rule_locations": list(hidden.locations)}
+    elif note:  # --hw auto on a device that cannot
+        summary["hw"] = {"fallback": note}
     return summary
 
 
