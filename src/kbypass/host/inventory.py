@@ -20,7 +20,7 @@ import time
 from kbypass import netns as _netns
 from kbypass.bpf import ids, libbpf
 from kbypass.cp.paths import namespace_name
-from kbypass.errors import KbypassError
+from kbypass.errors import KbypassError, UsageError
 from kbypass.host import ifstats, napi, procscan
 from kbypass.host.xsks import Finder
 from kbypass.steer.observe import ObservedProgram
@@ -44,7 +44,7 @@ def namespaces(only: str | None = None) -> dict[str, int]:
             continue
     if only is not None:
         if only not in found:
-            raise KbypassError(f"no network namespace {only!r}: see 'ip netns list'")
+            raise UsageError(f"no network namespace {only!r}: see 'ip netns list'")
         return {only: found[only]}
     return found
 

@@ -11,8 +11,8 @@ import struct
 
 from kbypass.bpf import ids
 from kbypass.bpf.libbpf import BpfMap
+from kbypass.steer import steering
 from kbypass.steer.rules import Rule
-from kbypass.steer.steering import PROGRAM, STAT_NOT_IP, STAT_PARSE_ERROR, STAT_UNMATCHED
 
 MAPS = ("steer_rules", "steer_order", "steer_config", "steer_counters", "steer_stats")
 
@@ -28,8 +28,8 @@ class ObservedProgram:
     """The maps of steering program `info` (a `ids.ProgInfo` named kbypass_steer)."""
 
     def __init__(self, info: ids.ProgInfo) -> None:
-        if info.name != PROGRAM:
-            raise ValueError(f"program {info.id} is {info.name!r}, not {PROGRAM}")
+        if info.name != steering.PROGRAM:
+            raise ValueError(f"program {info.id} is {info.name!r}, not {steering.PROGRAM}")
         self.prog_id = info.id
         self._maps: dict[str, BpfMap] = {}
         for mid in info.map_ids:
@@ -65,7 +65,8 @@ class ObservedProgram:
             return {}
         m = self._maps["steer_stats"]
         return {name: _percpu_sum(m, key, 1)[0] for name, key in
-                (("unmatched", STAT_UNMATCHED), ("parse_errors", STAT_PARSE_ERROR), ("not_ip", STAT_NOT_IP))}
+                (("unmatched", steering.STAT_UNMATCHED), ("parse_errors", steering.STAT_PARSE_ERROR),
+                 ("not_ip", steering.STAT_NOT_IP))}
 
     def close(self) -> None:
         for m in self._maps.values():
