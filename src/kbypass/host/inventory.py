@@ -143,6 +143,7 @@ class Inventory:
             if p.name == PROGRAM:
                 if p.id not in self._observed:
                     self._observed[p.id] = ObservedProgram(p)
+                entry["mono"] = time.monotonic()  # each source's own read time: its rate's interval
                 entry["rules"] = self._observed[p.id].rules()
                 entry["unmatched"] = self._observed[p.id].stats()
             programs.append(entry)
@@ -153,11 +154,12 @@ class Inventory:
             except KbypassError:
                 continue  # gone between the link walk and now
             interfaces.append({"netns": ns, "iface": iface, "sample": s, **placement(iface)})
+        sockets_mono = time.monotonic()
         sockets = [x.as_dict() for x in self.xsks.find(holders)]
         for x in sockets:
             x["owners"] = self._pids(set(x.pop("pids")))
         return {"time": time.time(), "mono": time.monotonic(), "programs": programs, "interfaces": interfaces,
-                "sockets": sockets}
+                "sockets": sockets, "sockets_mono": sockets_mono}
 
     def close(self) -> None:
         for o in self._observed.values():
@@ -170,18 +172,23 @@ def _per_s(now: int, before: int | None, dt: float) -> float:
 
 
 def rates(prev: dict, cur: dict) -> dict:
-    """One interval's record: `cur`'s cumulative counters with per-second rates since `prev`."""
+    """One interval's record: `cur`'s cumulative counters with per-second rates since `prev`. Each source's
+    rate is over the interval between its own two reads (a sample takes milliseconds, more on a busy
+    machine, and a rate over the sample's end times would be off by that share of the interval)."""
     dt = max(cur["mono"] - prev["mono"], 1e-9)
-    old_rules = {(p["prog_id"], r["rule_id"], r["rule"]): r for p in prev["programs"] for r in p.get("rules", [])}
+    old_progs = {p["prog_id"]: p for p in prev["programs"]}
     programs = []
     for p in cur["programs"]:
-        q = dict(p)
+        q = {k: v for k, v in p.items() if k != "mono"}
         if "rules" in p:
+            old = old_progs.get(p["prog_id"], {})
+            pdt = max(p["mono"] - old["mono"], 1e-9) if "mono" in old else dt
+            old_rules = {(r["rule_id"], r["rule"]): r for r in old.get("rules", [])}
             q["rules"] = []
             for r in p["rules"]:
-                o = old_rules.get((p["prog_id"], r["rule_id"], r["rule"]), {})
-                q["rules"].append({**r, "pps": _per_s(r["packets"], o.get("packets"), dt),
-                                   "mbit_s": _per_s(r["bytes"], o.get("bytes"), dt) * 8 / 1e6})
+                o = old_rules.get((r["rule_id"], r["rule"]), {})
+                q["rules"].append({**r, "pps": _per_s(r["packets"], o.get("packets"), pdt),
+                                   "mbit_s": _per_s(r["bytes"], o.get("bytes"), pdt) * 8 / 1e6})
         programs.append(q)
     old_if = {(i["netns"], i["iface"]): i["sample"] for i in prev["interfaces"]}
     interfaces = []
@@ -191,8 +198,9 @@ def rates(prev: dict, cur: dict) -> dict:
         interfaces.append({k: v for k, v in i.items() if k != "sample"} | {"totals": r["totals"],
                                                                            "queues": r["queues"]})
     old_socks = {s["inode"]: s["stats"] for s in prev["sockets"]}
+    sdt = max(cur.get("sockets_mono", cur["mono"]) - prev.get("sockets_mono", prev["mono"]), 1e-9)
     sockets = []
     for s in cur["sockets"]:
         o = old_socks.get(s["inode"], {})
-        sockets.append({**s, "stats_per_s": {k: _per_s(v, o.get(k), dt) for k, v in s["stats"].items()}})
+        sockets.append({**s, "stats_per_s": {k: _per_s(v, o.get(k), sdt) for k, v in s["stats"].items()}})
     return {"time": cur["time"], "seconds": dt, "programs": programs, "interfaces": interfaces, "sockets": sockets}
