@@ -160,3 +160,25 @@ def test_top_under_tmux_shows_the_rule_and_queue_rates(testbed_hosts):
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
         _stop(sink, *([gen] if gen else []))
+
+
+def test_top_shows_where_the_receive_work_runs(testbed_hosts):
+    """Threaded NAPI pinned to CPU 0: top names the threads, the CPUs they may run on and the one they ran on."""
+    from kbypass.host import napi
+
+    a, b = testbed_hosts
+    sink = _sink(30)
+    try:
+        _ready(b, sink)
+        pids = napi.place(b.iface, b.netns, 0)
+        assert pids, "the veth has NAPI instances once XDP is attached"
+        kbypass(*_gen(b, 2000, "20k"), check=True)  # queue 0's thread runs (there) after its pinning
+        rec = json.loads(kbypass("top", "--netns", b.netns, "--json", "--once", check=True).stdout)
+        iface = next(i for i in rec["interfaces"] if i["iface"] == b.iface)
+        threads = iface["napi_threads"]
+        assert {t["pid"] for t in threads} == set(pids)
+        assert all(t["cpus"] == "0" for t in threads) and any(t["last_cpu"] == 0 for t in threads), threads
+        assert iface["irqs"] == []  # a veth has no interrupt
+    finally:
+        napi.set_threaded(b.iface, b.netns, False)
+        _stop(sink)

@@ -95,8 +95,9 @@ class Inventory:
         return _netns.entered(None if name == self.here else name)
 
     def _locate(self, link: ids.LinkInfo) -> tuple[str, str] | None:
+        """The link's namespace and interface; found once (a link never moves), not found: asked again
+        next time (its namespace may be one made after top started)."""
         if link.id not in self._where:
-            self._where[link.id] = None
             for name in self.namespaces:
                 try:
                     with self._enter(name):
@@ -105,7 +106,7 @@ class Inventory:
                             break
                 except (KbypassError, OSError):
                     continue  # no such index there, or the namespace went
-        return self._where[link.id]
+        return self._where.get(link.id)
 
     def _pids(self, pids: set[int]) -> list[dict]:
         out = []
@@ -117,7 +118,12 @@ class Inventory:
 
     def sample(self) -> dict:
         """One snapshot: cumulative counters of every program, rule, interface, queue and socket."""
+        if self.only is None:  # namespaces come and go (a testbed brought up while top runs)
+            self.namespaces = self.xsks.namespaces = namespaces()
         holders = procscan.scan()
+        alive_pids = {p for fds in holders.sockets.values() for p, _ in fds}
+        alive_pids |= {p for g in (*holders.progs.values(), *holders.links.values()) for p in g}
+        self._commands = {p: c for p, c in self._commands.items() if p in alive_pids}  # pids are reused
         progs = ids.programs_named(PROGRAMS)
         alive = {p.id for p in progs}
         for gone in set(self._observed) - alive:
