@@ -85,6 +85,8 @@ COMMANDS = [
     "reflect",
     "gen",
     "stats",
+    "top",
+    "report",
     "capture",
     "bench",
     "pingpong",

@@ -32,6 +32,8 @@ BASE = {
     "gen": ["gen", *WHERE, "--src", "10.0.0.1", "--dst", "10.0.0.2:4321", "--dst-mac", "02:00:00:00:00:02",
             "--count", "1"],
     "stats": ["stats", *WHERE, "--count", "1"],
+    "top": ["top", "--once"],
+    "report": ["report", "/etc/hostname", "-o", "{tmp}/report.html"],
     "pingpong server": ["pingpong", "server", *WHERE, "--ip", "127.0.0.1"],
     "pingpong client": ["pingpong", "client", *WHERE, "--ip", "127.0.0.1", "--dst", "127.0.0.1:11111"],
     "xfer send": ["xfer", "send", *WHERE, "--dst", "127.0.0.1:7000", "--dst-mac", "02:00:00:00:00:02",
@@ -148,6 +150,11 @@ def guarded(monkeypatch, tmp_path):
     from kbypass.host import doctor
 
     monkeypatch.setattr(doctor, "run", reached("kbypass.host.doctor.run"))
+    from kbypass.host.inventory import Inventory
+    from kbypass.tools import report
+
+    monkeypatch.setattr(Inventory, "__init__", reached("Inventory()"))
+    monkeypatch.setattr(report, "load", reached("kbypass.tools.report.load"))
     monkeypatch.setattr(server, "serve", reached("kbypass.cp.server.serve"))
     monkeypatch.setattr(ControlPlaneClient, "__init__", reached("ControlPlaneClient()"))
     cwd = tmp_path / "cwd"
@@ -231,6 +238,8 @@ PATHS = {
     ("capture", "--write"): "out",
     ("xfer recv", "--write"): "out",
     ("pingpong client", "--histogram"): "out",
+    ("top", "--record"): "out",
+    ("report", "--output"): "out",
     ("xfer send", "--file"): "in",
     ("demo", "--out"): "dir",
     ("bench rx", "--out"): "dir",

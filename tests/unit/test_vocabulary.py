@@ -62,7 +62,8 @@ def every_option():
 def test_the_readme_table_is_read() -> None:
     # guards the parser of the README against a format change that would make every check below vacuous
     assert {"--iface", "--port", "--duration", "--count", "--write", "--dst", "--json"} <= set(TABLE)
-    assert SHORT == {"-i": "--iface", "-p": "--port", "-t": "--duration", "-c": "--count", "-w": "--write"}
+    assert SHORT == {"-i": "--iface", "-p": "--port", "-t": "--duration", "-c": "--count", "-w": "--write",
+                     "-o": "--output"}
     assert {"--queue", "--rule", "--subnet", "--histogram"} <= set(particular())
     assert {"sink", "gen", "pingpong client", "xfer recv", "testbed up", "bench rx"} <= {name(p) for p in COMMANDS}
 

@@ -2,7 +2,7 @@
 
 Only what kbypass needs is declared, all in this file: open/load an object, find programs and maps, map
 update/lookup/delete on fds, attach XDP through a bpf_link, query which XDP program an interface has,
-BPF_PROG_TEST_RUN, and the library version. Everything else in kbypass talks to these Python wrappers.
+BPF_PROG_TEST_RUN, the library version, and walking the kernel's program, map and link ids (bpf/ids.py). Everything else in kbypass talks to these Python wrappers.
 
 Ownership: a `BpfObject` owns the loaded programs and maps (their fds die with `close()`); an `XdpLink`
 owns one attachment, and the kernel detaches the program when the link's last fd is closed - including
@@ -100,6 +100,11 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_obj_get_info_by_fd": (_I, [_I, _P, _P]),
     "bpf_prog_get_fd_by_id": (_I, [_U32]),
     "bpf_prog_test_run_opts": (_I, [_I, _P]),
+    "bpf_prog_get_next_id": (_I, [_U32, _P]),
+    "bpf_map_get_next_id": (_I, [_U32, _P]),
+    "bpf_link_get_next_id": (_I, [_U32, _P]),
+    "bpf_map_get_fd_by_id": (_I, [_U32]),
+    "bpf_link_get_fd_by_id": (_I, [_U32]),
 }
 
 _lib: ctypes.CDLL | None = None

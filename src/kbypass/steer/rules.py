@@ -319,6 +319,35 @@ class Rule:
                 fields[name + "_mask"] = net.netmask.packed.ljust(16, b"\0")
         return RULE_STRUCT.pack(*(fields[name] for name, _ in RULE_LAYOUT))
 
+    @classmethod
+    def unpack(cls, raw: bytes) -> tuple[Rule, int]:
+        """The rule and socket group of a packed `struct steer_rule`, as read back from the steer_rules map
+        of a running program (`kbypass top`): the inverse of `pack`."""
+        f = dict(zip((name for name, _ in RULE_LAYOUT), RULE_STRUCT.unpack(raw[:RULE_SIZE])))
+        kw: dict[str, object] = {"action": next(k for k, v in ACTIONS.items() if v == f["action"])}
+        if kw["action"] == "sample":
+            t = f["sample_thresh"]
+            # six significant digits: pack rounds P to a 32-bit threshold, and 0.05 should read back as 0.05
+            kw["probability"] = 1.0 if t == SAMPLE_ALWAYS else float(f"{t / 2**32:.6g}")
+        if f["tagged"]:
+            kw["vlan"] = f["vlan"]
+        if f["family"] == FAMILY_ETHER:
+            kw["proto"] = ETHER
+            if f["dport_mask"] != b"\0\0":
+                kw["ethertype"] = int.from_bytes(f["dport"], "big")
+            return cls(**kw), f["group"]  # type: ignore[arg-type]
+        kw["proto"] = next((k for k, v in PROTOS.items() if v == f["proto"]), "any")
+        for name in ("sport", "dport"):
+            if f[name + "_mask"] != b"\0\0":
+                kw[name] = int.from_bytes(f[name], "big")
+        width = 16 if f["family"] == FAMILY_V6 else 4
+        for name in ("src", "dst"):
+            mask = f[name + "_mask"][:width]
+            if any(mask):
+                addr = ipaddress.ip_address(f[name][:width])
+                kw[name] = f"{addr}/{bin(int.from_bytes(mask, 'big')).count('1')}"
+        return cls(**kw), f["group"]  # type: ignore[arg-type]
+
 
 def overlap(a: Rule, b: Rule) -> bool:
     """Can one packet match both rules? Field by field, a wildcard overlaps everything and two values
