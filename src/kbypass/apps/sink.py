@@ -1,7 +1,10 @@
 """The sink: receive steered flows, count them, optionally check sequence numbers and one-way latency.
 
 One numpy pass per batch; no Python per packet. Frames are freed right after counting (they are ours
-from receive() until free()).
+from receive() until free()). Where the port can (AfXdpPort.consume: the C lane, a queue of its own), one C
+call per batch does all of it instead, the sequence check included: receive, read the stamps, give the
+frames straight back to the fill ring. The numpy path stays the reference (the same-verdict test in
+tests/unit/test_sink_consume.py holds the two to the same result).
 """
 
 from __future__ import annotations
@@ -49,9 +52,22 @@ class Sink:
         ticker = Ticker(report)
         start = last = None
         tick = lambda: ticker.tick(res.packets, time.monotonic())
-        for batch in receive_batches(port, self.batch, duration=duration, idle_timeout=idle_timeout,
-                                     until=None if count is None else lambda: res.packets >= count,
-                                     on_idle=tick):
+        loop = dict(duration=duration, idle_timeout=idle_timeout, on_idle=tick,
+                    until=None if count is None else lambda: res.packets >= count)
+        if self._consumes():
+            seq, off = self.seq, self.stamp_offset
+            for n, nbytes, lat in receive_batches(port, self.batch, **loop,
+                                                  take=lambda: _some(port.consume(self.batch, seq, off))):
+                last = time.monotonic()
+                if start is None:
+                    start = last
+                res.packets += n
+                res.bytes += nbytes
+                if len(lat):
+                    self._latency_ns.append(lat.copy())
+                ticker.tick(res.packets, last)
+            return self._finish(res, start, last)
+        for batch in receive_batches(port, self.batch, **loop):
             last = time.monotonic()
             if start is None:
                 start = last
@@ -66,12 +82,25 @@ class Sink:
                     self._latency_ns.append(time.monotonic_ns() - sent)
             port.free(batch)
             ticker.tick(res.packets, last)
+        return self._finish(res, start, last)
+
+    def _consumes(self) -> bool:
+        """Whether the one-call-per-batch path runs: the port has it, and the stamps (if checked) are past
+        the frame's start (consume reads none at offset 0)."""
+        return getattr(self.port, "can_consume", False) and (self.seq is None or self.stamp_offset > 0)
+
+    def _finish(self, res: SinkResult, start: float | None, last: float | None) -> SinkResult:
         if start is not None:  # from the first packet to the last: idle time before or after is not rate
             res.seconds = max(last - start, 1e-9)
         if self.seq is not None:
             res.seq = self.seq.summary()
             res.latency_us = latency_summary(self._latency_ns)
         return res
+
+
+def _some(consumed: tuple):
+    """consume()'s result, or None when it took nothing (receive_batches waits then)."""
+    return consumed if consumed[0] else None
 
 
 def latency_summary(chunks: list[np.ndarray]) -> dict | None:
