@@ -228,8 +228,8 @@ static PyObject *seq_update(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat)
- *   -> (frames, bytes, latencies): kb_sink_drain. rx, fill: the rings' struct kb_ring (ring.py KbRing);
+/* drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms)
+ *   -> (frames, bytes, latencies): kb_sink_run (wait_ms 0: one kb_sink_drain, no waiting). rx, fill: the rings' struct kb_ring (ring.py KbRing);
  * stats: the port's counters; state, seen: the sequence check's (None when stamp_off is 0); seqs, lat:
  * int64 scratch and output arrays with room for budget numbers. */
 static PyObject *drain(PyObject *self, PyObject *args) {
@@ -237,10 +237,11 @@ static PyObject *drain(PyObject *self, PyObject *args) {
     int fd;
     unsigned int frame_size, budget;
     Py_ssize_t stamp_off;
-    if (!PyArg_ParseTuple(args, "OOiOIOInOOOO", &o[0], &o[1], &fd, &o[2], &frame_size, &o[3], &budget,
-                          &stamp_off, &o[4], &o[5], &o[6], &o[7]))
+    int wait_ms;
+    if (!PyArg_ParseTuple(args, "OOiOIOInOOOOi", &o[0], &o[1], &fd, &o[2], &frame_size, &o[3], &budget,
+                          &stamp_off, &o[4], &o[5], &o[6], &o[7], &wait_ms))
         return NULL;
-    if (!frame_size || (frame_size & (frame_size - 1)) || stamp_off < 0 || !budget) {
+    if (!frame_size || (frame_size & (frame_size - 1)) || stamp_off < 0 || !budget || wait_ms < 0) {
         PyErr_SetString(PyExc_ValueError, "drain: bad frame size, budget or stamp offset");
         return NULL;
     }
@@ -267,7 +268,10 @@ static PyObject *drain(PyObject *self, PyObject *args) {
     } else {
         uint64_t bytes;
         size_t nlat;
-        long long n = kb_sink_drain(&k, budget, &bytes, &nlat);
+        long long n;
+        Py_BEGIN_ALLOW_THREADS /* the views keep every buffer; no Python object is touched */
+        n = wait_ms ? kb_sink_run(&k, budget, wait_ms, &bytes, &nlat) : kb_sink_drain(&k, budget, &bytes, &nlat);
+        Py_END_ALLOW_THREADS
         if (n == KB_SINK_E_RX_DESC)
             PyErr_SetString(PyExc_RuntimeError, "RX descriptor outside the UMEM");
         else
@@ -285,7 +289,8 @@ static PyMethodDef methods[] = {
     {"stamp", stamp, METH_VARARGS, "stamp(mem, descs, offset, first_seq, now_ns) -> -1 or first short frame"},
     {"seq_update", seq_update, METH_VARARGS, "seq_update(state, seen, seqs) -> None"},
     {"drain", drain, METH_VARARGS,
-     "drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat) -> (n, bytes, nlat)"},
+     "drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms) -> "
+     "(n, bytes, nlat)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,6 +1,7 @@
 /* kb_sink.c: see kb_sink.h. */
 #include "kb_sink.h"
 
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -11,6 +12,12 @@ static inline uint64_t be64_at(const uint8_t *p) {
     uint64_t v;
     memcpy(&v, p, 8);
     return __builtin_bswap64(v);
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, size_t *nlat) {
@@ -41,9 +48,7 @@ long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, siz
             return KB_SINK_E_RX_DESC;
         }
     }
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    int64_t now = now_ns();
     size_t nseq = 0, nl = 0, need = k->stamp_off + 16;
     for (uint32_t i = 0; i < n; i++) {
         const struct kb_desc *d = kb_ring_desc(k->rx, ri + i);
@@ -64,4 +69,31 @@ long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, siz
     *bytes = total;
     *nlat = nl;
     return n;
+}
+
+long long kb_sink_run(struct kb_sink *k, uint32_t budget, int wait_ms, uint64_t *bytes, size_t *nlat) {
+    *bytes = 0;
+    *nlat = 0;
+    struct kb_sink step = *k;
+    int64_t deadline = now_ns() + (int64_t)wait_ms * 1000000;
+    uint32_t total = 0;
+    while (total < budget) {
+        uint64_t b;
+        size_t nl;
+        long long n = kb_sink_drain(&step, budget - total, &b, &nl);
+        if (n < 0) return n;
+        if (n > 0) {
+            total += (uint32_t)n;
+            *bytes += b;
+            *nlat += nl;
+            step.lat += nl; /* the next step's latencies after these */
+            continue;
+        }
+        int64_t left = deadline - now_ns();
+        if (left <= 0) break;
+        struct pollfd pfd = {.fd = k->fd, .events = POLLIN};
+        int ms = (int)((left + 999999) / 1000000);
+        if (poll(&pfd, 1, ms) <= 0) break; /* quiet for the whole wait, or a signal: the caller's turn */
+    }
+    return total;
 }

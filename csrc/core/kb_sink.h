@@ -40,4 +40,10 @@ struct kb_sink {
  * total length; *nlat: latencies written to lat. */
 long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, size_t *nlat);
 
+/* kb_sink_drain until `budget` frames were taken, sleeping in poll() whenever the RX ring is empty, for at
+ * most wait_ms in all: the receive loop of a sink in C, so that the caller (Python) runs once per budget
+ * frames or per quiet wait, not once per wakeup of the kernel. Returns early on a signal (poll's EINTR). lat
+ * needs room for budget latencies. Frames taken, or KB_SINK_E_RX_DESC. */
+long long kb_sink_run(struct kb_sink *k, uint32_t budget, int wait_ms, uint64_t *bytes, size_t *nlat);
+
 #endif
