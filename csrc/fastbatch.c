@@ -229,7 +229,8 @@ static PyObject *seq_update(PyObject *self, PyObject *args) {
 }
 
 /* drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms)
- *   -> (frames, bytes, latencies): kb_sink_run (wait_ms 0: one kb_sink_drain, no waiting). rx, fill: the rings' struct kb_ring (ring.py KbRing);
+ *   -> (frames, bytes, latencies, first_ns, last_ns): kb_sink_run (wait_ms 0: one kb_sink_drain, no waiting);
+ * first_ns, last_ns: CLOCK_MONOTONIC of the first and last frames taken (0 when none). rx, fill: the rings' struct kb_ring (ring.py KbRing);
  * stats: the port's counters; state, seen: the sequence check's (None when stamp_off is 0); seqs, lat:
  * int64 scratch and output arrays with room for budget numbers. */
 static PyObject *drain(PyObject *self, PyObject *args) {
@@ -275,7 +276,8 @@ static PyObject *drain(PyObject *self, PyObject *args) {
         if (n == KB_SINK_E_RX_DESC)
             PyErr_SetString(PyExc_RuntimeError, "RX descriptor outside the UMEM");
         else
-            r = Py_BuildValue("LKn", n, (unsigned long long)bytes, (Py_ssize_t)nlat);
+            r = Py_BuildValue("LKnLL", n, (unsigned long long)bytes, (Py_ssize_t)nlat, (long long)k.first_ns,
+                              (long long)k.last_ns);
     }
     release_all(v, nv);
     return r;
@@ -290,7 +292,7 @@ static PyMethodDef methods[] = {
     {"seq_update", seq_update, METH_VARARGS, "seq_update(state, seen, seqs) -> None"},
     {"drain", drain, METH_VARARGS,
      "drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms) -> "
-     "(n, bytes, nlat)"},
+     "(n, bytes, nlat, first_ns, last_ns)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -49,6 +49,8 @@ long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, siz
         }
     }
     int64_t now = now_ns();
+    if (!k->first_ns) k->first_ns = now;
+    k->last_ns = now;
     size_t nseq = 0, nl = 0, need = k->stamp_off + 16;
     for (uint32_t i = 0; i < n; i++) {
         const struct kb_desc *d = kb_ring_desc(k->rx, ri + i);
@@ -87,6 +89,8 @@ long long kb_sink_run(struct kb_sink *k, uint32_t budget, int wait_ms, uint64_t 
             *bytes += b;
             *nlat += nl;
             step.lat += nl; /* the next step's latencies after these */
+            k->first_ns = step.first_ns;
+            k->last_ns = step.last_ns;
             continue;
         }
         int64_t left = deadline - now_ns();

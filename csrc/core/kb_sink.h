@@ -32,6 +32,9 @@ struct kb_sink {
     uint64_t window;
     int64_t *seqs; /* scratch: room for budget numbers */
     int64_t *lat;  /* room for budget latencies */
+    /* out: CLOCK_MONOTONIC ns of the first and the last drain that took frames (first_ns stays as the
+     * caller set it once non-zero: zero both before a call) */
+    int64_t first_ns, last_ns;
 };
 
 #define KB_SINK_E_RX_DESC (-1) /* an RX descriptor outside the UMEM: nothing taken */

@@ -45,11 +45,17 @@ def _send(a, b, n_slices=SLICES):
 
 
 def _start(binary, b, program):
-    p = subprocess.Popen([str(binary), "--iface", b.iface, "--netns", b.netns, "--queue", "0", "--program", program],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = p.stderr.readline()  # "receiving on ..." once the socket is bound (or an error, and the end)
-    assert "receiving on" in line, line + p.stderr.read()
-    return p
+    for _ in range(20):  # the kernel releases a closed socket's hold on the queue a little later (EBUSY)
+        p = subprocess.Popen([str(binary), "--iface", b.iface, "--netns", b.netns, "--queue", "0", "--program",
+                              program], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = p.stderr.readline()  # "receiving on ..." once the socket is bound (or an error, and the end)
+        if "receiving on" in line:
+            return p
+        rest = p.stderr.read()
+        p.wait()
+        assert "busy" in line, line + rest
+        time.sleep(0.1)
+    raise AssertionError(line + rest)
 
 
 def _stop(p) -> dict:
@@ -67,9 +73,8 @@ def _xdp_attached(b) -> bool:
 
 def test_receives_exactly_what_the_steering_program_redirects(testbed_hosts, binary):
     a, b = testbed_hosts
-    with Steering(b.iface, netns=b.netns) as steering:
+    with Steering(b.iface, netns=b.netns) as steering:  # attached by the with
         rule = steering.add(f"udp dst {b.ipv4} dport {benchkit.PORT}")
-        steering.attach()
         p = _start(binary, b, "attached")
         try:
             _send(a, b)

@@ -101,8 +101,13 @@ def test_consume_without_sequence_check_counts_and_gives_frames_back(monkeypatch
                              batch_ops=backend.batch("c")) as port:
         for _ in range(5):  # 5 x 60 frames through a fill quota of 64: only if each comes back
             assert port.xsk.deliver([b"x" * 60] * 60) == 60
-            assert port.consume(256)[:2] == (60, 3600)
+            t0 = time.monotonic()
+            n, nbytes, lat, first, last = port.consume(256)
+            assert (n, nbytes, len(lat)) == (60, 3600, 0) and t0 <= first <= last <= time.monotonic()
         assert port.consume(256)[0] == 0
+        t0 = time.monotonic()
+        assert port.consume(256, wait=0.03)[::3] == (0, 0.0)  # waited in poll() for a quiet 30 ms
+        assert time.monotonic() - t0 >= 0.025
         assert port.stats["rx_packets"] == 300
         assert port.check(app=0)["fill"] == 64
 

@@ -68,10 +68,9 @@ class Sink:
                 want = CONSUME_FRAMES if count is None else max(1, min(CONSUME_FRAMES, count - res.packets))
                 return _some(port.consume(max(want, 1), seq, off, wait=CONSUME_WAIT))
 
-            for n, nbytes, lat in receive_batches(port, self.batch, **loop, take=take):
-                last = time.monotonic()
-                if start is None:
-                    start = last
+            for n, nbytes, lat, first, last in receive_batches(port, self.batch, **loop, take=take):
+                if start is None:  # the frames' own times: a call may wait in C past its last frame
+                    start = first
                 res.packets += n
                 res.bytes += nbytes
                 if len(lat):

@@ -221,9 +221,10 @@ class AfXdpPort(UmemPort):
         return self._lock is None and getattr(self.umem.ops, "drain", None) is not None
 
     def consume(self, max_frames: int = 256, seq=None, stamp_offset: int = 0,
-                wait: float = 0.0) -> tuple[int, int, np.ndarray]:
+                wait: float = 0.0) -> tuple[int, int, np.ndarray, float, float]:
         """Receive up to max_frames and give them straight back to the kernel, for a receiver that only
-        reads them (the sink): (frames, bytes, latencies in ns). One C call (kb_sink_drain) per batch: the
+        reads them (the sink): (frames, bytes, latencies in ns, and the time.monotonic() of the first and
+        the last frame taken, 0.0 when none). One C call (kb_sink_drain) per batch: the
         frames go from the RX ring to the fill ring without becoming yours, so no frame state changes and
         check() still balances. With `seq` (an apps.seqcheck.SeqChecker) and stamp_offset > 0, the stamps
         at stamp_offset go to its sequence check, and the latencies of the time-stamped frames are returned.
@@ -240,11 +241,11 @@ class AfXdpPort(UmemPort):
         if len(self._lat) < n:
             self._lat, self._seqs = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
         off = stamp_offset if seq is not None else 0
-        k, nbytes, nlat = self.umem.ops.drain(
+        k, nbytes, nlat, first, last = self.umem.ops.drain(
             self._rx.shared, self._fill.shared, self.xsk.fd, self.umem.array, self.umem.frame_size, self.counters,
             n, off, seq.state if off else None, seq.seen if off else None, self._seqs, self._lat,
             math.ceil(wait * 1000) if wait > 0 else 0)
-        return k, nbytes, self._lat[:nlat]
+        return k, nbytes, self._lat[:nlat], first / 1e9, last / 1e9
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the RX ring has frames or timeout seconds pass; True if frames are ready."""
