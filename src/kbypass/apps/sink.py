@@ -19,7 +19,6 @@ from kbypass.port.base import Port
 from kbypass.port.loop import Ticker, receive_batches
 from kbypass.proto.stamp import ETH_IPV4_UDP
 
-
 # The C path's call (AfXdpPort.consume): up to this many frames, or this long, per return to Python. Each
 # return costs the interpreter's loop (~5-10 us here); returning once per wakeup of the kernel (a NAPI poll
 # of 64 frames or fewer) cost the sink a quarter of its core at 2 Mpps.
