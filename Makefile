@@ -19,7 +19,7 @@ PY_EXT = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_co
 NATIVE := $(patsubst csrc/%.c,src/kbypass/_%$(PY_EXT),$(wildcard csrc/*.c))
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup bpf core native bench clean
+.PHONY: demo test setup bpf core native tools bench clean
 
 demo: setup
 	$(KB) demo
@@ -35,6 +35,16 @@ bpf: $(BPF_OBJ)
 core: $(CORE_LIB)
 
 native: $(NATIVE)
+
+# Stand-alone C programs of our own (csrc/tools/*.c -> build/<name>): the C limit rows of `kbypass bench`,
+# e.g. build/xdp_rxdrop, the minimal AF_XDP receiver on libxdp's xsk API.
+TOOLS := $(patsubst csrc/tools/%.c,build/%,$(wildcard csrc/tools/*.c))
+
+tools: $(TOOLS)
+
+build/%: csrc/tools/%.c
+	@mkdir -p $(dir $@)
+	gcc $(CFLAGS_C) $< -o $@ -lxdp -lbpf
 
 build/core/%.o: csrc/core/%.c $(wildcard csrc/core/*.h)
 	@mkdir -p $(dir $@)

@@ -14,6 +14,9 @@
 #include "pydescs.h"
 
 #include "core/kb_batch.h"
+#include "core/kb_port.h"
+#include "core/kb_seq.h"
+#include "core/kb_sink.h"
 #include "core/kb_umem.h"
 
 static int get_bytes(PyObject *obj, Py_buffer *b, int writable) {
@@ -181,12 +184,115 @@ static PyObject *stamp(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(bad);
 }
 
+/* Views of n writable, contiguous buffers, each at least min[i] bytes: all or none (-1, exception set). */
+static int get_all(PyObject **objs, Py_buffer *views, const Py_ssize_t *min, const char *const *names, int n) {
+    for (int i = 0; i < n; i++) {
+        if (get_bytes(objs[i], &views[i], 1) == 0 && views[i].len >= min[i]) continue;
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_ValueError, "%s: %zd bytes, at least %zd needed", names[i], views[i].len, min[i]);
+            PyBuffer_Release(&views[i]);
+        }
+        while (i--) PyBuffer_Release(&views[i]);
+        return -1;
+    }
+    return 0;
+}
+
+static void release_all(Py_buffer *views, int n) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(&views[i]);
+}
+
+/* The sequence state (SeqChecker.state: struct kb_seq's eight int64s) and its window of flags. */
+static int seq_views(PyObject *state_o, PyObject *seen_o, Py_buffer *v) {
+    PyObject *objs[] = {state_o, seen_o};
+    static const char *const names[] = {"seq state", "seq window"};
+    const Py_ssize_t min[] = {(Py_ssize_t)sizeof(struct kb_seq), 1};
+    return get_all(objs, v, min, names, 2);
+}
+
+/* seq_update(state, seen, seqs) -> None: kb_seq_update on an int64 array of sequence numbers. */
+static PyObject *seq_update(PyObject *self, PyObject *args) {
+    PyObject *state_o, *seen_o, *seqs_o;
+    if (!PyArg_ParseTuple(args, "OOO", &state_o, &seen_o, &seqs_o)) return NULL;
+    Py_buffer v[2], sq;
+    if (seq_views(state_o, seen_o, v)) return NULL;
+    if (PyObject_GetBuffer(seqs_o, &sq, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) ||
+        (sq.itemsize != 8 && (PyBuffer_Release(&sq), 1))) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "seq_update: seqs must be an int64 array");
+        release_all(v, 2);
+        return NULL;
+    }
+    kb_seq_update(v[0].buf, v[1].buf, (uint64_t)v[1].len, sq.buf, (size_t)sq.len / 8);
+    PyBuffer_Release(&sq);
+    release_all(v, 2);
+    Py_RETURN_NONE;
+}
+
+/* drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms)
+ *   -> (frames, bytes, latencies, first_ns, last_ns): kb_sink_run (wait_ms 0: one kb_sink_drain, no waiting);
+ * first_ns, last_ns: CLOCK_MONOTONIC of the first and last frames taken (0 when none). rx, fill: the rings' struct kb_ring (ring.py KbRing);
+ * stats: the port's counters; state, seen: the sequence check's (None when stamp_off is 0); seqs, lat:
+ * int64 scratch and output arrays with room for budget numbers. */
+static PyObject *drain(PyObject *self, PyObject *args) {
+    PyObject *o[10];
+    int fd;
+    unsigned int frame_size, budget;
+    Py_ssize_t stamp_off;
+    int wait_ms;
+    if (!PyArg_ParseTuple(args, "OOiOIOInOOOOi", &o[0], &o[1], &fd, &o[2], &frame_size, &o[3], &budget,
+                          &stamp_off, &o[4], &o[5], &o[6], &o[7], &wait_ms))
+        return NULL;
+    if (!frame_size || (frame_size & (frame_size - 1)) || stamp_off < 0 || !budget || wait_ms < 0) {
+        PyErr_SetString(PyExc_ValueError, "drain: bad frame size, budget or stamp offset");
+        return NULL;
+    }
+    int nv = stamp_off ? 8 : 4; /* without stamps: no sequence state, no scratch */
+    static const char *const names[] = {"RX ring", "fill ring", "UMEM", "port counters",
+                                        "seq state", "seq window", "seq scratch", "latencies"};
+    const Py_ssize_t min[] = {(Py_ssize_t)sizeof(struct kb_ring), (Py_ssize_t)sizeof(struct kb_ring), 1,
+                              KB_PORT_NSTATS * 8, (Py_ssize_t)sizeof(struct kb_seq), 1, (Py_ssize_t)budget * 8,
+                              (Py_ssize_t)budget * 8};
+    Py_buffer v[8];
+    if (get_all(o, v, min, names, nv)) return NULL;
+    struct kb_sink k = {.rx = v[0].buf, .fill = v[1].buf, .umem = v[2].buf, .umem_size = (uint64_t)v[2].len,
+                        .frame_size = frame_size, .stats = v[3].buf, .fd = fd, .stamp_off = (size_t)stamp_off};
+    if (stamp_off) {
+        k.seq = v[4].buf;
+        k.seen = v[5].buf;
+        k.window = (uint64_t)v[5].len;
+        k.seqs = v[6].buf;
+        k.lat = v[7].buf;
+    }
+    PyObject *r = NULL;
+    if (!kb_ring_valid(k.rx) || !kb_ring_valid(k.fill)) {
+        PyErr_SetString(PyExc_ValueError, "drain: the rings are closed");
+    } else {
+        uint64_t bytes;
+        size_t nlat;
+        long long n;
+        Py_BEGIN_ALLOW_THREADS /* the views keep every buffer; no Python object is touched */
+        n = wait_ms ? kb_sink_run(&k, budget, wait_ms, &bytes, &nlat) : kb_sink_drain(&k, budget, &bytes, &nlat);
+        Py_END_ALLOW_THREADS
+        if (n == KB_SINK_E_RX_DESC)
+            PyErr_SetString(PyExc_RuntimeError, "RX descriptor outside the UMEM");
+        else
+            r = Py_BuildValue("LKnLL", n, (unsigned long long)bytes, (Py_ssize_t)nlat, (long long)k.first_ns,
+                              (long long)k.last_ns);
+    }
+    release_all(v, nv);
+    return r;
+}
+
 static PyMethodDef methods[] = {
     {"swap", swap, METH_VARARGS, "swap(mem, descs, offset, width, need) -> -1 or first short frame"},
     {"claim", claim, METH_VARARGS, "claim(state, descs, shift, umem_size, frame_size, expected, to, tx)"},
     {"mark", mark, METH_VARARGS, "mark(state, descs, shift, to) -> total length"},
     {"push_free", push_free, METH_VARARGS, "push_free(state, free, top, addrs, shift) -> new top"},
     {"stamp", stamp, METH_VARARGS, "stamp(mem, descs, offset, first_seq, now_ns) -> -1 or first short frame"},
+    {"seq_update", seq_update, METH_VARARGS, "seq_update(state, seen, seqs) -> None"},
+    {"drain", drain, METH_VARARGS,
+     "drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms) -> "
+     "(n, bytes, nlat, first_ns, last_ns)"},
     {NULL, NULL, 0, NULL},
 };
 

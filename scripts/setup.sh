@@ -13,7 +13,7 @@ fi
 
 # 1. Debian packages: the BPF tool chain, netlink/ethtool tools and the real peers tests and benchmarks use.
 packages=(
-  clang llvm libbpf-dev libbpf1 libelf-dev bpftool linux-libc-dev
+  clang llvm libbpf-dev libbpf1 libxdp-dev libelf-dev bpftool linux-libc-dev
   iproute2 ethtool iputils-ping sockperf tshark tcpdump netsniff-ng nftables iperf3
   dpdk dpdk-dev python3-venv python3-dev make gcc libisal-dev
 )
@@ -54,8 +54,9 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$(printf '%s\n%s' "$want_pp" "$wa
   printf '%s\n%s\n' "$want_pp" "$want_py" > "$stamp"
 fi
 
-# 3. BPF objects, the C core (build/libkbcore.a) and its CPython modules (make rebuilds only what changed).
-make -s bpf core native
+# 3. BPF objects, the C core (build/libkbcore.a), its CPython modules and the C tools (build/xdp_rxdrop);
+#    make rebuilds only what changed.
+make -s bpf core native tools
 
 # 4. bpffs, for tools that expect it. kbypass pins no maps, so a refused mount (a container, a locked-down
 #    host) is a warning, not the end of setup; `kbypass doctor` reports it too.

@@ -24,3 +24,10 @@ def push_free(state: WriteableBuffer, free: np.ndarray, top: int, addrs: np.ndar
     """Completed frames back on the free stack; returns the new top."""
 def stamp(mem: WriteableBuffer, descs: np.ndarray, offset: int, first_seq: int, now_ns: int, /) -> int:
     """The generator's sequence and time stamp: -1, or the first frame too short (nothing written)."""
+def seq_update(state: WriteableBuffer, seen: WriteableBuffer, seqs: np.ndarray, /) -> None:
+    """Sequence accounting of one batch (kb_seq_update): state is kbypass.apps.seqcheck.FIELDS as int64."""
+def drain(rx: WriteableBuffer, fill: WriteableBuffer, fd: int, umem: WriteableBuffer, frame_size: int,
+          stats: WriteableBuffer, budget: int, stamp_off: int, state: WriteableBuffer | None,
+          seen: WriteableBuffer | None, seqs: np.ndarray, lat: np.ndarray, wait_ms: int, /) -> tuple[int, int, int, int, int]:
+    """Receive and give straight back to the fill ring (kb_sink_drain, or kb_sink_run when wait_ms > 0):
+    (frames, bytes, latencies written to lat, CLOCK_MONOTONIC ns of the first and the last frame taken)."""

@@ -1,4 +1,4 @@
-"""Sequence-number accounting for a stream of stamped packets, one numpy pass per batch.
+"""Sequence-number accounting for a stream of stamped packets, one pass per batch.
 
 Counts what a receiver of a numbered stream wants to know: received (every packet), duplicates (a number
 seen before), lost (numbers from the first to the highest that never came: duplicates do not fill a
@@ -9,85 +9,61 @@ Which numbers were seen is kept for the latest WINDOW numbers below the highest 
 4 MiB): at several Mpps a bitmap of the whole run would grow by megabytes a second. A packet older than
 that window cannot be told from a duplicate; it is counted as `too_old` and, like any distinct arrival,
 fills its gap (with a window of 4M numbers that is a packet over a second late at the generator's rate).
+
+The counts live in `state`, eight int64s in FIELDS order (the C core's struct kb_seq), and the flags in
+`seen`: the batch backend (kbypass.backend: C, or the numpy reference) updates both, and so does the C
+sink path (AfXdpPort.consume) without a Python call per batch.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from kbypass import backend
+
 WINDOW = 1 << 22
+# struct kb_seq (csrc/core/kb_seq.h), word for word
+FIELDS = ("received", "reordered", "duplicates", "too_old", "distinct", "first", "highest", "started")
+_AT = {name: i for i, name in enumerate(FIELDS)}
+
+
+def _field(name: str):
+    i = _AT[name]
+    return property(lambda self: int(self.state[i]), doc=f"kb_seq.{name}")
 
 
 class SeqChecker:
-    def __init__(self, window: int = WINDOW) -> None:
-        self.received = 0
-        self.reordered = 0
-        self.duplicates = 0
-        self.too_old = 0
-        self.distinct = 0  # distinct numbers from `first` up that arrived
-        self.first: int | None = None
-        self.highest = -1
-        self._window = window
-        self._seen = np.zeros(window, dtype=bool)  # _seen[n % window] for n in (highest - window, highest]
+    """ops: the batch backend whose seq_update does the work (None: the lane in force)."""
+
+    received = _field("received")
+    reordered = _field("reordered")
+    duplicates = _field("duplicates")
+    too_old = _field("too_old")
+    distinct = _field("distinct")  # distinct numbers from `first` up that arrived
+    highest = _field("highest")
+
+    def __init__(self, window: int = WINDOW, ops=None) -> None:
+        self.ops = ops if ops is not None else backend.batch()
+        self.state = np.zeros(len(FIELDS), dtype=np.int64)
+        self.state[_AT["highest"]] = -1
+        self._seen = np.zeros(window, dtype=np.uint8)  # _seen[n % window] for n in (highest - window, highest]
+
+    @property
+    def window(self) -> int:
+        return len(self._seen)
+
+    @property
+    def seen(self) -> np.ndarray:
+        """The window's flags (for the C sink path, which updates them in place)."""
+        return self._seen
+
+    @property
+    def first(self) -> int | None:
+        return int(self.state[_AT["first"]]) if self.state[_AT["started"]] else None
 
     def update(self, seqs: np.ndarray) -> None:
-        if len(seqs) == 0:
-            return
-        s = seqs.astype(np.int64, copy=False)
-        if self.first is None:
-            self.first = int(s[0])
-            self.highest = int(s[0]) - 1
-        # The highest number seen before each packet: a packet at or below it came late (or twice).
-        before = np.maximum.accumulate(np.concatenate(([self.highest], s[:-1])))
-        late = int(np.count_nonzero(s <= before))
-        self._advance(max(self.highest, int(s.max())))
-        w = self._window
-        self.received += len(s)
-        if late == 0:  # the usual batch: rising, all above what came before, so all new and distinct
-            self._mark(s)
-            self.distinct += len(s)
-            return
-        fresh = s[s >= self.first]
-        old = fresh <= self.highest - w
-        self.too_old += int(np.count_nonzero(old))
-        inwin = fresh[~old]
-        srt = np.sort(inwin)  # np.unique, cheaper for a batch (its hash table costs ~35 us at 256)
-        uniq = srt[np.concatenate(([True], srt[1:] != srt[:-1]))] if len(srt) else srt
-        new = uniq[~self._seen[uniq % w]]
-        self._mark(new)
-        dups = len(inwin) - len(new)  # twice in this batch, or seen in an earlier one
-        self.duplicates += dups
-        self.distinct += len(new) + int(np.count_nonzero(old))
-        self.reordered += late - dups
-
-    def _mark(self, seqs: np.ndarray) -> None:
-        w = self._window
-        n = len(seqs)
-        if n and int(seqs[-1]) - int(seqs[0]) == n - 1 and n <= w:  # one rising run (checked by caller):
-            lo = int(seqs[0]) % w  # a slice or two, not a gather
-            if lo + n <= w:
-                self._seen[lo:lo + n] = True
-            else:
-                self._seen[lo:] = True
-                self._seen[:lo + n - w] = True
-        else:
-            self._seen[seqs % w] = True
-
-    def _advance(self, highest: int) -> None:
-        """Move the window's top to `highest`: the flags of the numbers it newly covers start clear."""
-        old, w = self.highest, self._window
-        if highest <= old:
-            return
-        if highest - old >= w:
-            self._seen[:] = False
-        else:
-            lo, hi = (old + 1) % w, (highest + 1) % w  # clear flags of old+1 .. highest (mod w)
-            if lo < hi:
-                self._seen[lo:hi] = False
-            else:
-                self._seen[lo:] = False
-                self._seen[:hi] = False
-        self.highest = highest
+        if len(seqs):
+            self.ops.seq_update(self.state, self._seen, np.ascontiguousarray(seqs, dtype=np.int64))
 
     @property
     def expected(self) -> int:

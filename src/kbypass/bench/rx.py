@@ -14,7 +14,16 @@ host a (CPU 0) into host b, received by each path in turn, the receiving process
                           queue's shared pool (--share-queue: refills and reaps under the pool's lock, frames
                           from the pool's UMEM); `shared_over_alone` in the JSON
     AF_XDP zero-copy      only where the driver has it (veth has not: the row says so)
+    AF_XDP C rx-drop      the limit of the AF_XDP path: build/xdp_rxdrop, a minimal C receiver on libxdp's xsk
+                          API (copy mode, need_wakeup, batch 64; kbypass.bench.rxdrop), behind the steering
+                          program with the sink's one rule, and behind libxdp's bare redirect program.
+                          `sink_over_c` in the JSON: the sink / the C row behind the same program, per run
+                          and its median (`sink_over_c_libxdp`: against the bare program)
     XDP_DROP              the steering program's drop rule: the floor of any receive path here
+
+The AF_XDP sink rows run with --check-seq: the live generator stamps a sequence number (and the send time)
+on every frame, so the sink checks each one for loss, reordering and duplicates as it counts; its verdict
+is in the trial's "seq" in the JSON.
 
 Per row: packets handled per second of the burst, the share of the burst delivered, and CPU used (the
 receiving CPU, plus the softirq share of the generator's CPU).
@@ -33,25 +42,32 @@ import statistics
 from pathlib import Path
 
 from kbypass.bench import kit as benchkit
+from kbypass.bench import rxdrop
 from kbypass.host import napi, testbed
 from kbypass.gen.live import LiveGenerator
 from kbypass.gen.template import udp_template
 
 AFXDP, AFXDP_IN_PROCESS, AFXDP_SHARED = "AF_XDP copy", "AF_XDP copy, in-process steering", "AF_XDP copy, shared queue"
-ORDER = ["nftables raw drop", "kernel UDP socket", "PACKET_MMAP", AFXDP, AFXDP_IN_PROCESS, AFXDP_SHARED, "XDP_DROP"]
+C_RXDROP = "AF_XDP C rx-drop (libxdp xsk), steering program"
+C_RXDROP_BARE = "AF_XDP C rx-drop (libxdp xsk), bare redirect"
+ORDER = ["nftables raw drop", "kernel UDP socket", "PACKET_MMAP", AFXDP, AFXDP_IN_PROCESS, AFXDP_SHARED, C_RXDROP,
+         C_RXDROP_BARE, "XDP_DROP"]
 
 
 def sink(name: str, backend: str, b: testbed.Host, *options: str) -> benchkit.Contender:
     argv = [benchkit.PY, "-m", "kbypass", "sink", "--backend", backend, "--host", "b", "--cpu",
             str(benchkit.SUT_CPU), "--json", "--rule", f"udp dst {b.ipv4} dport {benchkit.PORT}", *options]
-    if backend == "afxdp":
-        argv += ["--queue", "0", "--frames", "16384", "--ring-size", "8192"]
+    if backend == "afxdp":  # the sequence check on: what a user of the sink runs it for (module doc)
+        argv += ["--queue", "0", "--frames", "16384", "--ring-size", "8192", "--check-seq"]
     return benchkit.Contender(name, "receive", argv, benchkit.announced, benchkit.kbypass_json_count)
 
 
 def rows(b: testbed.Host, also_no_cp: bool = False, also_shared_queue: bool = False) -> list:
     afxdp = [sink(AFXDP, "afxdp", b)] + ([sink(AFXDP_IN_PROCESS, "afxdp", b, "--no-cp")] if also_no_cp else [])
     afxdp += [sink(AFXDP_SHARED, "afxdp", b, "--share-queue")] if also_shared_queue else []
+    if rxdrop.built():  # else the limit rows say how to build it (run)
+        rule = f"udp dst {b.ipv4} dport {benchkit.PORT}"
+        afxdp += [rxdrop.CRxDrop(C_RXDROP, "attached", rule), rxdrop.CRxDrop(C_RXDROP_BARE, "libxdp", rule)]
     return [benchkit.NftDrop("nftables raw drop"), sink("kernel UDP socket", "socket", b),
             sink("PACKET_MMAP", "packet_mmap", b), *afxdp, benchkit.XdpDrop("XDP_DROP")]
 
@@ -74,6 +90,9 @@ def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "
                 for c in field[r % len(field):] + field[: r % len(field)]:
                     t = benchkit.trial(c, gen, a, b, packets, placement)
                     t["run"] = r
+                    seq = _seq_verdict(c)
+                    if seq is not None:
+                        t["seq"] = seq
                     trials.append(t)
                     progress(f"  run {r + 1}/{runs} {t['name']:<32} {t['pps'] / 1e6:7.3f} Mpps "
                              f"({t['handled'] / t['sent']:.0%} delivered, {t['cpu']:.2f} CPU)")
@@ -91,15 +110,30 @@ def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "
     out_rows.insert(max(i for i, r in enumerate(out_rows) if r["path"].startswith(AFXDP)) + 1,
                     {"path": "AF_XDP zero-copy", "pps": None, "delivered": None, "cpu": None,
                      "note": "veth has no zero-copy AF_XDP; run on a NIC whose driver has it"})
+    if not rxdrop.built():
+        out_rows.insert(len(out_rows) - 1, {"path": C_RXDROP, "pps": None, "delivered": None, "cpu": None,
+                                            "note": f"{rxdrop.BINARY} is not built: run 'make setup'"})
     return {"packets": packets, "runs": runs, "placement": placement, "rows": out_rows, "trials": trials,
             "cp_over_in_process": _ratio(trials, AFXDP, AFXDP_IN_PROCESS),
-            "shared_over_alone": _ratio(trials, AFXDP_SHARED, AFXDP)}
+            "shared_over_alone": _ratio(trials, AFXDP_SHARED, AFXDP),
+            "sink_over_c": _ratio(trials, AFXDP, C_RXDROP), "sink_over_c_libxdp": _ratio(trials, AFXDP, C_RXDROP_BARE)}
+
+
+def _seq_verdict(c) -> dict | None:
+    """The sequence check's summary a `kbypass sink --check-seq` contender printed (None for the others)."""
+    if "--check-seq" not in getattr(c, "argv", ()):
+        return None
+    try:
+        start = c.out.index("{")
+        return json.JSONDecoder().raw_decode(c.out[start:])[0].get("seq")
+    except ValueError:
+        return None
 
 
 def _ratio(trials: list[dict], top: str, bottom: str) -> dict | None:
     """Row `top` / row `bottom`, per run (the two ran in the same run, one after the other) and the median
-    of those: through the control plane / in-process, shared queue / alone; 1.0 within the run-to-run
-    noise is the claim of both."""
+    of those: through the control plane / in-process, shared queue / alone (1.0 within the run-to-run noise is
+    the claim of both), the sink / the C rx-drop loop (the issue's target: at least 0.9)."""
     per_run = {}
     for t in trials:
         per_run.setdefault(t["run"], {})[t["name"]] = t["pps"]

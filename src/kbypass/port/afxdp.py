@@ -160,6 +160,7 @@ class AfXdpPort(UmemPort):
         self._c = memoryview(self.counters).cast("B").cast("q")
         self._closed = False
         self._lanes: list = []  # message lanes handed out (message_lane), closed before the port
+        self._lat = self._seqs = np.empty(0, dtype=np.int64)  # consume()'s scratch, grown to its batch
         self.refill(force=True)
 
     # ---- receive ----------------------------------------------------------------------------------
@@ -210,6 +211,39 @@ class AfXdpPort(UmemPort):
         c[RX_BYTES] += nbytes
         self.refill()
         return Batch(descs, self.umem.array, self)
+
+    @property
+    def can_consume(self) -> bool:
+        """Whether consume() is here: the C batch backend, a queue of its own (the frames go back to a fill
+        ring only this port feeds)."""
+        return self._lock is None and getattr(self.umem.ops, "drain", None) is not None
+
+    def consume(self, max_frames: int = 256, seq=None, stamp_offset: int = 0,
+                wait: float = 0.0) -> tuple[int, int, np.ndarray, float, float]:
+        """Receive up to max_frames and give them straight back to the kernel, for a receiver that only
+        reads them (the sink): (frames, bytes, latencies in ns, and the time.monotonic() of the first and
+        the last frame taken, 0.0 when none). One C call (kb_sink_drain) per batch: the
+        frames go from the RX ring to the fill ring without becoming yours, so no frame state changes and
+        check() still balances. With `seq` (an apps.seqcheck.SeqChecker) and stamp_offset > 0, the stamps
+        at stamp_offset go to its sequence check, and the latencies of the time-stamped frames are returned.
+        On an empty ring it makes the syscall the kernel asks for (need_wakeup). wait > 0: keep taking
+        frames, sleeping in poll() in C whenever the ring is empty, until max_frames were taken, or `wait`
+        seconds passed, or the ring stayed empty for a whole poll, or a signal came: one return to Python per
+        max_frames rather than per wakeup of the kernel (kb_sink_run). Only where `can_consume` (else
+        receive() then free() do the same work)."""
+        if self._closed:
+            raise UsageError(CLOSED)
+        if not self.can_consume:
+            raise UsageError("consume() needs the C batch backend and a queue of its own: use receive() and free()")
+        n = max(1, max_frames)
+        if len(self._lat) < n:
+            self._lat, self._seqs = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        off = stamp_offset if seq is not None else 0
+        k, nbytes, nlat, first, last = self.umem.ops.drain(
+            self._rx.shared, self._fill.shared, self.xsk.fd, self.umem.array, self.umem.frame_size, self.counters,
+            n, off, seq.state if off else None, seq.seen if off else None, self._seqs, self._lat,
+            math.ceil(wait * 1000) if wait > 0 else 0)
+        return k, nbytes, self._lat[:nlat], first / 1e9, last / 1e9
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the RX ring has frames or timeout seconds pass; True if frames are ready."""

@@ -48,11 +48,14 @@ class Ticker:
 
 
 def receive_batches(port, size: int, *, duration: float | None = None, until: Callable[[], bool] | None = None,
-                    idle_timeout: float | None = None, on_idle: Callable[[], None] | None = None) -> Iterator:
+                    idle_timeout: float | None = None, on_idle: Callable[[], None] | None = None,
+                    take: Callable[[], object] | None = None) -> Iterator:
     """Yield non-empty batches from `port` (each yours until transmitted or freed) until `duration` seconds
     pass, `until()` is true, `idle_timeout` seconds pass without a frame (counted from the start, then from
     the last frame: a run that never sees a packet ends too), or SIGINT/SIGTERM. Waits in port.wait() when
-    nothing is there, calling `on_idle` after each wait."""
+    nothing is there, calling `on_idle` after each wait. take: what gets a batch (default port.receive(size));
+    a false result means nothing was there."""
+    take = take if take is not None else lambda: port.receive(size)
     begin = time.monotonic()
     last = begin
     with Stopper() as stop:
@@ -64,7 +67,7 @@ def receive_batches(port, size: int, *, duration: float | None = None, until: Ca
                 return
             if idle_timeout is not None and now - last >= idle_timeout:
                 return
-            batch = port.receive(size)
+            batch = take()
             if not batch:
                 port.wait(0.05)
                 if on_idle is not None:

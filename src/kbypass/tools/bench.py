@@ -18,6 +18,12 @@ MAX_PACKETS = 10**9  # frames per trial: minutes at the fastest path here
 MAX_RUNS = 100
 MAX_DURATION = 3600.0  # seconds per ping-pong, six contenders each
 MAX_MESSAGE = 1472  # a UDP payload in one frame at MTU 1500 (the testbed's default)
+RATIOS = {  # the same-run ratios of `bench rx` (kbypass.bench.rx), as the table's footer says them
+    "cp_over_in_process": "AF_XDP through the control plane / in-process steering",
+    "shared_over_alone": "AF_XDP on a shared queue / on a queue of its own",
+    "sink_over_c": "kbypass sink (--check-seq) / C rx-drop behind the same steering program",
+    "sink_over_c_libxdp": "kbypass sink (--check-seq) / C rx-drop behind libxdp's bare redirect",
+}
 
 
 def register(sub) -> None:
@@ -68,15 +74,14 @@ def run_rx(args) -> int:
                          placement=args.placement, also_no_cp=args.also_no_cp,
                          also_shared_queue=args.also_shared_queue)
     rxbench.save(result, json_path, png_path)
-    ratios = {key: result[key] for key in ("cp_over_in_process", "shared_over_alone") if result[key]}
+    ratios = {key: result[key] for key in RATIOS if result[key]}
     if args.json:
         import json
 
         print(json.dumps({"rows": result["rows"], **ratios}, indent=2))
         return 0
     show(out, result["rows"], args.placement)
-    for key, what in (("cp_over_in_process", "AF_XDP through the control plane / in-process steering"),
-                      ("shared_over_alone", "AF_XDP on a shared queue / on a queue of its own")):
+    for key, what in RATIOS.items():
         if key in ratios:
             out.print(f"{what}: {ratios[key]['median']:.2f}x (per run "
                       + ", ".join(f"{x:.2f}x" for x in ratios[key]["per_run"]) + ")")

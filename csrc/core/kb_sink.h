@@ -1,0 +1,52 @@
+/* kb_sink.h: receive and give straight back, for a receiver that only reads its frames (`kbypass sink`;
+ * kbypass.port.afxdp.AfXdpPort.consume is the front end, and its Python path, receive() then free(), is
+ * the reference).
+ *
+ * One call takes up to `budget` frames off the RX ring and puts the same frames back on the fill ring, so
+ * they stay in the kernel's share (state FILL) throughout and the UMEM's frame states are not touched; the
+ * port's counters (kb_port.h) count them as received. With stamp_off, each frame of at least stamp_off + 16
+ * bytes gives its generator stamp (kbypass.proto.stamp: big-endian u64 sequence number, then u64 send time
+ * in CLOCK_MONOTONIC ns, 0 when not sampled): the numbers go to the sequence check (kb_seq.h), the latency
+ * now - sent of the sampled ones to `lat`. On an empty RX ring it makes the syscall the kernel asks for
+ * (need_wakeup) and looks once more.
+ */
+#ifndef KB_SINK_H
+#define KB_SINK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kb_ring.h"
+#include "kb_seq.h"
+
+struct kb_sink {
+    struct kb_ring *rx, *fill;
+    const uint8_t *umem;
+    uint64_t umem_size;
+    uint32_t frame_size; /* a power of two: a frame's chunk is addr & ~(frame_size - 1) */
+    uint64_t *stats;     /* the port's counters (kb_port.h) */
+    int fd;
+    size_t stamp_off; /* 0: no stamps read */
+    struct kb_seq *seq;
+    uint8_t *seen;
+    uint64_t window;
+    int64_t *seqs; /* scratch: room for budget numbers */
+    int64_t *lat;  /* room for budget latencies */
+    /* out: CLOCK_MONOTONIC ns of the first and the last drain that took frames (first_ns stays as the
+     * caller set it once non-zero: zero both before a call) */
+    int64_t first_ns, last_ns;
+};
+
+#define KB_SINK_E_RX_DESC (-1) /* an RX descriptor outside the UMEM: nothing taken */
+
+/* Frames taken (0: none there, or no fill slot to give them back), or KB_SINK_E_RX_DESC. *bytes: their
+ * total length; *nlat: latencies written to lat. */
+long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, size_t *nlat);
+
+/* kb_sink_drain until `budget` frames were taken, sleeping in poll() whenever the RX ring is empty, for at
+ * most wait_ms in all: the receive loop of a sink in C, so that the caller (Python) runs once per budget
+ * frames or per quiet wait, not once per wakeup of the kernel. Returns early on a signal (poll's EINTR). lat
+ * needs room for budget latencies. Frames taken, or KB_SINK_E_RX_DESC. */
+long long kb_sink_run(struct kb_sink *k, uint32_t budget, int wait_ms, uint64_t *bytes, size_t *nlat);
+
+#endif

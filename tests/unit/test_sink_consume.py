@@ -1,0 +1,121 @@
+"""The sink's one-call-per-batch C path (AfXdpPort.consume over kb_sink_drain, the sequence check in
+kb_seq_update) against its reference, the numpy path (receive, SeqChecker in numpy, free): the same counts
+and the same sequence verdict on the same frames, on a fake kernel (tests/fakexsk.py)."""
+
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from kbypass import backend
+from kbypass.apps.seqcheck import FIELDS, SeqChecker
+from kbypass.apps.sink import Sink
+from kbypass.errors import UsageError
+from kbypass.gen.template import udp_template
+from kbypass.port import afxdp as afxdp_mod
+from kbypass.proto.stamp import ETH_IPV4_UDP
+from tests.fakexsk import FakeXsk
+
+needs_c = pytest.mark.skipif(not backend.built("batch"), reason="kbypass._fastbatch is not built: make setup")
+
+
+def _streams():
+    """Numbered streams with what a receiver meets: order, gaps, late and twice-seen numbers, numbers
+    before the first, a jump past the window, and numbers that are negative as int64 (u64 >= 2**63)."""
+    rng = np.random.default_rng(19)
+    yield [np.arange(0, 300)]
+    for _ in range(40):
+        n = int(rng.integers(1, 600))
+        s = rng.integers(0, n, size=int(n * 1.3)) + int(rng.choice([0, 5000, -40, 2**62]))
+        if rng.random() < 0.3:
+            s = np.concatenate([np.arange(s[0], s[0] + 50), s, [s.max() + 100]])
+        yield np.array_split(s.astype(np.int64), int(rng.integers(1, 12)))
+    yield [np.array([-3, -2, -1, 0, 1], dtype=np.int64), np.array([-5, 2], dtype=np.int64)]
+
+
+@needs_c
+@pytest.mark.parametrize("window", [8, 64, 1 << 12])
+def test_seq_update_c_and_numpy_reach_the_same_verdict_batch_by_batch(window):
+    for batches in _streams():
+        c = SeqChecker(window=window, ops=backend.batch("c"))
+        py = SeqChecker(window=window, ops=backend.batch("python"))
+        for b in batches:
+            c.update(b)
+            py.update(b)
+            assert dict(zip(FIELDS, c.state.tolist())) == dict(zip(FIELDS, py.state.tolist()))
+            assert (c.seen == py.seen).all()
+        assert c.summary() == py.summary()
+
+
+def _frames(seqs, times, short_every=0):
+    base = udp_template("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", 9, "10.0.0.2", 4321, 64)
+    out = []
+    for i, (q, t) in enumerate(zip(seqs, times)):
+        f = base[:ETH_IPV4_UDP] + struct.pack("!QQ", q % 2**64, t) + base[ETH_IPV4_UDP + 16:]
+        out.append(f[:50] if short_every and i % short_every == 0 else f)  # too short to carry a stamp
+    return out
+
+
+def _run(monkeypatch, ops, rounds):
+    monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
+    port = afxdp_mod.AfXdpPort("fake0", frames=8192, fill_size=2048, rx_size=2048, tx_size=64, comp_size=64,
+                               batch_ops=ops)
+    try:
+        sink = Sink(port, batch=64, check_seq=True)
+        results = []
+        for frames in rounds:
+            assert port.xsk.deliver(frames) == len(frames)  # the fill ring has the frames given back
+            res = sink.run(count=len(frames), idle_timeout=2)
+            results.append((res.packets, res.bytes, res.seq, res.latency_us and res.latency_us["samples"]))
+        port.check(app=0)  # every frame back with the kernel or free: nothing held, nothing lost
+        return results, {k: port.stats[k] for k in ("rx_packets", "rx_bytes")}, port.can_consume
+    finally:
+        port.close()
+
+
+@needs_c
+def test_sink_consume_gives_the_numpy_paths_result(monkeypatch):
+    rng = np.random.default_rng(7)
+    now = time.monotonic_ns()
+    rounds = []
+    for r in range(3):
+        seqs = np.arange(r * 2000, r * 2000 + 1500)  # under the Python refill's low-water mark
+        seqs = np.delete(seqs, rng.choice(len(seqs), 40, replace=False))  # lost
+        seqs = np.insert(seqs, rng.choice(len(seqs), 20), rng.choice(seqs, 20))  # duplicated
+        rng.shuffle(seqs[300:340])  # reordered
+        times = np.where(rng.random(len(seqs)) < 0.5, now - 5000, 0)  # a sampling generator: half zero
+        rounds.append(_frames(seqs.tolist(), times.tolist(), short_every=97))
+    c_res, c_stats, c_consumed = _run(monkeypatch, backend.batch("c"), rounds)
+    py_res, py_stats, py_consumed = _run(monkeypatch, backend.batch("python"), rounds)
+    assert (c_consumed, py_consumed) == (True, False)  # the two paths ran
+    assert c_res == py_res and c_stats == py_stats
+    assert c_res[0][2]["lost"] > 0 and c_res[0][2]["duplicates"] > 0 and c_res[0][2]["reordered"] > 0
+    assert c_res[0][3] > 0  # the latencies of the time-stamped frames
+
+
+@needs_c
+def test_consume_without_sequence_check_counts_and_gives_frames_back(monkeypatch):
+    monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
+    with afxdp_mod.AfXdpPort("fake0", frames=256, fill_size=64, rx_size=64, tx_size=64, comp_size=64,
+                             batch_ops=backend.batch("c")) as port:
+        for _ in range(5):  # 5 x 60 frames through a fill quota of 64: only if each comes back
+            assert port.xsk.deliver([b"x" * 60] * 60) == 60
+            t0 = time.monotonic()
+            n, nbytes, lat, first, last = port.consume(256)
+            assert (n, nbytes, len(lat)) == (60, 3600, 0) and t0 <= first <= last <= time.monotonic()
+        assert port.consume(256)[0] == 0
+        t0 = time.monotonic()
+        assert port.consume(256, wait=0.03)[::3] == (0, 0.0)  # waited in poll() for a quiet 30 ms
+        assert time.monotonic() - t0 >= 0.025
+        assert port.stats["rx_packets"] == 300
+        assert port.check(app=0)["fill"] == 64
+
+
+def test_consume_is_refused_where_it_is_not(monkeypatch):
+    monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
+    with afxdp_mod.AfXdpPort("fake0", frames=256, fill_size=64, rx_size=64, tx_size=64, comp_size=64,
+                             batch_ops=backend.batch("python")) as port:
+        assert not port.can_consume
+        with pytest.raises(UsageError, match="receive\\(\\) and free\\(\\)"):
+            port.consume(64)
