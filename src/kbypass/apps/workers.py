@@ -116,13 +116,23 @@ class StoppedEarly(BaseException):
     """SIGTERM before the worker's receive loop took over the signal: unwind, closing what was opened."""
 
 
+_WORKER_PID = None  # the worker process itself, not a child forked from it
+
+
 def _stop_before_the_loop(signum, frame) -> None:
+    if os.getpid() != _WORKER_PID:
+        # a child forked from the worker (pyroute2 forks one per namespace it opens and ends it with
+        # SIGTERM) inherits this handler: unwinding the worker's frames there would run its cleanup (a
+        # capture worker deleted its own file that way). The child just goes.
+        os._exit(128 + signum)
     raise StoppedEarly()
 
 
 def _worker_main(target, worker: Worker, args: tuple) -> None:
     """A worker process: pin, run, send the result. SIGINT is the parent's business (it passes SIGTERM on),
     so a Ctrl-C on the terminal, which reaches the whole process group, does not cut a worker short twice."""
+    global _WORKER_PID
+    _WORKER_PID = os.getpid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop_before_the_loop)  # the run's own loop catches it once it runs
     conn = worker.conn
