@@ -90,7 +90,7 @@ class PcapWriter:
 HEADER_SIZE = 24
 
 
-def _records(path: str):
+def records(path: str):
     """(time in ns, record bytes) of each whole record of a file PcapWriter wrote; a torn last record (its
     writer was killed mid-write) ends the file."""
     with open(path, "rb") as f:
@@ -113,7 +113,7 @@ def merge(paths: list[str], out: PcapWriter) -> int:
     import heapq
 
     n = 0
-    for _, record in heapq.merge(*(_records(p) for p in paths), key=lambda r: r[0]):
+    for _, record in heapq.merge(*(records(p) for p in paths), key=lambda r: r[0]):
         out.file.write(record)
         n += 1
     out.file.flush()

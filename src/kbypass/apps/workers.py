@@ -55,7 +55,8 @@ def on_queue(rules: Sequence[Rule | str], queue: int) -> list[Rule]:
 def plan(queues: Sequence[int], cpus: Sequence[int] | None, queue_count: int,
          cpu_count: int | None = None) -> list[tuple[int, int]]:
     """(queue, cpu) for each worker, checked: queues that exist and appear once, a CPU list as long as the
-    queue list and no longer than the machine's. Without `cpus`, worker i runs on CPU i."""
+    queue list and no longer than the machine's (more workers than cores only take turns on them; two
+    workers may be given one CPU, as a choice). Without `cpus`, worker i runs on CPU i."""
     cpu_count = cpu_count or os.cpu_count() or 1
     if not queues:
         raise UsageError("no workers: give at least one queue")
@@ -72,7 +73,7 @@ def plan(queues: Sequence[int], cpus: Sequence[int] | None, queue_count: int,
     if cpus is None:
         if len(queues) > cpu_count:
             raise UsageError(f"{len(queues)} workers but this machine has {cpu_count} CPUs: a worker per core, "
-                             f"so at most {cpu_count} (or give --cpus, naming a CPU more than once)")
+                             f"so at most {cpu_count}")
         cpus = list(range(len(queues)))
     if len(cpus) > cpu_count:
         raise UsageError(f"{len(cpus)} CPUs listed but this machine has {cpu_count} (CPUs 0-{cpu_count - 1}): "
@@ -152,7 +153,7 @@ class WorkerTeam:
     """Start one process per (queue, cpu), wait for all, return their outcomes in queue order.
 
     `on_ready()` is called once every worker said ready(); `on_exit(outcome)` as each one ends (a death
-    the moment it happens). A worker that fails before all are ready (a refused rule, a queue taken) stops
+    the moment it happens). A worker that fails before it is ready (a refused rule, a queue taken) stops
     the team: the others are ended and `run` raises that error, so nothing is left behind."""
 
     def __init__(self, target: Callable, queues: Sequence[int], cpus: Sequence[int], args: tuple = (), *,
@@ -201,7 +202,7 @@ class WorkerTeam:
                         for c in [c for c, j in conns.items() if j == i]:  # what it sent before it ended
                             while c in conns and c.poll():
                                 self._read(c, conns, outcomes, ready)
-                        self._ended(outcomes[i], self.procs[i])
+                        self._ended(outcomes[i], self.procs[i], i in ready)
             if self._failed is not None:
                 raise KbypassError(self._failed)
             return [outcomes[i] for i in range(len(self.specs))]
@@ -236,13 +237,13 @@ class WorkerTeam:
         else:
             o.died = value
 
-    def _ended(self, o: Outcome, p) -> None:
+    def _ended(self, o: Outcome, p, was_ready: bool) -> None:
         p.join()
         if o.result is None and o.error is None and o.died is None:
             code = p.exitcode
             o.died = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
                       else f"exit {code}")
-        if not self._all_ready and not self._stopping and (o.error is not None or o.died is not None):
+        if not was_ready and not self._stopping and (o.error is not None or o.died is not None):
             # one worker could not start (a refused rule, a queue taken): the team does not half-start
             self._failed = o.error or f"the worker on queue {o.queue} died before it was ready: " + (
                 o.died.strip().splitlines()[-1])
