@@ -19,7 +19,10 @@ import pytest
 
 from kbypass.host import ifstats
 from tests.kb import kbypass, xdp_attached
-from tests.netns.test_cp import hosts, send_udp, sockets_of, status, wait_for  # noqa: F401 (hosts: a fixture)
+from tests.netns import test_cp
+from tests.netns.test_cp import send_udp, sockets_of, status, wait_for
+
+hosts = test_cp.hosts  # the fixture: the testbed with XPS on host a (CPU q sends on queue q), no control plane
 
 pytestmark = pytest.mark.skipif(os.cpu_count() < 2, reason="needs two CPUs: one worker and transmit queue each")
 
