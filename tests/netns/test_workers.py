@@ -129,3 +129,56 @@ def test_bad_worker_input_is_one_error_line_and_leaves_nothing(hosts, args, word
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kbypass: error: ") and words in lines[0], proc.stderr
     assert not xdp_attached(b)
+
+
+def stopped_summary(team: subprocess.Popen) -> dict:
+    team.send_signal(signal.SIGINT)
+    out, err = team.communicate(timeout=30)
+    assert team.returncode == 0, err
+    return json.loads(out)
+
+
+def test_reflect_workers_each_send_back_their_queue(hosts):
+    a, b = hosts
+    team = subprocess.Popen([sys.executable, "-m", "kbypass", "reflect", "--host", "b", "--workers", "2", "-t", "60",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("a socket per queue", lambda: both_ready(b), timeout=20)
+        send_udp(a, b, 5000, 120, cpu=0)
+        send_udp(a, b, 5001, 80, cpu=1)
+        time.sleep(0.3)
+        summary = stopped_summary(team)
+    finally:
+        if team.poll() is None:
+            team.kill()
+            team.wait()
+    assert [(w["queue"], w["packets"], w["sent"]) for w in summary["workers"]] == [(0, 120, 120), (1, 80, 80)]
+    assert (summary["packets"], summary["sent"]) == (200, 200)
+
+
+def test_capture_workers_write_one_pcap_in_time_stamp_order(hosts, tmp_path):
+    from kbypass.apps import pcap
+
+    a, b = hosts
+    target = tmp_path / "both.pcap"
+    team = subprocess.Popen([sys.executable, "-m", "kbypass", "capture", "--host", "b", "--rule", "udp dport 5000",
+                             "--workers", "2", "-w", str(target), "-t", "60", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("a socket per queue", lambda: both_ready(b), timeout=20)
+        send_udp(a, b, 5000, 100, cpu=0)
+        send_udp(a, b, 5000, 60, cpu=1)
+        send_udp(a, b, 5000, 40, cpu=0)
+        time.sleep(0.3)
+        summary = stopped_summary(team)
+    finally:
+        if team.poll() is None:
+            team.kill()
+            team.wait()
+    assert [(w["queue"], w["packets"]) for w in summary["workers"]] == [(0, 140), (1, 60)]
+    stamps = [t for t, _ in pcap.records(str(target))]
+    assert len(stamps) == summary["merged"] == 200 and stamps == sorted(stamps)
+    # the sender numbered its datagrams 0..n-1 per run: the second run (queue 1) sits between the others
+    first_of_each = [int.from_bytes(r[16 + 42:16 + 46], "big") for _, r in pcap.records(str(target))]
+    assert first_of_each[:100] == list(range(100)) and first_of_each[100:160] == list(range(60))
+    assert [p for p in os.listdir(tmp_path) if p != "both.pcap"] == []  # the workers' files are gone

@@ -165,7 +165,6 @@ class WorkerTeam:
         self.on_ready, self.on_exit = on_ready, on_exit
         self.procs: list = []
         self._stopping = False
-        self._all_ready = False
         self._failed: str | None = None  # why the team could not start
 
     def stop(self) -> None:
@@ -213,6 +212,8 @@ class WorkerTeam:
                 if p.exitcode is None:
                     p.kill()
                     p.join()
+            for c in conns:
+                c.close()
             for s, h in old.items():
                 signal.signal(s, h)
 
@@ -222,14 +223,13 @@ class WorkerTeam:
             kind, value = conn.recv()
         except (EOFError, OSError):
             del conns[conn]
+            conn.close()
             return
         o = outcomes[i]
         if kind == "ready":
             ready.add(i)
-            if len(ready) == len(self.specs):
-                self._all_ready = True
-                if self.on_ready is not None:
-                    self.on_ready()
+            if len(ready) == len(self.specs) and self.on_ready is not None:
+                self.on_ready()
         elif kind == "result":
             o.result = value
         elif kind == "error":

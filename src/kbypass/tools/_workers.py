@@ -43,7 +43,7 @@ def add_worker_options(p) -> None:
 
 
 def wants_workers(args) -> bool:
-    return bool(args.workers or args.worker_queues or args.cpus)
+    return bool(getattr(args, "workers", None) or getattr(args, "worker_queues", None) or getattr(args, "cpus", None))
 
 
 def _check(args) -> list[int]:
