@@ -118,10 +118,16 @@ def exit_code(outcomes) -> int:
 
 def emit_team(summary: dict, as_json: bool) -> None:
     """A team's summary: as JSON whole; for people the totals and a row per worker of its scalar counts
-    (each worker's rules and socket statistics are in --json)."""
+    and of the socket counters that name a loss (rx_dropped, rx_ring_full, ...) where a worker has one
+    (each worker's rules and whole statistics are in --json)."""
+    from kbypass.tools._output import is_bad_counter
     from kbypass.tools._port import emit
 
     if not as_json:
-        summary = dict(summary, workers=[{k: v for k, v in row.items() if not isinstance(v, (dict, list))}
-                                         for row in summary["workers"]])
+        stats = [row.get("stats") or {} for row in summary["workers"]]
+        losses = [k for k in dict.fromkeys(k for s in stats for k in s)
+                  if is_bad_counter(k) and any(isinstance(s.get(k), int) and s.get(k) for s in stats)]
+        rows = [{**{k: v for k, v in row.items() if not isinstance(v, (dict, list))}, **{k: s.get(k, 0) for k in losses}}
+                for row, s in zip(summary["workers"], stats)]
+        summary = dict(summary, workers=rows)
     emit(summary, as_json)
