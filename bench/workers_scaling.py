@@ -84,7 +84,8 @@ def one(case: dict, packets: int, dst: str) -> dict:
     sent = sum(s["packets"] for s in sent_by)
     return {"sent": sent, "received": summary["packets"], "delivered": summary["packets"] / sent,
             "burst_seconds": burst, "wall_seconds": wall, "pps": summary["packets"] / burst,
-            "gen_pps": sent / burst, "per_worker": [(w["queue"], w["cpu"], w.get("packets")) for w in summary["workers"]]}
+            "gen_pps": sent / burst,
+            "per_worker": [(w["queue"], w["cpu"], w.get("packets")) for w in summary["workers"]]}
 
 
 def main() -> int:

@@ -127,7 +127,7 @@ def emit_team(summary: dict, as_json: bool) -> None:
         stats = [row.get("stats") or {} for row in summary["workers"]]
         losses = [k for k in dict.fromkeys(k for s in stats for k in s)
                   if is_bad_counter(k) and any(isinstance(s.get(k), int) and s.get(k) for s in stats)]
-        rows = [{**{k: v for k, v in row.items() if not isinstance(v, (dict, list))}, **{k: s.get(k, 0) for k in losses}}
-                for row, s in zip(summary["workers"], stats)]
+        rows = [{**{k: v for k, v in row.items() if not isinstance(v, (dict, list))},
+                 **{k: s.get(k, 0) for k in losses}} for row, s in zip(summary["workers"], stats)]
         summary = dict(summary, workers=rows)
     emit(summary, as_json)
