@@ -182,3 +182,20 @@ def test_capture_workers_write_one_pcap_in_time_stamp_order(hosts, tmp_path):
     first_of_each = [int.from_bytes(r[16 + 42:16 + 46], "big") for _, r in pcap.records(str(target))]
     assert first_of_each[:100] == list(range(100)) and first_of_each[100:160] == list(range(60))
     assert [p for p in os.listdir(tmp_path) if p != "both.pcap"] == []  # the workers' files are gone
+
+
+def test_kill_9_of_the_parent_ends_the_workers_and_leaves_nothing_attached(hosts):
+    _, b = hosts
+    team = workers("--workers", "2")  # no -t: only the parent's death ends them
+    try:
+        wait_for("a socket per queue", lambda: both_ready(b), timeout=20)
+        pids = {c["pid"] for c in status(b)["clients"]}
+        team.send_signal(signal.SIGKILL)
+        team.wait(5)
+        wait_for("the workers to go with their parent", lambda: not xdp_attached(b), timeout=3)
+        wait_for("the workers' processes to end", lambda: not any(os.path.exists(f"/proc/{p}") for p in pids),
+                 timeout=5)
+    finally:
+        if team.poll() is None:
+            team.kill()
+            team.wait()

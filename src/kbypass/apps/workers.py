@@ -26,6 +26,7 @@ result; a worker that dies is reported (`on_exit`) and the others go on.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import multiprocessing
 import os
@@ -97,7 +98,7 @@ class Worker:
     conn: object = None  # its end of the pipe to the parent
 
     def ready(self) -> None:
-        self.conn.send(("ready", None))
+        _tell(self.conn, ("ready", None))
 
 
 @dataclass
@@ -129,7 +130,19 @@ def _stop_before_the_loop(signum, frame) -> None:
     raise StoppedEarly()
 
 
-def _worker_main(target, worker: Worker, args: tuple) -> None:
+PR_SET_PDEATHSIG = 1
+
+
+def _end_with_the_parent(parent: int) -> None:
+    """SIGTERM when the parent dies, even by `kill -9`: a team whose parent is gone would otherwise keep its
+    rules and sockets until each worker's own end (never, without -t)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the prctl: no signal will come
+        raise StoppedEarly()
+
+
+def _worker_main(target, worker: Worker, args: tuple, parent: int) -> None:
     """A worker process: pin, run, send the result. SIGINT is the parent's business (it passes SIGTERM on),
     so a Ctrl-C on the terminal, which reaches the whole process group, does not cut a worker short twice."""
     global _WORKER_PID
@@ -138,15 +151,24 @@ def _worker_main(target, worker: Worker, args: tuple) -> None:
     signal.signal(signal.SIGTERM, _stop_before_the_loop)  # the run's own loop catches it once it runs
     conn = worker.conn
     try:
+        _end_with_the_parent(parent)
         os.sched_setaffinity(0, {worker.cpu})
-        conn.send(("result", target(worker, *args)))
+        _tell(conn, ("result", target(worker, *args)))
     except KbypassError as e:
-        conn.send(("error", str(e)))
+        _tell(conn, ("error", str(e)))
     except StoppedEarly:
-        conn.send(("died", "stopped before its run began"))
+        _tell(conn, ("died", "stopped before its run began"))
     except BaseException:
-        conn.send(("died", traceback.format_exc()))
+        _tell(conn, ("died", traceback.format_exc()))
         raise
+
+
+def _tell(conn, message: tuple) -> None:
+    """Send to the parent, which may be gone (killed): then there is nobody to tell."""
+    try:
+        conn.send(message)
+    except OSError:
+        pass
 
 
 class WorkerTeam:
@@ -184,7 +206,7 @@ class WorkerTeam:
         try:
             for i, (queue, cpu) in enumerate(self.specs):
                 mine, theirs = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=_worker_main, args=(self.target, Worker(i, queue, cpu, theirs), self.args),
+                p = ctx.Process(target=_worker_main, args=(self.target, Worker(i, queue, cpu, theirs), self.args, os.getpid()),
                                 name=f"kbypass-worker-q{queue}", daemon=True)
                 p.start()
                 theirs.close()
