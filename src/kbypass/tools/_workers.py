@@ -21,7 +21,7 @@ def int_list(what: str):
 
     def parse(text: str) -> list[int]:
         one = _options.int_range(0, 4095, what)
-        items = [t for t in text.split(",")]
+        items = text.split(",")
         if not text or any(not t.strip() for t in items):
             raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of {what}s, e.g. 0,1")
         return [one(t) for t in items]
@@ -43,7 +43,8 @@ def add_worker_options(p) -> None:
 
 
 def wants_workers(args) -> bool:
-    return bool(getattr(args, "workers", None) or getattr(args, "worker_queues", None) or getattr(args, "cpus", None))
+    """Did the options ask for workers? (A Namespace built without the worker options is a single run.)"""
+    return any(getattr(args, name, None) for name in ("workers", "worker_queues", "cpus"))
 
 
 def _check(args) -> list[int]:
