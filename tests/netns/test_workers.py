@@ -28,8 +28,9 @@ pytestmark = pytest.mark.skipif(os.cpu_count() < 2, reason="needs two CPUs: one 
 
 
 def workers(*extra: str) -> subprocess.Popen:
+    # a process group of its own, as a shell gives a job: a terminal's Ctrl-C goes to all of it
     return subprocess.Popen([sys.executable, "-m", "kbypass", "sink", "--host", "b", "--json", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def redirected(b) -> dict[int, int]:
@@ -199,3 +200,22 @@ def test_kill_9_of_the_parent_ends_the_workers_and_leaves_nothing_attached(hosts
         if team.poll() is None:
             team.kill()
             team.wait()
+
+
+def test_ctrl_c_on_a_terminal_reaches_every_process_and_each_worker_still_reports(hosts):
+    a, b = hosts
+    team = workers("--workers", "2", "-t", "60")
+    try:
+        wait_for("a socket per queue", lambda: both_ready(b), timeout=20)
+        send_udp(a, b, 5000, 50, cpu=0)
+        send_udp(a, b, 5001, 70, cpu=1)
+        time.sleep(0.3)
+        os.killpg(team.pid, signal.SIGINT)  # the whole job: the parent and both workers
+        out, err = team.communicate(timeout=30)
+    finally:
+        if team.poll() is None:
+            team.kill()
+            team.wait()
+    assert team.returncode == 0, err
+    assert [(w["queue"], w["packets"]) for w in json.loads(out)["workers"]] == [(0, 50), (1, 70)]
+    wait_for("nothing attached", lambda: not xdp_attached(b), timeout=2)

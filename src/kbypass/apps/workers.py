@@ -142,12 +142,17 @@ def _end_with_the_parent(parent: int) -> None:
         raise StoppedEarly()
 
 
+def _ignore(signum, frame) -> None:
+    pass
+
+
 def _worker_main(target, worker: Worker, args: tuple, parent: int) -> None:
-    """A worker process: pin, run, send the result. SIGINT is the parent's business (it passes SIGTERM on),
-    so a Ctrl-C on the terminal, which reaches the whole process group, does not cut a worker short twice."""
+    """A worker process: pin, run, send the result. SIGINT is the parent's business (it passes SIGTERM on):
+    a Ctrl-C on the terminal reaches the whole process group, and a worker stops once, in its loop. A
+    no-op handler rather than SIG_IGN, which a control plane this worker starts would inherit."""
     global _WORKER_PID
     _WORKER_PID = os.getpid()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, _ignore)
     signal.signal(signal.SIGTERM, _stop_before_the_loop)  # the run's own loop catches it once it runs
     conn = worker.conn
     try:
