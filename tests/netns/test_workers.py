@@ -55,6 +55,8 @@ def test_two_workers_each_count_their_queue_exactly_and_sigint_to_the_parent_sto
         assert sorted(rule_packets(b)) == ["udp queue 0 redirect", "udp queue 1 redirect"]
         pids = {c["pid"] for c in status(b)["clients"]}
         assert len(pids) == 2 and team.pid not in pids  # two processes, neither the parent
+        assert {c["command"] for c in status(b)["clients"]} == {
+            f"kbypass sink --host b --json --workers 2 -t 60 [worker of pid {team.pid}]"}
         before = redirected(b)
         send_udp(a, b, 5000, 300, cpu=0)
         send_udp(a, b, 5001, 200, cpu=1)
