@@ -76,6 +76,7 @@ struct flow {
 	__u8 malformed; /* truncated or lying headers: never redirect */
 	__u8 tagged;    /* the frame has a VLAN tag; vlan is the outer tag's VLAN id */
 	__u16 vlan;
+	__u16 queue;    /* ctx->rx_queue_index, 0xffff from there up */
 };
 
 struct cursor {
@@ -302,6 +303,8 @@ static __always_inline int match(const struct steer_rule *r, const struct flow *
 		return 0;
 	if (r->proto && r->proto != f->proto)
 		return 0;
+	if ((f->queue & r->queue_mask) != r->queue)
+		return 0;
 	if ((r->sport_mask || r->dport_mask) && !f->has_l4)
 		return 0;
 	if ((f->sport & r->sport_mask) != r->sport || (f->dport & r->dport_mask) != r->dport)
@@ -372,6 +375,8 @@ int kbypass_steer(struct xdp_md *ctx)
 	int ok = 0;
 	struct steer_config *cfg;
 
+	/* a queue past 16 bits reads as 0xffff, which no rule names (user space takes queues up to 4095) */
+	s.f.queue = ctx->rx_queue_index > 0xffff ? 0xffff : ctx->rx_queue_index;
 	eth = take(&c, sizeof(*eth));
 	if (!eth) {
 		stat_inc(STEER_STAT_NOT_IP);

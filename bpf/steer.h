@@ -60,7 +60,7 @@
 #define STEER_SAMPLE_ALWAYS 0xffffffffu
 
 /*
- * One rule, 84 bytes. Rules are scanned linearly (about 11.5 ns per rule that does not match with 128
+ * One rule, 88 bytes. Rules are scanned linearly (about 11.5 ns per rule that does not match with 128
  * rules, measured with BPF_PROG_TEST_RUN here: bench/cp_steering.py), so keep the list short. A packet matches when every field matches:
  *   family   == 0 or the packet's IP version; STEER_FAMILY_ETHER rules match only non-IP frames and
  *            family 0/4/6 rules only IP packets
@@ -75,6 +75,9 @@
  *            would leave the rest to the kernel). Like NIC ntuple filters, port rules see whole datagrams.
  *   (packet src word i & src_mask[i]) == src[i] for i in 0..3, same for dst; an IPv4 address lives in
  *            word 0 (words 1-3 are zero), so a wildcard is an all-zero mask
+ *   (ctx->rx_queue_index & queue_mask) == queue: the receive queue the packet arrived on (queue_mask
+ *            0xffff) or any (0). One worker per queue gives each worker the same flows "on its queue",
+ *            so their rules are disjoint and a worker that dies takes only its own queue's rule with it.
  * Byte order: ports, port masks, addresses and masks are network order (compared against the packet
  * as read); sample_thresh is host order. Host bits of src/dst are zero (user space masks them).
  *
@@ -93,6 +96,7 @@
  *        8    2 sport          10 2 sport_mask     12 2 dport (EtherType)  14 2 dport_mask
  *       16   16 src            32 16 src_mask      48 16 dst      64 16 dst_mask
  *       80    2 vlan           82  2 group (host order, < STEER_MAX_GROUPS: whose sockets REDIRECT uses)
+ *       84    2 queue          86  2 queue_mask    (host order)
  */
 struct steer_rule {
 	__u8 action;
@@ -110,6 +114,8 @@ struct steer_rule {
 	__be32 dst_mask[4];
 	__u16 vlan;
 	__u16 group;
+	__u16 queue;
+	__u16 queue_mask;
 };
 
 /* The priority list: rule ids (slots of steer_rules) in match order, first match wins. */

@@ -33,6 +33,7 @@ if not libbpf.object_path("steer").exists():
     pytest.skip("bpf/steer.bpf.c is not built: run 'make bpf'", allow_module_level=True)
 
 RULES = [
+    "udp queue 1 drop",  # never at rx queue 0 (BPF_PROG_TEST_RUN's): the queue compare runs on every frame
     "udp dport 4321 redirect",
     "tcp src 10.0.0.0/8 sport 1111 drop",
     "icmp dst 10.0.0.2 pass",
@@ -41,6 +42,7 @@ RULES = [
     "dst 10.0.0.0/24 drop",
     "udp vlan 3 dport 4321 redirect",
     "vlan 3 drop",
+    "tcp queue 0 pass",
 ]
 VERDICT = {"redirect": libbpf.XDP_REDIRECT, "drop": libbpf.XDP_DROP, "pass": libbpf.XDP_PASS}
 
@@ -189,6 +191,8 @@ def matches(rule: Rule, flow: dict) -> bool:
     if rule.family and rule.family != flow["family"]:
         return False
     if rule.vlan != flow["vlan"]:  # None (untagged only) or the outer tag's id
+        return False
+    if rule.queue is not None and rule.queue != 0:  # BPF_PROG_TEST_RUN runs on rx queue 0
         return False
     if rule.proto != "any" and {"udp": 17, "tcp": 6, "icmp": 1}[rule.proto] != flow["proto"]:
         return False

@@ -28,6 +28,7 @@ from kbypass.cp.client import ControlPlaneClient, ControlPlaneError
 from kbypass.cp.lock import terminate
 from kbypass.endpoint import UdpEndpoint
 from kbypass.errors import UsageError
+from kbypass.host import xps
 from kbypass.xsk.umem import FILL
 from tests.kb import xdp_attached
 
@@ -56,7 +57,7 @@ def hosts(testbed_hosts):
         terminate(paths.namespace_name(h.netns))
     _xps(a, ["1", "2"])
     yield a, b
-    _xps(a, ["0", "0"])
+    xps.spread_by_cpu(a.iface, a.netns, a.queues)  # the testbed's own: CPU c on queue c mod N
     for h in (a, b):
         terminate(paths.namespace_name(h.netns))
     assert not xdp_attached(b), "a control plane left the steering program attached"

@@ -11,7 +11,7 @@ import pytest
 from pyroute2 import netns as pr_netns
 
 from kbypass import netns
-from kbypass.host import testbed
+from kbypass.host import testbed, xps
 from kbypass.testing.plugin import needs_root
 from tests.kb import kbypass, pid_tag
 
@@ -41,6 +41,10 @@ def test_up_status_schema_idempotent_down(prefix):
     out = subprocess.run(["ip", "netns", "exec", hosts[1]["netns"], "ls", f"/sys/class/net/{hosts[1]['iface']}/queues"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert sorted(out) == ["rx-0", "rx-1", "rx-2", "tx-0", "tx-1", "tx-2"]
+    # CPU c transmits on queue c mod 3 at both ends (XPS), so a sender's CPU picks the receiver's queue
+    as_int = lambda ms: [int(m.replace(",", ""), 16) for m in ms]
+    for h in hosts:
+        assert as_int(xps.read(h["iface"], h["netns"], 3)) == as_int(xps.masks(3))
     gro = subprocess.run(["ip", "netns", "exec", hosts[1]["netns"], "ethtool", "-k", hosts[1]["iface"]],
                          capture_output=True, text=True, check=True).stdout
     assert "generic-receive-offload: on" in gro

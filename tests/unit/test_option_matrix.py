@@ -80,6 +80,8 @@ VALID = {
     "--faults": {"0"},  # loss=0: no loss
     "--queue": {"0"},  # the first queue
     "--cpu": {"0"},  # the first CPU
+    "--worker-queues": {"0"},  # one worker, on the first queue
+    "--cpus": {"0"},  # its CPU
     "--warmup": {"0"},  # no warm-up round trips
     ("pingpong client", "--port"): {"0"},  # a client's local port: 0 picks a free one
     ("xfer send", "--port"): {"0"},

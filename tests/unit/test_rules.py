@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from kbypass.errors import UsageError
-from kbypass.steer.rules import RULE_SIZE, RULE_STRUCT, Rule, RuleError, rule_offsets
+from kbypass.steer.rules import RULE_SIZE, RULE_STRUCT, Rule, RuleError, overlap, rule_offsets
 
 ROUND_TRIPS = [
     "udp dst 10.0.0.2 dport 4321 redirect",
@@ -139,11 +139,30 @@ def unpack(rule: Rule) -> dict:
 
 
 def test_pack_size_and_offsets() -> None:
-    assert RULE_SIZE == 84
+    assert RULE_SIZE == 88
     off = rule_offsets()
     assert (off["tagged"], off["sample_thresh"], off["sport"], off["dport"], off["src"], off["dst_mask"],
-            off["vlan"]) == (3, 4, 8, 12, 16, 64, 80)
-    assert len(Rule().pack()) == 84
+            off["vlan"], off["queue"], off["queue_mask"]) == (3, 4, 8, 12, 16, 64, 80, 84, 86)
+    assert len(Rule().pack()) == 88
+
+
+def test_queue_parse_pack_text_and_overlap() -> None:
+    """`queue Q` names the receive queue: packed with a full mask, a wildcard (mask 0) without it, and two
+    rules on different queues never overlap (a packet arrives on one queue), so workers need no --share."""
+    r = Rule.parse("udp dport 4321 queue 1")
+    assert r.queue == 1 and str(r) == "udp dport 4321 queue 1 redirect" and Rule.parse(str(r)) == r
+    assert (unpack(r)["queue"], unpack(r)["queue_mask"]) == (1, 0xFFFF)
+    assert (unpack(Rule.parse("udp dport 4321"))["queue"], unpack(Rule.parse("udp dport 4321"))["queue_mask"]) == (0, 0)
+    assert (unpack(Rule.parse("udp queue 0"))["queue"], unpack(Rule.parse("udp queue 0"))["queue_mask"]) == (0, 0xFFFF)
+    assert Rule.parse("ether 0x88b5 queue 3").queue == 3
+    assert not overlap(Rule.parse("udp dport 4321 queue 0"), Rule.parse("udp dport 4321 queue 1"))
+    assert overlap(Rule.parse("udp dport 4321 queue 0"), Rule.parse("udp dport 4321"))
+    assert overlap(Rule.parse("udp queue 2"), Rule.parse("udp dport 9 queue 2"))
+    for bad in ("udp queue 4096", "udp queue x", "udp queue -1", "udp queue"):
+        with pytest.raises(UsageError):
+            Rule.parse(bad)
+    with pytest.raises(UsageError, match="queue"):
+        Rule("udp", queue=True)
 
 
 def test_vlan_parse_pack_and_text() -> None:

@@ -31,7 +31,7 @@ def test_parse_and_pack() -> None:
     assert r.family == FAMILY_ETHER
     raw = r.pack()
     off = rule_offsets()
-    assert len(raw) == RULE_SIZE == 84  # the EtherType rides in dport: no field of its own
+    assert len(raw) == RULE_SIZE == 88  # the EtherType rides in dport: no field of its own
     assert raw[off["family"]] == 1 and raw[off["proto"]] == 0
     assert raw[off["dport"]:off["dport"] + 2] == b"\x88\xb5" and raw[off["dport_mask"]:off["dport_mask"] + 2] == b"\xff\xff"
     assert raw[off["sport"]:off["dport"]] == bytes(4) and raw[off["src"]:off["vlan"]] == bytes(64)

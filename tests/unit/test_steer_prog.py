@@ -599,6 +599,29 @@ def test_redirect_follows_the_rx_queue(veth_ns: str, program: SteerProgram) -> N
 
 
 @pytest.mark.netns
+def test_queue_rules_follow_the_rx_queue(veth_ns: str, program: SteerProgram) -> None:
+    """`queue Q` matches ctx->rx_queue_index: a packet on another queue goes on to later rules."""
+    from kbypass import netns
+
+    program.clear()
+    on_1 = program.add("udp dport 4321 queue 1 drop")
+    rest = program.add("udp dport 4321 pass")
+    try:
+        with netns.entered(veth_ns):
+            ifindex = socket.if_nametoindex("kb0")
+            frame = udp4()
+            verdicts = [
+                libbpf.test_run(program.prog_fd, frame, ctx=struct.pack("6I", 0, len(frame), 0, ifindex, q, 0)).retval
+                for q in (0, 1, 1)
+            ]
+        assert verdicts == [PASS, DROP, DROP]
+        counters = program.counters()
+        assert (counters[on_1][0], counters[rest][0]) == (2, 1)
+    finally:
+        program.clear()
+
+
+@pytest.mark.netns
 def test_skb_mode_and_detach(veth_ns: str) -> None:
     st = Steering("kb1", netns=veth_ns, mode="skb")
     try:

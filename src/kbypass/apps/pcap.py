@@ -85,3 +85,37 @@ class PcapWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+HEADER_SIZE = 24
+
+
+def records(path: str):
+    """(time in ns, record bytes) of each whole record of a file PcapWriter wrote; a torn last record (its
+    writer was killed mid-write) ends the file."""
+    with open(path, "rb") as f:
+        if len(f.read(HEADER_SIZE)) < HEADER_SIZE:
+            return
+        while True:
+            head = f.read(RECORD.itemsize)
+            if len(head) < RECORD.itemsize:
+                return
+            sec, nsec, incl, _ = struct.unpack("<IIII", head)
+            data = f.read(incl)
+            if len(data) < incl:
+                return
+            yield sec * 1_000_000_000 + nsec, head + data
+
+
+def merge(paths: list[str], out: PcapWriter) -> int:
+    """Append the records of `paths` (pcap files PcapWriter wrote, each in time order: one per worker) to
+    `out` in time-stamp order, streaming (one record per file in memory); returns how many."""
+    import heapq
+
+    n = 0
+    for _, record in heapq.merge(*(records(p) for p in paths), key=lambda r: r[0]):
+        out.file.write(record)
+        n += 1
+    out.file.flush()
+    out.packets += n
+    return n

@@ -64,6 +64,14 @@ _FD_SPACE = socket.CMSG_SPACE(253 * 4)
 _CHANGES = {"hello", "add", "remove", "register", "unregister", "open_socket", "stop"}  # refusals logged
 
 
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])  # the field after the state; comm may hold ')'
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _command_of(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -71,6 +79,9 @@ def _command_of(pid: int) -> str:
     except OSError:
         return "?"
     words = [w.decode(errors="replace") for w in words if w]
+    if any("multiprocessing.spawn" in w for w in words):  # a worker (kbypass.apps.workers): its parent's command
+        parent = _parent_of(pid)
+        return f"{_command_of(parent)} [worker of pid {parent}]" if parent > 1 else "?"
     if len(words) > 1 and os.path.basename(words[0]).startswith("python"):
         words = words[1:]  # "python -m kbypass sink" reads better as "kbypass sink"
         if words[:2] == ["-m", "kbypass"]:

@@ -1,7 +1,8 @@
 """The built-in testbed: two hosts, "a" and "b", as network namespaces joined by one veth pair.
 
 Every tool, test and benchmark targets it by default, so a newcomer needs no NIC, no second machine and no
-hugepages. Built over netlink with pyroute2 (no `ip` subprocesses).
+hugepages. Built over netlink with pyroute2 (no `ip` subprocesses but one: XPS, CPU c transmitting on
+queue c mod N, is set through the namespace's own /sys, which `ip netns exec` mounts).
 
 Ownership: before `up` creates anything it writes a marker, /run/kbypass/testbed-<prefix>, naming each
 namespace it is about to create (the name goes in before the namespace exists). The marker is how `up` and
@@ -37,7 +38,8 @@ from dataclasses import asdict, dataclass
 from pyroute2 import NetNS, netns as pr_netns
 
 from kbypass import netns
-from kbypass.errors import PermissionProblem, TestbedError, UsageError, require_root
+from kbypass.errors import EnvironmentProblem, PermissionProblem, TestbedError, UsageError, require_root
+from kbypass.host import xps
 
 HOSTS = ("a", "b")
 ALIAS_TAG = "kbypass-testbed"
@@ -368,6 +370,13 @@ def _build_link(config: TestbedConfig) -> None:
             # veth, as a real wire would see it; with it, frames carry only the pseudo-header sum, and a
             # userspace receiver (or a reflector sending them back) would see "bad" checksums.
             _ethtool_set(config.iface_name(host), ETHTOOL_STXCSUM, False)
+        # CPU c transmits on queue c mod N: on a veth the sender's queue is the receiver's, so a sender's CPU
+        # picks the queue its flows reach (kbypass.host.xps), the testbed's RSS. A kernel without XPS keeps
+        # its hash: the testbed works, flows just spread by it.
+        try:
+            xps.spread_by_cpu(config.iface_name(host), config.netns_name(host), config.queues)
+        except EnvironmentProblem:
+            pass
 
 
 def _check_matches(config: TestbedConfig, hosts: list[Host]) -> None:

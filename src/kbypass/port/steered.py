@@ -134,7 +134,7 @@ class SteeredPort(Port):
         else:
             self.steering = Steering(ifname, netns=netns, mode=xdp_mode)
         self.rule_ids = [self.steering.add(r) for r in self.rules]
-        self.queues = [queue] if queue is not None else list(range(_queue_count(ifname, netns)))
+        self.queues = [queue] if queue is not None else list(range(queue_count(ifname, netns)))
         for q in self.queues:
             if self.sockets == "cp":  # made and registered by the control plane
                 xsk_fd, umem_fd, made = self.steering.open_socket(q, mode=options.get("mode", "auto"),
@@ -350,7 +350,8 @@ def _who_makes_sockets(sockets: str, backend: str, control_plane: bool) -> str:
     return sockets
 
 
-def _queue_count(ifname: str, netns: str | None) -> int:
+def queue_count(ifname: str, netns: str | None) -> int:
+    """The interface's receive queues (1 when the kernel does not say)."""
     with entered(netns):
         n = rx_queue_count(ifname)
     return n or 1

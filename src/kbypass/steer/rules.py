@@ -4,9 +4,9 @@ A `Rule` says which IP packets it matches (protocol, source/destination address 
 field may be a wildcard) and what the XDP program does with them (redirect to the queue's AF_XDP socket,
 drop, pass to the kernel, or drop a sample of them). Text form, tokens separated by blanks:
 
-    [udp|tcp|icmp|any] [vlan ID] [src ADDR[/LEN]] [dst ADDR[/LEN]] [sport N] [dport N]
+    [udp|tcp|icmp|any] [vlan ID] [src ADDR[/LEN]] [dst ADDR[/LEN]] [sport N] [dport N] [queue Q]
     [redirect|drop|pass|sample | action WORD] [prob P]
-    ether [ETHERTYPE] [vlan ID] [redirect|drop|pass|sample | action WORD] [prob P]
+    ether [ETHERTYPE] [vlan ID] [queue Q] [redirect|drop|pass|sample | action WORD] [prob P]
 
 e.g. ``udp dst 10.0.0.2 dport 4321``, ``tcp src fd00::/64 drop``, ``udp dport 53 sample prob 0.01``.
 The action defaults to redirect. A "sample" rule drops each matching packet with probability P and lets
@@ -16,7 +16,9 @@ protocol; without a type: any non-IP frame); ARP and other non-IP frames no rule
 ICMP on IPv4 and ICMPv6 on IPv6. A rule matches untagged frames unless it names a VLAN (``vlan 100``):
 then it matches the frames whose outer 802.1Q/802.1ad tag has that VLAN id, and no others. A tagged frame
 belongs to the kernel's VLAN device (eth0.100) until a rule asks for its VLAN, and the consumers of the
-untagged default (the UDP endpoint, xfer, reflect) never see a tag they do not parse.
+untagged default (the UDP endpoint, xfer, reflect) never see a tag they do not parse. ``queue Q`` matches
+only packets that arrived on receive queue Q (the NIC's RSS choice; on a veth the sender's transmit
+queue): workers, one per queue, each hold the same flows on their own queue, so their rules never overlap.
 
 The packed layout is `struct steer_rule` in bpf/steer.h; RULE_LAYOUT below is its only Python copy, and a
 test checks it against the BTF of the built object.
@@ -57,9 +59,12 @@ RULE_LAYOUT: tuple[tuple[str, str], ...] = (
     ("dst_mask", "16s"),
     ("vlan", "H"),
     ("group", "H"),
+    ("queue", "H"),
+    ("queue_mask", "H"),
 )
 RULE_STRUCT = struct.Struct("<" + "".join(code for _, code in RULE_LAYOUT))
-RULE_SIZE = RULE_STRUCT.size  # 84
+RULE_SIZE = RULE_STRUCT.size  # 88
+MAX_RULE_QUEUE = 4095  # the largest queue a rule names (the tools' --queue bound)
 
 
 def rule_offsets() -> dict[str, int]:
@@ -118,6 +123,7 @@ class Rule:
     probability: float | None = None
     ethertype: int | None = None  # only with proto "ether"; packed into the dport pair (see bpf/steer.h)
     vlan: int | None = None  # the outer VLAN tag's id; None: untagged frames only
+    queue: int | None = None  # the receive queue the packet arrived on; None: any queue
 
     def __post_init__(self) -> None:
         if self.proto not in PROTOS and self.proto != ETHER:
@@ -126,6 +132,9 @@ class Rule:
         v = self.vlan
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 4094):
             raise RuleError(f"bad vlan '{v}'", " (expected a VLAN id 0-4094)", "vlan")
+        q = self.queue
+        if q is not None and (isinstance(q, bool) or not isinstance(q, int) or not 0 <= q <= MAX_RULE_QUEUE):
+            raise RuleError(f"bad queue '{q}'", f" (expected a receive queue 0-{MAX_RULE_QUEUE})", "queue")
         if self.action not in ACTIONS:
             raise RuleError(f"unknown action '{self.action}'", " (expected redirect, drop, pass or sample)", "action")
         nets = {}
@@ -226,7 +235,7 @@ class Rule:
             if tok in ACTIONS:
                 key, value, vpos = "action", tok, pos
                 i += 1
-            elif tok in ("vlan", "src", "dst", "sport", "dport", "action", "prob"):
+            elif tok in ("vlan", "src", "dst", "sport", "dport", "queue", "action", "prob"):
                 if i + 1 >= len(tokens):
                     raise fail(f"'{tok}'", " needs a value", pos)
                 key, value, vpos = tok, tokens[i + 1], pos + 1
@@ -236,7 +245,7 @@ class Rule:
             else:
                 raise fail(
                     f"unknown word '{tok}'",
-                    " (expected vlan, src, dst, sport, dport, action, prob or redirect/drop/pass/sample)",
+                    " (expected vlan, src, dst, sport, dport, queue, action, prob or redirect/drop/pass/sample)",
                     pos,
                 )
             field = "probability" if key == "prob" else key
@@ -250,6 +259,10 @@ class Rule:
             elif key == "vlan":
                 if not (value.isascii() and value.isdigit()) or int(value) > 4094:
                     raise fail(f"bad vlan '{value}'", " (expected a VLAN id 0-4094)", vpos)
+                value = int(value)
+            elif key == "queue":
+                if not (value.isascii() and value.isdigit()) or int(value) > MAX_RULE_QUEUE:
+                    raise fail(f"bad queue '{value}'", f" (expected a receive queue 0-{MAX_RULE_QUEUE})", vpos)
                 value = int(value)
             elif key == "prob":
                 try:
@@ -275,7 +288,7 @@ class Rule:
         parts = [] if self.proto == "any" else [self.proto]
         if self.ethertype is not None:
             parts.append(f"{self.ethertype:#06x}")
-        for field in ("vlan", "src", "dst", "sport", "dport"):
+        for field in ("vlan", "src", "dst", "sport", "dport", "queue"):
             value = getattr(self, field)
             if value is not None:
                 parts += [field, str(value)]
@@ -287,7 +300,7 @@ class Rule:
     # ---- packed form -----------------------------------------------------------------------------
 
     def pack(self, group: int = 0) -> bytes:
-        """The 84-byte `struct steer_rule` for the steer_rules map (see bpf/steer.h). `group`: whose
+        """The 88-byte `struct steer_rule` for the steer_rules map (see bpf/steer.h). `group`: whose
         AF_XDP sockets a redirect goes to (SteerProgram.register_xsk); 0 is in-process steering's."""
         if self.action == "sample":
             p = self.probability or 0.0
@@ -301,6 +314,8 @@ class Rule:
             "tagged": int(self.vlan is not None),
             "vlan": self.vlan or 0,
             "group": group,
+            "queue": self.queue or 0,
+            "queue_mask": 0xFFFF if self.queue is not None else 0,
             "sample_thresh": thresh,
         }
         for name in ("sport", "dport"):
@@ -351,11 +366,13 @@ class Rule:
 
 def overlap(a: Rule, b: Rule) -> bool:
     """Can one packet match both rules? Field by field, a wildcard overlaps everything and two values
-    overlap when they are equal (ports, EtherTypes, VLANs) or their prefixes intersect (addresses).
+    overlap when they are equal (ports, EtherTypes, VLANs, queues) or their prefixes intersect (addresses).
     The control plane refuses overlapping rules of two clients unless both share: whichever came first
     would silently take the other's packets."""
     if a.vlan != b.vlan:
         return False
+    if a.queue is not None and b.queue is not None and a.queue != b.queue:
+        return False  # a packet arrives on one queue only
     if (a.proto == ETHER) != (b.proto == ETHER):
         return False  # ether rules see non-IP frames only, IP rules IP packets only
     if a.proto == ETHER:

@@ -14,13 +14,14 @@ import os
 import sys
 
 from kbypass.apps.capture import capture
-from kbypass.apps.pcap import PcapWriter
+from kbypass.apps.pcap import PcapWriter, merge
 from kbypass.errors import UsageError
 from kbypass.tools import _options
 from kbypass.tools._backend import add_backend_option, open_backend
 from kbypass.tools._common import partial_path
 from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, progress_printer,
                                  rules_or_default, takes_note, unreached_warnings, warn)
+from kbypass.tools._workers import add_worker_options, emit_team, exit_code, run_team, wants_workers, worker_args
 
 MAX_SNAPLEN = 262144  # tcpdump's largest
 
@@ -44,10 +45,11 @@ def register(sub) -> None:
     p.add_argument("--every", type=_options.positive_int(what="a sampling interval"), default=1, metavar="N",
                    help="write one packet in N; on afxdp all matched packets are still taken from the kernel, "
                         "the other N-1 are dropped (counted as not_written)")
+    add_worker_options(p)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def _check(args) -> None:
     if args.snaplen < 14:
         raise UsageError(f"--snaplen {args.snaplen}: keep at least the 14-byte Ethernet header")
     if args.every < 1:
@@ -55,11 +57,91 @@ def run(args) -> int:
     if getattr(args, "backend", "afxdp") == "socket":
         raise UsageError("capture --backend socket would write made-up headers (a kernel socket gives "
                          "payloads, not frames): use --backend afxdp or packet_mmap")
-    to_stdout = args.write == "-"
-    if to_stdout and sys.stdout.isatty():
+    if args.write == "-" and sys.stdout.isatty():
         raise UsageError("-w - writes binary pcap to standard output, which is a terminal: pipe it "
                          "(| tcpdump -r -) or give a file")
+
+
+def record(args, pcap: PcapWriter, sp, human) -> dict:
+    """Capture on the open port `sp` into `pcap` (announced on `human`, unless None); the summary."""
+    with sp, pcap:
+        if human is not None:
+            note = takes_note(args)
+            if args.every > 1:
+                note += f"; 1 in {args.every} is written, the rest " + ("dropped" if note else "not written")
+            announce(args, sp, note)
+        res = capture(sp.port, pcap, batch=args.batch, every=args.every, duration=args.duration,
+                      count=args.count, report=progress_printer(not args.json, file=human))
+        port = sp.port
+        summary = {"packets": res.packets, "seen": res.seen, "not_written": res.seen - res.packets,
+                   "file": args.write, "seconds": round(res.seconds, 6),
+                   "mode": getattr(port, "bind_mode", None) or port.mode, "queues": sp.queues,
+                   "stats": port.stats, "rules": sp.rule_counters()}
+        warnings = unreached_warnings(sp)
+        if warnings:
+            summary["warnings"] = warnings
+    return summary
+
+
+def work(worker, args, rules: list[str]) -> dict:
+    """One worker of `capture --workers`: its queue into its own file (args.write + .qN), which the parent
+    merges in time-stamp order when the team ends."""
+    mine = worker_args(args, worker, rules)
+    mine.write = worker_file(args.worker_files, worker.queue)
+    pcap = PcapWriter(mine.write, args.snaplen, name=args.write)
+    try:
+        sp = open_backend(mine, mine.rule)
+    except BaseException:
+        pcap.close()
+        os.unlink(mine.write)
+        raise
+    worker.ready()
+    summary = record(mine, pcap, sp, None)
+    if sp.control_lost:
+        summary["error"] = sp.control_lost
+    return summary
+
+
+def worker_file(base: str, queue: int) -> str:
+    return f"{base}.q{queue}"
+
+
+def run_workers(args, rules: list[str]) -> int:
+    """capture --workers: each worker its own file, merged into one pcap in time-stamp order at the end (a
+    single writer shared by processes would serialise the workers on it; a merge at the end costs a read
+    and a write of the capture). A failed start leaves no file behind, nor changes an existing one."""
+    to_stdout = args.write == "-"
+    human = sys.stderr if to_stdout else sys.stdout
+    # the workers' files: hidden beside the target (or in /tmp for -w -), named by this process's pid
+    args.worker_files = partial_path(args.write) if not to_stdout else f"/tmp/.kbypass-capture-{os.getpid()}"
+    files = [worker_file(args.worker_files, q) for q in (args.worker_queues or range(args.workers or 0))]
+
+    def finish(summary, outcomes) -> None:
+        paths = [p for p in files if os.path.exists(p)]
+        target = args.write if to_stdout else partial_path(args.write)
+        with PcapWriter(target, args.snaplen, name=args.write) as out:
+            summary["merged"] = merge(paths, out)
+        if not to_stdout:
+            os.replace(target, args.write)
+        summary["file"] = args.write
+
+    try:
+        summary, outcomes = run_team(args, work, rules, totals=("packets", "seen", "not_written"), finish=finish)
+    finally:
+        for p in files:
+            if os.path.exists(p):
+                os.unlink(p)
+    with contextlib.redirect_stdout(human):
+        emit_team(summary, args.json)
+    return exit_code(outcomes)
+
+
+def run(args) -> int:
+    _check(args)
     rules = rules_or_default(args, "any", "every IP packet")
+    if wants_workers(args):
+        return run_workers(args, rules)
+    to_stdout = args.write == "-"
     # The file first: a path we cannot write fails before any port is opened or XDP program attached. It is
     # a partial file beside the target until the port is open, so a capture that cannot start leaves an
     # existing file as it was (and no empty one behind).
@@ -76,22 +158,8 @@ def run(args) -> int:
         os.replace(path, args.write)  # the capture starts: from here on the file is the capture
     # With -w - standard output is the pcap: everything for people goes to stderr.
     human = sys.stderr if to_stdout else sys.stdout
-    with sp, pcap:
-        note = takes_note(args)
-        if args.every > 1:
-            note += f"; 1 in {args.every} is written, the rest " + (
-                "dropped" if note else "not written")
-        announce(args, sp, note)
-        res = capture(sp.port, pcap, batch=args.batch, every=args.every, duration=args.duration,
-                      count=args.count, report=progress_printer(not args.json, file=human))
-        port = sp.port
-        summary = {"packets": res.packets, "seen": res.seen, "not_written": res.seen - res.packets,
-                   "file": args.write, "seconds": round(res.seconds, 6),
-                   "mode": getattr(port, "bind_mode", None) or port.mode, "queues": sp.queues,
-                   "stats": port.stats, "rules": sp.rule_counters()}
-        warnings = unreached_warnings(sp)
-        if warnings:
-            summary["warnings"] = warnings
+    summary = record(args, pcap, sp, human)
+    warnings = summary.get("warnings", [])
     warn(args.command, warnings)
     with contextlib.redirect_stdout(human):
         emit(summary, args.json)

@@ -6,6 +6,7 @@ from kbypass.apps.reflect import Reflector
 from kbypass.tools._backend import add_backend_option, open_backend
 from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, port_summary,
                                  progress_printer, rules_or_default, takes_note, unreached_warnings, warn)
+from kbypass.tools._workers import add_worker_options, emit_team, exit_code, run_team, wants_workers, worker_args
 
 # IPv4 only: the reflector swaps fields at IPv4 offsets, and IPv6 UDP (DNS, DHCPv6, ...) stays the kernel's.
 DEFAULT_RULE = "udp dst 0.0.0.0/0"
@@ -19,18 +20,41 @@ def register(sub) -> None:
     add_port_options(p, default_rule_help=f"default on a testbed host: '{DEFAULT_RULE}', every IPv4 UDP packet; --iface needs a rule", default_batch=1024)
     p.add_argument("--macs-only", action="store_true",
                    help="swap MACs only (like testpmd macswap); not with --backend socket")
+    add_worker_options(p)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    with open_backend(args, rules_or_default(args, DEFAULT_RULE, "every IPv4 UDP packet")) as sp:
-        announce(args, sp, takes_note(args))
+def forward(args, rules: list[str], on_open=None) -> tuple[dict, list[str], object]:
+    """One reflector on the port the options name: its summary, its warnings and the (closed) port."""
+    with open_backend(args, rules) as sp:
+        if on_open is not None:
+            on_open(sp)
         res = Reflector(sp.port, batch=args.batch, swap_l3=not args.macs_only).run(
             duration=args.duration, count=args.count, report=progress_printer(not args.json))
         summary = port_summary(sp, res, sent=res.sent, tx_dropped=res.tx_dropped, not_reflected=res.not_reflected)
         warnings = unreached_warnings(sp)
         if warnings:
             summary["warnings"] = warnings
+    return summary, warnings, sp
+
+
+def work(worker, args, rules: list[str]) -> dict:
+    """One worker of `reflect --workers`: the reflector on its queue, in its own process."""
+    mine = worker_args(args, worker, rules)
+    summary, _, sp = forward(mine, mine.rule, on_open=lambda sp: worker.ready())
+    if sp.control_lost:
+        summary["error"] = sp.control_lost
+    return summary
+
+
+def run(args) -> int:
+    rules = rules_or_default(args, DEFAULT_RULE, "every IPv4 UDP packet")
+    if wants_workers(args):
+        summary, outcomes = run_team(args, work, rules,
+                                     totals=("packets", "bytes", "sent", "tx_dropped", "not_reflected"))
+        emit_team(summary, args.json)
+        return exit_code(outcomes)
+    summary, warnings, sp = forward(args, rules, on_open=lambda sp: announce(args, sp, takes_note(args)))
     warn(args.command, warnings)
     emit(summary, args.json)
     control_plane_lost(sp)

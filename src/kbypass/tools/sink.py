@@ -7,6 +7,7 @@ from kbypass.tools import _options
 from kbypass.tools._backend import add_backend_option, open_backend
 from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, port_summary,
                                  progress_printer, rules_or_default, takes_note, unreached_warnings, warn)
+from kbypass.tools._workers import add_worker_options, emit_team, exit_code, run_team, wants_workers, worker_args
 
 
 def register(sub) -> None:
@@ -17,12 +18,15 @@ def register(sub) -> None:
                    help="check the sequence numbers and send stamps kbypass generators put in the payload")
     _options.add_idle_timeout(p, help="stop after this many seconds without a packet, counted from the start "
                                       "and then from the last packet (a run that sees nothing ends too)")
+    add_worker_options(p)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    with open_backend(args, rules_or_default(args, "udp", "every UDP packet")) as sp:
-        announce(args, sp, takes_note(args))
+def receive(args, rules: list[str], on_open=None) -> tuple[dict, list[str], object]:
+    """One sink on the port the options name: its summary, its warnings and the (closed) port."""
+    with open_backend(args, rules) as sp:
+        if on_open is not None:
+            on_open(sp)
         sink = Sink(sp.port, batch=args.batch, check_seq=args.check_seq)
         res = sink.run(duration=args.duration, count=args.count, idle_timeout=args.idle_timeout,
                        report=progress_printer(not args.json))
@@ -33,6 +37,25 @@ def run(args) -> int:
         warnings = unreached_warnings(sp)
         if warnings:
             summary["warnings"] = warnings
+    return summary, warnings, sp
+
+
+def work(worker, args, rules: list[str]) -> dict:
+    """One worker of `sink --workers`: the sink on its queue, in its own process."""
+    mine = worker_args(args, worker, rules)
+    summary, _, sp = receive(mine, mine.rule, on_open=lambda sp: worker.ready())
+    if sp.control_lost:
+        summary["error"] = sp.control_lost
+    return summary
+
+
+def run(args) -> int:
+    rules = rules_or_default(args, "udp", "every UDP packet")
+    if wants_workers(args):
+        summary, outcomes = run_team(args, work, rules, totals=("packets", "bytes"))
+        emit_team(summary, args.json)
+        return exit_code(outcomes)
+    summary, warnings, sp = receive(args, rules, on_open=lambda sp: announce(args, sp, takes_note(args)))
     warn(args.command, warnings)
     emit(summary, args.json)
     control_plane_lost(sp)
