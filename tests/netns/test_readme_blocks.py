@@ -2,7 +2,8 @@
 testbed (kb-a/kb-b become its hosts, `kbypass` the venv's). Commands that run until stopped (sink,
 reflect, capture, pingpong server, xfer recv) run in the background while the block's other lines run,
 one at a time, and are stopped with SIGINT; they must have received traffic where the block sends some.
-Long runs are shortened (gen --count, --duration, sockperf -t), nothing else is changed.
+Long runs are shortened (gen --count, --duration, sockperf -t; a background receiver's to a minute at most,
+since SIGINT stops it), nothing else is changed.
 
 And no README line may send to a testbed address from the root namespace: copied literally, that
 traffic leaves by the machine's default route."""
@@ -94,7 +95,7 @@ def test_nothing_is_sent_to_the_testbed_from_the_root_namespace() -> None:
                       "'ip netns exec kb-a' in front):\n  " + "\n  ".join(wrong)
 
 
-def rewrite(line: str, hosts, tmp: Path) -> list[str]:
+def rewrite(line: str, hosts, tmp: Path, background: bool = False) -> list[str]:
     a, b = hosts
     line = re.sub(r"\bkb-a\b", a.netns, line)
     line = re.sub(r"\bkb-b\b", b.netns, line)
@@ -105,7 +106,9 @@ def rewrite(line: str, hosts, tmp: Path) -> list[str]:
         raise AssertionError(f"refusing to run {line!r} from the root namespace")
     if "gen" in argv:  # a short run: enough to count, not a benchmark
         argv = _shorten(argv, ("--count", "-c"), 20000)
-    argv = _shorten(argv, ("--duration", "-t"), 2 if "gen" not in argv else 1)
+    # A background receiver keeps its duration (up to a minute): it is stopped with SIGINT while it runs, as
+    # its user stops it. Cut to 2 s it could end by itself just as the SIGINT comes, a race of the test's.
+    argv = _shorten(argv, ("--duration", "-t"), 60 if background else 2 if "gen" not in argv else 1)
     return argv
 
 
@@ -190,7 +193,7 @@ def run_shell_block(text: str, hosts, tmp: Path) -> None:
     fg = [c for c in lines if c not in bg]
     sends = any(re.search(r"\bkbypass (gen|pingpong client|xfer send)\b|^sockperf|sockperf ", c) for c in fg)
     for n, line in enumerate(bg or [None]):
-        receiver = Bg(rewrite(line, hosts, tmp), tmp, n) if line else None
+        receiver = Bg(rewrite(line, hosts, tmp, background=True), tmp, n) if line else None
         try:
             if receiver:
                 receiver.wait_ready()
