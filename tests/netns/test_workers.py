@@ -112,7 +112,7 @@ def test_kill_9_of_one_worker_leaves_the_other_every_packet_and_its_rule_and_soc
 
 
 def cpu_list_longer_than_the_machine() -> str:
-    return ",".join(["0"] * ((os.cpu_count() or 1) + 1))
+    return ",".join(str(c) for c in range((os.cpu_count() or 1) + 1))
 
 
 @pytest.mark.parametrize("args, words", [
@@ -124,6 +124,8 @@ def cpu_list_longer_than_the_machine() -> str:
     (["--workers", "2", "--queue", "1"], "--queue does not go with workers"),
     (["--workers", "2", "--backend", "packet_mmap"], "--workers needs --backend afxdp"),
     (["--workers", "2", "--rule", "udp dport 9 queue 1"], "names queue 1, but its worker reads queue 0"),
+    (["--workers", "2", "--cpus", "0,0"], "each CPU number once"),
+    (["--workers", "2", "--hw"], "--hw does not go with workers"),
 ])
 def test_bad_worker_input_is_one_error_line_and_leaves_nothing(hosts, args, words):
     _, b = hosts

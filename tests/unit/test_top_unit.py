@@ -128,6 +128,7 @@ def test_report_writes_one_page_with_embedded_plots(tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     (["top", "--interval", "0"], "--interval"),
+    (["top", "--once", "-c", "3"], "--once is one interval"),
     (["top", "--interval", "fast"], "--interval"),
     (["top", "--count", "0"], "--count"),
     (["top", "--record", "/nonexistent-dir/run.jsonl"], "does not exist"),

@@ -188,7 +188,9 @@ class SteeredPort(Port):
     def _software_only(self, why: HardwareSteeringError) -> None:
         """hw="auto" where the NIC cannot: the XDP program steers alone, and `hw_note` says why."""
         self.hidden, self.hw = None, False
-        self.hw_note = f"{why}; steering in software only (the XDP program)"
+        # the error's own fix names --hw auto, which is what was asked: keep the cause, not the advice
+        cause = str(why).split(": use a NIC with flow steering")[0]
+        self.hw_note = f"{cause}; steering in software only (the XDP program)"
 
     def _queue_taken(self, ifname: str, queue: int) -> UsageError:
         """EBUSY from the bind: another AF_XDP socket holds the queue (AF_XDP takes one socket pool per

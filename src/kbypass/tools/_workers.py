@@ -17,14 +17,18 @@ from kbypass.tools import _options
 
 
 def int_list(what: str):
-    """An argparse type for a comma-separated list of whole numbers (0-4095), e.g. "0,1" or "2,3"."""
+    """An argparse type for a comma-separated list of whole numbers (0-4095), e.g. "0,1" or "2,3"; each
+    at most once."""
 
     def parse(text: str) -> list[int]:
-        one = _options.int_range(0, 4095, what)
+        one = _options.int_range(0, 4095, f"a {what}")
         items = text.split(",")
         if not text or any(not t.strip() for t in items):
             raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of {what}s, e.g. 0,1")
-        return [one(t) for t in items]
+        values = [one(t) for t in items]
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{text!r}: each {what} once (one worker each)")
+        return values
 
     parse.__name__ = f"a list of {what}s"
     return parse
@@ -55,6 +59,8 @@ def _check(args) -> list[int]:
                           ("--queue", args.queue is not None, "use --worker-queues"),
                           ("--cpu", args.cpu is not None, "use --cpus"),
                           ("--share-queue", args.share_queue, "each worker has its queue to itself"),
+                          ("--hw", getattr(args, "hw", None),
+                           "the hidden queue is one queue of an interface, owned by one program"),
                           ("-c/--count", args.count is not None,
                            "each worker stops on its own: use -t/--duration (sink: or --idle-timeout)")):
         if bad:

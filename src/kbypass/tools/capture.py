@@ -124,6 +124,8 @@ def run_workers(args, rules: list[str]) -> int:
         if not to_stdout:
             os.replace(target, args.write)
         summary["file"] = args.write
+        for row in summary["workers"]:  # their own files are merged and gone: the one file is the summary's
+            row.pop("file", None)
 
     try:
         summary, outcomes = run_team(args, work, rules, totals=("packets", "seen", "not_written"), finish=finish)

@@ -111,6 +111,8 @@ def _open_record(path: str | None):
 
 
 def run(args) -> int:
+    if args.once and args.count is not None:
+        raise UsageError("--once is one interval: drop -c/--count, or --once")
     count = 1 if args.once else args.count
     record = _open_record(args.record)
     inv = Inventory(args.netns)
