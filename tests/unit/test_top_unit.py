@@ -71,7 +71,8 @@ def test_a_truncated_reply_is_refused():
 @pytest.mark.parametrize("text", ["udp dport 4321", "tcp src 10.0.0.0/8 dport 80 drop",
                                   "udp dst fd00::/64 sample prob 0.05", "udp vlan 100 dport 4321",
                                   "ether 0x88b5", "ether pass", "any", "icmp dst 10.1.2.3", "udp sample prob 1",
-                                  "tcp src 2001:db8::1 sport 22 pass"])
+                                  "tcp src 2001:db8::1 sport 22 pass", "udp dport 4321 queue 1",
+                                  "ether 0x88b5 queue 3"])
 def test_rules_read_back_from_the_map_are_the_rules_installed(text):
     rule = Rule.parse(text)
     assert Rule.unpack(rule.pack(group=7)) == (rule, 7)

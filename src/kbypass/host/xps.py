@@ -35,9 +35,9 @@ def masks(queues: int, cpus: int | None = None) -> list[str]:
 def spread_by_cpu(ifname: str, netns: str | None, queues: int) -> None:
     """Set XPS on `ifname` so that CPU c transmits on queue c mod `queues` (the sysfs files are per
     namespace: `ip netns exec` mounts the namespace's own /sys)."""
-    script = "; ".join(f"echo {m} > /sys/class/net/{ifname}/queues/tx-{q}/xps_cpus"
-                       for q, m in enumerate(masks(queues)))
-    argv = ["sh", "-c", script]
+    # the interface's name goes in as "$1", never into the script's text
+    script = "; ".join(f'echo {m} > "/sys/class/net/$1/queues/tx-{q}/xps_cpus"' for q, m in enumerate(masks(queues)))
+    argv = ["sh", "-c", script, "sh", ifname]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     proc = subprocess.run(argv, capture_output=True, text=True)
@@ -48,7 +48,8 @@ def spread_by_cpu(ifname: str, netns: str | None, queues: int) -> None:
 
 def read(ifname: str, netns: str | None, queues: int) -> list[str]:
     """xps_cpus of each transmit queue, as the kernel shows it (leading zero groups included)."""
-    argv = ["sh", "-c", "; ".join(f"cat /sys/class/net/{ifname}/queues/tx-{q}/xps_cpus" for q in range(queues))]
+    argv = ["sh", "-c", "; ".join(f'cat "/sys/class/net/$1/queues/tx-{q}/xps_cpus"' for q in range(queues)), "sh",
+            ifname]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from kbypass.errors import EnvironmentProblem
+from kbypass.errors import EnvironmentProblem, KbypassError
 from kbypass.host.procscan import PROC, Holders
 from kbypass.xsk import consts, diag
 
@@ -103,7 +103,9 @@ class Finder:
         if self.use_diag:
             try:
                 return self._by_diag(holders)
-            except EnvironmentProblem:
+            except KbypassError as e:  # TestbedError: a namespace that went away mid-sample
+                if not isinstance(e, EnvironmentProblem) or "xsk_diag" not in str(e):  # the next sample is fresh
+                    return []
                 self.use_diag = False  # this kernel has no xsk_diag: read /proc instead from now on
         return self._by_proc(holders)
 

@@ -12,7 +12,7 @@ import struct
 from kbypass.bpf import ids
 from kbypass.bpf.libbpf import BpfMap
 from kbypass.steer import steering
-from kbypass.steer.rules import Rule
+from kbypass.steer.rules import Rule, RuleError
 
 MAPS = ("steer_rules", "steer_order", "steer_config", "steer_counters", "steer_stats")
 
@@ -48,13 +48,18 @@ class ObservedProgram:
             return []
         active = struct.unpack_from("<I", self._maps["steer_config"].lookup(0) or bytes(4))[0]
         order = self._maps["steer_order"].lookup(active & 1) or bytes(4)
-        count = struct.unpack_from("<I", order)[0]
+        count = min(struct.unpack_from("<I", order)[0], (len(order) - 4) // 4)  # torn or foreign: what fits
         out = []
         for rule_id in struct.unpack_from(f"<{count}I", order, 4):
             raw = self._maps["steer_rules"].lookup(rule_id)
             if raw is None or not any(raw):
                 continue  # removed between the two reads
-            rule, group = Rule.unpack(raw)
+            try:
+                rule, group = Rule.unpack(raw)
+            except (RuleError, StopIteration, struct.error, ValueError):
+                # rewritten between the two reads, or a build of another layout: shown, not fatal to top
+                out.append({"rule_id": rule_id, "rule": "(unreadable)", "group": None, "packets": 0, "bytes": 0})
+                continue
             packets, nbytes = _percpu_sum(self._maps["steer_counters"], rule_id, 2)
             out.append({"rule_id": rule_id, "rule": str(rule), "group": group, "packets": packets, "bytes": nbytes})
         return out

@@ -346,6 +346,8 @@ class Rule:
             kw["probability"] = 1.0 if t == SAMPLE_ALWAYS else float(f"{t / 2**32:.6g}")
         if f["tagged"]:
             kw["vlan"] = f["vlan"]
+        if f["queue_mask"]:
+            kw["queue"] = f["queue"]
         if f["family"] == FAMILY_ETHER:
             kw["proto"] = ETHER
             if f["dport_mask"] != b"\0\0":
