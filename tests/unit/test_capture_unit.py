@@ -10,10 +10,10 @@ import stat
 
 import pytest
 
-from kbypass.errors import UsageError
 from kbypass.apps import pcap
 from kbypass.apps.pcap import PcapWriter
 from kbypass.apps.workers import Outcome, merge
+from kbypass.errors import UsageError
 from kbypass.tools import capture
 from tests.unit.test_workers import write_pcap
 

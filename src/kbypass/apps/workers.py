@@ -106,7 +106,8 @@ class Worker:
 
     def ready(self) -> None:
         # from here on a SIGTERM is the end of the run, never an unwinding: see _stop_the_loop
-        signal.signal(signal.SIGTERM, _stop_the_loop)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _stop_the_loop)
         _tell(self.conn, ("ready", None))
 
 
