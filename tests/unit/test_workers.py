@@ -127,3 +127,112 @@ def test_capture_files_merge_in_time_stamp_order_and_a_torn_tail_ends_a_file(tmp
         assert pcap.merge([str(tmp_path / "q0"), str(tmp_path / "q1")], out) == 7
     stamps = [t for t, _ in pcap.records(str(tmp_path / "all"))]
     assert stamps == [1, 2, 3, 5, 10**9, 9 * 10**9, 10**10]
+
+
+def a_second_sigterm_after_the_loop(worker) -> dict:
+    """The loop takes the parent's SIGTERM; another comes while the worker finishes (its parent's death, a
+    kill): it must not cost the summary."""
+    wait_for_sigterm(worker)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)  # the handler has run by now
+    return {"packets": 2, "pps": 0.0}
+
+
+def sigterm_before_the_loop(worker, bound: float) -> dict:
+    """A SIGTERM between ready() and the loop: the loop, once it runs, still stops at once."""
+    from kbypass.port.loop import Stopper
+
+    worker.ready()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    with Stopper() as stop:
+        while not stop.stopped and time.monotonic() - t0 < bound:
+            time.sleep(0.01)
+    return {"stopped": stop.stopped}
+
+
+def sigterm_bounded(worker, bound: float) -> dict:
+    """wait_for_sigterm, but ends by itself after `bound` seconds (a SIGTERM that never came)."""
+    from kbypass.port.loop import Stopper
+
+    worker.ready()
+    t0 = time.monotonic()
+    with Stopper() as stop:
+        while not stop.stopped and time.monotonic() - t0 < bound:
+            time.sleep(0.01)
+    return {"stopped": stop.stopped}
+
+
+def deaf_to_sigterm(worker) -> dict:
+    worker.ready()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # hung, as far as a stop goes
+    time.sleep(60)
+    return {}
+
+
+def never_ready(worker) -> dict:
+    time.sleep(60)
+    return {}
+
+
+def test_a_second_sigterm_while_a_worker_finishes_keeps_its_result() -> None:
+    team = WorkerTeam(a_second_sigterm_after_the_loop, [0], [0])
+    team.on_ready = team.stop
+    assert [(o.result, o.died) for o in team.run()] == [({"packets": 2, "pps": 0.0}, None)]
+
+
+def test_a_sigterm_before_the_loop_starts_still_stops_the_loop() -> None:
+    team = WorkerTeam(sigterm_before_the_loop, [0], [0], args=(20.0,))
+    assert [o.result for o in team.run()] == [{"stopped": True}]
+
+
+class FakeProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid, self.exitcode = pid, None
+
+
+def test_stop_sends_each_worker_one_sigterm_however_often_it_is_called(monkeypatch) -> None:
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    team = WorkerTeam(where_am_i, [0, 1], [0, 1])
+    team.procs = [FakeProcess(101), FakeProcess(102)]
+    team.stop()
+    team.stop()  # a second Ctrl-C
+    team.procs.append(FakeProcess(103))  # started meanwhile
+    team.stop()
+    assert sent == [(101, signal.SIGTERM), (102, signal.SIGTERM), (103, signal.SIGTERM)]
+
+
+def test_ctrl_c_during_start_up_starts_no_more_workers_and_stops_those_started(monkeypatch) -> None:
+    from multiprocessing.context import SpawnProcess
+
+    start = SpawnProcess.start
+
+    def start_then_ctrl_c(self) -> None:
+        start(self)
+        os.kill(os.getpid(), signal.SIGINT)  # the team's handler: stop()
+
+    monkeypatch.setattr(SpawnProcess, "start", start_then_ctrl_c)
+    t0 = time.monotonic()
+    first, second = WorkerTeam(sigterm_bounded, [0, 1], [0, 1], args=(20.0,)).run()
+    assert time.monotonic() - t0 < 15  # the first was stopped, not left to its own end
+    assert first.pid and first.result != {"stopped": False}
+    assert (second.pid, second.result, second.died) == (0, None, "not started: the team was stopped during start-up")
+
+
+def test_a_worker_hung_after_stop_is_killed_at_the_deadline_and_said_so() -> None:
+    team = WorkerTeam(deaf_to_sigterm, [0], [0], stop_timeout=0.5)
+    team.on_ready = team.stop
+    t0 = time.monotonic()
+    [o] = team.run()
+    assert time.monotonic() - t0 < 10
+    assert o.result is None and o.died == "killed by SIGKILL: still running 0.5 s after it was asked to stop"
+
+
+def test_a_worker_that_never_says_ready_fails_the_team_at_the_ready_timeout() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(KbypassError, match=r"the worker on queue 1 \(pid \d+\) did not say it was ready within "
+                                           r"1 s: the team is stopped"):
+        WorkerTeam(never_ready, [1], [0], ready_timeout=1.0).run()
+    assert time.monotonic() - t0 < 15

@@ -20,8 +20,9 @@ kernel while the other workers keep theirs.
 Workers are started with the "spawn" method (a fresh interpreter each: nothing of the parent's sockets,
 netlink connections or control-plane client leaks into them), so `target` must be importable (a
 module-level function) and, in a script, the team started under `if __name__ == "__main__":`. SIGINT and
-SIGTERM to the parent are passed on as SIGTERM to every worker, which finishes its run and returns its
-result; a worker that dies is reported (`on_exit`) and the others go on.
+SIGTERM to the parent are passed on as SIGTERM to every worker, once, which finishes its run and returns
+its result; a worker that dies is reported (`on_exit`) and the others go on. A worker that has not said
+ready within `ready_timeout` fails the team; one still running `stop_timeout` after its SIGTERM is killed.
 """
 
 from __future__ import annotations
@@ -31,13 +32,19 @@ import dataclasses
 import multiprocessing
 import os
 import signal
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for
 
 from kbypass.errors import KbypassError, UsageError
+from kbypass.port.loop import Stopper
 from kbypass.steer.rules import Rule
+
+STOPPED_EARLY = "stopped before its run began"
+NOT_STARTED = "not started: the team was stopped during start-up"
 
 
 def on_queue(rules: Sequence[Rule | str], queue: int) -> list[Rule]:
@@ -98,6 +105,9 @@ class Worker:
     conn: object = None  # its end of the pipe to the parent
 
     def ready(self) -> None:
+        # from here on a SIGTERM is the end of the run, never an unwinding: see _stop_the_loop
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _stop_the_loop)
         _tell(self.conn, ("ready", None))
 
 
@@ -119,15 +129,47 @@ class StoppedEarly(BaseException):
 
 
 _WORKER_PID = None  # the worker process itself, not a child forked from it
+_TERMED = False  # this worker was asked to stop: later SIGTERMs (its parent's death, a kill) change nothing
+
+
+def _not_the_worker(signum) -> None:
+    if os.getpid() != _WORKER_PID:
+        # a child forked from the worker (pyroute2 forks one per namespace it opens and ends it with
+        # SIGTERM) inherits the worker's handlers: unwinding the worker's frames there would run its cleanup
+        # (a capture worker deleted its own file that way). The child just goes.
+        os._exit(128 + signum)
 
 
 def _stop_before_the_loop(signum, frame) -> None:
-    if os.getpid() != _WORKER_PID:
-        # a child forked from the worker (pyroute2 forks one per namespace it opens and ends it with
-        # SIGTERM) inherits this handler: unwinding the worker's frames there would run its cleanup (a
-        # capture worker deleted its own file that way). The child just goes.
-        os._exit(128 + signum)
-    raise StoppedEarly()
+    """Before ready(): unwind, closing what was opened (the run has not begun, there is nothing to report).
+    Once only: a second SIGTERM must not break into that unwinding."""
+    global _TERMED
+    _not_the_worker(signum)
+    if not _TERMED:
+        _TERMED = True
+        raise StoppedEarly()
+
+
+def _stop_the_loop(signum, frame) -> None:
+    """After ready(), while the receive loop's own handler (a Stopper) is not in place: before the loop
+    took over, or after it ended and the worker is finishing its summary. Never an exception (it would
+    lose the summary). A first SIGTERM is handed to the loop if it starts after it; later ones are
+    ignored."""
+    global _TERMED
+    _not_the_worker(signum)
+    if not _TERMED:
+        _TERMED = True
+        threading.Thread(target=_hand_to_the_loop, daemon=True, name="kbypass-stop-for-the-loop").start()
+
+
+def _hand_to_the_loop(poll: float = 0.01) -> None:
+    """Deliver the SIGTERM again once a receive loop's Stopper holds it (a loop that ended before it came
+    never runs again: this thread then waits, harmless, until the worker ends)."""
+    while True:
+        if isinstance(getattr(signal.getsignal(signal.SIGTERM), "__self__", None), Stopper):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        time.sleep(poll)
 
 
 PR_SET_PDEATHSIG = 1
@@ -162,7 +204,7 @@ def _worker_main(target, worker: Worker, args: tuple, parent: int) -> None:
     except KbypassError as e:
         _tell(conn, ("error", str(e)))
     except StoppedEarly:
-        _tell(conn, ("died", "stopped before its run began"))
+        _tell(conn, ("died", STOPPED_EARLY))
     except BaseException:
         _tell(conn, ("died", traceback.format_exc()))
         raise
@@ -180,25 +222,35 @@ class WorkerTeam:
     """Start one process per (queue, cpu), wait for all, return their outcomes in queue order.
 
     `on_ready()` is called once every worker said ready(); `on_exit(outcome)` as each one ends (a death
-    the moment it happens). A worker that fails before it is ready (a refused rule, a queue taken) stops
-    the team: the others are ended and `run` raises that error, so nothing is left behind."""
+    the moment it happens). A worker that fails before it is ready (a refused rule, a queue taken), or does
+    not say ready within `ready_timeout` seconds, stops the team: the others are ended and `run` raises
+    that error, so nothing is left behind. After stop(), a worker still running `stop_timeout` seconds
+    later is killed (SIGKILL) and reported so."""
 
     def __init__(self, target: Callable, queues: Sequence[int], cpus: Sequence[int], args: tuple = (), *,
-                 on_ready: Callable[[], None] | None = None, on_exit: Callable[[Outcome], None] | None = None):
+                 on_ready: Callable[[], None] | None = None, on_exit: Callable[[Outcome], None] | None = None,
+                 ready_timeout: float = 30.0, stop_timeout: float = 10.0):
         if len(queues) != len(cpus):
             raise UsageError(f"{len(queues)} queues but {len(cpus)} CPUs: one CPU per worker")
         self.target, self.args = target, args
         self.specs = list(zip(queues, cpus))
         self.on_ready, self.on_exit = on_ready, on_exit
+        self.ready_timeout, self.stop_timeout = ready_timeout, stop_timeout
         self.procs: list = []
         self._stopping = False
+        self._stop_deadline: float | None = None  # monotonic time after which the rest are killed
+        self._termed: set[int] = set()  # pids sent their SIGTERM: one each (a second could cut its summary)
+        self._killed: set[int] = set()  # indexes killed at the deadline
         self._failed: str | None = None  # why the team could not start
 
     def stop(self) -> None:
-        """Ask every live worker to finish (SIGTERM: each prints nothing, returns its result)."""
+        """Ask every live worker to finish (SIGTERM, once each: it prints nothing, returns its result)."""
         self._stopping = True
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + self.stop_timeout
         for p in self.procs:
-            if p.pid and p.exitcode is None:
+            if p.pid and p.pid not in self._termed and p.exitcode is None:
+                self._termed.add(p.pid)
                 try:
                     os.kill(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
@@ -210,6 +262,9 @@ class WorkerTeam:
         old = {s: signal.signal(s, lambda *_: self.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             for i, (queue, cpu) in enumerate(self.specs):
+                if self._stopping:  # Ctrl-C during start-up: no more workers
+                    outcomes[i] = Outcome(i, queue, cpu, 0, died=NOT_STARTED)
+                    continue
                 mine, theirs = ctx.Pipe(duplex=False)
                 p = ctx.Process(target=_worker_main, args=(self.target, Worker(i, queue, cpu, theirs), self.args, os.getpid()),
                                 name=f"kbypass-worker-q{queue}", daemon=True)
@@ -218,9 +273,15 @@ class WorkerTeam:
                 self.procs.append(p)
                 conns[mine] = i
                 outcomes[i] = Outcome(i, queue, cpu, p.pid)
+            if self._stopping:
+                self.stop()  # those started after the signal came did not get their SIGTERM
+            ready_by = time.monotonic() + self.ready_timeout
             pending = {p.sentinel: i for i, p in enumerate(self.procs)}
             while pending:
-                for ready_obj in wait_for([*conns, *pending]):
+                got = wait_for([*conns, *pending], timeout=self._wait(ready_by, pending, ready))
+                if not got:
+                    self._overdue(ready_by, pending, ready, outcomes)
+                for ready_obj in got:
                     if ready_obj in conns:
                         self._read(ready_obj, conns, outcomes, ready)
                     else:
@@ -244,6 +305,27 @@ class WorkerTeam:
             for s, h in old.items():
                 signal.signal(s, h)
 
+    def _wait(self, ready_by: float, pending: dict, ready: set) -> float | None:
+        """How long to wait for the next event: until the stop deadline, or the ready deadline while a live
+        worker has not said ready; otherwise for ever."""
+        if self._stopping:
+            return None if self._killed else max(0.0, self._stop_deadline - time.monotonic())
+        if any(i not in ready for i in pending.values()):
+            return max(0.0, ready_by - time.monotonic())
+        return None
+
+    def _overdue(self, ready_by: float, pending: dict, ready: set, outcomes: dict) -> None:
+        now = time.monotonic()
+        if self._stopping and now >= self._stop_deadline:
+            for i in pending.values():  # hung: it did not finish after its SIGTERM
+                self._killed.add(i)
+                self.procs[i].kill()
+        elif not self._stopping and now >= ready_by:
+            late = [outcomes[i] for i in pending.values() if i not in ready]
+            self._failed = (f"the worker on queue {late[0].queue} (pid {late[0].pid}) did not say it was ready "
+                            f"within {self.ready_timeout:g} s: the team is stopped")
+            self.stop()
+
     def _read(self, conn, conns: dict, outcomes: dict, ready: set) -> None:
         i = conns[conn]
         try:
@@ -266,7 +348,9 @@ class WorkerTeam:
 
     def _ended(self, o: Outcome, p, was_ready: bool) -> None:
         p.join()
-        if o.result is None and o.error is None and o.died is None:
+        if o.index in self._killed and o.result is None:
+            o.died = f"killed by SIGKILL: still running {self.stop_timeout:g} s after it was asked to stop"
+        elif o.result is None and o.error is None and o.died is None:
             code = p.exitcode
             o.died = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
                       else f"exit {code}")

@@ -10,7 +10,7 @@ import argparse
 import copy
 import sys
 
-from kbypass.apps.workers import WorkerTeam, merge, on_queue, plan
+from kbypass.apps.workers import STOPPED_EARLY, WorkerTeam, merge, on_queue, plan
 from kbypass.errors import UsageError
 from kbypass.port.steered import queue_count, rule_list
 from kbypass.tools import _options
@@ -105,7 +105,7 @@ def run_team(args, work, rules: list[str], *, totals: tuple[str, ...], finish=No
               f"{cpu_list}, one process each); Ctrl-C to stop", file=sys.stderr, flush=True)
 
     def ended(o) -> None:
-        if o.died is not None and o.died != "stopped before its run began":
+        if o.died is not None and o.died != STOPPED_EARLY:
             print(f"kbypass {args.command}: worker on queue {o.queue} (pid {o.pid}, CPU {o.cpu}) died: "
                   f"{o.died.strip().splitlines()[-1]}; its rules and socket are gone, the others go on",
                   file=sys.stderr, flush=True)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import tempfile
 
 from kbypass.apps.capture import capture
 from kbypass.apps.pcap import PcapWriter, merge
@@ -106,23 +108,39 @@ def worker_file(base: str, queue: int) -> str:
     return f"{base}.q{queue}"
 
 
+HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def run_workers(args, rules: list[str]) -> int:
     """capture --workers: each worker its own file, merged into one pcap in time-stamp order at the end (a
     single writer shared by processes would serialise the workers on it; a merge at the end costs a read
-    and a write of the capture). A failed start leaves no file behind, nor changes an existing one."""
+    and a write of the capture). A failed start leaves no file behind, nor changes an existing one. The
+    merge is not cut by a second Ctrl-C (held until it is done), and a merge that fails keeps the workers'
+    files, named on stderr."""
     to_stdout = args.write == "-"
     human = sys.stderr if to_stdout else sys.stdout
-    # the workers' files: hidden beside the target (or in /tmp for -w -), named by this process's pid
-    args.worker_files = partial_path(args.write) if not to_stdout else f"/tmp/.kbypass-capture-{os.getpid()}"
+    # the workers' files: hidden beside the target, named by this process's pid; for -w - in a directory
+    # of this process's own (0700), not a guessable name in /tmp
+    private = tempfile.mkdtemp(prefix="kbypass-capture-") if to_stdout else None
+    args.worker_files = os.path.join(private, "capture") if private else partial_path(args.write)
     files = [worker_file(args.worker_files, q) for q in (args.worker_queues or range(args.workers or 0))]
+    state = {"merging": False, "merged": False}
+    target = args.write if to_stdout else partial_path(args.write)
 
     def finish(summary, outcomes) -> None:
-        paths = [p for p in files if os.path.exists(p)]
-        target = args.write if to_stdout else partial_path(args.write)
-        with PcapWriter(target, args.snaplen, name=args.write) as out:
-            summary["merged"] = merge(paths, out)
-        if not to_stdout:
-            os.replace(target, args.write)
+        state["merging"] = True
+        # a signal now (the second Ctrl-C of an impatient user) waits for the merge and the clean-up: cut
+        # short, it lost the whole capture
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        try:
+            with PcapWriter(target, args.snaplen, name=args.write) as out:
+                summary["merged"] = merge([p for p in files if os.path.exists(p)], out)
+            if not to_stdout:
+                os.replace(target, args.write)
+            state["merged"] = True
+            _remove(files, private)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         summary["file"] = args.write
         for row in summary["workers"]:  # their own files are merged and gone: the one file is the summary's
             row.pop("file", None)
@@ -130,12 +148,25 @@ def run_workers(args, rules: list[str]) -> int:
     try:
         summary, outcomes = run_team(args, work, rules, totals=("packets", "seen", "not_written"), finish=finish)
     finally:
-        for p in files:
-            if os.path.exists(p):
-                os.unlink(p)
+        if not state["merging"]:  # the team did not start, or failed: nothing of it is kept
+            _remove(files, private)
+        elif not state["merged"]:
+            if not to_stdout and os.path.exists(target):
+                os.unlink(target)  # a partial merge
+            kept = [p for p in files if os.path.exists(p)]
+            print(f"kbypass capture: the merge into {args.write} did not finish; the workers' files are kept: "
+                  f"{' '.join(kept) or '(none)'}", file=sys.stderr, flush=True)
     with contextlib.redirect_stdout(human):
         emit_team(summary, args.json)
     return exit_code(outcomes)
+
+
+def _remove(files: list[str], private: str | None) -> None:
+    for p in files:
+        if os.path.exists(p):
+            os.unlink(p)
+    if private is not None:
+        os.rmdir(private)
 
 
 def run(args) -> int:
