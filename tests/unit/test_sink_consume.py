@@ -2,8 +2,11 @@
 kb_seq_update) against its reference, the numpy path (receive, SeqChecker in numpy, free): the same counts
 and the same sequence verdict on the same frames, on a fake kernel (tests/fakexsk.py)."""
 
+import shutil
 import struct
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,11 +61,61 @@ def test_seq_update_c_and_numpy_reach_the_same_verdict_batch_by_batch(window):
         assert c.summary() == py.summary()
 
 
-@needs_c
+_UB_HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "kb_seq.h"
+int main(void) { /* window, then per stream: batches (n s...), each followed by the state; 0 ends a stream */
+    unsigned long long w;
+    if (scanf("%llu", &w) != 1) return 2;
+    uint8_t *seen = calloc(w, 1);
+    struct kb_seq q = {0};
+    long long n, buf[4096];
+    while (scanf("%lld", &n) == 1) {
+        if (n < 0 || n > 4096) return 2;
+        if (n == 0) { q = (struct kb_seq){0}; for (unsigned long long i = 0; i < w; i++) seen[i] = 0; continue; }
+        for (long long i = 0; i < n; i++) if (scanf("%lld", &buf[i]) != 1) return 2;
+        kb_seq_update(&q, seen, w, (const int64_t *)buf, (size_t)n);
+        printf("%lld %lld %lld %lld %lld %lld %lld %lld\n", (long long)q.received, (long long)q.reordered,
+               (long long)q.duplicates, (long long)q.too_old, (long long)q.distinct, (long long)q.first,
+               (long long)q.highest, (long long)q.started);
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_kb_seq_has_no_undefined_behaviour_and_matches_numpy(tmp_path):
+    """kb_seq.c under UBSan (any signed overflow aborts: the build has no -fwrapv) on every stream, each
+    state equal to the numpy reference's: runs without the _fastbatch module too."""
+    core = Path(__file__).resolve().parents[2] / "csrc/core"
+    (tmp_path / "h.c").write_text(_UB_HARNESS)
+    exe = tmp_path / "h"
+    subprocess.run(["gcc", "-O1", "-fsanitize=undefined", "-fno-sanitize-recover=all", f"-I{core}",
+                    str(tmp_path / "h.c"), str(core / "kb_seq.c"), "-o", str(exe)], check=True)
+    feed, want = ["64"], []
+    for batches in _streams():
+        py = SeqChecker(window=64, ops=backend.batch("python"))
+        for b in batches:
+            feed.append(f"{len(b)} " + " ".join(map(str, b.tolist())))
+            py.update(b)
+            want.append(py.state.tolist())
+        feed.append("0")
+    r = subprocess.run([str(exe)], input="\n".join(feed), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    assert [list(map(int, line.split())) for line in r.stdout.splitlines()] == want
+
+
+def _seq_backends():
+    """numpy always (the pure-Python lane runs it alone), and C where it is built."""
+    return [backend.batch("python")] + ([backend.batch("c")] if backend.built("batch") else [])
+
+
 def test_seq_update_at_int64_min_gives_a_sane_verdict():
     """A stream starting at INT64_MIN (a datagram stamped 0x8000000000000000): C ended with highest
     INT64_MAX, 2 too old and ~1.8e19 lost."""
-    for ops in (backend.batch("c"), backend.batch("python")):
+    for ops in _seq_backends():
         q = SeqChecker(window=64, ops=ops)
         q.update(np.array([2**63, 2**63 + 1, 2**63 + 3], dtype=np.uint64).view(np.int64))
         q.update(np.array([2**63 + 2], dtype=np.uint64).view(np.int64))
@@ -70,10 +123,9 @@ def test_seq_update_at_int64_min_gives_a_sane_verdict():
                                "too_old": 0, "first_seq": -2**63, "last_seq": -2**63 + 3}, ops
 
 
-@needs_c
 @pytest.mark.parametrize("dtype", [np.float64, np.uint64, np.int32])
 def test_seq_update_refuses_an_array_that_is_not_int64_in_c_and_numpy(dtype):
-    for ops in (backend.batch("c"), backend.batch("python")):
+    for ops in _seq_backends():
         q = SeqChecker(window=8, ops=ops)
         with pytest.raises(TypeError, match="seqs must be an int64 array"):
             ops.seq_update(q.state, q.seen, np.arange(4, dtype=dtype))
