@@ -210,6 +210,17 @@ static int seq_views(PyObject *state_o, PyObject *seen_o, Py_buffer *v) {
     return get_all(objs, v, min, names, 2);
 }
 
+/* A buffer of native int64s: the format, not only the item size (a float64 array has 8-byte items too). */
+static int is_int64(const Py_buffer *b) {
+    const char *f = b->format ? b->format : "B";
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (*f == '@' || *f == '=' || *f == '<') f++;
+#else
+    if (*f == '@' || *f == '=' || *f == '>' || *f == '!') f++;
+#endif
+    return b->itemsize == 8 && (f[0] == 'q' || f[0] == 'l') && f[1] == 0;
+}
+
 /* seq_update(state, seen, seqs) -> None: kb_seq_update on an int64 array of sequence numbers. */
 static PyObject *seq_update(PyObject *self, PyObject *args) {
     PyObject *state_o, *seen_o, *seqs_o;
@@ -217,7 +228,7 @@ static PyObject *seq_update(PyObject *self, PyObject *args) {
     Py_buffer v[2], sq;
     if (seq_views(state_o, seen_o, v)) return NULL;
     if (PyObject_GetBuffer(seqs_o, &sq, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) ||
-        (sq.itemsize != 8 && (PyBuffer_Release(&sq), 1))) {
+        (!is_int64(&sq) && (PyBuffer_Release(&sq), 1))) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "seq_update: seqs must be an int64 array");
         release_all(v, 2);
         return NULL;
@@ -230,6 +241,7 @@ static PyObject *seq_update(PyObject *self, PyObject *args) {
 
 /* drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms)
  *   -> (frames, bytes, latencies, first_ns, last_ns): kb_sink_run (wait_ms 0: one kb_sink_drain, no waiting);
+ * RuntimeError for an RX descriptor outside the UMEM when no frame was taken before it (kb_sink.h);
  * first_ns, last_ns: CLOCK_MONOTONIC of the first and last frames taken (0 when none). rx, fill: the rings' struct kb_ring (ring.py KbRing);
  * stats: the port's counters; state, seen: the sequence check's (None when stamp_off is 0); seqs, lat:
  * int64 scratch and output arrays with room for budget numbers. */
@@ -270,14 +282,23 @@ static PyObject *drain(PyObject *self, PyObject *args) {
         uint64_t bytes;
         size_t nlat;
         long long n;
-        Py_BEGIN_ALLOW_THREADS /* the views keep every buffer; no Python object is touched */
+        /* No Python object is touched without the GIL. The views pin the KbRing structs, the UMEM, the
+         * counters and the scratch, but not the ring mmaps the KbRings point into, nor the socket's fd:
+         * closing the port from another thread during this call (up to wait_ms) would unmap the rings
+         * under it, which is why AfXdpPort.consume's contract forbids it. */
+        Py_BEGIN_ALLOW_THREADS
         n = wait_ms ? kb_sink_run(&k, budget, wait_ms, &bytes, &nlat) : kb_sink_drain(&k, budget, &bytes, &nlat);
         Py_END_ALLOW_THREADS
-        if (n == KB_SINK_E_RX_DESC)
-            PyErr_SetString(PyExc_RuntimeError, "RX descriptor outside the UMEM");
-        else
+        if (n == KB_SINK_E_RX_DESC) { /* a kernel (or ring) fault, not the caller's: the UDP lane's verdict */
+            char msg[160]; /* PyErr_Format has no %llx */
+            snprintf(msg, sizeof msg, "RX descriptor outside the UMEM (addr %#llx, len %u, UMEM %llu bytes): left "
+                     "on the RX ring", (unsigned long long)k.bad_addr, (unsigned)k.bad_len,
+                     (unsigned long long)k.umem_size);
+            PyErr_SetString(PyExc_RuntimeError, msg);
+        } else {
             r = Py_BuildValue("LKnLL", n, (unsigned long long)bytes, (Py_ssize_t)nlat, (long long)k.first_ns,
                               (long long)k.last_ns);
+        }
     }
     release_all(v, nv);
     return r;

@@ -6,6 +6,8 @@
  * plus a window of `window` flags, one byte each: seen[n mod window] for n in (highest - window, highest].
  * The verdict of a batch is the batch's, not the packet's: "late" is against the highest number before
  * each packet, the window's edge is the highest after the whole batch (as the numpy reference sees it).
+ * A sequence number is any int64, INT64_MIN and INT64_MAX included (a datagram can carry any stamp): the
+ * arithmetic never overflows, so C and numpy give the same verdict for every input.
  */
 #ifndef KB_SEQ_H
 #define KB_SEQ_H

@@ -43,9 +43,17 @@ long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, siz
     for (uint32_t i = 0; i < n; i++) { /* all descriptors checked before anything is given back */
         const struct kb_desc *d = kb_ring_desc(k->rx, ri + i);
         if (d->addr >= k->umem_size || d->len > k->umem_size - d->addr) {
-            kb_ring_prod_cancel(k->fill, n);
-            kb_ring_cons_cancel(k->rx, n);
-            return KB_SINK_E_RX_DESC;
+            /* the frames before it are taken as usual; it and the rest stay on the RX ring, their fill
+             * slots unused, so the next call meets it first and takes nothing */
+            kb_ring_prod_cancel(k->fill, n - i);
+            kb_ring_cons_cancel(k->rx, n - i);
+            if (!i) {
+                k->bad_addr = d->addr;
+                k->bad_len = d->len;
+                return KB_SINK_E_RX_DESC;
+            }
+            n = i;
+            break;
         }
     }
     int64_t now = now_ns();
@@ -83,7 +91,12 @@ long long kb_sink_run(struct kb_sink *k, uint32_t budget, int wait_ms, uint64_t 
         uint64_t b;
         size_t nl;
         long long n = kb_sink_drain(&step, budget - total, &b, &nl);
-        if (n < 0) return n;
+        if (n < 0) { /* after frames were taken: report them, the next call meets the error first */
+            if (total) break;
+            k->bad_addr = step.bad_addr;
+            k->bad_len = step.bad_len;
+            return n;
+        }
         if (n > 0) {
             total += (uint32_t)n;
             *bytes += b;

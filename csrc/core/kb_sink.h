@@ -35,18 +35,25 @@ struct kb_sink {
     /* out: CLOCK_MONOTONIC ns of the first and the last drain that took frames (first_ns stays as the
      * caller set it once non-zero: zero both before a call) */
     int64_t first_ns, last_ns;
+    /* out, with KB_SINK_E_RX_DESC: the descriptor refused */
+    uint64_t bad_addr;
+    uint32_t bad_len;
 };
 
-#define KB_SINK_E_RX_DESC (-1) /* an RX descriptor outside the UMEM: nothing taken */
+/* An RX descriptor outside the UMEM at the head of the RX ring: nothing taken, it stays there. */
+#define KB_SINK_E_RX_DESC (-1)
 
 /* Frames taken (0: none there, or no fill slot to give them back), or KB_SINK_E_RX_DESC. *bytes: their
- * total length; *nlat: latencies written to lat. */
+ * total length; *nlat: latencies written to lat. The rings and counts stay consistent on a bad descriptor:
+ * the frames before it are taken (given back, counted, checked) and returned; it and those after stay on
+ * the RX ring, so the error comes only from a call that took nothing. */
 long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, size_t *nlat);
 
 /* kb_sink_drain until `budget` frames were taken, sleeping in poll() whenever the RX ring is empty, for at
  * most wait_ms in all: the receive loop of a sink in C, so that the caller (Python) runs once per budget
  * frames or per quiet wait, not once per wakeup of the kernel. Returns early on a signal (poll's EINTR). lat
- * needs room for budget latencies. Frames taken, or KB_SINK_E_RX_DESC. */
+ * needs room for budget latencies. Frames taken, or KB_SINK_E_RX_DESC when it took none (a bad descriptor met
+ * after frames were taken ends the call with those frames: the next call meets it first). */
 long long kb_sink_run(struct kb_sink *k, uint32_t budget, int wait_ms, uint64_t *bytes, size_t *nlat);
 
 #endif

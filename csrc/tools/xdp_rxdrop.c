@@ -13,11 +13,17 @@
  *   attached   the XDP program already attached to the interface (kbypass's steering program, with its
  *              parse and rule scan): the socket goes into that program's XSKMAP at index --queue (group 0,
  *              in-process steering's row). The same program `kbypass sink` is steered by, so the two rows
- *              differ only in user space.
+ *              differ only in user space. An occupied entry (another program's socket receives there) is
+ *              refused, not overwritten (BPF_NOEXIST: no user-space lookup exists for an XSKMAP); the entry
+ *              goes when the socket closes (the kernel removes a closing socket from the maps it is in,
+ *              and only where the entry is still that socket), so a socket put there later is left alone.
  *
  * Output for scripts (kbypass.bench.kit): "receiving on IFACE queue Q" on stderr once the socket is bound,
- * then, on SIGINT/SIGTERM, one JSON line on stdout: {"packets": N, "bytes": B, "seconds": S, "pps": P,
+ * then, on SIGINT/SIGTERM/SIGHUP, one JSON line on stdout: {"packets": N, "bytes": B, "seconds": S, "pps": P,
  * "wakeups": W, "program": ...}; seconds run from the first frame to the last.
+ *
+ * The parent's death is a SIGTERM (PR_SET_PDEATHSIG): a bench killed mid-run leaves no receiver behind.
+ * (The signal follows the thread that started it: start it from a thread that outlives the run.)
  *
  * Usage: xdp_rxdrop --iface IF [--netns NAME] [--queue Q] [--program libxdp|attached] [--batch N]
  *                   [--frames N] [--ring-size N] [--cpu N]
@@ -38,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +57,7 @@
 
 #define FRAME_SIZE 2048u
 #define MAX_BATCH 4096u
+#define MAX_RING (1ul << 30) /* the rings' sizes are __u32 */
 
 static volatile sig_atomic_t stop;
 /* what die() takes down: libxdp detaches the program it loaded when the socket goes, and a program left on
@@ -166,11 +174,19 @@ int main(int argc, char **argv) {
         default: usage("unknown option");
         }
     }
+    /* before anything is set up: a parent gone before the prctl is caught by the getppid() check */
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM)) die("PR_SET_PDEATHSIG", errno);
+    if (getppid() != parent) die("the parent is gone", ESRCH);
     if (!iface) usage("--iface is required");
     if (strcmp(program, "libxdp") && strcmp(program, "attached")) usage("--program is libxdp or attached");
     if (!batch || batch > MAX_BATCH) usage("--batch is 1 to 4096");
-    if (!power_of_two(ring)) usage("--ring-size must be a power of two");
+    if (!power_of_two(ring) || ring > MAX_RING) usage("--ring-size must be a power of two up to 2^30");
     if (frames < ring) usage("--frames must be at least --ring-size (every fill slot holds a frame)");
+    if (frames > SIZE_MAX / FRAME_SIZE || frames > UINT32_MAX)
+        usage("--frames is too large: the UMEM is frames x 2048 bytes");
+    if (queue > UINT32_MAX) usage("--queue is too large");
+    if (cpu >= CPU_SETSIZE) usage("--cpu is too large");
     if (cpu >= 0) {
         cpu_set_t set;
         CPU_ZERO(&set);
@@ -189,6 +205,7 @@ int main(int argc, char **argv) {
     struct sigaction sa = {.sa_handler = on_signal}; /* no SA_RESTART: poll() returns EINTR */
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL); /* the terminal or the session gone: stop and report, as for SIGTERM */
 
     size_t size = frames * FRAME_SIZE;
     void *area = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
@@ -196,30 +213,40 @@ int main(int argc, char **argv) {
     /* zeroed: libxdp sets every member of a ring but cached_prod, which starts at whatever was there */
     struct xsk_ring_prod fill = {0};
     struct xsk_ring_cons comp = {0}, rx = {0};
-    struct xsk_umem_config ucfg = {.fill_size = ring, .comp_size = ring, .frame_size = FRAME_SIZE};
+    struct xsk_umem_config ucfg = {.fill_size = (__u32)ring, .comp_size = (__u32)ring, .frame_size = FRAME_SIZE};
     int err = xsk_umem__create(&umem, area, size, &fill, &comp, &ucfg);
     if (err) die("xsk_umem__create", err);
     int attached = !strcmp(program, "attached");
     struct xsk_socket_config scfg = {
-        .rx_size = ring,
+        .rx_size = (__u32)ring,
         .libxdp_flags = attached ? XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD : 0,
         .bind_flags = XDP_COPY | XDP_USE_NEED_WAKEUP,
     };
     err = xsk_socket__create(&xsk, iface, (__u32)queue, umem, &rx, NULL, &scfg);
     if (err) die("xsk_socket__create", err);
-    int map_fd = -1;
-    if (attached) {
-        map_fd = attached_xskmap(ifindex);
-        err = xsk_socket__update_xskmap(xsk, map_fd);
-        if (err) die("registering the socket in the XSKMAP", err);
-    }
     int fd = xsk_socket__fd(xsk);
+    if (attached) {
+        int map_fd = attached_xskmap(ifindex);
+        __u32 key = (__u32)queue;
+        if (bpf_map_update_elem(map_fd, &key, &fd, BPF_NOEXIST)) {
+            int e = errno;
+            close(map_fd);
+            if (e != EEXIST) die("registering the socket in the XSKMAP", e);
+            xsk_socket__delete(xsk);
+            xsk_umem__delete(umem);
+            char msg[200];
+            snprintf(msg, sizeof msg, "--program attached: queue %lu's XSKMAP entry is taken (another program's "
+                     "socket receives there): stop it, or use another --queue", queue);
+            usage(msg);
+        }
+        close(map_fd); /* the entry is the socket's: it goes when the socket closes, ours or not by then */
+    }
 
     /* Lend every ring slot a frame; frames past the ring stay unused (the sink lends half its UMEM). */
     __u32 idx;
-    if (xsk_ring_prod__reserve(&fill, ring, &idx) != ring) die("filling the fill ring", EIO);
+    if (xsk_ring_prod__reserve(&fill, (__u32)ring, &idx) != ring) die("filling the fill ring", EIO);
     for (__u32 i = 0; i < ring; i++) *xsk_ring_prod__fill_addr(&fill, idx + i) = (__u64)i * FRAME_SIZE;
-    xsk_ring_prod__submit(&fill, ring);
+    xsk_ring_prod__submit(&fill, (__u32)ring);
 
     fprintf(stderr, "receiving on %s queue %lu (program %s, copy mode, need_wakeup, batch %lu)\n", iface, queue,
             program, batch);
@@ -263,12 +290,7 @@ int main(int argc, char **argv) {
            "\"program\": \"%s\", \"batch\": %lu}\n",
            packets, bytes, seconds, seconds > 0 ? packets / seconds : 0.0, wakeups, program, batch);
     fflush(stdout);
-    if (map_fd >= 0) { /* take our socket out of the steering program's map: nothing of ours left behind */
-        __u32 key = (__u32)queue;
-        bpf_map_delete_elem(map_fd, &key);
-        close(map_fd);
-    }
-    xsk_socket__delete(xsk);
+    xsk_socket__delete(xsk); /* and with it its XSKMAP entry, if still its own */
     xsk_umem__delete(umem);
     munmap(area, size);
     return 0;

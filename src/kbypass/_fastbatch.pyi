@@ -25,9 +25,13 @@ def push_free(state: WriteableBuffer, free: np.ndarray, top: int, addrs: np.ndar
 def stamp(mem: WriteableBuffer, descs: np.ndarray, offset: int, first_seq: int, now_ns: int, /) -> int:
     """The generator's sequence and time stamp: -1, or the first frame too short (nothing written)."""
 def seq_update(state: WriteableBuffer, seen: WriteableBuffer, seqs: np.ndarray, /) -> None:
-    """Sequence accounting of one batch (kb_seq_update): state is kbypass.apps.seqcheck.FIELDS as int64."""
+    """Sequence accounting of one batch (kb_seq_update): state is kbypass.apps.seqcheck.FIELDS as int64; any
+    int64 is a sequence number. TypeError unless seqs is an int64 array (by format, not only item size)."""
 def drain(rx: WriteableBuffer, fill: WriteableBuffer, fd: int, umem: WriteableBuffer, frame_size: int,
           stats: WriteableBuffer, budget: int, stamp_off: int, state: WriteableBuffer | None,
           seen: WriteableBuffer | None, seqs: np.ndarray, lat: np.ndarray, wait_ms: int, /) -> tuple[int, int, int, int, int]:
     """Receive and give straight back to the fill ring (kb_sink_drain, or kb_sink_run when wait_ms > 0):
-    (frames, bytes, latencies written to lat, CLOCK_MONOTONIC ns of the first and the last frame taken)."""
+    (frames, bytes, latencies written to lat, CLOCK_MONOTONIC ns of the first and the last frame taken).
+    An RX descriptor outside the UMEM: the frames before it are taken and returned; it stays on the RX ring,
+    and the call that meets it first raises RuntimeError, taking nothing. Runs without the GIL on the ring
+    memory, which it does not pin: the port must not be closed meanwhile."""

@@ -269,17 +269,24 @@ class PyBatch:
     def seq_update(self, state, seen, seqs) -> None:
         """kb_seq_update: account for the batch `seqs` (int64) in `state` (kbypass.apps.seqcheck.FIELDS) and
         the window of flags `seen`. "Late" is against the highest number before each packet; the window's
-        edge is the highest after the whole batch."""
+        edge is the highest after the whole batch. Any int64 is a sequence number: the arithmetic is on
+        Python ints (exact), never on int64 values that could wrap."""
         s = seqs
+        if getattr(s, "dtype", None) != np.int64:
+            raise TypeError("seq_update: seqs must be an int64 array")
         if len(s) == 0:
             return
         received, reordered, duplicates, too_old, distinct, first, highest, started = (int(x) for x in state)
         w = len(seen)
-        if not started:
-            first, highest, started = int(s[0]), int(s[0]) - 1, 1
+        fresh_start = not started
+        if fresh_start:  # nothing seen yet: the top starts at s[0] (not s[0] - 1, below INT64_MIN for some)
+            first, highest, started = int(s[0]), int(s[0]), 1
+            seen[first % w] = 0
         # The highest number seen before each packet: a packet at or below it came late (or twice).
-        before = np.maximum.accumulate(np.concatenate(([highest], s[:-1])))
-        late = int(np.count_nonzero(s <= before))
+        before = np.maximum.accumulate(np.concatenate((np.array([highest], dtype=np.int64), s[:-1])))
+        is_late = s <= before
+        is_late[0] &= not fresh_start  # the stream's first packet is late against nothing
+        late = int(np.count_nonzero(is_late))
         highest = self._advance(seen, highest, max(highest, int(s.max())))
         received += len(s)
         if late == 0:  # the usual batch: rising, all above what came before, so all new and distinct
@@ -287,7 +294,8 @@ class PyBatch:
             distinct += len(s)
         else:
             fresh = s[s >= first]
-            old = fresh <= highest - w
+            edge = highest - w  # a Python int: below INT64_MIN nothing is under the window
+            old = fresh <= edge if edge >= -2**63 else np.zeros(len(fresh), dtype=bool)
             n_old = int(np.count_nonzero(old))
             inwin = fresh[~old]
             srt = np.sort(inwin)  # np.unique, cheaper for a batch (its hash table costs ~35 us at 256)

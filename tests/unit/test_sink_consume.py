@@ -2,8 +2,11 @@
 kb_seq_update) against its reference, the numpy path (receive, SeqChecker in numpy, free): the same counts
 and the same sequence verdict on the same frames, on a fake kernel (tests/fakexsk.py)."""
 
+import shutil
 import struct
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +35,16 @@ def _streams():
             s = np.concatenate([np.arange(s[0], s[0] + 50), s, [s.max() + 100]])
         yield np.array_split(s.astype(np.int64), int(rng.integers(1, 12)))
     yield [np.array([-3, -2, -1, 0, 1], dtype=np.int64), np.array([-5, 2], dtype=np.int64)]
+    # the ends of int64 (a hostile stamp can be any u64: 2**63 is INT64_MIN), where s - 1, highest + 1 and
+    # highest - window overflowed in C
+    lo, hi = -2**63, 2**63 - 1
+    for batches in ([[lo, lo + 1, lo + 2, 5]], [[lo], [5], [lo, lo + 3]], [[lo + 1, lo, lo + 2], [hi]],
+                    [[hi - 2, hi, hi - 1], [hi, lo, 0]], [[hi], [hi, hi - 1, lo]], [[0, hi, lo, 2**62]],
+                    [[hi - 5000, hi - 10, hi], [lo + 3, hi - 4000, hi - 7]], [[lo + 100, lo + 2, lo + 50], [lo]],
+                    [[-1, 0, 1], [hi], [lo], [0]], [[lo + 7]] * 3):
+        yield [np.array(b, dtype=np.uint64 if any(v > hi for v in b) else np.int64).astype(np.int64)
+               for b in batches]
+    yield [np.array([2**63, 2**63 + 1, 5, 2**64 - 1], dtype=np.uint64).view(np.int64)]  # stamps as read
 
 
 @needs_c
@@ -46,6 +59,77 @@ def test_seq_update_c_and_numpy_reach_the_same_verdict_batch_by_batch(window):
             assert dict(zip(FIELDS, c.state.tolist())) == dict(zip(FIELDS, py.state.tolist()))
             assert (c.seen == py.seen).all()
         assert c.summary() == py.summary()
+
+
+_UB_HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "kb_seq.h"
+int main(void) { /* window, then per stream: batches (n s...), each followed by the state; 0 ends a stream */
+    unsigned long long w;
+    if (scanf("%llu", &w) != 1) return 2;
+    uint8_t *seen = calloc(w, 1);
+    struct kb_seq q = {0};
+    long long n, buf[4096];
+    while (scanf("%lld", &n) == 1) {
+        if (n < 0 || n > 4096) return 2;
+        if (n == 0) { q = (struct kb_seq){0}; for (unsigned long long i = 0; i < w; i++) seen[i] = 0; continue; }
+        for (long long i = 0; i < n; i++) if (scanf("%lld", &buf[i]) != 1) return 2;
+        kb_seq_update(&q, seen, w, (const int64_t *)buf, (size_t)n);
+        printf("%lld %lld %lld %lld %lld %lld %lld %lld\n", (long long)q.received, (long long)q.reordered,
+               (long long)q.duplicates, (long long)q.too_old, (long long)q.distinct, (long long)q.first,
+               (long long)q.highest, (long long)q.started);
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_kb_seq_has_no_undefined_behaviour_and_matches_numpy(tmp_path):
+    """kb_seq.c under UBSan (any signed overflow aborts: the build has no -fwrapv) on every stream, each
+    state equal to the numpy reference's: runs without the _fastbatch module too."""
+    core = Path(__file__).resolve().parents[2] / "csrc/core"
+    (tmp_path / "h.c").write_text(_UB_HARNESS)
+    exe = tmp_path / "h"
+    subprocess.run(["gcc", "-O1", "-fsanitize=undefined", "-fno-sanitize-recover=all", f"-I{core}",
+                    str(tmp_path / "h.c"), str(core / "kb_seq.c"), "-o", str(exe)], check=True)
+    feed, want = ["64"], []
+    for batches in _streams():
+        py = SeqChecker(window=64, ops=backend.batch("python"))
+        for b in batches:
+            feed.append(f"{len(b)} " + " ".join(map(str, b.tolist())))
+            py.update(b)
+            want.append(py.state.tolist())
+        feed.append("0")
+    r = subprocess.run([str(exe)], input="\n".join(feed), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    assert [list(map(int, line.split())) for line in r.stdout.splitlines()] == want
+
+
+def _seq_backends():
+    """numpy always (the pure-Python lane runs it alone), and C where it is built."""
+    return [backend.batch("python")] + ([backend.batch("c")] if backend.built("batch") else [])
+
+
+def test_seq_update_at_int64_min_gives_a_sane_verdict():
+    """A stream starting at INT64_MIN (a datagram stamped 0x8000000000000000): C ended with highest
+    INT64_MAX, 2 too old and ~1.8e19 lost."""
+    for ops in _seq_backends():
+        q = SeqChecker(window=64, ops=ops)
+        q.update(np.array([2**63, 2**63 + 1, 2**63 + 3], dtype=np.uint64).view(np.int64))
+        q.update(np.array([2**63 + 2], dtype=np.uint64).view(np.int64))
+        assert q.summary() == {"received": 4, "expected": 4, "lost": 0, "reordered": 1, "duplicates": 0,
+                               "too_old": 0, "first_seq": -2**63, "last_seq": -2**63 + 3}, ops
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.uint64, np.int32])
+def test_seq_update_refuses_an_array_that_is_not_int64_in_c_and_numpy(dtype):
+    for ops in _seq_backends():
+        q = SeqChecker(window=8, ops=ops)
+        with pytest.raises(TypeError, match="seqs must be an int64 array"):
+            ops.seq_update(q.state, q.seen, np.arange(4, dtype=dtype))
+        assert not q.state[FIELDS.index("started")] and not q.seen.any()  # nothing counted
 
 
 def _frames(seqs, times, short_every=0):
@@ -119,3 +203,37 @@ def test_consume_is_refused_where_it_is_not(monkeypatch):
         assert not port.can_consume
         with pytest.raises(UsageError, match="receive\\(\\) and free\\(\\)"):
             port.consume(64)
+
+
+def _post_bad_rx(xsk, addr: int) -> None:
+    """The kernel's side gone wrong: it takes a lent frame, as for any received one, and posts an RX
+    descriptor at addr, outside the UMEM."""
+    _, n = xsk.k_fill.peek(1)
+    xsk.k_fill.release(n)
+    idx, n = xsk.k_rx.reserve(1)
+    d = np.zeros(1, dtype=xsk.k_rx.read_slots(idx, 0).dtype)
+    d[0] = (addr, 60, 0)
+    xsk.k_rx.write_slots(idx, d)
+    xsk.k_rx.submit(1)
+
+
+@needs_c
+@pytest.mark.parametrize("wait", [0.0, 0.03])
+def test_a_bad_rx_descriptor_leaves_rings_and_counts_consistent(monkeypatch, wait):
+    """Frames before an RX descriptor outside the UMEM are given back, counted and returned (once the whole
+    peek was refused); the descriptor stays on the RX ring and the next call, taking nothing, raises."""
+    monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
+    with afxdp_mod.AfXdpPort("fake0", frames=256, fill_size=64, rx_size=64, tx_size=64, comp_size=64,
+                             batch_ops=backend.batch("c")) as port:
+        seq = SeqChecker(window=64, ops=backend.batch("c"))
+        assert port.xsk.deliver(_frames(range(10), [0] * 10)) == 10
+        _post_bad_rx(port.xsk, port.umem.size + 4096)
+        n, nbytes, lat, *_ = port.consume(256, seq=seq, stamp_offset=ETH_IPV4_UDP, wait=wait)
+        assert (n, port.stats["rx_packets"], seq.received, len(lat)) == (10, 10, 10, 0)
+        assert nbytes == port.stats["rx_bytes"] == 10 * len(_frames([0], [0])[0])
+        assert port.xsk.fill.outstanding() == 63  # all ten back on the fill ring: none lost
+        for _ in range(2):  # the descriptor stays at the head: each call refuses it, taking nothing
+            with pytest.raises(RuntimeError, match=f"RX descriptor outside the UMEM \\(addr {port.umem.size + 4096:#x}"):
+                port.consume(256, seq=seq, stamp_offset=ETH_IPV4_UDP, wait=wait)
+            assert (port.stats["rx_packets"], seq.received, port.xsk.rx.pending()) == (10, 10, 1)
+            assert port.xsk.fill.outstanding() == 63

@@ -230,7 +230,13 @@ class AfXdpPort(UmemPort):
         frames, sleeping in poll() in C whenever the ring is empty, until max_frames were taken, or `wait`
         seconds passed, or the ring stayed empty for a whole poll, or a signal came: one return to Python per
         max_frames rather than per wakeup of the kernel (kb_sink_run). Only where `can_consume` (else
-        receive() then free() do the same work)."""
+        receive() then free() do the same work).
+
+        The latencies are a view of the port's scratch buffer, which the next consume() overwrites: copy
+        them to keep them. The C call runs without the GIL, on the ring memory, and the port does not pin
+        it: never close() the port from another thread while a consume() runs (it would unmap the rings
+        under it). An RX descriptor outside the UMEM raises RuntimeError only from a call that took no
+        frame: the frames before it are given back and returned, it stays on the RX ring."""
         if self._closed:
             raise UsageError(CLOSED)
         if not self.can_consume:
