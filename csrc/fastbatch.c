@@ -47,8 +47,9 @@ static int open_frames(PyObject *mem_o, PyObject *descs_o, uint64_t need, Py_buf
     long long r = kb_batch_check((uint64_t)mem->len, d, need);
     if (r <= -2) {
         Py_ssize_t i = (Py_ssize_t)(-2 - r);
-        PyErr_Format(PyExc_IndexError, "frame %zd at 0x%llx is outside the packet memory", i,
-                     (unsigned long long)kb_descs_addr(d, (size_t)i));
+        char hex[24]; /* PyErr_Format has no %llx before Python 3.12: it printed the format itself */
+        snprintf(hex, sizeof hex, "0x%llx", (unsigned long long)kb_descs_addr(d, (size_t)i));
+        PyErr_Format(PyExc_IndexError, "frame %zd at %s is outside the packet memory", i, hex);
         PyBuffer_Release(mem);
         PyBuffer_Release(dv);
         return -1;
@@ -130,8 +131,11 @@ static PyObject *push_free(PyObject *self, PyObject *args) {
                                     (size_t)ad.len / 8, &bad);
     if (t == -1)
         PyErr_SetString(PyExc_ValueError, "push_free: bad shift, addresses or free-stack size");
-    else if (t < 0)
-        PyErr_Format(PyExc_IndexError, "completed address 0x%llx is outside the UMEM", (unsigned long long)bad);
+    else if (t < 0) {
+        char hex[24]; /* no %llx in PyErr_Format before 3.12 */
+        snprintf(hex, sizeof hex, "0x%llx", (unsigned long long)bad);
+        PyErr_Format(PyExc_IndexError, "completed address %s is outside the UMEM", hex);
+    }
     else
         r = PyLong_FromLongLong(t);
 out:

@@ -42,3 +42,12 @@ def test_huge_arguments_are_refused_not_written(name):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1, f"child died with {r.returncode} (a signal is negative): {r.stderr[-500:]}"
     assert "ValueError" in r.stderr and "bad" in r.stderr, r.stderr[-500:]
+
+
+def test_an_address_outside_the_umem_is_named_in_hex():
+    """PyErr_Format has no %llx before Python 3.12: the message once read "completed address 0x%llx"."""
+    import numpy as np
+
+    state, free = np.ones(4, dtype=np.uint8), np.zeros(4, dtype=np.intp)
+    with pytest.raises(IndexError, match=r"^completed address 0x100000 is outside the UMEM$"):
+        fastbatch.push_free(state, free, 0, np.array([1 << 20], dtype=np.uint64), 11)
