@@ -14,6 +14,7 @@
 #include "pydescs.h"
 
 #include "core/kb_batch.h"
+#include "core/kb_pool_lock.h"
 #include "core/kb_port.h"
 #include "core/kb_seq.h"
 #include "core/kb_sink.h"
@@ -243,20 +244,23 @@ static PyObject *seq_update(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms)
+/* drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms[, lock])
  *   -> (frames, bytes, latencies, first_ns, last_ns): kb_sink_run (wait_ms 0: one kb_sink_drain, no waiting);
  * RuntimeError for an RX descriptor outside the UMEM when no frame was taken before it (kb_sink.h);
  * first_ns, last_ns: CLOCK_MONOTONIC of the first and last frames taken (0 when none). rx, fill: the rings' struct kb_ring (ring.py KbRing);
  * stats: the port's counters; state, seen: the sequence check's (None when stamp_off is 0); seqs, lat:
- * int64 scratch and output arrays with room for budget numbers. */
+ * int64 scratch and output arrays with room for budget numbers; lock: the address of a shared queue's
+ * pool lock (kbypass.xsk.pool_lock, mapped by the caller for the call's length), 0 for a queue of one's
+ * own; TimeoutError when it is held past its patience. */
 static PyObject *drain(PyObject *self, PyObject *args) {
     PyObject *o[10];
     int fd;
     unsigned int frame_size, budget;
     Py_ssize_t stamp_off;
     int wait_ms;
-    if (!PyArg_ParseTuple(args, "OOiOIOInOOOOi", &o[0], &o[1], &fd, &o[2], &frame_size, &o[3], &budget,
-                          &stamp_off, &o[4], &o[5], &o[6], &o[7], &wait_ms))
+    unsigned long long lock = 0;
+    if (!PyArg_ParseTuple(args, "OOiOIOInOOOOi|K", &o[0], &o[1], &fd, &o[2], &frame_size, &o[3], &budget,
+                          &stamp_off, &o[4], &o[5], &o[6], &o[7], &wait_ms, &lock))
         return NULL;
     if (!frame_size || (frame_size & (frame_size - 1)) || stamp_off < 0 || !budget || wait_ms < 0) {
         PyErr_SetString(PyExc_ValueError, "drain: bad frame size, budget or stamp offset");
@@ -271,7 +275,8 @@ static PyObject *drain(PyObject *self, PyObject *args) {
     Py_buffer v[8];
     if (get_all(o, v, min, names, nv)) return NULL;
     struct kb_sink k = {.rx = v[0].buf, .fill = v[1].buf, .umem = v[2].buf, .umem_size = (uint64_t)v[2].len,
-                        .frame_size = frame_size, .stats = v[3].buf, .fd = fd, .stamp_off = (size_t)stamp_off};
+                        .frame_size = frame_size, .stats = v[3].buf, .fd = fd, .stamp_off = (size_t)stamp_off,
+                        .lock = (void *)(uintptr_t)lock};
     if (stamp_off) {
         k.seq = v[4].buf;
         k.seen = v[5].buf;
@@ -299,6 +304,9 @@ static PyObject *drain(PyObject *self, PyObject *args) {
                      "on the RX ring", (unsigned long long)k.bad_addr, (unsigned)k.bad_len,
                      (unsigned long long)k.umem_size);
             PyErr_SetString(PyExc_RuntimeError, msg);
+        } else if (n == KB_SINK_E_LOCK) { /* kbypass.xsk.pool_lock's words for it */
+            PyErr_Format(PyExc_TimeoutError, "another program on this shared queue has held its lock for over %d s: "
+                         "is it stopped (Ctrl-Z, a debugger)? resume or end it", KB_POOL_PATIENCE_MS / 1000);
         } else {
             r = Py_BuildValue("LKnLL", n, (unsigned long long)bytes, (Py_ssize_t)nlat, (long long)k.first_ns,
                               (long long)k.last_ns);
@@ -316,7 +324,7 @@ static PyMethodDef methods[] = {
     {"stamp", stamp, METH_VARARGS, "stamp(mem, descs, offset, first_seq, now_ns) -> -1 or first short frame"},
     {"seq_update", seq_update, METH_VARARGS, "seq_update(state, seen, seqs) -> None"},
     {"drain", drain, METH_VARARGS,
-     "drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms) -> "
+     "drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms[, lock]) -> "
      "(n, bytes, nlat, first_ns, last_ns)"},
     {NULL, NULL, 0, NULL},
 };

@@ -93,6 +93,13 @@ static inline uint32_t kb_ring_prod_reserve(struct kb_ring *r, uint32_t nb, uint
     return n;
 }
 
+/* Drop the cached indexes and read the ring's own: for a ring other processes produce into too (a shared
+ * queue's fill ring), under their common lock, before reserving (ring.py ProducerRing.resync). */
+static inline void kb_ring_prod_resync(struct kb_ring *r) {
+    r->cached_prod = *r->producer;
+    r->cached_cons = kb_load_acquire(r->consumer) + r->size;
+}
+
 /* Give back the last nb reserved, not yet submitted slots. */
 static inline void kb_ring_prod_cancel(struct kb_ring *r, uint32_t nb) { r->cached_prod -= nb; }
 

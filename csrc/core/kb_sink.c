@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "kb_pool_lock.h"
 #include "kb_port.h"
 
 static inline uint64_t be64_at(const uint8_t *p) {
@@ -20,10 +21,12 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+static long long give_back(struct kb_sink *k, uint32_t n, uint32_t ri, uint64_t *bytes, size_t *nlat);
+
 long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, size_t *nlat) {
     *bytes = 0;
     *nlat = 0;
-    uint32_t ri, fi;
+    uint32_t ri;
     uint32_t n = kb_ring_cons_peek(k->rx, budget, &ri);
     if (!n) {
         if (kb_ring_needs_wakeup(k->fill)) {
@@ -33,8 +36,23 @@ long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, siz
         }
         if (!n) return 0;
     }
+    if (!k->lock) return give_back(k, n, ri, bytes, nlat);
+    /* a shared queue: the fill ring is every member's, so under the pool's lock, from its own indexes */
+    if (kb_pool_lock(k->lock)) {
+        kb_ring_cons_cancel(k->rx, n);
+        return KB_SINK_E_LOCK;
+    }
+    kb_ring_prod_resync(k->fill);
+    long long r = give_back(k, n, ri, bytes, nlat);
+    kb_pool_unlock(k->lock);
+    return r;
+}
+
+/* The n frames peeked at ri, checked, read and given straight back to the fill ring. */
+static long long give_back(struct kb_sink *k, uint32_t n, uint32_t ri, uint64_t *bytes, size_t *nlat) {
+    uint32_t fi;
     uint32_t room = kb_ring_prod_reserve(k->fill, n, &fi);
-    if (room < n) { /* never on a queue of one's own: every frame taken left a fill slot behind */
+    if (room < n) { /* a queue of one's own: never (every frame taken left a fill slot behind); shared: can */
         kb_ring_cons_cancel(k->rx, n - room);
         n = room;
         if (!n) return 0;

@@ -32,6 +32,8 @@ struct kb_sink {
     uint64_t window;
     int64_t *seqs; /* scratch: room for budget numbers */
     int64_t *lat;  /* room for budget latencies */
+    /* a shared queue's lock (kb_pool_lock.h), taken around the fill ring; NULL: a queue of one's own */
+    void *lock;
     /* out: CLOCK_MONOTONIC ns of the first and the last drain that took frames (first_ns stays as the
      * caller set it once non-zero: zero both before a call) */
     int64_t first_ns, last_ns;
@@ -42,8 +44,9 @@ struct kb_sink {
 
 /* An RX descriptor outside the UMEM at the head of the RX ring: nothing taken, it stays there. */
 #define KB_SINK_E_RX_DESC (-1)
+#define KB_SINK_E_LOCK (-2) /* a shared queue's lock held past KB_POOL_PATIENCE_MS (or refused): nothing taken */
 
-/* Frames taken (0: none there, or no fill slot to give them back), or KB_SINK_E_RX_DESC. *bytes: their
+/* Frames taken (0: none there, or no fill slot to give them back), or KB_SINK_E_RX_DESC or KB_SINK_E_LOCK. *bytes: their
  * total length; *nlat: latencies written to lat. The rings and counts stay consistent on a bad descriptor:
  * the frames before it are taken (given back, counted, checked) and returned; it and those after stay on
  * the RX ring, so the error comes only from a call that took nothing. */

@@ -29,9 +29,11 @@ def seq_update(state: WriteableBuffer, seen: WriteableBuffer, seqs: np.ndarray, 
     int64 is a sequence number. TypeError unless seqs is an int64 array (by format, not only item size)."""
 def drain(rx: WriteableBuffer, fill: WriteableBuffer, fd: int, umem: WriteableBuffer, frame_size: int,
           stats: WriteableBuffer, budget: int, stamp_off: int, state: WriteableBuffer | None,
-          seen: WriteableBuffer | None, seqs: np.ndarray, lat: np.ndarray, wait_ms: int, /) -> tuple[int, int, int, int, int]:
+          seen: WriteableBuffer | None, seqs: np.ndarray, lat: np.ndarray, wait_ms: int, lock: int = 0, /
+          ) -> tuple[int, int, int, int, int]:
     """Receive and give straight back to the fill ring (kb_sink_drain, or kb_sink_run when wait_ms > 0):
     (frames, bytes, latencies written to lat, CLOCK_MONOTONIC ns of the first and the last frame taken).
     An RX descriptor outside the UMEM: the frames before it are taken and returned; it stays on the RX ring,
     and the call that meets it first raises RuntimeError, taking nothing. Runs without the GIL on the ring
-    memory, which it does not pin: the port must not be closed meanwhile."""
+    memory, which it does not pin: the port must not be closed meanwhile. lock: the address of a shared
+    queue's pool lock, taken around the fill ring (TimeoutError when held past its patience), 0: none."""

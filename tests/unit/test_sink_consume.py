@@ -2,7 +2,10 @@
 kb_seq_update) against its reference, the numpy path (receive, SeqChecker in numpy, free): the same counts
 and the same sequence verdict on the same frames, on a fake kernel (tests/fakexsk.py)."""
 
+import os
 import shutil
+import signal
+import socket
 import struct
 import subprocess
 import time
@@ -18,6 +21,7 @@ from kbypass.errors import UsageError
 from kbypass.gen.template import udp_template
 from kbypass.port import afxdp as afxdp_mod
 from kbypass.proto.stamp import ETH_IPV4_UDP
+from kbypass.xsk.pool_lock import PoolLock, PoolLockError, SharedQueue, make_lock_file
 from tests.fakexsk import FakeXsk
 
 needs_c = pytest.mark.skipif(not backend.built("batch"), reason="kbypass._fastbatch is not built: make setup")
@@ -237,3 +241,56 @@ def test_a_bad_rx_descriptor_leaves_rings_and_counts_consistent(monkeypatch, wai
                 port.consume(256, seq=seq, stamp_offset=ETH_IPV4_UDP, wait=wait)
             assert (port.stats["rx_packets"], seq.received, port.xsk.rx.pending()) == (10, 10, 1)
             assert port.xsk.fill.outstanding() == 63
+
+
+def _shared_port(lock_fd: int):
+    """An AfXdpPort over the fake kernel that is a member of a shared queue: its slice is frames 64-127."""
+    umem_fd = os.memfd_create("umem-test")
+    os.ftruncate(umem_fd, 256 * 2048)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    return afxdp_mod.AfXdpPort("fake0", frames=256, fill_size=64, rx_size=64, tx_size=64, comp_size=64,
+                               batch_ops=backend.batch("c"), xsk_fd=sock.detach(), umem_fd=umem_fd,
+                               shared_queue=SharedQueue(os.dup(lock_fd), 64, 64))
+
+
+@needs_c
+def test_consume_on_a_shared_queue_gives_back_under_the_pool_lock_and_names_a_stopped_holder(monkeypatch):
+    monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
+    lock_fd = make_lock_file("test")
+    try:
+        with _shared_port(lock_fd) as port:
+            assert port.can_consume and port.shared
+            for _ in range(3):  # frames come back through the pool's fill ring, taken under its lock
+                assert port.xsk.deliver([b"x" * 60] * 30) == 30
+                assert port.consume(64)[:2] == (30, 1800)
+            # another member lent frames meanwhile (the ring's producer moved, not this port's cached copy):
+            # the C path starts from the ring's own indexes, or it would write over the other's slots
+            other = port._fill
+            before = other.outstanding()
+            other._producer.value = (other._producer.value + 4) & 0xFFFFFFFF
+            assert port.xsk.deliver([b"x" * 60] * 2) == 2
+            assert port.consume(64)[0] == 2 and other.outstanding() == before + 4
+            ready_r, ready_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # a member stopped while it holds the lock (Ctrl-Z)
+                held = PoolLock(lock_fd)
+                held.acquire()
+                os.write(ready_w, b"x")
+                os.kill(os.getpid(), signal.SIGSTOP)
+                os._exit(0)
+            try:
+                os.read(ready_r, 1)
+                assert port.xsk.deliver([b"x" * 60] * 5) == 5
+                t0 = time.monotonic()
+                with pytest.raises(PoolLockError, match="held its lock for over 2 s: is it stopped"):
+                    port.consume(64)
+                assert time.monotonic() - t0 >= 1.9
+            finally:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                os.close(ready_r)
+                os.close(ready_w)
+            assert port.consume(64)[0] == 5  # the holder died: its lock is taken over, nothing was lost
+            assert port.stats["rx_packets"] == 97
+    finally:
+        os.close(lock_fd)

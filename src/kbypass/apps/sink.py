@@ -1,7 +1,7 @@
 """The sink: receive steered flows, count them, optionally check sequence numbers and one-way latency.
 
 One numpy pass per batch; no Python per packet. Frames are freed right after counting (they are ours
-from receive() until free()). Where the port can (AfXdpPort.consume: the C lane, a queue of its own), one C
+from receive() until free()). Where the port can (AfXdpPort.consume: the C lane; a shared queue too), one C
 call per batch does all of it instead, the sequence check included: receive, read the stamps, give the
 frames straight back to the fill ring. The numpy path stays the reference (the same-verdict test in
 tests/unit/test_sink_consume.py holds the two to the same result).

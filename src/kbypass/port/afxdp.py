@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from kbypass.errors import UsageError
-from kbypass.xsk.pool_lock import PoolLock, SharedQueue
+from kbypass.xsk.pool_lock import PoolLock, PoolLockError, SharedQueue
 from kbypass.xsk.ring import check_size
 from kbypass.xsk.socket import XskSocket
 from kbypass.xsk.umem import APP, FILL, TX, Umem
@@ -214,9 +214,9 @@ class AfXdpPort(UmemPort):
 
     @property
     def can_consume(self) -> bool:
-        """Whether consume() is here: the C batch backend, a queue of its own (the frames go back to a fill
-        ring only this port feeds)."""
-        return self._lock is None and getattr(self.umem.ops, "drain", None) is not None
+        """Whether consume() is here: the C batch backend (on a shared queue the frames go back to the
+        pool's fill ring under its lock, in C: kb_pool_lock.h)."""
+        return getattr(self.umem.ops, "drain", None) is not None
 
     def consume(self, max_frames: int = 256, seq=None, stamp_offset: int = 0,
                 wait: float = 0.0) -> tuple[int, int, np.ndarray, float, float]:
@@ -240,15 +240,18 @@ class AfXdpPort(UmemPort):
         if self._closed:
             raise UsageError(CLOSED)
         if not self.can_consume:
-            raise UsageError("consume() needs the C batch backend and a queue of its own: use receive() and free()")
+            raise UsageError("consume() needs the C batch backend: use receive() and free()")
         n = max(1, max_frames)
         if len(self._lat) < n:
             self._lat, self._seqs = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
         off = stamp_offset if seq is not None else 0
-        k, nbytes, nlat, first, last = self.umem.ops.drain(
-            self._rx.shared, self._fill.shared, self.xsk.fd, self.umem.array, self.umem.frame_size, self.counters,
-            n, off, seq.state if off else None, seq.seen if off else None, self._seqs, self._lat,
-            math.ceil(wait * 1000) if wait > 0 else 0)
+        try:
+            k, nbytes, nlat, first, last = self.umem.ops.drain(
+                self._rx.shared, self._fill.shared, self.xsk.fd, self.umem.array, self.umem.frame_size,
+                self.counters, n, off, seq.state if off else None, seq.seen if off else None, self._seqs,
+                self._lat, math.ceil(wait * 1000) if wait > 0 else 0, self._lock.address if self._lock else 0)
+        except TimeoutError as e:  # the C twin of PoolLock's patience ran out
+            raise PoolLockError(str(e)) from None
         return k, nbytes, self._lat[:nlat], first / 1e9, last / 1e9
 
     def wait(self, timeout: float | None = None) -> bool:
