@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     global _MAIN_PID, _COMMAND_RUNNING
     _MAIN_PID = os.getpid()
+    from kbypass.port.loop import LateInterrupt, Stopper
+
+    old_int = signal.getsignal(signal.SIGINT)
+    Stopper.absorb_late, LateInterrupt.pending = True, False  # a Ctrl-C as a run ends: kbypass.port.loop
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     old_hook, sys.unraisablehook = sys.unraisablehook, _redeliver
     old_prefix = os.environ.get("KBYPASS_TESTBED")
@@ -150,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         _COMMAND_RUNNING = False
+        Stopper.absorb_late = False
+        # Called in-process (tests): SIGINT as found. The console script exits now with the status chosen: a
+        # Ctrl-C while the interpreter shuts down (Python gives SIGINT its default action then) would kill
+        # it by the signal instead, so from here on SIGINT is ignored.
+        signal.signal(signal.SIGINT, old_int if argv is not None else signal.SIG_IGN)
         signal.signal(signal.SIGTERM, old_term)
         sys.unraisablehook = old_hook  # _quiet, when a signal ended the command: it stays until exit
         if old_prefix is None:  # main() is also called in-process (tests): leave the environment as found

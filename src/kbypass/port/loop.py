@@ -10,10 +10,18 @@ from collections.abc import Callable, Iterator
 
 class Stopper:
     """Turns SIGINT/SIGTERM into a flag the loop checks between batches, so the summary still prints and
-    everything is closed in order."""
+    everything is closed in order.
+
+    `absorb_late` (set by the CLI, kbypass.cli.main, for its command's length): a Ctrl-C that comes after the
+    loop ended, while the command closes and prints its summary (a timed run ending as the user presses
+    Ctrl-C), is noted instead of raised, so the summary still prints and the exit status stays 0; a second
+    one is raised as usual. A later loop starts already stopped by a noted one. A library user's process
+    keeps Python's own handling."""
+
+    absorb_late = False
 
     def __init__(self) -> None:
-        self.stopped = False
+        self.stopped = LateInterrupt.take()
         self._old = {}
 
     def __enter__(self) -> Stopper:
@@ -29,7 +37,34 @@ class Stopper:
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
+            if sig == signal.SIGINT and Stopper.absorb_late and not isinstance(old, LateInterrupt):
+                old = LateInterrupt(old)
             signal.signal(sig, old)
+
+
+class LateInterrupt:
+    """SIGINT's handler after a loop ended under the CLI (Stopper.absorb_late): the first Ctrl-C is noted,
+    the next goes to the handler it replaced (KeyboardInterrupt)."""
+
+    pending = False  # a noted Ctrl-C no loop has taken yet
+
+    def __init__(self, replaced) -> None:
+        self.replaced = replaced
+
+    def __call__(self, signum, frame) -> None:
+        if not LateInterrupt.pending:
+            LateInterrupt.pending = True
+            return
+        signal.signal(signum, self.replaced)
+        if callable(self.replaced):
+            self.replaced(signum, frame)
+        raise KeyboardInterrupt
+
+    @classmethod
+    def take(cls) -> bool:
+        """Whether a Ctrl-C was noted since the last loop (and forget it): the next loop starts stopped."""
+        pending, cls.pending = cls.pending, False
+        return pending
 
 
 class Ticker:
