@@ -249,18 +249,18 @@ static PyObject *seq_update(PyObject *self, PyObject *args) {
  * RuntimeError for an RX descriptor outside the UMEM when no frame was taken before it (kb_sink.h);
  * first_ns, last_ns: CLOCK_MONOTONIC of the first and last frames taken (0 when none). rx, fill: the rings' struct kb_ring (ring.py KbRing);
  * stats: the port's counters; state, seen: the sequence check's (None when stamp_off is 0); seqs, lat:
- * int64 scratch and output arrays with room for budget numbers; lock: the address of a shared queue's
- * pool lock (kbypass.xsk.pool_lock, mapped by the caller for the call's length), 0 for a queue of one's
- * own; TimeoutError when it is held past its patience. */
+ * int64 scratch and output arrays with room for budget numbers; lock: a shared queue's pool lock's memory
+ * (kbypass.xsk.pool_lock's mapping), None for a queue of one's own; TimeoutError when it stayed busy for one
+ * wait (KB_POOL_SLICE_MS: the caller counts the waits), OSError when pthread refused it. */
 static PyObject *drain(PyObject *self, PyObject *args) {
     PyObject *o[10];
     int fd;
     unsigned int frame_size, budget;
     Py_ssize_t stamp_off;
     int wait_ms;
-    unsigned long long lock = 0;
-    if (!PyArg_ParseTuple(args, "OOiOIOInOOOOi|K", &o[0], &o[1], &fd, &o[2], &frame_size, &o[3], &budget,
-                          &stamp_off, &o[4], &o[5], &o[6], &o[7], &wait_ms, &lock))
+    PyObject *lock_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "OOiOIOInOOOOi|O", &o[0], &o[1], &fd, &o[2], &frame_size, &o[3], &budget,
+                          &stamp_off, &o[4], &o[5], &o[6], &o[7], &wait_ms, &lock_obj))
         return NULL;
     if (!frame_size || (frame_size & (frame_size - 1)) || stamp_off < 0 || !budget || wait_ms < 0) {
         PyErr_SetString(PyExc_ValueError, "drain: bad frame size, budget or stamp offset");
@@ -272,11 +272,23 @@ static PyObject *drain(PyObject *self, PyObject *args) {
     const Py_ssize_t min[] = {(Py_ssize_t)sizeof(struct kb_ring), (Py_ssize_t)sizeof(struct kb_ring), 1,
                               KB_PORT_NSTATS * 8, (Py_ssize_t)sizeof(struct kb_seq), 1, (Py_ssize_t)budget * 8,
                               (Py_ssize_t)budget * 8};
-    Py_buffer v[8];
-    if (get_all(o, v, min, names, nv)) return NULL;
+    Py_buffer v[8], lk = {0};
+    /* the lock's memory as a view: pinned for the call, so closing its PoolLock meanwhile cannot unmap it */
+    if (lock_obj != Py_None) {
+        if (PyObject_GetBuffer(lock_obj, &lk, PyBUF_WRITABLE) < 0) return NULL;
+        if (lk.len < (Py_ssize_t)sizeof(pthread_mutex_t)) {
+            PyBuffer_Release(&lk);
+            PyErr_SetString(PyExc_ValueError, "drain: the lock's memory is too small for a mutex");
+            return NULL;
+        }
+    }
+    if (get_all(o, v, min, names, nv)) {
+        if (lk.obj) PyBuffer_Release(&lk);
+        return NULL;
+    }
     struct kb_sink k = {.rx = v[0].buf, .fill = v[1].buf, .umem = v[2].buf, .umem_size = (uint64_t)v[2].len,
                         .frame_size = frame_size, .stats = v[3].buf, .fd = fd, .stamp_off = (size_t)stamp_off,
-                        .lock = (void *)(uintptr_t)lock};
+                        .lock = lk.obj ? lk.buf : NULL};
     if (stamp_off) {
         k.seq = v[4].buf;
         k.seen = v[5].buf;
@@ -304,15 +316,17 @@ static PyObject *drain(PyObject *self, PyObject *args) {
                      "on the RX ring", (unsigned long long)k.bad_addr, (unsigned)k.bad_len,
                      (unsigned long long)k.umem_size);
             PyErr_SetString(PyExc_RuntimeError, msg);
-        } else if (n == KB_SINK_E_LOCK) { /* kbypass.xsk.pool_lock's words for it */
-            PyErr_Format(PyExc_TimeoutError, "another program on this shared queue has held its lock for over %d s: "
-                         "is it stopped (Ctrl-Z, a debugger)? resume or end it", KB_POOL_PATIENCE_MS / 1000);
+        } else if (n == KB_SINK_E_LOCK && k.lock_err == ETIMEDOUT) { /* busy a whole slice: Python's turn */
+            PyErr_SetString(PyExc_TimeoutError, "the shared queue's lock is busy");
+        } else if (n == KB_SINK_E_LOCK) {
+            PyErr_Format(PyExc_OSError, "taking the shared queue's lock failed: %s", strerror(k.lock_err));
         } else {
             r = Py_BuildValue("LKnLL", n, (unsigned long long)bytes, (Py_ssize_t)nlat, (long long)k.first_ns,
                               (long long)k.last_ns);
         }
     }
     release_all(v, nv);
+    if (lk.obj) PyBuffer_Release(&lk);
     return r;
 }
 

@@ -38,7 +38,7 @@ long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, siz
     }
     if (!k->lock) return give_back(k, n, ri, bytes, nlat);
     /* a shared queue: the fill ring is every member's, so under the pool's lock, from its own indexes */
-    if (kb_pool_lock(k->lock)) {
+    if ((k->lock_err = kb_pool_lock(k->lock))) {
         kb_ring_cons_cancel(k->rx, n);
         return KB_SINK_E_LOCK;
     }
@@ -113,6 +113,7 @@ long long kb_sink_run(struct kb_sink *k, uint32_t budget, int wait_ms, uint64_t 
             if (total) break;
             k->bad_addr = step.bad_addr;
             k->bad_len = step.bad_len;
+            k->lock_err = step.lock_err;
             return n;
         }
         if (n > 0) {

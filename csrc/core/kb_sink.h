@@ -40,11 +40,12 @@ struct kb_sink {
     /* out, with KB_SINK_E_RX_DESC: the descriptor refused */
     uint64_t bad_addr;
     uint32_t bad_len;
+    int lock_err; /* out, with KB_SINK_E_LOCK: kb_pool_lock's error */
 };
 
 /* An RX descriptor outside the UMEM at the head of the RX ring: nothing taken, it stays there. */
 #define KB_SINK_E_RX_DESC (-1)
-#define KB_SINK_E_LOCK (-2) /* a shared queue's lock held past KB_POOL_PATIENCE_MS (or refused): nothing taken */
+#define KB_SINK_E_LOCK (-2) /* a shared queue's lock not taken (lock_err: ETIMEDOUT when busy): nothing taken */
 
 /* Frames taken (0: none there, or no fill slot to give them back), or KB_SINK_E_RX_DESC or KB_SINK_E_LOCK. *bytes: their
  * total length; *nlat: latencies written to lat. The rings and counts stay consistent on a bad descriptor:

@@ -76,6 +76,9 @@ class Parser(argparse.ArgumentParser):
         where = self.prog.removeprefix("kbypass").strip()
         self.exit(2, f"kbypass: error: {where + ': ' if where else ''}{message} (see '{self.prog} --help')\n")
 
+# Commands whose loop (a Stopper's) is their last phase: after it only closing and the summary remain.
+LOOP_LAST = frozenset({"sink", "reflect", "capture", "gen", "stats", "top", "pingpong"})
+
 # Order is the order of `kbypass --help`.
 COMMANDS = [
     "testbed",
@@ -132,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     from kbypass.port.loop import LateInterrupt, Stopper
 
     old_int = signal.getsignal(signal.SIGINT)
-    Stopper.absorb_late, LateInterrupt.pending = True, False  # a Ctrl-C as a run ends: kbypass.port.loop
+    # a Ctrl-C as the run ends (kbypass.port.loop), for the commands whose receive or send loop is their last
+    # phase; bench and demo run trial after trial, and a Ctrl-C between two must stop them
+    Stopper.absorb_late, LateInterrupt.pending = args.command in LOOP_LAST, False
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     old_hook, sys.unraisablehook = sys.unraisablehook, _redeliver
     old_prefix = os.environ.get("KBYPASS_TESTBED")
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         _COMMAND_RUNNING = False
-        Stopper.absorb_late = False
+        Stopper.absorb_late, LateInterrupt.pending = False, False
         # Called in-process (tests): SIGINT as found. The console script exits now with the status chosen: a
         # Ctrl-C while the interpreter shuts down (Python gives SIGINT its default action then) would kill
         # it by the signal instead, so from here on SIGINT is ignored.

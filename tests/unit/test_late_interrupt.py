@@ -57,3 +57,12 @@ def test_main_in_process_leaves_sigint_as_it_found_it(tmp_path):
     before = signal.getsignal(signal.SIGINT)
     assert cli.main(["testbed", "status", "--prefix", "nosuc", "--json"]) in (0, 1, 2)  # a testbed that is not up: status says so
     assert signal.getsignal(signal.SIGINT) is before and not Stopper.absorb_late
+
+
+def test_commands_with_more_after_a_loop_keep_pythons_ctrl_c():
+    """bench and demo run trial after trial: a Ctrl-C between two must stop them, not be noted for later
+    (the next trial's generator then started already stopped and the bench divided by zero)."""
+    from kbypass import cli
+
+    assert {"bench", "demo", "xfer", "testbed", "cp"}.isdisjoint(cli.LOOP_LAST)
+    assert {"sink", "gen"} <= cli.LOOP_LAST

@@ -263,13 +263,17 @@ def test_consume_on_a_shared_queue_gives_back_under_the_pool_lock_and_names_a_st
             for _ in range(3):  # frames come back through the pool's fill ring, taken under its lock
                 assert port.xsk.deliver([b"x" * 60] * 30) == 30
                 assert port.consume(64)[:2] == (30, 1800)
-            # another member lent frames meanwhile (the ring's producer moved, not this port's cached copy):
-            # the C path starts from the ring's own indexes, or it would write over the other's slots
-            other = port._fill
-            before = other.outstanding()
-            other._producer.value = (other._producer.value + 4) & 0xFFFFFFFF
-            assert port.xsk.deliver([b"x" * 60] * 2) == 2
-            assert port.consume(64)[0] == 2 and other.outstanding() == before + 4
+            # another member lent 4 frames meanwhile (the ring's producer moved, not this port's cached copy):
+            # the C path starts from the ring's own indexes, or it would write over the other's 4 slots
+            ring = port._fill
+            prod = ring._producer.value
+            marks = [0xABC000 + i for i in range(4)]
+            for i, mark in enumerate(marks):
+                ring.slots[(prod + i) & ring.mask] = mark
+            ring._producer.value = (prod + 4) & 0xFFFFFFFF
+            assert port.xsk.deliver([b"x" * 60] * 2) == 2  # the fake kernel takes lent frames from the old end
+            assert port.consume(64)[0] == 2
+            assert [int(ring.slots[(prod + i) & ring.mask]) for i in range(4)] == marks
             ready_r, ready_w = os.pipe()
             pid = os.fork()
             if pid == 0:  # a member stopped while it holds the lock (Ctrl-Z)
@@ -281,10 +285,12 @@ def test_consume_on_a_shared_queue_gives_back_under_the_pool_lock_and_names_a_st
             try:
                 os.read(ready_r, 1)
                 assert port.xsk.deliver([b"x" * 60] * 5) == 5
-                t0 = time.monotonic()
+                t0, calls = time.monotonic(), 0
                 with pytest.raises(PoolLockError, match="held its lock for over 2 s: is it stopped"):
-                    port.consume(64)
-                assert time.monotonic() - t0 >= 1.9
+                    while True:  # each call waits one slice (0.1 s) and comes back: the caller's Ctrl-C runs
+                        assert port.consume(64)[0] == 0
+                        calls += 1
+                assert time.monotonic() - t0 >= 1.9 and calls >= 10
             finally:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)

@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from kbypass.errors import UsageError
-from kbypass.xsk.pool_lock import PoolLock, PoolLockError, SharedQueue
+from kbypass.xsk.pool_lock import PATIENCE, PoolLock, SharedQueue, stuck
 from kbypass.xsk.ring import check_size
 from kbypass.xsk.socket import XskSocket
 from kbypass.xsk.umem import APP, FILL, TX, Umem
@@ -159,6 +159,7 @@ class AfXdpPort(UmemPort):
         # the same words agrees on every count it can reach (the lane is refused on shared queues).
         self._c = memoryview(self.counters).cast("B").cast("q")
         self._closed = False
+        self._lock_busy_since: float | None = None  # consume(): since when the pool's lock is busy
         self._lanes: list = []  # message lanes handed out (message_lane), closed before the port
         self._lat = self._seqs = np.empty(0, dtype=np.int64)  # consume()'s scratch, grown to its batch
         self.refill(force=True)
@@ -249,9 +250,17 @@ class AfXdpPort(UmemPort):
             k, nbytes, nlat, first, last = self.umem.ops.drain(
                 self._rx.shared, self._fill.shared, self.xsk.fd, self.umem.array, self.umem.frame_size,
                 self.counters, n, off, seq.state if off else None, seq.seen if off else None, self._seqs,
-                self._lat, math.ceil(wait * 1000) if wait > 0 else 0, self._lock.address if self._lock else 0)
-        except TimeoutError as e:  # the C twin of PoolLock's patience ran out
-            raise PoolLockError(str(e)) from None
+                self._lat, math.ceil(wait * 1000) if wait > 0 else 0, self._lock.memory if self._lock else None)
+        except TimeoutError:
+            # the pool's lock stayed busy for one wait: back to the caller's loop (its Ctrl-C), and after
+            # PoolLock's patience in all, the holder is named as PoolLock names it
+            now = time.monotonic()
+            if self._lock_busy_since is None:
+                self._lock_busy_since = now
+            elif now - self._lock_busy_since >= PATIENCE:
+                raise stuck() from None
+            return 0, 0, self._lat[:0], 0.0, 0.0
+        self._lock_busy_since = None
         return k, nbytes, self._lat[:nlat], first / 1e9, last / 1e9
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -12,16 +12,17 @@ class Stopper:
     """Turns SIGINT/SIGTERM into a flag the loop checks between batches, so the summary still prints and
     everything is closed in order.
 
-    `absorb_late` (set by the CLI, kbypass.cli.main, for its command's length): a Ctrl-C that comes after the
-    loop ended, while the command closes and prints its summary (a timed run ending as the user presses
-    Ctrl-C), is noted instead of raised, so the summary still prints and the exit status stays 0; a second
-    one is raised as usual. A later loop starts already stopped by a noted one. A library user's process
-    keeps Python's own handling."""
+    `absorb_late` (set by the CLI, kbypass.cli.main, for the commands whose loop is their last phase: sink,
+    gen, top...): a Ctrl-C that comes after the loop ended, while the command closes and prints its summary
+    (a timed run ending as the user presses Ctrl-C), is noted instead of raised, so the summary still
+    prints and the exit status stays 0; a second one goes to the handler as usual. A later loop starts
+    already stopped by a noted one. Commands with more to do after a loop (bench, demo: their next trial)
+    and a library user's process keep Python's own handling."""
 
     absorb_late = False
 
     def __init__(self) -> None:
-        self.stopped = LateInterrupt.take()
+        self.stopped = LateInterrupt.take() if Stopper.absorb_late else False
         self._old = {}
 
     def __enter__(self) -> Stopper:
@@ -56,9 +57,8 @@ class LateInterrupt:
             LateInterrupt.pending = True
             return
         signal.signal(signum, self.replaced)
-        if callable(self.replaced):
+        if callable(self.replaced):  # Python's default raises KeyboardInterrupt; SIG_IGN: nothing
             self.replaced(signum, frame)
-        raise KeyboardInterrupt
 
     @classmethod
     def take(cls) -> bool:

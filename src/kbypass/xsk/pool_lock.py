@@ -91,6 +91,12 @@ def make_lock_file(name: str) -> int:
     return fd
 
 
+def stuck(patience: float = PATIENCE) -> PoolLockError:
+    """The error of a lock held past the patience, by the Python or the C waiter (kb_pool_lock.h)."""
+    return PoolLockError(f"another program on this shared queue has held its lock for over {patience:g} s: is it "
+                         "stopped (Ctrl-Z, a debugger)? resume or end it")
+
+
 class PoolLock:
     """The lock in `fd` (a file from make_lock_file), mapped; `with lock:` around ring work. The fd stays
     the caller's. Keep this object (its mapping) while the lock is held: when the holder dies the kernel
@@ -103,6 +109,11 @@ class PoolLock:
         self._mutex = (ctypes.c_char * _MUTEX_SIZE).from_buffer(self._map)
         self.address = ctypes.addressof(self._mutex)
         self.recovered = 0  # times a member died holding it and we took over
+
+    @property
+    def memory(self) -> mmap.mmap:
+        """The mutex's mapping, for C to take it (kbypass._fastbatch.drain; csrc/core/kb_pool_lock.h)."""
+        return self._map
 
     def acquire(self, patience: float = PATIENCE) -> None:
         err = _libc.pthread_mutex_trylock(self.address)  # the usual case: free, no clock read
@@ -125,8 +136,7 @@ class PoolLock:
             if err != errno.ETIMEDOUT:
                 break
             if time.monotonic() >= deadline:
-                raise PoolLockError(f"another program on this shared queue has held its lock for over {patience:g} s: "
-                                    "is it stopped (Ctrl-Z, a debugger)? resume or end it")
+                raise stuck(patience)
         return err
 
     def release(self) -> None:
