@@ -95,7 +95,7 @@ def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "
                         t["seq"] = seq
                     trials.append(t)
                     progress(f"  run {r + 1}/{runs} {t['name']:<32} {t['pps'] / 1e6:7.3f} Mpps "
-                             f"({t['handled'] / t['sent']:.0%} delivered, {t['cpu']:.2f} CPU)")
+                             f"({t['handled'] / max(t['sent'], 1):.0%} delivered, {t['cpu']:.2f} CPU)")
     finally:
         os.sched_setaffinity(0, home)
         benchkit.place_receive_work(b, "sender")  # leave the testbed's veth as veth has it
@@ -105,7 +105,7 @@ def run(prefix: str, packets: int, runs: int, progress=print, placement: str = "
         if not mine:
             continue
         out_rows.append({"path": name, "pps": statistics.median(t["pps"] for t in mine),
-                         "delivered": round(statistics.median(t["handled"] / t["sent"] for t in mine), 4),
+                         "delivered": round(statistics.median(t["handled"] / max(t["sent"], 1) for t in mine), 4),
                          "cpu": statistics.median(t["cpu"] for t in mine), "runs": len(mine)})
     out_rows.insert(max(i for i, r in enumerate(out_rows) if r["path"].startswith(AFXDP)) + 1,
                     {"path": "AF_XDP zero-copy", "pps": None, "delivered": None, "cpu": None,
