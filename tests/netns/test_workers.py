@@ -143,20 +143,30 @@ def stopped_summary(team: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
-def test_reflect_workers_each_send_back_their_queue(hosts):
-    a, b = hosts
-    team = subprocess.Popen([sys.executable, "-m", "kbypass", "reflect", "--host", "b", "--workers", "2", "-t", "60",
+def team_summary(b, argv: list[str], send) -> dict:
+    """Run `kbypass ARGV --workers 2 -t 60 --json` on host b until both workers hold their socket, call
+    send(), then Ctrl-C it: its summary (the process killed if the test fails midway)."""
+    team = subprocess.Popen([sys.executable, "-m", "kbypass", *argv, "--host", "b", "--workers", "2", "-t", "60",
                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for("a socket per queue", lambda: both_ready(b), timeout=20)
-        send_udp(a, b, 5000, 120, cpu=0)
-        send_udp(a, b, 5001, 80, cpu=1)
+        send()
         time.sleep(0.3)
-        summary = stopped_summary(team)
+        return stopped_summary(team)
     finally:
         if team.poll() is None:
             team.kill()
             team.wait()
+
+
+def test_reflect_workers_each_send_back_their_queue(hosts):
+    a, b = hosts
+
+    def send():
+        send_udp(a, b, 5000, 120, cpu=0)
+        send_udp(a, b, 5001, 80, cpu=1)
+
+    summary = team_summary(b, ["reflect"], send)
     assert [(w["queue"], w["packets"], w["sent"]) for w in summary["workers"]] == [(0, 120, 120), (1, 80, 80)]
     assert (summary["packets"], summary["sent"]) == (200, 200)
 
@@ -166,20 +176,13 @@ def test_capture_workers_write_one_pcap_in_time_stamp_order(hosts, tmp_path):
 
     a, b = hosts
     target = tmp_path / "both.pcap"
-    team = subprocess.Popen([sys.executable, "-m", "kbypass", "capture", "--host", "b", "--rule", "udp dport 5000",
-                             "--workers", "2", "-w", str(target), "-t", "60", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for("a socket per queue", lambda: both_ready(b), timeout=20)
+
+    def send():
         send_udp(a, b, 5000, 100, cpu=0)
         send_udp(a, b, 5000, 60, cpu=1)
         send_udp(a, b, 5000, 40, cpu=0)
-        time.sleep(0.3)
-        summary = stopped_summary(team)
-    finally:
-        if team.poll() is None:
-            team.kill()
-            team.wait()
+
+    summary = team_summary(b, ["capture", "--rule", "udp dport 5000", "-w", str(target)], send)
     assert [(w["queue"], w["packets"]) for w in summary["workers"]] == [(0, 140), (1, 60)]
     stamps = [t for t, _ in pcap.records(str(target))]
     assert len(stamps) == summary["merged"] == 200 and stamps == sorted(stamps)

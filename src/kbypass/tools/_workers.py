@@ -76,6 +76,17 @@ def _check(args) -> list[int]:
     return queues
 
 
+def run_one(worker, args, rules: list[str], single) -> dict:
+    """One worker of a tool's team, in its own process: the tool's single run `single(args, rules,
+    on_open=...)` (sink's receive, reflect's forward) on the worker's queue; its summary, with the control
+    plane's loss as its error. It says it is ready once its port is open."""
+    mine = worker_args(args, worker, rules)
+    summary, _, sp = single(mine, mine.rule, on_open=lambda sp: worker.ready())
+    if sp.control_lost:
+        summary["error"] = sp.control_lost
+    return summary
+
+
 def worker_args(args, worker, rules: list[str]) -> argparse.Namespace:
     """The options one worker runs with: its queue, its rules on that queue, no pinning of its own (the team
     pinned it), no progress lines."""

@@ -6,7 +6,7 @@ from kbypass.apps.reflect import Reflector
 from kbypass.tools._backend import add_backend_option, open_backend
 from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, port_summary,
                                  progress_printer, rules_or_default, takes_note, unreached_warnings, warn)
-from kbypass.tools._workers import add_worker_options, emit_team, exit_code, run_team, wants_workers, worker_args
+from kbypass.tools._workers import add_worker_options, emit_team, exit_code, run_one, run_team, wants_workers
 
 # IPv4 only: the reflector swaps fields at IPv4 offsets, and IPv6 UDP (DNS, DHCPv6, ...) stays the kernel's.
 DEFAULT_RULE = "udp dst 0.0.0.0/0"
@@ -40,11 +40,7 @@ def forward(args, rules: list[str], on_open=None) -> tuple[dict, list[str], obje
 
 def work(worker, args, rules: list[str]) -> dict:
     """One worker of `reflect --workers`: the reflector on its queue, in its own process."""
-    mine = worker_args(args, worker, rules)
-    summary, _, sp = forward(mine, mine.rule, on_open=lambda sp: worker.ready())
-    if sp.control_lost:
-        summary["error"] = sp.control_lost
-    return summary
+    return run_one(worker, args, rules, forward)
 
 
 def run(args) -> int:

@@ -7,7 +7,7 @@ from kbypass.tools import _options
 from kbypass.tools._backend import add_backend_option, open_backend
 from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, port_summary,
                                  progress_printer, rules_or_default, takes_note, unreached_warnings, warn)
-from kbypass.tools._workers import add_worker_options, emit_team, exit_code, run_team, wants_workers, worker_args
+from kbypass.tools._workers import add_worker_options, emit_team, exit_code, run_one, run_team, wants_workers
 
 
 def register(sub) -> None:
@@ -42,11 +42,7 @@ def receive(args, rules: list[str], on_open=None) -> tuple[dict, list[str], obje
 
 def work(worker, args, rules: list[str]) -> dict:
     """One worker of `sink --workers`: the sink on its queue, in its own process."""
-    mine = worker_args(args, worker, rules)
-    summary, _, sp = receive(mine, mine.rule, on_open=lambda sp: worker.ready())
-    if sp.control_lost:
-        summary["error"] = sp.control_lost
-    return summary
+    return run_one(worker, args, rules, receive)
 
 
 def run(args) -> int:
