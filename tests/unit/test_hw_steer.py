@@ -303,3 +303,21 @@ def test_where_the_driver_does_not_pick_the_location_is_recorded_before_the_inse
                      device=fakenic.FakeNic) as hq:
         assert hq.locations == [1023, 1022] and seen == [[1023], [1023, 1022]]
     assert json.loads(state.read_text()) == original
+
+
+def test_a_table_rewritten_since_a_crash_is_left_as_it_is_and_said(nic):
+    """After a crash the kernel keeps the hidden queue's table; if someone rewrote it meanwhile (an
+    administrator's `ethtool -X`), the sweep must not write the old one over theirs."""
+    run, state, original = nic
+    hq = HiddenQueue("eth9", None, 2, [Rule.parse("udp dport 4321")], device=fakenic.FakeNic)
+    hq.apply()
+    theirs = [0] * len(original["table"])
+    fakenic.FakeNic("eth9").set_indirection(theirs)
+    (record_file,) = run.iterdir()
+    record = json.loads(record_file.read_text())
+    assert hidden_queue._undo(record, fakenic.FakeNic) == [
+        "indirection table: changed since kbypass hid the queue, left as it is"]
+    now = json.loads(state.read_text())
+    assert now["table"] == theirs and now["rules"] == {}  # the rules ours went, the table theirs stays
+    hq.locations.clear()
+    hq.undo()

@@ -128,7 +128,12 @@ def _undo(record: dict, device) -> list[str]:
                     problems.append(f"rule {loc}: {describe(e)}")
         if record.get("table_set") and record.get("table"):
             try:
-                dev.set_indirection([] if record.get("table_default") else record["table"])
+                now, ours = dev.indirection(), record.get("hidden")
+                if ours is not None and now not in (ours, record["table"]):
+                    # rewritten since (by an administrator, say): theirs now, left as it is
+                    problems.append("indirection table: changed since kbypass hid the queue, left as it is")
+                else:
+                    dev.set_indirection([] if record.get("table_default") else record["table"])
             except OSError as e:
                 if e.errno != errno.ENODEV:
                     problems.append(f"indirection table: {describe(e)}")
@@ -244,9 +249,12 @@ class HiddenQueue:
         _write(fd, self._record)
         with self.device(self.ifname, self.netns) as dev:
             try:
-                self._record["table_set"] = True  # written before the change: a crash mid-way restores it
+                hidden = hidden_table(table, {self.queue}, self._rings)
+                # written before the change: a crash mid-way restores it; `hidden` is what we wrote, so an
+                # undo restores only a table that is still ours
+                self._record["table_set"], self._record["hidden"] = True, hidden
                 _write(fd, self._record)
-                dev.set_indirection(hidden_table(table, {self.queue}, self._rings))
+                dev.set_indirection(hidden)
                 for r in self.rules:
                     if self._driver_picks:
                         self.locations.append(dev.insert(r, self.queue))
