@@ -15,6 +15,21 @@ from kbypass.steer.ethtool import flow_spec
 RINGS, TABLE = 4, 128
 
 
+def install(tmp_path, monkeypatch):
+    """A fake NIC for the test: its state in tmp_path/nic.json, hidden-queue records in tmp_path/run
+    (kbypass.port.hidden_queue's RUN_DIR, its root-only check off). Returns (run dir, state file)."""
+    from kbypass.port import hidden_queue
+
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(hidden_queue, "RUN_DIR", str(run))
+    monkeypatch.setattr(hidden_queue, "check_run_dir", lambda: None)
+    state = tmp_path / "nic.json"
+    make(str(state))
+    monkeypatch.setenv("KB_FAKE_NIC", str(state))
+    return run, state
+
+
 def make(path: str) -> None:
     with open(path, "w") as f:
         json.dump({"rules": {}, "table": [i % RINGS for i in range(TABLE)], "configured": False}, f)

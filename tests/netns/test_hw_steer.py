@@ -99,13 +99,7 @@ def fake_nic(tmp_path, monkeypatch):
     from kbypass.port import steered
     from tests import fakenic
 
-    run = tmp_path / "run"
-    run.mkdir()
-    monkeypatch.setattr(hidden_queue, "RUN_DIR", str(run))
-    monkeypatch.setattr(hidden_queue, "check_run_dir", lambda: None)
-    state = tmp_path / "nic.json"
-    fakenic.make(str(state))
-    monkeypatch.setenv("KB_FAKE_NIC", str(state))
+    run, state = fakenic.install(tmp_path, monkeypatch)
     monkeypatch.setattr(steered, "HiddenQueue", functools.partial(hidden_queue.HiddenQueue, device=fakenic.FakeNic))
     return run, state, fakenic
 

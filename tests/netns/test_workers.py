@@ -8,6 +8,7 @@ the steering program's counter of that worker's rule, and the veth's per-queue `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,11 +48,22 @@ def both_ready(b) -> bool:
     return sockets_of(b) == {f"{b.iface}:0", f"{b.iface}:1"}
 
 
-def test_two_workers_each_count_their_queue_exactly_and_sigint_to_the_parent_stops_both(hosts):
-    a, b = hosts
-    team = workers("--workers", "2", "-t", "60")
+@contextlib.contextmanager
+def ready(b, team: subprocess.Popen):
+    """`team` once both its workers hold their socket on host b; killed and reaped on the way out if it
+    still runs (a test that fails midway leaves no process)."""
     try:
         wait_for("a socket per queue", lambda: both_ready(b), timeout=20)
+        yield team
+    finally:
+        if team.poll() is None:
+            team.kill()
+            team.wait()
+
+
+def test_two_workers_each_count_their_queue_exactly_and_sigint_to_the_parent_stops_both(hosts):
+    a, b = hosts
+    with ready(b, workers("--workers", "2", "-t", "60")) as team:
         assert sorted(rule_packets(b)) == ["udp queue 0 redirect", "udp queue 1 redirect"]
         pids = {c["pid"] for c in status(b)["clients"]}
         assert len(pids) == 2 and team.pid not in pids  # two processes, neither the parent
@@ -66,10 +78,6 @@ def test_two_workers_each_count_their_queue_exactly_and_sigint_to_the_parent_sto
         after = redirected(b)
         team.send_signal(signal.SIGINT)
         out, err = team.communicate(timeout=30)
-    finally:
-        if team.poll() is None:
-            team.kill()
-            team.wait()
     assert team.returncode == 0, err
     summary = json.loads(out)
     got = {w["queue"]: w["packets"] for w in summary["workers"]}
@@ -83,9 +91,7 @@ def test_two_workers_each_count_their_queue_exactly_and_sigint_to_the_parent_sto
 
 def test_kill_9_of_one_worker_leaves_the_other_every_packet_and_its_rule_and_socket_go_within_a_second(hosts):
     a, b = hosts
-    team = workers("--workers", "2", "-t", "8")
-    try:
-        wait_for("a socket per queue", lambda: both_ready(b), timeout=20)
+    with ready(b, workers("--workers", "2", "-t", "8")) as team:
         send_udp(a, b, 5000, 100, cpu=0)
         send_udp(a, b, 5001, 100, cpu=1)
         victim = next(c["pid"] for c in status(b)["clients"] if c["sockets"] == [f"{b.iface}:0"])
@@ -97,10 +103,6 @@ def test_kill_9_of_one_worker_leaves_the_other_every_packet_and_its_rule_and_soc
         send_udp(a, b, 5001, 150, cpu=1)
         send_udp(a, b, 5000, 50, cpu=0)  # queue 0 has nobody now: the kernel's
         out, err = team.communicate(timeout=60)
-    finally:
-        if team.poll() is None:
-            team.kill()
-            team.wait()
     assert team.returncode == 1, err  # a worker died: said, and the exit code says so
     assert f"worker on queue 0 (pid {victim}" in err and "killed by SIGKILL" in err
     summary = json.loads(out)
@@ -146,17 +148,11 @@ def stopped_summary(team: subprocess.Popen) -> dict:
 def team_summary(b, argv: list[str], send) -> dict:
     """Run `kbypass ARGV --workers 2 -t 60 --json` on host b until both workers hold their socket, call
     send(), then Ctrl-C it: its summary (the process killed if the test fails midway)."""
-    team = subprocess.Popen([sys.executable, "-m", "kbypass", *argv, "--host", "b", "--workers", "2", "-t", "60",
-                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for("a socket per queue", lambda: both_ready(b), timeout=20)
+    argv = [sys.executable, "-m", "kbypass", *argv, "--host", "b", "--workers", "2", "-t", "60", "--json"]
+    with ready(b, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) as team:
         send()
         time.sleep(0.3)
         return stopped_summary(team)
-    finally:
-        if team.poll() is None:
-            team.kill()
-            team.wait()
 
 
 def test_reflect_workers_each_send_back_their_queue(hosts):
@@ -194,35 +190,23 @@ def test_capture_workers_write_one_pcap_in_time_stamp_order(hosts, tmp_path):
 
 def test_kill_9_of_the_parent_ends_the_workers_and_leaves_nothing_attached(hosts):
     _, b = hosts
-    team = workers("--workers", "2")  # no -t: only the parent's death ends them
-    try:
-        wait_for("a socket per queue", lambda: both_ready(b), timeout=20)
+    with ready(b, workers("--workers", "2")) as team:  # no -t: only the parent's death ends them
         pids = {c["pid"] for c in status(b)["clients"]}
         team.send_signal(signal.SIGKILL)
         team.wait(5)
         wait_for("the workers to go with their parent", lambda: not xdp_attached(b), timeout=3)
         wait_for("the workers' processes to end", lambda: not any(os.path.exists(f"/proc/{p}") for p in pids),
                  timeout=5)
-    finally:
-        if team.poll() is None:
-            team.kill()
-            team.wait()
 
 
 def test_ctrl_c_on_a_terminal_reaches_every_process_and_each_worker_still_reports(hosts):
     a, b = hosts
-    team = workers("--workers", "2", "-t", "60")
-    try:
-        wait_for("a socket per queue", lambda: both_ready(b), timeout=20)
+    with ready(b, workers("--workers", "2", "-t", "60")) as team:
         send_udp(a, b, 5000, 50, cpu=0)
         send_udp(a, b, 5001, 70, cpu=1)
         time.sleep(0.3)
         os.killpg(team.pid, signal.SIGINT)  # the whole job: the parent and both workers
         out, err = team.communicate(timeout=30)
-    finally:
-        if team.poll() is None:
-            team.kill()
-            team.wait()
     assert team.returncode == 0, err
     assert [(w["queue"], w["packets"]) for w in json.loads(out)["workers"]] == [(0, 50), (1, 70)]
     wait_for("nothing attached", lambda: not xdp_attached(b), timeout=2)

@@ -159,13 +159,7 @@ def test_hidden_table_moves_only_the_hidden_queues_buckets():
 
 @pytest.fixture
 def nic(tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    run.mkdir()
-    monkeypatch.setattr(hidden_queue, "RUN_DIR", str(run))
-    monkeypatch.setattr(hidden_queue, "check_run_dir", lambda: None)
-    state = tmp_path / "nic.json"
-    fakenic.make(str(state))
-    monkeypatch.setenv("KB_FAKE_NIC", str(state))
+    run, state = fakenic.install(tmp_path, monkeypatch)
     original = json.loads(state.read_text())
     return run, state, original
 
