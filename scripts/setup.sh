@@ -15,7 +15,7 @@ fi
 packages=(
   clang llvm libbpf-dev libbpf1 libxdp-dev libelf-dev bpftool linux-libc-dev
   iproute2 ethtool iputils-ping sockperf tshark tcpdump netsniff-ng nftables iperf3
-  dpdk dpdk-dev python3-venv python3-dev make gcc libisal-dev
+  dpdk dpdk-dev python3-venv python3-dev make gcc libisal-dev socat nginx-light wrk curl
 )
 missing=()
 for p in "${packages[@]}"; do
