@@ -19,7 +19,7 @@ PY_EXT = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_co
 NATIVE := $(patsubst csrc/%.c,src/kbypass/_%$(PY_EXT),$(wildcard csrc/*.c))
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup bpf core native tools bench clean
+.PHONY: demo test setup bpf core native tools preload bench clean
 
 demo: setup
 	$(KB) demo
@@ -63,8 +63,18 @@ src/kbypass/bpf/obj/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h)
 	@mkdir -p $(dir $@)
 	clang -O2 -g -Wall -Werror -target bpf -I$(ARCH_INC) -Ibpf -c $< -o $@
 
+# The preload shim of `kbypass run` (csrc/preload/*.c + the C core -> a .so inside the package, where
+# kbypass.tools.run finds it from an editable or installed tree). No Python, no libxdp: libc only.
+PRELOAD := src/kbypass/preload/libkbypass-preload.so
+
+preload: $(PRELOAD)
+
+$(PRELOAD): $(wildcard csrc/preload/*) $(wildcard csrc/core/*.h) $(CORE_LIB)
+	gcc $(CFLAGS_C) -shared -Wno-unused-parameter $(wildcard csrc/preload/*.c) -o $@ $(CORE_LIB) \
+	  -Wl,--version-script=csrc/preload/exports.map -ldl -lpthread
+
 bench: setup
 	$(VENV)/bin/python bench/run.py
 
 clean:
-	rm -rf src/kbypass/bpf/obj build src/kbypass/_fast*.so
+	rm -rf src/kbypass/bpf/obj build src/kbypass/_fast*.so $(PRELOAD)

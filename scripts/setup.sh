@@ -56,7 +56,7 @@ fi
 
 # 3. BPF objects, the C core (build/libkbcore.a), its CPython modules and the C tools (build/xdp_rxdrop);
 #    make rebuilds only what changed.
-make -s bpf core native tools
+make -s bpf core native tools preload
 
 # 4. bpffs, for tools that expect it. kbypass pins no maps, so a refused mount (a container, a locked-down
 #    host) is a warning, not the end of setup; `kbypass doctor` reports it too.

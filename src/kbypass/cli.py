@@ -96,6 +96,7 @@ COMMANDS = [
     "tune",
     "xfer",
     "cp",
+    "run",
 ]
 
 

@@ -18,6 +18,10 @@ client can match them. The first request of a connection must be `hello` with th
                  share_queue?                                        shared_queue? + two fds: the AF_XDP socket,
                                                                      its UMEM memfd (+ the pool lock's memfd)
     unregister   iface, queue                                        -
+    accelerate   -  + the app's bound UDP socket fd                  iface, ifindex, mac, mtu, ip, prefixlen,
+                                                                     queues, port, rule_id   (kbypass.cp.accel)
+    next_hop     iface, dst                                          mac ("" while the kernel resolves it)
+    shim_page    -  + a memfd of the shim's socket counters          -   (read by status; kbypass.cp.shimpage)
     counters     iface                                               rules: [{rule_id, rule, owner, packets,
                                                                      bytes}], stats: {unmatched, parse_errors,
                                                                      not_ip} (kbypass.steer.SteerStats)
@@ -63,7 +67,7 @@ from kbypass.errors import KbypassError
 
 VERSION = 1
 MAX_MESSAGE = 65536  # bytes of one message, either way
-MAX_FDS = 1  # fds a request may carry (register's AF_XDP socket)
+MAX_FDS = 1  # fds a request may carry (register's AF_XDP socket, accelerate's UDP socket, a shim page)
 MAX_REPLY_FDS = 3  # fds a reply may carry (open_socket's AF_XDP socket, UMEM memfd and a shared queue's lock)
 DEFAULT_PRIORITY = 100
 
@@ -81,12 +85,15 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
                     "fill_size": (_INT, True), "comp_size": (_INT, True), "headroom": (_INT, False),
                     "mode": (_STR, False), "xdp_mode": (_STR, False), "share_queue": (_BOOL, False)},
     "unregister": {"iface": (_STR, True), "queue": (_INT, True)},
+    "accelerate": {},
+    "next_hop": {"iface": (_STR, True), "dst": (_STR, True)},
+    "shim_page": {},
     "counters": {"iface": (_STR, True)},
     "status": {},
     "stop": {"force": (_BOOL, False)},
     "bye": {},
 }
-TAKES_FD = {"register"}
+TAKES_FD = {"register", "accelerate", "shim_page"}
 _INT_RANGE = (-(2**63), 2**63 - 1)
 
 # open_socket's bounds: the UMEM and rings the control plane makes (and pins, on its own account)

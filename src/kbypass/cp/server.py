@@ -45,6 +45,8 @@ from . import paths, protocol
 from .pool import SLICES as POOL_SLICES
 from .pool import Member
 from .protocol import DEFAULT_PRIORITY, ProtocolError, Request
+from .accel import Routes, bound_flow
+from .shimpage import ShimPage
 from .sockets import MadeSocket
 from .state import Client, ControlPlane, parse_rule
 
@@ -61,7 +63,7 @@ LOCK_WAIT = 2.0  # seconds a starting control plane waits for one that is exitin
 # Room for the most fds one message can carry (SCM_MAX_FD): fds that did not fit would be closed by the
 # kernel inside recvmsg, where a lingering socket could block this loop (see _close_quietly).
 _FD_SPACE = socket.CMSG_SPACE(253 * 4)
-_CHANGES = {"hello", "add", "remove", "register", "unregister", "open_socket", "stop"}  # refusals logged
+_CHANGES = {"hello", "add", "remove", "register", "unregister", "open_socket", "accelerate", "stop"}  # refusals logged
 
 
 def _parent_of(pid: int) -> int:
@@ -123,6 +125,7 @@ class Server:
         self.allow_kernel_ports = allow_kernel_ports
         self.ifaces = set(ifaces)  # the interfaces non-root clients may steer
         self.state = ControlPlane()
+        self.routes = Routes()  # the preload shim's addresses and next hops (kbypass.cp.accel)
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, tuple[socket.socket, Client]] = {}
         self.running = True
@@ -193,6 +196,7 @@ class Server:
         for fd in list(self.conns):
             self._drop(fd, "the control plane stops")
         self.state.close()
+        self.routes.close()
         if self.listener is not None:
             self.sel.unregister(self.listener)
             self.listener.close()
@@ -444,6 +448,17 @@ class Server:
         if req.op == "unregister":
             self.state.unregister(client, a["iface"], a["queue"])
             return {}
+        if req.op == "accelerate":
+            return self._accelerate(client, fds[0])
+        if req.op == "next_hop":
+            if (a["iface"], 0) not in client.sockets:
+                raise ProtocolError(f"next_hop: open a socket on {a['iface']!r} first")
+            return {"mac": self.routes.next_hop(a["iface"], a["dst"])}
+        if req.op == "shim_page":
+            if client.shim_page is not None:
+                raise ProtocolError("shim_page: once per connection")
+            client.shim_page = ShimPage(fds[0])
+            return {}
         if req.op == "counters":
             return {"rules": self.state.counters(a["iface"]), "stats": self.state.stats(a["iface"])}
         if req.op == "status":
@@ -463,6 +478,18 @@ class Server:
             self.running = False
             return {}
         raise ProtocolError(f"unknown op {req.op!r}")  # decode_request lets only known ops through
+
+    def _accelerate(self, client: Client, fd: int) -> dict:
+        """Steer the flow of the app's own bound UDP socket to its sockets (kbypass.cp.accel): the socket
+        proves the port is the app's, so it needs no --allow-kernel-ports; the rest is `add`'s policy."""
+        ip, port = bound_flow(fd)
+        iface, addr = self.routes.place(ip, self.ifaces)
+        if client.uid != 0:
+            self._may_use(iface)
+            if sum(len(c.rules) for _, c in self.conns.values() if c.uid == client.uid) >= USER_RULES:
+                raise ProtocolError(f"a non-root user has {USER_RULES} rules at most: close a socket first")
+        rule_id = self.state.add_rule(client, iface, f"udp dst {addr.ip} dport {port}")
+        return {**self.routes.describe(iface, addr), "port": port, "rule_id": rule_id}
 
     def _may_add(self, client: Client, iface: str, rule: Rule) -> None:
         """What a non-root client may steer (the module doc): root clients may add anything."""

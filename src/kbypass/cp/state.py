@@ -43,6 +43,7 @@ class Client:
     greeted: bool = False
     since: float = field(default_factory=time.monotonic)  # when it connected
     leaving: bool = False  # said bye: its connection closes after the reply
+    shim_page: object | None = None  # a preload shim's counters (kbypass.cp.shimpage.ShimPage)
 
     def describe(self) -> str:
         return f"client {self.cid} (pid {self.pid}, {self.command})"
@@ -101,6 +102,9 @@ class ControlPlane:
         never raises: a removal the kernel refuses is logged and the rest still go (one client's leftovers
         must not take the control plane, and every other client's steering, down with it)."""
         self.clients.pop(client.cid, None)
+        if client.shim_page is not None:
+            client.shim_page.close()
+            client.shim_page = None
         for iface, rule_id in sorted(client.rules):
             self._try(client, f"remove rule {rule_id} on {iface}", self._remove_rule, iface, rule_id)
         for iface, queue in sorted(client.sockets):
@@ -318,7 +322,8 @@ class ControlPlane:
         greeted = sorted((c for c in self.clients.values() if c.greeted),
                          key=lambda c: (not (c.rules or c.sockets), c.cid))
         clients = [{"client": c.cid, "pid": c.pid, "uid": c.uid, "command": c.command, "group": c.group,
-                    "rules": len(c.rules), "sockets": sorted(f"{i}:{q}" for i, q in c.sockets)}
+                    "rules": len(c.rules), "sockets": sorted(f"{i}:{q}" for i, q in c.sockets),
+                    **({"shim": c.shim_page.sockets()} if c.shim_page is not None else {})}
                    for c in greeted[:MAX_LISTED]]
         interfaces = []
         for iface, served in sorted(self.served.items()):

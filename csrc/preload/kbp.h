@@ -1,0 +1,181 @@
+/* kbp.h: libkbypass-preload.so, the preload shim of `kbypass run` (see kbp_socket.c for the whole story).
+ *
+ * Pieces: kbp_cp.c talks to the control plane (one SOCK_SEQPACKET connection per process, JSON + fds),
+ * kbp_iface.c owns one interface's AF_XDP sockets (one per receive queue, made by the control plane) and
+ * moves datagrams through the C core's lane (csrc/core/kb_lane, kb_udp), kbp_socket.c interposes the socket
+ * calls, kbp_poll.c poll/select/epoll. All shim state is under one lock (kbp_lock): apps with threads stay
+ * correct, an uncontended mutex costs tens of nanoseconds.
+ */
+#ifndef KBP_H
+#define KBP_H
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "../core/kb_lane.h"
+#include "../core/kb_port.h"
+
+#define KBP_MAX_FD 65536
+#define KBP_MAX_QUEUES 8
+#define KBP_MAX_IFACES 4
+#define KBP_MAX_HOPS 64
+#define KBP_BACKLOG 512 /* datagrams a socket keeps when another socket's call took them off the ring */
+#define KBP_FRAMES 1024 /* per queue: half lent to the fill ring, KB_LANE_STASH_MAX for sending */
+#define KBP_FRAME_SIZE 2048
+#define KBP_RING 512
+
+/* the counters page the control plane reads for `kbypass run --status` (kbypass/cp/shimpage.py) */
+#define KBP_PAGE_MAGIC 0x5042534Bu
+#define KBP_PAGE_SLOTS 64
+#define KBP_PAGE_BYTES 8192
+struct kbp_slot {
+    uint32_t used, fd;
+    uint8_t ip[4];
+    uint16_t port, pad;
+    uint64_t rx, tx, rx_kernel, tx_kernel, rx_dropped, tx_failed;
+};
+_Static_assert(sizeof(struct kbp_slot) == 64, "kbp_slot is shimpage.SLOT");
+
+struct kbp_queue {
+    int fd;
+    uint8_t *umem;
+    uint64_t umem_size;
+    void *map[4];
+    size_t maplen[4];
+    struct kb_ring rx, fill, tx, comp;
+    uint8_t state[KBP_FRAMES];
+    uint64_t stats[KB_PORT_NSTATS];
+    struct kb_lane lane;
+};
+
+struct kbp_hop {
+    uint32_t ip; /* network order; 0: a free entry */
+    uint8_t mac[6];
+    int known;
+    uint64_t asked_ns; /* when the control plane was last asked */
+};
+
+struct kbp_sock;
+
+struct kbp_iface {
+    char name[32];
+    uint8_t mac[6];
+    uint8_t ip[4];
+    uint32_t netmask; /* network order */
+    int mtu, nq;
+    struct kbp_queue q[KBP_MAX_QUEUES];
+    struct kbp_hop hops[KBP_MAX_HOPS];
+    int nsocks;
+    struct kbp_sock *socks[KBP_PAGE_SLOTS]; /* the accelerated sockets on it, to hand frames to */
+};
+
+struct kbp_dgram {
+    uint32_t len;
+    uint8_t src_ip[4];
+    uint16_t src_port;
+    uint64_t ts_ns; /* CLOCK_REALTIME when taken off the ring (SO_TIMESTAMP*) */
+    uint8_t *data;
+};
+
+/* One UDP socket of the app (shared by its dup()s: refs). */
+struct kbp_sock {
+    int refs;
+    int fd;         /* the placeholder kernel socket (the app's fd, or the first of its dups) */
+    int accel;      /* its datagrams go through the AF_XDP rings */
+    int nonblock;   /* O_NONBLOCK as the app set it */
+    int tried;      /* acceleration was tried (once per socket) */
+    long rcvtimeo_us, sndtimeo_us;
+    int tos, ts_mode; /* IP_TOS; SO_TIMESTAMP (1) or SO_TIMESTAMPNS (2) */
+    int rcvbuf;
+    struct kbp_iface *ifc;
+    struct kb_udp_local me;
+    int rule_id;
+    int connected;
+    uint32_t peer_ip; /* network order */
+    uint16_t peer_port;
+    uint8_t tmpl[KB_UDP_HLEN]; /* the last destination's header */
+    uint32_t tmpl_ip;
+    uint16_t tmpl_port;
+    int tmpl_ok;
+    uint16_t ident;
+    unsigned empty_calls;
+    struct kbp_dgram backlog[KBP_BACKLOG];
+    unsigned bhead, btail;
+    struct kbp_slot *slot;
+};
+
+extern pthread_mutex_t kbp_lock;
+extern struct kbp_sock *kbp_fds[KBP_MAX_FD];
+extern long kbp_spin_us;
+extern int kbp_log;
+
+/* libc's own functions (dlsym RTLD_NEXT) */
+struct kbp_libc {
+    int (*socket)(int, int, int);
+    int (*bind)(int, const struct sockaddr *, socklen_t);
+    int (*connect)(int, const struct sockaddr *, socklen_t);
+    int (*close)(int);
+    ssize_t (*sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+    ssize_t (*recvfrom)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+    ssize_t (*sendmsg)(int, const struct msghdr *, int);
+    ssize_t (*recvmsg)(int, struct msghdr *, int);
+    int (*sendmmsg)(int, struct mmsghdr *, unsigned, int);
+    int (*recvmmsg)(int, struct mmsghdr *, unsigned, int, struct timespec *);
+    ssize_t (*send)(int, const void *, size_t, int);
+    ssize_t (*recv)(int, void *, size_t, int);
+    ssize_t (*read)(int, void *, size_t);
+    ssize_t (*write)(int, const void *, size_t);
+    int (*setsockopt)(int, int, int, const void *, socklen_t);
+    int (*getsockopt)(int, int, int, void *, socklen_t *);
+    int (*fcntl)(int, int, ...);
+    int (*ioctl)(int, unsigned long, ...);
+    int (*dup)(int);
+    int (*dup2)(int, int);
+    int (*dup3)(int, int, int);
+    int (*poll)(void *, unsigned long, int);
+    int (*ppoll)(void *, unsigned long, const struct timespec *, const void *);
+    int (*select)(int, void *, void *, void *, void *);
+    int (*pselect)(int, void *, void *, void *, const struct timespec *, const void *);
+    int (*epoll_ctl)(int, int, int, void *);
+    int (*epoll_wait)(int, void *, int, int);
+    int (*epoll_pwait)(int, void *, int, int, const void *);
+};
+extern struct kbp_libc kbp_real;
+void kbp_init_libc(void);
+
+/* kbp_log.c */
+void kbp_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));      /* always */
+void kbp_verbose(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* KBYPASS_LOG=1 */
+uint64_t kbp_now_ns(void);
+
+/* kbp_cp.c: the control plane connection. kbp_cp_call sends one request (with fd_out when >= 0) and waits
+ * for the reply: 0 and the reply in buf (fds in fds_in), or -1 with the error in buf. */
+int kbp_cp_fd(void);
+int kbp_cp_connect(void);
+int kbp_cp_call(const char *req, int fd_out, char *buf, size_t cap, int *fds_in, int max_fds, int *nfds);
+void kbp_cp_lost(void);
+int kbp_json_int(const char *json, const char *key, long long *out);
+int kbp_json_str(const char *json, const char *key, char *out, size_t cap);
+struct kbp_slot *kbp_page_slot(void);
+
+/* kbp_iface.c */
+struct kbp_iface *kbp_iface_get(const char *reply, char *why, size_t cap);
+int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size_t len, struct kbp_dgram *got);
+int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, uint16_t dst_port,
+                   const uint8_t *payload, uint32_t len);
+void kbp_iface_drop_sock(struct kbp_iface *ifc, struct kbp_sock *s);
+int kbp_iface_fds(struct kbp_iface *ifc, int *fds, int cap);
+void kbp_iface_wake(struct kbp_iface *ifc);
+void kbp_iface_forget_all(int close_fds);
+
+/* kbp_socket.c */
+struct kbp_sock *kbp_get(int fd);
+int kbp_readable(struct kbp_sock *s); /* datagrams waiting (after a pump); under kbp_lock */
+void kbp_fall_back_all(void);
+
+/* kbp_poll.c */
+void kbp_epoll_forget(int epfd);
+
+#endif

@@ -1,0 +1,348 @@
+/* kbp_iface.c: one interface's AF_XDP sockets, made by the control plane (`open_socket`, one per receive
+ * queue: the steering program redirects a flow to the socket of the queue the packet came in on), and the
+ * datagrams that go through them, one at a time, on the C core's lane (kb_lane: the rings, kb_udp: "is this
+ * plain UDP to us", the 42-byte header and its checksums).
+ *
+ * Every frame lent to the kernel goes straight back to the fill ring once its bytes are copied out (into
+ * the caller's buffer, or the backlog of the socket it is for), so the UMEM is only ever the kernel's fill
+ * share plus a stash of KB_LANE_STASH_MAX frames for sending. Sends go out of queue 0's socket.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/if_xdp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../core/kb_umem.h"
+#include "kbp.h"
+
+#ifndef SOL_XDP
+#define SOL_XDP 283
+#endif
+#define HOP_RETRY_NS 50000000ull    /* an unresolved next hop is asked again after 50 ms ... */
+#define HOP_REFRESH_NS 30000000000ull /* ... a known one after 30 s */
+#define SEND_TRIES 4096
+
+static struct kbp_iface *ifaces[KBP_MAX_IFACES];
+
+static int parse_mac(const char *s, uint8_t mac[6]) {
+    unsigned v[6];
+    if (sscanf(s, "%x:%x:%x:%x:%x:%x", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]) != 6) return -1;
+    for (int i = 0; i < 6; i++) mac[i] = (uint8_t)v[i];
+    return 0;
+}
+
+static void ring_map(struct kb_ring *r, void *base, const struct xdp_ring_offset *o, uint32_t size, int producer) {
+    r->producer = (uint32_t *)((char *)base + o->producer);
+    r->consumer = (uint32_t *)((char *)base + o->consumer);
+    r->flags = (uint32_t *)((char *)base + o->flags);
+    r->ring = (char *)base + o->desc;
+    r->size = size;
+    r->mask = size - 1;
+    r->cached_prod = *r->producer;
+    r->cached_cons = *r->consumer + (producer ? size : 0);
+}
+
+static void queue_close(struct kbp_queue *q) {
+    for (int i = 0; i < 4; i++)
+        if (q->map[i]) munmap(q->map[i], q->maplen[i]);
+    if (q->umem) munmap(q->umem, q->umem_size);
+    if (q->fd >= 0) kbp_real.close(q->fd);
+    memset(q, 0, sizeof(*q));
+    q->fd = -1;
+}
+
+/* Map the socket the control plane made (and its UMEM), lend half the frames to the fill ring, stash
+ * frames for sending: a ready lane. 0, or -1 with why. */
+static int queue_open(struct kbp_queue *q, int xsk, int memfd, const char *reply, char *why, size_t cap) {
+    memset(q, 0, sizeof(*q));
+    q->fd = xsk;
+    char mode[16] = "copy";
+    kbp_json_str(reply, "mode", mode, sizeof(mode));
+    q->umem_size = (uint64_t)KBP_FRAMES * KBP_FRAME_SIZE;
+    q->umem = mmap(NULL, q->umem_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, memfd, 0);
+    kbp_real.close(memfd);
+    if (q->umem == MAP_FAILED) {
+        q->umem = NULL;
+        snprintf(why, cap, "cannot map the UMEM: %s", strerror(errno));
+        return -1;
+    }
+    struct xdp_mmap_offsets off;
+    socklen_t ol = sizeof(off);
+    if (getsockopt(xsk, SOL_XDP, XDP_MMAP_OFFSETS, &off, &ol) < 0) {
+        snprintf(why, cap, "XDP_MMAP_OFFSETS: %s", strerror(errno));
+        return -1;
+    }
+    const struct {
+        struct xdp_ring_offset *o;
+        uint64_t pgoff;
+        size_t slot;
+        struct kb_ring *r;
+        int producer;
+    } rings[4] = {{&off.rx, XDP_PGOFF_RX_RING, sizeof(struct xdp_desc), &q->rx, 0},
+                  {&off.tx, XDP_PGOFF_TX_RING, sizeof(struct xdp_desc), &q->tx, 1},
+                  {&off.fr, XDP_UMEM_PGOFF_FILL_RING, sizeof(uint64_t), &q->fill, 1},
+                  {&off.cr, XDP_UMEM_PGOFF_COMPLETION_RING, sizeof(uint64_t), &q->comp, 0}};
+    for (int i = 0; i < 4; i++) {
+        q->maplen[i] = rings[i].o->desc + KBP_RING * rings[i].slot;
+        void *m = mmap(NULL, q->maplen[i], PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, xsk,
+                       (off_t)rings[i].pgoff);
+        if (m == MAP_FAILED) {
+            snprintf(why, cap, "cannot map a ring: %s", strerror(errno));
+            return -1;
+        }
+        q->map[i] = m;
+        ring_map(rings[i].r, m, rings[i].o, KBP_RING, rings[i].producer);
+    }
+    for (int i = 0; i < KBP_FRAMES; i++) q->state[i] = KB_FRAME_FREE;
+    uint32_t idx, n = kb_ring_prod_reserve(&q->fill, KBP_FRAMES / 2, &idx);
+    for (uint32_t k = 0; k < n; k++) {
+        *kb_ring_addr(&q->fill, idx + k) = (uint64_t)k * KBP_FRAME_SIZE;
+        q->state[k] = KB_FRAME_FILL;
+    }
+    kb_ring_prod_submit(&q->fill, n);
+    q->stats[KB_IN_FILL] = n;
+    struct kb_lane *l = &q->lane;
+    l->rx = &q->rx, l->fill = &q->fill, l->tx = &q->tx, l->comp = &q->comp;
+    l->umem = q->umem, l->umem_size = q->umem_size, l->state = q->state, l->stats = q->stats;
+    l->frame_size = KBP_FRAME_SIZE, l->fd = xsk, l->copy_mode = strcmp(mode, "zerocopy") != 0;
+    l->busy = 0, l->busy_every = 16, l->stash_cap = KB_LANE_STASH_MAX;
+    if (kb_lane_setup(l) < 0) {
+        snprintf(why, cap, "the lane refused the rings");
+        return -1;
+    }
+    for (int k = 0; k < KB_LANE_STASH_MAX; k++) {
+        uint32_t f = KBP_FRAMES / 2 + (uint32_t)k;
+        q->state[f] = KB_FRAME_APP;
+        kb_lane_give(l, (uint64_t)f * KBP_FRAME_SIZE);
+    }
+    return 0;
+}
+
+static void iface_close(struct kbp_iface *ifc) {
+    for (int i = 0; i < ifc->nq; i++) queue_close(&ifc->q[i]);
+    free(ifc);
+}
+
+/* The interface of an `accelerate` reply, its sockets opened at the first socket on it. */
+struct kbp_iface *kbp_iface_get(const char *reply, char *why, size_t cap) {
+    char name[32], mac[32], ip[32];
+    long long nq, mtu, plen;
+    if (kbp_json_str(reply, "iface", name, sizeof(name)) || kbp_json_str(reply, "mac", mac, sizeof(mac)) ||
+        kbp_json_str(reply, "ip", ip, sizeof(ip)) || kbp_json_int(reply, "queues", &nq) ||
+        kbp_json_int(reply, "mtu", &mtu) || kbp_json_int(reply, "prefixlen", &plen)) {
+        snprintf(why, cap, "the control plane's accelerate reply lacks a field");
+        return NULL;
+    }
+    int slot = -1;
+    for (int i = 0; i < KBP_MAX_IFACES; i++) {
+        if (ifaces[i] && !strcmp(ifaces[i]->name, name)) return ifaces[i];
+        if (!ifaces[i] && slot < 0) slot = i;
+    }
+    if (slot < 0 || nq < 1 || nq > KBP_MAX_QUEUES || plen < 0 || plen > 32) {
+        if (slot < 0) snprintf(why, cap, "more than %d interfaces", KBP_MAX_IFACES);
+        else snprintf(why, cap, "%s has %lld queues (at most %d)", name, nq, KBP_MAX_QUEUES);
+        return NULL;
+    }
+    struct kbp_iface *ifc = calloc(1, sizeof(*ifc));
+    if (!ifc) {
+        snprintf(why, cap, "out of memory");
+        return NULL;
+    }
+    snprintf(ifc->name, sizeof(ifc->name), "%s", name);
+    parse_mac(mac, ifc->mac);
+    inet_pton(AF_INET, ip, ifc->ip);
+    ifc->netmask = plen ? htonl(~0u << (32 - plen)) : 0;
+    ifc->mtu = (int)mtu;
+    for (int q = 0; q < KBP_MAX_QUEUES; q++) ifc->q[q].fd = -1;
+    for (int q = 0; q < nq; q++) {
+        char req[320], buf[1024];
+        int fds[3], nfds;
+        snprintf(req, sizeof(req),
+                 "{\"op\":\"open_socket\",\"iface\":\"%s\",\"queue\":%d,\"frames\":%d,\"frame_size\":%d,"
+                 "\"rx_size\":%d,\"tx_size\":%d,\"fill_size\":%d,\"comp_size\":%d}",
+                 name, q, KBP_FRAMES, KBP_FRAME_SIZE, KBP_RING, KBP_RING, KBP_RING, KBP_RING);
+        if (kbp_cp_call(req, -1, buf, sizeof(buf), fds, 3, &nfds) < 0 || nfds != 2) {
+            if (nfds > 0)
+                for (int i = 0; i < nfds; i++) kbp_real.close(fds[i]);
+            snprintf(why, cap, "no AF_XDP socket for queue %d of %s: %s", q, name, nfds ? "fds missing" : buf);
+            ifc->nq = q;
+            iface_close(ifc);
+            return NULL;
+        }
+        ifc->nq = q + 1;
+        if (queue_open(&ifc->q[q], fds[0], fds[1], buf, why, cap) < 0) {
+            iface_close(ifc);
+            return NULL;
+        }
+    }
+    ifaces[slot] = ifc;
+    return ifc;
+}
+
+void kbp_iface_drop_sock(struct kbp_iface *ifc, struct kbp_sock *s) {
+    for (int i = 0; i < ifc->nsocks; i++)
+        if (ifc->socks[i] == s) {
+            ifc->socks[i] = ifc->socks[--ifc->nsocks];
+            return;
+        }
+}
+
+static struct kbp_sock *owner(struct kbp_iface *ifc, const uint8_t *f, uint32_t n) {
+    if (n < KB_UDP_HLEN) return NULL;
+    uint16_t port = (uint16_t)((f[36] << 8) | f[37]);
+    for (int i = 0; i < ifc->nsocks; i++)
+        if (ifc->socks[i]->me.port == port) return ifc->socks[i];
+    return NULL;
+}
+
+static void take(struct kbp_dgram *g, const uint8_t *f, uint8_t *into, size_t cap) {
+    uint32_t plen = kb_udp_payload_len(f);
+    g->len = plen;
+    memcpy(g->src_ip, kb_udp_src_ip(f), 4);
+    g->src_port = kb_udp_src_port(f);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    g->ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    memcpy(into, f + KB_UDP_HLEN, plen < cap ? plen : cap);
+}
+
+/* Frames off the RX rings: those for `want` into buf (at most one: 1 and *got), the others into their
+ * socket's backlog (or dropped when it is full, not plain UDP to it, or not from its connected peer). */
+int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size_t len, struct kbp_dgram *got) {
+    for (int qi = 0; qi < ifc->nq; qi++) {
+        struct kbp_queue *q = &ifc->q[qi];
+        for (int budget = 0; budget < 64; budget++) {
+            struct kb_desc d;
+            if (kb_lane_rx_next(&q->lane, &d) != KB_LANE_FRAME) break;
+            const uint8_t *f = q->umem + d.addr;
+            struct kbp_sock *s = owner(ifc, f, d.len);
+            int ok = s && kb_udp_accept(&s->me, f, d.len);
+            if (ok && s->connected &&
+                (memcmp(kb_udp_src_ip(f), &s->peer_ip, 4) || kb_udp_src_port(f) != s->peer_port))
+                ok = 0; /* a connected UDP socket hears only its peer */
+            if (!ok) {
+                if (s && s->slot) s->slot->rx_dropped++;
+                kb_lane_rx_done(&q->lane, &d);
+                continue;
+            }
+            if (s->slot) s->slot->rx++;
+            if (s == want && buf && s->bhead == s->btail) {
+                take(got, f, buf, len);
+                kb_lane_rx_done(&q->lane, &d);
+                return 1;
+            }
+            if (s->btail - s->bhead >= KBP_BACKLOG) {
+                if (s->slot) s->slot->rx_dropped++; /* a full receive buffer, as the kernel's */
+            } else {
+                struct kbp_dgram *g = &s->backlog[s->btail % KBP_BACKLOG];
+                take(g, f, g->data, KBP_FRAME_SIZE);
+                s->btail++;
+            }
+            kb_lane_rx_done(&q->lane, &d);
+        }
+    }
+    return 0;
+}
+
+void kbp_iface_wake(struct kbp_iface *ifc) {
+    for (int i = 0; i < ifc->nq; i++) kb_lane_wake(&ifc->q[i].lane);
+}
+
+int kbp_iface_fds(struct kbp_iface *ifc, int *fds, int cap) {
+    int n = 0;
+    for (int i = 0; i < ifc->nq && n < cap; i++) fds[n++] = ifc->q[i].fd;
+    return n;
+}
+
+/* The next hop's MAC for dst: 1 known, 0 not yet (send through the kernel this time). */
+static int hop(struct kbp_iface *ifc, uint32_t dst, uint8_t mac[6]) {
+    struct kbp_hop *h = NULL, *free_h = NULL;
+    for (int i = 0; i < KBP_MAX_HOPS; i++) {
+        if (ifc->hops[i].ip == dst) {
+            h = &ifc->hops[i];
+            break;
+        }
+        if (!ifc->hops[i].ip && !free_h) free_h = &ifc->hops[i];
+    }
+    uint64_t now = kbp_now_ns();
+    if (h && h->known && now - h->asked_ns < HOP_REFRESH_NS) {
+        memcpy(mac, h->mac, 6);
+        return 1;
+    }
+    if (h && !h->known && now - h->asked_ns < HOP_RETRY_NS) return 0;
+    if (!h) {
+        h = free_h ? free_h : &ifc->hops[dst % KBP_MAX_HOPS];
+        memset(h, 0, sizeof(*h));
+        h->ip = dst;
+    }
+    char req[128], buf[512], txt[32], ms[32];
+    inet_ntop(AF_INET, &dst, txt, sizeof(txt));
+    snprintf(req, sizeof(req), "{\"op\":\"next_hop\",\"iface\":\"%s\",\"dst\":\"%s\"}", ifc->name, txt);
+    h->asked_ns = now;
+    if (kbp_cp_call(req, -1, buf, sizeof(buf), NULL, 0, NULL) < 0 || kbp_json_str(buf, "mac", ms, sizeof(ms)) ||
+        parse_mac(ms, h->mac) < 0) {
+        if (h->known) { /* a refresh that failed: keep using what we knew */
+            memcpy(mac, h->mac, 6);
+            return 1;
+        }
+        return 0;
+    }
+    h->known = 1;
+    memcpy(mac, h->mac, 6);
+    return 1;
+}
+
+static void build_template(struct kbp_iface *ifc, struct kbp_sock *s, const uint8_t dmac[6], uint32_t dst_ip,
+                           uint16_t dst_port) {
+    uint8_t *t = s->tmpl;
+    memset(t, 0, KB_UDP_HLEN);
+    memcpy(t, dmac, 6);
+    memcpy(t + 6, ifc->mac, 6);
+    t[12] = 0x08, t[13] = 0x00;
+    t[14] = 0x45, t[15] = (uint8_t)s->tos;
+    t[20] = 0x40; /* DF: the kernel's UDP sets it too (path MTU discovery) */
+    t[22] = 64, t[23] = 17;
+    memcpy(t + 26, s->me.ip, 4);
+    memcpy(t + 30, &dst_ip, 4);
+    t[34] = (uint8_t)(s->me.port >> 8), t[35] = (uint8_t)s->me.port;
+    t[36] = (uint8_t)(dst_port >> 8), t[37] = (uint8_t)dst_port;
+    s->tmpl_ip = dst_ip;
+    s->tmpl_port = dst_port;
+    s->tmpl_ok = 1;
+}
+
+/* One datagram out of the rings: 0 sent, -1 the kernel's to send (an unknown next hop, a datagram too big
+ * for one frame, a destination not on the link, rings that stay full). */
+int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, uint16_t dst_port,
+                   const uint8_t *payload, uint32_t len) {
+    if (len > (uint32_t)ifc->mtu - 28 || len > KBP_FRAME_SIZE - KB_UDP_HLEN) return -1;
+    uint8_t b0 = ((uint8_t *)&dst_ip)[0];
+    if (b0 == 127 || b0 >= 224 || !memcmp(&dst_ip, ifc->ip, 4) || dst_ip == (*(uint32_t *)ifc->ip | ~ifc->netmask))
+        return -1; /* loopback, multicast, broadcast, ourselves: the kernel's */
+    if (!s->tmpl_ok || s->tmpl_ip != dst_ip || s->tmpl_port != dst_port) {
+        uint8_t mac[6];
+        if (!hop(ifc, dst_ip, mac)) return -1;
+        build_template(ifc, s, mac, dst_ip, dst_port);
+    }
+    struct kb_lane *l = &ifc->q[0].lane;
+    for (int i = 0; i < SEND_TRIES; i++) {
+        int r = kb_lane_send(l, s->tmpl, KB_UDP_HLEN, payload, len, 1, s->ident++);
+        if (r == KB_LANE_SENT) return 0;
+        if (r < 0) return -1;
+    }
+    return -1;
+}
+
+void kbp_iface_forget_all(int close_fds) {
+    for (int i = 0; i < KBP_MAX_IFACES; i++) {
+        if (!ifaces[i]) continue;
+        if (close_fds) iface_close(ifaces[i]);
+        ifaces[i] = NULL;
+    }
+}

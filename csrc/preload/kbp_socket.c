@@ -1,0 +1,585 @@
+/* kbp_socket.c: libkbypass-preload.so's socket calls (`kbypass run -- APP`, LD_PRELOAD).
+ *
+ * The app's fds stay real: every UDP socket it makes is a kernel socket, and bind/connect/getsockname/
+ * getpeername/setsockopt go to the kernel as they would without us. So the port is taken in the kernel (nobody
+ * else binds it), getsockname tells the truth, and a socket that cannot be accelerated simply stays what it
+ * is. Once such a socket has an address (bind, connect, or its first send, which autobinds it) the shim
+ * hands it to the control plane (`accelerate`): an address on an interface it serves gets a steering rule
+ * for `udp dst IP dport PORT` and the interface's AF_XDP sockets (kbp_iface.c); from then on the socket's
+ * datagrams go through the rings. Anything else (TCP, unix sockets, files, loopback, other interfaces,
+ * datagrams too big for a frame, a next hop still unresolved) goes to libc untouched; the placeholder kernel
+ * socket is also read (datagrams the kernel still delivers to it, loopback say), so nothing is lost.
+ *
+ * Blocking calls spin on the rings for KBYPASS_SPIN_US microseconds, then sleep in poll() on the rings' fds,
+ * the placeholder and the control plane's connection (so its death is seen at once: the sockets fall back
+ * to the kernel, with one error line). SO_RCVTIMEO and O_NONBLOCK/MSG_DONTWAIT are kept.
+ *
+ * fork: the child's copies of accelerated sockets fall back to the kernel sockets (rings cannot be shared
+ * by two processes without a lock on every message); while the parent lives, the flow stays steered to the
+ * parent. exec: the control plane connection is CLOEXEC, so the new image starts with kernel sockets and
+ * the old image's rules go with it; the preloaded shim then accelerates what the new image binds.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kbp.h"
+
+pthread_mutex_t kbp_lock = PTHREAD_MUTEX_INITIALIZER;
+struct kbp_sock *kbp_fds[KBP_MAX_FD];
+long kbp_spin_us;
+int kbp_log;
+void kbp_cp_forget(void);
+
+static void child_after_fork(void) {
+    pthread_mutex_init(&kbp_lock, NULL);
+    kbp_cp_forget();
+    kbp_fall_back_all();
+}
+
+__attribute__((constructor)) static void kbp_init(void) {
+    kbp_init_libc();
+    const char *e = getenv("KBYPASS_SPIN_US");
+    kbp_spin_us = e ? atol(e) : 0;
+    if (kbp_spin_us < 0) kbp_spin_us = 0;
+    e = getenv("KBYPASS_LOG");
+    kbp_log = e && *e && strcmp(e, "0") != 0;
+    pthread_atfork(NULL, NULL, child_after_fork);
+}
+
+struct kbp_sock *kbp_get(int fd) { return fd >= 0 && fd < KBP_MAX_FD ? kbp_fds[fd] : NULL; }
+
+static void describe(const struct kbp_sock *s, char *out, size_t cap) {
+    struct sockaddr_in a;
+    socklen_t al = sizeof(a);
+    char ip[32] = "?";
+    if (getsockname(s->fd, (struct sockaddr *)&a, &al) == 0) inet_ntop(AF_INET, &a.sin_addr, ip, sizeof(ip));
+    snprintf(out, cap, "fd %d (udp %s:%u)", s->fd, ip, al ? ntohs(a.sin_port) : 0);
+}
+
+/* Off the rings and back to being the kernel socket it always also was (datagrams queued are dropped). */
+static void fall_back(struct kbp_sock *s) {
+    if (!s->accel) return;
+    s->accel = 0;
+    if (s->ifc) kbp_iface_drop_sock(s->ifc, s);
+    s->ifc = NULL;
+    if (s->slot) s->slot->used = 0;
+    s->slot = NULL;
+    s->bhead = s->btail = 0;
+}
+
+void kbp_fall_back_all(void) {
+    for (int fd = 0; fd < KBP_MAX_FD; fd++)
+        if (kbp_fds[fd]) fall_back(kbp_fds[fd]);
+    kbp_iface_forget_all(1);
+}
+
+static void release(struct kbp_sock *s) {
+    if (s->accel && s->ifc && kbp_cp_fd() >= 0) {
+        char req[160], buf[512];
+        snprintf(req, sizeof(req), "{\"op\":\"remove\",\"iface\":\"%s\",\"rule_id\":%d}", s->ifc->name, s->rule_id);
+        kbp_cp_call(req, -1, buf, sizeof(buf), NULL, 0, NULL); /* the port is free for others at once */
+    }
+    fall_back(s);
+    free(s->backlog[0].data);
+    free(s);
+}
+
+/* Hand the socket to the control plane now that it has an address (under kbp_lock). */
+static void try_accel(struct kbp_sock *s) {
+    struct sockaddr_in a;
+    socklen_t al = sizeof(a);
+    if (s->tried || getsockname(s->fd, (struct sockaddr *)&a, &al) < 0 || a.sin_family != AF_INET || !a.sin_port)
+        return;
+    s->tried = 1;
+    char who[96], buf[1024];
+    describe(s, who, sizeof(who));
+    if ((ntohl(a.sin_addr.s_addr) >> 24) == 127) {
+        kbp_verbose("%s not accelerated: loopback stays the kernel's", who);
+        return;
+    }
+    if (kbp_cp_connect() < 0) return; /* said why once */
+    if (kbp_cp_call("{\"op\":\"accelerate\"}", s->fd, buf, sizeof(buf), NULL, 0, NULL) < 0) {
+        kbp_verbose("%s not accelerated: %s", who, buf);
+        return;
+    }
+    long long rule_id;
+    char ip[32], why[256], iface[32] = "?";
+    kbp_json_str(buf, "iface", iface, sizeof(iface));
+    if (kbp_json_int(buf, "rule_id", &rule_id) || kbp_json_str(buf, "ip", ip, sizeof(ip))) {
+        kbp_verbose("%s not accelerated: a malformed accelerate reply", who);
+        return;
+    }
+    s->rule_id = (int)rule_id;
+    struct kbp_iface *ifc = kbp_iface_get(buf, why, sizeof(why));
+    uint8_t *data = ifc ? malloc((size_t)KBP_BACKLOG * KBP_FRAME_SIZE) : NULL;
+    if (!ifc || !data || ifc->nsocks >= KBP_PAGE_SLOTS) {
+        free(data);
+        if (kbp_cp_fd() >= 0) {
+            char req[160];
+            snprintf(req, sizeof(req), "{\"op\":\"remove\",\"iface\":\"%s\",\"rule_id\":%d}", iface, s->rule_id);
+            kbp_cp_call(req, -1, buf, sizeof(buf), NULL, 0, NULL);
+        }
+        kbp_verbose("%s not accelerated: %s", who, ifc ? "too many sockets" : why);
+        return;
+    }
+    for (int i = 0; i < KBP_BACKLOG; i++) s->backlog[i].data = data + (size_t)i * KBP_FRAME_SIZE;
+    memcpy(s->me.mac, ifc->mac, 6);
+    inet_pton(AF_INET, ip, s->me.ip);
+    uint32_t bc = *(uint32_t *)ifc->ip | ~ifc->netmask;
+    memcpy(s->me.bcast, &bc, 4);
+    s->me.has_bcast = ifc->netmask != 0xFFFFFFFFu && ifc->netmask != htonl(0xFFFFFFFEu);
+    s->me.port = ntohs(a.sin_port);
+    s->ifc = ifc;
+    ifc->socks[ifc->nsocks++] = s;
+    s->slot = kbp_page_slot();
+    if (s->slot) {
+        s->slot->fd = (uint32_t)s->fd;
+        memcpy(s->slot->ip, s->me.ip, 4);
+        s->slot->port = s->me.port;
+        s->slot->used = 1;
+    }
+    s->tmpl_ok = 0;
+    s->accel = 1;
+    kbp_verbose("%s accelerated on %s (%d queues, rule %d)", who, ifc->name, ifc->nq, s->rule_id);
+}
+
+/* ---- socket, bind, connect, close, dup ------------------------------------------------------------- */
+
+int socket(int domain, int type, int protocol) {
+    kbp_init_libc();
+    int fd = kbp_real.socket(domain, type, protocol);
+    int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0 || fd >= KBP_MAX_FD || domain != AF_INET || base != SOCK_DGRAM ||
+        (protocol != 0 && protocol != IPPROTO_UDP))
+        return fd;
+    struct kbp_sock *s = calloc(1, sizeof(*s));
+    if (!s) return fd;
+    s->refs = 1;
+    s->fd = fd;
+    s->nonblock = (type & SOCK_NONBLOCK) != 0;
+    pthread_mutex_lock(&kbp_lock);
+    if (kbp_fds[fd]) release(kbp_fds[fd]); /* closed behind our back (close_range, say) */
+    kbp_fds[fd] = s;
+    pthread_mutex_unlock(&kbp_lock);
+    return fd;
+}
+
+int bind(int fd, const struct sockaddr *addr, socklen_t len) {
+    kbp_init_libc();
+    int r = kbp_real.bind(fd, addr, len);
+    struct kbp_sock *s = kbp_get(fd);
+    if (r == 0 && s) {
+        pthread_mutex_lock(&kbp_lock);
+        try_accel(s);
+        pthread_mutex_unlock(&kbp_lock);
+    }
+    return r;
+}
+
+int connect(int fd, const struct sockaddr *addr, socklen_t len) {
+    kbp_init_libc();
+    int r = kbp_real.connect(fd, addr, len);
+    struct kbp_sock *s = kbp_get(fd);
+    if (r == 0 && s) {
+        pthread_mutex_lock(&kbp_lock);
+        if (addr && addr->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+            const struct sockaddr_in *in = (const struct sockaddr_in *)addr;
+            s->connected = 1;
+            s->peer_ip = in->sin_addr.s_addr;
+            s->peer_port = ntohs(in->sin_port);
+        } else {
+            s->connected = 0; /* AF_UNSPEC: dissolved */
+        }
+        try_accel(s);
+        pthread_mutex_unlock(&kbp_lock);
+    }
+    return r;
+}
+
+static void forget_fd(int fd) {
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s) return;
+    kbp_fds[fd] = NULL;
+    if (--s->refs == 0) release(s);
+    else if (s->fd == fd)
+        for (int i = 0; i < KBP_MAX_FD; i++)
+            if (kbp_fds[i] == s) {
+                s->fd = i;
+                if (s->slot) s->slot->fd = (uint32_t)i;
+                break;
+            }
+}
+
+int close(int fd) {
+    kbp_init_libc();
+    if (fd >= 0 && fd < KBP_MAX_FD) {
+        pthread_mutex_lock(&kbp_lock);
+        forget_fd(fd);
+        kbp_epoll_forget(fd);
+        pthread_mutex_unlock(&kbp_lock);
+    }
+    return kbp_real.close(fd);
+}
+
+static int share(int oldfd, int newfd) {
+    struct kbp_sock *s = kbp_get(oldfd);
+    if (newfd < 0 || newfd >= KBP_MAX_FD || newfd == oldfd) return newfd;
+    pthread_mutex_lock(&kbp_lock);
+    forget_fd(newfd); /* dup2 closed what newfd was */
+    if (s) {
+        s->refs++;
+        kbp_fds[newfd] = s;
+    }
+    pthread_mutex_unlock(&kbp_lock);
+    return newfd;
+}
+
+int dup(int fd) {
+    kbp_init_libc();
+    return share(fd, kbp_real.dup(fd));
+}
+
+int dup2(int fd, int fd2) {
+    kbp_init_libc();
+    return share(fd, kbp_real.dup2(fd, fd2));
+}
+
+int dup3(int fd, int fd2, int flags) {
+    kbp_init_libc();
+    return share(fd, kbp_real.dup3(fd, fd2, flags));
+}
+
+/* ---- receiving ---------------------------------------------------------------------------------------- */
+
+static int kernel_has(int fd) {
+    char c;
+    return kbp_real.recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) >= 0;
+}
+
+int kbp_readable(struct kbp_sock *s) {
+    if (!s->accel) return 0;
+    if (s->bhead == s->btail) kbp_iface_pump(s->ifc, NULL, NULL, 0, NULL);
+    return s->bhead != s->btail;
+}
+
+static long remaining_ms(uint64_t deadline) {
+    if (!deadline) return -1;
+    uint64_t now = kbp_now_ns();
+    return now >= deadline ? 0 : (long)((deadline - now + 999999) / 1000000);
+}
+
+/* The next datagram of an accelerated socket: 1 copied into buf (*g its length, source, time), 0 the kernel
+ * socket has one (or the socket is no longer accelerated: ask the kernel), -1 with errno. Under kbp_lock;
+ * the lock is let go while sleeping. */
+static int next_dgram(struct kbp_sock *s, int fd, void *buf, size_t len, int flags, struct kbp_dgram *g) {
+    int nonblock = s->nonblock || (flags & MSG_DONTWAIT);
+    uint64_t start = kbp_now_ns(), spin_end = start + (uint64_t)kbp_spin_us * 1000;
+    uint64_t deadline = s->rcvtimeo_us ? start + (uint64_t)s->rcvtimeo_us * 1000 : 0;
+    for (unsigned it = 1;; it++) {
+        if (!s->accel) return 0;
+        if (s->bhead != s->btail) {
+            struct kbp_dgram *d = &s->backlog[s->bhead % KBP_BACKLOG];
+            *g = *d;
+            memcpy(buf, d->data, d->len < len ? d->len : len);
+            if (!(flags & MSG_PEEK)) s->bhead++;
+            return 1;
+        }
+        if (kbp_iface_pump(s->ifc, (flags & MSG_PEEK) ? NULL : s, buf, len, g)) return 1;
+        if (s->bhead != s->btail) continue;
+        if (nonblock) {
+            if (s->empty_calls++ % 16 == 0 && kernel_has(fd)) return 0;
+            errno = EAGAIN;
+            return -1;
+        }
+        if (it % 256 == 0 && kernel_has(fd)) return 0;
+        uint64_t now = (it & 15) ? 0 : kbp_now_ns();
+        if (now && deadline && now >= deadline) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (!now || now < spin_end) {
+            if (!(it & 15)) kbp_iface_wake(s->ifc);
+            continue;
+        }
+        if (kernel_has(fd)) return 0;
+        struct pollfd p[KBP_MAX_QUEUES + 2];
+        int qfds[KBP_MAX_QUEUES], cp = kbp_cp_fd();
+        int n = kbp_iface_fds(s->ifc, qfds, KBP_MAX_QUEUES);
+        for (int i = 0; i < n; i++) p[i] = (struct pollfd){qfds[i], POLLIN, 0};
+        p[n++] = (struct pollfd){fd, POLLIN, 0};
+        if (cp >= 0) p[n++] = (struct pollfd){cp, POLLIN, 0};
+        kbp_iface_wake(s->ifc);
+        pthread_mutex_unlock(&kbp_lock);
+        int r = kbp_real.poll(p, (unsigned long)n, (int)remaining_ms(deadline));
+        int e = errno;
+        pthread_mutex_lock(&kbp_lock);
+        if (r < 0 && e == EINTR) {
+            errno = EINTR;
+            return -1;
+        }
+        if (cp >= 0 && cp == kbp_cp_fd() && p[n - 1].revents) kbp_cp_lost();
+        if (r == 0 && deadline && kbp_now_ns() >= deadline) {
+            errno = EAGAIN;
+            return -1;
+        }
+    }
+}
+
+static void fill_name(struct sockaddr *to, socklen_t *tolen, const struct kbp_dgram *g) {
+    if (!to || !tolen) return;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(g->src_port)};
+    memcpy(&a.sin_addr, g->src_ip, 4);
+    memcpy(to, &a, *tolen < sizeof(a) ? *tolen : sizeof(a));
+    *tolen = sizeof(a);
+}
+
+/* recvfrom's work; -2: the kernel's to answer. */
+static ssize_t rx_one(struct kbp_sock *s, int fd, void *buf, size_t len, int flags, struct kbp_dgram *g) {
+    pthread_mutex_lock(&kbp_lock);
+    int r = s->accel ? next_dgram(s, fd, buf, len, flags, g) : 0;
+    if (r == 0 && s->slot) s->slot->rx_kernel++;
+    pthread_mutex_unlock(&kbp_lock);
+    if (r == 0) return -2;
+    if (r < 0) return -1;
+    return (ssize_t)g->len;
+}
+
+ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from, socklen_t *fromlen) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    struct kbp_dgram g;
+    ssize_t r = s && s->accel ? rx_one(s, fd, buf, len, flags, &g) : -2;
+    if (r == -2) return kbp_real.recvfrom(fd, buf, len, flags, from, fromlen);
+    if (r < 0) return r;
+    fill_name(from, fromlen, &g);
+    return (flags & MSG_TRUNC) ? (ssize_t)g.len : (ssize_t)(g.len < len ? g.len : len);
+}
+
+ssize_t recv(int fd, void *buf, size_t len, int flags) { return recvfrom(fd, buf, len, flags, NULL, NULL); }
+
+ssize_t read(int fd, void *buf, size_t len) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s || !s->accel) return kbp_real.read(fd, buf, len);
+    return recvfrom(fd, buf, len, 0, NULL, NULL);
+}
+
+static void put_timestamp(struct msghdr *m, const struct kbp_sock *s, uint64_t ns) {
+    size_t used = 0;
+    if (s->ts_mode && m->msg_control) {
+        int ns_mode = s->ts_mode == 2;
+        size_t dl = ns_mode ? sizeof(struct timespec) : sizeof(struct timeval);
+        if (m->msg_controllen >= CMSG_SPACE(dl)) {
+            struct cmsghdr *c = (struct cmsghdr *)m->msg_control;
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = ns_mode ? SCM_TIMESTAMPNS : SCM_TIMESTAMP;
+            c->cmsg_len = CMSG_LEN(dl);
+            if (ns_mode) {
+                struct timespec t = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+                memcpy(CMSG_DATA(c), &t, sizeof(t));
+            } else {
+                struct timeval t = {(time_t)(ns / 1000000000ull), (suseconds_t)(ns % 1000000000ull / 1000)};
+                memcpy(CMSG_DATA(c), &t, sizeof(t));
+            }
+            used = CMSG_SPACE(dl);
+        } else {
+            m->msg_flags |= MSG_CTRUNC;
+        }
+    }
+    m->msg_controllen = used;
+}
+
+ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s || !s->accel) return kbp_real.recvmsg(fd, m, flags);
+    uint8_t tmp[KBP_FRAME_SIZE];
+    struct kbp_dgram g;
+    ssize_t r = rx_one(s, fd, tmp, sizeof(tmp), flags, &g);
+    if (r == -2) return kbp_real.recvmsg(fd, m, flags);
+    if (r < 0) return r;
+    size_t off = 0;
+    for (size_t i = 0; i < m->msg_iovlen && off < g.len; i++) {
+        size_t k = g.len - off < m->msg_iov[i].iov_len ? g.len - off : m->msg_iov[i].iov_len;
+        memcpy(m->msg_iov[i].iov_base, tmp + off, k);
+        off += k;
+    }
+    m->msg_flags = off < g.len ? MSG_TRUNC : 0;
+    fill_name(m->msg_name, &m->msg_namelen, &g);
+    put_timestamp(m, s, g.ts_ns);
+    return (flags & MSG_TRUNC) ? (ssize_t)g.len : (ssize_t)off;
+}
+
+int recvmmsg(int fd, struct mmsghdr *v, unsigned n, int flags, struct timespec *timeout) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s || !s->accel) return kbp_real.recvmmsg(fd, v, n, flags, timeout);
+    unsigned got = 0;
+    for (; got < n; got++) {
+        /* the first waits as a recvmsg would; the rest only take what is there (MSG_WAITFORONE's way) */
+        ssize_t r = recvmsg(fd, &v[got].msg_hdr, got ? (flags | MSG_DONTWAIT) : (flags & ~MSG_WAITFORONE));
+        if (r < 0) break;
+        v[got].msg_len = (unsigned)r;
+    }
+    return got ? (int)got : -1;
+}
+
+/* ---- sending ------------------------------------------------------------------------------------------ */
+
+/* 1: sent through the rings; 0: the kernel's to send. */
+static int tx_one(struct kbp_sock *s, const struct sockaddr *to, socklen_t tolen, const void *buf, size_t len) {
+    uint32_t ip;
+    uint16_t port;
+    if (to) {
+        if (to->sa_family != AF_INET || tolen < sizeof(struct sockaddr_in)) return 0;
+        ip = ((const struct sockaddr_in *)to)->sin_addr.s_addr;
+        port = ntohs(((const struct sockaddr_in *)to)->sin_port);
+    } else if (s->connected) {
+        ip = s->peer_ip, port = s->peer_port;
+    } else {
+        return 0; /* the kernel says EDESTADDRREQ */
+    }
+    pthread_mutex_lock(&kbp_lock);
+    int sent = s->accel && kbp_iface_send(s->ifc, s, ip, port, buf, (uint32_t)len) == 0;
+    if (s->slot) {
+        if (sent) s->slot->tx++;
+        else s->slot->tx_kernel++;
+    }
+    pthread_mutex_unlock(&kbp_lock);
+    return sent;
+}
+
+static void after_kernel_send(struct kbp_sock *s) {
+    if (s->tried) return;
+    pthread_mutex_lock(&kbp_lock);
+    try_accel(s); /* the send autobound it: from the next datagram on, the rings */
+    pthread_mutex_unlock(&kbp_lock);
+}
+
+ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (s && s->accel && len <= 65507 && tx_one(s, to, tolen, buf, len)) return (ssize_t)len;
+    ssize_t r = kbp_real.sendto(fd, buf, len, flags, to, tolen);
+    if (s && r >= 0) after_kernel_send(s);
+    return r;
+}
+
+ssize_t send(int fd, const void *buf, size_t len, int flags) { return sendto(fd, buf, len, flags, NULL, 0); }
+
+ssize_t write(int fd, const void *buf, size_t len) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s) return kbp_real.write(fd, buf, len);
+    return sendto(fd, buf, len, 0, NULL, 0);
+}
+
+ssize_t sendmsg(int fd, const struct msghdr *m, int flags) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (s && s->accel && !m->msg_controllen) {
+        uint8_t tmp[KBP_FRAME_SIZE];
+        size_t len = 0;
+        int fits = 1;
+        for (size_t i = 0; i < m->msg_iovlen && fits; i++) {
+            if (len + m->msg_iov[i].iov_len > sizeof(tmp)) fits = 0;
+            else memcpy(tmp + len, m->msg_iov[i].iov_base, m->msg_iov[i].iov_len), len += m->msg_iov[i].iov_len;
+        }
+        if (fits && tx_one(s, m->msg_name, m->msg_namelen, tmp, len)) return (ssize_t)len;
+    }
+    ssize_t r = kbp_real.sendmsg(fd, m, flags);
+    if (s && r >= 0) after_kernel_send(s);
+    return r;
+}
+
+int sendmmsg(int fd, struct mmsghdr *v, unsigned n, int flags) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s) return kbp_real.sendmmsg(fd, v, n, flags);
+    unsigned i = 0;
+    for (; i < n; i++) {
+        ssize_t r = sendmsg(fd, &v[i].msg_hdr, flags);
+        if (r < 0) break;
+        v[i].msg_len = (unsigned)r;
+    }
+    return i ? (int)i : -1;
+}
+
+/* ---- options, flags --------------------------------------------------------------------------------- */
+
+static long tv_us(const void *v, socklen_t len) {
+    if (len < sizeof(struct timeval)) return 0;
+    const struct timeval *t = v;
+    return (long)t->tv_sec * 1000000 + t->tv_usec;
+}
+
+int setsockopt(int fd, int level, int name, const void *v, socklen_t len) {
+    kbp_init_libc();
+    int r = kbp_real.setsockopt(fd, level, name, v, len); /* the kernel keeps them all: getsockopt is its */
+    struct kbp_sock *s = kbp_get(fd);
+    if (r < 0 || !s) return r;
+    int iv = len >= sizeof(int) ? *(const int *)v : 0;
+    pthread_mutex_lock(&kbp_lock);
+    if (level == SOL_SOCKET && name == SO_RCVTIMEO) s->rcvtimeo_us = tv_us(v, len);
+    else if (level == SOL_SOCKET && name == SO_SNDTIMEO) s->sndtimeo_us = tv_us(v, len);
+    else if (level == SOL_SOCKET && name == SO_TIMESTAMP) s->ts_mode = iv ? 1 : 0;
+    else if (level == SOL_SOCKET && name == SO_TIMESTAMPNS) s->ts_mode = iv ? 2 : 0;
+    else if (level == IPPROTO_IP && name == IP_TOS) s->tos = iv & 0xFC, s->tmpl_ok = 0;
+    pthread_mutex_unlock(&kbp_lock);
+    return r;
+}
+
+int fcntl(int fd, int cmd, ...) {
+    kbp_init_libc();
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    int r = kbp_real.fcntl(fd, cmd, arg);
+    struct kbp_sock *s = kbp_get(fd);
+    if (r >= 0 && s && cmd == F_SETFL) s->nonblock = ((long)arg & O_NONBLOCK) != 0;
+    if (r >= 0 && cmd == F_DUPFD) return share(fd, r);
+    if (r >= 0 && cmd == F_DUPFD_CLOEXEC) return share(fd, r);
+    return r;
+}
+
+int fcntl64(int fd, int cmd, ...) {
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    return fcntl(fd, cmd, arg);
+}
+
+int ioctl(int fd, unsigned long req, ...) {
+    kbp_init_libc();
+    va_list ap;
+    va_start(ap, req);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    struct kbp_sock *s = kbp_get(fd);
+    if (s && s->accel && req == FIONREAD && arg) {
+        pthread_mutex_lock(&kbp_lock);
+        int n = -1;
+        if (s->accel && kbp_readable(s)) n = (int)s->backlog[s->bhead % KBP_BACKLOG].len;
+        pthread_mutex_unlock(&kbp_lock);
+        if (n >= 0) {
+            *(int *)arg = n;
+            return 0;
+        }
+    }
+    int r = kbp_real.ioctl(fd, req, arg);
+    if (r == 0 && s && req == FIONBIO && arg) s->nonblock = *(int *)arg != 0;
+    return r;
+}

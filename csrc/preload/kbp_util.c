@@ -1,0 +1,55 @@
+/* kbp_util.c: libc's own functions (dlsym RTLD_NEXT), the shim's log lines and clock. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kbp.h"
+
+struct kbp_libc kbp_real;
+
+#define LOAD(name) kbp_real.name = (__typeof__(kbp_real.name))dlsym(RTLD_NEXT, #name)
+
+void kbp_init_libc(void) {
+    if (kbp_real.socket) return;
+    LOAD(bind), LOAD(connect), LOAD(close), LOAD(sendto), LOAD(recvfrom), LOAD(sendmsg), LOAD(recvmsg);
+    LOAD(sendmmsg), LOAD(recvmmsg), LOAD(send), LOAD(recv), LOAD(read), LOAD(write), LOAD(setsockopt);
+    LOAD(getsockopt), LOAD(fcntl), LOAD(ioctl), LOAD(dup), LOAD(dup2), LOAD(dup3), LOAD(poll), LOAD(ppoll);
+    LOAD(select), LOAD(pselect), LOAD(epoll_ctl), LOAD(epoll_wait), LOAD(epoll_pwait);
+    LOAD(socket); /* last: it is the "loaded" mark */
+}
+
+static void out(const char *fmt, va_list ap) {
+    char line[640];
+    int n = snprintf(line, sizeof(line), "kbypass[%d]: ", getpid());
+    n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    if (n > (int)sizeof(line) - 2) n = (int)sizeof(line) - 2;
+    line[n++] = '\n';
+    kbp_init_libc();
+    (void)!kbp_real.write(2, line, (size_t)n);
+}
+
+void kbp_say(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    out(fmt, ap);
+    va_end(ap);
+}
+
+void kbp_verbose(const char *fmt, ...) {
+    if (!kbp_log) return;
+    va_list ap;
+    va_start(ap, fmt);
+    out(fmt, ap);
+    va_end(ap);
+}
+
+uint64_t kbp_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}

@@ -1,0 +1,119 @@
+"""What the preload shim (`kbypass run`, csrc/preload) asks the control plane: `accelerate` and `next_hop`.
+
+`accelerate` comes with one fd: the application's own UDP socket, already bound in the kernel. That socket is
+the proof of ownership a peer credential cannot give: the kernel let this process bind ip:port, so this
+process may have that port's datagrams steered to its AF_XDP sockets (an unprivileged app too, without
+--allow-kernel-ports: the kernel socket on the port is its own placeholder). The control plane reads the
+address from the socket (never from the message), finds the interface that holds it, adds the rule
+`udp dst IP dport PORT` in the client's socket group and answers what the shim needs to build frames: the
+interface, its MAC, MTU, receive queues, the address's prefix. The shim then asks `open_socket` for each
+queue it has no socket on yet. Everything goes with the client's connection (kill -9 included).
+
+`next_hop` {iface, dst} answers the MAC the kernel's routes and neighbour table give for dst out of iface
+(the gateway's for an off-link dst), "" while the kernel is still resolving it (it is asked to, NTF_USE): the
+shim then sends that datagram through its kernel socket and asks again later. So the shim needs no netlink.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from kbypass.xsk.socket import rx_queue_count
+
+from .protocol import ProtocolError
+
+NTF_USE = 0x01
+NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
+
+
+def bound_flow(fd: int) -> tuple[str, int]:
+    """The IPv4 address and port an application's UDP socket is bound to; ProtocolError otherwise."""
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        raise ProtocolError("accelerate: send the application's bound UDP socket with it") from None
+    try:
+        if s.family != socket.AF_INET or s.type != socket.SOCK_DGRAM or \
+                s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) != socket.IPPROTO_UDP:
+            raise ProtocolError("accelerate: only IPv4 UDP sockets are accelerated")
+        ip, port = s.getsockname()
+    finally:
+        s.detach()  # the caller closes the fd
+    if port == 0:
+        raise ProtocolError("accelerate: bind the socket first (its port is 0)")
+    return ip, port
+
+
+class Routes:
+    """The namespace's addresses, routes and neighbours through one netlink socket (made lazily, in the
+    control plane's namespace)."""
+
+    def __init__(self) -> None:
+        self._ipr = None
+
+    @property
+    def ipr(self):
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    def _addresses(self) -> list[tuple[str, ipaddress.IPv4Interface]]:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in self.ipr.get_links()}
+        return [(names.get(a["index"], "?"), ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
+                for a in self.ipr.get_addr(family=socket.AF_INET)]
+
+    def place(self, ip: str, served: set[str]) -> tuple[str, ipaddress.IPv4Interface]:
+        """The interface (and its address) a socket bound to ip is accelerated on. A wildcard bind takes the
+        one served interface with an address (with several, the app must bind one of their addresses)."""
+        addrs = [(name, a) for name, a in self._addresses() if name != "lo" and not a.ip.is_loopback]
+        if ip != "0.0.0.0":
+            for name, a in addrs:
+                if str(a.ip) == ip:
+                    if served and name not in served:
+                        raise ProtocolError(f"{ip} is on {name}, which this control plane does not serve "
+                                            f"(--iface {', '.join(sorted(served))})")
+                    return name, a
+            raise ProtocolError(f"{ip} is not an address of an interface here (loopback stays the kernel's)")
+        if served:
+            addrs = [(n, a) for n, a in addrs if n in served]
+        names = sorted({n for n, _ in addrs})
+        if len(names) != 1:
+            raise ProtocolError(f"bound to 0.0.0.0 with {len(names)} candidate interfaces ({', '.join(names)}): bind "
+                                "one interface's address, or serve one interface (kbypass run --iface)")
+        return addrs[0]
+
+    def describe(self, iface: str, addr: ipaddress.IPv4Interface) -> dict:
+        index = self.ipr.link_lookup(ifname=iface)[0]
+        link = self.ipr.get_links(index)[0]
+        return {"iface": iface, "ifindex": index, "mac": link.get_attr("IFLA_ADDRESS"),
+                "mtu": int(link.get_attr("IFLA_MTU")), "ip": str(addr.ip), "prefixlen": addr.network.prefixlen,
+                "queues": rx_queue_count(iface) or 1}
+
+    def next_hop(self, iface: str, dst: str) -> str:
+        """The MAC a datagram to dst leaves iface for, "" while unknown (and the kernel asked to resolve)."""
+        try:
+            ipaddress.IPv4Address(dst)
+        except ValueError:
+            raise ProtocolError(f"next_hop: {dst!r} is not an IPv4 address") from None
+        found = self.ipr.link_lookup(ifname=iface)
+        if not found:
+            raise ProtocolError(f"next_hop: no interface {iface!r}")
+        index = found[0]
+        route = self.ipr.route("get", dst=dst)[0]
+        if route.get_attr("RTA_OIF") != index:
+            raise ProtocolError(f"{dst} is routed out of another interface than {iface}")
+        hop = route.get_attr("RTA_GATEWAY") or dst
+        for n in self.ipr.get_neighbours(ifindex=index, family=socket.AF_INET, dst=hop):
+            mac = n.get_attr("NDA_LLADDR")
+            if mac and n["state"] & NUD_USABLE and n.get_attr("NDA_DST") == hop:
+                return mac
+        self.ipr.neigh("replace", dst=hop, ifindex=index, flags=NTF_USE, state=0)
+        return ""

@@ -1,0 +1,124 @@
+"""`kbypass run [--spin US] [--iface IF] [--log] -- APP ARGS...`: an unmodified program's UDP sockets on AF_XDP.
+
+Preloads libkbypass-preload.so (csrc/preload: the shim), makes sure this namespace's control plane runs
+(starting one that lets unprivileged apps in: `--users all`, for the interfaces named with --iface or, by
+default, every interface with an IPv4 address), and execs APP in place of this process (same pid, same
+signals, its exit status). The shim asks the control plane for each UDP socket the app binds or sends from
+(kbypass.cp.accel); sockets it cannot accelerate stay kernel sockets, said per socket with --log
+(KBYPASS_LOG=1). No control plane, and none can be started: the app runs on the kernel, with one warning.
+
+`kbypass run --status` lists the accelerated sockets of the apps running here, with their counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+
+import kbypass
+from kbypass.cp import client as cpclient
+from kbypass.cp import paths
+from kbypass.errors import KbypassError, UsageError
+from kbypass.tools._options import add_json, int_range
+from kbypass.tools._output import emit
+
+SHIM = os.path.join(os.path.dirname(kbypass.__file__), "preload", "libkbypass-preload.so")
+IDLE_EXIT = 60.0  # seconds a control plane started here outlives its last client (an app connects lazily)
+COUNTERS = ("rx", "tx", "rx_kernel", "tx_kernel", "rx_dropped", "tx_failed")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run an unmodified program with its UDP sockets on AF_XDP (LD_PRELOAD)")
+    p.add_argument("--spin", type=int_range(0, 10_000_000, "microseconds"), default=0, metavar="US",
+                   help="blocking calls spin on the rings this long before sleeping (KBYPASS_SPIN_US; 0 never "
+                        "spins)")
+    p.add_argument("-i", "--iface", help="the interfaces to accelerate, comma-separated (default: every interface "
+                                         "with an IPv4 address but lo; for a control plane this command starts)")
+    p.add_argument("--log", action="store_true", help="say per socket why it is or is not accelerated "
+                                                      "(KBYPASS_LOG=1)")
+    p.add_argument("--status", action="store_true", help="list the accelerated sockets of running apps instead")
+    add_json(p, "with --status: print it as JSON")
+    p.add_argument("app", nargs=argparse.REMAINDER, metavar="-- APP ARGS", help="the program and its arguments")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.status:
+        if args.app:
+            raise UsageError("--status lists running apps: give it no program")
+        return _status(args.json)
+    app = args.app[1:] if args.app[:1] == ["--"] else args.app
+    if not app:
+        raise UsageError("name the program to run: kbypass run -- APP ARGS...")
+    if args.json:
+        raise UsageError("--json goes with --status")
+    exe = shutil.which(app[0])
+    if exe is None:
+        raise UsageError(f"no program {app[0]!r} on PATH")
+    if not os.path.exists(SHIM):
+        raise UsageError(f"the preload shim is not built ({SHIM}): run 'make setup'")
+    env = dict(os.environ)
+    name = paths.namespace_name(None)
+    if _control_plane(name, args.iface):
+        env["LD_PRELOAD"] = " ".join(w for w in (SHIM, env.get("LD_PRELOAD", "")) if w)
+        env["KBYPASS_CP_SOCKET"] = paths.socket_path(name)
+        env["KBYPASS_SPIN_US"] = str(args.spin)
+        if args.log:
+            env["KBYPASS_LOG"] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(exe, app, env)
+    return 0  # not reached
+
+
+def _ifaces(wanted: str | None) -> list[str]:
+    if wanted:
+        return [i for i in wanted.split(",") if i]
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        return sorted({names[a["index"]] for a in ipr.get_addr(family=socket.AF_INET)
+                       if a["index"] in names and names[a["index"]] != "lo"})
+
+
+def _control_plane(name: str, iface: str | None) -> bool:
+    """A control plane serves this namespace (started here if needed): False after one warning line."""
+    if cpclient.running(None):
+        return True
+    if os.geteuid() != 0:
+        print(f"kbypass: warning: no control plane serves namespace {name} and only root starts one ('kbypass cp "
+              "start --users all --iface IF' as root): the app runs on kernel sockets", file=sys.stderr)
+        return False
+    options = ["--idle-exit", str(IDLE_EXIT), "--users", "all"]
+    options += [w for i in _ifaces(iface) for w in ("--iface", i)]
+    try:
+        cpclient.spawn_and_connect(None, name, tuple(options)).close()
+    except (KbypassError, OSError) as e:
+        print(f"kbypass: warning: could not start the control plane ({e}): the app runs on kernel sockets",
+              file=sys.stderr)
+        return False
+    return True
+
+
+def _status(as_json: bool) -> int:
+    name = paths.namespace_name(None)
+    try:
+        with cpclient.ControlPlaneClient(None, start=False, command="kbypass run --status") as cp:
+            st = cp.status()
+    except cpclient.ControlPlaneMissing:
+        st = {"clients": []}
+    apps = [{"pid": c["pid"], "command": c["command"], "sockets": c["shim"]} for c in st["clients"] if "shim" in c]
+    if as_json:
+        emit({"namespace": name, "apps": apps}, True)
+        return 0
+    rows = [{"pid": str(a["pid"]), "command": a["command"], "fd": str(s["fd"]), "local": s["local"],
+             **{k: str(s[k]) for k in COUNTERS}} for a in apps for s in a["sockets"]]
+    if not rows:
+        print(f"no accelerated sockets in namespace {name} (start an app with 'kbypass run -- APP')")
+        return 0
+    emit({"accelerated sockets": rows}, False, title=f"kbypass run: namespace {name}")
+    return 0
