@@ -460,20 +460,29 @@ static int tx_one(struct kbp_sock *s, const struct sockaddr *to, socklen_t tolen
     return sent;
 }
 
-static void after_kernel_send(struct kbp_sock *s) {
+/* A socket's first send: the kernel would autobind it to 0.0.0.0 and an ephemeral port; bind it so here, so
+ * that it can be accelerated before its first datagram. */
+static void before_first_send(struct kbp_sock *s) {
     if (s->tried) return;
     pthread_mutex_lock(&kbp_lock);
-    try_accel(s); /* the send autobound it: from the next datagram on, the rings */
+    struct sockaddr_in a;
+    socklen_t al = sizeof(a);
+    if (!s->tried && getsockname(s->fd, (struct sockaddr *)&a, &al) == 0 && a.sin_family == AF_INET) {
+        if (!a.sin_port) {
+            struct sockaddr_in any = {.sin_family = AF_INET};
+            kbp_real.bind(s->fd, (struct sockaddr *)&any, sizeof(any));
+        }
+        try_accel(s);
+    }
     pthread_mutex_unlock(&kbp_lock);
 }
 
 ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
+    if (s) before_first_send(s);
     if (s && s->accel && len <= 65507 && tx_one(s, to, tolen, buf, len)) return (ssize_t)len;
-    ssize_t r = kbp_real.sendto(fd, buf, len, flags, to, tolen);
-    if (s && r >= 0) after_kernel_send(s);
-    return r;
+    return kbp_real.sendto(fd, buf, len, flags, to, tolen);
 }
 
 ssize_t send(int fd, const void *buf, size_t len, int flags) { return sendto(fd, buf, len, flags, NULL, 0); }
@@ -488,6 +497,7 @@ ssize_t write(int fd, const void *buf, size_t len) {
 ssize_t sendmsg(int fd, const struct msghdr *m, int flags) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
+    if (s) before_first_send(s);
     if (s && s->accel && !m->msg_controllen) {
         uint8_t tmp[KBP_FRAME_SIZE];
         size_t len = 0;
@@ -498,9 +508,7 @@ ssize_t sendmsg(int fd, const struct msghdr *m, int flags) {
         }
         if (fits && tx_one(s, m->msg_name, m->msg_namelen, tmp, len)) return (ssize_t)len;
     }
-    ssize_t r = kbp_real.sendmsg(fd, m, flags);
-    if (s && r >= 0) after_kernel_send(s);
-    return r;
+    return kbp_real.sendmsg(fd, m, flags);
 }
 
 int sendmmsg(int fd, struct mmsghdr *v, unsigned n, int flags) {

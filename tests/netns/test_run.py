@@ -1,0 +1,240 @@
+"""`kbypass run -- APP` on the testbed: unmodified programs (sockperf, socat, python) with the preload shim,
+against plain kernel peers in the other namespace. Each test proves the datagrams went through the rings
+with the shim's own counters (`kbypass run --status --json`: rx/tx through AF_XDP, rx_kernel/tx_kernel
+through the placeholder kernel socket), not only that the program worked."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kbypass.cp import paths
+from kbypass.cp.client import ControlPlaneClient
+from kbypass.cp.lock import terminate
+from kbypass.tools.run import SHIM
+
+KB = os.path.join(os.path.dirname(sys.executable), "kbypass")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(SHIM), reason="the preload shim is not built: make setup")
+
+
+@pytest.fixture
+def hosts(testbed_hosts):
+    a, b = testbed_hosts
+    for h in (a, b):
+        terminate(paths.namespace_name(h.netns))
+    yield a, b
+    for h in (a, b):
+        terminate(paths.namespace_name(h.netns))
+
+
+def in_ns(host, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", host.netns, *argv]
+
+
+def run_app(host, *argv: str, spin: int = 0, user: list[str] = (), **kw) -> subprocess.Popen:
+    """APP under `kbypass run --log` in host's namespace (user: a setpriv prefix for the app only)."""
+    cmd = in_ns(host, KB, "run", "--log", "--spin", str(spin), "--", *user, *argv)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def status(host) -> list[dict]:
+    out = subprocess.run(in_ns(host, KB, "run", "--status", "--json"), capture_output=True, text=True, check=True)
+    return [dict(s, pid=app["pid"], command=app["command"]) for app in json.loads(out.stdout)["apps"]
+            for s in app["sockets"]]
+
+
+def wait_for(pred, timeout: float = 10.0, what: str = "it"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def sockets_of(host, port: int) -> list[dict]:
+    return [s for s in status(host) if s["local"].endswith(f":{port}")]
+
+
+def stop(p: subprocess.Popen) -> str:
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    out, _ = p.communicate()
+    return out
+
+
+def observations(out: str) -> int:
+    m = re.search(r"Total (\d+) observations", out)
+    return int(m.group(1)) if m else 0
+
+
+def test_sockperf_server_under_run_answers_a_kernel_sockperf(hosts):
+    a, b = hosts
+    srv = run_app(b, "sockperf", "server", "-i", b.ipv4, "-p", "11111")
+    try:
+        wait_for(lambda: sockets_of(b, 11111), what="the server's socket to be accelerated")
+        cli = subprocess.run(in_ns(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11111", "-t", "1"),
+                             capture_output=True, text=True, timeout=60)
+        assert observations(cli.stdout + cli.stderr) > 100, cli.stdout + cli.stderr
+        (s,) = sockets_of(b, 11111)
+        assert s["rx"] > 100 and s["tx"] > 100  # through the rings, both ways
+        assert s["rx_kernel"] == 0 and s["rx_dropped"] == 0
+    finally:
+        out = stop(srv)
+    assert "accelerated on" in out, out
+
+
+def test_sockperf_client_under_run_measures_a_kernel_sockperf_server(hosts):
+    a, b = hosts
+    srv = subprocess.Popen(in_ns(b, "sockperf", "server", "-i", b.ipv4, "-p", "11112"), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        cli = run_app(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11112", "-t", "2", spin=200)
+        mid = wait_for(lambda: [s for s in status(a) if s["rx"] > 50], what="the client's datagrams on the rings")
+        out, _ = cli.communicate(timeout=60)
+    finally:
+        srv.kill()
+        srv.wait()
+    assert cli.returncode == 0, out
+    assert observations(out) > 100, out
+    assert mid[0]["tx"] > 50 and mid[0]["rx_dropped"] == 0
+
+
+def test_socat_recv_and_sendto_under_run(hosts, tmp_path):
+    a, b = hosts
+    got = tmp_path / "got.txt"
+    recv = run_app(b, "socat", "-u", f"UDP-RECV:5555,bind={b.ipv4}", f"OPEN:{got},creat,trunc")
+    try:
+        wait_for(lambda: sockets_of(b, 5555), what="socat's socket")
+        lines = "".join(f"line {i}\n" for i in range(20))
+        send = run_app(a, "socat", "-u", "-b", "8", "-", f"UDP-SENDTO:{b.ipv4}:5555", stdin=subprocess.PIPE)
+        out, _ = send.communicate(lines, timeout=30)
+        assert "accelerated on" in out, out
+        wait_for(lambda: got.exists() and got.read_text().count("\n") == 20, what="socat to write every line")
+        (s,) = sockets_of(b, 5555)
+        assert s["rx"] >= 10 and s["rx_kernel"] == 0  # socat reads 8 bytes at a time: a datagram each
+    finally:
+        stop(recv)
+    assert got.read_text() == lines
+
+
+def test_kill_9_of_the_app_frees_its_rule_and_port_at_once(hosts):
+    a, b = hosts
+    first = run_app(b, "sockperf", "server", "-i", b.ipv4, "-p", "11113")
+    wait_for(lambda: sockets_of(b, 11113), what="the first app's socket")
+    first.kill()
+    first.wait()
+    wait_for(lambda: not _rules(b), timeout=1.0, what="its rule to go within a second")
+    second = run_app(b, "sockperf", "server", "-i", b.ipv4, "-p", "11113")
+    try:
+        wait_for(lambda: sockets_of(b, 11113), what="the next app on the same port")
+        cli = subprocess.run(in_ns(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11113", "-t", "1"),
+                             capture_output=True, text=True, timeout=60)
+        assert observations(cli.stdout) > 100
+    finally:
+        stop(second)
+
+
+def _rules(host) -> list:
+    with ControlPlaneClient(host.netns, start=False) as cp:
+        return [r for i in cp.status()["interfaces"] for r in i["rules"]]
+
+
+def test_kill_9_of_the_control_plane_one_error_and_the_app_goes_on_on_the_kernel(hosts):
+    a, b = hosts
+    srv = run_app(b, "sockperf", "server", "-i", b.ipv4, "-p", "11114")
+    try:
+        wait_for(lambda: sockets_of(b, 11114), what="the server's socket")
+        pid = int(open(paths.lock_path(paths.namespace_name(b.netns))).read().strip())
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        cli = subprocess.run(in_ns(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11114", "-t", "1"),
+                             capture_output=True, text=True, timeout=60)
+        assert observations(cli.stdout) > 100, cli.stdout  # answered by the kernel socket now
+        assert srv.poll() is None
+    finally:
+        out = stop(srv)
+    assert out.count("the control plane went away") == 1, out
+    assert "Traceback" not in out
+
+
+def test_an_unprivileged_app_is_accelerated_by_a_root_control_plane(hosts):
+    a, b = hosts
+    srv = run_app(b, "sockperf", "server", "-i", b.ipv4, "-p", "11115", user=UNPRIVILEGED)
+    try:
+        (s,) = wait_for(lambda: sockets_of(b, 11115), what="the unprivileged app's socket")
+        assert int(subprocess.check_output(["stat", "-c", "%u", f"/proc/{s['pid']}"])) == 65534
+        cli = subprocess.run(in_ns(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11115", "-t", "1"),
+                             capture_output=True, text=True, timeout=60)
+        assert observations(cli.stdout) > 100
+        assert sockets_of(b, 11115)[0]["rx"] > 100
+    finally:
+        stop(srv)
+
+
+EPOLL_APP = r"""
+import select, socket, sys
+acc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); acc.bind((sys.argv[1], 7001))
+ker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); ker.bind(("127.0.0.1", 7002))
+ep = select.epoll(); ep.register(acc.fileno(), select.EPOLLIN); ep.register(ker.fileno(), select.EPOLLIN)
+print("ready", flush=True)
+seen = set()
+while len(seen) < 2:
+    for fd, ev in ep.poll(10):
+        s = acc if fd == acc.fileno() else ker
+        data, peer = s.recvfrom(100)
+        seen.add(fd)
+        print("got", "accelerated" if s is acc else "kernel", data.decode(), flush=True)
+        if s is acc:
+            ker.sendto(b"from-kernel", ("127.0.0.1", 7002))
+"""
+
+
+def test_epoll_over_an_accelerated_and_a_kernel_socket(hosts):
+    a, b = hosts
+    app = run_app(b, sys.executable, "-c", EPOLL_APP, b.ipv4)
+    try:
+        wait_for(lambda: sockets_of(b, 7001), what="the accelerated socket")
+        subprocess.run(in_ns(a, sys.executable, "-c", f"import socket; socket.socket(socket.AF_INET, "
+                             f"socket.SOCK_DGRAM).sendto(b'from-a', ('{b.ipv4}', 7001))"), check=True)
+        out, _ = app.communicate(timeout=20)
+    finally:
+        stop(app)
+    assert "got accelerated from-a" in out and "got kernel from-kernel" in out, out
+    assert "127.0.0.1:7002) not accelerated: loopback" in out, out
+
+
+def test_an_address_off_the_served_interfaces_stays_on_the_kernel_with_one_line(hosts):
+    a, b = hosts
+    code = "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 7003))"
+    out = subprocess.run(in_ns(b, KB, "run", "--log", "--", sys.executable, "-c", code), capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0
+    assert out.stderr.count("not accelerated") == 1, out.stderr
+
+
+def test_no_control_plane_and_none_startable_one_warning_and_the_kernel(hosts):
+    a, b = hosts
+    code = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('%s', 7004)); "
+            "print('bound', flush=True)" % b.ipv4)
+    out = subprocess.run(in_ns(b, *UNPRIVILEGED, KB, "run", "--", "/usr/bin/python3", "-c", code),
+                         capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "bound" in out.stdout
+    assert out.stderr.count("warning") == 1 and "kernel sockets" in out.stderr, out.stderr
