@@ -52,6 +52,7 @@ BASE = {
     "cp start": ["cp", "start"],
     "cp status": ["cp", "status"],
     "cp stop": ["cp", "stop"],
+    "run": ["run", "--status"],  # (an app after "--" would take the options tried after it)
 }
 # Options that mean something only with another option: given with it, so that the value is what is tried
 # (an option the backend ignores is refused for that reason, which would hide a missing range check).
@@ -86,6 +87,7 @@ VALID = {
     ("pingpong client", "--port"): {"0"},  # a client's local port: 0 picks a free one
     ("xfer send", "--port"): {"0"},
     ("xfer send", "--size"): {"0"},  # an empty transfer
+    ("run", "--spin"): {"0"},  # never spin
 }
 PATH_TYPES = {"output_file.<locals>.parse", "output_dir", "input_file"}
 NAME_TYPES = {"testbed_prefix"}  # a name, not a number: "nan" and "0" are fine testbed prefixes
@@ -159,6 +161,9 @@ def guarded(monkeypatch, tmp_path):
     monkeypatch.setattr(report, "load", reached("kbypass.tools.report.load"))
     monkeypatch.setattr(server, "serve", reached("kbypass.cp.server.serve"))
     monkeypatch.setattr(ControlPlaneClient, "__init__", reached("ControlPlaneClient()"))
+    from kbypass.tools import run as run_tool
+
+    monkeypatch.setattr(run_tool, "_control_plane", reached("kbypass.tools.run._control_plane"))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)

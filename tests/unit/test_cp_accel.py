@@ -1,0 +1,106 @@
+"""The control plane's requests for the preload shim (kbypass.cp.accel, kbypass.cp.shimpage), without a network:
+the socket an app sends is the only source of the flow, and the counters page is mapped only when it is a
+sealed memfd of the right layout."""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import socket
+import struct
+
+import pytest
+
+from kbypass.cp import protocol, shimpage
+from kbypass.cp.accel import bound_flow
+from kbypass.cp.protocol import ProtocolError
+
+
+def test_accelerate_and_shim_page_take_exactly_one_fd():
+    assert protocol.decode_request(b'{"op":"accelerate"}', 1).op == "accelerate"
+    with pytest.raises(ProtocolError, match="send 1 file descriptor"):
+        protocol.decode_request(b'{"op":"accelerate"}', 0)
+    with pytest.raises(ProtocolError, match="unknown field"):
+        protocol.decode_request(b'{"op":"accelerate","ip":"10.0.0.1"}', 1)  # the address is the socket's
+    with pytest.raises(ProtocolError, match="send 1 file descriptor"):
+        protocol.decode_request(b'{"op":"shim_page"}', 0)
+    assert protocol.decode_request(b'{"op":"next_hop","iface":"x","dst":"10.0.0.1"}').args["dst"] == "10.0.0.1"
+    with pytest.raises(ProtocolError, match="missing 'dst'"):
+        protocol.decode_request(b'{"op":"next_hop","iface":"x"}')
+
+
+def test_the_flow_is_read_from_the_bound_socket():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with pytest.raises(ProtocolError, match="bind the socket first"):
+            bound_flow(s.fileno())
+        s.bind(("127.0.0.1", 0))
+        assert bound_flow(s.fileno()) == ("127.0.0.1", s.getsockname()[1])
+        assert s.fileno() >= 0  # not closed by the check
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+        t.bind(("127.0.0.1", 0))
+        with pytest.raises(ProtocolError, match="only IPv4 UDP"):
+            bound_flow(t.fileno())
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ProtocolError, match="bound UDP socket"):
+            bound_flow(r)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _page(seal: bool = True, magic: int = shimpage.MAGIC) -> int:
+    fd = os.memfd_create("t", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, shimpage.PAGE_BYTES)
+    with mmap.mmap(fd, shimpage.PAGE_BYTES) as m:
+        struct.pack_into("<4I", m, 0, magic, shimpage.VERSION, shimpage.SLOTS, 0)
+        shimpage.SLOT.pack_into(m, shimpage.HEADER + 3 * shimpage.SLOT.size, 1, 7, socket.inet_aton("10.0.0.2"),
+                                11111, 0, 10, 9, 1, 2, 3, 4)
+    if seal:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    return fd
+
+
+def test_a_sealed_page_lists_its_sockets():
+    fd = _page()
+    try:
+        page = shimpage.ShimPage(fd)
+        assert page.sockets() == [{"fd": 7, "local": "10.0.0.2:11111", "rx": 10, "tx": 9, "rx_kernel": 1,
+                                   "tx_kernel": 2, "rx_dropped": 3, "tx_failed": 4}]
+        page.close()
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("seal, magic, why", [(False, shimpage.MAGIC, "seal the memfd"),
+                                              (True, 0x1234, "not a version")])
+def test_an_unsealed_or_foreign_page_is_refused(seal, magic, why):
+    fd = _page(seal, magic)
+    try:
+        with pytest.raises(ProtocolError, match=why):
+            shimpage.ShimPage(fd)
+    finally:
+        os.close(fd)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ProtocolError, match="memfd"):
+            shimpage.ShimPage(r)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_the_page_layout_is_the_shims():
+    """csrc/preload/kbp.h writes the page this module reads: the same magic, slot count, sizes."""
+    header = open(os.path.join(os.path.dirname(__file__), "..", "..", "csrc", "preload", "kbp.h")).read()
+
+    def define(name):
+        import re
+
+        return int(re.search(rf"#define {name} (0x[0-9A-Fa-f]+|\d+)", header).group(1), 0)
+
+    assert define("KBP_PAGE_MAGIC") == shimpage.MAGIC
+    assert define("KBP_PAGE_SLOTS") == shimpage.SLOTS
+    assert define("KBP_PAGE_BYTES") == shimpage.PAGE_BYTES
+    assert shimpage.SLOT.size == 64 and shimpage.HEADER + shimpage.SLOTS * shimpage.SLOT.size <= shimpage.PAGE_BYTES
