@@ -193,12 +193,22 @@ void kbp_iface_drop_sock(struct kbp_iface *ifc, struct kbp_sock *s) {
         }
 }
 
+/* The socket a frame is for: of those bound to its port, the one connected to its source, else one that is
+ * not connected (a UDP server's connected socket and its listening one share the port, as iperf3's). */
 static struct kbp_sock *owner(struct kbp_iface *ifc, const uint8_t *f, uint32_t n) {
     if (n < KB_UDP_HLEN) return NULL;
     uint16_t port = (uint16_t)((f[36] << 8) | f[37]);
-    for (int i = 0; i < ifc->nsocks; i++)
-        if (ifc->socks[i]->me.port == port) return ifc->socks[i];
-    return NULL;
+    struct kbp_sock *open = NULL;
+    for (int i = 0; i < ifc->nsocks; i++) {
+        struct kbp_sock *s = ifc->socks[i];
+        if (s->me.port != port) continue;
+        if (!s->connected) {
+            if (!open) open = s;
+        } else if (!memcmp(kb_udp_src_ip(f), &s->peer_ip, 4) && kb_udp_src_port(f) == s->peer_port) {
+            return s;
+        }
+    }
+    return open;
 }
 
 static void take(struct kbp_dgram *g, const uint8_t *f, uint8_t *into, size_t cap) {
@@ -222,10 +232,7 @@ int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size
             if (kb_lane_rx_next(&q->lane, &d) != KB_LANE_FRAME) break;
             const uint8_t *f = q->umem + d.addr;
             struct kbp_sock *s = owner(ifc, f, d.len);
-            int ok = s && kb_udp_accept(&s->me, f, d.len);
-            if (ok && s->connected &&
-                (memcmp(kb_udp_src_ip(f), &s->peer_ip, 4) || kb_udp_src_port(f) != s->peer_port))
-                ok = 0; /* a connected UDP socket hears only its peer */
+            int ok = s && kb_udp_accept(&s->me, f, d.len); /* owner(): a connected socket hears only its peer */
             if (!ok) {
                 if (s && s->slot) s->slot->rx_dropped++;
                 kb_lane_rx_done(&q->lane, &d);

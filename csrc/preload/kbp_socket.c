@@ -41,10 +41,21 @@ long kbp_spin_us;
 int kbp_log;
 void kbp_cp_forget(void);
 
+/* A fork's child: its copies of the sockets are kernel sockets from now on (the module doc). The counters
+ * page and the rings are shared with the parent: dropped here without writing to them. */
 static void child_after_fork(void) {
     pthread_mutex_init(&kbp_lock, NULL);
     kbp_cp_forget();
-    kbp_fall_back_all();
+    for (int fd = 0; fd < KBP_MAX_FD; fd++) {
+        struct kbp_sock *s = kbp_fds[fd];
+        if (!s) continue;
+        s->slot = NULL;
+        s->accel = 0;
+        s->ifc = NULL;
+        s->rule_id = -1;
+        s->bhead = s->btail = 0;
+    }
+    kbp_iface_forget_all(1);
 }
 
 __attribute__((constructor)) static void kbp_init(void) {

@@ -238,3 +238,49 @@ def test_no_control_plane_and_none_startable_one_warning_and_the_kernel(hosts):
     assert out.returncode == 0, out.stderr
     assert "bound" in out.stdout
     assert out.stderr.count("warning") == 1 and "kernel sockets" in out.stderr, out.stderr
+
+
+def test_iperf3_udp_under_run_on_both_ends(hosts):
+    """iperf3's TCP control connection passes through to the kernel; its UDP data goes over the rings."""
+    a, b = hosts
+    srv = run_app(b, "iperf3", "-4", "-s", "-1", "-p", "5301")
+    try:
+        time.sleep(1.5)  # its UDP socket is made when the client connects: nothing to see before
+        cli = run_app(a, "iperf3", "-4", "-c", b.ipv4, "-p", "5301", "-u", "-b", "20M", "-t", "3")
+        mid = wait_for(lambda: [s for s in sockets_of(b, 5301) if s["rx"] > 100], what="iperf3's data on the rings")
+        out, _ = cli.communicate(timeout=60)
+        assert cli.returncode == 0, out
+        assert re.search(r"receiver", out), out
+    finally:
+        stop(srv)
+    assert mid[0]["rx_kernel"] == 0
+    assert "iperf Done." in out
+
+
+ASYNCIO_ECHO = r"""
+import asyncio, sys
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, t): self.t = t
+    def datagram_received(self, data, addr): self.t.sendto(data, addr)
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(Echo, local_addr=(sys.argv[1], 7010))
+    await asyncio.sleep(30)
+asyncio.run(main())
+"""
+
+
+def test_an_unmodified_asyncio_echo_server_under_run(hosts):
+    a, b = hosts
+    srv = run_app(b, sys.executable, "-c", ASYNCIO_ECHO, b.ipv4)
+    try:
+        wait_for(lambda: sockets_of(b, 7010), what="the asyncio server's socket")
+        code = (f"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)\n"
+                f"for i in range(50):\n    s.sendto(b'ping%d' % i, ('{b.ipv4}', 7010)); "
+                f"assert s.recv(100) == b'ping%d' % i\nprint('echoed')")
+        out = subprocess.run(in_ns(a, sys.executable, "-c", code), capture_output=True, text=True, timeout=60)
+        assert "echoed" in out.stdout, out.stderr
+        (s,) = sockets_of(b, 7010)
+        assert s["rx"] >= 50 and s["tx"] >= 50
+    finally:
+        stop(srv)
