@@ -284,3 +284,46 @@ def test_an_unmodified_asyncio_echo_server_under_run(hosts):
         assert s["rx"] >= 50 and s["tx"] >= 50
     finally:
         stop(srv)
+
+
+PEER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7020)); s.settimeout(10)
+for i in range(4):
+    s.sendto(b"m%d" % i, (sys.argv[2], 7021))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+got = [s.recvmsg(100, 64) for _ in range(3)]
+tos = {anc[0][2][0] for _, anc, _, _ in got}
+print(" ".join(d.decode() for d, _, _, _ in got), got[0][3][1], "tos", *tos)
+"""
+
+
+def test_the_calls_apps_make_beyond_recvfrom_and_sendto(hosts, tmp_path):
+    """SO_RCVTIMEO, SO_TIMESTAMPNS, IP_TOS, poll, FIONREAD, recvmsg, dup/dup2 and close of the first fd,
+    recvmmsg/sendmmsg, O_NONBLOCK, fork (the child on the kernel socket), write/connect: a C program under
+    kbypass run (tests/netns/progs/udp_calls.c), its datagrams over the rings."""
+    a, b = hosts
+    prog = tmp_path / "udp_calls"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(prog),
+                    os.path.join(os.path.dirname(__file__), "progs", "udp_calls.c")], check=True)
+    app = run_app(b, str(prog), b.ipv4, "7021")
+    lines = []
+    try:
+        for line in app.stdout:
+            lines.append(line.strip())
+            if line.startswith(("ready", "FAIL")):
+                break
+        assert lines[-1] == "ready", lines
+        peer = subprocess.run(in_ns(a, sys.executable, "-c", PEER, a.ipv4, b.ipv4), capture_output=True, text=True,
+                              timeout=30)
+        assert peer.stdout.split() == ["r0", "r1", "after-fork", "7021", "tos", "16"], peer.stdout + peer.stderr
+        for line in app.stdout:
+            lines.append(line.strip())
+            if line.startswith(("done", "FAIL")):
+                break
+        assert lines[-1] == "done", lines
+        (s,) = sockets_of(b, 7021)
+        assert s["rx"] == 4 and s["tx"] == 3 and s["rx_kernel"] == 0 and s["tx_kernel"] == 0, s
+    finally:
+        out = stop(app)
+    assert not [ln for ln in lines + out.splitlines() if ln.startswith("FAIL")], lines + out.splitlines()
