@@ -42,10 +42,10 @@ from kbypass.errors import KbypassError, UsageError
 from kbypass.steer.rules import Rule
 
 from . import paths, protocol
+from .accel import Routes, bound_flow
 from .pool import SLICES as POOL_SLICES
 from .pool import Member
 from .protocol import DEFAULT_PRIORITY, ProtocolError, Request
-from .accel import Routes, bound_flow
 from .shimpage import ShimPage
 from .sockets import MadeSocket
 from .state import Client, ControlPlane, parse_rule
