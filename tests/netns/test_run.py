@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -327,3 +328,70 @@ def test_the_calls_apps_make_beyond_recvfrom_and_sendto(hosts, tmp_path):
     finally:
         out = stop(app)
     assert not [ln for ln in lines + out.splitlines() if ln.startswith("FAIL")], lines + out.splitlines()
+
+
+def _raw_call(sock, payload: bytes, fds=()) -> dict:
+    import array
+
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([payload], anc)
+    data, anc, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(16))
+    return json.loads(data)
+
+
+def test_garbage_on_the_control_socket_leaves_the_apps_accelerated(hosts):
+    """A peer of the control plane sending garbage, a pipe or a TCP socket as its 'UDP socket', an unsealed
+    counters page: each refused with one line, and the accelerated app goes on."""
+    a, b = hosts
+    srv = run_app(b, "sockperf", "server", "-i", b.ipv4, "-p", "11116")
+    try:
+        wait_for(lambda: sockets_of(b, 11116), what="the app's socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
+            c.connect(paths.socket_path(paths.namespace_name(b.netns)))
+            assert _raw_call(c, b'{"op":"hello","version":1}')["ok"]
+            assert "JSON object" in _raw_call(c, b"\xff\x00garbage")["error"]
+            assert "file descriptor" in _raw_call(c, b'{"op":"accelerate"}')["error"]
+            r, w = os.pipe()
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                assert "bound UDP socket" in _raw_call(c, b'{"op":"accelerate"}', [r])["error"]
+                tcp.bind(("127.0.0.1", 0))
+                assert "only IPv4 UDP" in _raw_call(c, b'{"op":"accelerate"}', [tcp.fileno()])["error"]
+                memfd = os.memfd_create("x")
+                os.ftruncate(memfd, 8192)
+                assert "seal" in _raw_call(c, b'{"op":"shim_page"}', [memfd])["error"]
+                os.close(memfd)
+                assert "open a socket" in _raw_call(c, b'{"op":"next_hop","iface":"lo","dst":"1.2.3.4"}')["error"]
+            finally:
+                os.close(r)
+                os.close(w)
+                tcp.close()
+        cli = subprocess.run(in_ns(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11116", "-t", "1"),
+                             capture_output=True, text=True, timeout=60)
+        assert observations(cli.stdout) > 100
+        assert sockets_of(b, 11116)[0]["rx"] > 100
+    finally:
+        stop(srv)
+
+
+def test_a_port_taken_in_the_kernel_is_the_apps_eaddrinuse_as_without_kbypass(hosts):
+    a, b = hosts
+    code = ("import socket, sys\nt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); t.bind((sys.argv[1], 7030))\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "try:\n    s.bind((sys.argv[1], 7030))\nexcept OSError as e:\n    print('refused', e.errno)\n")
+    out = subprocess.run(in_ns(b, KB, "run", "--log", "--", sys.executable, "-c", code, b.ipv4),
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["refused", "98"], out.stdout + out.stderr  # EADDRINUSE
+    assert out.stderr.count("accelerated on") == 1, out.stderr  # the first socket only
+
+
+def test_iface_limits_what_is_accelerated(hosts):
+    """--iface names the interfaces a control plane started by kbypass run serves: an address on another
+    stays on the kernel, with one line saying why."""
+    a, b = hosts
+    code = "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7031))"
+    out = subprocess.run(in_ns(b, KB, "run", "--log", "--iface", "lo", "--", sys.executable, "-c", code, b.ipv4),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    (line,) = [ln for ln in out.stderr.splitlines() if "7031" in ln]
+    assert "not accelerated" in line and "does not serve" in line, out.stderr
