@@ -68,6 +68,7 @@ struct kbp_iface {
     struct kbp_queue q[KBP_MAX_QUEUES];
     struct kbp_hop hops[KBP_MAX_HOPS];
     int nsocks;
+    unsigned unkicked; /* frames a batch put on queue 0's TX ring without a kick yet */
     struct kbp_sock *socks[KBP_PAGE_SLOTS]; /* the accelerated sockets on it, to hand frames to */
 };
 
@@ -169,6 +170,8 @@ void kbp_iface_drop_sock(struct kbp_iface *ifc, struct kbp_sock *s);
 int kbp_iface_fds(struct kbp_iface *ifc, int *fds, int cap);
 void kbp_iface_wake(struct kbp_iface *ifc);
 void kbp_iface_forget_all(int close_fds);
+extern __thread int kbp_batching; /* inside sendmmsg: kbp_iface_send defers the kick to kbp_iface_flush */
+void kbp_iface_flush(void);
 
 /* kbp_socket.c */
 struct kbp_sock *kbp_get(int fd);

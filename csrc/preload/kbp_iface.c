@@ -29,6 +29,7 @@
 #define SEND_TRIES 4096
 
 static struct kbp_iface *ifaces[KBP_MAX_IFACES];
+static void kick(struct kb_lane *l);
 
 static int parse_mac(const char *s, uint8_t mac[6]) {
     unsigned v[6];
@@ -338,12 +339,33 @@ int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, u
         build_template(ifc, s, mac, dst_ip, dst_port);
     }
     struct kb_lane *l = &ifc->q[0].lane;
-    for (int i = 0; i < SEND_TRIES; i++) {
-        int r = kb_lane_send(l, s->tmpl, KB_UDP_HLEN, payload, len, 1, s->ident++);
-        if (r == KB_LANE_SENT) return 0;
-        if (r < 0) return -1;
+    int copy = l->copy_mode;
+    if (kbp_batching) l->copy_mode = 0; /* no kick per frame: kbp_iface_flush kicks once for the batch */
+    int r = KB_LANE_NO_FRAME;
+    for (int i = 0; i < SEND_TRIES && r != KB_LANE_SENT && r >= 0; i++) {
+        r = kb_lane_send(l, s->tmpl, KB_UDP_HLEN, payload, len, 1, s->ident++);
+        if (r != KB_LANE_SENT && kbp_batching) kick(l); /* the frames of the batch so far, to get the stash back */
     }
-    return -1;
+    l->copy_mode = copy;
+    if (r != KB_LANE_SENT) return -1;
+    if (kbp_batching) ifc->unkicked++;
+    return 0;
+}
+
+__thread int kbp_batching;
+
+static void kick(struct kb_lane *l) {
+    (void)sendto(l->fd, NULL, 0, MSG_DONTWAIT, NULL, 0); /* copy mode sends in this call; errors: "later" */
+}
+
+/* The end of a batch (sendmmsg): one kick for the frames it put on the ring. */
+void kbp_iface_flush(void) {
+    for (int i = 0; i < KBP_MAX_IFACES; i++)
+        if (ifaces[i] && ifaces[i]->unkicked) {
+            kick(&ifaces[i]->q[0].lane);
+            ifaces[i]->q[0].stats[KB_TX_KICKS]++;
+            ifaces[i]->unkicked = 0;
+        }
 }
 
 void kbp_iface_forget_all(int close_fds) {

@@ -95,12 +95,16 @@ void kbp_fall_back_all(void) {
     kbp_iface_forget_all(1);
 }
 
+/* Give the steering rule back now (closing the connection would too, but only at the app's exit). */
+static void remove_rule(const char *iface, int rule_id) {
+    if (kbp_cp_fd() < 0 || rule_id < 0) return;
+    char req[160], buf[512];
+    snprintf(req, sizeof(req), "{\"op\":\"remove\",\"iface\":\"%s\",\"rule_id\":%d}", iface, rule_id);
+    kbp_cp_call(req, -1, buf, sizeof(buf), NULL, 0, NULL);
+}
+
 static void release(struct kbp_sock *s) {
-    if (s->accel && s->ifc && kbp_cp_fd() >= 0) {
-        char req[160], buf[512];
-        snprintf(req, sizeof(req), "{\"op\":\"remove\",\"iface\":\"%s\",\"rule_id\":%d}", s->ifc->name, s->rule_id);
-        kbp_cp_call(req, -1, buf, sizeof(buf), NULL, 0, NULL); /* the port is free for others at once */
-    }
+    if (s->accel && s->ifc) remove_rule(s->ifc->name, s->rule_id); /* the port is free for others at once */
     fall_back(s);
     free(s->backlog[0].data);
     free(s);
@@ -136,11 +140,7 @@ static void try_accel(struct kbp_sock *s) {
     uint8_t *data = ifc ? malloc((size_t)KBP_BACKLOG * KBP_FRAME_SIZE) : NULL;
     if (!ifc || !data || ifc->nsocks >= KBP_PAGE_SLOTS) {
         free(data);
-        if (kbp_cp_fd() >= 0) {
-            char req[160];
-            snprintf(req, sizeof(req), "{\"op\":\"remove\",\"iface\":\"%s\",\"rule_id\":%d}", iface, s->rule_id);
-            kbp_cp_call(req, -1, buf, sizeof(buf), NULL, 0, NULL);
-        }
+        remove_rule(iface, s->rule_id);
         kbp_verbose("%s not accelerated: %s", who, ifc ? "too many sockets" : why);
         return;
     }
@@ -527,11 +527,16 @@ int sendmmsg(int fd, struct mmsghdr *v, unsigned n, int flags) {
     struct kbp_sock *s = kbp_get(fd);
     if (!s) return kbp_real.sendmmsg(fd, v, n, flags);
     unsigned i = 0;
+    kbp_batching = 1; /* one kick for the whole batch, as the kernel's sendmmsg is one syscall */
     for (; i < n; i++) {
         ssize_t r = sendmsg(fd, &v[i].msg_hdr, flags);
         if (r < 0) break;
         v[i].msg_len = (unsigned)r;
     }
+    kbp_batching = 0;
+    pthread_mutex_lock(&kbp_lock);
+    kbp_iface_flush();
+    pthread_mutex_unlock(&kbp_lock);
     return i ? (int)i : -1;
 }
 
