@@ -100,13 +100,36 @@ def test_sockperf_server_under_run_answers_a_kernel_sockperf(hosts):
     assert "accelerated on" in out, out
 
 
+@pytest.mark.parametrize("mux", ["e", "p", "s"], ids=["epoll", "poll", "select"])
+def test_sockperf_server_multiplexing_an_accelerated_and_a_kernel_socket(hosts, tmp_path, mux):
+    """sockperf's server on two sockets (-f feed file) waiting in epoll/poll/select (-F): one on the
+    testbed address (accelerated), one on loopback (the kernel's); both answer their ping-pong."""
+    a, b = hosts
+    feed = tmp_path / "feed.txt"
+    feed.write_text(f"U:{b.ipv4}:11121\nU:127.0.0.1:11122\n")
+    srv = run_app(b, "sockperf", "server", "-f", str(feed), "-F", mux)
+    try:
+        wait_for(lambda: sockets_of(b, 11121), what="the server's testbed socket to be accelerated")
+        over_rings = subprocess.run(in_ns(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11121", "-t", "1"),
+                                    capture_output=True, text=True, timeout=60)
+        kernel = subprocess.run(in_ns(b, "sockperf", "ping-pong", "-i", "127.0.0.1", "-p", "11122", "-t", "1"),
+                                capture_output=True, text=True, timeout=60)
+        assert observations(over_rings.stdout) > 100, over_rings.stdout
+        assert observations(kernel.stdout) > 100, kernel.stdout
+        (s,) = sockets_of(b, 11121)
+        assert s["rx"] > 100 and s["tx"] > 100 and s["rx_kernel"] == 0
+    finally:
+        out = stop(srv)
+    assert "127.0.0.1:11122) not accelerated: loopback" in out, out
+
+
 def test_sockperf_client_under_run_measures_a_kernel_sockperf_server(hosts):
     a, b = hosts
     srv = subprocess.Popen(in_ns(b, "sockperf", "server", "-i", b.ipv4, "-p", "11112"), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        cli = run_app(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11112", "-t", "2", spin=200)
+        cli = run_app(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11112", "-t", "4", spin=200)
         mid = wait_for(lambda: [s for s in status(a) if s["rx"] > 50], what="the client's datagrams on the rings")
         out, _ = cli.communicate(timeout=60)
     finally:
