@@ -163,7 +163,7 @@ def received_something(text: str) -> bool:
             i += 1
     if isinstance(last, dict) and any(k in last for k in ("packets", "received", "bytes")):
         return any(isinstance(last.get(k), int) and last[k] > 0 for k in ("packets", "received", "bytes"))
-    return bool(re.search(r"(packets|received|bytes)\W+[1-9]", text))
+    return bool(re.search(r"(packets|received|bytes)\W+[1-9]|Total [1-9]\d* messages received", text))  # sockperf
 
 
 def run_fg(argv) -> None:
