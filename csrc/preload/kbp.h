@@ -180,5 +180,6 @@ void kbp_fall_back_all(void);
 
 /* kbp_poll.c */
 void kbp_epoll_forget(int epfd);
+void kbp_epoll_drop_member(int fd);
 
 #endif

@@ -257,6 +257,16 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
     return r;
 }
 
+/* A member closed without EPOLL_CTL_DEL: the kernel dropped it from the set, so do we (its number may
+ * come back as another socket). Only UDP sockets of ours are members: a scan per such close. */
+void kbp_epoll_drop_member(int fd) {
+    for (int e = 0; e < KBP_MAX_FD; e++) {
+        struct ep_set *set = eps[e];
+        for (int i = 0; set && i < set->n; i++)
+            if (set->m[i].fd == fd) set->m[i--] = set->m[--set->n];
+    }
+}
+
 void kbp_epoll_forget(int fd) {
     if (fd >= 0 && fd < KBP_MAX_FD && eps[fd]) {
         free(eps[fd]);

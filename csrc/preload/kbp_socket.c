@@ -222,6 +222,7 @@ static void forget_fd(int fd) {
     struct kbp_sock *s = kbp_get(fd);
     if (!s) return;
     kbp_fds[fd] = NULL;
+    kbp_epoll_drop_member(fd);
     if (--s->refs == 0) release(s);
     else if (s->fd == fd)
         for (int i = 0; i < KBP_MAX_FD; i++)

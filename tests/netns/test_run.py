@@ -20,6 +20,7 @@ from kbypass.cp import paths
 from kbypass.cp.client import ControlPlaneClient
 from kbypass.cp.lock import terminate
 from kbypass.tools.run import SHIM
+from tests.kb import xdp_attached
 
 KB = os.path.join(os.path.dirname(sys.executable), "kbypass")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -187,7 +188,8 @@ def test_kill_9_of_the_control_plane_one_error_and_the_app_goes_on_on_the_kernel
         wait_for(lambda: sockets_of(b, 11114), what="the server's socket")
         pid = int(open(paths.lock_path(paths.namespace_name(b.netns))).read().strip())
         os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
+        wait_for(lambda: not xdp_attached(b), timeout=2.0, what="the steering program to go with its owner")
+        time.sleep(0.3)
         cli = subprocess.run(in_ns(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11114", "-t", "1"),
                              capture_output=True, text=True, timeout=60)
         assert observations(cli.stdout) > 100, cli.stdout  # answered by the kernel socket now
