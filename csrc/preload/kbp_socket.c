@@ -315,7 +315,7 @@ static int next_dgram(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
             return -1;
         }
         if (it % 256 == 0 && kernel_has(fd)) return 0;
-        uint64_t now = (it & 15) ? 0 : kbp_now_ns();
+        uint64_t now = (it & 15) && kbp_spin_us ? 0 : kbp_now_ns(); /* KBYPASS_SPIN_US=0: straight to sleep */
         if (now && deadline && now >= deadline) {
             errno = EAGAIN;
             return -1;
@@ -332,10 +332,16 @@ static int next_dgram(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
         p[n++] = (struct pollfd){fd, POLLIN, 0};
         if (cp >= 0) p[n++] = (struct pollfd){cp, POLLIN, 0};
         kbp_iface_wake(s->ifc);
+        s->refs++; /* another thread may close the fd while we sleep: the socket stays until we are back */
         pthread_mutex_unlock(&kbp_lock);
         int r = kbp_real.poll(p, (unsigned long)n, (int)remaining_ms(deadline));
         int e = errno;
         pthread_mutex_lock(&kbp_lock);
+        if (--s->refs == 0) {
+            release(s);
+            errno = EBADF;
+            return -1;
+        }
         if (r < 0 && e == EINTR) {
             errno = EINTR;
             return -1;

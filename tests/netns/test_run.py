@@ -420,3 +420,40 @@ def test_iface_limits_what_is_accelerated(hosts):
     assert out.returncode == 0, out.stderr
     (line,) = [ln for ln in out.stderr.splitlines() if "7031" in ln]
     assert "not accelerated" in line and "does not serve" in line, out.stderr
+
+
+EXEC_APP = r"""
+import os, socket, sys, time
+if len(sys.argv) == 2:  # the first image: an accelerated socket, then exec with it inherited
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7040)); s.set_inheritable(True)
+    os.execv(sys.executable, [sys.executable, "-c", SECOND_IMAGE, sys.argv[1], str(s.fileno())])
+"""
+EXEC_SECOND = r"""
+import socket, sys, time
+s = socket.socket(fileno=int(sys.argv[2]))
+print("second image", flush=True)
+data, peer = s.recvfrom(100)
+print("got", data.decode(), flush=True)
+"""
+
+
+def test_exec_leaves_the_new_image_a_kernel_socket_and_frees_the_rule(hosts):
+    """exec: the control plane connection is close-on-exec, so the old image's rule goes and the socket the
+    new image inherits is the kernel socket it always also was; the datagram reaches it there."""
+    a, b = hosts
+    first = EXEC_APP.replace("SECOND_IMAGE", repr(EXEC_SECOND))
+    app = run_app(b, sys.executable, "-c", first, b.ipv4)
+    try:
+        lines = []
+        for line in app.stdout:
+            lines.append(line.strip())
+            if "second image" in line:
+                break
+        assert any("7040) accelerated on" in ln for ln in lines), lines
+        wait_for(lambda: not _rules(b), timeout=2.0, what="the first image's rule to go")
+        subprocess.run(in_ns(a, sys.executable, "-c", f"import socket; socket.socket(socket.AF_INET, "
+                             f"socket.SOCK_DGRAM).sendto(b'to-the-kernel', ('{b.ipv4}', 7040))"), check=True)
+        out, _ = app.communicate(timeout=20)
+    finally:
+        stop(app)
+    assert "got to-the-kernel" in out, out
