@@ -22,9 +22,9 @@
 #define KBP_MAX_IFACES 4
 #define KBP_MAX_HOPS 64
 #define KBP_BACKLOG 512 /* datagrams a socket keeps when another socket's call took them off the ring */
-#define KBP_FRAMES 1024 /* per queue: half lent to the fill ring, KB_LANE_STASH_MAX for sending */
+#define KBP_FRAMES 4096 /* per queue: half lent to the fill ring (a 2048-datagram receive buffer), KB_LANE_STASH_MAX for sending */
 #define KBP_FRAME_SIZE 2048
-#define KBP_RING 512
+#define KBP_RING 2048
 
 /* the counters page the control plane reads for `kbypass run --status` (kbypass/cp/shimpage.py) */
 #define KBP_PAGE_MAGIC 0x5042534Bu
