@@ -146,7 +146,8 @@ int kbp_cp_connect(void) {
     struct timeval tv = {10, 0}; /* a control plane that does not answer: the app goes on on the kernel */
     kbp_real.setsockopt(cp_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     if (kbp_real.connect(cp_fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-        kbp_say("warning: no control plane at %s (%s): the app runs on kernel sockets", path, strerror(errno));
+        kbp_say("warning: cannot reach the control plane at %s (%s): the app runs on kernel sockets", path,
+                strerror(errno));
         kbp_real.close(cp_fd);
         cp_fd = -1;
         return -1;

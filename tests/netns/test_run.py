@@ -457,3 +457,17 @@ def test_exec_leaves_the_new_image_a_kernel_socket_and_frees_the_rule(hosts):
     finally:
         stop(app)
     assert "got to-the-kernel" in out, out
+
+
+def test_an_unprivileged_app_kept_out_by_a_root_only_control_plane_warns_once(hosts):
+    """A control plane started for root only (`kbypass cp start`): the unprivileged app cannot connect, says
+    so once and runs on its kernel sockets."""
+    a, b = hosts
+    subprocess.run(in_ns(b, KB, "cp", "start"), check=True, capture_output=True)
+    code = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7050)); "
+            "t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); t.bind((sys.argv[1], 7051)); print('bound')")
+    out = subprocess.run(in_ns(b, KB, "run", "--", *UNPRIVILEGED, "/usr/bin/python3", "-c", code, b.ipv4),
+                         capture_output=True, text=True, timeout=30, cwd="/")
+    assert out.returncode == 0 and "bound" in out.stdout, out.stderr
+    (line,) = out.stderr.splitlines()
+    assert "cannot reach the control plane" in line and "Permission denied" in line and "kernel sockets" in line
