@@ -170,6 +170,7 @@ void kbp_iface_drop_sock(struct kbp_iface *ifc, struct kbp_sock *s);
 int kbp_iface_fds(struct kbp_iface *ifc, int *fds, int cap);
 void kbp_iface_wake(struct kbp_iface *ifc);
 void kbp_iface_forget_all(int close_fds);
+int kbp_iface_owns(int fd); /* one of the rings' sockets */
 extern __thread int kbp_batching; /* inside sendmmsg: kbp_iface_send defers the kick to kbp_iface_flush */
 void kbp_iface_flush(void);
 

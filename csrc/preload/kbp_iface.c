@@ -368,6 +368,13 @@ void kbp_iface_flush(void) {
         }
 }
 
+int kbp_iface_owns(int fd) {
+    for (int i = 0; i < KBP_MAX_IFACES; i++)
+        for (int q = 0; ifaces[i] && q < ifaces[i]->nq; q++)
+            if (ifaces[i]->q[q].fd == fd) return 1;
+    return 0;
+}
+
 void kbp_iface_forget_all(int close_fds) {
     for (int i = 0; i < KBP_MAX_IFACES; i++) {
         if (!ifaces[i]) continue;

@@ -237,6 +237,12 @@ int close(int fd) {
     kbp_init_libc();
     if (fd >= 0 && fd < KBP_MAX_FD) {
         pthread_mutex_lock(&kbp_lock);
+        if (fd == kbp_cp_fd() || kbp_iface_owns(fd)) {
+            /* the shim's own fd (a daemon closing every fd it did not open): not the app's to close */
+            pthread_mutex_unlock(&kbp_lock);
+            errno = EBADF;
+            return -1;
+        }
         forget_fd(fd);
         kbp_epoll_forget(fd);
         pthread_mutex_unlock(&kbp_lock);
