@@ -98,13 +98,14 @@ class Batch:
         if self.tails is None:
             return Batch(self.descs[key], self.mem, self.owner, self.frame_size)
         picked = np.arange(len(self))[key]
-        nt = self.ntails[picked]
+        nt = self.ntails[picked].astype(np.intp)
         if not nt.any():
             return Batch(self.descs[key], self.mem, self.owner, self.frame_size)
-        first = (np.cumsum(self.ntails) - self.ntails)[picked]
+        all_nt = self.ntails.astype(np.intp)
+        first = (np.cumsum(all_nt) - all_nt)[picked]
         within = np.arange(int(nt.sum())) - np.repeat(np.cumsum(nt) - nt, nt)
         return Batch(self.descs[key], self.mem, self.owner, self.frame_size,
-                     tails=self.tails[np.repeat(first, nt) + within], ntails=nt)
+                     tails=self.tails[np.repeat(first, nt) + within], ntails=nt.astype(np.uint32))
 
     def __repr__(self) -> str:
         if self.tails is None:
