@@ -11,7 +11,6 @@ frags) each have a test here, run through kbypass's ring and port code.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
 import subprocess
@@ -25,13 +24,11 @@ from kbypass import netns
 from kbypass.errors import UsageError
 from kbypass.host import testbed
 from kbypass.port.afxdp import AfXdpPort
-from kbypass.port.stats import IN_TX
 from kbypass.port.steered import SteeredPort
 from kbypass.proto.udp import build_udp_frame
 from kbypass.xsk import multibuf
 from kbypass.xsk.consts import XDP_PKT_CONTD
 from kbypass.xsk.umem import APP, TX
-from tests.kb import kbypass, xdp_attached
 
 pytestmark = pytest.mark.netns
 
