@@ -54,12 +54,35 @@ class FakeXsk:
         self.k_rx.submit(n)
         return n
 
+    def deliver_chains(self, frames: list[bytes], room: int) -> int:
+        """deliver() as a multi-buffer socket does (XDP_USE_SG): each frame in pieces of at most `room` bytes
+        over consecutive fill frames, XDP_PKT_CONTD on every piece but the last. Returns descriptors posted."""
+        pieces = [(f[o : o + room], o + room < len(f)) for f in frames for o in range(0, len(f), room)]
+        idx, n = self.k_fill.peek(len(pieces))
+        assert n == len(pieces), "not enough fill frames for the chains"
+        addrs = self.k_fill.read_slots(idx, n)
+        self.k_fill.release(n)
+        ridx, m = self.k_rx.reserve(n)
+        assert m == n
+        descs = np.zeros(n, dtype=consts.XDP_DESC)
+        for i, (piece, more) in enumerate(pieces):
+            a = int(addrs[i]) + self.umem.headroom + consts.XDP_PACKET_HEADROOM
+            self.umem.array[a : a + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+            descs[i] = (a, len(piece), consts.XDP_PKT_CONTD if more else 0)
+        self.k_rx.write_slots(ridx, descs)
+        self.k_rx.submit(n)
+        return n
+
     def send_all(self) -> list[bytes]:
         """Transmit everything on the TX ring and post completions."""
         idx, n = self.k_tx.peek(1 << 20)
         descs = self.k_tx.read_slots(idx, n)
         self.k_tx.release(n)
-        out = [self.umem.array[int(d["addr"]) : int(d["addr"]) + int(d["len"])].tobytes() for d in descs]
+        out, more = [], False
+        for d in descs:  # a multi-buffer chain (XDP_PKT_CONTD on all but its last) is one packet
+            piece = self.umem.array[int(d["addr"]) : int(d["addr"]) + int(d["len"])].tobytes()
+            out[-1:] = [out[-1] + piece] if more else out[-1:] + [piece]
+            more = bool(d["options"] & consts.XDP_PKT_CONTD)
         cidx, m = self.k_comp.reserve(n)
         assert m == n
         self.k_comp.write_slots(cidx, descs["addr"].copy())
