@@ -120,7 +120,10 @@ class XdpEndpoint(UdpEndpoint):
                 self._steered = SteeredPort(ifname, queue, rules, netns=netns, xdp_mode=xdp_mode, mode=mode,
                                             control_plane=control_plane,
                                             poll=poll, frames=frames, frame_size=frame_size, rx_size=ring_size,
-                                            tx_size=ring_size, fill_size=ring_size, comp_size=ring_size)
+                                            tx_size=ring_size, fill_size=ring_size, comp_size=ring_size,
+                                            # one frame per message (the message lane): a message is limited
+                                            # by the frame on a jumbo MTU (payload_limits), not chained
+                                            multi_buffer=False)
             except KbypassError as e:
                 # someone else's XDP program on the interface (their AF_XDP sockets on its queues are
                 # named by SteeredPort's own "queue N is taken by ..." error)

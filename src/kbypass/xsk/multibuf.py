@@ -27,10 +27,10 @@ DEFAULT_MAX_SKB_FRAGS = 17
 ETH_HLEN = 14
 
 
-def max_skb_frags(path: str = MAX_SKB_FRAGS_PATH) -> int:
+def max_skb_frags(path: str | None = None) -> int:
     """The kernel's frag limit per packet (net.core.max_skb_frags; 17 when it cannot be read)."""
     try:
-        with open(path) as f:
+        with open(path or MAX_SKB_FRAGS_PATH) as f:
             return int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return DEFAULT_MAX_SKB_FRAGS
