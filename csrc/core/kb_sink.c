@@ -69,23 +69,17 @@ static long long give_back(struct kb_sink *k, uint32_t n, uint32_t ri, uint64_t 
     for (uint32_t i = 0; i < n; i++) { /* all descriptors checked before anything is given back */
         const struct kb_desc *d = kb_ring_desc(k->rx, ri + i);
         if (d->addr >= k->umem_size || d->len > k->umem_size - d->addr) {
-            /* the frames before it are taken as usual; it and the rest stay on the RX ring, their fill
-             * slots unused, so the next call meets it first and takes nothing */
-            kb_ring_prod_cancel(k->fill, n - i);
-            kb_ring_cons_cancel(k->rx, n - i);
-            if (!i) {
+            /* the whole packets before it are taken as usual; it, the packet it is part of and the rest
+             * stay on the RX ring, their fill slots unused, so the next call meets it first and takes nothing */
+            uint32_t m = whole_packets(k->rx, ri, i);
+            kb_ring_prod_cancel(k->fill, n - m);
+            kb_ring_cons_cancel(k->rx, n - m);
+            if (!m) {
                 k->bad_addr = d->addr;
                 k->bad_len = d->len;
                 return KB_SINK_E_RX_DESC;
             }
-            n = whole_packets(k->rx, ri, i); /* a packet the bad one is part of stays too */
-            kb_ring_prod_cancel(k->fill, i - n);
-            kb_ring_cons_cancel(k->rx, i - n);
-            if (!n) {
-                k->bad_addr = d->addr;
-                k->bad_len = d->len;
-                return KB_SINK_E_RX_DESC;
-            }
+            n = m;
             break;
         }
     }

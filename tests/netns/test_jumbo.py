@@ -29,6 +29,7 @@ from kbypass.proto.udp import build_udp_frame
 from kbypass.xsk import multibuf
 from kbypass.xsk.consts import XDP_PKT_CONTD
 from kbypass.xsk.umem import APP, TX
+from tests.kb import receive_packets
 
 pytestmark = pytest.mark.netns
 
@@ -66,19 +67,6 @@ def payload(seq: int, size: int) -> bytes:
     return struct.pack("!QQ", seq, 0) + body
 
 
-def receive_packets(port, want: int, timeout: float = 5.0) -> list[bytes]:
-    got: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
-        batch = port.receive(64)
-        if not batch:
-            port.wait(0.05)
-            continue
-        got += [batch.tobytes(i) for i in range(len(batch))]
-        port.free(batch)
-    return got
-
-
 @pytest.mark.parametrize("control_plane", [True, False], ids=["cp", "no-cp"])
 def test_kernel_datagrams_arrive_whole_through_the_port(jumbo, control_plane):
     a, b = jumbo
@@ -89,7 +77,7 @@ def test_kernel_datagrams_arrive_whole_through_the_port(jumbo, control_plane):
         sent = [payload(i, n) for i, n in enumerate(SIZES)]
         for data in sent:
             tx.sendto(data, (b.ipv4, PORT))
-        got = receive_packets(sp.port, len(sent))
+        got = receive_packets(sp.port, len(sent), timeout=5.0)
         assert [len(g) - 42 for g in got] == list(SIZES)
         assert [g[42:] for g in got] == sent  # every byte, across every frame of the chain
         assert sum(p.stats["rx_packets"] for p in sp.ports) == 2

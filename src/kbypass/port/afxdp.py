@@ -393,16 +393,21 @@ class AfXdpPort(UmemPort):
         if k:
             out = descs[:k].copy()
             out["options"] = 0
-            self._tx.write_slots(idx, out)
-            self._tx.submit(k)
-            if self._lock is not None:  # a shared queue's: whichever member reaps its completion owns it next
-                self.umem.state[out["addr"] >> self._shift] = FILL
-            c = self._c
-            c[IN_TX] += k
-            c[TX_PACKETS] += k
-            c[TX_BYTES] += nbytes
+            self._submit(idx, out, k, nbytes)
         self.flush()
         return k
+
+    def _submit(self, idx: int, out: np.ndarray, packets: int, nbytes: int) -> None:
+        """Write descriptors `out` (`packets` packets, `nbytes` bytes) to the reserved TX slots from idx on
+        and publish them."""
+        self._tx.write_slots(idx, out)
+        self._tx.submit(len(out))
+        if self._lock is not None:  # a shared queue's: whichever member reaps its completion owns it next
+            self.umem.state[out["addr"] >> self._shift] = FILL
+        c = self._c
+        c[IN_TX] += len(out)
+        c[TX_PACKETS] += packets
+        c[TX_BYTES] += nbytes
 
     def _transmit_chains(self, batch: Batch) -> int:
         """transmit() of multi-frame packets: the accepted prefix is of whole packets (a chain is never
@@ -428,12 +433,7 @@ class AfXdpPort(UmemPort):
             self.umem.state[descs["addr"][used:] >> self._shift] = APP
             nbytes -= int(descs["len"][used:].sum())
         if used:
-            self._tx.write_slots(idx, descs[:used])
-            self._tx.submit(used)
-            c = self._c
-            c[IN_TX] += used
-            c[TX_PACKETS] += k
-            c[TX_BYTES] += nbytes
+            self._submit(idx, descs[:used], k, nbytes)
         self.flush()
         return k
 

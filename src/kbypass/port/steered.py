@@ -293,8 +293,9 @@ class SteeredPort(Port):
     def free(self, batch: Batch) -> None:
         self.port.free(batch)
 
-    def alloc(self, n: int) -> Batch:
-        return self.port.alloc(n)
+    def alloc(self, n: int, **size) -> Batch:
+        """Up to n empty frames; `size=S` (AF_XDP): packets of S bytes, chains on a multi-buffer port."""
+        return self.port.alloc(n, **size)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.port.wait(timeout)
