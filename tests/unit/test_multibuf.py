@@ -146,6 +146,13 @@ def test_a_port_without_multi_buffer_refuses_chains(monkeypatch):
         mb.message_lane()  # one frame per message: not on chains
 
 
+def test_a_closed_multi_buffer_port_says_so(monkeypatch):
+    port = _port(monkeypatch)
+    port.close()
+    with pytest.raises(UsageError, match="closed"):
+        port.receive()
+
+
 def test_from_ring_refuses_half_a_packet():
     d = np.zeros(2, dtype=DESC)
     d["options"] = XDP_PKT_CONTD

@@ -84,6 +84,10 @@ class _ClosedRing:
 _CLOSED = _ClosedRing()
 
 
+def _closed_peek(n: int):
+    raise UsageError(CLOSED)
+
+
 LAYOUT = ("frames", "frame_size", "headroom", "rx_size", "tx_size", "fill_size", "comp_size", "multi_buffer")
 
 
@@ -557,6 +561,7 @@ class AfXdpPort(UmemPort):
                 self._forget_lane(lane)
         self._closed = True
         self._rx = self._tx = self._fill = self._comp = _CLOSED
+        self._peek = _closed_peek
         self.xsk.close()
         self.umem.close()
         if self._lock is not None:
