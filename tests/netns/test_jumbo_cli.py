@@ -6,13 +6,15 @@ exit 2, and leaves nothing of kbypass's behind."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
 from kbypass.host import testbed
-from tests.kb import kbypass, xdp_attached
+from tests.kb import kbypass, udp_bound, wait_until, xdp_attached
 
 pytestmark = pytest.mark.netns
 
@@ -119,3 +121,56 @@ def test_a_non_frags_program_already_attached_is_named_and_left_alone(testbed_ho
     finally:
         subprocess.run(ip_b + ["xdp", "off"], check=True)
     assert not xdp_attached(b)
+
+
+@pytest.fixture
+def mtu_65535(testbed_hosts):
+    a, b = testbed_hosts
+    assert _set_testbed_mtu(testbed.FRAGS_MAX_MTU).returncode == 0
+    try:
+        yield a, b
+    finally:
+        _set_testbed_mtu(a.mtu)
+
+
+@pytest.mark.skipif(shutil.which("sockperf") is None, reason="sockperf is not installed")
+def test_pingpong_jumbo_messages_against_sockperf(mtu_65535):
+    """kbypass pingpong client with 8,000 and 60,000-byte messages against sockperf's server, and sockperf's
+    client with 60,000-byte messages against kbypass's server: every message answered, on the Python lane
+    (the C lane moves one frame per message)."""
+    a, b = mtu_65535
+    server = subprocess.Popen(["ip", "netns", "exec", b.netns, "sockperf", "server", "-i", b.ipv4, "-p", "11122"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: udp_bound(b.netns, 11122), "sockperf server bound to port 11122", proc=server)
+        for size in (8000, 60000):
+            r = kbypass("pingpong", "client", "--host", "a", "--dst", f"{b.ipv4}:11122", "--count", "300",
+                        "--warmup", "10", "--size", str(size), "--json", timeout=60)
+            assert r.returncode == 0, r.stderr
+            s = json.loads(r.stdout)
+            assert (s["samples"], s["lost"], s["lane"]) == (300, 0, "python"), s
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    ours = subprocess.Popen([sys.executable, "-m", "kbypass", "pingpong", "server", "--host", "b", "--port", "11123",
+                             "--duration", "20", "--idle-timeout", "10", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: xdp_attached(b), "the kbypass server steering", proc=ours)
+        time.sleep(0.3)
+        sp = subprocess.run(["ip", "netns", "exec", a.netns, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11123",
+                             "-t", "1", "-m", "60000"], capture_output=True, text=True, timeout=30)
+        ours.terminate()
+        out, err = ours.communicate(timeout=30)
+    finally:
+        ours.kill()
+        ours.wait()
+    assert sp.returncode == 0 and "# dropped messages = 0" in sp.stdout, sp.stdout + sp.stderr + err
+    summary = json.loads(out)
+    assert summary["received"] == summary["answered"] > 10, summary
+
+
+def test_endpoint_size_above_the_mtu_is_one_line(mtu_9000):
+    a, b = mtu_9000
+    r = kbypass("pingpong", "client", "--host", "a", "--dst", f"{b.ipv4}:11124", "--count", "1", "--size", "9000")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "exceeds the MTU (9000" in r.stderr, r.stderr

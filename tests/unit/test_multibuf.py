@@ -142,8 +142,27 @@ def test_a_port_without_multi_buffer_refuses_chains(monkeypatch):
         batch = port.receive(64)
         assert batch.tails is None and batch.total_lens().tolist() == [100]  # the one-frame path, untouched
         port.free(batch)
-    with _port(monkeypatch) as mb, pytest.raises(UsageError, match="multi-buffer"):
-        mb.message_lane()  # one frame per message: not on chains
+    with _port(monkeypatch) as mb, pytest.raises(UsageError, match="Python lane"):
+        mb.message_lane(native=True)  # the C lane moves one frame per message
+
+
+def test_the_message_lane_moves_whole_chains(monkeypatch):
+    with _port(monkeypatch) as port:
+        lane = port.message_lane()
+        assert not lane.native and lane.max_frame == 2048 * multibuf.tx_frame_limit()
+        sent = _frames(1, 60042) + _frames(1, 100, first=1) + _frames(1, 9014, first=2)
+        port.xsk.deliver_chains(sent, ROOM)
+        assert [lane.receive_one() for _ in range(4)] == sent + [None]
+        assert port.stats["rx_packets"] == 3 and port.stats["rx_bytes"] == sum(map(len, sent))
+        out = _frames(1, 30000) + sent[1:]
+        assert not lane.send_one(sent[0])  # 30 frames of 2048 bytes: more than the kernel sends as one
+        for f in out:
+            assert lane.send_one(f)
+        assert port.xsk.send_all() == out
+        assert not lane.send_one(b"z" * (lane.max_frame + 1))  # longer than the kernel sends: not sent
+        assert port.xsk.send_all() == []
+        lane.reclaim()
+        port.check(app=0)
 
 
 def test_a_closed_multi_buffer_port_says_so(monkeypatch):

@@ -489,10 +489,6 @@ class AfXdpPort(UmemPort):
         if self._lock is not None:
             raise UsageError("a message lane (the UDP endpoint, pingpong) refills per message and needs a queue of "
                              "its own: open this port without sharing its queue")
-        if self.multi_buffer:
-            raise UsageError("a message lane takes one frame per message and this port is multi-buffer (its MTU "
-                             "does not fit one frame): open it with multi_buffer=False and frame_size 4096, or "
-                             "lower the MTU")
         from .lane import open_lane
 
         lane = open_lane(self, (self._rx, self._fill, self._tx, self._comp), udp, native)
