@@ -109,3 +109,29 @@ class FakeXsk:
     def close(self):
         self.sock.close()
         self.peer.close()
+
+
+def run_sink(monkeypatch, ops, rounds, *, chains_room: int | None = None, **port_options):
+    """A sink with the sequence check on an AfXdpPort over FakeXsk (batch backend `ops`), one run per round
+    of frames delivered (as chains of `chains_room`-byte pieces when given, multi-buffer): per round
+    (packets, bytes, seq verdict, latency samples), the port's rx counters, and whether consume() ran."""
+    from kbypass.apps.sink import Sink
+    from kbypass.port import afxdp as afxdp_mod
+
+    monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
+    options = {**dict(frames=8192, fill_size=2048, rx_size=2048, tx_size=64, comp_size=64), **port_options}
+    port = afxdp_mod.AfXdpPort("fake0", batch_ops=ops, **options)
+    try:
+        sink = Sink(port, batch=64, check_seq=True)
+        results = []
+        for frames in rounds:
+            if chains_room:
+                port.xsk.deliver_chains(frames, chains_room)
+            else:
+                assert port.xsk.deliver(frames) == len(frames)  # the fill ring has the frames given back
+            res = sink.run(count=len(frames), idle_timeout=2)
+            results.append((res.packets, res.bytes, res.seq, res.latency_us and res.latency_us["samples"]))
+        port.check(app=0)  # every frame back with the kernel or free: nothing held, nothing lost
+        return results, {k: port.stats[k] for k in ("rx_packets", "rx_bytes")}, port.can_consume
+    finally:
+        port.close()

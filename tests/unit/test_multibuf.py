@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from kbypass import backend
-from kbypass.apps.sink import Sink
 from kbypass.errors import UsageError
 from kbypass.gen.template import udp_template
 from kbypass.port import afxdp as afxdp_mod
@@ -17,7 +16,7 @@ from kbypass.proto.stamp import ETH_IPV4_UDP
 from kbypass.xsk import multibuf
 from kbypass.xsk.consts import XDP_DESC, XDP_PKT_CONTD
 from kbypass.xsk.ring import ConsumerRing, ProducerRing, ring_layout
-from tests.fakexsk import FakeXsk
+from tests.fakexsk import FakeXsk, run_sink
 
 needs_c = pytest.mark.skipif(not backend.built("batch"), reason="kbypass._fastbatch is not built: make setup")
 ROOM = 2048 - 256  # what a 2048-byte frame receives in copy mode
@@ -179,21 +178,6 @@ def test_from_ring_refuses_half_a_packet():
         Batch.from_ring(d, np.zeros(16, dtype=np.uint8))
 
 
-def _sink_run(monkeypatch, ops, rounds):
-    port = _port(monkeypatch, ops)
-    try:
-        sink = Sink(port, batch=64, check_seq=True)
-        out = []
-        for frames in rounds:
-            port.xsk.deliver_chains(frames, ROOM)
-            res = sink.run(count=len(frames), idle_timeout=2)
-            out.append((res.packets, res.bytes, res.seq))
-        port.check(app=0)
-        return out, {k: port.stats[k] for k in ("rx_packets", "rx_bytes")}, port.can_consume
-    finally:
-        port.close()
-
-
 @needs_c
 def test_sink_c_path_counts_chains_as_the_numpy_path_does(monkeypatch):
     rng = np.random.default_rng(3)
@@ -202,8 +186,9 @@ def test_sink_c_path_counts_chains_as_the_numpy_path_does(monkeypatch):
         sizes = rng.choice([60, 1500, 1900, 9014, 20000], size=40)
         order = rng.permutation(40)
         rounds.append([_frames(1, int(sizes[i]), first=r * 100 + int(i))[0] for i in order])
-    c_res, c_stats, c_consumed = _sink_run(monkeypatch, backend.batch("c"), rounds)
-    py_res, py_stats, py_consumed = _sink_run(monkeypatch, backend.batch("python"), rounds)
+    c_res, c_stats, c_consumed = run_sink(monkeypatch, backend.batch("c"), rounds, chains_room=ROOM, multi_buffer=True)
+    py_res, py_stats, py_consumed = run_sink(monkeypatch, backend.batch("python"), rounds, chains_room=ROOM,
+                                                      multi_buffer=True)
     assert (c_consumed, py_consumed) == (True, False)
     assert c_res == py_res and c_stats == py_stats
     assert c_res[0][0] == 40 and c_res[0][2]["received"] == 40 and c_res[0][2]["reordered"] > 0
