@@ -2,7 +2,10 @@
 packets, the port's receive/transmit/free/alloc, and the C sink against its numpy reference, on the fake
 socket of tests/fakexsk.py (the netns tests in tests/netns/test_jumbo.py run the same on a real kernel)."""
 
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +195,69 @@ def test_sink_c_path_counts_chains_as_the_numpy_path_does(monkeypatch):
     assert (c_consumed, py_consumed) == (True, False)
     assert c_res == py_res and c_stats == py_stats
     assert c_res[0][0] == 40 and c_res[0][2]["received"] == 40 and c_res[0][2]["reordered"] > 0
+
+
+_PEEK_HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "kb_ring.h"
+/* stdin: ring size, then ops: "p LEN MORE" (the kernel posts one descriptor; MORE: XDP_PKT_CONTD), "k N"
+ * (kb_ring_cons_peek_packets of N, printed as "IDX COUNT", then released) */
+int main(void) {
+    unsigned size;
+    if (scanf("%u", &size) != 1) return 2;
+    struct kb_desc *slots = calloc(size, sizeof *slots);
+    uint32_t prod = 0, cons = 0, flags = 0;
+    struct kb_ring r = {0, 0, size - 1, size, &prod, &cons, slots, &flags};
+    char op;
+    unsigned a, b;
+    while (scanf(" %c", &op) == 1) {
+        if (op == 'p') {
+            if (scanf("%u %u", &a, &b) != 2) return 2;
+            slots[prod & (size - 1)] = (struct kb_desc){0, a, b ? KB_PKT_CONTD : 0};
+            prod++;
+        } else {
+            uint32_t idx;
+            if (scanf("%u", &a) != 1) return 2;
+            uint32_t n = kb_ring_cons_peek_packets(&r, a, &idx);
+            printf("%u %u\n", n ? idx : 0, n);
+            kb_ring_cons_release(&r, n);
+        }
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_peek_packets_c_twin_gives_the_same_answers(tmp_path):
+    """kb_ring_cons_peek_packets (C, kb_ring.h) and ConsumerRing.peek_packets (Python) on the same random
+    posts and budgets, chains cut by the budget and by the wrap included: the same (index, count) each time."""
+    core = Path(__file__).resolve().parents[2] / "csrc/core"
+    (tmp_path / "h.c").write_text(_PEEK_HARNESS)
+    exe = tmp_path / "h"
+    subprocess.run(["gcc", "-O1", "-fsanitize=undefined", "-fno-sanitize-recover=all", f"-I{core}",
+                    str(tmp_path / "h.c"), "-o", str(exe)], check=True)
+    rng = np.random.default_rng(17)
+    size = 64
+    kernel, rx = _rings(size)
+    ops, want = [str(size)], []
+    posted = 0
+    for _ in range(400):
+        if rng.random() < 0.6 and posted < size - 20:  # a whole packet of 1 to 18 frames
+            k = int(rng.integers(1, 19))
+            chain = [(int(rng.integers(1, 2048)), m < k - 1) for m in range(k)]
+            _post(kernel, chain)
+            ops += [f"p {n} {int(more)}" for n, more in chain]
+            posted += k
+        else:
+            budget = int(rng.integers(1, 40))
+            idx, n = rx.peek_packets(budget)
+            rx.release(n)
+            posted -= n
+            ops.append(f"k {budget}")
+            want.append(f"{idx & 0xFFFFFFFF if n else 0} {n}")
+    r = subprocess.run([str(exe)], input="\n".join(ops), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:-1] == want
+    assert any(w.split()[1] != "0" for w in want) and any(int(w.split()[1]) > 1 for w in want)
