@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,16 +106,25 @@ def _finish(proc: subprocess.Popen, timeout: float = 20) -> dict:
     return json.loads(out)
 
 
-def test_sink_counts_jumbo_datagrams_with_their_sequence(jumbo):
+@pytest.mark.parametrize("queue", [None, 0], ids=["every-queue", "queue-0"])
+def test_sink_counts_jumbo_datagrams_with_their_sequence(jumbo, queue):
+    """Every queue: a group of ports, the numpy path; one queue: the port's C path (consume, kb_sink), which
+    must count chains as packets and read each one's stamp from its first frame. The sender runs on CPU 0,
+    so its datagrams leave on queue 0 (the testbed's XPS) and reach that one queue."""
     a, b = jumbo
-    tx = udp_socket(a.netns)
     n = 20
+    where = [] if queue is None else ["--queue", str(queue)]
     sink = _tool("sink", "--host", "b", "--rule", f"udp dport {PORT}", "--check-seq", "--json", "--count", str(n),
-                 "--duration", "15")
-    for i in range(n):
-        tx.sendto(payload(i, SIZES[i % 2]), (b.ipv4, PORT))
+                 "--duration", "15", *where)
+    send = ("import socket, struct, sys\n"
+            "import numpy as np\n"
+            f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+            "from tests.netns.test_jumbo import payload, SIZES\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for i in range({n}): s.sendto(payload(i, SIZES[i % 2]), ({b.ipv4!r}, {PORT}))\n")
+    subprocess.run(["taskset", "-c", "0", "ip", "netns", "exec", a.netns, sys.executable, "-c", send], check=True,
+                   timeout=30)
     summary = _finish(sink)
-    tx.close()
     assert summary["packets"] == n and summary["seq"]["received"] == n and summary["seq"]["lost"] == 0
     assert summary["bytes"] == sum(SIZES[i % 2] + 42 for i in range(n))
 
