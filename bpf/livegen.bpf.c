@@ -22,7 +22,10 @@ struct {
 /* Largest stamp offset we accept: keeps the verifier's range small; frames are at most one page. */
 #define LIVEGEN_MAX_OFFSET 2048
 
-SEC("xdp")
+/* xdp.frags: frags-aware like every kbypass XDP program, so that loading it never ties a veth to one-page
+ * MTUs; it only touches the first buffer. (Live-frames mode itself still refuses frames larger than a page:
+ * kbypass.gen.live.MAX_FRAME.) */
+SEC("xdp.frags")
 int livegen(struct xdp_md *ctx)
 {
 	__u32 zero = 0;

@@ -81,8 +81,21 @@ struct flow {
 
 struct cursor {
 	void *pos;
-	void *end;
+	void *end;  /* the end of the first buffer: headers are read from it alone */
+	__u32 frags; /* bytes of the packet past `end`, in frags (multi-buffer; 0 for a one-buffer packet) */
 };
+
+/* What the packet holds from p on, frags included: the bound a length field is checked against (a header
+ * that claims more is a lie; one that claims more than the first buffer holds is not, with frags). */
+static __always_inline __u32 left_from(const struct cursor *c, void *p)
+{
+	__u32 in_first = c->end - p;
+
+	/* a barrier, so clang does not fold this into end + frags - p: the verifier refuses arithmetic on
+	 * pkt_end, and on packet pointers with a length it cannot bound */
+	asm volatile("" : "+r"(in_first));
+	return in_first + c->frags;
+}
 
 #define IP_MF 0x2000      /* IPv4 frag_off: more fragments */
 #define IP_OFFSET 0x1fff  /* IPv4 frag_off: fragment offset in 8-byte units */
@@ -199,7 +212,7 @@ static __always_inline int parse_ipv4(struct cursor *c, struct flow *f)
 	f->proto = iph->protocol;
 
 	tot = bpf_ntohs(iph->tot_len);
-	have = c->end - (void *)iph;
+	have = left_from(c, iph);
 	if (tot < hlen || tot > have) {
 		/* Addresses are readable, the rest is a lie: match on L3 only. */
 		f->malformed = 1;
@@ -244,7 +257,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct flow *f)
 	f->proto = other_proto(next);
 
 	avail = bpf_ntohs(ip6->payload_len);
-	have = c->end - c->pos;
+	have = left_from(c, c->pos);
 	if (avail == 0 || avail > have) {
 		/* payload_len 0 is a jumbogram, which we do not parse; larger than the frame is a lie. */
 		f->malformed = 1;
@@ -359,12 +372,19 @@ static long rule_step(__u32 i, void *data)
 	return decides(s, s->ord->slot[i & (STEER_MAX_RULES - 1)]);
 }
 
-SEC("xdp")
+/* Section xdp.frags: the program declares multi-buffer support (BPF_F_XDP_HAS_FRAGS), so a veth or a driver
+ * lets it run with an MTU larger than one page (a veth up to 65,000) and hands it packets as a first buffer
+ * plus frags. Everything it parses (Ethernet, VLAN, IP, L4 headers) is read from the first buffer, the
+ * linear part between data and data_end, bounds-checked as before: a header that does not fit the first
+ * buffer is a short packet and passes. Packet lengths it counts are the whole packet's
+ * (bpf_xdp_get_buff_len), not the first buffer's. */
+SEC("xdp.frags")
 int kbypass_steer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct cursor c = { .pos = data, .end = data_end };
+	__u32 pkt_len = bpf_xdp_get_buff_len(ctx);
 	struct scan s = { .action = STEER_ACT_NONE }; /* the parser fills s.f in place: no copy per packet */
 	struct ethhdr *eth;
 	struct vlan_hdr *vh;
@@ -376,6 +396,7 @@ int kbypass_steer(struct xdp_md *ctx)
 	struct steer_config *cfg;
 
 	/* a queue past 16 bits reads as 0xffff, which no rule names (user space takes queues up to 4095) */
+	c.frags = pkt_len - (__u32)(data_end - data);
 	s.f.queue = ctx->rx_queue_index > 0xffff ? 0xffff : ctx->rx_queue_index;
 	eth = take(&c, sizeof(*eth));
 	if (!eth) {
@@ -442,7 +463,7 @@ int kbypass_steer(struct xdp_md *ctx)
 	cnt = bpf_map_lookup_elem(&steer_counters, &s.slot);
 	if (cnt) {
 		cnt->packets += 1;
-		cnt->bytes += data_end - data;
+		cnt->bytes += pkt_len;
 	}
 	switch (s.action) {
 	case STEER_ACT_REDIRECT:

@@ -54,12 +54,35 @@ class FakeXsk:
         self.k_rx.submit(n)
         return n
 
+    def deliver_chains(self, frames: list[bytes], room: int) -> int:
+        """deliver() as a multi-buffer socket does (XDP_USE_SG): each frame in pieces of at most `room` bytes
+        over consecutive fill frames, XDP_PKT_CONTD on every piece but the last. Returns descriptors posted."""
+        pieces = [(f[o : o + room], o + room < len(f)) for f in frames for o in range(0, len(f), room)]
+        idx, n = self.k_fill.peek(len(pieces))
+        assert n == len(pieces), "not enough fill frames for the chains"
+        addrs = self.k_fill.read_slots(idx, n)
+        self.k_fill.release(n)
+        ridx, m = self.k_rx.reserve(n)
+        assert m == n
+        descs = np.zeros(n, dtype=consts.XDP_DESC)
+        for i, (piece, more) in enumerate(pieces):
+            a = int(addrs[i]) + self.umem.headroom + consts.XDP_PACKET_HEADROOM
+            self.umem.array[a : a + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+            descs[i] = (a, len(piece), consts.XDP_PKT_CONTD if more else 0)
+        self.k_rx.write_slots(ridx, descs)
+        self.k_rx.submit(n)
+        return n
+
     def send_all(self) -> list[bytes]:
         """Transmit everything on the TX ring and post completions."""
         idx, n = self.k_tx.peek(1 << 20)
         descs = self.k_tx.read_slots(idx, n)
         self.k_tx.release(n)
-        out = [self.umem.array[int(d["addr"]) : int(d["addr"]) + int(d["len"])].tobytes() for d in descs]
+        out, more = [], False
+        for d in descs:  # a multi-buffer chain (XDP_PKT_CONTD on all but its last) is one packet
+            piece = self.umem.array[int(d["addr"]) : int(d["addr"]) + int(d["len"])].tobytes()
+            out[-1:] = [out[-1] + piece] if more else out[-1:] + [piece]
+            more = bool(d["options"] & consts.XDP_PKT_CONTD)
         cidx, m = self.k_comp.reserve(n)
         assert m == n
         self.k_comp.write_slots(cidx, descs["addr"].copy())
@@ -86,3 +109,29 @@ class FakeXsk:
     def close(self):
         self.sock.close()
         self.peer.close()
+
+
+def run_sink(monkeypatch, ops, rounds, *, chains_room: int | None = None, **port_options):
+    """A sink with the sequence check on an AfXdpPort over FakeXsk (batch backend `ops`), one run per round
+    of frames delivered (as chains of `chains_room`-byte pieces when given, multi-buffer): per round
+    (packets, bytes, seq verdict, latency samples), the port's rx counters, and whether consume() ran."""
+    from kbypass.apps.sink import Sink
+    from kbypass.port import afxdp as afxdp_mod
+
+    monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
+    options = {**dict(frames=8192, fill_size=2048, rx_size=2048, tx_size=64, comp_size=64), **port_options}
+    port = afxdp_mod.AfXdpPort("fake0", batch_ops=ops, **options)
+    try:
+        sink = Sink(port, batch=64, check_seq=True)
+        results = []
+        for frames in rounds:
+            if chains_room:
+                port.xsk.deliver_chains(frames, chains_room)
+            else:
+                assert port.xsk.deliver(frames) == len(frames)  # the fill ring has the frames given back
+            res = sink.run(count=len(frames), idle_timeout=2)
+            results.append((res.packets, res.bytes, res.seq, res.latency_us and res.latency_us["samples"]))
+        port.check(app=0)  # every frame back with the kernel or free: nothing held, nothing lost
+        return results, {k: port.stats[k] for k in ("rx_packets", "rx_bytes")}, port.can_consume
+    finally:
+        port.close()

@@ -61,6 +61,23 @@ def collect_batches(port, want: int, timeout: float = 3.0, linger: float = 0.05,
     return batches
 
 
+def receive_packets(port, want: int, timeout: float = 3.0) -> list[bytes]:
+    """Receive (freeing each batch) until `want` packets came or `timeout` passed: each packet's bytes, all
+    its frames (Batch.tobytes)."""
+    import time
+
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        batch = port.receive(64)
+        if not batch:
+            port.wait(0.05)
+            continue
+        got += [batch.tobytes(i) for i in range(len(batch))]
+        port.free(batch)
+    return got
+
+
 def fd_closed(fd: int) -> bool:
     """Whether `fd` is closed in this process (a refused call must close what it was given, never leak it)."""
     try:

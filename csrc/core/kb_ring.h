@@ -33,6 +33,7 @@
 #include <stdint.h>
 
 #define KB_RING_NEED_WAKEUP 1u /* XDP_RING_NEED_WAKEUP in the flags word */
+#define KB_PKT_CONTD 1u        /* XDP_PKT_CONTD in a descriptor's options: not the packet's last frame */
 
 struct kb_ring {
     /* do not touch these members, use the functions below (Python's ring.py is the other user) */
@@ -129,6 +130,27 @@ static inline uint32_t kb_ring_cons_peek(struct kb_ring *r, uint32_t nb, uint32_
 
 /* Un-peek the last nb slots (the next peek returns them again). */
 static inline void kb_ring_cons_cancel(struct kb_ring *r, uint32_t nb) { r->cached_cons -= nb; }
+
+/* kb_ring_cons_peek for the RX ring of a multi-buffer socket (XDP_USE_SG), the twin of ring.py's
+ * peek_packets: up to nb slots ending at the end of a packet (a descriptor without KB_PKT_CONTD); when the
+ * first packet alone has more than nb frames, all of them; none when the ring holds no whole packet (the
+ * kernel publishes a packet's descriptors with one producer store, so that is only "not yet"). On a socket
+ * without multi-buffer no descriptor has KB_PKT_CONTD: one extra load per call. */
+static inline uint32_t kb_ring_cons_peek_packets(struct kb_ring *r, uint32_t nb, uint32_t *idx) {
+    uint32_t n = kb_ring_cons_peek(r, nb, idx);
+    if (!n || !(kb_ring_desc(r, *idx + n - 1)->options & KB_PKT_CONTD)) return n;
+    uint32_t keep = n;
+    while (keep && (kb_ring_desc(r, *idx + keep - 1)->options & KB_PKT_CONTD)) keep--;
+    if (keep) {
+        kb_ring_cons_cancel(r, n - keep);
+        return keep;
+    }
+    kb_ring_cons_cancel(r, n);
+    uint32_t have = kb_ring_cons_avail(r, n + 1);
+    for (uint32_t i = 0; i < have; i++)
+        if (!(kb_ring_desc(r, *idx + i)->options & KB_PKT_CONTD)) return kb_ring_cons_peek(r, i + 1, idx);
+    return 0;
+}
 
 /* Hand nb peeked slots back to the kernel (the release store: the slot reads are done first). */
 static inline void kb_ring_cons_release(struct kb_ring *r, uint32_t nb) {

@@ -23,16 +23,22 @@ static int64_t now_ns(void) {
 
 static long long give_back(struct kb_sink *k, uint32_t n, uint32_t ri, uint64_t *bytes, size_t *nlat);
 
+/* The first n descriptors from ri cut back to whole packets (multi-buffer: never half a packet taken). */
+static uint32_t whole_packets(const struct kb_ring *rx, uint32_t ri, uint32_t n) {
+    while (n && (kb_ring_desc(rx, ri + n - 1)->options & KB_PKT_CONTD)) n--;
+    return n;
+}
+
 long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, size_t *nlat) {
     *bytes = 0;
     *nlat = 0;
     uint32_t ri;
-    uint32_t n = kb_ring_cons_peek(k->rx, budget, &ri);
+    uint32_t n = kb_ring_cons_peek_packets(k->rx, budget, &ri);
     if (!n) {
         if (kb_ring_needs_wakeup(k->fill)) {
             recvfrom(k->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
             k->stats[KB_RX_WAKEUPS]++;
-            n = kb_ring_cons_peek(k->rx, budget, &ri);
+            n = kb_ring_cons_peek_packets(k->rx, budget, &ri);
         }
         if (!n) return 0;
     }
@@ -53,24 +59,27 @@ static long long give_back(struct kb_sink *k, uint32_t n, uint32_t ri, uint64_t 
     uint32_t fi;
     uint32_t room = kb_ring_prod_reserve(k->fill, n, &fi);
     if (room < n) { /* a queue of one's own: never (every frame taken left a fill slot behind); shared: can */
-        kb_ring_cons_cancel(k->rx, n - room);
-        n = room;
+        uint32_t m = whole_packets(k->rx, ri, room);
+        kb_ring_prod_cancel(k->fill, room - m);
+        kb_ring_cons_cancel(k->rx, n - m);
+        n = m;
         if (!n) return 0;
     }
     uint64_t chunk = ~(uint64_t)(k->frame_size - 1), total = 0;
     for (uint32_t i = 0; i < n; i++) { /* all descriptors checked before anything is given back */
         const struct kb_desc *d = kb_ring_desc(k->rx, ri + i);
         if (d->addr >= k->umem_size || d->len > k->umem_size - d->addr) {
-            /* the frames before it are taken as usual; it and the rest stay on the RX ring, their fill
-             * slots unused, so the next call meets it first and takes nothing */
-            kb_ring_prod_cancel(k->fill, n - i);
-            kb_ring_cons_cancel(k->rx, n - i);
-            if (!i) {
+            /* the whole packets before it are taken as usual; it, the packet it is part of and the rest
+             * stay on the RX ring, their fill slots unused, so the next call meets it first and takes nothing */
+            uint32_t m = whole_packets(k->rx, ri, i);
+            kb_ring_prod_cancel(k->fill, n - m);
+            kb_ring_cons_cancel(k->rx, n - m);
+            if (!m) {
                 k->bad_addr = d->addr;
                 k->bad_len = d->len;
                 return KB_SINK_E_RX_DESC;
             }
-            n = i;
+            n = m;
             break;
         }
     }
@@ -78,25 +87,29 @@ static long long give_back(struct kb_sink *k, uint32_t n, uint32_t ri, uint64_t 
     if (!k->first_ns) k->first_ns = now;
     k->last_ns = now;
     size_t nseq = 0, nl = 0, need = k->stamp_off + 16;
+    uint32_t packets = 0;
+    int head = 1; /* the descriptor at hand is a packet's first frame (multi-buffer: the one after a last) */
     for (uint32_t i = 0; i < n; i++) {
         const struct kb_desc *d = kb_ring_desc(k->rx, ri + i);
         total += d->len;
-        if (k->stamp_off && d->len >= need) {
+        if (head && k->stamp_off && d->len >= need) { /* the stamp is in the first frame, as headers are */
             const uint8_t *p = k->umem + d->addr + k->stamp_off;
             k->seqs[nseq++] = (int64_t)be64_at(p);
             int64_t sent = (int64_t)be64_at(p + 8);
             if (sent) k->lat[nl++] = now - sent; /* a sampling generator leaves the time zero */
         }
+        head = !(d->options & KB_PKT_CONTD);
+        packets += head;
         *kb_ring_addr(k->fill, fi + i) = d->addr & chunk;
     }
     kb_ring_prod_submit(k->fill, n);
     kb_ring_cons_release(k->rx, n);
-    k->stats[KB_RX_PACKETS] += n;
+    k->stats[KB_RX_PACKETS] += packets;
     k->stats[KB_RX_BYTES] += total;
     if (k->seq) kb_seq_update(k->seq, k->seen, k->window, k->seqs, nseq);
     *bytes = total;
     *nlat = nl;
-    return n;
+    return packets;
 }
 
 long long kb_sink_run(struct kb_sink *k, uint32_t budget, int wait_ms, uint64_t *bytes, size_t *nlat) {

@@ -9,6 +9,11 @@
  * in CLOCK_MONOTONIC ns, 0 when not sampled): the numbers go to the sequence check (kb_seq.h), the latency
  * now - sent of the sampled ones to `lat`. On an empty RX ring it makes the syscall the kernel asks for
  * (need_wakeup) and looks once more.
+ *
+ * Multi-buffer sockets (XDP_USE_SG): a packet is several descriptors (KB_PKT_CONTD on all but its last,
+ * kb_ring.h); a call takes whole packets only (kb_ring_cons_peek_packets), counts and returns packets, sums
+ * the bytes of every frame, and reads the stamp from each packet's first frame alone. `budget` bounds the
+ * descriptors taken per look (at least one whole packet).
  */
 #ifndef KB_SINK_H
 #define KB_SINK_H
@@ -47,7 +52,7 @@ struct kb_sink {
 #define KB_SINK_E_RX_DESC (-1)
 #define KB_SINK_E_LOCK (-2) /* a shared queue's lock not taken (lock_err: ETIMEDOUT when busy): nothing taken */
 
-/* Frames taken (0: none there, or no fill slot to give them back), or KB_SINK_E_RX_DESC or KB_SINK_E_LOCK. *bytes: their
+/* Packets taken (frames on a one-buffer socket; 0: none there, or no fill slot to give them back), or KB_SINK_E_RX_DESC or KB_SINK_E_LOCK. *bytes: their
  * total length; *nlat: latencies written to lat. The rings and counts stay consistent on a bad descriptor:
  * the frames before it are taken (given back, counted, checked) and returned; it and those after stay on
  * the RX ring, so the error comes only from a call that took nothing. */

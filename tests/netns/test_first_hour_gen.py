@@ -86,9 +86,9 @@ def test_tune_apply_says_busy_poll_is_machine_wide(testbed_hosts):
     assert shown["scope"]["busy_read"] == "machine" and shown["scope"]["threaded"] == "interface"
 
 
-def test_doctor_names_the_mtu_when_native_xdp_fails(testbed_hosts):
-    """An MTU above what veth runs XDP with (set by hand: `testbed up` refuses it) is what doctor names, with
-    the testbed command that fixes it, not a kernel version."""
+def test_doctor_attaches_at_a_jumbo_mtu(testbed_hosts):
+    """Above one page's MTU (set by hand here) veth takes only frags-aware XDP programs: kbypass's steering
+    program is one (section xdp.frags), so doctor's native-XDP check passes at MTU 9000 too."""
     a, b = testbed_hosts
     prefix = testbed.default_prefix()
 
@@ -101,8 +101,7 @@ def test_doctor_names_the_mtu_when_native_xdp_fails(testbed_hosts):
         check = doctor.check_native_xdp(prefix)
     finally:
         set_mtu(b.mtu)
-    assert not check.ok and "MTU 9000 is too large" in check.detail and "3506" in check.detail
-    assert f"--mtu {testbed.XDP_MAX_MTU}" in check.fix and "Linux" not in check.fix
+    assert check.ok, check.detail
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.01, 0.03, 0.1])

@@ -189,7 +189,21 @@ def run_fg(argv) -> None:
 
 def run_shell_block(text: str, hosts, tmp: Path) -> None:
     lines = [c for c in commands(text) if not c.endswith("...")]  # `kbypass ...`: a placeholder
-    lines = [c for c in lines if not re.match(r"kbypass testbed (up|down)\b", c)]  # the fixture's testbed
+    # the fixture's testbed; a block that sets the MTU (`up --mtu N`: changed in place) gets it first, and
+    # the fixture's MTU back at the end
+    mtu = next((int(m[1]) for c in lines if (m := re.match(r"kbypass testbed up --mtu (\d+)$", c))), None)
+    lines = [c for c in lines if not re.match(r"kbypass testbed (up|down)\b", c)]
+    if mtu is not None:
+        run_fg([KBYPASS, "testbed", "up", "--mtu", str(mtu)])
+        try:
+            run_lines(lines, hosts, tmp)
+        finally:
+            run_fg([KBYPASS, "testbed", "up", "--mtu", str(hosts[0].mtu)])
+        return
+    run_lines(lines, hosts, tmp)
+
+
+def run_lines(lines: list[str], hosts, tmp: Path) -> None:
     bg = [c for c in lines if BACKGROUND.search(c)]
     fg = [c for c in lines if c not in bg]
     sends = any(re.search(r"\bkbypass (gen|pingpong client|xfer send)\b|^sockperf|sockperf ", c) for c in fg)

@@ -14,7 +14,7 @@ import pytest
 from kbypass import netns
 from kbypass.apps.reflect import Reflector
 from kbypass.port.steered import SteeredPort
-from tests.kb import kbypass, xdp_attached
+from tests.kb import kbypass, receive_packets, xdp_attached
 
 pytestmark = pytest.mark.netns
 PORT = 4321
@@ -35,17 +35,7 @@ def payload(i: int, size: int = 64) -> bytes:
     return words
 
 
-def drain(port, want, timeout=3.0):
-    got = []
-    deadline = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
-        batch = port.receive(64)
-        if not batch:
-            port.wait(0.05)
-            continue
-        got += [batch.tobytes(i) for i in range(len(batch))]
-        port.free(batch)
-    return got
+drain = receive_packets  # tests.kb's: receive and free until `want` came
 
 
 def test_steered_flow_exact_while_kernel_keeps_the_rest(testbed_hosts):

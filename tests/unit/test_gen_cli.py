@@ -44,13 +44,26 @@ STANDALONE = ("--iface", "lo", "--src", "10.0.0.1", "--dst", "10.0.0.2:4321", "-
     ("packet_mmap", 3000, 2000, "2048-byte PACKET_MMAP TX slot less its 48-byte header"),
     ("packet_mmap", 1500, 1514, "MTU of veth0, 1500"),
     ("afxdp", 1500, 1514, "MTU of veth0, 1500"),
-    ("afxdp", 9000, 2048, "2048-byte AF_XDP UMEM frame"),
+    ("afxdp", 1700, 1714, "MTU of veth0, 1700"),
+    ("afxdp", 2000, 2014, "MTU of veth0, 2000"),  # multi-buffer above one 2048-byte frame's receive room
+    ("afxdp", 9000, 9014, "MTU of veth0, 9000"),
+    ("afxdp", 65535, 65549, "MTU of veth0, 65535"),
     ("live", 1500, 1514, "MTU of veth0"),
     ("live", 9000, live.MAX_FRAME, "live engine"),
 ])
 def test_size_limit_names_the_limit_that_applies(engine, mtu, limit, words):
     got, why = gen.size_limit(engine, mtu, "veth0")
     assert got == limit and words in why
+
+
+def test_size_limit_is_the_kernels_frag_limit_when_that_is_lower(monkeypatch, tmp_path):
+    from kbypass.xsk import multibuf
+
+    proc = tmp_path / "max_skb_frags"
+    proc.write_text("8\n")  # a machine whose net.core.max_skb_frags was lowered
+    monkeypatch.setattr(multibuf, "MAX_SKB_FRAGS_PATH", str(proc))
+    got, why = gen.size_limit("afxdp", 65535, "veth0")
+    assert got == 9 * 4096 and "9 AF_XDP frames of 4096 bytes" in why and "max_skb_frags" in why
 
 
 def test_interface_info_reads_mtu_and_mac_of_this_namespace():

@@ -16,13 +16,12 @@ import pytest
 
 from kbypass import backend
 from kbypass.apps.seqcheck import FIELDS, SeqChecker
-from kbypass.apps.sink import Sink
 from kbypass.errors import UsageError
 from kbypass.gen.template import udp_template
 from kbypass.port import afxdp as afxdp_mod
 from kbypass.proto.stamp import ETH_IPV4_UDP
 from kbypass.xsk.pool_lock import PoolLock, PoolLockError, SharedQueue, make_lock_file
-from tests.fakexsk import FakeXsk
+from tests.fakexsk import FakeXsk, run_sink
 
 needs_c = pytest.mark.skipif(not backend.built("batch"), reason="kbypass._fastbatch is not built: make setup")
 
@@ -145,23 +144,6 @@ def _frames(seqs, times, short_every=0):
     return out
 
 
-def _run(monkeypatch, ops, rounds):
-    monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
-    port = afxdp_mod.AfXdpPort("fake0", frames=8192, fill_size=2048, rx_size=2048, tx_size=64, comp_size=64,
-                               batch_ops=ops)
-    try:
-        sink = Sink(port, batch=64, check_seq=True)
-        results = []
-        for frames in rounds:
-            assert port.xsk.deliver(frames) == len(frames)  # the fill ring has the frames given back
-            res = sink.run(count=len(frames), idle_timeout=2)
-            results.append((res.packets, res.bytes, res.seq, res.latency_us and res.latency_us["samples"]))
-        port.check(app=0)  # every frame back with the kernel or free: nothing held, nothing lost
-        return results, {k: port.stats[k] for k in ("rx_packets", "rx_bytes")}, port.can_consume
-    finally:
-        port.close()
-
-
 @needs_c
 def test_sink_consume_gives_the_numpy_paths_result(monkeypatch):
     rng = np.random.default_rng(7)
@@ -174,8 +156,8 @@ def test_sink_consume_gives_the_numpy_paths_result(monkeypatch):
         rng.shuffle(seqs[300:340])  # reordered
         times = np.where(rng.random(len(seqs)) < 0.5, now - 5000, 0)  # a sampling generator: half zero
         rounds.append(_frames(seqs.tolist(), times.tolist(), short_every=97))
-    c_res, c_stats, c_consumed = _run(monkeypatch, backend.batch("c"), rounds)
-    py_res, py_stats, py_consumed = _run(monkeypatch, backend.batch("python"), rounds)
+    c_res, c_stats, c_consumed = run_sink(monkeypatch, backend.batch("c"), rounds)
+    py_res, py_stats, py_consumed = run_sink(monkeypatch, backend.batch("python"), rounds)
     assert (c_consumed, py_consumed) == (True, False)  # the two paths ran
     assert c_res == py_res and c_stats == py_stats
     assert c_res[0][2]["lost"] > 0 and c_res[0][2]["duplicates"] > 0 and c_res[0][2]["reordered"] > 0

@@ -177,6 +177,22 @@ def test_udp_dst_dport_redirect(prog: SteerProgram, run: Probe) -> None:
     assert run(udp6(dport=4321)) == (PASS, [], UNMATCHED)  # family pinned by the v4 address
 
 
+@pytest.mark.parametrize("payload", [3500, 9000 - 28, 60000])
+def test_jumbo_frames_are_parsed_from_the_first_buffer(prog: SteerProgram, run: Probe, payload: int) -> None:
+    """Section xdp.frags: BPF_PROG_RUN hands a frame larger than a page to the program as a first buffer
+    plus frags, as a veth does at a jumbo MTU. The headers come from the first buffer, the lengths in them
+    are checked against the whole packet (so a 60,000-byte datagram is not a "length lie"), the rule's
+    byte counter counts the whole packet; a length larger than the whole packet is still malformed."""
+    rid = prog.add("udp dst 10.0.0.2 dport 4321")
+    frame = bytes(eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=4321) / (b"j" * payload))
+    assert run(frame) == (REDIRECT, [rid], CLEAN)
+    assert prog.counters()[rid] == (1, len(frame))
+    liar = bytearray(frame)
+    struct.pack_into("!H", liar, 16, len(frame) - 14 + 1)  # IPv4 total length one byte past the packet
+    assert run(bytes(liar)) == (PASS, [], MALFORMED_UNMATCHED)
+    assert run(frame[:-1]) == (PASS, [], MALFORMED_UNMATCHED)  # the UDP length claims one byte more
+
+
 def test_redirect_without_socket_passes(prog: SteerProgram, run: Probe) -> None:
     rid = prog.add("udp dport 4321")
     prog.unregister_xsk(0)
@@ -668,7 +684,7 @@ def test_refuses_when_another_program_is_attached(veth_ns: str) -> None:
         assert f"ip -n {veth_ns} link set dev kb0 xdp off" in msg  # for a program no process holds
         assert query(veth_ns, "kb0").prog_id == first.prog_id  # the first one is untouched
     # a netlink-attached program (what `ip link set xdp` makes) is refused the same way
-    ip("-n", veth_ns, "link", "set", "dev", "kb0", "xdpgeneric", "obj", str(libbpf.object_path("steer")), "sec", "xdp")
+    ip("-n", veth_ns, "link", "set", "dev", "kb0", "xdpgeneric", "obj", str(libbpf.object_path("steer")), "sec", "xdp.frags")
     try:
         other = query(veth_ns, "kb0").prog_id
         assert other

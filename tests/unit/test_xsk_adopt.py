@@ -46,4 +46,4 @@ def test_adopting_takes_both_fds_or_neither_and_closes_what_it_was_given():
 def test_the_socket_layout_is_the_given_sizes_over_the_ports_defaults():
     assert socket_layout({"frames": 256, "rx_size": 512, "poll": "wakeup"}) == {
         "frames": 256, "frame_size": 2048, "headroom": 0, "rx_size": 512, "tx_size": 2048, "fill_size": 2048,
-        "comp_size": 2048}
+        "comp_size": 2048, "multi_buffer": None}  # None: chosen from the MTU when opened

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from kbypass.errors import UsageError
-from kbypass.port.batch import Batch
+from kbypass.port.batch import DESC, Batch
 
 LINKTYPE_ETHERNET = 1
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -50,6 +50,8 @@ class PcapWriter:
             return
         if times_ns is None:
             times_ns = np.full(n, round((time.time() if now is None else now) * 1e9), dtype=np.int64)
+        if batch.tails is not None:  # multi-frame packets: each gathered whole, then written as one frame
+            batch = _gathered(batch)
         orig = batch.lens.astype(np.int64)
         incl = np.minimum(orig, self.snaplen)
         rec_len = RECORD.itemsize + incl
@@ -88,6 +90,16 @@ class PcapWriter:
 
 
 HEADER_SIZE = 24
+
+
+def _gathered(batch: Batch) -> Batch:
+    """A free-standing Batch of one-frame packets holding copies of `batch`'s packets, all frames of each
+    gathered in order (for writing multi-frame packets whole)."""
+    packets = [batch.packet(i) for i in range(len(batch))]
+    descs = np.zeros(len(packets), dtype=DESC)
+    descs["len"] = [len(p) for p in packets]
+    descs["addr"] = np.cumsum(descs["len"]) - descs["len"]
+    return Batch(descs, np.concatenate(packets))
 
 
 def records(path: str):

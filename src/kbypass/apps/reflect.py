@@ -8,6 +8,8 @@ Swapping addresses and ports is only right for untagged IPv4 with a 20-byte head
 UDP or TCP datagram: the fields sit at fixed offsets there. Anything else the rules let through (IPv6,
 a VLAN tag, IP options, a fragment, a short frame) would go back out with its bytes scrambled, so it is
 freed instead and counted as `not_reflected` (--macs-only swaps MACs, which is right for any frame).
+A multi-frame packet (multi-buffer, jumbo MTU) goes back as the same chain: its headers are in its first
+frame, where the swaps act, and transmit sends every frame of it.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class Reflector:
             if start is None:
                 start = last
             res.packets += len(batch)
-            res.bytes += int(batch.lens.sum())
+            res.bytes += int(batch.total_lens().sum())
             if self.swap_l3:
                 ok = reflectable(batch)
                 if not ok.all():

@@ -81,7 +81,7 @@ class Sink:
             if start is None:
                 start = last
             res.packets += len(batch)
-            res.bytes += int(batch.lens.sum())
+            res.bytes += int(batch.total_lens().sum())  # every frame of a multi-frame packet
             if self.seq is not None:
                 stamped = batch[batch.lens >= self.stamp_offset + 16]
                 if len(stamped):

@@ -231,7 +231,8 @@ class ControlPlaneClient:
 
     def open_socket(self, iface: str, queue: int, *, frames: int, frame_size: int, rx_size: int, tx_size: int,
                     fill_size: int, comp_size: int, headroom: int = 0, mode: str = "auto",
-                    xdp_mode: str | None = None, share_queue: bool = False) -> tuple[int, int, dict]:
+                    xdp_mode: str | None = None, share_queue: bool = False,
+                    multi_buffer: bool = False) -> tuple[int, int, dict]:
         """Have the control plane make an AF_XDP socket on `queue` and its UMEM, registered for this client as
         register_xsk does; returns (socket fd, UMEM memfd, layout): the fds are the caller's to close, the
         layout the reply's sizes, group and bind `mode` (kbypass.cp.protocol open_socket). No root needed.
@@ -243,6 +244,8 @@ class ControlPlaneClient:
             args["xdp_mode"] = xdp_mode
         if share_queue:
             args["share_queue"] = True
+        if multi_buffer:
+            args["multi_buffer"] = True
         layout, fds = self._call_fds("open_socket", (), 3 if share_queue else 2, **args)
         for key in ("ok", "id"):
             layout.pop(key, None)
@@ -255,6 +258,7 @@ class ControlPlaneClient:
                     os.close(fd)
                 raise ControlPlaneError("the control plane's shared-queue reply has no slice: is it a kbypass cp "
                                         "of this version?") from None
+        layout.setdefault("multi_buffer", False)  # a pool's reply, or a control plane from before multi-buffer
         return fds[0], fds[1], layout
 
     def unregister_xsk(self, iface: str, queue: int) -> None:

@@ -15,7 +15,7 @@ client can match them. The first request of a connection must be `hello` with th
     register     iface, queue, xdp_mode?  + one AF_XDP socket fd     group
     open_socket  iface, queue, frames, frame_size, rx_size, tx_size,  group, mode, frames, frame_size, headroom,
                  fill_size, comp_size, headroom?, mode?, xdp_mode?,   rx_size, tx_size, fill_size, comp_size,
-                 share_queue?                                        shared_queue? + two fds: the AF_XDP socket,
+                 share_queue?, multi_buffer?                         shared_queue?, multi_buffer + two fds: the AF_XDP socket,
                                                                      its UMEM memfd (+ the pool lock's memfd)
     unregister   iface, queue                                        -
     accelerate   -  + the app's bound UDP socket fd                  iface, ifindex, mac, mtu, ip, prefixlen,
@@ -43,6 +43,9 @@ auto), registers it for the client as `register` does, and sends both fds with t
 rings from the socket (kbypass.xsk.socket.XskSocket with `fd=`). Bounds (checked here): queue 0-63,
 frame_size 2048 or 4096, frames 64 to 2^18, headroom 0 to frame_size - 512, ring sizes powers of two
 from 64 to 65536.
+
+`multi_buffer`: bind with XDP_USE_SG too (packets larger than a frame arrive as chains of frames,
+kbypass.xsk.multibuf); not with share_queue (a pool is bound without it).
 
 `share_queue`: several clients of one user receive on one queue, each on its own socket over one shared
 UMEM (kbypass.cp.pool): the first one's request makes the pool, the others join it with the same frames,
@@ -83,7 +86,8 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
     "open_socket": {"iface": (_STR, True), "queue": (_INT, True), "frames": (_INT, True),
                     "frame_size": (_INT, True), "rx_size": (_INT, True), "tx_size": (_INT, True),
                     "fill_size": (_INT, True), "comp_size": (_INT, True), "headroom": (_INT, False),
-                    "mode": (_STR, False), "xdp_mode": (_STR, False), "share_queue": (_BOOL, False)},
+                    "mode": (_STR, False), "xdp_mode": (_STR, False), "share_queue": (_BOOL, False),
+                    "multi_buffer": (_BOOL, False)},
     "unregister": {"iface": (_STR, True), "queue": (_INT, True)},
     "accelerate": {},
     "next_hop": {"iface": (_STR, True), "dst": (_STR, True)},

@@ -27,9 +27,11 @@ class MadeSocket:
     """An AF_XDP socket and its UMEM memfd, made for a client; `fds` go with the reply, then close()."""
 
     def __init__(self, iface: str, queue: int, *, frames: int, frame_size: int, rx_size: int, tx_size: int,
-                 fill_size: int, comp_size: int, headroom: int = 0, mode: str = "auto") -> None:
+                 fill_size: int, comp_size: int, headroom: int = 0, mode: str = "auto",
+                 multi_buffer: bool = False) -> None:
         self.layout = {"frames": frames, "frame_size": frame_size, "headroom": headroom, "rx_size": rx_size,
-                       "tx_size": tx_size, "fill_size": fill_size, "comp_size": comp_size}
+                       "tx_size": tx_size, "fill_size": fill_size, "comp_size": comp_size,
+                       "multi_buffer": multi_buffer}
         self.memfd = os.memfd_create(f"kbypass-umem-{iface}-{queue}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         self.umem = self.xsk = None
         try:
@@ -38,7 +40,7 @@ class MadeSocket:
             # the Umem's bookkeeping is the client's; here it is only the memory to register
             self.umem = Umem(frames, frame_size, headroom, memfd=self.memfd)
             self.xsk = XskSocket(self.umem, iface, queue, rx_size=rx_size, tx_size=tx_size, fill_size=fill_size,
-                                 comp_size=comp_size, mode=mode, need_wakeup=True)
+                                 comp_size=comp_size, mode=mode, need_wakeup=True, multi_buffer=multi_buffer)
         except BaseException:
             self.close()
             raise

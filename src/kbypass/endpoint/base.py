@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 
 from kbypass.errors import UsageError
+from kbypass.xsk import multibuf
 from kbypass.xsk.consts import XDP_PACKET_HEADROOM
 
 BACKENDS = ("afxdp", "socket")
@@ -77,15 +78,18 @@ class UdpEndpoint:
             pass
 
 
-def payload_limits(mtu: int, frame_size: int, headroom: int = 0) -> tuple[int, int]:
+def payload_limits(mtu: int, frame_size: int, headroom: int = 0, *, multi_buffer: bool = False) -> tuple[int, int]:
     """(largest UDP payload we can send, largest we can receive) on a link of `mtu` with UMEM frames of
-    `frame_size` bytes: a packet never spans two frames, so the frame caps both. A sent frame starts at
-    the frame + headroom; a received one also after the kernel's XDP_PACKET_HEADROOM, and the kernel drops
-    longer ones (counted in the socket's rx_dropped, `stats["rx_dropped"]`)."""
+    `frame_size` bytes. One frame per packet: the frame caps both (a sent frame starts at the frame +
+    headroom; a received one also after the kernel's XDP_PACKET_HEADROOM, and the kernel drops longer ones,
+    counted in the socket's rx_dropped). multi_buffer: a packet is a chain of frames, so the MTU is the
+    limit, and for sending also the most frames the kernel sends as one packet (kbypass.xsk.multibuf)."""
     if frame_size not in (2048, 4096):
         raise UsageError(f"frame_size {frame_size} is not supported: use 2048 or 4096")
     tx_room = frame_size - headroom
     cap = mtu + 14
+    if multi_buffer:
+        return min(cap, multibuf.max_tx_packet(frame_size, headroom)) - 42, cap - 42
     return min(cap, tx_room) - 42, min(cap, tx_room - XDP_PACKET_HEADROOM) - 42
 
 

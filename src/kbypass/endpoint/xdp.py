@@ -52,6 +52,7 @@ from kbypass.port.lane import native_default
 from kbypass.proto import checksum as ck
 from kbypass.proto import udp as udpp
 from kbypass.proto.stack import ArpTimeout, Stack, UdpDatagram
+from kbypass.xsk import multibuf
 
 from .base import UdpEndpoint, check_peer, payload_limits
 
@@ -102,7 +103,14 @@ class XdpEndpoint(UdpEndpoint):
                 self.port = port = 49152 + time.monotonic_ns() % 16384
             self.mtu = iface.mtu
             self.frame_size = frame_size
-            self.max_payload, self.max_rx_payload = payload_limits(self.mtu, frame_size)
+            # a message larger than one frame travels as a chain (multi-buffer) when the MTU needs it
+            self.multi_buffer = multibuf.needs_multi_buffer(self.mtu, frame_size)
+            if self.multi_buffer and native:
+                raise UsageError(f"the MTU of {ifname}, {self.mtu}, does not fit one {frame_size}-byte frame and "
+                                 "the C message lane moves one frame per message: use the Python lane "
+                                 "(native=False, --lane python), or lower the MTU")
+            self.max_payload, self.max_rx_payload = payload_limits(self.mtu, frame_size,
+                                                                   multi_buffer=self.multi_buffer)
             now = time.monotonic()
             # the stack builds whole frames too (datagrams sent while resolving): same limit
             stack_mtu = self.max_payload + 28
@@ -120,7 +128,8 @@ class XdpEndpoint(UdpEndpoint):
                 self._steered = SteeredPort(ifname, queue, rules, netns=netns, xdp_mode=xdp_mode, mode=mode,
                                             control_plane=control_plane,
                                             poll=poll, frames=frames, frame_size=frame_size, rx_size=ring_size,
-                                            tx_size=ring_size, fill_size=ring_size, comp_size=ring_size)
+                                            tx_size=ring_size, fill_size=ring_size, comp_size=ring_size,
+                                            multi_buffer=self.multi_buffer)
             except KbypassError as e:
                 # someone else's XDP program on the interface (their AF_XDP sockets on its queues are
                 # named by SteeredPort's own "queue N is taken by ..." error)
@@ -134,7 +143,7 @@ class XdpEndpoint(UdpEndpoint):
             self._macb = bytes.fromhex(iface.mac.replace(":", ""))
             net = ipaddress.IPv4Network(f"{ip}/{prefixlen}", strict=False)
             self._bcast = net.broadcast_address.packed if prefixlen < 31 else None
-            self.native = native_default() if native is None else native
+            self.native = (native_default() and not self.multi_buffer) if native is None else native
             self._udp = udpp.PlainUdp(self._macb, self._ipb, port, self._bcast)
             self._lanes = [p.message_lane(self._udp, native=self.native) for p in self._steered.ports]
             if dedicated:

@@ -31,7 +31,15 @@ class PortGenerator:
         if len(template) < spec.size[1]:
             raise UsageError(f"template of {len(template)} bytes is shorter than --size {spec.size[1]}")
         self.port, self.spec, self.batch, self.seq = port, spec, batch, first_seq
-        self._prefill(template[: spec.size[1]])
+        self.template = template[: spec.size[1]]
+        # Packets larger than a frame (multi-buffer): each batch is allocated as chains of that size and
+        # filled whole, since frames come back from the completion ring in any order, not as chains.
+        self.chained = spec.size[1] > _frame_room(port)
+        if self.chained and spec.size[0] != spec.size[1]:
+            raise UsageError(f"--size {spec.size[0]}-{spec.size[1]}: a size range goes up to one frame "
+                             f"({_frame_room(port)} bytes); above it give one size")
+        if not self.chained:
+            self._prefill(self.template)
 
     def _prefill(self, template: bytes) -> None:
         """Write the template into every frame the port can hand out, then give them back."""
@@ -67,10 +75,12 @@ class PortGenerator:
                         _pause(limiter.wait_time(quantum))
                         continue
                     want = quantum
-                b = port.alloc(want)
+                b = port.alloc(want, size=self.spec.size[1]) if self.chained else port.alloc(want)
                 if not b:  # every frame is in flight: push the TX ring and collect completions
                     self._flush()
                     continue
+                if self.chained:
+                    b.fill(self.template)
                 seq = np.arange(self.seq, self.seq + len(b), dtype=np.uint64)
                 stamp_batch(b, self.spec, seq, time.monotonic_ns())
                 k = port.transmit(b)
@@ -80,7 +90,7 @@ class PortGenerator:
                     limiter.sent(k)
                 self.seq += k
                 sent += k
-                nbytes += int(b.lens[:k].sum())
+                nbytes += int(b[:k].total_lens().sum())
                 if report:
                     report(sent, time.perf_counter() - start)
         self._flush()
@@ -90,6 +100,14 @@ class PortGenerator:
         flush = getattr(self.port, "flush", None)
         if flush:
             flush()
+
+
+def _frame_room(port) -> int:
+    """Bytes one frame of the port sends (a UMEM frame less headroom; PACKET_MMAP: its slot's room)."""
+    umem = getattr(port, "umem", None)
+    if umem is not None:
+        return umem.frame_size - umem.headroom
+    return getattr(port, "tx_max", 1 << 16)
 
 
 def _pause(seconds: float) -> None:

@@ -82,7 +82,7 @@ def stamp_batch(batch: Batch, spec: FlowSpec, seq: np.ndarray, now_ns: int) -> N
     if spec.size[0] != spec.size[1]:
         batch.lens = _cycle(seq, spec.size).astype(np.uint32)
         write_lengths_batch(batch.mem, batch.addr, batch.lens)
-    else:
+    elif batch.tails is None:  # a chain's lengths are its frames', set when it was allocated
         batch.lens = np.full(len(batch), spec.size[0], dtype=np.uint32)
     if spec.sport[0] != spec.sport[1]:
         batch.set_u16be(UDP_SPORT, _cycle(seq, spec.sport))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import platform
 import shutil
@@ -193,15 +194,48 @@ def check_native_xdp(prefix: str | None = None, require_testbed: bool = False) -
             pass
     except Exception as e:  # any failure here is the finding itself
         if b.mtu > testbed.XDP_MAX_MTU:
-            # The kernel refuses with ERANGE: the MTU, not the kernel version, is what to change.
+            # kbypass's program is frags-aware, so the kernel took it above one page's MTU unless its veth
+            # has no multi-buffer XDP (older kernels): then the MTU is what to change.
             flag = "" if prefix == testbed.DEFAULT_PREFIX else f" --prefix {prefix}"
             return Check(NATIVE_XDP, False, True,
-                         f"attach on {b.iface} failed: its MTU {b.mtu} is too large; {testbed.XDP_MTU_WHY}",
-                         f"kbypass testbed down{flag}; kbypass testbed up{flag} --mtu {testbed.XDP_MAX_MTU} "
-                         "(or less; the default is 1500)")
+                         f"attach on {b.iface} failed at MTU {b.mtu} ({e}): this kernel's veth may lack multi-buffer "
+                         f"XDP; without it {testbed.XDP_MTU_WHY}",
+                         f"kbypass testbed up{flag} --mtu {testbed.XDP_MAX_MTU} (or less; the default is 1500), "
+                         "or a kernel with multi-buffer XDP on veth (Linux >= 6.6)")
         return Check(NATIVE_XDP, False, True, f"attach on {b.iface} failed: {e}",
                      "use Linux >= 5.17 (veth native XDP with bpf_link, and bpf_loop for the rule scan); run kbypass doctor after make setup")
     return Check(NATIVE_XDP, True, True, f"attached and detached on {b.netns}/{b.iface}")
+
+
+MULTI_BUFFER = "multi-buffer AF_XDP (jumbo frames)"
+
+
+def check_multi_buffer(ifname: str = "lo") -> Check:
+    """Bind an AF_XDP socket with XDP_USE_SG (copy mode) on `ifname`, queue 0: what packets larger than one
+    UMEM frame need (Linux >= 6.6); and the kernel's frag limit, which bounds the packets a port sends."""
+    from kbypass.xsk import multibuf
+    from kbypass.xsk.socket import XskError, XskSocket
+    from kbypass.xsk.umem import Umem
+
+    frags = multibuf.max_skb_frags()
+    limit = multibuf.tx_frame_limit()
+    sizes = (f"max_skb_frags {frags}: a sent packet spans at most {limit} frames ({limit * 2048:,} bytes with "
+             f"2048-byte frames, {min(limit * 4096, 65535 + 14):,} with 4096); testbed MTU up to "
+             f"{testbed.FRAGS_MAX_MTU} (kbypass's XDP programs are frags-aware)")
+    try:
+        with Umem(frames=64, frame_size=2048) as umem, \
+                XskSocket(umem, ifname, 0, rx_size=64, tx_size=64, fill_size=64, comp_size=64, mode="copy",
+                          multi_buffer=True):
+            pass
+    except XskError as e:
+        if e.errno == errno.EBUSY:
+            return Check(MULTI_BUFFER, True, False, f"not tried ({ifname} queue 0 is in use); {sizes}")
+        return Check(MULTI_BUFFER, False, False, f"binding with XDP_USE_SG failed: {e}",
+                     "use Linux >= 6.6 for packets larger than one frame (MTU above 1778 with 2048-byte frames, "
+                     "3826 with 4096); smaller MTUs need nothing")
+    except Exception as e:  # not root, no AF_XDP: the checks above say so; here it only could not be tried
+        return Check(MULTI_BUFFER, False, False, f"not tried: {e}", "run kbypass doctor as root")
+    return Check(MULTI_BUFFER, True, False, f"XDP_USE_SG binds (copy mode); {sizes}")
 
 
 def _tool(name: str, package: str, why: str) -> Callable[[], Check]:
@@ -225,6 +259,7 @@ CHECKS: list[Callable[[], Check]] = [
     check_bpf_objects,
     check_native,
     check_native_xdp,
+    check_multi_buffer,
     _tool("sockperf", "sockperf", "latency anchor for benchmarks"),
     _tool("tshark", "tshark", "independent dissector in tests"),
     _tool("dpdk-testpmd", "dpdk dpdk-dev", "DPDK anchor for benchmarks"),

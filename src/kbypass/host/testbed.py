@@ -47,14 +47,18 @@ DEFAULT_PREFIX = "kb"
 DEFAULT_SUBNET = "10.77.0.0/24"
 MAX_QUEUES = 64  # veth's own limit is higher, but more queues than cores only costs memory here
 MIN_MTU, MAX_MTU = 68, 65535  # IPv4's minimum; veth's maximum
-# The largest MTU the tools work with here. veth runs an XDP program that does not declare multi-buffer
-# (frags) support (kbypass's steering program, XDP_DROP, the live generator's XDP_TX) only when a whole
-# frame fits one page: the kernel's veth_xdp_set refuses with ERANGE above PAGE_SIZE less XDP_PACKET_HEADROOM
-# (256) and skb_shared_info (320 bytes on x86-64), less the 14-byte Ethernet header: 3506 with 4 KiB pages.
+# The MTU limits of XDP on veth (the kernel's veth_xdp_set refuses an XDP program with ERANGE above them).
+# A program that does not declare multi-buffer (frags) support runs only when a whole frame fits one page:
+# PAGE_SIZE less XDP_PACKET_HEADROOM (256) and skb_shared_info (320 bytes on x86-64), less the 14-byte
+# Ethernet header: 3506 with 4 KiB pages. A frags-aware one (section xdp.frags: kbypass's steering program and
+# live generator) takes that plus a page per frag (MAX_SKB_FRAGS, 17): past veth's own maximum, 65535. Every
+# XDP program kbypass attaches is frags-aware; the one-page limit is what another program imposes.
 XDP_MAX_MTU = mmap.PAGESIZE - 256 - 320 - 14
-XDP_MTU_WHY = (f"veth takes an XDP program without multi-buffer support (kbypass's steering, XDP_DROP, the live "
-               f"generator) only up to MTU {XDP_MAX_MTU}: one {mmap.PAGESIZE}-byte page less 256 bytes of XDP "
-               "headroom and 320 of skb_shared_info, less the 14-byte Ethernet header")
+XDP_MTU_WHY = (f"veth takes an XDP program without multi-buffer support (section 'xdp', not 'xdp.frags') only up "
+               f"to MTU {XDP_MAX_MTU}: one {mmap.PAGESIZE}-byte page less 256 bytes of XDP headroom and 320 of "
+               "skb_shared_info, less the 14-byte Ethernet header")
+MAX_SKB_FRAGS = 17  # the kernel's compile-time frag limit per packet (x86-64 default; /proc/sys/net/core/max_skb_frags)
+FRAGS_MAX_MTU = min(MAX_MTU, XDP_MAX_MTU + mmap.PAGESIZE * MAX_SKB_FRAGS)
 # Interface names are "<prefix>-a" and "<prefix>-b". A NAPI thread is named "napi/<ifname>-<id>", and kernels
 # before 5.17 show only its first 15 characters: with a prefix of at most 6, "napi/<prefix>-a-" plus at least
 # one digit of the id always survives the cut, so kbypass.host.napi tells host a's threads from host b's (and from
@@ -109,12 +113,11 @@ class TestbedConfig:
             )
         if not 1 <= self.queues <= MAX_QUEUES:
             raise UsageError(f"--queues {self.queues}: choose a queue count from 1 to {MAX_QUEUES}")
-        if not MIN_MTU <= self.mtu <= MAX_MTU:
+        if not MIN_MTU <= self.mtu <= FRAGS_MAX_MTU:
             raise UsageError(
-                f"--mtu {self.mtu}: choose an MTU from {MIN_MTU} (IPv4's minimum) to {XDP_MAX_MTU}"
+                f"--mtu {self.mtu}: choose an MTU from {MIN_MTU} (IPv4's minimum) to {FRAGS_MAX_MTU} (veth's "
+                "maximum; above " f"{XDP_MAX_MTU} the XDP programs must be frags-aware, as kbypass's are)"
             )
-        if self.mtu > XDP_MAX_MTU:
-            raise UsageError(f"--mtu {self.mtu}: choose an MTU up to {XDP_MAX_MTU}; {XDP_MTU_WHY}")
         try:
             net = ipaddress.IPv4Network(self.subnet, strict=True)
         except ValueError as e:
@@ -285,6 +288,9 @@ def _up(config: TestbedConfig) -> list[Host]:
     if len(present) == len(names):
         hosts = status(prefix)
         if hosts is not None:
+            if hosts[0].mtu != config.mtu:
+                _change_mtu(config, hosts)  # the one setting an existing testbed changes in place
+                hosts = status(prefix)
             _check_matches(config, hosts)
             if _read_marker(prefix) != names:  # a testbed from before markers: mark it now
                 _write_marker(prefix, names)
@@ -379,13 +385,54 @@ def _build_link(config: TestbedConfig) -> None:
             pass
 
 
+def _change_mtu(config: TestbedConfig, hosts: list[Host]) -> None:
+    """Set the MTU of both veth ends of a testbed that is up (`up --mtu N` again). The kernel refuses an MTU
+    above what an attached XDP program takes (a program without frags support: XDP_MAX_MTU); then both
+    ends go back to the MTU they had, and the error names the program and the fix."""
+    done: list[Host] = []
+    try:
+        for h in sorted(hosts, key=lambda h: h.mtu < config.mtu):  # lowering: either order; raising: see below
+            with NetNS(h.netns, flags=0) as ns:
+                ns.link("set", index=h.ifindex, mtu=config.mtu)
+            done.append(h)
+    except Exception as e:  # NetlinkError (pyroute2): EINVAL "mtu greater than device maximum", or ERANGE
+        for h in done:
+            with NetNS(h.netns, flags=0) as ns:
+                ns.link("set", index=h.ifindex, mtu=h.mtu)
+        blockers = _xdp_programs(hosts)
+        if blockers and config.mtu > XDP_MAX_MTU:
+            raise TestbedError(
+                f"--mtu {config.mtu}: the kernel refused it on testbed {config.prefix!r} because of an XDP program "
+                f"that is not frags-aware: {'; '.join(blockers)}. {XDP_MTU_WHY}. Remove it (the 'xdp off' "
+                f"command above; a kbypass tool's program goes when the tool stops) or keep --mtu {XDP_MAX_MTU} or "
+                "less; the MTU is unchanged") from None
+        raise TestbedError(f"--mtu {config.mtu}: the kernel refused it on testbed {config.prefix!r} ({e}); the MTU "
+                           f"is unchanged at {hosts[0].mtu}: run 'kbypass testbed down' and 'up --mtu "
+                           f"{config.mtu}' to rebuild it") from None
+
+
+def _xdp_programs(hosts: list[Host]) -> list[str]:
+    """The XDP programs attached to the testbed's veths, each with the command that removes it."""
+    from kbypass.bpf import libbpf
+
+    found = []
+    for h in hosts:
+        with netns.entered(h.netns):
+            ids = libbpf.xdp_query(h.ifindex).ids
+        for i in ids:
+            name = libbpf.prog_name(i)
+            found.append(f"program id {i} ({name!r}) on {h.iface} in {h.netns}: "
+                         f"'ip -n {h.netns} link set dev {h.iface} xdp off'")
+    return found
+
+
 def _check_matches(config: TestbedConfig, hosts: list[Host]) -> None:
     got = (hosts[0].queues, hosts[0].mtu, f"{ipaddress.IPv4Interface(f'{hosts[0].ipv4}/{hosts[0].prefixlen}').network}")
     want = (config.queues, config.mtu, str(ipaddress.IPv4Network(config.subnet)))
     if got != want:
         raise TestbedError(
             f"testbed {config.prefix!r} is already up with queues={got[0]} mtu={got[1]} subnet={got[2]}: "
-            f"run 'kbypass testbed down' first to rebuild it differently"
+            f"run 'kbypass testbed down' first to rebuild it differently (only --mtu changes in place)"
         )
 
 

@@ -21,6 +21,15 @@ between the members, so `in_fill` and `in_tx` count this member's net share (neg
 more than it lent, or reaped others' completions), a frame it sent is no longer its own (state FILL, as
 one it lent), and check() does not compare those counts with the frame states.
 
+Multi-buffer (jumbo frames): `multi_buffer=True` binds with XDP_USE_SG, so a packet larger than one frame
+arrives as a chain of frames and receive() returns it as one packet of a Batch (kbypass.port.batch: its head
+in `descs`, the rest in `tails`; `total_lens()`, `packet(i)`); transmit() sends chains (gather on send:
+XDP_PKT_CONTD on every descriptor but a packet's last) and refuses, before the kernel sees it, a packet of
+more frames than the kernel sends as one (`max_tx_frames`, kbypass.xsk.multibuf). `alloc(n, size=S)` hands
+out packets of S bytes as chains. `multi_buffer=None` (the default) turns it on when the interface's MTU
+does not fit one frame (kbypass.xsk.multibuf.needs_multi_buffer); `port.multi_buffer` says which. Counters
+count packets (rx_packets, tx_packets) and bytes of all their frames.
+
 One message at a time: `message_lane()` hands out a MessageLane (port/lane.py), receive one / send one
 with this port's accounting, in C when built. The UDP endpoint uses it.
 """
@@ -35,6 +44,7 @@ import time
 import numpy as np
 
 from kbypass.errors import UsageError
+from kbypass.xsk import multibuf
 from kbypass.xsk.pool_lock import PATIENCE, PoolLock, SharedQueue, stuck
 from kbypass.xsk.ring import check_size
 from kbypass.xsk.socket import XskSocket
@@ -74,7 +84,11 @@ class _ClosedRing:
 _CLOSED = _ClosedRing()
 
 
-LAYOUT = ("frames", "frame_size", "headroom", "rx_size", "tx_size", "fill_size", "comp_size")
+def _closed_peek(n: int):
+    raise UsageError(CLOSED)
+
+
+LAYOUT = ("frames", "frame_size", "headroom", "rx_size", "tx_size", "fill_size", "comp_size", "multi_buffer")
 
 
 def socket_layout(options: dict) -> dict:
@@ -82,6 +96,36 @@ def socket_layout(options: dict) -> dict:
     port's defaults (what the control plane needs to make a socket for it)."""
     params = inspect.signature(AfXdpPort).parameters
     return {name: options.get(name, params[name].default) for name in LAYOUT}
+
+
+SIOCGIFMTU = 0x8921
+
+
+def interface_mtu(ifname: str, netns: str | None = None) -> int | None:
+    """The MTU of ifname (in netns), None when it cannot be read. By ioctl on a socket made inside the
+    namespace: /sys shows the namespace it was mounted in, not the one this thread entered."""
+    import fcntl
+    import socket
+    import struct
+
+    from kbypass import netns as _netns
+
+    try:
+        with _netns.entered(netns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            ifr = struct.pack("16s16x", ifname.encode())
+            return struct.unpack_from("i", fcntl.ioctl(s.fileno(), SIOCGIFMTU, ifr), 16)[0]
+    except (OSError, ValueError, struct.error):
+        return None
+
+
+def resolve_multi_buffer(options: dict, ifname: str, netns: str | None = None) -> dict:
+    """`options` with multi_buffer decided: as given, or (None) on when the interface's MTU needs it."""
+    if options.get("multi_buffer") is not None:
+        return options
+    params = inspect.signature(AfXdpPort).parameters
+    fs, hr = (options.get(k, params[k].default) for k in ("frame_size", "headroom"))
+    mtu = interface_mtu(ifname, netns)
+    return {**options, "multi_buffer": bool(mtu and multibuf.needs_multi_buffer(mtu, fs, hr))}
 
 
 def _close_fds(*fds: int | None) -> None:
@@ -101,14 +145,16 @@ class AfXdpPort(UmemPort):
     (the control plane, for a process without the privileges: kbypass.cp.protocol open_socket) instead of
     making them; the sizes must be the ones they were made with (`socket_layout`). The port owns both
     fds from the call on, even when it fails. shared_queue: the adopted socket is a member of a shared
-    queue (module doc); the port owns its lock_fd too.
+    queue (module doc); the port owns its lock_fd too. multi_buffer: chains of frames for packets larger
+    than one (module doc); None: when the interface's MTU needs it.
     """
 
     def __init__(self, ifname: str, queue: int = 0, *, netns: str | None = None, frame_size: int = 2048,
                  frames: int = 4096, rx_size: int = 2048, tx_size: int = 2048, fill_size: int = 2048,
                  comp_size: int = 2048, mode: str = "auto", poll: str = "wakeup", busy_budget: int = 64,
                  headroom: int = 0, rx_frames: int | None = None, batch_ops=None, xsk_fd: int | None = None,
-                 umem_fd: int | None = None, shared_queue: SharedQueue | None = None) -> None:
+                 umem_fd: int | None = None, shared_queue: SharedQueue | None = None,
+                 multi_buffer: bool | None = None) -> None:
         self._lock = None
         try:
             if shared_queue is not None:
@@ -124,6 +170,15 @@ class AfXdpPort(UmemPort):
             for name, size in (("RX", rx_size), ("TX", tx_size), ("fill", fill_size), ("completion", comp_size)):
                 check_size(name, size)
             self.ifname, self.queue, self.netns, self.poll_mode = ifname, queue, netns, poll
+            if multi_buffer is None:
+                multi_buffer = resolve_multi_buffer({"frame_size": frame_size, "headroom": headroom}, ifname,
+                                                    netns)["multi_buffer"]
+            if multi_buffer and shared_queue is not None:
+                raise UsageError("a shared queue's pool is bound without multi-buffer: open a queue of its own for "
+                                 "packets larger than a frame, or lower the MTU")
+            self.multi_buffer = bool(multi_buffer)
+            # the most frames one sent packet may span (the kernel's limit), 1 without multi-buffer
+            self.max_tx_frames = multibuf.tx_frame_limit() if self.multi_buffer else 1
             self.umem = Umem(frames=frames, frame_size=frame_size, headroom=headroom, ops=batch_ops, memfd=umem_fd)
             if shared_queue is not None:
                 self.umem.keep_slice(shared_queue.first, shared_queue.count)
@@ -139,7 +194,7 @@ class AfXdpPort(UmemPort):
             self.xsk = XskSocket(self.umem, ifname, queue, netns=netns, rx_size=rx_size, tx_size=tx_size,
                                  fill_size=fill_size, comp_size=comp_size, mode=mode,
                                  need_wakeup=(poll == "wakeup"), busy_poll=(poll == "busy"),
-                                 busy_budget=busy_budget, fd=xsk_fd)
+                                 busy_budget=busy_budget, fd=xsk_fd, multi_buffer=self.multi_buffer)
         except BaseException:
             self.umem.close()
             if self._lock is not None:
@@ -149,6 +204,8 @@ class AfXdpPort(UmemPort):
         # Copy mode sends only inside sendto(); ask the kernel to send a whole ring's worth per call.
         self._tx_budget = self.xsk.set_tx_budget(min(tx_size, 4096)) if self.mode == "copy" else 0
         self._rx, self._tx, self._fill, self._comp = self.xsk.rx, self.xsk.tx, self.xsk.fill, self.xsk.comp
+        # whole packets only on a multi-buffer RX ring (a chain is never split between two receives)
+        self._peek = self._rx.peek_packets if self.multi_buffer else self._rx.peek
         self._shift = np.uint64(self.umem.shift)
         own = frames if shared_queue is None else shared_queue.count
         self._rx_frames = min(fill_size, own // 2) if rx_frames is None else min(rx_frames, fill_size, own)
@@ -191,14 +248,15 @@ class AfXdpPort(UmemPort):
         return n
 
     def receive(self, max_frames: int = 64) -> Batch:
-        """Up to max_frames received frames; yours until you transmit or free them."""
+        """Up to max_frames received frames; yours until you transmit or free them. On a multi-buffer port
+        whole packets only, as a Batch of packets (at least one, even when its chain is longer)."""
         rx = self._rx
-        idx, n = rx.peek(max_frames)
+        idx, n = self._peek(max_frames)
         if n == 0:
             if self.poll_mode == "busy" or self._fill.needs_wakeup():
                 self.xsk.wake_rx()
                 self._c[RX_WAKEUPS] += 1
-                idx, n = rx.peek(max_frames)
+                idx, n = self._peek(max_frames)
             if n == 0:
                 self.refill(force=True)
                 return Batch(np.zeros(0, dtype=DESC), self.umem.array, self)
@@ -208,8 +266,13 @@ class AfXdpPort(UmemPort):
         nbytes = self.umem.mark_received(descs, APP)
         c = self._c
         c[IN_FILL] -= n
-        c[RX_PACKETS] += n
         c[RX_BYTES] += nbytes
+        if self.multi_buffer:
+            batch = Batch.from_ring(descs, self.umem.array, self)
+            c[RX_PACKETS] += len(batch)
+            self.refill()
+            return batch
+        c[RX_PACKETS] += n
         self.refill()
         return Batch(descs, self.umem.array, self)
 
@@ -278,13 +341,36 @@ class AfXdpPort(UmemPort):
                 return False
 
     # ---- transmit ---------------------------------------------------------------------------------
-    def alloc(self, n: int) -> Batch:
-        """Up to n empty frames (len 0, at the frame start + headroom); yours until transmitted or freed."""
+    def alloc(self, n: int, size: int | None = None) -> Batch:
+        """Up to n empty frames (len 0, at the frame start + headroom); yours until transmitted or freed.
+
+        size: up to n packets of `size` bytes each, lengths set: one frame each when it fits one, else (a
+        multi-buffer port) a chain of as many frames as it needs, every frame full but the last; fill them
+        with batch.fill(data) or batch.write_packet(i, data). UsageError past the kernel's frag limit."""
         if self._closed:
             raise UsageError(CLOSED)
-        if self.umem.free_count < n:
+        room = multibuf.tx_room(self.umem.frame_size, self.umem.headroom)
+        k = 1 if size is None or size <= room else self._frames_for(size)
+        if self.umem.free_count < n * k:
             self.reap()
-        return self._take_frames(n, self.umem.headroom)
+        if k == 1:
+            batch = self._take_frames(n, self.umem.headroom)
+            if size is not None:
+                batch.set_len(size)
+            return batch
+        frames = self._take_frames(min(n * k, self.umem.free_count // k * k), self.umem.headroom)
+        chains = frames.descs.reshape(-1, k)
+        chains["len"] = room
+        chains[:, -1]["len"] = size - (k - 1) * room
+        return Batch(np.ascontiguousarray(chains[:, 0]), self.umem.array, self,
+                     tails=np.ascontiguousarray(chains[:, 1:]).reshape(-1),
+                     ntails=np.full(len(chains), k - 1, dtype=np.uint32))
+
+    def _frames_for(self, size: int) -> int:
+        if not self.multi_buffer:
+            raise UsageError(f"a {size}-byte packet does not fit one {self.umem.frame_size}-byte frame and this port "
+                             "is not multi-buffer: open it with multi_buffer=True (Linux >= 6.6)")
+        return multibuf.tx_frames_for(size, self.umem.frame_size, self.umem.headroom)
 
     def transmit(self, batch: Batch) -> int:
         """Queue frames for sending; returns k, the accepted prefix. batch[k:] stays yours.
@@ -298,6 +384,8 @@ class AfXdpPort(UmemPort):
         if self._closed:
             raise UsageError(CLOSED)
         self._own(batch, "transmit")
+        if batch.tails is not None:
+            return self._transmit_chains(batch)
         descs = batch.descs
         # valid descriptors of frames that are yours, each once; all now TX (the refused tail goes back)
         nbytes = self.umem.hand_over(descs["addr"], APP, TX, "transmit", descs=descs)
@@ -309,14 +397,47 @@ class AfXdpPort(UmemPort):
         if k:
             out = descs[:k].copy()
             out["options"] = 0
-            self._tx.write_slots(idx, out)
-            self._tx.submit(k)
-            if self._lock is not None:  # a shared queue's: whichever member reaps its completion owns it next
-                self.umem.state[out["addr"] >> self._shift] = FILL
-            c = self._c
-            c[IN_TX] += k
-            c[TX_PACKETS] += k
-            c[TX_BYTES] += nbytes
+            self._submit(idx, out, k, nbytes)
+        self.flush()
+        return k
+
+    def _submit(self, idx: int, out: np.ndarray, packets: int, nbytes: int) -> None:
+        """Write descriptors `out` (`packets` packets, `nbytes` bytes) to the reserved TX slots from idx on
+        and publish them."""
+        self._tx.write_slots(idx, out)
+        self._tx.submit(len(out))
+        if self._lock is not None:  # a shared queue's: whichever member reaps its completion owns it next
+            self.umem.state[out["addr"] >> self._shift] = FILL
+        c = self._c
+        c[IN_TX] += len(out)
+        c[TX_PACKETS] += packets
+        c[TX_BYTES] += nbytes
+
+    def _transmit_chains(self, batch: Batch) -> int:
+        """transmit() of multi-frame packets: the accepted prefix is of whole packets (a chain is never
+        split), XDP_PKT_CONTD on every descriptor but each packet's last."""
+        counts = batch.frame_counts()
+        if not self.multi_buffer:
+            raise UsageError("this batch holds packets of several frames and the port is not multi-buffer: open it "
+                             "with multi_buffer=True (Linux >= 6.6)")
+        if int(counts.max()) > self.max_tx_frames:
+            i = int(np.argmax(counts))
+            raise UsageError(f"packet {i} spans {int(counts[i])} frames, more than the kernel sends as one packet "
+                             f"({self.max_tx_frames}: net.core.max_skb_frags + 1); nothing was sent: send shorter "
+                             "packets or use frame_size 4096")
+        descs = batch.ring_descs()
+        nbytes = self.umem.hand_over(descs["addr"], APP, TX, "transmit", descs=descs)
+        self.reap()
+        idx, room = self._tx.reserve(len(descs))
+        ends = np.cumsum(counts)
+        k = int(np.searchsorted(ends, room, side="right"))  # whole packets that fit the slots reserved
+        used = int(ends[k - 1]) if k else 0
+        self._tx.cancel(room - used)
+        if used < len(descs):
+            self.umem.state[descs["addr"][used:] >> self._shift] = APP
+            nbytes -= int(descs["len"][used:].sum())
+        if used:
+            self._submit(idx, descs[:used], k, nbytes)
         self.flush()
         return k
 
@@ -386,7 +507,7 @@ class AfXdpPort(UmemPort):
         if self._closed:
             raise UsageError(CLOSED)
         self._own(batch, "free")
-        self.umem.give_free(batch.descs["addr"], APP, "free")
+        self.umem.give_free(batch.all_addrs(), APP, "free")
 
     @property
     def fd(self) -> int:
@@ -436,6 +557,7 @@ class AfXdpPort(UmemPort):
                 self._forget_lane(lane)
         self._closed = True
         self._rx = self._tx = self._fill = self._comp = _CLOSED
+        self._peek = _closed_peek
         self.xsk.close()
         self.umem.close()
         if self._lock is not None:

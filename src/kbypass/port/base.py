@@ -39,7 +39,8 @@ class Port(abc.ABC):
 
     @abc.abstractmethod
     def alloc(self, n: int) -> Batch:
-        """Up to n empty frames (length 0) to fill and transmit; yours until transmitted or freed."""
+        """Up to n empty frames (length 0) to fill and transmit; yours until transmitted or freed. (AfXdpPort
+        also takes `size=S`: packets of S bytes, chains of frames on a multi-buffer port.)"""
 
     @abc.abstractmethod
     def wait(self, timeout: float | None = None) -> bool:

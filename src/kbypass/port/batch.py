@@ -16,6 +16,15 @@ Bounds: a frame may grow (write, fill) only up to the end of its own memory, nev
 That end is the end of its aligned chunk when the frames are chunks of `frame_size` bytes (the Batch's
 own `frame_size`, or the owner port's UMEM frame size: a frame's addr already lies past any headroom);
 an owner may say it exactly with a `frame_ends(descs)` method (PacketMmapPort); else the memory's end.
+Multi-frame packets (multi-buffer AF_XDP, jumbo frames): a Batch is a batch of *packets*. A packet longer
+than one frame is a chain: its first frame (the head) is in `descs` like any frame, the rest (its tails)
+are in `tails`, all packets' tails one after the other, with `ntails[i]` of them for packet i. Both are None
+for a batch of one-frame packets, the fast path, which is exactly what it was before chains existed. So
+`len(batch)` counts packets; `lens` and every header helper (u16be, swap_macs, stamp...) act on the heads,
+where the kernel and the steering program keep the headers too; `total_lens()`, `frame_counts()`,
+`packet(i)` (the whole packet, contiguous), `tobytes(i)` and `fill()` / `write_packet()` (scatter over a
+chain) see whole packets; `ring_descs()` is the chain in ring order with XDP_PKT_CONTD set, what transmit
+writes (gather on send: the frames go out as they are, no copy). Ownership covers every frame of a chain.
 Offsets are from the start of the Ethernet frame. The IPv4/UDP helpers assume untagged Ethernet and a
 20-byte IPv4 header (no options): Ethernet 0..13, IPv4 14..33 (src 26, dst 30), UDP 34.. (sport 34, dport
 36, length 38, checksum 40), payload 42.. . Check `u8(14) == 0x45` if you are not sure.
@@ -27,6 +36,7 @@ import numpy as np
 
 from kbypass import backend
 from kbypass.errors import UsageError
+from kbypass.xsk.consts import XDP_PKT_CONTD
 
 DESC = np.dtype([("addr", "<u8"), ("len", "<u4"), ("options", "<u4")])
 
@@ -41,14 +51,34 @@ UDP_PAYLOAD = 42
 class Batch:
     """Descriptors + the memory they point into. `len(batch)` frames; see the module doc."""
 
-    __slots__ = ("descs", "mem", "owner", "frame_size")
+    __slots__ = ("descs", "mem", "owner", "frame_size", "tails", "ntails")
 
-    def __init__(self, descs: np.ndarray, mem: np.ndarray, owner=None, frame_size: int | None = None) -> None:
-        self.descs = descs
+    def __init__(self, descs: np.ndarray, mem: np.ndarray, owner=None, frame_size: int | None = None, *,
+                 tails: np.ndarray | None = None, ntails: np.ndarray | None = None) -> None:
+        self.descs = descs  # one per packet: its (first) frame
         self.mem = mem
         self.owner = owner  # the port the frames belong to (None for free-standing batches)
         # frames are aligned chunks of this many bytes (None: ask the owner; see "Bounds" in the module doc)
         self.frame_size = frame_size
+        # multi-frame packets (module doc): the frames after each head, and how many per packet; None: none
+        self.tails = tails
+        self.ntails = ntails
+
+    @classmethod
+    def from_ring(cls, descs: np.ndarray, mem: np.ndarray, owner=None, frame_size: int | None = None) -> "Batch":
+        """Descriptors in ring order (a multi-buffer RX ring's: a packet's frames consecutive, XDP_PKT_CONTD on
+        all but its last; the last descriptor ends a packet) as a Batch of packets."""
+        contd = (descs["options"] & XDP_PKT_CONTD) != 0
+        if not contd.any():
+            return cls(descs, mem, owner, frame_size)
+        if contd[-1]:
+            raise UsageError("the descriptors end in the middle of a packet (XDP_PKT_CONTD on the last): read "
+                             "whole packets (ConsumerRing.peek_packets)")
+        head = np.ones(len(descs), dtype=bool)
+        head[1:] = ~contd[:-1]
+        starts = np.flatnonzero(head)
+        ntails = (np.append(starts[1:], len(descs)) - starts - 1).astype(np.uint32)
+        return cls(descs[starts], mem, owner, frame_size, tails=descs[~head], ntails=ntails)
 
     @classmethod
     def empty(cls, mem: np.ndarray, owner=None, frame_size: int | None = None) -> "Batch":
@@ -62,13 +92,103 @@ class Batch:
         return len(self.descs) > 0
 
     def __getitem__(self, key) -> "Batch":
-        """A Batch of some of these frames: a slice, a boolean mask or an index array."""
+        """A Batch of some of these packets: a slice, a boolean mask or an index array (with their tails)."""
         if isinstance(key, (int, np.integer)):
             raise TypeError("batch[i] would be one packet; use batch.frame(i) or batch[i:i+1]")
-        return Batch(self.descs[key], self.mem, self.owner, self.frame_size)
+        if self.tails is None:
+            return Batch(self.descs[key], self.mem, self.owner, self.frame_size)
+        picked = np.arange(len(self))[key]
+        nt = self.ntails[picked].astype(np.intp)
+        if not nt.any():
+            return Batch(self.descs[key], self.mem, self.owner, self.frame_size)
+        all_nt = self.ntails.astype(np.intp)
+        first = (np.cumsum(all_nt) - all_nt)[picked]
+        within = np.arange(int(nt.sum())) - np.repeat(np.cumsum(nt) - nt, nt)
+        return Batch(self.descs[key], self.mem, self.owner, self.frame_size,
+                     tails=self.tails[np.repeat(first, nt) + within], ntails=nt.astype(np.uint32))
 
     def __repr__(self) -> str:
-        return f"<Batch of {len(self)} frames>"
+        if self.tails is None:
+            return f"<Batch of {len(self)} frames>"
+        return f"<Batch of {len(self)} packets in {len(self) + len(self.tails)} frames>"
+
+    # ---- multi-frame packets (module doc) ------------------------------------------------------------
+    def frame_counts(self) -> np.ndarray:
+        """Frames per packet (1 for each, on the one-frame path)."""
+        if self.tails is None:
+            return np.ones(len(self), dtype=np.uint32)
+        return self.ntails + np.uint32(1)
+
+    def total_lens(self) -> np.ndarray:
+        """Each packet's length over all its frames (`lens`, the heads' lengths, on the one-frame path)."""
+        if self.tails is None:
+            return self.descs["len"]
+        owner = np.repeat(np.arange(len(self)), self.ntails)
+        extra = np.bincount(owner, weights=self.tails["len"], minlength=len(self)).astype(np.int64)
+        return self.descs["len"].astype(np.int64) + extra
+
+    def frame_descs(self, i: int) -> np.ndarray:
+        """The descriptors of packet i's frames, head first."""
+        i = range(len(self))[i]
+        if self.tails is None or not self.ntails[i]:
+            return self.descs[i : i + 1]
+        first = int(self.ntails[:i].sum())
+        return np.concatenate((self.descs[i : i + 1], self.tails[first : first + int(self.ntails[i])]))
+
+    def packet(self, i: int) -> np.ndarray:
+        """Packet i, contiguous: a view of packet memory for a one-frame packet, a copy of its frames
+        gathered in order for a chain."""
+        if self.tails is None or not self.ntails[range(len(self))[i]]:
+            return self.frame(i)
+        return np.concatenate([self.mem[int(d["addr"]) : int(d["addr"]) + int(d["len"])]
+                               for d in self.frame_descs(i)])
+
+    def ring_descs(self) -> np.ndarray:
+        """Every frame's descriptor in ring order, XDP_PKT_CONTD in the options of all but each packet's
+        last (all options 0 on the one-frame path): what a multi-buffer TX ring takes."""
+        if self.tails is None:
+            out = self.descs.copy()
+            out["options"] = 0
+            return out
+        counts = self.frame_counts().astype(np.intp)
+        heads = np.cumsum(counts) - counts
+        out = np.empty(int(counts.sum()), dtype=DESC)
+        rest = np.ones(len(out), dtype=bool)
+        rest[heads] = False
+        out[heads] = self.descs
+        out[rest] = self.tails
+        out["options"] = XDP_PKT_CONTD
+        out["options"][heads + counts - 1] = 0
+        return out
+
+    def all_addrs(self) -> np.ndarray:
+        """The address of every frame the batch holds (heads, then tails): what freeing it gives back."""
+        if self.tails is None:
+            return self.descs["addr"]
+        return np.concatenate((self.descs["addr"], self.tails["addr"]))
+
+    def write_packet(self, i: int, data: bytes) -> None:
+        """Scatter `data` over packet i's frames in order, each filled to its room, and set their lengths
+        (slow path). The chain must need every frame it has: alloc it with size=len(data)."""
+        frames = self.frame_descs(i)
+        rooms = self[i : i + 1]._rooms_of(frames)
+        used = np.cumsum(rooms)
+        if len(data) > int(used[-1]) or (len(frames) > 1 and len(data) <= int(used[-2])):
+            raise UsageError(f"{len(data)} bytes do not fit packet {i} exactly: it has {len(frames)} frame(s) with "
+                             f"room for {int(used[-1])} bytes; allocate it with size={len(data)}")
+        pos = 0
+        for d, room in zip(frames, rooms):
+            a, take = int(d["addr"]), min(int(room), len(data) - pos)
+            self.mem[a : a + take] = np.frombuffer(data, dtype=np.uint8, count=take, offset=pos)
+            d["len"] = take
+            pos += take
+        self.descs["len"][i] = frames["len"][0]
+        if len(frames) > 1:
+            first = int(self.ntails[:i].sum())
+            self.tails["len"][first : first + len(frames) - 1] = frames["len"][1:]
+
+    def _rooms_of(self, descs: np.ndarray) -> np.ndarray:
+        return Batch(descs, self.mem, self.owner, self.frame_size).room()
 
     @property
     def addr(self) -> np.ndarray:
@@ -88,12 +208,13 @@ class Batch:
 
     # ---- slow paths: one frame --------------------------------------------------------------------
     def frame(self, i: int) -> np.ndarray:
-        """Frame i as a writable np.uint8 view into packet memory (no copy)."""
+        """Packet i's (first) frame as a writable np.uint8 view into packet memory (no copy)."""
         a = int(self.descs["addr"][i])
         return self.mem[a : a + int(self.descs["len"][i])]
 
     def tobytes(self, i: int) -> bytes:
-        return self.frame(i).tobytes()
+        """Packet i's bytes, all its frames (see `packet`)."""
+        return self.packet(i).tobytes()
 
     def write(self, i: int, data: bytes, offset: int = 0) -> None:
         """Copy bytes into frame i at offset and set its length to cover them (slow path).
@@ -111,9 +232,13 @@ class Batch:
         self.descs["len"][i] = max(int(self.descs["len"][i]), offset + len(data))
 
     def fill(self, data: bytes) -> None:
-        """Copy the same bytes into every frame and set every length to len(data) (generators).
+        """Copy the same bytes into every packet and set every length to len(data) (generators); over the
+        frames of each chain in order when the packets have several (alloc(n, size=len(data)) makes them).
 
         Raises UsageError, writing nothing, when data does not fit in every frame's memory."""
+        if self.tails is not None:
+            self._fill_chains(data)
+            return
         n = len(data)
         if n and len(self):
             room = int(self.room().min())
@@ -122,6 +247,30 @@ class Batch:
                                  "bytes (frame size less headroom); use at most that many")
             self._runs(n)[self._at(0, check=False)] = np.frombuffer(data, dtype=np.dtype(f"V{n}"))[0]
         self.descs["len"] = n
+
+    def _fill_chains(self, data: bytes) -> None:
+        """fill() for chains of equal length: one vectorized copy per frame position (head, tail 1, ...)."""
+        k = int(self.ntails[0]) if len(self) else 0
+        if len(self) and (self.ntails != k).any():
+            raise UsageError("fill() needs packets of as many frames each: fill them one by one with write_packet()")
+        pos = 0
+        tails = self.tails.reshape(len(self), k) if len(self) else self.tails
+        for j in range(k + 1):
+            descs = self.descs if j == 0 else tails[:, j - 1]
+            part = Batch(np.ascontiguousarray(descs), self.mem, self.owner, self.frame_size)
+            room = int(part.room().min())
+            take = min(room, len(data) - pos) if j < k else len(data) - pos
+            if take <= 0 or take > room:
+                raise UsageError(f"{len(data)} bytes do not fit chains of {k + 1} frames exactly: allocate the "
+                                 f"packets with size={len(data)}")
+            part.fill(data[pos : pos + take])
+            if j == 0:
+                self.descs["len"] = take
+            else:
+                tails[:, j - 1]["len"] = take
+            pos += take
+        if len(self):
+            self.tails = tails.reshape(-1)
 
     def chunk_size(self) -> int | None:
         """The size of the aligned chunks its frames lie in (the Batch's own `frame_size`, else the owner's:

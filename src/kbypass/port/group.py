@@ -44,8 +44,8 @@ class PortGroup(Port):
         if batch:
             batch.owner.free(batch)
 
-    def alloc(self, n: int) -> Batch:
-        return self.ports[0].alloc(n)
+    def alloc(self, n: int, **size) -> Batch:
+        return self.ports[0].alloc(n, **size)
 
     def wait(self, timeout: float | None = None) -> bool:
         if any(getattr(p, "poll_mode", "wakeup") == "busy" for p in self.ports):

@@ -20,6 +20,12 @@ port's own reap() reads the same completion ring, so frames reclaimed by either 
 The ring protocol is xsk/ring.py's (Python) or the C core's twin over the same `Ring.shared` structs, so
 the two lanes and the port's batch path can take turns on one port.
 
+Multi-buffer ports (jumbo MTU, kbypass.xsk.multibuf): the Python lane receives a packet that spans several
+frames whole (ConsumerRing.peek_packets, every frame back to the fill ring) and sends a frame longer than
+one UMEM frame as a chain (XDP_PKT_CONTD on all descriptors but the last), up to `max_frame` bytes. The C
+lane moves one frame per message: on a multi-buffer port the lane is the Python one (open_lane), and asking
+for C there is a UsageError that says so.
+
 What "plain UDP to us" means (`udp`) and how a flow's frame is built (`flow`) are proto.udp's `PlainUdp`
 and `UdpFlow`; the lane only uses their fields and methods (it does not import the protocols' layer).
 """
@@ -29,12 +35,22 @@ from __future__ import annotations
 import numpy as np
 
 from kbypass import backend
-from kbypass.xsk.consts import XDP_PACKET_HEADROOM
+from kbypass.errors import UsageError
+from kbypass.xsk.consts import XDP_PACKET_HEADROOM, XDP_PKT_CONTD
 from kbypass.xsk.umem import APP, FILL, TX
 
 from .batch import DESC, Batch
+from .stats import (
+    IN_FILL,
+    IN_TX,
+    RX_BYTES,
+    RX_PACKETS,
+    TX_BYTES,
+    TX_COMPLETED,
+    TX_KICKS,
+    TX_PACKETS,
+)
 
-from .stats import IN_FILL, IN_TX, RX_BYTES, RX_PACKETS, TX_BYTES, TX_COMPLETED, TX_KICKS, TX_PACKETS
 _U32 = 0xFFFFFFFF
 
 
@@ -45,9 +61,14 @@ def native_default() -> bool:
 
 
 def open_lane(port, rings, udp=None, native: bool | None = None) -> "MessageLane":
-    """The lane for AfXdpPort.message_lane: C when `native` (None: when built), else Python."""
+    """The lane for AfXdpPort.message_lane: C when `native` (None: when built, and the port is not
+    multi-buffer), else Python."""
+    chains = getattr(port, "multi_buffer", False)
+    if native and chains:
+        raise UsageError("the C message lane moves one frame per message and this port is multi-buffer (its MTU "
+                         "does not fit one frame): use the Python lane (native=False, --lane python)")
     if native is None:
-        native = native_default()
+        native = native_default() and not chains
     return NativeMessageLane(port, rings, udp) if native else MessageLane(port, rings, udp)
 
 
@@ -80,6 +101,9 @@ class MessageLane:
         # rx_dropped statistic) any received frame longer than rx_room
         self.tx_room = self.umem.frame_size - self.umem.headroom
         self.rx_room = self.tx_room - XDP_PACKET_HEADROOM
+        # the longest frame send_one takes: one UMEM frame, or a chain of the most the kernel sends as one
+        self.chains = bool(getattr(port, "multi_buffer", False))
+        self.max_frame = self.tx_room * (port.max_tx_frames if self.chains else 1)
         self._copy = port.mode == "copy"
         self._busy = port.poll_mode == "busy"
         self._xsk = port.xsk
@@ -97,6 +121,8 @@ class MessageLane:
         frame goes back to the kernel at once: nothing to free. RuntimeError for a descriptor outside the
         UMEM (it stays on the ring), as the C lane (kb_lane_rx_next) decides."""
         rx = self._rx
+        if self.chains:
+            return self._receive_chain()
         i, got = rx.peek(1)
         if not got:
             return None
@@ -122,6 +148,37 @@ class MessageLane:
             c[IN_FILL] -= 1
         c[RX_PACKETS] += 1
         c[RX_BYTES] += n
+        return data
+
+    def _receive_chain(self) -> bytes | None:
+        """receive_one on a multi-buffer port: one whole packet, its frames gathered, all back to the fill
+        ring. RuntimeError for a descriptor outside the UMEM (the packet stays on the ring)."""
+        rx, fill = self._rx, self._fill
+        i, got = rx.peek_packets(1)
+        if not got:
+            return None
+        parts, addrs, total = [], [], 0
+        for k in range(got):
+            j = ((i + k) & rx.mask) << 1
+            addr, n = self._rxq[j], self._rxq[j + 1] & _U32
+            if addr >= self._umem_size or n > self._umem_size - addr:
+                rx.cancel(got)
+                raise RuntimeError("RX descriptor outside the UMEM")
+            parts.append(self._mem[addr:addr + min(n, self._frame_size)])
+            addrs.append(addr & self._chunk_mask)
+            total += n
+        data = b"".join(parts)
+        rx.release(got)
+        c = self._stats
+        k, room = fill.reserve(got)
+        for m in range(room):
+            self._fillq[(k + m) & fill.mask] = addrs[m]
+        fill.submit(room)
+        if room < got:  # cannot happen (the frames just left the fill quota), but never lose one
+            self.umem.give_free(np.array(addrs[room:], dtype=np.uint64), FILL, trusted=True)
+            c[IN_FILL] -= got - room
+        c[RX_PACKETS] += 1
+        c[RX_BYTES] += total
         return data
 
     def receive_udp(self):
@@ -194,9 +251,10 @@ class MessageLane:
 
     def send_one(self, frame: bytes) -> bool:
         """Put one whole frame on the TX ring and kick; False when no frame or TX slot is free right now, or
-        when the frame is longer than a UMEM frame holds (`tx_room`; nothing written)."""
+        when the frame is longer than a UMEM frame holds (`tx_room`; nothing written). On a multi-buffer port
+        a longer frame goes as a chain of frames, up to `max_frame` bytes."""
         if len(frame) > self.tx_room:
-            return False
+            return self._send_chain(frame) if self.chains and len(frame) <= self.max_frame else False
         if not self._stash:
             self.reclaim()
         if not self._stash:
@@ -235,9 +293,55 @@ class MessageLane:
             self._xsk.kick_tx()
         return True
 
+    def _send_chain(self, frame: bytes) -> bool:
+        """send_one of a frame longer than one UMEM frame on a multi-buffer port: the pieces in stash frames,
+        one descriptor each, XDP_PKT_CONTD on all but the last; False (nothing written) when the frames or
+        TX slots are not there right now."""
+        room = self.tx_room
+        k = -(-len(frame) // room)
+        if len(self._stash) < k:
+            self.reclaim()
+        if len(self._stash) < k:
+            self.port.reap()
+            got = self.port.alloc(max(self.STASH, k) - len(self._stash))
+            self._stash.extend(int(a) for a in got.addr)
+            if len(self._stash) < k:
+                return False
+        tx = self._tx
+        i, slots = tx.reserve(k)
+        if slots < k:
+            tx.cancel(slots)
+            self.port.reap()
+            self._xsk.kick_tx()
+            i, slots = tx.reserve(k)
+            if slots < k:
+                tx.cancel(slots)
+                return False
+        addrs = self._stash[-k:]
+        if any(a >= self._umem_size or a & ~self._chunk_mask != self.umem.headroom for a in addrs):
+            tx.cancel(k)  # a completion the kernel made up: nothing is written (as send_one)
+            raise RuntimeError("stash frame outside the UMEM")
+        del self._stash[-k:]
+        state = self.umem.state
+        for m, addr in enumerate(addrs):
+            piece = frame[m * room:(m + 1) * room]
+            self._mem[addr:addr + len(piece)] = piece
+            j = ((i + m) & tx.mask) << 1
+            self._txq[j] = addr
+            self._txq[j + 1] = len(piece) | ((XDP_PKT_CONTD if m < k - 1 else 0) << 32)  # len, options
+            state[addr >> self._shift] = TX
+        tx.submit(k)
+        c = self._stats
+        c[IN_TX] += k
+        c[TX_PACKETS] += 1
+        c[TX_BYTES] += len(frame)
+        c[TX_KICKS] += 1
+        self._xsk.kick_tx()
+        return True
+
     def send_udp(self, flow, payload: bytes, ident: int) -> bool:
         """One datagram of `flow` (a proto.udp.UdpFlow) with IP ident `ident`; False as for send_one."""
-        if len(payload) + 42 > self.tx_room:
+        if len(payload) + 42 > self.max_frame:
             return False
         return self.send_one(flow.frame(payload, ident))
 

@@ -125,7 +125,7 @@ class SteeredPort(Port):
         self._port = self.ports[0] if len(self.ports) == 1 else PortGroup(self.ports)
 
     def _open_afxdp(self, ifname, queue, netns, xdp_mode, options, control_plane, share) -> None:
-        from .afxdp import LAYOUT, AfXdpPort, socket_layout
+        from .afxdp import LAYOUT, AfXdpPort, resolve_multi_buffer, socket_layout
 
         if not ifname:
             raise UsageError("the afxdp backend needs an interface: give ifname (--iface)")
@@ -135,6 +135,7 @@ class SteeredPort(Port):
             self.steering = Steering(ifname, netns=netns, mode=xdp_mode)
         self.rule_ids = [self.steering.add(r) for r in self.rules]
         self.queues = [queue] if queue is not None else list(range(queue_count(ifname, netns)))
+        options.update(resolve_multi_buffer(options, ifname, netns))  # every queue's socket alike
         for q in self.queues:
             if self.sockets == "cp":  # made and registered by the control plane
                 xsk_fd, umem_fd, made = self.steering.open_socket(q, mode=options.get("mode", "auto"),
@@ -292,8 +293,9 @@ class SteeredPort(Port):
     def free(self, batch: Batch) -> None:
         self.port.free(batch)
 
-    def alloc(self, n: int) -> Batch:
-        return self.port.alloc(n)
+    def alloc(self, n: int, **size) -> Batch:
+        """Up to n empty frames; `size=S` (AF_XDP): packets of S bytes, chains on a multi-buffer port."""
+        return self.port.alloc(n, **size)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.port.wait(timeout)

@@ -127,8 +127,8 @@ class Stack:
         if not owns_address and resolve is None:
             raise UsageError("owns_address=False needs resolve=callable(ip) -> mac|None (the kernel's neighbour "
                              "table), since the stack does not run ARP for an address the kernel owns")
-        if not 68 <= mtu <= 9216:
-            raise UsageError(f"MTU {mtu} out of range 68-9216; use the interface's MTU")
+        if not 68 <= mtu <= 65535:
+            raise UsageError(f"MTU {mtu} out of range 68-65535; use the interface's MTU")
         self.prefixlen = prefixlen
         self._netmask = int(self.network.netmask)
         self._netint = int(self.network.network_address)

@@ -279,13 +279,13 @@ class Steering(SteerProgram):
                 f"'{self._ip()} set dev {self.ifname} xdp off'"
             )
         if e.errno == errno.ERANGE:
-            # the driver refuses because a frame of this MTU would not fit one page with XDP's headroom
-            # (veth: 4096 - 256 headroom - 320 skb_shared_info - 14 = an MTU of 3506 at most)
+            # the driver refuses because a frame of this MTU would not fit what XDP can see: on veth one page
+            # for a program without frags, a page per frag (17) on top for ours (section xdp.frags)
             return KbypassError(
                 f"cannot attach XDP to {self.ifname}: the MTU is too large for XDP on this driver ({text}); "
-                f"lower it: a veth takes up to 3506 with 4 KiB pages, and it is the MTU of its peer that counts "
-                f"('ip link set dev PEER mtu 3506' where the peer lives, and '{self._ip()} set dev {self.ifname} "
-                "mtu 3506')"
+                "kbypass's steering program is frags-aware (a veth takes it up to MTU 65535), so the driver "
+                "has no multi-buffer XDP or the MTU is past its limit: lower the MTU of the interface and of its "
+                f"peer ('{self._ip()} set dev {self.ifname} mtu 1500', and the same where the peer lives)"
             )
         return KbypassError(f"cannot attach XDP to {self.ifname} in {mode} mode: {text}")
 

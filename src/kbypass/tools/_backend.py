@@ -51,6 +51,17 @@ def _check_afxdp_only(args, backend: str) -> None:
                              "--backend afxdp")
 
 
+def default_frame_size(iface: str, ns: str | None) -> int:
+    """2048-byte frames, or 4096 when a frame of the interface's MTU does not fit one 2048-byte frame: with
+    multi-buffer every packet up to MTU 65535 then spans at most 17 frames of 4096 bytes, within what the
+    kernel sends as one packet (kbypass.xsk.multibuf), so a reflector can send back whatever it received."""
+    from kbypass.port.afxdp import interface_mtu
+    from kbypass.xsk import multibuf
+
+    mtu = interface_mtu(iface, ns)
+    return 4096 if mtu and multibuf.needs_multi_buffer(mtu, 2048) else 2048
+
+
 def open_backend(args, rules: list[str]):
     """Open the steered port `args.backend` names for the tool `args.command`; see the module doc."""
     from kbypass.port import open_port
@@ -66,6 +77,9 @@ def open_backend(args, rules: list[str]):
     # it admits the user, and says how to be admitted if not
     parsed = rule_list(rules)  # all syntax errors before anything is opened
     ring = args.ring_size or DEFAULT_RING
+    iface, ns = resolve_where(args)
+    if args.frame_size is None:
+        args.frame_size = default_frame_size(iface, ns) if backend == "afxdp" else 2048
     if backend == "afxdp":
         options = dict(queue=args.queue, xdp_mode=args.xdp_mode, mode=args.mode, poll=args.poll,
                        frames=args.frames, frame_size=args.frame_size, rx_size=ring, tx_size=ring,
@@ -92,7 +106,6 @@ def open_backend(args, rules: list[str]):
         if parsed[0].dst is None:  # the testbed host's own address, or every address of the interface
             options["bind"] = (testbed.host(args.host).ipv4 if getattr(args, "host", None) else "0.0.0.0",
                                parsed[0].dport)
-    iface, ns = resolve_where(args)
     pin_cpu(args.cpu)
     sp = open_port(backend, iface, netns=ns, rules=parsed, **options)
     if sp.hw_note:  # --hw auto on a device that cannot: one line, then the software steering runs

@@ -49,7 +49,9 @@ def add_port_options(p, *, default_rule_help: str, default_batch: int = 256) -> 
     how.add_argument("--frames", type=_options.int_range(64, MAX_FRAMES, "a number of frames"), default=4096,
                      help=f"packet memory frames, 64 to {MAX_FRAMES} (default 4096; half are lent to the kernel "
                           "for receiving)")
-    how.add_argument("--frame-size", type=int, choices=(2048, 4096), default=2048, help="packet memory frame size")
+    how.add_argument("--frame-size", type=int, choices=(2048, 4096), default=None,
+                     help="packet memory frame size (default 2048, or 4096 when the interface's MTU does not fit "
+                          "one 2048-byte frame: then packets span several frames, multi-buffer AF_XDP)")
     how.add_argument("--ring-size", type=ring_size, default=None,
                      help=f"size of each ring: a power of two from 64 to {MAX_RING} (default {DEFAULT_RING}; "
                           "afxdp: the four AF_XDP rings, packet_mmap: the TX ring; not for socket)")

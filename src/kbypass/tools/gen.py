@@ -10,21 +10,31 @@ from __future__ import annotations
 import argparse
 import fcntl
 import ipaddress
-import sys
 import socket
 import struct
+import sys
 
 from kbypass import netns
-from kbypass.host import testbed
 from kbypass.errors import TestbedError, UsageError, require_root
 from kbypass.gen.afxdp import MAX_BATCH
 from kbypass.gen.flows import FlowSpec, parse_ip_range, parse_range
 from kbypass.gen.rate import parse_rate
 from kbypass.gen.template import udp_template
+from kbypass.host import testbed
 from kbypass.tools._common import pin_cpu
-from kbypass.tools._options import (add_count, add_cpu, add_dst, add_duration, add_json, add_where, int_range,
-                                    mac_address, power_of_two)
+from kbypass.tools._options import (
+    add_count,
+    add_cpu,
+    add_dst,
+    add_duration,
+    add_json,
+    add_where,
+    int_range,
+    mac_address,
+    power_of_two,
+)
 from kbypass.tools._output import emit
+from kbypass.xsk import multibuf
 
 BACKENDS = ("live", "afxdp", "packet_mmap")
 DEFAULT_BATCH = 2048
@@ -111,13 +121,20 @@ def _split_endpoint(text: str, what: str) -> tuple[str, str | None]:
     return (ip, port) if sep else (text, None)
 
 
-def _tx_port(engine: str, iface: str, queue: int, ns: str | None):
-    """A port for sending only: no steering program (nothing is received), frames from its own memory."""
+def afxdp_frame(mtu: int) -> int:
+    """The UMEM frame size of the AF_XDP TX port: 2048, or 4096 when the MTU needs multi-buffer, so that a
+    packet of any MTU up to 65535 spans no more frames than the kernel sends as one (kbypass.xsk.multibuf)."""
+    return 4096 if multibuf.needs_multi_buffer(mtu, AFXDP_FRAME, AFXDP_HEADROOM) else AFXDP_FRAME
+
+
+def _tx_port(engine: str, iface: str, queue: int, ns: str | None, mtu: int = 1500):
+    """A port for sending only: no steering program (nothing is received), frames from its own memory;
+    multi-buffer (packets larger than a frame as chains) when the MTU needs it."""
     if engine == "afxdp":
         from kbypass.port.afxdp import AfXdpPort
 
         return AfXdpPort(iface, queue, netns=ns, frames=8192, tx_size=4096, comp_size=4096, fill_size=64,
-                         rx_size=64, frame_size=AFXDP_FRAME, headroom=AFXDP_HEADROOM)
+                         rx_size=64, frame_size=afxdp_frame(mtu), headroom=AFXDP_HEADROOM)
     from kbypass.port.packet_mmap import PacketMmapPort
 
     return PacketMmapPort(iface, netns=ns, frame_size=PACKET_MMAP_FRAME)
@@ -127,9 +144,14 @@ def size_limit(engine: str, mtu: int, iface: str) -> tuple[int, str]:
     """The largest frame (bytes, no FCS) `engine` can send out of `iface` with this MTU, and which limit
     that is, in words for the error message: the MTU, or what the engine's frames can hold."""
     limits = [(mtu + ETH_HLEN, f"the MTU of {iface}, {mtu}, + the {ETH_HLEN}-byte Ethernet header")]
-    if engine == "afxdp":
+    if engine == "afxdp" and afxdp_frame(mtu) == AFXDP_FRAME:
         limits.append((AFXDP_FRAME - AFXDP_HEADROOM, f"the {AFXDP_FRAME}-byte AF_XDP UMEM frame"
                        + (f" less {AFXDP_HEADROOM} bytes of headroom" if AFXDP_HEADROOM else "")))
+    elif engine == "afxdp":  # multi-buffer: a packet is a chain of at most max_skb_frags + 1 frames
+        frame = afxdp_frame(mtu)
+        limits.append((multibuf.max_tx_packet(frame, AFXDP_HEADROOM),
+                       f"{multibuf.tx_frame_limit()} AF_XDP frames of {frame} bytes, the most the kernel sends as "
+                       "one packet (net.core.max_skb_frags + 1)"))
     elif engine == "packet_mmap":
         from kbypass.port.packet_mmap import TX_DATA
 
@@ -138,7 +160,8 @@ def size_limit(engine: str, mtu: int, iface: str) -> tuple[int, str]:
     else:
         from kbypass.gen.live import MAX_FRAME
 
-        limits.append((MAX_FRAME, "the live engine's one page less the kernel's XDP headroom and tailroom"))
+        limits.append((MAX_FRAME, "the live engine's one page less the kernel's XDP headroom and tailroom; "
+                       "--backend afxdp sends up to the MTU"))
     return min(limits, key=lambda lim: lim[0])
 
 
@@ -248,7 +271,7 @@ def run(args) -> int:
     else:
         from kbypass.gen.afxdp import PortGenerator
 
-        with _tx_port(args.backend, iface, args.queue or 0, ns) as port:
+        with _tx_port(args.backend, iface, args.queue or 0, ns, mtu) as port:
             gen = PortGenerator(port, template, spec, batch=batch)
             res = gen.run(count=args.count, duration=args.duration, rate=rate)
             stats = port.stats

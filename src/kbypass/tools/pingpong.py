@@ -18,6 +18,7 @@ from kbypass.errors import KbypassError, UsageError, require_root
 from kbypass.host import testbed
 from kbypass.port.loop import Stopper
 from kbypass.tools import _options as opt
+from kbypass.tools._backend import default_frame_size
 from kbypass.tools._common import pin_cpu
 from kbypass.tools._output import emit
 
@@ -53,8 +54,9 @@ def register(sub) -> None:
         how.add_argument("--lane", choices=("c", "python"),
                          help="afxdp: per-message ring work in C (default when built) or in pure Python")
         how.add_argument("--frame-size", type=int, choices=(2048, 4096),
-                         help="afxdp: UMEM frame size; a frame holds one packet, so on a jumbo-MTU link "
-                              "4096 is needed for messages above 1750 bytes (default 2048)")
+                         help="afxdp: UMEM frame size (default 2048, or 4096 when the MTU does not fit one "
+                              "2048-byte frame: a message then spans several frames, multi-buffer AF_XDP, on the "
+                              "Python lane)")
         opt.add_duration(how, help="stop after this many seconds" + (" (default 5 unless --count)"
                                                                        if q is client else ""))
         opt.add_count(how, help="stop after this many messages" if q is server else
@@ -139,7 +141,8 @@ def _open(args):
         return UdpEndpoint(iface, ip, args.port, netns=ns, poll=args.poll, backend=args.backend)
     return UdpEndpoint(iface, ip, args.port, netns=ns, dedicated=bool(args.dedicated), poll=args.poll,
                        backend=args.backend, xdp_mode=args.xdp_mode or "native", gateway=args.gateway,
-                       frame_size=args.frame_size or 2048, native=None if args.lane is None else args.lane == "c",
+                       frame_size=args.frame_size or default_frame_size(iface, ns),
+                       native=None if args.lane is None else args.lane == "c",
                        control_plane=not args.no_cp)
 
 

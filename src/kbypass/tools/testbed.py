@@ -21,8 +21,9 @@ def register(sub) -> None:
                     help=f"queues per veth end, 1 to {testbed.MAX_QUEUES} (default 2)")
     # Any whole number gets through here so that validate() can say why a large MTU cannot work.
     up.add_argument("--mtu", type=int_range(-(1 << 62), 1 << 62, "an MTU"), default=1500,
-                    help=f"MTU of the veth pair, {testbed.MIN_MTU} to {testbed.XDP_MAX_MTU}, the most with which veth "
-                         "runs XDP programs (default 1500)")
+                    help=f"MTU of the veth pair, {testbed.MIN_MTU} to {testbed.FRAGS_MAX_MTU} (above "
+                         f"{testbed.XDP_MAX_MTU} every XDP program must be frags-aware, as kbypass's are; "
+                         "again on a testbed that is up: changes its MTU; default 1500)")
     up.add_argument("--subnet", default=testbed.DEFAULT_SUBNET, help="IPv4 subnet (default %(default)s)")
     up.add_argument("--json", action="store_true", help="print the status JSON")
     up.set_defaults(func=run_up)

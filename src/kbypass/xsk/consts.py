@@ -16,9 +16,13 @@ XDP_SHARED_UMEM = 1 << 0
 XDP_COPY = 1 << 1
 XDP_ZEROCOPY = 1 << 2
 XDP_USE_NEED_WAKEUP = 1 << 3
+XDP_USE_SG = 1 << 4  # Linux >= 6.6: multi-buffer, a packet may span several UMEM frames
 
 # xdp_umem_reg.flags
 XDP_UMEM_UNALIGNED_CHUNK_FLAG = 1 << 0
+
+# xdp_desc.options: this frame is not the packet's last (multi-buffer; with XDP_USE_SG)
+XDP_PKT_CONTD = 1 << 0
 
 # flags word of every ring
 XDP_RING_NEED_WAKEUP = 1 << 0

@@ -10,6 +10,11 @@ Each ring is a power-of-two array of slots plus three u32 words in shared memory
 - Consumer rings (RX, completion; the kernel produces): `peek(n)` returns up to n filled slots (bounded
   by a cached producer index, re-read only when the cache holds fewer than n), the caller copies them out, then
   `release(n)` hands the slots back by storing the new consumer index.
+- Multi-buffer (XDP_USE_SG): a packet is several consecutive RX/TX descriptors, XDP_PKT_CONTD in the
+  options of every one but its last. `ConsumerRing.peek_packets(n)` is `peek(n)` cut back to whole packets
+  (and stretched past n when the first packet alone is longer), so a reader never holds half a packet.
+  The kernel publishes a packet's descriptors together (one producer store after the last), so a packet
+  is either wholly on the ring or not at all.
 - `needs_wakeup()` reads XDP_RING_NEED_WAKEUP: the kernel asks for a syscall (poll/sendto) to make progress.
 
 The cached indexes live in `Ring.shared`, a `KbRing`: the C core's struct kb_ring, whose address the C
@@ -228,6 +233,24 @@ class ConsumerRing(Ring):
         count = n if entries >= n else entries
         c[_CONS] = (idx + count) & _U32
         return idx, count
+
+    def peek_packets(self, n: int) -> tuple[int, int]:
+        """peek(n) for an RX ring of a multi-buffer socket: up to n slots that end at the end of a packet
+        (see the module doc; the C twin is kb_ring_cons_peek_packets). When the first packet alone has more
+        than n frames, all of its frames; when the ring holds no whole packet, none."""
+        idx, count = self.peek(n)
+        if count == 0 or not self.slots["options"][(idx + count - 1) & self.mask] & consts.XDP_PKT_CONTD:
+            return idx, count  # one slot read: the common case, a packet ends where the batch does
+        ends = np.flatnonzero((self.read_slots(idx, count)["options"] & consts.XDP_PKT_CONTD) == 0)
+        if len(ends):
+            keep = int(ends[-1]) + 1
+            self.cancel(count - keep)
+            return idx, keep
+        # not one whole packet in n slots: the first packet's whole chain, if the ring holds it
+        self.cancel(count)
+        have = self.available(count + 1)
+        ends = np.flatnonzero((self.read_slots(idx, have)["options"] & consts.XDP_PKT_CONTD) == 0)
+        return self.peek(int(ends[0]) + 1) if len(ends) else (idx, 0)
 
     def cancel(self, n: int) -> None:
         """Un-peek the last n slots (they will be returned again by the next peek)."""

@@ -71,6 +71,8 @@ class XskSocket:
 
     mode: "copy", "zerocopy", or "auto" (try zero-copy, fall back to copy); `self.mode` says what is in use.
     need_wakeup: bind with XDP_USE_NEED_WAKEUP so the kernel sleeps until kicked (see `kick_tx`, `wake_rx`).
+    multi_buffer: bind with XDP_USE_SG (Linux >= 6.6): a packet larger than a frame arrives, and may be
+    sent, as a chain of frames (XDP_PKT_CONTD on all descriptors but its last; kbypass.xsk.ring).
     busy_poll: set SO_PREFER_BUSY_POLL, SO_BUSY_POLL (busy_usecs) and SO_BUSY_POLL_BUDGET (busy_budget).
     fd: adopt this AF_XDP socket, set up and bound elsewhere over this UMEM's memory with rings of these sizes
     (the control plane's, see kbypass.cp.protocol open_socket), instead of making one: no root needed, and
@@ -86,7 +88,7 @@ class XskSocket:
                  rx_size: int = 2048, tx_size: int = 2048, fill_size: int = 2048, comp_size: int = 2048,
                  mode: str = "auto", need_wakeup: bool = True, busy_poll: bool = False,
                  busy_usecs: int = 20, busy_budget: int = 64, fd: int | None = None,
-                 shared_with: int | None = None) -> None:
+                 shared_with: int | None = None, multi_buffer: bool = False) -> None:
         check_architecture()
         if mode not in MODES:
             raise UsageError(f"AF_XDP mode {mode!r} is unknown: use one of {', '.join(MODES)}")
@@ -95,6 +97,7 @@ class XskSocket:
         self.ifname, self.queue, self.netns = ifname, queue, netns
         self.umem = umem
         self.mode = None
+        self.multi_buffer = multi_buffer
         self._sock = None
         self._maps: list[mmap.mmap] = []
         self.rx = self.tx = self.fill = self.comp = None
@@ -240,6 +243,8 @@ class XskSocket:
 
     def _bind(self, mode: str, need_wakeup: bool, where: str) -> None:
         wake = consts.XDP_USE_NEED_WAKEUP if need_wakeup else 0
+        if self.multi_buffer:
+            wake |= consts.XDP_USE_SG
         err = 0
         if mode in ("auto", "zerocopy"):
             err = self._bind_once(consts.XDP_ZEROCOPY | wake)
@@ -265,6 +270,9 @@ class XskSocket:
             hint = "another AF_XDP socket already uses this queue: close it or pick another queue"
         elif err in (errno.EOPNOTSUPP, _ENOTSUPP) and how == "zero-copy":
             hint = "the driver has no zero-copy support (veth has none): use mode='copy' or 'auto'"
+        elif err == errno.EINVAL and self.multi_buffer:
+            hint = ("multi-buffer (XDP_USE_SG, for packets larger than a frame) needs Linux >= 6.6 and, in zero-copy "
+                    "mode, a driver with multi-buffer support: use mode='copy', or an MTU that fits one frame")
         elif err == errno.EINVAL:
             hint = "check the queue id and that the interface is up"
         elif err == errno.ENETDOWN:

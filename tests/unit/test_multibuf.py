@@ -1,0 +1,263 @@
+"""Multi-buffer AF_XDP (issue 17) without a kernel: chains of frames through the ring protocol, the Batch of
+packets, the port's receive/transmit/free/alloc, and the C sink against its numpy reference, on the fake
+socket of tests/fakexsk.py (the netns tests in tests/netns/test_jumbo.py run the same on a real kernel)."""
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kbypass import backend
+from kbypass.errors import UsageError
+from kbypass.gen.template import udp_template
+from kbypass.port import afxdp as afxdp_mod
+from kbypass.port.batch import DESC, Batch
+from kbypass.proto.stamp import ETH_IPV4_UDP
+from kbypass.xsk import multibuf
+from kbypass.xsk.consts import XDP_DESC, XDP_PKT_CONTD
+from kbypass.xsk.ring import ConsumerRing, ProducerRing, ring_layout
+from tests.fakexsk import FakeXsk, run_sink
+
+needs_c = pytest.mark.skipif(not backend.built("batch"), reason="kbypass._fastbatch is not built: make setup")
+ROOM = 2048 - 256  # what a 2048-byte frame receives in copy mode
+
+
+def _rings(size=16):
+    lay = ring_layout(size, XDP_DESC)
+    buf = bytearray(lay.pop("bytes"))
+    return ProducerRing(buf, **lay), ConsumerRing(buf, **lay)
+
+
+def _post(kernel, lengths_and_more):
+    idx, n = kernel.reserve(len(lengths_and_more))
+    d = np.zeros(n, dtype=XDP_DESC)
+    d["len"] = [x for x, _ in lengths_and_more]
+    d["options"] = [XDP_PKT_CONTD if more else 0 for _, more in lengths_and_more]
+    kernel.write_slots(idx, d)
+    kernel.submit(n)
+
+
+def test_peek_packets_takes_whole_packets_only():
+    kernel, rx = _rings()
+    # packets of 1, 3 and 2 frames
+    _post(kernel, [(1, False), (2, True), (3, True), (4, False), (5, True), (6, False)])
+    assert rx.peek_packets(3) == (0, 1)  # a budget ending inside the 3-frame packet is cut back to the 1st
+    rx.release(1)
+    assert rx.peek_packets(2) == (1, 3)  # the packet alone is longer than the budget: all of it
+    rx.release(3)
+    assert rx.peek_packets(64) == (4, 2)
+    rx.release(2)
+    assert rx.peek_packets(8) == (6, 0)
+    _post(kernel, [(7, True)])  # half a packet (a kernel never publishes one): not taken
+    assert rx.peek_packets(8) == (6, 0)
+
+
+def test_peek_packets_across_the_wrap():
+    kernel, rx = _rings(8)
+    for _ in range(3):
+        _post(kernel, [(1, True), (1, True), (1, False)])
+        idx, n = rx.peek_packets(2)
+        assert n == 3
+        rx.release(n)
+
+
+def _frames(n, size, first=0):
+    base = udp_template("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", 9, "10.0.0.2", 4321, size)
+    out = []
+    for i in range(first, first + n):
+        body = (np.arange(size, dtype=np.uint32) * 3 + i).astype(np.uint8).tobytes()
+        out.append(base[:ETH_IPV4_UDP] + struct.pack("!QQ", i, 0) + body[ETH_IPV4_UDP + 16 : size])
+    return out
+
+
+def _port(monkeypatch, ops=None, **kw):
+    monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
+    return afxdp_mod.AfXdpPort("fake0", frames=1024, fill_size=512, rx_size=512, tx_size=512, comp_size=512,
+                               batch_ops=ops, multi_buffer=True, **kw)
+
+
+def test_receive_gives_packets_and_transmit_gathers_them(monkeypatch):
+    with _port(monkeypatch) as port:
+        sent = _frames(3, 9014) + _frames(2, 60) + _frames(1, 60042)
+        port.xsk.deliver_chains(sent, ROOM)
+        batch = port.receive(512)
+        assert len(batch) == 6 and batch.tails is not None
+        assert batch.frame_counts().tolist() == [6, 6, 6, 1, 1, 34]
+        assert batch.total_lens().tolist() == [len(f) for f in sent]
+        assert [batch.tobytes(i) for i in range(6)] == sent
+        assert port.stats["rx_packets"] == 6 and port.stats["rx_bytes"] == sum(map(len, sent))
+        # selections carry their tails: a mask, a slice, an index array
+        assert [batch[batch.total_lens() > 100].tobytes(i) for i in range(4)] == sent[:3] + sent[5:]
+        assert batch[2:4].frame_counts().tolist() == [6, 1] and batch[2:4].tobytes(0) == sent[2]
+        assert batch[np.array([5, 0])].tobytes(0) == sent[5]
+        assert batch[3:5].tails is None  # one-frame packets only: the fast path again
+        ring = batch[:3].ring_descs()
+        assert len(ring) == 18 and (ring["options"][5::6] == 0).all() and ring["options"].sum() == 15
+        # headers are read from the first frame, for every packet at once
+        assert (batch.u16be(36) == 4321).all()
+        batch.swap_macs()
+        short = batch[:5]  # the 34-frame packet goes back unsent: more than the kernel sends as one
+        with pytest.raises(UsageError, match="spans 34 frames"):
+            port.transmit(batch)
+        assert port.transmit(short) == 5
+        out = port.xsk.send_all()
+        assert out == [f[6:12] + f[0:6] + f[12:] for f in sent[:5]]
+        port.free(batch[5:])
+        port.reap()
+        port.check(app=0)
+
+
+def test_alloc_sized_packets_fill_and_send(monkeypatch):
+    with _port(monkeypatch) as port:
+        data = _frames(1, 9000)[0]
+        batch = port.alloc(4, size=len(data))
+        assert batch.frame_counts().tolist() == [5] * 4 and batch.total_lens().tolist() == [9000] * 4
+        batch.fill(data)
+        other = _frames(1, 9000, first=7)[0]
+        batch.write_packet(3, other)
+        assert port.transmit(batch) == 4
+        assert port.xsk.send_all() == [data] * 3 + [other]
+        with pytest.raises(UsageError, match="allocate it with size"):
+            b = port.alloc(1, size=9000)
+            try:
+                b.write_packet(0, data[:3000])  # 2 frames' worth in a chain of 5
+            finally:
+                port.free(b)
+        limit = multibuf.tx_frame_limit()
+        with pytest.raises(UsageError, match="more than the kernel sends as one packet"):
+            port.alloc(1, size=limit * 2048 + 1)
+        port.reap()
+        port.check(app=0)
+
+
+def test_a_port_without_multi_buffer_refuses_chains(monkeypatch):
+    monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
+    with afxdp_mod.AfXdpPort("fake0", frames=256, fill_size=64, rx_size=64, tx_size=64, comp_size=64,
+                             multi_buffer=False) as port:
+        assert port.max_tx_frames == 1
+        with pytest.raises(UsageError, match="not multi-buffer"):
+            port.alloc(1, size=5000)
+        port.xsk.deliver([b"y" * 100])
+        batch = port.receive(64)
+        assert batch.tails is None and batch.total_lens().tolist() == [100]  # the one-frame path, untouched
+        port.free(batch)
+    with _port(monkeypatch) as mb, pytest.raises(UsageError, match="Python lane"):
+        mb.message_lane(native=True)  # the C lane moves one frame per message
+
+
+def test_the_message_lane_moves_whole_chains(monkeypatch):
+    with _port(monkeypatch) as port:
+        lane = port.message_lane()
+        assert not lane.native and lane.max_frame == 2048 * multibuf.tx_frame_limit()
+        sent = _frames(1, 60042) + _frames(1, 100, first=1) + _frames(1, 9014, first=2)
+        port.xsk.deliver_chains(sent, ROOM)
+        assert [lane.receive_one() for _ in range(4)] == sent + [None]
+        assert port.stats["rx_packets"] == 3 and port.stats["rx_bytes"] == sum(map(len, sent))
+        out = _frames(1, 30000) + sent[1:]
+        assert not lane.send_one(sent[0])  # 30 frames of 2048 bytes: more than the kernel sends as one
+        for f in out:
+            assert lane.send_one(f)
+        assert port.xsk.send_all() == out
+        assert not lane.send_one(b"z" * (lane.max_frame + 1))  # longer than the kernel sends: not sent
+        assert port.xsk.send_all() == []
+        lane.reclaim()
+        port.check(app=0)
+
+
+def test_a_closed_multi_buffer_port_says_so(monkeypatch):
+    port = _port(monkeypatch)
+    port.close()
+    with pytest.raises(UsageError, match="closed"):
+        port.receive()
+
+
+def test_from_ring_refuses_half_a_packet():
+    d = np.zeros(2, dtype=DESC)
+    d["options"] = XDP_PKT_CONTD
+    with pytest.raises(UsageError, match="middle of a packet"):
+        Batch.from_ring(d, np.zeros(16, dtype=np.uint8))
+
+
+@needs_c
+def test_sink_c_path_counts_chains_as_the_numpy_path_does(monkeypatch):
+    rng = np.random.default_rng(3)
+    rounds = []
+    for r in range(3):
+        sizes = rng.choice([60, 1500, 1900, 9014, 20000], size=40)
+        order = rng.permutation(40)
+        rounds.append([_frames(1, int(sizes[i]), first=r * 100 + int(i))[0] for i in order])
+    c_res, c_stats, c_consumed = run_sink(monkeypatch, backend.batch("c"), rounds, chains_room=ROOM, multi_buffer=True)
+    py_res, py_stats, py_consumed = run_sink(monkeypatch, backend.batch("python"), rounds, chains_room=ROOM,
+                                                      multi_buffer=True)
+    assert (c_consumed, py_consumed) == (True, False)
+    assert c_res == py_res and c_stats == py_stats
+    assert c_res[0][0] == 40 and c_res[0][2]["received"] == 40 and c_res[0][2]["reordered"] > 0
+
+
+_PEEK_HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "kb_ring.h"
+/* stdin: ring size, then ops: "p LEN MORE" (the kernel posts one descriptor; MORE: XDP_PKT_CONTD), "k N"
+ * (kb_ring_cons_peek_packets of N, printed as "IDX COUNT", then released) */
+int main(void) {
+    unsigned size;
+    if (scanf("%u", &size) != 1) return 2;
+    struct kb_desc *slots = calloc(size, sizeof *slots);
+    uint32_t prod = 0, cons = 0, flags = 0;
+    struct kb_ring r = {0, 0, size - 1, size, &prod, &cons, slots, &flags};
+    char op;
+    unsigned a, b;
+    while (scanf(" %c", &op) == 1) {
+        if (op == 'p') {
+            if (scanf("%u %u", &a, &b) != 2) return 2;
+            slots[prod & (size - 1)] = (struct kb_desc){0, a, b ? KB_PKT_CONTD : 0};
+            prod++;
+        } else {
+            uint32_t idx;
+            if (scanf("%u", &a) != 1) return 2;
+            uint32_t n = kb_ring_cons_peek_packets(&r, a, &idx);
+            printf("%u %u\n", n ? idx : 0, n);
+            kb_ring_cons_release(&r, n);
+        }
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_peek_packets_c_twin_gives_the_same_answers(tmp_path):
+    """kb_ring_cons_peek_packets (C, kb_ring.h) and ConsumerRing.peek_packets (Python) on the same random
+    posts and budgets, chains cut by the budget and by the wrap included: the same (index, count) each time."""
+    core = Path(__file__).resolve().parents[2] / "csrc/core"
+    (tmp_path / "h.c").write_text(_PEEK_HARNESS)
+    exe = tmp_path / "h"
+    subprocess.run(["gcc", "-O1", "-fsanitize=undefined", "-fno-sanitize-recover=all", f"-I{core}",
+                    str(tmp_path / "h.c"), "-o", str(exe)], check=True)
+    rng = np.random.default_rng(17)
+    size = 64
+    kernel, rx = _rings(size)
+    ops, want = [str(size)], []
+    posted = 0
+    for _ in range(400):
+        if rng.random() < 0.6 and posted < size - 20:  # a whole packet of 1 to 18 frames
+            k = int(rng.integers(1, 19))
+            chain = [(int(rng.integers(1, 2048)), m < k - 1) for m in range(k)]
+            _post(kernel, chain)
+            ops += [f"p {n} {int(more)}" for n, more in chain]
+            posted += k
+        else:
+            budget = int(rng.integers(1, 40))
+            idx, n = rx.peek_packets(budget)
+            rx.release(n)
+            posted -= n
+            ops.append(f"k {budget}")
+            want.append(f"{idx & 0xFFFFFFFF if n else 0} {n}")
+    r = subprocess.run([str(exe)], input="\n".join(ops), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:-1] == want
+    assert any(w.split()[1] != "0" for w in want) and any(int(w.split()[1]) > 1 for w in want)
