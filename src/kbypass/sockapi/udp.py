@@ -470,19 +470,20 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
             os.close(self._evfd)
             self._evfd = -1
 
-    def _drop_bypass(self) -> None:
+    def _drop_bypass(self, why: str) -> None:
         ep, self._ep = self._ep, None
         if ep is not None:
             ep.close()
+            self._kb_state, self.kbypass_reason = _KERNEL, why
         self._close_readiness()
 
     def close(self) -> None:
-        self._drop_bypass()
+        self._drop_bypass("closed")
         super().close()
 
     def detach(self) -> int:
         """Ends the bypass; returns the kernel socket's fd, a plain kernel socket holding the port."""
-        self._drop_bypass()
+        self._drop_bypass("detached")
         return super().detach()
 
     def dup(self):
