@@ -83,7 +83,7 @@ class FakeEndpoint:
 
     instances: list = []
 
-    def __init__(self, ifname, ip, port, *, poll, gateway, placeholder) -> None:
+    def __init__(self, ifname, ip, port, *, poll, gateway, placeholder, queue=None) -> None:
         self.args = (ifname, ip, port, poll)
         self.r, self.w = os.pipe()
         os.set_blocking(self.r, False)

@@ -41,6 +41,7 @@ class Plan:
     gateway: str | None = None
     reason: str | None = None
     local: frozenset = field(default_factory=frozenset)
+    queues: int = 1  # the interface's receive queues
 
     def via_ring(self, dst: str) -> bool:
         """Can a datagram to `dst` leave through the rings (see the module doc)?"""
@@ -72,8 +73,10 @@ class _Netlink:
         from pyroute2 import IPRoute
 
         self.ipr = IPRoute()
-        self.names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in self.ipr.get_links()}
-        self.loopback = {link["index"] for link in self.ipr.get_links() if link["flags"] & 0x8}  # IFF_LOOPBACK
+        links = self.ipr.get_links()
+        self.names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
+        self.queues = {link["index"]: link.get_attr("IFLA_NUM_RX_QUEUES") or 1 for link in links}
+        self.loopback = {link["index"] for link in links if link["flags"] & 0x8}  # IFF_LOOPBACK
         self.addrs = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"], a["index"])
                       for a in self.ipr.get_addr(family=2)]
 
@@ -102,7 +105,8 @@ def _plan_on(nl: _Netlink, ip: str, index: int, prefixlen: int) -> Plan:
     why = served(name)
     if why:
         return Plan(None, ip, reason=why)
-    return Plan(name, ip, prefixlen, nl.gateway(index), local=frozenset(a for a, _, _ in nl.addrs))
+    return Plan(name, ip, prefixlen, nl.gateway(index), local=frozenset(a for a, _, _ in nl.addrs),
+                queues=nl.queues.get(index, 1))
 
 
 def for_bind(ip: str) -> Plan:

@@ -169,12 +169,8 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
             self._kb_state, self.kbypass_reason = _KERNEL, p.reason
             _log(f"socket {p.ip}:{port} not accelerated: {p.reason}")
             return
-        from kbypass.endpoint.xdp import XdpEndpoint
-
-        busy = self._spin_us > 0 and os.geteuid() == 0  # busy-poll socket options need root
         try:
-            ep = XdpEndpoint(p.ifname, p.ip, port, poll="busy" if busy else "wakeup", gateway=p.gateway,
-                             placeholder=self)
+            ep = self._open_endpoint(p, port)
         except (KbypassError, OSError) as e:
             self._kb_state, self.kbypass_reason = _KERNEL, f"the bypass could not be opened: {e}"
             print(f"kbypass: warning: socket {p.ip}:{port} runs on the kernel: {e}", file=sys.stderr, flush=True)
@@ -192,6 +188,33 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
         _s.socket.settimeout(self, 0.0)  # the kernel side is only ever read without waiting from now on
         self._ep, self._plan, self._kb_state, self.kbypass_reason = ep, p, _BYPASS, None
         _log(f"socket {p.ip}:{port} accelerated on {p.ifname}")
+
+    def _open_endpoint(self, p: _plan.Plan, port: int):
+        """The endpoint on every receive queue of the interface or, when other sockets hold some (an AF_XDP
+        queue carries one message lane), on the first free one: the flow's datagrams that land on the other
+        queues then reach the kernel socket, which this socket reads too."""
+        from kbypass.endpoint.xdp import XdpEndpoint
+
+        busy = self._spin_us > 0 and os.geteuid() == 0  # busy-poll socket options need root
+        opts = {"poll": "busy" if busy else "wakeup", "gateway": p.gateway, "placeholder": self}
+        try:
+            return XdpEndpoint(p.ifname, p.ip, port, **opts)
+        except KbypassError as e:
+            if "is taken by" not in str(e) or p.queues < 2:
+                raise
+            last = e
+        for q in range(p.queues):
+            try:
+                ep = XdpEndpoint(p.ifname, p.ip, port, queue=q, **opts)
+            except KbypassError as e:
+                if "is taken by" not in str(e):
+                    raise
+                last = e
+                continue
+            _log(f"socket {p.ip}:{port} holds queue {q} of {p.ifname} only: its datagrams on the other queues "
+                 "come through the kernel")
+            return ep
+        raise last
 
     # ---- timeouts ----------------------------------------------------------------------------------
     def settimeout(self, value) -> None:

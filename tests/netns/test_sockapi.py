@@ -1,0 +1,186 @@
+"""kbypass.socket and kbypass.aio on the testbed, as applications use them, against kernel peers: an
+echo server (blocking, and non-blocking under selectors) and a client (connect, and a first sendto on an
+unbound socket) whose datagrams go through the AF_XDP rings, the fallback to the kernel with its reason,
+and the asyncio echo example on asyncio's loop and on uvloop."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from kbypass import netns
+
+pytestmark = pytest.mark.netns
+ROOT = Path(__file__).resolve().parents[2]
+
+ECHO = r"""
+import json, selectors, sys
+from kbypass import socket
+ip, mode, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((ip, 0))
+print(json.dumps({"port": s.getsockname()[1], "accelerated": s.accelerated, "reason": s.kbypass_reason}), flush=True)
+done = 0
+if mode == "blocking":
+    s.settimeout(10)
+    while done < count:
+        data, peer = s.recvfrom(4096)
+        s.sendto(data[::-1], peer)
+        done += 1
+else:
+    s.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(s, selectors.EVENT_READ)
+    while done < count:
+        if not sel.select(10):
+            break
+        while True:
+            try:
+                data, peer = s.recvfrom(4096)
+            except BlockingIOError:
+                break
+            s.sendto(data[::-1], peer)
+            done += 1
+print(json.dumps({"echoed": done, "rx_datagrams": s.endpoint.stats["rx_datagrams"] if s.endpoint else 0}), flush=True)
+s.close()
+"""
+
+
+def run_in(ns, code, *args, env=None):
+    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def kernel_socket(ns, bind):
+    with netns.entered(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.bind(bind)
+    return s
+
+
+@pytest.mark.parametrize("mode", ["blocking", "selectors"])
+def test_echo_server_over_the_rings_answers_a_kernel_peer(testbed_hosts, mode):
+    a, b = testbed_hosts
+    n = 200
+    proc = run_in(b.netns, ECHO, b.ipv4, mode, str(n))
+    try:
+        first = json.loads(proc.stdout.readline() or "{}")
+        assert first.get("accelerated") is True, (first, proc.stderr.read() if proc.poll() is not None else "")
+        with kernel_socket(a.netns, (a.ipv4, 0)) as k:
+            for i in range(n):
+                msg = i.to_bytes(4, "big") + bytes((i * 3 + j) & 0xFF for j in range(i % 900))
+                k.sendto(msg, (b.ipv4, first["port"]))
+                back, src = k.recvfrom(4096)
+                assert back == msg[::-1] and src == (b.ipv4, first["port"])
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["echoed"] == n and last["rx_datagrams"] >= n, err  # every datagram came off the AF_XDP rings
+
+
+
+
+def kernel_echo(ns, ip):
+    s = kernel_socket(ns, (ip, 0))
+
+    def loop():
+        try:
+            while True:
+                data, peer = s.recvfrom(4096)
+                s.sendto(data.upper(), peer)
+        except OSError:
+            pass
+
+    threading.Thread(target=loop, daemon=True).start()
+    return s
+
+
+CLIENT = r"""
+import json, sys
+from kbypass import socket
+dst = (sys.argv[1], int(sys.argv[2]))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(b"first", dst)          # unbound: the route picks the interface and the source address
+got = [s.recvfrom(100)]
+unbound = [s.accelerated, s.getsockname()[0], got[0][0].decode(), list(got[0][1])]
+s.close()  # an interface queue carries one accelerated socket: the next one gets them once this one is closed
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.connect(dst)
+for i in range(50):
+    c.send(b"n%d" % i)
+    assert c.recv(100) == b"N%d" % i
+third = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+third.bind((c.getsockname()[0], 0))  # every queue is c's: this one stays on the kernel, and says why
+third.sendto(b"third", dst)
+assert third.recv(100) == b"THIRD"
+print(json.dumps({"unbound": unbound,
+                  "connected": [c.accelerated, list(c.getpeername()), c.endpoint.stats["rx_datagrams"]],
+                  "third": [third.accelerated, third.kbypass_reason]}))
+"""
+
+
+def test_client_sockets_connect_and_autobind_over_the_rings(testbed_hosts):
+    a, b = testbed_hosts
+    with kernel_echo(b.netns, b.ipv4) as server:
+        port = server.getsockname()[1]
+        proc = run_in(a.netns, CLIENT, b.ipv4, str(port))
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    r = json.loads(out)
+    assert r["unbound"] == [True, a.ipv4, "FIRST", [b.ipv4, port]]
+    assert r["connected"][:2] == [True, [b.ipv4, port]] and r["connected"][2] >= 50
+    assert r["third"][0] is False and "is taken by" in r["third"][1]
+    assert err.count("kbypass: warning:") == 1, err  # the third socket's one line
+
+
+FALLBACK = r"""
+from kbypass import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+t.bind(("", 0))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"x", ("127.0.0.1", 9))
+print(s.accelerated, t.accelerated, u.accelerated)
+"""
+
+
+def test_sockets_that_cannot_be_accelerated_stay_on_the_kernel_and_say_why(testbed_hosts):
+    a, b = testbed_hosts
+    proc = run_in(b.netns, FALLBACK, env={"KBYPASS_LOG": "1", "KBYPASS_IFACE": "other0"})
+    out, err = proc.communicate(timeout=60)
+    assert out.split() == ["False", "False", "False"], err
+    lines = [ln for ln in err.splitlines() if ln.startswith("kbypass:")]
+    assert len(lines) == 3 and all("not accelerated" in ln for ln in lines), err
+    assert "loopback" in lines[0] and "served" in lines[1] and "loopback" in lines[2]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_asyncio_echo_example_on_the_bypass(testbed_hosts, loop):
+    pytest.importorskip("uvloop") if loop == "uvloop" else None
+    a, b = testbed_hosts
+    proc = subprocess.Popen(["ip", "netns", "exec", b.netns, sys.executable, str(ROOT / "examples" / "asyncio_echo.py"),
+                             b.ipv4, "0", "--idle", "2", *(["--uvloop"] if loop == "uvloop" else [])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert "accelerated: True" in first, first + (proc.stderr.read() if proc.poll() is not None else "")
+        port = int(first.split(":")[1].split(",")[0])
+        with kernel_socket(a.netns, (a.ipv4, 0)) as k:
+            for i in range(100):
+                msg = b"%d" % i * (1 + i % 50)
+                k.sendto(msg, (b.ipv4, port))
+                assert k.recvfrom(4096) == (msg, (b.ipv4, port))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "echoed 100" in out, err
