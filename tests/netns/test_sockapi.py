@@ -184,3 +184,35 @@ def test_asyncio_echo_example_on_the_bypass(testbed_hosts, loop):
     finally:
         proc.kill()
     assert proc.returncode == 0 and "echoed 100" in out, err
+
+
+def test_floor_answers_a_ping_in_the_driver_and_passes_everything_else(testbed_hosts):
+    """bpf/pong.bpf.c (kbypass.apps.xdp_pong): a plain payload comes back with MACs, IPs and ports
+    swapped and the payload intact; a sockperf question with the client flag cleared and a valid UDP
+    checksum; a sockperf message that asks for no answer is dropped; another port reaches the kernel."""
+    from kbypass.apps.xdp_pong import XdpPong
+
+    a, b = testbed_hosts
+    port = 7700
+    with kernel_socket(b.netns, (b.ipv4, port + 1)) as other, \
+            XdpPong(b.iface, port, netns=b.netns, peer=(a.iface, a.netns)) as pong:
+        proc = subprocess.run(["ip", "netns", "exec", a.netns, sys.executable, str(Path(__file__).parent / "floor_probe.py"),
+                               a.iface, a.mac, b.mac, a.ipv4, b.ipv4, str(port)], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        r = json.loads(proc.stdout)
+        assert other.recvfrom(100) == (b"not for the floor", (a.ipv4, 5004))  # passed to the kernel
+        counters = pong.counters()
+    ping = subprocess.run(["ip", "netns", "exec", a.netns, "ping", "-c", "1", "-W", "2", b.ipv4], capture_output=True)
+    assert ping.returncode == 0  # and nothing stays attached that would stop the kernel answering
+    got, sent = r["got"], r["sent"]
+    assert set(got) == {"5001", "5002"}, got  # the warm-up message and the other port got no answer from XDP
+    for sport, name in (("5001", "plain"), ("5002", "sockperf")):
+        g = got[sport]
+        assert g["eth"] == [b.mac, a.mac] and g["ip"] == [b.ipv4, a.ipv4] and g["ports"] == [port, int(sport)]
+        assert g["checksum_ok"], g
+    assert got["5001"]["payload"] == sent["plain"]
+    q, ans = bytes.fromhex(sent["sockperf"]), bytes.fromhex(got["5002"]["payload"])
+    assert ans == q[:9] + bytes([q[9] & ~1]) + q[10:] and ans[9] == 2  # only the client flag cleared
+    assert counters["answered"] == 2 and counters["sockperf"] == 1 and counters["unanswered"] == 1
+    assert counters["passed"] >= 1
