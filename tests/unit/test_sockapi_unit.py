@@ -325,3 +325,78 @@ def test_spin_us_from_the_environment(monkeypatch):
     monkeypatch.setenv("KBYPASS_SPIN_US", "soon")
     with pytest.raises(UsageError, match="KBYPASS_SPIN_US"):
         udpmod.spin_us_default()
+
+
+# ---- kbypass.aio over the same fake ---------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def connection_made(self, transport):
+        self.events.append(("made", transport))
+
+    def datagram_received(self, data, addr):
+        self.events.append(("data", data, addr))
+
+    def error_received(self, exc):
+        self.events.append(("error", exc.errno))
+
+    def pause_writing(self):
+        self.events.append(("pause",))
+
+    def resume_writing(self):
+        self.events.append(("resume",))
+
+    def connection_lost(self, exc):
+        self.events.append(("lost", exc))
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_datagram_transport_over_the_readiness_fd(fake, loop_kind):
+    import asyncio
+
+    from kbypass import aio
+
+    s, ep = fake
+    src = ("10.1.0.7", 4000)
+
+    async def scenario():
+        transport, rec = await aio.create_datagram_endpoint(Recorder, sock=s)
+        assert rec.events[0] == ("made", transport) and transport.get_extra_info("socket") is s
+        assert transport.get_extra_info("sockname") == s.getsockname() and transport.get_extra_info("peername") is None
+        ep.arrive(b"one", src)
+        ep.arrive(b"two", src)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(rec.events) >= 3:
+                break
+        assert rec.events[1:] == [("data", b"one", src), ("data", b"two", src)]
+        transport.sendto(b"answer", src)
+        assert ep.sent == [(b"answer", src)]
+        transport.sendto(b"x" * 2000, src)  # too large: the protocol hears of it, as with asyncio's transport
+        assert rec.events[-1] == ("error", errno.EMSGSIZE)
+        ep.full = True  # TX ring full: queued, flushed on a timer once there is room again
+        for i in range(60):  # past the 64 KiB high-water mark
+            transport.sendto(b"q" * 1400 + bytes([i]), src)
+        assert transport.get_write_buffer_size() == 60 * 1401 and ("pause",) in rec.events
+        ep.full = False
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not transport.get_write_buffer_size():
+                break
+        assert transport.get_write_buffer_size() == 0 and ("resume",) in rec.events
+        assert [d[-1] for d, _ in ep.sent[1:]] == list(range(60))  # in order
+        with pytest.raises(ValueError):
+            transport.sendto(b"no address")
+        transport.close()
+        await asyncio.sleep(0.01)
+        assert rec.events[-1] == ("lost", None) and transport.is_closing()
+
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())
+    assert s._closed

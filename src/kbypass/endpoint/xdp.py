@@ -158,6 +158,7 @@ class XdpEndpoint(UdpEndpoint):
         self._names: dict[bytes, str] = {}
         self._ident = 0
         self.tos, self.ttl = 0, None  # IP header fields of what we send (set_ip_fields)
+        self._spins = 0  # turns of spin()
         self._next_lane = 0
         self._tx_lane = self._lanes[0]
         self._poller = select.poll()
@@ -466,7 +467,7 @@ class XdpEndpoint(UdpEndpoint):
         and ARP every 1024th."""
         for lane in self._lanes:
             lane.wake()
-        self._spins = getattr(self, "_spins", 0) + 1
+        self._spins += 1
         if self._spins & 0x3FF == 0:
             self._service(time.monotonic())
 
