@@ -216,3 +216,47 @@ def test_floor_answers_a_ping_in_the_driver_and_passes_everything_else(testbed_h
     assert ans == q[:9] + bytes([q[9] & ~1]) + q[10:] and ans[9] == 2  # only the client flag cleared
     assert counters["answered"] == 2 and counters["sockperf"] == 1 and counters["unanswered"] == 1
     assert counters["passed"] >= 1
+
+
+NOBODY = r"""
+import sys
+from kbypass import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+print(s.getsockname()[1], s.accelerated, s.kbypass_reason, flush=True)
+if s.accelerated:
+    s.settimeout(10)
+    data, peer = s.recvfrom(100)
+    s.sendto(data.upper(), peer)
+    print("rings", s.endpoint.stats["rx_datagrams"], flush=True)
+"""
+
+
+def test_an_app_without_capabilities_is_accelerated_by_a_root_control_plane(testbed_hosts):
+    """Without a control plane a user's socket stays on the kernel with one warning; once root runs one for
+    all users, the same program gets its AF_XDP socket from it (its own placeholder does not bar the port)."""
+    from tests.kb import kbypass
+
+    a, b = testbed_hosts
+    nobody = ["ip", "netns", "exec", b.netns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+              "--inh-caps=-all", sys.executable, "-c", NOBODY, b.ipv4]
+    alone = subprocess.run(nobody, capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.split()[1] == "False" and "only root can start one" in alone.stdout
+    assert alone.stderr.count("kbypass: warning:") == 1, alone.stderr
+    prefix = b.netns[:-2]
+    kbypass("cp", "start", "--prefix", prefix, "--host", "b", "--users", "all", check=True)
+    try:
+        proc = subprocess.Popen(nobody, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            port, accelerated, *_ = proc.stdout.readline().split()
+            assert accelerated == "True", proc.stderr.read() if proc.poll() is not None else accelerated
+            with kernel_socket(a.netns, (a.ipv4, 0)) as k:
+                k.sendto(b"unprivileged", (b.ipv4, int(port)))
+                assert k.recvfrom(100) == (b"UNPRIVILEGED", (b.ipv4, int(port)))
+            out, err = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+        assert "rings 1" in out, err
+    finally:
+        kbypass("cp", "stop", "--prefix", prefix, "--host", "b", "--force")
