@@ -1,5 +1,13 @@
-import json, sys, time
-from scapy.all import Ether, IP, UDP, Raw, ICMP, sendp, AsyncSniffer, conf
+"""Run in host a by test_sockapi's floor test: send four frames at the floor program in b (a plain
+payload, a sockperf question, a sockperf warm-up that asks for no answer, another port), and print as JSON
+what was sent and every answer heard, with its addresses, ports, payload and whether its UDP checksum holds."""
+
+import json
+import sys
+import time
+
+from scapy.all import IP, UDP, AsyncSniffer, Ether, Raw, conf, sendp
+
 conf.verb = 0
 iface, src_mac, dst_mac, src, dst, port = sys.argv[1:7]
 port = int(port)

@@ -138,8 +138,7 @@ class FakeEndpoint:
         os.close(self.w)
 
 
-@pytest.fixture
-def fake(monkeypatch):
+def accelerated(monkeypatch):
     """A kbypass UDP socket bound on loopback and accelerated over a FakeEndpoint (plan: 10.1.0.2/24)."""
     import kbypass.endpoint.xdp as xdp
 
@@ -150,7 +149,13 @@ def fake(monkeypatch):
     s = kbsocket.socket(kbsocket.AF_INET, kbsocket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
     assert s.accelerated and s.kbypass_reason is None
-    yield s, FakeEndpoint.instances[-1]
+    return s, FakeEndpoint.instances[-1]
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    s, ep = accelerated(monkeypatch)
+    yield s, ep
     s.close()
 
 
@@ -400,3 +405,38 @@ def test_datagram_transport_over_the_readiness_fd(fake, loop_kind):
     else:
         asyncio.run(scenario())
     assert s._closed
+
+
+def test_closing_from_another_thread_wakes_a_blocked_receive(fake):
+    import threading
+
+    s, ep = fake
+    errors = []
+
+    def receive():
+        try:
+            s.recv(10)
+        except OSError as e:
+            errors.append(e.errno)
+
+    t = threading.Thread(target=receive)
+    t.start()
+    time.sleep(0.2)
+    s.close()
+    t.join(5)
+    assert not t.is_alive() and errors == [errno.EBADF] and ep.closed
+
+
+def test_a_dropped_socket_releases_its_endpoint(monkeypatch):
+    import gc
+    import warnings
+
+    s, ep = accelerated(monkeypatch)
+    evfd = s._evfd
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the stdlib's word on an unclosed socket
+        del s
+        gc.collect()
+    assert ep.closed
+    with pytest.raises(OSError):
+        os.fstat(evfd)

@@ -330,8 +330,11 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
                     raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
                 raise TimeoutError("timed out")
             until = min(x for x in (deadline, due, now + 1.0) if x is not None)
-            self._epoll.poll(max(0.0, until - now))
-            if self._closed:
+            try:
+                self._epoll.poll(max(0.0, until - now))
+            except (ValueError, AttributeError):  # another thread closed the socket under this wait
+                raise OSError(errno.EBADF, "Bad file descriptor") from None
+            if self._closed or self._ep is None:
                 raise OSError(errno.EBADF, "Bad file descriptor")
 
     def recvfrom(self, bufsize: int, flags: int = 0):
@@ -499,6 +502,12 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
             ep.close()
             self._kb_state, self.kbypass_reason = _KERNEL, why
         self._close_readiness()
+
+    def __del__(self) -> None:  # the stdlib closes the fd; the endpoint's rules and the eventfd are ours
+        try:
+            self._drop_bypass("closed")
+        except Exception:
+            pass
 
     def close(self) -> None:
         self._drop_bypass("closed")
