@@ -16,6 +16,7 @@ import pytest
 from kbypass import netns
 
 pytestmark = pytest.mark.netns
+IP_RECVTTL = 12  # <linux/in.h>; Python's socket module does not name it
 ROOT = Path(__file__).resolve().parents[2]
 
 ECHO = r"""
@@ -261,3 +262,30 @@ def test_an_app_without_capabilities_is_accelerated_by_a_root_control_plane(test
         assert "rings 1" in out, err
     finally:
         kbypass("cp", "stop", "--prefix", prefix, "--host", "b", "--force")
+
+
+TOS = r"""
+import sys
+from kbypass import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xB8)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 9)
+s.sendto(b"marked", (sys.argv[2], int(sys.argv[3])))  # built by the stack while the peer is resolved
+s.sendto(b"marked", (sys.argv[2], int(sys.argv[3])))  # from the flow's cached header
+print(s.accelerated, s.endpoint.stats["tx_datagrams"] if s.endpoint else 0)
+"""
+
+
+def test_ip_tos_and_ttl_are_in_the_header_the_rings_send(testbed_hosts):
+    a, b = testbed_hosts
+    with kernel_socket(a.netns, (a.ipv4, 0)) as k:
+        k.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+        k.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+        proc = run_in(b.netns, TOS, b.ipv4, a.ipv4, str(k.getsockname()[1]))
+        out, err = proc.communicate(timeout=60)
+        assert out.split() == ["True", "2"], err  # accelerated, and sent through the rings
+        for _ in range(2):
+            data, anc, _, _ = k.recvmsg(100, 256)
+            got = {t: v[0] for _, t, v in anc}
+            assert data == b"marked" and got == {socket.IP_TOS: 0xB8, socket.IP_TTL: 9}

@@ -185,6 +185,9 @@ class XdpEndpoint(UdpEndpoint):
     # slow path ------------------------------------------------------------------------------------
     def _emit(self, frames: list[bytes]) -> None:
         for f in frames:
+            if (self.tos or self.ttl is not None) and f[12:14] == b"\x08\x00" and f[23] == 17 and \
+                    int.from_bytes(f[34:36], "big") == self.port:
+                f = self._ip_fields(f)  # our datagrams the stack built (while resolving) carry them too
             if not self._tx_lane.send_one(f):
                 self.counters["tx_failed"] += 1
 
@@ -435,6 +438,15 @@ class XdpEndpoint(UdpEndpoint):
         if ttl is not None:
             self.ttl = ttl
         self._templates.clear()
+
+    def _ip_fields(self, frame: bytes) -> bytes:
+        b = bytearray(frame)
+        b[15] = self.tos
+        if self.ttl is not None:
+            b[22] = self.ttl
+        b[24:26] = b"\0\0"
+        b[24:26] = ck.internet_checksum(b[14:34]).to_bytes(2, "big")
+        return bytes(b)
 
     # readiness: what an event loop needs to drive the endpoint without blocking in it -------------------
     @property
