@@ -62,9 +62,11 @@ from kbypass.errors import KbypassError, UsageError
 from . import plan as _plan
 
 SO_TIMESTAMP, SO_TIMESTAMPNS = 29, 35
-MSG_PEEK, MSG_DONTWAIT, MSG_TRUNC, MSG_WAITALL = _s.MSG_PEEK, _s.MSG_DONTWAIT, _s.MSG_TRUNC, _s.MSG_WAITALL
-RECV_FLAGS = MSG_PEEK | MSG_DONTWAIT | MSG_WAITALL | MSG_TRUNC  # MSG_WAITALL: UDP ignores it, so do we
-SEND_FLAGS = MSG_DONTWAIT | getattr(_s, "MSG_NOSIGNAL", 0x4000) | getattr(_s, "MSG_CONFIRM", 0x800)
+# plain ints: the stdlib's are IntFlag members, whose arithmetic costs a microsecond a call on the hot path
+MSG_PEEK, MSG_DONTWAIT, MSG_TRUNC, MSG_WAITALL = (int(f) for f in (_s.MSG_PEEK, _s.MSG_DONTWAIT, _s.MSG_TRUNC,
+                                                                   _s.MSG_WAITALL))
+RECV_FLAGS = ~(MSG_PEEK | MSG_DONTWAIT | MSG_WAITALL | MSG_TRUNC)  # the bits refused (MSG_WAITALL: UDP ignores it)
+SEND_FLAGS = ~(MSG_DONTWAIT | int(getattr(_s, "MSG_NOSIGNAL", 0x4000)) | int(getattr(_s, "MSG_CONFIRM", 0x800)))
 TIMEVAL = struct.Struct("@ll")
 _FRESH, _KERNEL, _BYPASS = "unbound", "kernel", "bypass"
 _MAX_CACHE = 4096
@@ -289,7 +291,7 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
     def _receive(self, flags: int):
         if self._kb_state != _BYPASS:
             raise AssertionError("only for accelerated sockets")
-        if flags & ~RECV_FLAGS:
+        if flags & RECV_FLAGS:
             raise OSError(errno.EOPNOTSUPP, f"recv flags {flags:#x} are not supported on an accelerated socket")
         peek = flags & MSG_PEEK
         r = self._take(peek, True)
@@ -464,7 +466,7 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
                     raise TimeoutError("timed out") from None
 
     def _ring_send(self, data, flags: int, dst) -> int:
-        if flags & ~SEND_FLAGS:
+        if flags & SEND_FLAGS:
             raise OSError(errno.EOPNOTSUPP, f"send flags {flags:#x} are not supported on an accelerated socket")
         deadline = None
         while True:
