@@ -440,3 +440,28 @@ def test_a_dropped_socket_releases_its_endpoint(monkeypatch):
     assert ep.closed
     with pytest.raises(OSError):
         os.fstat(evfd)
+
+
+def test_asyncios_own_datagram_endpoint_takes_an_accelerated_socket(fake):
+    """asyncio's selector loop polls fileno(), the readiness fd, and reads with recvfrom: it works as is
+    (uvloop gives the fd to libuv, which reads it itself: there kbypass.aio is the way)."""
+    import asyncio
+
+    s, ep = fake
+    src = ("10.1.0.7", 4000)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        transport, rec = await loop.create_datagram_endpoint(Recorder, sock=s)
+        ep.arrive(b"hello", src)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(rec.events) >= 2:
+                break
+        assert rec.events[1] == ("data", b"hello", src)
+        transport.sendto(b"back", src)
+        assert ep.sent == [(b"back", src)]
+        transport.close()
+        await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
