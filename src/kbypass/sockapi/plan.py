@@ -1,8 +1,8 @@
 """Where a kbypass UDP socket's traffic goes: the bypass on a served interface, or the kernel, and why.
 
 A socket is accelerated when its local address is on an interface kbypass serves: any interface of this
-network namespace that is not a loopback one, or only those `$KBYPASS_IFACE` names (comma-separated, as
-`kbypass run --iface` does). Everything else stays a kernel socket, with the reason kept
+network namespace that is not a loopback one, or only those `$KBYPASS_IFACE` names (comma-separated).
+Everything else stays a kernel socket, with the reason kept
 (`socket.kbypass_reason`):
 
 - a loopback address, or an address on an interface that is not served;
