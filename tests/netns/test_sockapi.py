@@ -289,3 +289,54 @@ def test_ip_tos_and_ttl_are_in_the_header_the_rings_send(testbed_hosts):
             data, anc, _, _ = k.recvmsg(100, 256)
             got = {t: v[0] for _, t, v in anc}
             assert data == b"marked" and got == {socket.IP_TOS: 0xB8, socket.IP_TTL: 9}
+
+
+MIXED = r"""
+import selectors, sys
+from kbypass import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind((sys.argv[1], 0))
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)   # through the same module: a plain kernel socket
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind((sys.argv[1], 0))
+t.listen()
+print(u.getsockname()[1], t.getsockname()[1], u.accelerated, type(t).__module__, flush=True)
+sel = selectors.DefaultSelector()
+sel.register(u, selectors.EVENT_READ, "udp")
+sel.register(t, selectors.EVENT_READ, "tcp")
+seen = set()
+while len(seen) < 2:
+    events = sel.select(10)
+    if not events:
+        break
+    for key, _ in events:
+        if key.data == "udp":
+            data, peer = u.recvfrom(100)
+            u.sendto(data, peer)
+        else:
+            c, _ = t.accept()
+            c.sendall(c.recv(100).upper())
+            c.close()
+        seen.add(key.data)
+print(" ".join(sorted(seen)), flush=True)
+"""
+
+
+def test_one_selector_over_an_accelerated_udp_and_a_kernel_tcp_socket(testbed_hosts):
+    a, b = testbed_hosts
+    proc = run_in(b.netns, MIXED, b.ipv4)
+    try:
+        uport, tport, accelerated, module = proc.stdout.readline().split()
+        assert accelerated == "True" and module == "socket", proc.stderr.read() if proc.poll() is not None else ""
+        with kernel_socket(a.netns, (a.ipv4, 0)) as k:
+            k.sendto(b"datagram", (b.ipv4, int(uport)))
+            assert k.recvfrom(100) == (b"datagram", (b.ipv4, int(uport)))
+        with netns.entered(a.netns):
+            c = socket.create_connection((b.ipv4, int(tport)), timeout=5)
+        with c:
+            c.sendall(b"stream")
+            assert c.recv(100) == b"STREAM"
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert out.strip() == "tcp udp", err
