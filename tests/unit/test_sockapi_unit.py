@@ -465,3 +465,35 @@ def test_asyncios_own_datagram_endpoint_takes_an_accelerated_socket(fake):
         await asyncio.sleep(0.01)
 
     asyncio.run(scenario())
+
+
+def test_an_unbound_transport_follows_its_socket_to_the_readiness_fd(monkeypatch):
+    """create_datagram_endpoint without addresses: the first sendto binds (and here accelerates) the
+    socket, whose fileno() becomes the readiness fd; the transport's reader moves there."""
+    import asyncio
+
+    import kbypass.endpoint.xdp as xdp
+    from kbypass import aio
+
+    FakeEndpoint.instances.clear()
+    monkeypatch.setattr(xdp, "XdpEndpoint", FakeEndpoint)
+    monkeypatch.setattr(planmod, "for_destination", lambda dst: planmod.Plan("fake0", "127.0.0.1", 8, None))
+    monkeypatch.setattr(planmod, "for_bind", lambda ip: planmod.Plan("fake0", "127.0.0.1", 8, None))
+
+    async def scenario():
+        transport, rec = await aio.create_datagram_endpoint(Recorder)
+        sock = transport.get_extra_info("socket")
+        assert not sock.accelerated
+        transport.sendto(b"first", ("127.0.0.9", 9))
+        assert sock.accelerated
+        ep = FakeEndpoint.instances[-1]
+        ep.arrive(b"answer", ("127.0.0.9", 9))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(rec.events) >= 2:
+                break
+        assert rec.events[1] == ("data", b"answer", ("127.0.0.9", 9))
+        transport.close()
+        await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())

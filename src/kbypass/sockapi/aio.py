@@ -49,6 +49,9 @@ class DatagramTransport(asyncio.DatagramTransport):
         super().__init__({"socket": sock, "sockname": sock.getsockname(), "peername": address})
         self._loop, self._sock, self._protocol, self._address = loop, sock, protocol, address
         self._fd = sock.fileno()
+        # an unbound socket is bound (and maybe accelerated, its fileno() then the readiness fd) by its
+        # first send: the reader follows it there
+        self._unbound = getattr(sock, "kbypass_reason", None) == "not bound yet"
         self._buffer: collections.deque = collections.deque()
         self._buffer_size = 0
         self._closing = False
@@ -135,6 +138,8 @@ class DatagramTransport(asyncio.DatagramTransport):
                     self._sock.send(data)
                 else:
                     self._sock.sendto(data, addr)
+                if self._unbound:
+                    self._follow_fileno()
                 return
             except (BlockingIOError, InterruptedError):
                 pass
@@ -147,6 +152,14 @@ class DatagramTransport(asyncio.DatagramTransport):
         if not self._paused and self._buffer_size > HIGH_WATER:
             self._paused = True
             self._protocol.pause_writing()
+
+    def _follow_fileno(self) -> None:
+        self._unbound = False
+        fd = self._sock.fileno()
+        if fd != self._fd:
+            self._loop.remove_reader(self._fd)
+            self._fd = fd
+            self._loop.add_reader(fd, self._read_ready)
 
     def _schedule_retry(self) -> None:
         if self._retry is None:
