@@ -340,10 +340,12 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
                 raise OSError(errno.EBADF, "Bad file descriptor")
 
     def recvfrom(self, bufsize: int, flags: int = 0):
-        if self._kb_state != _BYPASS:
+        if self._kb_state is not _BYPASS:
             return super().recvfrom(bufsize, flags)
-        _check_size(bufsize)
-        data, addr, _ = self._receive(flags)
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recvfrom")
+        r = None if flags else self._take(0, True)  # the common case, one call less
+        data, addr, _ = r if r is not None else self._receive(flags)
         return (data if len(data) <= bufsize else data[:bufsize]), addr
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
@@ -426,14 +428,23 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
 
     def sendto(self, data, flags_or_address, address=None) -> int:
         flags, address = (0, flags_or_address) if address is None else (flags_or_address, address)
-        if self._kb_state == _FRESH:
-            self._autobind(self._resolve(address))
-        if self._kb_state != _BYPASS:
-            return super().sendto(data, flags, address)
-        dst, ring = self._route(address)
-        if not ring:
-            return self._kernel_send(data, flags, dst)
-        return self._ring_send(data, flags, dst)
+        if self._kb_state is not _BYPASS:
+            if self._kb_state is _FRESH:
+                self._autobind(self._resolve(address))
+            if self._kb_state is not _BYPASS:
+                return super().sendto(data, flags, address)
+        r = self._routes.get(address) or self._route(address)
+        if not r[1]:
+            return self._kernel_send(data, flags, r[0])
+        if not flags:  # the common case: straight to the rings while they have room
+            try:
+                with self._lock:
+                    return self._ep.sendto(data, r[0])
+            except BlockingIOError:
+                pass  # the ring is full: _ring_send waits as the socket's timeout says
+            except KbypassError as e:
+                raise _os_error(e) from None
+        return self._ring_send(data, flags, r[0])
 
     def send(self, data, flags: int = 0) -> int:
         if self._kb_state != _BYPASS:
@@ -482,12 +493,8 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
                 elif deadline is not None and now >= deadline:
                     raise TimeoutError("timed out") from None
                 time.sleep(0)  # the kernel sends what is queued; its completions free the ring
-            except UsageError as e:
-                if "message" in str(e):
-                    raise OSError(errno.EMSGSIZE, "Message too long") from None
-                raise OSError(errno.EINVAL, str(e)) from None
             except KbypassError as e:
-                raise OSError(errno.EHOSTUNREACH, f"No route to host ({e})") from None
+                raise _os_error(e) from None
 
     # ---- closing -----------------------------------------------------------------------------------
     def _close_readiness(self) -> None:
@@ -523,6 +530,16 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
     def dup(self):
         """A kernel socket on the same port (a dup of the placeholder): it does not see bypassed datagrams."""
         return _s.socket(self.family, self.type, self.proto, fileno=os.dup(self.kernel_fileno()))
+
+
+def _os_error(e: KbypassError) -> OSError:
+    """The stdlib's error for what the endpoint refused: a datagram too large for the MTU or a UMEM frame
+    (EMSGSIZE), a bad address (EINVAL), a peer that did not answer ARP (EHOSTUNREACH)."""
+    if isinstance(e, UsageError):
+        if "message" in str(e):
+            return OSError(errno.EMSGSIZE, "Message too long")
+        return OSError(errno.EINVAL, str(e))
+    return OSError(errno.EHOSTUNREACH, f"No route to host ({e})")
 
 
 def _check_size(bufsize: int) -> None:
