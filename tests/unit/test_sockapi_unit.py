@@ -497,3 +497,24 @@ def test_an_unbound_transport_follows_its_socket_to_the_readiness_fd(monkeypatch
         await asyncio.sleep(0.01)
 
     asyncio.run(scenario())
+
+
+def test_spinning_receive_finds_a_datagram_and_still_times_out(monkeypatch):
+    import threading
+
+    monkeypatch.setenv("KBYPASS_SPIN_US", "300000")
+    s, ep = accelerated(monkeypatch)
+    try:
+        assert ep.args[3] == ("busy" if os.geteuid() == 0 else "wakeup")  # busy-poll options need root
+        spins = []
+        ep.spin = lambda: spins.append(1)
+        threading.Timer(0.05, ep.arrive, (b"spun", ("10.1.0.7", 1))).start()
+        s.settimeout(2)
+        assert s.recv(10) == b"spun" and len(spins) > 10  # found while spinning, before any sleep
+        s.settimeout(0.05)
+        t = time.monotonic()
+        with pytest.raises(TimeoutError):
+            s.recv(10)
+        assert 0.04 <= time.monotonic() - t < 1.0  # the timeout bounds the spin too
+    finally:
+        s.close()

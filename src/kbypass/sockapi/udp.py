@@ -254,15 +254,21 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
                 self._ep.set_ip_fields(**({"tos": v} if optname == _s.IP_TOS else {"ttl": v}))
 
     # ---- receive -----------------------------------------------------------------------------------
-    def _take(self, peek: int, kernel: bool):
-        """(data, addr, ns) of the next datagram, None if there is none now."""
+    def _take(self, peek: int, kernel: bool, spin: bool = False):
+        """(data, addr, ns) of the next datagram, None if there is none now; `kernel`: look at the kernel
+        socket too (a syscall); `spin`: first a turn of the endpoint's busy wait."""
         with self._lock:
+            ep = self._ep
+            if ep is None:  # closed by another thread
+                raise OSError(errno.EBADF, "Bad file descriptor")
+            if spin:
+                ep.spin()
             r = self._held
             if r is not None:
                 if not peek:
                     self._held = None
             else:
-                ep, peer = self._ep, self._peer
+                peer = self._peer
                 while True:
                     got = ep.receive_nowait()
                     if got is None or peer is None or got[1] == peer:
@@ -276,7 +282,7 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
                     r = (got[0], got[1], time.time_ns() if self._stamp else 0)
                     if peek:
                         self._held = r
-            want = self._held is not None or self._ep.pending > 0
+            want = self._held is not None or ep.pending > 0
             if want != self._ready:  # the readiness fd must show what waits inside kbypass
                 if want:
                     os.eventfd_write(self._evfd, 1)
@@ -305,24 +311,23 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
             timeout = self._rcvtimeo
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
-        ep = self._ep
         if self._spin_us:
             end = now + self._spin_us / 1e6
             if deadline is not None:
                 end = min(end, deadline)
             n = 0
             while True:
-                with self._lock:
-                    ep.spin()
                 n += 1
-                r = self._take(peek, n & 63 == 0)
+                r = self._take(peek, n & 63 == 0, True)
                 if r is not None:
                     return r
                 if n & 15 == 0 and time.monotonic() >= end:
                     break
         while True:
             with self._lock:
-                due = ep.before_sleep()
+                if self._ep is None:
+                    raise OSError(errno.EBADF, "Bad file descriptor")
+                due = self._ep.before_sleep()
             r = self._take(peek, True)
             if r is not None:
                 return r
@@ -506,7 +511,8 @@ class socket(_s.socket):  # noqa: N801 - the stdlib's name, so existing code cha
             self._evfd = -1
 
     def _drop_bypass(self, why: str) -> None:
-        ep, self._ep = self._ep, None
+        with self._lock:  # not under a receive or send of another thread
+            ep, self._ep = self._ep, None
         if ep is not None:
             ep.close()
             self._kb_state, self.kbypass_reason = _KERNEL, why
