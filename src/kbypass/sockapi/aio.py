@@ -209,7 +209,8 @@ async def create_datagram_endpoint(protocol_factory, local_addr=None, remote_add
             raise ValueError(f"A UDP Socket was expected, got {sock!r}")
     else:
         sock = kbsocket(_s.AF_INET, _s.SOCK_DGRAM)
-        try:
+
+        def setup() -> None:  # netlink, the control plane, the rings: blocking work, off the loop
             if reuse_port:
                 sock.setsockopt(_s.SOL_SOCKET, _s.SO_REUSEPORT, 1)
             if allow_broadcast:
@@ -218,6 +219,9 @@ async def create_datagram_endpoint(protocol_factory, local_addr=None, remote_add
                 sock.bind(local_addr)
             if remote_addr is not None:
                 sock.connect(remote_addr)
+
+        try:
+            await loop.run_in_executor(None, setup)
         except BaseException:
             sock.close()
             raise
