@@ -181,10 +181,13 @@ def test_asyncio_echo_example_on_the_bypass(testbed_hosts, loop):
                 msg = b"%d" % i * (1 + i % 50)
                 k.sendto(msg, (b.ipv4, port))
                 assert k.recvfrom(4096) == (msg, (b.ipv4, port))
+        sc = subprocess.run(["ip", "netns", "exec", a.netns, "socat", "-t", "2", "-", f"UDP:{b.ipv4}:{port}"],
+                            input="a line for socat\n", capture_output=True, text=True, timeout=30)
+        assert sc.stdout == "a line for socat\n", sc.stderr  # a real program as the peer
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 0 and "echoed 100" in out, err
+    assert proc.returncode == 0 and "echoed 101" in out, err
 
 
 def test_floor_answers_a_ping_in_the_driver_and_passes_everything_else(testbed_hosts):
