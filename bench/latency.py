@@ -1,6 +1,7 @@
 """UDP ping-pong latency on its own testbed, in one run: `kbypass bench latency` (kbypass.bench.latency:
 sockperf, the kernel anchor in C, against kbypass pingpong over a kernel socket and over AF_XDP, wakeup
-and busy polling, with the C lane and the pure-Python lane), with the testbed brought up and down here.
+and busy polling, with the C lane and the pure-Python lane, and kbypass.socket), bounded by the kernel's
+best (sockperf with busy polling) and the floor (XDP_TX in the driver), with the testbed brought up and down here.
 Prints the table of medians, writes bench/results/latency.json and latency.png.
 
     python bench/latency.py --runs 3 --duration 3

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 from kbypass.host import doctor
 from tests.kb import kbypass
@@ -74,7 +75,13 @@ def test_every_bpf_object_kbypass_loads_is_required(tmp_path, monkeypatch):
     c = doctor.check_bpf_objects()  # the live-frames generator's program is missing
     assert not c.ok and c.required and "livegen.bpf.o" in c.detail
     (tmp_path / "livegen.bpf.o").write_bytes(b"")
+    c = doctor.check_bpf_objects()  # the latency floor's pair (bench latency) is missing
+    assert not c.ok and "pong.bpf.o" in c.detail and "xdp_pass.bpf.o" in c.detail
+    (tmp_path / "pong.bpf.o").write_bytes(b"")
+    (tmp_path / "xdp_pass.bpf.o").write_bytes(b"")
     assert doctor.check_bpf_objects().ok
+    sources = {p.name.replace(".bpf.c", ".bpf.o") for p in (Path(__file__).parents[2] / "bpf").glob("*.bpf.c")}
+    assert sources == set(doctor.REQUIRED_OBJECTS)  # every program make setup builds is one kbypass loads
 
 
 def test_bpf_syscall_number_per_architecture():

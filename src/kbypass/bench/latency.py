@@ -1,11 +1,19 @@
 """`kbypass bench latency`: UDP ping-pong on the testbed, kernel against bypass, in one run.
 
     sockperf              the kernel anchor (C): `sockperf server` in host b, `sockperf ping-pong` in a
+    kernel best           the same with busy polling on both hosts (net.core.busy_read and busy_poll, and
+                          sockperf's --lls: SO_BUSY_POLL), the sysctls put back afterwards: the lower
+                          bound of the kernel, so nobody mistakes busy polling for bypass
     kbypass socket        kbypass pingpong over a kernel UDP socket (the same Python, no bypass)
     kbypass socket busy   the same with SO_BUSY_POLL
     kbypass afxdp wakeup  AF_XDP, sleeping in poll() between messages
     kbypass afxdp busy    AF_XDP, busy polling, the per-message ring work in C (kbypass._fastlane)
     afxdp busy, Python lane   the same with the pure-Python lane, to show what the C lane buys
+    kbypass.socket busy   the pingpong pair over `kbypass.socket` (the stdlib socket API on the bypass,
+                          kbypass.bench.sockapi_pp), spinning like the busy rows
+    floor                 no server: an XDP program in host b answers in the driver (XDP_TX,
+                          kbypass.apps.xdp_pong), measured by the same `sockperf ping-pong`: what is left
+                          is the client's stack and the wire, the bound no server can beat
 
 Server in host b on CPU 1, client in host a on CPU 0; latency is half the round trip, as sockperf and
 sfnt-pingpong report it. The contenders take turns within each run, so drift in the machine's speed hits
@@ -23,13 +31,17 @@ import sys
 import time
 from pathlib import Path
 
-from kbypass.host import napi, testbed
+from kbypass.apps.xdp_pong import XdpPong
 from kbypass.errors import KbypassError
+from kbypass.host import napi, testbed, tune
 
 CLIENT_CPU, SERVER_CPU = 0, 1
 PORT = 11311
 KEYS = ("p50_us", "p90_us", "p99_us", "p999_us")
 ANCHOR = "sockperf (kernel, C)"
+KERNEL_BEST = "kernel best: sockperf, busy polling"
+FLOOR = "floor: XDP_TX in the driver (sockperf client)"
+BUSY_US = 50  # busy_read, busy_poll and sockperf --lls: long enough to cover a round trip on the testbed
 LOSS_FLAG = 0.01  # a row losing more than this share of its measured messages is flagged
 
 
@@ -48,18 +60,21 @@ def check_row(name: str, res: dict) -> dict:
     return res
 
 
-def _sockperf(a, b, duration: float, size: int) -> dict:
-    server = subprocess.Popen(["ip", "netns", "exec", b.netns, "taskset", "-c", str(SERVER_CPU), "sockperf",
-                               "server", "-i", b.ipv4, "-p", str(PORT)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _sockperf(a, b, duration: float, size: int, extra: tuple[str, ...] = (), server: bool = True) -> dict:
+    """sockperf ping-pong from host a to a sockperf server in b (`server=False`: to whatever answers there),
+    both with the `extra` options."""
+    srv = subprocess.Popen(["ip", "netns", "exec", b.netns, "taskset", "-c", str(SERVER_CPU), "sockperf",
+                            "server", "-i", b.ipv4, "-p", str(PORT), *extra],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if server else None
     try:
         time.sleep(0.5)
         out = subprocess.run(["ip", "netns", "exec", a.netns, "taskset", "-c", str(CLIENT_CPU), "sockperf",
                               "ping-pong", "-i", b.ipv4, "-p", str(PORT), "-t", str(int(max(1, duration))),
-                              "-m", str(size)], capture_output=True, text=True, timeout=duration + 30).stdout
+                              "-m", str(size), *extra], capture_output=True, text=True, timeout=duration + 30).stdout
     finally:
-        server.terminate()
-        server.wait()
+        if srv is not None:
+            srv.terminate()
+            srv.wait()
 
     def pct(name: str) -> float:
         m = re.search(rf"percentile {name} =\s+([\d.]+)", out)
@@ -91,13 +106,49 @@ def _kbypass(backend: str, poll: str, duration: float, size: int, b, lane: str |
     return json.loads(proc.stdout)
 
 
+def _kernel_best(a, b, duration: float, size: int) -> dict:
+    with tune.busy_polling(BUSY_US):
+        return _sockperf(a, b, duration, size, ("--lls", str(BUSY_US)))
+
+
+def _floor(a, b, duration: float, size: int) -> dict:
+    with XdpPong(b.iface, PORT, netns=b.netns, peer=(a.iface, a.netns)) as pong:
+        res = _sockperf(a, b, duration, size, server=False)
+        res["answered_in_xdp"] = pong.counters()["answered"]
+    return res
+
+
+def _sockapi(duration: float, size: int, a, b) -> dict:
+    """The pingpong pair over kbypass.socket, spinning (kbypass.bench.sockapi_pp)."""
+    env = {**os.environ, "KBYPASS_SPIN_US": str(10**9)}
+    mod = [sys.executable, "-m", "kbypass.bench.sockapi_pp"]
+    server = subprocess.Popen(["ip", "netns", "exec", b.netns, "taskset", "-c", str(SERVER_CPU), *mod, "server",
+                               b.ipv4, str(PORT), str(duration + 20)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)  # import, steering and sockets up
+        proc = subprocess.run(["ip", "netns", "exec", a.netns, "taskset", "-c", str(CLIENT_CPU), *mod, "client",
+                               a.ipv4, b.ipv4, str(PORT), str(duration), str(size)], env=env,
+                              capture_output=True, text=True, timeout=duration + 60)
+        server.terminate()
+        server.communicate(timeout=30)
+    finally:
+        server.kill()
+    if proc.returncode:
+        raise KbypassError(f"the kbypass.socket ping-pong client failed: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout)
+
+
 CONTENDERS = [
     (ANCHOR, lambda a, b, d, s: _sockperf(a, b, d, s)),
+    (KERNEL_BEST, _kernel_best),
     ("kbypass socket", lambda a, b, d, s: _kbypass("socket", "wakeup", d, s, b)),
     ("kbypass socket busy", lambda a, b, d, s: _kbypass("socket", "busy", d, s, b)),
     ("kbypass afxdp wakeup", lambda a, b, d, s: _kbypass("afxdp", "wakeup", d, s, b, "c")),
     ("kbypass afxdp busy", lambda a, b, d, s: _kbypass("afxdp", "busy", d, s, b, "c")),
     ("afxdp busy, Python lane", lambda a, b, d, s: _kbypass("afxdp", "busy", d, s, b, "python")),
+    ("kbypass.socket busy (Python socket API)", lambda a, b, d, s: _sockapi(d, s, a, b)),
+    (FLOOR, _floor),
 ]
 
 
@@ -123,10 +174,17 @@ def run(prefix: str, runs: int, duration: float, size: int, progress=print) -> d
 
 
 def ratios(result: dict) -> dict[str, dict[str, float]]:
-    """p50 and p99 of every contender over sockperf's, from the medians."""
+    """p50 and p99 of every contender over sockperf's, from the medians; and over the kernel's best
+    (`p50_best`, `p99_best`) when that row ran: below 1 beats busy-polled kernel sockets."""
     anchor = result["medians"][ANCHOR]
-    return {name: {"p50": m["p50_us"] / anchor["p50_us"], "p99": m["p99_us"] / anchor["p99_us"]}
-            for name, m in result["medians"].items()}
+    best = result["medians"].get(KERNEL_BEST)
+    out = {}
+    for name, m in result["medians"].items():
+        r = {"p50": m["p50_us"] / anchor["p50_us"], "p99": m["p99_us"] / anchor["p99_us"]}
+        if best:
+            r.update(p50_best=m["p50_us"] / best["p50_us"], p99_best=m["p99_us"] / best["p99_us"])
+        out[name] = r
+    return out
 
 
 def save(result: dict, json_path: Path, png_path: Path) -> None:
@@ -139,10 +197,15 @@ def save(result: dict, json_path: Path, png_path: Path) -> None:
 
     table = result["medians"]
     names = list(table)
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(11, 5))
     for i, k in enumerate(("p50_us", "p99_us")):
         ax.bar([j + i * 0.4 for j in range(len(names))], [table[n][k] for n in names], width=0.4, label=k)
-    ax.set_xticks([j + 0.2 for j in range(len(names))], names, rotation=15)
+    for row, style in ((KERNEL_BEST, "--"), (FLOOR, ":")):  # the bounds, across every bar
+        if row in table:
+            ax.axhline(table[row]["p50_us"], linestyle=style, color="grey", linewidth=1)
+            ax.annotate(f"{row.split(':')[0]} p50", (len(names) - 0.6, table[row]["p50_us"]), fontsize=7,
+                        va="bottom", ha="right", color="grey")
+    ax.set_xticks([j + 0.2 for j in range(len(names))], names, rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("one-way latency, us (half RTT)")
     ax.set_yscale("log")
     ax.legend()

@@ -99,18 +99,21 @@ def printable(text: str, limit: int = 120) -> str:
     return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
-def kernel_ports(proto: str) -> set[int]:
-    """Ports kernel sockets of this namespace have bound (from /proc/net/{udp,tcp}{,6})."""
-    ports = set()
+def kernel_ports(proto: str, except_uid: int | None = None) -> set[int]:
+    """Ports kernel sockets of this namespace have bound (from /proc/net/{udp,tcp}{,6}), leaving out those
+    whose every socket belongs to `except_uid`: a client's own placeholder socket (the UDP endpoint and
+    kbypass.socket hold the port in the kernel while they serve it) does not bar it from its port."""
+    owners: dict[int, set[int]] = {}
     for name in (proto, proto + "6"):
         try:
             with open(f"/proc/net/{name}") as f:
                 next(f)
                 for line in f:
-                    ports.add(int(line.split()[1].rsplit(":", 1)[1], 16))
+                    fields = line.split()
+                    owners.setdefault(int(fields[1].rsplit(":", 1)[1], 16), set()).add(int(fields[7]))
         except (OSError, StopIteration, ValueError, IndexError):
             pass
-    return ports
+    return {port for port, uids in owners.items() if uids != {except_uid}}
 
 
 class Server:
@@ -507,7 +510,7 @@ class Server:
         if rule.proto not in ("udp", "tcp") or rule.dport is None or rule.dport < 1024:
             raise ProtocolError("a non-root client steers UDP or TCP destination ports from 1024 up only: "
                                 "name one, e.g. 'udp dport 5000'")
-        if not self.allow_kernel_ports and rule.dport in kernel_ports(rule.proto):
+        if not self.allow_kernel_ports and rule.dport in kernel_ports(rule.proto, client.uid):
             raise ProtocolError(f"{rule.proto} port {rule.dport} belongs to a kernel socket here: a non-root client "
                                 "may not take it (start the control plane with --allow-kernel-ports to allow it)")
 

@@ -71,8 +71,10 @@ class XdpEndpoint(UdpEndpoint):
                  prefixlen: int | None = None, poll: str = "wakeup", backend: str = "afxdp",
                  queue: int | None = None, xdp_mode: str = "native", mode: str = "auto", frames: int = 4096,
                  frame_size: int = 2048, ring_size: int = 2048, gratuitous_arp: bool = True,
-                 native: bool | None = None, gateway: str | None = None, control_plane: bool = True) -> None:
+                 native: bool | None = None, gateway: str | None = None, control_plane: bool = True,
+                 placeholder: socket.socket | None = None) -> None:
         self._closed = True
+        self._borrowed = placeholder is not None
         if native:
             native_module("lane")  # NativeMissing, naming the fix, before anything is opened
         self._check_common(ip, port, poll)
@@ -93,7 +95,11 @@ class XdpEndpoint(UdpEndpoint):
         self._lanes: list = []  # one MessageLane per queue's port
         try:
             prefixlen = check_address(iface, ip, dedicated, prefixlen)
-            if not dedicated:
+            if placeholder is not None:
+                # the caller's kernel socket already holds the port (kbypass.socket: it is the socket the
+                # application sees); the endpoint uses it and leaves closing it to the caller
+                self._placeholder = placeholder
+            elif not dedicated:
                 # The kernel owns this address, so reserve the port in it too: a kernel socket already
                 # there is refused clearly, none can bind it later, and port 0 picks a free port.
                 self._placeholder = bind_udp(netns, ip, port)
@@ -160,6 +166,8 @@ class XdpEndpoint(UdpEndpoint):
         self._templates: dict[tuple[str, int], tuple[float, udpp.UdpFlow]] = {}  # see _flow
         self._names: dict[bytes, str] = {}
         self._ident = 0
+        self.tos, self.ttl = 0, None  # IP header fields of what we send (set_ip_fields)
+        self._spins = 0  # turns of spin()
         self._next_lane = 0
         self._tx_lane = self._lanes[0]
         self._poller = select.poll()
@@ -186,6 +194,9 @@ class XdpEndpoint(UdpEndpoint):
     # slow path ------------------------------------------------------------------------------------
     def _emit(self, frames: list[bytes]) -> None:
         for f in frames:
+            if (self.tos or self.ttl is not None) and f[12:14] == b"\x08\x00" and f[23] == 17 and \
+                    int.from_bytes(f[34:36], "big") == self.port:
+                f = self._ip_fields(f)  # our datagrams the stack built (while resolving) carry them too
             if not self._tx_lane.send_one(f):
                 self.counters["tx_failed"] += 1
 
@@ -347,6 +358,12 @@ class XdpEndpoint(UdpEndpoint):
         tmpl = self.stack.udp_template(ip, port, self.port, now)
         if tmpl is None:
             return None
+        if self.tos or self.ttl is not None:  # both are in the flow's partial IP checksum: patch first
+            b = bytearray(tmpl)
+            b[15] = self.tos
+            if self.ttl is not None:
+                b[22] = self.ttl
+            tmpl = bytes(b)
         t = self._templates[(ip, port)] = (now + 1.0, udpp.UdpFlow(tmpl))
         return t
 
@@ -421,6 +438,67 @@ class XdpEndpoint(UdpEndpoint):
         if self._unresolved.pop(ip, None):
             raise KbypassError(f"{ip} did not answer ARP for {self.ip} on {self.ifname}: check the peer "
                                "address, that it is up and inside the subnet")
+
+    def set_ip_fields(self, tos: int | None = None, ttl: int | None = None) -> None:
+        """The IP TOS byte and TTL of the datagrams sent from now on (IP_TOS, IP_TTL); ttl None: the
+        template's default (64). Flows cached with the old values are dropped."""
+        if tos is not None:
+            self.tos = tos & 0xFF
+        if ttl is not None:
+            self.ttl = ttl
+        self._templates.clear()
+
+    def _ip_fields(self, frame: bytes) -> bytes:
+        b = bytearray(frame)
+        b[15] = self.tos
+        if self.ttl is not None:
+            b[22] = self.ttl
+        b[24:26] = b"\0\0"
+        b[24:26] = ck.internet_checksum(b[14:34]).to_bytes(2, "big")
+        return bytes(b)
+
+    # readiness: what an event loop needs to drive the endpoint without blocking in it -------------------
+    @property
+    def readiness_fds(self) -> list[int]:
+        """The fds that poll readable when a datagram (or an ARP frame of a dedicated address) may have
+        arrived: the AF_XDP sockets of every queue (their RX rings), and the ARP packet socket."""
+        fds = [lane.fd for lane in self._lanes]
+        if self._arp_sock is not None:
+            fds.append(self._arp_sock.fileno())
+        return fds
+
+    def receive_nowait(self) -> tuple[bytes, tuple[str, int]] | None:
+        """The next datagram if one has arrived, else None; never waits, never raises for an empty ring."""
+        pending = self._pending
+        if not pending:
+            if self._closed:
+                raise UsageError("the endpoint is closed")
+            self._poll_once()
+            if not pending:
+                return None
+        return pending.popleft()
+
+    @property
+    def pending(self) -> int:
+        """Datagrams already taken off the rings and not yet handed out (readiness fds do not show them)."""
+        return len(self._pending)
+
+    def spin(self) -> None:
+        """One turn of a busy wait with nothing on the rings: the busy-poll wakeup every few turns, timers
+        and ARP every 1024th."""
+        for lane in self._lanes:
+            lane.wake()
+        self._spins += 1
+        if self._spins & 0x3FF == 0:
+            self._service(time.monotonic())
+
+    def before_sleep(self) -> float | None:
+        """Call before sleeping on `readiness_fds`: runs the timers and ARP, makes the wakeup the kernel asks
+        for; returns when the next timer is due (monotonic seconds), or None."""
+        self._service(time.monotonic())
+        for lane in self._lanes:
+            lane.wake_if_asked()
+        return self.stack.next_timer()
 
     def poll(self, timeout: float = 0.0) -> int:
         """Process what arrived (answer ARP and ping, queue datagrams) for up to `timeout` seconds
@@ -515,7 +593,8 @@ class XdpEndpoint(UdpEndpoint):
             self._arp_sock.close()
             self._arp_sock = None
         if self._placeholder is not None:
-            self._placeholder.close()
+            if not self._borrowed:
+                self._placeholder.close()
             self._placeholder = None
         self._iface.close()
 

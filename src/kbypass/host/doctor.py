@@ -27,7 +27,8 @@ PROC_MOUNTS = "/proc/mounts"
 PROC_STATUS = "/proc/self/status"
 BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
 BPF_OBJ_DIR = libbpf.OBJ_DIR  # where make setup builds bpf/*.bpf.c (one definition: kbypass.bpf.libbpf)
-REQUIRED_OBJECTS = ("steer.bpf.o", "livegen.bpf.o")  # the steering program; the live-frames generator's
+REQUIRED_OBJECTS = ("steer.bpf.o", "livegen.bpf.o", "pong.bpf.o", "xdp_pass.bpf.o")  # steering; the live
+# generator; the latency floor of `bench latency` and the XDP_PASS its client side needs on veth
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_NET_RAW = 12, 21, 13
 AF_XDP = 44

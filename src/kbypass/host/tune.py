@@ -17,7 +17,11 @@ SO_BUSY_POLL on a socket is the per-socket form of busy_read; kbypass sets it it
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
+import threading
+from contextlib import contextmanager
 
 from kbypass.errors import KbypassError, UsageError
 
@@ -143,3 +147,53 @@ def restore(ifname: str, netns: str | None, values: dict[str, str]) -> None:
             _run(None, ["sysctl", "-q", "-w", f"net.core.{knob}={value}"])
         else:
             _run(netns, ["ethtool", "-C", ifname, knob, value])
+
+
+SYSCTL_DIR = "/proc/sys/net/core"
+
+
+@contextmanager
+def busy_polling(usecs: int):
+    """net.core.busy_read and busy_poll at `usecs` for the block (every socket's blocking reads and
+    poll/epoll spin that long before sleeping: the kernel's best latency), put back afterwards, also when
+    the block raises or the process gets SIGTERM. They are machine-wide and exist only in the root
+    network namespace (absent under `ip netns exec`): run from there. Yields the values before."""
+    paths = {k: f"{SYSCTL_DIR}/{k}" for k in SYSCTL_KNOBS}
+    before: dict[str, str] = {}
+    for knob, path in paths.items():
+        try:
+            with open(path) as f:
+                before[knob] = f.read().strip()
+        except OSError:
+            raise KbypassError(f"{path} is not there: net.core.{knob} is a machine-wide sysctl of the root "
+                               "network namespace; run this from the root namespace, not under ip netns exec") from None
+    main = threading.current_thread() is threading.main_thread()
+    old_term = signal.getsignal(signal.SIGTERM) if main else None
+
+    def on_term(signum, frame):  # unwind through the finally below, which puts the sysctls back
+        raise SystemExit(128 + signum)
+
+    if main:
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        for knob, path in paths.items():
+            try:
+                with open(path, "w") as f:
+                    f.write(str(int(usecs)))
+            except OSError as e:
+                raise KbypassError(f"cannot set net.core.{knob}={usecs}: {e.strerror} (needs root in the root "
+                                   "namespace)") from None
+        yield before
+    finally:
+        failed = []
+        for knob, path in paths.items():
+            try:
+                with open(path, "w") as f:
+                    f.write(before[knob])
+            except OSError:
+                failed.append(knob)
+        if failed:
+            print(f"kbypass: warning: could not put {', '.join(failed)} back: {restore_command(before, failed)}",
+                  file=sys.stderr)
+        if main:
+            signal.signal(signal.SIGTERM, old_term)

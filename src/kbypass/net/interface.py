@@ -18,6 +18,8 @@ from typing import NamedTuple
 from kbypass import netns as _netns
 from kbypass.errors import UsageError
 
+from .offloop import outside_loop
+
 NTF_USE = 0x01
 # neighbour states whose lladdr can be used (REACHABLE, STALE, DELAY, PROBE, NOARP, PERMANENT)
 NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80
@@ -43,6 +45,9 @@ class Interface:
     namespace, text)."""
 
     def __init__(self, ifname: str, netns: str | None) -> None:
+        outside_loop(self._read, ifname, netns)
+
+    def _read(self, ifname: str, netns: str | None) -> None:
         from pyroute2 import IPRoute
 
         self.ifname, self.netns = ifname, netns
@@ -71,6 +76,9 @@ class Interface:
 
     def neighbour(self, ip: str) -> str | None:
         """The kernel's usable neighbour entry for ip, or None after asking the kernel to resolve it."""
+        return outside_loop(self._neighbour, ip)
+
+    def _neighbour(self, ip: str) -> str | None:
         try:
             for n in self.ipr.get_neighbours(ifindex=self.ifindex, family=socket.AF_INET, dst=ip):
                 mac = n.get_attr("NDA_LLADDR")
@@ -83,7 +91,7 @@ class Interface:
         return None
 
     def close(self) -> None:
-        self.ipr.close()
+        outside_loop(self.ipr.close)
 
     def __enter__(self) -> "Interface":
         return self

@@ -150,10 +150,12 @@ def show_latency(out, result: dict) -> None:
     t = Table(title=f"UDP ping-pong, {result['size']} B, one-way latency (half the round trip), "
                     f"median of {result['runs']} runs, same run")
     t.add_column("contender")
-    for col in ("p50 us", "p90 us", "p99 us", "p99.9 us", "p50 / sockperf", "p99 / sockperf"):
-        t.add_column(col, justify="right")
     rat = latbench.ratios(result)
+    best = latbench.KERNEL_BEST in result["medians"]
+    for col in ("p50 us", "p90 us", "p99 us", "p99.9 us", "p50 / sockperf", "p99 / sockperf",
+                *(("p50 / kernel best",) if best else ())):
+        t.add_column(col, justify="right")
     for name, m in result["medians"].items():
         t.add_row(name, *(f"{m[k]:.2f}" for k in latbench.KEYS), f"{rat[name]['p50']:.2f}x",
-                  f"{rat[name]['p99']:.2f}x")
+                  f"{rat[name]['p99']:.2f}x", *((f"{rat[name]['p50_best']:.2f}x",) if best else ()))
     out.print(t)
