@@ -70,6 +70,7 @@ PRELOAD := src/kbypass/preload/libkbypass-preload.so
 preload: $(PRELOAD)
 
 $(PRELOAD): $(wildcard csrc/preload/*) $(wildcard csrc/core/*.h) $(CORE_LIB)
+	@mkdir -p $(dir $@)
 	gcc $(CFLAGS_C) -shared -Wno-unused-parameter $(wildcard csrc/preload/*.c) -o $@ $(CORE_LIB) \
 	  -Wl,--version-script=csrc/preload/exports.map -ldl -lpthread
 
