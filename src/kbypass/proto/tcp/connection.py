@@ -16,6 +16,7 @@ from . import events as ev
 from .config import TcpConfig
 from .congestion import make_controller
 from .errors import TcpRefusedError, TcpResetError, TcpStateError, TcpTimeoutError, TcpUsageError
+from .isn import default_generator
 from .output import Output
 from .recvq import Reassembly
 from .segment import ACK, FIN, RST, SYN, Segment
@@ -108,9 +109,7 @@ class TcpConnection(Output):
                 config: TcpConfig | None = None, iss: int | None = None) -> TcpConnection:
         """Active open: the SYN is in the next `segments_to_send(now)`."""
         if iss is None:
-            from .isn import IsnGenerator
-
-            iss = IsnGenerator().isn(local[0], local[1], remote[0], remote[1], now)
+            iss = default_generator().isn(local[0], local[1], remote[0], remote[1], now)
         conn = cls(local, remote, now, iss, config)
         conn._go(Input.OPEN)
         conn._syn_due = True
@@ -194,6 +193,8 @@ class TcpConnection(Output):
             self._clear_timers()
             self._events.append(ev.Closed())
         elif new is State.ESTABLISHED:
+            # The SYN's 16-bit window grows with the next ACK we send anyway: no window update just for it.
+            self._adv_right = self.rcv_nxt + (self._wnd_field() << self.rcv_wscale)
             self.cc = make_controller(self.config.congestion, self.snd_mss, self.config.initial_cwnd)
             self._events.append(ev.Connected(self.snd_mss, self.wscale_ok, self.sack_ok, self.ts_ok))
             if self._shutdown_pending:

@@ -17,7 +17,7 @@ import hashlib
 import os
 import struct
 
-from kbypass.proto.ipv4 import ip_bytes
+from .segment import ip4
 
 MASK = 0xFFFFFFFF
 MSS_TABLE = (536, 1200, 1360, 1400, 1440, 1460, 4312, 8960)
@@ -25,7 +25,7 @@ COOKIE_PERIOD = 64.0
 
 
 def _four_tuple(local_ip, local_port: int, remote_ip, remote_port: int) -> bytes:
-    return ip_bytes(local_ip) + ip_bytes(remote_ip) + struct.pack("!HH", local_port, remote_port)
+    return ip4(local_ip) + ip4(remote_ip) + struct.pack("!HH", local_port, remote_port)
 
 
 class IsnGenerator:
@@ -61,3 +61,14 @@ class IsnGenerator:
     def _cookie_hash(self, local_ip, local_port, remote_ip, remote_port, peer_isn: int, t: int) -> int:
         data = _four_tuple(local_ip, local_port, remote_ip, remote_port) + struct.pack("!IB", peer_isn & MASK, t)
         return self._hash(b"cookie" + data) & 0xFFFFFF
+
+
+_default: IsnGenerator | None = None
+
+
+def default_generator() -> IsnGenerator:
+    """One generator (one secret) per process, so ISNs of a 4-tuple keep growing across its connections."""
+    global _default
+    if _default is None:
+        _default = IsnGenerator()
+    return _default

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .config import TcpConfig
 from .connection import TcpConnection
-from .isn import IsnGenerator
+from .isn import IsnGenerator, default_generator
 from .segment import ACK, RST, SYN, Options, Segment
 from .states import State
 
@@ -46,7 +46,7 @@ class TcpListener:
                  isn: IsnGenerator | None = None) -> None:
         self.local_ip, self.local_port = local_ip, local_port
         self.config = config or TcpConfig()
-        self.isn = isn or IsnGenerator()
+        self.isn = isn or default_generator()
         self.half_open: dict[tuple[str, int], TcpConnection] = {}
         self.stats = ListenerStats()
 

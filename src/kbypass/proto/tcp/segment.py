@@ -13,6 +13,7 @@ NOP NOP SACK blocks.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field, replace
 
@@ -31,6 +32,16 @@ MAX_WSCALE = 14  # RFC 7323 2.3: a larger shift is used as 14
 MAX_SACK_BLOCKS = 4  # 2 + 4 * 8 = 34 bytes fits the 40 of option space; 3 when timestamps take 12
 
 _HDR = struct.Struct("!HHIIBBHHH")
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_of_str(ip: str) -> bytes:
+    return ip_bytes(ip)
+
+
+def ip4(ip: str | bytes) -> bytes:
+    """4 address bytes; dotted strings are cached (every segment names its two addresses)."""
+    return _ip_of_str(ip) if isinstance(ip, str) else ip_bytes(ip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +110,7 @@ class Segment:
         head = _HDR.pack(self.src_port, self.dst_port, self.seq & 0xFFFFFFFF, self.ack & 0xFFFFFFFF,
                          (hlen // 4) << 4, self.flags, self.window, 0, self.urgent)
         raw = head + opts + self.payload
-        total = pseudo_header_sum(ip_bytes(src_ip), ip_bytes(dst_ip), IPPROTO_TCP, len(raw)) + ones_sum(raw)
+        total = pseudo_header_sum(ip4(src_ip), ip4(dst_ip), IPPROTO_TCP, len(raw)) + ones_sum(raw)
         csum = checksum_field(total)  # the pseudo-header is never all zeros (protocol 6)
         return raw[:16] + csum.to_bytes(2, "big") + raw[18:]
 
@@ -159,7 +170,7 @@ def parse_segment(src_ip: str | bytes, dst_ip: str | bytes, raw: bytes | bytearr
     if hlen < 20 or hlen > n:
         raise TcpParseError("bad data offset", f"header length {hlen} in a {n}-byte segment")
     if verify_checksum:
-        total = pseudo_header_sum(ip_bytes(src_ip), ip_bytes(dst_ip), IPPROTO_TCP, n) + ones_sum(raw)
+        total = pseudo_header_sum(ip4(src_ip), ip4(dst_ip), IPPROTO_TCP, n) + ones_sum(raw)
         if total % 0xFFFF:
             raise TcpParseError("bad checksum")
     opts = parse_options(raw[20:hlen]) if hlen > 20 else NO_OPTIONS

@@ -88,11 +88,14 @@ class TcpPair:
         self.parse_drops = 0
         self.steps = 0
         self.trace: list[tuple[float, str, Segment]] | None = None  # set to [] to record every segment
+        self.drop = None  # drop(tag, segment) -> True: lose this segment ("c": client's, "s": server's)
 
     def _send(self, segs: list[Segment], link: FaultyLink, src: str, dst: str, tag: str) -> None:
         for seg in segs:
             if self.trace is not None:
                 self.trace.append((self.now, tag, seg))
+            if self.drop is not None and self.drop(tag, seg):
+                continue
             link.send(seg.encode(src, dst), self.now)
 
     def _arrive(self, raw: bytes, src: str, dst: str) -> Segment | None:
