@@ -200,3 +200,15 @@ def test_isns_grow_with_time_per_four_tuple_and_differ_between_them():
     assert (a[1] - a[0]) % 2**32 == 250 and (a[2] - a[0]) % 2**32 == 250_000
     assert gen.isn("10.0.0.1", 2, "10.0.0.2", 80, 0.0) != a[0]
     assert tcp.IsnGenerator(b"j" * 32).isn("10.0.0.1", 1, "10.0.0.2", 80, 0.0) != a[0]
+
+
+def test_a_new_syn_ends_time_wait_and_an_old_one_is_only_acked():
+    p = TcpPair(client=App(data=b"x"), server=App(data=b"y"))
+    p.run(stop=lambda p: p.client.conn.state is S.TIME_WAIT and p.server.conn.finished)
+    conn = p.client.conn
+    old = tcp.Segment(80, 40000, (conn.rcv_nxt - 5) % 2**32, 0, tcp.SYN, 1000)
+    conn.receive(old, p.now + 1)
+    assert conn.state is S.TIME_WAIT and conn.segments_to_send(p.now + 1)[0].flags == tcp.ACK
+    new = tcp.Segment(80, 40000, (conn.rcv_nxt + 100_000) % 2**32, 0, tcp.SYN, 1000)
+    conn.receive(new, p.now + 2)
+    assert conn.finished and conn.segments_to_send(p.now + 2) == []

@@ -245,6 +245,9 @@ class TcpConnection(Output):
                 self._ack_now = True
             return
         seq = unwrap(seg.seq, self.rcv_nxt)
+        if st is State.TIME_WAIT and flags & SYN and not flags & (ACK | RST) and seq > self.rcv_nxt:
+            self._go(Input.TIMEWAIT_DONE)  # a new incarnation (RFC 9293 3.10.7.4 note, Linux TCP_TW_SYN):
+            return  # we are CLOSED now; the endpoint hands this same SYN to its listener
         ts = seg.options.timestamps if self.ts_ok else None
         if ts is not None and not flags & RST and seq_lt(ts[0], self.ts_recent):
             self.stats.paws_drops += 1  # RFC 7323 5.3: an old duplicate; acknowledge and drop

@@ -24,7 +24,7 @@ class Output:
     def _tsval(self, now: float) -> int:
         return (int(now * 1000) + self._ts_offset) & MASK  # 1 ms ticks (RFC 7323 5.4 allows 1 ms .. 1 s)
 
-    def _make(self, seq: int, flags: int, payload: bytes = b"") -> Segment:
+    def _make(self, seq: int, flags: int, payload: bytes = b"", sack_skip: int = 0) -> Segment:
         rq = self.rq
         sacking = self.sack_ok and rq is not None and rq.ooo_bytes
         opts = NO_OPTIONS
@@ -32,7 +32,7 @@ class Output:
             ts = (self._tsval(self._now), self.ts_recent) if self.ts_ok else None
             sack = ()
             if sacking:
-                sack = tuple((a & MASK, b & MASK) for a, b in rq.sack_blocks(3 if self.ts_ok else 4))
+                sack = tuple((a & MASK, b & MASK) for a, b in rq.sack_blocks(3 if self.ts_ok else 4, sack_skip))
             opts = Options(timestamps=ts, sack=sack)
         wfield = self._wnd_field()
         ack = 0
@@ -91,8 +91,12 @@ class Output:
             out.append(self._make(self.sq.snd_una - 1, ACK))  # seq already acked: the peer must answer
         elif len(out) == n0 and (self._ack_now or (st in PEER_OPEN and self._window_update_due())):
             out.append(self._make(self.sq.snd_max, ACK))
-        if self._dupacks_owed > 1:  # several out-of-order segments arrived in one batch: RFC 5681 wants
-            out += [out[-1]] * min(self._dupacks_owed - 1, 7)  # an ACK for each (capped: a burst, not a flood)
+        if self._dupacks_owed > 1 and out and out[-1].flags == ACK and not out[-1].payload:
+            # several out-of-order segments arrived in one batch: RFC 5681 wants an ACK for each (capped:
+            # a burst, not a flood), and each reports the next SACK blocks, so the sender learns every range
+            limit = 3 if self.ts_ok else 4
+            for i in range(1, min(self._dupacks_owed, 8)):
+                out.append(self._make(self.sq.snd_max, ACK, sack_skip=i * limit))
         self._dupacks_owed = 0
         return out
 
