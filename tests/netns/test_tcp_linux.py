@@ -66,24 +66,35 @@ def test_curl_downloads_100mb_intact_from_our_server(ns, tmp_path, loss):
     curl_download(ns, tmp_path, loss, 100 * MB)
 
 
-@pytest.mark.parametrize("loss", [0.0, 0.02])
-def test_our_client_downloads_intact_from_python_http_server(ns, tmp_path, loss):
-    body = random.randbytes(4 * MB)
-    (tmp_path / "f").write_bytes(body)
-    srv = subprocess.Popen(["ip", "netns", "exec", NS, "python3", "-m", "http.server", "8000", "--bind", KERNEL_IP,
-                            "-d", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    host = TunHost(ns, loss=loss, seed=7)
+def fetch_from_kernel_server(ns, server_cmd, port, request, body, loss, seed):
+    """Start `server_cmd` in the namespace, download with our client over the TUN, compare the body."""
+    host = TunHost(ns, loss=loss, seed=seed)  # first: the server binds to the TUN's address
+    srv = subprocess.Popen(["ip", "netns", "exec", NS, *server_cmd], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
-        app = Fetch(f"GET /f HTTP/1.0\r\nHost: {KERNEL_IP}\r\n\r\n".encode())
-        host.connect(8000, app)
+        for _ in range(100):  # until it listens
+            if f"{KERNEL_IP}:{port}" in in_ns("ss", "-ltnH").stdout.decode():
+                break
+            time.sleep(0.05)
+        app = Fetch(request)
+        host.connect(port, app)
         assert app.finished.wait(60), app.events
         assert sha256(app.body()) == sha256(body)
-        assert isinstance(app.events[0], tcp.Connected) and app.events[0].sack and app.events[0].timestamps
+        return app
     finally:
         host.close()
         srv.terminate()
         srv.wait(5)
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.02])
+def test_our_client_downloads_intact_from_python_http_server(ns, tmp_path, loss):
+    body = random.randbytes(4 * MB)
+    (tmp_path / "f").write_bytes(body)
+    app = fetch_from_kernel_server(ns, ["python3", "-m", "http.server", "8000", "--bind", KERNEL_IP, "-d",
+                                        str(tmp_path)], 8000,
+                                   f"GET /f HTTP/1.0\r\nHost: {KERNEL_IP}\r\n\r\n".encode(), body, loss, 7)
+    assert isinstance(app.events[0], tcp.Connected) and app.events[0].sack and app.events[0].timestamps
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
@@ -97,19 +108,9 @@ http {{ access_log off; server {{ listen {KERNEL_IP}:8081; root {tmp_path}; }}
         client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path}; fastcgi_temp_path {tmp_path};
         uwsgi_temp_path {tmp_path}; scgi_temp_path {tmp_path}; }}
 """)
-    srv = subprocess.Popen(["ip", "netns", "exec", NS, "nginx", "-c", str(conf), "-e", str(tmp_path / "e.log")],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    host = TunHost(ns, loss=0.01, seed=3)
-    try:
-        time.sleep(0.5)
-        app = Fetch(f"GET /f HTTP/1.1\r\nHost: {KERNEL_IP}\r\nConnection: close\r\n\r\n".encode())
-        host.connect(8081, app)
-        assert app.finished.wait(60), app.events
-        assert sha256(app.body()) == sha256(body)
-    finally:
-        host.close()
-        srv.terminate()
-        srv.wait(5)
+    fetch_from_kernel_server(ns, ["nginx", "-c", str(conf), "-e", str(tmp_path / "e.log")], 8081,
+                             f"GET /f HTTP/1.1\r\nHost: {KERNEL_IP}\r\nConnection: close\r\n\r\n".encode(),
+                             body, 0.01, 3)
 
 
 def test_connect_to_a_closed_kernel_port_is_refused(ns):
