@@ -147,3 +147,55 @@ def test_half_close_both_ways_with_socat(ns):
         assert sha256(r.stdout) == sha256(msg[::-1])
     finally:
         host.close()
+
+
+def test_linux_answers_our_keepalive_probes_and_a_vanished_peer_is_reset(ns):
+    cfg = tcp.TcpConfig(keepalive=True, keepalive_idle=0.5, keepalive_interval=0.3, keepalive_count=3)
+    host = TunHost(ns, config=cfg)
+    srv = subprocess.Popen(["ip", "netns", "exec", NS, "socat", f"TCP-LISTEN:7100,bind={KERNEL_IP},reuseaddr",
+                            "EXEC:sleep 30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if f"{KERNEL_IP}:7100" in in_ns("ss", "-ltnH").stdout.decode():
+                break
+            time.sleep(0.05)
+        app = Fetch(b"")
+        host.connect(7100, app)
+        time.sleep(3)  # six idle periods: Linux must have answered every probe
+        assert [type(e) for e in app.events] == [tcp.Connected] and host.stats["out"] >= 6
+        host.loss = 1.0  # the peer vanishes
+        assert app.finished.wait(5)
+        assert app.events[-1] == tcp.Reset(tcp.KEEPALIVE)
+    finally:
+        host.close()
+        srv.terminate()
+        srv.wait(5)
+
+
+class Slow(HttpFile):
+    """Sends `body` as soon as the connection is up (no request needed)."""
+
+    def event(self, conn, ev):
+        if isinstance(ev, tcp.Connected):
+            self.out = memoryview(self.body)
+
+
+@pytest.mark.parametrize("hold", [3, pytest.param(10, marks=pytest.mark.slow)])
+def test_a_kernel_reader_that_stalls_sees_our_zero_window_probes_then_everything(ns, hold):
+    body = random.randbytes(8 * MB)
+    host = TunHost(ns)
+    reader = ("import socket,sys,time,hashlib\n"
+              "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,65536)\n"
+              f"s.connect(('{OUR_IP}',7200))\n"
+              f"time.sleep({hold}); h=hashlib.sha256(); n=0\n"
+              "while (b:=s.recv(1<<20)): h.update(b); n+=len(b)\n"
+              "print(n, h.hexdigest())\n")
+    try:
+        host.listen(7200, lambda: Slow(body))
+        r = in_ns("python3", "-c", reader, timeout=hold + 60)
+        assert r.returncode == 0, r.stderr.decode()
+        assert r.stdout.decode().split() == [str(len(body)), sha256(body)]
+        conn = host.finished[0]
+        assert conn.reset_reason is None and conn.stats.window_probes >= 2  # probed, backing off, answered
+    finally:
+        host.close()

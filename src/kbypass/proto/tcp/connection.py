@@ -42,6 +42,8 @@ class TcpStats:
     bytes_out: int = 0  # new payload sent (not retransmissions)
     retransmits: int = 0  # segments
     tail_probes: int = 0  # RFC 8985 TLP
+    window_probes: int = 0  # zero-window probes sent (persist timer)
+    keepalive_probes: int = 0
     fast_recoveries: int = 0
     rtos: int = 0
     dup_acks: int = 0

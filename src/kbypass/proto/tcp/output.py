@@ -283,6 +283,7 @@ class Output:
             self._sws_override = True  # a small window, not a shut one: send what fits (RFC 9293 3.8.6.2.1)
         else:
             self._probe_due = True
+            self.stats.window_probes += 1
         self._persist_backoff += 1
         self._persist_at = now + self._persist_interval()
 
@@ -304,4 +305,4 @@ class Output:
             return
         self._probes += 1
         self._probe_due = True
-
+        self.stats.keepalive_probes += 1
