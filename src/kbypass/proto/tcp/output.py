@@ -113,7 +113,7 @@ class Output:
         if self._tlp_due:
             self._tlp_due = False
             self._probe_tail(now, out)
-        while force or sq.pipe() < cwnd:  # retransmissions first
+        while sq.rexmit_next < sq.lost_high and (force or sq.pipe() < cwnd):  # then the lost holes
             force = False
             hole = sq.next_hole(mss)
             if hole is None:
