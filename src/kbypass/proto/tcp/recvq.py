@@ -97,6 +97,10 @@ class Reassembly:
         return out
 
     @property
+    def range_count(self) -> int:
+        return len(self._starts)
+
+    @property
     def highest(self) -> int:
         """One past the highest byte held (rcv_nxt when nothing is out of order)."""
         return self._starts[-1] + len(self._data[-1]) if self._starts else self.rcv_nxt
