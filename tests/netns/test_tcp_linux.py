@@ -199,3 +199,25 @@ def test_a_kernel_reader_that_stalls_sees_our_zero_window_probes_then_everything
         assert conn.reset_reason is None and conn.stats.window_probes >= 2  # probed, backing off, answered
     finally:
         host.close()
+
+
+def test_curl_through_a_syn_cookie_keeps_sack_timestamps_and_window_scaling(ns, tmp_path):
+    body = random.randbytes(2 * MB)
+    host = TunHost(ns, config=tcp.TcpConfig(syn_backlog=1), loss=0.01)
+    try:
+        host.listen(8080, lambda: HttpFile(body))
+        filler = tcp.Segment(1, 8080, 1, 0, tcp.SYN, 1000)  # a half-open entry from elsewhere fills the backlog
+        host._call(lambda: host.listeners[8080][0].receive(filler, "10.77.0.99", time.monotonic()))
+        out = tmp_path / "got"
+        r = in_ns("curl", "-sS", "--max-time", "60", "-o", str(out), f"http://{OUR_IP}:8080/file")
+        assert r.returncode == 0, r.stderr.decode()
+        assert sha256(out.read_bytes()) == sha256(body)
+        assert host.listeners[8080][0].stats.cookies_accepted == 1
+        for _ in range(50):
+            if host.finished:
+                break
+            time.sleep(0.1)
+        conn = host.finished[0]
+        assert (conn.sack_ok, conn.ts_ok, conn.wscale_ok) == (True, True, True)
+    finally:
+        host.close()
