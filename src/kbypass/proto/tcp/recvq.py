@@ -31,6 +31,9 @@ class Reassembly:
             data = data[self.rcv_nxt - seq:]
             seq = self.rcv_nxt
         if seq == self.rcv_nxt:
+            if not self._starts:  # the common case: in order, nothing held: no copy
+                self.rcv_nxt = end
+                return data
             out = bytearray(data)
             self.rcv_nxt = end
             self._pull(out)
