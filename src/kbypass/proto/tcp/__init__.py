@@ -6,7 +6,7 @@ The API (stable: TcpEndpoint and the tools build on it)::
 
     seg = tcp.parse_segment(src_ip, dst_ip, raw)        # raw: the IPv4 payload; raises tcp.TcpParseError
     raw = seg.encode(src_ip, dst_ip)                     # checksum over the IPv4 pseudo-header filled in
-    # Segment: frozen (src_port, dst_port, seq, ack, flags, window, options: tcp.Options, payload);
+    # Segment: immutable (src_port, dst_port, seq, ack, flags, window, options: tcp.Options, payload);
     # flags are ints: tcp.SYN | tcp.ACK ...; options: mss, wscale, sack_permitted, timestamps, sack.
 
     listener = tcp.TcpListener(local_ip, local_port, config=tcp.TcpConfig(...))
