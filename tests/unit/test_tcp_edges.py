@@ -229,3 +229,15 @@ def test_syn_sent_ignores_resets_that_do_not_ack_our_syn_and_resets_bad_syn_acks
     assert conn.state is tcp.State.ESTABLISHED and conn.next_event() == tcp.Connected(1200, False, False, False)
     ack = conn.segments_to_send(0.3)[0]
     assert ack.flags == tcp.ACK and ack.seq == 5001 and ack.ack == 901
+
+
+def test_empty_out_of_window_segments_get_at_most_two_acks_a_second_data_gets_each():
+    conn, snd = established()
+    acks = 0
+    for i in range(100):  # an ACK war in the making: pure ACKs far outside the window
+        conn.receive(seg("A", PEER_ISN + 1 + 10**7 + i, snd), 1.0 + i / 100)
+        acks += len(conn.segments_to_send(1.0 + i / 100))
+    assert acks == 2 and conn.stats.out_of_window == 100
+    for i in range(5):  # a retransmission of data already taken is answered every time (a duplicate ACK)
+        conn.receive(seg("PA", PEER_ISN + 1 - 100, snd, b"z" * 100), 3.0 + i / 100)
+        assert len(conn.segments_to_send(3.0 + i / 100)) == 1
