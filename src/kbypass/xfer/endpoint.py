@@ -61,6 +61,7 @@ from kbypass.proto.transport import (
 
 from .datapath import DataPath
 from .encap import ETHERTYPE, EthEncap, UdpEncap, mac_bytes, mac_str
+from .sizing import check_fits, frame_size_for
 
 ENCAPS = ("udp", "eth")
 
@@ -90,7 +91,7 @@ class TransportEndpoint(DataPath):
     def __init__(self, port, encap, *, config: ConnConfig | None = None, seed: int | None = None,
                  faults_rx: dict | None = None, faults_tx: dict | None = None, rx_batch: int = 64,
                  clock=time.monotonic, own_port: bool = True, on_close=None,
-                 idle_timeout: float | None = None, codec=None) -> None:
+                 idle_timeout: float | None = None, codec=None, congestion: str | None = None) -> None:
         if codec is None:
             codec = backend.codec()
         # the codec: in-order arrival runs, encoding, framing in C (kbypass._fastxfer), or all in Python
@@ -103,9 +104,13 @@ class TransportEndpoint(DataPath):
         self._own_port = own_port
         self._on_close = on_close
         if config is None:
+            # datagrams as large as the path's MTU allows, the encapsulation's headers counted
             config = default_config(encap.max_datagram)
         if config.max_datagram_size > encap.max_datagram:
             raise _too_big(config, encap)
+        check_fits(encap, config.max_datagram_size, port)
+        if congestion is not None:
+            config = dataclasses.replace(config, congestion=congestion)
         if idle_timeout is not None:
             # the dead-peer time; keepalives go out often enough that a live but idle peer answers in time
             config = dataclasses.replace(config, idle_timeout=idle_timeout,
@@ -183,11 +188,15 @@ class TransportEndpoint(DataPath):
 
         info = link_info(iface, netns)
         mac = local_mac or info["mac"]
+        if mtu is not None and mtu > info["mtu"]:
+            raise UsageError(f"MTU {mtu} is above {iface}'s ({info['mtu']}): datagrams that large would be dropped; "
+                             f"give at most {info['mtu']}, or raise the interface's MTU")
         mtu = mtu or info["mtu"]
         placeholder = None
         options = dict(port_options or {})
-        if backend == "afxdp" and mtu + 14 > 2048 - options.get("headroom", 0):
-            options.setdefault("frame_size", 4096)  # jumbo frames (up to a 4 KiB page: what veth's XDP takes)
+        # frames large enough for MTU-sized packets (up to a 4 KiB page: what veth's XDP takes); a larger
+        # MTU is refused once the port is open (sizing.check_fits), naming the fix
+        options.setdefault("frame_size", frame_size_for(mtu, options.get("headroom", 0)))
         if encap == "udp":
             if local_ip is None:
                 if not info["ipv4"]:
