@@ -37,7 +37,7 @@ def test_startup_finds_the_rate_then_drains_and_probes_at_it():
     assert cc.mode is PROBE_BW
     assert cc.btl_bw == pytest.approx(1e6, rel=0.02)
     assert cc.min_rtt == RTT
-    assert cc.cwnd <= 2 * cc.bdp + cc.extra_acked + 3 * cc._burst() + MSS
+    assert cc.cwnd <= 2 * cc.bdp + cc.extra_acked + 3 * cc._quantum() + MSS
     gains = set()
     for _ in range(400):
         t, d = _feed(cc, 1e6, 0.001, t, d, inflight=5000)
@@ -94,10 +94,10 @@ def test_timeout_restarts_from_one_segment_and_pacing_allowance_is_a_bounded_bur
     assert cc.cwnd == MSS
     t, d = _feed(cc, 1e6, 0.05, t, d)
     assert cc.cwnd > 10 * MSS  # back to the model within rounds
-    assert cc.budget(t + 10.0) == cc._burst() <= 0.002 * cc.pacing_rate + 2 * MSS
+    assert cc.budget(t + 10.0) == cc._burst() <= 0.005 * cc.pacing_rate + 2 * MSS
     cc.spend(cc._burst())
-    assert cc.budget(t + 10.0) == 0 and cc.next_send_time(t + 10.0, MSS) == pytest.approx(
-        t + 10.0 + MSS / cc.pacing_rate)
+    assert cc.budget(t + 10.0) == 0 and cc.next_send_time(t + 10.0) == pytest.approx(
+        t + 10.0 + max(MSS, cc._burst() / 2) / cc.pacing_rate)  # half a burst: a batch, not a datagram
 
 
 @settings(max_examples=60, deadline=None)
@@ -169,3 +169,26 @@ def test_cpu_bound_lan_path_keeps_its_rate_under_random_loss(loss):
     lossy = measure_goodput(loss, 1, size=3_000_000, config=cfg)
     assert clean.completed and lossy.completed
     assert lossy.goodput_bps >= 0.9 * clean.goodput_bps, (lossy, clean)
+
+
+def test_a_shallow_queue_is_not_kept_overflowing():
+    """A 10-datagram drop-tail queue, below one BDP (17): STARTUP's overshoot ends at the first round that
+    loses over 2% with the RTT up (a standing queue), so the transfer loses a few percent of its
+    datagrams (10% before that rule) and keeps the link busy."""
+    import random
+
+    from kbypass.proto.faults import FaultyLink
+    from kbypass.proto.transport.sim import PairSim
+
+    cfg = dataclasses.replace(BBR, send_buffer=512 * 1024, recv_buffer=512 * 1024, max_window=None, min_rto=0.05)
+    mk = lambda s: FaultyLink(s, delay=0.005, rate_bps=LINK, queue_limit=10)  # noqa: E731
+    sim = PairSim(mk(1), mk(2), cfg, seed=1)
+    data = random.Random(3).randbytes(2_000_000)
+    sim.client.stream = data
+    sim.start()
+    assert sim.run(lambda s: len(s.server.received) == len(data), max_time=60)
+    assert bytes(sim.server.received) == data
+    st = sim.ab.stats
+    assert st.queue_drops / st.sent < 0.04
+    assert len(data) * 8 / sim.now > 0.85 * LINK
+    assert sim.client.conn.cc.congestion_cuts >= 1

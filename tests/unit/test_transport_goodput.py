@@ -115,7 +115,7 @@ def test_random_loss_does_not_shrink_the_window_but_a_full_queue_does():
     near the 2% threshold and goodput near the link rate (a controller that cut by FlightSize behind a
     standing hole raised its window instead, and lost three quarters of its datagrams)."""
     cfg = ConnConfig(max_datagram_size=1472, send_buffer=512 * 1024, recv_buffer=512 * 1024, min_rto=0.05,
-                     time_wait=0.001)
+                     time_wait=0.001, congestion="reno")  # the loss-rate controller (bbr's: test_transport_bbr)
     mk = lambda s: FaultyLink(s, delay=0.005, rate_bps=20e6, queue_limit=10)  # noqa: E731
     sim = PairSim(mk(1), mk(2), cfg, seed=1)
     data = random.Random(3).randbytes(2_000_000)

@@ -110,6 +110,9 @@ def _common(v) -> None:
                    help="the packet path: afxdp (the bypass, default), packet_mmap (TPACKET_V3 raw socket) or "
                         "socket (a kernel UDP socket; udp only)")
     v.add_argument("--poll", choices=("wakeup", "busy"), help="afxdp: wait mode (default wakeup)")
+    v.add_argument("--queue", type=opt.int_range(0, 4095, "a queue id"),
+                   help="afxdp: the one receive queue to take (default: every queue); two transfers on one "
+                        "host take one queue each (on a veth, the sender's queue is the receiver's)")
     opt.add_no_cp(v)
     v.add_argument("--loss", type=_loss, default=0.0,
                    help="drop this share of the frames THIS end receives (on the sender: the ACKs); give it to "
@@ -153,6 +156,8 @@ def _check(args) -> None:
     _faults(args)
     if args.backend != "afxdp" and args.poll is not None:
         raise UsageError(f"--poll is the AF_XDP wait mode: --backend {args.backend} does not use it; leave it out")
+    if args.backend != "afxdp" and args.queue is not None:
+        raise UsageError(f"--queue picks the AF_XDP socket's queue: --backend {args.backend} has none; leave it out")
     if args.backend != "afxdp" and args.no_cp:
         raise UsageError(f"--no-cp is about the XDP steering program: --backend {args.backend} has none; leave it out")
     if args.loss_at and not args.loss:
@@ -254,6 +259,8 @@ def _open(args, **kw):
     faults = _faults(args)
     xdp_loss = args.loss if (args.loss and _loss_at(args) == "xdp") else 0.0
     options = {"poll": args.poll or "wakeup", "control_plane": not args.no_cp} if args.backend == "afxdp" else {}
+    if args.queue is not None:
+        options["queue"] = args.queue
     extra = {} if args.ethertype is None else {"ethertype": args.ethertype}
     if args.congestion:
         extra["congestion"] = args.congestion
@@ -286,6 +293,7 @@ def _summary(args, ep, nbytes: int, seconds: float, sha: str) -> dict:
         "duplicates": st["duplicates"], "drops": drops,
         "faults_rx": st.get("faults_rx"),
         "clean_close": ep.closed_cleanly,
+        "cc": st.get("cc"),
     }
 
 

@@ -543,6 +543,9 @@ class TransportEndpoint(DataPath):
             "drops": dict(drops),
             **dict(self.counters),
         }
+        cc = self.conn.cc if self.conn is not None else None
+        if cc is not None and hasattr(cc, "state"):
+            out["cc"] = cc.state()
         for name, link in (("faults_rx", self._rx_link), ("faults_tx", self._tx_link)):
             if link is not None:
                 out[name] = {k: v for k, v in vars(link.stats).items()}

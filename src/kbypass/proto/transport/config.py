@@ -48,7 +48,7 @@ class ConnConfig:
     # The congestion controller (CONTROLLERS): "bbr" (bbr.py: a model of the bottleneck's rate and the
     # path's RTT, paced; random loss does not slow it) or "reno" (congestion.LossTolerantReno: a window cut
     # when the recent loss rate passes 2%).
-    congestion: str = "reno"
+    congestion: str = "bbr"
 
     def __post_init__(self) -> None:
         if self.congestion not in CONTROLLERS:

@@ -176,7 +176,7 @@ class Output:
         pipe, held = self._send_within(now, out, cc.cwnd, cc.budget(now))
         cc.spend(self.stats.bytes_sent - before)
         if held:
-            self._pace_at = cc.next_send_time(now, self.mss)  # the pacer holds data back until then
+            self._pace_at = cc.next_send_time(now)  # the pacer holds data back until then
         elif pipe < cc.cwnd:
             cc.app_limited(pipe)  # nothing to send, or the peer's window holds it back
 
