@@ -105,7 +105,7 @@ class TransportEndpoint(DataPath):
         self._on_close = on_close
         if config is None:
             # datagrams as large as the path's MTU allows, the encapsulation's headers counted
-            config = default_config(encap.max_datagram)
+            config = default_config(encap.max_datagram, **({"congestion": congestion} if congestion else {}))
         if config.max_datagram_size > encap.max_datagram:
             raise _too_big(config, encap)
         check_fits(encap, config.max_datagram_size, port)
@@ -592,8 +592,15 @@ def default_config(max_datagram: int, **kw) -> ConnConfig:
     Why buffers twice that: a lost datagram pins the peer's window at the hole and keeps the SACKed data
     above it in our send buffer until the retransmission lands, about one flight later; with buffers the
     size of the flight the sender stalled once per loss (sim.measure_goodput, 1% loss: 0.67 of the
-    loss-free goodput even with no window cuts at all, 0.97 with the headroom)."""
-    base = dict(max_datagram_size=max_datagram, send_buffer=1 << 20, recv_buffer=1 << 20, max_window=1 << 19,
+    loss-free goodput even with no window cuts at all, 0.97 with the headroom).
+
+    With bbr (the default controller) 1 MiB in flight and 2 MiB buffers: the model's window (two BDPs and
+    the ACK aggregation of a batching receiver) sat at the 512 KiB cap in every run, with RTTs of 5-15 ms
+    in wakeup mode. Measured on veth, 60 MB, two rounds, Mbit/s at 0 / 1% / 5% loss (busy machine):
+    512 KiB 458-476 / 147-278 / 136-156, 1 MiB 539-609 / 224-488 / 276-750, 2 MiB 570-580 / 323-376 /
+    146-218."""
+    window = 1 << 20 if kw.get("congestion", ConnConfig.congestion) == "bbr" else 1 << 19
+    base = dict(max_datagram_size=max_datagram, send_buffer=2 * window, recv_buffer=2 * window, max_window=window,
                 max_message_size=64 * 1024, initial_rto=0.25, min_rto=0.02, max_rto=2.0, time_wait=2.0)
     base.update(kw)
     return ConnConfig(**base)
