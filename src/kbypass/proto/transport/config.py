@@ -40,7 +40,7 @@ class ConnConfig:
     # lost it reports ConnectionLost for data that did arrive.
     time_wait: float = 30.0
     dupack_threshold: int = 3
-    initial_window: int | None = None  # congestion window at start, bytes (default 4 MSS)
+    initial_window: int | None = None  # congestion window at start, bytes (default: reno 4 MSS, bbr 10 (RFC 6928))
     # Largest congestion window, bytes (default: half the send buffer). Keep it well below both buffers:
     # while a hole is repaired (about one flight later), SACKed bytes still fill our send buffer and the
     # peer's window stays pinned at the hole, so a flight as large as a buffer stalls the sender.
