@@ -63,6 +63,18 @@ BURST_SECONDS = 5e-3
 MAX_BURST = 512 * 1024
 
 
+def _windowed_max(rounds: deque, now_round: int, value: float) -> float:
+    """Add `value` to `rounds` ([round, max of that round], oldest first) and return the max of the last
+    BW_ROUNDS rounds: BBR's max filters (the bottleneck rate, the ACK aggregation)."""
+    if rounds and rounds[-1][0] == now_round:
+        rounds[-1][1] = max(rounds[-1][1], value)
+    else:
+        rounds.append([now_round, value])
+        while rounds[0][0] <= now_round - BW_ROUNDS:
+            rounds.popleft()
+    return max(v for _, v in rounds)
+
+
 class Bbr:
     """The controller a Connection asks how much may be in flight (`cwnd`) and how fast to send
     (`pacing_rate`, bytes/s; the connection spends the allowance through `budget` and `spend`). Fed by
@@ -168,14 +180,7 @@ class Bbr:
         rate = (delivered - d0) / (now - t0)
         if d0 < self._app_limited_until and rate < self.btl_bw:
             return  # the sender, not the path, limited it: it says nothing about the bottleneck
-        rounds = self._bw_rounds
-        if rounds and rounds[-1][0] == self.round:
-            rounds[-1][1] = max(rounds[-1][1], rate)
-        else:
-            rounds.append([self.round, rate])
-            while rounds[0][0] <= self.round - BW_ROUNDS:
-                rounds.popleft()
-        self.btl_bw = max(r for _, r in rounds)
+        self.btl_bw = _windowed_max(self._bw_rounds, self.round, rate)
 
     def _aggregation(self, now: float, newly: int) -> None:
         """extra_acked: how far ACKs ran ahead of the model's rate in one burst, max over BW_ROUNDS."""
@@ -187,15 +192,7 @@ class Bbr:
             self._epoch_start, self._epoch_acked = now, 0
             expected = 0.0
         self._epoch_acked += newly
-        extra = min(self._epoch_acked - expected, self.cwnd)
-        ex = self._extra
-        if ex and ex[-1][0] == self.round:
-            ex[-1][1] = max(ex[-1][1], extra)
-        else:
-            ex.append([self.round, extra])
-            while ex[0][0] <= self.round - BW_ROUNDS:
-                ex.popleft()
-        self.extra_acked = max(e for _, e in ex)
+        self.extra_acked = _windowed_max(self._extra, self.round, min(self._epoch_acked - expected, self.cwnd))
 
     def _new_round(self) -> None:
         self._round_delivered = self._round_lost = 0
