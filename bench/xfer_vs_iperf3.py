@@ -1,31 +1,32 @@
 #!/usr/bin/env python3
-"""kbypass xfer (the reliable transport over AF_XDP) against iperf3 on the same veth, in one run.
+"""kbypass xfer (the reliable transport over AF_XDP) against the kernel on the same veth, in one run:
+issue 17's table.
 
-    kbypass xfer, udp and eth encapsulation, loss-free and at 1% loss (the steering program's
-        sample-drop on the receive path of both hosts), with the C bulk path (kbypass._fastxfer), and
-        once, udp loss-free, with the pure-Python lane for comparison
-    iperf3 UDP at the same datagram size (1472-byte UDP payloads, what xfer's udp encapsulation puts
-        in each datagram), at iperf3's default rate (-b 1M) and unlimited (-b 0)
-    iperf3 TCP (the kernel's TCP, GSO/GRO and all) on the same veth
+Contenders, each at every loss rate and every MTU:
+    tcp cubic    iperf3 TCP with -C cubic (the kernel's TCP, GSO/GRO and all)
+    tcp bbr      iperf3 TCP with -C bbr (the kernel's BBR; needs tcp_bbr in
+                 /proc/sys/net/ipv4/tcp_available_congestion_control, else its rows say so)
+    udp          iperf3 UDP, -b 0, datagrams of MTU - 28 bytes (no reliability: the ceiling of a
+                 datagram path; goodput counts what arrived)
+    xfer         kbypass xfer with its default controller (bbr), datagrams of MTU - 28 bytes
+    xfer reno    kbypass xfer --congestion reno (the loss-rate controller), with --also-reno
 
-Goodput = application bytes that arrived / seconds: for xfer the receiver's count from handshake to end
-of stream (every byte checked by SHA-256 against the sender's), for iperf3 UDP the bytes the server got
-(lost datagrams excluded), for iperf3 TCP the bytes received. Receivers run in host b on CPU 1, senders
-in host a on CPU 0. Every trial is repeated --runs times in rotating order; medians are reported with
-the ratios the issue asks for. The machine is shared: expect noise, compare within one run.
+Loss is injected the same way for all: the steering program's `sample` rule on both hosts, in front of
+everything else on the interface. For the kernel's TCP a rule on each end drops that share of the data
+(host b, dport) and of the ACKs (host a, sport), for iperf3 UDP one on host b; for xfer its own --loss
+on both ends (the same rule, in front of its redirect). Loss-free rows run with no program attached to
+the kernel's contenders (the kernel at its best).
 
---placement says where each host's receive-side kernel work runs (kbypass.host.napi, as in
-bench/afxdp_vs_dpdk.py): "sender" (default) is veth's, in the softirq of whoever sends, so host b's XDP
-and copies run on the sender's core; "sut" runs every NAPI instance as a kernel thread pinned to its own
-host's core (b: CPU 1, a: CPU 0), as with a NIC whose interrupt is on the application's core. Every
-contender runs under the same placement.
+MTUs (--mtus): 1500, 3506 (the largest one 4 KiB UMEM frame carries on veth), 9000, and "max", the
+largest the testbed takes. An MTU the testbed or xfer cannot carry is a row marked "skipped: why".
 
---mtu sets the testbed's veth MTU (both ends; default 1500). 3506 is the largest a veth takes with XDP
-attached (4 KiB pages): every contender then runs on the jumbo veth, xfer and iperf3 UDP with datagrams
-of MTU - 28 bytes, and xfer's AF_XDP ports use 4 KiB frames.
+Goodput = application bytes that arrived / seconds (xfer: the receiver's count from handshake to end of
+stream, SHA-256 checked against the sender's). Receivers in host b on CPU 1, senders in host a on CPU 0;
+every trial is repeated --runs times in rotating order; medians, and ratios against the kernel's TCP of
+the same run. The machine is shared: compare within one run. Writes a table, --json and a PNG.
 
-Usage:  .venv/bin/python bench/xfer_vs_iperf3.py [--size 100M] [--seconds 5] [--runs 3] [--mtu 1500]
-                                                 [--placement sender|sut] [--json FILE]
+Usage:  .venv/bin/python bench/xfer_vs_iperf3.py [--seconds 5] [--runs 3] [--mtus 1500,3506,9000,max]
+            [--losses 0,0.01,0.05] [--also-reno] [--placement sender|sut] [--prefix cc] [--json FILE]
 """
 
 from __future__ import annotations
@@ -41,53 +42,61 @@ import threading
 import time
 from pathlib import Path
 
+from kbypass.errors import KbypassError
 from kbypass.host import napi, testbed
 
-PREFIX = "kbx"
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 7000
 IPERF_PORT = 5299
+KERNEL = ("tcp cubic", "tcp bbr")
 
 
 def kb(*args: str) -> list[str]:
     return [sys.executable, "-m", "kbypass", *args]
 
 
-def xfer_trial(encap: str, loss: float, size: str, poll: str, b: testbed.Host, lane: str = "c") -> dict:
-    common = (["--encap", encap, "--poll", poll, "--lane", lane, "--json"]
-              + (["--loss", str(loss)] if loss else []))  # on both ends: --loss drops what each end receives
+class Skip(Exception):
+    """This cell cannot run here; the message says why (it becomes the row's "skipped: why")."""
+
+
+# ---------------------------------------------------------------- contenders
+def xfer_trial(a, b, loss: float, seconds: float, poll: str, congestion: str | None) -> dict:
+    common = ["--poll", poll, "--json"] + (["--loss", str(loss)] if loss else []) \
+        + (["--congestion", congestion] if congestion else [])
     recv = subprocess.Popen(kb("xfer", "recv", "--host", "b", "--port", str(PORT), "--cpu", "1",
                                "--idle-timeout", "60", *common),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = recv.stderr.readline()
         if "listening" not in line:
-            raise RuntimeError(f"xfer recv did not start: {line}{recv.stderr.read()}")
-        send = subprocess.run(kb("xfer", "send", "--host", "a", "--dst", f"{b.ipv4}:{PORT}", "--size", size,
-                                 "--cpu", "0", *common), capture_output=True, text=True, timeout=300)
+            raise Skip(_last_line(line + recv.stderr.read()))
+        send = subprocess.run(kb("xfer", "send", "--host", "a", "--dst", f"{b.ipv4}:{PORT}", "-t", str(seconds),
+                                 "--cpu", "0", *common), capture_output=True, text=True, timeout=seconds + 120)
         rout, rerr = recv.communicate(timeout=60)
     finally:
         if recv.poll() is None:
             recv.kill()
             recv.wait()
     if send.returncode or recv.returncode:
-        raise RuntimeError(f"xfer failed: send {send.returncode} {send.stderr} recv {recv.returncode} {rerr}")
+        raise RuntimeError(f"xfer failed: send {send.returncode} {_last_line(send.stderr)} "
+                           f"recv {recv.returncode} {_last_line(rerr)}")
     s, r = json.loads(send.stdout), json.loads(rout)
     if s["sha256"] != r["sha256"] or s["bytes"] != r["bytes"]:
         raise RuntimeError(f"xfer delivered different bytes: {s['sha256']} != {r['sha256']}")
-    return {"goodput_bps": r["goodput_bps"], "sender_goodput_bps": s["goodput_bps"], "bytes": r["bytes"],
-            "seconds": r["seconds"], "retransmits": s["retransmits"], "rtt_ms": s["rtt_ms"]}
+    return {"goodput_bps": r["goodput_bps"], "bytes": r["bytes"], "seconds": r["seconds"],
+            "retransmits": s["retransmits"], "timeouts": s["timeouts"], "rtt_ms": s["rtt_ms"],
+            "datagram": s["datagram"], "loss_dropped": r["loss_dropped"] + s["loss_dropped"], "cc": s.get("cc")}
 
 
-def iperf3(a: testbed.Host, b: testbed.Host, seconds: float, extra: list[str]) -> dict:
+def iperf3(a, b, seconds: float, extra: list[str]) -> dict:
     server = subprocess.Popen(["ip", "netns", "exec", b.netns, "taskset", "-c", "1", "iperf3", "-s", "-1",
                                "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
         out = subprocess.run(["ip", "netns", "exec", a.netns, "taskset", "-c", "0", "iperf3", "-c", b.ipv4,
                               "-p", str(IPERF_PORT), "-t", str(seconds), "-J", *extra],
-                             capture_output=True, text=True, timeout=seconds + 30)
-        server.wait(timeout=10)
+                             capture_output=True, text=True, timeout=seconds + 60)
+        server.wait(timeout=20)
     finally:
         if server.poll() is None:
             server.kill()
@@ -99,14 +108,90 @@ def iperf3(a: testbed.Host, b: testbed.Host, seconds: float, extra: list[str]) -
     if "-u" in extra:
         rec = end.get("sum_received") or end["sum"]
         lost = end["sum"].get("lost_percent", 0.0)
-        sent = end.get("sum_sent") or end["sum"]
-        got = rec["bytes"] * (1 - lost / 100) if "sum_received" not in end else rec["bytes"]
-        return {"goodput_bps": round(got * 8 / rec["seconds"]), "sent_bps": round(sent["bits_per_second"]),
-                "lost_percent": lost}
+        got = rec["bytes"] if "sum_received" in end else rec["bytes"] * (1 - lost / 100)
+        return {"goodput_bps": round(got * 8 / rec["seconds"]), "lost_percent": lost}
     rec = end["sum_received"]
-    return {"goodput_bps": round(rec["bits_per_second"]), "retransmits": end["sum_sent"].get("retransmits")}
+    return {"goodput_bps": round(rec["bits_per_second"]), "retransmits": end["sum_sent"].get("retransmits"),
+            "congestion": end.get("sender_tcp_congestion")}
 
 
+class KernelLoss:
+    """The steering program's sample rule on both hosts for the kernel's contenders: data dropped at b,
+    ACKs (TCP) at a. Held through the control plane while the trial runs; closing removes the rules."""
+
+    def __init__(self, a, b, proto: str, loss: float) -> None:
+        self.leases = []
+        if not loss:
+            return
+        from kbypass.cp.client import SteeringLease
+
+        try:
+            for host, match in ((b, f"{proto} dport {IPERF_PORT}"), (a, f"{proto} sport {IPERF_PORT}")):
+                if proto == "udp" and host is a:
+                    continue  # no datagrams come back
+                lease = SteeringLease(host.iface, host.netns)
+                self.leases.append(lease)
+                lease.add(f"{match} sample prob {loss!r}")
+        except BaseException:
+            self.close()
+            raise
+
+    def dropped(self) -> int:
+        return sum(packets for lease in self.leases for packets, _ in lease.counters().values())
+
+    def close(self) -> None:
+        for lease in self.leases:
+            lease.close()
+        self.leases = []
+
+
+def kernel_trial(a, b, kind: str, loss: float, seconds: float, mtu: int) -> dict:
+    extra = {"tcp cubic": ["-C", "cubic"], "tcp bbr": ["-C", "bbr"],
+             "udp": ["-u", "-b", "0", "-l", str(mtu - 28)]}[kind]
+    if kind == "tcp bbr" and "bbr" not in available_cc():
+        raise Skip("tcp_bbr is not in this kernel's tcp_available_congestion_control")
+    loss_rules = KernelLoss(a, b, "udp" if kind == "udp" else "tcp", loss)
+    try:
+        res = iperf3(a, b, seconds, extra)
+        res["loss_dropped"] = loss_rules.dropped()
+    finally:
+        loss_rules.close()
+    if loss and not res["loss_dropped"]:
+        raise RuntimeError(f"{kind}: the sample rules dropped nothing at loss {loss}")
+    return res
+
+
+def available_cc() -> str:
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text()
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------- MTUs
+def largest_mtu() -> int:
+    """The largest MTU the testbed takes (its own check, nothing brought up)."""
+    lo, hi = 1500, testbed.MAX_MTU
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            testbed.TestbedConfig(prefix="probe", mtu=mid).validate()
+            lo = mid
+        except KbypassError:
+            hi = mid - 1
+    return lo
+
+
+def mtu_list(text: str) -> list[int]:
+    out = []
+    for item in text.split(","):
+        m = largest_mtu() if item.strip() == "max" else int(item)
+        if m not in out:
+            out.append(m)
+    return out
+
+
+# ---------------------------------------------------------------- the run
 class NapiPinner:
     """Keep each host's NAPI threads on its own core while trials run: attaching an XDP program (every
     xfer endpoint does) makes new NAPI instances, so pinning once at the start is not enough."""
@@ -130,17 +215,144 @@ class NapiPinner:
         self._thread.join()
 
 
+def run_mtu(args, mtu: int, contenders: list[str], cells: dict) -> None:
+    """Every (contender, loss) at `mtu`, rotated --runs times; results into cells[(mtu, loss, name)]."""
+    for loss in args.losses:
+        for name in contenders:
+            cells[(mtu, loss, name)] = {"runs": [], "skipped": None}
+    try:
+        a, b = testbed.up(testbed.TestbedConfig(prefix=args.prefix, queues=2, mtu=mtu))
+    except KbypassError as e:
+        for key in [k for k in cells if k[0] == mtu]:
+            cells[key]["skipped"] = f"the testbed does not take MTU {mtu}: {_last_line(str(e))}"
+        print(f"MTU {mtu}: skipped: {_last_line(str(e))}", flush=True)
+        return
+    pins = [(b.iface, 1), (a.iface, 0)] if args.placement == "sut" else []
+    try:
+        for host in (a, b) if pins else ():
+            napi.set_threaded(host.iface, host.netns, True)
+        with NapiPinner(pins):
+            order = [(loss, name) for loss in args.losses for name in contenders]
+            for r in range(args.runs):
+                k = r * len(contenders) % len(order)
+                for loss, name in order[k:] + order[:k]:
+                    cell = cells[(mtu, loss, name)]
+                    if cell["skipped"]:
+                        continue
+                    try:
+                        res = retried(args, a, b, name, loss, mtu)
+                    except Skip as e:
+                        cell["skipped"] = str(e)
+                        print(f"MTU {mtu} loss {loss:g} {name}: skipped: {e}", flush=True)
+                        continue
+                    except RuntimeError as e:  # twice: counted, and the cell's median is of the others
+                        cell.setdefault("errors", []).append(str(e))
+                        print(f"MTU {mtu} loss {loss:g} {name}: failed twice: {e}", flush=True)
+                        continue
+                    cell["runs"].append(res)
+                    print(f"MTU {mtu} loss {loss:g} run {r + 1} {name:10s} {res['goodput_bps'] / 1e6:9.1f} Mbit/s  "
+                          + " ".join(f"{k}={v}" for k, v in res.items() if k not in ("goodput_bps", "cc")), flush=True)
+    finally:
+        testbed.down(args.prefix)
+
+
+def retried(args, a, b, name: str, loss: float, mtu: int) -> dict:
+    """A trial, once more if it failed (iperf3's control connection sometimes times out under loss)."""
+    try:
+        return trial(args, a, b, name, loss, mtu)
+    except RuntimeError as e:
+        print(f"MTU {mtu} loss {loss:g} {name}: failed ({e}), once more", flush=True)
+        time.sleep(1)
+        return trial(args, a, b, name, loss, mtu)
+
+
+def trial(args, a, b, name: str, loss: float, mtu: int) -> dict:
+    if name.startswith("xfer"):
+        return xfer_trial(a, b, loss, args.seconds, args.poll, "reno" if name == "xfer reno" else None)
+    return kernel_trial(a, b, name, loss, args.seconds, mtu)
+
+
+def summarize(cells: dict) -> list[dict]:
+    rows = []
+    for (mtu, loss, name), cell in cells.items():
+        med = statistics.median(r["goodput_bps"] for r in cell["runs"]) if cell["runs"] else None
+        rows.append({"mtu": mtu, "loss": loss, "contender": name, "median_bps": med, "runs": len(cell["runs"]),
+                     "skipped": cell["skipped"]})
+    by = {(r["mtu"], r["loss"], r["contender"]): r["median_bps"] for r in rows}
+    for r in rows:
+        for anchor in KERNEL:
+            ref = by.get((r["mtu"], r["loss"], anchor))
+            r[f"x {anchor}"] = round(r["median_bps"] / ref, 3) if r["median_bps"] and ref else None
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\n| MTU | loss | contender | Mbit/s (median) | x tcp cubic | x tcp bbr |")
+    print("|---|---|---|---|---|---|")
+    whole = {}  # an MTU whose every cell was skipped for one reason: one row
+    for r in rows:
+        whole.setdefault(r["mtu"], set()).add(r["skipped"])
+    said = set()
+    for r in rows:
+        reasons = whole[r["mtu"]]
+        if len(reasons) == 1 and None not in reasons:
+            if r["mtu"] not in said:
+                said.add(r["mtu"])
+                print(f"| {r['mtu']} | all | all | skipped: {r['skipped']} | | |")
+            continue
+        if r["skipped"]:
+            print(f"| {r['mtu']} | {r['loss']:g} | {r['contender']} | skipped: {r['skipped']} | | |")
+            continue
+        ratios = [f"{r[f'x {k}']:.2f}" if r[f"x {k}"] is not None else "" for k in KERNEL]
+        print(f"| {r['mtu']} | {r['loss']:g} | {r['contender']} | {r['median_bps'] / 1e6:,.0f} | {ratios[0]} | "
+              f"{ratios[1]} |")
+
+
+def plot(rows: list[dict], contenders: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mtus = sorted({r["mtu"] for r in rows})
+    losses = sorted({r["loss"] for r in rows})
+    fig, axes = plt.subplots(1, len(mtus), figsize=(5 * len(mtus), 4), squeeze=False, sharey=True)
+    width = 0.8 / len(contenders)
+    for ax, mtu in zip(axes[0], mtus):
+        for i, name in enumerate(contenders):
+            vals = [next((r["median_bps"] or 0 for r in rows if (r["mtu"], r["loss"], r["contender"]) ==
+                          (mtu, loss, name)), 0) / 1e6 for loss in losses]
+            ax.bar([j + i * width for j in range(len(losses))], [max(v, 0.1) for v in vals], width, label=name)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(losses))], [f"{loss:.0%} loss" for loss in losses])
+        skipped = all(r["skipped"] for r in rows if r["mtu"] == mtu)
+        ax.set_title(f"MTU {mtu}" + (" (skipped)" if skipped else ""))
+        ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("goodput, Mbit/s (median, log scale)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("kbypass xfer vs the kernel on one veth (busy machine: compare within the run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _last_line(text: str) -> str:
+    lines = [x for x in text.strip().splitlines() if x.strip()]
+    return lines[-1].removeprefix("kbypass: error: ") if lines else "(no message)"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", default="100M", help="bytes per xfer trial (default 100M)")
-    ap.add_argument("--seconds", type=float, default=5, help="seconds per iperf3 trial (default 5)")
+    ap.add_argument("--seconds", type=float, default=5, help="seconds per trial (default 5)")
     ap.add_argument("--runs", type=int, default=3, help="repetitions of every trial (default 3)")
+    ap.add_argument("--mtus", default="1500,3506,9000,max", help="MTUs, 'max' the largest the testbed takes")
+    ap.add_argument("--losses", default="0,0.01,0.05", help="loss rates, both hosts (default 0,0.01,0.05)")
+    ap.add_argument("--also-reno", action="store_true", help="also xfer with the loss-rate controller (reno)")
     ap.add_argument("--poll", choices=("wakeup", "busy"), default="wakeup", help="xfer's AF_XDP wait mode")
-    ap.add_argument("--keep", action="store_true", help="leave the bench testbed up")
-    ap.add_argument("--mtu", type=int, default=1500, help="veth MTU (default 1500; 3506 is the largest with XDP)")
     ap.add_argument("--placement", choices=("sender", "sut"), default="sender",
                     help="where receive work runs: veth's default (sender) or NAPI threads on each host's core")
-    ap.add_argument("--json", help="result file (default bench/results/xfer_vs_iperf3[_mtuN][_sut].json)")
+    ap.add_argument("--prefix", default=os.environ.get("KBYPASS_TESTBED") or "kbx", help="testbed prefix")
+    ap.add_argument("--json", help="result file (default bench/results/xfer_vs_iperf3.json; the PNG beside it)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root", file=sys.stderr)
@@ -148,70 +360,28 @@ def main() -> int:
     if not shutil.which("iperf3"):
         print("bench: iperf3 is not installed: apt-get install -y iperf3", file=sys.stderr)
         return 2
-    os.environ["KBYPASS_TESTBED"] = PREFIX
-    if args.json is None:
-        suffix = ("" if args.mtu == 1500 else f"_mtu{args.mtu}") + ("_sut" if args.placement == "sut" else "")
-        args.json = str(ROOT / "bench" / "results" / f"xfer_vs_iperf3{suffix}.json")
-    dgram = args.mtu - 28  # UDP payload per datagram in xfer's udp encapsulation, and iperf3's -l
-    a, b = testbed.up(testbed.TestbedConfig(prefix=PREFIX, queues=2, mtu=args.mtu))
-    trials = {
-        "xfer udp": lambda: xfer_trial("udp", 0.0, args.size, args.poll, b),
-        "xfer udp 1% loss": lambda: xfer_trial("udp", 0.01, args.size, args.poll, b),
-        "xfer eth": lambda: xfer_trial("eth", 0.0, args.size, args.poll, b),
-        "xfer eth 1% loss": lambda: xfer_trial("eth", 0.01, args.size, args.poll, b),
-        "xfer udp, python lane": lambda: xfer_trial("udp", 0.0, args.size, args.poll, b, lane="python"),
-        "iperf3 udp -b 1M (default)": lambda: iperf3(a, b, args.seconds, ["-u", "-l", str(dgram)]),
-        "iperf3 udp -b 0": lambda: iperf3(a, b, args.seconds, ["-u", "-b", "0", "-l", str(dgram)]),
-        "iperf3 tcp": lambda: iperf3(a, b, args.seconds, []),
-    }
-    names = list(trials)
-    runs: dict[str, list[dict]] = {n: [] for n in names}
-    pins = [(b.iface, 1), (a.iface, 0)] if args.placement == "sut" else []
-    if pins:
-        for host in (a, b):
-            napi.set_threaded(host.iface, host.netns, True)
-    try:
-        with NapiPinner(pins):
-            _trials(args, names, trials, runs)
-    finally:
-        if not args.keep:
-            testbed.down(PREFIX)
-        elif pins:
-            for host in (a, b):
-                napi.set_threaded(host.iface, host.netns, False)
-    med = {n: statistics.median(x["goodput_bps"] for x in runs[n]) for n in names}
-
-    ratios = {
-        "xfer udp / iperf3 udp -b 1M (default)": med["xfer udp"] / med["iperf3 udp -b 1M (default)"],
-        "xfer udp / iperf3 udp -b 0": med["xfer udp"] / med["iperf3 udp -b 0"],
-        "xfer udp / iperf3 tcp": med["xfer udp"] / med["iperf3 tcp"],
-        "xfer eth / iperf3 tcp": med["xfer eth"] / med["iperf3 tcp"],
-        "xfer udp 1% loss / loss-free": med["xfer udp 1% loss"] / med["xfer udp"],
-        "xfer eth 1% loss / loss-free": med["xfer eth 1% loss"] / med["xfer eth"],
-        "xfer udp, C lane / python lane": med["xfer udp"] / med["xfer udp, python lane"],
-    }
-    print("\nmedians (Mbit/s):")
-    for n in names:
-        print(f"  {n:28s} {med[n] / 1e6:9.1f}")
-    print("ratios:")
-    for k, v in ratios.items():
-        print(f"  {k:40s} {v:8.3f}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"median_goodput_bps": med, "ratios": ratios, "runs": runs,
-                                           "size": args.size, "poll": args.poll, "mtu": args.mtu,
-                                           "placement": args.placement, "datagram": dgram, "load": os.getloadavg()},
-                                          indent=2) + "\n")
-    print(f"wrote {args.json}")
+    os.environ["KBYPASS_TESTBED"] = args.prefix
+    args.losses = [float(x) for x in args.losses.split(",")]
+    mtus = mtu_list(args.mtus)
+    contenders = ["tcp cubic", "tcp bbr", "udp", "xfer"] + (["xfer reno"] if args.also_reno else [])
+    json_path = Path(args.json or ROOT / "bench" / "results" / "xfer_vs_iperf3.json")
+    cells: dict = {}
+    t0 = time.time()
+    for mtu in mtus:
+        run_mtu(args, mtu, contenders, cells)
+    rows = summarize(cells)
+    print_table(rows)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    raw = [{"mtu": m, "loss": lo, "contender": n, **c} for (m, lo, n), c in cells.items()]
+    json_path.write_text(json.dumps({"rows": rows, "cells": raw, "seconds": args.seconds, "runs": args.runs,
+                                     "poll": args.poll, "placement": args.placement, "mtus": mtus,
+                                     "tcp_available_congestion_control": available_cc().split(),
+                                     "date": time.strftime("%Y-%m-%d", time.gmtime(t0)),
+                                     "load": os.getloadavg()}, indent=2) + "\n")
+    png = json_path.with_suffix(".png")
+    plot(rows, contenders, png)
+    print(f"wrote {json_path} and {png}")
     return 0
-
-
-def _trials(args, names: list[str], trials: dict, runs: dict) -> None:
-    for r in range(args.runs):
-        for n in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
-            res = trials[n]()
-            runs[n].append(res)
-            print(f"run {r + 1} {n:28s} {res['goodput_bps'] / 1e6:9.1f} Mbit/s  "
-                  + " ".join(f"{k}={v}" for k, v in res.items() if k != "goodput_bps"), flush=True)
 
 
 if __name__ == "__main__":

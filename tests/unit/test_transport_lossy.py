@@ -89,8 +89,9 @@ def test_corruption_is_caught_and_counted():
 def test_burst_loss_and_a_blackhole_period_are_survived():
     data = random.Random(2).randbytes(150_000)
     ge = GilbertElliott(p_bad=0.02, p_good=0.2)
-    sim = PairSim(FaultyLink(3, burst=ge, delay=0.01, blackholes=((1.0, 6.0),)),
-                  FaultyLink(4, burst=ge, delay=0.01, blackholes=((3.0, 9.0),)), CFG, seed=3)
+    # (the blackholes begin while the transfer runs: 0.1 s in, before either controller is through)
+    sim = PairSim(FaultyLink(3, burst=ge, delay=0.01, blackholes=((0.1, 6.0),)),
+                  FaultyLink(4, burst=ge, delay=0.01, blackholes=((0.15, 9.0),)), CFG, seed=3)
     assert transfer(sim, data, check=acked_never_lost)
     assert_delivered(sim, data)
     assert sim.ab.stats.blackholed > 0 and sim.ab.stats.burst_lost > 0

@@ -20,7 +20,8 @@ silent. Progress: a bar on stderr when it is a terminal, JSON lines on stderr ab
 --poll busy (AF_XDP busy polling, spins a CPU while waiting) keeps the round trip under a millisecond on
 veth; with the default need_wakeup the receive path waits for the kernel's softirq, the RTT is a few
 milliseconds, so a loss repaired by a timeout costs more. Random loss alone does not shrink the window:
-the congestion controller (LossTolerantReno) cuts only when the recent loss rate passes 2%.
+--congestion bbr paces at a model of the bottleneck's rate, which loss does not move; reno
+(LossTolerantReno) cuts only when the recent loss rate passes 2%.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ import sys
 import time
 
 from kbypass.host import testbed
+from kbypass.proto.transport.config import CONTROLLERS, ConnConfig
 from kbypass.errors import UsageError, require_root
 from kbypass.tools import _options as opt
 from kbypass.tools._common import partial_path, pin_cpu
 from kbypass.tools._output import emit
 
+DEFAULT_CONTROLLER = ConnConfig.congestion
 BLOCK = 1 << 20
 CHUNK = 256 * 1024
 IDLE_DEFAULT = 10.0  # seconds without a word from the peer: the handshake, and the dead-peer time
@@ -107,6 +110,9 @@ def _common(v) -> None:
                    help="the packet path: afxdp (the bypass, default), packet_mmap (TPACKET_V3 raw socket) or "
                         "socket (a kernel UDP socket; udp only)")
     v.add_argument("--poll", choices=("wakeup", "busy"), help="afxdp: wait mode (default wakeup)")
+    v.add_argument("--queue", type=opt.int_range(0, 4095, "a queue id"),
+                   help="afxdp: the one receive queue to take (default: every queue); two transfers on one "
+                        "host take one queue each (on a veth, the sender's queue is the receiver's)")
     opt.add_no_cp(v)
     v.add_argument("--loss", type=_loss, default=0.0,
                    help="drop this share of the frames THIS end receives (on the sender: the ACKs); give it to "
@@ -121,6 +127,13 @@ def _common(v) -> None:
                    help="per-datagram bulk work (in-order arrivals, encoding, framing) and the port's batch "
                         "bookkeeping in C (kbypass._fastxfer, _fastbatch) or all in Python (no C module loaded); "
                         "default: C when it is built")
+    v.add_argument("--mtu", type=opt.int_range(576, 65535, "an MTU"),
+                   help="size datagrams for this MTU (default: the interface's; the encapsulation's headers are "
+                        "counted); larger than one frame of the port carries is refused")
+    v.add_argument("--congestion", choices=CONTROLLERS,
+                   help="the sender's congestion controller: bbr (a model of the bottleneck's rate and the path's "
+                        "RTT, paced; random loss does not slow it) or reno (cuts once the recent loss rate passes "
+                        f"2%%); default {DEFAULT_CONTROLLER}")
     opt.add_cpu(v)
     opt.add_json(v, help="print the summary as JSON (and progress as JSON lines on stderr)")
 
@@ -143,6 +156,8 @@ def _check(args) -> None:
     _faults(args)
     if args.backend != "afxdp" and args.poll is not None:
         raise UsageError(f"--poll is the AF_XDP wait mode: --backend {args.backend} does not use it; leave it out")
+    if args.backend != "afxdp" and args.queue is not None:
+        raise UsageError(f"--queue picks the AF_XDP socket's queue: --backend {args.backend} has none; leave it out")
     if args.backend != "afxdp" and args.no_cp:
         raise UsageError(f"--no-cp is about the XDP steering program: --backend {args.backend} has none; leave it out")
     if args.loss_at and not args.loss:
@@ -244,7 +259,13 @@ def _open(args, **kw):
     faults = _faults(args)
     xdp_loss = args.loss if (args.loss and _loss_at(args) == "xdp") else 0.0
     options = {"poll": args.poll or "wakeup", "control_plane": not args.no_cp} if args.backend == "afxdp" else {}
+    if args.queue is not None:
+        options["queue"] = args.queue
     extra = {} if args.ethertype is None else {"ethertype": args.ethertype}
+    if args.congestion:
+        extra["congestion"] = args.congestion
+    if args.mtu:
+        extra["mtu"] = args.mtu
     return TransportEndpoint.open(iface=iface, netns=netns, encap=args.encap, backend=args.backend,
                                   local_ip=ip, xdp_loss=xdp_loss, faults_rx=faults, seed=args.seed,
                                   port_options=options, idle_timeout=args.idle_timeout or IDLE_DEFAULT,
@@ -256,6 +277,7 @@ def _summary(args, ep, nbytes: int, seconds: float, sha: str) -> dict:
     drops = st["drops"]
     return {
         "verb": args.verb, "encap": args.encap, "backend": args.backend, "lane": "c" if ep.native else "python",
+        "congestion": ep.config.congestion, "mtu": ep.encap.mtu, "datagram": ep.config.max_datagram_size,
         "bytes": nbytes,
         "seconds": round(seconds, 6), "goodput_bps": round(nbytes * 8 / seconds) if seconds > 0 else 0,
         "retransmits": st["retransmits"], "fast_retransmits": st["fast_retransmits"], "timeouts": st["timeouts"],
@@ -271,6 +293,7 @@ def _summary(args, ep, nbytes: int, seconds: float, sha: str) -> dict:
         "duplicates": st["duplicates"], "drops": drops,
         "faults_rx": st.get("faults_rx"),
         "clean_close": ep.closed_cleanly,
+        "cc": st.get("cc"),
     }
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from . import wire
 from .errors import LocalProtocolError
 
+CONTROLLERS = ("bbr", "reno")
+
 
 @dataclass(frozen=True)
 class ConnConfig:
@@ -38,13 +40,19 @@ class ConnConfig:
     # lost it reports ConnectionLost for data that did arrive.
     time_wait: float = 30.0
     dupack_threshold: int = 3
-    initial_window: int | None = None  # congestion window at start, bytes (default 4 MSS)
+    initial_window: int | None = None  # congestion window at start, bytes (default: reno 4 MSS, bbr 10 (RFC 6928))
     # Largest congestion window, bytes (default: half the send buffer). Keep it well below both buffers:
     # while a hole is repaired (about one flight later), SACKed bytes still fill our send buffer and the
     # peer's window stays pinned at the hole, so a flight as large as a buffer stalls the sender.
     max_window: int | None = None
+    # The congestion controller (CONTROLLERS): "bbr" (bbr.py: a model of the bottleneck's rate and the
+    # path's RTT, paced; random loss does not slow it) or "reno" (congestion.LossTolerantReno: a window cut
+    # when the recent loss rate passes 2%).
+    congestion: str = "bbr"
 
     def __post_init__(self) -> None:
+        if self.congestion not in CONTROLLERS:
+            raise LocalProtocolError(f"congestion {self.congestion!r} is unknown: use one of {', '.join(CONTROLLERS)}")
         if self.max_datagram_size < wire.OVERHEAD + 16 or self.max_datagram_size > 65507:
             raise LocalProtocolError(
                 f"max_datagram_size {self.max_datagram_size} out of range: use {wire.OVERHEAD + 16}..65507 "

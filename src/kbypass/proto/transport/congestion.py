@@ -7,6 +7,8 @@ from __future__ import annotations
 
 
 class NewReno:
+    paced = False  # (bbr.Bbr paces)
+
     def __init__(self, mss: int, initial_window: int | None = None, max_window: int = 1 << 30) -> None:
         self.mss = mss
         # RFC 6928 allows ten segments; four keeps the first burst gentle on short queues.
@@ -127,3 +129,12 @@ class LossTolerantReno(NewReno):
         self.recover = snd_nxt
         self.in_recovery = True
         return True
+
+
+def make_controller(name: str, mss: int, initial_window: int | None, max_window: int, rng=None, now: float = 0.0):
+    """The congestion controller ConnConfig.congestion names (config.CONTROLLERS)."""
+    if name == "bbr":
+        from .bbr import Bbr
+
+        return Bbr(mss, initial_window, max_window, rng=rng, now=now)
+    return LossTolerantReno(mss, initial_window, max_window)

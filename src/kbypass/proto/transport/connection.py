@@ -22,9 +22,11 @@ Theory of operation
   whole flight through the path above, instead of an RTO. Only if that fails too does the RTO (RFC 6298)
   fire: everything unSACKed is retransmitted in slow start and the RTO backs off exponentially. An RTO
   that the next ACK shows premature (Eifel: it echoes a transmission older than the RTO) is undone.
-* Congestion control: LossTolerantReno (congestion.py): Reno growth; a window cut (beta 0.7, once per
-  recovery episode) only when the recent loss rate passes 2%, so random loss on a LAN costs only its
-  retransmissions. RFC 6675 "pipe" (bytes in flight that are neither SACKed nor deemed lost) limits what
+* Congestion control, as ConnConfig.congestion says: LossTolerantReno (congestion.py): Reno growth; a
+  window cut (beta 0.7, once per recovery episode) only when the recent loss rate passes 2%, so random
+  loss on a LAN costs only its retransmissions; or Bbr (bbr.py): a model of the bottleneck's rate and
+  the path's RTT sets the window and the pacing rate, and loss does not move it. A paced controller's
+  allowance (Bbr.budget) limits every datagram of data, and its next send time is one of our timers. RFC 6675 "pipe" (bytes in flight that are neither SACKed nor deemed lost) limits what
   we send; the window is capped at `ConnConfig.max_window` (half the send buffer by default), so that the
   buffers have room to keep sending while a hole is repaired.
 * Flow control: we never send past the peer's advertised right edge; at a zero window we probe with PING
@@ -50,7 +52,7 @@ from dataclasses import dataclass, field
 from . import wire
 from .codec import PythonCodec
 from .config import ConnConfig
-from .congestion import LossTolerantReno
+from .congestion import make_controller
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import Closed, Connected, ConnectionLost, DataReceived, Event, MessageReceived, PeerClosed
 from .output import Output
@@ -132,7 +134,8 @@ class Connection(Output, LossRecovery):
         cfg = self.config
         self.mss = cfg.mss
         self.rtt = RttEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto)
-        self.cc = LossTolerantReno(self.mss, cfg.initial_window, max_window=cfg.window_limit)
+        self.cc = make_controller(cfg.congestion, self.mss, cfg.initial_window, cfg.window_limit, self._rng, now)
+        self._pace_at: float | None = None  # a paced controller's next send time, while it holds data back
         self.sbuf = SendBuffer(cfg.send_buffer)
         self.rbuf = ReceiveBuffer(cfg.recv_buffer, cfg.message_mode)
         self._events: deque = deque()  # Event objects, or _Chunks of coalesced stream data

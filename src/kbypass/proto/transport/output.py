@@ -163,8 +163,27 @@ class Output:
             self._emit(sb.cut(room), now, out)
 
     def _send_segments(self, now: float, out: list[bytes]) -> None:
+        cc = self.cc
+        if not cc.paced:
+            self._send_within(now, out, cc.cwnd)
+            return
+        # a paced controller: its allowance bounds the window's room too, and what holds data back sets
+        # our next send time (a timer), or marks the flight app-limited for the model's rate samples
+        self._pace_at = None
+        if cc.pacing_rate <= 0:
+            cc.start_pacing(now, self.rtt.srtt)
+        before = self.stats.bytes_sent
+        pipe, held = self._send_within(now, out, cc.cwnd, cc.budget(now))
+        cc.spend(self.stats.bytes_sent - before)
+        if held:
+            self._pace_at = cc.next_send_time(now)  # the pacer holds data back until then
+        elif pipe < cc.cwnd:
+            cc.app_limited(pipe)  # nothing to send, or the peer's window holds it back
+
+    def _send_within(self, now: float, out: list[bytes], cwnd: int, budget: float | None = None) -> tuple[int, bool]:
+        """Send what the congestion window (and a pacer's `budget` of bytes) allows. Returns the pipe, and
+        whether the budget, not the window, held back data that could go (a retransmission or new data)."""
         sb = self.sbuf
-        cwnd = self.cc.cwnd
         fields = self._ack_fields(now)
         # the pipe (RFC 6675: bytes in flight neither SACKed nor deemed lost; a FIN counts one), and whether
         # anything waits for retransmission, in one pass over the flight
@@ -177,10 +196,11 @@ class Output:
                 any_lost = True
             else:
                 pipe += len(seg.data) or 1
+        limit = cwnd if budget is None else min(cwnd, pipe + int(budget))
         # 1. retransmit what is deemed lost, lowest first (may go up to the old snd_nxt whatever the window)
         for seg in sb.inflight if any_lost else ():
-            if pipe >= cwnd:
-                return
+            if pipe >= limit:
+                return pipe, limit < cwnd
             if seg.lost:
                 self.stats.retransmits += 1
                 if self._retries == 0:  # no RTO since the last progress: SACK/dupack/RACK found it
@@ -189,16 +209,20 @@ class Output:
                 pipe += len(seg.data) or 1
         # 2. new data within cwnd and the peer's window: cut in one run, then emitted together
         mss = self.mss
-        if pipe < cwnd and sb.unsent:
-            segs = sb.cut_run(mss, cwnd - pipe, self._peer_right, now)
-            if segs:
-                self._emit_new(segs, now, out, fields)
-                pipe += segs[-1].seq + len(segs[-1].data) - segs[0].seq
+        if sb.unsent:
+            if pipe < limit:
+                segs = sb.cut_run(mss, limit - pipe, self._peer_right, now)
+                if segs:
+                    self._emit_new(segs, now, out, fields)
+                    pipe += segs[-1].seq + len(segs[-1].data) - segs[0].seq
             n = sb.next_length(mss)
-            if pipe < cwnd and n and self._peer_right - sb.unsent_seq < n:  # blocked by the peer's window
+            if pipe < limit and n and self._peer_right - sb.unsent_seq < n:  # blocked by the peer's window
                 if not sb.inflight and self._persist_deadline is None:
                     self._persist_deadline = now + self.rtt.rto
-                return
+                return pipe, False
+            if pipe >= limit and limit < cwnd and n:
+                return pipe, True
         # 3. the FIN, once all data is cut (it needs no window: it occupies no buffer space)
         if sb.fin_queued and not sb.unsent and pipe < cwnd:
             self._emit(sb.cut_fin(), now, out, fields)
+        return pipe, False

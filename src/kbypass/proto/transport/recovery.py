@@ -6,6 +6,9 @@ module doc for the theory of operation.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from itertools import islice
+
 from . import wire
 from .errors import RemoteProtocolError
 from .states import SYNCHRONIZED, Input, State
@@ -14,6 +17,10 @@ _TS_MASK = 0xFFFFFFFF
 # Floor of the tail loss probe timer: below a millisecond a probe would mostly race the ACK that is already
 # on its way (an event loop's wake-up jitter), and a spurious probe costs a datagram, no window cut.
 _PTO_MIN = 0.001
+
+
+def _seg_end(seg) -> int:
+    return seg.seq + len(seg.data) + seg.fin
 
 
 class LossRecovery:
@@ -38,6 +45,7 @@ class LossRecovery:
     def _on_ack(self, pkt: wire.Packet, now: float) -> None:
         sb = self.sbuf
         ack = pkt.ack
+        rtt = None
         if ack > sb.snd_nxt:
             raise RemoteProtocolError("ack_beyond_sent", f"ack {ack} > sent {sb.snd_nxt}")
         if ack < sb.snd_una and not pkt.payload:
@@ -54,7 +62,10 @@ class LossRecovery:
                 self._maybe_undo_rto(pkt, now)
             acked = sb.ack(pkt.ack)
             self.stats.bytes_acked += acked
+            samples = self.rtt.samples
             self._rtt_sample(pkt.tsecr, now)
+            if self.rtt.samples != samples:
+                rtt = self.rtt.latest
             self.cc.on_ack(max(acked, 1), sb.snd_una)
             self._retries = 0
             self._dupacks = 0
@@ -74,7 +85,11 @@ class LossRecovery:
             # after its latest transmission was the original's arrival: its send time is unknown.
             rack = self._rack_xmit
             min_rtt = self.rtt.min_rtt
-            for seg in sb.inflight:
+            # the segments wholly below the lowest block cannot be in any: skipped in C (a bisection by end
+            # offset, then islice), not one by one here; behind a hole a flight of hundreds of segments
+            # lies mostly below the blocks, and this ran for every ACK
+            first = bisect_right(sb.inflight, blocks[0][0], key=_seg_end)
+            for seg in islice(sb.inflight, first, None):
                 while bi < nb and blocks[bi][1] <= seg.seq:
                     bi += 1
                 if bi == nb:
@@ -82,6 +97,7 @@ class LossRecovery:
                 if not seg.sacked and seg.seq >= blocks[bi][0] and seg.end <= blocks[bi][1]:
                     seg.sacked = True
                     sb.sacked_segments += 1
+                    sb.sacked_bytes += len(seg.data)
                     seg.lost = False
                     news = True
                     if seg.sent_at > rack and (seg.tx_count == 1 or (
@@ -94,6 +110,9 @@ class LossRecovery:
             self._tlp_allowed = True
             self._pto_deadline = None
             self._arm_pto(now)
+            if self.cc.paced:  # the model's input: everything the peer now holds, and what is still out
+                self.cc.on_delivery(now, sb.snd_una + sb.sacked_bytes, sb.inflight_bytes - sb.sacked_bytes,
+                                    self.rtt.srtt, rtt, self.rtt.min_rtt)
         if sb.inflight:
             self._detect_losses(now)
         if sb.fin_seq is not None and sb.snd_una > sb.fin_seq and self.state in (
@@ -195,7 +214,8 @@ class LossRecovery:
         if self.state in (State.IDLE, State.LISTEN):
             return None
         cand = [] if self.state is State.TIME_WAIT else [self._last_recv + self.config.idle_timeout]
-        for t in (self._rto_deadline, self._pto_deadline, self._persist_deadline, self._linger_deadline):
+        for t in (self._rto_deadline, self._pto_deadline, self._persist_deadline, self._linger_deadline,
+                  self._pace_at):
             if t is not None:
                 cand.append(t)
         if self.state in SYNCHRONIZED and self.state is not State.TIME_WAIT:
@@ -225,6 +245,8 @@ class LossRecovery:
         if st is not State.TIME_WAIT and now >= self._last_recv + self.config.idle_timeout:
             self._lose(f"peer silent for {now - self._last_recv:.3g} s (idle_timeout)")
             return
+        if self._pace_at is not None and now >= self._pace_at:
+            self._pace_at = None  # the pacer allows a datagram again: the next datagrams_to_send sends it
         if self._rto_deadline is not None and now >= self._rto_deadline:
             self._on_rto(now)
             if self.state is State.CLOSED:

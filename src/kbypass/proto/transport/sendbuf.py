@@ -48,6 +48,7 @@ class SendBuffer:
         # flight was sent in seq order and nothing above a hole is known, which lets loss detection
         # look at the first segment only (Connection._detect_losses)
         self.sacked_segments = 0
+        self.sacked_bytes = 0  # data bytes of those: the peer holds snd_una + sacked_bytes of the stream
         self.resent_segments = 0
         self.snd_una = 0
         self.fin_queued = False
@@ -201,6 +202,7 @@ class SendBuffer:
             freed += len(seg.data)
             if seg.sacked:
                 self.sacked_segments -= 1
+                self.sacked_bytes -= len(seg.data)
             if seg.tx_count > 1:
                 self.resent_segments -= 1
         self.inflight_bytes -= freed
