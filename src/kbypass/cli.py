@@ -56,11 +56,25 @@ def _redeliver(info) -> None:
 
 
 def _interrupt_main_later(sig: int) -> None:
-    time.sleep(0.001)
+    # Not while the main thread is still inside the hook: a signal handled there is raised out of the hook
+    # and swallowed once more (a loaded machine let the old fixed 1 ms pause run out first, now and then).
+    main = threading.main_thread().ident
+    deadline = time.monotonic() + 1.0
+    while _in_hook(main) and time.monotonic() < deadline:
+        time.sleep(0.001)
     # only into the command: once it has returned (its summary printed, its exit code chosen), a late
     # redelivery would kill the interpreter at exit with the signal, and the exit code would be lost
     if _COMMAND_RUNNING:
         _thread.interrupt_main(sig)
+
+
+def _in_hook(thread_id: int | None) -> bool:
+    frame = sys._current_frames().get(thread_id)
+    while frame is not None:
+        if frame.f_code is _redeliver.__code__:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _quiet(info) -> None:

@@ -89,6 +89,7 @@ class Boom:
     def __del__(self):
         raise {'KeyboardInterrupt' if exc == 'KeyboardInterrupt' else 'cli.Terminated'}()
 signal.signal(signal.SIGTERM, cli._on_sigterm)
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as Python sets it, even when our parent ignores SIGINT
 cli._MAIN_PID = __import__("os").getpid()
 cli._COMMAND_RUNNING = True  # as inside main(): a command is running
 sys.unraisablehook = cli._redeliver
