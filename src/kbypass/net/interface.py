@@ -6,6 +6,7 @@ bind an endpoint holds while it serves a port the kernel also owns.
         iface.neighbour("10.77.0.1")                      # the kernel's ARP entry, or None (and a probe)
     link_info("kb-b", "kb-b")                             # the same facts as a LinkInfo, netlink closed
     placeholder = bind_udp("kb-b", "10.77.0.2", 0)        # a kernel socket holding the port
+    placeholder = bind_tcp("kb-b", "10.77.0.2", 8080)     # the same for a userspace TCP port (never listens)
 """
 
 from __future__ import annotations
@@ -129,14 +130,43 @@ def bind_udp(netns: str | None, ip: str, port: int) -> socket.socket:
     """A kernel UDP socket bound to ip:port in netns, with a clear error when the port is taken. An
     endpoint that serves a port of an address the kernel owns holds one: a kernel socket already there is
     refused clearly, none can bind it later, and port 0 picks a free port (`getsockname()`)."""
-    with _netns.entered(netns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    return _bind(netns, ip, port, socket.SOCK_DGRAM)
+
+
+def bind_tcp(netns: str | None, ip: str, port: int) -> socket.socket:
+    """A kernel TCP socket bound to ip:port in netns and never listening: it holds the port for a userspace
+    TCP endpoint (the kernel will not hand it out as an ephemeral port, nor let a server bind it), while
+    the steering program takes every segment of the port before the kernel could answer one (a bound,
+    non-listening socket would otherwise RST a SYN). A port a kernel socket already holds (a listening
+    server, a connection from that port) is a UsageError naming the fix; 0 picks a free port."""
+    return _bind(netns, ip, port, socket.SOCK_STREAM)
+
+
+def _kernel_listens(ip: str, port: int) -> bool:
+    """Whether a kernel TCP socket listens on ip:port (or the wildcard) in the namespace we are in: state 0A
+    of /proc/net/tcp, which shows the reading thread's namespace."""
+    want = {f"{int.from_bytes(socket.inet_aton(a), 'little'):08X}:{port:04X}" for a in (ip, "0.0.0.0")}
     try:
-        s.bind((ip, port))
-    except OSError as e:
-        s.close()
-        if e.errno == errno.EADDRINUSE:
-            raise UsageError(f"{ip}:{port} is already bound by another socket in the kernel: pick another "
-                             "port or stop that program") from None
-        raise UsageError(f"cannot bind {ip}:{port}: {e.strerror}") from None
+        with open("/proc/thread-self/net/tcp") as f:
+            next(f)
+            return any(fields[1] in want and fields[3] == "0A" for fields in (line.split() for line in f))
+    except OSError:
+        return False
+
+
+def _bind(netns: str | None, ip: str, port: int, kind: int) -> socket.socket:
+    with _netns.entered(netns):
+        s = socket.socket(socket.AF_INET, kind)
+        try:
+            s.bind((ip, port))
+        except OSError as e:
+            s.close()
+            proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+            if e.errno == errno.EADDRINUSE:
+                if kind == socket.SOCK_STREAM and _kernel_listens(ip, port):
+                    raise UsageError(f"{ip}:{port} is a kernel TCP server's: a kernel socket listens on it; stop "
+                                     "that server or pick another port") from None
+                raise UsageError(f"{ip}:{port} is already bound by another {proto} socket in the kernel: pick "
+                                 "another port or stop that program") from None
+            raise UsageError(f"cannot bind {proto} {ip}:{port}: {e.strerror}") from None
     return s
