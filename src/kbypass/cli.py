@@ -95,6 +95,7 @@ COMMANDS = [
     "pingpong",
     "tune",
     "xfer",
+    "http",
     "cp",
 ]
 

@@ -95,3 +95,23 @@ def test_static_files_stay_inside_the_root(tmp_path):
     assert drain(get("/")[1]) == b"<p>hi</p>"
     for bad in ("/../secret", "/%2e%2e/secret", "/link", "/nothere"):
         assert get(bad)[0].startswith(b"HTTP/1.1 404"), bad
+
+
+def test_response_reader_frames_by_length_chunks_and_close():
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+    for cut in range(len(head) + 11):
+        r = http.ResponseReader()
+        wire = head + b"0123456789" + b"HTTP/1.1 200"  # the next response must not leak into this body
+        got = r.feed(wire[:cut]) + r.feed(wire[cut:])
+        assert got == b"0123456789" and r.done and r.status == 200
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nT: 1\r\n\r\n"
+    for cut in range(len(chunked) + 1):
+        r = http.ResponseReader()
+        assert r.feed(chunked[:cut]) + r.feed(chunked[cut:]) == b"hello world" and r.done
+    r = http.ResponseReader()
+    assert r.feed(b"HTTP/1.0 200 OK\r\n\r\nabc") == b"abc" and not r.done
+    assert r.end() == b"" and r.done
+    r = http.ResponseReader()
+    r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+    with pytest.raises(http.HttpError):
+        r.end()  # cut short

@@ -250,3 +250,121 @@ def _head(status: int, length: int, keep: bool, ctype: str, server: str, date: s
     return (f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nServer: {server}\r\n"
             f"Date: {date}\r\nContent-Type: {ctype}\r\nContent-Length: {length}\r\n"
             f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}{extra}\r\n").encode("latin-1")
+
+
+class ResponseReader:
+    """One response from a byte stream (the client side of `kbypass http get`): feed() returns the body bytes
+    it carried; `status`, `headers` once the head is in; `done` when the body is complete: by Content-Length,
+    chunked transfer coding, or (neither) at the end of the stream (`end()`). HttpError for a response
+    that cannot be framed."""
+
+    def __init__(self, head_request: bool = False) -> None:
+        self._buf = bytearray()
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+        self.done = False
+        self._left: int | None = None  # Content-Length bytes still to come
+        self._chunked = False
+        self._chunk_left = 0
+        self._trailer = False
+        self._head_request = head_request
+        self.body_bytes = 0
+
+    def end(self) -> bytes:
+        """The stream ended (the server closed): the rest of a close-delimited body; HttpError if cut short."""
+        return self.feed(b"", eof=True)
+
+    def feed(self, data: bytes, eof: bool = False) -> bytes:
+        if self.done:
+            return b""
+        self._buf += data
+        if self.status is None:
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                if eof:
+                    raise HttpError(502, "the stream ended inside the response head")
+                if len(self._buf) > MAX_HEAD:
+                    raise HttpError(502, "response head too long")
+                return b""
+            self._head(bytes(self._buf[:end]).decode("latin-1"))
+            del self._buf[:end + 4]
+        out = self._body(eof)
+        self.body_bytes += len(out)
+        return out
+
+    def _head(self, text: str) -> None:
+        lines = text.split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise HttpError(502, f"bad status line {lines[0][:80]!r}")
+        self.status = int(parts[1])
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                key = name.strip().lower()
+                self.headers[key] = f"{self.headers[key]}, {value.strip()}" if key in self.headers else value.strip()
+        if self._head_request or self.status in (204, 304) or 100 <= self.status < 200:
+            self._left = 0
+        elif "chunked" in self.headers.get("transfer-encoding", "").lower():
+            self._chunked = True
+        elif "content-length" in self.headers:
+            if not self.headers["content-length"].isdigit():
+                raise HttpError(502, "bad Content-Length")
+            self._left = int(self.headers["content-length"])
+
+    def _body(self, eof: bool) -> bytes:
+        buf = self._buf
+        if self._chunked:
+            return self._chunks(eof)
+        if self._left is None:  # delimited by the end of the stream
+            out = bytes(buf)
+            buf.clear()
+            self.done = eof
+            return out
+        take = min(self._left, len(buf))
+        out = bytes(buf[:take])
+        del buf[:take]
+        self._left -= take
+        if not self._left:
+            self.done = True
+        elif eof:
+            raise HttpError(502, f"the stream ended {self._left} bytes before the Content-Length")
+        return out
+
+    def _chunks(self, eof: bool) -> bytes:
+        buf, out = self._buf, bytearray()
+        while True:
+            if self._chunk_left > 0:
+                take = min(self._chunk_left, len(buf))
+                out += buf[:take]
+                del buf[:take]
+                self._chunk_left -= take
+                if self._chunk_left > 0:
+                    break
+                self._chunk_left = -2  # the CRLF after the chunk
+            if self._chunk_left == -2:
+                if len(buf) < 2:
+                    break
+                del buf[:2]
+                self._chunk_left = 0
+            end = buf.find(b"\r\n")
+            if end < 0:
+                break
+            line = bytes(buf[:end]).split(b";")[0].strip()
+            del buf[:end + 2]
+            if self._trailer:
+                if not line:
+                    self.done = True
+                    break
+                continue
+            try:
+                size = int(line, 16)
+            except ValueError:
+                raise HttpError(502, f"bad chunk size {line[:20]!r}") from None
+            if size == 0:
+                self._trailer = True
+                continue
+            self._chunk_left = size
+        if eof and not self.done:
+            raise HttpError(502, "the stream ended inside a chunked body")
+        return bytes(out)

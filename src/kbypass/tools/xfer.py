@@ -99,6 +99,13 @@ def register(subparsers) -> None:
 
 def _common(v) -> None:
     opt.add_where(v, host_help="a testbed host: sets --iface, --netns (and --ip)")
+    v.add_argument("--proto", choices=("transport", "tcp"), default="transport",
+                   help="transport (kbypass's reliable transport, default) or tcp (kbypass's userspace TCP: "
+                        "kernel programs such as nc and iperf3 are the peer)")
+    if v.prog.endswith("recv"):
+        v.add_argument("--iperf3", action="store_true",
+                       help="tcp: answer one 'iperf3 -c' test (iperf3's server protocol) instead of one stream")
+        opt.add_dst(v, help="tcp: connect to this server and take what it sends, instead of listening")
     v.add_argument("--ip", help="udp: local IPv4 address (default: the interface's)")
     v.add_argument("--encap", choices=("udp", "eth"), default="udp",
                    help="udp: IPv4/UDP frames (routable); eth: raw Ethernet, EtherType --ethertype")
@@ -349,6 +356,16 @@ def _stream(seed: int):
 
 
 def run(args) -> int:
+    if args.proto == "tcp":
+        from kbypass.tools import _xfer_tcp
+
+        _xfer_tcp.check(args)
+        require_root(f"kbypass xfer {args.verb} --proto tcp")
+        pin_cpu(args.cpu)
+        return _xfer_tcp.run(args)
+    if getattr(args, "iperf3", False) or (args.verb == "recv" and args.dst):
+        raise UsageError(f"--{'iperf3' if args.iperf3 else 'dst'} on recv is for --proto tcp: add --proto tcp or "
+                         "leave it out")
     _check(args)
     require_root(f"kbypass xfer {args.verb}")
     pin_cpu(args.cpu)

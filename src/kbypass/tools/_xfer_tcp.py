@@ -1,0 +1,140 @@
+"""`kbypass xfer send|recv --proto tcp`: the transfer over kbypass's userspace TCP, so kernel programs are the
+peer: `nc -l` or a kernel socket receives what `xfer send` sends, `nc`/`iperf3 -c` sends what `xfer recv`
+takes (recv --iperf3 speaks iperf3's server protocol, kbypass.apps.iperf3). recv --dst connects instead of
+listening and takes what the server sends (a `nc -l < file`). Every byte is hashed (SHA-256) on both ends.
+
+The transport's options (encapsulation, backend, faults, lane) do not apply and are refused; --loss drops in
+the steering program, as for the transport."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+
+from kbypass.errors import KbypassError, UsageError
+
+CHUNK = 256 * 1024
+NOT_FOR_TCP = {"encap": "udp", "ethertype": None, "backend": "afxdp", "faults": "", "loss_at": None, "lane": None,
+               "dst_mac": None}
+
+
+def check(args) -> None:
+    for k, default in NOT_FOR_TCP.items():
+        if getattr(args, k, default) != default:
+            raise UsageError(f"--{k.replace('_', '-')} is for the transport (--proto transport): --proto tcp runs "
+                             "kbypass's TCP over AF_XDP; leave it out")
+    if args.verb == "send":
+        if not args.dst:
+            raise UsageError("send needs the receiver: --dst IP:PORT")
+        if args.file is None and args.size is None and args.duration is None:
+            raise UsageError("what to send: --file PATH, --size N or --duration S")
+    elif args.iperf3 and (args.dst or args.write):
+        raise UsageError("--iperf3 answers an iperf3 client's test: leave out --dst and --write")
+
+
+def _host(args):
+    from kbypass.endpoint.tcpio import TcpHost
+    from kbypass.tools.xfer import _where
+
+    iface, ns, ip = _where(args)
+    if not ip:
+        raise UsageError("--proto tcp needs the local address: --ip IP (or --host a|b)")
+    return TcpHost(iface, ip, netns=ns, poll=args.poll or "wakeup", control_plane=not args.no_cp, loss=args.loss)
+
+
+def _addr(text: str) -> tuple[str, int]:
+    ip, sep, port = text.rpartition(":")
+    try:
+        return ip, int(port)
+    except ValueError:
+        raise UsageError(f"--dst {text!r}: write IP:PORT, e.g. 10.77.0.2:5201") from None
+
+
+def run(args) -> int:
+    from kbypass.tools.xfer import _print, _size, _stream
+
+    check(args)
+    idle = args.idle_timeout or 10.0
+    h = hashlib.sha256()
+    moved = 0
+    summary: dict = {"verb": args.verb, "proto": "tcp"}
+    with _host(args) as host:
+        if args.verb == "send":
+            size = _size(args.size) if args.size is not None else None
+            src = open(args.file, "rb") if args.file else None  # noqa: SIM115
+            try:
+                sock = host.connect(_addr(args.dst), timeout=idle)
+                sock.settimeout(idle)
+                t0 = time.monotonic()
+                gen = None if src else _stream(args.seed)
+                pending = memoryview(b"")
+                while args.duration is None or time.monotonic() - t0 < args.duration:
+                    if src is not None:
+                        chunk = src.read(CHUNK)
+                    else:
+                        if not pending:
+                            pending = memoryview(next(gen))
+                        want = CHUNK if size is None else min(CHUNK, size - moved)
+                        chunk, pending = pending[:want], pending[want:]
+                    if not chunk:
+                        break
+                    sock.sendall(chunk)
+                    h.update(chunk)
+                    moved += len(chunk)
+                sock.shutdown()
+                # done when the receiver has everything and closed too (its FIN), as the transport counts
+                while sock.recv(65536):
+                    pass
+                seconds = time.monotonic() - t0
+                sock.close()
+            finally:
+                if src is not None:
+                    src.close()
+        elif args.iperf3:
+            from kbypass.apps.iperf3 import serve_one
+
+            lst = host.listen(args.port)
+            print(f"kbypass xfer recv: iperf3 server on {host.ip}:{lst.port}", file=sys.stderr, flush=True)
+            lst.setblocking(False)
+            s = serve_one(lst, host.wait, time.monotonic, timeout=args.idle_timeout)
+            lst.close()
+            if s.error:
+                raise KbypassError(f"the iperf3 client's test could not run: {s.error}")
+            moved, seconds = s.received, s.seconds
+            summary["iperf3_streams"] = s.expected_streams
+        else:
+            out = (sys.stdout.buffer if args.write == "-" else
+                   open(args.write, "wb") if args.write else None)  # noqa: SIM115
+            try:
+                if args.dst:
+                    sock = host.connect(_addr(args.dst), timeout=idle)
+                else:
+                    lst = host.listen(args.port)
+                    print(f"kbypass xfer recv: listening on {host.ip}:{lst.port} (tcp)", file=sys.stderr, flush=True)
+                    sock, _ = lst.accept(timeout=args.idle_timeout)
+                    lst.close()
+                sock.settimeout(idle)
+                t0 = time.monotonic()
+                while True:
+                    chunk = sock.recv(1 << 20)
+                    if not chunk:
+                        break
+                    h.update(chunk)
+                    moved += len(chunk)
+                    if out is not None:
+                        out.write(chunk)
+                seconds = time.monotonic() - t0
+                sock.close()
+            finally:
+                if out is not None and args.write != "-":
+                    out.close()
+        st = host.stats
+    summary.update(bytes=moved, seconds=round(seconds, 6),
+                   goodput_bps=round(moved * 8 / seconds) if seconds > 0 else 0,
+                   sha256=None if args.verb == "recv" and args.iperf3 else h.hexdigest(), loss=args.loss,
+                   segments_sent=st["tx_segments"], segments_received=st["rx_segments"])
+    if args.write:
+        summary["write"] = args.write
+    _print(summary, args, to_stderr=args.write == "-")
+    return 0
