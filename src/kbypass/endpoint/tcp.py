@@ -38,6 +38,10 @@ MAX_UNREAD = 4 << 20  # bytes taken from the connection before the application r
 # window closes behind this (Data events free window when they are taken, so we stop taking them)
 
 
+_IN_FLIGHT = frozenset({tcp.State.SYN_RCVD, tcp.State.ESTABLISHED, tcp.State.CLOSE_WAIT, tcp.State.FIN_WAIT_1,
+                        tcp.State.CLOSING, tcp.State.LAST_ACK})
+
+
 def _addr(addr) -> tuple[str, int]:
     try:
         ip, port = addr
@@ -106,9 +110,7 @@ class TcpSocket:
 
     # ---- driven by the host -----------------------------------------------------------------------------
     def segment(self, seg, now: float) -> None:
-        out = self.conn.receive(seg, now)
-        if out:
-            self.host.send_segments(self._peer_ip, out)
+        self.conn.receive(seg, now)  # what it answers goes out in flush(), after the events are taken
 
     def timer(self, now: float) -> None:
         t = self.conn.next_timer()
@@ -116,17 +118,18 @@ class TcpSocket:
             self.conn.on_timer(now)
 
     def flush(self, now: float) -> None:
-        """Send what the connection has, take its events, set its next timer, forget it once CLOSED."""
+        """Take the connection's events, send what it has (after the events: taking Data may reopen the
+        window), set its next timer, forget it once CLOSED."""
+        self._events()
         segs = self.conn.segments_to_send(now)
         if segs:
             self.host.send_segments(self._peer_ip, segs)
-        self._events()
         self.host.schedule(self, self.conn.next_timer())
         if self._finished():
             self.host.forget(self)
 
     def _finished(self) -> bool:
-        return self.conn.state is tcp.State.CLOSED
+        return self.conn.finished
 
     def _events(self) -> None:
         conn = self.conn
@@ -313,6 +316,11 @@ class TcpSocket:
         self.flush(time.monotonic())
 
     @property
+    def closing(self) -> bool:
+        """Closed by the application, and our data or FIN not yet acknowledged."""
+        return self._app_closed and self.conn.state in _IN_FLIGHT
+
+    @property
     def readable(self) -> bool:
         return bool(self._rx) or self.eof or self._dead is not None
 
@@ -354,16 +362,34 @@ class TcpListener:
     # ---- driven by the host -----------------------------------------------------------------------------
     def segment(self, seg, src: bytes, now: float) -> None:
         host = self.host
-        if seg.has(tcp.SYN) and not seg.has(tcp.ACK) and not host.room():
+        if (seg.has(tcp.SYN) and not seg.has(tcp.ACK) and not host.room()
+                and (socket.inet_ntoa(src), seg.src_port) not in self._tcp.half_open):  # not a retransmitted SYN
             host.counters["refused_limit"] += 1
             host.send_segments(src, host.reset_for(seg))
             return
         out, conn = self._tcp.receive(seg, socket.inet_ntoa(src), now)
         if out:
             host.send_segments(src, out)
-        if conn is not None:
-            sock = TcpSocket(host, conn, (socket.inet_ntoa(src), seg.src_port), self.port, listener=self)
-            host.register(sock, sock.key)
+        host.schedule(self, self._tcp.next_timer())
+        if conn is None:
+            return
+        if host.connections >= host.max_connections:  # cannot happen while half-open ones count; kept safe
+            host.counters["refused_limit"] += 1
+            conn.abort()
+            host.send_segments(src, conn.segments_to_send(now))
+            return
+        sock = TcpSocket(host, conn, (socket.inet_ntoa(src), seg.src_port), self.port, listener=self)
+        host.register(sock, sock.key)
+
+    def timer(self, now: float) -> None:
+        """SYN-ACK retransmissions of the half-open connections (the listener keeps those itself)."""
+        t = self._tcp.next_timer()
+        if t is not None and t <= now:
+            for ip, seg in self._tcp.on_timer(now):
+                self.host.send_segments(socket.inet_aton(ip), [seg])
+
+    def flush(self, now: float) -> None:
+        self.host.schedule(self, self._tcp.next_timer())
 
     def ready(self, sock: TcpSocket) -> None:
         """sock finished its handshake: queue it for accept(), or reset it when the queue is full."""
@@ -374,6 +400,11 @@ class TcpListener:
             return
         self._ready.append(sock)
         self.host.counters["accepted"] += 1
+
+    @property
+    def half_open(self) -> dict:
+        """Connections between SYN and the handshake's last ACK (the protocol's listener holds them)."""
+        return self._tcp.half_open
 
     def lost(self, sock: TcpSocket) -> None:
         if sock in self._ready:

@@ -35,7 +35,7 @@ from collections import deque
 from kbypass.errors import KbypassError, UsageError
 from kbypass.net import Interface, bind_tcp, check_address
 from kbypass.proto import ipv4, tcp
-from kbypass.proto.checksum import IPPROTO_TCP
+from kbypass.proto.tcp.segment import IPPROTO_TCP
 from kbypass.proto.ethernet import ETH_HLEN, ETH_P_IP
 from kbypass.proto.stack import Stack
 
@@ -193,7 +193,9 @@ class TcpHost:
         return len(self._conns)
 
     def room(self) -> bool:
-        return len(self._conns) < self.max_connections
+        """Room for one more connection: the established ones and the listeners' half-open ones count."""
+        half_open = sum(len(lst.half_open) for lst in self._listeners.values())
+        return len(self._conns) + half_open < self.max_connections
 
     # ---- receive ---------------------------------------------------------------------------------------
     def pump(self) -> bool:
@@ -251,16 +253,13 @@ class TcpHost:
 
     @staticmethod
     def reset_for(seg) -> list:
-        """The RST answering a segment no connection or listener takes (RFC 9293 3.10.7.1; none to a RST)."""
-        if seg.has(tcp.RST):
-            return []
-        if seg.has(tcp.ACK):
-            return [tcp.Segment(seg.dst_port, seg.src_port, seg.ack, 0, tcp.RST, 0)]
-        return [tcp.Segment(seg.dst_port, seg.src_port, 0, (seg.seq + seg.seg_len) & 0xFFFFFFFF,
-                            tcp.RST | tcp.ACK, 0)]
+        """The RST answering a segment nothing here takes (none to a RST): kbypass.proto.tcp.reset_for's."""
+        rst = tcp.reset_for(seg)
+        return [] if rst is None else [rst]
 
     # ---- timers ------------------------------------------------------------------------------------------
     def schedule(self, sock, when: float | None) -> None:
+        """Call sock.timer(now) at `when` (a socket or a listener; a stale entry finds nothing due)."""
         if when is not None:
             self._seq += 1
             heapq.heappush(self._timers, (when, self._seq, sock))
@@ -407,11 +406,14 @@ class TcpHost:
             self._steered = None
         self._iface.close()
 
-    def close(self) -> None:
-        """Abort every connection still open (RST, as a process exit does to kernel sockets) and let go of
-        the ports, the steering rules and the AF_XDP sockets."""
+    def close(self, linger: float = 5.0) -> None:
+        """Let closed connections deliver what they still have (their data and FIN acknowledged: at most
+        `linger` seconds, the kernel's job after a process exits, which nobody does for us), then reset
+        what is left (RST) and let go of the ports, the steering rules and the AF_XDP sockets."""
         if self._closed:
             return
+        if linger > 0 and self._conns:
+            self.run_until(self._quiet, time.monotonic() + linger)
         for sock in list(self._conns.values()):
             sock.abort()
         if self._dirty:
@@ -421,6 +423,10 @@ class TcpHost:
         self._closed = True
         self._epoll.close()
         self._teardown()
+
+    def _quiet(self) -> bool:
+        """No connection the application closed still has data or a FIN in flight."""
+        return all(not s.closing for s in self._conns.values())
 
     def __enter__(self) -> TcpHost:
         return self

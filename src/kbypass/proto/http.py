@@ -270,6 +270,11 @@ class ResponseReader:
         self._head_request = head_request
         self.body_bytes = 0
 
+    @property
+    def rest(self) -> bytes:
+        """Bytes fed after this response ended (the start of the next pipelined one)."""
+        return bytes(self._buf) if self.done else b""
+
     def end(self) -> bytes:
         """The stream ended (the server closed): the rest of a close-delimited body; HttpError if cut short."""
         return self.feed(b"", eof=True)

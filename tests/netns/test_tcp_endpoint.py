@@ -1,0 +1,256 @@
+"""kbypass's TCP endpoint (kbypass.endpoint.tcpio/tcp over AF_XDP) with the Linux stack as the independent
+judge, in netns: curl downloads from `kbypass http serve` intact (SHA-256), keep-alive and pipelining, the
+socket errors the stdlib raises (refused, reset, broken pipe), a port the kernel already serves, the
+connection limit, and the kernel never answering a segment of our port."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from kbypass import netns
+from kbypass.cp.client import SteeringLease
+from kbypass.endpoint.tcpio import TcpHost
+from kbypass.errors import UsageError
+from kbypass.proto import http
+from tests.netns.test_tcp_placeholder import out_rsts
+
+pytestmark = pytest.mark.netns
+PORT = 8480
+
+
+def kernel_socket(ns: str) -> socket.socket:
+    with netns.entered(ns):
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+
+def curl(a, url: str, timeout: float = 120.0) -> tuple[str, int]:
+    """(SHA-256, bytes) of what curl in host a downloaded from url."""
+    p = subprocess.Popen(["ip", "netns", "exec", a.netns, "curl", "-sS", "--fail", "--max-time", str(int(timeout)),
+                          "-o", "-", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        chunk = p.stdout.read(1 << 20)
+        if not chunk:
+            break
+        h.update(chunk)
+        n += len(chunk)
+    err = p.stderr.read().decode()
+    assert p.wait() == 0, f"curl failed: {err}"
+    return h.hexdigest(), n
+
+
+class Served:
+    """`kbypass http serve` in host b as a subprocess, until its request count is reached."""
+
+    def __init__(self, *extra: str) -> None:
+        self.proc = subprocess.Popen([*kbypass_cmd(), "http", "serve", "--host", "b", "--port", str(PORT), "--json",
+                                      *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()
+        if "kbypass http serve on" not in line:
+            self.kill()
+            raise AssertionError(f"kbypass http serve did not start: {line}{self.proc.stderr.read()}")
+
+    def summary(self) -> dict:
+        import json
+
+        out, err = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0, err
+        return json.loads(out)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def kbypass_cmd() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "kbypass"]
+
+
+def lossy_kernel_side(a, b, loss: float):
+    """A sample rule on host a's interface: the kernel client loses `loss` of what kbypass sends it."""
+    lease = SteeringLease(a.iface, a.netns)
+    lease.add(f"tcp src {b.ipv4} sport {PORT} sample prob {loss}")
+    return lease
+
+
+def download(testbed_hosts, size: int, loss: float) -> None:
+    a, b = testbed_hosts
+    srv = Served("--body-size", str(size), "--count", "1", *(["--loss", str(loss)] if loss else []))
+    lease = lossy_kernel_side(a, b, loss) if loss else None
+    try:
+        digest, n = curl(a, f"http://{b.ipv4}:{PORT}/", timeout=600)
+        summary = srv.summary()
+    finally:
+        srv.kill()
+        if lease is not None:
+            lease.close()
+    assert n == size and digest == http.generated_sha256(size)
+    assert summary["requests"] == 1 and summary["body_bytes"] == size
+
+
+def test_curl_downloads_a_generated_body_intact(testbed_hosts):
+    download(testbed_hosts, 10 << 20, 0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", [0.0, 0.01, 0.05])
+def test_curl_downloads_100mb_intact_under_loss_on_both_hosts(testbed_hosts, loss):
+    download(testbed_hosts, 100 << 20, loss)
+
+
+def test_keep_alive_and_pipelining_with_a_kernel_client(testbed_hosts):
+    a, b = testbed_hosts
+    srv = Served("--count", "5")
+    try:
+        s = kernel_socket(a.netns)
+        s.settimeout(10)
+        s.connect((b.ipv4, PORT))
+        # three pipelined requests in one write, then two more on the same connection
+        s.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: b\r\n\r\n" % n for n in (100, 2000, 70000)))
+        got, rest = [], b""
+        for _ in range(3):
+            status, body, rest = read_response(s, rest)
+            got.append((status, body))
+        assert rest == b""
+        s.sendall(b"GET /5 HTTP/1.1\r\nHost: b\r\n\r\n")
+        got.append(read_response(s)[:2])
+        s.sendall(b"GET /7 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+        got.append(read_response(s)[:2])
+        assert s.recv(1) == b""  # closed after "Connection: close"
+        s.close()
+        summary = srv.summary()
+    finally:
+        srv.kill()
+    assert [len(body) for _, body in got] == [100, 2000, 70000, 5, 7]
+    assert all(status == 200 for status, _ in got)
+    assert all(hashlib.sha256(body).hexdigest() == http.generated_sha256(len(body)) for _, body in got)
+    assert summary["connections"] == 1 and summary["requests"] == 5
+
+
+def read_response(s, rest: bytes = b"") -> tuple[int, bytes, bytes]:
+    """(status, body, bytes of the next response already read)."""
+    r = http.ResponseReader()
+    body = r.feed(rest)
+    while not r.done:
+        data = s.recv(65536)
+        assert data, "the server closed mid-response"
+        body += r.feed(data)
+    return r.status, body, r.rest
+
+
+# ---- the socket API against kernel peers ---------------------------------------------------------------------
+@pytest.fixture
+def host_a(testbed_hosts):
+    a, _ = testbed_hosts
+    with TcpHost(a.iface, a.ipv4, netns=a.netns) as host:
+        yield host
+
+
+def test_connect_to_a_closed_port_is_refused(testbed_hosts, host_a):
+    _, b = testbed_hosts
+    with pytest.raises(ConnectionRefusedError):
+        host_a.connect((b.ipv4, 4999), timeout=5)
+    assert host_a.connections == 0
+
+
+PAYLOAD = bytes(range(256)) * 1172  # 300032 bytes: several windows
+
+
+def test_echo_with_a_kernel_server_then_its_rst(testbed_hosts, host_a):
+    _, b = testbed_hosts
+    srv = kernel_socket(b.netns)
+    srv.bind((b.ipv4, 5001))
+    srv.listen()
+    done = threading.Event()
+
+    def serve():
+        c, _ = srv.accept()
+        data = b""
+        while len(data) < len(PAYLOAD):
+            data += c.recv(65536)
+        c.sendall(data[::-1])
+        done.wait(10)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.close()  # linger 0: a RST
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        s = host_a.connect((b.ipv4, 5001), timeout=5)
+        s.sendall(PAYLOAD)
+        s.settimeout(10)
+        back = b""
+        while len(back) < len(PAYLOAD):
+            back += s.recv(65536)
+        assert back == PAYLOAD[::-1]
+        done.set()
+        with pytest.raises(ConnectionResetError):
+            while s.recv(65536):
+                pass
+        with pytest.raises(BrokenPipeError):  # reported once, then EPIPE, as the kernel does
+            s.send(b"x")
+    finally:
+        done.set()
+        t.join(5)
+        srv.close()
+
+
+def test_a_port_the_kernel_serves_is_refused(testbed_hosts):
+    a, b = testbed_hosts
+    srv = kernel_socket(b.netns)
+    srv.bind((b.ipv4, 5002))
+    srv.listen()
+    try:
+        with TcpHost(b.iface, b.ipv4, netns=b.netns) as host:
+            with pytest.raises(UsageError, match="listens on it"):
+                host.listen(5002)
+    finally:
+        srv.close()
+
+
+def test_connection_limit_refuses_cleanly_and_the_kernel_stays_quiet(testbed_hosts):
+    a, b = testbed_hosts
+    with TcpHost(b.iface, b.ipv4, netns=b.netns, max_connections=2) as host:
+        lst = host.listen(5003)
+        rsts = out_rsts(b.netns)
+        clients = []
+        for _ in range(3):
+            c = kernel_socket(a.netns)
+            c.setblocking(False)
+            c.connect_ex((b.ipv4, 5003))
+            clients.append(c)
+        accepted = []
+        end = time.monotonic() + 5
+        while len(accepted) < 2 and time.monotonic() < end:
+            try:
+                accepted.append(lst.accept(0.1)[0])
+            except TimeoutError:
+                pass
+        assert len(accepted) == 2
+        host.run_until(lambda: host.counters["refused_limit"] >= 1, time.monotonic() + 3)
+        errs = [c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) for c in clients]  # (reading clears it)
+        assert sorted(errs) == [0, 0, errno.ECONNREFUSED]
+        # the two held connections still work
+        for c, err in zip(clients, errs):
+            if err == 0:
+                c.setblocking(True)
+                c.sendall(b"ping")
+        for s in accepted:
+            s.settimeout(5)
+            assert s.recv(4) == b"ping"
+        assert out_rsts(b.netns) == rsts  # the RST was ours, not the kernel's
+        for c in clients:
+            c.close()
+        for s in accepted:
+            s.close()
