@@ -1,0 +1,63 @@
+"""TCP, sans-IO (h11 style): segments and time in, segments and events out. No sockets, threads or C.
+
+The API (stable: TcpEndpoint and the tools build on it)::
+
+    from kbypass.proto import tcp
+
+    seg = tcp.parse_segment(src_ip, dst_ip, raw)        # raw: the IPv4 payload; raises tcp.TcpParseError
+    raw = seg.encode(src_ip, dst_ip)                     # checksum over the IPv4 pseudo-header filled in
+    # Segment: frozen (src_port, dst_port, seq, ack, flags, window, options: tcp.Options, payload);
+    # flags are ints: tcp.SYN | tcp.ACK ...; options: mss, wscale, sack_permitted, timestamps, sack.
+
+    listener = tcp.TcpListener(local_ip, local_port, config=tcp.TcpConfig(...))
+    out, conn = listener.receive(seg, remote_ip, now)    # SYN -> SYN-ACK (or a cookie); ACK -> conn
+    # send `out` to remote_ip; a conn returned is ESTABLISHED: queue it for accept().
+    listener.next_timer() / listener.on_timer(now) -> [(remote_ip, seg)]   # SYN-ACK retransmissions
+
+    conn = tcp.TcpConnection.connect(local=(ip, port), remote=(ip, port), now=now, config=...)
+    conn.receive(seg, now)           # a segment for this 4-tuple
+    conn.send(data) -> int           # bytes accepted into the send buffer (WindowOpened says when to retry)
+    conn.shutdown()                  # FIN after the queued data (half close); conn.abort(): RST now
+    conn.segments_to_send(now) -> [Segment]   # to conn.remote; call after EVERY other call, including
+                                              # next_event() (a read may reopen the window)
+    conn.next_event() -> Event | None         # Connected, Data(bytes), EndOfStream, WindowOpened(room),
+                                              # Closed, Reset(reason)
+    conn.next_timer() -> float | None; conn.on_timer(now)
+    conn.state (tcp.State); conn.finished (CLOSED: forget it; TIME_WAIT still answers FINs); conn.stats
+
+    tcp.reset_for(seg) -> Segment | None      # what a closed port answers (RST), never to a RST
+
+Errors: send() on a dead connection raises TcpResetError (ConnectionResetError), TcpRefusedError
+(ConnectionRefusedError, after Reset("refused")), TcpTimeoutError, or TcpStateError (BrokenPipeError,
+after our own shutdown). Reset.reason is one of tcp.REFUSED, PEER_RESET, TIMED_OUT, KEEPALIVE, ABORTED.
+
+Demultiplexing is the endpoint's: segments whose 4-tuple has a connection go to it, the rest to the
+listener of the port (or get `reset_for`). Times are seconds (float, any monotonic origin).
+
+Modules: segment (codec), options negotiation and the receive path in connection, the send path and
+timers in output, states (the transition table), sendq (send buffer + SACK scoreboard), recvq
+(reassembly), congestion (NewReno, CUBIC), isn (RFC 6528 ISNs, SYN cookies), listener, sim (a pair over
+simulated faulty links).
+"""
+
+from .config import TcpConfig
+from .connection import TcpConnection, TcpStats
+from .errors import (
+    TcpError, TcpParseError, TcpRefusedError, TcpResetError, TcpStateError, TcpTimeoutError, TcpUsageError,
+)
+from .events import (
+    ABORTED, KEEPALIVE, PEER_RESET, REFUSED, TIMED_OUT, Closed, Connected, Data, EndOfStream, Event, Reset,
+    WindowOpened,
+)
+from .isn import IsnGenerator
+from .listener import ListenerStats, TcpListener, reset_for
+from .segment import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, Options, Segment, parse_segment
+from .states import State
+
+__all__ = [
+    "ABORTED", "ACK", "CWR", "Closed", "Connected", "Data", "ECE", "EndOfStream", "Event", "FIN", "IsnGenerator",
+    "KEEPALIVE", "ListenerStats", "Options", "PEER_RESET", "PSH", "REFUSED", "RST", "Reset", "SYN", "Segment",
+    "State", "TIMED_OUT", "TcpConfig", "TcpConnection", "TcpError", "TcpListener", "TcpParseError",
+    "TcpRefusedError", "TcpResetError", "TcpStateError", "TcpStats", "TcpTimeoutError", "TcpUsageError", "URG",
+    "WindowOpened", "parse_segment", "reset_for",
+]

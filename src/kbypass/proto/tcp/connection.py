@@ -1,0 +1,492 @@
+"""One TCP connection, sans-IO: the receive path (RFC 9293 3.10.7 segment arrives, RFC 5961 checks, RFC 7323
+PAWS, SACK and loss detection) and the application's API. The send path and the timers are in output.py
+(a mixin of the same class); the state machine's table is in states.py and `_go` is its only caller.
+
+Sequence numbers inside are absolute integers (seqnum.py); segments carry them mod 2**32.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from kbypass.proto.transport.rtt import RttEstimator
+
+from . import events as ev
+from .config import TcpConfig
+from .congestion import make_controller
+from .errors import TcpRefusedError, TcpResetError, TcpStateError, TcpTimeoutError, TcpUsageError
+from .isn import default_generator
+from .output import Output
+from .recvq import Reassembly
+from .segment import ACK, FIN, RST, SYN, Segment
+from .sendq import SendQueue
+from .seqnum import seq_lt, unwrap
+from .states import CAN_SEND, PEER_OPEN, SYNCHRONIZED, Input, State, next_state
+
+DEFAULT_MSS = 536  # RFC 9293 3.7.1: the MSS to assume when the peer's SYN has none
+_ERRORS = {ev.REFUSED: TcpRefusedError, ev.TIMED_OUT: TcpTimeoutError, ev.KEEPALIVE: TcpTimeoutError}
+
+
+@dataclass
+class TcpStats:
+    segs_in: int = 0
+    segs_out: int = 0
+    bytes_in: int = 0  # payload delivered in order
+    bytes_out: int = 0  # new payload sent (not retransmissions)
+    retransmits: int = 0  # segments
+    fast_recoveries: int = 0
+    rtos: int = 0
+    dup_acks: int = 0
+    challenge_acks: int = 0
+    out_of_window: int = 0
+    paws_drops: int = 0
+    bad_acks: int = 0  # ACK of something we never sent
+    ooo_drops: int = 0  # out-of-order segments dropped for the range limit
+
+
+class TcpConnection(Output):
+    """Create with `TcpConnection.connect(...)` (active open) or from a `TcpListener` (passive open).
+
+    Drive it with `receive(seg, now)` and `on_timer(now)`; after any call (and after `send`, `shutdown`,
+    `abort`, `next_event`) put `segments_to_send(now)` on the wire and sleep until `next_timer()`."""
+
+    def __init__(self, local: tuple[str, int], remote: tuple[str, int], now: float, iss: int,
+                 config: TcpConfig | None = None) -> None:
+        self.config = cfg = config or TcpConfig()
+        self.local, self.remote = local, remote
+        self.state = State.CLOSED
+        self.iss = iss & 0xFFFFFFFF
+        self.sq = SendQueue(self.iss)
+        self.snd_wnd = 0
+        self.max_snd_wnd = 0
+        self.snd_wl1 = self.snd_wl2 = 0
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.rq: Reassembly | None = None
+        self.snd_mss = DEFAULT_MSS
+        self.snd_wscale = self.rcv_wscale = 0
+        self.sack_ok = self.ts_ok = self.wscale_ok = False
+        self.ts_recent = 0
+        self._ts_offset = (self.iss * 2654435761) & 0xFFFFFFFF  # RFC 7323 5.4: a per-connection offset
+        self.rtt = RttEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto)
+        self.cc = make_controller(cfg.congestion, DEFAULT_MSS, cfg.initial_cwnd)
+        self.stats = TcpStats()
+        self.reset_reason: str | None = None
+        self._events: deque[ev.Event] = deque()
+        self._unread = 0  # bytes in Data events the application has not taken
+        self._fin_seq: int | None = None  # absolute sequence number of our FIN, once shutdown() queued it
+        self._peer_fin_seq: int | None = None  # a peer FIN that arrived ahead of missing data
+        self._shutdown_pending = False  # shutdown() before the handshake finished: FIN once established
+        self._blocked = False  # send() accepted less than offered: emit WindowOpened when room returns
+        self._syn_due = False  # (re)send our SYN or SYN-ACK
+        self._ack_now = False
+        self._probe_due = False  # zero-window or keepalive probe (seq = snd_una - 1)
+        self._segs_unacked = 0
+        self._last_ack_sent = 0
+        self._adv_right = 0  # right edge of the window we last advertised
+        self._rst_out: list[Segment] = []
+        self._in_recovery = False
+        self._recover = self.iss
+        self._dupacks = 0
+        self._rexmit_force = False  # the fast retransmission goes out whatever cwnd says (RFC 6675 5 step 4)
+        self._rtt_seq: int | None = None  # Karn: the segment being timed (its last byte), or None
+        self._rtt_time = 0.0
+        self._ts_sample_ok = False  # after a retransmission, take one RTT sample from the echoed timestamp
+        self._retries = 0
+        self._probes = 0  # keepalive / zero-window probes unanswered
+        self._last_recv = now
+        self._ch_start = -1.0
+        self._ch_count = 0
+        self._rto_at: float | None = None
+        self._delack_at: float | None = None
+        self._persist_at: float | None = None
+        self._timewait_at: float | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def connect(cls, local: tuple[str, int], remote: tuple[str, int], now: float,
+                config: TcpConfig | None = None, iss: int | None = None) -> TcpConnection:
+        """Active open: the SYN is in the next `segments_to_send(now)`."""
+        if iss is None:
+            iss = default_generator().isn(local[0], local[1], remote[0], remote[1], now)
+        conn = cls(local, remote, now, iss, config)
+        conn._go(Input.OPEN)
+        conn._syn_due = True
+        return conn
+
+    @classmethod
+    def from_syn(cls, local: tuple[str, int], remote: tuple[str, int], syn: Segment, now: float, iss: int,
+                 config: TcpConfig | None = None) -> TcpConnection:
+        """Passive open (for TcpListener): the SYN-ACK is in the next `segments_to_send(now)`."""
+        conn = cls(local, remote, now, iss, config)
+        conn._take_syn(syn, syn.seq)
+        conn._go(Input.PEER_SYN)
+        conn._syn_due = True
+        return conn
+
+    # ------------------------------------------------------------------ the application's API
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue bytes; returns how many fit in the send buffer (the rest: offer again after WindowOpened)."""
+        if self.state not in CAN_SEND or self._shutdown_pending:
+            self._raise_closed()
+        room = self.config.send_buffer - self.sq.queued()
+        n = min(room, len(data))
+        if n:
+            self.sq.append(bytes(data[:n]))
+        if n < len(data):
+            self._blocked = True
+        return n
+
+    def shutdown(self) -> None:
+        """Half close: a FIN follows the queued data. Idempotent. Data from the peer still arrives."""
+        st = self.state
+        if st is State.SYN_SENT or st is State.SYN_RCVD:
+            self._shutdown_pending = True  # the FIN follows the handshake (abort() to give up instead)
+        elif st in (State.ESTABLISHED, State.CLOSE_WAIT):
+            self._fin_seq = self.sq.data_end
+            self._go(Input.CLOSE)
+
+    def abort(self) -> None:
+        """Reset the connection now (RST to the peer, queued data dropped): SO_LINGER 0 close."""
+        if self.state is State.CLOSED:
+            return
+        if self.state is not State.SYN_SENT:
+            self._rst_out.append(self._make(self.sq.snd_max, RST | ACK))
+        self._kill(ev.ABORTED)
+
+    def next_event(self) -> ev.Event | None:
+        if not self._events:
+            return None
+        e = self._events.popleft()
+        if type(e) is ev.Data:
+            self._unread -= len(e.data)
+            if self.state in PEER_OPEN and self._window_update_due():
+                self._ack_now = True
+        return e
+
+    def _raise_closed(self):
+        if self.reset_reason is not None:
+            raise _ERRORS.get(self.reset_reason, TcpResetError)(f"connection {self.reset_reason}")
+        if self.state is State.CLOSED and self.sq.snd_max == self.iss:
+            raise TcpUsageError("the connection was never opened: use TcpConnection.connect")
+        raise TcpStateError("send after shutdown: the connection no longer accepts data to send")
+
+    @property
+    def send_room(self) -> int:
+        return self.config.send_buffer - self.sq.queued()
+
+    @property
+    def finished(self) -> bool:
+        """CLOSED: the endpoint may forget this connection (TIME_WAIT still answers retransmitted FINs)."""
+        return self.state is State.CLOSED
+
+    # ------------------------------------------------------------------ the state machine's one door
+    def _go(self, inp: Input) -> State:
+        old = self.state
+        new = self.state = next_state(old, inp)
+        if new is State.TIME_WAIT:
+            self._clear_timers()
+            self._timewait_at = self._now + self.config.time_wait
+            self._events.append(ev.Closed())
+        elif new is State.CLOSED and inp is Input.FIN_ACKED:
+            self._clear_timers()
+            self._events.append(ev.Closed())
+        elif new is State.ESTABLISHED:
+            # The SYN's 16-bit window grows with the next ACK we send anyway: no window update just for it.
+            self._adv_right = self.rcv_nxt + (self._wnd_field() << self.rcv_wscale)
+            self.cc = make_controller(self.config.congestion, self.snd_mss, self.config.initial_cwnd)
+            self._events.append(ev.Connected(self.snd_mss, self.wscale_ok, self.sack_ok, self.ts_ok))
+            if self._shutdown_pending:
+                self._shutdown_pending = False
+                self._fin_seq = self.sq.data_end
+                self.state = next_state(new, Input.CLOSE)
+        return self.state
+
+    def _kill(self, reason: str) -> None:
+        self.reset_reason = reason
+        self._go(Input.KILL)
+        self._clear_timers()
+        self._events.append(ev.Reset(reason))
+
+    def _clear_timers(self) -> None:
+        self._rto_at = self._delack_at = self._persist_at = self._timewait_at = None
+
+    # ------------------------------------------------------------------ segment arrives
+    _now = 0.0
+
+    def receive(self, seg: Segment, now: float) -> None:
+        """Process one segment from the peer (already parsed and checksum-verified, addressed to this 4-tuple)."""
+        self._now = now
+        self.stats.segs_in += 1
+        st = self.state
+        if st is State.CLOSED:
+            return
+        if st is State.SYN_SENT:
+            self._rx_syn_sent(seg, now)
+            return
+        flags = seg.flags
+        if st is State.SYN_RCVD and flags & SYN and unwrap(seg.seq, self.rcv_nxt) == self.irs:
+            if not flags & ACK:  # the peer's SYN again: our SYN-ACK was lost
+                self._syn_due = True
+                return
+            ack = unwrap(seg.ack, self.sq.snd_una)  # simultaneous open: the peer's SYN-ACK
+            if ack == self.iss + 1:
+                self._established_by(seg, ack)
+                self._ack_now = True
+            return
+        seq = unwrap(seg.seq, self.rcv_nxt)
+        ts = seg.options.timestamps if self.ts_ok else None
+        if ts is not None and not flags & RST and seq_lt(ts[0], self.ts_recent):
+            self.stats.paws_drops += 1  # RFC 7323 5.3: an old duplicate; acknowledge and drop
+            self._ack_now = True
+            return
+        wnd = self._rcv_wnd()
+        if not self._acceptable(seq, seg.seg_len, wnd):
+            self.stats.out_of_window += 1
+            if not flags & RST:
+                self._ack_now = True
+                if st is State.TIME_WAIT and flags & FIN:
+                    self._timewait_at = now + self.config.time_wait  # RFC 9293: restart the 2MSL timeout
+            return
+        self._last_recv = now
+        self._probes = 0
+        if flags & RST:
+            if seq == self.rcv_nxt:  # RFC 5961 3.2: only an exact RST resets
+                self._kill(ev.PEER_RESET)
+            else:
+                self._challenge_ack(now)
+            return
+        if flags & SYN:  # RFC 5961 4.2: any SYN in a synchronized state gets a challenge ACK
+            self._challenge_ack(now)
+            return
+        if not flags & ACK:
+            return
+        if ts is not None and seq <= self._last_ack_sent:
+            self.ts_recent = ts[0]  # RFC 7323 4.3
+        if st is State.SYN_RCVD:
+            ack = unwrap(seg.ack, self.sq.snd_una)
+            if not self.sq.snd_una < ack <= self.sq.snd_max:
+                self._rst_out.append(Segment(self.local[1], self.remote[1], seg.ack, 0, RST, 0))
+                return
+            self._established_by(seg, ack)
+        if not self._rx_ack(seg, seq, now):
+            return
+        if seg.payload and self.state in PEER_OPEN:
+            self._rx_data(seq, seg.payload, now)
+        if flags & FIN:
+            self._rx_fin(seq + len(seg.payload), now)
+
+    def _acceptable(self, seq: int, seg_len: int, wnd: int) -> bool:
+        """RFC 9293 3.10.7.4 table, plus: at a zero window a segment at rcv_nxt is taken for its ACK and FIN."""
+        nxt = self.rcv_nxt
+        if seg_len == 0 or wnd == 0:
+            return seq == nxt if wnd == 0 else nxt <= seq < nxt + wnd
+        return nxt <= seq < nxt + wnd or nxt < seq + seg_len <= nxt + wnd
+
+    def _challenge_ack(self, now: float) -> None:
+        if now - self._ch_start >= 1.0:
+            self._ch_start, self._ch_count = now, 0
+        if self._ch_count < self.config.challenge_ack_limit:
+            self._ch_count += 1
+            self.stats.challenge_acks += 1
+            self._ack_now = True
+
+    def _rx_syn_sent(self, seg: Segment, now: float) -> None:
+        flags = seg.flags
+        ack = None
+        if flags & ACK:
+            ack = unwrap(seg.ack, self.iss)
+            if not self.iss < ack <= self.sq.snd_max:
+                if not flags & RST:
+                    self._rst_out.append(Segment(self.local[1], self.remote[1], seg.ack, 0, RST, 0))
+                return
+        if flags & RST:
+            if ack is not None:  # RFC 5961 3.2 in SYN_SENT: the ACK must acknowledge our SYN
+                self._kill(ev.REFUSED)
+            return
+        if not flags & SYN:
+            return
+        self._take_syn(seg, seg.seq)
+        self._last_recv = now
+        if ack is not None:
+            self._established_by(seg, ack)
+            self._ack_now = True
+        else:
+            self._go(Input.PEER_SYN)  # simultaneous open: answer with SYN-ACK of our own ISN
+            self._syn_due = True
+
+    def _take_syn(self, seg: Segment, seq: int) -> None:
+        """Record the peer's ISN and negotiate the options (RFC 7323 / RFC 2018 / MSS) from its SYN."""
+        cfg, o = self.config, seg.options
+        self.irs = seq
+        self.rcv_nxt = seq + 1
+        self.rq = Reassembly(seq + 1, cfg.max_ooo_ranges)
+        self.ts_ok = cfg.timestamps and o.timestamps is not None
+        self.sack_ok = cfg.sack and o.sack_permitted
+        if cfg.window_scaling and o.wscale is not None:
+            self.wscale_ok = True
+            self.snd_wscale, self.rcv_wscale = o.wscale, cfg.rcv_wscale
+        if self.ts_ok:
+            self.ts_recent = o.timestamps[0]
+        self.snd_mss = max(64, min(o.mss or DEFAULT_MSS, cfg.mss) - (12 if self.ts_ok else 0))
+        self.snd_wnd = seg.window  # never scaled in a SYN
+        self.max_snd_wnd = self.snd_wnd
+        self.snd_wl1 = seq
+
+    def _established_by(self, seg: Segment, ack: int) -> None:
+        self.sq.acked(ack)
+        self.snd_wl1, self.snd_wl2 = unwrap(seg.seq, self.rcv_nxt), ack
+        if not seg.flags & SYN:
+            self.snd_wnd = seg.window << self.snd_wscale
+            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+        if self._rtt_seq is not None:
+            self.rtt.sample(self._now - self._rtt_time)
+            self._rtt_seq = None
+        self._rto_at = None
+        self._retries = 0
+        self._go(Input.SYN_ACKED)
+
+    def _rx_ack(self, seg: Segment, seq: int, now: float) -> bool:
+        """ACK processing; returns False when the segment must be dropped."""
+        sq = self.sq
+        una = sq.snd_una
+        ack = unwrap(seg.ack, una)
+        if ack > sq.snd_max:
+            self.stats.bad_acks += 1
+            self._ack_now = True  # RFC 9293: acknowledges something not yet sent: ACK and drop
+            return False
+        if ack < una - max(self.max_snd_wnd, 1):
+            self.stats.bad_acks += 1
+            self._challenge_ack(now)  # RFC 5961 5.2: too old to be a duplicate
+            return False
+        win = seg.window << self.snd_wscale
+        news = False
+        if self.sack_ok and seg.options.sack:
+            for left, right in seg.options.sack:
+                news |= sq.sack(unwrap(left, una), unwrap(right, una))
+        if ack > una:
+            self._new_ack(ack, seg, now)
+        elif (not seg.payload and not seg.flags & (SYN | FIN) and win == self.snd_wnd and una < sq.snd_max):
+            self._dupacks += 1
+            self.stats.dup_acks += 1
+        if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
+            self.snd_wnd = win
+            self.max_snd_wnd = max(self.max_snd_wnd, win)
+            self.snd_wl1, self.snd_wl2 = seq, ack
+            if win:
+                self._persist_at = None
+        self._detect_loss(news, now)
+        if self._fin_seq is not None and sq.snd_una > self._fin_seq and self.state in (
+                State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
+            self._go(Input.FIN_ACKED)
+        return True
+
+    def _new_ack(self, ack: int, seg: Segment, now: float) -> None:
+        sq = self.sq
+        acked = ack - sq.snd_una
+        sq.acked(ack)
+        if self._rtt_seq is not None and ack > self._rtt_seq:
+            self.rtt.sample(now - self._rtt_time)
+            self._rtt_seq = None
+        elif self._ts_sample_ok and seg.options.timestamps and seg.options.timestamps[1]:
+            ms = (self._tsval(now) - seg.options.timestamps[1]) & 0xFFFFFFFF
+            if ms < 60_000:
+                self.rtt.sample(ms / 1000)
+                self._ts_sample_ok = False
+        self._retries = 0
+        self._dupacks = 0
+        if self._in_recovery:
+            if ack >= self._recover:
+                self._in_recovery = False
+            elif not self.sack_ok:  # RFC 6582 partial ACK: the next segment is lost too
+                sq.mark_lost(min(ack + self.snd_mss, sq.snd_max), restart=True)
+        else:
+            self.cc.on_ack(acked, now, self.rtt.srtt)
+        self._rto_at = now + self.rtt.rto if sq.snd_una < sq.snd_max else None
+        if self._blocked and self.send_room >= min(self.config.send_buffer // 2, 64 * 1024):
+            self._blocked = False
+            self._events.append(ev.WindowOpened(self.send_room))
+
+    def _detect_loss(self, sack_news: bool, now: float) -> None:
+        """Fast retransmit (RFC 5681 3 dupacks) or SACK loss detection (RFC 6675 IsLost(snd_una)), once per
+        window (RFC 6582 recover); in recovery, new SACK blocks mark the holes below them lost."""
+        sq = self.sq
+        if self._in_recovery:
+            if sack_news:
+                sq.mark_lost(sq.high_sacked)
+            return
+        if sq.snd_una >= sq.snd_max or sq.snd_una < self._recover:
+            return
+        if self._dupacks >= 3 or (self.sack_ok and sq.sacked_bytes > 2 * self.snd_mss):
+            self._in_recovery = True
+            self._recover = sq.snd_max
+            self.stats.fast_recoveries += 1
+            self.cc.on_loss(sq.pipe(), now)
+            self._rexmit_force = True
+            first = min(sq.snd_una + self.snd_mss, sq.snd_max)
+            sq.mark_lost(max(sq.high_sacked, first), restart=True)
+
+    def _rx_data(self, seq: int, payload: bytes, now: float) -> None:
+        right = self.rcv_nxt + self._rcv_wnd()
+        if seq + len(payload) > right:
+            payload = payload[:max(0, right - seq)]
+        rq = self.rq
+        if not payload:
+            self._ack_now = True
+            return
+        in_order = seq <= self.rcv_nxt and not rq.ooo_bytes
+        dropped = rq.dropped
+        out = rq.add(seq, payload)
+        self.stats.ooo_drops += rq.dropped - dropped
+        if out:
+            self.rcv_nxt = rq.rcv_nxt
+            self._unread += len(out)
+            self.stats.bytes_in += len(out)
+            self._events.append(ev.Data(out))
+        if not in_order or not out:
+            self._ack_now = True  # RFC 5681 4.2: out of order, or filling a hole: ACK at once
+        else:
+            self._segs_unacked += 1
+            if self._segs_unacked >= 2 or self.config.delayed_ack <= 0:
+                self._ack_now = True
+            elif self._delack_at is None:
+                self._delack_at = now + self.config.delayed_ack
+        if self._peer_fin_seq is not None and self._peer_fin_seq == self.rcv_nxt:
+            self._rx_fin(self._peer_fin_seq, now)
+
+    def _rx_fin(self, fin_seq: int, now: float) -> None:
+        if self.state not in PEER_OPEN:
+            self._ack_now = True  # a retransmitted FIN: acknowledge it again
+            return
+        if fin_seq > self.rcv_nxt:
+            self._peer_fin_seq = fin_seq  # ahead of missing data: take it when the hole fills
+            self._ack_now = True
+            return
+        if fin_seq < self.rcv_nxt:
+            return
+        self._peer_fin_seq = None
+        self.rcv_nxt += 1
+        self.rq.rcv_nxt = self.rcv_nxt
+        self._ack_now = True
+        self._events.append(ev.EndOfStream())
+        self._go(Input.PEER_FIN)
+
+    def _rcv_wnd(self) -> int:
+        return max(0, self.config.recv_buffer - self._unread)
+
+    def _wnd_field(self) -> int:
+        """The window field we would send now (scaled down, capped at 16 bits)."""
+        return min(self._rcv_wnd() >> self.rcv_wscale, 0xFFFF)
+
+    def _window_update_due(self) -> bool:
+        """Receiver SWS avoidance (RFC 9293 3.8.6.2.2): announce a reopened window only when it grew by
+        at least min(half the buffer, one MSS), or from zero."""
+        right = self.rcv_nxt + (self._wnd_field() << self.rcv_wscale)
+        grow = right - self._adv_right
+        return grow >= min(self.config.recv_buffer // 2, self.config.mss) or (
+            self._adv_right <= self.rcv_nxt and grow > 0)
+
+    @property
+    def sync(self) -> bool:
+        return self.state in SYNCHRONIZED

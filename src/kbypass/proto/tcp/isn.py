@@ -1,0 +1,74 @@
+"""Initial sequence numbers (RFC 6528) and SYN cookies.
+
+ISN = M + F(4-tuple, secret): M a clock ticking every 4 microseconds, F a keyed hash (BLAKE2s), so ISNs of
+one 4-tuple grow with time (old duplicates fall behind) while another 4-tuple's cannot be guessed.
+
+A SYN cookie is the ISN of a SYN-ACK we kept no state for (the backlog was full):
+    bits 31..27  t: a 64-second counter, mod 32 (a cookie lives two periods)
+    bits 26..24  index of the peer's MSS in MSS_TABLE (rounded down)
+    bits 23..0   keyed hash of (4-tuple, t, the peer's ISN)
+A cookie connection has no window scaling, SACK or timestamps (the SYN-ACK does not offer them, so the peer
+does not use them either): correct, only slower, and only under a SYN flood.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+from .segment import ip4
+
+MASK = 0xFFFFFFFF
+MSS_TABLE = (536, 1200, 1360, 1400, 1440, 1460, 4312, 8960)
+COOKIE_PERIOD = 64.0
+
+
+def _four_tuple(local_ip, local_port: int, remote_ip, remote_port: int) -> bytes:
+    return ip4(local_ip) + ip4(remote_ip) + struct.pack("!HH", local_port, remote_port)
+
+
+class IsnGenerator:
+    def __init__(self, secret: bytes | None = None) -> None:
+        self.secret = secret if secret is not None else os.urandom(32)
+
+    def _hash(self, data: bytes) -> int:
+        return int.from_bytes(hashlib.blake2s(data, key=self.secret, digest_size=4).digest(), "big")
+
+    def isn(self, local_ip, local_port: int, remote_ip, remote_port: int, now: float) -> int:
+        return (int(now * 250_000) + self._hash(_four_tuple(local_ip, local_port, remote_ip, remote_port))) & MASK
+
+    def make_cookie(self, local_ip, local_port: int, remote_ip, remote_port: int, peer_isn: int,
+                    peer_mss: int, now: float) -> tuple[int, int]:
+        """(cookie, the MSS it encodes)."""
+        idx = max((i for i, m in enumerate(MSS_TABLE) if m <= peer_mss), default=0)
+        t = int(now // COOKIE_PERIOD) & 0x1F
+        h = self._cookie_hash(local_ip, local_port, remote_ip, remote_port, peer_isn, t)
+        return (t << 27) | (idx << 24) | h, MSS_TABLE[idx]
+
+    def check_cookie(self, local_ip, local_port: int, remote_ip, remote_port: int, peer_isn: int,
+                     cookie: int, now: float) -> int | None:
+        """The MSS a valid cookie encodes, or None (forged, or older than two periods)."""
+        t = cookie >> 27
+        age = (int(now // COOKIE_PERIOD) - t) & 0x1F
+        if age > 1:
+            return None
+        h = self._cookie_hash(local_ip, local_port, remote_ip, remote_port, peer_isn, t)
+        if h != cookie & 0xFFFFFF:
+            return None
+        return MSS_TABLE[(cookie >> 24) & 7]
+
+    def _cookie_hash(self, local_ip, local_port, remote_ip, remote_port, peer_isn: int, t: int) -> int:
+        data = _four_tuple(local_ip, local_port, remote_ip, remote_port) + struct.pack("!IB", peer_isn & MASK, t)
+        return self._hash(b"cookie" + data) & 0xFFFFFF
+
+
+_default: IsnGenerator | None = None
+
+
+def default_generator() -> IsnGenerator:
+    """One generator (one secret) per process, so ISNs of a 4-tuple keep growing across its connections."""
+    global _default
+    if _default is None:
+        _default = IsnGenerator()
+    return _default

@@ -1,0 +1,242 @@
+"""The send path and the timers of TcpConnection (a mixin; the state lives in connection.py).
+
+What goes out, in order: a pending RST; our SYN or SYN-ACK; retransmissions of lost ranges while the pipe
+is below cwnd (RFC 6675 NextSeg rule 1; the first fast retransmission ignores cwnd); new data within cwnd and
+the peer's window, with sender SWS avoidance and optional Nagle; our FIN; a probe (zero window, keepalive);
+a pure ACK if one is owed (delayed-ACK rules, out-of-order data, challenge ACKs, window updates).
+
+Timers (one deadline each, `next_timer` is their minimum): RTO (RFC 6298, Karn, backoff), delayed ACK,
+persist (zero-window probes with backoff), keepalive, TIME_WAIT.
+"""
+
+from __future__ import annotations
+
+from . import events as ev
+from .segment import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, Options, Segment
+from .states import PEER_OPEN, Input, State
+
+MASK = 0xFFFFFFFF
+_KEEPALIVE_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2})
+
+
+class Output:
+    # ------------------------------------------------------------------ building segments
+    def _tsval(self, now: float) -> int:
+        return (int(now * 1000) + self._ts_offset) & MASK  # 1 ms ticks (RFC 7323 5.4 allows 1 ms .. 1 s)
+
+    def _make(self, seq: int, flags: int, payload: bytes = b"") -> Segment:
+        rq = self.rq
+        sacking = self.sack_ok and rq is not None and rq.ooo_bytes
+        opts = NO_OPTIONS
+        if self.ts_ok or sacking:
+            ts = (self._tsval(self._now), self.ts_recent) if self.ts_ok else None
+            sack = ()
+            if sacking:
+                sack = tuple((a & MASK, b & MASK) for a, b in rq.sack_blocks(3 if self.ts_ok else 4))
+            opts = Options(timestamps=ts, sack=sack)
+        wfield = self._wnd_field()
+        ack = 0
+        if flags & ACK:
+            ack = self.rcv_nxt & MASK
+            self._adv_right = max(self._adv_right, self.rcv_nxt + (wfield << self.rcv_wscale))
+            self._last_ack_sent = self.rcv_nxt
+            self._ack_now = False
+            self._segs_unacked = 0
+            self._delack_at = None
+        self.stats.segs_out += 1
+        return Segment(self.local[1], self.remote[1], seq & MASK, ack, flags, wfield, opts, payload)
+
+    def _syn_segment(self, now: float) -> Segment:
+        cfg = self.config
+        if self.state is State.SYN_RCVD:  # SYN-ACK: offer back only what the peer offered
+            opts = Options(mss=cfg.mss, wscale=self.rcv_wscale if self.wscale_ok else None,
+                           sack_permitted=self.sack_ok,
+                           timestamps=(self._tsval(now), self.ts_recent) if self.ts_ok else None)
+            flags, ack = SYN | ACK, self.rcv_nxt & MASK
+            self._adv_right = self.rcv_nxt + min(cfg.recv_buffer, 0xFFFF)
+            self._last_ack_sent = self.rcv_nxt
+            self._ack_now = False
+        else:
+            opts = Options(mss=cfg.mss, wscale=cfg.rcv_wscale if cfg.window_scaling else None,
+                           sack_permitted=cfg.sack, timestamps=(self._tsval(now), 0) if cfg.timestamps else None)
+            flags, ack = SYN, 0
+        sq = self.sq
+        if sq.snd_max == self.iss:
+            sq.snd_max = self.iss + 1
+            self._rtt_seq, self._rtt_time = self.iss, now
+        if self._rto_at is None:
+            self._rto_at = now + self.rtt.rto
+        self.stats.segs_out += 1
+        return Segment(self.local[1], self.remote[1], self.iss, ack, flags, min(cfg.recv_buffer, 0xFFFF), opts)
+
+    # ------------------------------------------------------------------ what to send now
+    def segments_to_send(self, now: float) -> list[Segment]:
+        """Segments to put on the wire now (to self.remote), in order. Call after every other method."""
+        self._now = now
+        out = self._rst_out
+        self._rst_out = []
+        st = self.state
+        if st is State.CLOSED:
+            return out
+        if st is State.SYN_SENT or st is State.SYN_RCVD:
+            if self._syn_due or (st is State.SYN_RCVD and self._ack_now):
+                self._syn_due = False
+                out.append(self._syn_segment(now))
+            return out
+        n0 = len(out)
+        if st is not State.TIME_WAIT:
+            self._send_data(now, out)
+        if self._probe_due:
+            self._probe_due = False
+            out.append(self._make(self.sq.snd_una - 1, ACK))  # seq already acked: the peer must answer
+        elif len(out) == n0 and (self._ack_now or (st in PEER_OPEN and self._window_update_due())):
+            out.append(self._make(self.sq.snd_max, ACK))
+        return out
+
+    def _send_data(self, now: float, out: list[Segment]) -> None:
+        sq, mss, cwnd, fin = self.sq, self.snd_mss, self.cc.cwnd, self._fin_seq
+        force = self._rexmit_force
+        self._rexmit_force = False
+        while force or sq.pipe() < cwnd:  # retransmissions first
+            force = False
+            hole = sq.next_hole(mss)
+            if hole is None:
+                break
+            seq, n = hole
+            end = seq + n
+            flags = ACK
+            if fin is not None and end == fin and sq.lost_high > fin:
+                flags |= FIN
+            if n == 0 and not flags & FIN:
+                sq.rexmit_next = sq.lost_high
+                break
+            out.append(self._make(seq, flags, sq.take(seq, n)))
+            sq.rexmit_next = end + (1 if flags & FIN else 0)
+            self.stats.retransmits += 1
+            self._ts_sample_ok = True
+            if self._rtt_seq is not None and seq <= self._rtt_seq:
+                self._rtt_seq = None  # Karn: an ACK of it now times two transmissions
+            if self._rto_at is None:
+                self._rto_at = now + self.rtt.rto
+        right = sq.snd_una + self.snd_wnd
+        sent = False
+        while True:  # new data
+            unsent = sq.data_end - sq.snd_max
+            if unsent <= 0 or sq.pipe() >= cwnd:
+                break
+            n = min(mss, unsent, right - sq.snd_max)
+            if n <= 0:
+                break
+            if n < mss and n < unsent and n < self.max_snd_wnd // 2:
+                break  # sender SWS avoidance: wait for a window worth a segment
+            if n < mss and n == unsent and not self.config.nodelay and sq.snd_una < sq.snd_max:
+                break  # Nagle: one small segment in flight at a time
+            seq = sq.snd_max
+            end = seq + n
+            flags = ACK
+            if n == unsent:
+                flags |= PSH | (FIN if fin == end else 0)
+            out.append(self._make(seq, flags, sq.take(seq, n)))
+            sq.snd_max = end + (1 if flags & FIN else 0)
+            self.stats.bytes_out += n
+            sent = True
+            if self._rtt_seq is None:
+                self._rtt_seq, self._rtt_time = end - 1, now
+            if self._rto_at is None:
+                self._rto_at = now + self.rtt.rto
+        if fin is not None and sq.snd_max == fin == sq.data_end:
+            out.append(self._make(fin, FIN | ACK))
+            sq.snd_max = fin + 1
+            if self._rto_at is None:
+                self._rto_at = now + self.rtt.rto
+        elif not sent and sq.snd_una == sq.snd_max < sq.data_end and self._persist_at is None:
+            self._persist_at = now + self.rtt.rto  # the window is shut: probe it
+
+    # ------------------------------------------------------------------ timers
+    def next_timer(self) -> float | None:
+        """When `on_timer` must next be called (None: no timer runs)."""
+        best = None
+        for t in (self._rto_at, self._delack_at, self._persist_at, self._timewait_at, self._keepalive_due()):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def on_timer(self, now: float) -> None:
+        self._now = now
+        if self._timewait_at is not None and now >= self._timewait_at:
+            self._timewait_at = None
+            self._go(Input.TIMEWAIT_DONE)
+            return
+        if self._rto_at is not None and now >= self._rto_at:
+            self._on_rto(now)
+        if self._delack_at is not None and now >= self._delack_at:
+            self._delack_at = None
+            self._ack_now = True
+        if self._persist_at is not None and now >= self._persist_at:
+            self._on_persist(now)
+        ka = self._keepalive_due()
+        if ka is not None and now >= ka:
+            self._on_keepalive()
+
+    def _give_up(self, reason: str) -> None:
+        if self.state is not State.SYN_SENT:
+            self._rst_out.append(self._make(self.sq.snd_max, RST | ACK))
+        self._kill(reason)
+
+    def _on_rto(self, now: float) -> None:
+        self._rto_at = None
+        cfg, sq = self.config, self.sq
+        self._retries += 1
+        self._rtt_seq = None
+        if self.state is State.SYN_SENT or self.state is State.SYN_RCVD:
+            if self._retries > cfg.syn_retries:
+                self._give_up(ev.TIMED_OUT)
+                return
+            self.rtt.backoff()
+            self._syn_due = True
+            self._rto_at = now + self.rtt.rto
+            return
+        if sq.snd_una >= sq.snd_max:
+            return
+        self.stats.rtos += 1
+        if self._retries > cfg.max_retries:
+            self._give_up(ev.TIMED_OUT)
+            return
+        self.cc.on_timeout(sq.snd_max - sq.snd_una, now)
+        self.rtt.backoff()
+        sq.clear_sacks()  # RFC 2018 8: after a timeout the SACK information may be stale
+        sq.mark_lost(sq.snd_max, restart=True)
+        self._in_recovery = False
+        self._recover = sq.snd_max
+        self._dupacks = 0
+        self._ts_sample_ok = True
+        self._rto_at = now + self.rtt.rto
+
+    def _on_persist(self, now: float) -> None:
+        self._persist_at = None
+        sq = self.sq
+        if not (sq.snd_una == sq.snd_max < sq.data_end):
+            return
+        self._probes += 1
+        if self._probes > self.config.max_retries:
+            self._give_up(ev.TIMED_OUT)
+            return
+        self._probe_due = True
+        self._persist_at = now + min(self.rtt.rto * (1 << min(self._probes, 10)), self.config.max_rto)
+
+    def _keepalive_due(self) -> float | None:
+        cfg = self.config
+        if not cfg.keepalive or self.state not in _KEEPALIVE_STATES:
+            return None
+        sq = self.sq
+        if sq.snd_una < sq.snd_max or sq.data_end > sq.snd_max:
+            return None
+        return self._last_recv + cfg.keepalive_idle + self._probes * cfg.keepalive_interval
+
+    def _on_keepalive(self) -> None:
+        if self._probes >= self.config.keepalive_count:
+            self._give_up(ev.KEEPALIVE)
+            return
+        self._probes += 1
+        self._probe_due = True
+

@@ -1,0 +1,137 @@
+"""The send side's bytes and SACK scoreboard (RFC 6675): what is queued, sent, acknowledged, SACKed, lost.
+
+Absolute sequence numbers (seqnum.py). `data_start` is the sequence number of buf[0]; bytes below `snd_una`
+are dropped as soon as they are acknowledged, so memory is the unacknowledged plus the unsent bytes, capped
+by the connection at send_buffer.
+
+Loss marking: bytes in [rexmit_next, lost_high) that are not SACKed are lost and not yet retransmitted. Fast
+recovery sets lost_high to the highest SACKed byte (a hole below SACKed data is lost: RFC 6675's IsLost with
+the reordering allowance of the DupThresh entry test); an RTO sets it to snd_max (everything outstanding).
+The retransmission pointer walks the holes once; pipe = outstanding - SACKed - lost-not-retransmitted.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+
+class SendQueue:
+    def __init__(self, iss: int) -> None:
+        self.buf = bytearray()
+        self.data_start = iss + 1  # the SYN takes the ISN
+        self.snd_una = iss  # oldest unacknowledged (the SYN until it is acked)
+        self.snd_max = iss  # one past the highest sequence number sent (SYN and FIN included)
+        self.sacked: list[tuple[int, int]] = []  # disjoint sorted ranges above snd_una
+        self.sacked_bytes = 0
+        self.rexmit_next = iss
+        self.lost_high = iss
+
+    @property
+    def data_end(self) -> int:
+        return self.data_start + len(self.buf)
+
+    @property
+    def unsent(self) -> int:
+        return max(0, self.data_end - self.snd_max)
+
+    def queued(self) -> int:
+        return len(self.buf)
+
+    def append(self, data: bytes) -> None:
+        self.buf += data
+
+    def take(self, seq: int, n: int) -> bytes:
+        off = seq - self.data_start
+        return bytes(self.buf[off:off + n])
+
+    def acked(self, ack: int) -> None:
+        """Cumulative ACK up to `ack` (the connection has checked it is new)."""
+        self.snd_una = ack
+        drop = min(ack, self.data_end) - self.data_start
+        if drop > 0:
+            del self.buf[:drop]
+            self.data_start += drop
+        while self.sacked and self.sacked[0][1] <= ack:
+            s, e = self.sacked.pop(0)
+            self.sacked_bytes -= e - s
+        if self.sacked and self.sacked[0][0] < ack:
+            s, e = self.sacked[0]
+            self.sacked[0] = (ack, e)
+            self.sacked_bytes -= ack - s
+        self.rexmit_next = max(self.rexmit_next, ack)
+
+    def sack(self, left: int, right: int) -> bool:
+        """Mark [left, right) SACKed; returns True if it was news. Blocks outside (snd_una, snd_max] are
+        ignored (RFC 2018: a block below snd_una is a D-SACK or stale)."""
+        left, right = max(left, self.snd_una), min(right, self.snd_max)
+        if right <= left:
+            return False
+        ranges = self.sacked
+        i = bisect.bisect_left(ranges, (left, left))
+        if i > 0 and ranges[i - 1][1] >= left:
+            i -= 1
+        j = i
+        new_l, new_r = left, right
+        covered = 0
+        while j < len(ranges) and ranges[j][0] <= new_r:
+            s, e = ranges[j]
+            covered += e - s
+            new_l, new_r = min(new_l, s), max(new_r, e)
+            j += 1
+        ranges[i:j] = [(new_l, new_r)]
+        added = (new_r - new_l) - covered
+        self.sacked_bytes += added
+        return added > 0
+
+    @property
+    def high_sacked(self) -> int:
+        return self.sacked[-1][1] if self.sacked else self.snd_una
+
+    def sacked_between(self, a: int, b: int) -> int:
+        n = 0
+        for s, e in self.sacked:
+            if e <= a:
+                continue
+            if s >= b:
+                break
+            n += min(e, b) - max(s, a)
+        return n
+
+    def mark_lost(self, upto: int, restart: bool = False) -> None:
+        """Bytes below `upto` not SACKed are lost. `restart` (a new loss episode) walks them from snd_una."""
+        if restart:
+            self.rexmit_next = self.snd_una
+        self.lost_high = max(self.lost_high, upto)
+
+    def clear_sacks(self) -> None:
+        self.sacked.clear()
+        self.sacked_bytes = 0
+
+    def lost_unsent(self) -> int:
+        lo = max(self.rexmit_next, self.snd_una)
+        if lo >= self.lost_high:
+            return 0
+        return self.lost_high - lo - self.sacked_between(lo, self.lost_high)
+
+    def pipe(self) -> int:
+        """RFC 6675 pipe: bytes believed in the network."""
+        return (self.snd_max - self.snd_una) - self.sacked_bytes - self.lost_unsent()
+
+    def next_hole(self, mss: int) -> tuple[int, int] | None:
+        """(seq, length) of the next lost range to retransmit, at most `mss`, advancing nothing."""
+        seq = max(self.rexmit_next, self.snd_una)
+        for s, e in self.sacked:
+            if e <= seq:
+                continue
+            if s <= seq:
+                seq = e
+                continue
+            break
+        if seq >= self.lost_high:
+            return None
+        limit = self.lost_high
+        for s, _e in self.sacked:
+            if s > seq:
+                limit = min(limit, s)
+                break
+        return seq, min(mss, limit - seq, self.data_end - seq) if seq < self.data_end else 0
