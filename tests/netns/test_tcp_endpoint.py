@@ -91,12 +91,15 @@ def download(testbed_hosts, size: int, loss: float) -> None:
     try:
         digest, n = curl(a, f"http://{b.ipv4}:{PORT}/", timeout=600)
         summary = srv.summary()
+        dropped_at_a = sum(p for p, _ in lease.counters().values()) if lease is not None else 0
     finally:
         srv.kill()
         if lease is not None:
             lease.close()
     assert n == size and digest == http.generated_sha256(size)
     assert summary["requests"] == 1 and summary["body_bytes"] == size
+    if loss:  # the loss was real on both hosts: each sample rule dropped segments
+        assert dropped_at_a > 0 and summary["tcp"]["loss_dropped"] > 0, (dropped_at_a, summary["tcp"])
 
 
 def test_curl_downloads_a_generated_body_intact(testbed_hosts):

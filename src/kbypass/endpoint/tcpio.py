@@ -112,7 +112,8 @@ class TcpHost:
         for lane in self._lanes:
             self._epoll.register(lane.fd, select.EPOLLIN)
         self.counters = dict.fromkeys(("rx_segments", "tx_segments", "rx_not_tcp", "rx_bad", "rx_no_socket",
-                                       "tx_ring_full", "tx_dropped", "refused_limit", "accepted", "connected"), 0)
+                                       "tx_ring_full", "tx_dropped", "refused_limit", "accepted", "connected",
+                                       "loss_dropped"), 0)
         self._closed = False
 
     # ---- ports and steering --------------------------------------------------------------------------
@@ -138,9 +139,23 @@ class TcpHost:
         self._rules[port] = ids
         return port
 
+    def rule_counters(self) -> list[dict]:
+        """Each steering rule of our ports with the packets and bytes it matched (a sample rule: dropped)."""
+        if self._steered is None:
+            return []
+        steering = self._steered.steering
+        counts, rules = steering.counters(), steering.rules()
+        return [{"rule": str(rules[i]), "packets": counts.get(i, (0, 0))[0], "bytes": counts.get(i, (0, 0))[1]}
+                for ids in self._rules.values() for i in ids if i in rules]
+
     def release_port(self, port: int) -> None:
         """Stop steering `port` and let the kernel have it again (after its last connection closed)."""
         ids = self._rules.pop(port, None)
+        if self.loss and ids and self._steered is not None:  # the sample rule (first) is going: keep its count
+            try:
+                self.counters["loss_dropped"] += self._steered.steering.counters().get(ids[0], (0, 0))[0]
+            except KbypassError:
+                pass
         if ids and self._steered is not None:
             for i in ids:
                 try:
@@ -381,9 +396,14 @@ class TcpHost:
     # ---- status and teardown -----------------------------------------------------------------------------
     @property
     def stats(self) -> dict:
-        return {**self.counters, "connections": len(self._conns), "drops": self.stack.drops(),
+        """Counters; `loss_dropped` (with loss) counts the segments the sample rules dropped, live ones too."""
+        live = 0
+        if self.loss and self._steered is not None:
+            counts = self._steered.steering.counters()
+            live = sum(counts.get(ids[0], (0, 0))[0] for ids in self._rules.values())
+        return {**self.counters, "loss_dropped": self.counters["loss_dropped"] + live, "connections": len(self._conns), "drops": self.stack.drops(),
                 "port": self._steered.port.stats if self._steered else {},
-                "rules": self._steered.rule_counters() if self._steered else []}
+                "rules": self.rule_counters()}
 
     def _check_open(self) -> None:
         if self._closed:
