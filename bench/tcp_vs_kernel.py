@@ -74,7 +74,7 @@ uvloop.run(main())
 """
 
 NGINX_CONF = """
-worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
+user root; worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{ worker_connections 4096; }}
 http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};

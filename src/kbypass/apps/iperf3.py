@@ -15,6 +15,8 @@ with iperf3's "unsupported" error number, which the client prints.
     out = s.control(data, now)        # bytes to write on the control connection
     sid = s.stream_opened()           # a data connection was accepted
     s.stream(sid, data, now)          # what it carried
+    if s.ending: ...                  # TEST_END came: read what the streams still carry, then
+    out = s.end(now)                  # EXCHANGE_RESULTS and the rest of the exchange
     s.finished, s.error, s.received, s.seconds
 """
 
@@ -28,6 +30,7 @@ TEST_START, TEST_RUNNING, TEST_END = 1, 2, 4
 PARAM_EXCHANGE, CREATE_STREAMS = 9, 10
 CLIENT_TERMINATE, EXCHANGE_RESULTS, DISPLAY_RESULTS, IPERF_DONE = 12, 13, 14, 16
 SERVER_ERROR = -2
+DRAIN_QUIET = 0.05  # seconds without stream data after TEST_END before the results go out
 IEUNIMP = 13  # iperf3's "not implemented yet" i_errno (iperf_api.h)
 
 
@@ -86,12 +89,14 @@ class Iperf3Session:
             del buf[:1]
             if s == TEST_END:
                 self.ended_at = now
-                self.state = "results"
-                return _state(EXCHANGE_RESULTS)
+                self.state = "ending"  # the runner takes what is still in flight, then calls end()
+                return None
             if s == CLIENT_TERMINATE:
                 self.error, self.finished = "the client terminated the test", True
                 return b""
             return b""  # other client states carry nothing for us
+        if self.state == "ending":
+            return None
         if self.state == "results":
             res = self._json()
             if res is None:
@@ -108,6 +113,19 @@ class Iperf3Session:
                 self.finished = True
             return b""
         return None
+
+    @property
+    def ending(self) -> bool:
+        """The client said TEST_END: take the data still arriving on the streams, then call end()."""
+        return self.state == "ending"
+
+    def end(self, now: float) -> bytes:
+        """Report the bytes received so far: EXCHANGE_RESULTS (the client's results and ours follow)."""
+        if self.state != "ending":
+            return b""
+        self.ended_at = now
+        self.state = "results"
+        return _state(EXCHANGE_RESULTS) + self.control(b"", now)
 
     def _json(self) -> dict | None:
         buf = self._buf
@@ -198,6 +216,7 @@ def serve_one(listener, wait, clock, *, timeout: float | None = None, stop=lambd
     control = None
     streams: list[tuple[int, object]] = []
     pending = b""
+    quiet_since = None
     try:
         while not s.finished and not stop():
             moved = False
@@ -224,6 +243,13 @@ def serve_one(listener, wait, clock, *, timeout: float | None = None, stop=lambd
                         raise Iperf3Error("the client closed the control connection before the end of the test")
                     pending += s.control(data, clock())
                     moved = True
+                if s.ending:
+                    # every byte the client sent was sent before TEST_END: report it once the streams
+                    # have been quiet a moment (an iperf3 server reports what it read by then)
+                    if moved or quiet_since is None:
+                        quiet_since = clock()
+                    elif clock() - quiet_since >= DRAIN_QUIET:
+                        pending += s.end(clock())
                 while pending:
                     try:
                         n = control.send(pending)

@@ -134,7 +134,8 @@ def run(args) -> int:
                    goodput_bps=round(moved * 8 / seconds) if seconds > 0 else 0,
                    sha256=None if args.verb == "recv" and args.iperf3 else h.hexdigest(), loss=args.loss,
                    segments_sent=st["tx_segments"], segments_received=st["rx_segments"])
-    if args.write:
-        summary["write"] = args.write
-    _print(summary, args, to_stderr=args.write == "-")
+    write = getattr(args, "write", None)
+    if write:
+        summary["write"] = write
+    _print(summary, args, to_stderr=write == "-")
     return 0
