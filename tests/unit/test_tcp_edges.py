@@ -9,7 +9,6 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from kbypass.proto import tcp
-from kbypass.proto.tcp.sim import App, TcpPair
 
 SRV, CLI = "10.2.0.2", "10.2.0.1"
 CPORT, SPORT = 33333, 80

@@ -43,15 +43,43 @@ simulated faulty links).
 from .config import TcpConfig
 from .connection import TcpConnection, TcpStats
 from .errors import (
-    TcpError, TcpParseError, TcpRefusedError, TcpResetError, TcpStateError, TcpTimeoutError, TcpUsageError,
+    TcpError,
+    TcpParseError,
+    TcpRefusedError,
+    TcpResetError,
+    TcpStateError,
+    TcpTimeoutError,
+    TcpUsageError,
 )
 from .events import (
-    ABORTED, KEEPALIVE, PEER_RESET, REFUSED, TIMED_OUT, Closed, Connected, Data, EndOfStream, Event, Reset,
+    ABORTED,
+    KEEPALIVE,
+    PEER_RESET,
+    REFUSED,
+    TIMED_OUT,
+    Closed,
+    Connected,
+    Data,
+    EndOfStream,
+    Event,
+    Reset,
     WindowOpened,
 )
 from .isn import IsnGenerator
 from .listener import ListenerStats, TcpListener, reset_for
-from .segment import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, Options, Segment, parse_segment
+from .segment import (
+    ACK,
+    CWR,
+    ECE,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    URG,
+    Options,
+    Segment,
+    parse_segment,
+)
 from .states import State
 
 __all__ = [

@@ -15,7 +15,13 @@ from kbypass.proto.transport.rtt import RttEstimator
 from . import events as ev
 from .config import TcpConfig
 from .congestion import make_controller
-from .errors import TcpRefusedError, TcpResetError, TcpStateError, TcpTimeoutError, TcpUsageError
+from .errors import (
+    TcpRefusedError,
+    TcpResetError,
+    TcpStateError,
+    TcpTimeoutError,
+    TcpUsageError,
+)
 from .isn import default_generator
 from .output import Output
 from .recvq import Reassembly
@@ -83,6 +89,7 @@ class TcpConnection(Output):
         self._ack_now = False
         self._probe_due = False  # zero-window or keepalive probe (seq = snd_una - 1)
         self._segs_unacked = 0
+        self._dupacks_owed = 0  # out-of-order segments since our last ACK: each gets its duplicate ACK
         self._last_ack_sent = 0
         self._adv_right = 0  # right edge of the window we last advertised
         self._rst_out: list[Segment] = []
@@ -95,6 +102,8 @@ class TcpConnection(Output):
         self._ts_sample_ok = False  # after a retransmission, take one RTT sample from the echoed timestamp
         self._retries = 0
         self._probes = 0  # keepalive / zero-window probes unanswered
+        self._persist_backoff = 0  # zero-window probes sent since the window last opened
+        self._sws_override = False  # the persist timer found a small window: fill it despite SWS avoidance
         self._last_recv = now
         self._ch_start = -1.0
         self._ch_count = 0
@@ -376,6 +385,7 @@ class TcpConnection(Output):
             self.snd_wl1, self.snd_wl2 = seq, ack
             if win:
                 self._persist_at = None
+                self._persist_backoff = 0
         self._detect_loss(news, now)
         if self._fin_seq is not None and sq.snd_una > self._fin_seq and self.state in (
                 State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
@@ -446,6 +456,8 @@ class TcpConnection(Output):
             self._events.append(ev.Data(out))
         if not in_order or not out:
             self._ack_now = True  # RFC 5681 4.2: out of order, or filling a hole: ACK at once
+            if not out:
+                self._dupacks_owed += 1  # one duplicate ACK per out-of-order segment (the peer counts them)
         else:
             self._segs_unacked += 1
             if self._segs_unacked >= 2 or self.config.delayed_ack <= 0:
@@ -476,16 +488,18 @@ class TcpConnection(Output):
         return max(0, self.config.recv_buffer - self._unread)
 
     def _wnd_field(self) -> int:
-        """The window field we would send now (scaled down, capped at 16 bits)."""
-        return min(self._rcv_wnd() >> self.rcv_wscale, 0xFFFF)
+        """The window field we send now (scaled down, capped at 16 bits). Receiver SWS avoidance (RFC 9293
+        3.8.6.2.2): the right edge moves only by min(half the buffer, one MSS) or more, so a reader that
+        falls behind shows the sender a zero window, not a trickle of tiny ones."""
+        avail = self._rcv_wnd()
+        edge = self._adv_right - self.rcv_nxt
+        if edge >= 0 and avail - edge < min(self.config.recv_buffer // 2, self.config.mss):
+            avail = edge
+        return min(avail >> self.rcv_wscale, 0xFFFF)
 
     def _window_update_due(self) -> bool:
-        """Receiver SWS avoidance (RFC 9293 3.8.6.2.2): announce a reopened window only when it grew by
-        at least min(half the buffer, one MSS), or from zero."""
-        right = self.rcv_nxt + (self._wnd_field() << self.rcv_wscale)
-        grow = right - self._adv_right
-        return grow >= min(self.config.recv_buffer // 2, self.config.mss) or (
-            self._adv_right <= self.rcv_nxt and grow > 0)
+        """A reopened window is worth a segment of its own (the threshold is _wnd_field's)."""
+        return self.rcv_nxt + (self._wnd_field() << self.rcv_wscale) > self._adv_right
 
     @property
     def sync(self) -> bool:

@@ -91,6 +91,9 @@ class Output:
             out.append(self._make(self.sq.snd_una - 1, ACK))  # seq already acked: the peer must answer
         elif len(out) == n0 and (self._ack_now or (st in PEER_OPEN and self._window_update_due())):
             out.append(self._make(self.sq.snd_max, ACK))
+        if self._dupacks_owed > 1:  # several out-of-order segments arrived in one batch: RFC 5681 wants
+            out += [out[-1]] * min(self._dupacks_owed - 1, 7)  # an ACK for each (capped: a burst, not a flood)
+        self._dupacks_owed = 0
         return out
 
     def _send_data(self, now: float, out: list[Segment]) -> None:
@@ -127,8 +130,8 @@ class Output:
             n = min(mss, unsent, right - sq.snd_max)
             if n <= 0:
                 break
-            if n < mss and n < unsent and n < self.max_snd_wnd // 2:
-                break  # sender SWS avoidance: wait for a window worth a segment
+            if n < mss and n < unsent and n < self.max_snd_wnd // 2 and not self._sws_override:
+                break  # sender SWS avoidance: wait for a window worth a segment (or the persist timer)
             if n < mss and n == unsent and not self.config.nodelay and sq.snd_una < sq.snd_max:
                 break  # Nagle: one small segment in flight at a time
             seq = sq.snd_max
@@ -144,13 +147,14 @@ class Output:
                 self._rtt_seq, self._rtt_time = end - 1, now
             if self._rto_at is None:
                 self._rto_at = now + self.rtt.rto
+        self._sws_override = False
         if fin is not None and sq.snd_max == fin == sq.data_end:
             out.append(self._make(fin, FIN | ACK))
             sq.snd_max = fin + 1
             if self._rto_at is None:
                 self._rto_at = now + self.rtt.rto
         elif not sent and sq.snd_una == sq.snd_max < sq.data_end and self._persist_at is None:
-            self._persist_at = now + self.rtt.rto  # the window is shut: probe it
+            self._persist_at = now + self._persist_interval()  # the window is shut: probe it
 
     # ------------------------------------------------------------------ timers
     def next_timer(self) -> float | None:
@@ -221,8 +225,15 @@ class Output:
         if self._probes > self.config.max_retries:
             self._give_up(ev.TIMED_OUT)
             return
-        self._probe_due = True
-        self._persist_at = now + min(self.rtt.rto * (1 << min(self._probes, 10)), self.config.max_rto)
+        if sq.snd_una + self.snd_wnd > sq.snd_max:
+            self._sws_override = True  # a small window, not a shut one: send what fits (RFC 9293 3.8.6.2.1)
+        else:
+            self._probe_due = True
+        self._persist_backoff += 1
+        self._persist_at = now + self._persist_interval()
+
+    def _persist_interval(self) -> float:
+        return min(self.rtt.rto * (1 << min(self._persist_backoff, 16)), self.config.max_rto)
 
     def _keepalive_due(self) -> float | None:
         cfg = self.config
