@@ -142,28 +142,36 @@ def bind_tcp(netns: str | None, ip: str, port: int) -> socket.socket:
     return _bind(netns, ip, port, socket.SOCK_STREAM)
 
 
-def _kernel_listens(ip: str, port: int) -> bool:
-    """Whether a kernel TCP socket listens on ip:port (or the wildcard) in the namespace we are in: state 0A
-    of /proc/net/tcp, which shows the reading thread's namespace."""
+def _kernel_states(ip: str, port: int) -> set[str]:
+    """States (hex, as /proc/net/tcp writes them: 0A listen, 06 TIME_WAIT) of the kernel TCP sockets on
+    ip:port or the wildcard with that port, in the namespace we are in (/proc shows the reading thread's)."""
     want = {f"{int.from_bytes(socket.inet_aton(a), 'little'):08X}:{port:04X}" for a in (ip, "0.0.0.0")}
     try:
         with open("/proc/thread-self/net/tcp") as f:
             next(f)
-            return any(fields[1] in want and fields[3] == "0A" for fields in (line.split() for line in f))
+            return {fields[3] for fields in (line.split() for line in f) if fields[1] in want}
     except OSError:
-        return False
+        return set()
+
+
+LISTEN, TIME_WAIT = "0A", "06"
 
 
 def _bind(netns: str | None, ip: str, port: int, kind: int) -> socket.socket:
     with _netns.entered(netns):
         s = socket.socket(socket.AF_INET, kind)
+        states = _kernel_states(ip, port) if kind == socket.SOCK_STREAM and port else set()
+        if states == {TIME_WAIT}:
+            # only connections the kernel is finishing (a server that just exited): they never take a SYN
+            # from the wire again, so sharing the port with them is what SO_REUSEADDR is for
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((ip, port))
         except OSError as e:
             s.close()
             proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
             if e.errno == errno.EADDRINUSE:
-                if kind == socket.SOCK_STREAM and _kernel_listens(ip, port):
+                if LISTEN in states:
                     raise UsageError(f"{ip}:{port} is a kernel TCP server's: a kernel socket listens on it; stop "
                                      "that server or pick another port") from None
                 raise UsageError(f"{ip}:{port} is already bound by another {proto} socket in the kernel: pick "

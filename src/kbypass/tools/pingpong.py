@@ -19,7 +19,7 @@ from kbypass.errors import KbypassError, UsageError, require_root
 from kbypass.host import testbed
 from kbypass.port.loop import Stopper
 from kbypass.tools import _options as opt
-from kbypass.tools._common import pin_cpu
+from kbypass.tools._common import peer_errors, pin_cpu
 from kbypass.tools._output import emit
 
 # the afxdp-only options and their defaults: given with --backend socket they are refused (it ignores them)
@@ -144,8 +144,9 @@ def _open_tcp(args):
         if args.role == "server":
             ep = TcpMessages(host, listener=host.listen(args.port))
         else:
-            ep = TcpMessages(host, sock=host.connect(_server_addr(args.dst), timeout=args.idle_timeout,
-                                                     local_port=args.port))
+            with peer_errors(f"kbypass pingpong client --tcp to {args.dst}"):
+                sock = host.connect(_server_addr(args.dst), timeout=args.idle_timeout, local_port=args.port)
+            ep = TcpMessages(host, sock=sock)
         try:
             yield ep
         finally:

@@ -359,10 +359,13 @@ def run(args) -> int:
     if args.proto == "tcp":
         from kbypass.tools import _xfer_tcp
 
+        from kbypass.tools._common import peer_errors
+
         _xfer_tcp.check(args)
         require_root(f"kbypass xfer {args.verb} --proto tcp")
         pin_cpu(args.cpu)
-        return _xfer_tcp.run(args)
+        with peer_errors(f"kbypass xfer {args.verb} --proto tcp"):
+            return _xfer_tcp.run(args)
     if getattr(args, "iperf3", False) or (args.verb == "recv" and args.dst):
         raise UsageError(f"--{'iperf3' if args.iperf3 else 'dst'} on recv is for --proto tcp: add --proto tcp or "
                          "leave it out")
