@@ -135,9 +135,9 @@ def pingpong(kind: str, a, b, seconds: float, size: int, poll: str) -> dict:
         time.sleep(0.5)
     else:
         server = subprocess.Popen(kb("pingpong", "server", "--tcp", "--host", "b", "--port", str(PP_PORT), "--cpu",
-                                     SERVER_CPU, "--poll", poll, "--idle-timeout", str(seconds + 30), "--json"),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(3.0)  # imports, steering, sockets
+                                     SERVER_CPU, "--poll", poll, "--idle-timeout", str(seconds + 30)),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started(server, "pingpong server on", "kbypass pingpong server --tcp")
     try:
         return sockperf_client(a, b, seconds, size)
     finally:
@@ -189,7 +189,7 @@ def bulk(kind: str, a, b, seconds: float, poll: str) -> dict:
                                      str(BULK_PORT), "--cpu", SERVER_CPU, "--poll", poll, "--idle-timeout",
                                      str(seconds + 60), "--json"),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        started(server, "iperf3 server on", "kbypass xfer recv --iperf3")
+        started(server, "for one iperf3 test", "kbypass xfer recv --iperf3")
     try:
         out = subprocess.run(in_ns(a, CLIENT_CPU, "iperf3", "-c", b.ipv4, "-p", str(BULK_PORT), "-t",
                                    str(int(max(1, seconds))), "--json"), capture_output=True, text=True,

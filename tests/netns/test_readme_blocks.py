@@ -40,8 +40,8 @@ SKIP = {
 NO_TRAFFIC = {
     'reflect --host b --rule "udp dport 7"': "its rule takes port 7; the block's gen sends to port 4321",
 }
-BACKGROUND = re.compile(r"\bkbypass (sink|reflect|pingpong server|xfer recv)\b|\bkbypass capture\b(?!.*(-c|--count) )")
-READY_WORDS = ("receiving on", "pingpong server on", "listening")
+BACKGROUND = re.compile(r"\bkbypass (sink|reflect|pingpong server|xfer recv|http serve)\b|\bkbypass capture\b(?!.*(-c|--count) )")
+READY_WORDS = ("receiving on", "pingpong server on", "listening", "http serve on")
 
 
 def blocks() -> list[tuple[str, str]]:

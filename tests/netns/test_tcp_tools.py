@@ -103,7 +103,7 @@ def test_kbypass_tcp_client_against_sockperf_server(testbed_hosts):
 def test_iperf3_client_into_kbypass_receiver(testbed_hosts):
     a, b = testbed_hosts
     srv = start([*KB, "xfer", "recv", "--proto", "tcp", "--iperf3", "--host", "b", "--port", "5202", "--json",
-                 "--idle-timeout", "60"], "iperf3 server on")
+                 "--idle-timeout", "60"], "for one iperf3 test")
     try:
         cli = subprocess.run(ns(a, "iperf3", "-c", b.ipv4, "-p", "5202", "-t", "2", "--json"), capture_output=True,
                              text=True, timeout=90)

@@ -95,7 +95,8 @@ def run(args) -> int:
             from kbypass.apps.iperf3 import serve_one
 
             lst = host.listen(args.port)
-            print(f"kbypass xfer recv: iperf3 server on {host.ip}:{lst.port}", file=sys.stderr, flush=True)
+            print(f"kbypass xfer recv: listening on {host.ip}:{lst.port} for one iperf3 test (iperf3 server)",
+                  file=sys.stderr, flush=True)
             lst.setblocking(False)
             s = serve_one(lst, host.wait, time.monotonic, timeout=args.idle_timeout)
             lst.close()
