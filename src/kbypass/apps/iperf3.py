@@ -214,7 +214,7 @@ def serve_one(listener, wait, clock, *, timeout: float | None = None, stop=lambd
     s = Iperf3Session()
     deadline = None if timeout is None else clock() + timeout
     control = None
-    streams: list[tuple[int, object]] = []
+    streams: list[list] = []  # [stream id, socket or None once the client closed it]
     pending = b""
     quiet_since = None
     try:
@@ -230,9 +230,16 @@ def serve_one(listener, wait, clock, *, timeout: float | None = None, stop=lambd
                 if control is None:
                     control = sock
                 else:
-                    streams.append((s.stream_opened(), sock))
-            for sid, sock in streams:
+                    streams.append([s.stream_opened(), sock])
+            for entry in streams:
+                sid, sock = entry
+                if sock is None:
+                    continue
                 for data in _drain(sock):
+                    if not data:  # the client closed this stream (it may, once its test ended)
+                        sock.close()
+                        entry[1] = None
+                        break
                     pending += s.stream(sid, data, clock())
                     moved = True
             if control is not None:
@@ -262,7 +269,8 @@ def serve_one(listener, wait, clock, *, timeout: float | None = None, stop=lambd
                 wait(deadline)
     finally:
         for _, sock in streams:
-            sock.close()
+            if sock is not None:
+                sock.close()
         if control is not None:
             control.close()
     return s

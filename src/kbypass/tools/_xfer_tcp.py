@@ -13,6 +13,7 @@ import sys
 import time
 
 from kbypass.errors import KbypassError, UsageError
+from kbypass.port.loop import Stopper
 
 CHUNK = 256 * 1024
 NOT_FOR_TCP = {"encap": "udp", "ethertype": None, "backend": "afxdp", "faults": "", "loss_at": None, "lane": None,
@@ -59,7 +60,9 @@ def run(args) -> int:
     h = hashlib.sha256()
     moved = 0
     summary: dict = {"verb": args.verb, "proto": "tcp"}
-    with _host(args) as host:
+    done = False  # the transfer finished: a Ctrl-C while the host closes changes nothing
+    seconds = 0.0
+    with Stopper() as stopper, _host(args) as host:
         if args.verb == "send":
             size = _size(args.size) if args.size is not None else None
             src = open(args.file, "rb") if args.file else None  # noqa: SIM115
@@ -69,7 +72,7 @@ def run(args) -> int:
                 t0 = time.monotonic()
                 gen = None if src else _stream(args.seed)
                 pending = memoryview(b"")
-                while args.duration is None or time.monotonic() - t0 < args.duration:
+                while (args.duration is None or time.monotonic() - t0 < args.duration) and not stopper.stopped:
                     if src is not None:
                         chunk = src.read(CHUNK)
                     else:
@@ -82,10 +85,12 @@ def run(args) -> int:
                     sock.sendall(chunk)
                     h.update(chunk)
                     moved += len(chunk)
-                sock.shutdown()
-                # done when the receiver has everything and closed too (its FIN), as the transport counts
-                while sock.recv(65536):
-                    pass
+                if not stopper.stopped:
+                    sock.shutdown()
+                    # done when the receiver has everything and closed too (its FIN), as the transport counts
+                    while _recv(sock, stopper, idle):
+                        pass
+                    done = not stopper.stopped
                 seconds = time.monotonic() - t0
                 sock.close()
             finally:
@@ -98,8 +103,9 @@ def run(args) -> int:
             print(f"kbypass xfer recv: listening on {host.ip}:{lst.port} for one iperf3 test (iperf3 server)",
                   file=sys.stderr, flush=True)
             lst.setblocking(False)
-            s = serve_one(lst, host.wait, time.monotonic, timeout=args.idle_timeout)
+            s = serve_one(lst, host.wait, time.monotonic, timeout=args.idle_timeout, stop=lambda: stopper.stopped)
             lst.close()
+            done = s.finished
             if s.error:
                 raise KbypassError(f"the iperf3 client's test could not run: {s.error}")
             moved, seconds = s.received, s.seconds
@@ -113,13 +119,23 @@ def run(args) -> int:
                 else:
                     lst = host.listen(args.port)
                     print(f"kbypass xfer recv: listening on {host.ip}:{lst.port} (tcp)", file=sys.stderr, flush=True)
-                    sock, _ = lst.accept(timeout=args.idle_timeout)
+                    lst.settimeout(0.2)
+                    waited = time.monotonic()
+                    while not stopper.stopped:
+                        try:
+                            sock, _ = lst.accept()
+                            break
+                        except TimeoutError:
+                            if args.idle_timeout and time.monotonic() - waited >= args.idle_timeout:
+                                raise TimeoutError(f"no sender within {args.idle_timeout:g} s") from None
                     lst.close()
-                sock.settimeout(idle)
+                    if stopper.stopped:
+                        raise KeyboardInterrupt
                 t0 = time.monotonic()
                 while True:
-                    chunk = sock.recv(1 << 20)
+                    chunk = _recv(sock, stopper, idle)
                     if not chunk:
+                        done = not stopper.stopped
                         break
                     h.update(chunk)
                     moved += len(chunk)
@@ -135,8 +151,25 @@ def run(args) -> int:
                    goodput_bps=round(moved * 8 / seconds) if seconds > 0 else 0,
                    sha256=None if args.verb == "recv" and args.iperf3 else h.hexdigest(), loss=args.loss,
                    segments_sent=st["tx_segments"], segments_received=st["rx_segments"])
+    if not done:
+        summary["interrupted"] = True
     write = getattr(args, "write", None)
     if write:
         summary["write"] = write
     _print(summary, args, to_stderr=write == "-")
+    if not done:
+        raise KeyboardInterrupt  # the summary is out; the exit status says the run was cut short (130)
     return 0
+
+
+def _recv(sock, stopper, idle: float) -> bytes:
+    """The next bytes (b"" at the end of the stream, or when stopped); TimeoutError after `idle` silent s."""
+    sock.settimeout(0.2)  # short waits, so a Ctrl-C (Stopper's flag) is seen
+    quiet = time.monotonic()
+    while not stopper.stopped:
+        try:
+            return sock.recv(1 << 20)
+        except TimeoutError:
+            if time.monotonic() - quiet >= idle:
+                raise TimeoutError(f"the peer sent nothing for {idle:g} s") from None
+    return b""
