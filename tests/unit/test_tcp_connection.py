@@ -43,7 +43,7 @@ def test_exact_delivery_under_faults(seed):
                         timestamps=rng.random() < 0.7, window_scaling=rng.random() < 0.7,
                         recv_buffer=rng.choice([8192, 65536, 1 << 20]), send_buffer=rng.choice([16384, 1 << 20]))
     kw = dict(loss=rng.choice([0.01, 0.05, 0.15]), reorder=0.05, duplicate=0.03, delay=0.002, jitter=0.0005,
-              rate_bps=5e7)
+              rate_bps=5e7, corrupt=0.01, blackholes=((0.05, 0.3),) if seed % 3 == 0 else ())
     data, back = rng.randbytes(rng.randint(1, 400_000)), rng.randbytes(rng.randint(0, 100_000))
     p = TcpPair(FaultyLink(seed, **kw), FaultyLink(seed + 100, **kw), client_cfg=cfg, server_cfg=cfg,
                 client=App(data=data), server=App(data=back), seed=seed)
@@ -100,3 +100,16 @@ def test_half_close_keeps_the_other_direction_open():
     p.run()
     assert p.server.received == b"request" and p.client.received == back
     assert p.client.events == [p.client.events[0], tcp.EndOfStream(), tcp.Closed()]
+
+
+@pytest.mark.parametrize("simultaneous", [False, True])
+def test_sequence_numbers_wrap_around(simultaneous):
+    """Both ISNs a few segments below 2**32: every comparison crosses the wrap while data flows both ways."""
+    kw = dict(loss=0.03, reorder=0.05, delay=0.001)
+    data, back = random.randbytes(600_000), random.randbytes(200_000)
+    p = TcpPair(FaultyLink(1, **kw), FaultyLink(2, **kw), client=App(data=data), server=App(data=back),
+                isns=(2**32 - 5000, 2**32 - 3000), simultaneous=simultaneous)
+    p.run(until=1000)
+    assert sha(p.server.received) == sha(data) and sha(p.client.received) == sha(back)
+    assert p.client.events[-1] == tcp.Closed() and p.server.events[-1] == tcp.Closed()
+    assert p.client.conn.sq.snd_una > 2**32  # absolute numbers went past the wrap

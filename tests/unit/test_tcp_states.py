@@ -157,20 +157,63 @@ def test_several_losses_in_one_window_are_repaired_by_sack_recovery():
     assert p.server.received == data and st.rtos == 0 and st.fast_recoveries == 1 and st.retransmits == 4
 
 
-def test_tail_loss_needs_the_rto():
+def test_tail_loss_is_repaired_by_a_tail_loss_probe_not_the_rto():
     data = random.randbytes(14_480)  # 10 segments: the last one lost, no dupacks can follow it
     p = TcpPair(client=App(data=data, shutdown_when_sent=False), server=App(shutdown_when_sent=False))
     p.drop = lose({10})
-    p.run(until=5.0)
-    assert p.server.received == data and p.client.conn.stats.rtos == 1
+    p.run(until=5.0, stop=lambda p: len(p.server.received) == len(data))
+    st = p.client.conn.stats
+    assert p.server.received == data and st.rtos == 0 and st.tail_probes == 1 and p.now < 0.1
+
+
+def test_tail_of_several_segments_lost_probe_then_sack_recovery():
+    data = random.randbytes(1448 * 30)
+    p = TcpPair(client=App(data=data, shutdown_when_sent=False), server=App(shutdown_when_sent=False))
+    p.drop = lose({26, 27, 28, 29, 30})
+    p.run(until=5.0, stop=lambda p: len(p.server.received) == len(data))
+    st = p.client.conn.stats
+    assert p.server.received == data and st.rtos == 0 and st.tail_probes == 1 and st.fast_recoveries == 1
+
+
+def test_a_lost_retransmission_is_sent_again_without_waiting_for_the_rto():
+    data = random.randbytes(300_000)
+    p = TcpPair(client=App(data=data), server=App())
+    count, seen = [0], {}
+
+    def drop(tag, seg):  # lose segment 30, and its first retransmission too
+        if tag != "c" or not seg.payload:
+            return False
+        seen[seg.seq] = seen.get(seg.seq, 0) + 1
+        if seen[seg.seq] == 1:
+            count[0] += 1
+            return count[0] == 30
+        return seen[seg.seq] == 2 and count[0] >= 30 and seg.seq == first[0]
+    first = [None]
+    orig = drop
+
+    def drop_first(tag, seg):
+        if first[0] is None and tag == "c" and seg.payload and count[0] == 29 and seg.seq not in seen:
+            first[0] = seg.seq
+        return orig(tag, seg)
+    p.drop = drop_first
+    p.run()
+    st = p.client.conn.stats
+    assert p.server.received == data and st.rtos == 0 and st.retransmits == 2
 
 
 def test_karn_no_rtt_sample_from_a_retransmitted_segment():
     cfg = tcp.TcpConfig(timestamps=False)
     p = TcpPair(client_cfg=cfg, server_cfg=cfg, client=App(data=b"q" * 1000, shutdown_when_sent=False),
                 server=App(shutdown_when_sent=False))
-    p.drop = lose({1})
-    p.run(until=0.5)
+    sent = [0]
+
+    def drop(tag, seg):  # the segment and its tail loss probe are lost: the RTO resends it
+        if tag == "c" and seg.payload:
+            sent[0] += 1
+            return sent[0] <= 2
+        return False
+    p.drop = drop
+    p.run(until=0.1)
     samples = p.client.conn.rtt.samples  # the handshake's
     p.run(until=5.0)
     assert p.client.conn.stats.rtos == 1 and p.client.conn.rtt.samples == samples
@@ -200,3 +243,15 @@ def test_isns_grow_with_time_per_four_tuple_and_differ_between_them():
     assert (a[1] - a[0]) % 2**32 == 250 and (a[2] - a[0]) % 2**32 == 250_000
     assert gen.isn("10.0.0.1", 2, "10.0.0.2", 80, 0.0) != a[0]
     assert tcp.IsnGenerator(b"j" * 32).isn("10.0.0.1", 1, "10.0.0.2", 80, 0.0) != a[0]
+
+
+def test_a_new_syn_ends_time_wait_and_an_old_one_is_only_acked():
+    p = TcpPair(client=App(data=b"x"), server=App(data=b"y"))
+    p.run(stop=lambda p: p.client.conn.state is S.TIME_WAIT and p.server.conn.finished)
+    conn = p.client.conn
+    old = tcp.Segment(80, 40000, (conn.rcv_nxt - 5) % 2**32, 0, tcp.SYN, 1000)
+    conn.receive(old, p.now + 1)
+    assert conn.state is S.TIME_WAIT and conn.segments_to_send(p.now + 1)[0].flags == tcp.ACK
+    new = tcp.Segment(80, 40000, (conn.rcv_nxt + 100_000) % 2**32, 0, tcp.SYN, 1000)
+    conn.receive(new, p.now + 2)
+    assert conn.finished and conn.segments_to_send(p.now + 2) == []

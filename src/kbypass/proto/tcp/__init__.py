@@ -32,7 +32,9 @@ Errors: send() on a dead connection raises TcpResetError (ConnectionResetError),
 after our own shutdown). Reset.reason is one of tcp.REFUSED, PEER_RESET, TIMED_OUT, KEEPALIVE, ABORTED.
 
 Demultiplexing is the endpoint's: segments whose 4-tuple has a connection go to it, the rest to the
-listener of the port (or get `reset_for`). Times are seconds (float, any monotonic origin).
+listener of the port (or get `reset_for`). A SYN that finds its 4-tuple in TIME_WAIT with a higher sequence
+number ends the TIME_WAIT (conn.finished becomes true): forget the old connection and give the same SYN to
+the listener. Times are seconds (float, any monotonic origin).
 
 Modules: segment (codec), options negotiation and the receive path in connection, the send path and
 timers in output, states (the transition table), sendq (send buffer + SACK scoreboard), recvq

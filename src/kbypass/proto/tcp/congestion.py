@@ -19,7 +19,9 @@ class NewReno:
 
     def on_ack(self, acked: int, now: float, srtt: float | None) -> None:
         if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, self.mss)  # slow start, RFC 5681 (at most one MSS per ACK: ABC L=1)
+            # slow start by the bytes acknowledged (RFC 3465 ABC without the per-ACK cap, as Linux does): an
+            # endpoint that takes segments in batches sends one ACK per batch, which must not slow the growth
+            self.cwnd = min(self.cwnd + acked, max(self.ssthresh, self.cwnd))
             return
         self._acc += acked
         if self._acc >= self.cwnd:
@@ -56,7 +58,7 @@ class Cubic(NewReno):
 
     def on_ack(self, acked: int, now: float, srtt: float | None) -> None:
         if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, self.mss)
+            NewReno.on_ack(self, acked, now, srtt)
             return
         seg = self.mss
         cwnd_seg = self.cwnd / seg

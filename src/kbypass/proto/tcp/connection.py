@@ -41,6 +41,7 @@ class TcpStats:
     bytes_in: int = 0  # payload delivered in order
     bytes_out: int = 0  # new payload sent (not retransmissions)
     retransmits: int = 0  # segments
+    tail_probes: int = 0  # RFC 8985 TLP
     fast_recoveries: int = 0
     rtos: int = 0
     dup_acks: int = 0
@@ -108,6 +109,9 @@ class TcpConnection(Output):
         self._ch_start = -1.0
         self._ch_count = 0
         self._rto_at: float | None = None
+        self._tlp_at: float | None = None  # tail loss probe (RFC 8985 7), armed while data is in flight
+        self._tlp_due = False
+        self._tlp_out = False  # one probe per tail, until an ACK moves snd_una
         self._delack_at: float | None = None
         self._persist_at: float | None = None
         self._timewait_at: float | None = None
@@ -219,7 +223,7 @@ class TcpConnection(Output):
         self._events.append(ev.Reset(reason))
 
     def _clear_timers(self) -> None:
-        self._rto_at = self._delack_at = self._persist_at = self._timewait_at = None
+        self._rto_at = self._delack_at = self._persist_at = self._timewait_at = self._tlp_at = None
 
     # ------------------------------------------------------------------ segment arrives
     _now = 0.0
@@ -245,6 +249,9 @@ class TcpConnection(Output):
                 self._ack_now = True
             return
         seq = unwrap(seg.seq, self.rcv_nxt)
+        if st is State.TIME_WAIT and flags & SYN and not flags & (ACK | RST) and seq > self.rcv_nxt:
+            self._go(Input.TIMEWAIT_DONE)  # a new incarnation (RFC 9293 3.10.7.4 note, Linux TCP_TW_SYN):
+            return  # we are CLOSED now; the endpoint hands this same SYN to its listener
         ts = seg.options.timestamps if self.ts_ok else None
         if ts is not None and not flags & RST and seq_lt(ts[0], self.ts_recent):
             self.stats.paws_drops += 1  # RFC 7323 5.3: an old duplicate; acknowledge and drop
@@ -414,6 +421,9 @@ class TcpConnection(Output):
         else:
             self.cc.on_ack(acked, now, self.rtt.srtt)
         self._rto_at = now + self.rtt.rto if sq.snd_una < sq.snd_max else None
+        self._tlp_out = False
+        self._tlp_at = None
+        self._arm_tlp(now)
         if self._blocked and self.send_room >= min(self.config.send_buffer // 2, 64 * 1024):
             self._blocked = False
             self._events.append(ev.WindowOpened(self.send_room))
@@ -425,10 +435,14 @@ class TcpConnection(Output):
         if self._in_recovery:
             if sack_news:
                 sq.mark_lost(sq.high_sacked)
+                sq.find_lost_rexmits()
             return
         if sq.snd_una >= sq.snd_max or sq.snd_una < self._recover:
             return
-        if self._dupacks >= 3 or (self.sack_ok and sq.sacked_bytes > 2 * self.snd_mss):
+        # after a tail loss probe, any SACK means the holes below it were lost: they left at least a PTO
+        # (two SRTTs) before the probe, RACK's time-based rule (RFC 8985 6.2), here by the probe's position
+        if self._dupacks >= 3 or (self.sack_ok and (sq.sacked_bytes > 2 * self.snd_mss
+                                                    or (self._tlp_out and sq.sacked_bytes))):
             self._in_recovery = True
             self._recover = sq.snd_max
             self.stats.fast_recoveries += 1

@@ -17,6 +17,7 @@ from .states import PEER_OPEN, Input, State
 
 MASK = 0xFFFFFFFF
 _KEEPALIVE_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2})
+_DATA_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
 
 
 class Output:
@@ -24,7 +25,7 @@ class Output:
     def _tsval(self, now: float) -> int:
         return (int(now * 1000) + self._ts_offset) & MASK  # 1 ms ticks (RFC 7323 5.4 allows 1 ms .. 1 s)
 
-    def _make(self, seq: int, flags: int, payload: bytes = b"") -> Segment:
+    def _make(self, seq: int, flags: int, payload: bytes = b"", sack_skip: int = 0) -> Segment:
         rq = self.rq
         sacking = self.sack_ok and rq is not None and rq.ooo_bytes
         opts = NO_OPTIONS
@@ -32,7 +33,7 @@ class Output:
             ts = (self._tsval(self._now), self.ts_recent) if self.ts_ok else None
             sack = ()
             if sacking:
-                sack = tuple((a & MASK, b & MASK) for a, b in rq.sack_blocks(3 if self.ts_ok else 4))
+                sack = tuple((a & MASK, b & MASK) for a, b in rq.sack_blocks(3 if self.ts_ok else 4, sack_skip))
             opts = Options(timestamps=ts, sack=sack)
         wfield = self._wnd_field()
         ack = 0
@@ -91,8 +92,12 @@ class Output:
             out.append(self._make(self.sq.snd_una - 1, ACK))  # seq already acked: the peer must answer
         elif len(out) == n0 and (self._ack_now or (st in PEER_OPEN and self._window_update_due())):
             out.append(self._make(self.sq.snd_max, ACK))
-        if self._dupacks_owed > 1:  # several out-of-order segments arrived in one batch: RFC 5681 wants
-            out += [out[-1]] * min(self._dupacks_owed - 1, 7)  # an ACK for each (capped: a burst, not a flood)
+        if self._dupacks_owed > 1 and out and out[-1].flags == ACK and not out[-1].payload:
+            # several out-of-order segments arrived in one batch: RFC 5681 wants an ACK for each (capped:
+            # a burst, not a flood), and each reports the next SACK blocks, so the sender learns every range
+            limit = 3 if self.ts_ok else 4
+            for i in range(1, min(self._dupacks_owed, 8)):
+                out.append(self._make(self.sq.snd_max, ACK, sack_skip=i * limit))
         self._dupacks_owed = 0
         return out
 
@@ -100,6 +105,14 @@ class Output:
         sq, mss, cwnd, fin = self.sq, self.snd_mss, self.cc.cwnd, self._fin_seq
         force = self._rexmit_force
         self._rexmit_force = False
+        while sq.relost and sq.pipe() < cwnd:  # lost retransmissions first: they are the oldest holes
+            again = sq.next_relost(mss)
+            if again is None:
+                break
+            self._retransmit(now, out, *again)
+        if self._tlp_due:
+            self._tlp_due = False
+            self._probe_tail(now, out)
         while force or sq.pipe() < cwnd:  # retransmissions first
             force = False
             hole = sq.next_hole(mss)
@@ -113,14 +126,8 @@ class Output:
             if n == 0 and not flags & FIN:
                 sq.rexmit_next = sq.lost_high
                 break
-            out.append(self._make(seq, flags, sq.take(seq, n)))
+            self._retransmit(now, out, seq, n, flags)
             sq.rexmit_next = end + (1 if flags & FIN else 0)
-            self.stats.retransmits += 1
-            self._ts_sample_ok = True
-            if self._rtt_seq is not None and seq <= self._rtt_seq:
-                self._rtt_seq = None  # Karn: an ACK of it now times two transmissions
-            if self._rto_at is None:
-                self._rto_at = now + self.rtt.rto
         right = sq.snd_una + self.snd_wnd
         sent = False
         while True:  # new data
@@ -148,6 +155,8 @@ class Output:
             if self._rto_at is None:
                 self._rto_at = now + self.rtt.rto
         self._sws_override = False
+        if sent:
+            self._arm_tlp(now)
         if fin is not None and sq.snd_max == fin == sq.data_end:
             out.append(self._make(fin, FIN | ACK))
             sq.snd_max = fin + 1
@@ -156,11 +165,52 @@ class Output:
         elif not sent and sq.snd_una == sq.snd_max < sq.data_end and self._persist_at is None:
             self._persist_at = now + self._persist_interval()  # the window is shut: probe it
 
+    def _retransmit(self, now: float, out: list[Segment], seq: int, n: int, flags: int = ACK) -> None:
+        sq = self.sq
+        out.append(self._make(seq, flags, sq.take(seq, n)))
+        if n:
+            sq.note_rexmit(seq, seq + n)
+        self.stats.retransmits += 1
+        self._ts_sample_ok = True
+        if self._rtt_seq is not None and seq <= self._rtt_seq:
+            self._rtt_seq = None  # Karn: an ACK of it now times two transmissions
+        if self._rto_at is None:
+            self._rto_at = now + self.rtt.rto
+
+    def _arm_tlp(self, now: float) -> None:
+        """RFC 8985 7.2: PTO = 2 SRTT (+ the peer's worst delayed ACK when one segment is in flight), if it
+        comes before the RTO. Only outside recovery, with an RTT measured, one probe per tail."""
+        sq, srtt = self.sq, self.rtt.srtt
+        if (self._tlp_out or self._in_recovery or srtt is None or sq.snd_una >= sq.snd_max
+                or self.state not in _DATA_STATES):
+            return
+        # RFC 8985 allows 200 ms for the delayed ACK; Linux peers delay at most 40 ms (TCP_DELACK_MIN)
+        pto = max(2 * srtt, 0.002) + (0.05 if sq.snd_max - sq.snd_una <= self.snd_mss else 0.0)
+        at = now + pto
+        if self._rto_at is None or at < self._rto_at:
+            self._tlp_at = at
+
+    def _probe_tail(self, now: float, out: list[Segment]) -> None:
+        """The probe: new data if some fits the peer's window, else the last segment again; its ACK (with
+        SACK) turns a tail loss into a fast recovery instead of an RTO."""
+        sq = self.sq
+        self._tlp_out = True
+        self.stats.tail_probes += 1
+        if sq.data_end > sq.snd_max and sq.snd_una + self.snd_wnd > sq.snd_max:
+            return  # the new-data loop sends it (a tail leaves the pipe room for it)
+        end = min(sq.snd_max, sq.data_end)
+        seq = max(sq.snd_una, end - self.snd_mss)
+        if end > seq and sq.sacked_between(seq, end) < end - seq:
+            self._retransmit(now, out, seq, end - seq)
+        elif self._fin_seq is not None and sq.snd_max == self._fin_seq + 1 and sq.snd_una <= self._fin_seq:
+            self._retransmit(now, out, self._fin_seq, 0, FIN | ACK)
+
     # ------------------------------------------------------------------ timers
     def next_timer(self) -> float | None:
         """When `on_timer` must next be called (None: no timer runs)."""
         best = None
-        for t in (self._rto_at, self._delack_at, self._persist_at, self._timewait_at, self._keepalive_due()):
+        for t in (self._rto_at, self._delack_at, self._persist_at, self._timewait_at, self._tlp_at,
+                  self._keepalive_due()):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -172,7 +222,11 @@ class Output:
             self._go(Input.TIMEWAIT_DONE)
             return
         if self._rto_at is not None and now >= self._rto_at:
+            self._tlp_at = None
             self._on_rto(now)
+        if self._tlp_at is not None and now >= self._tlp_at:
+            self._tlp_at = None
+            self._tlp_due = True
         if self._delack_at is not None and now >= self._delack_at:
             self._delack_at = None
             self._ack_now = True

@@ -82,11 +82,16 @@ class Reassembly:
         except ValueError:
             pass
 
-    def sack_blocks(self, limit: int) -> list[tuple[int, int]]:
+    def sack_blocks(self, limit: int, skip: int = 0) -> list[tuple[int, int]]:
         """Up to `limit` (left, right) absolute ranges held out of order, most recently changed first
-        (RFC 2018 4: the first block reports the segment that triggered this ACK)."""
+        (RFC 2018 4: the first block reports the segment that triggered this ACK). `skip` starts further
+        down that list (cyclically): a burst of duplicate ACKs then reports every range, not the same three."""
         out = []
-        for start in self._recent[:limit]:
+        recent = self._recent
+        if skip and recent:
+            skip %= len(recent)
+            recent = recent[skip:] + recent[:skip]
+        for start in recent[:limit]:
             k = bisect.bisect_left(self._starts, start)
             out.append((start, start + len(self._data[k])))
         return out

@@ -107,12 +107,15 @@ class Segment:
         if len(opts) > 40:
             raise ValueError(f"TCP options take {len(opts)} bytes, at most 40 fit")
         hlen = 20 + len(opts)
-        head = _HDR.pack(self.src_port, self.dst_port, self.seq & 0xFFFFFFFF, self.ack & 0xFFFFFFFF,
-                         (hlen // 4) << 4, self.flags, self.window, 0, self.urgent)
-        raw = head + opts + self.payload
-        total = pseudo_header_sum(ip4(src_ip), ip4(dst_ip), IPPROTO_TCP, len(raw)) + ones_sum(raw)
+        payload = self.payload
+        fields = (self.src_port, self.dst_port, self.seq & 0xFFFFFFFF, self.ack & 0xFFFFFFFF, (hlen // 4) << 4,
+                  self.flags, self.window)
+        head = _HDR.pack(*fields, 0, self.urgent) + opts
+        # the header is 4-aligned, so the payload's words line up: sum the parts, copy the payload once
+        total = (pseudo_header_sum(ip4(src_ip), ip4(dst_ip), IPPROTO_TCP, hlen + len(payload)) + ones_sum(head)
+                 + (ones_sum(payload) if payload else 0))
         csum = checksum_field(total)  # the pseudo-header is never all zeros (protocol 6)
-        return raw[:16] + csum.to_bytes(2, "big") + raw[18:]
+        return b"".join((_HDR.pack(*fields, csum, self.urgent), opts, payload))
 
     def with_(self, **kw) -> Segment:
         return replace(self, **kw)

@@ -25,6 +25,11 @@ class SendQueue:
         self.sacked_bytes = 0
         self.rexmit_next = iss
         self.lost_high = iss
+        # Lost retransmissions (RFC 6675 cannot see them; RACK's idea, by sequence instead of time): each
+        # retransmission remembers snd_max when it left; SACKed data above that mark was sent after it, so
+        # if the retransmission is still a hole, it was lost too and goes again (instead of waiting an RTO).
+        self.rexmits: list[tuple[int, int, int]] = []  # (seq, end, snd_max when sent)
+        self.relost: list[tuple[int, int]] = []  # retransmissions found lost, to send again
 
     @property
     def data_end(self) -> int:
@@ -104,8 +109,48 @@ class SendQueue:
         self.lost_high = max(self.lost_high, upto)
 
     def clear_sacks(self) -> None:
+        """After an RTO: forget the SACK scoreboard (RFC 2018 8) and the retransmission log."""
         self.sacked.clear()
         self.sacked_bytes = 0
+        self.rexmits.clear()
+        self.relost.clear()
+
+    def note_rexmit(self, seq: int, end: int) -> None:
+        if len(self.rexmits) < 4096:  # bounded: beyond this, lost retransmissions fall back to the RTO
+            self.rexmits.append((seq, end, self.snd_max))
+
+    def find_lost_rexmits(self) -> None:
+        hs, keep = self.high_sacked, []
+        for seq, end, mark in self.rexmits:
+            if end <= self.snd_una or self.sacked_between(seq, end) == end - seq:
+                continue  # it arrived
+            if hs > mark:
+                self.relost.append((max(seq, self.snd_una), end))
+            else:
+                keep.append((seq, end, mark))
+        self.rexmits = keep
+
+    def next_relost(self, mss: int) -> tuple[int, int] | None:
+        """(seq, length) of the next lost retransmission to send again, or None."""
+        while self.relost:
+            seq, end = self.relost[0]
+            seq = max(seq, self.snd_una)
+            for s, e in self.sacked:  # skip what got SACKed meanwhile
+                if s <= seq < e:
+                    seq = e
+            if seq >= end:
+                self.relost.pop(0)
+                continue
+            n = min(mss, end - seq, self.data_end - seq)
+            if n <= 0:
+                self.relost.pop(0)
+                continue
+            if seq + n >= end:
+                self.relost.pop(0)
+            else:
+                self.relost[0] = (seq + n, end)
+            return seq, n
+        return None
 
     def lost_unsent(self) -> int:
         lo = max(self.rexmit_next, self.snd_una)
@@ -115,7 +160,8 @@ class SendQueue:
 
     def pipe(self) -> int:
         """RFC 6675 pipe: bytes believed in the network."""
-        return (self.snd_max - self.snd_una) - self.sacked_bytes - self.lost_unsent()
+        relost = sum(e - max(s, self.snd_una) for s, e in self.relost if e > self.snd_una) if self.relost else 0
+        return (self.snd_max - self.snd_una) - self.sacked_bytes - self.lost_unsent() - relost
 
     def next_hole(self, mss: int) -> tuple[int, int] | None:
         """(seq, length) of the next lost range to retransmit, at most `mss`, advancing nothing."""

@@ -76,20 +76,23 @@ class TcpPair:
     def __init__(self, ab: FaultyLink | None = None, ba: FaultyLink | None = None, *,
                  client_cfg: TcpConfig | None = None, server_cfg: TcpConfig | None = None,
                  client: App | None = None, server: App | None = None, seed: int = 0, now: float = 0.0,
-                 simultaneous: bool = False) -> None:
+                 simultaneous: bool = False, isns: tuple[int, int] | None = None) -> None:
         """`simultaneous`: the server end also connects actively (simultaneous open); no listener then."""
         rng = random.Random(seed)
         self.ab = ab or FaultyLink(seed, delay=0.0005)
         self.ba = ba or FaultyLink(seed + 1, delay=0.0005)
         self.now = now
-        self.listener = TcpListener(SERVER_IP, SERVER_PORT, server_cfg, IsnGenerator(rng.randbytes(32)))
+        gen = IsnGenerator(rng.randbytes(32))
+        if isns is not None:  # pin both ISNs (to test sequence-number wrap-around)
+            gen.isn = lambda *a: isns[1]
+        self.listener = TcpListener(SERVER_IP, SERVER_PORT, server_cfg, gen)
         self.client = client or App()
         self.server = server or App()
         self.client.conn = TcpConnection.connect((CLIENT_IP, CLIENT_PORT), (SERVER_IP, SERVER_PORT), now,
-                                                 client_cfg, iss=rng.getrandbits(32))
+                                                 client_cfg, iss=isns[0] if isns else rng.getrandbits(32))
         if simultaneous:
             self.server.conn = TcpConnection.connect((SERVER_IP, SERVER_PORT), (CLIENT_IP, CLIENT_PORT), now,
-                                                     server_cfg, iss=rng.getrandbits(32))
+                                                     server_cfg, iss=isns[1] if isns else rng.getrandbits(32))
         self.parse_drops = 0
         self.steps = 0
         self.trace: list[tuple[float, str, Segment]] | None = None  # set to [] to record every segment
