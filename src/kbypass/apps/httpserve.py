@@ -14,7 +14,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from kbypass.proto.http import HttpError, RequestParser, error_response, http_date, respond
+from kbypass.proto.http import (
+    HttpError,
+    RequestParser,
+    error_response,
+    http_date,
+    respond,
+)
 
 WRITE_CHUNK = 256 * 1024  # bytes gathered for one send() call
 

@@ -35,9 +35,9 @@ from collections import deque
 from kbypass.errors import KbypassError, UsageError
 from kbypass.net import Interface, bind_tcp, check_address
 from kbypass.proto import ipv4, tcp
-from kbypass.proto.tcp.segment import IPPROTO_TCP
 from kbypass.proto.ethernet import ETH_HLEN, ETH_P_IP
 from kbypass.proto.stack import Stack
+from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 POLL_MODES = ("wakeup", "busy")
 TCP_FRAME_OVERHEAD = ETH_HLEN + 20 + 60  # Ethernet, IPv4, the largest TCP header (options included)

@@ -358,7 +358,6 @@ def _stream(seed: int):
 def run(args) -> int:
     if args.proto == "tcp":
         from kbypass.tools import _xfer_tcp
-
         from kbypass.tools._common import peer_errors
 
         _xfer_tcp.check(args)
