@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
+import select
 import socket
 import subprocess
 import threading
@@ -257,3 +259,131 @@ def test_connection_limit_refuses_cleanly_and_the_kernel_stays_quiet(testbed_hos
             c.close()
         for s in accepted:
             s.close()
+
+
+def test_non_blocking_calls_and_the_readiness_fd(testbed_hosts):
+    """select() on host.fileno() wakes when segments arrive; accept/recv/send with timeout 0 raise
+    BlockingIOError instead of waiting; a peer that does not read fills our send buffer."""
+    a, b = testbed_hosts
+    with TcpHost(b.iface, b.ipv4, netns=b.netns) as host:
+        lst = host.listen(5004)
+        lst.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            lst.accept()
+        c = kernel_socket(a.netns)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.setblocking(False)
+        c.connect_ex((b.ipv4, 5004))
+        conn = None
+        end = time.monotonic() + 5
+        while conn is None and time.monotonic() < end:
+            r, _, _ = select.select([host], [], [], host.timeout() if host.timeout() is not None else 1.0)
+            host.pump()
+            try:
+                conn, _ = lst.accept()
+            except BlockingIOError:
+                pass
+        assert conn is not None, "select on the host's fd never led to the connection"
+        conn.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            conn.recv(100)
+        c.setblocking(True)
+        c.sendall(b"hello")
+        got = b""
+        end = time.monotonic() + 5
+        while not got and time.monotonic() < end:
+            select.select([host], [], [], 0.5)
+            host.pump()
+            try:
+                got = conn.recv(100)
+            except BlockingIOError:
+                pass
+        assert got == b"hello"
+        # the kernel client reads nothing: our send buffer (1 MiB) and its window fill, then EAGAIN
+        sent, blocked = 0, False
+        end = time.monotonic() + 10
+        while not blocked and time.monotonic() < end:
+            try:
+                sent += conn.send(b"x" * 65536)
+            except BlockingIOError:
+                blocked = True
+            host.pump()
+        assert blocked and sent >= 1 << 20
+        conn.abort()
+        c.close()
+
+
+def test_a_peer_that_vanishes_is_found_by_keepalive_and_reset(testbed_hosts):
+    """Keepalive on: once the kernel peer stops answering (its host drops everything from us, in XDP), the
+    probes go unanswered and the connection dies with ETIMEDOUT, a RST on the wire (counted)."""
+    from kbypass.proto.tcp import TcpConfig
+
+    a, b = testbed_hosts
+    srv = kernel_socket(a.netns)
+    srv.bind((a.ipv4, 5005))
+    srv.listen()
+    cfg = TcpConfig(keepalive=True, keepalive_idle=0.3, keepalive_interval=0.2, keepalive_count=3)
+    with TcpHost(b.iface, b.ipv4, netns=b.netns, config=cfg) as host:
+        s = host.connect((a.ipv4, 5005), timeout=5)
+        peer, _ = srv.accept()
+        host.run_until(lambda: False, time.monotonic() + 1.0)  # idle past keepalive_idle: probes answered
+        assert s.conn.state.name == "ESTABLISHED"
+        lease = SteeringLease(a.iface, a.netns)
+        lease.add(f"tcp src {b.ipv4} sport {s.local[1]} drop")  # the peer vanishes
+        try:
+            s.settimeout(5)
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError) as e:
+                s.recv(10)
+            assert e.value.errno == errno.ETIMEDOUT
+            assert time.monotonic() - t0 < 3
+            assert sum(p for p, _ in lease.counters().values()) >= 3  # the probes (and the RST) it dropped
+        finally:
+            lease.close()
+            peer.close()
+            srv.close()
+
+
+def zero_window(testbed_hosts, hold: float) -> None:
+    """Our application reads nothing for `hold` seconds while a kernel client sends 12 MiB: the window
+    closes (the kernel's sender stalls, probing), nothing is lost or held without bound, and once we read
+    everything arrives intact."""
+    a, b = testbed_hosts
+    data = os.urandom(12 << 20)
+    with TcpHost(b.iface, b.ipv4, netns=b.netns) as host:
+        lst = host.listen(5006)
+        c = kernel_socket(a.netns)
+        done = threading.Event()
+
+        def send():
+            c.connect((b.ipv4, 5006))
+            c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
+            done.set()
+
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        conn, _ = lst.accept(timeout=5)
+        host.run_until(lambda: False, time.monotonic() + hold)  # the host runs, the application does not read
+        assert not done.is_set(), "the sender finished although nobody read: the window never closed"
+        assert conn.conn.state.name == "ESTABLISHED"
+        got = bytearray()
+        conn.settimeout(20)
+        while True:
+            chunk = conn.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        t.join(10)
+        assert done.is_set() and hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+        conn.close()
+        c.close()
+
+
+def test_zero_window_held_then_drained(testbed_hosts):
+    zero_window(testbed_hosts, 2.0)
+
+
+@pytest.mark.slow
+def test_zero_window_held_for_10_s(testbed_hosts):
+    zero_window(testbed_hosts, 10.0)
