@@ -387,3 +387,41 @@ def test_zero_window_held_then_drained(testbed_hosts):
 @pytest.mark.slow
 def test_zero_window_held_for_10_s(testbed_hosts):
     zero_window(testbed_hosts, 10.0)
+
+
+def test_many_connection_attempts_past_the_limit_are_refused_and_the_held_ones_serve(testbed_hosts):
+    a, b = testbed_hosts
+    limit, tries = 40, 300
+    with TcpHost(b.iface, b.ipv4, netns=b.netns, max_connections=limit) as host:
+        lst = host.listen(5007, backlog=limit)
+        clients = []
+        for _ in range(tries):
+            c = kernel_socket(a.netns)
+            c.setblocking(False)
+            c.connect_ex((b.ipv4, 5007))
+            clients.append(c)
+            host.pump()
+        held = []
+        end = time.monotonic() + 10
+        while len(held) < limit and time.monotonic() < end:
+            try:
+                held.append(lst.accept(0.1)[0])
+            except TimeoutError:
+                pass
+        host.run_until(lambda: host.counters["refused_limit"] >= tries - limit, time.monotonic() + 10)
+        errs = [c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) for c in clients]
+        assert errs.count(0) == limit and errs.count(errno.ECONNREFUSED) == tries - limit
+        assert len(held) == limit and host.connections == limit
+        for c, err in zip(clients, errs):
+            if err == 0:
+                c.setblocking(True)
+                c.sendall(b"?")
+        for s in held:
+            s.settimeout(5)
+            assert s.recv(1) == b"?"
+            s.sendall(b"!")
+        for c, err in zip(clients, errs):
+            if err == 0:
+                c.settimeout(5)
+                assert c.recv(1) == b"!"
+            c.close()

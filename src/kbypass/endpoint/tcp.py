@@ -274,6 +274,7 @@ class TcpSocket:
                     self.host.touch(self)
             self._check_send()
         self.host.touch(self)
+        self.host.pump()  # out now, as a kernel send() would (nothing else may call into the host soon)
         return sent[0]
 
     def sendall(self, data) -> None:
@@ -281,8 +282,6 @@ class TcpSocket:
         while view:
             n = self.send(view)
             view = view[n:]
-            if view:
-                self.host.pump()
 
     def shutdown(self, how: int = socket.SHUT_WR) -> None:
         if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not self._shut_wr and self._dead is None:
