@@ -67,19 +67,21 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
         if int(now) != date_at:
             date_at, date = int(now), http_date(time.time())
         moved = False
-        while requests is None or res.requests < requests:
-            try:
-                sock, _ = listener.accept(0)
-            except BlockingIOError:
-                break
+        while listener.pending and (requests is None or res.requests < requests):
+            sock, _ = listener.accept(0)
             sock.setblocking(False)
             clients.append(_Client(sock))
             res.connections += 1
             moved = True
+        finished = False
         for c in clients:
-            moved |= _read(c, site, date, res, requests)
-            moved |= _write(c, res)
-        if any(_done(c, res) for c in clients):
+            if c.sock.readable:
+                moved |= _read(c, site, date, res, requests)
+            if c.queue or c.off < len(c.out):
+                moved |= _write(c, res)
+            if (c.closing or c.eof) and _done(c, res):
+                finished = True
+        if finished:
             clients = [c for c in clients if c.sock is not None]
         if clients:
             idle_since = now

@@ -273,8 +273,7 @@ class TcpSocket:
                 if sent[0]:
                     self.host.touch(self)
             self._check_send()
-        self.host.touch(self)
-        self.host.pump()  # out now, as a kernel send() would (nothing else may call into the host soon)
+        self.host.flush_one(self)  # out now, as a kernel send() would (nothing else may call into the host soon)
         return sent[0]
 
     def sendall(self, data) -> None:

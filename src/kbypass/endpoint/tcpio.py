@@ -42,6 +42,7 @@ from kbypass.proto.tcp.segment import IPPROTO_TCP
 POLL_MODES = ("wakeup", "busy")
 TCP_FRAME_OVERHEAD = ETH_HLEN + 20 + 60  # Ethernet, IPv4, the largest TCP header (options included)
 RX_BURST = 64  # frames taken per lane per pump before the connections' answers go out
+STACK_CHECK = 0.005  # seconds between looks at the stack's ARP timers
 TX_BACKLOG = 65536  # frames waiting for TX ring room before new segments are refused (the TCP retransmits)
 
 
@@ -105,6 +106,7 @@ class TcpHost:
         self._timers: list = []  # heap of (when, seq, socket)
         self._seq = 0
         self._tx_backlog: deque[bytes] = deque()
+        self._stack_check_at = 0.0
         self._poller = select.poll()
         for lane in self._lanes:
             self._poller.register(lane.fd, select.POLLIN)
@@ -203,6 +205,13 @@ class TcpHost:
         """The application did something (send, shutdown): the socket has segments to send."""
         self._dirty.add(sock)
 
+    def flush_one(self, sock) -> None:
+        """Put what `sock` has on the wire now (a send() returning), without a whole pump."""
+        self._dirty.discard(sock)
+        sock.flush(time.monotonic())
+        if self._tx_backlog:
+            self._drain_backlog()
+
     @property
     def connections(self) -> int:
         return len(self._conns)
@@ -226,9 +235,11 @@ class TcpHost:
                 self._frame(f, now)
         if self._timers and self._timers[0][0] <= now:
             self._run_timers(now)
-        t = self.stack.next_timer()
-        if t is not None and now >= t:
-            self._emit(self.stack.handle_timer(now))
+        if now >= self._stack_check_at:  # ARP retries: a few per second are plenty (and the scan costs)
+            self._stack_check_at = now + STACK_CHECK
+            t = self.stack.next_timer()
+            if t is not None and now >= t:
+                self._emit(self.stack.handle_timer(now))
         if self._dirty:
             self._flush(now)
         if self._tx_backlog:
