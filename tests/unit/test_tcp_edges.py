@@ -9,6 +9,8 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from kbypass.proto import tcp
+from kbypass.proto.faults import FaultyLink
+from kbypass.proto.tcp.sim import App, TcpPair
 
 SRV, CLI = "10.2.0.2", "10.2.0.1"
 CPORT, SPORT = 33333, 80
@@ -182,3 +184,32 @@ def test_syn_flood_of_100k_keeps_memory_bounded_and_the_established_connection_s
     tracemalloc.stop()
     assert len(lst.half_open) == 128 and lst.stats.cookies_sent == 100_000 - 128 and replies == 100_000
     assert got == bytes(k % 256 for k in range(100)) and grown < 64 * 1024
+
+
+def test_syn_cookie_keeps_window_scale_and_sack_in_the_timestamp():
+    lst = tcp.TcpListener(SRV, SPORT, tcp.TcpConfig(syn_backlog=1))
+    lst.receive(seg("S", 1, sport=1), CLI, 0.0)  # fills the backlog
+    opts = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (777, 0)), ("WScale", 9)]
+    out, _ = lst.receive(seg("S", 5000, sport=2, options=opts), CLI, 10.0)
+    synack = out[0]
+    assert synack.options.wscale == 4 and synack.options.sack_permitted and synack.options.timestamps[1] == 777
+    tsval = synack.options.timestamps[0]
+    out, conn = lst.receive(seg("A", 5001, synack.seq + 1, sport=2, options=[("Timestamp", (778, tsval))]),
+                            CLI, 10.2)
+    assert conn.next_event() == tcp.Connected(mss=1448, wscale=True, sack=True, timestamps=True)
+    assert conn.snd_wscale == 9 and conn.rcv_wscale == 4
+    conn.send(b"hello")  # the connection's TSvals continue the SYN-ACK's: never behind it (the peer's PAWS)
+    data = conn.segments_to_send(10.3)[0]
+    assert data.options.timestamps[0] >= tsval and data.options.timestamps[1] == 778
+
+
+def test_a_whole_transfer_over_a_cookie_connection():
+    body = random.randbytes(400_000)
+    kw = dict(loss=0.03, delay=0.001)
+    p = TcpPair(FaultyLink(5, **kw), FaultyLink(6, **kw), server_cfg=tcp.TcpConfig(syn_backlog=1),
+                client=App(data=body), server=App(data=body[::-1]))
+    p.listener.receive(seg("S", 1, sport=1), CLI, 0.0)  # the backlog is full: the client gets a cookie
+    p.run()
+    assert p.listener.stats.cookies_accepted == 1
+    assert p.server.received == body and p.client.received == body[::-1]
+    assert p.server.events[0] == tcp.Connected(mss=1448, wscale=True, sack=True, timestamps=True)

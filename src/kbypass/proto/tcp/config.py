@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .congestion import CONTROLLERS
 from .errors import TcpUsageError
 
 
@@ -15,7 +16,7 @@ class TcpConfig:
     window_scaling: bool = True  # RFC 7323 options offered on SYN; used only if the peer offers them too
     sack: bool = True
     timestamps: bool = True
-    congestion: str = "cubic"  # "cubic" or "newreno"
+    congestion: str = "cubic"  # a key of congestion.CONTROLLERS: "cubic", "newreno" or one registered there
     initial_cwnd: int = 10  # segments (RFC 6928)
     nodelay: bool = True  # False: Nagle (hold a small segment while data is unacknowledged)
     delayed_ack: float = 0.04  # seconds; 0 acks every segment at once. Every 2nd full segment acks at once.
@@ -41,8 +42,8 @@ class TcpConfig:
             raise TcpUsageError("send_buffer and recv_buffer must hold at least one mss: make them larger")
         if self.recv_buffer > (0xFFFF << 14):
             raise TcpUsageError("recv_buffer above 1 GiB cannot be advertised (window scale 14): make it smaller")
-        if self.congestion not in ("cubic", "newreno"):
-            raise TcpUsageError(f"congestion {self.congestion!r} is unknown: give cubic or newreno")
+        if self.congestion not in CONTROLLERS:
+            raise TcpUsageError(f"congestion {self.congestion!r} is unknown: give one of {', '.join(CONTROLLERS)}")
         if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
             raise TcpUsageError("need 0 < min_rto <= initial_rto <= max_rto")
         if self.syn_backlog < 1 or self.max_ooo_ranges < 1 or self.initial_cwnd < 1:

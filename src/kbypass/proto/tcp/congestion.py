@@ -2,6 +2,8 @@
 
 The connection decides *when* a loss event begins (once per window, see recovery in connection.py) and calls
 `on_loss`; an RTO calls `on_timeout`; every cumulative ACK outside recovery calls `on_ack`. All in bytes.
+Another controller plugs in by registering a class with this interface (constructor (mss, initial_cwnd),
+attributes cwnd and ssthresh) in CONTROLLERS and naming it in TcpConfig(congestion=...).
 """
 
 from __future__ import annotations

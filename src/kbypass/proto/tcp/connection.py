@@ -22,7 +22,7 @@ from .errors import (
     TcpTimeoutError,
     TcpUsageError,
 )
-from .isn import default_generator
+from .isn import default_generator, ts_offset
 from .output import Output
 from .recvq import Reassembly
 from .segment import ACK, FIN, RST, SYN, Segment
@@ -42,6 +42,8 @@ class TcpStats:
     bytes_out: int = 0  # new payload sent (not retransmissions)
     retransmits: int = 0  # segments
     tail_probes: int = 0  # RFC 8985 TLP
+    window_probes: int = 0  # zero-window probes sent (persist timer)
+    keepalive_probes: int = 0
     fast_recoveries: int = 0
     rtos: int = 0
     dup_acks: int = 0
@@ -75,7 +77,7 @@ class TcpConnection(Output):
         self.snd_wscale = self.rcv_wscale = 0
         self.sack_ok = self.ts_ok = self.wscale_ok = False
         self.ts_recent = 0
-        self._ts_offset = (self.iss * 2654435761) & 0xFFFFFFFF  # RFC 7323 5.4: a per-connection offset
+        self._ts_offset = ts_offset(self.iss)  # RFC 7323 5.4: a per-connection offset
         self.rtt = RttEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto)
         self.cc = make_controller(cfg.congestion, DEFAULT_MSS, cfg.initial_cwnd)
         self.stats = TcpStats()

@@ -7,8 +7,10 @@ A SYN cookie is the ISN of a SYN-ACK we kept no state for (the backlog was full)
     bits 31..27  t: a 64-second counter, mod 32 (a cookie lives two periods)
     bits 26..24  index of the peer's MSS in MSS_TABLE (rounded down)
     bits 23..0   keyed hash of (4-tuple, t, the peer's ISN)
-A cookie connection has no window scaling, SACK or timestamps (the SYN-ACK does not offer them, so the peer
-does not use them either): correct, only slower, and only under a SYN flood.
+When the SYN carries timestamps, the cookie SYN-ACK offers window scaling, SACK and timestamps too and keeps
+what was agreed in the low 6 bits of its TSval, which the peer echoes in every TSecr (Linux's scheme):
+bits 0..3 the peer's window scale (15: none), bit 4 SACK-permitted. Without timestamps a cookie connection
+has none of the three (the SYN-ACK does not offer them): correct, only slower, and only under a SYN flood.
 """
 
 from __future__ import annotations
@@ -72,3 +74,27 @@ def default_generator() -> IsnGenerator:
     if _default is None:
         _default = IsnGenerator()
     return _default
+
+
+def ts_offset(iss: int) -> int:
+    """The per-connection TSval offset (RFC 7323 5.4), derived from the ISN so a cookie SYN-ACK (sent before
+    the connection exists) and the connection agree on it."""
+    return (iss * 2654435761) & MASK
+
+
+NO_WSCALE = 0xF
+SACK_BIT = 0x10
+
+
+def cookie_tsval(now: float, iss: int, wscale: int | None, sack: bool) -> int:
+    """Our TSval for a cookie SYN-ACK with the options agreed in its low 6 bits, never ahead of the clock
+    the connection will use (the peer's PAWS would drop our next segments)."""
+    base = (int(now * 1000) + ts_offset(iss)) & MASK
+    val = (base & ~0x3F) | (NO_WSCALE if wscale is None else wscale) | (SACK_BIT if sack else 0)
+    return (val - 64) & MASK if val > base else val
+
+
+def cookie_options(tsecr: int) -> tuple[int | None, bool]:
+    """(peer's window scale or None, SACK-permitted) from the TSecr that echoes a cookie SYN-ACK's TSval."""
+    ws = tsecr & 0xF
+    return (None if ws == NO_WSCALE else ws), bool(tsecr & SACK_BIT)

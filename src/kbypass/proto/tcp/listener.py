@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .config import TcpConfig
 from .connection import TcpConnection
-from .isn import IsnGenerator, default_generator
+from .isn import IsnGenerator, cookie_options, cookie_tsval, default_generator
 from .segment import ACK, RST, SYN, Options, Segment
 from .states import State
 
@@ -88,10 +88,17 @@ class TcpListener:
         if not self.config.syn_cookies:
             self.stats.backlog_drops += 1
             return [], None
-        cookie, _mss = self.isn.make_cookie(lip, lport, remote_ip, rport, seg.seq, seg.options.mss or 536, now)
+        cfg, o = self.config, seg.options
+        cookie, _mss = self.isn.make_cookie(lip, lport, remote_ip, rport, seg.seq, o.mss or 536, now)
         self.stats.cookies_sent += 1
-        return [Segment(lport, rport, cookie, (seg.seq + 1) & MASK, SYN | ACK, min(self.config.recv_buffer, 0xFFFF),
-                        Options(mss=self.config.mss))], None
+        opts = Options(mss=cfg.mss)
+        if cfg.timestamps and o.timestamps is not None:  # keep what we agree on in our TSval (isn.py)
+            wscale = o.wscale if cfg.window_scaling else None
+            sack = cfg.sack and o.sack_permitted
+            opts = Options(mss=cfg.mss, wscale=cfg.rcv_wscale if wscale is not None else None, sack_permitted=sack,
+                           timestamps=(cookie_tsval(now, cookie, wscale, sack), o.timestamps[0]))
+        return [Segment(lport, rport, cookie, (seg.seq + 1) & MASK, SYN | ACK, min(cfg.recv_buffer, 0xFFFF),
+                        opts)], None
 
     def _from_cookie(self, seg: Segment, remote_ip: str, now: float) -> TcpConnection | None:
         peer_isn, cookie = (seg.seq - 1) & MASK, (seg.ack - 1) & MASK
@@ -99,8 +106,13 @@ class TcpListener:
         if mss is None:
             self.stats.cookies_rejected += 1
             return None
-        # Rebuild the SYN the cookie stands for: no window scaling, SACK or timestamps (none were offered).
-        syn = Segment(seg.src_port, self.local_port, peer_isn, 0, SYN, seg.window, Options(mss=mss))
+        # Rebuild the SYN the cookie stands for, with the options our TSval kept (none without timestamps).
+        opts = Options(mss=mss)
+        ts = seg.options.timestamps
+        if self.config.timestamps and ts is not None:
+            wscale, sack = cookie_options(ts[1])
+            opts = Options(mss=mss, wscale=wscale, sack_permitted=sack, timestamps=(ts[0], 0))
+        syn = Segment(seg.src_port, self.local_port, peer_isn, 0, SYN, seg.window, opts)
         conn = TcpConnection.from_syn((self.local_ip, self.local_port), (remote_ip, seg.src_port), syn, now, cookie,
                                       self.config)
         conn._syn_due = False  # our SYN-ACK went out already, statelessly

@@ -102,7 +102,7 @@ class Output:
         return out
 
     def _send_data(self, now: float, out: list[Segment]) -> None:
-        sq, mss, cwnd, fin = self.sq, self.snd_mss, self.cc.cwnd, self._fin_seq
+        sq, mss, cwnd, fin = self.sq, self._payload_mss(), self.cc.cwnd, self._fin_seq
         force = self._rexmit_force
         self._rexmit_force = False
         while sq.relost and sq.pipe() < cwnd:  # lost retransmissions first: they are the oldest holes
@@ -113,7 +113,7 @@ class Output:
         if self._tlp_due:
             self._tlp_due = False
             self._probe_tail(now, out)
-        while force or sq.pipe() < cwnd:  # retransmissions first
+        while sq.rexmit_next < sq.lost_high and (force or sq.pipe() < cwnd):  # then the lost holes
             force = False
             hole = sq.next_hole(mss)
             if hole is None:
@@ -165,6 +165,14 @@ class Output:
         elif not sent and sq.snd_una == sq.snd_max < sq.data_end and self._persist_at is None:
             self._persist_at = now + self._persist_interval()  # the window is shut: probe it
 
+    def _payload_mss(self) -> int:
+        """snd_mss (timestamps already counted) less the SACK blocks our segments carry now, so a data
+        segment never outgrows the path (Linux's tcp_current_mss does the same)."""
+        rq = self.rq
+        if self.sack_ok and rq is not None and rq.ooo_bytes:
+            return self.snd_mss - 4 - 8 * min(rq.range_count, 3 if self.ts_ok else 4)
+        return self.snd_mss
+
     def _retransmit(self, now: float, out: list[Segment], seq: int, n: int, flags: int = ACK) -> None:
         sq = self.sq
         out.append(self._make(seq, flags, sq.take(seq, n)))
@@ -199,7 +207,7 @@ class Output:
         if sq.data_end > sq.snd_max and sq.snd_una + self.snd_wnd > sq.snd_max:
             return  # the new-data loop sends it (a tail leaves the pipe room for it)
         end = min(sq.snd_max, sq.data_end)
-        seq = max(sq.snd_una, end - self.snd_mss)
+        seq = max(sq.snd_una, end - self._payload_mss())
         if end > seq and sq.sacked_between(seq, end) < end - seq:
             self._retransmit(now, out, seq, end - seq)
         elif self._fin_seq is not None and sq.snd_max == self._fin_seq + 1 and sq.snd_una <= self._fin_seq:
@@ -283,6 +291,7 @@ class Output:
             self._sws_override = True  # a small window, not a shut one: send what fits (RFC 9293 3.8.6.2.1)
         else:
             self._probe_due = True
+            self.stats.window_probes += 1
         self._persist_backoff += 1
         self._persist_at = now + self._persist_interval()
 
@@ -304,4 +313,4 @@ class Output:
             return
         self._probes += 1
         self._probe_due = True
-
+        self.stats.keepalive_probes += 1

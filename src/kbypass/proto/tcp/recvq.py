@@ -31,6 +31,9 @@ class Reassembly:
             data = data[self.rcv_nxt - seq:]
             seq = self.rcv_nxt
         if seq == self.rcv_nxt:
+            if not self._starts:  # the common case: in order, nothing held: no copy
+                self.rcv_nxt = end
+                return data
             out = bytearray(data)
             self.rcv_nxt = end
             self._pull(out)
@@ -95,6 +98,10 @@ class Reassembly:
             k = bisect.bisect_left(self._starts, start)
             out.append((start, start + len(self._data[k])))
         return out
+
+    @property
+    def range_count(self) -> int:
+        return len(self._starts)
 
     @property
     def highest(self) -> int:

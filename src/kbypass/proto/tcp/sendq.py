@@ -160,6 +160,8 @@ class SendQueue:
 
     def pipe(self) -> int:
         """RFC 6675 pipe: bytes believed in the network."""
+        if not self.sacked and self.rexmit_next >= self.lost_high and not self.relost:
+            return self.snd_max - self.snd_una  # the common case: nothing SACKed or marked lost
         relost = sum(e - max(s, self.snd_una) for s, e in self.relost if e > self.snd_una) if self.relost else 0
         return (self.snd_max - self.snd_una) - self.sacked_bytes - self.lost_unsent() - relost
 

@@ -94,6 +94,7 @@ class TcpPair:
             self.server.conn = TcpConnection.connect((SERVER_IP, SERVER_PORT), (CLIENT_IP, CLIENT_PORT), now,
                                                      server_cfg, iss=isns[1] if isns else rng.getrandbits(32))
         self.parse_drops = 0
+        self.path_mss = min((client_cfg or TcpConfig()).mss, (server_cfg or TcpConfig()).mss)
         self.steps = 0
         self.trace: list[tuple[float, str, Segment]] | None = None  # set to [] to record every segment
         self.drop = None  # drop(tag, segment) -> True: lose this segment ("c": client's, "s": server's)
@@ -104,7 +105,10 @@ class TcpPair:
                 self.trace.append((self.now, tag, seg))
             if self.drop is not None and self.drop(tag, seg):
                 continue
-            link.send(seg.encode(src, dst), self.now)
+            raw = seg.encode(src, dst)
+            if len(raw) > self.path_mss + 20:  # a TCP segment of MSS payload + 20 header bytes fits the MTU
+                raise AssertionError(f"{tag} sent {len(raw)} TCP bytes; the path takes {self.path_mss + 20}")
+            link.send(raw, self.now)
 
     def _arrive(self, raw: bytes, src: str, dst: str) -> Segment | None:
         try:
