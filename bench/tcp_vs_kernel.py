@@ -215,7 +215,9 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=64, help="ping-pong message size (default 64)")
     ap.add_argument("--body", type=int, default=1024, help="HTTP body bytes (default 1024)")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
-    ap.add_argument("--poll", choices=("wakeup", "busy"), default="busy", help="kbypass's wait mode (default busy)")
+    ap.add_argument("--poll", choices=("wakeup", "busy"), default="wakeup",
+                    help="kbypass's wait mode (default wakeup: on a shared, oversubscribed machine a busy poller "
+                         "is descheduled for milliseconds at a time, one sleeping in poll() is not)")
     ap.add_argument("--only", default="pingpong,http,bulk", help="comma-separated parts to run")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "tcp_vs_kernel.json"))
     ap.add_argument("--png", default=str(ROOT / "bench" / "results" / "tcp_vs_kernel.png"))

@@ -224,6 +224,22 @@ def test_a_port_the_kernel_serves_is_refused(testbed_hosts):
         srv.close()
 
 
+def exchange(clients, errs, held) -> None:
+    """A byte each way on every kernel client that connected (its SO_ERROR 0) and our socket for it."""
+    for c, err in zip(clients, errs):
+        if err == 0:
+            c.setblocking(True)
+            c.settimeout(5)
+            c.sendall(b"?")
+    for s in held:
+        s.settimeout(5)
+        assert s.recv(1) == b"?"
+        s.sendall(b"!")
+    for c, err in zip(clients, errs):
+        if err == 0:
+            assert c.recv(1) == b"!"
+
+
 def test_connection_limit_refuses_cleanly_and_the_kernel_stays_quiet(testbed_hosts):
     a, b = testbed_hosts
     with TcpHost(b.iface, b.ipv4, netns=b.netns, max_connections=2) as host:
@@ -246,14 +262,7 @@ def test_connection_limit_refuses_cleanly_and_the_kernel_stays_quiet(testbed_hos
         host.run_until(lambda: host.counters["refused_limit"] >= 1, time.monotonic() + 3)
         errs = [c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) for c in clients]  # (reading clears it)
         assert sorted(errs) == [0, 0, errno.ECONNREFUSED]
-        # the two held connections still work
-        for c, err in zip(clients, errs):
-            if err == 0:
-                c.setblocking(True)
-                c.sendall(b"ping")
-        for s in accepted:
-            s.settimeout(5)
-            assert s.recv(4) == b"ping"
+        exchange(clients, errs, accepted)  # the two held connections still work
         assert out_rsts(b.netns) == rsts  # the RST was ours, not the kernel's
         for c in clients:
             c.close()
@@ -412,16 +421,6 @@ def test_many_connection_attempts_past_the_limit_are_refused_and_the_held_ones_s
         errs = [c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) for c in clients]
         assert errs.count(0) == limit and errs.count(errno.ECONNREFUSED) == tries - limit
         assert len(held) == limit and host.connections == limit
-        for c, err in zip(clients, errs):
-            if err == 0:
-                c.setblocking(True)
-                c.sendall(b"?")
-        for s in held:
-            s.settimeout(5)
-            assert s.recv(1) == b"?"
-            s.sendall(b"!")
-        for c, err in zip(clients, errs):
-            if err == 0:
-                c.settimeout(5)
-                assert c.recv(1) == b"!"
+        exchange(clients, errs, held)
+        for c in clients:
             c.close()

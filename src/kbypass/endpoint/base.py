@@ -77,6 +77,18 @@ class UdpEndpoint:
             pass
 
 
+def close_steered(lanes: list, steered) -> None:
+    """Close an endpoint's message lanes (each gives its frames back to its port), then the steered port
+    under them (its rules and AF_XDP sockets go); a lane that fails to close does not keep the rest open."""
+    for lane in lanes:
+        try:
+            lane.close()
+        except Exception:
+            pass
+    if steered is not None:
+        steered.close()
+
+
 def payload_limits(mtu: int, frame_size: int, headroom: int = 0) -> tuple[int, int]:
     """(largest UDP payload we can send, largest we can receive) on a link of `mtu` with UMEM frames of
     `frame_size` bytes: a packet never spans two frames, so the frame caps both. A sent frame starts at

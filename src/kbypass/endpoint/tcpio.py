@@ -39,7 +39,8 @@ from kbypass.proto.ethernet import ETH_HLEN, ETH_P_IP
 from kbypass.proto.stack import Stack
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
-POLL_MODES = ("wakeup", "busy")
+from .base import POLL_MODES, close_steered
+
 TCP_FRAME_OVERHEAD = ETH_HLEN + 20 + 60  # Ethernet, IPv4, the largest TCP header (options included)
 RX_BURST = 64  # frames taken per lane per pump before the connections' answers go out
 STACK_CHECK = 0.005  # seconds between looks at the stack's ARP timers
@@ -426,15 +427,8 @@ class TcpHost:
         for holder in self._placeholders.values():
             holder.close()
         self._placeholders.clear()
-        for lane in self._lanes:
-            try:
-                lane.close()
-            except Exception:
-                pass
-        self._lanes = []
-        if self._steered is not None:
-            self._steered.close()
-            self._steered = None
+        close_steered(self._lanes, self._steered)
+        self._lanes, self._steered = [], None
         self._iface.close()
 
     def close(self, linger: float = 5.0) -> None:

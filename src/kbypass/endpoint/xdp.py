@@ -53,7 +53,7 @@ from kbypass.proto import checksum as ck
 from kbypass.proto import udp as udpp
 from kbypass.proto.stack import ArpTimeout, Stack, UdpDatagram
 
-from .base import UdpEndpoint, check_peer, payload_limits
+from .base import UdpEndpoint, check_peer, close_steered, payload_limits
 
 ETH_P_ARP = 0x0806
 PACKET_OUTGOING = 4
@@ -493,15 +493,8 @@ class XdpEndpoint(UdpEndpoint):
         return total
 
     def _teardown(self) -> None:
-        for lane in self._lanes:
-            try:
-                lane.close()
-            except Exception:
-                pass
-        self._lanes = []
-        if self._steered is not None:
-            self._steered.close()
-            self._steered = None
+        close_steered(self._lanes, self._steered)
+        self._lanes, self._steered = [], None
         if self._arp_sock is not None:
             self._arp_sock.close()
             self._arp_sock = None

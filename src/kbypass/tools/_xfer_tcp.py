@@ -15,7 +15,6 @@ import time
 from kbypass.errors import KbypassError, UsageError
 from kbypass.port.loop import Stopper
 
-CHUNK = 256 * 1024
 NOT_FOR_TCP = {"encap": "udp", "ethertype": None, "backend": "afxdp", "faults": "", "loss_at": None, "lane": None,
                "dst_mac": None}
 
@@ -53,7 +52,7 @@ def _addr(text: str) -> tuple[str, int]:
 
 
 def run(args) -> int:
-    from kbypass.tools.xfer import _print, _size, _stream
+    from kbypass.tools.xfer import _print, _size, chunks
 
     check(args)
     idle = args.idle_timeout or 10.0
@@ -70,17 +69,8 @@ def run(args) -> int:
                 sock = host.connect(_addr(args.dst), timeout=idle)
                 sock.settimeout(idle)
                 t0 = time.monotonic()
-                gen = None if src else _stream(args.seed)
-                pending = memoryview(b"")
-                while (args.duration is None or time.monotonic() - t0 < args.duration) and not stopper.stopped:
-                    if src is not None:
-                        chunk = src.read(CHUNK)
-                    else:
-                        if not pending:
-                            pending = memoryview(next(gen))
-                        want = CHUNK if size is None else min(CHUNK, size - moved)
-                        chunk, pending = pending[:want], pending[want:]
-                    if not chunk:
+                for chunk in chunks(src, size, args.seed):
+                    if (args.duration is not None and time.monotonic() - t0 >= args.duration) or stopper.stopped:
                         break
                     sock.sendall(chunk)
                     h.update(chunk)

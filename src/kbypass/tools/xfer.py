@@ -355,6 +355,26 @@ def _stream(seed: int):
         i += 1
 
 
+def chunks(src, size: int | None, seed: int):
+    """What a sender sends, in CHUNK pieces: the file's bytes, or the generated stream up to `size` bytes
+    (None: endless). Pieces of the stream are views of its block: no copy to cut them."""
+    if src is not None:
+        while chunk := src.read(CHUNK):
+            yield chunk
+        return
+    left = size
+    for block in _stream(seed):
+        view = memoryview(block)
+        while view:
+            if left is not None and left <= 0:
+                return
+            want = CHUNK if left is None else min(CHUNK, left)
+            chunk, view = view[:want], view[want:]
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+
 def run(args) -> int:
     if args.proto == "tcp":
         from kbypass.tools import _xfer_tcp
@@ -403,19 +423,8 @@ def _send(args) -> int:
             try:
                 ep.connect(timeout=args.idle_timeout or IDLE_DEFAULT)
                 t0 = time.monotonic()
-                gen = None if src else _stream(args.seed)
-                pending = memoryview(b"")
-                while True:
+                for chunk in chunks(src, size, args.seed):
                     if args.duration is not None and time.monotonic() - t0 >= args.duration:
-                        break
-                    if src is not None:
-                        chunk = src.read(CHUNK)
-                    else:
-                        if not pending:
-                            pending = memoryview(next(gen))  # chunks are views of the block: no copy to cut them
-                        want = CHUNK if size is None else min(CHUNK, size - sent)
-                        chunk, pending = pending[:want], pending[want:]
-                    if not chunk:
                         break
                     ep.send(chunk)
                     h.update(chunk)
