@@ -440,7 +440,8 @@ class TcpHost:
         if linger > 0 and self._conns:
             self.run_until(self._quiet, time.monotonic() + linger)
         for sock in list(self._conns.values()):
-            sock.abort()
+            if sock.conn.state is not tcp.State.TIME_WAIT:  # done: only re-acknowledging a lost FIN
+                sock.abort()
         if self._dirty:
             self._flush(time.monotonic())
         if self._tx_backlog:
