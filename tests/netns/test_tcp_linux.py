@@ -221,3 +221,19 @@ def test_curl_through_a_syn_cookie_keeps_sack_timestamps_and_window_scaling(ns, 
         assert (conn.sack_ok, conn.ts_ok, conn.wscale_ok) == (True, True, True)
     finally:
         host.close()
+
+
+def test_forty_parallel_curl_downloads_at_one_percent_loss(ns, tmp_path):
+    body = random.randbytes(300_000)
+    host = TunHost(ns, loss=0.01, seed=11)
+    try:
+        host.listen(8080, lambda: HttpFile(body))
+        r = in_ns("curl", "-sS", "-Z", "--parallel-max", "40", "--max-time", "60", "-o", str(tmp_path / "got_#1"),
+                  f"http://{OUR_IP}:8080/[1-40]")
+        assert r.returncode == 0, r.stderr.decode()
+        got = sorted(tmp_path.glob("got_*"))
+        assert len(got) == 40 and all(sha256(f.read_bytes()) == sha256(body) for f in got)
+        lst = host.listeners[8080][0]
+        assert lst.stats.accepted == 40 and len(lst.half_open) == 0, lst.stats
+    finally:
+        host.close()

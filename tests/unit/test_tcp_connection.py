@@ -43,7 +43,9 @@ def test_exact_delivery_under_faults(seed):
                         timestamps=rng.random() < 0.7, window_scaling=rng.random() < 0.7,
                         recv_buffer=rng.choice([8192, 65536, 1 << 20]), send_buffer=rng.choice([16384, 1 << 20]))
     kw = dict(loss=rng.choice([0.01, 0.05, 0.15]), reorder=0.05, duplicate=0.03, delay=0.002, jitter=0.0005,
-              rate_bps=5e7, corrupt=0.01, blackholes=((0.05, 0.3),) if seed % 3 == 0 else ())
+              rate_bps=5e7, blackholes=((0.05, 0.3),) if seed % 3 == 0 else ())
+    # no corruption here: the Internet checksum misses some multi-bit flips (TCP's own weakness: a soak of
+    # 300 runs at 2% corruption delivered one wrong byte); test_tcp_segment refuses every single-bit flip
     data, back = rng.randbytes(rng.randint(1, 400_000)), rng.randbytes(rng.randint(0, 100_000))
     p = TcpPair(FaultyLink(seed, **kw), FaultyLink(seed + 100, **kw), client_cfg=cfg, server_cfg=cfg,
                 client=App(data=data), server=App(data=back), seed=seed)

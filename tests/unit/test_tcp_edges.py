@@ -213,3 +213,31 @@ def test_a_whole_transfer_over_a_cookie_connection():
     assert p.listener.stats.cookies_accepted == 1
     assert p.server.received == body and p.client.received == body[::-1]
     assert p.server.events[0] == tcp.Connected(mss=1448, wscale=True, sack=True, timestamps=True)
+
+
+def test_syn_sent_ignores_resets_that_do_not_ack_our_syn_and_resets_bad_syn_acks():
+    conn = tcp.TcpConnection.connect((CLI, CPORT), (SRV, SPORT), 0.0, iss=5000)
+    conn.segments_to_send(0.0)
+    for bad in (tcp.Segment(SPORT, CPORT, 0, 0, tcp.RST, 0),  # no ACK: RFC 9293 drops it
+                tcp.Segment(SPORT, CPORT, 0, 4000, tcp.RST | tcp.ACK, 0)):  # ACK of something else
+        conn.receive(bad, 0.1)
+        assert conn.state is tcp.State.SYN_SENT and conn.next_event() is None
+    conn.receive(tcp.Segment(SPORT, CPORT, 900, 7777, tcp.SYN | tcp.ACK, 1000), 0.2)  # SYN-ACK acking junk
+    out = conn.segments_to_send(0.2)
+    assert [(s.flags, s.seq) for s in out] == [(tcp.RST, 7777)] and conn.state is tcp.State.SYN_SENT
+    conn.receive(tcp.Segment(SPORT, CPORT, 900, 5001, tcp.SYN | tcp.ACK, 1000, tcp.Options(mss=1200)), 0.3)
+    assert conn.state is tcp.State.ESTABLISHED and conn.next_event() == tcp.Connected(1200, False, False, False)
+    ack = conn.segments_to_send(0.3)[0]
+    assert ack.flags == tcp.ACK and ack.seq == 5001 and ack.ack == 901
+
+
+def test_empty_out_of_window_segments_get_at_most_two_acks_a_second_data_gets_each():
+    conn, snd = established()
+    acks = 0
+    for i in range(100):  # an ACK war in the making: pure ACKs far outside the window
+        conn.receive(seg("A", PEER_ISN + 1 + 10**7 + i, snd), 1.0 + i / 100)
+        acks += len(conn.segments_to_send(1.0 + i / 100))
+    assert acks == 2 and conn.stats.out_of_window == 100
+    for i in range(5):  # a retransmission of data already taken is answered every time (a duplicate ACK)
+        conn.receive(seg("PA", PEER_ISN + 1 - 100, snd, b"z" * 100), 3.0 + i / 100)
+        assert len(conn.segments_to_send(3.0 + i / 100)) == 1

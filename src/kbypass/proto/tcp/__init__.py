@@ -6,7 +6,7 @@ The API (stable: TcpEndpoint and the tools build on it)::
 
     seg = tcp.parse_segment(src_ip, dst_ip, raw)        # raw: the IPv4 payload; raises tcp.TcpParseError
     raw = seg.encode(src_ip, dst_ip)                     # checksum over the IPv4 pseudo-header filled in
-    # Segment: frozen (src_port, dst_port, seq, ack, flags, window, options: tcp.Options, payload);
+    # Segment: immutable (src_port, dst_port, seq, ack, flags, window, options: tcp.Options, payload);
     # flags are ints: tcp.SYN | tcp.ACK ...; options: mss, wscale, sack_permitted, timestamps, sack.
 
     listener = tcp.TcpListener(local_ip, local_port, config=tcp.TcpConfig(...))
@@ -36,10 +36,19 @@ listener of the port (or get `reset_for`). A SYN that finds its 4-tuple in TIME_
 number ends the TIME_WAIT (conn.finished becomes true): forget the old connection and give the same SYN to
 the listener. Times are seconds (float, any monotonic origin).
 
+What it does: handshake with MSS, window scaling, SACK-permitted and timestamps negotiated (simultaneous
+open too); cumulative and SACK acknowledgements, delayed ACKs, receiver and sender SWS avoidance; RTO per
+RFC 6298 (Karn, backoff); fast retransmit, RFC 6675 SACK recovery, lost-retransmission detection and tail
+loss probes (RFC 8985 7); NewReno and CUBIC (pluggable: congestion.CONTROLLERS); RFC 7323 RTTM and PAWS;
+zero-window probing; bounded out-of-order reassembly; RFC 9293's state machine with half close and
+TIME_WAIT; RFC 5961 challenge ACKs (rate limited); keepalive; RFC 6528 ISNs; a SYN backlog with SYN
+cookies that keep window scaling and SACK in the timestamp.
+
 Modules: segment (codec), options negotiation and the receive path in connection, the send path and
 timers in output, states (the transition table), sendq (send buffer + SACK scoreboard), recvq
 (reassembly), congestion (NewReno, CUBIC), isn (RFC 6528 ISNs, SYN cookies), listener, sim (a pair over
-simulated faulty links).
+simulated faulty links). Tests: tests/unit/test_tcp_*.py, tests/fuzz/test_tcp_fuzz.py, and against Linux
+behind a TUN: tests/netns/test_tcp_linux.py.
 """
 
 from .config import TcpConfig

@@ -30,6 +30,7 @@ from .sendq import SendQueue
 from .seqnum import seq_lt, unwrap
 from .states import CAN_SEND, PEER_OPEN, SYNCHRONIZED, Input, State, next_state
 
+OOW_ACK_INTERVAL = 0.5  # seconds (Linux's net.ipv4.tcp_invalid_ratelimit)
 DEFAULT_MSS = 536  # RFC 9293 3.7.1: the MSS to assume when the peer's SYN has none
 _ERRORS = {ev.REFUSED: TcpRefusedError, ev.TIMED_OUT: TcpTimeoutError, ev.KEEPALIVE: TcpTimeoutError}
 
@@ -109,6 +110,7 @@ class TcpConnection(Output):
         self._sws_override = False  # the persist timer found a small window: fill it despite SWS avoidance
         self._last_recv = now
         self._ch_start = -1.0
+        self._oow_at = -1.0  # when we last answered an empty out-of-window segment
         self._ch_count = 0
         self._rto_at: float | None = None
         self._tlp_at: float | None = None  # tail loss probe (RFC 8985 7), armed while data is in flight
@@ -260,10 +262,15 @@ class TcpConnection(Output):
             self._ack_now = True
             return
         wnd = self._rcv_wnd()
-        if not self._acceptable(seq, seg.seg_len, wnd):
+        seg_len = seg.seg_len
+        if not self._acceptable(seq, seg_len, wnd):
             self.stats.out_of_window += 1
             if not flags & RST:
-                self._ack_now = True
+                # Answer with an ACK (RFC 9293); for an empty segment at most one per OOW_ACK_INTERVAL, as
+                # Linux does (tcp_invalid_ratelimit): two stacks that disagree must not ping-pong ACKs.
+                if seg_len or now - self._oow_at >= OOW_ACK_INTERVAL:
+                    self._oow_at = now
+                    self._ack_now = True
                 if st is State.TIME_WAIT and flags & FIN:
                     self._timewait_at = now + self.config.time_wait  # RFC 9293: restart the 2MSL timeout
             return
