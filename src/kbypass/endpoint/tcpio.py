@@ -241,6 +241,8 @@ class TcpHost:
             t = self.stack.next_timer()
             if t is not None and now >= t:
                 self._emit(self.stack.handle_timer(now))
+            while self.stack.next_event() is not None:  # ARP news: connect() asks the stack itself
+                pass
         if self._dirty:
             self._flush(now)
         if self._tx_backlog:

@@ -341,13 +341,18 @@ class Stack:
     def probe(self, dst_ip: str | bytes, now: float) -> tuple[bytes | None, list[bytes]]:
         """(the next hop's MAC toward dst_ip or None, frames to send): one resolution attempt when the MAC
         is not known (an ARP request, or a question to `resolve`), for a caller that wants the MAC before
-        its first packet (a TCP connect: a SYN lost to ARP costs a second-long retransmission). The caller
-        paces the attempts."""
+        its first packet (a TCP connect: a SYN lost to ARP costs a second-long retransmission). Owned mode:
+        one ARP request, then the timers retry as for a parked packet; resolve mode: the callback is asked
+        at every call (the caller paces them)."""
         dst = ipv4.ip_bytes(dst_ip)
         hop, mac = self._next_hop_mac(dst, now)
         if mac is not None:
             return mac, []
-        out = self._solicit(hop, now)
+        accepted, ask_now = self.arp.expect(hop, now)  # pending: the reply is an answer, retries run
+        if not accepted:
+            self.counters["tx_arp_pending_full"] += 1
+            return None, []
+        out = self._solicit(hop, now) if ask_now or self._resolve is not None else []
         return self.arp.lookup(hop, now), out
 
     def _route(self, dst: bytes, packet: bytes, queued: str, now: float) -> list[bytes]:
