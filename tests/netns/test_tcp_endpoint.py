@@ -424,3 +424,21 @@ def test_many_connection_attempts_past_the_limit_are_refused_and_the_held_ones_s
         exchange(clients, errs, held)
         for c in clients:
             c.close()
+
+
+def test_curl_gets_static_files_from_root(testbed_hosts, tmp_path):
+    a, b = testbed_hosts
+    (tmp_path / "sub").mkdir()
+    blob = os.urandom(3 << 20)
+    (tmp_path / "sub" / "blob.bin").write_bytes(blob)
+    srv = Served("--root", str(tmp_path), "--count", "2")
+    try:
+        digest, n = curl(a, f"http://{b.ipv4}:{PORT}/sub/blob.bin")
+        missing = subprocess.run(["ip", "netns", "exec", a.netns, "curl", "-s", "-o", "/dev/null", "-w",
+                                  "%{http_code}", f"http://{b.ipv4}:{PORT}/../etc/passwd"], capture_output=True,
+                                 text=True, timeout=30).stdout
+        summary = srv.summary()
+    finally:
+        srv.kill()
+    assert n == len(blob) and digest == hashlib.sha256(blob).hexdigest()
+    assert missing == "404" and summary["statuses"] == {"200": 1, "404": 1}
