@@ -21,6 +21,7 @@ from kbypass.cp.client import SteeringLease
 from kbypass.endpoint.tcpio import TcpHost
 from kbypass.errors import UsageError
 from kbypass.proto import http
+from tests.kb import needs_c
 from tests.netns.test_tcp_placeholder import out_rsts
 
 pytestmark = pytest.mark.netns
@@ -155,10 +156,12 @@ def read_response(s, rest: bytes = b"") -> tuple[int, bytes, bytes]:
 
 
 # ---- the socket API against kernel peers ---------------------------------------------------------------------
-@pytest.fixture
-def host_a(testbed_hosts):
+@pytest.fixture(params=[pytest.param(None, id="c-lane", marks=needs_c), pytest.param(False, id="python-lane")])
+def host_a(testbed_hosts, request):
+    """A TcpHost in host a, its frames moved by the C lane (the default) or the pure-Python one."""
     a, _ = testbed_hosts
-    with TcpHost(a.iface, a.ipv4, netns=a.netns) as host:
+    with TcpHost(a.iface, a.ipv4, netns=a.netns, native=request.param) as host:
+        assert host.native is (request.param is None)
         yield host
 
 

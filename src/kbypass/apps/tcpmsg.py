@@ -115,7 +115,11 @@ class TcpMessages:
         return len(data)  # send() put it on the wire
 
     backend = "afxdp"
-    native = False  # the per-segment work is Python's (the C lane is UDP's)
+
+    @property
+    def native(self) -> bool:
+        """The frames move through the C lane (the TCP itself is Python)."""
+        return self.host.native
 
     @property
     def stats(self) -> dict:

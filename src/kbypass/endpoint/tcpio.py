@@ -35,6 +35,7 @@ from collections import deque
 from kbypass.errors import KbypassError, UsageError
 from kbypass.net import Interface, bind_tcp, check_address
 from kbypass.proto import ipv4, tcp
+from kbypass.proto import udp as udpp
 from kbypass.proto.ethernet import ETH_HLEN, ETH_P_IP
 from kbypass.proto.stack import Stack
 from kbypass.proto.tcp.segment import IPPROTO_TCP
@@ -54,12 +55,13 @@ class TcpHost:
     and CLOSED) held at once; a SYN past it is refused (RST) and counted in `counters["refused_limit"]`.
     loss: drop this fraction of the segments we receive, in the steering program (testing under loss).
     config: a kbypass.proto.tcp.TcpConfig for every connection (the MSS is capped by the MTU and the frame).
+    native: the per-frame ring work in C (kbypass._fastlane), in Python (False), or C when built (None).
     """
 
     def __init__(self, ifname: str, ip: str, *, netns: str | None = None, poll: str = "wakeup",
                  queue: int | None = None, xdp_mode: str = "native", frames: int = 4096, frame_size: int = 2048,
                  control_plane: bool = True, max_connections: int = 4096, loss: float = 0.0,
-                 config=None) -> None:
+                 config=None, native: bool | None = None) -> None:
         from kbypass.port.steered import SteeredPort
 
         self._closed = True
@@ -85,7 +87,11 @@ class TcpHost:
             self.mtu = self._iface.mtu
             self._steered = SteeredPort(ifname, queue, [], netns=netns, xdp_mode=xdp_mode, control_plane=control_plane,
                                         poll=poll, frames=frames, frame_size=frame_size)
-            self._lanes = [p.message_lane(None, native=False) for p in self._steered.ports]
+            # The message lanes move one frame at a time (in C when built: kbypass._fastlane). Their "plain
+            # UDP to us" check is for a port 0 no rule steers, so every frame comes back whole, as bytes.
+            never = udpp.PlainUdp(bytes.fromhex(self._iface.mac.replace(":", "")), socket.inet_aton(ip), 0, None)
+            self._lanes = [p.message_lane(never, native=native) for p in self._steered.ports]
+            self.native = self._lanes[0].native  # True: the C lane moves the frames
             tx_room = min(lane.tx_room for lane in self._lanes)
             # the MSS Linux would announce on this link, shrunk when a UMEM frame cannot hold such a packet
             self.mss = min(self.mtu - 40, tx_room - TCP_FRAME_OVERHEAD)
@@ -228,12 +234,16 @@ class TcpHost:
         now = time.monotonic()
         got = False
         for lane in self._lanes:
+            receive = lane.receive_udp
             for _ in range(RX_BURST):
-                f = lane.receive_one()
+                f = receive()
                 if f is None:
                     break
                 got = True
-                self._frame(f, now)
+                if type(f) is bytes:
+                    self._frame(f, now)
+                else:  # UDP to port 0: nothing of ours (no rule steers it), counted and dropped
+                    self.counters["rx_not_tcp"] += 1
         if self._timers and self._timers[0][0] <= now:
             self._run_timers(now)
         if now >= self._stack_check_at:  # ARP retries: a few per second are plenty (and the scan costs)
