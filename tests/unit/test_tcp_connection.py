@@ -38,6 +38,16 @@ def test_options_off_on_one_side_are_off_for_both():
 
 @pytest.mark.parametrize("seed", range(12))
 def test_exact_delivery_under_faults(seed):
+    exact_delivery(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(12, 400))
+def test_exact_delivery_under_faults_soak(seed):
+    exact_delivery(seed)
+
+
+def exact_delivery(seed):
     rng = random.Random(seed)
     cfg = tcp.TcpConfig(congestion=rng.choice(["cubic", "newreno"]), sack=rng.random() < 0.7,
                         timestamps=rng.random() < 0.7, window_scaling=rng.random() < 0.7,

@@ -255,3 +255,17 @@ def test_a_new_syn_ends_time_wait_and_an_old_one_is_only_acked():
     new = tcp.Segment(80, 40000, (conn.rcv_nxt + 100_000) % 2**32, 0, tcp.SYN, 1000)
     conn.receive(new, p.now + 2)
     assert conn.finished and conn.segments_to_send(p.now + 2) == []
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_slow_start_restarts_after_idle(restart):
+    cfg = tcp.TcpConfig(slow_start_after_idle=restart)
+    p = TcpPair(client_cfg=cfg, client=App(data=random.randbytes(2_000_000), shutdown_when_sent=False),
+                server=App(shutdown_when_sent=False))
+    p.run(until=5.0)
+    conn = p.client.conn
+    grown = conn.cc.cwnd
+    assert grown > 10 * conn.snd_mss
+    conn.send(b"x" * 100_000)  # after 5 s of silence (RTO 0.2 s)
+    conn.segments_to_send(p.now + 5)
+    assert conn.cc.cwnd == (10 * conn.snd_mss if restart else grown)

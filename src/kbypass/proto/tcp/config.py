@@ -19,6 +19,7 @@ class TcpConfig:
     congestion: str = "cubic"  # a key of congestion.CONTROLLERS: "cubic", "newreno" or one registered there
     initial_cwnd: int = 10  # segments (RFC 6928)
     nodelay: bool = True  # False: Nagle (hold a small segment while data is unacknowledged)
+    slow_start_after_idle: bool = True  # RFC 5681 4.1: idle longer than an RTO -> back to the initial window
     delayed_ack: float = 0.04  # seconds; 0 acks every segment at once. Every 2nd full segment acks at once.
     initial_rto: float = 1.0  # RFC 6298 2.1
     min_rto: float = 0.2  # Linux's TCP_RTO_MIN

@@ -109,6 +109,7 @@ class TcpConnection(Output):
         self._persist_backoff = 0  # zero-window probes sent since the window last opened
         self._sws_override = False  # the persist timer found a small window: fill it despite SWS avoidance
         self._last_recv = now
+        self._last_data_at = now  # when we last sent new data (restart after idle)
         self._ch_start = -1.0
         self._oow_at = -1.0  # when we last answered an empty out-of-window segment
         self._ch_count = 0

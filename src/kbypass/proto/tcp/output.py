@@ -130,6 +130,10 @@ class Output:
             sq.rexmit_next = end + (1 if flags & FIN else 0)
         right = sq.snd_una + self.snd_wnd
         sent = False
+        if (sq.snd_una == sq.snd_max < sq.data_end and self.config.slow_start_after_idle
+                and now - self._last_data_at > self.rtt.rto):
+            self.cc.cwnd = min(self.cc.cwnd, self.config.initial_cwnd * self.snd_mss)  # restart after idle
+        cwnd = self.cc.cwnd
         while True:  # new data
             unsent = sq.data_end - sq.snd_max
             if unsent <= 0 or sq.pipe() >= cwnd:
@@ -149,6 +153,7 @@ class Output:
             out.append(self._make(seq, flags, sq.take(seq, n)))
             sq.snd_max = end + (1 if flags & FIN else 0)
             self.stats.bytes_out += n
+            self._last_data_at = now
             sent = True
             if self._rtt_seq is None:
                 self._rtt_seq, self._rtt_time = end - 1, now
