@@ -356,6 +356,31 @@ def test_a_peer_that_vanishes_is_found_by_keepalive_and_reset(testbed_hosts):
             srv.close()
 
 
+def test_timer_heap_stays_bounded_with_keepalive_during_a_transfer(testbed_hosts):
+    """Keepalive re-arms hours ahead on every segment: superseded entries must not pile up in the heap."""
+    from kbypass.proto.tcp import TcpConfig
+
+    a, b = testbed_hosts
+    data = os.urandom(6 << 20)
+    with TcpHost(b.iface, b.ipv4, netns=b.netns, config=TcpConfig(keepalive=True)) as host:
+        lst = host.listen(5008)
+        c = kernel_socket(a.netns)
+        t = threading.Thread(target=lambda: (c.connect((b.ipv4, 5008)), c.sendall(data), c.close()), daemon=True)
+        t.start()
+        conn, _ = lst.accept(timeout=5)
+        conn.settimeout(20)
+        got, most = 0, 0
+        while True:
+            chunk = conn.recv(1 << 20)
+            if not chunk:
+                break
+            got += len(chunk)
+            most = max(most, host.timer_entries)
+        t.join(5)
+        assert got == len(data) and most <= 4 * 2 + 64, most
+        conn.close()
+
+
 def zero_window(testbed_hosts, hold: float) -> None:
     """Our application reads nothing for `hold` seconds while a kernel client sends 12 MiB: the window
     closes (the kernel's sender stalls, probing), nothing is lost or held without bound, and once we read

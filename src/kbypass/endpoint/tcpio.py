@@ -110,7 +110,8 @@ class TcpHost:
         self._conns: dict[tuple[bytes, int, int], object] = {}  # (peer ip, peer port, local port) -> TcpSocket
         self._listeners: dict[int, object] = {}  # local port -> endpoint.tcp.TcpListener
         self._dirty: set = set()  # sockets with something to send or events to read
-        self._timers: list = []  # heap of (when, seq, socket)
+        self._timers: list = []  # heap of (when, seq, socket or listener)
+        self._scheduled: dict = {}  # socket or listener -> its live heap entry (when, seq)
         self._seq = 0
         self._tx_backlog: deque[bytes] = deque()
         self._stack_check_at = 0.0
@@ -203,6 +204,7 @@ class TcpHost:
 
     def forget(self, sock) -> None:
         """The socket's connection is CLOSED: drop it from the table (and its port when nothing uses it)."""
+        self._scheduled.pop(sock, None)
         if self._conns.get(sock.key) is sock:
             del self._conns[sock.key]
             if not self.port_in_use(sock.key[2]):
@@ -298,17 +300,37 @@ class TcpHost:
 
     # ---- timers ------------------------------------------------------------------------------------------
     def schedule(self, sock, when: float | None) -> None:
-        """Call sock.timer(now) at `when` (a socket or a listener; a stale entry finds nothing due)."""
-        if when is not None:
-            self._seq += 1
-            heapq.heappush(self._timers, (when, self._seq, sock))
+        """Call sock.timer(now) at `when` (a socket or a listener), unless it is already due at or before
+        then: that earlier call finds nothing due, and its flush schedules the real next time. So the heap
+        holds one live entry per socket plus the entries an earlier time superseded, which are skipped
+        when they come up, and rebuilt away when they outnumber the live ones (a keepalive hours ahead
+        would otherwise pile up one entry per re-arm)."""
+        if when is None:
+            return
+        cur = self._scheduled.get(sock)
+        if cur is not None and cur[0] <= when:
+            return
+        self._seq += 1
+        self._scheduled[sock] = (when, self._seq)
+        heapq.heappush(self._timers, (when, self._seq, sock))
+        if len(self._timers) > 4 * len(self._scheduled) + 64:
+            self._timers = [(t, n, o) for o, (t, n) in self._scheduled.items()]
+            heapq.heapify(self._timers)
 
     def _run_timers(self, now: float) -> None:
-        timers = self._timers
+        timers, scheduled = self._timers, self._scheduled
         while timers and timers[0][0] <= now:
-            _, _, sock = heapq.heappop(timers)
-            sock.timer(now)  # the socket checks its connection's own next_timer (stale entries do nothing)
+            when, n, sock = heapq.heappop(timers)
+            if scheduled.get(sock) != (when, n):
+                continue  # superseded by an earlier time, or the socket is gone
+            del scheduled[sock]
+            sock.timer(now)  # the socket checks its connection's own next_timer
             self._dirty.add(sock)
+
+    @property
+    def timer_entries(self) -> int:
+        """Entries in the timer heap (bounded: see schedule)."""
+        return len(self._timers)
 
     def timeout(self) -> float | None:
         """Seconds until the next protocol timer (None: none set): wait on fileno() no longer than this."""
