@@ -178,6 +178,7 @@ PAYLOAD = bytes(range(256)) * 1172  # 300032 bytes: several windows
 def test_echo_with_a_kernel_server_then_its_rst(testbed_hosts, host_a):
     _, b = testbed_hosts
     srv = kernel_socket(b.netns)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((b.ipv4, 5001))
     srv.listen()
     done = threading.Event()
@@ -470,3 +471,41 @@ def test_curl_gets_static_files_from_root(testbed_hosts, tmp_path):
         srv.kill()
     assert n == len(blob) and digest == hashlib.sha256(blob).hexdigest()
     assert missing == "404" and summary["statuses"] == {"200": 1, "404": 1}
+
+
+def test_close_at_the_same_time_as_a_kernel_peer(testbed_hosts, host_a):
+    """Both ends send FIN at once (a barrier): each sees the other's end of stream and the connection ends
+    in TIME_WAIT on our side (CLOSING first when the FINs crossed), with nothing reset."""
+    _, b = testbed_hosts
+    srv = kernel_socket(b.netns)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the other lane's run left a TIME_WAIT
+    srv.bind((b.ipv4, 5009))
+    srv.listen()
+    barrier = threading.Barrier(2)
+    seen = {}
+
+    def peer():
+        c, _ = srv.accept()
+        c.settimeout(10)
+        assert c.recv(5) == b"hello"
+        barrier.wait(5)
+        c.shutdown(socket.SHUT_WR)
+        seen["eof"] = c.recv(10)
+        c.close()
+
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
+    try:
+        s = host_a.connect((b.ipv4, 5009), timeout=5)
+        s.sendall(b"hello")
+        barrier.wait(5)
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(5)
+        assert s.recv(10) == b""
+        host_a.run_until(lambda: s.conn.state.name == "TIME_WAIT", time.monotonic() + 5)
+        assert s.conn.state.name == "TIME_WAIT"
+        t.join(5)
+        assert seen["eof"] == b""
+        s.close()
+    finally:
+        srv.close()
