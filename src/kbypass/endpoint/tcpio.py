@@ -40,7 +40,7 @@ from kbypass.proto.ethernet import ETH_HLEN, ETH_P_IP
 from kbypass.proto.stack import Stack
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
-from .base import POLL_MODES, close_steered
+from .base import POLL_MODES, close_steered, wake_lanes
 
 TCP_FRAME_OVERHEAD = ETH_HLEN + 20 + 60  # Ethernet, IPv4, the largest TCP header (options included)
 RX_BURST = 64  # frames taken per lane per pump before the connections' answers go out
@@ -397,12 +397,9 @@ class TcpHost:
     def wait(self, deadline: float | None) -> None:
         """Nothing to do now: let the kernel work (busy: one wake; wakeup: sleep in poll until a frame may
         have come, the next timer or the deadline)."""
+        wake_lanes(self._lanes, self.poll_mode == "busy")
         if self.poll_mode == "busy":
-            for lane in self._lanes:
-                lane.wake()
             return
-        for lane in self._lanes:
-            lane.wake_if_asked()
         if self._tx_backlog:
             self._drain_backlog()
             wait = 0.0005

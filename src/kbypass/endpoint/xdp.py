@@ -53,7 +53,7 @@ from kbypass.proto import checksum as ck
 from kbypass.proto import udp as udpp
 from kbypass.proto.stack import ArpTimeout, Stack, UdpDatagram
 
-from .base import UdpEndpoint, check_peer, close_steered, payload_limits
+from .base import UdpEndpoint, check_peer, close_steered, payload_limits, wake_lanes
 
 ETH_P_ARP = 0x0806
 PACKET_OUTGOING = 4
@@ -246,12 +246,9 @@ class XdpEndpoint(UdpEndpoint):
         may be ready, a timer is due, or the deadline)."""
         now = time.monotonic()
         self._service(now)
+        wake_lanes(self._lanes, self.poll_mode == "busy")
         if self.poll_mode == "busy":
-            for lane in self._lanes:
-                lane.wake()
             return
-        for lane in self._lanes:
-            lane.wake_if_asked()
         t = self.stack.next_timer()
         until = min(x for x in (deadline, t, now + 1.0) if x is not None)
         self._poller.poll(max(0, int((until - now) * 1000 + 0.999)))
