@@ -8,7 +8,8 @@
                 answering with the same bytes (kbypass.proto.http: same parser, same responses), and nginx
                 on the kernel serving a file of the same size; requests/s
     bulk        `iperf3 -c` (host a, the kernel's TCP sending) into `kbypass xfer recv --proto tcp --iperf3`
-                beside `iperf3 -s` (kernel to kernel); goodput
+                beside `iperf3 -s` (kernel to kernel); and `kbypass xfer send --proto tcp` into a socat sink
+                (the kernel receiving) beside socat sending the same bytes; goodput
 
 Servers run in host b on CPU 1, clients in host a on CPU 0. Contenders take turns within a run; medians over
 --runs are reported with the ratios the issue names (ping-pong p50 kbypass/kernel, wrk kbypass/uvloop, bulk
@@ -206,6 +207,37 @@ def bulk(kind: str, a, b, seconds: float, poll: str) -> dict:
             "retransmits": d["end"]["sum_sent"].get("retransmits")}
 
 
+def send_bulk(kind: str, a, b, size: int, poll: str) -> dict:
+    """`size` bytes from host a into a socat sink in host b (the kernel receives in both): kbypass xfer send
+    --proto tcp, or socat reading /dev/zero (the kernel's TCP sending). Goodput: size over the sender's
+    time from connect to the sink's close."""
+    sink = subprocess.Popen(in_ns(b, SERVER_CPU, "socat", "-u", f"TCP-LISTEN:{BULK_PORT + 1},bind={b.ipv4},reuseaddr",
+                                  "OPEN:/dev/null"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 10
+        while not subprocess.run(in_ns(b, "0", "ss", "-Hltn", f"sport = :{BULK_PORT + 1}"), capture_output=True,
+                                 text=True).stdout.strip():
+            if time.monotonic() > end:
+                raise RuntimeError("the socat sink did not start")
+            time.sleep(0.05)
+        if kind == "kbypass":
+            p = subprocess.run(kb("xfer", "send", "--proto", "tcp", "--host", "a", "--dst", f"{b.ipv4}:{BULK_PORT + 1}",
+                                  "--size", str(size), "--cpu", CLIENT_CPU, "--poll", poll, "--json"),
+                               capture_output=True, text=True, timeout=600)
+            if p.returncode:
+                raise RuntimeError(f"kbypass xfer send: {p.stderr[-300:]}")
+            return {"goodput_bps": json.loads(p.stdout)["goodput_bps"]}
+        t0 = time.monotonic()
+        p = subprocess.run(in_ns(a, CLIENT_CPU, "socat", "-u", f"OPEN:/dev/zero,readbytes={size}",
+                                 f"TCP:{b.ipv4}:{BULK_PORT + 1}"), capture_output=True, text=True, timeout=600)
+        if p.returncode:
+            raise RuntimeError(f"socat: {p.stderr[-300:]}")
+        sink.wait(30)
+        return {"goodput_bps": size * 8 / (time.monotonic() - t0)}
+    finally:
+        stop(sink)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prefix", default=os.environ.get("KBYPASS_TESTBED", "kbt"), help="testbed prefix (default "
@@ -215,6 +247,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=64, help="ping-pong message size (default 64)")
     ap.add_argument("--body", type=int, default=1024, help="HTTP body bytes (default 1024)")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    ap.add_argument("--send-size", type=int, default=100 << 20, help="bytes per send trial (default 100 MiB)")
     ap.add_argument("--poll", choices=("wakeup", "busy"), default="wakeup",
                     help="kbypass's wait mode (default wakeup: on a shared, oversubscribed machine a busy poller "
                          "is descheduled for milliseconds at a time, one sleeping in poll() is not)")
@@ -251,6 +284,9 @@ def main() -> int:
     if "bulk" in parts:
         trials["bulk iperf3 -> iperf3 -s (kernel)"] = lambda: bulk("kernel", a, b, args.seconds, args.poll)
         trials["bulk iperf3 -> kbypass --iperf3"] = lambda: bulk("kbypass", a, b, args.seconds, args.poll)
+        trials["bulk socat send -> socat sink (kernel)"] = lambda: send_bulk("kernel", a, b, args.send_size,
+                                                                             args.poll)
+        trials["bulk kbypass send -> socat sink"] = lambda: send_bulk("kbypass", a, b, args.send_size, args.poll)
     names = list(trials)
     runs: dict[str, list] = {n: [] for n in names}
     try:
@@ -305,6 +341,8 @@ def _ratios(t: dict) -> dict:
         "http req/s kbypass / nginx": r("http kbypass", "http nginx", "requests_per_s"),
         "bulk kbypass receiver / kernel receiver": r("bulk iperf3 -> kbypass --iperf3",
                                                      "bulk iperf3 -> iperf3 -s (kernel)", "goodput_bps"),
+        "bulk kbypass sender / kernel sender": r("bulk kbypass send -> socat sink",
+                                                 "bulk socat send -> socat sink (kernel)", "goodput_bps"),
     }.items() if v is not None}
 
 
