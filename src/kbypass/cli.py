@@ -91,7 +91,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"kbypass: error: {where + ': ' if where else ''}{message} (see '{self.prog} --help')\n")
 
 # Commands whose loop (a Stopper's) is their last phase: after it only closing and the summary remain.
-LOOP_LAST = frozenset({"sink", "reflect", "capture", "gen", "stats", "top", "pingpong"})
+LOOP_LAST = frozenset({"sink", "reflect", "capture", "gen", "stats", "top", "pingpong", "http"})
 
 # Order is the order of `kbypass --help`.
 COMMANDS = [
@@ -109,6 +109,7 @@ COMMANDS = [
     "pingpong",
     "tune",
     "xfer",
+    "http",
     "cp",
     "run",
 ]

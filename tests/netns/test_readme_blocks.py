@@ -40,9 +40,9 @@ SKIP = {
 NO_TRAFFIC = {
     'reflect --host b --rule "udp dport 7"': "its rule takes port 7; the block's gen sends to port 4321",
 }
-BACKGROUND = re.compile(r"\bkbypass (sink|reflect|pingpong server|xfer recv)\b|\bkbypass capture\b(?!.*(-c|--count) )"
+BACKGROUND = re.compile(r"\bkbypass (sink|reflect|pingpong server|xfer recv|http serve)\b|\bkbypass capture\b(?!.*(-c|--count) )"
                         r"|\bkbypass run\b.*\bsockperf server\b")
-READY_WORDS = ("receiving on", "pingpong server on", "listening", "accelerated on")
+READY_WORDS = ("receiving on", "pingpong server on", "listening", "accelerated on", "http serve on")
 
 
 def blocks() -> list[tuple[str, str]]:

@@ -39,6 +39,8 @@ BASE = {
     "xfer send": ["xfer", "send", *WHERE, "--dst", "127.0.0.1:7000", "--dst-mac", "02:00:00:00:00:02",
                   "--size", "1K"],
     "xfer recv": ["xfer", "recv", *WHERE],
+    "http serve": ["http", "serve", *WHERE, "--ip", "127.0.0.1"],
+    "http get": ["http", "get", *WHERE, "--ip", "127.0.0.1", "http://127.0.0.1:8080/"],
     "tune show": ["tune", "show", *WHERE],
     "tune apply": ["tune", "apply", *WHERE, "busy_poll=0"],
     "testbed up": ["testbed", "up", "--prefix", "htzz"],
@@ -247,6 +249,7 @@ PATHS = {
     ("pingpong client", "--histogram"): "out",
     ("top", "--record"): "out",
     ("report", "--output"): "out",
+    ("http get", "--output"): "out",
     ("xfer send", "--file"): "in",
     ("demo", "--out"): "dir",
     ("bench rx", "--out"): "dir",
@@ -254,7 +257,7 @@ PATHS = {
 }
 # the README: "-" is the standard stream where it makes sense (stdout for what is written, stdin for xfer
 # send's --file)
-STDOUT_OK = {("capture", "--write"), ("xfer recv", "--write"), ("xfer send", "--file")}
+STDOUT_OK = {("capture", "--write"), ("xfer recv", "--write"), ("xfer send", "--file"), ("http get", "--output")}
 
 
 def test_every_path_option_is_in_the_matrix() -> None:

@@ -17,12 +17,13 @@ SHORT = {r.short: r.option for r in ROWS if r.short}
 # The table's "commands" column in words, as explicit lists (kept small on purpose: a command that starts
 # opening an interface or printing a summary is added here, where a reviewer sees it).
 OPENS_AN_INTERFACE = ["sink", "reflect", "capture", "gen", "stats", "pingpong server", "pingpong client",
-                      "tune show", "tune apply", "xfer send", "xfer recv", "cp serve", "cp start"]
+                      "tune show", "tune apply", "xfer send", "xfer recv", "cp serve", "cp start", "http serve",
+                      "http get"]
 USES_THE_TESTBED = [*OPENS_AN_INTERFACE, "testbed up", "testbed down", "testbed status", "doctor", "demo",
                     "bench rx", "bench latency"]
 HAS_A_SUMMARY = ["sink", "reflect", "capture", "gen", "stats", "pingpong server", "pingpong client",
                  "tune show", "tune apply", "xfer send", "xfer recv", "testbed up", "testbed status",
-                 "doctor", "bench rx", "bench latency"]
+                 "doctor", "bench rx", "bench latency", "http serve", "http get"]
 PHRASES = {
     "every command that opens an interface": OPENS_AN_INTERFACE,
     "every command that reads or makes the testbed": USES_THE_TESTBED,

@@ -78,6 +78,28 @@ class UdpEndpoint:
             pass
 
 
+def wake_lanes(lanes: list, busy: bool) -> None:
+    """Let the kernel make progress on every lane before waiting: busy polling wakes (its busy-poll call
+    every few empty looks), wakeup mode only when the fill ring asks (XDP_RING_NEED_WAKEUP)."""
+    for lane in lanes:
+        if busy:
+            lane.wake()
+        else:
+            lane.wake_if_asked()
+
+
+def close_steered(lanes: list, steered) -> None:
+    """Close an endpoint's message lanes (each gives its frames back to its port), then the steered port
+    under them (its rules and AF_XDP sockets go); a lane that fails to close does not keep the rest open."""
+    for lane in lanes:
+        try:
+            lane.close()
+        except Exception:
+            pass
+    if steered is not None:
+        steered.close()
+
+
 def payload_limits(mtu: int, frame_size: int, headroom: int = 0, *, multi_buffer: bool = False) -> tuple[int, int]:
     """(largest UDP payload we can send, largest we can receive) on a link of `mtu` with UMEM frames of
     `frame_size` bytes. One frame per packet: the frame caps both (a sent frame starts at the frame +

@@ -54,7 +54,7 @@ from kbypass.proto import udp as udpp
 from kbypass.proto.stack import ArpTimeout, Stack, UdpDatagram
 from kbypass.xsk import multibuf
 
-from .base import UdpEndpoint, check_peer, payload_limits
+from .base import UdpEndpoint, check_peer, close_steered, payload_limits, wake_lanes
 
 ETH_P_ARP = 0x0806
 PACKET_OUTGOING = 4
@@ -266,12 +266,9 @@ class XdpEndpoint(UdpEndpoint):
         may be ready, a timer is due, or the deadline)."""
         now = time.monotonic()
         self._service(now)
+        wake_lanes(self._lanes, self.poll_mode == "busy")
         if self.poll_mode == "busy":
-            for lane in self._lanes:
-                lane.wake()
             return
-        for lane in self._lanes:
-            lane.wake_if_asked()
         t = self.stack.next_timer()
         until = min(x for x in (deadline, t, now + 1.0) if x is not None)
         self._poller.poll(max(0, int((until - now) * 1000 + 0.999)))
@@ -580,15 +577,8 @@ class XdpEndpoint(UdpEndpoint):
         return total
 
     def _teardown(self) -> None:
-        for lane in self._lanes:
-            try:
-                lane.close()
-            except Exception:
-                pass
-        self._lanes = []
-        if self._steered is not None:
-            self._steered.close()
-            self._steered = None
+        close_steered(self._lanes, self._steered)
+        self._lanes, self._steered = [], None
         if self._arp_sock is not None:
             self._arp_sock.close()
             self._arp_sock = None

@@ -6,6 +6,7 @@ bind an endpoint holds while it serves a port the kernel also owns.
         iface.neighbour("10.77.0.1")                      # the kernel's ARP entry, or None (and a probe)
     link_info("kb-b", "kb-b")                             # the same facts as a LinkInfo, netlink closed
     placeholder = bind_udp("kb-b", "10.77.0.2", 0)        # a kernel socket holding the port
+    placeholder = bind_tcp("kb-b", "10.77.0.2", 8080)     # the same for a userspace TCP port (never listens)
 """
 
 from __future__ import annotations
@@ -137,14 +138,51 @@ def bind_udp(netns: str | None, ip: str, port: int) -> socket.socket:
     """A kernel UDP socket bound to ip:port in netns, with a clear error when the port is taken. An
     endpoint that serves a port of an address the kernel owns holds one: a kernel socket already there is
     refused clearly, none can bind it later, and port 0 picks a free port (`getsockname()`)."""
-    with _netns.entered(netns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    return _bind(netns, ip, port, socket.SOCK_DGRAM)
+
+
+def bind_tcp(netns: str | None, ip: str, port: int) -> socket.socket:
+    """A kernel TCP socket bound to ip:port in netns and never listening: it holds the port for a userspace
+    TCP endpoint (the kernel will not hand it out as an ephemeral port, nor let a server bind it), while
+    the steering program takes every segment of the port before the kernel could answer one (a bound,
+    non-listening socket would otherwise RST a SYN). A port a kernel socket already holds (a listening
+    server, a connection from that port) is a UsageError naming the fix; 0 picks a free port."""
+    return _bind(netns, ip, port, socket.SOCK_STREAM)
+
+
+def _kernel_states(ip: str, port: int) -> set[str]:
+    """States (hex, as /proc/net/tcp writes them: 0A listen, 06 TIME_WAIT) of the kernel TCP sockets on
+    ip:port or the wildcard with that port, in the namespace we are in (/proc shows the reading thread's)."""
+    want = {f"{int.from_bytes(socket.inet_aton(a), 'little'):08X}:{port:04X}" for a in (ip, "0.0.0.0")}
     try:
-        s.bind((ip, port))
-    except OSError as e:
-        s.close()
-        if e.errno == errno.EADDRINUSE:
-            raise UsageError(f"{ip}:{port} is already bound by another socket in the kernel: pick another "
-                             "port or stop that program") from None
-        raise UsageError(f"cannot bind {ip}:{port}: {e.strerror}") from None
+        with open("/proc/thread-self/net/tcp") as f:
+            next(f)
+            return {fields[3] for fields in (line.split() for line in f) if fields[1] in want}
+    except OSError:
+        return set()
+
+
+LISTEN, TIME_WAIT = "0A", "06"
+
+
+def _bind(netns: str | None, ip: str, port: int, kind: int) -> socket.socket:
+    with _netns.entered(netns):
+        s = socket.socket(socket.AF_INET, kind)
+        states = _kernel_states(ip, port) if kind == socket.SOCK_STREAM and port else set()
+        if states == {TIME_WAIT}:
+            # only connections the kernel is finishing (a server that just exited): they never take a SYN
+            # from the wire again, so sharing the port with them is what SO_REUSEADDR is for
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((ip, port))
+        except OSError as e:
+            s.close()
+            proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+            if e.errno == errno.EADDRINUSE:
+                if LISTEN in states:
+                    raise UsageError(f"{ip}:{port} is a kernel TCP server's: a kernel socket listens on it; stop "
+                                     "that server or pick another port") from None
+                raise UsageError(f"{ip}:{port} is already bound by another {proto} socket in the kernel: pick "
+                                 "another port or stop that program") from None
+            raise UsageError(f"cannot bind {proto} {ip}:{port}: {e.strerror}") from None
     return s

@@ -186,6 +186,17 @@ class ArpResolver:
         p.queue.append(item)
         return True, False
 
+    def expect(self, ip: bytes, now: float) -> tuple[bool, bool]:
+        """Start resolving ip with nothing parked (a caller that wants the MAC before its first packet), so
+        the reply is taken as an answer and the retries and the timeout run as for a parked packet.
+        Returns (accepted, send_request_now) as enqueue does."""
+        if ip in self._pending:
+            return True, False
+        if len(self._pending) >= self.max_pending:
+            return False, False
+        self._pending[ip] = _Pending(next_at=now + self.interval, sent=1)
+        return True, True
+
     def next_timer(self) -> float | None:
         times = [p.next_at for p in self._pending.values()]
         times += self._in_use.values()

@@ -89,7 +89,7 @@ DROP_REASONS: tuple[str, ...] = (
 ACTIVITY: tuple[str, ...] = (
     "rx_frames", "arp_requests_answered", "arp_replies_accepted", "arp_requests_sent", "arp_learned",
     "arp_refreshes", "arp_timeouts",
-    "icmp_echo_answered", "udp_delivered", "udp_sent", "udp_queued",
+    "icmp_echo_answered", "udp_delivered", "udp_sent", "udp_queued", "ip_sent", "ip_queued",
 )
 
 
@@ -297,7 +297,9 @@ class Stack:
         return self._ident
 
     def _flush(self, mac: bytes, packets: list[bytes]) -> list[bytes]:
-        self.counters["udp_sent"] += len(packets)
+        udp_sent = sum(1 for p in packets if p[9] == IPPROTO_UDP)
+        self.counters["udp_sent"] += udp_sent
+        self.counters["ip_sent"] += len(packets) - udp_sent
         return [build_ethernet(mac, self.mac, ETH_P_IP, p) for p in packets]
 
     def max_payload(self) -> int:
@@ -313,17 +315,55 @@ class Stack:
         if len(payload) > self.max_payload():
             raise UsageError(f"a {len(payload)}-byte message exceeds the MTU ({self.mtu}: at most "
                              f"{self.max_payload()} bytes of UDP payload); kbypass does not fragment, send less")
-        hop, mac = self._next_hop_mac(dst, now)
         packet = ipv4.build_ipv4(self.ip, dst, IPPROTO_UDP,
                                  udp.build_udp(self.ip, dst, src_port, dst_port, payload),
                                  ident=self._next_ident())
+        return self._route(dst, packet, "udp_queued", now)
+
+    def send_ip(self, dst_ip: str | bytes, proto: int, payload: bytes, now: float) -> list[bytes]:
+        """Frames for one IP packet carrying `payload` of protocol `proto` (a TCP segment the TCP endpoint
+        built, say): sent now when the next hop's MAC is known, else parked behind its resolution as
+        `send_udp` parks a datagram."""
+        try:
+            dst = ipv4.ip_bytes(dst_ip)
+        except ValueError as e:
+            raise UsageError(f"bad destination address: {e}") from None
+        if len(payload) > self.mtu - ipv4.IPV4_HLEN:
+            raise UsageError(f"a {len(payload)}-byte IP payload exceeds the MTU ({self.mtu}); kbypass does not "
+                             "fragment: send less")
+        return self._route(dst, ipv4.build_ipv4(self.ip, dst, proto, payload, ident=self._next_ident()),
+                           "ip_queued", now)
+
+    def next_hop_mac(self, dst_ip: str | bytes, now: float) -> bytes | None:
+        """The MAC the next packet to dst_ip goes to when known now (no resolution started), else None."""
+        return self._next_hop_mac(ipv4.ip_bytes(dst_ip), now)[1]
+
+    def probe(self, dst_ip: str | bytes, now: float) -> tuple[bytes | None, list[bytes]]:
+        """(the next hop's MAC toward dst_ip or None, frames to send): one resolution attempt when the MAC
+        is not known (an ARP request, or a question to `resolve`), for a caller that wants the MAC before
+        its first packet (a TCP connect: a SYN lost to ARP costs a second-long retransmission). Owned mode:
+        one ARP request, then the timers retry as for a parked packet; resolve mode: the callback is asked
+        at every call (the caller paces them)."""
+        dst = ipv4.ip_bytes(dst_ip)
+        hop, mac = self._next_hop_mac(dst, now)
+        if mac is not None:
+            return mac, []
+        accepted, ask_now = self.arp.expect(hop, now)  # pending: the reply is an answer, retries run
+        if not accepted:
+            self.counters["tx_arp_pending_full"] += 1
+            return None, []
+        out = self._solicit(hop, now) if ask_now or self._resolve is not None else []
+        return self.arp.lookup(hop, now), out
+
+    def _route(self, dst: bytes, packet: bytes, queued: str, now: float) -> list[bytes]:
+        hop, mac = self._next_hop_mac(dst, now)
         if mac is not None:
             return self._flush(mac, [packet])
         was_pending = self.arp.is_pending(hop)
         accepted, ask_now = self.arp.enqueue(hop, packet, now)
         if not accepted:
             return self._drop("tx_arp_queue_full" if was_pending else "tx_arp_pending_full")
-        self.counters["udp_queued"] += 1
+        self.counters[queued] += 1
         return self._solicit(hop, now) if ask_now else []
 
     def _check_flow(self, dst_ip: str | bytes, dst_port: int, src_port: int) -> bytes:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
-from kbypass.errors import UsageError
+from kbypass.errors import KbypassError, UsageError
 from kbypass.tools._output import console, print_json  # noqa: F401  (re-exported for the tools)
 
 
@@ -27,3 +28,13 @@ def partial_path(path: str) -> str:
     os.replace is atomic), hidden, per process. A command that fails leaves an existing `path` untouched."""
     head, name = os.path.split(os.path.abspath(path))
     return os.path.join(head, f".{name}.kbypass-partial-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def peer_errors(what: str):
+    """A peer that refuses, resets or goes silent is one line `kbypass: error: WHAT: why`, not a traceback."""
+    try:
+        yield
+    except (ConnectionError, TimeoutError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        raise KbypassError(f"{what}: {why}") from None

@@ -3,6 +3,7 @@ compatible with sockperf (see kbypass.apps.pingpong)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -19,7 +20,7 @@ from kbypass.host import testbed
 from kbypass.port.loop import Stopper
 from kbypass.tools import _options as opt
 from kbypass.tools._backend import default_frame_size
-from kbypass.tools._common import pin_cpu
+from kbypass.tools._common import peer_errors, pin_cpu
 from kbypass.tools._output import emit
 
 # the afxdp-only options and their defaults: given with --backend socket they are refused (it ignores them)
@@ -45,6 +46,9 @@ def register(sub) -> None:
                            help="afxdp: an on-link router, the next hop for peers outside --ip's subnet "
                                 "(without it such peers are refused; the socket backend uses the kernel's routes)")
         how = q.add_argument_group("how")
+        how.add_argument("--tcp", action="store_true",
+                         help="sockperf's TCP mode (sockperf --tcp): messages on a TCP connection of kbypass's "
+                              "userspace TCP (afxdp backend)")
         how.add_argument("--backend", choices=("afxdp", "socket"), default="afxdp",
                          help="afxdp (the bypass, default) or socket (a kernel UDP socket, the baseline)")
         how.add_argument("--poll", choices=("busy", "wakeup"), default="wakeup",
@@ -63,9 +67,9 @@ def register(sub) -> None:
                       "stop after this many measured samples")
         opt.add_cpu(how)
         opt.add_json(how)
-    opt.add_port(server, help="UDP port to answer on (default 11111, sockperf's)", default=11111)
+    opt.add_port(server, help="port to answer on, UDP (TCP with --tcp) (default 11111, sockperf's)", default=11111)
     opt.add_idle_timeout(server, help="stop after this many seconds without a message (from the start)")
-    opt.add_port(client, help="local UDP port (default 0: a free one)", default=0)
+    opt.add_port(client, help="local port, UDP (TCP with --tcp) (default 0: a free one)", default=0)
     opt.add_dst(client, help="the server to measure, e.g. 10.77.0.2:11111", required=True)
     client.add_argument("--size", type=opt.int_range(14, MAX_UDP_PAYLOAD, "a message size in bytes"), default=64,
                         help="message size in bytes (14, sockperf's header, to 65507; default 64)")
@@ -99,6 +103,15 @@ def _server_addr(text: str) -> tuple[str, int]:
 
 def _check(args) -> None:
     """Every check that needs no network, before anything is opened."""
+    if args.tcp:
+        if args.backend != "afxdp":
+            raise UsageError("--tcp runs kbypass's userspace TCP, over the afxdp backend: for the kernel's TCP "
+                             "use sockperf --tcp itself")
+        given = [k for k in ("dedicated", "gateway", "lane") if getattr(args, k)]
+        if given or args.frame_size not in (None, 2048):
+            name = "--" + (given[0] if given else "frame_size").replace("_", "-")
+            raise UsageError(f"{name} is for UDP: the TCP endpoint uses the interface's own address, on-link "
+                             "peers, 2048-byte frames and its Python segment path; leave it out with --tcp")
     if args.backend != "afxdp":
         given = [k for k, default in AFXDP_ONLY.items() if getattr(args, k) not in (default, None)]
         if given:
@@ -119,18 +132,49 @@ def _check(args) -> None:
         check_client_options(reply_timeout=args.reply_timeout, give_up=args.idle_timeout, warmup=args.warmup)
 
 
-def _open(args):
-    from kbypass.endpoint import UdpEndpoint
+@contextlib.contextmanager
+def _open_tcp(args):
+    """sockperf messages over kbypass's TCP: the server listens on --port, the client connects to --dst."""
+    from kbypass.apps.tcpmsg import TcpMessages
+    from kbypass.endpoint.tcpio import TcpHost
 
+    iface, ns, ip = _where(args)
+    require_root(f"kbypass pingpong {args.role} --tcp")
+    pin_cpu(args.cpu)
+    with TcpHost(iface, ip, netns=ns, poll=args.poll, xdp_mode=args.xdp_mode or "native",
+                 control_plane=not args.no_cp) as host:
+        if args.role == "server":
+            ep = TcpMessages(host, listener=host.listen(args.port))
+        else:
+            with peer_errors(f"kbypass pingpong client --tcp to {args.dst}"):
+                sock = host.connect(_server_addr(args.dst), timeout=args.idle_timeout, local_port=args.port)
+            ep = TcpMessages(host, sock=sock)
+        try:
+            yield ep
+        finally:
+            ep.close()
+
+
+def _where(args) -> tuple[str, str, str]:
     iface, ns, ip = args.iface, args.netns, args.ip
     if args.host:
         h = testbed.host(args.host)
         iface, ns, ip = iface or h.iface, ns or h.netns, ip or h.ipv4
     if not ip:
         raise UsageError("say which address to use: --ip IP (with --iface IF), or --host a|b for the testbed")
+    if not iface and (args.backend == "afxdp" or args.tcp):
+        raise UsageError("the afxdp backend needs an interface: --iface IF (with --netns NS), or --host a|b")
+    return iface, ns, ip
+
+
+def _open(args):
+    from kbypass.endpoint import UdpEndpoint
+
+    if args.tcp:
+        return _open_tcp(args)
+
+    iface, ns, ip = _where(args)
     if args.backend == "afxdp":
-        if not iface:
-            raise UsageError("the afxdp backend needs an interface: --iface IF (with --netns NS), or --host a|b")
         require_root(f"kbypass pingpong {args.role}")
     pin_cpu(args.cpu)
     if args.lane is not None:  # one choice for the whole process: the message lane and the batch bookkeeping
@@ -168,11 +212,14 @@ def run(args) -> int:
     with Stopper() as stopper, _open(args) as ep:
         stop = lambda: stopper.stopped  # noqa: E731
         base = {"role": args.role, "backend": ep.backend, "poll": args.poll, "local": f"{ep.ip}:{ep.port}"}
+        if args.tcp:
+            base["proto"] = "tcp"
         if ep.backend == "afxdp":
             base["lane"] = "c" if ep.native else "python"
         if args.role == "server":
             if not args.json:
-                print(f"kbypass pingpong server on {ep.ip}:{ep.port} ({ep.backend}, {args.poll} poll)",
+                print(f"kbypass pingpong server on {ep.ip}:{ep.port} ({ep.backend}{' tcp' if args.tcp else ''}, "
+                  f"{args.poll} poll)",
                       file=sys.stderr, flush=True)
             res = serve(ep, duration=args.duration, count=args.count, idle_timeout=args.idle_timeout, stop=stop)
             summary = {**base, "received": res.received, "answered": res.answered, "seconds": round(res.seconds, 3)}

@@ -102,6 +102,13 @@ def register(subparsers) -> None:
 
 def _common(v) -> None:
     opt.add_where(v, host_help="a testbed host: sets --iface, --netns (and --ip)")
+    v.add_argument("--proto", choices=("transport", "tcp"), default="transport",
+                   help="transport (kbypass's reliable transport, default) or tcp (kbypass's userspace TCP: "
+                        "kernel programs such as nc and iperf3 are the peer)")
+    if v.prog.endswith("recv"):
+        v.add_argument("--iperf3", action="store_true",
+                       help="tcp: answer one 'iperf3 -c' test (iperf3's server protocol) instead of one stream")
+        opt.add_dst(v, help="tcp: connect to this server and take what it sends, instead of listening")
     v.add_argument("--ip", help="udp: local IPv4 address (default: the interface's)")
     v.add_argument("--encap", choices=("udp", "eth"), default="udp",
                    help="udp: IPv4/UDP frames (routable); eth: raw Ethernet, EtherType --ethertype")
@@ -371,7 +378,39 @@ def _stream(seed: int):
         i += 1
 
 
+def chunks(src, size: int | None, seed: int):
+    """What a sender sends, in CHUNK pieces: the file's bytes, or the generated stream up to `size` bytes
+    (None: endless). Pieces of the stream are views of its block: no copy to cut them."""
+    if src is not None:
+        while chunk := src.read(CHUNK):
+            yield chunk
+        return
+    left = size
+    for block in _stream(seed):
+        view = memoryview(block)
+        while view:
+            if left is not None and left <= 0:
+                return
+            want = CHUNK if left is None else min(CHUNK, left)
+            chunk, view = view[:want], view[want:]
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+
 def run(args) -> int:
+    if args.proto == "tcp":
+        from kbypass.tools import _xfer_tcp
+        from kbypass.tools._common import peer_errors
+
+        _xfer_tcp.check(args)
+        require_root(f"kbypass xfer {args.verb} --proto tcp")
+        pin_cpu(args.cpu)
+        with peer_errors(f"kbypass xfer {args.verb} --proto tcp"):
+            return _xfer_tcp.run(args)
+    if getattr(args, "iperf3", False) or (args.verb == "recv" and args.dst):
+        raise UsageError(f"--{'iperf3' if args.iperf3 else 'dst'} on recv is for --proto tcp: add --proto tcp or "
+                         "leave it out")
     _check(args)
     require_root(f"kbypass xfer {args.verb}")
     pin_cpu(args.cpu)
@@ -407,19 +446,8 @@ def _send(args) -> int:
             try:
                 ep.connect(timeout=args.idle_timeout or IDLE_DEFAULT)
                 t0 = time.monotonic()
-                gen = None if src else _stream(args.seed)
-                pending = memoryview(b"")
-                while True:
+                for chunk in chunks(src, size, args.seed):
                     if args.duration is not None and time.monotonic() - t0 >= args.duration:
-                        break
-                    if src is not None:
-                        chunk = src.read(CHUNK)
-                    else:
-                        if not pending:
-                            pending = memoryview(next(gen))  # chunks are views of the block: no copy to cut them
-                        want = CHUNK if size is None else min(CHUNK, size - sent)
-                        chunk, pending = pending[:want], pending[want:]
-                    if not chunk:
                         break
                     ep.send(chunk)
                     h.update(chunk)

@@ -1,0 +1,373 @@
+#!/usr/bin/env python3
+"""kbypass's userspace TCP against the kernel's, on the veth testbed, in one run.
+
+    ping-pong   sockperf ping-pong --tcp (host a) against `kbypass pingpong server --tcp` (host b), beside
+                the same client against `sockperf server --tcp` (the kernel anchor); one-way p50/p99 (half
+                the round trip, as sockperf reports)
+    http        wrk (host a) against `kbypass http serve`, an asyncio server on uvloop over kernel sockets
+                answering with the same bytes (kbypass.proto.http: same parser, same responses), and nginx
+                on the kernel serving a file of the same size; requests/s
+    bulk        `iperf3 -c` (host a, the kernel's TCP sending) into `kbypass xfer recv --proto tcp --iperf3`
+                beside `iperf3 -s` (kernel to kernel); and `kbypass xfer send --proto tcp` into a socat sink
+                (the kernel receiving) beside socat sending the same bytes; goodput
+
+Servers run in host b on CPU 1, clients in host a on CPU 0. Contenders take turns within a run; medians over
+--runs are reported with the ratios the issue names (ping-pong p50 kbypass/kernel, wrk kbypass/uvloop, bulk
+kbypass/kernel). The machine is shared: compare within one run.
+
+Usage:  .venv/bin/python bench/tcp_vs_kernel.py [--prefix ke] [--runs 3] [--seconds 5] [--body 1K]
+                                                [--json FILE] [--png FILE] [--only pingpong,http,bulk]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kbypass.host import testbed
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_CPU, CLIENT_CPU = "1", "0"
+PP_PORT, HTTP_PORT, BULK_PORT = 11411, 8480, 5299
+
+UVLOOP_SERVER = r"""
+import asyncio, sys, time
+import uvloop
+from kbypass.proto.http import HttpError, RequestParser, Site, error_response, http_date, respond
+site = Site(body_size=int(sys.argv[3]))
+
+class Http(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t, self.p = t, RequestParser()
+    def data_received(self, data):
+        date = http_date(time.time())
+        try:
+            reqs = self.p.feed(data)
+        except HttpError as e:
+            head, body = error_response(e.status, date)
+            self.t.write(head + body.next(1 << 20)); self.t.close(); return
+        for req in reqs:
+            head, body, keep = respond(req, site, date)
+            out = [head]
+            while True:
+                piece = body.next(1 << 20)
+                if not piece:
+                    break
+                out.append(piece)
+            self.t.write(b"".join(out))
+            if not keep:
+                self.t.close(); return
+
+async def main():
+    srv = await asyncio.get_running_loop().create_server(Http, sys.argv[1], int(sys.argv[2]), backlog=1024)
+    print("ready", flush=True)
+    await srv.serve_forever()
+uvloop.run(main())
+"""
+
+NGINX_CONF = """
+user root; worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{ listen {ip}:{port}; root {d}/www; location / {{ }} }} }}
+"""
+
+
+def kb(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kbypass", *args]
+
+
+def in_ns(host: testbed.Host, cpu: str, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", host.netns, "taskset", "-c", cpu, *cmd]
+
+
+def started(proc: subprocess.Popen, word: str, what: str, timeout: float = 20.0) -> None:
+    """Wait until the server printed `word` on stderr (or stdout for the uvloop script)."""
+    end = time.monotonic() + timeout
+    stream = proc.stderr if proc.stderr is not None else proc.stdout
+    while time.monotonic() < end:
+        line = stream.readline()
+        if word in line:
+            return
+        if not line and proc.poll() is not None:
+            break
+    raise RuntimeError(f"{what} did not start: {stream.read() if proc.poll() is not None else 'timeout'}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---- ping-pong ----------------------------------------------------------------------------------------------
+def sockperf_client(a, b, seconds: float, size: int) -> dict:
+    out = subprocess.run(in_ns(a, CLIENT_CPU, "sockperf", "ping-pong", "--tcp", "-i", b.ipv4, "-p", str(PP_PORT),
+                               "-t", str(int(max(1, seconds))), "-m", str(size)),
+                         capture_output=True, text=True, timeout=seconds + 60).stdout
+
+    def pct(name: str) -> float:
+        m = re.search(rf"percentile {name} =\s+([\d.]+)", out)
+        if m is None:
+            raise RuntimeError(f"sockperf printed no {name} percentile:\n{out}")
+        return float(m.group(1))
+
+    return {"p50_us": pct(r"50\.000"), "p99_us": pct(r"99\.000")}
+
+
+def pingpong(kind: str, a, b, seconds: float, size: int, poll: str) -> dict:
+    if kind == "kernel":
+        server = subprocess.Popen(in_ns(b, SERVER_CPU, "sockperf", "server", "--tcp", "-i", b.ipv4, "-p",
+                                        str(PP_PORT)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+    else:
+        server = subprocess.Popen(kb("pingpong", "server", "--tcp", "--host", "b", "--port", str(PP_PORT), "--cpu",
+                                     SERVER_CPU, "--poll", poll, "--idle-timeout", str(seconds + 30)),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started(server, "pingpong server on", "kbypass pingpong server --tcp")
+    try:
+        return sockperf_client(a, b, seconds, size)
+    finally:
+        stop(server)
+
+
+# ---- http -------------------------------------------------------------------------------------------------
+def wrk(a, b, port: int, seconds: float, conns: int) -> dict:
+    out = subprocess.run(in_ns(a, CLIENT_CPU, "wrk", "-t1", f"-c{conns}", f"-d{int(max(1, seconds))}s",
+                               f"http://{b.ipv4}:{port}/file"), capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m is None:
+        raise RuntimeError(f"wrk printed no Requests/sec:\n{out}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    return {"requests_per_s": float(m.group(1)), "errors": errors.group(0) if errors else None}
+
+
+def http(kind: str, a, b, seconds: float, body: int, conns: int, poll: str, www: str) -> dict:
+    if kind == "kbypass":
+        server = subprocess.Popen(kb("http", "serve", "--host", "b", "--port", str(HTTP_PORT), "--cpu", SERVER_CPU,
+                                     "--poll", poll, "--body-size", str(body)),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started(server, "kbypass http serve on", "kbypass http serve")
+    elif kind == "uvloop":
+        server = subprocess.Popen(in_ns(b, SERVER_CPU, sys.executable, "-c", UVLOOP_SERVER, b.ipv4, str(HTTP_PORT),
+                                        str(body)), stdout=subprocess.PIPE, stderr=None, text=True)
+        started(server, "ready", "the uvloop server")
+    else:
+        conf = Path(www).parent / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(d=Path(www).parent, ip=b.ipv4, port=HTTP_PORT))
+        server = subprocess.Popen(in_ns(b, SERVER_CPU, "nginx", "-c", str(conf)), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+    try:
+        return wrk(a, b, HTTP_PORT, seconds, conns)
+    finally:
+        stop(server)
+
+
+# ---- bulk -------------------------------------------------------------------------------------------------
+def bulk(kind: str, a, b, seconds: float, poll: str) -> dict:
+    if kind == "kernel":
+        server = subprocess.Popen(in_ns(b, SERVER_CPU, "iperf3", "-s", "-1", "-B", b.ipv4, "-p", str(BULK_PORT)),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+    else:
+        server = subprocess.Popen(kb("xfer", "recv", "--proto", "tcp", "--iperf3", "--host", "b", "--port",
+                                     str(BULK_PORT), "--cpu", SERVER_CPU, "--poll", poll, "--idle-timeout",
+                                     str(seconds + 60), "--json"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started(server, "for one iperf3 test", "kbypass xfer recv --iperf3")
+    try:
+        out = subprocess.run(in_ns(a, CLIENT_CPU, "iperf3", "-c", b.ipv4, "-p", str(BULK_PORT), "-t",
+                                   str(int(max(1, seconds))), "--json"), capture_output=True, text=True,
+                             timeout=seconds + 90).stdout
+    finally:
+        if kind == "kernel":
+            stop(server)
+    d = json.loads(out)
+    if d.get("error"):
+        raise RuntimeError(f"iperf3: {d['error']}")
+    if kind != "kernel":
+        server.wait(30)
+    return {"goodput_bps": d["end"]["sum_received"]["bits_per_second"],
+            "retransmits": d["end"]["sum_sent"].get("retransmits")}
+
+
+def send_bulk(kind: str, a, b, size: int, poll: str) -> dict:
+    """`size` bytes from host a into a socat sink in host b (the kernel receives in both): kbypass xfer send
+    --proto tcp, or socat reading /dev/zero (the kernel's TCP sending). Goodput: size over the sender's
+    time from connect to the sink's close."""
+    sink = subprocess.Popen(in_ns(b, SERVER_CPU, "socat", "-u", f"TCP-LISTEN:{BULK_PORT + 1},bind={b.ipv4},reuseaddr",
+                                  "OPEN:/dev/null"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 10
+        while not subprocess.run(in_ns(b, "0", "ss", "-Hltn", f"sport = :{BULK_PORT + 1}"), capture_output=True,
+                                 text=True).stdout.strip():
+            if time.monotonic() > end:
+                raise RuntimeError("the socat sink did not start")
+            time.sleep(0.05)
+        if kind == "kbypass":
+            p = subprocess.run(kb("xfer", "send", "--proto", "tcp", "--host", "a", "--dst", f"{b.ipv4}:{BULK_PORT + 1}",
+                                  "--size", str(size), "--cpu", CLIENT_CPU, "--poll", poll, "--json"),
+                               capture_output=True, text=True, timeout=600)
+            if p.returncode:
+                raise RuntimeError(f"kbypass xfer send: {p.stderr[-300:]}")
+            return {"goodput_bps": json.loads(p.stdout)["goodput_bps"]}
+        t0 = time.monotonic()
+        p = subprocess.run(in_ns(a, CLIENT_CPU, "socat", "-u", f"OPEN:/dev/zero,readbytes={size}",
+                                 f"TCP:{b.ipv4}:{BULK_PORT + 1}"), capture_output=True, text=True, timeout=600)
+        if p.returncode:
+            raise RuntimeError(f"socat: {p.stderr[-300:]}")
+        sink.wait(30)
+        return {"goodput_bps": size * 8 / (time.monotonic() - t0)}
+    finally:
+        stop(sink)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prefix", default=os.environ.get("KBYPASS_TESTBED", "kbt"), help="testbed prefix (default "
+                                                                                       "$KBYPASS_TESTBED or kbt)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5.0, help="seconds per trial (default 5)")
+    ap.add_argument("--size", type=int, default=64, help="ping-pong message size (default 64)")
+    ap.add_argument("--body", type=int, default=1024, help="HTTP body bytes (default 1024)")
+    ap.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    ap.add_argument("--send-size", type=int, default=100 << 20, help="bytes per send trial (default 100 MiB)")
+    ap.add_argument("--poll", choices=("wakeup", "busy"), default="wakeup",
+                    help="kbypass's wait mode (default wakeup: on a shared, oversubscribed machine a busy poller "
+                         "is descheduled for milliseconds at a time, one sleeping in poll() is not)")
+    ap.add_argument("--only", default="pingpong,http,bulk", help="comma-separated parts to run")
+    ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "tcp_vs_kernel.json"))
+    ap.add_argument("--png", default=str(ROOT / "bench" / "results" / "tcp_vs_kernel.png"))
+    ap.add_argument("--keep", action="store_true", help="leave the testbed up")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench: needs root", file=sys.stderr)
+        return 2
+    missing = [t for t in ("sockperf", "wrk", "nginx", "iperf3") if not shutil.which(t)]
+    if missing:
+        print(f"bench: {', '.join(missing)} missing: make setup installs them", file=sys.stderr)
+        return 2
+    os.environ["KBYPASS_TESTBED"] = args.prefix
+    a, b = testbed.up(testbed.TestbedConfig(prefix=args.prefix, queues=2))
+    parts = set(args.only.split(","))
+    work = tempfile.mkdtemp(prefix="kbypass-tcpbench-")
+    www = Path(work) / "www"
+    www.mkdir()
+    from kbypass.proto.http import generated
+
+    (www / "file").write_bytes(generated(0, args.body) if args.body <= 65521 else os.urandom(args.body))
+    trials = {}
+    if "pingpong" in parts:
+        trials["pingpong sockperf server --tcp (kernel)"] = lambda: pingpong("kernel", a, b, args.seconds, args.size,
+                                                                             args.poll)
+        trials["pingpong kbypass server --tcp"] = lambda: pingpong("kbypass", a, b, args.seconds, args.size, args.poll)
+    if "http" in parts:
+        for kind in ("kbypass", "uvloop", "nginx"):
+            trials[f"http {kind}"] = (lambda k=kind: http(k, a, b, args.seconds, args.body, args.connections,
+                                                          args.poll, str(www)))
+    if "bulk" in parts:
+        trials["bulk iperf3 -> iperf3 -s (kernel)"] = lambda: bulk("kernel", a, b, args.seconds, args.poll)
+        trials["bulk iperf3 -> kbypass --iperf3"] = lambda: bulk("kbypass", a, b, args.seconds, args.poll)
+        trials["bulk socat send -> socat sink (kernel)"] = lambda: send_bulk("kernel", a, b, args.send_size,
+                                                                             args.poll)
+        trials["bulk kbypass send -> socat sink"] = lambda: send_bulk("kbypass", a, b, args.send_size, args.poll)
+    names = list(trials)
+    runs: dict[str, list] = {n: [] for n in names}
+    try:
+        for r in range(args.runs):
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                try:
+                    res = trials[n]()
+                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+                    res = {"error": str(e)[:300]}
+                runs[n].append(res)
+                print(f"run {r + 1} {n:42s} {res}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            testbed.down(args.prefix)
+    table = _medians(runs)
+    ratios = _ratios(table)
+    print("\nmedians:")
+    for n, m in table.items():
+        print(f"  {n:42s} " + "  ".join(f"{k}={v:.2f}" for k, v in m.items()))
+    print("ratios (same run):")
+    for k, v in ratios.items():
+        print(f"  {k:52s} {v:8.3f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"medians": table, "ratios": ratios, "runs": runs, "seconds": args.seconds,
+                                           "size": args.size, "body": args.body, "connections": args.connections,
+                                           "poll": args.poll, "load": os.getloadavg(),
+                                           "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
+    _plot(table, args.png)
+    print(f"wrote {args.json} and {args.png}")
+    return 0
+
+
+def _medians(runs: dict) -> dict:
+    out = {}
+    for n, rs in runs.items():
+        good = [r for r in rs if "error" not in r]
+        if good:
+            out[n] = {k: statistics.median(r[k] for r in good) for k in good[0]
+                      if isinstance(good[0][k], (int, float)) and all(isinstance(r.get(k), (int, float)) for r in good)}
+    return out
+
+
+def _ratios(t: dict) -> dict:
+    def r(num, den, key):
+        return t[num][key] / t[den][key] if num in t and den in t and t[den].get(key) else None
+
+    return {k: v for k, v in {
+        "pingpong p50 kbypass / sockperf kernel": r("pingpong kbypass server --tcp",
+                                                    "pingpong sockperf server --tcp (kernel)", "p50_us"),
+        "http req/s kbypass / uvloop": r("http kbypass", "http uvloop", "requests_per_s"),
+        "http req/s kbypass / nginx": r("http kbypass", "http nginx", "requests_per_s"),
+        "bulk kbypass receiver / kernel receiver": r("bulk iperf3 -> kbypass --iperf3",
+                                                     "bulk iperf3 -> iperf3 -s (kernel)", "goodput_bps"),
+        "bulk kbypass sender / kernel sender": r("bulk kbypass send -> socat sink",
+                                                 "bulk socat send -> socat sink (kernel)", "goodput_bps"),
+    }.items() if v is not None}
+
+
+def _plot(table: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [("ping-pong p50 (us, lower is better)", "pingpong", "p50_us"),
+              ("HTTP requests/s (wrk)", "http", "requests_per_s"),
+              ("bulk goodput (Gbit/s)", "bulk", "goodput_bps")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (title, prefix, key) in zip(axes, groups):
+        names = [n for n in table if n.startswith(prefix) and key in table[n]]
+        vals = [table[n][key] / (1e9 if key == "goodput_bps" else 1) for n in names]
+        ax.bar(range(len(names)), vals)
+        ax.set_xticks(range(len(names)), [n.removeprefix(prefix).strip() for n in names], rotation=15, fontsize=8)
+        ax.set_title(title)
+    fig.suptitle("kbypass userspace TCP vs the kernel, veth testbed (busy machine; ratios within one run)")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

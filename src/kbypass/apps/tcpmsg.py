@@ -1,0 +1,136 @@
+"""sockperf messages over TCP: the message endpoint `kbypass pingpong --tcp` gives apps.pingpong's serve() and
+ping(), so the UDP tool's logic (answers, warm-up, loss, percentiles) runs unchanged over a stream.
+
+sockperf's TCP mode sends the very messages of its UDP mode back to back on one connection; a message's
+length field (u32 at offset 10 of its 14-byte header, the whole message) frames it. Bytes that cannot be a
+sockperf header (a length below 14 or above MAX_MESSAGE) end the connection: the stream cannot be framed.
+
+    ep = TcpMessages(host, listener=lst)      # server: accepts every client, answers each on its own
+    ep = TcpMessages(host, sock=s)            # client: one connection made with host.connect
+    data, peer = ep.recvfrom(timeout)         # one whole message and its sender (ip, port)
+    ep.sendto(data, peer)
+
+`host` is a kbypass.endpoint.tcpio.TcpHost (pump, wait, run_until); the sockets are its TcpSockets."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from kbypass.apps.pingpong import HEADER_LEN
+
+MAX_MESSAGE = 65536 * 16  # sockperf's largest --msg-size is 65506
+
+
+class TcpMessages:
+    def __init__(self, host, *, listener=None, sock=None) -> None:
+        self.host, self.listener = host, listener
+        self._conns: dict[tuple[str, int], list] = {}  # peer -> [sock, bytearray]
+        self._ready: deque = deque()
+        self.closed_conns = 0
+        self.bad_streams = 0
+        self.ip = host.ip
+        if sock is not None:
+            self._add(sock)
+        if listener is not None:
+            listener.setblocking(False)
+            self.port = listener.port
+        else:
+            self.port = sock.local[1]
+
+    def _add(self, sock) -> None:
+        sock.setblocking(False)
+        self._conns[sock.peer] = [sock, bytearray()]
+
+    def _take(self) -> bool:
+        """Accept, read and frame what is there now; True when a whole message is ready."""
+        if self.listener is not None:
+            while True:
+                try:
+                    sock, _ = self.listener.accept(0)
+                except BlockingIOError:
+                    break
+                self._add(sock)
+        for peer, entry in list(self._conns.items()):
+            sock, buf = entry
+            while sock.readable:
+                try:
+                    data = sock.recv(1 << 20)
+                except (ConnectionError, TimeoutError):
+                    data = b""
+                if not data:
+                    self._drop(peer)
+                    break
+                buf += data
+            if peer not in self._conns:
+                continue
+            while len(buf) >= HEADER_LEN:
+                n = int.from_bytes(buf[10:14], "big")
+                if n < HEADER_LEN or n > MAX_MESSAGE:
+                    self.bad_streams += 1
+                    self._drop(peer)
+                    break
+                if len(buf) < n:
+                    break
+                self._ready.append((bytes(buf[:n]), peer))
+                del buf[:n]
+        return bool(self._ready)
+
+    def _drop(self, peer) -> None:
+        entry = self._conns.pop(peer, None)
+        if entry is not None:
+            entry[0].close()
+            self.closed_conns += 1
+
+    def recvfrom(self, timeout: float | None = None) -> tuple[bytes, tuple[str, int]]:
+        if self._ready or self._take():
+            return self._ready.popleft()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        host = self.host
+        while True:
+            got = host.pump()
+            if self._take():
+                return self._ready.popleft()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"no message within {timeout} s")
+            if not got:
+                host.wait(deadline)
+
+    def sendto(self, data: bytes, peer: tuple[str, int]) -> int:
+        entry = self._conns.get(tuple(peer))
+        if entry is None:
+            return 0  # the connection is gone: the answer is lost, as a datagram to a closed port
+        sock, view = entry[0], memoryview(data)
+        while view:
+            try:
+                n = sock.send(view)
+            except BlockingIOError:  # the send buffer is full: let ACKs come
+                if not self.host.pump():
+                    self.host.wait(None)
+                continue
+            except (ConnectionError, TimeoutError, OSError):
+                self._drop(tuple(peer))
+                return 0
+            view = view[n:]
+        return len(data)  # send() put it on the wire
+
+    backend = "afxdp"
+
+    @property
+    def native(self) -> bool:
+        """The frames move through the C lane (the TCP itself is Python)."""
+        return self.host.native
+
+    @property
+    def stats(self) -> dict:
+        return self.host.stats
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    def close(self) -> None:
+        for peer in list(self._conns):
+            self._drop(peer)
+        if self.listener is not None:
+            self.listener.close()

@@ -1,0 +1,457 @@
+"""TCP sockets over the bypass: TcpSocket (a connection) and TcpListener, with the socket module's manners.
+
+    from kbypass.endpoint import TcpHost
+
+    with TcpHost("kb-b", "10.77.0.2", netns="kb-b") as host:
+        lst = host.listen(8080)
+        conn, (ip, port) = lst.accept(timeout=5)
+        data = conn.recv(65536)
+        conn.sendall(data)
+        conn.close()
+
+    with TcpHost("kb-a", "10.77.0.1", netns="kb-a") as host:
+        s = host.connect(("10.77.0.2", 80), timeout=2)   # ConnectionRefusedError if nothing listens
+
+The protocol is kbypass.proto.tcp's (sans-IO); the wire, the steering and the clocks are TcpHost's
+(kbypass.endpoint.tcpio). Calls block by default and take `timeout` as socket.settimeout does (None: for
+ever; 0: non-blocking, BlockingIOError when nothing can be done now). Errors are the stdlib's, with the
+kernel's errno: a RST answering our SYN is ConnectionRefusedError; a RST on a connection is
+ConnectionResetError for the next call (reported once, as the kernel reports sk_err once), then send is
+BrokenPipeError (EPIPE) and recv returns b"" ; exhausted retransmissions or keepalive probes are
+TimeoutError (ETIMEDOUT). send after our own shutdown(SHUT_WR) or close is BrokenPipeError.
+
+close() is the kernel's: a graceful FIN, the connection finishing in the host (FIN_WAIT, TIME_WAIT) while the
+application moves on, except that unread received data makes it a RST (as Linux does, RFC 2525 2.17).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections import deque
+
+from kbypass.errors import UsageError
+from kbypass.proto import tcp
+
+MAX_UNREAD = 4 << 20  # bytes taken from the connection before the application reads them: the receive
+# window closes behind this (Data events free window when they are taken, so we stop taking them)
+
+
+_IN_FLIGHT = frozenset({tcp.State.SYN_RCVD, tcp.State.ESTABLISHED, tcp.State.CLOSE_WAIT, tcp.State.FIN_WAIT_1,
+                        tcp.State.CLOSING, tcp.State.LAST_ACK})
+
+
+def _addr(addr) -> tuple[str, int]:
+    try:
+        ip, port = addr
+        socket.inet_aton(ip)
+        port = int(port)
+        if not 1 <= port <= 0xFFFF:
+            raise ValueError
+    except (TypeError, ValueError, OSError):
+        raise UsageError(f"bad peer address {addr!r}: give (ip, port) like ('10.77.0.1', 80)") from None
+    return ip, port
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+class TcpSocket:
+    """One TCP connection of a TcpHost. Made by TcpHost.connect or TcpListener.accept, not directly."""
+
+    def __init__(self, host, conn, peer: tuple[str, int], local_port: int, listener=None) -> None:
+        self.host, self.conn, self.peer = host, conn, peer
+        self.local = (host.ip, local_port)
+        self._peer_ip = socket.inet_aton(peer[0])
+        self.key = (self._peer_ip, peer[1], local_port)
+        self.listener = listener
+        self._rx: deque[bytes] = deque()
+        self._rx_len = 0
+        self._rx_off = 0  # bytes of _rx[0] already read
+        self.connected = False
+        self.eof = False
+        self._error: OSError | None = None  # reported once, then _dead says what later calls get
+        self._dead: str | None = None  # "reset", "timeout", "refused": the connection is gone
+        self._shut_wr = False
+        self._app_closed = False
+        self.timeout: float | None = None
+        self.mss: int | None = None
+
+    @classmethod
+    def open(cls, host, addr, *, timeout: float | None, blocking: bool, local_port: int) -> TcpSocket:
+        ip, port = _addr(addr)
+        deadline = _deadline(timeout)
+        host.resolve(socket.inet_aton(ip), deadline if deadline is not None else time.monotonic() + 3.0)
+        if not host.room():
+            raise UsageError(f"{host.max_connections} connections are open on {host.ip} (max_connections): close "
+                             "some or open the host with a larger max_connections")
+        lport = host.claim_port(local_port)
+        try:
+            conn = tcp.TcpConnection.connect(local=(host.ip, lport), remote=(ip, port), now=time.monotonic(),
+                                             config=host.config)
+            sock = cls(host, conn, (ip, port), lport)
+            host.register(sock, sock.key)
+        except BaseException:
+            host.release_port(lport)
+            raise
+        host.pump()
+        if not blocking:
+            return sock
+        if not host.run_until(lambda: sock.connected or sock._dead is not None, deadline):
+            sock.abort()
+            raise TimeoutError(errno.ETIMEDOUT, f"connect to {ip}:{port} timed out after {timeout} s")
+        if not sock.connected:
+            err = sock._take_error()
+            raise err if err is not None else ConnectionRefusedError(errno.ECONNREFUSED, f"{ip}:{port} refused")
+        host.counters["connected"] += 1
+        return sock
+
+    # ---- driven by the host -----------------------------------------------------------------------------
+    def segment(self, seg, now: float) -> None:
+        self.conn.receive(seg, now)  # what it answers goes out in flush(), after the events are taken
+
+    def timer(self, now: float) -> None:
+        t = self.conn.next_timer()
+        if t is not None and t <= now:
+            self.conn.on_timer(now)
+
+    def flush(self, now: float) -> None:
+        """Take the connection's events, send what it has (after the events: taking Data may reopen the
+        window), set its next timer, forget it once CLOSED."""
+        self._events()
+        segs = self.conn.segments_to_send(now)
+        if segs:
+            self.host.send_segments(self._peer_ip, segs)
+        self.host.schedule(self, self.conn.next_timer())
+        if self._finished():
+            self.host.forget(self)
+
+    def _finished(self) -> bool:
+        return self.conn.finished
+
+    def _events(self) -> None:
+        conn = self.conn
+        while self._rx_len < MAX_UNREAD or self._app_closed:
+            ev = conn.next_event()
+            if ev is None:
+                return
+            kind = type(ev)
+            if kind is tcp.Data:
+                if self._app_closed:
+                    # data for an application that closed: the kernel answers it with a RST
+                    conn.abort()
+                    self.host.touch(self)
+                    continue
+                self._rx.append(ev.data)
+                self._rx_len += len(ev.data)
+            elif kind is tcp.Connected:
+                self.connected = True
+                self.mss = ev.mss
+                if self.listener is not None:
+                    self.listener.ready(self)
+            elif kind is tcp.EndOfStream:
+                self.eof = True
+            elif kind is tcp.Reset:
+                self._died(ev.reason)
+            # Closed: the state says it; WindowOpened: send() looks at the room itself
+
+    def _died(self, reason: str) -> None:
+        where = f"{self.peer[0]}:{self.peer[1]}"
+        if reason == tcp.REFUSED:
+            self._dead, self._error = "refused", ConnectionRefusedError(errno.ECONNREFUSED, f"{where} refused the "
+                                                                                            "connection (RST)")
+        elif reason in (tcp.TIMED_OUT, tcp.KEEPALIVE):
+            self._dead, self._error = "timeout", TimeoutError(errno.ETIMEDOUT, f"{where}: {reason}")
+        elif reason == tcp.ABORTED:
+            self._dead = "reset"
+        else:
+            self._dead, self._error = "reset", ConnectionResetError(errno.ECONNRESET, f"{where} reset the "
+                                                                                     "connection (RST)")
+        if self.listener is not None and not self.connected:
+            self.listener.lost(self)
+
+    def _take_error(self) -> OSError | None:
+        err, self._error = self._error, None
+        return err
+
+    # ---- the socket API -----------------------------------------------------------------------------------
+    def settimeout(self, timeout: float | None) -> None:
+        if timeout is not None and timeout < 0:
+            raise UsageError(f"timeout {timeout}: give seconds >= 0, or None to block")
+        self.timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self.timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self.timeout = None if flag else 0.0
+
+    def getpeername(self) -> tuple[str, int]:
+        return self.peer
+
+    def getsockname(self) -> tuple[str, int]:
+        return self.local
+
+    def _wait(self, ready, what: str) -> None:
+        """Pump until ready(); BlockingIOError (non-blocking) or TimeoutError (after the timeout) if not."""
+        if ready():
+            return
+        if self.timeout == 0:
+            self.host.pump()
+            if ready():
+                return
+            raise BlockingIOError(errno.EAGAIN, f"{what} would block")
+        if not self.host.run_until(ready, _deadline(self.timeout)):
+            raise TimeoutError(f"{what} timed out after {self.timeout} s")
+
+    def recv(self, bufsize: int = 65536) -> bytes:
+        """Up to bufsize bytes; b"" at the end of the stream (the peer's FIN) or after a reported reset."""
+        if self._app_closed:
+            raise OSError(errno.EBADF, "the socket is closed")
+        if not self._rx:
+            self._wait(lambda: self._rx or self.eof or self._dead is not None, "recv")
+        if self._rx:
+            return self._take(bufsize)
+        err = self._take_error()
+        if err is not None:
+            raise err
+        return b""
+
+    def _take(self, n: int) -> bytes:
+        head = self._rx[0]
+        off = self._rx_off
+        if len(head) - off <= n and off == 0:
+            self._rx.popleft()
+            out = head
+        elif len(head) - off <= n:
+            self._rx.popleft()
+            out = head[off:]
+            self._rx_off = 0
+        else:
+            out = head[off:off + n]
+            self._rx_off = off + n
+            self._rx_len -= len(out)
+            return out
+        self._rx_off = 0
+        self._rx_len -= len(out)
+        if self._rx_len < MAX_UNREAD:
+            self.host.touch(self)  # take more events (the window opens as we do)
+        return out
+
+    def recv_into(self, buf, nbytes: int = 0) -> int:
+        data = self.recv(nbytes or len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def _check_send(self) -> None:
+        if self._app_closed:
+            raise OSError(errno.EBADF, "the socket is closed")
+        if self._shut_wr:
+            raise BrokenPipeError(errno.EPIPE, "send after shutdown(SHUT_WR)")
+        if self._dead is not None:
+            err = self._take_error()
+            raise err if err is not None else BrokenPipeError(errno.EPIPE, f"the connection to {self.peer[0]}:"
+                                                                           f"{self.peer[1]} is gone")
+
+    def send(self, data) -> int:
+        """Queue what the send buffer takes of data (at least one byte, blocking); returns how much."""
+        self._check_send()
+        view = memoryview(data).cast("B")
+        if not view:
+            return 0
+        sent = [self.conn.send(view)]
+        if sent[0] == 0:
+            def room() -> bool:  # the send buffer took some (WindowOpened may sit behind unread Data events)
+                if self._dead is None and not sent[0]:
+                    sent[0] = self.conn.send(view)
+                return self._dead is not None or sent[0] > 0
+            try:
+                self._wait(room, "send")
+            finally:
+                if sent[0]:
+                    self.host.touch(self)
+            self._check_send()
+        self.host.flush_one(self)  # out now, as a kernel send() would (nothing else may call into the host soon)
+        return sent[0]
+
+    def sendall(self, data) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            n = self.send(view)
+            view = view[n:]
+
+    def shutdown(self, how: int = socket.SHUT_WR) -> None:
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not self._shut_wr and self._dead is None:
+            self._shut_wr = True
+            self.conn.shutdown()
+            self.host.touch(self)
+            self.host.pump()
+
+    def close(self) -> None:
+        """FIN (RST when received data went unread); the host finishes the connection on its own."""
+        if self._app_closed:
+            return
+        if self._dead is None and not self._finished():
+            if self._rx_len:
+                self.conn.abort()
+            elif not self._shut_wr:
+                self._shut_wr = True
+                self.conn.shutdown()
+        self._app_closed = True
+        self._rx.clear()
+        self._rx_len = 0
+        self.host.touch(self)
+        self.host.pump()
+
+    def abort(self) -> None:
+        """RST now (SO_LINGER 0 then close)."""
+        if self._dead is None and not self._finished():
+            self.conn.abort()
+        self._app_closed = True
+        self.host.touch(self)
+        self.flush(time.monotonic())
+
+    @property
+    def closing(self) -> bool:
+        """Closed by the application, and our data or FIN not yet acknowledged."""
+        return self._app_closed and self.conn.state in _IN_FLIGHT
+
+    @property
+    def readable(self) -> bool:
+        return bool(self._rx) or self.eof or self._dead is not None
+
+    def __enter__(self) -> TcpSocket:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<TcpSocket {self.local[0]}:{self.local[1]} -> {self.peer[0]}:{self.peer[1]} {self.conn.state.name}>"
+
+
+class TcpListener:
+    """A listening port of a TcpHost: accept() hands out established connections (a TcpSocket each).
+
+    backlog: established connections waiting for accept(); past it a new one is reset (counted in
+    `refused_backlog`). The host's max_connections bounds all connections: a SYN past it is answered with a
+    RST and counted in the host's `refused_limit`, so a client fails at once (ECONNREFUSED) instead of
+    retrying SYNs for a minute."""
+
+    def __init__(self, host, port: int, backlog: int = 128) -> None:
+        if backlog < 1:
+            raise UsageError(f"backlog {backlog}: give at least 1")
+        self.host = host
+        self.port = host.claim_port(port)
+        self.backlog = backlog
+        try:
+            self._tcp = tcp.TcpListener(host.ip, self.port, config=host.config)
+        except BaseException:
+            host.release_port(self.port)
+            raise
+        self._ready: deque[TcpSocket] = deque()
+        self.refused_backlog = 0
+        self.timeout: float | None = None
+        self._closed = False
+        host._listeners[self.port] = self
+
+    # ---- driven by the host -----------------------------------------------------------------------------
+    def segment(self, seg, src: bytes, now: float) -> None:
+        host = self.host
+        if (seg.has(tcp.SYN) and not seg.has(tcp.ACK) and not host.room()
+                and (socket.inet_ntoa(src), seg.src_port) not in self._tcp.half_open):  # not a retransmitted SYN
+            host.counters["refused_limit"] += 1
+            host.send_segments(src, host.reset_for(seg))
+            return
+        out, conn = self._tcp.receive(seg, socket.inet_ntoa(src), now)
+        if out:
+            host.send_segments(src, out)
+        host.schedule(self, self._tcp.next_timer())
+        if conn is None:
+            return
+        if host.connections >= host.max_connections:  # cannot happen while half-open ones count; kept safe
+            host.counters["refused_limit"] += 1
+            conn.abort()
+            host.send_segments(src, conn.segments_to_send(now))
+            return
+        sock = TcpSocket(host, conn, (socket.inet_ntoa(src), seg.src_port), self.port, listener=self)
+        host.register(sock, sock.key)
+
+    def timer(self, now: float) -> None:
+        """SYN-ACK retransmissions of the half-open connections (the listener keeps those itself)."""
+        t = self._tcp.next_timer()
+        if t is not None and t <= now:
+            for ip, seg in self._tcp.on_timer(now):
+                self.host.send_segments(socket.inet_aton(ip), [seg])
+
+    def flush(self, now: float) -> None:
+        self.host.schedule(self, self._tcp.next_timer())
+
+    def ready(self, sock: TcpSocket) -> None:
+        """sock finished its handshake: queue it for accept(), or reset it when the queue is full."""
+        if self._closed or len(self._ready) >= self.backlog:
+            self.refused_backlog += 1
+            sock.listener = None
+            sock.abort()
+            return
+        self._ready.append(sock)
+        self.host.counters["accepted"] += 1
+
+    @property
+    def half_open(self) -> dict:
+        """Connections between SYN and the handshake's last ACK (the protocol's listener holds them)."""
+        return self._tcp.half_open
+
+    def lost(self, sock: TcpSocket) -> None:
+        if sock in self._ready:
+            self._ready.remove(sock)
+
+    # ---- the socket API -----------------------------------------------------------------------------------
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeout = timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self.timeout = None if flag else 0.0
+
+    def getsockname(self) -> tuple[str, int]:
+        return (self.host.ip, self.port)
+
+    def accept(self, timeout: float | None = -1.0) -> tuple[TcpSocket, tuple[str, int]]:
+        """The next established connection and its peer (ip, port). timeout: as settimeout's (default: the
+        listener's own)."""
+        if self._closed:
+            raise OSError(errno.EBADF, "the listener is closed")
+        timeout = self.timeout if timeout == -1.0 else timeout
+        if not self._ready:
+            if timeout == 0:
+                self.host.pump()
+                if not self._ready:
+                    raise BlockingIOError(errno.EAGAIN, "no connection to accept")
+            elif not self.host.run_until(lambda: bool(self._ready), _deadline(timeout)):
+                raise TimeoutError(f"no connection on {self.host.ip}:{self.port} within {timeout} s")
+        sock = self._ready.popleft()
+        sock.listener = None
+        return sock, sock.peer
+
+    @property
+    def pending(self) -> int:
+        return len(self._ready)
+
+    def close(self) -> None:
+        """Stop listening: queued connections nobody accepted are reset; accepted ones live on."""
+        if self._closed:
+            return
+        self._closed = True
+        while self._ready:
+            self._ready.popleft().abort()
+        self.host._listeners.pop(self.port, None)
+        if not self.host.port_in_use(self.port):
+            self.host.release_port(self.port)
+
+    def __enter__(self) -> TcpListener:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
