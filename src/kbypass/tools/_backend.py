@@ -62,8 +62,21 @@ def default_frame_size(iface: str, ns: str | None) -> int:
     return 4096 if mtu and multibuf.needs_multi_buffer(mtu, 2048) else 2048
 
 
-def open_backend(args, rules: list[str]):
-    """Open the steered port `args.backend` names for the tool `args.command`; see the module doc."""
+def _check_return_limit(args, iface: str, ns: str | None) -> None:
+    from kbypass.port.afxdp import interface_mtu
+    from kbypass.xsk import multibuf
+
+    mtu = interface_mtu(iface, ns)
+    why = mtu and multibuf.return_limit(mtu, args.frame_size)
+    if why:
+        raise UsageError(f"--frame-size {args.frame_size}: {why}: use --frame-size 4096 (the default at this MTU) "
+                         f"or lower the MTU of {iface}")
+
+
+def open_backend(args, rules: list[str], *, sends_back: bool = False):
+    """Open the steered port `args.backend` names for the tool `args.command`; see the module doc.
+    sends_back: the tool sends received packets back as they are (reflect): an AF_XDP frame size in which a
+    packet of the interface's MTU arrives in more frames than the kernel sends as one is refused."""
     from kbypass.port import open_port
     from kbypass.port.steered import rule_list
     from kbypass.tools._port import DEFAULT_RING, resolve_where
@@ -80,6 +93,8 @@ def open_backend(args, rules: list[str]):
     iface, ns = resolve_where(args)
     if args.frame_size is None:
         args.frame_size = default_frame_size(iface, ns) if backend == "afxdp" else 2048
+    if backend == "afxdp" and sends_back:
+        _check_return_limit(args, iface, ns)
     if backend == "afxdp":
         options = dict(queue=args.queue, xdp_mode=args.xdp_mode, mode=args.mode, poll=args.poll,
                        frames=args.frames, frame_size=args.frame_size, rx_size=ring, tx_size=ring,

@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 def forward(args, rules: list[str], on_open=None) -> tuple[dict, list[str], object]:
     """One reflector on the port the options name: its summary, its warnings and the (closed) port."""
-    with open_backend(args, rules) as sp:
+    with open_backend(args, rules, sends_back=True) as sp:
         if on_open is not None:
             on_open(sp)
         res = Reflector(sp.port, batch=args.batch, swap_l3=not args.macs_only).run(
