@@ -53,7 +53,7 @@ def _check_afxdp_only(args, backend: str) -> None:
 
 def default_frame_size(iface: str, ns: str | None) -> int:
     """2048-byte frames, or 4096 when a frame of the interface's MTU does not fit one 2048-byte frame: with
-    multi-buffer every packet up to MTU 65535 then spans at most 17 frames of 4096 bytes, within what the
+    multi-buffer every packet up to MTU 65535 then arrives in at most 18 frames of 4096 bytes, the most the
     kernel sends as one packet (kbypass.xsk.multibuf), so a reflector can send back whatever it received."""
     from kbypass.port.afxdp import interface_mtu
     from kbypass.xsk import multibuf
