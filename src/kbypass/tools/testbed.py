@@ -6,6 +6,7 @@ import sys
 
 from rich.table import Table
 
+from kbypass.errors import require_root
 from kbypass.host import testbed
 from kbypass.tools._common import console, print_json
 from kbypass.tools._options import add_prefix
@@ -44,6 +45,8 @@ def register(sub) -> None:
 def run_up(args) -> int:
     prefix = args.prefix or testbed.default_prefix()
     config = testbed.TestbedConfig(prefix=prefix, queues=args.queues, mtu=args.mtu, subnet=args.subnet)
+    config.validate()  # a bad value is refused before anything is looked at
+    require_root("kbypass testbed up")
     before = testbed.status(prefix) if args.mtu is not None else None
     hosts = testbed.up(config)
     if before and before[0].mtu != hosts[0].mtu:  # a change in place is worth a line (the table shows the result)
