@@ -62,10 +62,17 @@ def default_frame_size(iface: str, ns: str | None) -> int:
     return 4096 if mtu and multibuf.needs_multi_buffer(mtu, 2048) else 2048
 
 
-def _check_return_limit(args, iface: str, ns: str | None) -> None:
+def check_return_limit(args, iface: str | None = None, ns: str | None = None) -> None:
+    """For a tool that sends received packets back (reflect): refuse an AF_XDP --frame-size in which a packet
+    of the interface's MTU arrives in more frames than the kernel sends as one (kbypass.xsk.multibuf)."""
     from kbypass.port.afxdp import interface_mtu
+    from kbypass.tools._port import resolve_where
     from kbypass.xsk import multibuf
 
+    if (getattr(args, "backend", DEFAULT_BACKEND) or DEFAULT_BACKEND) != "afxdp" or not args.frame_size:
+        return
+    if iface is None:
+        iface, ns = resolve_where(args)
     mtu = interface_mtu(iface, ns)
     why = mtu and multibuf.return_limit(mtu, args.frame_size)
     if why:
@@ -94,7 +101,7 @@ def open_backend(args, rules: list[str], *, sends_back: bool = False):
     if args.frame_size is None:
         args.frame_size = default_frame_size(iface, ns) if backend == "afxdp" else 2048
     if backend == "afxdp" and sends_back:
-        _check_return_limit(args, iface, ns)
+        check_return_limit(args, iface, ns)
     if backend == "afxdp":
         options = dict(queue=args.queue, xdp_mode=args.xdp_mode, mode=args.mode, poll=args.poll,
                        frames=args.frames, frame_size=args.frame_size, rx_size=ring, tx_size=ring,
