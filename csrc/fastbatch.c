@@ -246,7 +246,7 @@ static PyObject *seq_update(PyObject *self, PyObject *args) {
 
 /* drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms[, lock])
  *   -> (frames, bytes, latencies, first_ns, last_ns): kb_sink_run (wait_ms 0: one kb_sink_drain, no waiting);
- * RuntimeError for an RX descriptor outside the UMEM when no frame was taken before it (kb_sink.h);
+ * RuntimeError for an RX descriptor outside its UMEM frame when no frame was taken before it (kb_sink.h);
  * first_ns, last_ns: CLOCK_MONOTONIC of the first and last frames taken (0 when none). rx, fill: the rings' struct kb_ring (ring.py KbRing);
  * stats: the port's counters; state, seen: the sequence check's (None when stamp_off is 0); seqs, lat:
  * int64 scratch and output arrays with room for budget numbers; lock: a shared queue's pool lock's memory
@@ -312,7 +312,7 @@ static PyObject *drain(PyObject *self, PyObject *args) {
         Py_END_ALLOW_THREADS
         if (n == KB_SINK_E_RX_DESC) { /* a kernel (or ring) fault, not the caller's: the UDP lane's verdict */
             char msg[160]; /* PyErr_Format has no %llx */
-            snprintf(msg, sizeof msg, "RX descriptor outside the UMEM (addr %#llx, len %u, UMEM %llu bytes): left "
+            snprintf(msg, sizeof msg, "RX descriptor outside its UMEM frame (addr %#llx, len %u, UMEM %llu bytes): left "
                      "on the RX ring", (unsigned long long)k.bad_addr, (unsigned)k.bad_len,
                      (unsigned long long)k.umem_size);
             PyErr_SetString(PyExc_RuntimeError, msg);

@@ -67,7 +67,7 @@ static void raise_at(PyObject *type, const char *fmt, uint64_t addr) {
 static PyObject *lane_error(Lane *self, int code, Py_ssize_t n) {
     switch (code) {
     case KB_LANE_E_RX_DESC:
-        PyErr_SetString(PyExc_RuntimeError, "RX descriptor outside the UMEM");
+        PyErr_SetString(PyExc_RuntimeError, "RX descriptor outside its UMEM frame");
         break;
     case KB_LANE_E_COMP_ADDR:
         raise_at(PyExc_IndexError, "completed address %s is outside the UMEM", self->l.bad_addr);

@@ -42,8 +42,8 @@ int kb_lane_rx_next(struct kb_lane *l, struct kb_desc *d) {
         return KB_LANE_FILL_FULL;
     }
     *d = *kb_ring_desc(l->rx, idx);
-    if (d->addr >= l->umem_size || d->len > l->umem_size - d->addr) {
-        /* the kernel only hands back frames we lent it; never read outside the UMEM regardless */
+    if (!kb_desc_in_frame(d, l->umem_size, l->frame_size)) {
+        /* the kernel only hands back frames we lent it, each within its frame; never read past one */
         kb_ring_cons_cancel(l->rx, 1);
         return KB_LANE_E_RX_DESC;
     }

@@ -29,7 +29,7 @@ enum kb_lane_result {
     KB_LANE_SENT = 1,      /* send */
     KB_LANE_NO_FRAME = 2,  /* send: the stash is empty and nothing completed */
     /* errors */
-    KB_LANE_E_RX_DESC = -1,   /* an RX descriptor outside the UMEM */
+    KB_LANE_E_RX_DESC = -1,   /* an RX descriptor outside its UMEM frame (kb_desc_in_frame) */
     KB_LANE_E_COMP_ADDR = -2, /* a completed address outside the UMEM (bad_addr) */
     KB_LANE_E_TOO_BIG = -3,   /* a frame longer than a UMEM frame (or empty) */
     KB_LANE_E_STASH = -4,     /* a stash frame outside the UMEM or without room for the frame */

@@ -54,6 +54,14 @@ struct kb_desc {
     uint32_t options;
 };
 
+/* Whether an RX descriptor lies wholly inside its own UMEM frame (aligned mode: the chunk of frame_size bytes,
+ * a power of two, that addr is in) in a UMEM of umem_size bytes (whole frames): all the kernel ever writes. A
+ * descriptor that crosses into the next frame is refused as one outside the UMEM is (kbypass.xsk.umem's
+ * desc_in_frame is the Python twin; a test holds the two to one verdict). */
+static inline int kb_desc_in_frame(const struct kb_desc *d, uint64_t umem_size, uint32_t frame_size) {
+    return d->addr < umem_size && d->len <= frame_size - (d->addr & (uint64_t)(frame_size - 1));
+}
+
 static inline uint32_t kb_load_acquire(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void kb_store_release(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
@@ -150,6 +158,18 @@ static inline uint32_t kb_ring_cons_peek_packets(struct kb_ring *r, uint32_t nb,
     for (uint32_t i = 0; i < have; i++)
         if (!(kb_ring_desc(r, *idx + i)->options & KB_PKT_CONTD)) return kb_ring_cons_peek(r, i + 1, idx);
     return 0;
+}
+
+/* peek_broken: every descriptor on the ring when none of them ends a packet (all KB_PKT_CONTD), 0 when the
+ * ring is empty or holds a packet's end. The kernel publishes a packet's descriptors with one producer
+ * store, so a ring of continuations alone never completes (a kernel bug): the caller takes them off and
+ * counts them (KB_RX_BROKEN_CHAINS) rather than waiting for an end that cannot come. */
+static inline uint32_t kb_ring_cons_peek_broken(struct kb_ring *r, uint32_t *idx) {
+    uint32_t have = kb_ring_cons_avail(r, r->size);
+    *idx = r->cached_cons;
+    for (uint32_t i = 0; i < have; i++)
+        if (!(kb_ring_desc(r, *idx + i)->options & KB_PKT_CONTD)) return 0;
+    return have ? kb_ring_cons_peek(r, have, idx) : 0;
 }
 
 /* Hand nb peeked slots back to the kernel (the release store: the slot reads are done first). */

@@ -29,6 +29,29 @@ static uint32_t whole_packets(const struct kb_ring *rx, uint32_t ri, uint32_t n)
     return n;
 }
 
+/* No whole packet on the RX ring: when it holds continuations alone (kb_ring_cons_peek_broken, a kernel bug),
+ * their frames go back to the fill ring and are counted in KB_RX_BROKEN_CHAINS, so the sink does not wait
+ * for an end that cannot come. Returns 0 (no packet taken). */
+static long long drop_broken(struct kb_sink *k) {
+    uint32_t ri, fi;
+    if (k->lock) return 0; /* a shared queue's fill ring needs the pool's lock: left to receive() */
+    uint32_t n = kb_ring_cons_peek_broken(k->rx, &ri);
+    if (!n) return 0;
+    uint32_t room = kb_ring_prod_reserve(k->fill, n, &fi); /* every frame taken left a fill slot behind */
+    uint64_t chunk = ~(uint64_t)(k->frame_size - 1);
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < n && m < room; i++) {
+        const struct kb_desc *d = kb_ring_desc(k->rx, ri + i);
+        if (d->addr < k->umem_size) *kb_ring_addr(k->fill, fi + m++) = d->addr & chunk;
+    }
+    kb_ring_prod_cancel(k->fill, room - m);
+    kb_ring_prod_submit(k->fill, m);
+    kb_ring_cons_release(k->rx, n);
+    k->stats[KB_RX_BROKEN_CHAINS] += n;
+    k->stats[KB_IN_FILL] -= n - m; /* a frame outside the UMEM is no frame of ours: not lent any more */
+    return 0;
+}
+
 long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, size_t *nlat) {
     *bytes = 0;
     *nlat = 0;
@@ -40,7 +63,7 @@ long long kb_sink_drain(struct kb_sink *k, uint32_t budget, uint64_t *bytes, siz
             k->stats[KB_RX_WAKEUPS]++;
             n = kb_ring_cons_peek_packets(k->rx, budget, &ri);
         }
-        if (!n) return 0;
+        if (!n) return drop_broken(k);
     }
     if (!k->lock) return give_back(k, n, ri, bytes, nlat);
     /* a shared queue: the fill ring is every member's, so under the pool's lock, from its own indexes */
@@ -68,7 +91,7 @@ static long long give_back(struct kb_sink *k, uint32_t n, uint32_t ri, uint64_t 
     uint64_t chunk = ~(uint64_t)(k->frame_size - 1), total = 0;
     for (uint32_t i = 0; i < n; i++) { /* all descriptors checked before anything is given back */
         const struct kb_desc *d = kb_ring_desc(k->rx, ri + i);
-        if (d->addr >= k->umem_size || d->len > k->umem_size - d->addr) {
+        if (!kb_desc_in_frame(d, k->umem_size, k->frame_size)) {
             /* the whole packets before it are taken as usual; it, the packet it is part of and the rest
              * stay on the RX ring, their fill slots unused, so the next call meets it first and takes nothing */
             uint32_t m = whole_packets(k->rx, ri, i);

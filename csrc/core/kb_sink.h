@@ -48,7 +48,7 @@ struct kb_sink {
     int lock_err; /* out, with KB_SINK_E_LOCK: kb_pool_lock's error */
 };
 
-/* An RX descriptor outside the UMEM at the head of the RX ring: nothing taken, it stays there. */
+/* An RX descriptor outside its UMEM frame (kb_desc_in_frame) at the head of the RX ring: nothing taken, it stays there. */
 #define KB_SINK_E_RX_DESC (-1)
 #define KB_SINK_E_LOCK (-2) /* a shared queue's lock not taken (lock_err: ETIMEDOUT when busy): nothing taken */
 

@@ -65,6 +65,23 @@ def test_testbed_up_changes_the_mtu_in_place_and_names_a_non_frags_program(testb
         assert _set_testbed_mtu(a.mtu).returncode == 0
 
 
+def test_testbed_up_without_mtu_keeps_the_mtu_and_a_change_is_said(testbed_hosts):
+    """`testbed up` with no --mtu on a jumbo testbed reset it to 1500 (the default meant "change in place").
+    Now no --mtu keeps the MTU; --mtu changes it and says so on stderr."""
+    a, b = testbed_hosts
+    try:
+        r = _set_testbed_mtu(9000)
+        assert r.returncode == 0 and f"changed from {a.mtu} to 9000" in r.stderr, r.stderr
+        r = kbypass("testbed", "up", "--json")
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        assert {h["mtu"] for h in json.loads(r.stdout)["hosts"]} == {9000} == {_mtu(a), _mtu(b)}
+        r = _set_testbed_mtu(9000)  # the same MTU: nothing to say
+        assert r.returncode == 0 and "changed" not in r.stderr
+    finally:
+        r = _set_testbed_mtu(a.mtu)
+        assert r.returncode == 0 and f"changed from 9000 to {a.mtu}" in r.stderr
+
+
 @pytest.fixture
 def mtu_9000(testbed_hosts):
     a, b = testbed_hosts

@@ -560,11 +560,13 @@ def test_a_completion_outside_the_umem_gets_the_same_verdict_and_is_not_written(
 
 @pytest.mark.parametrize("desc", [lambda size: (size, 60), lambda size: (size - 100, 200),
                                   lambda size: (256, 1 << 31), lambda size: (size + 256, 0),
-                                  lambda size: (size - 100, 100), lambda size: (256, 4000)])
-def test_an_rx_descriptor_outside_the_umem_gets_the_same_verdict_and_stays_on_the_ring(desc):
+                                  lambda size: (size - 100, 100), lambda size: (256, 4000),
+                                  lambda size: (256, 1793), lambda size: (4096 + 2000, 60),
+                                  lambda size: (256, 1792)])
+def test_an_rx_descriptor_outside_its_frame_gets_the_same_verdict_and_stays_on_the_ring(desc):
     """The C lane raised for an RX descriptor that reaches past the UMEM; the Python lane copied what
-    fitted (a truncated frame) and went on. Inside the UMEM but longer than a frame: both give one frame's
-    bytes."""
+    fitted (a truncated frame) and went on. Inside the UMEM but past the end of its own frame (into the
+    next): both refuse it too (kb_desc_in_frame and desc_in_frame, one verdict)."""
     def kernel(xsk, umem):
         _, n = xsk.k_fill.peek(1)  # the kernel takes a lent frame, as for any received one
         xsk.k_fill.release(n)
@@ -575,5 +577,7 @@ def test_an_rx_descriptor_outside_the_umem_gets_the_same_verdict_and_stays_on_th
     c, py = _both(lambda lane: lane.receive_udp(), kernel)
     assert c == py
     addr, n = desc(1 << 20)
-    if addr + n > 1 << 20:
-        assert c == (("RuntimeError", "RX descriptor outside the UMEM"), [0] * len(c[1]), False, 1, 0)
+    if addr >= 1 << 20 or n > 2048 - addr % 2048:
+        assert c == (("RuntimeError", "RX descriptor outside its UMEM frame"), [0] * len(c[1]), False, 1, 0)
+    else:
+        assert c[0] != ("RuntimeError", "RX descriptor outside its UMEM frame") and c[3] == 0

@@ -56,14 +56,24 @@ def test_size_limit_names_the_limit_that_applies(engine, mtu, limit, words):
     assert got == limit and words in why
 
 
-def test_size_limit_is_the_kernels_frag_limit_when_that_is_lower(monkeypatch, tmp_path):
+def test_frag_limit_is_the_compile_time_constant_everywhere(monkeypatch):
+    """AF_XDP's send path (xsk_build_skb) is bounded by the compile-time MAX_SKB_FRAGS, not by the sysctl
+    net.core.max_skb_frags (TCP/GSO's, settable lower): gen, doctor, the ports and the testbed all take
+    multibuf's one constant, so changing it changes every one of them."""
+    import mmap
+
+    from kbypass.host import doctor, testbed
     from kbypass.xsk import multibuf
 
-    proc = tmp_path / "max_skb_frags"
-    proc.write_text("8\n")  # a machine whose net.core.max_skb_frags was lowered
-    monkeypatch.setattr(multibuf, "MAX_SKB_FRAGS_PATH", str(proc))
+    assert multibuf.MAX_SKB_FRAGS == 17 and multibuf.tx_frame_limit() == 18
+    assert not hasattr(multibuf, "max_skb_frags") and not hasattr(testbed, "MAX_SKB_FRAGS")
+    assert testbed.FRAGS_MAX_MTU == min(testbed.MAX_MTU, testbed.XDP_MAX_MTU + mmap.PAGESIZE * multibuf.MAX_SKB_FRAGS)
+    monkeypatch.setattr(multibuf, "MAX_SKB_FRAGS", 8)
+    monkeypatch.setattr(multibuf, "TX_FRAME_LIMIT", 9)
     got, why = gen.size_limit("afxdp", 65535, "veth0")
-    assert got == 9 * 4096 and "9 AF_XDP frames of 4096 bytes" in why and "max_skb_frags" in why
+    assert got == 9 * 4096 and "9 AF_XDP frames of 4096 bytes" in why and "MAX_SKB_FRAGS 8 + 1" in why
+    check = doctor.check_multi_buffer("lo")
+    assert "MAX_SKB_FRAGS 8: a sent packet spans at most 9 frames" in (check.detail or "")
 
 
 def test_interface_info_reads_mtu_and_mac_of_this_namespace():

@@ -99,10 +99,8 @@ def test_receive_gives_packets_and_transmit_gathers_them(monkeypatch):
         # headers are read from the first frame, for every packet at once
         assert (batch.u16be(36) == 4321).all()
         batch.swap_macs()
-        short = batch[:5]  # the 34-frame packet goes back unsent: more than the kernel sends as one
-        with pytest.raises(UsageError, match="spans 34 frames"):
-            port.transmit(batch)
-        assert port.transmit(short) == 5
+        # the 34-frame packet stays with the caller: more than the kernel sends as one (transmit_leaves... below)
+        assert port.transmit(batch) == 5 and port.stats["tx_too_long"] == 1
         out = port.xsk.send_all()
         assert out == [f[6:12] + f[0:6] + f[12:] for f in sent[:5]]
         port.free(batch[5:])
@@ -261,3 +259,139 @@ def test_peek_packets_c_twin_gives_the_same_answers(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:-1] == want
     assert any(w.split()[1] != "0" for w in want) and any(int(w.split()[1]) > 1 for w in want)
+
+
+# --- the reviewer's findings (issue 17 follow-up) -----------------------------------------------------------
+
+def test_transmit_leaves_a_too_long_chain_with_the_caller_and_counts_it(monkeypatch):
+    """A peer's 40,000-byte datagram arrives in 23 frames of 2048 bytes, more than the kernel sends as one
+    packet (18): transmit raised a UsageError for the whole batch (reflect died with rc 2). Now the packets
+    before it go, it and the rest stay the caller's (the accepted prefix, as when the TX ring is full), and
+    stats["tx_too_long"] counts it; `sendable` says beforehand which packets would go."""
+    with _port(monkeypatch) as port:
+        sent = _frames(1, 9014) + _frames(1, 40000, first=1) + _frames(1, 60, first=2)
+        port.xsk.deliver_chains(sent, ROOM)
+        batch = port.receive(512)
+        assert batch.frame_counts().tolist() == [6, 23, 1]
+        assert port.sendable(batch).tolist() == [True, False, True]
+        assert port.transmit(batch) == 1 and port.stats["tx_too_long"] == 1
+        assert port.transmit(batch[1:]) == 0 and port.stats["tx_too_long"] == 2  # nothing before it: 0
+        assert port.xsk.send_all() == [sent[0]]
+        assert port.transmit(batch[2:]) == 1
+        assert port.xsk.send_all() == [sent[2]]
+        port.free(batch[1:2])
+        port.reap()
+        port.check(app=0)
+
+
+def test_the_reflector_frees_and_counts_what_it_cannot_send_back(monkeypatch):
+    from kbypass.apps.reflect import Reflector
+
+    with _port(monkeypatch) as port:
+        sent = _frames(2, 9014) + _frames(1, 40000, first=2) + _frames(1, 100, first=3)
+        port.xsk.deliver_chains(sent, ROOM)
+        res = Reflector(port, batch=512).run(count=4, duration=5)
+        assert (res.packets, res.sent, res.not_reflected, res.tx_dropped) == (4, 3, 1, 0)
+        assert len(port.xsk.send_all()) == 3
+        port.reap()
+        port.check(app=0)
+
+
+def test_return_limit_names_the_frames_and_the_largest_mtu():
+    assert multibuf.rx_frames_for(65535, 2048) == 37 and multibuf.rx_frames_for(65535, 4096) == 18
+    assert multibuf.return_limit(65535, 4096) is None and multibuf.return_limit(9000, 2048) is None
+    why = multibuf.return_limit(65535, 2048)
+    assert "arrives in up to 37 frames" in why and f"at most {18 * ROOM - 14}" in why
+    assert multibuf.return_limit(18 * ROOM - 14, 2048) is None and multibuf.return_limit(18 * ROOM - 13, 2048)
+
+
+def test_alloc_with_no_whole_chain_free_is_an_empty_batch_every_method_takes(monkeypatch):
+    """alloc(n, size=big) with fewer free frames than one chain returned an empty *chained* Batch on which
+    fill() raised ValueError (min of an empty array)."""
+    with _port(monkeypatch) as port:
+        hold = port.alloc(port.umem.free_count)  # every free frame
+        assert port.umem.free_count == 0
+        empty = port.alloc(4, size=9000)
+        assert len(empty) == 0
+        empty.fill(_frames(1, 9000)[0])
+        assert port.transmit(empty) == 0 and port.sendable(empty).tolist() == []
+        port.free(empty)
+        chained = Batch(np.zeros(0, dtype=DESC), port.umem.array, port, tails=np.zeros(0, dtype=DESC),
+                        ntails=np.zeros(0, dtype=np.uint32))
+        chained.fill(b"x" * 9000)  # an empty Batch of chains (a selection of none) too
+        assert chained.total_lens().tolist() == [] and len(chained.ring_descs()) == 0
+        assert port.transmit(chained) == 0
+        port.free(hold)
+        port.check(app=0)
+
+
+def test_alloc_refuses_a_size_above_the_mtu(monkeypatch):
+    with _port(monkeypatch) as port:
+        port.mtu = 9000
+        with pytest.raises(UsageError, match="9015-byte packet is longer than fake0's MTU 9000"):
+            port.alloc(1, size=9015)
+        b = port.alloc(1, size=9014)
+        assert b.total_lens().tolist() == [9014]
+        port.free(b)
+        port.check(app=0)
+
+
+def _post_continuations(xsk, n):
+    """A buggy kernel: n lent frames posted as continuation descriptors with no packet end."""
+    idx, got = xsk.k_fill.peek(n)
+    addrs = xsk.k_fill.read_slots(idx, got)
+    xsk.k_fill.release(got)
+    d = np.zeros(got, dtype=XDP_DESC)
+    d["addr"], d["len"], d["options"] = addrs + 256, 100, XDP_PKT_CONTD
+    k, m = xsk.k_rx.reserve(got)
+    xsk.k_rx.write_slots(k, d)
+    xsk.k_rx.submit(m)
+
+
+@pytest.mark.parametrize("impl", ["receive", "consume"])
+def test_a_ring_of_continuations_alone_is_counted_and_does_not_stall(monkeypatch, impl):
+    """The kernel publishes a packet's descriptors together, so continuation descriptors with no end can
+    never complete: receive (and the C sink) took nothing forever, silently. Now their frames go back to
+    the kernel, stats["rx_broken_chains"] counts them, and the packets after them arrive."""
+    if impl == "consume" and not backend.built("batch"):
+        pytest.skip("kbypass._fastbatch is not built: make setup")
+    with _port(monkeypatch, ops=backend.batch("c" if impl == "consume" else "python")) as port:
+        port.receive(1)  # lends the fill ring its frames
+        _post_continuations(port.xsk, 5)
+        take = (lambda: port.receive(64)) if impl == "receive" else (lambda: port.consume(64))
+        got = take()
+        assert (len(got) if impl == "receive" else got[0]) == 0
+        assert port.stats["rx_broken_chains"] == 5 and port.xsk.rx.pending() == 0
+        good = _frames(2, 3000)
+        port.xsk.deliver_chains(good, ROOM)
+        got = take()
+        if impl == "receive":
+            assert [got.tobytes(i) for i in range(len(got))] == good
+            port.free(got)
+        else:
+            assert got[0] == 2
+        port.check(app=0)
+
+
+def test_peek_broken_only_when_no_descriptor_ends_a_packet():
+    kernel, rx = _rings(8)
+    assert rx.peek_broken() == (0, 0)
+    _post(kernel, [(1, True), (2, True)])
+    assert rx.peek_packets(8) == (0, 0) and rx.peek_broken() == (0, 2)
+    rx.release(2)
+    _post(kernel, [(3, True), (4, False), (5, True)])
+    assert rx.peek_broken() == (2, 0)  # a packet ends there: a whole packet, then "not yet"
+
+
+def test_rx_descriptor_bounds_are_its_own_frame():
+    """kb_sink, the lanes' receive_one and _receive_chain checked a descriptor against the whole UMEM, so
+    one crossing into the next frame was read (and truncated to a frame) rather than refused. The twins
+    desc_in_frame (Python) and kb_desc_in_frame (C) give one verdict (the lanes and the sink on the same
+    descriptors: tests/unit/test_endpoint_lane.py, tests/unit/test_sink_consume.py)."""
+    from kbypass.xsk.umem import desc_in_frame
+
+    size, fs = 1 << 20, 2048
+    cases = [(256, 1792, True), (256, 1793, False), (2047, 1, True), (2047, 2, False), (size - 100, 100, True),
+             (size, 0, False), (4096 + 2000, 60, False), (0, 2048, True), (0, 2049, False)]
+    for addr, n, ok in cases:
+        assert desc_in_frame(addr, n, size, fs) is ok, (addr, n)

@@ -191,14 +191,14 @@ def test_consume_is_refused_where_it_is_not(monkeypatch):
             port.consume(64)
 
 
-def _post_bad_rx(xsk, addr: int) -> None:
+def _post_bad_rx(xsk, addr: int, length: int = 60) -> None:
     """The kernel's side gone wrong: it takes a lent frame, as for any received one, and posts an RX
     descriptor at addr, outside the UMEM."""
     _, n = xsk.k_fill.peek(1)
     xsk.k_fill.release(n)
     idx, n = xsk.k_rx.reserve(1)
     d = np.zeros(1, dtype=xsk.k_rx.read_slots(idx, 0).dtype)
-    d[0] = (addr, 60, 0)
+    d[0] = (addr, length, 0)
     xsk.k_rx.write_slots(idx, d)
     xsk.k_rx.submit(1)
 
@@ -206,7 +206,7 @@ def _post_bad_rx(xsk, addr: int) -> None:
 @needs_c
 @pytest.mark.parametrize("wait", [0.0, 0.03])
 def test_a_bad_rx_descriptor_leaves_rings_and_counts_consistent(monkeypatch, wait):
-    """Frames before an RX descriptor outside the UMEM are given back, counted and returned (once the whole
+    """Frames before an RX descriptor outside its UMEM frame are given back, counted and returned (once the whole
     peek was refused); the descriptor stays on the RX ring and the next call, taking nothing, raises."""
     monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
     with afxdp_mod.AfXdpPort("fake0", frames=256, fill_size=64, rx_size=64, tx_size=64, comp_size=64,
@@ -219,10 +219,24 @@ def test_a_bad_rx_descriptor_leaves_rings_and_counts_consistent(monkeypatch, wai
         assert nbytes == port.stats["rx_bytes"] == 10 * len(_frames([0], [0])[0])
         assert port.xsk.fill.outstanding() == 63  # all ten back on the fill ring: none lost
         for _ in range(2):  # the descriptor stays at the head: each call refuses it, taking nothing
-            with pytest.raises(RuntimeError, match=f"RX descriptor outside the UMEM \\(addr {port.umem.size + 4096:#x}"):
+            with pytest.raises(RuntimeError, match=f"RX descriptor outside its UMEM frame \\(addr {port.umem.size + 4096:#x}"):
                 port.consume(256, seq=seq, stamp_offset=ETH_IPV4_UDP, wait=wait)
             assert (port.stats["rx_packets"], seq.received, port.xsk.rx.pending()) == (10, 10, 1)
             assert port.xsk.fill.outstanding() == 63
+
+
+@needs_c
+def test_an_rx_descriptor_crossing_into_the_next_frame_is_refused_as_the_lanes_refuse_it(monkeypatch):
+    """kb_sink checked a descriptor against the whole UMEM: one inside it but past its own frame's end was
+    read and given back. Now kb_desc_in_frame refuses it, as the lanes do (test_endpoint_lane)."""
+    monkeypatch.setattr(afxdp_mod, "XskSocket", FakeXsk)
+    with afxdp_mod.AfXdpPort("fake0", frames=256, fill_size=64, rx_size=64, tx_size=64, comp_size=64,
+                             batch_ops=backend.batch("c")) as port:
+        port.receive(1)  # lend the fill ring its frames
+        _post_bad_rx(port.xsk, 4096 + 256, 2048 - 256 + 1)
+        with pytest.raises(RuntimeError, match=f"RX descriptor outside its UMEM frame \\(addr {4096 + 256:#x}, len 1793"):
+            port.consume(64)
+        assert port.stats["rx_packets"] == 0 and port.xsk.rx.pending() == 1
 
 
 def _shared_port(lock_fd: int):

@@ -9,7 +9,9 @@ UDP or TCP datagram: the fields sit at fixed offsets there. Anything else the ru
 a VLAN tag, IP options, a fragment, a short frame) would go back out with its bytes scrambled, so it is
 freed instead and counted as `not_reflected` (--macs-only swaps MACs, which is right for any frame).
 A multi-frame packet (multi-buffer, jumbo MTU) goes back as the same chain: its headers are in its first
-frame, where the swaps act, and transmit sends every frame of it.
+frame, where the swaps act, and transmit sends every frame of it. A chain of more frames than the kernel
+sends as one packet (a peer's jumbo datagram received in small frames: `port.sendable`) is freed and counted
+as `not_reflected` too; `kbypass reflect` refuses up front a frame size that would let that happen.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class ReflectResult:
     bytes: int = 0
     sent: int = 0
     tx_dropped: int = 0
-    not_reflected: int = 0  # frames freed because swapping their fixed offsets would scramble them
+    not_reflected: int = 0  # packets freed: swapping their fixed offsets would scramble them, or too long to send
     seconds: float = 0.0
 
     @property
@@ -60,16 +62,18 @@ class Reflector:
                 start = last
             res.packets += len(batch)
             res.bytes += int(batch.total_lens().sum())
-            if self.swap_l3:
-                ok = reflectable(batch)
+            if self.swap_l3 or batch.tails is not None:
+                ok = reflectable(batch) if self.swap_l3 else np.ones(len(batch), dtype=bool)
+                sendable = getattr(batch.owner, "sendable", None)  # a multi-buffer AfXdpPort's (module doc)
+                if batch.tails is not None and sendable is not None:
+                    ok &= sendable(batch)
                 if not ok.all():
                     res.not_reflected += int(len(ok) - ok.sum())
                     port.free(batch[~ok])
                     batch = batch[ok]
-                batch.swap_macs()
+            batch.swap_macs()
+            if self.swap_l3:
                 batch.swap_ips_and_ports()
-            else:
-                batch.swap_macs()
             sent = port.transmit(batch)
             res.sent += sent
             if sent < len(batch):

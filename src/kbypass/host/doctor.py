@@ -218,9 +218,9 @@ def check_multi_buffer(ifname: str = "lo") -> Check:
     from kbypass.xsk.socket import XskError, XskSocket
     from kbypass.xsk.umem import Umem
 
-    frags = multibuf.max_skb_frags()
+    frags = multibuf.MAX_SKB_FRAGS
     limit = multibuf.tx_frame_limit()
-    sizes = (f"max_skb_frags {frags}: a sent packet spans at most {limit} frames ({limit * 2048:,} bytes with "
+    sizes = (f"MAX_SKB_FRAGS {frags}: a sent packet spans at most {limit} frames ({limit * 2048:,} bytes with "
              f"2048-byte frames, {min(limit * 4096, 65535 + 14):,} with 4096); testbed MTU up to "
              f"{testbed.FRAGS_MAX_MTU} (kbypass's XDP programs are frags-aware)")
     try:

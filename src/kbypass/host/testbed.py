@@ -40,11 +40,13 @@ from pyroute2 import NetNS, netns as pr_netns
 from kbypass import netns
 from kbypass.errors import EnvironmentProblem, PermissionProblem, TestbedError, UsageError, require_root
 from kbypass.host import xps
+from kbypass.xsk import multibuf
 
 HOSTS = ("a", "b")
 ALIAS_TAG = "kbypass-testbed"
 DEFAULT_PREFIX = "kb"
 DEFAULT_SUBNET = "10.77.0.0/24"
+DEFAULT_MTU = 1500  # a new testbed's, when `up` is not given one
 MAX_QUEUES = 64  # veth's own limit is higher, but more queues than cores only costs memory here
 MIN_MTU, MAX_MTU = 68, 65535  # IPv4's minimum; veth's maximum
 # The MTU limits of XDP on veth (the kernel's veth_xdp_set refuses an XDP program with ERANGE above them).
@@ -57,8 +59,8 @@ XDP_MAX_MTU = mmap.PAGESIZE - 256 - 320 - 14
 XDP_MTU_WHY = (f"veth takes an XDP program without multi-buffer support (section 'xdp', not 'xdp.frags') only up "
                f"to MTU {XDP_MAX_MTU}: one {mmap.PAGESIZE}-byte page less 256 bytes of XDP headroom and 320 of "
                "skb_shared_info, less the 14-byte Ethernet header")
-MAX_SKB_FRAGS = 17  # the kernel's compile-time frag limit per packet (x86-64 default; /proc/sys/net/core/max_skb_frags)
-FRAGS_MAX_MTU = min(MAX_MTU, XDP_MAX_MTU + mmap.PAGESIZE * MAX_SKB_FRAGS)
+# the kernel's compile-time frag limit per packet: kbypass.xsk.multibuf says why this one and not the sysctl
+FRAGS_MAX_MTU = min(MAX_MTU, XDP_MAX_MTU + mmap.PAGESIZE * multibuf.MAX_SKB_FRAGS)
 # Interface names are "<prefix>-a" and "<prefix>-b". A NAPI thread is named "napi/<ifname>-<id>", and kernels
 # before 5.17 show only its first 15 characters: with a prefix of at most 6, "napi/<prefix>-a-" plus at least
 # one digit of the id always survives the cut, so kbypass.host.napi tells host a's threads from host b's (and from
@@ -101,7 +103,9 @@ class TestbedConfig:
 
     prefix: str = DEFAULT_PREFIX
     queues: int = 2
-    mtu: int = 1500
+    # None: keep the MTU of a testbed that is up, DEFAULT_MTU for a new one; a number: that MTU, changed in
+    # place on a testbed that is up (the one setting `up` changes in place)
+    mtu: int | None = None
     subnet: str = DEFAULT_SUBNET
 
     def validate(self) -> None:
@@ -113,7 +117,7 @@ class TestbedConfig:
             )
         if not 1 <= self.queues <= MAX_QUEUES:
             raise UsageError(f"--queues {self.queues}: choose a queue count from 1 to {MAX_QUEUES}")
-        if not MIN_MTU <= self.mtu <= FRAGS_MAX_MTU:
+        if self.mtu is not None and not MIN_MTU <= self.mtu <= FRAGS_MAX_MTU:
             raise UsageError(
                 f"--mtu {self.mtu}: choose an MTU from {MIN_MTU} (IPv4's minimum) to {FRAGS_MAX_MTU} (veth's "
                 "maximum; above " f"{XDP_MAX_MTU} the XDP programs must be frags-aware, as kbypass's are)"
@@ -288,7 +292,7 @@ def _up(config: TestbedConfig) -> list[Host]:
     if len(present) == len(names):
         hosts = status(prefix)
         if hosts is not None:
-            if hosts[0].mtu != config.mtu:
+            if config.mtu is not None and hosts[0].mtu != config.mtu:
                 _change_mtu(config, hosts)  # the one setting an existing testbed changes in place
                 hosts = status(prefix)
             _check_matches(config, hosts)
@@ -367,7 +371,7 @@ def _build_link(config: TestbedConfig) -> None:
             lo = ns.link_lookup(ifname="lo")[0]
             ns.link("set", index=lo, state="up")
             idx = ns.link_lookup(ifname=config.iface_name(host))[0]
-            ns.link("set", index=idx, address=config.mac(host), mtu=config.mtu, ifalias=config.alias())
+            ns.link("set", index=idx, address=config.mac(host), mtu=config.mtu or DEFAULT_MTU, ifalias=config.alias())
             ns.addr("add", index=idx, address=config.ipv4(host), prefixlen=config.prefixlen())
             ns.link("set", index=idx, state="up")
         with netns.entered(config.netns_name(host)):
@@ -428,7 +432,7 @@ def _xdp_programs(hosts: list[Host]) -> list[str]:
 
 def _check_matches(config: TestbedConfig, hosts: list[Host]) -> None:
     got = (hosts[0].queues, hosts[0].mtu, f"{ipaddress.IPv4Interface(f'{hosts[0].ipv4}/{hosts[0].prefixlen}').network}")
-    want = (config.queues, config.mtu, str(ipaddress.IPv4Network(config.subnet)))
+    want = (config.queues, hosts[0].mtu if config.mtu is None else config.mtu, str(ipaddress.IPv4Network(config.subnet)))
     if got != want:
         raise TestbedError(
             f"testbed {config.prefix!r} is already up with queues={got[0]} mtu={got[1]} subnet={got[2]}: "

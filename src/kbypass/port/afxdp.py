@@ -58,6 +58,7 @@ from .stats import (
     IN_FILL,
     IN_TX,
     PORT_STATS,
+    RX_BROKEN_CHAINS,
     RX_BYTES,
     RX_PACKETS,
     RX_WAKEUPS,
@@ -65,6 +66,7 @@ from .stats import (
     TX_COMPLETED,
     TX_KICKS,
     TX_PACKETS,
+    TX_TOO_LONG,
 )
 
 _STATS_KEYS = PORT_STATS[:IN_FILL]  # the counters `stats` reports under their own names
@@ -170,15 +172,19 @@ class AfXdpPort(UmemPort):
             for name, size in (("RX", rx_size), ("TX", tx_size), ("fill", fill_size), ("completion", comp_size)):
                 check_size(name, size)
             self.ifname, self.queue, self.netns, self.poll_mode = ifname, queue, netns, poll
+            self.mtu = interface_mtu(ifname, netns)  # None when it cannot be read
             if multi_buffer is None:
-                multi_buffer = resolve_multi_buffer({"frame_size": frame_size, "headroom": headroom}, ifname,
-                                                    netns)["multi_buffer"]
+                multi_buffer = bool(self.mtu and multibuf.needs_multi_buffer(self.mtu, frame_size, headroom))
             if multi_buffer and shared_queue is not None:
                 raise UsageError("a shared queue's pool is bound without multi-buffer: open a queue of its own for "
                                  "packets larger than a frame, or lower the MTU")
             self.multi_buffer = bool(multi_buffer)
             # the most frames one sent packet may span (the kernel's limit), 1 without multi-buffer
             self.max_tx_frames = multibuf.tx_frame_limit() if self.multi_buffer else 1
+            # the most frames one received packet spans (the interface's MTU; receive has no frag limit), which
+            # can be more than max_tx_frames with small frames: such a packet cannot be sent back as it is
+            self.max_rx_frames = (multibuf.rx_frames_for(self.mtu, frame_size, headroom)
+                                  if self.multi_buffer and self.mtu else 1)
             self.umem = Umem(frames=frames, frame_size=frame_size, headroom=headroom, ops=batch_ops, memfd=umem_fd)
             if shared_queue is not None:
                 self.umem.keep_slice(shared_queue.first, shared_queue.count)
@@ -258,6 +264,8 @@ class AfXdpPort(UmemPort):
                 self._c[RX_WAKEUPS] += 1
                 idx, n = self._peek(max_frames)
             if n == 0:
+                if self.multi_buffer:
+                    self._drop_broken_chain()
                 self.refill(force=True)
                 return Batch(np.zeros(0, dtype=DESC), self.umem.array, self)
         descs = rx.read_slots(idx, n)
@@ -275,6 +283,22 @@ class AfXdpPort(UmemPort):
         c[RX_PACKETS] += n
         self.refill()
         return Batch(descs, self.umem.array, self)
+
+    def _drop_broken_chain(self) -> None:
+        """An RX ring of continuation descriptors alone (ConsumerRing.peek_broken, a kernel bug) would stall
+        receive() for good: its frames go back to the free list (refill lends them again), counted in
+        stats["rx_broken_chains"] (the sink's C path, kb_sink, counts the same)."""
+        idx, k = self._rx.peek_broken()
+        if not k:
+            return
+        descs = self._rx.read_slots(idx, k)
+        self._rx.release(k)
+        self._c[RX_BROKEN_CHAINS] += k
+        mine = descs["addr"] < np.uint64(self.umem.size)  # an address outside the UMEM is no frame of ours
+        self._c[IN_FILL] -= k
+        if mine.any():
+            self.umem.mark_received(descs[mine], APP)
+            self.umem.give_free(descs["addr"][mine], APP, "free")
 
     @property
     def can_consume(self) -> bool:
@@ -299,7 +323,7 @@ class AfXdpPort(UmemPort):
         The latencies are a view of the port's scratch buffer, which the next consume() overwrites: copy
         them to keep them. The C call runs without the GIL, on the ring memory, and the port does not pin
         it: never close() the port from another thread while a consume() runs (it would unmap the rings
-        under it). An RX descriptor outside the UMEM raises RuntimeError only from a call that took no
+        under it). An RX descriptor outside its UMEM frame raises RuntimeError only from a call that took no
         frame: the frames before it are given back and returned, it stays on the RX ring."""
         if self._closed:
             raise UsageError(CLOSED)
@@ -346,9 +370,14 @@ class AfXdpPort(UmemPort):
 
         size: up to n packets of `size` bytes each, lengths set: one frame each when it fits one, else (a
         multi-buffer port) a chain of as many frames as it needs, every frame full but the last; fill them
-        with batch.fill(data) or batch.write_packet(i, data). UsageError past the kernel's frag limit."""
+        with batch.fill(data) or batch.write_packet(i, data). UsageError past the kernel's frag limit or past
+        the interface's MTU (+ the Ethernet header). Fewer free frames than one chain: an empty Batch."""
         if self._closed:
             raise UsageError(CLOSED)
+        if size is not None and self.mtu and size > self.mtu + multibuf.ETH_HLEN:
+            raise UsageError(f"a {size}-byte packet is longer than {self.ifname}'s MTU {self.mtu} + the "
+                             f"{multibuf.ETH_HLEN}-byte Ethernet header allow ({self.mtu + multibuf.ETH_HLEN}): "
+                             "allocate at most that, or raise the MTU")
         room = multibuf.tx_room(self.umem.frame_size, self.umem.headroom)
         k = 1 if size is None or size <= room else self._frames_for(size)
         if self.umem.free_count < n * k:
@@ -359,6 +388,8 @@ class AfXdpPort(UmemPort):
                 batch.set_len(size)
             return batch
         frames = self._take_frames(min(n * k, self.umem.free_count // k * k), self.umem.headroom)
+        if len(frames) == 0:  # not one whole chain free: the plain empty Batch every method takes
+            return frames
         chains = frames.descs.reshape(-1, k)
         chains["len"] = room
         chains[:, -1]["len"] = size - (k - 1) * room
@@ -376,7 +407,10 @@ class AfXdpPort(UmemPort):
         """Queue frames for sending; returns k, the accepted prefix. batch[k:] stays yours.
 
         Descriptors outside the UMEM, crossing a frame or empty are refused with a UsageError before the
-        kernel sees any of them.
+        kernel sees any of them. A packet of more frames than the kernel sends as one (`max_tx_frames`; a
+        peer's jumbo datagram received in small frames) is never a UsageError, since a peer controls it: the
+        accepted prefix ends before it, it stays yours, and `stats["tx_too_long"]` counts it (once per
+        call that stops at it). `sendable(batch)` says beforehand which packets would go.
         """
         n = len(batch)
         if n == 0:
@@ -420,11 +454,13 @@ class AfXdpPort(UmemPort):
         if not self.multi_buffer:
             raise UsageError("this batch holds packets of several frames and the port is not multi-buffer: open it "
                              "with multi_buffer=True (Linux >= 6.6)")
-        if int(counts.max()) > self.max_tx_frames:
-            i = int(np.argmax(counts))
-            raise UsageError(f"packet {i} spans {int(counts[i])} frames, more than the kernel sends as one packet "
-                             f"({self.max_tx_frames}: net.core.max_skb_frags + 1); nothing was sent: send shorter "
-                             "packets or use frame_size 4096")
+        too_long = np.flatnonzero(counts > self.max_tx_frames)
+        if len(too_long):  # the kernel would drop it whole (kbypass.xsk.multibuf): it and what follows stay yours
+            self._c[TX_TOO_LONG] += 1
+            first = int(too_long[0])
+            if first == 0:
+                return 0
+            batch, counts = batch[:first], counts[:first]
         descs = batch.ring_descs()
         nbytes = self.umem.hand_over(descs["addr"], APP, TX, "transmit", descs=descs)
         self.reap()
@@ -440,6 +476,10 @@ class AfXdpPort(UmemPort):
             self._submit(idx, descs[:used], k, nbytes)
         self.flush()
         return k
+
+    def sendable(self, batch: Batch) -> np.ndarray:
+        """Which packets of `batch` transmit() can send: those of at most `max_tx_frames` frames."""
+        return batch.frame_counts() <= self.max_tx_frames
 
     def flush(self) -> None:
         """Make the kernel send what is on the TX ring (needed after transmit in copy mode)."""

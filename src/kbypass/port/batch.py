@@ -250,11 +250,13 @@ class Batch:
 
     def _fill_chains(self, data: bytes) -> None:
         """fill() for chains of equal length: one vectorized copy per frame position (head, tail 1, ...)."""
-        k = int(self.ntails[0]) if len(self) else 0
-        if len(self) and (self.ntails != k).any():
+        if not len(self):  # nothing to fill (an alloc that found no whole chain free)
+            return
+        k = int(self.ntails[0])
+        if (self.ntails != k).any():
             raise UsageError("fill() needs packets of as many frames each: fill them one by one with write_packet()")
         pos = 0
-        tails = self.tails.reshape(len(self), k) if len(self) else self.tails
+        tails = self.tails.reshape(len(self), k)
         for j in range(k + 1):
             descs = self.descs if j == 0 else tails[:, j - 1]
             part = Batch(np.ascontiguousarray(descs), self.mem, self.owner, self.frame_size)
@@ -269,8 +271,7 @@ class Batch:
             else:
                 tails[:, j - 1]["len"] = take
             pos += take
-        if len(self):
-            self.tails = tails.reshape(-1)
+        self.tails = tails.reshape(-1)
 
     def chunk_size(self) -> int | None:
         """The size of the aligned chunks its frames lie in (the Batch's own `frame_size`, else the owner's:

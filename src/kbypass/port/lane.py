@@ -37,7 +37,7 @@ import numpy as np
 from kbypass import backend
 from kbypass.errors import UsageError
 from kbypass.xsk.consts import XDP_PACKET_HEADROOM, XDP_PKT_CONTD
-from kbypass.xsk.umem import APP, FILL, TX
+from kbypass.xsk.umem import APP, FILL, TX, desc_in_frame
 
 from .batch import DESC, Batch
 from .stats import (
@@ -118,8 +118,8 @@ class MessageLane:
     # ---- receive ------------------------------------------------------------------------------------
     def receive_one(self) -> bytes | None:
         """One received frame's bytes, or None when the RX ring is empty (no syscall in that case). The
-        frame goes back to the kernel at once: nothing to free. RuntimeError for a descriptor outside the
-        UMEM (it stays on the ring), as the C lane (kb_lane_rx_next) decides."""
+        frame goes back to the kernel at once: nothing to free. RuntimeError for a descriptor outside its
+        UMEM frame (it stays on the ring), as the C lane (kb_lane_rx_next) decides (xsk.umem.desc_in_frame)."""
         rx = self._rx
         if self.chains:
             return self._receive_chain()
@@ -129,13 +129,11 @@ class MessageLane:
         j = (i & rx.mask) << 1
         addr = self._rxq[j]
         n = self._rxq[j + 1] & _U32
-        if addr >= self._umem_size or n > self._umem_size - addr:
-            # the kernel only hands back frames we lent it; never read (or truncate) outside the UMEM
+        if not desc_in_frame(addr, n, self._umem_size, self._frame_size):
+            # the kernel only hands back frames we lent it, each within its frame; never read past one
             rx.cancel(1)
-            raise RuntimeError("RX descriptor outside the UMEM")
-        # the kernel keeps to one frame; a longer length is copied as one frame's bytes (and counted whole),
-        # as the C lane does (its copy buffer is one frame)
-        data = bytes(self._mem[addr:addr + min(n, self._frame_size)])
+            raise RuntimeError("RX descriptor outside its UMEM frame")
+        data = bytes(self._mem[addr:addr + n])
         rx.release(1)
         fill = self._fill
         k, got = fill.reserve(1)
@@ -152,7 +150,7 @@ class MessageLane:
 
     def _receive_chain(self) -> bytes | None:
         """receive_one on a multi-buffer port: one whole packet, its frames gathered, all back to the fill
-        ring. RuntimeError for a descriptor outside the UMEM (the packet stays on the ring)."""
+        ring. RuntimeError for a descriptor outside its UMEM frame (the packet stays on the ring)."""
         rx, fill = self._rx, self._fill
         i, got = rx.peek_packets(1)
         if not got:
@@ -161,10 +159,10 @@ class MessageLane:
         for k in range(got):
             j = ((i + k) & rx.mask) << 1
             addr, n = self._rxq[j], self._rxq[j + 1] & _U32
-            if addr >= self._umem_size or n > self._umem_size - addr:
+            if not desc_in_frame(addr, n, self._umem_size, self._frame_size):
                 rx.cancel(got)
-                raise RuntimeError("RX descriptor outside the UMEM")
-            parts.append(self._mem[addr:addr + min(n, self._frame_size)])
+                raise RuntimeError("RX descriptor outside its UMEM frame")
+            parts.append(self._mem[addr:addr + n])
             addrs.append(addr & self._chunk_mask)
             total += n
         data = b"".join(parts)

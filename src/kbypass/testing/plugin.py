@@ -93,7 +93,8 @@ def testbed_hosts():
     needs_root()
     sweep_stale()
     prefix = session_prefix()
-    config = testbed.TestbedConfig(prefix=prefix, queues=2)
+    # a known MTU: a testbed left up at another (a crashed run's jumbo test) comes back to it
+    config = testbed.TestbedConfig(prefix=prefix, queues=2, mtu=testbed.DEFAULT_MTU)
     old = os.environ.get("KBYPASS_TESTBED")
     try:
         hosts = testbed.up(config)

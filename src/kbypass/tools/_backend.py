@@ -53,7 +53,7 @@ def _check_afxdp_only(args, backend: str) -> None:
 
 def default_frame_size(iface: str, ns: str | None) -> int:
     """2048-byte frames, or 4096 when a frame of the interface's MTU does not fit one 2048-byte frame: with
-    multi-buffer every packet up to MTU 65535 then spans at most 17 frames of 4096 bytes, within what the
+    multi-buffer every packet up to MTU 65535 then arrives in at most 18 frames of 4096 bytes, the most the
     kernel sends as one packet (kbypass.xsk.multibuf), so a reflector can send back whatever it received."""
     from kbypass.port.afxdp import interface_mtu
     from kbypass.xsk import multibuf
@@ -62,8 +62,28 @@ def default_frame_size(iface: str, ns: str | None) -> int:
     return 4096 if mtu and multibuf.needs_multi_buffer(mtu, 2048) else 2048
 
 
-def open_backend(args, rules: list[str]):
-    """Open the steered port `args.backend` names for the tool `args.command`; see the module doc."""
+def check_return_limit(args, iface: str | None = None, ns: str | None = None) -> None:
+    """For a tool that sends received packets back (reflect): refuse an AF_XDP --frame-size in which a packet
+    of the interface's MTU arrives in more frames than the kernel sends as one (kbypass.xsk.multibuf)."""
+    from kbypass.port.afxdp import interface_mtu
+    from kbypass.tools._port import resolve_where
+    from kbypass.xsk import multibuf
+
+    if (getattr(args, "backend", DEFAULT_BACKEND) or DEFAULT_BACKEND) != "afxdp" or not args.frame_size:
+        return
+    if iface is None:
+        iface, ns = resolve_where(args)
+    mtu = interface_mtu(iface, ns)
+    why = mtu and multibuf.return_limit(mtu, args.frame_size)
+    if why:
+        raise UsageError(f"--frame-size {args.frame_size}: {why}: use --frame-size 4096 (the default at this MTU) "
+                         f"or lower the MTU of {iface}")
+
+
+def open_backend(args, rules: list[str], *, sends_back: bool = False):
+    """Open the steered port `args.backend` names for the tool `args.command`; see the module doc.
+    sends_back: the tool sends received packets back as they are (reflect): an AF_XDP frame size in which a
+    packet of the interface's MTU arrives in more frames than the kernel sends as one is refused."""
     from kbypass.port import open_port
     from kbypass.port.steered import rule_list
     from kbypass.tools._port import DEFAULT_RING, resolve_where
@@ -80,6 +100,8 @@ def open_backend(args, rules: list[str]):
     iface, ns = resolve_where(args)
     if args.frame_size is None:
         args.frame_size = default_frame_size(iface, ns) if backend == "afxdp" else 2048
+    if backend == "afxdp" and sends_back:
+        check_return_limit(args, iface, ns)
     if backend == "afxdp":
         options = dict(queue=args.queue, xdp_mode=args.xdp_mode, mode=args.mode, poll=args.poll,
                        frames=args.frames, frame_size=args.frame_size, rx_size=ring, tx_size=ring,

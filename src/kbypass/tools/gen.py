@@ -147,11 +147,11 @@ def size_limit(engine: str, mtu: int, iface: str) -> tuple[int, str]:
     if engine == "afxdp" and afxdp_frame(mtu) == AFXDP_FRAME:
         limits.append((AFXDP_FRAME - AFXDP_HEADROOM, f"the {AFXDP_FRAME}-byte AF_XDP UMEM frame"
                        + (f" less {AFXDP_HEADROOM} bytes of headroom" if AFXDP_HEADROOM else "")))
-    elif engine == "afxdp":  # multi-buffer: a packet is a chain of at most max_skb_frags + 1 frames
+    elif engine == "afxdp":  # multi-buffer: a packet is a chain of at most MAX_SKB_FRAGS + 1 frames
         frame = afxdp_frame(mtu)
         limits.append((multibuf.max_tx_packet(frame, AFXDP_HEADROOM),
                        f"{multibuf.tx_frame_limit()} AF_XDP frames of {frame} bytes, the most the kernel sends as "
-                       "one packet (net.core.max_skb_frags + 1)"))
+                       f"one packet (the kernel's MAX_SKB_FRAGS {multibuf.MAX_SKB_FRAGS} + 1)"))
     elif engine == "packet_mmap":
         from kbypass.port.packet_mmap import TX_DATA
 

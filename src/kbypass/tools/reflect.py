@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kbypass.apps.reflect import Reflector
-from kbypass.tools._backend import add_backend_option, open_backend
+from kbypass.tools._backend import add_backend_option, check_return_limit, open_backend
 from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, port_summary,
                                  progress_printer, rules_or_default, takes_note, unreached_warnings, warn)
 from kbypass.tools._workers import add_worker_options, emit_team, exit_code, run_one, run_team, wants_workers
@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 def forward(args, rules: list[str], on_open=None) -> tuple[dict, list[str], object]:
     """One reflector on the port the options name: its summary, its warnings and the (closed) port."""
-    with open_backend(args, rules) as sp:
+    with open_backend(args, rules, sends_back=True) as sp:
         if on_open is not None:
             on_open(sp)
         res = Reflector(sp.port, batch=args.batch, swap_l3=not args.macs_only).run(
@@ -45,6 +45,7 @@ def work(worker, args, rules: list[str]) -> dict:
 
 def run(args) -> int:
     rules = rules_or_default(args, DEFAULT_RULE, "every IPv4 UDP packet")
+    check_return_limit(args)  # before any worker starts: one line, not one per worker
     if wants_workers(args):
         summary, outcomes = run_team(args, work, rules,
                                      totals=("packets", "bytes", "sent", "tx_dropped", "not_reflected"))

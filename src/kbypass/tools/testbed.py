@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.table import Table
 
+from kbypass.errors import require_root
 from kbypass.host import testbed
 from kbypass.tools._common import console, print_json
 from kbypass.tools._options import add_prefix
@@ -20,10 +23,11 @@ def register(sub) -> None:
     up.add_argument("--queues", type=int_range(1, testbed.MAX_QUEUES, "a queue count"), default=2,
                     help=f"queues per veth end, 1 to {testbed.MAX_QUEUES} (default 2)")
     # Any whole number gets through here so that validate() can say why a large MTU cannot work.
-    up.add_argument("--mtu", type=int_range(-(1 << 62), 1 << 62, "an MTU"), default=1500,
+    up.add_argument("--mtu", type=int_range(-(1 << 62), 1 << 62, "an MTU"), default=None,
                     help=f"MTU of the veth pair, {testbed.MIN_MTU} to {testbed.FRAGS_MAX_MTU} (above "
                          f"{testbed.XDP_MAX_MTU} every XDP program must be frags-aware, as kbypass's are; "
-                         "again on a testbed that is up: changes its MTU; default 1500)")
+                         "again on a testbed that is up: changes its MTU; default: a testbed that is up keeps "
+                         f"its MTU, a new one gets {testbed.DEFAULT_MTU})")
     up.add_argument("--subnet", default=testbed.DEFAULT_SUBNET, help="IPv4 subnet (default %(default)s)")
     up.add_argument("--json", action="store_true", help="print the status JSON")
     up.set_defaults(func=run_up)
@@ -41,7 +45,12 @@ def register(sub) -> None:
 def run_up(args) -> int:
     prefix = args.prefix or testbed.default_prefix()
     config = testbed.TestbedConfig(prefix=prefix, queues=args.queues, mtu=args.mtu, subnet=args.subnet)
+    config.validate()  # a bad value is refused before anything is looked at
+    require_root("kbypass testbed up")
+    before = testbed.status(prefix) if args.mtu is not None else None
     hosts = testbed.up(config)
+    if before and before[0].mtu != hosts[0].mtu:  # a change in place is worth a line (the table shows the result)
+        print(f"kbypass testbed up: MTU of {prefix!r} changed from {before[0].mtu} to {hosts[0].mtu}", file=sys.stderr)
     _show(hosts, prefix, args.json)
     return 0
 

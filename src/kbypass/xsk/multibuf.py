@@ -7,10 +7,21 @@ chains), and sends a chain written the same way. The kernel's limits, from its A
 
 - receive (copy mode): the packet is copied into as many fill-ring frames as it needs, each holding
   frame_size - headroom - XDP_PACKET_HEADROOM bytes; no frag limit of its own.
-- send (copy mode): the first descriptor becomes the skb's linear part, each further one a page frag, and
-  the kernel refuses a chain with more frags than MAX_SKB_FRAGS (max_skb_frags, 17 by default): at most
-  max_skb_frags + 1 descriptors. A longer chain is invalid: the kernel drops the whole packet and counts
-  tx_invalid_descs. kbypass refuses it before the kernel sees it (AfXdpPort.transmit, a UsageError).
+- send (copy mode): the first descriptor becomes the skb's linear part, each further one a page frag. In
+  xsk_build_skb (net/xdp/xsk.c, Linux 6.6 on) a descriptor that would be frag number MAX_SKB_FRAGS - 1
+  (0-based) while XDP_PKT_CONTD says more follow fails with EOVERFLOW: at most MAX_SKB_FRAGS + 1
+  descriptors. A longer chain is invalid: the kernel drops the whole packet and counts tx_invalid_descs.
+  kbypass never hands it to the kernel: AfXdpPort.transmit sends the packets before it and leaves it with
+  the caller (counted in tx_too_long), alloc(size=) refuses to build one (a UsageError).
+- receive: no frag limit of its own (as many frames as the packet needs), so a peer can send a packet of
+  more frames than the port can send back: `rx_frames_for(mtu, ...)` against `TX_FRAME_LIMIT` says whether
+  a forwarder (reflect) can return everything its link delivers.
+
+The frag limit is the kernel's compile-time MAX_SKB_FRAGS, not the sysctl net.core.max_skb_frags: the
+sysctl (default MAX_SKB_FRAGS, settable only lower) caps what TCP and GSO build, and xsk.c does not read it.
+MAX_SKB_FRAGS is 17 unless the kernel was built with a larger CONFIG_MAX_SKB_FRAGS (Linux 6.7 on, range 17
+to 45): 17 is right for every distribution kernel and never more than the kernel takes, so kbypass uses it
+everywhere (ports, doctor, gen, the testbed's MTU limit) and never reads the sysctl for it.
 - zero-copy: the driver's own limit (xdp_zc_max_segs); veth has no zero-copy.
 """
 
@@ -22,23 +33,16 @@ from kbypass.errors import UsageError
 
 from .consts import XDP_PACKET_HEADROOM
 
-MAX_SKB_FRAGS_PATH = "/proc/sys/net/core/max_skb_frags"
-DEFAULT_MAX_SKB_FRAGS = 17
+# the kernel's frags per skb (include/linux/skbuff.h): the module doc says why the compile-time value, and
+# why 17 is right or conservative
+MAX_SKB_FRAGS = 17
+TX_FRAME_LIMIT = MAX_SKB_FRAGS + 1  # descriptors one sent packet may span: the linear part + MAX_SKB_FRAGS
 ETH_HLEN = 14
 
 
-def max_skb_frags(path: str | None = None) -> int:
-    """The kernel's frag limit per packet (net.core.max_skb_frags; 17 when it cannot be read)."""
-    try:
-        with open(path or MAX_SKB_FRAGS_PATH) as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return DEFAULT_MAX_SKB_FRAGS
-
-
 def tx_frame_limit() -> int:
-    """Most descriptors (frames) one sent packet may span in copy mode: the linear part + max_skb_frags."""
-    return max_skb_frags() + 1
+    """Most descriptors (frames) one sent packet may span in copy mode: the linear part + MAX_SKB_FRAGS."""
+    return TX_FRAME_LIMIT
 
 
 def rx_room(frame_size: int, headroom: int = 0) -> int:
@@ -49,6 +53,23 @@ def rx_room(frame_size: int, headroom: int = 0) -> int:
 def tx_room(frame_size: int, headroom: int = 0) -> int:
     """Bytes of a packet one frame sends (from the frame start + headroom to the frame's end)."""
     return frame_size - headroom
+
+
+def rx_frames_for(mtu: int, frame_size: int, headroom: int = 0) -> int:
+    """Frames the longest packet of this MTU (+ the Ethernet header) arrives in (copy mode)."""
+    return max(1, math.ceil((mtu + ETH_HLEN) / rx_room(frame_size, headroom)))
+
+
+def return_limit(mtu: int, frame_size: int, headroom: int = 0) -> str | None:
+    """Why a port with these frames cannot send back every packet of this MTU it receives (a packet arrives
+    in more frames than the kernel sends as one), with the largest MTU it can; None when it can."""
+    frames = rx_frames_for(mtu, frame_size, headroom)
+    if frames <= TX_FRAME_LIMIT:
+        return None
+    top = TX_FRAME_LIMIT * rx_room(frame_size, headroom) - ETH_HLEN
+    return (f"with {frame_size}-byte frames a packet of MTU {mtu} arrives in up to {frames} frames, more than the "
+            f"kernel sends as one packet ({TX_FRAME_LIMIT}), so it could not be sent back; with these frames the "
+            f"MTU may be at most {top}")
 
 
 def needs_multi_buffer(mtu: int, frame_size: int, headroom: int = 0) -> bool:
@@ -68,6 +89,6 @@ def tx_frames_for(size: int, frame_size: int, headroom: int = 0) -> int:
     limit = tx_frame_limit()
     if k > limit:
         raise UsageError(f"a {size}-byte packet needs {k} frames of {room} bytes, more than the kernel sends as one "
-                         f"packet ({limit}: net.core.max_skb_frags {limit - 1} + 1): send at most "
+                         f"packet ({limit}: MAX_SKB_FRAGS {limit - 1} + 1): send at most "
                          f"{limit * room} bytes, or use frame_size 4096 (--frame-size 4096)")
     return k

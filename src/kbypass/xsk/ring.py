@@ -252,6 +252,17 @@ class ConsumerRing(Ring):
         ends = np.flatnonzero((self.read_slots(idx, have)["options"] & consts.XDP_PKT_CONTD) == 0)
         return self.peek(int(ends[0]) + 1) if len(ends) else (idx, 0)
 
+    def peek_broken(self) -> tuple[int, int]:
+        """Every slot on a multi-buffer RX ring when none of them ends a packet (all XDP_PKT_CONTD): (first
+        index, count), peeked; count 0 when the ring is empty or holds a packet's end. The kernel publishes a
+        packet's descriptors with one producer store, so continuations alone never complete (a kernel bug):
+        the caller takes them off and counts them instead of waiting (C twin: kb_ring_cons_peek_broken)."""
+        have = self.available(self.size)
+        idx = self._cache[_CONS]
+        if not have or ((self.read_slots(idx, have)["options"] & consts.XDP_PKT_CONTD) == 0).any():
+            return idx, 0
+        return self.peek(have)
+
     def cancel(self, n: int) -> None:
         """Un-peek the last n slots (they will be returned again by the next peek)."""
         self._cache[_CONS] = (self._cache[_CONS] - n) & _U32

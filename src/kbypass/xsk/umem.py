@@ -37,6 +37,13 @@ STATE_NAMES = {FREE: "free", FILL: "fill", APP: "app", TX: "tx"}
 FRAME_SIZES = (2048, 4096)
 
 
+def desc_in_frame(addr: int, length: int, umem_size: int, frame_size: int) -> bool:
+    """Whether an RX descriptor lies wholly inside its own frame (the aligned chunk of frame_size bytes, a
+    power of two, that addr is in) of a UMEM of umem_size bytes: all the kernel ever writes. The C core's
+    kb_desc_in_frame (kb_ring.h) is its twin: the lanes and the sink give one verdict."""
+    return addr < umem_size and length <= frame_size - (addr & (frame_size - 1))
+
+
 class OwnershipError(KbypassError):
     """A frame was used by someone who does not own it (double free, transmit of a freed frame...)."""
 
