@@ -117,6 +117,14 @@ class UdpEncap:
         self._ident = codec.write_frames(batch.mem, batch.descs, start, chunk_of(batch), frame_limit(self.mtu), 0,
                                          self._flow.template, self._ident, datagrams)
 
+    def write_chains(self, codec, batch, datagrams: list, start: int, max_frames: int) -> tuple[int, int]:
+        """write_frames for a multi-buffer port: datagrams[start:...] as chains of the empty frames of
+        `batch` (codec.write_chains); returns (frames used, datagrams written)."""
+        self._ident, used, wrote = codec.write_chains(batch.mem, batch.descs, start, chunk_of(batch),
+                                                      frame_limit(self.mtu), max_frames, 0, self._flow.template,
+                                                      self._ident, datagrams)
+        return used, wrote
+
     def frame(self, datagram: bytes) -> bytes:
         """One frame carrying `datagram` to the peer (set_peer first)."""
         self._ident = ident = (self._ident + 1) & 0xFFFF
@@ -182,6 +190,12 @@ class EthEncap:
         """See UdpEncap.write_frames."""
         codec.write_frames(batch.mem, batch.descs, start, chunk_of(batch), frame_limit(self.mtu), 1, self._hdr, 0,
                            datagrams)
+
+    def write_chains(self, codec, batch, datagrams: list, start: int, max_frames: int) -> tuple[int, int]:
+        """See UdpEncap.write_chains."""
+        _, used, wrote = codec.write_chains(batch.mem, batch.descs, start, chunk_of(batch), frame_limit(self.mtu),
+                                            max_frames, 1, self._hdr, 0, datagrams)
+        return used, wrote
 
     def _check(self, f):
         """parse's checks: None for a frame of ours, else the drop reason."""

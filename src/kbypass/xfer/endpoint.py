@@ -61,7 +61,7 @@ from kbypass.proto.transport import (
 
 from .datapath import DataPath
 from .encap import ETHERTYPE, EthEncap, UdpEncap, mac_bytes, mac_str
-from .sizing import check_fits, frame_size_for
+from .sizing import chain_frames, check_fits, frame_size_for
 
 ENCAPS = ("udp", "eth")
 
@@ -100,7 +100,6 @@ class TransportEndpoint(DataPath):
         self.port = port
         self.encap = encap
         self.clock = clock
-        self.rx_batch = rx_batch
         self._own_port = own_port
         self._on_close = on_close
         if config is None:
@@ -109,6 +108,12 @@ class TransportEndpoint(DataPath):
         if config.max_datagram_size > encap.max_datagram:
             raise _too_big(config, encap)
         check_fits(encap, config.max_datagram_size, port)
+        # datagrams larger than one frame go out as chains of frames (multi-buffer AF_XDP), and a receive
+        # batch counts frames: as many as rx_batch such datagrams take
+        self._chain_frames, self._chain_room = chain_frames(port, encap.header_len + config.max_datagram_size)
+        if self._chain_frames:
+            rx_batch *= -(-(encap.header_len + config.max_datagram_size) // self._chain_room)
+        self.rx_batch = rx_batch
         if congestion is not None:
             config = dataclasses.replace(config, congestion=congestion)
         if idle_timeout is not None:
