@@ -199,3 +199,12 @@ def test_packet_limit_is_the_chains_on_a_multi_buffer_port_and_one_frame_otherwi
     assert chain_frames(_Port(True), 9014) == (18, 4096)
     assert chain_frames(_Port(True), 1514) == (0, 0)  # fits one frame: the one-frame path
     assert chain_frames(_Port(False), 9014) == (0, 0)
+
+
+def test_a_jumbo_flight_holds_64_datagrams_up_to_4_mib():
+    from kbypass.xfer.endpoint import default_config
+
+    assert default_config(1472).max_window == 1 << 20  # the one-frame sizes keep theirs
+    assert default_config(8972).max_window == 1 << 20
+    assert default_config(65507).max_window == 64 * 65507  # just under 4 MiB
+    assert default_config(65507).send_buffer == default_config(65507).recv_buffer == 2 * 64 * 65507
