@@ -68,13 +68,15 @@ def test_two_transfers_on_one_link_each_get_40_to_60_percent_over_10_s(testbed_h
     assert not xdp_attached(a) and not xdp_attached(b)
 
 
-@pytest.mark.parametrize("mtu,loss", [(3506, 0), (9000, 0), (9000, 0.01), (65535, 0), (65535, 0.01)])
-def test_datagrams_follow_a_jumbo_mtu(testbed_hosts, tmp_path, mtu, loss) -> None:
+@pytest.mark.parametrize("mtu,loss,lane", [(3506, 0, "c"), (9000, 0, "c"), (9000, 0.01, "c"), (9000, 0.01, "python"),
+                                           (65535, 0, "c"), (65535, 0.01, "c")])
+def test_datagrams_follow_a_jumbo_mtu(testbed_hosts, tmp_path, mtu, loss, lane) -> None:
     """Datagrams as large as the MTU, past one UMEM frame as chains (multi-buffer AF_XDP), the file intact
-    (the receiver's written copy hashed here) with XDP loss on both hosts too."""
+    (the receiver's written copy hashed here) with XDP loss on both hosts too, in the C lane and in the
+    Python one (the reference codec: chains written in Python, every arrival through the general path)."""
     a, b = testbed_hosts
     out = tmp_path / "out.bin"
-    lossy = ("--loss", str(loss)) if loss else ()
+    lossy = ("--loss", str(loss), "--lane", lane) if loss else ("--lane", lane)
     set_mtu((a, b), mtu)
     try:
         r = recv(PORT + 2, "-w", str(out), *lossy)
