@@ -208,3 +208,13 @@ def test_a_jumbo_flight_holds_64_datagrams_up_to_4_mib():
     assert default_config(8972).max_window == 1 << 20
     assert default_config(65507).max_window == 64 * 65507  # just under 4 MiB
     assert default_config(65507).send_buffer == default_config(65507).recv_buffer == 2 * 64 * 65507
+
+
+def test_an_eth_datagram_stops_at_the_transports_limit_on_the_largest_mtu():
+    from kbypass.xfer import EthEncap
+    from kbypass.xfer.endpoint import default_config
+
+    enc = EthEncap("02:00:00:00:00:01", mtu=65535)
+    assert enc.max_datagram == 65507
+    assert default_config(enc.max_datagram).max_datagram_size == 65507
+    assert EthEncap("02:00:00:00:00:01", mtu=9000).max_datagram == 9000

@@ -58,6 +58,9 @@ def _ip(ip: str, what: str) -> bytes:
         raise UsageError(f"{what} {ip!r} is not an IPv4 address: give one like 10.77.0.2") from None
 
 
+MAX_DATAGRAM = 65507  # a transport datagram's limit (ConnConfig), UDP's: an eth MTU past it gains nothing
+
+
 def frame_limit(mtu: int) -> int:
     """A frame is at most the MTU plus the Ethernet header (the codec also keeps it inside its UMEM frame)."""
     return mtu + ETH_HLEN
@@ -173,7 +176,7 @@ class EthEncap:
         self.ethertype = ethertype
         self._et = ethertype.to_bytes(2, "big")
         self.mtu = mtu
-        self.max_datagram = mtu
+        self.max_datagram = min(mtu, MAX_DATAGRAM)
         self.peer: bytes | None = None
         self._hdr = b""
 
