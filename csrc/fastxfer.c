@@ -36,7 +36,11 @@
  * payloads add up to at most `room_bytes`. `mode`: RUN_IN_ORDER (data: the payloads joined in one bytes
  * object), RUN_OUT_OF_ORDER (data: a list of one bytes object per datagram) or RUN_MESSAGES (joined, and
  * `ends` lists the offsets in data where a datagram with MSG_END ended: message boundaries). `tsval` is
- * the last one's timestamp (0 when stop == start). Nothing is changed in mem or descs. */
+ * the last one's timestamp (0 when stop == start). Nothing is changed in mem or descs.
+ *
+ * `descs` are in ring order: with multi-buffer AF_XDP a packet is a chain of frames (XDP_PKT_CONTD on all but
+ * its last, Batch.ring_descs()); start and stop count packets, and a chain's payload is gathered from its
+ * frames (its headers read from the first). Without chains packets and frames are the same. */
 static PyObject *rx_run(PyObject *self, PyObject *args) {
     PyObject *mem_o, *descs_o;
     Py_ssize_t start;
@@ -66,7 +70,9 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
      * a finalizer, and that Python code may change the descriptors or the frames (it did, in a test: a
      * NULL dereference and a heap overflow). What a finalizer changes in the payload bytes meanwhile is its
      * own business; every copy stays inside the memory and the output that pass 1 sized. */
-    if (d.n > (size_t)start && !(pieces = PyMem_Malloc((d.n - (size_t)start) * sizeof(*pieces)))) {
+    /* descs in ring order: packet `start` begins at frame `first` (the same index without chains) */
+    size_t first = kb_xfer_packet_frame(&d, (size_t)start);
+    if (d.n > first && !(pieces = PyMem_Malloc((d.n - first) * sizeof(*pieces)))) {
         PyErr_NoMemory();
         goto out;
     }
@@ -74,18 +80,27 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
                               seq0, ack, right, room_end, room_bytes};
     uint64_t total = 0;
     uint32_t tsval = 0;
-    size_t stop = kb_xfer_rx_run(mem.buf, (uint64_t)mem.len, &d, (size_t)start, &run, pieces, &total, &tsval);
+    size_t npieces = 0, packets = 0;
+    kb_xfer_rx_run(mem.buf, (uint64_t)mem.len, &d, first, &run, pieces, &npieces, &total, &tsval, &packets);
+    size_t stop = (size_t)start + packets;
     int split = mode == KB_RUN_OUT_OF_ORDER;
-    data = split ? PyList_New((Py_ssize_t)(stop - (size_t)start)) : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    data = split ? PyList_New((Py_ssize_t)packets) : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
     if (data == NULL || (ends = PyList_New(0)) == NULL) goto out;
     const uint8_t *base = mem.buf;
     uint8_t *base_dst = split ? NULL : (uint8_t *)PyBytes_AS_STRING(data), *dst = base_dst;
-    for (size_t i = (size_t)start; i < stop; i++) {
-        const struct kb_xfer_piece *pc = &pieces[i - (size_t)start];
+    size_t g0 = 0, item = 0; /* split: the first piece of the datagram being gathered, and its list index */
+    for (size_t i = 0; i < npieces; i++) {
+        const struct kb_xfer_piece *pc = &pieces[i];
         if (split) {
-            PyObject *b = PyBytes_FromStringAndSize((const char *)base + pc->off, pc->len);
+            if (!pc->last) continue;
+            Py_ssize_t len = 0;
+            for (size_t j = g0; j <= i; j++) len += pieces[j].len;
+            PyObject *b = PyBytes_FromStringAndSize(NULL, len);
             if (b == NULL) goto out;
-            PyList_SET_ITEM(data, (Py_ssize_t)(i - (size_t)start), b);
+            uint8_t *to = (uint8_t *)PyBytes_AS_STRING(b);
+            for (size_t j = g0; j <= i; j++, to += pieces[j - 1].len) memcpy(to, base + pieces[j].off, pieces[j].len);
+            PyList_SET_ITEM(data, (Py_ssize_t)item++, b);
+            g0 = i + 1;
             continue;
         }
         memcpy(dst, base + pc->off, pc->len);
@@ -284,11 +299,88 @@ out_mem:
     return result;
 }
 
+
+/* write_chains(mem, descs, start, frame_size, max_len, max_frames, kind, header, ident, datagrams)
+ *     -> (ident, frames, written)
+ *
+ * write_frames for a multi-buffer port: descs are empty frames (Port.alloc), and datagrams[start:] are
+ * written in order, each as a chain of as many frames as it needs (at most max_frames: the kernel's limit)
+ * with XDP_PKT_CONTD in the options of all but its last (kb_xfer_chain_write), until a datagram does not fit
+ * the frames left. Returns the last ident used, the frames used (descs[:frames], ring order:
+ * Batch.from_ring) and how many datagrams were written. Raises, writing nothing, ValueError for a bad
+ * argument or a datagram no chain carries, TypeError for one that is not bytes. */
+static PyObject *write_chains(PyObject *self, PyObject *args) {
+    PyObject *mem_o, *descs_o, *grams;
+    Py_ssize_t start, frame_size, max_len, max_frames, ident;
+    int kind;
+    Py_buffer hdr;
+    if (!PyArg_ParseTuple(args, "OOnnnniy*nO", &mem_o, &descs_o, &start, &frame_size, &max_len, &max_frames, &kind,
+                          &hdr, &ident, &grams))
+        return NULL;
+    Py_buffer mem, dv;
+    struct kb_descs d;
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(mem_o, &mem, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)) {
+        PyBuffer_Release(&hdr);
+        return NULL;
+    }
+    if (get_descs(descs_o, &dv, &d, 1)) goto out_mem;
+    if (!PyList_CheckExact(grams)) {
+        PyErr_SetString(PyExc_TypeError, "write_chains: datagrams must be a list");
+        goto out;
+    }
+    if ((kind != KB_XFER_UDP && kind != KB_XFER_ETH) || hdr.len != kb_xfer_frame_header(kind) || start < 0 ||
+        start > PyList_GET_SIZE(grams) || ident < 0 || ident > 0xFFFF || frame_size <= 0 ||
+        (frame_size & (frame_size - 1)) || max_len < 0 || max_frames < 1) {
+        PyErr_SetString(PyExc_ValueError, "write_chains: bad kind, header, start, ident, frame size or limit");
+        goto out;
+    }
+    /* check first (either all that fit are written or none): the datagrams that fit the frames in order */
+    Py_ssize_t count = 0;
+    size_t at = 0;
+    for (Py_ssize_t i = start; i < PyList_GET_SIZE(grams); i++, count++) {
+        PyObject *g = PyList_GET_ITEM(grams, i);
+        if (!PyBytes_Check(g)) {
+            PyErr_SetString(PyExc_TypeError, "write_chains: datagrams must be bytes");
+            goto out;
+        }
+        uint64_t dlen = (uint64_t)PyBytes_GET_SIZE(g);
+        size_t k = kb_xfer_chain_fits(kind, dlen, (uint64_t)max_len, (uint64_t)frame_size, (size_t)max_frames, &d, at,
+                                      (uint64_t)mem.len);
+        if (k == KB_XFER_NO_FRAMES) break; /* the frames ran out: the rest is for the next call */
+        if (k == 0) {
+            PyErr_Format(PyExc_ValueError, "write_chains: a %zd-byte datagram fits no chain of at most %zd frames",
+                         PyBytes_GET_SIZE(g), max_frames);
+            goto out;
+        }
+        at += k;
+    }
+    uint32_t id = (uint32_t)ident;
+    at = 0;
+    for (Py_ssize_t i = start; i < start + count; i++) {
+        PyObject *g = PyList_GET_ITEM(grams, i);
+        uint32_t dlen = (uint32_t)PyBytes_GET_SIZE(g);
+        size_t k = kb_xfer_chain_fits(kind, dlen, (uint64_t)max_len, (uint64_t)frame_size, (size_t)max_frames, &d, at,
+                                      (uint64_t)mem.len);
+        kb_xfer_chain_write(mem.buf, &d, at, k, (uint64_t)frame_size, kind, hdr.buf, &id,
+                            (const uint8_t *)PyBytes_AS_STRING(g), dlen);
+        at += k;
+    }
+    result = Py_BuildValue("knn", (unsigned long)id, (Py_ssize_t)at, count);
+out:
+    PyBuffer_Release(&dv);
+out_mem:
+    PyBuffer_Release(&mem);
+    PyBuffer_Release(&hdr);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"rx_run", rx_run, METH_VARARGS, "the run of next-in-line data segments from start (see the source)"},
     {"encode", encode, METH_VARARGS, "wire.encode_fields without SACK blocks"},
     {"encode_segments", encode_segments, METH_VARARGS, "encode a list of segments without SACK blocks"},
     {"write_frames", write_frames, METH_VARARGS, "frame datagrams into a batch's frames"},
+    {"write_chains", write_chains, METH_VARARGS, "frame datagrams into chains of a batch's frames"},
     {NULL, NULL, 0, NULL},
 };
 

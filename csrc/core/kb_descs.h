@@ -31,4 +31,14 @@ static inline void kb_descs_set_len(struct kb_descs *d, size_t i, uint32_t n) {
     memcpy(d->base + (ptrdiff_t)i * d->stride + 8, &n, 4);
 }
 
+static inline uint32_t kb_descs_options(const struct kb_descs *d, size_t i) {
+    uint32_t o;
+    memcpy(&o, d->base + (ptrdiff_t)i * d->stride + 12, 4);
+    return o;
+}
+
+static inline void kb_descs_set_options(struct kb_descs *d, size_t i, uint32_t o) {
+    memcpy(d->base + (ptrdiff_t)i * d->stride + 12, &o, 4);
+}
+
 #endif

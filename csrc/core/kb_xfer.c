@@ -4,6 +4,7 @@
 #include <isa-l/crc.h>
 #include <string.h>
 
+#include "kb_ring.h"
 #include "kb_udp.h"
 
 #define VERSION 1
@@ -60,35 +61,135 @@ static const uint8_t *datagram_of(const uint8_t *f, uint32_t k, int kind, const 
     return f + ETH_HLEN;
 }
 
-size_t kb_xfer_rx_run(const uint8_t *mem, uint64_t memlen, const struct kb_descs *d, size_t start,
-                      const struct kb_xfer_run *p, struct kb_xfer_piece *pieces, uint64_t *total, uint32_t *tsval) {
+size_t kb_xfer_chain_len(const struct kb_descs *d, size_t i) {
+    size_t j = i;
+    while (j < d->n && (kb_descs_options(d, j) & KB_PKT_CONTD)) j++;
+    return j < d->n ? j - i + 1 : 0;
+}
+
+size_t kb_xfer_packet_frame(const struct kb_descs *d, size_t packet) {
+    size_t i = 0;
+    for (size_t k = 0; k < packet && i < d->n; k++) {
+        size_t c = kb_xfer_chain_len(d, i);
+        if (c == 0) return d->n;
+        i += c;
+    }
+    return i;
+}
+
+/* Bytes [from, from + len) of the packet in frames i..i+c-1 (ring order), visited as one span per frame they
+ * lie in, in order (the caller checked every frame lies in memory). */
+typedef void (*span_fn)(void *ctx, const uint8_t *p, uint32_t n);
+static void chain_spans(const uint8_t *mem, const struct kb_descs *d, size_t i, size_t c, uint64_t from,
+                        uint64_t len, span_fn fn, void *ctx) {
+    uint64_t pos = 0, to = from + len;
+    for (size_t j = i; j < i + c && pos < to; j++) {
+        uint64_t k = kb_descs_len(d, j);
+        uint64_t lo = from > pos ? from - pos : 0, hi = to - pos < k ? to - pos : k;
+        if (lo < hi) fn(ctx, mem + kb_descs_addr(d, j) + lo, (uint32_t)(hi - lo));
+        pos += k;
+    }
+}
+
+static void crc_span(void *ctx, const uint8_t *p, uint32_t n) {
+    uint32_t *crc = ctx;
+    *crc = crc32_gzip_refl(*crc, p, n);
+}
+
+static void copy_span(void *ctx, const uint8_t *p, uint32_t n) {
+    uint8_t **dst = ctx;
+    memcpy(*dst, p, n);
+    *dst += n;
+}
+
+struct piece_sink {
+    const uint8_t *mem;
+    struct kb_xfer_piece *out;
+    size_t n;
+};
+
+static void piece_span(void *ctx, const uint8_t *p, uint32_t n) {
+    struct piece_sink *s = ctx;
+    s->out[s->n++] = (struct kb_xfer_piece){(uint64_t)(p - s->mem), n, 0, 0};
+}
+
+/* The header checks rx_run makes of a datagram g of n bytes (its first KB_XFER_HEADER bytes at g) at the
+ * running seq, with sum bytes taken so far: its payload length, or 0 when it is not the next in line. */
+static uint32_t next_in_line(const uint8_t *g, uint32_t n, const struct kb_xfer_run *p, uint64_t seq, uint64_t sum) {
     unsigned allowed_end = p->mode == KB_RUN_MESSAGES ? KB_XFER_FLAG_MSG_END : 0;
+    uint32_t plen = rd16(g + 40);
+    if (n < KB_XFER_OVERHEAD || g[0] != VERSION || (g[1] & ~allowed_end) != KB_XFER_FLAG_ACK || g[2] != 0 ||
+        g[3] != 0 || plen == 0 || (uint64_t)plen + KB_XFER_OVERHEAD != n || rd32(g + 4) != p->peer_id ||
+        rd32(g + 8) != p->local_id || rd64(g + 12) != seq)
+        return 0;
+    uint64_t pack = rd64(g + 20);
+    /* as subtractions: the limits come from Python and may be near 2^64, where a sum would wrap */
+    if (pack != p->ack || pack > p->right || rd32(g + 28) > p->right - pack || seq > p->room_end ||
+        plen > p->room_end - seq || sum > p->room_bytes || plen > p->room_bytes - sum)
+        return 0;
+    return plen;
+}
+
+/* rx_run's step for a packet of c > 1 frames from frame i: the payload length (its pieces appended to *s),
+ * or 0 when it is not the next in line. The headers must lie whole in the first frame. */
+static uint32_t chain_step(const uint8_t *mem, uint64_t memlen, const struct kb_descs *d, size_t i, size_t c,
+                           const struct kb_xfer_run *p, uint64_t seq, uint64_t sum, struct piece_sink *s,
+                           uint32_t *tsval) {
+    uint64_t total = 0;
+    for (size_t j = i; j < i + c; j++) {
+        uint64_t a = kb_descs_addr(d, j), k = kb_descs_len(d, j);
+        if (a > memlen || k > memlen - a) return 0;
+        total += k;
+    }
+    uint32_t hlen = kb_xfer_frame_header(p->kind), n;
+    if (total > 0xFFFFFFFFu || kb_descs_len(d, i) < hlen + KB_XFER_HEADER) return 0;
+    const uint8_t *f = mem + kb_descs_addr(d, i);
+    const uint8_t *g = datagram_of(f, (uint32_t)total, p->kind, p->key, p->keylen, &n);
+    uint32_t plen;
+    if (g == NULL || !(plen = next_in_line(g, n, p, seq, sum))) return 0;
+    uint32_t crc = 0;
+    uint8_t trailer[KB_XFER_CRC], *t = trailer;
+    chain_spans(mem, d, i, c, hlen, n - KB_XFER_CRC, crc_span, &crc);
+    chain_spans(mem, d, i, c, hlen + n - KB_XFER_CRC, KB_XFER_CRC, copy_span, &t);
+    if (crc != rd32(trailer)) return 0;
+    chain_spans(mem, d, i, c, hlen + KB_XFER_HEADER, plen, piece_span, s);
+    s->out[s->n - 1].last = 1;
+    s->out[s->n - 1].msg_end = (g[1] & KB_XFER_FLAG_MSG_END) != 0;
+    *tsval = rd32(g + 32);
+    return plen;
+}
+
+size_t kb_xfer_rx_run(const uint8_t *mem, uint64_t memlen, const struct kb_descs *d, size_t start,
+                      const struct kb_xfer_run *p, struct kb_xfer_piece *pieces, size_t *npieces, uint64_t *total,
+                      uint32_t *tsval, size_t *packets) {
     uint64_t seq = p->seq, sum = 0;
-    size_t i;
-    for (i = start; i < d->n; i++) {
-        uint64_t a = kb_descs_addr(d, i);
-        uint32_t k = kb_descs_len(d, i), n;
-        if (a > memlen || k > memlen - a) break;
-        const uint8_t *g = datagram_of(mem + a, k, p->kind, p->key, p->keylen, &n);
-        if (g == NULL || n < KB_XFER_OVERHEAD) break;
-        uint32_t plen = rd16(g + 40);
-        if (g[0] != VERSION || (g[1] & ~allowed_end) != KB_XFER_FLAG_ACK || g[2] != 0 || g[3] != 0 || plen == 0 ||
-            (uint64_t)plen + KB_XFER_OVERHEAD != n || rd32(g + 4) != p->peer_id || rd32(g + 8) != p->local_id ||
-            rd64(g + 12) != seq)
-            break;
-        uint64_t pack = rd64(g + 20);
-        /* as subtractions: the limits come from Python and may be near 2^64, where a sum would wrap */
-        if (pack != p->ack || pack > p->right || rd32(g + 28) > p->right - pack || seq > p->room_end ||
-            plen > p->room_end - seq || sum > p->room_bytes || plen > p->room_bytes - sum)
-            break;
-        if (kb_xfer_crc32(g, n - KB_XFER_CRC) != rd32(g + n - KB_XFER_CRC)) break;
-        pieces[i - start] = (struct kb_xfer_piece){(uint64_t)(g + KB_XFER_HEADER - mem), plen,
-                                                   (g[1] & KB_XFER_FLAG_MSG_END) != 0};
+    struct piece_sink s = {mem, pieces, 0};
+    size_t i = start, taken = 0;
+    while (i < d->n) {
+        size_t c = kb_xfer_chain_len(d, i);
+        uint32_t plen;
+        if (c == 0) break;
+        if (c > 1) {
+            if (!(plen = chain_step(mem, memlen, d, i, c, p, seq, sum, &s, tsval))) break;
+        } else {
+            uint64_t a = kb_descs_addr(d, i);
+            uint32_t k = kb_descs_len(d, i), n;
+            if (a > memlen || k > memlen - a) break;
+            const uint8_t *g = datagram_of(mem + a, k, p->kind, p->key, p->keylen, &n);
+            if (g == NULL || !(plen = next_in_line(g, n, p, seq, sum))) break;
+            if (kb_xfer_crc32(g, n - KB_XFER_CRC) != rd32(g + n - KB_XFER_CRC)) break;
+            s.out[s.n++] = (struct kb_xfer_piece){(uint64_t)(g + KB_XFER_HEADER - mem), plen,
+                                                  (g[1] & KB_XFER_FLAG_MSG_END) != 0, 1};
+            *tsval = rd32(g + 32);
+        }
         seq += plen;
         sum += plen;
-        *tsval = rd32(g + 32);
+        i += c;
+        taken++;
     }
     *total = sum;
+    *npieces = s.n;
+    *packets = taken;
     return i;
 }
 
@@ -111,4 +212,50 @@ uint32_t kb_xfer_frame_write(uint8_t *f, int kind, const uint8_t *hdr, uint32_t 
         kb_udp_finish(f, dlen, (uint16_t)*ident, 0);
     }
     return hlen + dlen;
+}
+
+/* The room of the frame at addr: to the end of its aligned chunk of frame_size bytes. */
+static inline uint64_t frame_room(uint64_t addr, uint64_t frame_size) { return frame_size - (addr & (frame_size - 1)); }
+
+size_t kb_xfer_chain_fits(int kind, uint64_t dlen, uint64_t max_len, uint64_t frame_size, size_t max_frames,
+                          const struct kb_descs *d, size_t i, uint64_t memlen) {
+    uint64_t need = kb_xfer_frame_header(kind) + dlen;
+    if (frame_size == 0 || (frame_size & (frame_size - 1)) || dlen > memlen || need > max_len ||
+        need > 0xFFFF + (uint64_t)ETH_HLEN)
+        return 0;
+    uint64_t have = 0;
+    size_t j = i;
+    for (; have < need; j++) {
+        if (j - i >= max_frames) return 0;
+        if (j >= d->n) return KB_XFER_NO_FRAMES;
+        uint64_t a = kb_descs_addr(d, j), room = frame_room(a, frame_size);
+        if (a > memlen || room > memlen - a) return 0;
+        if (j == i && room < kb_xfer_frame_header(kind)) return 0;
+        have += room;
+    }
+    return j - i;
+}
+
+void kb_xfer_chain_write(uint8_t *mem, struct kb_descs *d, size_t i, size_t frames, uint64_t frame_size, int kind,
+                         const uint8_t *hdr, uint32_t *ident, const uint8_t *dgram, uint32_t dlen) {
+    uint32_t hlen = kb_xfer_frame_header(kind), left = dlen;
+    for (size_t j = i; j < i + frames; j++) {
+        uint64_t a = kb_descs_addr(d, j);
+        uint32_t room = (uint32_t)frame_room(a, frame_size), at = 0;
+        uint8_t *f = mem + a;
+        if (j == i) {
+            memcpy(f, hdr, hlen);
+            if (kind == KB_XFER_UDP) {
+                *ident = (*ident + 1) & 0xFFFF;
+                kb_udp_finish(f, dlen, (uint16_t)*ident, 0);
+            }
+            at = hlen;
+        }
+        uint32_t take = room - at < left ? room - at : left;
+        memcpy(f + at, dgram, take);
+        dgram += take;
+        left -= take;
+        kb_descs_set_len(d, j, at + take);
+        kb_descs_set_options(d, j, j + 1 < i + frames ? KB_PKT_CONTD : 0);
+    }
 }

@@ -53,19 +53,33 @@ struct kb_xfer_run {
     uint64_t seq, ack, right, room_end, room_bytes;
 };
 
-/* Where rx_run found a payload: offset into the memory, length, whether MSG_END was set. */
+/* Where rx_run found a payload, or the part of it in one frame of a chain: offset into the memory, length,
+ * whether it is its datagram's last part (`last`) and that datagram had MSG_END set (`msg_end`, on the last
+ * part only). */
 struct kb_xfer_piece {
     uint64_t off;
     uint32_t len;
-    uint8_t msg_end;
+    uint8_t msg_end, last;
 };
 
-/* The longest run of frames start..stop-1 of d that are each the next data segment in line (see
- * fastxfer.c's rx_run for the full conditions); returns stop, records each payload in pieces[i - start]
- * (room for d->n - start), their total length and the last timestamp (unchanged when stop == start).
- * Reads only: nothing in mem or d changes. */
+/* The frames of the packet whose head is frame i of d, in ring order (multi-buffer AF_XDP: XDP_PKT_CONTD in
+ * the options of every frame of a packet but its last); 0 when d ends inside the packet. */
+size_t kb_xfer_chain_len(const struct kb_descs *d, size_t i);
+
+/* The frame index of packet `packet` of d (ring order, as kb_xfer_chain_len counts), or d->n if there are
+ * not that many whole packets. */
+size_t kb_xfer_packet_frame(const struct kb_descs *d, size_t packet);
+
+/* The longest run of packets, from the one whose head is frame `start` of d (ring order: a packet may be a
+ * chain of frames), that are each the next data segment in line (see fastxfer.c's rx_run for the full
+ * conditions); returns the frame after the run, and in *packets how many packets it took. Records each
+ * payload in pieces (one piece per frame a payload lies in: room for d->n - start), their number in
+ * *npieces, their total length and the last timestamp (unchanged when the run is empty). A chain's headers
+ * are read from its first frame (which must hold them whole, else the run ends there). Reads only: nothing
+ * in mem or d changes. */
 size_t kb_xfer_rx_run(const uint8_t *mem, uint64_t memlen, const struct kb_descs *d, size_t start,
-                      const struct kb_xfer_run *p, struct kb_xfer_piece *pieces, uint64_t *total, uint32_t *tsval);
+                      const struct kb_xfer_run *p, struct kb_xfer_piece *pieces, size_t *npieces, uint64_t *total,
+                      uint32_t *tsval, size_t *packets);
 
 /* The header length of a kind's frames (42 for UDP, 14 for Ethernet). */
 static inline uint32_t kb_xfer_frame_header(int kind) { return kind == KB_XFER_UDP ? 42 : 14; }
@@ -82,5 +96,20 @@ int kb_xfer_frame_fits(int kind, uint64_t dlen, uint64_t max_len, uint64_t frame
  * the frame's length; *ident is the ident used. */
 uint32_t kb_xfer_frame_write(uint8_t *f, int kind, const uint8_t *hdr, uint32_t *ident, const uint8_t *dgram,
                              uint32_t dlen);
+
+/* The frames (from frame i of d, each empty, at most max_frames) a datagram of dlen bytes with a kind's header
+ * takes as a chain: each frame filled from its addr to the end of its UMEM frame (the aligned chunk of
+ * frame_size bytes), the last one partly. 0 if it does not fit: more than max_len bytes in all, more than an
+ * IPv4 total length describes, more than max_frames frames, or a frame outside memlen bytes of memory;
+ * KB_XFER_NO_FRAMES if it would fit but d has too few frames from i. */
+#define KB_XFER_NO_FRAMES ((size_t)-1)
+size_t kb_xfer_chain_fits(int kind, uint64_t dlen, uint64_t max_len, uint64_t frame_size, size_t max_frames,
+                          const struct kb_descs *d, size_t i, uint64_t memlen);
+
+/* kb_xfer_frame_write as a chain of `frames` frames from frame i of d (kb_xfer_chain_fits said how many):
+ * the header in the first, the datagram scattered over them in order, each descriptor's length set and
+ * XDP_PKT_CONTD in the options of all but the last (cleared there). */
+void kb_xfer_chain_write(uint8_t *mem, struct kb_descs *d, size_t i, size_t frames, uint64_t frame_size, int kind,
+                         const uint8_t *hdr, uint32_t *ident, const uint8_t *dgram, uint32_t dlen);
 
 #endif

@@ -18,3 +18,8 @@ def write_frames(mem: WriteableBuffer, descs: np.ndarray, start: int, frame_size
                  header: bytes, ident: int, datagrams: list[bytes], /) -> int:
     """Frame datagrams[start:] into the batch's frames (each at most max_len bytes, inside its aligned
     frame_size chunk); returns the last IP ident used."""
+
+def write_chains(mem: WriteableBuffer, descs: np.ndarray, start: int, frame_size: int, max_len: int,
+                 max_frames: int, kind: int, header: bytes, ident: int, datagrams: list[bytes], /) -> tuple[int, int, int]:
+    """Frame datagrams[start:] as chains of the batch's empty frames (at most max_frames each, XDP_PKT_CONTD on
+    all but a chain's last); returns (last IP ident, frames used, datagrams written)."""

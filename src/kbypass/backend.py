@@ -8,8 +8,8 @@ passed in, so no caller asks "is C built?".
              sequence checks; C only: drain, the sink's receive
              and give back, whose reference is the port's
              receive() + free())
-    codec    encode, encode_segments, rx_run, write_frames        CCodec          kbypass.proto.transport.codec
-             (the transport's bulk path)                          (_fastxfer)     .PythonCodec
+    codec    encode, encode_segments, rx_run, write_frames,   CCodec          kbypass.proto.transport.codec
+             write_chains (the transport's bulk path)             (_fastxfer)     .PythonCodec
 
 The UDP lane (kbypass._fastlane, used by kbypass.endpoint) is named here too (`native_module("lane")`).
 
@@ -358,6 +358,7 @@ class CCodec:
         self.encode_segments = mod.encode_segments
         self.rx_run = mod.rx_run
         self.write_frames = mod.write_frames
+        self.write_chains = mod.write_chains
 
     def __repr__(self) -> str:
         return "<codec c>"

@@ -93,6 +93,23 @@ static int udp_and_crc(void) {
     CHECK(kb_xfer_frame_fits(KB_XFER_UDP, 2006, 0xFFFF, 2048, 0, 4096));
     CHECK(!kb_xfer_frame_fits(KB_XFER_UDP, 2007, 0xFFFF, 2048, 0, 4096));
     CHECK(!kb_xfer_frame_fits(KB_XFER_UDP, 1800, 0xFFFF, 2048, 256, 4096));
+    /* chains (multi-buffer): four empty 4 KiB frames; a 9,000-byte datagram takes three, and is written
+     * with XDP_PKT_CONTD on all but the last; a fifth frame it would need past max_frames is refused */
+    uint64_t recs[8] = {0, 0, 4096, 0, 8192, 0, 12288, 0}; /* DESC: addr, then len and options as one u64 */
+    struct kb_descs d = {(uint8_t *)recs, 4, 16};
+    static uint8_t mem[16384], dgram[9000], hdr[42];
+    CHECK(kb_xfer_chain_fits(KB_XFER_UDP, 9000, 9042, 4096, 18, &d, 0, sizeof mem) == 3);
+    CHECK(kb_xfer_chain_fits(KB_XFER_UDP, 9000, 9041, 4096, 18, &d, 0, sizeof mem) == 0); /* past the MTU */
+    CHECK(kb_xfer_chain_fits(KB_XFER_UDP, 9000, 9042, 4096, 2, &d, 0, sizeof mem) == 0);
+    CHECK(kb_xfer_chain_fits(KB_XFER_UDP, 9000, 9042, 4096, 18, &d, 2, sizeof mem) == KB_XFER_NO_FRAMES);
+    hdr[12] = 0x08;
+    hdr[14] = 0x45;
+    uint32_t ident = 0;
+    kb_xfer_chain_write(mem, &d, 0, 3, 4096, KB_XFER_UDP, hdr, &ident, dgram, 9000);
+    CHECK(kb_descs_len(&d, 0) == 4096 && kb_descs_len(&d, 2) == 9042 - 8192);
+    CHECK(kb_descs_options(&d, 0) == KB_PKT_CONTD && kb_descs_options(&d, 1) == KB_PKT_CONTD &&
+          kb_descs_options(&d, 2) == 0);
+    CHECK(kb_xfer_chain_len(&d, 0) == 3 && kb_xfer_chain_len(&d, 3) == 1 && kb_xfer_packet_frame(&d, 1) == 3);
     return 0;
 }
 

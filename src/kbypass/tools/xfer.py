@@ -136,7 +136,7 @@ def _common(v) -> None:
                         "default: C when it is built")
     v.add_argument("--mtu", type=opt.int_range(576, 65535, "an MTU"),
                    help="size datagrams for this MTU (default: the interface's; the encapsulation's headers are "
-                        "counted); larger than one frame of the port carries is refused")
+                        "counted); past one frame as chains of frames on a multi-buffer AF_XDP port, else refused")
     v.add_argument("--congestion", choices=CONTROLLERS,
                    help="the sender's congestion controller: bbr (a model of the bottleneck's rate and the path's "
                         "RTT, paced; random loss does not slow it) or reno (cuts once the recent loss rate passes "

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
+from kbypass.port.batch import Batch
 from kbypass.proto.transport import wire
 
 from .encap import UdpEncap
+
+_MAX_ALLOC = 1024  # frames allocated for one write_chains call (a 1 MiB flight of 4 KiB frames is ~256)
 
 
 class DataPath:
@@ -22,6 +27,8 @@ class DataPath:
         n = len(batch)
         if not n:
             return 0
+        # the codec reads descriptors in ring order: a multi-buffer packet is a chain of frames (jumbo frames)
+        descs = batch.descs if batch.tails is None else batch.ring_descs()
         mv = memoryview(batch.mem)
         try:  # the datagrams are views of packet memory: handled (copied by the decoder) before the frames go back
             i = 0
@@ -29,7 +36,7 @@ class DataPath:
                 # runs of bulk data through C; each frame that ends a run through Python, then C again; once
                 # C takes nothing where it could start, the rest of the batch goes to Python together
                 while i < n:
-                    j = self._take_run(batch, i, now)
+                    j = self._take_run(batch, descs, i, now)
                     if j == i or j == n:
                         i = j
                         break
@@ -53,17 +60,18 @@ class DataPath:
         elif datagrams:
             self._deliver_all(datagrams, now)
 
-    def _take_run(self, batch, start: int, now: float) -> int:
+    def _take_run(self, batch, descs, start: int, now: float) -> int:
         """Take the run of next-in-line data segments from frame `start` of `batch` in one C call (rx_run
         under the connection's rx_run_params): a bulk transfer's arrivals, in order or filling the buffer
-        above a hole, with no Python per datagram. Returns the index of the first frame it did not take."""
+        above a hole, with no Python per datagram. `descs`: the batch's descriptors in ring order (chains of
+        frames gathered in C). Returns the index of the first packet it did not take."""
         conn = self.conn
         if conn is None or self.encap.peer is None:
             return start
         params = conn.rx_run_params()
         if params is None:
             return start
-        stop, data, tsval, ends = self.codec.rx_run(batch.mem, batch.descs, start, self.encap.kind,
+        stop, data, tsval, ends = self.codec.rx_run(batch.mem, descs, start, self.encap.kind,
                                                     self.encap.peer_key, *params)
         if stop > start:
             conn.receive_run(data, stop - start, tsval, now, params[-1], ends)
@@ -73,8 +81,11 @@ class DataPath:
 
     def _datagrams(self, mv: memoryview, batch, start: int, stop: int, now: float) -> list:
         """The transport datagrams (views into `mv`, the batch's memory) of frames start..stop-1 of `batch`
-        that come from our peer; everything else counted in `drops` by reason."""
-        if start or stop < len(batch):
+        that come from our peer; everything else counted in `drops` by reason. Packets of several frames
+        are gathered into one copy first (the general path: handshake, ACKs, the odd datagram)."""
+        if batch.tails is not None and batch.ntails[start:stop].any():
+            mv, addrs, lens = gathered(batch, start, stop)
+        elif start or stop < len(batch):
             addrs, lens = batch.addr[start:stop].tolist(), batch.lens[start:stop].tolist()
         else:
             addrs, lens = batch.addr.tolist(), batch.lens.tolist()
@@ -161,6 +172,13 @@ class DataPath:
         if self.encap.peer is None:
             self.drops["no_peer_yet"] += len(datagrams)
             return
+        if self._chain_frames:
+            self._send_chains(datagrams)
+        else:
+            self._send_frames(datagrams)
+
+    def _send_frames(self, datagrams: list[bytes]) -> None:
+        """Datagrams out, one frame each: the one-frame path."""
         port = self.port
         total = len(datagrams)
         i = 0
@@ -187,7 +205,54 @@ class DataPath:
             self.counters["tx_frames"] += sent
             self.counters["tx_batches"] += 1
 
+    def _send_chains(self, datagrams: list[bytes]) -> None:
+        """Datagrams out as chains of frames (multi-buffer AF_XDP, datagrams larger than one frame): empty
+        frames allocated for the lot, written as chains by one codec call (write_chains), transmitted as a
+        Batch of packets; frames left over and packets the ring did not take go back."""
+        port = self.port
+        total = len(datagrams)
+        hlen = self.encap.header_len
+        room = self._chain_room
+        i = 0
+        tries = 0
+        while i < total:
+            # enough frames for every datagram left, each chain's last frame partly full
+            need = (sum(map(len, datagrams[i:])) + (total - i) * hlen) // room + (total - i)
+            frames = port.alloc(min(need, _MAX_ALLOC))
+            wrote = used = 0
+            if len(frames):
+                used, wrote = self.encap.write_chains(self.codec, frames, datagrams, i, self._chain_frames)
+                if used < len(frames):
+                    port.free(frames[used:])
+            if not wrote:
+                tries += 1
+                if tries > 50:
+                    self.counters["tx_no_frames"] += total - i
+                    return  # the transport retransmits: to it this is loss
+                time.sleep(0)
+                continue
+            chains = Batch.from_ring(frames.descs[:used], frames.mem, frames.owner, frames.frame_size)
+            sent = port.transmit(chains)
+            if sent < wrote:
+                port.free(chains[sent:])
+                tries += 1
+                if tries > 50:
+                    self.counters["tx_ring_full"] += total - i - sent
+                    return
+            i += sent
+            self.counters["tx_frames"] += sent
+            self.counters["tx_batches"] += 1
+
     def _write_frames(self, batch, datagrams: list, start: int) -> None:
         """Fill the frames of `batch` with datagrams[start:...] and set their lengths: one codec call
         (write_frames) through the encapsulation, which gives it the header and the frame room."""
         self.encap.write_frames(self.codec, batch, datagrams, start)
+
+
+def gathered(batch, start: int, stop: int) -> tuple[memoryview, list, list]:
+    """Packets start..stop-1 of a multi-buffer `batch` copied one after the other into new memory, each
+    contiguous: (its memoryview, their offsets, their lengths), what peer_datagrams takes."""
+    parts = [batch.packet(i) for i in range(start, stop)]
+    lens = [len(p) for p in parts]
+    addrs = np.cumsum([0] + lens[:-1]).tolist()
+    return memoryview(np.concatenate(parts)), addrs, lens

@@ -58,6 +58,9 @@ def _ip(ip: str, what: str) -> bytes:
         raise UsageError(f"{what} {ip!r} is not an IPv4 address: give one like 10.77.0.2") from None
 
 
+MAX_DATAGRAM = 65507  # a transport datagram's limit (ConnConfig), UDP's: an eth MTU past it gains nothing
+
+
 def frame_limit(mtu: int) -> int:
     """A frame is at most the MTU plus the Ethernet header (the codec also keeps it inside its UMEM frame)."""
     return mtu + ETH_HLEN
@@ -117,6 +120,14 @@ class UdpEncap:
         self._ident = codec.write_frames(batch.mem, batch.descs, start, chunk_of(batch), frame_limit(self.mtu), 0,
                                          self._flow.template, self._ident, datagrams)
 
+    def write_chains(self, codec, batch, datagrams: list, start: int, max_frames: int) -> tuple[int, int]:
+        """write_frames for a multi-buffer port: datagrams[start:...] as chains of the empty frames of
+        `batch` (codec.write_chains); returns (frames used, datagrams written)."""
+        self._ident, used, wrote = codec.write_chains(batch.mem, batch.descs, start, chunk_of(batch),
+                                                      frame_limit(self.mtu), max_frames, 0, self._flow.template,
+                                                      self._ident, datagrams)
+        return used, wrote
+
     def frame(self, datagram: bytes) -> bytes:
         """One frame carrying `datagram` to the peer (set_peer first)."""
         self._ident = ident = (self._ident + 1) & 0xFFFF
@@ -165,7 +176,7 @@ class EthEncap:
         self.ethertype = ethertype
         self._et = ethertype.to_bytes(2, "big")
         self.mtu = mtu
-        self.max_datagram = mtu
+        self.max_datagram = min(mtu, MAX_DATAGRAM)
         self.peer: bytes | None = None
         self._hdr = b""
 
@@ -182,6 +193,12 @@ class EthEncap:
         """See UdpEncap.write_frames."""
         codec.write_frames(batch.mem, batch.descs, start, chunk_of(batch), frame_limit(self.mtu), 1, self._hdr, 0,
                            datagrams)
+
+    def write_chains(self, codec, batch, datagrams: list, start: int, max_frames: int) -> tuple[int, int]:
+        """See UdpEncap.write_chains."""
+        _, used, wrote = codec.write_chains(batch.mem, batch.descs, start, chunk_of(batch), frame_limit(self.mtu),
+                                            max_frames, 1, self._hdr, 0, datagrams)
+        return used, wrote
 
     def _check(self, f):
         """parse's checks: None for a frame of ours, else the drop reason."""

@@ -21,6 +21,13 @@ TransportEndpoint are given theirs, `codec=`):
         frame: the aligned chunk of frame_size bytes (a power of two) it starts in. All or nothing: bad
         arguments (ValueError), a datagram that is not bytes (TypeError) or one that does not fit
         (ValueError) raise before any frame is written.
+    write_chains(mem, descs, start, frame_size, max_len, max_frames, kind, header, ident, datagrams)
+        -> (ident, frames, written): write_frames for a multi-buffer port. `descs` are empty frames and each
+        datagram, in order, becomes a chain of as many of them as it needs (each filled to the end of its
+        UMEM frame, the last partly; at most max_frames), XDP_PKT_CONTD in the options of all but a chain's
+        last, until the frames left do not hold the next one. Returns the last ident, the frames used
+        (descs[:frames], in ring order) and the datagrams written. A datagram no chain carries (past
+        max_len, the IPv4 limit or max_frames) raises ValueError before anything is written.
 
 Pure Python: no C is imported here (the sans-IO protocol never imports C).
 """
@@ -32,6 +39,7 @@ from . import wire
 
 _HEADER_LEN = (udp.HEADERS_LEN, 14)  # by kind: IPv4/UDP, Ethernet
 _IPV4_CAP = 0xFFFF + 14  # the largest frame an IPv4 total length describes
+_PKT_CONTD = 1  # XDP_PKT_CONTD (kbypass.xsk.consts; the sans-IO protocol imports no layer below proto)
 
 
 class PythonCodec:
@@ -99,6 +107,55 @@ class PythonCodec:
             mv.release()
         descs["len"][:n] = lens
         return ident
+
+    def write_chains(self, mem, descs, start: int, frame_size: int, max_len: int, max_frames: int, kind: int,
+                     header: bytes, ident: int, datagrams: list) -> tuple[int, int, int]:
+        if (kind not in (0, 1) or len(header) != _HEADER_LEN[kind] or type(datagrams) is not list
+                or not 0 <= start <= len(datagrams) or not 0 <= ident <= 0xFFFF or frame_size <= 0
+                or frame_size & (frame_size - 1) or max_len < 0 or max_frames < 1):
+            raise ValueError("write_chains: bad kind, header, start, ident, frame size or limit")
+        addrs = descs["addr"].tolist()
+        rooms = [frame_size - (a & (frame_size - 1)) for a in addrs]
+        hlen, cap = len(header), min(max_len, _IPV4_CAP)
+        memlen = memoryview(mem).nbytes
+        plan = []  # (datagram, first frame, frames) of each datagram that fits the frames left
+        at = 0
+        for d in datagrams[start:]:
+            if not isinstance(d, bytes):
+                raise TypeError("write_chains: datagrams must be bytes")
+            need, have, j = hlen + len(d), 0, at
+            while have < need and j < len(addrs) and j - at < max_frames:
+                if addrs[j] + rooms[j] > memlen or (j == at and rooms[j] < hlen):
+                    have = -1  # a frame outside the memory, or a head too small for the header
+                    break
+                have += rooms[j]
+                j += 1
+            if need > cap or have < 0 or (have < need and j - at >= max_frames):
+                raise ValueError(f"write_chains: a {len(d)}-byte datagram fits no chain of at most {max_frames} frames")
+            if have < need:
+                break  # out of frames: the rest is for the next call
+            plan.append((d, at, j - at))
+            at = j
+        mv = memoryview(mem).cast("B")
+        try:
+            if mv.readonly:
+                raise BufferError("write_chains: the memory is read-only")
+            for d, first, k in plan:
+                if kind == 0:
+                    ident = (ident + 1) & 0xFFFF
+                    f = self._flow(bytes(header)).frame(d, ident)
+                else:
+                    f = bytes(header) + d
+                pos = 0
+                for j in range(first, first + k):
+                    take = min(rooms[j], len(f) - pos)
+                    mv[addrs[j]:addrs[j] + take] = f[pos:pos + take]
+                    descs["len"][j] = take
+                    descs["options"][j] = _PKT_CONTD if j + 1 < first + k else 0
+                    pos += take
+        finally:
+            mv.release()
+        return ident, at, len(plan)
 
     def _flow(self, header: bytes) -> udp.UdpFlow:
         flow = self._flows.get(header)
