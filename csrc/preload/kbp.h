@@ -68,7 +68,8 @@ struct kbp_iface {
     struct kbp_queue q[KBP_MAX_QUEUES];
     struct kbp_hop hops[KBP_MAX_HOPS];
     int nsocks;
-    unsigned unkicked; /* frames a batch put on queue 0's TX ring without a kick yet */
+    unsigned unkicked; /* frames put on queue 0's TX ring without a kick yet (kbp_iface_send) */
+    uint64_t first_unkicked_ns, last_send_ns;
     struct kbp_sock *socks[KBP_PAGE_SLOTS]; /* the accelerated sockets on it, to hand frames to */
 };
 
@@ -110,6 +111,7 @@ struct kbp_sock {
 extern pthread_mutex_t kbp_lock;
 extern struct kbp_sock *kbp_fds[KBP_MAX_FD];
 extern long kbp_spin_us;
+extern uint64_t kbp_tx_burst_ns; /* KBYPASS_TX_BURST_US: a send this soon after the previous one defers its kick */
 extern int kbp_log;
 
 /* libc's own functions (dlsym RTLD_NEXT) */
@@ -172,7 +174,26 @@ void kbp_iface_wake(struct kbp_iface *ifc);
 void kbp_iface_forget_all(int close_fds);
 int kbp_iface_owns(int fd); /* one of the rings' sockets */
 extern __thread int kbp_batching; /* inside sendmmsg: kbp_iface_send defers the kick to kbp_iface_flush */
+extern unsigned kbp_tx_pending;    /* interfaces with frames on the TX ring and no kick yet */
 void kbp_iface_flush(void);
+uint64_t kbp_iface_flush_due(uint64_t now);
+#define TX_FLUSH_NS 200000ull /* a deferred frame goes out within this long (the flusher thread) */
+
+/* kbp_flush.c: the flusher thread; kbp_flush_now: the app may wait next, so the deferred frames go now.
+ * kbp_flush_before(fd): the same for a call on fd, unless fd is a ring's socket (the C core's own recv and
+ * sendto on it come back through the shim's, with kbp_lock held). */
+void kbp_flusher_arm(void); /* under kbp_lock: frames were deferred */
+void kbp_flusher_after_fork_child(void);
+static inline void kbp_flush_now(void) {
+    if (__atomic_load_n(&kbp_tx_pending, __ATOMIC_RELAXED)) {
+        pthread_mutex_lock(&kbp_lock);
+        kbp_iface_flush();
+        pthread_mutex_unlock(&kbp_lock);
+    }
+}
+static inline void kbp_flush_before(int fd) {
+    if (__atomic_load_n(&kbp_tx_pending, __ATOMIC_RELAXED) && !kbp_iface_owns(fd)) kbp_flush_now();
+}
 
 /* kbp_socket.c */
 struct kbp_sock *kbp_get(int fd);

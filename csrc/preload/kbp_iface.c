@@ -27,9 +27,10 @@
 #define HOP_RETRY_NS 50000000ull    /* an unresolved next hop is asked again after 50 ms ... */
 #define HOP_REFRESH_NS 30000000000ull /* ... a known one after 30 s */
 #define SEND_TRIES 4096
+#define TX_BATCH 32           /* frames a copy-mode kick transmits at most (the kernel's TX_BATCH_SIZE) */
 
 static struct kbp_iface *ifaces[KBP_MAX_IFACES];
-static void kick(struct kb_lane *l);
+static void tx_flush(struct kbp_iface *ifc);
 
 static int parse_mac(const char *s, uint8_t mac[6]) {
     unsigned v[6];
@@ -112,7 +113,7 @@ static int queue_open(struct kbp_queue *q, int xsk, int memfd, const char *reply
     l->rx = &q->rx, l->fill = &q->fill, l->tx = &q->tx, l->comp = &q->comp;
     l->umem = q->umem, l->umem_size = q->umem_size, l->state = q->state, l->stats = q->stats;
     l->frame_size = KBP_FRAME_SIZE, l->fd = xsk, l->copy_mode = strcmp(mode, "zerocopy") != 0;
-    l->busy = 0, l->busy_every = 16, l->stash_cap = KB_LANE_STASH_MAX;
+    l->busy = 0, l->busy_every = 16, l->stash_cap = KB_LANE_STASH_MAX, l->defer_kick = 1;
     if (kb_lane_setup(l) < 0) {
         snprintf(why, cap, "the lane refused the rings");
         return -1;
@@ -326,7 +327,13 @@ static void build_template(struct kbp_iface *ifc, struct kbp_sock *s, const uint
 }
 
 /* One datagram out of the rings: 0 sent, -1 the kernel's to send (an unknown next hop, a datagram too big
- * for one frame, a destination not on the link, rings that stay full). */
+ * for one frame, a destination not on the link, rings that stay full).
+ *
+ * The kick (the sendto on the socket, in which copy mode transmits) is what a send costs most, so a send
+ * that is part of a burst (within KBYPASS_TX_BURST_US, 100 us by default, of the previous one; 0: every send kicks) only puts its frame on the TX ring; the
+ * frames go out at the TX_BATCH-th, at the app's next call that may wait (recv*, poll, select, epoll, close,
+ * fork, exec, exit: kbp_iface_flush) or within TX_FLUSH_NS (the flusher thread, kbp_flush.c). The first send
+ * after a quiet spell kicks at once: a lone datagram never waits, even for an app that _exit()s next. */
 int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, uint16_t dst_port,
                    const uint8_t *payload, uint32_t len) {
     if (len > (uint32_t)ifc->mtu - 28 || len > KBP_FRAME_SIZE - KB_UDP_HLEN) return -1;
@@ -338,34 +345,65 @@ int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, u
         if (!hop(ifc, dst_ip, mac)) return -1;
         build_template(ifc, s, mac, dst_ip, dst_port);
     }
-    struct kb_lane *l = &ifc->q[0].lane;
-    int copy = l->copy_mode;
-    if (kbp_batching) l->copy_mode = 0; /* no kick per frame: kbp_iface_flush kicks once for the batch */
+    struct kb_lane *l = &ifc->q[0].lane; /* defer_kick: the kicks are tx_flush's */
     int r = KB_LANE_NO_FRAME;
     for (int i = 0; i < SEND_TRIES && r != KB_LANE_SENT && r >= 0; i++) {
         r = kb_lane_send(l, s->tmpl, KB_UDP_HLEN, payload, len, 1, s->ident++);
-        if (r != KB_LANE_SENT && kbp_batching) kick(l); /* the frames of the batch so far, to get the stash back */
+        if (r != KB_LANE_SENT) tx_flush(ifc); /* the deferred frames out, to get stash frames back */
     }
-    l->copy_mode = copy;
     if (r != KB_LANE_SENT) return -1;
-    if (kbp_batching) ifc->unkicked++;
+    uint64_t now = kbp_now_ns();
+    int burst = now - ifc->last_send_ns < kbp_tx_burst_ns;
+    ifc->last_send_ns = now;
+    if (ifc->unkicked++ == 0) {
+        ifc->first_unkicked_ns = now;
+        kbp_tx_pending++;
+        kbp_flusher_arm();
+    }
+    if ((!burst && !kbp_batching) || ifc->unkicked >= TX_BATCH) tx_flush(ifc);
     return 0;
 }
 
 __thread int kbp_batching;
+unsigned kbp_tx_pending;
 
 static void kick(struct kb_lane *l) {
-    (void)sendto(l->fd, NULL, 0, MSG_DONTWAIT, NULL, 0); /* copy mode sends in this call; errors: "later" */
+    (void)kbp_real.sendto(l->fd, NULL, 0, MSG_DONTWAIT, NULL, 0); /* copy mode sends in this call; errors: "later" */
 }
 
-/* The end of a batch (sendmmsg): one kick for the frames it put on the ring. */
+/* The frames put on queue 0's TX ring since the last kick go out: one kick per TX_BATCH of them (what one
+ * copy-mode sendto takes), and again while the kernel has not taken them all (a few times at most). */
+static void tx_flush(struct kbp_iface *ifc) {
+    struct kbp_queue *q = &ifc->q[0];
+    unsigned kicks = ifc->unkicked / TX_BATCH + 1;
+    for (unsigned i = 0; i < kicks + 2; i++) {
+        kick(&q->lane);
+        q->stats[KB_TX_KICKS]++;
+        if (i + 1 >= kicks && kb_load_acquire(q->tx.consumer) == q->tx.cached_prod) break;
+    }
+    if (ifc->unkicked) {
+        ifc->unkicked = 0;
+        kbp_tx_pending--;
+    }
+}
+
+/* Every interface's deferred frames out now (under kbp_lock). */
 void kbp_iface_flush(void) {
-    for (int i = 0; i < KBP_MAX_IFACES; i++)
-        if (ifaces[i] && ifaces[i]->unkicked) {
-            kick(&ifaces[i]->q[0].lane);
-            ifaces[i]->q[0].stats[KB_TX_KICKS]++;
-            ifaces[i]->unkicked = 0;
-        }
+    for (int i = 0; i < KBP_MAX_IFACES && kbp_tx_pending; i++)
+        if (ifaces[i] && ifaces[i]->unkicked) tx_flush(ifaces[i]);
+}
+
+/* The flusher's look: the deferred frames older than TX_FLUSH_NS out; when the next are due (0: none). */
+uint64_t kbp_iface_flush_due(uint64_t now) {
+    uint64_t next = 0;
+    for (int i = 0; i < KBP_MAX_IFACES && kbp_tx_pending; i++) {
+        struct kbp_iface *ifc = ifaces[i];
+        if (!ifc || !ifc->unkicked) continue;
+        uint64_t due = ifc->first_unkicked_ns + TX_FLUSH_NS;
+        if (now >= due) tx_flush(ifc);
+        else if (!next || due < next) next = due;
+    }
+    return next;
 }
 
 int kbp_iface_owns(int fd) {
@@ -381,4 +419,5 @@ void kbp_iface_forget_all(int close_fds) {
         if (close_fds) iface_close(ifaces[i]);
         ifaces[i] = NULL;
     }
+    kbp_tx_pending = 0;
 }

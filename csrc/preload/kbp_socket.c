@@ -38,6 +38,7 @@
 pthread_mutex_t kbp_lock = PTHREAD_MUTEX_INITIALIZER;
 struct kbp_sock *kbp_fds[KBP_MAX_FD];
 long kbp_spin_us;
+uint64_t kbp_tx_burst_ns = 100000;
 int kbp_log;
 void kbp_cp_forget(void);
 
@@ -45,6 +46,7 @@ void kbp_cp_forget(void);
  * page and the rings are shared with the parent: dropped here without writing to them. */
 static void child_after_fork(void) {
     pthread_mutex_init(&kbp_lock, NULL);
+    kbp_flusher_after_fork_child();
     kbp_cp_forget();
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
         struct kbp_sock *s = kbp_fds[fd];
@@ -63,9 +65,18 @@ __attribute__((constructor)) static void kbp_init(void) {
     const char *e = getenv("KBYPASS_SPIN_US");
     kbp_spin_us = e ? atol(e) : 0;
     if (kbp_spin_us < 0) kbp_spin_us = 0;
+    e = getenv("KBYPASS_TX_BURST_US");
+    if (e && atol(e) >= 0) kbp_tx_burst_ns = (uint64_t)atol(e) * 1000;
     e = getenv("KBYPASS_LOG");
     kbp_log = e && *e && strcmp(e, "0") != 0;
-    pthread_atfork(NULL, NULL, child_after_fork);
+    pthread_atfork(kbp_flush_now, NULL, child_after_fork); /* deferred frames go before the fork */
+}
+
+/* exit: deferred frames go before the rings do (an _exit() skips this; its last lone send kicked anyway) */
+__attribute__((destructor)) static void kbp_fini(void) {
+    if (!kbp_tx_pending || pthread_mutex_trylock(&kbp_lock)) return; /* a thread holds the lock: the flusher may */
+    kbp_iface_flush();
+    pthread_mutex_unlock(&kbp_lock);
 }
 
 struct kbp_sock *kbp_get(int fd) { return fd >= 0 && fd < KBP_MAX_FD ? kbp_fds[fd] : NULL; }
@@ -237,6 +248,7 @@ int close(int fd) {
     kbp_init_libc();
     if (fd >= 0 && fd < KBP_MAX_FD) {
         pthread_mutex_lock(&kbp_lock);
+        kbp_iface_flush(); /* the app may wait next (and the socket's frames are on the ring) */
         if (fd == kbp_cp_fd() || kbp_iface_owns(fd)) {
             /* the shim's own fd (a daemon closing every fd it did not open): not the app's to close */
             pthread_mutex_unlock(&kbp_lock);
@@ -381,6 +393,7 @@ static ssize_t rx_one(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
 
 ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from, socklen_t *fromlen) {
     kbp_init_libc();
+    kbp_flush_before(fd); /* a send followed by a receive: the send's frame goes now (ping-pong) */
     struct kbp_sock *s = kbp_get(fd);
     struct kbp_dgram g;
     ssize_t r = s && s->accel ? rx_one(s, fd, buf, len, flags, &g) : -2;
@@ -394,6 +407,7 @@ ssize_t recv(int fd, void *buf, size_t len, int flags) { return recvfrom(fd, buf
 
 ssize_t read(int fd, void *buf, size_t len) {
     kbp_init_libc();
+    kbp_flush_before(fd);
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->accel) return kbp_real.read(fd, buf, len);
     return recvfrom(fd, buf, len, 0, NULL, NULL);
@@ -426,6 +440,7 @@ static void put_timestamp(struct msghdr *m, const struct kbp_sock *s, uint64_t n
 
 ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
     kbp_init_libc();
+    kbp_flush_before(fd);
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->accel) return kbp_real.recvmsg(fd, m, flags);
     uint8_t tmp[KBP_FRAME_SIZE];
@@ -447,6 +462,7 @@ ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
 
 int recvmmsg(int fd, struct mmsghdr *v, unsigned n, int flags, struct timespec *timeout) {
     kbp_init_libc();
+    kbp_flush_before(fd);
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->accel) return kbp_real.recvmmsg(fd, v, n, flags, timeout);
     unsigned got = 0;
