@@ -25,6 +25,9 @@
 #define KBP_FRAMES 4096 /* per queue: half lent to the fill ring (a 2048-datagram receive buffer), KB_LANE_STASH_MAX for sending */
 #define KBP_FRAME_SIZE 2048
 #define KBP_RING 2048
+#define KBP_CHAIN_FRAMES 64    /* a multi-buffer packet's frames looked at in one go (65,535 bytes take 37) */
+#define KBP_CHAIN_BYTES 65600 /* the largest Ethernet frame of a 65,535-byte MTU, and then some */
+#define KBP_MAX_DGRAM 65536
 
 /* the counters page the control plane reads for `kbypass run --status` (kbypass/cp/shimpage.py) */
 #define KBP_PAGE_MAGIC 0x5042534Bu
@@ -65,6 +68,7 @@ struct kbp_iface {
     uint8_t ip[4];
     uint32_t netmask; /* network order */
     int mtu, nq;
+    uint8_t *chain; /* a chained packet gathered (KBP_CHAIN_BYTES), when the MTU needs multi-buffer sockets */
     struct kbp_queue q[KBP_MAX_QUEUES];
     struct kbp_hop hops[KBP_MAX_HOPS];
     int nsocks;
@@ -78,7 +82,8 @@ struct kbp_dgram {
     uint8_t src_ip[4];
     uint16_t src_port;
     uint64_t ts_ns; /* CLOCK_REALTIME when taken off the ring (SO_TIMESTAMP*) */
-    uint8_t *data;
+    uint8_t *data;  /* a frame's worth of the socket's backlog slab */
+    uint8_t *big;   /* a jumbo datagram's own buffer (malloc), when larger than a frame; its bytes, not data's */
 };
 
 /* One UDP socket of the app (shared by its dup()s: refs). */
@@ -169,6 +174,7 @@ int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size
 int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, uint16_t dst_port,
                    const uint8_t *payload, uint32_t len);
 void kbp_iface_drop_sock(struct kbp_iface *ifc, struct kbp_sock *s);
+void kbp_backlog_clear(struct kbp_sock *s); /* drops what it holds (frees jumbo buffers) */
 int kbp_iface_fds(struct kbp_iface *ifc, int *fds, int cap);
 void kbp_iface_wake(struct kbp_iface *ifc);
 void kbp_iface_forget_all(int close_fds);

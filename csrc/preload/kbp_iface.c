@@ -128,6 +128,7 @@ static int queue_open(struct kbp_queue *q, int xsk, int memfd, const char *reply
 
 static void iface_close(struct kbp_iface *ifc) {
     for (int i = 0; i < ifc->nq; i++) queue_close(&ifc->q[i]);
+    free(ifc->chain);
     free(ifc);
 }
 
@@ -161,14 +162,22 @@ struct kbp_iface *kbp_iface_get(const char *reply, char *why, size_t cap) {
     inet_pton(AF_INET, ip, ifc->ip);
     ifc->netmask = plen ? htonl(~0u << (32 - plen)) : 0;
     ifc->mtu = (int)mtu;
+    /* a frame receives frame_size - XDP_PACKET_HEADROOM bytes in copy mode: a larger MTU needs chains
+     * (kbypass.xsk.multibuf.needs_multi_buffer), which rx_packet gathers here */
+    if (mtu + 14 > KBP_FRAME_SIZE - 256 && !(ifc->chain = malloc(KBP_CHAIN_BYTES))) {
+        free(ifc);
+        snprintf(why, cap, "out of memory");
+        return NULL;
+    }
     for (int q = 0; q < KBP_MAX_QUEUES; q++) ifc->q[q].fd = -1;
     for (int q = 0; q < nq; q++) {
         char req[320], buf[1024];
         int fds[3], nfds;
         snprintf(req, sizeof(req),
                  "{\"op\":\"open_socket\",\"iface\":\"%s\",\"queue\":%d,\"frames\":%d,\"frame_size\":%d,"
-                 "\"rx_size\":%d,\"tx_size\":%d,\"fill_size\":%d,\"comp_size\":%d}",
-                 name, q, KBP_FRAMES, KBP_FRAME_SIZE, KBP_RING, KBP_RING, KBP_RING, KBP_RING);
+                 "\"rx_size\":%d,\"tx_size\":%d,\"fill_size\":%d,\"comp_size\":%d%s}",
+                 name, q, KBP_FRAMES, KBP_FRAME_SIZE, KBP_RING, KBP_RING, KBP_RING, KBP_RING,
+                 ifc->chain ? ",\"multi_buffer\":true" : "");
         if (kbp_cp_call(req, -1, buf, sizeof(buf), fds, 3, &nfds) < 0 || nfds != 2) {
             if (nfds > 0)
                 for (int i = 0; i < nfds; i++) kbp_real.close(fds[i]);
@@ -224,6 +233,54 @@ static void take(struct kbp_dgram *g, const uint8_t *f, uint8_t *into, size_t ca
     memcpy(into, f + KB_UDP_HLEN, plen < cap ? plen : cap);
 }
 
+/* The next packet on q's RX ring, or NULL: a frame in the UMEM (*one: kb_lane_rx_done it once read), or a
+ * chain of frames (a multi-buffer socket's packet larger than a frame, descriptors with KB_PKT_CONTD but the
+ * last) gathered into ifc->chain, its frames already back on the fill ring. A chain that does not fit the
+ * buffer, or has a descriptor outside the UMEM, comes back with *n 0: no socket takes it, nothing garbled
+ * is ever handed on. */
+static const uint8_t *rx_packet(struct kbp_iface *ifc, struct kbp_queue *q, struct kb_desc *d, uint32_t *n,
+                                int *one) {
+    uint32_t idx, k = 0;
+    if (!kb_ring_cons_peek(&q->rx, 1, &idx)) return NULL;
+    int chained = (kb_ring_desc(&q->rx, idx)->options & KB_PKT_CONTD) != 0;
+    kb_ring_cons_cancel(&q->rx, 1);
+    if (!chained) {
+        if (kb_lane_rx_next(&q->lane, d) != KB_LANE_FRAME) return NULL;
+        *one = 1, *n = d->len;
+        return q->umem + d->addr;
+    }
+    uint32_t c = kb_ring_cons_peek_packets(&q->rx, KBP_CHAIN_FRAMES, &idx);
+    while (k < c && (kb_ring_desc(&q->rx, idx + k)->options & KB_PKT_CONTD)) k++;
+    if (k == c || !ifc->chain || !kb_ring_prod_free(&q->fill, k + 1)) { /* not whole yet; no room to give back */
+        kb_ring_cons_cancel(&q->rx, c);
+        return NULL;
+    }
+    kb_ring_cons_cancel(&q->rx, c - ++k);
+    uint32_t len = 0, fidx;
+    int whole = 1;
+    for (uint32_t i = 0; i < k; i++) {
+        struct kb_desc e = *kb_ring_desc(&q->rx, idx + i);
+        if (e.addr >= q->umem_size || e.len > q->umem_size - e.addr || e.len > KBP_CHAIN_BYTES - len) whole = 0;
+        else if (whole) memcpy(ifc->chain + len, q->umem + e.addr, e.len), len += e.len;
+        kb_ring_prod_reserve(&q->fill, 1, &fidx); /* prod_free saw the room */
+        *kb_ring_addr(&q->fill, fidx) = e.addr & q->lane.chunk_mask;
+        kb_ring_prod_submit(&q->fill, 1);
+    }
+    kb_ring_cons_release(&q->rx, k);
+    q->stats[KB_RX_PACKETS]++;
+    q->stats[KB_RX_BYTES] += len;
+    *one = 0, *n = whole ? len : 0;
+    return ifc->chain;
+}
+
+/* A backlog slot for a datagram of plen bytes: its frame-sized buffer, or one of its own for a jumbo. */
+static uint8_t *slot_room(struct kbp_dgram *g, uint32_t plen) {
+    free(g->big);
+    g->big = NULL;
+    if (plen <= KBP_FRAME_SIZE) return g->data;
+    return g->big = malloc(plen);
+}
+
 /* Frames off the RX rings: those for `want` into buf (at most one: 1 and *got), the others into their
  * socket's backlog (or dropped when it is full, not plain UDP to it, or not from its connected peer). */
 int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size_t len, struct kbp_dgram *got) {
@@ -231,29 +288,32 @@ int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size
         struct kbp_queue *q = &ifc->q[qi];
         for (int budget = 0; budget < 64; budget++) {
             struct kb_desc d;
-            if (kb_lane_rx_next(&q->lane, &d) != KB_LANE_FRAME) break;
-            const uint8_t *f = q->umem + d.addr;
-            struct kbp_sock *s = owner(ifc, f, d.len);
-            int ok = s && kb_udp_accept(&s->me, f, d.len); /* owner(): a connected socket hears only its peer */
+            uint32_t n;
+            int one = 0;
+            const uint8_t *f = rx_packet(ifc, q, &d, &n, &one);
+            if (!f) break;
+            struct kbp_sock *s = owner(ifc, f, n);
+            int ok = s && kb_udp_accept(&s->me, f, n); /* owner(): a connected socket hears only its peer */
             if (!ok) {
                 if (s && s->slot) s->slot->rx_dropped++;
-                kb_lane_rx_done(&q->lane, &d);
+                if (one) kb_lane_rx_done(&q->lane, &d);
                 continue;
             }
             if (s->slot) s->slot->rx++;
             if (s == want && buf && s->bhead == s->btail) {
                 take(got, f, buf, len);
-                kb_lane_rx_done(&q->lane, &d);
+                if (one) kb_lane_rx_done(&q->lane, &d);
                 return 1;
             }
-            if (s->btail - s->bhead >= KBP_BACKLOG) {
+            uint8_t *room;
+            struct kbp_dgram *g = &s->backlog[s->btail % KBP_BACKLOG];
+            if (s->btail - s->bhead >= KBP_BACKLOG || !(room = slot_room(g, kb_udp_payload_len(f)))) {
                 if (s->slot) s->slot->rx_dropped++; /* a full receive buffer, as the kernel's */
             } else {
-                struct kbp_dgram *g = &s->backlog[s->btail % KBP_BACKLOG];
-                take(g, f, g->data, KBP_FRAME_SIZE);
+                take(g, f, room, kb_udp_payload_len(f));
                 s->btail++;
             }
-            kb_lane_rx_done(&q->lane, &d);
+            if (one) kb_lane_rx_done(&q->lane, &d);
         }
     }
     return 0;

@@ -55,7 +55,7 @@ static void child_after_fork(void) {
         s->accel = 0;
         s->ifc = NULL;
         s->rule_id = -1;
-        s->bhead = s->btail = 0;
+        kbp_backlog_clear(s);
     }
     kbp_iface_forget_all(1);
 }
@@ -89,6 +89,14 @@ static void describe(const struct kbp_sock *s, char *out, size_t cap) {
     snprintf(out, cap, "fd %d (udp %s:%u)", s->fd, ip, al ? ntohs(a.sin_port) : 0);
 }
 
+void kbp_backlog_clear(struct kbp_sock *s) {
+    for (int i = 0; s->backlog[0].data && i < KBP_BACKLOG; i++) {
+        free(s->backlog[i].big);
+        s->backlog[i].big = NULL;
+    }
+    s->bhead = s->btail = 0;
+}
+
 /* Off the rings and back to being the kernel socket it always also was (datagrams queued are dropped). */
 static void fall_back(struct kbp_sock *s) {
     if (!s->accel) return;
@@ -97,7 +105,7 @@ static void fall_back(struct kbp_sock *s) {
     s->ifc = NULL;
     if (s->slot) s->slot->used = 0;
     s->slot = NULL;
-    s->bhead = s->btail = 0;
+    kbp_backlog_clear(s);
 }
 
 void kbp_fall_back_all(void) {
@@ -117,6 +125,7 @@ static void remove_rule(const char *iface, int rule_id) {
 static void release(struct kbp_sock *s) {
     if (s->accel && s->ifc) remove_rule(s->ifc->name, s->rule_id); /* the port is free for others at once */
     fall_back(s);
+    kbp_backlog_clear(s);
     free(s->backlog[0].data);
     free(s);
 }
@@ -321,8 +330,12 @@ static int next_dgram(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
         if (s->bhead != s->btail) {
             struct kbp_dgram *d = &s->backlog[s->bhead % KBP_BACKLOG];
             *g = *d;
-            memcpy(buf, d->data, d->len < len ? d->len : len);
-            if (!(flags & MSG_PEEK)) s->bhead++;
+            memcpy(buf, d->big ? d->big : d->data, d->len < len ? d->len : len);
+            if (!(flags & MSG_PEEK)) {
+                free(d->big);
+                d->big = NULL;
+                s->bhead++;
+            }
             return 1;
         }
         if (kbp_iface_pump(s->ifc, (flags & MSG_PEEK) ? NULL : s, buf, len, g)) return 1;
@@ -443,14 +456,15 @@ ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
     kbp_flush_before(fd);
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->accel) return kbp_real.recvmsg(fd, m, flags);
-    uint8_t tmp[KBP_FRAME_SIZE];
+    static __thread uint8_t *tmp; /* a whole datagram (a jumbo one too), then spread over the iovecs */
+    if (!tmp && !(tmp = malloc(KBP_MAX_DGRAM))) return kbp_real.recvmsg(fd, m, flags);
     struct kbp_dgram g;
-    ssize_t r = rx_one(s, fd, tmp, sizeof(tmp), flags, &g);
+    ssize_t r = rx_one(s, fd, tmp, KBP_MAX_DGRAM, flags, &g);
     if (r == -2) return kbp_real.recvmsg(fd, m, flags);
     if (r < 0) return r;
-    size_t off = 0;
-    for (size_t i = 0; i < m->msg_iovlen && off < g.len; i++) {
-        size_t k = g.len - off < m->msg_iov[i].iov_len ? g.len - off : m->msg_iov[i].iov_len;
+    size_t off = 0, have = g.len < KBP_MAX_DGRAM ? g.len : KBP_MAX_DGRAM;
+    for (size_t i = 0; i < m->msg_iovlen && off < have; i++) {
+        size_t k = have - off < m->msg_iov[i].iov_len ? have - off : m->msg_iov[i].iov_len;
         memcpy(m->msg_iov[i].iov_base, tmp + off, k);
         off += k;
     }
