@@ -432,16 +432,23 @@ static void kick(struct kb_lane *l) {
 }
 
 /* The frames put on queue 0's TX ring since the last kick go out: one kick per TX_BATCH of them (what one
- * copy-mode sendto takes), and again while the kernel has not taken them all (a few times at most). */
+ * copy-mode sendto takes), and again while the kernel has not taken them all (a few times at most). Frames
+ * the kernel still leaves on the ring (a full device queue: EAGAIN) stay deferred, for the next flush. */
 static void tx_flush(struct kbp_iface *ifc) {
     struct kbp_queue *q = &ifc->q[0];
     unsigned kicks = ifc->unkicked / TX_BATCH + 1;
+    uint32_t left = 0;
     for (unsigned i = 0; i < kicks + 2; i++) {
         kick(&q->lane);
         q->stats[KB_TX_KICKS]++;
-        if (i + 1 >= kicks && kb_load_acquire(q->tx.consumer) == q->tx.cached_prod) break;
+        left = q->tx.cached_prod - kb_load_acquire(q->tx.consumer);
+        if (i + 1 >= kicks && !left) break;
     }
-    if (ifc->unkicked) {
+    if (left) {
+        if (!ifc->unkicked) kbp_tx_pending++;
+        ifc->unkicked = left;
+        ifc->first_unkicked_ns = kbp_now_ns();
+    } else if (ifc->unkicked) {
         ifc->unkicked = 0;
         kbp_tx_pending--;
     }

@@ -1,7 +1,8 @@
-"""`kbypass run` on a jumbo testbed (MTU 9000 and 65535, multi-buffer AF_XDP merged after the shim): an
-unmodified program receives 100-byte and 8,000-byte datagrams from a kernel peer, every byte checked. The
-shim binds its sockets with XDP_USE_SG when the MTU does not fit a frame and takes a chain of frames as one
-datagram (kbp_iface.c); a chain must never reach the app truncated or garbled."""
+"""The UDP paths on a jumbo testbed (MTU 9000 and 65535, multi-buffer AF_XDP merged after `kbypass run`):
+100-byte and 8,000-byte datagrams from a kernel peer, every byte checked, all off the rings, for an
+unmodified program under `kbypass run` (the shim binds its sockets with XDP_USE_SG when the MTU does not fit
+a frame and takes a chain of frames as one datagram, kbp_iface.c), for kbypass.socket, and for the UDP
+endpoint (kbypass.endpoint.XdpEndpoint) it is built on. A chain never reaches the app truncated or garbled."""
 
 from __future__ import annotations
 
@@ -29,12 +30,12 @@ RECEIVER = r"""
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2]))); s.settimeout(10)
 sizes = [int(x) for x in sys.argv[3].split(",")]
-print("ready", flush=True)
+print("ready", getattr(s, "accelerated", ""), flush=True)
 for i, n in enumerate(sizes):
     d = s.recv(65536)
     want = bytes((i * 31 + k * 7) & 0xFF for k in range(n))
     assert d == want, (i, n, len(d))
-print("ok", len(sizes), flush=True)
+print("ok", len(sizes), s.endpoint.stats["rx_datagrams"] if getattr(s, "endpoint", None) else "", flush=True)
 import time; time.sleep(60)  # until stopped: the test reads the shim's counters first
 """
 
@@ -69,15 +70,64 @@ def test_run_receives_small_and_jumbo_datagrams_whole(jumbo_hosts):
     try:
         wait_for(lambda: sockets_of(b, PORT), what="the app's socket to be accelerated")
         subprocess.run(in_ns(a, sys.executable, "-c", SENDER, b.ipv4, str(PORT), sizes), check=True, timeout=60)
-        lines = []
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not any(ln.startswith("ok") for ln in lines):
-            line = app.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        assert f"ok {len(SIZES)}\n" in lines, "".join(lines) + stop(app)
+        lines = read_until(app, "ok")
+        assert f"ok {len(SIZES)} \n" in lines, "".join(lines) + stop(app)
         (s,) = sockets_of(b, PORT)
         assert s["rx"] == len(SIZES) and s["rx_kernel"] == 0 and s["rx_dropped"] == 0, s  # all off the rings
+    finally:
+        stop(app)
+
+
+def read_until(proc: subprocess.Popen, word: str, timeout: float = 15) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not any(ln.startswith(word) for ln in lines):
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    return lines
+
+
+def test_kbypass_socket_receives_small_and_jumbo_datagrams_whole(jumbo_hosts):
+    """The same receiver with `from kbypass import socket` (no preload): its endpoint counts every datagram."""
+    a, b = jumbo_hosts
+    sizes = ",".join(map(str, SIZES))
+    code = RECEIVER.replace("import socket, sys", "import sys\nfrom kbypass import socket")
+    app = subprocess.Popen(in_ns(b, sys.executable, "-c", code, b.ipv4, str(PORT), sizes), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        assert read_until(app, "ready")[-1:] == ["ready True\n"]
+        subprocess.run(in_ns(a, sys.executable, "-c", SENDER, b.ipv4, str(PORT), sizes), check=True, timeout=60)
+        lines = read_until(app, "ok")
+        assert f"ok {len(SIZES)} {len(SIZES)}\n" in lines, "".join(lines) + stop(app)
+    finally:
+        stop(app)
+
+
+ENDPOINT = r"""
+import sys
+from kbypass.endpoint.xdp import XdpEndpoint
+ep = XdpEndpoint(sys.argv[4], sys.argv[1], int(sys.argv[2]))
+sizes = [int(x) for x in sys.argv[3].split(",")]
+print("ready", ep.multi_buffer, flush=True)
+for i, n in enumerate(sizes):
+    d, _ = ep.recvfrom(timeout=10)
+    assert d == bytes((i * 31 + k * 7) & 0xFF for k in range(n)), (i, n, len(d))
+print("ok", len(sizes), ep.stats["rx_datagrams"], flush=True)
+ep.close()
+"""
+
+
+def test_the_udp_endpoint_receives_small_and_jumbo_datagrams_whole(jumbo_hosts):
+    a, b = jumbo_hosts
+    sizes = ",".join(map(str, SIZES))
+    app = subprocess.Popen(in_ns(b, sys.executable, "-c", ENDPOINT, b.ipv4, str(PORT), sizes, b.iface),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert read_until(app, "ready")[-1:] == ["ready True\n"]
+        subprocess.run(in_ns(a, sys.executable, "-c", SENDER, b.ipv4, str(PORT), sizes), check=True, timeout=60)
+        lines = read_until(app, "ok")
+        assert f"ok {len(SIZES)} {len(SIZES)}\n" in lines, "".join(lines) + stop(app)
     finally:
         stop(app)
