@@ -222,14 +222,18 @@ static struct kbp_sock *owner(struct kbp_iface *ifc, const uint8_t *f, uint32_t 
     return open;
 }
 
-static void take(struct kbp_dgram *g, const uint8_t *f, uint8_t *into, size_t cap) {
+/* stamp: the socket asked for SO_TIMESTAMP(NS) (a clock read per datagram costs the others nothing) */
+static void take(struct kbp_dgram *g, const uint8_t *f, uint8_t *into, size_t cap, int stamp) {
     uint32_t plen = kb_udp_payload_len(f);
     g->len = plen;
     memcpy(g->src_ip, kb_udp_src_ip(f), 4);
     g->src_port = kb_udp_src_port(f);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    g->ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    g->ts_ns = 0;
+    if (stamp) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        g->ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    }
     memcpy(into, f + KB_UDP_HLEN, plen < cap ? plen : cap);
 }
 
@@ -301,7 +305,7 @@ int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size
             }
             if (s->slot) s->slot->rx++;
             if (s == want && buf && s->bhead == s->btail) {
-                take(got, f, buf, len);
+                take(got, f, buf, len, s->ts_mode);
                 if (one) kb_lane_rx_done(&q->lane, &d);
                 return 1;
             }
@@ -310,7 +314,7 @@ int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size
             if (s->btail - s->bhead >= KBP_BACKLOG || !(room = slot_room(g, kb_udp_payload_len(f)))) {
                 if (s->slot) s->slot->rx_dropped++; /* a full receive buffer, as the kernel's */
             } else {
-                take(g, f, room, kb_udp_payload_len(f));
+                take(g, f, room, kb_udp_payload_len(f), s->ts_mode);
                 s->btail++;
             }
             if (one) kb_lane_rx_done(&q->lane, &d);

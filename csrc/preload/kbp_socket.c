@@ -470,6 +470,11 @@ ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
     }
     m->msg_flags = off < g.len ? MSG_TRUNC : 0;
     fill_name(m->msg_name, &m->msg_namelen, &g);
+    if (!g.ts_ns) { /* taken before the app asked for stamps */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        g.ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    }
     put_timestamp(m, s, g.ts_ns);
     return (flags & MSG_TRUNC) ? (ssize_t)g.len : (ssize_t)off;
 }
