@@ -3,8 +3,9 @@
  * Pieces: kbp_cp.c talks to the control plane (one SOCK_SEQPACKET connection per process, JSON + fds),
  * kbp_iface.c owns one interface's AF_XDP sockets (one per receive queue, made by the control plane) and
  * moves datagrams through the C core's lane (csrc/core/kb_lane, kb_udp), kbp_socket.c interposes the socket
- * calls, kbp_poll.c poll/select/epoll. All shim state is under one lock (kbp_lock): apps with threads stay
- * correct, an uncontended mutex costs tens of nanoseconds.
+ * calls, kbp_poll.c poll/select/epoll, kbp_flush.c the flusher thread that bounds how long a burst's sends
+ * wait for their kick, kbp_exec.c the exec family (which sends them first). All shim state is under one
+ * lock (kbp_lock): apps with threads stay correct, an uncontended mutex costs tens of nanoseconds.
  */
 #ifndef KBP_H
 #define KBP_H

@@ -394,10 +394,11 @@ static void build_template(struct kbp_iface *ifc, struct kbp_sock *s, const uint
  * for one frame, a destination not on the link, rings that stay full).
  *
  * The kick (the sendto on the socket, in which copy mode transmits) is what a send costs most, so a send
- * that is part of a burst (within KBYPASS_TX_BURST_US, 100 us by default, of the previous one; 0: every send kicks) only puts its frame on the TX ring; the
- * frames go out at the TX_BATCH-th, at the app's next call that may wait (recv*, poll, select, epoll, close,
- * fork, exec, exit: kbp_iface_flush) or within TX_FLUSH_NS (the flusher thread, kbp_flush.c). The first send
- * after a quiet spell kicks at once: a lone datagram never waits, even for an app that _exit()s next. */
+ * that is part of a burst (within KBYPASS_TX_BURST_US of the previous one, 100 us by default; 0: every send
+ * kicks) only puts its frame on the TX ring; the frames go out at the TX_BATCH-th, at the app's next call
+ * that may wait (recv*, poll, select, epoll, close, fork, exec, exit: kbp_iface_flush) or within TX_FLUSH_NS
+ * (the flusher thread, kbp_flush.c). The first send after a quiet spell kicks at once: a lone datagram never
+ * waits, even for an app that _exit()s next. A TX ring or stash that stays full: the kernel socket sends. */
 int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, uint16_t dst_port,
                    const uint8_t *payload, uint32_t len) {
     if (len > (uint32_t)ifc->mtu - 28 || len > KBP_FRAME_SIZE - KB_UDP_HLEN) return -1;

@@ -14,6 +14,10 @@
  * the placeholder and the control plane's connection (so its death is seen at once: the sockets fall back
  * to the kernel, with one error line). SO_RCVTIMEO and O_NONBLOCK/MSG_DONTWAIT are kept.
  *
+ * Sends within a burst put their frames on the TX ring and leave the kick to a batch (kbp_iface_send): the
+ * calls that may wait (recv*, read, poll, select, epoll, close, fork, exec, exit) kick first, the flusher
+ * thread (kbp_flush.c) within TX_FLUSH_NS otherwise.
+ *
  * fork: the child's copies of accelerated sockets fall back to the kernel sockets (rings cannot be shared
  * by two processes without a lock on every message); while the parent lives, the flow stays steered to the
  * parent. exec: the control plane connection is CLOEXEC, so the new image starts with kernel sockets and
