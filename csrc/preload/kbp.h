@@ -94,6 +94,7 @@ struct kbp_sock {
     int accel;      /* its datagrams go through the AF_XDP rings */
     int nonblock;   /* O_NONBLOCK as the app set it */
     int tried;      /* acceleration was tried (once per socket) */
+    int said_big;   /* --log said that datagrams larger than a frame go through the kernel socket */
     long rcvtimeo_us, sndtimeo_us;
     int tos, ts_mode; /* IP_TOS; SO_TIMESTAMP (1) or SO_TIMESTAMPNS (2) */
     int rcvbuf;

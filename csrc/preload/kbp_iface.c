@@ -401,7 +401,13 @@ static void build_template(struct kbp_iface *ifc, struct kbp_sock *s, const uint
  * waits, even for an app that _exit()s next. A TX ring or stash that stays full: the kernel socket sends. */
 int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, uint16_t dst_port,
                    const uint8_t *payload, uint32_t len) {
-    if (len > (uint32_t)ifc->mtu - 28 || len > KBP_FRAME_SIZE - KB_UDP_HLEN) return -1;
+    if (len > (uint32_t)ifc->mtu - 28 || len > KBP_FRAME_SIZE - KB_UDP_HLEN) {
+        if (!s->said_big && len <= (uint32_t)ifc->mtu - 28)
+            kbp_verbose("fd %d: datagrams larger than %d bytes are sent through the kernel socket", s->fd,
+                        KBP_FRAME_SIZE - KB_UDP_HLEN);
+        s->said_big = 1;
+        return -1;
+    }
     uint8_t b0 = ((uint8_t *)&dst_ip)[0];
     if (b0 == 127 || b0 >= 224 || !memcmp(&dst_ip, ifc->ip, 4) || dst_ip == (*(uint32_t *)ifc->ip | ~ifc->netmask))
         return -1; /* loopback, multicast, broadcast, ourselves: the kernel's */

@@ -36,7 +36,16 @@ for i, n in enumerate(sizes):
     want = bytes((i * 31 + k * 7) & 0xFF for k in range(n))
     assert d == want, (i, n, len(d))
 print("ok", len(sizes), s.endpoint.stats["rx_datagrams"] if getattr(s, "endpoint", None) else "", flush=True)
+if len(sys.argv) > 4:  # one jumbo datagram back to a kernel socket of the peer's host
+    s.sendto(bytes(k & 0xFF for k in range(8000)), (sys.argv[4], int(sys.argv[2])))
 import time; time.sleep(60)  # until stopped: the test reads the shim's counters first
+"""
+
+KERNEL_RX = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2]))); s.settimeout(20)
+d = s.recv(65536)
+print(len(d), "whole" if d == bytes(k & 0xFF for k in range(8000)) else "garbled", flush=True)
 """
 
 SENDER = r"""
@@ -66,16 +75,23 @@ def jumbo_hosts(request, testbed_hosts):
 def test_run_receives_small_and_jumbo_datagrams_whole(jumbo_hosts):
     a, b = jumbo_hosts
     sizes = ",".join(map(str, SIZES))
-    app = run_app(b, sys.executable, "-c", RECEIVER, b.ipv4, str(PORT), sizes)
+    back = subprocess.Popen(in_ns(a, sys.executable, "-c", KERNEL_RX, a.ipv4, str(PORT)), stdout=subprocess.PIPE,
+                            text=True)
+    app = run_app(b, sys.executable, "-c", RECEIVER, b.ipv4, str(PORT), sizes, a.ipv4)
     try:
         wait_for(lambda: sockets_of(b, PORT), what="the app's socket to be accelerated")
         subprocess.run(in_ns(a, sys.executable, "-c", SENDER, b.ipv4, str(PORT), sizes), check=True, timeout=60)
         lines = read_until(app, "ok")
         assert f"ok {len(SIZES)} \n" in lines, "".join(lines) + stop(app)
+        assert back.communicate(timeout=10)[0].strip() == "8000 whole"  # sent through the kernel socket
         (s,) = sockets_of(b, PORT)
         assert s["rx"] == len(SIZES) and s["rx_kernel"] == 0 and s["rx_dropped"] == 0, s  # all off the rings
+        assert s["tx_kernel"] == 1 and s["tx"] == 0, s
+        assert "datagrams larger than 2006 bytes are sent through the kernel socket" in stop(app)  # --log
     finally:
-        stop(app)
+        back.kill()
+        if app.returncode is None:
+            stop(app)
 
 
 def read_until(proc: subprocess.Popen, word: str, timeout: float = 15) -> list[str]:
