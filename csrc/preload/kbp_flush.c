@@ -43,6 +43,7 @@ static void *flusher(void *arg) {
 
 void kbp_flusher_arm(void) {
     if (parked) {
+        parked = 0; /* one wake-up is enough (both run under kbp_lock) */
         pthread_cond_signal(&wake);
         return;
     }

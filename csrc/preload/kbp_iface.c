@@ -429,9 +429,9 @@ int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, u
     if (ifc->unkicked++ == 0) {
         ifc->first_unkicked_ns = now;
         kbp_tx_pending++;
-        kbp_flusher_arm();
     }
     if ((!burst && !kbp_batching) || ifc->unkicked >= TX_BATCH) tx_flush(ifc);
+    if (ifc->unkicked) kbp_flusher_arm(); /* frames wait: the flusher bounds how long (a lone send: no wake-up) */
     return 0;
 }
 
