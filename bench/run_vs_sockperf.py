@@ -7,6 +7,9 @@ host a on CPU 0), the contenders taking turns within each run, medians over the 
     sockperf under kbypass run    the same binaries, both ends preloaded, blocking calls spinning (--spin)
     kbypass pingpong afxdp busy   the native API (kbypass.bench.latency's row), busy polling, C lane
 
+The shim's sends within a burst leave their kick (the syscall in which copy mode transmits) to a batch; the
+"kick/send" rows are the same shim with KBYPASS_TX_BURST_US=0, every send kicking (as before batching).
+
 Message rate: `sockperf throughput` (client in a, server in b) on the kernel and under `kbypass run` on both
 ends: sockperf's own send rate, and what the server's socket took in (the shim's counter under kbypass run,
 the namespace's UDP InDatagrams on the kernel).
@@ -57,15 +60,18 @@ def percentiles(out: str) -> dict:
             "p999_us": pct(r"99\.900")}
 
 
-def sockperf_pair(a, b, mode: str, duration: float, size: int, accelerated: bool) -> tuple[str, int]:
+def sockperf_pair(a, b, mode: str, duration: float, size: int, accelerated: bool,
+                  kick_per_send: bool = False) -> tuple[str, int]:
+    """kick_per_send: the shim kicks the kernel at every send (KBYPASS_TX_BURST_US=0, as before batching)."""
     wrap = under_run if accelerated else (lambda *argv: list(argv))
+    env = {**os.environ, "KBYPASS_TX_BURST_US": "0"} if kick_per_send else None
     server = subprocess.Popen(in_ns(b, SERVER_CPU, *wrap("sockperf", "server", "-i", b.ipv4, "-p", str(PORT))),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         time.sleep(1.5)
         out = subprocess.run(in_ns(a, CLIENT_CPU, *wrap("sockperf", mode, "-i", b.ipv4, "-p", str(PORT), "-t",
                                                         str(int(max(1, duration))), "-m", str(size))),
-                             capture_output=True, text=True, timeout=duration + 60)
+                             capture_output=True, text=True, timeout=duration + 60, env=env)
         received = server_received(b, accelerated)
     finally:
         server.terminate()
@@ -94,13 +100,15 @@ def message_rate(out: str) -> float:
 ROWS = {
     "sockperf (kernel, C)": lambda a, b, d, s: percentiles(sockperf_pair(a, b, "ping-pong", d, s, False)[0]),
     "sockperf under kbypass run": lambda a, b, d, s: percentiles(sockperf_pair(a, b, "ping-pong", d, s, True)[0]),
+    "sockperf under run, kick/send": lambda a, b, d, s: percentiles(sockperf_pair(a, b, "ping-pong", d, s, True,
+                                                                                   True)[0]),
     "kbypass pingpong afxdp busy": lambda a, b, d, s: latbench._kbypass("afxdp", "busy", d, s, b, "c"),
 }
 
 
-def throughput(a, b, duration: float, size: int, accelerated: bool) -> dict:
+def throughput(a, b, duration: float, size: int, accelerated: bool, kick_per_send: bool = False) -> dict:
     before = 0 if accelerated else server_received(b, False)
-    out, received = sockperf_pair(a, b, "throughput", duration, size, accelerated)
+    out, received = sockperf_pair(a, b, "throughput", duration, size, accelerated, kick_per_send)
     return {"sent_per_s": message_rate(out), "received_per_s": (received - before) / max(1, int(duration))}
 
 
@@ -115,7 +123,7 @@ def main() -> int:
     a, b = testbed.up(testbed.TestbedConfig(prefix=args.prefix))
     os.environ["KBYPASS_TESTBED"] = args.prefix
     lat = {name: [] for name in ROWS}
-    tput = {"kernel": [], "kbypass run": []}
+    tput = {"kernel": [], "kbypass run": [], "run kick/send": []}
     try:
         for r in range(args.runs):
             for name, fn in ROWS.items():
@@ -123,10 +131,11 @@ def main() -> int:
                 lat[name].append(res)
                 print(f"run {r + 1}/{args.runs} {name:<30} p50 {res['p50_us']:8.2f} us  p99 {res['p99_us']:8.2f} us",
                       flush=True)
-            for name, acc in (("kernel", False), ("kbypass run", True)):
-                res = throughput(a, b, args.duration, args.size, acc)
+            for name, acc, per_send in (("kernel", False, False), ("kbypass run", True, False),
+                                        ("run kick/send", True, True)):
+                res = throughput(a, b, args.duration, args.size, acc, per_send)
                 tput[name].append(res)
-                print(f"run {r + 1}/{args.runs} throughput {name:<12} sent {res['sent_per_s']:12.0f} msg/s  "
+                print(f"run {r + 1}/{args.runs} throughput {name:<14} sent {res['sent_per_s']:12.0f} msg/s  "
                       f"received {res['received_per_s']:12.0f} msg/s", flush=True)
     finally:
         for h in (a, b):
@@ -142,7 +151,11 @@ def main() -> int:
               "run/native p50": run_row["p50_us"] / native["p50_us"],
               "run/native p99": run_row["p99_us"] / native["p99_us"],
               "rate run/kernel (received)": tmed["kbypass run"]["received_per_s"] / tmed["kernel"]["received_per_s"],
-              "rate run/kernel (sent)": tmed["kbypass run"]["sent_per_s"] / tmed["kernel"]["sent_per_s"]}
+              "rate run/kernel (sent)": tmed["kbypass run"]["sent_per_s"] / tmed["kernel"]["sent_per_s"],
+              "rate run kick/send/kernel (received)": (tmed["run kick/send"]["received_per_s"]
+                                                       / tmed["kernel"]["received_per_s"]),
+              "rate run kick/send/kernel (sent)": tmed["run kick/send"]["sent_per_s"] / tmed["kernel"]["sent_per_s"],
+              "batched/kick-per-send p50": run_row["p50_us"] / med["sockperf under run, kick/send"]["p50_us"]}
     result = {"date": time.strftime("%Y-%m-%d"), "runs": args.runs, "duration": args.duration, "size": args.size,
               "latency_medians": med, "throughput_medians": tmed, "ratios": ratios, "all": lat, "throughput": tput}
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -151,9 +164,9 @@ def main() -> int:
     for name, m in med.items():
         print(f"{name:<30} p50 {m['p50_us']:8.2f} us  p99 {m['p99_us']:8.2f} us")
     for name, m in tmed.items():
-        print(f"throughput {name:<12} sent {m['sent_per_s']:12.0f} msg/s  received {m['received_per_s']:12.0f} msg/s")
+        print(f"throughput {name:<14} sent {m['sent_per_s']:12.0f} msg/s  received {m['received_per_s']:12.0f} msg/s")
     for k, v in ratios.items():
-        print(f"{k:<28} {v:7.3f}x")
+        print(f"{k:<38} {v:7.3f}x")
     return 0
 
 

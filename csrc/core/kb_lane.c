@@ -129,7 +129,7 @@ int kb_lane_send(struct kb_lane *l, const uint8_t *head, uint32_t hlen, const ui
     l->stats[KB_IN_TX]++;
     l->stats[KB_TX_PACKETS]++;
     l->stats[KB_TX_BYTES] += n;
-    if (l->copy_mode || l->busy || kb_ring_needs_wakeup(l->tx)) {
+    if (!l->defer_kick && (l->copy_mode || l->busy || kb_ring_needs_wakeup(l->tx))) {
         l->stats[KB_TX_KICKS]++;
         return kick_tx(l) ? KB_LANE_E_SYS : KB_LANE_SENT;
     }

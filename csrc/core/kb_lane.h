@@ -48,6 +48,7 @@ struct kb_lane {
     uint64_t *stats; /* the port's counters (kb_port.h) */
     uint32_t frame_size;
     int fd, copy_mode, busy;
+    int defer_kick; /* send never kicks the kernel (a full TX ring aside): the front end kicks for a batch */
     unsigned busy_every; /* a busy spin makes the busy-poll syscall every busy_every-th empty look */
     int stash_cap;
     struct kb_udp_local me;

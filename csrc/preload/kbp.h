@@ -3,8 +3,9 @@
  * Pieces: kbp_cp.c talks to the control plane (one SOCK_SEQPACKET connection per process, JSON + fds),
  * kbp_iface.c owns one interface's AF_XDP sockets (one per receive queue, made by the control plane) and
  * moves datagrams through the C core's lane (csrc/core/kb_lane, kb_udp), kbp_socket.c interposes the socket
- * calls, kbp_poll.c poll/select/epoll. All shim state is under one lock (kbp_lock): apps with threads stay
- * correct, an uncontended mutex costs tens of nanoseconds.
+ * calls, kbp_poll.c poll/select/epoll, kbp_flush.c the flusher thread that bounds how long a burst's sends
+ * wait for their kick, kbp_exec.c the exec family (which sends them first). All shim state is under one
+ * lock (kbp_lock): apps with threads stay correct, an uncontended mutex costs tens of nanoseconds.
  */
 #ifndef KBP_H
 #define KBP_H
@@ -25,6 +26,9 @@
 #define KBP_FRAMES 4096 /* per queue: half lent to the fill ring (a 2048-datagram receive buffer), KB_LANE_STASH_MAX for sending */
 #define KBP_FRAME_SIZE 2048
 #define KBP_RING 2048
+#define KBP_CHAIN_FRAMES 64    /* a multi-buffer packet's frames looked at in one go (65,535 bytes take 37) */
+#define KBP_CHAIN_BYTES 65600 /* the largest Ethernet frame of a 65,535-byte MTU, and then some */
+#define KBP_MAX_DGRAM 65536
 
 /* the counters page the control plane reads for `kbypass run --status` (kbypass/cp/shimpage.py) */
 #define KBP_PAGE_MAGIC 0x5042534Bu
@@ -65,10 +69,12 @@ struct kbp_iface {
     uint8_t ip[4];
     uint32_t netmask; /* network order */
     int mtu, nq;
+    uint8_t *chain; /* a chained packet gathered (KBP_CHAIN_BYTES), when the MTU needs multi-buffer sockets */
     struct kbp_queue q[KBP_MAX_QUEUES];
     struct kbp_hop hops[KBP_MAX_HOPS];
     int nsocks;
-    unsigned unkicked; /* frames a batch put on queue 0's TX ring without a kick yet */
+    unsigned unkicked; /* frames put on queue 0's TX ring without a kick yet (kbp_iface_send) */
+    uint64_t first_unkicked_ns, last_send_ns;
     struct kbp_sock *socks[KBP_PAGE_SLOTS]; /* the accelerated sockets on it, to hand frames to */
 };
 
@@ -77,7 +83,8 @@ struct kbp_dgram {
     uint8_t src_ip[4];
     uint16_t src_port;
     uint64_t ts_ns; /* CLOCK_REALTIME when taken off the ring (SO_TIMESTAMP*) */
-    uint8_t *data;
+    uint8_t *data;  /* a frame's worth of the socket's backlog slab */
+    uint8_t *big;   /* a jumbo datagram's own buffer (malloc), when larger than a frame; its bytes, not data's */
 };
 
 /* One UDP socket of the app (shared by its dup()s: refs). */
@@ -87,6 +94,7 @@ struct kbp_sock {
     int accel;      /* its datagrams go through the AF_XDP rings */
     int nonblock;   /* O_NONBLOCK as the app set it */
     int tried;      /* acceleration was tried (once per socket) */
+    int said_big;   /* --log said that datagrams larger than a frame go through the kernel socket */
     long rcvtimeo_us, sndtimeo_us;
     int tos, ts_mode; /* IP_TOS; SO_TIMESTAMP (1) or SO_TIMESTAMPNS (2) */
     int rcvbuf;
@@ -110,6 +118,7 @@ struct kbp_sock {
 extern pthread_mutex_t kbp_lock;
 extern struct kbp_sock *kbp_fds[KBP_MAX_FD];
 extern long kbp_spin_us;
+extern uint64_t kbp_tx_burst_ns; /* KBYPASS_TX_BURST_US: a send this soon after the previous one defers its kick */
 extern int kbp_log;
 
 /* libc's own functions (dlsym RTLD_NEXT) */
@@ -167,12 +176,32 @@ int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size
 int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, uint16_t dst_port,
                    const uint8_t *payload, uint32_t len);
 void kbp_iface_drop_sock(struct kbp_iface *ifc, struct kbp_sock *s);
+void kbp_backlog_clear(struct kbp_sock *s); /* drops what it holds (frees jumbo buffers) */
 int kbp_iface_fds(struct kbp_iface *ifc, int *fds, int cap);
 void kbp_iface_wake(struct kbp_iface *ifc);
 void kbp_iface_forget_all(int close_fds);
 int kbp_iface_owns(int fd); /* one of the rings' sockets */
 extern __thread int kbp_batching; /* inside sendmmsg: kbp_iface_send defers the kick to kbp_iface_flush */
+extern unsigned kbp_tx_pending;    /* interfaces with frames on the TX ring and no kick yet */
 void kbp_iface_flush(void);
+uint64_t kbp_iface_flush_due(uint64_t now);
+#define TX_FLUSH_NS 200000ull /* a deferred frame goes out within this long (the flusher thread) */
+
+/* kbp_flush.c: the flusher thread; kbp_flush_now: the app may wait next, so the deferred frames go now.
+ * kbp_flush_before(fd): the same for a call on fd, unless fd is a ring's socket (the C core's own recv and
+ * sendto on it come back through the shim's, with kbp_lock held). */
+void kbp_flusher_arm(void); /* under kbp_lock: frames were deferred */
+void kbp_flusher_after_fork_child(void);
+static inline void kbp_flush_now(void) {
+    if (__atomic_load_n(&kbp_tx_pending, __ATOMIC_RELAXED)) {
+        pthread_mutex_lock(&kbp_lock);
+        kbp_iface_flush();
+        pthread_mutex_unlock(&kbp_lock);
+    }
+}
+static inline void kbp_flush_before(int fd) {
+    if (__atomic_load_n(&kbp_tx_pending, __ATOMIC_RELAXED) && !kbp_iface_owns(fd)) kbp_flush_now();
+}
 
 /* kbp_socket.c */
 struct kbp_sock *kbp_get(int fd);

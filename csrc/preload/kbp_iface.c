@@ -27,9 +27,10 @@
 #define HOP_RETRY_NS 50000000ull    /* an unresolved next hop is asked again after 50 ms ... */
 #define HOP_REFRESH_NS 30000000000ull /* ... a known one after 30 s */
 #define SEND_TRIES 4096
+#define TX_BATCH 32           /* frames a copy-mode kick transmits at most (the kernel's TX_BATCH_SIZE) */
 
 static struct kbp_iface *ifaces[KBP_MAX_IFACES];
-static void kick(struct kb_lane *l);
+static void tx_flush(struct kbp_iface *ifc);
 
 static int parse_mac(const char *s, uint8_t mac[6]) {
     unsigned v[6];
@@ -112,7 +113,7 @@ static int queue_open(struct kbp_queue *q, int xsk, int memfd, const char *reply
     l->rx = &q->rx, l->fill = &q->fill, l->tx = &q->tx, l->comp = &q->comp;
     l->umem = q->umem, l->umem_size = q->umem_size, l->state = q->state, l->stats = q->stats;
     l->frame_size = KBP_FRAME_SIZE, l->fd = xsk, l->copy_mode = strcmp(mode, "zerocopy") != 0;
-    l->busy = 0, l->busy_every = 16, l->stash_cap = KB_LANE_STASH_MAX;
+    l->busy = 0, l->busy_every = 16, l->stash_cap = KB_LANE_STASH_MAX, l->defer_kick = 1;
     if (kb_lane_setup(l) < 0) {
         snprintf(why, cap, "the lane refused the rings");
         return -1;
@@ -127,6 +128,7 @@ static int queue_open(struct kbp_queue *q, int xsk, int memfd, const char *reply
 
 static void iface_close(struct kbp_iface *ifc) {
     for (int i = 0; i < ifc->nq; i++) queue_close(&ifc->q[i]);
+    free(ifc->chain);
     free(ifc);
 }
 
@@ -160,14 +162,22 @@ struct kbp_iface *kbp_iface_get(const char *reply, char *why, size_t cap) {
     inet_pton(AF_INET, ip, ifc->ip);
     ifc->netmask = plen ? htonl(~0u << (32 - plen)) : 0;
     ifc->mtu = (int)mtu;
+    /* a frame receives frame_size - XDP_PACKET_HEADROOM bytes in copy mode: a larger MTU needs chains
+     * (kbypass.xsk.multibuf.needs_multi_buffer), which rx_packet gathers here */
+    if (mtu + 14 > KBP_FRAME_SIZE - 256 && !(ifc->chain = malloc(KBP_CHAIN_BYTES))) {
+        free(ifc);
+        snprintf(why, cap, "out of memory");
+        return NULL;
+    }
     for (int q = 0; q < KBP_MAX_QUEUES; q++) ifc->q[q].fd = -1;
     for (int q = 0; q < nq; q++) {
         char req[320], buf[1024];
         int fds[3], nfds;
         snprintf(req, sizeof(req),
                  "{\"op\":\"open_socket\",\"iface\":\"%s\",\"queue\":%d,\"frames\":%d,\"frame_size\":%d,"
-                 "\"rx_size\":%d,\"tx_size\":%d,\"fill_size\":%d,\"comp_size\":%d}",
-                 name, q, KBP_FRAMES, KBP_FRAME_SIZE, KBP_RING, KBP_RING, KBP_RING, KBP_RING);
+                 "\"rx_size\":%d,\"tx_size\":%d,\"fill_size\":%d,\"comp_size\":%d%s}",
+                 name, q, KBP_FRAMES, KBP_FRAME_SIZE, KBP_RING, KBP_RING, KBP_RING, KBP_RING,
+                 ifc->chain ? ",\"multi_buffer\":true" : "");
         if (kbp_cp_call(req, -1, buf, sizeof(buf), fds, 3, &nfds) < 0 || nfds != 2) {
             if (nfds > 0)
                 for (int i = 0; i < nfds; i++) kbp_real.close(fds[i]);
@@ -212,15 +222,67 @@ static struct kbp_sock *owner(struct kbp_iface *ifc, const uint8_t *f, uint32_t 
     return open;
 }
 
-static void take(struct kbp_dgram *g, const uint8_t *f, uint8_t *into, size_t cap) {
+/* stamp: the socket asked for SO_TIMESTAMP(NS) (a clock read per datagram costs the others nothing) */
+static void take(struct kbp_dgram *g, const uint8_t *f, uint8_t *into, size_t cap, int stamp) {
     uint32_t plen = kb_udp_payload_len(f);
     g->len = plen;
     memcpy(g->src_ip, kb_udp_src_ip(f), 4);
     g->src_port = kb_udp_src_port(f);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    g->ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    g->ts_ns = 0;
+    if (stamp) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        g->ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    }
     memcpy(into, f + KB_UDP_HLEN, plen < cap ? plen : cap);
+}
+
+/* The next packet on q's RX ring, or NULL: a frame in the UMEM (*one: kb_lane_rx_done it once read), or a
+ * chain of frames (a multi-buffer socket's packet larger than a frame, descriptors with KB_PKT_CONTD but the
+ * last) gathered into ifc->chain, its frames already back on the fill ring. A chain that does not fit the
+ * buffer, or has a descriptor outside the UMEM, comes back with *n 0: no socket takes it, nothing garbled
+ * is ever handed on. */
+static const uint8_t *rx_packet(struct kbp_iface *ifc, struct kbp_queue *q, struct kb_desc *d, uint32_t *n,
+                                int *one) {
+    uint32_t idx, k = 0;
+    if (!kb_ring_cons_peek(&q->rx, 1, &idx)) return NULL;
+    int chained = (kb_ring_desc(&q->rx, idx)->options & KB_PKT_CONTD) != 0;
+    kb_ring_cons_cancel(&q->rx, 1);
+    if (!chained) {
+        if (kb_lane_rx_next(&q->lane, d) != KB_LANE_FRAME) return NULL;
+        *one = 1, *n = d->len;
+        return q->umem + d->addr;
+    }
+    uint32_t c = kb_ring_cons_peek_packets(&q->rx, KBP_CHAIN_FRAMES, &idx);
+    while (k < c && (kb_ring_desc(&q->rx, idx + k)->options & KB_PKT_CONTD)) k++;
+    if (k == c || !ifc->chain || !kb_ring_prod_free(&q->fill, k + 1)) { /* not whole yet; no room to give back */
+        kb_ring_cons_cancel(&q->rx, c);
+        return NULL;
+    }
+    kb_ring_cons_cancel(&q->rx, c - ++k);
+    uint32_t len = 0, fidx;
+    int whole = 1;
+    for (uint32_t i = 0; i < k; i++) {
+        struct kb_desc e = *kb_ring_desc(&q->rx, idx + i);
+        if (e.addr >= q->umem_size || e.len > q->umem_size - e.addr || e.len > KBP_CHAIN_BYTES - len) whole = 0;
+        else if (whole) memcpy(ifc->chain + len, q->umem + e.addr, e.len), len += e.len;
+        kb_ring_prod_reserve(&q->fill, 1, &fidx); /* prod_free saw the room */
+        *kb_ring_addr(&q->fill, fidx) = e.addr & q->lane.chunk_mask;
+        kb_ring_prod_submit(&q->fill, 1);
+    }
+    kb_ring_cons_release(&q->rx, k);
+    q->stats[KB_RX_PACKETS]++;
+    q->stats[KB_RX_BYTES] += len;
+    *one = 0, *n = whole ? len : 0;
+    return ifc->chain;
+}
+
+/* A backlog slot for a datagram of plen bytes: its frame-sized buffer, or one of its own for a jumbo. */
+static uint8_t *slot_room(struct kbp_dgram *g, uint32_t plen) {
+    free(g->big);
+    g->big = NULL;
+    if (plen <= KBP_FRAME_SIZE) return g->data;
+    return g->big = malloc(plen);
 }
 
 /* Frames off the RX rings: those for `want` into buf (at most one: 1 and *got), the others into their
@@ -230,29 +292,32 @@ int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size
         struct kbp_queue *q = &ifc->q[qi];
         for (int budget = 0; budget < 64; budget++) {
             struct kb_desc d;
-            if (kb_lane_rx_next(&q->lane, &d) != KB_LANE_FRAME) break;
-            const uint8_t *f = q->umem + d.addr;
-            struct kbp_sock *s = owner(ifc, f, d.len);
-            int ok = s && kb_udp_accept(&s->me, f, d.len); /* owner(): a connected socket hears only its peer */
+            uint32_t n;
+            int one = 0;
+            const uint8_t *f = rx_packet(ifc, q, &d, &n, &one);
+            if (!f) break;
+            struct kbp_sock *s = owner(ifc, f, n);
+            int ok = s && kb_udp_accept(&s->me, f, n); /* owner(): a connected socket hears only its peer */
             if (!ok) {
                 if (s && s->slot) s->slot->rx_dropped++;
-                kb_lane_rx_done(&q->lane, &d);
+                if (one) kb_lane_rx_done(&q->lane, &d);
                 continue;
             }
             if (s->slot) s->slot->rx++;
             if (s == want && buf && s->bhead == s->btail) {
-                take(got, f, buf, len);
-                kb_lane_rx_done(&q->lane, &d);
+                take(got, f, buf, len, s->ts_mode);
+                if (one) kb_lane_rx_done(&q->lane, &d);
                 return 1;
             }
-            if (s->btail - s->bhead >= KBP_BACKLOG) {
+            uint8_t *room;
+            struct kbp_dgram *g = &s->backlog[s->btail % KBP_BACKLOG];
+            if (s->btail - s->bhead >= KBP_BACKLOG || !(room = slot_room(g, kb_udp_payload_len(f)))) {
                 if (s->slot) s->slot->rx_dropped++; /* a full receive buffer, as the kernel's */
             } else {
-                struct kbp_dgram *g = &s->backlog[s->btail % KBP_BACKLOG];
-                take(g, f, g->data, KBP_FRAME_SIZE);
+                take(g, f, room, kb_udp_payload_len(f), s->ts_mode);
                 s->btail++;
             }
-            kb_lane_rx_done(&q->lane, &d);
+            if (one) kb_lane_rx_done(&q->lane, &d);
         }
     }
     return 0;
@@ -326,10 +391,23 @@ static void build_template(struct kbp_iface *ifc, struct kbp_sock *s, const uint
 }
 
 /* One datagram out of the rings: 0 sent, -1 the kernel's to send (an unknown next hop, a datagram too big
- * for one frame, a destination not on the link, rings that stay full). */
+ * for one frame, a destination not on the link, rings that stay full).
+ *
+ * The kick (the sendto on the socket, in which copy mode transmits) is what a send costs most, so a send
+ * that is part of a burst (within KBYPASS_TX_BURST_US of the previous one, 100 us by default; 0: every send
+ * kicks) only puts its frame on the TX ring; the frames go out at the TX_BATCH-th, at the app's next call
+ * that may wait (recv*, poll, select, epoll, close, fork, exec, exit: kbp_iface_flush) or within TX_FLUSH_NS
+ * (the flusher thread, kbp_flush.c). The first send after a quiet spell kicks at once: a lone datagram never
+ * waits, even for an app that _exit()s next. A TX ring or stash that stays full: the kernel socket sends. */
 int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, uint16_t dst_port,
                    const uint8_t *payload, uint32_t len) {
-    if (len > (uint32_t)ifc->mtu - 28 || len > KBP_FRAME_SIZE - KB_UDP_HLEN) return -1;
+    if (len > (uint32_t)ifc->mtu - 28 || len > KBP_FRAME_SIZE - KB_UDP_HLEN) {
+        if (!s->said_big && len <= (uint32_t)ifc->mtu - 28)
+            kbp_verbose("fd %d: datagrams larger than %d bytes are sent through the kernel socket", s->fd,
+                        KBP_FRAME_SIZE - KB_UDP_HLEN);
+        s->said_big = 1;
+        return -1;
+    }
     uint8_t b0 = ((uint8_t *)&dst_ip)[0];
     if (b0 == 127 || b0 >= 224 || !memcmp(&dst_ip, ifc->ip, 4) || dst_ip == (*(uint32_t *)ifc->ip | ~ifc->netmask))
         return -1; /* loopback, multicast, broadcast, ourselves: the kernel's */
@@ -338,34 +416,72 @@ int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, u
         if (!hop(ifc, dst_ip, mac)) return -1;
         build_template(ifc, s, mac, dst_ip, dst_port);
     }
-    struct kb_lane *l = &ifc->q[0].lane;
-    int copy = l->copy_mode;
-    if (kbp_batching) l->copy_mode = 0; /* no kick per frame: kbp_iface_flush kicks once for the batch */
+    struct kb_lane *l = &ifc->q[0].lane; /* defer_kick: the kicks are tx_flush's */
     int r = KB_LANE_NO_FRAME;
     for (int i = 0; i < SEND_TRIES && r != KB_LANE_SENT && r >= 0; i++) {
         r = kb_lane_send(l, s->tmpl, KB_UDP_HLEN, payload, len, 1, s->ident++);
-        if (r != KB_LANE_SENT && kbp_batching) kick(l); /* the frames of the batch so far, to get the stash back */
+        if (r != KB_LANE_SENT) tx_flush(ifc); /* the deferred frames out, to get stash frames back */
     }
-    l->copy_mode = copy;
     if (r != KB_LANE_SENT) return -1;
-    if (kbp_batching) ifc->unkicked++;
+    uint64_t now = kbp_now_ns();
+    int burst = now - ifc->last_send_ns < kbp_tx_burst_ns;
+    ifc->last_send_ns = now;
+    if (ifc->unkicked++ == 0) {
+        ifc->first_unkicked_ns = now;
+        kbp_tx_pending++;
+    }
+    if ((!burst && !kbp_batching) || ifc->unkicked >= TX_BATCH) tx_flush(ifc);
+    if (ifc->unkicked) kbp_flusher_arm(); /* frames wait: the flusher bounds how long (a lone send: no wake-up) */
     return 0;
 }
 
 __thread int kbp_batching;
+unsigned kbp_tx_pending;
 
 static void kick(struct kb_lane *l) {
-    (void)sendto(l->fd, NULL, 0, MSG_DONTWAIT, NULL, 0); /* copy mode sends in this call; errors: "later" */
+    (void)kbp_real.sendto(l->fd, NULL, 0, MSG_DONTWAIT, NULL, 0); /* copy mode sends in this call; errors: "later" */
 }
 
-/* The end of a batch (sendmmsg): one kick for the frames it put on the ring. */
+/* The frames put on queue 0's TX ring since the last kick go out: one kick per TX_BATCH of them (what one
+ * copy-mode sendto takes), and again while the kernel has not taken them all (a few times at most). Frames
+ * the kernel still leaves on the ring (a full device queue: EAGAIN) stay deferred, for the next flush. */
+static void tx_flush(struct kbp_iface *ifc) {
+    struct kbp_queue *q = &ifc->q[0];
+    unsigned kicks = ifc->unkicked / TX_BATCH + 1;
+    uint32_t left = 0;
+    for (unsigned i = 0; i < kicks + 2; i++) {
+        kick(&q->lane);
+        q->stats[KB_TX_KICKS]++;
+        left = q->tx.cached_prod - kb_load_acquire(q->tx.consumer);
+        if (i + 1 >= kicks && !left) break;
+    }
+    if (left) {
+        if (!ifc->unkicked) kbp_tx_pending++;
+        ifc->unkicked = left;
+        ifc->first_unkicked_ns = kbp_now_ns();
+    } else if (ifc->unkicked) {
+        ifc->unkicked = 0;
+        kbp_tx_pending--;
+    }
+}
+
+/* Every interface's deferred frames out now (under kbp_lock). */
 void kbp_iface_flush(void) {
-    for (int i = 0; i < KBP_MAX_IFACES; i++)
-        if (ifaces[i] && ifaces[i]->unkicked) {
-            kick(&ifaces[i]->q[0].lane);
-            ifaces[i]->q[0].stats[KB_TX_KICKS]++;
-            ifaces[i]->unkicked = 0;
-        }
+    for (int i = 0; i < KBP_MAX_IFACES && kbp_tx_pending; i++)
+        if (ifaces[i] && ifaces[i]->unkicked) tx_flush(ifaces[i]);
+}
+
+/* The flusher's look: the deferred frames older than TX_FLUSH_NS out; when the next are due (0: none). */
+uint64_t kbp_iface_flush_due(uint64_t now) {
+    uint64_t next = 0;
+    for (int i = 0; i < KBP_MAX_IFACES && kbp_tx_pending; i++) {
+        struct kbp_iface *ifc = ifaces[i];
+        if (!ifc || !ifc->unkicked) continue;
+        uint64_t due = ifc->first_unkicked_ns + TX_FLUSH_NS;
+        if (now >= due) tx_flush(ifc);
+        else if (!next || due < next) next = due;
+    }
+    return next;
 }
 
 int kbp_iface_owns(int fd) {
@@ -381,4 +497,5 @@ void kbp_iface_forget_all(int close_fds) {
         if (close_fds) iface_close(ifaces[i]);
         ifaces[i] = NULL;
     }
+    kbp_tx_pending = 0;
 }

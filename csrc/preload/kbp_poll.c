@@ -153,12 +153,14 @@ static int poll_engine(struct pollfd *fds, nfds_t n, int timeout_ms, const sigse
 
 int poll(struct pollfd *fds, nfds_t n, int timeout) {
     kbp_init_libc();
+    kbp_flush_now(); /* the app may wait: deferred frames go first */
     if (!has_accel(fds, n)) return kbp_real.poll(fds, n, timeout);
     return poll_engine(fds, n, timeout, NULL);
 }
 
 int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *t, const sigset_t *mask) {
     kbp_init_libc();
+    kbp_flush_now(); /* the app may wait: deferred frames go first */
     if (!has_accel(fds, n)) return kbp_real.ppoll(fds, n, t, mask);
     int ms = t ? (int)(t->tv_sec * 1000 + (t->tv_nsec + 999999) / 1000000) : -1;
     return poll_engine(fds, n, ms, mask);
@@ -202,6 +204,7 @@ static int select_engine(int nfds, fd_set *r, fd_set *w, fd_set *e, int timeout_
 
 int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv) {
     kbp_init_libc();
+    kbp_flush_now(); /* the app may wait: deferred frames go first */
     int handled, ms = tv ? (int)(tv->tv_sec * 1000 + (tv->tv_usec + 999) / 1000) : -1;
     int got = select_engine(nfds, r, w, e, ms, NULL, &handled);
     if (!handled) return kbp_real.select(nfds, r, w, e, tv);
@@ -210,6 +213,7 @@ int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv) {
 
 int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e, const struct timespec *t, const sigset_t *mask) {
     kbp_init_libc();
+    kbp_flush_now(); /* the app may wait: deferred frames go first */
     int handled, ms = t ? (int)(t->tv_sec * 1000 + (t->tv_nsec + 999999) / 1000000) : -1;
     int got = select_engine(nfds, r, w, e, ms, mask, &handled);
     if (!handled) return kbp_real.pselect(nfds, r, w, e, t, mask);
@@ -343,6 +347,7 @@ static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_m
 
 int epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout) {
     kbp_init_libc();
+    kbp_flush_now(); /* the app may wait: deferred frames go first */
     if (epfd < 0 || epfd >= KBP_MAX_FD || !has_accel_member(eps[epfd]) || max <= 0) {
         int r = kbp_real.epoll_wait(epfd, ev, max, timeout);
         return r > 0 && epfd >= 0 && epfd < KBP_MAX_FD && eps[epfd] ? merge(ev, 0, r) : r;
@@ -352,6 +357,7 @@ int epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout) {
 
 int epoll_pwait(int epfd, struct epoll_event *ev, int max, int timeout, const sigset_t *mask) {
     kbp_init_libc();
+    kbp_flush_now(); /* the app may wait: deferred frames go first */
     if (epfd < 0 || epfd >= KBP_MAX_FD || !has_accel_member(eps[epfd]) || max <= 0) {
         int r = kbp_real.epoll_pwait(epfd, ev, max, timeout, mask);
         return r > 0 && epfd >= 0 && epfd < KBP_MAX_FD && eps[epfd] ? merge(ev, 0, r) : r;

@@ -14,6 +14,10 @@
  * the placeholder and the control plane's connection (so its death is seen at once: the sockets fall back
  * to the kernel, with one error line). SO_RCVTIMEO and O_NONBLOCK/MSG_DONTWAIT are kept.
  *
+ * Sends within a burst put their frames on the TX ring and leave the kick to a batch (kbp_iface_send): the
+ * calls that may wait (recv*, read, poll, select, epoll, close, fork, exec, exit) kick first, the flusher
+ * thread (kbp_flush.c) within TX_FLUSH_NS otherwise.
+ *
  * fork: the child's copies of accelerated sockets fall back to the kernel sockets (rings cannot be shared
  * by two processes without a lock on every message); while the parent lives, the flow stays steered to the
  * parent. exec: the control plane connection is CLOEXEC, so the new image starts with kernel sockets and
@@ -38,6 +42,7 @@
 pthread_mutex_t kbp_lock = PTHREAD_MUTEX_INITIALIZER;
 struct kbp_sock *kbp_fds[KBP_MAX_FD];
 long kbp_spin_us;
+uint64_t kbp_tx_burst_ns = 100000;
 int kbp_log;
 void kbp_cp_forget(void);
 
@@ -45,6 +50,7 @@ void kbp_cp_forget(void);
  * page and the rings are shared with the parent: dropped here without writing to them. */
 static void child_after_fork(void) {
     pthread_mutex_init(&kbp_lock, NULL);
+    kbp_flusher_after_fork_child();
     kbp_cp_forget();
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
         struct kbp_sock *s = kbp_fds[fd];
@@ -53,7 +59,7 @@ static void child_after_fork(void) {
         s->accel = 0;
         s->ifc = NULL;
         s->rule_id = -1;
-        s->bhead = s->btail = 0;
+        kbp_backlog_clear(s);
     }
     kbp_iface_forget_all(1);
 }
@@ -63,9 +69,18 @@ __attribute__((constructor)) static void kbp_init(void) {
     const char *e = getenv("KBYPASS_SPIN_US");
     kbp_spin_us = e ? atol(e) : 0;
     if (kbp_spin_us < 0) kbp_spin_us = 0;
+    e = getenv("KBYPASS_TX_BURST_US");
+    if (e && atol(e) >= 0) kbp_tx_burst_ns = (uint64_t)atol(e) * 1000;
     e = getenv("KBYPASS_LOG");
     kbp_log = e && *e && strcmp(e, "0") != 0;
-    pthread_atfork(NULL, NULL, child_after_fork);
+    pthread_atfork(kbp_flush_now, NULL, child_after_fork); /* deferred frames go before the fork */
+}
+
+/* exit: deferred frames go before the rings do (an _exit() skips this; its last lone send kicked anyway) */
+__attribute__((destructor)) static void kbp_fini(void) {
+    if (!kbp_tx_pending || pthread_mutex_trylock(&kbp_lock)) return; /* a thread holds the lock: the flusher may */
+    kbp_iface_flush();
+    pthread_mutex_unlock(&kbp_lock);
 }
 
 struct kbp_sock *kbp_get(int fd) { return fd >= 0 && fd < KBP_MAX_FD ? kbp_fds[fd] : NULL; }
@@ -78,6 +93,14 @@ static void describe(const struct kbp_sock *s, char *out, size_t cap) {
     snprintf(out, cap, "fd %d (udp %s:%u)", s->fd, ip, al ? ntohs(a.sin_port) : 0);
 }
 
+void kbp_backlog_clear(struct kbp_sock *s) {
+    for (int i = 0; s->backlog[0].data && i < KBP_BACKLOG; i++) {
+        free(s->backlog[i].big);
+        s->backlog[i].big = NULL;
+    }
+    s->bhead = s->btail = 0;
+}
+
 /* Off the rings and back to being the kernel socket it always also was (datagrams queued are dropped). */
 static void fall_back(struct kbp_sock *s) {
     if (!s->accel) return;
@@ -86,7 +109,7 @@ static void fall_back(struct kbp_sock *s) {
     s->ifc = NULL;
     if (s->slot) s->slot->used = 0;
     s->slot = NULL;
-    s->bhead = s->btail = 0;
+    kbp_backlog_clear(s);
 }
 
 void kbp_fall_back_all(void) {
@@ -106,6 +129,7 @@ static void remove_rule(const char *iface, int rule_id) {
 static void release(struct kbp_sock *s) {
     if (s->accel && s->ifc) remove_rule(s->ifc->name, s->rule_id); /* the port is free for others at once */
     fall_back(s);
+    kbp_backlog_clear(s);
     free(s->backlog[0].data);
     free(s);
 }
@@ -237,6 +261,7 @@ int close(int fd) {
     kbp_init_libc();
     if (fd >= 0 && fd < KBP_MAX_FD) {
         pthread_mutex_lock(&kbp_lock);
+        kbp_iface_flush(); /* the app may wait next (and the socket's frames are on the ring) */
         if (fd == kbp_cp_fd() || kbp_iface_owns(fd)) {
             /* the shim's own fd (a daemon closing every fd it did not open): not the app's to close */
             pthread_mutex_unlock(&kbp_lock);
@@ -309,8 +334,12 @@ static int next_dgram(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
         if (s->bhead != s->btail) {
             struct kbp_dgram *d = &s->backlog[s->bhead % KBP_BACKLOG];
             *g = *d;
-            memcpy(buf, d->data, d->len < len ? d->len : len);
-            if (!(flags & MSG_PEEK)) s->bhead++;
+            memcpy(buf, d->big ? d->big : d->data, d->len < len ? d->len : len);
+            if (!(flags & MSG_PEEK)) {
+                free(d->big);
+                d->big = NULL;
+                s->bhead++;
+            }
             return 1;
         }
         if (kbp_iface_pump(s->ifc, (flags & MSG_PEEK) ? NULL : s, buf, len, g)) return 1;
@@ -381,6 +410,7 @@ static ssize_t rx_one(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
 
 ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from, socklen_t *fromlen) {
     kbp_init_libc();
+    kbp_flush_before(fd); /* a send followed by a receive: the send's frame goes now (ping-pong) */
     struct kbp_sock *s = kbp_get(fd);
     struct kbp_dgram g;
     ssize_t r = s && s->accel ? rx_one(s, fd, buf, len, flags, &g) : -2;
@@ -394,6 +424,7 @@ ssize_t recv(int fd, void *buf, size_t len, int flags) { return recvfrom(fd, buf
 
 ssize_t read(int fd, void *buf, size_t len) {
     kbp_init_libc();
+    kbp_flush_before(fd);
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->accel) return kbp_real.read(fd, buf, len);
     return recvfrom(fd, buf, len, 0, NULL, NULL);
@@ -426,27 +457,35 @@ static void put_timestamp(struct msghdr *m, const struct kbp_sock *s, uint64_t n
 
 ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
     kbp_init_libc();
+    kbp_flush_before(fd);
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->accel) return kbp_real.recvmsg(fd, m, flags);
-    uint8_t tmp[KBP_FRAME_SIZE];
+    static __thread uint8_t *tmp; /* a whole datagram (a jumbo one too), then spread over the iovecs */
+    if (!tmp && !(tmp = malloc(KBP_MAX_DGRAM))) return kbp_real.recvmsg(fd, m, flags);
     struct kbp_dgram g;
-    ssize_t r = rx_one(s, fd, tmp, sizeof(tmp), flags, &g);
+    ssize_t r = rx_one(s, fd, tmp, KBP_MAX_DGRAM, flags, &g);
     if (r == -2) return kbp_real.recvmsg(fd, m, flags);
     if (r < 0) return r;
-    size_t off = 0;
-    for (size_t i = 0; i < m->msg_iovlen && off < g.len; i++) {
-        size_t k = g.len - off < m->msg_iov[i].iov_len ? g.len - off : m->msg_iov[i].iov_len;
+    size_t off = 0, have = g.len < KBP_MAX_DGRAM ? g.len : KBP_MAX_DGRAM;
+    for (size_t i = 0; i < m->msg_iovlen && off < have; i++) {
+        size_t k = have - off < m->msg_iov[i].iov_len ? have - off : m->msg_iov[i].iov_len;
         memcpy(m->msg_iov[i].iov_base, tmp + off, k);
         off += k;
     }
     m->msg_flags = off < g.len ? MSG_TRUNC : 0;
     fill_name(m->msg_name, &m->msg_namelen, &g);
+    if (!g.ts_ns) { /* taken before the app asked for stamps */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        g.ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    }
     put_timestamp(m, s, g.ts_ns);
     return (flags & MSG_TRUNC) ? (ssize_t)g.len : (ssize_t)off;
 }
 
 int recvmmsg(int fd, struct mmsghdr *v, unsigned n, int flags, struct timespec *timeout) {
     kbp_init_libc();
+    kbp_flush_before(fd);
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->accel) return kbp_real.recvmmsg(fd, v, n, flags, timeout);
     unsigned got = 0;

@@ -471,3 +471,54 @@ def test_an_unprivileged_app_kept_out_by_a_root_only_control_plane_warns_once(ho
     assert out.returncode == 0 and "bound" in out.stdout, out.stderr
     (line,) = out.stderr.splitlines()
     assert "cannot reach the control plane" in line and "Permission denied" in line and "kernel sockets" in line
+
+
+BURST_THEN_SLEEP = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7050))
+s.sendto(b"warm", (sys.argv[2], 7051))  # the next hop gets known (this one may go through the kernel)
+time.sleep(0.3)
+print("sending", flush=True)
+for i in range(int(sys.argv[3])):
+    s.sendto(b"burst%05d" % i, (sys.argv[2], 7051))
+time.sleep(30)  # clock_nanosleep: a call the shim does not see
+"""
+
+
+def _burst_to_kernel_peer(hosts, then: str, counters: bool = False) -> None:
+    """The app sends a warm-up datagram, then K in a burst, then `then` (python): the kernel peer in host b
+    gets all K, in order, while the app is still in `then` (counters: and they went through the rings)."""
+    a, b = hosts
+    k = 100
+    code = ("import socket, sys, time\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7051)); s.settimeout(20)\n"
+            "got = [s.recv(100) for _ in range(int(sys.argv[2]) + 1)][1:]\n"
+            "print(' '.join(g.decode() for g in got), flush=True)\n")
+    rx = subprocess.Popen(in_ns(b, sys.executable, "-c", code, b.ipv4, str(k)), stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    # every send after the first counts as the burst's (however slow a busy machine makes Python)
+    app = run_app(a, sys.executable, "-c", BURST_THEN_SLEEP.replace("time.sleep(30)", then), a.ipv4, b.ipv4,
+                  str(k), env={**os.environ, "KBYPASS_TX_BURST_US": "10000000"})
+    try:
+        wait_for(lambda: "sending" in app.stdout.readline(), what="the burst")
+        out, _ = rx.communicate(timeout=10)
+        assert out.split() == ["burst%05d" % i for i in range(k)]
+        assert app.poll() is None  # still in `then`: nothing the app did later sent them
+        if counters:
+            (s,) = sockets_of(a, 7050)
+            assert s["tx"] >= k and s["tx_kernel"] <= 1  # the burst through the rings
+    finally:
+        rx.kill()
+        stop(app)
+
+
+def test_a_burst_then_an_exec_reaches_the_kernel_peer(hosts):
+    """exec takes the flusher and the rings away: the exec family flushes first (kbp_exec.c)."""
+    _burst_to_kernel_peer(hosts, "import os; os.execv('/bin/sleep', ['sleep', '30'])")
+
+
+def test_a_burst_then_a_sleep_reaches_the_kernel_peer_within_the_flush_bound(hosts):
+    """Sends in a burst leave their kick to a batch (kbp_iface_send); the app then sleeps in a call the shim
+    does not see: the flusher thread still gets every datagram out (TX_FLUSH_NS, 0.2 ms), long before the
+    app wakes. K = 100 is not a multiple of the batch (32), so a tail waits for the flusher."""
+    _burst_to_kernel_peer(hosts, "time.sleep(30)", counters=True)
