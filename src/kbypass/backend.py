@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -89,10 +90,37 @@ def native_module(name: str):
     if pure_python():
         raise NativeMissing(f"{mod} is switched off by KBYPASS_PURE_PYTHON=1: unset it, or use the python lane")
     try:
-        return importlib.import_module(mod)
+        module = importlib.import_module(mod)
     except ImportError as e:
         raise NativeMissing(f"the C module {mod} is not built ({e}): run 'make setup' (it needs gcc, python3-dev "
                             "and libisal-dev), or use the python lane (--lane python)") from None
+    stale = _stale_source(module)
+    if stale:
+        raise NativeMissing(f"the C module {mod} is older than {stale}, which it is built from (shared structs such "
+                            "as the port's counters may have changed): run 'make setup' to rebuild it")
+    return module
+
+
+_SOURCES = Path(__file__).resolve().parents[2] / "csrc"  # an editable tree's C sources; absent when installed
+_stale_checked: dict[str, str | None] = {}
+
+
+def _stale_source(module) -> str | None:
+    """A source the C module is built from (the Makefile's prerequisites: csrc/<name>.c, csrc/*.h, csrc/core/*)
+    that is newer than the module, or None. After a pull that changed a shared struct, a module not yet rebuilt
+    reads the wrong layout (a counters buffer of the wrong size, fields at other offsets): say so, once."""
+    path = getattr(module, "__file__", None) or ""
+    if path in _stale_checked:
+        return _stale_checked[path]
+    found = None
+    name = Path(path).name.split(".")[0].lstrip("_")  # _fastlane.cpython-311-x86_64-linux-gnu.so -> fastlane
+    if path and _SOURCES.is_dir():
+        built = os.stat(path).st_mtime
+        sources = [_SOURCES / f"{name}.c", *_SOURCES.glob("*.h"), *(_SOURCES / "core").glob("*")]
+        newer = [p for p in sources if p.is_file() and p.stat().st_mtime > built]
+        found = str(max(newer, key=lambda p: p.stat().st_mtime).relative_to(_SOURCES.parent)) if newer else None
+    _stale_checked[path] = found
+    return found
 
 
 def missing() -> dict[str, str]:
@@ -100,9 +128,12 @@ def missing() -> dict[str, str]:
     out = {}
     for mod in MODULES.values():
         try:
-            importlib.import_module(mod)
+            stale = _stale_source(importlib.import_module(mod))
         except ImportError as e:
             out[mod] = str(e)
+        else:
+            if stale:
+                out[mod] = f"older than {stale}: run 'make setup'"
     return out
 
 

@@ -17,6 +17,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -115,6 +116,30 @@ def test_a_missing_native_part_fails_with_the_fix(monkeypatch):
     assert backend.batch("python") is backend.PY_BATCH
     with pytest.raises(backend.KbypassError, match="unknown lane"):
         backend.select("fortran")
+
+
+def test_a_c_module_older_than_its_sources_is_refused_with_the_fix(monkeypatch, tmp_path):
+    """After a pull that grew a shared struct (the port's counters), a module not yet rebuilt read the wrong
+    layout and every AF_XDP tool died on a ValueError about a buffer size: say "run make setup" instead."""
+    monkeypatch.delenv("KBYPASS_PURE_PYTHON", raising=False)
+    src = tmp_path / "csrc"
+    (src / "core").mkdir(parents=True)
+    so = tmp_path / "_fastlane.cpython-311-x86_64-linux-gnu.so"
+    so.write_bytes(b"")
+    header = src / "core" / "kb_port.h"
+    header.write_text("/* grown */")
+    os.utime(so, (1000, 1000))
+    monkeypatch.setattr(backend, "_SOURCES", src)
+    monkeypatch.setattr(backend, "_stale_checked", {})
+    fake = types.SimpleNamespace(__file__=str(so))
+    assert backend._stale_source(fake) == "csrc/core/kb_port.h"
+    monkeypatch.setattr(backend.importlib, "import_module", lambda name: fake)
+    with pytest.raises(backend.NativeMissing, match=r"older than csrc/core/kb_port.h.*make setup"):
+        backend.native_module("lane")
+    assert "make setup" in backend.missing()["kbypass._fastlane"]
+    monkeypatch.setattr(backend, "_stale_checked", {})
+    os.utime(so, (header.stat().st_mtime + 10,) * 2)  # rebuilt: newer than every source
+    assert backend.native_module("lane") is fake
 
 
 def test_the_environment_switches_every_backend_to_python(monkeypatch):
