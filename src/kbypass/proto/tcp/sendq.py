@@ -8,11 +8,22 @@ Loss marking: bytes in [rexmit_next, lost_high) that are not SACKed are lost and
 recovery sets lost_high to the highest SACKed byte (a hole below SACKed data is lost: RFC 6675's IsLost with
 the reordering allowance of the DupThresh entry test); an RTO sets it to snd_max (everything outstanding).
 The retransmission pointer walks the holes once; pipe = outstanding - SACKed - lost-not-retransmitted.
+
+The scoreboard is bounded, so a peer's SACK blocks cannot make an ACK expensive: at most MAX_SACK_RANGES
+disjoint ranges are kept; a block that would make one more drops the lowest range (the one nearest snd_una).
+SACK information is advisory (RFC 2018 8, RFC 6675 5.1: a sender may discard it), and forgetting a range
+only ever makes its bytes look unSACKed, so the worst outcome is a retransmission the receiver did not need,
+never a hole taken for delivered. Lookups bisect the sorted ranges. A real receiver reports at most a few
+dozen holes (ours keeps 64 out-of-order ranges); a stream of tiny blocks is an attack or a broken peer.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import deque
+
+MAX_SACK_RANGES = 64
+MAX_REXMIT_LOG = 4096
 
 
 class SendQueue:
@@ -23,12 +34,14 @@ class SendQueue:
         self.snd_max = iss  # one past the highest sequence number sent (SYN and FIN included)
         self.sacked: list[tuple[int, int]] = []  # disjoint sorted ranges above snd_una
         self.sacked_bytes = 0
+        self.sack_ranges_dropped = 0  # ranges forgotten for the MAX_SACK_RANGES bound
         self.rexmit_next = iss
         self.lost_high = iss
         # Lost retransmissions (RFC 6675 cannot see them; RACK's idea, by sequence instead of time): each
         # retransmission remembers snd_max when it left; SACKed data above that mark was sent after it, so
         # if the retransmission is still a hole, it was lost too and goes again (instead of waiting an RTO).
-        self.rexmits: list[tuple[int, int, int]] = []  # (seq, end, snd_max when sent)
+        # (seq, end, snd_max when sent), in sending order, so sorted by the mark (snd_max never goes back)
+        self.rexmits: deque[tuple[int, int, int]] = deque()
         self.relost: list[tuple[int, int]] = []  # retransmissions found lost, to send again
 
     @property
@@ -56,13 +69,18 @@ class SendQueue:
         if drop > 0:
             del self.buf[:drop]
             self.data_start += drop
-        while self.sacked and self.sacked[0][1] <= ack:
-            s, e = self.sacked.pop(0)
-            self.sacked_bytes -= e - s
-        if self.sacked and self.sacked[0][0] < ack:
-            s, e = self.sacked[0]
-            self.sacked[0] = (ack, e)
-            self.sacked_bytes -= ack - s
+        ranges = self.sacked
+        if ranges and ranges[0][0] < ack:
+            k = bisect.bisect_left(ranges, (ack + 1,))  # ranges starting at or below ack: wholly or partly acked
+            for s, e in ranges[:k]:
+                self.sacked_bytes -= min(e, ack) - s
+            if ranges[k - 1][1] > ack:  # the last of them reaches above ack: keep its rest
+                ranges[k - 1] = (ack, ranges[k - 1][1])
+                k -= 1
+            del ranges[:k]
+        rexmits = self.rexmits
+        while rexmits and rexmits[0][1] <= ack:  # arrived (the log is in mark order: a cheap trim at the front)
+            rexmits.popleft()
         self.rexmit_next = max(self.rexmit_next, ack)
 
     def sack(self, left: int, right: int) -> bool:
@@ -86,6 +104,12 @@ class SendQueue:
         ranges[i:j] = [(new_l, new_r)]
         added = (new_r - new_l) - covered
         self.sacked_bytes += added
+        if len(ranges) > MAX_SACK_RANGES:  # bounded: forget the lowest range (see the module docstring)
+            s, e = ranges.pop(0)
+            self.sacked_bytes -= e - s
+            self.sack_ranges_dropped += 1
+            if s == new_l:
+                return False
         return added > 0
 
     @property
@@ -93,13 +117,16 @@ class SendQueue:
         return self.sacked[-1][1] if self.sacked else self.snd_una
 
     def sacked_between(self, a: int, b: int) -> int:
-        n = 0
-        for s, e in self.sacked:
-            if e <= a:
-                continue
+        ranges, n = self.sacked, 0
+        i = bisect.bisect_left(ranges, (a + 1,))
+        if i:
+            i -= 1  # the range starting at or below a may reach into [a, b)
+        for k in range(i, len(ranges)):
+            s, e = ranges[k]
             if s >= b:
                 break
-            n += min(e, b) - max(s, a)
+            if e > a:
+                n += min(e, b) - max(s, a)
         return n
 
     def mark_lost(self, upto: int, restart: bool = False) -> None:
@@ -116,19 +143,18 @@ class SendQueue:
         self.relost.clear()
 
     def note_rexmit(self, seq: int, end: int) -> None:
-        if len(self.rexmits) < 4096:  # bounded: beyond this, lost retransmissions fall back to the RTO
+        if len(self.rexmits) < MAX_REXMIT_LOG:  # bounded: beyond this, lost retransmissions fall back to the RTO
             self.rexmits.append((seq, end, self.snd_max))
 
     def find_lost_rexmits(self) -> None:
-        hs, keep = self.high_sacked, []
-        for seq, end, mark in self.rexmits:
+        """Move the logged retransmissions that SACKed data sent after them proves lost to `relost`. The log
+        is in mark order, so only its front can qualify: each entry is looked at once, not once per ACK."""
+        hs, rexmits = self.high_sacked, self.rexmits
+        while rexmits and rexmits[0][2] < hs:
+            seq, end, _mark = rexmits.popleft()
             if end <= self.snd_una or self.sacked_between(seq, end) == end - seq:
                 continue  # it arrived
-            if hs > mark:
-                self.relost.append((max(seq, self.snd_una), end))
-            else:
-                keep.append((seq, end, mark))
-        self.rexmits = keep
+            self.relost.append((max(seq, self.snd_una), end))
 
     def next_relost(self, mss: int) -> tuple[int, int] | None:
         """(seq, length) of the next lost retransmission to send again, or None."""
