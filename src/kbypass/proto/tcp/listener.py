@@ -17,7 +17,13 @@ from dataclasses import dataclass
 
 from .config import TcpConfig
 from .connection import TcpConnection
-from .isn import COOKIE_PERIOD, IsnGenerator, cookie_options, cookie_tsval, default_generator
+from .isn import (
+    COOKIE_PERIOD,
+    IsnGenerator,
+    cookie_options,
+    cookie_tsval,
+    default_generator,
+)
 from .segment import ACK, RST, SYN, Options, Segment
 from .states import State
 
