@@ -38,6 +38,7 @@ def test_a_stream_of_tiny_sack_blocks_keeps_the_scoreboard_bounded():
         conn.segments_to_send(0.03)
         most = max(most, len(sq.sacked))
         assert sq.sacked_bytes == sum(b - a for a, b in sq.sacked)
+        assert sq.relost_bytes == sum(b - a for a, b in sq.relost) and all(a >= sq.snd_una for a, _ in sq.relost)
     assert most <= MAX_SACK_RANGES and sq.sack_ranges_dropped > 0
     assert all(a < b < c for (a, b), (c, _) in zip(sq.sacked, sq.sacked[1:]))
 
@@ -52,6 +53,22 @@ def test_forgetting_a_range_never_takes_a_hole_for_delivered():
     assert sq.sacked_between(1, 101) == 0  # their bytes now count as not SACKed: resent if lost, never skipped
     sq.acked(1 + 10 * 20 + 7)  # a cumulative ACK into a range trims it
     assert sq.sacked[0] == (208, 211) and sq.sacked_bytes == sum(b - a for a, b in sq.sacked)
+
+
+def test_sacked_between_agrees_with_counting_byte_by_byte():
+    rng = random.Random(3)
+    sq = SendQueue(0)
+    sq.append(bytes(3000))
+    sq.snd_max = 3001
+    for step in range(3000):
+        if step % 97 == 96:
+            sq.acked(min(sq.snd_una + rng.randrange(60), 3001))
+        a = rng.randrange(1, 3000)
+        sq.sack(a, a + rng.randrange(1, 40))
+        marked = {x for s, e in sq.sacked for x in range(s, e)}
+        lo = rng.randrange(0, 3001)
+        hi = lo + rng.randrange(0, 300)
+        assert sq.sacked_between(lo, hi) == sum(lo <= x < hi for x in marked)
 
 
 def test_finding_lost_retransmissions_looks_at_each_logged_one_once():

@@ -20,6 +20,7 @@ dozen holes (ours keeps 64 out-of-order ranges); a stream of tiny blocks is an a
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import deque
 
 MAX_SACK_RANGES = 64
@@ -34,6 +35,7 @@ class SendQueue:
         self.snd_max = iss  # one past the highest sequence number sent (SYN and FIN included)
         self.sacked: list[tuple[int, int]] = []  # disjoint sorted ranges above snd_una
         self.sacked_bytes = 0
+        self._cum: list[int] | None = []  # running totals of the ranges' lengths (None: to rebuild)
         self.sack_ranges_dropped = 0  # ranges forgotten for the MAX_SACK_RANGES bound
         self.rexmit_next = iss
         self.lost_high = iss
@@ -42,7 +44,10 @@ class SendQueue:
         # if the retransmission is still a hole, it was lost too and goes again (instead of waiting an RTO).
         # (seq, end, snd_max when sent), in sending order, so sorted by the mark (snd_max never goes back)
         self.rexmits: deque[tuple[int, int, int]] = deque()
-        self.relost: list[tuple[int, int]] = []  # retransmissions found lost, to send again
+        # retransmissions found lost, to send again: sorted by seq, all at or above snd_una (acked() clips them),
+        # with their total kept so pipe() costs no walk
+        self.relost: list[tuple[int, int]] = []
+        self.relost_bytes = 0
 
     @property
     def data_end(self) -> int:
@@ -71,6 +76,7 @@ class SendQueue:
             self.data_start += drop
         ranges = self.sacked
         if ranges and ranges[0][0] < ack:
+            self._cum = None
             k = bisect.bisect_left(ranges, (ack + 1,))  # ranges starting at or below ack: wholly or partly acked
             for s, e in ranges[:k]:
                 self.sacked_bytes -= min(e, ack) - s
@@ -78,6 +84,13 @@ class SendQueue:
                 ranges[k - 1] = (ack, ranges[k - 1][1])
                 k -= 1
             del ranges[:k]
+        relost = self.relost
+        while relost and relost[0][0] < ack:  # sorted by seq: the entries reaching below ack are a prefix
+            s, e = relost.pop(0)
+            self.relost_bytes -= e - s
+            if e > ack:
+                bisect.insort(relost, (ack, e))
+                self.relost_bytes += e - ack
         rexmits = self.rexmits
         while rexmits and rexmits[0][1] <= ack:  # arrived (the log is in mark order: a cheap trim at the front)
             rexmits.popleft()
@@ -102,6 +115,7 @@ class SendQueue:
             new_l, new_r = min(new_l, s), max(new_r, e)
             j += 1
         ranges[i:j] = [(new_l, new_r)]
+        self._cum = None
         added = (new_r - new_l) - covered
         self.sacked_bytes += added
         if len(ranges) > MAX_SACK_RANGES:  # bounded: forget the lowest range (see the module docstring)
@@ -117,17 +131,18 @@ class SendQueue:
         return self.sacked[-1][1] if self.sacked else self.snd_una
 
     def sacked_between(self, a: int, b: int) -> int:
-        ranges, n = self.sacked, 0
-        i = bisect.bisect_left(ranges, (a + 1,))
-        if i:
-            i -= 1  # the range starting at or below a may reach into [a, b)
-        for k in range(i, len(ranges)):
-            s, e = ranges[k]
-            if s >= b:
-                break
-            if e > a:
-                n += min(e, b) - max(s, a)
-        return n
+        """SACKed bytes in [a, b): two bisections and the running totals, whatever the span."""
+        ranges = self.sacked
+        i = bisect.bisect_left(ranges, (a + 1,))  # ranges[:i] start at or below a
+        if i and ranges[i - 1][1] > a:
+            i -= 1  # the one starting at or below a reaches into [a, b)
+        j = bisect.bisect_left(ranges, (b,))  # ranges[:j] start below b
+        if j <= i:
+            return 0
+        cum = self._cum
+        if cum is None:
+            cum = self._cum = list(itertools.accumulate((e - s for s, e in ranges), initial=0))
+        return cum[j] - cum[i] - max(0, a - ranges[i][0]) - max(0, ranges[j - 1][1] - b)
 
     def mark_lost(self, upto: int, restart: bool = False) -> None:
         """Bytes below `upto` not SACKed are lost. `restart` (a new loss episode) walks them from snd_una."""
@@ -138,9 +153,11 @@ class SendQueue:
     def clear_sacks(self) -> None:
         """After an RTO: forget the SACK scoreboard (RFC 2018 8) and the retransmission log."""
         self.sacked.clear()
+        self._cum = []
         self.sacked_bytes = 0
         self.rexmits.clear()
         self.relost.clear()
+        self.relost_bytes = 0
 
     def note_rexmit(self, seq: int, end: int) -> None:
         if len(self.rexmits) < MAX_REXMIT_LOG:  # bounded: beyond this, lost retransmissions fall back to the RTO
@@ -154,27 +171,25 @@ class SendQueue:
             seq, end, _mark = rexmits.popleft()
             if end <= self.snd_una or self.sacked_between(seq, end) == end - seq:
                 continue  # it arrived
-            self.relost.append((max(seq, self.snd_una), end))
+            seq = max(seq, self.snd_una)
+            bisect.insort(self.relost, (seq, end))
+            self.relost_bytes += end - seq
 
     def next_relost(self, mss: int) -> tuple[int, int] | None:
         """(seq, length) of the next lost retransmission to send again, or None."""
-        while self.relost:
-            seq, end = self.relost[0]
-            seq = max(seq, self.snd_una)
-            for s, e in self.sacked:  # skip what got SACKed meanwhile
-                if s <= seq < e:
-                    seq = e
-            if seq >= end:
-                self.relost.pop(0)
-                continue
+        relost, ranges = self.relost, self.sacked
+        while relost:
+            seq, end = relost.pop(0)
+            self.relost_bytes -= end - seq
+            k = bisect.bisect_left(ranges, (seq + 1,)) - 1  # skip what got SACKed meanwhile (ranges never touch)
+            if k >= 0 and ranges[k][1] > seq:
+                seq = ranges[k][1]
             n = min(mss, end - seq, self.data_end - seq)
             if n <= 0:
-                self.relost.pop(0)
                 continue
-            if seq + n >= end:
-                self.relost.pop(0)
-            else:
-                self.relost[0] = (seq + n, end)
+            if seq + n < end:
+                relost.insert(0, (seq + n, end))
+                self.relost_bytes += end - seq - n
             return seq, n
         return None
 
@@ -188,8 +203,7 @@ class SendQueue:
         """RFC 6675 pipe: bytes believed in the network."""
         if not self.sacked and self.rexmit_next >= self.lost_high and not self.relost:
             return self.snd_max - self.snd_una  # the common case: nothing SACKed or marked lost
-        relost = sum(e - max(s, self.snd_una) for s, e in self.relost if e > self.snd_una) if self.relost else 0
-        return (self.snd_max - self.snd_una) - self.sacked_bytes - self.lost_unsent() - relost
+        return (self.snd_max - self.snd_una) - self.sacked_bytes - self.lost_unsent() - self.relost_bytes
 
     def next_hole(self, mss: int) -> tuple[int, int] | None:
         """(seq, length) of the next lost range to retransmit, at most `mss`, advancing nothing."""
