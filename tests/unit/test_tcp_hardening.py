@@ -190,7 +190,6 @@ def test_a_connection_from_a_cookie_has_sent_its_syn_ack_and_waits_for_the_ack()
 
 def _syn_tsval(iss, rport, gen=None):
     conn = TcpConnection(("10.0.0.1", 40000), ("10.0.0.2", rport), 5.0, iss, tcp.TcpConfig(), gen)
-    conn.config = tcp.TcpConfig()
     return conn._tsval(5.0)
 
 
