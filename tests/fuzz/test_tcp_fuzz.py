@@ -105,6 +105,7 @@ def check(conn, history):
         assert prev <= a < b <= sq.snd_max
         prev = b
     assert sq.sacked_bytes == sum(b - a for a, b in sq.sacked)
+    assert sq.relost_bytes == sum(b - a for a, b in sq.relost) and all(a >= sq.snd_una for a, _ in sq.relost)
     if conn.rq is not None:
         assert conn.rq.rcv_nxt in (conn.rcv_nxt, conn.rcv_nxt - 1) and conn.rq.ooo_bytes <= conn.config.recv_buffer
     if conn.state in SYNCHRONIZED and conn.state is not tcp.State.TIME_WAIT:

@@ -22,7 +22,7 @@ from .errors import (
     TcpTimeoutError,
     TcpUsageError,
 )
-from .isn import default_generator, ts_offset
+from .isn import IsnGenerator, default_generator
 from .output import Output
 from .recvq import Reassembly
 from .segment import ACK, FIN, RST, SYN, Segment
@@ -62,7 +62,7 @@ class TcpConnection(Output):
     `abort`, `next_event`) put `segments_to_send(now)` on the wire and sleep until `next_timer()`."""
 
     def __init__(self, local: tuple[str, int], remote: tuple[str, int], now: float, iss: int,
-                 config: TcpConfig | None = None) -> None:
+                 config: TcpConfig | None = None, isn: IsnGenerator | None = None) -> None:
         self.config = cfg = config or TcpConfig()
         self.local, self.remote = local, remote
         self.state = State.CLOSED
@@ -78,7 +78,8 @@ class TcpConnection(Output):
         self.snd_wscale = self.rcv_wscale = 0
         self.sack_ok = self.ts_ok = self.wscale_ok = False
         self.ts_recent = 0
-        self._ts_offset = ts_offset(self.iss)  # RFC 7323 5.4: a per-connection offset
+        # RFC 7323 5.4: a per-connection offset, from the 4-tuple (isn.py), not from the ISN
+        self._ts_offset = (isn or default_generator()).ts_offset(local[0], local[1], remote[0], remote[1])
         self.rtt = RttEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto)
         self.cc = make_controller(cfg.congestion, DEFAULT_MSS, cfg.initial_cwnd)
         self.stats = TcpStats()
@@ -126,21 +127,33 @@ class TcpConnection(Output):
     def connect(cls, local: tuple[str, int], remote: tuple[str, int], now: float,
                 config: TcpConfig | None = None, iss: int | None = None) -> TcpConnection:
         """Active open: the SYN is in the next `segments_to_send(now)`."""
+        gen = default_generator()
         if iss is None:
-            iss = default_generator().isn(local[0], local[1], remote[0], remote[1], now)
-        conn = cls(local, remote, now, iss, config)
+            iss = gen.isn(local[0], local[1], remote[0], remote[1], now)
+        conn = cls(local, remote, now, iss, config, gen)
         conn._go(Input.OPEN)
         conn._syn_due = True
         return conn
 
     @classmethod
     def from_syn(cls, local: tuple[str, int], remote: tuple[str, int], syn: Segment, now: float, iss: int,
-                 config: TcpConfig | None = None) -> TcpConnection:
+                 config: TcpConfig | None = None, isn: IsnGenerator | None = None) -> TcpConnection:
         """Passive open (for TcpListener): the SYN-ACK is in the next `segments_to_send(now)`."""
-        conn = cls(local, remote, now, iss, config)
+        conn = cls(local, remote, now, iss, config, isn)
         conn._take_syn(syn, syn.seq)
         conn._go(Input.PEER_SYN)
         conn._syn_due = True
+        return conn
+
+    @classmethod
+    def from_cookie(cls, local: tuple[str, int], remote: tuple[str, int], syn: Segment, now: float, cookie: int,
+                    config: TcpConfig | None = None, isn: IsnGenerator | None = None) -> TcpConnection:
+        """Passive open whose SYN-ACK already went out statelessly (a SYN cookie, TcpListener): `syn` is the
+        SYN the cookie stands for, rebuilt; the connection waits in SYN_RCVD for the handshake's ACK."""
+        conn = cls(local, remote, now, cookie, config, isn)
+        conn._take_syn(syn, syn.seq)
+        conn._go(Input.PEER_SYN)
+        conn.sq.snd_max = conn.iss + 1  # our SYN was sent (nothing to send again, nothing timed)
         return conn
 
     # ------------------------------------------------------------------ the application's API

@@ -40,6 +40,13 @@ class IsnGenerator:
     def isn(self, local_ip, local_port: int, remote_ip, remote_port: int, now: float) -> int:
         return (int(now * 250_000) + self._hash(_four_tuple(local_ip, local_port, remote_ip, remote_port))) & MASK
 
+    def ts_offset(self, local_ip, local_port: int, remote_ip, remote_port: int) -> int:
+        """The per-connection TSval offset (RFC 7323 5.4): a keyed hash of the 4-tuple, unrelated to the ISN
+        (an offset derived from the ISN would give away the ISN clock to anyone who sees our timestamps).
+        One 4-tuple keeps its offset across connections, so its timestamps keep growing (PAWS on reuse), and
+        a cookie SYN-ACK (sent with no connection state) and the connection built from it agree."""
+        return self._hash(b"tsoff" + _four_tuple(local_ip, local_port, remote_ip, remote_port))
+
     def make_cookie(self, local_ip, local_port: int, remote_ip, remote_port: int, peer_isn: int,
                     peer_mss: int, now: float) -> tuple[int, int]:
         """(cookie, the MSS it encodes)."""
@@ -76,20 +83,14 @@ def default_generator() -> IsnGenerator:
     return _default
 
 
-def ts_offset(iss: int) -> int:
-    """The per-connection TSval offset (RFC 7323 5.4), derived from the ISN so a cookie SYN-ACK (sent before
-    the connection exists) and the connection agree on it."""
-    return (iss * 2654435761) & MASK
-
-
 NO_WSCALE = 0xF
 SACK_BIT = 0x10
 
 
-def cookie_tsval(now: float, iss: int, wscale: int | None, sack: bool) -> int:
+def cookie_tsval(now: float, offset: int, wscale: int | None, sack: bool) -> int:
     """Our TSval for a cookie SYN-ACK with the options agreed in its low 6 bits, never ahead of the clock
     the connection will use (the peer's PAWS would drop our next segments)."""
-    base = (int(now * 1000) + ts_offset(iss)) & MASK
+    base = (int(now * 1000) + offset) & MASK
     val = (base & ~0x3F) | (NO_WSCALE if wscale is None else wscale) | (SACK_BIT if sack else 0)
     return (val - 64) & MASK if val > base else val
 

@@ -5,6 +5,10 @@ or drops them, and hands back a TcpConnection once the handshake's ACK arrives.
 Only segments for a 4-tuple that has no established connection come here: the endpoint looks its
 connections up first. Memory is bounded under a SYN flood: the half-open table is capped and cookies keep
 no state.
+
+A cookie ACK is only checked within 2 * COOKIE_PERIOD of the last cookie we sent (Linux's
+tcp_synq_no_recent_overflow): a cookie's hash has 24 bits and its time bits are known, so on a listener that
+never sent one a blind spoofer could otherwise guess its way into a connection (2^24 ACKs: minutes).
 """
 
 from __future__ import annotations
@@ -13,7 +17,13 @@ from dataclasses import dataclass
 
 from .config import TcpConfig
 from .connection import TcpConnection
-from .isn import IsnGenerator, cookie_options, cookie_tsval, default_generator
+from .isn import (
+    COOKIE_PERIOD,
+    IsnGenerator,
+    cookie_options,
+    cookie_tsval,
+    default_generator,
+)
 from .segment import ACK, RST, SYN, Options, Segment
 from .states import State
 
@@ -48,6 +58,7 @@ class TcpListener:
         self.config = config or TcpConfig()
         self.isn = isn or default_generator()
         self.half_open: dict[tuple[str, int], TcpConnection] = {}
+        self._cookie_sent_at: float | None = None  # when we last answered a SYN with a cookie
         self.stats = ListenerStats()
 
     def receive(self, seg: Segment, remote_ip: str, now: float) -> tuple[list[Segment], TcpConnection | None]:
@@ -82,7 +93,7 @@ class TcpListener:
         lip, lport, rport = self.local_ip, self.local_port, seg.src_port
         if len(self.half_open) < self.config.syn_backlog:
             iss = self.isn.isn(lip, lport, remote_ip, rport, now)
-            conn = TcpConnection.from_syn((lip, lport), key, seg, now, iss, self.config)
+            conn = TcpConnection.from_syn((lip, lport), key, seg, now, iss, self.config, self.isn)
             self.half_open[key] = conn
             return conn.segments_to_send(now), None
         if not self.config.syn_cookies:
@@ -91,16 +102,21 @@ class TcpListener:
         cfg, o = self.config, seg.options
         cookie, _mss = self.isn.make_cookie(lip, lport, remote_ip, rport, seg.seq, o.mss or 536, now)
         self.stats.cookies_sent += 1
+        self._cookie_sent_at = now
         opts = Options(mss=cfg.mss)
         if cfg.timestamps and o.timestamps is not None:  # keep what we agree on in our TSval (isn.py)
             wscale = o.wscale if cfg.window_scaling else None
             sack = cfg.sack and o.sack_permitted
             opts = Options(mss=cfg.mss, wscale=cfg.rcv_wscale if wscale is not None else None, sack_permitted=sack,
-                           timestamps=(cookie_tsval(now, cookie, wscale, sack), o.timestamps[0]))
+                           timestamps=(cookie_tsval(now, self.isn.ts_offset(lip, lport, remote_ip, rport), wscale, sack),
+                                       o.timestamps[0]))
         return [Segment(lport, rport, cookie, (seg.seq + 1) & MASK, SYN | ACK, min(cfg.recv_buffer, 0xFFFF),
                         opts)], None
 
     def _from_cookie(self, seg: Segment, remote_ip: str, now: float) -> TcpConnection | None:
+        if self._cookie_sent_at is None or now - self._cookie_sent_at > 2 * COOKIE_PERIOD:
+            self.stats.cookies_rejected += 1
+            return None  # no cookie out lately: this ACK cannot be answering one
         peer_isn, cookie = (seg.seq - 1) & MASK, (seg.ack - 1) & MASK
         mss = self.isn.check_cookie(self.local_ip, self.local_port, remote_ip, seg.src_port, peer_isn, cookie, now)
         if mss is None:
@@ -113,10 +129,8 @@ class TcpListener:
             wscale, sack = cookie_options(ts[1])
             opts = Options(mss=mss, wscale=wscale, sack_permitted=sack, timestamps=(ts[0], 0))
         syn = Segment(seg.src_port, self.local_port, peer_isn, 0, SYN, seg.window, opts)
-        conn = TcpConnection.from_syn((self.local_ip, self.local_port), (remote_ip, seg.src_port), syn, now, cookie,
-                                      self.config)
-        conn._syn_due = False  # our SYN-ACK went out already, statelessly
-        conn.sq.snd_max = conn.iss + 1
+        conn = TcpConnection.from_cookie((self.local_ip, self.local_port), (remote_ip, seg.src_port), syn, now,
+                                         cookie, self.config, self.isn)
         conn.receive(seg, now)
         if conn.state is State.SYN_RCVD or conn.state is State.CLOSED:
             self.stats.cookies_rejected += 1

@@ -3,6 +3,12 @@ overlapping, duplicated. Memory is bounded: the connection trims every segment t
 it gets here (so at most a window of bytes is held) and at most `max_ranges` separate out-of-order ranges
 are kept (a segment that would make one more is dropped; the sender retransmits it).
 
+Each held range is a list of chunks, joined only when it is delivered in order: a segment that extends or
+joins ranges costs the bytes it brings (plus a bounded tail copy), never a rebuild of what is already held,
+so an attacker trickling 1-byte segments onto a large range gets no leverage. Chunks smaller than SMALL are
+coalesced with a small neighbour, so no two adjacent chunks are both small: a range of n bytes holds at most
+2n/SMALL + 1 chunks, whatever sizes the segments had (bounded per-object overhead as well as bytes).
+
 Sequence numbers are absolute (see seqnum.py).
 """
 
@@ -10,13 +16,37 @@ from __future__ import annotations
 
 import bisect
 
+SMALL = 2048
+
+
+def _push(chunks: list, piece) -> None:
+    """Append `piece` (copied: a payload may be a view of a reused buffer) to a range's chunk list."""
+    if not piece:
+        return
+    last = chunks[-1] if chunks else None
+    if last is not None and type(last) is bytearray and len(last) < SMALL and len(piece) < SMALL:
+        last += piece  # small after small: one chunk (copies at most 2 * SMALL bytes)
+    elif len(piece) < SMALL:
+        chunks.append(bytearray(piece))
+    else:
+        chunks.append(bytes(piece))
+
+
+def _extend(chunks: list, more: list) -> None:
+    """Append another range's chunk list (the same objects: no byte copy beyond one small boundary)."""
+    if more and chunks and type(more[0]) is bytearray and len(more[0]) < SMALL:
+        _push(chunks, more[0])
+        more = more[1:]
+    chunks.extend(more)
+
 
 class Reassembly:
     def __init__(self, rcv_nxt: int, max_ranges: int = 64) -> None:
         self.rcv_nxt = rcv_nxt
         self.max_ranges = max_ranges
         self._starts: list[int] = []  # sorted starts of the out-of-order ranges (disjoint, not adjacent)
-        self._data: list[bytearray] = []  # their bytes
+        self._chunks: list[list] = []  # each range's bytes, as a list of chunks (see above)
+        self._lens: list[int] = []  # each range's length
         self._recent: list[int] = []  # starts of ranges most recently changed, newest first (SACK order)
         self.ooo_bytes = 0
         self.dropped = 0  # segments dropped for the range limit
@@ -44,39 +74,62 @@ class Reassembly:
     def _pull(self, out: bytearray) -> None:
         """Append ranges now contiguous with rcv_nxt (or overlapping it) to `out`."""
         while self._starts and self._starts[0] <= self.rcv_nxt:
-            start, buf = self._starts.pop(0), self._data.pop(0)
-            self.ooo_bytes -= len(buf)
+            start, chunks, n = self._starts.pop(0), self._chunks.pop(0), self._lens.pop(0)
+            self.ooo_bytes -= n
             self._forget(start)
             skip = self.rcv_nxt - start
-            if skip < len(buf):
-                out += buf[skip:]
-                self.rcv_nxt = start + len(buf)
+            if skip >= n:
+                continue
+            for c in chunks:
+                if skip >= len(c):
+                    skip -= len(c)
+                    continue
+                out += c[skip:] if skip else c
+                skip = 0
+            self.rcv_nxt = start + n
 
     def _insert(self, seq: int, data: bytes) -> None:
         end = seq + len(data)
-        i = bisect.bisect_left(self._starts, seq)
+        starts, lens = self._starts, self._lens
+        i = bisect.bisect_left(starts, seq)
         # merge with a predecessor that overlaps or touches
-        if i > 0 and self._starts[i - 1] + len(self._data[i - 1]) >= seq:
+        if i > 0 and starts[i - 1] + lens[i - 1] >= seq:
             i -= 1
         j = i
-        new_start, new_end = seq, end
-        while j < len(self._starts) and self._starts[j] <= new_end:
-            new_start = min(new_start, self._starts[j])
-            new_end = max(new_end, self._starts[j] + len(self._data[j]))
+        while j < len(starts) and starts[j] <= end:
             j += 1
-        if j == i and len(self._starts) >= self.max_ranges:
+        if j == i and len(starts) >= self.max_ranges:
             self.dropped += 1
             return
-        merged = bytearray(new_end - new_start)
-        for k in range(i, j):  # old bytes first, then the new: either is right (retransmissions are equal)
-            s = self._starts[k] - new_start
-            merged[s:s + len(self._data[k])] = self._data[k]
-            self.ooo_bytes -= len(self._data[k])
-            self._forget(self._starts[k])
-        merged[seq - new_start:end - new_start] = data
-        self._starts[i:j] = [new_start]
-        self._data[i:j] = [merged]
-        self.ooo_bytes += len(merged)
+        # Keep the held bytes and add only the new ones that fill what lies before, between and after the
+        # ranges merged (either copy is right: retransmissions carry the same bytes).
+        view = memoryview(data)
+        if j == i:
+            new_start, chunks = seq, []
+            _push(chunks, view)
+        else:
+            new_start = min(seq, starts[i])
+            chunks = self._chunks[i]
+            if seq < starts[i]:  # new bytes in front of the first range
+                front: list = []
+                _push(front, view[:starts[i] - seq])
+                _extend(front, chunks)
+                chunks = front
+            pos = starts[i] + lens[i]
+            for k in range(i + 1, j):
+                _push(chunks, view[pos - seq:starts[k] - seq])  # the gap between two held ranges
+                _extend(chunks, self._chunks[k])
+                pos = starts[k] + lens[k]
+            if end > pos:
+                _push(chunks, view[pos - seq:])
+        new_end = max(end, starts[j - 1] + lens[j - 1]) if j > i else end
+        for k in range(i, j):
+            self.ooo_bytes -= lens[k]
+            self._forget(starts[k])
+        starts[i:j] = [new_start]
+        self._chunks[i:j] = [chunks]
+        lens[i:j] = [new_end - new_start]
+        self.ooo_bytes += new_end - new_start
         self._recent.insert(0, new_start)
 
     def _forget(self, start: int) -> None:
@@ -96,7 +149,7 @@ class Reassembly:
             recent = recent[skip:] + recent[:skip]
         for start in recent[:limit]:
             k = bisect.bisect_left(self._starts, start)
-            out.append((start, start + len(self._data[k])))
+            out.append((start, start + self._lens[k]))
         return out
 
     @property
@@ -106,4 +159,4 @@ class Reassembly:
     @property
     def highest(self) -> int:
         """One past the highest byte held (rcv_nxt when nothing is out of order)."""
-        return self._starts[-1] + len(self._data[-1]) if self._starts else self.rcv_nxt
+        return self._starts[-1] + self._lens[-1] if self._starts else self.rcv_nxt
