@@ -108,6 +108,7 @@ class TcpHost:
         self._eth_heads: dict[bytes, bytes] = {}  # next-hop MAC -> our 14-byte Ethernet header to it
         self._ident = 0
         self._conns: dict[tuple[bytes, int, int], object] = {}  # (peer ip, peer port, local port) -> TcpSocket
+        self._no_time_wait_until = 0.0  # room(): no TIME_WAIT connection to end before then
         self._listeners: dict[int, object] = {}  # local port -> endpoint.tcp.TcpListener
         self._dirty: set = set()  # sockets with something to send or events to read
         self._timers: list = []  # heap of (when, seq, socket or listener)
@@ -226,9 +227,21 @@ class TcpHost:
         return len(self._conns)
 
     def room(self) -> bool:
-        """Room for one more connection: the established ones and the listeners' half-open ones count."""
+        """Room for one more connection: the established ones and the listeners' half-open ones count. When
+        full, a connection in TIME_WAIT is ended early to make room (it only re-acknowledges a lost FIN; Linux
+        likewise ends TIME_WAIT sockets past tcp_max_tw_buckets): one a server closed must not hold a slot."""
         half_open = sum(len(lst.half_open) for lst in self._listeners.values())
-        return len(self._conns) + half_open < self.max_connections
+        if len(self._conns) + half_open < self.max_connections:
+            return True
+        now = time.monotonic()
+        if now < self._no_time_wait_until:  # a scan just found none: a SYN flood at the limit is not O(n) each
+            return False
+        for sock in self._conns.values():
+            if sock.conn.state is tcp.State.TIME_WAIT:
+                self.forget(sock)
+                return True
+        self._no_time_wait_until = now + 0.01
+        return False
 
     # ---- receive ---------------------------------------------------------------------------------------
     def pump(self) -> bool:
