@@ -35,6 +35,8 @@ from collections import deque
 from kbypass.errors import KbypassError, UsageError
 from kbypass.net import Interface, bind_tcp, check_address
 from kbypass.proto import ipv4, tcp
+
+from .tcperrors import HostUnreachableError
 from kbypass.proto import udp as udpp
 from kbypass.proto.ethernet import ETH_HLEN, ETH_P_IP
 from kbypass.proto.stack import Stack
@@ -444,8 +446,8 @@ class TcpHost:
             if mac is not None:
                 return
             if time.monotonic() >= deadline:
-                raise KbypassError(f"{socket.inet_ntoa(ip)} did not answer ARP on {self.ifname}: check the peer "
-                                   "address, that it is up and inside the subnet")
+                raise HostUnreachableError(f"{socket.inet_ntoa(ip)} did not answer ARP on {self.ifname} (no route "
+                                           "to host): check the peer address, that it is up and inside the subnet")
             self.pump()
             self._poller.poll(5)
 
