@@ -35,14 +35,13 @@ from collections import deque
 from kbypass.errors import KbypassError, UsageError
 from kbypass.net import Interface, bind_tcp, check_address
 from kbypass.proto import ipv4, tcp
-
-from .tcperrors import HostUnreachableError
 from kbypass.proto import udp as udpp
 from kbypass.proto.ethernet import ETH_HLEN, ETH_P_IP
 from kbypass.proto.stack import Stack
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 from .base import POLL_MODES, close_steered, wake_lanes
+from .tcperrors import HostUnreachableError
 
 TCP_FRAME_OVERHEAD = ETH_HLEN + 20 + 60  # Ethernet, IPv4, the largest TCP header (options included)
 RX_BURST = 64  # frames taken per lane per pump before the connections' answers go out
