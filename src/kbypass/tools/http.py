@@ -22,6 +22,7 @@ from kbypass.proto.http import Site
 from kbypass.tools import _options as opt
 from kbypass.tools._common import peer_errors, pin_cpu
 from kbypass.tools._output import emit
+from kbypass.tools._xfer_tcp import _recv
 from kbypass.tools.xfer import _size
 
 
@@ -144,8 +145,10 @@ def get(args) -> int:
         reader = ResponseReader()
         try:
             out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb") if args.output else None
-            while not reader.done and not stopper.stopped:
-                data = sock.recv(1 << 20)
+            while not reader.done:
+                data = _recv(sock, stopper, args.idle_timeout)  # b"" at once on Ctrl-C
+                if stopper.stopped:
+                    break
                 body = reader.feed(data) if data else reader.end()
                 h.update(body)
                 if out is not None:
@@ -162,8 +165,14 @@ def get(args) -> int:
         summary = {"url": args.url, "status": reader.status, "bytes": reader.body_bytes, "seconds": round(seconds, 6),
                    "goodput_bps": round(reader.body_bytes * 8 / seconds) if seconds > 0 else 0,
                    "sha256": h.hexdigest(), "complete": reader.done}
-        if args.output:
+        interrupted = stopper.stopped and not reader.done
+        if args.output and interrupted and args.output != "-":
+            os.unlink(args.output)  # a partial body under the asked name would pass for the file
+            summary["output"] = f"{args.output} (partial: removed)"
+        elif args.output:
             summary["output"] = args.output
+        if interrupted:
+            summary["interrupted"] = True
     if args.output == "-":
         import contextlib
 
@@ -171,6 +180,8 @@ def get(args) -> int:
             emit(summary, args.json, title=None if args.json else "kbypass http get")
     else:
         emit(summary, args.json, title=None if args.json else "kbypass http get")
+    if interrupted:
+        raise KeyboardInterrupt  # the summary is out; the exit status says the run was cut short (130), as xfer
     if not reader.done:
         raise UsageError(f"{args.url}: the response ended early ({reader.body_bytes} bytes)")
     return 0 if reader.status is not None and reader.status < 400 else 1
