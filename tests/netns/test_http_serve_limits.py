@@ -139,3 +139,19 @@ def test_a_request_with_bare_lf_line_ends_is_answered_at_once(testbed_hosts):
         if srv.poll() is None:
             srv.kill()
     assert res["statuses"] == {"200": 1}
+
+
+def test_a_second_server_on_the_interface_is_told_a_remedy_it_has(testbed_hosts):
+    """Its queues are taken by the first: the one line names the owner, and no --queue/--share-queue (http
+    serve has neither: kbypass's TCP takes every queue)."""
+    first = serve("--duration", "30")
+    try:
+        second = subprocess.run([sys.executable, "-m", "kbypass", "http", "serve", "--host", "b", "--port",
+                                 str(PORT + 1)], capture_output=True, text=True, timeout=60)
+    finally:
+        first.terminate()
+        summary(first)
+    err = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(err) == 1, second.stderr
+    assert "is taken by" in err[0] and "kbypass http serve" in err[0] and "stop that program" in err[0]
+    assert "--queue" not in err[0] and "--share-queue" not in err[0]

@@ -63,7 +63,7 @@ class TcpHost:
                  queue: int | None = None, xdp_mode: str = "native", frames: int = 4096, frame_size: int = 2048,
                  control_plane: bool = True, max_connections: int = 4096, loss: float = 0.0,
                  config=None, native: bool | None = None) -> None:
-        from kbypass.port.steered import SteeredPort
+        from kbypass.port.steered import QueueTaken, SteeredPort
 
         self._closed = True
         try:
@@ -86,8 +86,14 @@ class TcpHost:
         try:
             prefixlen = check_address(self._iface, ip, False, None)
             self.mtu = self._iface.mtu
-            self._steered = SteeredPort(ifname, queue, [], netns=netns, xdp_mode=xdp_mode, control_plane=control_plane,
-                                        poll=poll, frames=frames, frame_size=frame_size)
+            try:
+                self._steered = SteeredPort(ifname, queue, [], netns=netns, xdp_mode=xdp_mode,
+                                            control_plane=control_plane, poll=poll, frames=frames,
+                                            frame_size=frame_size)
+            except QueueTaken as e:  # its --queue/--share-queue remedy is not ours: a TcpHost takes every queue
+                raise UsageError(f"queue {e.queue} of {e.ifname} is taken by {e.owner}: kbypass's TCP takes every "
+                                 "queue of the interface (AF_XDP allows one socket per queue), so stop that program "
+                                 "first, or serve on another interface") from None
             # The message lanes move one frame at a time (in C when built: kbypass._fastlane). Their "plain
             # UDP to us" check is for a port 0 no rule steers, so every frame comes back whole, as bytes.
             never = udpp.PlainUdp(bytes.fromhex(self._iface.mac.replace(":", "")), socket.inet_aton(ip), 0, None)
