@@ -79,6 +79,7 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
     start = time.monotonic()
     deadline = None if duration is None else start + duration
     idle_since = start
+    timers_at = start
     date_at, date = 0, ""
     listener.setblocking(False)
     while not stop():
@@ -94,6 +95,9 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
             res.connections += 1
             moved = True
         finished = False
+        timers_due = now >= timers_at  # the request timeouts are looked at 4 times a second, not every pass
+        if timers_due:
+            timers_at = now + 0.25
         for c in clients:
             if c.sock.readable and len(c.queue) < MAX_QUEUED:
                 moved |= _read(c, date, res, requests, now)
@@ -101,7 +105,7 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
                 moved |= _write(c, site, date, res)
                 if not c.busy():  # the timeouts count from here
                     c.idle_at, c.head_at = now, (now if c.parser.pending else None)
-            elif not c.closing and not c.eof:
+            elif timers_due and not c.closing and not c.eof:
                 moved |= _timed_out(c, now, date, res, head_timeout, keepalive_timeout)
             if (c.closing or c.eof) and _done(c, res):
                 finished = True

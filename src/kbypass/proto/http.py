@@ -72,7 +72,7 @@ class RequestParser:
     @property
     def pending(self) -> bool:
         """Part of a request head (or a body still to discard) has come: a request is under way."""
-        return bool(self._buf.strip(b"\r\n")) or self._skip > 0
+        return self._skip > 0 or (bool(self._buf) and bool(self._buf.strip(b"\r\n")))
 
     def feed(self, data: bytes) -> list[Request]:
         if self.failed:
