@@ -7,6 +7,7 @@ import resource
 
 from kbypass.apps.httpserve import ServeResult, _answer
 from kbypass.proto import http
+from tests.kb import fd_closed
 
 DATE = "Sun, 06 Dec 2026 12:00:00 GMT"
 
@@ -17,7 +18,7 @@ def test_out_of_descriptors_is_a_500_for_that_request(tmp_path):
     req = http.RequestParser().feed(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n")[0]
     res = ServeResult()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    lowest_free = next(fd for fd in range(soft) if not _is_open(fd))
+    lowest_free = next(fd for fd in range(soft) if fd_closed(fd))
     resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no descriptor left to open the file
     try:
         head, body = _answer(req, site, DATE, res)
@@ -27,10 +28,3 @@ def test_out_of_descriptors_is_a_500_for_that_request(tmp_path):
     head, body = _answer(req, site, DATE, res)  # descriptors again: served
     assert head.startswith(b"HTTP/1.1 200 ") and body.next(100) == b"x" * 10 and res.statuses == {500: 1, 200: 1}
 
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
