@@ -2,7 +2,6 @@
 descriptors, here a real EMFILE under a lowered RLIMIT_NOFILE) is a 500 for that request, not a crash of
 the server and every client with it."""
 
-import os
 import resource
 
 from kbypass.apps.httpserve import ServeResult, _answer
