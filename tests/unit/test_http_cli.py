@@ -8,7 +8,12 @@ from kbypass import cli
 @pytest.mark.parametrize("argv, words", [
     (["http", "serve", "--iface", "lo", "--ip", "127.0.0.1", "--root", "/nonexistent-dir"], "--root"),
     (["http", "serve", "--iface", "lo", "--ip", "127.0.0.1", "--root", "/tmp", "--body-size", "1K"], "give one"),
-    (["http", "serve", "--iface", "lo", "--ip", "127.0.0.1", "--body-size", "lots"], "--size"),
+    (["http", "serve", "--iface", "lo", "--ip", "127.0.0.1", "--body-size", "lots"], "--body-size 'lots'"),
+    (["http", "serve", "--iface", "lo", "--ip", "127.0.0.1", "--body-size", "-5"], "--body-size '-5'"),
+    (["http", "serve", "--iface", "lo", "--ip", "127.0.0.1", "-p", "70000"], "give a TCP port from 1 to 65535"),
+    (["pingpong", "server", "--iface", "lo", "--ip", "127.0.0.1", "--tcp", "-p", "70000"], "TCP with --tcp"),
+    (["xfer", "recv", "--iface", "lo", "--proto", "tcp", "-p", "70000"], "TCP with --proto tcp"),
+    (["http", "serve", "--iface", "lo", "--ip", "127.0.0.1", "--head-timeout", "0"], "--head-timeout"),
     (["http", "get", "--iface", "lo", "--ip", "127.0.0.1", "https://127.0.0.1/"], "only http://"),
     (["http", "get", "--iface", "lo", "--ip", "127.0.0.1", "http://example.com/"], "IPv4 address"),
     (["xfer", "recv", "--iface", "lo", "--iperf3"], "--proto tcp"),

@@ -115,3 +115,25 @@ def test_response_reader_frames_by_length_chunks_and_close():
     r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
     with pytest.raises(http.HttpError):
         r.end()  # cut short
+
+
+def test_bare_lf_line_endings_are_accepted_split_anywhere():
+    """RFC 9112 2.2: a recipient may take a bare LF as a line end (nginx and http.server do): such a request
+    is answered at once, not after 16 KB; CRLF and LF mixed in one head too."""
+    wire = (b"HEAD /1 HTTP/1.1\nHost: x\n\n"
+            b"\nGET /2 HTTP/1.1\r\nHost: y\nX-A: 1\r\n\r\n"
+            b"GET /3 HTTP/1.0\r\n\n")
+    for cut in range(len(wire) + 1):
+        p = http.RequestParser()
+        reqs = p.feed(wire[:cut]) + p.feed(wire[cut:])
+        assert [(r.method, r.target, r.headers) for r in reqs] == [
+            ("HEAD", "/1", {"host": "x"}), ("GET", "/2", {"host": "y", "x-a": "1"}), ("GET", "/3", {})]
+        assert not p.pending
+
+
+def test_pending_says_a_request_is_under_way():
+    p = http.RequestParser()
+    assert not p.pending and p.feed(b"\r\n") == [] and not p.pending  # empty lines before a request: idle
+    assert p.feed(b"GET / HTTP/1.1\r\n") == [] and p.pending
+    assert len(p.feed(b"Host: x\r\nContent-Length: 3\r\n\r\nab")) == 1 and p.pending  # a body byte to come
+    assert p.feed(b"c") == [] and not p.pending

@@ -6,6 +6,13 @@ out in request order), and write responses as the connections' send buffers take
 in memory. A connection that sent "Connection: close", a bad request, or that the peer half-closed is closed
 once its answers are out. The loop is the program's (the host has no thread), so it waits in the host's own
 wait() when nothing moved.
+
+One client cannot take the server: a connection is not read while MAX_QUEUED answers wait for it (its TCP
+window then closes: pipelining is paced by what the client reads), a file is opened only when its answer's
+turn to be written comes (never one descriptor per queued request), and an OSError while answering (EMFILE,
+a file that went away) is a 500 for that request. A request head must arrive within `head_timeout` seconds
+(408, then close) and a keep-alive connection waiting for its next request is closed after
+`keepalive_timeout` seconds (nginx's client_header_timeout 60 s and keepalive_timeout 75 s are the defaults).
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ from kbypass.proto.http import (
 )
 
 WRITE_CHUNK = 256 * 1024  # bytes gathered for one send() call
+MAX_QUEUED = 16  # answers waiting on one connection before it is no longer read
+READ_SIZE = 16384  # bytes read at once: bounds the requests parsed past MAX_QUEUED
+HEAD_TIMEOUT = 60.0
+KEEPALIVE_TIMEOUT = 75.0
 
 
 @dataclass
@@ -33,25 +44,34 @@ class ServeResult:
     bad_requests: int = 0
     body_bytes: int = 0
     resets: int = 0
+    timeouts: int = 0
     seconds: float = 0.0
     statuses: dict = field(default_factory=dict)
 
 
 class _Client:
-    __slots__ = ("sock", "parser", "queue", "out", "off", "closing", "eof")
+    __slots__ = ("sock", "parser", "queue", "out", "off", "closing", "eof", "idle_at", "head_at", "served")
 
-    def __init__(self, sock) -> None:
+    def __init__(self, sock, now: float) -> None:
         self.sock = sock
         self.parser = RequestParser()
-        self.queue: deque = deque()  # (head, body) still to write, in request order
+        # in request order: a Request still to answer, or (head, body) being written
+        self.queue: deque = deque()
         self.out = b""
         self.off = 0
         self.closing = False  # close once the queue is written
         self.eof = False
+        self.idle_at = now  # since when it has had nothing to answer
+        self.head_at: float | None = None  # since when part of a request head waits
+        self.served = False  # a request answered: waiting now is keep-alive
+
+    def busy(self) -> bool:
+        return bool(self.queue) or self.off < len(self.out)
 
 
 def serve(host, listener, site, *, duration: float | None = None, requests: int | None = None,
-          idle_timeout: float | None = None, stop=lambda: False) -> ServeResult:
+          idle_timeout: float | None = None, stop=lambda: False, head_timeout: float = HEAD_TIMEOUT,
+          keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> ServeResult:
     """Serve until `duration` seconds, `requests` answered (then the connections are drained and closed),
     `idle_timeout` seconds without a connection open, or stop() is true."""
     res = ServeResult()
@@ -59,6 +79,7 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
     start = time.monotonic()
     deadline = None if duration is None else start + duration
     idle_since = start
+    timers_at = start
     date_at, date = 0, ""
     listener.setblocking(False)
     while not stop():
@@ -70,15 +91,22 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
         while listener.pending and (requests is None or res.requests < requests):
             sock, _ = listener.accept(0)
             sock.setblocking(False)
-            clients.append(_Client(sock))
+            clients.append(_Client(sock, now))
             res.connections += 1
             moved = True
         finished = False
+        timers_due = now >= timers_at  # the request timeouts are looked at 4 times a second, not every pass
+        if timers_due:
+            timers_at = now + 0.25
         for c in clients:
-            if c.sock.readable:
-                moved |= _read(c, site, date, res, requests)
-            if c.queue or c.off < len(c.out):
-                moved |= _write(c, res)
+            if c.sock.readable and len(c.queue) < MAX_QUEUED:
+                moved |= _read(c, date, res, requests, now)
+            if c.busy():
+                moved |= _write(c, site, date, res)
+                if not c.busy():  # the timeouts count from here
+                    c.idle_at, c.head_at = now, (now if c.parser.pending else None)
+            elif timers_due and not c.closing and not c.eof:
+                moved |= _timed_out(c, now, date, res, head_timeout, keepalive_timeout)
             if (c.closing or c.eof) and _done(c, res):
                 finished = True
         if finished:
@@ -91,25 +119,44 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
             break
         if idle_timeout is not None and not clients and now - idle_since >= idle_timeout:
             break
-        if not moved:
-            host.wait(deadline)
+        if not moved:  # wake at least each second: the request timeouts are checked then
+            host.wait(now + 1.0 if deadline is None else min(deadline, now + 1.0))
     for c in clients:
+        _drop(c)
         c.sock.close()
     host.pump()
     res.seconds = time.monotonic() - start
     return res
 
 
-def _read(c: _Client, site, date: str, res: ServeResult, limit: int | None) -> bool:
+def _timed_out(c: _Client, now: float, date: str, res: ServeResult, head_timeout: float,
+               keepalive_timeout: float) -> bool:
+    """Close a connection whose request head is late (408 first) or that waited too long for its next
+    request (keep-alive: closed without an answer, as nginx does); True when it timed out."""
+    if c.parser.pending:
+        if c.head_at is None:
+            c.head_at = now
+        if now - c.head_at < head_timeout:
+            return False
+        c.queue.append(error_response(408, date))
+        res.statuses[408] = res.statuses.get(408, 0) + 1
+    elif now - c.idle_at < (keepalive_timeout if c.served else head_timeout):
+        return False
+    res.timeouts += 1
+    c.closing = True
+    return True
+
+
+def _read(c: _Client, date: str, res: ServeResult, limit: int | None, now: float) -> bool:
     sock = c.sock
     moved = False
-    while sock.readable and not c.closing and not c.eof:
+    while sock.readable and not c.closing and not c.eof and len(c.queue) < MAX_QUEUED:
         try:
-            data = sock.recv(65536)
+            data = sock.recv(READ_SIZE)
         except (ConnectionError, TimeoutError):
             res.resets += 1
             c.closing, c.eof = True, True
-            c.queue.clear()
+            _drop(c)
             return True
         moved = True
         if not data:
@@ -124,23 +171,35 @@ def _read(c: _Client, site, date: str, res: ServeResult, limit: int | None) -> b
             res.statuses[e.status] = res.statuses.get(e.status, 0) + 1
             c.closing = True
         for req in reqs:
-            head, body, keep = respond(req, site, date)
-            c.queue.append((head, body))
+            c.queue.append(req)  # answered (a file opened) when its turn to be written comes
             res.requests += 1
-            status = int(head[9:12])
-            res.statuses[status] = res.statuses.get(status, 0) + 1
-            if not keep or (limit is not None and res.requests >= limit):
+            c.served = True
+            if not req.keep_alive or (limit is not None and res.requests >= limit):
                 c.closing = True
                 break
+        if not c.parser.pending:
+            c.head_at = None
+        elif c.head_at is None:
+            c.head_at = now  # a head begun: it has head_timeout to complete, however slowly it trickles
     return moved
 
 
-def _write(c: _Client, res: ServeResult) -> bool:
+def _answer(req, site, date: str, res: ServeResult) -> tuple[bytes, object]:
+    try:
+        head, body, _ = respond(req, site, date)
+    except OSError:  # out of descriptors, a file unreadable or gone: this request fails, not the server
+        head, body = error_response(500, date, req.keep_alive)
+    status = int(head[9:12])
+    res.statuses[status] = res.statuses.get(status, 0) + 1
+    return head, body
+
+
+def _write(c: _Client, site, date: str, res: ServeResult) -> bool:
     sock = c.sock
     moved = False
     while True:
         if c.off >= len(c.out):
-            c.out, c.off = _gather(c, res), 0
+            c.out, c.off = _gather(c, site, date, res), 0
             if not c.out:
                 return moved
         try:
@@ -149,20 +208,30 @@ def _write(c: _Client, res: ServeResult) -> bool:
             return moved
         except (ConnectionError, TimeoutError, OSError):
             res.resets += 1
-            c.queue.clear()
+            _drop(c)
             c.out, c.off, c.closing = b"", 0, True
             return True
         c.off += n
         moved = True
 
 
-def _gather(c: _Client, res: ServeResult) -> bytes:
+def _drop(c: _Client) -> None:
+    """Forget the answers still queued (the connection is gone), closing a file being sent."""
+    for item in c.queue:
+        if isinstance(item, tuple):
+            item[1].close()
+    c.queue.clear()
+
+
+def _gather(c: _Client, site, date: str, res: ServeResult) -> bytes:
     """Up to WRITE_CHUNK bytes of the queued responses (a head with the start of its body, several small
     pipelined responses in one piece)."""
     parts: list[bytes] = []
     size = 0
     q = c.queue
     while q and size < WRITE_CHUNK:
+        if not isinstance(q[0], tuple):
+            q[0] = _answer(q[0], site, date, res)
         head, body = q[0]
         if head:
             parts.append(head)

@@ -9,7 +9,9 @@ data. It sends TEST_END (4) on the control connection when done; the server says
 client sends its results (length + JSON), the server its own (the bytes each stream received), then
 DISPLAY_RESULTS (14); the client ends with IPERF_DONE (16). Stream ids count as iperf_add_stream numbers
 them: 1, then 3, 4, ... A test this server cannot run (UDP, reverse, bidirectional) gets SERVER_ERROR (-2)
-with iperf3's "unsupported" error number, which the client prints.
+with iperf3's "unsupported" error number, which the client prints, and ends the session (`error` says why):
+the receiver runs one test, so a test it cannot run ends it. A peer that does not speak the protocol (JSON that
+is not an object, a "parallel" that is not 1..128) is an Iperf3Error, a KbypassError: one line, no traceback.
 
     s = Iperf3Session()
     out = s.control(data, now)        # bytes to write on the control connection
@@ -25,6 +27,8 @@ from __future__ import annotations
 import json
 import struct
 
+from kbypass.errors import KbypassError
+
 COOKIE_SIZE = 37
 TEST_START, TEST_RUNNING, TEST_END = 1, 2, 4
 PARAM_EXCHANGE, CREATE_STREAMS = 9, 10
@@ -32,10 +36,11 @@ CLIENT_TERMINATE, EXCHANGE_RESULTS, DISPLAY_RESULTS, IPERF_DONE = 12, 13, 14, 16
 SERVER_ERROR = -2
 DRAIN_QUIET = 0.05  # seconds without stream data after TEST_END before the results go out
 IEUNIMP = 13  # iperf3's "not implemented yet" i_errno (iperf_api.h)
+MAX_STREAMS = 128  # iperf3's own limit on -P (MAX_STREAMS in iperf.h)
 
 
-class Iperf3Error(Exception):
-    pass
+class Iperf3Error(KbypassError):
+    """The peer broke iperf3's protocol (or left mid-test): what happened, on one line."""
 
 
 class Iperf3Session:
@@ -75,7 +80,7 @@ class Iperf3Session:
             params = self._json()
             if params is None:
                 return None
-            self.params = params
+            self.params = _checked(params)
             why = self._unsupported(params)
             if why:
                 self.error, self.finished = why, True
@@ -160,9 +165,11 @@ class Iperf3Session:
     # ---- data connections -----------------------------------------------------------------------------
     @property
     def expected_streams(self) -> int:
-        return int((self.params or {}).get("parallel", 1))
+        return (self.params or {}).get("parallel", 1)
 
     def stream_opened(self) -> int:
+        if len(self._streams) >= self.expected_streams:
+            raise Iperf3Error(f"a data connection past the {self.expected_streams} the client announced")
         sid = 1 if not self._streams else len(self._streams) + 2
         self._streams[sid] = [b"", 0]
         return sid
@@ -194,6 +201,16 @@ class Iperf3Session:
         if self.started_at is None or self.ended_at is None:
             return 0.0
         return self.ended_at - self.started_at
+
+
+def _checked(params) -> dict:
+    """The client's parameters, as iperf3 sends them: a JSON object with "parallel" from 1 to MAX_STREAMS."""
+    if not isinstance(params, dict):
+        raise Iperf3Error(f"the client's parameters are {type(params).__name__}, not a JSON object: not iperf3")
+    n = params.get("parallel", 1)
+    if type(n) is not int or not 1 <= n <= MAX_STREAMS:
+        raise Iperf3Error(f"the client asks for {n!r} parallel streams: iperf3 sends 1 to {MAX_STREAMS}")
+    return params
 
 
 def _state(s: int) -> bytes:

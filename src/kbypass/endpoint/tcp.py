@@ -27,12 +27,15 @@ application moves on, except that unread received data makes it a RST (as Linux 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import time
 from collections import deque
 
 from kbypass.errors import UsageError
 from kbypass.proto import tcp
+
+from .tcperrors import AddressError, AddressTypeError, PortRangeError, check_timeout
 
 MAX_UNREAD = 4 << 20  # bytes taken from the connection before the application reads them: the receive
 # window closes behind this (Data events free window when they are taken, so we stop taking them)
@@ -43,14 +46,20 @@ _IN_FLIGHT = frozenset({tcp.State.SYN_RCVD, tcp.State.ESTABLISHED, tcp.State.CLO
 
 
 def _addr(addr) -> tuple[str, int]:
+    """(ip, port) as socket.connect takes it, refused with the stdlib's error types (kbypass.endpoint.tcperrors);
+    port 0 goes out as the kernel sends it (the peer's RST: ConnectionRefusedError)."""
+    if not isinstance(addr, tuple) or len(addr) != 2:
+        raise AddressTypeError(f"bad peer address {addr!r}: give a tuple (ip, port) like ('10.77.0.1', 80)")
+    ip, port = addr
+    if not isinstance(ip, str) or not isinstance(port, int) or isinstance(port, bool):
+        raise AddressTypeError(f"bad peer address {addr!r}: give (ip, port), a str and an int, like ('10.77.0.1', 80)")
     try:
-        ip, port = addr
-        socket.inet_aton(ip)
-        port = int(port)
-        if not 1 <= port <= 0xFFFF:
-            raise ValueError
-    except (TypeError, ValueError, OSError):
-        raise UsageError(f"bad peer address {addr!r}: give (ip, port) like ('10.77.0.1', 80)") from None
+        ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise AddressError(f"{ip!r} is not an IPv4 address (kbypass's TCP looks no name up): give one like "
+                           "10.77.0.1") from None
+    if not 0 <= port <= 0xFFFF:
+        raise PortRangeError(f"connect(): port must be 0-65535, not {port}")
     return ip, port
 
 
@@ -178,9 +187,7 @@ class TcpSocket:
 
     # ---- the socket API -----------------------------------------------------------------------------------
     def settimeout(self, timeout: float | None) -> None:
-        if timeout is not None and timeout < 0:
-            raise UsageError(f"timeout {timeout}: give seconds >= 0, or None to block")
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
 
     def gettimeout(self) -> float | None:
         return self.timeout
@@ -410,7 +417,7 @@ class TcpListener:
 
     # ---- the socket API -----------------------------------------------------------------------------------
     def settimeout(self, timeout: float | None) -> None:
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
 
     def setblocking(self, flag: bool) -> None:
         self.timeout = None if flag else 0.0

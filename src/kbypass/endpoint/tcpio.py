@@ -41,6 +41,7 @@ from kbypass.proto.stack import Stack
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 from .base import POLL_MODES, close_steered, wake_lanes
+from .tcperrors import HostUnreachableError
 
 TCP_FRAME_OVERHEAD = ETH_HLEN + 20 + 60  # Ethernet, IPv4, the largest TCP header (options included)
 RX_BURST = 64  # frames taken per lane per pump before the connections' answers go out
@@ -62,7 +63,7 @@ class TcpHost:
                  queue: int | None = None, xdp_mode: str = "native", frames: int = 4096, frame_size: int = 2048,
                  control_plane: bool = True, max_connections: int = 4096, loss: float = 0.0,
                  config=None, native: bool | None = None) -> None:
-        from kbypass.port.steered import SteeredPort
+        from kbypass.port.steered import QueueTaken, SteeredPort
 
         self._closed = True
         try:
@@ -85,8 +86,14 @@ class TcpHost:
         try:
             prefixlen = check_address(self._iface, ip, False, None)
             self.mtu = self._iface.mtu
-            self._steered = SteeredPort(ifname, queue, [], netns=netns, xdp_mode=xdp_mode, control_plane=control_plane,
-                                        poll=poll, frames=frames, frame_size=frame_size)
+            try:
+                self._steered = SteeredPort(ifname, queue, [], netns=netns, xdp_mode=xdp_mode,
+                                            control_plane=control_plane, poll=poll, frames=frames,
+                                            frame_size=frame_size)
+            except QueueTaken as e:  # its --queue/--share-queue remedy is not ours: a TcpHost takes every queue
+                raise UsageError(f"queue {e.queue} of {e.ifname} is taken by {e.owner}: kbypass's TCP takes every "
+                                 "queue of the interface (AF_XDP allows one socket per queue), so stop that program "
+                                 "first, or serve on another interface") from None
             # The message lanes move one frame at a time (in C when built: kbypass._fastlane). Their "plain
             # UDP to us" check is for a port 0 no rule steers, so every frame comes back whole, as bytes.
             never = udpp.PlainUdp(bytes.fromhex(self._iface.mac.replace(":", "")), socket.inet_aton(ip), 0, None)
@@ -108,6 +115,7 @@ class TcpHost:
         self._eth_heads: dict[bytes, bytes] = {}  # next-hop MAC -> our 14-byte Ethernet header to it
         self._ident = 0
         self._conns: dict[tuple[bytes, int, int], object] = {}  # (peer ip, peer port, local port) -> TcpSocket
+        self._no_time_wait_until = 0.0  # room(): no TIME_WAIT connection to end before then
         self._listeners: dict[int, object] = {}  # local port -> endpoint.tcp.TcpListener
         self._dirty: set = set()  # sockets with something to send or events to read
         self._timers: list = []  # heap of (when, seq, socket or listener)
@@ -226,9 +234,21 @@ class TcpHost:
         return len(self._conns)
 
     def room(self) -> bool:
-        """Room for one more connection: the established ones and the listeners' half-open ones count."""
+        """Room for one more connection: the established ones and the listeners' half-open ones count. When
+        full, a connection in TIME_WAIT is ended early to make room (it only re-acknowledges a lost FIN; Linux
+        likewise ends TIME_WAIT sockets past tcp_max_tw_buckets): one a server closed must not hold a slot."""
         half_open = sum(len(lst.half_open) for lst in self._listeners.values())
-        return len(self._conns) + half_open < self.max_connections
+        if len(self._conns) + half_open < self.max_connections:
+            return True
+        now = time.monotonic()
+        if now < self._no_time_wait_until:  # a scan just found none: a SYN flood at the limit is not O(n) each
+            return False
+        for sock in self._conns.values():
+            if sock.conn.state is tcp.State.TIME_WAIT:
+                self.forget(sock)
+                return True
+        self._no_time_wait_until = now + 0.01
+        return False
 
     # ---- receive ---------------------------------------------------------------------------------------
     def pump(self) -> bool:
@@ -431,8 +451,8 @@ class TcpHost:
             if mac is not None:
                 return
             if time.monotonic() >= deadline:
-                raise KbypassError(f"{socket.inet_ntoa(ip)} did not answer ARP on {self.ifname}: check the peer "
-                                   "address, that it is up and inside the subnet")
+                raise HostUnreachableError(f"{socket.inet_ntoa(ip)} did not answer ARP on {self.ifname} (no route "
+                                           "to host): check the peer address, that it is up and inside the subnet")
             self.pump()
             self._poller.poll(5)
 

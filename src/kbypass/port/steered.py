@@ -56,6 +56,15 @@ def rule_list(rules) -> list[Rule]:
     return [r if isinstance(r, Rule) else Rule.parse(r) for r in rules]
 
 
+class QueueTaken(UsageError):
+    """Another AF_XDP socket holds a queue SteeredPort needs; `owner` names it. A tool without --queue and
+    --share-queue (kbypass's TCP takes every queue) says its own remedy with these."""
+
+    def __init__(self, why: str, ifname: str, queue: int, owner: str) -> None:
+        super().__init__(why)
+        self.ifname, self.queue, self.owner = ifname, queue, owner
+
+
 class SteeredPort(Port):
     """Open with `with SteeredPort(...) as sp:`; `sp.port` is the port underneath (the steered port itself
     is a Port too). After the `with` block both are closed: `sp.port` is a UsageError.
@@ -193,7 +202,7 @@ class SteeredPort(Port):
         cause = str(why).split(": use a NIC with flow steering")[0]
         self.hw_note = f"{cause}; steering in software only (the XDP program)"
 
-    def _queue_taken(self, ifname: str, queue: int) -> UsageError:
+    def _queue_taken(self, ifname: str, queue: int) -> QueueTaken:
         """EBUSY from the bind: another AF_XDP socket holds the queue (AF_XDP takes one socket pool per
         queue). Name its owner when the control plane knows it."""
         owner = "another AF_XDP socket"
@@ -204,8 +213,9 @@ class SteeredPort(Port):
                         owner = f"client {c['client']} (pid {c['pid']}, {c['command']})"
             except ControlPlaneError:
                 pass
-        return UsageError(f"queue {queue} of {ifname} is taken by {owner}: AF_XDP takes one socket per queue, so "
-                          "pick another queue (--queue), stop that program, or have both share it (--share-queue)")
+        return QueueTaken(f"queue {queue} of {ifname} is taken by {owner}: AF_XDP takes one socket per queue, so "
+                          "pick another queue (--queue), stop that program, or have both share it (--share-queue)",
+                          ifname, queue, owner)
 
     def _open_packet_mmap(self, ifname, queue, netns, options) -> None:
         from .packet_mmap import PacketMmapPort

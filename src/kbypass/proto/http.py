@@ -31,9 +31,9 @@ PIECE = 256 * 1024  # bytes of a body produced per call
 _BLOCK_LEN = 65521
 _BLOCK = random.Random(0x6B62).randbytes(_BLOCK_LEN)
 _BLOCK2 = _BLOCK + _BLOCK  # any window of up to one block is one slice of this
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
-           413: "Content Too Large", 431: "Request Header Fields Too Large", 501: "Not Implemented",
-           505: "HTTP Version Not Supported"}
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+           411: "Length Required", 413: "Content Too Large", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 501: "Not Implemented", 505: "HTTP Version Not Supported"}
 
 
 class HttpError(Exception):
@@ -61,12 +61,18 @@ class Request:
 
 class RequestParser:
     """Requests from a byte stream. feed() returns the complete ones; a bad one raises HttpError (the
-    connection is done: answer it and close)."""
+    connection is done: answer it and close). Lines may end in a bare LF (RFC 9112 2.2 lets a recipient
+    accept it, as nginx and Python's http.server do)."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._skip = 0  # body bytes of the last request still to discard
         self.failed = False
+
+    @property
+    def pending(self) -> bool:
+        """Part of a request head (or a body still to discard) has come: a request is under way."""
+        return self._skip > 0 or (bool(self._buf) and bool(self._buf.strip(b"\r\n")))
 
     def feed(self, data: bytes) -> list[Request]:
         if self.failed:
@@ -79,9 +85,9 @@ class RequestParser:
         buf += data
         out: list[Request] = []
         while True:
-            while buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
-                del buf[:2]
-            end = buf.find(b"\r\n\r\n")
+            while buf[:2] == b"\r\n" or buf[:1] == b"\n":  # RFC 9112 2.2: empty lines before a request
+                del buf[:2 if buf[:1] == b"\r" else 1]
+            end, sep = _head_end(buf)
             if end < 0:
                 if len(buf) > MAX_HEAD:
                     self.failed = True
@@ -95,7 +101,7 @@ class RequestParser:
             except HttpError:
                 self.failed = True
                 raise
-            del buf[:end + 4]
+            del buf[:end + sep]
             take = min(body_len, len(buf))
             del buf[:take]
             self._skip = body_len - take
@@ -104,12 +110,25 @@ class RequestParser:
                 return out
 
 
+def _head_end(buf: bytearray) -> tuple[int, int]:
+    """(where the head ends, length of the empty line ending it) or (-1, 0): CRLF CRLF, or with bare LFs."""
+    best, sep = buf.find(b"\n\r\n"), 3
+    lf = buf.find(b"\n\n", 0, len(buf) if best < 0 else best + 1)  # only before it: no rescan of the rest
+    if lf >= 0:
+        best, sep = lf, 2
+    if best < 0:
+        return -1, 0
+    if best > 0 and buf[best - 1:best] == b"\r":  # the head's last line ended in CRLF
+        return best - 1, sep + 1
+    return best, sep
+
+
 def _parse_head(head: bytes) -> tuple[Request, int]:
     try:
         text = head.decode("latin-1")
     except UnicodeDecodeError:  # latin-1 decodes every byte; kept for clarity
         raise HttpError(400, "undecodable head") from None
-    lines = text.split("\r\n")
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[0] or not parts[1]:
         raise HttpError(400, f"bad request line {lines[0][:80]!r}")

@@ -156,8 +156,8 @@ def add_json(p, help: str = "print the summary as JSON") -> None:
     p.add_argument("--json", action="store_true", help=help)
 
 
-def add_port(p, help: str, default: int | None) -> None:
-    p.add_argument("-p", "--port", type=int_range(0 if default == 0 else 1, 65535, "a UDP port"),
+def add_port(p, help: str, default: int | None, what: str = "a UDP port") -> None:
+    p.add_argument("-p", "--port", type=int_range(0 if default == 0 else 1, 65535, what),
                    default=default, help=help)
 
 

@@ -67,9 +67,11 @@ def register(sub) -> None:
                       "stop after this many measured samples")
         opt.add_cpu(how)
         opt.add_json(how)
-    opt.add_port(server, help="port to answer on, UDP (TCP with --tcp) (default 11111, sockperf's)", default=11111)
+    opt.add_port(server, help="port to answer on, UDP (TCP with --tcp) (default 11111, sockperf's)", default=11111,
+                 what="a port (UDP, or TCP with --tcp)")
     opt.add_idle_timeout(server, help="stop after this many seconds without a message (from the start)")
-    opt.add_port(client, help="local port, UDP (TCP with --tcp) (default 0: a free one)", default=0)
+    opt.add_port(client, help="local port, UDP (TCP with --tcp) (default 0: a free one)", default=0,
+                 what="a port (UDP, or TCP with --tcp)")
     opt.add_dst(client, help="the server to measure, e.g. 10.77.0.2:11111", required=True)
     client.add_argument("--size", type=opt.int_range(14, MAX_UDP_PAYLOAD, "a message size in bytes"), default=64,
                         help="message size in bytes (14, sockperf's header, to 65507; default 64)")

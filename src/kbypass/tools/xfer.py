@@ -90,7 +90,8 @@ def register(subparsers) -> None:
             opt.add_idle_timeout(v, help=f"give up after this many seconds without a word from the receiver: "
                                          f"the handshake and a peer gone silent (default {IDLE_DEFAULT:g})")
         else:
-            opt.add_port(v, help="UDP port to listen on (default 7000)", default=7000)
+            opt.add_port(v, help="port to listen on, UDP (TCP with --proto tcp) (default 7000)", default=7000,
+                         what="a port (UDP, or TCP with --proto tcp)")
             v.add_argument("-w", "--write", metavar="FILE", type=opt.output_file(allow_stdout=True),
                            help="write what arrives to this file ('-': standard output; the summary then "
                                 "goes to stderr)")
@@ -145,8 +146,8 @@ def _common(v) -> None:
     opt.add_json(v, help="print the summary as JSON (and progress as JSON lines on stderr)")
 
 
-def _size(text: str) -> int:
-    """--size: bytes >= 0, a whole number or a number with a K/M/G suffix (binary: 1K = 1024)."""
+def _size(text: str, option: str = "--size") -> int:
+    """--size (or `option`): bytes >= 0, a whole number or a number with a K/M/G suffix (binary: 1K = 1024)."""
     mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     t = text.strip().lower().rstrip("b")
     try:
@@ -154,7 +155,7 @@ def _size(text: str) -> int:
     except ValueError:
         n = None
     if n is None or not math.isfinite(n) or n < 0 or n > 1 << 50:
-        raise UsageError(f"--size {text!r}: give a number of bytes >= 0, e.g. 4096, 64K, 100M, 1G (at most 1P)")
+        raise UsageError(f"{option} {text!r}: give a number of bytes >= 0, e.g. 4096, 64K, 100M, 1G (at most 1P)")
     return int(n)
 
 

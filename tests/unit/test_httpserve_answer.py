@@ -1,0 +1,29 @@
+"""kbypass.apps.httpserve answers a request when its turn to be written comes: an OSError then (out of
+descriptors, here a real EMFILE under a lowered RLIMIT_NOFILE) is a 500 for that request, not a crash of
+the server and every client with it."""
+
+import resource
+
+from kbypass.apps.httpserve import ServeResult, _answer
+from kbypass.proto import http
+from tests.kb import fd_closed
+
+DATE = "Sun, 06 Dec 2026 12:00:00 GMT"
+
+
+def test_out_of_descriptors_is_a_500_for_that_request(tmp_path):
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    site = http.Site(root=str(tmp_path))
+    req = http.RequestParser().feed(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n")[0]
+    res = ServeResult()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = next(fd for fd in range(soft) if fd_closed(fd))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no descriptor left to open the file
+    try:
+        head, body = _answer(req, site, DATE, res)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and res.statuses == {500: 1}
+    head, body = _answer(req, site, DATE, res)  # descriptors again: served
+    assert head.startswith(b"HTTP/1.1 200 ") and body.next(100) == b"x" * 10 and res.statuses == {500: 1, 200: 1}
+
