@@ -11,8 +11,10 @@
 
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "../core/kb_lane.h"
 #include "../core/kb_port.h"
@@ -142,6 +144,10 @@ struct kbp_libc {
     int (*epoll_ctl)(int, int, int, void *);
     int (*epoll_wait)(int, void *, int, int);
     int (*epoll_pwait)(int, void *, int, int, const void *);
+    int (*sigaction)(int, const struct sigaction *, struct sigaction *);
+    ssize_t (*readv)(int, const struct iovec *, int);
+    ssize_t (*writev)(int, const struct iovec *, int);
+    int (*epoll_pwait2)(int, void *, int, const struct timespec *, const void *);
 };
 extern struct kbp_libc kbp_real;
 void kbp_init_libc(void);
@@ -178,6 +184,12 @@ void kbp_iface_flush(void);
 struct kbp_sock *kbp_get(int fd);
 int kbp_readable(struct kbp_sock *s); /* datagrams waiting (after a pump); under kbp_lock */
 void kbp_fall_back_all(void);
+
+/* kbp_signal.c: kbp_sig_count changes when a handler of the app ran on this thread; kbp_sig_interrupted
+ * says whether the wait begun at count `since` ends with EINTR (restartable: a recv the kernel restarts under
+ * SA_RESTART) */
+extern __thread unsigned kbp_sig_count __attribute__((tls_model("initial-exec")));
+int kbp_sig_interrupted(unsigned since, int restartable);
 
 /* kbp_poll.c */
 void kbp_epoll_forget(int epfd);

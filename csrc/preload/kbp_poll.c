@@ -92,8 +92,14 @@ static int poll_engine(struct pollfd *fds, nfds_t n, int timeout_ms, const sigse
         return -1;
     }
     int result;
+    unsigned sig0 = kbp_sig_count; /* poll/select end with EINTR after a handler, SA_RESTART or not */
     for (unsigned it = 0;; it++) {
         int ready = 0;
+        if (kbp_sig_count != sig0) {
+            errno = EINTR;
+            result = -1;
+            break;
+        }
         pthread_mutex_lock(&kbp_lock);
         for (nfds_t i = 0; i < n; i++) {
             struct kbp_sock *s = kbp_get(fds[i].fd);
@@ -315,7 +321,12 @@ static int merge(struct epoll_event *ev, int ours, int theirs) {
 
 static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_ms, const sigset_t *mask) {
     uint64_t start = kbp_now_ns(), spin_end = start + (uint64_t)kbp_spin_us * 1000, deadline = deadline_of(timeout_ms);
+    unsigned sig0 = kbp_sig_count; /* epoll_wait ends with EINTR after a handler, SA_RESTART or not */
     for (unsigned it = 0;; it++) {
+        if (kbp_sig_count != sig0) {
+            errno = EINTR;
+            return -1;
+        }
         pthread_mutex_lock(&kbp_lock);
         struct ep_set *set = eps[epfd];
         int ours = set ? ring_events(epfd, set, ev, max) : 0;
@@ -357,4 +368,18 @@ int epoll_pwait(int epfd, struct epoll_event *ev, int max, int timeout, const si
         return r > 0 && epfd >= 0 && epfd < KBP_MAX_FD && eps[epfd] ? merge(ev, 0, r) : r;
     }
     return epoll_engine(epfd, ev, max, timeout, mask);
+}
+
+int epoll_pwait2(int epfd, struct epoll_event *ev, int max, const struct timespec *t, const sigset_t *mask) {
+    kbp_init_libc();
+    if (epfd < 0 || epfd >= KBP_MAX_FD || !has_accel_member(eps[epfd]) || max <= 0) {
+        if (!kbp_real.epoll_pwait2) {
+            errno = ENOSYS;
+            return -1;
+        }
+        int r = kbp_real.epoll_pwait2(epfd, ev, max, t, mask);
+        return r > 0 && epfd >= 0 && epfd < KBP_MAX_FD && eps[epfd] ? merge(ev, 0, r) : r;
+    }
+    int ms = t ? (int)(t->tv_sec * 1000 + (t->tv_nsec + 999999) / 1000000) : -1;
+    return epoll_engine(epfd, ev, max, ms, mask);
 }

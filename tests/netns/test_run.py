@@ -471,3 +471,87 @@ def test_an_unprivileged_app_kept_out_by_a_root_only_control_plane_warns_once(ho
     assert out.returncode == 0 and "bound" in out.stdout, out.stderr
     (line,) = out.stderr.splitlines()
     assert "cannot reach the control plane" in line and "Permission denied" in line and "kernel sockets" in line
+
+
+SIGNALLED = r"""
+import signal, socket, sys, time
+class Stop(Exception): pass
+def stop(*a): raise Stop()
+signal.signal(signal.SIGALRM, stop)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7030))
+t = time.monotonic(); signal.alarm(1)
+try: s.recv(100); print("received")
+except Stop: print("interrupted after %.2f s" % (time.monotonic() - t), flush=True)
+"""
+
+
+def test_a_signal_ends_a_spinning_recv_as_the_kernel_would(hosts):
+    """SIGALRM arrives while recv spins on the rings (KBYPASS_SPIN_US 5 s): the handler's exception is raised
+    after ~1 s (recv returned EINTR), not after the spin, nor never."""
+    a, b = hosts
+    app = run_app(b, sys.executable, "-c", SIGNALLED, b.ipv4, spin=5_000_000)
+    try:
+        out, _ = app.communicate(timeout=30)
+    finally:
+        out = out if app.poll() is not None else stop(app)
+    assert "accelerated on" in out, out
+    m = re.search(r"interrupted after ([\d.]+) s", out)
+    assert m and 0.9 <= float(m.group(1)) < 3.0, out
+
+
+REFUSED = r"""
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 0)); s.connect((sys.argv[2], 7039))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 3, 0))
+s.send(b"x"); time.sleep(0.3)
+t = time.monotonic()
+try: s.recv(10); print("received")
+except OSError as e: print(type(e).__name__, "after %.2f s" % (time.monotonic() - t))
+"""
+
+
+def test_an_icmp_port_unreachable_is_the_connected_apps_error(hosts):
+    """A connected socket's datagram to a closed port: the kernel's ICMP error reaches the app's recv as
+    ConnectionRefusedError at once (the shim's peek at the kernel socket takes it: it must hand it on)."""
+    a, b = hosts
+    out = subprocess.run(in_ns(b, KB, "run", "--log", "--", sys.executable, "-c", REFUSED, b.ipv4, a.ipv4),
+                         capture_output=True, text=True, timeout=60)
+    assert "accelerated on" in out.stderr + out.stdout, out.stderr
+    m = re.search(r"ConnectionRefusedError after ([\d.]+) s", out.stdout)
+    assert m and float(m.group(1)) < 1.0, out.stdout + out.stderr
+
+
+DOORS_PEER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(5):
+    s.sendto(b"d%d" % i, (sys.argv[1], 7031))
+"""
+
+
+def test_fortified_and_vector_calls_take_the_rings(hosts, tmp_path):
+    """A program built with -D_FORTIFY_SOURCE=2 (__recv_chk, __recvfrom_chk, __read_chk, __poll_chk), readv and
+    epoll_pwait2 (tests/netns/progs/udp_doors.c) gets its datagrams through the rings."""
+    a, b = hosts
+    prog = tmp_path / "udp_doors"
+    subprocess.run(["gcc", "-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-Werror", "-o", str(prog),
+                    os.path.join(os.path.dirname(__file__), "progs", "udp_doors.c")], check=True)
+    app = run_app(b, str(prog), b.ipv4, "7031")
+    lines = []
+    try:
+        for line in app.stdout:
+            lines.append(line.strip())
+            if line.startswith(("ready", "FAIL")):
+                break
+        assert lines[-1] == "ready", lines
+        wait_for(lambda: sockets_of(b, 7031), what="the socket to be accelerated")
+        subprocess.run(in_ns(a, sys.executable, "-c", DOORS_PEER, b.ipv4), check=True, timeout=30)
+        for line in app.stdout:
+            lines.append(line.strip())
+            if line.startswith(("done", "FAIL")):
+                break
+        assert lines[-1] == "done", lines
+        (s,) = sockets_of(b, 7031)
+        assert s["rx"] == 5 and s["rx_kernel"] == 0, s
+    finally:
+        stop(app)
