@@ -522,16 +522,18 @@ def test_an_icmp_port_unreachable_is_the_connected_apps_error(hosts):
 
 
 DOORS_PEER = r"""
-import socket, sys
+import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i in range(5):
+for i in range(7):
+    if i == 6: time.sleep(0.5)
     s.sendto(b"d%d" % i, (sys.argv[1], 7031))
 """
 
 
 def test_fortified_and_vector_calls_take_the_rings(hosts, tmp_path):
-    """A program built with -D_FORTIFY_SOURCE=2 (__recv_chk, __recvfrom_chk, __read_chk, __poll_chk), readv and
-    epoll_pwait2 (tests/netns/progs/udp_doors.c) gets its datagrams through the rings."""
+    """A program built with -D_FORTIFY_SOURCE=2 (__recv_chk, __recvfrom_chk, __read_chk, __poll_chk), readv,
+    epoll_pwait2 and recvmmsg (tests/netns/progs/udp_doors.c) gets its datagrams through the rings, and recvmmsg
+    waits for all it asked for as the kernel's does."""
     a, b = hosts
     prog = tmp_path / "udp_doors"
     subprocess.run(["gcc", "-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-Werror", "-o", str(prog),
@@ -552,6 +554,40 @@ def test_fortified_and_vector_calls_take_the_rings(hosts, tmp_path):
                 break
         assert lines[-1] == "done", lines
         (s,) = sockets_of(b, 7031)
-        assert s["rx"] == 5 and s["rx_kernel"] == 0, s
+        assert s["rx"] == 7 and s["rx_kernel"] == 0, s
     finally:
         stop(app)
+
+
+REUSEPORT = r"""
+import socket, sys, time
+for i in range(2):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((sys.argv[1], 7032)); globals()["s%d" % i] = s
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("127.0.0.1", 7033))
+print("ready", u.getsockname()[1], flush=True); time.sleep(30)
+"""
+
+
+def test_a_second_reuseport_socket_and_a_loopback_send_stay_on_the_kernel_and_say_so(hosts):
+    """Two SO_REUSEPORT sockets of one app on one port: the first is accelerated, the control plane refuses
+    the second one's duplicate rule (it stays on the kernel, with its log line saying why); an unbound
+    socket's first send to loopback asks the control plane nothing (no rule for 0.0.0.0:its port)."""
+    a, b = hosts
+    app = run_app(b, sys.executable, "-c", REUSEPORT, b.ipv4)
+    lines = []
+    try:
+        for line in app.stdout:
+            lines.append(line.strip())
+            if line.startswith("ready"):
+                break
+        assert lines and lines[-1].startswith("ready"), lines
+        ephemeral = lines[-1].split()[1]
+        assert len(sockets_of(b, 7032)) == 1
+        rules = json.dumps(_rules(b))
+        assert rules.count("dport 7032") == 1 and f"dport {ephemeral}" not in rules, rules
+    finally:
+        out = stop(app)
+    said = "\n".join(lines) + out
+    assert said.count("accelerated on") == 1, said
+    assert re.search(r"7032\) not accelerated: .*SO_REUSEPORT", said), said

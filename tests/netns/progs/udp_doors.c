@@ -1,7 +1,7 @@
 /* udp_doors.c: the doors to recv that are not recv, run under `kbypass run` by tests/netns/test_run.py:
  * built with -O2 -D_FORTIFY_SOURCE=2 (so recv/recvfrom/read/poll become __recv_chk/__recvfrom_chk/__read_chk/
  * __poll_chk), plus readv and epoll_pwait2. Prints one line per check; exits 1 at the first failure.
- * usage: udp_doors IP PORT   (then: "ready" -> the peer sends d0..d4 -> "done", and waits for a signal) */
+ * usage: udp_doors IP PORT   (then: "ready" -> the peer sends d0..d5, d6 0.5 s later -> "done", and waits for a signal) */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -49,7 +49,12 @@ int main(int argc, char **argv) {
     CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, s, &ev) == 0, "epoll_ctl");
     struct timespec ts = {10, 0};
     CHECK(epoll_pwait2(ep, &got, 1, &ts, NULL) == 1 && got.data.u32 == 7, "epoll_pwait2 sees the last datagram");
-    CHECK(recv(s, buf, n, 0) == 2 && !memcmp(buf, "d4", 2), "the last datagram");
+    CHECK(recv(s, buf, n, 0) == 2 && !memcmp(buf, "d4", 2), "d4");
+    /* the kernel's recvmmsg without MSG_WAITFORONE waits for all vlen (d6 comes 0.5 s after d5) */
+    char b5[16], b6[16];
+    struct iovec i5 = {b5, sizeof(b5)}, i6 = {b6, sizeof(b6)};
+    struct mmsghdr mv[2] = {{.msg_hdr = {.msg_iov = &i5, .msg_iovlen = 1}}, {.msg_hdr = {.msg_iov = &i6, .msg_iovlen = 1}}};
+    CHECK(recvmmsg(s, mv, 2, 0, NULL) == 2 && !memcmp(b6, "d6", 2), "recvmmsg waits for all its datagrams");
     printf("done\n");
     fflush(stdout);
     pause(); /* the socket stays for the test to read its counters */
