@@ -66,7 +66,7 @@ struct kbp_iface {
     uint8_t mac[6];
     uint8_t ip[4];
     uint32_t netmask; /* network order */
-    int mtu, nq;
+    int mtu, nq, ifindex;
     struct kbp_queue q[KBP_MAX_QUEUES];
     struct kbp_hop hops[KBP_MAX_HOPS];
     int nsocks;
@@ -78,6 +78,7 @@ struct kbp_dgram {
     uint32_t len;
     uint8_t src_ip[4];
     uint16_t src_port;
+    uint8_t dst_ip[4], tos, ttl;
     uint64_t ts_ns; /* CLOCK_REALTIME when taken off the ring (SO_TIMESTAMP*) */
     uint8_t *data;
 };
@@ -91,6 +92,7 @@ struct kbp_sock {
     int tried;      /* acceleration was tried (once per socket) */
     long rcvtimeo_us, sndtimeo_us;
     int tos, ts_mode; /* IP_TOS; SO_TIMESTAMP (1) or SO_TIMESTAMPNS (2) */
+    int want_pktinfo, want_tos, want_ttl; /* IP_PKTINFO, IP_RECVTOS, IP_RECVTTL: synthesised from the frame */
     int rcvbuf;
     struct kbp_iface *ifc;
     struct kb_udp_local me;

@@ -160,6 +160,8 @@ struct kbp_iface *kbp_iface_get(const char *reply, char *why, size_t cap) {
     inet_pton(AF_INET, ip, ifc->ip);
     ifc->netmask = plen ? htonl(~0u << (32 - plen)) : 0;
     ifc->mtu = (int)mtu;
+    long long ifindex = 0; /* IP_PKTINFO's; an older control plane's reply lacks it: 0 */
+    ifc->ifindex = kbp_json_int(reply, "ifindex", &ifindex) ? 0 : (int)ifindex;
     for (int q = 0; q < KBP_MAX_QUEUES; q++) ifc->q[q].fd = -1;
     for (int q = 0; q < nq; q++) {
         char req[320], buf[1024];
@@ -217,6 +219,9 @@ static void take(struct kbp_dgram *g, const uint8_t *f, uint8_t *into, size_t ca
     g->len = plen;
     memcpy(g->src_ip, kb_udp_src_ip(f), 4);
     g->src_port = kb_udp_src_port(f);
+    memcpy(g->dst_ip, f + 30, 4); /* IP_PKTINFO, IP_RECVTOS, IP_RECVTTL from the IP header */
+    g->tos = f[15];
+    g->ttl = f[22];
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     g->ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;

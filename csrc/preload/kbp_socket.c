@@ -416,27 +416,45 @@ ssize_t read(int fd, void *buf, size_t len) {
     return recvfrom(fd, buf, len, 0, NULL, NULL);
 }
 
-static void put_timestamp(struct msghdr *m, const struct kbp_sock *s, uint64_t ns) {
+/* One control message into m's buffer at *used: 0, or -1 (MSG_CTRUNC) when it does not fit. */
+static int put_cmsg(struct msghdr *m, size_t *used, int level, int type, const void *data, size_t dl) {
+    if (m->msg_controllen < *used + CMSG_SPACE(dl)) {
+        m->msg_flags |= MSG_CTRUNC;
+        return -1;
+    }
+    struct cmsghdr *c = (struct cmsghdr *)((uint8_t *)m->msg_control + *used);
+    c->cmsg_level = level;
+    c->cmsg_type = type;
+    c->cmsg_len = CMSG_LEN(dl);
+    memcpy(CMSG_DATA(c), data, dl);
+    *used += CMSG_SPACE(dl);
+    return 0;
+}
+
+/* The ancillary data the kernel would give, in its order: the timestamp (SO_TIMESTAMP/NS), then IP_PKTINFO,
+ * IP_TTL, IP_TOS (ip_cmsg_recv's), all from the frame. */
+static void put_ancillary(struct msghdr *m, const struct kbp_sock *s, const struct kbp_dgram *g) {
     size_t used = 0;
-    if (s->ts_mode && m->msg_control) {
-        int ns_mode = s->ts_mode == 2;
-        size_t dl = ns_mode ? sizeof(struct timespec) : sizeof(struct timeval);
-        if (m->msg_controllen >= CMSG_SPACE(dl)) {
-            struct cmsghdr *c = (struct cmsghdr *)m->msg_control;
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = ns_mode ? SCM_TIMESTAMPNS : SCM_TIMESTAMP;
-            c->cmsg_len = CMSG_LEN(dl);
-            if (ns_mode) {
-                struct timespec t = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
-                memcpy(CMSG_DATA(c), &t, sizeof(t));
-            } else {
-                struct timeval t = {(time_t)(ns / 1000000000ull), (suseconds_t)(ns % 1000000000ull / 1000)};
-                memcpy(CMSG_DATA(c), &t, sizeof(t));
-            }
-            used = CMSG_SPACE(dl);
-        } else {
-            m->msg_flags |= MSG_CTRUNC;
+    uint64_t ns = g->ts_ns;
+    if (m->msg_control) {
+        int ok = 0;
+        if (s->ts_mode == 2) {
+            struct timespec t = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+            ok = put_cmsg(m, &used, SOL_SOCKET, SCM_TIMESTAMPNS, &t, sizeof(t));
+        } else if (s->ts_mode == 1) {
+            struct timeval t = {(time_t)(ns / 1000000000ull), (suseconds_t)(ns % 1000000000ull / 1000)};
+            ok = put_cmsg(m, &used, SOL_SOCKET, SCM_TIMESTAMP, &t, sizeof(t));
         }
+        if (ok == 0 && s->want_pktinfo) {
+            struct in_pktinfo pi = {.ipi_ifindex = s->ifc ? s->ifc->ifindex : 0};
+            int unicast = memcmp(g->dst_ip, s->me.bcast, 4) && g->dst_ip[0] < 224; /* the kernel's spec_dst: */
+            memcpy(&pi.ipi_spec_dst, unicast ? g->dst_ip : s->me.ip, 4); /* the local address it came to */
+            memcpy(&pi.ipi_addr, g->dst_ip, 4);
+            ok = put_cmsg(m, &used, IPPROTO_IP, IP_PKTINFO, &pi, sizeof(pi));
+        }
+        int ttl = g->ttl;
+        if (ok == 0 && s->want_ttl) ok = put_cmsg(m, &used, IPPROTO_IP, IP_TTL, &ttl, sizeof(ttl));
+        if (ok == 0 && s->want_tos) put_cmsg(m, &used, IPPROTO_IP, IP_TOS, &g->tos, 1);
     }
     m->msg_controllen = used;
 }
@@ -458,7 +476,7 @@ ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
     }
     m->msg_flags = off < g.len ? MSG_TRUNC : 0;
     fill_name(m->msg_name, &m->msg_namelen, &g);
-    put_timestamp(m, s, g.ts_ns);
+    put_ancillary(m, s, &g);
     return (flags & MSG_TRUNC) ? (ssize_t)g.len : (ssize_t)off;
 }
 
@@ -607,6 +625,9 @@ int setsockopt(int fd, int level, int name, const void *v, socklen_t len) {
     else if (level == SOL_SOCKET && name == SO_TIMESTAMP) s->ts_mode = iv ? 1 : 0;
     else if (level == SOL_SOCKET && name == SO_TIMESTAMPNS) s->ts_mode = iv ? 2 : 0;
     else if (level == IPPROTO_IP && name == IP_TOS) s->tos = iv & 0xFC, s->tmpl_ok = 0;
+    else if (level == IPPROTO_IP && name == IP_PKTINFO) s->want_pktinfo = iv != 0;
+    else if (level == IPPROTO_IP && name == IP_RECVTOS) s->want_tos = iv != 0;
+    else if (level == IPPROTO_IP && name == IP_RECVTTL) s->want_ttl = iv != 0;
     pthread_mutex_unlock(&kbp_lock);
     return r;
 }

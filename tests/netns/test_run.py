@@ -591,3 +591,47 @@ def test_a_second_reuseport_socket_and_a_loopback_send_stay_on_the_kernel_and_sa
     said = "\n".join(lines) + out
     assert said.count("accelerated on") == 1, said
     assert re.search(r"7032\) not accelerated: .*SO_REUSEPORT", said), said
+
+
+ANCILLARY = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for opt in (8, 13, 12):  # IP_PKTINFO, IP_RECVTOS, IP_RECVTTL
+    s.setsockopt(socket.IPPROTO_IP, opt, 1)
+s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
+s.bind(("0.0.0.0", 7034)); s.settimeout(10)
+print("ready", flush=True)
+d, anc, flags, src = s.recvmsg(100, 256)
+for level, kind, data in anc:
+    if (level, kind) == (socket.IPPROTO_IP, 8):
+        ifindex, spec, dst = struct.unpack("i4s4s", data)
+        print("pktinfo", ifindex == socket.if_nametoindex(sys.argv[1]), socket.inet_ntoa(spec), socket.inet_ntoa(dst))
+    elif (level, kind) == (socket.IPPROTO_IP, socket.IP_TOS):
+        print("tos", data[0])
+    elif (level, kind) == (socket.IPPROTO_IP, socket.IP_TTL):
+        print("ttl", struct.unpack("i", data)[0])
+    else:
+        print("cmsg", level, kind)
+print("flags", flags, flush=True)
+"""
+
+
+def test_pktinfo_tos_and_ttl_ancillary_data_come_from_the_frame(hosts):
+    """IP_PKTINFO (ifindex, local and destination address), IP_RECVTOS and IP_RECVTTL on an accelerated
+    socket: recvmsg gives them as the kernel would, in its order, after the timestamp."""
+    a, b = hosts
+    app = run_app(b, sys.executable, "-c", ANCILLARY, b.iface)
+    try:
+        for line in app.stdout:
+            if line.startswith("ready"):
+                break
+        wait_for(lambda: sockets_of(b, 7034), what="the socket to be accelerated")
+        send = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                f"s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x28); s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 7)\n"
+                f"s.sendto(b'x', ('{b.ipv4}', 7034))")
+        subprocess.run(in_ns(a, sys.executable, "-c", send), check=True, timeout=30)
+        app.wait(15)
+    finally:
+        out = stop(app)
+    got = [ln for ln in out.splitlines() if not ln.startswith("kbypass[")]
+    assert got == ["cmsg 1 35", f"pktinfo True {b.ipv4} {b.ipv4}", "ttl 7", "tos 40", "flags 0"], out
