@@ -150,6 +150,7 @@ struct kbp_libc {
     ssize_t (*readv)(int, const struct iovec *, int);
     ssize_t (*writev)(int, const struct iovec *, int);
     int (*epoll_pwait2)(int, void *, int, const struct timespec *, const void *);
+    long (*syscall)(long, ...);
 };
 extern struct kbp_libc kbp_real;
 void kbp_init_libc(void);
