@@ -173,6 +173,10 @@ struct kbp_iface *kbp_iface_get(const char *reply, char *why, size_t cap) {
         if (kbp_cp_call(req, -1, buf, sizeof(buf), fds, 3, &nfds) < 0 || nfds != 2) {
             if (nfds > 0)
                 for (int i = 0; i < nfds; i++) kbp_real.close(fds[i]);
+            char *cut = strstr(buf, "'s socket, "); /* the rest names --share-queue, which kbypass run has not */
+            if (cut && !nfds)
+                snprintf(cut, sizeof(buf) - (size_t)(cut - buf), "'s socket (AF_XDP takes one per queue): stop that "
+                         "program, or run this app in a namespace whose queues are free");
             snprintf(why, cap, "no AF_XDP socket for queue %d of %s: %s", q, name, nfds ? "fds missing" : buf);
             ifc->nq = q;
             iface_close(ifc);

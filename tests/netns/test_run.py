@@ -359,6 +359,8 @@ def test_the_calls_apps_make_beyond_recvfrom_and_sendto(hosts, tmp_path):
     finally:
         out = stop(app)
     assert not [ln for ln in lines + out.splitlines() if ln.startswith("FAIL")], lines + out.splitlines()
+    assert any("fork: this child's copies of 1 accelerated socket(s) are kernel sockets" in ln
+               for ln in lines + out.splitlines()), lines + out.splitlines()
 
 
 def _raw_call(sock, payload: bytes, fds=()) -> dict:
@@ -641,3 +643,22 @@ def test_pktinfo_tos_and_ttl_ancillary_data_come_from_the_frame(hosts):
         out = stop(app)
     got = [ln for ln in out.splitlines() if not ln.startswith("kbypass[")]
     assert got == ["cmsg 1 35", f"pktinfo True {b.ipv4} {b.ipv4}", "ttl 7", "tos 40", "flags 0"], out
+
+
+def test_a_queue_held_by_another_program_is_said_without_an_option_run_lacks(hosts):
+    """Another client's AF_XDP socket on queue 0: the app stays on the kernel, and its log line says what to do
+    with kbypass run (the control plane's own answer suggests --share-queue, which kbypass run has not)."""
+    a, b = hosts
+    subprocess.run(in_ns(b, KB, "run", "--", "true"), check=True, timeout=60)  # starts the control plane
+    with ControlPlaneClient(b.netns, start=False, command="holder") as cp:
+        xsk, umem, _ = cp.open_socket(b.iface, 0, frames=256, frame_size=2048, rx_size=64, tx_size=64,
+                                      fill_size=64, comp_size=64)
+        try:
+            code = f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(('{b.ipv4}', 7035))"
+            out = subprocess.run(in_ns(b, KB, "run", "--log", "--", sys.executable, "-c", code), capture_output=True,
+                                 text=True, timeout=60).stderr
+        finally:
+            os.close(xsk)
+            os.close(umem)
+    assert "7035) not accelerated: no AF_XDP socket for queue 0" in out and "stop that program" in out, out
+    assert "--share-queue" not in out, out
