@@ -482,22 +482,25 @@ def test_an_unprivileged_app_kept_out_by_a_root_only_control_plane_warns_once(ho
 
 
 SIGNALLED = r"""
-import signal, socket, sys, time
+import select, signal, socket, sys, time
 class Stop(Exception): pass
 def stop(*a): raise Stop()
 signal.signal(signal.SIGALRM, stop)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7030))
+p = select.poll(); p.register(s, select.POLLIN); e = select.epoll(); e.register(s, select.EPOLLIN)
+wait = {"recv": lambda: s.recv(100), "poll": lambda: p.poll(10000), "epoll": lambda: e.poll(10)}[sys.argv[2]]
 t = time.monotonic(); signal.alarm(1)
-try: s.recv(100); print("received")
+try: wait(); print("returned")
 except Stop: print("interrupted after %.2f s" % (time.monotonic() - t), flush=True)
 """
 
 
-def test_a_signal_ends_a_spinning_recv_as_the_kernel_would(hosts):
-    """SIGALRM arrives while recv spins on the rings (KBYPASS_SPIN_US 5 s): the handler's exception is raised
-    after ~1 s (recv returned EINTR), not after the spin, nor never."""
+@pytest.mark.parametrize("call", ["recv", "poll", "epoll"])
+def test_a_signal_ends_a_spinning_wait_as_the_kernel_would(hosts, call):
+    """SIGALRM arrives while recv/poll/epoll_wait spins on the rings (KBYPASS_SPIN_US 5 s): the handler's
+    exception is raised after ~1 s (the call returned EINTR), not after the spin, nor never."""
     a, b = hosts
-    app = run_app(b, sys.executable, "-c", SIGNALLED, b.ipv4, spin=5_000_000)
+    app = run_app(b, sys.executable, "-c", SIGNALLED, b.ipv4, call, spin=5_000_000)
     try:
         out, _ = app.communicate(timeout=30)
     finally:
