@@ -352,33 +352,36 @@ static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_m
     }
 }
 
+/* a set with an accelerated member waits in epoll_engine; the others in the kernel, their ring fds' events
+ * (a member no longer accelerated) taken out */
+static int engine_set(int epfd, int max) {
+    return epfd >= 0 && epfd < KBP_MAX_FD && has_accel_member(eps[epfd]) && max > 0;
+}
+
+static int kernel_events(int epfd, struct epoll_event *ev, int r) {
+    return r > 0 && epfd >= 0 && epfd < KBP_MAX_FD && eps[epfd] ? merge(ev, 0, r) : r;
+}
+
 int epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout) {
     kbp_init_libc();
-    if (epfd < 0 || epfd >= KBP_MAX_FD || !has_accel_member(eps[epfd]) || max <= 0) {
-        int r = kbp_real.epoll_wait(epfd, ev, max, timeout);
-        return r > 0 && epfd >= 0 && epfd < KBP_MAX_FD && eps[epfd] ? merge(ev, 0, r) : r;
-    }
+    if (!engine_set(epfd, max)) return kernel_events(epfd, ev, kbp_real.epoll_wait(epfd, ev, max, timeout));
     return epoll_engine(epfd, ev, max, timeout, NULL);
 }
 
 int epoll_pwait(int epfd, struct epoll_event *ev, int max, int timeout, const sigset_t *mask) {
     kbp_init_libc();
-    if (epfd < 0 || epfd >= KBP_MAX_FD || !has_accel_member(eps[epfd]) || max <= 0) {
-        int r = kbp_real.epoll_pwait(epfd, ev, max, timeout, mask);
-        return r > 0 && epfd >= 0 && epfd < KBP_MAX_FD && eps[epfd] ? merge(ev, 0, r) : r;
-    }
+    if (!engine_set(epfd, max)) return kernel_events(epfd, ev, kbp_real.epoll_pwait(epfd, ev, max, timeout, mask));
     return epoll_engine(epfd, ev, max, timeout, mask);
 }
 
 int epoll_pwait2(int epfd, struct epoll_event *ev, int max, const struct timespec *t, const sigset_t *mask) {
     kbp_init_libc();
-    if (epfd < 0 || epfd >= KBP_MAX_FD || !has_accel_member(eps[epfd]) || max <= 0) {
+    if (!engine_set(epfd, max)) {
         if (!kbp_real.epoll_pwait2) {
             errno = ENOSYS;
             return -1;
         }
-        int r = kbp_real.epoll_pwait2(epfd, ev, max, t, mask);
-        return r > 0 && epfd >= 0 && epfd < KBP_MAX_FD && eps[epfd] ? merge(ev, 0, r) : r;
+        return kernel_events(epfd, ev, kbp_real.epoll_pwait2(epfd, ev, max, t, mask));
     }
     int ms = t ? (int)(t->tv_sec * 1000 + (t->tv_nsec + 999999) / 1000000) : -1;
     return epoll_engine(epfd, ev, max, ms, mask);

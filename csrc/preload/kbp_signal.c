@@ -67,3 +67,13 @@ sighandler_t signal(int sig, sighandler_t handler) {
     if (sigaction(sig, &act, &old) < 0) return SIG_ERR;
     return old.sa_handler;
 }
+
+/* glibc's siginterrupt() changes SA_RESTART through its internal sigaction too: through ours, so that the
+ * trampoline knows the flag */
+int siginterrupt(int sig, int flag) {
+    struct sigaction a;
+    if (sigaction(sig, NULL, &a) < 0) return -1;
+    if (flag) a.sa_flags &= ~SA_RESTART;
+    else a.sa_flags |= SA_RESTART;
+    return sigaction(sig, &a, NULL);
+}
