@@ -12,8 +12,10 @@
 
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "../core/kb_lane.h"
 #include "../core/kb_port.h"
@@ -68,7 +70,7 @@ struct kbp_iface {
     uint8_t mac[6];
     uint8_t ip[4];
     uint32_t netmask; /* network order */
-    int mtu, nq;
+    int mtu, nq, ifindex;
     uint8_t *chain; /* a chained packet gathered (KBP_CHAIN_BYTES), when the MTU needs multi-buffer sockets */
     struct kbp_queue q[KBP_MAX_QUEUES];
     struct kbp_hop hops[KBP_MAX_HOPS];
@@ -82,6 +84,7 @@ struct kbp_dgram {
     uint32_t len;
     uint8_t src_ip[4];
     uint16_t src_port;
+    uint8_t dst_ip[4], tos, ttl;
     uint64_t ts_ns; /* CLOCK_REALTIME when taken off the ring (SO_TIMESTAMP*) */
     uint8_t *data;  /* a frame's worth of the socket's backlog slab */
     uint8_t *big;   /* a jumbo datagram's own buffer (malloc), when larger than a frame; its bytes, not data's */
@@ -97,6 +100,7 @@ struct kbp_sock {
     int said_big;   /* --log said that datagrams larger than a frame go through the kernel socket */
     long rcvtimeo_us, sndtimeo_us;
     int tos, ts_mode; /* IP_TOS; SO_TIMESTAMP (1) or SO_TIMESTAMPNS (2) */
+    int want_pktinfo, want_tos, want_ttl; /* IP_PKTINFO, IP_RECVTOS, IP_RECVTTL: synthesised from the frame */
     int rcvbuf;
     struct kbp_iface *ifc;
     struct kb_udp_local me;
@@ -151,6 +155,11 @@ struct kbp_libc {
     int (*epoll_ctl)(int, int, int, void *);
     int (*epoll_wait)(int, void *, int, int);
     int (*epoll_pwait)(int, void *, int, int, const void *);
+    int (*sigaction)(int, const struct sigaction *, struct sigaction *);
+    ssize_t (*readv)(int, const struct iovec *, int);
+    ssize_t (*writev)(int, const struct iovec *, int);
+    int (*epoll_pwait2)(int, void *, int, const struct timespec *, const void *);
+    long (*syscall)(long, ...);
 };
 extern struct kbp_libc kbp_real;
 void kbp_init_libc(void);
@@ -207,6 +216,12 @@ static inline void kbp_flush_before(int fd) {
 struct kbp_sock *kbp_get(int fd);
 int kbp_readable(struct kbp_sock *s); /* datagrams waiting (after a pump); under kbp_lock */
 void kbp_fall_back_all(void);
+
+/* kbp_signal.c: kbp_sig_count changes when a handler of the app ran on this thread; kbp_sig_interrupted
+ * says whether the wait begun at count `since` ends with EINTR (restartable: a recv the kernel restarts under
+ * SA_RESTART) */
+extern __thread unsigned kbp_sig_count __attribute__((tls_model("initial-exec")));
+int kbp_sig_interrupted(unsigned since, int restartable);
 
 /* kbp_poll.c */
 void kbp_epoll_forget(int epfd);

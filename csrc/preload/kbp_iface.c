@@ -169,6 +169,8 @@ struct kbp_iface *kbp_iface_get(const char *reply, char *why, size_t cap) {
         snprintf(why, cap, "out of memory");
         return NULL;
     }
+    long long ifindex = 0; /* IP_PKTINFO's; an older control plane's reply lacks it: 0 */
+    ifc->ifindex = kbp_json_int(reply, "ifindex", &ifindex) ? 0 : (int)ifindex;
     for (int q = 0; q < KBP_MAX_QUEUES; q++) ifc->q[q].fd = -1;
     for (int q = 0; q < nq; q++) {
         char req[320], buf[1024];
@@ -181,6 +183,10 @@ struct kbp_iface *kbp_iface_get(const char *reply, char *why, size_t cap) {
         if (kbp_cp_call(req, -1, buf, sizeof(buf), fds, 3, &nfds) < 0 || nfds != 2) {
             if (nfds > 0)
                 for (int i = 0; i < nfds; i++) kbp_real.close(fds[i]);
+            char *cut = strstr(buf, "'s socket, "); /* the rest names --share-queue, which kbypass run has not */
+            if (cut && !nfds)
+                snprintf(cut, sizeof(buf) - (size_t)(cut - buf), "'s socket (AF_XDP takes one per queue): stop that "
+                         "program, or run this app in a namespace whose queues are free");
             snprintf(why, cap, "no AF_XDP socket for queue %d of %s: %s", q, name, nfds ? "fds missing" : buf);
             ifc->nq = q;
             iface_close(ifc);
@@ -228,6 +234,9 @@ static void take(struct kbp_dgram *g, const uint8_t *f, uint8_t *into, size_t ca
     g->len = plen;
     memcpy(g->src_ip, kb_udp_src_ip(f), 4);
     g->src_port = kb_udp_src_port(f);
+    memcpy(g->dst_ip, f + 30, 4); /* IP_PKTINFO, IP_RECVTOS, IP_RECVTTL from the IP header */
+    g->tos = f[15];
+    g->ttl = f[22];
     g->ts_ns = 0;
     if (stamp) {
         struct timespec ts;

@@ -92,8 +92,14 @@ static int poll_engine(struct pollfd *fds, nfds_t n, int timeout_ms, const sigse
         return -1;
     }
     int result;
+    unsigned sig0 = kbp_sig_count; /* poll/select end with EINTR after a handler, SA_RESTART or not */
     for (unsigned it = 0;; it++) {
         int ready = 0;
+        if (kbp_sig_count != sig0) {
+            errno = EINTR;
+            result = -1;
+            break;
+        }
         pthread_mutex_lock(&kbp_lock);
         for (nfds_t i = 0; i < n; i++) {
             struct kbp_sock *s = kbp_get(fds[i].fd);
@@ -319,7 +325,12 @@ static int merge(struct epoll_event *ev, int ours, int theirs) {
 
 static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_ms, const sigset_t *mask) {
     uint64_t start = kbp_now_ns(), spin_end = start + (uint64_t)kbp_spin_us * 1000, deadline = deadline_of(timeout_ms);
+    unsigned sig0 = kbp_sig_count; /* epoll_wait ends with EINTR after a handler, SA_RESTART or not */
     for (unsigned it = 0;; it++) {
+        if (kbp_sig_count != sig0) {
+            errno = EINTR;
+            return -1;
+        }
         pthread_mutex_lock(&kbp_lock);
         struct ep_set *set = eps[epfd];
         int ours = set ? ring_events(epfd, set, ev, max) : 0;
@@ -345,22 +356,40 @@ static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_m
     }
 }
 
+/* a set with an accelerated member waits in epoll_engine; the others in the kernel, their ring fds' events
+ * (a member no longer accelerated) taken out */
+static int engine_set(int epfd, int max) {
+    return epfd >= 0 && epfd < KBP_MAX_FD && has_accel_member(eps[epfd]) && max > 0;
+}
+
+static int kernel_events(int epfd, struct epoll_event *ev, int r) {
+    return r > 0 && epfd >= 0 && epfd < KBP_MAX_FD && eps[epfd] ? merge(ev, 0, r) : r;
+}
+
 int epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout) {
     kbp_init_libc();
     kbp_flush_now(); /* the app may wait: deferred frames go first */
-    if (epfd < 0 || epfd >= KBP_MAX_FD || !has_accel_member(eps[epfd]) || max <= 0) {
-        int r = kbp_real.epoll_wait(epfd, ev, max, timeout);
-        return r > 0 && epfd >= 0 && epfd < KBP_MAX_FD && eps[epfd] ? merge(ev, 0, r) : r;
-    }
+    if (!engine_set(epfd, max)) return kernel_events(epfd, ev, kbp_real.epoll_wait(epfd, ev, max, timeout));
     return epoll_engine(epfd, ev, max, timeout, NULL);
 }
 
 int epoll_pwait(int epfd, struct epoll_event *ev, int max, int timeout, const sigset_t *mask) {
     kbp_init_libc();
     kbp_flush_now(); /* the app may wait: deferred frames go first */
-    if (epfd < 0 || epfd >= KBP_MAX_FD || !has_accel_member(eps[epfd]) || max <= 0) {
-        int r = kbp_real.epoll_pwait(epfd, ev, max, timeout, mask);
-        return r > 0 && epfd >= 0 && epfd < KBP_MAX_FD && eps[epfd] ? merge(ev, 0, r) : r;
-    }
+    if (!engine_set(epfd, max)) return kernel_events(epfd, ev, kbp_real.epoll_pwait(epfd, ev, max, timeout, mask));
     return epoll_engine(epfd, ev, max, timeout, mask);
+}
+
+int epoll_pwait2(int epfd, struct epoll_event *ev, int max, const struct timespec *t, const sigset_t *mask) {
+    kbp_init_libc();
+    kbp_flush_now(); /* the app may wait: deferred frames go first */
+    if (!engine_set(epfd, max)) {
+        if (!kbp_real.epoll_pwait2) {
+            errno = ENOSYS;
+            return -1;
+        }
+        return kernel_events(epfd, ev, kbp_real.epoll_pwait2(epfd, ev, max, t, mask));
+    }
+    int ms = t ? (int)(t->tv_sec * 1000 + (t->tv_nsec + 999999) / 1000000) : -1;
+    return epoll_engine(epfd, ev, max, ms, mask);
 }

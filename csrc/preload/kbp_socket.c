@@ -52,9 +52,11 @@ static void child_after_fork(void) {
     pthread_mutex_init(&kbp_lock, NULL);
     kbp_flusher_after_fork_child();
     kbp_cp_forget();
+    int kept = 0;
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
         struct kbp_sock *s = kbp_fds[fd];
         if (!s) continue;
+        kept += s->accel;
         s->slot = NULL;
         s->accel = 0;
         s->ifc = NULL;
@@ -62,6 +64,7 @@ static void child_after_fork(void) {
         kbp_backlog_clear(s);
     }
     kbp_iface_forget_all(1);
+    if (kept) kbp_verbose("fork: this child's copies of %d accelerated socket(s) are kernel sockets", kept);
 }
 
 __attribute__((constructor)) static void kbp_init(void) {
@@ -305,9 +308,14 @@ int dup3(int fd, int fd2, int flags) {
 
 /* ---- receiving ---------------------------------------------------------------------------------------- */
 
-static int kernel_has(int fd) {
+/* next_dgram's look at the kernel socket: 0 it has a datagram (the kernel's recv answers), 1 nothing, -1 the
+ * socket's pending error in errno (an ICMP port unreachable on a connected socket, say). The peek takes that
+ * error off the socket (sock_error() clears it, MSG_PEEK or not), so it is handed to the app here, as the
+ * kernel's recv would. */
+static int kernel_says(int fd) {
     char c;
-    return kbp_real.recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) >= 0;
+    if (kbp_real.recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) >= 0) return 0;
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 1 : -1;
 }
 
 int kbp_readable(struct kbp_sock *s) {
@@ -329,8 +337,16 @@ static int next_dgram(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
     int nonblock = s->nonblock || (flags & MSG_DONTWAIT);
     uint64_t start = kbp_now_ns(), spin_end = start + (uint64_t)kbp_spin_us * 1000;
     uint64_t deadline = s->rcvtimeo_us ? start + (uint64_t)s->rcvtimeo_us * 1000 : 0;
+    unsigned sig0 = kbp_sig_count; /* a handler run since: EINTR, or a restart under SA_RESTART (kbp_signal.c) */
     for (unsigned it = 1;; it++) {
         if (!s->accel) return 0;
+        if (kbp_sig_count != sig0) {
+            if (kbp_sig_interrupted(sig0, !deadline)) { /* the kernel never restarts a recv with SO_RCVTIMEO */
+                errno = EINTR;
+                return -1;
+            }
+            sig0 = kbp_sig_count;
+        }
         if (s->bhead != s->btail) {
             struct kbp_dgram *d = &s->backlog[s->bhead % KBP_BACKLOG];
             *g = *d;
@@ -344,12 +360,13 @@ static int next_dgram(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
         }
         if (kbp_iface_pump(s->ifc, (flags & MSG_PEEK) ? NULL : s, buf, len, g)) return 1;
         if (s->bhead != s->btail) continue;
+        int k;
         if (nonblock) {
-            if (s->empty_calls++ % 16 == 0 && kernel_has(fd)) return 0;
+            if (s->empty_calls++ % 16 == 0 && (k = kernel_says(fd)) < 1) return k;
             errno = EAGAIN;
             return -1;
         }
-        if (it % 256 == 0 && kernel_has(fd)) return 0;
+        if (it % 256 == 0 && (k = kernel_says(fd)) < 1) return k;
         uint64_t now = (it & 15) && kbp_spin_us ? 0 : kbp_now_ns(); /* KBYPASS_SPIN_US=0: straight to sleep */
         if (now && deadline && now >= deadline) {
             errno = EAGAIN;
@@ -359,7 +376,7 @@ static int next_dgram(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
             if (!(it & 15)) kbp_iface_wake(s->ifc);
             continue;
         }
-        if (kernel_has(fd)) return 0;
+        if ((k = kernel_says(fd)) < 1) return k;
         struct pollfd p[KBP_MAX_QUEUES + 2];
         int qfds[KBP_MAX_QUEUES], cp = kbp_cp_fd();
         int n = kbp_iface_fds(s->ifc, qfds, KBP_MAX_QUEUES);
@@ -377,8 +394,8 @@ static int next_dgram(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
             errno = EBADF;
             return -1;
         }
-        if (r < 0 && e == EINTR) {
-            errno = EINTR;
+        if (r < 0 && e == EINTR && (kbp_sig_count == sig0 || kbp_sig_interrupted(sig0, !deadline))) {
+            errno = EINTR; /* a handler not installed through us (count unchanged) cannot be told: EINTR */
             return -1;
         }
         if (cp >= 0 && cp == kbp_cp_fd() && p[n - 1].revents) kbp_cp_lost();
@@ -430,27 +447,45 @@ ssize_t read(int fd, void *buf, size_t len) {
     return recvfrom(fd, buf, len, 0, NULL, NULL);
 }
 
-static void put_timestamp(struct msghdr *m, const struct kbp_sock *s, uint64_t ns) {
+/* One control message into m's buffer at *used: 0, or -1 (MSG_CTRUNC) when it does not fit. */
+static int put_cmsg(struct msghdr *m, size_t *used, int level, int type, const void *data, size_t dl) {
+    if (m->msg_controllen < *used + CMSG_SPACE(dl)) {
+        m->msg_flags |= MSG_CTRUNC;
+        return -1;
+    }
+    struct cmsghdr *c = (struct cmsghdr *)((uint8_t *)m->msg_control + *used);
+    c->cmsg_level = level;
+    c->cmsg_type = type;
+    c->cmsg_len = CMSG_LEN(dl);
+    memcpy(CMSG_DATA(c), data, dl);
+    *used += CMSG_SPACE(dl);
+    return 0;
+}
+
+/* The ancillary data the kernel would give, in its order: the timestamp (SO_TIMESTAMP/NS), then IP_PKTINFO,
+ * IP_TTL, IP_TOS (ip_cmsg_recv's), all from the frame. */
+static void put_ancillary(struct msghdr *m, const struct kbp_sock *s, const struct kbp_dgram *g) {
     size_t used = 0;
-    if (s->ts_mode && m->msg_control) {
-        int ns_mode = s->ts_mode == 2;
-        size_t dl = ns_mode ? sizeof(struct timespec) : sizeof(struct timeval);
-        if (m->msg_controllen >= CMSG_SPACE(dl)) {
-            struct cmsghdr *c = (struct cmsghdr *)m->msg_control;
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = ns_mode ? SCM_TIMESTAMPNS : SCM_TIMESTAMP;
-            c->cmsg_len = CMSG_LEN(dl);
-            if (ns_mode) {
-                struct timespec t = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
-                memcpy(CMSG_DATA(c), &t, sizeof(t));
-            } else {
-                struct timeval t = {(time_t)(ns / 1000000000ull), (suseconds_t)(ns % 1000000000ull / 1000)};
-                memcpy(CMSG_DATA(c), &t, sizeof(t));
-            }
-            used = CMSG_SPACE(dl);
-        } else {
-            m->msg_flags |= MSG_CTRUNC;
+    uint64_t ns = g->ts_ns;
+    if (m->msg_control) {
+        int ok = 0;
+        if (s->ts_mode == 2) {
+            struct timespec t = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+            ok = put_cmsg(m, &used, SOL_SOCKET, SCM_TIMESTAMPNS, &t, sizeof(t));
+        } else if (s->ts_mode == 1) {
+            struct timeval t = {(time_t)(ns / 1000000000ull), (suseconds_t)(ns % 1000000000ull / 1000)};
+            ok = put_cmsg(m, &used, SOL_SOCKET, SCM_TIMESTAMP, &t, sizeof(t));
         }
+        if (ok == 0 && s->want_pktinfo) {
+            struct in_pktinfo pi = {.ipi_ifindex = s->ifc ? s->ifc->ifindex : 0};
+            int unicast = memcmp(g->dst_ip, s->me.bcast, 4) && g->dst_ip[0] < 224; /* the kernel's spec_dst: */
+            memcpy(&pi.ipi_spec_dst, unicast ? g->dst_ip : s->me.ip, 4); /* the local address it came to */
+            memcpy(&pi.ipi_addr, g->dst_ip, 4);
+            ok = put_cmsg(m, &used, IPPROTO_IP, IP_PKTINFO, &pi, sizeof(pi));
+        }
+        int ttl = g->ttl;
+        if (ok == 0 && s->want_ttl) ok = put_cmsg(m, &used, IPPROTO_IP, IP_TTL, &ttl, sizeof(ttl));
+        if (ok == 0 && s->want_tos) put_cmsg(m, &used, IPPROTO_IP, IP_TOS, &g->tos, 1);
     }
     m->msg_controllen = used;
 }
@@ -479,7 +514,7 @@ ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
         clock_gettime(CLOCK_REALTIME, &ts);
         g.ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
     }
-    put_timestamp(m, s, g.ts_ns);
+    put_ancillary(m, s, &g);
     return (flags & MSG_TRUNC) ? (ssize_t)g.len : (ssize_t)off;
 }
 
@@ -488,12 +523,22 @@ int recvmmsg(int fd, struct mmsghdr *v, unsigned n, int flags, struct timespec *
     kbp_flush_before(fd);
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->accel) return kbp_real.recvmmsg(fd, v, n, flags, timeout);
+    /* as the kernel's: each datagram waits as a recvmsg would (after the first, only with MSG_WAITFORONE does
+     * it take just what is there), the timeout is looked at after each datagram, and what is left of it is
+     * written back; an error after some datagrams returns those */
+    uint64_t end = timeout ? kbp_now_ns() + (uint64_t)timeout->tv_sec * 1000000000ull + (uint64_t)timeout->tv_nsec : 0;
     unsigned got = 0;
-    for (; got < n; got++) {
-        /* the first waits as a recvmsg would; the rest only take what is there (MSG_WAITFORONE's way) */
-        ssize_t r = recvmsg(fd, &v[got].msg_hdr, got ? (flags | MSG_DONTWAIT) : (flags & ~MSG_WAITFORONE));
+    while (got < n) {
+        int f = flags & ~MSG_WAITFORONE;
+        if (got && (flags & MSG_WAITFORONE)) f |= MSG_DONTWAIT;
+        ssize_t r = recvmsg(fd, &v[got].msg_hdr, f);
         if (r < 0) break;
-        v[got].msg_len = (unsigned)r;
+        v[got++].msg_len = (unsigned)r;
+        if (end && kbp_now_ns() >= end) break;
+    }
+    if (timeout) {
+        uint64_t now = kbp_now_ns(), left = now < end ? end - now : 0;
+        timeout->tv_sec = (time_t)(left / 1000000000ull), timeout->tv_nsec = (long)(left % 1000000000ull);
     }
     return got ? (int)got : -1;
 }
@@ -540,9 +585,15 @@ static void before_first_send(struct kbp_sock *s) {
     pthread_mutex_unlock(&kbp_lock);
 }
 
+/* A destination on loopback: the kernel's to send (and to autobind the socket for), not the control plane's. */
+static int to_loopback(const struct sockaddr *to) {
+    return to && to->sa_family == AF_INET && (ntohl(((const struct sockaddr_in *)to)->sin_addr.s_addr) >> 24) == 127;
+}
+
 ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
+    if (s && to_loopback(to)) return kbp_real.sendto(fd, buf, len, flags, to, tolen);
     if (s) before_first_send(s);
     if (s && s->accel && len <= 65507 && tx_one(s, to, tolen, buf, len)) return (ssize_t)len;
     return kbp_real.sendto(fd, buf, len, flags, to, tolen);
@@ -560,6 +611,7 @@ ssize_t write(int fd, const void *buf, size_t len) {
 ssize_t sendmsg(int fd, const struct msghdr *m, int flags) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
+    if (s && to_loopback(m->msg_name)) return kbp_real.sendmsg(fd, m, flags);
     if (s) before_first_send(s);
     if (s && s->accel && !m->msg_controllen) {
         uint8_t tmp[KBP_FRAME_SIZE];
@@ -612,6 +664,9 @@ int setsockopt(int fd, int level, int name, const void *v, socklen_t len) {
     else if (level == SOL_SOCKET && name == SO_TIMESTAMP) s->ts_mode = iv ? 1 : 0;
     else if (level == SOL_SOCKET && name == SO_TIMESTAMPNS) s->ts_mode = iv ? 2 : 0;
     else if (level == IPPROTO_IP && name == IP_TOS) s->tos = iv & 0xFC, s->tmpl_ok = 0;
+    else if (level == IPPROTO_IP && name == IP_PKTINFO) s->want_pktinfo = iv != 0;
+    else if (level == IPPROTO_IP && name == IP_RECVTOS) s->want_tos = iv != 0;
+    else if (level == IPPROTO_IP && name == IP_RECVTTL) s->want_ttl = iv != 0;
     pthread_mutex_unlock(&kbp_lock);
     return r;
 }

@@ -19,7 +19,8 @@ void kbp_init_libc(void) {
     LOAD(bind), LOAD(connect), LOAD(close), LOAD(sendto), LOAD(recvfrom), LOAD(sendmsg), LOAD(recvmsg);
     LOAD(sendmmsg), LOAD(recvmmsg), LOAD(send), LOAD(recv), LOAD(read), LOAD(write), LOAD(setsockopt);
     LOAD(getsockopt), LOAD(fcntl), LOAD(ioctl), LOAD(dup), LOAD(dup2), LOAD(dup3), LOAD(poll), LOAD(ppoll);
-    LOAD(select), LOAD(pselect), LOAD(epoll_ctl), LOAD(epoll_wait), LOAD(epoll_pwait);
+    LOAD(select), LOAD(pselect), LOAD(epoll_ctl), LOAD(epoll_wait), LOAD(epoll_pwait), LOAD(sigaction);
+    LOAD(readv), LOAD(writev), LOAD(epoll_pwait2), LOAD(syscall); /* epoll_pwait2: NULL before glibc 2.35 */
     LOAD(socket); /* last: it is the "loaded" mark */
 }
 

@@ -292,13 +292,19 @@ async def main():
     loop = asyncio.get_running_loop()
     await loop.create_datagram_endpoint(Echo, local_addr=(sys.argv[1], 7010))
     await asyncio.sleep(30)
-asyncio.run(main())
+if sys.argv[2] == "uvloop":
+    import uvloop; uvloop.run(main())
+else:
+    asyncio.run(main())
 """
 
 
-def test_an_unmodified_asyncio_echo_server_under_run(hosts):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_an_unmodified_asyncio_echo_server_under_run(hosts, loop):
+    """uvloop's libuv registers fds through io_uring when it may: the shim answers io_uring_setup ENOSYS, so
+    libuv's epoll_ctl calls come through the shim and the accelerated socket's datagrams reach the loop."""
     a, b = hosts
-    srv = run_app(b, sys.executable, "-c", ASYNCIO_ECHO, b.ipv4)
+    srv = run_app(b, sys.executable, "-c", ASYNCIO_ECHO, b.ipv4, loop)
     try:
         wait_for(lambda: sockets_of(b, 7010), what="the asyncio server's socket")
         code = (f"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)\n"
@@ -353,6 +359,8 @@ def test_the_calls_apps_make_beyond_recvfrom_and_sendto(hosts, tmp_path):
     finally:
         out = stop(app)
     assert not [ln for ln in lines + out.splitlines() if ln.startswith("FAIL")], lines + out.splitlines()
+    assert any("fork: this child's copies of 1 accelerated socket(s) are kernel sockets" in ln
+               for ln in lines + out.splitlines()), lines + out.splitlines()
 
 
 def _raw_call(sock, payload: bytes, fds=()) -> dict:
@@ -522,3 +530,189 @@ def test_a_burst_then_a_sleep_reaches_the_kernel_peer_within_the_flush_bound(hos
     does not see: the flusher thread still gets every datagram out (TX_FLUSH_NS, 0.2 ms), long before the
     app wakes. K = 100 is not a multiple of the batch (32), so a tail waits for the flusher."""
     _burst_to_kernel_peer(hosts, "time.sleep(30)", counters=True)
+
+
+SIGNALLED = r"""
+import select, signal, socket, sys, time
+class Stop(Exception): pass
+def stop(*a): raise Stop()
+signal.signal(signal.SIGALRM, stop)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7030))
+p = select.poll(); p.register(s, select.POLLIN); e = select.epoll(); e.register(s, select.EPOLLIN)
+wait = {"recv": lambda: s.recv(100), "poll": lambda: p.poll(10000), "epoll": lambda: e.poll(10)}[sys.argv[2]]
+t = time.monotonic(); signal.alarm(1)
+try: wait(); print("returned")
+except Stop: print("interrupted after %.2f s" % (time.monotonic() - t), flush=True)
+"""
+
+
+@pytest.mark.parametrize("call", ["recv", "poll", "epoll"])
+def test_a_signal_ends_a_spinning_wait_as_the_kernel_would(hosts, call):
+    """SIGALRM arrives while recv/poll/epoll_wait spins on the rings (KBYPASS_SPIN_US 5 s): the handler's
+    exception is raised after ~1 s (the call returned EINTR), not after the spin, nor never."""
+    a, b = hosts
+    app = run_app(b, sys.executable, "-c", SIGNALLED, b.ipv4, call, spin=5_000_000)
+    try:
+        out, _ = app.communicate(timeout=30)
+    finally:
+        out = out if app.poll() is not None else stop(app)
+    assert "accelerated on" in out, out
+    m = re.search(r"interrupted after ([\d.]+) s", out)
+    assert m and 0.9 <= float(m.group(1)) < 3.0, out
+
+
+REFUSED = r"""
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 0)); s.connect((sys.argv[2], 7039))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 3, 0))
+s.send(b"x"); time.sleep(0.3)
+t = time.monotonic()
+try: s.recv(10); print("received")
+except OSError as e: print(type(e).__name__, "after %.2f s" % (time.monotonic() - t))
+"""
+
+
+def test_an_icmp_port_unreachable_is_the_connected_apps_error(hosts):
+    """A connected socket's datagram to a closed port: the kernel's ICMP error reaches the app's recv as
+    ConnectionRefusedError at once (the shim's peek at the kernel socket takes it: it must hand it on)."""
+    a, b = hosts
+    out = subprocess.run(in_ns(b, KB, "run", "--log", "--", sys.executable, "-c", REFUSED, b.ipv4, a.ipv4),
+                         capture_output=True, text=True, timeout=60)
+    assert "accelerated on" in out.stderr + out.stdout, out.stderr
+    m = re.search(r"ConnectionRefusedError after ([\d.]+) s", out.stdout)
+    assert m and float(m.group(1)) < 1.0, out.stdout + out.stderr
+
+
+DOORS_PEER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(7):
+    if i == 6: time.sleep(0.5)
+    s.sendto(b"d%d" % i, (sys.argv[1], 7031))
+"""
+
+
+def test_fortified_and_vector_calls_take_the_rings(hosts, tmp_path):
+    """A program built with -D_FORTIFY_SOURCE=2 (__recv_chk, __recvfrom_chk, __read_chk, __poll_chk), readv,
+    epoll_pwait2 and recvmmsg (tests/netns/progs/udp_doors.c) gets its datagrams through the rings, and recvmmsg
+    waits for all it asked for as the kernel's does."""
+    a, b = hosts
+    prog = tmp_path / "udp_doors"
+    subprocess.run(["gcc", "-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-Werror", "-o", str(prog),
+                    os.path.join(os.path.dirname(__file__), "progs", "udp_doors.c")], check=True)
+    app = run_app(b, str(prog), b.ipv4, "7031")
+    lines = []
+    try:
+        for line in app.stdout:
+            lines.append(line.strip())
+            if line.startswith(("ready", "FAIL")):
+                break
+        assert lines[-1] == "ready", lines
+        wait_for(lambda: sockets_of(b, 7031), what="the socket to be accelerated")
+        subprocess.run(in_ns(a, sys.executable, "-c", DOORS_PEER, b.ipv4), check=True, timeout=30)
+        for line in app.stdout:
+            lines.append(line.strip())
+            if line.startswith(("done", "FAIL")):
+                break
+        assert lines[-1] == "done", lines
+        (s,) = sockets_of(b, 7031)
+        assert s["rx"] == 7 and s["rx_kernel"] == 0, s
+    finally:
+        stop(app)
+
+
+REUSEPORT = r"""
+import socket, sys, time
+for i in range(2):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((sys.argv[1], 7032)); globals()["s%d" % i] = s
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("127.0.0.1", 7033))
+print("ready", u.getsockname()[1], flush=True); time.sleep(30)
+"""
+
+
+def test_a_second_reuseport_socket_and_a_loopback_send_stay_on_the_kernel_and_say_so(hosts):
+    """Two SO_REUSEPORT sockets of one app on one port: the first is accelerated, the control plane refuses
+    the second one's duplicate rule (it stays on the kernel, with its log line saying why); an unbound
+    socket's first send to loopback asks the control plane nothing (no rule for 0.0.0.0:its port)."""
+    a, b = hosts
+    app = run_app(b, sys.executable, "-c", REUSEPORT, b.ipv4)
+    lines = []
+    try:
+        for line in app.stdout:
+            lines.append(line.strip())
+            if line.startswith("ready"):
+                break
+        assert lines and lines[-1].startswith("ready"), lines
+        ephemeral = lines[-1].split()[1]
+        assert len(sockets_of(b, 7032)) == 1
+        rules = json.dumps(_rules(b))
+        assert rules.count("dport 7032") == 1 and f"dport {ephemeral}" not in rules, rules
+    finally:
+        out = stop(app)
+    said = "\n".join(lines) + out
+    assert said.count("accelerated on") == 1, said
+    assert re.search(r"7032\) not accelerated: .*SO_REUSEPORT", said), said
+
+
+ANCILLARY = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for opt in (8, 13, 12):  # IP_PKTINFO, IP_RECVTOS, IP_RECVTTL
+    s.setsockopt(socket.IPPROTO_IP, opt, 1)
+s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
+s.bind(("0.0.0.0", 7034)); s.settimeout(10)
+print("ready", flush=True)
+d, anc, flags, src = s.recvmsg(100, 256)
+for level, kind, data in anc:
+    if (level, kind) == (socket.IPPROTO_IP, 8):
+        ifindex, spec, dst = struct.unpack("i4s4s", data)
+        print("pktinfo", ifindex == socket.if_nametoindex(sys.argv[1]), socket.inet_ntoa(spec), socket.inet_ntoa(dst))
+    elif (level, kind) == (socket.IPPROTO_IP, socket.IP_TOS):
+        print("tos", data[0])
+    elif (level, kind) == (socket.IPPROTO_IP, socket.IP_TTL):
+        print("ttl", struct.unpack("i", data)[0])
+    else:
+        print("cmsg", level, kind)
+print("flags", flags, flush=True)
+"""
+
+
+def test_pktinfo_tos_and_ttl_ancillary_data_come_from_the_frame(hosts):
+    """IP_PKTINFO (ifindex, local and destination address), IP_RECVTOS and IP_RECVTTL on an accelerated
+    socket: recvmsg gives them as the kernel would, in its order, after the timestamp."""
+    a, b = hosts
+    app = run_app(b, sys.executable, "-c", ANCILLARY, b.iface)
+    try:
+        for line in app.stdout:
+            if line.startswith("ready"):
+                break
+        wait_for(lambda: sockets_of(b, 7034), what="the socket to be accelerated")
+        send = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                f"s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x28); s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 7)\n"
+                f"s.sendto(b'x', ('{b.ipv4}', 7034))")
+        subprocess.run(in_ns(a, sys.executable, "-c", send), check=True, timeout=30)
+        app.wait(15)
+    finally:
+        out = stop(app)
+    got = [ln for ln in out.splitlines() if not ln.startswith("kbypass[")]
+    assert got == ["cmsg 1 35", f"pktinfo True {b.ipv4} {b.ipv4}", "ttl 7", "tos 40", "flags 0"], out
+
+
+def test_a_queue_held_by_another_program_is_said_without_an_option_run_lacks(hosts):
+    """Another client's AF_XDP socket on queue 0: the app stays on the kernel, and its log line says what to do
+    with kbypass run (the control plane's own answer suggests --share-queue, which kbypass run has not)."""
+    a, b = hosts
+    subprocess.run(in_ns(b, KB, "run", "--", "true"), check=True, timeout=60)  # starts the control plane
+    with ControlPlaneClient(b.netns, start=False, command="holder") as cp:
+        xsk, umem, _ = cp.open_socket(b.iface, 0, frames=256, frame_size=2048, rx_size=64, tx_size=64,
+                                      fill_size=64, comp_size=64)
+        try:
+            code = f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(('{b.ipv4}', 7035))"
+            out = subprocess.run(in_ns(b, KB, "run", "--log", "--", sys.executable, "-c", code), capture_output=True,
+                                 text=True, timeout=60).stderr
+        finally:
+            os.close(xsk)
+            os.close(umem)
+    assert "7035) not accelerated: no AF_XDP socket for queue 0" in out and "stop that program" in out, out
+    assert "--share-queue" not in out, out

@@ -495,7 +495,12 @@ class Server:
             self._may_use(iface)
             if sum(len(c.rules) for _, c in self.conns.values() if c.uid == client.uid) >= USER_RULES:
                 raise ProtocolError(f"a non-root user has {USER_RULES} rules at most: close a socket first")
-        rule_id = self.state.add_rule(client, iface, f"udp dst {addr.ip} dport {port}")
+        rule = f"udp dst {addr.ip} dport {port}"
+        if self.state.has_rule(client, iface, rule):  # the other clients' are refused by add_rule's overlap check
+            raise ProtocolError(f"udp {addr.ip}:{port} is accelerated for another socket of this app already "
+                                "(SO_REUSEPORT): this one stays on the kernel, and that one gets all the port's "
+                                "datagrams")
+        rule_id = self.state.add_rule(client, iface, rule)
         return {**self.routes.describe(iface, addr), "port": port, "rule_id": rule_id}
 
     def _may_add(self, client: Client, iface: str, rule: Rule) -> None:

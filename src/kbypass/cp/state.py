@@ -187,6 +187,12 @@ class ControlPlane:
                  ", shared" if share else "")
         return rule_id
 
+    def has_rule(self, client: Client, iface: str, rule: Rule | str) -> bool:
+        """client has this very rule on iface already (a second socket of one app on one ip:port)."""
+        rule = parse_rule(rule)
+        served = self.served.get(iface)
+        return served is not None and any(served.rules[rid].rule == rule for i, rid in client.rules if i == iface)
+
     def remove_rule(self, client: Client, iface: str, rule_id: int) -> None:
         if (iface, rule_id) not in client.rules:
             raise ProtocolError(f"you have no rule {rule_id} on {iface!r}: see 'kbypass cp status'")

@@ -60,6 +60,11 @@ def run(args) -> int:
         raise UsageError(f"no program {app[0]!r} on PATH")
     if not os.path.exists(SHIM):
         raise UsageError(f"the preload shim is not built ({SHIM}): run 'make setup'")
+    for i in _wanted(args.iface):
+        try:
+            socket.if_nametoindex(i)
+        except OSError:
+            raise UsageError(f"no interface {i!r} here (--iface takes this namespace's interfaces: 'ip link')") from None
     env = dict(os.environ)
     name = paths.namespace_name(None)
     if _control_plane(name, args.iface):
@@ -74,9 +79,13 @@ def run(args) -> int:
     return 0  # not reached
 
 
+def _wanted(iface: str | None) -> list[str]:
+    return [i for i in (iface or "").split(",") if i]
+
+
 def _ifaces(wanted: str | None) -> list[str]:
     if wanted:
-        return [i for i in wanted.split(",") if i]
+        return _wanted(wanted)
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
@@ -88,6 +97,9 @@ def _ifaces(wanted: str | None) -> list[str]:
 def _control_plane(name: str, iface: str | None) -> bool:
     """A control plane serves this namespace (started here if needed): False after one warning line."""
     if cpclient.running(None):
+        if iface:
+            print(f"kbypass: note: a control plane already serves namespace {name}: --iface {iface} is not applied "
+                  "(it serves the interfaces it was started with: 'kbypass cp status')", file=sys.stderr)
         return True
     if os.geteuid() != 0:
         print(f"kbypass: warning: no control plane serves namespace {name} and only root starts one ('kbypass cp "
