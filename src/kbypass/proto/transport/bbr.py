@@ -54,6 +54,8 @@ MIN_SEGMENTS = 4
 RTT_FLOOR = 1e-3
 LOSS_THRESH = 0.02  # a round losing more than this share of its data may be congested (BBRv2's 2%)
 QUEUE_RTT = 1.25  # ... if the RTT is this much above the minimum: a queue stands, the loss is its overflow
+CAPPED_PACING = 1.25
+HI_CALM_ROUNDS = 4
 BETA = 0.7  # the flight cap after congestive loss, a share of the flight (BBRv2's)
 # Pacing bursts: up to this many seconds of the pacing rate go out at once. A sender loop that wakes every
 # millisecond or so (an endpoint's poll, a batch of ACKs, a scheduler slice) must not lose its allowance
@@ -123,6 +125,8 @@ class Bbr:
         self._round_lost = 0
         self._inflight = 0
         self._last_rtt: float | None = None
+        self._srtt: float | None = None
+        self._round_min_rtt: float | None = None  # the lowest RTT sample of this round
         self.inflight_hi = float("inf")
         self._hi_cut_round = -1
         self._hi_growth = 0
@@ -148,6 +152,7 @@ class Bbr:
         self._inflight = inflight
         if rtt is not None:
             self._last_rtt = rtt
+            self._round_min_rtt = rtt if self._round_min_rtt is None else min(self._round_min_rtt, rtt)
         if self.min_rtt is None and first_rtt is not None:
             # the handshake's RTT, taken before our own data queued anywhere: flows that start together
             # then agree on the path's RTT (one that took its first sample from data behind another's
@@ -167,6 +172,7 @@ class Bbr:
         self._aggregation(now, newly)
         self._advance(now, inflight)
         self._set_cwnd(newly)
+        self._srtt = srtt
         self._set_pacing()
 
     def _sample_rate(self, now: float, delivered: int, interval: float) -> None:
@@ -195,11 +201,21 @@ class Bbr:
         self.extra_acked = _windowed_max(self._extra, self.round, min(self._epoch_acked - expected, self.cwnd))
 
     def _new_round(self) -> None:
+        queued = self._queued(self._round_min_rtt) and not self._short_path()
         self._round_delivered = self._round_lost = 0
+        self._round_min_rtt = None
         if self.inflight_hi != float("inf") and self._hi_cut_round < self.round - 1:
-            # no congestive loss last round: probe upwards again, faster each round (BBRv2's PROBE_UP)
-            self._hi_growth += 1
-            self.inflight_hi += self.mss * (1 << min(self._hi_growth, 16))
+            # no congestive loss last round: raise the cap again. While even the round's lowest RTT shows
+            # a queue, by one segment a round (additive increase: with the multiplicative cut, flows that
+            # share the queue converge to equal caps, as AIMD does); once no queue stands, the path has
+            # room: faster each round (BBRv2's PROBE_UP), so a cap that random loss left too low is gone
+            # within a few rounds.
+            if queued or self._hi_growth < 0:
+                self._hi_growth = min(self._hi_growth, 0) if queued else self._hi_growth + 1
+                self.inflight_hi += self.mss
+            else:
+                self._hi_growth += 1
+                self.inflight_hi += self.mss * (1 << min(self._hi_growth, 16))
             if self.inflight_hi >= self._model_window():
                 self.inflight_hi = float("inf")
         if self.filled_pipe or not self._bw_rounds:
@@ -278,6 +294,10 @@ class Bbr:
         if self.btl_bw > 0:
             rate = self.pacing_gain * self.btl_bw
             # STARTUP never paces below its current rate: samples lag the sending rate by a round
+            if self.inflight_hi != float("inf") and self._srtt:
+                # capped after congestion: the window rules (the caps are what converge to equal shares), the
+                # pacer only spreads it over the round trip, with room to grow (Linux paces Reno at 1.2x)
+                rate = max(rate, CAPPED_PACING * self.cwnd / self._srtt)
             self.pacing_rate = max(rate, self.pacing_rate) if self.mode is STARTUP else rate
 
     def start_pacing(self, now: float, srtt: float | None) -> None:
@@ -352,21 +372,30 @@ class Bbr:
         self.lost_bytes += lost
         self._round_lost += lost
         lost_share = self._round_lost / max(self._round_lost + self._round_delivered, 1)
-        queued = (self._last_rtt is not None and self.min_rtt is not None
-                  and self._last_rtt > self.min_rtt * QUEUE_RTT)
-        if (self.filled_pipe or lost_share <= LOSS_THRESH or not queued or self._hi_cut_round == self.round
-                or self._round_lost < 3 * self.mss):
+        short = self._short_path()
+        if ((short and self.filled_pipe) or lost_share <= LOSS_THRESH or self._hi_cut_round == self.round or self._round_lost < self.mss
+                or not self._queued(self._last_rtt)):
             return False
-
         self._hi_cut_round = self.round
-        self._hi_growth = 0
+        self._hi_growth = 0 if short else -HI_CALM_ROUNDS
         self.congestion_cuts += 1
         self.loss_events += 1
-        self.filled_pipe = True  # STARTUP overshot into a full queue: drain it
-        floor = self.bdp + self.extra_acked + MIN_SEGMENTS * self.mss
+        self.filled_pipe = True  # (in STARTUP: it overshot into a full queue; DRAIN empties it)
+        floor = self.bdp + self.extra_acked + MIN_SEGMENTS * self.mss if short else MIN_SEGMENTS * self.mss
         self.inflight_hi = max(BETA * min(flight, max(self._inflight, self.cwnd)), floor)
         self.cwnd = int(max(min(self.cwnd, self.inflight_hi), MIN_SEGMENTS * self.mss))
         return True
+
+    def _short_path(self) -> bool:
+        """A path shorter than RTT_FLOOR (a LAN, the veth testbed): its RTT is the endpoints' wake-ups and
+        batches more than any queue, so it cannot tell congestive loss from random loss in PROBE_BW."""
+        return self.min_rtt is not None and self.min_rtt < RTT_FLOOR
+
+    def _queued(self, rtt: float | None) -> bool:
+        """Whether `rtt` says a queue stands on the path: QUEUE_RTT times the minimum, and RTT_FLOOR more
+        (what an endpoint's wake-ups and batches add to a short path, see there: not a queue we can drain)."""
+        return (rtt is not None and self.min_rtt is not None
+                and rtt > self.min_rtt + max((QUEUE_RTT - 1) * self.min_rtt, RTT_FLOOR))
 
     def on_timeout(self, flight: int, snd_nxt: int) -> None:
         """A retransmission timeout: everything in flight may be gone; restart from one segment (the model
