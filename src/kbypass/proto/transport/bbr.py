@@ -279,7 +279,7 @@ class Bbr:
             self.cwnd = max(floor, min(self.cwnd, floor))
             return
         if self.btl_bw <= 0 or self.min_rtt is None:
-            self.cwnd = min(self.cwnd + newly, self.max_window)  # no model yet: grow as slow start does
+            self.cwnd = int(min(self.cwnd + newly, self.max_window, max(self.inflight_hi, floor)))  # no model yet: slow start
             return
         target = min(self._model_window(), self.inflight_hi)
         if self.filled_pipe:
