@@ -9,7 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kbypass.proto.transport import ConnConfig
-from kbypass.proto.transport.bbr import DRAIN, MIN_SEGMENTS, PROBE_BW, PROBE_RTT, RTT_FLOOR, RTT_WINDOW, STARTUP, Bbr
+from kbypass.proto.transport.bbr import (
+    DRAIN,
+    MIN_SEGMENTS,
+    PROBE_BW,
+    PROBE_RTT,
+    RTT_FLOOR,
+    RTT_WINDOW,
+    STARTUP,
+    Bbr,
+)
 from kbypass.proto.transport.errors import LocalProtocolError
 from kbypass.proto.transport.sim import measure_goodput
 from kbypass.proto.transport.sim_flows import run_flows
