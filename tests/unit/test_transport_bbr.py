@@ -1,6 +1,7 @@
 """The model-based congestion controller (bbr.py): its state machine fed by hand, then in the simulator:
 random loss (1%, 5%) does not slow it, a bottleneck's queue stays bounded where the loss-rate controller
-fills it, two flows sharing a bottleneck converge to equal shares. Simulated time only, seeded."""
+fills it, two flows sharing a bottleneck converge to equal shares, and so do four or eight behind a queue
+shallower than two BDPs, with the drops bounded. Simulated time only, seeded."""
 
 import dataclasses
 
