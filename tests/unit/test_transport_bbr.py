@@ -1,6 +1,7 @@
 """The model-based congestion controller (bbr.py): its state machine fed by hand, then in the simulator:
 random loss (1%, 5%) does not slow it, a bottleneck's queue stays bounded where the loss-rate controller
-fills it, two flows sharing a bottleneck converge to equal shares. Simulated time only, seeded."""
+fills it, two flows sharing a bottleneck converge to equal shares, and so do four or eight behind a queue
+shallower than two BDPs, with the drops bounded. Simulated time only, seeded."""
 
 import dataclasses
 
@@ -9,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kbypass.proto.transport import ConnConfig
-from kbypass.proto.transport.bbr import DRAIN, MIN_SEGMENTS, PROBE_BW, PROBE_RTT, RTT_WINDOW, STARTUP, Bbr
+from kbypass.proto.transport.bbr import (
+    DRAIN,
+    MIN_SEGMENTS,
+    PROBE_BW,
+    PROBE_RTT,
+    RTT_FLOOR,
+    RTT_WINDOW,
+    STARTUP,
+    Bbr,
+)
 from kbypass.proto.transport.errors import LocalProtocolError
 from kbypass.proto.transport.sim import measure_goodput
 from kbypass.proto.transport.sim_flows import run_flows
@@ -56,15 +66,27 @@ def test_the_rate_estimate_follows_a_drop_after_ten_rounds_and_app_limited_sampl
     assert cc.btl_bw == pytest.approx(1e6, rel=0.05)
 
 
-def test_random_loss_changes_nothing_but_loss_over_a_standing_queue_ends_startup_and_caps_the_flight():
+def test_random_loss_changes_nothing_but_loss_over_a_standing_queue_caps_the_flight():
     cc = Bbr(MSS)
-    t, d = _feed(cc, 1e6, 0.5)
+    t, d = _feed(cc, 1e6, 0.5, inflight=5000)  # the queue STARTUP made drained: PROBE_BW
+    assert cc.mode is PROBE_BW
     cwnd, rate = cc.cwnd, cc.pacing_rate
     for _ in range(50):  # 5% lost, RTT at its minimum: random loss
         assert not cc.on_loss(cwnd, 0, cwnd, lost=MSS)
-    t, d = _feed(cc, 1e6, 0.05, t, d, rtt=3 * RTT)
-    assert not any(cc.on_loss(cc.cwnd, 0, cc.cwnd, lost=MSS) for _ in range(10))  # PROBE_BW: the rate rules
-    assert cc.pacing_rate == pytest.approx(rate, rel=0.3) and cc.lost_bytes == 60 * MSS
+    assert cc.pacing_rate == rate and cc.cwnd == cwnd and cc.lost_bytes == 50 * MSS
+    t, d = _feed(cc, 1e6, 0.012, t, d, rtt=3 * RTT)  # a queue stands: the RTT tripled; a new round
+    flight = cc.cwnd
+    assert any(cc.on_loss(flight, 0, flight, lost=MSS) for _ in range(10))  # PROBE_BW too (BBRv2)
+    assert cc.congestion_cuts == 1 and cc.inflight_hi == pytest.approx(0.7 * flight) and cc.cwnd <= cc.inflight_hi
+    assert not any(cc.on_loss(flight, 0, flight, lost=MSS) for _ in range(10))  # once a round
+    # while the queue stands, the cap grows back by one segment a round (additive: flows converge)
+    hi = cc.inflight_hi
+    t, d = _feed(cc, 1e6, 0.1, t, d, rtt=3 * RTT, step=0.002)
+    assert cc.inflight_hi == pytest.approx(hi + (cc.round - 2 - cc._hi_cut_round) * MSS, abs=MSS)
+    assert cc.cwnd <= cc.inflight_hi and cc.pacing_rate >= 1.25 * cc.cwnd / (3 * RTT) * 0.99  # the window rules
+    # once no queue stands (the RTT back at its minimum), it grows fast and lets go within rounds
+    t, d = _feed(cc, 1e6, 0.2, t, d)
+    assert cc.inflight_hi == float("inf")
 
     cc = Bbr(MSS)
     t, d = _feed(cc, 1e6, 0.03)  # STARTUP, ramping up
@@ -72,10 +94,22 @@ def test_random_loss_changes_nothing_but_loss_over_a_standing_queue_ends_startup
     for _ in range(5):
         assert not cc.on_loss(cc.cwnd, 0, cc.cwnd, lost=MSS)  # loss at the minimum RTT: random
     assert cc.mode is STARTUP
-    t, d = _feed(cc, 1e6, 0.002, t, d, rtt=3 * RTT)  # a queue stands: the RTT tripled
+    t, d = _feed(cc, 1e6, 0.002, t, d, rtt=3 * RTT)
     cwnd = cc.cwnd
     assert any(cc.on_loss(cc.cwnd, 0, cc.cwnd, lost=MSS) for _ in range(10))
-    assert cc.filled_pipe and cc.cwnd < cwnd and cc.cwnd >= cc.bdp and cc.congestion_cuts == 1
+    assert cc.filled_pipe and cc.cwnd < cwnd and cc.congestion_cuts == 1
+
+
+def test_a_path_shorter_than_the_rtt_floor_reads_loss_as_congestion_only_in_startup():
+    """On a LAN (the veth testbed) the RTT is the endpoints' wake-ups and batches: it rises under any
+    load, so in PROBE_BW it cannot tell random loss from a queue's."""
+    short = RTT_FLOOR / 4
+    cc = Bbr(MSS)
+    t, d = _feed(cc, 20e6, 0.3, rtt=short, step=short / 2, inflight=10_000)
+    assert cc.mode is PROBE_BW
+    t, d = _feed(cc, 20e6, 0.01, t, d, rtt=10 * short, step=short / 2)
+    assert not any(cc.on_loss(cc.cwnd, 0, cc.cwnd, lost=MSS) for _ in range(20))
+    assert cc.inflight_hi == float("inf")
 
 
 def test_probe_rtt_after_ten_seconds_without_a_lower_rtt():
@@ -103,9 +137,13 @@ def test_timeout_restarts_from_one_segment_and_pacing_allowance_is_a_bounded_bur
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.floats(1e-5, 0.05), st.integers(0, 200_000), st.floats(1e-5, 0.2),
                           st.integers(0, 3)), min_size=1, max_size=80))
-def test_any_ack_sequence_keeps_window_and_rate_sane(events):
+def test_any_ack_sequence_keeps_window_cap_and_pacer_sane(events):
+    """The window stays within its bounds and under a congestion cap; the pacer, spent whenever it
+    allows, never lets out more than one burst plus what its rates allowed over the time that passed."""
     cc = Bbr(MSS, max_window=400_000)
     t, d = 0.0, 0
+    cc.start_pacing(t, RTT)
+    allowed, spent, rate = cc._burst(), 0.0, cc.pacing_rate
     for dt, newly, rtt, loss in events:
         t += dt
         d += newly
@@ -113,8 +151,15 @@ def test_any_ack_sequence_keeps_window_and_rate_sane(events):
         for _ in range(loss):
             cc.on_loss(cc.cwnd, 0, cc.cwnd, lost=MSS)
         assert MIN_SEGMENTS * MSS <= cc.cwnd <= 400_000
+        assert cc.mode is PROBE_RTT or cc.cwnd <= max(cc.inflight_hi, MIN_SEGMENTS * MSS)
         assert cc.pacing_rate >= 0 and cc.btl_bw >= 0
-        assert cc.budget(t) <= max(cc._burst(), 400_000)
+        allowed += dt * max(rate, cc.pacing_rate)  # (the refill may use the rate set during the interval)
+        rate = cc.pacing_rate
+        b = cc.budget(t)
+        if b > 0:
+            cc.spend(int(b))
+            spent += int(b)
+        assert spent <= allowed + 1e-6
 
 
 def test_config_names_the_controller():
@@ -141,24 +186,41 @@ def test_random_loss_on_a_bottleneck_path_does_not_slow_it(loss):
         assert r.total_bps > 1.5 * reno.total_bps  # the loss-rate controller reads 5% as congestion
 
 
-def test_a_bottleneck_queue_stays_bounded_where_the_loss_rate_controller_fills_it():
-    """A 100-datagram drop-tail queue, six BDPs: the flight cap (two BDPs) keeps at most about one BDP
-    queued; the loss-based controller grows until the queue overflows, so it stands nearly full."""
-    bbr = run_flows(1, config=BBR, seconds=4.0, seed=2)
+def test_a_bottleneck_queue_stays_bounded_where_the_loss_rate_controller_fills_it(monkeypatch):
+    """A 100-datagram drop-tail queue, six BDPs. Pacing at the measured rate keeps the queue under half a
+    BDP by itself. The flight cap (two BDPs, plus the ACK aggregation allowance and three quanta) is what
+    bounds it for a bursty sender, here one whose pacer lets a whole window go at once once in PROBE_BW:
+    then about 1.5 BDPs stand queued, never a drop (with CWND_GAIN 50: 83 datagrams, drops). The
+    loss-based controller grows until the queue overflows, so it stands nearly full."""
+    bbr_run = run_flows(1, config=BBR, seconds=4.0, seed=2)
     reno = run_flows(1, config=RENO, seconds=4.0, seed=2)
-    assert bbr.total_bps > 0.9 * LINK
-    assert bbr.queue_mean < 1.5 * BDP_DGRAMS and bbr.queue_drops < 0.005 * bbr.sent, bbr
+    assert bbr_run.total_bps > 0.9 * LINK
+    assert bbr_run.queue_mean < 0.5 * BDP_DGRAMS and bbr_run.queue_drops < 0.005 * bbr_run.sent, bbr_run
     assert reno.queue_mean > 3 * BDP_DGRAMS  # what backing off by loss alone leaves standing
+    paced = Bbr.budget
+    monkeypatch.setattr(Bbr, "budget", lambda self, now: float(self.max_window) if self.mode is PROBE_BW
+                        else paced(self, now))  # (DRAIN needs its pacer: it ends when the queue is gone)
+    bursty = run_flows(1, config=BBR, seconds=4.0, seed=2)
+    assert bursty.total_bps > 0.9 * LINK
+    assert bursty.queue_mean < 2 * BDP_DGRAMS and bursty.queue_drops == 0, bursty
 
 
-@pytest.mark.parametrize("starts", [[0.0, 0.0], [0.0, 2.0]])
-def test_two_flows_sharing_a_bottleneck_converge_to_equal_shares(starts):
-    r = run_flows(2, config=BBR, starts=starts, seconds=10.0, seed=3, bin_seconds=1.0)
-    assert r.total_bps > 0.9 * LINK
-    shares = r.shares(since=starts[1])  # from when both run
-    assert all(0.4 <= s <= 0.6 for s in shares), (shares, r.bins)
-    assert all(0.4 <= s <= 0.6 for s in r.shares(since=8.0))  # and stay there
-    assert r.queue_mean < 3 * BDP_DGRAMS  # two flows, each capped at two of its BDPs
+def _jain(shares):
+    return sum(shares) ** 2 / (len(shares) * sum(x * x for x in shares))
+
+
+@pytest.mark.parametrize("n,queue,max_drops", [(4, 10, 0.08), (4, 40, 0.04), (8, 20, 0.2)])
+def test_flows_behind_a_shallow_queue_share_it_fairly_with_bounded_drops(n, queue, max_drops):
+    """Several flows behind a drop-tail queue shallower than two BDPs (10 datagrams: 0.6 BDP; 40: 2.35):
+    the model's windows add up to more than the path holds, so the queue overflows. Loss over a standing
+    queue caps each flow's flight (x0.7, one segment a round back): the caps converge as AIMD's do. Before
+    that, the first flow kept 0.97 of a 10-datagram queue, 10% of the datagrams were dropped, and flows
+    timed out up to 113 times in 6 s. reno: 7.3% dropped at (4, 10), 3.5% at (4, 40), 72% at (8, 20)."""
+    r = run_flows(n, config=BBR, queue_limit=queue, seconds=6.0, seed=5)
+    shares = r.shares(since=2.0)
+    assert _jain(shares) >= 0.9 and min(shares) >= 0.5 / n, shares
+    assert r.total_bps > 0.85 * LINK
+    assert r.queue_drops < max_drops * r.sent, r
 
 
 @pytest.mark.parametrize("loss", [0.01, 0.05])

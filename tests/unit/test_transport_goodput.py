@@ -124,12 +124,12 @@ def _shallow_queue_transfer(congestion: str) -> PairSim:
 
 
 def test_bbr_does_not_keep_a_shallow_queue_overflowing():
-    """The same path for the model-based controller: STARTUP's overshoot ends at the first round that loses
-    over 2% with the RTT up (a standing queue), so the transfer loses a few percent of its datagrams (10%
-    before that rule) and keeps the link busy."""
+    """The same path for the model-based controller: a round that loses over 2% with the RTT up (a standing
+    queue) caps the flight, in STARTUP (its overshoot ends there) and after, so the transfer loses 1.5% of
+    its datagrams (10% with no rule, 2.5% with it in STARTUP only) and keeps the link busy."""
     sim = _shallow_queue_transfer("bbr")
     st = sim.ab.stats
-    assert st.queue_drops / st.sent < 0.04
+    assert st.queue_drops / st.sent < 0.02
     assert 2_000_000 * 8 / sim.now > 0.85 * 20e6
     assert sim.client.conn.cc.congestion_cuts >= 1
 
