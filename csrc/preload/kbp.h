@@ -215,6 +215,7 @@ static inline void kbp_flush_before(int fd) {
 /* kbp_socket.c */
 struct kbp_sock *kbp_get(int fd);
 int kbp_readable(struct kbp_sock *s); /* datagrams waiting (after a pump); under kbp_lock */
+int kbp_share_fd(int oldfd, int newfd); /* newfd a dup of oldfd: the same accelerated socket (refs); returns newfd */
 void kbp_fall_back_all(void);
 
 /* kbp_signal.c: kbp_sig_count changes when a handler of the app ran on this thread; kbp_sig_interrupted

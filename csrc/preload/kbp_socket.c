@@ -278,7 +278,7 @@ int close(int fd) {
     return kbp_real.close(fd);
 }
 
-static int share(int oldfd, int newfd) {
+int kbp_share_fd(int oldfd, int newfd) {
     struct kbp_sock *s = kbp_get(oldfd);
     if (newfd < 0 || newfd >= KBP_MAX_FD || newfd == oldfd) return newfd;
     pthread_mutex_lock(&kbp_lock);
@@ -293,17 +293,17 @@ static int share(int oldfd, int newfd) {
 
 int dup(int fd) {
     kbp_init_libc();
-    return share(fd, kbp_real.dup(fd));
+    return kbp_share_fd(fd, kbp_real.dup(fd));
 }
 
 int dup2(int fd, int fd2) {
     kbp_init_libc();
-    return share(fd, kbp_real.dup2(fd, fd2));
+    return kbp_share_fd(fd, kbp_real.dup2(fd, fd2));
 }
 
 int dup3(int fd, int fd2, int flags) {
     kbp_init_libc();
-    return share(fd, kbp_real.dup3(fd, fd2, flags));
+    return kbp_share_fd(fd, kbp_real.dup3(fd, fd2, flags));
 }
 
 /* ---- receiving ---------------------------------------------------------------------------------------- */
@@ -642,75 +642,4 @@ int sendmmsg(int fd, struct mmsghdr *v, unsigned n, int flags) {
     kbp_iface_flush();
     pthread_mutex_unlock(&kbp_lock);
     return i ? (int)i : -1;
-}
-
-/* ---- options, flags --------------------------------------------------------------------------------- */
-
-static long tv_us(const void *v, socklen_t len) {
-    if (len < sizeof(struct timeval)) return 0;
-    const struct timeval *t = v;
-    return (long)t->tv_sec * 1000000 + t->tv_usec;
-}
-
-int setsockopt(int fd, int level, int name, const void *v, socklen_t len) {
-    kbp_init_libc();
-    int r = kbp_real.setsockopt(fd, level, name, v, len); /* the kernel keeps them all: getsockopt is its */
-    struct kbp_sock *s = kbp_get(fd);
-    if (r < 0 || !s) return r;
-    int iv = len >= sizeof(int) ? *(const int *)v : 0;
-    pthread_mutex_lock(&kbp_lock);
-    if (level == SOL_SOCKET && name == SO_RCVTIMEO) s->rcvtimeo_us = tv_us(v, len);
-    else if (level == SOL_SOCKET && name == SO_SNDTIMEO) s->sndtimeo_us = tv_us(v, len);
-    else if (level == SOL_SOCKET && name == SO_TIMESTAMP) s->ts_mode = iv ? 1 : 0;
-    else if (level == SOL_SOCKET && name == SO_TIMESTAMPNS) s->ts_mode = iv ? 2 : 0;
-    else if (level == IPPROTO_IP && name == IP_TOS) s->tos = iv & 0xFC, s->tmpl_ok = 0;
-    else if (level == IPPROTO_IP && name == IP_PKTINFO) s->want_pktinfo = iv != 0;
-    else if (level == IPPROTO_IP && name == IP_RECVTOS) s->want_tos = iv != 0;
-    else if (level == IPPROTO_IP && name == IP_RECVTTL) s->want_ttl = iv != 0;
-    pthread_mutex_unlock(&kbp_lock);
-    return r;
-}
-
-int fcntl(int fd, int cmd, ...) {
-    kbp_init_libc();
-    va_list ap;
-    va_start(ap, cmd);
-    void *arg = va_arg(ap, void *);
-    va_end(ap);
-    int r = kbp_real.fcntl(fd, cmd, arg);
-    struct kbp_sock *s = kbp_get(fd);
-    if (r >= 0 && s && cmd == F_SETFL) s->nonblock = ((long)arg & O_NONBLOCK) != 0;
-    if (r >= 0 && cmd == F_DUPFD) return share(fd, r);
-    if (r >= 0 && cmd == F_DUPFD_CLOEXEC) return share(fd, r);
-    return r;
-}
-
-int fcntl64(int fd, int cmd, ...) {
-    va_list ap;
-    va_start(ap, cmd);
-    void *arg = va_arg(ap, void *);
-    va_end(ap);
-    return fcntl(fd, cmd, arg);
-}
-
-int ioctl(int fd, unsigned long req, ...) {
-    kbp_init_libc();
-    va_list ap;
-    va_start(ap, req);
-    void *arg = va_arg(ap, void *);
-    va_end(ap);
-    struct kbp_sock *s = kbp_get(fd);
-    if (s && s->accel && req == FIONREAD && arg) {
-        pthread_mutex_lock(&kbp_lock);
-        int n = -1;
-        if (s->accel && kbp_readable(s)) n = (int)s->backlog[s->bhead % KBP_BACKLOG].len;
-        pthread_mutex_unlock(&kbp_lock);
-        if (n >= 0) {
-            *(int *)arg = n;
-            return 0;
-        }
-    }
-    int r = kbp_real.ioctl(fd, req, arg);
-    if (r == 0 && s && req == FIONBIO && arg) s->nonblock = *(int *)arg != 0;
-    return r;
 }
