@@ -38,3 +38,33 @@ def test_iface_with_a_control_plane_already_running_says_it_is_not_applied(monke
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already serves" in err[0] and "--iface lo is not applied" in err[0], err
     assert ran and ran[0][0] == ["true"] and "LD_PRELOAD" in ran[0][1]
+
+
+def test_a_shim_only_root_may_reach_is_handed_on_in_a_sealed_memfd(tmp_path, monkeypatch):
+    """A clone under a 0700 directory: an app that drops its privileges could not open the shim there, so the
+    loader gets it as /proc/self/fd/N of a sealed, inheritable memfd with the same bytes; a shim anyone may
+    reach keeps its path."""
+    import fcntl
+    import os
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    shim = private / "libkbypass-preload.so"
+    shim.write_bytes(b"\x7fELF" + bytes(range(256)) * 40)
+    shim.chmod(0o755)
+    monkeypatch.setattr(run_tool, "SHIM", str(shim))
+    assert not run_tool._loadable_by_anyone(str(shim))
+    path = run_tool._shim_for_any_user()
+    fd = int(path.rsplit("/", 1)[1])
+    try:
+        assert path == f"/proc/self/fd/{fd}" and os.get_inheritable(fd)
+        with open(path, "rb") as f:
+            assert f.read() == shim.read_bytes()
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SEAL
+        with pytest.raises(PermissionError):
+            os.write(fd, b"x")
+    finally:
+        os.close(fd)
+    private.chmod(0o755)
+    if run_tool._loadable_by_anyone(str(shim)):  # tmp dirs above may themselves be private
+        assert run_tool._shim_for_any_user() == str(shim)

@@ -13,9 +13,11 @@ signals, its exit status). The shim asks the control plane for each UDP socket t
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import socket
+import stat
 import sys
 
 import kbypass
@@ -68,7 +70,7 @@ def run(args) -> int:
     env = dict(os.environ)
     name = paths.namespace_name(None)
     if _control_plane(name, args.iface):
-        env["LD_PRELOAD"] = " ".join(w for w in (SHIM, env.get("LD_PRELOAD", "")) if w)
+        env["LD_PRELOAD"] = " ".join(w for w in (_shim_for_any_user(), env.get("LD_PRELOAD", "")) if w)
         env["KBYPASS_CP_SOCKET"] = paths.socket_path(name)
         env["KBYPASS_SPIN_US"] = str(args.spin)
         if args.log:
@@ -77,6 +79,39 @@ def run(args) -> int:
     sys.stderr.flush()
     os.execve(exe, app, env)
     return 0  # not reached
+
+
+def _loadable_by_anyone(path: str) -> bool:
+    """Whether a process of any uid can open `path`: the file readable by others, every directory above it
+    searchable by others."""
+    path = os.path.realpath(path)
+    if not os.stat(path).st_mode & stat.S_IROTH:
+        return False
+    d = os.path.dirname(path)
+    while True:
+        if not os.stat(d).st_mode & stat.S_IXOTH:
+            return False
+        if d == "/":
+            return True
+        d = os.path.dirname(d)
+
+
+def _shim_for_any_user() -> str:
+    """The path the app's dynamic loader preloads the shim from. An app that drops its privileges (`kbypass run
+    -- setpriv --reuid=65534 ... APP`) cannot open a shim in a tree only root may enter (a clone under a 0700
+    directory): the loader would skip it with one line and the app would run on the kernel. Then the shim's
+    bytes go into a sealed memfd this process hands on through exec, and the loader opens it as
+    /proc/self/fd/N, which any uid may (the memfd is the process's own; its children inherit it too)."""
+    if _loadable_by_anyone(SHIM):
+        return SHIM
+    fd = os.memfd_create("libkbypass-preload.so", os.MFD_ALLOW_SEALING)  # no MFD_CLOEXEC: it must cross exec
+    with open(SHIM, "rb") as f:
+        data = memoryview(f.read())
+    while data:
+        data = data[os.write(fd, data):]
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    os.set_inheritable(fd, True)
+    return f"/proc/self/fd/{fd}"
 
 
 def _wanted(iface: str | None) -> list[str]:
