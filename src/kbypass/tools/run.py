@@ -84,16 +84,15 @@ def run(args) -> int:
 def _loadable_by_anyone(path: str) -> bool:
     """Whether a process of any uid can open `path`: the file readable by others, every directory above it
     searchable by others."""
-    path = os.path.realpath(path)
     if not os.stat(path).st_mode & stat.S_IROTH:
         return False
-    d = os.path.dirname(path)
-    while True:
-        if not os.stat(d).st_mode & stat.S_IXOTH:
-            return False
-        if d == "/":
-            return True
-        d = os.path.dirname(d)
+    for p in {os.path.abspath(path), os.path.realpath(path)}:  # the path as given is walked too, not only its target
+        d = os.path.dirname(p)
+        while d != "/":
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                return False
+            d = os.path.dirname(d)
+    return True
 
 
 def _shim_for_any_user() -> str:
