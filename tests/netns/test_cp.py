@@ -30,22 +30,15 @@ from kbypass.endpoint import UdpEndpoint
 from kbypass.errors import UsageError
 from kbypass.host import xps
 from kbypass.xsk.umem import FILL
-from tests.kb import xdp_attached
+from tests.kb import UNPRIVILEGED, skip_unless_nobody_runs_kbypass, xdp_attached
 
 pytestmark = pytest.mark.skipif(os.cpu_count() < 2, reason="needs two CPUs: one transmit queue per CPU")
 
-UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
 
 
 @pytest.fixture(scope="session")
 def nobody_runs_kbypass() -> None:
-    """The unprivileged-client tests run kbypass as uid 65534 from this checkout: a checkout under a
-    directory only root may enter (a fresh `mktemp -d`, 0700) cannot be read by that user."""
-    probe = subprocess.run([*UNPRIVILEGED, sys.executable, "-c", "import kbypass.cp.client, tests.kb"],
-                           capture_output=True, text=True, cwd=ROOT)
-    if probe.returncode != 0:
-        pytest.skip(f"uid 65534 cannot run kbypass from this checkout ({probe.stderr.strip().splitlines()[-1:]}): "
-                    "clone it under a directory others may enter to run the unprivileged-client tests")
+    skip_unless_nobody_runs_kbypass()
 
 
 @pytest.fixture

@@ -239,13 +239,9 @@ if s.accelerated:
 def test_an_app_without_capabilities_is_accelerated_by_a_root_control_plane(testbed_hosts):
     """Without a control plane a user's socket stays on the kernel with one warning; once root runs one for
     all users, the same program gets its AF_XDP socket from it (its own placeholder does not bar the port)."""
-    from tests.kb import kbypass
+    from tests.kb import kbypass, skip_unless_nobody_runs_kbypass
 
-    tried = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                            sys.executable, "-c", "import kbypass"], capture_output=True, timeout=60)
-    if tried.returncode != 0:
-        pytest.skip(f"uid 65534 cannot run {sys.executable} or import kbypass from this tree (a directory above "
-                    "it is private, as a clone in a mktemp dir): the test needs a tree others may read")
+    skip_unless_nobody_runs_kbypass()
     a, b = testbed_hosts
     nobody = ["ip", "netns", "exec", b.netns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
               "--inh-caps=-all", sys.executable, "-c", NOBODY, b.ipv4]

@@ -86,8 +86,10 @@ def test_datagrams_follow_a_jumbo_mtu(testbed_hosts, tmp_path, mtu, loss, lane) 
     assert got["sha256"] == sent["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert got["bytes"] == 20 << 20
     assert sent["mtu"] == mtu and sent["datagram"] == mtu - 28  # IPv4 and UDP headers counted
-    # the datagrams were that large: 20 MiB in segments of datagram - 46 bytes, plus retransmissions
-    assert sent["datagrams_sent"] < (20 << 20) / (mtu - 28 - 46) * (1.1 + 3 * loss) + 50
+    # the datagrams were that large: 20 MiB in segments of datagram - 46 bytes, plus retransmissions (loss-free
+    # too: a scheduling stall on a loaded machine fires a spurious timeout now and then, CI saw 404 of 320 + 50);
+    # datagrams of a smaller size would number several times this
+    assert sent["datagrams_sent"] < (20 << 20) / (mtu - 28 - 46) * (1.3 + 3 * loss) + 50
     if loss:
         assert sent["retransmits"] > 0 and got["loss_dropped"] > 0
     assert not xdp_attached(a) and not xdp_attached(b)
