@@ -49,15 +49,7 @@ def under_run(*argv: str) -> list[str]:
     return [KB, "run", "--spin", str(SPIN_US), "--", *argv]
 
 
-def percentiles(out: str) -> dict:
-    def pct(name: str) -> float:
-        m = re.search(rf"percentile {name} =\s+([\d.]+)", out)
-        if m is None:
-            raise RuntimeError(f"sockperf printed no {name} percentile:\n{out[-2000:]}")
-        return float(m.group(1))
-
-    return {"p50_us": pct(r"50\.000"), "p90_us": pct(r"90\.000"), "p99_us": pct(r"99\.000"),
-            "p999_us": pct(r"99\.900")}
+percentiles = latbench.sockperf_percentiles
 
 
 def sockperf_pair(a, b, mode: str, duration: float, size: int, accelerated: bool,

@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from kbypass.bench.latency import sockperf_percentiles
 from kbypass.host import testbed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,14 +120,8 @@ def sockperf_client(a, b, seconds: float, size: int) -> dict:
     out = subprocess.run(in_ns(a, CLIENT_CPU, "sockperf", "ping-pong", "--tcp", "-i", b.ipv4, "-p", str(PP_PORT),
                                "-t", str(int(max(1, seconds))), "-m", str(size)),
                          capture_output=True, text=True, timeout=seconds + 60).stdout
-
-    def pct(name: str) -> float:
-        m = re.search(rf"percentile {name} =\s+([\d.]+)", out)
-        if m is None:
-            raise RuntimeError(f"sockperf printed no {name} percentile:\n{out}")
-        return float(m.group(1))
-
-    return {"p50_us": pct(r"50\.000"), "p99_us": pct(r"99\.000")}
+    got = sockperf_percentiles(out)
+    return {"p50_us": got["p50_us"], "p99_us": got["p99_us"]}
 
 
 def pingpong(kind: str, a, b, seconds: float, size: int, poll: str) -> dict:

@@ -75,11 +75,16 @@ def _sockperf(a, b, duration: float, size: int, extra: tuple[str, ...] = (), ser
         if srv is not None:
             srv.terminate()
             srv.wait()
+    return sockperf_percentiles(out)
 
+
+def sockperf_percentiles(out: str) -> dict:
+    """The latency percentiles a sockperf ping-pong printed (us): p50, p90, p99 and p99.9 (every sockperf
+    row of the benchmarks reads them here)."""
     def pct(name: str) -> float:
         m = re.search(rf"percentile {name} =\s+([\d.]+)", out)
         if m is None:
-            raise KbypassError(f"sockperf printed no {name} percentile: is it installed? (make setup)\n{out}")
+            raise KbypassError(f"sockperf printed no {name} percentile: is it installed? (make setup)\n{out[-2000:]}")
         return float(m.group(1))
 
     return {"p50_us": pct(r"50\.000"), "p90_us": pct(r"90\.000"), "p99_us": pct(r"99\.000"),
