@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 
 from kbypass.proto.http import (
     HttpError,
+    Request,
     RequestParser,
     error_response,
     http_date,
     respond,
+    respond_whole,
 )
 
 WRITE_CHUNK = 256 * 1024  # bytes gathered for one send() call
@@ -82,45 +84,47 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
     timers_at = start
     date_at, date = 0, ""
     listener.setblocking(False)
-    while not stop():
-        host.pump()
-        now = time.monotonic()
-        if int(now) != date_at:
-            date_at, date = int(now), http_date(time.time())
-        moved = False
-        while listener.pending and (requests is None or res.requests < requests):
-            sock, _ = listener.accept(0)
-            sock.setblocking(False)
-            clients.append(_Client(sock, now))
-            res.connections += 1
-            moved = True
-        finished = False
-        timers_due = now >= timers_at  # the request timeouts are looked at 4 times a second, not every pass
-        if timers_due:
-            timers_at = now + 0.25
-        for c in clients:
-            if c.sock.readable and len(c.queue) < MAX_QUEUED:
-                moved |= _read(c, date, res, requests, now)
-            if c.busy():
-                moved |= _write(c, site, date, res)
-                if not c.busy():  # the timeouts count from here
-                    c.idle_at, c.head_at = now, (now if c.parser.pending else None)
-            elif timers_due and not c.closing and not c.eof:
-                moved |= _timed_out(c, now, date, res, head_timeout, keepalive_timeout)
-            if (c.closing or c.eof) and _done(c, res):
-                finished = True
-        if finished:
-            clients = [c for c in clients if c.sock is not None]
-        if clients:
-            idle_since = now
-        if deadline is not None and now >= deadline:
-            break
-        if requests is not None and res.requests >= requests and not clients:
-            break
-        if idle_timeout is not None and not clients and now - idle_since >= idle_timeout:
-            break
-        if not moved:  # wake at least each second: the request timeouts are checked then
-            host.wait(now + 1.0 if deadline is None else min(deadline, now + 1.0))
+    with host.batched():  # a pass takes a receive burst, answers all of it, then sends once (transmit)
+        while not stop():
+            host.receive()
+            now = time.monotonic()
+            if int(now) != date_at:
+                date_at, date = int(now), http_date(time.time())
+            moved = False
+            while listener.pending and (requests is None or res.requests < requests):
+                sock, _ = listener.accept(0)
+                sock.setblocking(False)
+                clients.append(_Client(sock, now))
+                res.connections += 1
+                moved = True
+            finished = False
+            timers_due = now >= timers_at  # the request timeouts are looked at 4 times a second, not every pass
+            if timers_due:
+                timers_at = now + 0.25
+            for c in clients:
+                if c.sock.readable and len(c.queue) < MAX_QUEUED:
+                    moved |= _read(c, date, res, requests, now)
+                if c.busy():
+                    moved |= _write(c, site, date, res)
+                    if not c.busy():  # the timeouts count from here
+                        c.idle_at, c.head_at = now, (now if c.parser.pending else None)
+                elif timers_due and not c.closing and not c.eof:
+                    moved |= _timed_out(c, now, date, res, head_timeout, keepalive_timeout)
+                if (c.closing or c.eof) and _done(c, res):
+                    finished = True
+            host.transmit()  # the pass's answers, each connection's in one go (and due timers)
+            if finished:
+                clients = [c for c in clients if c.sock is not None]
+            if clients:
+                idle_since = now
+            if deadline is not None and now >= deadline:
+                break
+            if requests is not None and res.requests >= requests and not clients:
+                break
+            if idle_timeout is not None and not clients and now - idle_since >= idle_timeout:
+                break
+            if not moved:  # wake at least each second: the request timeouts are checked then
+                host.wait(now + 1.0 if deadline is None else min(deadline, now + 1.0))
     for c in clients:
         _drop(c)
         c.sock.close()
@@ -225,14 +229,26 @@ def _drop(c: _Client) -> None:
 
 def _gather(c: _Client, site, date: str, res: ServeResult) -> bytes:
     """Up to WRITE_CHUNK bytes of the queued responses (a head with the start of its body, several small
-    pipelined responses in one piece)."""
+    pipelined responses in one piece). A small generated answer is one pre-encoded piece (respond_whole)."""
     parts: list[bytes] = []
     size = 0
     q = c.queue
+    statuses = res.statuses
     while q and size < WRITE_CHUNK:
-        if not isinstance(q[0], tuple):
-            q[0] = _answer(q[0], site, date, res)
-        head, body = q[0]
+        item = q[0]
+        if type(item) is Request:
+            whole = respond_whole(item, site, date)
+            if whole is not None:
+                data, status, body_len = whole
+                parts.append(data)
+                size += len(data)
+                res.body_bytes += body_len
+                statuses[status] = statuses.get(status, 0) + 1
+                res.responses += 1
+                q.popleft()
+                continue
+            q[0] = item = _answer(item, site, date, res)
+        head, body = item
         if head:
             parts.append(head)
             size += len(head)

@@ -137,6 +137,11 @@ class TcpSocket:
         if self._finished():
             self.host.forget(self)
 
+    def take_events(self) -> None:
+        """What the connection has for the application (data, EOF, reset) into this socket, without sending:
+        the host calls it after a receive burst so a loop sees what came before it answers."""
+        self._events()
+
     def _finished(self) -> bool:
         return self.conn.finished
 
@@ -280,7 +285,10 @@ class TcpSocket:
                 if sent[0]:
                     self.host.touch(self)
             self._check_send()
-        self.host.flush_one(self)  # out now, as a kernel send() would (nothing else may call into the host soon)
+        if self.host.defer_tx:  # the loop sends what its batch queued at once (TcpHost.batched)
+            self.host.touch(self)
+        else:
+            self.host.flush_one(self)  # out now, as a kernel send() would (nothing else may call into the host soon)
         return sent[0]
 
     def sendall(self, data) -> None:
@@ -395,6 +403,9 @@ class TcpListener:
 
     def flush(self, now: float) -> None:
         self.host.schedule(self, self._tcp.next_timer())
+
+    def take_events(self) -> None:
+        """A listener's events are its handshakes' (segment() hands them over at once)."""
 
     def ready(self, sock: TcpSocket) -> None:
         """sock finished its handshake: queue it for accept(), or reset it when the queue is full."""

@@ -31,6 +31,7 @@ import select
 import socket
 import time
 from collections import deque
+from contextlib import contextmanager
 
 from kbypass.errors import KbypassError, UsageError
 from kbypass.net import Interface, bind_tcp, check_address
@@ -121,6 +122,7 @@ class TcpHost:
         self._timers: list = []  # heap of (when, seq, socket or listener)
         self._scheduled: dict = {}  # socket or listener -> its live heap entry (when, seq)
         self._seq = 0
+        self.defer_tx = False  # batched(): send() leaves its segments to the next transmit()
         self._tx_backlog: deque[bytes] = deque()
         self._stack_check_at = 0.0
         self._poller = select.poll()
@@ -222,6 +224,18 @@ class TcpHost:
         """The application did something (send, shutdown): the socket has segments to send."""
         self._dirty.add(sock)
 
+    @contextmanager
+    def batched(self):
+        """Inside, a socket's send() queues its data for the next transmit() (or pump()) instead of sending at
+        once: a loop answering a batch of requests sends each connection's answers with one segment (its
+        ACK on them) rather than one send apiece. The loop must call transmit() (pump()) after each batch."""
+        was, self.defer_tx = self.defer_tx, True
+        try:
+            yield self
+        finally:
+            self.defer_tx = was
+            self.transmit()
+
     def flush_one(self, sock) -> None:
         """Put what `sock` has on the wire now (a send() returning), without a whole pump."""
         self._dirty.discard(sock)
@@ -253,6 +267,14 @@ class TcpHost:
     # ---- receive ---------------------------------------------------------------------------------------
     def pump(self) -> bool:
         """Take what arrived, run due timers, send what the connections have; True when any frame came."""
+        got = self.receive()
+        self.transmit()
+        return got
+
+    def receive(self) -> bool:
+        """Take what arrived (up to RX_BURST frames per lane) into the connections, and their events into the
+        sockets (what came is readable now); True when any frame came. Nothing is sent: a loop that answers
+        a whole batch calls transmit() once after it (pump() is both)."""
         now = time.monotonic()
         got = False
         for lane in self._lanes:
@@ -266,6 +288,15 @@ class TcpHost:
                     self._frame(f, now)
                 else:  # UDP to port 0: nothing of ours (no rule steers it), counted and dropped
                     self.counters["rx_not_tcp"] += 1
+        if got:
+            for sock in tuple(self._dirty):  # taking Data may touch (a reset for a closed socket's data)
+                sock.take_events()
+        return got
+
+    def transmit(self) -> None:
+        """Run due timers, then send what the connections have, each its segments once for all it was told
+        since the last transmit (one ACK for a burst of segments, the answer's data riding on it)."""
+        now = time.monotonic()
         if self._timers and self._timers[0][0] <= now:
             self._run_timers(now)
         if now >= self._stack_check_at:  # ARP retries: a few per second are plenty (and the scan costs)
@@ -279,7 +310,6 @@ class TcpHost:
             self._flush(now)
         if self._tx_backlog:
             self._drain_backlog()
-        return got
 
     def _frame(self, f: bytes, now: float) -> None:
         if len(f) < ETH_HLEN + 40 or f[12] != 0x08 or f[13] != 0x00 or f[ETH_HLEN + 9] != IPPROTO_TCP:

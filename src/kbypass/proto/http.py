@@ -13,6 +13,12 @@ HTTP/1.0 needs "Connection: keep-alive").
 Bodies never sit in memory whole: a file is read in pieces as the connection drains, and the generated body
 (`generated(n)`, the same bytes for every n: a 65521-byte pseudo-random block repeated, a prime period so a
 misplaced segment changes the digest) is sliced from one block.
+
+Per request, a server repeats the same work: clients send the same heads (a benchmark, a health check, a
+browser's keep-alive fetches) and get the same answers within one second's Date. So the parser remembers the
+last HEAD_CACHE distinct heads it parsed (the Request is immutable: one object serves every repeat), and
+`respond_whole` gives a generated answer of up to WHOLE_MAX bytes as one pre-encoded piece (head and body),
+remembered per Date value: a request then costs a dict lookup, and its answer goes out in one send.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ from email.utils import formatdate
 from urllib.parse import unquote, urlsplit
 
 MAX_HEAD = 16384  # request line + headers; larger is 431
+HEAD_CACHE = 256  # distinct request heads remembered with their parse (bounded: a client sending ever new ones
+# only churns it)
+CACHED_HEAD = 2048  # longer heads are parsed each time (few clients send them; they would crowd the cache)
+WHOLE_MAX = 16384  # generated answers up to this many body bytes are pre-encoded whole (respond_whole)
+WHOLE_CACHE = 256  # distinct whole answers remembered per Date value
 MAX_REQUEST_BODY = 1 << 20
 PIECE = 256 * 1024  # bytes of a body produced per call
 _BLOCK_LEN = 65521
@@ -50,13 +61,12 @@ class Request:
     target: str
     version: str  # "HTTP/1.1" or "HTTP/1.0"
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names; repeated fields joined by ", "
+    keep_alive: bool = field(init=False, compare=False)  # from the version and Connection, worked out once
 
-    @property
-    def keep_alive(self) -> bool:
+    def __post_init__(self) -> None:
         tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
-        if self.version == "HTTP/1.0":
-            return "keep-alive" in tokens
-        return "close" not in tokens
+        keep = "keep-alive" in tokens if self.version == "HTTP/1.0" else "close" not in tokens
+        object.__setattr__(self, "keep_alive", keep)
 
 
 class RequestParser:
@@ -75,6 +85,10 @@ class RequestParser:
         return self._skip > 0 or (bool(self._buf) and bool(self._buf.strip(b"\r\n")))
 
     def feed(self, data: bytes) -> list[Request]:
+        if not self._buf and not self._skip and not self.failed:
+            hit = _HEADS.get(data)  # the common case: data is one whole head seen before, without a body
+            if hit is not None and not hit[1]:
+                return [hit[0]]
         if self.failed:
             return []
         buf = self._buf
@@ -96,11 +110,17 @@ class RequestParser:
             if end > MAX_HEAD:
                 self.failed = True
                 raise HttpError(431, f"request head longer than {MAX_HEAD} bytes")
-            try:
-                req, body_len = _parse_head(bytes(buf[:end]))
-            except HttpError:
-                self.failed = True
-                raise
+            raw = bytes(buf[:end + sep])
+            hit = _HEADS.get(raw)
+            if hit is None:
+                try:
+                    hit = _parse_head(raw[:end])
+                except HttpError:
+                    self.failed = True
+                    raise
+                if len(raw) <= CACHED_HEAD:
+                    _remember(_HEADS, raw, hit, HEAD_CACHE)
+            req, body_len = hit
             del buf[:end + sep]
             take = min(body_len, len(buf))
             del buf[:take]
@@ -108,6 +128,16 @@ class RequestParser:
             out.append(req)
             if self._skip:
                 return out
+
+
+_HEADS: dict[bytes, tuple[Request, int]] = {}  # whole head (with its empty line) -> its parse
+
+
+def _remember(cache: dict, key, value, limit: int) -> None:
+    """cache[key] = value, forgetting the oldest entry past `limit` (dicts keep insertion order)."""
+    if len(cache) >= limit:
+        del cache[next(iter(cache))]
+    cache[key] = value
 
 
 def _head_end(buf: bytearray) -> tuple[int, int]:
@@ -228,6 +258,8 @@ class Site:
     root: str | None = None
     body_size: int = 0
     server: str = "kbypass"
+    # respond_whole's pre-encoded answers: None -> the Date they carry, (method, target, keep) -> answer
+    answers: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def respond(req: Request, site: Site, date: str) -> tuple[bytes, Body, bool]:
@@ -253,6 +285,30 @@ def respond(req: Request, site: Site, date: str) -> tuple[bytes, Body, bool]:
     size = os.path.getsize(real)
     head = _head(200, size, keep, "application/octet-stream", site.server, date)
     return head, (EMPTY if req.method == "HEAD" else Body(size, path=real)), keep
+
+
+def respond_whole(req: Request, site: Site, date: str) -> tuple[bytes, int, int] | None:
+    """(the whole answer, its status, its body bytes) as one pre-encoded piece when req's answer is a generated
+    body of at most WHOLE_MAX bytes (a GET or HEAD of a site without root); None otherwise (use respond).
+    The same bytes respond() gives, remembered for the Date value `date`."""
+    if site.root is not None or req.method not in ("GET", "HEAD"):
+        return None
+    cache = site.answers
+    if cache.get(None) != date:  # a new second: yesterday's Date must not go out
+        cache.clear()
+        cache[None] = date
+    key = (req.method, req.target, req.keep_alive)
+    got = cache.get(key)
+    if got is None:
+        head, body, _ = respond(req, site, date)
+        if body.size > WHOLE_MAX:
+            return None
+        got = (head + body.next(WHOLE_MAX), 200, body.size)
+        if len(cache) > WHOLE_CACHE:
+            cache.clear()
+            cache[None] = date
+        cache[key] = got
+    return got
 
 
 def http_date(now: float) -> str:
