@@ -327,6 +327,20 @@ static PyObject *Lane_close(Lane *self, PyObject *unused) {
 
 static PyObject *Lane_get_stashed(Lane *self, void *c) { return PyLong_FromLong(self->l.nstash); }
 
+static PyObject *Lane_get_defer_kick(Lane *self, void *c) { return PyBool_FromLong(self->l.defer_kick); }
+
+/* defer_kick = True: sends never kick (a full TX ring aside); the owner kicks once for a batch (flush_tx). */
+static int Lane_set_defer_kick(Lane *self, PyObject *v, void *c) {
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "defer_kick cannot be deleted");
+        return -1;
+    }
+    int on = PyObject_IsTrue(v);
+    if (on < 0) return -1;
+    self->l.defer_kick = on;
+    return 0;
+}
+
 static PyMethodDef Lane_methods[] = {
     {"recv", (PyCFunction)Lane_recv, METH_NOARGS, "one frame off the RX ring (see module source)"},
     {"wake", (PyCFunction)Lane_wake, METH_NOARGS, "nothing on the ring: let the kernel make progress"},
@@ -341,6 +355,8 @@ static PyMethodDef Lane_methods[] = {
 
 static PyGetSetDef Lane_getset[] = {
     {"stashed", (getter)Lane_get_stashed, NULL, "frames held in the stash (state APP)", NULL},
+    {"defer_kick", (getter)Lane_get_defer_kick, (setter)Lane_set_defer_kick,
+     "sends leave the kick to the owner's flush_tx (one for a batch)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -228,13 +228,16 @@ class TcpHost:
     def batched(self):
         """Inside, a socket's send() queues its data for the next transmit() (or pump()) instead of sending at
         once: a loop answering a batch of requests sends each connection's answers with one segment (its
-        ACK on them) rather than one send apiece. The loop must call transmit() (pump()) after each batch."""
+        ACK on them) rather than one send apiece, and the TX ring is kicked once for all of the batch's
+        frames. The loop must call transmit() (pump()) after each batch."""
         was, self.defer_tx = self.defer_tx, True
+        lane = self._lanes[0]  # the one we send on: its frames wait for transmit()'s kick, one for them all
+        lane.defer_kick = True
         try:
             yield self
         finally:
-            self.defer_tx = was
             self.transmit()
+            self.defer_tx = lane.defer_kick = was
 
     def flush_one(self, sock) -> None:
         """Put what `sock` has on the wire now (a send() returning), without a whole pump."""
@@ -310,6 +313,8 @@ class TcpHost:
             self._flush(now)
         if self._tx_backlog:
             self._drain_backlog()
+        if self.defer_tx:
+            self._lanes[0].flush_tx()
 
     def _frame(self, f: bytes, now: float) -> None:
         if len(f) < ETH_HLEN + 40 or f[12] != 0x08 or f[13] != 0x00 or f[ETH_HLEN + 9] != IPPROTO_TCP:

@@ -32,6 +32,8 @@ and `UdpFlow`; the lane only uses their fields and methods (it does not import t
 
 from __future__ import annotations
 
+import errno
+
 import numpy as np
 
 from kbypass import backend
@@ -105,6 +107,7 @@ class MessageLane:
         self.chains = bool(getattr(port, "multi_buffer", False))
         self.max_frame = self.tx_room * (port.max_tx_frames if self.chains else 1)
         self._copy = port.mode == "copy"
+        self._defer_kick = False
         self._busy = port.poll_mode == "busy"
         self._xsk = port.xsk
         self._stash: list[int] = []
@@ -247,6 +250,42 @@ class MessageLane:
         """Let the kernel send what is on the TX ring."""
         self._xsk.kick_tx()
 
+    @property
+    def defer_kick(self) -> bool:
+        """True: send_one puts frames on the TX ring without a kick each (a full ring aside); the owner calls
+        flush_tx() once for the batch (one syscall for many frames in copy mode)."""
+        return self._defer_kick
+
+    @defer_kick.setter
+    def defer_kick(self, on: bool) -> None:
+        self._defer_kick = bool(on)
+
+    def flush_tx(self) -> int:
+        """Kick for the frames send_one left on the TX ring (defer_kick); returns the kicks made. A copy-mode
+        kick sends at most 32 frames (the kernel's TX_BATCH_SIZE, then EAGAIN), so it kicks again while the
+        kernel takes frames; a zero-copy ring is kicked when it asks to be (or busy polling)."""
+        tx = self._tx
+        left = tx.outstanding()
+        if not left:
+            return 0
+        if not self._copy:
+            if tx.needs_wakeup() or self._busy:
+                self._stats[TX_KICKS] += 1
+                self._xsk.kick_tx()
+                return 1
+            return 0
+        kicks = 0
+        while left:
+            self._stats[TX_KICKS] += 1
+            kicks += 1
+            if self._xsk.kick_tx() != errno.EAGAIN:
+                break
+            now = tx.outstanding()
+            if now >= left:  # no progress (no completion room): the next send or flush tries again
+                break
+            left = now
+        return kicks
+
     def send_one(self, frame: bytes) -> bool:
         """Put one whole frame on the TX ring and kick; False when no frame or TX slot is free right now, or
         when the frame is longer than a UMEM frame holds (`tx_room`; nothing written). On a multi-buffer port
@@ -286,7 +325,7 @@ class MessageLane:
         c[IN_TX] += 1
         c[TX_PACKETS] += 1
         c[TX_BYTES] += n
-        if self._copy or tx.needs_wakeup() or self._busy:
+        if not self._defer_kick and (self._copy or tx.needs_wakeup() or self._busy):
             c[TX_KICKS] += 1
             self._xsk.kick_tx()
         return True
@@ -385,6 +424,10 @@ class NativeMessageLane(MessageLane):
                                  busy=self._busy, busy_every=self.BUSY_POLL_EVERY, stash=self.STASH)
         self._recv_c = self.c.recv
         self.wake = self.c.wake
+
+    @MessageLane.defer_kick.setter
+    def defer_kick(self, on: bool) -> None:
+        self._defer_kick = self.c.defer_kick = bool(on)
 
     def receive_udp(self):
         r = self._recv_c()
