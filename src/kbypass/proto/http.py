@@ -85,7 +85,7 @@ class RequestParser:
         return self._skip > 0 or (bool(self._buf) and bool(self._buf.strip(b"\r\n")))
 
     def feed(self, data: bytes) -> list[Request]:
-        if not self._buf and not self._skip and not self.failed:
+        if not self._buf and not self._skip and not self.failed and type(data) is bytes:
             hit = _HEADS.get(data)  # the common case: data is one whole head seen before, without a body
             if hit is not None and not hit[1]:
                 return [hit[0]]

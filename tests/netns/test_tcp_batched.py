@@ -1,0 +1,81 @@
+"""TcpHost.batched (what `kbypass http serve` runs in), with a kernel peer in netns: a socket's sends inside wait
+for transmit(), which sends each connection's data in one segment (the ACK of what came riding on it) and
+kicks the TX ring once for the whole batch; receive() makes what came readable without sending anything."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from kbypass import netns
+from kbypass.endpoint.tcpio import TcpHost
+from tests.kb import needs_c
+
+pytestmark = pytest.mark.netns
+PORT = 5011
+
+
+def connected(host, lst, a, b, n: int) -> tuple[list[socket.socket], list]:
+    """n kernel clients in host a and their accepted TcpSockets (the host pumped while they connect)."""
+    clients = []
+    for _ in range(n):
+        with netns.entered(a.netns):
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.setblocking(False)
+        c.connect_ex((b.ipv4, PORT))
+        clients.append(c)
+    by_port = {sock.peer[1]: sock for sock in (lst.accept(timeout=5)[0] for _ in clients)}
+    for c in clients:
+        c.settimeout(5)
+    return clients, [by_port[c.getsockname()[1]] for c in clients]  # in the clients' order
+
+
+def recv_exactly(c: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        piece = c.recv(n - len(got))
+        assert piece, "the peer closed early"
+        got += piece
+    return got
+
+
+@pytest.mark.parametrize("native", [pytest.param(None, id="c-lane", marks=needs_c),
+                                    pytest.param(False, id="python-lane")])
+def test_a_batch_goes_out_at_transmit_one_segment_a_connection_one_kick(testbed_hosts, native):
+    a, b = testbed_hosts
+    with TcpHost(b.iface, b.ipv4, netns=b.netns, native=native) as host:
+        lst = host.listen(PORT)
+        clients, socks = connected(host, lst, a, b, 3)
+        for s in socks:
+            s.setblocking(False)
+        port = host.stats["port"]
+        with host.batched():
+            for i, c in enumerate(clients):
+                c.sendall(b"req%d" % i)
+            end = time.monotonic() + 5
+            while not all(s.readable for s in socks) and time.monotonic() < end:
+                host.receive()  # what came is readable at once; nothing is sent yet
+                time.sleep(0.01)
+            assert [s.recv(100) for s in socks] == [b"req0", b"req1", b"req2"]
+            tx, kicks = host.counters["tx_segments"], host.stats["port"]["tx_kicks"]
+            for i, s in enumerate(socks):
+                for part in (b"an", b"sw", b"er%d" % i):
+                    assert s.send(part) == len(part)
+            assert host.counters["tx_segments"] == tx  # held for transmit()
+            host.transmit()
+            assert host.counters["tx_segments"] == tx + 3  # one segment per connection, data and ACK in it
+            assert host.stats["port"]["tx_kicks"] - kicks <= 1  # one syscall for the batch's frames
+        for i, c in enumerate(clients):
+            assert recv_exactly(c, 7) == b"answer%d" % i
+        # outside batched(), a send goes out at once, as a kernel send() does
+        socks[0].setblocking(True)
+        tx = host.counters["tx_segments"]
+        socks[0].send(b"now")
+        assert host.counters["tx_segments"] == tx + 1 and recv_exactly(clients[0], 3) == b"now"
+        assert port["tx_packets"] <= host.stats["port"]["tx_packets"]
+        for c in clients:
+            c.close()
+        for s in socks:
+            s.close()
