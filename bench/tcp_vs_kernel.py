@@ -5,8 +5,10 @@
                 the same client against `sockperf server --tcp` (the kernel anchor); one-way p50/p99 (half
                 the round trip, as sockperf reports)
     http        wrk (host a) against `kbypass http serve`, an asyncio server on uvloop over kernel sockets
-                answering with the same bytes (kbypass.proto.http: same parser, same responses), and nginx
-                on the kernel serving a file of the same size; requests/s
+                answering with the same bytes (kbypass.proto.http: same parser and head cache, same pre-encoded
+                answers, the Date formatted once a second, one write per read as kbypass sends one segment),
+                and nginx on the kernel serving a file of the same size; requests/s. The same wrk command
+                (-t1, --connections, no pipelining) for all three
     bulk        `iperf3 -c` (host a, the kernel's TCP sending) into `kbypass xfer recv --proto tcp --iperf3`
                 beside `iperf3 -s` (kernel to kernel); and `kbypass xfer send --proto tcp` into a socat sink
                 (the kernel receiving) beside socat sending the same bytes; goodput
@@ -17,6 +19,7 @@ kbypass/kernel). The machine is shared: compare within one run.
 
 Usage:  .venv/bin/python bench/tcp_vs_kernel.py [--prefix ke] [--runs 3] [--seconds 5] [--body 1K]
                                                 [--json FILE] [--png FILE] [--only pingpong,http,bulk]
+                                                [--baseline SRC]
 """
 
 from __future__ import annotations
@@ -43,30 +46,43 @@ PP_PORT, HTTP_PORT, BULK_PORT = 11411, 8480, 5299
 UVLOOP_SERVER = r"""
 import asyncio, sys, time
 import uvloop
-from kbypass.proto.http import HttpError, RequestParser, Site, error_response, http_date, respond
+from kbypass.proto.http import HttpError, RequestParser, Site, error_response, http_date, respond, respond_whole
 site = Site(body_size=int(sys.argv[3]))
+clock = [0, ""]  # the Date field, formatted once a second (as kbypass http serve does)
+
+def today():
+    now = int(time.time())
+    if now != clock[0]:
+        clock[:] = [now, http_date(now)]
+    return clock[1]
 
 class Http(asyncio.Protocol):
     def connection_made(self, t):
         self.t, self.p = t, RequestParser()
     def data_received(self, data):
-        date = http_date(time.time())
+        date = today()
         try:
             reqs = self.p.feed(data)
         except HttpError as e:
             head, body = error_response(e.status, date)
             self.t.write(head + body.next(1 << 20)); self.t.close(); return
+        out = []  # the answers to one read's requests (pipelining) in one write, as kbypass sends them
         for req in reqs:
-            head, body, keep = respond(req, site, date)
-            out = [head]
-            while True:
-                piece = body.next(1 << 20)
-                if not piece:
-                    break
-                out.append(piece)
+            whole = respond_whole(req, site, date)  # the same pre-encoded answers as kbypass http serve's
+            if whole is not None:
+                out.append(whole[0])
+            else:
+                head, body, _ = respond(req, site, date)
+                out.append(head)
+                while True:
+                    piece = body.next(1 << 20)
+                    if not piece:
+                        break
+                    out.append(piece)
+            if not req.keep_alive:
+                self.t.write(b"".join(out)); self.t.close(); return
+        if out:
             self.t.write(b"".join(out))
-            if not keep:
-                self.t.close(); return
 
 async def main():
     srv = await asyncio.get_running_loop().create_server(Http, sys.argv[1], int(sys.argv[2]), backlog=1024)
@@ -152,11 +168,14 @@ def wrk(a, b, port: int, seconds: float, conns: int) -> dict:
     return {"requests_per_s": float(m.group(1)), "errors": errors.group(0) if errors else None}
 
 
-def http(kind: str, a, b, seconds: float, body: int, conns: int, poll: str, www: str) -> dict:
-    if kind == "kbypass":
+def http(kind: str, a, b, seconds: float, body: int, conns: int, poll: str, www: str,
+         baseline: str | None = None) -> dict:
+    if kind in ("kbypass", "kbypass baseline"):
+        # the baseline: the same command from another source tree (the commit before a change), same run
+        env = None if kind == "kbypass" else {**os.environ, "PYTHONPATH": baseline}
         server = subprocess.Popen(kb("http", "serve", "--host", "b", "--port", str(HTTP_PORT), "--cpu", SERVER_CPU,
                                      "--poll", poll, "--body-size", str(body)),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         started(server, "kbypass http serve on", "kbypass http serve")
     elif kind == "uvloop":
         server = subprocess.Popen(in_ns(b, SERVER_CPU, sys.executable, "-c", UVLOOP_SERVER, b.ipv4, str(HTTP_PORT),
@@ -250,6 +269,9 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "tcp_vs_kernel.json"))
     ap.add_argument("--png", default=str(ROOT / "bench" / "results" / "tcp_vs_kernel.png"))
     ap.add_argument("--keep", action="store_true", help="leave the testbed up")
+    ap.add_argument("--baseline", metavar="SRC", help="also run `kbypass http serve` with PYTHONPATH=SRC (the src/ "
+                    "of another checkout, its C modules built: e.g. the commit before a change) as 'http kbypass "
+                    "baseline', in the same run")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root", file=sys.stderr)
@@ -273,9 +295,9 @@ def main() -> int:
                                                                              args.poll)
         trials["pingpong kbypass server --tcp"] = lambda: pingpong("kbypass", a, b, args.seconds, args.size, args.poll)
     if "http" in parts:
-        for kind in ("kbypass", "uvloop", "nginx"):
+        for kind in ("kbypass", "uvloop", "nginx") + (("kbypass baseline",) if args.baseline else ()):
             trials[f"http {kind}"] = (lambda k=kind: http(k, a, b, args.seconds, args.body, args.connections,
-                                                          args.poll, str(www)))
+                                                          args.poll, str(www), args.baseline))
     if "bulk" in parts:
         trials["bulk iperf3 -> iperf3 -s (kernel)"] = lambda: bulk("kernel", a, b, args.seconds, args.poll)
         trials["bulk iperf3 -> kbypass --iperf3"] = lambda: bulk("kbypass", a, b, args.seconds, args.poll)
@@ -334,6 +356,8 @@ def _ratios(t: dict) -> dict:
                                                     "pingpong sockperf server --tcp (kernel)", "p50_us"),
         "http req/s kbypass / uvloop": r("http kbypass", "http uvloop", "requests_per_s"),
         "http req/s kbypass / nginx": r("http kbypass", "http nginx", "requests_per_s"),
+        "http req/s kbypass baseline / uvloop": r("http kbypass baseline", "http uvloop", "requests_per_s"),
+        "http req/s kbypass / kbypass baseline": r("http kbypass", "http kbypass baseline", "requests_per_s"),
         "bulk kbypass receiver / kernel receiver": r("bulk iperf3 -> kbypass --iperf3",
                                                      "bulk iperf3 -> iperf3 -s (kernel)", "goodput_bps"),
         "bulk kbypass sender / kernel sender": r("bulk kbypass send -> socat sink",

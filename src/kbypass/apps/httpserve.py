@@ -77,7 +77,8 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
     """Serve until `duration` seconds, `requests` answered (then the connections are drained and closed),
     `idle_timeout` seconds without a connection open, or stop() is true."""
     res = ServeResult()
-    clients: list[_Client] = []
+    clients: dict = {}  # TcpSocket -> _Client, in the order they came
+    active: dict = {}  # the clients to look at next pass (an ordered set): news came, or answers still go out
     start = time.monotonic()
     deadline = None if duration is None else start + duration
     idle_since = start
@@ -94,14 +95,18 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
             while listener.pending and (requests is None or res.requests < requests):
                 sock, _ = listener.accept(0)
                 sock.setblocking(False)
-                clients.append(_Client(sock, now))
+                clients[sock] = active[sock] = _Client(sock, now)
                 res.connections += 1
                 moved = True
-            finished = False
+            for sock in host.take_woken():  # only these had news: thousands of idle connections cost nothing
+                c = clients.get(sock)
+                if c is not None:
+                    active[sock] = c
             timers_due = now >= timers_at  # the request timeouts are looked at 4 times a second, not every pass
             if timers_due:
                 timers_at = now + 0.25
-            for c in clients:
+            todo, active = (clients if timers_due else active).copy(), {}
+            for key, c in todo.items():
                 if c.sock.readable and len(c.queue) < MAX_QUEUED:
                     moved |= _read(c, date, res, requests, now)
                 if c.busy():
@@ -111,10 +116,10 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
                 elif timers_due and not c.closing and not c.eof:
                     moved |= _timed_out(c, now, date, res, head_timeout, keepalive_timeout)
                 if (c.closing or c.eof) and _done(c, res):
-                    finished = True
+                    del clients[key]
+                elif c.busy() or (c.closing or c.eof):  # answers still to write, or to close once written
+                    active[key] = c
             host.transmit()  # the pass's answers, each connection's in one go (and due timers)
-            if finished:
-                clients = [c for c in clients if c.sock is not None]
             if clients:
                 idle_since = now
             if deadline is not None and now >= deadline:
@@ -125,7 +130,7 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
                 break
             if not moved:  # wake at least each second: the request timeouts are checked then
                 host.wait(now + 1.0 if deadline is None else min(deadline, now + 1.0))
-    for c in clients:
+    for c in clients.values():
         _drop(c)
         c.sock.close()
     host.pump()

@@ -147,10 +147,12 @@ class TcpSocket:
 
     def _events(self) -> None:
         conn = self.conn
+        woke = False
         while self._rx_len < MAX_UNREAD or self._app_closed:
             ev = conn.next_event()
             if ev is None:
-                return
+                break
+            woke = True
             kind = type(ev)
             if kind is tcp.Data:
                 if self._app_closed:
@@ -170,6 +172,8 @@ class TcpSocket:
             elif kind is tcp.Reset:
                 self._died(ev.reason)
             # Closed: the state says it; WindowOpened: send() looks at the room itself
+        if woke and self.host.woken is not None:
+            self.host.woken.add(self)  # the loop of TcpHost.batched looks at this socket (take_woken)
 
     def _died(self, reason: str) -> None:
         where = f"{self.peer[0]}:{self.peer[1]}"

@@ -123,6 +123,7 @@ class TcpHost:
         self._scheduled: dict = {}  # socket or listener -> its live heap entry (when, seq)
         self._seq = 0
         self.defer_tx = False  # batched(): send() leaves its segments to the next transmit()
+        self.woken: set | None = None  # batched(): sockets with news for the application (take_woken)
         self._tx_backlog: deque[bytes] = deque()
         self._stack_check_at = 0.0
         self._poller = select.poll()
@@ -229,15 +230,24 @@ class TcpHost:
         """Inside, a socket's send() queues its data for the next transmit() (or pump()) instead of sending at
         once: a loop answering a batch of requests sends each connection's answers with one segment (its
         ACK on them) rather than one send apiece, and the TX ring is kicked once for all of the batch's
-        frames. The loop must call transmit() (pump()) after each batch."""
+        frames. The loop must call transmit() (pump()) after each batch, and learns which sockets had news
+        from take_woken()."""
         was, self.defer_tx = self.defer_tx, True
         lane = self._lanes[0]  # the one we send on: its frames wait for transmit()'s kick, one for them all
         lane.defer_kick = True
+        woken, self.woken = self.woken, set()
         try:
             yield self
         finally:
             self.transmit()
             self.defer_tx = lane.defer_kick = was
+            self.woken = woken
+
+    def take_woken(self) -> set:
+        """Inside batched(): the sockets that had news (data, EOF, reset, established, window) since the last
+        call, so a loop with thousands of idle connections looks only at these."""
+        woken, self.woken = self.woken, set()
+        return woken
 
     def flush_one(self, sock) -> None:
         """Put what `sock` has on the wire now (a send() returning), without a whole pump."""

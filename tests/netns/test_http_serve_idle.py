@@ -1,0 +1,67 @@
+"""`kbypass http serve`'s loop (kbypass.apps.httpserve.serve) looks only at the connections that had news
+(TcpHost.take_woken) and at those still writing, plus every connection 4 times a second for the request
+timeouts: idle keep-alive connections cost nothing per request of the busy ones. Kernel clients in netns."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from kbypass import netns
+from kbypass.apps import httpserve
+from kbypass.endpoint.tcpio import TcpHost
+from kbypass.proto import http
+
+pytestmark = pytest.mark.netns
+PORT = 8495
+IDLE = 40
+REQUESTS = 300
+
+
+def test_idle_connections_are_not_looked_at_per_request(testbed_hosts, monkeypatch):
+    a, b = testbed_hosts
+    looks: Counter = Counter()
+    busy = httpserve._Client.busy
+
+    def counted(c):
+        looks[c.sock.peer[1] if c.sock is not None else None] += 1
+        return busy(c)
+
+    monkeypatch.setattr(httpserve._Client, "busy", counted)
+    done = threading.Event()
+    with TcpHost(b.iface, b.ipv4, netns=b.netns) as host:
+        lst = host.listen(PORT)
+        result = {}
+        server = threading.Thread(target=lambda: result.update(
+            res=httpserve.serve(host, lst, http.Site(body_size=100), stop=done.is_set)))
+        server.start()
+        try:
+            with netns.entered(a.netns):
+                idle = [socket.create_connection((b.ipv4, PORT), timeout=5) for _ in range(IDLE)]
+                busy_client = socket.create_connection((b.ipv4, PORT), timeout=5)
+            start = time.monotonic()
+            for _ in range(REQUESTS):
+                busy_client.sendall(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n")
+                r = http.ResponseReader()
+                body = b""
+                while not r.done:
+                    data = busy_client.recv(65536)
+                    assert data, "the server closed"
+                    body += r.feed(data)
+                assert r.status == 200 and body == http.generated(0, 100)
+            seconds = time.monotonic() - start
+        finally:
+            done.set()
+            server.join(30)
+        me = busy_client.getsockname()[1]
+        scans = 4 * seconds + 8  # the timeout scans (4 a second) and the passes of the connects
+        idle_looks = [looks[s.getsockname()[1]] for s in idle]
+        assert looks[me] >= REQUESTS
+        assert max(idle_looks) <= 2 * scans, (max(idle_looks), scans)  # not once per request
+        assert result["res"].requests == REQUESTS and result["res"].connections == IDLE + 1
+        for s in idle + [busy_client]:
+            s.close()
