@@ -467,6 +467,8 @@ class TcpHost:
             return
         if self._tx_backlog:
             self._drain_backlog()
+            if self.defer_tx:  # batched: what the drain put on the ring is not kicked by the sends
+                self._lanes[0].flush_tx()
             wait = 0.0005
         else:
             t = self.timeout()
