@@ -60,7 +60,9 @@ class Request:
     method: str
     target: str
     version: str  # "HTTP/1.1" or "HTTP/1.0"
-    headers: dict[str, str] = field(default_factory=dict)  # lower-case names; repeated fields joined by ", "
+    # lower-case names; repeated fields joined by ", ". Read only: the parser hands one Request to every
+    # repeat of the same head
+    headers: dict[str, str] = field(default_factory=dict)
     keep_alive: bool = field(init=False, compare=False)  # from the version and Connection, worked out once
 
     def __post_init__(self) -> None:
@@ -85,7 +87,7 @@ class RequestParser:
         return self._skip > 0 or (bool(self._buf) and bool(self._buf.strip(b"\r\n")))
 
     def feed(self, data: bytes) -> list[Request]:
-        if not self._buf and not self._skip and not self.failed and type(data) is bytes:
+        if not self._buf and not self._skip and not self.failed and type(data) is bytes and len(data) <= CACHED_HEAD:
             hit = _HEADS.get(data)  # the common case: data is one whole head seen before, without a body
             if hit is not None and not hit[1]:
                 return [hit[0]]
