@@ -214,11 +214,11 @@ def _write(c: _Client, site, date: str, res: ServeResult) -> bool:
     moved = False
     while True:
         if c.off >= len(c.out):
-            c.out, c.off = _gather(c, site, date, res), 0
+            c.out, c.off = (_gather(c, site, date, res) if c.queue else b""), 0
             if not c.out:
                 return moved
         try:
-            n = sock.send(memoryview(c.out)[c.off:])
+            n = sock.send(memoryview(c.out)[c.off:] if c.off else c.out)
         except BlockingIOError:
             return moved
         except (ConnectionError, TimeoutError, OSError):
