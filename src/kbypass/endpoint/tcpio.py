@@ -232,6 +232,7 @@ class TcpHost:
         ACK on them) rather than one send apiece, and the TX ring is kicked once for all of the batch's
         frames. The loop must call transmit() (pump()) after each batch, and learns which sockets had news
         from take_woken()."""
+        self._check_open()
         was, self.defer_tx = self.defer_tx, True
         lane = self._lanes[0]  # the one we send on: its frames wait for transmit()'s kick, one for them all
         lane.defer_kick = True
