@@ -7,8 +7,9 @@
     http        wrk (host a) against `kbypass http serve`, an asyncio server on uvloop over kernel sockets
                 answering with the same bytes (kbypass.proto.http: same parser and head cache, same pre-encoded
                 answers, the Date formatted once a second, one write per read as kbypass sends one segment),
-                and nginx on the kernel serving a file of the same size; requests/s. The same wrk command
-                (-t1, --connections, no pipelining) for all three
+                and nginx on the kernel serving a file of the same size; requests/s, and the server's CPU
+                time per request (its process and children: on a busy machine the steadier measure). The
+                same wrk command (-t1, --connections, no pipelining) for all three
     bulk        `iperf3 -c` (host a, the kernel's TCP sending) into `kbypass xfer recv --proto tcp --iperf3`
                 beside `iperf3 -s` (kernel to kernel); and `kbypass xfer send --proto tcp` into a socat sink
                 (the kernel receiving) beside socat sending the same bytes; goodput
@@ -162,10 +163,37 @@ def wrk(a, b, port: int, seconds: float, conns: int) -> dict:
                                f"http://{b.ipv4}:{port}/file"), capture_output=True, text=True,
                          timeout=seconds + 60).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if m is None:
+    n = re.search(r"(\d+) requests in", out)
+    if m is None or n is None:
         raise RuntimeError(f"wrk printed no Requests/sec:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    return {"requests_per_s": float(m.group(1)), "errors": errors.group(0) if errors else None}
+    return {"requests_per_s": float(m.group(1)), "requests": int(n.group(1)),
+            "errors": errors.group(0) if errors else None}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of pid and its children (nginx's worker) so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(stat[11]) + int(stat[12])) / tick  # utime, stime
+    return total
+
+
+def wrk_with_cpu(server: subprocess.Popen, a, b, seconds: float, conns: int) -> dict:
+    """wrk's result with the server's CPU time per request (the measure a busy machine disturbs least: a
+    server descheduled for others' jobs loses requests/s, not CPU per request)."""
+    before = cpu_seconds(server.pid)
+    res = wrk(a, b, HTTP_PORT, seconds, conns)
+    res["server_cpu_us_per_request"] = (cpu_seconds(server.pid) - before) * 1e6 / max(1, res["requests"])
+    return res
 
 
 def http(kind: str, a, b, seconds: float, body: int, conns: int, poll: str, www: str,
@@ -188,7 +216,7 @@ def http(kind: str, a, b, seconds: float, body: int, conns: int, poll: str, www:
                                   stderr=subprocess.DEVNULL)
         time.sleep(1.0)
     try:
-        return wrk(a, b, HTTP_PORT, seconds, conns)
+        return wrk_with_cpu(server, a, b, seconds, conns)
     finally:
         stop(server)
 
@@ -358,6 +386,10 @@ def _ratios(t: dict) -> dict:
         "http req/s kbypass / nginx": r("http kbypass", "http nginx", "requests_per_s"),
         "http req/s kbypass baseline / uvloop": r("http kbypass baseline", "http uvloop", "requests_per_s"),
         "http req/s kbypass / kbypass baseline": r("http kbypass", "http kbypass baseline", "requests_per_s"),
+        "http server CPU/request kbypass / uvloop": r("http kbypass", "http uvloop", "server_cpu_us_per_request"),
+        "http server CPU/request kbypass / nginx": r("http kbypass", "http nginx", "server_cpu_us_per_request"),
+        "http server CPU/request kbypass / kbypass baseline": r("http kbypass", "http kbypass baseline",
+                                                                "server_cpu_us_per_request"),
         "bulk kbypass receiver / kernel receiver": r("bulk iperf3 -> kbypass --iperf3",
                                                      "bulk iperf3 -> iperf3 -s (kernel)", "goodput_bps"),
         "bulk kbypass sender / kernel sender": r("bulk kbypass send -> socat sink",
