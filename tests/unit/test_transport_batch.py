@@ -345,3 +345,23 @@ def test_endpoint_recv_hands_out_chunks_whole_or_split_at_max_bytes():
     assert _take(deque([first]), 100) is first  # the usual case: one chunk, returned without a copy
     assert _take(chunks, 12) == b"a" * 10 + b"bb"
     assert _take(chunks, 100) == b"bbb" + b"c" * 7 and not chunks
+
+
+def test_endpoint_recv_reads_a_large_chunk_in_pieces_copying_each_byte_once():
+    from collections import deque
+
+    from kbypass.xfer.endpoint import _take
+
+    big = bytes(range(256)) * 40  # 10,240 bytes, read 3,000 at a time
+    chunks = deque([big, b"tail"])
+    got = []
+    while chunks:
+        piece = _take(chunks, 3000)
+        assert type(piece) is bytes and 0 < len(piece) <= 3000
+        got.append(piece)
+    assert b"".join(got) == big + b"tail"
+    assert [len(p) for p in got] == [3000, 3000, 3000, 1244]
+    # the rest of a chunk is held as a view of it, not a copy
+    chunks = deque([big])
+    _take(chunks, 100)
+    assert type(chunks[0]) is memoryview and chunks[0].obj is big

@@ -27,7 +27,6 @@ milliseconds, so a loss repaired by a timeout costs more. Random loss alone does
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from kbypass.proto.transport.config import CONTROLLERS, ConnConfig
 from kbypass.errors import UsageError, require_root
 from kbypass.tools import _options as opt
 from kbypass.tools._common import partial_path, pin_cpu
+from kbypass.tools._digest import BackgroundSha256
 from kbypass.tools._output import emit
 
 DEFAULT_CONTROLLER = ConnConfig.congestion
@@ -436,7 +436,7 @@ def _send(args) -> int:
         print(f"kbypass xfer send: --loss {args.loss:g} drops only what this end receives (the receiver's ACKs); "
               "give --loss to 'xfer recv' too for loss on the data path", file=sys.stderr, flush=True)
     stopped = failed = None
-    h = hashlib.sha256()
+    h = BackgroundSha256()  # the integrity check, hashed while the transport waits for frames
     sent = 0
     t0 = None
     try:
@@ -495,7 +495,7 @@ def _recv(args) -> int:
     out = None
     partial = None  # --write goes here first, and replaces the file only when the run has data to keep
     stopped = failed = None
-    h = hashlib.sha256()
+    h = BackgroundSha256()  # the integrity check, hashed while the transport waits for frames
     got = 0
     t0 = None
     to_stdout = args.write == "-"
