@@ -380,14 +380,20 @@ def _stream(seed: int):
 
 
 def chunks(src, size: int | None, seed: int):
-    """What a sender sends, in CHUNK pieces: the file's bytes, or the generated stream up to `size` bytes
-    (None: endless). Pieces of the stream are views of its block: no copy to cut them."""
+    """What a sender sends: the file's bytes in CHUNK pieces, or the generated stream up to `size` bytes (None:
+    endless) in its blocks (bytes, which the transport's send buffer keeps without a copy), the last cut
+    short as a view of its block."""
     if src is not None:
         while chunk := src.read(CHUNK):
             yield chunk
         return
     left = size
     for block in _stream(seed):
+        if left is None or left >= len(block):  # whole blocks as they are: the send buffer keeps bytes uncopied
+            if left is not None:
+                left -= len(block)
+            yield block
+            continue
         view = memoryview(block)
         while view:
             if left is not None and left <= 0:

@@ -392,12 +392,19 @@ class TransportEndpoint(DataPath):
             return len(mv)
         done = 0
         deadline = None if timeout is None else self.clock() + timeout
+        # an immutable bytes object (not too large for the buffer) goes in whole, once there is room for all
+        # of it: the send buffer keeps it as it is, where a piece of it would be copied
+        whole = type(data) is bytes and len(mv) <= conn.config.send_buffer // 4
         while done < len(mv):
             self._raise_if_lost(conn, "sending")
             space = conn.send_space
-            n = conn.send(mv[done:done + space], self.clock()) if space else 0
+            if whole and space < len(mv):
+                space = 0
             if not space:
+                n = 0
                 conn.send(b"", self.clock())  # raises LocalProtocolError when closing or closed
+            else:
+                n = conn.send(data if whole else mv[done:done + space], self.clock())
             done += n
             if done < len(mv):
                 if deadline is not None and self.clock() >= deadline:
