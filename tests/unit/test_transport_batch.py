@@ -370,17 +370,21 @@ def test_endpoint_recv_reads_a_large_chunk_in_pieces_copying_each_byte_once():
 def test_send_buffer_cut_run_segments_are_views_of_its_chunks_and_keep_a_mutable_writes_old_bytes():
     """cut_run hands segments inside a chunk as views of it (no copy); the chunks are the buffer's own
     immutable bytes, so a bytearray the application changes afterwards still does not change them."""
-    sb = SendBuffer(100_000)
-    whole = bytes(range(256)) * 100  # 25,600 bytes, kept as it is
-    mutable = bytearray(b"M" * 3000)
+    from kbypass.proto.transport.sendbuf import VIEW_FROM
+
+    sb = SendBuffer(1 << 20)
+    whole = bytes(range(256)) * (VIEW_FROM * 10 // 256)  # ten segments, kept as it is
+    mutable = bytearray(b"M" * (VIEW_FROM * 3))
     sb.write(whole)
     sb.write(mutable)
-    mutable[:] = b"x" * 3000
-    segs = sb.cut_run(1000, 1 << 30, 1 << 40, 0.0)
-    assert b"".join(bytes(s.data) for s in segs) == whole + b"M" * 3000
+    mutable[:] = b"x" * len(mutable)
+    segs = sb.cut_run(VIEW_FROM, 1 << 30, 1 << 40, 0.0)
+    assert b"".join(bytes(s.data) for s in segs) == whole + b"M" * (VIEW_FROM * 3)
     inside = [s for s in segs if type(s.data) is memoryview]
-    assert len(inside) >= 24 and all(s.data.obj is whole for s in inside[:25])
-    assert all(s.data.readonly for s in inside)
+    assert len(inside) >= 9 and all(s.data.obj is whole for s in inside[:9]) and all(s.data.readonly for s in inside)
+    small = SendBuffer(100_000)  # segments under VIEW_FROM: copied (cheaper than a view)
+    small.write(whole)
+    assert all(type(s.data) is bytes for s in small.cut_run(1448, 1 << 30, 1 << 40, 0.0))
 
 
 def test_endpoint_send_gives_the_send_buffer_a_bytes_object_whole():
@@ -408,7 +412,10 @@ def test_endpoint_send_gives_the_send_buffer_a_bytes_object_whole():
 
     ep = TransportEndpoint.__new__(TransportEndpoint)
     conn = Conn()
+    ep.conn = None
+    assert not ep.takes_whole(1)  # no connection yet
     ep.conn, ep._closed, ep.connected_at, ep.lost, ep.clock = conn, False, 1.0, None, lambda: 0.0
+    assert ep.takes_whole(1 << 18) and not ep.takes_whole((1 << 18) + 1)  # a quarter of the send buffer at most
     pumps = []
 
     def pump(timeout=0.0):
@@ -416,7 +423,7 @@ def test_endpoint_send_gives_the_send_buffer_a_bytes_object_whole():
         conn.space = 1 << 20  # the peer acknowledged: room again
 
     ep.pump = pump
-    data = b"z" * 150_000  # more than the room at first
+    data = b"z" * 150_000  # more than the room at first, less than a quarter of the buffer
     assert ep.send(data) == len(data)
     sent = [d for d in conn.given if len(d)]
     assert sent == [data] and sent[0] is data and pumps  # waited for room, then all of it, not copied

@@ -379,17 +379,18 @@ def _stream(seed: int):
         i += 1
 
 
-def chunks(src, size: int | None, seed: int):
-    """What a sender sends: the file's bytes in CHUNK pieces, or the generated stream up to `size` bytes (None:
-    endless) in its blocks (bytes, which the transport's send buffer keeps without a copy), the last cut
-    short as a view of its block."""
+def chunks(src, size: int | None, seed: int, whole: bool = False):
+    """What a sender sends, in CHUNK pieces: the file's bytes, or the generated stream up to `size` bytes
+    (None: endless). Pieces of the stream are views of its block: no copy to cut them. whole: the stream in
+    whole blocks (bytes, which the transport's send buffer keeps without a copy when its buffer is large
+    enough to take one at once: TransportEndpoint.takes_whole), the last one cut short."""
     if src is not None:
         while chunk := src.read(CHUNK):
             yield chunk
         return
     left = size
     for block in _stream(seed):
-        if left is None or left >= len(block):  # whole blocks as they are: the send buffer keeps bytes uncopied
+        if whole and (left is None or left >= len(block)):
             if left is not None:
                 left -= len(block)
             yield block
@@ -453,7 +454,7 @@ def _send(args) -> int:
             try:
                 ep.connect(timeout=args.idle_timeout or IDLE_DEFAULT)
                 t0 = time.monotonic()
-                for chunk in chunks(src, size, args.seed):
+                for chunk in chunks(src, size, args.seed, whole=ep.takes_whole(BLOCK)):
                     if args.duration is not None and time.monotonic() - t0 >= args.duration:
                         break
                     ep.send(chunk)

@@ -394,7 +394,7 @@ class TransportEndpoint(DataPath):
         deadline = None if timeout is None else self.clock() + timeout
         # an immutable bytes object (not too large for the buffer) goes in whole, once there is room for all
         # of it: the send buffer keeps it as it is, where a piece of it would be copied
-        whole = type(data) is bytes and len(mv) <= conn.config.send_buffer // 4
+        whole = type(data) is bytes and self.takes_whole(len(mv))
         while done < len(mv):
             self._raise_if_lost(conn, "sending")
             space = conn.send_space
@@ -414,6 +414,14 @@ class TransportEndpoint(DataPath):
         return done
 
     sendall = send
+
+    def takes_whole(self, nbytes: int) -> bool:
+        """Does send() hand a bytes object of nbytes to the send buffer whole, uncopied (it waits for room for
+        all of it)? When the buffer holds four such at least: with less, waiting for that much room would
+        idle the flight. (At MTU 1500 the 2 MiB buffer takes 256 KiB pieces, copied, faster than 1 MiB whole
+        blocks, measured: 2186 against 1599 Mbit/s; at 65535 its 8 MiB takes 1 MiB blocks whole.)"""
+        conn = self.conn
+        return conn is not None and not conn.config.message_mode and 0 < nbytes <= conn.config.send_buffer // 4
 
     def _raise_if_lost(self, conn: Connection, what: str) -> None:
         """TransferError naming why the connection died, if it did. Checked before the connection is asked

@@ -10,6 +10,9 @@ from collections import deque
 from dataclasses import dataclass
 
 
+VIEW_FROM = 8192  # cut_run hands segments of this many bytes or more as views of the send buffer's chunks
+
+
 @dataclass(slots=True, eq=False)
 class Segment:
     seq: int
@@ -163,9 +166,10 @@ class SendBuffer:
             off = self._offset
             end = off + n
             if end < len(chunk):  # _take's usual case, inline: the segment lies inside the first chunk
-                # a view, not a copy: chunks are immutable bytes (_append), and the codec encodes from the
-                # view (a 64 KiB segment copied here was one of five copies of every byte on the sender)
-                data = memoryview(chunk)[off:end]
+                # a jumbo segment as a view, not a copy: chunks are immutable bytes (_append), and the codec
+                # encodes from the view (a 64 KiB segment copied here was one of five copies of every byte on
+                # the sender); a small one is cheaper copied than viewed (two objects, a buffer request)
+                data = chunk[off:end] if n < VIEW_FROM else memoryview(chunk)[off:end]
                 self._offset = end
                 self.unsent -= n
             else:
