@@ -405,6 +405,7 @@ class TransportEndpoint(DataPath):
                 conn.send(b"", self.clock())  # raises LocalProtocolError when closing or closed
             else:
                 n = conn.send(data if whole else mv[done:done + space], self.clock())
+                whole = False  # (taken whole; should the buffer ever take less, the rest goes in pieces)
             done += n
             if done < len(mv):
                 if deadline is not None and self.clock() >= deadline:
