@@ -26,7 +26,8 @@ every trial is repeated --runs times in rotating order; medians, and ratios agai
 the same run. The machine is shared: compare within one run. Writes a table, --json and a PNG.
 
 Usage:  .venv/bin/python bench/xfer_vs_iperf3.py [--seconds 5] [--runs 3] [--mtus 1500,3506,9000,max]
-            [--losses 0,0.01,0.05] [--also-reno] [--placement sender|sut] [--prefix cc] [--json FILE]
+            [--losses 0,0.01,0.05] [--also-reno] [--contenders 'tcp cubic,xfer'] [--placement sender|sut]
+            [--prefix cc] [--json FILE]
 """
 
 from __future__ import annotations
@@ -348,6 +349,8 @@ def main() -> int:
     ap.add_argument("--mtus", default="1500,3506,9000,max", help="MTUs, 'max' the largest the testbed takes")
     ap.add_argument("--losses", default="0,0.01,0.05", help="loss rates, both hosts (default 0,0.01,0.05)")
     ap.add_argument("--also-reno", action="store_true", help="also xfer with the loss-rate controller (reno)")
+    ap.add_argument("--contenders", help="a comma-separated subset to run (of: tcp cubic, tcp bbr, udp, xfer, xfer "
+                    "reno), e.g. 'tcp cubic,xfer' for a quick ratio; default all")
     ap.add_argument("--poll", choices=("wakeup", "busy"), default="wakeup", help="xfer's AF_XDP wait mode")
     ap.add_argument("--placement", choices=("sender", "sut"), default="sender",
                     help="where receive work runs: veth's default (sender) or NAPI threads on each host's core")
@@ -364,6 +367,14 @@ def main() -> int:
     args.losses = [float(x) for x in args.losses.split(",")]
     mtus = mtu_list(args.mtus)
     contenders = ["tcp cubic", "tcp bbr", "udp", "xfer"] + (["xfer reno"] if args.also_reno else [])
+    if args.contenders:
+        wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in contenders + ["xfer reno"]]
+        if unknown or not wanted:
+            print(f"bench: --contenders {args.contenders!r}: pick from {', '.join(contenders + ['xfer reno'])}",
+                  file=sys.stderr)
+            return 2
+        contenders = wanted
     json_path = Path(args.json or ROOT / "bench" / "results" / "xfer_vs_iperf3.json")
     cells: dict = {}
     t0 = time.time()

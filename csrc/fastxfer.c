@@ -191,13 +191,17 @@ static PyObject *encode_segment(PyObject *seg, struct kb_xfer_fields *h) {
     if (seq == (unsigned long long)-1 && PyErr_Occurred()) goto done;
     int is_me = PyObject_IsTrue(me), is_fin = PyObject_IsTrue(fin);
     if (is_me < 0 || is_fin < 0) goto done;
-    if (!PyBytes_Check(data) || PyBytes_GET_SIZE(data) > KB_XFER_MAX_PAYLOAD) {
-        PyErr_SetString(PyExc_TypeError, "encode_segments: a segment's data must be bytes of at most 65535");
-        goto done;
+    /* bytes, or a view of the send buffer's bytes (SendBuffer.cut_run: a segment inside a chunk is not copied) */
+    Py_buffer pb;
+    if (PyObject_GetBuffer(data, &pb, PyBUF_SIMPLE)) goto done;
+    if (pb.len > KB_XFER_MAX_PAYLOAD) {
+        PyErr_SetString(PyExc_TypeError, "encode_segments: a segment's data must be at most 65535 bytes");
+    } else {
+        h->flags = kb_xfer_segment_flags(is_me, is_fin);
+        h->seq = seq;
+        out = encoded(h, pb.buf, pb.len);
     }
-    h->flags = kb_xfer_segment_flags(is_me, is_fin);
-    h->seq = seq;
-    out = encoded(h, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    PyBuffer_Release(&pb);
 done:
     Py_XDECREF(seq_o);
     Py_XDECREF(data);

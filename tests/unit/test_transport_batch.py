@@ -345,3 +345,90 @@ def test_endpoint_recv_hands_out_chunks_whole_or_split_at_max_bytes():
     assert _take(deque([first]), 100) is first  # the usual case: one chunk, returned without a copy
     assert _take(chunks, 12) == b"a" * 10 + b"bb"
     assert _take(chunks, 100) == b"bbb" + b"c" * 7 and not chunks
+
+
+def test_endpoint_recv_reads_a_large_chunk_in_pieces_copying_each_byte_once():
+    from collections import deque
+
+    from kbypass.xfer.endpoint import _take
+
+    big = bytes(range(256)) * 40  # 10,240 bytes, read 3,000 at a time
+    chunks = deque([big, b"tail"])
+    got = []
+    while chunks:
+        piece = _take(chunks, 3000)
+        assert type(piece) is bytes and 0 < len(piece) <= 3000
+        got.append(piece)
+    assert b"".join(got) == big + b"tail"
+    assert [len(p) for p in got] == [3000, 3000, 3000, 1244]
+    # the rest of a chunk is held as a view of it, not a copy
+    chunks = deque([big])
+    _take(chunks, 100)
+    assert type(chunks[0]) is memoryview and chunks[0].obj is big
+
+
+def test_send_buffer_cut_run_segments_are_views_of_its_chunks_and_keep_a_mutable_writes_old_bytes():
+    """cut_run hands segments inside a chunk as views of it (no copy); the chunks are the buffer's own
+    immutable bytes, so a bytearray the application changes afterwards still does not change them."""
+    from kbypass.proto.transport.sendbuf import VIEW_FROM
+
+    sb = SendBuffer(1 << 20)
+    whole = bytes(range(256)) * (VIEW_FROM * 10 // 256)  # ten segments, kept as it is
+    mutable = bytearray(b"M" * (VIEW_FROM * 3))
+    sb.write(whole)
+    sb.write(mutable)
+    mutable[:] = b"x" * len(mutable)
+    segs = sb.cut_run(VIEW_FROM, 1 << 30, 1 << 40, 0.0)
+    assert b"".join(bytes(s.data) for s in segs) == whole + b"M" * (VIEW_FROM * 3)
+    inside = [s for s in segs if type(s.data) is memoryview]
+    assert len(inside) >= 9 and all(s.data.obj is whole for s in inside[:9]) and all(s.data.readonly for s in inside)
+    small = SendBuffer(100_000)  # segments under VIEW_FROM: copied (cheaper than a view)
+    small.write(whole)
+    assert all(type(s.data) is bytes for s in small.cut_run(1448, 1 << 30, 1 << 40, 0.0))
+
+
+def test_endpoint_send_gives_the_send_buffer_a_bytes_object_whole():
+    """TransportEndpoint.send waits for room for all of a bytes object and hands it over as it is (the send
+    buffer keeps it uncopied and cut_run makes views of it), where a piece of it would be copied."""
+    from types import SimpleNamespace
+
+    from kbypass.xfer.endpoint import TransportEndpoint
+
+    class Conn:
+        config = SimpleNamespace(message_mode=False, send_buffer=1 << 20)
+        lost_reason = None
+        space = 100_000
+        given: list = []
+
+        @property
+        def send_space(self):
+            return self.space
+
+        def send(self, data, now):
+            self.given.append(data)
+            n = min(len(data), self.space)
+            self.space -= n
+            return n
+
+    ep = TransportEndpoint.__new__(TransportEndpoint)
+    conn = Conn()
+    ep.conn = None
+    assert not ep.takes_whole(1)  # no connection yet
+    ep.conn, ep._closed, ep.connected_at, ep.lost, ep.clock = conn, False, 1.0, None, lambda: 0.0
+    assert ep.takes_whole(1 << 18) and not ep.takes_whole((1 << 18) + 1)  # a quarter of the send buffer at most
+    pumps = []
+
+    def pump(timeout=0.0):
+        pumps.append(timeout)
+        conn.space = 1 << 20  # the peer acknowledged: room again
+
+    ep.pump = pump
+    data = b"z" * 150_000  # more than the room at first, less than a quarter of the buffer
+    assert ep.send(data) == len(data)
+    sent = [d for d in conn.given if len(d)]
+    assert sent == [data] and sent[0] is data and pumps  # waited for room, then all of it, not copied
+    conn.given.clear()
+    view = memoryview(b"y" * 150_000)
+    conn.space = 100_000
+    assert ep.send(view) == 150_000
+    assert [len(d) for d in conn.given if len(d)] == [100_000, 50_000]  # other buffers: as much as fits

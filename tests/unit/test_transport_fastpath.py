@@ -301,6 +301,22 @@ def test_encode_segments_matches_encode_fields_per_segment(codec):
 
 
 @pytest.mark.parametrize("codec", CODECS)
+def test_encode_segments_encodes_views_of_the_send_buffer_as_their_bytes(codec):
+    """SendBuffer.cut_run hands segments as views of its chunks: both codecs encode a view as the bytes it
+    shows (and the C one refuses a payload over 65,535 bytes, view or not)."""
+    rng = random.Random(6)
+    chunk = rng.randbytes(70_000)
+    segs = [Segment(1000 + i * 1400, memoryview(chunk)[i * 1400:(i + 1) * 1400], i == 3) for i in range(5)]
+    out: list[bytes] = []
+    codec.encode_segments(11, 22, 333, 444, 555, 666, segs, out)
+    assert out == [wire.encode_fields(wire.ACK | (wire.MSG_END if s.msg_end else 0), 11, 22, s.seq, 333, 444,
+                                      555, 666, (), bytes(s.data)) for s in segs]
+    if codec.name == "c":
+        with pytest.raises(TypeError):
+            codec.encode_segments(1, 2, 3, 4, 5, 6, [Segment(0, memoryview(chunk)[:65_536])], [])
+
+
+@pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("kind", ["udp", "eth"])
 def test_write_frames_builds_what_frame_builds(kind, codec):
     rng = random.Random(7)

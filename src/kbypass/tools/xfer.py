@@ -27,7 +27,6 @@ milliseconds, so a loss repaired by a timeout costs more. Random loss alone does
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from kbypass.proto.transport.config import CONTROLLERS, ConnConfig
 from kbypass.errors import UsageError, require_root
 from kbypass.tools import _options as opt
 from kbypass.tools._common import partial_path, pin_cpu
+from kbypass.tools._digest import BackgroundSha256
 from kbypass.tools._output import emit
 
 DEFAULT_CONTROLLER = ConnConfig.congestion
@@ -379,15 +379,22 @@ def _stream(seed: int):
         i += 1
 
 
-def chunks(src, size: int | None, seed: int):
+def chunks(src, size: int | None, seed: int, whole: bool = False):
     """What a sender sends, in CHUNK pieces: the file's bytes, or the generated stream up to `size` bytes
-    (None: endless). Pieces of the stream are views of its block: no copy to cut them."""
+    (None: endless). Pieces of the stream are views of its block: no copy to cut them. whole: the stream in
+    whole blocks (bytes, which the transport's send buffer keeps without a copy when its buffer is large
+    enough to take one at once: TransportEndpoint.takes_whole), the last one cut short."""
     if src is not None:
         while chunk := src.read(CHUNK):
             yield chunk
         return
     left = size
     for block in _stream(seed):
+        if whole and (left is None or left >= len(block)):
+            if left is not None:
+                left -= len(block)
+            yield block
+            continue
         view = memoryview(block)
         while view:
             if left is not None and left <= 0:
@@ -436,7 +443,7 @@ def _send(args) -> int:
         print(f"kbypass xfer send: --loss {args.loss:g} drops only what this end receives (the receiver's ACKs); "
               "give --loss to 'xfer recv' too for loss on the data path", file=sys.stderr, flush=True)
     stopped = failed = None
-    h = hashlib.sha256()
+    h = BackgroundSha256()  # the integrity check, hashed while the transport waits for frames
     sent = 0
     t0 = None
     try:
@@ -447,7 +454,7 @@ def _send(args) -> int:
             try:
                 ep.connect(timeout=args.idle_timeout or IDLE_DEFAULT)
                 t0 = time.monotonic()
-                for chunk in chunks(src, size, args.seed):
+                for chunk in chunks(src, size, args.seed, whole=ep.takes_whole(BLOCK)):
                     if args.duration is not None and time.monotonic() - t0 >= args.duration:
                         break
                     ep.send(chunk)
@@ -495,7 +502,7 @@ def _recv(args) -> int:
     out = None
     partial = None  # --write goes here first, and replaces the file only when the run has data to keep
     stopped = failed = None
-    h = hashlib.sha256()
+    h = BackgroundSha256()  # the integrity check, hashed while the transport waits for frames
     got = 0
     t0 = None
     to_stdout = args.write == "-"
