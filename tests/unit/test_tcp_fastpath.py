@@ -23,8 +23,26 @@ from kbypass import backend
 from kbypass.proto import tcp
 from kbypass.proto.faults import FaultyLink
 from kbypass.proto.ipv4 import build_ipv4_header
-from kbypass.proto.tcp.segment import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, URG, Options, Segment, parse_segment
-from kbypass.proto.tcp.sim import CLIENT_IP, CLIENT_PORT, SERVER_IP, SERVER_PORT, App, TcpPair
+from kbypass.proto.tcp.segment import (
+    ACK,
+    FIN,
+    NO_OPTIONS,
+    PSH,
+    RST,
+    SYN,
+    URG,
+    Options,
+    Segment,
+    parse_segment,
+)
+from kbypass.proto.tcp.sim import (
+    CLIENT_IP,
+    CLIENT_PORT,
+    SERVER_IP,
+    SERVER_PORT,
+    App,
+    TcpPair,
+)
 from tests.kb import needs_c
 
 pytestmark = needs_c

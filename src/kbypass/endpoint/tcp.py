@@ -87,6 +87,7 @@ class TcpSocket:
         self._app_closed = False
         self.timeout: float | None = None
         self.mss: int | None = None
+        self.prediction = None  # the C fast path's copy of what the next segment looks like (TcpHost.register)
 
     @classmethod
     def open(cls, host, addr, *, timeout: float | None, blocking: bool, local_port: int) -> TcpSocket:
@@ -119,12 +120,20 @@ class TcpSocket:
 
     # ---- driven by the host -----------------------------------------------------------------------------
     def segment(self, seg, now: float) -> None:
+        self.unpredict()
         self.conn.receive(seg, now)  # what it answers goes out in flush(), after the events are taken
 
     def timer(self, now: float) -> None:
         t = self.conn.next_timer()
         if t is not None and t <= now:
+            self.unpredict()
             self.conn.on_timer(now)
+
+    def unpredict(self) -> None:
+        """The connection is about to change outside the fast path: predict nothing until flush() re-arms
+        (TcpConnection.prediction says why the connection is the one source of truth)."""
+        if self.prediction is not None:
+            self.prediction.disarm()
 
     def flush(self, now: float) -> None:
         """Take the connection's events, send what it has (after the events: taking Data may reopen the
@@ -133,6 +142,13 @@ class TcpSocket:
         segs = self.conn.segments_to_send(now)
         if segs:
             self.host.send_segments(self._peer_ip, segs)
+        pred = self.prediction
+        if pred is not None:  # the connection is settled until the next segment, timer or call: predict it
+            state = self.conn.prediction()
+            if state is None:
+                pred.disarm()
+            else:
+                pred.arm(*state)
         self.host.schedule(self, self.conn.next_timer())
         if self._finished():
             self.host.forget(self)
