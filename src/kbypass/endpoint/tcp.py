@@ -130,8 +130,10 @@ class TcpSocket:
             self.conn.on_timer(now)
 
     def unpredict(self) -> None:
-        """The connection is about to change outside the fast path: predict nothing until flush() re-arms
-        (TcpConnection.prediction says why the connection is the one source of truth)."""
+        """The connection is about to change outside the fast path (a segment, a timer, shutdown, close,
+        abort): predict nothing until flush() re-arms (TcpConnection.prediction says why the connection is
+        the one source of truth). send() and recv() need not: queueing data and taking it from our own
+        buffer change nothing a prediction holds (the window moves only as flush takes Data events)."""
         if self.prediction is not None:
             self.prediction.disarm()
 
@@ -308,6 +310,7 @@ class TcpSocket:
     def shutdown(self, how: int = socket.SHUT_WR) -> None:
         if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not self._shut_wr and self._dead is None:
             self._shut_wr = True
+            self.unpredict()
             self.conn.shutdown()
             self.host.touch(self)
             self.host.pump()
@@ -316,6 +319,7 @@ class TcpSocket:
         """FIN (RST when received data went unread); the host finishes the connection on its own."""
         if self._app_closed:
             return
+        self.unpredict()
         if self._dead is None and not self._finished():
             if self._rx_len:
                 self.conn.abort()
@@ -330,6 +334,7 @@ class TcpSocket:
 
     def abort(self) -> None:
         """RST now (SO_LINGER 0 then close)."""
+        self.unpredict()
         if self._dead is None and not self._finished():
             self.conn.abort()
         self._app_closed = True

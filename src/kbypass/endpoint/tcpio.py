@@ -237,7 +237,6 @@ class TcpHost:
 
     def touch(self, sock) -> None:
         """The application did something (send, shutdown): the socket has segments to send."""
-        sock.unpredict()
         self._dirty.add(sock)
 
     def flush_one(self, sock) -> None:
