@@ -42,7 +42,6 @@ static PyObject *Pred_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     }
     self->p.local_port = lport;
     self->p.remote_port = rport;
-    self->p.wnd_field = KB_TCP_NO_WINDOW;
     Py_INCREF(owner);
     self->owner = owner;
     return (PyObject *)self;
@@ -64,14 +63,14 @@ static void Pred_dealloc(Pred *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* arm(rcv_nxt, snd_una, snd_max, rcv_wnd, wnd_field, ts_ok, ts_recent, last_ack_sent): wire values */
+/* arm(rcv_nxt, snd_una, snd_max, rcv_wnd, ts_ok, ts_recent, last_ack_sent): wire values */
 static PyObject *Pred_arm(Pred *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "arm() takes 8 arguments (TcpConnection.prediction's tuple)");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "arm() takes 7 arguments (TcpConnection.prediction's tuple)");
         return NULL;
     }
-    unsigned long v[8];
-    for (int i = 0; i < 8; i++) {
+    unsigned long v[7];
+    for (int i = 0; i < 7; i++) {
         v[i] = PyLong_AsUnsignedLongMask(args[i]);
         if (v[i] == (unsigned long)-1 && PyErr_Occurred()) return NULL;
     }
@@ -80,10 +79,9 @@ static PyObject *Pred_arm(Pred *self, PyObject *const *args, Py_ssize_t nargs) {
     p->snd_una = (uint32_t)v[1];
     p->snd_max = (uint32_t)v[2];
     p->rcv_wnd = v[3] > 0xFFFFFFFFul ? 0xFFFFFFFFu : (uint32_t)v[3];
-    p->wnd_field = v[4] > 0xFFFF ? KB_TCP_NO_WINDOW : (uint32_t)v[4];
-    p->ts_ok = v[5] != 0;
-    p->ts_recent = (uint32_t)v[6];
-    p->last_ack_sent = (uint32_t)v[7];
+    p->ts_ok = v[4] != 0;
+    p->ts_recent = (uint32_t)v[5];
+    p->last_ack_sent = (uint32_t)v[6];
     p->armed = 1;
     Py_RETURN_NONE;
 }
@@ -95,8 +93,8 @@ static PyObject *Pred_disarm(Pred *self, PyObject *unused) {
 
 static PyObject *Pred_state(Pred *self, PyObject *unused) {
     const struct kb_tcp_pred *p = &self->p;
-    return Py_BuildValue("(kkkkkikk)", (unsigned long)p->rcv_nxt, (unsigned long)p->snd_una, (unsigned long)p->snd_max,
-                         (unsigned long)p->rcv_wnd, (unsigned long)p->wnd_field, (int)p->ts_ok,
+    return Py_BuildValue("(kkkkikk)", (unsigned long)p->rcv_nxt, (unsigned long)p->snd_una, (unsigned long)p->snd_max,
+                         (unsigned long)p->rcv_wnd, (int)p->ts_ok,
                          (unsigned long)p->ts_recent, (unsigned long)p->last_ack_sent);
 }
 

@@ -77,7 +77,7 @@ int kb_tcp_predict(struct kb_tcp_pred *p, const uint8_t *f, size_t n, struct kb_
     uint32_t seq = be32(t + 4), ack = be32(t + 8);
     uint16_t window = kb_be16(t + 14);
     size_t len = tcp_len - hlen;
-    if (seq != p->rcv_nxt || window != p->wnd_field || len > p->rcv_wnd) return KB_TCP_SLOW;
+    if (seq != p->rcv_nxt || len > p->rcv_wnd) return KB_TCP_SLOW;
     if (p->ts_ok && seq_lt(tsval, p->ts_recent)) return KB_TCP_SLOW; /* PAWS (RFC 7323 5.3): the slow path drops */
     if (seq_lt(ack, p->snd_una) || seq_lt(p->snd_max, ack)) return KB_TCP_SLOW; /* old, or not yet sent */
     if (!kb_csum_ok(kb_csum_add(t, tcp_len, pseudo_sum(ip + 12, ip + 16, tcp_len)))) return KB_TCP_SLOW;

@@ -1,9 +1,12 @@
 /* kb_tcp.h: the TCP fast path of kbypass's userspace TCP (kbypass.proto.tcp is the reference).
  *
  * Header prediction, after Van Jacobson's and Linux's tcp_rcv_established: for a connection in ESTABLISHED
- * the next segment is almost always the one expected (in order, flags ACK or ACK|PSH, the window unchanged,
- * only the timestamps option, in the usual NOP NOP TS layout), so one comparison per field tells whether the
- * general receive path can be skipped. kb_tcp_predict takes a whole Ethernet frame and says HIT (the segment
+ * the next segment is almost always the one expected (in order, flags ACK or ACK|PSH, only the timestamps
+ * option, in the usual NOP NOP TS layout), so one comparison per field tells whether the general receive
+ * path's checks can be skipped. Unlike Linux's, the prediction does not include the peer's window: the ACK
+ * processing that records it is the reference's own (TcpConnection._rx_ack), run for every predicted
+ * segment, so a peer whose window moves with each segment (Linux's, while its buffer autotunes) is
+ * predicted too. kb_tcp_predict takes a whole Ethernet frame and says HIT (the segment
  * is that common case, every check of the reference path passed: IPv4 header and checksum, the 4-tuple,
  * RFC 7323 PAWS, the receive window, the ACK inside [snd_una, snd_max], the TCP checksum) or SLOW (anything
  * else, handed to Python's TcpConnection.receive unchanged).
@@ -31,15 +34,12 @@
 #define KB_TCP_PSH 0x08
 #define KB_TCP_ACK 0x10
 
-#define KB_TCP_NO_WINDOW 0x10000u /* wnd_field that no segment carries: never predict the window */
-
 struct kb_tcp_pred {
     uint8_t local_ip[4], remote_ip[4]; /* as on the wire */
     uint16_t local_port, remote_port;  /* host order */
     uint32_t rcv_nxt;                  /* wire sequence numbers (mod 2**32) */
     uint32_t snd_una, snd_max;
     uint32_t rcv_wnd;       /* bytes the connection takes beyond rcv_nxt */
-    uint32_t wnd_field;     /* the peer's window field the connection holds (KB_TCP_NO_WINDOW: none) */
     uint32_t ts_recent;     /* RFC 7323 */
     uint32_t last_ack_sent; /* the rcv_nxt our last ACK carried: ts_recent moves only for seq <= it */
     uint8_t ts_ok;          /* timestamps negotiated: every predicted segment carries them */

@@ -12,12 +12,12 @@ class Prediction:
     def armed(self) -> bool: ...
     @property
     def owner(self) -> object: ...
-    def arm(self, rcv_nxt: int, snd_una: int, snd_max: int, rcv_wnd: int, wnd_field: int, ts_ok: bool,
-            ts_recent: int, last_ack_sent: int, /) -> None:
+    def arm(self, rcv_nxt: int, snd_una: int, snd_max: int, rcv_wnd: int, ts_ok: bool, ts_recent: int,
+            last_ack_sent: int, /) -> None:
         """Predict from these wire values (TcpConnection.prediction's tuple)."""
     def disarm(self) -> None:
         """Predict nothing until the next arm()."""
-    def state(self) -> tuple[int, int, int, int, int, int, int, int]:
+    def state(self) -> tuple[int, int, int, int, int, int, int]:
         """The armed fields in arm()'s order (as C advanced them)."""
 
 def rx(frame: ReadableBuffer, table: dict[int, Prediction], /) -> None | tuple[

@@ -122,12 +122,22 @@ class TcpSocket:
     def segment(self, seg, now: float) -> None:
         self.unpredict()
         self.conn.receive(seg, now)  # what it answers goes out in flush(), after the events are taken
+        if self.prediction is not None:
+            self.predict()  # the rest of this burst may be predicted again (a window update, one loss...)
 
     def timer(self, now: float) -> None:
         t = self.conn.next_timer()
         if t is not None and t <= now:
             self.unpredict()
             self.conn.on_timer(now)
+
+    def predict(self) -> None:
+        """Arm the C fast path's prediction from the connection as it is now (or clear it)."""
+        state = self.conn.prediction()
+        if state is None:
+            self.prediction.disarm()
+        else:
+            self.prediction.arm(*state)
 
     def unpredict(self) -> None:
         """The connection is about to change outside the fast path (a segment, a timer, shutdown, close,
@@ -144,13 +154,8 @@ class TcpSocket:
         segs = self.conn.segments_to_send(now)
         if segs:
             self.host.send_segments(self._peer_ip, segs)
-        pred = self.prediction
-        if pred is not None:  # the connection is settled until the next segment, timer or call: predict it
-            state = self.conn.prediction()
-            if state is None:
-                pred.disarm()
-            else:
-                pred.arm(*state)
+        if self.prediction is not None:  # settled until the next segment, timer or call: predict it
+            self.predict()
         self.host.schedule(self, self.conn.next_timer())
         if self._finished():
             self.host.forget(self)

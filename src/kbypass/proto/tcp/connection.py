@@ -547,7 +547,7 @@ class TcpConnection(Output):
     def prediction(self) -> tuple | None:
         """What the next segment of an established connection is expected to look like, as the C fast path
         arms it (kb_tcp.h struct kb_tcp_pred, in that order: rcv_nxt, snd_una, snd_max, the receive window,
-        the peer's window field, ts_ok, ts_recent, the rcv_nxt of our last ACK; wire values), or None when
+        ts_ok, ts_recent, the rcv_nxt of our last ACK; wire values), or None when
         nothing may be predicted: a state that is not synchronized (or TIME_WAIT), data held out of order (a segment filling the hole moves
         rcv_nxt past its own end), or a peer FIN waiting for it.
 
@@ -557,17 +557,14 @@ class TcpConnection(Output):
         it copies."""
         if self.state not in PREDICTABLE or self._peer_fin_seq is not None or self.rq.ooo_bytes:
             return None
-        field = self.snd_wnd >> self.snd_wscale
-        if field > 0xFFFF or field << self.snd_wscale != self.snd_wnd:
-            field = 0x10000  # a window no field gives (the SYN's, unscaled): the slow path records one first
         sq = self.sq
         wnd = self._rcv_wnd() if self.state in PEER_OPEN else 0  # after the peer's FIN: predict its ACKs only
-        return (self.rcv_nxt & 0xFFFFFFFF, sq.snd_una & 0xFFFFFFFF, sq.snd_max & 0xFFFFFFFF, wnd, field,
-                self.ts_ok, self.ts_recent, self._last_ack_sent & 0xFFFFFFFF)
+        return (self.rcv_nxt & 0xFFFFFFFF, sq.snd_una & 0xFFFFFFFF, sq.snd_max & 0xFFFFFFFF, wnd, self.ts_ok,
+                self.ts_recent, self._last_ack_sent & 0xFFFFFFFF)
 
     def receive_predicted(self, seg: Segment, now: float) -> bool:
         """receive(seg, now) for a segment the fast path predicted (kb_tcp_predict said HIT: ESTABLISHED,
-        flags ACK or ACK|PSH, seq == rcv_nxt, the window field unchanged, PAWS passed, the payload inside
+        flags ACK or ACK|PSH, seq == rcv_nxt, PAWS passed, the payload inside
         the receive window, the ACK in [snd_una, snd_max] and not a duplicate, checksums right), so none of
         receive()'s other branches can be taken: the same ACK and data processing, without the checks.
         Returns whether the connection is still predictable (else the endpoint clears the prediction)."""
