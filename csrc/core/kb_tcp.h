@@ -13,7 +13,8 @@
  *
  * State: struct kb_tcp_pred is not a second connection. It is the prediction of the Python connection's
  * next segment, armed from the connection's fields (TcpConnection.prediction) after every Python-side
- * change, cleared by any other contact, and advanced by a HIT exactly as the reference advances the
+ * change (kbypass.endpoint.tcp.TcpSocket: after a flush or a slow segment; cleared before a slow segment,
+ * a timer, shutdown, close or abort), and advanced by a HIT exactly as the reference advances the
  * connection for that segment (rcv_nxt, the receive window, snd_una, ts_recent), so a batch of segments of
  * one connection predicts without a trip back to Python. tests/unit/test_tcp_fastpath.py holds the two to
  * the same verdict on random segments.

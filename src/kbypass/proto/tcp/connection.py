@@ -552,8 +552,8 @@ class TcpConnection(Output):
         rcv_nxt past its own end), or a peer FIN waiting for it.
 
         This connection stays the one source of truth: the prediction is a copy, made after every change on
-        the Python side (the endpoint arms it when it flushes the connection and clears it at any other
-        contact), advanced by C on each predicted segment exactly as receive_predicted advances the fields
+        the Python side (the endpoint arms it after a flush or a slow segment and clears it before any
+        other change), advanced by C on each predicted segment exactly as receive_predicted advances the fields
         it copies."""
         if self.state not in PREDICTABLE or self._peer_fin_seq is not None or self.rq.ooo_bytes:
             return None
