@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """kbypass's userspace TCP against the kernel's, on the veth testbed, in one run.
 
-    ping-pong   sockperf ping-pong --tcp (host a) against `kbypass pingpong server --tcp` (host b), beside
-                the same client against `sockperf server --tcp` (the kernel anchor); one-way p50/p99 (half
-                the round trip, as sockperf reports)
+    ping-pong   sockperf ping-pong --tcp (host a) against `kbypass pingpong server --tcp` (host b), waiting
+                in poll() and busy polling, beside the same client against `sockperf server --tcp` (the kernel
+                anchor) and against it with busy polling on both hosts (busy_read/busy_poll and --lls: the
+                kernel's best, as `kbypass bench latency` measures it for UDP); one-way p50/p99 (half the
+                round trip, as sockperf reports)
     http        wrk (host a) against `kbypass http serve`, an asyncio server on uvloop over kernel sockets
                 answering with the same bytes (kbypass.proto.http: same parser and head cache, same pre-encoded
                 answers, the Date formatted once a second, one write per read as kbypass sends one segment),
@@ -37,8 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kbypass.bench.latency import sockperf_percentiles
-from kbypass.host import testbed
+from kbypass.bench.latency import BUSY_US, sockperf_percentiles
+from kbypass.host import testbed, tune
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CPU, CLIENT_CPU = "1", "0"
@@ -133,18 +135,25 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 # ---- ping-pong ----------------------------------------------------------------------------------------------
-def sockperf_client(a, b, seconds: float, size: int) -> dict:
+def sockperf_client(a, b, seconds: float, size: int, extra: tuple[str, ...] = ()) -> dict:
     out = subprocess.run(in_ns(a, CLIENT_CPU, "sockperf", "ping-pong", "--tcp", "-i", b.ipv4, "-p", str(PP_PORT),
-                               "-t", str(int(max(1, seconds))), "-m", str(size)),
+                               "-t", str(int(max(1, seconds))), "-m", str(size), *extra),
                          capture_output=True, text=True, timeout=seconds + 60).stdout
     got = sockperf_percentiles(out)
     return {"p50_us": got["p50_us"], "p99_us": got["p99_us"]}
 
 
 def pingpong(kind: str, a, b, seconds: float, size: int, poll: str) -> dict:
+    if kind == "kernel best":  # busy polling on both hosts: the kernel's lower bound (kbypass.bench.latency's)
+        with tune.busy_polling(BUSY_US):
+            return _pingpong("kernel", a, b, seconds, size, poll, ("--lls", str(BUSY_US)))
+    return _pingpong(kind, a, b, seconds, size, poll)
+
+
+def _pingpong(kind: str, a, b, seconds: float, size: int, poll: str, extra: tuple[str, ...] = ()) -> dict:
     if kind == "kernel":
         server = subprocess.Popen(in_ns(b, SERVER_CPU, "sockperf", "server", "--tcp", "-i", b.ipv4, "-p",
-                                        str(PP_PORT)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        str(PP_PORT), *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
     else:
         server = subprocess.Popen(kb("pingpong", "server", "--tcp", "--host", "b", "--port", str(PP_PORT), "--cpu",
@@ -152,7 +161,7 @@ def pingpong(kind: str, a, b, seconds: float, size: int, poll: str) -> dict:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         started(server, "pingpong server on", "kbypass pingpong server --tcp")
     try:
-        return sockperf_client(a, b, seconds, size)
+        return sockperf_client(a, b, seconds, size, extra)
     finally:
         stop(server)
 
@@ -321,7 +330,11 @@ def main() -> int:
     if "pingpong" in parts:
         trials["pingpong sockperf server --tcp (kernel)"] = lambda: pingpong("kernel", a, b, args.seconds, args.size,
                                                                              args.poll)
+        trials["pingpong sockperf --tcp, busy poll (kernel best)"] = lambda: pingpong(
+            "kernel best", a, b, args.seconds, args.size, args.poll)
         trials["pingpong kbypass server --tcp"] = lambda: pingpong("kbypass", a, b, args.seconds, args.size, args.poll)
+        trials["pingpong kbypass server --tcp --poll busy"] = lambda: pingpong("kbypass", a, b, args.seconds,
+                                                                               args.size, "busy")
     if "http" in parts:
         for kind in ("kbypass", "uvloop", "nginx") + (("kbypass baseline",) if args.baseline else ()):
             trials[f"http {kind}"] = (lambda k=kind: http(k, a, b, args.seconds, args.body, args.connections,
@@ -382,6 +395,9 @@ def _ratios(t: dict) -> dict:
     return {k: v for k, v in {
         "pingpong p50 kbypass / sockperf kernel": r("pingpong kbypass server --tcp",
                                                     "pingpong sockperf server --tcp (kernel)", "p50_us"),
+        "pingpong p50 kbypass busy / kernel best (busy poll)": r("pingpong kbypass server --tcp --poll busy",
+                                                                 "pingpong sockperf --tcp, busy poll (kernel best)",
+                                                                 "p50_us"),
         "http req/s kbypass / uvloop": r("http kbypass", "http uvloop", "requests_per_s"),
         "http req/s kbypass / nginx": r("http kbypass", "http nginx", "requests_per_s"),
         "http req/s kbypass baseline / uvloop": r("http kbypass baseline", "http uvloop", "requests_per_s"),

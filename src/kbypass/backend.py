@@ -11,7 +11,9 @@ passed in, so no caller asks "is C built?".
     codec    encode, encode_segments, rx_run, write_frames,   CCodec          kbypass.proto.transport.codec
              write_chains (the transport's bulk path)             (_fastxfer)     .PythonCodec
 
-The UDP lane (kbypass._fastlane, used by kbypass.endpoint) is named here too (`native_module("lane")`).
+The UDP lane (kbypass._fastlane, used by kbypass.endpoint) is named here too (`native_module("lane")`), and
+so is the TCP fast path (kbypass._fasttcp: header prediction and the established path's frames, used by
+kbypass.endpoint.tcpio.TcpHost beside the lane; its reference is kbypass.proto.tcp itself).
 
 Choosing: `lane()` is "c" or "python": KBYPASS_PURE_PYTHON=1 in the environment says python, else
 `select(name)` (a tool's --lane option, called once before anything is opened), else C. `batch()` and
@@ -35,7 +37,8 @@ import numpy as np
 from kbypass.errors import KbypassError, UsageError
 
 LANES = ("c", "python")
-MODULES = {"lane": "kbypass._fastlane", "batch": "kbypass._fastbatch", "xfer": "kbypass._fastxfer"}
+MODULES = {"lane": "kbypass._fastlane", "batch": "kbypass._fastbatch", "xfer": "kbypass._fastxfer",
+           "tcp": "kbypass._fasttcp"}
 _PY_CODEC = ("kbypass.proto.transport.codec", "PythonCodec")
 
 

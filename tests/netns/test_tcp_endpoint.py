@@ -203,6 +203,9 @@ def test_echo_with_a_kernel_server_then_its_rst(testbed_hosts, host_a):
         while len(back) < len(PAYLOAD):
             back += s.recv(65536)
         assert back == PAYLOAD[::-1]
+        # with the C lane, the kernel's in-order segments and ACKs took the C fast path (kbypass._fasttcp)
+        predicted = host_a.counters["rx_predicted"]
+        assert predicted > host_a.counters["rx_segments"] // 2 if host_a.native else predicted == 0, host_a.counters
         done.set()
         with pytest.raises(ConnectionResetError):
             while s.recv(65536):

@@ -116,7 +116,7 @@ def test_the_c_lane_and_python_take_turns_on_shared_state(ops):
 
 
 @needs_c
-@pytest.mark.parametrize("name", ["_fastlane", "_fastbatch", "_fastxfer"])
+@pytest.mark.parametrize("name", ["_fastlane", "_fastbatch", "_fastxfer", "_fasttcp"])
 def test_the_stubs_name_what_the_modules_have(name):
     import ast
     import importlib

@@ -45,11 +45,8 @@ class TcpMessages:
     def _take(self) -> bool:
         """Accept, read and frame what is there now; True when a whole message is ready."""
         if self.listener is not None:
-            while True:
-                try:
-                    sock, _ = self.listener.accept(0)
-                except BlockingIOError:
-                    break
+            while self.listener.pending:  # not accept(0) on an empty queue: it pumps the host again, then raises
+                sock, _ = self.listener.accept(0)
                 self._add(sock)
         for peer, entry in list(self._conns.items()):
             sock, buf = entry

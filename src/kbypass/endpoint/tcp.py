@@ -87,6 +87,7 @@ class TcpSocket:
         self._app_closed = False
         self.timeout: float | None = None
         self.mss: int | None = None
+        self.prediction = None  # the C fast path's copy of what the next segment looks like (TcpHost.register)
 
     @classmethod
     def open(cls, host, addr, *, timeout: float | None, blocking: bool, local_port: int) -> TcpSocket:
@@ -119,12 +120,32 @@ class TcpSocket:
 
     # ---- driven by the host -----------------------------------------------------------------------------
     def segment(self, seg, now: float) -> None:
+        self.unpredict()
         self.conn.receive(seg, now)  # what it answers goes out in flush(), after the events are taken
+        if self.prediction is not None:
+            self.predict()  # the rest of this burst may be predicted again (a window update, one loss...)
 
     def timer(self, now: float) -> None:
         t = self.conn.next_timer()
         if t is not None and t <= now:
+            self.unpredict()
             self.conn.on_timer(now)
+
+    def predict(self) -> None:
+        """Arm the C fast path's prediction from the connection as it is now (or clear it)."""
+        state = self.conn.prediction()
+        if state is None:
+            self.prediction.disarm()
+        else:
+            self.prediction.arm(*state)
+
+    def unpredict(self) -> None:
+        """The connection is about to change outside the fast path (a segment, a timer, shutdown, close,
+        abort): predict nothing until flush() re-arms (TcpConnection.prediction says why the connection is
+        the one source of truth). send() and recv() need not: queueing data and taking it from our own
+        buffer change nothing a prediction holds (the window moves only as flush takes Data events)."""
+        if self.prediction is not None:
+            self.prediction.disarm()
 
     def flush(self, now: float) -> None:
         """Take the connection's events, send what it has (after the events: taking Data may reopen the
@@ -133,6 +154,8 @@ class TcpSocket:
         segs = self.conn.segments_to_send(now)
         if segs:
             self.host.send_segments(self._peer_ip, segs)
+        if self.prediction is not None:  # settled until the next segment, timer or call: predict it
+            self.predict()
         self.host.schedule(self, self.conn.next_timer())
         if self._finished():
             self.host.forget(self)
@@ -304,6 +327,7 @@ class TcpSocket:
     def shutdown(self, how: int = socket.SHUT_WR) -> None:
         if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not self._shut_wr and self._dead is None:
             self._shut_wr = True
+            self.unpredict()
             self.conn.shutdown()
             self.host.touch(self)
             self.host.pump()
@@ -312,6 +336,7 @@ class TcpSocket:
         """FIN (RST when received data went unread); the host finishes the connection on its own."""
         if self._app_closed:
             return
+        self.unpredict()
         if self._dead is None and not self._finished():
             if self._rx_len:
                 self.conn.abort()
@@ -326,6 +351,7 @@ class TcpSocket:
 
     def abort(self) -> None:
         """RST now (SO_LINGER 0 then close)."""
+        self.unpredict()
         if self._dead is None and not self._finished():
             self.conn.abort()
         self._app_closed = True

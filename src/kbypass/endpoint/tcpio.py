@@ -33,13 +33,14 @@ import time
 from collections import deque
 from contextlib import contextmanager
 
+from kbypass import backend
 from kbypass.errors import KbypassError, UsageError
 from kbypass.net import Interface, bind_tcp, check_address
 from kbypass.proto import ipv4, tcp
 from kbypass.proto import udp as udpp
 from kbypass.proto.ethernet import ETH_HLEN, ETH_P_IP
 from kbypass.proto.stack import Stack
-from kbypass.proto.tcp.segment import IPPROTO_TCP
+from kbypass.proto.tcp.segment import IPPROTO_TCP, NO_OPTIONS
 
 from .base import POLL_MODES, close_steered, wake_lanes
 from .tcperrors import HostUnreachableError
@@ -48,6 +49,11 @@ TCP_FRAME_OVERHEAD = ETH_HLEN + 20 + 60  # Ethernet, IPv4, the largest TCP heade
 RX_BURST = 64  # frames taken per lane per pump before the connections' answers go out
 STACK_CHECK = 0.005  # seconds between looks at the stack's ARP timers
 TX_BACKLOG = 65536  # frames waiting for TX ring room before new segments are refused (the TCP retransmits)
+
+
+def _prediction_key(key: tuple[bytes, int, int]) -> int:
+    """A connection's key in the prediction table (kbypass._fasttcp.rx builds the same from a frame)."""
+    return (int.from_bytes(key[0], "big") << 32) | (key[1] << 16) | key[2]
 
 
 class TcpHost:
@@ -100,6 +106,9 @@ class TcpHost:
             never = udpp.PlainUdp(bytes.fromhex(self._iface.mac.replace(":", "")), socket.inet_aton(ip), 0, None)
             self._lanes = [p.message_lane(never, native=native) for p in self._steered.ports]
             self.native = self._lanes[0].native  # True: the C lane moves the frames
+            # ... and the TCP fast path rides with it (kbypass._fasttcp, csrc/core/kb_tcp.h): the header
+            # prediction of each connection's next segment, and frames built from header fields
+            self._fasttcp = backend.native_module("tcp") if self.native and backend.built("tcp") else None
             tx_room = min(lane.tx_room for lane in self._lanes)
             # the MSS Linux would announce on this link, shrunk when a UMEM frame cannot hold such a packet
             self.mss = min(self.mtu - 40, tx_room - TCP_FRAME_OVERHEAD)
@@ -116,6 +125,10 @@ class TcpHost:
         self._eth_heads: dict[bytes, bytes] = {}  # next-hop MAC -> our 14-byte Ethernet header to it
         self._ident = 0
         self._conns: dict[tuple[bytes, int, int], object] = {}  # (peer ip, peer port, local port) -> TcpSocket
+        # the same connections' predictions for kbypass._fasttcp.rx, by (peer ip << 16 | peer port) << 16 | local port
+        self._predictions: dict[int, object] = {}
+        self._predict = self._fasttcp.rx if self._fasttcp is not None else None
+        self._frame_of = self._fasttcp.frame if self._fasttcp is not None else None
         self._no_time_wait_until = 0.0  # room(): no TIME_WAIT connection to end before then
         self._listeners: dict[int, object] = {}  # local port -> endpoint.tcp.TcpListener
         self._dirty: set = set()  # sockets with something to send or events to read
@@ -132,7 +145,7 @@ class TcpHost:
         self._epoll = select.epoll()
         for lane in self._lanes:
             self._epoll.register(lane.fd, select.EPOLLIN)
-        self.counters = dict.fromkeys(("rx_segments", "tx_segments", "rx_not_tcp", "rx_bad", "rx_no_socket",
+        self.counters = dict.fromkeys(("rx_segments", "rx_predicted", "tx_segments", "rx_not_tcp", "rx_bad", "rx_no_socket",
                                        "tx_ring_full", "tx_dropped", "refused_limit", "accepted", "connected",
                                        "loss_dropped"), 0)
         self._closed = False
@@ -212,12 +225,16 @@ class TcpHost:
                              "some or open the host with a larger max_connections")
         self._conns[key] = sock
         self._dirty.add(sock)
+        if self._fasttcp is not None:
+            sock.prediction = self._predictions[_prediction_key(key)] = self._fasttcp.Prediction(
+                self._ipb, key[2], key[0], key[1], sock)
 
     def forget(self, sock) -> None:
         """The socket's connection is CLOSED: drop it from the table (and its port when nothing uses it)."""
         self._scheduled.pop(sock, None)
         if self._conns.get(sock.key) is sock:
             del self._conns[sock.key]
+            self._predictions.pop(_prediction_key(sock.key), None)
             if not self.port_in_use(sock.key[2]):
                 self.release_port(sock.key[2])
 
@@ -291,6 +308,7 @@ class TcpHost:
         a whole batch calls transmit() once after it (pump() is both)."""
         now = time.monotonic()
         got = False
+        predict, table = self._predict, self._predictions
         for lane in self._lanes:
             receive = lane.receive_udp
             for _ in range(RX_BURST):
@@ -299,7 +317,11 @@ class TcpHost:
                     break
                 got = True
                 if type(f) is bytes:
-                    self._frame(f, now)
+                    hit = predict(f, table) if predict is not None else None
+                    if hit is None:
+                        self._frame(f, now)
+                    else:
+                        self._predicted(hit, now)
                 else:  # UDP to port 0: nothing of ours (no rule steers it), counted and dropped
                     self.counters["rx_not_tcp"] += 1
         if got:
@@ -357,6 +379,18 @@ class TcpHost:
             return
         self.counters["rx_no_socket"] += 1
         self.send_segments(h.src, self.reset_for(seg))
+
+    def _predicted(self, hit: tuple, now: float) -> None:
+        """A segment the C fast path predicted (kbypass._fasttcp.rx: checked and parsed there): the
+        connection takes it without receive()'s checks (TcpConnection.receive_predicted)."""
+        sock, seq, ack, flags, window, tsval, tsecr, payload = hit
+        self.counters["rx_segments"] += 1
+        self.counters["rx_predicted"] += 1
+        opts = NO_OPTIONS if tsval is None else tcp.Options(timestamps=(tsval, tsecr))
+        if not sock.conn.receive_predicted(tcp.Segment(sock.peer[1], sock.local[1], seq, ack, flags, window, opts,
+                                                       payload), now):
+            sock.prediction.disarm()
+        self._dirty.add(sock)
 
     @staticmethod
     def reset_for(seg) -> list:
@@ -426,10 +460,16 @@ class TcpHost:
         head = self._eth_heads.get(mac)
         if head is None:
             head = self._eth_heads[mac] = mac + self._macb + ETH_P_IP.to_bytes(2, "big")
-        src = self._ipb
+        src, frame_of = self._ipb, self._frame_of
         for seg in segments:
-            body = seg.encode(src, dst_ip)
             self._ident = ident = (self._ident + 1) & 0xFFFF
+            opts = seg.options
+            if frame_of is not None and not opts.sack and opts.mss is None and opts.wscale is None:
+                # the established path's shape (no options, or timestamps): the frame in one C call
+                self._send_frame(frame_of(head, src, dst_ip, ident, seg.src_port, seg.dst_port, seg.seq, seg.ack,
+                                          seg.flags, seg.window, opts.timestamps, seg.payload))
+                continue
+            body = seg.encode(src, dst_ip)
             self._send_frame(head + ipv4.build_ipv4_header(src, dst_ip, IPPROTO_TCP, len(body), ident=ident) + body)
         self.counters["tx_segments"] += len(segments)
 

@@ -32,6 +32,7 @@ from .states import CAN_SEND, PEER_OPEN, SYNCHRONIZED, Input, State, next_state
 
 OOW_ACK_INTERVAL = 0.5  # seconds (Linux's net.ipv4.tcp_invalid_ratelimit)
 DEFAULT_MSS = 536  # RFC 9293 3.7.1: the MSS to assume when the peer's SYN has none
+PREDICTABLE = SYNCHRONIZED - {State.TIME_WAIT}  # see prediction()
 _ERRORS = {ev.REFUSED: TcpRefusedError, ev.TIMED_OUT: TcpTimeoutError, ev.KEEPALIVE: TcpTimeoutError}
 
 
@@ -541,3 +542,41 @@ class TcpConnection(Output):
     @property
     def sync(self) -> bool:
         return self.state in SYNCHRONIZED
+
+    # ------------------------------------------------------------------ header prediction (csrc/core/kb_tcp.h)
+    def prediction(self) -> tuple | None:
+        """What the next segment of an established connection is expected to look like, as the C fast path
+        arms it (kb_tcp.h struct kb_tcp_pred, in that order: rcv_nxt, snd_una, snd_max, the receive window,
+        ts_ok, ts_recent, the rcv_nxt of our last ACK; wire values), or None when
+        nothing may be predicted: a state that is not synchronized (or TIME_WAIT), data held out of order (a segment filling the hole moves
+        rcv_nxt past its own end), or a peer FIN waiting for it.
+
+        This connection stays the one source of truth: the prediction is a copy, made after every change on
+        the Python side (the endpoint arms it after a flush or a slow segment and clears it before any
+        other change), advanced by C on each predicted segment exactly as receive_predicted advances the fields
+        it copies."""
+        if self.state not in PREDICTABLE or self._peer_fin_seq is not None or self.rq.ooo_bytes:
+            return None
+        sq = self.sq
+        wnd = self._rcv_wnd() if self.state in PEER_OPEN else 0  # after the peer's FIN: predict its ACKs only
+        return (self.rcv_nxt & 0xFFFFFFFF, sq.snd_una & 0xFFFFFFFF, sq.snd_max & 0xFFFFFFFF, wnd, self.ts_ok,
+                self.ts_recent, self._last_ack_sent & 0xFFFFFFFF)
+
+    def receive_predicted(self, seg: Segment, now: float) -> bool:
+        """receive(seg, now) for a segment the fast path predicted (kb_tcp_predict said HIT: ESTABLISHED,
+        flags ACK or ACK|PSH, seq == rcv_nxt, PAWS passed, the payload inside
+        the receive window, the ACK in [snd_una, snd_max] and not a duplicate, checksums right), so none of
+        receive()'s other branches can be taken: the same ACK and data processing, without the checks.
+        Returns whether the connection is still predictable (else the endpoint clears the prediction)."""
+        self._now = now
+        self.stats.segs_in += 1
+        seq = unwrap(seg.seq, self.rcv_nxt)
+        self._last_recv = now
+        self._probes = 0
+        if self.ts_ok and seq <= self._last_ack_sent:
+            self.ts_recent = seg.options.timestamps[0]
+        self._rx_ack(seg, seq, now)
+        if seg.payload and self.state in PEER_OPEN:
+            self._rx_data(seq, seg.payload, now)
+        return self.state in PREDICTABLE and self._peer_fin_seq is None and not self.rq.ooo_bytes
+

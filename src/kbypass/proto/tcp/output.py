@@ -102,7 +102,14 @@ class Output:
         return out
 
     def _send_data(self, now: float, out: list[Segment]) -> None:
-        sq, mss, cwnd, fin = self.sq, self._payload_mss(), self.cc.cwnd, self._fin_seq
+        sq, fin = self.sq, self._fin_seq
+        if (fin is None and sq.snd_max == sq.data_end and not sq.relost and not self._tlp_due
+                and sq.rexmit_next >= sq.lost_high):
+            # nothing unsent, lost or probed (the case after every segment of a ping-pong): what the steps
+            # below would do, without walking them
+            self._rexmit_force = self._sws_override = False
+            return
+        mss, cwnd = self._payload_mss(), self.cc.cwnd
         force = self._rexmit_force
         self._rexmit_force = False
         while sq.relost and sq.pipe() < cwnd:  # lost retransmissions first: they are the oldest holes

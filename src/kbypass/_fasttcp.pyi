@@ -1,0 +1,31 @@
+"""The TCP fast path in C (csrc/fasttcp.c over the C core's kb_tcp): header prediction and established-path frames.
+Its reference is kbypass.proto.tcp (TcpConnection.prediction / receive_predicted, Segment.encode)."""
+
+from _typeshed import ReadableBuffer
+
+class Prediction:
+    """One connection's expected next segment (csrc/core/kb_tcp.h struct kb_tcp_pred), armed from
+    TcpConnection.prediction(); `owner` is handed back with each HIT and never looked into."""
+
+    def __init__(self, local_ip: bytes, local_port: int, remote_ip: bytes, remote_port: int, owner: object = None) -> None: ...
+    @property
+    def armed(self) -> bool: ...
+    @property
+    def owner(self) -> object: ...
+    def arm(self, rcv_nxt: int, snd_una: int, snd_max: int, rcv_wnd: int, ts_ok: bool, ts_recent: int,
+            last_ack_sent: int, /) -> None:
+        """Predict from these wire values (TcpConnection.prediction's tuple)."""
+    def disarm(self) -> None:
+        """Predict nothing until the next arm()."""
+    def state(self) -> tuple[int, int, int, int, int, int, int]:
+        """The armed fields in arm()'s order (as C advanced them)."""
+
+def rx(frame: ReadableBuffer, table: dict[int, Prediction], /) -> None | tuple[
+        object, int, int, int, int, int | None, int | None, bytes]:
+    """None (the slow path: no prediction for the frame's 4-tuple, or it missed) or, for a HIT,
+    (owner, seq, ack, flags, window, tsval, tsecr, payload); the table's keys are
+    (peer IPv4 << 32) | (peer port << 16) | local port."""
+
+def frame(eth: bytes, src_ip: bytes, dst_ip: bytes, ident: int, sport: int, dport: int, seq: int, ack: int,
+          flags: int, window: int, ts: tuple[int, int] | None, payload: ReadableBuffer, /) -> bytes:
+    """One Ethernet + IPv4 + TCP frame (no options, or NOP NOP timestamps), both checksums filled."""
