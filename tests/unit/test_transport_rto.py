@@ -36,3 +36,21 @@ def test_a_retransmission_of_the_first_unacked_segment_gets_a_whole_rto():
     resent = [wire.decode(d).seq for d in client.datagrams_to_send(0.020)]
     assert resent[:1] == [head]
     assert client._rto_deadline == pytest.approx(0.020 + client.rtt.rto)
+
+
+def test_an_overdue_rto_does_not_fire_after_the_acks_that_found_the_loss():
+    """The sender's process slept past the RTO (a busy machine); when it wakes, the ACKs waiting for it say
+    the first segment was lost and the rest arrived. SACK recovery retransmits it: no timeout, no window
+    cut. Before, the endpoint's turn (receive, then timers, then send) fired the RTO in between."""
+    cfg = ConnConfig(max_datagram_size=1472, min_rto=0.02, initial_rto=0.25, congestion="reno")
+    client, lst = _established_pair(cfg)
+    client.send(bytes(1426 * 8), 0.010)
+    data = client.datagrams_to_send(0.010)
+    head = wire.decode(data[0]).seq
+    assert client.next_timer() < 0.040  # the RTO (or the probe before it) is due while we sleep
+    lst.receive_datagrams(data[1:], 0.012)
+    acks = lst.datagrams_to_send(0.012)
+    client.receive_datagrams(acks, 0.060)  # woken at last: the ACKs first, as the endpoint does
+    client.handle_timer(0.060)
+    assert client.stats.timeouts == 0
+    assert [wire.decode(d).seq for d in client.datagrams_to_send(0.060)][:1] == [head]

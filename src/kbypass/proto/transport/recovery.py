@@ -174,6 +174,12 @@ class LossRecovery:
             first.lost = True
             newly_lost += len(first.data) or 1
             self._dupacks = 0
+        if newly_lost and first.lost:
+            # the first unacked segment goes out again with the next datagrams, which re-arms the RTO (_emit);
+            # re-armed now, an RTO that came due while this process slept (a busy machine deschedules it
+            # for tens of ms) does not fire in the same wake-up, after the ACKs that found the loss and
+            # before the retransmission they call for: a window cut for a loss SACK was already repairing
+            self._rto_deadline = now + self.rtt.rto
         if newly_lost:
             # FlightSize (RFC 5681) counts SACKed bytes too: cutting the pipe would cut twice as hard
             if self.cc.on_loss(sb.inflight_bytes, sb.snd_una, sb.snd_nxt, newly_lost):
