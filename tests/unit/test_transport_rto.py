@@ -9,7 +9,6 @@ import pytest
 
 from kbypass.proto.transport import ConnConfig, wire
 from kbypass.proto.transport.sim_flows import run_flows
-
 from tests.unit.test_transport_sack import _established_pair
 
 PATH = ConnConfig(max_datagram_size=1472, send_buffer=1 << 20, recv_buffer=1 << 20, max_window=1 << 19,
