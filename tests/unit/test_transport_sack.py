@@ -46,3 +46,12 @@ def test_5pct_loss_on_a_fast_lan_path_retransmits_what_was_lost_not_more():
     assert r.retransmits <= r.data_lost + r.acks_lost + r.tail_probes, r
     assert r.duplicates <= 0.02 * r.data_lost, r
     assert r.timeouts == 0, r
+
+
+def test_a_full_rx_ring_drops_what_arrives_beyond_it_and_each_drop_is_resent_once():
+    """measure_goodput's `ring`: the receiver's RX ring holds 32 datagrams; a flight of hundreds overflows
+    it in bursts (tail drop, not random loss), and SACK repairs each hole with one retransmission."""
+    cfg = default_config(1472, time_wait=0.001)
+    r = measure_goodput(0.0, 1, size=2_000_000, config=cfg, ring=32)
+    assert r.completed and r.ring_drops > 100 and r.data_lost == 0
+    assert r.retransmits == r.ring_drops and r.duplicates == 0 and r.timeouts == 0, r
