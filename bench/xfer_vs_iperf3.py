@@ -85,7 +85,8 @@ def xfer_trial(a, b, loss: float, seconds: float, poll: str, congestion: str | N
     if s["sha256"] != r["sha256"] or s["bytes"] != r["bytes"]:
         raise RuntimeError(f"xfer delivered different bytes: {s['sha256']} != {r['sha256']}")
     return {"goodput_bps": r["goodput_bps"], "bytes": r["bytes"], "seconds": r["seconds"],
-            "retransmits": s["retransmits"], "timeouts": s["timeouts"], "rtt_ms": s["rtt_ms"],
+            "retransmits": s["retransmits"], "timeouts": s["timeouts"],
+            "spurious_timeouts": s.get("spurious_timeouts"), "tail_probes": s.get("tail_probes"), "rtt_ms": s["rtt_ms"],
             "datagram": s["datagram"], "loss_dropped": r["loss_dropped"] + s["loss_dropped"], "cc": s.get("cc")}
 
 

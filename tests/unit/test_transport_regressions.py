@@ -143,7 +143,7 @@ def test_a_late_duplicate_of_an_old_segment_does_not_inflate_the_rtt_sample():
     for d in acks:
         c.receive_datagram(d, 5.02)
     assert c.rtt.latest == pytest.approx(0.02, abs=1e-4)
-    assert c.rtt.rto <= rto
+    assert c.rtt.rto <= rto + 1e-5  # (SRTT moved by microseconds: the RTO, SRTT + min_rto, with it)
 
 
 def test_data_above_a_hole_does_not_set_the_echo_and_its_repair_does():

@@ -289,6 +289,7 @@ def _summary(args, ep, nbytes: int, seconds: float, sha: str) -> dict:
         "bytes": nbytes,
         "seconds": round(seconds, 6), "goodput_bps": round(nbytes * 8 / seconds) if seconds > 0 else 0,
         "retransmits": st["retransmits"], "fast_retransmits": st["fast_retransmits"], "timeouts": st["timeouts"],
+        "spurious_timeouts": st["spurious_timeouts"], "tail_probes": st["tail_probes"],
         "rtt_ms": None if st["rtt_ms"] is None else round(st["rtt_ms"], 3), "sha256": sha,
         "loss": args.loss, "loss_at": _loss_at(args) if args.loss else None,
         # what --loss acts on, and what it dropped: a sender's --loss only ever drops ACKs

@@ -555,6 +555,8 @@ class TransportEndpoint(DataPath):
             "retransmits": s.retransmits if s else 0,
             "fast_retransmits": s.fast_retransmits if s else 0,
             "timeouts": s.timeouts if s else 0,
+            "spurious_timeouts": s.spurious_timeouts if s else 0,
+            "tail_probes": s.tail_probes if s else 0,
             "rtt_ms": s.rtt_ms if s else None,
             "datagrams_sent": s.datagrams_sent if s else 0,
             "datagrams_received": s.datagrams_received if s else 0,

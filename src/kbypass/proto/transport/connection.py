@@ -164,6 +164,7 @@ class Connection(Output, LossRecovery):
         self._adv_right = 0  # right edge we last advertised
         self._dupacks = 0
         self._rack_xmit = -1.0  # send time of the latest datagram the peer answered
+        self._sack_known: dict[int, int] = {}  # the blocks of the last SACK processed, start -> end
         self._lost_reason: str | None = None
         self._rst_due = False
         self._now = now

@@ -75,34 +75,41 @@ class LossRecovery:
             # only ACKs that report out-of-order data count: window updates and ping answers do not
             self._dupacks += 1
         if pkt.sacks and sb.inflight:
-            # one pass over the flight, blocks in order (a receiver sends disjoint blocks; an overlapping
-            # one from a broken peer may go unused, which costs it a retransmission, nothing more)
+            # blocks in order (a receiver sends disjoint blocks; an overlapping one from a broken peer may go
+            # unused, which costs it a retransmission, nothing more)
             blocks = sorted(pkt.sacks)
-            bi, nb = 0, len(blocks)
             # RACK (RFC 8985 6.2) takes the send time of each newly SACKed segment: the echoed timestamp
             # cannot tell it, as the peer echoes only data at or below its rcv_nxt (RFC 7323 4.3), never
             # the data above a hole that SACKs report. A retransmitted segment SACKed sooner than min_rtt
             # after its latest transmission was the original's arrival: its send time is unknown.
             rack = self._rack_xmit
             min_rtt = self.rtt.min_rtt
-            # the segments wholly below the lowest block cannot be in any: skipped in C (a bisection by end
-            # offset, then islice), not one by one here; behind a hole a flight of hundreds of segments
-            # lies mostly below the blocks, and this ran for every ACK
-            first = bisect_right(sb.inflight, blocks[0][0], key=_seg_end)
-            for seg in islice(sb.inflight, first, None):
-                while bi < nb and blocks[bi][1] <= seg.seq:
-                    bi += 1
-                if bi == nb:
-                    break
-                if not seg.sacked and seg.seq >= blocks[bi][0] and seg.end <= blocks[bi][1]:
-                    seg.sacked = True
-                    sb.sacked_segments += 1
-                    sb.sacked_bytes += len(seg.data)
-                    seg.lost = False
-                    news = True
-                    if seg.sent_at > rack and (seg.tx_count == 1 or (
-                            min_rtt is not None and now - seg.sent_at >= min_rtt)):
-                        rack = seg.sent_at
+            # Only what is new in each block is walked: the peer repeats every range it holds in every ACK
+            # (up to wire.MAX_SACK_BLOCKS), and the part of a block the previous ACK reported (same start)
+            # was marked then. Walking every block's segments cost a pass over the flight per ACK: behind
+            # the holes of 5% loss a 1 MiB flight is ~700 segments, mostly SACKed (0.9 ms an ACK here).
+            known = self._sack_known
+            seen = {}
+            inflight = sb.inflight
+            for start, end in blocks:
+                seen[start] = end
+                lo = known.get(start, start)
+                if lo >= end:
+                    continue
+                # the first segment that ends past `lo`: found by bisection (in C), not one by one here
+                for seg in islice(inflight, bisect_right(inflight, lo, key=_seg_end), None):
+                    if seg.seq >= end:
+                        break
+                    if not seg.sacked and seg.seq >= start and seg.end <= end:
+                        seg.sacked = True
+                        sb.sacked_segments += 1
+                        sb.sacked_bytes += len(seg.data)
+                        seg.lost = False
+                        news = True
+                        if seg.sent_at > rack and (seg.tx_count == 1 or (
+                                min_rtt is not None and now - seg.sent_at >= min_rtt)):
+                            rack = seg.sent_at
+            self._sack_known = seen
             self._rack_xmit = rack
         if news and pkt.tsecr:
             self._rack_xmit = max(self._rack_xmit, self._ts_to_time(pkt.tsecr, now))
@@ -167,6 +174,12 @@ class LossRecovery:
             first.lost = True
             newly_lost += len(first.data) or 1
             self._dupacks = 0
+        if newly_lost and first.lost:
+            # the first unacked segment goes out again with the next datagrams, which re-arms the RTO (_emit);
+            # re-armed now, an RTO that came due while this process slept (a busy machine deschedules it
+            # for tens of ms) does not fire in the same wake-up, after the ACKs that found the loss and
+            # before the retransmission they call for: a window cut for a loss SACK was already repairing
+            self._rto_deadline = now + self.rtt.rto
         if newly_lost:
             # FlightSize (RFC 5681) counts SACKed bytes too: cutting the pipe would cut twice as hard
             if self.cc.on_loss(sb.inflight_bytes, sb.snd_una, sb.snd_nxt, newly_lost):

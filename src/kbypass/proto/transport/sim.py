@@ -182,6 +182,7 @@ class GoodputReport:
     acks_lost: int  # datagrams the return link lost
     duplicates: int  # segments the receiver already had: spurious retransmissions
     acks_sent: int  # datagrams the receiver sent (its CPU spent on them is CPU not spent on data)
+    ring_drops: int = 0  # datagrams either endpoint's full RX ring dropped (measure_goodput's `ring`)
 
 
 class _Host:
@@ -191,9 +192,10 @@ class _Host:
     its arrival, a timer wakes it on time."""
 
     def __init__(self, machine, inlink: FaultyLink, outlink: FaultyLink, cost: float, wake: float,
-                 batch: int) -> None:
+                 batch: int, ring: int | None = None) -> None:
         self.m, self.inlink, self.outlink = machine, inlink, outlink
-        self.cost, self.wake, self.batch = cost, wake, batch
+        self.cost, self.wake, self.batch, self.ring = cost, wake, batch, ring
+        self.ring_drops = 0
         self.t = 0.0
         self.asleep = False
         self.inbox: list[bytes] = []
@@ -212,6 +214,10 @@ class _Host:
     def pump(self, app) -> int:
         start = self.t
         self.inbox += self.inlink.deliver(self.t)
+        if self.ring is not None and len(self.inbox) > self.ring:
+            # a full RX ring: what arrived while the loop was busy and found no slot is dropped (tail drop)
+            self.ring_drops += len(self.inbox) - self.ring
+            del self.inbox[self.ring:]
         take, self.inbox = self.inbox[: self.batch], self.inbox[self.batch :]
         for d in take:
             self.m.receive_datagram(d, self.t)
@@ -232,7 +238,7 @@ class _Host:
 
 def measure_goodput(loss: float, seed: int = 0, *, size: int = 4_000_000, cost: float = 28e-6,
                     delay: float = 25e-6, wake: float = 10e-6, batch: int = 64, config: ConnConfig | None = None,
-                    max_time: float = 60.0) -> GoodputReport:
+                    max_time: float = 60.0, ring: int | None = None) -> GoodputReport:
     """Bulk transfer of `size` bytes between two CPU-bound endpoints over a short lossy link (both
     directions lose `loss` of their datagrams at random), in simulated time.
 
@@ -242,7 +248,9 @@ def measure_goodput(loss: float, seed: int = 0, *, size: int = 4_000_000, cost: 
     wakes 10 us after a datagram lands. Before the fixes of 2026-11 this model gave 0.35-0.43 of the
     loss-free goodput at 1% loss, as the real path did (0.31-0.34). Only the protocol's timers and the
     link's randomness decide the outcome, so a seed gives the same report every time. The config
-    defaults to kbypass.xfer's (default_config) for UDP on a 1500-byte MTU."""
+    defaults to kbypass.xfer's (default_config) for UDP on a 1500-byte MTU. `ring`: each endpoint's RX
+    ring holds that many datagrams waiting for its loop, and drops what arrives beyond (None: unbounded);
+    the testbed's shallow queue (an AF_XDP fill ring of 2048 4 KiB frames holds 128 datagrams of 64 KiB)."""
     if config is None:
         config = ConnConfig(max_datagram_size=1472, send_buffer=1 << 20, recv_buffer=1 << 20, max_window=1 << 19,
                             initial_rto=0.25, min_rto=0.02, max_rto=2.0, time_wait=0.001)
@@ -251,8 +259,8 @@ def measure_goodput(loss: float, seed: int = 0, *, size: int = 4_000_000, cost: 
     rng = random.Random(seed)
     client = Connection(Role.CLIENT, config, 0.0, rng=rng)
     listener = Listener(config, rng=rng)
-    hc = _Host(client, ba, ab, cost, wake, batch)
-    hs = _Host(listener, ab, ba, cost, wake, batch)
+    hc = _Host(client, ba, ab, cost, wake, batch, ring)
+    hs = _Host(listener, ab, ba, cost, wake, batch, ring)
     data = random.Random(seed).randbytes(size)
     st = dict(sent=0, received=0, t_conn=None, t_done=None, server=None)
 
@@ -306,5 +314,5 @@ def measure_goodput(loss: float, seed: int = 0, *, size: int = 4_000_000, cost: 
         tail_probes=getattr(cs, "tail_probes", 0), loss_events=cs.loss_events, idle_seconds=idle,
         sender_idle_seconds=seconds - hc.busy, data_lost=ab.stats.lost, acks_lost=ba.stats.lost,
         duplicates=srv.stats.duplicates if srv is not None else 0,
-        acks_sent=srv.stats.datagrams_sent if srv is not None else 0,
+        acks_sent=srv.stats.datagrams_sent if srv is not None else 0, ring_drops=hc.ring_drops + hs.ring_drops,
     )
