@@ -7,7 +7,7 @@
 #include "kb_ring.h"
 #include "kb_udp.h"
 
-#define VERSION 1
+#define VERSION 2 /* the Python wire.VERSION (tests/unit/test_transport_fastpath.py holds them equal) */
 #define ETH_HLEN 14
 #define UDP_HLEN 42
 

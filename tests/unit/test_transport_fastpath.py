@@ -262,7 +262,7 @@ def test_run_params_in_order_out_of_order_and_none_while_our_own_data_is_in_flig
        seq=st.integers(0, 1 << 62), ack=st.integers(0, 1 << 62), window=st.integers(0, wire.MAX_U32),
        tsval=st.integers(0, wire.MAX_U32), tsecr=st.integers(0, wire.MAX_U32), payload=st.binary(max_size=1500))
 def test_c_encode_is_the_python_encoder(flags, src, dst, seq, ack, window, tsval, tsecr, payload):
-    head = struct.pack("!BBBBIIQQIIIH", 1, flags, 0, 0, src, dst, seq, ack, window, tsval, tsecr, len(payload))
+    head = struct.pack("!BBBBIIQQIIIH", wire.VERSION, flags, 0, 0, src, dst, seq, ack, window, tsval, tsecr, len(payload))
     for codec in (fx, PY):
         c = codec.encode(flags, src, dst, seq, ack, window, tsval, tsecr, memoryview(payload))
         assert c == head + payload + struct.pack("!I", zlib.crc32(head + payload))

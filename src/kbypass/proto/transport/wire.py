@@ -3,7 +3,7 @@
 All integers are big-endian (network order)::
 
     offset size field
-     0     1    version      (1)
+     0     1    version      (2: up to 200 SACK blocks; version 1 allowed 16)
      1     1    flags        SYN=0x01 ACK=0x02 FIN=0x04 RST=0x08 PING=0x10 MSG_END=0x20 MSG_MODE=0x40
      2     1    nsack        number of SACK blocks that follow the header (0..MAX_SACK_BLOCKS)
      3     1    reserved     must be 0
@@ -39,7 +39,9 @@ from typing import NamedTuple
 
 from .errors import RemoteProtocolError
 
-VERSION = 1
+# 2 since an ACK carries up to MAX_SACK_BLOCKS = 200 blocks: a version-1 peer would take those ACKs as
+# bad_sack and drop them, so old and new peers refuse each other at the handshake instead (bad_version).
+VERSION = 2
 
 SYN = 0x01
 ACK = 0x02
