@@ -152,3 +152,31 @@ def test_failed_recv_leaves_no_write_file(capsys, monkeypatch, tmp_path) -> None
     out = tmp_path / "new.bin"
     refused(capsys, [*RECV, "-w", str(out)])
     assert not out.exists()
+
+
+def _hashing_threads() -> list:
+    import threading
+    return [t for t in threading.enumerate() if t.name == "sha256" and t.is_alive()]
+
+
+@pytest.mark.parametrize("argv, error", [
+    (SEND, UsageError("nonexist0: no such interface")),
+    (RECV, UsageError("nonexist0: no such interface")),
+    (SEND, OSError(19, "No such device")),
+    (RECV, OSError(19, "No such device")),
+])
+def test_a_failing_run_leaves_no_hashing_thread(capsys, monkeypatch, argv, error) -> None:
+    """The integrity check's thread (tools/_digest.py) is stopped on every exit, not only after a transfer."""
+    from kbypass.cli import main
+
+    def fail(*a, **kw):
+        raise error
+
+    monkeypatch.setattr(xfer, "require_root", lambda what: None)
+    monkeypatch.setattr(xfer, "_open", fail)
+    before = _hashing_threads()
+    try:
+        main(argv)
+    except (SystemExit, OSError):
+        pass
+    assert _hashing_threads() == before  # (threads another test left are not this run's)
