@@ -393,8 +393,10 @@ class TransportEndpoint(DataPath):
         done = 0
         deadline = None if timeout is None else self.clock() + timeout
         # an immutable bytes object (not too large for the buffer) goes in whole, once there is room for all
-        # of it: the send buffer keeps it as it is, where a piece of it would be copied
-        whole = type(data) is bytes and self.takes_whole(len(mv))
+        # of it: the send buffer keeps it as it is, where a piece of it would be copied. Only without a
+        # timeout: with one, waiting for room for all of it could time out with "0 of N queued" where part
+        # would have fit; what fits is queued, as always.
+        whole = timeout is None and type(data) is bytes and self.takes_whole(len(mv))
         while done < len(mv):
             self._raise_if_lost(conn, "sending")
             space = conn.send_space
