@@ -57,10 +57,3 @@ def test_background_digest_update_after_close_is_refused():
         bg.update(b"def")
     assert bg.hexdigest() == hashlib.sha256(b"abc").hexdigest()
 
-
-def test_background_digest_as_a_context_manager_stops_its_thread_on_an_error():
-    with pytest.raises(RuntimeError):
-        with BackgroundSha256() as bg:
-            bg.update(b"x" * 10_000)
-            raise RuntimeError("boom")
-    assert not bg._thread.is_alive()

@@ -21,8 +21,7 @@ from collections import deque
 
 
 class BackgroundSha256:
-    """update(chunk) queues, hexdigest() waits for the thread and returns the digest; close() stops it.
-    A context manager: leaving the block closes it (no thread left behind by an error exit)."""
+    """update(chunk) queues, hexdigest() waits for the thread and returns the digest; close() stops it."""
 
     def __init__(self, limit: int = 64 << 20) -> None:
         self._h = hashlib.sha256()
@@ -76,12 +75,6 @@ class BackgroundSha256:
             self._done = True
             self._cv.notify_all()
         self._thread.join()
-
-    def __enter__(self) -> BackgroundSha256:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def hexdigest(self) -> str:
         self.close()
