@@ -343,6 +343,18 @@ def _last_line(text: str) -> str:
     return lines[-1].removeprefix("kbypass: error: ") if lines else "(no message)"
 
 
+CONTENDERS = ("tcp cubic", "tcp bbr", "udp", "xfer", "xfer reno")
+
+
+def pick_contenders(spec: str | None, also_reno: bool) -> list[str]:
+    """The contenders to run: all (xfer reno with --also-reno) or those --contenders names, each once (a name
+    given twice would run twice into one cell); [] when it names one that does not exist, or none."""
+    if not spec:
+        return list(CONTENDERS[:4]) + (["xfer reno"] if also_reno else [])
+    wanted = list(dict.fromkeys(c.strip() for c in spec.split(",") if c.strip()))
+    return wanted if wanted and all(c in CONTENDERS for c in wanted) else []
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5, help="seconds per trial (default 5)")
@@ -367,15 +379,10 @@ def main() -> int:
     os.environ["KBYPASS_TESTBED"] = args.prefix
     args.losses = [float(x) for x in args.losses.split(",")]
     mtus = mtu_list(args.mtus)
-    contenders = ["tcp cubic", "tcp bbr", "udp", "xfer"] + (["xfer reno"] if args.also_reno else [])
-    if args.contenders:
-        wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
-        unknown = [c for c in wanted if c not in contenders + ["xfer reno"]]
-        if unknown or not wanted:
-            print(f"bench: --contenders {args.contenders!r}: pick from {', '.join(contenders + ['xfer reno'])}",
-                  file=sys.stderr)
-            return 2
-        contenders = wanted
+    contenders = pick_contenders(args.contenders, args.also_reno)
+    if not contenders:
+        print(f"bench: --contenders {args.contenders!r}: pick from {', '.join(CONTENDERS)}", file=sys.stderr)
+        return 2
     json_path = Path(args.json or ROOT / "bench" / "results" / "xfer_vs_iperf3.json")
     cells: dict = {}
     t0 = time.time()

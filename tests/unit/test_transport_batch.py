@@ -390,31 +390,10 @@ def test_send_buffer_cut_run_segments_are_views_of_its_chunks_and_keep_a_mutable
 def test_endpoint_send_gives_the_send_buffer_a_bytes_object_whole():
     """TransportEndpoint.send waits for room for all of a bytes object and hands it over as it is (the send
     buffer keeps it uncopied and cut_run makes views of it), where a piece of it would be copied."""
-    from types import SimpleNamespace
-
-    from kbypass.xfer.endpoint import TransportEndpoint
-
-    class Conn:
-        config = SimpleNamespace(message_mode=False, send_buffer=1 << 20)
-        lost_reason = None
-        space = 100_000
-        given: list = []
-
-        @property
-        def send_space(self):
-            return self.space
-
-        def send(self, data, now):
-            self.given.append(data)
-            n = min(len(data), self.space)
-            self.space -= n
-            return n
-
-    ep = TransportEndpoint.__new__(TransportEndpoint)
-    conn = Conn()
-    ep.conn = None
+    conn = _FakeConn(space=100_000)
+    ep = _endpoint_on(None)
     assert not ep.takes_whole(1)  # no connection yet
-    ep.conn, ep._closed, ep.connected_at, ep.lost, ep.clock = conn, False, 1.0, None, lambda: 0.0
+    ep.conn = conn
     assert ep.takes_whole(1 << 18) and not ep.takes_whole((1 << 18) + 1)  # a quarter of the send buffer at most
     pumps = []
 
@@ -432,3 +411,54 @@ def test_endpoint_send_gives_the_send_buffer_a_bytes_object_whole():
     conn.space = 100_000
     assert ep.send(view) == 150_000
     assert [len(d) for d in conn.given if len(d)] == [100_000, 50_000]  # other buffers: as much as fits
+
+
+class _FakeConn:
+    """The part of a Connection TransportEndpoint.send uses: send_space and send()."""
+
+    def __init__(self, space: int, send_buffer: int = 1 << 20) -> None:
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(message_mode=False, send_buffer=send_buffer)
+        self.lost_reason = None
+        self.space = space
+        self.given: list = []  # per connection: a class-level list was shared by every instance
+
+    @property
+    def send_space(self):
+        return self.space
+
+    def send(self, data, now):
+        self.given.append(data)
+        n = min(len(data), self.space)
+        self.space -= n
+        return n
+
+
+def _endpoint_on(conn):
+    from kbypass.xfer.endpoint import TransportEndpoint
+
+    ep = TransportEndpoint.__new__(TransportEndpoint)
+    ep.conn, ep._closed, ep.connected_at, ep.lost, ep.clock = conn, False, 1.0, None, lambda: 0.0
+    return ep
+
+
+def test_endpoint_send_with_a_timeout_queues_what_fits_before_it_times_out():
+    """With a timeout, send() does not wait for room for all of a bytes object (it could time out having
+    queued nothing where part would have fit): it queues what fits, as for any other buffer."""
+    from kbypass.xfer import TransferTimeout
+
+    conn = _FakeConn(space=100_000)
+    ep = _endpoint_on(conn)
+    ep.pump = lambda timeout=0.0: None  # the peer acknowledges nothing: no more room
+    data = b"t" * 150_000
+    assert ep.takes_whole(len(data))  # without a timeout it would go whole
+    with pytest.raises(TransferTimeout, match="100000 of 150000 bytes queued"):
+        ep.send(data, timeout=0.0)
+    assert [len(d) for d in conn.given if len(d)] == [100_000]
+
+
+def test_fake_connections_do_not_share_what_they_were_given():
+    a, b = _FakeConn(1), _FakeConn(1)
+    a.send(b"x", 0.0)
+    assert b.given == []

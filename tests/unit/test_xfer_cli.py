@@ -152,3 +152,52 @@ def test_failed_recv_leaves_no_write_file(capsys, monkeypatch, tmp_path) -> None
     out = tmp_path / "new.bin"
     refused(capsys, [*RECV, "-w", str(out)])
     assert not out.exists()
+
+
+def _hashing_threads() -> list:
+    import threading
+    return [t for t in threading.enumerate() if t.name == "sha256" and t.is_alive()]
+
+
+@pytest.mark.parametrize("argv, error", [
+    (SEND, UsageError("nonexist0: no such interface")),
+    (RECV, UsageError("nonexist0: no such interface")),
+    (SEND, OSError(19, "No such device")),
+    (RECV, OSError(19, "No such device")),
+])
+def test_a_failing_run_leaves_no_hashing_thread(capsys, monkeypatch, argv, error) -> None:
+    """The integrity check's thread (tools/_digest.py) is stopped on every exit, not only after a transfer."""
+    from kbypass.cli import main
+
+    def fail(*a, **kw):
+        raise error
+
+    monkeypatch.setattr(xfer, "require_root", lambda what: None)
+    monkeypatch.setattr(xfer, "_open", fail)
+    before = _hashing_threads()
+    try:
+        main(argv)
+    except (SystemExit, OSError):
+        pass
+    assert _hashing_threads() == before  # (threads another test left are not this run's)
+
+
+@pytest.mark.parametrize("size", [0, 1, xfer.BLOCK - 1, xfer.BLOCK, xfer.BLOCK + 1, 3 * xfer.BLOCK + 12345])
+def test_generated_stream_in_whole_blocks_is_the_piecewise_stream(size) -> None:
+    """chunks(whole=True) (1 MiB bytes blocks the send buffer keeps uncopied) sends the same bytes as the
+    CHUNK pieces, to the byte: the receiver's digest of a generated stream does not depend on the MTU."""
+    whole = list(xfer.chunks(None, size, 9, whole=True))
+    pieces = list(xfer.chunks(None, size, 9))
+    assert b"".join(whole) == b"".join(pieces) and sum(map(len, whole)) == size
+    assert all(len(c) for c in whole) and all(len(c) <= xfer.CHUNK for c in pieces)
+    full = size // xfer.BLOCK
+    assert [type(c) for c in whole[:full]] == [bytes] * full and all(len(c) == xfer.BLOCK for c in whole[:full])
+    assert all(len(c) <= xfer.CHUNK for c in whole[full:])  # the last block cut short, in pieces
+
+
+def test_endless_generated_stream_in_whole_blocks_is_the_piecewise_stream() -> None:
+    it = xfer.chunks(None, None, 4, whole=True)
+    whole = b"".join(next(it) for _ in range(3))
+    it = xfer.chunks(None, None, 4)
+    pieces = b"".join(bytes(next(it)) for _ in range(3 * xfer.BLOCK // xfer.CHUNK))
+    assert whole == pieces

@@ -36,3 +36,24 @@ def test_background_digest_hands_on_the_threads_error():
     bg.update("not bytes")  # hashlib refuses str: on the thread, raised at hexdigest()
     with pytest.raises(TypeError):
         bg.hexdigest()
+
+
+def test_background_digest_update_raises_the_threads_error_instead_of_queueing_more():
+    bg = BackgroundSha256()
+    bg.update("not bytes")  # fails on the thread
+    bg._thread.join(5)  # the thread has recorded the error and ended
+    with pytest.raises(TypeError):
+        bg.update(b"more")  # not queued behind a dead thread
+    assert bg._queued == 0 and not bg._queue
+    with pytest.raises(TypeError):
+        bg.hexdigest()
+
+
+def test_background_digest_update_after_close_is_refused():
+    bg = BackgroundSha256()
+    bg.update(b"abc")
+    bg.close()
+    with pytest.raises(ValueError, match="after close"):
+        bg.update(b"def")
+    assert bg.hexdigest() == hashlib.sha256(b"abc").hexdigest()
+

@@ -35,10 +35,16 @@ class BackgroundSha256:
         self._thread.start()
 
     def update(self, chunk) -> None:
+        """Queue chunk; raises the thread's error once it failed (chunks would pile up unhashed, unbounded)
+        and ValueError after close() (it would never be hashed: the digest would silently miss it)."""
         n = len(chunk)
         with self._cv:
             while self._queued and self._queued + n > self._limit and self._error is None:
                 self._cv.wait()
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                raise ValueError("BackgroundSha256.update() after close()")
             self._queue.append(chunk)
             self._queued += n
             self._cv.notify_all()
@@ -56,7 +62,7 @@ class BackgroundSha256:
                 with self._cv:
                     self._queued -= len(chunk)
                     self._cv.notify_all()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller at hexdigest()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller at update() or hexdigest()
             with self._cv:
                 self._error = e
                 self._queue.clear()

@@ -476,6 +476,7 @@ def _send(args) -> int:
         summary = _summary(args, ep, sent, seconds, h.hexdigest())
         summary["acked"] = ep.stats["bytes_acked"]
     finally:
+        h.close()  # an error exit (UsageError/OSError from _open, LocalProtocolError) leaves no hashing thread
         if src is not None and args.file != "-":
             src.close()
     return _finish(args, summary, stopped, failed, ok=ep.closed_cleanly and ep.lost is None)
@@ -546,6 +547,7 @@ def _recv(args) -> int:
                 seconds = time.monotonic() - t0 if t0 is not None else 0.0
         summary = _summary(args, ep, got, seconds, h.hexdigest())
     except BaseException:
+        h.close()  # an error exit (OSError from _open or out.write, LocalProtocolError) leaves no hashing thread
         _drop_partial(out, partial)
         raise
     if out is not None and not to_stdout:

@@ -137,7 +137,7 @@ class TransportEndpoint(DataPath):
         self.counters = Counter()
         # stream data not read yet, as the chunks it arrived in: recv() hands a chunk on as it is when it
         # fits, instead of appending every chunk to one buffer and copying it out again
-        self._rxbuf: deque[bytes] = deque()
+        self._rxbuf: deque[bytes | memoryview] = deque()  # views: the rest of a chunk recv() cut (_take)
         self._messages: list[bytes] = []
         self._buffered = 0  # bytes in _rxbuf and _messages
         self._closing = False  # close() was called: unread data is discarded
@@ -381,7 +381,8 @@ class TransportEndpoint(DataPath):
         In message mode `data` is one message. Raises LocalProtocolError after close, TransferError if
         the connection dies."""
         conn = self._need_conn("send()")
-        mv = memoryview(data)  # no copy here: the connection's send buffer copies what it takes, once
+        # no copy here: the send buffer copies a piece it takes, once (a bytes object taken whole: not at all)
+        mv = memoryview(data)
         mv = mv.cast("B") if mv.c_contiguous else memoryview(mv.tobytes())
         if conn.config.message_mode:
             def offer() -> bool:
@@ -393,8 +394,10 @@ class TransportEndpoint(DataPath):
         done = 0
         deadline = None if timeout is None else self.clock() + timeout
         # an immutable bytes object (not too large for the buffer) goes in whole, once there is room for all
-        # of it: the send buffer keeps it as it is, where a piece of it would be copied
-        whole = type(data) is bytes and self.takes_whole(len(mv))
+        # of it: the send buffer keeps it as it is, where a piece of it would be copied. Only without a
+        # timeout: with one, waiting for room for all of it could time out with "0 of N queued" where part
+        # would have fit; what fits is queued, as always.
+        whole = timeout is None and type(data) is bytes and _fits_whole(conn, len(mv))
         while done < len(mv):
             self._raise_if_lost(conn, "sending")
             space = conn.send_space
@@ -421,8 +424,8 @@ class TransportEndpoint(DataPath):
         all of it)? When the buffer holds four such at least: with less, waiting for that much room would
         idle the flight. (At MTU 1500 the 2 MiB buffer takes 256 KiB pieces, copied, faster than 1 MiB whole
         blocks, measured: 2186 against 1599 Mbit/s; at 65535 its 8 MiB takes 1 MiB blocks whole.)"""
-        conn = self.conn
-        return conn is not None and not conn.config.message_mode and 0 < nbytes <= conn.config.send_buffer // 4
+        conn = self.conn  # (in message mode send() hands a message over its own way: never "whole")
+        return conn is not None and not conn.config.message_mode and _fits_whole(conn, nbytes)
 
     def _raise_if_lost(self, conn: Connection, what: str) -> None:
         """TransferError naming why the connection died, if it did. Checked before the connection is asked
@@ -576,6 +579,11 @@ class TransportEndpoint(DataPath):
 
 
 # ------------------------------------------------------------------ helpers
+def _fits_whole(conn: Connection, nbytes: int) -> bool:
+    """A byte-stream write of nbytes the send buffer can take whole: a quarter of it at most (takes_whole)."""
+    return 0 < nbytes <= conn.config.send_buffer // 4
+
+
 def _take(chunks: deque, max_bytes: int) -> bytes:
     """Up to max_bytes (at least 1) from the front of `chunks` (non-empty bytes objects, or views of bytes
     left by an earlier call; at least one): a first chunk that is all of it comes back as it is, with no

@@ -16,7 +16,7 @@ VIEW_FROM = 8192  # cut_run hands segments of this many bytes or more as views o
 @dataclass(slots=True, eq=False)
 class Segment:
     seq: int
-    data: bytes  # or a memoryview of one of the send buffer's bytes chunks (cut_run): read-only either way
+    data: bytes | memoryview  # a view of one of the send buffer's bytes chunks (cut_run): read-only either way
     msg_end: bool = False
     fin: bool = False
     sent_at: float = 0.0  # time of the latest transmission
