@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kbypass import netns
+from tests.kb import half_behind_slow
 
 pytestmark = pytest.mark.netns
 
@@ -214,8 +215,7 @@ def test_signal_at_start_up(testbed_hosts, tmp_path, tool, sig) -> None:
         pcap_whole(cap)
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("tool, sig", half_behind_slow(TOOLS, SIGNALS))  # one Stopper by then
 def test_signal_mid_run(testbed_hosts, tmp_path, tool, sig) -> None:
     a, b = testbed_hosts
     peer = helper = None
@@ -269,9 +269,7 @@ END = 1.0
 END_TOOLS = [t for t in TOOLS if t != "xfer recv"]  # a receiver ends with its sender: xfer send covers the pair
 
 
-@pytest.mark.parametrize("late", [-0.05, 0.2], ids=lambda d: f"{d:+.2f}s")
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-@pytest.mark.parametrize("tool", END_TOOLS)
+@pytest.mark.parametrize("tool, sig, late", half_behind_slow(END_TOOLS, SIGNALS, [-0.05, 0.2]))
 def test_signal_at_the_end(testbed_hosts, tmp_path, tool, sig, late) -> None:
     """The signal lands as the run ends by itself (just before, while it prints and closes, just after):
     no traceback, no error, an exit code the tool promises, nothing attached, no half-written capture."""
