@@ -202,7 +202,7 @@ def _rules(host) -> list:
 
 
 def test_kill_9_of_the_control_plane_one_error_and_the_app_goes_on_on_the_kernel(own_cp):
-    a, b = hosts
+    a, b = own_cp
     srv = run_app(b, "sockperf", "server", "-i", b.ipv4, "-p", "11114")
     try:
         wait_for(lambda: sockets_of(b, 11114), what="the server's socket")
@@ -277,7 +277,7 @@ def test_an_address_off_the_served_interfaces_stays_on_the_kernel_with_one_line(
 
 def test_no_control_plane_and_none_startable_one_warning_and_the_kernel(own_cp):
     skip_unless_nobody_runs_kbypass()  # kbypass itself runs as uid 65534 here
-    a, b = hosts
+    a, b = own_cp
     code = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('%s', 7004)); "
             "print('bound', flush=True)" % b.ipv4)
     out = subprocess.run(in_ns(b, *UNPRIVILEGED, KB, "run", "--", "/usr/bin/python3", "-c", code),
@@ -442,7 +442,7 @@ def test_a_port_taken_in_the_kernel_is_the_apps_eaddrinuse_as_without_kbypass(ho
 def test_iface_limits_what_is_accelerated(own_cp):
     """--iface names the interfaces a control plane started by kbypass run serves: an address on another
     stays on the kernel, with one line saying why."""
-    a, b = hosts
+    a, b = own_cp
     code = "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7031))"
     out = subprocess.run(in_ns(b, KB, "run", "--log", "--iface", "lo", "--", sys.executable, "-c", code, b.ipv4),
                          capture_output=True, text=True, timeout=30)
@@ -491,7 +491,7 @@ def test_exec_leaves_the_new_image_a_kernel_socket_and_frees_the_rule(hosts):
 def test_an_unprivileged_app_kept_out_by_a_root_only_control_plane_warns_once(own_cp):
     """A control plane started for root only (`kbypass cp start`): the unprivileged app cannot connect, says
     so once and runs on its kernel sockets."""
-    a, b = hosts
+    a, b = own_cp
     subprocess.run(in_ns(b, KB, "cp", "start"), check=True, capture_output=True)
     code = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7050)); "
             "t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); t.bind((sys.argv[1], 7051)); print('bound')")
