@@ -129,6 +129,15 @@ def udp_bound(ns: str, port: int) -> bool:
     return any(line.split()[1].rsplit(":", 1)[1] == f"{port:04X}" for line in lines)
 
 
+def rx_packets(host) -> int:
+    """Packets the host's testbed veth received (its stats64: the kernel's and XDP's alike)."""
+    import json
+
+    out = subprocess.run(["ip", "-n", host.netns, "-s", "-j", "link", "show", host.iface],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]["stats64"]["rx"]["packets"]
+
+
 def wait_until(ready, what: str, timeout: float = 15.0, proc=None, interval: float = 0.02) -> None:
     """Poll `ready()` until true; fail naming `what` after `timeout` s, or at once if `proc` exited."""
     import time

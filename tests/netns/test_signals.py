@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kbypass import netns
-from tests.kb import half_behind_slow
+from tests.kb import half_behind_slow, rx_packets
 
 pytestmark = pytest.mark.netns
 
@@ -122,16 +122,10 @@ def end_all(*runs) -> None:
         r.kill()
 
 
-def _rx_sysfs(host) -> int:
-    out = subprocess.run(["ip", "-n", host.netns, "-s", "-j", "link", "show", host.iface],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)[0]["stats64"]["rx"]["packets"]
-
-
 def wait_traffic(host, n: int, run: Run, timeout: float = 20.0) -> None:
-    start = _rx_sysfs(host)
+    start = rx_packets(host)
     deadline = time.monotonic() + timeout
-    while _rx_sysfs(host) - start < n:
+    while rx_packets(host) - start < n:
         assert run.proc.poll() is None, f"exited ({run.proc.returncode}) before traffic flowed:\n{run.err}"
         assert time.monotonic() < deadline, f"no traffic at {host.iface} within {timeout} s:\n{run.err}"
         time.sleep(0.05)
