@@ -17,7 +17,7 @@ import time
 import pytest
 
 from kbypass.cp import paths
-from kbypass.cp.client import ControlPlaneClient
+from kbypass.cp.client import ControlPlaneClient, ControlPlaneMissing
 from kbypass.cp.lock import terminate
 from kbypass.tools.run import SHIM
 from tests.kb import skip_unless_nobody_runs_kbypass, xdp_attached
@@ -69,10 +69,22 @@ def run_app(host, *argv: str, spin: int = 0, user: list[str] = (), **kw) -> subp
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def status(host) -> list[dict]:
+def status_cli(host) -> list[dict]:
+    """The accelerated sockets as `kbypass run --status --json` lists them."""
     out = subprocess.run(in_ns(host, KB, "run", "--status", "--json"), capture_output=True, text=True, check=True)
     return [dict(s, pid=app["pid"], command=app["command"]) for app in json.loads(out.stdout)["apps"]
             for s in app["sockets"]]
+
+
+def status(host) -> list[dict]:
+    """The same list, read from the control plane in this process (what `run --status` prints, without a
+    kbypass process per look: the tests poll it)."""
+    try:
+        with ControlPlaneClient(host.netns, start=False, command="test_run status") as cp:
+            clients = cp.status()["clients"]
+    except ControlPlaneMissing:
+        return []
+    return [dict(s, pid=c["pid"], command=c["command"]) for c in clients if "shim" in c for s in c["shim"]]
 
 
 def wait_for(pred, timeout: float = 30.0, what: str = "it"):  # a bound, not a wait: a loaded machine starts apps slowly
@@ -116,6 +128,8 @@ def test_sockperf_server_under_run_answers_a_kernel_sockperf(hosts):
         (s,) = sockets_of(b, 11111)
         assert s["rx"] > 100 and s["tx"] > 100  # through the rings, both ways
         assert s["rx_kernel"] == 0 and s["rx_dropped"] == 0
+        (cli_view,) = [x for x in status_cli(b) if x["local"].endswith(":11111")]  # the command says the same
+        assert cli_view["pid"] == s["pid"] and cli_view["rx"] >= s["rx"] and cli_view["tx"] >= s["tx"]
     finally:
         out = stop(srv)
     assert "accelerated on" in out, out
