@@ -734,10 +734,13 @@ def test_pktinfo_tos_and_ttl_ancillary_data_come_from_the_frame(hosts):
     assert got == ["cmsg 1 35", f"pktinfo True {b.ipv4} {b.ipv4}", "ttl 7", "tos 40", "flags 0"], out
 
 
-def test_a_queue_held_by_another_program_is_said_without_an_option_run_lacks(hosts):
+def test_a_queue_held_by_another_program_is_said_without_an_option_run_lacks(own_cp):
     """Another client's AF_XDP socket on queue 0: the app stays on the kernel, and its log line says what to do
-    with kbypass run (the control plane's own answer suggests --share-queue, which kbypass run has not)."""
-    a, b = hosts
+    with kbypass run (the control plane's own answer suggests --share-queue, which kbypass run has not). A
+    control plane of its own: the reason names the holder (client number, command line) and the shim keeps 255
+    characters of it (csrc/preload/kbp_socket.c), so a long runner command line plus a shared control plane's
+    larger client numbers cut off its end (seen)."""
+    a, b = own_cp
     subprocess.run(in_ns(b, KB, "run", "--", "true"), check=True, timeout=60)  # starts the control plane
     with ControlPlaneClient(b.netns, start=False, command="holder") as cp:
         xsk, umem, _ = cp.open_socket(b.iface, 0, frames=256, frame_size=2048, rx_size=64, tx_size=64,
