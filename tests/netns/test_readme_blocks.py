@@ -214,8 +214,9 @@ def run_lines(lines: list[str], hosts, tmp: Path) -> None:
             if receiver:
                 receiver.wait_ready()
             # every line runs with the first receiver; the next ones need only the traffic (stats, top or
-            # cp status again would show nothing new)
-            for c in fg if n == 0 else senders:
+            # cp status again would show nothing new), and one whose rule takes none of it needs none
+            quiet = any(s in line for s in NO_TRAFFIC) if line else False
+            for c in fg if n == 0 else [] if quiet else senders:
                 run_fg(rewrite(c, hosts, tmp))
         finally:
             rc = receiver.stop() if receiver else 0
