@@ -15,6 +15,21 @@ PURE_PYTHON = os.environ.get("KBYPASS_PURE_PYTHON") == "1"
 needs_c = pytest.mark.skipif(PURE_PYTHON, reason="KBYPASS_PURE_PYTHON=1 switches the C modules off")
 
 
+def half_behind_slow(*axes: list) -> list:
+    """Every combination of the axes' values as pytest params, where the fast suite (no --slow) runs those
+    whose indexes add up to an even number: each value of each axis still runs in it, with every value of
+    any other axis for some of them. For axes that take one path whatever their value (SIGINT and SIGTERM
+    once a tool's Stopper has them); --slow runs the rest."""
+    import itertools
+
+    def name(v) -> str:
+        return getattr(v, "name", None) or (f"{v:+.2f}s" if isinstance(v, float) else str(v))
+
+    return [pytest.param(*(v for _, v in combo), id="-".join(name(v) for _, v in combo),
+                         marks=() if sum(i for i, _ in combo) % 2 == 0 else pytest.mark.slow)
+            for combo in itertools.product(*(list(enumerate(axis)) for axis in axes))]
+
+
 def unreachable(monkeypatch, target, name: str, why: str) -> None:
     """Make `target.name` fail the test with `why` when called: a step (opening a port, running an
     experiment, asking the testbed) that bad input must be refused before."""
@@ -112,6 +127,15 @@ def udp_bound(ns: str, port: int) -> bool:
         with open("/proc/thread-self/net/udp") as f:
             lines = f.read().splitlines()[1:]
     return any(line.split()[1].rsplit(":", 1)[1] == f"{port:04X}" for line in lines)
+
+
+def rx_packets(host) -> int:
+    """Packets the host's testbed veth received (its stats64: the kernel's and XDP's alike)."""
+    import json
+
+    out = subprocess.run(["ip", "-n", host.netns, "-s", "-j", "link", "show", host.iface],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]["stats64"]["rx"]["packets"]
 
 
 def wait_until(ready, what: str, timeout: float = 15.0, proc=None, interval: float = 0.02) -> None:

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from kbypass.host import doctor, ifstats, testbed
 from kbypass import netns
-from tests.kb import kbypass, pid_tag, wait_until
+from kbypass.host import doctor, ifstats, testbed
+from tests.kb import half_behind_slow, kbypass, pid_tag, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -33,8 +33,7 @@ def test_gen_summary_is_a_table(testbed_hosts):
     assert "stats.tx_invalid_descs" in out and "{" not in out  # rows, not a raw dict
 
 
-@pytest.mark.parametrize("backend", ["live", "afxdp"])
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("backend, sig", half_behind_slow(["live", "afxdp"], [signal.SIGINT, signal.SIGTERM]))
 def test_gen_signal_mid_run_prints_its_summary(testbed_hosts, backend, sig):
     a, b = testbed_hosts
     before = ifstats.sample(b.iface, b.netns)

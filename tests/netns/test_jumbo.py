@@ -110,22 +110,38 @@ def _finish(proc: subprocess.Popen, timeout: float = 20) -> dict:
 def test_sink_counts_jumbo_datagrams_with_their_sequence(jumbo, queue):
     """Every queue: a group of ports, the numpy path; one queue: the port's C path (consume, kb_sink), which
     must count chains as packets and read each one's stamp from its first frame. The sender runs on CPU 0,
-    so its datagrams leave on queue 0 (the testbed's XPS) and reach that one queue."""
+    so its datagrams leave on queue 0 (the testbed's XPS) and reach that one queue. It is started (and has
+    made its datagrams) before the sink, and sends the burst the moment the sink says it is receiving: the
+    start-up line must mean the rule and the socket are live, and a slow start of the sender's Python on a
+    loaded machine cannot outlast the sink's --duration."""
     a, b = jumbo
     n = 20
     where = [] if queue is None else ["--queue", str(queue)]
-    sink = _tool("sink", "--host", "b", "--rule", f"udp dport {PORT}", "--check-seq", "--json", "--count", str(n),
-                 "--duration", "15", *where)
-    send = ("import socket, struct, sys\n"
-            "import numpy as np\n"
+    send = ("import socket, sys\n"
             f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
             "from tests.netns.test_jumbo import payload, SIZES\n"
             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"for i in range({n}): s.sendto(payload(i, SIZES[i % 2]), ({b.ipv4!r}, {PORT}))\n")
-    subprocess.run(["taskset", "-c", "0", "ip", "netns", "exec", a.netns, sys.executable, "-c", send], check=True,
-                   timeout=30)
+            f"burst = [payload(i, SIZES[i % 2]) for i in range({n})]\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n"
+            f"for d in burst: s.sendto(d, ({b.ipv4!r}, {PORT}))\n"
+            "print('sent', flush=True)\n")
+    sender = subprocess.Popen(["taskset", "-c", "0", "ip", "netns", "exec", a.netns, sys.executable, "-c", send],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert sender.stdout.readline() == "ready\n"
+        sink = _tool("sink", "--host", "b", "--rule", f"udp dport {PORT}", "--check-seq", "--json", "--count",
+                     str(n), "--duration", "15", *where)
+        sender.stdin.write("go\n")
+        sender.stdin.flush()
+        assert sender.stdout.readline() == "sent\n"
+        assert sender.wait(30) == 0
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
     summary = _finish(sink)
-    assert summary["packets"] == n and summary["seq"]["received"] == n and summary["seq"]["lost"] == 0
+    assert summary["packets"] == n and summary["seq"]["received"] == n and summary["seq"]["lost"] == 0, summary
     assert summary["bytes"] == sum(SIZES[i % 2] + 42 for i in range(n))
 
 

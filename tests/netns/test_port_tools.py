@@ -16,9 +16,9 @@ import pytest
 from scapy.layers.l2 import Ether  # noqa: F401 (rdpcap reads LINKTYPE_ETHERNET)
 from scapy.utils import rdpcap
 
-from kbypass.port.steered import SteeredPort
 from kbypass.errors import UsageError
-from tests.kb import kbypass, xdp_attached
+from kbypass.port.steered import SteeredPort
+from tests.kb import half_behind_slow, kbypass, xdp_attached
 from tests.netns.test_sink_reflect import _wait_attached
 
 pytestmark = pytest.mark.netns
@@ -134,8 +134,7 @@ def test_steered_port_as_the_readme_uses_it(testbed_hosts):
 ARGS = {"sink": [], "reflect": [], "capture": ["-w", "{tmp}/c.pcap"]}
 
 
-@pytest.mark.parametrize("command", list(ARGS))
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("command, sig", half_behind_slow(list(ARGS), [signal.SIGINT, signal.SIGTERM]))
 def test_signal_mid_run_prints_the_summary_and_detaches(testbed_hosts, tmp_path, command, sig):
     a, b = testbed_hosts
     proc = _start(command, "--host", "b", "--rule", f"udp dport {PORT}", "-t", "30", "--json",
@@ -155,9 +154,8 @@ def test_signal_mid_run_prints_the_summary_and_detaches(testbed_hosts, tmp_path,
     assert not xdp_attached(b)
 
 
-@pytest.mark.parametrize("command", list(ARGS))
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-@pytest.mark.parametrize("delay", [0.6, 1.2])
+@pytest.mark.parametrize("command, sig, delay", half_behind_slow(list(ARGS), [signal.SIGINT, signal.SIGTERM],
+                                                                [0.6, 1.2]))
 def test_signal_at_start_up_leaves_nothing_attached(testbed_hosts, tmp_path, command, sig, delay):
     a, b = testbed_hosts
     proc = _start(command, "--host", "b", "--rule", f"udp dport {PORT}", "-t", "30", "--json",

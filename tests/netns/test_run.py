@@ -17,7 +17,7 @@ import time
 import pytest
 
 from kbypass.cp import paths
-from kbypass.cp.client import ControlPlaneClient
+from kbypass.cp.client import ControlPlaneClient, ControlPlaneMissing
 from kbypass.cp.lock import terminate
 from kbypass.tools.run import SHIM
 from tests.kb import skip_unless_nobody_runs_kbypass, xdp_attached
@@ -29,14 +29,34 @@ UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "
 pytestmark = pytest.mark.skipif(not os.path.exists(SHIM), reason="the preload shim is not built: make setup")
 
 
+def _stop_control_planes(hosts) -> None:
+    for h in hosts:
+        terminate(paths.namespace_name(h.netns))
+
+
+@pytest.fixture(scope="module")
+def _run_hosts(testbed_hosts):
+    """The module's tests share the control plane `kbypass run` starts (--users all, 60 s idle exit), as apps
+    do: none is running when the module starts (another module's, started otherwise, would not admit
+    uid 65534), and none is left when it ends. Each test's apps are gone when it ends (`stop`), and the
+    control plane drops what they had as they go."""
+    _stop_control_planes(testbed_hosts)
+    yield testbed_hosts
+    _stop_control_planes(testbed_hosts)
+
+
 @pytest.fixture
-def hosts(testbed_hosts):
-    a, b = testbed_hosts
-    for h in (a, b):
-        terminate(paths.namespace_name(h.netns))
-    yield a, b
-    for h in (a, b):
-        terminate(paths.namespace_name(h.netns))
+def hosts(_run_hosts):
+    return _run_hosts
+
+
+@pytest.fixture
+def own_cp(_run_hosts):
+    """For a test about how a control plane is started (or that none is): none runs when it begins, and the
+    one it made (root only, --iface) is not left to the next test."""
+    _stop_control_planes(_run_hosts)
+    yield _run_hosts
+    _stop_control_planes(_run_hosts)
 
 
 def in_ns(host, *argv: str) -> list[str]:
@@ -49,13 +69,25 @@ def run_app(host, *argv: str, spin: int = 0, user: list[str] = (), **kw) -> subp
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def status(host) -> list[dict]:
+def status_cli(host) -> list[dict]:
+    """The accelerated sockets as `kbypass run --status --json` lists them."""
     out = subprocess.run(in_ns(host, KB, "run", "--status", "--json"), capture_output=True, text=True, check=True)
     return [dict(s, pid=app["pid"], command=app["command"]) for app in json.loads(out.stdout)["apps"]
             for s in app["sockets"]]
 
 
-def wait_for(pred, timeout: float = 10.0, what: str = "it"):
+def status(host) -> list[dict]:
+    """The same list, read from the control plane in this process (what `run --status` prints, without a
+    kbypass process per look: the tests poll it)."""
+    try:
+        with ControlPlaneClient(host.netns, start=False, command="test_run status") as cp:
+            clients = cp.status()["clients"]
+    except ControlPlaneMissing:
+        return []
+    return [dict(s, pid=c["pid"], command=c["command"]) for c in clients if "shim" in c for s in c["shim"]]
+
+
+def wait_for(pred, timeout: float = 30.0, what: str = "it"):  # a bound, not a wait: a loaded machine starts apps slowly
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = pred()
@@ -96,6 +128,8 @@ def test_sockperf_server_under_run_answers_a_kernel_sockperf(hosts):
         (s,) = sockets_of(b, 11111)
         assert s["rx"] > 100 and s["tx"] > 100  # through the rings, both ways
         assert s["rx_kernel"] == 0 and s["rx_dropped"] == 0
+        (cli_view,) = [x for x in status_cli(b) if x["local"].endswith(":11111")]  # the command says the same
+        assert cli_view["pid"] == s["pid"] and cli_view["rx"] >= s["rx"] and cli_view["tx"] >= s["tx"]
     finally:
         out = stop(srv)
     assert "accelerated on" in out, out
@@ -181,8 +215,8 @@ def _rules(host) -> list:
         return [r for i in cp.status()["interfaces"] for r in i["rules"]]
 
 
-def test_kill_9_of_the_control_plane_one_error_and_the_app_goes_on_on_the_kernel(hosts):
-    a, b = hosts
+def test_kill_9_of_the_control_plane_one_error_and_the_app_goes_on_on_the_kernel(own_cp):
+    a, b = own_cp
     srv = run_app(b, "sockperf", "server", "-i", b.ipv4, "-p", "11114")
     try:
         wait_for(lambda: sockets_of(b, 11114), what="the server's socket")
@@ -255,9 +289,9 @@ def test_an_address_off_the_served_interfaces_stays_on_the_kernel_with_one_line(
     assert out.stderr.count("not accelerated") == 1, out.stderr
 
 
-def test_no_control_plane_and_none_startable_one_warning_and_the_kernel(hosts):
+def test_no_control_plane_and_none_startable_one_warning_and_the_kernel(own_cp):
     skip_unless_nobody_runs_kbypass()  # kbypass itself runs as uid 65534 here
-    a, b = hosts
+    a, b = own_cp
     code = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('%s', 7004)); "
             "print('bound', flush=True)" % b.ipv4)
     out = subprocess.run(in_ns(b, *UNPRIVILEGED, KB, "run", "--", "/usr/bin/python3", "-c", code),
@@ -419,10 +453,10 @@ def test_a_port_taken_in_the_kernel_is_the_apps_eaddrinuse_as_without_kbypass(ho
     assert out.stderr.count("accelerated on") == 1, out.stderr  # the first socket only
 
 
-def test_iface_limits_what_is_accelerated(hosts):
+def test_iface_limits_what_is_accelerated(own_cp):
     """--iface names the interfaces a control plane started by kbypass run serves: an address on another
     stays on the kernel, with one line saying why."""
-    a, b = hosts
+    a, b = own_cp
     code = "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7031))"
     out = subprocess.run(in_ns(b, KB, "run", "--log", "--iface", "lo", "--", sys.executable, "-c", code, b.ipv4),
                          capture_output=True, text=True, timeout=30)
@@ -468,10 +502,10 @@ def test_exec_leaves_the_new_image_a_kernel_socket_and_frees_the_rule(hosts):
     assert "got to-the-kernel" in out, out
 
 
-def test_an_unprivileged_app_kept_out_by_a_root_only_control_plane_warns_once(hosts):
+def test_an_unprivileged_app_kept_out_by_a_root_only_control_plane_warns_once(own_cp):
     """A control plane started for root only (`kbypass cp start`): the unprivileged app cannot connect, says
     so once and runs on its kernel sockets."""
-    a, b = hosts
+    a, b = own_cp
     subprocess.run(in_ns(b, KB, "cp", "start"), check=True, capture_output=True)
     code = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 7050)); "
             "t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); t.bind((sys.argv[1], 7051)); print('bound')")
@@ -700,10 +734,13 @@ def test_pktinfo_tos_and_ttl_ancillary_data_come_from_the_frame(hosts):
     assert got == ["cmsg 1 35", f"pktinfo True {b.ipv4} {b.ipv4}", "ttl 7", "tos 40", "flags 0"], out
 
 
-def test_a_queue_held_by_another_program_is_said_without_an_option_run_lacks(hosts):
+def test_a_queue_held_by_another_program_is_said_without_an_option_run_lacks(own_cp):
     """Another client's AF_XDP socket on queue 0: the app stays on the kernel, and its log line says what to do
-    with kbypass run (the control plane's own answer suggests --share-queue, which kbypass run has not)."""
-    a, b = hosts
+    with kbypass run (the control plane's own answer suggests --share-queue, which kbypass run has not). A
+    control plane of its own: the reason names the holder (client number, command line) and the shim keeps 255
+    characters of it (csrc/preload/kbp_socket.c), so a long runner command line plus a shared control plane's
+    larger client numbers cut off its end (seen)."""
+    a, b = own_cp
     subprocess.run(in_ns(b, KB, "run", "--", "true"), check=True, timeout=60)  # starts the control plane
     with ControlPlaneClient(b.netns, start=False, command="holder") as cp:
         xsk, umem, _ = cp.open_socket(b.iface, 0, frames=256, frame_size=2048, rx_size=64, tx_size=64,

@@ -57,8 +57,10 @@ for i, n in enumerate(int(x) for x in sys.argv[3].split(",")):
 """
 
 
-@pytest.fixture(params=[9000, testbed.FRAGS_MAX_MTU], ids=lambda m: f"mtu{m}")
+@pytest.fixture(scope="module", params=[9000, testbed.FRAGS_MAX_MTU], ids=lambda m: f"mtu{m}")
 def jumbo_hosts(request, testbed_hosts):
+    """The testbed at the MTU, once for every test of the module at that MTU (pytest runs them together),
+    with no control plane left from before the change nor after it."""
     a, b = testbed_hosts
     prefix = testbed.default_prefix()
     for h in (a, b):

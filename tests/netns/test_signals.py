@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kbypass import netns
+from tests.kb import half_behind_slow, rx_packets
 
 pytestmark = pytest.mark.netns
 
@@ -121,16 +122,10 @@ def end_all(*runs) -> None:
         r.kill()
 
 
-def _rx_sysfs(host) -> int:
-    out = subprocess.run(["ip", "-n", host.netns, "-s", "-j", "link", "show", host.iface],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)[0]["stats64"]["rx"]["packets"]
-
-
 def wait_traffic(host, n: int, run: Run, timeout: float = 20.0) -> None:
-    start = _rx_sysfs(host)
+    start = rx_packets(host)
     deadline = time.monotonic() + timeout
-    while _rx_sysfs(host) - start < n:
+    while rx_packets(host) - start < n:
         assert run.proc.poll() is None, f"exited ({run.proc.returncode}) before traffic flowed:\n{run.err}"
         assert time.monotonic() < deadline, f"no traffic at {host.iface} within {timeout} s:\n{run.err}"
         time.sleep(0.05)
@@ -214,8 +209,7 @@ def test_signal_at_start_up(testbed_hosts, tmp_path, tool, sig) -> None:
         pcap_whole(cap)
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-@pytest.mark.parametrize("tool", TOOLS)
+@pytest.mark.parametrize("tool, sig", half_behind_slow(TOOLS, SIGNALS))  # one Stopper by then
 def test_signal_mid_run(testbed_hosts, tmp_path, tool, sig) -> None:
     a, b = testbed_hosts
     peer = helper = None
@@ -269,9 +263,7 @@ END = 1.0
 END_TOOLS = [t for t in TOOLS if t != "xfer recv"]  # a receiver ends with its sender: xfer send covers the pair
 
 
-@pytest.mark.parametrize("late", [-0.05, 0.2], ids=lambda d: f"{d:+.2f}s")
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-@pytest.mark.parametrize("tool", END_TOOLS)
+@pytest.mark.parametrize("tool, sig, late", half_behind_slow(END_TOOLS, SIGNALS, [-0.05, 0.2]))
 def test_signal_at_the_end(testbed_hosts, tmp_path, tool, sig, late) -> None:
     """The signal lands as the run ends by itself (just before, while it prints and closes, just after):
     no traceback, no error, an exit code the tool promises, nothing attached, no half-written capture."""

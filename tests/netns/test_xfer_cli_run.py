@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.kb import udp_bound, wait_until, xdp_attached
+from tests.kb import rx_packets, udp_bound, wait_until, xdp_attached
 
 pytestmark = pytest.mark.netns
 PORT = 7100
@@ -73,9 +73,12 @@ def test_signal_mid_run_prints_the_partial_summary(testbed_hosts, sig, code, tmp
     a, b = testbed_hosts
     got = tmp_path / "got.bin"
     recv = start_recv("-w", str(got))
+    before = rx_packets(b)
     send = start_send(b, "-t", "60")
     try:
-        time.sleep(2.5)
+        # mid-run: once the transfer's data flows (2000 datagrams at host b), however long start-up took
+        wait_until(lambda: rx_packets(b) - before >= 2000, "the transfer's data at host b", timeout=30, proc=send,
+                   interval=0.1)
         send.send_signal(sig)
         sout, serr = send.communicate(timeout=20)
         rout, rerr = recv.communicate(timeout=20)  # the sender's reset ends the receiver too

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import statistics
 import subprocess
 import sys
@@ -91,6 +92,23 @@ def sockperf_percentiles(out: str) -> dict:
             "p999_us": pct(r"99\.900")}
 
 
+def wait_for_line(server: subprocess.Popen, word: str, timeout: float = 60.0) -> None:
+    """Until the server (text stderr on a pipe) prints a line with `word`, its ready line: start-up takes as
+    long as it takes on a loaded machine, and a client sent before it would measure a server not yet there.
+    A server that exits or stays silent is an error, with what it said."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not any(word in line for line in seen):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([server.stderr], [], [], left)[0]:
+            raise KbypassError(f"{server.args[-1] if server.args else 'the server'}: no '{word}' within {timeout:g} s:"
+                               f" {''.join(seen)[-1000:]}")
+        line = server.stderr.readline()
+        if not line:
+            raise KbypassError(f"the server exited ({server.wait()}) before it was ready: {''.join(seen)[-1000:]}")
+        seen.append(line)
+
+
 def _kbypass(backend: str, poll: str, duration: float, size: int, b, lane: str | None = None) -> dict:
     common = ["--backend", backend, "--poll", poll, "--json", *(["--lane", lane] if lane else [])]
     py = [sys.executable, "-m", "kbypass", "pingpong"]
@@ -98,7 +116,7 @@ def _kbypass(backend: str, poll: str, duration: float, size: int, b, lane: str |
                                "--duration", str(duration + 20), "--idle-timeout", "10", *common],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)  # import, steering and sockets up
+        wait_for_line(server, "pingpong server on")  # imported, steered, sockets up
         proc = subprocess.run([*py, "client", "--host", "a", "--dst", f"{b.ipv4}:{PORT}", "--cpu",
                                str(CLIENT_CPU), "--duration", str(duration), "--warmup", "1000", "--size",
                                str(size), *common], capture_output=True, text=True, timeout=duration + 60)
@@ -125,13 +143,15 @@ def _floor(a, b, duration: float, size: int) -> dict:
 
 def _sockapi(duration: float, size: int, a, b) -> dict:
     """The pingpong pair over kbypass.socket, spinning (kbypass.bench.sockapi_pp)."""
+    from kbypass.bench import sockapi_pp  # imports kbypass.socket: only for this row
+
     env = {**os.environ, "KBYPASS_SPIN_US": str(10**9)}
     mod = [sys.executable, "-m", "kbypass.bench.sockapi_pp"]
     server = subprocess.Popen(["ip", "netns", "exec", b.netns, "taskset", "-c", str(SERVER_CPU), *mod, "server",
                                b.ipv4, str(PORT), str(duration + 20)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)  # import, steering and sockets up
+        wait_for_line(server, sockapi_pp.READY)
         proc = subprocess.run(["ip", "netns", "exec", a.netns, "taskset", "-c", str(CLIENT_CPU), *mod, "client",
                                a.ipv4, b.ipv4, str(PORT), str(duration), str(size)], env=env,
                               capture_output=True, text=True, timeout=duration + 60)

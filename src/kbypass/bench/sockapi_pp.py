@@ -3,7 +3,7 @@
 measures what an application written against `socket.socket` gets, against the native endpoint API of
 the `kbypass afxdp busy` row. Run inside a testbed host, spinning (KBYPASS_SPIN_US) as the busy rows do:
 
-    python -m kbypass.bench.sockapi_pp server IP PORT SECONDS
+    python -m kbypass.bench.sockapi_pp server IP PORT SECONDS                  # READY on stderr once bound
     python -m kbypass.bench.sockapi_pp client IP DST_IP PORT SECONDS SIZE     # prints the summary as JSON
 """
 
@@ -14,6 +14,8 @@ import sys
 
 from kbypass import socket as kbsocket
 from kbypass.apps import pingpong
+
+READY = "sockapi_pp server ready"  # the server's stderr line once its socket is bound and accelerated
 
 
 class SocketAsEndpoint:
@@ -41,6 +43,7 @@ def _open(ip: str, port: int):
 def main(argv: list[str]) -> int:
     if argv[:1] == ["server"] and len(argv) == 4:
         with _open(argv[1], int(argv[2])) as s:
+            print(READY, file=sys.stderr, flush=True)
             res = pingpong.serve(SocketAsEndpoint(s), duration=float(argv[3]), idle_timeout=10)
         print(json.dumps({"received": res.received, "answered": res.answered}))
         return 0

@@ -219,10 +219,10 @@ def run(args) -> int:
         if ep.backend == "afxdp":
             base["lane"] = "c" if ep.native else "python"
         if args.role == "server":
-            if not args.json:
-                print(f"kbypass pingpong server on {ep.ip}:{ep.port} ({ep.backend}{' tcp' if args.tcp else ''}, "
-                  f"{args.poll} poll)",
-                      file=sys.stderr, flush=True)
+            # on stderr with --json too, as the port tools' "receiving on" (tools/_port.announce): scripts and
+            # benchmarks wait for it instead of guessing how long start-up takes
+            print(f"kbypass pingpong server on {ep.ip}:{ep.port} ({ep.backend}{' tcp' if args.tcp else ''}, "
+                  f"{args.poll} poll)", file=sys.stderr, flush=True)
             res = serve(ep, duration=args.duration, count=args.count, idle_timeout=args.idle_timeout, stop=stop)
             summary = {**base, "received": res.received, "answered": res.answered, "seconds": round(res.seconds, 3)}
             if res.send_failed:
