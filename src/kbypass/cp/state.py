@@ -31,6 +31,9 @@ log = logging.getLogger("kbypass.cp")
 MAX_LISTED = 200  # clients a status reply lists (each takes up to ~300 bytes of the 64 KiB message)
 
 
+DESCRIBE_COMMAND = 60  # characters of a client's command line in an error
+
+
 @dataclass
 class Client:
     cid: int
@@ -46,7 +49,13 @@ class Client:
     shim_page: object | None = None  # a preload shim's counters (kbypass.cp.shimpage.ShimPage)
 
     def describe(self) -> str:
-        return f"client {self.cid} (pid {self.pid}, {self.command})"
+        # for one-line errors: a long command line (a test runner's, a shell pipeline) would push the fix
+        # the error names off the end of the line, and past the preload shim's 256-byte reason; status
+        # keeps the whole command
+        command = self.command
+        if len(command) > DESCRIBE_COMMAND:
+            command = command[: DESCRIBE_COMMAND - 3] + "..."
+        return f"client {self.cid} (pid {self.pid}, {command})"
 
 
 @dataclass
