@@ -123,7 +123,9 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
                     moved |= _timed_out(c, now, date, res, head_timeout, keepalive_timeout)
                 if (c.closing or c.eof) and _done(c, res):
                     del clients[key]
-                elif c.busy() or (c.closing or c.eof):  # answers still to write, or to close once written
+                elif c.busy() or c.closing or c.eof or c.sock.readable:
+                    # answers still to write, to close once written, or requests unread past MAX_QUEUED (taken as
+                    # events already: nothing wakes this connection for them again)
                     active[key] = c
             host.transmit()  # the pass's answers, each connection's in one go (and due timers)
             if clients:
