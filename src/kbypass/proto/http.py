@@ -27,8 +27,10 @@ import hashlib
 import os
 import posixpath
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from types import MappingProxyType
 from urllib.parse import unquote, urlsplit
 
 MAX_HEAD = 16384  # request line + headers; larger is 431
@@ -60,12 +62,14 @@ class Request:
     method: str
     target: str
     version: str  # "HTTP/1.1" or "HTTP/1.0"
-    # lower-case names; repeated fields joined by ", ". Read only: the parser hands one Request to every
-    # repeat of the same head
-    headers: dict[str, str] = field(default_factory=dict)
+    # lower-case names; repeated fields joined by ", ". A read-only view (MappingProxyType): the parser hands
+    # one Request to every repeat of the same head, so a caller's change would reach every later request
+    headers: Mapping[str, str] = field(default_factory=dict)
     keep_alive: bool = field(init=False, compare=False)  # from the version and Connection, worked out once
 
     def __post_init__(self) -> None:
+        if type(self.headers) is not MappingProxyType:
+            object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
         tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
         keep = "keep-alive" in tokens if self.version == "HTTP/1.0" else "close" not in tokens
         object.__setattr__(self, "keep_alive", keep)
