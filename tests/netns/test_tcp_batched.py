@@ -50,7 +50,6 @@ def test_a_batch_goes_out_at_transmit_one_segment_a_connection_one_kick(testbed_
         clients, socks = connected(host, lst, a, b, 3)
         for s in socks:
             s.setblocking(False)
-        port = host.stats["port"]
         with host.batched():
             for i, c in enumerate(clients):
                 c.sendall(b"req%d" % i)
@@ -66,16 +65,17 @@ def test_a_batch_goes_out_at_transmit_one_segment_a_connection_one_kick(testbed_
             assert host.counters["tx_segments"] == tx  # held for transmit()
             host.transmit()
             assert host.counters["tx_segments"] == tx + 3  # one segment per connection, data and ACK in it
-            assert host.stats["port"]["tx_kicks"] - kicks <= 1  # one syscall for the batch's frames
-        for i, c in enumerate(clients):
-            assert recv_exactly(c, 7) == b"answer%d" % i
+            # one syscall for the batch's frames (veth: copy mode, where every batch needs its kick)
+            assert host.stats["port"]["tx_kicks"] - kicks == 1
+            for i, c in enumerate(clients):  # inside: the kick sent them, not batched()'s exit
+                assert recv_exactly(c, 7) == b"answer%d" % i
         # outside batched(), a send goes out at once, as a kernel send() does
         socks[0].setblocking(True)
         tx = host.counters["tx_segments"]
         socks[0].send(b"now")
         assert host.counters["tx_segments"] == tx + 1 and recv_exactly(clients[0], 3) == b"now"
-        assert port["tx_packets"] <= host.stats["port"]["tx_packets"]
         for c in clients:
             c.close()
         for s in socks:
             s.close()
+
