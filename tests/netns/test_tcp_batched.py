@@ -79,3 +79,27 @@ def test_a_batch_goes_out_at_transmit_one_segment_a_connection_one_kick(testbed_
         for s in socks:
             s.close()
 
+
+def test_a_send_that_would_block_inside_batched_sends_nothing_of_the_batch(testbed_hosts):
+    """Inside batched(), a non-blocking send() the send buffer cannot take raises BlockingIOError at once: no
+    pump, which would put the batch's other answers on the wire mid-batch (the loop's WindowOpened wakes it)."""
+    a, b = testbed_hosts
+    with TcpHost(b.iface, b.ipv4, netns=b.netns) as host:
+        lst = host.listen(PORT)
+        clients, socks = connected(host, lst, a, b, 2)
+        for s in socks:
+            s.setblocking(False)
+        with host.batched():
+            assert socks[0].send(b"early") == 5
+            tx = host.counters["tx_segments"]
+            chunk = b"x" * 65536
+            with pytest.raises(BlockingIOError):
+                for _ in range(1000):  # fills socks[1]'s send buffer (nothing leaves before transmit())
+                    socks[1].send(chunk)
+            assert host.counters["tx_segments"] == tx  # socks[0]'s answer still held for transmit()
+            host.transmit()
+            assert recv_exactly(clients[0], 5) == b"early"
+        for c in clients:
+            c.close()
+        for s in socks:
+            s.close()

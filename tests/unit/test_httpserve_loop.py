@@ -116,3 +116,38 @@ def test_pipelined_requests_past_max_queued_are_read_in_the_next_pass_not_after_
     assert sock.sent.count(b"HTTP/1.1 200 OK\r\n") == n
     assert host.waits_with_unread == 0  # never slept with requests in hand (the stall: up to 1 s a time)
 
+
+class FakeClock:
+    """httpserve's `time`: monotonic moves only when the loop waits, so the 4-a-second timeout scan (which
+    looks at every connection) comes at known passes."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def time(self) -> float:
+        return 1.8e9 + self.t
+
+
+def test_a_blocked_writer_is_left_alone_until_its_window_opens(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(httpserve, "time", clock)
+    host = FakeHost()
+    size = 200_000
+    sock = FakeSock(host, b"GET /%d HTTP/1.1\r\nHost: b\r\n\r\n" % size, room=1000)
+    host.socks.append(sock)
+    tries_blocked = []
+
+    def waited():
+        clock.t += 0.01  # 20 waits: 0.2 s, inside one timeout scan period (0.25 s)
+        if host.waits == 20:
+            tries_blocked.append(host.sends)
+            sock.open_window(None)
+
+    host.on_wait = waited
+    res = httpserve.serve(host, FakeListener([sock]), http.Site(), requests=1, duration=30)
+    assert res.responses == 1 and len(sock.sent) > size and sock.closed
+    # two send() calls before the window opened: 1000 bytes taken, then BlockingIOError; not one per pass
+    assert tries_blocked == [2], tries_blocked

@@ -210,11 +210,14 @@ class TcpSocket:
     def getsockname(self) -> tuple[str, int]:
         return self.local
 
-    def _wait(self, ready, what: str) -> None:
-        """Pump until ready(); BlockingIOError (non-blocking) or TimeoutError (after the timeout) if not."""
+    def _wait(self, ready, what: str, pump: bool = True) -> None:
+        """Pump until ready(); BlockingIOError (non-blocking) or TimeoutError (after the timeout) if not.
+        pump=False (non-blocking): no pump first, BlockingIOError at once."""
         if ready():
             return
         if self.timeout == 0:
+            if not pump:
+                raise BlockingIOError(errno.EAGAIN, f"{what} would block")
             self.host.pump()
             if ready():
                 return
@@ -283,8 +286,9 @@ class TcpSocket:
                 if self._dead is None and not sent[0]:
                     sent[0] = self.conn.send(view)
                 return self._dead is not None or sent[0] > 0
-            try:
-                self._wait(room, "send")
+            try:  # inside batched() no pump: it would send the batch's other answers mid-batch (WindowOpened
+                # wakes this socket through take_woken when room returns)
+                self._wait(room, "send", pump=not self.host.defer_tx)
             finally:
                 if sent[0]:
                     self.host.touch(self)
