@@ -4,6 +4,7 @@ kicks the TX ring once for the whole batch; receive() makes what came readable w
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 
@@ -103,3 +104,31 @@ def test_a_send_that_would_block_inside_batched_sends_nothing_of_the_batch(testb
             c.close()
         for s in socks:
             s.close()
+
+
+@pytest.mark.parametrize("native", [pytest.param(None, id="c-lane", marks=needs_c),
+                                    pytest.param(False, id="python-lane")])
+def test_wait_kicks_frames_transmit_left_on_the_ring(testbed_hosts, native, monkeypatch):
+    """transmit()'s flush_tx stops when the kernel makes no progress (EBUSY/ENOBUFS, no completion room),
+    leaving the batch's frames on the TX ring unkicked: the loop's next wait() reaps completions and kicks
+    them, or they would sit there until some later transmit."""
+    a, b = testbed_hosts
+    with TcpHost(b.iface, b.ipv4, netns=b.netns, native=native) as host:
+        lst = host.listen(PORT)
+        clients, socks = connected(host, lst, a, b, 1)
+        socks[0].setblocking(False)
+        lane = host._lanes[0]
+        with host.batched():
+            assert socks[0].send(b"held") == 4
+            monkeypatch.setattr(lane, "flush_tx", lambda: 0)  # the kick that gave up
+            host.transmit()
+            assert lane.tx_pending > 0  # on the ring, not sent
+            monkeypatch.undo()
+            # wait() must kick them itself: a poll() on the AF_XDP socket drives copy-mode TX only while the
+            # kernel finds completion room (and a busy loop does not poll), so here it sleeps on nothing
+            monkeypatch.setattr(host, "_poller", select.poll())
+            host.wait(time.monotonic() + 0.2)
+            assert lane.tx_pending == 0
+            assert recv_exactly(clients[0], 4) == b"held"  # before batched()'s exit transmit
+        clients[0].close()
+        socks[0].close()
