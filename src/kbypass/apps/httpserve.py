@@ -10,8 +10,9 @@ wait() when nothing moved.
 A pass works in batches (TcpHost.batched): take a receive burst (host.receive), answer every request it
 brought, then send once (host.transmit): each connection's answers leave as one segment carrying the ACK
 of its requests, and the TX ring is kicked once for all of them. The pass looks only at the connections
-with news (host.take_woken) or answers still to write; all of them 4 times a second for the timeouts. A
-small generated answer is one pre-encoded piece (kbypass.proto.http.respond_whole).
+with news (host.take_woken), answers still to write (not one whose send would block: its WindowOpened
+wakes it), or requests waiting unread in its socket (past MAX_QUEUED); all of them 4 times a second for the
+timeouts. A small generated answer is one pre-encoded piece (kbypass.proto.http.respond_whole).
 
 One client cannot take the server: a connection is not read while MAX_QUEUED answers wait for it (its TCP
 window then closes: pipelining is paced by what the client reads), a file is opened only when its answer's
