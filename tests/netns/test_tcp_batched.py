@@ -11,6 +11,7 @@ import time
 import pytest
 
 from kbypass import netns
+from kbypass.endpoint.tcp import MAX_UNREAD
 from kbypass.endpoint.tcpio import TcpHost
 from tests.kb import needs_c
 
@@ -132,3 +133,44 @@ def test_wait_kicks_frames_transmit_left_on_the_ring(testbed_hosts, native, monk
             assert recv_exactly(clients[0], 4) == b"held"  # before batched()'s exit transmit
         clients[0].close()
         socks[0].close()
+
+
+def test_a_blocked_writer_is_woken_when_room_returns_even_with_its_events_held(testbed_hosts):
+    """A socket holding MAX_UNREAD bytes unread takes no more events (backpressure on Data), so its
+    WindowOpened waits in the queue: inside batched(), a send() that would block still gets the socket into
+    take_woken once the peer's ACKs make room, or a loop (http serve) would not write to it again."""
+    a, b = testbed_hosts
+    with TcpHost(b.iface, b.ipv4, netns=b.netns) as host:
+        lst = host.listen(PORT)
+        clients, socks = connected(host, lst, a, b, 1)
+        c, s = clients[0], socks[0]
+        s.setblocking(False)
+        c.setblocking(False)
+        flood = memoryview(b"r" * (MAX_UNREAD + (256 << 10)))
+        with host.batched():
+            end = time.monotonic() + 20
+            while s._rx_len < MAX_UNREAD and time.monotonic() < end:  # the peer's requests, unread
+                try:
+                    flood = flood[c.send(flood):]
+                except BlockingIOError:
+                    pass
+                host.receive()
+                host.transmit()  # the ACKs
+            assert s._rx_len >= MAX_UNREAD
+            with pytest.raises(BlockingIOError):
+                while True:
+                    s.send(b"a" * 65536)
+            host.take_woken()
+            woken = False
+            while not woken and time.monotonic() < end:
+                host.transmit()
+                try:
+                    while c.recv(1 << 20):  # the peer reads the answers: its ACKs make room
+                        pass
+                except BlockingIOError:
+                    pass
+                host.receive()
+                woken = s in host.take_woken()
+            assert woken and s.send(b"more") == 4
+        c.close()
+        s.close()
