@@ -9,8 +9,11 @@
     http        wrk (host a) against `kbypass http serve`, an asyncio server on uvloop over kernel sockets
                 answering with the same bytes (kbypass.proto.http: same parser and head cache, same pre-encoded
                 answers, the Date formatted once a second, one write per read as kbypass sends one segment),
-                and nginx on the kernel serving a file of the same size; requests/s, and the server's CPU
-                time per request (its process and children: on a busy machine the steadier measure). The
+                and nginx on the kernel serving a file of the same size; requests/s, and CPU time per
+                request: the server's (its process and children: on a busy machine the steadier measure, but
+                it misses a kernel server's TCP receive work, done in softirq on wrk's core) and the whole
+                machine's busy and softirq time over the run (counts that, and wrk, and on a shared machine
+                everyone else's work: compare it on a quiet machine). The
                 same wrk command (-t1, --connections, no pipelining) for all three
     bulk        `iperf3 -c` (host a, the kernel's TCP sending) into `kbypass xfer recv --proto tcp --iperf3`
                 beside `iperf3 -s` (kernel to kernel); and `kbypass xfer send --proto tcp` into a socat sink
@@ -39,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from kbypass.bench import kit
 from kbypass.bench.latency import BUSY_US, sockperf_percentiles
 from kbypass.host import testbed, tune
 
@@ -181,7 +185,9 @@ def wrk(a, b, port: int, seconds: float, conns: int) -> dict:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of pid and its children (nginx's worker) so far."""
+    """User and system CPU seconds of pid and its children (nginx's worker) so far. A process that exits
+    meanwhile counts nothing; a kernel without /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN) is an
+    error, not a silent 0 for the children."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     pids = [pid]
@@ -189,19 +195,48 @@ def cpu_seconds(pid: int) -> float:
         p = pids.pop()
         try:
             stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
-            continue
+            continue  # gone
         total += (int(stat[11]) + int(stat[12])) / tick  # utime, stime
+        pids += children(p)
     return total
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of pid (of any of its threads)."""
+    tasks = list(Path(f"/proc/{pid}/task").glob("*/children"))
+    if not tasks and Path(f"/proc/{pid}/task").is_dir() and os.path.exists(f"/proc/{pid}/stat"):
+        raise RuntimeError(f"/proc/{pid}/task/*/children is missing (a kernel without CONFIG_PROC_CHILDREN): "
+                           "the server's children cannot be counted")
+    out = []
+    for t in tasks:
+        try:
+            out += [int(c) for c in t.read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended
+    return out
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, softirq) jiffies of all CPUs so far (/proc/stat)."""
+    per_cpu = kit.cpu_ticks().values()
+    return sum(t[0] for t in per_cpu), sum(t[1] for t in per_cpu)
+
+
 def wrk_with_cpu(server: subprocess.Popen, a, b, seconds: float, conns: int) -> dict:
-    """wrk's result with the server's CPU time per request (the measure a busy machine disturbs least: a
-    server descheduled for others' jobs loses requests/s, not CPU per request)."""
-    before = cpu_seconds(server.pid)
+    """wrk's result with CPU time per request: the server's (its process and children: the measure a busy
+    machine disturbs least, a server descheduled for others' jobs loses requests/s, not CPU per request), and
+    the whole machine's busy and softirq time over the wrk run. The server's own time undercounts a kernel
+    server: its TCP receive work runs in softirq on the sending side's core (veth), wrk's; the machine's
+    counts it, with wrk's and, on a shared machine, everyone else's (compare it on a quiet machine)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    before, busy0, soft0 = cpu_seconds(server.pid), *machine_ticks()
     res = wrk(a, b, HTTP_PORT, seconds, conns)
-    res["server_cpu_us_per_request"] = (cpu_seconds(server.pid) - before) * 1e6 / max(1, res["requests"])
+    busy1, soft1 = machine_ticks()
+    per = 1e6 / max(1, res["requests"])
+    res["server_cpu_us_per_request"] = (cpu_seconds(server.pid) - before) * per
+    res["machine_cpu_us_per_request"] = (busy1 - busy0) / tick * per
+    res["machine_softirq_us_per_request"] = (soft1 - soft0) / tick * per
     return res
 
 
@@ -406,6 +441,8 @@ def _ratios(t: dict) -> dict:
         "http server CPU/request kbypass / nginx": r("http kbypass", "http nginx", "server_cpu_us_per_request"),
         "http server CPU/request kbypass / kbypass baseline": r("http kbypass", "http kbypass baseline",
                                                                 "server_cpu_us_per_request"),
+        "http machine CPU/request kbypass / uvloop": r("http kbypass", "http uvloop", "machine_cpu_us_per_request"),
+        "http machine CPU/request kbypass / nginx": r("http kbypass", "http nginx", "machine_cpu_us_per_request"),
         "bulk kbypass receiver / kernel receiver": r("bulk iperf3 -> kbypass --iperf3",
                                                      "bulk iperf3 -> iperf3 -s (kernel)", "goodput_bps"),
         "bulk kbypass sender / kernel sender": r("bulk kbypass send -> socat sink",

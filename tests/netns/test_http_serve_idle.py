@@ -65,3 +65,49 @@ def test_idle_connections_are_not_looked_at_per_request(testbed_hosts, monkeypat
         assert result["res"].requests == REQUESTS and result["res"].connections == IDLE + 1
         for s in idle + [busy_client]:
             s.close()
+
+
+def test_pipelined_requests_past_max_queued_never_wait_in_hand(testbed_hosts, monkeypatch):
+    """2000 small pipelined GETs from one kernel client: the server reads MAX_QUEUED at a time, and the
+    requests already in the socket past them are read in the next pass, never left for the timeout scan or a
+    wait() (they were taken as events once: nothing marks the connection woken again)."""
+    a, b = testbed_hosts
+    n = 2000
+    stalls = []
+    done = threading.Event()
+    with TcpHost(b.iface, b.ipv4, netns=b.netns) as host:
+        wait = host.wait
+
+        def watched(deadline):
+            # a socket with requests unread and room to answer them (a blocked writer waits for its window)
+            stalls.extend(s for s in list(host._conns.values()) if s._rx and s.conn.send_room > 0)
+            wait(deadline)
+
+        monkeypatch.setattr(host, "wait", watched)
+        lst = host.listen(PORT)
+        result = {}
+        server = threading.Thread(target=lambda: result.update(
+            res=httpserve.serve(host, lst, http.Site(body_size=10), stop=done.is_set, duration=60)))
+        server.start()
+        try:
+            with netns.entered(a.netns):
+                c = socket.create_connection((b.ipv4, PORT), timeout=10)
+            c.sendall(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n" * n)
+            got, data = 0, b""
+            while got < n:
+                piece = c.recv(1 << 20)
+                assert piece, f"the server closed after {got} answers"
+                data += piece
+                while True:
+                    r = http.ResponseReader()
+                    body = r.feed(data)
+                    if not r.done:
+                        break
+                    assert r.status == 200 and body == http.generated(0, 10)
+                    data, got = r.rest, got + 1
+            c.close()
+        finally:
+            done.set()
+            server.join(30)
+        assert result["res"].responses == n
+        assert not stalls  # never slept with requests in hand (each such wait: up to 1 s)

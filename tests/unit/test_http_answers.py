@@ -81,3 +81,15 @@ def test_the_whole_answers_are_bounded():
         req = http.Request("GET", f"/{i}", "HTTP/1.1", {"host": "h"})
         assert http.respond_whole(req, site, DATE)[2] == i
     assert len(site.answers) <= http.WHOLE_CACHE + 2
+
+
+def test_a_cached_request_s_headers_cannot_be_changed_by_a_caller():
+    wire = b"GET /ro HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    req = http.RequestParser().feed(wire)[0]
+    with pytest.raises(TypeError):
+        req.headers["connection"] = "keep-alive"  # would reach every later repeat of this head
+    again = http.RequestParser().feed(wire)[0]
+    assert again is req and again.headers == {"host": "h", "connection": "close"} and not again.keep_alive
+    assert http.Request("GET", "/", "HTTP/1.1").headers == {}  # the default is read-only too
+    with pytest.raises(TypeError):
+        http.Request("GET", "/", "HTTP/1.1").headers["x"] = "y"

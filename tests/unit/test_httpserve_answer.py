@@ -27,3 +27,25 @@ def test_out_of_descriptors_is_a_500_for_that_request(tmp_path):
     head, body = _answer(req, site, DATE, res)  # descriptors again: served
     assert head.startswith(b"HTTP/1.1 200 ") and body.next(100) == b"x" * 10 and res.statuses == {500: 1, 200: 1}
 
+
+
+def test_an_answer_too_big_to_pre_encode_is_built_once(monkeypatch):
+    from collections import deque
+
+    from kbypass.apps import httpserve
+
+    built = []
+
+    def counted(req, site, date):
+        built.append(req.target)
+        return respond(req, site, date)
+
+    respond = http.respond
+    monkeypatch.setattr(http, "respond", counted)  # respond_whole's
+    monkeypatch.setattr(httpserve, "respond", counted)  # _answer's
+    req = http.RequestParser().feed(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % (http.WHOLE_MAX + 1))[0]
+    c = httpserve._Client(None, 0.0)
+    c.queue = deque([req])
+    res = ServeResult()
+    data = httpserve._gather(c, http.Site(), DATE, res)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and len(built) == 1, built

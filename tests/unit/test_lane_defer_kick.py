@@ -89,3 +89,28 @@ def _take(port, k: int, sent: list) -> None:
         x.k_comp.write_slots(cidx, descs["addr"].copy())
         x.k_comp.submit(n)
         k -= n
+
+
+@pytest.mark.parametrize("native", NATIVE)
+def test_retry_tx_reaps_completions_so_the_kernel_can_take_what_flush_tx_left(native, monkeypatch):
+    port = fake_port()
+    try:
+        lane = port.message_lane(native=native)
+        lane.defer_kick = True
+        sent: list[bytes] = []
+        comp = port.xsk.k_comp
+
+        def kick_while_room():  # copy mode: a frame is taken only with a completion slot for it
+            port.xsk.kicks += 1
+            _take(port, comp.free(port.xsk.k_tx.available()), sent)
+            return errno.EAGAIN if port.xsk.k_tx.available() else 0
+
+        monkeypatch.setattr(port.xsk, "kick_tx", kick_while_room)
+        assert all(lane.send_one(FRAME) for _ in range(comp.size)) and lane.flush_tx() == 1
+        assert len(sent) == comp.size and comp.free(1) == 0  # the completion ring is full now
+        assert all(lane.send_one(FRAME) for _ in range(5))
+        assert lane.flush_tx() == 1 and lane.tx_pending == 5  # no room: the kick gave up
+        assert lane.retry_tx() == 0 and len(sent) == comp.size + 5 and lane.tx_pending == 0
+        assert lane.retry_tx() == 0  # nothing waiting: no syscall
+    finally:
+        port.close()

@@ -10,8 +10,9 @@ wait() when nothing moved.
 A pass works in batches (TcpHost.batched): take a receive burst (host.receive), answer every request it
 brought, then send once (host.transmit): each connection's answers leave as one segment carrying the ACK
 of its requests, and the TX ring is kicked once for all of them. The pass looks only at the connections
-with news (host.take_woken) or answers still to write; all of them 4 times a second for the timeouts. A
-small generated answer is one pre-encoded piece (kbypass.proto.http.respond_whole).
+with news (host.take_woken), answers still to write (not one whose send would block: its WindowOpened
+wakes it), or requests waiting unread in its socket (past MAX_QUEUED); all of them 4 times a second for the
+timeouts. A small generated answer is one pre-encoded piece (kbypass.proto.http.respond_whole).
 
 One client cannot take the server: a connection is not read while MAX_QUEUED answers wait for it (its TCP
 window then closes: pipelining is paced by what the client reads), a file is opened only when its answer's
@@ -58,7 +59,8 @@ class ServeResult:
 
 
 class _Client:
-    __slots__ = ("sock", "parser", "queue", "out", "off", "closing", "eof", "idle_at", "head_at", "served")
+    __slots__ = ("sock", "parser", "queue", "out", "off", "closing", "eof", "idle_at", "head_at", "served",
+                 "blocked")
 
     def __init__(self, sock, now: float) -> None:
         self.sock = sock
@@ -72,6 +74,7 @@ class _Client:
         self.idle_at = now  # since when it has had nothing to answer
         self.head_at: float | None = None  # since when part of a request head waits
         self.served = False  # a request answered: waiting now is keep-alive
+        self.blocked = False  # the last send would block: its WindowOpened wakes it (take_woken), not each pass
 
     def busy(self) -> bool:
         return bool(self.queue) or self.off < len(self.out)
@@ -123,7 +126,10 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
                     moved |= _timed_out(c, now, date, res, head_timeout, keepalive_timeout)
                 if (c.closing or c.eof) and _done(c, res):
                     del clients[key]
-                elif c.busy() or (c.closing or c.eof):  # answers still to write, or to close once written
+                elif (c.sock.readable and len(c.queue) < MAX_QUEUED and not c.closing and not c.eof) or (
+                        c.busy() and not c.blocked):
+                    # requests unread past MAX_QUEUED (taken as events already: nothing wakes this connection for
+                    # them again), or answers still to write while the send buffer takes them
                     active[key] = c
             host.transmit()  # the pass's answers, each connection's in one go (and due timers)
             if clients:
@@ -211,7 +217,7 @@ def _answer(req, site, date: str, res: ServeResult) -> tuple[bytes, object]:
 
 def _write(c: _Client, site, date: str, res: ServeResult) -> bool:
     sock = c.sock
-    moved = False
+    moved = c.blocked = False
     while True:
         if c.off >= len(c.out):
             c.out, c.off = (_gather(c, site, date, res) if c.queue else b""), 0
@@ -220,6 +226,7 @@ def _write(c: _Client, site, date: str, res: ServeResult) -> bool:
         try:
             n = sock.send(memoryview(c.out)[c.off:] if c.off else c.out)
         except BlockingIOError:
+            c.blocked = True
             return moved
         except (ConnectionError, TimeoutError, OSError):
             res.resets += 1

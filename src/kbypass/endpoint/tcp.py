@@ -79,6 +79,7 @@ class TcpSocket:
         self._rx: deque[bytes] = deque()
         self._rx_len = 0
         self._rx_off = 0  # bytes of _rx[0] already read
+        self._want_room = False  # a send() would block: batched() wakes this socket when room returns
         self.connected = False
         self.eof = False
         self._error: OSError | None = None  # reported once, then _dead says what later calls get
@@ -164,6 +165,10 @@ class TcpSocket:
         """What the connection has for the application (data, EOF, reset) into this socket, without sending:
         the host calls it after a receive burst so a loop sees what came before it answers."""
         self._events()
+        if self._want_room and not self.conn.send_blocked:  # its WindowOpened may wait behind unread Data
+            self._want_room = False
+            if self.host.woken is not None:
+                self.host.woken.add(self)
 
     def _finished(self) -> bool:
         return self.conn.finished
@@ -233,11 +238,14 @@ class TcpSocket:
     def getsockname(self) -> tuple[str, int]:
         return self.local
 
-    def _wait(self, ready, what: str) -> None:
-        """Pump until ready(); BlockingIOError (non-blocking) or TimeoutError (after the timeout) if not."""
+    def _wait(self, ready, what: str, pump: bool = True) -> None:
+        """Pump until ready(); BlockingIOError (non-blocking) or TimeoutError (after the timeout) if not.
+        pump=False (non-blocking): no pump first, BlockingIOError at once."""
         if ready():
             return
         if self.timeout == 0:
+            if not pump:
+                raise BlockingIOError(errno.EAGAIN, f"{what} would block")
             self.host.pump()
             if ready():
                 return
@@ -306,8 +314,12 @@ class TcpSocket:
                 if self._dead is None and not sent[0]:
                     sent[0] = self.conn.send(view)
                 return self._dead is not None or sent[0] > 0
-            try:
-                self._wait(room, "send")
+            try:  # inside batched() no pump: it would send the batch's other answers mid-batch (when room
+                # returns, take_events puts this socket in take_woken, even with WindowOpened behind unread Data)
+                self._wait(room, "send", pump=not self.host.defer_tx)
+            except BlockingIOError:
+                self._want_room = True
+                raise
             finally:
                 if sent[0]:
                     self.host.touch(self)

@@ -505,11 +505,15 @@ class TcpHost:
         have come, the next timer or the deadline)."""
         wake_lanes(self._lanes, self.poll_mode == "busy")
         if self.poll_mode == "busy":
+            if self.defer_tx:  # batched: frames transmit()'s kick left on the ring (no completion room then)
+                self._lanes[0].retry_tx()
             return
         if self._tx_backlog:
             self._drain_backlog()
             if self.defer_tx:  # batched: what the drain put on the ring is not kicked by the sends
                 self._lanes[0].flush_tx()
+            wait = 0.0005
+        elif self.defer_tx and self._lanes[0].retry_tx():  # batched: frames transmit()'s kick left on the ring
             wait = 0.0005
         else:
             t = self.timeout()

@@ -286,6 +286,20 @@ class MessageLane:
             left = now
         return kicks
 
+    @property
+    def tx_pending(self) -> int:
+        """Frames on the TX ring the kernel has not taken yet (defer_kick: what a flush_tx left)."""
+        return self._tx.outstanding()
+
+    def retry_tx(self) -> int:
+        """Frames a flush_tx left on the TX ring (it stops when the kernel makes no progress, e.g. no
+        completion room): reap the completions, then flush_tx again; returns the frames still waiting."""
+        if not self._tx.outstanding():
+            return 0
+        self.port.reap()
+        self.flush_tx()
+        return self._tx.outstanding()
+
     def send_one(self, frame: bytes) -> bool:
         """Put one whole frame on the TX ring and kick; False when no frame or TX slot is free right now, or
         when the frame is longer than a UMEM frame holds (`tx_room`; nothing written). On a multi-buffer port

@@ -27,8 +27,10 @@ import hashlib
 import os
 import posixpath
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from types import MappingProxyType
 from urllib.parse import unquote, urlsplit
 
 MAX_HEAD = 16384  # request line + headers; larger is 431
@@ -60,12 +62,14 @@ class Request:
     method: str
     target: str
     version: str  # "HTTP/1.1" or "HTTP/1.0"
-    # lower-case names; repeated fields joined by ", ". Read only: the parser hands one Request to every
-    # repeat of the same head
-    headers: dict[str, str] = field(default_factory=dict)
+    # lower-case names; repeated fields joined by ", ". A read-only view (MappingProxyType): the parser hands
+    # one Request to every repeat of the same head, so a caller's change would reach every later request
+    headers: Mapping[str, str] = field(default_factory=dict)
     keep_alive: bool = field(init=False, compare=False)  # from the version and Connection, worked out once
 
     def __post_init__(self) -> None:
+        if type(self.headers) is not MappingProxyType:
+            object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
         tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
         keep = "keep-alive" in tokens if self.version == "HTTP/1.0" else "close" not in tokens
         object.__setattr__(self, "keep_alive", keep)
@@ -269,9 +273,9 @@ def respond(req: Request, site: Site, date: str) -> tuple[bytes, Body, bool]:
     keep = req.keep_alive
     if req.method not in ("GET", "HEAD"):
         return error_response(405, date, keep, extra="Allow: GET, HEAD\r\n") + (keep,)
-    path = unquote(urlsplit(req.target).path or "/")
+    path = _path(req.target)
     if site.root is None:
-        size = int(path[1:]) if path[1:].isdigit() and len(path) < 20 else site.body_size
+        size = _generated_size(path, site)
         head = _head(200, size, keep, "application/octet-stream", site.server, date)
         return head, (EMPTY if req.method == "HEAD" else Body(size)), keep
     norm = posixpath.normpath(path)
@@ -289,6 +293,15 @@ def respond(req: Request, site: Site, date: str) -> tuple[bytes, Body, bool]:
     return head, (EMPTY if req.method == "HEAD" else Body(size, path=real)), keep
 
 
+def _path(target: str) -> str:
+    return unquote(urlsplit(target).path or "/")
+
+
+def _generated_size(path: str, site: Site) -> int:
+    """The body bytes a site without root serves for `path` (decoded): `/N` serves N, any other body_size."""
+    return int(path[1:]) if path[1:].isdigit() and len(path) < 20 else site.body_size
+
+
 def respond_whole(req: Request, site: Site, date: str) -> tuple[bytes, int, int] | None:
     """(the whole answer, its status, its body bytes) as one pre-encoded piece when req's answer is a generated
     body of at most WHOLE_MAX bytes (a GET or HEAD of a site without root); None otherwise (use respond).
@@ -302,9 +315,9 @@ def respond_whole(req: Request, site: Site, date: str) -> tuple[bytes, int, int]
     key = (req.method, req.target, req.keep_alive)
     got = cache.get(key)
     if got is None:
+        if req.method == "GET" and _generated_size(_path(req.target), site) > WHOLE_MAX:
+            return None  # before respond(): the caller builds this answer itself, once
         head, body, _ = respond(req, site, date)
-        if body.size > WHOLE_MAX:
-            return None
         got = (head + body.next(WHOLE_MAX), 200, body.size)
         if len(cache) > WHOLE_CACHE:
             cache.clear()

@@ -209,6 +209,12 @@ class TcpConnection(Output):
         return self.config.send_buffer - self.sq.queued()
 
     @property
+    def send_blocked(self) -> bool:
+        """send() took less than offered and WindowOpened has not been emitted since (it may still wait in
+        the event queue behind Data the application has not taken)."""
+        return self._blocked
+
+    @property
     def finished(self) -> bool:
         """CLOSED: the endpoint may forget this connection (TIME_WAIT still answers retransmitted FINs)."""
         return self.state is State.CLOSED
