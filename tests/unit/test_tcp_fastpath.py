@@ -265,3 +265,61 @@ def test_bad_arguments_are_refused(fast):
     with pytest.raises(TypeError, match="7 arguments"):
         fast.Prediction(SIP, 1, CIP, 2).arm(1, 2)
     assert fast.rx(b"short", {}) is None
+
+
+def _established(**kw):
+    """A client/server pair run to ESTABLISHED with nothing in flight: the server's connection and the time."""
+    p = TcpPair(client=App(shutdown_when_sent=False), server=App(shutdown_when_sent=False), seed=11, **kw)
+    p.run(until=1, stop=lambda p: p.server.conn is not None and p.server.conn.state is tcp.State.ESTABLISHED)
+    p.run(until=p.now + 0.01)
+    return p.server.conn, p.now
+
+
+def _data_frame(conn, n=100):
+    """The client's next in-order data segment for the server's connection, as a frame."""
+    opts = Options(timestamps=((conn.ts_recent + 1) & M, 0)) if conn.ts_ok else NO_OPTIONS
+    return frame_of(Segment(CLIENT_PORT, SERVER_PORT, conn.rcv_nxt & M, conn.sq.snd_max & M, ACK | PSH,
+                            conn.snd_wnd >> conn.snd_wscale, opts, PAYLOAD[:n]))
+
+
+def test_data_for_a_closed_application_aborts_and_clears_the_prediction(fast):
+    """TcpSocket._events answers data for an application that closed with an abort (a RST): the prediction
+    armed before must be cleared with it, or the next in-order segment is a HIT for a CLOSED connection."""
+    from types import SimpleNamespace
+
+    from kbypass.endpoint.tcp import TcpSocket
+
+    conn, now = _established()
+    host = SimpleNamespace(ip=SERVER_IP, touch=lambda s: None, woken=None)
+    sock = TcpSocket(host, conn, (CLIENT_IP, CLIENT_PORT), SERVER_PORT)
+    sock.prediction = fast.Prediction(SIP, SERVER_PORT, CIP, CLIENT_PORT, sock)
+    sock._app_closed = True
+    conn.receive(parse_segment(CIP, SIP, _data_frame(conn)[34:]), now)  # data the application will never read
+    sock.predict()
+    assert sock.prediction.armed
+    sock.take_events()
+    assert conn.state is tcp.State.CLOSED
+    assert not sock.prediction.armed
+    assert fast.rx(_data_frame(conn), {KEY: sock.prediction}) is None
+
+
+def test_receive_predicted_on_a_connection_no_longer_predictable_is_receive(fast):
+    """A HIT from a stale prediction (the connection aborted since it was armed) changes the connection as
+    receive() does (nothing, once CLOSED) and says the prediction must go."""
+    conn, now = _established()
+    pred = fast.Prediction(SIP, SERVER_PORT, CIP, CLIENT_PORT, "owner")
+    pred.arm(*conn.prediction())
+    raw = _data_frame(conn)
+    conn.abort()
+    conn.segments_to_send(now)
+    hit = fast.rx(raw, {KEY: pred})
+    assert hit is not None  # armed before the abort: C cannot know
+    _o, seq, ack, flags, window, tsval, tsecr, payload = hit
+    ref = copy.deepcopy(conn)
+    opts = NO_OPTIONS if tsval is None else Options(timestamps=(tsval, tsecr))
+    assert conn.receive_predicted(Segment(CLIENT_PORT, SERVER_PORT, seq, ack, flags, window, opts, payload),
+                                  now) is False
+    ref.receive(parse_segment(CIP, SIP, raw[34:]), now)
+    assert snap(conn) == snap(ref)
+    assert tcp.Data not in {type(e) for e in iter(conn.next_event, None)}  # the payload went nowhere
+

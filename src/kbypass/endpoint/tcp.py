@@ -180,6 +180,7 @@ class TcpSocket:
             if kind is tcp.Data:
                 if self._app_closed:
                     # data for an application that closed: the kernel answers it with a RST
+                    self.unpredict()  # like every change outside the fast path: CLOSED predicts nothing
                     conn.abort()
                     self.host.touch(self)
                     continue
