@@ -323,3 +323,20 @@ def test_receive_predicted_on_a_connection_no_longer_predictable_is_receive(fast
     assert snap(conn) == snap(ref)
     assert tcp.Data not in {type(e) for e in iter(conn.next_event, None)}  # the payload went nowhere
 
+
+def test_a_prediction_whose_owner_the_collector_cleared_reads_none(fast):
+    """The owner (the socket) holds its Prediction and the Prediction its owner: a cycle, which the
+    collector breaks with tp_clear, leaving owner NULL. Reading it or a HIT then gives None, not a crash or
+    SystemError (tp_clear is called here directly, as the collector would)."""
+    import ctypes
+
+    conn, _now = _established()
+    pred = fast.Prediction(SIP, SERVER_PORT, CIP, CLIENT_PORT, object())
+    get_slot = ctypes.pythonapi.PyType_GetSlot
+    get_slot.restype, get_slot.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_int]
+    tp_clear = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.py_object)(get_slot(type(pred), 51))  # Py_tp_clear
+    assert tp_clear(pred) == 0
+    assert pred.owner is None
+    pred.arm(*conn.prediction())
+    hit = fast.rx(_data_frame(conn), {KEY: pred})
+    assert hit is not None and hit[0] is None
