@@ -382,7 +382,9 @@ class TcpHost:
 
     def _predicted(self, hit: tuple, now: float) -> None:
         """A segment the C fast path predicted (kbypass._fasttcp.rx: checked and parsed there): the
-        connection takes it without receive()'s checks (TcpConnection.receive_predicted)."""
+        connection takes it without receive()'s checks (TcpConnection.receive_predicted). The peer's MAC
+        is not learnt here as _frame learns it: a predicted segment follows slow ones of the same connection
+        (its handshake at least) that did, and a peer that moves is learnt again by its next slow segment."""
         sock, seq, ack, flags, window, tsval, tsecr, payload = hit
         self.counters["rx_segments"] += 1
         self.counters["rx_predicted"] += 1
