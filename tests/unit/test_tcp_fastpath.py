@@ -23,6 +23,7 @@ from kbypass import backend
 from kbypass.proto import tcp
 from kbypass.proto.faults import FaultyLink
 from kbypass.proto.ipv4 import build_ipv4_header
+from kbypass.proto.tcp import fastpath
 from kbypass.proto.tcp.segment import (
     ACK,
     FIN,
@@ -345,7 +346,19 @@ def test_the_c_frame_is_the_python_encoding(fast, seq, ack, flags, window, ts, n
                   payload)
     body = seg.encode(SIP, CIP)
     want = ETH + build_ipv4_header(SIP, CIP, 6, len(body), ident=ident) + body
-    assert fast.frame(ETH, SIP, CIP, ident, ports[0], ports[1], seq, ack, flags, window, ts, payload) == want
+    args = (ETH, SIP, CIP, ident, ports[0], ports[1], seq, ack, flags, window, ts, payload)
+    assert fast.frame(*args) == want
+    assert fastpath.frame(*args) == want  # the Python side a host without the C module uses
+
+
+def test_the_python_side_predicts_nothing():
+    """kbypass.proto.tcp.fastpath, for a host without the C module: the same calls, every frame to the
+    general path, so the endpoint never asks which one it has."""
+    conn, _now = _established()
+    pred = fastpath.Prediction(SIP, SERVER_PORT, CIP, CLIENT_PORT, "owner")
+    pred.arm(*conn.prediction())
+    assert not pred.armed and pred.owner == "owner"
+    assert fastpath.rx(_data_frame(conn), {KEY: pred}) is None
 
 
 def test_bad_arguments_are_refused(fast):
