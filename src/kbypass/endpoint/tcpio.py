@@ -468,7 +468,7 @@ class TcpHost:
             self._ident = ident = (self._ident + 1) & 0xFFFF
             opts = seg.options
             if not opts.sack and opts.mss is None and opts.wscale is None:
-                # the established path's shape (no options, or timestamps): the frame in one C call
+                # the established path's shape (no options, or timestamps): the frame in one call (C when built)
                 self._send_frame(frame_of(head, src, dst_ip, ident, seg.src_port, seg.dst_port, seg.seq, seg.ack,
                                           seg.flags, seg.window, opts.timestamps, seg.payload))
                 continue
