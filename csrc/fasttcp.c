@@ -100,9 +100,11 @@ static PyObject *Pred_state(Pred *self, PyObject *unused) {
 
 static PyObject *Pred_get_armed(Pred *self, void *c) { return PyBool_FromLong(self->p.armed); }
 
+/* owner is NULL once the garbage collector cleared a cycle through it (Pred_clear): read as None */
 static PyObject *Pred_get_owner(Pred *self, void *c) {
-    Py_INCREF(self->owner);
-    return self->owner;
+    PyObject *o = self->owner ? self->owner : Py_None;
+    Py_INCREF(o);
+    return o;
 }
 
 static PyMethodDef Pred_methods[] = {
@@ -129,6 +131,7 @@ static PyTypeObject PredType = {
 };
 
 static PyObject *hit_tuple(PyObject *owner, const struct kb_tcp_hit *h, const char *frame) {
+    if (!owner) owner = Py_None; /* cleared by the collector (Pred_clear): "O" would raise SystemError on NULL */
     PyObject *payload = PyBytes_FromStringAndSize(frame + h->payload_off, h->payload_len);
     if (!payload) return NULL;
     if (h->has_ts)

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kb_csum.h"
+#include "kb_ipv4.h"
 
 #define ETH_HLEN 14
 #define IP_HLEN 20
@@ -31,20 +32,6 @@ static inline uint64_t pseudo_sum(const uint8_t *src, const uint8_t *dst, size_t
     return s + 6 + tcp_len;
 }
 
-/* The IPv4 part every receive path checks (kbypass.proto.ipv4.parse_ipv4 and TcpHost._frame): a TCP packet
- * without options or fragments, a sane total length, a right header checksum, TTL above zero. Returns the
- * IP total length, or 0. */
-static size_t ipv4_tcp(const uint8_t *f, size_t n) {
-    if (n < ETH_HLEN + IP_HLEN + TCP_HLEN || f[12] != 0x08 || f[13] != 0x00) return 0;
-    const uint8_t *ip = f + ETH_HLEN;
-    if (ip[0] != 0x45 || ip[9] != 6 || ip[8] == 0) return 0;
-    size_t total = kb_be16(ip + 2);
-    if (total < IP_HLEN + TCP_HLEN || ETH_HLEN + total > n) return 0;
-    if (kb_be16(ip + 6) & 0x3FFF) return 0; /* more fragments, or an offset */
-    if (!kb_csum_ok(kb_csum_add(ip, IP_HLEN, 0))) return 0;
-    return total;
-}
-
 int kb_tcp_key(const uint8_t *f, size_t n, uint8_t src_ip[4], uint16_t *sport, uint16_t *dport) {
     if (n < ETH_HLEN + IP_HLEN + TCP_HLEN || f[12] != 0x08 || f[13] != 0x00 || f[ETH_HLEN] != 0x45 ||
         f[ETH_HLEN + 9] != 6)
@@ -58,7 +45,7 @@ int kb_tcp_key(const uint8_t *f, size_t n, uint8_t src_ip[4], uint16_t *sport, u
 
 int kb_tcp_predict(struct kb_tcp_pred *p, const uint8_t *f, size_t n, struct kb_tcp_hit *hit) {
     if (!p->armed) return KB_TCP_SLOW;
-    size_t total = ipv4_tcp(f, n);
+    size_t total = kb_ipv4_packet(f, n, 6, IP_HLEN + TCP_HLEN); /* TcpHost._frame's parse_ipv4 */
     if (!total) return KB_TCP_SLOW;
     const uint8_t *ip = f + ETH_HLEN, *t = ip + IP_HLEN;
     if (memcmp(ip + 12, p->remote_ip, 4) || memcmp(ip + 16, p->local_ip, 4)) return KB_TCP_SLOW;

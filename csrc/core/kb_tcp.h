@@ -1,15 +1,19 @@
 /* kb_tcp.h: the TCP fast path of kbypass's userspace TCP (kbypass.proto.tcp is the reference).
  *
- * Header prediction, after Van Jacobson's and Linux's tcp_rcv_established: for a connection in ESTABLISHED
- * the next segment is almost always the one expected (in order, flags ACK or ACK|PSH, only the timestamps
- * option, in the usual NOP NOP TS layout), so one comparison per field tells whether the general receive
- * path's checks can be skipped. Unlike Linux's, the prediction does not include the peer's window: the ACK
- * processing that records it is the reference's own (TcpConnection._rx_ack), run for every predicted
- * segment, so a peer whose window moves with each segment (Linux's, while its buffer autotunes) is
- * predicted too. kb_tcp_predict takes a whole Ethernet frame and says HIT (the segment
- * is that common case, every check of the reference path passed: IPv4 header and checksum, the 4-tuple,
- * RFC 7323 PAWS, the receive window, the ACK inside [snd_una, snd_max], the TCP checksum) or SLOW (anything
- * else, handed to Python's TcpConnection.receive unchanged).
+ * Header prediction, after Van Jacobson's and Linux's tcp_rcv_established: for a synchronized connection
+ * (any state TcpConnection.prediction arms: ESTABLISHED, FIN_WAIT_1/2, CLOSING, CLOSE_WAIT, LAST_ACK; after
+ * the peer's FIN the receive window is armed as 0, so only its pure ACKs hit) the next segment is almost
+ * always the one expected (in order, flags ACK or ACK|PSH, only the timestamps option, in the usual NOP NOP
+ * TS layout), so one comparison per field tells whether the general receive path's checks can be skipped. A
+ * duplicate ACK (ack == snd_una, no data) is such a segment too: the reference's _rx_ack, run for every
+ * HIT, counts it and its loss detection acts on it, as receive() would. Unlike Linux's, the prediction does
+ * not include the peer's window: the ACK processing that records it is the reference's own
+ * (TcpConnection._rx_ack), run for every predicted segment, so a peer whose window moves with each segment
+ * (Linux's, while its buffer autotunes) is predicted too. kb_tcp_predict takes a whole Ethernet frame and
+ * says HIT (the segment is that common case, every check of the reference path passed: IPv4 header and
+ * checksum, the 4-tuple, RFC 7323 PAWS, the receive window, the ACK inside [snd_una, snd_max] with both
+ * ends allowed, the TCP checksum) or SLOW (anything else, handed to Python's TcpConnection.receive
+ * unchanged).
  *
  * State: struct kb_tcp_pred is not a second connection. It is the prediction of the Python connection's
  * next segment, armed from the connection's fields (TcpConnection.prediction) after every Python-side

@@ -4,20 +4,19 @@
 #include <string.h>
 
 #include "kb_csum.h"
+#include "kb_ipv4.h"
 
 int kb_udp_accept(const struct kb_udp_local *me, const uint8_t *f, uint32_t n) {
     if (n < KB_UDP_HLEN) return 0;
-    if (memcmp(f, me->mac, 6) || (f[6] & 1) || kb_be16(f + 12) != 0x0800) return 0;
+    if (memcmp(f, me->mac, 6) || (f[6] & 1)) return 0;
     const uint8_t *ip = f + 14;
-    if (ip[0] != 0x45 || (kb_be16(ip + 6) & 0x3FFF) || ip[8] == 0 || ip[9] != 17) return 0;
-    if (memcmp(ip + 16, me->ip, 4) || kb_be16(f + 36) != me->port) return 0;
+    if (memcmp(ip + 16, me->ip, 4) || kb_be16(f + 36) != me->port) return 0; /* not ours: skip the sums */
     uint32_t ulen = kb_be16(f + 38), total = ulen + 20;
-    if (kb_be16(ip + 2) != total || ulen < 8 || total + 14 > n) return 0;
+    if (kb_ipv4_packet(f, n, 17, 28) != total) return 0;
     const uint8_t *src = ip + 12;
     if (src[0] == 0 || src[0] == 127 || src[0] >= 224 || !memcmp(src, me->ip, 4) ||
         (me->has_bcast && !memcmp(src, me->bcast, 4)))
         return 0;
-    if (!kb_csum_ok(kb_csum_add(ip, 20, 0))) return 0;
     if (kb_be16(f + 40)) { /* zero: the sender did not compute one (allowed over IPv4) */
         uint64_t pseudo = kb_csum_add(ip + 12, 8, 17 + ulen);
         if (!kb_csum_ok(kb_csum_add(f + 34, ulen, pseudo))) return 0;

@@ -1,11 +1,13 @@
 """The TCP fast path in C (csrc/fasttcp.c over the C core's kb_tcp): header prediction and established-path frames.
-Its reference is kbypass.proto.tcp (TcpConnection.prediction / receive_predicted, Segment.encode)."""
+Its reference is kbypass.proto.tcp (TcpConnection.prediction / receive_predicted, Segment.encode); a host without it
+uses kbypass.proto.tcp.fastpath, the same names in Python (nothing predicted)."""
 
 from _typeshed import ReadableBuffer
 
 class Prediction:
     """One connection's expected next segment (csrc/core/kb_tcp.h struct kb_tcp_pred), armed from
-    TcpConnection.prediction(); `owner` is handed back with each HIT and never looked into."""
+    TcpConnection.prediction(); `owner` is handed back with each HIT and never looked into (None once the
+    garbage collector has cleared a cycle through it)."""
 
     def __init__(self, local_ip: bytes, local_port: int, remote_ip: bytes, remote_port: int, owner: object = None) -> None: ...
     @property

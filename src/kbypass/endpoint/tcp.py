@@ -34,6 +34,7 @@ from collections import deque
 
 from kbypass.errors import UsageError
 from kbypass.proto import tcp
+from kbypass.proto.tcp import fastpath as tcp_fastpath
 
 from .tcperrors import AddressError, AddressTypeError, PortRangeError, check_timeout
 
@@ -63,6 +64,8 @@ def _addr(addr) -> tuple[str, int]:
     return ip, port
 
 
+_NOTHING_PREDICTED = tcp_fastpath.Prediction(b"", 0, b"", 0)  # until TcpHost.register gives the host's
+
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
@@ -88,7 +91,8 @@ class TcpSocket:
         self._app_closed = False
         self.timeout: float | None = None
         self.mss: int | None = None
-        self.prediction = None  # the C fast path's copy of what the next segment looks like (TcpHost.register)
+        # the C fast path's copy of what the next segment looks like (TcpHost.register gives the host's)
+        self.prediction = _NOTHING_PREDICTED
 
     @classmethod
     def open(cls, host, addr, *, timeout: float | None, blocking: bool, local_port: int) -> TcpSocket:
@@ -123,8 +127,7 @@ class TcpSocket:
     def segment(self, seg, now: float) -> None:
         self.unpredict()
         self.conn.receive(seg, now)  # what it answers goes out in flush(), after the events are taken
-        if self.prediction is not None:
-            self.predict()  # the rest of this burst may be predicted again (a window update, one loss...)
+        self.predict()  # the rest of this burst may be predicted again (a window update, one loss...)
 
     def timer(self, now: float) -> None:
         t = self.conn.next_timer()
@@ -145,8 +148,7 @@ class TcpSocket:
         abort): predict nothing until flush() re-arms (TcpConnection.prediction says why the connection is
         the one source of truth). send() and recv() need not: queueing data and taking it from our own
         buffer change nothing a prediction holds (the window moves only as flush takes Data events)."""
-        if self.prediction is not None:
-            self.prediction.disarm()
+        self.prediction.disarm()
 
     def flush(self, now: float) -> None:
         """Take the connection's events, send what it has (after the events: taking Data may reopen the
@@ -155,8 +157,7 @@ class TcpSocket:
         segs = self.conn.segments_to_send(now)
         if segs:
             self.host.send_segments(self._peer_ip, segs)
-        if self.prediction is not None:  # settled until the next segment, timer or call: predict it
-            self.predict()
+        self.predict()  # settled until the next segment, timer or call: predict it
         self.host.schedule(self, self.conn.next_timer())
         if self._finished():
             self.host.forget(self)
@@ -185,6 +186,7 @@ class TcpSocket:
             if kind is tcp.Data:
                 if self._app_closed:
                     # data for an application that closed: the kernel answers it with a RST
+                    self.unpredict()  # like every change outside the fast path: CLOSED predicts nothing
                     conn.abort()
                     self.host.touch(self)
                     continue

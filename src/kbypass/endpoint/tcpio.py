@@ -40,6 +40,7 @@ from kbypass.proto import ipv4, tcp
 from kbypass.proto import udp as udpp
 from kbypass.proto.ethernet import ETH_HLEN, ETH_P_IP
 from kbypass.proto.stack import Stack
+from kbypass.proto.tcp import fastpath as tcp_fastpath
 from kbypass.proto.tcp.segment import IPPROTO_TCP, NO_OPTIONS
 
 from .base import POLL_MODES, close_steered, wake_lanes
@@ -107,8 +108,10 @@ class TcpHost:
             self._lanes = [p.message_lane(never, native=native) for p in self._steered.ports]
             self.native = self._lanes[0].native  # True: the C lane moves the frames
             # ... and the TCP fast path rides with it (kbypass._fasttcp, csrc/core/kb_tcp.h): the header
-            # prediction of each connection's next segment, and frames built from header fields
-            self._fasttcp = backend.native_module("tcp") if self.native and backend.built("tcp") else None
+            # prediction of each connection's next segment, and frames built from header fields; without it
+            # the same calls in Python (kbypass.proto.tcp.fastpath: nothing predicted)
+            self._fasttcp = (backend.native_module("tcp") if self.native and backend.built("tcp")
+                             else tcp_fastpath)
             tx_room = min(lane.tx_room for lane in self._lanes)
             # the MSS Linux would announce on this link, shrunk when a UMEM frame cannot hold such a packet
             self.mss = min(self.mtu - 40, tx_room - TCP_FRAME_OVERHEAD)
@@ -127,8 +130,7 @@ class TcpHost:
         self._conns: dict[tuple[bytes, int, int], object] = {}  # (peer ip, peer port, local port) -> TcpSocket
         # the same connections' predictions for kbypass._fasttcp.rx, by (peer ip << 16 | peer port) << 16 | local port
         self._predictions: dict[int, object] = {}
-        self._predict = self._fasttcp.rx if self._fasttcp is not None else None
-        self._frame_of = self._fasttcp.frame if self._fasttcp is not None else None
+        self._predict, self._frame_of = self._fasttcp.rx, self._fasttcp.frame
         self._no_time_wait_until = 0.0  # room(): no TIME_WAIT connection to end before then
         self._listeners: dict[int, object] = {}  # local port -> endpoint.tcp.TcpListener
         self._dirty: set = set()  # sockets with something to send or events to read
@@ -225,9 +227,8 @@ class TcpHost:
                              "some or open the host with a larger max_connections")
         self._conns[key] = sock
         self._dirty.add(sock)
-        if self._fasttcp is not None:
-            sock.prediction = self._predictions[_prediction_key(key)] = self._fasttcp.Prediction(
-                self._ipb, key[2], key[0], key[1], sock)
+        sock.prediction = self._predictions[_prediction_key(key)] = self._fasttcp.Prediction(
+            self._ipb, key[2], key[0], key[1], sock)
 
     def forget(self, sock) -> None:
         """The socket's connection is CLOSED: drop it from the table (and its port when nothing uses it)."""
@@ -317,7 +318,7 @@ class TcpHost:
                     break
                 got = True
                 if type(f) is bytes:
-                    hit = predict(f, table) if predict is not None else None
+                    hit = predict(f, table)
                     if hit is None:
                         self._frame(f, now)
                     else:
@@ -382,7 +383,9 @@ class TcpHost:
 
     def _predicted(self, hit: tuple, now: float) -> None:
         """A segment the C fast path predicted (kbypass._fasttcp.rx: checked and parsed there): the
-        connection takes it without receive()'s checks (TcpConnection.receive_predicted)."""
+        connection takes it without receive()'s checks (TcpConnection.receive_predicted). The peer's MAC
+        is not learnt here as _frame learns it: a predicted segment follows slow ones of the same connection
+        (its handshake at least) that did, and a peer that moves is learnt again by its next slow segment."""
         sock, seq, ack, flags, window, tsval, tsecr, payload = hit
         self.counters["rx_segments"] += 1
         self.counters["rx_predicted"] += 1
@@ -464,8 +467,8 @@ class TcpHost:
         for seg in segments:
             self._ident = ident = (self._ident + 1) & 0xFFFF
             opts = seg.options
-            if frame_of is not None and not opts.sack and opts.mss is None and opts.wscale is None:
-                # the established path's shape (no options, or timestamps): the frame in one C call
+            if not opts.sack and opts.mss is None and opts.wscale is None:
+                # the established path's shape (no options, or timestamps): the frame in one call (C when built)
                 self._send_frame(frame_of(head, src, dst_ip, ident, seg.src_port, seg.dst_port, seg.seq, seg.ack,
                                           seg.flags, seg.window, opts.timestamps, seg.payload))
                 continue

@@ -569,11 +569,18 @@ class TcpConnection(Output):
                 self.ts_recent, self._last_ack_sent & 0xFFFFFFFF)
 
     def receive_predicted(self, seg: Segment, now: float) -> bool:
-        """receive(seg, now) for a segment the fast path predicted (kb_tcp_predict said HIT: ESTABLISHED,
-        flags ACK or ACK|PSH, seq == rcv_nxt, PAWS passed, the payload inside
-        the receive window, the ACK in [snd_una, snd_max] and not a duplicate, checksums right), so none of
-        receive()'s other branches can be taken: the same ACK and data processing, without the checks.
-        Returns whether the connection is still predictable (else the endpoint clears the prediction)."""
+        """receive(seg, now) for a segment the fast path predicted (kb_tcp_predict said HIT against the fields
+        prediction() gave: a synchronized state other than TIME_WAIT, so ESTABLISHED, FIN_WAIT_1/2, CLOSING,
+        CLOSE_WAIT or LAST_ACK; flags ACK or ACK|PSH; seq == rcv_nxt; PAWS passed; the payload inside the
+        receive window (none after the peer's FIN); the ACK in [snd_una, snd_max], a duplicate ACK
+        (ack == snd_una) included, which _rx_ack counts and answers as receive() does; checksums right), so
+        none of receive()'s other branches can be taken: the same ACK and data processing, without the
+        checks. A connection no longer predictable (closed or aborted while a stale prediction was armed)
+        takes the segment through receive() instead. Returns whether the connection is still predictable
+        (else the endpoint clears the prediction)."""
+        if self.state not in PREDICTABLE or self._peer_fin_seq is not None or self.rq.ooo_bytes:
+            self.receive(seg, now)
+            return False
         self._now = now
         self.stats.segs_in += 1
         seq = unwrap(seg.seq, self.rcv_nxt)

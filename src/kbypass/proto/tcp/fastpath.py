@@ -1,0 +1,45 @@
+"""The Python side of kbypass._fasttcp (csrc/core/kb_tcp.h), for a host without the C module: the same names
+and calls, chosen once by the endpoint (kbypass.endpoint.tcpio.TcpHost) so that no caller asks which it has.
+
+Prediction predicts nothing, so rx sends every frame to the general path (TcpConnection.receive, the
+reference the C prediction is held to); frame builds the established path's frame with Segment.encode and
+build_ipv4_header, the bytes kb_tcp_frame is tested to make (tests/unit/test_tcp_fastpath.py).
+"""
+
+from __future__ import annotations
+
+from kbypass.proto.ipv4 import build_ipv4_header
+
+from .segment import IPPROTO_TCP, NO_OPTIONS, Options, Segment
+
+
+class Prediction:
+    """One connection's prediction that never predicts: arm and disarm have nothing to keep."""
+
+    __slots__ = ("owner",)
+    armed = False
+
+    def __init__(self, local_ip: bytes, local_port: int, remote_ip: bytes, remote_port: int, owner=None) -> None:
+        self.owner = owner
+
+    def arm(self, *fields) -> None:
+        pass
+
+    def disarm(self) -> None:
+        pass
+
+    def state(self) -> None:
+        return None
+
+
+def rx(frame: bytes, table: dict) -> None:
+    """No HIT: the frame goes to the general receive path."""
+    return None
+
+
+def frame(eth: bytes, src_ip: bytes, dst_ip: bytes, ident: int, sport: int, dport: int, seq: int, ack: int,
+          flags: int, window: int, ts: tuple[int, int] | None, payload) -> bytes:
+    """One Ethernet + IPv4 + TCP frame with no options or only timestamps (kbypass._fasttcp.frame's)."""
+    opts = NO_OPTIONS if ts is None else Options(timestamps=ts)
+    body = Segment(sport, dport, seq, ack, flags, window, opts, payload).encode(src_ip, dst_ip)
+    return eth + build_ipv4_header(src_ip, dst_ip, IPPROTO_TCP, len(body), ident=ident) + body
