@@ -21,6 +21,11 @@ class Lane:
     @property
     def stashed(self) -> int:
         """Frames held in the stash (state APP)."""
+    @property
+    def defer_kick(self) -> bool:
+        """Sends leave the kick to the owner's flush_tx (one for a batch); a full TX ring still kicks."""
+    @defer_kick.setter
+    def defer_kick(self, on: bool) -> None: ...
     def recv(self) -> None | tuple[bytes, bytes, int] | bytes | NotImplementedType:
         """None (empty), (payload, src_ip4, src_port), the whole frame, or NotImplemented (fill ring full)."""
     def wake(self) -> None:
