@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -71,9 +72,12 @@ def xfer_trial(a, b, loss: float, seconds: float, poll: str, congestion: str | N
         line = recv.stderr.readline()
         if "listening" not in line:
             raise Skip(_last_line(line + recv.stderr.read()))
+        cpu0 = _children_cpu()
         send = subprocess.run(kb("xfer", "send", "--host", "a", "--dst", f"{b.ipv4}:{PORT}", "-t", str(seconds),
                                  "--cpu", "0", *common), capture_output=True, text=True, timeout=seconds + 120)
+        cpu1 = _children_cpu()
         rout, rerr = recv.communicate(timeout=60)
+        cpu2 = _children_cpu()
     finally:
         if recv.poll() is None:
             recv.kill()
@@ -87,7 +91,16 @@ def xfer_trial(a, b, loss: float, seconds: float, poll: str, congestion: str | N
     return {"goodput_bps": r["goodput_bps"], "bytes": r["bytes"], "seconds": r["seconds"],
             "retransmits": s["retransmits"], "timeouts": s["timeouts"],
             "spurious_timeouts": s.get("spurious_timeouts"), "tail_probes": s.get("tail_probes"), "rtt_ms": s["rtt_ms"],
-            "datagram": s["datagram"], "loss_dropped": r["loss_dropped"] + s["loss_dropped"], "cc": s.get("cc")}
+            "datagram": s["datagram"], "loss_dropped": r["loss_dropped"] + s["loss_dropped"], "cc": s.get("cc"),
+            # CPU seconds (user + system, all threads, start-up included) per GB delivered, each end
+            "send_cpu_s_per_gb": round((cpu1 - cpu0) / max(r["bytes"], 1) * 1e9, 2),
+            "recv_cpu_s_per_gb": round((cpu2 - cpu1) / max(r["bytes"], 1) * 1e9, 2)}
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the children waited for so far (the xfer ends: sender, then receiver)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def iperf3(a, b, seconds: float, extra: list[str]) -> dict:
