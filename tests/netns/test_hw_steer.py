@@ -15,6 +15,7 @@ import pytest
 from kbypass.cp import paths
 from kbypass.cp.client import ControlPlaneClient, ControlPlaneError
 from kbypass.cp.lock import terminate
+from kbypass.host import xps
 from kbypass.port import hidden_queue
 from tests.kb import kbypass, xdp_attached
 from tests.netns.test_cp import _xps, finish, send_udp
@@ -27,7 +28,9 @@ def hosts(testbed_hosts):
         terminate(paths.namespace_name(h.netns))
     _xps(a, ["1", "2"])  # CPU 0 sends on queue 0
     yield a, b
-    _xps(a, ["0", "0"])
+    # the testbed's own XPS back (CPU c on queue c mod N), not none: the session testbed's later users send
+    # from a CPU to reach its queue (test_jumbo's queue-0 sink saw nothing once XPS was off here)
+    xps.spread_by_cpu(a.iface, a.netns, a.queues)
     for h in (a, b):
         terminate(paths.namespace_name(h.netns))
 

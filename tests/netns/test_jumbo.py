@@ -23,7 +23,7 @@ import pytest
 
 from kbypass import netns
 from kbypass.errors import UsageError
-from kbypass.host import testbed
+from kbypass.host import testbed, xps
 from kbypass.port.afxdp import AfXdpPort
 from kbypass.port.steered import SteeredPort
 from kbypass.proto.udp import build_udp_frame
@@ -117,6 +117,9 @@ def test_sink_counts_jumbo_datagrams_with_their_sequence(jumbo, queue):
     a, b = jumbo
     n = 20
     where = [] if queue is None else ["--queue", str(queue)]
+    # CPU 0 sends on queue 0 only while the testbed's XPS is in place (a test that left it off once made this
+    # one depend on the flow's hash: the queue-0 sink saw nothing)
+    assert int(xps.read(a.iface, a.netns, a.queues)[0].replace(",", ""), 16) & 1, "XPS: CPU 0 not on queue 0"
     send = ("import socket, sys\n"
             f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
             "from tests.netns.test_jumbo import payload, SIZES\n"
