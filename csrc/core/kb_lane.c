@@ -55,7 +55,10 @@ int kb_lane_rx_next(struct kb_lane *l, struct kb_desc *d) {
 
 int kb_lane_rx_copy(struct kb_lane *l, uint8_t *out, uint32_t cap, uint32_t *len) {
     uint32_t idx, n = l->chains ? kb_ring_cons_peek_packets(l->rx, 1, &idx) : kb_ring_cons_peek(l->rx, 1, &idx);
-    if (!n) return KB_LANE_EMPTY;
+    if (!n) {
+        if (l->chains) kb_port_drop_broken(l->rx, l->fill, l->umem_size, l->frame_size, l->stats);
+        return KB_LANE_EMPTY;
+    }
     if (kb_ring_prod_free(l->fill, n) < n) {
         kb_ring_cons_cancel(l->rx, n);
         return KB_LANE_FILL_FULL;

@@ -80,7 +80,8 @@ int kb_lane_setup(struct kb_lane *l);
 int kb_lane_rx_next(struct kb_lane *l, struct kb_desc *d);
 /* The next whole packet on the RX ring (on a chains lane all the frames of a chain, gathered in order) copied
  * into out (cap bytes), its frames given back on the fill ring and counted: KB_LANE_FRAME with *len its
- * length; KB_LANE_EMPTY (also: only part of a chain published yet); KB_LANE_FILL_FULL; KB_LANE_E_RX_DESC (a
+ * length; KB_LANE_EMPTY (a chains lane first drops a ring of continuations alone: kb_port_drop_broken);
+ * KB_LANE_FILL_FULL; KB_LANE_E_RX_DESC (a
  * descriptor outside its own UMEM frame); KB_LANE_E_TOO_BIG (*len: the packet's length, above cap). All but
  * KB_LANE_FRAME leave the packet on the ring. */
 int kb_lane_rx_copy(struct kb_lane *l, uint8_t *out, uint32_t cap, uint32_t *len);

@@ -725,3 +725,32 @@ def test_chained_sends_refill_the_stash_and_nothing_leaks():
     finally:
         lane.close()
         lane.port.close()
+
+
+def test_a_ring_of_continuations_alone_is_dropped_and_counted_alike_and_does_not_stall():
+    """Continuation descriptors with no packet end (a kernel bug: it publishes a chain at once) stalled both
+    lanes for good: nothing whole, ever. Now their frames go back to the fill ring, counted in
+    rx_broken_chains (as the port's receive and the C sink do), and the packets after them arrive."""
+    out = []
+    for native in (True, False):
+        lane = make_mb_lane(native)
+        try:
+            xsk = lane.port.xsk
+            idx, n = xsk.k_fill.peek(5)
+            addrs = xsk.k_fill.read_slots(idx, n)
+            xsk.k_fill.release(n)
+            d = np.zeros(n, dtype=consts.XDP_DESC)
+            d["addr"], d["len"], d["options"] = addrs + 256, 100, consts.XDP_PKT_CONTD
+            _post(xsk.k_rx, d)
+            verdict = _verdict(lane, lambda lane: lane.receive_udp())
+            payload = _jumbo_payload(9000)
+            xsk.deliver_chains([udp_frame(payload)], MB_ROOM)
+            assert lane.receive_udp() == (payload, socket.inet_aton(PEER_IP), 5000)
+            assert lane.port.check(app=0)["fill"] == 256
+            out.append(verdict)
+        finally:
+            lane.close()
+            lane.port.close()
+    assert out[0] == out[1]
+    assert out[0][0] is None and out[0][3] == 0  # nothing received, the ring emptied
+    assert out[0][1][afxdp_mod.PORT_STATS.index("rx_broken_chains")] == 5

@@ -44,6 +44,7 @@ from .batch import DESC, Batch
 from .stats import (
     IN_FILL,
     IN_TX,
+    RX_BROKEN_CHAINS,
     RX_BYTES,
     RX_PACKETS,
     TX_BYTES,
@@ -151,6 +152,7 @@ class MessageLane:
         rx, fill = self._rx, self._fill
         i, got = rx.peek_packets(1)
         if not got:
+            self._drop_broken()
             return None
         parts, addrs, total = [], [], 0
         for k in range(got):
@@ -175,6 +177,25 @@ class MessageLane:
         c[RX_PACKETS] += 1
         c[RX_BYTES] += total
         return data
+
+    def _drop_broken(self) -> None:
+        """No whole packet on the ring: when it holds continuation descriptors alone (ConsumerRing.peek_broken,
+        a kernel bug) their frames go back to the fill ring, counted in rx_broken_chains, instead of stalling
+        the lane for good (the C twin: kb_port_drop_broken, which the sink's C path uses too)."""
+        rx, fill = self._rx, self._fill
+        i, n = rx.peek_broken()
+        if not n:
+            return
+        addrs = [self._rxq[((i + k) & rx.mask) << 1] for k in range(n)]
+        mine = [a & self._chunk_mask for a in addrs if a < self._umem_size]  # outside the UMEM: not ours
+        k, room = fill.reserve(len(mine))
+        for m in range(room):
+            self._fillq[(k + m) & fill.mask] = mine[m]
+        fill.submit(room)
+        rx.release(n)
+        c = self._stats
+        c[RX_BROKEN_CHAINS] += n
+        c[IN_FILL] -= n - room
 
     def receive_udp(self):
         """None when the RX ring is empty; (payload, src_ip4, src_port) for plain valid UDP to us (the
