@@ -27,7 +27,8 @@ typedef struct {
     PyObject_HEAD
     struct kb_lane l;
     Py_buffer views[NVIEWS]; /* views[i].obj != NULL while held */
-    uint8_t *scratch;        /* one UMEM frame: recv copies the frame here before it builds Python objects */
+    uint8_t *scratch;        /* recv copies the packet here before it builds Python objects */
+    uint32_t scratch_cap;    /* one UMEM frame, grown to the longest chain seen on a multi-buffer socket */
     int closed;
 } Lane;
 
@@ -73,8 +74,12 @@ static PyObject *lane_error(Lane *self, int code, Py_ssize_t n) {
         raise_at(PyExc_IndexError, "completed address %s is outside the UMEM", self->l.bad_addr);
         break;
     case KB_LANE_E_TOO_BIG:
-        PyErr_Format(PyExc_ValueError, "frame of %zd bytes does not fit a %u-byte UMEM frame", n,
-                     self->l.frame_size);
+        if (self->l.chains)
+            PyErr_Format(PyExc_ValueError, "frame of %zd bytes does not fit a chain of %u frames of %u bytes", n,
+                         self->l.max_frames, self->l.tx_room);
+        else
+            PyErr_Format(PyExc_ValueError, "frame of %zd bytes does not fit a %u-byte UMEM frame", n,
+                         self->l.frame_size);
         break;
     case KB_LANE_E_STASH:
         PyErr_SetString(PyExc_RuntimeError, "stash frame outside the UMEM");
@@ -107,15 +112,17 @@ static int hold(Lane *self, int i, PyObject *obj, Py_ssize_t len, size_t align, 
 
 static int Lane_init(Lane *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"rx", "fill", "tx", "comp", "umem", "state", "stats", "frame_size", "fd", "mac",
-                             "ip", "udp_port", "bcast", "copy", "busy", "busy_every", "stash", NULL};
+                             "ip", "udp_port", "bcast", "copy", "busy", "busy_every", "stash", "chains",
+                             "tx_room", "max_frames", NULL};
     PyObject *ring_o[4], *umem, *state, *stats;
-    unsigned int frame_size, udp_port, busy_every = 16, stash = 32;
-    int fd, copy_mode, busy;
+    unsigned int frame_size, udp_port, busy_every = 16, stash = 32, tx_room = 0, max_frames = 0;
+    int fd, copy_mode, busy, chains = 0;
     Py_buffer mac, ip, bcast;
     bcast.buf = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOIiy*y*Iz*pp|II", kwlist, &ring_o[0], &ring_o[1],
-                                     &ring_o[2], &ring_o[3], &umem, &state, &stats, &frame_size, &fd, &mac, &ip,
-                                     &udp_port, &bcast, &copy_mode, &busy, &busy_every, &stash))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOIiy*y*Iz*pp|IIpII", kwlist, &ring_o[0],
+                                     &ring_o[1], &ring_o[2], &ring_o[3], &umem, &state, &stats, &frame_size, &fd,
+                                     &mac, &ip, &udp_port, &bcast, &copy_mode, &busy, &busy_every, &stash, &chains,
+                                     &tx_room, &max_frames))
         return -1;
     int rc = -1;
     self->closed = 1; /* a failed re-__init__ must not leave a lane that works on released buffers */
@@ -155,13 +162,17 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kw) {
     l->me.has_bcast = bcast.buf != NULL;
     if (bcast.buf) memcpy(l->me.bcast, bcast.buf, 4);
     l->me.port = (uint16_t)udp_port;
+    l->chains = chains;
+    l->tx_room = tx_room;
+    l->max_frames = max_frames;
     int r = kb_lane_setup(l);
     if (r == KB_LANE_E_RINGS) {
         PyErr_SetString(PyExc_ValueError, "ring size must be a power of two (and the ring mapped)");
         goto out;
     }
     if (r) {
-        PyErr_SetString(PyExc_ValueError, "bad frame_size (or a UMEM that is not whole frames), stash, udp_port or busy_every");
+        PyErr_SetString(PyExc_ValueError, "bad frame_size (or a UMEM that is not whole frames), stash, udp_port, "
+                                          "busy_every, or (chains) tx_room or max_frames");
         goto out;
     }
     if ((uint64_t)self->views[V_STATE].len < (l->umem_size >> l->shift)) {
@@ -169,10 +180,12 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kw) {
         goto out;
     }
     PyMem_Free(self->scratch);
+    self->scratch_cap = 0;
     if (!(self->scratch = PyMem_Malloc(l->frame_size))) {
         PyErr_NoMemory();
         goto out;
     }
+    self->scratch_cap = l->frame_size;
     self->closed = 0;
     rc = 0;
 out:
@@ -197,20 +210,25 @@ static void Lane_dealloc(Lane *self) {
 }
 
 /* recv() -> None (ring empty), (payload, src_ip4, src_port) for a plain UDP datagram to us, the whole
- * frame as bytes for everything else (Python's slow path), or NotImplemented when the fill ring has no
- * free slot for the frame (the Python lane then takes it: it cannot happen with the port's quotas). */
+ * packet as bytes for everything else (Python's slow path), or NotImplemented when the fill ring has no
+ * free slot for its frames (the Python lane then takes it: it cannot happen with the port's quotas). On a
+ * multi-buffer socket a packet is a chain of frames, gathered here. */
 static PyObject *Lane_recv(Lane *self, PyObject *unused) {
     if (check_open(self)) return NULL;
-    struct kb_desc d;
-    int r = kb_lane_rx_next(&self->l, &d);
+    /* Copy the packet out and hand its frames back to the kernel before any Python object is made: making
+     * one can run a garbage collection, and a finalizer may use (or close) this port's rings meanwhile. */
+    uint32_t n;
+    int r = kb_lane_rx_copy(&self->l, self->scratch, self->scratch_cap, &n);
+    if (r == KB_LANE_E_TOO_BIG) { /* a chain longer than any before: grow the buffer (no Python object made) */
+        uint8_t *more = PyMem_Realloc(self->scratch, n);
+        if (!more) return PyErr_NoMemory();
+        self->scratch = more;
+        self->scratch_cap = n;
+        r = kb_lane_rx_copy(&self->l, self->scratch, self->scratch_cap, &n);
+    }
     if (r == KB_LANE_EMPTY) Py_RETURN_NONE;
     if (r == KB_LANE_FILL_FULL) Py_RETURN_NOTIMPLEMENTED;
     if (r != KB_LANE_FRAME) return lane_error(self, r, 0);
-    /* Copy the frame out and hand it back to the kernel before any Python object is made: making one can
-     * run a garbage collection, and a finalizer may use (or close) this port's rings meanwhile. */
-    uint32_t n = d.len <= self->l.frame_size ? d.len : self->l.frame_size; /* the kernel keeps to a frame */
-    memcpy(self->scratch, self->l.umem + d.addr, n);
-    kb_lane_rx_done(&self->l, &d);
     const uint8_t *f = self->scratch;
     if (kb_udp_accept(&self->l.me, f, n))
         return Py_BuildValue("(y#y#i)", (const char *)f + KB_UDP_HLEN, (Py_ssize_t)kb_udp_payload_len(f),

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 static inline uint16_t kb_be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
 static inline void kb_put_be16(uint8_t *p, uint16_t v) {
@@ -12,8 +13,21 @@ static inline void kb_put_be16(uint8_t *p, uint16_t v) {
 }
 
 /* acc plus the one's-complement sum of n bytes read as big-endian words, an odd tail padded with zero;
- * unfolded (a u64 cannot overflow on any frame), fold it with kb_csum_fold */
+ * unfolded (a u64 cannot overflow on any packet: < 2^33 a step), fold it with kb_csum_fold */
 static inline uint64_t kb_csum_add(const uint8_t *p, size_t n, uint64_t acc) {
+    /* 8 bytes a step (a jumbo datagram's payload is 60 KB, summed on every send and receive): a big-endian
+     * u64 is two 32-bit big-endian words, and as 2^16 = 1 in one's-complement arithmetic their sum folds to
+     * the sum of the 16-bit words (RFC 1071), down to the representative (0 only for all-zero data) */
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        w = __builtin_bswap64(w);
+#endif
+        acc += (w >> 32) + (w & 0xFFFFFFFFu);
+        p += 8;
+        n -= 8;
+    }
     while (n >= 2) {
         acc += ((uint32_t)p[0] << 8) | p[1];
         p += 2;

@@ -16,6 +16,9 @@ int kb_lane_setup(struct kb_lane *l) {
     if (fs == 0 || (fs & (fs - 1)) || (l->umem_size & (fs - 1)) || l->stash_cap <= 0 ||
         l->stash_cap > KB_LANE_STASH_MAX || l->busy_every == 0)
         return KB_LANE_E_SIZES;
+    /* a chain takes all its frames from the stash at once */
+    if (l->chains && (l->tx_room == 0 || l->tx_room > fs || l->max_frames == 0 || l->max_frames > (uint32_t)l->stash_cap))
+        return KB_LANE_E_SIZES;
     l->shift = (uint32_t)__builtin_ctz(fs);
     l->chunk_mask = ~(uint64_t)(fs - 1);
     l->empty_looks = 0;
@@ -47,6 +50,48 @@ int kb_lane_rx_next(struct kb_lane *l, struct kb_desc *d) {
         kb_ring_cons_cancel(l->rx, 1);
         return KB_LANE_E_RX_DESC;
     }
+    return KB_LANE_FRAME;
+}
+
+int kb_lane_rx_copy(struct kb_lane *l, uint8_t *out, uint32_t cap, uint32_t *len) {
+    uint32_t idx, n = l->chains ? kb_ring_cons_peek_packets(l->rx, 1, &idx) : kb_ring_cons_peek(l->rx, 1, &idx);
+    if (!n) {
+        if (l->chains) kb_port_drop_broken(l->rx, l->fill, l->umem_size, l->frame_size, l->stats);
+        return KB_LANE_EMPTY;
+    }
+    if (kb_ring_prod_free(l->fill, n) < n) {
+        kb_ring_cons_cancel(l->rx, n);
+        return KB_LANE_FILL_FULL;
+    }
+    uint64_t total = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        const struct kb_desc *d = kb_ring_desc(l->rx, idx + k);
+        /* the kernel only hands back frames we lent it, each within its own frame; never read past one */
+        if (!kb_desc_in_frame(d, l->umem_size, l->frame_size)) {
+            kb_ring_cons_cancel(l->rx, n);
+            return KB_LANE_E_RX_DESC;
+        }
+        total += d->len;
+    }
+    if (total > cap) {
+        kb_ring_cons_cancel(l->rx, n);
+        *len = total > UINT32_MAX ? UINT32_MAX : (uint32_t)total;
+        return KB_LANE_E_TOO_BIG;
+    }
+    uint32_t at = 0, fidx;
+    for (uint32_t k = 0; k < n; k++) {
+        const struct kb_desc *d = kb_ring_desc(l->rx, idx + k);
+        memcpy(out + at, l->umem + d->addr, d->len);
+        at += d->len;
+    }
+    kb_ring_prod_reserve(l->fill, n, &fidx); /* prod_free saw the room */
+    for (uint32_t k = 0; k < n; k++) /* the frames never leave state FILL */
+        *kb_ring_addr(l->fill, fidx + k) = kb_ring_desc(l->rx, idx + k)->addr & l->chunk_mask;
+    kb_ring_cons_release(l->rx, n);
+    kb_ring_prod_submit(l->fill, n);
+    l->stats[KB_RX_PACKETS]++;
+    l->stats[KB_RX_BYTES] += total;
+    *len = at;
     return KB_LANE_FRAME;
 }
 
@@ -95,38 +140,68 @@ int kb_lane_reclaim(struct kb_lane *l) {
     return (int)n;
 }
 
+/* Bytes [off, off + n) of the message [head][payload] into dst. */
+static void copy_span(uint8_t *dst, const uint8_t *head, uint32_t hlen, const uint8_t *payload, uint32_t off,
+                      uint32_t n) {
+    if (off < hlen) {
+        uint32_t h = hlen - off < n ? hlen - off : n;
+        memcpy(dst, head + off, h);
+        dst += h, off += h, n -= h;
+    }
+    if (n) memcpy(dst, payload + (off - hlen), n);
+}
+
 int kb_lane_send(struct kb_lane *l, const uint8_t *head, uint32_t hlen, const uint8_t *payload, uint32_t plen,
                  int udp, uint16_t ident) {
     uint64_t n = (uint64_t)hlen + plen;
-    if (n == 0 || n > l->frame_size || (udp && (hlen != KB_UDP_HLEN || plen > KB_UDP_MAX_PAYLOAD)))
+    /* one frame of frame_size bytes, or on a chains lane a chain of frames of tx_room bytes each */
+    uint32_t room = l->chains ? l->tx_room : l->frame_size;
+    uint64_t k64 = (n + room - 1) / room;
+    if (n == 0 || k64 > (l->chains ? l->max_frames : 1) || (udp && (hlen != KB_UDP_HLEN || plen > KB_UDP_MAX_PAYLOAD)))
         return KB_LANE_E_TOO_BIG;
-    if (l->nstash == 0) {
+    uint32_t k = (uint32_t)k64;
+    if ((uint32_t)l->nstash < k) {
         int r = kb_lane_reclaim(l);
         if (r < 0) return r;
-        if (l->nstash == 0) return KB_LANE_NO_FRAME;
+        if ((uint32_t)l->nstash < k) return KB_LANE_NO_FRAME;
     }
-    uint32_t idx;
-    if (!kb_ring_prod_reserve(l->tx, 1, &idx)) {
+    uint32_t idx, got = kb_ring_prod_reserve(l->tx, k, &idx);
+    if (got < k) {
+        kb_ring_prod_cancel(l->tx, got);
         if (kick_tx(l)) return KB_LANE_E_SYS; /* let the kernel drain the ring, then look again once */
-        if (!kb_ring_prod_reserve(l->tx, 1, &idx)) return KB_LANE_NO_SLOT;
+        got = kb_ring_prod_reserve(l->tx, k, &idx);
+        if (got < k) {
+            kb_ring_prod_cancel(l->tx, got);
+            return KB_LANE_NO_SLOT;
+        }
     }
-    uint64_t addr = l->stash[l->nstash - 1];
-    if (addr >= l->umem_size || n > l->frame_size - (addr & (l->frame_size - 1))) {
-        kb_ring_prod_cancel(l->tx, 1);
-        return KB_LANE_E_STASH;
+    uint64_t *addrs = &l->stash[l->nstash - (int)k]; /* the chain's frames, in order */
+    for (uint32_t m = 0; m < k; m++) {
+        uint64_t piece = n - (uint64_t)m * room < room ? n - (uint64_t)m * room : room;
+        if (addrs[m] >= l->umem_size || piece > l->frame_size - (addrs[m] & (l->frame_size - 1))) {
+            kb_ring_prod_cancel(l->tx, k); /* a completion the kernel made up: nothing is written */
+            return KB_LANE_E_STASH;
+        }
     }
-    l->nstash--;
-    uint8_t *f = l->umem + addr;
-    memcpy(f, head, hlen);
-    if (plen) memcpy(f + hlen, payload, plen);
-    if (udp) kb_udp_finish(f, plen, ident, 1);
-    struct kb_desc *d = kb_ring_desc(l->tx, idx);
-    d->addr = addr;
-    d->len = (uint32_t)n;
-    d->options = 0;
-    l->state[addr >> l->shift] = KB_FRAME_TX;
-    kb_ring_prod_submit(l->tx, 1);
-    l->stats[KB_IN_TX]++;
+    uint8_t hdr[KB_UDP_HLEN];
+    if (udp) { /* the header completed apart: the checksum sums the payload where it is */
+        memcpy(hdr, head, KB_UDP_HLEN);
+        kb_udp_finish_split(hdr, payload, plen, ident, 1);
+        head = hdr;
+    }
+    l->nstash -= (int)k;
+    for (uint32_t m = 0; m < k; m++) {
+        uint64_t addr = addrs[m];
+        uint32_t off = m * room, piece = (uint32_t)(n - off < room ? n - off : room);
+        copy_span(l->umem + addr, head, hlen, payload, off, piece);
+        struct kb_desc *d = kb_ring_desc(l->tx, idx + m);
+        d->addr = addr;
+        d->len = piece;
+        d->options = m + 1 < k ? KB_PKT_CONTD : 0;
+        l->state[addr >> l->shift] = KB_FRAME_TX;
+    }
+    kb_ring_prod_submit(l->tx, k);
+    l->stats[KB_IN_TX] += k;
     l->stats[KB_TX_PACKETS]++;
     l->stats[KB_TX_BYTES] += n;
     if (!l->defer_kick && (l->copy_mode || l->busy || kb_ring_needs_wakeup(l->tx))) {

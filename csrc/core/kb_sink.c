@@ -33,22 +33,8 @@ static uint32_t whole_packets(const struct kb_ring *rx, uint32_t ri, uint32_t n)
  * their frames go back to the fill ring and are counted in KB_RX_BROKEN_CHAINS, so the sink does not wait
  * for an end that cannot come. Returns 0 (no packet taken). */
 static long long drop_broken(struct kb_sink *k) {
-    uint32_t ri, fi;
     if (k->lock) return 0; /* a shared queue's fill ring needs the pool's lock: left to receive() */
-    uint32_t n = kb_ring_cons_peek_broken(k->rx, &ri);
-    if (!n) return 0;
-    uint32_t room = kb_ring_prod_reserve(k->fill, n, &fi); /* every frame taken left a fill slot behind */
-    uint64_t chunk = ~(uint64_t)(k->frame_size - 1);
-    uint32_t m = 0;
-    for (uint32_t i = 0; i < n && m < room; i++) {
-        const struct kb_desc *d = kb_ring_desc(k->rx, ri + i);
-        if (d->addr < k->umem_size) *kb_ring_addr(k->fill, fi + m++) = d->addr & chunk;
-    }
-    kb_ring_prod_cancel(k->fill, room - m);
-    kb_ring_prod_submit(k->fill, m);
-    kb_ring_cons_release(k->rx, n);
-    k->stats[KB_RX_BROKEN_CHAINS] += n;
-    k->stats[KB_IN_FILL] -= n - m; /* a frame outside the UMEM is no frame of ours: not lent any more */
+    kb_port_drop_broken(k->rx, k->fill, k->umem_size, k->frame_size, k->stats);
     return 0;
 }
 

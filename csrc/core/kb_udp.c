@@ -35,14 +35,20 @@ const uint8_t *kb_udp_from_peer(const uint8_t *f, uint32_t n, const uint8_t key[
 }
 
 void kb_udp_finish(uint8_t *f, uint32_t plen, uint16_t ident, int udp_checksum) {
+    kb_udp_finish_split(f, f + KB_UDP_HLEN, plen, ident, udp_checksum);
+}
+
+void kb_udp_finish_split(uint8_t *h, const uint8_t *payload, uint32_t plen, uint16_t ident, int udp_checksum) {
     uint32_t ulen = plen + 8;
-    kb_put_be16(f + 16, (uint16_t)(ulen + 20));
-    kb_put_be16(f + 18, ident);
-    kb_put_be16(f + 24, 0);
-    kb_put_be16(f + 24, (uint16_t)~kb_csum_fold(kb_csum_add(f + 14, 20, 0)));
-    kb_put_be16(f + 38, (uint16_t)ulen);
-    kb_put_be16(f + 40, 0);
+    kb_put_be16(h + 16, (uint16_t)(ulen + 20));
+    kb_put_be16(h + 18, ident);
+    kb_put_be16(h + 24, 0);
+    kb_put_be16(h + 24, (uint16_t)~kb_csum_fold(kb_csum_add(h + 14, 20, 0)));
+    kb_put_be16(h + 38, (uint16_t)ulen);
+    kb_put_be16(h + 40, 0);
     if (!udp_checksum) return;
-    uint16_t u = (uint16_t)~kb_csum_fold(kb_csum_add(f + 34, ulen, kb_csum_add(f + 26, 8, 17 + ulen)));
-    kb_put_be16(f + 40, u ? u : 0xFFFF);
+    /* the UDP header's 8 bytes are an even count: the payload's sum continues it without a byte swap */
+    uint64_t s = kb_csum_add(payload, plen, kb_csum_add(h + 34, 8, kb_csum_add(h + 26, 8, 17 + ulen)));
+    uint16_t u = (uint16_t)~kb_csum_fold(s);
+    kb_put_be16(h + 40, u ? u : 0xFFFF);
 }

@@ -39,5 +39,7 @@ const uint8_t *kb_udp_from_peer(const uint8_t *f, uint32_t n, const uint8_t key[
  * udp_checksum, the UDP checksum (0xFFFF for a zero sum: zero means "no checksum" in UDP over IPv4, which
  * is what it is left at without). plen <= KB_UDP_MAX_PAYLOAD. */
 void kb_udp_finish(uint8_t *f, uint32_t plen, uint16_t ident, int udp_checksum);
+/* kb_udp_finish for a header h (42 bytes) kept apart from its payload (a frame chain sends them in pieces). */
+void kb_udp_finish_split(uint8_t *h, const uint8_t *payload, uint32_t plen, uint16_t ident, int udp_checksum);
 
 #endif

@@ -16,8 +16,11 @@ class Lane:
     def __init__(self, rx: WriteableBuffer, fill: WriteableBuffer, tx: WriteableBuffer, comp: WriteableBuffer,
                  umem: WriteableBuffer, state: WriteableBuffer, stats: WriteableBuffer, frame_size: int, fd: int,
                  mac: bytes, ip: bytes, udp_port: int, bcast: bytes | None, copy: bool, busy: bool,
-                 busy_every: int = 16, stash: int = 32) -> None:
-        """Rings' KbRing structs, the UMEM, its frame states and the port's counters, held until close()."""
+                 busy_every: int = 16, stash: int = 32, chains: bool = False, tx_room: int = 0,
+                 max_frames: int = 0) -> None:
+        """Rings' KbRing structs, the UMEM, its frame states and the port's counters, held until close().
+        chains: a multi-buffer socket (recv gathers a chain; a send longer than tx_room goes as a chain of at
+        most max_frames frames)."""
     @property
     def stashed(self) -> int:
         """Frames held in the stash (state APP)."""

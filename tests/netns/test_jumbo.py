@@ -390,3 +390,41 @@ def test_selftest_invalid_multi_buffer_descriptors(jumbo, kernel_rx, case, bad):
         _kernel_verdict(tx, sock, size)
         time.sleep(0.1)
         tx.check(app=0)
+
+
+def test_share_queue_sinks_take_jumbo_datagrams_of_their_own_flows(jumbo):
+    """--share-queue at a jumbo MTU: the queue's pool is bound with multi-buffer (its anchor with XDP_USE_SG,
+    which its members take from the shared UMEM), so two sinks sharing queue 0 each receive their own flow's
+    9,000 and 60,000-byte datagrams whole and in sequence (before: refused)."""
+    a, b = jumbo
+    n = 10
+    send = ("import socket, sys\n"
+            f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+            "from tests.netns.test_jumbo import payload, SIZES\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"burst = [(payload(i, SIZES[i % 2]), p) for p in ({PORT}, {PORT + 1}) for i in range({n})]\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n"
+            f"for d, p in burst: s.sendto(d, ({b.ipv4!r}, p))\n"
+            "print('sent', flush=True)\n")
+    sender = subprocess.Popen(["taskset", "-c", "0", "ip", "netns", "exec", a.netns, sys.executable, "-c", send],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    sinks = []
+    try:
+        assert sender.stdout.readline() == "ready\n"
+        for port in (PORT, PORT + 1):
+            sinks.append(_tool("sink", "--host", "b", "--rule", f"udp dport {port}", "--check-seq", "--json",
+                               "--count", str(n), "--duration", "15", "--queue", "0", "--share-queue"))
+        sender.stdin.write("go\n")
+        sender.stdin.flush()
+        assert sender.stdout.readline() == "sent\n"
+        assert sender.wait(30) == 0
+        for sink in sinks:
+            summary = _finish(sink)
+            assert summary["packets"] == n and summary["seq"]["lost"] == 0, summary
+            assert summary["bytes"] == sum(SIZES[i % 2] + 42 for i in range(n))
+    finally:
+        for p in [sender, *sinks]:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -11,8 +11,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
+from kbypass.apps import pingpong as pp
+from kbypass.endpoint.xdp import XdpEndpoint
 from kbypass.host import testbed
 from tests.kb import kbypass, udp_bound, wait_until, xdp_attached
 
@@ -153,19 +156,20 @@ def mtu_65535(testbed_hosts):
 @pytest.mark.skipif(shutil.which("sockperf") is None, reason="sockperf is not installed")
 def test_pingpong_jumbo_messages_against_sockperf(mtu_65535):
     """kbypass pingpong client with 8,000 and 60,000-byte messages against sockperf's server, and sockperf's
-    client with 60,000-byte messages against kbypass's server: every message answered, on the Python lane
-    (the C lane moves one frame per message)."""
+    client with 60,000-byte messages against kbypass's server: every message answered, on both lanes (the C
+    lane by default: it gathers and sends chains)."""
     a, b = mtu_65535
     server = subprocess.Popen(["ip", "netns", "exec", b.netns, "sockperf", "server", "-i", b.ipv4, "-p", "11122"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: udp_bound(b.netns, 11122), "sockperf server bound to port 11122", proc=server)
-        for size in (8000, 60000):
-            r = kbypass("pingpong", "client", "--host", "a", "--dst", f"{b.ipv4}:11122", "--count", "300",
-                        "--warmup", "10", "--size", str(size), "--json", timeout=60)
-            assert r.returncode == 0, r.stderr
-            s = json.loads(r.stdout)
-            assert (s["samples"], s["lost"], s["lane"]) == (300, 0, "python"), s
+        for lane in ("c", "python"):
+            for size in (9000, 60000):
+                r = kbypass("pingpong", "client", "--host", "a", "--dst", f"{b.ipv4}:11122", "--count", "300",
+                            "--warmup", "10", "--size", str(size), "--lane", lane, "--json", timeout=60)
+                assert r.returncode == 0, r.stderr
+                s = json.loads(r.stdout)
+                assert (s["samples"], s["lost"], s["lane"]) == (300, 0, lane), s
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -185,6 +189,34 @@ def test_pingpong_jumbo_messages_against_sockperf(mtu_65535):
     assert sp.returncode == 0 and "# dropped messages = 0" in sp.stdout, sp.stdout + sp.stderr + err
     summary = json.loads(out)
     assert summary["received"] == summary["answered"] > 10, summary
+
+
+@pytest.mark.skipif(shutil.which("sockperf") is None, reason="sockperf is not installed")
+def test_the_c_lane_carries_jumbo_messages_to_sockperf_and_back_byte_for_byte(mtu_65535):
+    """The endpoint on the C lane (chains sent by kb_lane_send, received by kb_lane_rx_copy) against the
+    kernel's sockperf server: every 9,000 and 60,000-byte message comes back with every byte as sent (the
+    client flag cleared, as sockperf answers)."""
+    a, b = mtu_65535
+    server = subprocess.Popen(["ip", "netns", "exec", b.netns, "sockperf", "server", "-i", b.ipv4, "-p", "11125"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ep = None
+    try:
+        wait_until(lambda: udp_bound(b.netns, 11125), "sockperf server bound to port 11125", proc=server)
+        ep = XdpEndpoint(a.iface, a.ipv4, 0, netns=a.netns, frame_size=4096, native=True)
+        assert ep.native and ep.multi_buffer
+        for seq in range(1, 41):
+            size = (9000, 60000)[seq % 2]
+            body = (np.arange(size - pp.HEADER_LEN, dtype=np.uint32) * 13 + seq).astype(np.uint8).tobytes()
+            msg = pp.HEADER.pack(seq, pp.FLAG_CLIENT | pp.FLAG_PONG, size) + body
+            ep.sendto(msg, (b.ipv4, 11125))
+            data, peer = ep.recvfrom(timeout=5)
+            assert peer == (b.ipv4, 11125) and data == pp.answer(msg), (seq, len(data))
+        assert ep.counters["tx_failed"] == 0 and ep.counters["rx_datagrams"] == 40
+    finally:
+        if ep is not None:
+            ep.close()
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def test_endpoint_size_above_the_mtu_is_one_line(mtu_9000):

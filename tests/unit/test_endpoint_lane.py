@@ -5,17 +5,15 @@ every frame received, byte-identical frames sent, and the port's UMEM accounting
 from __future__ import annotations
 
 import socket
-
-import numpy as np
+from collections import deque
 from unittest import mock
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, UDP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
-
-from collections import deque
 
 from kbypass import endpoint as E
 from kbypass.endpoint import xdp as xdp_mod
@@ -581,3 +579,178 @@ def test_an_rx_descriptor_outside_its_frame_gets_the_same_verdict_and_stays_on_t
         assert c == (("RuntimeError", "RX descriptor outside its UMEM frame"), [0] * len(c[1]), False, 1, 0)
     else:
         assert c[0] != ("RuntimeError", "RX descriptor outside its UMEM frame") and c[3] == 0
+
+
+# --- multi-buffer ports (XDP_USE_SG): chains of frames through both lanes, one verdict ------------------
+
+MB_FRAME = 4096  # as the endpoint's ports at a jumbo MTU: 18 frames carry a 65,549-byte frame
+MB_ROOM = MB_FRAME - consts.XDP_PACKET_HEADROOM  # what one frame receives in copy mode
+JUMBO = [MB_ROOM - 42 + 1, 8958, 30001, 60000, 65507]  # payloads: just past one frame, MTU 9000, ..., the most
+
+
+def make_mb_lane(native: bool):
+    with mock.patch.object(afxdp_mod, "XskSocket", FakeXsk):
+        port = afxdp_mod.AfXdpPort("fake0", frame_size=MB_FRAME, frames=512, fill_size=256, rx_size=256,
+                                   tx_size=256, comp_size=256, multi_buffer=True)
+    return port.message_lane(plain_udp(), native=native)
+
+
+@pytest.fixture
+def mb_lanes():
+    made = [make_mb_lane(True), make_mb_lane(False)]
+    yield made
+    for lane in made:
+        lane.close()
+        lane.port.close()
+
+
+def _jumbo_payload(size: int, salt: int = 0) -> bytes:
+    return (np.arange(size, dtype=np.uint32) * 7 + salt).astype(np.uint8).tobytes()
+
+
+def receive_chains_both(lanes, frame: bytes):
+    out = []
+    for lane in lanes:
+        lane.port.xsk.deliver_chains([frame], MB_ROOM)
+        out.append(lane.receive_udp())
+        assert lane.receive_udp() is None  # one packet in, one out, however many frames
+    return out
+
+
+@pytest.mark.parametrize("size", JUMBO)
+def test_chained_datagrams_come_out_alike(mb_lanes, size):
+    payload = _jumbo_payload(size)
+    c, py = receive_chains_both(mb_lanes, udp_frame(payload))
+    assert c == py == (payload, socket.inet_aton(PEER_IP), 5000)
+    for lane in mb_lanes:
+        assert lane.port.check(app=0)["fill"] == 256  # every frame of the chain back on the fill ring
+
+
+@pytest.mark.parametrize("case", ["bad UDP checksum in the last frame", "UDP length lies", "other port"])
+def test_chained_frames_for_the_stack_come_out_whole_and_alike(mb_lanes, case):
+    frame = udp_frame(_jumbo_payload(9000), **({"dport": PORT + 1} if case == "other port" else {}))
+    if case.startswith("bad"):
+        frame = frame[:-1] + bytes([frame[-1] ^ 0x55])
+    elif case == "UDP length lies":
+        frame = _patch(frame, 38, b"\x01\x00")
+    c, py = receive_chains_both(mb_lanes, frame)
+    assert c == py == frame
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(MB_ROOM - 60, 65507), cut=st.integers(0, 70000),
+       flips=st.lists(st.tuples(st.integers(0, 66000), st.integers(0, 255)), max_size=3))
+def test_fuzzed_chains_get_the_same_verdict(size, cut, flips):
+    frame = bytearray(udp_frame(_jumbo_payload(size))[:max(1, cut)])
+    for at, value in flips:
+        if at < len(frame):
+            frame[at] = value
+    made = [make_mb_lane(True), make_mb_lane(False)]
+    try:
+        c, py = receive_chains_both(made, bytes(frame))
+        assert c == py
+        assert [lane.port.stats["rx_bytes"] for lane in made] == [len(frame)] * 2
+    finally:
+        for lane in made:
+            lane.close()
+            lane.port.close()
+
+
+def test_a_chain_with_a_descriptor_outside_its_frame_gets_the_same_verdict_and_stays_on_the_ring():
+    """Each descriptor of a chain is checked against its own frame (kb_desc_in_frame, desc_in_frame): one
+    that runs into the next frame refuses the whole packet, which stays on the ring, in C as in Python."""
+    out = []
+    for native in (True, False):
+        lane = make_mb_lane(native)
+        try:
+            xsk = lane.port.xsk
+            idx, n = xsk.k_fill.peek(3)
+            addrs = [int(a) for a in xsk.k_fill.read_slots(idx, n)]
+            xsk.k_fill.release(n)
+            d = np.zeros(3, dtype=consts.XDP_DESC)
+            d[0] = (addrs[0] + 256, MB_ROOM, consts.XDP_PKT_CONTD)
+            d[1] = (addrs[1] + 256, MB_ROOM + 1, consts.XDP_PKT_CONTD)  # one byte into the next frame
+            d[2] = (addrs[2] + 256, 100, 0)
+            _post(xsk.k_rx, d)
+            out.append(_verdict(lane, lambda lane: lane.receive_udp()))
+        finally:
+            lane.close()
+            lane.port.close()
+    assert out[0] == out[1] == (("RuntimeError", "RX descriptor outside its UMEM frame"), [0] * len(out[0][1]),
+                                False, 3, 0)
+
+
+@pytest.mark.parametrize("size", JUMBO)
+def test_chained_sends_are_byte_identical_and_checksums_right(mb_lanes, size):
+    payload = _jumbo_payload(size, salt=size)
+    flow = _flow()
+    for ident in (7, 0xFFFF):
+        for lane in mb_lanes:
+            assert lane.send_udp(flow, payload, ident)
+        (c_frame,), (py_frame,) = (lane.port.xsk.send_all() for lane in mb_lanes)
+        assert c_frame == py_frame
+        pkt, again = Ether(c_frame), Ether(c_frame)
+        del again[IP].chksum, again[UDP].chksum
+        again = Ether(bytes(again))
+        assert pkt[IP].chksum == again[IP].chksum and pkt[UDP].chksum == again[UDP].chksum
+        assert bytes(pkt[UDP].payload) == payload and pkt[IP].id == ident
+    c, py = (lane.port for lane in mb_lanes)
+    for key in ("tx_packets", "tx_bytes", "tx_kicks"):
+        assert c.stats[key] == py.stats[key]
+    for lane in mb_lanes:
+        lane.reclaim()
+        lane.port.check(app=0)
+
+
+def test_a_chain_longer_than_the_kernel_sends_is_refused_by_both_lanes(mb_lanes):
+    """MAX_SKB_FRAGS + 1 frames at most (kbypass.xsk.multibuf): one byte more is not sent, nothing written."""
+    for lane in mb_lanes:
+        assert lane.max_frame == MB_FRAME * 18
+        assert not lane.send_one(bytes(lane.max_frame + 1))
+        assert lane.send_one(bytes(lane.max_frame))
+        (sent,) = lane.port.xsk.send_all()
+        assert len(sent) == lane.max_frame
+    assert mb_lanes[0].port.stats["tx_packets"] == mb_lanes[1].port.stats["tx_packets"] == 1
+
+
+def test_chained_sends_refill_the_stash_and_nothing_leaks():
+    lane = make_mb_lane(True)
+    try:
+        flow = _flow()
+        for i in range(40):  # 16 frames a message: the stash (32) runs dry every other message
+            assert lane.send_udp(flow, _jumbo_payload(60000, salt=i), i)
+            (sent,) = lane.port.xsk.send_all()
+            assert sent[42:] == _jumbo_payload(60000, salt=i)
+            lane.port.check(app=0)
+    finally:
+        lane.close()
+        lane.port.close()
+
+
+def test_a_ring_of_continuations_alone_is_dropped_and_counted_alike_and_does_not_stall():
+    """Continuation descriptors with no packet end (a kernel bug: it publishes a chain at once) stalled both
+    lanes for good: nothing whole, ever. Now their frames go back to the fill ring, counted in
+    rx_broken_chains (as the port's receive and the C sink do), and the packets after them arrive."""
+    out = []
+    for native in (True, False):
+        lane = make_mb_lane(native)
+        try:
+            xsk = lane.port.xsk
+            idx, n = xsk.k_fill.peek(5)
+            addrs = xsk.k_fill.read_slots(idx, n)
+            xsk.k_fill.release(n)
+            d = np.zeros(n, dtype=consts.XDP_DESC)
+            d["addr"], d["len"], d["options"] = addrs + 256, 100, consts.XDP_PKT_CONTD
+            _post(xsk.k_rx, d)
+            verdict = _verdict(lane, lambda lane: lane.receive_udp())
+            payload = _jumbo_payload(9000)
+            xsk.deliver_chains([udp_frame(payload)], MB_ROOM)
+            assert lane.receive_udp() == (payload, socket.inet_aton(PEER_IP), 5000)
+            assert lane.port.check(app=0)["fill"] == 256
+            out.append(verdict)
+        finally:
+            lane.close()
+            lane.port.close()
+    assert out[0] == out[1]
+    assert out[0][0] is None and out[0][3] == 0  # nothing received, the ring emptied
+    assert out[0][1][afxdp_mod.PORT_STATS.index("rx_broken_chains")] == 5

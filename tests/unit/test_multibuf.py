@@ -142,14 +142,13 @@ def test_a_port_without_multi_buffer_refuses_chains(monkeypatch):
         batch = port.receive(64)
         assert batch.tails is None and batch.total_lens().tolist() == [100]  # the one-frame path, untouched
         port.free(batch)
-    with _port(monkeypatch) as mb, pytest.raises(UsageError, match="Python lane"):
-        mb.message_lane(native=True)  # the C lane moves one frame per message
 
 
-def test_the_message_lane_moves_whole_chains(monkeypatch):
+@pytest.mark.parametrize("native", [True, False] if backend.built("lane") else [False])
+def test_the_message_lane_moves_whole_chains(monkeypatch, native):
     with _port(monkeypatch) as port:
-        lane = port.message_lane()
-        assert not lane.native and lane.max_frame == 2048 * multibuf.tx_frame_limit()
+        lane = port.message_lane(native=native)  # C too: kb_lane_rx_copy and kb_lane_send take chains
+        assert lane.native is native and lane.max_frame == 2048 * multibuf.tx_frame_limit()
         sent = _frames(1, 60042) + _frames(1, 100, first=1) + _frames(1, 9014, first=2)
         port.xsk.deliver_chains(sent, ROOM)
         assert [lane.receive_one() for _ in range(4)] == sent + [None]

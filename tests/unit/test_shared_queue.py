@@ -165,3 +165,20 @@ def test_a_shared_queue_port_adopts_the_cp_made_socket_only_and_closes_the_lock_
     with pytest.raises(UsageError, match="pass xsk_fd and umem_fd too"):
         AfXdpPort("eth0", 0, shared_queue=SharedQueue(lock_fd, 0, 64))
     assert fd_closed(lock_fd)
+
+
+def test_a_pool_refuses_a_member_whose_multi_buffer_differs_naming_the_fix():
+    """A pool is bound with multi-buffer (XDP_USE_SG, at a jumbo MTU) or without, for all its members (they
+    take it from the anchor's UMEM): a joiner asking otherwise is refused with what to change."""
+    from kbypass.cp.pool import QueuePool
+    from kbypass.cp.protocol import ProtocolError
+
+    pool = QueuePool.__new__(QueuePool)  # the layout only: no socket
+    pool.iface, pool.queue, pool.slice_frames, pool.frame_size, pool.headroom = "veth0", 0, 4096, 4096, 0
+    pool.mode, pool.multi_buffer = "copy", True
+    pool.check_layout(4096, 4096, 0, "auto", multi_buffer=True)
+    with pytest.raises(ProtocolError, match="shared with multi-buffer.*same MTU and --frame-size"):
+        pool.check_layout(4096, 4096, 0, "auto", multi_buffer=False)
+    pool.multi_buffer = False
+    with pytest.raises(ProtocolError, match="shared without multi-buffer"):
+        pool.check_layout(4096, 4096, 0, "auto", multi_buffer=True)

@@ -46,8 +46,9 @@ class QueuePool:
     """The shared UMEM, anchor socket and lock of one queue; `join` makes a member's socket."""
 
     def __init__(self, iface: str, queue: int, uid: int, *, frames: int, frame_size: int, fill_size: int,
-                 comp_size: int, headroom: int = 0, mode: str = "auto") -> None:
+                 comp_size: int, headroom: int = 0, mode: str = "auto", multi_buffer: bool = False) -> None:
         self.iface, self.queue, self.uid = iface, queue, uid
+        self.multi_buffer = multi_buffer
         self.slice_frames, self.frame_size, self.headroom = frames, frame_size, headroom
         self.fill_size, self.comp_size = _ring_size(fill_size), _ring_size(comp_size)
         self.frames = frames * SLICES
@@ -65,7 +66,8 @@ class QueuePool:
             self.lock_fd = make_lock_file(f"{iface}-{queue}")
             self.umem = Umem(self.frames, frame_size, headroom, memfd=self.memfd)
             self.anchor = XskSocket(self.umem, iface, queue, rx_size=ANCHOR_RING, tx_size=ANCHOR_RING,
-                                    fill_size=self.fill_size, comp_size=self.comp_size, mode=mode, need_wakeup=True)
+                                    fill_size=self.fill_size, comp_size=self.comp_size, mode=mode, need_wakeup=True,
+                                    multi_buffer=multi_buffer)
         except BaseException:
             self.close()
             raise
@@ -75,7 +77,8 @@ class QueuePool:
     def size(self) -> int:
         return self.frames * self.frame_size
 
-    def check_layout(self, frames: int, frame_size: int, headroom: int, mode: str = "auto") -> None:
+    def check_layout(self, frames: int, frame_size: int, headroom: int, mode: str = "auto",
+                     multi_buffer: bool = False) -> None:
         """A member's frames and bind mode are the pool's: refuse a request the pool cannot honour, naming
         the pool's."""
         if (frames, frame_size, headroom) != (self.slice_frames, self.frame_size, self.headroom):
@@ -85,6 +88,11 @@ class QueuePool:
         if mode not in ("auto", self.mode):
             raise ProtocolError(f"queue {self.queue} of {self.iface} is shared in {self.mode} mode, not {mode}: "
                                 f"ask for {self.mode} (or auto) to join it")
+        if multi_buffer != self.multi_buffer:
+            how = ("with multi-buffer (XDP_USE_SG: packets larger than a frame arrive as chains), as its first member's "
+                   "MTU needed" if self.multi_buffer else "without multi-buffer")
+            raise ProtocolError(f"queue {self.queue} of {self.iface} is shared {how}: join it with the same MTU and "
+                                "--frame-size as its members, or pick another queue")
 
     def join(self, cid: int, rx_size: int, tx_size: int) -> "Member":
         if self.next_slice >= SLICES:
@@ -107,7 +115,8 @@ class QueuePool:
 
     def describe(self) -> dict:
         return {"queue": self.queue, "uid": self.uid, "members": sorted(self.members), "slices_used": self.next_slice,
-                "slices": SLICES, "frames": self.frames, "frame_size": self.frame_size, "mode": self.mode}
+                "slices": SLICES, "frames": self.frames, "frame_size": self.frame_size, "mode": self.mode,
+                "multi_buffer": self.multi_buffer}
 
     def close(self) -> None:
         if self.anchor is not None:
@@ -130,10 +139,11 @@ class Member:
     def __init__(self, pool: QueuePool, rx_size: int, tx_size: int, slice_: int) -> None:
         self.pool, self.slice = pool, slice_
         self.xsk = XskSocket(pool.umem, pool.iface, pool.queue, rx_size=rx_size, tx_size=tx_size,
-                             fill_size=pool.fill_size, comp_size=pool.comp_size, shared_with=pool.anchor.fd)
+                             fill_size=pool.fill_size, comp_size=pool.comp_size, shared_with=pool.anchor.fd,
+                             multi_buffer=pool.multi_buffer)  # the kernel takes XDP_USE_SG from the anchor's UMEM
         self.layout = {"frames": pool.frames, "frame_size": pool.frame_size, "headroom": pool.headroom,
                        "rx_size": rx_size, "tx_size": tx_size, "fill_size": pool.fill_size,
-                       "comp_size": pool.comp_size}
+                       "comp_size": pool.comp_size, "multi_buffer": pool.multi_buffer}
 
     @property
     def fd(self) -> int:

@@ -45,7 +45,8 @@ frame_size 2048 or 4096, frames 64 to 2^18, headroom 0 to frame_size - 512, ring
 from 64 to 65536.
 
 `multi_buffer`: bind with XDP_USE_SG too (packets larger than a frame arrive as chains of frames,
-kbypass.xsk.multibuf); not with share_queue (a pool is bound without it).
+kbypass.xsk.multibuf); with share_queue, the pool's anchor is bound with it (its members take it from the
+shared UMEM) and every member must ask the same (kbypass.cp.pool).
 
 `share_queue`: several clients of one user receive on one queue, each on its own socket over one shared
 UMEM (kbypass.cp.pool): the first one's request makes the pool, the others join it with the same frames,

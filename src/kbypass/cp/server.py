@@ -366,11 +366,9 @@ class Server:
         if client.uid != 0:
             self._may_open(client, a, share)
         sizes = {k: a[k] for k in ("frames", "frame_size", "rx_size", "tx_size", "fill_size", "comp_size")}
-        if share and a.get("multi_buffer"):
-            raise ProtocolError("open_socket: a shared queue's pool is bound without multi-buffer: drop "
-                                "share_queue for packets larger than a frame (or lower the MTU)")
         if share:
-            return self.state.join_pool(client, a["iface"], a["queue"], {**sizes, "headroom": a.get("headroom", 0)},
+            return self.state.join_pool(client, a["iface"], a["queue"], {**sizes, "headroom": a.get("headroom", 0),
+                                                                          "multi_buffer": a.get("multi_buffer", False)},
                                         a.get("mode", "auto"), a.get("xdp_mode"))
         made = MadeSocket(a["iface"], a["queue"], headroom=a.get("headroom", 0), mode=a.get("mode", "auto"),
                           multi_buffer=a.get("multi_buffer", False), **sizes)

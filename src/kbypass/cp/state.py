@@ -257,12 +257,14 @@ class ControlPlane:
         try:
             if made_pool:
                 pool = QueuePool(iface, queue, client.uid, mode=mode, **{k: layout[k] for k in (
-                    "frames", "frame_size", "fill_size", "comp_size", "headroom")})
+                    "frames", "frame_size", "fill_size", "comp_size", "headroom")},
+                                 multi_buffer=layout.get("multi_buffer", False))
                 served.pools[queue] = pool
                 log.info("%s: made the shared pool of queue %d of %s (%d frames of %d bytes, %s mode)",
                          client.describe(), queue, iface, pool.frames, pool.frame_size, pool.mode)
             else:
-                pool.check_layout(layout["frames"], layout["frame_size"], layout["headroom"], mode)
+                pool.check_layout(layout["frames"], layout["frame_size"], layout["headroom"], mode,
+                                  layout.get("multi_buffer", False))
             member = pool.join(client.cid, layout["rx_size"], layout["tx_size"])
             try:
                 self.register(client, iface, queue, member.fd, xdp_mode)

@@ -111,10 +111,6 @@ class XdpEndpoint(UdpEndpoint):
             self.frame_size = frame_size
             # a message larger than one frame travels as a chain (multi-buffer) when the MTU needs it
             self.multi_buffer = multibuf.needs_multi_buffer(self.mtu, frame_size)
-            if self.multi_buffer and native:
-                raise UsageError(f"the MTU of {ifname}, {self.mtu}, does not fit one {frame_size}-byte frame and "
-                                 "the C message lane moves one frame per message: use the Python lane "
-                                 "(native=False, --lane python), or lower the MTU")
             self.max_payload, self.max_rx_payload = payload_limits(self.mtu, frame_size,
                                                                    multi_buffer=self.multi_buffer)
             now = time.monotonic()
@@ -149,7 +145,7 @@ class XdpEndpoint(UdpEndpoint):
             self._macb = bytes.fromhex(iface.mac.replace(":", ""))
             net = ipaddress.IPv4Network(f"{ip}/{prefixlen}", strict=False)
             self._bcast = net.broadcast_address.packed if prefixlen < 31 else None
-            self.native = (native_default() and not self.multi_buffer) if native is None else native
+            self.native = native_default() if native is None else native  # both lanes take chains
             self._udp = udpp.PlainUdp(self._macb, self._ipb, port, self._bcast)
             self._lanes = [p.message_lane(self._udp, native=self.native) for p in self._steered.ports]
             if dedicated:

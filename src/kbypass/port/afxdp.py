@@ -175,9 +175,6 @@ class AfXdpPort(UmemPort):
             self.mtu = interface_mtu(ifname, netns)  # None when it cannot be read
             if multi_buffer is None:
                 multi_buffer = bool(self.mtu and multibuf.needs_multi_buffer(self.mtu, frame_size, headroom))
-            if multi_buffer and shared_queue is not None:
-                raise UsageError("a shared queue's pool is bound without multi-buffer: open a queue of its own for "
-                                 "packets larger than a frame, or lower the MTU")
             self.multi_buffer = bool(multi_buffer)
             # the most frames one sent packet may span (the kernel's limit), 1 without multi-buffer
             self.max_tx_frames = multibuf.tx_frame_limit() if self.multi_buffer else 1

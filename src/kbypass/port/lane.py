@@ -22,9 +22,9 @@ the two lanes and the port's batch path can take turns on one port.
 
 Multi-buffer ports (jumbo MTU, kbypass.xsk.multibuf): the Python lane receives a packet that spans several
 frames whole (ConsumerRing.peek_packets, every frame back to the fill ring) and sends a frame longer than
-one UMEM frame as a chain (XDP_PKT_CONTD on all descriptors but the last), up to `max_frame` bytes. The C
-lane moves one frame per message: on a multi-buffer port the lane is the Python one (open_lane), and asking
-for C there is a UsageError that says so.
+one UMEM frame as a chain (XDP_PKT_CONTD on all descriptors but the last), up to `max_frame` bytes (the
+kernel's MAX_SKB_FRAGS + 1 frames); the C lane does the same (kb_lane_rx_copy, kb_lane_send), with the same
+checks: every descriptor against its own frame, every stash frame against what its piece needs.
 
 What "plain UDP to us" means (`udp`) and how a flow's frame is built (`flow`) are proto.udp's `PlainUdp`
 and `UdpFlow`; the lane only uses their fields and methods (it does not import the protocols' layer).
@@ -37,7 +37,6 @@ import errno
 import numpy as np
 
 from kbypass import backend
-from kbypass.errors import UsageError
 from kbypass.xsk.consts import XDP_PACKET_HEADROOM, XDP_PKT_CONTD
 from kbypass.xsk.umem import APP, FILL, TX, desc_in_frame
 
@@ -45,6 +44,7 @@ from .batch import DESC, Batch
 from .stats import (
     IN_FILL,
     IN_TX,
+    RX_BROKEN_CHAINS,
     RX_BYTES,
     RX_PACKETS,
     TX_BYTES,
@@ -63,14 +63,9 @@ def native_default() -> bool:
 
 
 def open_lane(port, rings, udp=None, native: bool | None = None) -> "MessageLane":
-    """The lane for AfXdpPort.message_lane: C when `native` (None: when built, and the port is not
-    multi-buffer), else Python."""
-    chains = getattr(port, "multi_buffer", False)
-    if native and chains:
-        raise UsageError("the C message lane moves one frame per message and this port is multi-buffer (its MTU "
-                         "does not fit one frame): use the Python lane (native=False, --lane python)")
+    """The lane for AfXdpPort.message_lane: C when `native` (None: when built), else Python."""
     if native is None:
-        native = native_default() and not chains
+        native = native_default()
     return NativeMessageLane(port, rings, udp) if native else MessageLane(port, rings, udp)
 
 
@@ -157,6 +152,7 @@ class MessageLane:
         rx, fill = self._rx, self._fill
         i, got = rx.peek_packets(1)
         if not got:
+            self._drop_broken()
             return None
         parts, addrs, total = [], [], 0
         for k in range(got):
@@ -181,6 +177,25 @@ class MessageLane:
         c[RX_PACKETS] += 1
         c[RX_BYTES] += total
         return data
+
+    def _drop_broken(self) -> None:
+        """No whole packet on the ring: when it holds continuation descriptors alone (ConsumerRing.peek_broken,
+        a kernel bug) their frames go back to the fill ring, counted in rx_broken_chains, instead of stalling
+        the lane for good (the C twin: kb_port_drop_broken, which the sink's C path uses too)."""
+        rx, fill = self._rx, self._fill
+        i, n = rx.peek_broken()
+        if not n:
+            return
+        addrs = [self._rxq[((i + k) & rx.mask) << 1] for k in range(n)]
+        mine = [a & self._chunk_mask for a in addrs if a < self._umem_size]  # outside the UMEM: not ours
+        k, room = fill.reserve(len(mine))
+        for m in range(room):
+            self._fillq[(k + m) & fill.mask] = mine[m]
+        fill.submit(room)
+        rx.release(n)
+        c = self._stats
+        c[RX_BROKEN_CHAINS] += n
+        c[IN_FILL] -= n - room
 
     def receive_udp(self):
         """None when the RX ring is empty; (payload, src_ip4, src_port) for plain valid UDP to us (the
@@ -369,8 +384,10 @@ class MessageLane:
                 tx.cancel(slots)
                 return False
         addrs = self._stash[-k:]
-        if any(a >= self._umem_size or a & ~self._chunk_mask != self.umem.headroom for a in addrs):
-            tx.cancel(k)  # a completion the kernel made up: nothing is written (as send_one)
+        fs, n = self._frame_size, len(frame)
+        if any(a >= self._umem_size or min(room, n - m * room) > fs - (a & ~self._chunk_mask)
+               for m, a in enumerate(addrs)):
+            tx.cancel(k)  # a completion the kernel made up: nothing is written (as send_one, kb_lane_send)
             raise RuntimeError("stash frame outside the UMEM")
         del self._stash[-k:]
         state = self.umem.state
@@ -386,8 +403,9 @@ class MessageLane:
         c[IN_TX] += k
         c[TX_PACKETS] += 1
         c[TX_BYTES] += len(frame)
-        c[TX_KICKS] += 1
-        self._xsk.kick_tx()
+        if not self._defer_kick and (self._copy or tx.needs_wakeup() or self._busy):
+            c[TX_KICKS] += 1
+            self._xsk.kick_tx()
         return True
 
     def send_udp(self, flow, payload: bytes, ident: int) -> bool:
@@ -435,7 +453,9 @@ class NativeMessageLane(MessageLane):
         self.c = fastlane.Lane(self._rx.shared, self._fill.shared, self._tx.shared, self._comp.shared,
                                  umem=u.array, state=u.state, stats=port.counters, frame_size=u.frame_size,
                                  fd=self.fd, mac=mac, ip=ip, udp_port=uport, bcast=bcast, copy=self._copy,
-                                 busy=self._busy, busy_every=self.BUSY_POLL_EVERY, stash=self.STASH)
+                                 busy=self._busy, busy_every=self.BUSY_POLL_EVERY, stash=self.STASH,
+                                 chains=self.chains, tx_room=self.tx_room,
+                                 max_frames=port.max_tx_frames if self.chains else 0)
         self._recv_c = self.c.recv
         self.wake = self.c.wake
 
@@ -464,12 +484,12 @@ class NativeMessageLane(MessageLane):
         return r > 0
 
     def send_one(self, frame: bytes) -> bool:
-        if len(frame) > self.tx_room:  # C would raise ValueError (or RuntimeError with headroom)
+        if len(frame) > self.max_frame:  # C would raise ValueError (or RuntimeError with headroom)
             return False
         return self._sent(self.c.send_frame(frame), lambda: self.c.send_frame(frame))
 
     def send_udp(self, flow, payload: bytes, ident: int) -> bool:
-        if len(payload) + 42 > self.tx_room:
+        if len(payload) + 42 > self.max_frame:
             return False
         r = self.c.send_udp(flow.template, payload, ident)
         return r > 0 or self._sent(r, lambda: self.c.send_udp(flow.template, payload, ident))

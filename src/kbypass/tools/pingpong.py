@@ -59,8 +59,8 @@ def register(sub) -> None:
                          help="afxdp: per-message ring work in C (default when built) or in pure Python")
         how.add_argument("--frame-size", type=int, choices=(2048, 4096),
                          help="afxdp: UMEM frame size (default 2048, or 4096 when the MTU does not fit one "
-                              "2048-byte frame: a message then spans several frames, multi-buffer AF_XDP, on the "
-                              "Python lane)")
+                              "2048-byte frame: a message then spans several frames, multi-buffer AF_XDP, "
+                              "on either lane)")
         opt.add_duration(how, help="stop after this many seconds" + (" (default 5 unless --count)"
                                                                        if q is client else ""))
         opt.add_count(how, help="stop after this many messages" if q is server else
