@@ -228,6 +228,9 @@ static PyObject *Lane_recv(Lane *self, PyObject *unused) {
     }
     if (r == KB_LANE_EMPTY) Py_RETURN_NONE;
     if (r == KB_LANE_FILL_FULL) Py_RETURN_NOTIMPLEMENTED;
+    if (r == KB_LANE_E_TOO_BIG) /* it changed between the two looks: the ring is not the kernel's alone */
+        return PyErr_Format(PyExc_RuntimeError, "received packet of %u bytes outgrew the %u-byte receive buffer",
+                            n, self->scratch_cap);
     if (r != KB_LANE_FRAME) return lane_error(self, r, 0);
     const uint8_t *f = self->scratch;
     if (kb_udp_accept(&self->l.me, f, n))

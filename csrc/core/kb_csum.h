@@ -21,7 +21,9 @@ static inline uint64_t kb_csum_add(const uint8_t *p, size_t n, uint64_t acc) {
     while (n >= 8) {
         uint64_t w;
         memcpy(&w, p, 8);
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#if !defined(__BYTE_ORDER__)
+#error "kb_csum_add needs __BYTE_ORDER__ (GCC or Clang) to read network-order words"
+#elif __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
         w = __builtin_bswap64(w);
 #endif
         acc += (w >> 32) + (w & 0xFFFFFFFFu);

@@ -80,9 +80,15 @@ int kb_lane_rx_copy(struct kb_lane *l, uint8_t *out, uint32_t cap, uint32_t *len
     }
     uint32_t at = 0, fidx;
     for (uint32_t k = 0; k < n; k++) {
-        const struct kb_desc *d = kb_ring_desc(l->rx, idx + k);
-        memcpy(out + at, l->umem + d->addr, d->len);
-        at += d->len;
+        /* read once more from shared ring memory: copy the descriptor and check it again, so that a
+         * descriptor rewritten since the check above can never take the copy past `out` or its frame */
+        struct kb_desc d = *kb_ring_desc(l->rx, idx + k);
+        if (!kb_desc_in_frame(&d, l->umem_size, l->frame_size) || d.len > cap - at) {
+            kb_ring_cons_cancel(l->rx, n);
+            return KB_LANE_E_RX_DESC;
+        }
+        memcpy(out + at, l->umem + d.addr, d.len);
+        at += d.len;
     }
     kb_ring_prod_reserve(l->fill, n, &fidx); /* prod_free saw the room */
     for (uint32_t k = 0; k < n; k++) /* the frames never leave state FILL */

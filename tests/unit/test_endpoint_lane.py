@@ -754,3 +754,15 @@ def test_a_ring_of_continuations_alone_is_dropped_and_counted_alike_and_does_not
     assert out[0] == out[1]
     assert out[0][0] is None and out[0][3] == 0  # nothing received, the ring emptied
     assert out[0][1][afxdp_mod.PORT_STATS.index("rx_broken_chains")] == 5
+
+
+def test_a_udp_payload_past_ipv4s_limit_is_refused_alike_by_both_lanes(mb_lanes):
+    """18 frames of 4 KiB hold more than the 65,507 bytes an IPv4 datagram carries: both lanes say so."""
+    from kbypass.proto.udp import MAX_PAYLOAD, UdpFlow, frame_template
+
+    flow = UdpFlow(frame_template(b"\x02" * 6, b"\x02" * 6, bytes([10, 77, 0, 1]), bytes([10, 77, 0, 2]), 1, 2))
+    for lane in mb_lanes:
+        assert lane.max_frame - 42 > MAX_PAYLOAD
+        with pytest.raises(ValueError, match="65507"):
+            lane.send_udp(flow, bytes(MAX_PAYLOAD + 1), 1)
+        assert lane.send_udp(flow, bytes(MAX_PAYLOAD), 1)

@@ -37,6 +37,7 @@ import errno
 import numpy as np
 
 from kbypass import backend
+from kbypass.proto.udp import MAX_PAYLOAD as UDP_MAX_PAYLOAD
 from kbypass.xsk.consts import XDP_PACKET_HEADROOM, XDP_PKT_CONTD
 from kbypass.xsk.umem import APP, FILL, TX, desc_in_frame
 
@@ -68,6 +69,12 @@ def open_lane(port, rings, udp=None, native: bool | None = None) -> "MessageLane
         native = native_default()
     return NativeMessageLane(port, rings, udp) if native else MessageLane(port, rings, udp)
 
+
+
+def _check_udp_payload(payload) -> None:
+    # a chain of 18 frames holds more than IPv4 lets a datagram carry: both lanes refuse it alike (C: ValueError)
+    if len(payload) > UDP_MAX_PAYLOAD:
+        raise ValueError(f"UDP payload of {len(payload)} bytes: IPv4 carries at most {UDP_MAX_PAYLOAD}")
 
 class MessageLane:
     """Scalar access to one AfXdpPort's rings (see the module doc). Not thread-safe; one per port is the
@@ -410,6 +417,7 @@ class MessageLane:
 
     def send_udp(self, flow, payload: bytes, ident: int) -> bool:
         """One datagram of `flow` (a proto.udp.UdpFlow) with IP ident `ident`; False as for send_one."""
+        _check_udp_payload(payload)
         if len(payload) + 42 > self.max_frame:
             return False
         return self.send_one(flow.frame(payload, ident))
@@ -489,6 +497,7 @@ class NativeMessageLane(MessageLane):
         return self._sent(self.c.send_frame(frame), lambda: self.c.send_frame(frame))
 
     def send_udp(self, flow, payload: bytes, ident: int) -> bool:
+        _check_udp_payload(payload)
         if len(payload) + 42 > self.max_frame:
             return False
         r = self.c.send_udp(flow.template, payload, ident)

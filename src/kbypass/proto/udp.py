@@ -30,6 +30,7 @@ from .ethernet import ETH_HLEN, ETH_P_IP, build_ethernet
 from .ipv4 import IPV4_HLEN, build_ipv4_header
 
 UDP_HLEN = 8
+MAX_PAYLOAD = 65535 - IPV4_HLEN - UDP_HLEN  # 65,507: IPv4's total length bounds a datagram
 HEADERS_LEN = ETH_HLEN + IPV4_HLEN + UDP_HLEN  # 42
 
 # drop reasons (counter names)
