@@ -104,6 +104,28 @@ def test_all_lost_reports_no_percentiles_and_gives_up():
     assert pp.client_error(ok, "x") is None
 
 
+def test_a_signal_during_an_answered_warm_up_is_not_the_servers_silence():
+    """The signal came after the server answered the first warm-up message (a slow start under load left
+    no time to measure): interrupted, not "no answer". Stopped while every message went unanswered: the
+    error stands, and so it does without a signal."""
+    link = FakeLink().client()
+    sends = []
+    stop = lambda: len(sends) >= 1  # noqa: E731  the signal lands right after the first round trip
+    real = link.sendto
+    link.sendto = lambda data, addr: sends.append(data) or real(data, addr)
+    res = pp.ping(link, ("10.0.0.2", 11111), size=20, duration=5, warmup=100, stop=stop)
+    assert (res.warmup, res.warmup_lost, res.sent, res.samples) == (1, 0, 0, 0)
+    assert pp.client_error(res, "10.0.0.2:11111", stopped=True) is None
+    assert "no answer" in str(pp.client_error(res, "10.0.0.2:11111"))
+    dead = DeadLink()
+    silent = pp.ping(dead, ("10.0.0.2", 11111), size=20, duration=5, warmup=2, reply_timeout=0.01,
+                     stop=lambda: len(dead.sent) >= 3)
+    assert silent.warmup == silent.warmup_lost == 2 and silent.samples == 0
+    assert "no answer" in str(pp.client_error(silent, "10.0.0.2:11111", stopped=True))
+    nothing = pp.ping(dead, ("10.0.0.2", 11111), size=20, duration=5, stop=lambda: True)
+    assert pp.client_error(nothing, "10.0.0.2:11111", stopped=True) is None
+
+
 def test_reply_timeout_must_be_positive():
     for bad in (0, -1, float("nan")):
         with pytest.raises(UsageError, match="--reply-timeout"):

@@ -149,10 +149,14 @@ class ClientResult:
             out["gave_up"] = True
         return out
 
-    def failure(self, server: str, give_up: float | None = None) -> str | None:
+    def failure(self, server: str, give_up: float | None = None, stopped: bool = False) -> str | None:
         """Why this run failed (measured nothing, or the server went silent for `give_up` seconds) as a
-        one-line error naming what to check; None when it did not fail."""
+        one-line error naming what to check; None when it did not fail. `stopped`: a signal ended the run;
+        when that came before the first message or while the server was answering the warm-up, nothing
+        was measured because of the signal, not because of the server's silence."""
         if self.samples and not self.gave_up:
+            return None
+        if stopped and (self.warmup > self.warmup_lost or not (self.sent or self.warmup)):
             return None
         why = (f"no answer from {server} for {give_up:g} s, run stopped" if self.gave_up and give_up
                else f"no answer from {server}")
@@ -265,9 +269,11 @@ def ping(ep, server: tuple[str, int], *, size: int = 64, duration: float | None 
     return ClientResult(hist, samples, sent, lost, time.monotonic() - start, warm_sent, warm_lost, gave_up)
 
 
-def client_error(result: ClientResult, server: str, give_up: float | None = GIVE_UP) -> KbypassError | None:
-    """The error a client run that measured nothing ends with (None when it measured something)."""
-    why = result.failure(server, give_up)
+def client_error(result: ClientResult, server: str, give_up: float | None = GIVE_UP,
+                 stopped: bool = False) -> KbypassError | None:
+    """The error a client run that measured nothing ends with (None when it measured something, or a
+    signal stopped it before the server could be judged: ClientResult.failure)."""
+    why = result.failure(server, give_up, stopped)
     return None if why is None else KbypassError(why)
 
 

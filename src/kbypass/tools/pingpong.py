@@ -231,10 +231,9 @@ def run(args) -> int:
             res = ping(ep, _server_addr(args.dst), size=args.size, duration=args.duration, count=args.count,
                        warmup=args.warmup, reply_timeout=args.reply_timeout, give_up=args.idle_timeout, stop=stop)
             summary = {**base, "server": args.dst, "size": args.size, **res.summary()}
-            # interrupted before its first message (a slow start: the control plane starting, a peer not
-            # resolved yet): nothing was measured, which is not the server's silence
-            quiet = stopper.stopped and not res.sent and not res.warmup
-            failed = None if quiet else client_error(res, args.dst, args.idle_timeout)
+            # interrupted before its first message or during an answered warm-up (a slow start: the control
+            # plane starting, a peer not resolved yet): nothing was measured, which is not the server's silence
+            failed = client_error(res, args.dst, args.idle_timeout, stopped=stopper.stopped)
             if args.histogram and not failed:
                 failed = _write_histogram(res, args.histogram,
                                           f"kbypass pingpong {ep.backend}/{args.poll} to {args.dst}, {args.size} B")
