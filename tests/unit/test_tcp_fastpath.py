@@ -522,3 +522,73 @@ def test_every_hit_under_loss_through_the_endpoint_wiring_agrees_with_receive(fa
         counts.append({k: getattr(wired, k) for k in ("hits", "slow", "dup_hits", "recovery_hits")})
     assert all(c["hits"] >= 50 for c in counts), counts
     assert sum(c["dup_hits"] for c in counts) and sum(c["recovery_hits"] for c in counts), counts
+
+
+# ---- the send side: TcpConnection.send_now, the endpoint's one-call answer, held to send + segments_to_send
+
+
+def _rr_bases():
+    """Server-side connections of a request/response exchange (where send_now is meant to take the answer):
+    each config after k requests answered, caught with the next request just taken (its ACK owed), and
+    with an answer still in flight (Nagle holds a small second one)."""
+    out = []
+    for cfg in (None, tcp.TcpConfig(timestamps=False), tcp.TcpConfig(nodelay=False), tcp.TcpConfig(sack=False),
+                tcp.TcpConfig(recv_buffer=4096, send_buffer=4096)):
+        p = TcpPair(client=App(shutdown_when_sent=False), server=App(shutdown_when_sent=False), client_cfg=cfg,
+                    server_cfg=cfg, seed=41)
+        p.run(until=0.01)
+        c, s, now = p.client.conn, p.server.conn, 0.02
+        for k in range(6):
+            c.send(PAYLOAD[:64 + 300 * k])
+            for seg in c.segments_to_send(now):
+                s.receive(seg, now)
+            while s.next_event() is not None:
+                pass
+            out.append((copy.deepcopy(s), now))  # the request taken, its ACK owed
+            ans = s.segments_to_send(now) if k % 2 else []
+            s.send(PAYLOAD[:100 + 200 * k])
+            ans += s.segments_to_send(now)
+            out.append((copy.deepcopy(s), now))  # the answer in flight
+            for seg in ans:
+                c.receive(seg, now + 0.0001)
+            for seg in c.segments_to_send(now + 0.0001):
+                s.receive(seg, now + 0.0001)
+            while c.next_event() is not None:
+                pass
+            now += 0.001 * k
+    return out
+
+
+RR = _rr_bases()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(base=st.sampled_from(RR + BASES), n=st.integers(0, 3000), dt=st.sampled_from([0.0, 0.0003, 0.4, 30.0]))
+def test_send_now_is_send_then_segments_to_send(base, n, dt):
+    """send_now either declines, changing nothing, or changes the connection exactly as send() then
+    segments_to_send() do, its fields being the one segment they send."""
+    conn, now = base
+    now += dt
+    a, b = copy.deepcopy(conn), copy.deepcopy(conn)
+    fields = a.send_now(memoryview(PAYLOAD[:n]), now)
+    if fields is None:
+        assert snap(a) == snap(conn)
+        return
+    b.send(PAYLOAD[:n])
+    (seg,) = b.segments_to_send(now)
+    assert fields == (seg.seq, seg.ack, seg.flags, seg.window, seg.options.timestamps)
+    assert seg.payload == PAYLOAD[:n] and not seg.options.sack
+    assert snap(a) == snap(b)
+    assert a.segments_to_send(now) == b.segments_to_send(now) == []
+
+
+def test_send_now_takes_the_answers_of_a_request_response():
+    """The case it is for: in each config an answer after a request is taken by send_now (the test above
+    would pass with a send_now that always declines); Nagle declines a second small answer in flight."""
+    taken = {}
+    for conn, now in RR:
+        c = copy.deepcopy(conn)
+        key = (conn.ts_ok, conn.config.nodelay, conn.sq.snd_una < conn.sq.snd_max)
+        taken.setdefault(key, []).append(c.send_now(b"x" * 64, now) is not None)
+    assert all(taken[(True, True, False)]) and all(taken[(False, True, False)]) and all(taken[(True, False, False)])
+    assert not any(taken[(True, False, True)])

@@ -310,6 +310,17 @@ class TcpSocket:
         view = memoryview(data).cast("B")
         if not view:
             return 0
+        host = self.host
+        if not host.defer_tx:  # a request/response's answer: one segment straight out (TcpConnection.send_now)
+            head = host.eth_head(self._peer_ip)
+            if head is not None:
+                self._events()  # as flush() takes them before sending: they may reopen the window
+                fields = self.conn.send_now(view, time.monotonic())
+                if fields is not None:
+                    host.send_fields(head, self._peer_ip, self.local[1], self.peer[1], fields, view)
+                    self.predict()
+                    host.schedule(self, self.conn.next_timer())
+                    return len(view)
         sent = [self.conn.send(view)]
         if sent[0] == 0:
             def room() -> bool:  # the send buffer took some (WindowOpened may sit behind unread Data events)

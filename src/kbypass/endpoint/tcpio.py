@@ -41,7 +41,7 @@ from kbypass.proto import udp as udpp
 from kbypass.proto.ethernet import ETH_HLEN, ETH_P_IP
 from kbypass.proto.stack import Stack
 from kbypass.proto.tcp import fastpath as tcp_fastpath
-from kbypass.proto.tcp.segment import IPPROTO_TCP, NO_OPTIONS
+from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 from .base import POLL_MODES, close_steered, wake_lanes
 from .tcperrors import HostUnreachableError
@@ -387,11 +387,10 @@ class TcpHost:
         is not learnt here as _frame learns it: a predicted segment follows slow ones of the same connection
         (its handshake at least) that did, and a peer that moves is learnt again by its next slow segment."""
         sock, seq, ack, flags, window, tsval, tsecr, payload = hit
-        self.counters["rx_segments"] += 1
-        self.counters["rx_predicted"] += 1
-        opts = NO_OPTIONS if tsval is None else tcp.Options(timestamps=(tsval, tsecr))
-        if not sock.conn.receive_predicted(tcp.Segment(sock.peer[1], sock.local[1], seq, ack, flags, window, opts,
-                                                       payload), now):
+        counters = self.counters
+        counters["rx_segments"] += 1
+        counters["rx_predicted"] += 1
+        if not sock.conn.receive_hit(seq, ack, flags, window, tsval, tsecr, payload, now):
             sock.prediction.disarm()
         self._dirty.add(sock)
 
@@ -448,21 +447,36 @@ class TcpHost:
         for sock in dirty:
             sock.flush(now)
 
+    def eth_head(self, dst_ip: bytes) -> bytes | None:
+        """Our 14-byte Ethernet header toward dst_ip's next hop, or None while that is not resolved."""
+        mac = self._peer_macs.get(dst_ip)
+        if mac is None:
+            mac = self.stack.next_hop_mac(dst_ip, time.monotonic())
+            if mac is None:
+                return None
+        head = self._eth_heads.get(mac)
+        if head is None:
+            head = self._eth_heads[mac] = mac + self._macb + ETH_P_IP.to_bytes(2, "big")
+        return head
+
+    def send_fields(self, head: bytes, dst_ip: bytes, sport: int, dport: int, fields: tuple, payload) -> None:
+        """One established-path segment from its header fields (TcpConnection.send_now's) on the wire."""
+        self._ident = ident = (self._ident + 1) & 0xFFFF
+        seq, ack, flags, window, ts = fields
+        self._send_frame(self._frame_of(head, self._ipb, dst_ip, ident, sport, dport, seq, ack, flags, window, ts,
+                                        payload))
+        self.counters["tx_segments"] += 1
+
     def send_segments(self, dst_ip: bytes, segments) -> None:
         """Put segments for dst_ip on the wire (or behind its next hop's resolution)."""
         if not segments:
             return
-        mac = self._peer_macs.get(dst_ip)
-        if mac is None:
-            now = time.monotonic()
-            mac = self.stack.next_hop_mac(dst_ip, now)
-            if mac is None:
-                for seg in segments:
-                    self._emit(self.stack.send_ip(dst_ip, IPPROTO_TCP, seg.encode(self._ipb, dst_ip), now))
-                return
-        head = self._eth_heads.get(mac)
+        head = self.eth_head(dst_ip)
         if head is None:
-            head = self._eth_heads[mac] = mac + self._macb + ETH_P_IP.to_bytes(2, "big")
+            now = time.monotonic()
+            for seg in segments:
+                self._emit(self.stack.send_ip(dst_ip, IPPROTO_TCP, seg.encode(self._ipb, dst_ip), now))
+            return
         src, frame_of = self._ipb, self._frame_of
         for seg in segments:
             self._ident = ident = (self._ident + 1) & 0xFFFF

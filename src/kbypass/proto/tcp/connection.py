@@ -25,7 +25,7 @@ from .errors import (
 from .isn import IsnGenerator, default_generator
 from .output import Output
 from .recvq import Reassembly
-from .segment import ACK, FIN, RST, SYN, Segment
+from .segment import ACK, FIN, NO_OPTIONS, RST, SYN, Options, Segment
 from .sendq import SendQueue
 from .seqnum import seq_lt, unwrap
 from .states import CAN_SEND, PEER_OPEN, SYNCHRONIZED, Input, State, next_state
@@ -395,9 +395,16 @@ class TcpConnection(Output):
 
     def _rx_ack(self, seg: Segment, seq: int, now: float) -> bool:
         """ACK processing; returns False when the segment must be dropped."""
+        ts = seg.options.timestamps
+        return self._ack_fields(seq, seg.ack, seg.window, seg.flags, len(seg.payload), seg.options.sack,
+                                None if ts is None else ts[1], now)
+
+    def _ack_fields(self, seq: int, ack_wire: int, window: int, flags: int, payload_len: int, sack, tsecr,
+                    now: float) -> bool:
+        """_rx_ack on the segment's fields (the fast path has no Segment): tsecr is the echoed timestamp or None."""
         sq = self.sq
         una = sq.snd_una
-        ack = unwrap(seg.ack, una)
+        ack = unwrap(ack_wire, una)
         if ack > sq.snd_max:
             self.stats.bad_acks += 1
             self._ack_now = True  # RFC 9293: acknowledges something not yet sent: ACK and drop
@@ -406,14 +413,14 @@ class TcpConnection(Output):
             self.stats.bad_acks += 1
             self._challenge_ack(now)  # RFC 5961 5.2: too old to be a duplicate
             return False
-        win = seg.window << self.snd_wscale
+        win = window << self.snd_wscale
         news = False
-        if self.sack_ok and seg.options.sack:
-            for left, right in seg.options.sack:
+        if self.sack_ok and sack:
+            for left, right in sack:
                 news |= sq.sack(unwrap(left, una), unwrap(right, una))
         if ack > una:
-            self._new_ack(ack, seg, now)
-        elif (not seg.payload and not seg.flags & (SYN | FIN) and win == self.snd_wnd and una < sq.snd_max):
+            self._new_ack(ack, tsecr, now)
+        elif (not payload_len and not flags & (SYN | FIN) and win == self.snd_wnd and una < sq.snd_max):
             self._dupacks += 1
             self.stats.dup_acks += 1
         if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
@@ -429,15 +436,15 @@ class TcpConnection(Output):
             self._go(Input.FIN_ACKED)
         return True
 
-    def _new_ack(self, ack: int, seg: Segment, now: float) -> None:
+    def _new_ack(self, ack: int, tsecr: int | None, now: float) -> None:
         sq = self.sq
         acked = ack - sq.snd_una
         sq.acked(ack)
         if self._rtt_seq is not None and ack > self._rtt_seq:
             self.rtt.sample(now - self._rtt_time)
             self._rtt_seq = None
-        elif self._ts_sample_ok and seg.options.timestamps and seg.options.timestamps[1]:
-            ms = (self._tsval(now) - seg.options.timestamps[1]) & 0xFFFFFFFF
+        elif self._ts_sample_ok and tsecr:
+            ms = (self._tsval(now) - tsecr) & 0xFFFFFFFF
             if ms < 60_000:
                 self.rtt.sample(ms / 1000)
                 self._ts_sample_ok = False
@@ -581,15 +588,27 @@ class TcpConnection(Output):
         if self.state not in PREDICTABLE or self._peer_fin_seq is not None or self.rq.ooo_bytes:
             self.receive(seg, now)
             return False
+        ts = seg.options.timestamps
+        return self.receive_hit(seg.seq, seg.ack, seg.flags, seg.window, None if ts is None else ts[0],
+                                None if ts is None else ts[1], seg.payload, now)
+
+    def receive_hit(self, seq_wire: int, ack: int, flags: int, window: int, tsval: int | None, tsecr: int | None,
+                    payload: bytes, now: float) -> bool:
+        """receive_predicted on the fields kbypass._fasttcp.rx returns for a HIT (no Segment built: the
+        endpoint's per-segment path). The connection must be predictable (receive_predicted checks it)."""
+        if self.state not in PREDICTABLE or self._peer_fin_seq is not None or self.rq.ooo_bytes:
+            self.receive(Segment(self.remote[1], self.local[1], seq_wire, ack, flags, window,
+                                 NO_OPTIONS if tsval is None else Options(timestamps=(tsval, tsecr)), payload), now)
+            return False
         self._now = now
         self.stats.segs_in += 1
-        seq = unwrap(seg.seq, self.rcv_nxt)
+        seq = unwrap(seq_wire, self.rcv_nxt)
         self._last_recv = now
         self._probes = 0
         if self.ts_ok and seq <= self._last_ack_sent:
-            self.ts_recent = seg.options.timestamps[0]
-        self._rx_ack(seg, seq, now)
-        if seg.payload and self.state in PEER_OPEN:
-            self._rx_data(seq, seg.payload, now)
+            self.ts_recent = tsval
+        self._ack_fields(seq, ack, window, flags, len(payload), (), tsecr, now)
+        if payload and self.state in PEER_OPEN:
+            self._rx_data(seq, payload, now)
         return self.state in PREDICTABLE and self._peer_fin_seq is None and not self.rq.ooo_bytes
 

@@ -17,6 +17,7 @@ from .states import PEER_OPEN, Input, State
 
 MASK = 0xFFFFFFFF
 _KEEPALIVE_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2})
+_FAST_SEND = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})  # send_now: CAN_SEND without the handshake's
 _DATA_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
 
 
@@ -176,6 +177,54 @@ class Output:
                 self._rto_at = now + self.rtt.rto
         elif not sent and sq.snd_una == sq.snd_max < sq.data_end and self._persist_at is None:
             self._persist_at = now + self._persist_interval()  # the window is shut: probe it
+
+    def send_now(self, data, now: float) -> tuple | None:
+        """send(data) then segments_to_send(now), for the case a request/response server lives in: an
+        established connection with nothing unsent, lost or owed but this one segment, which fits the send
+        buffer, one MSS, the peer's window and cwnd. Returns the segment's header fields (seq, ack, flags,
+        window, timestamps or None) with the state changed exactly as the two calls change it, the payload
+        being `data` (the endpoint builds the frame: kbypass._fasttcp.frame); or None, having changed
+        nothing, when any of that does not hold (the caller then takes the usual way).
+        tests/unit/test_tcp_sendnow.py holds it to the two calls."""
+        n = len(data)
+        sq = self.sq
+        una, nxt = sq.snd_una, sq.snd_max
+        if (self.state not in _FAST_SEND or not n or self._rst_out or self._probe_due or self._tlp_due
+                or self._fin_seq is not None or self._shutdown_pending or nxt != sq.data_end or sq.relost
+                or sq.rexmit_next < sq.lost_high or n > self.config.send_buffer - len(sq.buf)
+                or n > una + self.snd_wnd - nxt or (self.sack_ok and self.rq.ooo_bytes)
+                or n > self.snd_mss or (una < nxt and not self.config.nodelay and n < self.snd_mss)):
+            return None
+        cwnd = self.cc.cwnd
+        if una == nxt and self.config.slow_start_after_idle and now - self._last_data_at > self.rtt.rto:
+            cwnd = min(cwnd, self.config.initial_cwnd * self.snd_mss)  # restart after idle (_send_data's)
+        if sq.pipe() >= cwnd:
+            return None
+        self.cc.cwnd = cwnd
+        self._now = now
+        sq.append(data)
+        self._rexmit_force = self._sws_override = False
+        end = nxt + n
+        ts = (self._tsval(now), self.ts_recent) if self.ts_ok else None
+        wfield = self._wnd_field()
+        rcv_nxt = self.rcv_nxt
+        self._adv_right = max(self._adv_right, rcv_nxt + (wfield << self.rcv_wscale))
+        self._last_ack_sent = rcv_nxt
+        self._ack_now = False
+        self._segs_unacked = 0
+        self._delack_at = None
+        self._dupacks_owed = 0
+        stats = self.stats
+        stats.segs_out += 1
+        stats.bytes_out += n
+        sq.snd_max = end
+        self._last_data_at = now
+        if self._rtt_seq is None:
+            self._rtt_seq, self._rtt_time = end - 1, now
+        if self._rto_at is None:
+            self._rto_at = now + self.rtt.rto
+        self._arm_tlp(now)
+        return nxt & MASK, rcv_nxt & MASK, ACK | PSH, wfield, ts
 
     def _payload_mss(self) -> int:
         """snd_mss (timestamps already counted) less the SACK blocks our segments carry now, so a data

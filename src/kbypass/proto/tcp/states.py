@@ -11,6 +11,10 @@ import enum
 
 
 class State(enum.Enum):
+    # members are singletons: hash by identity in C, not Enum's hash(name) in Python (a membership test of a
+    # state set runs several times per segment)
+    __hash__ = object.__hash__
+
     CLOSED = "CLOSED"
     SYN_SENT = "SYN_SENT"
     SYN_RCVD = "SYN_RCVD"
