@@ -85,9 +85,13 @@ class TcpMessages:
         deadline = None if timeout is None else time.monotonic() + timeout
         host = self.host
         while True:
-            got = host.pump()
+            # receive only: a message that came goes to the caller before the host sends what the connections
+            # owe (their ACKs ride on its answer, send() sends that at once; a flush before it would be on the
+            # round trip's path), and the rest goes out here when nothing is ready, before waiting
+            got = host.receive()
             if self._take():
                 return self._ready.popleft()
+            host.transmit()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"no message within {timeout} s")
             if not got:
