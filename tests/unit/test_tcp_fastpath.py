@@ -182,10 +182,11 @@ FIELDS = ("seq", "ack", "flags", "window", "ts", "sack", "len", "corrupt")
 
 
 @st.composite
-def segments(draw):
+def segments(draw, bases=None):
     """A segment the prediction expects, with at most two fields drawn at random instead (so hits and near
-    misses both come often)."""
-    conn, now = BASES[draw(st.integers(0, len(BASES) - 1))]
+    misses both come often), against one of `bases` (default BASES)."""
+    bases = BASES if bases is None else bases
+    conn, now = bases[draw(st.integers(0, len(bases) - 1))]
     bad = draw(st.sets(st.sampled_from(FIELDS), max_size=2))
     rcv_nxt, una, smax = conn.rcv_nxt, conn.sq.snd_una, conn.sq.snd_max
     seq = rcv_nxt
@@ -560,6 +561,15 @@ def _rr_bases():
 
 
 RR = _rr_bases()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(segments(RR))
+def test_the_request_response_states_are_predicted_as_receive_takes_them(fast, case):
+    """The fuzz above in the states of a request/response exchange (the ones receive_hit's shortcuts are for:
+    nothing in flight, an answer in flight, an ACK owed)."""
+    base, raw, now = case
+    _agree(fast, base, raw, now)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))

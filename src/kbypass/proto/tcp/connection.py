@@ -430,7 +430,8 @@ class TcpConnection(Output):
             if win:
                 self._persist_at = None
                 self._persist_backoff = 0
-        self._detect_loss(news, now)
+        if self._in_recovery or self._recover <= sq.snd_una < sq.snd_max:  # else _detect_loss has nothing to do
+            self._detect_loss(news, now)
         if self._fin_seq is not None and sq.snd_una > self._fin_seq and self.state in (
                 State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
             self._go(Input.FIN_ACKED)
@@ -460,7 +461,8 @@ class TcpConnection(Output):
         self._rto_at = now + self.rtt.rto if sq.snd_una < sq.snd_max else None
         self._tlp_out = False
         self._tlp_at = None
-        self._arm_tlp(now)
+        if sq.snd_una < sq.snd_max:  # else _arm_tlp has nothing to arm
+            self._arm_tlp(now)
         if self._blocked and self.send_room >= min(self.config.send_buffer // 2, 64 * 1024):
             self._blocked = False
             self._events.append(ev.WindowOpened(self.send_room))
