@@ -4,8 +4,9 @@
     ping-pong   sockperf ping-pong --tcp (host a) against `kbypass pingpong server --tcp` (host b), waiting
                 in poll() and busy polling, beside the same client against `sockperf server --tcp` (the kernel
                 anchor) and against it with busy polling on both hosts (busy_read/busy_poll and --lls: the
-                kernel's best, as `kbypass bench latency` measures it for UDP); one-way p50/p99 (half the
-                round trip, as sockperf reports)
+                kernel's best, as `kbypass bench latency` measures it for UDP), and kbypass busy polling
+                against that busy-polling client (the kernel best's pair with our server in it); one-way
+                p50/p99 (half the round trip, as sockperf reports)
     http        wrk (host a) against `kbypass http serve`, an asyncio server on uvloop over kernel sockets
                 answering with the same bytes (kbypass.proto.http: same parser and head cache, same pre-encoded
                 answers, the Date formatted once a second, one write per read as kbypass sends one segment),
@@ -151,6 +152,9 @@ def pingpong(kind: str, a, b, seconds: float, size: int, poll: str) -> dict:
     if kind == "kernel best":  # busy polling on both hosts: the kernel's lower bound (kbypass.bench.latency's)
         with tune.busy_polling(BUSY_US):
             return _pingpong("kernel", a, b, seconds, size, poll, ("--lls", str(BUSY_US)))
+    if kind == "kbypass, client busy":  # kbypass spinning against the kernel best's client (it spins too)
+        with tune.busy_polling(BUSY_US):
+            return _pingpong("kbypass", a, b, seconds, size, "busy", ("--lls", str(BUSY_US)))
     return _pingpong(kind, a, b, seconds, size, poll)
 
 
@@ -370,6 +374,8 @@ def main() -> int:
         trials["pingpong kbypass server --tcp"] = lambda: pingpong("kbypass", a, b, args.seconds, args.size, args.poll)
         trials["pingpong kbypass server --tcp --poll busy"] = lambda: pingpong("kbypass", a, b, args.seconds,
                                                                                args.size, "busy")
+        trials["pingpong kbypass --poll busy, client busy poll"] = lambda: pingpong(
+            "kbypass, client busy", a, b, args.seconds, args.size, "busy")
     if "http" in parts:
         for kind in ("kbypass", "uvloop", "nginx") + (("kbypass baseline",) if args.baseline else ()):
             trials[f"http {kind}"] = (lambda k=kind: http(k, a, b, args.seconds, args.body, args.connections,
@@ -433,6 +439,9 @@ def _ratios(t: dict) -> dict:
         "pingpong p50 kbypass busy / kernel best (busy poll)": r("pingpong kbypass server --tcp --poll busy",
                                                                  "pingpong sockperf --tcp, busy poll (kernel best)",
                                                                  "p50_us"),
+        "pingpong p50 kbypass busy, client busy / kernel best": r("pingpong kbypass --poll busy, client busy poll",
+                                                                  "pingpong sockperf --tcp, busy poll (kernel best)",
+                                                                  "p50_us"),
         "http req/s kbypass / uvloop": r("http kbypass", "http uvloop", "requests_per_s"),
         "http req/s kbypass / nginx": r("http kbypass", "http nginx", "requests_per_s"),
         "http req/s kbypass baseline / uvloop": r("http kbypass baseline", "http uvloop", "requests_per_s"),
