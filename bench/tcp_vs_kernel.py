@@ -148,25 +148,28 @@ def sockperf_client(a, b, seconds: float, size: int, extra: tuple[str, ...] = ()
     return {"p50_us": got["p50_us"], "p99_us": got["p99_us"]}
 
 
-def pingpong(kind: str, a, b, seconds: float, size: int, poll: str) -> dict:
+def pingpong(kind: str, a, b, seconds: float, size: int, poll: str, baseline: str | None = None) -> dict:
     if kind == "kernel best":  # busy polling on both hosts: the kernel's lower bound (kbypass.bench.latency's)
         with tune.busy_polling(BUSY_US):
             return _pingpong("kernel", a, b, seconds, size, poll, ("--lls", str(BUSY_US)))
     if kind == "kbypass, client busy":  # kbypass spinning against the kernel best's client (it spins too)
         with tune.busy_polling(BUSY_US):
             return _pingpong("kbypass", a, b, seconds, size, "busy", ("--lls", str(BUSY_US)))
-    return _pingpong(kind, a, b, seconds, size, poll)
+    return _pingpong(kind, a, b, seconds, size, poll, baseline=baseline)
 
 
-def _pingpong(kind: str, a, b, seconds: float, size: int, poll: str, extra: tuple[str, ...] = ()) -> dict:
+def _pingpong(kind: str, a, b, seconds: float, size: int, poll: str, extra: tuple[str, ...] = (),
+              baseline: str | None = None) -> dict:
     if kind == "kernel":
         server = subprocess.Popen(in_ns(b, SERVER_CPU, "sockperf", "server", "--tcp", "-i", b.ipv4, "-p",
                                         str(PP_PORT), *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
     else:
+        # the baseline: the same command from another source tree (the commit before a change), same run
+        env = None if kind == "kbypass" else {**os.environ, "PYTHONPATH": baseline}
         server = subprocess.Popen(kb("pingpong", "server", "--tcp", "--host", "b", "--port", str(PP_PORT), "--cpu",
                                      SERVER_CPU, "--poll", poll, "--idle-timeout", str(seconds + 30)),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         started(server, "pingpong server on", "kbypass pingpong server --tcp")
     try:
         return sockperf_client(a, b, seconds, size, extra)
@@ -345,9 +348,9 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "tcp_vs_kernel.json"))
     ap.add_argument("--png", default=str(ROOT / "bench" / "results" / "tcp_vs_kernel.png"))
     ap.add_argument("--keep", action="store_true", help="leave the testbed up")
-    ap.add_argument("--baseline", metavar="SRC", help="also run `kbypass http serve` with PYTHONPATH=SRC (the src/ "
-                    "of another checkout, its C modules built: e.g. the commit before a change) as 'http kbypass "
-                    "baseline', in the same run")
+    ap.add_argument("--baseline", metavar="SRC", help="also run `kbypass http serve` and `kbypass pingpong server "
+                    "--tcp` with PYTHONPATH=SRC (the src/ of another checkout, its C modules built: e.g. the commit "
+                    "before a change) as 'http kbypass baseline' and 'pingpong kbypass baseline ...', in the same run")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root", file=sys.stderr)
@@ -376,6 +379,11 @@ def main() -> int:
                                                                                args.size, "busy")
         trials["pingpong kbypass --poll busy, client busy poll"] = lambda: pingpong(
             "kbypass, client busy", a, b, args.seconds, args.size, "busy")
+        if args.baseline:
+            trials["pingpong kbypass baseline server --tcp"] = lambda: pingpong(
+                "kbypass baseline", a, b, args.seconds, args.size, args.poll, args.baseline)
+            trials["pingpong kbypass baseline server --tcp --poll busy"] = lambda: pingpong(
+                "kbypass baseline", a, b, args.seconds, args.size, "busy", args.baseline)
     if "http" in parts:
         for kind in ("kbypass", "uvloop", "nginx") + (("kbypass baseline",) if args.baseline else ()):
             trials[f"http {kind}"] = (lambda k=kind: http(k, a, b, args.seconds, args.body, args.connections,
@@ -442,6 +450,13 @@ def _ratios(t: dict) -> dict:
         "pingpong p50 kbypass busy, client busy / kernel best": r("pingpong kbypass --poll busy, client busy poll",
                                                                   "pingpong sockperf --tcp, busy poll (kernel best)",
                                                                   "p50_us"),
+        "pingpong p50 kbypass baseline / sockperf kernel": r("pingpong kbypass baseline server --tcp",
+                                                             "pingpong sockperf server --tcp (kernel)", "p50_us"),
+        "pingpong p50 kbypass / kbypass baseline": r("pingpong kbypass server --tcp",
+                                                     "pingpong kbypass baseline server --tcp", "p50_us"),
+        "pingpong p50 kbypass busy / kbypass baseline busy": r("pingpong kbypass server --tcp --poll busy",
+                                                               "pingpong kbypass baseline server --tcp --poll busy",
+                                                               "p50_us"),
         "http req/s kbypass / uvloop": r("http kbypass", "http uvloop", "requests_per_s"),
         "http req/s kbypass / nginx": r("http kbypass", "http nginx", "requests_per_s"),
         "http req/s kbypass baseline / uvloop": r("http kbypass baseline", "http uvloop", "requests_per_s"),

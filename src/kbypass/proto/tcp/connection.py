@@ -544,9 +544,12 @@ class TcpConnection(Output):
         """The window field we send now (scaled down, capped at 16 bits). Receiver SWS avoidance (RFC 9293
         3.8.6.2.2): the right edge moves only by min(half the buffer, one MSS) or more, so a reader that
         falls behind shows the sender a zero window, not a trickle of tiny ones."""
-        avail = self._rcv_wnd()
+        cfg = self.config
+        avail = cfg.recv_buffer - self._unread  # _rcv_wnd(), inline: this runs for every segment sent
+        if avail < 0:
+            avail = 0
         edge = self._adv_right - self.rcv_nxt
-        if edge >= 0 and avail - edge < min(self.config.recv_buffer // 2, self.config.mss):
+        if edge >= 0 and avail - edge < min(cfg.recv_buffer // 2, cfg.mss):
             avail = edge
         return min(avail >> self.rcv_wscale, 0xFFFF)
 

@@ -70,10 +70,12 @@ class SendQueue:
     def acked(self, ack: int) -> None:
         """Cumulative ACK up to `ack` (the connection has checked it is new)."""
         self.snd_una = ack
-        drop = min(ack, self.data_end) - self.data_start
+        start, buf = self.data_start, self.buf
+        end = start + len(buf)
+        drop = (ack if ack < end else end) - start
         if drop > 0:
-            del self.buf[:drop]
-            self.data_start += drop
+            del buf[:drop]
+            self.data_start = start + drop
         ranges = self.sacked
         if ranges and ranges[0][0] < ack:
             self._cum = None
@@ -94,7 +96,8 @@ class SendQueue:
         rexmits = self.rexmits
         while rexmits and rexmits[0][1] <= ack:  # arrived (the log is in mark order: a cheap trim at the front)
             rexmits.popleft()
-        self.rexmit_next = max(self.rexmit_next, ack)
+        if ack > self.rexmit_next:
+            self.rexmit_next = ack
 
     def sack(self, left: int, right: int) -> bool:
         """Mark [left, right) SACKed; returns True if it was news. Blocks outside (snd_una, snd_max] are
