@@ -82,14 +82,18 @@ def main() -> int:
         ep.close()
     pairs = collections.defaultdict(list)
     last_sent = None
+    seen: set | None = None  # the stages stamped since a request's RX (idle loops and pure ACKs stamp them too)
     for (la, ta), (lb, tb) in zip(log, log[1:]):
-        if la == "RX" and last_sent is not None:
-            pairs[("send() returned", "RX")].append(ta - last_sent)
-            last_sent = None
-        if (la, lb) in zip(STAGES, STAGES[1:]):
+        if la == "RX":
+            seen = {"RX"}
+            if last_sent is not None:
+                pairs[("send() returned", "RX")].append(ta - last_sent)
+                last_sent = None
+        if seen is not None and la in seen and lb not in seen and (la, lb) in zip(STAGES, STAGES[1:]):
             pairs[(la, lb)].append(tb - ta)
+            seen.add(lb)
         if lb == "send() returned":
-            last_sent = tb
+            last_sent, seen = tb, None
     print(f"{res.received} round trips answered, poll {args.poll}; sockperf: "
           + " ".join(line.split("sockperf: ")[-1] for line in out.splitlines() if "percentile 50.000" in line))
     print("stage (p50 over the round trips, us)")
