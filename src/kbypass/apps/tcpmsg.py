@@ -58,6 +58,9 @@ class TcpMessages:
                 if not data:
                     self._drop(peer)
                     break
+                if not buf and HEADER_LEN <= len(data) <= MAX_MESSAGE and int.from_bytes(data[10:14], "big") == len(data):
+                    self._ready.append((data, peer))  # exactly one whole message (ping-pong's case): no copies
+                    continue
                 buf += data
             if peer not in self._conns:
                 continue

@@ -1,0 +1,60 @@
+"""TcpMessages frames sockperf's TCP stream into whole messages: one message per read (the ping-pong case,
+taken without copying), several per read, one split over reads, and a header that cannot be sockperf's."""
+
+from kbypass.apps.pingpong import message
+from kbypass.apps.tcpmsg import TcpMessages
+
+
+class _Sock:
+    def __init__(self, reads):
+        self.peer, self.local = ("10.0.0.1", 4000), ("10.0.0.2", 11111)
+        self._reads = list(reads)
+        self.closed = False
+
+    def setblocking(self, flag):
+        pass
+
+    @property
+    def readable(self):
+        return bool(self._reads)
+
+    def recv(self, n):
+        return self._reads.pop(0)
+
+    def close(self):
+        self.closed = True
+
+
+class _Host:
+    ip = "10.0.0.2"
+
+
+def _messages(reads):
+    sock = _Sock(reads)
+    ep = TcpMessages(_Host(), sock=sock)
+    out = []
+    while ep._take():
+        while ep._ready:
+            out.append(ep._ready.popleft()[0])
+    return out, ep, sock
+
+
+def test_each_framing_of_the_stream_gives_the_same_messages():
+    msgs = [message(i, n) for i, n in enumerate((64, 14, 1000, 64), 1)]
+    stream = b"".join(msgs)
+    for reads in ([*msgs], [stream], [stream[:5], stream[5:70], stream[70:]], [bytes([b]) for b in stream]):
+        got, ep, _ = _messages(reads)
+        assert got == msgs, reads
+        assert ep.bad_streams == 0
+
+
+def test_a_whole_message_read_alone_is_taken_as_it_came():
+    m = message(7, 64)
+    got, _, _ = _messages([m])
+    assert got == [m] and got[0] is m
+
+
+def test_a_length_no_sockperf_header_has_ends_the_connection():
+    bad = bytes(10) + (5).to_bytes(4, "big") + bytes(50)  # a length below the header's own
+    got, ep, sock = _messages([bad])
+    assert got == [] and ep.bad_streams == 1 and sock.closed
