@@ -58,3 +58,34 @@ def test_a_length_no_sockperf_header_has_ends_the_connection():
     bad = bytes(10) + (5).to_bytes(4, "big") + bytes(50)  # a length below the header's own
     got, ep, sock = _messages([bad])
     assert got == [] and ep.bad_streams == 1 and sock.closed
+
+
+class _BusyHost:
+    """A host whose every receive brings one more whole message (a client that never waits)."""
+
+    ip = "10.0.0.2"
+
+    def __init__(self, sock):
+        self.sock, self.calls, self.n = sock, [], 0
+
+    def receive(self):
+        self.calls.append("receive")
+        self.n += 1
+        self.sock._reads.append(message(self.n, 64))
+        return True
+
+    def transmit(self):
+        self.calls.append("transmit")
+
+
+def test_a_stream_of_messages_still_lets_the_host_transmit():
+    """recvfrom hands a message over before the host transmits (its answer carries the ACK), but messages
+    that keep coming do not hold back the host's timers and ACKs: at most 8 receives between transmits."""
+    sock = _Sock([])
+    host = _BusyHost(sock)
+    ep = TcpMessages(host, sock=sock)
+    for _ in range(40):
+        ep.recvfrom(1.0)
+    runs = "".join("r" if c == "receive" else "t" for c in host.calls).split("t")
+    assert host.calls.count("transmit") >= 4 and max(len(r) for r in runs) <= 8
+    assert host.calls[0] == "receive" and host.calls[1] == "receive"  # the first message went out untransmitted

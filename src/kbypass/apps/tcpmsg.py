@@ -20,6 +20,7 @@ from collections import deque
 from kbypass.apps.pingpong import HEADER_LEN
 
 MAX_MESSAGE = 65536 * 16  # sockperf's largest --msg-size is 65506
+TRANSMIT_EVERY = 8  # receives between transmits while messages keep coming (timers, ACKs of unanswered ones)
 
 
 class TcpMessages:
@@ -28,6 +29,7 @@ class TcpMessages:
         self._conns: dict[tuple[str, int], list] = {}  # peer -> [sock, bytearray]
         self._ready: deque = deque()
         self.closed_conns = 0
+        self._untransmitted = 0  # receives since the host last transmitted (recvfrom)
         self.bad_streams = 0
         self.ip = host.ip
         if sock is not None:
@@ -92,9 +94,13 @@ class TcpMessages:
             # owe (their ACKs ride on its answer, send() sends that at once; a flush before it would be on the
             # round trip's path), and the rest goes out here when nothing is ready, before waiting
             got = host.receive()
-            if self._take():
+            ready = self._take()
+            self._untransmitted += 1
+            if not ready or self._untransmitted >= TRANSMIT_EVERY:  # a stream of messages starves no timer
+                host.transmit()
+                self._untransmitted = 0
+            if ready:
                 return self._ready.popleft()
-            host.transmit()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"no message within {timeout} s")
             if not got:
