@@ -185,7 +185,7 @@ class Output:
         window, timestamps or None) with the state changed exactly as the two calls change it, the payload
         being `data` (the endpoint builds the frame: kbypass._fasttcp.frame); or None, having changed
         nothing, when any of that does not hold (the caller then takes the usual way).
-        tests/unit/test_tcp_sendnow.py holds it to the two calls."""
+        tests/unit/test_tcp_fastpath.py holds it to the two calls."""
         n = len(data)
         sq = self.sq
         una, nxt = sq.snd_una, sq.snd_max
