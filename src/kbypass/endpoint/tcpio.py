@@ -130,7 +130,9 @@ class TcpHost:
         self._conns: dict[tuple[bytes, int, int], object] = {}  # (peer ip, peer port, local port) -> TcpSocket
         # the same connections' predictions for kbypass._fasttcp.rx, by (peer ip << 16 | peer port) << 16 | local port
         self._predictions: dict[int, object] = {}
-        self._predict, self._frame_of = self._fasttcp.rx, self._fasttcp.frame
+        self._canned: dict[int, object] = {}  # and their canned answers' arming (TcpSocket.canned), same keys
+        self._canned_done: list = []  # (socket, the table's values) answered in C since take_canned
+        self._predict, self._frame_of = self._fasttcp.rx_canned, self._fasttcp.frame
         self._no_time_wait_until = 0.0  # room(): no TIME_WAIT connection to end before then
         self._listeners: dict[int, object] = {}  # local port -> endpoint.tcp.TcpListener
         self._dirty: set = set()  # sockets with something to send or events to read
@@ -149,7 +151,7 @@ class TcpHost:
             self._epoll.register(lane.fd, select.EPOLLIN)
         self.counters = dict.fromkeys(("rx_segments", "rx_predicted", "tx_segments", "rx_not_tcp", "rx_bad", "rx_no_socket",
                                        "tx_ring_full", "tx_dropped", "refused_limit", "accepted", "connected",
-                                       "loss_dropped"), 0)
+                                       "loss_dropped", "rx_canned"), 0)
         self._closed = False
 
     # ---- ports and steering --------------------------------------------------------------------------
@@ -227,8 +229,9 @@ class TcpHost:
                              "some or open the host with a larger max_connections")
         self._conns[key] = sock
         self._dirty.add(sock)
-        sock.prediction = self._predictions[_prediction_key(key)] = self._fasttcp.Prediction(
-            self._ipb, key[2], key[0], key[1], sock)
+        pkey = _prediction_key(key)
+        sock.prediction = self._predictions[pkey] = self._fasttcp.Prediction(self._ipb, key[2], key[0], key[1], sock)
+        sock.canned_prediction = self._canned[pkey] = self._fasttcp.Canned()
 
     def forget(self, sock) -> None:
         """The socket's connection is CLOSED: drop it from the table (and its port when nothing uses it)."""
@@ -236,6 +239,7 @@ class TcpHost:
         if self._conns.get(sock.key) is sock:
             del self._conns[sock.key]
             self._predictions.pop(_prediction_key(sock.key), None)
+            self._canned.pop(_prediction_key(sock.key), None)
             if not self.port_in_use(sock.key[2]):
                 self.release_port(sock.key[2])
 
@@ -309,7 +313,7 @@ class TcpHost:
         a whole batch calls transmit() once after it (pump() is both)."""
         now = time.monotonic()
         got = False
-        predict, table = self._predict, self._predictions
+        predict, table, canned = self._predict, self._predictions, self._canned
         for lane in self._lanes:
             receive = lane.receive_udp
             for _ in range(RX_BURST):
@@ -318,11 +322,13 @@ class TcpHost:
                     break
                 got = True
                 if type(f) is bytes:
-                    hit = predict(f, table)
+                    hit = predict(f, table, canned, now, (self._ident + 1) & 0xFFFF)
                     if hit is None:
                         self._frame(f, now)
-                    else:
+                    elif len(hit) == 8:
                         self._predicted(hit, now)
+                    else:
+                        self._answered(hit, now)
                 else:  # UDP to port 0: nothing of ours (no rule steers it), counted and dropped
                     self.counters["rx_not_tcp"] += 1
         if got:
@@ -395,6 +401,31 @@ class TcpHost:
             sock.prediction.disarm()
         self._dirty.add(sock)
 
+    def _answered(self, hit: tuple, now: float) -> None:
+        """A predicted segment the C fast path answered from the socket's canned answers (rx_canned): its
+        answer's frame goes out, and the connection takes the exchange (TcpConnection.answer_predicted)."""
+        sock, seq, ack, flags, window, tsval, tsecr, payload, values, frame = hit
+        self._ident = (self._ident + 1) & 0xFFFF  # rx_canned built the frame with this ident
+        self._send_frame(frame)
+        counters = self.counters
+        counters["rx_segments"] += 1
+        counters["rx_predicted"] += 1
+        counters["rx_canned"] += len(values)
+        counters["tx_segments"] += 1
+        opts = NO_OPTIONS if tsval is None else tcp.Options(timestamps=(tsval, tsecr))
+        answer = values[0][0] if len(values) == 1 else b"".join(v[0] for v in values)
+        if not sock.conn.answer_predicted(tcp.Segment(sock.peer[1], sock.local[1], seq, ack, flags, window, opts,
+                                                      payload), answer, now):
+            sock.prediction.disarm()
+        self._canned_done.append((sock, values))
+        self._dirty.add(sock)
+
+    def take_canned(self) -> list:
+        """(socket, the canned table's values in request order) for each segment answered in C since the last
+        call (TcpSocket.canned): the requests the application did not see, for its counts and timers."""
+        done, self._canned_done = self._canned_done, []
+        return done
+
     @staticmethod
     def reset_for(seg) -> list:
         """The RST answering a segment nothing here takes (none to a RST): kbypass.proto.tcp.reset_for's."""
@@ -452,17 +483,12 @@ class TcpHost:
         """Put segments for dst_ip on the wire (or behind its next hop's resolution)."""
         if not segments:
             return
-        mac = self._peer_macs.get(dst_ip)
-        if mac is None:
-            now = time.monotonic()
-            mac = self.stack.next_hop_mac(dst_ip, now)
-            if mac is None:
-                for seg in segments:
-                    self._emit(self.stack.send_ip(dst_ip, IPPROTO_TCP, seg.encode(self._ipb, dst_ip), now))
-                return
-        head = self._eth_heads.get(mac)
+        head = self.eth_head(dst_ip)
         if head is None:
-            head = self._eth_heads[mac] = mac + self._macb + ETH_P_IP.to_bytes(2, "big")
+            now = time.monotonic()
+            for seg in segments:
+                self._emit(self.stack.send_ip(dst_ip, IPPROTO_TCP, seg.encode(self._ipb, dst_ip), now))
+            return
         src, frame_of = self._ipb, self._frame_of
         for seg in segments:
             self._ident = ident = (self._ident + 1) & 0xFFFF
@@ -475,6 +501,18 @@ class TcpHost:
             body = seg.encode(src, dst_ip)
             self._send_frame(head + ipv4.build_ipv4_header(src, dst_ip, IPPROTO_TCP, len(body), ident=ident) + body)
         self.counters["tx_segments"] += len(segments)
+
+    def eth_head(self, dst_ip: bytes) -> bytes | None:
+        """Our 14-byte Ethernet header toward dst_ip's next hop, or None while it is not resolved."""
+        mac = self._peer_macs.get(dst_ip)
+        if mac is None:
+            mac = self.stack.next_hop_mac(dst_ip, time.monotonic())
+            if mac is None:
+                return None
+        head = self._eth_heads.get(mac)
+        if head is None:
+            head = self._eth_heads[mac] = mac + self._macb + ETH_P_IP.to_bytes(2, "big")
+        return head
 
     def _emit(self, frames) -> None:
         for f in frames:
