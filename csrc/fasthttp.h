@@ -172,6 +172,8 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
     if (out) { /* the connection moves on: our answer is sent, one answer per arming */
         pred->p = p;
         pred->p.snd_max = p.snd_max + (uint32_t)total;
+        pred->p.rcv_wnd = adv->rcv_wnd + hit->payload_len; /* the application took the request at once */
+        pred->p.last_ack_sent = p.rcv_nxt;                 /* the answer acknowledges it */
         c->h.armed = 0;
     }
 done:
