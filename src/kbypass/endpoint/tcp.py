@@ -168,6 +168,18 @@ class TcpSocket:
         else:
             self.host.touch(self)  # armed at the next flush
 
+    def answered(self, still: bool) -> None:
+        """After the C fast path answered a segment from the canned answers and the connection took the
+        exchange (TcpHost._answered; `still`: answer_predicted's result): nothing is left to send and no event
+        came (tests/unit/test_http_canned.py holds both), and the prediction C advanced is the connection's,
+        so of flush() only this remains: arm the canned answers again and the timers the answer set."""
+        if not still:
+            self.unpredict()
+            self.host.touch(self)
+            return
+        self._arm_canned()
+        self.host.schedule(self, self.conn.next_timer())
+
     def _arm_canned(self) -> None:
         state = None
         if not self._rx and not self._app_closed and not self._shut_wr and self._dead is None:

@@ -414,11 +414,9 @@ class TcpHost:
         counters["tx_segments"] += 1
         opts = NO_OPTIONS if tsval is None else tcp.Options(timestamps=(tsval, tsecr))
         answer = values[0][0] if len(values) == 1 else b"".join(v[0] for v in values)
-        if not sock.conn.answer_predicted(tcp.Segment(sock.peer[1], sock.local[1], seq, ack, flags, window, opts,
-                                                      payload), answer, now):
-            sock.prediction.disarm()
+        sock.answered(sock.conn.answer_predicted(tcp.Segment(sock.peer[1], sock.local[1], seq, ack, flags, window,
+                                                             opts, payload), answer, now))
         self._canned_done.append((sock, values))
-        self._dirty.add(sock)
 
     def take_canned(self) -> list:
         """(socket, the canned table's values in request order) for each segment answered in C since the last
