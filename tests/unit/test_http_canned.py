@@ -23,8 +23,22 @@ from kbypass.proto import tcp
 from kbypass.proto.http import RequestParser, Site, learn_canned, respond_whole
 from kbypass.proto.ipv4 import build_ipv4_header
 from kbypass.proto.tcp import fastpath
-from kbypass.proto.tcp.segment import ACK, NO_OPTIONS, PSH, Options, Segment, parse_segment
-from kbypass.proto.tcp.sim import CLIENT_IP, CLIENT_PORT, SERVER_IP, SERVER_PORT, App, TcpPair
+from kbypass.proto.tcp.segment import (
+    ACK,
+    NO_OPTIONS,
+    PSH,
+    Options,
+    Segment,
+    parse_segment,
+)
+from kbypass.proto.tcp.sim import (
+    CLIENT_IP,
+    CLIENT_PORT,
+    SERVER_IP,
+    SERVER_PORT,
+    App,
+    TcpPair,
+)
 from tests.kb import needs_c
 
 ETH_IN = bytes.fromhex("020000000002" "020000000001" "0800")  # client -> server
