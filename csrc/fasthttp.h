@@ -2,9 +2,10 @@
  * the kbypass._fasttcp binding (included by fasttcp.c, after its Prediction type).
  *
  * Canned(): one connection's arming, held beside its Prediction in a second dict of the same keys. arm(eth,
- * answers, snd_wscale, rcv_wscale, mss, cwnd, avail, sws, adv_right, ts_offset, valid_until) takes the
+ * answers, snd_wscale, rcv_wscale, avail, sws, adv_right, ts_offset, mss, cwnd, valid_until) takes the
  * application's table `answers` (a dict: whole request head, bytes -> a tuple whose first item is the answer's
- * bytes) and TcpConnection.canned_state's fields; disarm() stops it.
+ * bytes) and TcpConnection.canned_state's fields; refresh(mss, cwnd, valid_until) arms it again after an
+ * answer (TcpConnection.canned_refresh: what the exchange moved; adv_right C moved itself); disarm() stops it.
  *
  * rx_canned(frame, table, canned, now, ident): what rx(frame, table) does, and when the segment is a HIT whose
  * payload is whole request heads all in the connection's armed table, and their answers together may leave
@@ -37,10 +38,21 @@ static void Canned_dealloc(Canned *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* mss, cwnd, valid_until: the fields an answered exchange moves (TcpConnection.canned_refresh's) */
+static int canned_moving(Canned *self, PyObject *const *args) {
+    unsigned long mss = PyLong_AsUnsignedLongMask(args[0]), cwnd = PyLong_AsUnsignedLongMask(args[1]);
+    double until = PyFloat_AsDouble(args[2]);
+    if (PyErr_Occurred()) return -1;
+    self->h.mss = (uint32_t)mss;
+    self->h.cwnd = cwnd > 0xFFFFFFFFul ? 0xFFFFFFFFu : (uint32_t)cwnd;
+    self->h.valid_until = until;
+    return 0;
+}
+
 static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "arm() takes 11 arguments: eth, answers, snd_wscale, rcv_wscale, mss, "
-                                         "cwnd, avail, sws, adv_right, ts_offset, valid_until");
+        PyErr_SetString(PyExc_TypeError, "arm() takes 11 arguments: eth, answers, snd_wscale, rcv_wscale, avail, "
+                                         "sws, adv_right, ts_offset, mss, cwnd, valid_until");
         return NULL;
     }
     if (!PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != 14) {
@@ -51,28 +63,42 @@ static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "answers: give a dict (request head bytes -> (answer bytes, ...))");
         return NULL;
     }
-    unsigned long v[8];
-    for (int i = 0; i < 8; i++) {
+    unsigned long v[6];
+    for (int i = 0; i < 6; i++) {
         v[i] = PyLong_AsUnsignedLongMask(args[2 + i]);
         if (v[i] == (unsigned long)-1 && PyErr_Occurred()) return NULL;
     }
-    double until = PyFloat_AsDouble(args[10]);
-    if (until == -1.0 && PyErr_Occurred()) return NULL;
+    if (canned_moving(self, args + 8) < 0) return NULL;
     struct kb_http_pred *h = &self->h;
     memcpy(h->eth, PyBytes_AS_STRING(args[0]), 14);
     h->snd_wscale = (uint8_t)(v[0] > 14 ? 14 : v[0]);
     h->rcv_wscale = (uint8_t)(v[1] > 14 ? 14 : v[1]);
-    h->mss = (uint32_t)v[2];
-    h->cwnd = v[3] > 0xFFFFFFFFul ? 0xFFFFFFFFu : (uint32_t)v[3];
-    h->avail = v[4] > 0x7FFFFFFFul ? 0x7FFFFFFFu : (uint32_t)v[4];
-    h->sws = (uint32_t)v[5];
-    h->adv_right = (uint32_t)v[6];
-    h->ts_offset = (uint32_t)v[7];
-    h->valid_until = until;
+    h->avail = v[2] > 0x7FFFFFFFul ? 0x7FFFFFFFu : (uint32_t)v[2];
+    h->sws = (uint32_t)v[3];
+    h->adv_right = (uint32_t)v[4];
+    h->ts_offset = (uint32_t)v[5];
     Py_INCREF(args[1]);
     Py_XSETREF(self->answers, args[1]);
     h->armed = 1;
     Py_RETURN_NONE;
+}
+
+/* refresh(mss, cwnd, valid_until): armed again after an answered exchange, the rest as it left it */
+static PyObject *Canned_refresh(Canned *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !self->answers) {
+        PyErr_SetString(PyExc_TypeError, "refresh(mss, cwnd, valid_until), after an arm()");
+        return NULL;
+    }
+    if (canned_moving(self, args) < 0) return NULL;
+    self->h.armed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Canned_state(Canned *self, PyObject *unused) {
+    const struct kb_http_pred *h = &self->h;
+    return Py_BuildValue("(iikkkkkkd)", (int)h->snd_wscale, (int)h->rcv_wscale, (unsigned long)h->avail,
+                         (unsigned long)h->sws, (unsigned long)h->adv_right, (unsigned long)h->ts_offset,
+                         (unsigned long)h->mss, (unsigned long)h->cwnd, h->valid_until);
 }
 
 static PyObject *Canned_disarm(Canned *self, PyObject *unused) {
@@ -84,7 +110,9 @@ static PyObject *Canned_get_armed(Canned *self, void *c) { return PyBool_FromLon
 
 static PyMethodDef Canned_methods[] = {
     {"arm", (PyCFunction)(void (*)(void))Canned_arm, METH_FASTCALL, "answer from `answers` (see csrc/fasthttp.h)"},
+    {"refresh", (PyCFunction)(void (*)(void))Canned_refresh, METH_FASTCALL, "armed again after an answer"},
     {"disarm", (PyCFunction)Canned_disarm, METH_NOARGS, "answer nothing until the next arm"},
+    {"state", (PyCFunction)Canned_state, METH_NOARGS, "the armed fields after eth and answers, in arm()'s order"},
     {NULL}};
 
 static PyGetSetDef Canned_getset[] = {{"armed", (getter)Canned_get_armed, NULL, "whether rx_canned may answer", NULL},

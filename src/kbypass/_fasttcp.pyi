@@ -38,9 +38,13 @@ class Canned:
 
     @property
     def armed(self) -> bool: ...
-    def arm(self, eth: bytes, answers: dict[bytes, tuple], snd_wscale: int, rcv_wscale: int, mss: int, cwnd: int,
-            avail: int, sws: int, adv_right: int, ts_offset: int, valid_until: float, /) -> None: ...
+    def arm(self, eth: bytes, answers: dict[bytes, tuple], snd_wscale: int, rcv_wscale: int, avail: int, sws: int,
+            adv_right: int, ts_offset: int, mss: int, cwnd: int, valid_until: float, /) -> None: ...
+    def refresh(self, mss: int, cwnd: int, valid_until: float, /) -> None:
+        """Armed again after an answer (TcpConnection.canned_refresh's fields)."""
     def disarm(self) -> None: ...
+    def state(self) -> tuple[int, int, int, int, int, int, int, int, float]:
+        """The armed fields after eth and answers, in arm()'s order."""
 
 def rx_canned(frame: ReadableBuffer, table: dict[int, Prediction], canned: dict[int, Canned], now: float,
               ident: int, /) -> None | tuple:

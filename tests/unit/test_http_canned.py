@@ -157,6 +157,8 @@ def agree(fast, base, seg: Segment, now: float, answers=ANSWERS):
     assert snap(told) == snap(ref)
     assert still and pred.state() == told.prediction()
     assert told.segments_to_send(now) == [] and told.next_event() is None  # TcpSocket.answered skips flush()
+    can.refresh(*told.canned_refresh())  # TcpSocket.answered: armed again as canned_state would arm it afresh
+    assert told.canned_state() is not None and can.state() == told.canned_state()
     return told
 
 
@@ -233,5 +235,6 @@ def test_learn_canned_keeps_only_requests_read_alone_as_themselves():
 def test_the_python_side_answers_nothing():
     can = fastpath.Canned()
     can.arm(ETH_OUT, ANSWERS, 0, 0, 1000, 10000, 10000, 500, 0, 0, 1.0)
+    can.refresh(1000, 10000, 1.0)
     assert not can.armed
     assert fastpath.rx_canned(b"x" * 80, {}, {}, 0.0, 1) is None

@@ -172,12 +172,13 @@ class TcpSocket:
         """After the C fast path answered a segment from the canned answers and the connection took the
         exchange (TcpHost._answered; `still`: answer_predicted's result): nothing is left to send and no event
         came (tests/unit/test_http_canned.py holds both), and the prediction C advanced is the connection's,
-        so of flush() only this remains: arm the canned answers again and the timers the answer set."""
+        so of flush() only this remains: arm the canned answers again (what the exchange moved: the rest of
+        the arming holds) and the timers the answer set."""
         if not still:
             self.unpredict()
             self.host.touch(self)
             return
-        self._arm_canned()
+        self.canned_prediction.refresh(*self.conn.canned_refresh())
         self.host.schedule(self, self.conn.next_timer())
 
     def _arm_canned(self) -> None:

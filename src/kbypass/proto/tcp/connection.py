@@ -601,10 +601,9 @@ class TcpConnection(Output):
     # ------------------------------------------------------------------ canned answers (csrc/core/kb_http.h)
     def canned_state(self) -> tuple | None:
         """What the C fast path needs to answer the next predicted segment itself with one segment of data as
-        segments_to_send would send it (kb_http.h struct kb_http_pred, in its order: snd_wscale, rcv_wscale,
-        the most payload one answer may have, cwnd, the receive buffer's room, the SWS threshold, the right
-        edge last advertised (wire value), the timestamp offset, the time from which a timer or the idle
-        restart may change what is sent), or None when the send path would not simply send new data now:
+        segments_to_send would send it (kb_http.h struct kb_http_pred: snd_wscale, rcv_wscale, the receive
+        buffer's room, the SWS threshold, the right edge last advertised (wire value), the timestamp offset,
+        then canned_refresh's), or None when the send path would not simply send new data now:
         not ESTABLISHED, anything unsent, lost, SACKed, probed or owed, a FIN, Nagle, data the application has
         not taken, recovery or duplicate ACKs counted."""
         sq = self.sq
@@ -615,14 +614,19 @@ class TcpConnection(Output):
                 or self._blocked or not self.config.nodelay):
             return None
         cfg = self.config
+        return (self.snd_wscale, self.rcv_wscale, self._rcv_wnd(), min(cfg.recv_buffer // 2, cfg.mss),
+                self._adv_right & 0xFFFFFFFF, self._ts_offset & 0xFFFFFFFF) + self.canned_refresh()
+
+    def canned_refresh(self) -> tuple:
+        """canned_state's fields an answered exchange moves (the most payload one answer may have, cwnd, the
+        time from which a timer or the idle restart may change what is sent): after answer_predicted the
+        rest of canned_state holds, its conditions too (tests/unit/test_http_canned.py)."""
         until = self.next_timer()
         if until is None:
             until = float("inf")
-        if cfg.slow_start_after_idle:
+        if self.config.slow_start_after_idle:
             until = min(until, self._last_data_at + self.rtt.rto)
-        return (self.snd_wscale, self.rcv_wscale, min(self._payload_mss(), self.send_room), self.cc.cwnd,
-                self._rcv_wnd(), min(cfg.recv_buffer // 2, cfg.mss), self._adv_right & 0xFFFFFFFF,
-                self._ts_offset & 0xFFFFFFFF, until)
+        return min(self._payload_mss(), self.send_room), self.cc.cwnd, until
 
     def answer_predicted(self, seg: Segment, answer: bytes, now: float) -> bool:
         """A predicted segment the fast path answered itself (kbypass._fasttcp.rx_canned, armed from

@@ -54,6 +54,9 @@ class Canned:
     def arm(self, *fields) -> None:
         pass
 
+    def refresh(self, *fields) -> None:
+        pass
+
     def disarm(self) -> None:
         pass
 
