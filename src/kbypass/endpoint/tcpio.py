@@ -309,11 +309,13 @@ class TcpHost:
 
     def receive(self) -> bool:
         """Take what arrived (up to RX_BURST frames per lane) into the connections, and their events into the
-        sockets (what came is readable now); True when any frame came. Nothing is sent: a loop that answers
-        a whole batch calls transmit() once after it (pump() is both)."""
+        sockets (what came is readable now); True when any frame came. Nothing is sent but the answers the C
+        fast path made from canned ones (TcpSocket.canned): a loop that answers a whole batch calls transmit()
+        once after it (pump() is both)."""
         now = time.monotonic()
         got = False
         predict, table, canned = self._predict, self._predictions, self._canned
+        answered: list = []  # canned answers sent, their exchanges not yet told to the connections
         for lane in self._lanes:
             receive = lane.receive_udp
             for _ in range(RX_BURST):
@@ -323,14 +325,24 @@ class TcpHost:
                 got = True
                 if type(f) is bytes:
                     hit = predict(f, table, canned, now, (self._ident + 1) & 0xFFFF)
+                    if hit is not None and len(hit) == 10:
+                        self._ident = (self._ident + 1) & 0xFFFF  # rx_canned built the frame with this ident
+                        self._send_frame(hit[9])
+                        answered.append(hit)
+                        continue
+                    if answered:  # the connections must be up to date before any other segment
+                        self._answered(answered, now)
+                        answered = []
                     if hit is None:
                         self._frame(f, now)
-                    elif len(hit) == 8:
-                        self._predicted(hit, now)
                     else:
-                        self._answered(hit, now)
+                        self._predicted(hit, now)
                 else:  # UDP to port 0: nothing of ours (no rule steers it), counted and dropped
                     self.counters["rx_not_tcp"] += 1
+        if answered:
+            if self.defer_tx:  # the answers leave now, their bookkeeping after: the peers wait less
+                self._lanes[0].flush_tx()
+            self._answered(answered, now)
         if got:
             for sock in tuple(self._dirty):  # taking Data may touch (a reset for a closed socket's data)
                 sock.take_events()
@@ -401,22 +413,21 @@ class TcpHost:
             sock.prediction.disarm()
         self._dirty.add(sock)
 
-    def _answered(self, hit: tuple, now: float) -> None:
-        """A predicted segment the C fast path answered from the socket's canned answers (rx_canned): its
-        answer's frame goes out, and the connection takes the exchange (TcpConnection.answer_predicted)."""
-        sock, seq, ack, flags, window, tsval, tsecr, payload, values, frame = hit
-        self._ident = (self._ident + 1) & 0xFFFF  # rx_canned built the frame with this ident
-        self._send_frame(frame)
+    def _answered(self, hits: list, now: float) -> None:
+        """Segments the C fast path answered from the sockets' canned answers (rx_canned; the answers' frames
+        are sent): each connection takes its exchange (TcpConnection.answer_predicted), in arrival order."""
         counters = self.counters
-        counters["rx_segments"] += 1
-        counters["rx_predicted"] += 1
-        counters["rx_canned"] += len(values)
-        counters["tx_segments"] += 1
-        opts = NO_OPTIONS if tsval is None else tcp.Options(timestamps=(tsval, tsecr))
-        answer = values[0][0] if len(values) == 1 else b"".join(v[0] for v in values)
-        sock.answered(sock.conn.answer_predicted(tcp.Segment(sock.peer[1], sock.local[1], seq, ack, flags, window,
-                                                             opts, payload), answer, now))
-        self._canned_done.append((sock, values))
+        counters["rx_segments"] += len(hits)
+        counters["rx_predicted"] += len(hits)
+        counters["tx_segments"] += len(hits)
+        done = self._canned_done
+        for sock, seq, ack, flags, window, tsval, tsecr, payload, values, _frame in hits:
+            counters["rx_canned"] += len(values)
+            opts = NO_OPTIONS if tsval is None else tcp.Options(timestamps=(tsval, tsecr))
+            answer = values[0][0] if len(values) == 1 else b"".join(v[0] for v in values)
+            sock.answered(sock.conn.answer_predicted(tcp.Segment(sock.peer[1], sock.local[1], seq, ack, flags,
+                                                                 window, opts, payload), answer, now))
+            done.append((sock, values))
 
     def take_canned(self) -> list:
         """(socket, the canned table's values in request order) for each segment answered in C since the last
