@@ -236,7 +236,10 @@ static PyObject *mod_frame(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+#include "fasthttp.h" /* Canned and rx_canned: canned answers on the fast path */
+
 static PyMethodDef mod_methods[] = {
+    {"rx_canned", (PyCFunction)(void (*)(void))mod_rx_canned, METH_FASTCALL, "rx, answering canned requests in C"},
     {"rx", (PyCFunction)(void (*)(void))mod_rx, METH_FASTCALL, "header prediction of one frame (see module source)"},
     {"frame", (PyCFunction)(void (*)(void))mod_frame, METH_FASTCALL, "one established-path TCP frame"},
     {NULL}};
@@ -245,12 +248,18 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "kbypass._fasttcp",
                                     "TCP header prediction and frame building in C", -1, mod_methods};
 
 PyMODINIT_FUNC PyInit__fasttcp(void) {
-    if (PyType_Ready(&PredType) < 0) return NULL;
+    if (PyType_Ready(&PredType) < 0 || PyType_Ready(&CannedType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
     Py_INCREF(&PredType);
     if (PyModule_AddObject(m, "Prediction", (PyObject *)&PredType) < 0) {
         Py_DECREF(&PredType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&CannedType);
+    if (PyModule_AddObject(m, "Canned", (PyObject *)&CannedType) < 0) {
+        Py_DECREF(&CannedType);
         Py_DECREF(m);
         return NULL;
     }

@@ -31,3 +31,22 @@ def rx(frame: ReadableBuffer, table: dict[int, Prediction], /) -> None | tuple[
 def frame(eth: bytes, src_ip: bytes, dst_ip: bytes, ident: int, sport: int, dport: int, seq: int, ack: int,
           flags: int, window: int, ts: tuple[int, int] | None, payload: ReadableBuffer, /) -> bytes:
     """One Ethernet + IPv4 + TCP frame (no options, or NOP NOP timestamps), both checksums filled."""
+
+class Canned:
+    """One connection's canned answers (csrc/core/kb_http.h struct kb_http_pred), armed from
+    TcpConnection.canned_state() with the application's table (whole request head -> (answer bytes, ...))."""
+
+    @property
+    def armed(self) -> bool: ...
+    def arm(self, eth: bytes, answers: dict[bytes, tuple], snd_wscale: int, rcv_wscale: int, avail: int, sws: int,
+            adv_right: int, ts_offset: int, mss: int, cwnd: int, valid_until: float, /) -> None: ...
+    def refresh(self, mss: int, cwnd: int, valid_until: float, /) -> None:
+        """Armed again after an answer (TcpConnection.canned_refresh's fields)."""
+    def disarm(self) -> None: ...
+    def state(self) -> tuple[int, int, int, int, int, int, int, int, float]:
+        """The armed fields after eth and answers, in arm()'s order."""
+
+def rx_canned(frame: ReadableBuffer, table: dict[int, Prediction], canned: dict[int, Canned], now: float,
+              ident: int, /) -> None | tuple:
+    """rx(frame, table), or for a HIT whose payload is whole request heads of the connection's armed table,
+    (owner, seq, ack, flags, window, tsval, tsecr, payload, values, frame): the answer's frame, built."""

@@ -17,6 +17,8 @@ REQUEST = b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n"
 class FakeSock:
     """A connection whose peer's bytes are all in `_rx` already (taken as events: nothing wakes it again)."""
 
+    canned = None  # TcpSocket.canned: what the loop would let the C fast path answer
+
     def __init__(self, host, data: bytes, room: int | None = None) -> None:
         self.host = host
         self.peer = ("10.0.0.1", 40000 + len(host.socks))
@@ -87,6 +89,9 @@ class FakeHost:
 
     def receive(self) -> bool:
         return False
+
+    def take_canned(self) -> list:  # no C fast path here: nothing is answered from the canned table
+        return []
 
     def take_woken(self) -> set:
         w, self.woken = self.woken, set()

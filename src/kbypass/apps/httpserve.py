@@ -34,6 +34,7 @@ from kbypass.proto.http import (
     RequestParser,
     error_response,
     http_date,
+    learn_canned,
     respond,
     respond_whole,
 )
@@ -93,6 +94,10 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
     idle_since = start
     timers_at = start
     date_at, date = 0, ""
+    # whole requests -> their pre-encoded answers for this Date, answered in C while a connection has nothing
+    # else pending (TcpSocket.canned; learnt from requests answered here, learn_canned); not with a request
+    # limit (each must be counted before the next is taken)
+    canned: dict | None = {} if requests is None else None
     listener.setblocking(False)
     with host.batched():  # a pass takes a receive burst, answers all of it, then sends once (transmit)
         while not stop():
@@ -100,7 +105,14 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
             now = time.monotonic()
             if int(now) != date_at:
                 date_at, date = int(now), http_date(time.time())
+                if canned is not None:
+                    canned.clear()  # yesterday's Date must not go out
             moved = False
+            for sock, values in host.take_canned():  # requests answered in C: counted, the clock restarted
+                c = clients.get(sock)
+                if c is not None:
+                    _count_canned(c, values, res, now)
+                    moved = True
             while listener.pending and (requests is None or res.requests < requests):
                 sock, _ = listener.accept(0)
                 sock.setblocking(False)
@@ -117,7 +129,7 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
             todo, active = (clients if timers_due else active).copy(), {}
             for key, c in todo.items():
                 if c.sock.readable and len(c.queue) < MAX_QUEUED:
-                    moved |= _read(c, date, res, requests, now)
+                    moved |= _read(c, date, res, requests, now, site, canned)
                 if c.busy():
                     moved |= _write(c, site, date, res)
                     if not c.busy():  # the timeouts count from here
@@ -126,11 +138,14 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
                     moved |= _timed_out(c, now, date, res, head_timeout, keepalive_timeout)
                 if (c.closing or c.eof) and _done(c, res):
                     del clients[key]
-                elif (c.sock.readable and len(c.queue) < MAX_QUEUED and not c.closing and not c.eof) or (
+                    continue
+                if (c.sock.readable and len(c.queue) < MAX_QUEUED and not c.closing and not c.eof) or (
                         c.busy() and not c.blocked):
                     # requests unread past MAX_QUEUED (taken as events already: nothing wakes this connection for
                     # them again), or answers still to write while the send buffer takes them
                     active[key] = c
+                c.sock.canned = canned if (canned is not None and not c.busy() and c.parser.idle and not c.closing
+                                           and not c.eof) else None
             host.transmit()  # the pass's answers, each connection's in one go (and due timers)
             if clients:
                 idle_since = now
@@ -168,7 +183,21 @@ def _timed_out(c: _Client, now: float, date: str, res: ServeResult, head_timeout
     return True
 
 
-def _read(c: _Client, date: str, res: ServeResult, limit: int | None, now: float) -> bool:
+def _count_canned(c: _Client, values, res: ServeResult, now: float) -> None:
+    """Requests the TCP fast path answered from the canned table (respond_whole's tuples), counted as _gather
+    counts what it answers; the keep-alive clock starts again."""
+    statuses = res.statuses
+    for _data, status, body_len in values:
+        res.requests += 1
+        res.responses += 1
+        res.body_bytes += body_len
+        statuses[status] = statuses.get(status, 0) + 1
+    c.served = True
+    c.idle_at = now
+
+
+def _read(c: _Client, date: str, res: ServeResult, limit: int | None, now: float, site=None,
+          canned: dict | None = None) -> bool:
     sock = c.sock
     moved = False
     while sock.readable and not c.closing and not c.eof and len(c.queue) < MAX_QUEUED:
@@ -184,7 +213,10 @@ def _read(c: _Client, date: str, res: ServeResult, limit: int | None, now: float
             c.eof = True  # the peer sends no more: answer what it asked, then close
             break
         try:
+            idle = c.parser.idle
             reqs = c.parser.feed(data)
+            if canned is not None and idle and reqs and c.parser.idle:
+                learn_canned(canned, data, reqs, site, date)
         except HttpError as e:
             reqs = []
             res.bad_requests += 1

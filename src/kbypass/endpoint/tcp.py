@@ -65,6 +65,7 @@ def _addr(addr) -> tuple[str, int]:
 
 
 _NOTHING_PREDICTED = tcp_fastpath.Prediction(b"", 0, b"", 0)  # until TcpHost.register gives the host's
+_NOTHING_CANNED = tcp_fastpath.Canned()
 
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
@@ -93,6 +94,8 @@ class TcpSocket:
         self.mss: int | None = None
         # the C fast path's copy of what the next segment looks like (TcpHost.register gives the host's)
         self.prediction = _NOTHING_PREDICTED
+        self.canned_prediction = _NOTHING_CANNED  # the C fast path's arming for canned answers (the host's)
+        self._canned: dict | None = None
 
     @classmethod
     def open(cls, host, addr, *, timeout: float | None, blocking: bool, local_port: int) -> TcpSocket:
@@ -142,6 +145,51 @@ class TcpSocket:
             self.prediction.disarm()
         else:
             self.prediction.arm(*state)
+            if self._canned is not None:
+                self._arm_canned()
+
+    @property
+    def canned(self) -> dict | None:
+        """The application's canned answers for this connection (None: none): a dict from a whole request
+        (bytes; an HTTP head, up to its empty line) to a tuple whose first item is the answer's bytes. While
+        set, a predicted segment whose payload is such requests, arriving while nothing else is pending on the
+        connection (the application has read everything and has nothing queued), is answered by the C fast
+        path (csrc/core/kb_http.h) without the application seeing it: the host reports it in take_canned().
+        The application sets it only while it would answer those requests with exactly those bytes."""
+        return self._canned
+
+    @canned.setter
+    def canned(self, answers: dict | None) -> None:
+        if answers is self._canned:
+            return
+        self._canned = answers
+        if answers is None:
+            self.canned_prediction.disarm()
+        else:
+            self.host.touch(self)  # armed at the next flush
+
+    def answered(self, still: bool) -> None:
+        """After the C fast path answered a segment from the canned answers and the connection took the
+        exchange (TcpHost._answered; `still`: answer_predicted's result): nothing is left to send and no event
+        came (tests/unit/test_http_canned.py holds both), and the prediction C advanced is the connection's,
+        so of flush() only this remains: arm the canned answers again (what the exchange moved: the rest of
+        the arming holds) and the timers the answer set."""
+        if not still:
+            self.unpredict()
+            self.host.touch(self)
+            return
+        self.canned_prediction.refresh(*self.conn.canned_refresh())
+        self.host.schedule(self, self.conn.next_timer())
+
+    def _arm_canned(self) -> None:
+        state = None
+        if not self._rx and not self._app_closed and not self._shut_wr and self._dead is None:
+            state = self.conn.canned_state()
+        eth = None if state is None else self.host.eth_head(self._peer_ip)
+        if eth is None:
+            self.canned_prediction.disarm()
+        else:
+            self.canned_prediction.arm(eth, self._canned, *state)
 
     def unpredict(self) -> None:
         """The connection is about to change outside the fast path (a segment, a timer, shutdown, close,
@@ -149,6 +197,7 @@ class TcpSocket:
         the one source of truth). send() and recv() need not: queueing data and taking it from our own
         buffer change nothing a prediction holds (the window moves only as flush takes Data events)."""
         self.prediction.disarm()
+        self.canned_prediction.disarm()
 
     def flush(self, now: float) -> None:
         """Take the connection's events, send what it has (after the events: taking Data may reopen the

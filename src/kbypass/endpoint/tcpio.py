@@ -130,7 +130,9 @@ class TcpHost:
         self._conns: dict[tuple[bytes, int, int], object] = {}  # (peer ip, peer port, local port) -> TcpSocket
         # the same connections' predictions for kbypass._fasttcp.rx, by (peer ip << 16 | peer port) << 16 | local port
         self._predictions: dict[int, object] = {}
-        self._predict, self._frame_of = self._fasttcp.rx, self._fasttcp.frame
+        self._canned: dict[int, object] = {}  # and their canned answers' arming (TcpSocket.canned), same keys
+        self._canned_done: list = []  # (socket, the table's values) answered in C since take_canned
+        self._predict, self._frame_of = self._fasttcp.rx_canned, self._fasttcp.frame
         self._no_time_wait_until = 0.0  # room(): no TIME_WAIT connection to end before then
         self._listeners: dict[int, object] = {}  # local port -> endpoint.tcp.TcpListener
         self._dirty: set = set()  # sockets with something to send or events to read
@@ -149,7 +151,7 @@ class TcpHost:
             self._epoll.register(lane.fd, select.EPOLLIN)
         self.counters = dict.fromkeys(("rx_segments", "rx_predicted", "tx_segments", "rx_not_tcp", "rx_bad", "rx_no_socket",
                                        "tx_ring_full", "tx_dropped", "refused_limit", "accepted", "connected",
-                                       "loss_dropped"), 0)
+                                       "loss_dropped", "rx_canned"), 0)
         self._closed = False
 
     # ---- ports and steering --------------------------------------------------------------------------
@@ -227,8 +229,9 @@ class TcpHost:
                              "some or open the host with a larger max_connections")
         self._conns[key] = sock
         self._dirty.add(sock)
-        sock.prediction = self._predictions[_prediction_key(key)] = self._fasttcp.Prediction(
-            self._ipb, key[2], key[0], key[1], sock)
+        pkey = _prediction_key(key)
+        sock.prediction = self._predictions[pkey] = self._fasttcp.Prediction(self._ipb, key[2], key[0], key[1], sock)
+        sock.canned_prediction = self._canned[pkey] = self._fasttcp.Canned()
 
     def forget(self, sock) -> None:
         """The socket's connection is CLOSED: drop it from the table (and its port when nothing uses it)."""
@@ -236,6 +239,7 @@ class TcpHost:
         if self._conns.get(sock.key) is sock:
             del self._conns[sock.key]
             self._predictions.pop(_prediction_key(sock.key), None)
+            self._canned.pop(_prediction_key(sock.key), None)
             if not self.port_in_use(sock.key[2]):
                 self.release_port(sock.key[2])
 
@@ -305,11 +309,13 @@ class TcpHost:
 
     def receive(self) -> bool:
         """Take what arrived (up to RX_BURST frames per lane) into the connections, and their events into the
-        sockets (what came is readable now); True when any frame came. Nothing is sent: a loop that answers
-        a whole batch calls transmit() once after it (pump() is both)."""
+        sockets (what came is readable now); True when any frame came. Nothing is sent but the answers the C
+        fast path made from canned ones (TcpSocket.canned): a loop that answers a whole batch calls transmit()
+        once after it (pump() is both)."""
         now = time.monotonic()
         got = False
-        predict, table = self._predict, self._predictions
+        predict, table, canned = self._predict, self._predictions, self._canned
+        answered: list = []  # canned answers sent, their exchanges not yet told to the connections
         for lane in self._lanes:
             receive = lane.receive_udp
             for _ in range(RX_BURST):
@@ -318,13 +324,25 @@ class TcpHost:
                     break
                 got = True
                 if type(f) is bytes:
-                    hit = predict(f, table)
+                    hit = predict(f, table, canned, now, (self._ident + 1) & 0xFFFF)
+                    if hit is not None and len(hit) == 10:
+                        self._ident = (self._ident + 1) & 0xFFFF  # rx_canned built the frame with this ident
+                        self._send_frame(hit[9])
+                        answered.append(hit)
+                        continue
+                    if answered:  # the connections must be up to date before any other segment
+                        self._answered(answered, now)
+                        answered = []
                     if hit is None:
                         self._frame(f, now)
                     else:
                         self._predicted(hit, now)
                 else:  # UDP to port 0: nothing of ours (no rule steers it), counted and dropped
                     self.counters["rx_not_tcp"] += 1
+        if answered:
+            if self.defer_tx:  # the answers leave now, their bookkeeping after: the peers wait less
+                self._lanes[0].flush_tx()
+            self._answered(answered, now)
         if got:
             for sock in tuple(self._dirty):  # taking Data may touch (a reset for a closed socket's data)
                 sock.take_events()
@@ -393,6 +411,28 @@ class TcpHost:
         if not sock.conn.receive_hit(seq, ack, flags, window, tsval, tsecr, payload, now):
             sock.prediction.disarm()
         self._dirty.add(sock)
+
+    def _answered(self, hits: list, now: float) -> None:
+        """Segments the C fast path answered from the sockets' canned answers (rx_canned; the answers' frames
+        are sent): each connection takes its exchange (TcpConnection.answer_predicted), in arrival order."""
+        counters = self.counters
+        counters["rx_segments"] += len(hits)
+        counters["rx_predicted"] += len(hits)
+        counters["tx_segments"] += len(hits)
+        done = self._canned_done
+        for sock, seq, ack, flags, window, tsval, tsecr, payload, values, _frame in hits:
+            counters["rx_canned"] += len(values)
+            opts = NO_OPTIONS if tsval is None else tcp.Options(timestamps=(tsval, tsecr))
+            answer = values[0][0] if len(values) == 1 else b"".join(v[0] for v in values)
+            sock.answered(sock.conn.answer_predicted(tcp.Segment(sock.peer[1], sock.local[1], seq, ack, flags,
+                                                                 window, opts, payload), answer, now))
+            done.append((sock, values))
+
+    def take_canned(self) -> list:
+        """(socket, the canned table's values in request order) for each segment answered in C since the last
+        call (TcpSocket.canned): the requests the application did not see, for its counts and timers."""
+        done, self._canned_done = self._canned_done, []
+        return done
 
     @staticmethod
     def reset_for(seg) -> list:
@@ -489,6 +529,18 @@ class TcpHost:
             body = seg.encode(src, dst_ip)
             self._send_frame(head + ipv4.build_ipv4_header(src, dst_ip, IPPROTO_TCP, len(body), ident=ident) + body)
         self.counters["tx_segments"] += len(segments)
+
+    def eth_head(self, dst_ip: bytes) -> bytes | None:
+        """Our 14-byte Ethernet header toward dst_ip's next hop, or None while it is not resolved."""
+        mac = self._peer_macs.get(dst_ip)
+        if mac is None:
+            mac = self.stack.next_hop_mac(dst_ip, time.monotonic())
+            if mac is None:
+                return None
+        head = self._eth_heads.get(mac)
+        if head is None:
+            head = self._eth_heads[mac] = mac + self._macb + ETH_P_IP.to_bytes(2, "big")
+        return head
 
     def _emit(self, frames) -> None:
         for f in frames:

@@ -90,6 +90,11 @@ class RequestParser:
         """Part of a request head (or a body still to discard) has come: a request is under way."""
         return self._skip > 0 or (bool(self._buf) and bool(self._buf.strip(b"\r\n")))
 
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered, skipped or failed: the next bytes start a request afresh."""
+        return not self._buf and not self._skip and not self.failed
+
     def feed(self, data: bytes) -> list[Request]:
         if not self._buf and not self._skip and not self.failed and type(data) is bytes and len(data) <= CACHED_HEAD:
             hit = _HEADS.get(data)  # the common case: data is one whole head seen before, without a body
@@ -324,6 +329,34 @@ def respond_whole(req: Request, site: Site, date: str) -> tuple[bytes, int, int]
             cache[None] = date
         cache[key] = got
     return got
+
+
+CANNED_MAX = 256  # whole requests remembered with their canned answers (per Date value)
+
+
+def learn_canned(canned: dict, data: bytes, reqs: list[Request], site: Site, date: str) -> None:
+    """Remember in `canned` (whole request bytes -> respond_whole's tuple) the answers to the requests `data`
+    was, when data is exactly those requests, each a whole head ending in CRLF CRLF that a fresh parser turns
+    into the same request, with no body, keeping the connection alive, answered by one pre-encoded piece:
+    a later request of the same bytes, with nothing before it, is answered by those bytes (the TCP fast path's
+    canned answers, kbypass.endpoint.tcp.TcpSocket.canned). The caller clears `canned` when `date` changes."""
+    pieces = [p + b"\r\n\r\n" for p in data.split(b"\r\n\r\n")[:-1]]
+    if len(pieces) != len(reqs) or sum(map(len, pieces)) != len(data):
+        return
+    for piece, req in zip(pieces, reqs):
+        if piece in canned:
+            continue
+        if not req.keep_alive or "content-length" in req.headers or "transfer-encoding" in req.headers:
+            return
+        parser = RequestParser()
+        if parser.feed(piece) != [req] or not parser.idle:
+            return
+        whole = respond_whole(req, site, date)
+        if whole is None:
+            return
+        if len(canned) >= CANNED_MAX:
+            canned.clear()
+        canned[piece] = whole
 
 
 def http_date(now: float) -> str:

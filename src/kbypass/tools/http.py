@@ -208,7 +208,7 @@ def run(args) -> int:
                    "statuses": {str(k): v for k, v in sorted(res.statuses.items())}}
         stats = host.stats
         summary["tcp"] = {k: stats[k] for k in ("rx_segments", "tx_segments", "rx_bad", "rx_no_socket",
-                                                "tx_ring_full", "tx_dropped", "refused_limit", "loss_dropped")}
+                                                "tx_ring_full", "tx_dropped", "refused_limit", "loss_dropped", "rx_canned")}
         listener.close()
         if stopper.stopped:
             summary["interrupted"] = True

@@ -605,6 +605,14 @@ class TcpConnection(Output):
             self.receive(Segment(self.remote[1], self.local[1], seq_wire, ack, flags, window,
                                  NO_OPTIONS if tsval is None else Options(timestamps=(tsval, tsecr)), payload), now)
             return False
+        seq = self._take_hit(seq_wire, ack, flags, window, tsval, tsecr, len(payload), now)
+        if payload and self.state in PEER_OPEN:
+            self._rx_data(seq, payload, now)
+        return self.state in PREDICTABLE and self._peer_fin_seq is None and not self.rq.ooo_bytes
+
+    def _take_hit(self, seq_wire: int, ack: int, flags: int, window: int, tsval: int | None, tsecr: int | None,
+                  payload_len: int, now: float) -> int:
+        """receive()'s work for a predicted segment up to its payload: the ACK processing; its seq (absolute)."""
         self._now = now
         self.stats.segs_in += 1
         seq = unwrap(seq_wire, self.rcv_nxt)
@@ -612,8 +620,53 @@ class TcpConnection(Output):
         self._probes = 0
         if self.ts_ok and seq <= self._last_ack_sent:
             self.ts_recent = tsval
-        self._ack_fields(seq, ack, window, flags, len(payload), (), tsecr, now)
-        if payload and self.state in PEER_OPEN:
-            self._rx_data(seq, payload, now)
-        return self.state in PREDICTABLE and self._peer_fin_seq is None and not self.rq.ooo_bytes
+        self._ack_fields(seq, ack, window, flags, payload_len, (), tsecr, now)
+        return seq
 
+    # ------------------------------------------------------------------ canned answers (csrc/core/kb_http.h)
+    def canned_state(self) -> tuple | None:
+        """What the C fast path needs to answer the next predicted segment itself with one segment of data as
+        segments_to_send would send it (kb_http.h struct kb_http_pred: snd_wscale, rcv_wscale, the receive
+        buffer's room, the SWS threshold, the right edge last advertised (wire value), the timestamp offset,
+        then canned_refresh's), or None when the send path would not simply send new data now:
+        not ESTABLISHED, anything unsent, lost, SACKed, probed or owed, a FIN, Nagle, data the application has
+        not taken, recovery or duplicate ACKs counted."""
+        sq = self.sq
+        if (self.state is not State.ESTABLISHED or self._events or self._unread or self._peer_fin_seq is not None
+                or self.rq.ooo_bytes or sq.snd_max != sq.data_end or self._fin_seq is not None or sq.sacked
+                or sq.relost or sq.rexmit_next < sq.lost_high or self._in_recovery or self._dupacks
+                or self._tlp_due or self._probe_due or self._rst_out or self._ack_now or self._dupacks_owed
+                or self._blocked or not self.config.nodelay):
+            return None
+        cfg = self.config
+        return (self.snd_wscale, self.rcv_wscale, self._rcv_wnd(), min(cfg.recv_buffer // 2, cfg.mss),
+                self._adv_right & 0xFFFFFFFF, self._ts_offset & 0xFFFFFFFF) + self.canned_refresh()
+
+    def canned_refresh(self) -> tuple:
+        """canned_state's fields an answered exchange moves (the most payload one answer may have, cwnd, the
+        time from which a timer or the idle restart may change what is sent): after answer_predicted the
+        rest of canned_state holds, its conditions too (tests/unit/test_http_canned.py)."""
+        until = self.next_timer()
+        if until is None:
+            until = float("inf")
+        if self.config.slow_start_after_idle:
+            until = min(until, self._last_data_at + self.rtt.rto)
+        return min(self._payload_mss(), self.send_room), self.cc.cwnd, until
+
+    def answer_predicted(self, seg: Segment, answer: bytes, now: float) -> bool:
+        """A predicted segment the fast path answered itself (kbypass._fasttcp.rx_canned, armed from
+        canned_state): its payload was taken by the application there, and `answer` left as one segment.
+        The reference's work for that exchange, as receive_predicted, the application's read and send, and
+        segments_to_send would do it: the ACK processing, the payload taken, the answer queued (kept for
+        retransmission) and sent by the send path (timed, timers armed; the segment it makes is the frame C
+        sent, which tests/unit/test_http_canned.py holds byte for byte). Returns whether the connection is
+        still predictable."""
+        ts = seg.options.timestamps
+        seq = self._take_hit(seg.seq, seg.ack, seg.flags, seg.window, None if ts is None else ts[0],
+                             None if ts is None else ts[1], len(seg.payload), now)
+        out = self.rq.add(seq, seg.payload)
+        self.rcv_nxt = self.rq.rcv_nxt
+        self.stats.bytes_in += len(out)
+        self.sq.append(answer)
+        self._send_data(now, [])
+        return self.state in PREDICTABLE and self._peer_fin_seq is None and not self.rq.ooo_bytes

@@ -43,3 +43,24 @@ def frame(eth: bytes, src_ip: bytes, dst_ip: bytes, ident: int, sport: int, dpor
     opts = NO_OPTIONS if ts is None else Options(timestamps=ts)
     body = Segment(sport, dport, seq, ack, flags, window, opts, payload).encode(src_ip, dst_ip)
     return eth + build_ipv4_header(src_ip, dst_ip, IPPROTO_TCP, len(body), ident=ident) + body
+
+
+class Canned:
+    """One connection's canned answers that never answer (kbypass._fasttcp.Canned's stand-in)."""
+
+    __slots__ = ()
+    armed = False
+
+    def arm(self, *fields) -> None:
+        pass
+
+    def refresh(self, *fields) -> None:
+        pass
+
+    def disarm(self) -> None:
+        pass
+
+
+def rx_canned(frame: bytes, table: dict, canned: dict, now: float, ident: int) -> None:
+    """No HIT, no answer: the frame goes to the general receive path."""
+    return None

@@ -1,0 +1,52 @@
+/* kb_http.h: canned answers on the TCP fast path (kbypass.proto.tcp is the reference for the TCP side,
+ * kbypass.apps.httpserve and kbypass.proto.http for what a request is answered with).
+ *
+ * Why: a keep-alive HTTP client (wrk, a health check, a browser fetching the same resource) sends the same
+ * request head again and again and gets the same pre-encoded answer (kbypass.proto.http.respond_whole). Run
+ * through Python, each of those costs a segment's receive processing, the parser, the answer's send path and a
+ * frame build: tens of microseconds. Here a segment the header prediction (kb_tcp.h) accepted whose payload is
+ * one or more whole request heads, each a key of the application's table of canned answers, is answered in C:
+ * the answer's frame is built at once (kb_tcp_frame), and the Python connection is told afterwards (the one
+ * source of truth: TcpConnection.answer_predicted queues the answer in its send queue, for retransmission,
+ * times it, and runs the reference's ACK processing).
+ *
+ * struct kb_http_pred is the per-connection part of that prediction: what the reference's send path
+ * (kbypass.proto.tcp.output: _send_data and _make) needs to emit the answer as the one segment it would emit
+ * itself, armed by Python (TcpConnection.canned_state) only when that send path's shortcut holds: nothing
+ * unsent, lost or SACKed, no FIN, Nagle off, the application has read everything. A segment is answered only
+ * when the answer fits one segment (mss), the peer's window (from this segment's ACK and window field) and
+ * the congestion window; anything else goes the Python way. One answer per arming: Python re-arms after it
+ * has taken the report (the next flush).
+ */
+#ifndef KB_HTTP_H
+#define KB_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct kb_http_pred {
+    uint8_t eth[14];     /* our Ethernet header toward the peer */
+    uint8_t armed;
+    uint8_t snd_wscale, rcv_wscale;
+    uint32_t mss;        /* payload bytes per segment (the timestamps option taken off) */
+    uint32_t cwnd;       /* bytes; the pipe is snd_max - snd_una (nothing SACKed or lost when armed) */
+    uint32_t avail;      /* receive buffer minus what the application has not read */
+    uint32_t sws;        /* receiver SWS threshold: min(recv_buffer / 2, mss) */
+    uint32_t adv_right;  /* right edge of the window we last advertised (wire value) */
+    uint32_t ts_offset;  /* RFC 7323 5.4: tsval = ms + offset */
+    double valid_until;  /* seconds: the connection's next timer, or the idle restart of its cwnd: the slow path */
+};
+
+/* The length of the first request head of p (up to and with its CRLF CRLF), or 0 when none ends in p. */
+size_t kb_http_head_len(const uint8_t *p, size_t n);
+
+/* The window field of an ACK for rcv_nxt (TcpConnection._wnd_field, receiver SWS avoidance), and the
+ * advertised right edge moved as _make moves it. */
+uint16_t kb_http_wnd_field(struct kb_http_pred *h, uint32_t rcv_nxt);
+
+/* Whether an answer of len bytes may leave now as one segment at snd_max, after the ACK `ack` with the peer's
+ * window field `window` (the reference's _send_data would send it whole, now). */
+int kb_http_may_send(const struct kb_http_pred *h, uint32_t snd_max, uint32_t ack, uint16_t window, size_t len,
+                     double now);
+
+#endif

@@ -1,0 +1,264 @@
+/* Canned answers on the TCP fast path (csrc/core/kb_http.h): kbypass._fasttcp.Canned and rx_canned, part of
+ * the kbypass._fasttcp binding (included by fasttcp.c, after its Prediction type).
+ *
+ * Canned(): one connection's arming, held beside its Prediction in a second dict of the same keys. arm(eth,
+ * answers, snd_wscale, rcv_wscale, avail, sws, adv_right, ts_offset, mss, cwnd, valid_until) takes the
+ * application's table `answers` (a dict: whole request head, bytes -> a tuple whose first item is the answer's
+ * bytes) and TcpConnection.canned_state's fields; refresh(mss, cwnd, valid_until) arms it again after an
+ * answer (TcpConnection.canned_refresh: what the exchange moved; adv_right C moved itself); disarm() stops it.
+ *
+ * rx_canned(frame, table, canned, now, ident): what rx(frame, table) does, and when the segment is a HIT whose
+ * payload is whole request heads all in the connection's armed table, and their answers together may leave
+ * as one segment (kb_http_may_send), the answer's frame is built here: the result is then
+ * (owner, seq, ack, flags, window, tsval, tsecr, payload, values, frame), values the table's entries in
+ * request order, frame the answer (IPv4 ident `ident`), and both the prediction (snd_max past the answer) and
+ * the arming (disarmed: one answer per arming) have moved. Python sends the frame and reports the exchange
+ * to the connection (TcpConnection.answer_predicted). */
+#include "core/kb_http.h"
+
+typedef struct {
+    PyObject_HEAD
+    struct kb_http_pred h;
+    PyObject *answers;
+} Canned;
+
+static int Canned_traverse(Canned *self, visitproc visit, void *arg) {
+    Py_VISIT(self->answers);
+    return 0;
+}
+
+static int Canned_clear(Canned *self) {
+    Py_CLEAR(self->answers);
+    return 0;
+}
+
+static void Canned_dealloc(Canned *self) {
+    PyObject_GC_UnTrack(self);
+    Canned_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* mss, cwnd, valid_until: the fields an answered exchange moves (TcpConnection.canned_refresh's) */
+static int canned_moving(Canned *self, PyObject *const *args) {
+    unsigned long mss = PyLong_AsUnsignedLongMask(args[0]), cwnd = PyLong_AsUnsignedLongMask(args[1]);
+    double until = PyFloat_AsDouble(args[2]);
+    if (PyErr_Occurred()) return -1;
+    self->h.mss = (uint32_t)mss;
+    self->h.cwnd = cwnd > 0xFFFFFFFFul ? 0xFFFFFFFFu : (uint32_t)cwnd;
+    self->h.valid_until = until;
+    return 0;
+}
+
+static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "arm() takes 11 arguments: eth, answers, snd_wscale, rcv_wscale, avail, "
+                                         "sws, adv_right, ts_offset, mss, cwnd, valid_until");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != 14) {
+        PyErr_SetString(PyExc_ValueError, "eth: give the 14-byte Ethernet header");
+        return NULL;
+    }
+    if (!PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "answers: give a dict (request head bytes -> (answer bytes, ...))");
+        return NULL;
+    }
+    unsigned long v[6];
+    for (int i = 0; i < 6; i++) {
+        v[i] = PyLong_AsUnsignedLongMask(args[2 + i]);
+        if (v[i] == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    }
+    if (canned_moving(self, args + 8) < 0) return NULL;
+    struct kb_http_pred *h = &self->h;
+    memcpy(h->eth, PyBytes_AS_STRING(args[0]), 14);
+    h->snd_wscale = (uint8_t)(v[0] > 14 ? 14 : v[0]);
+    h->rcv_wscale = (uint8_t)(v[1] > 14 ? 14 : v[1]);
+    h->avail = v[2] > 0x7FFFFFFFul ? 0x7FFFFFFFu : (uint32_t)v[2];
+    h->sws = (uint32_t)v[3];
+    h->adv_right = (uint32_t)v[4];
+    h->ts_offset = (uint32_t)v[5];
+    Py_INCREF(args[1]);
+    Py_XSETREF(self->answers, args[1]);
+    h->armed = 1;
+    Py_RETURN_NONE;
+}
+
+/* refresh(mss, cwnd, valid_until): armed again after an answered exchange, the rest as it left it */
+static PyObject *Canned_refresh(Canned *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !self->answers) {
+        PyErr_SetString(PyExc_TypeError, "refresh(mss, cwnd, valid_until), after an arm()");
+        return NULL;
+    }
+    if (canned_moving(self, args) < 0) return NULL;
+    self->h.armed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Canned_state(Canned *self, PyObject *unused) {
+    const struct kb_http_pred *h = &self->h;
+    return Py_BuildValue("(iikkkkkkd)", (int)h->snd_wscale, (int)h->rcv_wscale, (unsigned long)h->avail,
+                         (unsigned long)h->sws, (unsigned long)h->adv_right, (unsigned long)h->ts_offset,
+                         (unsigned long)h->mss, (unsigned long)h->cwnd, h->valid_until);
+}
+
+static PyObject *Canned_disarm(Canned *self, PyObject *unused) {
+    self->h.armed = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Canned_get_armed(Canned *self, void *c) { return PyBool_FromLong(self->h.armed); }
+
+static PyMethodDef Canned_methods[] = {
+    {"arm", (PyCFunction)(void (*)(void))Canned_arm, METH_FASTCALL, "answer from `answers` (see csrc/fasthttp.h)"},
+    {"refresh", (PyCFunction)(void (*)(void))Canned_refresh, METH_FASTCALL, "armed again after an answer"},
+    {"disarm", (PyCFunction)Canned_disarm, METH_NOARGS, "answer nothing until the next arm"},
+    {"state", (PyCFunction)Canned_state, METH_NOARGS, "the armed fields after eth and answers, in arm()'s order"},
+    {NULL}};
+
+static PyGetSetDef Canned_getset[] = {{"armed", (getter)Canned_get_armed, NULL, "whether rx_canned may answer", NULL},
+                                      {NULL}};
+
+static PyTypeObject CannedType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kbypass._fasttcp.Canned",
+    .tp_basicsize = sizeof(Canned),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Canned(): one connection's canned answers (see csrc/fasthttp.h)",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)Canned_dealloc,
+    .tp_traverse = (traverseproc)Canned_traverse,
+    .tp_clear = (inquiry)Canned_clear,
+    .tp_methods = Canned_methods,
+    .tp_getset = Canned_getset,
+};
+
+#define KB_HTTP_MAX_HEADS 16
+
+/* The answers to payload's heads (new references in vals, their bytes' total length in *total) when every one
+ * is in answers: the count; 0 when any is not (nothing kept). */
+static int canned_match(PyObject *answers, const uint8_t *p, size_t n, PyObject **vals, size_t *total) {
+    int k = 0;
+    *total = 0;
+    while (n) {
+        size_t h = kb_http_head_len(p, n);
+        if (!h || k == KB_HTTP_MAX_HEADS) goto miss;
+        PyObject *key = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)h);
+        if (!key) goto miss;
+        PyObject *v = PyDict_GetItemWithError(answers, key); /* borrowed */
+        Py_DECREF(key);
+        if (!v || !PyTuple_Check(v) || PyTuple_GET_SIZE(v) < 1 || !PyBytes_Check(PyTuple_GET_ITEM(v, 0))) goto miss;
+        Py_INCREF(v);
+        vals[k++] = v;
+        *total += (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(v, 0));
+        p += h;
+        n -= h;
+    }
+    return k;
+miss:
+    PyErr_Clear(); /* a lookup error is a miss: the slow path sees the same bytes */
+    while (k) Py_DECREF(vals[--k]);
+    return 0;
+}
+
+static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *adv, const struct kb_tcp_hit *hit,
+                               const uint8_t *f, double now, unsigned ident) {
+    PyObject *vals[KB_HTTP_MAX_HEADS];
+    size_t total;
+    int k = canned_match(c->answers, f + hit->payload_off, hit->payload_len, vals, &total);
+    if (!k) return NULL;
+    PyObject *out = NULL, *frame = NULL, *values = NULL, *payload = NULL;
+    if (!kb_http_may_send(&c->h, adv->snd_max, hit->ack, hit->window, total, now)) goto done;
+    size_t n = kb_tcp_frame_len(adv->ts_ok, total);
+    frame = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+    values = PyTuple_New(k);
+    payload = PyBytes_FromStringAndSize((const char *)f + hit->payload_off, hit->payload_len);
+    if (!frame || !values || !payload) goto done;
+    uint8_t *w = (uint8_t *)PyBytes_AS_STRING(frame);
+    uint8_t *body = w + kb_tcp_frame_len(adv->ts_ok, 0);
+    for (int i = 0; i < k; i++) { /* the answers in request order, straight into the frame */
+        PyObject *b = PyTuple_GET_ITEM(vals[i], 0);
+        memcpy(body, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+        body += PyBytes_GET_SIZE(b);
+        PyTuple_SET_ITEM(values, i, vals[i]);
+        vals[i] = NULL;
+    }
+    struct kb_tcp_pred p = *adv;
+    struct kb_tcp_fields h = {.eth = c->h.eth, .src_ip = p.local_ip, .dst_ip = p.remote_ip, .ident = (uint16_t)ident,
+                              .sport = p.local_port, .dport = p.remote_port, .seq = p.snd_max, .ack = p.rcv_nxt,
+                              .flags = KB_TCP_ACK | KB_TCP_PSH, .has_ts = p.ts_ok};
+    h.window = kb_http_wnd_field(&c->h, p.rcv_nxt);
+    h.tsval = (uint32_t)((uint64_t)(int64_t)(now * 1000) + c->h.ts_offset); /* Output._tsval */
+    h.tsecr = p.ts_recent;
+    kb_tcp_frame(w, &h, w + kb_tcp_frame_len(adv->ts_ok, 0), total); /* the payload is in place already */
+    PyObject *owner = pred->owner ? pred->owner : Py_None;
+    if (hit->has_ts)
+        out = Py_BuildValue("(OkkiikkOOO)", owner, (unsigned long)hit->seq, (unsigned long)hit->ack, (int)hit->flags,
+                            (int)hit->window, (unsigned long)hit->tsval, (unsigned long)hit->tsecr, payload, values,
+                            frame);
+    else
+        out = Py_BuildValue("(OkkiiOOOOO)", owner, (unsigned long)hit->seq, (unsigned long)hit->ack, (int)hit->flags,
+                            (int)hit->window, Py_None, Py_None, payload, values, frame);
+    if (out) { /* the connection moves on: our answer is sent, one answer per arming */
+        pred->p = p;
+        pred->p.snd_max = p.snd_max + (uint32_t)total;
+        pred->p.rcv_wnd = adv->rcv_wnd + hit->payload_len; /* the application took the request at once */
+        pred->p.last_ack_sent = p.rcv_nxt;                 /* the answer acknowledges it */
+        c->h.armed = 0;
+    }
+done:
+    for (int i = 0; i < k; i++) Py_XDECREF(vals[i]);
+    Py_XDECREF(frame);
+    Py_XDECREF(values);
+    Py_XDECREF(payload);
+    if (!out) PyErr_Clear();
+    return out;
+}
+
+static PyObject *mod_rx_canned(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyDict_Check(args[1]) || !PyDict_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "rx_canned(frame, table, canned, now, ident): a frame, two dicts of "
+                                         "predictions, the time and an IPv4 ident");
+        return NULL;
+    }
+    double now = PyFloat_AsDouble(args[3]);
+    unsigned long ident = PyLong_AsUnsignedLongMask(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0) return NULL;
+    uint8_t ip[4];
+    uint16_t sport, dport;
+    PyObject *out = Py_None;
+    if (kb_tcp_key(b.buf, (size_t)b.len, ip, &sport, &dport) == 0) {
+        unsigned long long key = ((unsigned long long)((uint32_t)ip[0] << 24 | (uint32_t)ip[1] << 16 |
+                                                       (uint32_t)ip[2] << 8 | ip[3]) << 32) |
+                                 ((unsigned long long)sport << 16) | dport;
+        PyObject *kobj = PyLong_FromUnsignedLongLong(key);
+        if (!kobj) goto fail;
+        PyObject *pred = PyDict_GetItemWithError(args[1], kobj); /* borrowed */
+        PyObject *can = pred ? PyDict_GetItemWithError(args[2], kobj) : NULL;
+        Py_DECREF(kobj);
+        if (PyErr_Occurred()) goto fail;
+        if (pred && Py_TYPE(pred) == &PredType) {
+            Pred *pr = (Pred *)pred;
+            struct kb_tcp_pred adv = pr->p; /* advanced on a copy: a canned answer moves it further */
+            struct kb_tcp_hit hit;
+            if (kb_tcp_predict(&adv, b.buf, (size_t)b.len, &hit) == KB_TCP_HIT) {
+                if (can && Py_TYPE(can) == &CannedType && ((Canned *)can)->h.armed && hit.payload_len) {
+                    out = canned_answer(pr, (Canned *)can, &adv, &hit, b.buf, now, (unsigned)ident);
+                    if (out) {
+                        PyBuffer_Release(&b);
+                        return out;
+                    }
+                }
+                pr->p = adv;
+                out = hit_tuple(pr->owner, &hit, b.buf);
+                PyBuffer_Release(&b);
+                return out;
+            }
+        }
+    }
+    PyBuffer_Release(&b);
+    Py_RETURN_NONE;
+fail:
+    PyBuffer_Release(&b);
+    return NULL;
+}

@@ -1,0 +1,84 @@
+"""`kbypass http serve` with canned answers on the TCP fast path (csrc/core/kb_http.c): a kernel client gets the
+same bytes, in request order, whichever side answered. Keep-alive repeats, pipelined GET/HEAD, an unknown
+size, Connection: close, and the Date moving on; kernel clients in netns."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from kbypass import backend, netns
+from kbypass.apps import httpserve
+from kbypass.endpoint.tcpio import TcpHost
+from kbypass.proto import http
+
+pytestmark = pytest.mark.netns
+PORT = 8496
+GET = b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n"
+HEAD = b"HEAD /x HTTP/1.1\r\nHost: b\r\n\r\n"
+BIG = b"GET /40000 HTTP/1.1\r\nHost: b\r\n\r\n"
+CLOSE = b"GET /x HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+
+
+def responses(sock, n: int, heads: list[bool]) -> list[tuple[int, dict, bytes]]:
+    """n responses read off sock in order (heads[i]: the i-th answers a HEAD)."""
+    out, rest = [], b""
+    for i in range(n):
+        r = http.ResponseReader(head_request=heads[i])
+        body = r.feed(rest) if rest else b""
+        while not r.done:
+            data = sock.recv(65536)
+            assert data, "the server closed early"
+            body += r.feed(data)
+        rest = r.rest
+        out.append((r.status, r.headers, body))
+    assert not rest
+    return out
+
+
+def test_canned_answers_keep_http_semantics(testbed_hosts):
+    a, b = testbed_hosts
+    done = threading.Event()
+    with TcpHost(b.iface, b.ipv4, netns=b.netns) as host:
+        lst = host.listen(PORT)
+        result = {}
+        server = threading.Thread(target=lambda: result.update(
+            res=httpserve.serve(host, lst, http.Site(body_size=100), stop=done.is_set)))
+        server.start()
+        try:
+            with netns.entered(a.netns):
+                c = socket.create_connection((b.ipv4, PORT), timeout=5)
+            for _ in range(200):  # keep-alive repeats: the first learnt, the rest answered in C
+                c.sendall(GET)
+                (status, headers, body), = responses(c, 1, [False])
+                assert status == 200 and body == http.generated(0, 100) and "connection" not in headers
+            c.sendall(GET + HEAD + GET + HEAD)  # pipelined, in one segment
+            got = responses(c, 4, [False, True, False, True])
+            assert [(s, len(bd)) for s, _, bd in got] == [(200, 100), (200, 0), (200, 100), (200, 0)]
+            assert all(h["content-length"] == "100" for _, h, _ in got)
+            c.sendall(BIG + GET)  # one answer past a segment (the Python way), one canned: still in order
+            got = responses(c, 2, [False, False])
+            assert got[0][2] == http.generated(0, 40000) and got[1][2] == http.generated(0, 100)
+            before = got[1][1]["date"]
+            time.sleep(2.05)  # a later second: the canned answers of the old Date are gone
+            c.sendall(GET)
+            (_, headers, _), = responses(c, 1, [False])
+            assert headers["date"] != before
+            assert headers["date"] in (http.http_date(time.time()), http.http_date(time.time() - 1))
+            c.sendall(CLOSE)
+            (status, headers, body), = responses(c, 1, [False])
+            assert status == 200 and headers["connection"] == "close" and body == http.generated(0, 100)
+            assert c.recv(100) == b""  # closed after the answer
+            c.close()
+        finally:
+            done.set()
+            server.join(30)
+        res = result["res"]
+        assert res.requests == res.responses == 200 + 4 + 2 + 1 + 1
+        assert res.statuses == {200: res.requests}
+        assert res.body_bytes == 200 * 100 + 2 * 100 + 40000 + 100 + 100 + 100
+        if host.native and backend.built("tcp"):
+            assert host.counters["rx_canned"] >= 150
