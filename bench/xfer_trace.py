@@ -57,6 +57,10 @@ def traced_main(out_path: str, argv: list[str]) -> int:
         return moved
 
     ep_mod.TransportEndpoint.pump = pump
+    if os.environ.get("XFER_TRACE_ACK_BYTES"):  # --ack-bytes: the receiver's ConnConfig.ack_bytes, to compare
+        default_config = ep_mod.default_config
+        ack_bytes = int(os.environ["XFER_TRACE_ACK_BYTES"])
+        ep_mod.default_config = lambda *a, **kw: default_config(*a, **{"ack_bytes": ack_bytes, **kw})
     try:
         return cli.main(argv)
     finally:
@@ -128,6 +132,8 @@ def main() -> int:
     ap.add_argument("--mtu", type=int, default=65535)
     ap.add_argument("--loss", type=float, default=0.01)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--ack-bytes", type=int, default=None,
+                    help="both ends' ConnConfig.ack_bytes (default: xfer's own)")
     ap.add_argument("--json", default=None, help="write the records and the analysis here")
     args = ap.parse_args()
     from kbypass.host import testbed
@@ -136,6 +142,8 @@ def main() -> int:
     tmp = Path(f"/tmp/xfer_trace.{os.getpid()}")
     common = ["--json"] + (["--loss", str(args.loss)] if args.loss else [])
     me = [sys.executable, __file__, "--child"]
+    if args.ack_bytes is not None:
+        os.environ["XFER_TRACE_ACK_BYTES"] = str(args.ack_bytes)
     try:
         recv = subprocess.Popen(["taskset", "-c", "1", *me, f"{tmp}.recv", "xfer", "recv", "--host", "b", "--port",
                                  str(PORT), "--idle-timeout", "30", *common],

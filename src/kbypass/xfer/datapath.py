@@ -34,20 +34,37 @@ class DataPath:
             i = 0
             if self._rx_link is None:
                 # runs of bulk data through C; each frame that ends a run through Python, then C again; once
-                # C takes nothing where it could start, the rest of the batch goes to Python together
+                # C takes nothing where it could start, the rest of the batch goes to Python together. A run
+                # also ends where the connection wants an ACK out (ack_due): it goes, then C goes on.
+                after_ack = False
                 while i < n:
                     j = self._take_run(batch, descs, i, now)
-                    if j == i or j == n:
+                    if j == n:
                         i = j
                         break
+                    if j > i and self._ack_early(now):
+                        i, after_ack = j, True
+                        continue
+                    if j == i and not after_ack:
+                        break
                     self._take_general(mv, batch, j, j + 1, now)
-                    i = j + 1
+                    i, after_ack = j + 1, False
             if i < n:
                 self._take_general(mv, batch, i, n, now)
         finally:
             mv.release()
             self.port.free(batch)
         return n
+
+    def _ack_early(self, now: float) -> bool:
+        """Send what the connection has due now if it asks for an ACK in the middle of a batch (ack_due:
+        ConnConfig.ack_bytes arrived since its last datagram), so the sender hears of the batch's first
+        datagrams before the last is taken. True if it did."""
+        conn = self.conn
+        if conn is None or not conn.ack_due:
+            return False
+        self._send_out(conn.datagrams_to_send(now), now)
+        return True
 
     def _take_general(self, mv: memoryview, batch, start: int, stop: int, now: float) -> None:
         """Frames start..stop-1 of `batch` through the general path: the Python checks and decoder, or the
