@@ -47,16 +47,12 @@ import numpy as np
 
 from kbypass import backend
 from kbypass import netns as _netns
-from kbypass.errors import (
-    EnvironmentProblem,
-    KbypassError,
-    PermissionProblem,
-    UsageError,
-)
+from kbypass.errors import EnvironmentProblem, KbypassError, PermissionProblem, UsageError
 from kbypass.net.wait import wait_readable
-from kbypass.steer.cbpf import compile_filter
 from kbypass.xsk.ring import check_architecture
 from kbypass.xsk.umem import OwnershipError
+
+from kbypass.steer.cbpf import compile_filter
 
 from .base import Port
 from .batch import DESC, Batch

@@ -5,12 +5,6 @@
 """
 
 from .encap import ETHERTYPE, EthEncap, UdpEncap
-from .endpoint import (
-    ENCAPS,
-    TransferError,
-    TransferTimeout,
-    TransportEndpoint,
-    resolve_mac,
-)
+from .endpoint import ENCAPS, TransferError, TransferTimeout, TransportEndpoint, resolve_mac
 
 __all__ = ["ENCAPS", "ETHERTYPE", "EthEncap", "TransferError", "TransferTimeout", "TransportEndpoint", "UdpEncap", "resolve_mac"]

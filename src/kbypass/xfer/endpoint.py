@@ -50,21 +50,13 @@ import random
 import time
 from collections import Counter, deque
 
-from kbypass import backend
 from kbypass.errors import KbypassError, UsageError
-from kbypass.net import Interface, bind_udp, link_info
 from kbypass.proto.faults import FaultyLink
+from kbypass import backend
+from kbypass.net import Interface, bind_udp, link_info
 from kbypass.proto.transport import (
-    Closed,
-    ConnConfig,
-    Connected,
-    Connection,
-    ConnectionLost,
-    DataReceived,
-    Listener,
-    MessageReceived,
-    PeerClosed,
-    Role,
+    Closed, ConnConfig, Connected, Connection, ConnectionLost, DataReceived, Listener, MessageReceived,
+    PeerClosed, Role,
 )
 
 from .datapath import DataPath

@@ -13,15 +13,7 @@ measure_goodput: a CPU-bound LAN path under random loss).
 from .config import ConnConfig
 from .connection import Connection, ConnectionStats, Role
 from .errors import LocalProtocolError, RemoteProtocolError, TransportError
-from .events import (
-    Closed,
-    Connected,
-    ConnectionLost,
-    DataReceived,
-    Event,
-    MessageReceived,
-    PeerClosed,
-)
+from .events import Closed, Connected, ConnectionLost, DataReceived, Event, MessageReceived, PeerClosed
 from .listener import Listener
 from .states import State
 

@@ -54,29 +54,13 @@ from .codec import PythonCodec
 from .config import ConnConfig
 from .congestion import make_controller
 from .errors import LocalProtocolError, RemoteProtocolError
-from .events import (
-    Closed,
-    Connected,
-    ConnectionLost,
-    DataReceived,
-    Event,
-    MessageReceived,
-    PeerClosed,
-)
+from .events import Closed, Connected, ConnectionLost, DataReceived, Event, MessageReceived, PeerClosed
 from .output import Output
 from .recovery import LossRecovery
 from .recvbuf import ReceiveBuffer
 from .rtt import RttEstimator
 from .sendbuf import SendBuffer
-from .states import (
-    CAN_SEND,
-    CLEAN_END,
-    PEER_OPEN,
-    SYNCHRONIZED,
-    Input,
-    State,
-    next_state,
-)
+from .states import CAN_SEND, CLEAN_END, PEER_OPEN, SYNCHRONIZED, Input, State, next_state
 
 
 def _byte_view(data):

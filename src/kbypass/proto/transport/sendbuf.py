@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+
 VIEW_FROM = 8192  # cut_run hands segments of this many bytes or more as views of the send buffer's chunks
 
 

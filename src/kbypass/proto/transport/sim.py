@@ -14,14 +14,7 @@ from kbypass.proto.faults import FaultyLink
 
 from .config import ConnConfig
 from .connection import Connection, Role
-from .events import (
-    Closed,
-    Connected,
-    ConnectionLost,
-    DataReceived,
-    MessageReceived,
-    PeerClosed,
-)
+from .events import Closed, Connected, ConnectionLost, DataReceived, MessageReceived, PeerClosed
 from .listener import Listener
 
 
