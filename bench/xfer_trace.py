@@ -77,6 +77,18 @@ def gaps(times: list[float], threshold: float) -> dict:
     return {"count": len(d), "total_ms": round(sum(d) * 1e3, 1), "max_ms": round(max(d) * 1e3, 2) if d else 0.0}
 
 
+def _away(records: list[dict], threshold: float) -> dict:
+    d = [b["t"] - a["t"] - a["busy"] for a, b in zip(records, records[1:])]
+    d = [x for x in d if x >= threshold]
+    return {"count": len(d), "total_ms": round(sum(d) * 1e3, 1), "max_ms": round(max(d) * 1e3, 2) if d else 0.0}
+
+
+def long_turns(records: list[dict], threshold: float) -> dict:
+    """pump() turns that took frames and lasted longer than `threshold`: the ACK waits for the turn's end."""
+    d = [r["busy"] for r in records if r["rx"] and r["busy"] >= threshold]
+    return {"count": len(d), "total_ms": round(sum(d) * 1e3, 1), "max_ms": round(max(d) * 1e3, 2) if d else 0.0}
+
+
 def analyse(send: list[dict], recv: list[dict], mss: int) -> dict:
     span = send[-1]["t"] - send[0]["t"]
     # what held the sender at the end of each turn, weighted by the time until the next turn
@@ -102,6 +114,9 @@ def analyse(send: list[dict], recv: list[dict], mss: int) -> dict:
         "receiver_turn_gaps_over_2ms": gaps(recv_turns, 2e-3),
         "receiver_turn_gaps_over_10ms": gaps(recv_turns, 10e-3),
         "sender_turn_gaps_over_2ms": gaps([r["t"] for r in send], 2e-3),
+        "sender_away_from_pump_over_10ms": _away(send, 10e-3),
+        "receiver_away_from_pump_over_10ms": _away(recv, 10e-3),
+        "receiver_turns_with_frames_over_5ms": long_turns(recv, 5e-3),
         "cwnd_median": statistics.median(cw), "pipe_median": statistics.median(r["pipe"] for r in send),
         "sacked_median": statistics.median(r["sacked"] for r in send),
         "srtt_ms_median": round(statistics.median(r["srtt"] for r in send if r["srtt"]) * 1e3, 3),
