@@ -167,16 +167,25 @@ class DataPath:
         """Give a batch of datagrams to the connection (or listener) in one call: it decodes and handles
         them in a loop of its own, and one ACK at the next datagrams_to_send answers them all."""
         self.counters["rx_datagrams"] += len(datagrams)
+        machine = self._machine()
+        if machine is None:
+            self.drops["not_listening"] += len(datagrams)  # before connect()/accept(): nobody to give it to
+            return
+        cfg = self.conn.config if self.conn is not None else None
+        # an ACK due inside the batch (ConnConfig.ack_bytes) goes out between slices of it, as between the
+        # C runs (_take_frames)
+        step = -(-cfg.ack_bytes // cfg.mss) if cfg is not None and cfg.ack_bytes else 0  # full segments that fill it
+        if 0 < step < len(datagrams):
+            for k in range(0, len(datagrams), step):
+                machine.receive_datagrams(datagrams[k:k + step], now)
+                self._ack_early(now)
+        else:
+            machine.receive_datagrams(datagrams, now)
         if self._listener is not None:
-            self._listener.receive_datagrams(datagrams, now)
             if self.conn is None:
                 self.conn = self._listener.accept()
             if self.conn is not None and self.encap.peer is None:
                 self._learn_peer()
-        elif self.conn is not None:
-            self.conn.receive_datagrams(datagrams, now)
-        else:
-            self.drops["not_listening"] += len(datagrams)  # before connect()/accept(): nobody to give it to
 
     def _send_out(self, datagrams: list[bytes], now: float) -> None:
         if self._tx_link is not None:
