@@ -1,6 +1,6 @@
-"""ReceiveBuffer keeps its merged SACK ranges between ACKs while only extend_run grows the highest one (the
-C receive path's out-of-order runs), and recomputes them after anything else changed the buffer: the
-blocks are always those of the buffered segments, merged afresh."""
+"""ReceiveBuffer keeps its merged SACK ranges between ACKs through the usual changes (extend_run, the C
+receive path's out-of-order runs, grows the highest one; a new hole opens above it; a repair delivers the
+lowest) and merges them afresh after any other: the blocks are always those of the buffered segments."""
 
 from __future__ import annotations
 
@@ -53,5 +53,7 @@ def test_extend_run_grows_the_kept_highest_range_without_a_recomputation():
     kept = rb._ranges
     rb.extend_run([bytes(1000), bytes(1000)])
     assert rb._ranges is kept and rb.sack_blocks(4) == [(1000, 4000)]
-    rb.accept(0, bytes(1000), False, False)  # the repair: everything delivered, the ranges recomputed
-    assert rb._ranges is None and not rb.ooo
+    rb.accept(5000, bytes(1000), False, False)  # a new hole below it: a range of its own, kept
+    assert rb._ranges is kept and rb.sack_blocks(4) == [(5000, 6000), (1000, 4000)]
+    rb.accept(0, bytes(1000), False, False)  # the first hole repaired: its range delivered, the rest kept
+    assert rb._ranges is kept and rb.sack_blocks(4) == [(5000, 6000)] and rb.rcv_nxt == 4000
