@@ -8,10 +8,9 @@ free go back to that port: reflecting on the queue a packet arrived on, like any
 
 from __future__ import annotations
 
-import select
-
 import numpy as np
 
+from kbypass.net.wait import wait_readable
 from kbypass.port.base import Port
 from kbypass.port.batch import Batch
 
@@ -23,9 +22,7 @@ class PortGroup(Port):
         self.ports = ports
         self.batch_ops = ports[0].batch_ops  # every member's: they are opened together (SteeredPort)
         self._next = 0
-        self._poller = select.poll()
-        for p in ports:
-            self._poller.register(p.fd, select.POLLIN)
+        self._fds = [p.fd for p in ports]
 
     def receive(self, max_frames: int = 64) -> Batch:
         n = len(self.ports)
@@ -50,7 +47,7 @@ class PortGroup(Port):
     def wait(self, timeout: float | None = None) -> bool:
         if any(getattr(p, "poll_mode", "wakeup") == "busy" for p in self.ports):
             return any(p.wait(0) for p in self.ports)
-        return bool(self._poller.poll(None if timeout is None else int(timeout * 1000)))
+        return wait_readable(self._fds, timeout)  # (a sub-ms timeout sleeps: kbypass.net.wait)
 
     def flush(self) -> None:
         for p in self.ports:

@@ -40,7 +40,6 @@ import ctypes.util
 import errno
 import mmap
 import os
-import select
 import socket
 import struct
 
@@ -49,6 +48,7 @@ import numpy as np
 from kbypass import backend
 from kbypass import netns as _netns
 from kbypass.errors import EnvironmentProblem, KbypassError, PermissionProblem, UsageError
+from kbypass.net.wait import wait_readable
 from kbypass.xsk.ring import check_architecture
 from kbypass.xsk.umem import OwnershipError
 
@@ -151,8 +151,7 @@ class PacketMmapPort(Port):
             self.close()
             raise
         self.fanout_group = fanout_group
-        self._poll = select.poll()
-        self._poll.register(self._sock.fileno(), select.POLLIN)
+        self._poll_fd = self._sock.fileno()
         self._counters = dict.fromkeys(("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_completed",
                                         "tx_kicks", "tx_send_errors", "rx_blocks"), 0)
         self._kstats = dict.fromkeys(("kernel_packets", "rx_dropped", "rx_freeze_q"), 0)
@@ -269,7 +268,7 @@ class PacketMmapPort(Port):
         """Block until a block is ready (or frames of an open one remain) or timeout seconds pass."""
         if self._cur is not None or self._next_ready():
             return True
-        self._poll.poll(None if timeout is None else max(0, int(timeout * 1000)))
+        wait_readable(self._poll_fd, timeout)  # (a sub-ms timeout sleeps: kbypass.net.wait)
         return self._next_ready()
 
     def _next_ready(self) -> bool:

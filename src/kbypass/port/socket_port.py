@@ -32,13 +32,13 @@ import ctypes.util
 import errno
 import ipaddress
 import os
-import select
 import socket
 
 import numpy as np
 
 from kbypass import netns as _netns
 from kbypass.errors import KbypassError, UsageError
+from kbypass.net.wait import wait_readable
 from kbypass.xsk.umem import APP, Umem
 
 from .base import UmemPort
@@ -146,8 +146,7 @@ class SocketPort(UmemPort):
         # IPv4 header checksum of the template (all but total length and source address), in 16-bit words
         self._ck_base = int(self._tmpl[14:34].view(">u2").astype(np.int64).sum())
         self._rows = self.umem.array.reshape(-1, frame_size)
-        self._poll = select.poll()
-        self._poll.register(self._fd, select.POLLIN)
+        self._poll_fd = self._fd
         self._counters = dict.fromkeys(("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_truncated",
                                         "rx_calls", "tx_calls"), 0)
 
@@ -207,7 +206,7 @@ class SocketPort(UmemPort):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until a datagram is queued or timeout seconds pass; True if one is."""
-        return bool(self._poll.poll(None if timeout is None else max(0, int(timeout * 1000))))
+        return wait_readable(self._poll_fd, timeout)  # (a sub-ms timeout sleeps: kbypass.net.wait)
 
     # ---- transmit ---------------------------------------------------------------------------------
     def alloc(self, n: int) -> Batch:

@@ -34,20 +34,37 @@ class DataPath:
             i = 0
             if self._rx_link is None:
                 # runs of bulk data through C; each frame that ends a run through Python, then C again; once
-                # C takes nothing where it could start, the rest of the batch goes to Python together
+                # C takes nothing where it could start, the rest of the batch goes to Python together. A run
+                # also ends where the connection wants an ACK out (ack_due): it goes, then C goes on.
+                after_ack = False
                 while i < n:
                     j = self._take_run(batch, descs, i, now)
-                    if j == i or j == n:
+                    if j == n:
                         i = j
                         break
+                    if j > i and self._ack_early(now):
+                        i, after_ack = j, True
+                        continue
+                    if j == i and not after_ack:
+                        break
                     self._take_general(mv, batch, j, j + 1, now)
-                    i = j + 1
+                    i, after_ack = j + 1, False
             if i < n:
                 self._take_general(mv, batch, i, n, now)
         finally:
             mv.release()
             self.port.free(batch)
         return n
+
+    def _ack_early(self, now: float) -> bool:
+        """Send what the connection has due now if it asks for an ACK in the middle of a batch (ack_due:
+        ConnConfig.ack_bytes arrived since its last datagram), so the sender hears of the batch's first
+        datagrams before the last is taken. True if it did."""
+        conn = self.conn
+        if conn is None or not conn.ack_due:
+            return False
+        self._send_out(conn.datagrams_to_send(now), now)
+        return True
 
     def _take_general(self, mv: memoryview, batch, start: int, stop: int, now: float) -> None:
         """Frames start..stop-1 of `batch` through the general path: the Python checks and decoder, or the
@@ -150,16 +167,25 @@ class DataPath:
         """Give a batch of datagrams to the connection (or listener) in one call: it decodes and handles
         them in a loop of its own, and one ACK at the next datagrams_to_send answers them all."""
         self.counters["rx_datagrams"] += len(datagrams)
+        machine = self._machine()
+        if machine is None:
+            self.drops["not_listening"] += len(datagrams)  # before connect()/accept(): nobody to give it to
+            return
+        cfg = self.conn.config if self.conn is not None else None
+        # an ACK due inside the batch (ConnConfig.ack_bytes) goes out between slices of it, as between the
+        # C runs (_take_frames)
+        step = -(-cfg.ack_bytes // cfg.mss) if cfg is not None and cfg.ack_bytes else 0  # full segments that fill it
+        if 0 < step < len(datagrams):
+            for k in range(0, len(datagrams), step):
+                machine.receive_datagrams(datagrams[k:k + step], now)
+                self._ack_early(now)
+        else:
+            machine.receive_datagrams(datagrams, now)
         if self._listener is not None:
-            self._listener.receive_datagrams(datagrams, now)
             if self.conn is None:
                 self.conn = self._listener.accept()
             if self.conn is not None and self.encap.peer is None:
                 self._learn_peer()
-        elif self.conn is not None:
-            self.conn.receive_datagrams(datagrams, now)
-        else:
-            self.drops["not_listening"] += len(datagrams)  # before connect()/accept(): nobody to give it to
 
     def _send_out(self, datagrams: list[bytes], now: float) -> None:
         if self._tx_link is not None:

@@ -643,13 +643,20 @@ def default_config(max_datagram: int, **kw) -> ConnConfig:
     not the wire, capped a 65535-MTU transfer (1 MiB / an RTT of 6-9 ms in wakeup mode on a busy machine:
     ~1 Gbit/s). Measured at MTU 65535, 4 s, Mbit/s loss-free / at 1% loss (busy machine, one round each,
     noisy): 1 MiB 457-1849 / 528, 4 MiB 465-2415 / 987, 8 MiB 747-3850 / 2746; 8 MiB is more
-    than the receiver's fill ring holds (~7.8 MB) when it is late to read, so 4 MiB."""
+    than the receiver's fill ring holds (~7.8 MB) when it is late to read, so 4 MiB.
+
+    An ACK every 512 KiB taken (ack_bytes; 8 datagrams of 64 KiB, more than a batch of 1500-byte ones, so
+    only jumbo datagrams see it): a receiver that took a batch of up to 64 jumbo datagrams acknowledged it
+    once, after the last, milliseconds after the first arrived, and the sender, its flight out, heard
+    nothing for as long: tail probes, and RTOs that the next ACK showed spurious. Measured at MTU 65535, 4 s,
+    three rounds interleaved with the per-batch ACK (busy machine): RTOs 0 in 6 runs against 10 in 6, tail
+    probes 9-30 against 27-52 a run; goodput within the noise (+-30% here)."""
     window = 1 << 20 if kw.get("congestion", ConnConfig.congestion) == "bbr" else 1 << 19
     # jumbo datagrams: at least JUMBO_FLIGHT of them in flight, up to 4 MiB (a receiver's fill ring of 2048
     # 4 KiB frames holds ~7.8 MB, so a flight and its ACK aggregation still land without ring overflow)
     window = max(window, min(JUMBO_FLIGHT * max_datagram, 4 << 20))
     base = dict(max_datagram_size=max_datagram, send_buffer=2 * window, recv_buffer=2 * window, max_window=window,
-                max_message_size=64 * 1024, initial_rto=0.25, min_rto=0.02, max_rto=2.0, time_wait=2.0)
+                max_message_size=64 * 1024, ack_bytes=512 * 1024, initial_rto=0.25, min_rto=0.02, max_rto=2.0, time_wait=2.0)
     base.update(kw)
     return ConnConfig(**base)
 

@@ -16,7 +16,6 @@ import errno
 import fcntl
 import mmap
 import os
-import select
 import socket
 import struct
 import time
@@ -30,6 +29,7 @@ from kbypass.errors import (
     PermissionProblem,
     UsageError,
 )
+from kbypass.net.wait import wait_readable
 
 from . import consts
 from .ring import ConsumerRing, ProducerRing, check_architecture, check_size
@@ -140,8 +140,6 @@ class XskSocket:
         except BaseException:
             self.close()
             raise
-        self._poll = select.poll()
-        self._poll.register(self._sock.fileno(), select.POLLIN)
 
     def _adopt(self, fd: int, sizes: tuple[int, int, int, int], busy_poll: bool) -> None:
         """Take over `fd`, an AF_XDP socket someone else set up and bound over this UMEM's memory (the control
@@ -166,8 +164,6 @@ class XskSocket:
         except BaseException:
             self.close()
             raise
-        self._poll = select.poll()
-        self._poll.register(self._sock.fileno(), select.POLLIN)
 
     # ---- setup ------------------------------------------------------------------------------------
     def _setsockopt(self, opt: int, value, what: str) -> None:
@@ -330,9 +326,9 @@ class XskSocket:
             pass  # EAGAIN and friends: nothing to do now, the rings tell the rest
 
     def poll(self, timeout: float | None) -> bool:
-        """poll() for POLLIN (RX ring not empty); timeout in seconds, None blocks."""
-        ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        return bool(self._poll.poll(ms))
+        """Wait for POLLIN (RX ring not empty); timeout in seconds, kept to the microsecond (a sub-ms wait
+        sleeps, see kbypass.net.wait), None blocks."""
+        return wait_readable(self._sock.fileno(), timeout)
 
     # ---- teardown ---------------------------------------------------------------------------------
     def close(self) -> None:

@@ -49,6 +49,11 @@ class ConnConfig:
     # path's RTT, paced; random loss does not slow it) or "reno" (congestion.LossTolerantReno: a window cut
     # when the recent loss rate passes 2%).
     congestion: str = "bbr"
+    # Acknowledge at the latest after this many payload bytes arrived (0: once per batch of arrivals, at the
+    # next datagrams_to_send). A receiver handing a batch of 64 jumbo datagrams (4 MiB) to the connection
+    # acknowledged it only once all of it was taken, milliseconds after the first arrived: the sender heard
+    # nothing for that long (ack_due tells the caller to send the ACK in the middle of a batch).
+    ack_bytes: int = 0
 
     def __post_init__(self) -> None:
         if self.congestion not in CONTROLLERS:
@@ -76,6 +81,8 @@ class ConnConfig:
                 f"initial_window {self.initial_window} is below one segment: give at least {self.mss} bytes "
                 "(the mss), or None for the default of four segments"
             )
+        if self.ack_bytes < 0:
+            raise LocalProtocolError(f"ack_bytes {self.ack_bytes}: need 0 (once per batch) or more bytes")
         if self.dupack_threshold < 1:
             raise LocalProtocolError(
                 f"dupack_threshold {self.dupack_threshold}: need at least 1 (3 is TCP's; 0 would call every "

@@ -144,6 +144,7 @@ class Connection(Output, LossRecovery):
         self._last_send = now
         self._ts_recent = 0  # latest tsval from the peer, echoed in tsecr
         self._ack_pending = False
+        self._unacked_bytes = 0  # payload bytes arrived since our last datagram (each carries the ACK)
         self._syn_due = False  # (re)send SYN or SYN|ACK on the next datagrams_to_send
         self._syn_retries = 0
         self._rto_deadline: float | None = None
@@ -302,6 +303,13 @@ class Connection(Output, LossRecovery):
         if self.state in PEER_OPEN and grown >= min(2 * self.mss, self.config.recv_buffer // 2):
             self._ack_pending = True
 
+    @property
+    def ack_due(self) -> bool:
+        """ConnConfig.ack_bytes of payload arrived since we last sent anything: call datagrams_to_send now,
+        before taking more of the batch (the ACK it returns lets the sender's clock and loss recovery run
+        while we work through the rest)."""
+        return 0 < self.config.ack_bytes <= self._unacked_bytes
+
     # ------------------------------------------------------------------ input
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Feed one datagram from the wire. Never raises for bad input: drops are counted by reason."""
@@ -358,15 +366,20 @@ class Connection(Output, LossRecovery):
         if self.state is not State.ESTABLISHED or rb.fin_seq is not None or sb.inflight or sb.fin_seq is not None:
             return None
         window = rb.window
+        room = window
+        if self.config.ack_bytes:
+            # the run ends where an ACK is due (ack_due), and at least one datagram fits: the caller
+            # acknowledges, then takes the next run
+            room = min(room, max(self.config.ack_bytes - self._unacked_bytes, self.config.max_datagram_size))
         if not rb.ooo:
             return self.local_id, self.peer_id, rb.rcv_nxt, sb.snd_una, self._peer_right, rb.rcv_nxt + window, \
-                window, self.RUN_MESSAGES if rb.message_mode else self.RUN_IN_ORDER
+                room, self.RUN_MESSAGES if rb.message_mode else self.RUN_IN_ORDER
         run_end = None if rb.message_mode else rb.extendable_run_end()
         if run_end is None:
             return None  # the latest arrival did not extend the highest run: leave it to the general path
         # (unread + ooo_bytes never exceed the buffer, so the room is never negative; max() says so to C)
         return self.local_id, self.peer_id, run_end, sb.snd_una, self._peer_right, rb.rcv_nxt + window, \
-            max(0, window - rb.ooo_bytes), self.RUN_OUT_OF_ORDER
+            max(0, min(room, window - rb.ooo_bytes)), self.RUN_OUT_OF_ORDER
 
     def receive_run(self, data, count: int, tsval: int, now: float, mode: int, ends=()) -> None:
         """Take `count` datagrams that met rx_run_params() (checked by the caller; `mode` as it said),
@@ -386,8 +399,10 @@ class Connection(Output, LossRecovery):
         self._ack_pending = True
         rb = self.rbuf
         if mode == self.RUN_OUT_OF_ORDER:
+            self._unacked_bytes += sum(map(len, data))
             rb.extend_run(data)
             return
+        self._unacked_bytes += len(data)
         events = self._events
         if mode == self.RUN_MESSAGES:
             for msg in rb.take_messages(data, ends):
@@ -517,6 +532,7 @@ class Connection(Output, LossRecovery):
 
     def _on_data(self, pkt: wire.Packet) -> None:
         self._ack_pending = True  # duplicates too: our earlier ACK may have been lost
+        self._unacked_bytes += len(pkt.payload)
         flags = pkt.flags
         # (ESTABLISHED, the usual state, is in PEER_OPEN: tested first, it spares the set lookup)
         if self.state is not State.ESTABLISHED and self.state not in PEER_OPEN and not flags & wire.FIN:

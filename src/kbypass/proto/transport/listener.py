@@ -108,6 +108,11 @@ class Listener:
             self._by_peer.pop(c.peer_id, None)
         return dead
 
+    @property
+    def ack_due(self) -> bool:
+        """Some connection's ack_due (Connection.ack_due)."""
+        return any(c.ack_due for c in self.connections.values())
+
     def datagrams_to_send(self, now: float) -> list[bytes]:
         out: list[bytes] = []
         for c in self.connections.values():

@@ -43,6 +43,7 @@ class Output:
         self.stats.datagrams_sent += 1
         self._last_send = now
         self._ack_pending = False
+        self._unacked_bytes = 0
         return self._encode(flags, seq, ack, window, (int(now * 1e6) & _TS_MASK) or 1, sacks, payload, max_size)
 
     def _encode(self, flags: int, seq: int, ack: int, window: int, tsval: int, sacks, payload,
@@ -119,6 +120,7 @@ class Output:
         stats.datagrams_sent += 1
         self._last_send = now
         self._ack_pending = False
+        self._unacked_bytes = 0
         if ack + window > self._adv_right:
             self._adv_right = ack + window  # (only when a datagram tells the peer: see _maybe_window_update)
         out.append(self._encode(flags, seg.seq, ack, window, tsval, sacks, seg.data, self.config.max_datagram_size))
@@ -141,6 +143,7 @@ class Output:
         stats.datagrams_sent += len(segs)
         self._last_send = now
         self._ack_pending = False
+        self._unacked_bytes = 0
         if ack + window > self._adv_right:
             self._adv_right = ack + window
         if sacks:

@@ -21,6 +21,12 @@ class ReceiveBuffer:
         # by bisection. (Scanning the dict for them once per delivered segment made repairing a hole
         # quadratic in the segments buffered behind it: a flight of them per loss.)
         self._ooo_seqs: list[int] = []
+        # the received ranges above rcv_nxt (sack_blocks), kept through the usual changes (the highest range
+        # grows, a new hole opens above it, the lowest ranges are delivered when a hole is repaired) and
+        # merged afresh after any other (None). Merging every buffered segment into ranges at every ACK cost
+        # 0.1 ms with 700 segments of 1.4 KB behind a hole (1% loss, 1500 MTU: nearly always a hole) on a
+        # receiver that acknowledges every batch of arrivals.
+        self._ranges: tuple[list[int], list[int]] | None = None
         self.ooo_bytes = 0
         self.boundaries: set[int] = set()  # message end offsets not yet delivered
         self.partial = bytearray()  # message mode: the message being assembled
@@ -62,6 +68,7 @@ class ReceiveBuffer:
         if fin:
             self.fin_seq = seq + len(data)
         ooo = self.ooo
+        ranges = self._ranges
         if seq > self.rcv_nxt:
             old = ooo.get(seq)
             if old is None or len(old[0]) < len(data):
@@ -72,6 +79,17 @@ class ReceiveBuffer:
                 ooo[seq] = (data, msg_end, fin)
                 if old is None:
                     bisect.insort(self._ooo_seqs, seq)
+                if ranges is not None:
+                    # the kept ranges follow the usual arrivals (a new hole opens above all data held, or the
+                    # highest range grows); anything else (a repair between ranges) merges them afresh
+                    starts, ends = ranges
+                    if old is None and (not ends or seq > ends[-1]):
+                        starts.append(seq)
+                        ends.append(end)
+                    elif old is None and seq == ends[-1]:
+                        ends[-1] = end
+                    else:
+                        self._ranges = None
                 self._touch(seq, end)
                 return [], False, None
             return [], False, "duplicate"
@@ -97,6 +115,12 @@ class ReceiveBuffer:
             ooo.clear()
             seqs.clear()
             self.ooo_bytes = 0
+        if ranges is not None:
+            if ooo:  # the ranges that reached rcv_nxt were delivered whole (each is contiguous)
+                k = bisect.bisect_right(ranges[0], self.rcv_nxt)
+                del ranges[0][:k], ranges[1][:k]
+            else:
+                self._ranges = None
         return out, fin_now, None
 
     def _deliver(self, seq: int, data: bytes, msg_end: bool, fin: bool, out: list[bytes]) -> bool:
@@ -152,6 +176,11 @@ class ReceiveBuffer:
             seq += len(d)
         self.ooo_bytes += seq - self._run_end
         self.recent[0] = seqs[-1]  # _touch: each continues the run, so the run's entry moves up
+        ranges = self._ranges
+        if ranges is not None and ranges[1] and ranges[1][-1] == self._run_end:
+            ranges[1][-1] = seq  # the highest range grows: the run ended at the highest data held
+        else:
+            self._ranges = None
         self._run_end = seq
 
     def extendable_run_end(self) -> int | None:
@@ -164,6 +193,27 @@ class ReceiveBuffer:
         return self._run_end if self._run_end == last + len(d) and not fin else None
 
     _RECENT = 8
+
+    def _merged_ranges(self) -> tuple[list[int], list[int]]:
+        """The buffered segments merged into ranges (touching and overlapping ones joined): starts, ends."""
+        ooo = self.ooo
+        starts: list[int] = []
+        ends: list[int] = []
+        start = end = -1
+        for s in self._ooo_seqs:  # ascending
+            d, _, f = ooo[s]
+            e = s + len(d) + f
+            if s <= end:
+                if e > end:
+                    end = e
+            else:
+                if end >= 0:
+                    starts.append(start)
+                    ends.append(end)
+                start, end = s, e
+        starts.append(start)
+        ends.append(end)
+        return starts, ends
 
     def _touch(self, seq: int, end: int) -> None:
         if self.recent and seq == self._run_end:
@@ -188,23 +238,9 @@ class ReceiveBuffer:
         batches, a lost ACK cost up to a batch of spurious retransmissions)."""
         if not self.ooo:
             return []
-        ooo = self.ooo
-        starts: list[int] = []
-        ends: list[int] = []
-        start = end = -1
-        for s in self._ooo_seqs:  # ascending: merge touching and overlapping segments into ranges
-            d, _, f = ooo[s]
-            e = s + len(d) + f
-            if s <= end:
-                if e > end:
-                    end = e
-            else:
-                if end >= 0:
-                    starts.append(start)
-                    ends.append(end)
-                start, end = s, e
-        starts.append(start)
-        ends.append(end)
+        if self._ranges is None:
+            self._ranges = self._merged_ranges()
+        starts, ends = self._ranges
         ranges = list(zip(starts, ends))
         picked: list[int] = []
         for seq in self.recent:
