@@ -379,7 +379,26 @@ out_mem:
     return result;
 }
 
+/* crc64(crc, data) -> int: kb_xfer_crc64, continuing crc over a buffer of any length (the GIL is let go over
+ * large ones, as hashlib does: a reader thread may hash while the transport runs). */
+static PyObject *crc64(PyObject *self, PyObject *args) {
+    unsigned long long crc;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "Ky*", &crc, &data)) return NULL;
+    uint64_t out;
+    if (data.len >= 65536) {
+        Py_BEGIN_ALLOW_THREADS
+        out = kb_xfer_crc64(crc, data.buf, (size_t)data.len);
+        Py_END_ALLOW_THREADS
+    } else {
+        out = kb_xfer_crc64(crc, data.buf, (size_t)data.len);
+    }
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLongLong(out);
+}
+
 static PyMethodDef methods[] = {
+    {"crc64", crc64, METH_VARARGS, "CRC-64/XZ of a buffer, continuing a crc (xfer --digest crc64)"},
     {"rx_run", rx_run, METH_VARARGS, "the run of next-in-line data segments from start (see the source)"},
     {"encode", encode, METH_VARARGS, "wire.encode_fields without SACK blocks"},
     {"encode_segments", encode_segments, METH_VARARGS, "encode a list of segments without SACK blocks"},

@@ -2,6 +2,7 @@
 #include "kb_xfer.h"
 
 #include <isa-l/crc.h>
+#include <isa-l/crc64.h>
 #include <string.h>
 
 #include "kb_ring.h"
@@ -26,6 +27,10 @@ uint32_t kb_xfer_crc32(const uint8_t *p, size_t n) {
     /* ISA-L folds with PCLMULQDQ (picked at run time, plain C on CPUs without it): 122 ns for a
      * 1448-byte datagram here against zlib 1.2.13's 504, on both the sender and the receiver. */
     return crc32_gzip_refl(0, p, n);
+}
+
+uint64_t kb_xfer_crc64(uint64_t crc, const uint8_t *p, size_t n) {
+    return crc64_ecma_refl(crc, p, n); /* PCLMULQDQ folding, picked at run time like crc32_gzip_refl */
 }
 
 static void put_header(uint8_t *p, const struct kb_xfer_fields *h, uint32_t plen) {

@@ -26,6 +26,11 @@ enum kb_xfer_run_mode { KB_RUN_IN_ORDER = 0, KB_RUN_OUT_OF_ORDER = 1, KB_RUN_MES
 /* The CRC32 of zlib.crc32 (reflected IEEE 802.3), which the Python path uses. */
 uint32_t kb_xfer_crc32(const uint8_t *p, size_t n);
 
+/* CRC-64/XZ (reflected ECMA-182 polynomial, xz's and lzma's CHECK_CRC64) of n bytes at p, continuing crc
+ * (0 to start; crc64(crc64(0, a), b) == crc64(0, a + b)): `kbypass xfer --digest crc64`, the stream's
+ * end-to-end check at ~20 GB/s (SHA-256 with SHA-NI does ~1.2 GB/s here). */
+uint64_t kb_xfer_crc64(uint64_t crc, const uint8_t *p, size_t n);
+
 /* The header fields of a datagram without SACK blocks. */
 struct kb_xfer_fields {
     uint32_t flags, src_id, dst_id;
