@@ -534,7 +534,7 @@ def _recv(args) -> int:
                 ep.accept(timeout=args.idle_timeout)
                 t0 = ep.connected_at
                 while True:
-                    chunk = ep.recv(timeout=None)
+                    chunk = ep.recv_chunk(timeout=None)  # the pieces as they arrived: no copy to join them
                     if not chunk:
                         break
                     h.update(chunk)

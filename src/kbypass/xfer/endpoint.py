@@ -457,6 +457,21 @@ class TransportEndpoint(DataPath):
         self._buffered -= len(out)
         return out
 
+    def recv_chunk(self, timeout: float | None = None) -> bytes | memoryview:
+        """The next piece of the stream as it arrived (a run of datagrams: bytes, or a read-only view of the
+        rest of one that recv() cut), never joined with the next: no copy (recv(max_bytes) joins pieces
+        into one bytes object, a copy of every byte when runs are shorter than max_bytes). b"" at the end of
+        the stream; message mode: recv()."""
+        conn = self._need_conn("recv_chunk()")
+        if conn.config.message_mode:
+            return self.recv(timeout=timeout)
+        self._run_until(lambda: self._rxbuf or self.eof, timeout, "receiving")
+        if not self._rxbuf:
+            return self._end_of_stream()
+        out = self._rxbuf.popleft()
+        self._buffered -= len(out)
+        return out
+
     def _end_of_stream(self) -> bytes:
         if self.lost is not None:
             raise TransferError(f"connection lost: {self.lost} (everything recv() returned did arrive; the "
