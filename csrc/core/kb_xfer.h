@@ -117,4 +117,10 @@ size_t kb_xfer_chain_fits(int kind, uint64_t dlen, uint64_t max_len, uint64_t fr
 void kb_xfer_chain_write(uint8_t *mem, struct kb_descs *d, size_t i, size_t frames, uint64_t frame_size, int kind,
                          const uint8_t *hdr, uint32_t *ident, const uint8_t *dgram, uint32_t dlen);
 
+/* kb_xfer_chain_write of the datagram kb_xfer_encode would make of h and payload (dlen = KB_XFER_OVERHEAD +
+ * plen for kb_xfer_chain_fits), encoded straight into the chain: the payload is copied once, into the frames. */
+void kb_xfer_chain_encode(uint8_t *mem, struct kb_descs *d, size_t i, size_t frames, uint64_t frame_size, int kind,
+                          const uint8_t *hdr, uint32_t *ident, const struct kb_xfer_fields *h, const uint8_t *payload,
+                          uint32_t plen);
+
 #endif
