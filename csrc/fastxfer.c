@@ -18,6 +18,9 @@
  *   encode       wire.encode_fields for a datagram without SACK blocks: header, payload, CRC32 trailer.
  *   write_frames UdpEncap.frame / EthEncap.frame for a list of datagrams, written straight into the
  *                frames of a batch (descriptor lengths set too).
+ *   write_chains the same as chains of frames (multi-buffer AF_XDP); a data segment not encoded yet
+ *                (xfer.datapath.Unencoded) is encoded straight into its chain: its payload copied once.
+ *   crc64        CRC-64/XZ of a buffer (kbypass xfer --digest crc64).
  *
  * Descriptors are kbypass.port.batch.DESC records (u64 addr, u32 len, u32 options), any stride.
  */
