@@ -54,19 +54,11 @@ def test_no_digest(testbed_hosts, tmp_path) -> None:
 
 def test_tcp_proto_takes_the_digest_too(testbed_hosts, tmp_path) -> None:
     """--proto tcp (kbypass's TCP, a kernel socat as the peer) prints the CRC-64 of what it sent."""
-    from tests.netns.test_tcp_tools import KB, ns, wait_port
+    from tests.netns.test_tcp_tools import send_to_socat
 
     _, b = testbed_hosts
     sink = tmp_path / "got.bin"
-    rx = subprocess.Popen(ns(b, "socat", "-u", f"TCP-LISTEN:5204,bind={b.ipv4}", f"CREATE:{sink}"))
-    try:
-        wait_port(b, 5204)
-        p = subprocess.run([*KB, "xfer", "send", "--proto", "tcp", "--host", "a", "--dst", f"{b.ipv4}:5204",
-                            "--size", "2M", "--digest", "crc64", "--json"], capture_output=True, text=True, timeout=120)
-        rx.wait(30)
-    finally:
-        if rx.poll() is None:
-            rx.kill()
+    p = send_to_socat(b, 5204, sink, "--size", "2M", "--digest", "crc64")
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     assert res["digest"] == "crc64" and res["crc64"] == f"{crc64_of_xz(sink.read_bytes()):016x}"
