@@ -21,12 +21,14 @@ MTUs (--mtus): 1500, 3506 (the largest one 4 KiB UMEM frame carries on veth), 90
 largest the testbed takes. An MTU the testbed or xfer cannot carry is a row marked "skipped: why".
 
 Goodput = application bytes that arrived / seconds (xfer: the receiver's count from handshake to end of
-stream, SHA-256 checked against the sender's). Receivers in host b on CPU 1, senders in host a on CPU 0;
+stream, its --digest checked against the sender's: crc64 by default, CRC-64/XZ at ~0.05 CPU s/GB; sha256
+costs ~0.8 s/GB at each end, iperf3 and kernel TCP check nothing end to end). Receivers in host b on CPU 1, senders in host a on CPU 0;
 every trial is repeated --runs times in rotating order; medians, and ratios against the kernel's TCP of
 the same run. The machine is shared: compare within one run. Writes a table, --json and a PNG.
 
 Usage:  .venv/bin/python bench/xfer_vs_iperf3.py [--seconds 5] [--runs 3] [--mtus 1500,3506,9000,max]
             [--losses 0,0.01,0.05] [--also-reno] [--contenders 'tcp cubic,xfer'] [--placement sender|sut]
+            [--digest crc64|sha256|none]
             [--prefix cc] [--json FILE]
 """
 
@@ -62,8 +64,8 @@ class Skip(Exception):
 
 
 # ---------------------------------------------------------------- contenders
-def xfer_trial(a, b, loss: float, seconds: float, poll: str, congestion: str | None) -> dict:
-    common = ["--poll", poll, "--json"] + (["--loss", str(loss)] if loss else []) \
+def xfer_trial(a, b, loss: float, seconds: float, poll: str, congestion: str | None, digest: str) -> dict:
+    common = ["--poll", poll, "--digest", digest, "--json"] + (["--loss", str(loss)] if loss else []) \
         + (["--congestion", congestion] if congestion else [])
     recv = subprocess.Popen(kb("xfer", "recv", "--host", "b", "--port", str(PORT), "--cpu", "1",
                                "--idle-timeout", "60", *common),
@@ -86,8 +88,8 @@ def xfer_trial(a, b, loss: float, seconds: float, poll: str, congestion: str | N
         raise RuntimeError(f"xfer failed: send {send.returncode} {_last_line(send.stderr)} "
                            f"recv {recv.returncode} {_last_line(rerr)}")
     s, r = json.loads(send.stdout), json.loads(rout)
-    if s["sha256"] != r["sha256"] or s["bytes"] != r["bytes"]:
-        raise RuntimeError(f"xfer delivered different bytes: {s['sha256']} != {r['sha256']}")
+    if s.get(digest) != r.get(digest) or s["bytes"] != r["bytes"]:
+        raise RuntimeError(f"xfer delivered different bytes: {digest} {s.get(digest)} != {r.get(digest)}")
     return {"goodput_bps": r["goodput_bps"], "bytes": r["bytes"], "seconds": r["seconds"],
             "retransmits": s["retransmits"], "timeouts": s["timeouts"],
             "spurious_timeouts": s.get("spurious_timeouts"), "tail_probes": s.get("tail_probes"), "rtt_ms": s["rtt_ms"],
@@ -283,7 +285,8 @@ def retried(args, a, b, name: str, loss: float, mtu: int) -> dict:
 
 def trial(args, a, b, name: str, loss: float, mtu: int) -> dict:
     if name.startswith("xfer"):
-        return xfer_trial(a, b, loss, args.seconds, args.poll, "reno" if name == "xfer reno" else None)
+        return xfer_trial(a, b, loss, args.seconds, args.poll, "reno" if name == "xfer reno" else None,
+                          args.digest)
     return kernel_trial(a, b, name, loss, args.seconds, mtu)
 
 
@@ -378,6 +381,8 @@ def main() -> int:
     ap.add_argument("--contenders", help="a comma-separated subset to run (of: tcp cubic, tcp bbr, udp, xfer, xfer "
                     "reno), e.g. 'tcp cubic,xfer' for a quick ratio; default all")
     ap.add_argument("--poll", choices=("wakeup", "busy"), default="wakeup", help="xfer's AF_XDP wait mode")
+    ap.add_argument("--digest", choices=("crc64", "sha256", "none"), default="crc64",
+                    help="xfer's end-to-end check, both ends (default crc64; sha256 is the tool's default)")
     ap.add_argument("--placement", choices=("sender", "sut"), default="sender",
                     help="where receive work runs: veth's default (sender) or NAPI threads on each host's core")
     ap.add_argument("--prefix", default=os.environ.get("KBYPASS_TESTBED") or "kbx", help="testbed prefix")
@@ -406,7 +411,7 @@ def main() -> int:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     raw = [{"mtu": m, "loss": lo, "contender": n, **c} for (m, lo, n), c in cells.items()]
     json_path.write_text(json.dumps({"rows": rows, "cells": raw, "seconds": args.seconds, "runs": args.runs,
-                                     "poll": args.poll, "placement": args.placement, "mtus": mtus,
+                                     "poll": args.poll, "digest": args.digest, "placement": args.placement, "mtus": mtus,
                                      "tcp_available_congestion_control": available_cc().split(),
                                      "date": time.strftime("%Y-%m-%d", time.gmtime(t0)),
                                      "load": os.getloadavg()}, indent=2) + "\n")

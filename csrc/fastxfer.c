@@ -18,6 +18,9 @@
  *   encode       wire.encode_fields for a datagram without SACK blocks: header, payload, CRC32 trailer.
  *   write_frames UdpEncap.frame / EthEncap.frame for a list of datagrams, written straight into the
  *                frames of a batch (descriptor lengths set too).
+ *   write_chains the same as chains of frames (multi-buffer AF_XDP); a data segment not encoded yet
+ *                (xfer.datapath.Unencoded) is encoded straight into its chain: its payload copied once.
+ *   crc64        CRC-64/XZ of a buffer (kbypass xfer --digest crc64).
  *
  * Descriptors are kbypass.port.batch.DESC records (u64 addr, u32 len, u32 options), any stride.
  */
@@ -179,10 +182,12 @@ done:
 
 static PyObject *s_seq, *s_data, *s_msg_end, *s_fin; /* interned attribute names of a Segment */
 
-/* The datagram of one segment (sendbuf.Segment: seq, data, msg_end, fin), the header fields but flags and
- * seq from h. Segments are Python objects of the transport (not state shared with C): reading their
- * attributes is the binding's job. */
-static PyObject *encode_segment(PyObject *seg, struct kb_xfer_fields *h) {
+/* The header fields of one segment's datagram (sendbuf.Segment: seq, data, msg_end, fin) into h (flags and
+ * seq; the rest as given) and its data's buffer into pb (bytes, or a view of the send buffer's bytes:
+ * SendBuffer.cut_run does not copy a segment inside a chunk); Py_None, or NULL with an error (pb then not
+ * held). Segments are Python objects of the transport (not state shared with C): reading their attributes is
+ * the binding's job. */
+static PyObject *encode_segment_header(PyObject *seg, struct kb_xfer_fields *h, Py_buffer *pb) {
     PyObject *seq_o = NULL, *data = NULL, *me = NULL, *fin = NULL, *out = NULL;
     if (!(seq_o = PyObject_GetAttr(seg, s_seq)) || !(data = PyObject_GetAttr(seg, s_data)) ||
         !(me = PyObject_GetAttr(seg, s_msg_end)) || !(fin = PyObject_GetAttr(seg, s_fin)))
@@ -191,22 +196,30 @@ static PyObject *encode_segment(PyObject *seg, struct kb_xfer_fields *h) {
     if (seq == (unsigned long long)-1 && PyErr_Occurred()) goto done;
     int is_me = PyObject_IsTrue(me), is_fin = PyObject_IsTrue(fin);
     if (is_me < 0 || is_fin < 0) goto done;
-    /* bytes, or a view of the send buffer's bytes (SendBuffer.cut_run: a segment inside a chunk is not copied) */
-    Py_buffer pb;
-    if (PyObject_GetBuffer(data, &pb, PyBUF_SIMPLE)) goto done;
-    if (pb.len > KB_XFER_MAX_PAYLOAD) {
-        PyErr_SetString(PyExc_TypeError, "encode_segments: a segment's data must be at most 65535 bytes");
-    } else {
-        h->flags = kb_xfer_segment_flags(is_me, is_fin);
-        h->seq = seq;
-        out = encoded(h, pb.buf, pb.len);
-    }
-    PyBuffer_Release(&pb);
+    if (PyObject_GetBuffer(data, pb, PyBUF_SIMPLE)) goto done;
+    h->flags = kb_xfer_segment_flags(is_me, is_fin);
+    h->seq = seq;
+    out = Py_None;
+    Py_INCREF(out);
 done:
     Py_XDECREF(seq_o);
     Py_XDECREF(data);
     Py_XDECREF(me);
     Py_XDECREF(fin);
+    return out;
+}
+
+/* The datagram of one segment, the header fields but flags and seq from h. */
+static PyObject *encode_segment(PyObject *seg, struct kb_xfer_fields *h) {
+    Py_buffer pb;
+    PyObject *ok = encode_segment_header(seg, h, &pb), *out = NULL;
+    if (ok == NULL) return NULL;
+    Py_DECREF(ok);
+    if (pb.len > KB_XFER_MAX_PAYLOAD)
+        PyErr_SetString(PyExc_TypeError, "encode_segments: a segment's data must be at most 65535 bytes");
+    else
+        out = encoded(h, pb.buf, pb.len);
+    PyBuffer_Release(&pb);
     return out;
 }
 
@@ -304,15 +317,58 @@ out_mem:
 }
 
 
+static PyObject *s_fields, *s_seg; /* interned attribute names of an unencoded datagram (xfer.datapath.Unencoded) */
+
+/* One datagram of write_chains' list: encoded bytes, or a data segment and the header fields to encode it
+ * with (straight into its chain). The buffer holds the bytes or the segment's data while they are written. */
+struct item {
+    Py_buffer pb;
+    int encode;
+    struct kb_xfer_fields h;
+};
+
+/* The item of datagram g: bytes, or an object with `fields` (src_id, dst_id, ack, window, tsval, tsecr) and
+ * `seg` (a Segment: seq, data, msg_end, fin). -1 with TypeError / OverflowError otherwise. */
+static int get_item(PyObject *g, struct item *it) {
+    it->encode = !PyBytes_Check(g);
+    if (!it->encode) return PyObject_GetBuffer(g, &it->pb, PyBUF_SIMPLE);
+    PyObject *fields = PyObject_GetAttr(g, s_fields), *seg = NULL;
+    int rc = -1;
+    if (fields == NULL || (seg = PyObject_GetAttr(g, s_seg)) == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError))
+            PyErr_SetString(PyExc_TypeError, "write_chains: datagrams must be bytes (or unencoded segments)");
+        goto done;
+    }
+    if (!PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) != 6) {
+        PyErr_SetString(PyExc_TypeError, "write_chains: a datagram is bytes or has fields (6 ints) and seg");
+        goto done;
+    }
+    unsigned long long v[6];
+    static const unsigned long long max[6] = {U32, U32, U64, U32, U32, U32};
+    if (get_fields(&PyTuple_GET_ITEM(fields, 0), max, v, 6)) goto done;
+    it->h = (struct kb_xfer_fields){0, (uint32_t)v[0], (uint32_t)v[1], 0, v[2], (uint32_t)v[3], (uint32_t)v[4],
+                                    (uint32_t)v[5]};
+    PyObject *out = encode_segment_header(seg, &it->h, &it->pb);
+    rc = out == NULL ? -1 : 0;
+    Py_XDECREF(out);
+done:
+    Py_XDECREF(fields);
+    Py_XDECREF(seg);
+    return rc;
+}
+
 /* write_chains(mem, descs, start, frame_size, max_len, max_frames, kind, header, ident, datagrams)
  *     -> (ident, frames, written)
  *
  * write_frames for a multi-buffer port: descs are empty frames (Port.alloc), and datagrams[start:] are
  * written in order, each as a chain of as many frames as it needs (at most max_frames: the kernel's limit)
  * with XDP_PKT_CONTD in the options of all but its last (kb_xfer_chain_write), until a datagram does not fit
- * the frames left. Returns the last ident used, the frames used (descs[:frames], ring order:
- * Batch.from_ring) and how many datagrams were written. Raises, writing nothing, ValueError for a bad
- * argument or a datagram no chain carries, TypeError for one that is not bytes. */
+ * the frames left. A datagram is bytes, or a data segment not encoded yet (xfer.datapath.Unencoded: `fields`
+ * and `seg`), which is encoded straight into its chain (kb_xfer_chain_encode: the same frames as its bytes
+ * would make, the payload copied once). Returns the last ident used, the frames used (descs[:frames], ring
+ * order: Batch.from_ring) and how many datagrams were written. Raises, writing nothing, ValueError for a bad
+ * argument or a datagram no chain carries, TypeError for one that is neither, OverflowError for a field out
+ * of its range. */
 static PyObject *write_chains(PyObject *self, PyObject *args) {
     PyObject *mem_o, *descs_o, *grams;
     Py_ssize_t start, frame_size, max_len, max_frames, ident;
@@ -324,6 +380,8 @@ static PyObject *write_chains(PyObject *self, PyObject *args) {
     Py_buffer mem, dv;
     struct kb_descs d;
     PyObject *result = NULL;
+    struct item *items = NULL;
+    Py_ssize_t got = 0; /* items holding a buffer */
     if (PyObject_GetBuffer(mem_o, &mem, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)) {
         PyBuffer_Release(&hdr);
         return NULL;
@@ -339,39 +397,58 @@ static PyObject *write_chains(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "write_chains: bad kind, header, start, ident, frame size or limit");
         goto out;
     }
-    /* check first (either all that fit are written or none): the datagrams that fit the frames in order */
+    Py_ssize_t avail = PyList_GET_SIZE(grams) - start;
+    if (avail && !(items = PyMem_Calloc((size_t)avail, sizeof(*items)))) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    /* Read every datagram first (the attribute look-ups may run Python; the writing below runs none), then
+     * check (either all that fit are written or none): the datagrams that fit the frames in order. */
     Py_ssize_t count = 0;
     size_t at = 0;
-    for (Py_ssize_t i = start; i < PyList_GET_SIZE(grams); i++, count++) {
-        PyObject *g = PyList_GET_ITEM(grams, i);
-        if (!PyBytes_Check(g)) {
-            PyErr_SetString(PyExc_TypeError, "write_chains: datagrams must be bytes");
+    for (; count < avail; count++) {
+        /* a strong reference: reading an unencoded datagram's attributes may run Python that changes the list */
+        if (start + count >= PyList_GET_SIZE(grams)) break;
+        PyObject *g = PyList_GET_ITEM(grams, start + count);
+        Py_INCREF(g);
+        int bad = get_item(g, &items[count]);
+        Py_DECREF(g);
+        if (bad) goto out;
+        got++;
+        struct item *it = &items[count];
+        if (it->encode && it->pb.len > KB_XFER_MAX_PAYLOAD) {
+            PyErr_SetString(PyExc_ValueError, "write_chains: a segment's data must be at most 65535 bytes");
             goto out;
         }
-        uint64_t dlen = (uint64_t)PyBytes_GET_SIZE(g);
+        uint64_t dlen = (uint64_t)it->pb.len + (it->encode ? KB_XFER_OVERHEAD : 0);
         size_t k = kb_xfer_chain_fits(kind, dlen, (uint64_t)max_len, (uint64_t)frame_size, (size_t)max_frames, &d, at,
                                       (uint64_t)mem.len);
         if (k == KB_XFER_NO_FRAMES) break; /* the frames ran out: the rest is for the next call */
         if (k == 0) {
-            PyErr_Format(PyExc_ValueError, "write_chains: a %zd-byte datagram fits no chain of at most %zd frames",
-                         PyBytes_GET_SIZE(g), max_frames);
+            PyErr_Format(PyExc_ValueError, "write_chains: a %llu-byte datagram fits no chain of at most %zd frames",
+                         (unsigned long long)dlen, max_frames);
             goto out;
         }
         at += k;
     }
     uint32_t id = (uint32_t)ident;
     at = 0;
-    for (Py_ssize_t i = start; i < start + count; i++) {
-        PyObject *g = PyList_GET_ITEM(grams, i);
-        uint32_t dlen = (uint32_t)PyBytes_GET_SIZE(g);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        struct item *it = &items[i];
+        uint32_t dlen = (uint32_t)it->pb.len + (it->encode ? KB_XFER_OVERHEAD : 0);
         size_t k = kb_xfer_chain_fits(kind, dlen, (uint64_t)max_len, (uint64_t)frame_size, (size_t)max_frames, &d, at,
                                       (uint64_t)mem.len);
-        kb_xfer_chain_write(mem.buf, &d, at, k, (uint64_t)frame_size, kind, hdr.buf, &id,
-                            (const uint8_t *)PyBytes_AS_STRING(g), dlen);
+        if (it->encode)
+            kb_xfer_chain_encode(mem.buf, &d, at, k, (uint64_t)frame_size, kind, hdr.buf, &id, &it->h, it->pb.buf,
+                                 (uint32_t)it->pb.len);
+        else
+            kb_xfer_chain_write(mem.buf, &d, at, k, (uint64_t)frame_size, kind, hdr.buf, &id, it->pb.buf, dlen);
         at += k;
     }
     result = Py_BuildValue("knn", (unsigned long)id, (Py_ssize_t)at, count);
 out:
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&items[i].pb);
+    PyMem_Free(items);
     PyBuffer_Release(&dv);
 out_mem:
     PyBuffer_Release(&mem);
@@ -379,7 +456,26 @@ out_mem:
     return result;
 }
 
+/* crc64(crc, data) -> int: kb_xfer_crc64, continuing crc over a buffer of any length (the GIL is let go over
+ * large ones, as hashlib does: a reader thread may hash while the transport runs). */
+static PyObject *crc64(PyObject *self, PyObject *args) {
+    unsigned long long crc;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "Ky*", &crc, &data)) return NULL;
+    uint64_t out;
+    if (data.len >= 65536) {
+        Py_BEGIN_ALLOW_THREADS
+        out = kb_xfer_crc64(crc, data.buf, (size_t)data.len);
+        Py_END_ALLOW_THREADS
+    } else {
+        out = kb_xfer_crc64(crc, data.buf, (size_t)data.len);
+    }
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLongLong(out);
+}
+
 static PyMethodDef methods[] = {
+    {"crc64", crc64, METH_VARARGS, "CRC-64/XZ of a buffer, continuing a crc (xfer --digest crc64)"},
     {"rx_run", rx_run, METH_VARARGS, "the run of next-in-line data segments from start (see the source)"},
     {"encode", encode, METH_VARARGS, "wire.encode_fields without SACK blocks"},
     {"encode_segments", encode_segments, METH_VARARGS, "encode a list of segments without SACK blocks"},
@@ -393,7 +489,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "kbypass._fastxfer",
 
 PyMODINIT_FUNC PyInit__fastxfer(void) {
     if (!(s_seq = PyUnicode_InternFromString("seq")) || !(s_data = PyUnicode_InternFromString("data")) ||
-        !(s_msg_end = PyUnicode_InternFromString("msg_end")) || !(s_fin = PyUnicode_InternFromString("fin")))
+        !(s_msg_end = PyUnicode_InternFromString("msg_end")) || !(s_fin = PyUnicode_InternFromString("fin")) ||
+        !(s_fields = PyUnicode_InternFromString("fields")) || !(s_seg = PyUnicode_InternFromString("seg")))
         return NULL;
     return PyModule_Create(&module);
 }

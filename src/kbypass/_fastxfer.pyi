@@ -20,6 +20,10 @@ def write_frames(mem: WriteableBuffer, descs: np.ndarray, start: int, frame_size
     frame_size chunk); returns the last IP ident used."""
 
 def write_chains(mem: WriteableBuffer, descs: np.ndarray, start: int, frame_size: int, max_len: int,
-                 max_frames: int, kind: int, header: bytes, ident: int, datagrams: list[bytes], /) -> tuple[int, int, int]:
+                 max_frames: int, kind: int, header: bytes, ident: int, datagrams: list, /) -> tuple[int, int, int]:
     """Frame datagrams[start:] as chains of the batch's empty frames (at most max_frames each, XDP_PKT_CONTD on
-    all but a chain's last); returns (last IP ident, frames used, datagrams written)."""
+    all but a chain's last); returns (last IP ident, frames used, datagrams written). A datagram is bytes, or
+    a kbypass.xfer.datapath.Unencoded segment, encoded straight into its chain."""
+
+def crc64(crc: int, data: ReadableBuffer) -> int:
+    """CRC-64/XZ of data continuing crc (0 to start): crc64(crc64(0, a), b) == crc64(0, a + b)."""

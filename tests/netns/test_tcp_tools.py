@@ -119,19 +119,26 @@ def test_iperf3_client_into_kbypass_receiver(testbed_hosts):
     assert sent > 0 and got["bytes"] == sent == d["end"]["sum_received"]["bytes"]
 
 
-def test_xfer_tcp_to_and_from_socat(testbed_hosts, tmp_path):
-    a, b = testbed_hosts
-    # kbypass sends a generated stream; socat (kernel TCP) in b writes it to a file
-    sink = tmp_path / "got.bin"
-    rx = subprocess.Popen(ns(b, "socat", "-u", f"TCP-LISTEN:5203,bind={b.ipv4}", f"CREATE:{sink}"))
+def send_to_socat(b, port: int, sink, *xfer: str):
+    """`kbypass xfer send --proto tcp` from host a to socat (kernel TCP) in b, which writes what arrives to
+    `sink`: the finished send."""
+    rx = subprocess.Popen(ns(b, "socat", "-u", f"TCP-LISTEN:{port},bind={b.ipv4}", f"CREATE:{sink}"))
     try:
-        wait_port(b, 5203)
-        p = subprocess.run([*KB, "xfer", "send", "--proto", "tcp", "--host", "a", "--dst", f"{b.ipv4}:5203",
-                            "--size", "8M", "--json"], capture_output=True, text=True, timeout=120)
+        wait_port(b, port)
+        p = subprocess.run([*KB, "xfer", "send", "--proto", "tcp", "--host", "a", "--dst", f"{b.ipv4}:{port}",
+                            *xfer, "--json"], capture_output=True, text=True, timeout=120)
         rx.wait(30)
     finally:
         if rx.poll() is None:
             rx.kill()
+    return p
+
+
+def test_xfer_tcp_to_and_from_socat(testbed_hosts, tmp_path):
+    a, b = testbed_hosts
+    # kbypass sends a generated stream; socat (kernel TCP) in b writes it to a file
+    sink = tmp_path / "got.bin"
+    p = send_to_socat(b, 5203, sink, "--size", "8M")
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     assert res["bytes"] == 8 << 20 == sink.stat().st_size and res["sha256"] == sha(sink.read_bytes())

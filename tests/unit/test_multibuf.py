@@ -394,3 +394,46 @@ def test_rx_descriptor_bounds_are_its_own_frame():
              (size, 0, False), (4096 + 2000, 60, False), (0, 2048, True), (0, 2049, False)]
     for addr, n, ok in cases:
         assert desc_in_frame(addr, n, size, fs) is ok, (addr, n)
+
+
+def _ring_of(counts, other_bits=0):
+    """Ring-order descriptors of packets of `counts` frames (XDP_PKT_CONTD on all but each one's last)."""
+    d = np.zeros(sum(counts), dtype=DESC)
+    d["addr"] = np.arange(len(d)) * 4096 + 256
+    d["len"] = np.arange(len(d)) + 100
+    d["options"] = XDP_PKT_CONTD | other_bits
+    d["options"][np.cumsum(counts) - 1] = other_bits
+    return d
+
+
+def _rebuilt(batch):
+    """ring_descs() as computed from heads and tails (a Batch that from_ring did not make)."""
+    return Batch(batch.descs, batch.mem, None, 4096, tails=batch.tails, ntails=batch.ntails).ring_descs()
+
+
+def test_ring_descs_of_a_batch_from_the_ring_is_kept_not_rebuilt(monkeypatch):
+    d = _ring_of([3, 1, 17, 2], other_bits=0x10)  # bits other than XDP_PKT_CONTD are not the ring order's
+    batch = Batch.from_ring(d, np.zeros(1 << 20, dtype=np.uint8), None, 4096)
+    want = _rebuilt(batch)
+    assert set(want["options"].tolist()) == {0, XDP_PKT_CONTD}
+    monkeypatch.setattr(Batch, "frame_counts", lambda self: pytest.fail("ring_descs rebuilt the order"))
+    got = batch.ring_descs()
+    assert got.tobytes() == want.tobytes()
+    got["len"] = 0  # the caller's copy: the batch's own stays as it was
+    assert batch.ring_descs().tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("change", ["head_len", "tail_len", "set_len", "new_tails"])
+def test_ring_descs_follows_any_change_to_a_batch_from_the_ring(change):
+    d = _ring_of([2, 3, 1])
+    batch = Batch.from_ring(d, np.zeros(1 << 20, dtype=np.uint8), None, 4096)
+    if change == "head_len":
+        batch.lens[1] = 7  # written in place through the view
+    elif change == "tail_len":
+        batch.tails["len"][2] = 9
+    elif change == "set_len":
+        batch.set_len(11)
+    else:
+        batch.tails = batch.tails.copy()
+        batch.tails["addr"][0] = 1 << 19
+    assert batch.ring_descs().tobytes() == _rebuilt(batch).tobytes() != d.tobytes()

@@ -462,3 +462,21 @@ def test_fake_connections_do_not_share_what_they_were_given():
     a, b = _FakeConn(1), _FakeConn(1)
     a.send(b"x", 0.0)
     assert b.given == []
+
+
+def test_endpoint_recv_chunk_hands_out_each_piece_as_it_arrived_without_joining():
+    """`xfer recv` reads the stream with recv_chunk: each queued run as it is (no copy to join runs shorter
+    than recv()'s max_bytes), a view recv() left as that view, b"" at the end."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from kbypass.xfer import TransportEndpoint
+
+    run1, rest = b"a" * 10, memoryview(b"x" * 9)[4:]
+    ep = TransportEndpoint.__new__(TransportEndpoint)
+    ep._rxbuf, ep._buffered, ep.lost = deque([run1, rest]), 15, None
+    ep._need_conn = lambda what: SimpleNamespace(config=SimpleNamespace(message_mode=False))
+    ep._run_until = lambda *a: None  # the frames already arrived
+    assert ep.recv_chunk() is run1 and ep._buffered == 5
+    assert ep.recv_chunk() is rest and ep._buffered == 0
+    assert ep.recv_chunk() == b""

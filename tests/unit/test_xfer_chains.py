@@ -5,6 +5,7 @@ frames (write_chains, C and the reference Python alike) and takes in-order runs 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from kbypass.port.batch import DESC, Batch
 from kbypass.proto.transport import ConnConfig, wire
-from kbypass.xfer.datapath import gathered
+from kbypass.xfer.datapath import EncodeInFrames, Unencoded, gathered
 from kbypass.xfer.endpoint import TransportEndpoint
 from kbypass.xfer.sizing import chain_frames, packet_limit
 from kbypass.xsk.consts import XDP_PKT_CONTD
@@ -218,3 +219,63 @@ def test_an_eth_datagram_stops_at_the_transports_limit_on_the_largest_mtu():
     assert enc.max_datagram == 65507
     assert default_config(enc.max_datagram).max_datagram_size == 65507
     assert EthEncap("02:00:00:00:00:01", mtu=9000).max_datagram == 9000
+
+
+def _new_data_out(codec, n: int, seed: int = 4, fin: bool = False) -> list:
+    """What a jumbo connection with this codec emits for n segments of new data (and a FIN)."""
+    c, _ = established(JUMBO, seed)
+    c.codec = codec
+    data = random.Random(seed).randbytes(n * JUMBO.mss - 1234)  # the last segment shorter
+    c.send(data[:5000], 0.5)
+    c.send(data[5000:], 0.5)  # two chunks: a segment may span them (a copy) or lie in one (a view)
+    if fin:
+        c.close(0.5)
+    return c.datagrams_to_send(0.5)
+
+
+@pytest.mark.parametrize("fin", [False, True])
+@pytest.mark.parametrize("kind", ["udp", "eth"])
+def test_segments_encoded_in_their_frames_make_the_chains_of_their_encoded_bytes(kind, fin):
+    """EncodeInFrames: new segments leave the connection Unencoded and write_chains encodes them straight into
+    their frames, byte for byte what encoding first and copying after writes (C and Python codecs)."""
+    encoded, deferred = _new_data_out(fx, 12, fin=fin), _new_data_out(EncodeInFrames(fx), 12, fin=fin)
+    assert sum(type(d) is Unencoded for d in deferred) >= 12
+    assert [bytes(d) for d in deferred] == encoded and [len(d) for d in deferred] == list(map(len, encoded))
+    out = []
+    for codec, grams in ((fx, deferred), (fx, encoded), (PY, encoded)):
+        enc = jumbo_encaps(kind, 9000)[0]
+        batch = empty_frames(20, headroom=256)  # too few for all: each stops at the same datagram
+        out.append((enc.write_chains(codec, batch, grams, 1, 18), batch.mem.tobytes(), batch.descs.tobytes()))
+    assert out[0] == out[1] == out[2] and 0 < out[0][0][1] < len(deferred) - 1
+
+
+@pytest.mark.parametrize("bad, error", [
+    ("long", (ValueError, "at most 65535 bytes")),
+    ("field", (OverflowError, "out of its range")),
+    ("neither", (TypeError, "bytes \\(or unencoded segments\\)")),
+])
+def test_write_chains_refuses_a_bad_unencoded_datagram_and_writes_nothing(bad, error):
+    grams = _new_data_out(EncodeInFrames(fx), 3)
+    u = grams[1]
+    if bad == "long":
+        grams[1] = Unencoded(fx.encode, u.fields, dataclasses.replace(u.seg, data=bytes(70000)))
+    elif bad == "field":
+        grams[1] = Unencoded(fx.encode, (1 << 32,) + u.fields[1:], u.seg)
+    else:
+        grams[1] = bytearray(bytes(u))
+    batch = empty_frames(20)
+    before = batch.mem.tobytes(), batch.descs.tobytes()
+    with pytest.raises(error[0], match=error[1]):
+        jumbo_encaps("udp", 9000)[0].write_chains(fx, batch, grams, 0, 18)
+    assert (batch.mem.tobytes(), batch.descs.tobytes()) == before
+
+
+def test_an_endpoint_encodes_in_frames_only_with_chains_from_c(monkeypatch):
+    from kbypass.xfer import endpoint as ep_mod
+
+    monkeypatch.setattr(ep_mod, "check_fits", lambda *a: None)
+    for chains, codec, deferred in (((18, 3840), fx, True), ((0, 0), fx, False), ((18, 3840), PY, False)):
+        monkeypatch.setattr(ep_mod, "chain_frames", lambda port, n, chains=chains: chains)
+        ep = TransportEndpoint(OneBatchPort(empty_frames(1)), jumbo_encaps("udp", 9000)[0], config=JUMBO,
+                               own_port=False, codec=codec)
+        assert isinstance(ep._conn_codec, EncodeInFrames) is deferred and ep.codec is codec

@@ -135,6 +135,9 @@ def test_bad_seconds(capsys, no_network, argv, option, value) -> None:
     ([*SEND, "--file", "/etc/hostname", "--duration", "1"], "give --file or --duration, not both"),
     ([*SEND, "--file", "-", "--size", "1K"], "not allowed with argument"),
     ([*SEND, "--file", "/nonexistent/x"], "no such file"),
+    ([*SEND, "--size", "1K", "--digest", "md5"], "argument --digest: invalid choice"),
+    ([*SEND, "--size", "1K", "--digest", "crc64", "--lane", "python"], "--digest crc64 is computed by the C core"),
+    ([*RECV, "--digest", "crc64", "--lane", "python"], "give --digest sha256 or none, or --lane c"),
 ])
 def test_refused(capsys, no_network, argv, says) -> None:
     assert says in refused(capsys, argv)

@@ -51,7 +51,7 @@ UDP_PAYLOAD = 42
 class Batch:
     """Descriptors + the memory they point into. `len(batch)` frames; see the module doc."""
 
-    __slots__ = ("descs", "mem", "owner", "frame_size", "tails", "ntails")
+    __slots__ = ("descs", "mem", "owner", "frame_size", "tails", "ntails", "_ring")
 
     def __init__(self, descs: np.ndarray, mem: np.ndarray, owner=None, frame_size: int | None = None, *,
                  tails: np.ndarray | None = None, ntails: np.ndarray | None = None) -> None:
@@ -63,6 +63,7 @@ class Batch:
         # multi-frame packets (module doc): the frames after each head, and how many per packet; None: none
         self.tails = tails
         self.ntails = ntails
+        self._ring = None  # from_ring's descriptors in ring order, for ring_descs (see there)
 
     @classmethod
     def from_ring(cls, descs: np.ndarray, mem: np.ndarray, owner=None, frame_size: int | None = None) -> "Batch":
@@ -78,7 +79,13 @@ class Batch:
         head[1:] = ~contd[:-1]
         starts = np.flatnonzero(head)
         ntails = (np.append(starts[1:], len(descs)) - starts - 1).astype(np.uint32)
-        return cls(descs[starts], mem, owner, frame_size, tails=descs[~head], ntails=ntails)
+        batch = cls(descs[starts], mem, owner, frame_size, tails=descs[~head], ntails=ntails)
+        # ring_descs() would rebuild this order from heads and tails (~20 us of numpy a batch, the transport's
+        # every receive and send of jumbo chains): keep it, with what it was split into to see any change
+        ring = descs.copy()
+        ring["options"] &= XDP_PKT_CONTD
+        batch._ring = (ring, batch.descs, batch.tails, batch.descs.tobytes(), batch.tails.tobytes())
+        return batch
 
     @classmethod
     def empty(cls, mem: np.ndarray, owner=None, frame_size: int | None = None) -> "Batch":
@@ -150,6 +157,12 @@ class Batch:
             out = self.descs.copy()
             out["options"] = 0
             return out
+        kept = self._ring
+        if kept is not None:  # from_ring's order, unless the heads or tails changed since (replaced or written)
+            ring, descs, tails, dbytes, tbytes = kept
+            if descs is self.descs and tails is self.tails and descs.tobytes() == dbytes and tails.tobytes() == tbytes:
+                return ring.copy()
+            self._ring = None
         counts = self.frame_counts().astype(np.intp)
         heads = np.cumsum(counts) - counts
         out = np.empty(int(counts.sum()), dtype=DESC)

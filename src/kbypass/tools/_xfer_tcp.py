@@ -8,7 +8,6 @@ the steering program, as for the transport."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 
@@ -52,11 +51,20 @@ def _addr(text: str) -> tuple[str, int]:
 
 
 def run(args) -> int:
-    from kbypass.tools.xfer import _print, _size, chunks
+    from kbypass.tools._digest import open_digest
 
     check(args)
+    h = open_digest(args.digest)
+    try:
+        return _run(args, h)
+    finally:
+        h.close()  # every exit: no hashing thread left behind
+
+
+def _run(args, h) -> int:
+    from kbypass.tools.xfer import _print, _size, chunks, digest_fields
+
     idle = args.idle_timeout or 10.0
-    h = hashlib.sha256()
     moved = 0
     summary: dict = {"verb": args.verb, "proto": "tcp"}
     done = False  # the transfer finished: a Ctrl-C while the host closes changes nothing
@@ -139,7 +147,7 @@ def run(args) -> int:
         st = host.stats
     summary.update(bytes=moved, seconds=round(seconds, 6),
                    goodput_bps=round(moved * 8 / seconds) if seconds > 0 else 0,
-                   sha256=None if args.verb == "recv" and args.iperf3 else h.hexdigest(), loss=args.loss,
+                   **digest_fields(args, None if args.verb == "recv" and args.iperf3 else h.hexdigest()), loss=args.loss,
                    segments_sent=st["tx_segments"], segments_received=st["rx_segments"])
     if not done:
         summary["interrupted"] = True

@@ -59,7 +59,7 @@ from kbypass.proto.transport import (
     PeerClosed, Role,
 )
 
-from .datapath import DataPath
+from .datapath import DataPath, EncodeInFrames
 from .encap import ETHERTYPE, EthEncap, UdpEncap, mac_bytes, mac_str
 from .sizing import chain_frames, check_fits, frame_size_for
 
@@ -131,6 +131,8 @@ class TransportEndpoint(DataPath):
         self.t0 = clock()
         self._rx_link = FaultyLink(self._rng.randrange(1 << 30), **faults_rx) if faults_rx else None
         self._tx_link = FaultyLink(self._rng.randrange(1 << 30), **faults_tx) if faults_tx else None
+        # chains of frames from C: new segments are encoded straight into their frames (datapath.Unencoded)
+        self._conn_codec = EncodeInFrames(codec) if self._chain_frames and self.native else codec
         self.conn: Connection | None = None
         self._listener: Listener | None = None
         self.drops: Counter = Counter()
@@ -358,7 +360,7 @@ class TransportEndpoint(DataPath):
         if self.encap.peer is None:
             raise UsageError("connect() needs a peer: open the endpoint with peer= / peer_mac=")
         now = self.clock()
-        self.conn = Connection(Role.CLIENT, self.config, now, rng=self._rng, codec=self.codec)
+        self.conn = Connection(Role.CLIENT, self.config, now, rng=self._rng, codec=self._conn_codec)
         self.conn.connect(now)
         self._run_until(lambda: self.connected_at is not None, timeout, "connecting")
 
@@ -366,7 +368,7 @@ class TransportEndpoint(DataPath):
         """Server: wait for one peer's handshake; returns once Connected."""
         if self.conn is not None or self._listener is not None:
             raise UsageError("accept() twice, or on a client endpoint: open a new endpoint")
-        self._listener = Listener(self.config, rng=self._rng, backlog=1, max_connections=1, codec=self.codec)
+        self._listener = Listener(self.config, rng=self._rng, backlog=1, max_connections=1, codec=self._conn_codec)
         self._run_until(lambda: self.connected_at is not None, timeout, "accepting")
 
     def _need_conn(self, what: str) -> Connection:
@@ -454,6 +456,21 @@ class TransportEndpoint(DataPath):
         if not self._rxbuf:
             return self._end_of_stream()
         out = _take(self._rxbuf, max_bytes)
+        self._buffered -= len(out)
+        return out
+
+    def recv_chunk(self, timeout: float | None = None) -> bytes | memoryview:
+        """The next piece of the stream as it arrived (a run of datagrams: bytes, or a read-only view of the
+        rest of one that recv() cut), never joined with the next: no copy (recv(max_bytes) joins pieces
+        into one bytes object, a copy of every byte when runs are shorter than max_bytes). b"" at the end of
+        the stream; message mode: recv()."""
+        conn = self._need_conn("recv_chunk()")
+        if conn.config.message_mode:
+            return self.recv(timeout=timeout)
+        self._run_until(lambda: self._rxbuf or self.eof, timeout, "receiving")
+        if not self._rxbuf:
+            return self._end_of_stream()
+        out = self._rxbuf.popleft()
         self._buffered -= len(out)
         return out
 
