@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console script; called in-process (tests), the caller's handlers stay
         # (The SIGTERM handler in /proc/PID/status SigCgt is also how a test knows kbypass's own code has
         # begun: before it only CPython's start-up and the console script run, and a signal is CPython's.)
-        signal.signal(signal.SIGINT, _exit_at_start_up)
+        if old_int is not signal.SIG_IGN:  # ignored as inherited (a script's background job): as Python does
+            signal.signal(signal.SIGINT, _exit_at_start_up)
         signal.signal(signal.SIGTERM, _exit_at_start_up)
     # This module imports little (the console script imports it before main runs), and the commands'
     # modules are imported here, under the handlers above: a Ctrl-C while Python is still loading them
