@@ -138,6 +138,44 @@ def rx_packets(host) -> int:
     return json.loads(out)[0]["stats64"]["rx"]["packets"]
 
 
+def faulthandler_env() -> dict:
+    """The environment as it is now, plus faulthandler: a process started with it, if it hangs, prints every
+    thread's stack when sent SIGABRT (communicate_or_stack says where it was stuck)."""
+    return {**os.environ, "PYTHONFAULTHANDLER": "1"}
+
+
+def communicate_or_stack(proc, timeout: float, what: str) -> tuple:
+    """proc.communicate(timeout); a process still running then is sent SIGABRT and the test fails with
+    its threads' stacks (start it with env=faulthandler_env()) instead of a bare TimeoutExpired."""
+    import signal
+
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        raise AssertionError(f"{what}: still running after {timeout} s; its stacks:\n{str(err)[-6000:]}") from None
+
+
+def kbypass_main_begun(pid: int) -> bool:
+    """Has kbypass.cli.main begun in process `pid`? Its first line puts in a SIGTERM handler, which shows in
+    /proc/PID/status (SigCgt); CPython catches no SIGTERM of its own. Before it, only CPython's start-up and
+    the console script's imports run: a signal there is CPython's to report (a KeyboardInterrupt traceback,
+    or "Fatal Python error: init_import_site"), before any code of kbypass could catch it."""
+    import signal
+
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            caught = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+    except (FileNotFoundError, ProcessLookupError, StopIteration):
+        return False
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+
 def wait_until(ready, what: str, timeout: float = 15.0, proc=None, interval: float = 0.02) -> None:
     """Poll `ready()` until true; fail naming `what` after `timeout` s, or at once if `proc` exited."""
     import time

@@ -134,30 +134,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_at_start_up(signum, frame) -> None:
+    """SIGINT or SIGTERM while the commands' modules load and the options are read: nothing is made yet, so
+    the process just goes, with that signal's exit code (130, 143) and nothing printed. Raised instead, the
+    exception could land inside an import that reports it as another error (numpy's C core turns it into
+    "ImportError: numpy._core.multiarray failed to import") or that swallows it (the command then ran on,
+    unstopped)."""
+    os._exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _MAIN_PID, _COMMAND_RUNNING
+    _MAIN_PID = os.getpid()
+    old_int, old_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    if argv is None:  # the console script; called in-process (tests), the caller's handlers stay
+        # (The SIGTERM handler in /proc/PID/status SigCgt is also how a test knows kbypass's own code has
+        # begun: before it only CPython's start-up and the console script run, and a signal is CPython's.)
+        if old_int is not signal.SIG_IGN:  # ignored as inherited (a script's background job): as Python does
+            signal.signal(signal.SIGINT, _exit_at_start_up)
+        signal.signal(signal.SIGTERM, _exit_at_start_up)
     # This module imports little (the console script imports it before main runs), and the commands'
-    # modules are imported here, inside the handler: a Ctrl-C while Python is still loading them (pyroute2,
-    # numpy: a few hundred ms) is a quiet exit 130, not a KeyboardInterrupt traceback.
+    # modules are imported here, under the handlers above: a Ctrl-C while Python is still loading them
+    # (pyroute2, numpy: a few hundred ms) is a quiet exit 130, not a traceback.
     try:
+        from kbypass.port.loop import LateInterrupt, Stopper
         from kbypass.tools._options import apply_prefix
 
         parser = build_parser()
         args = parser.parse_args(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # in-process
         sys.unraisablehook = _quiet
         return 130
-    global _MAIN_PID, _COMMAND_RUNNING
-    _MAIN_PID = os.getpid()
-    from kbypass.port.loop import LateInterrupt, Stopper
-
-    old_int = signal.getsignal(signal.SIGINT)
+    except BaseException:  # SystemExit: --help, --version, a bad option
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        raise
     # a Ctrl-C as the run ends (kbypass.port.loop), for the commands whose receive or send loop is their last
     # phase; bench and demo run trial after trial, and a Ctrl-C between two must stop them
     Stopper.absorb_late, LateInterrupt.pending = args.command in LOOP_LAST, False
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     old_hook, sys.unraisablehook = sys.unraisablehook, _redeliver
     old_prefix = os.environ.get("KBYPASS_TESTBED")
     try:
+        # from here a signal unwinds, so that what the command makes is removed again
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, _on_sigterm)
         apply_prefix(args)
         _COMMAND_RUNNING = True
         return int(args.func(args) or 0)

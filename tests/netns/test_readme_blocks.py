@@ -213,10 +213,11 @@ def run_lines(lines: list[str], hosts, tmp: Path) -> None:
         try:
             if receiver:
                 receiver.wait_ready()
-            # every line runs with the first receiver; the next ones need only the traffic (stats, top or
-            # cp status again would show nothing new), and one whose rule takes none of it needs none
+            # every line runs with the first receiver; the next ones need only traffic for them (stats, top
+            # or cp status again would show nothing new; every sender already ran once), and one whose rule
+            # takes none of it needs none
             quiet = any(s in line for s in NO_TRAFFIC) if line else False
-            for c in fg if n == 0 else [] if quiet else senders:
+            for c in fg if n == 0 else [] if quiet else senders_for(line, senders):
                 run_fg(rewrite(c, hosts, tmp))
         finally:
             rc = receiver.stop() if receiver else 0
@@ -224,6 +225,13 @@ def run_lines(lines: list[str], hosts, tmp: Path) -> None:
             assert rc == 0, f"{line}: exit {rc} after SIGINT:\n{receiver.text()[-3000:]}"
             if senders and not any(s in line for s in NO_TRAFFIC):
                 assert received_something(receiver.text()), f"{line} received nothing:\n{receiver.text()[-3000:]}"
+
+
+def senders_for(receiver: str, senders: list[str]) -> list[str]:
+    """The senders a block's later receiver gets: those that name its rule's port, or else the first."""
+    port = re.search(r"\bdport (\d+)", receiver)
+    named = [c for c in senders if port and re.search(rf":{port[1]}\b", c)]
+    return named or senders[:1]
 
 
 def run_python_block(text: str, hosts, tmp: Path) -> None:

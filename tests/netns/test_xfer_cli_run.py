@@ -12,7 +12,14 @@ import time
 
 import pytest
 
-from tests.kb import rx_packets, udp_bound, wait_until, xdp_attached
+from tests.kb import (
+    communicate_or_stack,
+    faulthandler_env,
+    rx_packets,
+    udp_bound,
+    wait_until,
+    xdp_attached,
+)
 
 pytestmark = pytest.mark.netns
 PORT = 7100
@@ -20,7 +27,8 @@ PORT = 7100
 
 def start_recv(*extra: str) -> subprocess.Popen:
     recv = subprocess.Popen([sys.executable, "-m", "kbypass", "xfer", "recv", "--host", "b", "-p", str(PORT),
-                             "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=faulthandler_env())
     line = recv.stderr.readline()
     assert "listening" in line, line + recv.stderr.read()
     return recv
@@ -48,12 +56,18 @@ def test_progress_lines_and_a_dead_receiver_noticed_in_idle_timeout(testbed_host
     recv = start_recv()
     send = start_send(b, "-t", "60", "--idle-timeout", "2")
     try:
-        time.sleep(3.0)
+        # two progress lines with bytes in them (about one a second), however long start-up took
+        early, deadline = [], time.monotonic() + 30
+        while sum(x.get("event") == "progress" and x["bytes"] > 0 for x in json_lines("".join(early))) < 2:
+            line = send.stderr.readline()
+            assert line and time.monotonic() < deadline, "".join(early)
+            early.append(line)
         recv.kill()  # kill -9: not a word to the sender
         recv.wait()
         killed = time.monotonic()
         out, err = send.communicate(timeout=30)
         noticed = time.monotonic() - killed
+        err = "".join(early) + err
     finally:
         stop(recv, send)
     # before: the dead-peer time was 30 s whatever the options
@@ -81,7 +95,8 @@ def test_signal_mid_run_prints_the_partial_summary(testbed_hosts, sig, code, tmp
                    interval=0.1)
         send.send_signal(sig)
         sout, serr = send.communicate(timeout=20)
-        rout, rerr = recv.communicate(timeout=20)  # the sender's reset ends the receiver too
+        # the sender's reset ends the receiver too (once it did not, for 20 s: where it was stuck, if again)
+        rout, rerr = communicate_or_stack(recv, 20, f"the receiver after the sender's reset (sender: {sout})")
     finally:
         stop(recv, send)
     assert send.returncode == code, serr

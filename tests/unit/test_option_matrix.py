@@ -124,6 +124,16 @@ def numeric_cases():
             yield pytest.param("tune apply", "busy_poll", v, id=f"tune apply:busy_poll={v}")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_parser():
+    """main() builds its parser afresh on each call (every command's options: ~12 ms); the matrix's ~800
+    runs share one, as parse_args leaves a parser as it found it. main() is otherwise the real one."""
+    parser = cli.build_parser()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "build_parser", lambda: parser)
+        yield
+
+
 @pytest.fixture
 def guarded(monkeypatch, tmp_path):
     """Every step that opens, attaches, makes or measures something fails the test when reached; the

@@ -62,9 +62,7 @@ def die_on_queue_0(worker) -> dict:
 def refuse_on_queue_1(worker) -> dict:
     if worker.queue == 1:
         raise UsageError("queue 1 of eth9 is taken")
-    worker.ready()
-    time.sleep(30)  # the team ends it when the other one refuses
-    return {}
+    return sigterm_bounded(worker, 30)  # the team ends it (SIGTERM) when the other one refuses
 
 
 def wait_for_sigterm(worker) -> dict:
