@@ -238,22 +238,34 @@ static PyObject *mod_rx_canned(PyObject *m, PyObject *const *args, Py_ssize_t na
         Py_DECREF(kobj);
         if (PyErr_Occurred()) goto fail;
         if (pred && Py_TYPE(pred) == &PredType) {
+            /* held, not borrowed: building the answer's objects may run the collector, and a finalizer there
+             * could drop the socket and with it these */
+            Py_INCREF(pred);
+            Py_XINCREF(can);
             Pred *pr = (Pred *)pred;
+            int armed = can && Py_TYPE(can) == &CannedType && ((Canned *)can)->h.armed;
             struct kb_tcp_pred adv = pr->p; /* advanced on a copy: a canned answer moves it further */
             struct kb_tcp_hit hit;
+            out = NULL;
             if (kb_tcp_predict(&adv, b.buf, (size_t)b.len, &hit) == KB_TCP_HIT) {
-                if (can && Py_TYPE(can) == &CannedType && ((Canned *)can)->h.armed && hit.payload_len) {
+                if (armed && hit.payload_len)
                     out = canned_answer(pr, (Canned *)can, &adv, &hit, b.buf, now, (unsigned)ident);
-                    if (out) {
-                        PyBuffer_Release(&b);
-                        return out;
-                    }
+                if (!out) {
+                    /* the segment goes to Python, which the arming no longer describes (unread data, an ACK
+                     * that moved the send side): a later segment of this burst must not be answered before
+                     * it, nor be taken as a request of its own; the flush after the burst re-arms */
+                    if (armed) ((Canned *)can)->h.armed = 0;
+                    pr->p = adv;
+                    out = hit_tuple(pr->owner, &hit, b.buf);
                 }
-                pr->p = adv;
-                out = hit_tuple(pr->owner, &hit, b.buf);
+            }
+            Py_XDECREF(can);
+            Py_DECREF(pred);
+            if (out) {
                 PyBuffer_Release(&b);
                 return out;
             }
+            if (PyErr_Occurred()) goto fail;
         }
     }
     PyBuffer_Release(&b);

@@ -114,7 +114,7 @@ void kb_tcp_frame(uint8_t *out, const struct kb_tcp_fields *h, const uint8_t *pa
         put_be32(t + 24, h->tsval);
         put_be32(t + 28, h->tsecr);
     }
-    if (len) memcpy(t + hlen, payload, len);
+    if (len && payload != t + hlen) memcpy(t + hlen, payload, len); /* a caller may have put it in place */
     /* the pseudo-header is never all zeros (protocol 6), so the field is never the +0 case */
     kb_put_be16(t + 16, (uint16_t)~kb_csum_fold(kb_csum_add(t, tcp_len, pseudo_sum(h->src_ip, h->dst_ip, tcp_len))));
 }

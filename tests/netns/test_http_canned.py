@@ -5,6 +5,7 @@ size, Connection: close, and the Date moving on; kernel clients in netns."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 
@@ -82,3 +83,77 @@ def test_canned_answers_keep_http_semantics(testbed_hosts):
         assert res.body_bytes == 200 * 100 + 2 * 100 + 40000 + 100 + 100 + 100
         if host.native and backend.built("tcp"):
             assert host.counters["rx_canned"] >= 150
+
+
+def _serve(b, port: int):
+    """`http serve`'s loop on b in a thread: (host, stop event, result dict, thread)."""
+    done = threading.Event()
+    host = TcpHost(b.iface, b.ipv4, netns=b.netns)
+    lst = host.listen(port)
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["res"] = httpserve.serve(host, lst, http.Site(body_size=100), stop=done.is_set)
+        except BaseException as e:  # noqa: BLE001  the test reports what ended the server
+            result["error"] = repr(e)
+
+    server = threading.Thread(target=run)
+    server.start()
+    return host, done, result, server
+
+
+def test_two_pipelined_segments_are_answered_in_order(testbed_hosts):
+    """A big request (the Python way) then a canned one in a second segment of the same burst: the canned
+    answer must not overtake the first (C disarms once a segment goes to Python)."""
+    a, b = testbed_hosts
+    host, done, result, server = _serve(b, PORT + 1)
+    try:
+        with netns.entered(a.netns):
+            c = socket.create_connection((b.ipv4, PORT + 1), timeout=5)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(5):  # learnt
+            c.sendall(GET)
+            responses(c, 1, [False])
+        for i in range(60):
+            c.send(BIG)
+            c.send(GET)
+            got = [len(body) for _, _, body in responses(c, 2, [False, False])]
+            assert got == [40000, 100], f"round {i}: answers out of order: {got}"
+        c.close()
+    finally:
+        done.set()
+        server.join(30)
+        host.close()
+    assert "error" not in result, result
+
+
+def test_a_client_without_timestamps_is_answered_in_c_too(testbed_hosts):
+    """A peer that does not use TCP timestamps (Windows' default, tcp_timestamps=0): the answered exchange
+    goes into the connection without them (it once raised NameError there and ended the server)."""
+    a, b = testbed_hosts
+    sysctl = ["ip", "netns", "exec", a.netns, "sysctl", "-qw"]
+    old = subprocess.run(["ip", "netns", "exec", a.netns, "sysctl", "-n", "net.ipv4.tcp_timestamps"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run([*sysctl, "net.ipv4.tcp_timestamps=0"], check=True)
+    host = None
+    try:
+        host, done, result, server = _serve(b, PORT + 2)
+        try:
+            with netns.entered(a.netns):
+                c = socket.create_connection((b.ipv4, PORT + 2), timeout=5)
+            for _ in range(30):
+                c.sendall(GET)
+                (status, _, body), = responses(c, 1, [False])
+                assert status == 200 and body == http.generated(0, 100)
+            c.close()
+        finally:
+            done.set()
+            server.join(30)
+            host.close()
+    finally:
+        subprocess.run([*sysctl, f"net.ipv4.tcp_timestamps={old}"], check=True)
+    assert "error" not in result, result
+    assert result["res"].requests == 30
+    if host.native and backend.built("tcp"):
+        assert host.counters["rx_canned"] >= 20

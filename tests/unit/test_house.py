@@ -70,6 +70,17 @@ def test_no_module_reaches_into_another_packages_private_names():
     assert not found, "private names used across packages (make them public or move the code):\n" + "\n".join(found)
 
 
+def test_no_undefined_or_shadowed_names_in_the_package():
+    """pyflakes' checks (ruff F) over src and bench: a name used but never imported fails only on the path
+    that reaches it (a merge once dropped an import that a canned answer to a client without TCP timestamps
+    needed, and the server died on its first such answer)."""
+    exe = shutil.which("ruff", path=str(Path(sys.executable).parent))
+    assert exe, "ruff is not installed: `make setup` installs the test extras"
+    r = subprocess.run([exe, "check", "--select", "F,E9", "--output-format", "concise", "src", "bench"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
 @pytest.mark.parametrize("pattern", ["src/**/*.py", "csrc/**/*.c", "csrc/**/*.h"])
 def test_no_source_file_over_the_limit(pattern):
     big = {str(p.relative_to(ROOT)): n for p in ROOT.glob(pattern)

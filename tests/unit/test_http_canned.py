@@ -211,6 +211,52 @@ def test_what_c_must_not_answer(fast):
     assert fin.canned_state() is None
 
 
+@needs_c
+def test_a_segment_left_to_python_disarms_the_canned_answers_for_the_rest_of_the_burst(fast):
+    """One arming, two segments of a burst: the first goes to Python (an unknown request, or the start of a
+    head), so the second, though a known request, must not be answered in C: its answer would overtake the
+    first's, or answer bytes that end the first's head. The prediction still takes it (a plain HIT)."""
+    for first in (b"GET /zz HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /secret HTTP/1.1\r\nX-Pad: "):
+        for base, now in (BASES[3], BASES[5]):
+            pred, can = armed(fast, base, ANSWERS)
+            assert can.armed
+            h1 = fast.rx_canned(frame_in(client_seg(base, first)), {KEY: pred}, {KEY: can}, now, 1)
+            assert h1 is not None and len(h1) == 8  # to Python
+            assert not can.armed
+            after = copy.deepcopy(base)
+            after.rcv_nxt += len(first)
+            h2 = fast.rx_canned(frame_in(client_seg(after, GET)), {KEY: pred}, {KEY: can}, now, 2)
+            assert h2 is not None and len(h2) == 8, "answered in C past a segment Python has not seen to"
+
+
+def test_an_exchange_that_leaves_a_retransmission_hands_it_to_the_next_send():
+    """answer_predicted on a connection C should not have been armed for (three duplicate ACKs put it in
+    recovery since the arming): the send path makes the fast retransmission besides the answer C sent. It
+    must still go out (at the next segments_to_send), and the connection says it is no longer predictable
+    so the endpoint flushes it."""
+    tried = 0
+    for base, now in BASES:
+        if base.sq.snd_una == base.sq.snd_max:
+            continue  # nothing in flight to retransmit
+        conn = copy.deepcopy(base)
+        t = now + 0.0001
+        una = conn.sq.snd_una
+        for _ in range(3):
+            seg = client_seg(conn, b"", ack=una, tsd=0)
+            ts = seg.options.timestamps
+            conn.receive_hit(seg.seq, seg.ack, seg.flags, seg.window, ts and ts[0], ts and ts[1], b"", t)
+        if not conn._in_recovery:
+            continue
+        tried += 1
+        answer_seq = conn.sq.snd_max
+        still = conn.answer_predicted(client_seg(conn, GET, ack=una, tsd=0), ANSWERS[GET][0], t)
+        rest = conn.segments_to_send(t)
+        assert still is False
+        assert [s.seq for s in rest if s.payload] and all(s.seq != answer_seq & 0xFFFFFFFF for s in rest)
+        assert any(s.seq == una & 0xFFFFFFFF for s in rest), "the fast retransmission was lost"
+    assert tried, "no base state with data in flight"
+
+
 def test_learn_canned_keeps_only_requests_read_alone_as_themselves():
     site, date = Site(body_size=64), "Sun, 06 Dec 2026 17:00:00 GMT"
     canned: dict = {}

@@ -101,12 +101,13 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
     listener.setblocking(False)
     with host.batched():  # a pass takes a receive burst, answers all of it, then sends once (transmit)
         while not stop():
+            second = int(time.monotonic())
+            if second != date_at:  # before the receive: C answers in it from the canned table
+                date_at, date = second, http_date(time.time())
+                if canned is not None:
+                    canned.clear()  # the last second's Date must not go out
             host.receive()
             now = time.monotonic()
-            if int(now) != date_at:
-                date_at, date = int(now), http_date(time.time())
-                if canned is not None:
-                    canned.clear()  # yesterday's Date must not go out
             moved = False
             for sock, values in host.take_canned():  # requests answered in C: counted, the clock restarted
                 c = clients.get(sock)

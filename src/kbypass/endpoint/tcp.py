@@ -178,6 +178,10 @@ class TcpSocket:
             self.unpredict()
             self.host.touch(self)
             return
+        if self.conn.canned_state() is None:  # the exchange left more to do than C may: Python's turn
+            self.canned_prediction.disarm()
+            self.host.touch(self)
+            return
         self.canned_prediction.refresh(*self.conn.canned_refresh())
         self.host.schedule(self, self.conn.next_timer())
 

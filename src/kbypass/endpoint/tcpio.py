@@ -41,7 +41,7 @@ from kbypass.proto import udp as udpp
 from kbypass.proto.ethernet import ETH_HLEN, ETH_P_IP
 from kbypass.proto.stack import Stack
 from kbypass.proto.tcp import fastpath as tcp_fastpath
-from kbypass.proto.tcp.segment import IPPROTO_TCP
+from kbypass.proto.tcp.segment import IPPROTO_TCP, NO_OPTIONS
 
 from .base import POLL_MODES, close_steered, wake_lanes
 from .tcperrors import HostUnreachableError
@@ -529,18 +529,6 @@ class TcpHost:
             body = seg.encode(src, dst_ip)
             self._send_frame(head + ipv4.build_ipv4_header(src, dst_ip, IPPROTO_TCP, len(body), ident=ident) + body)
         self.counters["tx_segments"] += len(segments)
-
-    def eth_head(self, dst_ip: bytes) -> bytes | None:
-        """Our 14-byte Ethernet header toward dst_ip's next hop, or None while it is not resolved."""
-        mac = self._peer_macs.get(dst_ip)
-        if mac is None:
-            mac = self.stack.next_hop_mac(dst_ip, time.monotonic())
-            if mac is None:
-                return None
-        head = self._eth_heads.get(mac)
-        if head is None:
-            head = self._eth_heads[mac] = mac + self._macb + ETH_P_IP.to_bytes(2, "big")
-        return head
 
     def _emit(self, frames) -> None:
         for f in frames:

@@ -667,6 +667,15 @@ class TcpConnection(Output):
         out = self.rq.add(seq, seg.payload)
         self.rcv_nxt = self.rq.rcv_nxt
         self.stats.bytes_in += len(out)
+        answer_seq = self.sq.snd_max
         self.sq.append(answer)
-        self._send_data(now, [])
+        made: list[Segment] = []
+        self._send_data(now, made)
+        # Only the answer C sent, when the arming held (canned_state's conditions). Anything else the send
+        # path made (a retransmission an arming gone stale would hide) must still go out: queued for the next
+        # segments_to_send, and the connection reported unpredictable so the endpoint flushes it now.
+        extra = [s for s in made if unwrap(s.seq, answer_seq) != answer_seq]
+        if extra:
+            self._rst_out.extend(extra)
+            return False
         return self.state in PREDICTABLE and self._peer_fin_seq is None and not self.rq.ooo_bytes
