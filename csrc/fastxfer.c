@@ -325,6 +325,7 @@ struct item {
     Py_buffer pb;
     int encode;
     struct kb_xfer_fields h;
+    size_t k; /* the frames of its chain, as checked */
 };
 
 /* The item of datagram g: bytes, or an object with `fields` (src_id, dst_id, ack, window, tsval, tsecr) and
@@ -402,8 +403,9 @@ static PyObject *write_chains(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto out;
     }
-    /* Read every datagram first (the attribute look-ups may run Python; the writing below runs none), then
-     * check (either all that fit are written or none): the datagrams that fit the frames in order. */
+    /* Read the datagrams that fit the frames in order, checking each (the attribute look-ups may run Python),
+     * then check them all again with no Python in between (that Python may have rewritten the descriptors,
+     * which stay writable), then write (either all that fit are written or none). */
     Py_ssize_t count = 0;
     size_t at = 0;
     for (; count < avail; count++) {
@@ -429,15 +431,26 @@ static PyObject *write_chains(PyObject *self, PyObject *args) {
                          (unsigned long long)dlen, max_frames);
             goto out;
         }
+        it->k = k;
         at += k;
+    }
+    at = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        struct item *it = &items[i];
+        uint64_t dlen = (uint64_t)it->pb.len + (it->encode ? KB_XFER_OVERHEAD : 0);
+        if (kb_xfer_chain_fits(kind, dlen, (uint64_t)max_len, (uint64_t)frame_size, (size_t)max_frames, &d, at,
+                               (uint64_t)mem.len) != it->k) {
+            PyErr_SetString(PyExc_ValueError, "write_chains: the descriptors changed while the datagrams were read");
+            goto out;
+        }
+        at += it->k;
     }
     uint32_t id = (uint32_t)ident;
     at = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         struct item *it = &items[i];
         uint32_t dlen = (uint32_t)it->pb.len + (it->encode ? KB_XFER_OVERHEAD : 0);
-        size_t k = kb_xfer_chain_fits(kind, dlen, (uint64_t)max_len, (uint64_t)frame_size, (size_t)max_frames, &d, at,
-                                      (uint64_t)mem.len);
+        size_t k = it->k;
         if (it->encode)
             kb_xfer_chain_encode(mem.buf, &d, at, k, (uint64_t)frame_size, kind, hdr.buf, &id, &it->h, it->pb.buf,
                                  (uint32_t)it->pb.len);

@@ -279,3 +279,34 @@ def test_an_endpoint_encodes_in_frames_only_with_chains_from_c(monkeypatch):
         ep = TransportEndpoint(OneBatchPort(empty_frames(1)), jumbo_encaps("udp", 9000)[0], config=JUMBO,
                                own_port=False, codec=codec)
         assert isinstance(ep._conn_codec, EncodeInFrames) is deferred and ep.codec is codec
+
+
+@needs_c
+def test_write_chains_refuses_descriptors_rewritten_while_it_reads_and_writes_nothing():
+    """Reading an unencoded datagram's attributes runs Python, which may rewrite the (writable) descriptors
+    after an earlier datagram's chain was checked: write_chains checks them all again before writing (it
+    wrote past a frame's end once: a segfault)."""
+    from kbypass import backend
+    from kbypass.proto.transport.sendbuf import Segment
+
+    fx = backend.native_module("xfer")
+    fs, n = 4096, 3
+    mem = np.zeros(fs * n, np.uint8)
+    descs = np.zeros(n, DESC)
+    descs["addr"] = np.arange(n, dtype=np.uint64) * fs
+
+    class Rewrites(Segment):
+        @property
+        def data(self):  # read after datagram 0's chain was checked
+            descs["addr"] = np.arange(n, dtype=np.uint64) * fs + 4000  # frames of 96 bytes' room
+            return b"y" * 10
+
+        @data.setter
+        def data(self, v):
+            pass
+
+    fields = (1, 2, 3, 4, 5, 6)
+    grams = [Unencoded(fx.encode, fields, Segment(0, b"x" * 5000)), Unencoded(fx.encode, fields, Rewrites(5000, b""))]
+    with pytest.raises(ValueError, match="descriptors changed"):
+        fx.write_chains(mem, descs, 0, fs, 1 << 17, 60, 1, bytes(14), 0, grams)
+    assert not mem.any()

@@ -368,9 +368,12 @@ class Connection(Output, LossRecovery):
         window = rb.window
         room = window
         if self.config.ack_bytes:
-            # the run ends where an ACK is due (ack_due), and at least one datagram fits: the caller
-            # acknowledges, then takes the next run
-            room = min(room, max(self.config.ack_bytes - self._unacked_bytes, self.config.max_datagram_size))
+            # the run ends with the datagram that makes the ACK due (ack_due), and at least one datagram fits:
+            # the caller acknowledges, then takes the next run. Rounded up by a segment less a byte, as C
+            # stops before a datagram that would go past the room: cut at the budget itself, C stopped short
+            # of it and the next datagram, taken alone, went the Python way
+            left = self.config.ack_bytes - self._unacked_bytes
+            room = min(room, max(left + self.mss - 1, self.config.max_datagram_size))
         if not rb.ooo:
             return self.local_id, self.peer_id, rb.rcv_nxt, sb.snd_una, self._peer_right, rb.rcv_nxt + window, \
                 room, self.RUN_MESSAGES if rb.message_mode else self.RUN_IN_ORDER

@@ -57,6 +57,8 @@ class ReceiveBuffer:
             self.rcv_nxt += len(data)
             self.unread += len(data)
             return [data], False, None
+        if not data and not fin:
+            return [], False, None  # nothing to take (Connection calls with payload or FIN only): never buffered
         end = seq + len(data) + (1 if fin else 0)
         if end <= self.rcv_nxt:
             return [], False, "duplicate"
