@@ -138,6 +138,7 @@ def test_bad_seconds(capsys, no_network, argv, option, value) -> None:
     ([*SEND, "--size", "1K", "--digest", "md5"], "argument --digest: invalid choice"),
     ([*SEND, "--size", "1K", "--digest", "crc64", "--lane", "python"], "--digest crc64 is computed by the C core"),
     ([*RECV, "--digest", "crc64", "--lane", "python"], "give --digest sha256 or none, or --lane c"),
+    ([*RECV, "--proto", "tcp", "--iperf3", "--digest", "crc64"], "an iperf3 test's bytes are thrown away"),
 ])
 def test_refused(capsys, no_network, argv, says) -> None:
     assert says in refused(capsys, argv)

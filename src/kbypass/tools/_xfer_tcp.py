@@ -147,7 +147,7 @@ def _run(args, h) -> int:
         st = host.stats
     summary.update(bytes=moved, seconds=round(seconds, 6),
                    goodput_bps=round(moved * 8 / seconds) if seconds > 0 else 0,
-                   **digest_fields(args, None if args.verb == "recv" and args.iperf3 else h.hexdigest()), loss=args.loss,
+                   **digest_fields(args, h.hexdigest()), loss=args.loss,
                    segments_sent=st["tx_segments"], segments_received=st["rx_segments"])
     if not done:
         summary["interrupted"] = True

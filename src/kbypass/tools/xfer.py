@@ -142,9 +142,10 @@ def _common(v) -> None:
                    help="the sender's congestion controller: bbr (a model of the bottleneck's rate and the path's "
                         "RTT, paced; random loss does not slow it) or reno (cuts once the recent loss rate passes "
                         f"2%%); default {DEFAULT_CONTROLLER}")
-    v.add_argument("--digest", choices=DIGESTS, default="sha256",
-                   help="the end-to-end check of the bytes moved, printed by each end: sha256 (default: what "
-                        "sha256sum prints), crc64 (CRC-64/XZ, xz's check, ~20x cheaper; the C lane) or none")
+    v.add_argument("--digest", choices=DIGESTS, default=None,
+                   help="the end-to-end check of the bytes moved, printed by each end (the ends do not compare "
+                        "them: give both the same and compare the two values): sha256 (default: what sha256sum "
+                        "prints), crc64 (CRC-64/XZ, xz's check, ~20x cheaper; the C lane) or none")
     opt.add_cpu(v)
     opt.add_json(v, help="print the summary as JSON (and progress as JSON lines on stderr)")
 
@@ -416,6 +417,10 @@ def chunks(src, size: int | None, seed: int, whole: bool = False):
 
 
 def run(args) -> int:
+    if getattr(args, "iperf3", False) and args.digest not in (None, "none"):
+        raise UsageError(f"--digest {args.digest}: an iperf3 test's bytes are thrown away, not a stream to check; "
+                         "leave --digest out")
+    args.digest = args.digest or ("none" if getattr(args, "iperf3", False) else "sha256")
     if args.proto == "tcp":
         from kbypass.tools import _xfer_tcp
         from kbypass.tools._common import peer_errors
