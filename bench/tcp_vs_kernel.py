@@ -5,8 +5,12 @@
                 in poll() and busy polling, beside the same client against `sockperf server --tcp` (the kernel
                 anchor) and against it with busy polling on both hosts (busy_read/busy_poll and --lls: the
                 kernel's best, as `kbypass bench latency` measures it for UDP), and kbypass busy polling
-                against that busy-polling client (the kernel best's pair with our server in it); one-way
-                p50/p99 (half the round trip, as sockperf reports)
+                against that busy-polling client (the kernel best's pair with our server in it), and the
+                floor: the same client against no server at all, its messages answered in host b's driver by
+                an XDP program (kbypass.apps.xdp_tcp_pong: a kernel listener does the handshake, XDP_TX the
+                answers), waiting and busy polling: what is left is the wire and the client's own stack, so
+                no server on this path can go below it; one-way p50/p99 (half the round trip, as sockperf
+                reports)
     http        wrk (host a) against `kbypass http serve`, an asyncio server on uvloop over kernel sockets
                 answering with the same bytes (kbypass.proto.http: same parser and head cache, same pre-encoded
                 answers, the Date formatted once a second, one write per read as kbypass sends one segment),
@@ -149,6 +153,11 @@ def sockperf_client(a, b, seconds: float, size: int, extra: tuple[str, ...] = ()
 
 
 def pingpong(kind: str, a, b, seconds: float, size: int, poll: str, baseline: str | None = None) -> dict:
+    if kind == "floor, client busy":  # the floor under the kernel best: the client spins as it does there
+        with tune.busy_polling(BUSY_US):
+            return floor(a, b, seconds, size, ("--lls", str(BUSY_US)))
+    if kind == "floor":
+        return floor(a, b, seconds, size)
     if kind == "kernel best":  # busy polling on both hosts: the kernel's lower bound (kbypass.bench.latency's)
         with tune.busy_polling(BUSY_US):
             return _pingpong("kernel", a, b, seconds, size, poll, ("--lls", str(BUSY_US)))
@@ -175,6 +184,17 @@ def _pingpong(kind: str, a, b, seconds: float, size: int, poll: str, extra: tupl
         return sockperf_client(a, b, seconds, size, extra)
     finally:
         stop(server)
+
+
+def floor(a, b, seconds: float, size: int, extra: tuple[str, ...] = ()) -> dict:
+    """The client against host b's driver: XDP answers every message, a kernel listener only shakes hands."""
+    from kbypass.apps.xdp_tcp_pong import HandshakeListener, XdpTcpPong
+
+    with HandshakeListener(b.ipv4, PP_PORT, netns=b.netns), \
+            XdpTcpPong(b.iface, PP_PORT, netns=b.netns, peer=(a.iface, a.netns)) as pong:
+        res = sockperf_client(a, b, seconds, size, extra)
+        res["answered_in_xdp"] = pong.counters()["answered"]
+    return res
 
 
 # ---- http -------------------------------------------------------------------------------------------------
@@ -379,6 +399,9 @@ def main() -> int:
                                                                                args.size, "busy")
         trials["pingpong kbypass --poll busy, client busy poll"] = lambda: pingpong(
             "kbypass, client busy", a, b, args.seconds, args.size, "busy")
+        trials["pingpong floor: XDP answers"] = lambda: pingpong("floor", a, b, args.seconds, args.size, args.poll)
+        trials["pingpong floor: XDP answers, client busy poll"] = lambda: pingpong(
+            "floor, client busy", a, b, args.seconds, args.size, args.poll)
         if args.baseline:
             trials["pingpong kbypass baseline server --tcp"] = lambda: pingpong(
                 "kbypass baseline", a, b, args.seconds, args.size, args.poll, args.baseline)
@@ -450,6 +473,13 @@ def _ratios(t: dict) -> dict:
         "pingpong p50 kbypass busy, client busy / kernel best": r("pingpong kbypass --poll busy, client busy poll",
                                                                   "pingpong sockperf --tcp, busy poll (kernel best)",
                                                                   "p50_us"),
+        "pingpong p50 floor (XDP answers) / sockperf kernel": r("pingpong floor: XDP answers",
+                                                                "pingpong sockperf server --tcp (kernel)", "p50_us"),
+        "pingpong p50 floor, client busy / kernel best (busy poll)": r(
+            "pingpong floor: XDP answers, client busy poll", "pingpong sockperf --tcp, busy poll (kernel best)",
+            "p50_us"),
+        "pingpong p50 kbypass / floor (XDP answers)": r("pingpong kbypass server --tcp", "pingpong floor: XDP answers",
+                                                        "p50_us"),
         "pingpong p50 kbypass baseline / sockperf kernel": r("pingpong kbypass baseline server --tcp",
                                                              "pingpong sockperf server --tcp (kernel)", "p50_us"),
         "pingpong p50 kbypass / kbypass baseline": r("pingpong kbypass server --tcp",
