@@ -45,7 +45,8 @@ class HandshakeListener:
 
     def __init__(self, addr: str, port: int, *, netns: str | None = None) -> None:
         with _netns.entered(netns):
-            self._sock = socket.create_server((addr, port), backlog=128, reuse_port=False)
+            self._sock = socket.create_server((addr, port), backlog=128)
+        self.port = self._sock.getsockname()[1]  # `port` 0 picks one
         self.accepted = self.ended = 0
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
