@@ -434,14 +434,19 @@ def main() -> int:
             testbed.down(args.prefix)
     table = _medians(runs)
     ratios = _ratios(table)
+    per_run = _per_run_ratios(runs)
     print("\nmedians:")
     for n, m in table.items():
         print(f"  {n:42s} " + "  ".join(f"{k}={v:.2f}" for k, v in m.items()))
     print("ratios (same run):")
     for k, v in ratios.items():
         print(f"  {k:52s} {v:8.3f}")
+    if per_run:
+        print("per-run ratios (the anchor moves with the load on the server's CPU; each run's pair shares it):")
+        for k, v in per_run.items():
+            print(f"  {k:52s} " + " ".join("-" if x is None else f"{x:.3f}" for x in v))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"medians": table, "ratios": ratios, "runs": runs, "seconds": args.seconds,
+    Path(args.json).write_text(json.dumps({"medians": table, "ratios": ratios, "per_run_ratios": per_run, "runs": runs, "seconds": args.seconds,
                                            "size": args.size, "body": args.body, "connections": args.connections,
                                            "poll": args.poll, "load": os.getloadavg(),
                                            "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
@@ -502,6 +507,27 @@ def _ratios(t: dict) -> dict:
         "bulk kbypass sender / kernel sender": r("bulk kbypass send -> socat sink",
                                                  "bulk socat send -> socat sink (kernel)", "goodput_bps"),
     }.items() if v is not None}
+
+
+PER_RUN_PAIRS = {  # ping-pong p50 ratios worth seeing run by run: a loaded server CPU moves the anchor
+    "pingpong p50 floor (XDP answers) / sockperf kernel": ("pingpong floor: XDP answers",
+                                                           "pingpong sockperf server --tcp (kernel)"),
+    "pingpong p50 kbypass / sockperf kernel": ("pingpong kbypass server --tcp", "pingpong sockperf server --tcp (kernel)"),
+    "pingpong p50 floor, client busy / kernel best (busy poll)": ("pingpong floor: XDP answers, client busy poll",
+                                                                  "pingpong sockperf --tcp, busy poll (kernel best)"),
+}
+
+
+def _per_run_ratios(runs: dict) -> dict:
+    """Each PER_RUN_PAIRS ratio in each run (None where a side failed or is missing): the median of a ratio
+    over runs says more than a ratio of medians when the anchor jumps between runs."""
+    out = {}
+    for name, (num, den) in PER_RUN_PAIRS.items():
+        if num not in runs or den not in runs:
+            continue
+        out[name] = [n["p50_us"] / d["p50_us"] if "p50_us" in n and d.get("p50_us") else None
+                     for n, d in zip(runs[num], runs[den])]
+    return out
 
 
 def _plot(table: dict, path: str) -> None:

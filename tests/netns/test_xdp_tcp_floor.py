@@ -63,7 +63,8 @@ def test_the_floor_answers_a_kernel_client_in_the_driver_and_the_connection_clos
 
 
 def test_a_real_sockperf_tcp_client_measures_the_floor(testbed_hosts):
-    """`sockperf ping-pong --tcp` against the floor: answers for every message it measured, and it exits 0."""
+    """`sockperf ping-pong --tcp` against the floor: answers for every message it measured, it exits 0, and its
+    connection closes on both hosts (the kernel's socket reset by the program, the client's by the listener)."""
     from kbypass.apps.xdp_tcp_pong import HandshakeListener, XdpTcpPong
 
     a, b = testbed_hosts
@@ -71,8 +72,13 @@ def test_a_real_sockperf_tcp_client_measures_the_floor(testbed_hosts):
             XdpTcpPong(b.iface, PORT, netns=b.netns, peer=(a.iface, a.netns)) as pong:
         p = subprocess.run(["ip", "netns", "exec", a.netns, "sockperf", "ping-pong", "--tcp", "-i", b.ipv4, "-p",
                             str(PORT), "-t", "1", "-m", "64"], capture_output=True, text=True, timeout=60)
+        end = time.monotonic() + 5
+        while (_ss(a.netns, PORT) or listener.ended < 1) and time.monotonic() < end:
+            time.sleep(0.1)
         counters = pong.counters()
-        accepted = listener.accepted
+        accepted, ended, left = listener.accepted, listener.ended, _ss(a.netns, PORT) + _ss(b.netns, PORT)
     assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
     assert sockperf_percentiles(p.stdout)["p50_us"] > 0
     assert accepted == 1 and counters["answered"] > 1000 and counters["passed"] <= 5, counters
+    assert ended == 1 and counters["reset"] >= 1, counters
+    assert [ln for ln in left.splitlines() if not ln.startswith("LISTEN")] == [], left  # no socket lingers
