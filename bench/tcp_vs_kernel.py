@@ -5,8 +5,12 @@
                 in poll() and busy polling, beside the same client against `sockperf server --tcp` (the kernel
                 anchor) and against it with busy polling on both hosts (busy_read/busy_poll and --lls: the
                 kernel's best, as `kbypass bench latency` measures it for UDP), and kbypass busy polling
-                against that busy-polling client (the kernel best's pair with our server in it); one-way
-                p50/p99 (half the round trip, as sockperf reports)
+                against that busy-polling client (the kernel best's pair with our server in it), and the
+                floor: the same client against no server at all, its messages answered in host b's driver by
+                an XDP program (kbypass.apps.xdp_tcp_pong: a kernel listener does the handshake, XDP_TX the
+                answers), waiting and busy polling: what is left is the wire and the client's own stack, so
+                no server on this path can go below it; one-way p50/p99 (half the round trip, as sockperf
+                reports)
     http        wrk (host a) against `kbypass http serve`, an asyncio server on uvloop over kernel sockets
                 answering with the same bytes (kbypass.proto.http: same parser and head cache, same pre-encoded
                 answers, the Date formatted once a second, one write per read as kbypass sends one segment),
@@ -149,6 +153,11 @@ def sockperf_client(a, b, seconds: float, size: int, extra: tuple[str, ...] = ()
 
 
 def pingpong(kind: str, a, b, seconds: float, size: int, poll: str, baseline: str | None = None) -> dict:
+    if kind == "floor, client busy":  # the floor under the kernel best: the client spins as it does there
+        with tune.busy_polling(BUSY_US):
+            return floor(a, b, seconds, size, ("--lls", str(BUSY_US)))
+    if kind == "floor":
+        return floor(a, b, seconds, size)
     if kind == "kernel best":  # busy polling on both hosts: the kernel's lower bound (kbypass.bench.latency's)
         with tune.busy_polling(BUSY_US):
             return _pingpong("kernel", a, b, seconds, size, poll, ("--lls", str(BUSY_US)))
@@ -175,6 +184,17 @@ def _pingpong(kind: str, a, b, seconds: float, size: int, poll: str, extra: tupl
         return sockperf_client(a, b, seconds, size, extra)
     finally:
         stop(server)
+
+
+def floor(a, b, seconds: float, size: int, extra: tuple[str, ...] = ()) -> dict:
+    """The client against host b's driver: XDP answers every message, a kernel listener only shakes hands."""
+    from kbypass.apps.xdp_tcp_pong import HandshakeListener, XdpTcpPong
+
+    with HandshakeListener(b.ipv4, PP_PORT, netns=b.netns), \
+            XdpTcpPong(b.iface, PP_PORT, netns=b.netns, peer=(a.iface, a.netns)) as pong:
+        res = sockperf_client(a, b, seconds, size, extra)
+        res["answered_in_xdp"] = pong.counters()["answered"]
+    return res
 
 
 # ---- http -------------------------------------------------------------------------------------------------
@@ -379,6 +399,9 @@ def main() -> int:
                                                                                args.size, "busy")
         trials["pingpong kbypass --poll busy, client busy poll"] = lambda: pingpong(
             "kbypass, client busy", a, b, args.seconds, args.size, "busy")
+        trials["pingpong floor: XDP answers"] = lambda: pingpong("floor", a, b, args.seconds, args.size, args.poll)
+        trials["pingpong floor: XDP answers, client busy poll"] = lambda: pingpong(
+            "floor, client busy", a, b, args.seconds, args.size, args.poll)
         if args.baseline:
             trials["pingpong kbypass baseline server --tcp"] = lambda: pingpong(
                 "kbypass baseline", a, b, args.seconds, args.size, args.poll, args.baseline)
@@ -411,14 +434,19 @@ def main() -> int:
             testbed.down(args.prefix)
     table = _medians(runs)
     ratios = _ratios(table)
+    per_run = _per_run_ratios(runs)
     print("\nmedians:")
     for n, m in table.items():
         print(f"  {n:42s} " + "  ".join(f"{k}={v:.2f}" for k, v in m.items()))
     print("ratios (same run):")
     for k, v in ratios.items():
         print(f"  {k:52s} {v:8.3f}")
+    if per_run:
+        print("per-run ratios (the anchor moves with the load on the server's CPU; each run's pair shares it):")
+        for k, v in per_run.items():
+            print(f"  {k:52s} " + " ".join("-" if x is None else f"{x:.3f}" for x in v))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"medians": table, "ratios": ratios, "runs": runs, "seconds": args.seconds,
+    Path(args.json).write_text(json.dumps({"medians": table, "ratios": ratios, "per_run_ratios": per_run, "runs": runs, "seconds": args.seconds,
                                            "size": args.size, "body": args.body, "connections": args.connections,
                                            "poll": args.poll, "load": os.getloadavg(),
                                            "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
@@ -450,6 +478,13 @@ def _ratios(t: dict) -> dict:
         "pingpong p50 kbypass busy, client busy / kernel best": r("pingpong kbypass --poll busy, client busy poll",
                                                                   "pingpong sockperf --tcp, busy poll (kernel best)",
                                                                   "p50_us"),
+        "pingpong p50 floor (XDP answers) / sockperf kernel": r("pingpong floor: XDP answers",
+                                                                "pingpong sockperf server --tcp (kernel)", "p50_us"),
+        "pingpong p50 floor, client busy / kernel best (busy poll)": r(
+            "pingpong floor: XDP answers, client busy poll", "pingpong sockperf --tcp, busy poll (kernel best)",
+            "p50_us"),
+        "pingpong p50 kbypass / floor (XDP answers)": r("pingpong kbypass server --tcp", "pingpong floor: XDP answers",
+                                                        "p50_us"),
         "pingpong p50 kbypass baseline / sockperf kernel": r("pingpong kbypass baseline server --tcp",
                                                              "pingpong sockperf server --tcp (kernel)", "p50_us"),
         "pingpong p50 kbypass / kbypass baseline": r("pingpong kbypass server --tcp",
@@ -472,6 +507,27 @@ def _ratios(t: dict) -> dict:
         "bulk kbypass sender / kernel sender": r("bulk kbypass send -> socat sink",
                                                  "bulk socat send -> socat sink (kernel)", "goodput_bps"),
     }.items() if v is not None}
+
+
+PER_RUN_PAIRS = {  # ping-pong p50 ratios worth seeing run by run: a loaded server CPU moves the anchor
+    "pingpong p50 floor (XDP answers) / sockperf kernel": ("pingpong floor: XDP answers",
+                                                           "pingpong sockperf server --tcp (kernel)"),
+    "pingpong p50 kbypass / sockperf kernel": ("pingpong kbypass server --tcp", "pingpong sockperf server --tcp (kernel)"),
+    "pingpong p50 floor, client busy / kernel best (busy poll)": ("pingpong floor: XDP answers, client busy poll",
+                                                                  "pingpong sockperf --tcp, busy poll (kernel best)"),
+}
+
+
+def _per_run_ratios(runs: dict) -> dict:
+    """Each PER_RUN_PAIRS ratio in each run (None where a side failed or is missing): the median of a ratio
+    over runs says more than a ratio of medians when the anchor jumps between runs."""
+    out = {}
+    for name, (num, den) in PER_RUN_PAIRS.items():
+        if num not in runs or den not in runs:
+            continue
+        out[name] = [n["p50_us"] / d["p50_us"] if "p50_us" in n and d.get("p50_us") else None
+                     for n, d in zip(runs[num], runs[den])]
+    return out
 
 
 def _plot(table: dict, path: str) -> None:

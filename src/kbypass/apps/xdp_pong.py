@@ -30,7 +30,10 @@ COUNTERS = ("answered", "sockperf", "passed", "unanswered")  # enum pong_counter
 
 class XdpPong:
     """Answer UDP port `port` on `ifname` (in `netns`) from XDP; see the module doc. `mode`: "native"
-    (the driver; veth runs it) or "skb" (generic XDP)."""
+    (the driver; veth runs it) or "skb" (generic XDP). A twin answering another protocol (apps/xdp_tcp_pong)
+    names its object, program, maps and counters in the class attributes."""
+
+    OBJECT, PROGRAM, CONFIG_MAP, COUNTERS_MAP, COUNTERS = "pong", PROGRAM, "pong_config", "pong_counters", COUNTERS
 
     def __init__(self, ifname: str, port: int, *, netns: str | None = None, mode: str = "native",
                  peer: tuple[str, str | None] | None = None) -> None:
@@ -38,10 +41,10 @@ class XdpPong:
             raise UsageError(f"port {port}: use 1-65535")
         self.ifname, self.port, self.netns = ifname, port, netns
         self._links: list = []
-        self._objs = [libbpf.BpfObject.named("pong")]
+        self._objs = [libbpf.BpfObject.named(self.OBJECT)]
         try:
-            self._objs[0].map("pong_config").update(0, struct.pack("!HH", port, 0))
-            self._attach(self._objs[0], PROGRAM, ifname, netns, mode)
+            self._objs[0].map(self.CONFIG_MAP).update(0, struct.pack("!HH", port, 0))
+            self._attach(self._objs[0], self.PROGRAM, ifname, netns, mode)
             if peer is not None:
                 self._objs.append(libbpf.BpfObject.named("xdp_pass"))
                 self._attach(self._objs[1], "xdp_pass", peer[0], peer[1], mode)
@@ -63,9 +66,9 @@ class XdpPong:
 
     def counters(self) -> dict[str, int]:
         """The program's counters, summed over CPUs."""
-        m = self._objs[0].map("pong_counters")
+        m = self._objs[0].map(self.COUNTERS_MAP)
         out = {}
-        for i, name in enumerate(COUNTERS):
+        for i, name in enumerate(self.COUNTERS):
             raw = m.lookup(i) or b""
             out[name] = sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
         return out
@@ -78,7 +81,7 @@ class XdpPong:
             obj.close()
         self._objs = []
 
-    def __enter__(self) -> XdpPong:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
