@@ -151,7 +151,11 @@ def agree(fast, base, seg: Segment, now: float, answers=ANSWERS):
     assert frame == fastpath.frame(ETH_OUT, SIP, CIP, 77, s.src_port, s.dst_port, s.seq, s.ack, s.flags, s.window,
                                    s.options.timestamps, s.payload)
     told = copy.deepcopy(base)
+    walked = []  # answer_hit sends the answer by send_now's fields: the whole send path is for stale armings
+    told._send_data = lambda t, out: walked.append(t) or tcp.TcpConnection._send_data(told, t, out)
     still = told.answer_hit(sq, ack, flags, window, tsval, tsecr, payload, answer, now)
+    del told._send_data
+    assert not walked, "a fresh arming's answer took the whole send path"
     assert snap(told) == snap(ref)
     assert still and pred.state() == told.prediction()
     after = copy.deepcopy(told).canned_after()  # TcpSocket.answered's one look (it changes nothing)
