@@ -21,15 +21,8 @@ from kbypass import backend
 from kbypass.endpoint.tcp import TcpSocket
 from kbypass.endpoint.tcpio import TcpHost
 from kbypass.proto import tcp
+from kbypass.proto.tcp import sim
 from kbypass.proto.tcp.segment import ACK, PSH
-from kbypass.proto.tcp.sim import (
-    CLIENT_IP,
-    CLIENT_PORT,
-    SERVER_IP,
-    SERVER_PORT,
-    App,
-    TcpPair,
-)
 
 ETH = bytes.fromhex("020000000001" "020000000002" "0800")
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -38,7 +31,7 @@ M = 0xFFFFFFFF
 
 
 def server_conn() -> tuple:
-    p = TcpPair(client=App(shutdown_when_sent=False), server=App(shutdown_when_sent=False), seed=5)
+    p = sim.TcpPair(client=sim.App(shutdown_when_sent=False), server=sim.App(shutdown_when_sent=False), seed=5)
     p.run(until=1, stop=lambda p: p.server.conn is not None and p.server.conn.state is tcp.State.ESTABLISHED)
     p.run(until=p.now + 0.01)
     return p.server.conn, p.now
@@ -47,13 +40,13 @@ def server_conn() -> tuple:
 def host_with(n: int, fast) -> tuple:
     """A TcpHost with only what _answered touches (no interface), and n sockets armed for canned answers."""
     host = TcpHost.__new__(TcpHost)
-    host.ip = SERVER_IP
+    host.ip = sim.SERVER_IP
     host.counters = dict.fromkeys(("rx_segments", "rx_predicted", "tx_segments", "rx_canned"), 0)
     host._canned_done, host._scheduled, host._timers, host._seq, host._dirty = [], {}, [], 0, set()
     base, now = server_conn()
     socks = []
     for i in range(n):
-        sock = TcpSocket(host, copy.deepcopy(base), (CLIENT_IP, CLIENT_PORT + i), SERVER_PORT)
+        sock = TcpSocket(host, copy.deepcopy(base), (sim.CLIENT_IP, sim.CLIENT_PORT + i), sim.SERVER_PORT)
         sock.canned_prediction = fast.Canned()
         sock.canned_prediction.arm(ETH, {GET: ANSWER}, *sock.conn.canned_state())
         socks.append(sock)
