@@ -124,13 +124,16 @@ def started(proc: subprocess.Popen, word: str, what: str, timeout: float = 20.0)
     """Wait until the server printed `word` on stderr (or stdout for the uvloop script)."""
     end = time.monotonic() + timeout
     stream = proc.stderr if proc.stderr is not None else proc.stdout
+    said: list[str] = []  # what it printed before it ended: the reason it did not start
     while time.monotonic() < end:
         line = stream.readline()
         if word in line:
             return
+        said.append(line)
         if not line and proc.poll() is not None:
             break
-    raise RuntimeError(f"{what} did not start: {stream.read() if proc.poll() is not None else 'timeout'}")
+    said.append(stream.read() if proc.poll() is not None else "timeout")
+    raise RuntimeError(f"{what} did not start: {''.join(said)[-2000:]}")
 
 
 def stop(proc: subprocess.Popen) -> None:

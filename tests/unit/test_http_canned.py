@@ -4,7 +4,7 @@ Same verdict: for random request segments against server connections after rando
 either leaves the segment to Python (None, or the plain prediction's HIT), or answers it, and then its frame is
 byte for byte the segment the reference sends when it takes the segment through receive(), the application
 reads the request and sends the table's answer, and segments_to_send runs; and the connection told of the
-exchange (TcpConnection.answer_predicted) ends in the reference's state, its prediction where C advanced it.
+exchange (TcpConnection.answer_hit) ends in the reference's state, its prediction where C advanced it.
 The HTTP side: learn_canned remembers only requests a fresh parser reads alone as the same keep-alive request
 without a body, answered by respond_whole.
 """
@@ -151,13 +151,17 @@ def agree(fast, base, seg: Segment, now: float, answers=ANSWERS):
     assert frame == fastpath.frame(ETH_OUT, SIP, CIP, 77, s.src_port, s.dst_port, s.seq, s.ack, s.flags, s.window,
                                    s.options.timestamps, s.payload)
     told = copy.deepcopy(base)
-    opts = NO_OPTIONS if tsval is None else Options(timestamps=(tsval, tsecr))
-    still = told.answer_predicted(Segment(CLIENT_PORT, SERVER_PORT, sq, ack, flags, window, opts, payload), answer,
-                                  now)
+    walked = []  # answer_hit sends the answer by send_now's fields: the whole send path is for stale armings
+    told._send_data = lambda t, out: walked.append(t) or tcp.TcpConnection._send_data(told, t, out)
+    still = told.answer_hit(sq, ack, flags, window, tsval, tsecr, payload, answer, now)
+    del told._send_data
+    assert not walked, "a fresh arming's answer took the whole send path"
     assert snap(told) == snap(ref)
     assert still and pred.state() == told.prediction()
+    after = copy.deepcopy(told).canned_after()  # TcpSocket.answered's one look (it changes nothing)
     assert told.segments_to_send(now) == [] and told.next_event() is None  # TcpSocket.answered skips flush()
-    can.refresh(*told.canned_refresh())  # TcpSocket.answered: armed again as canned_state would arm it afresh
+    assert after == (told.canned_refresh(), told.next_timer())
+    can.refresh(*after[0])  # TcpSocket.answered: armed again as canned_state would arm it afresh
     assert told.canned_state() is not None and can.state() == told.canned_state()
     return told
 
@@ -208,7 +212,7 @@ def test_what_c_must_not_answer(fast):
     assert agree(fast, unsent, client_seg(unsent, GET, ack=unsent.sq.snd_una), now) is None
     fin = copy.deepcopy(base)
     fin.shutdown()
-    assert fin.canned_state() is None
+    assert fin.canned_state() is None and fin.canned_after() is None  # TcpSocket.answered hands it to Python
 
 
 @needs_c
@@ -230,7 +234,7 @@ def test_a_segment_left_to_python_disarms_the_canned_answers_for_the_rest_of_the
 
 
 def test_an_exchange_that_leaves_a_retransmission_hands_it_to_the_next_send():
-    """answer_predicted on a connection C should not have been armed for (three duplicate ACKs put it in
+    """answer_hit on a connection C should not have been armed for (three duplicate ACKs put it in
     recovery since the arming): the send path makes the fast retransmission besides the answer C sent. It
     must still go out (at the next segments_to_send), and the connection says it is no longer predictable
     so the endpoint flushes it."""
@@ -249,7 +253,10 @@ def test_an_exchange_that_leaves_a_retransmission_hands_it_to_the_next_send():
             continue
         tried += 1
         answer_seq = conn.sq.snd_max
-        still = conn.answer_predicted(client_seg(conn, GET, ack=una, tsd=0), ANSWERS[GET][0], t)
+        seg = client_seg(conn, GET, ack=una, tsd=0)
+        ts = seg.options.timestamps
+        still = conn.answer_hit(seg.seq, seg.ack, seg.flags, seg.window, ts and ts[0], ts and ts[1], GET,
+                                ANSWERS[GET][0], t)
         rest = conn.segments_to_send(t)
         assert still is False
         assert [s.seq for s in rest if s.payload] and all(s.seq != answer_seq & 0xFFFFFFFF for s in rest)

@@ -170,7 +170,7 @@ class TcpSocket:
 
     def answered(self, still: bool) -> None:
         """After the C fast path answered a segment from the canned answers and the connection took the
-        exchange (TcpHost._answered; `still`: answer_predicted's result): nothing is left to send and no event
+        exchange (TcpHost._answered; `still`: answer_hit's result): nothing is left to send and no event
         came (tests/unit/test_http_canned.py holds both), and the prediction C advanced is the connection's,
         so of flush() only this remains: arm the canned answers again (what the exchange moved: the rest of
         the arming holds) and the timers the answer set."""
@@ -178,12 +178,13 @@ class TcpSocket:
             self.unpredict()
             self.host.touch(self)
             return
-        if self.conn.canned_state() is None:  # the exchange left more to do than C may: Python's turn
+        after = self.conn.canned_after()
+        if after is None:  # the exchange left more to do than C may: Python's turn
             self.canned_prediction.disarm()
             self.host.touch(self)
             return
-        self.canned_prediction.refresh(*self.conn.canned_refresh())
-        self.host.schedule(self, self.conn.next_timer())
+        self.canned_prediction.refresh(*after[0])
+        self.host.schedule(self, after[1])
 
     def _arm_canned(self) -> None:
         state = None

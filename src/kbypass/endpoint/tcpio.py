@@ -41,7 +41,7 @@ from kbypass.proto import udp as udpp
 from kbypass.proto.ethernet import ETH_HLEN, ETH_P_IP
 from kbypass.proto.stack import Stack
 from kbypass.proto.tcp import fastpath as tcp_fastpath
-from kbypass.proto.tcp.segment import IPPROTO_TCP, NO_OPTIONS
+from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 from .base import POLL_MODES, close_steered, wake_lanes
 from .tcperrors import HostUnreachableError
@@ -414,19 +414,20 @@ class TcpHost:
 
     def _answered(self, hits: list, now: float) -> None:
         """Segments the C fast path answered from the sockets' canned answers (rx_canned; the answers' frames
-        are sent): each connection takes its exchange (TcpConnection.answer_predicted), in arrival order."""
+        are sent): each connection takes its exchange (TcpConnection.answer_hit), in arrival order."""
         counters = self.counters
-        counters["rx_segments"] += len(hits)
-        counters["rx_predicted"] += len(hits)
-        counters["tx_segments"] += len(hits)
+        n = len(hits)
+        counters["rx_segments"] += n
+        counters["rx_predicted"] += n
+        counters["tx_segments"] += n
+        canned = 0
         done = self._canned_done
         for sock, seq, ack, flags, window, tsval, tsecr, payload, values, _frame in hits:
-            counters["rx_canned"] += len(values)
-            opts = NO_OPTIONS if tsval is None else tcp.Options(timestamps=(tsval, tsecr))
+            canned += len(values)
             answer = values[0][0] if len(values) == 1 else b"".join(v[0] for v in values)
-            sock.answered(sock.conn.answer_predicted(tcp.Segment(sock.peer[1], sock.local[1], seq, ack, flags,
-                                                                 window, opts, payload), answer, now))
+            sock.answered(sock.conn.answer_hit(seq, ack, flags, window, tsval, tsecr, payload, answer, now))
             done.append((sock, values))
+        counters["rx_canned"] += canned
 
     def take_canned(self) -> list:
         """(socket, the canned table's values in request order) for each segment answered in C since the last
