@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 
 from kbypass.errors import KbypassError, UsageError
 from kbypass.tools._output import console, print_json  # noqa: F401  (re-exported for the tools)
@@ -21,6 +22,17 @@ def pin_cpu(cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
     except OSError as e:
         raise UsageError(f"--cpu {cpu}: cannot run there ({e.strerror}); pick another CPU") from None
+
+
+def written_in_place(path: str) -> bool:
+    """An output path that exists and is not a regular file (/dev/null, a FIFO, a terminal) is written as it
+    is, as tcpdump -w does: a partial file renamed over it would replace the device node or FIFO itself with
+    a regular file (xfer recv -w /dev/null once left /dev/null a file, and every later writer of /dev/null
+    filled it)."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def partial_path(path: str) -> str:

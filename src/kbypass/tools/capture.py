@@ -20,7 +20,7 @@ from kbypass.apps.pcap import PcapWriter, merge
 from kbypass.errors import UsageError
 from kbypass.tools import _options
 from kbypass.tools._backend import add_backend_option, open_backend
-from kbypass.tools._common import partial_path
+from kbypass.tools._common import partial_path, written_in_place
 from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, progress_printer,
                                  rules_or_default, takes_note, unreached_warnings, warn)
 from kbypass.tools._workers import add_worker_options, emit_team, exit_code, run_team, wants_workers, worker_args
@@ -118,14 +118,15 @@ def run_workers(args, rules: list[str]) -> int:
     merge is not cut by a second Ctrl-C (held until it is done), and a merge that fails keeps the workers'
     files, named on stderr."""
     to_stdout = args.write == "-"
+    in_place = to_stdout or written_in_place(args.write)  # stdout, /dev/null, a FIFO: merged straight into it
     human = sys.stderr if to_stdout else sys.stdout
-    # the workers' files: hidden beside the target, named by this process's pid; for -w - in a directory
-    # of this process's own (0700), not a guessable name in /tmp
-    private = tempfile.mkdtemp(prefix="kbypass-capture-") if to_stdout else None
+    # the workers' files: hidden beside the target, named by this process's pid; for -w - (or a device or
+    # FIFO) in a directory of this process's own (0700), not a guessable name in /tmp
+    private = tempfile.mkdtemp(prefix="kbypass-capture-") if in_place else None
     args.worker_files = os.path.join(private, "capture") if private else partial_path(args.write)
     files = [worker_file(args.worker_files, q) for q in (args.worker_queues or range(args.workers or 0))]
     state = {"merging": False, "merged": False}
-    target = args.write if to_stdout else partial_path(args.write)
+    target = args.write if in_place else partial_path(args.write)
 
     def finish(summary, outcomes) -> None:
         state["merging"] = True
@@ -135,7 +136,7 @@ def run_workers(args, rules: list[str]) -> int:
         try:
             with PcapWriter(target, args.snaplen, name=args.write) as out:
                 summary["merged"] = merge([p for p in files if os.path.exists(p)], out)
-            if not to_stdout:
+            if not in_place:
                 os.replace(target, args.write)
             state["merged"] = True
             _remove(files, private)
@@ -151,7 +152,7 @@ def run_workers(args, rules: list[str]) -> int:
         if not state["merging"]:  # the team did not start, or failed: nothing of it is kept
             _remove(files, private)
         elif not state["merged"]:
-            if not to_stdout and os.path.exists(target):
+            if not in_place and os.path.exists(target):
                 os.unlink(target)  # a partial merge
             kept = [p for p in files if os.path.exists(p)]
             print(f"kbypass capture: the merge into {args.write} did not finish; the workers' files are kept: "
@@ -175,19 +176,20 @@ def run(args) -> int:
     if wants_workers(args):
         return run_workers(args, rules)
     to_stdout = args.write == "-"
+    in_place = to_stdout or written_in_place(args.write)  # stdout, /dev/null, a FIFO: written as they are
     # The file first: a path we cannot write fails before any port is opened or XDP program attached. It is
     # a partial file beside the target until the port is open, so a capture that cannot start leaves an
     # existing file as it was (and no empty one behind).
-    path = args.write if to_stdout else partial_path(args.write)
+    path = args.write if in_place else partial_path(args.write)
     pcap = PcapWriter(path, args.snaplen, name=args.write)
     try:
         sp = open_backend(args, rules)
     except BaseException:
         pcap.close()
-        if not to_stdout and os.path.isfile(path):
+        if not in_place and os.path.isfile(path):
             os.unlink(path)
         raise
-    if not to_stdout:
+    if not in_place:
         os.replace(path, args.write)  # the capture starts: from here on the file is the capture
     # With -w - standard output is the pcap: everything for people goes to stderr.
     human = sys.stderr if to_stdout else sys.stdout

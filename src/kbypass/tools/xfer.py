@@ -38,7 +38,7 @@ from kbypass.host import testbed
 from kbypass.proto.transport.config import CONTROLLERS, ConnConfig
 from kbypass.errors import UsageError, require_root
 from kbypass.tools import _options as opt
-from kbypass.tools._common import partial_path, pin_cpu
+from kbypass.tools._common import partial_path, pin_cpu, written_in_place
 from kbypass.tools._digest import DIGESTS, open_digest
 from kbypass.tools._output import emit
 
@@ -191,6 +191,10 @@ def _check(args) -> None:
         if args.file not in (None, "-") and not os.path.isfile(args.file):
             why = "is a directory" if os.path.isdir(args.file) else "no such file"
             raise UsageError(f"--file {args.file}: {why}: give a file to send (or '-' for standard input)")
+    elif args.write not in (None, "-") and written_in_place(args.write):
+        # a FIFO or device: not opened to try (an open and close would end a FIFO reader's stream)
+        if not os.access(args.write, os.W_OK):
+            raise UsageError(f"--write {args.write}: Permission denied: give a file you can write")
     elif args.write not in (None, "-") and os.path.exists(args.write):
         try:
             open(args.write, "ab").close()  # opens for writing without truncating
@@ -527,6 +531,8 @@ def _recv(args) -> int:
             # open --write only now that the endpoint is open (_check made sure it can be written)
             if to_stdout:
                 out = sys.stdout.buffer
+            elif args.write and written_in_place(args.write):
+                out = _open_file(args.write, "wb", "--write")
             elif args.write:
                 partial = partial_path(args.write)
                 out = _open_file(partial, "wb", "--write")
@@ -579,8 +585,9 @@ def _recv(args) -> int:
 
 
 def _drop_partial(out, partial: str | None) -> None:
-    """Close and remove the partial --write file of a run that failed: the target stays as it was."""
-    if out is not None and partial is not None:
+    """Close --write and remove its partial file after a run that failed: the target stays as it was (one
+    written in place, a device or FIFO, is only closed)."""
+    if out is not None and out is not sys.stdout.buffer:
         out.close()
     if partial is not None:
         try:
