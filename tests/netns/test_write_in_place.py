@@ -20,6 +20,7 @@ import pytest
 from kbypass import netns
 from tests.kb import kbypass
 
+pytestmark = pytest.mark.netns
 PORT = 7010
 SIZE = 2 << 20
 
