@@ -1,0 +1,64 @@
+"""Reading a command's options stays cheap: `kbypass X --help`, a bad option and the parse itself import
+neither numpy nor pyroute2 nor the port stack (each costs 0.1-0.2 s of every kbypass process, and the test
+suite starts hundreds). A command's run() imports what it runs on (kbypass.cli imports numpy and pyroute2
+after the parse, under its start-up signal handling)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("numpy", "pyroute2", "kbypass.port.batch", "kbypass.xsk.ring")
+
+# cli.main in a fresh interpreter, as the console script calls it; what it imported, printed at exit
+PROBE = """
+import atexit, json, sys
+atexit.register(lambda: print(json.dumps([m for m in {heavy!r} if m in sys.modules]), file=sys.stderr))
+from kbypass import cli
+sys.argv = ["kbypass"] + {argv!r}
+raise SystemExit(cli.main())
+"""
+
+# The commands whose modules are all cheap to import. Not yet: gen (kbypass.gen.flows: numpy), xfer and
+# http (kbypass.proto.transport's package imports its codec: numpy), cp (kbypass.cp.server: the AF_XDP
+# socket), so `kbypass --help`, which registers every command, still loads numpy.
+CHEAP = ["testbed", "doctor", "demo", "sink", "reflect", "stats", "top", "report", "capture", "bench",
+         "pingpong", "tune", "run"]
+
+
+def heavy_imports(argv: list[str]) -> tuple[int, list[str], str]:
+    p = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY, argv=argv)], capture_output=True,
+                       text=True, timeout=60)
+    *lines, last = p.stderr.strip().splitlines()
+    return p.returncode, json.loads(last), "\n".join(lines)
+
+
+@pytest.mark.parametrize("command", CHEAP)
+def test_help_imports_nothing_heavy(command):
+    rc, heavy, _ = heavy_imports([command, "--help"])
+    assert rc == 0
+    assert heavy == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["pingpong", "client", "--count", "0"],
+    ["sink", "--host", "c"],
+    ["testbed", "status", "--prefix", ""],
+    ["capture", "--snaplen", "0"],
+])
+def test_bad_option_imports_nothing_heavy(argv):
+    rc, heavy, err = heavy_imports(argv)
+    assert rc == 2
+    assert err.startswith("kbypass: error: ")
+    assert heavy == []
+
+
+def test_a_command_that_runs_has_its_libraries():
+    # the other side: past the parse, numpy and pyroute2 are loaded (under the start-up signal handling)
+    rc, heavy, _ = heavy_imports(["report", "--help-not-an-option"])
+    assert rc == 2 and heavy == []
+    rc, heavy, _ = heavy_imports(["testbed", "status", "--prefix", "jq", "--json"])
+    assert {"numpy", "pyroute2"} <= set(heavy)
