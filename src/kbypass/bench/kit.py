@@ -252,7 +252,7 @@ def contenders(b: testbed.Host, *, dpdk: bool = True, forward: bool = True) -> l
 
 
 def rx_packets(host: testbed.Host) -> int:
-    with testbed.netns_socket(host.netns, flags=0) as ns:  # only look: pyroute2 would create a missing namespace
+    with testbed.rtnl(host.netns) as ns:
         link = ns.get_links(host.ifindex)[0]
     return link.get("IFLA_STATS64")["rx_packets"]
 

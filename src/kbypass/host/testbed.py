@@ -72,12 +72,25 @@ ETHTOOL_SGRO = 0x0000002C
 ETHTOOL_STXCSUM = 0x00000017
 
 
-def netns_socket(name: str, **kw):
-    """pyroute2's NetNS for namespace `name`. pyroute2 takes ~170 ms to import, so it is imported only when a
-    namespace is really opened: the CLI's option parsing reads this module's names (HOSTS, TestbedConfig)."""
+def _netns_socket(name: str, **kw):
+    """pyroute2's NetNS for namespace `name`, to change it. pyroute2 takes ~170 ms to import, so it is imported
+    only when a namespace is really opened: the CLI's option parsing reads this module's names (HOSTS,
+    TestbedConfig)."""
     from pyroute2 import NetNS
 
     return NetNS(name, **kw)
+
+
+@contextlib.contextmanager
+def rtnl(name: str) -> Iterator:
+    """An rtnetlink socket (pyroute2's IPRoute) in namespace `name`, to look: made by this thread while it is
+    in the namespace (kbypass.netns.entered; the socket stays there), as kbypass.host.ifstats reads its
+    counters. pyroute2's NetNS forks a helper process per namespace for the same answers, which every
+    `--host` paid twice. A missing namespace is an error, never created."""
+    from pyroute2 import IPRoute
+
+    with netns.entered(name), IPRoute() as ipr:
+        yield ipr
 
 
 def _pr_netns():
@@ -262,10 +275,10 @@ def _locked(prefix: str, timeout: float | None = None) -> Iterator[None]:
 
 
 def _ours(prefix: str, name: str) -> bool:
-    """Does namespace `name` hold a veth marked as this testbed's? Only looks: flags=0, so a namespace
-    removed meanwhile is not created again (pyroute2's NetNS creates a missing one by default)."""
+    """Does namespace `name` hold a veth marked as this testbed's? Only looks: a namespace removed meanwhile
+    is not created again (rtnl never creates one; pyroute2's NetNS would by default)."""
     try:
-        with netns_socket(name, flags=0) as ns:
+        with rtnl(name) as ns:
             return any(link.get("IFLA_IFALIAS") == f"{ALIAS_TAG} {prefix}" for link in ns.get_links())
     except Exception:
         return False
@@ -370,7 +383,7 @@ def _make(config: TestbedConfig, names: list[str], made: list[str]) -> None:
 
 def _build_link(config: TestbedConfig) -> None:
     a, b = (config.netns_name(h) for h in HOSTS)
-    with netns_socket(a, flags=0) as ns:
+    with _netns_socket(a, flags=0) as ns:
         ns.link(
             "add",
             ifname=config.iface_name("a"),
@@ -385,7 +398,7 @@ def _build_link(config: TestbedConfig) -> None:
             },
         )
     for host in HOSTS:
-        with netns_socket(config.netns_name(host), flags=0) as ns:
+        with _netns_socket(config.netns_name(host), flags=0) as ns:
             lo = ns.link_lookup(ifname="lo")[0]
             ns.link("set", index=lo, state="up")
             idx = ns.link_lookup(ifname=config.iface_name(host))[0]
@@ -414,12 +427,12 @@ def _change_mtu(config: TestbedConfig, hosts: list[Host]) -> None:
     done: list[Host] = []
     try:
         for h in sorted(hosts, key=lambda h: h.mtu < config.mtu):  # lowering: either order; raising: see below
-            with netns_socket(h.netns, flags=0) as ns:
+            with _netns_socket(h.netns, flags=0) as ns:
                 ns.link("set", index=h.ifindex, mtu=config.mtu)
             done.append(h)
     except Exception as e:  # NetlinkError (pyroute2): EINVAL "mtu greater than device maximum", or ERANGE
         for h in done:
-            with netns_socket(h.netns, flags=0) as ns:
+            with _netns_socket(h.netns, flags=0) as ns:
                 ns.link("set", index=h.ifindex, mtu=h.mtu)
         blockers = _xdp_programs(hosts)
         if blockers and config.mtu > XDP_MAX_MTU:
@@ -502,7 +515,7 @@ def status(prefix: str | None = None) -> list[Host] | None:
         if not netns.exists(name):
             return None
         try:
-            with netns_socket(name, flags=0) as ns:  # only look: never create (pyroute2's default would)
+            with rtnl(name) as ns:  # only look
                 found = ns.link_lookup(ifname=name)
                 if not found:
                     return None
