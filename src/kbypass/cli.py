@@ -93,6 +93,11 @@ class Parser(argparse.ArgumentParser):
 # Commands whose loop (a Stopper's) is their last phase: after it only closing and the summary remain.
 LOOP_LAST = frozenset({"sink", "reflect", "capture", "gen", "stats", "top", "pingpong", "http"})
 
+# Imported after the options are read and before the command runs, while a signal still just exits (see
+# _exit_at_start_up): numpy's C core turns a KeyboardInterrupt during its import into an ImportError, and
+# pyroute2's import can swallow one. Most commands use both; the others pay ~0.1 s.
+START_UP_IMPORTS = ("numpy", "pyroute2")
+
 # Order is the order of `kbypass --help`.
 COMMANDS = [
     "testbed",
@@ -115,7 +120,9 @@ COMMANDS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with `only` (a command's name) just that command's: what `kbypass NAME ...`
+    parses, without importing the other commands' modules."""
     parser = Parser(
         prog="kbypass",
         description="Kernel-bypass networking from Python: steer chosen flows to AF_XDP rings.",
@@ -123,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kbypass {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMANDS:
+    for name in [only] if only in COMMANDS else COMMANDS:
         try:
             module = importlib.import_module(f"kbypass.tools.{name}")
         except ModuleNotFoundError as e:
@@ -160,8 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         from kbypass.port.loop import LateInterrupt, Stopper
         from kbypass.tools._options import apply_prefix
 
-        parser = build_parser()
+        given = sys.argv[1:] if argv is None else argv
+        parser = build_parser(only=given[0] if given else None)
         args = parser.parse_args(argv)
+        # What the command runs on (numpy, pyroute2, the port stack) is imported by its run(), not with
+        # its options; the libraries whose import a signal garbles are loaded here, still under the
+        # start-up handlers.
+        for heavy in START_UP_IMPORTS:
+            importlib.import_module(heavy)
     except KeyboardInterrupt:  # in-process
         sys.unraisablehook = _quiet
         return 130

@@ -141,3 +141,20 @@ def test_two_ups_at_once_take_turns(prefix):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0 and "Traceback" not in err, err
     assert json.loads(outs[0][0])["hosts"] == json.loads(outs[1][0])["hosts"]
+
+
+def test_status_reads_the_namespaces_without_forking(testbed_hosts):
+    # every `--host` resolves through status(): it reads both ends from this process (a netlink socket made
+    # inside each namespace), where pyroute2's NetNS forked a helper process per namespace
+    probe = textwrap.dedent(f"""
+        import json, os
+        from kbypass.host import testbed
+        forks = []
+        os.register_at_fork(before=lambda: forks.append(1))
+        hosts = testbed.status({os.environ["KBYPASS_TESTBED"]!r})
+        print(json.dumps({{"forks": len(forks), "hosts": [h.to_json() for h in hosts or []]}}))
+    """)
+    out = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                    timeout=60).stdout)
+    assert out["hosts"] == [h.to_json() for h in testbed_hosts]
+    assert out["forks"] == 0

@@ -89,14 +89,14 @@ def _team_args(path, **kw) -> argparse.Namespace:
 
 
 def test_a_second_ctrl_c_during_the_merge_waits_for_it_and_loses_nothing(tmp_path, monkeypatch):
-    real_merge = capture.merge
+    real_merge = pcap.merge  # capture imports it when it merges
 
     def impatient(paths, out):
         os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, as the merge begins
         return real_merge(paths, out)
 
     monkeypatch.setattr(capture, "run_team", fake_team([]))
-    monkeypatch.setattr(capture, "merge", impatient)
+    monkeypatch.setattr(pcap, "merge", impatient)
     target = tmp_path / "all.pcap"
     with pytest.raises(KeyboardInterrupt):  # acted on, once the merge and its clean-up are done
         capture.run_workers(_team_args(target), ["udp"])
@@ -109,7 +109,7 @@ def test_a_merge_that_fails_keeps_the_workers_files_and_names_them(tmp_path, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(capture, "run_team", fake_team([]))
-    monkeypatch.setattr(capture, "merge", full_disk)
+    monkeypatch.setattr(pcap, "merge", full_disk)
     target = tmp_path / "all.pcap"
     with pytest.raises(OSError):
         capture.run_workers(_team_args(target), ["udp"])
@@ -123,14 +123,14 @@ def test_a_merge_that_fails_keeps_the_workers_files_and_names_them(tmp_path, mon
 def test_workers_to_stdout_keep_their_files_in_a_private_directory_removed_at_the_end(tmp_path, monkeypatch):
     seen = []
     modes = []
-    real_merge = capture.merge
+    real_merge = pcap.merge  # capture imports it when it merges
 
     def look(paths, out):
         modes.append(stat.S_IMODE(os.stat(os.path.dirname(paths[0])).st_mode))
         return real_merge(paths, out)
 
     monkeypatch.setattr(capture, "run_team", fake_team(seen))
-    monkeypatch.setattr(capture, "merge", look)
+    monkeypatch.setattr(pcap, "merge", look)
     monkeypatch.setattr(capture.sys, "stdout", open(tmp_path / "stdout.pcap", "w"))
     assert capture.run_workers(_team_args("-"), ["udp"]) == 0
     capture.sys.stdout.close()

@@ -130,7 +130,7 @@ def one_parser():
     runs share one, as parse_args leaves a parser as it found it. main() is otherwise the real one."""
     parser = cli.build_parser()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "build_parser", lambda: parser)
+        mp.setattr(cli, "build_parser", lambda only=None: parser)
         yield
 
 

@@ -22,11 +22,12 @@ import signal
 import subprocess
 import sys
 import time
-
-from pyroute2 import NetNS
+from typing import TYPE_CHECKING
 
 from kbypass.host import napi, testbed
-from kbypass.gen.live import LiveGenerator
+
+if TYPE_CHECKING:  # the generator (numpy) loads with the trials, not with `kbypass bench --help`
+    from kbypass.gen.live import LiveGenerator
 
 GEN_CPU, SUT_CPU = 0, 1
 PORT = 4321
@@ -251,7 +252,7 @@ def contenders(b: testbed.Host, *, dpdk: bool = True, forward: bool = True) -> l
 
 
 def rx_packets(host: testbed.Host) -> int:
-    with NetNS(host.netns, flags=0) as ns:  # only look: pyroute2 would create a missing namespace
+    with testbed.rtnl(host.netns) as ns:
         link = ns.get_links(host.ifindex)[0]
     return link.get("IFLA_STATS64")["rx_packets"]
 

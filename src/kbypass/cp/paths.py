@@ -16,6 +16,8 @@ from kbypass import netns as _netns
 from kbypass.errors import UsageError
 
 RUN_DIR = "/run/kbypass"
+# who may connect to the socket (`kbypass cp start --users`): the socket file's mode and group follow
+USERS = ("root", "group", "all")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 

@@ -43,6 +43,7 @@ from kbypass.steer.rules import Rule
 
 from . import paths, protocol
 from .accel import Routes, bound_flow
+from .paths import USERS
 from .pool import SLICES as POOL_SLICES
 from .pool import Member
 from .protocol import DEFAULT_PRIORITY, ProtocolError, Request
@@ -52,7 +53,6 @@ from .state import Client, ControlPlane, parse_rule
 
 log = logging.getLogger("kbypass.cp")
 
-USERS = ("root", "group", "all")
 USER_RULES = 16  # rules one non-root user may hold (128 slots are shared by everyone)
 USER_CONNECTIONS = 16  # connections one non-root user may have open
 USER_SOCKETS = 4  # sockets the control plane makes for one non-root user ...

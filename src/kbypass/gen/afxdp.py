@@ -9,15 +9,16 @@ rewrite of its varying fields (kbypass.gen.flows) and one transmit.
 from __future__ import annotations
 
 import time
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from kbypass.errors import UsageError
-from kbypass.gen.flows import FlowSpec, stamp_batch
 from kbypass.gen.rate import RateLimiter
 from kbypass.gen.result import GenResult
-from kbypass.port.base import Port
 from kbypass.port.loop import Stopper
+
+if TYPE_CHECKING:  # numpy and the port stack load when a generator runs, not when `kbypass gen` reads --batch
+    from kbypass.gen.flows import FlowSpec
+    from kbypass.port.base import Port
 
 MAX_BATCH = 4096  # frames per transmit: `kbypass gen`'s AF_XDP TX ring holds 4096, so no call takes more
 
@@ -55,6 +56,10 @@ class PortGenerator:
 
     def run(self, *, count: int | None = None, duration: float | None = None, rate: float | None = None,
             report=None) -> GenResult:
+        import numpy as np
+
+        from kbypass.gen.flows import stamp_batch
+
         if count is None and duration is None:
             raise UsageError("say how much to send: --count N or --duration SECONDS")
         port, sent, nbytes = self.port, 0, 0

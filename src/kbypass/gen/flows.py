@@ -10,7 +10,6 @@ so every value of every range is used in turn, reproducibly. The payload starts 
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,29 +21,6 @@ from kbypass.proto.stamp import ETH_IPV4_UDP, STAMP_SIZE
 from kbypass.proto.udp import write_lengths_batch
 
 IP_SRC, UDP_SPORT, UDP_DPORT = 26, 34, 36
-
-
-def parse_range(text: str, what: str, lo_ok: int, hi_ok: int) -> tuple[int, int]:
-    lo, sep, hi = text.partition("-")
-    try:
-        a, b = int(lo), int(hi) if sep else int(lo)
-    except ValueError:
-        raise UsageError(f"{what} {text!r}: give a number or a range like 1000-1999") from None
-    if not lo_ok <= a <= b <= hi_ok:
-        raise UsageError(f"{what} {text!r}: must be within {lo_ok}-{hi_ok}, low end first")
-    return a, b
-
-
-def parse_ip_range(text: str, what: str) -> tuple[int, int]:
-    lo, sep, hi = text.partition("-")
-    try:
-        a = int(ipaddress.IPv4Address(lo))
-        b = int(ipaddress.IPv4Address(hi)) if sep else a
-    except ValueError:
-        raise UsageError(f"{what} {text!r}: give an IPv4 address or a range like 10.77.0.10-10.77.0.20") from None
-    if b < a:
-        raise UsageError(f"{what} {text!r}: low end first")
-    return a, b
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
-from pyroute2 import NetNS, netns as pr_netns
-
 from kbypass import netns
 from kbypass.errors import EnvironmentProblem, PermissionProblem, TestbedError, UsageError, require_root
 from kbypass.host import xps
@@ -72,6 +70,39 @@ LOCK_TIMEOUT = 30.0  # seconds `up`/`down` wait for another `up`/`down` of the s
 SIOCETHTOOL = 0x8946
 ETHTOOL_SGRO = 0x0000002C
 ETHTOOL_STXCSUM = 0x00000017
+
+
+def _netns_socket(name: str, **kw):
+    """pyroute2's NetNS for namespace `name`, to change it. pyroute2 takes ~170 ms to import, so it is imported
+    only when a namespace is really opened: the CLI's option parsing reads this module's names (HOSTS,
+    TestbedConfig)."""
+    from pyroute2 import NetNS
+
+    return NetNS(name, **kw)
+
+
+@contextlib.contextmanager
+def rtnl(name: str) -> Iterator:
+    """An rtnetlink socket (pyroute2's IPRoute) in namespace `name`, to look: made by this thread while it is
+    in the namespace (kbypass.netns.entered; the socket stays there), as kbypass.host.ifstats reads its
+    counters. pyroute2's NetNS forks a helper process per namespace for the same answers, which every
+    `--host` paid twice. A missing namespace is an error, never created."""
+    from pyroute2 import IPRoute
+
+    with netns.entered(name), IPRoute() as ipr:
+        yield ipr
+
+
+def _pr_netns():
+    from pyroute2 import netns
+
+    return netns
+
+
+def __getattr__(name: str):
+    if name == "pr_netns":  # as it was imported before (tests replace its functions)
+        return _pr_netns()
+    raise AttributeError(name)
 
 
 def default_prefix() -> str:
@@ -244,10 +275,10 @@ def _locked(prefix: str, timeout: float | None = None) -> Iterator[None]:
 
 
 def _ours(prefix: str, name: str) -> bool:
-    """Does namespace `name` hold a veth marked as this testbed's? Only looks: flags=0, so a namespace
-    removed meanwhile is not created again (pyroute2's NetNS creates a missing one by default)."""
+    """Does namespace `name` hold a veth marked as this testbed's? Only looks: a namespace removed meanwhile
+    is not created again (rtnl never creates one; pyroute2's NetNS would by default)."""
     try:
-        with NetNS(name, flags=0) as ns:
+        with rtnl(name) as ns:
             return any(link.get("IFLA_IFALIAS") == f"{ALIAS_TAG} {prefix}" for link in ns.get_links())
     except Exception:
         return False
@@ -340,7 +371,7 @@ def _make(config: TestbedConfig, names: list[str], made: list[str]) -> None:
         made.append(name)
         _write_marker(prefix, made)
         try:
-            pr_netns.create(name)
+            _pr_netns().create(name)
         except FileExistsError:
             made.remove(name)  # someone else made it just now: not ours to remove
             raise TestbedError(
@@ -352,7 +383,7 @@ def _make(config: TestbedConfig, names: list[str], made: list[str]) -> None:
 
 def _build_link(config: TestbedConfig) -> None:
     a, b = (config.netns_name(h) for h in HOSTS)
-    with NetNS(a, flags=0) as ns:
+    with _netns_socket(a, flags=0) as ns:
         ns.link(
             "add",
             ifname=config.iface_name("a"),
@@ -367,7 +398,7 @@ def _build_link(config: TestbedConfig) -> None:
             },
         )
     for host in HOSTS:
-        with NetNS(config.netns_name(host), flags=0) as ns:
+        with _netns_socket(config.netns_name(host), flags=0) as ns:
             lo = ns.link_lookup(ifname="lo")[0]
             ns.link("set", index=lo, state="up")
             idx = ns.link_lookup(ifname=config.iface_name(host))[0]
@@ -396,12 +427,12 @@ def _change_mtu(config: TestbedConfig, hosts: list[Host]) -> None:
     done: list[Host] = []
     try:
         for h in sorted(hosts, key=lambda h: h.mtu < config.mtu):  # lowering: either order; raising: see below
-            with NetNS(h.netns, flags=0) as ns:
+            with _netns_socket(h.netns, flags=0) as ns:
                 ns.link("set", index=h.ifindex, mtu=config.mtu)
             done.append(h)
     except Exception as e:  # NetlinkError (pyroute2): EINVAL "mtu greater than device maximum", or ERANGE
         for h in done:
-            with NetNS(h.netns, flags=0) as ns:
+            with _netns_socket(h.netns, flags=0) as ns:
                 ns.link("set", index=h.ifindex, mtu=h.mtu)
         blockers = _xdp_programs(hosts)
         if blockers and config.mtu > XDP_MAX_MTU:
@@ -442,7 +473,7 @@ def _check_matches(config: TestbedConfig, hosts: list[Host]) -> None:
 
 def _remove_netns(name: str) -> None:
     try:
-        pr_netns.remove(name)
+        _pr_netns().remove(name)
     except FileNotFoundError:
         pass
 
@@ -484,7 +515,7 @@ def status(prefix: str | None = None) -> list[Host] | None:
         if not netns.exists(name):
             return None
         try:
-            with NetNS(name, flags=0) as ns:  # only look: never create (pyroute2's default would)
+            with rtnl(name) as ns:  # only look
                 found = ns.link_lookup(ifname=name)
                 if not found:
                     return None

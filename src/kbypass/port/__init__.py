@@ -7,9 +7,6 @@ with recvmmsg/sendmmsg, the baseline). `open_port(backend, ...)` opens any of th
 
 from __future__ import annotations
 
-from .base import Port
-from .batch import Batch
-
 __all__ = ["Batch", "Port", "AfXdpPort", "PacketMmapPort", "SocketPort", "SteeredPort", "BACKENDS",
            "open_port"]
 
@@ -17,7 +14,13 @@ BACKENDS = ("afxdp", "packet_mmap", "socket")
 
 
 def __getattr__(name):
-    # Lazy so that importing kbypass.port does not set up AF_XDP machinery until asked.
+    # Lazy so that importing kbypass.port does not set up AF_XDP machinery (or load numpy) until asked.
+    if name == "Port":
+        from .base import Port
+        return Port
+    if name == "Batch":
+        from .batch import Batch
+        return Batch
     if name == "AfXdpPort":
         from .afxdp import AfXdpPort
 

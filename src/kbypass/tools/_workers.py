@@ -12,7 +12,6 @@ import sys
 
 from kbypass.apps.workers import STOPPED_EARLY, WorkerTeam, merge, on_queue, plan
 from kbypass.errors import UsageError
-from kbypass.port.steered import queue_count, rule_list
 from kbypass.tools import _options
 
 
@@ -101,6 +100,8 @@ def run_team(args, work, rules: list[str], *, totals: tuple[str, ...], finish=No
     """Run `work(worker, args, rules)` (a module-level function of the tool) on every worker; return the
     merged summary and the outcomes. `finish(summary, outcomes)` may add to the summary (capture merges
     its files there)."""
+    # the port stack: loaded to run, not to parse options
+    from kbypass.port.steered import queue_count, rule_list
     from kbypass.tools._port import resolve_where
 
     queues = _check(args)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from rich.table import Table
 
-from kbypass.bench import latency as latbench, rx as rxbench
 from kbypass.host import testbed
 from kbypass.bench.kit import PLACEMENTS
 from kbypass.errors import UsageError, require_root
@@ -64,6 +63,8 @@ def register(sub) -> None:
 
 
 def run_rx(args) -> int:
+    from kbypass.bench import rx as rxbench
+
     require_root("kbypass bench rx")
     if args.packets <= 0 or args.runs <= 0:
         raise UsageError("--packets and --runs take positive numbers")
@@ -125,6 +126,8 @@ def show(out, rows: list[dict], placement: str = "sut") -> None:
 
 
 def run_latency(args) -> int:
+    from kbypass.bench import latency as latbench
+
     require_root("kbypass bench latency")
     if args.runs <= 0 or args.duration <= 0:
         raise UsageError("--runs and --duration take positive numbers")
@@ -147,6 +150,8 @@ def run_latency(args) -> int:
 
 
 def show_latency(out, result: dict) -> None:
+    from kbypass.bench import latency as latbench
+
     t = Table(title=f"UDP ping-pong, {result['size']} B, one-way latency (half the round trip), "
                     f"median of {result['runs']} runs, same run")
     t.add_column("contender")

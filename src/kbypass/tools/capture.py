@@ -14,9 +14,8 @@ import os
 import signal
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
-from kbypass.apps.capture import capture
-from kbypass.apps.pcap import PcapWriter, merge
 from kbypass.errors import UsageError
 from kbypass.tools import _options
 from kbypass.tools._backend import add_backend_option, open_backend
@@ -24,6 +23,9 @@ from kbypass.tools._common import partial_path, written_in_place
 from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, progress_printer,
                                  rules_or_default, takes_note, unreached_warnings, warn)
 from kbypass.tools._workers import add_worker_options, emit_team, exit_code, run_team, wants_workers, worker_args
+
+if TYPE_CHECKING:  # numpy and the port stack load with the capture, not with its options
+    from kbypass.apps.pcap import PcapWriter
 
 MAX_SNAPLEN = 262144  # tcpdump's largest
 
@@ -66,6 +68,8 @@ def _check(args) -> None:
 
 def record(args, pcap: PcapWriter, sp, human) -> dict:
     """Capture on the open port `sp` into `pcap` (announced on `human`, unless None); the summary."""
+    from kbypass.apps.capture import capture
+
     with sp, pcap:
         if human is not None:
             note = takes_note(args)
@@ -88,6 +92,8 @@ def record(args, pcap: PcapWriter, sp, human) -> dict:
 def work(worker, args, rules: list[str]) -> dict:
     """One worker of `capture --workers`: its queue into its own file (args.write + .qN), which the parent
     merges in time-stamp order when the team ends."""
+    from kbypass.apps.pcap import PcapWriter
+
     mine = worker_args(args, worker, rules)
     mine.write = worker_file(args.worker_files, worker.queue)
     pcap = PcapWriter(mine.write, args.snaplen, name=args.write)
@@ -117,6 +123,8 @@ def run_workers(args, rules: list[str]) -> int:
     and a write of the capture). A failed start leaves no file behind, nor changes an existing one. The
     merge is not cut by a second Ctrl-C (held until it is done), and a merge that fails keeps the workers'
     files, named on stderr."""
+    from kbypass.apps.pcap import PcapWriter, merge
+
     to_stdout = args.write == "-"
     in_place = to_stdout or written_in_place(args.write)  # stdout, /dev/null, a FIFO: merged straight into it
     human = sys.stderr if to_stdout else sys.stdout
@@ -171,6 +179,8 @@ def _remove(files: list[str], private: str | None) -> None:
 
 
 def run(args) -> int:
+    from kbypass.apps.pcap import PcapWriter
+
     _check(args)
     rules = rules_or_default(args, "any", "every IP packet")
     if wants_workers(args):

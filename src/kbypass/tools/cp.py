@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from kbypass.cp import paths, server
+from kbypass.cp import paths
 from kbypass.cp.client import ControlPlaneClient, ControlPlaneMissing, spawn_and_connect
-from kbypass.cp.server import USERS
+from kbypass.cp.paths import USERS
 from kbypass.errors import UsageError, require_root
 from kbypass.host import testbed
 from kbypass.tools._options import add_json, add_prefix, seconds
@@ -72,6 +72,9 @@ def _options(args) -> list[str]:
 def run(args) -> int:
     ns = _netns(args)
     if args.action == "serve":
+        # the server (AF_XDP sockets: numpy): loaded to serve, not to parse options or ask a running one
+        from kbypass.cp import server
+
         require_root("kbypass cp serve")
         _check_users(args)
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s kbypass cp: %(message)s")

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 
-from kbypass.bench import kit as benchkit, rx as rxbench
+from kbypass.bench import kit as benchkit
 from kbypass.host import doctor, napi, testbed
 from kbypass import netns
 from kbypass.errors import KbypassError, UsageError, require_root
@@ -54,6 +54,9 @@ def udp_exchange(a: testbed.Host, b: testbed.Host, port: int = 47000, payload: b
 
 
 def run(args) -> int:
+    # numpy: loaded to run, not for `kbypass demo --help`
+    from kbypass.bench import rx as rxbench
+
     # Everything the user can get wrong is checked before anything is made (testbed, nft table, XDP).
     prefix = args.prefix or testbed.default_prefix()
     config = testbed.TestbedConfig(prefix=prefix)

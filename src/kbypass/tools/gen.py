@@ -17,9 +17,8 @@ import sys
 from kbypass import netns
 from kbypass.errors import TestbedError, UsageError, require_root
 from kbypass.gen.afxdp import MAX_BATCH
-from kbypass.gen.flows import FlowSpec, parse_ip_range, parse_range
+from kbypass.gen.ranges import parse_ip_range, parse_range
 from kbypass.gen.rate import parse_rate
-from kbypass.gen.template import udp_template
 from kbypass.host import testbed
 from kbypass.tools._common import pin_cpu
 from kbypass.tools._options import (
@@ -230,6 +229,10 @@ def rate_summary(offered: float | None, achieved: float) -> dict:
 
 
 def run(args) -> int:
+    # numpy and the port stack: loaded to run, not to parse options
+    from kbypass.gen.flows import FlowSpec
+    from kbypass.gen.template import udp_template
+
     refuse_ignored(args)
     require_root("kbypass gen")
     if args.count is None and args.duration is None:

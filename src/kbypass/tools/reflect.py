@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from kbypass.apps.reflect import Reflector
 from kbypass.tools._backend import add_backend_option, check_return_limit, open_backend
 from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, port_summary,
                                  progress_printer, rules_or_default, takes_note, unreached_warnings, warn)
@@ -26,6 +25,9 @@ def register(sub) -> None:
 
 def forward(args, rules: list[str], on_open=None) -> tuple[dict, list[str], object]:
     """One reflector on the port the options name: its summary, its warnings and the (closed) port."""
+    # numpy: loaded to run, not to parse options
+    from kbypass.apps.reflect import Reflector
+
     with open_backend(args, rules, sends_back=True) as sp:
         if on_open is not None:
             on_open(sp)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from kbypass.apps.sink import Sink
 from kbypass.tools import _options
 from kbypass.tools._backend import add_backend_option, open_backend
 from kbypass.tools._port import (add_port_options, announce, control_plane_lost, emit, port_summary,
@@ -24,6 +23,9 @@ def register(sub) -> None:
 
 def receive(args, rules: list[str], on_open=None) -> tuple[dict, list[str], object]:
     """One sink on the port the options name: its summary, its warnings and the (closed) port."""
+    # numpy and the port stack: loaded to run, not to parse options
+    from kbypass.apps.sink import Sink
+
     with open_backend(args, rules) as sp:
         if on_open is not None:
             on_open(sp)

@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from kbypass.errors import UsageError
-from kbypass.host import ifstats, testbed
+from kbypass.host import testbed
 from kbypass.port.loop import Stopper
 from kbypass.tools._common import console
 from kbypass.tools._options import add_count, add_json, add_where, seconds_up_to
@@ -71,6 +71,9 @@ def lines(ifname: str, r: dict, now: float) -> list[str]:
 
 
 def run(args) -> int:
+    # pyroute2: loaded to run, not to parse options
+    from kbypass.host import ifstats
+
     if args.host:
         h = testbed.host(args.host)
         iface, ns = args.iface or h.iface, args.netns or h.netns

@@ -21,7 +21,6 @@ from rich.live import Live
 from rich.table import Table
 
 from kbypass.errors import UsageError
-from kbypass.host.inventory import Inventory, rates
 from kbypass.port.loop import Stopper
 from kbypass.tools._common import console
 from kbypass.tools._options import add_count, add_json, output_file, seconds_up_to
@@ -111,6 +110,9 @@ def _open_record(path: str | None):
 
 
 def run(args) -> int:
+    # pyroute2, numpy: loaded to run, not to parse options
+    from kbypass.host.inventory import Inventory, rates
+
     if args.once and args.count is not None:
         raise UsageError("--once is one interval: drop -c/--count, or --once")
     count = 1 if args.once else args.count

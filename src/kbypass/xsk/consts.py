@@ -1,12 +1,10 @@
 """The uapi of linux/if_xdp.h (and the few socket options AF_XDP needs), in one place.
 
-Values and layouts are copied as facts from the kernel headers; numpy dtypes describe the structs so the
+Values and layouts are copied as facts from the kernel headers; numpy dtypes (made on first use) describe the structs so the
 same definition serves setsockopt/getsockopt packing and ring access.
 """
 
 from __future__ import annotations
-
-import numpy as np
 
 AF_XDP = 44
 SOL_XDP = 283
@@ -56,40 +54,6 @@ SO_BUSY_POLL = 46
 SO_PREFER_BUSY_POLL = 69
 SO_BUSY_POLL_BUDGET = 70
 
-# struct xdp_desc: the RX/TX descriptor (the fill/completion rings carry bare u64 addresses)
-XDP_DESC = np.dtype([("addr", "<u8"), ("len", "<u4"), ("options", "<u4")])
-UMEM_ADDR = np.dtype("<u8")
-
-# struct sockaddr_xdp
-SOCKADDR_XDP = np.dtype(
-    [
-        ("family", "<u2"),
-        ("flags", "<u2"),
-        ("ifindex", "<u4"),
-        ("queue_id", "<u4"),
-        ("shared_umem_fd", "<u4"),
-    ]
-)
-
-# struct xdp_umem_reg as of Linux 6.8 (tx_metadata_len lives in what used to be tail padding, so the
-# 32-byte size is also what older kernels expect for the "v2" layout with flags).
-XDP_UMEM_REG_T = np.dtype(
-    [
-        ("addr", "<u8"),
-        ("len", "<u8"),
-        ("chunk_size", "<u4"),
-        ("headroom", "<u4"),
-        ("flags", "<u4"),
-        ("tx_metadata_len", "<u4"),
-    ]
-)
-
-# struct xdp_ring_offset / xdp_mmap_offsets (the layout with the flags field, Linux >= 5.4)
-XDP_RING_OFFSET = np.dtype([("producer", "<u8"), ("consumer", "<u8"), ("desc", "<u8"), ("flags", "<u8")])
-XDP_MMAP_OFFSETS_T = np.dtype(
-    [("rx", XDP_RING_OFFSET), ("tx", XDP_RING_OFFSET), ("fr", XDP_RING_OFFSET), ("cr", XDP_RING_OFFSET)]
-)
-
 # struct xdp_statistics; asking with this full size makes the kernel report rx_ring_full separately
 # instead of folding it into rx_dropped.
 XDP_STATISTICS_FIELDS = (
@@ -100,10 +64,63 @@ XDP_STATISTICS_FIELDS = (
     "rx_fill_ring_empty_descs",
     "tx_ring_empty_descs",
 )
-XDP_STATISTICS_T = np.dtype([(name, "<u8") for name in XDP_STATISTICS_FIELDS])
 
-assert SOCKADDR_XDP.itemsize == 16
-assert XDP_UMEM_REG_T.itemsize == 32
-assert XDP_MMAP_OFFSETS_T.itemsize == 128
-assert XDP_STATISTICS_T.itemsize == 48
-assert XDP_DESC.itemsize == 16
+_DTYPE_NAMES = ("XDP_DESC", "UMEM_ADDR", "SOCKADDR_XDP", "XDP_UMEM_REG_T", "XDP_RING_OFFSET", "XDP_MMAP_OFFSETS_T",
+                "XDP_STATISTICS_T")
+
+
+def _build_dtypes() -> dict:
+    """The structs as numpy dtypes, made on first use: numpy takes ~100 ms to import, and modules that only
+    need this file's numbers (kbypass.xsk.multibuf, the testbed's MTU limits read while the CLI parses its
+    options) must not pay for it."""
+    import numpy as np
+
+    # struct xdp_desc: the RX/TX descriptor (the fill/completion rings carry bare u64 addresses)
+    XDP_DESC = np.dtype([("addr", "<u8"), ("len", "<u4"), ("options", "<u4")])
+    UMEM_ADDR = np.dtype("<u8")
+
+    # struct sockaddr_xdp
+    SOCKADDR_XDP = np.dtype(
+        [
+            ("family", "<u2"),
+            ("flags", "<u2"),
+            ("ifindex", "<u4"),
+            ("queue_id", "<u4"),
+            ("shared_umem_fd", "<u4"),
+        ]
+    )
+
+    # struct xdp_umem_reg as of Linux 6.8 (tx_metadata_len lives in what used to be tail padding, so the
+    # 32-byte size is also what older kernels expect for the "v2" layout with flags).
+    XDP_UMEM_REG_T = np.dtype(
+        [
+            ("addr", "<u8"),
+            ("len", "<u8"),
+            ("chunk_size", "<u4"),
+            ("headroom", "<u4"),
+            ("flags", "<u4"),
+            ("tx_metadata_len", "<u4"),
+        ]
+    )
+
+    # struct xdp_ring_offset / xdp_mmap_offsets (the layout with the flags field, Linux >= 5.4)
+    XDP_RING_OFFSET = np.dtype([("producer", "<u8"), ("consumer", "<u8"), ("desc", "<u8"), ("flags", "<u8")])
+    XDP_MMAP_OFFSETS_T = np.dtype(
+        [("rx", XDP_RING_OFFSET), ("tx", XDP_RING_OFFSET), ("fr", XDP_RING_OFFSET), ("cr", XDP_RING_OFFSET)]
+    )
+
+    XDP_STATISTICS_T = np.dtype([(name, "<u8") for name in XDP_STATISTICS_FIELDS])
+
+    assert SOCKADDR_XDP.itemsize == 16
+    assert XDP_UMEM_REG_T.itemsize == 32
+    assert XDP_MMAP_OFFSETS_T.itemsize == 128
+    assert XDP_STATISTICS_T.itemsize == 48
+    assert XDP_DESC.itemsize == 16
+    return {name: value for name, value in locals().items() if name.isupper()}
+
+
+def __getattr__(name: str):
+    if name in _DTYPE_NAMES:
+        globals().update(_build_dtypes())  # from now on plain module attributes
+        return globals()[name]
+    raise AttributeError(name)

@@ -10,12 +10,27 @@ sendbuf / recvbuf (bounded buffers), config, connection, listener, sim (paired e
 measure_goodput: a CPU-bound LAN path under random loss).
 """
 
-from .config import ConnConfig
-from .connection import Connection, ConnectionStats, Role
-from .errors import LocalProtocolError, RemoteProtocolError, TransportError
-from .events import Closed, Connected, ConnectionLost, DataReceived, Event, MessageReceived, PeerClosed
-from .listener import Listener
-from .states import State
+import importlib
+
+# Lazy (PEP 562): the connection's codec needs numpy, and importing any submodule imports this package
+# first (the CLI reads config's defaults while it builds `kbypass xfer`'s options, numpy unloaded).
+_HOMES = {
+    "ConnConfig": "config", "Connection": "connection", "ConnectionStats": "connection", "Role": "connection",
+    "LocalProtocolError": "errors", "RemoteProtocolError": "errors", "TransportError": "errors",
+    "Closed": "events", "Connected": "events", "ConnectionLost": "events", "DataReceived": "events",
+    "Event": "events", "MessageReceived": "events", "PeerClosed": "events", "Listener": "listener",
+    "State": "states",
+}
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(name)
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value  # a plain module attribute from now on
+    return value
+
 
 __all__ = [
     "Closed", "ConnConfig", "Connected", "Connection", "ConnectionLost", "ConnectionStats", "DataReceived",
