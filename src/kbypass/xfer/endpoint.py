@@ -274,6 +274,16 @@ class TransportEndpoint(DataPath):
             return
         limit = conn.config.recv_buffer
         while True:
+            if self._buffered < limit or self._closing:
+                chunks = conn.take_chunks()  # stream data as it arrived: recv_chunk hands the pieces on unjoined
+                if chunks is not None:
+                    n = sum(map(len, chunks))
+                    if self._closing:
+                        self.counters["discarded_bytes"] += n  # close() before reading it all
+                    else:
+                        self._rxbuf.extend(c for c in chunks if c)  # (an empty piece would read as the end)
+                        self._buffered += n
+                    continue
             ev = conn.peek_event()
             if ev is None:
                 return

@@ -286,6 +286,19 @@ class Connection(Output, LossRecovery):
             self._maybe_window_update()
         return ev
 
+    def take_chunks(self) -> list | None:
+        """The next event if it is stream data, taken as next_event takes it (the window opens), as the
+        pieces it arrived in (bytes each, in order) instead of one DataReceived: no join, which copied every
+        byte once more for an application that keeps pieces anyway (TransportEndpoint.recv_chunk; the join
+        was 5% of a jumbo receiver's time). None when the next event is anything else, or there is none."""
+        events = self._events
+        if not events or type(events[0]) is not _Chunks:
+            return None
+        chunks = events.popleft()
+        self.rbuf.consumed(sum(map(len, chunks)))
+        self._maybe_window_update()
+        return chunks
+
     def peek_event(self) -> Event | None:
         """The next event without taking it (a data event peeked does not open the window)."""
         if not self._events:
