@@ -223,13 +223,14 @@ class Connection(Output, LossRecovery):
         """Bytes send()/send_message() can take right now."""
         return self.sbuf.space if self.state in CAN_SEND else 0
 
-    def send(self, data: bytes, now: float) -> int:
-        """Byte-stream mode: queue as much of `data` as the send buffer takes; return that count (may be 0)."""
+    def send(self, data: bytes, now: float, lent: bool = False) -> int:
+        """Byte-stream mode: queue as much of `data` as the send buffer takes; return that count (may be 0).
+        lent: `data` is handed over uncopied (SendBuffer.write says on what terms)."""
         self._now = now
         if self.config.message_mode:
             raise LocalProtocolError("this connection is in message mode: use send_message()")
         self._check_can_send()
-        return self.sbuf.write(_byte_view(data))
+        return self.sbuf.write(_byte_view(data), lent)
 
     def send_message(self, msg: bytes, now: float) -> bool:
         """Message mode: queue `msg` whole and return True, or return False if the send buffer is too full
