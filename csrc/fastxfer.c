@@ -14,7 +14,8 @@
  *                conditions, Connection.receive_run applies the run's effects). Their payloads come back
  *                joined (with the message boundaries in message mode), or one per segment for the
  *                out-of-order buffer. The first frame that is anything else ends the run and goes to the
- *                Python path, unread here.
+ *                Python path, unread here. Joined payloads are copied as their CRC is checked, a chunk
+ *                at a time (kb_xfer_rx_run's dst): each payload byte is read from UMEM once.
  *   encode       wire.encode_fields for a datagram without SACK blocks: header, payload, CRC32 trailer.
  *   write_frames UdpEncap.frame / EthEncap.frame for a list of datagrams, written straight into the
  *                frames of a batch (descriptor lengths set too).
