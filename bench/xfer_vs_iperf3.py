@@ -64,19 +64,23 @@ class Skip(Exception):
 
 
 # ---------------------------------------------------------------- contenders
-def xfer_trial(a, b, loss: float, seconds: float, poll: str, congestion: str | None, digest: str) -> dict:
+def xfer_trial(a, b, loss: float, seconds: float, poll: str, congestion: str | None, digest: str,
+               source: str | None = None) -> dict:
+    """One xfer at both ends; `source`: both run from that source tree instead (--baseline)."""
     common = ["--poll", poll, "--digest", digest, "--json"] + (["--loss", str(loss)] if loss else []) \
         + (["--congestion", congestion] if congestion else [])
+    env = None if source is None else {**os.environ, "PYTHONPATH": source}
     recv = subprocess.Popen(kb("xfer", "recv", "--host", "b", "--port", str(PORT), "--cpu", "1",
                                "--idle-timeout", "60", *common),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = recv.stderr.readline()
         if "listening" not in line:
             raise Skip(_last_line(line + recv.stderr.read()))
         cpu0 = _children_cpu()
         send = subprocess.run(kb("xfer", "send", "--host", "a", "--dst", f"{b.ipv4}:{PORT}", "-t", str(seconds),
-                                 "--cpu", "0", *common), capture_output=True, text=True, timeout=seconds + 120)
+                                 "--cpu", "0", *common), capture_output=True, text=True, timeout=seconds + 120,
+                              env=env)
         cpu1 = _children_cpu()
         rout, rerr = recv.communicate(timeout=60)
         cpu2 = _children_cpu()
@@ -286,7 +290,7 @@ def retried(args, a, b, name: str, loss: float, mtu: int) -> dict:
 def trial(args, a, b, name: str, loss: float, mtu: int) -> dict:
     if name.startswith("xfer"):
         return xfer_trial(a, b, loss, args.seconds, args.poll, "reno" if name == "xfer reno" else None,
-                          args.digest)
+                          args.digest, args.baseline if name == "xfer baseline" else None)
     return kernel_trial(a, b, name, loss, args.seconds, mtu)
 
 
@@ -362,13 +366,19 @@ def _last_line(text: str) -> str:
 CONTENDERS = ("tcp cubic", "tcp bbr", "udp", "xfer", "xfer reno")
 
 
-def pick_contenders(spec: str | None, also_reno: bool) -> list[str]:
+def pick_contenders(spec: str | None, also_reno: bool, baseline: bool = False) -> list[str]:
     """The contenders to run: all (xfer reno with --also-reno) or those --contenders names, each once (a name
-    given twice would run twice into one cell); [] when it names one that does not exist, or none."""
+    given twice would run twice into one cell); [] when it names one that does not exist, or none. With
+    --baseline, "xfer baseline" follows "xfer"."""
     if not spec:
-        return list(CONTENDERS[:4]) + (["xfer reno"] if also_reno else [])
-    wanted = list(dict.fromkeys(c.strip() for c in spec.split(",") if c.strip()))
-    return wanted if wanted and all(c in CONTENDERS for c in wanted) else []
+        wanted = list(CONTENDERS[:4]) + (["xfer reno"] if also_reno else [])
+    else:
+        wanted = list(dict.fromkeys(c.strip() for c in spec.split(",") if c.strip()))
+        if not wanted or not all(c in CONTENDERS for c in wanted):
+            return []
+    if baseline and "xfer" in wanted:
+        wanted.insert(wanted.index("xfer") + 1, "xfer baseline")
+    return wanted
 
 
 def main() -> int:
@@ -386,6 +396,8 @@ def main() -> int:
     ap.add_argument("--placement", choices=("sender", "sut"), default="sender",
                     help="where receive work runs: veth's default (sender) or NAPI threads on each host's core")
     ap.add_argument("--prefix", default=os.environ.get("KBYPASS_TESTBED") or "kbx", help="testbed prefix")
+    ap.add_argument("--baseline", metavar="SRC", help="also run xfer from another source tree (the commit before "
+                    "a change, its C modules built in place) as 'xfer baseline', in the same run")
     ap.add_argument("--json", help="result file (default bench/results/xfer_vs_iperf3.json; the PNG beside it)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -397,7 +409,7 @@ def main() -> int:
     os.environ["KBYPASS_TESTBED"] = args.prefix
     args.losses = [float(x) for x in args.losses.split(",")]
     mtus = mtu_list(args.mtus)
-    contenders = pick_contenders(args.contenders, args.also_reno)
+    contenders = pick_contenders(args.contenders, args.also_reno, args.baseline is not None)
     if not contenders:
         print(f"bench: --contenders {args.contenders!r}: pick from {', '.join(CONTENDERS)}", file=sys.stderr)
         return 2

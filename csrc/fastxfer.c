@@ -14,7 +14,8 @@
  *                conditions, Connection.receive_run applies the run's effects). Their payloads come back
  *                joined (with the message boundaries in message mode), or one per segment for the
  *                out-of-order buffer. The first frame that is anything else ends the run and goes to the
- *                Python path, unread here.
+ *                Python path, unread here. Joined payloads are copied as their CRC is checked, a chunk
+ *                at a time (kb_xfer_rx_run's dst): each payload byte is read from UMEM once.
  *   encode       wire.encode_fields for a datagram without SACK blocks: header, payload, CRC32 trailer.
  *   write_frames UdpEncap.frame / EthEncap.frame for a list of datagrams, written straight into the
  *                frames of a batch (descriptor lengths set too).
@@ -84,13 +85,27 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
     uint64_t total = 0;
     uint32_t tsval = 0;
     size_t npieces = 0, packets = 0;
-    kb_xfer_rx_run(mem.buf, (uint64_t)mem.len, &d, first, &run, pieces, &npieces, &total, &tsval, &packets);
-    size_t stop = (size_t)start + packets;
     int split = mode == KB_RUN_OUT_OF_ORDER;
-    data = split ? PyList_New((Py_ssize_t)packets) : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    /* Joined payloads are copied by the core as it checks them (each byte read from UMEM once), into a
+     * bytes object sized before the run for the most it can take and cut to what it took after: the
+     * allocation (which may run a finalizer) comes before the core reads anything. */
+    uint8_t *joined = NULL;
+    if (!split) {
+        uint64_t bound = kb_xfer_rx_bound(&d, first, room_bytes);
+        if (bound > (uint64_t)PY_SSIZE_T_MAX - 64) {
+            PyErr_NoMemory();
+            goto out;
+        }
+        if ((data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)bound)) == NULL) goto out;
+        joined = (uint8_t *)PyBytes_AS_STRING(data);
+    }
+    kb_xfer_rx_run(mem.buf, (uint64_t)mem.len, &d, first, &run, pieces, &npieces, &total, &tsval, &packets, joined);
+    size_t stop = (size_t)start + packets;
+    if (split) data = PyList_New((Py_ssize_t)packets);
+    else if (_PyBytes_Resize(&data, (Py_ssize_t)total)) goto out; /* (data is NULL then) */
     if (data == NULL || (ends = PyList_New(0)) == NULL) goto out;
     const uint8_t *base = mem.buf;
-    uint8_t *base_dst = split ? NULL : (uint8_t *)PyBytes_AS_STRING(data), *dst = base_dst;
+    Py_ssize_t at = 0; /* joined: where in the output the piece ends (the core copied the bytes) */
     size_t g0 = 0, item = 0; /* split: the first piece of the datagram being gathered, and its list index */
     for (size_t i = 0; i < npieces; i++) {
         const struct kb_xfer_piece *pc = &pieces[i];
@@ -106,10 +121,9 @@ static PyObject *rx_run(PyObject *self, PyObject *args) {
             g0 = i + 1;
             continue;
         }
-        memcpy(dst, base + pc->off, pc->len);
-        dst += pc->len;
+        at += pc->len;
         if (pc->msg_end) {
-            PyObject *off = PyLong_FromSsize_t(dst - base_dst);
+            PyObject *off = PyLong_FromSsize_t(at);
             int bad = off == NULL || PyList_Append(ends, off);
             Py_XDECREF(off);
             if (bad) goto out;

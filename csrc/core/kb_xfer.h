@@ -80,11 +80,17 @@ size_t kb_xfer_packet_frame(const struct kb_descs *d, size_t packet);
  * conditions); returns the frame after the run, and in *packets how many packets it took. Records each
  * payload in pieces (one piece per frame a payload lies in: room for d->n - start), their number in
  * *npieces, their total length and the last timestamp (unchanged when the run is empty). A chain's headers
- * are read from its first frame (which must hold them whole, else the run ends there). Reads only: nothing
- * in mem or d changes. */
+ * are read from its first frame (which must hold them whole, else the run ends there). Nothing in mem or d
+ * changes. With dst (not NULL, room for kb_xfer_rx_bound bytes) the payloads are also copied there, joined
+ * (*total bytes), each checked and copied a chunk at a time so its bytes are read from memory once; past
+ * *total dst holds garbage (a datagram the CRC refused). */
 size_t kb_xfer_rx_run(const uint8_t *mem, uint64_t memlen, const struct kb_descs *d, size_t start,
                       const struct kb_xfer_run *p, struct kb_xfer_piece *pieces, size_t *npieces, uint64_t *total,
-                      uint32_t *tsval, size_t *packets);
+                      uint32_t *tsval, size_t *packets, uint8_t *dst);
+
+/* The most payload bytes kb_xfer_rx_run from frame `start` of d can take (and write to its dst): room_bytes
+ * or the frames' bytes, whichever is less. */
+uint64_t kb_xfer_rx_bound(const struct kb_descs *d, size_t start, uint64_t room_bytes);
 
 /* The header length of a kind's frames (42 for UDP, 14 for Ethernet). */
 static inline uint32_t kb_xfer_frame_header(int kind) { return kind == KB_XFER_UDP ? 42 : 14; }

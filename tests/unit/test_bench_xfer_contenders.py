@@ -27,3 +27,10 @@ def test_contenders_default_and_refused():
     assert pick(None, True)[-1] == "xfer reno"
     assert pick("xfer reno", False) == ["xfer reno"]
     assert pick("xfer,quic", False) == [] and pick(" , ", False) == []
+
+
+def test_a_baseline_runs_beside_xfer():
+    pick = _script().pick_contenders
+    assert pick("tcp cubic,xfer", False, True) == ["tcp cubic", "xfer", "xfer baseline"]
+    assert pick(None, False, True)[-2:] == ["xfer", "xfer baseline"]
+    assert pick("tcp bbr", False, True) == ["tcp bbr"]  # nothing to compare it with

@@ -72,18 +72,33 @@ def test_the_c_run_room_ends_where_the_ack_is_due():
     cfg = dataclasses.replace(MSS_CFG, ack_bytes=3 * MSS_CFG.mss, initial_window=64 * 1024)
     client, server = connected(cfg)
     params = server.rx_run_params()
-    # room_bytes: the ACK budget, not the whole window, rounded up to take the datagram that reaches it
-    assert params[6] == 3 * cfg.mss + cfg.mss - 1
+    # room_bytes: the ACK budget in whole segments, not the whole window (the run takes the datagram that
+    # makes the ACK due)
+    assert params[6] == 3 * cfg.mss
     first, second, third = data_datagrams(client, 3)
     server.receive_datagram(first, 0.001)
-    assert server.rx_run_params()[6] == 3 * cfg.mss - 1
+    assert server.rx_run_params()[6] == 2 * cfg.mss
     server.receive_datagram(second, 0.001)
-    assert server.rx_run_params()[6] == 2 * cfg.mss - 1
+    assert server.rx_run_params()[6] == cfg.max_datagram_size  # never below one datagram: a run takes one
     assert not server.ack_due
     server.receive_datagram(third, 0.001)
     assert server.ack_due  # what the run's room let in makes the ACK due: the caller acknowledges
     no_ack = dataclasses.replace(MSS_CFG, initial_window=64 * 1024)
     assert connected(no_ack)[1].rx_run_params()[6] == no_ack.recv_buffer
+
+
+def test_the_c_run_room_takes_the_segment_that_makes_the_ack_due():
+    """ack_bytes not a multiple of the segment (512 KiB over 64 KiB datagrams): the run's room reaches the
+    end of the segment that crosses it, so a run of full segments ends with the ACK due and the caller's
+    ack-early goes out; cut at ack_bytes, it stopped one segment short, and that one went through the
+    general path in Python."""
+    cfg = dataclasses.replace(MSS_CFG, ack_bytes=int(3.5 * MSS_CFG.mss), initial_window=64 * 1024)
+    client, server = connected(cfg)
+    room = server.rx_run_params()[6]
+    assert room == 4 * cfg.mss  # four full segments fit; the fourth makes the ACK due
+    *_, mode = server.rx_run_params()
+    server.receive_run(b"x" * room, 4, 1, 0.001, mode)
+    assert server.ack_due
 
 
 def test_run_input_counts_toward_the_ack():

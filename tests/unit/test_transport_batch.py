@@ -411,6 +411,12 @@ def test_endpoint_send_gives_the_send_buffer_a_bytes_object_whole():
     conn.space = 100_000
     assert ep.send(view) == 150_000
     assert [len(d) for d in conn.given if len(d)] == [100_000, 50_000]  # other buffers: as much as fits
+    conn.given.clear()
+    lent = bytearray(b"w" * 150_000)  # the generated stream's blocks: lent, taken whole like bytes
+    conn.space = 100_000
+    assert ep.send(lent, lent=True) == 150_000
+    sent = [d for d in conn.given if len(d)]
+    assert sent == [lent] and sent[0] is lent
 
 
 class _FakeConn:
@@ -428,7 +434,7 @@ class _FakeConn:
     def send_space(self):
         return self.space
 
-    def send(self, data, now):
+    def send(self, data, now, lent=False):
         self.given.append(data)
         n = min(len(data), self.space)
         self.space -= n

@@ -310,3 +310,32 @@ def test_write_chains_refuses_descriptors_rewritten_while_it_reads_and_writes_no
     with pytest.raises(ValueError, match="descriptors changed"):
         fx.write_chains(mem, descs, 0, fs, 1 << 17, 60, 1, bytes(14), 0, grams)
     assert not mem.any()
+
+
+@pytest.mark.parametrize("chain", [True, False])
+@pytest.mark.parametrize("where", [0, 1, 4000, 5000, 8925])
+def test_rx_run_checks_and_copies_in_one_pass_and_stops_at_a_corrupt_payload_byte(chain, where):
+    """rx_run copies each payload while its CRC is computed (a chunk at a time): a flipped payload byte, in
+    any chunk of a datagram (or of its chain's frames), still ends the run there, and the joined bytes are
+    exactly the payloads before it (what was copied of the refused one is cut off)."""
+    enc_c, enc_s = jumbo_encaps("udp", 9000)
+    c, s, grams = jumbo_stream(6)
+    frames = [bytearray(enc_c.frame(d)) for d in grams]
+    frames[3][enc_c.header_len + wire.HEADER_SIZE + where] ^= 0x40  # a payload byte of the fourth
+    if chain:
+        batch = chained([bytes(f) for f in frames], None)
+        descs = batch.ring_descs()
+    else:  # one frame per datagram (a UMEM of 16 KiB frames)
+        mem = np.zeros(16384 * len(frames), np.uint8)
+        descs = np.zeros(len(frames), DESC)
+        for i, f in enumerate(frames):
+            mem[i * 16384:i * 16384 + len(f)] = np.frombuffer(bytes(f), np.uint8)
+            descs[i] = (i * 16384, len(f), 0)
+        batch = Batch(descs, mem, None, 16384)
+    params = s.rx_run_params()
+    stop, data, tsval, ends = fx.rx_run(batch.mem, descs, 0, enc_s.kind, enc_s.peer_key, *params)
+    assert stop == 3 and data == b"".join(wire.decode(g).payload for g in grams[:3])
+    frames[3][enc_c.header_len + wire.HEADER_SIZE + where] ^= 0x40  # repaired: the run takes all six
+    whole = chained([bytes(f) for f in frames], None)
+    stop, data, _, _ = fx.rx_run(whole.mem, whole.ring_descs(), 0, enc_s.kind, enc_s.peer_key, *params)
+    assert stop == 6 and data == b"".join(wire.decode(g).payload for g in grams)

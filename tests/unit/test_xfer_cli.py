@@ -188,14 +188,14 @@ def test_a_failing_run_leaves_no_hashing_thread(capsys, monkeypatch, argv, error
 
 @pytest.mark.parametrize("size", [0, 1, xfer.BLOCK - 1, xfer.BLOCK, xfer.BLOCK + 1, 3 * xfer.BLOCK + 12345])
 def test_generated_stream_in_whole_blocks_is_the_piecewise_stream(size) -> None:
-    """chunks(whole=True) (1 MiB bytes blocks the send buffer keeps uncopied) sends the same bytes as the
+    """chunks(whole=True) (1 MiB lent blocks the send buffer keeps uncopied) sends the same bytes as the
     CHUNK pieces, to the byte: the receiver's digest of a generated stream does not depend on the MTU."""
     whole = list(xfer.chunks(None, size, 9, whole=True))
     pieces = list(xfer.chunks(None, size, 9))
     assert b"".join(whole) == b"".join(pieces) and sum(map(len, whole)) == size
     assert all(len(c) for c in whole) and all(len(c) <= xfer.CHUNK for c in pieces)
     full = size // xfer.BLOCK
-    assert [type(c) for c in whole[:full]] == [bytes] * full and all(len(c) == xfer.BLOCK for c in whole[:full])
+    assert [type(c) for c in whole[:full]] == [bytearray] * full and all(len(c) == xfer.BLOCK for c in whole[:full])
     assert all(len(c) <= xfer.CHUNK for c in whole[full:])  # the last block cut short, in pieces
 
 

@@ -382,22 +382,55 @@ class Progress:
             self.bar.stop()
 
 
+class _LentBlocks:
+    """The generated stream's blocks, lent instead of copied: a block (a bytearray holding the seeded random
+    block) is stamped and handed out again only once nothing but this pool holds a reference to it, which
+    its reference count says (the transport's send buffer keeps views of a block until its last byte is
+    acknowledged; any other holder of it or of a view of it counts too). Copying each block out (bytes())
+    was one more copy of every byte on the sender. At most `cap` blocks: past them, copies."""
+
+    def __init__(self, template: bytes, cap: int = 32) -> None:
+        self.template, self.cap = template, cap
+        self.blocks: list[bytearray] = [bytearray(template)]
+        self._free = min(self._refcounts())  # what a block only the pool holds counts, in this very code
+
+    def _refcounts(self) -> list[int]:
+        return [sys.getrefcount(b) for b in self.blocks]
+
+    def take(self, stamp: bytes):
+        """A block stamped with `stamp` at its start: a free one of the pool, a new one, or past `cap` a
+        copy (bytes)."""
+        free = self._free
+        for i, n in enumerate(self._refcounts()):
+            if n <= free:
+                block = self.blocks[i]
+                break
+        else:
+            if len(self.blocks) >= self.cap:
+                return stamp + self.template[len(stamp):]
+            block = bytearray(self.template)
+            self.blocks.append(block)
+        block[:len(stamp)] = stamp
+        return block
+
+
 def _stream(seed: int):
     """The generated stream: one seeded random 1 MiB block, each copy stamped with its index (so a
-    misplaced block changes the hash)."""
-    block = bytearray(random.Random(seed).randbytes(BLOCK))
+    misplaced block changes the hash). Lent blocks (_LentBlocks): the caller may keep a block, or views of
+    it, as long as it likes, but must not change it; send it with lent=True."""
+    pool = _LentBlocks(random.Random(seed).randbytes(BLOCK))
     i = 0
     while True:
-        block[0:8] = i.to_bytes(8, "big")
-        yield bytes(block)
+        yield pool.take(i.to_bytes(8, "big"))
         i += 1
 
 
 def chunks(src, size: int | None, seed: int, whole: bool = False):
     """What a sender sends, in CHUNK pieces: the file's bytes, or the generated stream up to `size` bytes
     (None: endless). Pieces of the stream are views of its block: no copy to cut them. whole: the stream in
-    whole blocks (bytes, which the transport's send buffer keeps without a copy when its buffer is large
-    enough to take one at once: TransportEndpoint.takes_whole), the last one cut short."""
+    whole blocks (lent: the transport's send buffer keeps them without a copy when its buffer is large
+    enough to take one at once: TransportEndpoint.takes_whole), the last one cut short. The stream's blocks
+    and pieces are lent (_stream): never changed by the caller."""
     if src is not None:
         while chunk := src.read(CHUNK):
             yield chunk
@@ -475,7 +508,7 @@ def _send(args) -> int:
                 for chunk in chunks(src, size, args.seed, whole=ep.takes_whole(BLOCK)):
                     if args.duration is not None and time.monotonic() - t0 >= args.duration:
                         break
-                    ep.send(chunk)
+                    ep.send(chunk, lent=src is None)  # the generated stream's blocks are lent (_stream)
                     h.update(chunk)
                     sent += len(chunk)
                 # goodput counts until the receiver acknowledged the last byte and closed (not our linger);

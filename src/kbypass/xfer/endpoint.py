@@ -274,6 +274,16 @@ class TransportEndpoint(DataPath):
             return
         limit = conn.config.recv_buffer
         while True:
+            if self._buffered < limit or self._closing:
+                chunks = conn.take_chunks()  # stream data as it arrived: recv_chunk hands the pieces on unjoined
+                if chunks is not None:
+                    n = sum(map(len, chunks))
+                    if self._closing:
+                        self.counters["discarded_bytes"] += n  # close() before reading it all
+                    else:
+                        self._rxbuf.extend(c for c in chunks if c)  # (an empty piece would read as the end)
+                        self._buffered += n
+                    continue
             ev = conn.peek_event()
             if ev is None:
                 return
@@ -378,10 +388,12 @@ class TransportEndpoint(DataPath):
             raise UsageError(f"{what} before the connection is up: call connect() or accept() first")
         return self.conn
 
-    def send(self, data: bytes, timeout: float | None = None) -> int:
+    def send(self, data: bytes, timeout: float | None = None, lent: bool = False) -> int:
         """Queue all of `data` (byte-stream mode), pumping while the send buffer is full; returns len(data).
         In message mode `data` is one message. Raises LocalProtocolError after close, TransferError if
-        the connection dies."""
+        the connection dies. lent (byte-stream mode): `data`, any buffer, is handed over uncopied, taken
+        whole like a bytes object; the caller changes none of it while anything else holds a reference to
+        it (proto.transport.sendbuf.SendBuffer.write)."""
         conn = self._need_conn("send()")
         # no copy here: the send buffer copies a piece it takes, once (a bytes object taken whole: not at all)
         mv = memoryview(data)
@@ -399,7 +411,7 @@ class TransportEndpoint(DataPath):
         # of it: the send buffer keeps it as it is, where a piece of it would be copied. Only without a
         # timeout: with one, waiting for room for all of it could time out with "0 of N queued" where part
         # would have fit; what fits is queued, as always.
-        whole = timeout is None and type(data) is bytes and _fits_whole(conn, len(mv))
+        whole = timeout is None and (type(data) is bytes or lent) and _fits_whole(conn, len(mv))
         while done < len(mv):
             self._raise_if_lost(conn, "sending")
             space = conn.send_space
@@ -409,7 +421,7 @@ class TransportEndpoint(DataPath):
                 n = 0
                 conn.send(b"", self.clock())  # raises LocalProtocolError when closing or closed
             else:
-                n = conn.send(data if whole else mv[done:done + space], self.clock())
+                n = conn.send(data if whole else mv[done:done + space], self.clock(), lent)
                 whole = False  # (taken whole; should the buffer ever take less, the rest goes in pieces)
             done += n
             if done < len(mv):

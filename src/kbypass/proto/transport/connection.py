@@ -223,13 +223,14 @@ class Connection(Output, LossRecovery):
         """Bytes send()/send_message() can take right now."""
         return self.sbuf.space if self.state in CAN_SEND else 0
 
-    def send(self, data: bytes, now: float) -> int:
-        """Byte-stream mode: queue as much of `data` as the send buffer takes; return that count (may be 0)."""
+    def send(self, data: bytes, now: float, lent: bool = False) -> int:
+        """Byte-stream mode: queue as much of `data` as the send buffer takes; return that count (may be 0).
+        lent: `data` is handed over uncopied (SendBuffer.write says on what terms)."""
         self._now = now
         if self.config.message_mode:
             raise LocalProtocolError("this connection is in message mode: use send_message()")
         self._check_can_send()
-        return self.sbuf.write(_byte_view(data))
+        return self.sbuf.write(_byte_view(data), lent)
 
     def send_message(self, msg: bytes, now: float) -> bool:
         """Message mode: queue `msg` whole and return True, or return False if the send buffer is too full
@@ -285,6 +286,19 @@ class Connection(Output, LossRecovery):
             self.rbuf.consumed(len(ev.data))
             self._maybe_window_update()
         return ev
+
+    def take_chunks(self) -> list | None:
+        """The next event if it is stream data, taken as next_event takes it (the window opens), as the
+        pieces it arrived in (bytes each, in order) instead of one DataReceived: no join, which copied every
+        byte once more for an application that keeps pieces anyway (TransportEndpoint.recv_chunk; the join
+        was 5% of a jumbo receiver's time). None when the next event is anything else, or there is none."""
+        events = self._events
+        if not events or type(events[0]) is not _Chunks:
+            return None
+        chunks = events.popleft()
+        self.rbuf.consumed(sum(map(len, chunks)))
+        self._maybe_window_update()
+        return chunks
 
     def peek_event(self) -> Event | None:
         """The next event without taking it (a data event peeked does not open the window)."""
@@ -368,12 +382,14 @@ class Connection(Output, LossRecovery):
         window = rb.window
         room = window
         if self.config.ack_bytes:
-            # the run ends with the datagram that makes the ACK due (ack_due), and at least one datagram fits:
-            # the caller acknowledges, then takes the next run. Rounded up by a segment less a byte, as C
-            # stops before a datagram that would go past the room: cut at the budget itself, C stopped short
-            # of it and the next datagram, taken alone, went the Python way
-            left = self.config.ack_bytes - self._unacked_bytes
-            room = min(room, max(left + self.mss - 1, self.config.max_datagram_size))
+            # the run ends where an ACK is due (ack_due), and at least one datagram fits: the caller
+            # acknowledges, then takes the next run. In whole segments, so the run takes the one that makes
+            # the ACK due: cut at ack_bytes, a run of 64 KiB datagrams under a 512 KiB budget stopped one
+            # short, and that ninth datagram went through the general path in Python (one in 21 of a jumbo
+            # transfer's, 40% of its receiver's datapath time)
+            mss = self.config.mss
+            due_in = -(-(self.config.ack_bytes - self._unacked_bytes) // mss) * mss
+            room = min(room, max(due_in, self.config.max_datagram_size))
         if not rb.ooo:
             return self.local_id, self.peer_id, rb.rcv_nxt, sb.snd_una, self._peer_right, rb.rcv_nxt + window, \
                 room, self.RUN_MESSAGES if rb.message_mode else self.RUN_IN_ORDER

@@ -39,7 +39,8 @@ class SendBuffer:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._chunks: deque[bytes] = deque()  # unsent data in stream order; _chunks[0] starts at _offset
+        # unsent data in stream order (bytes, or read-only views of lent buffers); _chunks[0] starts at _offset
+        self._chunks: deque[bytes | memoryview] = deque()
         self._offset = 0
         self.unsent = 0  # unsent bytes
         self.unsent_seq = 0  # stream offset of the first unsent byte == snd_nxt for data
@@ -70,11 +71,14 @@ class SendBuffer:
     def snd_nxt(self) -> int:
         return self.unsent_seq
 
-    def write(self, data) -> int:
+    def write(self, data, lent: bool = False) -> int:
         """Stream mode: accept as much of `data` (any bytes-like object) as fits; return the count. What
-        is accepted is copied, unless it is all of an immutable bytes object."""
+        is accepted is copied, unless it is all of an immutable bytes object, or `lent`: the caller hands
+        the buffer over and changes none of it while anything holds a reference to it (the send buffer keeps
+        a read-only view of it, and views of that in its segments, until the last of them is acknowledged;
+        the generated stream reuses a block once its reference count says nothing else holds it)."""
         n = min(len(data), self.space)
-        self._append(data, n)
+        self._append(data, n, lent)
         return n
 
     def write_message(self, msg) -> bool:
@@ -85,10 +89,12 @@ class SendBuffer:
         self.boundaries.append(self.unsent_seq + self.unsent)
         return True
 
-    def _append(self, data, n: int) -> None:
+    def _append(self, data, n: int, lent: bool = False) -> None:
         if n <= 0:
             return
-        if type(data) is not bytes or n != len(data):
+        if lent and type(data) is not bytes:
+            data = memoryview(data).cast("B")[:n].toreadonly()  # kept, not copied (see write)
+        elif type(data) is not bytes or n != len(data):
             with memoryview(data) as mv:
                 data = bytes(mv[:n])  # one copy of the accepted part, whatever the caller gave
         self._chunks.append(data)
