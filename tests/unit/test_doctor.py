@@ -79,6 +79,9 @@ def test_every_bpf_object_kbypass_loads_is_required(tmp_path, monkeypatch):
     assert not c.ok and "pong.bpf.o" in c.detail and "xdp_pass.bpf.o" in c.detail
     (tmp_path / "pong.bpf.o").write_bytes(b"")
     (tmp_path / "xdp_pass.bpf.o").write_bytes(b"")
+    c = doctor.check_bpf_objects()  # the TCP floor's program (bench/tcp_vs_kernel.py) is missing
+    assert not c.ok and "tcppong.bpf.o" in c.detail
+    (tmp_path / "tcppong.bpf.o").write_bytes(b"")
     assert doctor.check_bpf_objects().ok
     sources = {p.name.replace(".bpf.c", ".bpf.o") for p in (Path(__file__).parents[2] / "bpf").glob("*.bpf.c")}
     assert sources == set(doctor.REQUIRED_OBJECTS)  # every program make setup builds is one kbypass loads

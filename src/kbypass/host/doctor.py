@@ -27,8 +27,9 @@ PROC_MOUNTS = "/proc/mounts"
 PROC_STATUS = "/proc/self/status"
 BTF_VMLINUX = "/sys/kernel/btf/vmlinux"
 BPF_OBJ_DIR = libbpf.OBJ_DIR  # where make setup builds bpf/*.bpf.c (one definition: kbypass.bpf.libbpf)
-REQUIRED_OBJECTS = ("steer.bpf.o", "livegen.bpf.o", "pong.bpf.o", "xdp_pass.bpf.o")  # steering; the live
-# generator; the latency floor of `bench latency` and the XDP_PASS its client side needs on veth
+REQUIRED_OBJECTS = ("steer.bpf.o", "livegen.bpf.o", "pong.bpf.o", "tcppong.bpf.o", "xdp_pass.bpf.o")  # steering;
+# the live generator; the latency floors (UDP: `bench latency`; TCP: bench/tcp_vs_kernel.py) and the XDP_PASS
+# their client side needs on veth
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_NET_RAW = 12, 21, 13
 AF_XDP = 44
