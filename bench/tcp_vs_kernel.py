@@ -189,14 +189,24 @@ def _pingpong(kind: str, a, b, seconds: float, size: int, poll: str, extra: tupl
         stop(server)
 
 
-def floor(a, b, seconds: float, size: int, extra: tuple[str, ...] = ()) -> dict:
-    """The client against host b's driver: XDP answers every message, a kernel listener only shakes hands."""
-    from kbypass.apps.xdp_tcp_pong import HandshakeListener, XdpTcpPong
+FLOOR_MAX_PAYLOAD = 1448  # bpf/tcppong.h TCPPONG_MAX_PAYLOAD: a larger message is passed to a kernel left behind
 
-    with HandshakeListener(b.ipv4, PP_PORT, netns=b.netns), \
-            XdpTcpPong(b.iface, PP_PORT, netns=b.netns, peer=(a.iface, a.netns)) as pong:
-        res = sockperf_client(a, b, seconds, size, extra)
-        res["answered_in_xdp"] = pong.counters()["answered"]
+
+def floor(a, b, seconds: float, size: int, extra: tuple[str, ...] = ()) -> dict:
+    """The client against host b's driver: XDP answers every message, a kernel listener only shakes hands.
+    Its errors (the program or a listener already there, the object not built) are the row's, as RuntimeError."""
+    from kbypass.apps.xdp_tcp_pong import HandshakeListener, XdpTcpPong
+    from kbypass.errors import KbypassError
+
+    if size > FLOOR_MAX_PAYLOAD:
+        raise ValueError(f"--size {size}: the XDP floor answers messages of at most {FLOOR_MAX_PAYLOAD} bytes")
+    try:
+        with HandshakeListener(b.ipv4, PP_PORT, netns=b.netns), \
+                XdpTcpPong(b.iface, PP_PORT, netns=b.netns, peer=(a.iface, a.netns)) as pong:
+            res = sockperf_client(a, b, seconds, size, extra)
+            res["answered_in_xdp"] = pong.counters()["answered"]
+    except (KbypassError, OSError) as e:
+        raise RuntimeError(f"the XDP floor: {e}") from None
     return res
 
 

@@ -104,3 +104,28 @@ def test_capture_writes_a_device_in_place(testbed_hosts, tmp_path) -> None:
     assert cap.returncode == 0, err
     assert json.loads(out)["packets"] == 3
     assert stat.S_ISCHR(os.stat(dev).st_mode), "the device node was replaced"
+
+
+def test_capture_workers_merge_into_a_device_in_place(testbed_hosts, tmp_path) -> None:
+    """capture --workers opens a device target before the team starts (a FIFO's open waits for its reader,
+    which with the merge's signals held could only be killed) and merges into it as it is."""
+    a, b = testbed_hosts
+    dev = _null_device(tmp_path)
+    cap = subprocess.Popen([sys.executable, "-m", "kbypass", "capture", "--host", "b", "--rule", "udp dport 4999",
+                            "--workers", "2", "-w", str(dev), "-t", "3", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with netns.entered(a.netns):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with s:
+            while cap.poll() is None:
+                s.sendto(b"x" * 64, (b.ipv4, 4999))
+                time.sleep(0.05)
+        out, err = cap.communicate(timeout=20)
+    finally:
+        if cap.poll() is None:
+            cap.kill()
+            cap.wait()
+    assert cap.returncode == 0, err
+    assert stat.S_ISCHR(os.stat(dev).st_mode), "the device node was replaced"
+    assert not [p for p in os.listdir(tmp_path) if p != "null"], os.listdir(tmp_path)

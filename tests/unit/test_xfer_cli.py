@@ -139,6 +139,7 @@ def test_bad_seconds(capsys, no_network, argv, option, value) -> None:
     ([*SEND, "--size", "1K", "--digest", "crc64", "--lane", "python"], "--digest crc64 is computed by the C core"),
     ([*RECV, "--digest", "crc64", "--lane", "python"], "give --digest sha256 or none, or --lane c"),
     ([*RECV, "--proto", "tcp", "--iperf3", "--digest", "crc64"], "an iperf3 test's bytes are thrown away"),
+    ([*RECV, "-w", "/tmp"], "/tmp is a directory"),  # refused before any port opens (not written in place)
 ])
 def test_refused(capsys, no_network, argv, says) -> None:
     assert says in refused(capsys, argv)

@@ -25,14 +25,15 @@ def pin_cpu(cpu: int | None) -> None:
 
 
 def written_in_place(path: str) -> bool:
-    """An output path that exists and is not a regular file (/dev/null, a FIFO, a terminal) is written as it
-    is, as tcpdump -w does: a partial file renamed over it would replace the device node or FIFO itself with
-    a regular file (xfer recv -w /dev/null once left /dev/null a file, and every later writer of /dev/null
-    filled it)."""
+    """An output path that is a device or FIFO (/dev/null, a terminal, a named pipe) is written as it is, as
+    tcpdump -w does: a partial file renamed over it would replace the device node or FIFO itself with a
+    regular file (xfer recv -w /dev/null once left /dev/null a file, and every later writer of /dev/null
+    filled it). A directory is not: it is refused as before."""
     try:
-        return not stat.S_ISREG(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
     except OSError:
         return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode)  # not a directory: refused as before
 
 
 def partial_path(path: str) -> str:

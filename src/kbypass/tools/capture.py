@@ -135,6 +135,15 @@ def run_workers(args, rules: list[str]) -> int:
     files = [worker_file(args.worker_files, q) for q in (args.worker_queues or range(args.workers or 0))]
     state = {"merging": False, "merged": False}
     target = args.write if in_place else partial_path(args.write)
+    # a device or FIFO is opened now, while a signal still stops us: a FIFO's open waits for its reader, and
+    # opened in finish() (signals held) it could only be killed; a device we cannot write fails up front
+    early = None
+    if in_place and not to_stdout:
+        try:
+            early = PcapWriter(target, args.snaplen, name=args.write)
+        except BaseException:
+            _remove(files, private)
+            raise
 
     def finish(summary, outcomes) -> None:
         state["merging"] = True
@@ -142,7 +151,7 @@ def run_workers(args, rules: list[str]) -> int:
         # short, it lost the whole capture
         old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
-            with PcapWriter(target, args.snaplen, name=args.write) as out:
+            with early or PcapWriter(target, args.snaplen, name=args.write) as out:
                 summary["merged"] = merge([p for p in files if os.path.exists(p)], out)
             if not in_place:
                 os.replace(target, args.write)
@@ -157,6 +166,8 @@ def run_workers(args, rules: list[str]) -> int:
     try:
         summary, outcomes = run_team(args, work, rules, totals=("packets", "seen", "not_written"), finish=finish)
     finally:
+        if early is not None and not state["merged"]:
+            early.close()
         if not state["merging"]:  # the team did not start, or failed: nothing of it is kept
             _remove(files, private)
         elif not state["merged"]:

@@ -407,7 +407,7 @@ class _LentBlocks:
                 break
         else:
             if len(self.blocks) >= self.cap:
-                return stamp + self.template[len(stamp):]
+                return b"".join((stamp, memoryview(self.template)[len(stamp):]))  # one copy
             block = bytearray(self.template)
             self.blocks.append(block)
         block[:len(stamp)] = stamp
