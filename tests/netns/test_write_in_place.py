@@ -82,11 +82,10 @@ def test_xfer_recv_writes_a_fifo_in_place_and_its_reader_gets_every_byte(testbed
     assert size[0] == SIZE and summary["sha256"] == got.hexdigest() == sent["sha256"]
 
 
-def test_capture_writes_a_device_in_place(testbed_hosts, tmp_path) -> None:
-    a, b = testbed_hosts
-    dev = _null_device(tmp_path)
+def _capture_into(a, b, dev, *options: str) -> tuple[int, str, str]:
+    """kbypass capture on b into dev while host a sends it UDP datagrams until it ends: (code, out, err)."""
     cap = subprocess.Popen([sys.executable, "-m", "kbypass", "capture", "--host", "b", "--rule", "udp dport 4999",
-                            "-w", str(dev), "-c", "3", "-t", "20", "--json"],
+                            "-w", str(dev), *options, "--json"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -101,7 +100,14 @@ def test_capture_writes_a_device_in_place(testbed_hosts, tmp_path) -> None:
         if cap.poll() is None:
             cap.kill()
             cap.wait()
-    assert cap.returncode == 0, err
+    return cap.returncode, out, err
+
+
+def test_capture_writes_a_device_in_place(testbed_hosts, tmp_path) -> None:
+    a, b = testbed_hosts
+    dev = _null_device(tmp_path)
+    rc, out, err = _capture_into(a, b, dev, "-c", "3", "-t", "20")
+    assert rc == 0, err
     assert json.loads(out)["packets"] == 3
     assert stat.S_ISCHR(os.stat(dev).st_mode), "the device node was replaced"
 
@@ -111,21 +117,7 @@ def test_capture_workers_merge_into_a_device_in_place(testbed_hosts, tmp_path) -
     which with the merge's signals held could only be killed) and merges into it as it is."""
     a, b = testbed_hosts
     dev = _null_device(tmp_path)
-    cap = subprocess.Popen([sys.executable, "-m", "kbypass", "capture", "--host", "b", "--rule", "udp dport 4999",
-                            "--workers", "2", "-w", str(dev), "-t", "3", "--json"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        with netns.entered(a.netns):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with s:
-            while cap.poll() is None:
-                s.sendto(b"x" * 64, (b.ipv4, 4999))
-                time.sleep(0.05)
-        out, err = cap.communicate(timeout=20)
-    finally:
-        if cap.poll() is None:
-            cap.kill()
-            cap.wait()
-    assert cap.returncode == 0, err
+    rc, _, err = _capture_into(a, b, dev, "--workers", "2", "-t", "3")
+    assert rc == 0, err
     assert stat.S_ISCHR(os.stat(dev).st_mode), "the device node was replaced"
     assert not [p for p in os.listdir(tmp_path) if p != "null"], os.listdir(tmp_path)
