@@ -73,7 +73,7 @@ def test_two_transfers_on_one_link_each_get_40_to_60_percent_over_10_s(testbed_h
 # runs with --slow.
 @pytest.mark.parametrize("mtu,loss,lane", [(3506, 0, "c"), pytest.param(9000, 0, "c", marks=pytest.mark.slow),
                                            pytest.param(9000, 0.01, "c", marks=pytest.mark.slow), (9000, 0.01, "python"),
-                                           (65535, 0, "c"), (65535, 0.01, "c")])
+                                           (65535, 0, "c"), (65535, 0.05, "c")])
 def test_datagrams_follow_a_jumbo_mtu(testbed_hosts, tmp_path, mtu, loss, lane) -> None:
     """Datagrams as large as the MTU, past one UMEM frame as chains (multi-buffer AF_XDP), the file intact
     (the receiver's written copy hashed here) with XDP loss on both hosts too, in the C lane and in the
@@ -95,6 +95,8 @@ def test_datagrams_follow_a_jumbo_mtu(testbed_hosts, tmp_path, mtu, loss, lane) 
     # datagrams of a smaller size would number several times this
     assert sent["datagrams_sent"] < (20 << 20) / (mtu - 28 - 46) * (1.3 + 3 * loss) + 50
     if loss:
+        # at 65535 a 20 MiB file is only ~320 datagrams: at 1% loss one run in 25 lost none of them (CI saw it),
+        # so that MTU runs at 5%, where a run that loses none is one in ten million
         assert sent["retransmits"] > 0 and got["loss_dropped"] > 0
     assert not xdp_attached(a) and not xdp_attached(b)
 
