@@ -10,9 +10,7 @@ without a body, answered by respond_whole.
 """
 
 import copy
-import enum
 import socket
-from collections import deque
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -40,6 +38,7 @@ from kbypass.proto.tcp.sim import (
     TcpPair,
 )
 from tests.kb import needs_c
+from tests.unit.test_tcp_fastpath import snap  # one snapshot of a connection for both same-verdict tests
 
 ETH_IN = bytes.fromhex("020000000002" "020000000001" "0800")  # client -> server
 ETH_OUT = bytes.fromhex("020000000001" "020000000002" "0800")  # the server's answers
@@ -50,21 +49,6 @@ GET = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
 HEAD = b"HEAD /b HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\n\r\n"
 ANSWERS = {GET: (b"A" * 300, 200, 200), HEAD: (b"H" * 90, 200, 0)}
 BIG = {GET: (b"B" * 3000, 200, 2900)}  # more than one segment: never answered in C
-
-
-def snap(o):
-    """A connection's whole state as plain values, for == (as tests/unit/test_tcp_fastpath.py takes it)."""
-    if isinstance(o, enum.Enum) or o is None or isinstance(o, (int, float, str, bytes, bool)):
-        return o
-    if isinstance(o, (bytearray, memoryview)):
-        return bytes(o)
-    if isinstance(o, (list, tuple, deque)):
-        return [snap(x) for x in o]
-    if isinstance(o, dict):
-        return {k: snap(v) for k, v in o.items()}
-    if hasattr(o, "__dict__"):
-        return (type(o).__name__, {k: snap(v) for k, v in vars(o).items()})
-    return o
 
 
 def frame_in(seg: Segment) -> bytes:
