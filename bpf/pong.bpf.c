@@ -8,6 +8,7 @@
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "answer.h"
 #include "pong.h"
 
 struct {
@@ -54,9 +55,7 @@ int xdp_pong(struct xdp_md *ctx)
 
 	if (!cfg || (void *)(udp + 1) > data_end)
 		return count(PONG_PASSED, XDP_PASS);
-	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl != 5 ||
-	    ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(0x3fff)) || cfg->port == 0 ||
-	    udp->dest != cfg->port)
+	if (!answer_plain_ipv4_to(eth, ip, udp, IPPROTO_UDP, cfg->port))
 		return count(PONG_PASSED, XDP_PASS);
 
 	/* a sockperf question: clear the client flag, as its server does, so its client takes the answer */
@@ -79,17 +78,7 @@ int xdp_pong(struct xdp_md *ctx)
 		sockperf = 1;
 	}
 
-	/* swapping both addresses and both ports keeps the IP and UDP checksums as they are */
-	unsigned char mac[ETH_ALEN];
-	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
-	__be32 a = ip->saddr;
-	ip->saddr = ip->daddr;
-	ip->daddr = a;
-	__be16 p = udp->source;
-	udp->source = udp->dest;
-	udp->dest = p;
+	answer_turn_around(eth, ip, udp); /* the UDP checksum stays right too */
 	if (sockperf)
 		count(PONG_SOCKPERF, 0);
 	return count(PONG_ANSWERED, XDP_TX);

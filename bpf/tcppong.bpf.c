@@ -8,6 +8,7 @@
 #include <linux/tcp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "answer.h"
 #include "tcppong.h"
 
 struct {
@@ -103,8 +104,7 @@ int xdp_tcppong(struct xdp_md *ctx)
 
 	if (!cfg || (void *)(tcp + 1) > data_end)
 		return count(TCPPONG_PASSED, XDP_PASS);
-	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl != 5 || ip->protocol != IPPROTO_TCP ||
-	    (ip->frag_off & bpf_htons(0x3fff)) || cfg->port == 0 || tcp->dest != cfg->port)
+	if (!answer_plain_ipv4_to(eth, ip, tcp, IPPROTO_TCP, cfg->port))
 		return count(TCPPONG_PASSED, XDP_PASS);
 
 	__u32 doff = tcp->doff * 4;
@@ -155,16 +155,7 @@ int xdp_tcppong(struct xdp_md *ctx)
 	}
 
 	/* the answer, in place */
-	unsigned char mac[ETH_ALEN];
-	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
-	__be32 a = ip->saddr;
-	ip->saddr = ip->daddr;
-	ip->daddr = a;
-	__be16 p = tcp->source;
-	tcp->source = tcp->dest;
-	tcp->dest = p;
+	answer_turn_around(eth, ip, tcp);
 	__u32 their_seq = bpf_ntohl(tcp->seq);
 	tcp->seq = tcp->ack_seq;                      /* our next byte is what they expect */
 	tcp->ack_seq = bpf_htonl(their_seq + plen);   /* we took the whole message */
