@@ -4,8 +4,7 @@
  * Canned(): one connection's arming, held beside its Prediction in a second dict of the same keys. arm(eth,
  * answers, snd_wscale, rcv_wscale, avail, sws, adv_right, ts_offset, mss, cwnd, valid_until) takes the
  * application's table `answers` (a dict: whole request head, bytes -> a tuple whose first item is the answer's
- * bytes) and TcpConnection.canned_state's fields; refresh(mss, cwnd, valid_until) arms it again after an
- * answer (TcpConnection.canned_refresh: what the exchange moved; adv_right C moved itself); disarm() stops it.
+ * bytes) and TcpConnection.canned_state's fields; disarm() stops it.
  *
  * rx_canned(frame, table, canned, now, ident): what rx(frame, table) does, and when the segment is a HIT whose
  * payload is whole request heads all in the connection's armed table, and their answers together may leave
@@ -13,13 +12,23 @@
  * (owner, seq, ack, flags, window, tsval, tsecr, payload, values, frame), values the table's entries in
  * request order, frame the answer (IPv4 ident `ident`), and both the prediction (snd_max past the answer) and
  * the arming (disarmed: one answer per arming) have moved. Python sends the frame and reports the exchange
- * to the connection (TcpConnection.answer_predicted). */
+ * to the connection (TcpConnection.answer_hit).
+ *
+ * Runs (kb_http.h struct kb_http_run): arm_run(snd_mss, send_buffer, max_snd_wnd, cwnd, ssthresh, srtt, rttvar,
+ * min_rtt, min_rto, max_rto, granularity, rtt_time) after arm() lets rx_canned keep the exchanges it answers
+ * (TcpConnection.canned_run's fields): then its result is the answer's frame alone (bytes), and take_run()
+ * returns what the kept exchanges did, for TcpConnection.canned_run_taken, or None; `owed` says whether there
+ * is any. rx_canned's optional sixth argument, a dict, counts every canned answer by its table value
+ * (value -> count: the application's tally); `answered_at` is the time of the connection's last one. */
 #include "core/kb_http.h"
 
 typedef struct {
     PyObject_HEAD
     struct kb_http_pred h;
+    struct kb_http_run r;
     PyObject *answers;
+    PyObject *frame; /* the last kept exchange's answer frame: its payload is the answer in flight */
+    double answered_at;
 } Canned;
 
 static int Canned_traverse(Canned *self, visitproc visit, void *arg) {
@@ -29,6 +38,7 @@ static int Canned_traverse(Canned *self, visitproc visit, void *arg) {
 
 static int Canned_clear(Canned *self) {
     Py_CLEAR(self->answers);
+    Py_CLEAR(self->frame);
     return 0;
 }
 
@@ -68,7 +78,12 @@ static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t narg
         v[i] = PyLong_AsUnsignedLongMask(args[2 + i]);
         if (v[i] == (unsigned long)-1 && PyErr_Occurred()) return NULL;
     }
+    if (self->r.n) {
+        PyErr_SetString(PyExc_RuntimeError, "arm(): take_run() first (kept exchanges not taken)");
+        return NULL;
+    }
     if (canned_moving(self, args + 8) < 0) return NULL;
+    self->r.armed = 0; /* arm_run keeps exchanges again */
     struct kb_http_pred *h = &self->h;
     memcpy(h->eth, PyBytes_AS_STRING(args[0]), 14);
     h->snd_wscale = (uint8_t)(v[0] > 14 ? 14 : v[0]);
@@ -83,16 +98,65 @@ static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t narg
     Py_RETURN_NONE;
 }
 
-/* refresh(mss, cwnd, valid_until): armed again after an answered exchange, the rest as it left it */
-static PyObject *Canned_refresh(Canned *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !self->answers) {
-        PyErr_SetString(PyExc_TypeError, "refresh(mss, cwnd, valid_until), after an arm()");
+static PyObject *Canned_arm_run(Canned *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 12 || !self->h.armed) {
+        PyErr_SetString(PyExc_TypeError, "arm_run(snd_mss, send_buffer, max_snd_wnd, cwnd, ssthresh, srtt, rttvar, "
+                                         "min_rtt, min_rto, max_rto, granularity, rtt_time), after an arm()");
         return NULL;
     }
-    if (canned_moving(self, args) < 0) return NULL;
-    self->h.armed = 1;
+    unsigned long long v[5];
+    for (int i = 0; i < 5; i++) {
+        v[i] = PyLong_AsUnsignedLongLongMask(args[i]);
+        if (v[i] == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    }
+    double d[7];
+    for (int i = 0; i < 7; i++) {
+        d[i] = PyFloat_AsDouble(args[5 + i]);
+        if (d[i] == -1.0 && PyErr_Occurred()) return NULL;
+    }
+    struct kb_http_run *r = &self->r;
+    r->snd_mss = (uint32_t)v[0];
+    r->send_buffer = v[1] > 0xFFFFFFFFull ? 0xFFFFFFFFu : (uint32_t)v[1];
+    r->max_snd_wnd = (uint32_t)v[2];
+    r->cwnd = v[3];
+    r->ssthresh = v[4];
+    r->srtt = d[0];
+    r->rttvar = d[1];
+    r->min_rtt = d[2];
+    r->min_rto = d[3];
+    r->max_rto = d[4];
+    r->granularity = d[5];
+    r->rtt_time = d[6];
+    r->armed = 1;
     Py_RETURN_NONE;
 }
+
+static PyObject *Canned_take_run(Canned *self, PyObject *unused) {
+    struct kb_http_run *r = &self->r;
+    if (!r->n) Py_RETURN_NONE;
+    Py_ssize_t len = self->frame ? PyBytes_GET_SIZE(self->frame) : 0;
+    if (!self->frame || (Py_ssize_t)r->answer_len > len) {
+        PyErr_SetString(PyExc_RuntimeError, "take_run(): the kept answer's frame is gone");
+        return NULL;
+    }
+    PyObject *answer = PyBytes_FromStringAndSize(PyBytes_AS_STRING(self->frame) + len - r->answer_len,
+                                                 (Py_ssize_t)r->answer_len);
+    if (!answer) return NULL;
+    PyObject *out = Py_BuildValue("(kKKkidddddKkkkN)", (unsigned long)r->n, (unsigned long long)r->bytes_in,
+                                  (unsigned long long)r->bytes_out, (unsigned long)r->seq,
+                                  (int)r->window, r->now, r->srtt, r->rttvar, r->min_rtt, r->latest,
+                                  (unsigned long long)r->cwnd, (unsigned long)r->max_snd_wnd,
+                                  (unsigned long)r->ts_recent, (unsigned long)r->adv_right, answer);
+    if (!out) return NULL;
+    r->n = 0;
+    r->bytes_in = r->bytes_out = 0;
+    Py_CLEAR(self->frame);
+    return out;
+}
+
+static PyObject *Canned_get_owed(Canned *self, void *c) { return PyBool_FromLong(self->r.n != 0); }
+
+static PyObject *Canned_get_answered_at(Canned *self, void *c) { return PyFloat_FromDouble(self->answered_at); }
 
 static PyObject *Canned_state(Canned *self, PyObject *unused) {
     const struct kb_http_pred *h = &self->h;
@@ -110,12 +174,16 @@ static PyObject *Canned_get_armed(Canned *self, void *c) { return PyBool_FromLon
 
 static PyMethodDef Canned_methods[] = {
     {"arm", (PyCFunction)(void (*)(void))Canned_arm, METH_FASTCALL, "answer from `answers` (see csrc/fasthttp.h)"},
-    {"refresh", (PyCFunction)(void (*)(void))Canned_refresh, METH_FASTCALL, "armed again after an answer"},
+    {"arm_run", (PyCFunction)(void (*)(void))Canned_arm_run, METH_FASTCALL, "keep the exchanges answered (see above)"},
+    {"take_run", (PyCFunction)Canned_take_run, METH_NOARGS, "what the kept exchanges did, or None"},
     {"disarm", (PyCFunction)Canned_disarm, METH_NOARGS, "answer nothing until the next arm"},
     {"state", (PyCFunction)Canned_state, METH_NOARGS, "the armed fields after eth and answers, in arm()'s order"},
     {NULL}};
 
 static PyGetSetDef Canned_getset[] = {{"armed", (getter)Canned_get_armed, NULL, "whether rx_canned may answer", NULL},
+                                      {"owed", (getter)Canned_get_owed, NULL, "kept exchanges not taken", NULL},
+                                      {"answered_at", (getter)Canned_get_answered_at, NULL, "the last answer's time",
+                                       NULL},
                                       {NULL}};
 
 static PyTypeObject CannedType = {
@@ -159,50 +227,91 @@ miss:
     return 0;
 }
 
+/* Count each answer in tally (value -> count); -1 on an error (set). */
+static int canned_tally(PyObject *tally, PyObject *const *vals, int k) {
+    for (int i = 0; i < k; i++) {
+        PyObject *n = PyDict_GetItemWithError(tally, vals[i]); /* borrowed */
+        if (!n && PyErr_Occurred()) return -1;
+        long was = n ? PyLong_AsLong(n) : 0;
+        if (was == -1 && PyErr_Occurred()) return -1;
+        PyObject *now = PyLong_FromLong(was + 1);
+        if (!now || PyDict_SetItem(tally, vals[i], now) < 0) {
+            Py_XDECREF(now);
+            return -1;
+        }
+        Py_DECREF(now);
+    }
+    return 0;
+}
+
+/* una: the prediction's snd_una before the segment (adv has it after) */
 static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *adv, const struct kb_tcp_hit *hit,
-                               const uint8_t *f, double now, unsigned ident) {
+                               const uint8_t *f, double now, unsigned ident, uint32_t una, PyObject *tally) {
     PyObject *vals[KB_HTTP_MAX_HEADS];
     size_t total;
     int k = canned_match(c->answers, f + hit->payload_off, hit->payload_len, vals, &total);
     if (!k) return NULL;
     PyObject *out = NULL, *frame = NULL, *values = NULL, *payload = NULL;
     if (!kb_http_may_send(&c->h, adv->snd_max, hit->ack, hit->window, total, now)) goto done;
+    int keep = kb_http_run_ok(&c->r, una, adv->snd_max, hit->ack);
     size_t n = kb_tcp_frame_len(adv->ts_ok, total);
     frame = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
-    values = PyTuple_New(k);
-    payload = PyBytes_FromStringAndSize((const char *)f + hit->payload_off, hit->payload_len);
-    if (!frame || !values || !payload) goto done;
+    if (!frame || (tally && canned_tally(tally, vals, k) < 0)) goto done;
     uint8_t *w = (uint8_t *)PyBytes_AS_STRING(frame);
     uint8_t *body = w + kb_tcp_frame_len(adv->ts_ok, 0);
     for (int i = 0; i < k; i++) { /* the answers in request order, straight into the frame */
         PyObject *b = PyTuple_GET_ITEM(vals[i], 0);
         memcpy(body, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
         body += PyBytes_GET_SIZE(b);
-        PyTuple_SET_ITEM(values, i, vals[i]);
-        vals[i] = NULL;
     }
     struct kb_tcp_pred p = *adv;
     struct kb_tcp_fields h = {.eth = c->h.eth, .src_ip = p.local_ip, .dst_ip = p.remote_ip, .ident = (uint16_t)ident,
                               .sport = p.local_port, .dport = p.remote_port, .seq = p.snd_max, .ack = p.rcv_nxt,
                               .flags = KB_TCP_ACK | KB_TCP_PSH, .has_ts = p.ts_ok};
+    struct kb_http_pred before = c->h; /* the window field moves adv_right: undone if Python gets nothing */
     h.window = kb_http_wnd_field(&c->h, p.rcv_nxt);
     h.tsval = (uint32_t)((uint64_t)(int64_t)(now * 1000) + c->h.ts_offset); /* Output._tsval */
     h.tsecr = p.ts_recent;
     kb_tcp_frame(w, &h, w + kb_tcp_frame_len(adv->ts_ok, 0), total); /* the payload is in place already */
-    PyObject *owner = pred->owner ? pred->owner : Py_None;
-    if (hit->has_ts)
-        out = Py_BuildValue("(OkkiikkOOO)", owner, (unsigned long)hit->seq, (unsigned long)hit->ack, (int)hit->flags,
-                            (int)hit->window, (unsigned long)hit->tsval, (unsigned long)hit->tsecr, payload, values,
-                            frame);
-    else
-        out = Py_BuildValue("(OkkiiOOOOO)", owner, (unsigned long)hit->seq, (unsigned long)hit->ack, (int)hit->flags,
-                            (int)hit->window, Py_None, Py_None, payload, values, frame);
-    if (out) { /* the connection moves on: our answer is sent, one answer per arming */
+    if (keep) {
+        Py_INCREF(frame);
+        out = frame;
+    } else {
+        values = PyTuple_New(k);
+        payload = PyBytes_FromStringAndSize((const char *)f + hit->payload_off, hit->payload_len);
+        if (!values || !payload) {
+            c->h = before;
+            goto done;
+        }
+        for (int i = 0; i < k; i++) {
+            PyTuple_SET_ITEM(values, i, vals[i]);
+            vals[i] = NULL;
+        }
+        PyObject *owner = pred->owner ? pred->owner : Py_None;
+        if (hit->has_ts)
+            out = Py_BuildValue("(OkkiikkOOO)", owner, (unsigned long)hit->seq, (unsigned long)hit->ack,
+                                (int)hit->flags, (int)hit->window, (unsigned long)hit->tsval,
+                                (unsigned long)hit->tsecr, payload, values, frame);
+        else
+            out = Py_BuildValue("(OkkiiOOOOO)", owner, (unsigned long)hit->seq, (unsigned long)hit->ack,
+                                (int)hit->flags, (int)hit->window, Py_None, Py_None, payload, values, frame);
+        if (!out) c->h = before;
+    }
+    if (out) { /* the connection moves on: our answer is sent */
         pred->p = p;
         pred->p.snd_max = p.snd_max + (uint32_t)total;
         pred->p.rcv_wnd = adv->rcv_wnd + hit->payload_len; /* the application took the request at once */
         pred->p.last_ack_sent = p.rcv_nxt;                 /* the answer acknowledges it */
-        c->h.armed = 0;
+        c->answered_at = now;
+        if (keep) { /* C keeps the exchange (kb_http_run_step) and stays armed */
+            kb_http_run_step(&c->r, &c->h, hit->ack - una, hit->seq, hit->window, hit->payload_len,
+                             (uint32_t)total, p.ts_recent, now);
+            Py_INCREF(frame);
+            Py_XSETREF(c->frame, frame);
+        } else { /* reported: one answer per arming, and the run's copy of the connection is Python's again */
+            c->h.armed = 0;
+            c->r.armed = 0;
+        }
     }
 done:
     for (int i = 0; i < k; i++) Py_XDECREF(vals[i]);
@@ -214,11 +323,13 @@ done:
 }
 
 static PyObject *mod_rx_canned(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyDict_Check(args[1]) || !PyDict_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "rx_canned(frame, table, canned, now, ident): a frame, two dicts of "
-                                         "predictions, the time and an IPv4 ident");
+    if (nargs < 5 || nargs > 6 || !PyDict_Check(args[1]) || !PyDict_Check(args[2]) ||
+        (nargs == 6 && args[5] != Py_None && !PyDict_Check(args[5]))) {
+        PyErr_SetString(PyExc_TypeError, "rx_canned(frame, table, canned, now, ident[, tally]): a frame, two dicts "
+                                         "of predictions, the time, an IPv4 ident and a dict or None");
         return NULL;
     }
+    PyObject *tally = nargs == 6 && args[5] != Py_None ? args[5] : NULL;
     double now = PyFloat_AsDouble(args[3]);
     unsigned long ident = PyLong_AsUnsignedLongMask(args[4]);
     if (PyErr_Occurred()) return NULL;
@@ -249,12 +360,13 @@ static PyObject *mod_rx_canned(PyObject *m, PyObject *const *args, Py_ssize_t na
             out = NULL;
             if (kb_tcp_predict(&adv, b.buf, (size_t)b.len, &hit) == KB_TCP_HIT) {
                 if (armed && hit.payload_len)
-                    out = canned_answer(pr, (Canned *)can, &adv, &hit, b.buf, now, (unsigned)ident);
+                    out = canned_answer(pr, (Canned *)can, &adv, &hit, b.buf, now, (unsigned)ident, pr->p.snd_una,
+                                        tally);
                 if (!out) {
                     /* the segment goes to Python, which the arming no longer describes (unread data, an ACK
                      * that moved the send side): a later segment of this burst must not be answered before
                      * it, nor be taken as a request of its own; the flush after the burst re-arms */
-                    if (armed) ((Canned *)can)->h.armed = 0;
+                    if (armed) ((Canned *)can)->h.armed = ((Canned *)can)->r.armed = 0;
                     pr->p = adv;
                     out = hit_tuple(pr->owner, &hit, b.buf);
                 }

@@ -131,7 +131,8 @@ class TcpHost:
         # the same connections' predictions for kbypass._fasttcp.rx, by (peer ip << 16 | peer port) << 16 | local port
         self._predictions: dict[int, object] = {}
         self._canned: dict[int, object] = {}  # and their canned answers' arming (TcpSocket.canned), same keys
-        self._canned_done: list = []  # (socket, the table's values) answered in C since take_canned
+        self._tally: dict = {}  # canned table value -> answers C sent since take_canned
+        self._tallied = 0  # of which counted in counters["rx_canned"]
         self._predict, self._frame_of = self._fasttcp.rx_canned, self._fasttcp.frame
         self._no_time_wait_until = 0.0  # room(): no TIME_WAIT connection to end before then
         self._listeners: dict[int, object] = {}  # local port -> endpoint.tcp.TcpListener
@@ -314,8 +315,9 @@ class TcpHost:
         once after it (pump() is both)."""
         now = time.monotonic()
         got = False
-        predict, table, canned = self._predict, self._predictions, self._canned
+        predict, table, canned, tally = self._predict, self._predictions, self._canned, self._tally
         answered: list = []  # canned answers sent, their exchanges not yet told to the connections
+        kept = 0  # canned answers sent whose exchanges C kept (a run: TcpSocket.conn takes them when it looks)
         for lane in self._lanes:
             receive = lane.receive_udp
             for _ in range(RX_BURST):
@@ -324,7 +326,12 @@ class TcpHost:
                     break
                 got = True
                 if type(f) is bytes:
-                    hit = predict(f, table, canned, now, (self._ident + 1) & 0xFFFF)
+                    hit = predict(f, table, canned, now, (self._ident + 1) & 0xFFFF, tally)
+                    if type(hit) is bytes:
+                        self._ident = (self._ident + 1) & 0xFFFF
+                        self._send_frame(hit)
+                        kept += 1
+                        continue
                     if hit is not None and len(hit) == 10:
                         self._ident = (self._ident + 1) & 0xFFFF  # rx_canned built the frame with this ident
                         self._send_frame(hit[9])
@@ -339,9 +346,17 @@ class TcpHost:
                         self._predicted(hit, now)
                 else:  # UDP to port 0: nothing of ours (no rule steers it), counted and dropped
                     self.counters["rx_not_tcp"] += 1
-        if answered:
+        if kept:
+            counters = self.counters
+            for name in ("rx_segments", "rx_predicted", "tx_segments"):
+                counters[name] += kept
+        if answered or kept:
             if self.defer_tx:  # the answers leave now, their bookkeeping after: the peers wait less
                 self._lanes[0].flush_tx()
+            n = sum(tally.values())
+            self.counters["rx_canned"] += n - self._tallied
+            self._tallied = n
+        if answered:
             self._answered(answered, now)
         if got:
             for sock in tuple(self._dirty):  # taking Data may touch (a reset for a closed socket's data)
@@ -420,20 +435,16 @@ class TcpHost:
         counters["rx_segments"] += n
         counters["rx_predicted"] += n
         counters["tx_segments"] += n
-        canned = 0
-        done = self._canned_done
         for sock, seq, ack, flags, window, tsval, tsecr, payload, values, _frame in hits:
-            canned += len(values)
             answer = values[0][0] if len(values) == 1 else b"".join(v[0] for v in values)
             sock.answered(sock.conn.answer_hit(seq, ack, flags, window, tsval, tsecr, payload, answer, now))
-            done.append((sock, values))
-        counters["rx_canned"] += canned
 
-    def take_canned(self) -> list:
-        """(socket, the canned table's values in request order) for each segment answered in C since the last
-        call (TcpSocket.canned): the requests the application did not see, for its counts and timers."""
-        done, self._canned_done = self._canned_done, []
-        return done
+    def take_canned(self) -> dict:
+        """The requests answered in C since the last call (TcpSocket.canned), which the application did not
+        see: {the table's value: how many times it was sent}, for its counts (each socket's canned_at is
+        when it last was, for its idle clock)."""
+        tally, self._tally, self._tallied = self._tally, {}, 0
+        return tally
 
     @staticmethod
     def reset_for(seg) -> list:
