@@ -152,7 +152,7 @@ class TcpHost:
             self._epoll.register(lane.fd, select.EPOLLIN)
         self.counters = dict.fromkeys(("rx_segments", "rx_predicted", "tx_segments", "rx_not_tcp", "rx_bad", "rx_no_socket",
                                        "tx_ring_full", "tx_dropped", "refused_limit", "accepted", "connected",
-                                       "loss_dropped", "rx_canned"), 0)
+                                       "loss_dropped", "rx_canned", "rx_canned_kept"), 0)
         self._closed = False
 
     # ---- ports and steering --------------------------------------------------------------------------
@@ -348,7 +348,7 @@ class TcpHost:
                     self.counters["rx_not_tcp"] += 1
         if kept:
             counters = self.counters
-            for name in ("rx_segments", "rx_predicted", "tx_segments"):
+            for name in ("rx_segments", "rx_predicted", "tx_segments", "rx_canned_kept"):
                 counters[name] += kept
         if answered or kept:
             if self.defer_tx:  # the answers leave now, their bookkeeping after: the peers wait less

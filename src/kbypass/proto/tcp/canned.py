@@ -86,7 +86,7 @@ class CannedAnswers:
         Canned.arm_run's order), or None: the controller past slow start (or one whose slow start is not
         NewReno's), no RTT measured yet, our answer in flight not timed, or a window update an exchange would
         not make (the peer's last window came from a segment beyond the next one)."""
-        cc, rtt, sq = self.cc, self.rtt, self.sq
+        cc, rtt = self.cc, self.rtt
         if (type(cc) not in _SLOW_START_ON_ACK or cc.cwnd >= cc.ssthresh or rtt.srtt is None
                 or self._rtt_seq is None or self.snd_wl1 > self.rcv_nxt):
             return None

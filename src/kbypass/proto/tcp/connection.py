@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from kbypass.proto.transport.rtt import RttEstimator
 
 from . import events as ev
+from .canned import CannedAnswers
 from .config import TcpConfig
 from .congestion import make_controller
 from .errors import (
@@ -23,13 +24,20 @@ from .errors import (
     TcpUsageError,
 )
 from .isn import IsnGenerator, default_generator
-from .canned import CannedAnswers
 from .output import Output
 from .recvq import Reassembly
 from .segment import ACK, FIN, NO_OPTIONS, RST, SYN, Options, Segment
 from .sendq import SendQueue
 from .seqnum import seq_lt, unwrap
-from .states import CAN_SEND, PEER_OPEN, PREDICTABLE, SYNCHRONIZED, Input, State, next_state
+from .states import (
+    CAN_SEND,
+    PEER_OPEN,
+    PREDICTABLE,
+    SYNCHRONIZED,
+    Input,
+    State,
+    next_state,
+)
 
 OOW_ACK_INTERVAL = 0.5  # seconds (Linux's net.ipv4.tcp_invalid_ratelimit)
 DEFAULT_MSS = 536  # RFC 9293 3.7.1: the MSS to assume when the peer's SYN has none
