@@ -21,13 +21,14 @@
  * is any. rx_canned's optional sixth argument, a dict, counts every canned answer by its table value
  * (value -> count: the application's tally); `answered_at` is the time of the connection's last one. */
 #include "core/kb_http.h"
+#include "core/kb_lane.h"
 
 typedef struct {
     PyObject_HEAD
     struct kb_http_pred h;
     struct kb_http_run r;
     PyObject *answers;
-    PyObject *frame; /* the last kept exchange's answer frame: its payload is the answer in flight */
+    PyObject *answer; /* the last kept exchange's answer: the answer in flight */
     double answered_at;
 } Canned;
 
@@ -38,7 +39,7 @@ static int Canned_traverse(Canned *self, visitproc visit, void *arg) {
 
 static int Canned_clear(Canned *self) {
     Py_CLEAR(self->answers);
-    Py_CLEAR(self->frame);
+    Py_CLEAR(self->answer);
     return 0;
 }
 
@@ -134,23 +135,18 @@ static PyObject *Canned_arm_run(Canned *self, PyObject *const *args, Py_ssize_t 
 static PyObject *Canned_take_run(Canned *self, PyObject *unused) {
     struct kb_http_run *r = &self->r;
     if (!r->n) Py_RETURN_NONE;
-    Py_ssize_t len = self->frame ? PyBytes_GET_SIZE(self->frame) : 0;
-    if (!self->frame || (Py_ssize_t)r->answer_len > len) {
-        PyErr_SetString(PyExc_RuntimeError, "take_run(): the kept answer's frame is gone");
+    if (!self->answer) {
+        PyErr_SetString(PyExc_RuntimeError, "take_run(): the kept answer is gone");
         return NULL;
     }
-    PyObject *answer = PyBytes_FromStringAndSize(PyBytes_AS_STRING(self->frame) + len - r->answer_len,
-                                                 (Py_ssize_t)r->answer_len);
-    if (!answer) return NULL;
-    PyObject *out = Py_BuildValue("(kKKkidddddKkkkN)", (unsigned long)r->n, (unsigned long long)r->bytes_in,
+    PyObject *out = Py_BuildValue("(kKKkidddddKkkkO)", (unsigned long)r->n, (unsigned long long)r->bytes_in,
                                   (unsigned long long)r->bytes_out, (unsigned long)r->seq,
                                   (int)r->window, r->now, r->srtt, r->rttvar, r->min_rtt, r->latest,
                                   (unsigned long long)r->cwnd, (unsigned long)r->max_snd_wnd,
-                                  (unsigned long)r->ts_recent, (unsigned long)r->adv_right, answer);
+                                  (unsigned long)r->ts_recent, (unsigned long)r->adv_right, self->answer);
     if (!out) return NULL;
     r->n = 0;
     r->bytes_in = r->bytes_out = 0;
-    Py_CLEAR(self->frame);
     return out;
 }
 
@@ -244,25 +240,38 @@ static int canned_tally(PyObject *tally, PyObject *const *vals, int k) {
     return 0;
 }
 
-/* una: the prediction's snd_una before the segment (adv has it after) */
+/* Answer a HIT from the canned table: NULL (not answered, no error set), the reported 10-tuple, or, when the
+ * run keeps the exchange, Py_Ellipsis with the frame written to out (*out_len bytes) when out is given, else
+ * the frame as bytes. una: the prediction's snd_una before the segment (adv has it after). */
 static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *adv, const struct kb_tcp_hit *hit,
-                               const uint8_t *f, double now, unsigned ident, uint32_t una, PyObject *tally) {
+                               const uint8_t *f, double now, unsigned ident, uint32_t una, PyObject *tally,
+                               uint8_t *out_buf, size_t *out_len) {
     PyObject *vals[KB_HTTP_MAX_HEADS];
     size_t total;
     int k = canned_match(c->answers, f + hit->payload_off, hit->payload_len, vals, &total);
     if (!k) return NULL;
-    PyObject *out = NULL, *frame = NULL, *values = NULL, *payload = NULL;
+    PyObject *out = NULL, *frame = NULL, *values = NULL, *payload = NULL, *answer = NULL;
     if (!kb_http_may_send(&c->h, adv->snd_max, hit->ack, hit->window, total, now)) goto done;
     int keep = kb_http_run_ok(&c->r, una, adv->snd_max, hit->ack);
     size_t n = kb_tcp_frame_len(adv->ts_ok, total);
-    frame = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
-    if (!frame || (tally && canned_tally(tally, vals, k) < 0)) goto done;
-    uint8_t *w = (uint8_t *)PyBytes_AS_STRING(frame);
+    uint8_t *w = out_buf;
+    if (!keep || !w) {
+        frame = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+        if (!frame) goto done;
+        w = (uint8_t *)PyBytes_AS_STRING(frame);
+    }
+    if (tally && canned_tally(tally, vals, k) < 0) goto done;
     uint8_t *body = w + kb_tcp_frame_len(adv->ts_ok, 0);
     for (int i = 0; i < k; i++) { /* the answers in request order, straight into the frame */
         PyObject *b = PyTuple_GET_ITEM(vals[i], 0);
         memcpy(body, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
         body += PyBytes_GET_SIZE(b);
+    }
+    if (keep) { /* the answer in flight, for the connection's send queue when it takes the run */
+        answer = k == 1 ? PyTuple_GET_ITEM(vals[0], 0) : NULL;
+        if (answer) Py_INCREF(answer);
+        else answer = PyBytes_FromStringAndSize((const char *)w + kb_tcp_frame_len(adv->ts_ok, 0), (Py_ssize_t)total);
+        if (!answer) goto done;
     }
     struct kb_tcp_pred p = *adv;
     struct kb_tcp_fields h = {.eth = c->h.eth, .src_ip = p.local_ip, .dst_ip = p.remote_ip, .ident = (uint16_t)ident,
@@ -274,8 +283,9 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
     h.tsecr = p.ts_recent;
     kb_tcp_frame(w, &h, w + kb_tcp_frame_len(adv->ts_ok, 0), total); /* the payload is in place already */
     if (keep) {
-        Py_INCREF(frame);
-        out = frame;
+        out = frame ? frame : Py_Ellipsis;
+        Py_INCREF(out);
+        if (!frame) *out_len = n;
     } else {
         values = PyTuple_New(k);
         payload = PyBytes_FromStringAndSize((const char *)f + hit->payload_off, hit->payload_len);
@@ -304,10 +314,10 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
         pred->p.last_ack_sent = p.rcv_nxt;                 /* the answer acknowledges it */
         c->answered_at = now;
         if (keep) { /* C keeps the exchange (kb_http_run_step) and stays armed */
-            kb_http_run_step(&c->r, &c->h, hit->ack - una, hit->seq, hit->window, hit->payload_len,
-                             (uint32_t)total, p.ts_recent, now);
-            Py_INCREF(frame);
-            Py_XSETREF(c->frame, frame);
+            kb_http_run_step(&c->r, &c->h, hit->ack - una, hit->seq, hit->window, hit->payload_len, (uint32_t)total,
+                             p.ts_recent, now);
+            Py_XSETREF(c->answer, answer);
+            answer = NULL;
         } else { /* reported: one answer per arming, and the run's copy of the connection is Python's again */
             c->h.armed = 0;
             c->r.armed = 0;
@@ -318,71 +328,175 @@ done:
     Py_XDECREF(frame);
     Py_XDECREF(values);
     Py_XDECREF(payload);
+    Py_XDECREF(answer);
     if (!out) PyErr_Clear();
     return out;
 }
 
+/* One frame through the prediction and the canned answers: Py_None (no HIT: the slow path), a HIT's 8-tuple,
+ * a reported answer's 10-tuple, or a kept answer (canned_answer's Py_Ellipsis or frame); NULL on an error. */
+static PyObject *rx_one(const uint8_t *f, size_t len, PyObject *table, PyObject *canned, double now, unsigned ident,
+                        PyObject *tally, uint8_t *out_buf, size_t *out_len) {
+    uint8_t ip[4];
+    uint16_t sport, dport;
+    if (kb_tcp_key(f, len, ip, &sport, &dport) != 0) Py_RETURN_NONE;
+    unsigned long long key = ((unsigned long long)((uint32_t)ip[0] << 24 | (uint32_t)ip[1] << 16 |
+                                                   (uint32_t)ip[2] << 8 | ip[3]) << 32) |
+                             ((unsigned long long)sport << 16) | dport;
+    PyObject *kobj = PyLong_FromUnsignedLongLong(key);
+    if (!kobj) return NULL;
+    PyObject *pred = PyDict_GetItemWithError(table, kobj); /* borrowed */
+    PyObject *can = pred ? PyDict_GetItemWithError(canned, kobj) : NULL;
+    Py_DECREF(kobj);
+    if (PyErr_Occurred()) return NULL;
+    if (!pred || Py_TYPE(pred) != &PredType) Py_RETURN_NONE;
+    /* held, not borrowed: building the answer's objects may run the collector, and a finalizer there could
+     * drop the socket and with it these */
+    Py_INCREF(pred);
+    Py_XINCREF(can);
+    Pred *pr = (Pred *)pred;
+    int armed = can && Py_TYPE(can) == &CannedType && ((Canned *)can)->h.armed;
+    struct kb_tcp_pred adv = pr->p; /* advanced on a copy: a canned answer moves it further */
+    struct kb_tcp_hit hit;
+    PyObject *out = NULL;
+    if (kb_tcp_predict(&adv, f, len, &hit) == KB_TCP_HIT) {
+        if (armed && hit.payload_len)
+            out = canned_answer(pr, (Canned *)can, &adv, &hit, f, now, ident, pr->p.snd_una, tally, out_buf, out_len);
+        if (!out) {
+            /* the segment goes to Python, which the arming no longer describes (unread data, an ACK that moved
+             * the send side): a later segment of this burst must not be answered before it, nor be taken as a
+             * request of its own; the flush after the burst re-arms */
+            if (armed) ((Canned *)can)->h.armed = ((Canned *)can)->r.armed = 0;
+            pr->p = adv;
+            out = hit_tuple(pr->owner, &hit, (const char *)f);
+        }
+    } else {
+        out = Py_None;
+        Py_INCREF(out);
+    }
+    Py_XDECREF(can);
+    Py_DECREF(pred);
+    return out;
+}
+
+static int tally_arg(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at, PyObject **tally) {
+    *tally = nargs > at && args[at] != Py_None ? args[at] : NULL;
+    return *tally && !PyDict_Check(*tally) ? -1 : 0;
+}
+
 static PyObject *mod_rx_canned(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs < 5 || nargs > 6 || !PyDict_Check(args[1]) || !PyDict_Check(args[2]) ||
-        (nargs == 6 && args[5] != Py_None && !PyDict_Check(args[5]))) {
+    PyObject *tally;
+    if (nargs < 5 || nargs > 6 || !PyDict_Check(args[1]) || !PyDict_Check(args[2]) || tally_arg(args, nargs, 5, &tally)) {
         PyErr_SetString(PyExc_TypeError, "rx_canned(frame, table, canned, now, ident[, tally]): a frame, two dicts "
                                          "of predictions, the time, an IPv4 ident and a dict or None");
         return NULL;
     }
-    PyObject *tally = nargs == 6 && args[5] != Py_None ? args[5] : NULL;
     double now = PyFloat_AsDouble(args[3]);
     unsigned long ident = PyLong_AsUnsignedLongMask(args[4]);
     if (PyErr_Occurred()) return NULL;
     Py_buffer b;
     if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0) return NULL;
-    uint8_t ip[4];
-    uint16_t sport, dport;
-    PyObject *out = Py_None;
-    if (kb_tcp_key(b.buf, (size_t)b.len, ip, &sport, &dport) == 0) {
-        unsigned long long key = ((unsigned long long)((uint32_t)ip[0] << 24 | (uint32_t)ip[1] << 16 |
-                                                       (uint32_t)ip[2] << 8 | ip[3]) << 32) |
-                                 ((unsigned long long)sport << 16) | dport;
-        PyObject *kobj = PyLong_FromUnsignedLongLong(key);
-        if (!kobj) goto fail;
-        PyObject *pred = PyDict_GetItemWithError(args[1], kobj); /* borrowed */
-        PyObject *can = pred ? PyDict_GetItemWithError(args[2], kobj) : NULL;
-        Py_DECREF(kobj);
-        if (PyErr_Occurred()) goto fail;
-        if (pred && Py_TYPE(pred) == &PredType) {
-            /* held, not borrowed: building the answer's objects may run the collector, and a finalizer there
-             * could drop the socket and with it these */
-            Py_INCREF(pred);
-            Py_XINCREF(can);
-            Pred *pr = (Pred *)pred;
-            int armed = can && Py_TYPE(can) == &CannedType && ((Canned *)can)->h.armed;
-            struct kb_tcp_pred adv = pr->p; /* advanced on a copy: a canned answer moves it further */
-            struct kb_tcp_hit hit;
-            out = NULL;
-            if (kb_tcp_predict(&adv, b.buf, (size_t)b.len, &hit) == KB_TCP_HIT) {
-                if (armed && hit.payload_len)
-                    out = canned_answer(pr, (Canned *)can, &adv, &hit, b.buf, now, (unsigned)ident, pr->p.snd_una,
-                                        tally);
-                if (!out) {
-                    /* the segment goes to Python, which the arming no longer describes (unread data, an ACK
-                     * that moved the send side): a later segment of this burst must not be answered before
-                     * it, nor be taken as a request of its own; the flush after the burst re-arms */
-                    if (armed) ((Canned *)can)->h.armed = ((Canned *)can)->r.armed = 0;
-                    pr->p = adv;
-                    out = hit_tuple(pr->owner, &hit, b.buf);
-                }
-            }
-            Py_XDECREF(can);
-            Py_DECREF(pred);
-            if (out) {
-                PyBuffer_Release(&b);
-                return out;
-            }
-            if (PyErr_Occurred()) goto fail;
-        }
+    PyObject *out = rx_one(b.buf, (size_t)b.len, args[1], args[2], now, (unsigned)ident, tally, NULL, NULL);
+    PyBuffer_Release(&b);
+    return out;
+}
+
+/* rx_burst(lane, tx, table, canned, now, ident, tally, max) -> (frames, kept, udp, ident, items, more): up to max
+ * frames off the RX ring of `lane` (kbypass._fastlane.Lane.core: its struct kb_lane), each through rx_one; a
+ * kept answer goes straight onto the TX ring of `tx` (the lane the host sends on, another Lane.core). items, in arrival order, is what Python must see: a frame
+ * (bytes) for the slow path, a HIT's 8-tuple, a reported answer's 10-tuple (its frame not sent), a kept answer
+ * the TX ring had no room or frame for as a 1-tuple (frame,) to send; udp counts the frames to the lane's own
+ * UDP port (nothing of TCP's: TcpHost counts them as it counts the Python lane's). ident: the IPv4 ident of the last frame built. more: the burst
+ * stopped at a frame only Python's lane takes (no fill slot, a chain past one frame, a bad descriptor). */
+#define KB_BURST_BUF (14 + 60 + 60 + 65536)
+
+/* close() clears the lane's ring pointers, and a closed socket its rings' (fastlane.c check_open) */
+static int lane_open(const struct kb_lane *l) {
+    return l->rx && l->fill && l->tx && l->comp && kb_ring_valid(l->rx) && kb_ring_valid(l->fill) &&
+           kb_ring_valid(l->tx) && kb_ring_valid(l->comp);
+}
+
+static PyObject *mod_rx_burst(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *tally;
+    if (nargs != 8 || !PyCapsule_IsValid(args[0], KB_LANE_CAPSULE) || !PyCapsule_IsValid(args[1], KB_LANE_CAPSULE) ||
+        !PyDict_Check(args[2]) || !PyDict_Check(args[3]) || tally_arg(args, nargs, 6, &tally)) {
+        PyErr_SetString(PyExc_TypeError, "rx_burst(lane, tx, table, canned, now, ident, tally, max): two Lane.core, "
+                                         "two dicts of predictions, the time, an IPv4 ident, a dict or None, a count");
+        return NULL;
     }
-    PyBuffer_Release(&b);
-    Py_RETURN_NONE;
-fail:
-    PyBuffer_Release(&b);
-    return NULL;
+    struct kb_lane *l = PyCapsule_GetPointer(args[0], KB_LANE_CAPSULE), *t = PyCapsule_GetPointer(args[1], KB_LANE_CAPSULE);
+    double now = PyFloat_AsDouble(args[4]);
+    unsigned long ident = PyLong_AsUnsignedLongMask(args[5]);
+    long max = PyLong_AsLong(args[7]);
+    if (PyErr_Occurred()) return NULL;
+    if (!lane_open(l) || !lane_open(t)) {
+        PyErr_SetString(PyExc_ValueError, "rx_burst: the lane is closed");
+        return NULL;
+    }
+    /* the frame in and the answer out: static buffers (a fresh 64 KiB block each burst costs the page faults
+     * of memory the heap gives back and takes again), unless a call is already under way (a finalizer run by
+     * the collector inside this one) */
+    static uint8_t in_buf[KB_BURST_BUF], tx_buf[KB_BURST_BUF];
+    static int busy;
+    uint8_t *in = busy ? PyMem_Malloc(KB_BURST_BUF) : in_buf, *tx = busy ? PyMem_Malloc(KB_BURST_BUF) : tx_buf;
+    int mine = !busy;
+    busy = 1;
+    PyObject *items = PyList_New(0), *res = NULL;
+    if (!in || !tx || !items) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    long frames = 0, kept = 0, udp = 0;
+    int more = 0, tx_ok = 1; /* once a send fails, the rest of the burst's answers go through Python too: in order */
+    while (frames < max) {
+        uint32_t n;
+        int r = kb_lane_rx_copy(l, in, KB_BURST_BUF, &n);
+        if (r == KB_LANE_EMPTY) break;
+        if (r != KB_LANE_FRAME) { /* no fill slot, a longer chain, an error: the Python lane takes it */
+            more = 1;
+            break;
+        }
+        frames++;
+        if (kb_udp_accept(&l->me, in, n)) { /* UDP to the lane's own port: nothing of TCP's */
+            udp++;
+            continue;
+        }
+        size_t out_len = 0;
+        PyObject *o = rx_one(in, n, args[2], args[3], now, (unsigned)((ident + 1) & 0xFFFF), tally, tx, &out_len);
+        if (!o) goto out;
+        if (o == Py_Ellipsis || (PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 10)) ident = (ident + 1) & 0xFFFF;
+        int add = 0;
+        if (o == Py_Ellipsis) {
+            kept++;
+            if (tx_ok) tx_ok = kb_lane_send(t, tx, (uint32_t)out_len, NULL, 0, 0, 0) == KB_LANE_SENT;
+            if (!tx_ok) { /* no TX slot or frame now (or an error): Python's send path has the remedies */
+                Py_DECREF(o);
+                o = Py_BuildValue("(y#)", (const char *)tx, (Py_ssize_t)out_len);
+                if (!o) goto out;
+                add = 1;
+            }
+        } else if (o == Py_None) {
+            Py_DECREF(o);
+            o = PyBytes_FromStringAndSize((const char *)in, n);
+            if (!o) goto out;
+            add = 1;
+        } else {
+            add = 1;
+        }
+        if (add && PyList_Append(items, o) < 0) {
+            Py_DECREF(o);
+            goto out;
+        }
+        Py_DECREF(o);
+    }
+    res = Py_BuildValue("(lllkOi)", frames, kept, udp, ident, items, more);
+out:
+    if (mine) {
+        busy = 0;
+    } else {
+        PyMem_Free(in);
+        PyMem_Free(tx);
+    }
+    Py_XDECREF(items);
+    return res;
 }

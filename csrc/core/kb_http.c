@@ -67,7 +67,6 @@ void kb_http_run_step(struct kb_http_run *r, struct kb_http_pred *h, uint32_t ac
     r->window = window;
     r->ts_recent = ts_recent;
     r->adv_right = h->adv_right;
-    r->answer_len = answer_len;
     r->now = now;
     /* canned_refresh: the next timer is the tail probe's (_arm_tlp) or the RTO's; the send room less the answer */
     double rto_at = now + r->rto, pto = 2 * r->srtt;

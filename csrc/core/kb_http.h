@@ -70,7 +70,7 @@ struct kb_http_run {
     /* since the last take: the count, the bytes each way, the last exchange's fields */
     uint32_t n;
     uint64_t bytes_in, bytes_out;
-    uint32_t seq, ts_recent, adv_right, answer_len;
+    uint32_t seq, ts_recent, adv_right;
     uint16_t window;
     double now;
 };
