@@ -23,6 +23,8 @@
 #include "core/kb_http.h"
 #include "core/kb_lane.h"
 
+#include <math.h>
+
 typedef struct {
     PyObject_HEAD
     struct kb_http_pred h;
@@ -100,9 +102,10 @@ static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t narg
 }
 
 static PyObject *Canned_arm_run(Canned *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 12 || !self->h.armed) {
+    if (nargs != 19 || !self->h.armed) {
         PyErr_SetString(PyExc_TypeError, "arm_run(snd_mss, send_buffer, max_snd_wnd, cwnd, ssthresh, srtt, rttvar, "
-                                         "min_rtt, min_rto, max_rto, granularity, rtt_time), after an arm()");
+                                         "min_rtt, min_rto, max_rto, granularity, rtt_time, cubic, cc_mss, acc, w_max, "
+                                         "k, epoch, w_est), after an arm()");
         return NULL;
     }
     unsigned long long v[5];
@@ -115,6 +118,12 @@ static PyObject *Canned_arm_run(Canned *self, PyObject *const *args, Py_ssize_t 
         d[i] = PyFloat_AsDouble(args[5 + i]);
         if (d[i] == -1.0 && PyErr_Occurred()) return NULL;
     }
+    int cubic = PyObject_IsTrue(args[12]);
+    unsigned long cc_mss = PyLong_AsUnsignedLongMask(args[13]);
+    long long acc = PyLong_AsLongLong(args[14]);
+    double w_max = PyFloat_AsDouble(args[15]), k = PyFloat_AsDouble(args[16]);
+    double epoch = args[17] == Py_None ? NAN : PyFloat_AsDouble(args[17]), w_est = PyFloat_AsDouble(args[18]);
+    if (cubic < 0 || PyErr_Occurred()) return NULL;
     struct kb_http_run *r = &self->r;
     r->snd_mss = (uint32_t)v[0];
     r->send_buffer = v[1] > 0xFFFFFFFFull ? 0xFFFFFFFFu : (uint32_t)v[1];
@@ -128,6 +137,13 @@ static PyObject *Canned_arm_run(Canned *self, PyObject *const *args, Py_ssize_t 
     r->max_rto = d[4];
     r->granularity = d[5];
     r->rtt_time = d[6];
+    r->cubic = (uint8_t)cubic;
+    r->cc_mss = (uint32_t)cc_mss;
+    r->acc = acc;
+    r->w_max = w_max;
+    r->k = k;
+    r->epoch = epoch;
+    r->w_est = w_est;
     r->armed = 1;
     Py_RETURN_NONE;
 }
@@ -139,11 +155,15 @@ static PyObject *Canned_take_run(Canned *self, PyObject *unused) {
         PyErr_SetString(PyExc_RuntimeError, "take_run(): the kept answer is gone");
         return NULL;
     }
-    PyObject *out = Py_BuildValue("(kKKkidddddKkkkO)", (unsigned long)r->n, (unsigned long long)r->bytes_in,
+    PyObject *epoch = isnan(r->epoch) ? Py_None : PyFloat_FromDouble(r->epoch);
+    if (!epoch) return NULL;
+    if (epoch == Py_None) Py_INCREF(epoch);
+    PyObject *out = Py_BuildValue("(kKKkidddddKkkkOLdddN)", (unsigned long)r->n, (unsigned long long)r->bytes_in,
                                   (unsigned long long)r->bytes_out, (unsigned long)r->seq,
                                   (int)r->window, r->now, r->srtt, r->rttvar, r->min_rtt, r->latest,
                                   (unsigned long long)r->cwnd, (unsigned long)r->max_snd_wnd,
-                                  (unsigned long)r->ts_recent, (unsigned long)r->adv_right, self->answer);
+                                  (unsigned long)r->ts_recent, (unsigned long)r->adv_right, self->answer,
+                                  (long long)r->acc, r->w_max, r->k, r->w_est, epoch);
     if (!out) return NULL;
     r->n = 0;
     r->bytes_in = r->bytes_out = 0;

@@ -34,7 +34,52 @@ int kb_http_may_send(const struct kb_http_pred *h, uint32_t snd_max, uint32_t ac
 }
 
 int kb_http_run_ok(const struct kb_http_run *r, uint32_t snd_una, uint32_t snd_max, uint32_t ack) {
-    return r->armed && ack == snd_max && ack != snd_una && r->cwnd < r->ssthresh;
+    return r->armed && ack == snd_max && ack != snd_una;
+}
+
+/* The controller's on_ack (kbypass.proto.tcp.congestion: NewReno.on_ack, Cubic.on_ack), operation for operation */
+static void cc_on_ack(struct kb_http_run *r, uint32_t acked, double now) {
+    if (r->cwnd < r->ssthresh) { /* slow start: min(cwnd + acked, max(ssthresh, cwnd)) */
+        uint64_t grown = r->cwnd + acked;
+        r->cwnd = grown < r->ssthresh ? grown : r->ssthresh;
+        return;
+    }
+    if (!r->cubic) {
+        r->acc += acked;
+        if (r->acc >= (int64_t)r->cwnd) {
+            r->acc -= (int64_t)r->cwnd;
+            r->cwnd += r->cc_mss;
+        }
+        return;
+    }
+    const double C = 0.4, BETA = 0.7;
+    double seg = r->cc_mss, cwnd_seg = (double)r->cwnd / seg;
+    if (isnan(r->epoch)) {
+        r->epoch = now;
+        if (cwnd_seg < r->w_max) {
+            r->k = pow((r->w_max - cwnd_seg) / C, 1.0 / 3);
+        } else {
+            r->k = 0.0;
+            r->w_max = cwnd_seg;
+        }
+        r->w_est = cwnd_seg;
+    }
+    double t = now - r->epoch + r->srtt;
+    double d = t - r->k;
+    double cube = d < 0 ? -pow(-d, 3) : pow(d, 3); /* CPython's float ** takes the sign off an odd power */
+    double target = C * cube + r->w_max;
+    double alpha = 3 * (1 - BETA) / (1 + BETA);
+    r->w_est += alpha * ((double)acked / seg) / cwnd_seg;
+    if (r->w_est > target) target = r->w_est;
+    if (target > cwnd_seg) {
+        double grow = target - cwnd_seg, half = cwnd_seg / 2;
+        double inc = (half < grow ? half : grow) / cwnd_seg * ((double)acked / seg);
+        r->acc += (int64_t)(inc * seg);
+        if (r->acc >= 1) {
+            r->cwnd += (uint64_t)r->acc;
+            r->acc = 0;
+        }
+    }
 }
 
 /* RttEstimator.sample, operation for operation (the same doubles) */
@@ -55,8 +100,7 @@ static void rtt_sample(struct kb_http_run *r, double s) {
 void kb_http_run_step(struct kb_http_run *r, struct kb_http_pred *h, uint32_t acked, uint32_t seq,
                       uint16_t window, uint32_t req_len, uint32_t answer_len, uint32_t ts_recent, double now) {
     rtt_sample(r, now - r->rtt_time);              /* _new_ack: the timed answer is acked */
-    uint64_t grown = r->cwnd + acked;              /* cc.on_ack in slow start: min(cwnd + acked, ssthresh) */
-    r->cwnd = grown < r->ssthresh ? grown : r->ssthresh;
+    cc_on_ack(r, acked, now);                      /* after the sample: on_ack takes the new srtt */
     uint32_t win = (uint32_t)window << h->snd_wscale; /* the window update (_ack_fields) */
     if (win > r->max_snd_wnd) r->max_snd_wnd = win;
     r->rtt_time = now;                             /* send_now: the answer timed */

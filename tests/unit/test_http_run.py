@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kbypass import backend
-from kbypass.proto.tcp import fastpath
+from kbypass.proto.tcp import congestion, fastpath
 from tests.kb import needs_c
 from tests.unit.test_http_canned import (
     ANSWERS,
@@ -116,8 +116,8 @@ RUN_BASES = [(c, t) for c, t in BASES if c.canned_state() is not None]
 def chains(draw):
     base, now = RUN_BASES[draw(st.integers(0, len(RUN_BASES) - 1))]
     base = copy.deepcopy(base)
-    if draw(st.integers(0, 5)) == 0:  # past slow start: every exchange reported, none kept
-        base.cc.ssthresh = base.cc.cwnd
+    controller(base, draw(st.sampled_from(["slow start", "cubic", "cubic below w_max", "newreno",
+                                           "newreno slow start"])))
     steps = draw(st.lists(st.tuples(st.sampled_from([GET, HEAD, GET + HEAD, GET]),
                                     st.sampled_from([0.0001, 0.0003, 0.002, 0.0001, 0.3]),
                                     st.sampled_from([None, None, None, 1, 0xFFFF])),
@@ -148,12 +148,44 @@ def test_a_keep_alive_run_is_kept_in_c(fast):
 
 
 @needs_c
-def test_past_slow_start_every_exchange_is_reported(fast):
+@pytest.mark.parametrize("kind", ["cubic", "cubic below w_max", "newreno"])
+def test_past_slow_start_the_exchanges_are_kept_too(fast, kind):
+    """Congestion avoidance: C's twin of the controller's on_ack (CUBIC's curve from a new epoch, below or
+    at W_max; NewReno's one MSS per window) over a long run, the window growing meanwhile."""
+    for base, now in RUN_BASES[:6]:
+        base = copy.deepcopy(base)
+        controller(base, kind)
+        ways = chain(fast, base, now, [(GET, 0.0002 * (1 + i % 3), None) for i in range(40)])
+        assert ways["python"] == 0 and ways["kept"] >= 39
+
+
+@needs_c
+def test_a_controller_without_a_c_twin_is_reported(fast):
+    class Other(congestion.NewReno):
+        name = "other"
+
     base, now = RUN_BASES[0]
     base = copy.deepcopy(base)
-    base.cc.ssthresh = base.cc.cwnd  # congestion avoidance: the controller's own on_ack runs in Python
+    cc = Other(base.cc.mss, 10)
+    cc.cwnd, cc.ssthresh = base.cc.cwnd, base.cc.ssthresh
+    base.cc = cc
     assert base.canned_run() is None
     assert chain(fast, base, now, [(GET, 0.0002, None)] * 4) == {"kept": 0, "reported": 4, "python": 0}
+
+
+def controller(conn, kind: str) -> None:
+    """Put conn's controller in the state `kind` names (the bases are CUBIC in slow start)."""
+    cc = conn.cc
+    if kind.startswith("newreno"):
+        nr = congestion.NewReno(cc.mss, 10)
+        nr.cwnd = cc.cwnd
+        conn.cc = cc = nr
+    if kind in ("cubic", "cubic below w_max", "newreno"):
+        cc.ssthresh = cc.cwnd  # congestion avoidance from here
+    if kind == "cubic below w_max":
+        cc.w_max = cc.cwnd / cc.mss * 1.4  # after a loss: K from the cube root, the concave part of the curve
+    if kind == "newreno":
+        cc._acc = cc.cwnd - 3000  # an increase a few exchanges away
 
 
 @needs_c

@@ -16,7 +16,7 @@ from .segment import Segment
 from .seqnum import unwrap
 from .states import PREDICTABLE, State
 
-_SLOW_START_ON_ACK = (NewReno, Cubic)  # controllers whose on_ack below ssthresh is NewReno's (kb_http_run_step's)
+_C_TWINS = (NewReno, Cubic)  # the controllers whose on_ack kb_http.c has a twin of (cc_on_ack)
 
 
 class CannedAnswers:
@@ -83,24 +83,24 @@ class CannedAnswers:
 
     def canned_run(self) -> tuple | None:
         """After canned_state, what lets C keep the exchanges it answers (kb_http.h struct kb_http_run, in
-        Canned.arm_run's order), or None: the controller past slow start (or one whose slow start is not
-        NewReno's), no RTT measured yet, our answer in flight not timed, or a window update an exchange would
-        not make (the peer's last window came from a segment beyond the next one)."""
+        Canned.arm_run's order), or None: a controller C has no twin of (only NewReno's and CUBIC's), no RTT
+        measured yet, our answer in flight not timed, or a window update an exchange would not make (the
+        peer's last window came from a segment beyond the next one)."""
         cc, rtt = self.cc, self.rtt
-        if (type(cc) not in _SLOW_START_ON_ACK or cc.cwnd >= cc.ssthresh or rtt.srtt is None
-                or self._rtt_seq is None or self.snd_wl1 > self.rcv_nxt):
+        if (type(cc) not in _C_TWINS or rtt.srtt is None or self._rtt_seq is None or self.snd_wl1 > self.rcv_nxt):
             return None
         return (self.snd_mss, self.config.send_buffer, self.max_snd_wnd, cc.cwnd, cc.ssthresh, rtt.srtt,
-                rtt.rttvar, rtt.min_rtt, rtt.min_rto, rtt.max_rto, rtt.granularity, self._rtt_time)
+                rtt.rttvar, rtt.min_rtt, rtt.min_rto, rtt.max_rto, rtt.granularity, self._rtt_time) + cc.run_state()
 
     def canned_run_taken(self, run: tuple) -> None:
         """The state after the exchanges C kept (Canned.take_run's tuple: their count, the bytes each way, the
         last one's seq and window fields and time, the RTT estimator, cwnd, max_snd_wnd, ts_recent and
-        the advertised right edge after them, the answer in flight): what answer_hit would have left after
+        the advertised right edge after them, the answer in flight, the controller's run_taken fields): what
+        answer_hit would have left after
         each. Every exchange acked all we had sent, so what the last one leaves does not depend on the ones
         before but through the estimator, cwnd and the counts, which C carried."""
         (n, bytes_in, bytes_out, seq_w, window, now, srtt, rttvar, min_rtt, latest, cwnd, max_snd_wnd,
-         ts_recent, adv_right, answer) = run
+         ts_recent, adv_right, answer, *controller) = run
         rcv_nxt = self.rcv_nxt + bytes_in
         sq = self.sq
         una = sq.snd_max + bytes_out - len(answer)  # the last request acked everything before its answer
@@ -118,7 +118,7 @@ class CannedAnswers:
         if self.ts_ok:
             self.ts_recent = ts_recent
         self.rtt.sampled(n, srtt, rttvar, min_rtt, latest)
-        self.cc.cwnd = cwnd
+        self.cc.run_taken(cwnd, *controller)
         self.snd_wnd = window << self.snd_wscale
         self.max_snd_wnd = max_snd_wnd
         self.snd_wl1, self.snd_wl2 = unwrap(seq_w, rcv_nxt), una
