@@ -86,10 +86,10 @@ def test_canned_answers_keep_http_semantics(testbed_hosts):
             assert host.counters["rx_canned"] >= 150
 
 
-def _serve(b, port: int, loss: float = 0.0):
+def _serve(b, port: int, loss: float = 0.0, native: bool | None = None):
     """`http serve`'s loop on b in a thread: (host, stop event, result dict, thread)."""
     done = threading.Event()
-    host = TcpHost(b.iface, b.ipv4, netns=b.netns, loss=loss)
+    host = TcpHost(b.iface, b.ipv4, netns=b.netns, loss=loss, native=native)
     lst = host.listen(port)
     result: dict = {}
 
@@ -205,3 +205,24 @@ def test_keep_alive_clients_under_loss_on_both_hosts_get_every_answer_in_order(t
     assert dropped_at_a > 0 and host.stats["loss_dropped"] > 0  # the loss was real both ways
     if host.native and backend.built("tcp"):
         assert host.counters["rx_canned_kept"] > 0  # runs were kept, and lost ones recovered from them
+
+
+def test_the_python_lane_serves_the_same_without_c(testbed_hosts):
+    """native=False: no C lane, no fast path (kbypass.proto.tcp.fastpath's stand-ins answer nothing), the
+    frame-by-frame loop of TcpHost.receive: the same answers."""
+    a, b = testbed_hosts
+    host, done, result, server = _serve(b, PORT + 4, native=False)
+    try:
+        with netns.entered(a.netns):
+            c = socket.create_connection((b.ipv4, PORT + 4), timeout=5)
+        for _ in range(20):
+            c.sendall(GET + HEAD)
+            got = responses(c, 2, [False, True])
+            assert [(s, len(bd)) for s, _, bd in got] == [(200, 100), (200, 0)]
+        c.close()
+    finally:
+        done.set()
+        server.join(30)
+        host.close()
+    assert "error" not in result, result
+    assert not host.native and host.counters["rx_canned"] == 0 and result["res"].requests == 40
