@@ -15,11 +15,14 @@
  * to the connection (TcpConnection.answer_hit).
  *
  * Runs (kb_http.h struct kb_http_run): arm_run(snd_mss, send_buffer, max_snd_wnd, cwnd, ssthresh, srtt, rttvar,
- * min_rtt, min_rto, max_rto, granularity, rtt_time) after arm() lets rx_canned keep the exchanges it answers
- * (TcpConnection.canned_run's fields): then its result is the answer's frame alone (bytes), and take_run()
- * returns what the kept exchanges did, for TcpConnection.canned_run_taken, or None; `owed` says whether there
- * is any. rx_canned's optional sixth argument, a dict, counts every canned answer by its table value
- * (value -> count: the application's tally); `answered_at` is the time of the connection's last one. */
+ * min_rtt, min_rto, max_rto, granularity, rtt_time, cubic, cc_mss, acc, w_max, k, epoch, w_est) after arm() lets
+ * rx_canned keep the exchanges it answers (TcpConnection.canned_run's fields): then its result is the answer's
+ * frame alone (bytes), the arming stays (moved as kb_http_run_step moves it), and take_run() returns what the
+ * kept exchanges did, for TcpConnection.canned_run_taken, or None; `owed` says whether there is any.
+ * rx_canned's optional sixth argument, a dict, counts every canned answer by its table value (value -> count:
+ * the application's tally); `answered_at` is the time of the connection's last one.
+ *
+ * rx_burst: rx_canned for a burst of frames off a lane's RX ring (see it, at the end). */
 #include "core/kb_http.h"
 #include "core/kb_lane.h"
 
