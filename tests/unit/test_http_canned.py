@@ -38,7 +38,9 @@ from kbypass.proto.tcp.sim import (
     TcpPair,
 )
 from tests.kb import needs_c
-from tests.unit.test_tcp_fastpath import snap  # one snapshot of a connection for both same-verdict tests
+from tests.unit.test_tcp_fastpath import (
+    snap,  # one snapshot of a connection for both same-verdict tests
+)
 
 ETH_IN = bytes.fromhex("020000000002" "020000000001" "0800")  # client -> server
 ETH_OUT = bytes.fromhex("020000000001" "020000000002" "0800")  # the server's answers
