@@ -132,7 +132,11 @@ class TcpSocket:
         are taken into it first, in one call however many they are (TcpConnection.canned_run_taken). Every
         look at the connection goes through here, so none sees it behind what C sent."""
         if self.canned_prediction.owed:
-            self._conn.canned_run_taken(self.canned_prediction.take_run())
+            conn = self._conn
+            conn.canned_run_taken(self.canned_prediction.take_run())
+            # the run's timers: an RTT sample that shrank the tail probe's may bring it before the entry the host
+            # has (schedule keeps the earlier of the two)
+            self.host.schedule(self, conn.next_timer())
         return self._conn
 
     @property
