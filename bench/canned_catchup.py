@@ -42,12 +42,14 @@ def host_with(n: int, fast) -> tuple:
     host = TcpHost.__new__(TcpHost)
     host.ip = sim.SERVER_IP
     host.counters = dict.fromkeys(("rx_segments", "rx_predicted", "tx_segments", "rx_canned"), 0)
-    host._canned_done, host._scheduled, host._timers, host._seq, host._dirty = [], {}, [], 0, set()
+    host._scheduled, host._timers, host._seq, host._dirty = {}, [], 0, set()
+    host.eth_head = lambda ip: ETH  # every peer on link: TcpSocket.answered re-arms with it
     base, now = server_conn()
     socks = []
     for i in range(n):
         sock = TcpSocket(host, copy.deepcopy(base), (sim.CLIENT_IP, sim.CLIENT_PORT + i), sim.SERVER_PORT)
         sock.canned_prediction = fast.Canned()
+        sock.canned = {GET: ANSWER}  # the application's table (TcpSocket.answered arms again from it)
         sock.canned_prediction.arm(ETH, {GET: ANSWER}, *sock.conn.canned_state())
         socks.append(sock)
     return host, socks, now
@@ -65,7 +67,6 @@ def run(host, socks, now: float, bursts: int) -> float:
         now += 0.0005
         ms = int(now * 1000)
         host._answered([hit(s, ms) for s in socks], now)
-        host._canned_done.clear()
     return time.perf_counter() - t0
 
 

@@ -4,8 +4,7 @@
  * Canned(): one connection's arming, held beside its Prediction in a second dict of the same keys. arm(eth,
  * answers, snd_wscale, rcv_wscale, avail, sws, adv_right, ts_offset, mss, cwnd, valid_until) takes the
  * application's table `answers` (a dict: whole request head, bytes -> a tuple whose first item is the answer's
- * bytes) and TcpConnection.canned_state's fields; refresh(mss, cwnd, valid_until) arms it again after an
- * answer (TcpConnection.canned_refresh: what the exchange moved; adv_right C moved itself); disarm() stops it.
+ * bytes) and TcpConnection.canned_state's fields; disarm() stops it.
  *
  * rx_canned(frame, table, canned, now, ident): what rx(frame, table) does, and when the segment is a HIT whose
  * payload is whole request heads all in the connection's armed table, and their answers together may leave
@@ -13,13 +12,29 @@
  * (owner, seq, ack, flags, window, tsval, tsecr, payload, values, frame), values the table's entries in
  * request order, frame the answer (IPv4 ident `ident`), and both the prediction (snd_max past the answer) and
  * the arming (disarmed: one answer per arming) have moved. Python sends the frame and reports the exchange
- * to the connection (TcpConnection.answer_predicted). */
+ * to the connection (TcpConnection.answer_hit).
+ *
+ * Runs (kb_http.h struct kb_http_run): arm_run(snd_mss, send_buffer, max_snd_wnd, cwnd, ssthresh, srtt, rttvar,
+ * min_rtt, min_rto, max_rto, granularity, rtt_time, cubic, cc_mss, acc, w_max, k, epoch, w_est) after arm() lets
+ * rx_canned keep the exchanges it answers (TcpConnection.canned_run's fields): then its result is the answer's
+ * frame alone (bytes), the arming stays (moved as kb_http_run_step moves it), and take_run() returns what the
+ * kept exchanges did, for TcpConnection.canned_run_taken, or None; `owed` says whether there is any.
+ * rx_canned's optional sixth argument, a dict, counts every canned answer by its table value (value -> count:
+ * the application's tally); `answered_at` is the time of the connection's last one.
+ *
+ * rx_burst: rx_canned for a burst of frames off a lane's RX ring (see it, at the end). */
 #include "core/kb_http.h"
+#include "core/kb_lane.h"
+
+#include <math.h>
 
 typedef struct {
     PyObject_HEAD
     struct kb_http_pred h;
+    struct kb_http_run r;
     PyObject *answers;
+    PyObject *answer; /* the last kept exchange's answer: the answer in flight */
+    double answered_at;
 } Canned;
 
 static int Canned_traverse(Canned *self, visitproc visit, void *arg) {
@@ -29,6 +44,7 @@ static int Canned_traverse(Canned *self, visitproc visit, void *arg) {
 
 static int Canned_clear(Canned *self) {
     Py_CLEAR(self->answers);
+    Py_CLEAR(self->answer);
     return 0;
 }
 
@@ -68,7 +84,12 @@ static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t narg
         v[i] = PyLong_AsUnsignedLongMask(args[2 + i]);
         if (v[i] == (unsigned long)-1 && PyErr_Occurred()) return NULL;
     }
+    if (self->r.n) {
+        PyErr_SetString(PyExc_RuntimeError, "arm(): take_run() first (kept exchanges not taken)");
+        return NULL;
+    }
     if (canned_moving(self, args + 8) < 0) return NULL;
+    self->r.armed = 0; /* arm_run keeps exchanges again */
     struct kb_http_pred *h = &self->h;
     memcpy(h->eth, PyBytes_AS_STRING(args[0]), 14);
     h->snd_wscale = (uint8_t)(v[0] > 14 ? 14 : v[0]);
@@ -83,16 +104,78 @@ static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t narg
     Py_RETURN_NONE;
 }
 
-/* refresh(mss, cwnd, valid_until): armed again after an answered exchange, the rest as it left it */
-static PyObject *Canned_refresh(Canned *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !self->answers) {
-        PyErr_SetString(PyExc_TypeError, "refresh(mss, cwnd, valid_until), after an arm()");
+static PyObject *Canned_arm_run(Canned *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 19 || !self->h.armed) {
+        PyErr_SetString(PyExc_TypeError, "arm_run(snd_mss, send_buffer, max_snd_wnd, cwnd, ssthresh, srtt, rttvar, "
+                                         "min_rtt, min_rto, max_rto, granularity, rtt_time, cubic, cc_mss, acc, w_max, "
+                                         "k, epoch, w_est), after an arm()");
         return NULL;
     }
-    if (canned_moving(self, args) < 0) return NULL;
-    self->h.armed = 1;
+    unsigned long long v[5];
+    for (int i = 0; i < 5; i++) {
+        v[i] = PyLong_AsUnsignedLongLongMask(args[i]);
+        if (v[i] == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    }
+    double d[7];
+    for (int i = 0; i < 7; i++) {
+        d[i] = PyFloat_AsDouble(args[5 + i]);
+        if (d[i] == -1.0 && PyErr_Occurred()) return NULL;
+    }
+    int cubic = PyObject_IsTrue(args[12]);
+    unsigned long cc_mss = PyLong_AsUnsignedLongMask(args[13]);
+    long long acc = PyLong_AsLongLong(args[14]);
+    double w_max = PyFloat_AsDouble(args[15]), k = PyFloat_AsDouble(args[16]);
+    double epoch = args[17] == Py_None ? NAN : PyFloat_AsDouble(args[17]), w_est = PyFloat_AsDouble(args[18]);
+    if (cubic < 0 || PyErr_Occurred()) return NULL;
+    struct kb_http_run *r = &self->r;
+    r->snd_mss = (uint32_t)v[0];
+    r->send_buffer = v[1] > 0xFFFFFFFFull ? 0xFFFFFFFFu : (uint32_t)v[1];
+    r->max_snd_wnd = (uint32_t)v[2];
+    r->cwnd = v[3];
+    r->ssthresh = v[4];
+    r->srtt = d[0];
+    r->rttvar = d[1];
+    r->min_rtt = d[2];
+    r->min_rto = d[3];
+    r->max_rto = d[4];
+    r->granularity = d[5];
+    r->rtt_time = d[6];
+    r->cubic = (uint8_t)cubic;
+    r->cc_mss = (uint32_t)cc_mss;
+    r->acc = acc;
+    r->w_max = w_max;
+    r->k = k;
+    r->epoch = epoch;
+    r->w_est = w_est;
+    r->armed = 1;
     Py_RETURN_NONE;
 }
+
+static PyObject *Canned_take_run(Canned *self, PyObject *unused) {
+    struct kb_http_run *r = &self->r;
+    if (!r->n) Py_RETURN_NONE;
+    if (!self->answer) {
+        PyErr_SetString(PyExc_RuntimeError, "take_run(): the kept answer is gone");
+        return NULL;
+    }
+    PyObject *epoch = isnan(r->epoch) ? Py_None : PyFloat_FromDouble(r->epoch);
+    if (!epoch) return NULL;
+    if (epoch == Py_None) Py_INCREF(epoch);
+    PyObject *out = Py_BuildValue("(kKKkidddddKkkkOLdddN)", (unsigned long)r->n, (unsigned long long)r->bytes_in,
+                                  (unsigned long long)r->bytes_out, (unsigned long)r->seq,
+                                  (int)r->window, r->now, r->srtt, r->rttvar, r->min_rtt, r->latest,
+                                  (unsigned long long)r->cwnd, (unsigned long)r->max_snd_wnd,
+                                  (unsigned long)r->ts_recent, (unsigned long)r->adv_right, self->answer,
+                                  (long long)r->acc, r->w_max, r->k, r->w_est, epoch);
+    if (!out) return NULL;
+    r->n = 0;
+    r->bytes_in = r->bytes_out = 0;
+    return out;
+}
+
+static PyObject *Canned_get_owed(Canned *self, void *c) { return PyBool_FromLong(self->r.n != 0); }
+
+static PyObject *Canned_get_answered_at(Canned *self, void *c) { return PyFloat_FromDouble(self->answered_at); }
 
 static PyObject *Canned_state(Canned *self, PyObject *unused) {
     const struct kb_http_pred *h = &self->h;
@@ -110,12 +193,16 @@ static PyObject *Canned_get_armed(Canned *self, void *c) { return PyBool_FromLon
 
 static PyMethodDef Canned_methods[] = {
     {"arm", (PyCFunction)(void (*)(void))Canned_arm, METH_FASTCALL, "answer from `answers` (see csrc/fasthttp.h)"},
-    {"refresh", (PyCFunction)(void (*)(void))Canned_refresh, METH_FASTCALL, "armed again after an answer"},
+    {"arm_run", (PyCFunction)(void (*)(void))Canned_arm_run, METH_FASTCALL, "keep the exchanges answered (see above)"},
+    {"take_run", (PyCFunction)Canned_take_run, METH_NOARGS, "what the kept exchanges did, or None"},
     {"disarm", (PyCFunction)Canned_disarm, METH_NOARGS, "answer nothing until the next arm"},
     {"state", (PyCFunction)Canned_state, METH_NOARGS, "the armed fields after eth and answers, in arm()'s order"},
     {NULL}};
 
 static PyGetSetDef Canned_getset[] = {{"armed", (getter)Canned_get_armed, NULL, "whether rx_canned may answer", NULL},
+                                      {"owed", (getter)Canned_get_owed, NULL, "kept exchanges not taken", NULL},
+                                      {"answered_at", (getter)Canned_get_answered_at, NULL, "the last answer's time",
+                                       NULL},
                                       {NULL}};
 
 static PyTypeObject CannedType = {
@@ -159,64 +246,172 @@ miss:
     return 0;
 }
 
+/* Count each answer in tally (value -> count); -1 on an error (set). */
+static int canned_tally(PyObject *tally, PyObject *const *vals, int k) {
+    for (int i = 0; i < k; i++) {
+        PyObject *n = PyDict_GetItemWithError(tally, vals[i]); /* borrowed */
+        if (!n && PyErr_Occurred()) return -1;
+        long was = n ? PyLong_AsLong(n) : 0;
+        if (was == -1 && PyErr_Occurred()) return -1;
+        PyObject *now = PyLong_FromLong(was + 1);
+        if (!now || PyDict_SetItem(tally, vals[i], now) < 0) {
+            Py_XDECREF(now);
+            return -1;
+        }
+        Py_DECREF(now);
+    }
+    return 0;
+}
+
+/* Answer a HIT from the canned table: NULL (not answered, no error set), the reported 10-tuple, or, when the
+ * run keeps the exchange, Py_Ellipsis with the frame written to out (*out_len bytes) when out is given, else
+ * the frame as bytes. una: the prediction's snd_una before the segment (adv has it after). */
 static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *adv, const struct kb_tcp_hit *hit,
-                               const uint8_t *f, double now, unsigned ident) {
+                               const uint8_t *f, double now, unsigned ident, uint32_t una, PyObject *tally,
+                               uint8_t *out_buf, size_t *out_len) {
     PyObject *vals[KB_HTTP_MAX_HEADS];
     size_t total;
     int k = canned_match(c->answers, f + hit->payload_off, hit->payload_len, vals, &total);
     if (!k) return NULL;
-    PyObject *out = NULL, *frame = NULL, *values = NULL, *payload = NULL;
+    PyObject *out = NULL, *frame = NULL, *values = NULL, *payload = NULL, *answer = NULL;
     if (!kb_http_may_send(&c->h, adv->snd_max, hit->ack, hit->window, total, now)) goto done;
+    int keep = kb_http_run_ok(&c->r, una, adv->snd_max, hit->ack);
     size_t n = kb_tcp_frame_len(adv->ts_ok, total);
-    frame = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
-    values = PyTuple_New(k);
-    payload = PyBytes_FromStringAndSize((const char *)f + hit->payload_off, hit->payload_len);
-    if (!frame || !values || !payload) goto done;
-    uint8_t *w = (uint8_t *)PyBytes_AS_STRING(frame);
+    uint8_t *w = out_buf;
+    if (!keep || !w) {
+        frame = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+        if (!frame) goto done;
+        w = (uint8_t *)PyBytes_AS_STRING(frame);
+    }
+    if (tally && canned_tally(tally, vals, k) < 0) goto done;
     uint8_t *body = w + kb_tcp_frame_len(adv->ts_ok, 0);
     for (int i = 0; i < k; i++) { /* the answers in request order, straight into the frame */
         PyObject *b = PyTuple_GET_ITEM(vals[i], 0);
         memcpy(body, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
         body += PyBytes_GET_SIZE(b);
-        PyTuple_SET_ITEM(values, i, vals[i]);
-        vals[i] = NULL;
+    }
+    if (keep) { /* the answer in flight, for the connection's send queue when it takes the run */
+        answer = k == 1 ? PyTuple_GET_ITEM(vals[0], 0) : NULL;
+        if (answer) Py_INCREF(answer);
+        else answer = PyBytes_FromStringAndSize((const char *)w + kb_tcp_frame_len(adv->ts_ok, 0), (Py_ssize_t)total);
+        if (!answer) goto done;
     }
     struct kb_tcp_pred p = *adv;
     struct kb_tcp_fields h = {.eth = c->h.eth, .src_ip = p.local_ip, .dst_ip = p.remote_ip, .ident = (uint16_t)ident,
                               .sport = p.local_port, .dport = p.remote_port, .seq = p.snd_max, .ack = p.rcv_nxt,
                               .flags = KB_TCP_ACK | KB_TCP_PSH, .has_ts = p.ts_ok};
+    struct kb_http_pred before = c->h; /* the window field moves adv_right: undone if Python gets nothing */
     h.window = kb_http_wnd_field(&c->h, p.rcv_nxt);
     h.tsval = (uint32_t)((uint64_t)(int64_t)(now * 1000) + c->h.ts_offset); /* Output._tsval */
     h.tsecr = p.ts_recent;
     kb_tcp_frame(w, &h, w + kb_tcp_frame_len(adv->ts_ok, 0), total); /* the payload is in place already */
-    PyObject *owner = pred->owner ? pred->owner : Py_None;
-    if (hit->has_ts)
-        out = Py_BuildValue("(OkkiikkOOO)", owner, (unsigned long)hit->seq, (unsigned long)hit->ack, (int)hit->flags,
-                            (int)hit->window, (unsigned long)hit->tsval, (unsigned long)hit->tsecr, payload, values,
-                            frame);
-    else
-        out = Py_BuildValue("(OkkiiOOOOO)", owner, (unsigned long)hit->seq, (unsigned long)hit->ack, (int)hit->flags,
-                            (int)hit->window, Py_None, Py_None, payload, values, frame);
-    if (out) { /* the connection moves on: our answer is sent, one answer per arming */
+    if (keep) {
+        out = frame ? frame : Py_Ellipsis;
+        Py_INCREF(out);
+        if (!frame) *out_len = n;
+    } else {
+        values = PyTuple_New(k);
+        payload = PyBytes_FromStringAndSize((const char *)f + hit->payload_off, hit->payload_len);
+        if (!values || !payload) {
+            c->h = before;
+            goto done;
+        }
+        for (int i = 0; i < k; i++) {
+            PyTuple_SET_ITEM(values, i, vals[i]);
+            vals[i] = NULL;
+        }
+        PyObject *owner = pred->owner ? pred->owner : Py_None;
+        if (hit->has_ts)
+            out = Py_BuildValue("(OkkiikkOOO)", owner, (unsigned long)hit->seq, (unsigned long)hit->ack,
+                                (int)hit->flags, (int)hit->window, (unsigned long)hit->tsval,
+                                (unsigned long)hit->tsecr, payload, values, frame);
+        else
+            out = Py_BuildValue("(OkkiiOOOOO)", owner, (unsigned long)hit->seq, (unsigned long)hit->ack,
+                                (int)hit->flags, (int)hit->window, Py_None, Py_None, payload, values, frame);
+        if (!out) c->h = before;
+    }
+    if (out) { /* the connection moves on: our answer is sent */
         pred->p = p;
         pred->p.snd_max = p.snd_max + (uint32_t)total;
         pred->p.rcv_wnd = adv->rcv_wnd + hit->payload_len; /* the application took the request at once */
         pred->p.last_ack_sent = p.rcv_nxt;                 /* the answer acknowledges it */
-        c->h.armed = 0;
+        c->answered_at = now;
+        if (keep) { /* C keeps the exchange (kb_http_run_step) and stays armed */
+            kb_http_run_step(&c->r, &c->h, hit->ack - una, hit->seq, hit->window, hit->payload_len, (uint32_t)total,
+                             p.ts_recent, now);
+            Py_XSETREF(c->answer, answer);
+            answer = NULL;
+        } else { /* reported: one answer per arming, and the run's copy of the connection is Python's again */
+            c->h.armed = 0;
+            c->r.armed = 0;
+        }
     }
 done:
     for (int i = 0; i < k; i++) Py_XDECREF(vals[i]);
     Py_XDECREF(frame);
     Py_XDECREF(values);
     Py_XDECREF(payload);
+    Py_XDECREF(answer);
     if (!out) PyErr_Clear();
     return out;
 }
 
+/* One frame through the prediction and the canned answers: Py_None (no HIT: the slow path), a HIT's 8-tuple,
+ * a reported answer's 10-tuple, or a kept answer (canned_answer's Py_Ellipsis or frame); NULL on an error. */
+static PyObject *rx_one(const uint8_t *f, size_t len, PyObject *table, PyObject *canned, double now, unsigned ident,
+                        PyObject *tally, uint8_t *out_buf, size_t *out_len) {
+    uint8_t ip[4];
+    uint16_t sport, dport;
+    if (kb_tcp_key(f, len, ip, &sport, &dport) != 0) Py_RETURN_NONE;
+    unsigned long long key = ((unsigned long long)((uint32_t)ip[0] << 24 | (uint32_t)ip[1] << 16 |
+                                                   (uint32_t)ip[2] << 8 | ip[3]) << 32) |
+                             ((unsigned long long)sport << 16) | dport;
+    PyObject *kobj = PyLong_FromUnsignedLongLong(key);
+    if (!kobj) return NULL;
+    PyObject *pred = PyDict_GetItemWithError(table, kobj); /* borrowed */
+    PyObject *can = pred ? PyDict_GetItemWithError(canned, kobj) : NULL;
+    Py_DECREF(kobj);
+    if (PyErr_Occurred()) return NULL;
+    if (!pred || Py_TYPE(pred) != &PredType) Py_RETURN_NONE;
+    /* held, not borrowed: building the answer's objects may run the collector, and a finalizer there could
+     * drop the socket and with it these */
+    Py_INCREF(pred);
+    Py_XINCREF(can);
+    Pred *pr = (Pred *)pred;
+    int armed = can && Py_TYPE(can) == &CannedType && ((Canned *)can)->h.armed;
+    struct kb_tcp_pred adv = pr->p; /* advanced on a copy: a canned answer moves it further */
+    struct kb_tcp_hit hit;
+    PyObject *out = NULL;
+    if (kb_tcp_predict(&adv, f, len, &hit) == KB_TCP_HIT) {
+        if (armed && hit.payload_len)
+            out = canned_answer(pr, (Canned *)can, &adv, &hit, f, now, ident, pr->p.snd_una, tally, out_buf, out_len);
+        if (!out) {
+            /* the segment goes to Python, which the arming no longer describes (unread data, an ACK that moved
+             * the send side): a later segment of this burst must not be answered before it, nor be taken as a
+             * request of its own; the flush after the burst re-arms */
+            if (armed) ((Canned *)can)->h.armed = ((Canned *)can)->r.armed = 0;
+            pr->p = adv;
+            out = hit_tuple(pr->owner, &hit, (const char *)f);
+        }
+    } else {
+        out = Py_None;
+        Py_INCREF(out);
+    }
+    Py_XDECREF(can);
+    Py_DECREF(pred);
+    return out;
+}
+
+static int tally_arg(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at, PyObject **tally) {
+    *tally = nargs > at && args[at] != Py_None ? args[at] : NULL;
+    return *tally && !PyDict_Check(*tally) ? -1 : 0;
+}
+
 static PyObject *mod_rx_canned(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyDict_Check(args[1]) || !PyDict_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "rx_canned(frame, table, canned, now, ident): a frame, two dicts of "
-                                         "predictions, the time and an IPv4 ident");
+    PyObject *tally;
+    if (nargs < 5 || nargs > 6 || !PyDict_Check(args[1]) || !PyDict_Check(args[2]) || tally_arg(args, nargs, 5, &tally)) {
+        PyErr_SetString(PyExc_TypeError, "rx_canned(frame, table, canned, now, ident[, tally]): a frame, two dicts "
+                                         "of predictions, the time, an IPv4 ident and a dict or None");
         return NULL;
     }
     double now = PyFloat_AsDouble(args[3]);
@@ -224,53 +419,107 @@ static PyObject *mod_rx_canned(PyObject *m, PyObject *const *args, Py_ssize_t na
     if (PyErr_Occurred()) return NULL;
     Py_buffer b;
     if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0) return NULL;
-    uint8_t ip[4];
-    uint16_t sport, dport;
-    PyObject *out = Py_None;
-    if (kb_tcp_key(b.buf, (size_t)b.len, ip, &sport, &dport) == 0) {
-        unsigned long long key = ((unsigned long long)((uint32_t)ip[0] << 24 | (uint32_t)ip[1] << 16 |
-                                                       (uint32_t)ip[2] << 8 | ip[3]) << 32) |
-                                 ((unsigned long long)sport << 16) | dport;
-        PyObject *kobj = PyLong_FromUnsignedLongLong(key);
-        if (!kobj) goto fail;
-        PyObject *pred = PyDict_GetItemWithError(args[1], kobj); /* borrowed */
-        PyObject *can = pred ? PyDict_GetItemWithError(args[2], kobj) : NULL;
-        Py_DECREF(kobj);
-        if (PyErr_Occurred()) goto fail;
-        if (pred && Py_TYPE(pred) == &PredType) {
-            /* held, not borrowed: building the answer's objects may run the collector, and a finalizer there
-             * could drop the socket and with it these */
-            Py_INCREF(pred);
-            Py_XINCREF(can);
-            Pred *pr = (Pred *)pred;
-            int armed = can && Py_TYPE(can) == &CannedType && ((Canned *)can)->h.armed;
-            struct kb_tcp_pred adv = pr->p; /* advanced on a copy: a canned answer moves it further */
-            struct kb_tcp_hit hit;
-            out = NULL;
-            if (kb_tcp_predict(&adv, b.buf, (size_t)b.len, &hit) == KB_TCP_HIT) {
-                if (armed && hit.payload_len)
-                    out = canned_answer(pr, (Canned *)can, &adv, &hit, b.buf, now, (unsigned)ident);
-                if (!out) {
-                    /* the segment goes to Python, which the arming no longer describes (unread data, an ACK
-                     * that moved the send side): a later segment of this burst must not be answered before
-                     * it, nor be taken as a request of its own; the flush after the burst re-arms */
-                    if (armed) ((Canned *)can)->h.armed = 0;
-                    pr->p = adv;
-                    out = hit_tuple(pr->owner, &hit, b.buf);
-                }
-            }
-            Py_XDECREF(can);
-            Py_DECREF(pred);
-            if (out) {
-                PyBuffer_Release(&b);
-                return out;
-            }
-            if (PyErr_Occurred()) goto fail;
-        }
+    PyObject *out = rx_one(b.buf, (size_t)b.len, args[1], args[2], now, (unsigned)ident, tally, NULL, NULL);
+    PyBuffer_Release(&b);
+    return out;
+}
+
+/* rx_burst(lane, tx, table, canned, now, ident, tally, max) -> (frames, kept, udp, ident, items, more): up to max
+ * frames off the RX ring of `lane` (kbypass._fastlane.Lane.core: its struct kb_lane), each through rx_one; a
+ * kept answer goes straight onto the TX ring of `tx` (the lane the host sends on, another Lane.core). items, in arrival order, is what Python must see: a frame
+ * (bytes) for the slow path, a HIT's 8-tuple, a reported answer's 10-tuple (its frame not sent), a kept answer
+ * the TX ring had no room or frame for as a 1-tuple (frame,) to send; udp counts the frames to the lane's own
+ * UDP port (nothing of TCP's: TcpHost counts them as it counts the Python lane's). ident: the IPv4 ident of the last frame built. more: the burst
+ * stopped at a frame only Python's lane takes (no fill slot, a chain past one frame, a bad descriptor). */
+#define KB_BURST_BUF (14 + 60 + 60 + 65536)
+
+/* close() clears the lane's ring pointers, and a closed socket its rings' (fastlane.c check_open) */
+static int lane_open(const struct kb_lane *l) {
+    return l->rx && l->fill && l->tx && l->comp && kb_ring_valid(l->rx) && kb_ring_valid(l->fill) &&
+           kb_ring_valid(l->tx) && kb_ring_valid(l->comp);
+}
+
+static PyObject *mod_rx_burst(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *tally;
+    if (nargs != 8 || !PyCapsule_IsValid(args[0], KB_LANE_CAPSULE) || !PyCapsule_IsValid(args[1], KB_LANE_CAPSULE) ||
+        !PyDict_Check(args[2]) || !PyDict_Check(args[3]) || tally_arg(args, nargs, 6, &tally)) {
+        PyErr_SetString(PyExc_TypeError, "rx_burst(lane, tx, table, canned, now, ident, tally, max): two Lane.core, "
+                                         "two dicts of predictions, the time, an IPv4 ident, a dict or None, a count");
+        return NULL;
     }
-    PyBuffer_Release(&b);
-    Py_RETURN_NONE;
-fail:
-    PyBuffer_Release(&b);
-    return NULL;
+    struct kb_lane *l = PyCapsule_GetPointer(args[0], KB_LANE_CAPSULE), *t = PyCapsule_GetPointer(args[1], KB_LANE_CAPSULE);
+    double now = PyFloat_AsDouble(args[4]);
+    unsigned long ident = PyLong_AsUnsignedLongMask(args[5]);
+    long max = PyLong_AsLong(args[7]);
+    if (PyErr_Occurred()) return NULL;
+    if (!lane_open(l) || !lane_open(t)) {
+        PyErr_SetString(PyExc_ValueError, "rx_burst: the lane is closed");
+        return NULL;
+    }
+    /* the frame in and the answer out: static buffers (a fresh 64 KiB block each burst costs the page faults
+     * of memory the heap gives back and takes again), unless a call is already under way (a finalizer run by
+     * the collector inside this one) */
+    static uint8_t in_buf[KB_BURST_BUF], tx_buf[KB_BURST_BUF];
+    static int busy;
+    uint8_t *in = busy ? PyMem_Malloc(KB_BURST_BUF) : in_buf, *tx = busy ? PyMem_Malloc(KB_BURST_BUF) : tx_buf;
+    int mine = !busy;
+    busy = 1;
+    PyObject *items = PyList_New(0), *res = NULL;
+    if (!in || !tx || !items) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    long frames = 0, kept = 0, udp = 0;
+    int more = 0, tx_ok = 1; /* once a send fails, the rest of the burst's answers go through Python too: in order */
+    while (frames < max) {
+        uint32_t n;
+        int r = kb_lane_rx_copy(l, in, KB_BURST_BUF, &n);
+        if (r == KB_LANE_EMPTY) break;
+        if (r != KB_LANE_FRAME) { /* no fill slot, a longer chain, an error: the Python lane takes it */
+            more = 1;
+            break;
+        }
+        frames++;
+        if (kb_udp_accept(&l->me, in, n)) { /* UDP to the lane's own port: nothing of TCP's */
+            udp++;
+            continue;
+        }
+        size_t out_len = 0;
+        PyObject *o = rx_one(in, n, args[2], args[3], now, (unsigned)((ident + 1) & 0xFFFF), tally, tx, &out_len);
+        if (!o) goto out;
+        if (o == Py_Ellipsis || (PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 10)) ident = (ident + 1) & 0xFFFF;
+        int add = 0;
+        if (o == Py_Ellipsis) {
+            kept++;
+            if (tx_ok) tx_ok = kb_lane_send(t, tx, (uint32_t)out_len, NULL, 0, 0, 0) == KB_LANE_SENT;
+            if (!tx_ok) { /* no TX slot or frame now (or an error): Python's send path has the remedies */
+                Py_DECREF(o);
+                o = Py_BuildValue("(y#)", (const char *)tx, (Py_ssize_t)out_len);
+                if (!o) goto out;
+                add = 1;
+            }
+        } else if (o == Py_None) {
+            Py_DECREF(o);
+            o = PyBytes_FromStringAndSize((const char *)in, n);
+            if (!o) goto out;
+            add = 1;
+        } else {
+            add = 1;
+        }
+        if (add && PyList_Append(items, o) < 0) {
+            Py_DECREF(o);
+            goto out;
+        }
+        Py_DECREF(o);
+    }
+    res = Py_BuildValue("(lllkOi)", frames, kept, udp, ident, items, more);
+out:
+    if (mine) {
+        busy = 0;
+    } else {
+        PyMem_Free(in);
+        PyMem_Free(tx);
+    }
+    Py_XDECREF(items);
+    return res;
 }

@@ -348,6 +348,23 @@ static PyObject *Lane_close(Lane *self, PyObject *unused) {
 
 static PyObject *Lane_get_stashed(Lane *self, void *c) { return PyLong_FromLong(self->l.nstash); }
 
+static void core_release(PyObject *capsule) { Py_XDECREF((PyObject *)PyCapsule_GetContext(capsule)); }
+
+/* core: the lane's struct kb_lane for another binding (KB_LANE_CAPSULE); it checks the rings itself, as close()
+ * clears their pointers */
+static PyObject *Lane_get_core(Lane *self, void *c) {
+    if (check_open(self)) return NULL;
+    PyObject *cap = PyCapsule_New(&self->l, KB_LANE_CAPSULE, core_release);
+    if (!cap) return NULL;
+    Py_INCREF(self);
+    if (PyCapsule_SetContext(cap, self) < 0) {
+        Py_DECREF(self);
+        Py_DECREF(cap);
+        return NULL;
+    }
+    return cap;
+}
+
 static PyObject *Lane_get_defer_kick(Lane *self, void *c) { return PyBool_FromLong(self->l.defer_kick); }
 
 /* defer_kick = True: sends never kick (a full TX ring aside); the owner kicks once for a batch (flush_tx). */
@@ -376,6 +393,7 @@ static PyMethodDef Lane_methods[] = {
 
 static PyGetSetDef Lane_getset[] = {
     {"stashed", (getter)Lane_get_stashed, NULL, "frames held in the stash (state APP)", NULL},
+    {"core", (getter)Lane_get_core, NULL, "the lane's C struct, as a capsule (kbypass._fasttcp.rx_burst)", NULL},
     {"defer_kick", (getter)Lane_get_defer_kick, (setter)Lane_set_defer_kick,
      "sends leave the kick to the owner's flush_tx (one for a batch)", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -240,6 +240,7 @@ static PyObject *mod_frame(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef mod_methods[] = {
     {"rx_canned", (PyCFunction)(void (*)(void))mod_rx_canned, METH_FASTCALL, "rx, answering canned requests in C"},
+    {"rx_burst", (PyCFunction)(void (*)(void))mod_rx_burst, METH_FASTCALL, "rx_canned for a burst off a lane's ring"},
     {"rx", (PyCFunction)(void (*)(void))mod_rx, METH_FASTCALL, "header prediction of one frame (see module source)"},
     {"frame", (PyCFunction)(void (*)(void))mod_frame, METH_FASTCALL, "one established-path TCP frame"},
     {NULL}};

@@ -49,4 +49,43 @@ uint16_t kb_http_wnd_field(struct kb_http_pred *h, uint32_t rcv_nxt);
 int kb_http_may_send(const struct kb_http_pred *h, uint32_t snd_max, uint32_t ack, uint16_t window, size_t len,
                      double now);
 
+/* Exchanges C answers and keeps (a "run"): while armed (TcpConnection.canned_run), an answered request that
+ * acknowledges all we sent, on a connection whose answer in flight is being timed, is not reported to Python
+ * one by one. C makes the reference's state change itself (TcpConnection.answer_hit: the ACK's RTT sample,
+ * RFC 6298 as kbypass.proto.transport.rtt; the congestion window's growth, NewReno's or CUBIC's as
+ * kbypass.proto.tcp.congestion; the peer's window; the answer queued, timed and its RTO and tail probe armed)
+ * and counts what Python must apply when it next looks at the connection (TcpConnection.canned_run_taken, one
+ * call for any number of exchanges). tests/unit/test_http_run.py holds the two to the same state. Anything
+ * else (a partial ACK, loss) is reported per exchange as before. */
+struct kb_http_run {
+    uint8_t armed;
+    uint32_t snd_mss;          /* payload per segment: the tail probe's one-segment allowance */
+    uint32_t send_buffer;
+    uint32_t max_snd_wnd;
+    uint64_t cwnd, ssthresh;   /* bytes (cc.cwnd, cc.ssthresh) */
+    uint8_t cubic;             /* the controller: CUBIC (kbypass.proto.tcp.congestion.Cubic), else NewReno */
+    uint32_t cc_mss;           /* the controller's segment size */
+    int64_t acc;               /* bytes acked toward the next increase (NewReno._acc) */
+    double w_max, k, epoch, w_est; /* CUBIC's (epoch NaN: None) */
+    double srtt, rttvar, min_rtt, latest, rto; /* RttEstimator's */
+    double min_rto, max_rto, granularity;
+    double rtt_time;           /* when the answer in flight left (TcpConnection._rtt_time) */
+    /* since the last take: the count, the bytes each way, the last exchange's fields */
+    uint32_t n;
+    uint64_t bytes_in, bytes_out;
+    uint32_t seq, ts_recent, adv_right;
+    uint16_t window;
+    double now;
+};
+
+/* Whether an answered segment may be kept: armed, its ACK new and covering all we sent (snd_una, snd_max:
+ * before the segment). */
+int kb_http_run_ok(const struct kb_http_run *r, uint32_t snd_una, uint32_t snd_max, uint32_t ack);
+
+/* The reference's state change for one kept exchange (acked: the bytes its ACK took; req_len, answer_len:
+ * the payload each way; window: the segment's field), and the arming moved as canned_refresh would move it.
+ * ts_recent and adv_right: the prediction's after the exchange. */
+void kb_http_run_step(struct kb_http_run *r, struct kb_http_pred *h, uint32_t acked, uint32_t seq,
+                      uint16_t window, uint32_t req_len, uint32_t answer_len, uint32_t ts_recent, double now);
+
 #endif

@@ -27,6 +27,10 @@
 
 #define KB_LANE_STASH_MAX 64
 
+/* The name of the capsule kbypass._fastlane.Lane.core hands out (a struct kb_lane *, the Lane held while the
+ * capsule lives), for another binding's burst over the same rings (kbypass._fasttcp.rx_burst). */
+#define KB_LANE_CAPSULE "kbypass._fastlane.kb_lane"
+
 enum kb_lane_result {
     KB_LANE_EMPTY = 0,     /* rx_next: nothing on the RX ring */
     KB_LANE_FRAME = 1,     /* rx_next: a frame */

@@ -25,6 +25,9 @@ class Lane:
     def stashed(self) -> int:
         """Frames held in the stash (state APP)."""
     @property
+    def core(self) -> object:
+        """The lane's C struct as a capsule (it holds the lane), for kbypass._fasttcp.rx_burst."""
+    @property
     def defer_kick(self) -> bool:
         """Sends leave the kick to the owner's flush_tx (one for a batch); a full TX ring still kicks."""
     @defer_kick.setter

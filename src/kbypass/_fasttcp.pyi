@@ -40,13 +40,33 @@ class Canned:
     def armed(self) -> bool: ...
     def arm(self, eth: bytes, answers: dict[bytes, tuple], snd_wscale: int, rcv_wscale: int, avail: int, sws: int,
             adv_right: int, ts_offset: int, mss: int, cwnd: int, valid_until: float, /) -> None: ...
-    def refresh(self, mss: int, cwnd: int, valid_until: float, /) -> None:
-        """Armed again after an answer (TcpConnection.canned_refresh's fields)."""
+    @property
+    def owed(self) -> bool:
+        """Exchanges C answered and kept (a run) that take_run() has not handed over."""
+    @property
+    def answered_at(self) -> float:
+        """When the last canned answer of this connection left (0.0: none yet)."""
+    def arm_run(self, snd_mss: int, send_buffer: int, max_snd_wnd: int, cwnd: int, ssthresh: int, srtt: float,
+                rttvar: float, min_rtt: float, min_rto: float, max_rto: float, granularity: float,
+                rtt_time: float, cubic: bool, cc_mss: int, acc: int, w_max: float, k: float, epoch: float | None,
+                w_est: float, /) -> None:
+        """After arm(): keep the exchanges answered (TcpConnection.canned_run's fields; csrc/core/kb_http.h)."""
+    def take_run(self) -> None | tuple:
+        """What the kept exchanges did, for TcpConnection.canned_run_taken (None: nothing kept)."""
     def disarm(self) -> None: ...
     def state(self) -> tuple[int, int, int, int, int, int, int, int, float]:
         """The armed fields after eth and answers, in arm()'s order."""
 
 def rx_canned(frame: ReadableBuffer, table: dict[int, Prediction], canned: dict[int, Canned], now: float,
-              ident: int, /) -> None | tuple:
+              ident: int, tally: dict | None = None, /) -> None | bytes | tuple:
     """rx(frame, table), or for a HIT whose payload is whole request heads of the connection's armed table,
-    (owner, seq, ack, flags, window, tsval, tsecr, payload, values, frame): the answer's frame, built."""
+    (owner, seq, ack, flags, window, tsval, tsecr, payload, values, frame): the answer's frame, built; or that
+    frame alone (bytes) when the connection's run kept the exchange. tally: value -> count of every answer."""
+
+def rx_burst(lane: object, tx: object, table: dict[int, Prediction], canned: dict[int, Canned], now: float,
+             ident: int, tally: dict | None, max: int, /) -> tuple[int, int, int, int, list, int]:
+    """(frames, kept, udp, ident, items, more): up to max frames off the RX ring of `lane` (Lane.core), each
+    as rx_canned takes it; kept answers go onto the TX ring of `tx` (another Lane.core). items, in arrival
+    order: a frame for the general path, a HIT's 8-tuple, a reported answer's 10-tuple (not sent), a kept
+    answer the TX ring could not take, (frame,). udp: frames to the lane's own UDP port. ident: the last
+    IPv4 ident used. more: the burst stopped at a frame only the Python lane takes."""

@@ -18,6 +18,7 @@ class FakeSock:
     """A connection whose peer's bytes are all in `_rx` already (taken as events: nothing wakes it again)."""
 
     canned = None  # TcpSocket.canned: what the loop would let the C fast path answer
+    canned_at = 0.0  # TcpSocket.canned_at: nothing answered in C
 
     def __init__(self, host, data: bytes, room: int | None = None) -> None:
         self.host = host
@@ -90,8 +91,8 @@ class FakeHost:
     def receive(self) -> bool:
         return False
 
-    def take_canned(self) -> list:  # no C fast path here: nothing is answered from the canned table
-        return []
+    def take_canned(self) -> dict:  # no C fast path here: nothing is answered from the canned table
+        return {}
 
     def take_woken(self) -> set:
         w, self.woken = self.woken, set()

@@ -109,11 +109,10 @@ def serve(host, listener, site, *, duration: float | None = None, requests: int 
             host.receive()
             now = time.monotonic()
             moved = False
-            for sock, values in host.take_canned():  # requests answered in C: counted, the clock restarted
-                c = clients.get(sock)
-                if c is not None:
-                    _count_canned(c, values, res, now)
-                    moved = True
+            tally = host.take_canned()  # requests answered in C: counted (their sockets' canned_at is the clock)
+            if tally:
+                _count_canned(tally, res)
+                moved = True
             while listener.pending and (requests is None or res.requests < requests):
                 sock, _ = listener.accept(0)
                 sock.setblocking(False)
@@ -170,6 +169,9 @@ def _timed_out(c: _Client, now: float, date: str, res: ServeResult, head_timeout
                keepalive_timeout: float) -> bool:
     """Close a connection whose request head is late (408 first) or that waited too long for its next
     request (keep-alive: closed without an answer, as nginx does); True when it timed out."""
+    canned_at = c.sock.canned_at  # the requests the TCP fast path answered restart the keep-alive clock
+    if canned_at > c.idle_at:
+        c.served, c.idle_at = True, canned_at
     if c.parser.pending:
         if c.head_at is None:
             c.head_at = now
@@ -184,17 +186,15 @@ def _timed_out(c: _Client, now: float, date: str, res: ServeResult, head_timeout
     return True
 
 
-def _count_canned(c: _Client, values, res: ServeResult, now: float) -> None:
-    """Requests the TCP fast path answered from the canned table (respond_whole's tuples), counted as _gather
-    counts what it answers; the keep-alive clock starts again."""
+def _count_canned(tally: dict, res: ServeResult) -> None:
+    """Requests the TCP fast path answered from the canned table ({respond_whole's tuple: times sent}),
+    counted as _gather counts what it answers."""
     statuses = res.statuses
-    for _data, status, body_len in values:
-        res.requests += 1
-        res.responses += 1
-        res.body_bytes += body_len
-        statuses[status] = statuses.get(status, 0) + 1
-    c.served = True
-    c.idle_at = now
+    for (_data, status, body_len), n in tally.items():
+        res.requests += n
+        res.responses += n
+        res.body_bytes += body_len * n
+        statuses[status] = statuses.get(status, 0) + n
 
 
 def _read(c: _Client, date: str, res: ServeResult, limit: int | None, now: float, site=None,

@@ -75,7 +75,7 @@ class TcpSocket:
     """One TCP connection of a TcpHost. Made by TcpHost.connect or TcpListener.accept, not directly."""
 
     def __init__(self, host, conn, peer: tuple[str, int], local_port: int, listener=None) -> None:
-        self.host, self.conn, self.peer = host, conn, peer
+        self.host, self._conn, self.peer = host, conn, peer
         self.local = (host.ip, local_port)
         self._peer_ip = socket.inet_aton(peer[0])
         self.key = (self._peer_ip, peer[1], local_port)
@@ -126,6 +126,25 @@ class TcpSocket:
         host.counters["connected"] += 1
         return sock
 
+    @property
+    def conn(self):
+        """The connection, up to date: exchanges the C fast path answered and kept (a run: csrc/core/kb_http.h)
+        are taken into it first, in one call however many they are (TcpConnection.canned_run_taken). Every
+        look at the connection goes through here, so none sees it behind what C sent."""
+        if self.canned_prediction.owed:
+            conn = self._conn
+            conn.canned_run_taken(self.canned_prediction.take_run())
+            # the run's timers: an RTT sample that shrank the tail probe's may bring it before the entry the host
+            # has (schedule keeps the earlier of the two)
+            self.host.schedule(self, conn.next_timer())
+        return self._conn
+
+    @property
+    def canned_at(self) -> float:
+        """When the C fast path last answered a request of this connection from the canned table (0.0: never):
+        the application's idle clock, as those requests never reach it."""
+        return self.canned_prediction.answered_at
+
     # ---- driven by the host -----------------------------------------------------------------------------
     def segment(self, seg, now: float) -> None:
         self.unpredict()
@@ -169,32 +188,34 @@ class TcpSocket:
             self.host.touch(self)  # armed at the next flush
 
     def answered(self, still: bool) -> None:
-        """After the C fast path answered a segment from the canned answers and the connection took the
-        exchange (TcpHost._answered; `still`: answer_hit's result): nothing is left to send and no event
-        came (tests/unit/test_http_canned.py holds both), and the prediction C advanced is the connection's,
-        so of flush() only this remains: arm the canned answers again (what the exchange moved: the rest of
-        the arming holds) and the timers the answer set."""
+        """After the C fast path answered a segment from the canned answers and reported it, and the connection
+        took the exchange (TcpHost._answered; `still`: answer_hit's result): nothing is left to send and no
+        event came (tests/unit/test_http_canned.py holds both), and the prediction C advanced is the
+        connection's, so of flush() only this remains: arm the canned answers again (the run too: C may keep
+        the next exchanges) and the timers the answer set."""
         if not still:
             self.unpredict()
             self.host.touch(self)
             return
-        after = self.conn.canned_after()
-        if after is None:  # the exchange left more to do than C may: Python's turn
-            self.canned_prediction.disarm()
+        self._arm_canned()
+        if not self.canned_prediction.armed:  # the exchange left more to do than C may: Python's turn
             self.host.touch(self)
             return
-        self.canned_prediction.refresh(*after[0])
-        self.host.schedule(self, after[1])
+        self.host.schedule(self, self._conn.next_timer())
 
     def _arm_canned(self) -> None:
         state = None
+        conn = self.conn
         if not self._rx and not self._app_closed and not self._shut_wr and self._dead is None:
-            state = self.conn.canned_state()
+            state = conn.canned_state()
         eth = None if state is None else self.host.eth_head(self._peer_ip)
         if eth is None:
             self.canned_prediction.disarm()
-        else:
-            self.canned_prediction.arm(eth, self._canned, *state)
+            return
+        self.canned_prediction.arm(eth, self._canned, *state)
+        run = conn.canned_run()
+        if run is not None:
+            self.canned_prediction.arm_run(*run)
 
     def unpredict(self) -> None:
         """The connection is about to change outside the fast path (a segment, a timer, shutdown, close,

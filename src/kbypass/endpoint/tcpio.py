@@ -45,9 +45,9 @@ from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 from .base import POLL_MODES, close_steered, wake_lanes
 from .tcperrors import HostUnreachableError
+from .tcprx import TcpReceive
 
 TCP_FRAME_OVERHEAD = ETH_HLEN + 20 + 60  # Ethernet, IPv4, the largest TCP header (options included)
-RX_BURST = 64  # frames taken per lane per pump before the connections' answers go out
 STACK_CHECK = 0.005  # seconds between looks at the stack's ARP timers
 TX_BACKLOG = 65536  # frames waiting for TX ring room before new segments are refused (the TCP retransmits)
 
@@ -57,7 +57,7 @@ def _prediction_key(key: tuple[bytes, int, int]) -> int:
     return (int.from_bytes(key[0], "big") << 32) | (key[1] << 16) | key[2]
 
 
-class TcpHost:
+class TcpHost(TcpReceive):
     """One address of one interface running kbypass's TCP. See the module doc. Not thread-safe.
 
     poll: "wakeup" (sleep in poll()) or "busy" (spin). max_connections: connections (all states but LISTEN
@@ -131,8 +131,13 @@ class TcpHost:
         # the same connections' predictions for kbypass._fasttcp.rx, by (peer ip << 16 | peer port) << 16 | local port
         self._predictions: dict[int, object] = {}
         self._canned: dict[int, object] = {}  # and their canned answers' arming (TcpSocket.canned), same keys
-        self._canned_done: list = []  # (socket, the table's values) answered in C since take_canned
+        self._tally: dict = {}  # canned table value -> answers C sent since take_canned
+        self._tallied = 0  # of which counted in counters["rx_canned"]
         self._predict, self._frame_of = self._fasttcp.rx_canned, self._fasttcp.frame
+        # a receive burst in one C call per lane (kbypass._fasttcp.rx_burst over the lane's own C struct)
+        native_tcp = self._fasttcp is not tcp_fastpath
+        self._burst = self._fasttcp.rx_burst if native_tcp else None
+        self._cores = [lane.c.core if native_tcp else None for lane in self._lanes]
         self._no_time_wait_until = 0.0  # room(): no TIME_WAIT connection to end before then
         self._listeners: dict[int, object] = {}  # local port -> endpoint.tcp.TcpListener
         self._dirty: set = set()  # sockets with something to send or events to read
@@ -151,7 +156,7 @@ class TcpHost:
             self._epoll.register(lane.fd, select.EPOLLIN)
         self.counters = dict.fromkeys(("rx_segments", "rx_predicted", "tx_segments", "rx_not_tcp", "rx_bad", "rx_no_socket",
                                        "tx_ring_full", "tx_dropped", "refused_limit", "accepted", "connected",
-                                       "loss_dropped", "rx_canned"), 0)
+                                       "loss_dropped", "rx_canned", "rx_canned_kept"), 0)
         self._closed = False
 
     # ---- ports and steering --------------------------------------------------------------------------
@@ -307,47 +312,6 @@ class TcpHost:
         self.transmit()
         return got
 
-    def receive(self) -> bool:
-        """Take what arrived (up to RX_BURST frames per lane) into the connections, and their events into the
-        sockets (what came is readable now); True when any frame came. Nothing is sent but the answers the C
-        fast path made from canned ones (TcpSocket.canned): a loop that answers a whole batch calls transmit()
-        once after it (pump() is both)."""
-        now = time.monotonic()
-        got = False
-        predict, table, canned = self._predict, self._predictions, self._canned
-        answered: list = []  # canned answers sent, their exchanges not yet told to the connections
-        for lane in self._lanes:
-            receive = lane.receive_udp
-            for _ in range(RX_BURST):
-                f = receive()
-                if f is None:
-                    break
-                got = True
-                if type(f) is bytes:
-                    hit = predict(f, table, canned, now, (self._ident + 1) & 0xFFFF)
-                    if hit is not None and len(hit) == 10:
-                        self._ident = (self._ident + 1) & 0xFFFF  # rx_canned built the frame with this ident
-                        self._send_frame(hit[9])
-                        answered.append(hit)
-                        continue
-                    if answered:  # the connections must be up to date before any other segment
-                        self._answered(answered, now)
-                        answered = []
-                    if hit is None:
-                        self._frame(f, now)
-                    else:
-                        self._predicted(hit, now)
-                else:  # UDP to port 0: nothing of ours (no rule steers it), counted and dropped
-                    self.counters["rx_not_tcp"] += 1
-        if answered:
-            if self.defer_tx:  # the answers leave now, their bookkeeping after: the peers wait less
-                self._lanes[0].flush_tx()
-            self._answered(answered, now)
-        if got:
-            for sock in tuple(self._dirty):  # taking Data may touch (a reset for a closed socket's data)
-                sock.take_events()
-        return got
-
     def transmit(self) -> None:
         """Run due timers, then send what the connections have, each its segments once for all it was told
         since the last transmit (one ACK for a burst of segments, the answer's data riding on it)."""
@@ -367,79 +331,6 @@ class TcpHost:
             self._drain_backlog()
         if self.defer_tx:
             self._lanes[0].flush_tx()
-
-    def _frame(self, f: bytes, now: float) -> None:
-        if len(f) < ETH_HLEN + 40 or f[12] != 0x08 or f[13] != 0x00 or f[ETH_HLEN + 9] != IPPROTO_TCP:
-            self.counters["rx_not_tcp"] += 1
-            self._emit(self.stack.receive(f, now))  # ARP or ICMP the rules let in: counted, never answered
-            return
-        mv = memoryview(f)[ETH_HLEN:]
-        h = ipv4.parse_ipv4(mv)
-        if type(h) is str or h.dst != self._ipb:
-            self.counters["rx_bad"] += 1
-            return
-        try:
-            seg = tcp.parse_segment(h.src, h.dst, f[ETH_HLEN + h.header_length:ETH_HLEN + h.total_length])
-        except tcp.TcpParseError:
-            self.counters["rx_bad"] += 1
-            return
-        self.counters["rx_segments"] += 1
-        if self.stack.on_link(h.src):
-            self._peer_macs[h.src] = f[6:12]
-        key = (h.src, seg.src_port, seg.dst_port)
-        sock = self._conns.get(key)
-        if sock is not None:
-            sock.segment(seg, now)
-            self._dirty.add(sock)
-            return
-        lst = self._listeners.get(seg.dst_port)
-        if lst is not None:
-            lst.segment(seg, h.src, now)
-            return
-        self.counters["rx_no_socket"] += 1
-        self.send_segments(h.src, self.reset_for(seg))
-
-    def _predicted(self, hit: tuple, now: float) -> None:
-        """A segment the C fast path predicted (kbypass._fasttcp.rx: checked and parsed there): the
-        connection takes it without receive()'s checks (TcpConnection.receive_predicted). The peer's MAC
-        is not learnt here as _frame learns it: a predicted segment follows slow ones of the same connection
-        (its handshake at least) that did, and a peer that moves is learnt again by its next slow segment."""
-        sock, seq, ack, flags, window, tsval, tsecr, payload = hit
-        counters = self.counters
-        counters["rx_segments"] += 1
-        counters["rx_predicted"] += 1
-        if not sock.conn.receive_hit(seq, ack, flags, window, tsval, tsecr, payload, now):
-            sock.prediction.disarm()
-        self._dirty.add(sock)
-
-    def _answered(self, hits: list, now: float) -> None:
-        """Segments the C fast path answered from the sockets' canned answers (rx_canned; the answers' frames
-        are sent): each connection takes its exchange (TcpConnection.answer_hit), in arrival order."""
-        counters = self.counters
-        n = len(hits)
-        counters["rx_segments"] += n
-        counters["rx_predicted"] += n
-        counters["tx_segments"] += n
-        canned = 0
-        done = self._canned_done
-        for sock, seq, ack, flags, window, tsval, tsecr, payload, values, _frame in hits:
-            canned += len(values)
-            answer = values[0][0] if len(values) == 1 else b"".join(v[0] for v in values)
-            sock.answered(sock.conn.answer_hit(seq, ack, flags, window, tsval, tsecr, payload, answer, now))
-            done.append((sock, values))
-        counters["rx_canned"] += canned
-
-    def take_canned(self) -> list:
-        """(socket, the canned table's values in request order) for each segment answered in C since the last
-        call (TcpSocket.canned): the requests the application did not see, for its counts and timers."""
-        done, self._canned_done = self._canned_done, []
-        return done
-
-    @staticmethod
-    def reset_for(seg) -> list:
-        """The RST answering a segment nothing here takes (none to a RST): kbypass.proto.tcp.reset_for's."""
-        rst = tcp.reset_for(seg)
-        return [] if rst is None else [rst]
 
     # ---- timers ------------------------------------------------------------------------------------------
     def schedule(self, sock, when: float | None) -> None:
@@ -628,6 +519,7 @@ class TcpHost:
         for holder in self._placeholders.values():
             holder.close()
         self._placeholders.clear()
+        self._cores = []  # the lanes' C structs (held by these capsules) go with the lanes
         close_steered(self._lanes, self._steered)
         self._lanes, self._steered = [], None
         self._iface.close()

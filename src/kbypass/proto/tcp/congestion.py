@@ -36,6 +36,16 @@ class NewReno:
         self.cwnd = self.ssthresh
         self._acc = 0
 
+    def run_state(self) -> tuple:
+        """What the C twin of on_ack needs (csrc/core/kb_http.c cc_on_ack, for the exchanges the TCP fast path
+        keeps): whether it is CUBIC, mss, the acked bytes not yet turned into growth, then CUBIC's W_max, K,
+        epoch and W_est (NewReno: zeros and None)."""
+        return False, self.mss, self._acc, 0.0, 0.0, None, 0.0
+
+    def run_taken(self, cwnd: int, acc: int, w_max: float, k: float, w_est: float, epoch: float | None) -> None:
+        """The state the C twin of on_ack left (run_state's fields moved)."""
+        self.cwnd, self._acc = cwnd, acc
+
     def on_timeout(self, flight: int, now: float) -> None:
         self.loss_events += 1
         self.ssthresh = max(flight // 2, 2 * self.mss)
@@ -96,6 +106,12 @@ class Cubic(NewReno):
     def on_timeout(self, flight: int, now: float) -> None:
         self.on_loss(flight, now)  # W_max, K and ssthresh as for a loss; then slow start from one segment
         self.cwnd = self.mss
+
+    def run_state(self) -> tuple:
+        return True, self.mss, self._acc, self.w_max, self.k, self.epoch, self.w_est
+
+    def run_taken(self, cwnd: int, acc: int, w_max: float, k: float, w_est: float, epoch: float | None) -> None:
+        self.cwnd, self._acc, self.w_max, self.k, self.w_est, self.epoch = cwnd, acc, w_max, k, w_est, epoch
 
 CONTROLLERS = {"newreno": NewReno, "cubic": Cubic}
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from kbypass.proto.transport.rtt import RttEstimator
 
 from . import events as ev
+from .canned import CannedAnswers
 from .config import TcpConfig
 from .congestion import make_controller
 from .errors import (
@@ -28,11 +29,18 @@ from .recvq import Reassembly
 from .segment import ACK, FIN, NO_OPTIONS, RST, SYN, Options, Segment
 from .sendq import SendQueue
 from .seqnum import seq_lt, unwrap
-from .states import CAN_SEND, PEER_OPEN, SYNCHRONIZED, Input, State, next_state
+from .states import (
+    CAN_SEND,
+    PEER_OPEN,
+    PREDICTABLE,
+    SYNCHRONIZED,
+    Input,
+    State,
+    next_state,
+)
 
 OOW_ACK_INTERVAL = 0.5  # seconds (Linux's net.ipv4.tcp_invalid_ratelimit)
 DEFAULT_MSS = 536  # RFC 9293 3.7.1: the MSS to assume when the peer's SYN has none
-PREDICTABLE = SYNCHRONIZED - {State.TIME_WAIT}  # see prediction()
 _ERRORS = {ev.REFUSED: TcpRefusedError, ev.TIMED_OUT: TcpTimeoutError, ev.KEEPALIVE: TcpTimeoutError}
 
 
@@ -56,7 +64,7 @@ class TcpStats:
     ooo_drops: int = 0  # out-of-order segments dropped for the range limit
 
 
-class TcpConnection(Output):
+class TcpConnection(Output, CannedAnswers):
     """Create with `TcpConnection.connect(...)` (active open) or from a `TcpListener` (passive open).
 
     Drive it with `receive(seg, now)` and `on_timer(now)`; after any call (and after `send`, `shutdown`,
@@ -622,72 +630,3 @@ class TcpConnection(Output):
             self.ts_recent = tsval
         self._ack_fields(seq, ack, window, flags, payload_len, (), tsecr, now)
         return seq
-
-    # ------------------------------------------------------------------ canned answers (csrc/core/kb_http.h)
-    def canned_state(self) -> tuple | None:
-        """What the C fast path needs to answer the next predicted segment itself with one segment of data as
-        segments_to_send would send it (kb_http.h struct kb_http_pred: snd_wscale, rcv_wscale, the receive
-        buffer's room, the SWS threshold, the right edge last advertised (wire value), the timestamp offset,
-        then canned_refresh's), or None when the send path would not simply send new data now (_canned_ok)."""
-        if not self._canned_ok():
-            return None
-        cfg = self.config
-        return (self.snd_wscale, self.rcv_wscale, self._rcv_wnd(), min(cfg.recv_buffer // 2, cfg.mss),
-                self._adv_right & 0xFFFFFFFF, self._ts_offset & 0xFFFFFFFF) + self.canned_refresh()
-
-    def _canned_ok(self) -> bool:
-        """canned_state's conditions: ESTABLISHED, nothing unsent, lost, SACKed, probed or owed, no FIN, no
-        Nagle, no data the application has not taken, no recovery or duplicate ACKs counted."""
-        sq = self.sq
-        return not (self.state is not State.ESTABLISHED or self._events or self._unread
-                    or self._peer_fin_seq is not None or self.rq.ooo_bytes or sq.snd_max != sq.data_end
-                    or self._fin_seq is not None or sq.sacked or sq.relost or sq.rexmit_next < sq.lost_high
-                    or self._in_recovery or self._dupacks or self._tlp_due or self._probe_due or self._rst_out
-                    or self._ack_now or self._dupacks_owed or self._blocked or not self.config.nodelay)
-
-    def canned_refresh(self, timer: float | None = None) -> tuple:
-        """canned_state's fields an answered exchange moves (the most payload one answer may have, cwnd, the
-        time from which a timer or the idle restart may change what is sent): after answer_hit the rest of
-        canned_state holds, its conditions too (tests/unit/test_http_canned.py). timer: next_timer() when
-        the caller has it."""
-        until = self.next_timer() if timer is None else timer
-        if until is None:
-            until = float("inf")
-        if self.config.slow_start_after_idle:
-            until = min(until, self._last_data_at + self.rtt.rto)
-        return min(self._payload_mss(), self.send_room), self.cc.cwnd, until
-
-    def canned_after(self) -> tuple | None:
-        """After answer_hit, what the endpoint re-arms with, in one call: None when canned_state would be None
-        (the exchange left more to do than C may), else (canned_refresh(), next_timer())."""
-        if not self._canned_ok():
-            return None
-        timer = self.next_timer()
-        return self.canned_refresh(timer), timer
-
-    def answer_hit(self, seq_wire: int, ack: int, flags: int, window: int, tsval: int | None, tsecr: int | None,
-                   payload: bytes, answer: bytes, now: float) -> bool:
-        """A predicted segment the fast path answered itself (kbypass._fasttcp.rx_canned, armed from
-        canned_state; its fields as rx_canned returns them): its payload was taken by the application there,
-        and `answer` left as one segment. The reference's work for that exchange, as receive_hit, the
-        application's read and send, and segments_to_send would do it: the ACK processing, the payload taken,
-        the answer queued (kept for retransmission) and sent (send_now: timed, timers armed, no Segment made;
-        the segment the reference makes is the frame C sent, which tests/unit/test_http_canned.py holds byte
-        for byte). Returns whether the connection is still predictable."""
-        seq = self._take_hit(seq_wire, ack, flags, window, tsval, tsecr, len(payload), now)
-        out = self.rq.add(seq, payload)
-        self.rcv_nxt = self.rq.rcv_nxt
-        self.stats.bytes_in += len(out)
-        if self.send_now(answer, now) is None:
-            # the arming went stale (canned_state's conditions no longer hold): the whole send path. Only the
-            # answer C sent is dropped; anything else it made (a retransmission) must still go out: queued for
-            # the next segments_to_send, and the connection reported unpredictable so the endpoint flushes it.
-            answer_seq = self.sq.snd_max
-            self.sq.append(answer)
-            made: list[Segment] = []
-            self._send_data(now, made)
-            extra = [s for s in made if unwrap(s.seq, answer_seq) != answer_seq]
-            if extra:
-                self._rst_out.extend(extra)
-                return False
-        return self.state in PREDICTABLE and self._peer_fin_seq is None and not self.rq.ooo_bytes

@@ -49,18 +49,22 @@ class Canned:
     """One connection's canned answers that never answer (kbypass._fasttcp.Canned's stand-in)."""
 
     __slots__ = ()
-    armed = False
+    armed = owed = False
+    answered_at = 0.0
 
     def arm(self, *fields) -> None:
         pass
 
-    def refresh(self, *fields) -> None:
+    def arm_run(self, *fields) -> None:
         pass
+
+    def take_run(self) -> None:
+        return None
 
     def disarm(self) -> None:
         pass
 
 
-def rx_canned(frame: bytes, table: dict, canned: dict, now: float, ident: int) -> None:
+def rx_canned(frame: bytes, table: dict, canned: dict, now: float, ident: int, tally: dict | None = None) -> None:
     """No HIT, no answer: the frame goes to the general receive path."""
     return None

@@ -64,6 +64,8 @@ for _s in State:
 #: The handshake is complete: sequence numbers of both sides are known (RFC 9293 "synchronized").
 SYNCHRONIZED = frozenset({S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2, S.CLOSING, S.CLOSE_WAIT, S.LAST_ACK,
                           S.TIME_WAIT})
+#: What the C fast path may predict (TcpConnection.prediction).
+PREDICTABLE = SYNCHRONIZED - {S.TIME_WAIT}
 #: The application may still queue data (before shutdown()).
 CAN_SEND = frozenset({S.SYN_SENT, S.SYN_RCVD, S.ESTABLISHED, S.CLOSE_WAIT})
 #: The peer may still send us data (its FIN has not arrived).

@@ -43,6 +43,9 @@ class RttEstimator:
         else:
             self.rttvar = (1 - self.BETA) * self.rttvar + self.BETA * abs(self.srtt - r)
             self.srtt = (1 - self.ALPHA) * self.srtt + self.ALPHA * r
+        self._set_rto()
+
+    def _set_rto(self) -> None:
         # min_rto floors the variance term, as in Linux (tcp_rtt_estimator: mdev_max >= rto_min), not only
         # the sum (RFC 6298 2.4): on a steady path RTTVAR decays to nothing and an RTO of max(SRTT, min_rto)
         # fired while a retransmission that queued behind the flight was on its way (sim_flows, 16 ms RTT,
@@ -50,6 +53,13 @@ class RttEstimator:
         base = self.srtt + max(self.granularity, self.K * self.rttvar, self.min_rto)
         self._base_rto = min(max(base, self.min_rto), self.max_rto)
         self.rto = self._base_rto
+
+    def sampled(self, n: int, srtt: float, rttvar: float, min_rtt: float, latest: float) -> None:
+        """What n samples made of the estimator elsewhere (the C twin of sample(): kb_http.c's, for the
+        exchanges the TCP fast path answered itself), taken as sample() would have left it."""
+        self.samples += n
+        self.srtt, self.rttvar, self.min_rtt, self.latest = srtt, rttvar, min_rtt, latest
+        self._set_rto()
 
     def backoff(self) -> None:
         """Exponential backoff after a retransmission timeout (RFC 6298 5.5)."""
