@@ -5,7 +5,7 @@ import json
 import pytest
 
 from kbypass.bench import latency as latbench
-from tests.kb import kbypass, needs_c
+from tests.kb import kbypass, kbypass_for, needs_c, one_real
 
 pytestmark = pytest.mark.netns
 
@@ -42,7 +42,7 @@ def test_bench_latency_runs_every_contender_and_writes_json_and_chart(testbed_ho
         assert name in proc.stdout  # the table
 
 
-@pytest.mark.parametrize("args, word", [(["--runs", "0"], "--runs"), (["--size", "8"], "--size")])
-def test_bench_latency_bad_input(args, word):
-    proc = kbypass("bench", "latency", *args)
+@pytest.mark.parametrize("real, args, word", one_real([(["--runs", "0"], "--runs"), (["--size", "8"], "--size")]))
+def test_bench_latency_bad_input(real, args, word):
+    proc = kbypass_for(real)("bench", "latency", *args)
     assert proc.returncode == 2 and word in proc.stderr

@@ -17,7 +17,15 @@ import pytest
 from kbypass.apps import pingpong as pp
 from kbypass.endpoint.xdp import XdpEndpoint
 from kbypass.host import testbed
-from tests.kb import kbypass, udp_bound, wait_until, xdp_attached
+from tests.kb import (
+    kbypass,
+    kbypass_for,
+    kbypass_here,
+    one_real,
+    udp_bound,
+    wait_until,
+    xdp_attached,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -85,14 +93,20 @@ def test_testbed_up_without_mtu_keeps_the_mtu_and_a_change_is_said(testbed_hosts
         assert r.returncode == 0 and f"changed from 9000 to {a.mtu}" in r.stderr
 
 
+def _set_testbed_mtu_here(mtu: int) -> None:
+    """`kbypass testbed up --mtu MTU` in this process: a fixture's step (the tests above run it in a new one)."""
+    r = kbypass_here("testbed", "up", "--mtu", str(mtu), "--json")
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.fixture
 def mtu_9000(testbed_hosts):
     a, b = testbed_hosts
-    assert _set_testbed_mtu(9000).returncode == 0
+    _set_testbed_mtu_here(9000)
     try:
         yield a, b
     finally:
-        _set_testbed_mtu(a.mtu)
+        _set_testbed_mtu_here(a.mtu)
 
 
 def test_gen_sends_jumbo_frames_the_sink_counts_in_sequence(mtu_9000):
@@ -115,14 +129,14 @@ def test_gen_sends_jumbo_frames_the_sink_counts_in_sequence(mtu_9000):
     assert summary["seq"]["received"] == 3000 and summary["seq"]["lost"] == 0
 
 
-@pytest.mark.parametrize("backend, size, words", [
+@pytest.mark.parametrize("real, backend, size, words", one_real([
     ("afxdp", 9015, "MTU of"),
     ("live", 9014, "live engine"),  # live-frames mode takes one page per frame: its limit, said
     ("packet_mmap", 9014, "PACKET_MMAP TX slot"),
-])
-def test_gen_size_above_what_the_backend_sends_is_one_line(mtu_9000, backend, size, words):
+]))
+def test_gen_size_above_what_the_backend_sends_is_one_line(mtu_9000, real, backend, size, words):
     a, b = mtu_9000
-    r = kbypass("gen", "--host", "a", "--backend", backend, "--size", str(size), "--count", "1")
+    r = kbypass_for(real)("gen", "--host", "a", "--backend", backend, "--size", str(size), "--count", "1")
     assert r.returncode == 2 and r.stderr.startswith("kbypass: error: --size") and r.stderr.count("\n") == 1
     assert words in r.stderr, r.stderr
     assert not xdp_attached(a) and not xdp_attached(b)
@@ -146,11 +160,11 @@ def test_a_non_frags_program_already_attached_is_named_and_left_alone(testbed_ho
 @pytest.fixture
 def mtu_65535(testbed_hosts):
     a, b = testbed_hosts
-    assert _set_testbed_mtu(testbed.FRAGS_MAX_MTU).returncode == 0
+    _set_testbed_mtu_here(testbed.FRAGS_MAX_MTU)
     try:
         yield a, b
     finally:
-        _set_testbed_mtu(a.mtu)
+        _set_testbed_mtu_here(a.mtu)
 
 
 @pytest.mark.skipif(shutil.which("sockperf") is None, reason="sockperf is not installed")
@@ -221,5 +235,5 @@ def test_the_c_lane_carries_jumbo_messages_to_sockperf_and_back_byte_for_byte(mt
 
 def test_endpoint_size_above_the_mtu_is_one_line(mtu_9000):
     a, b = mtu_9000
-    r = kbypass("pingpong", "client", "--host", "a", "--dst", f"{b.ipv4}:11124", "--count", "1", "--size", "9000")
+    r = kbypass_here("pingpong", "client", "--host", "a", "--dst", f"{b.ipv4}:11124", "--count", "1", "--size", "9000")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "exceeds the MTU (9000" in r.stderr, r.stderr

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from kbypass.host import ifstats
-from tests.kb import kbypass, xdp_attached
+from tests.kb import kbypass_for, one_real, xdp_attached
 from tests.netns import test_cp
 from tests.netns.test_cp import send_udp, sockets_of, status, wait_for
 
@@ -117,7 +117,7 @@ def cpu_list_longer_than_the_machine() -> str:
     return ",".join(str(c) for c in range((os.cpu_count() or 1) + 1))
 
 
-@pytest.mark.parametrize("args, words", [
+@pytest.mark.parametrize("real, args, words", one_real([
     (["--workers", "3"], "3 workers but the interface has 2 receive queues"),
     (["--worker-queues", "0", "--cpus", cpu_list_longer_than_the_machine()], "CPUs listed but this machine has"),
     (["--worker-queues", "0,1", "--cpus", "0"], "2 workers (queues [0, 1]) but 1 CPUs"),
@@ -128,10 +128,10 @@ def cpu_list_longer_than_the_machine() -> str:
     (["--workers", "2", "--rule", "udp dport 9 queue 1"], "names queue 1, but its worker reads queue 0"),
     (["--workers", "2", "--cpus", "0,0"], "each CPU number once"),
     (["--workers", "2", "--hw"], "--hw does not go with workers"),
-])
-def test_bad_worker_input_is_one_error_line_and_leaves_nothing(hosts, args, words):
+]))
+def test_bad_worker_input_is_one_error_line_and_leaves_nothing(hosts, real, args, words):
     _, b = hosts
-    proc = kbypass("sink", "--host", "b", "-t", "1", *args)
+    proc = kbypass_for(real)("sink", "--host", "b", "-t", "1", *args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kbypass: error: ") and words in lines[0], proc.stderr
