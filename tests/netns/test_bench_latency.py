@@ -18,7 +18,7 @@ def busy_sysctls():
 def test_bench_latency_runs_every_contender_and_writes_json_and_chart(testbed_hosts, tmp_path):
     prefix = testbed_hosts[0].netns[:-2]
     sysctls = busy_sysctls()
-    proc = kbypass("bench", "latency", "--prefix", prefix, "--runs", "1", "--duration", "1",
+    proc = kbypass("bench", "latency", "--prefix", prefix, "--runs", "1", "--duration", "0.5",
                    "--out", str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     result = json.loads((tmp_path / "latency.json").read_text())
