@@ -191,12 +191,22 @@ def spare_ip(host, k: int) -> str:
 def udp_bound(ns: str, port: int) -> bool:
     """Is a UDP socket bound to `port` in namespace `ns`? (/proc/thread-self/net/udp lists the sockets of the
     namespace the calling thread is in.)"""
+    return any(True for _ in _sockets_on(ns, "udp", port))
+
+
+def tcp_listening(ns: str, port: int) -> bool:
+    """Does a TCP socket listen on `port` in namespace `ns` (state 0A, LISTEN)?"""
+    return any(state == "0A" for state in _sockets_on(ns, "tcp", port))
+
+
+def _sockets_on(ns: str, proto: str, port: int):
+    """The states of namespace `ns`'s `proto` (udp, tcp) sockets with local port `port`."""
     from kbypass import netns
 
     with netns.entered(ns):
-        with open("/proc/thread-self/net/udp") as f:
+        with open(f"/proc/thread-self/net/{proto}") as f:
             lines = f.read().splitlines()[1:]
-    return any(line.split()[1].rsplit(":", 1)[1] == f"{port:04X}" for line in lines)
+    return [fields[3] for fields in map(str.split, lines) if fields[1].rsplit(":", 1)[1] == f"{port:04X}"]
 
 
 def rx_packets(host) -> int:
