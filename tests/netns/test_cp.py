@@ -124,14 +124,19 @@ def rule_counts(host) -> dict[str, int]:
     return {r["rule"]: r["packets"] for i in status(host)["interfaces"] for r in i["rules"]}
 
 
-def finish_at(proc: subprocess.Popen, host, rule: str, packets: int) -> dict:
-    """The sink's summary, stopped with Ctrl-C (as its user stops it) once its rule has matched `packets`
+def stop_at(proc: subprocess.Popen, host, rule: str, packets: int) -> None:
+    """Ctrl-C to a receiving tool (sink, capture: as its user stops it) once its rule has matched `packets`
     (all sent: the kernel put them in its ring) and a moment more for it to take them, instead of a fixed
-    -t that outlasts the test's traffic on the slowest machine. What it counts is still checked exactly by
-    the caller: a packet too many or too few shows."""
+    -t that outlasts the test's traffic on the slowest machine. What it counts is still the caller's to
+    check exactly: a packet too many or too few shows."""
     wait_for(f"{rule!r} to match {packets} packets", lambda: rule_counts(host).get(f"{rule} redirect", 0) >= packets)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
+
+
+def finish_at(proc: subprocess.Popen, host, rule: str, packets: int) -> dict:
+    """The sink's summary, stopped by stop_at."""
+    stop_at(proc, host, rule, packets)
     return finish(proc)
 
 

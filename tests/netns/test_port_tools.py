@@ -25,7 +25,7 @@ from tests.kb import (
     wait_until,
     xdp_attached,
 )
-from tests.netns.test_cp import rule_counts, wait_for
+from tests.netns.test_cp import stop_at
 from tests.netns.test_sink_reflect import _wait_attached
 
 pytestmark = pytest.mark.netns
@@ -64,12 +64,7 @@ def test_a_flow_on_a_queue_without_a_socket_is_reported(testbed_hosts):
         try:
             _wait_attached(b)
             _gen(500, "--cpu", "0")
-            # stopped as its user stops it once its rule matched every packet (and a moment more for the
-            # socket's reads), not by a -t that outlasts the traffic on the slowest machine
-            wait_for(f"the rule to match the 500 packets (queue {queue})",
-                     lambda: rule_counts(b).get(f"udp dport {PORT} redirect", 0) >= 500)
-            time.sleep(0.3)
-            sink.send_signal(signal.SIGINT)
+            stop_at(sink, b, f"udp dport {PORT}", 500)
             out, err = sink.communicate(timeout=30)
         finally:
             sink.kill()
