@@ -552,7 +552,7 @@ def _burst_to_kernel_peer(hosts, then: str, counters: bool = False) -> None:
             "got = [s.recv(100) for _ in range(int(sys.argv[2]) + 1)][1:]\n"
             "print(' '.join(g.decode() for g in got), flush=True)\n")
     rx = subprocess.Popen(in_ns(b, sys.executable, "-c", code, b.ipv4, str(k)), stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    wait_until(lambda: udp_bound(b.netns, 7051), "the kernel peer's socket", proc=rx)
     # every send after the first counts as the burst's (however slow a busy machine makes Python)
     app = run_app(a, sys.executable, "-c", BURST_THEN_SLEEP.replace("time.sleep(30)", then), a.ipv4, b.ipv4,
                   str(k), env={**os.environ, "KBYPASS_TX_BURST_US": "10000000"})
