@@ -58,12 +58,14 @@ def kbypass_here(*args: str, env: dict | None = None, timeout: float | None = No
     For refusals, which end before anything opens; what only a real process shows (the exit status the
     console script turns main()'s result into, nothing printed at interpreter exit) each test file's first
     case of a kind still proves with `kbypass()`. Captured at the file descriptors too, so a line written
-    there (a C module, a child process) is in stderr as it would be. A command that raises anything but
+    there (a C module, a child process) is in stderr as it would be, and so is a warning (pytest would
+    record it instead: here Python's own filters apply and it is printed). A command that raises anything but
     its own errors fails the test with that exception (a real process would print the traceback). `timeout`
     is kbypass()'s, unused: pytest's own --timeout stops a command that hangs."""
     import contextlib
     import io
     import tempfile
+    import warnings
 
     from kbypass import cli
 
@@ -86,6 +88,13 @@ def kbypass_here(*args: str, env: dict | None = None, timeout: float | None = No
             os.environ.clear()
             os.environ.update(saved_env)
 
+        undo.enter_context(warnings.catch_warnings())
+        warnings.resetwarnings()  # a new interpreter's filters, and its printing to stderr
+        for category in (ImportWarning, PendingDeprecationWarning, DeprecationWarning, ResourceWarning):
+            warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
         os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
