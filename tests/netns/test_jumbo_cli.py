@@ -52,8 +52,9 @@ def _mtu(host) -> int:
     return testbed.status(testbed.default_prefix())[testbed.HOSTS.index(host.name)].mtu
 
 
-def _set_testbed_mtu(mtu: int):
-    return kbypass("testbed", "up", "--mtu", str(mtu), "--json")
+def _set_testbed_mtu(mtu: int, real: bool = False):
+    """`kbypass testbed up --mtu MTU --json`, in this process unless `real` (kbypass_here, kbypass)."""
+    return kbypass_for(real)("testbed", "up", "--mtu", str(mtu), "--json")
 
 
 def test_testbed_up_changes_the_mtu_in_place_and_names_a_non_frags_program(testbed_hosts, no_frags_object):
@@ -61,7 +62,7 @@ def test_testbed_up_changes_the_mtu_in_place_and_names_a_non_frags_program(testb
     ip_b = ["ip", "-n", b.netns, "link", "set", "dev", b.iface]
     subprocess.run(ip_b + ["xdp", "obj", str(no_frags_object), "sec", "xdp"], check=True)
     try:
-        r = _set_testbed_mtu(9000)
+        r = _set_testbed_mtu(9000, real=True)
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
         assert "'no_frags'" in r.stderr and f"ip -n {b.netns} link set dev {b.iface} xdp off" in r.stderr
         assert "not frags-aware" in r.stderr and "the MTU is unchanged" in r.stderr
@@ -83,7 +84,7 @@ def test_testbed_up_without_mtu_keeps_the_mtu_and_a_change_is_said(testbed_hosts
     try:
         r = _set_testbed_mtu(9000)
         assert r.returncode == 0 and f"changed from {a.mtu} to 9000" in r.stderr, r.stderr
-        r = kbypass("testbed", "up", "--json")
+        r = kbypass_here("testbed", "up", "--json")
         assert r.returncode == 0 and r.stderr == "", r.stderr
         assert {h["mtu"] for h in json.loads(r.stdout)["hosts"]} == {9000} == {_mtu(a), _mtu(b)}
         r = _set_testbed_mtu(9000)  # the same MTU: nothing to say
@@ -93,20 +94,14 @@ def test_testbed_up_without_mtu_keeps_the_mtu_and_a_change_is_said(testbed_hosts
         assert r.returncode == 0 and f"changed from 9000 to {a.mtu}" in r.stderr
 
 
-def _set_testbed_mtu_here(mtu: int) -> None:
-    """`kbypass testbed up --mtu MTU` in this process: a fixture's step (the tests above run it in a new one)."""
-    r = kbypass_here("testbed", "up", "--mtu", str(mtu), "--json")
-    assert r.returncode == 0, r.stderr
-
-
 @pytest.fixture
 def mtu_9000(testbed_hosts):
     a, b = testbed_hosts
-    _set_testbed_mtu_here(9000)
+    assert _set_testbed_mtu(9000).returncode == 0
     try:
         yield a, b
     finally:
-        _set_testbed_mtu_here(a.mtu)
+        _set_testbed_mtu(a.mtu)
 
 
 def test_gen_sends_jumbo_frames_the_sink_counts_in_sequence(mtu_9000):
@@ -160,11 +155,11 @@ def test_a_non_frags_program_already_attached_is_named_and_left_alone(testbed_ho
 @pytest.fixture
 def mtu_65535(testbed_hosts):
     a, b = testbed_hosts
-    _set_testbed_mtu_here(testbed.FRAGS_MAX_MTU)
+    assert _set_testbed_mtu(testbed.FRAGS_MAX_MTU).returncode == 0
     try:
         yield a, b
     finally:
-        _set_testbed_mtu_here(a.mtu)
+        _set_testbed_mtu(a.mtu)
 
 
 @pytest.mark.skipif(shutil.which("sockperf") is None, reason="sockperf is not installed")
