@@ -5,7 +5,7 @@ import json
 import pytest
 
 from kbypass.bench import latency as latbench
-from tests.kb import kbypass, needs_c
+from tests.kb import kbypass, kbypass_for, needs_c, one_real
 
 pytestmark = pytest.mark.netns
 
@@ -18,7 +18,7 @@ def busy_sysctls():
 def test_bench_latency_runs_every_contender_and_writes_json_and_chart(testbed_hosts, tmp_path):
     prefix = testbed_hosts[0].netns[:-2]
     sysctls = busy_sysctls()
-    proc = kbypass("bench", "latency", "--prefix", prefix, "--runs", "1", "--duration", "1",
+    proc = kbypass("bench", "latency", "--prefix", prefix, "--runs", "1", "--duration", "0.5",
                    "--out", str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     result = json.loads((tmp_path / "latency.json").read_text())
@@ -42,7 +42,7 @@ def test_bench_latency_runs_every_contender_and_writes_json_and_chart(testbed_ho
         assert name in proc.stdout  # the table
 
 
-@pytest.mark.parametrize("args, word", [(["--runs", "0"], "--runs"), (["--size", "8"], "--size")])
-def test_bench_latency_bad_input(args, word):
-    proc = kbypass("bench", "latency", *args)
+@pytest.mark.parametrize("real, args, word", one_real([(["--runs", "0"], "--runs"), (["--size", "8"], "--size")]))
+def test_bench_latency_bad_input(real, args, word):
+    proc = kbypass_for(real)("bench", "latency", *args)
     assert proc.returncode == 2 and word in proc.stderr

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.kb import kbypass
+from tests.netns.test_cp import stop_at
 from tests.netns.test_sink_reflect import _wait_attached
 
 pytestmark = pytest.mark.netns
@@ -23,11 +24,12 @@ def test_capture_count_matches_tshark(testbed_hosts, tmp_path, every, expected):
     a, b = testbed_hosts
     pcap = tmp_path / "c.pcap"
     cap = subprocess.Popen([sys.executable, "-m", "kbypass", "capture", "--host", "b", "--rule", "udp dport 4321",
-                            "-w", str(pcap), "--every", str(every), "--duration", "4", "--json"],
+                            "-w", str(pcap), "--every", str(every), "--duration", "60", "--json"],
                            stdout=subprocess.PIPE, text=True)
     try:
         _wait_attached(b)
         kbypass("gen", "--host", "a", "--count", "300", "--size", "80", check=True)
+        stop_at(cap, b, "udp dport 4321", 300)
         out, _ = cap.communicate(timeout=30)
     finally:
         cap.kill()

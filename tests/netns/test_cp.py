@@ -119,11 +119,32 @@ def finish(proc: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
+def rule_counts(host) -> dict[str, int]:
+    """Packets each rule on the host's interface matched (the steering program's counters), by rule text."""
+    return {r["rule"]: r["packets"] for i in status(host)["interfaces"] for r in i["rules"]}
+
+
+def stop_at(proc: subprocess.Popen, host, rule: str, packets: int) -> None:
+    """Ctrl-C to a receiving tool (sink, capture: as its user stops it) once its rule has matched `packets`
+    (all sent: the kernel put them in its ring) and a moment more for it to take them, instead of a fixed
+    -t that outlasts the test's traffic on the slowest machine. What it counts is still the caller's to
+    check exactly: a packet too many or too few shows."""
+    wait_for(f"{rule!r} to match {packets} packets", lambda: rule_counts(host).get(f"{rule} redirect", 0) >= packets)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+
+
+def finish_at(proc: subprocess.Popen, host, rule: str, packets: int) -> dict:
+    """The sink's summary, stopped by stop_at."""
+    stop_at(proc, host, rule, packets)
+    return finish(proc)
+
+
 def test_two_sinks_on_one_queue_and_a_third_on_another_each_get_exactly_their_flow_while_the_kernel_keeps_the_rest(
         hosts):
     a, b = hosts
-    one, two = sink(b, "udp dport 5000", 0, 6, "--share-queue"), sink(b, "udp dport 5003", 0, 6, "--share-queue")
-    three = sink(b, "udp dport 5001", 1, 6)
+    one, two = sink(b, "udp dport 5000", 0, 60, "--share-queue"), sink(b, "udp dport 5003", 0, 60, "--share-queue")
+    three = sink(b, "udp dport 5001", 1, 60)
     try:
         wait_for("the three sinks' sockets", lambda: sum(len(c["sockets"]) for c in status(b)["clients"]) == 3)
         st = status(b)
@@ -145,7 +166,8 @@ def test_two_sinks_on_one_queue_and_a_third_on_another_each_get_exactly_their_fl
         ping = subprocess.run(["ip", "netns", "exec", a.netns, "ping", "-c", "2", "-i", "0.2", "-W", "1", b.ipv4],
                               capture_output=True)
         assert ping.returncode == 0
-        first, second, third = finish(one), finish(two), finish(three)
+        first, second, third = (finish_at(one, b, "udp dport 5000", 300), finish_at(two, b, "udp dport 5003", 250),
+                                finish_at(three, b, "udp dport 5001", 200))
         assert (first["packets"], second["packets"], third["packets"]) == (300, 250, 200)
         wait_for("the program and the pool to go with the last rule", lambda: not xdp_attached(b))
     finally:
@@ -155,7 +177,7 @@ def test_two_sinks_on_one_queue_and_a_third_on_another_each_get_exactly_their_fl
 def test_a_shared_queue_member_killed_leaves_the_other_every_packet_and_its_pool_goes_with_the_last(hosts):
     a, b = hosts
     victim = sink(b, "udp dport 5000", 0, 30, "--share-queue")
-    keeper = sink(b, "udp dport 5003", 0, 8, "--share-queue")
+    keeper = sink(b, "udp dport 5003", 0, 60, "--share-queue")
     try:
         wait_for("both members", lambda: pool_members(b) == 2)
         send_udp(a, b, 5000, 100, cpu=0)  # the victim holds frames of the pool when it dies
@@ -164,7 +186,7 @@ def test_a_shared_queue_member_killed_leaves_the_other_every_packet_and_its_pool
         victim.wait(5)
         wait_for("the victim to leave the pool", lambda: pool_members(b) == 1, timeout=1.0)
         send_udp(a, b, 5003, 150, cpu=0)
-        assert finish(keeper)["packets"] == 300
+        assert finish_at(keeper, b, "udp dport 5003", 300)["packets"] == 300
         wait_for("the pool and the program to go with the last member", lambda: not xdp_attached(b))
     finally:
         _kill(victim, keeper)
@@ -282,7 +304,7 @@ def test_a_shared_queue_member_refuses_a_message_lane_saying_why(hosts):
 
 def test_kill_9_of_one_sink_removes_its_rule_and_socket_within_a_second_and_the_other_keeps_every_packet(hosts):
     a, b = hosts
-    victim, keeper = sink(b, "udp dport 5000", 0, 30), sink(b, "udp dport 5001", 1, 8)
+    victim, keeper = sink(b, "udp dport 5000", 0, 30), sink(b, "udp dport 5001", 1, 60)
     try:
         wait_for("both sockets", lambda: sockets_of(b) == {f"{b.iface}:0", f"{b.iface}:1"})
         send_udp(a, b, 5001, 150, cpu=1)
@@ -294,7 +316,7 @@ def test_kill_9_of_one_sink_removes_its_rule_and_socket_within_a_second_and_the_
         rules = [r["rule"] for r in status(b)["interfaces"][0]["rules"]]
         assert rules == ["udp dport 5001 redirect"]
         send_udp(a, b, 5001, 150, cpu=1)
-        assert finish(keeper)["packets"] == 300
+        assert finish_at(keeper, b, "udp dport 5001", 300)["packets"] == 300
     finally:
         _kill(victim, keeper)
 
@@ -313,11 +335,14 @@ def test_kill_9_of_the_control_plane_leaves_nothing_attached_and_the_next_tool_s
         assert "control plane of namespace" in err and "went away" in err and "Traceback" not in err
     finally:
         _kill(first)
-    second = sink(b, "udp dport 5000", 0, 4)
-    wait_for("a new control plane with the new sink", lambda: sockets_of(b) == {f"{b.iface}:0"})
-    assert status(b)["server_pid"] != pid
-    send_udp(a, b, 5000, 100, cpu=0)
-    assert finish(second)["packets"] == 100
+    second = sink(b, "udp dport 5000", 0, 60)
+    try:
+        wait_for("a new control plane with the new sink", lambda: sockets_of(b) == {f"{b.iface}:0"})
+        assert status(b)["server_pid"] != pid
+        send_udp(a, b, 5000, 100, cpu=0)
+        assert finish_at(second, b, "udp dport 5000", 100)["packets"] == 100
+    finally:
+        _kill(second)
 
 
 def test_overlapping_rules_of_two_clients_are_refused_naming_the_other_unless_both_share(hosts):
@@ -555,7 +580,7 @@ def test_a_clients_redirect_reaches_only_its_own_sockets(hosts):
     """Without socket groups a rule redirects to whatever socket sits on the packet's queue: a client with a
     rule and no socket would take the packets into another client's rings."""
     a, b = hosts
-    other = sink(b, "udp dport 5001", 0, 5)
+    other = sink(b, "udp dport 5001", 0, 60)
     try:
         wait_for("the sink's socket", lambda: sockets_of(b) == {f"{b.iface}:0"})
         with ControlPlaneClient(b.netns, command="rule, no socket") as lonely, _kernel_socket(b, 5000) as ks:
@@ -565,7 +590,7 @@ def test_a_clients_redirect_reaches_only_its_own_sockets(hosts):
             assert got == 40  # matched (counted) but passed to the kernel: this client has no socket here
             assert {r["rule_id"]: r["packets"] for r in lonely.counters(b.iface)}[rid] == 40
         send_udp(a, b, 5001, 30, cpu=0)
-        assert finish(other)["packets"] == 30  # the other flow only
+        assert finish_at(other, b, "udp dport 5001", 30)["packets"] == 30  # the other flow only
     finally:
         _kill(other)
 
@@ -724,10 +749,13 @@ def test_kbypass_sink_without_root_works_through_a_control_plane_that_admits_the
     assert "admits root only" in err and "--users all" in err and "Traceback" not in err
     assert kbypass("cp", "stop", "--host", "b").returncode == 0
     assert kbypass("cp", "start", "--host", "b", "--users", "all").returncode == 0
-    proc = nobody_sink(5)
-    wait_for("the sink's sockets", lambda: sockets_of(b) == {f"{b.iface}:0", f"{b.iface}:1"})
-    send_udp(a, b, 7000, 120, cpu=1)
-    assert finish(proc)["packets"] == 120
+    proc = nobody_sink(60)
+    try:
+        wait_for("the sink's sockets", lambda: sockets_of(b) == {f"{b.iface}:0", f"{b.iface}:1"})
+        send_udp(a, b, 7000, 120, cpu=1)
+        assert finish_at(proc, b, "udp dport 7000", 120)["packets"] == 120
+    finally:
+        _kill(proc)
 
 
 def test_a_mistyped_interface_is_refused_from_the_callers_side_and_starts_no_control_plane(hosts):

@@ -17,7 +17,7 @@ from kbypass.cp.client import ControlPlaneClient, ControlPlaneError
 from kbypass.cp.lock import terminate
 from kbypass.host import xps
 from kbypass.port import hidden_queue
-from tests.kb import kbypass, xdp_attached
+from tests.kb import kbypass_for, one_real, xdp_attached
 from tests.netns.test_cp import _xps, finish, send_udp
 
 
@@ -43,10 +43,10 @@ def _no_control_plane(host) -> bool:
         return True
 
 
-@pytest.mark.parametrize("tool", [["sink"], ["reflect"], ["capture", "-w", "/dev/null"]])
-def test_hw_on_a_veth_is_one_clear_error_and_leaves_nothing_behind(hosts, tool):
+@pytest.mark.parametrize("real, tool", one_real([(["sink"],), (["reflect"],), (["capture", "-w", "/dev/null"],)]))
+def test_hw_on_a_veth_is_one_clear_error_and_leaves_nothing_behind(hosts, real, tool):
     a, b = hosts
-    r = kbypass(*tool, "--host", "b", "--rule", "udp dport 4321", "--queue", "0", "--hw", "-t", "5")
+    r = kbypass_for(real)(*tool, "--host", "b", "--rule", "udp dport 4321", "--queue", "0", "--hw", "-t", "5")
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith(f"kbypass: error: {b.iface} has no ntuple rules or RSS indirection table")

@@ -17,7 +17,15 @@ import pytest
 from kbypass.apps import pingpong as pp
 from kbypass.endpoint.xdp import XdpEndpoint
 from kbypass.host import testbed
-from tests.kb import kbypass, udp_bound, wait_until, xdp_attached
+from tests.kb import (
+    kbypass,
+    kbypass_for,
+    kbypass_here,
+    one_real,
+    udp_bound,
+    wait_until,
+    xdp_attached,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -44,8 +52,9 @@ def _mtu(host) -> int:
     return testbed.status(testbed.default_prefix())[testbed.HOSTS.index(host.name)].mtu
 
 
-def _set_testbed_mtu(mtu: int):
-    return kbypass("testbed", "up", "--mtu", str(mtu), "--json")
+def _set_testbed_mtu(mtu: int, real: bool = False):
+    """`kbypass testbed up --mtu MTU --json`, in this process unless `real` (kbypass_here, kbypass)."""
+    return kbypass_for(real)("testbed", "up", "--mtu", str(mtu), "--json")
 
 
 def test_testbed_up_changes_the_mtu_in_place_and_names_a_non_frags_program(testbed_hosts, no_frags_object):
@@ -53,7 +62,7 @@ def test_testbed_up_changes_the_mtu_in_place_and_names_a_non_frags_program(testb
     ip_b = ["ip", "-n", b.netns, "link", "set", "dev", b.iface]
     subprocess.run(ip_b + ["xdp", "obj", str(no_frags_object), "sec", "xdp"], check=True)
     try:
-        r = _set_testbed_mtu(9000)
+        r = _set_testbed_mtu(9000, real=True)
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
         assert "'no_frags'" in r.stderr and f"ip -n {b.netns} link set dev {b.iface} xdp off" in r.stderr
         assert "not frags-aware" in r.stderr and "the MTU is unchanged" in r.stderr
@@ -75,7 +84,7 @@ def test_testbed_up_without_mtu_keeps_the_mtu_and_a_change_is_said(testbed_hosts
     try:
         r = _set_testbed_mtu(9000)
         assert r.returncode == 0 and f"changed from {a.mtu} to 9000" in r.stderr, r.stderr
-        r = kbypass("testbed", "up", "--json")
+        r = kbypass_here("testbed", "up", "--json")
         assert r.returncode == 0 and r.stderr == "", r.stderr
         assert {h["mtu"] for h in json.loads(r.stdout)["hosts"]} == {9000} == {_mtu(a), _mtu(b)}
         r = _set_testbed_mtu(9000)  # the same MTU: nothing to say
@@ -115,14 +124,14 @@ def test_gen_sends_jumbo_frames_the_sink_counts_in_sequence(mtu_9000):
     assert summary["seq"]["received"] == 3000 and summary["seq"]["lost"] == 0
 
 
-@pytest.mark.parametrize("backend, size, words", [
+@pytest.mark.parametrize("real, backend, size, words", one_real([
     ("afxdp", 9015, "MTU of"),
     ("live", 9014, "live engine"),  # live-frames mode takes one page per frame: its limit, said
     ("packet_mmap", 9014, "PACKET_MMAP TX slot"),
-])
-def test_gen_size_above_what_the_backend_sends_is_one_line(mtu_9000, backend, size, words):
+]))
+def test_gen_size_above_what_the_backend_sends_is_one_line(mtu_9000, real, backend, size, words):
     a, b = mtu_9000
-    r = kbypass("gen", "--host", "a", "--backend", backend, "--size", str(size), "--count", "1")
+    r = kbypass_for(real)("gen", "--host", "a", "--backend", backend, "--size", str(size), "--count", "1")
     assert r.returncode == 2 and r.stderr.startswith("kbypass: error: --size") and r.stderr.count("\n") == 1
     assert words in r.stderr, r.stderr
     assert not xdp_attached(a) and not xdp_attached(b)
@@ -221,5 +230,5 @@ def test_the_c_lane_carries_jumbo_messages_to_sockperf_and_back_byte_for_byte(mt
 
 def test_endpoint_size_above_the_mtu_is_one_line(mtu_9000):
     a, b = mtu_9000
-    r = kbypass("pingpong", "client", "--host", "a", "--dst", f"{b.ipv4}:11124", "--count", "1", "--size", "9000")
+    r = kbypass_here("pingpong", "client", "--host", "a", "--dst", f"{b.ipv4}:11124", "--count", "1", "--size", "9000")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "exceeds the MTU (9000" in r.stderr, r.stderr

@@ -9,7 +9,16 @@ import time
 
 import pytest
 
-from tests.kb import PURE_PYTHON, kbypass, spare_ip, udp_bound, wait_until, xdp_attached
+from tests.kb import (
+    PURE_PYTHON,
+    kbypass,
+    kbypass_for,
+    one_real,
+    spare_ip,
+    udp_bound,
+    wait_until,
+    xdp_attached,
+)
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(shutil.which("sockperf") is None, reason="sockperf is not installed")]
@@ -107,16 +116,16 @@ def test_socket_backend_client_and_server(testbed_hosts):
     assert json.loads(out)["answered"] == 600
 
 
-@pytest.mark.parametrize("args, words", [
+@pytest.mark.parametrize("real, args, words", one_real([
     (["server", "--host", "b", "--ip", "10.99.0.5"], "not an address of the interface"),
     (["server", "--host", "b", "--ip", "10.99.0.5", "--dedicated"], "outside the interface's subnets"),
     (["client", "--host", "a", "--dst", "{b}:11111", "--size", "2000", "--count", "1"], "exceeds the MTU"),
     (["client", "--host", "a", "--dst", "nonsense", "--count", "1"], "IP:PORT"),
     (["client", "--host", "a", "--dst", "{b}:11111", "--size", "10"], "from 14 to 65507"),
-])
-def test_bad_input_one_line(testbed_hosts, args, words):
+]))
+def test_bad_input_one_line(testbed_hosts, real, args, words):
     a, b = testbed_hosts
-    proc = kbypass("pingpong", *[x.format(b=b.ipv4) for x in args], "--duration", "1", timeout=60)
+    proc = kbypass_for(real)("pingpong", *[x.format(b=b.ipv4) for x in args], "--duration", "1", timeout=60)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], proc.stderr

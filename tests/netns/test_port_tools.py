@@ -25,6 +25,7 @@ from tests.kb import (
     wait_until,
     xdp_attached,
 )
+from tests.netns.test_cp import stop_at
 from tests.netns.test_sink_reflect import _wait_attached
 
 pytestmark = pytest.mark.netns
@@ -58,11 +59,12 @@ def test_a_flow_on_a_queue_without_a_socket_is_reported(testbed_hosts):
     # veth delivers on the queue of the sending CPU: with the generator pinned, the flow lands on the same
     # queue in both runs, so the sink on the other queue misses it
     for queue in (0, 1):
-        sink = _start("sink", "--host", "b", "--rule", f"udp dport {PORT}", "--queue", str(queue), "-t", "4",
+        sink = _start("sink", "--host", "b", "--rule", f"udp dport {PORT}", "--queue", str(queue), "-t", "60",
                       "--json")
         try:
             _wait_attached(b)
             _gen(500, "--cpu", "0")
+            stop_at(sink, b, f"udp dport {PORT}", 500)
             out, err = sink.communicate(timeout=30)
         finally:
             sink.kill()
@@ -103,11 +105,12 @@ def test_capture_to_stdout_is_a_pcap_a_reader_opens(testbed_hosts, tmp_path):
 
 def test_capture_says_it_takes_the_traffic_and_what_every_n_drops(testbed_hosts, tmp_path):
     a, b = testbed_hosts
-    cap = _start("capture", "--host", "b", "-w", str(tmp_path / "c.pcap"), "--every", "2", "-t", "3")
+    cap = _start("capture", "--host", "b", "-w", str(tmp_path / "c.pcap"), "--every", "2", "-t", "30")
     try:
         _wait_attached(b)
         ping = subprocess.run(["ip", "netns", "exec", a.netns, "ping", "-c", "2", "-i", "0.2", "-W", "1", b.ipv4],
                               capture_output=True, text=True)
+        cap.send_signal(signal.SIGINT)  # ping waited a second for its last answer: the requests are long in
         out, err = cap.communicate(timeout=30)
     finally:
         cap.kill()

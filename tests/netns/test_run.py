@@ -20,7 +20,13 @@ from kbypass.cp import paths
 from kbypass.cp.client import ControlPlaneClient, ControlPlaneMissing
 from kbypass.cp.lock import terminate
 from kbypass.tools.run import SHIM
-from tests.kb import skip_unless_nobody_runs_kbypass, xdp_attached
+from tests.kb import (
+    skip_unless_nobody_runs_kbypass,
+    tcp_listening,
+    udp_bound,
+    wait_until,
+    xdp_attached,
+)
 
 KB = os.path.join(os.path.dirname(sys.executable), "kbypass")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -145,12 +151,19 @@ def test_sockperf_server_multiplexing_an_accelerated_and_a_kernel_socket(hosts, 
     srv = run_app(b, "sockperf", "server", "-f", str(feed), "-F", mux)
     try:
         wait_for(lambda: sockets_of(b, 11121), what="the server's testbed socket to be accelerated")
-        over_rings = subprocess.run(in_ns(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11121", "-t", "1"),
-                                    capture_output=True, text=True, timeout=60)
-        kernel = subprocess.run(in_ns(b, "sockperf", "ping-pong", "-i", "127.0.0.1", "-p", "11122", "-t", "1"),
-                                capture_output=True, text=True, timeout=60)
-        assert observations(over_rings.stdout) > 100, over_rings.stdout
-        assert observations(kernel.stdout) > 100, kernel.stdout
+        # both clients at once: the server's one wait serves the two sockets side by side
+        clients = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for argv in (
+            in_ns(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11121", "-t", "1"),
+            in_ns(b, "sockperf", "ping-pong", "-i", "127.0.0.1", "-p", "11122", "-t", "1"))]
+        try:
+            over_rings, kernel = (c.communicate(timeout=60)[0] for c in clients)
+        finally:
+            for c in clients:
+                if c.poll() is None:
+                    c.kill()
+                    c.wait()
+        assert observations(over_rings) > 100, over_rings
+        assert observations(kernel) > 100, kernel
         (s,) = sockets_of(b, 11121)
         assert s["rx"] > 100 and s["tx"] > 100 and s["rx_kernel"] == 0
     finally:
@@ -163,8 +176,8 @@ def test_sockperf_client_under_run_measures_a_kernel_sockperf_server(hosts):
     srv = subprocess.Popen(in_ns(b, "sockperf", "server", "-i", b.ipv4, "-p", "11112"), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
-        cli = run_app(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11112", "-t", "4", spin=200)
+        wait_until(lambda: udp_bound(b.netns, 11112), "the kernel sockperf server's socket", proc=srv)
+        cli = run_app(a, "sockperf", "ping-pong", "-i", b.ipv4, "-p", "11112", "-t", "2", spin=200)
         mid = wait_for(lambda: [s for s in status(a) if s["rx"] > 50], what="the client's datagrams on the rings")
         out, _ = cli.communicate(timeout=60)
     finally:
@@ -306,7 +319,8 @@ def test_iperf3_udp_under_run_on_both_ends(hosts):
     a, b = hosts
     srv = run_app(b, "iperf3", "-4", "-s", "-1", "-p", "5301")
     try:
-        time.sleep(1.5)  # its UDP socket is made when the client connects: nothing to see before
+        # its UDP socket is made when the client connects: nothing to see before its control connection listens
+        wait_until(lambda: tcp_listening(b.netns, 5301), "iperf3's control connection", proc=srv)
         cli = run_app(a, "iperf3", "-4", "-c", b.ipv4, "-p", "5301", "-u", "-b", "20M", "-t", "3")
         mid = wait_for(lambda: [s for s in sockets_of(b, 5301) if s["rx"] > 100], what="iperf3's data on the rings")
         out, _ = cli.communicate(timeout=60)
@@ -538,7 +552,7 @@ def _burst_to_kernel_peer(hosts, then: str, counters: bool = False) -> None:
             "got = [s.recv(100) for _ in range(int(sys.argv[2]) + 1)][1:]\n"
             "print(' '.join(g.decode() for g in got), flush=True)\n")
     rx = subprocess.Popen(in_ns(b, sys.executable, "-c", code, b.ipv4, str(k)), stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    wait_until(lambda: udp_bound(b.netns, 7051), "the kernel peer's socket", proc=rx)
     # every send after the first counts as the burst's (however slow a busy machine makes Python)
     app = run_app(a, sys.executable, "-c", BURST_THEN_SLEEP.replace("time.sleep(30)", then), a.ipv4, b.ipv4,
                   str(k), env={**os.environ, "KBYPASS_TX_BURST_US": "10000000"})

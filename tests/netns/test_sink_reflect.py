@@ -14,7 +14,7 @@ import pytest
 from kbypass import netns
 from kbypass.apps.reflect import Reflector
 from kbypass.port.steered import SteeredPort
-from tests.kb import kbypass, receive_packets, xdp_attached
+from tests.kb import kbypass, kbypass_for, one_real, receive_packets, xdp_attached
 
 pytestmark = pytest.mark.netns
 PORT = 4321
@@ -155,20 +155,20 @@ def test_kill_9_leaves_no_xdp_program(testbed_hosts):
 
 
 @pytest.mark.parametrize(
-    "args, words",
-    [
+    "real, args, words",
+    one_real([
         (["--iface", "nosuch0", "--netns", "{b}", "--rule", "udp dport 9"], "no interface 'nosuch0'"),
         (["--iface", "{bif}", "--netns", "{b}"], "without --rule"),  # a real NIC keeps its UDP
         (["--host", "b", "--queue", "7"], "queue"),
         (["--host", "b", "--ring-size", "1000"], "power of two"),
         (["--host", "b", "--rule", "udp dport 99999"], "99999"),
         (["--host", "b", "--rule", "udp dts 10.0.0.1"], "dts"),
-    ],
+    ]),
 )
-def test_bad_input_one_line_nothing_attached(testbed_hosts, args, words):
+def test_bad_input_one_line_nothing_attached(testbed_hosts, real, args, words):
     a, b = testbed_hosts
     args = [x.format(b=b.netns, bif=b.iface) for x in args]
-    proc = kbypass("sink", *args, "--duration", "0.2")
+    proc = kbypass_for(real)("sink", *args, "--duration", "0.2")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], proc.stderr

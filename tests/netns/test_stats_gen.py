@@ -8,9 +8,9 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from kbypass.host import ifstats
 from kbypass import netns
-from tests.kb import kbypass, wait_until
+from kbypass.host import ifstats
+from tests.kb import kbypass, kbypass_for, one_real, wait_until
 
 pytestmark = pytest.mark.netns
 ETH_P_ALL = 0x0003
@@ -105,7 +105,7 @@ def test_stats_cli_json_and_errors(testbed_hosts):
     assert bad.returncode == 2 and "no interface 'nosuch0'" in bad.stderr
 
 
-@pytest.mark.parametrize("args, words", [(["--count", "0"], "--count"), (["--count", "5", "--size", "9000"], "--size 9000"),
+@pytest.mark.parametrize("real, args, words", one_real([(["--count", "0"], "--count"), (["--count", "5", "--size", "9000"], "--size 9000"),
                                          (["--count", "5", "--size", "40"], "--size 40"),
                                          (["--count", "5", "--dst", "10.77.0.2:99999"], "--dst"),
                                          (["--count", "5", "--backend", "afxdp", "--rate", "-5"], "--rate"),
@@ -113,9 +113,9 @@ def test_stats_cli_json_and_errors(testbed_hosts):
                                          (["--count", "5", "--time-every", "3"], "power of two"),
                                          (["--count", "5", "--backend", "afxdp", "--time-every", "4"],
                                           "only the live backend"),
-                                         (["--count", "5", "--backend", "afxdp", "--size", "70-60"], "--size")])
-def test_gen_bad_input(testbed_hosts, args, words):
-    proc = kbypass("gen", *args)
+                                         (["--count", "5", "--backend", "afxdp", "--size", "70-60"], "--size")]))
+def test_gen_bad_input(testbed_hosts, real, args, words):
+    proc = kbypass_for(real)("gen", *args)
     assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 

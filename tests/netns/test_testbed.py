@@ -7,13 +7,12 @@ import sys
 import textwrap
 
 import pytest
-
 from pyroute2 import netns as pr_netns
 
 from kbypass import netns
 from kbypass.host import testbed, xps
 from kbypass.testing.plugin import needs_root
-from tests.kb import kbypass, pid_tag
+from tests.kb import kbypass, kbypass_for, one_real, pid_tag
 
 pytestmark = pytest.mark.netns
 
@@ -66,11 +65,11 @@ def test_up_status_schema_idempotent_down(prefix):
 
 
 @pytest.mark.parametrize(
-    "args, words",
-    [(["--queues", "0"], "--queues"), (["--mtu", "67"], "--mtu 67"), (["--subnet", "300.1.1.0/24"], "--subnet")],
+    "real, args, words",
+    one_real([(["--queues", "0"], "--queues"), (["--mtu", "67"], "--mtu 67"), (["--subnet", "300.1.1.0/24"], "--subnet")]),
 )
-def test_bad_input_one_line_nothing_made(prefix, args, words):
-    proc = kbypass("testbed", "up", "--prefix", prefix, *args)
+def test_bad_input_one_line_nothing_made(prefix, real, args, words):
+    proc = kbypass_for(real)("testbed", "up", "--prefix", prefix, *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -72,7 +73,7 @@ def test_top_rates_match_the_kernels_counters_and_name_the_owners(testbed_hosts)
     try:
         _ready(b, sink)
         top = subprocess.Popen([sys.executable, "-m", "kbypass", "top", "--netns", b.netns, "--json",
-                                "--interval", "0.5", "-c", "16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                "--interval", "0.5", "-c", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
         first = json.loads(top.stdout.readline())  # top's window is open from here on
         rule0, q0 = _rule_packets(b), _ethtool(b, "rx_queue_0_xdp_packets")
@@ -81,9 +82,15 @@ def test_top_rates_match_the_kernels_counters_and_name_the_owners(testbed_hosts)
         time.sleep(0.3)
         rule1, q1 = _rule_packets(b), _ethtool(b, "rx_queue_0_xdp_packets")
         t1 = time.time()
+        recs = []
+        while not recs or recs[-1]["time"] <= t1:  # until top's window covers the traffic, then Ctrl-C
+            line = top.stdout.readline()
+            assert line, f"top ended before its window covered the traffic: {top.stderr.read()}"
+            recs.append(json.loads(line))
+        top.send_signal(signal.SIGINT)
         out, err = top.communicate(timeout=60)
         assert top.returncode == 0, err
-        recs = [json.loads(line) for line in out.splitlines()]
+        recs += [json.loads(line) for line in out.splitlines()]
         server = _status(b)["server_pid"]
     finally:
         _stop(sink, *([top] if top else []))

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from kbypass.host import tune
 from kbypass.errors import UsageError
-from tests.kb import kbypass
+from kbypass.host import tune
+from tests.kb import kbypass, kbypass_for, one_real
 
 pytestmark = pytest.mark.netns
 
@@ -37,13 +37,13 @@ def test_show_and_apply_on_the_testbed(testbed_hosts):
     assert tune.show(b.iface, b.netns)["threaded"] == old["threaded"]
 
 
-@pytest.mark.parametrize("args, words", [
+@pytest.mark.parametrize("real, args, words", one_real([
     (["apply", "--host", "b", "rx-usecs=10"], "not supported"),
     (["apply", "--host", "b", "foo=1"], "KNOB=VALUE"),
     (["show", "--iface", "nosuch0"], "no interface"),
-])
-def test_refusals_one_line(testbed_hosts, args, words):
-    proc = kbypass("tune", *args)
+]))
+def test_refusals_one_line(testbed_hosts, real, args, words):
+    proc = kbypass_for(real)("tune", *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], proc.stderr

@@ -19,9 +19,9 @@ import time
 import pytest
 
 from kbypass.host import ifstats
-from tests.kb import kbypass, xdp_attached
+from tests.kb import kbypass_for, one_real, xdp_attached
 from tests.netns import test_cp
-from tests.netns.test_cp import send_udp, sockets_of, status, wait_for
+from tests.netns.test_cp import send_udp, sockets_of, status, stop_at, wait_for
 
 hosts = test_cp.hosts  # the fixture: the testbed with XPS on host a (CPU q sends on queue q), no control plane
 
@@ -91,7 +91,7 @@ def test_two_workers_each_count_their_queue_exactly_and_sigint_to_the_parent_sto
 
 def test_kill_9_of_one_worker_leaves_the_other_every_packet_and_its_rule_and_socket_go_within_a_second(hosts):
     a, b = hosts
-    with ready(b, workers("--workers", "2", "-t", "8")) as team:
+    with ready(b, workers("--workers", "2", "-t", "60")) as team:
         send_udp(a, b, 5000, 100, cpu=0)
         send_udp(a, b, 5001, 100, cpu=1)
         victim = next(c["pid"] for c in status(b)["clients"] if c["sockets"] == [f"{b.iface}:0"])
@@ -102,6 +102,7 @@ def test_kill_9_of_one_worker_leaves_the_other_every_packet_and_its_rule_and_soc
         assert list(rule_packets(b)) == ["udp queue 1 redirect"]
         send_udp(a, b, 5001, 150, cpu=1)
         send_udp(a, b, 5000, 50, cpu=0)  # queue 0 has nobody now: the kernel's
+        stop_at(team, b, "udp queue 1", 250)  # (a team's run ending at -t: test_write_in_place's capture team)
         out, err = team.communicate(timeout=60)
     assert team.returncode == 1, err  # a worker died: said, and the exit code says so
     assert f"worker on queue 0 (pid {victim}" in err and "killed by SIGKILL" in err
@@ -117,7 +118,7 @@ def cpu_list_longer_than_the_machine() -> str:
     return ",".join(str(c) for c in range((os.cpu_count() or 1) + 1))
 
 
-@pytest.mark.parametrize("args, words", [
+@pytest.mark.parametrize("real, args, words", one_real([
     (["--workers", "3"], "3 workers but the interface has 2 receive queues"),
     (["--worker-queues", "0", "--cpus", cpu_list_longer_than_the_machine()], "CPUs listed but this machine has"),
     (["--worker-queues", "0,1", "--cpus", "0"], "2 workers (queues [0, 1]) but 1 CPUs"),
@@ -128,10 +129,10 @@ def cpu_list_longer_than_the_machine() -> str:
     (["--workers", "2", "--rule", "udp dport 9 queue 1"], "names queue 1, but its worker reads queue 0"),
     (["--workers", "2", "--cpus", "0,0"], "each CPU number once"),
     (["--workers", "2", "--hw"], "--hw does not go with workers"),
-])
-def test_bad_worker_input_is_one_error_line_and_leaves_nothing(hosts, args, words):
+]))
+def test_bad_worker_input_is_one_error_line_and_leaves_nothing(hosts, real, args, words):
     _, b = hosts
-    proc = kbypass("sink", "--host", "b", "-t", "1", *args)
+    proc = kbypass_for(real)("sink", "--host", "b", "-t", "1", *args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kbypass: error: ") and words in lines[0], proc.stderr

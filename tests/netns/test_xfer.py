@@ -27,7 +27,7 @@ from kbypass.errors import UsageError
 from kbypass.proto.transport import LocalProtocolError
 from kbypass.xfer import EthEncap, TransportEndpoint, UdpEncap
 from kbypass.xfer.endpoint import default_config
-from tests.kb import PURE_PYTHON, kbypass
+from tests.kb import PURE_PYTHON, kbypass, kbypass_here
 
 pytestmark = pytest.mark.netns
 PORT, CPORT = 7000, 7001  # server (host b) and client (host a) UDP ports
@@ -288,13 +288,13 @@ def test_cli_send_recv_with_loss(testbed_hosts, tmp_path) -> None:
 
 
 def test_cli_errors_name_the_fix(testbed_hosts) -> None:
-    r = kbypass("xfer", "send", "--host", "a", "--size", "1K")
+    r = kbypass("xfer", "send", "--host", "a", "--size", "1K")  # a real process: the exit status
     assert r.returncode == 2 and "--dst IP:PORT" in r.stderr
-    r = kbypass("xfer", "send", "--host", "a", "--dst", "10.77.0.2:7000", "--size", "lots")
+    r = kbypass_here("xfer", "send", "--host", "a", "--dst", "10.77.0.2:7000", "--size", "lots")
     assert r.returncode == 2 and "--size 'lots'" in r.stderr
-    r = kbypass("xfer", "send", "--host", "a", "--dst", "10.77.0.2:7000", "--size", "1K", "--faults", "loss=2x")
+    r = kbypass_here("xfer", "send", "--host", "a", "--dst", "10.77.0.2:7000", "--size", "1K", "--faults", "loss=2x")
     assert r.returncode == 2 and "--faults" in r.stderr
-    r = kbypass("xfer", "send", "--host", "a", "--encap", "eth", "--dst-mac", "zz", "--size", "1K")
+    r = kbypass_here("xfer", "send", "--host", "a", "--encap", "eth", "--dst-mac", "zz", "--size", "1K")
     assert r.returncode == 2 and "is not a MAC address" in r.stderr
     # nobody listening: the handshake times out with one line naming what to check, no traceback
     r = kbypass("xfer", "send", "--host", "a", "--dst", "10.77.0.2:7999", "--size", "1K", "--idle-timeout", "1")

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.kb import xdp_attached
+from tests.kb import kbypass_here, xdp_attached
 
 pytestmark = pytest.mark.netns
 PORT = 7300
@@ -108,9 +108,7 @@ def test_an_mtu_above_one_frame_is_refused_and_nothing_stays(testbed_hosts) -> N
         p = subprocess.run([sys.executable, "-m", "kbypass", "xfer", "recv", "--host", "b", "-p", str(PORT + 3),
                             "--backend", "packet_mmap", "--idle-timeout", "1"], capture_output=True, text=True,
                            timeout=60)
-        above = subprocess.run([sys.executable, "-m", "kbypass", "xfer", "recv", "--host", "b", "-p",
-                                str(PORT + 3), "--mtu", "9600", "--idle-timeout", "1"], capture_output=True,
-                               text=True, timeout=60)
+        above = kbypass_here("xfer", "recv", "--host", "b", "-p", str(PORT + 3), "--mtu", "9600", "--idle-timeout", "1")
     finally:
         set_mtu((a, b), 1500)
     err = p.stderr.strip().splitlines()

@@ -13,7 +13,7 @@ from kbypass.host import inventory
 from kbypass.steer.rules import Rule
 from kbypass.tools import report
 from kbypass.xsk import diag
-from tests.kb import kbypass
+from tests.kb import kbypass, kbypass_for, one_real
 
 # Captured on this machine's kernel (6.18, CONFIG_XDP_SOCKETS_DIAG not set), `kbypass.xsk.diag.
 # encode_request(seq=7)` sent on a NETLINK_SOCK_DIAG socket, then the kernel's reply, byte for byte.
@@ -127,7 +127,7 @@ def test_report_writes_one_page_with_embedded_plots(tmp_path):
     assert [v for _, v in s["queues: packets/s"]["x/x rx0"]] == [2000.0] * 4
 
 
-@pytest.mark.parametrize("args, words", [
+@pytest.mark.parametrize("real, args, words", one_real([
     (["top", "--interval", "0"], "--interval"),
     (["top", "--once", "-c", "3"], "--once is one interval"),
     (["top", "--interval", "fast"], "--interval"),
@@ -137,9 +137,9 @@ def test_report_writes_one_page_with_embedded_plots(tmp_path):
     (["report", "/nonexistent-file.jsonl", "-o", "/tmp/x.html"], "no such readable file"),
     (["report", "/etc/hostname", "-o", "/tmp/hb-x.html"], "is not a 'kbypass top --json' record"),
     (["report", "/etc/hostname"], "-o/--output"),
-])
-def test_bad_input_is_one_error_line(args, words):
-    proc = kbypass(*args)
+]))
+def test_bad_input_is_one_error_line(real, args, words):
+    proc = kbypass_for(real)(*args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kbypass: error:") and words in lines[0], proc.stderr
