@@ -130,7 +130,9 @@ def stop_at(proc: subprocess.Popen, host, rule: str, packets: int) -> None:
     -t that outlasts the test's traffic on the slowest machine. What it counts is still the caller's to
     check exactly: a packet too many or too few shows."""
     wait_for(f"{rule!r} to match {packets} packets", lambda: rule_counts(host).get(f"{rule} redirect", 0) >= packets)
-    time.sleep(0.3)
+    # The tool does not drain its ring after Ctrl-C (a user stopping it wants it stopped): give it a second,
+    # which a tool that reads at all uses in milliseconds even on a loaded CI machine.
+    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
 
 
