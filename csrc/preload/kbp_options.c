@@ -68,7 +68,14 @@ int ioctl(int fd, unsigned long req, ...) {
     void *arg = va_arg(ap, void *);
     va_end(ap);
     struct kbp_sock *s = kbp_get(fd);
-    if (s && s->accel && req == FIONREAD && arg) {
+    if (s && s->tcp && s->accel && s->sid && req == FIONREAD && arg) {
+        pthread_mutex_lock(&kbp_lock);
+        long n = kbp_py_call("unread", NULL, 0, "(Id)", s->sid, (double)kbp_now_ns() / 1e9);
+        pthread_mutex_unlock(&kbp_lock);
+        *(int *)arg = n > 0 ? (int)n : 0;
+        return 0;
+    }
+    if (s && s->accel && !s->tcp && req == FIONREAD && arg) {
         pthread_mutex_lock(&kbp_lock);
         int n = -1;
         if (s->accel && kbp_readable(s)) n = (int)s->backlog[s->bhead % KBP_BACKLOG].len;

@@ -1,4 +1,6 @@
-"""`kbypass run [--spin US] [--iface IF] [--log] -- APP ARGS...`: an unmodified program's UDP sockets on AF_XDP.
+"""`kbypass run [--spin US] [--iface IF] [--log] -- APP ARGS...`: an unmodified program's UDP and TCP sockets on
+AF_XDP (TCP: kbypass's own, kbypass.sockapi.shimtcp, in a CPython the shim embeds when the first TCP socket
+is accelerated).
 
 Preloads libkbypass-preload.so (csrc/preload: the shim), makes sure this namespace's control plane runs
 (starting one that lets unprivileged apps in: `--users all`, for the interfaces named with --iface or, by
@@ -73,12 +75,27 @@ def run(args) -> int:
         env["LD_PRELOAD"] = " ".join(w for w in (_shim_for_any_user(), env.get("LD_PRELOAD", "")) if w)
         env["KBYPASS_CP_SOCKET"] = paths.socket_path(name)
         env["KBYPASS_SPIN_US"] = str(args.spin)
+        env.update(_python_for_tcp())
         if args.log:
             env["KBYPASS_LOG"] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(exe, app, env)
     return 0  # not reached
+
+
+def _python_for_tcp() -> dict[str, str]:
+    """Where the shim's embedded CPython (csrc/preload/kbp_py.c, loaded at an app's first accelerated TCP socket)
+    finds this interpreter's libpython, standard library and kbypass (this venv's paths, the src of an
+    editable install): the same Python that runs this command, so kbypass's C modules fit it."""
+    import sysconfig
+
+    lib = os.path.join(sysconfig.get_config_var("LIBDIR") or "", sysconfig.get_config_var("INSTSONAME") or "")
+    path = [p for p in sys.path if p and os.path.isdir(p)]
+    out = {"KBYPASS_PYTHONHOME": sys.base_prefix, "KBYPASS_PYTHONPATH": os.pathsep.join(path)}
+    if os.path.exists(lib):
+        out["KBYPASS_LIBPYTHON"] = lib
+    return out
 
 
 def _loadable_by_anyone(path: str) -> bool:
