@@ -39,7 +39,7 @@
 struct kbp_slot {
     uint32_t used, fd;
     uint8_t ip[4];
-    uint16_t port, pad;
+    uint16_t port, proto; /* IPPROTO_UDP or IPPROTO_TCP */
     uint64_t rx, tx, rx_kernel, tx_kernel, rx_dropped, tx_failed;
 };
 _Static_assert(sizeof(struct kbp_slot) == 64, "kbp_slot is shimpage.SLOT");

@@ -195,6 +195,7 @@ static void try_accel(struct kbp_sock *s) {
         s->slot->fd = (uint32_t)s->fd;
         memcpy(s->slot->ip, s->me.ip, 4);
         s->slot->port = s->me.port;
+        s->slot->proto = IPPROTO_UDP;
         s->slot->used = 1;
     }
     s->tmpl_ok = 0;

@@ -149,7 +149,7 @@ static void take_slot(struct kbp_sock *s) {
     s->slot->fd = (uint32_t)s->fd;
     memcpy(s->slot->ip, &s->tcp_local.sin_addr, 4);
     s->slot->port = ntohs(s->tcp_local.sin_port);
-    s->slot->pad = IPPROTO_TCP;
+    s->slot->proto = IPPROTO_TCP;
     s->slot->used = 1;
 }
 

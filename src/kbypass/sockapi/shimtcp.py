@@ -47,7 +47,7 @@ _ERRNO = {tcp.REFUSED: errno.ECONNREFUSED, tcp.PEER_RESET: errno.ECONNRESET, tcp
 class _Conn:
     """One connection: the protocol's, the bytes the application has not read, its error and readiness."""
 
-    __slots__ = ("sid", "conn", "local", "peer", "peer_ip", "key", "rx", "rx_len", "eof", "error", "dead",
+    __slots__ = ("sid", "conn", "local", "local_ip", "peer", "peer_ip", "key", "rx", "rx_len", "eof", "error", "dead",
                  "app_closed", "shut_wr", "shut_rd", "connected", "mask", "news", "listener")
 
     def __init__(self, conn, local: tuple[str, int], peer: tuple[str, int], listener=None) -> None:
@@ -55,6 +55,7 @@ class _Conn:
         self.conn = conn
         self.local, self.peer = local, peer
         self.peer_ip = socket.inet_aton(peer[0])
+        self.local_ip = socket.inet_aton(local[0])
         self.key = (self.peer_ip, peer[1], local[1])
         self.rx: deque[bytes] = deque()
         self.rx_len = 0
@@ -80,10 +81,11 @@ class _Conn:
 
 
 class _Listener:
-    __slots__ = ("sid", "tcp", "ip", "port", "backlog", "ready", "mask", "news")
+    __slots__ = ("sid", "tcp", "ip", "ip_bytes", "port", "backlog", "ready", "mask", "news")
 
     def __init__(self, sid: int, ip: str, port: int, backlog: int, config) -> None:
         self.sid, self.ip, self.port, self.backlog = sid, ip, port, max(1, backlog)
+        self.ip_bytes = socket.inet_aton(ip)
         self.tcp = tcp.TcpListener(ip, port, config=config)
         self.ready: deque[_Conn] = deque()
         self.mask = -1
@@ -101,7 +103,6 @@ class ShimTcp:
         self.conns: dict[tuple[bytes, int, int], _Conn] = {}  # (peer ip, peer port, local port)
         self.by_sid: dict[int, _Conn | _Listener] = {}
         self.listeners: dict[int, _Listener] = {}  # by local port
-        self.ip = b"\0\0\0\0"
         self._ident = 0
         self._packets: list[bytes] = []
         self._touched: set = set()
@@ -149,8 +150,7 @@ class ShimTcp:
                 best = t
         return best
 
-    def _emit(self, dst: bytes, segments) -> None:
-        src = self.ip
+    def _emit(self, src: bytes, dst: bytes, segments) -> None:
         for seg in segments:
             body = seg.encode(src, dst)
             self._ident = ident = (self._ident + 1) & 0xFFFF
@@ -158,7 +158,7 @@ class ShimTcp:
         self.counters["tx_segments"] += len(segments)
 
     def _flush(self, c: _Conn, now: float) -> None:
-        self._emit(c.peer_ip, c.conn.segments_to_send(now))
+        self._emit(c.local_ip, c.peer_ip, c.conn.segments_to_send(now))
         self._touched.add(c)
 
     def _events(self, c: _Conn, now: float) -> None:
@@ -192,7 +192,7 @@ class ShimTcp:
                 c.error = _ERRNO.get(e.reason, 0)
                 if c.listener is not None and c in c.listener.ready:
                     c.listener.ready.remove(c)
-        self._emit(c.peer_ip, conn.segments_to_send(now))
+        self._emit(c.local_ip, c.peer_ip, conn.segments_to_send(now))
 
     def _forget(self, c: _Conn) -> None:
         if self.conns.get(c.key) is c:
@@ -226,11 +226,11 @@ class ShimTcp:
             self.counters["rx_no_socket"] += 1
             rst = tcp.reset_for(seg)
             if rst is not None:
-                self._emit(h.src, [rst])
+                self._emit(h.dst, h.src, [rst])
             return self._out(0, now)
         peer_ip = socket.inet_ntoa(h.src)
         out, conn = lst.tcp.receive(seg, peer_ip, now)
-        self._emit(h.src, out)
+        self._emit(h.dst, h.src, out)
         if conn is not None:
             c = _Conn(conn, (lst.ip, lst.port), (peer_ip, seg.src_port), listener=lst)
             self.conns[c.key] = c
@@ -247,17 +247,16 @@ class ShimTcp:
             t = lst.tcp.next_timer()
             if t is not None and t <= now:
                 for ip, seg in lst.tcp.on_timer(now):
-                    self._emit(socket.inet_aton(ip), [seg])
+                    self._emit(lst.ip_bytes, socket.inet_aton(ip), [seg])
         return self._out(0, now)
 
     # ---- the application's calls ---------------------------------------------------------------------------
     def listen(self, sid: int, ip: int, port: int, backlog: int, now: float):
-        self.ip = ip.to_bytes(4, "big")
         old = self.listeners.get(port)
         if old is not None and old.sid == sid:  # listen() again: a new backlog
             old.backlog = max(1, backlog)
             return self._out(0, now)
-        lst = self.listeners[port] = _Listener(sid, socket.inet_ntoa(self.ip), port, backlog, self.config)
+        lst = self.listeners[port] = _Listener(sid, socket.inet_ntoa(ip.to_bytes(4, "big")), port, backlog, self.config)
         self.by_sid[sid] = lst
         return self._out(0, now)
 
@@ -275,8 +274,7 @@ class ShimTcp:
         return self._out(ACCEPTED.pack(c.peer_ip, c.peer[1], socket.inet_aton(c.local[0]), c.local[1]), now)
 
     def connect(self, sid: int, lip: int, lport: int, rip: int, rport: int, now: float):
-        self.ip = lip.to_bytes(4, "big")
-        local, peer = (socket.inet_ntoa(self.ip), lport), (socket.inet_ntoa(rip.to_bytes(4, "big")), rport)
+        local, peer = (socket.inet_ntoa(lip.to_bytes(4, "big")), lport), (socket.inet_ntoa(rip.to_bytes(4, "big")), rport)
         c = _Conn(tcp.TcpConnection.connect(local, peer, now, config=self.config), local, peer)
         c.sid = sid
         old = self.conns.get(c.key)
@@ -386,7 +384,8 @@ class ShimTcp:
                     c.conn.abort()
                     self._flush(c, now)
                     c.app_closed = True
-            return self._out(self.port_users(s.port), now)
+            out = self._out(0, now)  # the connections it reset are forgotten here
+            return (self.port_users(s.port), *out[1:])
         if s is None:
             return self._out(0, now)
         c = s

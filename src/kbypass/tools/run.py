@@ -178,7 +178,8 @@ def _status(as_json: bool) -> int:
     if as_json:
         emit({"namespace": name, "apps": apps}, True)
         return 0
-    rows = [{"pid": str(a["pid"]), "command": a["command"], "fd": str(s["fd"]), "local": s["local"],
+    rows = [{"pid": str(a["pid"]), "command": a["command"], "fd": str(s["fd"]), "proto": s.get("proto", "udp"),
+             "local": s["local"],
              **{k: str(s[k]) for k in COUNTERS}} for a in apps for s in a["sockets"]]
     if not rows:
         print(f"no accelerated sockets in namespace {name} (start an app with 'kbypass run -- APP')")
