@@ -125,6 +125,7 @@ struct kbp_sock {
     unsigned tcp_gen;     /* bumped at each news (EPOLLET reports a member whose gen moved) */
     int zombie;           /* closed by the app, its connection still finishing (an active open's port held) */
     struct sockaddr_in tcp_local, tcp_peer;
+    struct in_addr tcp_steered; /* the address the rule steers (a wildcard listener's: its interface's) */
 };
 #define KBP_TCP_LISTENER 1
 #define KBP_TCP_ACCEPTED 2
@@ -253,6 +254,8 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog); /* accelerate a boun
 int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r); /* 1: ours, r its result */
 ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags);
 ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags);
+ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t *tmp, size_t cap);
+ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags);
 short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, after a pump */
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
 void kbp_tcp_after_fork_child(void);

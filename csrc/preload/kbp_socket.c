@@ -526,20 +526,9 @@ ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
     if (!s || !s->accel) return kbp_real.recvmsg(fd, m, flags);
     static __thread uint8_t *tmp; /* a whole datagram (a jumbo one too), then spread over the iovecs */
     if (!tmp && !(tmp = malloc(KBP_MAX_DGRAM))) return kbp_real.recvmsg(fd, m, flags);
-    if (s->tcp) { /* the stream's next bytes, up to what the iovecs hold (a buffer's worth at a time) */
-        size_t want = 0;
-        for (size_t i = 0; i < m->msg_iovlen; i++) want += m->msg_iov[i].iov_len;
-        ssize_t r = kbp_tcp_recv(s, tmp, want < KBP_MAX_DGRAM ? want : KBP_MAX_DGRAM, flags);
-        if (r == -2) return kbp_real.recvmsg(fd, m, flags);
-        if (r < 0) return r;
-        size_t off = 0;
-        for (size_t i = 0; i < m->msg_iovlen && off < (size_t)r; i++) {
-            size_t k = (size_t)r - off < m->msg_iov[i].iov_len ? (size_t)r - off : m->msg_iov[i].iov_len;
-            memcpy(m->msg_iov[i].iov_base, tmp + off, k);
-            off += k;
-        }
-        m->msg_namelen = 0, m->msg_controllen = 0, m->msg_flags = 0;
-        return r;
+    if (s->tcp) {
+        ssize_t r = kbp_tcp_recvmsg(s, m, flags, tmp, KBP_MAX_DGRAM);
+        return r == -2 ? kbp_real.recvmsg(fd, m, flags) : r;
     }
     struct kbp_dgram g;
     ssize_t r = rx_one(s, fd, tmp, KBP_MAX_DGRAM, flags, &g);
@@ -659,18 +648,8 @@ ssize_t write(int fd, const void *buf, size_t len) {
 ssize_t sendmsg(int fd, const struct msghdr *m, int flags) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
-    if (s && s->tcp && s->accel) { /* the iovecs gathered (nginx's headers and body: a few KiB) and sent */
-        size_t len = 0, off = 0;
-        for (size_t i = 0; i < m->msg_iovlen; i++) len += m->msg_iov[i].iov_len;
-        uint8_t *tmp = malloc(len ? len : 1);
-        if (!tmp) {
-            errno = ENOBUFS;
-            return -1;
-        }
-        for (size_t i = 0; i < m->msg_iovlen; i++)
-            memcpy(tmp + off, m->msg_iov[i].iov_base, m->msg_iov[i].iov_len), off += m->msg_iov[i].iov_len;
-        ssize_t r = kbp_tcp_send(s, tmp, len, flags);
-        free(tmp);
+    if (s && s->tcp && s->accel) {
+        ssize_t r = kbp_tcp_sendmsg(s, m, flags);
         if (r != -2) return r;
     }
     if (s && s->tcp) return kbp_real.sendmsg(fd, m, flags);

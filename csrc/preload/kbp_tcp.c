@@ -183,6 +183,9 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
         return -1;
     }
     s->rule_id = (int)rule_id;
+    char ip[32] = "";
+    kbp_json_str(buf, "ip", ip, sizeof(ip)); /* the interface's address (a wildcard bind's too): the steered one */
+    inet_pton(AF_INET, ip, &s->tcp_steered);
     why[0] = 0;
     struct kbp_iface *ifc = kbp_iface_get(buf, why, sizeof(why));
     if (ifc && tcp_ifc && ifc != tcp_ifc) {
@@ -202,7 +205,7 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
     s->tcp_role = role;
     s->accel = 1;
     if (role == KBP_TCP_LISTENER)
-        kbp_py_call("listen", NULL, 0, "(IIiid)", sid, ntohl(s->tcp_local.sin_addr.s_addr), ntohs(s->tcp_local.sin_port),
+        kbp_py_call("listen", NULL, 0, "(IIiid)", sid, ntohl(s->tcp_steered.s_addr), ntohs(s->tcp_local.sin_port),
                     backlog, now_s());
     take_slot(s);
     kbp_verbose("%s accelerated on %s (%d queues, rule %d): kbypass's TCP", who, ifc->name, ifc->nq, s->rule_id);
@@ -333,6 +336,37 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
     return -1;
 }
 
+/* recvmsg/readv: the stream's next bytes (at most cap, into tmp) spread over the iovecs; -2 the kernel's */
+ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t *tmp, size_t cap) {
+    size_t want = 0, off = 0;
+    for (size_t i = 0; i < m->msg_iovlen; i++) want += m->msg_iov[i].iov_len;
+    ssize_t r = kbp_tcp_recv(s, tmp, want < cap ? want : cap, flags);
+    if (r < 0) return r;
+    for (size_t i = 0; i < m->msg_iovlen && off < (size_t)r; i++) {
+        size_t k = (size_t)r - off < m->msg_iov[i].iov_len ? (size_t)r - off : m->msg_iov[i].iov_len;
+        memcpy(m->msg_iov[i].iov_base, tmp + off, k);
+        off += k;
+    }
+    m->msg_namelen = 0, m->msg_controllen = 0, m->msg_flags = 0;
+    return r;
+}
+
+/* sendmsg/writev: the iovecs gathered (nginx's headers and body: a few KiB) and sent; -2 the kernel's */
+ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags) {
+    size_t len = 0, off = 0;
+    for (size_t i = 0; i < m->msg_iovlen; i++) len += m->msg_iov[i].iov_len;
+    uint8_t *tmp = malloc(len ? len : 1);
+    if (!tmp) {
+        errno = ENOBUFS;
+        return -1;
+    }
+    for (size_t i = 0; i < m->msg_iovlen; i++)
+        memcpy(tmp + off, m->msg_iov[i].iov_base, m->msg_iov[i].iov_len), off += m->msg_iov[i].iov_len;
+    ssize_t r = kbp_tcp_send(s, tmp, len, flags);
+    free(tmp);
+    return r;
+}
+
 int listen(int fd, int backlog) {
     kbp_init_libc();
     int r = kbp_real.listen(fd, backlog);
@@ -340,7 +374,7 @@ int listen(int fd, int backlog) {
     if (r == 0 && s && s->tcp) {
         pthread_mutex_lock(&kbp_lock);
         if (s->accel && s->tcp_role == KBP_TCP_LISTENER)
-            kbp_py_call("listen", NULL, 0, "(IIiid)", s->sid, ntohl(s->tcp_local.sin_addr.s_addr),
+            kbp_py_call("listen", NULL, 0, "(IIiid)", s->sid, ntohl(s->tcp_steered.s_addr),
                         ntohs(s->tcp_local.sin_port), backlog, now_s());
         else
             kbp_tcp_try(s, KBP_TCP_LISTENER, backlog);

@@ -15,17 +15,17 @@ import time
 
 import pytest
 
-from tests.netns.test_run import (  # noqa: F401 (fixtures)
-    _run_hosts,
-    hosts,
+from tests.netns import test_run
+from tests.netns.test_run import (
     in_ns,
     observations,
     run_app,
     sockets_of,
-    status,
     stop,
     wait_for,
 )
+
+_run_hosts, hosts = test_run._run_hosts, test_run.hosts  # test_run's fixtures: one control plane for the module
 
 
 def kernel_tcp(host) -> dict[str, int]:

@@ -69,7 +69,7 @@ def test_a_sealed_page_lists_its_sockets():
     fd = _page()
     try:
         page = shimpage.ShimPage(fd)
-        assert page.sockets() == [{"fd": 7, "local": "10.0.0.2:11111", "rx": 10, "tx": 9, "rx_kernel": 1,
+        assert page.sockets() == [{"fd": 7, "proto": "udp", "local": "10.0.0.2:11111", "rx": 10, "tx": 9, "rx_kernel": 1,
                                    "tx_kernel": 2, "rx_dropped": 3, "tx_failed": 4}]
         page.close()
     finally:

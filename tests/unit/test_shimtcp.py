@@ -8,7 +8,17 @@ import socket
 import struct
 
 from kbypass.proto import tcp
-from kbypass.sockapi.shimtcp import ACCEPTED, GONE, NEWS, POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP, ShimTcp
+from kbypass.sockapi.shimtcp import (
+    ACCEPTED,
+    GONE,
+    NEWS,
+    POLLERR,
+    POLLHUP,
+    POLLIN,
+    POLLOUT,
+    POLLRDHUP,
+    ShimTcp,
+)
 
 A, B = "10.9.0.1", "10.9.0.2"
 IA, IB = (int.from_bytes(socket.inet_aton(ip), "big") for ip in (A, B))
@@ -158,3 +168,12 @@ def _syn_packet(src: str, dst: str, sport: int, dport: int) -> bytes:
     body = tcp.Segment(sport, dport, 1000, 0, tcp.SYN, 65535, tcp.Options(mss=1460)).encode(
         socket.inet_aton(src), socket.inet_aton(dst))
     return ipv4.build_ipv4_header(socket.inet_aton(src), socket.inet_aton(dst), 6, len(body)) + body
+
+
+def test_a_wildcard_listener_answers_from_the_address_the_segment_came_to():
+    p = Pair()
+    p.srv_call("listen", 1, 0, 8080, 16)  # bound to 0.0.0.0
+    p.cli_call("connect", 7, IA, 40000, IB, 8080)
+    assert p.masks[("cli", 7)] == POLLOUT  # the SYN-ACK's checksum held: from B, not from 0.0.0.0
+    _, _, local_ip, local_port = ACCEPTED.unpack(p.srv_call("accept", 1, 2))
+    assert (socket.inet_ntoa(local_ip), local_port) == (B, 8080)  # getsockname of the accepted socket

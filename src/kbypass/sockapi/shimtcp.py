@@ -232,7 +232,7 @@ class ShimTcp:
         out, conn = lst.tcp.receive(seg, peer_ip, now)
         self._emit(h.dst, h.src, out)
         if conn is not None:
-            c = _Conn(conn, (lst.ip, lst.port), (peer_ip, seg.src_port), listener=lst)
+            c = _Conn(conn, (socket.inet_ntoa(h.dst), lst.port), (peer_ip, seg.src_port), listener=lst)
             self.conns[c.key] = c
             self._touched.add(c)
         return self._out(0, now)
