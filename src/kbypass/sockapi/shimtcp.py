@@ -106,6 +106,7 @@ class ShimTcp:
         self._ident = 0
         self._packets: list[bytes] = []
         self._touched: set = set()
+        self._timers: dict = {}  # connection or listener -> its next timer (those with one)
         self.counters = dict.fromkeys(("rx_segments", "tx_segments", "rx_bad", "rx_no_socket"), 0)
 
     # ---- what every call returns ---------------------------------------------------------------------------
@@ -134,21 +135,16 @@ class ShimTcp:
                     c.sid = None
                 else:
                     c.mask, c.news = m, False
+        timers = self._timers
+        for c in touched:  # only a call's connections (and listeners) change their timers
+            t = c.conn.next_timer() if type(c) is _Conn else c.tcp.next_timer()
+            if t is None or (type(c) is _Conn and c.conn.finished):
+                timers.pop(c, None)
+            else:
+                timers[c] = t
         touched.clear()
         packets, self._packets = self._packets, []
-        return result, packets, changes.tobytes(), self._deadline()
-
-    def _deadline(self) -> float:
-        best = 0.0
-        for c in self.conns.values():
-            t = c.conn.next_timer()
-            if t is not None and (not best or t < best):
-                best = t
-        for lst in self.listeners.values():
-            t = lst.tcp.next_timer()
-            if t is not None and (not best or t < best):
-                best = t
-        return best
+        return result, packets, changes.tobytes(), min(timers.values()) if timers else 0.0
 
     def _emit(self, src: bytes, dst: bytes, segments) -> None:
         for seg in segments:
@@ -158,7 +154,7 @@ class ShimTcp:
         self.counters["tx_segments"] += len(segments)
 
     def _flush(self, c: _Conn, now: float) -> None:
-        self._emit(c.local_ip, c.peer_ip, c.conn.segments_to_send(now))
+        """c has something to send: _out sends it (its events first: taking Data may open the window)."""
         self._touched.add(c)
 
     def _events(self, c: _Conn, now: float) -> None:
@@ -231,6 +227,7 @@ class ShimTcp:
         peer_ip = socket.inet_ntoa(h.src)
         out, conn = lst.tcp.receive(seg, peer_ip, now)
         self._emit(h.dst, h.src, out)
+        self._touched.add(lst)  # its SYN-ACK retransmission timer
         if conn is not None:
             c = _Conn(conn, (socket.inet_ntoa(h.dst), lst.port), (peer_ip, seg.src_port), listener=lst)
             self.conns[c.key] = c
@@ -238,16 +235,15 @@ class ShimTcp:
         return self._out(0, now)
 
     def timer(self, now: float):
-        for c in list(self.conns.values()):
-            t = c.conn.next_timer()
-            if t is not None and t <= now:
+        for c, t in list(self._timers.items()):
+            if t > now:
+                continue
+            self._touched.add(c)
+            if type(c) is _Conn:
                 c.conn.on_timer(now)
-                self._flush(c, now)
-        for lst in self.listeners.values():
-            t = lst.tcp.next_timer()
-            if t is not None and t <= now:
-                for ip, seg in lst.tcp.on_timer(now):
-                    self._emit(lst.ip_bytes, socket.inet_aton(ip), [seg])
+            else:
+                for ip, seg in c.tcp.on_timer(now):
+                    self._emit(c.ip_bytes, socket.inet_aton(ip), [seg])
         return self._out(0, now)
 
     # ---- the application's calls ---------------------------------------------------------------------------
@@ -294,7 +290,6 @@ class ShimTcp:
         if c is None:
             return self._out(-errno.ENOTCONN, now)
         self._touched.add(c)
-        self._events(c, now)
         if c.rx and not c.shut_rd:
             return self._out(self._take(c, n, peek), now)
         if c.error:
@@ -334,7 +329,6 @@ class ShimTcp:
         if c is None:
             return self._out(-errno.ENOTCONN, now)
         self._touched.add(c)
-        self._events(c, now)
         if c.error:
             err, c.error = c.error, 0
             return self._out(-err, now)
@@ -373,6 +367,7 @@ class ShimTcp:
         connections nobody accepted. Returns how many connections still use the port (the rule stays)."""
         s = self.by_sid.pop(sid, None)
         if type(s) is _Listener:
+            self._timers.pop(s, None)
             if self.listeners.get(s.port) is s:
                 del self.listeners[s.port]
             for c in s.ready:
@@ -408,7 +403,6 @@ class ShimTcp:
         c = self._conn(sid)
         err = 0
         if c is not None:
-            self._events(c, now)
             self._touched.add(c)
             err, c.error = c.error, 0
         return self._out(err, now)
@@ -418,7 +412,6 @@ class ShimTcp:
         c = self._conn(sid)
         if c is None:
             return self._out(0, now)
-        self._events(c, now)
         return self._out(c.rx_len, now)
 
     def stats(self) -> dict:
