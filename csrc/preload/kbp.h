@@ -262,6 +262,7 @@ void kbp_tcp_after_fork_child(void);
 
 /* kbp_py.c */
 int kbp_py_ready(int mss, char *why, size_t cap);
+int kbp_py_app(char *why, size_t cap); /* a Python app: TCP stays the kernel's (why) */
 long kbp_py_call(const char *method, void *buf, size_t cap, const char *fmt, ...);
 
 /* kbp_signal.c: kbp_sig_count changes when a handler of the app ran on this thread; kbp_sig_interrupted

@@ -3,10 +3,10 @@
  * Nothing of Python is linked: libpython3.11.so.1.0 is dlopen'ed (RTLD_GLOBAL, so kbypass's C modules resolve
  * against it) only when the first TCP socket is to be accelerated, so a UDP-only app never loads it. It is
  * initialised without signal handlers (the app's stay the app's), without site and with the module path of
- * the kbypass that ran `kbypass run` (KBYPASS_PYTHONPATH, KBYPASS_PYTHONHOME: tools/run.py exports them).
- * A process that already has an interpreter (a Python app: Py_IsInitialized is there) keeps its own: the
- * shim uses it when it is 3.11, and leaves TCP on the kernel otherwise. Every call takes the GIL
- * (PyGILState_Ensure) under kbp_lock, from the app's threads or the flusher's.
+ * the kbypass that ran `kbypass run` (KBYPASS_LIBPYTHON, KBYPASS_PYTHONPATH, KBYPASS_PYTHONHOME: tools/run.py
+ * exports them). A process that already has an interpreter (a Python app: Py_IsInitialized is there) keeps
+ * its TCP on the kernel (see kbp_py_ready: one GIL for the app and the shim could deadlock). Every call takes
+ * the GIL (PyGILState_Ensure) under kbp_lock, from the app's threads or the flusher's.
  *
  * The functions come through dlsym, by name, into a table: Python.h is read for the types only. */
 #define _GNU_SOURCE
@@ -132,6 +132,19 @@ static PyObject *build(const char *fmt, ...) {
     return o;
 }
 
+/* 1 when the app is a Python program (with why): sharing its interpreter would share its GIL, and an app
+ * thread holding it in a call the shim takes kbp_lock in (setsockopt, getsockopt) against the flusher holding
+ * kbp_lock and waiting for the GIL to run a TCP timer is a deadlock, so its TCP stays the kernel's (its UDP
+ * is accelerated as ever). */
+int kbp_py_app(char *why, size_t cap) {
+    int (*already)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
+    if (!already || !already() || state > 0) return 0;
+    const char *(*ver)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "Py_GetVersion");
+    snprintf(why, cap, "a Python app (%.6s): its TCP stays the kernel's (the shim's TCP would share the app's GIL)",
+             ver ? ver() : "?");
+    return 1;
+}
+
 /* The ShimTcp, made at the first call: 0, or -1 with why (said once; TCP stays on the kernel). */
 int kbp_py_ready(int mss, char *why, size_t cap) {
     if (state) {
@@ -140,16 +153,9 @@ int kbp_py_ready(int mss, char *why, size_t cap) {
     }
     state = -1;
     void *lib = NULL;
-    int (*already)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
-    if (already && already()) { /* a Python app: its interpreter, if it is ours */
-        const char *(*ver)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "Py_GetVersion");
-        if (!ver || strncmp(ver(), "3.11.", 5) != 0) {
-            snprintf(failed, sizeof(failed), "the app runs Python %.16s, kbypass's TCP needs the 3.11 it was built for",
-                     ver ? ver() : "?");
-            snprintf(why, cap, "%s", failed);
-            return -1;
-        }
-        lib = RTLD_DEFAULT;
+    if (kbp_py_app(failed, sizeof(failed))) {
+        snprintf(why, cap, "%s", failed);
+        return -1;
     } else if (!(lib = dlopen(getenv("KBYPASS_LIBPYTHON") ? getenv("KBYPASS_LIBPYTHON") : LIBPYTHON,
                               RTLD_NOW | RTLD_GLOBAL))) {
         snprintf(failed, sizeof(failed), "cannot load %s (apt install libpython3.11): %s", LIBPYTHON, dlerror());

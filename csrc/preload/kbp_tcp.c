@@ -171,6 +171,10 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
         kbp_verbose("%s not accelerated: loopback stays the kernel's", who);
         return -1;
     }
+    if (kbp_py_app(why, sizeof(why))) {
+        kbp_verbose("%s not accelerated: %s", who, why);
+        return -1;
+    }
     if (kbp_cp_connect() < 0) return -1;
     if (kbp_cp_call("{\"op\":\"accelerate\"}", s->fd, buf, sizeof(buf), NULL, 0, NULL) < 0) {
         kbp_verbose("%s not accelerated: %s", who, buf);

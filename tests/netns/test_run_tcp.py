@@ -210,3 +210,60 @@ def test_log_says_why_a_tcp_socket_stays_on_the_kernel(hosts):
     out = r.communicate(timeout=60)[0]
     assert "(tcp 127.0.0.1:11315, listening) not accelerated: loopback stays the kernel's" in out, out
     assert "\n1\n" in f"\n{out}", out
+
+
+def test_a_python_apps_tcp_stays_on_the_kernel_and_works(hosts):
+    """A Python app's TCP is not accelerated (the shim's TCP would share its GIL: kbp_py.c), said with --log,
+    and it works as without kbypass."""
+    a, b = hosts
+    code = ("import socket; s=socket.socket(); s.bind(('%s', 8316)); s.listen(); print('ready', flush=True); "
+            "c, _ = s.accept(); c.sendall(c.recv(100)); c.close()" % b.ipv4)
+    srv = run_app(b, sys.executable, "-c", code)
+    seen = []
+    try:
+        while not seen or "ready" not in seen[-1]:
+            seen.append(srv.stdout.readline())
+            assert seen[-1], seen
+        r = subprocess.run(in_ns(a, sys.executable, "-c", "import socket; c=socket.create_connection(('%s', 8316), "
+                                 "timeout=10); c.sendall(b'echo'); print(c.recv(100))" % b.ipv4),
+                           capture_output=True, text=True, timeout=30)
+        out = "".join(seen) + srv.communicate(timeout=30)[0]
+    finally:
+        stop(srv)
+    assert "b'echo'" in r.stdout, r.stderr
+    assert "listening) not accelerated: a Python app" in out, out
+
+
+CLIENT_RESETS = textwrap.dedent("""
+    import socket, struct, sys
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    c.sendall(b"GET /big.bin HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    got = 0
+    while got < 100000:
+        got += len(c.recv(65536))
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()  # RST while nginx still has megabytes to send
+    print("reset", flush=True)
+""")
+
+
+def test_nginx_sending_to_a_client_that_reset_gets_the_kernels_errors(hosts, site):
+    """A client that resets mid-download: nginx's next sendfile fails as on the kernel (ECONNRESET, then
+    EPIPE), which its error log names, and it goes on serving."""
+    a, b = hosts
+    d, digest = site
+    srv = start_nginx(b, d, 8317)
+    try:
+        wait_for(lambda: sockets_of(b, 8317), what="nginx's listening socket to be accelerated")
+        r = subprocess.run(in_ns(a, sys.executable, "-c", CLIENT_RESETS, b.ipv4, "8317"), capture_output=True,
+                           text=True, timeout=30)
+        assert "reset" in r.stdout, r.stderr
+        again = subprocess.run(in_ns(a, "curl", "-sS", "--max-time", "30", "-o", str(d / "after"),
+                                     f"http://{b.ipv4}:8317/big.bin"), capture_output=True, text=True, timeout=60)
+        error_log = wait_for(lambda: (lambda t: t if "failed (104: Connection reset by peer)" in t
+                                      or "failed (32: Broken pipe)" in t else "")((d / "error.log").read_text()),
+                             timeout=10, what="nginx to log the reset")
+    finally:
+        stop(srv)
+    assert again.returncode == 0 and hashlib.sha256((d / "after").read_bytes()).hexdigest() == digest, again.stderr
+    assert "sendfile() failed" in error_log or "writev() failed" in error_log, error_log
