@@ -32,13 +32,16 @@ import struct
 from array import array
 from collections import deque
 
+from kbypass import backend
 from kbypass.proto import ipv4, tcp
+from kbypass.proto.tcp import fastpath
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP = 0x1, 0x4, 0x8, 0x10, 0x2000
 NEWS = 0x10000000  # new data or a new connection since the last report (the shim's EPOLLET edge)
 GONE = 0x20000000  # finished: the shim may forget the sid
 ACCEPTED = struct.Struct("!4sH4sH")
+NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
 
 _ERRNO = {tcp.REFUSED: errno.ECONNREFUSED, tcp.PEER_RESET: errno.ECONNRESET, tcp.TIMED_OUT: errno.ETIMEDOUT,
           tcp.KEEPALIVE: errno.ETIMEDOUT}
@@ -104,6 +107,8 @@ class ShimTcp:
         self.by_sid: dict[int, _Conn | _Listener] = {}
         self.listeners: dict[int, _Listener] = {}  # by local port
         self._ident = 0
+        # the established path's segments (no options but timestamps) built in C when it is (kbypass._fasttcp)
+        self._frame = backend.native_module("tcp").frame if backend.built("tcp") else fastpath.frame
         self._packets: list[bytes] = []
         self._touched: set = set()
         self._timers: dict = {}  # connection or listener -> its next timer (those with one)
@@ -148,8 +153,13 @@ class ShimTcp:
 
     def _emit(self, src: bytes, dst: bytes, segments) -> None:
         for seg in segments:
-            body = seg.encode(src, dst)
             self._ident = ident = (self._ident + 1) & 0xFFFF
+            o = seg.options
+            if not o.sack and o.mss is None and o.wscale is None:
+                self._packets.append(self._frame(NO_ETH, src, dst, ident, seg.src_port, seg.dst_port, seg.seq, seg.ack,
+                                                 seg.flags, seg.window, o.timestamps, seg.payload)[14:])
+                continue
+            body = seg.encode(src, dst)
             self._packets.append(ipv4.build_ipv4_header(src, dst, IPPROTO_TCP, len(body), ident=ident) + body)
         self.counters["tx_segments"] += len(segments)
 
