@@ -13,6 +13,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -247,8 +248,7 @@ static void add_ring_fds(int epfd, struct ep_set *set, struct kbp_sock *s) {
 /* An accelerated TCP connection's membership, kept here only (the kernel is not told: its placeholder
  * socket would say POLLHUP), with the kernel's answers to a wrong ADD, MOD or DEL. */
 static int shim_only_ctl(int epfd, int op, int fd, struct epoll_event *ev, struct kbp_sock *s) {
-    struct epoll_event probe;
-    if (kbp_real.epoll_wait(epfd, &probe, 1, 0) < 0 && errno != EINTR) return -1; /* EBADF, EINVAL as the kernel */
+    if (kbp_real.fcntl(epfd, F_GETFD) < 0) return -1; /* EBADF, as the kernel's */
     pthread_mutex_lock(&kbp_lock);
     struct ep_set *set = eps[epfd];
     if (!set && op == EPOLL_CTL_ADD) set = eps[epfd] = calloc(1, sizeof(*set));

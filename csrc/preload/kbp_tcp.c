@@ -421,7 +421,7 @@ static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *al
     c->tcp_local = (struct sockaddr_in){.sin_family = AF_INET};
     memcpy(&c->tcp_local.sin_addr, got + 6, 4);
     memcpy(&c->tcp_local.sin_port, got + 10, 2);
-    if (kbp_fds[fd]) kbp_fds[fd]->refs = 0; /* closed behind our back: forgotten */
+    if (kbp_fds[fd]) kbp_release(kbp_fds[fd]); /* its fd closed behind our back (close_range, say) */
     kbp_fds[fd] = c;
     take_slot(c);
     fill_addr(addr, alen, &c->tcp_peer);
