@@ -41,6 +41,7 @@ POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP = 0x1, 0x4, 0x8, 0x10, 0x2000
 NEWS = 0x10000000  # new data or a new connection since the last report (the shim's EPOLLET edge)
 GONE = 0x20000000  # finished: the shim may forget the sid
 ACCEPTED = struct.Struct("!4sH4sH")
+_CLOSED, _TIME_WAIT = tcp.State.CLOSED, tcp.State.TIME_WAIT
 NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
 
 _ERRNO = {tcp.REFUSED: errno.ECONNREFUSED, tcp.PEER_RESET: errno.ECONNRESET, tcp.TIMED_OUT: errno.ETIMEDOUT,
@@ -112,44 +113,47 @@ class ShimTcp:
         self._packets: list[bytes] = []
         self._touched: set = set()
         self._timers: dict = {}  # connection or listener -> its next timer (those with one)
+        self._next = 0.0  # the earliest of them
         self.counters = dict.fromkeys(("rx_segments", "tx_segments", "rx_bad", "rx_no_socket"), 0)
 
     # ---- what every call returns ---------------------------------------------------------------------------
     def _out(self, result, now: float):
-        touched = self._touched
+        touched, timers = self._touched, self._timers
+        if not touched:
+            packets, self._packets = self._packets, []
+            return result, packets, b"", self._next
         for c in list(touched):
             if type(c) is _Conn:
                 self._events(c, now)  # may touch its listener
-        changes = array("I")
+        changes: list[int] = []
         for c in touched:
-            gone = False
             if type(c) is _Conn:
-                if c.conn.finished and (c.app_closed or c.sid is None):
+                conn = c.conn
+                finished = conn.state is _CLOSED
+                t = None if finished else conn.next_timer()
+                if finished and (c.app_closed or c.sid is None):
                     self._forget(c)
-                if c.sid is None:
-                    continue
-                if c.app_closed:  # closed by the application: only its end is news (GONE lets go of its port)
-                    if not (c.conn.finished or c.conn.state is tcp.State.TIME_WAIT):
-                        continue
-                    gone = True
-                    self.by_sid.pop(c.sid, None)
-            if gone or c.mask != (m := c.readiness()) or c.news:
-                changes.append(c.sid)
-                changes.append(GONE if gone else m | (NEWS if c.news else 0))
-                if gone:
-                    c.sid = None
-                else:
-                    c.mask, c.news = m, False
-        timers = self._timers
-        for c in touched:  # only a call's connections (and listeners) change their timers
-            t = c.conn.next_timer() if type(c) is _Conn else c.tcp.next_timer()
-            if t is None or (type(c) is _Conn and c.conn.finished):
+                if c.app_closed and c.sid is not None:  # closed by the app: only its end is news (GONE: its port)
+                    if finished or conn.state is _TIME_WAIT:
+                        changes += (c.sid, GONE)
+                        self.by_sid.pop(c.sid, None)
+                        c.sid = None
+            else:
+                t = c.tcp.next_timer()
+            if t is None:
                 timers.pop(c, None)
             else:
                 timers[c] = t
+            if c.sid is None or (type(c) is _Conn and c.app_closed):
+                continue
+            m = c.readiness()
+            if m != c.mask or c.news:
+                changes += (c.sid, m | NEWS if c.news else m)
+                c.mask, c.news = m, False
         touched.clear()
+        self._next = min(timers.values()) if timers else 0.0
         packets, self._packets = self._packets, []
-        return result, packets, changes.tobytes(), min(timers.values()) if timers else 0.0
+        return result, packets, array("I", changes).tobytes() if changes else b"", self._next
 
     def _emit(self, src: bytes, dst: bytes, segments) -> None:
         for seg in segments:
