@@ -7,6 +7,7 @@ from its own counters (/proc/net/snmp: PassiveOpens, ActiveOpens, InSegs in that
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -267,3 +268,24 @@ def test_nginx_sending_to_a_client_that_reset_gets_the_kernels_errors(hosts, sit
         stop(srv)
     assert again.returncode == 0 and hashlib.sha256((d / "after").read_bytes()).hexdigest() == digest, again.stderr
     assert "sendfile() failed" in error_log or "writev() failed" in error_log, error_log
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["send", "receive"])
+def test_iperf3_client_under_run_against_a_kernel_iperf3_server(hosts, reverse):
+    """Bulk both ways through the shim's TCP (two active opens: iperf3's control and data connections), judged
+    by the kernel's iperf3 server; iperf3 -J reports the bytes each end counted."""
+    a, b = hosts
+    srv = subprocess.Popen(in_ns(a, "iperf3", "-s", "-1", "-p", "5311"), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: subprocess.run(in_ns(a, "ss", "-Hltn", "sport = :5311"), capture_output=True,
+                                        text=True).stdout.strip(), what="iperf3 -s to listen")
+        cli = run_app(b, "iperf3", "-c", a.ipv4, "-p", "5311", "-t", "2", "-J", *(["-R"] if reverse else []))
+        out = cli.communicate(timeout=60)[0]
+    finally:
+        srv.kill()
+        srv.wait()
+    assert cli.returncode == 0, out
+    assert out.count("connecting) accelerated on") == 2, out
+    report = json.loads(out[out.index("{"):])
+    assert report["end"]["sum_received"]["bytes"] > 1_000_000, report["end"]
