@@ -218,11 +218,13 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
 
 /* ---- waiting ------------------------------------------------------------------------------------------- */
 
-/* Until s has one of `want` (or an error/hangup): 0; -1 with errno (EAGAIN non-blocking, EINTR). Under
- * kbp_lock, let go while sleeping; spins KBYPASS_SPIN_US first, then sleeps on the rings (and the kernel
- * socket for a listener: loopback connections), no longer than the next TCP timer. */
-static int wait_for(struct kbp_sock *s, short want, int nonblock) {
-    uint64_t spin_end = kbp_now_ns() + (uint64_t)kbp_spin_us * 1000;
+/* Until s has one of `want` (or an error/hangup): 0; -1 with errno (EAGAIN non-blocking or after timeout_us,
+ * SO_RCVTIMEO/SO_SNDTIMEO's, 0: none; EINTR). Under kbp_lock, let go while sleeping; spins KBYPASS_SPIN_US
+ * first, then sleeps on the rings (and the kernel socket for a listener: loopback connections), no longer
+ * than the next TCP timer. */
+static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_us) {
+    uint64_t start = kbp_now_ns(), spin_end = start + (uint64_t)kbp_spin_us * 1000;
+    uint64_t deadline = timeout_us > 0 ? start + (uint64_t)timeout_us * 1000 : 0;
     unsigned sig0 = kbp_sig_count;
     for (unsigned it = 0;; it++) {
         if (!s->accel) return 0;
@@ -238,7 +240,12 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock) {
             }
             sig0 = kbp_sig_count;
         }
-        if (kbp_now_ns() < spin_end) {
+        uint64_t now = kbp_now_ns();
+        if (deadline && now >= deadline) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (now < spin_end) {
             if (!(it & 15)) kbp_iface_wake(s->ifc);
             continue;
         }
@@ -252,7 +259,8 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock) {
         kbp_iface_wake(s->ifc);
         s->refs++; /* another thread may close the fd while we sleep */
         pthread_mutex_unlock(&kbp_lock);
-        int r = kbp_real.poll(p, (unsigned long)n, kbp_tcp_cap_ms(1000));
+        int ms = deadline ? (int)((deadline - now + 999999) / 1000000) : 1000;
+        int r = kbp_real.poll(p, (unsigned long)n, kbp_tcp_cap_ms(ms < 1000 ? ms : 1000));
         int e = errno;
         pthread_mutex_lock(&kbp_lock);
         if (--s->refs == 0) { /* closed by another thread meanwhile: ours to let go */
@@ -280,7 +288,7 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
             pthread_mutex_unlock(&kbp_lock);
             return got ? (ssize_t)got : -2;
         }
-        if (wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT) || got) < 0) {
+        if (wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT) || got, s->rcvtimeo_us) < 0) {
             r = -1;
             break;
         }
@@ -311,7 +319,7 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
             pthread_mutex_unlock(&kbp_lock);
             return sent ? (ssize_t)sent : -2;
         }
-        if (wait_for(s, POLLOUT, s->nonblock || (flags & MSG_DONTWAIT)) < 0) {
+        if (wait_for(s, POLLOUT, s->nonblock || (flags & MSG_DONTWAIT), s->sndtimeo_us) < 0) {
             err = errno;
             break;
         }
@@ -443,7 +451,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
         if ((s->tcp_mask & POLLIN) && ((r = accept_ours(s, addr, alen, flags)) >= 0 || errno != EAGAIN)) break;
         struct pollfd kp = {fd, POLLIN, 0}; /* the kernel's own queue: loopback and other interfaces */
         if (kbp_real.poll(&kp, 1, 0) == 1 && (r = kbp_real.accept4(fd, addr, alen, flags)) >= 0) break;
-        if (wait_for(s, POLLIN, s->nonblock) < 0) {
+        if (wait_for(s, POLLIN, s->nonblock, s->rcvtimeo_us) < 0) {
             r = -1;
             break;
         }
@@ -496,8 +504,9 @@ int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r) {
         errno = EINPROGRESS;
         return 1;
     }
-    if (wait_for(s, POLLOUT, 0) < 0) {
+    if (wait_for(s, POLLOUT, 0, s->sndtimeo_us) < 0) {
         *r = -1;
+        if (errno == EAGAIN) errno = EINPROGRESS; /* as the kernel's connect after SO_SNDTIMEO */
         return 1;
     }
     long e = kbp_py_call("so_error", NULL, 0, "(Id)", s->sid, now_s());
@@ -582,7 +591,11 @@ ssize_t sendfile64(int out, int in, off_t *off, size_t count) __attribute__((ali
  * port and the rule until GONE), 0 the caller frees it. Under kbp_lock. */
 int kbp_tcp_release(struct kbp_sock *s) {
     if (!s->sid) return 0;
-    long users = kbp_py_call("close", NULL, 0, "(Id)", s->sid, now_s());
+    struct linger lg = {0, 0};
+    socklen_t ll = sizeof(lg);
+    int rst = s->tcp_role != KBP_TCP_LISTENER && kbp_real.getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, &ll) == 0 &&
+              lg.l_onoff && !lg.l_linger; /* SO_LINGER {1, 0} (kept by the kernel socket): close resets */
+    long users = kbp_py_call(rst ? "abort" : "close", NULL, 0, "(Id)", s->sid, now_s());
     kbp_iface_flush();
     if (s->tcp_role == KBP_TCP_LISTENER) {
         if (users > 0) {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -289,3 +290,72 @@ def test_iperf3_client_under_run_against_a_kernel_iperf3_server(hosts, reverse):
     assert out.count("connecting) accelerated on") == 2, out
     report = json.loads(out[out.index("{"):])
     assert report["end"]["sum_received"]["bytes"] > 1_000_000, report["end"]
+
+
+TIMEOUTS_C = r"""
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) { perror("connect"); return 1; }
+    struct timeval tv = {0, 300000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    struct timespec t0, t1;
+    char buf[16];
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    int e = errno;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    printf("recv %zd %s after %ld ms\n", n, n < 0 ? strerror(e) : "-", ms);
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fd);
+    puts("closed");
+    return 0;
+}
+"""
+
+PEER = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    s.listen()
+    print("ready", flush=True)
+    c, _ = s.accept()
+    c.settimeout(10)
+    try:
+        print("peer got", c.recv(100), flush=True)
+    except OSError as e:
+        print("peer got", type(e).__name__, flush=True)
+""")
+
+
+def test_so_rcvtimeo_and_so_linger_zero_as_the_kernel(hosts, tmp_path):
+    """A C client under run: recv with SO_RCVTIMEO 300 ms and nothing coming ends with EAGAIN after it,
+    close with SO_LINGER {1, 0} resets (the kernel peer's recv: ConnectionResetError)."""
+    a, b = hosts
+    (tmp_path / "t.c").write_text(TIMEOUTS_C.replace("#include <unistd.h>", "#include <unistd.h>\n#include <stdlib.h>"))
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "t"), str(tmp_path / "t.c")], check=True)
+    srv = subprocess.Popen(in_ns(a, sys.executable, "-c", PEER, a.ipv4, "8318"), stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        cli = run_app(b, str(tmp_path / "t"), a.ipv4, "8318")
+        out = cli.communicate(timeout=30)[0]
+        peer = srv.communicate(timeout=30)[0]
+    finally:
+        srv.kill()
+        srv.wait()
+    assert "connecting) accelerated on" in out and "closed" in out, out
+    m = re.search(r"recv -1 Resource temporarily unavailable after (\d+) ms", out)
+    assert m and 280 <= int(m.group(1)) < 2000, out
+    assert "peer got ConnectionResetError" in peer, peer

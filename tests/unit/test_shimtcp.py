@@ -177,3 +177,12 @@ def test_a_wildcard_listener_answers_from_the_address_the_segment_came_to():
     assert p.masks[("cli", 7)] == POLLOUT  # the SYN-ACK's checksum held: from B, not from 0.0.0.0
     _, _, local_ip, local_port = ACCEPTED.unpack(p.srv_call("accept", 1, 2))
     assert (socket.inet_ntoa(local_ip), local_port) == (B, 8080)  # getsockname of the accepted socket
+
+
+def test_abort_is_close_with_a_reset():
+    p = Pair()
+    p.established()
+    assert p.srv_call("send", 2, b"queued") == 6
+    p.srv_call("abort", 2)  # SO_LINGER {1, 0} then close
+    assert p.cli_call("recv", 7, 100, 0) == b"queued"  # what arrived before the RST is still read
+    assert p.cli_call("recv", 7, 100, 0) == -errno.ECONNRESET

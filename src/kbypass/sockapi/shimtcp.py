@@ -10,7 +10,8 @@ The shim embeds CPython (kbp_py.c) and drives one ShimTcp per process; no socket
     out = host.connect(sid, lip, lport, rip, rport, now)
     out = host.recv(sid, n, peek, now)                 # result: bytes (b"": end of stream) or -errno
     out = host.send(sid, data, now)                    # result: bytes taken or -errno
-    out = host.shutdown(sid, how, now); host.close(sid, now); host.timer(now); host.so_error(sid, now)
+    out = host.shutdown(sid, how, now); host.close(sid, now); host.abort(sid, now)  # close, SO_LINGER 0
+    out = host.timer(now); host.so_error(sid, now); host.unread(sid, now)
 
 Every call returns (result, packets, changes, deadline): `packets` the IPv4 packets to transmit (the shim
 adds the Ethernet header toward the next hop), `changes` packed (sid u32, mask u32) pairs for sockets whose
@@ -409,6 +410,14 @@ class ShimTcp:
         c.rx_len = 0
         self._flush(c, now)
         return self._out(0, now)
+
+    def abort(self, sid: int, now: float):
+        """close() with SO_LINGER {1, 0}: RST now, whatever is queued or unread."""
+        c = self._conn(sid)
+        if c is not None and not c.dead and not c.conn.finished:
+            c.conn.abort()
+            c.shut_wr = True
+        return self.close(sid, now)
 
     def port_users(self, port: int) -> int:
         return sum(1 for k in self.conns if k[2] == port) + (port in self.listeners)
