@@ -83,7 +83,7 @@ __attribute__((constructor)) static void kbp_init(void) {
     if (e && atol(e) >= 0) kbp_tx_burst_ns = (uint64_t)atol(e) * 1000;
     e = getenv("KBYPASS_LOG");
     kbp_log = e && *e && strcmp(e, "0") != 0;
-    pthread_atfork(kbp_flush_now, NULL, child_after_fork); /* deferred frames go before the fork */
+    pthread_atfork(kbp_flush_now, kbp_tcp_after_fork_parent, child_after_fork); /* deferred frames go first */
 }
 
 /* exit: deferred frames go before the rings do (an _exit() skips this; its last lone send kicked anyway) */

@@ -16,10 +16,10 @@
  * kernel socket and the rule until the host says GONE.
  *
  * Left on the kernel, said with --log: loopback, a second interface (TCP runs on the first one only), a
- * control plane that refuses, no Python (kbp_py.c), KBYPASS_TCP=0. A fork's child gets kernel sockets: a
- * listening socket listens in the kernel there (the rule still sends that interface's SYNs to the parent),
- * an accepted or connected one is an unconnected socket (ENOTCONN), so run servers with one process
- * (nginx: master_process off).
+ * control plane that refuses, no Python (kbp_py.c), a Python app, KBYPASS_TCP=0. fork: the parent's listeners
+ * go back to the kernel (kbp_tcp_after_fork_parent), a child's copies are kernel sockets (an accepted or
+ * connected one is unconnected there: ENOTCONN), so a server stays accelerated as one process (nginx:
+ * master_process off).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -86,6 +86,7 @@ void kbp_tcp_transmit(const uint8_t *pkt, uint32_t len) {
 }
 
 static void let_go(struct kbp_sock *s);
+static void rule_gone(const char *iface, int *rule_id);
 
 void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
     struct kbp_sock *s = by_sid[sid % SID_SLOTS];
@@ -124,6 +125,30 @@ short kbp_tcp_revents(struct kbp_sock *s, short events) {
     kbp_iface_pump(s->ifc, NULL, NULL, 0, NULL);
     kbp_tcp_timers(kbp_now_ns());
     return (short)(s->tcp_mask & ((uint32_t)(uint16_t)events | POLLERR | POLLHUP));
+}
+
+/* A fork (nginx's master making its worker, a pre-forking server): the children hold kernel copies of the
+ * listening sockets (kbp_socket.c), and a SYN steered to this process's rings would be answered by a
+ * listener nobody accepts from here. So an accelerated listener goes back to the kernel at the first fork:
+ * its rule goes, the kernel's listener (shared with the children) takes the connections, the app works as
+ * without kbypass. Connections already accepted stay accelerated. */
+void kbp_tcp_after_fork_parent(void) {
+    if (!kbp_tcp_on) return;
+    pthread_mutex_lock(&kbp_lock);
+    for (int fd = 0; fd < KBP_MAX_FD; fd++) {
+        struct kbp_sock *s = kbp_fds[fd];
+        if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER || s->fd != fd) continue;
+        long users = kbp_py_call("close", NULL, 0, "(Id)", s->sid, now_s());
+        if (users <= 0) rule_gone(s->ifc->name, &s->rule_id);
+        sid_drop(s);
+        s->accel = 0;
+        if (s->slot) s->slot->used = 0;
+        s->slot = NULL;
+        kbp_verbose("fd %d: fork: the listening socket is the kernel's again, for the children to accept from (run "
+                    "the server as one process to keep it accelerated: nginx master_process off)", fd);
+    }
+    kbp_iface_flush();
+    pthread_mutex_unlock(&kbp_lock);
 }
 
 void kbp_tcp_after_fork_child(void) {
