@@ -244,7 +244,8 @@ int kbp_iface_hop_known(struct kbp_iface *ifc, uint32_t dst);
 
 /* kbp_tcp.c: TCP sockets through kbypass.sockapi.shimtcp (in CPython, kbp_py.c) */
 extern int kbp_tcp_on; /* a TCP socket was accelerated: the pump hands TCP frames to kbp_tcp_frame */
-void kbp_tcp_frame(struct kbp_iface *ifc, const uint8_t *f, uint32_t n);
+void kbp_tcp_frame(struct kbp_iface *ifc, const uint8_t *f, uint32_t n); /* batched ... */
+void kbp_tcp_frames_done(void);                                          /* ... to the host here */
 void kbp_tcp_transmit(const uint8_t *pkt, uint32_t len);
 void kbp_tcp_changed(uint32_t sid, uint32_t mask);
 void kbp_tcp_deadline(double when);

@@ -296,7 +296,16 @@ static uint8_t *slot_room(struct kbp_dgram *g, uint32_t plen) {
 
 /* Frames off the RX rings: those for `want` into buf (at most one: 1 and *got), the others into their
  * socket's backlog (or dropped when it is full, not plain UDP to it, or not from its connected peer). */
+static int pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size_t len, struct kbp_dgram *got);
+
+/* ... and the TCP frames taken on the way go to the host in one call (kbp_tcp.c) */
 int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size_t len, struct kbp_dgram *got) {
+    int r = pump(ifc, want, buf, len, got);
+    if (kbp_tcp_on) kbp_tcp_frames_done();
+    return r;
+}
+
+static int pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size_t len, struct kbp_dgram *got) {
     for (int qi = 0; qi < ifc->nq; qi++) {
         struct kbp_queue *q = &ifc->q[qi];
         for (int budget = 0; budget < 64; budget++) {

@@ -74,11 +74,28 @@ static void describe(const struct kbp_sock *s, const char *what, char *out, size
 
 /* ---- the host's side: frames in, packets out, readiness, timers --------------------------------------- */
 
+/* TCP frames of one pump, their IPv4 packets back to back, handed to the host in one call */
+#define BATCH_BYTES (64 * KBP_FRAME_SIZE)
+static uint8_t *batch;
+static size_t batched;
+
+void kbp_tcp_frames_done(void) {
+    if (!batched) return;
+    size_t n = batched;
+    batched = 0;
+    kbp_py_call("frames", NULL, 0, "(y#d)", batch, (ssize_t)n, now_s());
+}
+
 void kbp_tcp_frame(struct kbp_iface *ifc, const uint8_t *f, uint32_t n) {
     uint32_t src;
     memcpy(&src, f + 26, 4);
     kbp_iface_learn(ifc, src, f + 6);
-    kbp_py_call("frame", NULL, 0, "(y#d)", f + 14, (ssize_t)(n - 14), now_s());
+    uint32_t ip_len = (uint32_t)(f[16] << 8 | f[17]); /* the IPv4 total length: Ethernet padding cut */
+    if (ip_len < 40 || ip_len > n - 14) return;
+    if (!batch && !(batch = malloc(BATCH_BYTES))) return;
+    if (batched + ip_len > BATCH_BYTES) kbp_tcp_frames_done();
+    memcpy(batch + batched, f + 14, ip_len);
+    batched += ip_len;
 }
 
 void kbp_tcp_transmit(const uint8_t *pkt, uint32_t len) {

@@ -186,3 +186,14 @@ def test_abort_is_close_with_a_reset():
     p.srv_call("abort", 2)  # SO_LINGER {1, 0} then close
     assert p.cli_call("recv", 7, 100, 0) == b"queued"  # what arrived before the RST is still read
     assert p.cli_call("recv", 7, 100, 0) == -errno.ECONNRESET
+
+
+def test_one_pumps_packets_back_to_back_are_taken_in_one_call():
+    p = Pair()
+    p.srv_call("listen", 1, IB, 8080, 16)
+    syns = _syn_packet(A, B, 5001, 8080) + _syn_packet(A, B, 5002, 8080) + b"\x45\x00\x00"  # and a torn tail
+    _, packets, _, deadline = p.srv.frames(syns, p.now)
+    answered = [tcp.parse_segment(socket.inet_aton(B), socket.inet_aton(A), pkt[20:]) for pkt in packets]
+    assert [(s.dst_port, s.flags) for s in answered] == [(5001, tcp.SYN | tcp.ACK), (5002, tcp.SYN | tcp.ACK)]
+    assert deadline > p.now  # the SYN-ACKs' retransmission timer
+    assert p.srv.stats()["rx_segments"] == 2

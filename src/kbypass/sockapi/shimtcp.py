@@ -212,15 +212,31 @@ class ShimTcp:
     # ---- the wire ------------------------------------------------------------------------------------------
     def frame(self, packet: bytes, now: float):
         """One IPv4 packet (TCP) off the rings."""
+        self._segment(packet, now)
+        return self._out(0, now)
+
+    def frames(self, packets: bytes, now: float):
+        """IPv4 packets back to back (each as long as its total length says): one pump's TCP frames."""
+        off, n = 0, len(packets)
+        while off + 20 <= n:
+            size = int.from_bytes(packets[off + 2:off + 4], "big")
+            if size < 20 or off + size > n:
+                self.counters["rx_bad"] += 1
+                break
+            self._segment(packets[off:off + size], now)
+            off += size
+        return self._out(0, now)
+
+    def _segment(self, packet: bytes, now: float) -> None:
         h = ipv4.parse_ipv4(packet)
         if type(h) is str or h.proto != IPPROTO_TCP:
             self.counters["rx_bad"] += 1
-            return self._out(0, now)
+            return
         try:
             seg = tcp.parse_segment(h.src, h.dst, packet[h.header_length:h.total_length])
         except tcp.TcpParseError:
             self.counters["rx_bad"] += 1
-            return self._out(0, now)
+            return
         self.counters["rx_segments"] += 1
         c = self.conns.get((h.src, seg.src_port, seg.dst_port))
         if c is not None and c.conn.state is tcp.State.TIME_WAIT and seg.has(tcp.SYN) and not seg.has(tcp.ACK):
@@ -231,14 +247,14 @@ class ShimTcp:
         if c is not None:
             c.conn.receive(seg, now)
             self._flush(c, now)
-            return self._out(0, now)
+            return
         lst = self.listeners.get(seg.dst_port)
         if lst is None:
             self.counters["rx_no_socket"] += 1
             rst = tcp.reset_for(seg)
             if rst is not None:
                 self._emit(h.dst, h.src, [rst])
-            return self._out(0, now)
+            return
         peer_ip = socket.inet_ntoa(h.src)
         out, conn = lst.tcp.receive(seg, peer_ip, now)
         self._emit(h.dst, h.src, out)
@@ -247,7 +263,6 @@ class ShimTcp:
             c = _Conn(conn, (socket.inet_ntoa(h.dst), lst.port), (peer_ip, seg.src_port), listener=lst)
             self.conns[c.key] = c
             self._touched.add(c)
-        return self._out(0, now)
 
     def timer(self, now: float):
         for c, t in list(self._timers.items()):
