@@ -197,3 +197,17 @@ def test_one_pumps_packets_back_to_back_are_taken_in_one_call():
     assert [(s.dst_port, s.flags) for s in answered] == [(5001, tcp.SYN | tcp.ACK), (5002, tcp.SYN | tcp.ACK)]
     assert deadline > p.now  # the SYN-ACKs' retransmission timer
     assert p.srv.stats()["rx_segments"] == 2
+
+
+def test_the_established_path_is_predicted_in_c_when_built():
+    from kbypass import backend
+
+    p = Pair()
+    p.established()
+    for i in range(20):
+        assert p.cli_call("send", 7, b"q%d" % i) == len(b"q%d" % i)
+        assert p.srv_call("recv", 2, 100, 0) == b"q%d" % i
+        assert p.srv_call("send", 2, b"a%d" % i) == len(b"a%d" % i)
+        assert p.cli_call("recv", 7, 100, 0) == b"a%d" % i
+    predicted = p.srv.stats()["rx_predicted"]
+    assert predicted >= 18 if backend.built("tcp") else predicted == 0  # the Python stand-in predicts nothing

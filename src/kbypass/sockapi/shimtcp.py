@@ -43,17 +43,23 @@ NEWS = 0x10000000  # new data or a new connection since the last report (the shi
 GONE = 0x20000000  # finished: the shim may forget the sid
 ACCEPTED = struct.Struct("!4sH4sH")
 _CLOSED, _TIME_WAIT = tcp.State.CLOSED, tcp.State.TIME_WAIT
-NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
+NO_ETH = bytes(14)
+ETH_IP = bytes(12) + b"\x08\x00"  # an Ethernet header in front of a packet for the fast path's rx  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
 
 _ERRNO = {tcp.REFUSED: errno.ECONNREFUSED, tcp.PEER_RESET: errno.ECONNRESET, tcp.TIMED_OUT: errno.ETIMEDOUT,
           tcp.KEEPALIVE: errno.ETIMEDOUT}
+
+
+def _pkey(key: tuple[bytes, int, int]) -> int:
+    """A connection's key in the prediction table (kbypass._fasttcp.rx builds the same from a frame)."""
+    return (int.from_bytes(key[0], "big") << 32) | (key[1] << 16) | key[2]
 
 
 class _Conn:
     """One connection: the protocol's, the bytes the application has not read, its error and readiness."""
 
     __slots__ = ("sid", "conn", "local", "local_ip", "peer", "peer_ip", "key", "rx", "rx_len", "eof", "error", "dead",
-                 "app_closed", "shut_wr", "shut_rd", "connected", "mask", "news", "listener")
+                 "app_closed", "shut_wr", "shut_rd", "connected", "mask", "news", "listener", "prediction")
 
     def __init__(self, conn, local: tuple[str, int], peer: tuple[str, int], listener=None) -> None:
         self.sid: int | None = None
@@ -69,6 +75,7 @@ class _Conn:
         self.mask = -1  # never reported
         self.news = False
         self.listener = listener  # until accepted
+        self.prediction = None  # the C fast path's (ShimTcp._register)
 
     def readiness(self) -> int:
         m = 0
@@ -110,12 +117,16 @@ class ShimTcp:
         self.listeners: dict[int, _Listener] = {}  # by local port
         self._ident = 0
         # the established path's segments (no options but timestamps) built in C when it is (kbypass._fasttcp)
-        self._frame = backend.native_module("tcp").frame if backend.built("tcp") else fastpath.frame
+        fast = backend.native_module("tcp") if backend.built("tcp") else fastpath
+        self._frame, self._rx, self._prediction_of = fast.frame, fast.rx, fast.Prediction
+        # ... and the receive side's header prediction (kbypass._fasttcp.rx against each connection's armed
+        # TcpConnection.prediction(), as TcpHost does): a HIT skips parsing and receive()'s checks
+        self._predictions: dict[int, object] = {}
         self._packets: list[bytes] = []
         self._touched: set = set()
         self._timers: dict = {}  # connection or listener -> its next timer (those with one)
         self._next = 0.0  # the earliest of them
-        self.counters = dict.fromkeys(("rx_segments", "tx_segments", "rx_bad", "rx_no_socket"), 0)
+        self.counters = dict.fromkeys(("rx_segments", "rx_predicted", "tx_segments", "rx_bad", "rx_no_socket"), 0)
 
     # ---- what every call returns ---------------------------------------------------------------------------
     def _out(self, result, now: float):
@@ -130,6 +141,11 @@ class ShimTcp:
         for c in touched:
             if type(c) is _Conn:
                 conn = c.conn
+                state = conn.prediction()
+                if state is None:
+                    c.prediction.disarm()
+                else:
+                    c.prediction.arm(*state)
                 finished = conn.state is _CLOSED
                 t = None if finished else conn.next_timer()
                 if finished and (c.app_closed or c.sid is None):
@@ -181,6 +197,7 @@ class ShimTcp:
             kind = type(e)
             if kind is tcp.Data:
                 if c.app_closed or c.shut_rd:  # nobody will read it: the kernel answers with a RST
+                    c.prediction.disarm()
                     conn.abort()
                     continue
                 c.rx.append(e.data)
@@ -205,9 +222,16 @@ class ShimTcp:
                     c.listener.ready.remove(c)
         self._emit(c.local_ip, c.peer_ip, conn.segments_to_send(now))
 
+    def _register(self, c: _Conn) -> None:
+        self.conns[c.key] = c
+        c.prediction = self._predictions[_pkey(c.key)] = self._prediction_of(c.local_ip, c.key[2], c.key[0],
+                                                                             c.key[1], c)
+
     def _forget(self, c: _Conn) -> None:
         if self.conns.get(c.key) is c:
             del self.conns[c.key]
+            self._predictions.pop(_pkey(c.key), None)
+        c.prediction.disarm()
 
     # ---- the wire ------------------------------------------------------------------------------------------
     def frame(self, packet: bytes, now: float):
@@ -228,6 +252,15 @@ class ShimTcp:
         return self._out(0, now)
 
     def _segment(self, packet: bytes, now: float) -> None:
+        hit = self._rx(ETH_IP + packet, self._predictions) if self._predictions else None
+        if hit is not None:  # predicted: the connection takes it without receive()'s checks
+            c, seq, ack, flags, window, tsval, tsecr, payload = hit
+            self.counters["rx_segments"] += 1
+            self.counters["rx_predicted"] += 1
+            if not c.conn.receive_hit(seq, ack, flags, window, tsval, tsecr, payload, now):
+                c.prediction.disarm()
+            self._touched.add(c)
+            return
         h = ipv4.parse_ipv4(packet)
         if type(h) is str or h.proto != IPPROTO_TCP:
             self.counters["rx_bad"] += 1
@@ -240,11 +273,13 @@ class ShimTcp:
         self.counters["rx_segments"] += 1
         c = self.conns.get((h.src, seg.src_port, seg.dst_port))
         if c is not None and c.conn.state is tcp.State.TIME_WAIT and seg.has(tcp.SYN) and not seg.has(tcp.ACK):
+            c.prediction.disarm()
             c.conn.receive(seg, now)  # a new SYN may end the TIME_WAIT (the protocol says: finished)
             if c.conn.finished:
                 self._forget(c)
                 c = None
         if c is not None:
+            c.prediction.disarm()  # changed outside the fast path: armed again by _out
             c.conn.receive(seg, now)
             self._flush(c, now)
             return
@@ -261,7 +296,7 @@ class ShimTcp:
         self._touched.add(lst)  # its SYN-ACK retransmission timer
         if conn is not None:
             c = _Conn(conn, (socket.inet_ntoa(h.dst), lst.port), (peer_ip, seg.src_port), listener=lst)
-            self.conns[c.key] = c
+            self._register(c)
             self._touched.add(c)
 
     def timer(self, now: float):
@@ -270,6 +305,7 @@ class ShimTcp:
                 continue
             self._touched.add(c)
             if type(c) is _Conn:
+                c.prediction.disarm()
                 c.conn.on_timer(now)
             else:
                 for ip, seg in c.tcp.on_timer(now):
@@ -306,7 +342,7 @@ class ShimTcp:
         old = self.conns.get(c.key)
         if old is not None and not old.conn.finished:
             return self._out(-errno.EADDRNOTAVAIL, now)
-        self.conns[c.key] = c
+        self._register(c)
         self.by_sid[sid] = c
         self._flush(c, now)
         return self._out(0, now)
@@ -387,6 +423,7 @@ class ShimTcp:
             c.rx.clear()
             c.rx_len = 0
         if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not c.shut_wr and not c.dead:
+            c.prediction.disarm()
             c.shut_wr = True
             c.conn.shutdown()
             self._flush(c, now)
@@ -401,11 +438,13 @@ class ShimTcp:
             if self.listeners.get(s.port) is s:
                 del self.listeners[s.port]
             for c in s.ready:
+                c.prediction.disarm()
                 c.conn.abort()
                 self._flush(c, now)
                 c.app_closed = True
             for c in list(self.conns.values()):
                 if c.listener is s:  # half way through the handshake: the listener took the SYN
+                    c.prediction.disarm()
                     c.conn.abort()
                     self._flush(c, now)
                     c.app_closed = True
@@ -414,6 +453,7 @@ class ShimTcp:
         if s is None:
             return self._out(0, now)
         c = s
+        c.prediction.disarm()
         c.app_closed = True  # its sid stays until GONE says so (the shim holds an active open's port till then)
         if not c.dead and not c.conn.finished:
             if c.rx_len:
@@ -430,6 +470,7 @@ class ShimTcp:
         """close() with SO_LINGER {1, 0}: RST now, whatever is queued or unread."""
         c = self._conn(sid)
         if c is not None and not c.dead and not c.conn.finished:
+            c.prediction.disarm()
             c.conn.abort()
             c.shut_wr = True
         return self.close(sid, now)
