@@ -5,8 +5,8 @@ is accelerated).
 Preloads libkbypass-preload.so (csrc/preload: the shim), makes sure this namespace's control plane runs
 (starting one that lets unprivileged apps in: `--users all`, for the interfaces named with --iface or, by
 default, every interface with an IPv4 address), and execs APP in place of this process (same pid, same
-signals, its exit status). The shim asks the control plane for each UDP socket the app binds or sends from
-(kbypass.cp.accel); sockets it cannot accelerate stay kernel sockets, said per socket with --log
+signals, its exit status). The shim asks the control plane for each UDP socket the app binds or sends from,
+and each TCP socket it listens or connects on (kbypass.cp.accel); sockets it cannot accelerate stay kernel sockets, said per socket with --log
 (KBYPASS_LOG=1). No control plane, and none can be started: the app runs on the kernel, with one warning.
 
 `kbypass run --status` lists the accelerated sockets of the apps running here, with their counters.
@@ -35,7 +35,7 @@ COUNTERS = ("rx", "tx", "rx_kernel", "tx_kernel", "rx_dropped", "tx_failed")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run an unmodified program with its UDP sockets on AF_XDP (LD_PRELOAD)")
+    p = sub.add_parser("run", help="run an unmodified program with its UDP and TCP sockets on AF_XDP (LD_PRELOAD)")
     p.add_argument("--spin", type=int_range(0, 10_000_000, "microseconds"), default=0, metavar="US",
                    help="blocking calls spin on the rings this long before sleeping (KBYPASS_SPIN_US; 0 never "
                         "spins)")
