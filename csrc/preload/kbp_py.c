@@ -106,7 +106,8 @@ static int start_own(char *why, size_t cap) {
     if (path && *path) { /* the module path whole, as the kbypass that ran `kbypass run` had it */
         c.module_search_paths_set = 1;
         char *copy = strdup(path), *save = NULL;
-        for (char *p = copy ? strtok_r(copy, ":", &save) : NULL; p && !py.Status_Exception(st); p = strtok_r(NULL, ":", &save)) {
+        for (char *p = copy ? strtok_r(copy, ":", &save) : NULL; p && !py.Status_Exception(st);
+             p = strtok_r(NULL, ":", &save)) {
             wchar_t *w = py.DecodeLocale(p, NULL);
             if (w) st = py.WideStringList_Append(&c.module_search_paths, w);
             free(w); /* PyMem_RawFree's allocator is malloc's */
@@ -215,7 +216,8 @@ long kbp_py_call(const char *method, void *buf, size_t cap, const char *fmt, ...
         }
         Py_ssize_t k = py.List_Size(pk);
         for (Py_ssize_t i = 0; i < k; i++)
-            if (py.Bytes_AsStringAndSize(py.List_GetItem(pk, i), &p, &n) == 0) kbp_tcp_transmit((uint8_t *)p, (uint32_t)n);
+            if (py.Bytes_AsStringAndSize(py.List_GetItem(pk, i), &p, &n) == 0)
+                kbp_tcp_transmit((uint8_t *)p, (uint32_t)n);
         if (py.Bytes_AsStringAndSize(ch, &p, &n) == 0)
             for (Py_ssize_t i = 0; i + 8 <= n; i += 8) {
                 uint32_t sid, mask;

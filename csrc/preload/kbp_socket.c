@@ -242,7 +242,8 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
     if (s && s->tcp) {
-        if (!addr || addr->sa_family != AF_INET || len < sizeof(struct sockaddr_in)) return kbp_real.connect(fd, addr, len);
+        if (!addr || addr->sa_family != AF_INET || len < sizeof(struct sockaddr_in))
+            return kbp_real.connect(fd, addr, len);
         int r, ours;
         pthread_mutex_lock(&kbp_lock);
         ours = kbp_tcp_connect(s, (const struct sockaddr_in *)addr, &r);

@@ -330,7 +330,7 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
             pthread_mutex_unlock(&kbp_lock);
             return got ? (ssize_t)got : -2;
         }
-        if (wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT) || got, s->rcvtimeo_us) < 0) {
+        if (wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT), s->rcvtimeo_us) < 0) { /* got: WAITALL's rest */
             r = -1;
             break;
         }

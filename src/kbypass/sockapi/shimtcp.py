@@ -43,8 +43,8 @@ NEWS = 0x10000000  # new data or a new connection since the last report (the shi
 GONE = 0x20000000  # finished: the shim may forget the sid
 ACCEPTED = struct.Struct("!4sH4sH")
 _CLOSED, _TIME_WAIT = tcp.State.CLOSED, tcp.State.TIME_WAIT
-NO_ETH = bytes(14)
-ETH_IP = bytes(12) + b"\x08\x00"  # an Ethernet header in front of a packet for the fast path's rx  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
+NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
+ETH_IP = bytes(12) + b"\x08\x00"  # an Ethernet header in front of a packet for the fast path's rx
 
 _ERRNO = {tcp.REFUSED: errno.ECONNREFUSED, tcp.PEER_RESET: errno.ECONNRESET, tcp.TIMED_OUT: errno.ETIMEDOUT,
           tcp.KEEPALIVE: errno.ETIMEDOUT}
@@ -336,7 +336,8 @@ class ShimTcp:
         return self._out(ACCEPTED.pack(c.peer_ip, c.peer[1], socket.inet_aton(c.local[0]), c.local[1]), now)
 
     def connect(self, sid: int, lip: int, lport: int, rip: int, rport: int, now: float):
-        local, peer = (socket.inet_ntoa(lip.to_bytes(4, "big")), lport), (socket.inet_ntoa(rip.to_bytes(4, "big")), rport)
+        local = (socket.inet_ntoa(lip.to_bytes(4, "big")), lport)
+        peer = (socket.inet_ntoa(rip.to_bytes(4, "big")), rport)
         c = _Conn(tcp.TcpConnection.connect(local, peer, now, config=self.config), local, peer)
         c.sid = sid
         old = self.conns.get(c.key)

@@ -6,8 +6,9 @@ Preloads libkbypass-preload.so (csrc/preload: the shim), makes sure this namespa
 (starting one that lets unprivileged apps in: `--users all`, for the interfaces named with --iface or, by
 default, every interface with an IPv4 address), and execs APP in place of this process (same pid, same
 signals, its exit status). The shim asks the control plane for each UDP socket the app binds or sends from,
-and each TCP socket it listens or connects on (kbypass.cp.accel); sockets it cannot accelerate stay kernel sockets, said per socket with --log
-(KBYPASS_LOG=1). No control plane, and none can be started: the app runs on the kernel, with one warning.
+and each TCP socket it listens or connects on (kbypass.cp.accel); sockets it cannot accelerate stay kernel
+sockets, said per socket with --log (KBYPASS_LOG=1). No control plane, and none can be started: the app runs
+on the kernel, with one warning.
 
 `kbypass run --status` lists the accelerated sockets of the apps running here, with their counters.
 """
