@@ -260,6 +260,7 @@ ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags);
 short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, after a pump */
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
 void kbp_tcp_after_fork_child(void);
+void kbp_tcp_keepalive(struct kbp_sock *s); /* SO_KEEPALIVE, TCP_KEEP* from the kernel socket to the host */
 void kbp_tcp_after_fork_parent(void); /* listening sockets go back to the kernel, for the child to accept */
 
 /* kbp_py.c */

@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -35,6 +36,10 @@ int setsockopt(int fd, int level, int name, const void *v, socklen_t len) {
     else if (level == IPPROTO_IP && name == IP_PKTINFO) s->want_pktinfo = iv != 0;
     else if (level == IPPROTO_IP && name == IP_RECVTOS) s->want_tos = iv != 0;
     else if (level == IPPROTO_IP && name == IP_RECVTTL) s->want_ttl = iv != 0;
+    if (s->tcp && s->accel && s->sid &&
+        ((level == SOL_SOCKET && name == SO_KEEPALIVE) ||
+         (level == IPPROTO_TCP && (name == TCP_KEEPIDLE || name == TCP_KEEPINTVL || name == TCP_KEEPCNT))))
+        kbp_tcp_keepalive(s);
     pthread_mutex_unlock(&kbp_lock);
     return r;
 }

@@ -25,6 +25,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -254,8 +255,21 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
         kbp_py_call("listen", NULL, 0, "(IIiid)", sid, ntohl(s->tcp_steered.s_addr), ntohs(s->tcp_local.sin_port),
                     backlog, now_s());
     take_slot(s);
+    kbp_tcp_keepalive(s);
     kbp_verbose("%s accelerated on %s (%d queues, rule %d): kbypass's TCP", who, ifc->name, ifc->nq, s->rule_id);
     return 0;
+}
+
+/* SO_KEEPALIVE and TCP_KEEPIDLE/KEEPINTVL/KEEPCNT as the kernel socket holds them (setsockopt sets them there
+ * first) to the host: called at acceleration and at each such setsockopt. Under kbp_lock. */
+void kbp_tcp_keepalive(struct kbp_sock *s) {
+    int on = 0, idle = 7200, intvl = 75, cnt = 9;
+    socklen_t l = sizeof(int);
+    kbp_real.getsockopt(s->fd, SOL_SOCKET, SO_KEEPALIVE, &on, &l);
+    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &l);
+    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, &l);
+    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, &l);
+    kbp_py_call("keepalive", NULL, 0, "(Iiddid)", s->sid, on, (double)idle, (double)intvl, cnt, now_s());
 }
 
 /* ---- waiting ------------------------------------------------------------------------------------------- */

@@ -380,3 +380,64 @@ def test_nginx_with_a_forked_worker_runs_on_the_kernel(hosts, site):
     assert r.returncode == 0, r.stderr + log
     assert hashlib.sha256((d / "got").read_bytes()).hexdigest() == digest
     assert not sockets_of(b, 8319)
+
+
+KEEPALIVE_C = r"""
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+int main(int argc, char **argv) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) { perror("connect"); return 1; }
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &one, sizeof(one));
+    int two = 2;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &two, sizeof(two));
+    puts("connected");
+    fflush(stdout);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    char buf[16];
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    int e = errno;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    printf("recv %zd %s after %ld ms\n", n, n < 0 ? strerror(e) : "-", ms);
+    return 0;
+}
+"""
+
+
+def test_keepalive_finds_a_peer_that_vanished(hosts, tmp_path):
+    """SO_KEEPALIVE with TCP_KEEPIDLE 1, TCP_KEEPINTVL 1, TCP_KEEPCNT 2 set by a C client under run: when the
+    kernel peer's host drops everything from it (nftables), the flusher's keepalive timer probes twice and
+    the blocked recv ends with ETIMEDOUT, as on the kernel."""
+    a, b = hosts
+    (tmp_path / "k.c").write_text(KEEPALIVE_C)
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "k"), str(tmp_path / "k.c")], check=True)
+    srv = subprocess.Popen(in_ns(a, sys.executable, "-c", PEER, a.ipv4, "8320"), stdout=subprocess.PIPE, text=True)
+    table = "kbypass_test_keepalive"
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        cli = run_app(b, str(tmp_path / "k"), a.ipv4, "8320")
+        seen = []
+        while not seen or "connected" not in seen[-1]:
+            seen.append(cli.stdout.readline())
+            assert seen[-1], seen
+        subprocess.run(in_ns(a, "nft", f"add table inet {table}; add chain inet {table} in {{ type filter hook "
+                             f"input priority 0; }}; add rule inet {table} in ip saddr {b.ipv4} drop"), check=True)
+        out = "".join(seen) + cli.communicate(timeout=30)[0]
+    finally:
+        subprocess.run(in_ns(a, "nft", f"delete table inet {table}"), capture_output=True)
+        srv.kill()
+        srv.wait()
+    m = re.search(r"recv -1 Connection timed out after (\d+) ms", out)
+    assert m and 2000 <= int(m.group(1)) < 15000, out

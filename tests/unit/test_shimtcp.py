@@ -211,3 +211,14 @@ def test_the_established_path_is_predicted_in_c_when_built():
         assert p.cli_call("recv", 7, 100, 0) == b"a%d" % i
     predicted = p.srv.stats()["rx_predicted"]
     assert predicted >= 18 if backend.built("tcp") else predicted == 0  # the Python stand-in predicts nothing
+
+
+def test_keepalive_gives_up_on_a_peer_that_vanished():
+    p = Pair()
+    p.established()
+    assert p.srv_call("keepalive", 2, 1, 1.0, 1.0, 2) == 0  # SO_KEEPALIVE, idle 1 s, 1 s apart, 2 probes
+    p.drop_to_cli = True  # the peer is gone: nothing reaches it, nothing comes back
+    for _ in range(40):
+        p.tick(0.1)
+    assert p.masks[("srv", 2)] & POLLERR
+    assert p.srv_call("recv", 2, 10, 0) == -errno.ETIMEDOUT

@@ -12,6 +12,7 @@ The shim embeds CPython (kbp_py.c) and drives one ShimTcp per process; no socket
     out = host.send(sid, data, now)                    # result: bytes taken or -errno
     out = host.shutdown(sid, how, now); host.close(sid, now); host.abort(sid, now)  # close, SO_LINGER 0
     out = host.timer(now); host.so_error(sid, now); host.unread(sid, now)
+    out = host.keepalive(sid, on, idle, interval, count, now)  # SO_KEEPALIVE and its TCP_KEEP* values
 
 Every call returns (result, packets, changes, deadline): `packets` the IPv4 packets to transmit (the shim
 adds the Ethernet header toward the next hop), `changes` packed (sid u32, mask u32) pairs for sockets whose
@@ -27,6 +28,7 @@ close() with unread data resets (RFC 2525 2.17, as Linux); otherwise FIN, and th
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import socket
 import struct
@@ -465,6 +467,21 @@ class ShimTcp:
         c.rx.clear()
         c.rx_len = 0
         self._flush(c, now)
+        return self._out(0, now)
+
+    def keepalive(self, sid: int, on: int, idle: float, interval: float, count: int, now: float):
+        """SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT (the kernel socket's values): a listener's go to the
+        connections it accepts later, as Linux's are inherited."""
+        s = self.by_sid.get(sid)
+        if s is None:
+            return self._out(-errno.EBADF, now)
+        change = {"keepalive": bool(on), "keepalive_idle": float(idle), "keepalive_interval": float(interval),
+                  "keepalive_count": int(count)}
+        if type(s) is _Listener:
+            s.tcp.config = dataclasses.replace(s.tcp.config, **change)
+        else:
+            s.conn.config = dataclasses.replace(s.conn.config, **change)
+            self._touched.add(s)  # its next timer moves
         return self._out(0, now)
 
     def abort(self, sid: int, now: float):
