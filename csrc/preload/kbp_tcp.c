@@ -115,7 +115,7 @@ void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
     }
     uint32_t m = mask & 0xFFFFu;
     if (m != s->tcp_mask || (mask & NEWS)) s->tcp_gen++;
-    if (m & POLLOUT) s->connected = 1;
+    if ((m & POLLOUT) && !(m & (POLLERR | POLLHUP))) s->connected = 1; /* a refused one never was */
     s->tcp_mask = m;
 }
 
