@@ -64,14 +64,15 @@ src/kbypass/bpf/obj/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h)
 	clang -O2 -g -Wall -Werror -target bpf -I$(ARCH_INC) -Ibpf -c $< -o $@
 
 # The preload shim of `kbypass run` (csrc/preload/*.c + the C core -> a .so inside the package, where
-# kbypass.tools.run finds it from an editable or installed tree). No Python, no libxdp: libc only.
+# kbypass.tools.run finds it from an editable or installed tree). No libxdp, libc only; Python's headers for
+# the types of kbp_py.c, which loads libpython only when an app's first TCP socket is accelerated.
 PRELOAD := src/kbypass/preload/libkbypass-preload.so
 
 preload: $(PRELOAD)
 
 $(PRELOAD): $(wildcard csrc/preload/*) $(wildcard csrc/core/*.h) $(CORE_LIB)
 	@mkdir -p $(dir $@)
-	gcc $(CFLAGS_C) -shared -Wno-unused-parameter $(wildcard csrc/preload/*.c) -o $@ $(CORE_LIB) \
+	gcc $(CFLAGS_C) -shared -Wno-unused-parameter -I$(PY_INC) $(wildcard csrc/preload/*.c) -o $@ $(CORE_LIB) \
 	  -Wl,--version-script=csrc/preload/exports.map -ldl -lpthread
 
 bench: setup

@@ -9,12 +9,14 @@
                 floor: the same client against no server at all, its messages answered in host b's driver by
                 an XDP program (kbypass.apps.xdp_tcp_pong: a kernel listener does the handshake, XDP_TX the
                 answers), waiting and busy polling: what is left is the wire and the client's own stack, so
-                no server on this path can go below it; one-way p50/p99 (half the round trip, as sockperf
-                reports)
+                no server on this path can go below it; and the kernel's sockperf server itself under
+                `kbypass run` (an unmodified app, its TCP kbypass's through the preload shim); one-way p50/p99
+                (half the round trip, as sockperf reports)
     http        wrk (host a) against `kbypass http serve`, an asyncio server on uvloop over kernel sockets
                 answering with the same bytes (kbypass.proto.http: same parser and head cache, same pre-encoded
                 answers, the Date formatted once a second, one write per read as kbypass sends one segment),
-                and nginx on the kernel serving a file of the same size; requests/s, and CPU time per
+                and nginx on the kernel serving a file of the same size, and that nginx under `kbypass run`
+                (master_process off: one process); requests/s, and CPU time per
                 request: the server's (its process and children: on a busy machine the steadier measure, but
                 it misses a kernel server's TCP receive work, done in softirq on wrk's core) and the whole
                 machine's busy and softirq time over the run (counts that, and wrk, and on a shared machine
@@ -112,6 +114,9 @@ http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
 """
 
 
+RUN = {"kernel": (), "run": (sys.executable, "-m", "kbypass", "run", "--spin", "0", "--")}  # an app's prefix
+
+
 def kb(*args: str) -> list[str]:
     return [sys.executable, "-m", "kbypass", *args]
 
@@ -172,10 +177,10 @@ def pingpong(kind: str, a, b, seconds: float, size: int, poll: str, baseline: st
 
 def _pingpong(kind: str, a, b, seconds: float, size: int, poll: str, extra: tuple[str, ...] = (),
               baseline: str | None = None) -> dict:
-    if kind == "kernel":
-        server = subprocess.Popen(in_ns(b, SERVER_CPU, "sockperf", "server", "--tcp", "-i", b.ipv4, "-p",
+    if kind in ("kernel", "run"):  # run: the same sockperf, its TCP kbypass's through `kbypass run` (the shim)
+        server = subprocess.Popen(in_ns(b, SERVER_CPU, *RUN[kind], "sockperf", "server", "--tcp", "-i", b.ipv4, "-p",
                                         str(PP_PORT), *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        time.sleep(0.5 if kind == "kernel" else 2.0)
     else:
         # the baseline: the same command from another source tree (the commit before a change), same run
         env = None if kind == "kbypass" else {**os.environ, "PYTHONPATH": baseline}
@@ -293,12 +298,15 @@ def http(kind: str, a, b, seconds: float, body: int, conns: int, poll: str, www:
         server = subprocess.Popen(in_ns(b, SERVER_CPU, sys.executable, "-c", UVLOOP_SERVER, b.ipv4, str(HTTP_PORT),
                                         str(body)), stdout=subprocess.PIPE, stderr=None, text=True)
         started(server, "ready", "the uvloop server")
-    else:
+    else:  # nginx, or "nginx run": the same nginx under `kbypass run` (one process: a forked worker's sockets
+        # would be the kernel's, csrc/preload/kbp_tcp.c)
+        run = kind == "nginx run"
         conf = Path(www).parent / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(d=Path(www).parent, ip=b.ipv4, port=HTTP_PORT))
-        server = subprocess.Popen(in_ns(b, SERVER_CPU, "nginx", "-c", str(conf)), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        time.sleep(1.0)
+        conf.write_text(("master_process off; " if run else "") +
+                        NGINX_CONF.format(d=Path(www).parent, ip=b.ipv4, port=HTTP_PORT))
+        server = subprocess.Popen(in_ns(b, SERVER_CPU, *RUN["run" if run else "kernel"], "nginx", "-c", str(conf)),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(2.5 if run else 1.0)
     try:
         return wrk_with_cpu(server, a, b, seconds, conns)
     finally:
@@ -408,6 +416,8 @@ def main() -> int:
         trials["pingpong sockperf --tcp, busy poll (kernel best)"] = lambda: pingpong(
             "kernel best", a, b, args.seconds, args.size, args.poll)
         trials["pingpong kbypass server --tcp"] = lambda: pingpong("kbypass", a, b, args.seconds, args.size, args.poll)
+        trials["pingpong kbypass run -- sockperf server --tcp"] = lambda: pingpong("run", a, b, args.seconds,
+                                                                                   args.size, args.poll)
         trials["pingpong kbypass server --tcp --poll busy"] = lambda: pingpong("kbypass", a, b, args.seconds,
                                                                                args.size, "busy")
         trials["pingpong kbypass --poll busy, client busy poll"] = lambda: pingpong(
@@ -421,7 +431,7 @@ def main() -> int:
             trials["pingpong kbypass baseline server --tcp --poll busy"] = lambda: pingpong(
                 "kbypass baseline", a, b, args.seconds, args.size, "busy", args.baseline)
     if "http" in parts:
-        for kind in ("kbypass", "uvloop", "nginx") + (("kbypass baseline",) if args.baseline else ()):
+        for kind in ("kbypass", "uvloop", "nginx", "nginx run") + (("kbypass baseline",) if args.baseline else ()):
             trials[f"http {kind}"] = (lambda k=kind: http(k, a, b, args.seconds, args.body, args.connections,
                                                           args.poll, str(www), args.baseline))
     if "bulk" in parts:
@@ -485,6 +495,8 @@ def _ratios(t: dict) -> dict:
     return {k: v for k, v in {
         "pingpong p50 kbypass / sockperf kernel": r("pingpong kbypass server --tcp",
                                                     "pingpong sockperf server --tcp (kernel)", "p50_us"),
+        "pingpong p50 kbypass run sockperf / sockperf kernel": r("pingpong kbypass run -- sockperf server --tcp",
+                                                                 "pingpong sockperf server --tcp (kernel)", "p50_us"),
         "pingpong p50 kbypass busy / kernel best (busy poll)": r("pingpong kbypass server --tcp --poll busy",
                                                                  "pingpong sockperf --tcp, busy poll (kernel best)",
                                                                  "p50_us"),
@@ -507,6 +519,7 @@ def _ratios(t: dict) -> dict:
                                                                "p50_us"),
         "http req/s kbypass / uvloop": r("http kbypass", "http uvloop", "requests_per_s"),
         "http req/s kbypass / nginx": r("http kbypass", "http nginx", "requests_per_s"),
+        "http req/s nginx under kbypass run / nginx": r("http nginx run", "http nginx", "requests_per_s"),
         "http req/s kbypass baseline / uvloop": r("http kbypass baseline", "http uvloop", "requests_per_s"),
         "http req/s kbypass / kbypass baseline": r("http kbypass", "http kbypass baseline", "requests_per_s"),
         "http server CPU/request kbypass / uvloop": r("http kbypass", "http uvloop", "server_cpu_us_per_request"),

@@ -39,7 +39,7 @@
 struct kbp_slot {
     uint32_t used, fd;
     uint8_t ip[4];
-    uint16_t port, pad;
+    uint16_t port, proto; /* IPPROTO_UDP or IPPROTO_TCP */
     uint64_t rx, tx, rx_kernel, tx_kernel, rx_dropped, tx_failed;
 };
 _Static_assert(sizeof(struct kbp_slot) == 64, "kbp_slot is shimpage.SLOT");
@@ -117,7 +117,19 @@ struct kbp_sock {
     struct kbp_dgram backlog[KBP_BACKLOG];
     unsigned bhead, btail;
     struct kbp_slot *slot;
+    /* TCP (kbp_tcp.c): the connection or listener lives in kbypass.sockapi.shimtcp, known there by sid */
+    int tcp;              /* a SOCK_STREAM socket of AF_INET */
+    int tcp_role;         /* KBP_TCP_LISTENER, KBP_TCP_ACCEPTED, KBP_TCP_ACTIVE once accelerated */
+    uint32_t sid;
+    uint32_t tcp_mask;    /* its readiness as the host last said (poll bits) */
+    unsigned tcp_gen;     /* bumped at each news (EPOLLET reports a member whose gen moved) */
+    int zombie;           /* closed by the app, its connection still finishing (an active open's port held) */
+    struct sockaddr_in tcp_local, tcp_peer;
+    struct in_addr tcp_steered; /* the address the rule steers (a wildcard listener's: its interface's) */
 };
+#define KBP_TCP_LISTENER 1
+#define KBP_TCP_ACCEPTED 2
+#define KBP_TCP_ACTIVE 3
 
 extern pthread_mutex_t kbp_lock;
 extern struct kbp_sock *kbp_fds[KBP_MAX_FD];
@@ -160,6 +172,12 @@ struct kbp_libc {
     ssize_t (*writev)(int, const struct iovec *, int);
     int (*epoll_pwait2)(int, void *, int, const struct timespec *, const void *);
     long (*syscall)(long, ...);
+    int (*listen)(int, int);
+    int (*accept4)(int, struct sockaddr *, socklen_t *, int);
+    int (*getsockname)(int, struct sockaddr *, socklen_t *);
+    int (*getpeername)(int, struct sockaddr *, socklen_t *);
+    int (*shutdown)(int, int);
+    ssize_t (*sendfile)(int, int, off_t *, size_t);
 };
 extern struct kbp_libc kbp_real;
 void kbp_init_libc(void);
@@ -217,6 +235,38 @@ struct kbp_sock *kbp_get(int fd);
 int kbp_readable(struct kbp_sock *s); /* datagrams waiting (after a pump); under kbp_lock */
 int kbp_share_fd(int oldfd, int newfd); /* newfd a dup of oldfd: the same accelerated socket (refs); returns newfd */
 void kbp_fall_back_all(void);
+void kbp_release(struct kbp_sock *s); /* the last reference went: rule, rings and record let go */
+
+/* kbp_iface.c for TCP */
+int kbp_iface_send_ip(struct kbp_iface *ifc, const uint8_t *pkt, uint32_t len);
+void kbp_iface_learn(struct kbp_iface *ifc, uint32_t ip, const uint8_t mac[6]);
+int kbp_iface_hop_known(struct kbp_iface *ifc, uint32_t dst);
+
+/* kbp_tcp.c: TCP sockets through kbypass.sockapi.shimtcp (in CPython, kbp_py.c) */
+extern int kbp_tcp_on; /* a TCP socket was accelerated: the pump hands TCP frames to kbp_tcp_frame */
+void kbp_tcp_frame(struct kbp_iface *ifc, const uint8_t *f, uint32_t n); /* batched ... */
+void kbp_tcp_frames_done(void);                                          /* ... to the host here */
+void kbp_tcp_transmit(const uint8_t *pkt, uint32_t len);
+void kbp_tcp_changed(uint32_t sid, uint32_t mask);
+void kbp_tcp_deadline(double when);
+uint64_t kbp_tcp_timers(uint64_t now); /* due timers run (under kbp_lock); the next deadline (0: none) */
+int kbp_tcp_cap_ms(int ms);            /* a wait of ms bounded by the next TCP timer */
+int kbp_tcp_try(struct kbp_sock *s, int role, int backlog); /* accelerate a bound TCP socket (under kbp_lock) */
+int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r); /* 1: ours, r its result */
+ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags);
+ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags);
+ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t *tmp, size_t cap);
+ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags);
+short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, after a pump */
+int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
+void kbp_tcp_after_fork_child(void);
+void kbp_tcp_keepalive(struct kbp_sock *s); /* SO_KEEPALIVE, TCP_KEEP* from the kernel socket to the host */
+void kbp_tcp_after_fork_parent(void); /* listening sockets go back to the kernel, for the child to accept */
+
+/* kbp_py.c */
+int kbp_py_ready(int mss, char *why, size_t cap);
+int kbp_py_app(char *why, size_t cap); /* a Python app: TCP stays the kernel's (why) */
+long kbp_py_call(const char *method, void *buf, size_t cap, const char *fmt, ...);
 
 /* kbp_signal.c: kbp_sig_count changes when a handler of the app ran on this thread; kbp_sig_interrupted
  * says whether the wait begun at count `since` ends with EINTR (restartable: a recv the kernel restarts under

@@ -25,7 +25,8 @@ static void *flusher(void *arg) {
     unsigned idle = 0;
     pthread_mutex_lock(&kbp_lock);
     for (;;) {
-        uint64_t now = kbp_now_ns(), due = kbp_iface_flush_due(now);
+        uint64_t now = kbp_now_ns(), due = kbp_iface_flush_due(now), tcp = kbp_tcp_timers(now);
+        if (tcp && (!due || tcp < due)) due = tcp; /* TCP's timers while the app is elsewhere */
         if (!due && ++idle >= IDLE_LOOKS) {
             parked = 1;
             pthread_cond_wait(&wake, &kbp_lock);

@@ -296,7 +296,16 @@ static uint8_t *slot_room(struct kbp_dgram *g, uint32_t plen) {
 
 /* Frames off the RX rings: those for `want` into buf (at most one: 1 and *got), the others into their
  * socket's backlog (or dropped when it is full, not plain UDP to it, or not from its connected peer). */
+static int pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size_t len, struct kbp_dgram *got);
+
+/* ... and the TCP frames taken on the way go to the host in one call (kbp_tcp.c) */
 int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size_t len, struct kbp_dgram *got) {
+    int r = pump(ifc, want, buf, len, got);
+    if (kbp_tcp_on) kbp_tcp_frames_done();
+    return r;
+}
+
+static int pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size_t len, struct kbp_dgram *got) {
     for (int qi = 0; qi < ifc->nq; qi++) {
         struct kbp_queue *q = &ifc->q[qi];
         for (int budget = 0; budget < 64; budget++) {
@@ -305,6 +314,11 @@ int kbp_iface_pump(struct kbp_iface *ifc, struct kbp_sock *want, void *buf, size
             int one = 0;
             const uint8_t *f = rx_packet(ifc, q, &d, &n, &one);
             if (!f) break;
+            if (kbp_tcp_on && n >= 54 && f[12] == 0x08 && f[13] == 0x00 && f[23] == 6) { /* TCP: kbp_tcp.c's */
+                kbp_tcp_frame(ifc, f, n);
+                if (one) kb_lane_rx_done(&q->lane, &d);
+                continue;
+            }
             struct kbp_sock *s = owner(ifc, f, n);
             int ok = s && kb_udp_accept(&s->me, f, n); /* owner(): a connected socket hears only its peer */
             if (!ok) {
@@ -399,6 +413,19 @@ static void build_template(struct kbp_iface *ifc, struct kbp_sock *s, const uint
     s->tmpl_ok = 1;
 }
 
+/* A frame went on the TX ring: kick now, or leave it to the burst's batch (see kbp_iface_send). */
+static void sent_one(struct kbp_iface *ifc) {
+    uint64_t now = kbp_now_ns();
+    int burst = now - ifc->last_send_ns < kbp_tx_burst_ns;
+    ifc->last_send_ns = now;
+    if (ifc->unkicked++ == 0) {
+        ifc->first_unkicked_ns = now;
+        kbp_tx_pending++;
+    }
+    if ((!burst && !kbp_batching) || ifc->unkicked >= TX_BATCH) tx_flush(ifc);
+    if (ifc->unkicked) kbp_flusher_arm(); /* frames wait: the flusher bounds how long (a lone send: no wake-up) */
+}
+
 /* One datagram out of the rings: 0 sent, -1 the kernel's to send (an unknown next hop, a datagram too big
  * for one frame, a destination not on the link, rings that stay full).
  *
@@ -432,15 +459,49 @@ int kbp_iface_send(struct kbp_iface *ifc, struct kbp_sock *s, uint32_t dst_ip, u
         if (r != KB_LANE_SENT) tx_flush(ifc); /* the deferred frames out, to get stash frames back */
     }
     if (r != KB_LANE_SENT) return -1;
-    uint64_t now = kbp_now_ns();
-    int burst = now - ifc->last_send_ns < kbp_tx_burst_ns;
-    ifc->last_send_ns = now;
-    if (ifc->unkicked++ == 0) {
-        ifc->first_unkicked_ns = now;
-        kbp_tx_pending++;
+    sent_one(ifc);
+    return 0;
+}
+
+/* A peer's MAC as its frame says (TCP: the answers go where the segments came from, no control plane call). */
+void kbp_iface_learn(struct kbp_iface *ifc, uint32_t ip, const uint8_t mac[6]) {
+    struct kbp_hop *h = NULL;
+    for (int i = 0; i < KBP_MAX_HOPS && !h; i++)
+        if (ifc->hops[i].ip == ip) h = &ifc->hops[i];
+    for (int i = 0; i < KBP_MAX_HOPS && !h; i++)
+        if (!ifc->hops[i].ip) h = &ifc->hops[i];
+    if (!h) h = &ifc->hops[ip % KBP_MAX_HOPS];
+    if (h->ip == ip && h->known && !memcmp(h->mac, mac, 6)) return;
+    h->ip = ip;
+    memcpy(h->mac, mac, 6);
+    h->known = 1;
+    h->asked_ns = kbp_now_ns();
+}
+
+/* Whether the next hop toward dst is known (asking the control plane when it is time to). */
+int kbp_iface_hop_known(struct kbp_iface *ifc, uint32_t dst) {
+    uint8_t mac[6];
+    return hop(ifc, dst, mac);
+}
+
+/* One IPv4 packet (a TCP segment of kbp_tcp.c) out of the rings behind an Ethernet header to its next hop,
+ * with the kick logic of kbp_iface_send: 0 sent, -1 dropped (next hop unknown, rings full: TCP retransmits). */
+int kbp_iface_send_ip(struct kbp_iface *ifc, const uint8_t *pkt, uint32_t len) {
+    uint32_t dst;
+    uint8_t eth[14];
+    if (len < 20 || len + 14 > KBP_FRAME_SIZE) return -1;
+    memcpy(&dst, pkt + 16, 4);
+    if (!hop(ifc, dst, eth)) return -1;
+    memcpy(eth + 6, ifc->mac, 6);
+    eth[12] = 0x08, eth[13] = 0x00;
+    struct kb_lane *l = &ifc->q[0].lane;
+    int r = KB_LANE_NO_FRAME;
+    for (int i = 0; i < SEND_TRIES && r != KB_LANE_SENT && r >= 0; i++) {
+        r = kb_lane_send(l, eth, 14, pkt, len, 0, 0);
+        if (r != KB_LANE_SENT) tx_flush(ifc);
     }
-    if ((!burst && !kbp_batching) || ifc->unkicked >= TX_BATCH) tx_flush(ifc);
-    if (ifc->unkicked) kbp_flusher_arm(); /* frames wait: the flusher bounds how long (a lone send: no wake-up) */
+    if (r != KB_LANE_SENT) return -1;
+    sent_one(ifc);
     return 0;
 }
 

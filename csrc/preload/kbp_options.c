@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -35,6 +36,10 @@ int setsockopt(int fd, int level, int name, const void *v, socklen_t len) {
     else if (level == IPPROTO_IP && name == IP_PKTINFO) s->want_pktinfo = iv != 0;
     else if (level == IPPROTO_IP && name == IP_RECVTOS) s->want_tos = iv != 0;
     else if (level == IPPROTO_IP && name == IP_RECVTTL) s->want_ttl = iv != 0;
+    if (s->tcp && s->accel && s->sid &&
+        ((level == SOL_SOCKET && name == SO_KEEPALIVE) ||
+         (level == IPPROTO_TCP && (name == TCP_KEEPIDLE || name == TCP_KEEPINTVL || name == TCP_KEEPCNT))))
+        kbp_tcp_keepalive(s);
     pthread_mutex_unlock(&kbp_lock);
     return r;
 }
@@ -68,7 +73,14 @@ int ioctl(int fd, unsigned long req, ...) {
     void *arg = va_arg(ap, void *);
     va_end(ap);
     struct kbp_sock *s = kbp_get(fd);
-    if (s && s->accel && req == FIONREAD && arg) {
+    if (s && s->tcp && s->accel && s->sid && req == FIONREAD && arg) {
+        pthread_mutex_lock(&kbp_lock);
+        long n = kbp_py_call("unread", NULL, 0, "(Id)", s->sid, (double)kbp_now_ns() / 1e9);
+        pthread_mutex_unlock(&kbp_lock);
+        *(int *)arg = n > 0 ? (int)n : 0;
+        return 0;
+    }
+    if (s && s->accel && !s->tcp && req == FIONREAD && arg) {
         pthread_mutex_lock(&kbp_lock);
         int n = -1;
         if (s->accel && kbp_readable(s)) n = (int)s->backlog[s->bhead % KBP_BACKLOG].len;

@@ -13,6 +13,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -23,7 +24,7 @@
 #include "kbp.h"
 
 #define KBP_EP_MAGIC 0x4b42595041535300ull /* "KBYPASS\0" + the queue fd's index */
-#define EP_MAX 64
+#define EP_MAX 1024
 #define KERNEL_EVERY 32
 
 struct ep_member {
@@ -31,6 +32,8 @@ struct ep_member {
     uint32_t events;
     epoll_data_t data;
     int off; /* an EPOLLONESHOT member reported and not re-armed */
+    unsigned gen; /* a TCP member's news last reported (EPOLLET: reported again when its tcp_gen moves) */
+    int shim_only; /* an accelerated TCP connection: not in the kernel's set (its placeholder says nothing) */
 };
 
 struct ep_set {
@@ -51,6 +54,7 @@ static int has_accel(const struct pollfd *fds, nfds_t n) {
 }
 
 static short ring_revents(struct kbp_sock *s, short events) {
+    if (s->tcp) return kbp_tcp_revents(s, events);
     short r = 0;
     if ((events & POLLIN) && kbp_readable(s)) r |= POLLIN;
     if (events & POLLOUT) r |= POLLOUT;
@@ -106,6 +110,7 @@ static int poll_engine(struct pollfd *fds, nfds_t n, int timeout_ms, const sigse
             fds[i].revents = s && s->accel ? ring_revents(s, fds[i].events) : 0;
             k[i] = fds[i];
             if (s && s->accel) k[i].events &= POLLIN | POLLPRI;
+            if (s && s->accel && s->tcp && s->tcp_role != KBP_TCP_LISTENER) k[i].fd = -1; /* only ours to say */
             k[i].revents = 0;
         }
         int now_kernel = it % KERNEL_EVERY == 0;
@@ -125,7 +130,7 @@ static int poll_engine(struct pollfd *fds, nfds_t n, int timeout_ms, const sigse
         pthread_mutex_unlock(&kbp_lock);
         for (nfds_t i = 0; i < n; i++) ready += fds[i].revents != 0;
         if (ready || now_kernel || sleeping) {
-            int wait = ready || !sleeping ? 0 : ms_left(deadline);
+            int wait = ready || !sleeping ? 0 : kbp_tcp_cap_ms(ms_left(deadline));
             struct timespec ts = {wait / 1000, (wait % 1000) * 1000000L};
             int r = mask ? kbp_real.ppoll(k, n + (size_t)extra, wait < 0 ? NULL : &ts, mask)
                          : kbp_real.poll(k, n + (size_t)extra, wait);
@@ -240,10 +245,40 @@ static void add_ring_fds(int epfd, struct ep_set *set, struct kbp_sock *s) {
     }
 }
 
+/* An accelerated TCP connection's membership, kept here only (the kernel is not told: its placeholder
+ * socket would say POLLHUP), with the kernel's answers to a wrong ADD, MOD or DEL. */
+static int shim_only_ctl(int epfd, int op, int fd, struct epoll_event *ev, struct kbp_sock *s) {
+    if (kbp_real.fcntl(epfd, F_GETFD) < 0) return -1; /* EBADF, as the kernel's */
+    pthread_mutex_lock(&kbp_lock);
+    struct ep_set *set = eps[epfd];
+    if (!set && op == EPOLL_CTL_ADD) set = eps[epfd] = calloc(1, sizeof(*set));
+    int i = 0, err = 0;
+    if (set)
+        while (i < set->n && set->m[i].fd != fd) i++;
+    if (!set) err = op == EPOLL_CTL_ADD ? ENOMEM : ENOENT;
+    else if (op == EPOLL_CTL_ADD && i < set->n) err = EEXIST;
+    else if (op != EPOLL_CTL_ADD && i == set->n) err = ENOENT;
+    else if ((op == EPOLL_CTL_ADD || op == EPOLL_CTL_MOD) && !ev) err = EFAULT;
+    else if (op == EPOLL_CTL_ADD && set->n >= EP_MAX) err = ENOSPC;
+    else if (op == EPOLL_CTL_DEL) set->m[i] = set->m[--set->n];
+    else if (op == EPOLL_CTL_ADD || op == EPOLL_CTL_MOD) {
+        if (i == set->n) set->n++;
+        set->m[i] = (struct ep_member){fd, ev->events, ev->data, 0, s->tcp_gen - 1, 1};
+        add_ring_fds(epfd, set, s);
+    } else err = EINVAL;
+    pthread_mutex_unlock(&kbp_lock);
+    if (err) {
+        errno = err;
+        return -1;
+    }
+    return 0;
+}
+
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
     if (!s || epfd < 0 || epfd >= KBP_MAX_FD) return kbp_real.epoll_ctl(epfd, op, fd, ev);
+    if (s->tcp && s->accel && s->tcp_role != KBP_TCP_LISTENER) return shim_only_ctl(epfd, op, fd, ev, s);
     struct epoll_event kev;
     if (ev) {
         kev = *ev;
@@ -260,7 +295,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
     if (set && op == EPOLL_CTL_DEL && i < set->n) set->m[i] = set->m[--set->n];
     if (set && (op == EPOLL_CTL_ADD || op == EPOLL_CTL_MOD) && ev && (i < set->n || set->n < EP_MAX)) {
         if (i == set->n) set->n++;
-        set->m[i] = (struct ep_member){fd, ev->events, ev->data, 0};
+        set->m[i] = (struct ep_member){fd, ev->events, ev->data, 0, s->tcp_gen - 1, 0};
         if (s->accel) add_ring_fds(epfd, set, s);
     }
     pthread_mutex_unlock(&kbp_lock);
@@ -293,8 +328,16 @@ static int ring_events(int epfd, struct ep_set *set, struct epoll_event *out, in
         if (m->off || !s || !s->accel) continue;
         add_ring_fds(epfd, set, s); /* a member accelerated after it was added */
         uint32_t ev = 0;
-        if ((m->events & EPOLLIN) && kbp_readable(s)) ev |= EPOLLIN;
-        if (m->events & EPOLLOUT) ev |= EPOLLOUT;
+        if (s->tcp) {
+            ev = (uint32_t)(uint16_t)kbp_tcp_revents(s, (short)m->events);
+            if (ev && (m->events & EPOLLET)) { /* an edge: news since the member's last report */
+                if (m->gen == s->tcp_gen) ev = 0;
+                else m->gen = s->tcp_gen;
+            }
+        } else {
+            if ((m->events & EPOLLIN) && kbp_readable(s)) ev |= EPOLLIN;
+            if (m->events & EPOLLOUT) ev |= EPOLLOUT;
+        }
         if (!ev) continue;
         out[n++] = (struct epoll_event){.events = ev, .data = m->data};
         if (m->events & EPOLLONESHOT) m->off = 1;
@@ -342,7 +385,7 @@ static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_m
             }
         pthread_mutex_unlock(&kbp_lock);
         if (ours || sleeping || it % KERNEL_EVERY == 0) {
-            int wait = ours || !sleeping ? 0 : ms_left(deadline);
+            int wait = ours || !sleeping ? 0 : kbp_tcp_cap_ms(ms_left(deadline));
             int r = mask ? kbp_real.epoll_pwait(epfd, ev + ours, max - ours, wait, mask)
                          : kbp_real.epoll_wait(epfd, ev + ours, max - ours, wait);
             if (r < 0) {

@@ -39,7 +39,8 @@
 
 #include "kbp.h"
 
-pthread_mutex_t kbp_lock = PTHREAD_MUTEX_INITIALIZER;
+/* recursive: the embedded Python (kbp_py.c) closes and reads files while the shim holds it */
+pthread_mutex_t kbp_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 struct kbp_sock *kbp_fds[KBP_MAX_FD];
 long kbp_spin_us;
 uint64_t kbp_tx_burst_ns = 100000;
@@ -49,8 +50,13 @@ void kbp_cp_forget(void);
 /* A fork's child: its copies of the sockets are kernel sockets from now on (the module doc). The counters
  * page and the rings are shared with the parent: dropped here without writing to them. */
 static void child_after_fork(void) {
-    pthread_mutex_init(&kbp_lock, NULL);
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&kbp_lock, &ma);
+    pthread_mutexattr_destroy(&ma);
     kbp_flusher_after_fork_child();
+    kbp_tcp_after_fork_child();
     kbp_cp_forget();
     int kept = 0;
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
@@ -60,6 +66,7 @@ static void child_after_fork(void) {
         s->slot = NULL;
         s->accel = 0;
         s->ifc = NULL;
+        s->sid = 0;
         s->rule_id = -1;
         kbp_backlog_clear(s);
     }
@@ -76,7 +83,7 @@ __attribute__((constructor)) static void kbp_init(void) {
     if (e && atol(e) >= 0) kbp_tx_burst_ns = (uint64_t)atol(e) * 1000;
     e = getenv("KBYPASS_LOG");
     kbp_log = e && *e && strcmp(e, "0") != 0;
-    pthread_atfork(kbp_flush_now, NULL, child_after_fork); /* deferred frames go before the fork */
+    pthread_atfork(kbp_flush_now, kbp_tcp_after_fork_parent, child_after_fork); /* deferred frames go first */
 }
 
 /* exit: deferred frames go before the rings do (an _exit() skips this; its last lone send kicked anyway) */
@@ -130,12 +137,15 @@ static void remove_rule(const char *iface, int rule_id) {
 }
 
 static void release(struct kbp_sock *s) {
+    if (s->tcp && s->accel && kbp_tcp_release(s)) return; /* its connection finishes first (kbp_tcp.c) */
     if (s->accel && s->ifc) remove_rule(s->ifc->name, s->rule_id); /* the port is free for others at once */
     fall_back(s);
     kbp_backlog_clear(s);
     free(s->backlog[0].data);
     free(s);
 }
+
+void kbp_release(struct kbp_sock *s) { release(s); }
 
 /* Hand the socket to the control plane now that it has an address (under kbp_lock). */
 static void try_accel(struct kbp_sock *s) {
@@ -185,6 +195,7 @@ static void try_accel(struct kbp_sock *s) {
         s->slot->fd = (uint32_t)s->fd;
         memcpy(s->slot->ip, s->me.ip, 4);
         s->slot->port = s->me.port;
+        s->slot->proto = IPPROTO_UDP;
         s->slot->used = 1;
     }
     s->tmpl_ok = 0;
@@ -198,12 +209,14 @@ int socket(int domain, int type, int protocol) {
     kbp_init_libc();
     int fd = kbp_real.socket(domain, type, protocol);
     int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0 || fd >= KBP_MAX_FD || domain != AF_INET || base != SOCK_DGRAM ||
-        (protocol != 0 && protocol != IPPROTO_UDP))
-        return fd;
+    int udp = base == SOCK_DGRAM && (protocol == 0 || protocol == IPPROTO_UDP);
+    int tcp = base == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP);
+    if (fd < 0 || fd >= KBP_MAX_FD || domain != AF_INET || !(udp || tcp)) return fd;
     struct kbp_sock *s = calloc(1, sizeof(*s));
     if (!s) return fd;
     s->refs = 1;
+    s->tcp = tcp;
+    s->rule_id = -1;
     s->fd = fd;
     s->nonblock = (type & SOCK_NONBLOCK) != 0;
     pthread_mutex_lock(&kbp_lock);
@@ -217,7 +230,7 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len) {
     kbp_init_libc();
     int r = kbp_real.bind(fd, addr, len);
     struct kbp_sock *s = kbp_get(fd);
-    if (r == 0 && s) {
+    if (r == 0 && s && !s->tcp) { /* TCP: at listen or connect (kbp_tcp.c) */
         pthread_mutex_lock(&kbp_lock);
         try_accel(s);
         pthread_mutex_unlock(&kbp_lock);
@@ -227,8 +240,19 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len) {
 
 int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     kbp_init_libc();
-    int r = kbp_real.connect(fd, addr, len);
     struct kbp_sock *s = kbp_get(fd);
+    if (s && s->tcp) {
+        if (!addr || addr->sa_family != AF_INET || len < sizeof(struct sockaddr_in))
+            return kbp_real.connect(fd, addr, len);
+        int r, ours;
+        pthread_mutex_lock(&kbp_lock);
+        ours = kbp_tcp_connect(s, (const struct sockaddr_in *)addr, &r);
+        int e = errno;
+        pthread_mutex_unlock(&kbp_lock);
+        errno = e;
+        return ours ? r : kbp_real.connect(fd, addr, len);
+    }
+    int r = kbp_real.connect(fd, addr, len);
     if (r == 0 && s) {
         pthread_mutex_lock(&kbp_lock);
         if (addr && addr->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
@@ -429,6 +453,12 @@ ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from
     kbp_init_libc();
     kbp_flush_before(fd); /* a send followed by a receive: the send's frame goes now (ping-pong) */
     struct kbp_sock *s = kbp_get(fd);
+    if (s && s->tcp) {
+        ssize_t r = s->accel ? kbp_tcp_recv(s, buf, len, flags) : -2;
+        if (r == -2) return kbp_real.recvfrom(fd, buf, len, flags, from, fromlen);
+        if (r >= 0 && fromlen) *fromlen = 0; /* a connected stream says no source, as the kernel's */
+        return r;
+    }
     struct kbp_dgram g;
     ssize_t r = s && s->accel ? rx_one(s, fd, buf, len, flags, &g) : -2;
     if (r == -2) return kbp_real.recvfrom(fd, buf, len, flags, from, fromlen);
@@ -497,6 +527,10 @@ ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
     if (!s || !s->accel) return kbp_real.recvmsg(fd, m, flags);
     static __thread uint8_t *tmp; /* a whole datagram (a jumbo one too), then spread over the iovecs */
     if (!tmp && !(tmp = malloc(KBP_MAX_DGRAM))) return kbp_real.recvmsg(fd, m, flags);
+    if (s->tcp) {
+        ssize_t r = kbp_tcp_recvmsg(s, m, flags, tmp, KBP_MAX_DGRAM);
+        return r == -2 ? kbp_real.recvmsg(fd, m, flags) : r;
+    }
     struct kbp_dgram g;
     ssize_t r = rx_one(s, fd, tmp, KBP_MAX_DGRAM, flags, &g);
     if (r == -2) return kbp_real.recvmsg(fd, m, flags);
@@ -593,6 +627,10 @@ static int to_loopback(const struct sockaddr *to) {
 ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
+    if (s && s->tcp) {
+        ssize_t r = s->accel ? kbp_tcp_send(s, buf, len, flags) : -2;
+        return r == -2 ? kbp_real.sendto(fd, buf, len, flags, to, tolen) : r;
+    }
     if (s && to_loopback(to)) return kbp_real.sendto(fd, buf, len, flags, to, tolen);
     if (s) before_first_send(s);
     if (s && s->accel && len <= 65507 && tx_one(s, to, tolen, buf, len)) return (ssize_t)len;
@@ -611,6 +649,11 @@ ssize_t write(int fd, const void *buf, size_t len) {
 ssize_t sendmsg(int fd, const struct msghdr *m, int flags) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
+    if (s && s->tcp && s->accel) {
+        ssize_t r = kbp_tcp_sendmsg(s, m, flags);
+        if (r != -2) return r;
+    }
+    if (s && s->tcp) return kbp_real.sendmsg(fd, m, flags);
     if (s && to_loopback(m->msg_name)) return kbp_real.sendmsg(fd, m, flags);
     if (s) before_first_send(s);
     if (s && s->accel && !m->msg_controllen) {

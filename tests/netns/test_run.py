@@ -422,7 +422,7 @@ def _raw_call(sock, payload: bytes, fds=()) -> dict:
 
 
 def test_garbage_on_the_control_socket_leaves_the_apps_accelerated(hosts):
-    """A peer of the control plane sending garbage, a pipe or a TCP socket as its 'UDP socket', an unsealed
+    """A peer of the control plane sending garbage, a pipe or an IPv6 socket as its socket to steer, an unsealed
     counters page: each refused with one line, and the accelerated app goes on."""
     a, b = hosts
     srv = run_app(b, "sockperf", "server", "-i", b.ipv4, "-p", "11116")
@@ -434,11 +434,11 @@ def test_garbage_on_the_control_socket_leaves_the_apps_accelerated(hosts):
             assert "JSON object" in _raw_call(c, b"\xff\x00garbage")["error"]
             assert "file descriptor" in _raw_call(c, b'{"op":"accelerate"}')["error"]
             r, w = os.pipe()
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
             try:
-                assert "bound UDP socket" in _raw_call(c, b'{"op":"accelerate"}', [r])["error"]
-                tcp.bind(("127.0.0.1", 0))
-                assert "only IPv4 UDP" in _raw_call(c, b'{"op":"accelerate"}', [tcp.fileno()])["error"]
+                assert "bound UDP or TCP socket" in _raw_call(c, b'{"op":"accelerate"}', [r])["error"]
+                tcp.bind(("::1", 0))
+                assert "only IPv4 UDP and TCP" in _raw_call(c, b'{"op":"accelerate"}', [tcp.fileno()])["error"]
                 memfd = os.memfd_create("x")
                 os.ftruncate(memfd, 8192)
                 assert "seal" in _raw_call(c, b'{"op":"shim_page"}', [memfd])["error"]

@@ -35,15 +35,18 @@ def test_the_flow_is_read_from_the_bound_socket():
         with pytest.raises(ProtocolError, match="bind the socket first"):
             bound_flow(s.fileno())
         s.bind(("127.0.0.1", 0))
-        assert bound_flow(s.fileno()) == ("127.0.0.1", s.getsockname()[1])
+        assert bound_flow(s.fileno()) == ("udp", "127.0.0.1", s.getsockname()[1])
         assert s.fileno() >= 0  # not closed by the check
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:  # kbypass run's TCP: listening or connecting
         t.bind(("127.0.0.1", 0))
-        with pytest.raises(ProtocolError, match="only IPv4 UDP"):
-            bound_flow(t.fileno())
+        assert bound_flow(t.fileno()) == ("tcp", "127.0.0.1", t.getsockname()[1])
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as t6:
+        t6.bind(("::1", 0))
+        with pytest.raises(ProtocolError, match="only IPv4 UDP and TCP"):
+            bound_flow(t6.fileno())
     r, w = os.pipe()
     try:
-        with pytest.raises(ProtocolError, match="bound UDP socket"):
+        with pytest.raises(ProtocolError, match="bound UDP or TCP socket"):
             bound_flow(r)
     finally:
         os.close(r)
@@ -66,7 +69,7 @@ def test_a_sealed_page_lists_its_sockets():
     fd = _page()
     try:
         page = shimpage.ShimPage(fd)
-        assert page.sockets() == [{"fd": 7, "local": "10.0.0.2:11111", "rx": 10, "tx": 9, "rx_kernel": 1,
+        assert page.sockets() == [{"fd": 7, "proto": "udp", "local": "10.0.0.2:11111", "rx": 10, "tx": 9, "rx_kernel": 1,
                                    "tx_kernel": 2, "rx_dropped": 3, "tx_failed": 4}]
         page.close()
     finally:

@@ -1,13 +1,14 @@
 """What the preload shim (`kbypass run`, csrc/preload) asks the control plane: `accelerate` and `next_hop`.
 
-`accelerate` comes with one fd: the application's own UDP socket, already bound in the kernel. That socket is
-the proof of ownership a peer credential cannot give: the kernel let this process bind ip:port, so this
-process may have that port's datagrams steered to its AF_XDP sockets (an unprivileged app too, without
---allow-kernel-ports: the kernel socket on the port is its own placeholder). The control plane reads the
-address from the socket (never from the message), finds the interface that holds it, adds the rule
-`udp dst IP dport PORT` in the client's socket group and answers what the shim needs to build frames: the
-interface, its MAC, MTU, receive queues, the address's prefix. The shim then asks `open_socket` for each
-queue it has no socket on yet. Everything goes with the client's connection (kill -9 included).
+`accelerate` comes with one fd: the application's own UDP socket (or TCP socket: listening, or bound before
+its connect), already bound in the kernel. That socket is the proof of ownership a peer credential cannot
+give: the kernel let this process bind ip:port, so this process may have that port's datagrams steered to its
+AF_XDP sockets (an unprivileged app too, without --allow-kernel-ports: the kernel socket on the port is its
+own placeholder). The control plane reads the address from the socket (never from the message), finds the
+interface that holds it, adds the rule `udp dst IP dport PORT` (`tcp ...` for a TCP socket) in the client's
+socket group and answers what the shim needs to build frames: the interface, its MAC, MTU, receive queues, the
+address's prefix. The shim then asks `open_socket` for each queue it has no socket on yet. Everything goes
+with the client's connection (kill -9 included).
 
 `next_hop` {iface, dst} answers the MAC the kernel's routes and neighbour table give for dst out of iface
 (the gateway's for an off-link dst), "" while the kernel is still resolving it (it is asked to, NTF_USE): the
@@ -27,22 +28,26 @@ NTF_USE = 0x01
 NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
 
 
-def bound_flow(fd: int) -> tuple[str, int]:
-    """The IPv4 address and port an application's UDP socket is bound to; ProtocolError otherwise."""
+def bound_flow(fd: int) -> tuple[str, str, int]:
+    """The protocol ("udp" or "tcp"), IPv4 address and port an application's socket is bound to: a UDP
+    socket, or a TCP socket (listening, or bound before its connect: kbypass run's TCP); ProtocolError
+    otherwise."""
     try:
         s = socket.socket(fileno=fd)
     except OSError:
-        raise ProtocolError("accelerate: send the application's bound UDP socket with it") from None
+        raise ProtocolError("accelerate: send the application's bound UDP or TCP socket with it") from None
     try:
-        if s.family != socket.AF_INET or s.type != socket.SOCK_DGRAM or \
-                s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) != socket.IPPROTO_UDP:
-            raise ProtocolError("accelerate: only IPv4 UDP sockets are accelerated")
+        proto = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+        kinds = {(socket.SOCK_DGRAM, socket.IPPROTO_UDP): "udp", (socket.SOCK_STREAM, socket.IPPROTO_TCP): "tcp"}
+        kind = kinds.get((s.type, proto)) if s.family == socket.AF_INET else None
+        if kind is None:
+            raise ProtocolError("accelerate: only IPv4 UDP and TCP sockets are accelerated")
         ip, port = s.getsockname()
     finally:
         s.detach()  # the caller closes the fd
     if port == 0:
         raise ProtocolError("accelerate: bind the socket first (its port is 0)")
-    return ip, port
+    return kind, ip, port
 
 
 class Routes:

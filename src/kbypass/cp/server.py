@@ -504,17 +504,17 @@ class Server:
         raise ProtocolError(f"unknown op {req.op!r}")  # decode_request lets only known ops through
 
     def _accelerate(self, client: Client, fd: int) -> dict:
-        """Steer the flow of the app's own bound UDP socket to its sockets (kbypass.cp.accel): the socket
+        """Steer the flow of the app's own bound UDP or TCP socket to its sockets (kbypass.cp.accel): the socket
         proves the port is the app's, so it needs no --allow-kernel-ports; the rest is `add`'s policy."""
-        ip, port = bound_flow(fd)
+        proto, ip, port = bound_flow(fd)
         iface, addr = self.routes.place(ip, self.ifaces)
         if client.uid != 0:
             self._may_use(iface)
             if sum(len(c.rules) for _, c in self.conns.values() if c.uid == client.uid) >= USER_RULES:
                 raise ProtocolError(f"a non-root user has {USER_RULES} rules at most: close a socket first")
-        rule = f"udp dst {addr.ip} dport {port}"
+        rule = f"{proto} dst {addr.ip} dport {port}"
         if self.state.has_rule(client, iface, rule):  # the other clients' are refused by add_rule's overlap check
-            raise ProtocolError(f"udp {addr.ip}:{port} is accelerated for another socket of this app already "
+            raise ProtocolError(f"{proto} {addr.ip}:{port} is accelerated for another socket of this app already "
                                 "(SO_REUSEPORT): this one stays on the kernel, and that one gets all the port's "
                                 "datagrams")
         rule_id = self.state.add_rule(client, iface, rule)

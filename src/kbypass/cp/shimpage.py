@@ -6,8 +6,9 @@ memfd over once (`shim_page`). The control plane maps it read-only only when it 
 reads as numbers an app wrote: shown in `kbypass run --status`, never acted on.
 
 Layout (little-endian, PAGE_BYTES): header {magic u32, version u32, slots u32, pad u32}, padded to 64 bytes,
-then SLOTS slots of 64 bytes {used u32, fd u32, ip 4 bytes, port u16, pad u16, rx u64, tx u64,
-rx_kernel u64, tx_kernel u64, rx_dropped u64, tx_failed u64}.
+then SLOTS slots of 64 bytes {used u32, fd u32, ip 4 bytes, port u16, proto u16 (6: TCP, else UDP), rx u64,
+tx u64, rx_kernel u64, tx_kernel u64, rx_dropped u64, tx_failed u64}. TCP counts the app's receive and send
+calls served (rx, tx).
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ class ShimPage:
     def sockets(self) -> list[dict]:
         out = []
         for i in range(SLOTS):
-            used, fd, ip, port, _, *counts = SLOT.unpack_from(self.map, HEADER + i * SLOT.size)
+            used, fd, ip, port, proto, *counts = SLOT.unpack_from(self.map, HEADER + i * SLOT.size)
             if used == 1:
-                out.append({"fd": fd, "local": f"{socket.inet_ntoa(ip)}:{port}", **dict(zip(COUNTERS, counts))})
+                out.append({"fd": fd, "proto": "tcp" if proto == socket.IPPROTO_TCP else "udp",
+                            "local": f"{socket.inet_ntoa(ip)}:{port}", **dict(zip(COUNTERS, counts))})
         return out
 
     def close(self) -> None:

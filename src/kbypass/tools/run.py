@@ -1,11 +1,14 @@
-"""`kbypass run [--spin US] [--iface IF] [--log] -- APP ARGS...`: an unmodified program's UDP sockets on AF_XDP.
+"""`kbypass run [--spin US] [--iface IF] [--log] -- APP ARGS...`: an unmodified program's UDP and TCP sockets on
+AF_XDP (TCP: kbypass's own, kbypass.sockapi.shimtcp, in a CPython the shim embeds when the first TCP socket
+is accelerated).
 
 Preloads libkbypass-preload.so (csrc/preload: the shim), makes sure this namespace's control plane runs
 (starting one that lets unprivileged apps in: `--users all`, for the interfaces named with --iface or, by
 default, every interface with an IPv4 address), and execs APP in place of this process (same pid, same
-signals, its exit status). The shim asks the control plane for each UDP socket the app binds or sends from
-(kbypass.cp.accel); sockets it cannot accelerate stay kernel sockets, said per socket with --log
-(KBYPASS_LOG=1). No control plane, and none can be started: the app runs on the kernel, with one warning.
+signals, its exit status). The shim asks the control plane for each UDP socket the app binds or sends from,
+and each TCP socket it listens or connects on (kbypass.cp.accel); sockets it cannot accelerate stay kernel
+sockets, said per socket with --log (KBYPASS_LOG=1). No control plane, and none can be started: the app runs
+on the kernel, with one warning.
 
 `kbypass run --status` lists the accelerated sockets of the apps running here, with their counters.
 """
@@ -33,7 +36,7 @@ COUNTERS = ("rx", "tx", "rx_kernel", "tx_kernel", "rx_dropped", "tx_failed")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run an unmodified program with its UDP sockets on AF_XDP (LD_PRELOAD)")
+    p = sub.add_parser("run", help="run an unmodified program with its UDP and TCP sockets on AF_XDP (LD_PRELOAD)")
     p.add_argument("--spin", type=int_range(0, 10_000_000, "microseconds"), default=0, metavar="US",
                    help="blocking calls spin on the rings this long before sleeping (KBYPASS_SPIN_US; 0 never "
                         "spins)")
@@ -73,12 +76,27 @@ def run(args) -> int:
         env["LD_PRELOAD"] = " ".join(w for w in (_shim_for_any_user(), env.get("LD_PRELOAD", "")) if w)
         env["KBYPASS_CP_SOCKET"] = paths.socket_path(name)
         env["KBYPASS_SPIN_US"] = str(args.spin)
+        env.update(_python_for_tcp())
         if args.log:
             env["KBYPASS_LOG"] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(exe, app, env)
     return 0  # not reached
+
+
+def _python_for_tcp() -> dict[str, str]:
+    """Where the shim's embedded CPython (csrc/preload/kbp_py.c, loaded at an app's first accelerated TCP socket)
+    finds this interpreter's libpython, standard library and kbypass (this venv's paths, the src of an
+    editable install): the same Python that runs this command, so kbypass's C modules fit it."""
+    import sysconfig
+
+    lib = os.path.join(sysconfig.get_config_var("LIBDIR") or "", sysconfig.get_config_var("INSTSONAME") or "")
+    path = [p for p in sys.path if p and os.path.isdir(p)]
+    out = {"KBYPASS_PYTHONHOME": sys.base_prefix, "KBYPASS_PYTHONPATH": os.pathsep.join(path)}
+    if os.path.exists(lib):
+        out["KBYPASS_LIBPYTHON"] = lib
+    return out
 
 
 def _loadable_by_anyone(path: str) -> bool:
@@ -161,7 +179,8 @@ def _status(as_json: bool) -> int:
     if as_json:
         emit({"namespace": name, "apps": apps}, True)
         return 0
-    rows = [{"pid": str(a["pid"]), "command": a["command"], "fd": str(s["fd"]), "local": s["local"],
+    rows = [{"pid": str(a["pid"]), "command": a["command"], "fd": str(s["fd"]), "proto": s.get("proto", "udp"),
+             "local": s["local"],
              **{k: str(s[k]) for k in COUNTERS}} for a in apps for s in a["sockets"]]
     if not rows:
         print(f"no accelerated sockets in namespace {name} (start an app with 'kbypass run -- APP')")

@@ -1,0 +1,686 @@
+/* kbp_tcp.c: the app's TCP sockets on the rings. The TCP is kbypass's one (kbypass.proto.tcp, sans-IO Python),
+ * run in-process by kbypass.sockapi.shimtcp in an embedded CPython (kbp_py.c); this file is its I/O: frames
+ * off the rings in (kbp_iface_pump hands every TCP frame here once a TCP socket is accelerated), packets
+ * out through the TX ring behind the next hop's Ethernet header, its timers run from the app's calls and
+ * from the flusher thread, and the socket calls (listen, accept, connect, recv, send, shutdown, close) as
+ * the kernel answers them.
+ *
+ * The fds stay real. A listening socket is bound and listening in the kernel (the port is taken, getsockname
+ * tells the truth); at listen() the control plane steers `tcp dst IP dport PORT` to our rings and the
+ * kernel's listener sees nothing of that interface any more (it still takes connections from elsewhere,
+ * loopback say: accept() hands those out as kernel sockets). An accepted connection gets a placeholder
+ * kernel socket (never connected) for its fd: close, fcntl, setsockopt and the shim's poll/select/epoll
+ * work on it, getsockname/getpeername/SO_ERROR are answered here. An active open binds the kernel socket to
+ * the route's source address and an ephemeral port first (the kernel keeps the port), then steers that
+ * port; when the app closes it before its connection finished (FIN_WAIT, TIME_WAIT) the shim keeps the
+ * kernel socket and the rule until the host says GONE.
+ *
+ * Left on the kernel, said with --log: loopback, a second interface (TCP runs on the first one only), a
+ * control plane that refuses, no Python (kbp_py.c), a Python app, KBYPASS_TCP=0. fork: the parent's listeners
+ * go back to the kernel (kbp_tcp_after_fork_parent), a child's copies are kernel sockets (an accepted or
+ * connected one is unconnected there: ENOTCONN), so a server stays accelerated as one process (nginx:
+ * master_process off).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "kbp.h"
+
+#define SID_SLOTS 65536
+#define NEWS 0x10000000u
+#define GONE 0x20000000u
+#define CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
+#define FRAME_MSS (KBP_FRAME_SIZE - 256 - 14 - 20 - 40) /* a segment the peer sends us fits one RX frame */
+
+int kbp_tcp_on;
+static struct kbp_iface *tcp_ifc;
+static struct kbp_sock *by_sid[SID_SLOTS];
+static uint32_t next_sid = 1;
+static uint64_t deadline_ns;
+
+static double now_s(void) { return (double)kbp_now_ns() / 1e9; }
+
+static uint32_t sid_take(struct kbp_sock *s) {
+    for (int i = 0; i < SID_SLOTS; i++) {
+        uint32_t sid = next_sid++;
+        if (sid && !by_sid[sid % SID_SLOTS]) {
+            by_sid[sid % SID_SLOTS] = s;
+            return s->sid = sid;
+        }
+    }
+    return 0;
+}
+
+static void sid_drop(struct kbp_sock *s) {
+    if (s->sid && by_sid[s->sid % SID_SLOTS] == s) by_sid[s->sid % SID_SLOTS] = NULL;
+    s->sid = 0;
+}
+
+static void describe(const struct kbp_sock *s, const char *what, char *out, size_t cap) {
+    char ip[32];
+    inet_ntop(AF_INET, &s->tcp_local.sin_addr, ip, sizeof(ip));
+    snprintf(out, cap, "fd %d (tcp %s:%u, %s)", s->fd, ip, ntohs(s->tcp_local.sin_port), what);
+}
+
+/* ---- the host's side: frames in, packets out, readiness, timers --------------------------------------- */
+
+/* TCP frames of one pump, their IPv4 packets back to back, handed to the host in one call */
+#define BATCH_BYTES (64 * KBP_FRAME_SIZE)
+static uint8_t *batch;
+static size_t batched;
+
+void kbp_tcp_frames_done(void) {
+    if (!batched) return;
+    size_t n = batched;
+    batched = 0;
+    kbp_py_call("frames", NULL, 0, "(y#d)", batch, (ssize_t)n, now_s());
+}
+
+void kbp_tcp_frame(struct kbp_iface *ifc, const uint8_t *f, uint32_t n) {
+    uint32_t src;
+    memcpy(&src, f + 26, 4);
+    kbp_iface_learn(ifc, src, f + 6);
+    uint32_t ip_len = (uint32_t)(f[16] << 8 | f[17]); /* the IPv4 total length: Ethernet padding cut */
+    if (ip_len < 40 || ip_len > n - 14) return;
+    if (!batch && !(batch = malloc(BATCH_BYTES))) return;
+    if (batched + ip_len > BATCH_BYTES) kbp_tcp_frames_done();
+    memcpy(batch + batched, f + 14, ip_len);
+    batched += ip_len;
+}
+
+void kbp_tcp_transmit(const uint8_t *pkt, uint32_t len) {
+    if (tcp_ifc) kbp_iface_send_ip(tcp_ifc, pkt, len);
+}
+
+static void let_go(struct kbp_sock *s);
+static void rule_gone(const char *iface, int *rule_id);
+
+void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
+    struct kbp_sock *s = by_sid[sid % SID_SLOTS];
+    if (!s || s->sid != sid) return;
+    if (mask & GONE) {
+        if (s->zombie) let_go(s);
+        return;
+    }
+    uint32_t m = mask & 0xFFFFu;
+    if (m != s->tcp_mask || (mask & NEWS)) s->tcp_gen++;
+    if ((m & POLLOUT) && !(m & (POLLERR | POLLHUP))) s->connected = 1; /* a refused one never was */
+    s->tcp_mask = m;
+}
+
+void kbp_tcp_deadline(double when) {
+    deadline_ns = when > 0 ? (uint64_t)(when * 1e9) : 0;
+    if (deadline_ns) kbp_flusher_arm();
+}
+
+uint64_t kbp_tcp_timers(uint64_t now) {
+    if (!deadline_ns || now < deadline_ns) return deadline_ns;
+    kbp_py_call("timer", NULL, 0, "(d)", (double)now / 1e9);
+    if (deadline_ns && deadline_ns <= now) deadline_ns = now + 1000000; /* nothing was due after all */
+    return deadline_ns;
+}
+
+int kbp_tcp_cap_ms(int ms) {
+    if (!deadline_ns) return ms;
+    uint64_t now = kbp_now_ns();
+    int left = now >= deadline_ns ? 0 : (int)((deadline_ns - now + 999999) / 1000000);
+    return ms < 0 || left < ms ? left : ms;
+}
+
+short kbp_tcp_revents(struct kbp_sock *s, short events) {
+    if (!s->accel) return 0;
+    kbp_iface_pump(s->ifc, NULL, NULL, 0, NULL);
+    kbp_tcp_timers(kbp_now_ns());
+    return (short)(s->tcp_mask & ((uint32_t)(uint16_t)events | POLLERR | POLLHUP));
+}
+
+/* A fork (nginx's master making its worker, a pre-forking server): the children hold kernel copies of the
+ * listening sockets (kbp_socket.c), and a SYN steered to this process's rings would be answered by a
+ * listener nobody accepts from here. So an accelerated listener goes back to the kernel at the first fork:
+ * its rule goes, the kernel's listener (shared with the children) takes the connections, the app works as
+ * without kbypass. Connections already accepted stay accelerated. */
+void kbp_tcp_after_fork_parent(void) {
+    if (!kbp_tcp_on) return;
+    pthread_mutex_lock(&kbp_lock);
+    for (int fd = 0; fd < KBP_MAX_FD; fd++) {
+        struct kbp_sock *s = kbp_fds[fd];
+        if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER || s->fd != fd) continue;
+        long users = kbp_py_call("close", NULL, 0, "(Id)", s->sid, now_s());
+        if (users <= 0) rule_gone(s->ifc->name, &s->rule_id);
+        sid_drop(s);
+        s->accel = 0;
+        if (s->slot) s->slot->used = 0;
+        s->slot = NULL;
+        kbp_verbose("fd %d: fork: the listening socket is the kernel's again, for the children to accept from (run "
+                    "the server as one process to keep it accelerated: nginx master_process off)", fd);
+    }
+    kbp_iface_flush();
+    pthread_mutex_unlock(&kbp_lock);
+}
+
+void kbp_tcp_after_fork_child(void) {
+    kbp_tcp_on = 0;
+    tcp_ifc = NULL;
+    deadline_ns = 0;
+    memset(by_sid, 0, sizeof(by_sid));
+}
+
+/* ---- acceleration ----------------------------------------------------------------------------------------- */
+
+static void rule_gone(const char *iface, int *rule_id) {
+    if (kbp_cp_fd() < 0 || *rule_id < 0) return;
+    char req[160], buf[512];
+    snprintf(req, sizeof(req), "{\"op\":\"remove\",\"iface\":\"%s\",\"rule_id\":%d}", iface, *rule_id);
+    kbp_cp_call(req, -1, buf, sizeof(buf), NULL, 0, NULL);
+    *rule_id = -1;
+}
+
+static void take_slot(struct kbp_sock *s) {
+    s->slot = kbp_page_slot();
+    if (!s->slot) return;
+    s->slot->fd = (uint32_t)s->fd;
+    memcpy(s->slot->ip, &s->tcp_local.sin_addr, 4);
+    s->slot->port = ntohs(s->tcp_local.sin_port);
+    s->slot->proto = IPPROTO_TCP;
+    s->slot->used = 1;
+}
+
+/* Hand a bound socket to the control plane and the host: 0, or -1 (it stays the kernel's; --log says why). */
+int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
+    socklen_t al = sizeof(s->tcp_local);
+    if (s->tried || getsockname(s->fd, (struct sockaddr *)&s->tcp_local, &al) < 0 ||
+        s->tcp_local.sin_family != AF_INET || !s->tcp_local.sin_port)
+        return -1;
+    s->tried = 1;
+    char who[96], buf[1024], why[256], iface[32] = "?";
+    describe(s, role == KBP_TCP_LISTENER ? "listening" : "connecting", who, sizeof(who));
+    const char *off = getenv("KBYPASS_TCP");
+    if (off && !strcmp(off, "0")) {
+        kbp_verbose("%s not accelerated: KBYPASS_TCP=0", who);
+        return -1;
+    }
+    if ((ntohl(s->tcp_local.sin_addr.s_addr) >> 24) == 127) {
+        kbp_verbose("%s not accelerated: loopback stays the kernel's", who);
+        return -1;
+    }
+    if (kbp_py_app(why, sizeof(why))) {
+        kbp_verbose("%s not accelerated: %s", who, why);
+        return -1;
+    }
+    if (kbp_cp_connect() < 0) return -1;
+    if (kbp_cp_call("{\"op\":\"accelerate\"}", s->fd, buf, sizeof(buf), NULL, 0, NULL) < 0) {
+        kbp_verbose("%s not accelerated: %s", who, buf);
+        return -1;
+    }
+    long long rule_id;
+    kbp_json_str(buf, "iface", iface, sizeof(iface));
+    if (kbp_json_int(buf, "rule_id", &rule_id)) {
+        kbp_verbose("%s not accelerated: a malformed accelerate reply", who);
+        return -1;
+    }
+    s->rule_id = (int)rule_id;
+    char ip[32] = "";
+    kbp_json_str(buf, "ip", ip, sizeof(ip)); /* the interface's address (a wildcard bind's too): the steered one */
+    inet_pton(AF_INET, ip, &s->tcp_steered);
+    why[0] = 0;
+    struct kbp_iface *ifc = kbp_iface_get(buf, why, sizeof(why));
+    if (ifc && tcp_ifc && ifc != tcp_ifc) {
+        snprintf(why, sizeof(why), "TCP runs on one interface, %s (this socket is on %s)", tcp_ifc->name, ifc->name);
+        ifc = NULL;
+    }
+    int mss = ifc ? (ifc->mtu - 40 < FRAME_MSS ? ifc->mtu - 40 : FRAME_MSS) : 0;
+    uint32_t sid = ifc && kbp_py_ready(mss, why, sizeof(why)) == 0 ? sid_take(s) : 0;
+    if (!sid) {
+        rule_gone(iface, &s->rule_id);
+        kbp_verbose("%s not accelerated: %s", who, why[0] ? why : "too many TCP sockets");
+        return -1;
+    }
+    s->ifc = ifc;
+    tcp_ifc = ifc;
+    kbp_tcp_on = 1;
+    s->tcp_role = role;
+    s->accel = 1;
+    if (role == KBP_TCP_LISTENER)
+        kbp_py_call("listen", NULL, 0, "(IIiid)", sid, ntohl(s->tcp_steered.s_addr), ntohs(s->tcp_local.sin_port),
+                    backlog, now_s());
+    take_slot(s);
+    kbp_tcp_keepalive(s);
+    kbp_verbose("%s accelerated on %s (%d queues, rule %d): kbypass's TCP", who, ifc->name, ifc->nq, s->rule_id);
+    return 0;
+}
+
+/* SO_KEEPALIVE and TCP_KEEPIDLE/KEEPINTVL/KEEPCNT as the kernel socket holds them (setsockopt sets them there
+ * first) to the host: called at acceleration and at each such setsockopt. Under kbp_lock. */
+void kbp_tcp_keepalive(struct kbp_sock *s) {
+    int on = 0, idle = 7200, intvl = 75, cnt = 9;
+    socklen_t l = sizeof(int);
+    kbp_real.getsockopt(s->fd, SOL_SOCKET, SO_KEEPALIVE, &on, &l);
+    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &l);
+    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, &l);
+    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, &l);
+    kbp_py_call("keepalive", NULL, 0, "(Iiddid)", s->sid, on, (double)idle, (double)intvl, cnt, now_s());
+}
+
+/* ---- waiting ------------------------------------------------------------------------------------------- */
+
+/* Until s has one of `want` (or an error/hangup): 0; -1 with errno (EAGAIN non-blocking or after timeout_us,
+ * SO_RCVTIMEO/SO_SNDTIMEO's, 0: none; EINTR). Under kbp_lock, let go while sleeping; spins KBYPASS_SPIN_US
+ * first, then sleeps on the rings (and the kernel socket for a listener: loopback connections), no longer
+ * than the next TCP timer. */
+static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_us) {
+    uint64_t start = kbp_now_ns(), spin_end = start + (uint64_t)kbp_spin_us * 1000;
+    uint64_t deadline = timeout_us > 0 ? start + (uint64_t)timeout_us * 1000 : 0;
+    unsigned sig0 = kbp_sig_count;
+    for (unsigned it = 0;; it++) {
+        if (!s->accel) return 0;
+        if (kbp_tcp_revents(s, want)) return 0;
+        if (nonblock) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (kbp_sig_count != sig0) {
+            if (kbp_sig_interrupted(sig0, 1)) {
+                errno = EINTR;
+                return -1;
+            }
+            sig0 = kbp_sig_count;
+        }
+        uint64_t now = kbp_now_ns();
+        if (deadline && now >= deadline) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (now < spin_end) {
+            if (!(it & 15)) kbp_iface_wake(s->ifc);
+            continue;
+        }
+        kbp_iface_flush();
+        struct pollfd p[KBP_MAX_QUEUES + 2];
+        int qfds[KBP_MAX_QUEUES], cp = kbp_cp_fd();
+        int n = kbp_iface_fds(s->ifc, qfds, KBP_MAX_QUEUES);
+        for (int i = 0; i < n; i++) p[i] = (struct pollfd){qfds[i], POLLIN, 0};
+        if (s->tcp_role == KBP_TCP_LISTENER) p[n++] = (struct pollfd){s->fd, POLLIN, 0};
+        if (cp >= 0) p[n++] = (struct pollfd){cp, POLLIN, 0};
+        kbp_iface_wake(s->ifc);
+        s->refs++; /* another thread may close the fd while we sleep */
+        pthread_mutex_unlock(&kbp_lock);
+        int ms = deadline ? (int)((deadline - now + 999999) / 1000000) : 1000;
+        int r = kbp_real.poll(p, (unsigned long)n, kbp_tcp_cap_ms(ms < 1000 ? ms : 1000));
+        int e = errno;
+        pthread_mutex_lock(&kbp_lock);
+        if (--s->refs == 0) { /* closed by another thread meanwhile: ours to let go */
+            kbp_release(s);
+            errno = EBADF;
+            return -1;
+        }
+        if (r < 0 && e == EINTR && (kbp_sig_count == sig0 || kbp_sig_interrupted(sig0, 1))) {
+            errno = EINTR;
+            return -1;
+        }
+        if (cp >= 0 && cp == kbp_cp_fd() && p[n - 1].revents) kbp_cp_lost();
+        if (s->tcp_role == KBP_TCP_LISTENER && p[n - 1 - (cp >= 0)].revents) return 0; /* the kernel's listener */
+    }
+}
+
+/* ---- the calls -------------------------------------------------------------------------------------------- */
+
+ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
+    pthread_mutex_lock(&kbp_lock);
+    size_t got = 0;
+    ssize_t r = 0;
+    for (;;) {
+        if (!s->accel) {
+            pthread_mutex_unlock(&kbp_lock);
+            return got ? (ssize_t)got : -2;
+        }
+        if (wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT), s->rcvtimeo_us) < 0) { /* got: WAITALL's rest */
+            r = -1;
+            break;
+        }
+        size_t want = len - got > (size_t)1 << 30 ? (size_t)1 << 30 : len - got;
+        r = kbp_py_call("recv", (char *)buf + got, want, "(Inid)", s->sid, (ssize_t)want, (flags & MSG_PEEK) != 0,
+                        now_s());
+        if (r == -EAGAIN) continue;
+        if (r < 0) {
+            errno = (int)-r;
+            r = -1;
+            break;
+        }
+        if (s->slot) s->slot->rx++;
+        got += (size_t)r;
+        if (!r || got == len || !(flags & MSG_WAITALL) || (flags & MSG_PEEK)) break;
+    }
+    pthread_mutex_unlock(&kbp_lock);
+    if (got && (r >= 0 || errno == EAGAIN)) return (ssize_t)got;
+    return r < 0 ? -1 : (ssize_t)got;
+}
+
+ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags) {
+    pthread_mutex_lock(&kbp_lock);
+    size_t sent = 0;
+    int err = 0;
+    while (sent < len || !len) {
+        if (!s->accel) {
+            pthread_mutex_unlock(&kbp_lock);
+            return sent ? (ssize_t)sent : -2;
+        }
+        if (wait_for(s, POLLOUT, s->nonblock || (flags & MSG_DONTWAIT), s->sndtimeo_us) < 0) {
+            err = errno;
+            break;
+        }
+        size_t k = len - sent < CHUNK ? len - sent : CHUNK;
+        long r = kbp_py_call("send", NULL, 0, "(Iy#d)", s->sid, (const char *)buf + sent, (ssize_t)k, now_s());
+        if (r == -EAGAIN) {
+            if (s->nonblock || (flags & MSG_DONTWAIT)) {
+                err = EAGAIN;
+                break;
+            }
+            continue; /* full: the host said so (no POLLOUT) and says when there is room */
+        }
+        if (r < 0) {
+            err = (int)-r;
+            break;
+        }
+        if (s->slot) s->slot->tx++;
+        sent += (size_t)r;
+        if (!len) break;
+    }
+    pthread_mutex_unlock(&kbp_lock);
+    if (sent) return (ssize_t)sent;
+    if (!err) return 0;
+    if (err == EPIPE && !(flags & MSG_NOSIGNAL)) pthread_kill(pthread_self(), SIGPIPE); /* as the kernel does */
+    errno = err;
+    return -1;
+}
+
+/* recvmsg/readv: the stream's next bytes (at most cap, into tmp) spread over the iovecs; -2 the kernel's */
+ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t *tmp, size_t cap) {
+    size_t want = 0, off = 0;
+    for (size_t i = 0; i < m->msg_iovlen; i++) want += m->msg_iov[i].iov_len;
+    ssize_t r = kbp_tcp_recv(s, tmp, want < cap ? want : cap, flags);
+    if (r < 0) return r;
+    for (size_t i = 0; i < m->msg_iovlen && off < (size_t)r; i++) {
+        size_t k = (size_t)r - off < m->msg_iov[i].iov_len ? (size_t)r - off : m->msg_iov[i].iov_len;
+        memcpy(m->msg_iov[i].iov_base, tmp + off, k);
+        off += k;
+    }
+    m->msg_namelen = 0, m->msg_controllen = 0, m->msg_flags = 0;
+    return r;
+}
+
+/* sendmsg/writev: the iovecs gathered (nginx's headers and body: a few KiB) and sent; -2 the kernel's */
+ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags) {
+    size_t len = 0, off = 0;
+    for (size_t i = 0; i < m->msg_iovlen; i++) len += m->msg_iov[i].iov_len;
+    uint8_t *tmp = malloc(len ? len : 1);
+    if (!tmp) {
+        errno = ENOBUFS;
+        return -1;
+    }
+    for (size_t i = 0; i < m->msg_iovlen; i++)
+        memcpy(tmp + off, m->msg_iov[i].iov_base, m->msg_iov[i].iov_len), off += m->msg_iov[i].iov_len;
+    ssize_t r = kbp_tcp_send(s, tmp, len, flags);
+    free(tmp);
+    return r;
+}
+
+int listen(int fd, int backlog) {
+    kbp_init_libc();
+    int r = kbp_real.listen(fd, backlog);
+    struct kbp_sock *s = kbp_get(fd);
+    if (r == 0 && s && s->tcp) {
+        pthread_mutex_lock(&kbp_lock);
+        if (s->accel && s->tcp_role == KBP_TCP_LISTENER)
+            kbp_py_call("listen", NULL, 0, "(IIiid)", s->sid, ntohl(s->tcp_steered.s_addr),
+                        ntohs(s->tcp_local.sin_port), backlog, now_s());
+        else
+            kbp_tcp_try(s, KBP_TCP_LISTENER, backlog);
+        pthread_mutex_unlock(&kbp_lock);
+    }
+    return r;
+}
+
+static void fill_addr(struct sockaddr *to, socklen_t *tolen, const struct sockaddr_in *a) {
+    if (!to || !tolen) return;
+    memcpy(to, a, *tolen < sizeof(*a) ? *tolen : sizeof(*a));
+    *tolen = sizeof(*a);
+}
+
+/* The next connection the host completed on listener s: its new fd, -1 with errno (EAGAIN: none). */
+static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags) {
+    struct kbp_sock *c = calloc(1, sizeof(*c));
+    int fd = c ? kbp_real.socket(AF_INET, SOCK_STREAM | (flags & (SOCK_NONBLOCK | SOCK_CLOEXEC)), 0) : -1;
+    if (fd < 0 || fd >= KBP_MAX_FD || !sid_take(c)) {
+        if (fd >= 0) kbp_real.close(fd);
+        free(c);
+        errno = ENFILE;
+        return -1;
+    }
+    uint8_t got[12];
+    long r = kbp_py_call("accept", got, sizeof(got), "(IId)", ls->sid, c->sid, now_s());
+    if (r != 12) {
+        sid_drop(c);
+        kbp_real.close(fd);
+        free(c);
+        errno = r < 0 ? (int)-r : EAGAIN;
+        return -1;
+    }
+    c->refs = 1, c->fd = fd, c->tcp = 1, c->tried = 1, c->accel = 1, c->connected = 1;
+    c->tcp_role = KBP_TCP_ACCEPTED, c->rule_id = -1, c->ifc = ls->ifc;
+    c->nonblock = (flags & SOCK_NONBLOCK) != 0;
+    c->tcp_peer = (struct sockaddr_in){.sin_family = AF_INET};
+    memcpy(&c->tcp_peer.sin_addr, got, 4);
+    memcpy(&c->tcp_peer.sin_port, got + 4, 2);
+    c->tcp_local = (struct sockaddr_in){.sin_family = AF_INET};
+    memcpy(&c->tcp_local.sin_addr, got + 6, 4);
+    memcpy(&c->tcp_local.sin_port, got + 10, 2);
+    if (kbp_fds[fd]) kbp_release(kbp_fds[fd]); /* its fd closed behind our back (close_range, say) */
+    kbp_fds[fd] = c;
+    take_slot(c);
+    fill_addr(addr, alen, &c->tcp_peer);
+    return fd;
+}
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER) return kbp_real.accept4(fd, addr, alen, flags);
+    kbp_flush_now();
+    pthread_mutex_lock(&kbp_lock);
+    int r;
+    for (;;) {
+        if (!s->accel) {
+            pthread_mutex_unlock(&kbp_lock);
+            return kbp_real.accept4(fd, addr, alen, flags);
+        }
+        if ((s->tcp_mask & POLLIN) && ((r = accept_ours(s, addr, alen, flags)) >= 0 || errno != EAGAIN)) break;
+        struct pollfd kp = {fd, POLLIN, 0}; /* the kernel's own queue: loopback and other interfaces */
+        if (kbp_real.poll(&kp, 1, 0) == 1 && (r = kbp_real.accept4(fd, addr, alen, flags)) >= 0) break;
+        if (wait_for(s, POLLIN, s->nonblock, s->rcvtimeo_us) < 0) {
+            r = -1;
+            break;
+        }
+    }
+    int e = errno;
+    pthread_mutex_unlock(&kbp_lock);
+    errno = e;
+    return r;
+}
+
+int accept(int fd, struct sockaddr *addr, socklen_t *alen) { return accept4(fd, addr, alen, 0); }
+
+/* The source address the kernel would pick toward dst (a UDP socket connected there asks the routes). */
+static int source_for(const struct sockaddr_in *dst, struct sockaddr_in *src) {
+    int u = kbp_real.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    socklen_t sl = sizeof(*src);
+    int ok = u >= 0 && kbp_real.connect(u, (const struct sockaddr *)dst, sizeof(*dst)) == 0 &&
+             kbp_real.getsockname(u, (struct sockaddr *)src, &sl) == 0;
+    if (u >= 0) kbp_real.close(u);
+    return ok ? 0 : -1;
+}
+
+/* connect() of a TCP socket: 1 ours (r the result), 0 the kernel's. Under kbp_lock. */
+int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r) {
+    if (s->accel) {
+        *r = -1;
+        errno = s->connected ? EISCONN : EALREADY;
+        return 1;
+    }
+    if (s->tried || (ntohl(to->sin_addr.s_addr) >> 24) == 127) return 0;
+    struct sockaddr_in me;
+    socklen_t ml = sizeof(me);
+    if (kbp_real.getsockname(s->fd, (struct sockaddr *)&me, &ml) < 0) return 0;
+    if (!me.sin_port) { /* bind it as the kernel's connect would: the route's source, an ephemeral port */
+        struct sockaddr_in src;
+        if (source_for(to, &src) < 0) return 0;
+        if (me.sin_addr.s_addr) src.sin_addr = me.sin_addr;
+        src.sin_port = 0;
+        if (kbp_real.bind(s->fd, (struct sockaddr *)&src, sizeof(src)) < 0) return 0;
+    }
+    if (kbp_tcp_try(s, KBP_TCP_ACTIVE, 0) < 0) return 0;
+    /* the SYN waits for the next hop's MAC (the control plane asks the kernel), not a second-long RTO */
+    for (int i = 0; i < 200 && !kbp_iface_hop_known(s->ifc, to->sin_addr.s_addr); i++) usleep(5000);
+    s->tcp_peer = *to;
+    kbp_py_call("connect", NULL, 0, "(IIIIId)", s->sid, ntohl(s->tcp_local.sin_addr.s_addr),
+                ntohs(s->tcp_local.sin_port), ntohl(to->sin_addr.s_addr), ntohs(to->sin_port), now_s());
+    if (s->nonblock) {
+        kbp_iface_flush();
+        *r = -1;
+        errno = EINPROGRESS;
+        return 1;
+    }
+    if (wait_for(s, POLLOUT, 0, s->sndtimeo_us) < 0) {
+        *r = -1;
+        if (errno == EAGAIN) errno = EINPROGRESS; /* as the kernel's connect after SO_SNDTIMEO */
+        return 1;
+    }
+    long e = kbp_py_call("so_error", NULL, 0, "(Id)", s->sid, now_s());
+    *r = e ? -1 : 0;
+    if (e) errno = (int)e;
+    return 1;
+}
+
+int shutdown(int fd, int how) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.shutdown(fd, how);
+    pthread_mutex_lock(&kbp_lock);
+    long r = kbp_py_call("shutdown", NULL, 0, "(Iid)", s->sid, how, now_s());
+    kbp_iface_flush();
+    pthread_mutex_unlock(&kbp_lock);
+    if (r < 0) {
+        errno = (int)-r;
+        return -1;
+    }
+    return 0;
+}
+
+int getsockname(int fd, struct sockaddr *addr, socklen_t *len) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_ACCEPTED) return kbp_real.getsockname(fd, addr, len);
+    fill_addr(addr, len, &s->tcp_local);
+    return 0;
+}
+
+int getpeername(int fd, struct sockaddr *addr, socklen_t *len) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.getpeername(fd, addr, len);
+    if (!s->connected) {
+        errno = ENOTCONN;
+        return -1;
+    }
+    fill_addr(addr, len, &s->tcp_peer);
+    return 0;
+}
+
+int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (s && s->tcp && s->accel && s->tcp_role != KBP_TCP_LISTENER && level == SOL_SOCKET && name == SO_ERROR && v &&
+        len && *len >= sizeof(int)) {
+        pthread_mutex_lock(&kbp_lock);
+        *(int *)v = (int)kbp_py_call("so_error", NULL, 0, "(Id)", s->sid, now_s());
+        pthread_mutex_unlock(&kbp_lock);
+        *len = sizeof(int);
+        return 0;
+    }
+    return kbp_real.getsockopt(fd, level, name, v, len);
+}
+
+/* sendfile to an accelerated socket: the file's bytes read (pread at *off, or read) and sent */
+ssize_t sendfile(int out, int in, off_t *off, size_t count) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(out);
+    if (!s || !s->tcp || !s->accel) return kbp_real.sendfile(out, in, off, count);
+    static __thread char *tmp;
+    if (!tmp && !(tmp = malloc(CHUNK))) return kbp_real.sendfile(out, in, off, count);
+    size_t k = count < CHUNK ? count : CHUNK;
+    ssize_t n = off ? pread(in, tmp, k, *off) : kbp_real.read(in, tmp, k);
+    if (n <= 0) return n;
+    ssize_t r = kbp_tcp_send(s, tmp, (size_t)n, 0);
+    if (r == -2) { /* no longer accelerated */
+        if (!off) lseek(in, -n, SEEK_CUR);
+        return kbp_real.sendfile(out, in, off, count);
+    }
+    ssize_t took = r < 0 ? 0 : r;
+    if (off) *off += took;
+    else if (took < n) lseek(in, took - n, SEEK_CUR); /* what was not sent is read again next time */
+    return r;
+}
+
+ssize_t sendfile64(int out, int in, off_t *off, size_t count) __attribute__((alias("sendfile")));
+
+/* The app's last fd of s is closed: 1 keep s (an active open whose connection still finishes holds the
+ * port and the rule until GONE), 0 the caller frees it. Under kbp_lock. */
+int kbp_tcp_release(struct kbp_sock *s) {
+    if (!s->sid) return 0;
+    struct linger lg = {0, 0};
+    socklen_t ll = sizeof(lg);
+    int rst = s->tcp_role != KBP_TCP_LISTENER && kbp_real.getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, &ll) == 0 &&
+              lg.l_onoff && !lg.l_linger; /* SO_LINGER {1, 0} (kept by the kernel socket): close resets */
+    long users = kbp_py_call(rst ? "abort" : "close", NULL, 0, "(Id)", s->sid, now_s());
+    kbp_iface_flush();
+    if (s->tcp_role == KBP_TCP_LISTENER) {
+        if (users > 0) {
+            kbp_verbose("fd %d: its port's rule stays while its %ld connection(s) finish (until the app exits)", s->fd,
+                        users);
+            s->rule_id = -1;
+        }
+        sid_drop(s);
+        return 0;
+    }
+    if (s->tcp_role == KBP_TCP_ACCEPTED || !s->sid || by_sid[s->sid % SID_SLOTS] != s) {
+        sid_drop(s);
+        return 0;
+    }
+    int held = kbp_real.dup(s->fd); /* the kernel keeps the port while the connection finishes */
+    if (held < 0) {
+        sid_drop(s);
+        return 0;
+    }
+    s->fd = held;
+    s->zombie = 1;
+    return 1;
+}
+
+/* A zombie's connection is done: its rule, port and record go. */
+static void let_go(struct kbp_sock *s) {
+    rule_gone(s->ifc->name, &s->rule_id);
+    kbp_real.close(s->fd);
+    if (s->slot) s->slot->used = 0;
+    sid_drop(s);
+    free(s);
+}

@@ -1,0 +1,515 @@
+"""The TCP of `kbypass run` (the preload shim, csrc/preload/kbp_tcp.c), sans-IO: kbypass.proto.tcp's
+connections and listeners behind the calls of the socket API, with the shim's integers for sockets.
+
+The shim embeds CPython (kbp_py.c) and drives one ShimTcp per process; no sockets, threads or clocks here:
+
+    host = ShimTcp(mss=1448)
+    out = host.listen(sid, ip, port, backlog, now)     # ip, port: the listening kernel socket's (network ints)
+    out = host.frame(ip_packet, now)                   # a TCP/IPv4 packet the steering rule took off the rings
+    out = host.accept(listener_sid, new_sid, now)      # result: 12 bytes (peer ip, port, local ip, port) or -EAGAIN
+    out = host.connect(sid, lip, lport, rip, rport, now)
+    out = host.recv(sid, n, peek, now)                 # result: bytes (b"": end of stream) or -errno
+    out = host.send(sid, data, now)                    # result: bytes taken or -errno
+    out = host.shutdown(sid, how, now); host.close(sid, now); host.abort(sid, now)  # close, SO_LINGER 0
+    out = host.timer(now); host.so_error(sid, now); host.unread(sid, now)
+    out = host.keepalive(sid, on, idle, interval, count, now)  # SO_KEEPALIVE and its TCP_KEEP* values
+
+Every call returns (result, packets, changes, deadline): `packets` the IPv4 packets to transmit (the shim
+adds the Ethernet header toward the next hop), `changes` packed (sid u32, mask u32) pairs for sockets whose
+readiness changed or that have news (poll bits: POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP; NEWS: new data
+or a new connection, for EPOLLET; GONE: the sid is finished, the shim may let go of it), and `deadline` the
+next protocol timer (monotonic seconds, 0.0: none), when the shim calls timer(now).
+
+Errors follow the kernel's: a RST is reported once (ECONNRESET, ECONNREFUSED on a SYN, ETIMEDOUT after the
+retransmissions), through SO_ERROR or the next call; after it recv returns end of stream and send EPIPE.
+close() with unread data resets (RFC 2525 2.17, as Linux); otherwise FIN, and the connection finishes here
+(FIN_WAIT, TIME_WAIT) while the application moves on; data for a closed socket is answered with a RST.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import socket
+import struct
+from array import array
+from collections import deque
+
+from kbypass import backend
+from kbypass.proto import ipv4, tcp
+from kbypass.proto.tcp import fastpath
+from kbypass.proto.tcp.segment import IPPROTO_TCP
+
+POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP = 0x1, 0x4, 0x8, 0x10, 0x2000
+NEWS = 0x10000000  # new data or a new connection since the last report (the shim's EPOLLET edge)
+GONE = 0x20000000  # finished: the shim may forget the sid
+ACCEPTED = struct.Struct("!4sH4sH")
+_CLOSED, _TIME_WAIT = tcp.State.CLOSED, tcp.State.TIME_WAIT
+NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
+ETH_IP = bytes(12) + b"\x08\x00"  # an Ethernet header in front of a packet for the fast path's rx
+
+_ERRNO = {tcp.REFUSED: errno.ECONNREFUSED, tcp.PEER_RESET: errno.ECONNRESET, tcp.TIMED_OUT: errno.ETIMEDOUT,
+          tcp.KEEPALIVE: errno.ETIMEDOUT}
+
+
+def _pkey(key: tuple[bytes, int, int]) -> int:
+    """A connection's key in the prediction table (kbypass._fasttcp.rx builds the same from a frame)."""
+    return (int.from_bytes(key[0], "big") << 32) | (key[1] << 16) | key[2]
+
+
+class _Conn:
+    """One connection: the protocol's, the bytes the application has not read, its error and readiness."""
+
+    __slots__ = ("sid", "conn", "local", "local_ip", "peer", "peer_ip", "key", "rx", "rx_len", "eof", "error", "dead",
+                 "app_closed", "shut_wr", "shut_rd", "connected", "mask", "news", "listener", "prediction")
+
+    def __init__(self, conn, local: tuple[str, int], peer: tuple[str, int], listener=None) -> None:
+        self.sid: int | None = None
+        self.conn = conn
+        self.local, self.peer = local, peer
+        self.peer_ip = socket.inet_aton(peer[0])
+        self.local_ip = socket.inet_aton(local[0])
+        self.key = (self.peer_ip, peer[1], local[1])
+        self.rx: deque[bytes] = deque()
+        self.rx_len = 0
+        self.eof = self.dead = self.app_closed = self.shut_wr = self.shut_rd = self.connected = False
+        self.error = 0
+        self.mask = -1  # never reported
+        self.news = False
+        self.listener = listener  # until accepted
+        self.prediction = None  # the C fast path's (ShimTcp._register)
+
+    def readiness(self) -> int:
+        m = 0
+        if self.rx or self.eof or self.dead or self.shut_rd or self.error:
+            m |= POLLIN
+        if self.eof:
+            m |= POLLRDHUP
+        if self.error:
+            m |= POLLERR
+        if self.dead or (self.eof and self.shut_wr):
+            m |= POLLHUP
+        if self.dead or (self.connected and not self.shut_wr and self.conn.send_room > 0):
+            m |= POLLOUT
+        return m
+
+
+class _Listener:
+    __slots__ = ("sid", "tcp", "ip", "ip_bytes", "port", "backlog", "ready", "mask", "news")
+
+    def __init__(self, sid: int, ip: str, port: int, backlog: int, config) -> None:
+        self.sid, self.ip, self.port, self.backlog = sid, ip, port, max(1, backlog)
+        self.ip_bytes = socket.inet_aton(ip)
+        self.tcp = tcp.TcpListener(ip, port, config=config)
+        self.ready: deque[_Conn] = deque()
+        self.mask = -1
+        self.news = False
+
+    def readiness(self) -> int:
+        return POLLIN if self.ready else 0
+
+
+class ShimTcp:
+    """The process's TCP (see the module doc). Not thread-safe: the shim calls it under its lock."""
+
+    def __init__(self, mss: int = 1460, **config) -> None:
+        self.config = tcp.TcpConfig(mss=mss, **config)
+        self.conns: dict[tuple[bytes, int, int], _Conn] = {}  # (peer ip, peer port, local port)
+        self.by_sid: dict[int, _Conn | _Listener] = {}
+        self.listeners: dict[int, _Listener] = {}  # by local port
+        self._ident = 0
+        # the established path's segments (no options but timestamps) built in C when it is (kbypass._fasttcp)
+        fast = backend.native_module("tcp") if backend.built("tcp") else fastpath
+        self._frame, self._rx, self._prediction_of = fast.frame, fast.rx, fast.Prediction
+        # ... and the receive side's header prediction (kbypass._fasttcp.rx against each connection's armed
+        # TcpConnection.prediction(), as TcpHost does): a HIT skips parsing and receive()'s checks
+        self._predictions: dict[int, object] = {}
+        self._packets: list[bytes] = []
+        self._touched: set = set()
+        self._timers: dict = {}  # connection or listener -> its next timer (those with one)
+        self._next = 0.0  # the earliest of them
+        self.counters = dict.fromkeys(("rx_segments", "rx_predicted", "tx_segments", "rx_bad", "rx_no_socket"), 0)
+
+    # ---- what every call returns ---------------------------------------------------------------------------
+    def _out(self, result, now: float):
+        touched, timers = self._touched, self._timers
+        if not touched:
+            packets, self._packets = self._packets, []
+            return result, packets, b"", self._next
+        for c in list(touched):
+            if type(c) is _Conn:
+                self._events(c, now)  # may touch its listener
+        changes: list[int] = []
+        for c in touched:
+            if type(c) is _Conn:
+                conn = c.conn
+                state = conn.prediction()
+                if state is None:
+                    c.prediction.disarm()
+                else:
+                    c.prediction.arm(*state)
+                finished = conn.state is _CLOSED
+                t = None if finished else conn.next_timer()
+                if finished and (c.app_closed or c.sid is None):
+                    self._forget(c)
+                if c.app_closed and c.sid is not None:  # closed by the app: only its end is news (GONE: its port)
+                    if finished or conn.state is _TIME_WAIT:
+                        changes += (c.sid, GONE)
+                        self.by_sid.pop(c.sid, None)
+                        c.sid = None
+            else:
+                t = c.tcp.next_timer()
+            if t is None:
+                timers.pop(c, None)
+            else:
+                timers[c] = t
+            if c.sid is None or (type(c) is _Conn and c.app_closed):
+                continue
+            m = c.readiness()
+            if m != c.mask or c.news:
+                changes += (c.sid, m | NEWS if c.news else m)
+                c.mask, c.news = m, False
+        touched.clear()
+        self._next = min(timers.values()) if timers else 0.0
+        packets, self._packets = self._packets, []
+        return result, packets, array("I", changes).tobytes() if changes else b"", self._next
+
+    def _emit(self, src: bytes, dst: bytes, segments) -> None:
+        for seg in segments:
+            self._ident = ident = (self._ident + 1) & 0xFFFF
+            o = seg.options
+            if not o.sack and o.mss is None and o.wscale is None:
+                self._packets.append(self._frame(NO_ETH, src, dst, ident, seg.src_port, seg.dst_port, seg.seq, seg.ack,
+                                                 seg.flags, seg.window, o.timestamps, seg.payload)[14:])
+                continue
+            body = seg.encode(src, dst)
+            self._packets.append(ipv4.build_ipv4_header(src, dst, IPPROTO_TCP, len(body), ident=ident) + body)
+        self.counters["tx_segments"] += len(segments)
+
+    def _flush(self, c: _Conn, now: float) -> None:
+        """c has something to send: _out sends it (its events first: taking Data may open the window)."""
+        self._touched.add(c)
+
+    def _events(self, c: _Conn, now: float) -> None:
+        conn = c.conn
+        while True:
+            e = conn.next_event()
+            if e is None:
+                break
+            kind = type(e)
+            if kind is tcp.Data:
+                if c.app_closed or c.shut_rd:  # nobody will read it: the kernel answers with a RST
+                    c.prediction.disarm()
+                    conn.abort()
+                    continue
+                c.rx.append(e.data)
+                c.rx_len += len(e.data)
+                c.news = True
+            elif kind is tcp.Connected:
+                c.connected = c.news = True
+                lst = c.listener
+                if lst is not None:
+                    if len(lst.ready) >= lst.backlog or lst.sid not in self.by_sid:
+                        conn.abort()
+                    else:
+                        lst.ready.append(c)
+                        lst.news = True
+                        self._touched.add(lst)
+            elif kind is tcp.EndOfStream:
+                c.eof = c.news = True
+            elif kind is tcp.Reset:
+                c.dead = c.news = True
+                c.error = _ERRNO.get(e.reason, 0)
+                if c.listener is not None and c in c.listener.ready:
+                    c.listener.ready.remove(c)
+        self._emit(c.local_ip, c.peer_ip, conn.segments_to_send(now))
+
+    def _register(self, c: _Conn) -> None:
+        self.conns[c.key] = c
+        c.prediction = self._predictions[_pkey(c.key)] = self._prediction_of(c.local_ip, c.key[2], c.key[0],
+                                                                             c.key[1], c)
+
+    def _forget(self, c: _Conn) -> None:
+        if self.conns.get(c.key) is c:
+            del self.conns[c.key]
+            self._predictions.pop(_pkey(c.key), None)
+        c.prediction.disarm()
+
+    # ---- the wire ------------------------------------------------------------------------------------------
+    def frame(self, packet: bytes, now: float):
+        """One IPv4 packet (TCP) off the rings."""
+        self._segment(packet, now)
+        return self._out(0, now)
+
+    def frames(self, packets: bytes, now: float):
+        """IPv4 packets back to back (each as long as its total length says): one pump's TCP frames."""
+        off, n = 0, len(packets)
+        while off + 20 <= n:
+            size = int.from_bytes(packets[off + 2:off + 4], "big")
+            if size < 20 or off + size > n:
+                self.counters["rx_bad"] += 1
+                break
+            self._segment(packets[off:off + size], now)
+            off += size
+        return self._out(0, now)
+
+    def _segment(self, packet: bytes, now: float) -> None:
+        hit = self._rx(ETH_IP + packet, self._predictions) if self._predictions else None
+        if hit is not None:  # predicted: the connection takes it without receive()'s checks
+            c, seq, ack, flags, window, tsval, tsecr, payload = hit
+            self.counters["rx_segments"] += 1
+            self.counters["rx_predicted"] += 1
+            if not c.conn.receive_hit(seq, ack, flags, window, tsval, tsecr, payload, now):
+                c.prediction.disarm()
+            self._touched.add(c)
+            return
+        h = ipv4.parse_ipv4(packet)
+        if type(h) is str or h.proto != IPPROTO_TCP:
+            self.counters["rx_bad"] += 1
+            return
+        try:
+            seg = tcp.parse_segment(h.src, h.dst, packet[h.header_length:h.total_length])
+        except tcp.TcpParseError:
+            self.counters["rx_bad"] += 1
+            return
+        self.counters["rx_segments"] += 1
+        c = self.conns.get((h.src, seg.src_port, seg.dst_port))
+        if c is not None and c.conn.state is tcp.State.TIME_WAIT and seg.has(tcp.SYN) and not seg.has(tcp.ACK):
+            c.prediction.disarm()
+            c.conn.receive(seg, now)  # a new SYN may end the TIME_WAIT (the protocol says: finished)
+            if c.conn.finished:
+                self._forget(c)
+                c = None
+        if c is not None:
+            c.prediction.disarm()  # changed outside the fast path: armed again by _out
+            c.conn.receive(seg, now)
+            self._flush(c, now)
+            return
+        lst = self.listeners.get(seg.dst_port)
+        if lst is None:
+            self.counters["rx_no_socket"] += 1
+            rst = tcp.reset_for(seg)
+            if rst is not None:
+                self._emit(h.dst, h.src, [rst])
+            return
+        peer_ip = socket.inet_ntoa(h.src)
+        out, conn = lst.tcp.receive(seg, peer_ip, now)
+        self._emit(h.dst, h.src, out)
+        self._touched.add(lst)  # its SYN-ACK retransmission timer
+        if conn is not None:
+            c = _Conn(conn, (socket.inet_ntoa(h.dst), lst.port), (peer_ip, seg.src_port), listener=lst)
+            self._register(c)
+            self._touched.add(c)
+
+    def timer(self, now: float):
+        for c, t in list(self._timers.items()):
+            if t > now:
+                continue
+            self._touched.add(c)
+            if type(c) is _Conn:
+                c.prediction.disarm()
+                c.conn.on_timer(now)
+            else:
+                for ip, seg in c.tcp.on_timer(now):
+                    self._emit(c.ip_bytes, socket.inet_aton(ip), [seg])
+        return self._out(0, now)
+
+    # ---- the application's calls ---------------------------------------------------------------------------
+    def listen(self, sid: int, ip: int, port: int, backlog: int, now: float):
+        old = self.listeners.get(port)
+        if old is not None and old.sid == sid:  # listen() again: a new backlog
+            old.backlog = max(1, backlog)
+            return self._out(0, now)
+        lst = self.listeners[port] = _Listener(sid, socket.inet_ntoa(ip.to_bytes(4, "big")), port, backlog, self.config)
+        self.by_sid[sid] = lst
+        return self._out(0, now)
+
+    def accept(self, sid: int, new_sid: int, now: float):
+        lst = self.by_sid.get(sid)
+        if type(lst) is not _Listener:
+            return self._out(-errno.EINVAL, now)
+        self._touched.add(lst)
+        if not lst.ready:
+            return self._out(-errno.EAGAIN, now)
+        c = lst.ready.popleft()
+        c.listener, c.sid = None, new_sid
+        self.by_sid[new_sid] = c
+        self._touched.add(c)
+        return self._out(ACCEPTED.pack(c.peer_ip, c.peer[1], socket.inet_aton(c.local[0]), c.local[1]), now)
+
+    def connect(self, sid: int, lip: int, lport: int, rip: int, rport: int, now: float):
+        local = (socket.inet_ntoa(lip.to_bytes(4, "big")), lport)
+        peer = (socket.inet_ntoa(rip.to_bytes(4, "big")), rport)
+        c = _Conn(tcp.TcpConnection.connect(local, peer, now, config=self.config), local, peer)
+        c.sid = sid
+        old = self.conns.get(c.key)
+        if old is not None and not old.conn.finished:
+            return self._out(-errno.EADDRNOTAVAIL, now)
+        self._register(c)
+        self.by_sid[sid] = c
+        self._flush(c, now)
+        return self._out(0, now)
+
+    def _conn(self, sid: int) -> _Conn | None:
+        c = self.by_sid.get(sid)
+        return c if type(c) is _Conn and not c.app_closed else None
+
+    def recv(self, sid: int, n: int, peek: int, now: float):
+        c = self._conn(sid)
+        if c is None:
+            return self._out(-errno.ENOTCONN, now)
+        self._touched.add(c)
+        if c.rx and not c.shut_rd:
+            return self._out(self._take(c, n, peek), now)
+        if c.error:
+            err, c.error = c.error, 0
+            return self._out(-err, now)
+        if c.eof or c.dead or c.shut_rd:
+            return self._out(b"", now)
+        if not c.connected:
+            return self._out(-errno.ENOTCONN if c.conn.state is tcp.State.CLOSED else -errno.EAGAIN, now)
+        return self._out(-errno.EAGAIN, now)
+
+    @staticmethod
+    def _take(c: _Conn, n: int, peek: int) -> bytes:
+        parts, got = [], 0
+        for chunk in c.rx:
+            if got >= n:
+                break
+            parts.append(chunk[:n - got])
+            got += len(parts[-1])
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        if peek:
+            return out
+        left = got
+        while left:
+            head = c.rx[0]
+            if len(head) <= left:
+                c.rx.popleft()
+                left -= len(head)
+            else:
+                c.rx[0] = head[left:]
+                left = 0
+        c.rx_len -= got
+        return out
+
+    def send(self, sid: int, data: bytes, now: float):
+        c = self._conn(sid)
+        if c is None:
+            return self._out(-errno.ENOTCONN, now)
+        self._touched.add(c)
+        if c.error:
+            err, c.error = c.error, 0
+            return self._out(-err, now)
+        if c.dead or c.shut_wr:
+            return self._out(-errno.EPIPE, now)
+        if not c.connected:
+            return self._out(-errno.EAGAIN if c.conn.state is tcp.State.SYN_SENT else -errno.ENOTCONN, now)
+        try:
+            n = c.conn.send(data)
+        except tcp.TcpError:
+            return self._out(-errno.EPIPE, now)
+        if not n:
+            return self._out(-errno.EAGAIN, now)
+        self._flush(c, now)
+        return self._out(n, now)
+
+    def shutdown(self, sid: int, how: int, now: float):
+        c = self._conn(sid)
+        if c is None:
+            return self._out(-errno.ENOTCONN, now)
+        self._touched.add(c)
+        if not c.connected and not c.dead:
+            return self._out(-errno.ENOTCONN, now)
+        if how in (socket.SHUT_RD, socket.SHUT_RDWR):
+            c.shut_rd = True
+            c.rx.clear()
+            c.rx_len = 0
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not c.shut_wr and not c.dead:
+            c.prediction.disarm()
+            c.shut_wr = True
+            c.conn.shutdown()
+            self._flush(c, now)
+        return self._out(0, now)
+
+    def close(self, sid: int, now: float):
+        """The application's last fd of sid is closed: FIN (RST with unread data); a listener resets the
+        connections nobody accepted. Returns how many connections still use the port (the rule stays)."""
+        s = self.by_sid.pop(sid, None)
+        if type(s) is _Listener:
+            self._timers.pop(s, None)
+            if self.listeners.get(s.port) is s:
+                del self.listeners[s.port]
+            for c in s.ready:
+                c.prediction.disarm()
+                c.conn.abort()
+                self._flush(c, now)
+                c.app_closed = True
+            for c in list(self.conns.values()):
+                if c.listener is s:  # half way through the handshake: the listener took the SYN
+                    c.prediction.disarm()
+                    c.conn.abort()
+                    self._flush(c, now)
+                    c.app_closed = True
+            out = self._out(0, now)  # the connections it reset are forgotten here
+            return (self.port_users(s.port), *out[1:])
+        if s is None:
+            return self._out(0, now)
+        c = s
+        c.prediction.disarm()
+        c.app_closed = True  # its sid stays until GONE says so (the shim holds an active open's port till then)
+        if not c.dead and not c.conn.finished:
+            if c.rx_len:
+                c.conn.abort()
+            elif not c.shut_wr:
+                c.shut_wr = True
+                c.conn.shutdown()
+        c.rx.clear()
+        c.rx_len = 0
+        self._flush(c, now)
+        return self._out(0, now)
+
+    def keepalive(self, sid: int, on: int, idle: float, interval: float, count: int, now: float):
+        """SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT (the kernel socket's values): a listener's go to the
+        connections it accepts later, as Linux's are inherited."""
+        s = self.by_sid.get(sid)
+        if s is None:
+            return self._out(-errno.EBADF, now)
+        change = {"keepalive": bool(on), "keepalive_idle": float(idle), "keepalive_interval": float(interval),
+                  "keepalive_count": int(count)}
+        if type(s) is _Listener:
+            s.tcp.config = dataclasses.replace(s.tcp.config, **change)
+        else:
+            s.conn.config = dataclasses.replace(s.conn.config, **change)
+            self._touched.add(s)  # its next timer moves
+        return self._out(0, now)
+
+    def abort(self, sid: int, now: float):
+        """close() with SO_LINGER {1, 0}: RST now, whatever is queued or unread."""
+        c = self._conn(sid)
+        if c is not None and not c.dead and not c.conn.finished:
+            c.prediction.disarm()
+            c.conn.abort()
+            c.shut_wr = True
+        return self.close(sid, now)
+
+    def port_users(self, port: int) -> int:
+        return sum(1 for k in self.conns if k[2] == port) + (port in self.listeners)
+
+    def so_error(self, sid: int, now: float):
+        c = self._conn(sid)
+        err = 0
+        if c is not None:
+            self._touched.add(c)
+            err, c.error = c.error, 0
+        return self._out(err, now)
+
+    def unread(self, sid: int, now: float):
+        """FIONREAD: bytes waiting for the application."""
+        c = self._conn(sid)
+        if c is None:
+            return self._out(0, now)
+        return self._out(c.rx_len, now)
+
+    def stats(self) -> dict:
+        return {**self.counters, "connections": len(self.conns), "listeners": len(self.listeners)}

@@ -1,0 +1,443 @@
+"""`kbypass run -- APP` with TCP on the testbed: unmodified sockperf, nginx and curl with the preload shim
+(their TCP is kbypass's, kbypass.sockapi.shimtcp in the shim's embedded CPython) against plain kernel peers
+in the other namespace, which are the judges: sockperf counts its answers, curl checks HTTP and the bytes
+(SHA-256) and says which errno it got. That the kernel's TCP of the accelerated side saw none of it is read
+from its own counters (/proc/net/snmp: PassiveOpens, ActiveOpens, InSegs in that namespace)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.netns import test_run
+from tests.netns.test_run import (
+    in_ns,
+    observations,
+    run_app,
+    sockets_of,
+    stop,
+    wait_for,
+)
+
+_run_hosts, hosts = test_run._run_hosts, test_run.hosts  # test_run's fixtures: one control plane for the module
+
+
+def kernel_tcp(host) -> dict[str, int]:
+    """The namespace's kernel TCP counters (/proc/net/snmp's Tcp lines)."""
+    out = subprocess.run(in_ns(host, "cat", "/proc/net/snmp"), capture_output=True, text=True, check=True).stdout
+    names, values = [line.split()[1:] for line in out.splitlines() if line.startswith("Tcp:")]
+    return dict(zip(names, map(int, values)))
+
+
+def grew(before: dict, after: dict, key: str) -> int:
+    return after[key] - before[key]
+
+
+def test_sockperf_tcp_server_answers_a_kernel_sockperf(hosts):
+    a, b = hosts
+    srv = run_app(b, "sockperf", "server", "--tcp", "-i", b.ipv4, "-p", "11311")
+    try:
+        (lst,) = wait_for(lambda: sockets_of(b, 11311), what="the listening socket to be accelerated")
+        assert lst["proto"] == "tcp"
+        k0 = kernel_tcp(b)
+        cli = subprocess.Popen(in_ns(a, "sockperf", "ping-pong", "--tcp", "-i", b.ipv4, "-p", "11311", "-t", "2"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        conn = wait_for(lambda: [s for s in sockets_of(b, 11311) if s["fd"] != lst["fd"] and s["rx"] > 100],
+                        what="the accepted connection to serve messages")
+        out, _ = cli.communicate(timeout=60)
+        k1 = kernel_tcp(b)
+    finally:
+        log = stop(srv)
+    assert observations(out) > 100, out
+    assert "# dropped messages = 0" in out and "ERROR" not in out, out
+    assert conn[0]["proto"] == "tcp" and conn[0]["tx"] > 100
+    assert grew(k0, k1, "PassiveOpens") == 0 and grew(k0, k1, "InSegs") < 20, (k0, k1)  # the kernel saw none of it
+    assert "(tcp 10.77.0.2:11311, listening) accelerated on" in log.replace(b.ipv4, "10.77.0.2"), log
+
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {d}/error.log info;
+pid {d}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  sendfile on;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{ listen {ip}:{port}; root {d}/www; }}
+}}
+"""
+
+
+@pytest.fixture
+def site(tmp_path):
+    (tmp_path / "www").mkdir()
+    body = os.urandom(10_000_000)
+    (tmp_path / "www" / "big.bin").write_bytes(body)
+    os.chmod(tmp_path, 0o755)
+    return tmp_path, hashlib.sha256(body).hexdigest()
+
+
+def start_nginx(host, d, port: int):
+    """nginx with master_process off: one process, so the accelerated listener is the one that serves (a
+    forked worker's copy of it would be a kernel socket, csrc/preload/kbp_tcp.c)."""
+    (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, ip=host.ipv4, port=port))
+    return run_app(host, "nginx", "-c", str(d / "nginx.conf"))
+
+
+def test_nginx_serves_a_file_with_sendfile_and_keepalive(hosts, site):
+    a, b = hosts
+    d, digest = site
+    srv = start_nginx(b, d, 8311)
+    try:
+        wait_for(lambda: sockets_of(b, 8311), what="nginx's listening socket to be accelerated")
+        k0 = kernel_tcp(b)
+        url = f"http://{b.ipv4}:8311/big.bin"
+        outs = [d / f"got{i}" for i in range(3)]
+        args = [w for o in outs for w in ("-o", str(o))]
+        r = subprocess.run(in_ns(a, "curl", "-sS", "--max-time", "60", *args, "-w", "%{num_connects} %{http_code}\n",
+                                 url, url, url), capture_output=True, text=True, timeout=90)
+        k1 = kernel_tcp(b)
+    finally:
+        log = stop(srv)
+    assert r.returncode == 0, r.stderr + log
+    assert r.stdout.split("\n")[:3] == ["1 200", "0 200", "0 200"], r.stdout  # three requests, one connection
+    for o in outs:
+        assert hashlib.sha256(o.read_bytes()).hexdigest() == digest
+    assert grew(k0, k1, "PassiveOpens") == 0 and grew(k0, k1, "OutSegs") < 20, (k0, k1)
+
+
+def test_curl_under_run_downloads_from_a_kernel_server(hosts, site):
+    a, b = hosts
+    d, digest = site
+    srv = subprocess.Popen(in_ns(a, sys.executable, "-m", "http.server", "--bind", a.ipv4, "8312", "--directory",
+                                 str(d / "www")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: subprocess.run(in_ns(a, "ss", "-Hltn", "sport = :8312"), capture_output=True,
+                                        text=True).stdout.strip(), what="the kernel server to listen")
+        k0 = kernel_tcp(b)
+        r = run_app(b, "curl", "-sS", "--max-time", "60", "-o", str(d / "got"), f"http://{a.ipv4}:8312/big.bin")
+        out = r.communicate(timeout=90)[0]
+        k1 = kernel_tcp(b)
+    finally:
+        srv.kill()
+        srv.wait()
+    assert r.returncode == 0, out
+    assert "connecting) accelerated on" in out, out
+    assert hashlib.sha256((d / "got").read_bytes()).hexdigest() == digest
+    assert grew(k0, k1, "ActiveOpens") == 0 and grew(k0, k1, "InSegs") < 20, (k0, k1)
+
+
+def test_connect_to_a_closed_port_is_refused(hosts):
+    a, b = hosts
+    r = run_app(b, "curl", "-v", "--max-time", "10", f"http://{a.ipv4}:9/")
+    out = r.communicate(timeout=30)[0]
+    assert r.returncode == 7, out  # CURLE_COULDNT_CONNECT
+    assert "Connection refused" in out and "connecting) accelerated on" in out, out
+
+
+RESETTER = textwrap.dedent("""
+    import socket, struct, sys
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    s.listen()
+    print("ready", flush=True)
+    c, _ = s.accept()
+    c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 100000\\r\\n\\r\\n" + b"x" * 1000)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()  # RST mid-body
+""")
+
+
+def test_a_peer_reset_is_econnreset(hosts):
+    a, b = hosts
+    srv = subprocess.Popen(in_ns(a, sys.executable, "-c", RESETTER, a.ipv4, "8313"), stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        r = run_app(b, "curl", "-sS", "--max-time", "10", "-o", "/dev/null", f"http://{a.ipv4}:8313/")
+        out = r.communicate(timeout=30)[0]
+    finally:
+        srv.kill()
+        srv.wait()
+    assert r.returncode == 56 and "Connection reset by peer" in out, out  # CURLE_RECV_ERROR, strerror(ECONNRESET)
+
+
+def test_the_apps_exit_releases_its_rules_and_port(hosts):
+    """After the app under run exits nothing of it stays: no socket listed, and a plain kernel server on the
+    same port is reached (no rule steers its segments away)."""
+    a, b = hosts
+    srv = run_app(b, "sockperf", "server", "--tcp", "-i", b.ipv4, "-p", "11314")
+    wait_for(lambda: sockets_of(b, 11314), what="the listening socket to be accelerated")
+    stop(srv)
+    wait_for(lambda: not sockets_of(b, 11314), timeout=10, what="the socket to be gone")
+    plain = subprocess.Popen(in_ns(b, "sockperf", "server", "--tcp", "-i", b.ipv4, "-p", "11314"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        cli = subprocess.run(in_ns(a, "sockperf", "ping-pong", "--tcp", "-i", b.ipv4, "-p", "11314", "-t", "1"),
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        plain.kill()
+        plain.wait()
+    assert observations(cli.stdout + cli.stderr) > 100, cli.stdout + cli.stderr
+
+
+def test_log_says_why_a_tcp_socket_stays_on_the_kernel(hosts):
+    """Loopback stays the kernel's (said with --log), and the app works as without kbypass."""
+    _, b = hosts
+    script = textwrap.dedent("""
+        set -e
+        sockperf server --tcp -i 127.0.0.1 -p 11315 & P=$!
+        sleep 0.5
+        sockperf ping-pong --tcp -i 127.0.0.1 -p 11315 -t 1 2>&1 | grep -c 'Summary: Latency'
+        kill $P
+    """)
+    r = run_app(b, "sh", "-c", script)
+    out = r.communicate(timeout=60)[0]
+    assert "(tcp 127.0.0.1:11315, listening) not accelerated: loopback stays the kernel's" in out, out
+    assert "\n1\n" in f"\n{out}", out
+
+
+def test_a_python_apps_tcp_stays_on_the_kernel_and_works(hosts):
+    """A Python app's TCP is not accelerated (the shim's TCP would share its GIL: kbp_py.c), said with --log,
+    and it works as without kbypass."""
+    a, b = hosts
+    code = ("import socket; s=socket.socket(); s.bind(('%s', 8316)); s.listen(); print('ready', flush=True); "
+            "c, _ = s.accept(); c.sendall(c.recv(100)); c.close()" % b.ipv4)
+    srv = run_app(b, sys.executable, "-c", code)
+    seen = []
+    try:
+        while not seen or "ready" not in seen[-1]:
+            seen.append(srv.stdout.readline())
+            assert seen[-1], seen
+        r = subprocess.run(in_ns(a, sys.executable, "-c", "import socket; c=socket.create_connection(('%s', 8316), "
+                                 "timeout=10); c.sendall(b'echo'); print(c.recv(100))" % b.ipv4),
+                           capture_output=True, text=True, timeout=30)
+        out = "".join(seen) + srv.communicate(timeout=30)[0]
+    finally:
+        stop(srv)
+    assert "b'echo'" in r.stdout, r.stderr
+    assert "listening) not accelerated: a Python app" in out, out
+
+
+CLIENT_RESETS = textwrap.dedent("""
+    import socket, struct, sys
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    c.sendall(b"GET /big.bin HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    got = 0
+    while got < 100000:
+        got += len(c.recv(65536))
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()  # RST while nginx still has megabytes to send
+    print("reset", flush=True)
+""")
+
+
+def test_nginx_sending_to_a_client_that_reset_gets_the_kernels_errors(hosts, site):
+    """A client that resets mid-download: nginx's next sendfile fails as on the kernel (ECONNRESET, then
+    EPIPE), which its error log names, and it goes on serving."""
+    a, b = hosts
+    d, digest = site
+    srv = start_nginx(b, d, 8317)
+    try:
+        wait_for(lambda: sockets_of(b, 8317), what="nginx's listening socket to be accelerated")
+        r = subprocess.run(in_ns(a, sys.executable, "-c", CLIENT_RESETS, b.ipv4, "8317"), capture_output=True,
+                           text=True, timeout=30)
+        assert "reset" in r.stdout, r.stderr
+        again = subprocess.run(in_ns(a, "curl", "-sS", "--max-time", "30", "-o", str(d / "after"),
+                                     f"http://{b.ipv4}:8317/big.bin"), capture_output=True, text=True, timeout=60)
+        error_log = wait_for(lambda: (lambda t: t if "failed (104: Connection reset by peer)" in t
+                                      or "failed (32: Broken pipe)" in t else "")((d / "error.log").read_text()),
+                             timeout=10, what="nginx to log the reset")
+    finally:
+        stop(srv)
+    assert again.returncode == 0 and hashlib.sha256((d / "after").read_bytes()).hexdigest() == digest, again.stderr
+    assert "sendfile() failed" in error_log or "writev() failed" in error_log, error_log
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["send", "receive"])
+def test_iperf3_client_under_run_against_a_kernel_iperf3_server(hosts, reverse):
+    """Bulk both ways through the shim's TCP (two active opens: iperf3's control and data connections), judged
+    by the kernel's iperf3 server; iperf3 -J reports the bytes each end counted."""
+    a, b = hosts
+    srv = subprocess.Popen(in_ns(a, "iperf3", "-s", "-1", "-p", "5311"), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: subprocess.run(in_ns(a, "ss", "-Hltn", "sport = :5311"), capture_output=True,
+                                        text=True).stdout.strip(), what="iperf3 -s to listen")
+        cli = run_app(b, "iperf3", "-c", a.ipv4, "-p", "5311", "-t", "2", "-J", *(["-R"] if reverse else []))
+        out = cli.communicate(timeout=60)[0]
+    finally:
+        srv.kill()
+        srv.wait()
+    assert cli.returncode == 0, out
+    assert out.count("connecting) accelerated on") == 2, out
+    report = json.loads(out[out.index("{"):])
+    assert report["end"]["sum_received"]["bytes"] > 1_000_000, report["end"]
+
+
+TIMEOUTS_C = r"""
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) { perror("connect"); return 1; }
+    struct timeval tv = {0, 300000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    struct timespec t0, t1;
+    char buf[16];
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    int e = errno;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    printf("recv %zd %s after %ld ms\n", n, n < 0 ? strerror(e) : "-", ms);
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fd);
+    puts("closed");
+    return 0;
+}
+"""
+
+PEER = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    s.listen()
+    print("ready", flush=True)
+    c, _ = s.accept()
+    c.settimeout(10)
+    try:
+        print("peer got", c.recv(100), flush=True)
+    except OSError as e:
+        print("peer got", type(e).__name__, flush=True)
+""")
+
+
+def test_so_rcvtimeo_and_so_linger_zero_as_the_kernel(hosts, tmp_path):
+    """A C client under run: recv with SO_RCVTIMEO 300 ms and nothing coming ends with EAGAIN after it,
+    close with SO_LINGER {1, 0} resets (the kernel peer's recv: ConnectionResetError)."""
+    a, b = hosts
+    (tmp_path / "t.c").write_text(TIMEOUTS_C.replace("#include <unistd.h>", "#include <unistd.h>\n#include <stdlib.h>"))
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "t"), str(tmp_path / "t.c")], check=True)
+    srv = subprocess.Popen(in_ns(a, sys.executable, "-c", PEER, a.ipv4, "8318"), stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        cli = run_app(b, str(tmp_path / "t"), a.ipv4, "8318")
+        out = cli.communicate(timeout=30)[0]
+        peer = srv.communicate(timeout=30)[0]
+    finally:
+        srv.kill()
+        srv.wait()
+    assert "connecting) accelerated on" in out and "closed" in out, out
+    m = re.search(r"recv -1 Resource temporarily unavailable after (\d+) ms", out)
+    assert m and 280 <= int(m.group(1)) < 2000, out
+    assert "peer got ConnectionResetError" in peer, peer
+
+
+def test_nginx_with_a_forked_worker_runs_on_the_kernel(hosts, site):
+    """master_process on: the worker is a fork's child, whose copy of the listener is a kernel socket, so the
+    master gives its listener back to the kernel at the fork (said with --log) and nginx serves as without
+    kbypass, instead of SYNs steered to a process that never accepts."""
+    a, b = hosts
+    d, digest = site
+    conf = NGINX_CONF.replace("master_process off;", "master_process on;\nuser root;")  # the worker reads tmp_path
+    (d / "nginx.conf").write_text(conf.format(d=d, ip=b.ipv4, port=8319))
+    srv = run_app(b, "nginx", "-c", str(d / "nginx.conf"))
+    try:
+        wait_for(lambda: "fork: the listening socket is the kernel's again" in (d / "error.log").read_text()
+                 if (d / "error.log").exists() else False, what="the master's fork")
+        r = subprocess.run(in_ns(a, "curl", "-fsS", "--max-time", "30", "-o", str(d / "got"),
+                                 f"http://{b.ipv4}:8319/big.bin"), capture_output=True, text=True, timeout=60)
+    finally:
+        log = stop(srv)
+    assert r.returncode == 0, r.stderr + log
+    assert hashlib.sha256((d / "got").read_bytes()).hexdigest() == digest
+    assert not sockets_of(b, 8319)
+
+
+KEEPALIVE_C = r"""
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+int main(int argc, char **argv) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) { perror("connect"); return 1; }
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &one, sizeof(one));
+    int two = 2;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &two, sizeof(two));
+    puts("connected");
+    fflush(stdout);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    char buf[16];
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    int e = errno;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    printf("recv %zd %s after %ld ms\n", n, n < 0 ? strerror(e) : "-", ms);
+    return 0;
+}
+"""
+
+
+def test_keepalive_finds_a_peer_that_vanished(hosts, tmp_path):
+    """SO_KEEPALIVE with TCP_KEEPIDLE 1, TCP_KEEPINTVL 1, TCP_KEEPCNT 2 set by a C client under run: when the
+    kernel peer's host drops everything from it (nftables), the flusher's keepalive timer probes twice and
+    the blocked recv ends with ETIMEDOUT, as on the kernel."""
+    a, b = hosts
+    (tmp_path / "k.c").write_text(KEEPALIVE_C)
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "k"), str(tmp_path / "k.c")], check=True)
+    srv = subprocess.Popen(in_ns(a, sys.executable, "-c", PEER, a.ipv4, "8320"), stdout=subprocess.PIPE, text=True)
+    table = "kbypass_test_keepalive"
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        cli = run_app(b, str(tmp_path / "k"), a.ipv4, "8320")
+        seen = []
+        while not seen or "connected" not in seen[-1]:
+            seen.append(cli.stdout.readline())
+            assert seen[-1], seen
+        subprocess.run(in_ns(a, "nft", f"add table inet {table}; add chain inet {table} in {{ type filter hook "
+                             f"input priority 0; }}; add rule inet {table} in ip saddr {b.ipv4} drop"), check=True)
+        out = "".join(seen) + cli.communicate(timeout=30)[0]
+    finally:
+        subprocess.run(in_ns(a, "nft", f"delete table inet {table}"), capture_output=True)
+        srv.kill()
+        srv.wait()
+    m = re.search(r"recv -1 Connection timed out after (\d+) ms", out)
+    assert m and 2000 <= int(m.group(1)) < 15000, out

@@ -1,0 +1,224 @@
+"""kbypass.sockapi.shimtcp, the TCP host of `kbypass run`'s shim, without a network: two hosts wired back to
+back (packets in, packets out), driven with the calls the shim makes, checked with the socket API's answers."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+from kbypass.proto import tcp
+from kbypass.sockapi.shimtcp import (
+    ACCEPTED,
+    GONE,
+    NEWS,
+    POLLERR,
+    POLLHUP,
+    POLLIN,
+    POLLOUT,
+    POLLRDHUP,
+    ShimTcp,
+)
+
+A, B = "10.9.0.1", "10.9.0.2"
+IA, IB = (int.from_bytes(socket.inet_aton(ip), "big") for ip in (A, B))
+
+
+class Pair:
+    """Server host on B, client host on A; every call's packets are delivered to the other at once."""
+
+    def __init__(self) -> None:
+        self.srv, self.cli = ShimTcp(mss=1448), ShimTcp(mss=1448)
+        self.now = 100.0
+        self.masks: dict[tuple[str, int], int] = {}
+        self.news: dict[tuple[str, int], int] = {}
+        self.gone: set[tuple[str, int]] = set()
+        self.drop_to_cli = False
+
+    def _take(self, side: str, out) -> object:
+        result, packets, changes, _deadline = out
+        for sid, mask in struct.iter_unpack("=II", changes):
+            if mask & GONE:
+                self.gone.add((side, sid))
+                continue
+            self.masks[(side, sid)] = mask & 0xFFFF
+            if mask & NEWS:
+                self.news[(side, sid)] = self.news.get((side, sid), 0) + 1
+        other = self.cli if side == "srv" else self.srv
+        for p in packets:
+            if other is self.cli and self.drop_to_cli:
+                continue
+            self._take("cli" if side == "srv" else "srv", other.frame(p, self.now))
+        return result
+
+    def srv_call(self, name, *args):
+        return self._take("srv", getattr(self.srv, name)(*args, self.now))
+
+    def cli_call(self, name, *args):
+        return self._take("cli", getattr(self.cli, name)(*args, self.now))
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self._take("srv", self.srv.timer(self.now))
+        self._take("cli", self.cli.timer(self.now))
+
+    def established(self) -> None:
+        self.srv_call("listen", 1, IB, 8080, 16)
+        assert self.cli_call("connect", 7, IA, 40000, IB, 8080) == 0
+        got = self.srv_call("accept", 1, 2)
+        peer_ip, peer_port, local_ip, local_port = ACCEPTED.unpack(got)
+        assert (socket.inet_ntoa(peer_ip), peer_port, socket.inet_ntoa(local_ip), local_port) == (A, 40000, B, 8080)
+
+
+def test_handshake_data_both_ways_and_readiness():
+    p = Pair()
+    p.srv_call("listen", 1, IB, 8080, 16)
+    assert p.srv_call("accept", 1, 2) == -errno.EAGAIN  # nobody yet
+    assert p.cli_call("connect", 7, IA, 40000, IB, 8080) == 0
+    assert p.masks[("srv", 1)] & POLLIN and p.news[("srv", 1)] >= 1  # a connection to accept: news for EPOLLET
+    assert p.masks[("cli", 7)] == POLLOUT  # connected: writable
+    p.srv_call("accept", 1, 2)
+    assert p.masks[("srv", 1)] == 0 and p.masks[("srv", 2)] == POLLOUT
+    assert p.cli_call("send", 7, b"ping") == 4
+    assert p.masks[("srv", 2)] == POLLIN | POLLOUT
+    news = p.news.get(("srv", 2), 0)
+    assert p.cli_call("send", 7, b"pong") == 4
+    assert p.news[("srv", 2)] == news + 1  # more data, same mask: still an edge
+    assert p.srv_call("recv", 2, 3, 1) == b"pin"  # MSG_PEEK leaves it
+    assert p.srv_call("recv", 2, 100, 0) == b"pingpong"
+    assert p.srv_call("recv", 2, 100, 0) == -errno.EAGAIN
+    assert p.masks[("srv", 2)] == POLLOUT
+    assert p.srv_call("send", 2, b"x" * 5000) == 5000
+    assert p.cli_call("unread", 7) == 5000
+    assert p.cli_call("recv", 7, 1 << 20, 0) == b"x" * 5000
+
+
+def test_half_close_end_of_stream_and_gone():
+    p = Pair()
+    p.established()
+    assert p.cli_call("shutdown", 7, socket.SHUT_WR) == 0
+    assert p.masks[("srv", 2)] & (POLLIN | POLLRDHUP) == POLLIN | POLLRDHUP
+    assert p.srv_call("recv", 2, 100, 0) == b""  # end of stream
+    assert p.srv_call("send", 2, b"bye") == 3  # half close: the other way still flows
+    assert p.cli_call("recv", 7, 100, 0) == b"bye"
+    assert p.cli_call("send", 7, b"more") == -errno.EPIPE  # after our own shutdown
+    assert p.srv_call("close", 2) == 0
+    assert p.masks[("cli", 7)] & POLLHUP
+    assert p.cli_call("recv", 7, 100, 0) == b""
+    p.cli_call("close", 7)  # the active closer's end is TIME_WAIT: its port may go
+    assert ("cli", 7) in p.gone
+    assert p.srv.conns == {} and p.srv.port_users(8080) == 1  # the listener alone
+
+
+def test_refused_connect_reports_econnrefused_once():
+    p = Pair()
+    assert p.cli_call("connect", 7, IA, 40001, IB, 9) == 0  # nothing listens on B:9: the host answers RST
+    assert p.masks[("cli", 7)] & (POLLERR | POLLHUP | POLLOUT) == POLLERR | POLLHUP | POLLOUT
+    assert p.cli_call("so_error", 7) == errno.ECONNREFUSED
+    assert p.cli_call("so_error", 7) == 0  # reported once, as the kernel's sk_err
+    assert p.cli_call("send", 7, b"x") == -errno.EPIPE
+
+
+def test_peer_reset_is_econnreset_then_epipe_and_close_with_unread_data_resets():
+    p = Pair()
+    p.established()
+    assert p.cli_call("send", 7, b"unread") == 6
+    assert p.srv_call("close", 2) == 0  # the app never read it: RST (RFC 2525 2.17), as Linux
+    assert p.masks[("cli", 7)] & POLLERR
+    assert p.cli_call("send", 7, b"x") == -errno.ECONNRESET
+    assert p.cli_call("send", 7, b"x") == -errno.EPIPE
+    assert p.cli_call("recv", 7, 10, 0) == b""
+
+
+def test_lost_segments_are_retransmitted_from_the_timer():
+    p = Pair()
+    p.established()
+    p.drop_to_cli = True
+    assert p.srv_call("send", 2, b"lost once") == 9
+    p.drop_to_cli = False
+    assert p.cli_call("recv", 7, 100, 0) == -errno.EAGAIN
+    deadline = p.srv.timer(p.now)[3]
+    assert deadline > p.now  # the retransmission's timer is the host's next deadline
+    p.tick(deadline - p.now + 0.001)
+    assert p.cli_call("recv", 7, 100, 0) == b"lost once"
+
+
+def test_unaccepted_connections_are_reset_when_the_listener_closes_and_backlog_is_kept():
+    p = Pair()
+    p.srv_call("listen", 1, IB, 8080, 1)
+    p.cli_call("connect", 7, IA, 40000, IB, 8080)
+    p.cli_call("connect", 8, IA, 40002, IB, 8080)  # past the backlog of 1: reset
+    assert p.cli_call("so_error", 8) == errno.ECONNRESET
+    assert p.srv_call("close", 1) == 0  # nothing left on the port
+    assert p.cli_call("so_error", 7) == errno.ECONNRESET
+    assert p.srv.listeners == {} and p.srv.port_users(8080) == 0
+
+
+def test_segments_for_no_socket_are_answered_with_rst():
+    p = Pair()
+    out = p.srv.frame(_syn_packet(A, B, 5555, 81), p.now)
+    (pkt,) = out[1]
+    seg = tcp.parse_segment(socket.inet_aton(B), socket.inet_aton(A), pkt[20:])
+    assert seg.has(tcp.RST) and seg.dst_port == 5555 and p.srv.stats()["rx_no_socket"] == 1
+
+
+def _syn_packet(src: str, dst: str, sport: int, dport: int) -> bytes:
+    from kbypass.proto import ipv4
+
+    body = tcp.Segment(sport, dport, 1000, 0, tcp.SYN, 65535, tcp.Options(mss=1460)).encode(
+        socket.inet_aton(src), socket.inet_aton(dst))
+    return ipv4.build_ipv4_header(socket.inet_aton(src), socket.inet_aton(dst), 6, len(body)) + body
+
+
+def test_a_wildcard_listener_answers_from_the_address_the_segment_came_to():
+    p = Pair()
+    p.srv_call("listen", 1, 0, 8080, 16)  # bound to 0.0.0.0
+    p.cli_call("connect", 7, IA, 40000, IB, 8080)
+    assert p.masks[("cli", 7)] == POLLOUT  # the SYN-ACK's checksum held: from B, not from 0.0.0.0
+    _, _, local_ip, local_port = ACCEPTED.unpack(p.srv_call("accept", 1, 2))
+    assert (socket.inet_ntoa(local_ip), local_port) == (B, 8080)  # getsockname of the accepted socket
+
+
+def test_abort_is_close_with_a_reset():
+    p = Pair()
+    p.established()
+    assert p.srv_call("send", 2, b"queued") == 6
+    p.srv_call("abort", 2)  # SO_LINGER {1, 0} then close
+    assert p.cli_call("recv", 7, 100, 0) == b"queued"  # what arrived before the RST is still read
+    assert p.cli_call("recv", 7, 100, 0) == -errno.ECONNRESET
+
+
+def test_one_pumps_packets_back_to_back_are_taken_in_one_call():
+    p = Pair()
+    p.srv_call("listen", 1, IB, 8080, 16)
+    syns = _syn_packet(A, B, 5001, 8080) + _syn_packet(A, B, 5002, 8080) + b"\x45\x00\x00"  # and a torn tail
+    _, packets, _, deadline = p.srv.frames(syns, p.now)
+    answered = [tcp.parse_segment(socket.inet_aton(B), socket.inet_aton(A), pkt[20:]) for pkt in packets]
+    assert [(s.dst_port, s.flags) for s in answered] == [(5001, tcp.SYN | tcp.ACK), (5002, tcp.SYN | tcp.ACK)]
+    assert deadline > p.now  # the SYN-ACKs' retransmission timer
+    assert p.srv.stats()["rx_segments"] == 2
+
+
+def test_the_established_path_is_predicted_in_c_when_built():
+    from kbypass import backend
+
+    p = Pair()
+    p.established()
+    for i in range(20):
+        assert p.cli_call("send", 7, b"q%d" % i) == len(b"q%d" % i)
+        assert p.srv_call("recv", 2, 100, 0) == b"q%d" % i
+        assert p.srv_call("send", 2, b"a%d" % i) == len(b"a%d" % i)
+        assert p.cli_call("recv", 7, 100, 0) == b"a%d" % i
+    predicted = p.srv.stats()["rx_predicted"]
+    assert predicted >= 18 if backend.built("tcp") else predicted == 0  # the Python stand-in predicts nothing
+
+
+def test_keepalive_gives_up_on_a_peer_that_vanished():
+    p = Pair()
+    p.established()
+    assert p.srv_call("keepalive", 2, 1, 1.0, 1.0, 2) == 0  # SO_KEEPALIVE, idle 1 s, 1 s apart, 2 probes
+    p.drop_to_cli = True  # the peer is gone: nothing reaches it, nothing comes back
+    for _ in range(40):
+        p.tick(0.1)
+    assert p.masks[("srv", 2)] & POLLERR
+    assert p.srv_call("recv", 2, 10, 0) == -errno.ETIMEDOUT
