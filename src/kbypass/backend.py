@@ -185,6 +185,7 @@ class CBatch:
         self.mark = mod.mark
         self.push_free = mod.push_free
         self.seq_update = mod.seq_update
+        self.split_chains = mod.split_chains
         self.drain = mod.drain
 
     def __repr__(self) -> str:
@@ -284,6 +285,30 @@ class PyBatch:
             raise IndexError(f"descriptor {int(np.argmax(frames >= len(state)))} points outside the UMEM")
         state[frames] = to
         return int(descs[_LEN].sum())
+
+    def split_chains(self, ring, heads, tails, ntails, kept) -> int:
+        """Ring-order descriptors (XDP_PKT_CONTD on all but a packet's last frame) split into packets: each
+        one's first descriptor into heads, the rest into tails, ntails[k] the tails of packet k, every
+        descriptor into kept with its options reduced to XDP_PKT_CONTD. The packet count, or -1 when the
+        last descriptor continues a packet (then nothing meaningful is written)."""
+        n = len(ring)
+        if min(len(heads), len(tails), len(ntails), len(kept)) < n:
+            raise ValueError("split_chains: every output needs room for len(ring) records")
+        if ntails.dtype != np.uint32:
+            raise TypeError("split_chains: ntails must be a uint32 array")
+        contd = (ring["options"] & 1) != 0  # XDP_PKT_CONTD (kbypass.xsk.consts)
+        if n and contd[-1]:
+            return -1
+        head = np.ones(n, dtype=bool)
+        head[1:] = ~contd[:-1]
+        starts = np.flatnonzero(head)
+        k = len(starts)
+        heads[:k] = ring[starts]
+        tails[:n - k] = ring[~head]
+        ntails[:k] = np.append(starts[1:], n) - starts - 1
+        kept[:n] = ring
+        kept["options"][:n] &= 1
+        return k
 
     def push_free(self, state, free, top: int, addrs, shift: int) -> int:
         """Completed frames (addresses from the kernel) back on the free stack: the new top."""
