@@ -330,6 +330,25 @@ def test_transmit_leaves_a_too_long_chain_with_the_caller_and_counts_it(monkeypa
         port.check(app=0)
 
 
+def test_transmit_ring_sends_ring_order_packets_as_transmit_does(monkeypatch):
+    """transmit_ring (the transport's jumbo sends: frames written as chains in ring order, no Batch made of
+    them) sends what transmit() sends of the same packets: whole packets, a too-long chain and what follows
+    left with the caller and counted, half a packet refused."""
+    with _port(monkeypatch) as port:
+        sent = _frames(1, 9014) + _frames(1, 60, first=1) + _frames(1, 40000, first=2) + _frames(1, 60, first=3)
+        port.xsk.deliver_chains(sent, ROOM)
+        ring = port.receive(512).ring_descs()  # 6 + 1 + 23 + 1 frames, in ring order
+        assert port.transmit_ring(ring) == (2, 7) and port.stats["tx_too_long"] == 1
+        assert port.xsk.send_all() == sent[:2]
+        with pytest.raises(UsageError, match="middle of a packet"):
+            port.transmit_ring(ring[7:29])
+        assert port.transmit_ring(ring[7:]) == (0, 0) and port.stats["tx_too_long"] == 2
+        assert port.transmit_ring(ring[30:]) == (1, 1) and port.xsk.send_all() == sent[3:]
+        port.free(Batch.from_ring(ring[7:30], port.umem.array, port))
+        port.reap()
+        port.check(app=0)
+
+
 def test_the_reflector_frees_and_counts_what_it_cannot_send_back(monkeypatch):
     from kbypass.apps.reflect import Reflector
 
