@@ -363,6 +363,34 @@ out_r:
     return r;
 }
 
+/* chain_ends(descs, ends, max_frames) -> (packets, stopped): kb_batch_chain_ends (ends: an int64 array with
+ * room for len(descs)). */
+static PyObject *chain_ends(PyObject *self, PyObject *args) {
+    PyObject *descs_o, *ends_o;
+    unsigned long long max_frames;
+    if (!PyArg_ParseTuple(args, "OOK", &descs_o, &ends_o, &max_frames)) return NULL;
+    Py_buffer dv, ev;
+    struct kb_descs d;
+    if (get_descs(descs_o, &dv, &d, 0)) return NULL;
+    if (PyObject_GetBuffer(ends_o, &ev, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT)) {
+        PyBuffer_Release(&dv);
+        return NULL;
+    }
+    PyObject *r = NULL;
+    if (ev.itemsize != 8 || !ev.format || !strchr("lq", ev.format[strlen(ev.format) - 1])) {
+        PyErr_SetString(PyExc_TypeError, "chain_ends: ends must be an int64 array");
+    } else if ((size_t)(ev.len / 8) < d.n) {
+        PyErr_SetString(PyExc_ValueError, "chain_ends: ends needs room for len(descs)");
+    } else {
+        int stopped;
+        size_t k = kb_batch_chain_ends(&d, ev.buf, max_frames, &stopped);
+        r = Py_BuildValue("ni", (Py_ssize_t)k, stopped);
+    }
+    PyBuffer_Release(&ev);
+    PyBuffer_Release(&dv);
+    return r;
+}
+
 static PyMethodDef methods[] = {
     {"swap", swap, METH_VARARGS, "swap(mem, descs, offset, width, need) -> -1 or first short frame"},
     {"claim", claim, METH_VARARGS, "claim(state, descs, shift, umem_size, frame_size, expected, to, tx)"},
@@ -370,6 +398,7 @@ static PyMethodDef methods[] = {
     {"push_free", push_free, METH_VARARGS, "push_free(state, free, top, addrs, shift) -> new top"},
     {"stamp", stamp, METH_VARARGS, "stamp(mem, descs, offset, first_seq, now_ns) -> -1 or first short frame"},
     {"seq_update", seq_update, METH_VARARGS, "seq_update(state, seen, seqs) -> None"},
+    {"chain_ends", chain_ends, METH_VARARGS, "chain_ends(descs, ends, max_frames) -> (packets, stopped)"},
     {"split_chains", split_chains, METH_VARARGS,
      "split_chains(ring, heads, tails, ntails, kept) -> packets, or -1 (the last descriptor continues)"},
     {"drain", drain, METH_VARARGS,

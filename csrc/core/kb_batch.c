@@ -63,3 +63,22 @@ long long kb_batch_split_chains(const struct kb_descs *ring, struct kb_descs *he
     }
     return (long long)k;
 }
+
+size_t kb_batch_chain_ends(const struct kb_descs *d, int64_t *ends, uint64_t max_frames, int *stopped) {
+    size_t k = 0, start = 0;
+    *stopped = 0;
+    if (d->n && (kb_descs_options(d, d->n - 1) & KB_PKT_CONTD)) {
+        *stopped = -1;
+        return 0;
+    }
+    for (size_t i = 0; i < d->n; i++) {
+        if (kb_descs_options(d, i) & KB_PKT_CONTD) continue;
+        if (i + 1 - start > max_frames) {
+            *stopped = 1;
+            return k;
+        }
+        ends[k++] = (int64_t)(i + 1);
+        start = i + 1;
+    }
+    return k;
+}

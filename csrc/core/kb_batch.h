@@ -35,4 +35,10 @@ void kb_batch_stamp(uint8_t *mem, const struct kb_descs *d, size_t offset, uint6
 long long kb_batch_split_chains(const struct kb_descs *ring, struct kb_descs *heads, struct kb_descs *tails,
                                 uint32_t *ntails, struct kb_descs *kept);
 
+/* The packets of descriptors in ring order (as kb_batch_split_chains reads them) up to the first one of more than
+ * max_frames frames: ends[k] is one past packet k's last descriptor. Returns the packets; *stopped is 1 when a
+ * longer packet ended the list, -1 (and 0 packets) when the last descriptor has KB_PKT_CONTD, else 0. ends has
+ * room for d->n. kbypass.backend.PyBatch.chain_ends is its twin. */
+size_t kb_batch_chain_ends(const struct kb_descs *d, int64_t *ends, uint64_t max_frames, int *stopped);
+
 #endif

@@ -186,6 +186,7 @@ class CBatch:
         self.push_free = mod.push_free
         self.seq_update = mod.seq_update
         self.split_chains = mod.split_chains
+        self.chain_ends = mod.chain_ends
         self.drain = mod.drain
 
     def __repr__(self) -> str:
@@ -309,6 +310,23 @@ class PyBatch:
         kept[:n] = ring
         kept["options"][:n] &= 1
         return k
+
+    def chain_ends(self, descs, ends, max_frames: int) -> tuple[int, int]:
+        """The packets of ring-order descriptors up to the first of more than max_frames frames: (packets,
+        stopped), ends[k] one past packet k's last descriptor; stopped 1 when a longer packet ended them, -1
+        (no packets) when the last descriptor continues a packet, else 0."""
+        n = len(descs)
+        if len(ends) < n:
+            raise ValueError("chain_ends: ends needs room for len(descs)")
+        if ends.dtype != np.int64:
+            raise TypeError("chain_ends: ends must be an int64 array")
+        last = np.flatnonzero((descs["options"] & 1) == 0) + 1  # XDP_PKT_CONTD (kbypass.xsk.consts)
+        if n and (not len(last) or last[-1] != n):
+            return 0, -1
+        longer = np.flatnonzero(np.diff(last, prepend=0) > max_frames)
+        k = int(longer[0]) if len(longer) else len(last)
+        ends[:k] = last[:k]
+        return k, 1 if len(longer) else 0
 
     def push_free(self, state, free, top: int, addrs, shift: int) -> int:
         """Completed frames (addresses from the kernel) back on the free stack: the new top."""

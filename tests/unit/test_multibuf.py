@@ -210,6 +210,33 @@ def test_split_chains_c_gives_the_numpy_verdict():
             ops.split_chains(ring, ring[:2], ring.copy(), np.zeros(3, dtype=np.uint32), ring.copy())
 
 
+def _ends(ops, ring, most):
+    ends = np.full(len(ring), -7, dtype=np.int64)
+    k, stopped = ops.chain_ends(ring, ends, most)
+    return k, stopped, ends[:k].tolist()
+
+
+@needs_c
+def test_chain_ends_c_gives_the_numpy_verdict():
+    """kbypass._fastbatch.chain_ends (where each packet of a jumbo send ends, and the first the kernel would
+    not send: AfXdpPort.transmit_ring) against the numpy reference: random layouts and limits."""
+    rng = np.random.default_rng(12)
+    c, py = backend.batch("c"), backend.PyBatch()
+    for trial in range(300):
+        n = int(rng.integers(0, 40))
+        ring = np.zeros(2 * n, dtype=DESC)[::2] if trial % 3 == 0 else np.zeros(n, dtype=DESC)
+        ring["options"] = rng.integers(0, 16, n, dtype=np.uint32) & rng.integers(0, 2, n, dtype=np.uint32) * 15
+        if n and trial % 5:
+            ring["options"][-1] &= ~np.uint32(XDP_PKT_CONTD)
+        most = int(rng.integers(1, 8))
+        assert _ends(c, ring, most) == _ends(py, ring, most)
+    ring = np.zeros(3, dtype=DESC)
+    assert _ends(c, ring, 1) == (3, 0, [1, 2, 3])
+    for ops in (c, py):
+        with pytest.raises(ValueError, match="room"):
+            ops.chain_ends(ring, np.zeros(2, dtype=np.int64), 4)
+
+
 def test_from_ring_splits_chains_and_keeps_ring_order():
     d = np.zeros(6, dtype=DESC)
     d["addr"] = np.arange(6) * 4096

@@ -448,11 +448,10 @@ class AfXdpPort(UmemPort):
     def _transmit_chains(self, batch: Batch) -> int:
         """transmit() of multi-frame packets: the accepted prefix is of whole packets (a chain is never
         split), XDP_PKT_CONTD on every descriptor but each packet's last."""
-        counts = batch.frame_counts()
         if not self.multi_buffer:
             raise UsageError("this batch holds packets of several frames and the port is not multi-buffer: open it "
                              "with multi_buffer=True (Linux >= 6.6)")
-        return self._transmit_packets(batch.ring_descs(), np.cumsum(counts))[0]
+        return self._transmit_packets(batch.ring_descs())[0]
 
     def transmit_ring(self, descs: np.ndarray) -> tuple[int, int]:
         """transmit() of packets given as descriptors in ring order (XDP_PKT_CONTD on all but each packet's
@@ -465,26 +464,24 @@ class AfXdpPort(UmemPort):
         if not self.multi_buffer:
             raise UsageError("transmit_ring sends chains of frames and the port is not multi-buffer: open it "
                              "with multi_buffer=True (Linux >= 6.6)")
-        ends = np.flatnonzero((descs["options"] & XDP_PKT_CONTD) == 0) + 1
-        if len(descs) and (not len(ends) or ends[-1] != len(descs)):
+        return self._transmit_packets(descs)
+
+    def _transmit_packets(self, descs: np.ndarray) -> tuple[int, int]:
+        """Descriptors of whole packets in ring order onto the TX ring: (packets, frames) accepted, a prefix
+        of whole packets; the rest stays yours. Where each packet ends, and the first one longer than the
+        kernel sends (it and what follows stay yours), in one pass of the batch backend (chain_ends: in numpy
+        ~10% of a jumbo sender's CPU)."""
+        ends = np.empty(len(descs), dtype=np.int64)
+        k, stopped = self.umem.ops.chain_ends(descs, ends, self.max_tx_frames)
+        if stopped < 0:
             raise UsageError("the descriptors end in the middle of a packet (XDP_PKT_CONTD on the last): give "
                              "whole packets")
-        return self._transmit_packets(descs, ends)
-
-    def _transmit_packets(self, descs: np.ndarray, ends: np.ndarray) -> tuple[int, int]:
-        """Descriptors in ring order of packets ending at `ends` (cumulative frame counts) onto the TX ring:
-        (packets, frames) accepted, a prefix of whole packets; the rest stays yours."""
-        counts = np.diff(ends, prepend=0)
-        too_long = np.flatnonzero(counts > self.max_tx_frames)
-        if len(too_long):  # the kernel would drop it whole (kbypass.xsk.multibuf): it and what follows stay yours
+        if stopped:  # the kernel would drop it whole (kbypass.xsk.multibuf): it and what follows stay yours
             self._c[TX_TOO_LONG] += 1
-            first = int(too_long[0])
-            if first == 0:
-                return 0, 0
-            ends = ends[:first]
-            descs = descs[:int(ends[-1])]
-        if not len(descs):
+        if not k:
             return 0, 0
+        ends = ends[:k]
+        descs = descs[:int(ends[-1])]
         nbytes = self.umem.hand_over(descs["addr"], APP, TX, "transmit", descs=descs)
         self.reap()
         idx, room = self._tx.reserve(len(descs))
