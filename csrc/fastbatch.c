@@ -330,6 +330,67 @@ static PyObject *drain(PyObject *self, PyObject *args) {
     return r;
 }
 
+/* split_chains(ring, heads, tails, ntails, kept) -> packets, or -1 when the last descriptor continues
+ * (nothing meaningful written): kb_batch_split_chains. heads, tails and kept: writable DESC arrays, ntails a
+ * u32 array, each with room for len(ring). */
+static PyObject *split_chains(PyObject *self, PyObject *args) {
+    PyObject *ring_o, *heads_o, *tails_o, *ntails_o, *kept_o;
+    if (!PyArg_ParseTuple(args, "OOOOO", &ring_o, &heads_o, &tails_o, &ntails_o, &kept_o)) return NULL;
+    Py_buffer rv, hv, tv, nv, kv;
+    struct kb_descs ring, heads, tails, kept;
+    PyObject *r = NULL;
+    if (get_descs(ring_o, &rv, &ring, 0)) return NULL;
+    if (get_descs(heads_o, &hv, &heads, 1)) goto out_r;
+    if (get_descs(tails_o, &tv, &tails, 1)) goto out_h;
+    if (get_descs(kept_o, &kv, &kept, 1)) goto out_t;
+    if (PyObject_GetBuffer(ntails_o, &nv, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT)) goto out_k;
+    if (nv.itemsize != 4 || !nv.format || (strcmp(nv.format, "I") && strcmp(nv.format, "<I") && strcmp(nv.format, "=I"))) {
+        PyErr_SetString(PyExc_TypeError, "split_chains: ntails must be a uint32 array");
+    } else if (heads.n < ring.n || tails.n < ring.n || kept.n < ring.n || (size_t)(nv.len / 4) < ring.n) {
+        PyErr_SetString(PyExc_ValueError, "split_chains: every output needs room for len(ring) records");
+    } else {
+        r = PyLong_FromLongLong(kb_batch_split_chains(&ring, &heads, &tails, nv.buf, &kept));
+    }
+    PyBuffer_Release(&nv);
+out_k:
+    PyBuffer_Release(&kv);
+out_t:
+    PyBuffer_Release(&tv);
+out_h:
+    PyBuffer_Release(&hv);
+out_r:
+    PyBuffer_Release(&rv);
+    return r;
+}
+
+/* chain_ends(descs, ends, max_frames) -> (packets, stopped): kb_batch_chain_ends (ends: an int64 array with
+ * room for len(descs)). */
+static PyObject *chain_ends(PyObject *self, PyObject *args) {
+    PyObject *descs_o, *ends_o;
+    unsigned long long max_frames;
+    if (!PyArg_ParseTuple(args, "OOK", &descs_o, &ends_o, &max_frames)) return NULL;
+    Py_buffer dv, ev;
+    struct kb_descs d;
+    if (get_descs(descs_o, &dv, &d, 0)) return NULL;
+    if (PyObject_GetBuffer(ends_o, &ev, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT)) {
+        PyBuffer_Release(&dv);
+        return NULL;
+    }
+    PyObject *r = NULL;
+    if (ev.itemsize != 8 || !ev.format || !strchr("lq", ev.format[strlen(ev.format) - 1])) {
+        PyErr_SetString(PyExc_TypeError, "chain_ends: ends must be an int64 array");
+    } else if ((size_t)(ev.len / 8) < d.n) {
+        PyErr_SetString(PyExc_ValueError, "chain_ends: ends needs room for len(descs)");
+    } else {
+        int stopped;
+        size_t k = kb_batch_chain_ends(&d, ev.buf, max_frames, &stopped);
+        r = Py_BuildValue("ni", (Py_ssize_t)k, stopped);
+    }
+    PyBuffer_Release(&ev);
+    PyBuffer_Release(&dv);
+    return r;
+}
+
 static PyMethodDef methods[] = {
     {"swap", swap, METH_VARARGS, "swap(mem, descs, offset, width, need) -> -1 or first short frame"},
     {"claim", claim, METH_VARARGS, "claim(state, descs, shift, umem_size, frame_size, expected, to, tx)"},
@@ -337,6 +398,9 @@ static PyMethodDef methods[] = {
     {"push_free", push_free, METH_VARARGS, "push_free(state, free, top, addrs, shift) -> new top"},
     {"stamp", stamp, METH_VARARGS, "stamp(mem, descs, offset, first_seq, now_ns) -> -1 or first short frame"},
     {"seq_update", seq_update, METH_VARARGS, "seq_update(state, seen, seqs) -> None"},
+    {"chain_ends", chain_ends, METH_VARARGS, "chain_ends(descs, ends, max_frames) -> (packets, stopped)"},
+    {"split_chains", split_chains, METH_VARARGS,
+     "split_chains(ring, heads, tails, ntails, kept) -> packets, or -1 (the last descriptor continues)"},
     {"drain", drain, METH_VARARGS,
      "drain(rx, fill, fd, umem, frame_size, stats, budget, stamp_off, state, seen, seqs, lat, wait_ms[, lock]) -> "
      "(n, bytes, nlat, first_ns, last_ns)"},

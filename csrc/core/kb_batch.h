@@ -26,4 +26,19 @@ void kb_batch_swap(uint8_t *mem, const struct kb_descs *d, size_t offset, size_t
  * kb_batch_check said -1 for offset + 16. */
 void kb_batch_stamp(uint8_t *mem, const struct kb_descs *d, size_t offset, uint64_t first_seq, uint64_t now_ns);
 
+/* Descriptors in ring order (a multi-buffer ring's: a packet's frames consecutive, options bit KB_PKT_CONTD on
+ * all but its last) split into a Batch of packets: each packet's first descriptor into heads (packet order),
+ * the others into tails (in order), ntails[k] the tails of packet k, and every descriptor into kept with its
+ * options reduced to KB_PKT_CONTD (what a TX ring takes back). Every output has room for ring->n records.
+ * Returns the packets; -1 when the last descriptor has KB_PKT_CONTD (nothing is meaningful then).
+ * kbypass.port.batch.Batch.from_ring's numpy split (kbypass.backend.PyBatch.split_chains) is its twin. */
+long long kb_batch_split_chains(const struct kb_descs *ring, struct kb_descs *heads, struct kb_descs *tails,
+                                uint32_t *ntails, struct kb_descs *kept);
+
+/* The packets of descriptors in ring order (as kb_batch_split_chains reads them) up to the first one of more than
+ * max_frames frames: ends[k] is one past packet k's last descriptor. Returns the packets; *stopped is 1 when a
+ * longer packet ended the list, -1 (and 0 packets) when the last descriptor has KB_PKT_CONTD, else 0. ends has
+ * room for d->n. kbypass.backend.PyBatch.chain_ends is its twin. */
+size_t kb_batch_chain_ends(const struct kb_descs *d, int64_t *ends, uint64_t max_frames, int *stopped);
+
 #endif

@@ -296,9 +296,13 @@ struct span {
     uint32_t n;
 };
 
-/* The frame header then the spans (dlen bytes in all) scattered over a chain of `frames` frames from i. */
+/* The frame header then the spans (dlen bytes in all) scattered over a chain of `frames` frames from i. With
+ * `crc`: the last span is the 4-byte trailer, written with the CRC of the spans before it, which is computed
+ * piece by piece as each is copied (a frame's room at most, in L1 for the copy that follows): computed over the
+ * payload first and copied after, the sender read every payload twice. */
 static void chain_scatter(uint8_t *mem, struct kb_descs *d, size_t i, size_t frames, uint64_t frame_size, int kind,
-                          const uint8_t *hdr, uint32_t *ident, struct span *src, size_t nsrc, uint32_t dlen) {
+                          const uint8_t *hdr, uint32_t *ident, struct span *src, size_t nsrc, uint32_t dlen,
+                          uint32_t *crc) {
     uint32_t hlen = kb_xfer_frame_header(kind);
     size_t s = 0;
     for (size_t j = i; j < i + frames; j++) {
@@ -315,6 +319,10 @@ static void chain_scatter(uint8_t *mem, struct kb_descs *d, size_t i, size_t fra
         }
         while (at < room && s < nsrc) {
             uint32_t take = room - at < src[s].n ? room - at : src[s].n;
+            if (crc && s + 1 < nsrc) {
+                *crc = crc32_gzip_refl(*crc, src[s].p, take);
+                if (take == src[s].n && s + 2 == nsrc) wr32((uint8_t *)src[s + 1].p, *crc); /* the trailer, next */
+            }
             memcpy(f + at, src[s].p, take);
             at += take;
             src[s].p += take;
@@ -328,16 +336,16 @@ static void chain_scatter(uint8_t *mem, struct kb_descs *d, size_t i, size_t fra
 void kb_xfer_chain_write(uint8_t *mem, struct kb_descs *d, size_t i, size_t frames, uint64_t frame_size, int kind,
                          const uint8_t *hdr, uint32_t *ident, const uint8_t *dgram, uint32_t dlen) {
     struct span src[1] = {{dgram, dlen}};
-    chain_scatter(mem, d, i, frames, frame_size, kind, hdr, ident, src, dlen ? 1 : 0, dlen);
+    chain_scatter(mem, d, i, frames, frame_size, kind, hdr, ident, src, dlen ? 1 : 0, dlen, NULL);
 }
 
 void kb_xfer_chain_encode(uint8_t *mem, struct kb_descs *d, size_t i, size_t frames, uint64_t frame_size, int kind,
                           const uint8_t *hdr, uint32_t *ident, const struct kb_xfer_fields *h, const uint8_t *payload,
                           uint32_t plen) {
     uint8_t head[KB_XFER_HEADER], trailer[KB_XFER_CRC];
+    uint32_t crc = 0;
     put_header(head, h, plen);
-    wr32(trailer, crc32_gzip_refl(crc32_gzip_refl(0, head, KB_XFER_HEADER), payload, plen));
     struct span src[3] = {{head, KB_XFER_HEADER}, {payload, plen}, {trailer, KB_XFER_CRC}};
     if (!plen) src[1] = src[2];
-    chain_scatter(mem, d, i, frames, frame_size, kind, hdr, ident, src, plen ? 3 : 2, KB_XFER_OVERHEAD + plen);
+    chain_scatter(mem, d, i, frames, frame_size, kind, hdr, ident, src, plen ? 3 : 2, KB_XFER_OVERHEAD + plen, &crc);
 }

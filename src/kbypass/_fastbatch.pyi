@@ -24,6 +24,13 @@ def push_free(state: WriteableBuffer, free: np.ndarray, top: int, addrs: np.ndar
     """Completed frames back on the free stack; returns the new top."""
 def stamp(mem: WriteableBuffer, descs: np.ndarray, offset: int, first_seq: int, now_ns: int, /) -> int:
     """The generator's sequence and time stamp: -1, or the first frame too short (nothing written)."""
+def chain_ends(descs: np.ndarray, ends: np.ndarray, max_frames: int, /) -> tuple[int, int]:
+    """Ring-order packets up to the first longer than max_frames (kb_batch_chain_ends): (packets, stopped), ends
+    one past each packet's last descriptor; stopped 1 at a longer packet, -1 when the last descriptor continues."""
+def split_chains(ring: np.ndarray, heads: np.ndarray, tails: np.ndarray, ntails: np.ndarray, kept: np.ndarray,
+                 /) -> int:
+    """Ring-order descriptors split into packets (kb_batch_split_chains): the packet count, or -1 when the
+    last descriptor continues a packet."""
 def seq_update(state: WriteableBuffer, seen: WriteableBuffer, seqs: np.ndarray, /) -> None:
     """Sequence accounting of one batch (kb_seq_update): state is kbypass.apps.seqcheck.FIELDS as int64; any
     int64 is a sequence number. TypeError unless seqs is an int64 array (by format, not only item size)."""

@@ -185,6 +185,8 @@ class CBatch:
         self.mark = mod.mark
         self.push_free = mod.push_free
         self.seq_update = mod.seq_update
+        self.split_chains = mod.split_chains
+        self.chain_ends = mod.chain_ends
         self.drain = mod.drain
 
     def __repr__(self) -> str:
@@ -284,6 +286,47 @@ class PyBatch:
             raise IndexError(f"descriptor {int(np.argmax(frames >= len(state)))} points outside the UMEM")
         state[frames] = to
         return int(descs[_LEN].sum())
+
+    def split_chains(self, ring, heads, tails, ntails, kept) -> int:
+        """Ring-order descriptors (XDP_PKT_CONTD on all but a packet's last frame) split into packets: each
+        one's first descriptor into heads, the rest into tails, ntails[k] the tails of packet k, every
+        descriptor into kept with its options reduced to XDP_PKT_CONTD. The packet count, or -1 when the
+        last descriptor continues a packet (then nothing meaningful is written)."""
+        n = len(ring)
+        if min(len(heads), len(tails), len(ntails), len(kept)) < n:
+            raise ValueError("split_chains: every output needs room for len(ring) records")
+        if ntails.dtype != np.uint32:
+            raise TypeError("split_chains: ntails must be a uint32 array")
+        contd = (ring["options"] & 1) != 0  # XDP_PKT_CONTD (kbypass.xsk.consts)
+        if n and contd[-1]:
+            return -1
+        head = np.ones(n, dtype=bool)
+        head[1:] = ~contd[:-1]
+        starts = np.flatnonzero(head)
+        k = len(starts)
+        heads[:k] = ring[starts]
+        tails[:n - k] = ring[~head]
+        ntails[:k] = np.append(starts[1:], n) - starts - 1
+        kept[:n] = ring
+        kept["options"][:n] &= 1
+        return k
+
+    def chain_ends(self, descs, ends, max_frames: int) -> tuple[int, int]:
+        """The packets of ring-order descriptors up to the first of more than max_frames frames: (packets,
+        stopped), ends[k] one past packet k's last descriptor; stopped 1 when a longer packet ended them, -1
+        (no packets) when the last descriptor continues a packet, else 0."""
+        n = len(descs)
+        if len(ends) < n:
+            raise ValueError("chain_ends: ends needs room for len(descs)")
+        if ends.dtype != np.int64:
+            raise TypeError("chain_ends: ends must be an int64 array")
+        last = np.flatnonzero((descs["options"] & 1) == 0) + 1  # XDP_PKT_CONTD (kbypass.xsk.consts)
+        if n and (not len(last) or last[-1] != n):
+            return 0, -1
+        longer = np.flatnonzero(np.diff(last, prepend=0) > max_frames)
+        k = int(longer[0]) if len(longer) else len(last)
+        ends[:k] = last[:k]
+        return k, 1 if len(longer) else 0
 
     def push_free(self, state, free, top: int, addrs, shift: int) -> int:
         """Completed frames (addresses from the kernel) back on the free stack: the new top."""

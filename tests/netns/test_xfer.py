@@ -174,6 +174,11 @@ class TestOverSharedPorts:
             assert in_c > len(data) // cli.conn.mss // 10
         else:
             assert in_c == 0
+        # the receiver's ACKs, one at a time, through the port's C message lane (datapath._small_lane); the
+        # lane's frames went back to the shared port when the endpoint closed
+        assert (srv.counters["tx_lane"] > 0) == (lane == "c")
+        assert srv.counters["tx_lane"] <= srv.stats["datagrams_sent"]
+        ports[1].check(app=0)
 
     def test_garbage_from_the_wire_is_counted(self, testbed_hosts, ports) -> None:
         """Raw frames of our EtherType that are not transport datagrams, and UDP datagrams from a stranger:

@@ -178,6 +178,80 @@ def test_from_ring_refuses_half_a_packet():
         Batch.from_ring(d, np.zeros(16, dtype=np.uint8))
 
 
+def _split(ops, ring):
+    n = len(ring)
+    heads, tails, kept = (np.full(n, 0xAB, dtype=DESC) for _ in range(3))
+    ntails = np.full(n, 7, dtype=np.uint32)
+    k = ops.split_chains(ring, heads, tails, ntails, kept)
+    if k < 0:
+        return k
+    return k, heads[:k].tobytes(), tails[:n - k].tobytes(), ntails[:k].tolist(), kept.tobytes()
+
+
+@needs_c
+def test_split_chains_c_gives_the_numpy_verdict():
+    """kbypass._fastbatch.split_chains (what Batch.from_ring runs on every multi-buffer receive and on the
+    transport's every send of jumbo chains) against the numpy reference (backend.PyBatch): random chain
+    layouts, any options bits besides XDP_PKT_CONTD, strided input, half a packet at the end."""
+    rng = np.random.default_rng(11)
+    c, py = backend.batch("c"), backend.PyBatch()
+    for trial in range(300):
+        n = int(rng.integers(0, 40))
+        ring = np.zeros(2 * n, dtype=DESC)[::2] if trial % 3 == 0 else np.zeros(n, dtype=DESC)
+        ring["addr"] = rng.integers(0, 1 << 40, n, dtype=np.uint64)
+        ring["len"] = rng.integers(0, 5000, n, dtype=np.uint32)
+        ring["options"] = rng.integers(0, 16, n, dtype=np.uint32)
+        if n and trial % 5:
+            ring["options"][-1] &= ~np.uint32(XDP_PKT_CONTD)  # mostly whole packets
+        assert _split(c, ring) == _split(py, ring)
+    ring = np.zeros(3, dtype=DESC)
+    for ops in (c, py):
+        with pytest.raises(ValueError, match="room"):
+            ops.split_chains(ring, ring[:2], ring.copy(), np.zeros(3, dtype=np.uint32), ring.copy())
+
+
+def _ends(ops, ring, most):
+    ends = np.full(len(ring), -7, dtype=np.int64)
+    k, stopped = ops.chain_ends(ring, ends, most)
+    return k, stopped, ends[:k].tolist()
+
+
+@needs_c
+def test_chain_ends_c_gives_the_numpy_verdict():
+    """kbypass._fastbatch.chain_ends (where each packet of a jumbo send ends, and the first the kernel would
+    not send: AfXdpPort.transmit_ring) against the numpy reference: random layouts and limits."""
+    rng = np.random.default_rng(12)
+    c, py = backend.batch("c"), backend.PyBatch()
+    for trial in range(300):
+        n = int(rng.integers(0, 40))
+        ring = np.zeros(2 * n, dtype=DESC)[::2] if trial % 3 == 0 else np.zeros(n, dtype=DESC)
+        ring["options"] = rng.integers(0, 16, n, dtype=np.uint32) & rng.integers(0, 2, n, dtype=np.uint32) * 15
+        if n and trial % 5:
+            ring["options"][-1] &= ~np.uint32(XDP_PKT_CONTD)
+        most = int(rng.integers(1, 8))
+        assert _ends(c, ring, most) == _ends(py, ring, most)
+    ring = np.zeros(3, dtype=DESC)
+    assert _ends(c, ring, 1) == (3, 0, [1, 2, 3])
+    for ops in (c, py):
+        with pytest.raises(ValueError, match="room"):
+            ops.chain_ends(ring, np.zeros(2, dtype=np.int64), 4)
+
+
+def test_from_ring_splits_chains_and_keeps_ring_order():
+    d = np.zeros(6, dtype=DESC)
+    d["addr"] = np.arange(6) * 4096
+    d["len"] = [4096, 100, 50, 4096, 4096, 7]
+    d["options"] = [XDP_PKT_CONTD | 4, 0, 0, XDP_PKT_CONTD, XDP_PKT_CONTD, 0]
+    batch = Batch.from_ring(d, np.zeros(6 * 4096, dtype=np.uint8), None, 4096)
+    assert len(batch) == 3 and batch.ntails.tolist() == [1, 0, 2]
+    assert batch.descs["addr"].tolist() == [0, 2 * 4096, 3 * 4096]
+    assert batch.tails["addr"].tolist() == [4096, 4 * 4096, 5 * 4096]
+    assert batch.total_lens().tolist() == [4196, 50, 8199]
+    assert batch.ring_descs()["options"].tolist() == [XDP_PKT_CONTD, 0, 0, XDP_PKT_CONTD, XDP_PKT_CONTD, 0]
+    one = Batch.from_ring(d[1:3], batch.mem)  # no chains: the one-frame batch, its descriptors as they are
+    assert one.tails is None and one.descs is not None and len(one) == 2
+
+
 @needs_c
 def test_sink_c_path_counts_chains_as_the_numpy_path_does(monkeypatch):
     rng = np.random.default_rng(3)
@@ -279,6 +353,25 @@ def test_transmit_leaves_a_too_long_chain_with_the_caller_and_counts_it(monkeypa
         assert port.transmit(batch[2:]) == 1
         assert port.xsk.send_all() == [sent[2]]
         port.free(batch[1:2])
+        port.reap()
+        port.check(app=0)
+
+
+def test_transmit_ring_sends_ring_order_packets_as_transmit_does(monkeypatch):
+    """transmit_ring (the transport's jumbo sends: frames written as chains in ring order, no Batch made of
+    them) sends what transmit() sends of the same packets: whole packets, a too-long chain and what follows
+    left with the caller and counted, half a packet refused."""
+    with _port(monkeypatch) as port:
+        sent = _frames(1, 9014) + _frames(1, 60, first=1) + _frames(1, 40000, first=2) + _frames(1, 60, first=3)
+        port.xsk.deliver_chains(sent, ROOM)
+        ring = port.receive(512).ring_descs()  # 6 + 1 + 23 + 1 frames, in ring order
+        assert port.transmit_ring(ring) == (2, 7) and port.stats["tx_too_long"] == 1
+        assert port.xsk.send_all() == sent[:2]
+        with pytest.raises(UsageError, match="middle of a packet"):
+            port.transmit_ring(ring[7:29])
+        assert port.transmit_ring(ring[7:]) == (0, 0) and port.stats["tx_too_long"] == 2
+        assert port.transmit_ring(ring[30:]) == (1, 1) and port.xsk.send_all() == sent[3:]
+        port.free(Batch.from_ring(ring[7:30], port.umem.array, port))
         port.reap()
         port.check(app=0)
 

@@ -67,24 +67,24 @@ class Batch:
 
     @classmethod
     def from_ring(cls, descs: np.ndarray, mem: np.ndarray, owner=None, frame_size: int | None = None) -> "Batch":
-        """Descriptors in ring order (a multi-buffer RX ring's: a packet's frames consecutive, XDP_PKT_CONTD on
-        all but its last; the last descriptor ends a packet) as a Batch of packets."""
-        contd = (descs["options"] & XDP_PKT_CONTD) != 0
-        if not contd.any():
-            return cls(descs, mem, owner, frame_size)
-        if contd[-1]:
+        """Descriptors in ring order (a multi-buffer ring's: a packet's frames consecutive, XDP_PKT_CONTD on
+        all but its last; the last descriptor ends a packet) as a Batch of packets. One pass of the batch
+        backend (split_chains: in numpy a dozen calls, ~45 us for a 136-frame batch of jumbo chains here, on
+        every receive and every send of the transport's jumbo datagrams)."""
+        n = len(descs)
+        heads, tails, kept = np.empty(n, dtype=DESC), np.empty(n, dtype=DESC), np.empty(n, dtype=DESC)
+        ntails = np.empty(n, dtype=np.uint32)
+        ops = getattr(owner, "batch_ops", None) or backend.batch()
+        k = ops.split_chains(descs, heads, tails, ntails, kept)
+        if k < 0:
             raise UsageError("the descriptors end in the middle of a packet (XDP_PKT_CONTD on the last): read "
                              "whole packets (ConsumerRing.peek_packets)")
-        head = np.ones(len(descs), dtype=bool)
-        head[1:] = ~contd[:-1]
-        starts = np.flatnonzero(head)
-        ntails = (np.append(starts[1:], len(descs)) - starts - 1).astype(np.uint32)
-        batch = cls(descs[starts], mem, owner, frame_size, tails=descs[~head], ntails=ntails)
+        if k == n:  # no chains: the one-frame batch
+            return cls(descs, mem, owner, frame_size)
+        batch = cls(heads[:k], mem, owner, frame_size, tails=tails[:n - k], ntails=ntails[:k])
         # ring_descs() would rebuild this order from heads and tails (~20 us of numpy a batch, the transport's
         # every receive and send of jumbo chains): keep it, with what it was split into to see any change
-        ring = descs.copy()
-        ring["options"] &= XDP_PKT_CONTD
-        batch._ring = (ring, batch.descs, batch.tails, batch.descs.tobytes(), batch.tails.tobytes())
+        batch._ring = (kept, batch.descs, batch.tails, batch.descs.tobytes(), batch.tails.tobytes())
         return batch
 
     @classmethod

@@ -128,6 +128,12 @@ class UdpEncap:
                                                       self._ident, datagrams)
         return used, wrote
 
+    def send_lane(self, lane, datagram: bytes) -> bool:
+        """frame() of `datagram` sent through a message lane (port/lane.py), built there from the flow's
+        header: False when the lane has no frame or TX slot for it now."""
+        self._ident = ident = (self._ident + 1) & 0xFFFF
+        return lane.send_udp(self._flow, datagram, ident)
+
     def frame(self, datagram: bytes) -> bytes:
         """One frame carrying `datagram` to the peer (set_peer first)."""
         self._ident = ident = (self._ident + 1) & 0xFFFF
@@ -188,6 +194,10 @@ class EthEncap:
 
     def frame(self, datagram: bytes) -> bytes:
         return self._hdr + datagram
+
+    def send_lane(self, lane, datagram: bytes) -> bool:
+        """See UdpEncap.send_lane."""
+        return lane.send_one(self._hdr + datagram)
 
     def write_frames(self, codec, batch, datagrams: list, start: int) -> None:
         """See UdpEncap.write_frames."""

@@ -150,6 +150,7 @@ class TransportEndpoint(DataPath):
         self.closed_at: float | None = None  # when Closed arrived: the peer has every byte and closed too
         self._closed = False
         self._syn_sources: dict = {}  # a server's SYN senders by connection id, until one is the peer
+        self._lane = None  # the message lane for small datagrams (datapath._small_lane; False: none)
         self.rules: list[str] = []  # the steering rules open() installed
         self.backend = getattr(port, "mode", "?")
 
@@ -537,6 +538,7 @@ class TransportEndpoint(DataPath):
         self._xdp_sampled = self._sample_drops()  # the counters go with the steering program
         self._closed = True
         try:
+            self._close_lane()
             if self._own_port:
                 self.port.close()
         finally:
