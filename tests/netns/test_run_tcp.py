@@ -305,6 +305,8 @@ int main(int argc, char **argv) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
     inet_pton(AF_INET, argv[1], &a.sin_addr);
+    struct linger lg = {1, 0};
+    if (argc > 3) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)); /* "early": before the connect */
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) { perror("connect"); return 1; }
     struct timeval tv = {0, 300000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -316,8 +318,7 @@ int main(int argc, char **argv) {
     clock_gettime(CLOCK_MONOTONIC, &t1);
     long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
     printf("recv %zd %s after %ld ms\n", n, n < 0 ? strerror(e) : "-", ms);
-    struct linger lg = {1, 0};
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    if (argc <= 3) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     close(fd);
     puts("closed");
     return 0;
@@ -340,16 +341,19 @@ PEER = textwrap.dedent("""
 """)
 
 
-def test_so_rcvtimeo_and_so_linger_zero_as_the_kernel(hosts, tmp_path):
+@pytest.mark.parametrize("linger", ["late", "early"])
+def test_so_rcvtimeo_and_so_linger_zero_as_the_kernel(hosts, tmp_path, linger):
     """A C client under run: recv with SO_RCVTIMEO 300 ms and nothing coming ends with EAGAIN after it,
-    close with SO_LINGER {1, 0} resets (the kernel peer's recv: ConnectionResetError)."""
+    close with SO_LINGER {1, 0} resets (the kernel peer's recv: ConnectionResetError). Set before the connect
+    ("early") it is still the app's at close: the control plane, which got the socket at the connect, leaves
+    its options alone."""
     a, b = hosts
     (tmp_path / "t.c").write_text(TIMEOUTS_C.replace("#include <unistd.h>", "#include <unistd.h>\n#include <stdlib.h>"))
     subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "t"), str(tmp_path / "t.c")], check=True)
     srv = subprocess.Popen(in_ns(a, sys.executable, "-c", PEER, a.ipv4, "8318"), stdout=subprocess.PIPE, text=True)
     try:
         assert srv.stdout.readline().strip() == "ready"
-        cli = run_app(b, str(tmp_path / "t"), a.ipv4, "8318")
+        cli = run_app(b, str(tmp_path / "t"), a.ipv4, "8318", *(["early"] if linger == "early" else []))
         out = cli.communicate(timeout=30)[0]
         peer = srv.communicate(timeout=30)[0]
     finally:
@@ -441,3 +445,54 @@ def test_keepalive_finds_a_peer_that_vanished(hosts, tmp_path):
         srv.wait()
     m = re.search(r"recv -1 Connection timed out after (\d+) ms", out)
     assert m and 2000 <= int(m.group(1)) < 15000, out
+
+
+HIJACKER = textwrap.dedent("""
+    # an unprivileged app asks the control plane to steer a TCP port it cannot keep to itself
+    import socket, sys
+    from kbypass.cp.client import ControlPlaneClient
+    from kbypass.cp.protocol import ProtocolError
+    cp = ControlPlaneClient(None, start=False, command="hijacker")
+    def accelerate(s):
+        try:
+            cp._call("accelerate", fds=(s.fileno(),))
+            return "accelerated"
+        except Exception as e:
+            return "refused: " + str(e)
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    print("bound-only with SO_REUSEADDR:", accelerate(s), flush=True)
+    s.listen()
+    print("listening:", accelerate(s), flush=True)
+    s.close()  # the rule stays with the connection: so must the port
+    print("closed", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def test_an_unprivileged_app_cannot_take_over_a_port_it_let_go(hosts):
+    """uid 65534 (--users all): a TCP socket bound with SO_REUSEADDR that does not listen proves nothing (root
+    could bind and listen on the port after it, and its connections would go to this app's rings); a listening
+    one does, and the control plane keeps the port taken in the kernel (a dup of that socket) while the rule
+    lives, even after the app closed its socket: root's listen on it fails as if the app still listened."""
+    a, b = hosts
+    app = run_app(b, *test_run.UNPRIVILEGED, sys.executable, "-c", HIJACKER, b.ipv4, "9201",
+                  stdin=subprocess.PIPE, cwd=test_run.ROOT)
+    try:
+        lines = []
+        while len(lines) < 3 and (line := app.stdout.readline()):
+            if not line.startswith("kbypass["):  # the shim's --log: the app's own TCP stays the kernel's
+                lines.append(line)
+        assert "bound-only with SO_REUSEADDR: refused: " in lines[0] and "listens" in lines[0], lines
+        assert lines[1].strip() == "listening: accelerated" and lines[2].strip() == "closed", lines
+        root = subprocess.run(in_ns(b, sys.executable, "-c", textwrap.dedent("""
+            import socket, sys
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((sys.argv[1], 9201)); s.listen(); print("root listens")
+            except OSError as e:
+                print("root:", e.strerror)
+        """), b.ipv4), capture_output=True, text=True, timeout=30)
+        assert root.stdout.strip() == "root: Address already in use", root
+    finally:
+        stop(app)
