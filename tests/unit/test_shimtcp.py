@@ -8,6 +8,7 @@ import socket
 import struct
 
 from kbypass.proto import tcp
+from kbypass.proto.tcp.config import MAX_UNREAD
 from kbypass.sockapi.shimtcp import (
     ACCEPTED,
     GONE,
@@ -222,3 +223,29 @@ def test_keepalive_gives_up_on_a_peer_that_vanished():
         p.tick(0.1)
     assert p.masks[("srv", 2)] & POLLERR
     assert p.srv_call("recv", 2, 10, 0) == -errno.ETIMEDOUT
+
+
+def test_an_app_that_never_reads_closes_the_window_at_max_unread():
+    """A peer sending 40 MB to an app that never calls recv: the host takes MAX_UNREAD bytes off the connection
+    (and one event more), the connection holds its receive buffer, the window it advertises is 0 and the peer
+    is held (its send returns EAGAIN once its own buffer is full). Reading opens it again."""
+    p = Pair()
+    p.established()
+    chunk, sent = b"x" * 200_000, 0
+    for _ in range(200):  # 40 MB offered
+        r = p.cli_call("send", 7, chunk)
+        sent += max(r, 0)
+        p.tick(0.01)
+    c = p.srv.by_sid[2]
+    held = c.rx_len + c.conn._unread
+    assert MAX_UNREAD <= c.rx_len < MAX_UNREAD + 256 * 1024
+    assert c.conn._rcv_wnd() < 1448 and c.conn._wnd_field() == 0  # less than a segment left: shown as 0 (SWS)
+    assert sent < held + (2 << 20)  # what the peer got rid of: our buffers and its own send buffer
+    got = 0
+    while got < sent:  # the app reads: what was held comes, then the rest the peer sends as the window opens
+        data = p.srv_call("recv", 2, 64 << 10, 0)
+        if data == -errno.EAGAIN:
+            p.tick(0.05)
+            continue
+        got += len(data)
+    assert got == sent

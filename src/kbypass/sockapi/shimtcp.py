@@ -38,6 +38,7 @@ from collections import deque
 from kbypass import backend
 from kbypass.proto import ipv4, tcp
 from kbypass.proto.tcp import fastpath
+from kbypass.proto.tcp.config import MAX_UNREAD
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP = 0x1, 0x4, 0x8, 0x10, 0x2000
@@ -192,7 +193,8 @@ class ShimTcp:
 
     def _events(self, c: _Conn, now: float) -> None:
         conn = c.conn
-        while True:
+        # Unread data past MAX_UNREAD stays the connection's (its window closes): recv takes more as the app reads
+        while c.rx_len < MAX_UNREAD or c.app_closed or c.shut_rd:
             e = conn.next_event()
             if e is None:
                 break

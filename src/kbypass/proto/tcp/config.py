@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from .congestion import CONTROLLERS
 from .errors import TcpUsageError
 
+MAX_UNREAD = 4 << 20  # bytes a host takes from a connection before the application reads them: the receive
+# window closes behind this (Data events free window when they are taken, so a host stops taking them there)
+
 
 @dataclass(frozen=True)
 class TcpConfig:
