@@ -249,3 +249,17 @@ def test_an_app_that_never_reads_closes_the_window_at_max_unread():
             continue
         got += len(data)
     assert got == sent
+
+
+def test_a_closed_connection_whose_peer_never_closes_is_gone_after_fin_timeout():
+    """The app closes an accepted connection, the peer never sends its FIN: FIN_WAIT_2 ends after 60 s (Linux
+    tcp_fin_timeout) and the host forgets it (GONE), instead of holding it as long as the peer wants."""
+    p = Pair()
+    p.established()
+    p.srv_call("close", 2)
+    (c,) = p.srv.conns.values()
+    assert c.conn.state is tcp.State.FIN_WAIT_2
+    p.tick(59.0)
+    assert p.srv.conns and ("srv", 2) not in p.gone
+    p.tick(2.0)
+    assert not p.srv.conns and ("srv", 2) in p.gone

@@ -440,6 +440,7 @@ class TcpSocket:
             elif not self._shut_wr:
                 self._shut_wr = True
                 self.conn.shutdown()
+            self.conn.orphan(time.monotonic())  # FIN_WAIT_2 ends after fin_timeout (Linux tcp_fin_timeout)
         self._app_closed = True
         self._rx.clear()
         self._rx_len = 0

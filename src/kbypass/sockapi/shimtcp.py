@@ -466,6 +466,7 @@ class ShimTcp:
             elif not c.shut_wr:
                 c.shut_wr = True
                 c.conn.shutdown()
+            c.conn.orphan(now)  # FIN_WAIT_2 ends after fin_timeout: a peer that never closes holds nothing
         c.rx.clear()
         c.rx_len = 0
         self._flush(c, now)
