@@ -105,6 +105,7 @@ void kbp_tcp_transmit(const uint8_t *pkt, uint32_t len) {
 
 static void let_go(struct kbp_sock *s);
 static void rule_gone(const char *iface, int *rule_id);
+static int drain_port(struct kbp_sock *s);
 
 void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
     struct kbp_sock *s = by_sid[sid % SID_SLOTS];
@@ -125,6 +126,10 @@ void kbp_tcp_deadline(double when) {
 }
 
 uint64_t kbp_tcp_timers(uint64_t now) {
+    if (!deadline_ns || now < deadline_ns) return deadline_ns;
+    /* what came first (the app may be in no call of ours: an ACK that ends a closing connection, GONE, and
+     * with it a closed listener's rule and port, must not wait for its next one); the pump may run them */
+    if (tcp_ifc) kbp_iface_pump(tcp_ifc, NULL, NULL, 0, NULL);
     if (!deadline_ns || now < deadline_ns) return deadline_ns;
     kbp_py_call("timer", NULL, 0, "(d)", (double)now / 1e9);
     if (deadline_ns && deadline_ns <= now) deadline_ns = now + 1000000; /* nothing was due after all */
@@ -149,7 +154,8 @@ short kbp_tcp_revents(struct kbp_sock *s, short events) {
  * listening sockets (kbp_socket.c), and a SYN steered to this process's rings would be answered by a
  * listener nobody accepts from here. So an accelerated listener goes back to the kernel at the first fork:
  * its rule goes, the kernel's listener (shared with the children) takes the connections, the app works as
- * without kbypass. Connections already accepted stay accelerated. */
+ * without kbypass. Connections already accepted stay accelerated (the rule too, until the last of them is done:
+ * drain_port). */
 void kbp_tcp_after_fork_parent(void) {
     if (!kbp_tcp_on) return;
     pthread_mutex_lock(&kbp_lock);
@@ -157,7 +163,7 @@ void kbp_tcp_after_fork_parent(void) {
         struct kbp_sock *s = kbp_fds[fd];
         if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER || s->fd != fd) continue;
         long users = kbp_py_call("close", NULL, 0, "(Id)", s->sid, now_s());
-        if (users <= 0) rule_gone(s->ifc->name, &s->rule_id);
+        if (users <= 0 || !drain_port(s)) rule_gone(s->ifc->name, &s->rule_id);
         sid_drop(s);
         s->accel = 0;
         if (s->slot) s->slot->used = 0;
@@ -654,11 +660,8 @@ int kbp_tcp_release(struct kbp_sock *s) {
     long users = kbp_py_call(rst ? "abort" : "close", NULL, 0, "(Id)", s->sid, now_s());
     kbp_iface_flush();
     if (s->tcp_role == KBP_TCP_LISTENER) {
-        if (users > 0) {
-            kbp_verbose("fd %d: its port's rule stays while its %ld connection(s) finish (until the app exits)", s->fd,
-                        users);
-            s->rule_id = -1;
-        }
+        if (users > 0 && drain_port(s))
+            kbp_verbose("fd %d: its port's rule stays while its %ld connection(s) finish", s->fd, users);
         sid_drop(s);
         return 0;
     }
@@ -673,6 +676,24 @@ int kbp_tcp_release(struct kbp_sock *s) {
     }
     s->fd = held;
     s->zombie = 1;
+    return 1;
+}
+
+/* Listener s goes (closed, or the kernel's at a fork) while connections it accepted still use its port: a zombie
+ * takes its sid, rule and a dup of its socket (the port stays taken) until the host says GONE for that sid (the
+ * port's last connection is done: ShimTcp.close), then let_go removes the rule. s keeps neither. 1, or 0 (no
+ * memory or fd: the rule then goes with s, and those connections with it). */
+static int drain_port(struct kbp_sock *s) {
+    struct kbp_sock *z = calloc(1, sizeof(*z));
+    int held = z ? kbp_real.dup(s->fd) : -1;
+    if (held < 0) {
+        free(z);
+        return 0;
+    }
+    z->fd = held, z->tcp = 1, z->accel = 1, z->zombie = 1, z->tcp_role = KBP_TCP_LISTENER;
+    z->ifc = s->ifc, z->sid = s->sid, z->rule_id = s->rule_id;
+    by_sid[s->sid % SID_SLOTS] = z;
+    s->sid = 0, s->rule_id = -1;
     return 1;
 }
 

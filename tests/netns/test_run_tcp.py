@@ -496,3 +496,92 @@ def test_an_unprivileged_app_cannot_take_over_a_port_it_let_go(hosts):
         assert root.stdout.strip() == "root: Address already in use", root
     finally:
         stop(app)
+
+
+RELISTEN_C = r"""
+#include <arpa/inet.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static struct sockaddr_in a;
+static int lsn(void) {
+    for (int i = 0; i < 100; i++) { /* the port is free once the old listener's last connection is done */
+        int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(fd, 16) == 0) return fd;
+        close(fd);
+        poll(NULL, 0, 50);
+    }
+    perror("bind/listen");
+    exit(1);
+}
+int main(int argc, char **argv) {
+    a.sin_family = AF_INET, a.sin_port = htons(atoi(argv[2]));
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    int l = lsn();
+    printf("listening\n");
+    int c = accept(l, 0, 0);
+    close(l); /* a connection of it stays open */
+    printf("listener closed\n");
+    char buf[64];
+    while (recv(c, buf, sizeof(buf), 0) > 0) {}
+    close(c);
+    l = lsn();
+    printf("listening again\n");
+    struct pollfd p = {l, POLLIN, 0};
+    printf("second connection: %s\n", poll(&p, 1, 10000) == 1 && accept(l, 0, 0) >= 0 ? "accepted" : "never came");
+    return 0;
+}
+"""
+
+RELISTEN_PEER = textwrap.dedent("""
+    import socket, sys, time
+    c1 = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    print("connected", flush=True)
+    sys.stdin.readline()
+    c1.close()
+    end = time.monotonic() + 10
+    while True:
+        try:
+            c2 = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+            print("second connected", flush=True)
+            break
+        except OSError as e:
+            if time.monotonic() > end:
+                print("second:", e, flush=True)
+                break
+            time.sleep(0.1)
+""")
+
+
+def test_a_listener_closed_with_a_connection_open_gives_its_port_back_when_that_ends(hosts, tmp_path):
+    """Close the listener while an accepted connection lives: the port's rule (and the port, which the control
+    plane holds for it) stay until that connection is done, then go, so the app listens on the port again and
+    is accelerated again (the rule is not left behind until the app exits)."""
+    a, b = hosts
+    (tmp_path / "r.c").write_text(RELISTEN_C)
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "r"), str(tmp_path / "r.c")], check=True)
+    app = run_app(b, str(tmp_path / "r"), b.ipv4, "9301")
+    peer, out = None, ""
+    try:
+        wait_for(lambda: sockets_of(b, 9301), what="the listening socket to be accelerated")
+        peer = subprocess.Popen(in_ns(a, sys.executable, "-c", RELISTEN_PEER, b.ipv4, "9301"),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert peer.stdout.readline().strip() == "connected"
+        while "listener closed" not in (line := app.stdout.readline()):
+            out += line
+        peer.stdin.write("go\n")
+        peer.stdin.flush()
+        second = peer.stdout.readline().strip()
+        out += app.communicate(timeout=30)[0]
+    finally:
+        if peer is not None:
+            peer.kill()
+            peer.wait()
+        if app.returncode is None:
+            out += stop(app)
+    assert second == "second connected" and "second connection: accepted" in out, (second, out)
+    assert out.count("listening) accelerated on") == 2, out

@@ -263,3 +263,17 @@ def test_a_closed_connection_whose_peer_never_closes_is_gone_after_fin_timeout()
     assert p.srv.conns and ("srv", 2) not in p.gone
     p.tick(2.0)
     assert not p.srv.conns and ("srv", 2) in p.gone
+
+
+def test_a_closed_listeners_sid_is_gone_when_its_ports_last_connection_is_done():
+    """close of a listener whose accepted connection lives answers 1 (its port is still used); GONE for the
+    listener's sid comes when that connection is done, the shim's cue to remove the port's rule."""
+    p = Pair()
+    p.established()
+    assert p.srv_call("close", 1) == 1
+    p.tick(1.0)
+    assert ("srv", 1) not in p.gone
+    p.cli_call("close", 7)
+    assert p.srv_call("recv", 2, 100, 0) == b""
+    p.srv_call("close", 2)
+    assert ("srv", 1) in p.gone and not p.srv.conns

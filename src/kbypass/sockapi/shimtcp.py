@@ -118,6 +118,7 @@ class ShimTcp:
         self.conns: dict[tuple[bytes, int, int], _Conn] = {}  # (peer ip, peer port, local port)
         self.by_sid: dict[int, _Conn | _Listener] = {}
         self.listeners: dict[int, _Listener] = {}  # by local port
+        self._draining: dict[int, int] = {}  # closed listeners' sids -> their port, while connections use it
         self._ident = 0
         # the established path's segments (no options but timestamps) built in C when it is (kbypass._fasttcp)
         fast = backend.native_module("tcp") if backend.built("tcp") else fastpath
@@ -171,6 +172,10 @@ class ShimTcp:
                 changes += (c.sid, m | NEWS if c.news else m)
                 c.mask, c.news = m, False
         touched.clear()
+        for sid, port in list(self._draining.items()):
+            if not self.port_users(port):  # a closed listener's port is free: the shim removes its rule
+                changes += (sid, GONE)
+                del self._draining[sid]
         self._next = min(timers.values()) if timers else 0.0
         packets, self._packets = self._packets, []
         return result, packets, array("I", changes).tobytes() if changes else b"", self._next
@@ -453,6 +458,8 @@ class ShimTcp:
                     c.conn.abort()
                     self._flush(c, now)
                     c.app_closed = True
+            if self.port_users(s.port):
+                self._draining[s.sid] = s.port  # GONE for its sid when the port's last connection is done
             out = self._out(0, now)  # the connections it reset are forgotten here
             return (self.port_users(s.port), *out[1:])
         if s is None:
