@@ -158,7 +158,7 @@ short kbp_tcp_revents(struct kbp_sock *s, short events) {
  * drain_port). */
 void kbp_tcp_after_fork_parent(void) {
     if (!kbp_tcp_on) return;
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
         struct kbp_sock *s = kbp_fds[fd];
         if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER || s->fd != fd) continue;
@@ -172,7 +172,7 @@ void kbp_tcp_after_fork_parent(void) {
                     "the server as one process to keep it accelerated: nginx master_process off)", fd);
     }
     kbp_iface_flush();
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
 }
 
 void kbp_tcp_after_fork_child(void) {
@@ -320,11 +320,11 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_u
         if (cp >= 0) p[n++] = (struct pollfd){cp, POLLIN, 0};
         kbp_iface_wake(s->ifc);
         s->refs++; /* another thread may close the fd while we sleep */
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
         int ms = deadline ? (int)((deadline - now + 999999) / 1000000) : 1000;
         int r = kbp_real.poll(p, (unsigned long)n, kbp_tcp_cap_ms(ms < 1000 ? ms : 1000));
         int e = errno;
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         if (--s->refs == 0) { /* closed by another thread meanwhile: ours to let go */
             kbp_release(s);
             errno = EBADF;
@@ -342,12 +342,12 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_u
 /* ---- the calls -------------------------------------------------------------------------------------------- */
 
 ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     size_t got = 0;
     ssize_t r = 0;
     for (;;) {
         if (!s->accel) {
-            pthread_mutex_unlock(&kbp_lock);
+            kbp_leave();
             return got ? (ssize_t)got : -2;
         }
         if (wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT), s->rcvtimeo_us) < 0) { /* got: WAITALL's rest */
@@ -367,18 +367,18 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
         got += (size_t)r;
         if (!r || got == len || !(flags & MSG_WAITALL) || (flags & MSG_PEEK)) break;
     }
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     if (got && (r >= 0 || errno == EAGAIN)) return (ssize_t)got;
     return r < 0 ? -1 : (ssize_t)got;
 }
 
 ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags) {
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     size_t sent = 0;
     int err = 0;
     while (sent < len || !len) {
         if (!s->accel) {
-            pthread_mutex_unlock(&kbp_lock);
+            kbp_leave();
             return sent ? (ssize_t)sent : -2;
         }
         if (wait_for(s, POLLOUT, s->nonblock || (flags & MSG_DONTWAIT), s->sndtimeo_us) < 0) {
@@ -402,7 +402,7 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
         sent += (size_t)r;
         if (!len) break;
     }
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     if (sent) return (ssize_t)sent;
     if (!err) return 0;
     if (err == EPIPE && !(flags & MSG_NOSIGNAL)) pthread_kill(pthread_self(), SIGPIPE); /* as the kernel does */
@@ -446,13 +446,13 @@ int listen(int fd, int backlog) {
     int r = kbp_real.listen(fd, backlog);
     struct kbp_sock *s = kbp_get(fd);
     if (r == 0 && s && s->tcp) {
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         if (s->accel && s->tcp_role == KBP_TCP_LISTENER)
             kbp_py_call("listen", NULL, 0, "(IIiid)", s->sid, ntohl(s->tcp_steered.s_addr),
                         ntohs(s->tcp_local.sin_port), backlog, now_s());
         else
             kbp_tcp_try(s, KBP_TCP_LISTENER, backlog);
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
     }
     return r;
 }
@@ -503,11 +503,11 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER) return kbp_real.accept4(fd, addr, alen, flags);
     kbp_flush_now();
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     int r;
     for (;;) {
         if (!s->accel) {
-            pthread_mutex_unlock(&kbp_lock);
+            kbp_leave();
             return kbp_real.accept4(fd, addr, alen, flags);
         }
         if ((s->tcp_mask & POLLIN) && ((r = accept_ours(s, addr, alen, flags)) >= 0 || errno != EAGAIN)) break;
@@ -519,7 +519,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
         }
     }
     int e = errno;
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     errno = e;
     return r;
 }
@@ -581,10 +581,10 @@ int shutdown(int fd, int how) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.shutdown(fd, how);
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     long r = kbp_py_call("shutdown", NULL, 0, "(Iid)", s->sid, how, now_s());
     kbp_iface_flush();
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     if (r < 0) {
         errno = (int)-r;
         return -1;
@@ -617,9 +617,9 @@ int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
     struct kbp_sock *s = kbp_get(fd);
     if (s && s->tcp && s->accel && s->tcp_role != KBP_TCP_LISTENER && level == SOL_SOCKET && name == SO_ERROR && v &&
         len && *len >= sizeof(int)) {
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         *(int *)v = (int)kbp_py_call("so_error", NULL, 0, "(Id)", s->sid, now_s());
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
         *len = sizeof(int);
         return 0;
     }

@@ -585,3 +585,88 @@ def test_a_listener_closed_with_a_connection_open_gives_its_port_back_when_that_
             out += stop(app)
     assert second == "second connected" and "second connection: accepted" in out, (second, out)
     assert out.count("listening) accelerated on") == 2, out
+
+
+SIGSEND_C = r"""
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+static int fd;
+static volatile long nsig, hsent;
+static void on_alarm(int s) { /* a heartbeat from a signal handler, while main is in send */
+    (void)s;
+    nsig++;
+    char c = 'S';
+    if (send(fd, &c, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1) hsent++;
+}
+int main(int argc, char **argv) {
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a))) { perror("connect"); return 1; }
+    signal(SIGALRM, on_alarm);
+    struct itimerval it = {{0, 200}, {0, 200}};
+    setitimer(ITIMER_REAL, &it, 0);
+    char buf[4096];
+    memset(buf, 'd', sizeof(buf));
+    long sent = 0;
+    for (int i = 0; i < 2000; i++) {
+        ssize_t r = send(fd, buf, sizeof(buf), MSG_NOSIGNAL);
+        if (r > 0) sent += r;
+    }
+    it = (struct itimerval){0};
+    setitimer(ITIMER_REAL, &it, 0);
+    printf("sent %ld handler %ld signals %ld\n", sent, hsent, nsig);
+    fflush(stdout);
+    shutdown(fd, SHUT_WR);
+    char b[16];
+    recv(fd, b, sizeof(b), 0);
+    return 0;
+}
+"""
+
+SINK = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    s.listen()
+    print("ready", flush=True)
+    c, _ = s.accept()
+    total = 0
+    while data := c.recv(1 << 20):
+        total += len(data)
+    print("got", total, flush=True)
+""")
+
+
+def test_a_signal_handler_that_sends_while_main_is_in_send(hosts, tmp_path):
+    """SIGALRM every 200 us whose handler sends a byte on the same socket while the main loop sends 8 MB: the
+    handler runs when the thread leaves the shim (never inside it, half way through a send and a CPython call),
+    nothing hangs, and the peer gets every byte both sent."""
+    a, b = hosts
+    (tmp_path / "s.c").write_text(SIGSEND_C)
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "s"), str(tmp_path / "s.c")], check=True)
+    sink = subprocess.Popen(in_ns(a, sys.executable, "-c", SINK, a.ipv4, "9501"), stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout.readline().strip() == "ready"
+        app = run_app(b, str(tmp_path / "s"), a.ipv4, "9501")
+        try:
+            out = app.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            out = stop(app)
+            pytest.fail(f"the app hung: {out}")
+        got = sink.communicate(timeout=30)[0]
+    finally:
+        sink.kill()
+        sink.wait()
+    m = re.search(r"sent (\d+) handler (\d+) signals (\d+)", out)
+    assert m and "connecting) accelerated on" in out, out
+    sent, handler, signals = map(int, m.groups())
+    assert sent == 2000 * 4096 and signals > 0, out
+    assert f"got {sent + handler}" in got, (got, out)
