@@ -341,7 +341,15 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_u
 
 /* ---- the calls -------------------------------------------------------------------------------------------- */
 
+/* MSG_OOB: kbypass's TCP has no urgent data (it neither sends nor marks it): a recv finds none, EINVAL as the
+ * kernel's when none is pending; a send fails with EOPNOTSUPP rather than put the byte in the stream as an
+ * ordinary one (the peer would read it in-band, where the app meant it to be out of band). The kernel socket
+ * cannot take it either: an accelerated connection's is not connected. */
 ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
+    if (flags & MSG_OOB) {
+        errno = EINVAL;
+        return -1;
+    }
     kbp_enter();
     size_t got = 0;
     ssize_t r = 0;
@@ -373,6 +381,10 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
 }
 
 ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags) {
+    if (flags & MSG_OOB) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
     kbp_enter();
     size_t sent = 0;
     int err = 0;

@@ -670,3 +670,49 @@ def test_a_signal_handler_that_sends_while_main_is_in_send(hosts, tmp_path):
     sent, handler, signals = map(int, m.groups())
     assert sent == 2000 * 4096 and signals > 0, out
     assert f"got {sent + handler}" in got, (got, out)
+
+
+OOB_C = r"""
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) { perror("connect"); return 1; }
+    ssize_t r = send(fd, "!", 1, MSG_OOB);
+    printf("send MSG_OOB %zd %s\n", r, r < 0 ? strerror(errno) : "-");
+    char b[8];
+    r = recv(fd, b, sizeof(b), MSG_OOB | MSG_DONTWAIT);
+    printf("recv MSG_OOB %zd %s\n", r, r < 0 ? strerror(errno) : "-");
+    send(fd, "ok", 2, 0);
+    sleep(1);
+    close(fd);
+    return 0;
+}
+"""
+
+
+def test_msg_oob_is_refused_not_sent_in_band(hosts, tmp_path):
+    """kbypass's TCP has no urgent data: send(MSG_OOB) fails with EOPNOTSUPP (the byte must not reach the peer
+    as an ordinary one), recv(MSG_OOB) finds none (EINVAL, as the kernel's with none pending)."""
+    a, b = hosts
+    (tmp_path / "o.c").write_text(OOB_C)
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "o"), str(tmp_path / "o.c")], check=True)
+    srv = subprocess.Popen(in_ns(a, sys.executable, "-c", PEER, a.ipv4, "8319"), stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        cli = run_app(b, str(tmp_path / "o"), a.ipv4, "8319")
+        out = cli.communicate(timeout=30)[0]
+        peer = srv.communicate(timeout=30)[0]
+    finally:
+        srv.kill()
+        srv.wait()
+    assert "connecting) accelerated on" in out, out
+    assert "send MSG_OOB -1 Operation not supported" in out and "recv MSG_OOB -1 Invalid argument" in out, out
+    assert "peer got b'ok'" in peer, peer
