@@ -273,6 +273,7 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags);
 ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags);
 ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t *tmp, size_t cap);
 ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags);
+#define CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
 short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, after a pump */
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
 void kbp_tcp_after_fork_child(void);

@@ -40,7 +40,6 @@
 #define SID_SLOTS 65536
 #define NEWS 0x10000000u
 #define GONE 0x20000000u
-#define CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
 #define FRAME_MSS (KBP_FRAME_SIZE - 256 - 14 - 20 - 40) /* a segment the peer sends us fits one RX frame */
 
 int kbp_tcp_on;
@@ -637,29 +636,6 @@ int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
     }
     return kbp_real.getsockopt(fd, level, name, v, len);
 }
-
-/* sendfile to an accelerated socket: the file's bytes read (pread at *off, or read) and sent */
-ssize_t sendfile(int out, int in, off_t *off, size_t count) {
-    kbp_init_libc();
-    struct kbp_sock *s = kbp_get(out);
-    if (!s || !s->tcp || !s->accel) return kbp_real.sendfile(out, in, off, count);
-    static __thread char *tmp;
-    if (!tmp && !(tmp = malloc(CHUNK))) return kbp_real.sendfile(out, in, off, count);
-    size_t k = count < CHUNK ? count : CHUNK;
-    ssize_t n = off ? pread(in, tmp, k, *off) : kbp_real.read(in, tmp, k);
-    if (n <= 0) return n;
-    ssize_t r = kbp_tcp_send(s, tmp, (size_t)n, 0);
-    if (r == -2) { /* no longer accelerated */
-        if (!off) lseek(in, -n, SEEK_CUR);
-        return kbp_real.sendfile(out, in, off, count);
-    }
-    ssize_t took = r < 0 ? 0 : r;
-    if (off) *off += took;
-    else if (took < n) lseek(in, took - n, SEEK_CUR); /* what was not sent is read again next time */
-    return r;
-}
-
-ssize_t sendfile64(int out, int in, off_t *off, size_t count) __attribute__((alias("sendfile")));
 
 /* The app's last fd of s is closed: 1 keep s (an active open whose connection still finishes holds the
  * port and the rule until GONE), 0 the caller frees it. Under kbp_lock. */
