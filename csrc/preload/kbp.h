@@ -132,6 +132,22 @@ struct kbp_sock {
 #define KBP_TCP_ACTIVE 3
 
 extern pthread_mutex_t kbp_lock;
+/* kbp_enter/kbp_leave take and give kbp_lock and count this thread's depth in it: while the thread is inside
+ * the shim (its state half changed, CPython mid-call) an app's signal handler that calls the shim (send, close)
+ * would re-enter it through the recursive lock, so the trampoline defers the handler to the shim's exit
+ * (kbp_signal.c). */
+extern __thread int kbp_depth __attribute__((tls_model("initial-exec")));
+extern __thread volatile uint64_t kbp_sig_deferred __attribute__((tls_model("initial-exec")));
+void kbp_sig_run_deferred(void);
+static inline void kbp_enter(void) {
+    pthread_mutex_lock(&kbp_lock);
+    kbp_depth++;
+}
+static inline void kbp_leave(void) {
+    kbp_depth--; /* a signal from here on runs its handler at once (the shim's state is whole again) */
+    pthread_mutex_unlock(&kbp_lock);
+    if (!kbp_depth && kbp_sig_deferred) kbp_sig_run_deferred();
+}
 extern struct kbp_sock *kbp_fds[KBP_MAX_FD];
 extern long kbp_spin_us;
 extern uint64_t kbp_tx_burst_ns; /* KBYPASS_TX_BURST_US: a send this soon after the previous one defers its kick */
@@ -221,9 +237,9 @@ void kbp_flusher_arm(void); /* under kbp_lock: frames were deferred */
 void kbp_flusher_after_fork_child(void);
 static inline void kbp_flush_now(void) {
     if (__atomic_load_n(&kbp_tx_pending, __ATOMIC_RELAXED)) {
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         kbp_iface_flush();
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
     }
 }
 static inline void kbp_flush_before(int fd) {
@@ -257,6 +273,7 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags);
 ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags);
 ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t *tmp, size_t cap);
 ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags);
+#define CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
 short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, after a pump */
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
 void kbp_tcp_after_fork_child(void);

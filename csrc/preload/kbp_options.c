@@ -27,7 +27,7 @@ int setsockopt(int fd, int level, int name, const void *v, socklen_t len) {
     struct kbp_sock *s = kbp_get(fd);
     if (r < 0 || !s) return r;
     int iv = len >= sizeof(int) ? *(const int *)v : 0;
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     if (level == SOL_SOCKET && name == SO_RCVTIMEO) s->rcvtimeo_us = tv_us(v, len);
     else if (level == SOL_SOCKET && name == SO_SNDTIMEO) s->sndtimeo_us = tv_us(v, len);
     else if (level == SOL_SOCKET && name == SO_TIMESTAMP) s->ts_mode = iv ? 1 : 0;
@@ -40,7 +40,7 @@ int setsockopt(int fd, int level, int name, const void *v, socklen_t len) {
         ((level == SOL_SOCKET && name == SO_KEEPALIVE) ||
          (level == IPPROTO_TCP && (name == TCP_KEEPIDLE || name == TCP_KEEPINTVL || name == TCP_KEEPCNT))))
         kbp_tcp_keepalive(s);
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     return r;
 }
 
@@ -74,17 +74,17 @@ int ioctl(int fd, unsigned long req, ...) {
     va_end(ap);
     struct kbp_sock *s = kbp_get(fd);
     if (s && s->tcp && s->accel && s->sid && req == FIONREAD && arg) {
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         long n = kbp_py_call("unread", NULL, 0, "(Id)", s->sid, (double)kbp_now_ns() / 1e9);
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
         *(int *)arg = n > 0 ? (int)n : 0;
         return 0;
     }
     if (s && s->accel && !s->tcp && req == FIONREAD && arg) {
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         int n = -1;
         if (s->accel && kbp_readable(s)) n = (int)s->backlog[s->bhead % KBP_BACKLOG].len;
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
         if (n >= 0) {
             *(int *)arg = n;
             return 0;

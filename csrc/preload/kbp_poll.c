@@ -104,7 +104,7 @@ static int poll_engine(struct pollfd *fds, nfds_t n, int timeout_ms, const sigse
             result = -1;
             break;
         }
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         for (nfds_t i = 0; i < n; i++) {
             struct kbp_sock *s = kbp_get(fds[i].fd);
             fds[i].revents = s && s->accel ? ring_revents(s, fds[i].events) : 0;
@@ -127,7 +127,7 @@ static int poll_engine(struct pollfd *fds, nfds_t n, int timeout_ms, const sigse
                 if (s && s->accel) kbp_iface_wake(s->ifc);
             }
         }
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
         for (nfds_t i = 0; i < n; i++) ready += fds[i].revents != 0;
         if (ready || now_kernel || sleeping) {
             int wait = ready || !sleeping ? 0 : kbp_tcp_cap_ms(ms_left(deadline));
@@ -139,9 +139,9 @@ static int poll_engine(struct pollfd *fds, nfds_t n, int timeout_ms, const sigse
                 break;
             }
             if (extra && cp >= 0 && k[n + (size_t)extra - 1].revents) {
-                pthread_mutex_lock(&kbp_lock);
+                kbp_enter();
                 if (cp == kbp_cp_fd()) kbp_cp_lost();
-                pthread_mutex_unlock(&kbp_lock);
+                kbp_leave();
             }
             ready = 0;
             for (nfds_t i = 0; i < n; i++) {
@@ -249,7 +249,7 @@ static void add_ring_fds(int epfd, struct ep_set *set, struct kbp_sock *s) {
  * socket would say POLLHUP), with the kernel's answers to a wrong ADD, MOD or DEL. */
 static int shim_only_ctl(int epfd, int op, int fd, struct epoll_event *ev, struct kbp_sock *s) {
     if (kbp_real.fcntl(epfd, F_GETFD) < 0) return -1; /* EBADF, as the kernel's */
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     struct ep_set *set = eps[epfd];
     if (!set && op == EPOLL_CTL_ADD) set = eps[epfd] = calloc(1, sizeof(*set));
     int i = 0, err = 0;
@@ -266,7 +266,7 @@ static int shim_only_ctl(int epfd, int op, int fd, struct epoll_event *ev, struc
         set->m[i] = (struct ep_member){fd, ev->events, ev->data, 0, s->tcp_gen - 1, 1};
         add_ring_fds(epfd, set, s);
     } else err = EINVAL;
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     if (err) {
         errno = err;
         return -1;
@@ -286,7 +286,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
     }
     int r = kbp_real.epoll_ctl(epfd, op, fd, ev ? &kev : NULL);
     if (r < 0) return r;
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     struct ep_set *set = eps[epfd];
     if (!set && op == EPOLL_CTL_ADD) set = eps[epfd] = calloc(1, sizeof(*set));
     int i = 0;
@@ -298,7 +298,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
         set->m[i] = (struct ep_member){fd, ev->events, ev->data, 0, s->tcp_gen - 1, 0};
         if (s->accel) add_ring_fds(epfd, set, s);
     }
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     return r;
 }
 
@@ -374,7 +374,7 @@ static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_m
             errno = EINTR;
             return -1;
         }
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         struct ep_set *set = eps[epfd];
         int ours = set ? ring_events(epfd, set, ev, max) : 0;
         int sleeping = !ours && timeout_ms != 0 && !(kbp_now_ns() < spin_end);
@@ -383,7 +383,7 @@ static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_m
                 struct kbp_sock *s = kbp_get(set->m[i].fd);
                 if (s && s->accel) kbp_iface_wake(s->ifc);
             }
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
         if (ours || sleeping || it % KERNEL_EVERY == 0) {
             int wait = ours || !sleeping ? 0 : kbp_tcp_cap_ms(ms_left(deadline));
             int r = mask ? kbp_real.epoll_pwait(epfd, ev + ours, max - ours, wait, mask)

@@ -4,25 +4,74 @@
  * A spin loop makes no syscall the signal could interrupt, so, as Onload does, the shim interposes
  * sigaction/signal: an app's handler is installed behind a trampoline that counts the handlers run on its
  * thread (kbp_sig_count) and remembers whether that handler asked for SA_RESTART. Spinning waits compare the
- * count (kbp_sig_interrupted). sigaction's old action and signal's return value are the app's own. */
+ * count (kbp_sig_interrupted). sigaction's old action and signal's return value are the app's own.
+ *
+ * A handler that arrives while its thread is inside the shim (kbp_depth > 0: kbp_lock held, the TCP host's
+ * CPython mid-call) is deferred to the shim's exit (kbp_leave): a handler calling send or close would re-enter
+ * the shim half way through a change (and CPython through the same thread), and hang or corrupt it. The count
+ * still moves at once, so a spinning wait ends (EINTR) and the handler runs before that call returns, as the
+ * kernel's would. Faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS) are never deferred. */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kbp.h"
 
 __thread unsigned kbp_sig_count __attribute__((tls_model("initial-exec")));
 static __thread int sig_restart __attribute__((tls_model("initial-exec")));
+__thread int kbp_depth __attribute__((tls_model("initial-exec")));
+__thread volatile uint64_t kbp_sig_deferred __attribute__((tls_model("initial-exec"))); /* bit sig - 1 */
+static __thread siginfo_t deferred_info[64] __attribute__((tls_model("initial-exec")));
 
 static struct sigaction app_act[_NSIG]; /* the app's actions of the signals behind our trampoline */
 static volatile sig_atomic_t wrapped[_NSIG];
 
-static void trampoline(int sig, siginfo_t *info, void *uc) {
+static int is_fault(int sig) {
+    return sig == SIGSEGV || sig == SIGBUS || sig == SIGFPE || sig == SIGILL || sig == SIGTRAP || sig == SIGSYS;
+}
+
+static void run(int sig, siginfo_t *info, void *uc) {
     struct sigaction *a = &app_act[sig];
-    kbp_sig_count++;
-    sig_restart = (a->sa_flags & SA_RESTART) != 0;
     if (a->sa_flags & SA_SIGINFO) a->sa_sigaction(sig, info, uc);
     else if (a->sa_handler != SIG_DFL && a->sa_handler != SIG_IGN) a->sa_handler(sig);
+}
+
+static void trampoline(int sig, siginfo_t *info, void *uc) {
+    kbp_sig_count++;
+    sig_restart = (app_act[sig].sa_flags & SA_RESTART) != 0;
+    if (kbp_depth > 0 && sig <= 64 && !is_fault(sig)) {
+        deferred_info[sig - 1] = *info;
+        kbp_sig_deferred |= 1ull << (sig - 1);
+        return;
+    }
+    run(sig, info, uc);
+}
+
+/* The handlers deferred on this thread, each with its action's mask (and its own signal unless SA_NODEFER)
+ * blocked as the kernel would have (called by kbp_leave once the thread is out of the shim). */
+void kbp_sig_run_deferred(void) {
+    sigset_t all, old;
+    sigfillset(&all);
+    for (;;) {
+        pthread_sigmask(SIG_BLOCK, &all, &old); /* take one without a trampoline racing for the bits */
+        uint64_t bits = kbp_sig_deferred;
+        if (!bits) {
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
+            return;
+        }
+        int sig = __builtin_ctzll(bits) + 1;
+        kbp_sig_deferred = bits & ~(1ull << (sig - 1));
+        siginfo_t info = deferred_info[sig - 1];
+        sigset_t during = old;
+        for (int i = 1; i < _NSIG; i++)
+            if (sigismember(&app_act[sig].sa_mask, i) == 1) sigaddset(&during, i);
+        if (!(app_act[sig].sa_flags & SA_NODEFER)) sigaddset(&during, sig);
+        pthread_sigmask(SIG_SETMASK, &during, NULL);
+        if (wrapped[sig]) run(sig, &info, NULL);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
 }
 
 int kbp_sig_interrupted(unsigned since, int restartable) {

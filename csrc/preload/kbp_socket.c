@@ -219,10 +219,10 @@ int socket(int domain, int type, int protocol) {
     s->rule_id = -1;
     s->fd = fd;
     s->nonblock = (type & SOCK_NONBLOCK) != 0;
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     if (kbp_fds[fd]) release(kbp_fds[fd]); /* closed behind our back (close_range, say) */
     kbp_fds[fd] = s;
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     return fd;
 }
 
@@ -231,9 +231,9 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len) {
     int r = kbp_real.bind(fd, addr, len);
     struct kbp_sock *s = kbp_get(fd);
     if (r == 0 && s && !s->tcp) { /* TCP: at listen or connect (kbp_tcp.c) */
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         try_accel(s);
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
     }
     return r;
 }
@@ -245,16 +245,16 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
         if (!addr || addr->sa_family != AF_INET || len < sizeof(struct sockaddr_in))
             return kbp_real.connect(fd, addr, len);
         int r, ours;
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         ours = kbp_tcp_connect(s, (const struct sockaddr_in *)addr, &r);
         int e = errno;
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
         errno = e;
         return ours ? r : kbp_real.connect(fd, addr, len);
     }
     int r = kbp_real.connect(fd, addr, len);
     if (r == 0 && s) {
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         if (addr && addr->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
             const struct sockaddr_in *in = (const struct sockaddr_in *)addr;
             s->connected = 1;
@@ -264,7 +264,7 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
             s->connected = 0; /* AF_UNSPEC: dissolved */
         }
         try_accel(s);
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
     }
     return r;
 }
@@ -287,17 +287,17 @@ static void forget_fd(int fd) {
 int close(int fd) {
     kbp_init_libc();
     if (fd >= 0 && fd < KBP_MAX_FD) {
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         kbp_iface_flush(); /* the app may wait next (and the socket's frames are on the ring) */
         if (fd == kbp_cp_fd() || kbp_iface_owns(fd)) {
             /* the shim's own fd (a daemon closing every fd it did not open): not the app's to close */
-            pthread_mutex_unlock(&kbp_lock);
+            kbp_leave();
             errno = EBADF;
             return -1;
         }
         forget_fd(fd);
         kbp_epoll_forget(fd);
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
     }
     return kbp_real.close(fd);
 }
@@ -305,13 +305,13 @@ int close(int fd) {
 int kbp_share_fd(int oldfd, int newfd) {
     struct kbp_sock *s = kbp_get(oldfd);
     if (newfd < 0 || newfd >= KBP_MAX_FD || newfd == oldfd) return newfd;
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     forget_fd(newfd); /* dup2 closed what newfd was */
     if (s) {
         s->refs++;
         kbp_fds[newfd] = s;
     }
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     return newfd;
 }
 
@@ -409,10 +409,10 @@ static int next_dgram(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
         if (cp >= 0) p[n++] = (struct pollfd){cp, POLLIN, 0};
         kbp_iface_wake(s->ifc);
         s->refs++; /* another thread may close the fd while we sleep: the socket stays until we are back */
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
         int r = kbp_real.poll(p, (unsigned long)n, (int)remaining_ms(deadline));
         int e = errno;
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         if (--s->refs == 0) {
             release(s);
             errno = EBADF;
@@ -440,10 +440,10 @@ static void fill_name(struct sockaddr *to, socklen_t *tolen, const struct kbp_dg
 
 /* recvfrom's work; -2: the kernel's to answer. */
 static ssize_t rx_one(struct kbp_sock *s, int fd, void *buf, size_t len, int flags, struct kbp_dgram *g) {
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     int r = s->accel ? next_dgram(s, fd, buf, len, flags, g) : 0;
     if (r == 0 && s->slot) s->slot->rx_kernel++;
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     if (r == 0) return -2;
     if (r < 0) return -1;
     return (ssize_t)g->len;
@@ -592,13 +592,13 @@ static int tx_one(struct kbp_sock *s, const struct sockaddr *to, socklen_t tolen
     } else {
         return 0; /* the kernel says EDESTADDRREQ */
     }
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     int sent = s->accel && kbp_iface_send(s->ifc, s, ip, port, buf, (uint32_t)len) == 0;
     if (s->slot) {
         if (sent) s->slot->tx++;
         else s->slot->tx_kernel++;
     }
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     return sent;
 }
 
@@ -606,7 +606,7 @@ static int tx_one(struct kbp_sock *s, const struct sockaddr *to, socklen_t tolen
  * that it can be accelerated before its first datagram. */
 static void before_first_send(struct kbp_sock *s) {
     if (s->tried) return;
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     struct sockaddr_in a;
     socklen_t al = sizeof(a);
     if (!s->tried && getsockname(s->fd, (struct sockaddr *)&a, &al) == 0 && a.sin_family == AF_INET) {
@@ -616,7 +616,7 @@ static void before_first_send(struct kbp_sock *s) {
         }
         try_accel(s);
     }
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
 }
 
 /* A destination on loopback: the kernel's to send (and to autobind the socket for), not the control plane's. */
@@ -681,8 +681,8 @@ int sendmmsg(int fd, struct mmsghdr *v, unsigned n, int flags) {
         v[i].msg_len = (unsigned)r;
     }
     kbp_batching = 0;
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     kbp_iface_flush();
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     return i ? (int)i : -1;
 }

@@ -40,7 +40,6 @@
 #define SID_SLOTS 65536
 #define NEWS 0x10000000u
 #define GONE 0x20000000u
-#define CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
 #define FRAME_MSS (KBP_FRAME_SIZE - 256 - 14 - 20 - 40) /* a segment the peer sends us fits one RX frame */
 
 int kbp_tcp_on;
@@ -105,6 +104,7 @@ void kbp_tcp_transmit(const uint8_t *pkt, uint32_t len) {
 
 static void let_go(struct kbp_sock *s);
 static void rule_gone(const char *iface, int *rule_id);
+static int drain_port(struct kbp_sock *s);
 
 void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
     struct kbp_sock *s = by_sid[sid % SID_SLOTS];
@@ -125,6 +125,10 @@ void kbp_tcp_deadline(double when) {
 }
 
 uint64_t kbp_tcp_timers(uint64_t now) {
+    if (!deadline_ns || now < deadline_ns) return deadline_ns;
+    /* what came first (the app may be in no call of ours: an ACK that ends a closing connection, GONE, and
+     * with it a closed listener's rule and port, must not wait for its next one); the pump may run them */
+    if (tcp_ifc) kbp_iface_pump(tcp_ifc, NULL, NULL, 0, NULL);
     if (!deadline_ns || now < deadline_ns) return deadline_ns;
     kbp_py_call("timer", NULL, 0, "(d)", (double)now / 1e9);
     if (deadline_ns && deadline_ns <= now) deadline_ns = now + 1000000; /* nothing was due after all */
@@ -149,15 +153,16 @@ short kbp_tcp_revents(struct kbp_sock *s, short events) {
  * listening sockets (kbp_socket.c), and a SYN steered to this process's rings would be answered by a
  * listener nobody accepts from here. So an accelerated listener goes back to the kernel at the first fork:
  * its rule goes, the kernel's listener (shared with the children) takes the connections, the app works as
- * without kbypass. Connections already accepted stay accelerated. */
+ * without kbypass. Connections already accepted stay accelerated (the rule too, until the last of them is done:
+ * drain_port). */
 void kbp_tcp_after_fork_parent(void) {
     if (!kbp_tcp_on) return;
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
         struct kbp_sock *s = kbp_fds[fd];
         if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER || s->fd != fd) continue;
         long users = kbp_py_call("close", NULL, 0, "(Id)", s->sid, now_s());
-        if (users <= 0) rule_gone(s->ifc->name, &s->rule_id);
+        if (users <= 0 || !drain_port(s)) rule_gone(s->ifc->name, &s->rule_id);
         sid_drop(s);
         s->accel = 0;
         if (s->slot) s->slot->used = 0;
@@ -166,7 +171,7 @@ void kbp_tcp_after_fork_parent(void) {
                     "the server as one process to keep it accelerated: nginx master_process off)", fd);
     }
     kbp_iface_flush();
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
 }
 
 void kbp_tcp_after_fork_child(void) {
@@ -314,11 +319,11 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_u
         if (cp >= 0) p[n++] = (struct pollfd){cp, POLLIN, 0};
         kbp_iface_wake(s->ifc);
         s->refs++; /* another thread may close the fd while we sleep */
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
         int ms = deadline ? (int)((deadline - now + 999999) / 1000000) : 1000;
         int r = kbp_real.poll(p, (unsigned long)n, kbp_tcp_cap_ms(ms < 1000 ? ms : 1000));
         int e = errno;
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         if (--s->refs == 0) { /* closed by another thread meanwhile: ours to let go */
             kbp_release(s);
             errno = EBADF;
@@ -335,13 +340,21 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_u
 
 /* ---- the calls -------------------------------------------------------------------------------------------- */
 
+/* MSG_OOB: kbypass's TCP has no urgent data (it neither sends nor marks it): a recv finds none, EINVAL as the
+ * kernel's when none is pending; a send fails with EOPNOTSUPP rather than put the byte in the stream as an
+ * ordinary one (the peer would read it in-band, where the app meant it to be out of band). The kernel socket
+ * cannot take it either: an accelerated connection's is not connected. */
 ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
-    pthread_mutex_lock(&kbp_lock);
+    if (flags & MSG_OOB) {
+        errno = EINVAL;
+        return -1;
+    }
+    kbp_enter();
     size_t got = 0;
     ssize_t r = 0;
     for (;;) {
         if (!s->accel) {
-            pthread_mutex_unlock(&kbp_lock);
+            kbp_leave();
             return got ? (ssize_t)got : -2;
         }
         if (wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT), s->rcvtimeo_us) < 0) { /* got: WAITALL's rest */
@@ -361,18 +374,22 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
         got += (size_t)r;
         if (!r || got == len || !(flags & MSG_WAITALL) || (flags & MSG_PEEK)) break;
     }
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     if (got && (r >= 0 || errno == EAGAIN)) return (ssize_t)got;
     return r < 0 ? -1 : (ssize_t)got;
 }
 
 ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags) {
-    pthread_mutex_lock(&kbp_lock);
+    if (flags & MSG_OOB) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    kbp_enter();
     size_t sent = 0;
     int err = 0;
     while (sent < len || !len) {
         if (!s->accel) {
-            pthread_mutex_unlock(&kbp_lock);
+            kbp_leave();
             return sent ? (ssize_t)sent : -2;
         }
         if (wait_for(s, POLLOUT, s->nonblock || (flags & MSG_DONTWAIT), s->sndtimeo_us) < 0) {
@@ -396,7 +413,7 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
         sent += (size_t)r;
         if (!len) break;
     }
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     if (sent) return (ssize_t)sent;
     if (!err) return 0;
     if (err == EPIPE && !(flags & MSG_NOSIGNAL)) pthread_kill(pthread_self(), SIGPIPE); /* as the kernel does */
@@ -440,13 +457,13 @@ int listen(int fd, int backlog) {
     int r = kbp_real.listen(fd, backlog);
     struct kbp_sock *s = kbp_get(fd);
     if (r == 0 && s && s->tcp) {
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         if (s->accel && s->tcp_role == KBP_TCP_LISTENER)
             kbp_py_call("listen", NULL, 0, "(IIiid)", s->sid, ntohl(s->tcp_steered.s_addr),
                         ntohs(s->tcp_local.sin_port), backlog, now_s());
         else
             kbp_tcp_try(s, KBP_TCP_LISTENER, backlog);
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
     }
     return r;
 }
@@ -497,11 +514,11 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER) return kbp_real.accept4(fd, addr, alen, flags);
     kbp_flush_now();
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     int r;
     for (;;) {
         if (!s->accel) {
-            pthread_mutex_unlock(&kbp_lock);
+            kbp_leave();
             return kbp_real.accept4(fd, addr, alen, flags);
         }
         if ((s->tcp_mask & POLLIN) && ((r = accept_ours(s, addr, alen, flags)) >= 0 || errno != EAGAIN)) break;
@@ -513,7 +530,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
         }
     }
     int e = errno;
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     errno = e;
     return r;
 }
@@ -575,10 +592,10 @@ int shutdown(int fd, int how) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.shutdown(fd, how);
-    pthread_mutex_lock(&kbp_lock);
+    kbp_enter();
     long r = kbp_py_call("shutdown", NULL, 0, "(Iid)", s->sid, how, now_s());
     kbp_iface_flush();
-    pthread_mutex_unlock(&kbp_lock);
+    kbp_leave();
     if (r < 0) {
         errno = (int)-r;
         return -1;
@@ -611,37 +628,14 @@ int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
     struct kbp_sock *s = kbp_get(fd);
     if (s && s->tcp && s->accel && s->tcp_role != KBP_TCP_LISTENER && level == SOL_SOCKET && name == SO_ERROR && v &&
         len && *len >= sizeof(int)) {
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         *(int *)v = (int)kbp_py_call("so_error", NULL, 0, "(Id)", s->sid, now_s());
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave();
         *len = sizeof(int);
         return 0;
     }
     return kbp_real.getsockopt(fd, level, name, v, len);
 }
-
-/* sendfile to an accelerated socket: the file's bytes read (pread at *off, or read) and sent */
-ssize_t sendfile(int out, int in, off_t *off, size_t count) {
-    kbp_init_libc();
-    struct kbp_sock *s = kbp_get(out);
-    if (!s || !s->tcp || !s->accel) return kbp_real.sendfile(out, in, off, count);
-    static __thread char *tmp;
-    if (!tmp && !(tmp = malloc(CHUNK))) return kbp_real.sendfile(out, in, off, count);
-    size_t k = count < CHUNK ? count : CHUNK;
-    ssize_t n = off ? pread(in, tmp, k, *off) : kbp_real.read(in, tmp, k);
-    if (n <= 0) return n;
-    ssize_t r = kbp_tcp_send(s, tmp, (size_t)n, 0);
-    if (r == -2) { /* no longer accelerated */
-        if (!off) lseek(in, -n, SEEK_CUR);
-        return kbp_real.sendfile(out, in, off, count);
-    }
-    ssize_t took = r < 0 ? 0 : r;
-    if (off) *off += took;
-    else if (took < n) lseek(in, took - n, SEEK_CUR); /* what was not sent is read again next time */
-    return r;
-}
-
-ssize_t sendfile64(int out, int in, off_t *off, size_t count) __attribute__((alias("sendfile")));
 
 /* The app's last fd of s is closed: 1 keep s (an active open whose connection still finishes holds the
  * port and the rule until GONE), 0 the caller frees it. Under kbp_lock. */
@@ -654,11 +648,8 @@ int kbp_tcp_release(struct kbp_sock *s) {
     long users = kbp_py_call(rst ? "abort" : "close", NULL, 0, "(Id)", s->sid, now_s());
     kbp_iface_flush();
     if (s->tcp_role == KBP_TCP_LISTENER) {
-        if (users > 0) {
-            kbp_verbose("fd %d: its port's rule stays while its %ld connection(s) finish (until the app exits)", s->fd,
-                        users);
-            s->rule_id = -1;
-        }
+        if (users > 0 && drain_port(s))
+            kbp_verbose("fd %d: its port's rule stays while its %ld connection(s) finish", s->fd, users);
         sid_drop(s);
         return 0;
     }
@@ -673,6 +664,24 @@ int kbp_tcp_release(struct kbp_sock *s) {
     }
     s->fd = held;
     s->zombie = 1;
+    return 1;
+}
+
+/* Listener s goes (closed, or the kernel's at a fork) while connections it accepted still use its port: a zombie
+ * takes its sid, rule and a dup of its socket (the port stays taken) until the host says GONE for that sid (the
+ * port's last connection is done: ShimTcp.close), then let_go removes the rule. s keeps neither. 1, or 0 (no
+ * memory or fd: the rule then goes with s, and those connections with it). */
+static int drain_port(struct kbp_sock *s) {
+    struct kbp_sock *z = calloc(1, sizeof(*z));
+    int held = z ? kbp_real.dup(s->fd) : -1;
+    if (held < 0) {
+        free(z);
+        return 0;
+    }
+    z->fd = held, z->tcp = 1, z->accel = 1, z->zombie = 1, z->tcp_role = KBP_TCP_LISTENER;
+    z->ifc = s->ifc, z->sid = s->sid, z->rule_id = s->rule_id;
+    by_sid[s->sid % SID_SLOTS] = z;
+    s->sid = 0, s->rule_id = -1;
     return 1;
 }
 

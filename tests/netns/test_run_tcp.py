@@ -305,6 +305,8 @@ int main(int argc, char **argv) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
     inet_pton(AF_INET, argv[1], &a.sin_addr);
+    struct linger lg = {1, 0};
+    if (argc > 3) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)); /* "early": before the connect */
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) { perror("connect"); return 1; }
     struct timeval tv = {0, 300000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -316,8 +318,7 @@ int main(int argc, char **argv) {
     clock_gettime(CLOCK_MONOTONIC, &t1);
     long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
     printf("recv %zd %s after %ld ms\n", n, n < 0 ? strerror(e) : "-", ms);
-    struct linger lg = {1, 0};
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    if (argc <= 3) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     close(fd);
     puts("closed");
     return 0;
@@ -340,16 +341,19 @@ PEER = textwrap.dedent("""
 """)
 
 
-def test_so_rcvtimeo_and_so_linger_zero_as_the_kernel(hosts, tmp_path):
+@pytest.mark.parametrize("linger", ["late", "early"])
+def test_so_rcvtimeo_and_so_linger_zero_as_the_kernel(hosts, tmp_path, linger):
     """A C client under run: recv with SO_RCVTIMEO 300 ms and nothing coming ends with EAGAIN after it,
-    close with SO_LINGER {1, 0} resets (the kernel peer's recv: ConnectionResetError)."""
+    close with SO_LINGER {1, 0} resets (the kernel peer's recv: ConnectionResetError). Set before the connect
+    ("early") it is still the app's at close: the control plane, which got the socket at the connect, leaves
+    its options alone."""
     a, b = hosts
     (tmp_path / "t.c").write_text(TIMEOUTS_C.replace("#include <unistd.h>", "#include <unistd.h>\n#include <stdlib.h>"))
     subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "t"), str(tmp_path / "t.c")], check=True)
     srv = subprocess.Popen(in_ns(a, sys.executable, "-c", PEER, a.ipv4, "8318"), stdout=subprocess.PIPE, text=True)
     try:
         assert srv.stdout.readline().strip() == "ready"
-        cli = run_app(b, str(tmp_path / "t"), a.ipv4, "8318")
+        cli = run_app(b, str(tmp_path / "t"), a.ipv4, "8318", *(["early"] if linger == "early" else []))
         out = cli.communicate(timeout=30)[0]
         peer = srv.communicate(timeout=30)[0]
     finally:
@@ -441,3 +445,274 @@ def test_keepalive_finds_a_peer_that_vanished(hosts, tmp_path):
         srv.wait()
     m = re.search(r"recv -1 Connection timed out after (\d+) ms", out)
     assert m and 2000 <= int(m.group(1)) < 15000, out
+
+
+HIJACKER = textwrap.dedent("""
+    # an unprivileged app asks the control plane to steer a TCP port it cannot keep to itself
+    import socket, sys
+    from kbypass.cp.client import ControlPlaneClient
+    from kbypass.cp.protocol import ProtocolError
+    cp = ControlPlaneClient(None, start=False, command="hijacker")
+    def accelerate(s):
+        try:
+            cp._call("accelerate", fds=(s.fileno(),))
+            return "accelerated"
+        except Exception as e:
+            return "refused: " + str(e)
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    print("bound-only with SO_REUSEADDR:", accelerate(s), flush=True)
+    s.listen()
+    print("listening:", accelerate(s), flush=True)
+    s.close()  # the rule stays with the connection: so must the port
+    print("closed", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def test_an_unprivileged_app_cannot_take_over_a_port_it_let_go(hosts):
+    """uid 65534 (--users all): a TCP socket bound with SO_REUSEADDR that does not listen proves nothing (root
+    could bind and listen on the port after it, and its connections would go to this app's rings); a listening
+    one does, and the control plane keeps the port taken in the kernel (a dup of that socket) while the rule
+    lives, even after the app closed its socket: root's listen on it fails as if the app still listened."""
+    a, b = hosts
+    app = run_app(b, *test_run.UNPRIVILEGED, sys.executable, "-c", HIJACKER, b.ipv4, "9201",
+                  stdin=subprocess.PIPE, cwd=test_run.ROOT)
+    try:
+        lines = []
+        while len(lines) < 3 and (line := app.stdout.readline()):
+            if not line.startswith("kbypass["):  # the shim's --log: the app's own TCP stays the kernel's
+                lines.append(line)
+        assert "bound-only with SO_REUSEADDR: refused: " in lines[0] and "listens" in lines[0], lines
+        assert lines[1].strip() == "listening: accelerated" and lines[2].strip() == "closed", lines
+        root = subprocess.run(in_ns(b, sys.executable, "-c", textwrap.dedent("""
+            import socket, sys
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((sys.argv[1], 9201)); s.listen(); print("root listens")
+            except OSError as e:
+                print("root:", e.strerror)
+        """), b.ipv4), capture_output=True, text=True, timeout=30)
+        assert root.stdout.strip() == "root: Address already in use", root
+    finally:
+        stop(app)
+
+
+RELISTEN_C = r"""
+#include <arpa/inet.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static struct sockaddr_in a;
+static int lsn(void) {
+    for (int i = 0; i < 100; i++) { /* the port is free once the old listener's last connection is done */
+        int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(fd, 16) == 0) return fd;
+        close(fd);
+        poll(NULL, 0, 50);
+    }
+    perror("bind/listen");
+    exit(1);
+}
+int main(int argc, char **argv) {
+    a.sin_family = AF_INET, a.sin_port = htons(atoi(argv[2]));
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    int l = lsn();
+    printf("listening\n");
+    int c = accept(l, 0, 0);
+    close(l); /* a connection of it stays open */
+    printf("listener closed\n");
+    char buf[64];
+    while (recv(c, buf, sizeof(buf), 0) > 0) {}
+    close(c);
+    l = lsn();
+    printf("listening again\n");
+    struct pollfd p = {l, POLLIN, 0};
+    printf("second connection: %s\n", poll(&p, 1, 10000) == 1 && accept(l, 0, 0) >= 0 ? "accepted" : "never came");
+    return 0;
+}
+"""
+
+RELISTEN_PEER = textwrap.dedent("""
+    import socket, sys, time
+    c1 = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    print("connected", flush=True)
+    sys.stdin.readline()
+    c1.close()
+    end = time.monotonic() + 10
+    while True:
+        try:
+            c2 = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+            print("second connected", flush=True)
+            break
+        except OSError as e:
+            if time.monotonic() > end:
+                print("second:", e, flush=True)
+                break
+            time.sleep(0.1)
+""")
+
+
+def test_a_listener_closed_with_a_connection_open_gives_its_port_back_when_that_ends(hosts, tmp_path):
+    """Close the listener while an accepted connection lives: the port's rule (and the port, which the control
+    plane holds for it) stay until that connection is done, then go, so the app listens on the port again and
+    is accelerated again (the rule is not left behind until the app exits)."""
+    a, b = hosts
+    (tmp_path / "r.c").write_text(RELISTEN_C)
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "r"), str(tmp_path / "r.c")], check=True)
+    app = run_app(b, str(tmp_path / "r"), b.ipv4, "9301")
+    peer, out = None, ""
+    try:
+        wait_for(lambda: sockets_of(b, 9301), what="the listening socket to be accelerated")
+        peer = subprocess.Popen(in_ns(a, sys.executable, "-c", RELISTEN_PEER, b.ipv4, "9301"),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert peer.stdout.readline().strip() == "connected"
+        while "listener closed" not in (line := app.stdout.readline()):
+            out += line
+        peer.stdin.write("go\n")
+        peer.stdin.flush()
+        second = peer.stdout.readline().strip()
+        out += app.communicate(timeout=30)[0]
+    finally:
+        if peer is not None:
+            peer.kill()
+            peer.wait()
+        if app.returncode is None:
+            out += stop(app)
+    assert second == "second connected" and "second connection: accepted" in out, (second, out)
+    assert out.count("listening) accelerated on") == 2, out
+
+
+SIGSEND_C = r"""
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+static int fd;
+static volatile long nsig, hsent;
+static void on_alarm(int s) { /* a heartbeat from a signal handler, while main is in send */
+    (void)s;
+    nsig++;
+    char c = 'S';
+    if (send(fd, &c, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1) hsent++;
+}
+int main(int argc, char **argv) {
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a))) { perror("connect"); return 1; }
+    signal(SIGALRM, on_alarm);
+    struct itimerval it = {{0, 200}, {0, 200}};
+    setitimer(ITIMER_REAL, &it, 0);
+    char buf[4096];
+    memset(buf, 'd', sizeof(buf));
+    long sent = 0;
+    for (int i = 0; i < 2000; i++) {
+        ssize_t r = send(fd, buf, sizeof(buf), MSG_NOSIGNAL);
+        if (r > 0) sent += r;
+    }
+    it = (struct itimerval){0};
+    setitimer(ITIMER_REAL, &it, 0);
+    printf("sent %ld handler %ld signals %ld\n", sent, hsent, nsig);
+    fflush(stdout);
+    shutdown(fd, SHUT_WR);
+    char b[16];
+    recv(fd, b, sizeof(b), 0);
+    return 0;
+}
+"""
+
+SINK = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    s.listen()
+    print("ready", flush=True)
+    c, _ = s.accept()
+    total = 0
+    while data := c.recv(1 << 20):
+        total += len(data)
+    print("got", total, flush=True)
+""")
+
+
+def test_a_signal_handler_that_sends_while_main_is_in_send(hosts, tmp_path):
+    """SIGALRM every 200 us whose handler sends a byte on the same socket while the main loop sends 8 MB: the
+    handler runs when the thread leaves the shim (never inside it, half way through a send and a CPython call),
+    nothing hangs, and the peer gets every byte both sent."""
+    a, b = hosts
+    (tmp_path / "s.c").write_text(SIGSEND_C)
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "s"), str(tmp_path / "s.c")], check=True)
+    sink = subprocess.Popen(in_ns(a, sys.executable, "-c", SINK, a.ipv4, "9501"), stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout.readline().strip() == "ready"
+        app = run_app(b, str(tmp_path / "s"), a.ipv4, "9501")
+        try:
+            out = app.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            out = stop(app)
+            pytest.fail(f"the app hung: {out}")
+        got = sink.communicate(timeout=30)[0]
+    finally:
+        sink.kill()
+        sink.wait()
+    m = re.search(r"sent (\d+) handler (\d+) signals (\d+)", out)
+    assert m and "connecting) accelerated on" in out, out
+    sent, handler, signals = map(int, m.groups())
+    assert sent == 2000 * 4096 and signals > 0, out
+    assert f"got {sent + handler}" in got, (got, out)
+
+
+OOB_C = r"""
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) { perror("connect"); return 1; }
+    ssize_t r = send(fd, "!", 1, MSG_OOB);
+    printf("send MSG_OOB %zd %s\n", r, r < 0 ? strerror(errno) : "-");
+    char b[8];
+    r = recv(fd, b, sizeof(b), MSG_OOB | MSG_DONTWAIT);
+    printf("recv MSG_OOB %zd %s\n", r, r < 0 ? strerror(errno) : "-");
+    send(fd, "ok", 2, 0);
+    sleep(1);
+    close(fd);
+    return 0;
+}
+"""
+
+
+def test_msg_oob_is_refused_not_sent_in_band(hosts, tmp_path):
+    """kbypass's TCP has no urgent data: send(MSG_OOB) fails with EOPNOTSUPP (the byte must not reach the peer
+    as an ordinary one), recv(MSG_OOB) finds none (EINVAL, as the kernel's with none pending)."""
+    a, b = hosts
+    (tmp_path / "o.c").write_text(OOB_C)
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "o"), str(tmp_path / "o.c")], check=True)
+    srv = subprocess.Popen(in_ns(a, sys.executable, "-c", PEER, a.ipv4, "8319"), stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        cli = run_app(b, str(tmp_path / "o"), a.ipv4, "8319")
+        out = cli.communicate(timeout=30)[0]
+        peer = srv.communicate(timeout=30)[0]
+    finally:
+        srv.kill()
+        srv.wait()
+    assert "connecting) accelerated on" in out, out
+    assert "send MSG_OOB -1 Operation not supported" in out and "recv MSG_OOB -1 Invalid argument" in out, out
+    assert "peer got b'ok'" in peer, peer

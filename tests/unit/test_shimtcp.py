@@ -8,6 +8,7 @@ import socket
 import struct
 
 from kbypass.proto import tcp
+from kbypass.proto.tcp.config import MAX_UNREAD
 from kbypass.sockapi.shimtcp import (
     ACCEPTED,
     GONE,
@@ -222,3 +223,57 @@ def test_keepalive_gives_up_on_a_peer_that_vanished():
         p.tick(0.1)
     assert p.masks[("srv", 2)] & POLLERR
     assert p.srv_call("recv", 2, 10, 0) == -errno.ETIMEDOUT
+
+
+def test_an_app_that_never_reads_closes_the_window_at_max_unread():
+    """A peer sending 40 MB to an app that never calls recv: the host takes MAX_UNREAD bytes off the connection
+    (and one event more), the connection holds its receive buffer, the window it advertises is 0 and the peer
+    is held (its send returns EAGAIN once its own buffer is full). Reading opens it again."""
+    p = Pair()
+    p.established()
+    chunk, sent = b"x" * 200_000, 0
+    for _ in range(200):  # 40 MB offered
+        r = p.cli_call("send", 7, chunk)
+        sent += max(r, 0)
+        p.tick(0.01)
+    c = p.srv.by_sid[2]
+    held = c.rx_len + c.conn._unread
+    assert MAX_UNREAD <= c.rx_len < MAX_UNREAD + 256 * 1024
+    assert c.conn._rcv_wnd() < 1448 and c.conn._wnd_field() == 0  # less than a segment left: shown as 0 (SWS)
+    assert sent < held + (2 << 20)  # what the peer got rid of: our buffers and its own send buffer
+    got = 0
+    while got < sent:  # the app reads: what was held comes, then the rest the peer sends as the window opens
+        data = p.srv_call("recv", 2, 64 << 10, 0)
+        if data == -errno.EAGAIN:
+            p.tick(0.05)
+            continue
+        got += len(data)
+    assert got == sent
+
+
+def test_a_closed_connection_whose_peer_never_closes_is_gone_after_fin_timeout():
+    """The app closes an accepted connection, the peer never sends its FIN: FIN_WAIT_2 ends after 60 s (Linux
+    tcp_fin_timeout) and the host forgets it (GONE), instead of holding it as long as the peer wants."""
+    p = Pair()
+    p.established()
+    p.srv_call("close", 2)
+    (c,) = p.srv.conns.values()
+    assert c.conn.state is tcp.State.FIN_WAIT_2
+    p.tick(59.0)
+    assert p.srv.conns and ("srv", 2) not in p.gone
+    p.tick(2.0)
+    assert not p.srv.conns and ("srv", 2) in p.gone
+
+
+def test_a_closed_listeners_sid_is_gone_when_its_ports_last_connection_is_done():
+    """close of a listener whose accepted connection lives answers 1 (its port is still used); GONE for the
+    listener's sid comes when that connection is done, the shim's cue to remove the port's rule."""
+    p = Pair()
+    p.established()
+    assert p.srv_call("close", 1) == 1
+    p.tick(1.0)
+    assert ("srv", 1) not in p.gone
+    p.cli_call("close", 7)
+    assert p.srv_call("recv", 2, 100, 0) == b""
+    p.srv_call("close", 2)
+    assert ("srv", 1) in p.gone and not p.srv.conns

@@ -61,6 +61,41 @@ def test_passive_close_goes_close_wait_last_ack():
     assert p.client.received == b"late reply"
 
 
+@pytest.mark.parametrize("closed", [True, False])
+def test_fin_wait_2_of_a_closed_socket_times_out_quietly_a_half_close_waits(closed):
+    """The client's app closes (orphan) and the peer never sends its FIN: FIN_WAIT_2 ends after fin_timeout
+    (Linux tcp_fin_timeout, 60 s) with nothing sent. A half close (shutdown only) waits for the peer as long as
+    it takes, as Linux's."""
+    p = TcpPair(client=App(data=b"bye"), server=App(data=b"", shutdown_when_sent=False))
+    p.run(until=1.0)
+    conn = p.client.conn
+    assert conn.state is S.FIN_WAIT_2
+    if closed:
+        conn.orphan(p.now)
+        assert conn.next_timer() == pytest.approx(p.now + 60)
+        t = p.now + 60
+        conn.on_timer(t)
+        assert conn.finished and conn.segments_to_send(t) == []  # no RST: the peer learns at its next segment
+    else:
+        t = p.now + 3600
+        assert conn.next_timer() is None or conn.next_timer() > t - 3000  # keepalive off: no timer at all
+        conn.on_timer(t)
+        assert conn.state is S.FIN_WAIT_2
+
+
+def test_closing_in_fin_wait_1_starts_the_fin_timeout_at_fin_wait_2():
+    p = TcpPair(client=App(shutdown_when_sent=False), server=App(data=b"", shutdown_when_sent=False))
+    p.run(until=1.0)
+    conn = p.client.conn
+    conn.shutdown()
+    conn.orphan(p.now)  # the app closed while the FIN is still unacknowledged
+    assert conn.state is S.FIN_WAIT_1
+    p.run(until=p.now + 1.0)
+    assert conn.state is S.FIN_WAIT_2
+    entered = p.now
+    assert entered < conn.next_timer() <= entered + 61
+
+
 def test_time_wait_reacknowledges_a_retransmitted_fin_and_restarts():
     p = TcpPair(client=App(data=b"x"), server=App(data=b"y"))
     p.trace = []

@@ -50,6 +50,44 @@ def bound_flow(fd: int) -> tuple[str, str, int]:
     return kind, ip, port
 
 
+def port_owners(proto: str) -> dict[int, set[int]]:
+    """The uids of the kernel sockets of this namespace by local port (/proc/net/{udp,tcp}{,6})."""
+    owners: dict[int, set[int]] = {}
+    for name in (proto, proto + "6"):
+        try:
+            with open(f"/proc/net/{name}") as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    owners.setdefault(int(fields[1].rsplit(":", 1)[1], 16), set()).add(int(fields[7]))
+        except (OSError, StopIteration, ValueError, IndexError):
+            pass
+    return owners
+
+
+def check_exclusive(fd: int, proto: str, port: int, uid: int) -> None:
+    """ProtocolError unless the app's socket keeps its port to itself while the control plane holds a dup of it
+    (a non-root client's proof of ownership). A TCP socket must listen or be connected, or be bound without
+    SO_REUSEADDR and SO_REUSEPORT: a bound-only socket with SO_REUSEADDR lets anyone bind the port and listen on
+    it, whose connections the rule would then steer to this app. A socket with either option must find no
+    socket of another uid on its port (it may have joined that one's port)."""
+    s = socket.socket(fileno=fd)
+    try:
+        reuse = (s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) or
+                 s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+        if proto == "tcp" and reuse and not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            try:
+                s.getpeername()
+            except OSError:
+                raise ProtocolError("accelerate: a TCP socket bound with SO_REUSEADDR or SO_REUSEPORT proves its "
+                                    "port only once it listens (anyone may bind it too)") from None
+    finally:
+        s.detach()
+    if reuse and port_owners(proto).get(port, set()) - {uid}:
+        raise ProtocolError(f"accelerate: {proto} port {port} is bound by another user's socket too (SO_REUSEADDR "
+                            "or SO_REUSEPORT shares it): it stays the kernel's")
+
+
 class Routes:
     """The namespace's addresses, routes and neighbours through one netlink socket (made lazily, in the
     control plane's namespace)."""

@@ -42,7 +42,8 @@ from kbypass.errors import KbypassError, UsageError
 from kbypass.steer.rules import Rule
 
 from . import paths, protocol
-from .accel import Routes, bound_flow
+from .accel import Routes, bound_flow, check_exclusive, port_owners
+from .closer import Closer
 from .paths import USERS
 from .pool import SLICES as POOL_SLICES
 from .pool import Member
@@ -62,7 +63,7 @@ _WAKE = object()  # the selector key's data of the wake-up pipe (Server.stop)
 HELLO_TIMEOUT = 10.0  # seconds a connection may stay without its hello (it would keep an idle exit off)
 LOCK_WAIT = 2.0  # seconds a starting control plane waits for one that is exiting
 # Room for the most fds one message can carry (SCM_MAX_FD): fds that did not fit would be closed by the
-# kernel inside recvmsg, where a lingering socket could block this loop (see _close_quietly).
+# kernel inside recvmsg, where a lingering socket could block this loop (see kbypass.cp.closer).
 _FD_SPACE = socket.CMSG_SPACE(253 * 4)
 _CHANGES = {"hello", "add", "remove", "register", "unregister", "open_socket", "accelerate", "stop"}  # refusals logged
 
@@ -101,20 +102,10 @@ def printable(text: str, limit: int = 120) -> str:
 
 
 def kernel_ports(proto: str, except_uid: int | None = None) -> set[int]:
-    """Ports kernel sockets of this namespace have bound (from /proc/net/{udp,tcp}{,6}), leaving out those
-    whose every socket belongs to `except_uid`: a client's own placeholder socket (the UDP endpoint and
-    kbypass.socket hold the port in the kernel while they serve it) does not bar it from its port."""
-    owners: dict[int, set[int]] = {}
-    for name in (proto, proto + "6"):
-        try:
-            with open(f"/proc/net/{name}") as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    owners.setdefault(int(fields[1].rsplit(":", 1)[1], 16), set()).add(int(fields[7]))
-        except (OSError, StopIteration, ValueError, IndexError):
-            pass
-    return {port for port, uids in owners.items() if uids != {except_uid}}
+    """Ports kernel sockets of this namespace have bound, leaving out those whose every socket belongs to
+    `except_uid`: a client's own placeholder socket (the UDP endpoint and kbypass.socket hold the port in the
+    kernel while they serve it) does not bar it from its port."""
+    return {port for port, uids in port_owners(proto).items() if uids != {except_uid}}
 
 
 class Server:
@@ -129,6 +120,8 @@ class Server:
         self.allow_kernel_ports = allow_kernel_ports
         self.ifaces = set(ifaces)  # the interfaces non-root clients may steer
         self.state = ControlPlane()
+        self.closer = Closer()  # the fds clients send and the rules' proofs, closed off the loop
+        self.state.close_fd = self.closer.close
         self.routes = Routes()  # the preload shim's addresses and next hops (kbypass.cp.accel)
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, tuple[socket.socket, Client]] = {}
@@ -344,7 +337,7 @@ class Server:
                 reply, made = self._answer(client, data, fds)
         finally:
             for f in fds:
-                _close_quietly(f)  # the map keeps its own reference to a registered socket
+                self.closer.close(f)  # the map keeps its own reference to a registered socket
         try:
             if reply is not None:
                 self._send(fd, reply, made.fds if made is not None else ())
@@ -517,7 +510,14 @@ class Server:
             raise ProtocolError(f"{proto} {addr.ip}:{port} is accelerated for another socket of this app already "
                                 "(SO_REUSEPORT): this one stays on the kernel, and that one gets all the port's "
                                 "datagrams")
-        rule_id = self.state.add_rule(client, iface, rule)
+        if client.uid != 0:
+            check_exclusive(fd, proto, port, client.uid)
+        proof = os.dup(fd)  # the rule's: the port stays taken in the kernel for as long as the rule steers it
+        try:
+            rule_id = self.state.add_rule(client, iface, rule, proof=proof)
+        except BaseException:
+            self.closer.close(proof)
+            raise
         return {**self.routes.describe(iface, addr), "port": port, "rule_id": rule_id}
 
     def _may_add(self, client: Client, iface: str, rule: Rule) -> None:
@@ -609,18 +609,3 @@ def _leave_the_starters_cpu() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, 0)
     except OSError as e:
         log.warning("could not reset CPU affinity and scheduling: %s", e.strerror)
-
-
-def _close_quietly(fd: int) -> None:
-    """Close an fd a client sent. A socket is made not to linger first: closing a TCP socket with
-    SO_LINGER set and unsent data would block this single-threaded loop for as long as the client chose."""
-    dup = os.dup(fd)
-    try:
-        s = socket.socket(fileno=dup)
-    except OSError:  # not a socket
-        os.close(dup)
-    else:
-        with s, contextlib.suppress(OSError):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 0, 0))
-    os.close(fd)
-

@@ -65,6 +65,7 @@ class _RuleEntry:
     priority: int
     share: bool
     seq: int
+    proof: int | None = None  # accelerate's: a dup of the app's socket, holding its port while the rule lives
 
 
 @dataclass
@@ -97,6 +98,7 @@ class ControlPlane:
         self._next_cid = 1
         self._seq = 0
         self._stuck_groups: set[int] = set()  # groups whose XSKMAP row a failed removal may have left full
+        self.close_fd = os.close  # how a rule's proof socket is closed (the server's never blocks its loop)
 
     # ---- clients ---------------------------------------------------------------------------------
 
@@ -169,7 +171,8 @@ class ControlPlane:
     # ---- rules -----------------------------------------------------------------------------------
 
     def add_rule(self, client: Client, iface: str, rule: Rule | str, priority: int = DEFAULT_PRIORITY,
-                 share: bool = False, xdp_mode: str | None = None) -> int:
+                 share: bool = False, xdp_mode: str | None = None, proof: int | None = None) -> int:
+        """The new rule's id. `proof` (an fd, now the rule's) is closed with the rule, through `close_fd`."""
         rule = parse_rule(rule)
         if not 0 <= priority <= 65535:
             raise ProtocolError(f"priority {priority}: choose 0-65535 (lower goes first)")
@@ -190,7 +193,7 @@ class ControlPlane:
             self._release_if_idle(iface)
             raise
         self._seq += 1
-        served.rules[rule_id] = _RuleEntry(client, rule, priority, share, self._seq)
+        served.rules[rule_id] = _RuleEntry(client, rule, priority, share, self._seq, proof)
         client.rules.add((iface, rule_id))
         log.info("%s: rule %d '%s' on %s (priority %d%s)", client.describe(), rule_id, rule, iface, priority,
                  ", shared" if share else "")
@@ -216,6 +219,8 @@ class ControlPlane:
         finally:  # the books follow the program even when the map update failed: no rule to find twice
             del served.rules[rule_id]
             entry.owner.rules.discard((iface, rule_id))
+            if entry.proof is not None:
+                self.close_fd(entry.proof)
         log.info("%s: removed rule %d '%s' on %s", entry.owner.describe(), rule_id, entry.rule, iface)
 
     def _group(self, client: Client) -> int:

@@ -35,12 +35,9 @@ from collections import deque
 from kbypass.errors import UsageError
 from kbypass.proto import tcp
 from kbypass.proto.tcp import fastpath as tcp_fastpath
+from kbypass.proto.tcp.config import MAX_UNREAD
 
 from .tcperrors import AddressError, AddressTypeError, PortRangeError, check_timeout
-
-MAX_UNREAD = 4 << 20  # bytes taken from the connection before the application reads them: the receive
-# window closes behind this (Data events free window when they are taken, so we stop taking them)
-
 
 _IN_FLIGHT = frozenset({tcp.State.SYN_RCVD, tcp.State.ESTABLISHED, tcp.State.CLOSE_WAIT, tcp.State.FIN_WAIT_1,
                         tcp.State.CLOSING, tcp.State.LAST_ACK})
@@ -443,6 +440,7 @@ class TcpSocket:
             elif not self._shut_wr:
                 self._shut_wr = True
                 self.conn.shutdown()
+            self.conn.orphan(time.monotonic())  # FIN_WAIT_2 ends after fin_timeout (Linux tcp_fin_timeout)
         self._app_closed = True
         self._rx.clear()
         self._rx_len = 0

@@ -38,6 +38,7 @@ from collections import deque
 from kbypass import backend
 from kbypass.proto import ipv4, tcp
 from kbypass.proto.tcp import fastpath
+from kbypass.proto.tcp.config import MAX_UNREAD
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP = 0x1, 0x4, 0x8, 0x10, 0x2000
@@ -117,6 +118,7 @@ class ShimTcp:
         self.conns: dict[tuple[bytes, int, int], _Conn] = {}  # (peer ip, peer port, local port)
         self.by_sid: dict[int, _Conn | _Listener] = {}
         self.listeners: dict[int, _Listener] = {}  # by local port
+        self._draining: dict[int, int] = {}  # closed listeners' sids -> their port, while connections use it
         self._ident = 0
         # the established path's segments (no options but timestamps) built in C when it is (kbypass._fasttcp)
         fast = backend.native_module("tcp") if backend.built("tcp") else fastpath
@@ -170,6 +172,10 @@ class ShimTcp:
                 changes += (c.sid, m | NEWS if c.news else m)
                 c.mask, c.news = m, False
         touched.clear()
+        for sid, port in list(self._draining.items()):
+            if not self.port_users(port):  # a closed listener's port is free: the shim removes its rule
+                changes += (sid, GONE)
+                del self._draining[sid]
         self._next = min(timers.values()) if timers else 0.0
         packets, self._packets = self._packets, []
         return result, packets, array("I", changes).tobytes() if changes else b"", self._next
@@ -192,7 +198,8 @@ class ShimTcp:
 
     def _events(self, c: _Conn, now: float) -> None:
         conn = c.conn
-        while True:
+        # Unread data past MAX_UNREAD stays the connection's (its window closes): recv takes more as the app reads
+        while c.rx_len < MAX_UNREAD or c.app_closed or c.shut_rd:
             e = conn.next_event()
             if e is None:
                 break
@@ -451,6 +458,8 @@ class ShimTcp:
                     c.conn.abort()
                     self._flush(c, now)
                     c.app_closed = True
+            if self.port_users(s.port):
+                self._draining[s.sid] = s.port  # GONE for its sid when the port's last connection is done
             out = self._out(0, now)  # the connections it reset are forgotten here
             return (self.port_users(s.port), *out[1:])
         if s is None:
@@ -464,6 +473,7 @@ class ShimTcp:
             elif not c.shut_wr:
                 c.shut_wr = True
                 c.conn.shutdown()
+            c.conn.orphan(now)  # FIN_WAIT_2 ends after fin_timeout: a peer that never closes holds nothing
         c.rx.clear()
         c.rx_len = 0
         self._flush(c, now)

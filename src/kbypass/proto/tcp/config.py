@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from .congestion import CONTROLLERS
 from .errors import TcpUsageError
 
+MAX_UNREAD = 4 << 20  # bytes a host takes from a connection before the application reads them: the receive
+# window closes behind this (Data events free window when they are taken, so a host stops taking them there)
+
 
 @dataclass(frozen=True)
 class TcpConfig:
@@ -27,6 +30,7 @@ class TcpConfig:
     syn_retries: int = 6  # SYN / SYN-ACK retransmissions before giving up (Linux tcp_syn_retries)
     max_retries: int = 15  # data retransmissions before giving up (Linux tcp_retries2)
     time_wait: float = 60.0  # 2*MSL
+    fin_timeout: float = 60.0  # FIN_WAIT_2 of a connection the application closed (Linux tcp_fin_timeout)
     keepalive: bool = False  # SO_KEEPALIVE
     keepalive_idle: float = 7200.0
     keepalive_interval: float = 75.0

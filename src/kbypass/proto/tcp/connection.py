@@ -130,6 +130,8 @@ class TcpConnection(Output, CannedAnswers):
         self._delack_at: float | None = None
         self._persist_at: float | None = None
         self._timewait_at: float | None = None
+        self._orphaned = False  # the application closed its socket (orphan()): FIN_WAIT_2 then times out
+        self._fin2_at: float | None = None  # when an orphaned FIN_WAIT_2 is given up
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -187,6 +189,15 @@ class TcpConnection(Output, CannedAnswers):
             self._fin_seq = self.sq.data_end
             self._go(Input.CLOSE)
 
+    def orphan(self, now: float) -> None:
+        """The application closed its socket (after shutdown(), or with abort()): nobody waits for the peer's
+        FIN any more, so FIN_WAIT_2 lasts config.fin_timeout at most, then the connection ends quietly as
+        Linux's (tcp_fin_timeout: no RST; a peer that sends later gets one, from no socket). A half close
+        without it waits as long as the peer wants, as Linux's shutdown(SHUT_WR)."""
+        self._orphaned = True
+        if self.state is State.FIN_WAIT_2 and self._fin2_at is None:
+            self._fin2_at = now + self.config.fin_timeout
+
     def abort(self) -> None:
         """Reset the connection now (RST to the peer, queued data dropped): SO_LINGER 0 close."""
         if self.state is State.CLOSED:
@@ -235,6 +246,8 @@ class TcpConnection(Output, CannedAnswers):
             self._clear_timers()
             self._timewait_at = self._now + self.config.time_wait
             self._events.append(ev.Closed())
+        elif new is State.FIN_WAIT_2 and self._orphaned:
+            self._fin2_at = self._now + self.config.fin_timeout
         elif new is State.CLOSED and inp is Input.FIN_ACKED:
             self._clear_timers()
             self._events.append(ev.Closed())
@@ -256,7 +269,7 @@ class TcpConnection(Output, CannedAnswers):
         self._events.append(ev.Reset(reason))
 
     def _clear_timers(self) -> None:
-        self._rto_at = self._delack_at = self._persist_at = self._timewait_at = self._tlp_at = None
+        self._rto_at = self._delack_at = self._persist_at = self._timewait_at = self._tlp_at = self._fin2_at = None
 
     # ------------------------------------------------------------------ segment arrives
     _now = 0.0

@@ -278,7 +278,7 @@ class Output:
     def next_timer(self) -> float | None:
         """When `on_timer` must next be called (None: no timer runs)."""
         best = None
-        for t in (self._rto_at, self._delack_at, self._persist_at, self._timewait_at, self._tlp_at,
+        for t in (self._rto_at, self._delack_at, self._persist_at, self._timewait_at, self._tlp_at, self._fin2_at,
                   self._keepalive_due()):
             if t is not None and (best is None or t < best):
                 best = t
@@ -289,6 +289,9 @@ class Output:
         if self._timewait_at is not None and now >= self._timewait_at:
             self._timewait_at = None
             self._go(Input.TIMEWAIT_DONE)
+            return
+        if self._fin2_at is not None and now >= self._fin2_at:
+            self._kill(ev.TIMED_OUT)  # quietly: Linux's FIN_WAIT_2 timeout sends nothing
             return
         if self._rto_at is not None and now >= self._rto_at:
             self._tlp_at = None
