@@ -4,22 +4,28 @@
  * Canned(): one connection's arming, held beside its Prediction in a second dict of the same keys. arm(eth,
  * answers, snd_wscale, rcv_wscale, avail, sws, adv_right, ts_offset, mss, cwnd, valid_until) takes the
  * application's table `answers` (a dict: whole request head, bytes -> a tuple whose first item is the answer's
- * bytes) and TcpConnection.canned_state's fields; refresh(mss, cwnd, valid_until) arms it again after an
+ * bytes), or SOCKPERF (the str "sockperf": a rule instead of a table, csrc/core/kb_sockperf.h: a payload of
+ * whole sockperf messages that all ask for an answer is answered, values one (answer,) per message), and
+ * TcpConnection.canned_state's fields; refresh(mss, cwnd, valid_until) arms it again after an
  * answer (TcpConnection.canned_refresh: what the exchange moved; adv_right C moved itself); disarm() stops it.
  *
  * rx_canned(frame, table, canned, now, ident): what rx(frame, table) does, and when the segment is a HIT whose
- * payload is whole request heads all in the connection's armed table, and their answers together may leave
+ * payload is whole request heads all in the connection's armed table (or SOCKPERF's messages), and their answers together may leave
  * as one segment (kb_http_may_send), the answer's frame is built here: the result is then
  * (owner, seq, ack, flags, window, tsval, tsecr, payload, values, frame), values the table's entries in
  * request order, frame the answer (IPv4 ident `ident`), and both the prediction (snd_max past the answer) and
  * the arming (disarmed: one answer per arming) have moved. Python sends the frame and reports the exchange
  * to the connection (TcpConnection.answer_predicted). */
 #include "core/kb_http.h"
+#include "core/kb_sockperf.h"
+
+#define KB_SOCKPERF_NAME "sockperf" /* Canned.arm's answers for sockperf's rule (kbypass._fasttcp.SOCKPERF) */
 
 typedef struct {
     PyObject_HEAD
     struct kb_http_pred h;
-    PyObject *answers;
+    PyObject *answers; /* the table (a dict), or the str SOCKPERF */
+    int sockperf;      /* answers is SOCKPERF: every message asking for one is answered (kb_sockperf.h) */
 } Canned;
 
 static int Canned_traverse(Canned *self, visitproc visit, void *arg) {
@@ -59,8 +65,10 @@ static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_ValueError, "eth: give the 14-byte Ethernet header");
         return NULL;
     }
-    if (!PyDict_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "answers: give a dict (request head bytes -> (answer bytes, ...))");
+    int sockperf = PyUnicode_Check(args[1]) && PyUnicode_CompareWithASCIIString(args[1], KB_SOCKPERF_NAME) == 0;
+    if (!sockperf && !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "answers: give a dict (request head bytes -> (answer bytes, ...)) or "
+                                         "SOCKPERF");
         return NULL;
     }
     unsigned long v[6];
@@ -79,6 +87,7 @@ static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t narg
     h->ts_offset = (uint32_t)v[5];
     Py_INCREF(args[1]);
     Py_XSETREF(self->answers, args[1]);
+    self->sockperf = sockperf;
     h->armed = 1;
     Py_RETURN_NONE;
 }
@@ -159,22 +168,39 @@ miss:
     return 0;
 }
 
+#define KB_SOCKPERF_MAX 64 /* messages answered in one segment: more is the Python way */
+
 static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *adv, const struct kb_tcp_hit *hit,
                                const uint8_t *f, double now, unsigned ident) {
     PyObject *vals[KB_HTTP_MAX_HEADS];
-    size_t total;
-    int k = canned_match(c->answers, f + hit->payload_off, hit->payload_len, vals, &total);
+    uint32_t lens[KB_SOCKPERF_MAX];
+    size_t total = hit->payload_len;
+    const uint8_t *req = f + hit->payload_off;
+    int k, nvals = 0; /* vals held (the table's entries) */
+    if (c->sockperf)
+        k = kb_sockperf_messages(req, hit->payload_len, lens, KB_SOCKPERF_MAX);
+    else
+        k = nvals = canned_match(c->answers, req, hit->payload_len, vals, &total);
     if (!k) return NULL;
     PyObject *out = NULL, *frame = NULL, *values = NULL, *payload = NULL;
     if (!kb_http_may_send(&c->h, adv->snd_max, hit->ack, hit->window, total, now)) goto done;
     size_t n = kb_tcp_frame_len(adv->ts_ok, total);
     frame = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     values = PyTuple_New(k);
-    payload = PyBytes_FromStringAndSize((const char *)f + hit->payload_off, hit->payload_len);
+    payload = PyBytes_FromStringAndSize((const char *)req, hit->payload_len);
     if (!frame || !values || !payload) goto done;
     uint8_t *w = (uint8_t *)PyBytes_AS_STRING(frame);
     uint8_t *body = w + kb_tcp_frame_len(adv->ts_ok, 0);
-    for (int i = 0; i < k; i++) { /* the answers in request order, straight into the frame */
+    if (c->sockperf) { /* the answers straight into the frame; values: (answer,) per message, as a table's */
+        kb_sockperf_answer(body, req, lens, k);
+        for (int i = 0; i < k; i++) {
+            PyObject *v = Py_BuildValue("(y#)", (const char *)body, (Py_ssize_t)lens[i]);
+            if (!v) goto done;
+            PyTuple_SET_ITEM(values, i, v);
+            body += lens[i];
+        }
+    }
+    for (int i = 0; i < nvals; i++) { /* the answers in request order, straight into the frame */
         PyObject *b = PyTuple_GET_ITEM(vals[i], 0);
         memcpy(body, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
         body += PyBytes_GET_SIZE(b);
@@ -205,7 +231,7 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
         c->h.armed = 0;
     }
 done:
-    for (int i = 0; i < k; i++) Py_XDECREF(vals[i]);
+    for (int i = 0; i < nvals; i++) Py_XDECREF(vals[i]);
     Py_XDECREF(frame);
     Py_XDECREF(values);
     Py_XDECREF(payload);

@@ -263,5 +263,9 @@ PyMODINIT_FUNC PyInit__fasttcp(void) {
         Py_DECREF(m);
         return NULL;
     }
+    if (PyModule_AddStringConstant(m, "SOCKPERF", KB_SOCKPERF_NAME) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

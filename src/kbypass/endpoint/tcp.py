@@ -151,7 +151,9 @@ class TcpSocket:
     @property
     def canned(self) -> dict | None:
         """The application's canned answers for this connection (None: none): a dict from a whole request
-        (bytes; an HTTP head, up to its empty line) to a tuple whose first item is the answer's bytes. While
+        (bytes; an HTTP head, up to its empty line) to a tuple whose first item is the answer's bytes, or
+        kbypass.proto.tcp.fastpath.SOCKPERF, a rule instead of a table (whole sockperf messages that ask for
+        an answer, answered as kbypass.apps.pingpong.answer does; the values one (answer,) per message). While
         set, a predicted segment whose payload is such requests, arriving while nothing else is pending on the
         connection (the application has read everything and has nothing queued), is answered by the C fast
         path (csrc/core/kb_http.h) without the application seeing it: the host reports it in take_canned().

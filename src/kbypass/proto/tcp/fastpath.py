@@ -45,6 +45,9 @@ def frame(eth: bytes, src_ip: bytes, dst_ip: bytes, ident: int, sport: int, dpor
     return eth + build_ipv4_header(src_ip, dst_ip, IPPROTO_TCP, len(body), ident=ident) + body
 
 
+SOCKPERF = "sockperf"  # Canned.arm's answers for sockperf's rule (kbypass._fasttcp.SOCKPERF, csrc/core/kb_sockperf.h)
+
+
 class Canned:
     """One connection's canned answers that never answer (kbypass._fasttcp.Canned's stand-in)."""
 
