@@ -19,13 +19,19 @@
 #include "core/kb_http.h"
 #include "core/kb_sockperf.h"
 
-#define KB_SOCKPERF_NAME "sockperf" /* Canned.arm's answers for sockperf's rule (kbypass._fasttcp.SOCKPERF) */
+#define KB_SOCKPERF_NAME "sockperf"   /* Canned.arm's answers for sockperf's rule (kbypass._fasttcp.SOCKPERF) */
+#define KB_NEXT_SEND_NAME "next send" /* ... for the application's next send (kbypass._fasttcp.NEXT_SEND) */
+
+enum { CANNED_TABLE, CANNED_SOCKPERF, CANNED_NEXT_SEND };
 
 typedef struct {
     PyObject_HEAD
     struct kb_http_pred h;
-    PyObject *answers; /* the table (a dict), or the str SOCKPERF */
-    int sockperf;      /* answers is SOCKPERF: every message asking for one is answered (kb_sockperf.h) */
+    PyObject *answers; /* the table (a dict), or the str SOCKPERF or NEXT_SEND */
+    int kind;          /* CANNED_*: from answers */
+    int pending;       /* NEXT_SEND: a segment with payload came, the application has it (its ACK fields:) */
+    uint32_t hit_ack, hit_len;
+    uint16_t hit_window;
 } Canned;
 
 static int Canned_traverse(Canned *self, visitproc visit, void *arg) {
@@ -65,10 +71,14 @@ static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_ValueError, "eth: give the 14-byte Ethernet header");
         return NULL;
     }
-    int sockperf = PyUnicode_Check(args[1]) && PyUnicode_CompareWithASCIIString(args[1], KB_SOCKPERF_NAME) == 0;
-    if (!sockperf && !PyDict_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "answers: give a dict (request head bytes -> (answer bytes, ...)) or "
-                                         "SOCKPERF");
+    int kind = CANNED_TABLE;
+    if (PyUnicode_Check(args[1]) && PyUnicode_CompareWithASCIIString(args[1], KB_SOCKPERF_NAME) == 0)
+        kind = CANNED_SOCKPERF;
+    else if (PyUnicode_Check(args[1]) && PyUnicode_CompareWithASCIIString(args[1], KB_NEXT_SEND_NAME) == 0)
+        kind = CANNED_NEXT_SEND;
+    else if (!PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "answers: give a dict (request head bytes -> (answer bytes, ...)), "
+                                         "SOCKPERF or NEXT_SEND");
         return NULL;
     }
     unsigned long v[6];
@@ -87,7 +97,8 @@ static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t narg
     h->ts_offset = (uint32_t)v[5];
     Py_INCREF(args[1]);
     Py_XSETREF(self->answers, args[1]);
-    self->sockperf = sockperf;
+    self->kind = kind;
+    self->pending = 0;
     h->armed = 1;
     Py_RETURN_NONE;
 }
@@ -99,6 +110,7 @@ static PyObject *Canned_refresh(Canned *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     if (canned_moving(self, args) < 0) return NULL;
+    self->pending = 0;
     self->h.armed = 1;
     Py_RETURN_NONE;
 }
@@ -112,6 +124,7 @@ static PyObject *Canned_state(Canned *self, PyObject *unused) {
 
 static PyObject *Canned_disarm(Canned *self, PyObject *unused) {
     self->h.armed = 0;
+    self->pending = 0;
     Py_RETURN_NONE;
 }
 
@@ -168,6 +181,31 @@ miss:
     return 0;
 }
 
+/* Our answer's headers around its body (total bytes, in place in w): the segment the reference sends after
+ * taking the request, the prediction adv past it. */
+static void canned_frame(Canned *c, const struct kb_tcp_pred *adv, uint8_t *w, size_t total, double now,
+                         unsigned ident) {
+    const struct kb_tcp_pred *p = adv;
+    struct kb_tcp_fields h = {.eth = c->h.eth, .src_ip = p->local_ip, .dst_ip = p->remote_ip,
+                              .ident = (uint16_t)ident, .sport = p->local_port, .dport = p->remote_port,
+                              .seq = p->snd_max, .ack = p->rcv_nxt, .flags = KB_TCP_ACK | KB_TCP_PSH,
+                              .has_ts = p->ts_ok};
+    h.window = kb_http_wnd_field(&c->h, p->rcv_nxt);
+    h.tsval = (uint32_t)((uint64_t)(int64_t)(now * 1000) + c->h.ts_offset); /* Output._tsval */
+    h.tsecr = p->ts_recent;
+    kb_tcp_frame(w, &h, w + kb_tcp_frame_len(p->ts_ok, 0), total); /* the payload is in place already */
+}
+
+/* The connection moves on: our answer is sent, one answer per arming. */
+static void canned_sent(Pred *pred, Canned *c, const struct kb_tcp_pred *adv, uint32_t req_len, size_t total) {
+    pred->p = *adv;
+    pred->p.snd_max = adv->snd_max + (uint32_t)total;
+    pred->p.rcv_wnd = adv->rcv_wnd + req_len; /* the application took the request at once */
+    pred->p.last_ack_sent = adv->rcv_nxt;     /* the answer acknowledges it */
+    c->h.armed = 0;
+    c->pending = 0;
+}
+
 #define KB_SOCKPERF_MAX 64 /* messages answered in one segment: more is the Python way */
 
 static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *adv, const struct kb_tcp_hit *hit,
@@ -177,7 +215,7 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
     size_t total = hit->payload_len;
     const uint8_t *req = f + hit->payload_off;
     int k, nvals = 0; /* vals held (the table's entries) */
-    if (c->sockperf)
+    if (c->kind == CANNED_SOCKPERF)
         k = kb_sockperf_messages(req, hit->payload_len, lens, KB_SOCKPERF_MAX);
     else
         k = nvals = canned_match(c->answers, req, hit->payload_len, vals, &total);
@@ -191,7 +229,7 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
     if (!frame || !values || !payload) goto done;
     uint8_t *w = (uint8_t *)PyBytes_AS_STRING(frame);
     uint8_t *body = w + kb_tcp_frame_len(adv->ts_ok, 0);
-    if (c->sockperf) { /* the answers straight into the frame; values: (answer,) per message, as a table's */
+    if (c->kind == CANNED_SOCKPERF) { /* the answers straight into the frame; values: (answer,) per message, as a table's */
         kb_sockperf_answer(body, req, lens, k);
         for (int i = 0; i < k; i++) {
             PyObject *v = Py_BuildValue("(y#)", (const char *)body, (Py_ssize_t)lens[i]);
@@ -207,14 +245,7 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
         PyTuple_SET_ITEM(values, i, vals[i]);
         vals[i] = NULL;
     }
-    struct kb_tcp_pred p = *adv;
-    struct kb_tcp_fields h = {.eth = c->h.eth, .src_ip = p.local_ip, .dst_ip = p.remote_ip, .ident = (uint16_t)ident,
-                              .sport = p.local_port, .dport = p.remote_port, .seq = p.snd_max, .ack = p.rcv_nxt,
-                              .flags = KB_TCP_ACK | KB_TCP_PSH, .has_ts = p.ts_ok};
-    h.window = kb_http_wnd_field(&c->h, p.rcv_nxt);
-    h.tsval = (uint32_t)((uint64_t)(int64_t)(now * 1000) + c->h.ts_offset); /* Output._tsval */
-    h.tsecr = p.ts_recent;
-    kb_tcp_frame(w, &h, w + kb_tcp_frame_len(adv->ts_ok, 0), total); /* the payload is in place already */
+    canned_frame(c, adv, w, total, now, ident);
     PyObject *owner = pred->owner ? pred->owner : Py_None;
     if (hit->has_ts)
         out = Py_BuildValue("(OkkiikkOOO)", owner, (unsigned long)hit->seq, (unsigned long)hit->ack, (int)hit->flags,
@@ -223,13 +254,7 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
     else
         out = Py_BuildValue("(OkkiiOOOOO)", owner, (unsigned long)hit->seq, (unsigned long)hit->ack, (int)hit->flags,
                             (int)hit->window, Py_None, Py_None, payload, values, frame);
-    if (out) { /* the connection moves on: our answer is sent, one answer per arming */
-        pred->p = p;
-        pred->p.snd_max = p.snd_max + (uint32_t)total;
-        pred->p.rcv_wnd = adv->rcv_wnd + hit->payload_len; /* the application took the request at once */
-        pred->p.last_ack_sent = p.rcv_nxt;                 /* the answer acknowledges it */
-        c->h.armed = 0;
-    }
+    if (out) canned_sent(pred, c, adv, hit->payload_len, total);
 done:
     for (int i = 0; i < nvals; i++) Py_XDECREF(vals[i]);
     Py_XDECREF(frame);
@@ -274,13 +299,24 @@ static PyObject *mod_rx_canned(PyObject *m, PyObject *const *args, Py_ssize_t na
             struct kb_tcp_hit hit;
             out = NULL;
             if (kb_tcp_predict(&adv, b.buf, (size_t)b.len, &hit) == KB_TCP_HIT) {
-                if (armed && hit.payload_len)
-                    out = canned_answer(pr, (Canned *)can, &adv, &hit, b.buf, now, (unsigned)ident);
+                Canned *c = (Canned *)can;
+                if (armed && hit.payload_len && c->kind == CANNED_NEXT_SEND && !c->pending) {
+                    /* the application takes it at once, its answer is what it sends next (send_canned) */
+                    c->pending = 1;
+                    c->hit_ack = hit.ack;
+                    c->hit_window = hit.window;
+                    c->hit_len = hit.payload_len;
+                    armed = 0; /* kept */
+                } else if (armed && hit.payload_len && c->kind != CANNED_NEXT_SEND)
+                    out = canned_answer(pr, c, &adv, &hit, b.buf, now, (unsigned)ident);
                 if (!out) {
                     /* the segment goes to Python, which the arming no longer describes (unread data, an ACK
                      * that moved the send side): a later segment of this burst must not be answered before
                      * it, nor be taken as a request of its own; the flush after the burst re-arms */
-                    if (armed) ((Canned *)can)->h.armed = 0;
+                    if (armed) {
+                        c->h.armed = 0;
+                        c->pending = 0;
+                    }
                     pr->p = adv;
                     out = hit_tuple(pr->owner, &hit, b.buf);
                 }
@@ -299,4 +335,38 @@ static PyObject *mod_rx_canned(PyObject *m, PyObject *const *args, Py_ssize_t na
 fail:
     PyBuffer_Release(&b);
     return NULL;
+}
+
+/* send_canned(prediction, canned, data, now, ident) -> the frame of data sent as the answer to the segment
+ * rx_canned kept the NEXT_SEND arming over (its payload taken by the application at once), or None when the
+ * arming does not hold (nothing pending, or kb_http_may_send says no): then nothing moved. When a frame is
+ * returned, the prediction is past the exchange and the arming spent, as after a canned answer; Python sends
+ * the frame and tells the connection (TcpConnection.answer_hit with the kept segment's fields and data). */
+static PyObject *mod_send_canned(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || Py_TYPE(args[0]) != &PredType || Py_TYPE(args[1]) != &CannedType) {
+        PyErr_SetString(PyExc_TypeError, "send_canned(prediction, canned, data, now, ident)");
+        return NULL;
+    }
+    Pred *pred = (Pred *)args[0];
+    Canned *c = (Canned *)args[1];
+    double now = PyFloat_AsDouble(args[3]);
+    unsigned long ident = PyLong_AsUnsignedLongMask(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    if (!c->h.armed || !c->pending || c->kind != CANNED_NEXT_SEND) Py_RETURN_NONE;
+    Py_buffer d;
+    if (PyObject_GetBuffer(args[2], &d, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *frame = Py_None;
+    struct kb_tcp_pred adv = pred->p; /* already past the kept segment (rx_canned) */
+    if (kb_http_may_send(&c->h, adv.snd_max, c->hit_ack, c->hit_window, (size_t)d.len, now)) {
+        frame = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)kb_tcp_frame_len(adv.ts_ok, (size_t)d.len));
+        if (frame) {
+            uint8_t *w = (uint8_t *)PyBytes_AS_STRING(frame);
+            memcpy(w + kb_tcp_frame_len(adv.ts_ok, 0), d.buf, (size_t)d.len);
+            canned_frame(c, &adv, w, (size_t)d.len, now, (unsigned)ident);
+            canned_sent(pred, c, &adv, c->hit_len, (size_t)d.len);
+        }
+    } else
+        Py_INCREF(frame);
+    PyBuffer_Release(&d);
+    return frame;
 }

@@ -240,6 +240,7 @@ static PyObject *mod_frame(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef mod_methods[] = {
     {"rx_canned", (PyCFunction)(void (*)(void))mod_rx_canned, METH_FASTCALL, "rx, answering canned requests in C"},
+    {"send_canned", (PyCFunction)(void (*)(void))mod_send_canned, METH_FASTCALL, "a NEXT_SEND answer's frame"},
     {"rx", (PyCFunction)(void (*)(void))mod_rx, METH_FASTCALL, "header prediction of one frame (see module source)"},
     {"frame", (PyCFunction)(void (*)(void))mod_frame, METH_FASTCALL, "one established-path TCP frame"},
     {NULL}};
@@ -263,7 +264,8 @@ PyMODINIT_FUNC PyInit__fasttcp(void) {
         Py_DECREF(m);
         return NULL;
     }
-    if (PyModule_AddStringConstant(m, "SOCKPERF", KB_SOCKPERF_NAME) < 0) {
+    if (PyModule_AddStringConstant(m, "SOCKPERF", KB_SOCKPERF_NAME) < 0 ||
+        PyModule_AddStringConstant(m, "NEXT_SEND", KB_NEXT_SEND_NAME) < 0) {
         Py_DECREF(m);
         return NULL;
     }

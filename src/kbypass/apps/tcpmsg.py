@@ -24,7 +24,7 @@ import time
 from collections import deque
 
 from kbypass.apps.pingpong import HEADER_LEN
-from kbypass.proto.tcp.fastpath import SOCKPERF
+from kbypass.proto.tcp.fastpath import NEXT_SEND, SOCKPERF
 
 MAX_MESSAGE = 65536 * 16  # sockperf's largest --msg-size is 65506
 TRANSMIT_EVERY = 8  # receives between transmits while messages keep coming (timers, ACKs of unanswered ones)
@@ -42,6 +42,7 @@ class TcpMessages:
         self.ip = host.ip
         if sock is not None:
             self._add(sock)
+            sock.canned = NEXT_SEND  # a client: the answer readable at its HIT, the next message sent from C
         if listener is not None:
             listener.setblocking(False)
             self.port = listener.port

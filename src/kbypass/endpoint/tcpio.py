@@ -132,6 +132,7 @@ class TcpHost:
         self._predictions: dict[int, object] = {}
         self._canned: dict[int, object] = {}  # and their canned answers' arming (TcpSocket.canned), same keys
         self._canned_done: list = []  # (socket, the table's values) answered in C since take_canned
+        self.late: list = []  # (HIT, arrival time): payloads applications took early (NEXT_SEND), not yet told
         self._predict, self._frame_of = self._fasttcp.rx_canned, self._fasttcp.frame
         self._no_time_wait_until = 0.0  # room(): no TIME_WAIT connection to end before then
         self._listeners: dict[int, object] = {}  # local port -> endpoint.tcp.TcpListener
@@ -334,6 +335,8 @@ class TcpHost:
                         self._answered(answered, now)
                         answered = []
                     if hit is None:
+                        if self.late:
+                            self.catch_up()
                         self._frame(f, now)
                     else:
                         self._predicted(hit, now)
@@ -351,6 +354,7 @@ class TcpHost:
     def transmit(self) -> None:
         """Run due timers, then send what the connections have, each its segments once for all it was told
         since the last transmit (one ACK for a burst of segments, the answer's data riding on it)."""
+        self.catch_up()
         now = time.monotonic()
         if self._timers and self._timers[0][0] <= now:
             self._run_timers(now)
@@ -408,9 +412,43 @@ class TcpHost:
         counters = self.counters
         counters["rx_segments"] += 1
         counters["rx_predicted"] += 1
+        self._dirty.add(sock)
+        if payload and sock.canned_prediction.armed:  # rx_canned kept a NEXT_SEND arming over it
+            if sock.take_early(payload):
+                return self.late.append((hit, now))  # readable now; the connection told in answer_late/catch_up
+            sock.canned_prediction.disarm()
+        self.catch_up()
         if not sock.conn.receive_hit(seq, ack, flags, window, tsval, tsecr, payload, now):
             sock.prediction.disarm()
-        self._dirty.add(sock)
+
+    def catch_up(self) -> None:
+        """Tell the connections of the segments their applications took early (TcpSocket.take_early), in order,
+        before anything else reaches them (a segment, a timer, a flush, the socket API): still as predicted."""
+        if not self.late:
+            return
+        late, self.late = self.late, []
+        for (sock, seq, ack, flags, window, tsval, tsecr, payload), now in late:
+            sock.canned_prediction.disarm()
+            if not sock.conn.receive_hit(seq, ack, flags, window, tsval, tsecr, payload, now, True):
+                sock.prediction.disarm()
+            self._dirty.add(sock)
+
+    def answer_late(self, sock, data) -> bool:
+        """sock's application sends data after taking a segment early: when that is the only one taken and the
+        arming holds, data leaves from C as its answer (send_canned) and the connection takes the exchange as a
+        canned one (answer_hit, at the send's time); else catch_up and False (the connection's own path)."""
+        late = self.late
+        if len(late) == 1 and late[0][0][0] is sock and not self.defer_tx:
+            ident, now = (self._ident + 1) & 0xFFFF, time.monotonic()
+            frame = self._fasttcp.send_canned(sock.prediction, sock.canned_prediction, data, now, ident)
+            if frame is not None:
+                self._ident, self.late = ident, []
+                self._send_frame(frame)
+                self.counters["tx_segments"] += 1
+                sock.answered(sock.conn.answer_hit(*late[0][0][1:], bytes(data), now))
+                return True
+        self.catch_up()
+        return False
 
     def _answered(self, hits: list, now: float) -> None:
         """Segments the C fast path answered from the sockets' canned answers (rx_canned; the answers' frames
@@ -478,7 +516,7 @@ class TcpHost:
     def timeout(self) -> float | None:
         """Seconds until the next protocol timer (None: none set): wait on fileno() no longer than this."""
         when = [t for t in (self._timers[0][0] if self._timers else None, self.stack.next_timer()) if t is not None]
-        if self._dirty or self._tx_backlog:
+        if self._dirty or self._tx_backlog or self.late:
             return 0.0
         return max(0.0, min(when) - time.monotonic()) if when else None
 

@@ -46,6 +46,7 @@ def frame(eth: bytes, src_ip: bytes, dst_ip: bytes, ident: int, sport: int, dpor
 
 
 SOCKPERF = "sockperf"  # Canned.arm's answers for sockperf's rule (kbypass._fasttcp.SOCKPERF, csrc/core/kb_sockperf.h)
+NEXT_SEND = "next send"  # ... for the application's next send (kbypass._fasttcp.NEXT_SEND, send_canned)
 
 
 class Canned:
@@ -66,4 +67,9 @@ class Canned:
 
 def rx_canned(frame: bytes, table: dict, canned: dict, now: float, ident: int) -> None:
     """No HIT, no answer: the frame goes to the general receive path."""
+    return None
+
+
+def send_canned(prediction, canned, data, now: float, ident: int) -> None:
+    """No arming holds: the application's send takes the connection's own path."""
     return None
