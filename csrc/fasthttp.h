@@ -5,13 +5,15 @@
  * answers, snd_wscale, rcv_wscale, avail, sws, adv_right, ts_offset, mss, cwnd, valid_until) takes the
  * application's table `answers` (a dict: whole request head, bytes -> a tuple whose first item is the answer's
  * bytes), or SOCKPERF (the str "sockperf": a rule instead of a table, csrc/core/kb_sockperf.h: a payload of
- * whole sockperf messages that all ask for an answer is answered, values one (answer,) per message), and
+ * whole sockperf messages that all ask for an answer is answered, values one (answer,) per message), or
+ * NEXT_SEND (a client's: no answer here; the arming is kept over one segment with payload, which the
+ * application takes at once, and send_canned sends its next data as the answer), and
  * TcpConnection.canned_state's fields; refresh(mss, cwnd, valid_until) arms it again after an
  * answer (TcpConnection.canned_refresh: what the exchange moved; adv_right C moved itself); disarm() stops it.
  *
  * rx_canned(frame, table, canned, now, ident): what rx(frame, table) does, and when the segment is a HIT whose
- * payload is whole request heads all in the connection's armed table (or SOCKPERF's messages), and their answers together may leave
- * as one segment (kb_http_may_send), the answer's frame is built here: the result is then
+ * payload is whole request heads all in the connection's armed table (or SOCKPERF's messages), and their
+ * answers together may leave as one segment (kb_http_may_send), the answer's frame is built here: the result is then
  * (owner, seq, ack, flags, window, tsval, tsecr, payload, values, frame), values the table's entries in
  * request order, frame the answer (IPv4 ident `ident`), and both the prediction (snd_max past the answer) and
  * the arming (disarmed: one answer per arming) have moved. Python sends the frame and reports the exchange
