@@ -43,12 +43,13 @@ from kbypass.proto.stack import Stack
 from kbypass.proto.tcp import fastpath as tcp_fastpath
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
-from .base import POLL_MODES, close_steered, wake_lanes
+from .base import POLL_MODES, close_steered, spin_lanes, wake_lanes
 from .tcperrors import HostUnreachableError
 
 TCP_FRAME_OVERHEAD = ETH_HLEN + 20 + 60  # Ethernet, IPv4, the largest TCP header (options included)
 RX_BURST = 64  # frames taken per lane per pump before the connections' answers go out
 STACK_CHECK = 0.005  # seconds between looks at the stack's ARP timers
+BUSY_SPIN = 20e-6  # seconds wait() spins on the rings in busy mode (in C) before the loop looks at timers
 TX_BACKLOG = 65536  # frames waiting for TX ring room before new segments are refused (the TCP retransmits)
 
 
@@ -434,9 +435,8 @@ class TcpHost:
             self._dirty.add(sock)
 
     def answer_late(self, sock, data) -> bool:
-        """sock's application sends data after taking a segment early: when that is the only one taken and the
-        arming holds, data leaves from C as its answer (send_canned) and the connection takes the exchange as a
-        canned one (answer_hit, at the send's time); else catch_up and False (the connection's own path)."""
+        """After sock's application took a segment early, its data leaves from C as the answer (send_canned) when
+        the arming holds, the exchange told as a canned one (answer_hit); else catch_up and False."""
         late = self.late
         if len(late) == 1 and late[0][0][0] is sock and not self.defer_tx:
             ident, now = (self._ident + 1) & 0xFFFF, time.monotonic()
@@ -597,13 +597,14 @@ class TcpHost:
         return self._epoll.fileno()
 
     def wait(self, deadline: float | None) -> None:
-        """Nothing to do now: let the kernel work (busy: one wake; wakeup: sleep in poll until a frame may
-        have come, the next timer or the deadline)."""
-        wake_lanes(self._lanes, self.poll_mode == "busy")
+        """Nothing to do now: let the kernel work (busy: spin on the rings for BUSY_SPIN, in C with C lanes;
+        wakeup: sleep in poll until a frame may have come, the next timer or the deadline)."""
         if self.poll_mode == "busy":
             if self.defer_tx:  # batched: frames transmit()'s kick left on the ring (no completion room then)
                 self._lanes[0].retry_tx()
+            spin_lanes(self._lanes, BUSY_SPIN)
             return
+        wake_lanes(self._lanes, False)
         if self._tx_backlog:
             self._drain_backlog()
             if self.defer_tx:  # batched: what the drain put on the ring is not kicked by the sends
@@ -612,8 +613,7 @@ class TcpHost:
         elif self.defer_tx and self._lanes[0].retry_tx():  # batched: frames transmit()'s kick left on the ring
             wait = 0.0005
         else:
-            t = self.timeout()
-            now = time.monotonic()
+            t, now = self.timeout(), time.monotonic()
             wait = min(x for x in (t, None if deadline is None else deadline - now, 1.0) if x is not None)
         self._poller.poll(max(0, int(wait * 1000 + 0.999)))
 
