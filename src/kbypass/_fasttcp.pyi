@@ -65,7 +65,8 @@ def rx_canned(frame: ReadableBuffer, table: dict[int, Prediction], canned: dict[
               ident: int, tally: dict | None = None, /) -> None | bytes | tuple:
     """rx(frame, table), or for a HIT whose payload is whole request heads of the connection's armed table,
     (owner, seq, ack, flags, window, tsval, tsecr, payload, values, frame): the answer's frame, built; or that
-    frame alone (bytes) when the connection's run kept the exchange. tally: value -> count of every answer."""
+    frame alone (bytes) when the connection's run kept the exchange. tally: value -> count of every answer
+    (SOCKPERF's: the messages answered, under SOCKPERF)."""
 
 def rx_burst(lane: object, tx: object, table: dict[int, Prediction], canned: dict[int, Canned], now: float,
              ident: int, tally: dict | None, max: int, /) -> tuple[int, int, int, int, list, int]:

@@ -36,6 +36,7 @@ from tests.unit.test_http_canned import (
     fast,  # noqa: F401 (the fixture, one for both files)
     frame_in,
 )
+from tests.unit.test_http_run import RUN_BASES, chain
 from tests.unit.test_tcp_fastpath import snap
 
 
@@ -115,6 +116,18 @@ def test_ping_pong_messages_are_answered_in_c(fast):  # noqa: F811
         for payload in (msg(1), msg(7, 14) + msg(8, 1000)):
             answered += check(fast, base, client_seg(base, payload), now + 0.0001) is not None
     assert answered == 2 * len(BASES)
+
+
+@needs_c
+def test_ping_pong_exchanges_are_kept_in_c(fast):  # noqa: F811
+    """A ping-pong run is an HTTP keep-alive run with sockperf's rule for the table: after one exchange
+    reported, C keeps the rest (kb_http_run_step), each answer the reference's segment byte for byte, and
+    the connection that takes them in one call (canned_run_taken) ends in the reference's state; the tally
+    counts messages, under SOCKPERF."""
+    for base, now in RUN_BASES:
+        steps = [(msg(i), 0.0002, None) for i in range(6)] + [(msg(6, 14) + msg(7, 900), 0.0002, None)]
+        ways = chain(fast, base, now, steps, SOCKPERF, frame_messages, pingpong.answer)
+        assert ways["python"] == 0 and ways["kept"] >= 6
 
 
 @needs_c
