@@ -11,7 +11,9 @@
                 answers), waiting and busy polling: what is left is the wire and the client's own stack, so
                 no server on this path can go below it; and the kernel's sockperf server itself under
                 `kbypass run` (an unmodified app, its TCP kbypass's through the preload shim); one-way p50/p99
-                (half the round trip, as sockperf reports)
+                (half the round trip, as sockperf reports); and `kbypass pingpong client --tcp` (host a) against
+                `sockperf server --tcp` (host b), waiting and busy polling, kbypass on the client side of the
+                same pair
     http        wrk (host a) against `kbypass http serve`, an asyncio server on uvloop over kernel sockets
                 answering with the same bytes (kbypass.proto.http: same parser and head cache, same pre-encoded
                 answers, the Date formatted once a second, one write per read as kbypass sends one segment),
@@ -192,6 +194,25 @@ def _pingpong(kind: str, a, b, seconds: float, size: int, poll: str, extra: tupl
         return sockperf_client(a, b, seconds, size, extra)
     finally:
         stop(server)
+
+
+def kb_client(a, b, seconds: float, size: int, poll: str, baseline: str | None = None) -> dict:
+    """`kbypass pingpong client --tcp` (host a) against `sockperf server --tcp` (host b): kbypass as the
+    client side of the same pair (the baseline: the client from another source tree)."""
+    server = subprocess.Popen(in_ns(b, SERVER_CPU, "sockperf", "server", "--tcp", "-i", b.ipv4, "-p", str(PP_PORT)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = None if baseline is None else {**os.environ, "PYTHONPATH": baseline}
+    try:
+        time.sleep(0.5)
+        p = subprocess.run(kb("pingpong", "client", "--tcp", "--host", "a", "--dst", f"{b.ipv4}:{PP_PORT}", "--cpu",
+                              CLIENT_CPU, "--poll", poll, "--duration", str(seconds), "--size", str(size), "--json"),
+                           capture_output=True, text=True, timeout=seconds + 60, env=env)
+    finally:
+        stop(server)
+    if p.returncode != 0:
+        raise RuntimeError(f"kbypass pingpong client --tcp failed: {p.stderr.strip()[-300:]}")
+    got = json.loads(p.stdout)
+    return {"p50_us": got["p50_us"], "p99_us": got["p99_us"]}
 
 
 FLOOR_MAX_PAYLOAD = 1448  # bpf/tcppong.h TCPPONG_MAX_PAYLOAD: a larger message is passed to a kernel left behind
@@ -425,7 +446,13 @@ def main() -> int:
         trials["pingpong floor: XDP answers"] = lambda: pingpong("floor", a, b, args.seconds, args.size, args.poll)
         trials["pingpong floor: XDP answers, client busy poll"] = lambda: pingpong(
             "floor, client busy", a, b, args.seconds, args.size, args.poll)
+        trials["pingpong kbypass client --tcp"] = lambda: kb_client(a, b, args.seconds, args.size, args.poll)
+        trials["pingpong kbypass client --tcp --poll busy"] = lambda: kb_client(a, b, args.seconds, args.size, "busy")
         if args.baseline:
+            trials["pingpong kbypass baseline client --tcp"] = lambda: kb_client(a, b, args.seconds, args.size,
+                                                                                 args.poll, args.baseline)
+            trials["pingpong kbypass baseline client --tcp --poll busy"] = lambda: kb_client(
+                a, b, args.seconds, args.size, "busy", args.baseline)
             trials["pingpong kbypass baseline server --tcp"] = lambda: pingpong(
                 "kbypass baseline", a, b, args.seconds, args.size, args.poll, args.baseline)
             trials["pingpong kbypass baseline server --tcp --poll busy"] = lambda: pingpong(
@@ -517,6 +544,15 @@ def _ratios(t: dict) -> dict:
         "pingpong p50 kbypass busy / kbypass baseline busy": r("pingpong kbypass server --tcp --poll busy",
                                                                "pingpong kbypass baseline server --tcp --poll busy",
                                                                "p50_us"),
+        "pingpong p50 kbypass client / sockperf kernel": r("pingpong kbypass client --tcp",
+                                                           "pingpong sockperf server --tcp (kernel)", "p50_us"),
+        "pingpong p50 kbypass client busy / kernel best (busy poll)": r(
+            "pingpong kbypass client --tcp --poll busy", "pingpong sockperf --tcp, busy poll (kernel best)", "p50_us"),
+        "pingpong p50 kbypass client / kbypass baseline client": r("pingpong kbypass client --tcp",
+                                                                   "pingpong kbypass baseline client --tcp", "p50_us"),
+        "pingpong p50 kbypass client busy / baseline client busy": r(
+            "pingpong kbypass client --tcp --poll busy", "pingpong kbypass baseline client --tcp --poll busy",
+            "p50_us"),
         "http req/s kbypass / uvloop": r("http kbypass", "http uvloop", "requests_per_s"),
         "http req/s kbypass / nginx": r("http kbypass", "http nginx", "requests_per_s"),
         "http req/s nginx under kbypass run / nginx": r("http nginx run", "http nginx", "requests_per_s"),

@@ -4,11 +4,15 @@
  * Canned(): one connection's arming, held beside its Prediction in a second dict of the same keys. arm(eth,
  * answers, snd_wscale, rcv_wscale, avail, sws, adv_right, ts_offset, mss, cwnd, valid_until) takes the
  * application's table `answers` (a dict: whole request head, bytes -> a tuple whose first item is the answer's
- * bytes) and TcpConnection.canned_state's fields; disarm() stops it.
+ * bytes), or SOCKPERF (the str "sockperf": a rule instead of a table, csrc/core/kb_sockperf.h: a payload of
+ * whole sockperf messages that all ask for an answer is answered, values one (answer,) per message, tallied
+ * under SOCKPERF itself), or NEXT_SEND (a client's: no answer here; the arming is kept over one segment with
+ * payload, which the application takes at once, and send_canned sends its next data as the answer), and
+ * TcpConnection.canned_state's fields; disarm() stops it.
  *
  * rx_canned(frame, table, canned, now, ident): what rx(frame, table) does, and when the segment is a HIT whose
- * payload is whole request heads all in the connection's armed table, and their answers together may leave
- * as one segment (kb_http_may_send), the answer's frame is built here: the result is then
+ * payload is whole request heads all in the connection's armed table (or SOCKPERF's messages), and their
+ * answers together may leave as one segment (kb_http_may_send), the answer's frame is built here: the result is then
  * (owner, seq, ack, flags, window, tsval, tsecr, payload, values, frame), values the table's entries in
  * request order, frame the answer (IPv4 ident `ident`), and both the prediction (snd_max past the answer) and
  * the arming (disarmed: one answer per arming) have moved. Python sends the frame and reports the exchange
@@ -22,19 +26,32 @@
  * rx_canned's optional sixth argument, a dict, counts every canned answer by its table value (value -> count:
  * the application's tally); `answered_at` is the time of the connection's last one.
  *
+ * A NEXT_SEND exchange is never kept: its answer is the application's next send, which only Python has, so
+ * send_canned reports it (TcpConnection.answer_hit) as a reported canned answer is.
+ *
  * rx_burst: rx_canned for a burst of frames off a lane's RX ring (see it, at the end). */
 #include "core/kb_http.h"
 #include "core/kb_lane.h"
+#include "core/kb_sockperf.h"
 
 #include <math.h>
+
+#define KB_SOCKPERF_NAME "sockperf"   /* Canned.arm's answers for sockperf's rule (kbypass._fasttcp.SOCKPERF) */
+#define KB_NEXT_SEND_NAME "next send" /* ... for the application's next send (kbypass._fasttcp.NEXT_SEND) */
+
+enum { CANNED_TABLE, CANNED_SOCKPERF, CANNED_NEXT_SEND };
 
 typedef struct {
     PyObject_HEAD
     struct kb_http_pred h;
     struct kb_http_run r;
-    PyObject *answers;
-    PyObject *answer; /* the last kept exchange's answer: the answer in flight */
+    PyObject *answers; /* the table (a dict), or the str SOCKPERF or NEXT_SEND */
+    PyObject *answer;  /* the last kept exchange's answer: the answer in flight */
     double answered_at;
+    int kind;    /* CANNED_*: from answers */
+    int pending; /* NEXT_SEND: a segment with payload came, the application has it (its ACK fields:) */
+    uint32_t hit_ack, hit_len;
+    uint16_t hit_window;
 } Canned;
 
 static int Canned_traverse(Canned *self, visitproc visit, void *arg) {
@@ -75,8 +92,14 @@ static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_ValueError, "eth: give the 14-byte Ethernet header");
         return NULL;
     }
-    if (!PyDict_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "answers: give a dict (request head bytes -> (answer bytes, ...))");
+    int kind = CANNED_TABLE;
+    if (PyUnicode_Check(args[1]) && PyUnicode_CompareWithASCIIString(args[1], KB_SOCKPERF_NAME) == 0)
+        kind = CANNED_SOCKPERF;
+    else if (PyUnicode_Check(args[1]) && PyUnicode_CompareWithASCIIString(args[1], KB_NEXT_SEND_NAME) == 0)
+        kind = CANNED_NEXT_SEND;
+    else if (!PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "answers: give a dict (request head bytes -> (answer bytes, ...)), "
+                                         "SOCKPERF or NEXT_SEND");
         return NULL;
     }
     unsigned long v[6];
@@ -100,6 +123,8 @@ static PyObject *Canned_arm(Canned *self, PyObject *const *args, Py_ssize_t narg
     h->ts_offset = (uint32_t)v[5];
     Py_INCREF(args[1]);
     Py_XSETREF(self->answers, args[1]);
+    self->kind = kind;
+    self->pending = 0;
     h->armed = 1;
     Py_RETURN_NONE;
 }
@@ -186,6 +211,7 @@ static PyObject *Canned_state(Canned *self, PyObject *unused) {
 
 static PyObject *Canned_disarm(Canned *self, PyObject *unused) {
     self->h.armed = 0;
+    self->pending = 0;
     Py_RETURN_NONE;
 }
 
@@ -246,32 +272,70 @@ miss:
     return 0;
 }
 
-/* Count each answer in tally (value -> count); -1 on an error (set). */
-static int canned_tally(PyObject *tally, PyObject *const *vals, int k) {
-    for (int i = 0; i < k; i++) {
-        PyObject *n = PyDict_GetItemWithError(tally, vals[i]); /* borrowed */
-        if (!n && PyErr_Occurred()) return -1;
-        long was = n ? PyLong_AsLong(n) : 0;
-        if (was == -1 && PyErr_Occurred()) return -1;
-        PyObject *now = PyLong_FromLong(was + 1);
-        if (!now || PyDict_SetItem(tally, vals[i], now) < 0) {
-            Py_XDECREF(now);
-            return -1;
-        }
-        Py_DECREF(now);
+/* tally[key] += count; -1 on an error (set). */
+static int tally_add(PyObject *tally, PyObject *key, long count) {
+    PyObject *n = PyDict_GetItemWithError(tally, key); /* borrowed */
+    if (!n && PyErr_Occurred()) return -1;
+    long was = n ? PyLong_AsLong(n) : 0;
+    if (was == -1 && PyErr_Occurred()) return -1;
+    PyObject *now = PyLong_FromLong(was + count);
+    if (!now || PyDict_SetItem(tally, key, now) < 0) {
+        Py_XDECREF(now);
+        return -1;
     }
+    Py_DECREF(now);
     return 0;
 }
 
-/* Answer a HIT from the canned table: NULL (not answered, no error set), the reported 10-tuple, or, when the
- * run keeps the exchange, Py_Ellipsis with the frame written to out (*out_len bytes) when out is given, else
- * the frame as bytes. una: the prediction's snd_una before the segment (adv has it after). */
+/* Count each answer in tally (value -> count); -1 on an error (set). */
+static int canned_tally(PyObject *tally, PyObject *const *vals, int k) {
+    for (int i = 0; i < k; i++)
+        if (tally_add(tally, vals[i], 1) < 0) return -1;
+    return 0;
+}
+
+/* The connection moves on: our answer (total bytes) to the request (req_len) is sent. */
+static void canned_sent(Pred *pred, Canned *c, const struct kb_tcp_pred *adv, uint32_t req_len, size_t total,
+                        double now) {
+    pred->p = *adv;
+    pred->p.snd_max = adv->snd_max + (uint32_t)total;
+    pred->p.rcv_wnd = adv->rcv_wnd + req_len; /* the application took the request at once */
+    pred->p.last_ack_sent = adv->rcv_nxt;     /* the answer acknowledges it */
+    c->answered_at = now;
+    c->pending = 0;
+}
+
+/* Our answer's headers around its body (total bytes, in place in w): the segment the reference sends after
+ * taking the request, the prediction adv past it. Moves adv_right (the window field). */
+static void canned_frame(Canned *c, const struct kb_tcp_pred *p, uint8_t *w, size_t total, double now,
+                         unsigned ident) {
+    struct kb_tcp_fields h = {.eth = c->h.eth, .src_ip = p->local_ip, .dst_ip = p->remote_ip,
+                              .ident = (uint16_t)ident, .sport = p->local_port, .dport = p->remote_port,
+                              .seq = p->snd_max, .ack = p->rcv_nxt, .flags = KB_TCP_ACK | KB_TCP_PSH,
+                              .has_ts = p->ts_ok};
+    h.window = kb_http_wnd_field(&c->h, p->rcv_nxt);
+    h.tsval = (uint32_t)((uint64_t)(int64_t)(now * 1000) + c->h.ts_offset); /* Output._tsval */
+    h.tsecr = p->ts_recent;
+    kb_tcp_frame(w, &h, w + kb_tcp_frame_len(p->ts_ok, 0), total); /* the payload is in place already */
+}
+
+#define KB_SOCKPERF_MAX 64 /* messages answered in one segment: more is the Python way */
+
+/* Answer a HIT from the canned table (or SOCKPERF's rule): NULL (not answered, no error set), the reported
+ * 10-tuple, or, when the run keeps the exchange, Py_Ellipsis with the frame written to out (*out_len bytes) when
+ * out is given, else the frame as bytes. una: the prediction's snd_una before the segment (adv has it after). */
 static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *adv, const struct kb_tcp_hit *hit,
                                const uint8_t *f, double now, unsigned ident, uint32_t una, PyObject *tally,
                                uint8_t *out_buf, size_t *out_len) {
     PyObject *vals[KB_HTTP_MAX_HEADS];
-    size_t total;
-    int k = canned_match(c->answers, f + hit->payload_off, hit->payload_len, vals, &total);
+    uint32_t lens[KB_SOCKPERF_MAX];
+    const uint8_t *req = f + hit->payload_off;
+    size_t total = hit->payload_len; /* SOCKPERF: each answer as long as its message */
+    int k, nvals = 0;                /* vals held (the table's entries) */
+    if (c->kind == CANNED_SOCKPERF)
+        k = kb_sockperf_messages(req, hit->payload_len, lens, KB_SOCKPERF_MAX);
+    else
+        k = nvals = canned_match(c->answers, req, hit->payload_len, vals, &total);
     if (!k) return NULL;
     PyObject *out = NULL, *frame = NULL, *values = NULL, *payload = NULL, *answer = NULL;
     if (!kb_http_may_send(&c->h, adv->snd_max, hit->ack, hit->window, total, now)) goto done;
@@ -283,42 +347,47 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
         if (!frame) goto done;
         w = (uint8_t *)PyBytes_AS_STRING(frame);
     }
-    if (tally && canned_tally(tally, vals, k) < 0) goto done;
+    if (tally && (nvals ? canned_tally(tally, vals, nvals) : tally_add(tally, c->answers, k)) < 0) goto done;
     uint8_t *body = w + kb_tcp_frame_len(adv->ts_ok, 0);
-    for (int i = 0; i < k; i++) { /* the answers in request order, straight into the frame */
+    if (c->kind == CANNED_SOCKPERF) /* the answers straight into the frame */
+        kb_sockperf_answer(body, req, lens, k);
+    for (int i = 0; i < nvals; i++) { /* the answers in request order, straight into the frame */
         PyObject *b = PyTuple_GET_ITEM(vals[i], 0);
         memcpy(body, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
         body += PyBytes_GET_SIZE(b);
     }
+    body = w + kb_tcp_frame_len(adv->ts_ok, 0);
     if (keep) { /* the answer in flight, for the connection's send queue when it takes the run */
-        answer = k == 1 ? PyTuple_GET_ITEM(vals[0], 0) : NULL;
+        answer = nvals == 1 ? PyTuple_GET_ITEM(vals[0], 0) : NULL;
         if (answer) Py_INCREF(answer);
-        else answer = PyBytes_FromStringAndSize((const char *)w + kb_tcp_frame_len(adv->ts_ok, 0), (Py_ssize_t)total);
+        else answer = PyBytes_FromStringAndSize((const char *)body, (Py_ssize_t)total);
         if (!answer) goto done;
     }
-    struct kb_tcp_pred p = *adv;
-    struct kb_tcp_fields h = {.eth = c->h.eth, .src_ip = p.local_ip, .dst_ip = p.remote_ip, .ident = (uint16_t)ident,
-                              .sport = p.local_port, .dport = p.remote_port, .seq = p.snd_max, .ack = p.rcv_nxt,
-                              .flags = KB_TCP_ACK | KB_TCP_PSH, .has_ts = p.ts_ok};
     struct kb_http_pred before = c->h; /* the window field moves adv_right: undone if Python gets nothing */
-    h.window = kb_http_wnd_field(&c->h, p.rcv_nxt);
-    h.tsval = (uint32_t)((uint64_t)(int64_t)(now * 1000) + c->h.ts_offset); /* Output._tsval */
-    h.tsecr = p.ts_recent;
-    kb_tcp_frame(w, &h, w + kb_tcp_frame_len(adv->ts_ok, 0), total); /* the payload is in place already */
+    canned_frame(c, adv, w, total, now, ident);
     if (keep) {
         out = frame ? frame : Py_Ellipsis;
         Py_INCREF(out);
         if (!frame) *out_len = n;
     } else {
         values = PyTuple_New(k);
-        payload = PyBytes_FromStringAndSize((const char *)f + hit->payload_off, hit->payload_len);
+        payload = PyBytes_FromStringAndSize((const char *)req, hit->payload_len);
         if (!values || !payload) {
             c->h = before;
             goto done;
         }
-        for (int i = 0; i < k; i++) {
+        for (int i = 0; i < nvals; i++) {
             PyTuple_SET_ITEM(values, i, vals[i]);
             vals[i] = NULL;
+        }
+        for (int i = 0; i < k && !nvals; i++) { /* SOCKPERF: (answer,) per message, as a table's values */
+            PyObject *v = Py_BuildValue("(y#)", (const char *)body, (Py_ssize_t)lens[i]);
+            if (!v) {
+                c->h = before;
+                goto done;
+            }
+            PyTuple_SET_ITEM(values, i, v);
+            body += lens[i];
         }
         PyObject *owner = pred->owner ? pred->owner : Py_None;
         if (hit->has_ts)
@@ -331,14 +400,10 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
         if (!out) c->h = before;
     }
     if (out) { /* the connection moves on: our answer is sent */
-        pred->p = p;
-        pred->p.snd_max = p.snd_max + (uint32_t)total;
-        pred->p.rcv_wnd = adv->rcv_wnd + hit->payload_len; /* the application took the request at once */
-        pred->p.last_ack_sent = p.rcv_nxt;                 /* the answer acknowledges it */
-        c->answered_at = now;
+        canned_sent(pred, c, adv, hit->payload_len, total, now);
         if (keep) { /* C keeps the exchange (kb_http_run_step) and stays armed */
             kb_http_run_step(&c->r, &c->h, hit->ack - una, hit->seq, hit->window, hit->payload_len, (uint32_t)total,
-                             p.ts_recent, now);
+                             adv->ts_recent, now);
             Py_XSETREF(c->answer, answer);
             answer = NULL;
         } else { /* reported: one answer per arming, and the run's copy of the connection is Python's again */
@@ -347,7 +412,7 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
         }
     }
 done:
-    for (int i = 0; i < k; i++) Py_XDECREF(vals[i]);
+    for (int i = 0; i < nvals; i++) Py_XDECREF(vals[i]);
     Py_XDECREF(frame);
     Py_XDECREF(values);
     Py_XDECREF(payload);
@@ -383,13 +448,24 @@ static PyObject *rx_one(const uint8_t *f, size_t len, PyObject *table, PyObject 
     struct kb_tcp_hit hit;
     PyObject *out = NULL;
     if (kb_tcp_predict(&adv, f, len, &hit) == KB_TCP_HIT) {
-        if (armed && hit.payload_len)
-            out = canned_answer(pr, (Canned *)can, &adv, &hit, f, now, ident, pr->p.snd_una, tally, out_buf, out_len);
+        Canned *c = (Canned *)can;
+        if (armed && hit.payload_len && c->kind == CANNED_NEXT_SEND && !c->pending) {
+            /* the application takes it at once, its answer is what it sends next (send_canned) */
+            c->pending = 1;
+            c->hit_ack = hit.ack;
+            c->hit_window = hit.window;
+            c->hit_len = hit.payload_len;
+            armed = 0; /* kept over it */
+        } else if (armed && hit.payload_len && c->kind != CANNED_NEXT_SEND)
+            out = canned_answer(pr, c, &adv, &hit, f, now, ident, pr->p.snd_una, tally, out_buf, out_len);
         if (!out) {
             /* the segment goes to Python, which the arming no longer describes (unread data, an ACK that moved
              * the send side): a later segment of this burst must not be answered before it, nor be taken as a
              * request of its own; the flush after the burst re-arms */
-            if (armed) ((Canned *)can)->h.armed = ((Canned *)can)->r.armed = 0;
+            if (armed) {
+                c->h.armed = c->r.armed = 0;
+                c->pending = 0;
+            }
             pr->p = adv;
             out = hit_tuple(pr->owner, &hit, (const char *)f);
         }
@@ -522,4 +598,39 @@ out:
     }
     Py_XDECREF(items);
     return res;
+}
+
+/* send_canned(prediction, canned, data, now, ident) -> the frame of data sent as the answer to the segment
+ * rx_canned kept the NEXT_SEND arming over (its payload taken by the application at once), or None when the
+ * arming does not hold (nothing pending, or kb_http_may_send says no): then nothing moved. When a frame is
+ * returned, the prediction is past the exchange and the arming spent, as after a reported canned answer;
+ * Python sends the frame and tells the connection (TcpConnection.answer_hit with the kept segment's fields). */
+static PyObject *mod_send_canned(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || Py_TYPE(args[0]) != &PredType || Py_TYPE(args[1]) != &CannedType) {
+        PyErr_SetString(PyExc_TypeError, "send_canned(prediction, canned, data, now, ident)");
+        return NULL;
+    }
+    Pred *pred = (Pred *)args[0];
+    Canned *c = (Canned *)args[1];
+    double now = PyFloat_AsDouble(args[3]);
+    unsigned long ident = PyLong_AsUnsignedLongMask(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    if (!c->h.armed || !c->pending || c->kind != CANNED_NEXT_SEND) Py_RETURN_NONE;
+    Py_buffer d;
+    if (PyObject_GetBuffer(args[2], &d, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *frame = Py_None;
+    struct kb_tcp_pred adv = pred->p; /* already past the kept segment (rx_canned) */
+    if (kb_http_may_send(&c->h, adv.snd_max, c->hit_ack, c->hit_window, (size_t)d.len, now)) {
+        frame = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)kb_tcp_frame_len(adv.ts_ok, (size_t)d.len));
+        if (frame) {
+            uint8_t *w = (uint8_t *)PyBytes_AS_STRING(frame);
+            memcpy(w + kb_tcp_frame_len(adv.ts_ok, 0), d.buf, (size_t)d.len);
+            canned_frame(c, &adv, w, (size_t)d.len, now, (unsigned)ident);
+            canned_sent(pred, c, &adv, c->hit_len, (size_t)d.len, now);
+            c->h.armed = c->r.armed = 0; /* one answer per arming: reported (answer_hit) */
+        }
+    } else
+        Py_INCREF(frame);
+    PyBuffer_Release(&d);
+    return frame;
 }

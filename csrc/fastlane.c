@@ -411,8 +411,36 @@ static PyTypeObject LaneType = {
     .tp_getset = Lane_getset,
 };
 
+#define SPIN_MAX_LANES 64
+
+/* spin(lanes, seconds) -> bool: kb_lanes_spin over a tuple of Lanes (busy polling's wait; True: a frame is on
+ * one of their RX rings) */
+static PyObject *mod_spin(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) > SPIN_MAX_LANES) {
+        PyErr_SetString(PyExc_TypeError, "spin(lanes, seconds): a tuple of at most 64 Lanes and the seconds");
+        return NULL;
+    }
+    double s = PyFloat_AsDouble(args[1]);
+    if (s == -1.0 && PyErr_Occurred()) return NULL;
+    struct kb_lane *ls[SPIN_MAX_LANES];
+    int n = (int)PyTuple_GET_SIZE(args[0]);
+    for (int i = 0; i < n; i++) {
+        PyObject *o = PyTuple_GET_ITEM(args[0], i);
+        if (Py_TYPE(o) != &LaneType) {
+            PyErr_SetString(PyExc_TypeError, "spin(lanes, seconds): lanes must be kbypass._fastlane.Lane objects");
+            return NULL;
+        }
+        if (check_open((Lane *)o)) return NULL;
+        ls[i] = &((Lane *)o)->l;
+    }
+    return PyBool_FromLong(kb_lanes_spin(ls, n, s > 0 ? (uint64_t)(s * 1e9) : 0));
+}
+
+static PyMethodDef mod_methods[] = {
+    {"spin", (PyCFunction)(void (*)(void))mod_spin, METH_FASTCALL, "busy polling's wait over lanes"}, {NULL}};
+
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "kbypass._fastlane",
-                                    "UdpEndpoint's per-message ring path in C.", -1, NULL};
+                                    "UdpEndpoint's per-message ring path in C.", -1, mod_methods};
 
 /* The layouts Python must share with the core: PORT_STATS (kb_port.h's index names, in order) and
  * RING_LAYOUT (struct kb_ring's member offsets and "sizeof"), which tests hold kbypass to. */

@@ -241,6 +241,7 @@ static PyObject *mod_frame(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef mod_methods[] = {
     {"rx_canned", (PyCFunction)(void (*)(void))mod_rx_canned, METH_FASTCALL, "rx, answering canned requests in C"},
     {"rx_burst", (PyCFunction)(void (*)(void))mod_rx_burst, METH_FASTCALL, "rx_canned for a burst off a lane's ring"},
+    {"send_canned", (PyCFunction)(void (*)(void))mod_send_canned, METH_FASTCALL, "a NEXT_SEND answer's frame"},
     {"rx", (PyCFunction)(void (*)(void))mod_rx, METH_FASTCALL, "header prediction of one frame (see module source)"},
     {"frame", (PyCFunction)(void (*)(void))mod_frame, METH_FASTCALL, "one established-path TCP frame"},
     {NULL}};
@@ -261,6 +262,11 @@ PyMODINIT_FUNC PyInit__fasttcp(void) {
     Py_INCREF(&CannedType);
     if (PyModule_AddObject(m, "Canned", (PyObject *)&CannedType) < 0) {
         Py_DECREF(&CannedType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddStringConstant(m, "SOCKPERF", KB_SOCKPERF_NAME) < 0 ||
+        PyModule_AddStringConstant(m, "NEXT_SEND", KB_NEXT_SEND_NAME) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "kb_port.h"
 #include "kb_umem.h"
@@ -119,6 +120,24 @@ void kb_lane_wake(struct kb_lane *l) {
     if (kb_ring_needs_wakeup(l->fill) || (l->busy && ++l->empty_looks % l->busy_every == 0)) {
         char b;
         (void)recv(l->fd, &b, 0, MSG_DONTWAIT); /* EAGAIN and friends: the rings tell the rest */
+    }
+}
+
+static uint64_t mono_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+int kb_lanes_spin(struct kb_lane *const *lanes, int n, uint64_t ns) {
+    uint64_t end = mono_ns() + ns;
+    for (unsigned k = 1;; k++) {
+        for (int i = 0; i < n; i++)
+            if (kb_ring_cons_avail(lanes[i]->rx, 1)) return 1;
+        if ((k & 255) == 0) {
+            for (int i = 0; i < n; i++) kb_lane_wake(lanes[i]);
+            if (mono_ns() >= end) return 0;
+        }
     }
 }
 

@@ -98,6 +98,11 @@ void kb_lane_rx_abort(struct kb_lane *l);
  * busy_every-th empty look of a busy spin. */
 void kb_lane_wake(struct kb_lane *l);
 
+/* Busy polling's wait over n lanes: read their RX rings until a frame is on one (1) or ns nanoseconds have
+ * passed (0), with kb_lane_wake every few hundred looks (the busy-poll call at its cadence, or when the fill
+ * ring asks). In C the ring is seen within a look's time of the kernel's write, not a Python loop's. */
+int kb_lanes_spin(struct kb_lane *const *lanes, int n, uint64_t ns);
+
 /* Completed TX frames into the stash (TX -> APP), at most what it has room for: the count, or
  * KB_LANE_E_COMP_ADDR (nothing taken). Completions beyond the room are the port's to reap. */
 int kb_lane_reclaim(struct kb_lane *l);

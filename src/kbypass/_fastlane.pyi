@@ -48,3 +48,7 @@ class Lane:
         """Completed TX frames into the stash; returns how many."""
     def close(self) -> None:
         """Let go of the port's memory."""
+
+def spin(lanes: tuple[Lane, ...], seconds: float, /) -> bool:
+    """Busy polling's wait: read the lanes' RX rings until a frame is on one (True) or `seconds` passed (False),
+    waking them at wake()'s cadence (csrc/core/kb_lane.c kb_lanes_spin)."""

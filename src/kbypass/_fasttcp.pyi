@@ -32,13 +32,17 @@ def frame(eth: bytes, src_ip: bytes, dst_ip: bytes, ident: int, sport: int, dpor
           flags: int, window: int, ts: tuple[int, int] | None, payload: ReadableBuffer, /) -> bytes:
     """One Ethernet + IPv4 + TCP frame (no options, or NOP NOP timestamps), both checksums filled."""
 
+SOCKPERF: str  # Canned.arm's answers for sockperf's rule (csrc/core/kb_sockperf.h) instead of a table
+NEXT_SEND: str  # ... for the application's next send (send_canned), a client's
+
 class Canned:
     """One connection's canned answers (csrc/core/kb_http.h struct kb_http_pred), armed from
-    TcpConnection.canned_state() with the application's table (whole request head -> (answer bytes, ...))."""
+    TcpConnection.canned_state() with the application's table (whole request head -> (answer bytes, ...)),
+    SOCKPERF or NEXT_SEND."""
 
     @property
     def armed(self) -> bool: ...
-    def arm(self, eth: bytes, answers: dict[bytes, tuple], snd_wscale: int, rcv_wscale: int, avail: int, sws: int,
+    def arm(self, eth: bytes, answers: dict[bytes, tuple] | str, snd_wscale: int, rcv_wscale: int, avail: int, sws: int,
             adv_right: int, ts_offset: int, mss: int, cwnd: int, valid_until: float, /) -> None: ...
     @property
     def owed(self) -> bool:
@@ -61,7 +65,8 @@ def rx_canned(frame: ReadableBuffer, table: dict[int, Prediction], canned: dict[
               ident: int, tally: dict | None = None, /) -> None | bytes | tuple:
     """rx(frame, table), or for a HIT whose payload is whole request heads of the connection's armed table,
     (owner, seq, ack, flags, window, tsval, tsecr, payload, values, frame): the answer's frame, built; or that
-    frame alone (bytes) when the connection's run kept the exchange. tally: value -> count of every answer."""
+    frame alone (bytes) when the connection's run kept the exchange. tally: value -> count of every answer
+    (SOCKPERF's: the messages answered, under SOCKPERF)."""
 
 def rx_burst(lane: object, tx: object, table: dict[int, Prediction], canned: dict[int, Canned], now: float,
              ident: int, tally: dict | None, max: int, /) -> tuple[int, int, int, int, list, int]:
@@ -70,3 +75,7 @@ def rx_burst(lane: object, tx: object, table: dict[int, Prediction], canned: dic
     order: a frame for the general path, a HIT's 8-tuple, a reported answer's 10-tuple (not sent), a kept
     answer the TX ring could not take, (frame,). udp: frames to the lane's own UDP port. ident: the last
     IPv4 ident used. more: the burst stopped at a frame only the Python lane takes."""
+
+def send_canned(prediction: Prediction, canned: Canned, data: ReadableBuffer, now: float, ident: int, /) -> bytes | None:
+    """With the NEXT_SEND arming kept over one segment (rx_canned): data's frame as the answer to it, the
+    prediction past the exchange; None (nothing moved) when the arming does not hold."""

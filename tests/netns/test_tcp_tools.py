@@ -71,17 +71,21 @@ def sha(data: bytes) -> str:
 
 def test_sockperf_tcp_client_against_kbypass_server(testbed_hosts):
     a, b = testbed_hosts
-    srv = start([*KB, "pingpong", "server", "--tcp", "--host", "b", "--port", "11500", "--duration", "30"],
+    srv = start([*KB, "pingpong", "server", "--tcp", "--host", "b", "--port", "11500", "--duration", "30", "--json"],
                 "kbypass pingpong server on")
     try:
         out = subprocess.run(ns(a, "sockperf", "ping-pong", "--tcp", "-i", b.ipv4, "-p", "11500", "-t", "2",
                                 "-m", "200"), capture_output=True, text=True, timeout=60).stdout
     finally:
-        stop(srv)
+        summary = json.loads(stop(srv)[0])
     assert "ERROR" not in out, out
     m = re.search(r"Total (\d+) observations", out)
     assert m and int(m.group(1)) > 100, out
     assert re.search(r"percentile 50\.000 =\s+[\d.]+", out)
+    # every message answered once; with the C fast path most in C (csrc/core/kb_sockperf.h: TcpMessages pongs)
+    assert summary["received"] == summary["answered"] >= int(m.group(1)), summary
+    if summary["lane"] == "c":
+        assert summary["answered_in_c"] > summary["received"] // 2, summary
 
 
 def test_kbypass_tcp_client_against_sockperf_server(testbed_hosts):

@@ -44,22 +44,25 @@ def fast():
         pytest.skip(str(e))
 
 
-def arm(fast, pred, can, conn) -> None:
+def arm(fast, pred, can, conn, answers=ANSWERS) -> None:
     """TcpSocket.predict and _arm_canned: the prediction, the canned answers, and the run when it may keep."""
     pred.arm(*conn.prediction())
-    can.arm(ETH_OUT, ANSWERS, *conn.canned_state())
+    can.arm(ETH_OUT, answers, *conn.canned_state())
     run = conn.canned_run()
     if run is not None:
         can.arm_run(*run)
 
 
-def chain(fast, base, now: float, steps) -> dict:
+def chain(fast, base, now: float, steps, answers=ANSWERS, requests=None, reply=None) -> dict:
     """The exchanges `steps` ((payload, seconds later, window field or None) each) through C and through the
-    reference; returns how each went ({"kept": n, "reported": n, "python": n})."""
+    reference; returns how each went ({"kept": n, "reported": n, "python": n}). answers: Canned.arm's (the
+    table, or a rule such as SOCKPERF with requests(payload) -> the requests, reply(request) -> its answer)."""
+    requests = requests or _heads
+    reply = reply or (lambda head: ANSWERS[head][0])
     ref, told = copy.deepcopy(base), copy.deepcopy(base)
     pred = fast.Prediction(SIP, SERVER_PORT, CIP, CLIENT_PORT, "owner")
     can = fast.Canned()
-    arm(fast, pred, can, told)
+    arm(fast, pred, can, told, answers)
     tally: dict = {}
     ways = {"kept": 0, "reported": 0, "python": 0}
     for i, (payload, later, window) in enumerate(steps):
@@ -70,7 +73,7 @@ def chain(fast, base, now: float, steps) -> dict:
             ways["python"] += 1  # left to Python: the chain ends here (test_http_canned covers that way)
             break
         # the same segment, rebuilt from ref as it is still (client_seg's defaults)
-        sent = exchange(ref, payload, b"".join(ANSWERS[h][0] for h in _heads(payload)), now, window=window)
+        sent = exchange(ref, payload, b"".join(reply(r) for r in requests(payload)), now, window=window)
         assert len(sent) == 1
         s = sent[0]
         frame = hit if type(hit) is bytes else hit[9]
@@ -88,7 +91,7 @@ def chain(fast, base, now: float, steps) -> dict:
             _, sq, ack, flags, win, tsval, tsecr, pl, values, _ = hit
             assert told.answer_hit(sq, ack, flags, win, tsval, tsecr, pl, b"".join(v[0] for v in values), now)
             assert snap(told) == snap(ref)
-            arm(fast, pred, can, told)  # TcpSocket.answered
+            arm(fast, pred, can, told, answers)  # TcpSocket.answered
     if can.owed:
         told.canned_run_taken(can.take_run())
     assert not can.owed and can.take_run() is None
@@ -96,7 +99,7 @@ def chain(fast, base, now: float, steps) -> dict:
         assert snap(told) == snap(ref)
         assert pred.state() == told.prediction()
     answered = ways["kept"] + ways["reported"]
-    assert sum(tally.values()) == sum(len(_heads(p)) for p, _, _ in steps[:answered])
+    assert sum(tally.values()) == sum(len(requests(p)) for p, _, _ in steps[:answered])
     return ways
 
 

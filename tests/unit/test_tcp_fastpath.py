@@ -463,6 +463,7 @@ class _Wired:
         self.fast, self.conn, self.out = fast, conn, []
         self.host = SimpleNamespace(ip=SERVER_IP, woken=None, touch=lambda s: None, pump=lambda: None,
                                     schedule=lambda s, t: None, forget=lambda s: None, _dirty=set(),
+                                    late=[], catch_up=lambda: None,
                                     counters={"rx_segments": 0, "rx_predicted": 0},
                                     send_segments=lambda ip, segs: self.out.extend(segs))
         self.sock = TcpSocket(self.host, conn, (CLIENT_IP, CLIENT_PORT), SERVER_PORT)

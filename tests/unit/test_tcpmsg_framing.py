@@ -89,3 +89,40 @@ def test_a_stream_of_messages_still_lets_the_host_transmit():
     runs = "".join("r" if c == "receive" else "t" for c in host.calls).split("t")
     assert host.calls.count("transmit") >= 4 and max(len(r) for r in runs) <= 8
     assert host.calls[0] == "receive" and host.calls[1] == "receive"  # the first message went out untransmitted
+
+
+class _Listener:
+    port = 11111
+
+    def __init__(self, sock):
+        self._socks = [sock]
+
+    def setblocking(self, flag):
+        pass
+
+    @property
+    def pending(self):
+        return len(self._socks)
+
+    def accept(self, timeout):
+        s = self._socks.pop()
+        return s, s.peer
+
+
+def test_pongs_are_armed_in_c_only_between_whole_messages():
+    """pongs=True: TcpSocket.canned is SOCKPERF while no partial message waits here (C reads the next segment
+    from a header on), None while one does (C would take its tail for a header); a client's is NEXT_SEND."""
+    from kbypass.proto.tcp.fastpath import NEXT_SEND, SOCKPERF
+
+    m = message(1, 64)
+    sock = _Sock([m])
+    ep = TcpMessages(_Host(), listener=_Listener(sock), pongs=True)
+    assert ep._take() and sock.canned is SOCKPERF
+    sock._reads = [m[:20]]
+    ep._take()
+    assert sock.canned is None
+    sock._reads = [m[20:]]
+    assert ep._take() and sock.canned is SOCKPERF
+    client = _Sock([])
+    TcpMessages(_Host(), sock=client)
+    assert client.canned is NEXT_SEND

@@ -6,11 +6,17 @@ length field (u32 at offset 10 of its 14-byte header, the whole message) frames 
 sockperf header (a length below 14 or above MAX_MESSAGE) end the connection: the stream cannot be framed.
 
     ep = TcpMessages(host, listener=lst)      # server: accepts every client, answers each on its own
+    ep = TcpMessages(host, listener=lst, pongs=True)  # ... its pongs in C when it can (see below)
     ep = TcpMessages(host, sock=s)            # client: one connection made with host.connect
     data, peer = ep.recvfrom(timeout)         # one whole message and its sender (ip, port)
     ep.sendto(data, peer)
 
-`host` is a kbypass.endpoint.tcpio.TcpHost (pump, wait, run_until); the sockets are its TcpSockets."""
+`host` is a kbypass.endpoint.tcpio.TcpHost (pump, wait, run_until); the sockets are its TcpSockets.
+
+pongs=True is for a server answering with apps.pingpong.answer (pingpong.serve): a segment that is whole
+messages all asking for an answer is answered by the TCP fast path in C, in the call that took it off the ring
+(TcpSocket.canned = SOCKPERF, csrc/core/kb_sockperf.h), and never reaches recvfrom; take_answered() counts
+them. Armed only while no partial message waits here (the next segment then starts with a header)."""
 
 from __future__ import annotations
 
@@ -18,14 +24,16 @@ import time
 from collections import deque
 
 from kbypass.apps.pingpong import HEADER_LEN
+from kbypass.proto.tcp.fastpath import NEXT_SEND, SOCKPERF
 
 MAX_MESSAGE = 65536 * 16  # sockperf's largest --msg-size is 65506
 TRANSMIT_EVERY = 8  # receives between transmits while messages keep coming (timers, ACKs of unanswered ones)
 
 
 class TcpMessages:
-    def __init__(self, host, *, listener=None, sock=None) -> None:
+    def __init__(self, host, *, listener=None, sock=None, pongs: bool = False) -> None:
         self.host, self.listener = host, listener
+        self._pongs = SOCKPERF if pongs else None  # TcpSocket.canned while no partial message waits
         self._conns: dict[tuple[str, int], list] = {}  # peer -> [sock, bytearray]
         self._ready: deque = deque()
         self.closed_conns = 0
@@ -34,6 +42,7 @@ class TcpMessages:
         self.ip = host.ip
         if sock is not None:
             self._add(sock)
+            sock.canned = NEXT_SEND  # a client: the answer readable at its HIT, the next message sent from C
         if listener is not None:
             listener.setblocking(False)
             self.port = listener.port
@@ -42,6 +51,7 @@ class TcpMessages:
 
     def _add(self, sock) -> None:
         sock.setblocking(False)
+        sock.canned = self._pongs
         self._conns[sock.peer] = [sock, bytearray()]
 
     def _take(self) -> bool:
@@ -76,7 +86,13 @@ class TcpMessages:
                     break
                 self._ready.append((bytes(buf[:n]), peer))
                 del buf[:n]
+            if self._pongs is not None and peer in self._conns:
+                sock.canned = None if buf else self._pongs  # C would read a message's tail as a header
         return bool(self._ready)
+
+    def take_answered(self) -> int:
+        """Messages the TCP fast path answered in C since the last call (pongs=True); 0 without."""
+        return sum(self.host.take_canned().values()) if self._pongs is not None else 0
 
     def _drop(self, peer) -> None:
         entry = self._conns.pop(peer, None)

@@ -88,6 +88,21 @@ def wake_lanes(lanes: list, busy: bool) -> None:
             lane.wake_if_asked()
 
 
+def spin_lanes(lanes: list, seconds: float) -> bool:
+    """Busy polling's wait: read the lanes' RX rings until a frame is on one (True) or `seconds` passed
+    (False), waking them as wake() does. With C lanes the spin is in C (kbypass._fastlane.spin: a frame is
+    seen within a ring read of its arrival, not an interpreter loop's ~2 us); else once round in Python."""
+    if lanes and all(lane.native for lane in lanes):
+        from kbypass import backend
+
+        return backend.native_module("lane").spin(tuple(lane.c for lane in lanes), seconds)
+    for lane in lanes:
+        if lane.waiting():
+            return True
+        lane.wake()
+    return False
+
+
 def close_steered(lanes: list, steered) -> None:
     """Close an endpoint's message lanes (each gives its frames back to its port), then the steered port
     under them (its rules and AF_XDP sockets go); a lane that fails to close does not keep the rest open."""

@@ -167,7 +167,11 @@ class TcpSocket:
     @property
     def canned(self) -> dict | None:
         """The application's canned answers for this connection (None: none): a dict from a whole request
-        (bytes; an HTTP head, up to its empty line) to a tuple whose first item is the answer's bytes. While
+        (bytes; an HTTP head, up to its empty line) to a tuple whose first item is the answer's bytes, or
+        kbypass.proto.tcp.fastpath.SOCKPERF, a rule instead of a table (whole sockperf messages that ask for
+        an answer, answered as kbypass.apps.pingpong.answer does; the values one (answer,) per message), or
+        NEXT_SEND (a client's: a predicted segment's payload is readable at once, the connection told after,
+        and the application's next send leaves from C as its answer: TcpHost.answer_late). While
         set, a predicted segment whose payload is such requests, arriving while nothing else is pending on the
         connection (the application has read everything and has nothing queued), is answered by the C fast
         path (csrc/core/kb_http.h) without the application seeing it: the host reports it in take_canned().
@@ -199,6 +203,16 @@ class TcpSocket:
             self.host.touch(self)
             return
         self.host.schedule(self, self._conn.next_timer())
+
+    def take_early(self, payload: bytes) -> bool:
+        """At a HIT the NEXT_SEND arming was kept over (TcpHost): make payload readable now, unless something
+        could be overtaken (an event waiting in the connection, the unread limit) or nobody reads; True when
+        taken (the host tells the connection later: TcpHost.catch_up or answer_late)."""
+        if self._app_closed or self._rx_len >= MAX_UNREAD or not self.conn.takes_early:
+            return False
+        self._rx.append(payload)
+        self._rx_len += len(payload)
+        return True
 
     def _arm_canned(self) -> None:
         state = None
@@ -383,6 +397,8 @@ class TcpSocket:
         if not view:
             return 0
         host = self.host
+        if host.late and host.answer_late(self, view):  # the answer to what we took early, from C
+            return len(view)
         if not host.defer_tx:  # a request/response's answer: one segment straight out (TcpConnection.send_now)
             head = host.eth_head(self._peer_ip)
             if head is not None:
@@ -422,6 +438,7 @@ class TcpSocket:
             view = view[n:]
 
     def shutdown(self, how: int = socket.SHUT_WR) -> None:
+        self.host.catch_up()  # segments taken early are the connection's before anything else
         if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not self._shut_wr and self._dead is None:
             self._shut_wr = True
             self.unpredict()
@@ -433,6 +450,7 @@ class TcpSocket:
         """FIN (RST when received data went unread); the host finishes the connection on its own."""
         if self._app_closed:
             return
+        self.host.catch_up()
         self.unpredict()
         if self._dead is None and not self._finished():
             if self._rx_len:
@@ -449,6 +467,7 @@ class TcpSocket:
 
     def abort(self) -> None:
         """RST now (SO_LINGER 0 then close)."""
+        self.host.catch_up()
         self.unpredict()
         if self._dead is None and not self._finished():
             self.conn.abort()

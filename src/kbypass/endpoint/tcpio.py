@@ -43,12 +43,13 @@ from kbypass.proto.stack import Stack
 from kbypass.proto.tcp import fastpath as tcp_fastpath
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
-from .base import POLL_MODES, close_steered, wake_lanes
+from .base import POLL_MODES, close_steered, spin_lanes, wake_lanes
 from .tcperrors import HostUnreachableError
 from .tcprx import TcpReceive
 
 TCP_FRAME_OVERHEAD = ETH_HLEN + 20 + 60  # Ethernet, IPv4, the largest TCP header (options included)
 STACK_CHECK = 0.005  # seconds between looks at the stack's ARP timers
+BUSY_SPIN = 20e-6  # seconds wait() spins on the rings in busy mode (in C) before the loop looks at timers
 TX_BACKLOG = 65536  # frames waiting for TX ring room before new segments are refused (the TCP retransmits)
 
 
@@ -133,6 +134,7 @@ class TcpHost(TcpReceive):
         self._canned: dict[int, object] = {}  # and their canned answers' arming (TcpSocket.canned), same keys
         self._tally: dict = {}  # canned table value -> answers C sent since take_canned
         self._tallied = 0  # of which counted in counters["rx_canned"]
+        self.late: list = []  # (HIT, arrival time): payloads applications took early (NEXT_SEND), not yet told
         self._predict, self._frame_of = self._fasttcp.rx_canned, self._fasttcp.frame
         # a receive burst in one C call per lane (kbypass._fasttcp.rx_burst over the lane's own C struct)
         native_tcp = self._fasttcp is not tcp_fastpath
@@ -315,6 +317,7 @@ class TcpHost(TcpReceive):
     def transmit(self) -> None:
         """Run due timers, then send what the connections have, each its segments once for all it was told
         since the last transmit (one ACK for a burst of segments, the answer's data riding on it)."""
+        self.catch_up()
         now = time.monotonic()
         if self._timers and self._timers[0][0] <= now:
             self._run_timers(now)
@@ -369,7 +372,7 @@ class TcpHost(TcpReceive):
     def timeout(self) -> float | None:
         """Seconds until the next protocol timer (None: none set): wait on fileno() no longer than this."""
         when = [t for t in (self._timers[0][0] if self._timers else None, self.stack.next_timer()) if t is not None]
-        if self._dirty or self._tx_backlog:
+        if self._dirty or self._tx_backlog or self.late:
             return 0.0
         return max(0.0, min(when) - time.monotonic()) if when else None
 
@@ -450,13 +453,14 @@ class TcpHost(TcpReceive):
         return self._epoll.fileno()
 
     def wait(self, deadline: float | None) -> None:
-        """Nothing to do now: let the kernel work (busy: one wake; wakeup: sleep in poll until a frame may
-        have come, the next timer or the deadline)."""
-        wake_lanes(self._lanes, self.poll_mode == "busy")
+        """Nothing to do now: let the kernel work (busy: spin on the rings for BUSY_SPIN, in C with C lanes;
+        wakeup: sleep in poll until a frame may have come, the next timer or the deadline)."""
         if self.poll_mode == "busy":
             if self.defer_tx:  # batched: frames transmit()'s kick left on the ring (no completion room then)
                 self._lanes[0].retry_tx()
+            spin_lanes(self._lanes, BUSY_SPIN)
             return
+        wake_lanes(self._lanes, False)
         if self._tx_backlog:
             self._drain_backlog()
             if self.defer_tx:  # batched: what the drain put on the ring is not kicked by the sends
@@ -465,8 +469,7 @@ class TcpHost(TcpReceive):
         elif self.defer_tx and self._lanes[0].retry_tx():  # batched: frames transmit()'s kick left on the ring
             wait = 0.0005
         else:
-            t = self.timeout()
-            now = time.monotonic()
+            t, now = self.timeout(), time.monotonic()
             wait = min(x for x in (t, None if deadline is None else deadline - now, 1.0) if x is not None)
         self._poller.poll(max(0, int(wait * 1000 + 0.999)))
 

@@ -93,6 +93,8 @@ class TcpReceive:
             self._answered(answered, now)
             answered.clear()
         if frame:
+            if self.late:
+                self.catch_up()
             self._frame(item, now)
         else:
             self._predicted(item, now)
@@ -137,9 +139,42 @@ class TcpReceive:
         counters = self.counters
         counters["rx_segments"] += 1
         counters["rx_predicted"] += 1
+        self._dirty.add(sock)
+        if payload and sock.canned_prediction.armed:  # rx_canned kept a NEXT_SEND arming over it
+            if sock.take_early(payload):
+                return self.late.append((hit, now))  # readable now; the connection told in answer_late/catch_up
+            sock.canned_prediction.disarm()
+        self.catch_up()
         if not sock.conn.receive_hit(seq, ack, flags, window, tsval, tsecr, payload, now):
             sock.prediction.disarm()
-        self._dirty.add(sock)
+
+    def catch_up(self) -> None:
+        """Tell the connections of the segments their applications took early (TcpSocket.take_early), in order,
+        before anything else reaches them (a segment, a timer, a flush, the socket API): still as predicted."""
+        if not self.late:
+            return
+        late, self.late = self.late, []
+        for (sock, seq, ack, flags, window, tsval, tsecr, payload), now in late:
+            sock.canned_prediction.disarm()
+            if not sock.conn.receive_hit(seq, ack, flags, window, tsval, tsecr, payload, now, True):
+                sock.prediction.disarm()
+            self._dirty.add(sock)
+
+    def answer_late(self, sock, data) -> bool:
+        """After sock's application took a segment early, its data leaves from C as the answer (send_canned) when
+        the arming holds, the exchange told as a canned one (answer_hit); else catch_up and False."""
+        late = self.late
+        if len(late) == 1 and late[0][0][0] is sock and not self.defer_tx:
+            ident, now = (self._ident + 1) & 0xFFFF, time.monotonic()
+            frame = self._fasttcp.send_canned(sock.prediction, sock.canned_prediction, data, now, ident)
+            if frame is not None:
+                self._ident, self.late = ident, []
+                self._send_frame(frame)
+                self.counters["tx_segments"] += 1
+                sock.answered(sock.conn.answer_hit(*late[0][0][1:], bytes(data), now))
+                return True
+        self.catch_up()
+        return False
 
     def _answered(self, hits: list, now: float) -> None:
         """Segments the C fast path answered from the sockets' canned answers (rx_canned; the answers' frames

@@ -146,7 +146,8 @@ def _open_tcp(args):
     with TcpHost(iface, ip, netns=ns, poll=args.poll, xdp_mode=args.xdp_mode or "native",
                  control_plane=not args.no_cp) as host:
         if args.role == "server":
-            ep = TcpMessages(host, listener=host.listen(args.port))
+            # pongs in C (TcpMessages pongs): not with --count, which C would answer past
+            ep = TcpMessages(host, listener=host.listen(args.port), pongs=args.count is None)
         else:
             with peer_errors(f"kbypass pingpong client --tcp to {args.dst}"):
                 sock = host.connect(_server_addr(args.dst), timeout=args.idle_timeout, local_port=args.port)
@@ -225,6 +226,8 @@ def run(args) -> int:
                   f"{args.poll} poll)", file=sys.stderr, flush=True)
             res = serve(ep, duration=args.duration, count=args.count, idle_timeout=args.idle_timeout, stop=stop)
             summary = {**base, "received": res.received, "answered": res.answered, "seconds": round(res.seconds, 3)}
+            if args.tcp:
+                summary["answered_in_c"] = res.answered_apart  # by the TCP fast path (kbypass.apps.tcpmsg pongs)
             if res.send_failed:
                 summary["send_failed"] = res.send_failed  # answers the TX ring had no room for
         else:

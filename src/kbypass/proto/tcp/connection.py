@@ -511,7 +511,7 @@ class TcpConnection(Output, CannedAnswers):
             first = min(sq.snd_una + self.snd_mss, sq.snd_max)
             sq.mark_lost(max(sq.high_sacked, first), restart=True)
 
-    def _rx_data(self, seq: int, payload: bytes, now: float) -> None:
+    def _rx_data(self, seq: int, payload: bytes, now: float, taken: bool = False) -> None:
         right = self.rcv_nxt + self._rcv_wnd()
         if seq + len(payload) > right:
             payload = payload[:max(0, right - seq)]
@@ -525,9 +525,10 @@ class TcpConnection(Output, CannedAnswers):
         self.stats.ooo_drops += rq.dropped - dropped
         if out:
             self.rcv_nxt = rq.rcv_nxt
-            self._unread += len(out)
             self.stats.bytes_in += len(out)
-            self._events.append(ev.Data(out))
+            if not taken:
+                self._unread += len(out)
+                self._events.append(ev.Data(out))
         if not in_order or not out:
             self._ack_now = True  # RFC 5681 4.2: out of order, or filling a hole: ACK at once
             if not out:
@@ -619,17 +620,23 @@ class TcpConnection(Output, CannedAnswers):
                                 None if ts is None else ts[1], seg.payload, now)
 
     def receive_hit(self, seq_wire: int, ack: int, flags: int, window: int, tsval: int | None, tsecr: int | None,
-                    payload: bytes, now: float) -> bool:
+                    payload: bytes, now: float, taken: bool = False) -> bool:
         """receive_predicted on the fields kbypass._fasttcp.rx returns for a HIT (no Segment built: the
-        endpoint's per-segment path). The connection must be predictable (receive_predicted checks it)."""
+        endpoint's per-segment path). The connection must be predictable (receive_predicted checks it). taken:
+        the payload went to the application at the HIT (TcpSocket.take_early, while no event waits): no Data."""
         if self.state not in PREDICTABLE or self._peer_fin_seq is not None or self.rq.ooo_bytes:
             self.receive(Segment(self.remote[1], self.local[1], seq_wire, ack, flags, window,
                                  NO_OPTIONS if tsval is None else Options(timestamps=(tsval, tsecr)), payload), now)
             return False
         seq = self._take_hit(seq_wire, ack, flags, window, tsval, tsecr, len(payload), now)
         if payload and self.state in PEER_OPEN:
-            self._rx_data(seq, payload, now)
+            self._rx_data(seq, payload, now, taken)
         return self.state in PREDICTABLE and self._peer_fin_seq is None and not self.rq.ooo_bytes
+
+    @property
+    def takes_early(self) -> bool:
+        """No event waits for the application: a HIT's bytes may be handed over before receive_hit(taken=True)."""
+        return not self._events
 
     def _take_hit(self, seq_wire: int, ack: int, flags: int, window: int, tsval: int | None, tsecr: int | None,
                   payload_len: int, now: float) -> int:

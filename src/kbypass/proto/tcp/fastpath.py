@@ -45,6 +45,10 @@ def frame(eth: bytes, src_ip: bytes, dst_ip: bytes, ident: int, sport: int, dpor
     return eth + build_ipv4_header(src_ip, dst_ip, IPPROTO_TCP, len(body), ident=ident) + body
 
 
+SOCKPERF = "sockperf"  # Canned.arm's answers for sockperf's rule (kbypass._fasttcp.SOCKPERF, csrc/core/kb_sockperf.h)
+NEXT_SEND = "next send"  # ... for the application's next send (kbypass._fasttcp.NEXT_SEND, send_canned)
+
+
 class Canned:
     """One connection's canned answers that never answer (kbypass._fasttcp.Canned's stand-in)."""
 
@@ -67,4 +71,9 @@ class Canned:
 
 def rx_canned(frame: bytes, table: dict, canned: dict, now: float, ident: int, tally: dict | None = None) -> None:
     """No HIT, no answer: the frame goes to the general receive path."""
+    return None
+
+
+def send_canned(prediction, canned, data, now: float, ident: int) -> None:
+    """No arming holds: the application's send takes the connection's own path."""
     return None
