@@ -470,6 +470,17 @@ static PyObject *rx_one(const uint8_t *f, size_t len, PyObject *table, PyObject 
             out = hit_tuple(pr->owner, &hit, (const char *)f);
         }
     } else {
+        /* a burst (out_buf): Python takes this segment only after the burst, so a later segment of the same
+         * connection must not be predicted or answered against the state before it (a RST, a FIN, data out of
+         * order: the Python loop would have seen it first); the slow path's segment() arms again */
+        if (out_buf && pr->p.armed) {
+            pr->p.armed = 0;
+            if (armed) {
+                Canned *c = (Canned *)can;
+                c->h.armed = c->r.armed = 0;
+                c->pending = 0;
+            }
+        }
         out = Py_None;
         Py_INCREF(out);
     }
@@ -500,19 +511,59 @@ static PyObject *mod_rx_canned(PyObject *m, PyObject *const *args, Py_ssize_t na
     return out;
 }
 
-/* rx_burst(lane, tx, table, canned, now, ident, tally, max) -> (frames, kept, udp, ident, items, more): up to max
- * frames off the RX ring of `lane` (kbypass._fastlane.Lane.core: its struct kb_lane), each through rx_one; a
- * kept answer goes straight onto the TX ring of `tx` (the lane the host sends on, another Lane.core). items, in arrival order, is what Python must see: a frame
- * (bytes) for the slow path, a HIT's 8-tuple, a reported answer's 10-tuple (its frame not sent), a kept answer
- * the TX ring had no room or frame for as a 1-tuple (frame,) to send; udp counts the frames to the lane's own
- * UDP port (nothing of TCP's: TcpHost counts them as it counts the Python lane's). ident: the IPv4 ident of the last frame built. more: the burst
- * stopped at a frame only Python's lane takes (no fill slot, a chain past one frame, a bad descriptor). */
+/* rx_burst(lane, tx, table, canned, now, ident, tally, max) -> (frames, kept, udp, ident, items, more, error): up to
+ * max frames off the RX ring of `lane` (kbypass._fastlane.Lane.core: its struct kb_lane), each through rx_one; a
+ * kept answer goes straight onto the TX ring of `tx` (the lane the host sends on, another Lane.core). items, in
+ * arrival order, is what Python must see: a frame (bytes) for the slow path, a HIT's 8-tuple, a reported answer's
+ * 10-tuple (its frame not sent), a kept answer the TX ring had no room or frame for (or too long for it) as a
+ * 1-tuple (frame,) to send; udp counts the frames to the lane's own UDP port (nothing of TCP's: TcpHost counts them
+ * as it counts the Python lane's). ident: the IPv4 ident of the last frame built. more: the burst stopped at a
+ * frame only Python's lane takes (no fill slot, a chain past one frame, a bad descriptor). error: None, or the
+ * exception that ended the burst early (a failed kick after the frame went onto the ring, a bad completion or
+ * stash frame, no memory): what was done before it is in the rest, for Python to take before it raises. */
 #define KB_BURST_BUF (14 + 60 + 60 + 65536)
 
 /* close() clears the lane's ring pointers, and a closed socket its rings' (fastlane.c check_open) */
 static int lane_open(const struct kb_lane *l) {
     return l->rx && l->fill && l->tx && l->comp && kb_ring_valid(l->rx) && kb_ring_valid(l->fill) &&
            kb_ring_valid(l->tx) && kb_ring_valid(l->comp);
+}
+
+/* The error set now, taken as an exception object (never NULL: a new reference). */
+static PyObject *take_error(void) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value && tb) PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (!value) {
+        value = Py_None;
+        Py_INCREF(value);
+    }
+    return value;
+}
+
+/* The exception of a kb_lane_send error other than the ones Python's send path takes (fastlane.c lane_error's
+ * wording). */
+static PyObject *send_error(const struct kb_lane *t, int code) {
+    char hex[24];
+    switch (code) {
+    case KB_LANE_E_SYS:
+        errno = t->sys_errno;
+        PyErr_SetFromErrno(PyExc_OSError);
+        break;
+    case KB_LANE_E_COMP_ADDR:
+        snprintf(hex, sizeof hex, "0x%llx", (unsigned long long)t->bad_addr);
+        PyErr_Format(PyExc_IndexError, "completed address %s is outside the UMEM", hex);
+        break;
+    case KB_LANE_E_STASH:
+        PyErr_SetString(PyExc_RuntimeError, "stash frame outside the UMEM");
+        break;
+    default:
+        PyErr_Format(PyExc_SystemError, "kb_lane error %d", code);
+    }
+    return take_error();
 }
 
 static PyObject *mod_rx_burst(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
@@ -540,14 +591,16 @@ static PyObject *mod_rx_burst(PyObject *m, PyObject *const *args, Py_ssize_t nar
     uint8_t *in = busy ? PyMem_Malloc(KB_BURST_BUF) : in_buf, *tx = busy ? PyMem_Malloc(KB_BURST_BUF) : tx_buf;
     int mine = !busy;
     busy = 1;
-    PyObject *items = PyList_New(0), *res = NULL;
+    PyObject *items = PyList_New(0), *res = NULL, *err = NULL;
     if (!in || !tx || !items) {
         PyErr_NoMemory();
         goto out;
     }
     long frames = 0, kept = 0, udp = 0;
     int more = 0, tx_ok = 1; /* once a send fails, the rest of the burst's answers go through Python too: in order */
-    while (frames < max) {
+    /* rx_one and the objects made for Python may run any Python (the collector's finalizers, a key's __eq__),
+     * which may close either lane (its ring pointers cleared): looked at again before each read and send */
+    while (!err && frames < max && lane_open(l) && lane_open(t)) {
         uint32_t n;
         int r = kb_lane_rx_copy(l, in, KB_BURST_BUF, &n);
         if (r == KB_LANE_EMPTY) break;
@@ -562,33 +615,40 @@ static PyObject *mod_rx_burst(PyObject *m, PyObject *const *args, Py_ssize_t nar
         }
         size_t out_len = 0;
         PyObject *o = rx_one(in, n, args[2], args[3], now, (unsigned)((ident + 1) & 0xFFFF), tally, tx, &out_len);
-        if (!o) goto out;
+        if (!o) { /* the frame is lost as on a wire (the peer sends it again); what came before stands */
+            err = take_error();
+            break;
+        }
         if (o == Py_Ellipsis || (PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 10)) ident = (ident + 1) & 0xFFFF;
-        int add = 0;
         if (o == Py_Ellipsis) {
             kept++;
-            if (tx_ok) tx_ok = kb_lane_send(t, tx, (uint32_t)out_len, NULL, 0, 0, 0) == KB_LANE_SENT;
-            if (!tx_ok) { /* no TX slot or frame now (or an error): Python's send path has the remedies */
-                Py_DECREF(o);
+            int s = tx_ok && lane_open(t) ? kb_lane_send(t, tx, (uint32_t)out_len, NULL, 0, 0, 0) : KB_LANE_NO_SLOT;
+            if (s == KB_LANE_E_SYS) /* on the ring: only the kick failed */
+                err = send_error(t, s);
+            else if (s != KB_LANE_SENT)
+                tx_ok = 0;
+            Py_DECREF(o);
+            o = NULL;
+            if (s == KB_LANE_NO_SLOT || s == KB_LANE_NO_FRAME || s == KB_LANE_E_TOO_BIG) {
+                /* no TX slot or frame now (or longer than one): Python's send path has the remedies */
                 o = Py_BuildValue("(y#)", (const char *)tx, (Py_ssize_t)out_len);
-                if (!o) goto out;
-                add = 1;
+                if (!o) err = take_error();
+            } else if (s != KB_LANE_SENT && s != KB_LANE_E_SYS) { /* not sent: lost as on a wire, and raised */
+                err = send_error(t, s);
             }
+            if (!o) continue;
         } else if (o == Py_None) {
             Py_DECREF(o);
             o = PyBytes_FromStringAndSize((const char *)in, n);
-            if (!o) goto out;
-            add = 1;
-        } else {
-            add = 1;
+            if (!o) {
+                err = take_error();
+                break;
+            }
         }
-        if (add && PyList_Append(items, o) < 0) {
-            Py_DECREF(o);
-            goto out;
-        }
+        if (PyList_Append(items, o) < 0) err = take_error();
         Py_DECREF(o);
     }
-    res = Py_BuildValue("(lllkOi)", frames, kept, udp, ident, items, more);
+    res = Py_BuildValue("(lllkOiO)", frames, kept, udp, ident, items, more, err ? err : Py_None);
 out:
     if (mine) {
         busy = 0;
@@ -597,6 +657,7 @@ out:
         PyMem_Free(tx);
     }
     Py_XDECREF(items);
+    Py_XDECREF(err);
     return res;
 }
 
