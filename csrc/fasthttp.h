@@ -136,6 +136,10 @@ static PyObject *Canned_arm_run(Canned *self, PyObject *const *args, Py_ssize_t 
                                          "k, epoch, w_est), after an arm()");
         return NULL;
     }
+    if (self->r.n) { /* as arm(): the kept exchanges' run would be overwritten before Python took it */
+        PyErr_SetString(PyExc_RuntimeError, "arm_run(): take_run() first (kept exchanges not taken)");
+        return NULL;
+    }
     unsigned long long v[5];
     for (int i = 0; i < 5; i++) {
         v[i] = PyLong_AsUnsignedLongLongMask(args[i]);
@@ -332,11 +336,17 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
     const uint8_t *req = f + hit->payload_off;
     size_t total = hit->payload_len; /* SOCKPERF: each answer as long as its message */
     int k, nvals = 0;                /* vals held (the table's entries) */
+    /* held: a lookup may run a key's __eq__ or __hash__, and that may arm c again (dropping the table) */
+    PyObject *answers = c->answers;
+    Py_XINCREF(answers);
     if (c->kind == CANNED_SOCKPERF)
         k = kb_sockperf_messages(req, hit->payload_len, lens, KB_SOCKPERF_MAX);
     else
-        k = nvals = canned_match(c->answers, req, hit->payload_len, vals, &total);
-    if (!k) return NULL;
+        k = nvals = canned_match(answers, req, hit->payload_len, vals, &total);
+    if (!k) {
+        Py_XDECREF(answers);
+        return NULL;
+    }
     PyObject *out = NULL, *frame = NULL, *values = NULL, *payload = NULL, *answer = NULL;
     if (!kb_http_may_send(&c->h, adv->snd_max, hit->ack, hit->window, total, now)) goto done;
     int keep = kb_http_run_ok(&c->r, una, adv->snd_max, hit->ack);
@@ -347,7 +357,7 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
         if (!frame) goto done;
         w = (uint8_t *)PyBytes_AS_STRING(frame);
     }
-    if (tally && (nvals ? canned_tally(tally, vals, nvals) : tally_add(tally, c->answers, k)) < 0) goto done;
+    if (tally && (nvals ? canned_tally(tally, vals, nvals) : tally_add(tally, answers, k)) < 0) goto done;
     uint8_t *body = w + kb_tcp_frame_len(adv->ts_ok, 0);
     if (c->kind == CANNED_SOCKPERF) /* the answers straight into the frame */
         kb_sockperf_answer(body, req, lens, k);
@@ -412,6 +422,7 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
         }
     }
 done:
+    Py_XDECREF(answers);
     for (int i = 0; i < nvals; i++) Py_XDECREF(vals[i]);
     Py_XDECREF(frame);
     Py_XDECREF(values);

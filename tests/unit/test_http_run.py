@@ -201,3 +201,6 @@ def test_arming_over_kept_exchanges_not_taken_is_refused(fast):
     assert type(fast.rx_canned(frame_in(client_seg(base, GET)), {KEY: pred}, {KEY: can}, now + 0.0002, 1)) is bytes
     with pytest.raises(RuntimeError, match="take_run"):
         can.arm(ETH_OUT, ANSWERS, *base.canned_state())
+    with pytest.raises(RuntimeError, match="take_run"):  # the run alone, over the kept one, neither
+        can.arm_run(*base.canned_run())
+    assert can.take_run() is not None

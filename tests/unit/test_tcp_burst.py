@@ -19,7 +19,6 @@ from kbypass.proto.ipv4 import build_ipv4_header
 from kbypass.proto.tcp.segment import ACK, ECE, FIN, RST, parse_segment
 from tests.fakexsk import FakeXsk
 from tests.kb import needs_c
-from tests.unit.test_tcp_fastpath import snap
 from tests.unit.test_http_canned import (
     ANSWERS,
     BASES,
@@ -35,6 +34,7 @@ from tests.unit.test_http_canned import (
     exchange,
     frame_in,
 )
+from tests.unit.test_tcp_fastpath import snap
 
 pytestmark = needs_c
 MAC = bytes.fromhex("020000000002")
