@@ -13,6 +13,7 @@ from unittest import mock
 import pytest
 
 from kbypass import backend
+from kbypass.endpoint.tcprx import TcpReceive
 from kbypass.port import afxdp as afxdp_mod
 from kbypass.proto import udp as udpp
 from kbypass.proto.ipv4 import build_ipv4_header
@@ -331,3 +332,71 @@ def test_a_failed_kick_after_the_answer_went_out_is_raised_not_sent_again(fast, 
     assert isinstance(error, OSError) and error.errno == errno.ECONNREFUSED
     assert n == 1 and kept == 1 and items == []  # stopped at the error: the second request is still on the ring
     assert len(lane.port.xsk.send_all()) == 1
+
+
+def test_an_error_in_the_middle_of_a_burst_returns_what_was_done_with_it(fast, lane):
+    """A lookup that raises on the third frame (a key's __eq__): the two answers before it went out and moved
+    the prediction; the burst returns them counted, with the error, for Python to take before it raises
+    (it raised at once before, and Python never counted the answers on the wire)."""
+    run = [(c, t) for c, t in BASES if c.canned_run() is not None]
+    base, now = run[0]
+    now += 0.0002
+    ref, frames = copy.deepcopy(base), []
+    for _ in range(4):
+        frames.append(frame_in(client_seg(ref, GET)))
+        exchange(ref, GET, ANSWERS[GET][0], now)
+    pred, can = armed(fast, base)
+
+    class Raises:
+        calls = 0
+
+        def __hash__(self):
+            return hash(KEY)
+
+        def __eq__(self, other):
+            Raises.calls += 1
+            if Raises.calls == 3:
+                raise LookupError("a key that raises")
+            return False
+
+    table = {Raises(): None}
+    table[KEY] = pred
+    Raises.calls = 0
+    lane.c.give(lane.port.alloc(lane.STASH).addr.tolist())
+    assert lane.port.xsk.deliver(frames) == 4
+    core = lane.c.core
+    n, kept, udp, ident, items, more, error = fast.rx_burst(core, core, table, {KEY: can}, now, 40, None, 64)
+    assert isinstance(error, LookupError)
+    assert (n, kept, ident, items) == (3, 2, 42, [])
+    lane.flush_tx()
+    assert len(lane.port.xsk.send_all()) == 2
+    assert lane.port.xsk.rx.available() == 1  # the fourth frame is still on the ring
+
+
+class _BurstHost(TcpReceive):
+    """TcpReceive's state as TcpHost keeps it, one lane whose C burst returns `burst` (the verdicts a burst
+    gave and the error that ended it); the verdicts taken are recorded."""
+
+    def __init__(self, burst):
+        self._burst = lambda *a: burst
+        self._lanes, self._cores, self._tx_backlog = [object()], [object()], []
+        self._predict, self._predictions, self._canned, self._tally, self._tallied = None, {}, {}, {}, 0
+        self._ident, self.late, self._dirty, self.defer_tx = 0, [], set(), False
+        self.counters = dict.fromkeys(("rx_not_tcp", "rx_segments", "rx_predicted", "tx_segments",
+                                       "rx_canned_kept", "rx_canned"), 0)
+        self.taken: list = []
+
+    def _take(self, item, now, answered):
+        self.taken.append(item)
+
+
+def test_the_host_takes_what_a_burst_did_before_it_raises_the_error_that_ended_it():
+    """TcpReceive.receive: the verdicts before the error are taken, the ident and the kept answers counted,
+    then the error raised as the Python send path raises it."""
+    frame = b"\x00" * 60
+    host = _BurstHost((2, 1, 0, 7, [frame], 0, OSError(errno.ECONNREFUSED, "kick")))
+    with pytest.raises(OSError) as e:
+        host.receive()
+    assert e.value.errno == errno.ECONNREFUSED
+    assert host.taken == [frame] and host._ident == 7 and host.counters["rx_canned_kept"] == 1
+    assert _BurstHost((1, 0, 0, 3, [frame], 0, None)).receive() is True
