@@ -228,9 +228,12 @@ def controller_states(draw):
         seg = cc.cwnd / cc.mss
         cc.w_max = draw(st.floats(0.0, 3 * seg))
         cc.k = draw(st.floats(0.0, 50.0))
-        cc.epoch = draw(st.one_of(st.none(), st.floats(now - 20000.0, now)))
+        cc.epoch = draw(st.one_of(st.none(), st.floats(now - 2.0, now), st.floats(now - 20000.0, now)))
         cc.w_est = draw(st.floats(1.0, 3 * seg))
         cc._acc = draw(st.integers(0, 2))
+    if base.rtt.srtt is not None:  # a path of any length: t = now - epoch + srtt weighs it
+        base.rtt.srtt = draw(st.floats(0.0005, 1.0))
+        base.rtt.rttvar = draw(st.floats(0.0, base.rtt.srtt))
     steps = draw(st.lists(st.tuples(st.sampled_from([GET, HEAD, GET + HEAD]),
                                     st.sampled_from([0.0001, 0.0003, 0.002, 0.01]),
                                     st.sampled_from([None, 0xFFFF, 7])),
