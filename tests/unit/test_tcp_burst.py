@@ -10,6 +10,7 @@ import errno
 import gc
 from unittest import mock
 
+import numpy as np
 import pytest
 
 from kbypass import backend
@@ -18,6 +19,7 @@ from kbypass.port import afxdp as afxdp_mod
 from kbypass.proto import udp as udpp
 from kbypass.proto.ipv4 import build_ipv4_header
 from kbypass.proto.tcp.segment import ACK, ECE, FIN, RST, parse_segment
+from kbypass.xsk import consts
 from tests.fakexsk import FakeXsk
 from tests.kb import needs_c
 from tests.unit.test_http_canned import (
@@ -400,3 +402,23 @@ def test_the_host_takes_what_a_burst_did_before_it_raises_the_error_that_ended_i
     assert e.value.errno == errno.ECONNREFUSED
     assert host.taken == [frame] and host._ident == 7 and host.counters["rx_canned_kept"] == 1
     assert _BurstHost((1, 0, 0, 3, [frame], 0, None)).receive() is True
+
+
+def test_a_bad_completion_while_sending_an_answer_is_raised_not_handed_over(fast, lane):
+    """kb_lane_send's KB_LANE_E_COMP_ADDR (a completed address outside the UMEM, found reclaiming TX frames for
+    the answer): the burst ends with the error (the Python send path raises it too), not with the answer
+    handed back to a send path that would raise the same (it was handed over, the error unseen)."""
+    run = [(c, t) for c, t in BASES if c.canned_run() is not None]
+    base, now = run[0]
+    now += 0.0002
+    frames = [frame_in(client_seg(copy.deepcopy(base), GET))]
+    pred, can = armed(fast, base)
+    xsk = lane.port.xsk
+    idx, m = xsk.k_comp.reserve(1)
+    xsk.k_comp.write_slots(idx, np.array([1 << 60], dtype=consts.UMEM_ADDR))
+    xsk.k_comp.submit(1)
+    assert xsk.deliver(frames) == 1
+    core = lane.c.core
+    n, kept, udp, _, items, more, error = fast.rx_burst(core, core, {KEY: pred}, {KEY: can}, now, 40, None, 64)
+    assert isinstance(error, IndexError) and "outside the UMEM" in str(error)
+    assert (n, kept, items) == (1, 1, [])
