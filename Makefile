@@ -50,6 +50,10 @@ build/core/%.o: csrc/core/%.c $(wildcard csrc/core/*.h)
 	@mkdir -p $(dir $@)
 	gcc $(CFLAGS_C) -c $< -o $@
 
+# kb_http.c twins Python's float arithmetic (CUBIC, the RTT estimator): no fused multiply-add, for any compiler
+# (its pragma is gcc's alone)
+build/core/kb_http.o: CFLAGS_C += -ffp-contract=off
+
 # made afresh, so a source removed from csrc/core/ leaves no stale member behind
 $(CORE_LIB): $(CORE_OBJ)
 	rm -f $@

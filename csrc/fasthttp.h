@@ -29,9 +29,8 @@
  * A NEXT_SEND exchange is never kept: its answer is the application's next send, which only Python has, so
  * send_canned reports it (TcpConnection.answer_hit) as a reported canned answer is.
  *
- * rx_burst: rx_canned for a burst of frames off a lane's RX ring (see it, at the end). */
+ * rx_burst: rx_canned for a burst of frames off a lane's RX ring (fastburst.h). */
 #include "core/kb_http.h"
-#include "core/kb_lane.h"
 #include "core/kb_sockperf.h"
 
 #include <math.h>
@@ -134,6 +133,10 @@ static PyObject *Canned_arm_run(Canned *self, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_TypeError, "arm_run(snd_mss, send_buffer, max_snd_wnd, cwnd, ssthresh, srtt, rttvar, "
                                          "min_rtt, min_rto, max_rto, granularity, rtt_time, cubic, cc_mss, acc, w_max, "
                                          "k, epoch, w_est), after an arm()");
+        return NULL;
+    }
+    if (self->r.n) { /* as arm(): the kept exchanges' run would be overwritten before Python took it */
+        PyErr_SetString(PyExc_RuntimeError, "arm_run(): take_run() first (kept exchanges not taken)");
         return NULL;
     }
     unsigned long long v[5];
@@ -332,11 +335,17 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
     const uint8_t *req = f + hit->payload_off;
     size_t total = hit->payload_len; /* SOCKPERF: each answer as long as its message */
     int k, nvals = 0;                /* vals held (the table's entries) */
+    /* held: a lookup may run a key's __eq__ or __hash__, and that may arm c again (dropping the table) */
+    PyObject *answers = c->answers;
+    Py_XINCREF(answers);
     if (c->kind == CANNED_SOCKPERF)
         k = kb_sockperf_messages(req, hit->payload_len, lens, KB_SOCKPERF_MAX);
     else
-        k = nvals = canned_match(c->answers, req, hit->payload_len, vals, &total);
-    if (!k) return NULL;
+        k = nvals = canned_match(answers, req, hit->payload_len, vals, &total);
+    if (!k) {
+        Py_XDECREF(answers);
+        return NULL;
+    }
     PyObject *out = NULL, *frame = NULL, *values = NULL, *payload = NULL, *answer = NULL;
     if (!kb_http_may_send(&c->h, adv->snd_max, hit->ack, hit->window, total, now)) goto done;
     int keep = kb_http_run_ok(&c->r, una, adv->snd_max, hit->ack);
@@ -347,7 +356,7 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
         if (!frame) goto done;
         w = (uint8_t *)PyBytes_AS_STRING(frame);
     }
-    if (tally && (nvals ? canned_tally(tally, vals, nvals) : tally_add(tally, c->answers, k)) < 0) goto done;
+    if (tally && (nvals ? canned_tally(tally, vals, nvals) : tally_add(tally, answers, k)) < 0) goto done;
     uint8_t *body = w + kb_tcp_frame_len(adv->ts_ok, 0);
     if (c->kind == CANNED_SOCKPERF) /* the answers straight into the frame */
         kb_sockperf_answer(body, req, lens, k);
@@ -412,6 +421,7 @@ static PyObject *canned_answer(Pred *pred, Canned *c, const struct kb_tcp_pred *
         }
     }
 done:
+    Py_XDECREF(answers);
     for (int i = 0; i < nvals; i++) Py_XDECREF(vals[i]);
     Py_XDECREF(frame);
     Py_XDECREF(values);
@@ -470,6 +480,17 @@ static PyObject *rx_one(const uint8_t *f, size_t len, PyObject *table, PyObject 
             out = hit_tuple(pr->owner, &hit, (const char *)f);
         }
     } else {
+        /* a burst (out_buf): Python takes this segment only after the burst, so a later segment of the same
+         * connection must not be predicted or answered against the state before it (a RST, a FIN, data out of
+         * order: the Python loop would have seen it first); the slow path's segment() arms again */
+        if (out_buf && pr->p.armed) {
+            pr->p.armed = 0;
+            if (armed) {
+                Canned *c = (Canned *)can;
+                c->h.armed = c->r.armed = 0;
+                c->pending = 0;
+            }
+        }
         out = Py_None;
         Py_INCREF(out);
     }
@@ -498,106 +519,6 @@ static PyObject *mod_rx_canned(PyObject *m, PyObject *const *args, Py_ssize_t na
     PyObject *out = rx_one(b.buf, (size_t)b.len, args[1], args[2], now, (unsigned)ident, tally, NULL, NULL);
     PyBuffer_Release(&b);
     return out;
-}
-
-/* rx_burst(lane, tx, table, canned, now, ident, tally, max) -> (frames, kept, udp, ident, items, more): up to max
- * frames off the RX ring of `lane` (kbypass._fastlane.Lane.core: its struct kb_lane), each through rx_one; a
- * kept answer goes straight onto the TX ring of `tx` (the lane the host sends on, another Lane.core). items, in arrival order, is what Python must see: a frame
- * (bytes) for the slow path, a HIT's 8-tuple, a reported answer's 10-tuple (its frame not sent), a kept answer
- * the TX ring had no room or frame for as a 1-tuple (frame,) to send; udp counts the frames to the lane's own
- * UDP port (nothing of TCP's: TcpHost counts them as it counts the Python lane's). ident: the IPv4 ident of the last frame built. more: the burst
- * stopped at a frame only Python's lane takes (no fill slot, a chain past one frame, a bad descriptor). */
-#define KB_BURST_BUF (14 + 60 + 60 + 65536)
-
-/* close() clears the lane's ring pointers, and a closed socket its rings' (fastlane.c check_open) */
-static int lane_open(const struct kb_lane *l) {
-    return l->rx && l->fill && l->tx && l->comp && kb_ring_valid(l->rx) && kb_ring_valid(l->fill) &&
-           kb_ring_valid(l->tx) && kb_ring_valid(l->comp);
-}
-
-static PyObject *mod_rx_burst(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
-    PyObject *tally;
-    if (nargs != 8 || !PyCapsule_IsValid(args[0], KB_LANE_CAPSULE) || !PyCapsule_IsValid(args[1], KB_LANE_CAPSULE) ||
-        !PyDict_Check(args[2]) || !PyDict_Check(args[3]) || tally_arg(args, nargs, 6, &tally)) {
-        PyErr_SetString(PyExc_TypeError, "rx_burst(lane, tx, table, canned, now, ident, tally, max): two Lane.core, "
-                                         "two dicts of predictions, the time, an IPv4 ident, a dict or None, a count");
-        return NULL;
-    }
-    struct kb_lane *l = PyCapsule_GetPointer(args[0], KB_LANE_CAPSULE), *t = PyCapsule_GetPointer(args[1], KB_LANE_CAPSULE);
-    double now = PyFloat_AsDouble(args[4]);
-    unsigned long ident = PyLong_AsUnsignedLongMask(args[5]);
-    long max = PyLong_AsLong(args[7]);
-    if (PyErr_Occurred()) return NULL;
-    if (!lane_open(l) || !lane_open(t)) {
-        PyErr_SetString(PyExc_ValueError, "rx_burst: the lane is closed");
-        return NULL;
-    }
-    /* the frame in and the answer out: static buffers (a fresh 64 KiB block each burst costs the page faults
-     * of memory the heap gives back and takes again), unless a call is already under way (a finalizer run by
-     * the collector inside this one) */
-    static uint8_t in_buf[KB_BURST_BUF], tx_buf[KB_BURST_BUF];
-    static int busy;
-    uint8_t *in = busy ? PyMem_Malloc(KB_BURST_BUF) : in_buf, *tx = busy ? PyMem_Malloc(KB_BURST_BUF) : tx_buf;
-    int mine = !busy;
-    busy = 1;
-    PyObject *items = PyList_New(0), *res = NULL;
-    if (!in || !tx || !items) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    long frames = 0, kept = 0, udp = 0;
-    int more = 0, tx_ok = 1; /* once a send fails, the rest of the burst's answers go through Python too: in order */
-    while (frames < max) {
-        uint32_t n;
-        int r = kb_lane_rx_copy(l, in, KB_BURST_BUF, &n);
-        if (r == KB_LANE_EMPTY) break;
-        if (r != KB_LANE_FRAME) { /* no fill slot, a longer chain, an error: the Python lane takes it */
-            more = 1;
-            break;
-        }
-        frames++;
-        if (kb_udp_accept(&l->me, in, n)) { /* UDP to the lane's own port: nothing of TCP's */
-            udp++;
-            continue;
-        }
-        size_t out_len = 0;
-        PyObject *o = rx_one(in, n, args[2], args[3], now, (unsigned)((ident + 1) & 0xFFFF), tally, tx, &out_len);
-        if (!o) goto out;
-        if (o == Py_Ellipsis || (PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 10)) ident = (ident + 1) & 0xFFFF;
-        int add = 0;
-        if (o == Py_Ellipsis) {
-            kept++;
-            if (tx_ok) tx_ok = kb_lane_send(t, tx, (uint32_t)out_len, NULL, 0, 0, 0) == KB_LANE_SENT;
-            if (!tx_ok) { /* no TX slot or frame now (or an error): Python's send path has the remedies */
-                Py_DECREF(o);
-                o = Py_BuildValue("(y#)", (const char *)tx, (Py_ssize_t)out_len);
-                if (!o) goto out;
-                add = 1;
-            }
-        } else if (o == Py_None) {
-            Py_DECREF(o);
-            o = PyBytes_FromStringAndSize((const char *)in, n);
-            if (!o) goto out;
-            add = 1;
-        } else {
-            add = 1;
-        }
-        if (add && PyList_Append(items, o) < 0) {
-            Py_DECREF(o);
-            goto out;
-        }
-        Py_DECREF(o);
-    }
-    res = Py_BuildValue("(lllkOi)", frames, kept, udp, ident, items, more);
-out:
-    if (mine) {
-        busy = 0;
-    } else {
-        PyMem_Free(in);
-        PyMem_Free(tx);
-    }
-    Py_XDECREF(items);
-    return res;
 }
 
 /* send_canned(prediction, canned, data, now, ident) -> the frame of data sent as the answer to the segment

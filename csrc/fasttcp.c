@@ -237,6 +237,7 @@ static PyObject *mod_frame(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 }
 
 #include "fasthttp.h" /* Canned and rx_canned: canned answers on the fast path */
+#include "fastburst.h" /* rx_burst: rx_canned for a burst off a lane's ring */
 
 static PyMethodDef mod_methods[] = {
     {"rx_canned", (PyCFunction)(void (*)(void))mod_rx_canned, METH_FASTCALL, "rx, answering canned requests in C"},

@@ -15,8 +15,10 @@
  * itself, armed by Python (TcpConnection.canned_state) only when that send path's shortcut holds: nothing
  * unsent, lost or SACKed, no FIN, Nagle off, the application has read everything. A segment is answered only
  * when the answer fits one segment (mss), the peer's window (from this segment's ACK and window field) and
- * the congestion window; anything else goes the Python way. One answer per arming: Python re-arms after it
- * has taken the report (the next flush).
+ * the congestion window; anything else goes the Python way. A reported answer spends the arming: Python
+ * re-arms after it has taken the report (the next flush). With a run armed too (struct kb_http_run, arm_run), an
+ * answer whose exchange C keeps leaves the arming in place, moved past the exchange (kb_http_run_step), for as
+ * many answers as the run holds; a segment left to Python (no HIT, or a HIT not answered) disarms both.
  */
 #ifndef KB_HTTP_H
 #define KB_HTTP_H

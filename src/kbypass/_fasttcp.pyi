@@ -69,12 +69,14 @@ def rx_canned(frame: ReadableBuffer, table: dict[int, Prediction], canned: dict[
     (SOCKPERF's: the messages answered, under SOCKPERF)."""
 
 def rx_burst(lane: object, tx: object, table: dict[int, Prediction], canned: dict[int, Canned], now: float,
-             ident: int, tally: dict | None, max: int, /) -> tuple[int, int, int, int, list, int]:
-    """(frames, kept, udp, ident, items, more): up to max frames off the RX ring of `lane` (Lane.core), each
+             ident: int, tally: dict | None, max: int, /) -> tuple[int, int, int, int, list, int, BaseException | None]:
+    """(frames, kept, udp, ident, items, more, error): up to max frames off the RX ring of `lane` (Lane.core), each
     as rx_canned takes it; kept answers go onto the TX ring of `tx` (another Lane.core). items, in arrival
     order: a frame for the general path, a HIT's 8-tuple, a reported answer's 10-tuple (not sent), a kept
     answer the TX ring could not take, (frame,). udp: frames to the lane's own UDP port. ident: the last
-    IPv4 ident used. more: the burst stopped at a frame only the Python lane takes."""
+    IPv4 ident used. more: the burst stopped at a frame only the Python lane takes. error: None, or the exception
+    that ended the burst early (a failed kick after the frame was queued, a bad ring, no memory), to raise once
+    the rest is taken."""
 
 def send_canned(prediction: Prediction, canned: Canned, data: ReadableBuffer, now: float, ident: int, /) -> bytes | None:
     """With the NEXT_SEND arming kept over one segment (rx_canned): data's frame as the answer to it, the

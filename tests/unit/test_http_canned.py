@@ -275,3 +275,31 @@ def test_the_python_side_answers_nothing():
     can.arm_run(*range(12))
     assert not can.armed and not can.owed and can.take_run() is None
     assert fastpath.rx_canned(b"x" * 80, {}, {}, 0.0, 1) is None
+
+
+@needs_c
+def test_a_key_that_arms_again_while_looked_up_leaves_the_table_held(fast):
+    """canned_match looks each head up in the table, which may run a key's __eq__; one that arms the Canned
+    again drops the table C is looking in: C holds it for the lookups (it read freed memory before)."""
+    base, now = BASES[3]
+    pred, can = armed(fast, base, ANSWERS)
+
+    class Rearms:
+        active = False
+
+        def __hash__(self):
+            return hash(HEAD)
+
+        def __eq__(self, other):
+            if Rearms.active:
+                Rearms.active = False
+                can.arm(ETH_OUT, {}, *base.canned_state())  # the old table's last reference goes
+            return False
+
+    table = {Rearms(): (b"never",), **{k: (bytes(v[0]),) + v[1:] for k, v in ANSWERS.items()}}
+    can.arm(ETH_OUT, table, *base.canned_state())
+    del table
+    Rearms.active = True
+    hit = fast.rx_canned(frame_in(client_seg(base, GET + HEAD)), {KEY: pred}, {KEY: can}, now, 1)
+    assert not Rearms.active, "the key was not looked at"
+    assert hit is not None and len(hit) == 10  # answered from the table as it was when the lookups began

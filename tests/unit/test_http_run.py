@@ -71,6 +71,9 @@ def chain(fast, base, now: float, steps, answers=ANSWERS, requests=None, reply=N
         hit = fast.rx_canned(frame_in(seg), {KEY: pred}, {KEY: can}, now, i, tally)
         if hit is None or (type(hit) is tuple and len(hit) == 8):
             ways["python"] += 1  # left to Python: the chain ends here (test_http_canned covers that way)
+            if can.owed:  # the endpoint takes what C kept before the segment (TcpSocket.conn): the same state
+                told.canned_run_taken(can.take_run())
+            assert snap(told) == snap(ref), "the exchanges C kept end elsewhere than the reference's"
             break
         # the same segment, rebuilt from ref as it is still (client_seg's defaults)
         sent = exchange(ref, payload, b"".join(reply(r) for r in requests(payload)), now, window=window)
@@ -201,3 +204,48 @@ def test_arming_over_kept_exchanges_not_taken_is_refused(fast):
     assert type(fast.rx_canned(frame_in(client_seg(base, GET)), {KEY: pred}, {KEY: can}, now + 0.0002, 1)) is bytes
     with pytest.raises(RuntimeError, match="take_run"):
         can.arm(ETH_OUT, ANSWERS, *base.canned_state())
+    with pytest.raises(RuntimeError, match="take_run"):  # the run alone, over the kept one, neither
+        can.arm_run(*base.canned_run())
+    assert can.take_run() is not None
+
+
+@st.composite
+def controller_states(draw):
+    """A connection in congestion avoidance with any controller state the C twin may be armed with: CUBIC's
+    epoch long past (the cube of hours), W_max above or below cwnd, K, the Reno-friendly estimate and the
+    accumulator anywhere, an MSS of the controller's own; NewReno's accumulator near a whole window."""
+    base, now = RUN_BASES[draw(st.integers(0, len(RUN_BASES) - 1))]
+    base = copy.deepcopy(base)
+    cubic = draw(st.booleans())
+    if not cubic:
+        controller(base, "newreno")
+    cc = base.cc
+    cc.mss = draw(st.sampled_from([536, 1000, 1448, 1460, 8948, cc.mss]))
+    cc.cwnd = draw(st.integers(2 * cc.mss, 400 * cc.mss))
+    cc.ssthresh = draw(st.integers(cc.mss, cc.cwnd))
+    cc._acc = draw(st.integers(0, cc.cwnd))
+    if cubic:
+        seg = cc.cwnd / cc.mss
+        cc.w_max = draw(st.floats(0.0, 3 * seg))
+        cc.k = draw(st.floats(0.0, 50.0))
+        cc.epoch = draw(st.one_of(st.none(), st.floats(now - 2.0, now), st.floats(now - 20000.0, now)))
+        cc.w_est = draw(st.floats(1.0, 3 * seg))
+        cc._acc = draw(st.integers(0, 2))
+    if base.rtt.srtt is not None:  # a path of any length: t = now - epoch + srtt weighs it
+        base.rtt.srtt = draw(st.floats(0.0005, 1.0))
+        base.rtt.rttvar = draw(st.floats(0.0, base.rtt.srtt))
+    steps = draw(st.lists(st.tuples(st.sampled_from([GET, HEAD, GET + HEAD]),
+                                    st.sampled_from([0.0001, 0.0003, 0.002, 0.01]),
+                                    st.sampled_from([None, 0xFFFF, 7])),
+                          min_size=2, max_size=6))
+    return base, now, steps
+
+
+@needs_c
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(controller_states())
+def test_c_twins_of_the_controllers_and_rtt_estimator_agree_over_any_state(fast, case):
+    """Differential: cc_on_ack and rtt_sample (kb_http.c) against Cubic.on_ack / NewReno.on_ack and
+    RttEstimator.sample, through the exchanges C keeps, over states the same-state chains above do not reach."""
+    base, now, steps = case
+    chain(fast, base, now, steps)

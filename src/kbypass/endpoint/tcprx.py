@@ -26,17 +26,20 @@ class TcpReceive:
         predict, table, canned, tally = self._predict, self._predictions, self._canned, self._tally
         answered: list = []  # canned answers sent, their exchanges not yet told to the connections
         kept = 0  # canned answers sent whose exchanges C kept (a run: TcpSocket.conn takes them when it looks)
+        error = None  # what ended a C burst early (a failed kick, a bad ring): raised once its work is taken
         for lane, core in zip(self._lanes, self._cores):
             budget = RX_BURST
             if core is not None and not self._tx_backlog:  # the burst in one C call (frames behind it go first)
-                frames, k, udp, self._ident, items, more = self._burst(core, self._cores[0], table, canned, now,
-                                                                       self._ident, tally, RX_BURST)
+                frames, k, udp, self._ident, items, more, error = self._burst(core, self._cores[0], table, canned,
+                                                                              now, self._ident, tally, RX_BURST)
                 got = got or frames > 0
                 kept += k
                 if udp:
                     self.counters["rx_not_tcp"] += udp
                 for item in items:
                     self._take(item, now, answered)
+                if error is not None:
+                    break
                 if not more:
                     continue
                 budget -= frames  # the rest frame by frame: the Python lane takes what C could not
@@ -74,6 +77,8 @@ class TcpReceive:
         if got:
             for sock in tuple(self._dirty):  # taking Data may touch (a reset for a closed socket's data)
                 sock.take_events()
+        if error is not None:
+            raise error
         return got
 
     def _take(self, item, now: float, answered: list) -> None:
