@@ -222,3 +222,60 @@ def test_keepalive_gives_up_on_a_peer_that_vanished():
         p.tick(0.1)
     assert p.masks[("srv", 2)] & POLLERR
     assert p.srv_call("recv", 2, 10, 0) == -errno.ETIMEDOUT
+
+
+class _Recording(Pair):
+    """A Pair whose hosts take (quick=False: every call through _out's general pass) or skip it, recording every
+    call's whole answer (result, packets, changes, deadline) of both hosts."""
+
+    def __init__(self, quick: bool) -> None:
+        super().__init__()
+        self.srv.quick = self.cli.quick = quick
+        self.log: list = []
+
+    def _take(self, side: str, out) -> object:
+        result, packets, changes, deadline = out  # changes in any order (a set's): compared as a set
+        self.log.append((side, result, packets, sorted(struct.iter_unpack("=II", changes)), deadline))
+        return super()._take(side, out)
+
+
+def _exchanges(p: _Recording) -> None:
+    """Ping-pong, bursts past one MSS and the window, partial and peeked reads, a lost answer, half close."""
+    p.established()
+    for i in range(30):  # request/response: the quick paths' case (send_now's segment, a read of queued bytes)
+        p.cli_call("send", 7, b"q%d" % i)
+        p.srv_call("recv", 2, 100, 0)
+        p.srv_call("send", 2, b"a%d" % i * (i % 7 + 1))
+        p.now += 0.0002
+        p.cli_call("recv", 7, 3, 1)  # peek
+        p.cli_call("recv", 7, 2, 0)  # partial
+        p.cli_call("recv", 7, 100, 0)
+    p.srv_call("send", 2, b"s" * 5000)  # more than one MSS: the general path
+    p.srv_call("send", 2, b"t")  # data in flight: send_now declines
+    p.cli_call("recv", 7, 10000, 0)
+    p.drop_to_cli = True
+    p.srv_call("send", 2, b"lost")
+    p.drop_to_cli = False
+    p.srv_call("send", 2, b"behind")  # the first one unacknowledged
+    for _ in range(5):
+        p.tick(0.3)
+    p.cli_call("recv", 7, 100, 0)
+    p.cli_call("send", 7, b"idle again")
+    p.tick(1.0)
+    p.srv_call("recv", 2, 100, 0)
+    p.cli_call("shutdown", 7, socket.SHUT_WR)
+    p.srv_call("recv", 2, 100, 0)
+    p.srv_call("send", 2, b"bye")
+    p.cli_call("recv", 7, 100, 0)
+    p.srv_call("close", 2)
+    p.cli_call("close", 7)
+
+
+def test_the_quick_paths_answer_as_the_general_pass_does():
+    quick, general = _Recording(True), _Recording(False)
+    _exchanges(quick)
+    _exchanges(general)
+    assert len(quick.log) == len(general.log) > 100
+    for i, (q, g) in enumerate(zip(quick.log, general.log)):
+        assert q == g, f"call {i}: {q} != {g}"
+    assert quick.srv.stats() == general.srv.stats()

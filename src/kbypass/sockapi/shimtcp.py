@@ -112,7 +112,8 @@ class _Listener:
 class ShimTcp:
     """The process's TCP (see the module doc). Not thread-safe: the shim calls it under its lock."""
 
-    def __init__(self, mss: int = 1460, **config) -> None:
+    def __init__(self, mss: int = 1460, quick: bool = True, **config) -> None:
+        self.quick = quick  # recv of queued bytes and send_now's one segment skip _out's general pass (False: test)
         self.config = tcp.TcpConfig(mss=mss, **config)
         self.conns: dict[tuple[bytes, int, int], _Conn] = {}  # (peer ip, peer port, local port)
         self.by_sid: dict[int, _Conn | _Listener] = {}
@@ -173,6 +174,33 @@ class ShimTcp:
         self._next = min(timers.values()) if timers else 0.0
         packets, self._packets = self._packets, []
         return result, packets, array("I", changes).tobytes() if changes else b"", self._next
+
+    def _quick_out(self, c: _Conn, result, rearm: bool = False):
+        """_out for one connection nothing else touched, after a change that makes no event and sends nothing
+        more (the application read queued bytes; send_now sent its one segment): its readiness, and after
+        send_now its prediction and timer, as _out would leave them (tests/unit/test_shimtcp.py holds the two
+        to the same packets, results and changes)."""
+        if rearm:
+            conn = c.conn
+            state = conn.prediction()
+            if state is None:
+                c.prediction.disarm()
+            else:
+                c.prediction.arm(*state)
+            t = conn.next_timer()
+            timers = self._timers
+            if t is None:
+                timers.pop(c, None)
+            else:
+                timers[c] = t
+            self._next = min(timers.values()) if timers else 0.0
+        m = c.readiness()
+        changes = b""
+        if m != c.mask or c.news:
+            changes = array("I", (c.sid, m | NEWS if c.news else m)).tobytes()
+            c.mask, c.news = m, False
+        packets, self._packets = self._packets, []
+        return result, packets, changes, self._next
 
     def _emit(self, src: bytes, dst: bytes, segments) -> None:
         for seg in segments:
@@ -358,6 +386,8 @@ class ShimTcp:
         c = self._conn(sid)
         if c is None:
             return self._out(-errno.ENOTCONN, now)
+        if c.rx and not c.shut_rd and self.quick and not self._touched:
+            return self._quick_out(c, self._take(c, n, peek))
         self._touched.add(c)
         if c.rx and not c.shut_rd:
             return self._out(self._take(c, n, peek), now)
@@ -397,6 +427,15 @@ class ShimTcp:
         c = self._conn(sid)
         if c is None:
             return self._out(-errno.ENOTCONN, now)
+        if self.quick and not self._touched and c.connected and not (c.error or c.dead or c.shut_wr):
+            fields = c.conn.send_now(data, now)  # one segment on an idle connection: send() + segments_to_send
+            if fields is not None:
+                seq, ack, flags, window, ts = fields
+                self._ident = ident = (self._ident + 1) & 0xFFFF
+                self._packets.append(self._frame(NO_ETH, c.local_ip, c.peer_ip, ident, c.key[2], c.key[1], seq, ack,
+                                                 flags, window, ts, data)[14:])
+                self.counters["tx_segments"] += 1
+                return self._quick_out(c, len(data), rearm=True)
         self._touched.add(c)
         if c.error:
             err, c.error = c.error, 0
