@@ -18,6 +18,7 @@
 #include <sys/uio.h>
 
 #include "../core/kb_lane.h"
+#include "../core/kb_tcp.h"
 #include "../core/kb_port.h"
 
 #define KBP_MAX_FD 65536
@@ -126,6 +127,14 @@ struct kbp_sock {
     int zombie;           /* closed by the app, its connection still finishing (an active open's port held) */
     struct sockaddr_in tcp_local, tcp_peer;
     struct in_addr tcp_steered; /* the address the rule steers (a wildcard listener's: its interface's) */
+    /* the established path in C (kbp_tcp.c): a segment its Prediction says HIT is queued here for the app and
+     * logged for the host to catch up with (shimtcp.ShimTcp.hits) at its next call */
+    struct kb_tcp_pred *pred; /* its Prediction's struct in the host, while the app has the connection */
+    struct kbp_sock *pnext;   /* the next of its 4-tuple bucket */
+    uint8_t *cq;              /* predicted payload for the app: older than any the host holds */
+    size_t cq_off, cq_len, cq_cap;
+    int py_rx;                /* the host holds bytes for the app (PYRX): no queueing here until they are read */
+    unsigned slow_gen;        /* the pump that gave the host a frame of it: no prediction here after it */
 };
 #define KBP_TCP_LISTENER 1
 #define KBP_TCP_ACCEPTED 2
@@ -260,6 +269,7 @@ ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags);
 short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, after a pump */
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
 void kbp_tcp_after_fork_child(void);
+void kbp_tcp_catch_up(void); /* the host takes the segments predicted here first (kbp_py_call calls it) */
 void kbp_tcp_keepalive(struct kbp_sock *s); /* SO_KEEPALIVE, TCP_KEEP* from the kernel socket to the host */
 void kbp_tcp_after_fork_parent(void); /* listening sockets go back to the kernel, for the child to accept */
 

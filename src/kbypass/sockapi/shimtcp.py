@@ -43,6 +43,10 @@ from kbypass.proto.tcp.segment import IPPROTO_TCP
 POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP = 0x1, 0x4, 0x8, 0x10, 0x2000
 NEWS = 0x10000000  # new data or a new connection since the last report (the shim's EPOLLET edge)
 GONE = 0x20000000  # finished: the shim may forget the sid
+PYRX = 0x40000000  # bytes wait here for the app: the shim queues no predicted segment in C before they are read
+# one segment the shim's C predicted (kb_tcp_predict on the connection's Prediction) and queued for the app
+# itself: sid, seq, ack, tsval, tsecr, window, flags, has timestamps, payload length, arrival; the payload follows
+HIT = struct.Struct("=IIIIIHBBId")
 ACCEPTED = struct.Struct("!4sH4sH")
 _CLOSED, _TIME_WAIT = tcp.State.CLOSED, tcp.State.TIME_WAIT
 NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
@@ -61,7 +65,7 @@ class _Conn:
     """One connection: the protocol's, the bytes the application has not read, its error and readiness."""
 
     __slots__ = ("sid", "conn", "local", "local_ip", "peer", "peer_ip", "key", "rx", "rx_len", "eof", "error", "dead",
-                 "app_closed", "shut_wr", "shut_rd", "connected", "mask", "news", "listener", "prediction")
+                 "app_closed", "shut_wr", "shut_rd", "connected", "mask", "news", "listener", "prediction", "c_owned")
 
     def __init__(self, conn, local: tuple[str, int], peer: tuple[str, int], listener=None) -> None:
         self.sid: int | None = None
@@ -78,10 +82,13 @@ class _Conn:
         self.news = False
         self.listener = listener  # until accepted
         self.prediction = None  # the C fast path's (ShimTcp._register)
+        self.c_owned = 0  # bytes of hits() the shim's C queue holds for the app: not queued here again
 
     def readiness(self) -> int:
         m = 0
-        if self.rx or self.eof or self.dead or self.shut_rd or self.error:
+        if self.rx:
+            m |= POLLIN | PYRX
+        if self.eof or self.dead or self.shut_rd or self.error:
             m |= POLLIN
         if self.eof:
             m |= POLLRDHUP
@@ -226,6 +233,12 @@ class ShimTcp:
                 break
             kind = type(e)
             if kind is tcp.Data:
+                if c.c_owned:  # bytes of hits(): the shim's C queue has them
+                    k = min(c.c_owned, len(e.data))
+                    c.c_owned -= k
+                    if k == len(e.data):
+                        continue
+                    e = tcp.Data(e.data[k:])
                 if c.app_closed or c.shut_rd:  # nobody will read it: the kernel answers with a RST
                     c.prediction.disarm()
                     conn.abort()
@@ -328,6 +341,34 @@ class ShimTcp:
             c = _Conn(conn, (socket.inet_ntoa(h.dst), lst.port), (peer_ip, seg.src_port), listener=lst)
             self._register(c)
             self._touched.add(c)
+
+    def hits(self, log: bytes, now: float):
+        """Segments the shim's C predicted and queued for the app itself (HIT records, each with its payload),
+        taken as frames() takes a HIT, at their arrival times: the connection catches up (its ACK, window,
+        timers), its Data is not queued here again (the app reads it from C)."""
+        off, n, size = 0, len(log), HIT.size
+        while off + size <= n:
+            sid, seq, ack, tsval, tsecr, window, flags, has_ts, length, at = HIT.unpack_from(log, off)
+            off += size
+            payload = log[off:off + length]
+            off += length
+            c = self.by_sid.get(sid)
+            if type(c) is not _Conn:
+                continue
+            self.counters["rx_segments"] += 1
+            self.counters["rx_predicted"] += 1
+            c.c_owned += length
+            if not c.conn.receive_hit(seq, ack, flags, window, tsval if has_ts else None, tsecr if has_ts else None,
+                                      payload, at):
+                c.prediction.disarm()
+            self._touched.add(c)
+        return self._out(0, now)
+
+    def prediction_address(self, sid: int, now: float):
+        """Where sid's Prediction keeps its struct kb_tcp_pred (0: none, the Python stand-in's), for the shim's
+        C to predict with while sid is the app's."""
+        c = self._conn(sid)
+        return self._out(0 if c is None else c.prediction.address, now)
 
     def timer(self, now: float):
         for c, t in list(self._timers.items()):
