@@ -290,7 +290,8 @@ def test_the_quick_paths_answer_as_the_general_pass_does():
 class _CQueued(Pair):
     """The server's shim as kbp_tcp.c runs it: a segment its connection's Prediction says HIT for (kbypass._fasttcp.rx,
     the kb_tcp_predict the shim calls) is queued for the app, logged, and given to ShimTcp.hits at the end of the pump
-    when its ACK is due or else before the host's next call; the app's recv reads that queue first."""
+    when its ACK is due or else before the host's next call (with a send: hits_send); the app's recv reads that queue
+    first."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -330,6 +331,8 @@ class _CQueued(Pair):
     def srv_call(self, name, *args):
         if self.log:
             log, self.log, self.due = self.log, b"", False
+            if name == "send":  # the shim's send: one call
+                return super().srv_call("hits_send", log, *args)
             super().srv_call("hits", log)
         if name == "recv" and self.cq:
             got, self.cq = self.cq[:args[1]], self.cq[args[1]:]

@@ -48,7 +48,7 @@ PYRX = 0x40000000  # bytes wait here for the app: the shim queues no predicted s
 # itself: sid, seq, ack, tsval, tsecr, window, flags, has timestamps, payload length, arrival; the payload follows
 HIT = struct.Struct("=IIIIIHBBId")
 ACCEPTED = struct.Struct("!4sH4sH")
-_CLOSED, _TIME_WAIT = tcp.State.CLOSED, tcp.State.TIME_WAIT
+_CLOSED, _TIME_WAIT, _ESTABLISHED = tcp.State.CLOSED, tcp.State.TIME_WAIT, tcp.State.ESTABLISHED
 NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
 ETH_IP = bytes(12) + b"\x08\x00"  # an Ethernet header in front of a packet for the fast path's rx
 
@@ -362,7 +362,22 @@ class ShimTcp:
                                       payload, at):
                 c.prediction.disarm()
             self._touched.add(c)
+        touched = self._touched
+        if self.quick and len(touched) == 1:  # one established connection (the common case): _out's pass for it
+            c = next(iter(touched))
+            if type(c) is _Conn and c.sid is not None and c.conn.state is _ESTABLISHED:
+                touched.clear()
+                self._events(c, now)
+                if not touched and c.conn.state is _ESTABLISHED:
+                    return self._quick_out(c, 0, rearm=True)
+                touched.add(c)
         return self._out(0, now)
+
+    def hits_send(self, log: bytes, sid: int, data: bytes, now: float):
+        """hits(log) then send(sid, data) in one call (the app's reply after reading what C queued)."""
+        _, packets, changes, _ = self.hits(log, now)
+        result, more, changed, deadline = self.send(sid, data, now)
+        return result, packets + more, changes + changed, deadline
 
     def prediction_address(self, sid: int, now: float):
         """Where sid's Prediction keeps its struct kb_tcp_pred (0: none, the Python stand-in's), for the shim's
