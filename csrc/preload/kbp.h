@@ -134,6 +134,7 @@ struct kbp_sock {
     uint8_t *cq;              /* predicted payload for the app: older than any the host holds */
     size_t cq_off, cq_len, cq_cap;
     int py_rx;                /* the host holds bytes for the app (PYRX): no queueing here until they are read */
+    int rd_shut;              /* shutdown(SHUT_RD): nothing is queued here (the host answers data with a RST) */
     unsigned slow_gen;        /* the pump that gave the host a frame of it: no prediction here after it */
 };
 #define KBP_TCP_LISTENER 1

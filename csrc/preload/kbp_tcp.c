@@ -163,7 +163,7 @@ static int room(uint8_t **buf, size_t *cap, size_t need) {
 
 /* f for s: 1 taken here (a HIT: queued for the app, logged for the host), 0 the host's */
 static int take_predicted(struct kbp_sock *s, const uint8_t *f, uint32_t n) {
-    if (s->slow_gen == pump_gen || s->py_rx || !s->pred->armed || hitlen + sizeof(struct hit_rec) + n > HITLOG_MAX)
+    if (s->slow_gen == pump_gen || s->py_rx || s->rd_shut || !s->pred->armed || hitlen + sizeof(struct hit_rec) + n > HITLOG_MAX)
         return 0;
     if (s->cq_off && s->cq_off + s->cq_len + n > s->cq_cap) { /* the app read the front: move the rest there */
         memmove(s->cq, s->cq + s->cq_off, s->cq_len);
@@ -738,7 +738,7 @@ int shutdown(int fd, int how) {
     if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.shutdown(fd, how);
     pthread_mutex_lock(&kbp_lock);
     long r = kbp_py_call("shutdown", NULL, 0, "(Iid)", s->sid, how, now_s());
-    if (r == 0 && how != SHUT_WR) s->cq_off = s->cq_len = 0; /* what the app will not read */
+    if (r == 0 && how != SHUT_WR) s->cq_off = s->cq_len = 0, s->rd_shut = 1; /* what the app will not read */
     kbp_iface_flush();
     pthread_mutex_unlock(&kbp_lock);
     if (r < 0) {

@@ -233,16 +233,16 @@ class ShimTcp:
                 break
             kind = type(e)
             if kind is tcp.Data:
+                if c.app_closed or c.shut_rd:  # nobody will read it: the kernel answers with a RST
+                    c.prediction.disarm()
+                    conn.abort()
+                    continue
                 if c.c_owned:  # bytes of hits(): the shim's C queue has them
                     k = min(c.c_owned, len(e.data))
                     c.c_owned -= k
                     if k == len(e.data):
                         continue
                     e = tcp.Data(e.data[k:])
-                if c.app_closed or c.shut_rd:  # nobody will read it: the kernel answers with a RST
-                    c.prediction.disarm()
-                    conn.abort()
-                    continue
                 c.rx.append(e.data)
                 c.rx_len += len(e.data)
                 c.news = True
