@@ -270,7 +270,20 @@ ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags);
 short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, after a pump */
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
 void kbp_tcp_after_fork_child(void);
+#define KBP_TCP_CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
+void kbp_tcp_wake_by(uint64_t at); /* kbp_tcp_timers runs by then (under kbp_lock) */
+
+/* kbp_tcpfast.c: the established path in C (under kbp_lock) */
+#define KBP_PYRX 0x40000000u /* shimtcp.PYRX in a change's mask: the host holds bytes for the app */
 void kbp_tcp_catch_up(void); /* the host takes the segments predicted here first (kbp_py_call calls it) */
+int kbp_tcpc_frame(const uint8_t *f, uint32_t n); /* 1: taken (queued for the app), 0: the host's */
+void kbp_tcpc_pump_done(int batched);
+void kbp_tcpc_timers(uint64_t now);
+const uint8_t *kbp_tcpc_take_log(size_t *n);
+size_t kbp_tcpc_read(struct kbp_sock *s, void *buf, size_t len, int peek);
+void kbp_tcpc_attach(struct kbp_sock *s); /* accepted or connecting: predict with its Prediction */
+void kbp_tcpc_detach(struct kbp_sock *s); /* closed by the app */
+void kbp_tcpc_after_fork_child(void);
 void kbp_tcp_keepalive(struct kbp_sock *s); /* SO_KEEPALIVE, TCP_KEEP* from the kernel socket to the host */
 void kbp_tcp_after_fork_parent(void); /* listening sockets go back to the kernel, for the child to accept */
 

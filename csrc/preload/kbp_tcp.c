@@ -15,14 +15,7 @@
  * port; when the app closes it before its connection finished (FIN_WAIT, TIME_WAIT) the shim keeps the
  * kernel socket and the rule until the host says GONE.
  *
- * The established path in C: a connection's Prediction (kbypass._fasttcp, armed by the host from its
- * TcpConnection) is shared with this file, so a segment kb_tcp_predict says HIT for is taken here as the
- * host's rx would take it: its payload queued for the app's recv (no Python), its fields and payload logged
- * for the host, which catches up at its next call (ShimTcp.hits: receive_hit at the arrival time, so its ACK,
- * window and timers are the reference's) before anything else. The host is called at the end of the pump when
- * its ACK is due (a pure ACK, or two segments: ACK every second one), else at the app's next call (a reply's
- * send carries the ACK) or CATCH_UP_NS later from the flusher. Order: nothing is queued here while the host
- * holds bytes for the app (PYRX) or after a frame of that connection went to the host in the same pump.
+ * The established path in C (predicted segments queued for the app): kbp_tcpfast.c.
  *
  * Left on the kernel, said with --log: loopback, a second interface (TCP runs on the first one only), a
  * control plane that refuses, no Python (kbp_py.c), a Python app, KBYPASS_TCP=0. fork: the parent's listeners
@@ -49,7 +42,7 @@
 #define SID_SLOTS 65536
 #define NEWS 0x10000000u
 #define GONE 0x20000000u
-#define CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
+#define CHUNK KBP_TCP_CHUNK
 #define FRAME_MSS (KBP_FRAME_SIZE - 256 - 14 - 20 - 40) /* a segment the peer sends us fits one RX frame */
 
 int kbp_tcp_on;
@@ -58,25 +51,6 @@ static struct kbp_sock *by_sid[SID_SLOTS];
 static uint32_t next_sid = 1;
 static uint64_t deadline_ns;
 
-#define PYRX 0x40000000u         /* shimtcp.PYRX: the host holds bytes for the app */
-#define BUCKETS 4096             /* connections by 4-tuple, for the prediction of a frame */
-#define CATCH_UP_NS 200000ull    /* the longest a predicted segment waits for the host (its ACK) */
-#define HITLOG_MAX (4u << 20)    /* then the frame goes to the host */
-static struct kbp_sock *bucket[BUCKETS];
-static unsigned pump_gen = 1;
-static uint8_t *hitlog;
-static size_t hitlen, hitcap;
-static int hits_due;             /* the host must answer at the end of this pump */
-static unsigned pump_hits;       /* data segments predicted in this pump */
-static uint64_t hits_since;
-
-struct __attribute__((packed)) hit_rec { /* shimtcp.HIT */
-    uint32_t sid, seq, ack, tsval, tsecr;
-    uint16_t window;
-    uint8_t flags, has_ts;
-    uint32_t len;
-    double at;
-};
 
 static double now_s(void) { return (double)kbp_now_ns() / 1e9; }
 
@@ -109,107 +83,9 @@ static void describe(const struct kbp_sock *s, const char *what, char *out, size
 static uint8_t *batch;
 static size_t batched;
 
-/* ---- the established path in C (see the top) ----------------------------------------------------------- */
-
-static unsigned bucket_of(const uint8_t ip[4], uint16_t rport, uint16_t lport) {
-    uint32_t x;
-    memcpy(&x, ip, 4);
-    x ^= (uint32_t)rport * 2654435761u ^ (uint32_t)lport * 40503u;
-    return (x ^ x >> 16) % BUCKETS;
-}
-
-static struct kbp_sock *by_tuple(const uint8_t ip[4], uint16_t rport, uint16_t lport) {
-    for (struct kbp_sock *s = bucket[bucket_of(ip, rport, lport)]; s; s = s->pnext)
-        if (!memcmp(&s->tcp_peer.sin_addr, ip, 4) && ntohs(s->tcp_peer.sin_port) == rport &&
-            ntohs(s->tcp_local.sin_port) == lport)
-            return s;
-    return NULL;
-}
-
-/* s's connection is the app's (accepted, or connect called): predict with its Prediction from now on */
-static void pred_attach(struct kbp_sock *s) {
-    long a = kbp_py_call("prediction_address", NULL, 0, "(Id)", s->sid, now_s());
-    if (a <= 0 || s->pred) return; /* the host's Python stand-in: no struct to predict with */
-    s->pred = (struct kb_tcp_pred *)(uintptr_t)a;
-    unsigned b = bucket_of((const uint8_t *)&s->tcp_peer.sin_addr, ntohs(s->tcp_peer.sin_port),
-                           ntohs(s->tcp_local.sin_port));
-    s->pnext = bucket[b];
-    bucket[b] = s;
-}
-
-/* ... no longer (the app closed it: the host has the rest) */
-static void pred_detach(struct kbp_sock *s) {
-    if (s->pred) {
-        struct kbp_sock **pp = &bucket[bucket_of((const uint8_t *)&s->tcp_peer.sin_addr, ntohs(s->tcp_peer.sin_port),
-                                                 ntohs(s->tcp_local.sin_port))];
-        while (*pp && *pp != s) pp = &(*pp)->pnext;
-        if (*pp) *pp = s->pnext;
-        s->pred = NULL;
-    }
-    free(s->cq);
-    s->cq = NULL;
-    s->cq_off = s->cq_len = s->cq_cap = 0;
-}
-
-static int room(uint8_t **buf, size_t *cap, size_t need) {
-    if (need <= *cap) return 0;
-    size_t c = *cap ? *cap : 4096;
-    while (c < need) c *= 2;
-    uint8_t *b = realloc(*buf, c);
-    if (!b) return -1;
-    *buf = b, *cap = c;
-    return 0;
-}
-
-/* f for s: 1 taken here (a HIT: queued for the app, logged for the host), 0 the host's */
-static int take_predicted(struct kbp_sock *s, const uint8_t *f, uint32_t n) {
-    if (s->slow_gen == pump_gen || s->py_rx || s->rd_shut || !s->pred->armed || hitlen + sizeof(struct hit_rec) + n > HITLOG_MAX)
-        return 0;
-    if (s->cq_off && s->cq_off + s->cq_len + n > s->cq_cap) { /* the app read the front: move the rest there */
-        memmove(s->cq, s->cq + s->cq_off, s->cq_len);
-        s->cq_off = 0;
-    }
-    if (room(&hitlog, &hitcap, hitlen + sizeof(struct hit_rec) + n) || room(&s->cq, &s->cq_cap, s->cq_off + s->cq_len + n))
-        return 0;
-    struct kb_tcp_hit h;
-    if (kb_tcp_predict(s->pred, f, n, &h) != KB_TCP_HIT) return 0;
-    static int said;
-    if (!said++) kbp_verbose("fd %d: its connection's predicted segments are queued in C for the app", s->fd);
-    uint64_t now = kbp_now_ns();
-    struct hit_rec r = {s->sid, h.seq, h.ack, h.tsval, h.tsecr, h.window, h.flags, h.has_ts, h.payload_len,
-                        (double)now / 1e9};
-    if (!hitlen) hits_since = now;
-    memcpy(hitlog + hitlen, &r, sizeof(r));
-    memcpy(hitlog + hitlen + sizeof(r), f + h.payload_off, h.payload_len);
-    hitlen += sizeof(r) + h.payload_len;
-    if (!h.payload_len || ++pump_hits >= 2) hits_due = 1; /* a pure ACK (room to send), or an ACK owed */
-    if (h.payload_len) {
-        memcpy(s->cq + s->cq_off + s->cq_len, f + h.payload_off, h.payload_len);
-        s->cq_len += h.payload_len;
-        s->tcp_gen++; /* news, for EPOLLET */
-    }
-    if (!deadline_ns || deadline_ns > now + CATCH_UP_NS) {
-        deadline_ns = now + CATCH_UP_NS;
-        kbp_flusher_arm();
-    }
-    return 1;
-}
-
-void kbp_tcp_catch_up(void) {
-    if (!hitlen) return;
-    size_t n = hitlen;
-    hitlen = 0; /* before the call: kbp_py_call catches up first, and this is that */
-    hits_due = 0;
-    kbp_py_call("hits", NULL, 0, "(y#d)", hitlog, (ssize_t)n, now_s());
-}
-
 void kbp_tcp_frames_done(void) {
-    pump_gen++;
-    pump_hits = 0;
-    if (!batched) {
-        if (hits_due) kbp_tcp_catch_up();
-        return;
-    }
+    kbp_tcpc_pump_done(batched != 0);
+    if (!batched) return;
     size_t n = batched;
     batched = 0;
     kbp_py_call("frames", NULL, 0, "(y#d)", batch, (ssize_t)n, now_s());
@@ -219,13 +95,7 @@ void kbp_tcp_frame(struct kbp_iface *ifc, const uint8_t *f, uint32_t n) {
     uint32_t src;
     memcpy(&src, f + 26, 4);
     kbp_iface_learn(ifc, src, f + 6);
-    uint8_t ip[4];
-    uint16_t sport, dport;
-    struct kbp_sock *s = kb_tcp_key(f, n, ip, &sport, &dport) == 0 ? by_tuple(ip, sport, dport) : NULL;
-    if (s) {
-        if (take_predicted(s, f, n)) return;
-        s->slow_gen = pump_gen;
-    }
+    if (kbp_tcpc_frame(f, n)) return; /* predicted: queued for the app in C (kbp_tcpfast.c) */
     uint32_t ip_len = (uint32_t)(f[16] << 8 | f[17]); /* the IPv4 total length: Ethernet padding cut */
     if (ip_len < 40 || ip_len > n - 14) return;
     if (!batch && !(batch = malloc(BATCH_BYTES))) return;
@@ -249,10 +119,18 @@ void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
         return;
     }
     uint32_t m = mask & 0xFFFFu;
-    s->py_rx = (mask & PYRX) != 0;
+    s->py_rx = (mask & KBP_PYRX) != 0;
     if (m != s->tcp_mask || (mask & NEWS)) s->tcp_gen++;
     if ((m & POLLOUT) && !(m & (POLLERR | POLLHUP))) s->connected = 1; /* a refused one never was */
     s->tcp_mask = m;
+}
+
+/* a timer of C's own (kbp_tcpfast.c): the flusher runs kbp_tcp_timers by then */
+void kbp_tcp_wake_by(uint64_t at) {
+    if (!deadline_ns || deadline_ns > at) {
+        deadline_ns = at;
+        kbp_flusher_arm();
+    }
 }
 
 void kbp_tcp_deadline(double when) {
@@ -261,7 +139,7 @@ void kbp_tcp_deadline(double when) {
 }
 
 uint64_t kbp_tcp_timers(uint64_t now) {
-    if (hitlen && now >= hits_since + CATCH_UP_NS) kbp_tcp_catch_up(); /* sets deadline_ns: the host's */
+    kbp_tcpc_timers(now); /* a catch-up sets deadline_ns: the host's */
     if (!deadline_ns || now < deadline_ns) return deadline_ns;
     kbp_py_call("timer", NULL, 0, "(d)", (double)now / 1e9);
     if (deadline_ns && deadline_ns <= now) deadline_ns = now + 1000000; /* nothing was due after all */
@@ -311,8 +189,7 @@ void kbp_tcp_after_fork_child(void) {
     tcp_ifc = NULL;
     deadline_ns = 0;
     memset(by_sid, 0, sizeof(by_sid));
-    memset(bucket, 0, sizeof(bucket));
-    hitlen = 0;
+    kbp_tcpc_after_fork_child();
 }
 
 /* ---- acceleration ----------------------------------------------------------------------------------------- */
@@ -488,12 +365,7 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
             break;
         }
         if (s->cq_len) { /* predicted here: the oldest bytes, no Python */
-            size_t k = len - got < s->cq_len ? len - got : s->cq_len;
-            memcpy((char *)buf + got, s->cq + s->cq_off, k);
-            if (!(flags & MSG_PEEK)) {
-                s->cq_off += k, s->cq_len -= k;
-                if (!s->cq_len) s->cq_off = 0;
-            }
+            size_t k = kbp_tcpc_read(s, (char *)buf + got, len - got, (flags & MSG_PEEK) != 0);
             if (s->slot) s->slot->rx++;
             got += k;
             r = (ssize_t)k;
@@ -533,12 +405,12 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
         }
         size_t k = len - sent < CHUNK ? len - sent : CHUNK;
         long r;
-        if (hitlen) { /* the host catches up with what C predicted and sends, in one call */
-            size_t n = hitlen;
-            hitlen = 0, hits_due = 0;
+        size_t n;
+        const uint8_t *hitlog = kbp_tcpc_take_log(&n);
+        if (n) /* the host catches up with what C predicted and sends, in one call */
             r = kbp_py_call("hits_send", NULL, 0, "(y#Iy#d)", hitlog, (ssize_t)n, s->sid, (const char *)buf + sent,
                             (ssize_t)k, now_s());
-        } else
+        else
             r = kbp_py_call("send", NULL, 0, "(Iy#d)", s->sid, (const char *)buf + sent, (ssize_t)k, now_s());
         if (r == -EAGAIN) {
             if (s->nonblock || (flags & MSG_DONTWAIT)) {
@@ -561,37 +433,6 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
     if (err == EPIPE && !(flags & MSG_NOSIGNAL)) pthread_kill(pthread_self(), SIGPIPE); /* as the kernel does */
     errno = err;
     return -1;
-}
-
-/* recvmsg/readv: the stream's next bytes (at most cap, into tmp) spread over the iovecs; -2 the kernel's */
-ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t *tmp, size_t cap) {
-    size_t want = 0, off = 0;
-    for (size_t i = 0; i < m->msg_iovlen; i++) want += m->msg_iov[i].iov_len;
-    ssize_t r = kbp_tcp_recv(s, tmp, want < cap ? want : cap, flags);
-    if (r < 0) return r;
-    for (size_t i = 0; i < m->msg_iovlen && off < (size_t)r; i++) {
-        size_t k = (size_t)r - off < m->msg_iov[i].iov_len ? (size_t)r - off : m->msg_iov[i].iov_len;
-        memcpy(m->msg_iov[i].iov_base, tmp + off, k);
-        off += k;
-    }
-    m->msg_namelen = 0, m->msg_controllen = 0, m->msg_flags = 0;
-    return r;
-}
-
-/* sendmsg/writev: the iovecs gathered (nginx's headers and body: a few KiB) and sent; -2 the kernel's */
-ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags) {
-    size_t len = 0, off = 0;
-    for (size_t i = 0; i < m->msg_iovlen; i++) len += m->msg_iov[i].iov_len;
-    uint8_t *tmp = malloc(len ? len : 1);
-    if (!tmp) {
-        errno = ENOBUFS;
-        return -1;
-    }
-    for (size_t i = 0; i < m->msg_iovlen; i++)
-        memcpy(tmp + off, m->msg_iov[i].iov_base, m->msg_iov[i].iov_len), off += m->msg_iov[i].iov_len;
-    ssize_t r = kbp_tcp_send(s, tmp, len, flags);
-    free(tmp);
-    return r;
 }
 
 int listen(int fd, int backlog) {
@@ -647,7 +488,7 @@ static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *al
     if (kbp_fds[fd]) kbp_release(kbp_fds[fd]); /* its fd closed behind our back (close_range, say) */
     kbp_fds[fd] = c;
     take_slot(c);
-    pred_attach(c);
+    kbp_tcpc_attach(c);
     fill_addr(addr, alen, &c->tcp_peer);
     return fd;
 }
@@ -714,7 +555,7 @@ int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r) {
     s->tcp_peer = *to;
     kbp_py_call("connect", NULL, 0, "(IIIIId)", s->sid, ntohl(s->tcp_local.sin_addr.s_addr),
                 ntohs(s->tcp_local.sin_port), ntohl(to->sin_addr.s_addr), ntohs(to->sin_port), now_s());
-    pred_attach(s);
+    kbp_tcpc_attach(s);
     if (s->nonblock) {
         kbp_iface_flush();
         *r = -1;
@@ -782,28 +623,6 @@ int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
     return kbp_real.getsockopt(fd, level, name, v, len);
 }
 
-/* sendfile to an accelerated socket: the file's bytes read (pread at *off, or read) and sent */
-ssize_t sendfile(int out, int in, off_t *off, size_t count) {
-    kbp_init_libc();
-    struct kbp_sock *s = kbp_get(out);
-    if (!s || !s->tcp || !s->accel) return kbp_real.sendfile(out, in, off, count);
-    static __thread char *tmp;
-    if (!tmp && !(tmp = malloc(CHUNK))) return kbp_real.sendfile(out, in, off, count);
-    size_t k = count < CHUNK ? count : CHUNK;
-    ssize_t n = off ? pread(in, tmp, k, *off) : kbp_real.read(in, tmp, k);
-    if (n <= 0) return n;
-    ssize_t r = kbp_tcp_send(s, tmp, (size_t)n, 0);
-    if (r == -2) { /* no longer accelerated */
-        if (!off) lseek(in, -n, SEEK_CUR);
-        return kbp_real.sendfile(out, in, off, count);
-    }
-    ssize_t took = r < 0 ? 0 : r;
-    if (off) *off += took;
-    else if (took < n) lseek(in, took - n, SEEK_CUR); /* what was not sent is read again next time */
-    return r;
-}
-
-ssize_t sendfile64(int out, int in, off_t *off, size_t count) __attribute__((alias("sendfile")));
 
 /* The app's last fd of s is closed: 1 keep s (an active open whose connection still finishes holds the
  * port and the rule until GONE), 0 the caller frees it. Under kbp_lock. */
@@ -815,7 +634,7 @@ int kbp_tcp_release(struct kbp_sock *s) {
               lg.l_onoff && !lg.l_linger; /* SO_LINGER {1, 0} (kept by the kernel socket): close resets */
     rst |= s->cq_len > 0;             /* unread bytes (queued here): a RST, as the host's own (RFC 2525 2.17) */
     kbp_tcp_catch_up();
-    pred_detach(s);
+    kbp_tcpc_detach(s);
     long users = kbp_py_call(rst ? "abort" : "close", NULL, 0, "(Id)", s->sid, now_s());
     kbp_iface_flush();
     if (s->tcp_role == KBP_TCP_LISTENER) {
