@@ -134,6 +134,7 @@ struct kbp_sock {
     uint8_t *cq;              /* predicted payload for the app: older than any the host holds */
     size_t cq_off, cq_len, cq_cap;
     int py_rx;                /* the host holds bytes for the app (PYRX): no queueing here until they are read */
+    int py_tx;                /* the host waits for ACKs to send more (PYTX): a predicted pure ACK is its at once */
     int rd_shut;              /* shutdown(SHUT_RD): nothing is queued here (the host answers data with a RST) */
     unsigned slow_gen;        /* the pump that gave the host a frame of it: no prediction here after it */
 };
@@ -275,6 +276,7 @@ void kbp_tcp_wake_by(uint64_t at); /* kbp_tcp_timers runs by then (under kbp_loc
 
 /* kbp_tcpfast.c: the established path in C (under kbp_lock) */
 #define KBP_PYRX 0x40000000u /* shimtcp.PYRX in a change's mask: the host holds bytes for the app */
+#define KBP_PYTX 0x08000000u /* shimtcp.PYTX: the host has bytes to send when ACKs come */
 void kbp_tcp_catch_up(void); /* the host takes the segments predicted here first (kbp_py_call calls it) */
 int kbp_tcpc_frame(const uint8_t *f, uint32_t n); /* 1: taken (queued for the app), 0: the host's */
 void kbp_tcpc_pump_done(int batched);

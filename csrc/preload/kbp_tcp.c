@@ -120,6 +120,7 @@ void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
     }
     uint32_t m = mask & 0xFFFFu;
     s->py_rx = (mask & KBP_PYRX) != 0;
+    s->py_tx = (mask & KBP_PYTX) != 0;
     if (m != s->tcp_mask || (mask & NEWS)) s->tcp_gen++;
     if ((m & POLLOUT) && !(m & (POLLERR | POLLHUP))) s->connected = 1; /* a refused one never was */
     s->tcp_mask = m;

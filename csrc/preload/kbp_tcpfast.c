@@ -7,11 +7,10 @@
  * window and timers are the reference's) before anything else. The host is called at the end of the pump when
  * its ACK is due (a pure ACK, or two segments: ACK every second one), else at the app's next call (a reply's
  * send carries the ACK) or CATCH_UP_NS later from the flusher. Order: nothing is queued here while the host
- * holds bytes for the app (PYRX) or after a frame of that connection went to the host in the same pump.
- *
- */
+ * holds bytes for the app (PYRX) or after a frame of that connection went to the host in the same pump. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,7 +108,9 @@ static int take_predicted(struct kbp_sock *s, const uint8_t *f, uint32_t n) {
     memcpy(hitlog + hitlen, &r, sizeof(r));
     memcpy(hitlog + hitlen + sizeof(r), f + h.payload_off, h.payload_len);
     hitlen += sizeof(r) + h.payload_len;
-    if (!h.payload_len || ++pump_hits >= 2) hits_due = 1; /* a pure ACK (room to send), or an ACK owed */
+    /* the host answers now: an ACK it owes (two segments), or a pure ACK it may send on (bytes wait for it, or
+     * the app for room); else the pure ACK waits for its next call, the app's reply say (nginx's next response) */
+    if (h.payload_len ? ++pump_hits >= 2 : s->py_tx || !(s->tcp_mask & POLLOUT)) hits_due = 1;
     if (h.payload_len) {
         memcpy(s->cq + s->cq_off + s->cq_len, f + h.payload_off, h.payload_len);
         s->cq_len += h.payload_len;

@@ -22,6 +22,7 @@ from kbypass.sockapi.shimtcp import (
     POLLOUT,
     POLLRDHUP,
     PYRX,
+    PYTX,
     ShimTcp,
     _pkey,
 )
@@ -295,14 +296,14 @@ class _CQueued(Pair):
 
     def __init__(self) -> None:
         super().__init__()
-        self.log, self.cq, self.due, self.py_rx = b"", b"", False, False
+        self.log, self.cq, self.due, self.py_rx, self.py_tx, self.writable = b"", b"", False, False, False, True
         self.queued = 0
 
     def _take(self, side: str, out) -> object:
         result, packets, changes, deadline = out
         for sid, mask in struct.iter_unpack("=II", changes):
             if side == "srv" and sid == 2 and not mask & GONE:
-                self.py_rx = bool(mask & PYRX)
+                self.py_rx, self.py_tx, self.writable = bool(mask & PYRX), bool(mask & PYTX), bool(mask & POLLOUT)
         if side == "srv" or not packets:
             return super()._take(side, out)
         super()._take(side, (result, [], changes, deadline))
@@ -321,7 +322,7 @@ class _CQueued(Pair):
             self.cq += payload
             self.queued += len(payload)
             hits += bool(payload)
-            self.due |= not payload or hits >= 2
+            self.due |= hits >= 2 if payload else self.py_tx or not self.writable
         if slow:
             self.srv_call("frames", b"".join(slow))
         elif self.due:

@@ -44,6 +44,7 @@ POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP = 0x1, 0x4, 0x8, 0x10, 0x2000
 NEWS = 0x10000000  # new data or a new connection since the last report (the shim's EPOLLET edge)
 GONE = 0x20000000  # finished: the shim may forget the sid
 PYRX = 0x40000000  # bytes wait here for the app: the shim queues no predicted segment in C before they are read
+PYTX = 0x08000000  # bytes (or a FIN) wait here for the ACK clock: the shim hands a predicted pure ACK over at once
 # one segment the shim's C predicted (kb_tcp_predict on the connection's Prediction) and queued for the app
 # itself: sid, seq, ack, tsval, tsecr, window, flags, has timestamps, payload length, arrival; the payload follows
 HIT = struct.Struct("=IIIIIHBBId")
@@ -98,6 +99,9 @@ class _Conn:
             m |= POLLHUP
         if self.dead or (self.connected and not self.shut_wr and self.conn.send_room > 0):
             m |= POLLOUT
+        sq = self.conn.sq
+        if sq.snd_max != sq.data_end:
+            m |= PYTX
         return m
 
 
