@@ -179,9 +179,12 @@ def pingpong(kind: str, a, b, seconds: float, size: int, poll: str, baseline: st
 
 def _pingpong(kind: str, a, b, seconds: float, size: int, poll: str, extra: tuple[str, ...] = (),
               baseline: str | None = None) -> dict:
-    if kind in ("kernel", "run"):  # run: the same sockperf, its TCP kbypass's through `kbypass run` (the shim)
-        server = subprocess.Popen(in_ns(b, SERVER_CPU, *RUN[kind], "sockperf", "server", "--tcp", "-i", b.ipv4, "-p",
-                                        str(PP_PORT), *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if kind in ("kernel", "run", "run baseline"):  # run: the same sockperf, its TCP kbypass's through `kbypass run`
+        # (the shim); run baseline: `kbypass run` (its shim and its Python TCP) from the other source tree
+        env = {**os.environ, "PYTHONPATH": baseline} if kind == "run baseline" else None
+        server = subprocess.Popen(in_ns(b, SERVER_CPU, *RUN["kernel" if kind == "kernel" else "run"], "sockperf",
+                                        "server", "--tcp", "-i", b.ipv4, "-p", str(PP_PORT), *extra),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         time.sleep(0.5 if kind == "kernel" else 2.0)
     else:
         # the baseline: the same command from another source tree (the commit before a change), same run
@@ -410,8 +413,8 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "tcp_vs_kernel.json"))
     ap.add_argument("--png", default=str(ROOT / "bench" / "results" / "tcp_vs_kernel.png"))
     ap.add_argument("--keep", action="store_true", help="leave the testbed up")
-    ap.add_argument("--baseline", metavar="SRC", help="also run `kbypass http serve` and `kbypass pingpong server "
-                    "--tcp` with PYTHONPATH=SRC (the src/ of another checkout, its C modules built: e.g. the commit "
+    ap.add_argument("--baseline", metavar="SRC", help="also run `kbypass http serve`, `kbypass pingpong server "
+                    "--tcp` and `kbypass run -- sockperf server --tcp` with PYTHONPATH=SRC (the src/ of another checkout, its C modules built: e.g. the commit "
                     "before a change) as 'http kbypass baseline' and 'pingpong kbypass baseline ...', in the same run")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -457,6 +460,8 @@ def main() -> int:
                 "kbypass baseline", a, b, args.seconds, args.size, args.poll, args.baseline)
             trials["pingpong kbypass baseline server --tcp --poll busy"] = lambda: pingpong(
                 "kbypass baseline", a, b, args.seconds, args.size, "busy", args.baseline)
+            trials["pingpong kbypass baseline run -- sockperf server --tcp"] = lambda: pingpong(
+                "run baseline", a, b, args.seconds, args.size, args.poll, args.baseline)
     if "http" in parts:
         for kind in ("kbypass", "uvloop", "nginx", "nginx run") + (("kbypass baseline",) if args.baseline else ()):
             trials[f"http {kind}"] = (lambda k=kind: http(k, a, b, args.seconds, args.body, args.connections,
@@ -553,6 +558,9 @@ def _ratios(t: dict) -> dict:
         "pingpong p50 kbypass client busy / baseline client busy": r(
             "pingpong kbypass client --tcp --poll busy", "pingpong kbypass baseline client --tcp --poll busy",
             "p50_us"),
+        "pingpong p50 kbypass run / kbypass baseline run": r("pingpong kbypass run -- sockperf server --tcp",
+                                                             "pingpong kbypass baseline run -- sockperf server --tcp",
+                                                             "p50_us"),
         "http req/s kbypass / uvloop": r("http kbypass", "http uvloop", "requests_per_s"),
         "http req/s kbypass / nginx": r("http kbypass", "http nginx", "requests_per_s"),
         "http req/s nginx under kbypass run / nginx": r("http nginx run", "http nginx", "requests_per_s"),

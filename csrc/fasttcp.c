@@ -113,7 +113,12 @@ static PyMethodDef Pred_methods[] = {
     {"state", (PyCFunction)Pred_state, METH_NOARGS, "the armed fields, in arm()'s order"},
     {NULL}};
 
+/* where its struct kb_tcp_pred lives, for C in the same process that predicts as rx does (the preload shim,
+ * csrc/preload/kbp_tcp.c), while the object lives */
+static PyObject *Pred_get_address(Pred *self, void *c) { return PyLong_FromVoidPtr(&self->p); }
+
 static PyGetSetDef Pred_getset[] = {{"armed", (getter)Pred_get_armed, NULL, "whether rx may predict", NULL},
+                                    {"address", (getter)Pred_get_address, NULL, "its struct kb_tcp_pred's", NULL},
                                     {"owner", (getter)Pred_get_owner, NULL, "the object given at creation", NULL},
                                     {NULL}};
 

@@ -18,6 +18,7 @@
 #include <sys/uio.h>
 
 #include "../core/kb_lane.h"
+#include "../core/kb_tcp.h"
 #include "../core/kb_port.h"
 
 #define KBP_MAX_FD 65536
@@ -126,6 +127,16 @@ struct kbp_sock {
     int zombie;           /* closed by the app, its connection still finishing (an active open's port held) */
     struct sockaddr_in tcp_local, tcp_peer;
     struct in_addr tcp_steered; /* the address the rule steers (a wildcard listener's: its interface's) */
+    /* the established path in C (kbp_tcp.c): a segment its Prediction says HIT is queued here for the app and
+     * logged for the host to catch up with (shimtcp.ShimTcp.hits) at its next call */
+    struct kb_tcp_pred *pred; /* its Prediction's struct in the host, while the app has the connection */
+    struct kbp_sock *pnext;   /* the next of its 4-tuple bucket */
+    uint8_t *cq;              /* predicted payload for the app: older than any the host holds */
+    size_t cq_off, cq_len, cq_cap;
+    int py_rx;                /* the host holds bytes for the app (PYRX): no queueing here until they are read */
+    int py_tx;                /* the host waits for ACKs to send more (PYTX): a predicted pure ACK is its at once */
+    int rd_shut;              /* shutdown(SHUT_RD): nothing is queued here (the host answers data with a RST) */
+    unsigned slow_gen;        /* the pump that gave the host a frame of it: no prediction here after it */
 };
 #define KBP_TCP_LISTENER 1
 #define KBP_TCP_ACCEPTED 2
@@ -273,10 +284,28 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags);
 ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags);
 ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t *tmp, size_t cap);
 ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags);
-#define CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
 short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, after a pump */
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
 void kbp_tcp_after_fork_child(void);
+/* bytes an app that does not read may hold in a connection's C queue (kbp_tcpfast.c): past it the segments go
+ * to the host, whose own cap (proto.tcp.config.MAX_UNREAD, the same 4 MiB) closes the window; a peer cannot
+ * fill the app's memory through either */
+#define KBP_TCP_CQ_MAX (4u << 20)
+#define KBP_TCP_CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
+void kbp_tcp_wake_by(uint64_t at); /* kbp_tcp_timers runs by then (under kbp_lock) */
+
+/* kbp_tcpfast.c: the established path in C (under kbp_lock) */
+#define KBP_PYRX 0x40000000u /* shimtcp.PYRX in a change's mask: the host holds bytes for the app */
+#define KBP_PYTX 0x08000000u /* shimtcp.PYTX: the host has bytes to send when ACKs come */
+void kbp_tcp_catch_up(void); /* the host takes the segments predicted here first (kbp_py_call calls it) */
+int kbp_tcpc_frame(const uint8_t *f, uint32_t n); /* 1: taken (queued for the app), 0: the host's */
+void kbp_tcpc_pump_done(int batched);
+void kbp_tcpc_timers(uint64_t now);
+const uint8_t *kbp_tcpc_take_log(size_t *n);
+size_t kbp_tcpc_read(struct kbp_sock *s, void *buf, size_t len, int peek);
+void kbp_tcpc_attach(struct kbp_sock *s); /* accepted or connecting: predict with its Prediction */
+void kbp_tcpc_detach(struct kbp_sock *s); /* closed by the app */
+void kbp_tcpc_after_fork_child(void);
 void kbp_tcp_keepalive(struct kbp_sock *s); /* SO_KEEPALIVE, TCP_KEEP* from the kernel socket to the host */
 void kbp_tcp_after_fork_parent(void); /* listening sockets go back to the kernel, for the child to accept */
 

@@ -76,8 +76,9 @@ int ioctl(int fd, unsigned long req, ...) {
     if (s && s->tcp && s->accel && s->sid && req == FIONREAD && arg) {
         kbp_enter();
         long n = kbp_py_call("unread", NULL, 0, "(Id)", s->sid, (double)kbp_now_ns() / 1e9);
+        n = (n > 0 ? n : 0) + (long)s->cq_len; /* and what kbp_tcp.c queued itself */
         kbp_leave();
-        *(int *)arg = n > 0 ? (int)n : 0;
+        *(int *)arg = (int)n;
         return 0;
     }
     if (s && s->accel && !s->tcp && req == FIONREAD && arg) {

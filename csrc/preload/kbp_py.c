@@ -194,6 +194,7 @@ int kbp_py_ready(int mss, char *why, size_t cap) {
  * deadline to kbp_tcp_deadline. A Python exception: printed, -EIO. */
 long kbp_py_call(const char *method, void *buf, size_t cap, const char *fmt, ...) {
     if (state <= 0) return -EIO;
+    kbp_tcp_catch_up(); /* segments predicted in C come first, as they came */
     PyGILState_STATE g = py.GILState_Ensure();
     va_list ap;
     va_start(ap, fmt);

@@ -15,6 +15,8 @@
  * port; when the app closes it before its connection finished (FIN_WAIT, TIME_WAIT) the shim keeps the
  * kernel socket and the rule until the host says GONE.
  *
+ * The established path in C (predicted segments queued for the app): kbp_tcpfast.c.
+ *
  * Left on the kernel, said with --log: loopback, a second interface (TCP runs on the first one only), a
  * control plane that refuses, no Python (kbp_py.c), a Python app, KBYPASS_TCP=0. fork: the parent's listeners
  * go back to the kernel (kbp_tcp_after_fork_parent), a child's copies are kernel sockets (an accepted or
@@ -40,6 +42,7 @@
 #define SID_SLOTS 65536
 #define NEWS 0x10000000u
 #define GONE 0x20000000u
+#define CHUNK KBP_TCP_CHUNK
 #define FRAME_MSS (KBP_FRAME_SIZE - 256 - 14 - 20 - 40) /* a segment the peer sends us fits one RX frame */
 
 int kbp_tcp_on;
@@ -47,6 +50,7 @@ static struct kbp_iface *tcp_ifc;
 static struct kbp_sock *by_sid[SID_SLOTS];
 static uint32_t next_sid = 1;
 static uint64_t deadline_ns;
+
 
 static double now_s(void) { return (double)kbp_now_ns() / 1e9; }
 
@@ -80,6 +84,7 @@ static uint8_t *batch;
 static size_t batched;
 
 void kbp_tcp_frames_done(void) {
+    kbp_tcpc_pump_done(batched != 0);
     if (!batched) return;
     size_t n = batched;
     batched = 0;
@@ -90,6 +95,7 @@ void kbp_tcp_frame(struct kbp_iface *ifc, const uint8_t *f, uint32_t n) {
     uint32_t src;
     memcpy(&src, f + 26, 4);
     kbp_iface_learn(ifc, src, f + 6);
+    if (kbp_tcpc_frame(f, n)) return; /* predicted: queued for the app in C (kbp_tcpfast.c) */
     uint32_t ip_len = (uint32_t)(f[16] << 8 | f[17]); /* the IPv4 total length: Ethernet padding cut */
     if (ip_len < 40 || ip_len > n - 14) return;
     if (!batch && !(batch = malloc(BATCH_BYTES))) return;
@@ -114,9 +120,19 @@ void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
         return;
     }
     uint32_t m = mask & 0xFFFFu;
+    s->py_rx = (mask & KBP_PYRX) != 0;
+    s->py_tx = (mask & KBP_PYTX) != 0;
     if (m != s->tcp_mask || (mask & NEWS)) s->tcp_gen++;
     if ((m & POLLOUT) && !(m & (POLLERR | POLLHUP))) s->connected = 1; /* a refused one never was */
     s->tcp_mask = m;
+}
+
+/* a timer of C's own (kbp_tcpfast.c): the flusher runs kbp_tcp_timers by then */
+void kbp_tcp_wake_by(uint64_t at) {
+    if (!deadline_ns || deadline_ns > at) {
+        deadline_ns = at;
+        kbp_flusher_arm();
+    }
 }
 
 void kbp_tcp_deadline(double when) {
@@ -125,6 +141,7 @@ void kbp_tcp_deadline(double when) {
 }
 
 uint64_t kbp_tcp_timers(uint64_t now) {
+    kbp_tcpc_timers(now); /* a catch-up sets deadline_ns: the host's */
     if (!deadline_ns || now < deadline_ns) return deadline_ns;
     /* what came first (the app may be in no call of ours: an ACK that ends a closing connection, GONE, and
      * with it a closed listener's rule and port, must not wait for its next one); the pump may run them */
@@ -146,7 +163,7 @@ short kbp_tcp_revents(struct kbp_sock *s, short events) {
     if (!s->accel) return 0;
     kbp_iface_pump(s->ifc, NULL, NULL, 0, NULL);
     kbp_tcp_timers(kbp_now_ns());
-    return (short)(s->tcp_mask & ((uint32_t)(uint16_t)events | POLLERR | POLLHUP));
+    return (short)((s->tcp_mask | (s->cq_len ? POLLIN : 0)) & ((uint32_t)(uint16_t)events | POLLERR | POLLHUP));
 }
 
 /* A fork (nginx's master making its worker, a pre-forking server): the children hold kernel copies of the
@@ -179,6 +196,7 @@ void kbp_tcp_after_fork_child(void) {
     tcp_ifc = NULL;
     deadline_ns = 0;
     memset(by_sid, 0, sizeof(by_sid));
+    kbp_tcpc_after_fork_child();
 }
 
 /* ---- acceleration ----------------------------------------------------------------------------------------- */
@@ -361,6 +379,14 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
             r = -1;
             break;
         }
+        if (s->cq_len) { /* predicted here: the oldest bytes, no Python */
+            size_t k = kbp_tcpc_read(s, (char *)buf + got, len - got, (flags & MSG_PEEK) != 0);
+            if (s->slot) s->slot->rx++;
+            got += k;
+            r = (ssize_t)k;
+            if (got == len || !(flags & MSG_WAITALL) || (flags & MSG_PEEK)) break;
+            continue;
+        }
         size_t want = len - got > (size_t)1 << 30 ? (size_t)1 << 30 : len - got;
         r = kbp_py_call("recv", (char *)buf + got, want, "(Inid)", s->sid, (ssize_t)want, (flags & MSG_PEEK) != 0,
                         now_s());
@@ -397,7 +423,14 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
             break;
         }
         size_t k = len - sent < CHUNK ? len - sent : CHUNK;
-        long r = kbp_py_call("send", NULL, 0, "(Iy#d)", s->sid, (const char *)buf + sent, (ssize_t)k, now_s());
+        long r;
+        size_t n;
+        const uint8_t *hitlog = kbp_tcpc_take_log(&n);
+        if (n) /* the host catches up with what C predicted and sends, in one call */
+            r = kbp_py_call("hits_send", NULL, 0, "(y#Iy#d)", hitlog, (ssize_t)n, s->sid, (const char *)buf + sent,
+                            (ssize_t)k, now_s());
+        else
+            r = kbp_py_call("send", NULL, 0, "(Iy#d)", s->sid, (const char *)buf + sent, (ssize_t)k, now_s());
         if (r == -EAGAIN) {
             if (s->nonblock || (flags & MSG_DONTWAIT)) {
                 err = EAGAIN;
@@ -419,37 +452,6 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
     if (err == EPIPE && !(flags & MSG_NOSIGNAL)) pthread_kill(pthread_self(), SIGPIPE); /* as the kernel does */
     errno = err;
     return -1;
-}
-
-/* recvmsg/readv: the stream's next bytes (at most cap, into tmp) spread over the iovecs; -2 the kernel's */
-ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t *tmp, size_t cap) {
-    size_t want = 0, off = 0;
-    for (size_t i = 0; i < m->msg_iovlen; i++) want += m->msg_iov[i].iov_len;
-    ssize_t r = kbp_tcp_recv(s, tmp, want < cap ? want : cap, flags);
-    if (r < 0) return r;
-    for (size_t i = 0; i < m->msg_iovlen && off < (size_t)r; i++) {
-        size_t k = (size_t)r - off < m->msg_iov[i].iov_len ? (size_t)r - off : m->msg_iov[i].iov_len;
-        memcpy(m->msg_iov[i].iov_base, tmp + off, k);
-        off += k;
-    }
-    m->msg_namelen = 0, m->msg_controllen = 0, m->msg_flags = 0;
-    return r;
-}
-
-/* sendmsg/writev: the iovecs gathered (nginx's headers and body: a few KiB) and sent; -2 the kernel's */
-ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags) {
-    size_t len = 0, off = 0;
-    for (size_t i = 0; i < m->msg_iovlen; i++) len += m->msg_iov[i].iov_len;
-    uint8_t *tmp = malloc(len ? len : 1);
-    if (!tmp) {
-        errno = ENOBUFS;
-        return -1;
-    }
-    for (size_t i = 0; i < m->msg_iovlen; i++)
-        memcpy(tmp + off, m->msg_iov[i].iov_base, m->msg_iov[i].iov_len), off += m->msg_iov[i].iov_len;
-    ssize_t r = kbp_tcp_send(s, tmp, len, flags);
-    free(tmp);
-    return r;
 }
 
 int listen(int fd, int backlog) {
@@ -505,6 +507,7 @@ static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *al
     if (kbp_fds[fd]) kbp_release(kbp_fds[fd]); /* its fd closed behind our back (close_range, say) */
     kbp_fds[fd] = c;
     take_slot(c);
+    kbp_tcpc_attach(c);
     fill_addr(addr, alen, &c->tcp_peer);
     return fd;
 }
@@ -571,6 +574,7 @@ int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r) {
     s->tcp_peer = *to;
     kbp_py_call("connect", NULL, 0, "(IIIIId)", s->sid, ntohl(s->tcp_local.sin_addr.s_addr),
                 ntohs(s->tcp_local.sin_port), ntohl(to->sin_addr.s_addr), ntohs(to->sin_port), now_s());
+    kbp_tcpc_attach(s);
     if (s->nonblock) {
         kbp_iface_flush();
         *r = -1;
@@ -594,6 +598,7 @@ int shutdown(int fd, int how) {
     if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.shutdown(fd, how);
     kbp_enter();
     long r = kbp_py_call("shutdown", NULL, 0, "(Iid)", s->sid, how, now_s());
+    if (r == 0 && how != SHUT_WR) s->cq_off = s->cq_len = 0, s->rd_shut = 1; /* what the app will not read */
     kbp_iface_flush();
     kbp_leave();
     if (r < 0) {
@@ -645,6 +650,9 @@ int kbp_tcp_release(struct kbp_sock *s) {
     socklen_t ll = sizeof(lg);
     int rst = s->tcp_role != KBP_TCP_LISTENER && kbp_real.getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, &ll) == 0 &&
               lg.l_onoff && !lg.l_linger; /* SO_LINGER {1, 0} (kept by the kernel socket): close resets */
+    rst |= s->cq_len > 0;             /* unread bytes (queued here): a RST, as the host's own (RFC 2525 2.17) */
+    kbp_tcp_catch_up();
+    kbp_tcpc_detach(s);
     long users = kbp_py_call(rst ? "abort" : "close", NULL, 0, "(Id)", s->sid, now_s());
     kbp_iface_flush();
     if (s->tcp_role == KBP_TCP_LISTENER) {

@@ -61,6 +61,7 @@ def test_sockperf_tcp_server_answers_a_kernel_sockperf(hosts):
     assert conn[0]["proto"] == "tcp" and conn[0]["tx"] > 100
     assert grew(k0, k1, "PassiveOpens") == 0 and grew(k0, k1, "InSegs") < 20, (k0, k1)  # the kernel saw none of it
     assert "(tcp 10.77.0.2:11311, listening) accelerated on" in log.replace(b.ipv4, "10.77.0.2"), log
+    assert "predicted segments are queued in C for the app" in log, log  # the messages took the C path
 
 
 NGINX_CONF = """

@@ -7,18 +7,25 @@ import errno
 import socket
 import struct
 
+import pytest
+
 from kbypass.proto import tcp
 from kbypass.proto.tcp.config import MAX_UNREAD
 from kbypass.sockapi.shimtcp import (
     ACCEPTED,
+    ETH_IP,
     GONE,
+    HIT,
     NEWS,
     POLLERR,
     POLLHUP,
     POLLIN,
     POLLOUT,
     POLLRDHUP,
+    PYRX,
+    PYTX,
     ShimTcp,
+    _pkey,
 )
 
 A, B = "10.9.0.1", "10.9.0.2"
@@ -277,3 +284,148 @@ def test_a_closed_listeners_sid_is_gone_when_its_ports_last_connection_is_done()
     assert p.srv_call("recv", 2, 100, 0) == b""
     p.srv_call("close", 2)
     assert ("srv", 1) in p.gone and not p.srv.conns
+
+
+class _Recording(Pair):
+    """A Pair whose hosts take (quick=False: every call through _out's general pass) or skip it, recording every
+    call's whole answer (result, packets, changes, deadline) of both hosts."""
+
+    def __init__(self, quick: bool) -> None:
+        super().__init__()
+        self.srv.quick = self.cli.quick = quick
+        self.log: list = []
+
+    def _take(self, side: str, out) -> object:
+        result, packets, changes, deadline = out  # changes in any order (a set's): compared as a set
+        self.log.append((side, result, packets, sorted(struct.iter_unpack("=II", changes)), deadline))
+        return super()._take(side, out)
+
+
+def _exchanges(p: _Recording) -> None:
+    """Ping-pong, bursts past one MSS and the window, partial and peeked reads, a lost answer, half close."""
+    p.established()
+    for i in range(30):  # request/response: the quick paths' case (send_now's segment, a read of queued bytes)
+        p.cli_call("send", 7, b"q%d" % i)
+        p.srv_call("recv", 2, 100, 0)
+        p.srv_call("send", 2, b"a%d" % i * (i % 7 + 1))
+        p.now += 0.0002
+        p.cli_call("recv", 7, 3, 1)  # peek
+        p.cli_call("recv", 7, 2, 0)  # partial
+        p.cli_call("recv", 7, 100, 0)
+    p.srv_call("send", 2, b"s" * 5000)  # more than one MSS: the general path
+    p.srv_call("send", 2, b"t")  # data in flight: send_now declines
+    p.cli_call("recv", 7, 10000, 0)
+    p.drop_to_cli = True
+    p.srv_call("send", 2, b"lost")
+    p.drop_to_cli = False
+    p.srv_call("send", 2, b"behind")  # the first one unacknowledged
+    for _ in range(5):
+        p.tick(0.3)
+    p.cli_call("recv", 7, 100, 0)
+    p.cli_call("send", 7, b"idle again")
+    p.tick(1.0)
+    p.srv_call("recv", 2, 100, 0)
+    p.cli_call("shutdown", 7, socket.SHUT_WR)
+    p.srv_call("recv", 2, 100, 0)
+    p.srv_call("send", 2, b"bye")
+    p.cli_call("recv", 7, 100, 0)
+    p.srv_call("close", 2)
+    p.cli_call("close", 7)
+
+
+def test_the_quick_paths_answer_as_the_general_pass_does():
+    quick, general = _Recording(True), _Recording(False)
+    _exchanges(quick)
+    _exchanges(general)
+    assert len(quick.log) == len(general.log) > 100
+    for i, (q, g) in enumerate(zip(quick.log, general.log)):
+        assert q == g, f"call {i}: {q} != {g}"
+    assert quick.srv.stats() == general.srv.stats()
+
+
+class _CQueued(Pair):
+    """The server's shim as kbp_tcp.c runs it: a segment its connection's Prediction says HIT for (kbypass._fasttcp.rx,
+    the kb_tcp_predict the shim calls) is queued for the app, logged, and given to ShimTcp.hits at the end of the pump
+    when its ACK is due or else before the host's next call (with a send: hits_send); the app's recv reads that queue
+    first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log, self.cq, self.due, self.py_rx, self.py_tx, self.writable = b"", b"", False, False, False, True
+        self.queued = 0
+
+    def _take(self, side: str, out) -> object:
+        result, packets, changes, deadline = out
+        for sid, mask in struct.iter_unpack("=II", changes):
+            if side == "srv" and sid == 2 and not mask & GONE:
+                self.py_rx, self.py_tx, self.writable = bool(mask & PYRX), bool(mask & PYTX), bool(mask & POLLOUT)
+        if side == "srv" or not packets:
+            return super()._take(side, out)
+        super()._take(side, (result, [], changes, deadline))
+        slow, hits = [], 0
+        for pkt in packets:  # one pump: these packets reach the server's rings
+            c = self.srv.by_sid.get(2)
+            hit = None
+            if c is not None and not slow and not self.py_rx:
+                hit = _fasttcp().rx(ETH_IP + pkt, {_pkey(c.key): c.prediction})
+            if hit is None:
+                slow.append(pkt)
+                continue
+            _owner, seq, ack, flags, window, tsval, tsecr, payload = hit
+            self.log += HIT.pack(2, seq, ack, tsval or 0, tsecr or 0, window, flags, tsval is not None, len(payload),
+                                 self.now) + payload
+            self.cq += payload
+            self.queued += len(payload)
+            hits += bool(payload)
+            self.due |= hits >= 2 if payload else self.py_tx or not self.writable
+        if slow:
+            self.srv_call("frames", b"".join(slow))
+        elif self.due:
+            self.srv_call("timer")  # any call: the host catches up first
+        return result
+
+    def srv_call(self, name, *args):
+        if self.log:
+            log, self.log, self.due = self.log, b"", False
+            if name == "send":  # the shim's send: one call
+                return super().srv_call("hits_send", log, *args)
+            super().srv_call("hits", log)
+        if name == "recv" and self.cq:
+            got, self.cq = self.cq[:args[1]], self.cq[args[1]:]
+            return got
+        return super().srv_call(name, *args)
+
+
+def _fasttcp():
+    from kbypass import backend
+
+    return backend.native_module("tcp")
+
+
+def test_segments_queued_in_c_leave_the_connection_as_the_python_path_does():
+    from kbypass import backend
+
+    if not backend.built("tcp"):
+        pytest.skip("kbypass._fasttcp is not built (make setup)")
+    runs = []
+    for p in (Pair(), _CQueued()):
+        p.established()
+        got = b""
+        for i in range(40):  # request/response, then bursts of two segments (ACK due at once), then a lost one
+            p.cli_call("send", 7, b"q%03d" % i + (b"r" * 2000 if i >= 20 else b""))  # 2 segments in one pump
+            got += p.srv_call("recv", 2, 100000, 0)
+            p.srv_call("send", 2, b"a%d" % i)
+            p.cli_call("recv", 7, 100, 0)
+            p.now += 0.001
+        p.drop_to_cli = True  # the answer lost: retransmitted from the timer, the client's ACK predicted
+        p.srv_call("send", 2, b"lost")
+        p.drop_to_cli = False
+        p.tick(0.5)
+        p.cli_call("recv", 7, 100, 0)
+        assert p.srv_call("recv", 2, 100000, 0) == -errno.EAGAIN
+        conn = p.srv.by_sid[2].conn
+        runs.append((got, conn.prediction(), conn.stats.bytes_in, conn.stats.segs_in, conn.stats.segs_out,
+                     conn.cc.cwnd, p.cli.by_sid[7].conn.prediction()))
+        if isinstance(p, _CQueued):
+            assert p.queued > 20 * 1448  # most of it was queued in C
+    assert runs[0] == runs[1]

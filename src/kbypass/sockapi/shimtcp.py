@@ -44,8 +44,13 @@ from kbypass.proto.tcp.segment import IPPROTO_TCP
 POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP = 0x1, 0x4, 0x8, 0x10, 0x2000
 NEWS = 0x10000000  # new data or a new connection since the last report (the shim's EPOLLET edge)
 GONE = 0x20000000  # finished: the shim may forget the sid
+PYRX = 0x40000000  # bytes wait here for the app: the shim queues no predicted segment in C before they are read
+PYTX = 0x08000000  # bytes (or a FIN) wait here for the ACK clock: the shim hands a predicted pure ACK over at once
+# one segment the shim's C predicted (kb_tcp_predict on the connection's Prediction) and queued for the app
+# itself: sid, seq, ack, tsval, tsecr, window, flags, has timestamps, payload length, arrival; the payload follows
+HIT = struct.Struct("=IIIIIHBBId")
 ACCEPTED = struct.Struct("!4sH4sH")
-_CLOSED, _TIME_WAIT = tcp.State.CLOSED, tcp.State.TIME_WAIT
+_CLOSED, _TIME_WAIT, _ESTABLISHED = tcp.State.CLOSED, tcp.State.TIME_WAIT, tcp.State.ESTABLISHED
 NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
 ETH_IP = bytes(12) + b"\x08\x00"  # an Ethernet header in front of a packet for the fast path's rx
 
@@ -62,7 +67,7 @@ class _Conn:
     """One connection: the protocol's, the bytes the application has not read, its error and readiness."""
 
     __slots__ = ("sid", "conn", "local", "local_ip", "peer", "peer_ip", "key", "rx", "rx_len", "eof", "error", "dead",
-                 "app_closed", "shut_wr", "shut_rd", "connected", "mask", "news", "listener", "prediction")
+                 "app_closed", "shut_wr", "shut_rd", "connected", "mask", "news", "listener", "prediction", "c_owned")
 
     def __init__(self, conn, local: tuple[str, int], peer: tuple[str, int], listener=None) -> None:
         self.sid: int | None = None
@@ -79,10 +84,13 @@ class _Conn:
         self.news = False
         self.listener = listener  # until accepted
         self.prediction = None  # the C fast path's (ShimTcp._register)
+        self.c_owned = 0  # bytes of hits() the shim's C queue holds for the app: not queued here again
 
     def readiness(self) -> int:
         m = 0
-        if self.rx or self.eof or self.dead or self.shut_rd or self.error:
+        if self.rx:
+            m |= POLLIN | PYRX
+        if self.eof or self.dead or self.shut_rd or self.error:
             m |= POLLIN
         if self.eof:
             m |= POLLRDHUP
@@ -92,6 +100,9 @@ class _Conn:
             m |= POLLHUP
         if self.dead or (self.connected and not self.shut_wr and self.conn.send_room > 0):
             m |= POLLOUT
+        sq = self.conn.sq
+        if sq.snd_max != sq.data_end:
+            m |= PYTX
         return m
 
 
@@ -113,7 +124,8 @@ class _Listener:
 class ShimTcp:
     """The process's TCP (see the module doc). Not thread-safe: the shim calls it under its lock."""
 
-    def __init__(self, mss: int = 1460, **config) -> None:
+    def __init__(self, mss: int = 1460, quick: bool = True, **config) -> None:
+        self.quick = quick  # recv of queued bytes and send_now's one segment skip _out's general pass (False: test)
         self.config = tcp.TcpConfig(mss=mss, **config)
         self.conns: dict[tuple[bytes, int, int], _Conn] = {}  # (peer ip, peer port, local port)
         self.by_sid: dict[int, _Conn | _Listener] = {}
@@ -180,6 +192,33 @@ class ShimTcp:
         packets, self._packets = self._packets, []
         return result, packets, array("I", changes).tobytes() if changes else b"", self._next
 
+    def _quick_out(self, c: _Conn, result, rearm: bool = False):
+        """_out for one connection nothing else touched, after a change that makes no event and sends nothing
+        more (the application read queued bytes; send_now sent its one segment): its readiness, and after
+        send_now its prediction and timer, as _out would leave them (tests/unit/test_shimtcp.py holds the two
+        to the same packets, results and changes)."""
+        if rearm:
+            conn = c.conn
+            state = conn.prediction()
+            if state is None:
+                c.prediction.disarm()
+            else:
+                c.prediction.arm(*state)
+            t = conn.next_timer()
+            timers = self._timers
+            if t is None:
+                timers.pop(c, None)
+            else:
+                timers[c] = t
+            self._next = min(timers.values()) if timers else 0.0
+        m = c.readiness()
+        changes = b""
+        if m != c.mask or c.news:
+            changes = array("I", (c.sid, m | NEWS if c.news else m)).tobytes()
+            c.mask, c.news = m, False
+        packets, self._packets = self._packets, []
+        return result, packets, changes, self._next
+
     def _emit(self, src: bytes, dst: bytes, segments) -> None:
         for seg in segments:
             self._ident = ident = (self._ident + 1) & 0xFFFF
@@ -209,6 +248,12 @@ class ShimTcp:
                     c.prediction.disarm()
                     conn.abort()
                     continue
+                if c.c_owned:  # bytes of hits(): the shim's C queue has them
+                    k = min(c.c_owned, len(e.data))
+                    c.c_owned -= k
+                    if k == len(e.data):
+                        continue
+                    e = tcp.Data(e.data[k:])
                 c.rx.append(e.data)
                 c.rx_len += len(e.data)
                 c.news = True
@@ -308,6 +353,49 @@ class ShimTcp:
             self._register(c)
             self._touched.add(c)
 
+    def hits(self, log: bytes, now: float):
+        """Segments the shim's C predicted and queued for the app itself (HIT records, each with its payload),
+        taken as frames() takes a HIT, at their arrival times: the connection catches up (its ACK, window,
+        timers), its Data is not queued here again (the app reads it from C)."""
+        off, n, size = 0, len(log), HIT.size
+        while off + size <= n:
+            sid, seq, ack, tsval, tsecr, window, flags, has_ts, length, at = HIT.unpack_from(log, off)
+            off += size
+            payload = log[off:off + length]
+            off += length
+            c = self.by_sid.get(sid)
+            if type(c) is not _Conn:
+                continue
+            self.counters["rx_segments"] += 1
+            self.counters["rx_predicted"] += 1
+            c.c_owned += length
+            if not c.conn.receive_hit(seq, ack, flags, window, tsval if has_ts else None, tsecr if has_ts else None,
+                                      payload, at):
+                c.prediction.disarm()
+            self._touched.add(c)
+        touched = self._touched
+        if self.quick and len(touched) == 1:  # one established connection (the common case): _out's pass for it
+            c = next(iter(touched))
+            if type(c) is _Conn and c.sid is not None and c.conn.state is _ESTABLISHED:
+                touched.clear()
+                self._events(c, now)
+                if not touched and c.conn.state is _ESTABLISHED:
+                    return self._quick_out(c, 0, rearm=True)
+                touched.add(c)
+        return self._out(0, now)
+
+    def hits_send(self, log: bytes, sid: int, data: bytes, now: float):
+        """hits(log) then send(sid, data) in one call (the app's reply after reading what C queued)."""
+        _, packets, changes, _ = self.hits(log, now)
+        result, more, changed, deadline = self.send(sid, data, now)
+        return result, packets + more, changes + changed, deadline
+
+    def prediction_address(self, sid: int, now: float):
+        """Where sid's Prediction keeps its struct kb_tcp_pred (0: none, the Python stand-in's), for the shim's
+        C to predict with while sid is the app's."""
+        c = self._conn(sid)
+        return self._out(0 if c is None else c.prediction.address, now)
+
     def timer(self, now: float):
         for c, t in list(self._timers.items()):
             if t > now:
@@ -365,6 +453,8 @@ class ShimTcp:
         c = self._conn(sid)
         if c is None:
             return self._out(-errno.ENOTCONN, now)
+        if c.rx and not c.shut_rd and self.quick and not self._touched:
+            return self._quick_out(c, self._take(c, n, peek))
         self._touched.add(c)
         if c.rx and not c.shut_rd:
             return self._out(self._take(c, n, peek), now)
@@ -404,6 +494,15 @@ class ShimTcp:
         c = self._conn(sid)
         if c is None:
             return self._out(-errno.ENOTCONN, now)
+        if self.quick and not self._touched and c.connected and not (c.error or c.dead or c.shut_wr):
+            fields = c.conn.send_now(data, now)  # one segment on an idle connection: send() + segments_to_send
+            if fields is not None:
+                seq, ack, flags, window, ts = fields
+                self._ident = ident = (self._ident + 1) & 0xFFFF
+                self._packets.append(self._frame(NO_ETH, c.local_ip, c.peer_ip, ident, c.key[2], c.key[1], seq, ack,
+                                                 flags, window, ts, data)[14:])
+                self.counters["tx_segments"] += 1
+                return self._quick_out(c, len(data), rearm=True)
         self._touched.add(c)
         if c.error:
             err, c.error = c.error, 0

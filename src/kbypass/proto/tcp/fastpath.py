@@ -18,6 +18,7 @@ class Prediction:
 
     __slots__ = ("owner",)
     armed = False
+    address = 0  # no struct kb_tcp_pred for C to predict with
 
     def __init__(self, local_ip: bytes, local_port: int, remote_ip: bytes, remote_port: int, owner=None) -> None:
         self.owner = owner

@@ -1,0 +1,67 @@
+/* kbp_tcpio.c: the app's calls that come down to kbp_tcp_recv/kbp_tcp_send (kbp_tcp.c) on an accelerated TCP
+ * socket: recvmsg/readv, sendmsg/writev, sendfile. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "kbp.h"
+
+#define CHUNK KBP_TCP_CHUNK
+
+/* recvmsg/readv: the stream's next bytes (at most cap, into tmp) spread over the iovecs; -2 the kernel's */
+ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t *tmp, size_t cap) {
+    size_t want = 0, off = 0;
+    for (size_t i = 0; i < m->msg_iovlen; i++) want += m->msg_iov[i].iov_len;
+    ssize_t r = kbp_tcp_recv(s, tmp, want < cap ? want : cap, flags);
+    if (r < 0) return r;
+    for (size_t i = 0; i < m->msg_iovlen && off < (size_t)r; i++) {
+        size_t k = (size_t)r - off < m->msg_iov[i].iov_len ? (size_t)r - off : m->msg_iov[i].iov_len;
+        memcpy(m->msg_iov[i].iov_base, tmp + off, k);
+        off += k;
+    }
+    m->msg_namelen = 0, m->msg_controllen = 0, m->msg_flags = 0;
+    return r;
+}
+
+/* sendmsg/writev: the iovecs gathered (nginx's headers and body: a few KiB) and sent; -2 the kernel's */
+ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags) {
+    size_t len = 0, off = 0;
+    for (size_t i = 0; i < m->msg_iovlen; i++) len += m->msg_iov[i].iov_len;
+    uint8_t *tmp = malloc(len ? len : 1);
+    if (!tmp) {
+        errno = ENOBUFS;
+        return -1;
+    }
+    for (size_t i = 0; i < m->msg_iovlen; i++)
+        memcpy(tmp + off, m->msg_iov[i].iov_base, m->msg_iov[i].iov_len), off += m->msg_iov[i].iov_len;
+    ssize_t r = kbp_tcp_send(s, tmp, len, flags);
+    free(tmp);
+    return r;
+}
+
+/* sendfile to an accelerated socket: the file's bytes read (pread at *off, or read) and sent */
+ssize_t sendfile(int out, int in, off_t *off, size_t count) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(out);
+    if (!s || !s->tcp || !s->accel) return kbp_real.sendfile(out, in, off, count);
+    static __thread char *tmp;
+    if (!tmp && !(tmp = malloc(CHUNK))) return kbp_real.sendfile(out, in, off, count);
+    size_t k = count < CHUNK ? count : CHUNK;
+    ssize_t n = off ? pread(in, tmp, k, *off) : kbp_real.read(in, tmp, k);
+    if (n <= 0) return n;
+    ssize_t r = kbp_tcp_send(s, tmp, (size_t)n, 0);
+    if (r == -2) { /* no longer accelerated */
+        if (!off) lseek(in, -n, SEEK_CUR);
+        return kbp_real.sendfile(out, in, off, count);
+    }
+    ssize_t took = r < 0 ? 0 : r;
+    if (off) *off += took;
+    else if (took < n) lseek(in, took - n, SEEK_CUR); /* what was not sent is read again next time */
+    return r;
+}
+
+ssize_t sendfile64(int out, int in, off_t *off, size_t count) __attribute__((alias("sendfile")));
