@@ -284,12 +284,14 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags);
 ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags);
 ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t *tmp, size_t cap);
 ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags);
+void kbp_tcp_fill_addr(struct sockaddr *to, socklen_t *tolen, const struct sockaddr_in *a); /* accept, getpeername */
 short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, after a pump */
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
 void kbp_tcp_after_fork_child(void);
-/* bytes an app that does not read may hold in a connection's C queue (kbp_tcpfast.c): past it the segments go
- * to the host, whose own cap (proto.tcp.config.MAX_UNREAD, the same 4 MiB) closes the window; a peer cannot
- * fill the app's memory through either */
+/* bytes an app that does not read may hold in a connection's C queue (kbp_tcpfast.c): the connection's receive
+ * window bounds it already (the prediction checks it; tests/netns/test_run_tcp.py: a peer flooding an app that
+ * never reads is held at ~8 MB), this is the second bound, so that no change of the window's accounting can let
+ * a peer fill the app's memory through C; past it segments go to the host (its MAX_UNREAD, the same 4 MiB) */
 #define KBP_TCP_CQ_MAX (4u << 20)
 #define KBP_TCP_CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
 void kbp_tcp_wake_by(uint64_t at); /* kbp_tcp_timers runs by then (under kbp_lock) */

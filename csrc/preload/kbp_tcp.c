@@ -470,12 +470,6 @@ int listen(int fd, int backlog) {
     return r;
 }
 
-static void fill_addr(struct sockaddr *to, socklen_t *tolen, const struct sockaddr_in *a) {
-    if (!to || !tolen) return;
-    memcpy(to, a, *tolen < sizeof(*a) ? *tolen : sizeof(*a));
-    *tolen = sizeof(*a);
-}
-
 /* The next connection the host completed on listener s: its new fd, -1 with errno (EAGAIN: none). */
 static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags) {
     struct kbp_sock *c = calloc(1, sizeof(*c));
@@ -508,7 +502,7 @@ static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *al
     kbp_fds[fd] = c;
     take_slot(c);
     kbp_tcpc_attach(c);
-    fill_addr(addr, alen, &c->tcp_peer);
+    kbp_tcp_fill_addr(addr, alen, &c->tcp_peer);
     return fd;
 }
 
@@ -605,26 +599,6 @@ int shutdown(int fd, int how) {
         errno = (int)-r;
         return -1;
     }
-    return 0;
-}
-
-int getsockname(int fd, struct sockaddr *addr, socklen_t *len) {
-    kbp_init_libc();
-    struct kbp_sock *s = kbp_get(fd);
-    if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_ACCEPTED) return kbp_real.getsockname(fd, addr, len);
-    fill_addr(addr, len, &s->tcp_local);
-    return 0;
-}
-
-int getpeername(int fd, struct sockaddr *addr, socklen_t *len) {
-    kbp_init_libc();
-    struct kbp_sock *s = kbp_get(fd);
-    if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.getpeername(fd, addr, len);
-    if (!s->connected) {
-        errno = ENOTCONN;
-        return -1;
-    }
-    fill_addr(addr, len, &s->tcp_peer);
     return 0;
 }
 

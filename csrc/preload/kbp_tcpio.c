@@ -1,5 +1,6 @@
 /* kbp_tcpio.c: the app's calls that come down to kbp_tcp_recv/kbp_tcp_send (kbp_tcp.c) on an accelerated TCP
- * socket: recvmsg/readv, sendmsg/writev, sendfile. */
+ * socket: recvmsg/readv, sendmsg/writev, sendfile; and the addresses the shim keeps for it (getsockname,
+ * getpeername). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
@@ -65,3 +66,29 @@ ssize_t sendfile(int out, int in, off_t *off, size_t count) {
 }
 
 ssize_t sendfile64(int out, int in, off_t *off, size_t count) __attribute__((alias("sendfile")));
+
+void kbp_tcp_fill_addr(struct sockaddr *to, socklen_t *tolen, const struct sockaddr_in *a) {
+    if (!to || !tolen) return;
+    memcpy(to, a, *tolen < sizeof(*a) ? *tolen : sizeof(*a));
+    *tolen = sizeof(*a);
+}
+
+int getsockname(int fd, struct sockaddr *addr, socklen_t *len) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_ACCEPTED) return kbp_real.getsockname(fd, addr, len);
+    kbp_tcp_fill_addr(addr, len, &s->tcp_local);
+    return 0;
+}
+
+int getpeername(int fd, struct sockaddr *addr, socklen_t *len) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.getpeername(fd, addr, len);
+    if (!s->connected) {
+        errno = ENOTCONN;
+        return -1;
+    }
+    kbp_tcp_fill_addr(addr, len, &s->tcp_peer);
+    return 0;
+}

@@ -717,3 +717,68 @@ def test_msg_oob_is_refused_not_sent_in_band(hosts, tmp_path):
     assert "connecting) accelerated on" in out, out
     assert "send MSG_OOB -1 Operation not supported" in out and "recv MSG_OOB -1 Invalid argument" in out, out
     assert "peer got b'ok'" in peer, peer
+
+
+FLOOD_PEER = textwrap.dedent("""
+    import socket, sys, time
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    s.listen()
+    print("ready", flush=True)
+    c, _ = s.accept()
+    c.settimeout(0.2)
+    sent, end, chunk = 0, time.monotonic() + float(sys.argv[3]), b"x" * 65536
+    while time.monotonic() < end:
+        try:
+            sent += c.send(chunk)
+        except socket.timeout:
+            pass
+    print("sent", sent, flush=True)
+""")
+
+SLEEPER_C = r"""
+#include <arpa/inet.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) { perror("connect"); return 1; }
+    printf("connected\n");
+    fflush(stdout);
+    /* never reads, but waits in poll (for nothing to read: events 0), where the shim pumps its rings, as an
+     * app busy with other fds would */
+    struct pollfd p = {.fd = fd, .events = 0};
+    for (int i = 0; i < atoi(argv[3]) * 10; i++) poll(&p, 1, 100);
+    return 0;
+}
+"""
+
+
+def test_an_app_that_never_reads_holds_a_bounded_amount(hosts, tmp_path):
+    """A kernel peer sends as fast as it can for 3 s to an app under run that waits in poll and never reads: the
+    app's TCP holds
+    a bounded amount (the C queue's 4 MiB, the host's 4 MiB, the window) and its window closes, so
+    the peer is held at about that plus its own send buffer, instead of filling the app's memory at line rate."""
+    a, b = hosts
+    (tmp_path / "n.c").write_text(SLEEPER_C)
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "n"), str(tmp_path / "n.c")], check=True)
+    srv = subprocess.Popen(in_ns(a, sys.executable, "-c", FLOOD_PEER, a.ipv4, "8320", "3"), stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        app = run_app(b, str(tmp_path / "n"), a.ipv4, "8320", "5")
+        peer = srv.communicate(timeout=30)[0]
+        out = app.communicate(timeout=30)[0]
+    finally:
+        srv.kill()
+        srv.wait()
+    assert "connecting) accelerated on" in out and "queued in C for the app" in out, out
+    sent = int(peer.split()[-1])
+    # 4 + 4 MiB held by the app's TCP, a window's worth in flight, the peer's send buffer (tcp_wmem: 4 MiB)
+    assert 4 << 20 <= sent < 24 << 20, sent  # it took data (not stalled), and not without end

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections import deque
 
 import pytest
 
@@ -44,7 +45,24 @@ class Pair:
         self.drop_to_cli = False
 
     def _take(self, side: str, out) -> object:
-        result, packets, changes, _deadline = out
+        """The call's result; its packets, and those they cause, delivered in the order they were sent (a
+        queue, not recursion: a long transfer is thousands of exchanges deep)."""
+        result, wire = self._changes(side, out), deque()
+        wire.append((side, out[1]))
+        while wire:
+            sender, packets = wire.popleft()
+            to = "cli" if sender == "srv" else "srv"
+            host = self.cli if to == "cli" else self.srv
+            for p in packets:
+                if to == "cli" and self.drop_to_cli:
+                    continue
+                answer = host.frame(p, self.now)
+                self._changes(to, answer)
+                wire.append((to, answer[1]))
+        return result
+
+    def _changes(self, side: str, out) -> object:
+        result, _packets, changes, _deadline = out
         for sid, mask in struct.iter_unpack("=II", changes):
             if mask & GONE:
                 self.gone.add((side, sid))
@@ -52,11 +70,6 @@ class Pair:
             self.masks[(side, sid)] = mask & 0xFFFF
             if mask & NEWS:
                 self.news[(side, sid)] = self.news.get((side, sid), 0) + 1
-        other = self.cli if side == "srv" else self.srv
-        for p in packets:
-            if other is self.cli and self.drop_to_cli:
-                continue
-            self._take("cli" if side == "srv" else "srv", other.frame(p, self.now))
         return result
 
     def srv_call(self, name, *args):
