@@ -442,3 +442,26 @@ def test_segments_queued_in_c_leave_the_connection_as_the_python_path_does():
         if isinstance(p, _CQueued):
             assert p.queued > 20 * 1448  # most of it was queued in C
     assert runs[0] == runs[1]
+
+
+def test_reading_past_max_unread_takes_what_the_connection_held_back_without_a_timer():
+    """The quick recv (queued bytes only) must not drain rx while the connection still holds Data events the
+    MAX_UNREAD cap left there: the app would see no POLLIN (and C would queue later segments in front of them)
+    with the window closed, until the peer's zero-window probe (seconds: curl under run stalled at 9 of 10 MB)."""
+    p = Pair()
+    p.established()
+    chunk, sent = b"x" * 200_000, 0
+    for _ in range(40):  # 8 MB offered
+        r = p.cli_call("send", 7, chunk)
+        sent += max(r, 0)
+        p.tick(0.01)
+    c = p.srv.by_sid[2]
+    assert c.rx_len >= MAX_UNREAD and c.conn._unread  # the cap held some back
+    got = 0
+    while True:  # no timer runs: each read must reopen the window itself
+        data = p.srv_call("recv", 2, 64 << 10, 0)
+        if data == -errno.EAGAIN:
+            break
+        got += len(data)
+        assert p.masks[("srv", 2)] & POLLIN or not (c.rx or c.conn._unread)
+    assert got == sent

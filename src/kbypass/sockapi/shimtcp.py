@@ -453,7 +453,9 @@ class ShimTcp:
         c = self._conn(sid)
         if c is None:
             return self._out(-errno.ENOTCONN, now)
-        if c.rx and not c.shut_rd and self.quick and not self._touched:
+        # quick only below MAX_UNREAD: at the cap _events left Data in the connection, and _out's pass must take
+        # it as rx drains (else no POLLIN, a closed window, and C queueing later segments in front of it)
+        if c.rx and not c.shut_rd and self.quick and not self._touched and c.rx_len < MAX_UNREAD:
             return self._quick_out(c, self._take(c, n, peek))
         self._touched.add(c)
         if c.rx and not c.shut_rd:
