@@ -63,6 +63,15 @@ def _pkey(key: tuple[bytes, int, int]) -> int:
     return (int.from_bytes(key[0], "big") << 32) | (key[1] << 16) | key[2]
 
 
+def _rearm(c: _Conn) -> None:
+    """c's C prediction armed from its connection as it is now (or disarmed where it predicts nothing)."""
+    state = c.conn.prediction()
+    if state is None:
+        c.prediction.disarm()
+    else:
+        c.prediction.arm(*state)
+
+
 class _Conn:
     """One connection: the protocol's, the bytes the application has not read, its error and readiness."""
 
@@ -157,11 +166,7 @@ class ShimTcp:
         for c in touched:
             if type(c) is _Conn:
                 conn = c.conn
-                state = conn.prediction()
-                if state is None:
-                    c.prediction.disarm()
-                else:
-                    c.prediction.arm(*state)
+                _rearm(c)
                 finished = conn.state is _CLOSED
                 t = None if finished else conn.next_timer()
                 if finished and (c.app_closed or c.sid is None):
@@ -199,11 +204,7 @@ class ShimTcp:
         to the same packets, results and changes)."""
         if rearm:
             conn = c.conn
-            state = conn.prediction()
-            if state is None:
-                c.prediction.disarm()
-            else:
-                c.prediction.arm(*state)
+            _rearm(c)
             t = conn.next_timer()
             timers = self._timers
             if t is None:
