@@ -14,6 +14,9 @@ class Prediction:
     def armed(self) -> bool: ...
     @property
     def owner(self) -> object: ...
+    @property
+    def address(self) -> int:
+        """Where its struct kb_tcp_pred lives, for the preload shim's C to predict with (kbp_tcpfast.c)."""
     def arm(self, rcv_nxt: int, snd_una: int, snd_max: int, rcv_wnd: int, ts_ok: bool, ts_recent: int,
             last_ack_sent: int, /) -> None:
         """Predict from these wire values (TcpConnection.prediction's tuple)."""
