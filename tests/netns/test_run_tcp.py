@@ -590,6 +590,7 @@ def test_a_listener_closed_with_a_connection_open_gives_its_port_back_when_that_
 
 SIGSEND_C = r"""
 #include <arpa/inet.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -616,9 +617,14 @@ int main(int argc, char **argv) {
     char buf[4096];
     memset(buf, 'd', sizeof(buf));
     long sent = 0;
-    for (int i = 0; i < 2000; i++) {
-        ssize_t r = send(fd, buf, sizeof(buf), MSG_NOSIGNAL);
-        if (r > 0) sent += r;
+    for (int i = 0; i < 2000; i++) { /* a signal may cut a blocking send short (a partial count or EINTR) */
+        size_t off = 0;
+        while (off < sizeof(buf)) {
+            ssize_t r = send(fd, buf + off, sizeof(buf) - off, MSG_NOSIGNAL);
+            if (r > 0) off += r;
+            else if (r < 0 && errno != EINTR && errno != EAGAIN) { perror("send"); return 1; }
+        }
+        sent += off;
     }
     it = (struct itimerval){0};
     setitimer(ITIMER_REAL, &it, 0);

@@ -12,11 +12,9 @@ without a body, answered by respond_whole.
 import copy
 import socket
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kbypass import backend
 from kbypass.proto import tcp
 from kbypass.proto.http import RequestParser, Site, learn_canned, respond_whole
 from kbypass.proto.ipv4 import build_ipv4_header
@@ -97,14 +95,6 @@ def _bases():
 
 
 BASES = _bases()
-
-
-@pytest.fixture(scope="module")
-def fast():
-    try:
-        return backend.native_module("tcp")
-    except backend.NativeMissing as e:
-        pytest.skip(str(e))
 
 
 def armed(fast, base, answers):

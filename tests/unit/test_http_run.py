@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kbypass import backend
 from kbypass.proto.tcp import congestion, fastpath
 from tests.kb import needs_c
 from tests.unit.test_http_canned import (
@@ -34,14 +33,6 @@ from tests.unit.test_http_canned import (
     frame_in,
 )
 from tests.unit.test_tcp_fastpath import snap
-
-
-@pytest.fixture(scope="module")
-def fast():
-    try:
-        return backend.native_module("tcp")
-    except backend.NativeMissing as e:
-        pytest.skip(str(e))
 
 
 def arm(fast, pred, can, conn, answers=ANSWERS) -> None:

@@ -33,7 +33,6 @@ from tests.unit.test_http_canned import (
     armed,
     client_seg,
     exchange,
-    fast,  # noqa: F401 (the fixture, one for both files)
     frame_in,
 )
 from tests.unit.test_http_run import RUN_BASES, chain
@@ -76,7 +75,7 @@ def cases(draw):
     return base, client_seg(base, b"".join(parts), ack=ack), later
 
 
-def check(fast, base, seg, now):  # noqa: F811 (fast: the fixture's value)
+def check(fast, base, seg, now):
     """agree(), and when C answered: every message asked for an answer and got answer()'s bytes."""
     told = agree(fast, base, seg, now, SOCKPERF)
     if told is None:
@@ -89,12 +88,12 @@ def check(fast, base, seg, now):  # noqa: F811 (fast: the fixture's value)
 @needs_c
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(cases())
-def test_c_leaves_the_segment_or_answers_as_the_reference(fast, case):  # noqa: F811
+def test_c_leaves_the_segment_or_answers_as_the_reference(fast, case):
     check(fast, *case)
 
 
 @needs_c
-def test_values_are_answer_s_bytes_one_per_message(fast):  # noqa: F811
+def test_values_are_answer_s_bytes_one_per_message(fast):
     """The values C reports (and sends, agree() holds the frame to them) are answer()'s, in order."""
     base, now = BASES[4]
     msgs = [msg(1), msg(2, 14), msg(3, 300)]
@@ -103,13 +102,13 @@ def test_values_are_answer_s_bytes_one_per_message(fast):  # noqa: F811
     assert hit[8] == tuple((pingpong.answer(m),) for m in msgs)
 
 
-def rx(fast, base, payload: bytes, now: float):  # noqa: F811
+def rx(fast, base, payload: bytes, now: float):
     pred, can = armed(fast, base, SOCKPERF)
     return fast.rx_canned(frame_in(client_seg(base, payload)), {KEY: pred}, {KEY: can}, now, 1)
 
 
 @needs_c
-def test_ping_pong_messages_are_answered_in_c(fast):  # noqa: F811
+def test_ping_pong_messages_are_answered_in_c(fast):
     """The common case is answered on every base (the fuzz above would pass with a C side that answers none)."""
     answered = 0
     for base, now in BASES:
@@ -119,7 +118,7 @@ def test_ping_pong_messages_are_answered_in_c(fast):  # noqa: F811
 
 
 @needs_c
-def test_ping_pong_exchanges_are_kept_in_c(fast):  # noqa: F811
+def test_ping_pong_exchanges_are_kept_in_c(fast):
     """A ping-pong run is an HTTP keep-alive run with sockperf's rule for the table: after one exchange
     reported, C keeps the rest (kb_http_run_step), each answer the reference's segment byte for byte, and
     the connection that takes them in one call (canned_run_taken) ends in the reference's state; the tally
@@ -131,7 +130,7 @@ def test_ping_pong_exchanges_are_kept_in_c(fast):  # noqa: F811
 
 
 @needs_c
-def test_what_c_must_not_answer(fast):  # noqa: F811
+def test_what_c_must_not_answer(fast):
     """answer()'s None (no pong flag, or an answer: no client flag), a partial message, a length field that
     cannot frame: the Python way (where tcpmsg frames the stream and answer() decides)."""
     base, now = BASES[2]
@@ -141,7 +140,7 @@ def test_what_c_must_not_answer(fast):  # noqa: F811
         assert check(fast, base, client_seg(base, payload), now) is None
 
 
-def agree_next_send(fast, base, seg, data: bytes, now: float):  # noqa: F811
+def agree_next_send(fast, base, seg, data: bytes, now: float):
     """seg through rx_canned armed with NEXT_SEND, then data through send_canned, held to the reference; the
     frame C sent (None: it left the send to the connection)."""
     pred, can = armed(fast, base, NEXT_SEND)
@@ -188,12 +187,12 @@ def next_send_cases(draw):
 @needs_c
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(next_send_cases())
-def test_next_send_answers_as_the_reference_or_leaves_it(fast, case):  # noqa: F811
+def test_next_send_answers_as_the_reference_or_leaves_it(fast, case):
     agree_next_send(fast, *case)
 
 
 @needs_c
-def test_next_send_sends_the_common_case_from_c(fast):  # noqa: F811
+def test_next_send_sends_the_common_case_from_c(fast):
     """A client's next message after an answer leaves from C on every base (the fuzz would pass without)."""
     sent = sum(agree_next_send(fast, base, client_seg(base, msg(1)), msg(2), now + 0.0001) is not None
                for base, now in BASES)
@@ -201,7 +200,7 @@ def test_next_send_sends_the_common_case_from_c(fast):  # noqa: F811
 
 
 @needs_c
-def test_next_send_arming_holds_for_one_segment(fast):  # noqa: F811
+def test_next_send_arming_holds_for_one_segment(fast):
     """A second segment before the send: the arming is spent (the connection's path for both)."""
     base, now = BASES[1]
     pred, can = armed(fast, base, NEXT_SEND)

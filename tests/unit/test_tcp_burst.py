@@ -13,7 +13,6 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from kbypass import backend
 from kbypass.endpoint.tcprx import TcpReceive
 from kbypass.port import afxdp as afxdp_mod
 from kbypass.proto import udp as udpp
@@ -41,14 +40,6 @@ from tests.unit.test_tcp_fastpath import snap
 
 pytestmark = needs_c
 MAC = bytes.fromhex("020000000002")
-
-
-@pytest.fixture
-def fast():
-    try:
-        return backend.native_module("tcp")
-    except backend.NativeMissing as e:
-        pytest.skip(str(e))
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kbypass import backend
 from kbypass.proto import tcp
 from kbypass.proto.faults import FaultyLink
 from kbypass.proto.ipv4 import build_ipv4_header
@@ -53,14 +52,6 @@ CIP, SIP = socket.inet_aton(CLIENT_IP), socket.inet_aton(SERVER_IP)
 KEY = (int.from_bytes(CIP, "big") << 32) | (CLIENT_PORT << 16) | SERVER_PORT
 M = 0xFFFFFFFF
 PAYLOAD = bytes(range(256)) * 12
-
-
-@pytest.fixture(scope="module")
-def fast():
-    try:
-        return backend.native_module("tcp")
-    except backend.NativeMissing as e:
-        pytest.skip(str(e))
 
 
 def frame_of(seg: Segment, ident: int = 7) -> bytes:
