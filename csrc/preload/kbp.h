@@ -133,6 +133,7 @@ struct kbp_sock {
     struct kbp_sock *pnext;   /* the next of its 4-tuple bucket */
     uint8_t *cq;              /* predicted payload for the app: older than any the host holds */
     size_t cq_off, cq_len, cq_cap;
+    size_t cq_read;           /* bytes the app read from cq that the host was not told of yet (READ records) */
     int py_rx;                /* the host holds bytes for the app (PYRX): no queueing here until they are read */
     int py_tx;                /* the host waits for ACKs to send more (PYTX): a predicted pure ACK is its at once */
     int rd_shut;              /* shutdown(SHUT_RD): nothing is queued here (the host answers data with a RST) */
@@ -288,11 +289,15 @@ void kbp_tcp_fill_addr(struct sockaddr *to, socklen_t *tolen, const struct socka
 short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, after a pump */
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
 void kbp_tcp_after_fork_child(void);
-/* bytes an app that does not read may hold in a connection's C queue (kbp_tcpfast.c): the connection's receive
- * window bounds it already (the prediction checks it; tests/netns/test_run_tcp.py: a peer flooding an app that
- * never reads is held at ~8 MB), this is the second bound, so that no change of the window's accounting can let
- * a peer fill the app's memory through C; past it segments go to the host (its MAX_UNREAD, the same 4 MiB) */
+/* The connection's receive window bounds its C queue (kbp_tcpfast.c): the host holds the queue's bytes as unread
+ * (TcpConnection.hold) until READ records say the app read them, so the prediction's window, which every queued
+ * segment must fit, closes behind them. KBP_TCP_CQ_MAX is that invariant checked (the host's recv_buffer, 1 MiB,
+ * is below it): a segment that would break it goes to the host instead, and is counted as a bug
+ * (tests/netns/test_run_tcp.py: an app that never reads holds at most a window in C, FIONREAD says so).
+ * A READ is reported when KBP_TCP_READ_REPORT bytes wait (one host call per 64 KiB read, none per request):
+ * the window the peer sees is short by less than that, never closed by bytes the app has read. */
 #define KBP_TCP_CQ_MAX (4u << 20)
+#define KBP_TCP_READ_REPORT (64u << 10)
 #define KBP_TCP_CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
 void kbp_tcp_wake_by(uint64_t at); /* kbp_tcp_timers runs by then (under kbp_lock) */
 

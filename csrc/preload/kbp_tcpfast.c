@@ -24,10 +24,11 @@ static unsigned pump_gen = 1;
 static uint8_t *hitlog;
 static size_t hitlen, hitcap;
 static int hits_due;             /* the host must answer at the end of this pump */
+static int log_hits;             /* HIT records in the log (READ records alone wait for a reason to call) */
 static unsigned pump_hits;       /* data segments predicted in this pump */
 static uint64_t hits_since;
 
-struct __attribute__((packed)) hit_rec { /* shimtcp.HIT */
+struct __attribute__((packed)) hit_rec { /* shimtcp.HIT (flags 0: a READ, len the bytes the app read) */
     uint32_t sid, seq, ack, tsval, tsecr;
     uint16_t window;
     uint8_t flags, has_ts;
@@ -74,7 +75,7 @@ void kbp_tcpc_detach(struct kbp_sock *s) {
     }
     free(s->cq);
     s->cq = NULL;
-    s->cq_off = s->cq_len = s->cq_cap = 0;
+    s->cq_off = s->cq_len = s->cq_cap = s->cq_read = 0;
 }
 
 static int room(uint8_t **buf, size_t *cap, size_t need) {
@@ -89,9 +90,13 @@ static int room(uint8_t **buf, size_t *cap, size_t need) {
 
 /* f for s: 1 taken here (a HIT: queued for the app, logged for the host), 0 the host's */
 static int take_predicted(struct kbp_sock *s, const uint8_t *f, uint32_t n) {
-    if (s->slow_gen == pump_gen || s->py_rx || s->rd_shut || !s->pred->armed || hitlen + sizeof(struct hit_rec) + n > HITLOG_MAX ||
-        s->cq_len + n > KBP_TCP_CQ_MAX)
+    if (s->slow_gen == pump_gen || s->py_rx || s->rd_shut || !s->pred->armed || hitlen + sizeof(struct hit_rec) + n > HITLOG_MAX)
         return 0;
+    if (s->cq_len + n > KBP_TCP_CQ_MAX) { /* the window bounds the queue (kbp.h): a bug if this holds instead */
+        static int said_cq;
+        if (!said_cq++) kbp_say("fd %d: its C queue (%zu bytes) outgrew the receive window: a bug", s->fd, s->cq_len);
+        return 0;
+    }
     if (s->cq_off && s->cq_off + s->cq_len + n > s->cq_cap) { /* the app read the front: move the rest there */
         memmove(s->cq, s->cq + s->cq_off, s->cq_len);
         s->cq_off = 0;
@@ -105,7 +110,7 @@ static int take_predicted(struct kbp_sock *s, const uint8_t *f, uint32_t n) {
     uint64_t now = kbp_now_ns();
     struct hit_rec r = {s->sid, h.seq, h.ack, h.tsval, h.tsecr, h.window, h.flags, h.has_ts, h.payload_len,
                         (double)now / 1e9};
-    if (!hitlen) hits_since = now;
+    if (!log_hits++) hits_since = now;
     memcpy(hitlog + hitlen, &r, sizeof(r));
     memcpy(hitlog + hitlen + sizeof(r), f + h.payload_off, h.payload_len);
     hitlen += sizeof(r) + h.payload_len;
@@ -141,13 +146,13 @@ void kbp_tcpc_pump_done(int batched) {
 
 /* The flusher's and the app's calls: the host catches up when a predicted segment waited CATCH_UP_NS */
 void kbp_tcpc_timers(uint64_t now) {
-    if (hitlen && now >= hits_since + CATCH_UP_NS) kbp_tcp_catch_up();
+    if (log_hits && now >= hits_since + CATCH_UP_NS) kbp_tcp_catch_up();
 }
 
 /* The log for a call that takes it itself (ShimTcp.hits_send): its bytes (n, 0: none), the log emptied */
 const uint8_t *kbp_tcpc_take_log(size_t *n) {
     *n = hitlen;
-    hitlen = 0, hits_due = 0;
+    hitlen = 0, hits_due = 0, log_hits = 0;
     return hitlog;
 }
 
@@ -158,20 +163,29 @@ size_t kbp_tcpc_read(struct kbp_sock *s, void *buf, size_t len, int peek) {
     if (!peek) {
         s->cq_off += k, s->cq_len -= k;
         if (!s->cq_len) s->cq_off = 0;
+        s->cq_read += k;
+        if (s->cq_read >= KBP_TCP_READ_REPORT) { /* the host opens the window (kbp.h) */
+            struct hit_rec r = {.sid = s->sid, .len = (uint32_t)s->cq_read, .at = now_s()};
+            if (hitlen + sizeof(r) > hitcap) kbp_tcp_catch_up(); /* a HIT came first: hitcap >= 4096 */
+            memcpy(hitlog + hitlen, &r, sizeof(r));
+            hitlen += sizeof(r);
+            s->cq_read = 0;
+            kbp_tcp_catch_up();
+        }
     }
     return k;
 }
 
 void kbp_tcpc_after_fork_child(void) {
     memset(bucket, 0, sizeof(bucket));
-    hitlen = 0;
+    hitlen = 0, log_hits = 0;
 }
 
 void kbp_tcp_catch_up(void) {
     if (!hitlen) return;
     size_t n = hitlen;
     hitlen = 0; /* before the call: kbp_py_call catches up first, and this is that */
-    hits_due = 0;
+    hits_due = 0, log_hits = 0;
     kbp_py_call("hits", NULL, 0, "(y#d)", hitlog, (ssize_t)n, now_s());
 }
 

@@ -356,16 +356,19 @@ def test_the_quick_paths_answer_as_the_general_pass_does():
     assert quick.srv.stats() == general.srv.stats()
 
 
+READ_REPORT = 64 << 10  # kbp.h KBP_TCP_READ_REPORT
+
+
 class _CQueued(Pair):
     """The server's shim as kbp_tcp.c runs it: a segment its connection's Prediction says HIT for (kbypass._fasttcp.rx,
     the kb_tcp_predict the shim calls) is queued for the app, logged, and given to ShimTcp.hits at the end of the pump
     when its ACK is due or else before the host's next call (with a send: hits_send); the app's recv reads that queue
-    first."""
+    first, and a READ record goes to the host once READ_REPORT bytes of it were read (kbp_tcpfast.c)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.log, self.cq, self.due, self.py_rx, self.py_tx, self.writable = b"", b"", False, False, False, True
-        self.queued = 0
+        self.queued = self.unreported = self.cq_peak = 0
 
     def _take(self, side: str, out) -> object:
         result, packets, changes, deadline = out
@@ -388,6 +391,7 @@ class _CQueued(Pair):
             self.log += HIT.pack(2, seq, ack, tsval or 0, tsecr or 0, window, flags, tsval is not None, len(payload),
                                  self.now) + payload
             self.cq += payload
+            self.cq_peak = max(self.cq_peak, len(self.cq))
             self.queued += len(payload)
             hits += bool(payload)
             self.due |= hits >= 2 if payload else self.py_tx or not self.writable
@@ -405,6 +409,10 @@ class _CQueued(Pair):
             super().srv_call("hits", log)
         if name == "recv" and self.cq:
             got, self.cq = self.cq[:args[1]], self.cq[args[1]:]
+            self.unreported += len(got)
+            if self.unreported >= READ_REPORT:  # a READ record, and the host called at once
+                super().srv_call("hits", HIT.pack(2, 0, 0, 0, 0, 0, 0, 0, self.unreported, self.now))
+                self.unreported = 0
             return got
         return super().srv_call(name, *args)
 
@@ -413,6 +421,12 @@ def _fasttcp():
     from kbypass import backend
 
     return backend.native_module("tcp")
+
+
+def backend_built() -> bool:
+    from kbypass import backend
+
+    return backend.built("tcp")
 
 
 def test_segments_queued_in_c_leave_the_connection_as_the_python_path_does():
@@ -437,10 +451,13 @@ def test_segments_queued_in_c_leave_the_connection_as_the_python_path_does():
         p.cli_call("recv", 7, 100, 0)
         assert p.srv_call("recv", 2, 100000, 0) == -errno.EAGAIN
         conn = p.srv.by_sid[2].conn
-        runs.append((got, conn.prediction(), conn.stats.bytes_in, conn.stats.segs_in, conn.stats.segs_out,
-                     conn.cc.cwnd, p.cli.by_sid[7].conn.prediction()))
+        pred = list(conn.prediction())
         if isinstance(p, _CQueued):
             assert p.queued > 20 * 1448  # most of it was queued in C
+            assert 0 < p.unreported < READ_REPORT  # read from C, not reported yet: the window is short by it
+            pred[3] += p.unreported
+        runs.append((got, pred, conn.stats.bytes_in, conn.stats.segs_in, conn.stats.segs_out,
+                     conn.cc.cwnd, p.cli.by_sid[7].conn.prediction()))
     assert runs[0] == runs[1]
 
 
@@ -465,3 +482,53 @@ def test_reading_past_max_unread_takes_what_the_connection_held_back_without_a_t
         got += len(data)
         assert p.masks[("srv", 2)] & POLLIN or not (c.rx or c.conn._unread)
     assert got == sent
+
+
+def test_the_receive_window_bounds_the_c_queue_of_an_app_that_never_reads():
+    """The host holds the C queue's bytes as unread (TcpConnection.hold) until READ records say the app read them:
+    a peer offering 8 MB to an app that never reads fills at most the receive window in C (recv_buffer, not the
+    C queue's own 4 MiB cap and then the host's MAX_UNREAD) and is shown a zero window. Reading opens the window
+    again (READ records, no timer): everything arrives. In-order data a peer sends past the window anyway is
+    trimmed to it (RFC 9293 3.10.7.4) and answered by an ACK, never queued in C."""
+    if not backend_built():
+        pytest.skip("kbypass._fasttcp is not built (make setup)")
+    p = _CQueued()
+    p.established()
+    c, buf = p.srv.by_sid[2], p.srv.config.recv_buffer
+
+    def offer() -> int:
+        chunk, sent = b"x" * 200_000, 0
+        for _ in range(40):
+            r = p.cli_call("send", 7, chunk)
+            sent += max(r, 0)
+            p.tick(0.01)
+        # at most a window in C, every byte of it counted by the connection (and those read, not reported yet;
+        # the host's rx has what went its way
+        # before the window closed: segments behind a slow one in their pump; MAX_UNREAD bounds that)
+        assert buf // 2 < len(p.cq) <= buf and c.conn._unread == len(p.cq) + p.unreported and c.rx_len < MAX_UNREAD
+        assert c.conn._wnd_field() == 0 and sent < buf + MAX_UNREAD
+        return sent
+
+    sent, got = offer(), 0
+    while got < sent:  # the app reads: READ records reopen the window
+        data = p.srv_call("recv", 2, 64 << 10, 0)
+        if data == -errno.EAGAIN:
+            p.tick(0.05)
+            continue
+        got += len(data)
+    assert got == sent and p.cq_peak <= buf
+    offer()
+    # a peer ignoring the window: in-order segments past it (bytes of its own, out of step with the client's
+    # stream from here on: nothing is read after them)
+    fast, conn, queued = _fasttcp(), c.conn, len(p.cq)
+    for k in range(4):
+        start, room = conn.rcv_nxt, conn._rcv_wnd()  # the host's rx took the last one's bytes: room again
+        assert room < 1448
+        tsval = (conn.ts_recent + 1 + k) & 0xFFFFFFFF
+        seg = fast.frame(ETH_IP, socket.inet_aton(A), socket.inet_aton(B), 1, 40000, 8080, start & 0xFFFFFFFF,
+                         conn.sq.snd_max & 0xFFFFFFFF, tcp.ACK | tcp.PSH, 1000, (tsval, 0), b"y" * 1448)
+        assert fast.rx(seg, {_pkey(c.key): c.prediction}) is None  # C says SLOW: past its window
+        _, packets, _, _ = p.srv.frame(seg[14:], p.now)
+        assert len(p.cq) == queued and conn.rcv_nxt == start + room  # the window's room taken, the rest dropped
+        (ack,) = [tcp.parse_segment(pk[16:20], pk[12:16], pk[20:]) for pk in packets]
+        assert ack.ack == (start + room) & 0xFFFFFFFF and ack.window << conn.rcv_wscale < 1448 and not ack.payload

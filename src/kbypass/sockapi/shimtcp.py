@@ -47,7 +47,9 @@ GONE = 0x20000000  # finished: the shim may forget the sid
 PYRX = 0x40000000  # bytes wait here for the app: the shim queues no predicted segment in C before they are read
 PYTX = 0x08000000  # bytes (or a FIN) wait here for the ACK clock: the shim hands a predicted pure ACK over at once
 # one segment the shim's C predicted (kb_tcp_predict on the connection's Prediction) and queued for the app
-# itself: sid, seq, ack, tsval, tsecr, window, flags, has timestamps, payload length, arrival; the payload follows
+# itself: sid, seq, ack, tsval, tsecr, window, flags, has timestamps, payload length, arrival; the payload follows.
+# flags 0 (never a HIT's: kb_tcp_predict takes ACK or ACK|PSH only): a READ, the app read `length` bytes of that
+# queue (no payload): the connection holds the queue's bytes as unread (its window closes behind them) until then
 HIT = struct.Struct("=IIIIIHBBId")
 ACCEPTED = struct.Struct("!4sH4sH")
 _CLOSED, _TIME_WAIT, _ESTABLISHED = tcp.State.CLOSED, tcp.State.TIME_WAIT, tcp.State.ESTABLISHED
@@ -249,9 +251,10 @@ class ShimTcp:
                     c.prediction.disarm()
                     conn.abort()
                     continue
-                if c.c_owned:  # bytes of hits(): the shim's C queue has them
+                if c.c_owned:  # bytes of hits(): the shim's C queue has them, unread until its READ records
                     k = min(c.c_owned, len(e.data))
                     c.c_owned -= k
+                    conn.hold(k)
                     if k == len(e.data):
                         continue
                     e = tcp.Data(e.data[k:])
@@ -357,14 +360,20 @@ class ShimTcp:
     def hits(self, log: bytes, now: float):
         """Segments the shim's C predicted and queued for the app itself (HIT records, each with its payload),
         taken as frames() takes a HIT, at their arrival times: the connection catches up (its ACK, window,
-        timers), its Data is not queued here again (the app reads it from C)."""
+        timers), its Data is not queued here again (the app reads it from C) but held unread until READ records
+        say the app read it, so the receive window bounds the C queue as it bounds rx."""
         off, n, size = 0, len(log), HIT.size
         while off + size <= n:
             sid, seq, ack, tsval, tsecr, window, flags, has_ts, length, at = HIT.unpack_from(log, off)
             off += size
+            c = self.by_sid.get(sid)
+            if not flags:  # READ: the app read `length` bytes of the C queue (no payload follows)
+                if type(c) is _Conn:
+                    c.conn.release(length)
+                    self._touched.add(c)
+                continue
             payload = log[off:off + length]
             off += length
-            c = self.by_sid.get(sid)
             if type(c) is not _Conn:
                 continue
             self.counters["rx_segments"] += 1

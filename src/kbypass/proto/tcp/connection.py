@@ -216,6 +216,17 @@ class TcpConnection(Output, CannedAnswers):
                 self._ack_now = True
         return e
 
+    def hold(self, n: int) -> None:
+        """n bytes of Data taken from next_event are still unread, in a queue of the application's host (the
+        preload shim's C queue): they keep the receive window closed, as Data not taken does, until release(n)."""
+        self._unread += n
+
+    def release(self, n: int) -> None:
+        """The application read n held bytes: the window opens (a window update if it is worth one)."""
+        self._unread -= n
+        if self.state in PEER_OPEN and self._window_update_due():
+            self._ack_now = True
+
     def _raise_closed(self):
         if self.reset_reason is not None:
             raise _ERRORS.get(self.reset_reason, TcpResetError)(f"connection {self.reset_reason}")
@@ -513,8 +524,9 @@ class TcpConnection(Output, CannedAnswers):
 
     def _rx_data(self, seq: int, payload: bytes, now: float, taken: bool = False) -> None:
         right = self.rcv_nxt + self._rcv_wnd()
-        if seq + len(payload) > right:
+        if seq + len(payload) > right:  # past the window: dropped, and the peer told at once (RFC 9293 3.10.7.4)
             payload = payload[:max(0, right - seq)]
+            self._ack_now = True
         rq = self.rq
         if not payload:
             self._ack_now = True
