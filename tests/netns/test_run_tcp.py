@@ -500,6 +500,59 @@ def test_an_unprivileged_app_cannot_take_over_a_port_it_let_go(hosts):
         stop(app)
 
 
+UDP_HIJACKER = textwrap.dedent("""
+    # an unprivileged app proves a UDP port it bound with SO_REUSEADDR, then closes its socket (the rule stays with
+    # its connection to the control plane)
+    import ctypes, socket, struct, sys
+    from kbypass.cp.client import ControlPlaneClient
+    cp = ControlPlaneClient(None, start=False, command="udp hijacker")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # bind(2) itself, past the shim's bind (which would have the port accelerated first): this request is the only one
+    addr = struct.pack("=H2s4s8x", socket.AF_INET, int(sys.argv[2]).to_bytes(2, "big"), socket.inet_aton(sys.argv[1]))
+    assert ctypes.CDLL(None, use_errno=True).syscall(49, s.fileno(), addr, len(addr)) == 0  # SYS_bind (x86_64)
+    try:
+        cp._call("accelerate", fds=(s.fileno(),))
+        print("accelerated, SO_REUSEADDR", s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR), flush=True)
+    except Exception as e:
+        print("refused:", e, flush=True)
+    s.close()
+    print("closed", flush=True)
+    sys.stdin.readline()
+""")
+
+ROOT_UDP_BINDER = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((sys.argv[1], int(sys.argv[2]))); print("root bound")
+    except OSError as e:
+        print("root:", e.strerror)
+""")
+
+
+def test_an_unprivileged_app_cannot_take_over_a_udp_port_it_let_go(hosts):
+    """uid 65534 (--users all): a UDP socket bound with SO_REUSEADDR lets any user (root too) bind the port after
+    it, and the rule would steer that socket's datagrams to this app's rings. The control plane clears
+    SO_REUSEADDR on the socket it accepts as proof (and keeps a dup of it while the rule lives): root's bind with
+    SO_REUSEADDR fails as if the app still had the port to itself, even after the app closed its socket."""
+    a, b = hosts
+    app = run_app(b, *test_run.UNPRIVILEGED, sys.executable, "-c", UDP_HIJACKER, b.ipv4, "9211",
+                  stdin=subprocess.PIPE, cwd=test_run.ROOT)
+    try:
+        lines = []
+        while len(lines) < 2 and (line := app.stdout.readline()):
+            if not line.startswith("kbypass["):
+                lines.append(line.strip())
+        assert lines[0].startswith("accelerated") and lines[1] == "closed", lines
+        # root's socket would share the port, and the rule would steer its datagrams to the app's rings
+        root = subprocess.run(in_ns(b, sys.executable, "-c", ROOT_UDP_BINDER, b.ipv4, "9211"), capture_output=True,
+                              text=True, timeout=30)
+        assert root.stdout.strip() == "root: Address already in use", root
+        assert lines[0] == "accelerated, SO_REUSEADDR 0", lines
+    finally:
+        stop(app)
+
+
 RELISTEN_C = r"""
 #include <arpa/inet.h>
 #include <poll.h>

@@ -13,7 +13,7 @@ import struct
 import pytest
 
 from kbypass.cp import protocol, shimpage
-from kbypass.cp.accel import bound_flow
+from kbypass.cp.accel import bound_flow, check_exclusive
 from kbypass.cp.protocol import ProtocolError
 
 
@@ -51,6 +51,30 @@ def test_the_flow_is_read_from_the_bound_socket():
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_udp_proof_with_so_reuseaddr_keeps_its_port_to_itself():
+    """The kernel lets any user bind a UDP port whose sockets all have SO_REUSEADDR: the control plane clears it on
+    a non-root app's proof, so no later socket (root's neither) shares the port the rule steers; refused (another
+    user's socket shares the port already), the app's socket is left as it was."""
+    udp = socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, udp) as s, socket.socket(socket.AF_INET, udp) as late:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with pytest.raises(ProtocolError, match="another user's socket"):  # s is root's, the client uid 65534's
+            check_exclusive(s.fileno(), "udp", port, 65534)
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        check_exclusive(s.fileno(), "udp", port, os.getuid())
+        assert not s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        late.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with pytest.raises(OSError, match="Address already in use"):
+            late.bind(("127.0.0.1", port))
+    with socket.socket(socket.AF_INET, udp) as s:  # SO_REUSEPORT admits the same uid only: left alone
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", 0))
+        check_exclusive(s.fileno(), "udp", s.getsockname()[1], os.getuid())
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
 
 
 def _page(seal: bool = True, magic: int = shimpage.MAGIC) -> int:

@@ -69,9 +69,14 @@ def check_exclusive(fd: int, proto: str, port: int, uid: int) -> None:
     """ProtocolError unless the app's socket keeps its port to itself while the control plane holds a dup of it
     (a non-root client's proof of ownership). A TCP socket must listen or be connected, or be bound without
     SO_REUSEADDR and SO_REUSEPORT: a bound-only socket with SO_REUSEADDR lets anyone bind the port and listen on
-    it, whose connections the rule would then steer to this app. A socket with either option must find no
-    socket of another uid on its port (it may have joined that one's port)."""
+    it, whose connections the rule would then steer to this app. A UDP socket has no such state: the kernel lets
+    any user bind a UDP port whose sockets all have SO_REUSEADDR (and gives the last binder the datagrams), and
+    the rule would steer that binder's datagrams to this app, so SO_REUSEADDR is cleared on it here (the kernel
+    reads it at each later bind: they get EADDRINUSE, root's too, even after the app closed its socket);
+    SO_REUSEPORT admits sockets of the same uid only. A socket with either option must find no socket of another
+    uid on its port (it may have joined that one's port: looked for after the clearing, so none joins between)."""
     s = socket.socket(fileno=fd)
+    cleared = False
     try:
         reuse = (s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) or
                  s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
@@ -81,11 +86,16 @@ def check_exclusive(fd: int, proto: str, port: int, uid: int) -> None:
             except OSError:
                 raise ProtocolError("accelerate: a TCP socket bound with SO_REUSEADDR or SO_REUSEPORT proves its "
                                     "port only once it listens (anyone may bind it too)") from None
+        if proto == "udp" and s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+            cleared = True
+        if reuse and port_owners(proto).get(port, set()) - {uid}:
+            if cleared:  # refused: the app's socket as it was
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            raise ProtocolError(f"accelerate: {proto} port {port} is bound by another user's socket too "
+                                "(SO_REUSEADDR or SO_REUSEPORT shares it): it stays the kernel's")
     finally:
         s.detach()
-    if reuse and port_owners(proto).get(port, set()) - {uid}:
-        raise ProtocolError(f"accelerate: {proto} port {port} is bound by another user's socket too (SO_REUSEADDR "
-                            "or SO_REUSEPORT shares it): it stays the kernel's")
 
 
 class Routes:
