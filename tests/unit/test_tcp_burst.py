@@ -413,3 +413,61 @@ def test_a_bad_completion_while_sending_an_answer_is_raised_not_handed_over(fast
     n, kept, udp, _, items, more, error = fast.rx_burst(core, core, {KEY: pred}, {KEY: can}, now, 40, None, 64)
     assert isinstance(error, IndexError) and "outside the UMEM" in str(error)
     assert (n, kept, items) == (1, 1, [])
+
+
+class _LaneHost(TcpReceive):
+    """TcpReceive's state as TcpHost keeps it over one real lane (fake rings): the C burst when native, else the
+    Python loop alone (the reference); the verdicts taken and the answers handed to Python to send recorded."""
+
+    def __init__(self, fast, lane, pred, can, native: bool):
+        self._burst = fast.rx_burst
+        self._lanes, self._cores, self._tx_backlog = [lane], [lane.c.core if native else None], []
+        self._predict, self._predictions, self._canned, self._tally, self._tallied = (fast.rx_canned, {KEY: pred},
+                                                                                     {KEY: can}, {}, 0)
+        self._ident, self.late, self._dirty, self.defer_tx = 40, [], set(), False
+        self.counters = dict.fromkeys(("rx_not_tcp", "rx_segments", "rx_predicted", "tx_segments",
+                                       "rx_canned_kept", "rx_canned"), 0)
+        self.taken, self.sent = [], []
+
+    def _take(self, item, now, answered):
+        if type(item) is tuple and len(item) in (1, 10):
+            self.sent.append(item[-1])  # a kept answer Python sends, or a reported one's frame
+        if type(item) is bytes or len(item) != 1:
+            self.taken.append(item)
+
+
+@pytest.mark.parametrize("c_takes", [0, 2])
+def test_a_burst_that_stops_for_want_of_a_fill_slot_is_finished_by_the_python_loop(fast, lane, c_takes, monkeypatch):
+    """rx_burst's `more`: the fill ring has room for c_takes frames given back, so kb_lane_rx_copy says FILL_FULL
+    at the next one and the burst stops there; TcpReceive.receive takes the rest frame by frame through the
+    Python lane (MessageLane.receive_one keeps a frame it has no fill slot for), with rx_canned: the same
+    verdicts in the same order, the same answers sent, ident, counters, tally and run as the Python loop alone."""
+    base, now = next((c, t) for c, t in BASES if c.canned_run() is not None)
+    now += 0.0002
+    frames = burst_frames(base, now)
+    monkeypatch.setattr("time.monotonic", lambda: now)
+    results = []
+    for native in (False, True):
+        pred, can = armed(fast, base)
+        host = _LaneHost(fast, lane, pred, can, native)
+        lane.c.give(lane.port.alloc(lane.STASH).addr.tolist())
+        xsk = lane.port.xsk
+        assert xsk.deliver(frames) == len(frames)
+        if native:  # the fill ring full but for c_takes slots
+            extra = lane.port.alloc(len(frames) - c_takes).addr
+            idx, got = xsk.fill.reserve(len(extra))
+            assert got == len(extra)
+            xsk.fill.write_slots(idx, extra.astype(consts.UMEM_ADDR))
+            xsk.fill.submit(got)
+            burst = fast.rx_burst
+            seen = []
+            host._burst = lambda *a: seen.append(burst(*a)) or seen[-1]
+        assert host.receive() is True
+        if native:
+            assert seen[0][0] == c_takes and seen[0][5] == 1  # the C burst's frames, and `more`
+        lane.flush_tx()
+        results.append((host.taken, xsk.send_all() + host.sent, host._ident, host.counters, host._tally,
+                        can.take_run()))
+        assert xsk.rx.available() == 0
+    assert results[0] == results[1]
+    assert results[0][1], "no answer was sent"
