@@ -472,21 +472,28 @@ HIJACKER = textwrap.dedent("""
 """)
 
 
+def _unprivileged_app(host, code: str, port: int, lines: int) -> tuple[subprocess.Popen, list[str]]:
+    """code as uid 65534 under run (its stdin held open: the app waits there) and its first `lines` lines (the
+    shim's --log lines left out: the app's own sockets stay the kernel's)."""
+    app = run_app(host, *test_run.UNPRIVILEGED, sys.executable, "-c", code, host.ipv4, str(port),
+                  stdin=subprocess.PIPE, cwd=test_run.ROOT)
+    got: list[str] = []
+    while len(got) < lines and (line := app.stdout.readline()):
+        if not line.startswith("kbypass["):
+            got.append(line.strip())
+    return app, got
+
+
 def test_an_unprivileged_app_cannot_take_over_a_port_it_let_go(hosts):
     """uid 65534 (--users all): a TCP socket bound with SO_REUSEADDR that does not listen proves nothing (root
     could bind and listen on the port after it, and its connections would go to this app's rings); a listening
     one does, and the control plane keeps the port taken in the kernel (a dup of that socket) while the rule
     lives, even after the app closed its socket: root's listen on it fails as if the app still listened."""
     a, b = hosts
-    app = run_app(b, *test_run.UNPRIVILEGED, sys.executable, "-c", HIJACKER, b.ipv4, "9201",
-                  stdin=subprocess.PIPE, cwd=test_run.ROOT)
+    app, lines = _unprivileged_app(b, HIJACKER, 9201, 3)
     try:
-        lines = []
-        while len(lines) < 3 and (line := app.stdout.readline()):
-            if not line.startswith("kbypass["):  # the shim's --log: the app's own TCP stays the kernel's
-                lines.append(line)
         assert "bound-only with SO_REUSEADDR: refused: " in lines[0] and "listens" in lines[0], lines
-        assert lines[1].strip() == "listening: accelerated" and lines[2].strip() == "closed", lines
+        assert lines[1] == "listening: accelerated" and lines[2] == "closed", lines
         root = subprocess.run(in_ns(b, sys.executable, "-c", textwrap.dedent("""
             import socket, sys
             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -536,13 +543,8 @@ def test_an_unprivileged_app_cannot_take_over_a_udp_port_it_let_go(hosts):
     SO_REUSEADDR on the socket it accepts as proof (and keeps a dup of it while the rule lives): root's bind with
     SO_REUSEADDR fails as if the app still had the port to itself, even after the app closed its socket."""
     a, b = hosts
-    app = run_app(b, *test_run.UNPRIVILEGED, sys.executable, "-c", UDP_HIJACKER, b.ipv4, "9211",
-                  stdin=subprocess.PIPE, cwd=test_run.ROOT)
+    app, lines = _unprivileged_app(b, UDP_HIJACKER, 9211, 2)
     try:
-        lines = []
-        while len(lines) < 2 and (line := app.stdout.readline()):
-            if not line.startswith("kbypass["):
-                lines.append(line.strip())
         assert lines[0].startswith("accelerated") and lines[1] == "closed", lines
         # root's socket would share the port, and the rule would steer its datagrams to the app's rings
         root = subprocess.run(in_ns(b, sys.executable, "-c", ROOT_UDP_BINDER, b.ipv4, "9211"), capture_output=True,
