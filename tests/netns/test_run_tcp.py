@@ -822,6 +822,14 @@ int main(int argc, char **argv) {
     int unread = -1;
     ioctl(fd, FIONREAD, &unread); /* what the app's TCP holds for it */
     printf("unread %d\n", unread);
+    fflush(stdout);
+    /* then it reads all to the peer's end: its reads must open the window again (the C queue's READ records) */
+    static char buf[1 << 16];
+    long total = 0;
+    ssize_t r;
+    p.events = POLLIN;
+    while (poll(&p, 1, 10000) == 1 && (r = recv(fd, buf, sizeof(buf), 0)) > 0) total += r;
+    printf("read %ld\n", total);
     return 0;
 }
 """
@@ -831,7 +839,8 @@ def test_an_app_that_never_reads_holds_a_bounded_amount(hosts, tmp_path):
     """A kernel peer sends as fast as it can for 3 s to an app under run that waits in poll and never reads: the
     app's TCP holds a bounded amount (the receive window counts the C queue's bytes until the app reads them;
     the host's MAX_UNREAD bounds its own rx) and its window closes, so the peer is held at about that plus its own
-    send buffer, instead of filling the app's memory at line rate. FIONREAD says what is held."""
+    send buffer, instead of filling the app's memory at line rate. FIONREAD says what is held; then the app reads
+    all of it and what the peer still had."""
     a, b = hosts
     (tmp_path / "n.c").write_text(SLEEPER_C)
     subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "n"), str(tmp_path / "n.c")], check=True)
@@ -851,3 +860,4 @@ def test_an_app_that_never_reads_holds_a_bounded_amount(hosts, tmp_path):
     # host took segments past a slow one (its rx: PYRX); plus a window in flight and the peer's send buffer
     assert 1 << 20 <= sent < 16 << 20, sent  # it took data (not stalled), and not without end
     assert 1 << 20 <= unread + 1448 and unread <= (1 << 20) + MAX_UNREAD, unread  # not the C queue's own 4 MiB
+    assert f"read {sent}\n" in out, (sent, out)  # everything, once it reads (no stall at the closed window)
