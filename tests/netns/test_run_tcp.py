@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from kbypass.cp.client import ControlPlaneClient
 from kbypass.proto.tcp.config import MAX_UNREAD
 from tests.netns import test_run
 from tests.netns.test_run import (
@@ -554,6 +555,153 @@ def test_an_unprivileged_app_cannot_take_over_a_udp_port_it_let_go(hosts):
     finally:
         stop(app)
 
+
+
+SHARER = textwrap.dedent("""
+    # an unprivileged app proves a port the kernel lets it keep to itself, then opens it to other users through the
+    # very socket the control plane checked (it holds a dup of the same file description)
+    import ctypes, os, socket, struct, sys
+    from kbypass.cp.client import ControlPlaneClient
+    ip, port, mode, iface = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    libc = ctypes.CDLL(None, use_errno=True)
+    cp = ControlPlaneClient(None, start=False, command="sharer")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if mode == "udp" else socket.SOCK_STREAM)
+    if mode == "udp":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the control plane clears it
+    addr = struct.pack("=H2s4s8x", socket.AF_INET, port.to_bytes(2, "big"), socket.inet_aton(ip))
+    assert libc.syscall(49, s.fileno(), addr, len(addr)) == 0  # bind(2) past the shim (it accelerates UDP binds)
+    if mode == "unlisten":
+        s.listen()
+    cp._call("accelerate", fds=(s.fileno(),))
+    for q in (0, 1):  # its rings, where the rule steers the port's packets
+        cp.open_socket(iface, q, frames=4096, frame_size=2048, rx_size=2048, tx_size=2048, fill_size=2048,
+                       comp_size=2048)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # after the check: others may bind beside it now
+    if mode == "unlisten":  # connect(AF_UNSPEC): the listener is a bound-only socket again
+        assert libc.syscall(42, s.fileno(), bytes(16), 16) == 0
+    print("shared", os.getpid(), flush=True)
+    sys.stdin.readline()
+""")
+
+ROOT_SERVER = textwrap.dedent("""
+    # root's server on the port the unprivileged app opened: what the peer sends must come to it
+    import socket, sys
+    udp = sys.argv[3] == "udp"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    if not udp:
+        s.listen()
+    print("bound", flush=True)
+    s.settimeout(8)
+    try:
+        print("got", s.recvfrom(100)[0].decode() if udp else s.accept()[0].recv(100).decode(), flush=True)
+    except socket.timeout:
+        print("nothing in 8 s", flush=True)
+""")
+
+SENDER = textwrap.dedent("""
+    import socket, sys, time
+    to = (sys.argv[1], int(sys.argv[2]))
+    if sys.argv[3] == "udp":
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(40):
+            u.sendto(b"hello", to)
+            time.sleep(0.2)
+    else:
+        socket.create_connection(to, timeout=8).sendall(b"hello")
+""")
+
+
+def _rules_of(host, pid: int) -> int:
+    with ControlPlaneClient(host.netns, start=False, command="test_run_tcp") as cp:
+        return next(c["rules"] for c in cp.status()["clients"] if c["pid"] == pid)
+
+
+@pytest.mark.parametrize("mode, port", [("reuseaddr", 9221), ("unlisten", 9222), ("udp", 9223)])
+def test_an_unprivileged_app_cannot_open_its_port_to_others_after_it_proved_it(hosts, mode, port):
+    """uid 65534 proves a port with a socket that keeps it to itself (TCP bound without SO_REUSEADDR, or listening;
+    UDP, whose SO_REUSEADDR the control plane clears), then changes that socket: SO_REUSEADDR set on it (again),
+    and the listener connect(AF_UNSPEC)-ed back to bound-only. The kernel then lets root bind the port beside it
+    with SO_REUSEADDR, and the rule would steer root's connections (datagrams) to the app's rings. The control
+    plane looks at every non-root proof each PROOF_TICK: it removes that rule, and root's server gets them."""
+    a, b = hosts
+    proto = "udp" if mode == "udp" else "tcp"
+    app = run_app(b, *test_run.UNPRIVILEGED, sys.executable, "-c", SHARER, b.ipv4, str(port), mode, b.iface,
+                  stdin=subprocess.PIPE, cwd=test_run.ROOT)
+    root = None
+    try:
+        line = ""
+        while not line.startswith("shared"):
+            line = app.stdout.readline()
+            assert line, stop(app)
+        root = subprocess.Popen(in_ns(b, sys.executable, "-c", ROOT_SERVER, b.ipv4, str(port), proto),
+                                stdout=subprocess.PIPE, text=True)
+        assert root.stdout.readline().strip() == "bound"  # the kernel lets root share the port now
+        sender = subprocess.Popen(in_ns(a, sys.executable, "-c", SENDER, b.ipv4, str(port), proto),
+                                  stderr=subprocess.DEVNULL)
+        try:
+            got = root.communicate(timeout=30)[0].strip()
+        finally:
+            sender.kill()
+            sender.wait()
+        assert got == "got hello", got
+        assert _rules_of(b, int(line.split()[1])) == 0  # the app's rule went; its connection stays
+    finally:
+        if root is not None and root.poll() is None:
+            root.kill()
+            root.wait()
+        stop(app)
+
+
+OLD_SERVER = textwrap.dedent("""
+    # a kernel server of uid 65534 that answers one connection and closes it first (its side goes to TIME_WAIT)
+    import socket, sys
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2]))); s.listen()
+    print("listening", flush=True)
+    c, _ = s.accept(); c.sendall(b"bye"); c.close()
+""")
+
+RESTARTED = textwrap.dedent("""
+    import os, socket, sys
+    from kbypass.cp.client import ControlPlaneClient
+    cp = ControlPlaneClient(None, start=False, command="restarted")
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2]))); s.listen()
+    try:
+        cp._call("accelerate", fds=(s.fileno(),))
+        print("accelerated", flush=True)
+    except Exception as e:
+        print("refused:", e, flush=True)
+    print(os.getpid(), flush=True)
+    sys.stdin.readline()
+""")
+
+
+def test_a_restarted_unprivileged_server_keeps_its_port_while_its_old_connections_linger(hosts):
+    """uid 65534's kernel server closed its connection first and exited: the connection's TIME_WAIT socket stays
+    a minute, shown as uid 0's in /proc/net/tcp (a timewait socket has no uid). The restarted server (SO_REUSEADDR,
+    as the kernel wants for this) is accelerated, and stays so: TIME_WAIT sockets take no new connection."""
+    a, b = hosts
+    port = 9224
+    old = subprocess.Popen(in_ns(b, *test_run.UNPRIVILEGED, sys.executable, "-c", OLD_SERVER, b.ipv4, str(port)),
+                           stdout=subprocess.PIPE, text=True)
+    assert old.stdout.readline().strip() == "listening"
+    peer = subprocess.run(in_ns(a, sys.executable, "-c", "import socket, sys; c = socket.create_connection((sys.argv[1], "
+                                "int(sys.argv[2])), timeout=10); print(c.recv(10).decode(), c.recv(10))", b.ipv4,
+                                str(port)), capture_output=True, text=True, timeout=30)
+    assert peer.stdout.strip() == "bye b''", peer
+    old.wait(timeout=10)
+    table = subprocess.run(in_ns(b, "cat", "/proc/net/tcp"), capture_output=True, text=True, check=True).stdout
+    assert any(f.split()[1].endswith(f":{port:04X}") and f.split()[3] == "06" for f in table.splitlines()[1:]), table
+    app, lines = _unprivileged_app(b, RESTARTED, port, 2)
+    try:
+        assert lines[0] == "accelerated", lines
+        time.sleep(0.5)  # a few of the control plane's looks at the proofs
+        assert _rules_of(b, int(lines[1])) == 1
+    finally:
+        stop(app)
 
 RELISTEN_C = r"""
 #include <arpa/inet.h>

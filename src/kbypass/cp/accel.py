@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 
 from kbypass.xsk.socket import rx_queue_count
 
@@ -50,52 +51,131 @@ def bound_flow(fd: int) -> tuple[str, str, int]:
     return kind, ip, port
 
 
-def port_owners(proto: str) -> dict[int, set[int]]:
-    """The uids of the kernel sockets of this namespace by local port (/proc/net/{udp,tcp}{,6})."""
-    owners: dict[int, set[int]] = {}
+TIME_WAIT = 0x06  # /proc/net/tcp's st of a TIME_WAIT socket (its uid shows as 0: a timewait sock has none)
+PROOF_TICK = 0.1  # seconds between the control plane's sweeps of the non-root proofs (watch_proofs)
+
+
+def _local_ipv4(hexaddr: str) -> str | None:
+    """/proc/net's local address as dotted IPv4 ("0.0.0.0" for a wildcard, IPv6's :: included: a dual-stack socket
+    takes IPv4 too), None for an IPv6 address no IPv4 packet reaches. Each 32-bit word is printed in host order."""
+    words = [int(hexaddr[i:i + 8], 16) for i in range(0, len(hexaddr), 8)]
+    if len(words) == 4:
+        if words[:2] != [0, 0] or words[2] not in (0, socket.htonl(0xFFFF)) or (words[2] == 0 and words[3]):
+            return None
+        words = words[3:]
+    return socket.inet_ntoa(struct.pack("=I", words[0]))
+
+
+def _sockets(proto: str):
+    """(local IPv4 or None, port, uid, state) of the namespace's kernel sockets (/proc/net/{udp,tcp}{,6})."""
     for name in (proto, proto + "6"):
         try:
             with open(f"/proc/net/{name}") as f:
                 next(f)
                 for line in f:
                     fields = line.split()
-                    owners.setdefault(int(fields[1].rsplit(":", 1)[1], 16), set()).add(int(fields[7]))
+                    addr, port = fields[1].rsplit(":", 1)
+                    yield _local_ipv4(addr), int(port, 16), int(fields[7]), int(fields[3], 16)
         except (OSError, StopIteration, ValueError, IndexError):
             pass
+
+
+def port_owners(proto: str) -> dict[int, set[int]]:
+    """The uids of the kernel sockets of this namespace by local port (/proc/net/{udp,tcp}{,6})."""
+    owners: dict[int, set[int]] = {}
+    for _, port, uid, _ in _sockets(proto):
+        owners.setdefault(port, set()).add(uid)
     return owners
 
 
-def check_exclusive(fd: int, proto: str, port: int, uid: int) -> None:
-    """ProtocolError unless the app's socket keeps its port to itself while the control plane holds a dup of it
-    (a non-root client's proof of ownership). A TCP socket must listen or be connected, or be bound without
-    SO_REUSEADDR and SO_REUSEPORT: a bound-only socket with SO_REUSEADDR lets anyone bind the port and listen on
-    it, whose connections the rule would then steer to this app. A UDP socket has no such state: the kernel lets
-    any user bind a UDP port whose sockets all have SO_REUSEADDR (and gives the last binder the datagrams), and
-    the rule would steer that binder's datagrams to this app, so SO_REUSEADDR is cleared on it here (the kernel
-    reads it at each later bind: they get EADDRINUSE, root's too, even after the app closed its socket);
-    SO_REUSEPORT admits sockets of the same uid only. A socket with either option must find no socket of another
-    uid on its port (it may have joined that one's port: looked for after the clearing, so none joins between)."""
+def flow_owners(proto: str, ip: str | None = None, sockets=None) -> dict[int, set[int]]:
+    """The uids of the kernel sockets by local port that take packets to ip (bound to it or to a wildcard; any
+    IPv4 address when ip is None), TIME_WAIT ones left out: such a socket takes no new connection (a SYN on its
+    4-tuple goes to the port's listener, in the kernel too), and its peer, which sent its FIN, has nothing new to
+    send; its uid is not even known (0 shown), and the kernel itself lets SO_REUSEADDR and same-uid SO_REUSEPORT
+    sockets bind over it, so a server restarted by a non-root user keeps its port while its old connections
+    linger. `sockets`: _sockets(proto)'s rows, read once for several proofs."""
+    owners: dict[int, set[int]] = {}
+    for local, port, uid, state in (_sockets(proto) if sockets is None else sockets):
+        if local is not None and (ip is None or local in (ip, "0.0.0.0")) and not (proto == "tcp" and
+                                                                                  state == TIME_WAIT):
+            owners.setdefault(port, set()).add(uid)
+    return owners
+
+
+def exposure(fd: int, proto: str, port: int, uid: int, ip: str | None = None, sockets=None) -> str | None:
+    """Why a non-root app's proof socket no longer keeps ip:port to itself (None: it does). A TCP socket with
+    SO_REUSEADDR or SO_REUSEPORT must listen: bound only, or connected (the kernel lets SO_REUSEADDR sockets bind
+    beside any socket of the port that does not listen, and listen beside it too), it lets another user bind the
+    port and listen or connect from it, and the rule would steer those connections to this app. A UDP socket
+    must not have SO_REUSEADDR (check_exclusive clears it): with it, any user may bind the port. And no socket of
+    another uid may be on the port (the app may have joined one, or let one in while it had the port open and
+    then closed it again). The app shares the proof with the control plane (a dup of one file description), so
+    it can change all this after `accelerate`: watch_proofs asks again every PROOF_TICK."""
     s = socket.socket(fileno=fd)
-    cleared = False
     try:
+        if s.getsockname()[1] != port:
+            return f"its socket let go of {proto} port {port}"
         reuse = (s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) or
                  s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
         if proto == "tcp" and reuse and not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            try:
-                s.getpeername()
-            except OSError:
-                raise ProtocolError("accelerate: a TCP socket bound with SO_REUSEADDR or SO_REUSEPORT proves its "
-                                    "port only once it listens (anyone may bind it too)") from None
+            return ("a TCP socket bound with SO_REUSEADDR or SO_REUSEPORT keeps its port to itself only while it "
+                    "listens (anyone may bind it too)")
+        if proto == "udp" and s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR):
+            return f"its UDP socket has SO_REUSEADDR (anyone may bind port {port} too)"
+    except OSError as e:
+        return f"its socket cannot be read ({e.strerror})"
+    finally:
+        s.detach()
+    others = flow_owners(proto, ip, sockets).get(port, set()) - {uid}
+    if others:
+        return (f"{proto} port {port} is bound by another user's socket too (uid {', '.join(map(str, sorted(others)))}"
+                "; SO_REUSEADDR or SO_REUSEPORT shares it): it stays the kernel's")
+    return None
+
+
+def check_exclusive(fd: int, proto: str, port: int, uid: int, ip: str | None = None) -> None:
+    """ProtocolError unless the app's socket keeps its port to itself while the control plane holds a dup of it
+    (a non-root client's proof of ownership: `exposure`). A UDP socket has no listening state: the kernel lets
+    any user bind a UDP port whose sockets all have SO_REUSEADDR (and gives the last binder the datagrams), so
+    SO_REUSEADDR is cleared on it here (the kernel reads it at each later bind: they get EADDRINUSE, root's too,
+    even after the app closed its socket); SO_REUSEPORT admits sockets of the same uid only. Other users'
+    sockets are looked for after the clearing, so none joins between; refused, the socket is left as it was."""
+    s = socket.socket(fileno=fd)
+    cleared = False
+    try:
         if proto == "udp" and s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
             cleared = True
-        if reuse and port_owners(proto).get(port, set()) - {uid}:
-            if cleared:  # refused: the app's socket as it was
+        why = exposure(fd, proto, port, uid, ip)
+        if why is not None:
+            if cleared:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            raise ProtocolError(f"accelerate: {proto} port {port} is bound by another user's socket too "
-                                "(SO_REUSEADDR or SO_REUSEPORT shares it): it stays the kernel's")
+            raise ProtocolError(f"accelerate: {why}")
     finally:
         s.detach()
+
+
+def watch_proofs(state) -> tuple[list[tuple[object, str, int, str]], bool]:
+    """(client, iface, rule id, why) of each non-root client's `accelerate` rule whose proof no longer keeps its
+    port to itself (`exposure`), for the control plane to remove: each PROOF_TICK and before each new rule; and
+    whether there was any such proof to look at. The socket tables are read once per protocol, and not at all
+    when nobody but root holds a proof."""
+    tables: dict[str, list] = {}
+    found = []
+    watched = False
+    for iface, served in list(state.served.items()):
+        for rule_id, entry in list(served.rules.items()):
+            if entry.proof is None or entry.owner.uid == 0:
+                continue
+            watched = True
+            proto = entry.rule.proto
+            if proto not in tables:
+                tables[proto] = list(_sockets(proto))
+            why = exposure(entry.proof, proto, entry.rule.dport, entry.owner.uid, entry.rule.dst, tables[proto])
+            if why is not None:
+                found.append((entry.owner, iface, rule_id, why))
+    return found, watched
 
 
 class Routes:

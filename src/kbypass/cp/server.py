@@ -42,7 +42,7 @@ from kbypass.errors import KbypassError, UsageError
 from kbypass.steer.rules import Rule
 
 from . import paths, protocol
-from .accel import Routes, bound_flow, check_exclusive, port_owners
+from .accel import PROOF_TICK, Routes, bound_flow, check_exclusive, port_owners, watch_proofs
 from .closer import Closer
 from .paths import USERS
 from .pool import SLICES as POOL_SLICES
@@ -134,6 +134,7 @@ class Server:
         self._fd_short = False
         self.stop_signal: str | None = None  # set by serve()'s signal handler
         self._wake: tuple[int, int] | None = None  # a pipe: Server.stop wakes the loop's select through it
+        self._proofs_due = 0.0  # when the non-root proofs are next looked at (_watch_proofs)
 
     # ---- start and stop --------------------------------------------------------------------------
 
@@ -231,7 +232,7 @@ class Server:
 
     def run(self) -> None:
         while self.running:
-            for key, _ in self.sel.select(timeout=0.5):
+            for key, _ in self.sel.select(timeout=min(0.5, self._watch_proofs())):
                 if key.data is _WAKE:
                     continue  # stop() was called: self.running is False
                 if key.data is None:
@@ -245,6 +246,23 @@ class Server:
                 if not self.conns:
                     log.info("no clients for %gs: exiting (--idle-exit)", self.idle_exit)
                     self.running = False
+
+    def _watch_proofs(self, now: bool = False) -> float:
+        """Remove each non-root app's `accelerate` rule whose proof no longer keeps its port to itself (kbypass.cp.
+        accel.watch_proofs: the app shares that socket and may open its port to other users after the check), every
+        PROOF_TICK while there are such proofs (or `now`: before a new rule). The seconds until the next sweep."""
+        t = time.monotonic()
+        if now or t >= self._proofs_due:
+            exposed, watching = watch_proofs(self.state)
+            self._proofs_due = t + (PROOF_TICK if watching or now else 0.5)  # now: a rule may follow
+            for client, iface, rule_id, why in exposed:
+                log.warning("%s: removed rule %d on %s, its port no longer the app's alone: %s", client.describe(),
+                            rule_id, iface, why)
+                try:
+                    self.state.remove_rule(client, iface, rule_id)
+                except (ProtocolError, KbypassError, OSError) as e:  # the books follow anyway (state._remove_rule)
+                    log.error("%s: could not remove rule %d on %s: %s", client.describe(), rule_id, iface, e)
+        return max(0.0, self._proofs_due - t)
 
     def _pause_accepting(self, why: str) -> None:
         """The listener stays readable while accept fails: unwatched for a second, it cannot spin the loop."""
@@ -446,6 +464,8 @@ class Server:
             return {"version": protocol.VERSION, "client": client.cid, "server_pid": os.getpid()}
         if req.op == "hello":
             raise ProtocolError("hello once per connection")
+        if req.op in ("add", "accelerate"):
+            self._watch_proofs(now=True)  # a rule exposed since the last tick must not keep a new one out
         if req.op == "add":
             rule = parse_rule(a["rule"])
             self._may_add(client, a["iface"], rule)
@@ -511,7 +531,7 @@ class Server:
                                 "(SO_REUSEPORT): this one stays on the kernel, and that one gets all the port's "
                                 "datagrams")
         if client.uid != 0:
-            check_exclusive(fd, proto, port, client.uid)
+            check_exclusive(fd, proto, port, client.uid, str(addr.ip))
         proof = os.dup(fd)  # the rule's: the port stays taken in the kernel for as long as the rule steers it
         try:
             rule_id = self.state.add_rule(client, iface, rule, proof=proof)
