@@ -663,6 +663,12 @@ OLD_SERVER = textwrap.dedent("""
     c, _ = s.accept(); c.sendall(b"bye"); c.close()
 """)
 
+OLD_CLIENT = textwrap.dedent("""
+    import socket, sys
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    print(c.recv(10).decode(), c.recv(10))
+""")
+
 RESTARTED = textwrap.dedent("""
     import os, socket, sys
     from kbypass.cp.client import ControlPlaneClient
@@ -688,9 +694,8 @@ def test_a_restarted_unprivileged_server_keeps_its_port_while_its_old_connection
     old = subprocess.Popen(in_ns(b, *test_run.UNPRIVILEGED, sys.executable, "-c", OLD_SERVER, b.ipv4, str(port)),
                            stdout=subprocess.PIPE, text=True)
     assert old.stdout.readline().strip() == "listening"
-    peer = subprocess.run(in_ns(a, sys.executable, "-c", "import socket, sys; c = socket.create_connection((sys.argv[1], "
-                                "int(sys.argv[2])), timeout=10); print(c.recv(10).decode(), c.recv(10))", b.ipv4,
-                                str(port)), capture_output=True, text=True, timeout=30)
+    peer = subprocess.run(in_ns(a, sys.executable, "-c", OLD_CLIENT, b.ipv4, str(port)), capture_output=True, text=True,
+                          timeout=30)
     assert peer.stdout.strip() == "bye b''", peer
     old.wait(timeout=10)
     table = subprocess.run(in_ns(b, "cat", "/proc/net/tcp"), capture_output=True, text=True, check=True).stdout

@@ -9,12 +9,23 @@ import mmap
 import os
 import socket
 import struct
+import time
+from types import SimpleNamespace
 
 import pytest
 
 from kbypass.cp import protocol, shimpage
-from kbypass.cp.accel import bound_flow, check_exclusive
+from kbypass.cp.accel import (
+    bound_flow,
+    check_exclusive,
+    exposure,
+    flow_owners,
+    local_ipv4,
+    port_owners,
+    watch_proofs,
+)
 from kbypass.cp.protocol import ProtocolError
+from kbypass.steer.rules import Rule
 
 
 def test_accelerate_and_shim_page_take_exactly_one_fd():
@@ -75,6 +86,93 @@ def test_a_udp_proof_with_so_reuseaddr_keeps_its_port_to_itself():
         s.bind(("127.0.0.1", 0))
         check_exclusive(s.fileno(), "udp", s.getsockname()[1], os.getuid())
         assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+
+
+
+def test_a_tcp_proof_with_so_reuseaddr_keeps_its_port_only_while_it_listens():
+    """exposure: bound only, a TCP socket keeps its port unless it has SO_REUSEADDR (set after the check, it lets
+    anyone bind the port); listening, it keeps it whatever its options; connected, SO_REUSEADDR opens it again: the
+    kernel lets another SO_REUSEADDR socket bind and even listen beside it (shown here)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        assert exposure(s.fileno(), "tcp", port, 0) is None
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        assert "only while it listens" in exposure(s.fileno(), "tcp", port, 0)
+        s.listen()
+        assert exposure(s.fileno(), "tcp", port, 0) is None
+        assert "another user's socket" in exposure(s.fileno(), "tcp", port, 65534)  # s is root's
+        with socket.socket() as c, socket.socket() as beside:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            c.bind(("127.0.0.1", 0))
+            c.connect(("127.0.0.1", port))
+            assert "only while it listens" in exposure(c.fileno(), "tcp", c.getsockname()[1], 0)
+            beside.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            beside.bind(c.getsockname())
+            beside.listen()  # what a connected proof would have let in
+        assert "let go of tcp port" in exposure(s.fileno(), "tcp", port + 1, 0)
+
+
+def test_a_udp_proof_whose_so_reuseaddr_comes_back_is_exposed():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        check_exclusive(s.fileno(), "udp", port, 0)
+        assert exposure(s.fileno(), "udp", port, 0) is None
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the app, after the check
+        assert "SO_REUSEADDR" in exposure(s.fileno(), "udp", port, 0)
+
+
+def test_proc_net_addresses():
+    assert local_ipv4("0100007F") == "127.0.0.1"
+    assert local_ipv4("00000000") == "0.0.0.0"
+    assert local_ipv4("0" * 32) == "0.0.0.0"  # :: (dual-stack: IPv4 too)
+    mapped = "0000000000000000" + format(socket.htonl(0xFFFF), "08X") + "0100007F"
+    assert local_ipv4(mapped) == "127.0.0.1"
+    assert local_ipv4("0" * 24 + "01000000") is None  # ::1: no IPv4 packet reaches it
+
+
+def test_flow_owners_count_the_sockets_that_take_the_rules_packets_but_time_wait():
+    """Another address's socket takes none of the rule's packets, a wildcard one does; a TIME_WAIT socket (uid 0 in
+    /proc/net/tcp: it has none) takes no new connection and is left out."""
+    with socket.socket() as lst, socket.socket() as wild:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen()
+        port = lst.getsockname()[1]
+        assert flow_owners("tcp", "127.0.0.1")[port] == {0}
+        assert port not in flow_owners("tcp", "127.0.0.2")
+        assert flow_owners("tcp")[port] == {0}
+        wild.bind(("0.0.0.0", 0))
+        wild.listen()
+        assert flow_owners("tcp", "127.0.0.2")[wild.getsockname()[1]] == {0}
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = lst.accept()
+    a.close()  # the server closes first: its side goes to TIME_WAIT once the client closes too
+    assert c.recv(1) == b""
+    c.close()
+    for _ in range(100):
+        if port not in flow_owners("tcp", "127.0.0.1"):
+            break
+        time.sleep(0.01)
+    assert port not in flow_owners("tcp", "127.0.0.1")
+    assert port_owners("tcp")[port] == {0}  # the TIME_WAIT socket, as /proc/net/tcp shows it
+
+
+def test_watch_proofs_looks_at_the_non_root_proofs_only():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+        def state(uid):
+            entry = SimpleNamespace(owner=SimpleNamespace(uid=uid), rule=Rule.parse(f"udp dst 127.0.0.1 dport {port}"),
+                                    proof=s.fileno())
+            return SimpleNamespace(served={"eth0": SimpleNamespace(rules={3: entry})})
+
+        assert watch_proofs(state(0)) == ([], False)  # root may share its ports
+        (owner, iface, rule_id, why), = watch_proofs(state(65534))[0]
+        assert (owner.uid, iface, rule_id) == (65534, "eth0", 3) and "SO_REUSEADDR" in why
 
 
 def _page(seal: bool = True, magic: int = shimpage.MAGIC) -> int:

@@ -55,7 +55,7 @@ TIME_WAIT = 0x06  # /proc/net/tcp's st of a TIME_WAIT socket (its uid shows as 0
 PROOF_TICK = 0.1  # seconds between the control plane's sweeps of the non-root proofs (watch_proofs)
 
 
-def _local_ipv4(hexaddr: str) -> str | None:
+def local_ipv4(hexaddr: str) -> str | None:
     """/proc/net's local address as dotted IPv4 ("0.0.0.0" for a wildcard, IPv6's :: included: a dual-stack socket
     takes IPv4 too), None for an IPv6 address no IPv4 packet reaches. Each 32-bit word is printed in host order."""
     words = [int(hexaddr[i:i + 8], 16) for i in range(0, len(hexaddr), 8)]
@@ -75,7 +75,7 @@ def _sockets(proto: str):
                 for line in f:
                     fields = line.split()
                     addr, port = fields[1].rsplit(":", 1)
-                    yield _local_ipv4(addr), int(port, 16), int(fields[7]), int(fields[3], 16)
+                    yield local_ipv4(addr), int(port, 16), int(fields[7]), int(fields[3], 16)
         except (OSError, StopIteration, ValueError, IndexError):
             pass
 

@@ -42,7 +42,14 @@ from kbypass.errors import KbypassError, UsageError
 from kbypass.steer.rules import Rule
 
 from . import paths, protocol
-from .accel import PROOF_TICK, Routes, bound_flow, check_exclusive, port_owners, watch_proofs
+from .accel import (
+    PROOF_TICK,
+    Routes,
+    bound_flow,
+    check_exclusive,
+    port_owners,
+    watch_proofs,
+)
 from .closer import Closer
 from .paths import USERS
 from .pool import SLICES as POOL_SLICES
