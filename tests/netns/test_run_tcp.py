@@ -19,6 +19,7 @@ import pytest
 
 from kbypass.cp.client import ControlPlaneClient
 from kbypass.proto.tcp.config import MAX_UNREAD
+from kbypass.steer.rules import Rule
 from tests.netns import test_run
 from tests.netns.test_run import (
     in_ns,
@@ -562,7 +563,7 @@ SHARER = textwrap.dedent("""
     # very socket the control plane checked (it holds a dup of the same file description)
     import ctypes, os, socket, struct, sys
     from kbypass.cp.client import ControlPlaneClient
-    ip, port, mode, iface = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    ip, port, mode, iface, peer = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
     libc = ctypes.CDLL(None, use_errno=True)
     cp = ControlPlaneClient(None, start=False, command="sharer")
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if mode == "udp" else socket.SOCK_STREAM)
@@ -572,7 +573,8 @@ SHARER = textwrap.dedent("""
     assert libc.syscall(49, s.fileno(), addr, len(addr)) == 0  # bind(2) past the shim (it accelerates UDP binds)
     if mode == "unlisten":
         s.listen()
-    cp._call("accelerate", fds=(s.fileno(),))
+    # active: as the shim's connect asks for its 4-tuple (the peer gets no SYN from here)
+    cp._call("accelerate", fds=(s.fileno(),), **({"peer": peer, "peer_port": 9} if mode == "active" else {}))
     for q in (0, 1):  # its rings, where the rule steers the port's packets
         cp.open_socket(iface, q, frames=4096, frame_size=2048, rx_size=2048, tx_size=2048, fill_size=2048,
                        comp_size=2048)
@@ -618,16 +620,17 @@ def _rules_of(host, pid: int) -> int:
         return next(c["rules"] for c in cp.status()["clients"] if c["pid"] == pid)
 
 
-@pytest.mark.parametrize("mode, port", [("reuseaddr", 9221), ("unlisten", 9222), ("udp", 9223)])
+@pytest.mark.parametrize("mode, port", [("reuseaddr", 9221), ("unlisten", 9222), ("udp", 9223), ("active", 9226)])
 def test_an_unprivileged_app_cannot_open_its_port_to_others_after_it_proved_it(hosts, mode, port):
     """uid 65534 proves a port with a socket that keeps it to itself (TCP bound without SO_REUSEADDR, or listening;
     UDP, whose SO_REUSEADDR the control plane clears), then changes that socket: SO_REUSEADDR set on it (again),
     and the listener connect(AF_UNSPEC)-ed back to bound-only. The kernel then lets root bind the port beside it
     with SO_REUSEADDR, and the rule would steer root's connections (datagrams) to the app's rings. The control
-    plane looks at every non-root proof each PROOF_TICK: it removes that rule, and root's server gets them."""
+    plane looks at every non-root proof each PROOF_TICK: it removes that rule, and root's server gets them. An
+    active open's rule (its 4-tuple) never took them, and goes too."""
     a, b = hosts
     proto = "udp" if mode == "udp" else "tcp"
-    app = run_app(b, *test_run.UNPRIVILEGED, sys.executable, "-c", SHARER, b.ipv4, str(port), mode, b.iface,
+    app = run_app(b, *test_run.UNPRIVILEGED, sys.executable, "-c", SHARER, b.ipv4, str(port), mode, b.iface, a.ipv4,
                   stdin=subprocess.PIPE, cwd=test_run.ROOT)
     root = None
     try:
@@ -707,6 +710,51 @@ def test_a_restarted_unprivileged_server_keeps_its_port_while_its_old_connection
         assert _rules_of(b, int(lines[1])) == 1
     finally:
         stop(app)
+
+
+ONE_CONNECTION = textwrap.dedent("""
+    # a kernel server: the client's address, then what it sends until it closes
+    import socket, sys
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2]))); s.listen()
+    print("listening", flush=True)
+    c, (ip, port) = s.accept()
+    print(ip, port, flush=True)
+    got = b""
+    while chunk := c.recv(100):
+        got += chunk
+    print(got.decode(), flush=True)
+""")
+
+
+def test_an_active_open_is_steered_by_its_4_tuple(hosts):
+    """socat under run connects to a kernel server: the control plane steers that one connection (its 4-tuple),
+    not the whole local port its bound-only kernel socket holds."""
+    a, b = hosts
+    port = 9225
+    srv = subprocess.Popen(in_ns(a, sys.executable, "-c", ONE_CONNECTION, a.ipv4, str(port)), stdout=subprocess.PIPE,
+                           text=True)
+    cli = None
+    try:
+        assert srv.stdout.readline().strip() == "listening"
+        cli = run_app(b, "socat", "-", f"TCP:{a.ipv4}:{port}", stdin=subprocess.PIPE)
+        ip, local = srv.stdout.readline().split()
+        assert ip == b.ipv4
+        with ControlPlaneClient(b.netns, start=False, command="test_run_tcp") as cp:
+            rules = [Rule.parse(r["rule"]) for i in cp.status()["interfaces"] for r in i["rules"]]
+        assert Rule.parse(f"tcp src {a.ipv4} sport {port} dst {b.ipv4} dport {local}") in rules, rules
+        cli.stdin.write("hello over 4 tuples\n")
+        cli.stdin.close()
+        assert srv.stdout.readline().strip() == "hello over 4 tuples"
+        assert srv.wait(timeout=30) == 0
+        cli.stdin = None  # closed: socat ends at the server's end
+        assert "accelerated" in stop(cli)
+    finally:
+        srv.kill()
+        srv.wait()
+        if cli is not None and cli.poll() is None:
+            cli.kill()
+            cli.wait()
 
 RELISTEN_C = r"""
 #include <arpa/inet.h>

@@ -20,6 +20,7 @@ from kbypass.cp.accel import (
     check_exclusive,
     exposure,
     flow_owners,
+    flow_rule,
     local_ipv4,
     port_owners,
     watch_proofs,
@@ -173,6 +174,19 @@ def test_watch_proofs_looks_at_the_non_root_proofs_only():
         assert watch_proofs(state(0)) == ([], False)  # root may share its ports
         (owner, iface, rule_id, why), = watch_proofs(state(65534))[0]
         assert (owner.uid, iface, rule_id) == (65534, "eth0", 3) and "SO_REUSEADDR" in why
+
+
+
+def test_flow_rule_is_the_port_or_an_active_opens_4_tuple():
+    assert flow_rule("udp", "10.0.0.2", 5000) == "udp dst 10.0.0.2 dport 5000"
+    rule = flow_rule("tcp", "10.0.0.2", 40000, "10.0.0.1", 80)
+    assert Rule.parse(rule) == Rule.parse("tcp src 10.0.0.1 sport 80 dst 10.0.0.2 dport 40000")
+    for args, why in [(("udp", "10.0.0.2", 5000, "10.0.0.1", 80), "TCP socket about to connect"),
+                      (("tcp", "10.0.0.2", 5000, "10.0.0.1"), "go together"),
+                      (("tcp", "10.0.0.2", 5000, "example.org", 80), "not an IPv4 address"),
+                      (("tcp", "10.0.0.2", 5000, "10.0.0.1", 0), "1-65535")]:
+        with pytest.raises(ProtocolError, match=why):
+            flow_rule(*args)
 
 
 def _page(seal: bool = True, magic: int = shimpage.MAGIC) -> int:

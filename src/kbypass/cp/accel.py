@@ -51,6 +51,25 @@ def bound_flow(fd: int) -> tuple[str, str, int]:
     return kind, ip, port
 
 
+
+def flow_rule(proto: str, ip: str, port: int, peer: str | None = None, peer_port: int | None = None) -> str:
+    """The steering rule of an accelerated socket: its port (a UDP socket, a TCP listener), or for a TCP active
+    open (peer given) its one connection's 4-tuple. A connecting socket is bound-only in the kernel for its whole
+    life, so its port is its proof only as long as the socket's options keep others off it (watch_proofs): steered
+    by its 4-tuple, another socket on the port (one let in before the control plane's next look) gets none of
+    this app's packets, nor this app any of its connections'."""
+    if peer is None and peer_port is None:
+        return f"{proto} dst {ip} dport {port}"
+    if proto != "tcp" or peer is None or peer_port is None:
+        raise ProtocolError("accelerate: peer and peer_port go together, with a TCP socket about to connect")
+    try:
+        ipaddress.IPv4Address(peer)
+    except ValueError:
+        raise ProtocolError(f"accelerate: peer {peer!r} is not an IPv4 address") from None
+    if not 0 < peer_port < 65536:
+        raise ProtocolError(f"accelerate: peer_port {peer_port}: choose 1-65535")
+    return f"tcp src {peer} sport {peer_port} dst {ip} dport {port}"
+
 TIME_WAIT = 0x06  # /proc/net/tcp's st of a TIME_WAIT socket (its uid shows as 0: a timewait sock has none)
 PROOF_TICK = 0.1  # seconds between the control plane's sweeps of the non-root proofs (watch_proofs)
 

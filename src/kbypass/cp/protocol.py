@@ -18,8 +18,9 @@ client can match them. The first request of a connection must be `hello` with th
                  share_queue?, multi_buffer?                         shared_queue?, multi_buffer + two fds: the AF_XDP socket,
                                                                      its UMEM memfd (+ the pool lock's memfd)
     unregister   iface, queue                                        -
-    accelerate   -  + the app's bound UDP socket fd                  iface, ifindex, mac, mtu, ip, prefixlen,
-                                                                     queues, port, rule_id   (kbypass.cp.accel)
+    accelerate   peer?, peer_port? + the app's bound UDP or TCP      iface, ifindex, mac, mtu, ip, prefixlen,
+                 socket fd (peer: a TCP active open's, steered by    queues, port, rule_id   (kbypass.cp.accel)
+                 its 4-tuple)
     next_hop     iface, dst                                          mac ("" while the kernel resolves it)
     shim_page    -  + a memfd of the shim's socket counters          -   (read by status; kbypass.cp.shimpage)
     counters     iface                                               rules: [{rule_id, rule, owner, packets,
@@ -90,7 +91,7 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
                     "mode": (_STR, False), "xdp_mode": (_STR, False), "share_queue": (_BOOL, False),
                     "multi_buffer": (_BOOL, False)},
     "unregister": {"iface": (_STR, True), "queue": (_INT, True)},
-    "accelerate": {},
+    "accelerate": {"peer": (_STR, False), "peer_port": (_INT, False)},
     "next_hop": {"iface": (_STR, True), "dst": (_STR, True)},
     "shim_page": {},
     "counters": {"iface": (_STR, True)},

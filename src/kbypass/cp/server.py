@@ -47,6 +47,7 @@ from .accel import (
     Routes,
     bound_flow,
     check_exclusive,
+    flow_rule,
     port_owners,
     watch_proofs,
 )
@@ -493,7 +494,7 @@ class Server:
             self.state.unregister(client, a["iface"], a["queue"])
             return {}
         if req.op == "accelerate":
-            return self._accelerate(client, fds[0])
+            return self._accelerate(client, fds[0], a.get("peer"), a.get("peer_port"))
         if req.op == "next_hop":
             if (a["iface"], 0) not in client.sockets:
                 raise ProtocolError(f"next_hop: open a socket on {a['iface']!r} first")
@@ -523,7 +524,7 @@ class Server:
             return {}
         raise ProtocolError(f"unknown op {req.op!r}")  # decode_request lets only known ops through
 
-    def _accelerate(self, client: Client, fd: int) -> dict:
+    def _accelerate(self, client: Client, fd: int, peer: str | None = None, peer_port: int | None = None) -> dict:
         """Steer the flow of the app's own bound UDP or TCP socket to its sockets (kbypass.cp.accel): the socket
         proves the port is the app's, so it needs no --allow-kernel-ports; the rest is `add`'s policy."""
         proto, ip, port = bound_flow(fd)
@@ -532,7 +533,7 @@ class Server:
             self._may_use(iface)
             if sum(len(c.rules) for _, c in self.conns.values() if c.uid == client.uid) >= USER_RULES:
                 raise ProtocolError(f"a non-root user has {USER_RULES} rules at most: close a socket first")
-        rule = f"{proto} dst {addr.ip} dport {port}"
+        rule = flow_rule(proto, str(addr.ip), port, peer, peer_port)
         if self.state.has_rule(client, iface, rule):  # the other clients' are refused by add_rule's overlap check
             raise ProtocolError(f"{proto} {addr.ip}:{port} is accelerated for another socket of this app already "
                                 "(SO_REUSEPORT): this one stays on the kernel, and that one gets all the port's "
