@@ -14,14 +14,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from kbypass.cp import protocol, shimpage
+from kbypass.cp import protocol, shimpage, sockdiag
 from kbypass.cp.accel import (
     bound_flow,
     check_exclusive,
     exposure,
     flow_owners,
     flow_rule,
-    local_ipv4,
     port_owners,
     watch_proofs,
 )
@@ -125,13 +124,40 @@ def test_a_udp_proof_whose_so_reuseaddr_comes_back_is_exposed():
         assert "SO_REUSEADDR" in exposure(s.fileno(), "udp", port, 0)
 
 
-def test_proc_net_addresses():
-    assert local_ipv4("0100007F") == "127.0.0.1"
-    assert local_ipv4("00000000") == "0.0.0.0"
-    assert local_ipv4("0" * 32) == "0.0.0.0"  # :: (dual-stack: IPv4 too)
-    mapped = "0000000000000000" + format(socket.htonl(0xFFFF), "08X") + "0100007F"
-    assert local_ipv4(mapped) == "127.0.0.1"
-    assert local_ipv4("0" * 24 + "01000000") is None  # ::1: no IPv4 packet reaches it
+def test_sock_diag_addresses():
+    assert sockdiag.ipv4_of(socket.AF_INET, socket.inet_aton("127.0.0.1") + bytes(12)) == "127.0.0.1"
+    assert sockdiag.ipv4_of(socket.AF_INET6, bytes(16)) == "0.0.0.0"  # :: (dual-stack: IPv4 too)
+    mapped = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
+    assert sockdiag.ipv4_of(socket.AF_INET6, mapped) == "127.0.0.1"
+    assert sockdiag.ipv4_of(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "::1")) is None  # no IPv4 reaches it
+
+
+def test_sock_diag_lists_what_proc_net_lists():
+    """The dump against /proc/net/{tcp,udp}{,6} as the judge: every socket's address, port, uid and state."""
+    udp = socket.SOCK_DGRAM
+    with socket.socket() as t, socket.socket(socket.AF_INET6) as t6, socket.socket(socket.AF_INET, udp) as u:
+        t.bind(("127.0.0.1", 0))
+        t.listen()
+        t6.bind(("::", 0))
+        t6.listen()
+        u.bind(("0.0.0.0", 0))
+        for proto in ("tcp", "udp"):
+            proc = set()
+            for name in (proto, proto + "6"):
+                with open(f"/proc/net/{name}") as f:
+                    for line in list(f)[1:]:
+                        fields = line.split()
+                        addr, port = fields[1].rsplit(":", 1)
+                        raw = b"".join(struct.pack("=I", int(addr[i:i + 8], 16)) for i in range(0, len(addr), 8))
+                        family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+                        proc.add((sockdiag.ipv4_of(family, raw + bytes(16 - len(raw))), int(port, 16),
+                                  int(fields[7]), int(fields[3], 16)))
+            diag = set(sockdiag.sockets(proto))
+            mine = {s.getsockname()[1] for s in (t, t6, u)}
+            assert {e for e in proc if e[1] in mine} == {e for e in diag if e[1] in mine} != set()
+        listening = 10
+        assert ("127.0.0.1", t.getsockname()[1], os.getuid(), listening) in sockdiag.sockets("tcp")
+        assert ("0.0.0.0", t6.getsockname()[1], os.getuid(), listening) in sockdiag.sockets("tcp")
 
 
 def test_flow_owners_count_the_sockets_that_take_the_rules_packets_but_time_wait():
@@ -141,22 +167,22 @@ def test_flow_owners_count_the_sockets_that_take_the_rules_packets_but_time_wait
         lst.bind(("127.0.0.1", 0))
         lst.listen()
         port = lst.getsockname()[1]
-        assert flow_owners("tcp", "127.0.0.1")[port] == {0}
-        assert port not in flow_owners("tcp", "127.0.0.2")
-        assert flow_owners("tcp")[port] == {0}
+        assert flow_owners("tcp", port, "127.0.0.1") == {0}
+        assert flow_owners("tcp", port, "127.0.0.2") == set()
+        assert flow_owners("tcp", port) == {0}
         wild.bind(("0.0.0.0", 0))
         wild.listen()
-        assert flow_owners("tcp", "127.0.0.2")[wild.getsockname()[1]] == {0}
+        assert flow_owners("tcp", wild.getsockname()[1], "127.0.0.2") == {0}
         c = socket.create_connection(("127.0.0.1", port))
         a, _ = lst.accept()
     a.close()  # the server closes first: its side goes to TIME_WAIT once the client closes too
     assert c.recv(1) == b""
     c.close()
     for _ in range(100):
-        if port not in flow_owners("tcp", "127.0.0.1"):
+        if not flow_owners("tcp", port, "127.0.0.1"):
             break
         time.sleep(0.01)
-    assert port not in flow_owners("tcp", "127.0.0.1")
+    assert flow_owners("tcp", port, "127.0.0.1") == set()
     assert port_owners("tcp")[port] == {0}  # the TIME_WAIT socket, as /proc/net/tcp shows it
 
 
@@ -172,6 +198,7 @@ def test_watch_proofs_looks_at_the_non_root_proofs_only():
             return SimpleNamespace(served={"eth0": SimpleNamespace(rules={3: entry})})
 
         assert watch_proofs(state(0)) == ([], False)  # root may share its ports
+        assert watch_proofs(state(65534), scan=False)[0]  # UDP's table is read at every look
         (owner, iface, rule_id, why), = watch_proofs(state(65534))[0]
         assert (owner.uid, iface, rule_id) == (65534, "eth0", 3) and "SO_REUSEADDR" in why
 
@@ -243,3 +270,17 @@ def test_the_page_layout_is_the_shims():
     assert define("KBP_PAGE_SLOTS") == shimpage.SLOTS
     assert define("KBP_PAGE_BYTES") == shimpage.PAGE_BYTES
     assert shimpage.SLOT.size == 64 and shimpage.HEADER + shimpage.SLOTS * shimpage.SLOT.size <= shimpage.PAGE_BYTES
+
+
+def test_watch_proofs_scans_the_tcp_sockets_only_when_asked():
+    """A TCP proof's own socket is looked at every PROOF_TICK; the other users' TCP sockets on its port only at a
+    scan (PROOF_SCAN, before a new rule): their dump walks the kernel's whole established hash."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        entry = SimpleNamespace(owner=SimpleNamespace(uid=65534), proof=s.fileno(),
+                                rule=Rule.parse(f"tcp dst 127.0.0.1 dport {s.getsockname()[1]}"))
+        state = SimpleNamespace(served={"eth0": SimpleNamespace(rules={1: entry})})
+        assert watch_proofs(state, scan=False) == ([], True)
+        (_, _, _, why), = watch_proofs(state, scan=True)[0]
+        assert "another user's socket" in why  # s is root's, the proof's owner uid 65534

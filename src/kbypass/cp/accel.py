@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import struct
 
 from kbypass.xsk.socket import rx_queue_count
 
+from . import sockdiag
 from .protocol import ProtocolError
 
 NTF_USE = 0x01
@@ -70,67 +70,50 @@ def flow_rule(proto: str, ip: str, port: int, peer: str | None = None, peer_port
         raise ProtocolError(f"accelerate: peer_port {peer_port}: choose 1-65535")
     return f"tcp src {peer} sport {peer_port} dst {ip} dport {port}"
 
-TIME_WAIT = 0x06  # /proc/net/tcp's st of a TIME_WAIT socket (its uid shows as 0: a timewait sock has none)
-PROOF_TICK = 0.1  # seconds between the control plane's sweeps of the non-root proofs (watch_proofs)
-
-
-def local_ipv4(hexaddr: str) -> str | None:
-    """/proc/net's local address as dotted IPv4 ("0.0.0.0" for a wildcard, IPv6's :: included: a dual-stack socket
-    takes IPv4 too), None for an IPv6 address no IPv4 packet reaches. Each 32-bit word is printed in host order."""
-    words = [int(hexaddr[i:i + 8], 16) for i in range(0, len(hexaddr), 8)]
-    if len(words) == 4:
-        if words[:2] != [0, 0] or words[2] not in (0, socket.htonl(0xFFFF)) or (words[2] == 0 and words[3]):
-            return None
-        words = words[3:]
-    return socket.inet_ntoa(struct.pack("=I", words[0]))
-
-
-def _sockets(proto: str):
-    """(local IPv4 or None, port, uid, state) of the namespace's kernel sockets (/proc/net/{udp,tcp}{,6})."""
-    for name in (proto, proto + "6"):
-        try:
-            with open(f"/proc/net/{name}") as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    addr, port = fields[1].rsplit(":", 1)
-                    yield local_ipv4(addr), int(port, 16), int(fields[7]), int(fields[3], 16)
-        except (OSError, StopIteration, ValueError, IndexError):
-            pass
+TIME_WAIT = 6  # a TIME_WAIT socket's state (its uid shows as 0: a timewait sock has none)
+PROOF_TICK = 0.1  # seconds between the control plane's looks at the non-root proofs (watch_proofs) ...
+PROOF_SCAN = 0.5  # ... and between its scans of the TCP sockets for other users' (~3 ms each: sockdiag)
 
 
 def port_owners(proto: str) -> dict[int, set[int]]:
-    """The uids of the kernel sockets of this namespace by local port (/proc/net/{udp,tcp}{,6})."""
+    """The uids of the kernel sockets of this namespace by local port."""
     owners: dict[int, set[int]] = {}
-    for _, port, uid, _ in _sockets(proto):
+    for _, port, uid, _ in sockdiag.sockets(proto):
         owners.setdefault(port, set()).add(uid)
     return owners
 
 
-def flow_owners(proto: str, ip: str | None = None, sockets=None) -> dict[int, set[int]]:
-    """The uids of the kernel sockets by local port that take packets to ip (bound to it or to a wildcard; any
-    IPv4 address when ip is None), TIME_WAIT ones left out: such a socket takes no new connection (a SYN on its
-    4-tuple goes to the port's listener, in the kernel too), and its peer, which sent its FIN, has nothing new to
-    send; its uid is not even known (0 shown), and the kernel itself lets SO_REUSEADDR and same-uid SO_REUSEPORT
+def by_port(rows) -> dict[int, list[tuple[str | None, int, int]]]:
+    """sockdiag.sockets' rows as (local IPv4, uid, state) by local port: read once, looked up for each proof."""
+    index: dict[int, list] = {}
+    for local, port, uid, state in rows:
+        index.setdefault(port, []).append((local, uid, state))
+    return index
+
+
+def flow_owners(proto: str, port: int, ip: str | None = None, index=None) -> set[int]:
+    """The uids of the kernel sockets on `port` that take packets to ip (bound to it or to a wildcard; any IPv4
+    address when ip is None), TIME_WAIT ones left out: such a socket takes no new connection (a SYN on its 4-tuple
+    goes to the port's listener, in the kernel too), and its peer, which sent its FIN, has nothing new to send;
+    its uid is not even known (0 shown), and the kernel itself lets SO_REUSEADDR and same-uid SO_REUSEPORT
     sockets bind over it, so a server restarted by a non-root user keeps its port while its old connections
-    linger. `sockets`: _sockets(proto)'s rows, read once for several proofs."""
-    owners: dict[int, set[int]] = {}
-    for local, port, uid, state in (_sockets(proto) if sockets is None else sockets):
-        if local is not None and (ip is None or local in (ip, "0.0.0.0")) and not (proto == "tcp" and
-                                                                                  state == TIME_WAIT):
-            owners.setdefault(port, set()).add(uid)
-    return owners
+    linger. `index`: by_port(sockdiag.sockets(proto)), read once for several proofs."""
+    index = by_port(sockdiag.sockets(proto)) if index is None else index
+    return {uid for local, uid, state in index.get(port, ())
+            if local is not None and (ip is None or local in (ip, "0.0.0.0")) and
+            not (proto == "tcp" and state == TIME_WAIT)}
 
 
-def exposure(fd: int, proto: str, port: int, uid: int, ip: str | None = None, sockets=None) -> str | None:
+def exposure(fd: int, proto: str, port: int, uid: int, ip: str | None = None, index=None,
+             scan: bool = True) -> str | None:
     """Why a non-root app's proof socket no longer keeps ip:port to itself (None: it does). A TCP socket with
     SO_REUSEADDR or SO_REUSEPORT must listen: bound only, or connected (the kernel lets SO_REUSEADDR sockets bind
     beside any socket of the port that does not listen, and listen beside it too), it lets another user bind the
     port and listen or connect from it, and the rule would steer those connections to this app. A UDP socket
-    must not have SO_REUSEADDR (check_exclusive clears it): with it, any user may bind the port. And no socket of
-    another uid may be on the port (the app may have joined one, or let one in while it had the port open and
-    then closed it again). The app shares the proof with the control plane (a dup of one file description), so
-    it can change all this after `accelerate`: watch_proofs asks again every PROOF_TICK."""
+    must not have SO_REUSEADDR (check_exclusive clears it): with it, any user may bind the port. And (scan) no
+    socket of another uid may be on the port (the app may have joined one, or let one in while it had the port
+    open and then closed it again). The app shares the proof with the control plane (a dup of one file
+    description), so it can change all this after `accelerate`: watch_proofs asks again."""
     s = socket.socket(fileno=fd)
     try:
         if s.getsockname()[1] != port:
@@ -146,7 +129,7 @@ def exposure(fd: int, proto: str, port: int, uid: int, ip: str | None = None, so
         return f"its socket cannot be read ({e.strerror})"
     finally:
         s.detach()
-    others = flow_owners(proto, ip, sockets).get(port, set()) - {uid}
+    others = flow_owners(proto, port, ip, index) - {uid} if scan else set()
     if others:
         return (f"{proto} port {port} is bound by another user's socket too (uid {', '.join(map(str, sorted(others)))}"
                 "; SO_REUSEADDR or SO_REUSEPORT shares it): it stays the kernel's")
@@ -175,12 +158,13 @@ def check_exclusive(fd: int, proto: str, port: int, uid: int, ip: str | None = N
         s.detach()
 
 
-def watch_proofs(state) -> tuple[list[tuple[object, str, int, str]], bool]:
+def watch_proofs(state, scan: bool = True) -> tuple[list[tuple[object, str, int, str]], bool]:
     """(client, iface, rule id, why) of each non-root client's `accelerate` rule whose proof no longer keeps its
-    port to itself (`exposure`), for the control plane to remove: each PROOF_TICK and before each new rule; and
-    whether there was any such proof to look at. The socket tables are read once per protocol, and not at all
-    when nobody but root holds a proof."""
-    tables: dict[str, list] = {}
+    port to itself (`exposure`), for the control plane to remove (each PROOF_TICK and before each new rule), and
+    whether there was any such proof to look at. Each proof's socket is looked at every time, and the UDP
+    sockets (a cheap table); the TCP ones only when `scan` (each PROOF_SCAN: their dump walks the kernel's whole
+    established hash). The tables are read once per protocol, and not at all when only root holds proofs."""
+    tables: dict[str, dict | OSError] = {}
     found = []
     watched = False
     for iface, served in list(state.served.items()):
@@ -189,9 +173,15 @@ def watch_proofs(state) -> tuple[list[tuple[object, str, int, str]], bool]:
                 continue
             watched = True
             proto = entry.rule.proto
-            if proto not in tables:
-                tables[proto] = list(_sockets(proto))
-            why = exposure(entry.proof, proto, entry.rule.dport, entry.owner.uid, entry.rule.dst, tables[proto])
+            look = scan or proto == "udp"
+            if look and proto not in tables:
+                try:
+                    tables[proto] = by_port(sockdiag.sockets(proto))
+                except OSError as e:  # who else is on the port is not known: the rule goes
+                    tables[proto] = e
+            table = tables.get(proto)
+            why = (f"its port's sockets cannot be listed ({table.strerror})" if isinstance(table, OSError) else
+                   exposure(entry.proof, proto, entry.rule.dport, entry.owner.uid, entry.rule.dst, table, look))
             if why is not None:
                 found.append((entry.owner, iface, rule_id, why))
     return found, watched

@@ -43,6 +43,7 @@ from kbypass.steer.rules import Rule
 
 from . import paths, protocol
 from .accel import (
+    PROOF_SCAN,
     PROOF_TICK,
     Routes,
     bound_flow,
@@ -142,7 +143,7 @@ class Server:
         self._fd_short = False
         self.stop_signal: str | None = None  # set by serve()'s signal handler
         self._wake: tuple[int, int] | None = None  # a pipe: Server.stop wakes the loop's select through it
-        self._proofs_due = 0.0  # when the non-root proofs are next looked at (_watch_proofs)
+        self._proofs_due = self._scan_due = 0.0  # when the non-root proofs are next looked at (_watch_proofs)
 
     # ---- start and stop --------------------------------------------------------------------------
 
@@ -257,12 +258,16 @@ class Server:
 
     def _watch_proofs(self, now: bool = False) -> float:
         """Remove each non-root app's `accelerate` rule whose proof no longer keeps its port to itself (kbypass.cp.
-        accel.watch_proofs: the app shares that socket and may open its port to other users after the check), every
-        PROOF_TICK while there are such proofs (or `now`: before a new rule). The seconds until the next sweep."""
+        accel.watch_proofs: the app shares that socket and may open its port to other users after the check): every
+        PROOF_TICK while there are such proofs, with a scan of the TCP sockets every PROOF_SCAN, and all of it
+        `now` (before a new rule). The seconds until the next look."""
         t = time.monotonic()
         if now or t >= self._proofs_due:
-            exposed, watching = watch_proofs(self.state)
+            scan = now or t >= self._scan_due
+            exposed, watching = watch_proofs(self.state, scan)
             self._proofs_due = t + (PROOF_TICK if watching or now else 0.5)  # now: a rule may follow
+            if scan:
+                self._scan_due = t + PROOF_SCAN
             for client, iface, rule_id, why in exposed:
                 log.warning("%s: removed rule %d on %s, its port no longer the app's alone: %s", client.describe(),
                             rule_id, iface, why)
