@@ -284,3 +284,8 @@ def test_watch_proofs_scans_the_tcp_sockets_only_when_asked():
         assert watch_proofs(state, scan=False) == ([], True)
         (_, _, _, why), = watch_proofs(state, scan=True)[0]
         assert "another user's socket" in why  # s is root's, the proof's owner uid 65534
+        entry.rule = Rule.parse(f"tcp src 127.0.0.2 sport 80 dst 127.0.0.1 dport {s.getsockname()[1]}")
+        assert watch_proofs(state, scan=True) == ([], True)  # an active open's 4-tuple: nobody else's
+        check_exclusive(s.fileno(), "tcp", s.getsockname()[1], 65534, scan=False)
+        with pytest.raises(ProtocolError, match="another user's socket"):
+            check_exclusive(s.fileno(), "tcp", s.getsockname()[1], 65534)

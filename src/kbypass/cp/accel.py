@@ -136,20 +136,21 @@ def exposure(fd: int, proto: str, port: int, uid: int, ip: str | None = None, in
     return None
 
 
-def check_exclusive(fd: int, proto: str, port: int, uid: int, ip: str | None = None) -> None:
+def check_exclusive(fd: int, proto: str, port: int, uid: int, ip: str | None = None, scan: bool = True) -> None:
     """ProtocolError unless the app's socket keeps its port to itself while the control plane holds a dup of it
     (a non-root client's proof of ownership: `exposure`). A UDP socket has no listening state: the kernel lets
     any user bind a UDP port whose sockets all have SO_REUSEADDR (and gives the last binder the datagrams), so
     SO_REUSEADDR is cleared on it here (the kernel reads it at each later bind: they get EADDRINUSE, root's too,
     even after the app closed its socket); SO_REUSEPORT admits sockets of the same uid only. Other users'
-    sockets are looked for after the clearing, so none joins between; refused, the socket is left as it was."""
+    sockets are looked for after the clearing, so none joins between (not `scan`: an active open's, steered by
+    its 4-tuple, at each connect); refused, the socket is left as it was."""
     s = socket.socket(fileno=fd)
     cleared = False
     try:
         if proto == "udp" and s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
             cleared = True
-        why = exposure(fd, proto, port, uid, ip)
+        why = exposure(fd, proto, port, uid, ip, scan=scan or proto == "udp")
         if why is not None:
             if cleared:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -163,7 +164,8 @@ def watch_proofs(state, scan: bool = True) -> tuple[list[tuple[object, str, int,
     port to itself (`exposure`), for the control plane to remove (each PROOF_TICK and before each new rule), and
     whether there was any such proof to look at. Each proof's socket is looked at every time, and the UDP
     sockets (a cheap table); the TCP ones only when `scan` (each PROOF_SCAN: their dump walks the kernel's whole
-    established hash). The tables are read once per protocol, and not at all when only root holds proofs."""
+    established hash), and not for an active open (flow_rule: steered by its 4-tuple, which another socket on its
+    port does not share). The tables are read once per protocol, and not at all when only root holds proofs."""
     tables: dict[str, dict | OSError] = {}
     found = []
     watched = False
@@ -173,7 +175,7 @@ def watch_proofs(state, scan: bool = True) -> tuple[list[tuple[object, str, int,
                 continue
             watched = True
             proto = entry.rule.proto
-            look = scan or proto == "udp"
+            look = proto == "udp" or scan and entry.rule.src is None  # an active open's 4-tuple is its own
             if look and proto not in tables:
                 try:
                     tables[proto] = by_port(sockdiag.sockets(proto))

@@ -259,11 +259,12 @@ class Server:
     def _watch_proofs(self, now: bool = False) -> float:
         """Remove each non-root app's `accelerate` rule whose proof no longer keeps its port to itself (kbypass.cp.
         accel.watch_proofs: the app shares that socket and may open its port to other users after the check): every
-        PROOF_TICK while there are such proofs, with a scan of the TCP sockets every PROOF_SCAN, and all of it
-        `now` (before a new rule). The seconds until the next look."""
+        PROOF_TICK while there are such proofs, with a scan of the TCP sockets every PROOF_SCAN, and `now` (before
+        a new rule: one exposed since the last look must not keep it out; no scan, a connect must not wait for
+        one). The seconds until the next look."""
         t = time.monotonic()
         if now or t >= self._proofs_due:
-            scan = now or t >= self._scan_due
+            scan = t >= self._scan_due
             exposed, watching = watch_proofs(self.state, scan)
             self._proofs_due = t + (PROOF_TICK if watching or now else 0.5)  # now: a rule may follow
             if scan:
@@ -544,7 +545,7 @@ class Server:
                                 "(SO_REUSEPORT): this one stays on the kernel, and that one gets all the port's "
                                 "datagrams")
         if client.uid != 0:
-            check_exclusive(fd, proto, port, client.uid, str(addr.ip))
+            check_exclusive(fd, proto, port, client.uid, str(addr.ip), scan=peer is None)
         proof = os.dup(fd)  # the rule's: the port stays taken in the kernel for as long as the rule steers it
         try:
             rule_id = self.state.add_rule(client, iface, rule, proof=proof)
