@@ -18,10 +18,8 @@
  * The established path in C (predicted segments queued for the app): kbp_tcpfast.c.
  *
  * Left on the kernel, said with --log: loopback, a second interface (TCP runs on the first one only), a
- * control plane that refuses, no Python (kbp_py.c), a Python app, KBYPASS_TCP=0. fork: the parent's listeners
- * go back to the kernel (kbp_tcp_after_fork_parent), a child's copies are kernel sockets (an accepted or
- * connected one is unconnected there: ENOTCONN), so a server stays accelerated as one process (nginx:
- * master_process off).
+ * control plane that refuses, no Python (kbp_py.c), a Python app, KBYPASS_TCP=0. fork: the connections go to
+ * the kernel's TCP first (kbp_tcprepair.c), the listeners back to the kernel (kbp_tcp_before_fork).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -50,7 +48,6 @@ static struct kbp_iface *tcp_ifc;
 static struct kbp_sock *by_sid[SID_SLOTS];
 static uint32_t next_sid = 1;
 static uint64_t deadline_ns;
-
 
 static double now_s(void) { return (double)kbp_now_ns() / 1e9; }
 
@@ -111,6 +108,7 @@ void kbp_tcp_transmit(const uint8_t *pkt, uint32_t len) {
 static void let_go(struct kbp_sock *s);
 static void rule_gone(const char *iface, int *rule_id);
 static int drain_port(struct kbp_sock *s);
+static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags);
 
 void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
     struct kbp_sock *s = by_sid[sid % SID_SLOTS];
@@ -166,19 +164,29 @@ short kbp_tcp_revents(struct kbp_sock *s, short events) {
     return (short)((s->tcp_mask | (s->cq_len ? POLLIN : 0)) & ((uint32_t)(uint16_t)events | POLLERR | POLLHUP));
 }
 
-/* A fork (nginx's master making its worker, a pre-forking server): the children hold kernel copies of the
- * listening sockets (kbp_socket.c), and a SYN steered to this process's rings would be answered by a
- * listener nobody accepts from here. So an accelerated listener goes back to the kernel at the first fork:
- * its rule goes, the kernel's listener (shared with the children) takes the connections, the app works as
- * without kbypass. Connections already accepted stay accelerated (the rule too, until the last of them is done:
- * drain_port). */
-void kbp_tcp_after_fork_parent(void) {
+/* A fork (nginx's master making its worker, a fork-per-connection server: socat fork, inetd, sshd), before it
+ * happens (pthread_atfork's prepare): the child will hold copies of every fd, and rings cannot be shared by two
+ * processes. So every accelerated connection goes to the kernel's TCP (kbp_tcprepair.c), which parent and child
+ * then share as without kbypass, and an accelerated listener goes back to the kernel: its rule goes, the
+ * kernel's listener (shared with the children) takes the connections, the app works as without kbypass. With
+ * the connections handed over nothing of ours uses the port any more, so the rule goes at once (no SYN taken by
+ * a listener nobody accepts from, a new listen() on the port works); a connection that could not be handed
+ * (no CAP_NET_ADMIN, or our FIN sent) keeps it until it is done (drain_port). Those done and not accepted yet
+ * are handed over too and kept for the app's accept (kbp_tcpwake.c). */
+void kbp_tcp_before_fork(void) {
     if (!kbp_tcp_on) return;
     kbp_enter();
+    if (tcp_ifc) kbp_iface_pump(tcp_ifc, NULL, NULL, 0, NULL); /* what came first: a handshake finished, data */
+    kbp_tcp_handoff_all();
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
         struct kbp_sock *s = kbp_fds[fd];
         if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER || s->fd != fd) continue;
-        long users = kbp_py_call("close", NULL, 0, "(Id)", s->sid, now_s());
+        int c;
+        for (int i = 0; i < 50 && kbp_py_call("half_open", NULL, 0, "(Id)", s->sid, now_s()) > 0; i++)
+            usleep(100), kbp_iface_pump(s->ifc, NULL, NULL, 0, NULL); /* an RTT or so: their ACKs, then ready */
+        while ((c = accept_ours(s, NULL, NULL, SOCK_CLOEXEC)) >= 0) /* done here, not accepted yet: kept for it */
+            if (kbp_tcp_handoff(kbp_fds[c]) < 0 || kbp_tcp_pend(s, c) < 0) close(c);
+        long users = kbp_py_call("release", NULL, 0, "(Id)", s->sid, now_s());
         if (users <= 0 || !drain_port(s)) rule_gone(s->ifc->name, &s->rule_id);
         sid_drop(s);
         s->accel = 0;
@@ -191,7 +199,21 @@ void kbp_tcp_after_fork_parent(void) {
     kbp_leave();
 }
 
+/* A connection that is no longer ours (kbp_tcprepair.c): the host's `call` ("handed": the kernel has it, forgotten
+ * without a segment; "abort": reset), an active open's rule goes (after the kernel socket exists: its segments
+ * never meet a kernel without it), the shim's records go; s itself is the caller's to free. Under kbp_lock. */
+void kbp_tcp_forget(struct kbp_sock *s, const char *call) {
+    kbp_tcpc_detach(s);
+    if (call) kbp_py_call(call, NULL, 0, "(Id)", s->sid, now_s());
+    if (s->tcp_role == KBP_TCP_ACTIVE && s->ifc) rule_gone(s->ifc->name, &s->rule_id);
+    if (s->ifc) kbp_iface_drop_sock(s->ifc, s);
+    if (s->slot) s->slot->used = 0;
+    sid_drop(s);
+}
+
 void kbp_tcp_after_fork_child(void) {
+    for (int fd = 0; fd < KBP_MAX_FD; fd++)
+        if (kbp_fds[fd] && kbp_fds[fd]->pend) kbp_tcp_pend_drop(kbp_fds[fd], 0); /* the parent's to hand out */
     kbp_tcp_on = 0;
     tcp_ifc = NULL;
     deadline_ns = 0;
@@ -509,10 +531,11 @@ static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *al
 int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
+    int r;
+    if (s && s->pend && (r = kbp_tcp_take_pend(s, addr, alen, flags)) >= 0) return r; /* kept (kbp_tcpwake.c) */
     if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER) return kbp_real.accept4(fd, addr, alen, flags);
     kbp_flush_now();
     kbp_enter();
-    int r;
     for (;;) {
         if (!s->accel) {
             kbp_leave();
