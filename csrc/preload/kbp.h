@@ -138,6 +138,7 @@ struct kbp_sock {
     int rd_shut;              /* shutdown(SHUT_RD): nothing is queued here (the host answers data with a RST) */
     unsigned slow_gen;        /* the pump that gave the host a frame of it: no prediction here after it */
     struct kbp_pend *pend;    /* a listener back on the kernel: connections it still hands out (kbp_tcpwake.c) */
+    int handed;               /* the kernel's now (kbp_tcprepair.c): its fds are not; a waiting call holds it */
 };
 #define KBP_TCP_LISTENER 1
 #define KBP_TCP_ACCEPTED 2

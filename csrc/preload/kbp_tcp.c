@@ -183,7 +183,7 @@ void kbp_tcp_before_fork(void) {
         if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER || s->fd != fd) continue;
         int c;
         for (int i = 0; i < 50 && kbp_py_call("half_open", NULL, 0, "(Id)", s->sid, now_s()) > 0; i++)
-            usleep(100), kbp_iface_pump(s->ifc, NULL, NULL, 0, NULL); /* an RTT or so: their ACKs, then ready */
+            kbp_iface_flush(), usleep(100), kbp_iface_pump(s->ifc, NULL, NULL, 0, NULL); /* SYN-ACKs out, ACKs in */
         while ((c = accept_ours(s, NULL, NULL, SOCK_CLOEXEC)) >= 0) /* done here, not accepted yet: kept for it */
             if (kbp_tcp_handoff(kbp_fds[c]) < 0 || kbp_tcp_pend(s, c) < 0) close(c);
         long users = kbp_py_call("release", NULL, 0, "(Id)", s->sid, now_s());
@@ -305,22 +305,10 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
     return 0;
 }
 
-/* SO_KEEPALIVE and TCP_KEEPIDLE/KEEPINTVL/KEEPCNT as the kernel socket holds them (setsockopt sets them there
- * first) to the host: called at acceleration and at each such setsockopt. Under kbp_lock. */
-void kbp_tcp_keepalive(struct kbp_sock *s) {
-    int on = 0, idle = 7200, intvl = 75, cnt = 9;
-    socklen_t l = sizeof(int);
-    kbp_real.getsockopt(s->fd, SOL_SOCKET, SO_KEEPALIVE, &on, &l);
-    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &l);
-    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, &l);
-    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, &l);
-    kbp_py_call("keepalive", NULL, 0, "(Iiddid)", s->sid, on, (double)idle, (double)intvl, cnt, now_s());
-}
-
 /* ---- waiting ------------------------------------------------------------------------------------------- */
 
 /* Until s has one of `want` (or an error/hangup): 0; -1 with errno (EAGAIN non-blocking or after timeout_us,
- * SO_RCVTIMEO/SO_SNDTIMEO's, 0: none; EINTR). Under kbp_lock, let go while sleeping; spins KBYPASS_SPIN_US
+ * SO_RCVTIMEO/SO_SNDTIMEO's, 0: none; EINTR); -2: s is gone (handed to the kernel meanwhile, its fds the kernel's). Under kbp_lock, let go while sleeping; spins KBYPASS_SPIN_US
  * first, then sleeps on the rings (and the kernel socket for a listener: loopback connections), no longer
  * than the next TCP timer. */
 static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_us) {
@@ -364,16 +352,17 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_u
         int r = kbp_real.poll(p, (unsigned long)n, kbp_tcp_cap_ms(ms < 1000 ? ms : 1000));
         int e = errno;
         kbp_enter();
-        if (--s->refs == 0) { /* closed by another thread meanwhile: ours to let go */
+        if (cp >= 0 && cp == kbp_cp_fd() && p[n - 1].revents) kbp_cp_lost(); /* s may be handed: our ref holds it */
+        if (--s->refs == 0) { /* closed by another thread meanwhile, or handed (kbp_tcprepair.c): ours to let go */
+            int handed = s->handed;
             kbp_release(s);
             errno = EBADF;
-            return -1;
+            return handed ? -2 : -1;
         }
         if (r < 0 && e == EINTR && (kbp_sig_count == sig0 || kbp_sig_interrupted(sig0, 1))) {
             errno = EINTR;
             return -1;
         }
-        if (cp >= 0 && cp == kbp_cp_fd() && p[n - 1].revents) kbp_cp_lost();
         if (s->tcp_role == KBP_TCP_LISTENER && p[n - 1 - (cp >= 0)].revents) return 0; /* the kernel's listener */
     }
 }
@@ -397,7 +386,12 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
             kbp_leave();
             return got ? (ssize_t)got : -2;
         }
-        if (wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT), s->rcvtimeo_us) < 0) { /* got: WAITALL's rest */
+        int w = wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT), s->rcvtimeo_us);
+        if (w == -2) {
+            kbp_leave();
+            return got ? (ssize_t)got : -2;
+        }
+        if (w < 0) { /* got: WAITALL's rest */
             r = -1;
             break;
         }
@@ -440,7 +434,12 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
             kbp_leave();
             return sent ? (ssize_t)sent : -2;
         }
-        if (wait_for(s, POLLOUT, s->nonblock || (flags & MSG_DONTWAIT), s->sndtimeo_us) < 0) {
+        int w = wait_for(s, POLLOUT, s->nonblock || (flags & MSG_DONTWAIT), s->sndtimeo_us);
+        if (w == -2) {
+            kbp_leave();
+            return sent ? (ssize_t)sent : -2;
+        }
+        if (w < 0) {
             err = errno;
             break;
         }
@@ -623,20 +622,6 @@ int shutdown(int fd, int how) {
         return -1;
     }
     return 0;
-}
-
-int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
-    kbp_init_libc();
-    struct kbp_sock *s = kbp_get(fd);
-    if (s && s->tcp && s->accel && s->tcp_role != KBP_TCP_LISTENER && level == SOL_SOCKET && name == SO_ERROR && v &&
-        len && *len >= sizeof(int)) {
-        kbp_enter();
-        *(int *)v = (int)kbp_py_call("so_error", NULL, 0, "(Id)", s->sid, now_s());
-        kbp_leave();
-        *len = sizeof(int);
-        return 0;
-    }
-    return kbp_real.getsockopt(fd, level, name, v, len);
 }
 
 /* The app's last fd of s is closed: 1 keep s (an active open whose connection still finishes holds the

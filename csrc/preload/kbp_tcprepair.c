@@ -103,6 +103,7 @@ static int build(const struct kbp_sock *s, const struct handoff *h, const uint8_
              opt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, (int)ntohl(h->snd_una)) == 0 &&
              opt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE) == 0 &&
              opt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, (int)(ntohl(h->rcv_seq) - (uint32_t)cqn)) == 0 &&
+             opt(fd, IPPROTO_TCP, TCP_MAXSEG, ntohs(h->mss)) == 0 && /* else the MSS the connect computes is 536's */
              kbp_real.connect(fd, (const struct sockaddr *)&s->tcp_peer, sizeof(s->tcp_peer)) == 0 &&
              kbp_real.setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_OPTIONS, o, (socklen_t)(no * sizeof(o[0]))) == 0 &&
              (!(h->flags & H_TS) || opt(fd, IPPROTO_TCP, TCP_TIMESTAMP, (int)ntohl(h->tsval)) == 0);
@@ -132,7 +133,8 @@ static int build(const struct kbp_sock *s, const struct handoff *h, const uint8_
     return fd;
 }
 
-/* fd (closed here) in place of s at each of the app's fds of it (dups share s), FD_CLOEXEC kept per fd */
+/* fd (closed here) in place of s at each of the app's fds of it (dups share s), FD_CLOEXEC kept per fd; s no
+ * longer ours: freed, unless a call waiting on it holds a reference (wait_for frees it when it wakes) */
 static void replace_fds(struct kbp_sock *s, int fd) {
     for (int i = 0; i < KBP_MAX_FD; i++) {
         if (kbp_fds[i] != s) continue;
@@ -141,8 +143,14 @@ static void replace_fds(struct kbp_sock *s, int fd) {
         kbp_real.dup3(fd, i, cloexec > 0 && (cloexec & FD_CLOEXEC) ? O_CLOEXEC : 0);
         kbp_epoll_rebind(i, 1);
         kbp_fds[i] = NULL;
+        s->refs--;
     }
     kbp_real.close(fd);
+}
+
+static void let_go(struct kbp_sock *s) {
+    s->accel = 0, s->handed = 1;
+    if (s->refs <= 0) free(s);
 }
 
 int kbp_tcp_handoff(struct kbp_sock *s) {
@@ -160,13 +168,16 @@ int kbp_tcp_handoff(struct kbp_sock *s) {
         errno = n < 0 ? (int)-n : EMSGSIZE;
         return -1;
     }
-    int fd = build(s, &h, buf + sizeof(h), s->cq ? s->cq + s->cq_off : NULL, s->cq_len);
+    size_t cqn = s->cq_len;
+    int fd = build(s, &h, buf + sizeof(h), s->cq ? s->cq + s->cq_off : NULL, cqn);
     free(buf);
     if (fd < 0) return -1;
     replace_fds(s, fd);
     kbp_tcp_forget(s, "handed"); /* the host forgets it without a segment, its rule (an active open's) goes */
-    kbp_verbose("tcp %s:%u: handed to the kernel's TCP", inet_ntoa(s->tcp_peer.sin_addr), ntohs(s->tcp_peer.sin_port));
-    free(s);
+    kbp_verbose("tcp %s:%u: handed to the kernel's TCP (%u bytes unacknowledged, %u unsent, %zu unread%s)",
+                inet_ntoa(s->tcp_peer.sin_addr), ntohs(s->tcp_peer.sin_port), ntohl(h.unacked), ntohl(h.unsent),
+                ntohl(h.unread) + cqn, h.flags & H_EOF ? ", the peer's FIN" : "");
+    let_go(s);
     return 0;
 }
 
@@ -195,15 +206,15 @@ void kbp_tcp_cp_lost(void) {
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
         struct kbp_sock *s = kbp_fds[fd];
         int sp[2];
-        if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER || !s->sid ||
+        if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER || !s->sid || !s->connected ||
             kbp_real.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0)
             continue;
         kbp_real.send(sp[0], "x", 1, MSG_NOSIGNAL);
         kbp_real.close(sp[1]); /* a byte unread: sp[0] is reset */
         replace_fds(s, sp[0]);
         kbp_tcp_forget(s, "abort"); /* the RST out now */
-        kbp_verbose("fd %d: reset (the control plane went away and the kernel's TCP could not take it)", fd);
-        free(s);
+        kbp_verbose("fd %d: reset (no control plane any more, and the kernel's TCP could not take it)", fd);
+        let_go(s);
     }
     kbp_iface_flush();
 }

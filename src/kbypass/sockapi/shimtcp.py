@@ -254,15 +254,7 @@ class ShimTcp:
                     c.prediction.disarm()
                     conn.abort()
                     continue
-                if c.c_owned:  # bytes of hits(): the shim's C queue has them
-                    k = min(c.c_owned, len(e.data))
-                    c.c_owned -= k
-                    if k == len(e.data):
-                        continue
-                    e = tcp.Data(e.data[k:])
-                c.rx.append(e.data)
-                c.rx_len += len(e.data)
-                c.news = True
+                self._take_data(c, e.data)
             elif kind is tcp.Connected:
                 c.connected = c.news = True
                 lst = c.listener
@@ -281,6 +273,18 @@ class ShimTcp:
                 if c.listener is not None and c in c.listener.ready:
                     c.listener.ready.remove(c)
         self._emit(c.local_ip, c.peer_ip, conn.segments_to_send(now))
+
+    @staticmethod
+    def _take_data(c: _Conn, data: bytes) -> None:
+        if c.c_owned:  # bytes of hits(): the shim's C queue has them
+            k = min(c.c_owned, len(data))
+            c.c_owned -= k
+            data = data[k:]
+            if not data:
+                return
+        c.rx.append(data)
+        c.rx_len += len(data)
+        c.news = True
 
     def _register(self, c: _Conn) -> None:
         self.conns[c.key] = c
@@ -594,8 +598,7 @@ class ShimTcp:
     def half_open(self, sid: int, now: float):
         """How many connections listener sid's SYN-ACK answered that have not finished their handshake."""
         lst = self.by_sid.get(sid)
-        n = sum(1 for c in self.conns.values() if c.listener is lst and c not in lst.ready and not c.dead)
-        return self._out(n, now)
+        return self._out(len(lst.tcp.half_open) if type(lst) is _Listener else 0, now)
 
     def release(self, sid: int, now: float):
         """Listener sid goes back to the kernel (the shim at a fork): close(sid), and the port's connections in
@@ -643,8 +646,7 @@ class ShimTcp:
             return self._out(-errno.ENOTCONN, now)
         while (e := c.conn.next_event()) is not None:  # Data past MAX_UNREAD, still the connection's
             if type(e) is tcp.Data:
-                c.rx.append(e.data)
-                c.rx_len += len(e.data)
+                self._take_data(c, e.data)
             elif type(e) is tcp.EndOfStream:
                 c.eof = True
         state = None if c.error or c.dead or c.shut_wr or c.shut_rd else handoff_state(c.conn, now)
