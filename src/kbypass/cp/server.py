@@ -42,7 +42,13 @@ from kbypass.errors import KbypassError, UsageError
 from kbypass.steer.rules import Rule
 
 from . import paths, protocol
-from .accel import Routes, bound_flow, check_exclusive, check_no_kernel_connections, port_owners
+from .accel import (
+    Routes,
+    bound_flow,
+    check_exclusive,
+    check_no_kernel_connections,
+    port_owners,
+)
 from .closer import Closer
 from .paths import USERS
 from .pool import SLICES as POOL_SLICES

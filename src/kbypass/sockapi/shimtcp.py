@@ -38,8 +38,8 @@ from collections import deque
 from kbypass import backend
 from kbypass.proto import ipv4, tcp
 from kbypass.proto.tcp import fastpath
-from kbypass.proto.tcp.handoff import handoff_state
 from kbypass.proto.tcp.config import MAX_UNREAD
+from kbypass.proto.tcp.handoff import handoff_state
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP = 0x1, 0x4, 0x8, 0x10, 0x2000
