@@ -456,6 +456,10 @@ void kbp_epoll_rebind(int fd, int after) {
                                      .data = m->data};
             kbp_real.epoll_ctl(e, EPOLL_CTL_ADD, fd, &ev);
             set->m[i--] = set->m[--set->n];
+            if (!has_accel_member(set)) { /* the rings' fds would wake a kernel-only wait for nothing */
+                for (int t = 0; t < set->nring; t++) kbp_real.epoll_ctl(e, EPOLL_CTL_DEL, set->ring_fds[t], NULL);
+                set->nring = 0;
+            }
         }
     }
 }

@@ -124,6 +124,33 @@ def test_a_c_server_that_forks_per_connection(hosts, forks):
     assert "handed to the kernel's TCP" in out, out
 
 
+MESSAGES_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+for m in (b"one", b"two", b"three"):
+    s.sendall(m)
+    print(m.decode(), s.recv(100) == m, flush=True)
+    time.sleep(0.2)
+s.close()
+"""
+
+
+def test_an_epoll_app_that_forks_a_helper_keeps_its_connection(hosts, forks):
+    """The connection, a member of the app's epoll set, is handed to the kernel at the fork: the kernel
+    socket takes its place in the set (same events, same data) and epoll_wait reports it from then on."""
+    a, b = hosts
+    srv = run_app(b, forks, "epollfork", b.ipv4, "9506")
+    try:
+        wait_for(lambda: sockets_of(b, 9506), what="the listening socket to be accelerated")
+        cli = subprocess.run(in_ns(a, sys.executable, "-c", MESSAGES_CLIENT, b.ipv4, "9506"), capture_output=True,
+                             text=True, timeout=30)
+        out, _ = srv.communicate(timeout=20)
+    finally:
+        out = stop(srv) if srv.poll() is None else out
+    assert cli.stdout.split("\n")[:3] == ["one True", "two True", "three True"], cli.stdout + cli.stderr + out
+    assert "epoll done 3" in out and "handed to the kernel's TCP" in out, out
+
+
 RELISTEN_CLIENT = r"""
 import socket, sys, time
 ip, port = sys.argv[1], int(sys.argv[2])

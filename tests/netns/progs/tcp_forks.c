@@ -8,6 +8,9 @@
  *                                   and echoes one more connection itself; says "relisten ok" or the errno
  *   tcp_forks echo IP PORT          one process: accept one connection, echo until EOF or an error; prints
  *                                   "read: <errno name>" when a read fails (the control plane test)
+ *   tcp_forks epollfork IP PORT     accept one connection, echo each message as epoll says it is readable;
+ *                                   after the first, fork a child that exits at once (a helper, system()'s
+ *                                   way): the connection, in epoll, goes on in the parent
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -17,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -112,6 +116,29 @@ int main(int argc, char **argv) {
         wait(&st);
         printf("done %d %d\n", r, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
         return r != 0;
+    }
+    if (!strcmp(mode, "epollfork")) {
+        int c = accept(l, NULL, NULL), ep = epoll_create1(0), msgs = 0;
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 42}, got;
+        if (c < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev) < 0) return 1;
+        for (;;) {
+            int n = epoll_wait(ep, &got, 1, 5000);
+            if (n != 1 || got.data.u64 != 42) {
+                printf("epoll_wait: %d\n", n);
+                return 1;
+            }
+            char buf[4096];
+            ssize_t k = read(c, buf, sizeof(buf));
+            if (k <= 0) break;
+            if (write(c, buf, (size_t)k) != k) return 1;
+            if (++msgs == 1) {
+                pid_t p = fork();
+                if (p == 0) _exit(0);
+                waitpid(p, NULL, 0);
+            }
+        }
+        printf("epoll done %d\n", msgs);
+        return 0;
     }
     int c = accept(l, NULL, NULL);
     printf("accepted\n");
