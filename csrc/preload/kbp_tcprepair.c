@@ -195,6 +195,19 @@ int kbp_tcp_handoff_all(void) {
     return left;
 }
 
+/* exec: the connections the new image inherits (an fd without FD_CLOEXEC) to the kernel's TCP (kbp_exec.c) */
+void kbp_tcp_before_exec(void) {
+    if (!kbp_tcp_on) return;
+    kbp_enter();
+    for (int fd = 0; fd < KBP_MAX_FD; fd++) {
+        struct kbp_sock *s = kbp_fds[fd];
+        if (s && s->tcp && s->accel && s->tcp_role != KBP_TCP_LISTENER && !s->zombie &&
+            !(kbp_real.fcntl(fd, F_GETFD) & FD_CLOEXEC) && kbp_tcp_handoff(s) < 0)
+            kbp_verbose("fd %d: not handed to the kernel's TCP before exec: %s", fd, strerror(errno));
+    }
+    kbp_leave();
+}
+
 /* The control plane is gone (kbp_cp_lost, before the rings go): its steering program went with it, so the peers'
  * segments come to the kernel now. Each connection goes on there; one that cannot is reset: RST to the peer
  * through the rings (they still send), and its fds become a stream that reads ECONNRESET once, then the end, and

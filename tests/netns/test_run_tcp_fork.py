@@ -151,6 +151,20 @@ def test_an_epoll_app_that_forks_a_helper_keeps_its_connection(hosts, forks):
     assert "epoll done 3" in out and "handed to the kernel's TCP" in out, out
 
 
+def test_a_server_that_execs_its_handler_on_the_connection(hosts, forks):
+    """inetd's way: the connection as stdin and stdout of an exec'd cat, which must hold a real connection."""
+    a, b = hosts
+    srv = run_app(b, forks, "exec", b.ipv4, "9507")
+    try:
+        wait_for(lambda: sockets_of(b, 9507), what="the listening socket to be accelerated")
+        cli = subprocess.run(in_ns(a, sys.executable, "-c", MESSAGES_CLIENT, b.ipv4, "9507"), capture_output=True,
+                             text=True, timeout=30)
+    finally:
+        out = stop(srv)
+    assert cli.stdout.split("\n")[:3] == ["one True", "two True", "three True"], cli.stdout + cli.stderr + out
+    assert "handed to the kernel's TCP" in out, out
+
+
 RELISTEN_CLIENT = r"""
 import socket, sys, time
 ip, port = sys.argv[1], int(sys.argv[2])

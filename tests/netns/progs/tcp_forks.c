@@ -8,6 +8,8 @@
  *                                   and echoes one more connection itself; says "relisten ok" or the errno
  *   tcp_forks echo IP PORT          one process: accept one connection, echo until EOF or an error; prints
  *                                   "read: <errno name>" when a read fails (the control plane test)
+ *   tcp_forks exec IP PORT          accept one connection, echo its first message, then exec cat on it (stdin
+ *                                   and stdout the connection, inetd's way): cat echoes the rest
  *   tcp_forks epollfork IP PORT     accept one connection, echo each message as epoll says it is readable;
  *                                   after the first, fork a child that exits at once (a helper, system()'s
  *                                   way): the connection, in epoll, goes on in the parent
@@ -116,6 +118,16 @@ int main(int argc, char **argv) {
         wait(&st);
         printf("done %d %d\n", r, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
         return r != 0;
+    }
+    if (!strcmp(mode, "exec")) {
+        int c = accept(l, NULL, NULL);
+        char buf[4096];
+        ssize_t k = c < 0 ? -1 : read(c, buf, sizeof(buf));
+        if (k <= 0 || write(c, buf, (size_t)k) != k) return 1;
+        close(l);
+        dup2(c, 0), dup2(c, 1), close(c);
+        execlp("cat", "cat", (char *)NULL);
+        return 1;
     }
     if (!strcmp(mode, "epollfork")) {
         int c = accept(l, NULL, NULL), ep = epoll_create1(0), msgs = 0;
