@@ -3,10 +3,11 @@
  * the accepted ones, but the kernel cannot put a socket into a listener's accept queue: so the shim keeps them
  * (in arrival order) and accept() on that listener hands them out first, as the host would have.
  *
- * The app may wait for them in poll/select/epoll on the listener, which is a plain kernel socket now: each one
- * kept gets a wake-up connection, the process's own connect() to the listener's address (the kernel completes it
- * at once, locally), so the kernel's listener is readable exactly while connections wait. accept() takes a
- * wake-up off the kernel's queue (known by its source port) and gives a kept connection in its place;
+ * The app may wait for them in poll/select/epoll on the listener, which is a plain kernel socket now: while any
+ * is kept, one wake-up connection is in the kernel's queue, the process's own connect() to the listener's
+ * address (the kernel completes it at once, locally; one at a time, the app's backlog may be small), so the
+ * kernel's listener is readable while connections wait. accept() takes the wake-up off the kernel's queue
+ * (known by its source port) and gives the oldest kept connection in its place, then wakes for the next;
  * a child that accepts one sees a connection closed without a byte. The kept connections are the parent's: a
  * fork's child closes its copies (else the child's copy would hold the connection open after the parent's
  * child that serves it closed it).
@@ -58,8 +59,7 @@ int kbp_tcp_pend(struct kbp_sock *ls, int fd) {
     struct kbp_pend *p = ls->pend;
     if (p->n >= PEND_MAX) return -1;
     p->fd[p->n++] = fd;
-    uint16_t port = wake_up(ls);
-    if (port && p->nwake < PEND_MAX) p->wake[p->nwake++] = port;
+    if (!p->nwake && (p->wake[0] = wake_up(ls))) p->nwake = 1;
     return 0;
 }
 
@@ -95,6 +95,7 @@ static int take(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int
     }
     int fd = p->fd[0];
     memmove(p->fd, p->fd + 1, (size_t)--p->n * sizeof(int));
+    if (p->n && !p->nwake && (p->wake[0] = wake_up(ls))) p->nwake = 1; /* the listener readable for the next */
     int fl = kbp_real.fcntl(fd, F_GETFL);
     kbp_real.fcntl(fd, F_SETFL, (flags & SOCK_NONBLOCK) ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
     kbp_real.fcntl(fd, F_SETFD, (flags & SOCK_CLOEXEC) ? FD_CLOEXEC : 0);

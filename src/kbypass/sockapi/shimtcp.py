@@ -259,7 +259,9 @@ class ShimTcp:
                 c.connected = c.news = True
                 lst = c.listener
                 if lst is not None:
-                    if len(lst.ready) >= lst.backlog or lst.sid not in self.by_sid:
+                    # past the app's backlog Linux resets nobody (tcp_abort_on_overflow 0): it holds the handshake
+                    # in SYN_RECV until accept() makes room; held here as done, as many as its SYN backlog
+                    if len(lst.ready) >= lst.backlog + self.config.syn_backlog or lst.sid not in self.by_sid:
                         conn.abort()
                     else:
                         lst.ready.append(c)
