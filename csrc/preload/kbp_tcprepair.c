@@ -158,6 +158,7 @@ int kbp_tcp_handoff(struct kbp_sock *s) {
         errno = EINVAL;
         return -1;
     }
+    uint64_t t0 = kbp_now_ns();
     uint8_t *buf = malloc(CAP);
     if (!buf) return -1;
     long n = kbp_py_call("handoff", buf, CAP, "(Id)", s->sid, (double)kbp_now_ns() / 1e9);
@@ -174,8 +175,9 @@ int kbp_tcp_handoff(struct kbp_sock *s) {
     if (fd < 0) return -1;
     replace_fds(s, fd);
     kbp_tcp_forget(s, "handed"); /* the host forgets it without a segment, its rule (an active open's) goes */
-    kbp_verbose("tcp %s:%u: handed to the kernel's TCP (%u bytes unacknowledged, %u unsent, %zu unread%s)",
-                inet_ntoa(s->tcp_peer.sin_addr), ntohs(s->tcp_peer.sin_port), ntohl(h.unacked), ntohl(h.unsent),
+    kbp_verbose("tcp %s:%u: handed to the kernel's TCP in %llu us (%u bytes unacknowledged, %u unsent, %zu unread%s)",
+                inet_ntoa(s->tcp_peer.sin_addr), ntohs(s->tcp_peer.sin_port),
+                (unsigned long long)(kbp_now_ns() - t0) / 1000, ntohl(h.unacked), ntohl(h.unsent),
                 ntohl(h.unread) + cqn, h.flags & H_EOF ? ", the peer's FIN" : "");
     let_go(s);
     return 0;

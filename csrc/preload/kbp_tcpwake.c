@@ -28,13 +28,14 @@
 #define PEND_MAX 64
 
 struct kbp_pend {
-    int n, nwake;
+    int n;
     int fd[PEND_MAX];
-    uint16_t wake[PEND_MAX]; /* the wake-up connections' source ports (network order), still in the kernel's queue */
+    uint16_t wake; /* the wake-up connection's source port (network order), in the kernel's queue; 0: none */
+    struct in_addr wake_ip; /* ... and address */
 };
 
-/* a local connection to listener ls: its source port (network order), 0 if none could be made */
-static uint16_t wake_up(const struct kbp_sock *ls) {
+/* a local connection to listener ls: its source port (network order; 0 if none could be made) and address */
+static uint16_t wake_up(const struct kbp_sock *ls, struct in_addr *ip) {
     struct sockaddr_in to = ls->tcp_local, me;
     if (!to.sin_addr.s_addr) to.sin_addr = ls->tcp_steered;
     int w = kbp_real.socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -45,7 +46,7 @@ static uint16_t wake_up(const struct kbp_sock *ls) {
     uint16_t port = 0;
     if (kbp_real.connect(w, (struct sockaddr *)&to, sizeof(to)) == 0 &&
         kbp_real.getsockname(w, (struct sockaddr *)&me, &ml) == 0)
-        port = me.sin_port;
+        port = me.sin_port, *ip = me.sin_addr;
     else
         kbp_verbose("fd %d: no wake-up connection for a connection kept for accept (%s): poll may not see it", ls->fd,
                     strerror(errno));
@@ -59,17 +60,14 @@ int kbp_tcp_pend(struct kbp_sock *ls, int fd) {
     struct kbp_pend *p = ls->pend;
     if (p->n >= PEND_MAX) return -1;
     p->fd[p->n++] = fd;
-    if (!p->nwake && (p->wake[0] = wake_up(ls))) p->nwake = 1;
+    if (!p->wake) p->wake = wake_up(ls, &p->wake_ip);
     return 0;
 }
 
 static int is_wake(struct kbp_pend *p, const struct sockaddr_in *peer) {
-    for (int i = 0; i < p->nwake; i++)
-        if (p->wake[i] == peer->sin_port) {
-            p->wake[i] = p->wake[--p->nwake];
-            return 1;
-        }
-    return 0;
+    if (!p->wake || p->wake != peer->sin_port || p->wake_ip.s_addr != peer->sin_addr.s_addr) return 0;
+    p->wake = 0;
+    return 1;
 }
 
 /* accept() on listener ls while it keeps connections: the kernel's own first (wake-ups dropped), then the
@@ -84,7 +82,7 @@ static int take(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int
     struct sockaddr_in peer;
     socklen_t pl = sizeof(peer);
     int k = kbp_real.poll(&kp, 1, 0) == 1 ? kbp_real.accept4(ls->fd, (struct sockaddr *)&peer, &pl, flags) : -1;
-    if (k >= 0 && !(p->nwake && is_wake(p, &peer))) { /* the kernel's own (loopback, another interface) */
+    if (k >= 0 && !is_wake(p, &peer)) { /* the kernel's own (loopback, another interface) */
         kbp_tcp_fill_addr(addr, alen, &peer);
         return k;
     }
@@ -95,7 +93,7 @@ static int take(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int
     }
     int fd = p->fd[0];
     memmove(p->fd, p->fd + 1, (size_t)--p->n * sizeof(int));
-    if (p->n && !p->nwake && (p->wake[0] = wake_up(ls))) p->nwake = 1; /* the listener readable for the next */
+    if (p->n && !p->wake) p->wake = wake_up(ls, &p->wake_ip); /* the listener readable for the next */
     int fl = kbp_real.fcntl(fd, F_GETFL);
     kbp_real.fcntl(fd, F_SETFL, (flags & SOCK_NONBLOCK) ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
     kbp_real.fcntl(fd, F_SETFD, (flags & SOCK_CLOEXEC) ? FD_CLOEXEC : 0);
