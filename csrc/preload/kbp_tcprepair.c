@@ -6,6 +6,7 @@
  *             and parent and child share it as without kbypass (a fork-per-connection server: socat fork, inetd,
  *             sshd). The listener goes back to the kernel (kbp_tcp.c), and with no connection of ours left on its
  *             port the port's rule goes at once: the kernel takes the next SYNs, a new listen() on the port works.
+ *   exec      the connections the new image inherits (no FD_CLOEXEC: inetd's handler on stdin/stdout, kbp_exec.c)
  *   control plane gone   the steering program went with it, the peer's segments come to the kernel now: the
  *             connection goes on there (the app sees nothing); where it cannot be handed (below) it is reset:
  *             RST to the peer, ECONNRESET to the app (kbp_tcp.c), never a hang.
