@@ -13,7 +13,7 @@ import struct
 import pytest
 
 from kbypass.cp import protocol, shimpage
-from kbypass.cp.accel import bound_flow, check_exclusive
+from kbypass.cp.accel import bound_flow, check_exclusive, check_no_kernel_connections, kernel_connections
 from kbypass.cp.protocol import ProtocolError
 
 
@@ -131,3 +131,22 @@ def test_the_page_layout_is_the_shims():
     assert define("KBP_PAGE_SLOTS") == shimpage.SLOTS
     assert define("KBP_PAGE_BYTES") == shimpage.PAGE_BYTES
     assert shimpage.SLOT.size == 64 and shimpage.HEADER + shimpage.SLOTS * shimpage.SLOT.size <= shimpage.PAGE_BYTES
+
+
+def test_a_listener_over_live_kernel_connections_of_its_port_stays_the_kernels():
+    """A fork's children serve kernel connections on the listener's port (kbypass run hands its own to the kernel
+    at the fork): a rule for the port would take their segments, so accelerate refuses while they live."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    port = lst.getsockname()[1]
+    check_no_kernel_connections(lst.fileno(), "127.0.0.1", port)  # none yet
+    cli = socket.create_connection(("127.0.0.1", port))
+    srv, _ = lst.accept()
+    assert kernel_connections("127.0.0.1", port) == 1  # the accepted end (the client's local port is another)
+    with pytest.raises(ProtocolError, match="1 live kernel connection"):
+        check_no_kernel_connections(lst.fileno(), "127.0.0.1", port)
+    srv.close()
+    cli.close()
+    check_no_kernel_connections(lst.fileno(), "127.0.0.1", port)  # closed: TIME_WAIT and FIN states aside
+    lst.close()

@@ -98,6 +98,40 @@ def check_exclusive(fd: int, proto: str, port: int, uid: int) -> None:
         s.detach()
 
 
+# /proc/net/tcp states of a connection that still exchanges segments (not LISTEN, TIME_WAIT or CLOSE)
+_LIVE = {"01", "02", "03", "04", "05", "08", "09", "0B"}
+
+
+def kernel_connections(ip: str, port: int) -> int:
+    """How many of the namespace's kernel TCP connections use local ip:port: those a fork's children serve
+    (kbypass run hands its connections to the kernel's TCP at a fork), or the kernel's listener accepted."""
+    want = (socket.inet_aton(ip)[::-1].hex().upper(), f"{port:04X}")
+    n = 0
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                n += tuple(fields[1].split(":")) == want and fields[3] in _LIVE
+    except (OSError, StopIteration, IndexError):
+        pass
+    return n
+
+
+def check_no_kernel_connections(fd: int, ip: str, port: int) -> None:
+    """ProtocolError when a TCP listener's port rule would take the segments of live kernel connections on its
+    port (they would stall: the rule steers the whole port): the listener stays the kernel's until they end."""
+    s = socket.socket(fileno=fd)
+    try:
+        listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    finally:
+        s.detach()
+    if listening and (n := kernel_connections(ip, port)):
+        raise ProtocolError(f"tcp {ip}:{port} has {n} live kernel connection(s) (a fork's children serve them, or "
+                            "the kernel's listener accepted them): this listener stays the kernel's, a rule for the "
+                            "port would take their segments")
+
+
 class Routes:
     """The namespace's addresses, routes and neighbours through one netlink socket (made lazily, in the
     control plane's namespace)."""

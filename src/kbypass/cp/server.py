@@ -42,7 +42,13 @@ from kbypass.errors import KbypassError, UsageError
 from kbypass.steer.rules import Rule
 
 from . import paths, protocol
-from .accel import Routes, bound_flow, check_exclusive, port_owners
+from .accel import (
+    Routes,
+    bound_flow,
+    check_exclusive,
+    check_no_kernel_connections,
+    port_owners,
+)
 from .closer import Closer
 from .paths import USERS
 from .pool import SLICES as POOL_SLICES
@@ -512,6 +518,8 @@ class Server:
                                 "datagrams")
         if client.uid != 0:
             check_exclusive(fd, proto, port, client.uid)
+        if proto == "tcp":
+            check_no_kernel_connections(fd, str(addr.ip), port)
         proof = os.dup(fd)  # the rule's: the port stays taken in the kernel for as long as the rule steers it
         try:
             rule_id = self.state.add_rule(client, iface, rule, proof=proof)
