@@ -291,6 +291,7 @@ ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags);
 void kbp_tcp_fill_addr(struct sockaddr *to, socklen_t *tolen, const struct sockaddr_in *a); /* accept, getpeername */
 short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, after a pump */
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
+void kbp_tcp_off(void);
 void kbp_tcp_after_fork_child(void);
 /* The connection's receive window bounds its C queue (kbp_tcpfast.c): the host holds the queue's bytes as unread
  * (TcpConnection.hold) until READ records say the app read them, so the prediction's window, which every queued

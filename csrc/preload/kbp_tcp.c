@@ -211,12 +211,17 @@ void kbp_tcp_forget(struct kbp_sock *s, const char *call) {
     sid_drop(s);
 }
 
-void kbp_tcp_after_fork_child(void) {
-    for (int fd = 0; fd < KBP_MAX_FD; fd++)
-        if (kbp_fds[fd] && kbp_fds[fd]->pend) kbp_tcp_pend_drop(kbp_fds[fd], 0); /* the parent's to hand out */
+/* the rings are going (the control plane is lost) or are not ours (a fork's child): no pump, no timer on them */
+void kbp_tcp_off(void) {
     kbp_tcp_on = 0;
     tcp_ifc = NULL;
     deadline_ns = 0;
+}
+
+void kbp_tcp_after_fork_child(void) {
+    for (int fd = 0; fd < KBP_MAX_FD; fd++)
+        if (kbp_fds[fd] && kbp_fds[fd]->pend) kbp_tcp_pend_drop(kbp_fds[fd], 0); /* the parent's to hand out */
+    kbp_tcp_off();
     memset(by_sid, 0, sizeof(by_sid));
     kbp_tcpc_after_fork_child();
 }

@@ -233,4 +233,5 @@ void kbp_tcp_cp_lost(void) {
         let_go(s);
     }
     kbp_iface_flush();
+    kbp_tcp_off(); /* kbp_fall_back_all frees the interface next: a timer armed before must not pump it */
 }

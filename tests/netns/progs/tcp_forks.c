@@ -7,7 +7,8 @@
  *                                   servers restart; EADDRINUSE retried for up to a second)
  *                                   and echoes one more connection itself; says "relisten ok" or the errno
  *   tcp_forks echo IP PORT          one process: accept one connection, echo until EOF or an error; prints
- *                                   "read: <errno name>" when a read fails (the control plane test)
+ *                                   "read: <errno name>" when a read fails (the control plane test); keepalive
+ *                                   after 1 s idle, and "echo done" 2 s after the connection
  *   tcp_forks exec IP PORT          accept one connection, echo its first message, then exec cat on it (stdin
  *                                   and stdout the connection, inetd's way): cat echoes the rest
  *   tcp_forks epollfork IP PORT     accept one connection, echo each message as epoll says it is readable;
@@ -18,6 +19,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,5 +157,15 @@ int main(int argc, char **argv) {
     int c = accept(l, NULL, NULL);
     printf("accepted\n");
     fflush(stdout);
-    return c < 0 || echo(c) != 0;
+    if (c < 0) return 1;
+    /* keepalive after 1 s idle: a timer of the shim's TCP is armed when the control plane dies */
+    int one = 1;
+    setsockopt(c, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(c, IPPROTO_TCP, TCP_KEEPIDLE, &one, sizeof(one));
+    setsockopt(c, IPPROTO_TCP, TCP_KEEPINTVL, &one, sizeof(one));
+    int r = echo(c) != 0;
+    sleep(2); /* the process goes on after the connection (its timers must not touch the rings that went) */
+    printf("echo done\n");
+    fflush(stdout);
+    return r;
 }
