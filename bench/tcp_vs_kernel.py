@@ -121,6 +121,7 @@ http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
 """
 
 
+HTTP_SERVERS = ("kbypass", "uvloop", "nginx", "nginx run")
 RUN = {"kernel": (), "run": (sys.executable, "-m", "kbypass", "run", "--spin", "0", "--")}  # an app's prefix
 
 
@@ -444,6 +445,8 @@ def main() -> int:
     ap.add_argument("--body", type=int, default=1024, help="HTTP body bytes (default 1024)")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of wrk before each measured http trial, "
                     "not counted (default 1)")
+    ap.add_argument("--servers", default=",".join(HTTP_SERVERS), help="comma-separated http servers to run "
+                    f"(default {','.join(HTTP_SERVERS)}; --baseline adds 'kbypass baseline')")
     ap.add_argument("--max-others", type=float, default=0.15, help="an http trial during which other jobs used "
                     "more than this share of a core is taken again (default 0.15)")
     ap.add_argument("--retries", type=int, default=2, help="times a disturbed http trial is taken again (default 2)")
@@ -506,7 +509,8 @@ def main() -> int:
             trials["pingpong kbypass baseline run -- sockperf server --tcp"] = lambda: pingpong(
                 "run baseline", a, b, args.seconds, args.size, args.poll, args.baseline)
     if "http" in parts:
-        for kind in ("kbypass", "uvloop", "nginx", "nginx run") + (("kbypass baseline",) if args.baseline else ()):
+        for kind in [k for k in HTTP_SERVERS if k in args.servers.split(",")] + (
+                ["kbypass baseline"] if args.baseline else []):
             trials[f"http {kind}"] = (lambda k=kind: http(k, a, b, args.seconds, args.body, args.connections,
                                                           args.poll, str(www), args.baseline, args.warmup))
     if "bulk" in parts:
