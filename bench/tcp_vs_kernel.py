@@ -535,6 +535,7 @@ def main() -> int:
     ratios = _ratios(table)
     per_run = _per_run_ratios(runs)
     median_run = _median_per_run(per_run)
+    median_calm = _median_per_run(_per_run_ratios(runs, undisturbed=True))
     print("\nmedians:")
     for n, m in table.items():
         print(f"  {n:42s} " + "  ".join(f"{k}={v:.2f}" for k, v in m.items()))
@@ -545,10 +546,12 @@ def main() -> int:
         print("per-run ratios (the anchor moves with the load on the server's CPU; each run's pair shares it):")
         for k, v in per_run.items():
             print(f"  {k:52s} " + " ".join("-" if x is None else f"{x:.3f}" for x in v)
-                  + (f"   median {median_run[k]:.3f}" if k in median_run else ""))
+                  + (f"   median {median_run[k]:.3f}" if k in median_run else "")
+                  + (f"  undisturbed runs' {median_calm[k]:.3f}" if k in median_calm else ""))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"medians": table, "ratios": ratios, "per_run_ratios": per_run,
-                                           "median_per_run_ratios": median_run, "runs": runs, "seconds": args.seconds,
+                                           "median_per_run_ratios": median_run,
+                                           "median_undisturbed_run_ratios": median_calm, "runs": runs, "seconds": args.seconds,
                                            "size": args.size, "body": args.body, "connections": args.connections,
                                            "poll": args.poll, "load": os.getloadavg(),
                                            "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
@@ -586,8 +589,13 @@ def _medians(runs: dict) -> dict:
         good = [r for r in rs if "error" not in r]
         if good:
             out[n] = {k: statistics.median(r[k] for r in good) for k in good[0]
-                      if isinstance(good[0][k], (int, float)) and all(isinstance(r.get(k), (int, float)) for r in good)}
+                      if all(_number(r.get(k)) for r in good)}
     return out
+
+
+def _number(v) -> bool:
+    """A measure to take the median of (a flag such as "disturbed" is not one)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _ratios(t: dict) -> dict:
@@ -667,14 +675,17 @@ PER_RUN_PAIRS = {  # ratios worth seeing run by run: load on a shared core moves
 }
 
 
-def _per_run_ratios(runs: dict) -> dict:
-    """Each PER_RUN_PAIRS ratio in each run (None where a side failed or is missing): the median of a ratio
-    over runs says more than a ratio of medians when the anchor jumps between runs."""
+def _per_run_ratios(runs: dict, undisturbed: bool = False) -> dict:
+    """Each PER_RUN_PAIRS ratio in each run (None where a side failed or is missing, and with `undisturbed`
+    where a side stayed disturbed: other jobs took a share of a core however often it was taken again): the
+    median of a ratio over runs says more than a ratio of medians when the anchor jumps between runs."""
     out = {}
     for name, (num, den, key) in PER_RUN_PAIRS.items():
         if num not in runs or den not in runs:
             continue
-        out[name] = [n[key] / d[key] if key in n and d.get(key) else None for n, d in zip(runs[num], runs[den])]
+        out[name] = [n[key] / d[key] if key in n and d.get(key) and not (
+            undisturbed and (n.get("disturbed") or d.get("disturbed"))) else None
+                     for n, d in zip(runs[num], runs[den])]
     return out
 
 

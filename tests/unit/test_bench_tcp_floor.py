@@ -61,3 +61,14 @@ def test_a_disturbed_trial_is_taken_again_and_the_least_disturbed_kept():
         raise RuntimeError("wrk printed no Requests/sec")
 
     assert bench.undisturbed(failing, 3.0, 0.15, 2) == {"error": "wrk printed no Requests/sec"}
+
+
+def test_undisturbed_per_run_ratios_leave_out_runs_where_either_side_was_disturbed():
+    bench = _bench()
+    runs = {"http kbypass": [{"requests_per_s": 100.0}, {"requests_per_s": 40.0, "disturbed": True},
+                             {"requests_per_s": 90.0, "disturbed": False}],
+            "http uvloop": [{"requests_per_s": 50.0, "disturbed": False}, {"requests_per_s": 80.0},
+                            {"requests_per_s": 60.0, "disturbed": True}]}
+    assert bench._per_run_ratios(runs, undisturbed=True)["http req/s kbypass / uvloop"] == [2.0, None, None]
+    assert bench._per_run_ratios(runs)["http req/s kbypass / uvloop"] == [2.0, 0.5, 1.5]
+    assert bench._medians({"x": [{"a": 1.0, "disturbed": True}, {"a": 3.0, "disturbed": False}]}) == {"x": {"a": 2.0}}
