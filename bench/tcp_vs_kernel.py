@@ -315,7 +315,10 @@ def wrk_with_cpu(server: subprocess.Popen, a, b, seconds: float, conns: int, war
     canned answers warm, for every contender alike). Beside the rates: how busy each of the two cores was
     (client_cpu_busy: wrk's, server_cpu_busy: the server's; the one near 1.0 is the limit) and
     others_cpu_s, the machine's busy time that was neither the server's nor wrk's (other jobs on the shared
-    machine, and softirq run outside both: the trial's disturbance)."""
+    machine, and softirq run outside both: the trial's disturbance). wrk_cpu_us_per_request is what a request
+    cost wrk's core: wrk itself and, on veth, the server's receive path run in wrk's sends (the kernel's TCP
+    receive for a kernel server, XDP and the AF_XDP copy for kbypass); when that core is the limit it sets
+    requests/s, and other jobs move it far less than they move requests/s."""
     if warmup > 0:
         wrk(a, b, HTTP_PORT, warmup, conns)
     tick = os.sysconf("SC_CLK_TCK")
@@ -325,6 +328,7 @@ def wrk_with_cpu(server: subprocess.Popen, a, b, seconds: float, conns: int, war
     server_s = cpu_seconds(server.pid) - before
     per = 1e6 / max(1, res["requests"])
     res["server_cpu_us_per_request"] = server_s * per
+    res["wrk_cpu_us_per_request"] = res["wrk_cpu_s"] * per
     res["machine_cpu_us_per_request"] = (busy1 - busy0) / tick * per
     res["machine_softirq_us_per_request"] = (soft1 - soft0) / tick * per
     res["client_cpu_busy"], res["server_cpu_busy"] = (core_busy(cpus0, cpus1, int(c)) for c in (CLIENT_CPU, SERVER_CPU))
@@ -648,6 +652,7 @@ def _ratios(t: dict) -> dict:
         "http server CPU/request kbypass / nginx": r("http kbypass", "http nginx", "server_cpu_us_per_request"),
         "http server CPU/request kbypass / kbypass baseline": r("http kbypass", "http kbypass baseline",
                                                                 "server_cpu_us_per_request"),
+        "http wrk-core CPU/request kbypass / uvloop": r("http kbypass", "http uvloop", "wrk_cpu_us_per_request"),
         "http machine CPU/request kbypass / uvloop": r("http kbypass", "http uvloop", "machine_cpu_us_per_request"),
         "http machine CPU/request kbypass / nginx": r("http kbypass", "http nginx", "machine_cpu_us_per_request"),
         "bulk kbypass receiver / kernel receiver": r("bulk iperf3 -> kbypass --iperf3",
@@ -670,6 +675,7 @@ PER_RUN_PAIRS = {  # ratios worth seeing run by run: load on a shared core moves
     "http req/s kbypass baseline / uvloop": ("http kbypass baseline", "http uvloop", "requests_per_s"),
     "http req/s kbypass / kbypass baseline": ("http kbypass", "http kbypass baseline", "requests_per_s"),
     "http server CPU/request kbypass / uvloop": ("http kbypass", "http uvloop", "server_cpu_us_per_request"),
+    "http wrk-core CPU/request kbypass / uvloop": ("http kbypass", "http uvloop", "wrk_cpu_us_per_request"),
     "http server CPU/request kbypass / kbypass baseline": ("http kbypass", "http kbypass baseline",
                                                            "server_cpu_us_per_request"),
 }

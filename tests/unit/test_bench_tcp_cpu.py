@@ -87,6 +87,7 @@ def test_the_machine_s_cpu_per_request_is_measured_over_the_wrk_run(bench, monke
     assert res["machine_softirq_us_per_request"] >= 0
     assert 0 <= res["client_cpu_busy"] <= 1 and 0 <= res["server_cpu_busy"] <= 1
     assert res["others_cpu_s"] >= 0  # busy time neither the server's nor wrk's: other jobs (a shared machine)
+    assert res["wrk_cpu_us_per_request"] == pytest.approx(300.0)  # wrk's 0.3 s over the 1000 requests
 
 
 def test_the_warmup_runs_the_same_wrk_first_and_is_not_counted(bench, monkeypatch):
