@@ -26,7 +26,11 @@
                 same wrk command (-t1, --connections, no pipelining) for all, after the same unmeasured
                 --warmup; the busy-poll sysctls held at the row's wait mode for all servers; per trial how
                 busy wrk's core and the server's core were (the one at ~1.0 is the limit) and the CPU seconds
-                of everything else on the machine (others_cpu_s: the trial's disturbance)
+                of everything else on the machine (others_cpu_s: the trial's disturbance). On veth each send
+                runs the receiver's path in the sender's context: wrk's core pays for the server's receive
+                (the kernel's TCP receive, or XDP and the AF_XDP copy), the server's core for wrk's (in the
+                server's write, or kbypass's TX kick); wrk's core is the limit (perf: kbypass's answers
+                leave ~2-6 to a kick, the server keeps up), so wrk_cpu_us_per_request decides requests/s
     bulk        `iperf3 -c` (host a, the kernel's TCP sending) into `kbypass xfer recv --proto tcp --iperf3`
                 beside `iperf3 -s` (kernel to kernel); and `kbypass xfer send --proto tcp` into a socat sink
                 (the kernel receiving) beside socat sending the same bytes; goodput
