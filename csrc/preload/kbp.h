@@ -138,6 +138,8 @@ struct kbp_sock {
     int py_tx;                /* the host waits for ACKs to send more (PYTX): a predicted pure ACK is its at once */
     int rd_shut;              /* shutdown(SHUT_RD): nothing is queued here (the host answers data with a RST) */
     unsigned slow_gen;        /* the pump that gave the host a frame of it: no prediction here after it */
+    struct kbp_pend *pend;    /* a listener back on the kernel: connections it still hands out (kbp_tcpwake.c) */
+    int handed;               /* the kernel's now (kbp_tcprepair.c): its fds are not; a waiting call holds it */
 };
 #define KBP_TCP_LISTENER 1
 #define KBP_TCP_ACCEPTED 2
@@ -206,6 +208,7 @@ struct kbp_libc {
     int (*getpeername)(int, struct sockaddr *, socklen_t *);
     int (*shutdown)(int, int);
     ssize_t (*sendfile)(int, int, off_t *, size_t);
+    int (*socketpair)(int, int, int, int *);
 };
 extern struct kbp_libc kbp_real;
 void kbp_init_libc(void);
@@ -288,6 +291,7 @@ ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags);
 void kbp_tcp_fill_addr(struct sockaddr *to, socklen_t *tolen, const struct sockaddr_in *a); /* accept, getpeername */
 short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, after a pump */
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
+void kbp_tcp_off(void);
 void kbp_tcp_after_fork_child(void);
 /* The connection's receive window bounds its C queue (kbp_tcpfast.c): the host holds the queue's bytes as unread
  * (TcpConnection.hold) until READ records say the app read them, so the prediction's window, which every queued
@@ -314,7 +318,19 @@ void kbp_tcpc_attach(struct kbp_sock *s); /* accepted or connecting: predict wit
 void kbp_tcpc_detach(struct kbp_sock *s); /* closed by the app */
 void kbp_tcpc_after_fork_child(void);
 void kbp_tcp_keepalive(struct kbp_sock *s); /* SO_KEEPALIVE, TCP_KEEP* from the kernel socket to the host */
-void kbp_tcp_after_fork_parent(void); /* listening sockets go back to the kernel, for the child to accept */
+void kbp_tcp_before_fork(void); /* connections to the kernel's TCP, listeners back to the kernel (pthread_atfork) */
+void kbp_tcp_forget(struct kbp_sock *s, const char *call); /* no longer ours: the host's call, then records go */
+void kbp_tcp_cp_lost(void);              /* the control plane is gone: connections to the kernel, or reset */
+
+/* kbp_tcprepair.c: an accelerated connection handed to the kernel's TCP (TCP_REPAIR) at the app's fds */
+int kbp_tcp_handoff(struct kbp_sock *s); /* 0: s is freed, its fds are the kernel socket; -1 errno: unchanged */
+int kbp_tcp_handoff_all(void);           /* every accelerated connection: how many stay ours */
+void kbp_tcp_before_exec(void);          /* those the new image inherits */
+
+/* kbp_tcpwake.c: a listener's connections completed here but not accepted when it went back to the kernel */
+int kbp_tcp_pend(struct kbp_sock *ls, int fd); /* fd kept for ls's accept (0), or -1 */
+int kbp_tcp_take_pend(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags);
+void kbp_tcp_pend_drop(struct kbp_sock *ls, int reset);
 
 /* kbp_py.c */
 int kbp_py_ready(int mss, char *why, size_t cap);
@@ -330,5 +346,6 @@ int kbp_sig_interrupted(unsigned since, int restartable);
 /* kbp_poll.c */
 void kbp_epoll_forget(int epfd);
 void kbp_epoll_drop_member(int fd);
+void kbp_epoll_rebind(int fd, int after); /* fd's socket replaced at its number: the kernel's sets get the new one */
 
 #endif

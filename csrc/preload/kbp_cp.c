@@ -178,6 +178,7 @@ void kbp_cp_lost(void) {
     cp_state = -1;
     kbp_say("error: the control plane went away: accelerated sockets fall back to the kernel (restart the app "
             "with 'kbypass run' to accelerate it again)");
+    kbp_tcp_cp_lost(); /* TCP connections to the kernel's TCP (or reset), while the rings still send */
     kbp_fall_back_all();
     kbp_real.close(cp_fd);
     cp_fd = -1;

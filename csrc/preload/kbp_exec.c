@@ -1,7 +1,10 @@
 /* kbp_exec.c: exec replaces the image, and with it the flusher thread and the rings (the new image starts on
- * kernel sockets, kbp_socket.c): the frames a burst left on the TX ring go out first. The exec family is
- * interposed for that alone; glibc's execl* build an argv and call its internal execve, so they get the
- * same here. (posix_spawn and system() exec in a child, which has no rings.)
+ * kernel sockets, kbp_socket.c): the frames a burst left on the TX ring go out first, and the TCP connections
+ * the new image inherits (fds without FD_CLOEXEC: an inetd-style server that execs its handler on the
+ * connection) are handed to the kernel's TCP (kbp_tcprepair.c), so the new image holds a real connection, not
+ * an unconnected placeholder. glibc's execl* build an argv and call its internal execve, so they get the same
+ * here. (posix_spawn and system() exec in a child, which has no rings: a connection they hand a child by
+ * inheritance stays the parent's, and the child's copy is the placeholder.)
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -18,6 +21,7 @@
         static int (*real)();                                                                             \
         if (!real) real = (int (*)())dlsym(RTLD_NEXT, #name);                                             \
         kbp_flush_now();                                                                                  \
+        kbp_tcp_before_exec();                                                                            \
         return real(__VA_ARGS__);                                                                         \
     } while (0)
 

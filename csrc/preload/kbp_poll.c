@@ -436,3 +436,30 @@ int epoll_pwait2(int epfd, struct epoll_event *ev, int max, const struct timespe
     int ms = t ? (int)(t->tv_sec * 1000 + (t->tv_nsec + 999999) / 1000000) : -1;
     return epoll_engine(epfd, ev, max, ms, mask);
 }
+
+/* fd's socket is being replaced by a kernel socket at the same number (kbp_tcprepair.c: a connection handed
+ * to the kernel). before: the old file leaves the kernel's sets it is in (DEL must name it while the number
+ * still does); after: the new one joins every set fd was a member of, with the app's events and data, and
+ * the shim keeps no record of it (the kernel reports it from now on). Under kbp_lock. */
+void kbp_epoll_rebind(int fd, int after) {
+    for (int e = 0; e < KBP_MAX_FD; e++) {
+        struct ep_set *set = eps[e];
+        if (!set) continue;
+        for (int i = 0; i < set->n; i++) {
+            struct ep_member *m = &set->m[i];
+            if (m->fd != fd) continue;
+            if (!after) {
+                if (!m->shim_only) kbp_real.epoll_ctl(e, EPOLL_CTL_DEL, fd, NULL);
+                continue;
+            }
+            struct epoll_event ev = {.events = m->off ? m->events & ~(uint32_t)(EPOLLIN | EPOLLOUT) : m->events,
+                                     .data = m->data};
+            kbp_real.epoll_ctl(e, EPOLL_CTL_ADD, fd, &ev);
+            set->m[i--] = set->m[--set->n];
+            if (!has_accel_member(set)) { /* the rings' fds would wake a kernel-only wait for nothing */
+                for (int t = 0; t < set->nring; t++) kbp_real.epoll_ctl(e, EPOLL_CTL_DEL, set->ring_fds[t], NULL);
+                set->nring = 0;
+            }
+        }
+    }
+}

@@ -74,6 +74,12 @@ static void child_after_fork(void) {
     if (kept) kbp_verbose("fork: this child's copies of %d accelerated socket(s) are kernel sockets", kept);
 }
 
+/* deferred frames go first, then the TCP connections to the kernel's TCP (kbp_tcp_before_fork) */
+static void before_fork(void) {
+    kbp_flush_now();
+    kbp_tcp_before_fork();
+}
+
 __attribute__((constructor)) static void kbp_init(void) {
     kbp_init_libc();
     const char *e = getenv("KBYPASS_SPIN_US");
@@ -83,7 +89,7 @@ __attribute__((constructor)) static void kbp_init(void) {
     if (e && atol(e) >= 0) kbp_tx_burst_ns = (uint64_t)atol(e) * 1000;
     e = getenv("KBYPASS_LOG");
     kbp_log = e && *e && strcmp(e, "0") != 0;
-    pthread_atfork(kbp_flush_now, kbp_tcp_after_fork_parent, child_after_fork); /* deferred frames go first */
+    pthread_atfork(before_fork, NULL, child_after_fork);
 }
 
 /* exit: deferred frames go before the rings do (an _exit() skips this; its last lone send kicked anyway) */
@@ -137,6 +143,7 @@ static void remove_rule(const char *iface, int rule_id) {
 }
 
 static void release(struct kbp_sock *s) {
+    if (s->pend) kbp_tcp_pend_drop(s, 1);
     if (s->tcp && s->accel && kbp_tcp_release(s)) return; /* its connection finishes first (kbp_tcp.c) */
     if (s->accel && s->ifc) remove_rule(s->ifc->name, s->rule_id); /* the port is free for others at once */
     fall_back(s);

@@ -18,10 +18,8 @@
  * The established path in C (predicted segments queued for the app): kbp_tcpfast.c.
  *
  * Left on the kernel, said with --log: loopback, a second interface (TCP runs on the first one only), a
- * control plane that refuses, no Python (kbp_py.c), a Python app, KBYPASS_TCP=0. fork: the parent's listeners
- * go back to the kernel (kbp_tcp_after_fork_parent), a child's copies are kernel sockets (an accepted or
- * connected one is unconnected there: ENOTCONN), so a server stays accelerated as one process (nginx:
- * master_process off).
+ * control plane that refuses, no Python (kbp_py.c), a Python app, KBYPASS_TCP=0. fork: the connections go to
+ * the kernel's TCP first (kbp_tcprepair.c), the listeners back to the kernel (kbp_tcp_before_fork).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -50,7 +48,6 @@ static struct kbp_iface *tcp_ifc;
 static struct kbp_sock *by_sid[SID_SLOTS];
 static uint32_t next_sid = 1;
 static uint64_t deadline_ns;
-
 
 static double now_s(void) { return (double)kbp_now_ns() / 1e9; }
 
@@ -111,6 +108,7 @@ void kbp_tcp_transmit(const uint8_t *pkt, uint32_t len) {
 static void let_go(struct kbp_sock *s);
 static void rule_gone(const char *iface, int *rule_id);
 static int drain_port(struct kbp_sock *s);
+static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags);
 
 void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
     struct kbp_sock *s = by_sid[sid % SID_SLOTS];
@@ -166,19 +164,29 @@ short kbp_tcp_revents(struct kbp_sock *s, short events) {
     return (short)((s->tcp_mask | (s->cq_len ? POLLIN : 0)) & ((uint32_t)(uint16_t)events | POLLERR | POLLHUP));
 }
 
-/* A fork (nginx's master making its worker, a pre-forking server): the children hold kernel copies of the
- * listening sockets (kbp_socket.c), and a SYN steered to this process's rings would be answered by a
- * listener nobody accepts from here. So an accelerated listener goes back to the kernel at the first fork:
- * its rule goes, the kernel's listener (shared with the children) takes the connections, the app works as
- * without kbypass. Connections already accepted stay accelerated (the rule too, until the last of them is done:
- * drain_port). */
-void kbp_tcp_after_fork_parent(void) {
+/* A fork (nginx's master making its worker, a fork-per-connection server: socat fork, inetd, sshd), before it
+ * happens (pthread_atfork's prepare): the child will hold copies of every fd, and rings cannot be shared by two
+ * processes. So every accelerated connection goes to the kernel's TCP (kbp_tcprepair.c), which parent and child
+ * then share as without kbypass, and an accelerated listener goes back to the kernel: its rule goes, the
+ * kernel's listener (shared with the children) takes the connections, the app works as without kbypass. With
+ * the connections handed over nothing of ours uses the port any more, so the rule goes at once (no SYN taken by
+ * a listener nobody accepts from, a new listen() on the port works); a connection that could not be handed
+ * (no CAP_NET_ADMIN, or our FIN sent) keeps it until it is done (drain_port). Those done and not accepted yet
+ * are handed over too and kept for the app's accept (kbp_tcpwake.c). */
+void kbp_tcp_before_fork(void) {
     if (!kbp_tcp_on) return;
     kbp_enter();
+    if (tcp_ifc) kbp_iface_pump(tcp_ifc, NULL, NULL, 0, NULL); /* what came first: a handshake finished, data */
+    kbp_tcp_handoff_all();
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
         struct kbp_sock *s = kbp_fds[fd];
         if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER || s->fd != fd) continue;
-        long users = kbp_py_call("close", NULL, 0, "(Id)", s->sid, now_s());
+        int c;
+        for (int i = 0; i < 50 && kbp_py_call("half_open", NULL, 0, "(Id)", s->sid, now_s()) > 0; i++)
+            kbp_iface_flush(), usleep(100), kbp_iface_pump(s->ifc, NULL, NULL, 0, NULL); /* SYN-ACKs out, ACKs in */
+        while ((c = accept_ours(s, NULL, NULL, SOCK_CLOEXEC)) >= 0) /* done here, not accepted yet: kept for it */
+            if (kbp_tcp_handoff(kbp_fds[c]) < 0 || kbp_tcp_pend(s, c) < 0) close(c);
+        long users = kbp_py_call("release", NULL, 0, "(Id)", s->sid, now_s());
         if (users <= 0 || !drain_port(s)) rule_gone(s->ifc->name, &s->rule_id);
         sid_drop(s);
         s->accel = 0;
@@ -191,10 +199,29 @@ void kbp_tcp_after_fork_parent(void) {
     kbp_leave();
 }
 
-void kbp_tcp_after_fork_child(void) {
+/* A connection that is no longer ours (kbp_tcprepair.c): the host's `call` ("handed": the kernel has it, forgotten
+ * without a segment; "abort": reset), an active open's rule goes (after the kernel socket exists: its segments
+ * never meet a kernel without it), the shim's records go; s itself is the caller's to free. Under kbp_lock. */
+void kbp_tcp_forget(struct kbp_sock *s, const char *call) {
+    kbp_tcpc_detach(s);
+    if (call) kbp_py_call(call, NULL, 0, "(Id)", s->sid, now_s());
+    if (s->tcp_role == KBP_TCP_ACTIVE && s->ifc) rule_gone(s->ifc->name, &s->rule_id);
+    if (s->ifc) kbp_iface_drop_sock(s->ifc, s);
+    if (s->slot) s->slot->used = 0;
+    sid_drop(s);
+}
+
+/* the rings are going (the control plane is lost) or are not ours (a fork's child): no pump, no timer on them */
+void kbp_tcp_off(void) {
     kbp_tcp_on = 0;
     tcp_ifc = NULL;
     deadline_ns = 0;
+}
+
+void kbp_tcp_after_fork_child(void) {
+    for (int fd = 0; fd < KBP_MAX_FD; fd++)
+        if (kbp_fds[fd] && kbp_fds[fd]->pend) kbp_tcp_pend_drop(kbp_fds[fd], 0); /* the parent's to hand out */
+    kbp_tcp_off();
     memset(by_sid, 0, sizeof(by_sid));
     kbp_tcpc_after_fork_child();
 }
@@ -289,22 +316,10 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
     return 0;
 }
 
-/* SO_KEEPALIVE and TCP_KEEPIDLE/KEEPINTVL/KEEPCNT as the kernel socket holds them (setsockopt sets them there
- * first) to the host: called at acceleration and at each such setsockopt. Under kbp_lock. */
-void kbp_tcp_keepalive(struct kbp_sock *s) {
-    int on = 0, idle = 7200, intvl = 75, cnt = 9;
-    socklen_t l = sizeof(int);
-    kbp_real.getsockopt(s->fd, SOL_SOCKET, SO_KEEPALIVE, &on, &l);
-    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &l);
-    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, &l);
-    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, &l);
-    kbp_py_call("keepalive", NULL, 0, "(Iiddid)", s->sid, on, (double)idle, (double)intvl, cnt, now_s());
-}
-
 /* ---- waiting ------------------------------------------------------------------------------------------- */
 
 /* Until s has one of `want` (or an error/hangup): 0; -1 with errno (EAGAIN non-blocking or after timeout_us,
- * SO_RCVTIMEO/SO_SNDTIMEO's, 0: none; EINTR). Under kbp_lock, let go while sleeping; spins KBYPASS_SPIN_US
+ * SO_RCVTIMEO/SO_SNDTIMEO's, 0: none; EINTR); -2: s is gone (handed to the kernel meanwhile, its fds the kernel's). Under kbp_lock, let go while sleeping; spins KBYPASS_SPIN_US
  * first, then sleeps on the rings (and the kernel socket for a listener: loopback connections), no longer
  * than the next TCP timer. */
 static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_us) {
@@ -348,16 +363,17 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_u
         int r = kbp_real.poll(p, (unsigned long)n, kbp_tcp_cap_ms(ms < 1000 ? ms : 1000));
         int e = errno;
         kbp_enter();
-        if (--s->refs == 0) { /* closed by another thread meanwhile: ours to let go */
+        if (cp >= 0 && cp == kbp_cp_fd() && p[n - 1].revents) kbp_cp_lost(); /* s may be handed: our ref holds it */
+        if (--s->refs == 0) { /* closed by another thread meanwhile, or handed (kbp_tcprepair.c): ours to let go */
+            int handed = s->handed;
             kbp_release(s);
             errno = EBADF;
-            return -1;
+            return handed ? -2 : -1;
         }
         if (r < 0 && e == EINTR && (kbp_sig_count == sig0 || kbp_sig_interrupted(sig0, 1))) {
             errno = EINTR;
             return -1;
         }
-        if (cp >= 0 && cp == kbp_cp_fd() && p[n - 1].revents) kbp_cp_lost();
         if (s->tcp_role == KBP_TCP_LISTENER && p[n - 1 - (cp >= 0)].revents) return 0; /* the kernel's listener */
     }
 }
@@ -381,7 +397,12 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
             kbp_leave();
             return got ? (ssize_t)got : -2;
         }
-        if (wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT), s->rcvtimeo_us) < 0) { /* got: WAITALL's rest */
+        int w = wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT), s->rcvtimeo_us);
+        if (w == -2) {
+            kbp_leave();
+            return got ? (ssize_t)got : -2;
+        }
+        if (w < 0) { /* got: WAITALL's rest */
             r = -1;
             break;
         }
@@ -424,7 +445,12 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
             kbp_leave();
             return sent ? (ssize_t)sent : -2;
         }
-        if (wait_for(s, POLLOUT, s->nonblock || (flags & MSG_DONTWAIT), s->sndtimeo_us) < 0) {
+        int w = wait_for(s, POLLOUT, s->nonblock || (flags & MSG_DONTWAIT), s->sndtimeo_us);
+        if (w == -2) {
+            kbp_leave();
+            return sent ? (ssize_t)sent : -2;
+        }
+        if (w < 0) {
             err = errno;
             break;
         }
@@ -515,10 +541,11 @@ static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *al
 int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
+    int r;
+    if (s && s->pend && (r = kbp_tcp_take_pend(s, addr, alen, flags)) >= 0) return r; /* kept (kbp_tcpwake.c) */
     if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER) return kbp_real.accept4(fd, addr, alen, flags);
     kbp_flush_now();
     kbp_enter();
-    int r;
     for (;;) {
         if (!s->accel) {
             kbp_leave();
@@ -609,20 +636,6 @@ int shutdown(int fd, int how) {
         return -1;
     }
     return 0;
-}
-
-int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
-    kbp_init_libc();
-    struct kbp_sock *s = kbp_get(fd);
-    if (s && s->tcp && s->accel && s->tcp_role != KBP_TCP_LISTENER && level == SOL_SOCKET && name == SO_ERROR && v &&
-        len && *len >= sizeof(int)) {
-        kbp_enter();
-        *(int *)v = (int)kbp_py_call("so_error", NULL, 0, "(Id)", s->sid, now_s());
-        kbp_leave();
-        *len = sizeof(int);
-        return 0;
-    }
-    return kbp_real.getsockopt(fd, level, name, v, len);
 }
 
 /* The app's last fd of s is closed: 1 keep s (an active open whose connection still finishes holds the

@@ -3,6 +3,8 @@
  * getpeername). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sendfile.h>
@@ -10,6 +12,8 @@
 #include <unistd.h>
 
 #include "kbp.h"
+
+static double now_s(void) { return (double)kbp_now_ns() / 1e9; }
 
 #define CHUNK KBP_TCP_CHUNK
 
@@ -92,3 +96,30 @@ int getpeername(int fd, struct sockaddr *addr, socklen_t *len) {
     kbp_tcp_fill_addr(addr, len, &s->tcp_peer);
     return 0;
 }
+
+/* SO_KEEPALIVE and TCP_KEEPIDLE/KEEPINTVL/KEEPCNT as the kernel socket holds them (setsockopt sets them there
+ * first) to the host: called at acceleration and at each such setsockopt. Under kbp_lock. */
+void kbp_tcp_keepalive(struct kbp_sock *s) {
+    int on = 0, idle = 7200, intvl = 75, cnt = 9;
+    socklen_t l = sizeof(int);
+    kbp_real.getsockopt(s->fd, SOL_SOCKET, SO_KEEPALIVE, &on, &l);
+    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &l);
+    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, &l);
+    l = sizeof(int), kbp_real.getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, &l);
+    kbp_py_call("keepalive", NULL, 0, "(Iiddid)", s->sid, on, (double)idle, (double)intvl, cnt, now_s());
+}
+
+int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (s && s->tcp && s->accel && s->tcp_role != KBP_TCP_LISTENER && level == SOL_SOCKET && name == SO_ERROR && v &&
+        len && *len >= sizeof(int)) {
+        kbp_enter();
+        *(int *)v = (int)kbp_py_call("so_error", NULL, 0, "(Id)", s->sid, now_s());
+        kbp_leave();
+        *len = sizeof(int);
+        return 0;
+    }
+    return kbp_real.getsockopt(fd, level, name, v, len);
+}
+

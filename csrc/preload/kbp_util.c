@@ -21,7 +21,7 @@ void kbp_init_libc(void) {
     LOAD(getsockopt), LOAD(fcntl), LOAD(ioctl), LOAD(dup), LOAD(dup2), LOAD(dup3), LOAD(poll), LOAD(ppoll);
     LOAD(select), LOAD(pselect), LOAD(epoll_ctl), LOAD(epoll_wait), LOAD(epoll_pwait), LOAD(sigaction);
     LOAD(readv), LOAD(writev), LOAD(epoll_pwait2), LOAD(syscall); /* epoll_pwait2: NULL before glibc 2.35 */
-    LOAD(listen), LOAD(accept4), LOAD(getsockname), LOAD(getpeername), LOAD(shutdown), LOAD(sendfile);
+    LOAD(listen), LOAD(accept4), LOAD(getsockname), LOAD(getpeername), LOAD(shutdown), LOAD(sendfile), LOAD(socketpair);
     LOAD(socket); /* last: it is the "loaded" mark */
 }
 

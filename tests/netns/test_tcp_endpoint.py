@@ -329,6 +329,34 @@ def test_non_blocking_calls_and_the_readiness_fd(testbed_hosts):
         c.close()
 
 
+def epoll_targets() -> dict[int, set[int]]:
+    """This process's epoll fds and the fds each watches (/proc/self/fdinfo's tfd lines)."""
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[eventpoll]":
+                continue
+            info = open(f"/proc/self/fdinfo/{fd}").read()
+        except OSError:
+            continue  # closed meanwhile (the listing's own fd)
+        out[int(fd)] = {int(line.split()[1]) for line in info.splitlines() if line.startswith("tfd:")}
+    return out
+
+
+def test_the_readiness_epoll_is_made_when_asked_for_and_not_before(testbed_hosts):
+    """A host nobody asked for fileno() keeps no epoll on its AF_XDP sockets (on their wait queues, every frame
+    delivered and every TX completion would run its callback, in the sender's context on veth); fileno() makes
+    it, watching every lane's socket, once."""
+    a, b = testbed_hosts
+    with TcpHost(b.iface, b.ipv4, netns=b.netns) as host:
+        lane_fds = {lane.fd for lane in host._lanes}
+        assert not any(targets & lane_fds for targets in epoll_targets().values())
+        fd = host.fileno()
+        assert host.fileno() == fd
+        assert epoll_targets()[fd] >= lane_fds
+    assert fd not in epoll_targets()  # closed with the host
+
+
 def test_a_peer_that_vanishes_is_found_by_keepalive_and_reset(testbed_hosts):
     """Keepalive on: once the kernel peer stops answering (its host drops everything from us, in XDP), the
     probes go unanswered and the connection dies with ETIMEDOUT, a RST on the wire (counted)."""

@@ -73,7 +73,7 @@ def test_the_machine_s_cpu_per_request_is_measured_over_the_wrk_run(bench, monke
         t = time.process_time()
         while time.process_time() - t < 0.3:
             pass
-        return {"requests_per_s": 1000.0, "requests": 1000, "errors": None}
+        return {"requests_per_s": 1000.0, "requests": 1000, "errors": None, "wrk_cpu_s": 0.3}
 
     monkeypatch.setattr(bench, "wrk", burning_wrk)
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -85,3 +85,25 @@ def test_the_machine_s_cpu_per_request_is_measured_over_the_wrk_run(bench, monke
     assert res["server_cpu_us_per_request"] < 100  # the idle server used next to nothing
     assert res["machine_cpu_us_per_request"] >= 250  # 0.3 s over 1000 requests (jiffies: 10 ms steps)
     assert res["machine_softirq_us_per_request"] >= 0
+    assert 0 <= res["client_cpu_busy"] <= 1 and 0 <= res["server_cpu_busy"] <= 1
+    assert res["others_cpu_s"] >= 0  # busy time neither the server's nor wrk's: other jobs (a shared machine)
+    assert res["wrk_cpu_us_per_request"] == pytest.approx(300.0)  # wrk's 0.3 s over the 1000 requests
+
+
+def test_the_warmup_runs_the_same_wrk_first_and_is_not_counted(bench, monkeypatch):
+    calls = []
+
+    def counting_wrk(a, b, port, seconds, conns):
+        calls.append((seconds, conns))
+        n = 7 if len(calls) == 1 else 1000  # a warm-up's count must not be the trial's
+        return {"requests_per_s": float(n), "requests": n, "errors": None, "wrk_cpu_s": 0.0}
+
+    monkeypatch.setattr(bench, "wrk", counting_wrk)
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        res = bench.wrk_with_cpu(idle, None, None, 3.0, 16, warmup=1.0)
+    finally:
+        idle.kill()
+        idle.wait()
+    assert calls == [(1.0, 16), (3.0, 16)]
+    assert res["requests"] == 1000

@@ -18,9 +18,11 @@ from kbypass.cp import protocol, shimpage, sockdiag
 from kbypass.cp.accel import (
     bound_flow,
     check_exclusive,
+    check_no_kernel_connections,
     exposure,
     flow_owners,
     flow_rule,
+    kernel_connections,
     port_owners,
     watch_proofs,
 )
@@ -289,3 +291,22 @@ def test_watch_proofs_scans_the_tcp_sockets_only_when_asked():
         check_exclusive(s.fileno(), "tcp", s.getsockname()[1], 65534, scan=False)
         with pytest.raises(ProtocolError, match="another user's socket"):
             check_exclusive(s.fileno(), "tcp", s.getsockname()[1], 65534)
+
+
+def test_a_listener_over_live_kernel_connections_of_its_port_stays_the_kernels():
+    """A fork's children serve kernel connections on the listener's port (kbypass run hands its own to the kernel
+    at the fork): a rule for the port would take their segments, so accelerate refuses while they live."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    port = lst.getsockname()[1]
+    check_no_kernel_connections(lst.fileno(), "127.0.0.1", port)  # none yet
+    cli = socket.create_connection(("127.0.0.1", port))
+    srv, _ = lst.accept()
+    assert kernel_connections("127.0.0.1", port) == 1  # the accepted end (the client's local port is another)
+    with pytest.raises(ProtocolError, match="1 live kernel connection"):
+        check_no_kernel_connections(lst.fileno(), "127.0.0.1", port)
+    srv.close()
+    cli.close()
+    check_no_kernel_connections(lst.fileno(), "127.0.0.1", port)  # closed: TIME_WAIT and FIN states aside
+    lst.close()

@@ -166,12 +166,15 @@ def test_lost_segments_are_retransmitted_from_the_timer():
 
 def test_unaccepted_connections_are_reset_when_the_listener_closes_and_backlog_is_kept():
     p = Pair()
+    p.srv = ShimTcp(mss=1448, syn_backlog=1)
     p.srv_call("listen", 1, IB, 8080, 1)
     p.cli_call("connect", 7, IA, 40000, IB, 8080)
-    p.cli_call("connect", 8, IA, 40002, IB, 8080)  # past the backlog of 1: reset
-    assert p.cli_call("so_error", 8) == errno.ECONNRESET
+    p.cli_call("connect", 8, IA, 40002, IB, 8080)  # past the backlog of 1: held, as Linux holds it in SYN_RECV
+    assert p.cli_call("so_error", 8) == 0
+    p.cli_call("connect", 9, IA, 40004, IB, 8080)  # past what the SYN backlog would hold too: reset
+    assert p.cli_call("so_error", 9) == errno.ECONNRESET
     assert p.srv_call("close", 1) == 0  # nothing left on the port
-    assert p.cli_call("so_error", 7) == errno.ECONNRESET
+    assert p.cli_call("so_error", 7) == errno.ECONNRESET and p.cli_call("so_error", 8) == errno.ECONNRESET
     assert p.srv.listeners == {} and p.srv.port_users(8080) == 0
 
 

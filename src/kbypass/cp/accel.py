@@ -189,6 +189,30 @@ def watch_proofs(state, scan: bool = True) -> tuple[list[tuple[object, str, int,
     return found, watched
 
 
+# states of a connection that still exchanges segments (not LISTEN, TIME_WAIT or CLOSE; SYN_RECV: a handshake)
+_LIVE = (1 << 1 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11)
+
+
+def kernel_connections(ip: str, port: int) -> int:
+    """How many of the namespace's kernel TCP connections use local ip:port: those a fork's children serve
+    (kbypass run hands its connections to the kernel's TCP at a fork), or the kernel's listener accepted."""
+    return sum(1 for local, p, _, _ in sockdiag.sockets("tcp", _LIVE) if p == port and local == ip)
+
+
+def check_no_kernel_connections(fd: int, ip: str, port: int) -> None:
+    """ProtocolError when a TCP listener's port rule would take the segments of live kernel connections on its
+    port (they would stall: the rule steers the whole port): the listener stays the kernel's until they end."""
+    s = socket.socket(fileno=fd)
+    try:
+        listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    finally:
+        s.detach()
+    if listening and (n := kernel_connections(ip, port)):
+        raise ProtocolError(f"tcp {ip}:{port} has {n} live kernel connection(s) (a fork's children serve them, or "
+                            "the kernel's listener accepted them): this listener stays the kernel's, a rule for the "
+                            "port would take their segments")
+
+
 class Routes:
     """The namespace's addresses, routes and neighbours through one netlink socket (made lazily, in the
     control plane's namespace)."""

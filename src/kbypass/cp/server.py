@@ -48,6 +48,7 @@ from .accel import (
     Routes,
     bound_flow,
     check_exclusive,
+    check_no_kernel_connections,
     flow_rule,
     port_owners,
     watch_proofs,
@@ -546,6 +547,8 @@ class Server:
                                 "datagrams")
         if client.uid != 0:
             check_exclusive(fd, proto, port, client.uid, str(addr.ip), scan=peer is None)
+        if proto == "tcp":
+            check_no_kernel_connections(fd, str(addr.ip), port)
         proof = os.dup(fd)  # the rule's: the port stays taken in the kernel for as long as the rule steers it
         try:
             rule_id = self.state.add_rule(client, iface, rule, proof=proof)

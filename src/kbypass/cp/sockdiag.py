@@ -34,15 +34,16 @@ def ipv4_of(family: int, src: bytes) -> str | None:
     return socket.inet_ntoa(src[12:]) if src[:12] == _MAPPED else None
 
 
-def sockets(proto: str) -> list[tuple[str | None, int, int, int]]:
+def sockets(proto: str, states: int = STATES) -> list[tuple[str | None, int, int, int]]:
     """(local IPv4 or None, local port, uid, state) of each kernel socket of `proto` ("tcp" or "udp") in this
-    namespace, IPv4 and IPv6. A TIME_WAIT (or FIN_WAIT2 timewait) socket shows uid 0, as in /proc: it has none.
-    OSError when the kernel refuses the dump."""
+    namespace, IPv4 and IPv6, in `states` (a mask of 1 << TCP state; a request socket of a handshake shows as
+    SYN_RECV). A TIME_WAIT (or FIN_WAIT2 timewait) socket shows uid 0, as in /proc: it has none. OSError when the
+    kernel refuses the dump."""
     out = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as nl:
         for family in (socket.AF_INET, socket.AF_INET6):
             seq = next(_seq)
-            body = _REQUEST.pack(family, _PROTOS[proto], 0, 0, STATES)
+            body = _REQUEST.pack(family, _PROTOS[proto], 0, 0, states)
             nl.send(_HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
                     + body)
             done = False

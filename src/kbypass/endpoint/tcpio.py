@@ -153,9 +153,10 @@ class TcpHost(TcpReceive):
         self._poller = select.poll()
         for lane in self._lanes:
             self._poller.register(lane.fd, select.POLLIN)
-        self._epoll = select.epoll()
-        for lane in self._lanes:
-            self._epoll.register(lane.fd, select.EPOLLIN)
+        # fileno()'s epoll, made on the first call: registered, it sits on the AF_XDP sockets' wait queues and
+        # every frame the kernel delivers (in the sender's context on veth) and every TX completion runs its
+        # callback under two locks, for a host whose loop never waits on it (kbypass http serve polls)
+        self._epoll: select.epoll | None = None
         self.counters = dict.fromkeys(("rx_segments", "rx_predicted", "tx_segments", "rx_not_tcp", "rx_bad", "rx_no_socket",
                                        "tx_ring_full", "tx_dropped", "refused_limit", "accepted", "connected",
                                        "loss_dropped", "rx_canned", "rx_canned_kept"), 0)
@@ -450,6 +451,12 @@ class TcpHost(TcpReceive):
     # ---- waiting -----------------------------------------------------------------------------------------
     def fileno(self) -> int:
         """An epoll fd, readable when frames wait on a ring: wait on it at most `timeout()`, then pump()."""
+        if self._epoll is None:
+            self._check_open()
+            ep = select.epoll()
+            for lane in self._lanes:
+                ep.register(lane.fd, select.EPOLLIN)
+            self._epoll = ep
         return self._epoll.fileno()
 
     def wait(self, deadline: float | None) -> None:
@@ -543,7 +550,8 @@ class TcpHost(TcpReceive):
         if self._tx_backlog:
             self._drain_backlog()
         self._closed = True
-        self._epoll.close()
+        if self._epoll is not None:
+            self._epoll.close()
         self._teardown()
 
     def _quiet(self) -> bool:

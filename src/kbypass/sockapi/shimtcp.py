@@ -39,6 +39,7 @@ from kbypass import backend
 from kbypass.proto import ipv4, tcp
 from kbypass.proto.tcp import fastpath
 from kbypass.proto.tcp.config import MAX_UNREAD
+from kbypass.proto.tcp.handoff import handoff_state
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP = 0x1, 0x4, 0x8, 0x10, 0x2000
@@ -142,6 +143,10 @@ class ShimTcp:
         self.by_sid: dict[int, _Conn | _Listener] = {}
         self.listeners: dict[int, _Listener] = {}  # by local port
         self._draining: dict[int, int] = {}  # closed listeners' sids -> their port, while connections use it
+        # connections handed to the kernel (handed()) -> when: their segments still on the rings are dropped (the
+        # peer sends them again to the kernel socket), not answered with a RST as an unknown 4-tuple's
+        self._handed: dict[tuple[bytes, int, int], float] = {}
+        self._released: set[int] = set()  # ports whose listener went back to the kernel (release()): stray segments dropped
         self._ident = 0
         # the established path's segments (no options but timestamps) built in C when it is (kbypass._fasttcp)
         fast = backend.native_module("tcp") if backend.built("tcp") else fastpath
@@ -251,21 +256,14 @@ class ShimTcp:
                     c.prediction.disarm()
                     conn.abort()
                     continue
-                if c.c_owned:  # bytes of hits(): the shim's C queue has them, unread until its READ records
-                    k = min(c.c_owned, len(e.data))
-                    c.c_owned -= k
-                    conn.hold(k)
-                    if k == len(e.data):
-                        continue
-                    e = tcp.Data(e.data[k:])
-                c.rx.append(e.data)
-                c.rx_len += len(e.data)
-                c.news = True
+                self._take_data(c, e.data)
             elif kind is tcp.Connected:
                 c.connected = c.news = True
                 lst = c.listener
                 if lst is not None:
-                    if len(lst.ready) >= lst.backlog or lst.sid not in self.by_sid:
+                    # past the app's backlog Linux resets nobody (tcp_abort_on_overflow 0): it holds the handshake
+                    # in SYN_RECV until accept() makes room; held here as done, as many as its SYN backlog
+                    if len(lst.ready) >= lst.backlog + self.config.syn_backlog or lst.sid not in self.by_sid:
                         conn.abort()
                     else:
                         lst.ready.append(c)
@@ -279,6 +277,19 @@ class ShimTcp:
                 if c.listener is not None and c in c.listener.ready:
                     c.listener.ready.remove(c)
         self._emit(c.local_ip, c.peer_ip, conn.segments_to_send(now))
+
+    @staticmethod
+    def _take_data(c: _Conn, data: bytes) -> None:
+        if c.c_owned:  # bytes of hits(): the shim's C queue has them, unread until its READ records
+            k = min(c.c_owned, len(data))
+            c.c_owned -= k
+            c.conn.hold(k)
+            data = data[k:]
+            if not data:
+                return
+        c.rx.append(data)
+        c.rx_len += len(data)
+        c.news = True
 
     def _register(self, c: _Conn) -> None:
         self.conns[c.key] = c
@@ -336,12 +347,16 @@ class ShimTcp:
             if c.conn.finished:
                 self._forget(c)
                 c = None
+        if c is None and self._handed and (h.src, seg.src_port, seg.dst_port) in self._handed:
+            return  # the kernel's now
         if c is not None:
             c.prediction.disarm()  # changed outside the fast path: armed again by _out
             c.conn.receive(seg, now)
             self._flush(c, now)
             return
         lst = self.listeners.get(seg.dst_port)
+        if lst is None and seg.dst_port in self._released:
+            return  # on the rings before the port's rule went: the peer sends it again, to the kernel's listener
         if lst is None:
             self.counters["rx_no_socket"] += 1
             rst = tcp.reset_for(seg)
@@ -421,6 +436,7 @@ class ShimTcp:
 
     # ---- the application's calls ---------------------------------------------------------------------------
     def listen(self, sid: int, ip: int, port: int, backlog: int, now: float):
+        self._released.discard(port)
         old = self.listeners.get(port)
         if old is not None and old.sid == sid:  # listen() again: a new backlog
             old.backlog = max(1, backlog)
@@ -590,6 +606,24 @@ class ShimTcp:
         self._flush(c, now)
         return self._out(0, now)
 
+    def half_open(self, sid: int, now: float):
+        """How many connections listener sid's SYN-ACK answered that have not finished their handshake."""
+        lst = self.by_sid.get(sid)
+        return self._out(len(lst.tcp.half_open) if type(lst) is _Listener else 0, now)
+
+    def release(self, sid: int, now: float):
+        """Listener sid goes back to the kernel (the shim at a fork): close(sid), and the port's connections in
+        TIME_WAIT are forgotten (they would hold the port's rule a minute; the kernel answers their stray
+        segments), the port's segments still on the rings are dropped, not reset."""
+        lst = self.by_sid.get(sid)
+        if type(lst) is _Listener:
+            self._released.add(lst.port)
+            for c in list(self.conns.values()):
+                if c.key[2] == lst.port and c.sid is None and c.conn.state is _TIME_WAIT:
+                    self._forget(c)
+                    self._timers.pop(c, None)
+        return self.close(sid, now)
+
     def keepalive(self, sid: int, on: int, idle: float, interval: float, count: int, now: float):
         """SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT (the kernel socket's values): a listener's go to the
         connections it accepts later, as Linux's are inherited."""
@@ -613,6 +647,38 @@ class ShimTcp:
             c.conn.abort()
             c.shut_wr = True
         return self.close(sid, now)
+
+    def handoff(self, sid: int, now: float):
+        """sid's state and bytes for the kernel (kbypass.proto.tcp.handoff: HEADER, then the sent and unacknowledged
+        bytes, the unsent ones, the unread ones), or -EINVAL when the kernel cannot carry it on. Changes nothing:
+        handed(sid) when the kernel socket is made, abort(sid) when not."""
+        c = self._conn(sid)
+        if c is None:
+            return self._out(-errno.ENOTCONN, now)
+        while (e := c.conn.next_event()) is not None:  # Data past MAX_UNREAD, still the connection's
+            if type(e) is tcp.Data:
+                self._take_data(c, e.data)
+            elif type(e) is tcp.EndOfStream:
+                c.eof = True
+        state = None if c.error or c.dead or c.shut_wr or c.shut_rd else handoff_state(c.conn, now)
+        if state is None:
+            return self._out(-errno.EINVAL, now)
+        return self._out(state.pack(b"".join(c.rx)), now)
+
+    def handed(self, sid: int, now: float):
+        """sid is the kernel's (the shim made its socket from handoff()): forgotten without a segment sent."""
+        c = self._conn(sid)
+        if c is None:
+            return self._out(-errno.ENOTCONN, now)
+        self.by_sid.pop(sid, None)
+        self._forget(c)
+        self._timers.pop(c, None)
+        self._touched.discard(c)
+        c.sid = None
+        if len(self._handed) > 4096:  # a rule steers a handed connection's segments here a moment only
+            self._handed = {k: t for k, t in self._handed.items() if now - t < 10.0}
+        self._handed[c.key] = now
+        return self._out(0, now)
 
     def port_users(self, port: int) -> int:
         return sum(1 for k in self.conns if k[2] == port) + (port in self.listeners)

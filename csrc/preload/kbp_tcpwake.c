@@ -1,0 +1,125 @@
+/* kbp_tcpwake.c: connections the host had completed for a listener when it went back to the kernel (a fork,
+ * kbp_tcp_before_fork), not yet accepted by the app. They are handed to the kernel's TCP (kbp_tcprepair.c) like
+ * the accepted ones, but the kernel cannot put a socket into a listener's accept queue: so the shim keeps them
+ * (in arrival order) and accept() on that listener hands them out first, as the host would have.
+ *
+ * The app may wait for them in poll/select/epoll on the listener, which is a plain kernel socket now: while any
+ * is kept, one wake-up connection is in the kernel's queue, the process's own connect() to the listener's
+ * address (the kernel completes it at once, locally; one at a time, the app's backlog may be small), so the
+ * kernel's listener is readable while connections wait. accept() takes the wake-up off the kernel's queue
+ * (known by its source port) and gives the oldest kept connection in its place, then wakes for the next;
+ * a child that accepts one sees a connection closed without a byte. The kept connections are the parent's: a
+ * fork's child closes its copies (else the child's copy would hold the connection open after the parent's
+ * child that serves it closed it).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "kbp.h"
+
+#define PEND_MAX 64
+
+struct kbp_pend {
+    int n;
+    int fd[PEND_MAX];
+    uint16_t wake; /* the wake-up connection's source port (network order), in the kernel's queue; 0: none */
+    struct in_addr wake_ip; /* ... and address */
+};
+
+/* a local connection to listener ls: its source port (network order; 0 if none could be made) and address */
+static uint16_t wake_up(const struct kbp_sock *ls, struct in_addr *ip) {
+    struct sockaddr_in to = ls->tcp_local, me;
+    if (!to.sin_addr.s_addr) to.sin_addr = ls->tcp_steered;
+    int w = kbp_real.socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (w < 0) return 0;
+    struct timeval tv = {0, 200000}; /* a full backlog: no wait past this */
+    kbp_real.setsockopt(w, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    socklen_t ml = sizeof(me);
+    uint16_t port = 0;
+    if (kbp_real.connect(w, (struct sockaddr *)&to, sizeof(to)) == 0 &&
+        kbp_real.getsockname(w, (struct sockaddr *)&me, &ml) == 0)
+        port = me.sin_port, *ip = me.sin_addr;
+    else
+        kbp_verbose("fd %d: no wake-up connection for a connection kept for accept (%s): poll may not see it", ls->fd,
+                    strerror(errno));
+    kbp_real.close(w); /* accepted, it reads the end at once */
+    return port;
+}
+
+/* fd (a connection of listener ls, the kernel's now) kept for ls's next accept; 0, or -1 (the caller closes it) */
+int kbp_tcp_pend(struct kbp_sock *ls, int fd) {
+    if (!ls->pend && !(ls->pend = calloc(1, sizeof(*ls->pend)))) return -1;
+    struct kbp_pend *p = ls->pend;
+    if (p->n >= PEND_MAX) return -1;
+    p->fd[p->n++] = fd;
+    if (!p->wake) p->wake = wake_up(ls, &p->wake_ip);
+    return 0;
+}
+
+static int is_wake(struct kbp_pend *p, const struct sockaddr_in *peer) {
+    if (!p->wake || p->wake != peer->sin_port || p->wake_ip.s_addr != peer->sin_addr.s_addr) return 0;
+    p->wake = 0;
+    return 1;
+}
+
+/* accept() on listener ls while it keeps connections: the kernel's own first (wake-ups dropped), then the
+ * oldest kept one; -1 (errno EAGAIN) when neither. */
+static int take(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags) {
+    struct kbp_pend *p = ls->pend;
+    if (!p) {
+        errno = EAGAIN;
+        return -1;
+    }
+    struct pollfd kp = {ls->fd, POLLIN, 0};
+    struct sockaddr_in peer;
+    socklen_t pl = sizeof(peer);
+    int k = kbp_real.poll(&kp, 1, 0) == 1 ? kbp_real.accept4(ls->fd, (struct sockaddr *)&peer, &pl, flags) : -1;
+    if (k >= 0 && !is_wake(p, &peer)) { /* the kernel's own (loopback, another interface) */
+        kbp_tcp_fill_addr(addr, alen, &peer);
+        return k;
+    }
+    if (k >= 0) kbp_real.close(k); /* one wake-up for the kept connection handed out now */
+    if (!p->n) {
+        errno = EAGAIN;
+        return -1;
+    }
+    int fd = p->fd[0];
+    memmove(p->fd, p->fd + 1, (size_t)--p->n * sizeof(int));
+    if (p->n && !p->wake) p->wake = wake_up(ls, &p->wake_ip); /* the listener readable for the next */
+    int fl = kbp_real.fcntl(fd, F_GETFL);
+    kbp_real.fcntl(fd, F_SETFL, (flags & SOCK_NONBLOCK) ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
+    kbp_real.fcntl(fd, F_SETFD, (flags & SOCK_CLOEXEC) ? FD_CLOEXEC : 0);
+    pl = sizeof(peer);
+    kbp_real.getpeername(fd, (struct sockaddr *)&peer, &pl);
+    kbp_tcp_fill_addr(addr, alen, &peer);
+    return fd;
+}
+
+int kbp_tcp_take_pend(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags) {
+    kbp_enter();
+    int r = take(ls, addr, alen, flags), e = errno;
+    kbp_leave();
+    errno = e;
+    return r;
+}
+
+/* the listener closed (reset, as the kernel resets a closed listener's queue), or a fork's child's copies */
+void kbp_tcp_pend_drop(struct kbp_sock *ls, int reset) {
+    struct kbp_pend *p = ls->pend;
+    if (!p) return;
+    struct linger lg = {1, 0};
+    for (int i = 0; i < p->n; i++) {
+        if (reset) kbp_real.setsockopt(p->fd[i], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        kbp_real.close(p->fd[i]);
+    }
+    free(p);
+    ls->pend = NULL;
+}

@@ -1,0 +1,171 @@
+/* tcp_forks.c: a classic TCP server for `kbypass run` tests (tests/netns/test_run_tcp_fork.py), plain libc.
+ *
+ *   tcp_forks fork IP PORT N        accept N connections, fork a child per connection (inetd style: the parent
+ *                                   closes its copy), the child echoes until EOF; the parent reaps them
+ *   tcp_forks relisten IP PORT      accept one connection, fork a child that echoes it; the parent closes its
+ *                                   listener (the child its copy), listens on the same port again (SO_REUSEADDR, as
+ *                                   servers restart; EADDRINUSE retried for up to a second)
+ *                                   and echoes one more connection itself; says "relisten ok" or the errno
+ *   tcp_forks echo IP PORT          one process: accept one connection, echo until EOF or an error; prints
+ *                                   "read: <errno name>" when a read fails (the control plane test); keepalive
+ *                                   after 1 s idle, and "echo done" 2 s after the connection
+ *   tcp_forks exec IP PORT          accept one connection, echo its first message, then exec cat on it (stdin
+ *                                   and stdout the connection, inetd's way): cat echoes the rest
+ *   tcp_forks epollfork IP PORT     accept one connection, echo each message as epoll says it is readable;
+ *                                   after the first, fork a child that exits at once (a helper, system()'s
+ *                                   way): the connection, in epoll, goes on in the parent
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* a listening socket (-1 and a line with the errno: the errno kept) */
+static int listener(const char *ip, int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, ip, &a.sin_addr);
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 16) < 0) {
+        int e = errno;
+        printf("listen: %s\n", strerror(e));
+        fflush(stdout);
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static int echo(int c) {
+    char buf[65536];
+    for (;;) {
+        ssize_t n = read(c, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            printf("read: %s\n", strerrorname_np(errno));
+            fflush(stdout);
+            return -1;
+        }
+        if (n == 0) return 0;
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(c, buf + off, (size_t)(n - off));
+            if (w < 0) {
+                printf("write: %s\n", strerrorname_np(errno));
+                fflush(stdout);
+                return -1;
+            }
+            off += w;
+        }
+    }
+}
+
+/* the child's copy of the listener is closed once `closed` (a pipe) says so (-1: not told) */
+static void serve_in_child(int l, int c, int closed) {
+    pid_t p = fork();
+    if (p == 0) {
+        close(l);
+        if (closed >= 0 && write(closed, "x", 1) != 1) _exit(1);
+        int r = echo(c);
+        close(c);
+        _exit(r ? 1 : 0);
+    }
+    close(c);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) return 2;
+    signal(SIGPIPE, SIG_IGN);
+    const char *mode = argv[1], *ip = argv[2];
+    int port = atoi(argv[3]), l = listener(ip, port);
+    if (l < 0) return 1;
+    printf("listening\n");
+    fflush(stdout);
+    if (!strcmp(mode, "fork")) {
+        int n = argc > 4 ? atoi(argv[4]) : 1, bad = 0;
+        for (int i = 0; i < n; i++) {
+            int c = accept(l, NULL, NULL);
+            if (c < 0) return 1;
+            serve_in_child(l, c, -1);
+        }
+        for (int i = 0, st; i < n; i++) bad += wait(&st) < 0 || !WIFEXITED(st) || WEXITSTATUS(st);
+        printf("children done, %d failed\n", bad);
+        return bad != 0;
+    }
+    if (!strcmp(mode, "relisten")) {
+        int c = accept(l, NULL, NULL);
+        if (c < 0) return 1;
+        int closed[2];
+        char x;
+        if (pipe(closed) < 0) return 1;
+        serve_in_child(l, c, closed[1]);
+        close(l);
+        if (read(closed[0], &x, 1) != 1) return 1; /* the child's copy too: the old listener is gone */
+        for (int i = 0; i < 100 && (l = listener(ip, port)) < 0 && errno == EADDRINUSE; i++) usleep(10000);
+        if (l < 0) return 1;
+        printf("relisten ok\n");
+        fflush(stdout);
+        int c2 = accept(l, NULL, NULL);
+        int r = c2 < 0 ? -1 : echo(c2);
+        int st;
+        wait(&st);
+        printf("done %d %d\n", r, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        return r != 0;
+    }
+    if (!strcmp(mode, "exec")) {
+        int c = accept(l, NULL, NULL);
+        char buf[4096];
+        ssize_t k = c < 0 ? -1 : read(c, buf, sizeof(buf));
+        if (k <= 0 || write(c, buf, (size_t)k) != k) return 1;
+        close(l);
+        dup2(c, 0), dup2(c, 1), close(c);
+        execlp("cat", "cat", (char *)NULL);
+        return 1;
+    }
+    if (!strcmp(mode, "epollfork")) {
+        int c = accept(l, NULL, NULL), ep = epoll_create1(0), msgs = 0;
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 42}, got;
+        if (c < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev) < 0) return 1;
+        for (;;) {
+            int n = epoll_wait(ep, &got, 1, 5000);
+            if (n != 1 || got.data.u64 != 42) {
+                printf("epoll_wait: %d\n", n);
+                return 1;
+            }
+            char buf[4096];
+            ssize_t k = read(c, buf, sizeof(buf));
+            if (k <= 0) break;
+            if (write(c, buf, (size_t)k) != k) return 1;
+            if (++msgs == 1) {
+                pid_t p = fork();
+                if (p == 0) _exit(0);
+                waitpid(p, NULL, 0);
+            }
+        }
+        printf("epoll done %d\n", msgs);
+        return 0;
+    }
+    int c = accept(l, NULL, NULL);
+    printf("accepted\n");
+    fflush(stdout);
+    if (c < 0) return 1;
+    /* keepalive after 1 s idle: a timer of the shim's TCP is armed when the control plane dies */
+    int one = 1;
+    setsockopt(c, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(c, IPPROTO_TCP, TCP_KEEPIDLE, &one, sizeof(one));
+    setsockopt(c, IPPROTO_TCP, TCP_KEEPINTVL, &one, sizeof(one));
+    int r = echo(c) != 0;
+    sleep(2); /* the process goes on after the connection (its timers must not touch the rings that went) */
+    printf("echo done\n");
+    fflush(stdout);
+    return r;
+}
