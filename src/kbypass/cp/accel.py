@@ -5,10 +5,12 @@ its connect), already bound in the kernel. That socket is the proof of ownership
 give: the kernel let this process bind ip:port, so this process may have that port's datagrams steered to its
 AF_XDP sockets (an unprivileged app too, without --allow-kernel-ports: the kernel socket on the port is its
 own placeholder). The control plane reads the address from the socket (never from the message), finds the
-interface that holds it, adds the rule `udp dst IP dport PORT` (`tcp ...` for a TCP socket) in the client's
-socket group and answers what the shim needs to build frames: the interface, its MAC, MTU, receive queues, the
-address's prefix. The shim then asks `open_socket` for each queue it has no socket on yet. Everything goes
-with the client's connection (kill -9 included).
+interface that holds it, adds the rule `udp dst IP dport PORT` (`tcp ...` for a TCP socket; a TCP active open
+names its peer and gets its 4-tuple's rule: flow_rule) in the client's socket group and answers what the shim
+needs to build frames: the interface, its MAC, MTU, receive queues, the address's prefix. The shim then asks
+`open_socket` for each queue it has no socket on yet. Everything goes with the client's connection (kill -9
+included). A non-root client's rule lasts only while its socket keeps the port to itself: the app shares that
+socket and may change it afterwards, so the control plane looks at it again (watch_proofs).
 
 `next_hop` {iface, dst} answers the MAC the kernel's routes and neighbour table give for dst out of iface
 (the gateway's for an off-link dst), "" while the kernel is still resolving it (it is asked to, NTF_USE): the

@@ -12,7 +12,8 @@ ports from 1024 up that no kernel socket of the namespace is bound to (unless th
 any other interface, register AF_XDP sockets of their own (making one needs CAP_NET_RAW) or stop the
 control plane, but they may have it make their sockets (`open_socket`, kbypass.cp.sockets: the socket and
 its UMEM come back as fds). Nobody can remove another client's rules, and an overlapping rule of another
-client is refused unless both share (kbypass.cp.state).
+client is refused unless both share (kbypass.cp.state). A non-root client's `accelerate` rule goes when its proof
+socket no longer keeps the port to itself (looked at every PROOF_TICK: kbypass.cp.accel.watch_proofs).
 
 Robustness: every message is one datagram, checked before anything acts on it (kbypass.cp.protocol); a bad
 one gets an error reply, never a crash. A reply that would block (a client that never reads) drops that
