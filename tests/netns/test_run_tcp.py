@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from kbypass.cp import paths
 from kbypass.cp.client import ControlPlaneClient
 from kbypass.proto.tcp.config import MAX_UNREAD
 from kbypass.steer.rules import Rule
@@ -634,10 +635,11 @@ def test_an_unprivileged_app_cannot_open_its_port_to_others_after_it_proved_it(h
                   stdin=subprocess.PIPE, cwd=test_run.ROOT)
     root = None
     try:
-        line = ""
-        while not line.startswith("shared"):
-            line = app.stdout.readline()
-            assert line, stop(app)
+        seen = [""]
+        while not seen[-1].startswith("shared"):
+            seen.append(app.stdout.readline())
+            assert seen[-1], "".join(seen) + stop(app)
+        line = seen[-1]
         root = subprocess.Popen(in_ns(b, sys.executable, "-c", ROOT_SERVER, b.ipv4, str(port), proto),
                                 stdout=subprocess.PIPE, text=True)
         assert root.stdout.readline().strip() == "bound"  # the kernel lets root share the port now
@@ -649,7 +651,11 @@ def test_an_unprivileged_app_cannot_open_its_port_to_others_after_it_proved_it(h
             sender.kill()
             sender.wait()
         assert got == "got hello", got
-        assert _rules_of(b, int(line.split()[1])) == 0  # the app's rule went; its connection stays
+        pid = int(line.split()[1])
+        assert _rules_of(b, pid) == 0  # the app's rule went; its connection stays
+        with open(paths.log_path(paths.namespace_name(b.netns))) as f:
+            said = [x for x in f if f"(pid {pid}," in x and "no longer the app's alone" in x]
+        assert len(said) == 1, said  # one line: what, and why
     finally:
         if root is not None and root.poll() is None:
             root.kill()
