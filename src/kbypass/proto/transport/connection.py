@@ -424,6 +424,7 @@ class Connection(Output, LossRecovery):
         self._ack_pending = True
         rb = self.rbuf
         if mode == self.RUN_OUT_OF_ORDER:
+            self._ack_now = True  # data above a hole: as _on_data, the ACK (its SACK) does not wait
             self._unacked_bytes += sum(map(len, data))
             rb.extend_run(data)
             return
