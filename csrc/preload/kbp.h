@@ -133,6 +133,7 @@ struct kbp_sock {
     struct kbp_sock *pnext;   /* the next of its 4-tuple bucket */
     uint8_t *cq;              /* predicted payload for the app: older than any the host holds */
     size_t cq_off, cq_len, cq_cap;
+    size_t cq_read;           /* bytes the app read from cq that the host has not been told of (its window counts them) */
     int py_rx;                /* the host holds bytes for the app (PYRX): no queueing here until they are read */
     int py_tx;                /* the host waits for ACKs to send more (PYTX): a predicted pure ACK is its at once */
     int rd_shut;              /* shutdown(SHUT_RD): nothing is queued here (the host answers data with a RST) */
@@ -289,10 +290,14 @@ short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, afte
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
 void kbp_tcp_after_fork_child(void);
 /* bytes an app that does not read may hold in a connection's C queue (kbp_tcpfast.c): the connection's receive
- * window bounds it already (the prediction checks it; tests/netns/test_run_tcp.py: a peer flooding an app that
- * never reads is held at ~8 MB), this is the second bound, so that no change of the window's accounting can let
- * a peer fill the app's memory through C; past it segments go to the host (its MAX_UNREAD, the same 4 MiB) */
+ * window bounds it already (it counts the C queue and the host's unread bytes until the app reads them: the
+ * prediction checks it; tests/netns/test_run_tcp.py: peers flooding an app that never reads push at most the
+ * window), this is the second bound, so that no change of the window's accounting can let a peer fill the app's
+ * memory through C; past it segments go to the host (its MAX_UNREAD, the same 4 MiB) */
 #define KBP_TCP_CQ_MAX (4u << 20)
+/* the app's reads of a C queue are told to the host (a CONSUMED record in the hit log, shimtcp.READ_REPORT) in
+ * steps of this many bytes, and when the queue empties with less window left than that: its window reopens */
+#define KBP_TCP_READ_REPORT (64u << 10)
 #define KBP_TCP_CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
 void kbp_tcp_wake_by(uint64_t at); /* kbp_tcp_timers runs by then (under kbp_lock) */
 

@@ -74,7 +74,7 @@ void kbp_tcpc_detach(struct kbp_sock *s) {
     }
     free(s->cq);
     s->cq = NULL;
-    s->cq_off = s->cq_len = s->cq_cap = 0;
+    s->cq_off = s->cq_len = s->cq_cap = s->cq_read = 0;
 }
 
 static int room(uint8_t **buf, size_t *cap, size_t need) {
@@ -151,13 +151,32 @@ const uint8_t *kbp_tcpc_take_log(size_t *n) {
     return hitlog;
 }
 
-/* recv: the bytes queued here first (the oldest): how many copied into buf (MSG_PEEK: left queued) */
+/* The app read s->cq_read bytes of its queue: a CONSUMED record (flags 0, no payload) for the host, which
+ * reopens the window by as much (shimtcp.ShimTcp.hits) at the next catch-up, CATCH_UP_NS at the latest */
+static void report_read(struct kbp_sock *s) {
+    if (room(&hitlog, &hitcap, hitlen + sizeof(struct hit_rec))) return; /* told with the next read */
+    uint64_t now = kbp_now_ns();
+    struct hit_rec r = {.sid = s->sid, .len = (uint32_t)s->cq_read, .at = (double)now / 1e9};
+    if (!hitlen) hits_since = now;
+    memcpy(hitlog + hitlen, &r, sizeof(r));
+    hitlen += sizeof(r);
+    s->cq_read = 0;
+    kbp_tcp_wake_by(now + CATCH_UP_NS);
+}
+
+/* recv: the bytes queued here first (the oldest): how many copied into buf (MSG_PEEK: left queued). The host's
+ * window counts them until told: every KBP_TCP_READ_REPORT bytes, or when the queue empties and the window
+ * armed is short of that (a request/response app with a wide open window costs the host nothing) */
 size_t kbp_tcpc_read(struct kbp_sock *s, void *buf, size_t len, int peek) {
     size_t k = len < s->cq_len ? len : s->cq_len;
     memcpy(buf, s->cq + s->cq_off, k);
     if (!peek) {
         s->cq_off += k, s->cq_len -= k;
         if (!s->cq_len) s->cq_off = 0;
+        s->cq_read += k;
+        if (s->cq_read >= KBP_TCP_READ_REPORT ||
+            (s->cq_read && !s->cq_len && (!s->pred || !s->pred->armed || s->pred->rcv_wnd < KBP_TCP_READ_REPORT)))
+            report_read(s);
     }
     return k;
 }

@@ -47,8 +47,13 @@ GONE = 0x20000000  # finished: the shim may forget the sid
 PYRX = 0x40000000  # bytes wait here for the app: the shim queues no predicted segment in C before they are read
 PYTX = 0x08000000  # bytes (or a FIN) wait here for the ACK clock: the shim hands a predicted pure ACK over at once
 # one segment the shim's C predicted (kb_tcp_predict on the connection's Prediction) and queued for the app
-# itself: sid, seq, ack, tsval, tsecr, window, flags, has timestamps, payload length, arrival; the payload follows
+# itself: sid, seq, ack, tsval, tsecr, window, flags, has timestamps, payload length, arrival; the payload follows.
+# flags 0 (a predicted segment has ACK): no segment, the app read `length` bytes of that queue (CONSUMED)
 HIT = struct.Struct("=IIIIIHBBId")
+CONSUMED = 0
+# the shim's C reports the app's reads of its queue in steps of this many bytes, and when the queue empties with
+# less window left than that (kbp.h KBP_TCP_READ_REPORT): the window it advertises is short by less than this
+READ_REPORT = 64 << 10
 ACCEPTED = struct.Struct("!4sH4sH")
 _CLOSED, _TIME_WAIT, _ESTABLISHED = tcp.State.CLOSED, tcp.State.TIME_WAIT, tcp.State.ESTABLISHED
 NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
@@ -76,7 +81,8 @@ class _Conn:
     """One connection: the protocol's, the bytes the application has not read, its error and readiness."""
 
     __slots__ = ("sid", "conn", "local", "local_ip", "peer", "peer_ip", "key", "rx", "rx_len", "eof", "error", "dead",
-                 "app_closed", "shut_wr", "shut_rd", "connected", "mask", "news", "listener", "prediction", "c_owned")
+                 "app_closed", "shut_wr", "shut_rd", "connected", "mask", "news", "listener", "prediction", "c_owned",
+                 "c_held")
 
     def __init__(self, conn, local: tuple[str, int], peer: tuple[str, int], listener=None) -> None:
         self.sid: int | None = None
@@ -94,6 +100,7 @@ class _Conn:
         self.listener = listener  # until accepted
         self.prediction = None  # the C fast path's (ShimTcp._register)
         self.c_owned = 0  # bytes of hits() the shim's C queue holds for the app: not queued here again
+        self.c_held = 0  # bytes of hits() the app has not read from the C queue, as far as the shim reported
 
     def readiness(self) -> int:
         m = 0
@@ -279,6 +286,7 @@ class ShimTcp:
 
     def _register(self, c: _Conn) -> None:
         self.conns[c.key] = c
+        c.conn.app_reads = True  # its window counts rx and the C queue until the app reads them (consumed)
         c.prediction = self._predictions[_pkey(c.key)] = self._prediction_of(c.local_ip, c.key[2], c.key[0],
                                                                              c.key[1], c)
 
@@ -367,6 +375,12 @@ class ShimTcp:
             c = self.by_sid.get(sid)
             if type(c) is not _Conn:
                 continue
+            if flags == CONSUMED:
+                c.c_held = max(0, c.c_held - length)
+                if c.conn.consumed(length):
+                    self._touched.add(c)  # a window update
+                continue
+            c.c_held += length
             self.counters["rx_segments"] += 1
             self.counters["rx_predicted"] += 1
             c.c_owned += length
@@ -457,10 +471,17 @@ class ShimTcp:
         # quick only below MAX_UNREAD: at the cap _events left Data in the connection, and _out's pass must take
         # it as rx drains (else no POLLIN, a closed window, and C queueing later segments in front of it)
         if c.rx and not c.shut_rd and self.quick and not self._touched and c.rx_len < MAX_UNREAD:
-            return self._quick_out(c, self._take(c, n, peek))
+            data = self._take(c, n, peek)
+            if peek or not c.conn.consumed(len(data)):
+                return self._quick_out(c, data)
+            self._touched.add(c)  # the window reopened: an update
+            return self._out(data, now)
         self._touched.add(c)
         if c.rx and not c.shut_rd:
-            return self._out(self._take(c, n, peek), now)
+            data = self._take(c, n, peek)
+            if not peek:
+                c.conn.consumed(len(data))
+            return self._out(data, now)
         if c.error:
             err, c.error = c.error, 0
             return self._out(-err, now)
@@ -532,8 +553,9 @@ class ShimTcp:
             return self._out(-errno.ENOTCONN, now)
         if how in (socket.SHUT_RD, socket.SHUT_RDWR):
             c.shut_rd = True
+            c.conn.consumed(c.rx_len + c.c_held)  # the shim's C drops its queue too
             c.rx.clear()
-            c.rx_len = 0
+            c.rx_len = c.c_held = 0
         if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not c.shut_wr and not c.dead:
             c.prediction.disarm()
             c.shut_wr = True
