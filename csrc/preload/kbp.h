@@ -138,6 +138,7 @@ struct kbp_sock {
     int py_tx;                /* the host waits for ACKs to send more (PYTX): a predicted pure ACK is its at once */
     int rd_shut;              /* shutdown(SHUT_RD): nothing is queued here (the host answers data with a RST) */
     unsigned slow_gen;        /* the pump that gave the host a frame of it: no prediction here after it */
+    struct kbp_sock *spare_next; /* released: the next spare record (kbp_sock_free) */
 };
 #define KBP_TCP_LISTENER 1
 #define KBP_TCP_ACCEPTED 2
@@ -259,7 +260,13 @@ static inline void kbp_flush_before(int fd) {
 }
 
 /* kbp_socket.c */
-struct kbp_sock *kbp_get(int fd);
+struct kbp_sock *kbp_get(int fd);      /* no lock: a record, maybe released since (kbp_socket.c says why that is safe) */
+struct kbp_sock *kbp_sock_new(void);    /* a zeroed record (a released one again, or new); under kbp_lock */
+void kbp_sock_free(struct kbp_sock *s); /* released: kept for the next socket, never freed; under kbp_lock */
+#define KBP_BUF_DGRAM 0 /* kbp_thread_buf: recvmsg's datagram, KBP_MAX_DGRAM */
+#define KBP_BUF_CHUNK 1 /* sendfile's chunk, KBP_TCP_CHUNK */
+#define KBP_BUF_KINDS 2
+void *kbp_thread_buf(int kind); /* this thread's scratch buffer of that kind (NULL: no memory), freed at its exit */
 int kbp_readable(struct kbp_sock *s); /* datagrams waiting (after a pump); under kbp_lock */
 int kbp_share_fd(int oldfd, int newfd); /* newfd a dup of oldfd: the same accelerated socket (refs); returns newfd */
 void kbp_fall_back_all(void);

@@ -93,7 +93,54 @@ __attribute__((destructor)) static void kbp_fini(void) {
     pthread_mutex_unlock(&kbp_lock);
 }
 
-struct kbp_sock *kbp_get(int fd) { return fd >= 0 && fd < KBP_MAX_FD ? kbp_fds[fd] : NULL; }
+/* kbp_get takes no lock: a socket's record may be closed by another thread right after (an app's race: it
+ * closes an fd another thread uses). So records are type-stable: a released one goes to `spare` for the next
+ * socket, never back to malloc, and a late reader reads a record, never freed memory; under kbp_lock it then
+ * finds it fallen back (accel 0, refs 0: the call goes to the kernel's fd, EBADF there) or, recycled, the new
+ * socket on that fd, as the kernel's fd table would give it. The cheapest correct scheme: nothing on the call
+ * path (a reference per call, or the lock around kbp_get, would cost every call for a race only a buggy app
+ * runs); its price is memory: as many records as sockets were open at once. */
+struct kbp_sock *kbp_get(int fd) {
+    return fd >= 0 && fd < KBP_MAX_FD ? __atomic_load_n(&kbp_fds[fd], __ATOMIC_ACQUIRE) : NULL;
+}
+
+static struct kbp_sock *spare; /* released records (under kbp_lock), linked by spare_next */
+
+struct kbp_sock *kbp_sock_new(void) {
+    struct kbp_sock *s = spare;
+    if (!s) return calloc(1, sizeof(*s));
+    spare = s->spare_next;
+    memset(s, 0, sizeof(*s));
+    return s;
+}
+
+void kbp_sock_free(struct kbp_sock *s) {
+    s->accel = 0, s->refs = 0, s->sid = 0, s->slot = NULL;
+    s->spare_next = spare;
+    spare = s;
+}
+
+/* Scratch buffers of a thread (recvmsg's datagram, sendfile's chunk), freed when it exits: a thread-per-connection
+ * server makes thousands of threads, each would leave its buffers behind (320 KiB) */
+static pthread_key_t buf_key[KBP_BUF_KINDS];
+static int buf_keys_ok;
+static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
+static void make_buf_keys(void) {
+    buf_keys_ok = 1;
+    for (int i = 0; i < KBP_BUF_KINDS; i++) buf_keys_ok &= pthread_key_create(&buf_key[i], free) == 0;
+}
+
+void *kbp_thread_buf(int kind) {
+    static const size_t size[KBP_BUF_KINDS] = {[KBP_BUF_DGRAM] = KBP_MAX_DGRAM, [KBP_BUF_CHUNK] = KBP_TCP_CHUNK};
+    pthread_once(&buf_once, make_buf_keys);
+    if (!buf_keys_ok) return NULL;
+    void *b = pthread_getspecific(buf_key[kind]);
+    if (!b && (b = malloc(size[kind])) && pthread_setspecific(buf_key[kind], b)) {
+        free(b);
+        b = NULL;
+    }
+    return b;
+}
 
 static void describe(const struct kbp_sock *s, char *out, size_t cap) {
     struct sockaddr_in a;
@@ -142,7 +189,8 @@ static void release(struct kbp_sock *s) {
     fall_back(s);
     kbp_backlog_clear(s);
     free(s->backlog[0].data);
-    free(s);
+    s->backlog[0].data = NULL;
+    kbp_sock_free(s);
 }
 
 void kbp_release(struct kbp_sock *s) { release(s); }
@@ -212,16 +260,17 @@ int socket(int domain, int type, int protocol) {
     int udp = base == SOCK_DGRAM && (protocol == 0 || protocol == IPPROTO_UDP);
     int tcp = base == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP);
     if (fd < 0 || fd >= KBP_MAX_FD || domain != AF_INET || !(udp || tcp)) return fd;
-    struct kbp_sock *s = calloc(1, sizeof(*s));
-    if (!s) return fd;
-    s->refs = 1;
-    s->tcp = tcp;
-    s->rule_id = -1;
-    s->fd = fd;
-    s->nonblock = (type & SOCK_NONBLOCK) != 0;
     kbp_enter();
-    if (kbp_fds[fd]) release(kbp_fds[fd]); /* closed behind our back (close_range, say) */
-    kbp_fds[fd] = s;
+    struct kbp_sock *s = kbp_sock_new();
+    if (s) {
+        s->refs = 1;
+        s->tcp = tcp;
+        s->rule_id = -1;
+        s->fd = fd;
+        s->nonblock = (type & SOCK_NONBLOCK) != 0;
+        if (kbp_fds[fd]) release(kbp_fds[fd]); /* closed behind our back (close_range, say) */
+        __atomic_store_n(&kbp_fds[fd], s, __ATOMIC_RELEASE);
+    }
     kbp_leave();
     return fd;
 }
@@ -525,8 +574,8 @@ ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
     kbp_flush_before(fd);
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->accel) return kbp_real.recvmsg(fd, m, flags);
-    static __thread uint8_t *tmp; /* a whole datagram (a jumbo one too), then spread over the iovecs */
-    if (!tmp && !(tmp = malloc(KBP_MAX_DGRAM))) return kbp_real.recvmsg(fd, m, flags);
+    uint8_t *tmp = kbp_thread_buf(KBP_BUF_DGRAM); /* a whole datagram (a jumbo one too), then spread over the iovecs */
+    if (!tmp) return kbp_real.recvmsg(fd, m, flags);
     if (s->tcp) {
         ssize_t r = kbp_tcp_recvmsg(s, m, flags, tmp, KBP_MAX_DGRAM);
         return r == -2 ? kbp_real.recvmsg(fd, m, flags) : r;

@@ -306,7 +306,7 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_u
     uint64_t deadline = timeout_us > 0 ? start + (uint64_t)timeout_us * 1000 : 0;
     unsigned sig0 = kbp_sig_count;
     for (unsigned it = 0;; it++) {
-        if (!s->accel) return 0;
+        if (!s->accel || !s->refs) return 0; /* gone (closed by another thread before this call took the lock) */
         if (kbp_tcp_revents(s, want)) return 0;
         if (nonblock) {
             errno = EAGAIN;
@@ -472,11 +472,11 @@ int listen(int fd, int backlog) {
 
 /* The next connection the host completed on listener s: its new fd, -1 with errno (EAGAIN: none). */
 static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags) {
-    struct kbp_sock *c = calloc(1, sizeof(*c));
+    struct kbp_sock *c = kbp_sock_new();
     int fd = c ? kbp_real.socket(AF_INET, SOCK_STREAM | (flags & (SOCK_NONBLOCK | SOCK_CLOEXEC)), 0) : -1;
     if (fd < 0 || fd >= KBP_MAX_FD || !sid_take(c)) {
         if (fd >= 0) kbp_real.close(fd);
-        free(c);
+        if (c) kbp_sock_free(c);
         errno = ENFILE;
         return -1;
     }
@@ -485,7 +485,7 @@ static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *al
     if (r != 12) {
         sid_drop(c);
         kbp_real.close(fd);
-        free(c);
+        kbp_sock_free(c);
         errno = r < 0 ? (int)-r : EAGAIN;
         return -1;
     }
@@ -654,10 +654,10 @@ int kbp_tcp_release(struct kbp_sock *s) {
  * port's last connection is done: ShimTcp.close), then let_go removes the rule. s keeps neither. 1, or 0 (no
  * memory or fd: the rule then goes with s, and those connections with it). */
 static int drain_port(struct kbp_sock *s) {
-    struct kbp_sock *z = calloc(1, sizeof(*z));
+    struct kbp_sock *z = kbp_sock_new();
     int held = z ? kbp_real.dup(s->fd) : -1;
     if (held < 0) {
-        free(z);
+        if (z) kbp_sock_free(z);
         return 0;
     }
     z->fd = held, z->tcp = 1, z->accel = 1, z->zombie = 1, z->tcp_role = KBP_TCP_LISTENER;
@@ -673,5 +673,5 @@ static void let_go(struct kbp_sock *s) {
     kbp_real.close(s->fd);
     if (s->slot) s->slot->used = 0;
     sid_drop(s);
-    free(s);
+    kbp_sock_free(s);
 }
