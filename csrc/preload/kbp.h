@@ -37,11 +37,22 @@
 #define KBP_PAGE_MAGIC 0x5042534Bu
 #define KBP_PAGE_SLOTS 64
 #define KBP_PAGE_BYTES 8192
+#define KBP_PAGE_VERSION 2
+#define KBP_PAGE_TCP 6 /* the header's host counters (shimtcp.ShimTcp.tally), after magic, version, slots, pad */
 struct kbp_slot {
     uint32_t used, fd;
     uint8_t ip[4];
     uint16_t port, proto; /* IPPROTO_UDP or IPPROTO_TCP */
-    uint64_t rx, tx, rx_kernel, tx_kernel, rx_dropped, tx_failed;
+    uint64_t rx, tx;      /* UDP: datagrams; TCP: bytes the app read and sent */
+    union {
+        struct { uint64_t rx_kernel, tx_kernel, rx_dropped, tx_failed; }; /* UDP */
+        struct {                                                           /* TCP */
+            uint8_t peer_ip[4];
+            uint16_t peer_port;
+            uint8_t state, role; /* shimtcp's state code (its changes' bits 16-19), KBP_TCP_LISTENER... */
+            uint64_t accepted;   /* a listener's connections accepted */
+        };
+    };
 };
 _Static_assert(sizeof(struct kbp_slot) == 64, "kbp_slot is shimpage.SLOT");
 
@@ -124,6 +135,7 @@ struct kbp_sock {
     uint32_t sid;
     uint32_t tcp_mask;    /* its readiness as the host last said (poll bits) */
     unsigned tcp_gen;     /* bumped at each news (EPOLLET reports a member whose gen moved) */
+    uint8_t tcp_state;    /* the host's state code for it (its changes' bits 16-19), for the status page */
     int zombie;           /* closed by the app, its connection still finishing (an active open's port held) */
     struct sockaddr_in tcp_local, tcp_peer;
     struct in_addr tcp_steered; /* the address the rule steers (a wildcard listener's: its interface's) */
@@ -225,6 +237,7 @@ void kbp_cp_lost(void);
 int kbp_json_int(const char *json, const char *key, long long *out);
 int kbp_json_str(const char *json, const char *key, char *out, size_t cap);
 struct kbp_slot *kbp_page_slot(void);
+uint64_t *kbp_page_tcp(void); /* the page's KBP_PAGE_TCP host counters (NULL: no page) */
 
 /* kbp_iface.c */
 struct kbp_iface *kbp_iface_get(const char *reply, char *why, size_t cap);

@@ -125,6 +125,13 @@ void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
     if (m != s->tcp_mask || (mask & NEWS)) s->tcp_gen++;
     if ((m & POLLOUT) && !(m & (POLLERR | POLLHUP))) s->connected = 1; /* a refused one never was */
     s->tcp_mask = m;
+    s->tcp_state = (uint8_t)(mask >> 16 & 0xF); /* shimtcp.STATE_SHIFT */
+    if (s->slot) { /* for `kbypass run --status`: its state and peer */
+        s->slot->state = s->tcp_state;
+        s->slot->role = (uint8_t)s->tcp_role;
+        memcpy(s->slot->peer_ip, &s->tcp_peer.sin_addr, 4);
+        s->slot->peer_port = ntohs(s->tcp_peer.sin_port);
+    }
 }
 
 /* a timer of C's own (kbp_tcpfast.c): the flusher runs kbp_tcp_timers by then */
@@ -216,7 +223,20 @@ static void take_slot(struct kbp_sock *s) {
     memcpy(s->slot->ip, &s->tcp_local.sin_addr, 4);
     s->slot->port = ntohs(s->tcp_local.sin_port);
     s->slot->proto = IPPROTO_TCP;
+    s->slot->role = (uint8_t)s->tcp_role;
+    s->slot->state = s->tcp_state;
+    memcpy(s->slot->peer_ip, &s->tcp_peer.sin_addr, 4);
+    s->slot->peer_port = ntohs(s->tcp_peer.sin_port);
     s->slot->used = 1;
+}
+
+/* A TCP socket the app meant for the network stays the kernel's for a reason the user did not choose (a Python
+ * app, no libpython, a second interface, the control plane's refusal): said with --log, and once without it,
+ * so a run that accelerates nothing does not look like one that does */
+static void stays(const char *who, const char *why) {
+    static int said;
+    if (kbp_log) kbp_verbose("%s not accelerated: %s", who, why);
+    else if (!said++) kbp_say("%s stays on the kernel: %s (said once; --log says each)", who, why);
 }
 
 /* Hand a bound socket to the control plane and the host: 0, or -1 (it stays the kernel's; --log says why). */
@@ -238,12 +258,12 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
         return -1;
     }
     if (kbp_py_app(why, sizeof(why))) {
-        kbp_verbose("%s not accelerated: %s", who, why);
+        stays(who, why);
         return -1;
     }
     if (kbp_cp_connect() < 0) return -1;
     if (kbp_cp_call("{\"op\":\"accelerate\"}", s->fd, buf, sizeof(buf), NULL, 0, NULL) < 0) {
-        kbp_verbose("%s not accelerated: %s", who, buf);
+        stays(who, buf);
         return -1;
     }
     long long rule_id;
@@ -266,7 +286,7 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
     uint32_t sid = ifc && kbp_py_ready(mss, why, sizeof(why)) == 0 ? sid_take(s) : 0;
     if (!sid) {
         rule_gone(iface, &s->rule_id);
-        kbp_verbose("%s not accelerated: %s", who, why[0] ? why : "too many TCP sockets");
+        stays(who, why[0] ? why : "too many TCP sockets");
         return -1;
     }
     s->ifc = ifc;
@@ -381,7 +401,7 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
         }
         if (s->cq_len) { /* predicted here: the oldest bytes, no Python */
             size_t k = kbp_tcpc_read(s, (char *)buf + got, len - got, (flags & MSG_PEEK) != 0);
-            if (s->slot) s->slot->rx++;
+            if (s->slot) s->slot->rx += k;
             got += k;
             r = (ssize_t)k;
             if (got == len || !(flags & MSG_WAITALL) || (flags & MSG_PEEK)) break;
@@ -396,7 +416,7 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
             r = -1;
             break;
         }
-        if (s->slot) s->slot->rx++;
+        if (s->slot) s->slot->rx += (uint64_t)r;
         got += (size_t)r;
         if (!r || got == len || !(flags & MSG_WAITALL) || (flags & MSG_PEEK)) break;
     }
@@ -442,7 +462,7 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
             err = (int)-r;
             break;
         }
-        if (s->slot) s->slot->tx++;
+        if (s->slot) s->slot->tx += (uint64_t)r;
         sent += (size_t)r;
         if (!len) break;
     }
@@ -501,6 +521,7 @@ static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *al
     if (kbp_fds[fd]) kbp_release(kbp_fds[fd]); /* its fd closed behind our back (close_range, say) */
     kbp_fds[fd] = c;
     take_slot(c);
+    if (ls->slot) ls->slot->accepted++;
     kbp_tcpc_attach(c);
     kbp_tcp_fill_addr(addr, alen, &c->tcp_peer);
     return fd;

@@ -139,9 +139,18 @@ void kbp_tcpc_pump_done(int batched) {
     if (!batched && hits_due) kbp_tcp_catch_up();
 }
 
-/* The flusher's and the app's calls: the host catches up when a predicted segment waited CATCH_UP_NS */
+/* The flusher's and the app's calls: the host catches up when a predicted segment waited CATCH_UP_NS; its
+ * counters go to the status page every TALLY_NS (shimtcp.ShimTcp.tally: one call, a few microseconds) */
+#define TALLY_NS 250000000ull
 void kbp_tcpc_timers(uint64_t now) {
+    static uint64_t tally_at;
     if (hitlen && now >= hits_since + CATCH_UP_NS) kbp_tcp_catch_up();
+    uint64_t *page = kbp_tcp_on && now >= tally_at ? kbp_page_tcp() : NULL;
+    if (page) {
+        uint64_t t[KBP_PAGE_TCP];
+        tally_at = now + TALLY_NS;
+        if (kbp_py_call("tally", t, sizeof(t), "(d)", now_s()) == (long)sizeof(t)) memcpy(page, t, sizeof(t));
+    }
 }
 
 /* The log for a call that takes it itself (ShimTcp.hits_send): its bytes (n, 0: none), the log emptied */

@@ -609,3 +609,23 @@ def test_c_queue_keeps_the_stream_whatever_the_order(seed):
 @pytest.mark.parametrize("seed", range(30, 500))
 def test_c_queue_keeps_the_stream_whatever_the_order_long(seed):
     _adversarial(seed)
+
+
+def test_changes_carry_the_state_and_tally_packs_the_counters():
+    """--status's data: each connection's change carries its state (bits 16-19: 1 + its index in tcp.State, the
+    shim copies it to the socket's page slot); tally() packs the host's counters for the page's header."""
+    from kbypass.sockapi.shimtcp import STATE_SHIFT, TALLY
+
+    def state(c):
+        return list(tcp.State)[(c.mask >> STATE_SHIFT & 0xF) - 1]
+
+    p = Pair()
+    p.established()
+    assert state(p.srv.by_sid[2]) is tcp.State.ESTABLISHED and state(p.cli.by_sid[7]) is tcp.State.ESTABLISHED
+    p.cli_call("shutdown", 7, socket.SHUT_WR)
+    assert state(p.srv.by_sid[2]) is tcp.State.CLOSE_WAIT and state(p.cli.by_sid[7]) is tcp.State.FIN_WAIT_2
+    p.srv.by_sid[2].conn.stats.retransmits = 3  # as if: tally sums the live connections' and the forgotten ones'
+    packed = p.srv.tally(p.now)[0]
+    counts = dict(zip(TALLY, struct.unpack(f"<{len(TALLY)}Q", packed)))
+    assert counts["retransmits"] == 3 and counts["connections"] == 1
+    assert counts["rx_segments"] == p.srv.counters["rx_segments"] > 0 and counts["tx_segments"] > 0

@@ -55,6 +55,12 @@ CONSUMED = 0
 # less window left than that (kbp.h KBP_TCP_READ_REPORT): the window it advertises is short by less than this
 READ_REPORT = 64 << 10
 ACCEPTED = struct.Struct("!4sH4sH")
+# a connection's state in its changes' bits 16-19 (for `kbypass run --status`: the shim puts it in the socket's
+# page slot): 1 + its index in tcp.State (kbypass.cp.shimpage names them back)
+STATE_SHIFT = 16
+_STATE_BITS = {st: (i + 1) << STATE_SHIFT for i, st in enumerate(tcp.State)}
+# ShimTcp.tally: the host's counters the shim copies to the status page (kbp.h KBP_PAGE_TCP, shimpage.TCP_COUNTERS)
+TALLY = ("rx_segments", "rx_predicted", "tx_segments", "retransmits", "connections", "rx_no_socket")
 _CLOSED, _TIME_WAIT, _ESTABLISHED = tcp.State.CLOSED, tcp.State.TIME_WAIT, tcp.State.ESTABLISHED
 NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
 ETH_IP = bytes(12) + b"\x08\x00"  # an Ethernet header in front of a packet for the fast path's rx
@@ -119,7 +125,7 @@ class _Conn:
         sq = self.conn.sq
         if sq.snd_max != sq.data_end:
             m |= PYTX
-        return m
+        return m | _STATE_BITS[self.conn.state]
 
 
 class _Listener:
@@ -159,6 +165,7 @@ class ShimTcp:
         self._timers: dict = {}  # connection or listener -> its next timer (those with one)
         self._next = 0.0  # the earliest of them
         self.counters = dict.fromkeys(("rx_segments", "rx_predicted", "tx_segments", "rx_bad", "rx_no_socket"), 0)
+        self._retransmits_gone = 0  # of the connections forgotten (tally adds the live ones')
 
     # ---- what every call returns ---------------------------------------------------------------------------
     def _out(self, result, now: float):
@@ -293,6 +300,7 @@ class ShimTcp:
     def _forget(self, c: _Conn) -> None:
         if self.conns.get(c.key) is c:
             del self.conns[c.key]
+            self._retransmits_gone += c.conn.stats.retransmits
             self._predictions.pop(_pkey(c.key), None)
         c.prediction.disarm()
 
@@ -644,6 +652,12 @@ class ShimTcp:
         if c is None:
             return self._out(0, now)
         return self._out(c.rx_len, now)
+
+    def tally(self, now: float):
+        """The counters of TALLY, packed (u64 each) for the shim's status page (it asks a few times a second)."""
+        counts = {**self.counters, "connections": len(self.conns),
+                  "retransmits": self._retransmits_gone + sum(c.conn.stats.retransmits for c in self.conns.values())}
+        return self._out(struct.pack(f"<{len(TALLY)}Q", *(counts[k] for k in TALLY)), now)
 
     def stats(self) -> dict:
         return {**self.counters, "connections": len(self.conns), "listeners": len(self.listeners)}
