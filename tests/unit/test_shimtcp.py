@@ -629,3 +629,27 @@ def test_changes_carry_the_state_and_tally_packs_the_counters():
     counts = dict(zip(TALLY, struct.unpack(f"<{len(TALLY)}Q", packed)))
     assert counts["retransmits"] == 3 and counts["connections"] == 1
     assert counts["rx_segments"] == p.srv.counters["rx_segments"] > 0 and counts["tx_segments"] > 0
+
+
+def test_a_consumed_record_carries_no_payload():
+    """A CONSUMED record (the app read the C queue) has no payload behind it: the HIT records after it in the same
+    log are read from the right offset (curl under run got a corrupt download when they were not)."""
+    if not _fasttcp_built():
+        pytest.skip("kbypass._fasttcp is not built (make setup)")
+    p = _CQueued()
+    p.established()
+    p.hold = True
+    p.cli_call("send", 7, b"a" * 1000)
+    p.pump(p.held)
+    p.held = []
+    assert p.srv_call("recv", 2, 100_000, 0) == b"a" * 1000  # C's queue
+    p.log += HIT.pack(2, 0, 0, 0, 0, 0, CONSUMED, 0, 1000, p.now)  # as kbp_tcpc_read would, with HITs after it
+    for chunk in (b"b" * 700, b"c" * 900):
+        p.cli_call("send", 7, chunk)
+        p.pump(p.held)
+        p.held = []
+    assert p.cq == b"b" * 700 + b"c" * 900 and p.log
+    before = p.srv.counters["rx_predicted"]
+    p.srv_call("timer")
+    assert p.srv.counters["rx_predicted"] == before + 3  # the HIT before the record and both after it
+    assert p.srv.by_sid[2].c_held == 1600 and p.srv.by_sid[2].conn.stats.bytes_in == 2600

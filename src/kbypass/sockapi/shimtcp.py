@@ -378,15 +378,16 @@ class ShimTcp:
         while off + size <= n:
             sid, seq, ack, tsval, tsecr, window, flags, has_ts, length, at = HIT.unpack_from(log, off)
             off += size
+            c = self.by_sid.get(sid)
+            if flags == CONSUMED:  # no payload follows
+                if type(c) is _Conn:
+                    c.c_held = max(0, c.c_held - length)
+                    if c.conn.consumed(length):
+                        self._touched.add(c)  # a window update
+                continue
             payload = log[off:off + length]
             off += length
-            c = self.by_sid.get(sid)
             if type(c) is not _Conn:
-                continue
-            if flags == CONSUMED:
-                c.c_held = max(0, c.c_held - length)
-                if c.conn.consumed(length):
-                    self._touched.add(c)  # a window update
                 continue
             c.c_held += length
             self.counters["rx_segments"] += 1
