@@ -50,7 +50,7 @@ def test_sockperf_tcp_server_answers_a_kernel_sockperf(hosts):
         k0 = kernel_tcp(b)
         cli = subprocess.Popen(in_ns(a, "sockperf", "ping-pong", "--tcp", "-i", b.ipv4, "-p", "11311", "-t", "2"),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        conn = wait_for(lambda: [s for s in sockets_of(b, 11311) if s["fd"] != lst["fd"] and s["rx_bytes"] > 1000],
+        conn = wait_for(lambda: [s for s in sockets_of(b, 11311) if s["fd"] != lst["fd"] and s["rx"] > 1000],
                         what="the accepted connection to serve messages")
         # --status while it runs: the listener's accepted count, the connection's peer and state, bytes, the host's
         table = subprocess.run(in_ns(b, test_run.KB, "run", "--status"), capture_output=True, text=True).stdout
@@ -63,7 +63,7 @@ def test_sockperf_tcp_server_answers_a_kernel_sockperf(hosts):
         log = stop(srv)
     assert observations(out) > 100, out
     assert "# dropped messages = 0" in out and "ERROR" not in out, out
-    assert conn[0]["proto"] == "tcp" and conn[0]["tx_bytes"] > 1000 and conn[0]["role"] == "accepted"
+    assert conn[0]["proto"] == "tcp" and conn[0]["tx"] > 1000 and conn[0]["role"] == "accepted"
     assert conn[0]["state"] == "ESTABLISHED" and conn[0]["peer"].startswith(a.ipv4 + ":"), conn
     listener = [s for s in app["sockets"] if s["role"] == "listener"]
     assert listener and listener[0]["state"] == "LISTEN" and listener[0]["accepted"] >= 1, app

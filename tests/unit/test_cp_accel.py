@@ -134,7 +134,7 @@ def test_a_tcp_slot_reads_as_bytes_peer_state_and_the_hosts_counters():
         udp, conn, lst = page.sockets()
         assert udp["proto"] == "udp" and udp["rx"] == 10
         assert conn == {"fd": 9, "proto": "tcp", "local": "10.0.0.2:80", "role": "accepted", "peer": "10.0.0.1:40000",
-                        "state": "ESTABLISHED", "rx_bytes": 500, "tx_bytes": 70}
+                        "state": "ESTABLISHED", "rx": 500, "tx": 70}
         assert lst["role"] == "listener" and lst["state"] == "LISTEN" and lst["accepted"] == 3 and lst["peer"] == ""
         assert page.tcp_counters() == {"rx_segments": 100, "rx_predicted": 60, "tx_segments": 90, "retransmits": 2,
                                        "connections": 1, "rx_no_socket": 0}

@@ -10,7 +10,7 @@ counters: TCP_COUNTERS u64 each (kbypass.sockapi.shimtcp.ShimTcp.tally)}, padded
 64 bytes {used u32, fd u32, ip 4 bytes, port u16, proto u16 (6: TCP, else UDP), rx u64, tx u64, then for UDP
 rx_kernel u64, tx_kernel u64, rx_dropped u64, tx_failed u64; for TCP peer ip 4 bytes, peer port u16, state u8
 (1 + its index in kbypass.proto.tcp.State, 0: none yet), role u8 (1 listener, 2 accepted, 3 connected), accepted
-u64 (a listener's), 16 bytes unused}. UDP's rx and tx count datagrams, TCP's bytes the app read and sent.
+u64 (a listener's), 16 bytes unused}. UDP's rx and tx count datagrams, TCP's (rx, tx too) bytes the app read and sent.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class ShimPage:
                         "role": ROLES.get(role, "?"),
                         "peer": "" if listener else f"{socket.inet_ntoa(peer_ip)}:{peer_port}",
                         "state": "LISTEN" if listener else TCP_STATES[state] if state < len(TCP_STATES) else "?",
-                        "rx_bytes": rx, "tx_bytes": tx, **({"accepted": accepted} if listener else {})})
+                        "rx": rx, "tx": tx, **({"accepted": accepted} if listener else {})})
         return out
 
     def tcp_counters(self) -> dict:

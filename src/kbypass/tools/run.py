@@ -199,7 +199,7 @@ def _status_tables(apps: list[dict]) -> dict:
     udp = [{**app(a), "fd": str(s["fd"]), "local": s["local"], **{_UDP_HEADS[k]: str(s[k]) for k in COUNTERS}}
            for a in apps for s in a["sockets"] if s["proto"] == "udp"]
     tcp = [{**app(a), "fd": str(s["fd"]), "local": s["local"], "peer": s["peer"] or "-", "state": s["state"],
-            "rx bytes": str(s["rx_bytes"]), "tx bytes": str(s["tx_bytes"]), "accepted": str(s.get("accepted", "-"))}
+            "rx bytes": str(s["rx"]), "tx bytes": str(s["tx"]), "accepted": str(s.get("accepted", "-"))}
            for a in apps for s in a["sockets"] if s["proto"] == "tcp"]
     hosts = [{**app(a), **{k.replace("_", " "): str(v) for k, v in a["tcp"].items()}} for a in apps if "tcp" in a]
     return {k: v for k, v in (("UDP sockets (datagrams)", udp), ("TCP sockets (bytes)", tcp),
