@@ -273,7 +273,7 @@ static inline void kbp_flush_before(int fd) {
 }
 
 /* kbp_socket.c */
-struct kbp_sock *kbp_get(int fd);      /* no lock: a record, maybe released since (kbp_socket.c says why that is safe) */
+struct kbp_sock *kbp_get(int fd);      /* no lock: a record, maybe released since (kbp_mem.c says why that is safe) */
 struct kbp_sock *kbp_sock_new(void);    /* a zeroed record (a released one again, or new); under kbp_lock */
 void kbp_sock_free(struct kbp_sock *s); /* released: kept for the next socket, never freed; under kbp_lock */
 #define KBP_BUF_DGRAM 0 /* kbp_thread_buf: recvmsg's datagram, KBP_MAX_DGRAM */
