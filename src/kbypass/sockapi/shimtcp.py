@@ -20,6 +20,10 @@ readiness changed or that have news (poll bits: POLLIN, POLLOUT, POLLERR, POLLHU
 or a new connection, for EPOLLET; GONE: the sid is finished, the shim may let go of it), and `deadline` the
 next protocol timer (monotonic seconds, 0.0: none), when the shim calls timer(now).
 
+The receive window counts what the app has not read wherever it waits (the host's rx, the shim's C queue:
+TcpConnection.app_reads), so a connection holds at most TcpConfig.recv_buffer for an app that does not read;
+the shim reports the app's reads of its C queue as CONSUMED records in the hit log.
+
 Errors follow the kernel's: a RST is reported once (ECONNRESET, ECONNREFUSED on a SYN, ETIMEDOUT after the
 retransmissions), through SO_ERROR or the next call; after it recv returns end of stream and send EPIPE.
 close() with unread data resets (RFC 2525 2.17, as Linux); otherwise FIN, and the connection finishes here
