@@ -24,7 +24,11 @@ static int cp_fd = -1;
 static int cp_state; /* 0 not tried, 1 connected, -1 none (everything stays on the kernel) */
 static struct kbp_page_hdr {
     uint32_t magic, version, slots, pad;
+    uint64_t tcp[KBP_PAGE_TCP];
 } *page;
+_Static_assert(sizeof(struct kbp_page_hdr) <= 64, "the header is shimpage.HEADER");
+
+uint64_t *kbp_page_tcp(void) { return page ? page->tcp : NULL; }
 
 int kbp_cp_fd(void) { return cp_state == 1 ? cp_fd : -1; }
 
@@ -110,7 +114,7 @@ static void send_page(void) {
     if (p != MAP_FAILED) {
         page = p;
         page->magic = KBP_PAGE_MAGIC;
-        page->version = 1;
+        page->version = KBP_PAGE_VERSION;
         page->slots = KBP_PAGE_SLOTS;
         char buf[512];
         if (kbp_cp_call("{\"op\":\"shim_page\"}", fd, buf, sizeof(buf), NULL, 0, NULL) < 0)
