@@ -241,6 +241,7 @@ int kbp_json_int(const char *json, const char *key, long long *out);
 int kbp_json_str(const char *json, const char *key, char *out, size_t cap);
 struct kbp_slot *kbp_page_slot(void);
 uint64_t *kbp_page_tcp(void); /* the page's KBP_PAGE_TCP host counters (NULL: no page) */
+void kbp_page_show_tcp(const struct kbp_sock *s); /* its slot (s->slot, if any) as s is now */
 
 /* kbp_iface.c */
 struct kbp_iface *kbp_iface_get(const char *reply, char *why, size_t cap);

@@ -7,8 +7,10 @@
  * compact JSON.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +134,20 @@ struct kbp_slot *kbp_page_slot(void) {
             return &slots[i];
         }
     return NULL;
+}
+
+/* TCP socket s's slot (if it has one) as s is now: its addresses, role and state (kbp_tcp_changed says again) */
+void kbp_page_show_tcp(const struct kbp_sock *s) {
+    struct kbp_slot *t = s->slot;
+    if (!t) return;
+    t->fd = (uint32_t)s->fd;
+    memcpy(t->ip, &s->tcp_local.sin_addr, 4);
+    t->port = ntohs(s->tcp_local.sin_port);
+    t->proto = IPPROTO_TCP;
+    t->role = (uint8_t)s->tcp_role;
+    t->state = s->tcp_state;
+    memcpy(t->peer_ip, &s->tcp_peer.sin_addr, 4);
+    t->peer_port = ntohs(s->tcp_peer.sin_port);
 }
 
 int kbp_cp_connect(void) {

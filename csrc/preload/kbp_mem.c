@@ -19,6 +19,11 @@
 
 static struct kbp_sock *spare; /* released records (under kbp_lock), linked by spare_next */
 
+/* no lock: the record it returns may be released by another thread's close right after (type-stable: above) */
+struct kbp_sock *kbp_get(int fd) {
+    return fd >= 0 && fd < KBP_MAX_FD ? __atomic_load_n(&kbp_fds[fd], __ATOMIC_ACQUIRE) : NULL;
+}
+
 struct kbp_sock *kbp_sock_new(void) {
     struct kbp_sock *s = spare;
     if (!s) return calloc(1, sizeof(*s));

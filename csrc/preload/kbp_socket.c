@@ -99,13 +99,6 @@ __attribute__((destructor)) static void kbp_fini(void) {
     pthread_mutex_unlock(&kbp_lock);
 }
 
-/* kbp_get takes no lock: the record it returns may be released by another thread's close right after, which
- * is safe because records are type-stable (kbp_mem.c) */
-struct kbp_sock *kbp_get(int fd) {
-    return fd >= 0 && fd < KBP_MAX_FD ? __atomic_load_n(&kbp_fds[fd], __ATOMIC_ACQUIRE) : NULL;
-}
-
-
 static void describe(const struct kbp_sock *s, char *out, size_t cap) {
     struct sockaddr_in a;
     socklen_t al = sizeof(a);

@@ -124,12 +124,7 @@ void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
     if ((m & POLLOUT) && !(m & (POLLERR | POLLHUP))) s->connected = 1; /* a refused one never was */
     s->tcp_mask = m;
     s->tcp_state = (uint8_t)(mask >> 16 & 0xF); /* shimtcp.STATE_SHIFT */
-    if (s->slot) { /* for `kbypass run --status`: its state and peer */
-        s->slot->state = s->tcp_state;
-        s->slot->role = (uint8_t)s->tcp_role;
-        memcpy(s->slot->peer_ip, &s->tcp_peer.sin_addr, 4);
-        s->slot->peer_port = ntohs(s->tcp_peer.sin_port);
-    }
+    kbp_page_show_tcp(s); /* for `kbypass run --status`: its state and peer */
 }
 
 /* a timer of C's own (kbp_tcpfast.c): the flusher runs kbp_tcp_timers by then */
@@ -245,16 +240,8 @@ static void rule_gone(const char *iface, int *rule_id) {
 
 static void take_slot(struct kbp_sock *s) {
     s->slot = kbp_page_slot();
-    if (!s->slot) return;
-    s->slot->fd = (uint32_t)s->fd;
-    memcpy(s->slot->ip, &s->tcp_local.sin_addr, 4);
-    s->slot->port = ntohs(s->tcp_local.sin_port);
-    s->slot->proto = IPPROTO_TCP;
-    s->slot->role = (uint8_t)s->tcp_role;
-    s->slot->state = s->tcp_state;
-    memcpy(s->slot->peer_ip, &s->tcp_peer.sin_addr, 4);
-    s->slot->peer_port = ntohs(s->tcp_peer.sin_port);
-    s->slot->used = 1;
+    kbp_page_show_tcp(s);
+    if (s->slot) s->slot->used = 1;
 }
 
 /* A TCP socket the app meant for the network stays the kernel's for a reason the user did not choose (a Python

@@ -22,7 +22,8 @@ next protocol timer (monotonic seconds, 0.0: none), when the shim calls timer(no
 
 The receive window counts what the app has not read wherever it waits (the host's rx, the shim's C queue:
 TcpConnection.app_reads), so a connection holds at most TcpConfig.recv_buffer for an app that does not read;
-the shim reports the app's reads of its C queue as CONSUMED records in the hit log.
+the shim reports the app's reads of its C queue as CONSUMED records in the hit log. The sockets' records and the
+formats the host and the shim's C share (masks, the hit log's records) are kbypass.sockapi.shimconn's.
 
 Errors follow the kernel's: a RST is reported once (ECONNRESET, ECONNREFUSED on a SYN, ETIMEDOUT after the
 retransmissions), through SO_ERROR or the next call; after it recv returns end of stream and send EPIPE.
@@ -37,7 +38,6 @@ import errno
 import socket
 import struct
 from array import array
-from collections import deque
 
 from kbypass import backend
 from kbypass.proto import ipv4, tcp
@@ -46,106 +46,37 @@ from kbypass.proto.tcp.config import MAX_UNREAD
 from kbypass.proto.tcp.handoff import handoff_state
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
-POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP = 0x1, 0x4, 0x8, 0x10, 0x2000
-NEWS = 0x10000000  # new data or a new connection since the last report (the shim's EPOLLET edge)
-GONE = 0x20000000  # finished: the shim may forget the sid
-PYRX = 0x40000000  # bytes wait here for the app: the shim queues no predicted segment in C before they are read
-PYTX = 0x08000000  # bytes (or a FIN) wait here for the ACK clock: the shim hands a predicted pure ACK over at once
-# one segment the shim's C predicted (kb_tcp_predict on the connection's Prediction) and queued for the app
-# itself: sid, seq, ack, tsval, tsecr, window, flags, has timestamps, payload length, arrival; the payload follows.
-# flags 0 (a predicted segment has ACK): no segment, the app read `length` bytes of that queue (CONSUMED)
-HIT = struct.Struct("=IIIIIHBBId")
-CONSUMED = 0
-# the shim's C reports the app's reads of its queue in steps of this many bytes, and when the queue empties with
-# less window left than that (kbp.h KBP_TCP_READ_REPORT): the window it advertises is short by less than this
-READ_REPORT = 64 << 10
-ACCEPTED = struct.Struct("!4sH4sH")
-# a connection's state in its changes' bits 16-19 (for `kbypass run --status`: the shim puts it in the socket's
-# page slot): 1 + its index in tcp.State (kbypass.cp.shimpage names them back)
-STATE_SHIFT = 16
-_STATE_BITS = {st: (i + 1) << STATE_SHIFT for i, st in enumerate(tcp.State)}
-# ShimTcp.tally: the host's counters the shim copies to the status page (kbp.h KBP_PAGE_TCP, shimpage.TCP_COUNTERS)
-TALLY = ("rx_segments", "rx_predicted", "tx_segments", "retransmits", "connections", "rx_no_socket")
+# the sockets' records and the formats the host and the shim's C share; the poll bits, PYRX/PYTX, READ_REPORT and
+# the state bits are re-exported: the tests and tools that know them as this module's
+from .shimconn import (  # noqa: F401
+    _STATE_BITS,
+    ACCEPTED,
+    CONSUMED,
+    GONE,
+    HIT,
+    NEWS,
+    POLLERR,
+    POLLHUP,
+    POLLIN,
+    POLLOUT,
+    POLLRDHUP,
+    PYRX,
+    PYTX,
+    READ_REPORT,
+    STATE_SHIFT,
+    TALLY,
+    _Conn,
+    _Listener,
+    _pkey,
+    _rearm,
+)
+
 _CLOSED, _TIME_WAIT, _ESTABLISHED = tcp.State.CLOSED, tcp.State.TIME_WAIT, tcp.State.ESTABLISHED
 NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
 ETH_IP = bytes(12) + b"\x08\x00"  # an Ethernet header in front of a packet for the fast path's rx
 
 _ERRNO = {tcp.REFUSED: errno.ECONNREFUSED, tcp.PEER_RESET: errno.ECONNRESET, tcp.TIMED_OUT: errno.ETIMEDOUT,
           tcp.KEEPALIVE: errno.ETIMEDOUT}
-
-
-def _pkey(key: tuple[bytes, int, int]) -> int:
-    """A connection's key in the prediction table (kbypass._fasttcp.rx builds the same from a frame)."""
-    return (int.from_bytes(key[0], "big") << 32) | (key[1] << 16) | key[2]
-
-
-def _rearm(c: _Conn) -> None:
-    """c's C prediction armed from its connection as it is now (or disarmed where it predicts nothing)."""
-    state = c.conn.prediction()
-    if state is None:
-        c.prediction.disarm()
-    else:
-        c.prediction.arm(*state)
-
-
-class _Conn:
-    """One connection: the protocol's, the bytes the application has not read, its error and readiness."""
-
-    __slots__ = ("sid", "conn", "local", "local_ip", "peer", "peer_ip", "key", "rx", "rx_len", "eof", "error", "dead",
-                 "app_closed", "shut_wr", "shut_rd", "connected", "mask", "news", "listener", "prediction", "c_owned",
-                 "c_held")
-
-    def __init__(self, conn, local: tuple[str, int], peer: tuple[str, int], listener=None) -> None:
-        self.sid: int | None = None
-        self.conn = conn
-        self.local, self.peer = local, peer
-        self.peer_ip = socket.inet_aton(peer[0])
-        self.local_ip = socket.inet_aton(local[0])
-        self.key = (self.peer_ip, peer[1], local[1])
-        self.rx: deque[bytes] = deque()
-        self.rx_len = 0
-        self.eof = self.dead = self.app_closed = self.shut_wr = self.shut_rd = self.connected = False
-        self.error = 0
-        self.mask = -1  # never reported
-        self.news = False
-        self.listener = listener  # until accepted
-        self.prediction = None  # the C fast path's (ShimTcp._register)
-        self.c_owned = 0  # bytes of hits() the shim's C queue holds for the app: not queued here again
-        self.c_held = 0  # bytes of hits() the app has not read from the C queue, as far as the shim reported
-
-    def readiness(self) -> int:
-        m = 0
-        if self.rx:
-            m |= POLLIN | PYRX
-        if self.eof or self.dead or self.shut_rd or self.error:
-            m |= POLLIN
-        if self.eof:
-            m |= POLLRDHUP
-        if self.error:
-            m |= POLLERR
-        if self.dead or (self.eof and self.shut_wr):
-            m |= POLLHUP
-        if self.dead or (self.connected and not self.shut_wr and self.conn.send_room > 0):
-            m |= POLLOUT
-        sq = self.conn.sq
-        if sq.snd_max != sq.data_end:
-            m |= PYTX
-        return m | _STATE_BITS[self.conn.state]
-
-
-class _Listener:
-    __slots__ = ("sid", "tcp", "ip", "ip_bytes", "port", "backlog", "ready", "mask", "news")
-
-    def __init__(self, sid: int, ip: str, port: int, backlog: int, config) -> None:
-        self.sid, self.ip, self.port, self.backlog = sid, ip, port, max(1, backlog)
-        self.ip_bytes = socket.inet_aton(ip)
-        self.tcp = tcp.TcpListener(ip, port, config=config)
-        self.ready: deque[_Conn] = deque()
-        self.mask = -1
-        self.news = False
-
-    def readiness(self) -> int:
-        return POLLIN if self.ready else 0
 
 
 class ShimTcp:
