@@ -156,7 +156,7 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kw) {
     l->copy_mode = copy_mode;
     l->busy = busy;
     l->busy_every = busy_every;
-    l->stash_cap = stash > KB_LANE_STASH_MAX ? -1 : (int)stash;
+    l->stash_cap = stash > KB_LANE_STASH_SLOTS ? -1 : (int)stash;
     memcpy(l->me.mac, mac.buf, 6);
     memcpy(l->me.ip, ip.buf, 4);
     l->me.has_bcast = bcast.buf != NULL;

@@ -21,12 +21,19 @@
  *                frames of a batch (descriptor lengths set too).
  *   write_chains the same as chains of frames (multi-buffer AF_XDP); a data segment not encoded yet
  *                (xfer.datapath.Unencoded) is encoded straight into its chain: its payload copied once.
+ *   lane_chains  write_chains into a chains lane's stash frames (kb_lane, through its capsule), straight
+ *                onto its TX ring: a jumbo sender's frames cycle from completion to TX with no Python.
  *   crc64        CRC-64/XZ of a buffer (kbypass xfer --digest crc64).
  *
  * Descriptors are kbypass.port.batch.DESC records (u64 addr, u32 len, u32 options), any stride.
  */
 #include "pydescs.h"
 
+#include <sys/socket.h>
+
+#include "core/kb_lane.h"
+#include "core/kb_port.h"
+#include "core/kb_umem.h"
 #include "core/kb_xfer.h"
 
 /* rx_run(mem, descs, start, kind, key, local_id, peer_id, seq, ack, right, room_end, room_bytes, mode)
@@ -483,6 +490,110 @@ out_mem:
     return result;
 }
 
+/* lane_chains(core, max_len, kind, header, ident, datagrams, start) -> (ident, sent)
+ *
+ * write_chains and the TX ring in one call, for a sender of jumbo chains: datagrams[start:] (as write_chains
+ * takes them: bytes, or unencoded segments encoded straight into their frames) each written as a chain of
+ * frames from the stash of a chains lane (`core`: kbypass._fastlane.Lane.core), its descriptors put on the
+ * lane's TX ring (XDP_PKT_CONTD on all but a chain's last), the frames marked TX and the port's counters
+ * kept, as kb_lane_send does. The stash takes the lane's completions back first (kb_lane_reclaim), so a
+ * flight's frames cycle from the completion ring to the TX ring with no Python in between (the batch path
+ * took them from the port's free list and gave them back through numpy at every send). Stops at the first
+ * datagram the stash has too few frames for (the caller refills it: Lane.give) or the TX ring no room for,
+ * even after a kick. No kick otherwise: the caller's (flush_tx). Returns the last IP ident used and how many
+ * datagrams went. ValueError for a bad argument or a datagram no chain carries, TypeError for one that is
+ * neither bytes nor a segment, OverflowError for a field out of range; what went before it stays sent. */
+static PyObject *lane_chains(PyObject *self, PyObject *args) {
+    PyObject *cap, *grams;
+    Py_ssize_t max_len, ident, start;
+    int kind;
+    Py_buffer hdr;
+    if (!PyArg_ParseTuple(args, "Oniy*nOn", &cap, &max_len, &kind, &hdr, &ident, &grams, &start)) return NULL;
+    PyObject *result = NULL;
+    struct kb_lane *l = PyCapsule_GetPointer(cap, KB_LANE_CAPSULE);
+    if (l == NULL) goto out;
+    if (!PyList_CheckExact(grams)) {
+        PyErr_SetString(PyExc_TypeError, "lane_chains: datagrams must be a list");
+        goto out;
+    }
+    if ((kind != KB_XFER_UDP && kind != KB_XFER_ETH) || hdr.len != kb_xfer_frame_header(kind) || start < 0 ||
+        ident < 0 || ident > 0xFFFF || max_len < 0 || !l->chains || l->max_frames == 0 ||
+        l->max_frames > KB_LANE_STASH_SLOTS) {
+        PyErr_SetString(PyExc_ValueError, "lane_chains: bad kind, header, start, ident or limit, or not a chains lane");
+        goto out;
+    }
+    struct kb_desc chain[KB_LANE_STASH_SLOTS]; /* the next chain's frames: the stash's top, last first */
+    uint32_t id = (uint32_t)ident, fs = l->frame_size;
+    Py_ssize_t sent = 0;
+    int kicked = 0;
+    for (Py_ssize_t i = start; i < PyList_GET_SIZE(grams); i++) {
+        struct item it;
+        PyObject *g = PyList_GET_ITEM(grams, i);
+        Py_INCREF(g); /* reading an unencoded datagram's attributes may run Python that changes the list */
+        int bad = get_item(g, &it);
+        Py_DECREF(g);
+        if (bad) goto out;
+        if (it.encode && it.pb.len > KB_XFER_MAX_PAYLOAD) {
+            PyBuffer_Release(&it.pb);
+            PyErr_SetString(PyExc_ValueError, "lane_chains: a segment's data must be at most 65535 bytes");
+            goto out;
+        }
+        uint64_t dlen = (uint64_t)it.pb.len + (it.encode ? KB_XFER_OVERHEAD : 0);
+        size_t k = KB_XFER_NO_FRAMES;
+        struct kb_descs d = {(uint8_t *)chain, 0, sizeof(struct kb_desc)};
+        for (int pass = 0; pass < 2 && k == KB_XFER_NO_FRAMES; pass++) {
+            if (pass && kb_lane_reclaim(l) < 0) {
+                PyBuffer_Release(&it.pb);
+                PyErr_SetString(PyExc_RuntimeError, "lane_chains: a completed address outside the UMEM");
+                goto out;
+            }
+            d.n = (size_t)l->nstash < l->max_frames ? (size_t)l->nstash : l->max_frames;
+            for (size_t m = 0; m < d.n; m++) chain[m] = (struct kb_desc){l->stash[l->nstash - 1 - (int)m], 0, 0};
+            k = kb_xfer_chain_fits(kind, dlen, (uint64_t)max_len, fs, l->max_frames, &d, 0, l->umem_size);
+        }
+        if (k == 0) {
+            PyBuffer_Release(&it.pb);
+            PyErr_Format(PyExc_ValueError, "lane_chains: a %llu-byte datagram fits no chain of at most %u frames",
+                         (unsigned long long)dlen, l->max_frames);
+            goto out;
+        }
+        uint32_t idx = 0, got = k == KB_XFER_NO_FRAMES ? 0 : kb_ring_prod_reserve(l->tx, (uint32_t)k, &idx);
+        if (k != KB_XFER_NO_FRAMES && got < k && !kicked) {
+            kb_ring_prod_cancel(l->tx, got); /* let the kernel drain the ring, then look once more */
+            kicked = 1;
+            l->stats[KB_TX_KICKS]++;
+            sendto(l->fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+            got = kb_ring_prod_reserve(l->tx, (uint32_t)k, &idx);
+        }
+        if (k == KB_XFER_NO_FRAMES || got < k) {
+            if (k != KB_XFER_NO_FRAMES) kb_ring_prod_cancel(l->tx, got);
+            PyBuffer_Release(&it.pb);
+            break;
+        }
+        if (it.encode)
+            kb_xfer_chain_encode(l->umem, &d, 0, k, fs, kind, hdr.buf, &id, &it.h, it.pb.buf, (uint32_t)it.pb.len);
+        else
+            kb_xfer_chain_write(l->umem, &d, 0, k, fs, kind, hdr.buf, &id, it.pb.buf, (uint32_t)dlen);
+        PyBuffer_Release(&it.pb);
+        uint64_t bytes = 0;
+        for (size_t m = 0; m < k; m++) {
+            *kb_ring_desc(l->tx, idx + (uint32_t)m) = chain[m];
+            l->state[chain[m].addr >> l->shift] = KB_FRAME_TX;
+            bytes += chain[m].len;
+        }
+        l->nstash -= (int)k;
+        kb_ring_prod_submit(l->tx, (uint32_t)k);
+        l->stats[KB_IN_TX] += k;
+        l->stats[KB_TX_PACKETS]++;
+        l->stats[KB_TX_BYTES] += bytes;
+        sent++;
+    }
+    result = Py_BuildValue("kn", (unsigned long)id, sent);
+out:
+    PyBuffer_Release(&hdr);
+    return result;
+}
+
 /* crc64(crc, data) -> int: kb_xfer_crc64, continuing crc over a buffer of any length (the GIL is let go over
  * large ones, as hashlib does: a reader thread may hash while the transport runs). */
 static PyObject *crc64(PyObject *self, PyObject *args) {
@@ -508,6 +619,7 @@ static PyMethodDef methods[] = {
     {"encode_segments", encode_segments, METH_VARARGS, "encode a list of segments without SACK blocks"},
     {"write_frames", write_frames, METH_VARARGS, "frame datagrams into a batch's frames"},
     {"write_chains", write_chains, METH_VARARGS, "frame datagrams into chains of a batch's frames"},
+    {"lane_chains", lane_chains, METH_VARARGS, "write_chains into a lane's stash frames, onto its TX ring"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,7 +15,7 @@ int kb_lane_setup(struct kb_lane *l) {
     uint32_t fs = l->frame_size;
     /* a whole number of frames: then every address below umem_size has its state in state[addr >> shift] */
     if (fs == 0 || (fs & (fs - 1)) || (l->umem_size & (fs - 1)) || l->stash_cap <= 0 ||
-        l->stash_cap > KB_LANE_STASH_MAX || l->busy_every == 0)
+        l->stash_cap > KB_LANE_STASH_SLOTS || l->busy_every == 0)
         return KB_LANE_E_SIZES;
     /* a chain takes all its frames from the stash at once */
     if (l->chains && (l->tx_room == 0 || l->tx_room > fs || l->max_frames == 0 || l->max_frames > (uint32_t)l->stash_cap))

@@ -26,6 +26,9 @@
 #include "kb_udp.h"
 
 #define KB_LANE_STASH_MAX 64
+/* The most frames a stash holds (stash_cap): a sender of jumbo chains (kbypass._fastxfer.lane_chains) keeps
+ * a flight's frames cycling through it, from its completions back to the TX ring with no Python in between. */
+#define KB_LANE_STASH_SLOTS 1024
 
 /* The name of the capsule kbypass._fastlane.Lane.core hands out (a struct kb_lane *, the Lane held while the
  * capsule lives), for another binding's burst over the same rings (kbypass._fasttcp.rx_burst). */
@@ -71,7 +74,7 @@ struct kb_lane {
     uint64_t chunk_mask;
     unsigned empty_looks;
     int nstash;
-    uint64_t stash[KB_LANE_STASH_MAX]; /* frame addresses, state APP */
+    uint64_t stash[KB_LANE_STASH_SLOTS]; /* frame addresses, state APP */
     uint64_t bad_addr;
     int sys_errno;
 };

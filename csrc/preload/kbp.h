@@ -37,11 +37,22 @@
 #define KBP_PAGE_MAGIC 0x5042534Bu
 #define KBP_PAGE_SLOTS 64
 #define KBP_PAGE_BYTES 8192
+#define KBP_PAGE_VERSION 2
+#define KBP_PAGE_TCP 6 /* the header's host counters (shimtcp.ShimTcp.tally), after magic, version, slots, pad */
 struct kbp_slot {
     uint32_t used, fd;
     uint8_t ip[4];
     uint16_t port, proto; /* IPPROTO_UDP or IPPROTO_TCP */
-    uint64_t rx, tx, rx_kernel, tx_kernel, rx_dropped, tx_failed;
+    uint64_t rx, tx;      /* UDP: datagrams; TCP: bytes the app read and sent */
+    union {
+        struct { uint64_t rx_kernel, tx_kernel, rx_dropped, tx_failed; }; /* UDP */
+        struct {                                                           /* TCP */
+            uint8_t peer_ip[4];
+            uint16_t peer_port;
+            uint8_t state, role; /* shimtcp's state code (its changes' bits 16-19), KBP_TCP_LISTENER... */
+            uint64_t accepted;   /* a listener's connections accepted */
+        };
+    };
 };
 _Static_assert(sizeof(struct kbp_slot) == 64, "kbp_slot is shimpage.SLOT");
 
@@ -124,6 +135,7 @@ struct kbp_sock {
     uint32_t sid;
     uint32_t tcp_mask;    /* its readiness as the host last said (poll bits) */
     unsigned tcp_gen;     /* bumped at each news (EPOLLET reports a member whose gen moved) */
+    uint8_t tcp_state;    /* the host's state code for it (its changes' bits 16-19), for the status page */
     int zombie;           /* closed by the app, its connection still finishing (an active open's port held) */
     struct sockaddr_in tcp_local, tcp_peer;
     struct in_addr tcp_steered; /* the address the rule steers (a wildcard listener's: its interface's) */
@@ -133,13 +145,14 @@ struct kbp_sock {
     struct kbp_sock *pnext;   /* the next of its 4-tuple bucket */
     uint8_t *cq;              /* predicted payload for the app: older than any the host holds */
     size_t cq_off, cq_len, cq_cap;
-    size_t cq_read;           /* bytes the app read from cq that the host was not told of yet (READ records) */
+    size_t cq_read;           /* bytes the app read from cq that the host has not been told of (its window counts them) */
     int py_rx;                /* the host holds bytes for the app (PYRX): no queueing here until they are read */
     int py_tx;                /* the host waits for ACKs to send more (PYTX): a predicted pure ACK is its at once */
     int rd_shut;              /* shutdown(SHUT_RD): nothing is queued here (the host answers data with a RST) */
     unsigned slow_gen;        /* the pump that gave the host a frame of it: no prediction here after it */
     struct kbp_pend *pend;    /* a listener back on the kernel: connections it still hands out (kbp_tcpwake.c) */
     int handed;               /* the kernel's now (kbp_tcprepair.c): its fds are not; a waiting call holds it */
+    struct kbp_sock *spare_next; /* released: the next spare record (kbp_sock_free) */
 };
 #define KBP_TCP_LISTENER 1
 #define KBP_TCP_ACCEPTED 2
@@ -227,6 +240,8 @@ void kbp_cp_lost(void);
 int kbp_json_int(const char *json, const char *key, long long *out);
 int kbp_json_str(const char *json, const char *key, char *out, size_t cap);
 struct kbp_slot *kbp_page_slot(void);
+uint64_t *kbp_page_tcp(void); /* the page's KBP_PAGE_TCP host counters (NULL: no page) */
+void kbp_page_show_tcp(const struct kbp_sock *s); /* its slot (s->slot, if any) as s is now */
 
 /* kbp_iface.c */
 struct kbp_iface *kbp_iface_get(const char *reply, char *why, size_t cap);
@@ -262,7 +277,13 @@ static inline void kbp_flush_before(int fd) {
 }
 
 /* kbp_socket.c */
-struct kbp_sock *kbp_get(int fd);
+struct kbp_sock *kbp_get(int fd);      /* no lock: a record, maybe released since (kbp_mem.c says why that is safe) */
+struct kbp_sock *kbp_sock_new(void);    /* a zeroed record (a released one again, or new); under kbp_lock */
+void kbp_sock_free(struct kbp_sock *s); /* released: kept for the next socket, never freed; under kbp_lock */
+#define KBP_BUF_DGRAM 0 /* kbp_thread_buf: recvmsg's datagram, KBP_MAX_DGRAM */
+#define KBP_BUF_CHUNK 1 /* sendfile's chunk, KBP_TCP_CHUNK */
+#define KBP_BUF_KINDS 2
+void *kbp_thread_buf(int kind); /* this thread's scratch buffer of that kind (NULL: no memory), freed at its exit */
 int kbp_readable(struct kbp_sock *s); /* datagrams waiting (after a pump); under kbp_lock */
 int kbp_share_fd(int oldfd, int newfd); /* newfd a dup of oldfd: the same accelerated socket (refs); returns newfd */
 void kbp_fall_back_all(void);
@@ -293,14 +314,15 @@ short kbp_tcp_revents(struct kbp_sock *s, short events); /* under kbp_lock, afte
 int kbp_tcp_release(struct kbp_sock *s); /* the app's last fd of it closed (under kbp_lock); 1: keep s */
 void kbp_tcp_off(void);
 void kbp_tcp_after_fork_child(void);
-/* The connection's receive window bounds its C queue (kbp_tcpfast.c): the host holds the queue's bytes as unread
- * (TcpConnection.hold) until READ records say the app read them, so the prediction's window, which every queued
- * segment must fit, closes behind them. KBP_TCP_CQ_MAX is that invariant checked (the host's recv_buffer, 1 MiB,
- * is below it): a segment that would break it goes to the host instead, and is counted as a bug
- * (tests/netns/test_run_tcp.py: an app that never reads holds at most a window in C, FIONREAD says so).
- * A READ is reported when KBP_TCP_READ_REPORT bytes wait (one host call per 64 KiB read, none per request):
- * the window the peer sees is short by less than that, never closed by bytes the app has read. */
+/* The connection's receive window bounds its C queue (kbp_tcpfast.c): the window counts the queue's bytes (and the
+ * host's own unread ones) until CONSUMED records say the app read them (shimtcp: TcpConnection.app_reads), so the
+ * prediction's window, which every queued segment must fit, closes behind them. KBP_TCP_CQ_MAX is that invariant
+ * checked (the host's recv_buffer, 1 MiB, is below it): a segment that would break it goes to the host instead,
+ * and is said once as a bug (tests/netns/test_run_tcp.py: an app that never reads holds at most a window in C,
+ * FIONREAD says so; test_run_tcp_memory.py: peers flooding such apps push at most the window each). */
 #define KBP_TCP_CQ_MAX (4u << 20)
+/* the app's reads of a C queue are told to the host (a CONSUMED record in the hit log, shimtcp.READ_REPORT) in
+ * steps of this many bytes, and when the queue empties with less window left than that: its window reopens */
 #define KBP_TCP_READ_REPORT (64u << 10)
 #define KBP_TCP_CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
 void kbp_tcp_wake_by(uint64_t at); /* kbp_tcp_timers runs by then (under kbp_lock) */

@@ -7,8 +7,10 @@
  * compact JSON.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +26,11 @@ static int cp_fd = -1;
 static int cp_state; /* 0 not tried, 1 connected, -1 none (everything stays on the kernel) */
 static struct kbp_page_hdr {
     uint32_t magic, version, slots, pad;
+    uint64_t tcp[KBP_PAGE_TCP];
 } *page;
+_Static_assert(sizeof(struct kbp_page_hdr) <= 64, "the header is shimpage.HEADER");
+
+uint64_t *kbp_page_tcp(void) { return page ? page->tcp : NULL; }
 
 int kbp_cp_fd(void) { return cp_state == 1 ? cp_fd : -1; }
 
@@ -110,7 +116,7 @@ static void send_page(void) {
     if (p != MAP_FAILED) {
         page = p;
         page->magic = KBP_PAGE_MAGIC;
-        page->version = 1;
+        page->version = KBP_PAGE_VERSION;
         page->slots = KBP_PAGE_SLOTS;
         char buf[512];
         if (kbp_cp_call("{\"op\":\"shim_page\"}", fd, buf, sizeof(buf), NULL, 0, NULL) < 0)
@@ -128,6 +134,20 @@ struct kbp_slot *kbp_page_slot(void) {
             return &slots[i];
         }
     return NULL;
+}
+
+/* TCP socket s's slot (if it has one) as s is now: its addresses, role and state (kbp_tcp_changed says again) */
+void kbp_page_show_tcp(const struct kbp_sock *s) {
+    struct kbp_slot *t = s->slot;
+    if (!t) return;
+    t->fd = (uint32_t)s->fd;
+    memcpy(t->ip, &s->tcp_local.sin_addr, 4);
+    t->port = ntohs(s->tcp_local.sin_port);
+    t->proto = IPPROTO_TCP;
+    t->role = (uint8_t)s->tcp_role;
+    t->state = s->tcp_state;
+    memcpy(t->peer_ip, &s->tcp_peer.sin_addr, 4);
+    t->peer_port = ntohs(s->tcp_peer.sin_port);
 }
 
 int kbp_cp_connect(void) {

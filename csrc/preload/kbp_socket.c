@@ -99,8 +99,6 @@ __attribute__((destructor)) static void kbp_fini(void) {
     pthread_mutex_unlock(&kbp_lock);
 }
 
-struct kbp_sock *kbp_get(int fd) { return fd >= 0 && fd < KBP_MAX_FD ? kbp_fds[fd] : NULL; }
-
 static void describe(const struct kbp_sock *s, char *out, size_t cap) {
     struct sockaddr_in a;
     socklen_t al = sizeof(a);
@@ -149,7 +147,8 @@ static void release(struct kbp_sock *s) {
     fall_back(s);
     kbp_backlog_clear(s);
     free(s->backlog[0].data);
-    free(s);
+    s->backlog[0].data = NULL;
+    kbp_sock_free(s);
 }
 
 void kbp_release(struct kbp_sock *s) { release(s); }
@@ -219,16 +218,17 @@ int socket(int domain, int type, int protocol) {
     int udp = base == SOCK_DGRAM && (protocol == 0 || protocol == IPPROTO_UDP);
     int tcp = base == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP);
     if (fd < 0 || fd >= KBP_MAX_FD || domain != AF_INET || !(udp || tcp)) return fd;
-    struct kbp_sock *s = calloc(1, sizeof(*s));
-    if (!s) return fd;
-    s->refs = 1;
-    s->tcp = tcp;
-    s->rule_id = -1;
-    s->fd = fd;
-    s->nonblock = (type & SOCK_NONBLOCK) != 0;
     kbp_enter();
-    if (kbp_fds[fd]) release(kbp_fds[fd]); /* closed behind our back (close_range, say) */
-    kbp_fds[fd] = s;
+    struct kbp_sock *s = kbp_sock_new();
+    if (s) {
+        s->refs = 1;
+        s->tcp = tcp;
+        s->rule_id = -1;
+        s->fd = fd;
+        s->nonblock = (type & SOCK_NONBLOCK) != 0;
+        if (kbp_fds[fd]) release(kbp_fds[fd]); /* closed behind our back (close_range, say) */
+        __atomic_store_n(&kbp_fds[fd], s, __ATOMIC_RELEASE);
+    }
     kbp_leave();
     return fd;
 }
@@ -532,8 +532,8 @@ ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
     kbp_flush_before(fd);
     struct kbp_sock *s = kbp_get(fd);
     if (!s || !s->accel) return kbp_real.recvmsg(fd, m, flags);
-    static __thread uint8_t *tmp; /* a whole datagram (a jumbo one too), then spread over the iovecs */
-    if (!tmp && !(tmp = malloc(KBP_MAX_DGRAM))) return kbp_real.recvmsg(fd, m, flags);
+    uint8_t *tmp = kbp_thread_buf(KBP_BUF_DGRAM); /* a whole datagram (a jumbo one too), then spread over the iovecs */
+    if (!tmp) return kbp_real.recvmsg(fd, m, flags);
     if (s->tcp) {
         ssize_t r = kbp_tcp_recvmsg(s, m, flags, tmp, KBP_MAX_DGRAM);
         return r == -2 ? kbp_real.recvmsg(fd, m, flags) : r;

@@ -123,6 +123,8 @@ void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
     if (m != s->tcp_mask || (mask & NEWS)) s->tcp_gen++;
     if ((m & POLLOUT) && !(m & (POLLERR | POLLHUP))) s->connected = 1; /* a refused one never was */
     s->tcp_mask = m;
+    s->tcp_state = (uint8_t)(mask >> 16 & 0xF); /* shimtcp.STATE_SHIFT */
+    kbp_page_show_tcp(s); /* for `kbypass run --status`: its state and peer */
 }
 
 /* a timer of C's own (kbp_tcpfast.c): the flusher runs kbp_tcp_timers by then */
@@ -238,12 +240,17 @@ static void rule_gone(const char *iface, int *rule_id) {
 
 static void take_slot(struct kbp_sock *s) {
     s->slot = kbp_page_slot();
-    if (!s->slot) return;
-    s->slot->fd = (uint32_t)s->fd;
-    memcpy(s->slot->ip, &s->tcp_local.sin_addr, 4);
-    s->slot->port = ntohs(s->tcp_local.sin_port);
-    s->slot->proto = IPPROTO_TCP;
-    s->slot->used = 1;
+    kbp_page_show_tcp(s);
+    if (s->slot) s->slot->used = 1;
+}
+
+/* A TCP socket the app meant for the network stays the kernel's for a reason the user did not choose (a Python
+ * app, no libpython, a second interface, the control plane's refusal): said with --log, and once without it,
+ * so a run that accelerates nothing does not look like one that does */
+static void stays(const char *who, const char *why) {
+    static int said;
+    if (kbp_log) kbp_verbose("%s not accelerated: %s", who, why);
+    else if (!said++) kbp_say("%s stays on the kernel: %s (said once; --log says each)", who, why);
 }
 
 /* Hand a bound socket to the control plane and the host: 0, or -1 (it stays the kernel's; --log says why). */
@@ -265,7 +272,7 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
         return -1;
     }
     if (kbp_py_app(why, sizeof(why))) {
-        kbp_verbose("%s not accelerated: %s", who, why);
+        stays(who, why);
         return -1;
     }
     if (kbp_cp_connect() < 0) return -1;
@@ -276,7 +283,7 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
         snprintf(req, sizeof(req), "{\"op\":\"accelerate\",\"peer\":\"%s\",\"peer_port\":%d}", peer,
                  ntohs(s->tcp_peer.sin_port));
     if (kbp_cp_call(req, s->fd, buf, sizeof(buf), NULL, 0, NULL) < 0) {
-        kbp_verbose("%s not accelerated: %s", who, buf);
+        stays(who, buf);
         return -1;
     }
     long long rule_id;
@@ -299,7 +306,7 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
     uint32_t sid = ifc && kbp_py_ready(mss, why, sizeof(why)) == 0 ? sid_take(s) : 0;
     if (!sid) {
         rule_gone(iface, &s->rule_id);
-        kbp_verbose("%s not accelerated: %s", who, why[0] ? why : "too many TCP sockets");
+        stays(who, why[0] ? why : "too many TCP sockets");
         return -1;
     }
     s->ifc = ifc;
@@ -327,7 +334,7 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_u
     uint64_t deadline = timeout_us > 0 ? start + (uint64_t)timeout_us * 1000 : 0;
     unsigned sig0 = kbp_sig_count;
     for (unsigned it = 0;; it++) {
-        if (!s->accel) return 0;
+        if (!s->accel || !s->refs) return 0; /* gone (closed by another thread before this call took the lock) */
         if (kbp_tcp_revents(s, want)) return 0;
         if (nonblock) {
             errno = EAGAIN;
@@ -408,7 +415,7 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
         }
         if (s->cq_len) { /* predicted here: the oldest bytes, no Python */
             size_t k = kbp_tcpc_read(s, (char *)buf + got, len - got, (flags & MSG_PEEK) != 0);
-            if (s->slot) s->slot->rx++;
+            if (s->slot) s->slot->rx += k;
             got += k;
             r = (ssize_t)k;
             if (got == len || !(flags & MSG_WAITALL) || (flags & MSG_PEEK)) break;
@@ -423,7 +430,7 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
             r = -1;
             break;
         }
-        if (s->slot) s->slot->rx++;
+        if (s->slot) s->slot->rx += (uint64_t)r;
         got += (size_t)r;
         if (!r || got == len || !(flags & MSG_WAITALL) || (flags & MSG_PEEK)) break;
     }
@@ -474,7 +481,7 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
             err = (int)-r;
             break;
         }
-        if (s->slot) s->slot->tx++;
+        if (s->slot) s->slot->tx += (uint64_t)r;
         sent += (size_t)r;
         if (!len) break;
     }
@@ -504,11 +511,11 @@ int listen(int fd, int backlog) {
 
 /* The next connection the host completed on listener s: its new fd, -1 with errno (EAGAIN: none). */
 static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags) {
-    struct kbp_sock *c = calloc(1, sizeof(*c));
+    struct kbp_sock *c = kbp_sock_new();
     int fd = c ? kbp_real.socket(AF_INET, SOCK_STREAM | (flags & (SOCK_NONBLOCK | SOCK_CLOEXEC)), 0) : -1;
     if (fd < 0 || fd >= KBP_MAX_FD || !sid_take(c)) {
         if (fd >= 0) kbp_real.close(fd);
-        free(c);
+        if (c) kbp_sock_free(c);
         errno = ENFILE;
         return -1;
     }
@@ -517,7 +524,7 @@ static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *al
     if (r != 12) {
         sid_drop(c);
         kbp_real.close(fd);
-        free(c);
+        kbp_sock_free(c);
         errno = r < 0 ? (int)-r : EAGAIN;
         return -1;
     }
@@ -533,6 +540,7 @@ static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *al
     if (kbp_fds[fd]) kbp_release(kbp_fds[fd]); /* its fd closed behind our back (close_range, say) */
     kbp_fds[fd] = c;
     take_slot(c);
+    if (ls->slot) ls->slot->accepted++;
     kbp_tcpc_attach(c);
     kbp_tcp_fill_addr(addr, alen, &c->tcp_peer);
     return fd;
@@ -676,10 +684,10 @@ int kbp_tcp_release(struct kbp_sock *s) {
  * port's last connection is done: ShimTcp.close), then let_go removes the rule. s keeps neither. 1, or 0 (no
  * memory or fd: the rule then goes with s, and those connections with it). */
 static int drain_port(struct kbp_sock *s) {
-    struct kbp_sock *z = calloc(1, sizeof(*z));
+    struct kbp_sock *z = kbp_sock_new();
     int held = z ? kbp_real.dup(s->fd) : -1;
     if (held < 0) {
-        free(z);
+        if (z) kbp_sock_free(z);
         return 0;
     }
     z->fd = held, z->tcp = 1, z->accel = 1, z->zombie = 1, z->tcp_role = KBP_TCP_LISTENER;
@@ -695,5 +703,5 @@ static void let_go(struct kbp_sock *s) {
     kbp_real.close(s->fd);
     if (s->slot) s->slot->used = 0;
     sid_drop(s);
-    free(s);
+    kbp_sock_free(s);
 }

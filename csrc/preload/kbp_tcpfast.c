@@ -24,11 +24,10 @@ static unsigned pump_gen = 1;
 static uint8_t *hitlog;
 static size_t hitlen, hitcap;
 static int hits_due;             /* the host must answer at the end of this pump */
-static int log_hits;             /* HIT records in the log (READ records alone wait for a reason to call) */
 static unsigned pump_hits;       /* data segments predicted in this pump */
 static uint64_t hits_since;
 
-struct __attribute__((packed)) hit_rec { /* shimtcp.HIT (flags 0: a READ, len the bytes the app read) */
+struct __attribute__((packed)) hit_rec { /* shimtcp.HIT (flags 0: CONSUMED, len the bytes the app read) */
     uint32_t sid, seq, ack, tsval, tsecr;
     uint16_t window;
     uint8_t flags, has_ts;
@@ -110,7 +109,7 @@ static int take_predicted(struct kbp_sock *s, const uint8_t *f, uint32_t n) {
     uint64_t now = kbp_now_ns();
     struct hit_rec r = {s->sid, h.seq, h.ack, h.tsval, h.tsecr, h.window, h.flags, h.has_ts, h.payload_len,
                         (double)now / 1e9};
-    if (!log_hits++) hits_since = now;
+    if (!hitlen) hits_since = now;
     memcpy(hitlog + hitlen, &r, sizeof(r));
     memcpy(hitlog + hitlen + sizeof(r), f + h.payload_off, h.payload_len);
     hitlen += sizeof(r) + h.payload_len;
@@ -144,19 +143,43 @@ void kbp_tcpc_pump_done(int batched) {
     if (!batched && hits_due) kbp_tcp_catch_up();
 }
 
-/* The flusher's and the app's calls: the host catches up when a predicted segment waited CATCH_UP_NS */
+/* The flusher's and the app's calls: the host catches up when a predicted segment waited CATCH_UP_NS; its
+ * counters go to the status page every TALLY_NS (shimtcp.ShimTcp.tally: one call, a few microseconds) */
+#define TALLY_NS 250000000ull
 void kbp_tcpc_timers(uint64_t now) {
-    if (log_hits && now >= hits_since + CATCH_UP_NS) kbp_tcp_catch_up();
+    static uint64_t tally_at;
+    if (hitlen && now >= hits_since + CATCH_UP_NS) kbp_tcp_catch_up();
+    uint64_t *page = kbp_tcp_on && now >= tally_at ? kbp_page_tcp() : NULL;
+    if (page) {
+        uint64_t t[KBP_PAGE_TCP];
+        tally_at = now + TALLY_NS;
+        if (kbp_py_call("tally", t, sizeof(t), "(d)", now_s()) == (long)sizeof(t)) memcpy(page, t, sizeof(t));
+    }
 }
 
 /* The log for a call that takes it itself (ShimTcp.hits_send): its bytes (n, 0: none), the log emptied */
 const uint8_t *kbp_tcpc_take_log(size_t *n) {
     *n = hitlen;
-    hitlen = 0, hits_due = 0, log_hits = 0;
+    hitlen = 0, hits_due = 0;
     return hitlog;
 }
 
-/* recv: the bytes queued here first (the oldest): how many copied into buf (MSG_PEEK: left queued) */
+/* The app read s->cq_read bytes of its queue: a CONSUMED record (flags 0, no payload) for the host, which
+ * reopens the window by as much (shimtcp.ShimTcp.hits) at the next catch-up, CATCH_UP_NS at the latest */
+static void report_read(struct kbp_sock *s) {
+    if (room(&hitlog, &hitcap, hitlen + sizeof(struct hit_rec))) return; /* told with the next read */
+    uint64_t now = kbp_now_ns();
+    struct hit_rec r = {.sid = s->sid, .len = (uint32_t)s->cq_read, .at = (double)now / 1e9};
+    if (!hitlen) hits_since = now;
+    memcpy(hitlog + hitlen, &r, sizeof(r));
+    hitlen += sizeof(r);
+    s->cq_read = 0;
+    kbp_tcp_wake_by(now + CATCH_UP_NS);
+}
+
+/* recv: the bytes queued here first (the oldest): how many copied into buf (MSG_PEEK: left queued). The host's
+ * window counts them until told: every KBP_TCP_READ_REPORT bytes, or when the queue empties and the window
+ * armed is short of that (a request/response app with a wide open window costs the host nothing) */
 size_t kbp_tcpc_read(struct kbp_sock *s, void *buf, size_t len, int peek) {
     size_t k = len < s->cq_len ? len : s->cq_len;
     memcpy(buf, s->cq + s->cq_off, k);
@@ -164,28 +187,23 @@ size_t kbp_tcpc_read(struct kbp_sock *s, void *buf, size_t len, int peek) {
         s->cq_off += k, s->cq_len -= k;
         if (!s->cq_len) s->cq_off = 0;
         s->cq_read += k;
-        if (s->cq_read >= KBP_TCP_READ_REPORT) { /* the host opens the window (kbp.h) */
-            struct hit_rec r = {.sid = s->sid, .len = (uint32_t)s->cq_read, .at = now_s()};
-            if (hitlen + sizeof(r) > hitcap) kbp_tcp_catch_up(); /* a HIT came first: hitcap >= 4096 */
-            memcpy(hitlog + hitlen, &r, sizeof(r));
-            hitlen += sizeof(r);
-            s->cq_read = 0;
-            kbp_tcp_catch_up();
-        }
+        if (s->cq_read >= KBP_TCP_READ_REPORT ||
+            (s->cq_read && !s->cq_len && (!s->pred || !s->pred->armed || s->pred->rcv_wnd < KBP_TCP_READ_REPORT)))
+            report_read(s);
     }
     return k;
 }
 
 void kbp_tcpc_after_fork_child(void) {
     memset(bucket, 0, sizeof(bucket));
-    hitlen = 0, log_hits = 0;
+    hitlen = 0;
 }
 
 void kbp_tcp_catch_up(void) {
     if (!hitlen) return;
     size_t n = hitlen;
     hitlen = 0; /* before the call: kbp_py_call catches up first, and this is that */
-    hits_due = 0, log_hits = 0;
+    hits_due = 0;
     kbp_py_call("hits", NULL, 0, "(y#d)", hitlog, (ssize_t)n, now_s());
 }
 

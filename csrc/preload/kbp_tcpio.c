@@ -32,19 +32,36 @@ ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t
     return r;
 }
 
-/* sendmsg/writev: the iovecs gathered (nginx's headers and body: a few KiB) and sent; -2 the kernel's */
+/* sendmsg/writev: the iovecs gathered (nginx's headers and body: a few KiB) and sent, CHUNK bytes at a time at
+ * most (the host takes no more in one send; an iov total of gigabytes must not be copied whole first); -2 the
+ * kernel's. The buffer is the call's own (malloc), not the thread's: a signal handler may send on this thread
+ * while this call gathers outside the shim's lock. */
 ssize_t kbp_tcp_sendmsg(struct kbp_sock *s, const struct msghdr *m, int flags) {
-    size_t len = 0, off = 0;
+    size_t len = 0, sent = 0, iv = 0, iv_off = 0;
     for (size_t i = 0; i < m->msg_iovlen; i++) len += m->msg_iov[i].iov_len;
-    uint8_t *tmp = malloc(len ? len : 1);
+    uint8_t *tmp = malloc(len < CHUNK ? (len ? len : 1) : CHUNK);
     if (!tmp) {
         errno = ENOBUFS;
         return -1;
     }
-    for (size_t i = 0; i < m->msg_iovlen; i++)
-        memcpy(tmp + off, m->msg_iov[i].iov_base, m->msg_iov[i].iov_len), off += m->msg_iov[i].iov_len;
-    ssize_t r = kbp_tcp_send(s, tmp, len, flags);
+    ssize_t r;
+    do {
+        size_t k = 0;
+        for (; iv < m->msg_iovlen && k < CHUNK; iv_off = 0, iv++) { /* the next CHUNK bytes of the iovecs */
+            size_t n = m->msg_iov[iv].iov_len - iv_off < CHUNK - k ? m->msg_iov[iv].iov_len - iv_off : CHUNK - k;
+            memcpy(tmp + k, (const uint8_t *)m->msg_iov[iv].iov_base + iv_off, n);
+            k += n;
+            if (iv_off + n < m->msg_iov[iv].iov_len) {
+                iv_off += n;
+                break;
+            }
+        }
+        r = kbp_tcp_send(s, tmp, k, flags);
+        if (r > 0) sent += (size_t)r;
+        if (r < (ssize_t)k) break; /* an error, EAGAIN or a short send: what went is the answer */
+    } while (sent < len);
     free(tmp);
+    if (sent) return (ssize_t)sent;
     return r;
 }
 
@@ -53,8 +70,8 @@ ssize_t sendfile(int out, int in, off_t *off, size_t count) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(out);
     if (!s || !s->tcp || !s->accel) return kbp_real.sendfile(out, in, off, count);
-    static __thread char *tmp;
-    if (!tmp && !(tmp = malloc(CHUNK))) return kbp_real.sendfile(out, in, off, count);
+    char *tmp = kbp_thread_buf(KBP_BUF_CHUNK);
+    if (!tmp) return kbp_real.sendfile(out, in, off, count);
     size_t k = count < CHUNK ? count : CHUNK;
     ssize_t n = off ? pread(in, tmp, k, *off) : kbp_real.read(in, tmp, k);
     if (n <= 0) return n;

@@ -151,7 +151,7 @@ static void replace_fds(struct kbp_sock *s, int fd) {
 
 static void let_go(struct kbp_sock *s) {
     s->accel = 0, s->handed = 1;
-    if (s->refs <= 0) free(s);
+    if (s->refs <= 0) kbp_sock_free(s); /* type-stable (kbp_mem.c) */
 }
 
 int kbp_tcp_handoff(struct kbp_sock *s) {

@@ -25,5 +25,10 @@ def write_chains(mem: WriteableBuffer, descs: np.ndarray, start: int, frame_size
     all but a chain's last); returns (last IP ident, frames used, datagrams written). A datagram is bytes, or
     a kbypass.xfer.datapath.Unencoded segment, encoded straight into its chain."""
 
+def lane_chains(core: object, max_len: int, kind: int, header: bytes, ident: int, datagrams: list, start: int,
+                /) -> tuple[int, int]:
+    """write_chains into the stash frames of a chains lane (core: kbypass._fastlane.Lane.core), straight onto
+    its TX ring (no kick); stops where the stash or the ring runs short. Returns (last IP ident, datagrams sent)."""
+
 def crc64(crc: int, data: ReadableBuffer) -> int:
     """CRC-64/XZ of data continuing crc (0 to start): crc64(crc64(0, a), b) == crc64(0, a + b)."""

@@ -436,6 +436,7 @@ class CCodec:
         self.rx_run = mod.rx_run
         self.write_frames = mod.write_frames
         self.write_chains = mod.write_chains
+        self.lane_chains = mod.lane_chains
 
     def __repr__(self) -> str:
         return "<codec c>"

@@ -271,6 +271,10 @@ def test_the_page_layout_is_the_shims():
     assert define("KBP_PAGE_MAGIC") == shimpage.MAGIC
     assert define("KBP_PAGE_SLOTS") == shimpage.SLOTS
     assert define("KBP_PAGE_BYTES") == shimpage.PAGE_BYTES
+    assert define("KBP_PAGE_VERSION") == shimpage.VERSION
+    assert define("KBP_PAGE_TCP") == len(shimpage.TCP_COUNTERS) and 16 + 8 * define("KBP_PAGE_TCP") <= shimpage.HEADER
+    assert define("KBP_TCP_LISTENER") == 1 and define("KBP_TCP_ACCEPTED") == 2 and define("KBP_TCP_ACTIVE") == 3
+    assert shimpage.TCP_SLOT.size == shimpage.SLOT.size
     assert shimpage.SLOT.size == 64 and shimpage.HEADER + shimpage.SLOTS * shimpage.SLOT.size <= shimpage.PAGE_BYTES
 
 
@@ -310,3 +314,33 @@ def test_a_listener_over_live_kernel_connections_of_its_port_stays_the_kernels()
     cli.close()
     check_no_kernel_connections(lst.fileno(), "127.0.0.1", port)  # closed: TIME_WAIT and FIN states aside
     lst.close()
+
+
+def test_a_tcp_slot_reads_as_bytes_peer_state_and_the_hosts_counters():
+    """TCP slots (kbp.h struct kbp_slot's TCP half): bytes, the peer, the state code shimtcp puts in its changes
+    (1 + the index in tcp.State), a listener's accepted count; the header's host counters (ShimTcp.tally)."""
+    from kbypass.proto import tcp
+    from kbypass.sockapi import shimtcp
+
+    assert shimtcp.TALLY == shimpage.TCP_COUNTERS
+    fd = _page()
+    try:
+        with mmap.mmap(fd, shimpage.PAGE_BYTES) as m:
+            at = shimpage.HEADER + 5 * shimpage.SLOT.size
+            established = shimtcp._STATE_BITS[tcp.State.ESTABLISHED] >> shimtcp.STATE_SHIFT
+            shimpage.TCP_SLOT.pack_into(m, at, 1, 9, socket.inet_aton("10.0.0.2"), 80, socket.IPPROTO_TCP, 500, 70,
+                                        socket.inet_aton("10.0.0.1"), 40000, established, 2, 0)
+            shimpage.TCP_SLOT.pack_into(m, at + 64, 1, 8, socket.inet_aton("10.0.0.2"), 80, socket.IPPROTO_TCP, 0,
+                                        0, bytes(4), 0, 0, 1, 3)
+            struct.pack_into("<6Q", m, 16, 100, 60, 90, 2, 1, 0)
+        page = shimpage.ShimPage(fd)
+        udp, conn, lst = page.sockets()
+        assert udp["proto"] == "udp" and udp["rx"] == 10
+        assert conn == {"fd": 9, "proto": "tcp", "local": "10.0.0.2:80", "role": "accepted", "peer": "10.0.0.1:40000",
+                        "state": "ESTABLISHED", "rx": 500, "tx": 70}
+        assert lst["role"] == "listener" and lst["state"] == "LISTEN" and lst["accepted"] == 3 and lst["peer"] == ""
+        assert page.tcp_counters() == {"rx_segments": 100, "rx_predicted": 60, "tx_segments": 90, "retransmits": 2,
+                                       "connections": 1, "rx_no_socket": 0}
+        page.close()
+    finally:
+        os.close(fd)

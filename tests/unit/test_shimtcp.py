@@ -14,6 +14,7 @@ from kbypass.proto import tcp
 from kbypass.proto.tcp.config import MAX_UNREAD
 from kbypass.sockapi.shimtcp import (
     ACCEPTED,
+    CONSUMED,
     ETH_IP,
     GONE,
     HIT,
@@ -25,6 +26,7 @@ from kbypass.sockapi.shimtcp import (
     POLLRDHUP,
     PYRX,
     PYTX,
+    READ_REPORT,
     ShimTcp,
     _pkey,
 )
@@ -36,8 +38,8 @@ IA, IB = (int.from_bytes(socket.inet_aton(ip), "big") for ip in (A, B))
 class Pair:
     """Server host on B, client host on A; every call's packets are delivered to the other at once."""
 
-    def __init__(self) -> None:
-        self.srv, self.cli = ShimTcp(mss=1448), ShimTcp(mss=1448)
+    def __init__(self, **config) -> None:
+        self.srv, self.cli = ShimTcp(mss=1448, **config), ShimTcp(mss=1448, **config)
         self.now = 100.0
         self.masks: dict[tuple[str, int], int] = {}
         self.news: dict[tuple[str, int], int] = {}
@@ -251,8 +253,9 @@ def test_keepalive_gives_up_on_a_peer_that_vanished():
 def test_an_app_that_never_reads_closes_the_window_at_max_unread():
     """A peer sending 40 MB to an app that never calls recv: the host takes MAX_UNREAD bytes off the connection
     (and one event more), the connection holds its receive buffer, the window it advertises is 0 and the peer
-    is held (its send returns EAGAIN once its own buffer is full). Reading opens it again."""
-    p = Pair()
+    is held (its send returns EAGAIN once its own buffer is full). Reading opens it again. (A window past the cap:
+    the default 1 MiB one closes first, test_the_window_counts_what_the_app_has_not_read.)"""
+    p = Pair(recv_buffer=16 << 20)
     p.established()
     chunk, sent = b"x" * 200_000, 0
     for _ in range(200):  # 40 MB offered
@@ -260,7 +263,7 @@ def test_an_app_that_never_reads_closes_the_window_at_max_unread():
         sent += max(r, 0)
         p.tick(0.01)
     c = p.srv.by_sid[2]
-    held = c.rx_len + c.conn._unread
+    held = c.conn._unread  # rx's and the connection's own: the app read none of it
     assert MAX_UNREAD <= c.rx_len < MAX_UNREAD + 256 * 1024
     assert c.conn._rcv_wnd() < 1448 and c.conn._wnd_field() == 0  # less than a segment left: shown as 0 (SWS)
     assert sent < held + (2 << 20)  # what the peer got rid of: our buffers and its own send buffer
@@ -359,30 +362,50 @@ def test_the_quick_paths_answer_as_the_general_pass_does():
     assert quick.srv.stats() == general.srv.stats()
 
 
-READ_REPORT = 64 << 10  # kbp.h KBP_TCP_READ_REPORT
-
-
 class _CQueued(Pair):
-    """The server's shim as kbp_tcp.c runs it: a segment its connection's Prediction says HIT for (kbypass._fasttcp.rx,
-    the kb_tcp_predict the shim calls) is queued for the app, logged, and given to ShimTcp.hits at the end of the pump
-    when its ACK is due or else before the host's next call (with a send: hits_send); the app's recv reads that queue
-    first, and a READ record goes to the host once READ_REPORT bytes of it were read (kbp_tcpfast.c)."""
+    """The server's shim as kbp_tcp.c runs it. Every client packet reaches the server through the model of its
+    pump: a segment its connection's Prediction says HIT for (kbypass._fasttcp.rx, the kb_tcp_predict the shim
+    calls) is queued for the app and logged (kbp_tcpfast.c take_predicted: not while the host holds bytes, PYRX,
+    nor after a frame of the connection went to the host in the same pump), the rest go to the host in one
+    frames() call; the log reaches ShimTcp.hits at the end of the pump when its ACK is due, else before the host's
+    next call (with a send: hits_send). The app's recv reads that queue first, without the host, and reports its
+    reads as CONSUMED records (kbp_tcpc_read). In order and at once by default; `held` keeps them for a test to
+    deliver itself (reordered, duplicated, lost, pumps of any size: pump())."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, held: bool = False, **config) -> None:
+        super().__init__(**config)
         self.log, self.cq, self.due, self.py_rx, self.py_tx, self.writable = b"", b"", False, False, False, True
-        self.queued = self.unreported = self.cq_peak = 0
+        self.queued = self.cq_read = self.cq_peak = 0
+        self.hold, self.held, self._delivering = held, [], False
 
     def _take(self, side: str, out) -> object:
-        result, packets, changes, deadline = out
-        for sid, mask in struct.iter_unpack("=II", changes):
-            if side == "srv" and sid == 2 and not mask & GONE:
-                self.py_rx, self.py_tx, self.writable = bool(mask & PYRX), bool(mask & PYTX), bool(mask & POLLOUT)
-        if side == "srv" or not packets:
-            return super()._take(side, out)
-        super()._take(side, (result, [], changes, deadline))
+        result, packets, changes, _deadline = out
+        self._changes(side, out)
+        if side == "srv":
+            for sid, mask in struct.iter_unpack("=II", changes):
+                if sid == 2 and not mask & GONE:
+                    self.py_rx, self.py_tx = bool(mask & PYRX), bool(mask & PYTX)
+                    self.writable = bool(mask & POLLOUT)
+            for pkt in packets:  # to the client at once; its answers go through the server's pump
+                if not self.drop_to_cli:
+                    answer = self.cli.frame(pkt, self.now)
+                    self._changes("cli", answer)
+                    self.held += answer[1]
+        else:
+            self.held += packets
+        if not self.hold and not self._delivering:
+            self._delivering = True
+            try:
+                while self.held:  # what one call sent: one pump
+                    batch, self.held = self.held, []
+                    self.pump(batch)
+            finally:
+                self._delivering = False
+        return result
+
+    def pump(self, packets: list[bytes]) -> None:
         slow, hits = [], 0
-        for pkt in packets:  # one pump: these packets reach the server's rings
+        for pkt in packets:
             c = self.srv.by_sid.get(2)
             hit = None
             if c is not None and not slow and not self.py_rx:
@@ -402,21 +425,30 @@ class _CQueued(Pair):
             self.srv_call("frames", b"".join(slow))
         elif self.due:
             self.srv_call("timer")  # any call: the host catches up first
-        return result
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self.srv_call("timer")
+        self._take("cli", self.cli.timer(self.now))
 
     def srv_call(self, name, *args):
+        if name == "recv" and self.cq:  # kbp_tcpc_read: no host call
+            n, peek = args[1], args[2]
+            got = self.cq[:n]
+            if not peek:
+                self.cq = self.cq[n:]
+                self.cq_read += len(got)
+                c = self.srv.by_sid[2]
+                if self.cq_read >= READ_REPORT or (not self.cq and (not c.prediction.armed or
+                                                                    c.prediction.state()[3] < READ_REPORT)):
+                    self.log += HIT.pack(2, 0, 0, 0, 0, 0, CONSUMED, 0, self.cq_read, self.now)
+                    self.cq_read = 0
+            return got
         if self.log:
             log, self.log, self.due = self.log, b"", False
             if name == "send":  # the shim's send: one call
                 return super().srv_call("hits_send", log, *args)
             super().srv_call("hits", log)
-        if name == "recv" and self.cq:
-            got, self.cq = self.cq[:args[1]], self.cq[args[1]:]
-            self.unreported += len(got)
-            if self.unreported >= READ_REPORT:  # a READ record, and the host called at once
-                super().srv_call("hits", HIT.pack(2, 0, 0, 0, 0, 0, 0, 0, self.unreported, self.now))
-                self.unreported = 0
-            return got
         return super().srv_call(name, *args)
 
 
@@ -424,12 +456,6 @@ def _fasttcp():
     from kbypass import backend
 
     return backend.native_module("tcp")
-
-
-def backend_built() -> bool:
-    from kbypass import backend
-
-    return backend.built("tcp")
 
 
 def test_segments_queued_in_c_leave_the_connection_as_the_python_path_does():
@@ -457,8 +483,8 @@ def test_segments_queued_in_c_leave_the_connection_as_the_python_path_does():
         pred = list(conn.prediction())
         if isinstance(p, _CQueued):
             assert p.queued > 20 * 1448  # most of it was queued in C
-            assert 0 < p.unreported < READ_REPORT  # read from C, not reported yet: the window is short by it
-            pred[3] += p.unreported
+            assert 0 < p.cq_read < READ_REPORT  # read from C, not reported yet: the window is short by it
+            pred[3] += p.cq_read
         runs.append((got, pred, conn.stats.bytes_in, conn.stats.segs_in, conn.stats.segs_out,
                      conn.cc.cwnd, p.cli.by_sid[7].conn.prediction()))
     assert runs[0] == runs[1]
@@ -468,7 +494,7 @@ def test_reading_past_max_unread_takes_what_the_connection_held_back_without_a_t
     """The quick recv (queued bytes only) must not drain rx while the connection still holds Data events the
     MAX_UNREAD cap left there: the app would see no POLLIN (and C would queue later segments in front of them)
     with the window closed, until the peer's zero-window probe (seconds: curl under run stalled at 9 of 10 MB)."""
-    p = Pair()
+    p = Pair(recv_buffer=16 << 20)  # a window past the cap (the default 1 MiB window closes before it)
     p.established()
     chunk, sent = b"x" * 200_000, 0
     for _ in range(40):  # 8 MB offered
@@ -488,12 +514,12 @@ def test_reading_past_max_unread_takes_what_the_connection_held_back_without_a_t
 
 
 def test_the_receive_window_bounds_the_c_queue_of_an_app_that_never_reads():
-    """The host holds the C queue's bytes as unread (TcpConnection.hold) until READ records say the app read them:
-    a peer offering 8 MB to an app that never reads fills at most the receive window in C (recv_buffer, not the
-    C queue's own 4 MiB cap and then the host's MAX_UNREAD) and is shown a zero window. Reading opens the window
-    again (READ records, no timer): everything arrives. In-order data a peer sends past the window anyway is
-    trimmed to it (RFC 9293 3.10.7.4) and answered by an ACK, never queued in C."""
-    if not backend_built():
+    """The window counts the C queue's bytes until CONSUMED records say the app read them (app_reads): a peer
+    offering 8 MB to an app that never reads fills at most the receive window in C (recv_buffer, not the C queue's
+    own 4 MiB cap) and is shown a zero window. Reading opens the window again (CONSUMED records): everything
+    arrives. In-order data a peer sends past the window anyway is trimmed to it (RFC 9293 3.10.7.4) and answered
+    by an ACK, never queued in C."""
+    if not _fasttcp_built():
         pytest.skip("kbypass._fasttcp is not built (make setup)")
     p = _CQueued()
     p.established()
@@ -505,15 +531,14 @@ def test_the_receive_window_bounds_the_c_queue_of_an_app_that_never_reads():
             r = p.cli_call("send", 7, chunk)
             sent += max(r, 0)
             p.tick(0.01)
-        # at most a window in C, every byte of it counted by the connection (and those read, not reported yet;
-        # the host's rx has what went its way
-        # before the window closed: segments behind a slow one in their pump; MAX_UNREAD bounds that)
-        assert buf // 2 < len(p.cq) <= buf and c.conn._unread == len(p.cq) + p.unreported and c.rx_len < MAX_UNREAD
+        # at most a window in C, every byte of it counted by the connection (and those read, not reported yet),
+        # as are the host's rx (what went its way before the window closed: segments behind a slow one in a pump)
+        assert buf // 2 < len(p.cq) <= buf and c.conn._unread == len(p.cq) + p.cq_read + c.rx_len <= buf
         assert c.conn._wnd_field() == 0 and sent < buf + MAX_UNREAD
         return sent
 
     sent, got = offer(), 0
-    while got < sent:  # the app reads: READ records reopen the window
+    while got < sent:  # the app reads: CONSUMED records reopen the window
         data = p.srv_call("recv", 2, 64 << 10, 0)
         if data == -errno.EAGAIN:
             p.tick(0.05)
@@ -525,7 +550,7 @@ def test_the_receive_window_bounds_the_c_queue_of_an_app_that_never_reads():
     # stream from here on: nothing is read after them)
     fast, conn, queued = _fasttcp(), c.conn, len(p.cq)
     for k in range(4):
-        start, room = conn.rcv_nxt, conn._rcv_wnd()  # the host's rx took the last one's bytes: room again
+        start, room = conn.rcv_nxt, conn._rcv_wnd()  # what is left of the window: the first takes it
         assert room < 1448
         tsval = (conn.ts_recent + 1 + k) & 0xFFFFFFFF
         seg = fast.frame(ETH_IP, socket.inet_aton(A), socket.inet_aton(B), 1, 40000, 8080, start & 0xFFFFFFFF,
@@ -535,3 +560,150 @@ def test_the_receive_window_bounds_the_c_queue_of_an_app_that_never_reads():
         assert len(p.cq) == queued and conn.rcv_nxt == start + room  # the window's room taken, the rest dropped
         (ack,) = [tcp.parse_segment(pk[16:20], pk[12:16], pk[20:]) for pk in packets]
         assert ack.ack == (start + room) & 0xFFFFFFFF and ack.window << conn.rcv_wscale < 1448 and not ack.payload
+
+
+@pytest.mark.parametrize("queued_in_c", [False, True])
+def test_the_window_counts_what_the_app_has_not_read(queued_in_c):
+    """Bytes the host holds for the app (rx) and the shim's C queue hold are the receive buffer's, as the kernel's
+    are: a peer flooding an app that never reads gets recv_buffer in, not recv_buffer more for each place the
+    bytes move to (review finding 6: ~9 MiB per connection). Reading reopens the window, every byte arrives."""
+    if queued_in_c and not _fasttcp_built():
+        pytest.skip("kbypass._fasttcp is not built (make setup)")
+    p = _CQueued() if queued_in_c else Pair()
+    p.established()
+    buf = p.srv.config.recv_buffer
+    sent = 0
+    for _ in range(40):  # 8 MB offered, nobody reads
+        sent += max(p.cli_call("send", 7, b"y" * 200_000), 0)
+        p.tick(0.3)
+    c = p.srv.by_sid[2]
+    held = c.rx_len + len(getattr(p, "cq", b""))
+    cli = p.cli.by_sid[7].conn
+    taken = cli.sq.snd_una - cli.iss - 1  # what the server's side acknowledged
+    assert buf - 2 * 1448 <= taken <= buf, (taken, held)
+    assert held <= buf and c.conn._unread <= buf
+    if queued_in_c:
+        assert p.queued > buf // 2  # the C queue took most of it
+    got = 0
+    for _ in range(2000):
+        data = p.srv_call("recv", 2, 50_000, 0)
+        if data == -errno.EAGAIN:
+            if got == sent:
+                break
+            p.tick(0.01)  # the flusher's catch-up of a CONSUMED record
+            continue
+        got += len(data)
+    assert got == sent
+
+
+def _fasttcp_built() -> bool:
+    from kbypass import backend
+
+    return backend.built("tcp")
+
+
+def _adversarial(seed: int) -> None:
+    """Every client packet through the shim's pump (_CQueued) in an adversary's order: reordered, duplicated,
+    5% lost, pumps of 1-4 frames; the app reads at random. The app's stream (C queue first, then the host's)
+    is what the client sent: no byte duplicated, lost or moved (after rev-oc/fuzz2.py, the review's)."""
+    import random
+
+    rng = random.Random(seed)
+    p = _CQueued()
+    p.established()
+    p.hold = True
+    sent = got = b""
+
+    def deliver(shuffle: bool) -> None:
+        pk, p.held = p.held, []
+        if shuffle and rng.random() < 0.4:
+            rng.shuffle(pk)
+        pk += [x for x in pk if rng.random() < 0.15]
+        pk = [x for x in pk if rng.random() > 0.05]
+        while pk:
+            k = rng.randint(1, 4)
+            p.pump(pk[:k])
+            pk = pk[k:]
+
+    for i in range(30):
+        data = bytes([65 + i % 26]) * rng.choice([10, 1448, 3000, 5000])
+        r = p.cli_call("send", 7, data)
+        if isinstance(r, int) and r > 0:
+            sent += data[:r]
+        for _ in range(3):
+            deliver(True)
+        if rng.random() < 0.5:
+            x = p.srv_call("recv", 2, rng.choice([100, 5000, 100000]), 0)
+            if isinstance(x, bytes):
+                got += x
+            deliver(True)
+        p.tick(0.05)
+        deliver(True)
+    for _ in range(60):
+        p.tick(0.5)
+        deliver(False)
+        while True:
+            x = p.srv_call("recv", 2, 1 << 20, 0)
+            if not isinstance(x, bytes) or not x:
+                break
+            got += x
+        deliver(False)
+    assert p.queued, "nothing went through the C queue: the harness tests nothing of it"
+    assert got == sent, next((i for i, (a, b) in enumerate(zip(got, sent)) if a != b), min(len(got), len(sent)))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_c_queue_keeps_the_stream_whatever_the_order(seed):
+    if not _fasttcp_built():
+        pytest.skip("kbypass._fasttcp is not built (make setup)")
+    _adversarial(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(30, 500))
+def test_c_queue_keeps_the_stream_whatever_the_order_long(seed):
+    _adversarial(seed)
+
+
+def test_changes_carry_the_state_and_tally_packs_the_counters():
+    """--status's data: each connection's change carries its state (bits 16-19: 1 + its index in tcp.State, the
+    shim copies it to the socket's page slot); tally() packs the host's counters for the page's header."""
+    from kbypass.sockapi.shimtcp import STATE_SHIFT, TALLY
+
+    def state(c):
+        return list(tcp.State)[(c.mask >> STATE_SHIFT & 0xF) - 1]
+
+    p = Pair()
+    p.established()
+    assert state(p.srv.by_sid[2]) is tcp.State.ESTABLISHED and state(p.cli.by_sid[7]) is tcp.State.ESTABLISHED
+    p.cli_call("shutdown", 7, socket.SHUT_WR)
+    assert state(p.srv.by_sid[2]) is tcp.State.CLOSE_WAIT and state(p.cli.by_sid[7]) is tcp.State.FIN_WAIT_2
+    p.srv.by_sid[2].conn.stats.retransmits = 3  # as if: tally sums the live connections' and the forgotten ones'
+    packed = p.srv.tally(p.now)[0]
+    counts = dict(zip(TALLY, struct.unpack(f"<{len(TALLY)}Q", packed)))
+    assert counts["retransmits"] == 3 and counts["connections"] == 1
+    assert counts["rx_segments"] == p.srv.counters["rx_segments"] > 0 and counts["tx_segments"] > 0
+
+
+def test_a_consumed_record_carries_no_payload():
+    """A CONSUMED record (the app read the C queue) has no payload behind it: the HIT records after it in the same
+    log are read from the right offset (curl under run got a corrupt download when they were not)."""
+    if not _fasttcp_built():
+        pytest.skip("kbypass._fasttcp is not built (make setup)")
+    p = _CQueued()
+    p.established()
+    p.hold = True
+    p.cli_call("send", 7, b"a" * 1000)
+    p.pump(p.held)
+    p.held = []
+    assert p.srv_call("recv", 2, 100_000, 0) == b"a" * 1000  # C's queue
+    p.log += HIT.pack(2, 0, 0, 0, 0, 0, CONSUMED, 0, 1000, p.now)  # as kbp_tcpc_read would, with HITs after it
+    for chunk in (b"b" * 700, b"c" * 900):
+        p.cli_call("send", 7, chunk)
+        p.pump(p.held)
+        p.held = []
+    assert p.cq == b"b" * 700 + b"c" * 900 and p.log
+    before = p.srv.counters["rx_predicted"]
+    p.srv_call("timer")
+    assert p.srv.counters["rx_predicted"] == before + 3  # the HIT before the record and both after it
+    assert p.srv.by_sid[2].c_held == 1600 and p.srv.by_sid[2].conn.stats.bytes_in == 2600

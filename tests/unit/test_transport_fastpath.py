@@ -118,7 +118,7 @@ def state_of(conn: Connection, ep: TransportEndpoint) -> tuple:
             rb.ooo_bytes, rb.recent,
             rb._run_end, conn.stats, conn._ts_recent, conn._last_recv,
             conn._peer_right, conn.sbuf.snd_una, conn.state, dict(ep.drops), ep.counters["rx_datagrams"],
-            conn.datagrams_to_send(T + 0.001))
+            conn._ack_pending, conn._ack_now, conn._unacked_bytes, conn.datagrams_to_send(T + 0.001))
 
 
 def stream_datagrams(cfg: ConnConfig, n_bytes: int, seed: int = 1):

@@ -57,3 +57,11 @@ def _python_codec():
     from kbypass import backend
 
     return backend.codec("python")
+
+
+def test_jumbo_flights_delay_their_acks_and_1500_does_not():
+    from kbypass.xfer.sizing import default_config
+
+    assert default_config(65507).ack_delay == pytest.approx(1e-3)
+    assert default_config(65507, congestion="reno").ack_delay == pytest.approx(1e-3)
+    assert default_config(1472).ack_delay == 0.0

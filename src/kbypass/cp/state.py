@@ -345,7 +345,8 @@ class ControlPlane:
                          key=lambda c: (not (c.rules or c.sockets), c.cid))
         clients = [{"client": c.cid, "pid": c.pid, "uid": c.uid, "command": c.command, "group": c.group,
                     "rules": len(c.rules), "sockets": sorted(f"{i}:{q}" for i, q in c.sockets),
-                    **({"shim": c.shim_page.sockets()} if c.shim_page is not None else {})}
+                    **({"shim": c.shim_page.sockets(), "shim_tcp": c.shim_page.tcp_counters()}
+                       if c.shim_page is not None else {})}
                    for c in greeted[:MAX_LISTED]]
         interfaces = []
         for iface, served in sorted(self.served.items()):

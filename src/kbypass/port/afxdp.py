@@ -540,11 +540,12 @@ class AfXdpPort(UmemPort):
         return n
 
     # ---- one message at a time ------------------------------------------------------------------------
-    def message_lane(self, udp=None, *, native: bool | None = None):
+    def message_lane(self, udp=None, *, native: bool | None = None, stash: int | None = None):
         """A MessageLane on this port's rings (kbypass.port.lane): `receive_one()` / `send_one(frame)` and,
         given `udp` (a proto.udp.PlainUdp: what is plain UDP to us), `receive_udp()` / `send_udp(flow,
         payload, ident)`. native: the per-message work in C (kbypass._fastlane), in Python (False), or C when
-        built (None). The port owns the lane: `check()` counts the frames it holds, `close()` closes it."""
+        built (None). stash: the C lane's TX stash in frames (NativeMessageLane). The port owns the lane:
+        `check()` counts the frames it holds, `close()` closes it."""
         if self._closed:
             raise UsageError(CLOSED)
         if self._lock is not None:
@@ -552,7 +553,7 @@ class AfXdpPort(UmemPort):
                              "its own: open this port without sharing its queue")
         from .lane import open_lane
 
-        lane = open_lane(self, (self._rx, self._fill, self._tx, self._comp), udp, native)
+        lane = open_lane(self, (self._rx, self._fill, self._tx, self._comp), udp, native, stash)
         self._lanes.append(lane)
         return lane
 

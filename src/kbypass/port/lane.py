@@ -37,6 +37,7 @@ import errno
 import numpy as np
 
 from kbypass import backend
+from kbypass.errors import UsageError
 from kbypass.proto.udp import MAX_PAYLOAD as UDP_MAX_PAYLOAD
 from kbypass.xsk.consts import XDP_PACKET_HEADROOM, XDP_PKT_CONTD
 from kbypass.xsk.umem import APP, FILL, TX, desc_in_frame
@@ -63,11 +64,14 @@ def native_default() -> bool:
     return backend.lane() == "c" and backend.built("lane")
 
 
-def open_lane(port, rings, udp=None, native: bool | None = None) -> "MessageLane":
-    """The lane for AfXdpPort.message_lane: C when `native` (None: when built), else Python."""
+def open_lane(port, rings, udp=None, native: bool | None = None, stash: int | None = None) -> "MessageLane":
+    """The lane for AfXdpPort.message_lane: C when `native` (None: when built), else Python. `stash`: the C
+    lane's stash size (NativeMessageLane)."""
     if native is None:
         native = native_default()
-    return NativeMessageLane(port, rings, udp) if native else MessageLane(port, rings, udp)
+    if stash is not None and not native:
+        raise UsageError("a stash size is for the C lane (native=True)")
+    return NativeMessageLane(port, rings, udp, stash) if native else MessageLane(port, rings, udp)
 
 
 
@@ -451,7 +455,17 @@ class NativeMessageLane(MessageLane):
 
     native = True
 
-    def __init__(self, port, rings, udp=None) -> None:
+    # the most a stash may hold (kb_lane.h's KB_LANE_STASH_SLOTS)
+    STASH_SLOTS = 1024
+
+    def __init__(self, port, rings, udp=None, stash: int | None = None) -> None:
+        """stash: frames the C stash holds (default STASH); a sender of jumbo chains (kbypass.xfer) keeps
+        a few sends' worth there, so that their frames come back from the completion ring into it, in C
+        (kbypass._fastxfer.lane_chains), instead of through the port's free list."""
+        if stash is not None:
+            if not 1 <= stash <= self.STASH_SLOTS:
+                raise UsageError(f"stash={stash}: give 1 to {self.STASH_SLOTS} frames")
+            self.STASH = stash
         super().__init__(port, rings, udp)
         u = self.umem
         # without `udp` the C checks never run (receive_udp is receive_one): any address does
@@ -490,6 +504,18 @@ class NativeMessageLane(MessageLane):
                 self.port.free(got[took:])
             r = again() if took else 0
         return r > 0
+
+    def stock(self, frames: int) -> int:
+        """Fill the C stash up to `frames` (at most its size) from the port's free frames, completions
+        reaped first; returns the frames it holds now."""
+        want = min(frames, self.STASH) - self.c.stashed
+        if want > 0:
+            self.port.reap()
+            got = self.port.alloc(want)
+            took = self.c.give(got.addr.tolist()) if len(got) else 0
+            if took < len(got):
+                self.port.free(got[took:])
+        return self.c.stashed
 
     def send_one(self, frame: bytes) -> bool:
         if len(frame) > self.max_frame:  # C would raise ValueError (or RuntimeError with headroom)

@@ -20,6 +20,11 @@ readiness changed or that have news (poll bits: POLLIN, POLLOUT, POLLERR, POLLHU
 or a new connection, for EPOLLET; GONE: the sid is finished, the shim may let go of it), and `deadline` the
 next protocol timer (monotonic seconds, 0.0: none), when the shim calls timer(now).
 
+The receive window counts what the app has not read wherever it waits (the host's rx, the shim's C queue:
+TcpConnection.app_reads), so a connection holds at most TcpConfig.recv_buffer for an app that does not read;
+the shim reports the app's reads of its C queue as CONSUMED records in the hit log. The sockets' records and the
+formats the host and the shim's C share (masks, the hit log's records) are kbypass.sockapi.shimconn's.
+
 Errors follow the kernel's: a RST is reported once (ECONNRESET, ECONNREFUSED on a SYN, ETIMEDOUT after the
 retransmissions), through SO_ERROR or the next call; after it recv returns end of stream and send EPIPE.
 close() with unread data resets (RFC 2525 2.17, as Linux); otherwise FIN, and the connection finishes here
@@ -33,7 +38,6 @@ import errno
 import socket
 import struct
 from array import array
-from collections import deque
 
 from kbypass import backend
 from kbypass.proto import ipv4, tcp
@@ -42,95 +46,37 @@ from kbypass.proto.tcp.config import MAX_UNREAD
 from kbypass.proto.tcp.handoff import handoff_state
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
-POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDHUP = 0x1, 0x4, 0x8, 0x10, 0x2000
-NEWS = 0x10000000  # new data or a new connection since the last report (the shim's EPOLLET edge)
-GONE = 0x20000000  # finished: the shim may forget the sid
-PYRX = 0x40000000  # bytes wait here for the app: the shim queues no predicted segment in C before they are read
-PYTX = 0x08000000  # bytes (or a FIN) wait here for the ACK clock: the shim hands a predicted pure ACK over at once
-# one segment the shim's C predicted (kb_tcp_predict on the connection's Prediction) and queued for the app
-# itself: sid, seq, ack, tsval, tsecr, window, flags, has timestamps, payload length, arrival; the payload follows.
-# flags 0 (never a HIT's: kb_tcp_predict takes ACK or ACK|PSH only): a READ, the app read `length` bytes of that
-# queue (no payload): the connection holds the queue's bytes as unread (its window closes behind them) until then
-HIT = struct.Struct("=IIIIIHBBId")
-ACCEPTED = struct.Struct("!4sH4sH")
+# the sockets' records and the formats the host and the shim's C share; the poll bits, PYRX/PYTX, READ_REPORT and
+# the state bits are re-exported: the tests and tools that know them as this module's
+from .shimconn import (  # noqa: F401
+    _STATE_BITS,
+    ACCEPTED,
+    CONSUMED,
+    GONE,
+    HIT,
+    NEWS,
+    POLLERR,
+    POLLHUP,
+    POLLIN,
+    POLLOUT,
+    POLLRDHUP,
+    PYRX,
+    PYTX,
+    READ_REPORT,
+    STATE_SHIFT,
+    TALLY,
+    _Conn,
+    _Listener,
+    _pkey,
+    _rearm,
+)
+
 _CLOSED, _TIME_WAIT, _ESTABLISHED = tcp.State.CLOSED, tcp.State.TIME_WAIT, tcp.State.ESTABLISHED
 NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
 ETH_IP = bytes(12) + b"\x08\x00"  # an Ethernet header in front of a packet for the fast path's rx
 
 _ERRNO = {tcp.REFUSED: errno.ECONNREFUSED, tcp.PEER_RESET: errno.ECONNRESET, tcp.TIMED_OUT: errno.ETIMEDOUT,
           tcp.KEEPALIVE: errno.ETIMEDOUT}
-
-
-def _pkey(key: tuple[bytes, int, int]) -> int:
-    """A connection's key in the prediction table (kbypass._fasttcp.rx builds the same from a frame)."""
-    return (int.from_bytes(key[0], "big") << 32) | (key[1] << 16) | key[2]
-
-
-def _rearm(c: _Conn) -> None:
-    """c's C prediction armed from its connection as it is now (or disarmed where it predicts nothing)."""
-    state = c.conn.prediction()
-    if state is None:
-        c.prediction.disarm()
-    else:
-        c.prediction.arm(*state)
-
-
-class _Conn:
-    """One connection: the protocol's, the bytes the application has not read, its error and readiness."""
-
-    __slots__ = ("sid", "conn", "local", "local_ip", "peer", "peer_ip", "key", "rx", "rx_len", "eof", "error", "dead",
-                 "app_closed", "shut_wr", "shut_rd", "connected", "mask", "news", "listener", "prediction", "c_owned")
-
-    def __init__(self, conn, local: tuple[str, int], peer: tuple[str, int], listener=None) -> None:
-        self.sid: int | None = None
-        self.conn = conn
-        self.local, self.peer = local, peer
-        self.peer_ip = socket.inet_aton(peer[0])
-        self.local_ip = socket.inet_aton(local[0])
-        self.key = (self.peer_ip, peer[1], local[1])
-        self.rx: deque[bytes] = deque()
-        self.rx_len = 0
-        self.eof = self.dead = self.app_closed = self.shut_wr = self.shut_rd = self.connected = False
-        self.error = 0
-        self.mask = -1  # never reported
-        self.news = False
-        self.listener = listener  # until accepted
-        self.prediction = None  # the C fast path's (ShimTcp._register)
-        self.c_owned = 0  # bytes of hits() the shim's C queue holds for the app: not queued here again
-
-    def readiness(self) -> int:
-        m = 0
-        if self.rx:
-            m |= POLLIN | PYRX
-        if self.eof or self.dead or self.shut_rd or self.error:
-            m |= POLLIN
-        if self.eof:
-            m |= POLLRDHUP
-        if self.error:
-            m |= POLLERR
-        if self.dead or (self.eof and self.shut_wr):
-            m |= POLLHUP
-        if self.dead or (self.connected and not self.shut_wr and self.conn.send_room > 0):
-            m |= POLLOUT
-        sq = self.conn.sq
-        if sq.snd_max != sq.data_end:
-            m |= PYTX
-        return m
-
-
-class _Listener:
-    __slots__ = ("sid", "tcp", "ip", "ip_bytes", "port", "backlog", "ready", "mask", "news")
-
-    def __init__(self, sid: int, ip: str, port: int, backlog: int, config) -> None:
-        self.sid, self.ip, self.port, self.backlog = sid, ip, port, max(1, backlog)
-        self.ip_bytes = socket.inet_aton(ip)
-        self.tcp = tcp.TcpListener(ip, port, config=config)
-        self.ready: deque[_Conn] = deque()
-        self.mask = -1
-        self.news = False
-
-    def readiness(self) -> int:
-        return POLLIN if self.ready else 0
 
 
 class ShimTcp:
@@ -159,6 +105,7 @@ class ShimTcp:
         self._timers: dict = {}  # connection or listener -> its next timer (those with one)
         self._next = 0.0  # the earliest of them
         self.counters = dict.fromkeys(("rx_segments", "rx_predicted", "tx_segments", "rx_bad", "rx_no_socket"), 0)
+        self._retransmits_gone = 0  # of the connections forgotten (tally adds the live ones')
 
     # ---- what every call returns ---------------------------------------------------------------------------
     def _out(self, result, now: float):
@@ -280,10 +227,9 @@ class ShimTcp:
 
     @staticmethod
     def _take_data(c: _Conn, data: bytes) -> None:
-        if c.c_owned:  # bytes of hits(): the shim's C queue has them, unread until its READ records
+        if c.c_owned:  # bytes of hits(): the shim's C queue has them (the window counts them until CONSUMED)
             k = min(c.c_owned, len(data))
             c.c_owned -= k
-            c.conn.hold(k)
             data = data[k:]
             if not data:
                 return
@@ -293,12 +239,14 @@ class ShimTcp:
 
     def _register(self, c: _Conn) -> None:
         self.conns[c.key] = c
+        c.conn.app_reads = True  # its window counts rx and the C queue until the app reads them (consumed)
         c.prediction = self._predictions[_pkey(c.key)] = self._prediction_of(c.local_ip, c.key[2], c.key[0],
                                                                              c.key[1], c)
 
     def _forget(self, c: _Conn) -> None:
         if self.conns.get(c.key) is c:
             del self.conns[c.key]
+            self._retransmits_gone += c.conn.stats.retransmits
             self._predictions.pop(_pkey(c.key), None)
         c.prediction.disarm()
 
@@ -375,22 +323,24 @@ class ShimTcp:
     def hits(self, log: bytes, now: float):
         """Segments the shim's C predicted and queued for the app itself (HIT records, each with its payload),
         taken as frames() takes a HIT, at their arrival times: the connection catches up (its ACK, window,
-        timers), its Data is not queued here again (the app reads it from C) but held unread until READ records
-        say the app read it, so the receive window bounds the C queue as it bounds rx."""
+        timers), its Data is not queued here again (the app reads it from C) but counted by the window until
+        CONSUMED records say the app read it (TcpConnection.app_reads), so the window bounds the C queue as rx."""
         off, n, size = 0, len(log), HIT.size
         while off + size <= n:
             sid, seq, ack, tsval, tsecr, window, flags, has_ts, length, at = HIT.unpack_from(log, off)
             off += size
             c = self.by_sid.get(sid)
-            if not flags:  # READ: the app read `length` bytes of the C queue (no payload follows)
+            if flags == CONSUMED:  # no payload follows
                 if type(c) is _Conn:
-                    c.conn.release(length)
-                    self._touched.add(c)
+                    c.c_held = max(0, c.c_held - length)
+                    if c.conn.consumed(length):
+                        self._touched.add(c)  # a window update
                 continue
             payload = log[off:off + length]
             off += length
             if type(c) is not _Conn:
                 continue
+            c.c_held += length
             self.counters["rx_segments"] += 1
             self.counters["rx_predicted"] += 1
             c.c_owned += length
@@ -482,10 +432,17 @@ class ShimTcp:
         # quick only below MAX_UNREAD: at the cap _events left Data in the connection, and _out's pass must take
         # it as rx drains (else no POLLIN, a closed window, and C queueing later segments in front of it)
         if c.rx and not c.shut_rd and self.quick and not self._touched and c.rx_len < MAX_UNREAD:
-            return self._quick_out(c, self._take(c, n, peek))
+            data = self._take(c, n, peek)
+            if peek or not c.conn.consumed(len(data)):
+                return self._quick_out(c, data)
+            self._touched.add(c)  # the window reopened: an update
+            return self._out(data, now)
         self._touched.add(c)
         if c.rx and not c.shut_rd:
-            return self._out(self._take(c, n, peek), now)
+            data = self._take(c, n, peek)
+            if not peek:
+                c.conn.consumed(len(data))
+            return self._out(data, now)
         if c.error:
             err, c.error = c.error, 0
             return self._out(-err, now)
@@ -557,8 +514,9 @@ class ShimTcp:
             return self._out(-errno.ENOTCONN, now)
         if how in (socket.SHUT_RD, socket.SHUT_RDWR):
             c.shut_rd = True
+            c.conn.consumed(c.rx_len + c.c_held)  # the shim's C drops its queue too
             c.rx.clear()
-            c.rx_len = 0
+            c.rx_len = c.c_held = 0
         if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not c.shut_wr and not c.dead:
             c.prediction.disarm()
             c.shut_wr = True
@@ -697,6 +655,12 @@ class ShimTcp:
         if c is None:
             return self._out(0, now)
         return self._out(c.rx_len, now)
+
+    def tally(self, now: float):
+        """The counters of TALLY, packed (u64 each) for the shim's status page (it asks a few times a second)."""
+        counts = {**self.counters, "connections": len(self.conns),
+                  "retransmits": self._retransmits_gone + sum(c.conn.stats.retransmits for c in self.conns.values())}
+        return self._out(struct.pack(f"<{len(TALLY)}Q", *(counts[k] for k in TALLY)), now)
 
     def stats(self) -> dict:
         return {**self.counters, "connections": len(self.conns), "listeners": len(self.listeners)}

@@ -10,7 +10,9 @@ and each TCP socket it listens or connects on (kbypass.cp.accel); sockets it can
 sockets, said per socket with --log (KBYPASS_LOG=1). No control plane, and none can be started: the app runs
 on the kernel, with one warning.
 
-`kbypass run --status` lists the accelerated sockets of the apps running here, with their counters.
+`kbypass run --status` lists the accelerated sockets of the apps running here, with their counters: UDP's in
+datagrams; TCP's in bytes the app read and sent, with each connection's peer and state, each listener's accepted
+count, and each app's TCP host counters (segments, predicted, retransmits).
 """
 
 from __future__ import annotations
@@ -175,15 +177,33 @@ def _status(as_json: bool) -> int:
             st = cp.status()
     except cpclient.ControlPlaneMissing:
         st = {"clients": []}
-    apps = [{"pid": c["pid"], "command": c["command"], "sockets": c["shim"]} for c in st["clients"] if "shim" in c]
+    apps = [{"pid": c["pid"], "command": c["command"], "sockets": c["shim"],
+             **({"tcp": c["shim_tcp"]} if any(s["proto"] == "tcp" for s in c["shim"]) else {})}
+            for c in st["clients"] if "shim" in c]
     if as_json:
         emit({"namespace": name, "apps": apps}, True)
         return 0
-    rows = [{"pid": str(a["pid"]), "command": a["command"], "fd": str(s["fd"]), "proto": s.get("proto", "udp"),
-             "local": s["local"],
-             **{k: str(s[k]) for k in COUNTERS}} for a in apps for s in a["sockets"]]
-    if not rows:
+    tables = _status_tables(apps)
+    if not tables:
         print(f"no accelerated sockets in namespace {name} (start an app with 'kbypass run -- APP')")
         return 0
-    emit({"accelerated sockets": rows}, False, title=f"kbypass run: namespace {name}")
+    emit(tables, False, title=f"kbypass run: namespace {name}")
     return 0
+
+
+def _status_tables(apps: list[dict]) -> dict:
+    """--status's tables: UDP sockets (datagrams), TCP sockets (bytes, peer, state), each app's TCP host."""
+    def app(a):
+        return {"pid": str(a["pid"]), "command": a["command"]}
+
+    udp = [{**app(a), "fd": str(s["fd"]), "local": s["local"], **{_UDP_HEADS[k]: str(s[k]) for k in COUNTERS}}
+           for a in apps for s in a["sockets"] if s["proto"] == "udp"]
+    tcp = [{**app(a), "fd": str(s["fd"]), "local": s["local"], "peer": s["peer"] or "-", "state": s["state"],
+            "rx bytes": str(s["rx"]), "tx bytes": str(s["tx"]), "accepted": str(s.get("accepted", "-"))}
+           for a in apps for s in a["sockets"] if s["proto"] == "tcp"]
+    hosts = [{**app(a), **{k.replace("_", " "): str(v) for k, v in a["tcp"].items()}} for a in apps if "tcp" in a]
+    return {k: v for k, v in (("UDP sockets (datagrams)", udp), ("TCP sockets (bytes)", tcp),
+                              ("TCP host (segments)", hosts)) if v}
+
+
+_UDP_HEADS = dict(zip(COUNTERS, ("rx", "tx", "rx kernel", "tx kernel", "rx dropped", "tx failed")))

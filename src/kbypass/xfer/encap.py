@@ -128,6 +128,13 @@ class UdpEncap:
                                                       self._ident, datagrams)
         return used, wrote
 
+    def lane_chains(self, lane_chains, core, datagrams: list, start: int) -> int:
+        """write_chains straight onto a chains lane's TX ring, from its stash (kbypass._fastxfer.lane_chains
+        over `core`, the lane's C struct): returns how many of datagrams[start:] went."""
+        self._ident, sent = lane_chains(core, frame_limit(self.mtu), 0, self._flow.template, self._ident, datagrams,
+                                        start)
+        return sent
+
     def send_lane(self, lane, datagram: bytes) -> bool:
         """frame() of `datagram` sent through a message lane (port/lane.py), built there from the flow's
         header: False when the lane has no frame or TX slot for it now."""
@@ -194,6 +201,10 @@ class EthEncap:
 
     def frame(self, datagram: bytes) -> bytes:
         return self._hdr + datagram
+
+    def lane_chains(self, lane_chains, core, datagrams: list, start: int) -> int:
+        """See UdpEncap.lane_chains."""
+        return lane_chains(core, frame_limit(self.mtu), 1, self._hdr, 0, datagrams, start)[1]
 
     def send_lane(self, lane, datagram: bytes) -> bool:
         """See UdpEncap.send_lane."""

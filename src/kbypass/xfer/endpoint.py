@@ -151,6 +151,9 @@ class TransportEndpoint(DataPath):
         self._closed = False
         self._syn_sources: dict = {}  # a server's SYN senders by connection id, until one is the peer
         self._lane = None  # the message lane for small datagrams (datapath._small_lane; False: none)
+        # chains of frames from C sent from the lane's stash (datapath._send_lane_chains), over its C struct
+        self._lane_chains = getattr(codec, "lane_chains", None) if self._chain_frames else None
+        self._lane_core = None
         self.rules: list[str] = []  # the steering rules open() installed
         self.backend = getattr(port, "mode", "?")
 

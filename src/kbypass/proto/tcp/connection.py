@@ -94,7 +94,11 @@ class TcpConnection(Output, CannedAnswers):
         self.stats = TcpStats()
         self.reset_reason: str | None = None
         self._events: deque[ev.Event] = deque()
-        self._unread = 0  # bytes in Data events the application has not taken
+        self._unread = 0  # bytes in Data events the application has not taken (app_reads: has not read)
+        # A host that queues Data for its application outside the connection (the shim's host and C queue) sets
+        # this and says consumed(n) as the application reads: the receive window then counts those bytes too,
+        # as the kernel's receive buffer does, so a peer cannot fill the host's memory past recv_buffer
+        self.app_reads = False
         self._fin_seq: int | None = None  # absolute sequence number of our FIN, once shutdown() queued it
         self._peer_fin_seq: int | None = None  # a peer FIN that arrived ahead of missing data
         self._shutdown_pending = False  # shutdown() before the handshake finished: FIN once established
@@ -210,22 +214,20 @@ class TcpConnection(Output, CannedAnswers):
         if not self._events:
             return None
         e = self._events.popleft()
-        if type(e) is ev.Data:
+        if type(e) is ev.Data and not self.app_reads:
             self._unread -= len(e.data)
             if self.state in PEER_OPEN and self._window_update_due():
                 self._ack_now = True
         return e
 
-    def hold(self, n: int) -> None:
-        """n bytes of Data taken from next_event are still unread, in a queue of the application's host (the
-        preload shim's C queue): they keep the receive window closed, as Data not taken does, until release(n)."""
-        self._unread += n
-
-    def release(self, n: int) -> None:
-        """The application read n held bytes: the window opens (a window update if it is worth one)."""
-        self._unread -= n
+    def consumed(self, n: int) -> bool:
+        """The application read n bytes of Data this connection gave (app_reads hosts): window room again.
+        True when the reopened window is worth a segment of its own (_window_update_due: a window update)."""
+        self._unread = max(0, self._unread - n)
         if self.state in PEER_OPEN and self._window_update_due():
             self._ack_now = True
+            return True
+        return False
 
     def _raise_closed(self):
         if self.reset_reason is not None:
@@ -588,8 +590,15 @@ class TcpConnection(Output, CannedAnswers):
         return min(avail >> self.rcv_wscale, 0xFFFF)
 
     def _window_update_due(self) -> bool:
-        """A reopened window is worth a segment of its own (the threshold is _wnd_field's)."""
-        return self.rcv_nxt + (self._wnd_field() << self.rcv_wscale) > self._adv_right
+        """A reopened window is worth a segment of its own (the threshold is _wnd_field's). With app_reads (the
+        application reads in steps, each may reopen it) only as Linux's tcp_cleanup_rbuf sends one: the window
+        shown is at most half the buffer and the new one at least twice it (a read of each request must not cost
+        a pure ACK; the next segment carries the window anyway)."""
+        wnd = self._wnd_field() << self.rcv_wscale
+        shown = self._adv_right - self.rcv_nxt
+        if self.rcv_nxt + wnd <= self._adv_right:
+            return False
+        return not self.app_reads or (2 * shown <= self.config.recv_buffer and wnd >= 2 * shown)
 
     @property
     def sync(self) -> bool:

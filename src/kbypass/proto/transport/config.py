@@ -54,6 +54,13 @@ class ConnConfig:
     # acknowledged it only once all of it was taken, milliseconds after the first arrived: the sender heard
     # nothing for that long (ack_due tells the caller to send the ACK in the middle of a batch).
     ack_bytes: int = 0
+    # Delayed ACK (RFC 9293 3.8.6.3, RFC 1122's timer): an ACK for in-order data alone waits up to this many
+    # seconds for more (0: none, each batch of arrivals is acknowledged at once). It never waits past
+    # ack_bytes, nor for data out of order, a filled hole, a duplicate, a window update, a ping, or outside
+    # ESTABLISHED. A jumbo receiver that took every wake-up's few datagrams and acknowledged them sent the
+    # sender ~2,300 ACKs per GB, each a receive, an ACK's bookkeeping and a send of its own there. The
+    # sender's tail loss probe waits this much longer (recovery._pto): both ends must agree on it.
+    ack_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.congestion not in CONTROLLERS:
@@ -83,6 +90,9 @@ class ConnConfig:
             )
         if self.ack_bytes < 0:
             raise LocalProtocolError(f"ack_bytes {self.ack_bytes}: need 0 (once per batch) or more bytes")
+        if not 0 <= self.ack_delay < self.min_rto:
+            raise LocalProtocolError(f"ack_delay {self.ack_delay}: need 0 (no delayed ACK) or more seconds, below "
+                                     f"min_rto ({self.min_rto}), or the peer's RTO fires before the ACK")
         if self.dupack_threshold < 1:
             raise LocalProtocolError(
                 f"dupack_threshold {self.dupack_threshold}: need at least 1 (3 is TCP's; 0 would call every "

@@ -144,6 +144,8 @@ class Connection(Output, LossRecovery):
         self._last_send = now
         self._ts_recent = 0  # latest tsval from the peer, echoed in tsecr
         self._ack_pending = False
+        self._ack_now = False  # the pending ACK may not wait (ConnConfig.ack_delay): it tells more than in-order data
+        self._ack_at: float | None = None  # when a delayed ACK goes at the latest (_ack_waits)
         self._unacked_bytes = 0  # payload bytes arrived since our last datagram (each carries the ACK)
         self._syn_due = False  # (re)send SYN or SYN|ACK on the next datagrams_to_send
         self._syn_retries = 0
@@ -316,6 +318,10 @@ class Connection(Output, LossRecovery):
         grown = self.rbuf.right_edge - self._adv_right
         if self.state in PEER_OPEN and grown >= min(2 * self.mss, self.config.recv_buffer // 2):
             self._ack_pending = True
+            # an update may ride a delayed ACK (ConnConfig.ack_delay) while the peer still sees half the
+            # buffer open: a jumbo receiver's every read of 128 KiB made one, most of its ACKs
+            if self._adv_right - self.rbuf.rcv_nxt < self.config.recv_buffer // 2:
+                self._ack_now = True
 
     @property
     def ack_due(self) -> bool:
@@ -418,6 +424,7 @@ class Connection(Output, LossRecovery):
         self._ack_pending = True
         rb = self.rbuf
         if mode == self.RUN_OUT_OF_ORDER:
+            self._ack_now = True  # data above a hole: as _on_data, the ACK (its SACK) does not wait
             self._unacked_bytes += sum(map(len, data))
             rb.extend_run(data)
             return
@@ -462,7 +469,7 @@ class Connection(Output, LossRecovery):
             if pkt.payload or flags & wire.FIN:
                 self._on_data(pkt)
             if flags & wire.PING:
-                self._ack_pending = True
+                self._ack_pending = self._ack_now = True
             return
         if st in (State.CLOSED, State.IDLE):
             raise RemoteProtocolError("not_connected")
@@ -519,7 +526,7 @@ class Connection(Output, LossRecovery):
             if st is State.SYN_RCVD and not pkt.has(wire.ACK):
                 self._syn_due = True
             else:
-                self._ack_pending = True
+                self._ack_pending = self._ack_now = True
             return
         if st is State.SYN_RCVD:
             if not pkt.has(wire.ACK):
@@ -532,7 +539,7 @@ class Connection(Output, LossRecovery):
         if pkt.payload or pkt.has(wire.FIN):
             self._on_data(pkt)
         if pkt.has(wire.PING):
-            self._ack_pending = True
+            self._ack_pending = self._ack_now = True
 
     def _accept_valid(self, pkt: wire.Packet, now: float) -> None:
         self.stats.datagrams_received += 1
@@ -559,8 +566,12 @@ class Connection(Output, LossRecovery):
                 self.stats.duplicates += 1
                 return
             raise RemoteProtocolError("data_after_fin")
+        had_hole = bool(self.rbuf.ooo)
         out, fin_now, reason = self.rbuf.accept(pkt.seq, pkt.payload, bool(flags & wire.MSG_END),
                                                 bool(flags & wire.FIN))
+        if had_hole or reason is not None:
+            # a hole (being) filled, a duplicate, a drop: the sender's recovery waits on this ACK (RFC 5681 4.2)
+            self._ack_now = True
         if reason == "duplicate":
             self.stats.duplicates += 1
         elif reason is not None:

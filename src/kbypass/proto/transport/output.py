@@ -42,7 +42,8 @@ class Output:
             flags |= wire.MSG_MODE
         self.stats.datagrams_sent += 1
         self._last_send = now
-        self._ack_pending = False
+        self._ack_pending = self._ack_now = False
+        self._ack_at = None
         self._unacked_bytes = 0
         return self._encode(flags, seq, ack, window, (int(now * 1e6) & _TS_MASK) or 1, sacks, payload, max_size)
 
@@ -91,12 +92,27 @@ class Output:
             self._ping_due = False
             self.stats.pings_sent += 1
             out.append(self._packet(wire.PING, now))
-        if self._ack_pending:
+        if self._ack_pending and not self._ack_waits(now):
             out.append(self._packet(wire.ACK, now))
         self.stats.rtt_ms = None if self.rtt.srtt is None else self.rtt.srtt * 1e3
         self.stats.rto_ms = self.rtt.rto * 1e3
         self.stats.cwnd = self.cc.cwnd
         return out
+
+    def _ack_waits(self, now: float) -> bool:
+        """May the pending ACK wait (ConnConfig.ack_delay)? Only one for in-order data alone, below ack_bytes,
+        in ESTABLISHED with no hole, until its deadline (set at the first call that lets it wait: about when
+        its first datagram arrived, as the caller asks after every batch)."""
+        delay = self.config.ack_delay
+        if not delay or self._ack_now or self.state is not State.ESTABLISHED or self.rbuf.ooo:
+            return False
+        unacked = self._unacked_bytes
+        if not unacked or 0 < self.config.ack_bytes <= unacked:
+            return False
+        if self._ack_at is None:
+            self._ack_at = now + delay
+            return True
+        return now < self._ack_at
 
     def _ack_fields(self, now: float) -> tuple[int, int, int, list]:
         """(ack, window, tsval, sacks) for the segments of one datagrams_to_send call, which all carry the
@@ -119,7 +135,8 @@ class Output:
         stats.bytes_sent += len(seg.data)
         stats.datagrams_sent += 1
         self._last_send = now
-        self._ack_pending = False
+        self._ack_pending = self._ack_now = False
+        self._ack_at = None
         self._unacked_bytes = 0
         if ack + window > self._adv_right:
             self._adv_right = ack + window  # (only when a datagram tells the peer: see _maybe_window_update)
@@ -142,7 +159,8 @@ class Output:
         stats.bytes_sent += segs[-1].seq + len(segs[-1].data) - segs[0].seq
         stats.datagrams_sent += len(segs)
         self._last_send = now
-        self._ack_pending = False
+        self._ack_pending = self._ack_now = False
+        self._ack_at = None
         self._unacked_bytes = 0
         if ack + window > self._adv_right:
             self._adv_right = ack + window

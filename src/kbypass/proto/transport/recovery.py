@@ -186,12 +186,12 @@ class LossRecovery:
                 self.stats.loss_events += 1
 
     def _pto(self) -> float | None:
-        """Tail loss probe timeout (RFC 8985 7.2): 2 SRTT. We acknowledge every batch of arrivals at once
-        (no delayed-ACK timer), so no delayed-ACK allowance is added. None: no RTT yet, or the RTO is due
-        first anyway."""
+        """Tail loss probe timeout (RFC 8985 7.2): 2 SRTT, plus the peer's delayed-ACK allowance (ConnConfig.
+        ack_delay; 0 when it acknowledges every batch of arrivals at once). None: no RTT yet, or the RTO is
+        due first anyway."""
         if self.rtt.srtt is None:
             return None
-        pto = max(2 * self.rtt.srtt, _PTO_MIN)
+        pto = max(2 * self.rtt.srtt, _PTO_MIN) + self.config.ack_delay  # the peer's ACK may wait that long
         return pto if pto < self.rtt.rto else None
 
     def _arm_pto(self, now: float) -> None:
@@ -228,7 +228,7 @@ class LossRecovery:
             return None
         cand = [] if self.state is State.TIME_WAIT else [self._last_recv + self.config.idle_timeout]
         for t in (self._rto_deadline, self._pto_deadline, self._persist_deadline, self._linger_deadline,
-                  self._pace_at):
+                  self._pace_at, self._ack_at if self._ack_pending else None):
             if t is not None:
                 cand.append(t)
         if self.state in SYNCHRONIZED and self.state is not State.TIME_WAIT:
