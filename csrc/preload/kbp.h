@@ -236,6 +236,10 @@ uint64_t kbp_now_ns(void);
 int kbp_cp_fd(void);
 int kbp_cp_connect(void);
 int kbp_cp_call(const char *req, int fd_out, char *buf, size_t cap, int *fds_in, int max_fds, int *nfds);
+/* the `accelerate` request: with a TCP active open's peer its rule is that connection's 4-tuple, not the whole
+ * port (its kernel socket is bound-only for life: it keeps the port to itself only while no option says
+ * otherwise); peer NULL: the socket's port */
+void kbp_cp_accelerate_req(char *req, size_t cap, const struct sockaddr_in *peer);
 void kbp_cp_lost(void);
 int kbp_json_int(const char *json, const char *key, long long *out);
 int kbp_json_str(const char *json, const char *key, char *out, size_t cap);

@@ -251,3 +251,11 @@ int kbp_json_str(const char *json, const char *key, char *out, size_t cap) {
     out[n] = 0;
     return 0;
 }
+
+void kbp_cp_accelerate_req(char *req, size_t cap, const struct sockaddr_in *peer) {
+    char ip[INET_ADDRSTRLEN];
+    if (peer && inet_ntop(AF_INET, &peer->sin_addr, ip, sizeof(ip)))
+        snprintf(req, cap, "{\"op\":\"accelerate\",\"peer\":\"%s\",\"peer_port\":%d}", ip, ntohs(peer->sin_port));
+    else
+        snprintf(req, cap, "{\"op\":\"accelerate\"}");
+}

@@ -276,12 +276,8 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
         return -1;
     }
     if (kbp_cp_connect() < 0) return -1;
-    /* an active open is steered by its 4-tuple (s->tcp_peer, set by kbp_tcp_connect), not its whole port: its
-     * kernel socket is bound-only for life, which keeps the port to itself only while no option says otherwise */
-    char req[128] = "{\"op\":\"accelerate\"}", peer[INET_ADDRSTRLEN];
-    if (role == KBP_TCP_ACTIVE && inet_ntop(AF_INET, &s->tcp_peer.sin_addr, peer, sizeof(peer)))
-        snprintf(req, sizeof(req), "{\"op\":\"accelerate\",\"peer\":\"%s\",\"peer_port\":%d}", peer,
-                 ntohs(s->tcp_peer.sin_port));
+    char req[128]; /* an active open's rule is its 4-tuple (s->tcp_peer, set by kbp_tcp_connect) */
+    kbp_cp_accelerate_req(req, sizeof(req), role == KBP_TCP_ACTIVE ? &s->tcp_peer : NULL);
     if (kbp_cp_call(req, s->fd, buf, sizeof(buf), NULL, 0, NULL) < 0) {
         stays(who, buf);
         return -1;
@@ -603,11 +599,8 @@ int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r) {
         src.sin_port = 0;
         if (kbp_real.bind(s->fd, (struct sockaddr *)&src, sizeof(src)) < 0) return 0;
     }
-    s->tcp_peer = *to; /* the rule's 4-tuple */
-    if (kbp_tcp_try(s, KBP_TCP_ACTIVE, 0) < 0) {
-        memset(&s->tcp_peer, 0, sizeof(s->tcp_peer));
-        return 0;
-    }
+    s->tcp_peer = *to; /* the rule's 4-tuple (kbp_tcp_try); read only while the socket is accelerated */
+    if (kbp_tcp_try(s, KBP_TCP_ACTIVE, 0) < 0) return 0;
     /* the SYN waits for the next hop's MAC (the control plane asks the kernel), not a second-long RTO */
     for (int i = 0; i < 200 && !kbp_iface_hop_known(s->ifc, to->sin_addr.s_addr); i++) usleep(5000);
     kbp_py_call("connect", NULL, 0, "(IIIIId)", s->sid, ntohl(s->tcp_local.sin_addr.s_addr),
