@@ -218,6 +218,27 @@ def test_plain_in_order_frames_all_go_through_c_with_the_python_result(kind, mes
     assert len(got[1]) > 20 if messages else got[0]  # the messages (or the stream) arrived
 
 
+@pytest.mark.parametrize("head", ["fills the hole", "duplicate"])
+@pytest.mark.parametrize("kind", ["udp", "eth"])
+def test_a_frame_c_cannot_start_at_goes_alone_and_c_takes_the_rest(kind, head):
+    """The batch after a loss: its first frame is the retransmission that fills the hole (or a duplicate),
+    which C cannot start a run at; it goes through Python alone, and C takes the in-order data behind it,
+    leaving the connection as the Python path does."""
+    enc_c, enc_s = encaps(kind)
+    c, s, grams = stream_datagrams(CFG, 40 * MSS)
+    frames = [enc_c.frame(d) for d in grams]
+    # first batch: datagram 0 lost, 1-9 arrive above the hole; second batch: its head, then 10-39
+    ep0 = take(s, frames[1:10], enc_s, True)
+    assert s.rbuf.ooo and ep0.counters["rx_datagrams"] == 9
+    second = ([frames[0]] if head == "fills the hole" else [frames[5]]) + frames[10:]
+    s_py = copy.deepcopy(s)
+    ep_c = take(s, second, enc_s, True)
+    ep_py = take(s_py, second, enc_s, False)
+    assert state_of(s, ep_c) == state_of(s_py, ep_py)
+    # after the hole is filled the rest is in order; behind a duplicate it extends the run above the hole
+    assert ep_c.counters["rx_c"] == 30
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(["udp", "eth"]), small=st.booleans(), messages=st.booleans(), seed=st.integers(1, 5),
        muts=st.lists(st.tuples(st.integers(0, 23), st.sampled_from(MUTATIONS), st.integers(0, 1 << 23)), max_size=4))
