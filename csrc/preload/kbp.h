@@ -135,7 +135,6 @@ struct kbp_sock {
     size_t cq_off, cq_len, cq_cap;
     int py_rx;                /* the host holds bytes for the app (PYRX): no queueing here until they are read */
     int py_tx;                /* the host waits for ACKs to send more (PYTX): a predicted pure ACK is its at once */
-    int rd_shut;              /* shutdown(SHUT_RD): nothing is queued here (the host answers data with a RST) */
     unsigned slow_gen;        /* the pump that gave the host a frame of it: no prediction here after it */
 };
 #define KBP_TCP_LISTENER 1
@@ -150,9 +149,11 @@ extern pthread_mutex_t kbp_lock;
 extern __thread int kbp_depth __attribute__((tls_model("initial-exec")));
 extern __thread volatile uint64_t kbp_sig_deferred __attribute__((tls_model("initial-exec")));
 void kbp_sig_run_deferred(void);
+extern uint64_t kbp_calls; /* entries into the shim (kbp_flush.c: the app is about, or elsewhere) */
 static inline void kbp_enter(void) {
     pthread_mutex_lock(&kbp_lock);
     kbp_depth++;
+    __atomic_store_n(&kbp_calls, kbp_calls + 1, __ATOMIC_RELAXED);
 }
 static inline void kbp_leave(void) {
     kbp_depth--; /* a signal from here on runs its handler at once (the shim's state is whole again) */
@@ -246,6 +247,7 @@ uint64_t kbp_iface_flush_due(uint64_t now);
  * sendto on it come back through the shim's, with kbp_lock held). */
 void kbp_flusher_arm(void); /* under kbp_lock: frames were deferred */
 void kbp_flusher_after_fork_child(void);
+int kbp_flusher_owns(int fd); /* the flusher's eventfd: not the app's to close */
 static inline void kbp_flush_now(void) {
     if (__atomic_load_n(&kbp_tx_pending, __ATOMIC_RELAXED)) {
         kbp_enter();
@@ -295,6 +297,8 @@ void kbp_tcp_after_fork_child(void);
 #define KBP_TCP_CQ_MAX (4u << 20)
 #define KBP_TCP_CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
 void kbp_tcp_wake_by(uint64_t at); /* kbp_tcp_timers runs by then (under kbp_lock) */
+int kbp_tcp_ring_fds(int *fds, int cap); /* the TCP interface's ring fds (0: none); under kbp_lock */
+void kbp_tcp_pump_idle(void);           /* the flusher's pump while the app is elsewhere; under kbp_lock */
 
 /* kbp_tcpfast.c: the established path in C (under kbp_lock) */
 #define KBP_PYRX 0x40000000u /* shimtcp.PYRX in a change's mask: the host holds bytes for the app */

@@ -289,7 +289,7 @@ int close(int fd) {
     if (fd >= 0 && fd < KBP_MAX_FD) {
         kbp_enter();
         kbp_iface_flush(); /* the app may wait next (and the socket's frames are on the ring) */
-        if (fd == kbp_cp_fd() || kbp_iface_owns(fd)) {
+        if (fd == kbp_cp_fd() || kbp_iface_owns(fd) || kbp_flusher_owns(fd)) {
             /* the shim's own fd (a daemon closing every fd it did not open): not the app's to close */
             kbp_leave();
             errno = EBADF;

@@ -152,6 +152,15 @@ uint64_t kbp_tcp_timers(uint64_t now) {
     return deadline_ns;
 }
 
+int kbp_tcp_ring_fds(int *fds, int cap) { return kbp_tcp_on && tcp_ifc ? kbp_iface_fds(tcp_ifc, fds, cap) : 0; }
+
+/* Frames came while the app is elsewhere (kbp_flush.c): taken now, ACKs and answers out at once */
+void kbp_tcp_pump_idle(void) {
+    if (!kbp_tcp_on || !tcp_ifc) return;
+    kbp_iface_pump(tcp_ifc, NULL, NULL, 0, NULL);
+    kbp_iface_flush();
+}
+
 int kbp_tcp_cap_ms(int ms) {
     if (!deadline_ns) return ms;
     uint64_t now = kbp_now_ns();
@@ -272,6 +281,7 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
     s->ifc = ifc;
     tcp_ifc = ifc;
     kbp_tcp_on = 1;
+    kbp_flusher_arm(); /* it drives TCP while the app is elsewhere (kbp_flush.c) */
     s->tcp_role = role;
     s->accel = 1;
     if (role == KBP_TCP_LISTENER)
@@ -376,7 +386,8 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
             return got ? (ssize_t)got : -2;
         }
         if (wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT), s->rcvtimeo_us) < 0) { /* got: WAITALL's rest */
-            r = -1;
+            /* len 0 waits for data as Linux's does (tcp_recvmsg's target is 1 byte); its SO_RCVTIMEO ends in 0 */
+            r = !len && errno == EAGAIN && !s->nonblock && !(flags & MSG_DONTWAIT) ? 0 : -1;
             break;
         }
         if (s->cq_len) { /* predicted here: the oldest bytes, no Python */
@@ -563,11 +574,27 @@ int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r) {
         if (kbp_real.bind(s->fd, (struct sockaddr *)&src, sizeof(src)) < 0) return 0;
     }
     if (kbp_tcp_try(s, KBP_TCP_ACTIVE, 0) < 0) return 0;
+    if (!s->tcp_local.sin_addr.s_addr) { /* bound to the wildcard with a port (iperf3 --cport): the route's source */
+        struct sockaddr_in src;
+        s->tcp_local.sin_addr = source_for(to, &src) == 0 ? src.sin_addr : s->tcp_steered;
+        if (s->slot) memcpy(s->slot->ip, &s->tcp_local.sin_addr, 4);
+    }
     /* the SYN waits for the next hop's MAC (the control plane asks the kernel), not a second-long RTO */
     for (int i = 0; i < 200 && !kbp_iface_hop_known(s->ifc, to->sin_addr.s_addr); i++) usleep(5000);
     s->tcp_peer = *to;
-    kbp_py_call("connect", NULL, 0, "(IIIIId)", s->sid, ntohl(s->tcp_local.sin_addr.s_addr),
-                ntohs(s->tcp_local.sin_port), ntohl(to->sin_addr.s_addr), ntohs(to->sin_port), now_s());
+    long c = kbp_py_call("connect", NULL, 0, "(IIIIId)", s->sid, ntohl(s->tcp_local.sin_addr.s_addr),
+                         ntohs(s->tcp_local.sin_port), ntohl(to->sin_addr.s_addr), ntohs(to->sin_port), now_s());
+    if (c < 0) { /* no connection (the 4-tuple is in use, say): the kernel socket alone again, bound as it was */
+        rule_gone(s->ifc->name, &s->rule_id);
+        sid_drop(s);
+        s->accel = 0;
+        if (s->slot) s->slot->used = 0;
+        s->slot = NULL;
+        kbp_verbose("fd %d: connect: %s", s->fd, strerror((int)-c));
+        *r = -1;
+        errno = (int)-c;
+        return 1;
+    }
     kbp_tcpc_attach(s);
     if (s->nonblock) {
         kbp_iface_flush();
@@ -592,7 +619,6 @@ int shutdown(int fd, int how) {
     if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.shutdown(fd, how);
     kbp_enter();
     long r = kbp_py_call("shutdown", NULL, 0, "(Iid)", s->sid, how, now_s());
-    if (r == 0 && how != SHUT_WR) s->cq_off = s->cq_len = 0, s->rd_shut = 1; /* what the app will not read */
     kbp_iface_flush();
     kbp_leave();
     if (r < 0) {

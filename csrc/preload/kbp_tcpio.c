@@ -76,7 +76,9 @@ void kbp_tcp_fill_addr(struct sockaddr *to, socklen_t *tolen, const struct socka
 int getsockname(int fd, struct sockaddr *addr, socklen_t *len) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
-    if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_ACCEPTED) return kbp_real.getsockname(fd, addr, len);
+    /* an accepted one's kernel socket is a placeholder; an active open's may be bound to the wildcard (the
+     * route's source is in tcp_local, as the kernel's connect would have filled in) */
+    if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.getsockname(fd, addr, len);
     kbp_tcp_fill_addr(addr, len, &s->tcp_local);
     return 0;
 }

@@ -24,6 +24,9 @@ Errors follow the kernel's: a RST is reported once (ECONNRESET, ECONNREFUSED on 
 retransmissions), through SO_ERROR or the next call; after it recv returns end of stream and send EPIPE.
 close() with unread data resets (RFC 2525 2.17, as Linux); otherwise FIN, and the connection finishes here
 (FIN_WAIT, TIME_WAIT) while the application moves on; data for a closed socket is answered with a RST.
+shutdown(SHUT_RD) is Linux's: data still arrives, is ACKed and read; recv returns 0 instead of waiting.
+connect() onto a 4-tuple this host holds in TIME_WAIT takes it over when timestamps were on (Linux's
+twsk_unique, RFC 6191: the ISS above the old snd_nxt), else -EADDRNOTAVAIL.
 """
 
 from __future__ import annotations
@@ -105,7 +108,9 @@ class _Conn:
             m |= POLLRDHUP
         if self.error:
             m |= POLLERR
-        if self.dead or (self.eof and self.shut_wr):
+        if self.shut_rd:
+            m |= POLLRDHUP  # Linux's tcp_poll: RCV_SHUTDOWN, by the peer's FIN or shutdown(SHUT_RD)
+        if self.dead or ((self.eof or self.shut_rd) and self.shut_wr):
             m |= POLLHUP
         if self.dead or (self.connected and not self.shut_wr and self.conn.send_room > 0):
             m |= POLLOUT
@@ -239,13 +244,13 @@ class ShimTcp:
     def _events(self, c: _Conn, now: float) -> None:
         conn = c.conn
         # Unread data past MAX_UNREAD stays the connection's (its window closes): recv takes more as the app reads
-        while c.rx_len < MAX_UNREAD or c.app_closed or c.shut_rd:
+        while c.rx_len < MAX_UNREAD or c.app_closed:
             e = conn.next_event()
             if e is None:
                 break
             kind = type(e)
             if kind is tcp.Data:
-                if c.app_closed or c.shut_rd:  # nobody will read it: the kernel answers with a RST
+                if c.app_closed:  # nobody will read it: the kernel answers with a RST
                     c.prediction.disarm()
                     conn.abort()
                     continue
@@ -436,11 +441,21 @@ class ShimTcp:
     def connect(self, sid: int, lip: int, lport: int, rip: int, rport: int, now: float):
         local = (socket.inet_ntoa(lip.to_bytes(4, "big")), lport)
         peer = (socket.inet_ntoa(rip.to_bytes(4, "big")), rport)
-        c = _Conn(tcp.TcpConnection.connect(local, peer, now, config=self.config), local, peer)
-        c.sid = sid
-        old = self.conns.get(c.key)
+        key = (socket.inet_aton(peer[0]), rport, lport)
+        old, iss = self.conns.get(key), None
         if old is not None and not old.conn.finished:
-            return self._out(-errno.EADDRNOTAVAIL, now)
+            if old.conn.state is not _TIME_WAIT or not old.conn.ts_ok:
+                return self._out(-errno.EADDRNOTAVAIL, now)
+            # Linux's reuse of a TIME_WAIT for a connect (twsk_unique; RFC 6191): the kernel gave this port out
+            # again (the shim lets it go at TIME_WAIT) or the app bound it itself. Safe with timestamps: our
+            # tsval only grows (same 4-tuple offset, a later clock) and the ISS starts above the old snd_nxt,
+            # so the peer tells old duplicates from new segments
+            iss = old.conn.sq.snd_max + 65535 + 2
+            old.prediction.disarm()
+            self._timers.pop(old, None)
+            self._forget(old)
+        c = _Conn(tcp.TcpConnection.connect(local, peer, now, config=self.config, iss=iss), local, peer)
+        c.sid = sid
         self._register(c)
         self.by_sid[sid] = c
         self._flush(c, now)
@@ -456,10 +471,10 @@ class ShimTcp:
             return self._out(-errno.ENOTCONN, now)
         # quick only below MAX_UNREAD: at the cap _events left Data in the connection, and _out's pass must take
         # it as rx drains (else no POLLIN, a closed window, and C queueing later segments in front of it)
-        if c.rx and not c.shut_rd and self.quick and not self._touched and c.rx_len < MAX_UNREAD:
+        if c.rx and self.quick and not self._touched and c.rx_len < MAX_UNREAD:
             return self._quick_out(c, self._take(c, n, peek))
         self._touched.add(c)
-        if c.rx and not c.shut_rd:
+        if c.rx:  # after SHUT_RD too: Linux still queues and hands out what arrives, then 0 rather than waiting
             return self._out(self._take(c, n, peek), now)
         if c.error:
             err, c.error = c.error, 0
@@ -531,9 +546,7 @@ class ShimTcp:
         if not c.connected and not c.dead:
             return self._out(-errno.ENOTCONN, now)
         if how in (socket.SHUT_RD, socket.SHUT_RDWR):
-            c.shut_rd = True
-            c.rx.clear()
-            c.rx_len = 0
+            c.shut_rd = True  # as Linux: recv stops waiting (0 once rx is empty), data still arrives and is read
         if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not c.shut_wr and not c.dead:
             c.prediction.disarm()
             c.shut_wr = True
