@@ -178,3 +178,29 @@ def test_recv_of_length_zero_and_shut_rd_as_on_kernel_sockets(hosts, tmp_path):
     kernel, run = said["kernel"], said["run"]
     assert "read after SHUT_RD: 5000" in kernel[0] and "peer got b'ok'" in kernel[1], kernel  # the judge's view
     assert run == kernel
+
+
+def test_a_reconnect_onto_a_time_wait_without_timestamps_fails_as_the_kernels_does(hosts, tmp_path):
+    """The peer's timestamps off (its namespace's sysctl): a TIME_WAIT cannot be told from a new connection,
+    so Linux's connect from the same fixed port fails with EADDRNOTAVAIL; under run the host refuses the
+    4-tuple and the shim must say so at once (the rule and the socket's sid dropped), not wait forever."""
+    a, b = hosts
+    exe = build(tmp_path, "tcp_reconnect")
+    sysctl = "net.ipv4.tcp_timestamps"
+    old = subprocess.run(in_ns(a, "sysctl", "-n", sysctl), capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(in_ns(a, "sysctl", "-qw", f"{sysctl}=0"), check=True)
+    said = {}
+    try:
+        for how, port in (("kernel", "8335"), ("run", "8336")):
+            srv = kernel_server(a, OK_SERVER, a.ipv4, port)
+            try:
+                args = (exe, a.ipv4, port, "45335" if how == "kernel" else "45336", "2")
+                app = run_app(b, *args) if how == "run" else subprocess.Popen(
+                    in_ns(b, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                said[how] = [line for line in finish(app).splitlines() if not line.startswith("kbypass")]
+            finally:
+                stop(srv)
+    finally:
+        subprocess.run(in_ns(a, "sysctl", "-qw", f"{sysctl}={old}"), check=True)
+    assert said["kernel"][-1] == "1: connect: Cannot assign requested address", said
+    assert said["run"] == [line.replace("45335", "45336") for line in said["kernel"]], said
