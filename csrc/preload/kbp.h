@@ -248,6 +248,15 @@ uint64_t kbp_iface_flush_due(uint64_t now);
 void kbp_flusher_arm(void); /* under kbp_lock: frames were deferred */
 void kbp_flusher_after_fork_child(void);
 int kbp_flusher_owns(int fd); /* the flusher's eventfd: not the app's to close */
+void kbp_flusher_kick(void);  /* under kbp_lock: a flusher waiting on the rings lets go of them */
+extern int kbp_ring_sleepers;
+/* An app thread sleeps on the rings (it pumps when they wake it): the flusher keeps off them meanwhile, or a
+ * frame it took would wake nobody (kbp_flush.c). begin under kbp_lock, end anywhere. */
+static inline void kbp_sleep_begin(void) {
+    __atomic_add_fetch(&kbp_ring_sleepers, 1, __ATOMIC_SEQ_CST);
+    kbp_flusher_kick();
+}
+static inline void kbp_sleep_end(void) { __atomic_sub_fetch(&kbp_ring_sleepers, 1, __ATOMIC_SEQ_CST); }
 static inline void kbp_flush_now(void) {
     if (__atomic_load_n(&kbp_tx_pending, __ATOMIC_RELAXED)) {
         kbp_enter();

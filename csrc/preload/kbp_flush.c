@@ -14,7 +14,9 @@
  * waits on the rings itself (with an eventfd that kbp_flusher_arm writes) and pumps what arrives, so the
  * peer's data is ACKed, its window stays open and its keepalive probes are answered. An app that is in the
  * shim, or was lately, pumps for itself: the flusher then looks only every QUIET_NS and never takes the rings
- * (or kbp_lock) from a busy app, whose fast path is unchanged.
+ * (or kbp_lock) from a busy app, whose fast path is unchanged. Nor from an app thread asleep on the rings in
+ * the shim (recv, accept, poll, epoll_wait: kbp_sleep_begin), which pumps when they wake it: a frame the
+ * flusher took first would wake nobody.
  */
 #define _GNU_SOURCE
 #include <poll.h>
@@ -29,6 +31,7 @@
 #define QUIET_NS 2000000ull /* no call of the shim this long: the app is elsewhere, the flusher drives TCP */
 
 uint64_t kbp_calls;
+int kbp_ring_sleepers;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static int started, parked, watching, wake_fd = -1;
 
@@ -57,7 +60,7 @@ static void watch(uint64_t due, uint64_t *seen) {
         if (kbp_real.read(wake_fd, &v, sizeof(v)) < 0) { /* nothing to drain */
         }
     }
-    if (frames && kbp_calls == *seen) {
+    if (frames && kbp_calls == *seen && !__atomic_load_n(&kbp_ring_sleepers, __ATOMIC_SEQ_CST)) {
         uint64_t before = kbp_calls;
         kbp_tcp_pump_idle();
         *seen += kbp_calls - before;
@@ -75,7 +78,8 @@ static void *flusher(void *arg) {
         if (tcp && (!due || tcp < due)) due = tcp; /* TCP's timers while the app is elsewhere */
         seen += kbp_calls - before;                /* entries of our own are not the app's */
         int tcp_on = kbp_tcp_on && wake_fd >= 0;
-        if (tcp_on && kbp_calls == seen) { /* no call of the app's for QUIET_NS at least */
+        if (tcp_on && kbp_calls == seen && !__atomic_load_n(&kbp_ring_sleepers, __ATOMIC_SEQ_CST)) {
+            /* no call of the app's for QUIET_NS at least, and no app thread asleep on the rings */
             watch(due, &seen);
             continue;
         }
@@ -102,12 +106,17 @@ static void *flusher(void *arg) {
 
 int kbp_flusher_owns(int fd) { return fd >= 0 && fd == wake_fd; }
 
+void kbp_flusher_kick(void) {
+    if (!watching) return; /* the common case: a plain load, nothing more on the app's path */
+    uint64_t one = 1;
+    watching = 0;
+    if (kbp_real.write(wake_fd, &one, sizeof(one)) < 0) { /* full: it is awake already */
+    }
+}
+
 void kbp_flusher_arm(void) {
     if (watching) { /* waiting on the rings, outside kbp_lock: its eventfd */
-        uint64_t one = 1;
-        watching = 0;
-        if (kbp_real.write(wake_fd, &one, sizeof(one)) < 0) { /* full: it is awake already */
-        }
+        kbp_flusher_kick();
         return;
     }
     if (parked) {
@@ -138,5 +147,5 @@ void kbp_flusher_arm(void) {
 }
 
 void kbp_flusher_after_fork_child(void) {
-    started = parked = watching = 0; /* wake_fd stays: the child's flusher, if it starts, uses its copy */
+    started = parked = watching = kbp_ring_sleepers = 0; /* wake_fd stays: the child's flusher, if it starts, uses its copy */
 }

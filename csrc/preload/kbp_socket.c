@@ -409,9 +409,11 @@ static int next_dgram(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
         if (cp >= 0) p[n++] = (struct pollfd){cp, POLLIN, 0};
         kbp_iface_wake(s->ifc);
         s->refs++; /* another thread may close the fd while we sleep: the socket stays until we are back */
+        kbp_sleep_begin();
         kbp_leave();
         int r = kbp_real.poll(p, (unsigned long)n, (int)remaining_ms(deadline));
         int e = errno;
+        kbp_sleep_end();
         kbp_enter();
         if (--s->refs == 0) {
             release(s);

@@ -347,10 +347,12 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_u
         if (cp >= 0) p[n++] = (struct pollfd){cp, POLLIN, 0};
         kbp_iface_wake(s->ifc);
         s->refs++; /* another thread may close the fd while we sleep */
+        kbp_sleep_begin();
         kbp_leave();
         int ms = deadline ? (int)((deadline - now + 999999) / 1000000) : 1000;
         int r = kbp_real.poll(p, (unsigned long)n, kbp_tcp_cap_ms(ms < 1000 ? ms : 1000));
         int e = errno;
+        kbp_sleep_end();
         kbp_enter();
         if (--s->refs == 0) { /* closed by another thread meanwhile: ours to let go */
             kbp_release(s);
