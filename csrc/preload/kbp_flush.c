@@ -10,11 +10,12 @@
  *
  * With TCP on it also keeps the connections going while the app is elsewhere (Onload's model: the stack is
  * driven by whoever is in it, and by the kernel's timer and interrupt when nobody is): TCP's timers, and
- * once the app has made no call of the shim for QUIET_NS (asleep, computing, blocked in the kernel) it
+ * once the app has made no call of the shim for a while (asleep, computing, blocked in the kernel) it
  * waits on the rings itself (with an eventfd that kbp_flusher_arm writes) and pumps what arrives, so the
  * peer's data is ACKed, its window stays open and its keepalive probes are answered. An app that is in the
- * shim, or was lately, pumps for itself: the flusher then looks only every QUIET_NS and never takes the rings
- * (or kbp_lock) from a busy app, whose fast path is unchanged. Nor from an app thread asleep on the rings in
+ * shim, or was lately, pumps for itself: the flusher then looks again after QUIET_NS, twice that, ... up to
+ * QUIET_MAX_NS (16 looks a second while the app stays about), and never takes the rings (or kbp_lock) from a
+ * busy app, whose fast path is unchanged. Nor from an app thread asleep on the rings in
  * the shim (recv, accept, poll, epoll_wait: kbp_sleep_begin), which pumps when they wake it: a frame the
  * flusher took first would wake nobody.
  */
@@ -28,7 +29,8 @@
 #include "kbp.h"
 
 #define IDLE_LOOKS 64        /* empty looks (TX_FLUSH_NS apart) before the flusher parks */
-#define QUIET_NS 2000000ull /* no call of the shim this long: the app is elsewhere, the flusher drives TCP */
+#define QUIET_NS 2000000ull      /* no call of the shim this long: the app is elsewhere, the flusher drives TCP */
+#define QUIET_MAX_NS 64000000ull /* ... looked for less often while the app stays about (2 ms, 4, ... 64) */
 
 uint64_t kbp_calls;
 int kbp_ring_sleepers;
@@ -70,7 +72,7 @@ static void watch(uint64_t due, uint64_t *seen) {
 static void *flusher(void *arg) {
     (void)arg;
     unsigned idle = 0;
-    uint64_t seen = 0;
+    uint64_t seen = 0, quiet = QUIET_NS;
     pthread_mutex_lock(&kbp_lock);
     for (;;) {
         uint64_t before = kbp_calls;
@@ -81,13 +83,16 @@ static void *flusher(void *arg) {
         if (tcp_on && kbp_calls == seen && !__atomic_load_n(&kbp_ring_sleepers, __ATOMIC_SEQ_CST)) {
             /* no call of the app's for QUIET_NS at least, and no app thread asleep on the rings */
             watch(due, &seen);
+            quiet = QUIET_NS;
             continue;
         }
         seen = kbp_calls;
         if (!due && ++idle >= IDLE_LOOKS) {
-            parked = 1; /* with TCP on, QUIET_NS at most: then the app is elsewhere, or about again */
+            parked = 1; /* with TCP on, `quiet` at most: then the app is elsewhere, or about again */
             if (tcp_on) {
-                struct timespec ts = {(time_t)((now + QUIET_NS) / 1000000000ull), (long)((now + QUIET_NS) % 1000000000ull)};
+                uint64_t at = now + quiet;
+                struct timespec ts = {(time_t)(at / 1000000000ull), (long)(at % 1000000000ull)};
+                if (quiet < QUIET_MAX_NS) quiet *= 2; /* a busy app is not woken for 500 times a second */
                 pthread_cond_timedwait(&wake, &kbp_lock, &ts);
             } else {
                 pthread_cond_wait(&wake, &kbp_lock);
