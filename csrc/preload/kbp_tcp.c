@@ -615,35 +615,6 @@ int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r) {
     return 1;
 }
 
-int shutdown(int fd, int how) {
-    kbp_init_libc();
-    struct kbp_sock *s = kbp_get(fd);
-    if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.shutdown(fd, how);
-    kbp_enter();
-    long r = kbp_py_call("shutdown", NULL, 0, "(Iid)", s->sid, how, now_s());
-    kbp_iface_flush();
-    kbp_leave();
-    if (r < 0) {
-        errno = (int)-r;
-        return -1;
-    }
-    return 0;
-}
-
-int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
-    kbp_init_libc();
-    struct kbp_sock *s = kbp_get(fd);
-    if (s && s->tcp && s->accel && s->tcp_role != KBP_TCP_LISTENER && level == SOL_SOCKET && name == SO_ERROR && v &&
-        len && *len >= sizeof(int)) {
-        kbp_enter();
-        *(int *)v = (int)kbp_py_call("so_error", NULL, 0, "(Id)", s->sid, now_s());
-        kbp_leave();
-        *len = sizeof(int);
-        return 0;
-    }
-    return kbp_real.getsockopt(fd, level, name, v, len);
-}
-
 /* The app's last fd of s is closed: 1 keep s (an active open whose connection still finishes holds the
  * port and the rule until GONE), 0 the caller frees it. Under kbp_lock. */
 int kbp_tcp_release(struct kbp_sock *s) {

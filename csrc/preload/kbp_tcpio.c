@@ -1,6 +1,6 @@
 /* kbp_tcpio.c: the app's calls that come down to kbp_tcp_recv/kbp_tcp_send (kbp_tcp.c) on an accelerated TCP
- * socket: recvmsg/readv, sendmsg/writev, sendfile; and the addresses the shim keeps for it (getsockname,
- * getpeername). */
+ * socket: recvmsg/readv, sendmsg/writev, sendfile; shutdown, SO_ERROR; and the addresses the shim keeps for it
+ * (getsockname, getpeername). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
@@ -93,4 +93,33 @@ int getpeername(int fd, struct sockaddr *addr, socklen_t *len) {
     }
     kbp_tcp_fill_addr(addr, len, &s->tcp_peer);
     return 0;
+}
+
+int shutdown(int fd, int how) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.shutdown(fd, how);
+    kbp_enter();
+    long r = kbp_py_call("shutdown", NULL, 0, "(Iid)", s->sid, how, (double)kbp_now_ns() / 1e9);
+    kbp_iface_flush();
+    kbp_leave();
+    if (r < 0) {
+        errno = (int)-r;
+        return -1;
+    }
+    return 0;
+}
+
+int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (s && s->tcp && s->accel && s->tcp_role != KBP_TCP_LISTENER && level == SOL_SOCKET && name == SO_ERROR && v &&
+        len && *len >= sizeof(int)) {
+        kbp_enter();
+        *(int *)v = (int)kbp_py_call("so_error", NULL, 0, "(Id)", s->sid, (double)kbp_now_ns() / 1e9);
+        kbp_leave();
+        *len = sizeof(int);
+        return 0;
+    }
+    return kbp_real.getsockopt(fd, level, name, v, len);
 }
