@@ -12,8 +12,12 @@
  * kernel socket (never connected) for its fd: close, fcntl, setsockopt and the shim's poll/select/epoll
  * work on it, getsockname/getpeername/SO_ERROR are answered here. An active open binds the kernel socket to
  * the route's source address and an ephemeral port first (the kernel keeps the port), then steers that
- * port; when the app closes it before its connection finished (FIN_WAIT, TIME_WAIT) the shim keeps the
- * kernel socket and the rule until the host says GONE.
+ * port; when the app closes it before its connection finished (FIN_WAIT) the shim keeps the kernel socket
+ * and the rule until the host says GONE, at TIME_WAIT: the kernel may then give the port out again, and a
+ * connect onto a 4-tuple the host holds in TIME_WAIT takes it over as Linux does for a bound port (timestamps,
+ * the ISS above the old snd_nxt: RFC 6191), rather than the shim holding an fd per closed connection for 60 s
+ * (an app making short connections would run out of fds where the kernel holds none). A connect the host
+ * refuses fails at once with its errno (the rule and sid go, the socket is the kernel's again).
  *
  * The established path in C (predicted segments queued for the app): kbp_tcpfast.c.
  *
