@@ -12,8 +12,9 @@ import textwrap
 
 import pytest
 
+from tests.kb import tcp_listening, wait_until
 from tests.netns import test_run
-from tests.netns.test_run import in_ns, run_app, stop, wait_for
+from tests.netns.test_run import in_ns, run_app, stop
 
 _run_hosts, hosts = test_run._run_hosts, test_run.hosts  # test_run's fixtures: one control plane for the module
 PROGS = os.path.join(os.path.dirname(__file__), "progs")
@@ -83,11 +84,10 @@ def test_iperf3_with_a_fixed_client_port_sends_from_the_routes_address(hosts):
     """iperf3 --cport binds its data connection to 0.0.0.0:PORT before connecting: the shim's TCP must send
     from the address the route picks (as the kernel's connect fills in), or the SYN leaves from 0.0.0.0."""
     a, b = hosts
-    srv = subprocess.Popen(in_ns(a, "iperf3", "-s", "-1", "-p", "5331"), stdout=subprocess.DEVNULL,
+    srv = subprocess.Popen(in_ns(a, "iperf3", "-s", "-1", "-B", a.ipv4, "-p", "5331"), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: subprocess.run(in_ns(a, "ss", "-Hltn", "sport = :5331"), capture_output=True,
-                                        text=True).stdout.strip(), what="iperf3 -s to listen")
+        wait_until(lambda: tcp_listening(a.netns, 5331), "iperf3 -s to listen", proc=srv)
         cli = run_app(b, "iperf3", "-c", a.ipv4, "-p", "5331", "-t", "1", "--cport", "45331", "-J")
         out = finish(cli, timeout=60)
     finally:
