@@ -13,9 +13,9 @@
  * work on it, getsockname/getpeername/SO_ERROR are answered here. An active open binds the kernel socket to
  * the route's source address and an ephemeral port first (the kernel keeps the port), then steers that
  * port; when the app closes it before its connection finished (FIN_WAIT) the shim keeps the kernel socket
- * and the rule until the host says GONE, at TIME_WAIT: the kernel may then give the port out again, and a
- * connect onto a 4-tuple the host holds in TIME_WAIT takes it over as Linux does for a bound port (timestamps,
- * the ISS above the old snd_nxt: RFC 6191), rather than the shim holding an fd per closed connection for 60 s
+ * and the rule until the host says GONE, at TIME_WAIT with timestamps (else CLOSED): the kernel may give the port
+ * out again, and a connect onto a 4-tuple the host holds in TIME_WAIT takes it over as Linux does for a bound
+ * port (the ISS above the old snd_nxt: RFC 6191), rather than the shim holding an fd per closed connection for 60 s
  * (an app making short connections would run out of fds where the kernel holds none). A connect the host
  * refuses fails at once with its errno (the rule and sid go, the socket is the kernel's again).
  *
@@ -561,6 +561,18 @@ static int source_for(const struct sockaddr_in *dst, struct sockaddr_in *src) {
     return ok ? 0 : -1;
 }
 
+/* An earlier connection of ours from this local port still finishes (the app closed it: FIN_WAIT, or TIME_WAIT
+ * without timestamps): its rule steers the port to the rings, so neither the host nor the kernel can connect
+ * from it yet (Linux: EADDRNOTAVAIL onto that 4-tuple). Only for a port the app bound itself: an ephemeral
+ * one the kernel gives out is free. */
+static int port_finishing(in_port_t port) {
+    for (int i = 0; i < SID_SLOTS; i++) {
+        struct kbp_sock *z = by_sid[i];
+        if (z && z->zombie && z->tcp_role == KBP_TCP_ACTIVE && z->tcp_local.sin_port == port) return 1;
+    }
+    return 0;
+}
+
 /* connect() of a TCP socket: 1 ours (r the result), 0 the kernel's. Under kbp_lock. */
 int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r) {
     if (s->accel) {
@@ -572,6 +584,11 @@ int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r) {
     struct sockaddr_in me;
     socklen_t ml = sizeof(me);
     if (kbp_real.getsockname(s->fd, (struct sockaddr *)&me, &ml) < 0) return 0;
+    if (me.sin_port && port_finishing(me.sin_port)) {
+        *r = -1;
+        errno = EADDRNOTAVAIL;
+        return 1;
+    }
     if (!me.sin_port) { /* bind it as the kernel's connect would: the route's source, an ephemeral port */
         struct sockaddr_in src;
         if (source_for(to, &src) < 0) return 0;

@@ -504,6 +504,9 @@ def test_connect_onto_a_live_connection_or_a_time_wait_without_timestamps_is_ead
     _client_closes_first(q, 7, 2)
     assert q.cli.conns[(socket.inet_aton(B), 8080, 40000)].conn.state is tcp.State.TIME_WAIT
     assert q.cli_call("connect", 8, IA, 40000, IB, 8080) == -errno.EADDRNOTAVAIL  # no PAWS: Linux waits too
+    assert ("cli", 7) not in q.gone  # the shim keeps the port in the kernel: bind(0) does not hand it out
+    q.tick(61.0)
+    assert ("cli", 7) in q.gone  # CLOSED after 2*MSL
 
 
 def test_shut_rd_keeps_taking_data_as_linux_does():

@@ -177,7 +177,9 @@ class ShimTcp:
                 if finished and (c.app_closed or c.sid is None):
                     self._forget(c)
                 if c.app_closed and c.sid is not None:  # closed by the app: only its end is news (GONE: its port)
-                    if finished or conn.state is _TIME_WAIT:
+                    # at TIME_WAIT when a connect may take it over (timestamps: connect()); else the kernel keeps
+                    # the port until CLOSED, so it does not hand it out to a connect that would be refused
+                    if finished or (conn.state is _TIME_WAIT and conn.ts_ok):
                         changes += (c.sid, GONE)
                         self.by_sid.pop(c.sid, None)
                         c.sid = None
