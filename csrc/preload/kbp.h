@@ -151,13 +151,16 @@ extern __thread volatile uint64_t kbp_sig_deferred __attribute__((tls_model("ini
 void kbp_sig_run_deferred(void);
 extern uint64_t kbp_calls; /* entries into the shim (kbp_flush.c: the app is about, or elsewhere) */
 static inline void kbp_enter(void) {
+    kbp_depth++; /* before the lock: a handler run while pthread_mutex_lock is half done (the futex word taken,
+                  * the owner not yet written) would wait for the lock its own thread holds, forever */
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     pthread_mutex_lock(&kbp_lock);
-    kbp_depth++;
     __atomic_store_n(&kbp_calls, kbp_calls + 1, __ATOMIC_RELAXED);
 }
 static inline void kbp_leave(void) {
-    kbp_depth--; /* a signal from here on runs its handler at once (the shim's state is whole again) */
     pthread_mutex_unlock(&kbp_lock);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    kbp_depth--; /* after the unlock, for the same reason; a signal from here on runs its handler at once */
     if (!kbp_depth && kbp_sig_deferred) kbp_sig_run_deferred();
 }
 extern struct kbp_sock *kbp_fds[KBP_MAX_FD];
