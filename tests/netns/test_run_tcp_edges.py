@@ -6,6 +6,7 @@ data after shutdown(SHUT_RD). The C programs are tests/netns/progs/tcp_*.c."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -180,10 +181,18 @@ def test_recv_of_length_zero_and_shut_rd_as_on_kernel_sockets(hosts, tmp_path):
     assert run == kernel
 
 
-def test_a_reconnect_onto_a_time_wait_without_timestamps_fails_as_the_kernels_does(hosts, tmp_path):
+# (source port, server port(s)) of the kernel's run and of kbypass run's, for each case of the test below
+PORTS = {"same": (("45335", "8335"), ("45336", "8336")),
+         "other": (("45337", "8337", "8339"), ("45338", "8338", "8340"))}
+
+
+@pytest.mark.parametrize("peers", ["same", "other"])
+def test_a_reconnect_onto_a_time_wait_without_timestamps_fails_as_the_kernels_does(hosts, tmp_path, peers):
     """The peer's timestamps off (its namespace's sysctl): a TIME_WAIT cannot be told from a new connection,
     so Linux's connect from the same fixed port fails with EADDRNOTAVAIL; under run the host refuses the
-    4-tuple and the shim must say so at once (the rule and the socket's sid dropped), not wait forever."""
+    4-tuple and the shim must say so at once (the rule and the socket's sid dropped), not wait forever.
+    other: the second connect from that port goes to another port of the peer, a 4-tuple of its own: Linux
+    connects, and so must run while the first one's rule (steered by its 4-tuple) still holds TIME_WAIT."""
     a, b = hosts
     exe = build(tmp_path, "tcp_reconnect")
     sysctl = "net.ipv4.tcp_timestamps"
@@ -191,16 +200,23 @@ def test_a_reconnect_onto_a_time_wait_without_timestamps_fails_as_the_kernels_do
     subprocess.run(in_ns(a, "sysctl", "-qw", f"{sysctl}=0"), check=True)
     said = {}
     try:
-        for how, port in (("kernel", "8335"), ("run", "8336")):
-            srv = kernel_server(a, OK_SERVER, a.ipv4, port)
+        # each case its own ports: the other's TIME_WAITs (60 s) are not in its way
+        for how, (src, *ports) in zip(("kernel", "run"), PORTS[peers]):
+            servers = [kernel_server(a, OK_SERVER, a.ipv4, port) for port in ports]
             try:
-                args = (exe, a.ipv4, port, "45335" if how == "kernel" else "45336", "2")
+                args = (exe, a.ipv4, ",".join(ports), src, "2")
                 app = run_app(b, *args) if how == "run" else subprocess.Popen(
                     in_ns(b, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 said[how] = [line for line in finish(app).splitlines() if not line.startswith("kbypass")]
             finally:
-                stop(srv)
+                for srv in servers:
+                    stop(srv)
     finally:
         subprocess.run(in_ns(a, "sysctl", "-qw", f"{sysctl}={old}"), check=True)
-    assert said["kernel"][-1] == "1: connect: Cannot assign requested address", said
-    assert said["run"] == [line.replace("45335", "45336") for line in said["kernel"]], said
+    (src, *ports), (run_src, *run_ports) = PORTS[peers]
+    if peers == "same":
+        assert said["kernel"][-1] == "1: connect: Cannot assign requested address", said
+    else:
+        assert said["kernel"][-2:] == [f"1: ok from {b.ipv4}:{src} to {ports[1]}", "all 2 done"], said
+    moved = dict(zip((src, *ports), (run_src, *run_ports)))
+    assert said["run"] == [re.sub(r"\b\d{4,5}\b", lambda m: moved.get(m[0], m[0]), line) for line in said["kernel"]]
