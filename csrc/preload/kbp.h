@@ -148,7 +148,6 @@ struct kbp_sock {
     size_t cq_read;           /* bytes the app read from cq that the host has not been told of (its window counts them) */
     int py_rx;                /* the host holds bytes for the app (PYRX): no queueing here until they are read */
     int py_tx;                /* the host waits for ACKs to send more (PYTX): a predicted pure ACK is its at once */
-    int rd_shut;              /* shutdown(SHUT_RD): nothing is queued here (the host answers data with a RST) */
     unsigned slow_gen;        /* the pump that gave the host a frame of it: no prediction here after it */
     struct kbp_pend *pend;    /* a listener back on the kernel: connections it still hands out (kbp_tcpwake.c) */
     int handed;               /* the kernel's now (kbp_tcprepair.c): its fds are not; a waiting call holds it */
@@ -166,13 +165,18 @@ extern pthread_mutex_t kbp_lock;
 extern __thread int kbp_depth __attribute__((tls_model("initial-exec")));
 extern __thread volatile uint64_t kbp_sig_deferred __attribute__((tls_model("initial-exec")));
 void kbp_sig_run_deferred(void);
+extern uint64_t kbp_calls; /* entries into the shim (kbp_flush.c: the app is about, or elsewhere) */
 static inline void kbp_enter(void) {
+    kbp_depth++; /* before the lock: a handler run while pthread_mutex_lock is half done (the futex word taken,
+                  * the owner not yet written) would wait for the lock its own thread holds, forever */
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     pthread_mutex_lock(&kbp_lock);
-    kbp_depth++;
+    __atomic_store_n(&kbp_calls, kbp_calls + 1, __ATOMIC_RELAXED);
 }
 static inline void kbp_leave(void) {
-    kbp_depth--; /* a signal from here on runs its handler at once (the shim's state is whole again) */
     pthread_mutex_unlock(&kbp_lock);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    kbp_depth--; /* after the unlock, for the same reason; a signal from here on runs its handler at once */
     if (!kbp_depth && kbp_sig_deferred) kbp_sig_run_deferred();
 }
 extern struct kbp_sock *kbp_fds[KBP_MAX_FD];
@@ -269,6 +273,16 @@ uint64_t kbp_iface_flush_due(uint64_t now);
  * sendto on it come back through the shim's, with kbp_lock held). */
 void kbp_flusher_arm(void); /* under kbp_lock: frames were deferred */
 void kbp_flusher_after_fork_child(void);
+int kbp_flusher_owns(int fd); /* the flusher's eventfd: not the app's to close */
+void kbp_flusher_kick(void);  /* under kbp_lock: a flusher waiting on the rings lets go of them */
+extern int kbp_ring_sleepers;
+/* An app thread sleeps on the rings (it pumps when they wake it): the flusher keeps off them meanwhile, or a
+ * frame it took would wake nobody (kbp_flush.c). begin under kbp_lock, end anywhere. */
+static inline void kbp_sleep_begin(void) {
+    __atomic_add_fetch(&kbp_ring_sleepers, 1, __ATOMIC_SEQ_CST);
+    kbp_flusher_kick();
+}
+static inline void kbp_sleep_end(void) { __atomic_sub_fetch(&kbp_ring_sleepers, 1, __ATOMIC_SEQ_CST); }
 static inline void kbp_flush_now(void) {
     if (__atomic_load_n(&kbp_tx_pending, __ATOMIC_RELAXED)) {
         kbp_enter();
@@ -308,7 +322,10 @@ void kbp_tcp_deadline(double when);
 uint64_t kbp_tcp_timers(uint64_t now); /* due timers run (under kbp_lock); the next deadline (0: none) */
 int kbp_tcp_cap_ms(int ms);            /* a wait of ms bounded by the next TCP timer */
 int kbp_tcp_try(struct kbp_sock *s, int role, int backlog); /* accelerate a bound TCP socket (under kbp_lock) */
-int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r); /* 1: ours, r its result */
+int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r); /* 1: ours, r its result
+                                                                                (kbp_tcpconnect.c) */
+int kbp_tcp_port_finishing(in_port_t port, const struct sockaddr_in *peer); /* a closed connection of ours on it */
+int kbp_tcp_wait(struct kbp_sock *s, short want, int nonblock, long timeout_us); /* until s has `want` */
 ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags);
 ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags);
 ssize_t kbp_tcp_recvmsg(struct kbp_sock *s, struct msghdr *m, int flags, uint8_t *tmp, size_t cap);
@@ -330,6 +347,8 @@ void kbp_tcp_after_fork_child(void);
 #define KBP_TCP_READ_REPORT (64u << 10)
 #define KBP_TCP_CHUNK (256 * 1024) /* bytes one send hands the host at most (its send buffer is 1 MiB) */
 void kbp_tcp_wake_by(uint64_t at); /* kbp_tcp_timers runs by then (under kbp_lock) */
+int kbp_tcp_ring_fds(int *fds, int cap); /* the TCP interface's ring fds (0: none); under kbp_lock */
+void kbp_tcp_pump_idle(void);           /* the flusher's pump while the app is elsewhere; under kbp_lock */
 
 /* kbp_tcpfast.c: the established path in C (under kbp_lock) */
 #define KBP_PYRX 0x40000000u /* shimtcp.PYRX in a change's mask: the host holds bytes for the app */

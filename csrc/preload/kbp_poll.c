@@ -126,6 +126,7 @@ static int poll_engine(struct pollfd *fds, nfds_t n, int timeout_ms, const sigse
                 struct kbp_sock *s = kbp_get(fds[i].fd);
                 if (s && s->accel) kbp_iface_wake(s->ifc);
             }
+            kbp_sleep_begin();
         }
         kbp_leave();
         for (nfds_t i = 0; i < n; i++) ready += fds[i].revents != 0;
@@ -134,6 +135,7 @@ static int poll_engine(struct pollfd *fds, nfds_t n, int timeout_ms, const sigse
             struct timespec ts = {wait / 1000, (wait % 1000) * 1000000L};
             int r = mask ? kbp_real.ppoll(k, n + (size_t)extra, wait < 0 ? NULL : &ts, mask)
                          : kbp_real.poll(k, n + (size_t)extra, wait);
+            if (sleeping) kbp_sleep_end();
             if (r < 0) {
                 result = -1;
                 break;
@@ -378,16 +380,19 @@ static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_m
         struct ep_set *set = eps[epfd];
         int ours = set ? ring_events(epfd, set, ev, max) : 0;
         int sleeping = !ours && timeout_ms != 0 && !(kbp_now_ns() < spin_end);
-        if (sleeping)
+        if (sleeping) {
             for (int i = 0; set && i < set->n; i++) {
                 struct kbp_sock *s = kbp_get(set->m[i].fd);
                 if (s && s->accel) kbp_iface_wake(s->ifc);
             }
+            kbp_sleep_begin();
+        }
         kbp_leave();
         if (ours || sleeping || it % KERNEL_EVERY == 0) {
             int wait = ours || !sleeping ? 0 : kbp_tcp_cap_ms(ms_left(deadline));
             int r = mask ? kbp_real.epoll_pwait(epfd, ev + ours, max - ours, wait, mask)
                          : kbp_real.epoll_wait(epfd, ev + ours, max - ours, wait);
+            if (sleeping) kbp_sleep_end();
             if (r < 0) {
                 if (ours) return ours;
                 return -1;

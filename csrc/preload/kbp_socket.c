@@ -296,7 +296,7 @@ int close(int fd) {
     if (fd >= 0 && fd < KBP_MAX_FD) {
         kbp_enter();
         kbp_iface_flush(); /* the app may wait next (and the socket's frames are on the ring) */
-        if (fd == kbp_cp_fd() || kbp_iface_owns(fd)) {
+        if (fd == kbp_cp_fd() || kbp_iface_owns(fd) || kbp_flusher_owns(fd)) {
             /* the shim's own fd (a daemon closing every fd it did not open): not the app's to close */
             kbp_leave();
             errno = EBADF;
@@ -416,9 +416,11 @@ static int next_dgram(struct kbp_sock *s, int fd, void *buf, size_t len, int fla
         if (cp >= 0) p[n++] = (struct pollfd){cp, POLLIN, 0};
         kbp_iface_wake(s->ifc);
         s->refs++; /* another thread may close the fd while we sleep: the socket stays until we are back */
+        kbp_sleep_begin();
         kbp_leave();
         int r = kbp_real.poll(p, (unsigned long)n, (int)remaining_ms(deadline));
         int e = errno;
+        kbp_sleep_end();
         kbp_enter();
         if (--s->refs == 0) {
             release(s);

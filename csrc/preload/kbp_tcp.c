@@ -12,8 +12,12 @@
  * kernel socket (never connected) for its fd: close, fcntl, setsockopt and the shim's poll/select/epoll
  * work on it, getsockname/getpeername/SO_ERROR are answered here. An active open binds the kernel socket to
  * the route's source address and an ephemeral port first (the kernel keeps the port), then steers that
- * port; when the app closes it before its connection finished (FIN_WAIT, TIME_WAIT) the shim keeps the
- * kernel socket and the rule until the host says GONE.
+ * port; when the app closes it before its connection finished (FIN_WAIT) the shim keeps the kernel socket
+ * and the rule until the host says GONE, at TIME_WAIT with timestamps (else CLOSED): the kernel may give the port
+ * out again, and a connect onto a 4-tuple the host holds in TIME_WAIT takes it over as Linux does for a bound
+ * port (the ISS above the old snd_nxt: RFC 6191), rather than the shim holding an fd per closed connection for 60 s
+ * (an app making short connections would run out of fds where the kernel holds none). A connect the host
+ * refuses fails at once with its errno (the rule and sid go, the socket is the kernel's again).
  *
  * The established path in C (predicted segments queued for the app): kbp_tcpfast.c.
  *
@@ -150,6 +154,15 @@ uint64_t kbp_tcp_timers(uint64_t now) {
     kbp_py_call("timer", NULL, 0, "(d)", (double)now / 1e9);
     if (deadline_ns && deadline_ns <= now) deadline_ns = now + 1000000; /* nothing was due after all */
     return deadline_ns;
+}
+
+int kbp_tcp_ring_fds(int *fds, int cap) { return kbp_tcp_on && tcp_ifc ? kbp_iface_fds(tcp_ifc, fds, cap) : 0; }
+
+/* Frames came while the app is elsewhere (kbp_flush.c): taken now, ACKs and answers out at once */
+void kbp_tcp_pump_idle(void) {
+    if (!kbp_tcp_on || !tcp_ifc) return;
+    kbp_iface_pump(tcp_ifc, NULL, NULL, 0, NULL);
+    kbp_iface_flush();
 }
 
 int kbp_tcp_cap_ms(int ms) {
@@ -308,6 +321,7 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
     s->ifc = ifc;
     tcp_ifc = ifc;
     kbp_tcp_on = 1;
+    kbp_flusher_arm(); /* it drives TCP while the app is elsewhere (kbp_flush.c) */
     s->tcp_role = role;
     s->accel = 1;
     if (role == KBP_TCP_LISTENER)
@@ -325,7 +339,7 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
  * SO_RCVTIMEO/SO_SNDTIMEO's, 0: none; EINTR); -2: s is gone (handed to the kernel meanwhile, its fds the kernel's). Under kbp_lock, let go while sleeping; spins KBYPASS_SPIN_US
  * first, then sleeps on the rings (and the kernel socket for a listener: loopback connections), no longer
  * than the next TCP timer. */
-static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_us) {
+int kbp_tcp_wait(struct kbp_sock *s, short want, int nonblock, long timeout_us) {
     uint64_t start = kbp_now_ns(), spin_end = start + (uint64_t)kbp_spin_us * 1000;
     uint64_t deadline = timeout_us > 0 ? start + (uint64_t)timeout_us * 1000 : 0;
     unsigned sig0 = kbp_sig_count;
@@ -361,10 +375,12 @@ static int wait_for(struct kbp_sock *s, short want, int nonblock, long timeout_u
         if (cp >= 0) p[n++] = (struct pollfd){cp, POLLIN, 0};
         kbp_iface_wake(s->ifc);
         s->refs++; /* another thread may close the fd while we sleep */
+        kbp_sleep_begin();
         kbp_leave();
         int ms = deadline ? (int)((deadline - now + 999999) / 1000000) : 1000;
         int r = kbp_real.poll(p, (unsigned long)n, kbp_tcp_cap_ms(ms < 1000 ? ms : 1000));
         int e = errno;
+        kbp_sleep_end();
         kbp_enter();
         if (cp >= 0 && cp == kbp_cp_fd() && p[n - 1].revents) kbp_cp_lost(); /* s may be handed: our ref holds it */
         if (--s->refs == 0) { /* closed by another thread meanwhile, or handed (kbp_tcprepair.c): ours to let go */
@@ -400,13 +416,14 @@ ssize_t kbp_tcp_recv(struct kbp_sock *s, void *buf, size_t len, int flags) {
             kbp_leave();
             return got ? (ssize_t)got : -2;
         }
-        int w = wait_for(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT), s->rcvtimeo_us);
+        int w = kbp_tcp_wait(s, POLLIN, s->nonblock || (flags & MSG_DONTWAIT), s->rcvtimeo_us);
         if (w == -2) {
             kbp_leave();
             return got ? (ssize_t)got : -2;
         }
         if (w < 0) { /* got: WAITALL's rest */
-            r = -1;
+            /* len 0 waits for data as Linux's does (tcp_recvmsg's target is 1 byte); its SO_RCVTIMEO ends in 0 */
+            r = !len && errno == EAGAIN && !s->nonblock && !(flags & MSG_DONTWAIT) ? 0 : -1;
             break;
         }
         if (s->cq_len) { /* predicted here: the oldest bytes, no Python */
@@ -448,7 +465,7 @@ ssize_t kbp_tcp_send(struct kbp_sock *s, const void *buf, size_t len, int flags)
             kbp_leave();
             return sent ? (ssize_t)sent : -2;
         }
-        int w = wait_for(s, POLLOUT, s->nonblock || (flags & MSG_DONTWAIT), s->sndtimeo_us);
+        int w = kbp_tcp_wait(s, POLLOUT, s->nonblock || (flags & MSG_DONTWAIT), s->sndtimeo_us);
         if (w == -2) {
             kbp_leave();
             return sent ? (ssize_t)sent : -2;
@@ -558,7 +575,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
         if ((s->tcp_mask & POLLIN) && ((r = accept_ours(s, addr, alen, flags)) >= 0 || errno != EAGAIN)) break;
         struct pollfd kp = {fd, POLLIN, 0}; /* the kernel's own queue: loopback and other interfaces */
         if (kbp_real.poll(&kp, 1, 0) == 1 && (r = kbp_real.accept4(fd, addr, alen, flags)) >= 0) break;
-        if (wait_for(s, POLLIN, s->nonblock, s->rcvtimeo_us) < 0) {
+        if (kbp_tcp_wait(s, POLLIN, s->nonblock, s->rcvtimeo_us) < 0) {
             r = -1;
             break;
         }
@@ -571,70 +588,16 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
 
 int accept(int fd, struct sockaddr *addr, socklen_t *alen) { return accept4(fd, addr, alen, 0); }
 
-/* The source address the kernel would pick toward dst (a UDP socket connected there asks the routes). */
-static int source_for(const struct sockaddr_in *dst, struct sockaddr_in *src) {
-    int u = kbp_real.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    socklen_t sl = sizeof(*src);
-    int ok = u >= 0 && kbp_real.connect(u, (const struct sockaddr *)dst, sizeof(*dst)) == 0 &&
-             kbp_real.getsockname(u, (struct sockaddr *)src, &sl) == 0;
-    if (u >= 0) kbp_real.close(u);
-    return ok ? 0 : -1;
-}
-
-/* connect() of a TCP socket: 1 ours (r the result), 0 the kernel's. Under kbp_lock. */
-int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r) {
-    if (s->accel) {
-        *r = -1;
-        errno = s->connected ? EISCONN : EALREADY;
-        return 1;
-    }
-    if (s->tried || (ntohl(to->sin_addr.s_addr) >> 24) == 127) return 0;
-    struct sockaddr_in me;
-    socklen_t ml = sizeof(me);
-    if (kbp_real.getsockname(s->fd, (struct sockaddr *)&me, &ml) < 0) return 0;
-    if (!me.sin_port) { /* bind it as the kernel's connect would: the route's source, an ephemeral port */
-        struct sockaddr_in src;
-        if (source_for(to, &src) < 0) return 0;
-        if (me.sin_addr.s_addr) src.sin_addr = me.sin_addr;
-        src.sin_port = 0;
-        if (kbp_real.bind(s->fd, (struct sockaddr *)&src, sizeof(src)) < 0) return 0;
-    }
-    s->tcp_peer = *to; /* the rule's 4-tuple (kbp_tcp_try); read only while the socket is accelerated */
-    if (kbp_tcp_try(s, KBP_TCP_ACTIVE, 0) < 0) return 0;
-    /* the SYN waits for the next hop's MAC (the control plane asks the kernel), not a second-long RTO */
-    for (int i = 0; i < 200 && !kbp_iface_hop_known(s->ifc, to->sin_addr.s_addr); i++) usleep(5000);
-    kbp_py_call("connect", NULL, 0, "(IIIIId)", s->sid, ntohl(s->tcp_local.sin_addr.s_addr),
-                ntohs(s->tcp_local.sin_port), ntohl(to->sin_addr.s_addr), ntohs(to->sin_port), now_s());
-    kbp_tcpc_attach(s);
-    if (s->nonblock) {
-        kbp_iface_flush();
-        *r = -1;
-        errno = EINPROGRESS;
-        return 1;
-    }
-    if (wait_for(s, POLLOUT, 0, s->sndtimeo_us) < 0) {
-        *r = -1;
-        if (errno == EAGAIN) errno = EINPROGRESS; /* as the kernel's connect after SO_SNDTIMEO */
-        return 1;
-    }
-    long e = kbp_py_call("so_error", NULL, 0, "(Id)", s->sid, now_s());
-    *r = e ? -1 : 0;
-    if (e) errno = (int)e;
-    return 1;
-}
-
-int shutdown(int fd, int how) {
-    kbp_init_libc();
-    struct kbp_sock *s = kbp_get(fd);
-    if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.shutdown(fd, how);
-    kbp_enter();
-    long r = kbp_py_call("shutdown", NULL, 0, "(Iid)", s->sid, how, now_s());
-    if (r == 0 && how != SHUT_WR) s->cq_off = s->cq_len = 0, s->rd_shut = 1; /* what the app will not read */
-    kbp_iface_flush();
-    kbp_leave();
-    if (r < 0) {
-        errno = (int)-r;
-        return -1;
+/* An earlier connection of ours on this 4-tuple still finishes (the app closed it: FIN_WAIT, or TIME_WAIT
+ * without timestamps): its rule (steered by the 4-tuple) holds the rings' side of it, so neither the host nor the
+ * kernel can connect on it yet (Linux: EADDRNOTAVAIL). The same port toward another peer is another rule: free.
+ * Only for a port the app bound itself: an ephemeral one the kernel gives out is free. Under kbp_lock. */
+int kbp_tcp_port_finishing(in_port_t port, const struct sockaddr_in *peer) {
+    for (int i = 0; i < SID_SLOTS; i++) {
+        struct kbp_sock *z = by_sid[i];
+        if (z && z->zombie && z->tcp_role == KBP_TCP_ACTIVE && z->tcp_local.sin_port == port &&
+            z->tcp_peer.sin_addr.s_addr == peer->sin_addr.s_addr && z->tcp_peer.sin_port == peer->sin_port)
+            return 1;
     }
     return 0;
 }

@@ -89,7 +89,7 @@ static int room(uint8_t **buf, size_t *cap, size_t need) {
 
 /* f for s: 1 taken here (a HIT: queued for the app, logged for the host), 0 the host's */
 static int take_predicted(struct kbp_sock *s, const uint8_t *f, uint32_t n) {
-    if (s->slow_gen == pump_gen || s->py_rx || s->rd_shut || !s->pred->armed || hitlen + sizeof(struct hit_rec) + n > HITLOG_MAX)
+    if (s->slow_gen == pump_gen || s->py_rx || !s->pred->armed || hitlen + sizeof(struct hit_rec) + n > HITLOG_MAX)
         return 0;
     if (s->cq_len + n > KBP_TCP_CQ_MAX) { /* the window bounds the queue (kbp.h): a bug if this holds instead */
         static int said_cq;

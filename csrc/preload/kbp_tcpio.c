@@ -1,6 +1,6 @@
 /* kbp_tcpio.c: the app's calls that come down to kbp_tcp_recv/kbp_tcp_send (kbp_tcp.c) on an accelerated TCP
- * socket: recvmsg/readv, sendmsg/writev, sendfile; and the addresses the shim keeps for it (getsockname,
- * getpeername). */
+ * socket: recvmsg/readv, sendmsg/writev, sendfile; shutdown, SO_ERROR; and the addresses the shim keeps for it
+ * (getsockname, getpeername). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/in.h>
@@ -97,7 +97,9 @@ void kbp_tcp_fill_addr(struct sockaddr *to, socklen_t *tolen, const struct socka
 int getsockname(int fd, struct sockaddr *addr, socklen_t *len) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
-    if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_ACCEPTED) return kbp_real.getsockname(fd, addr, len);
+    /* an accepted one's kernel socket is a placeholder; an active open's may be bound to the wildcard (the
+     * route's source is in tcp_local, as the kernel's connect would have filled in) */
+    if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.getsockname(fd, addr, len);
     kbp_tcp_fill_addr(addr, len, &s->tcp_local);
     return 0;
 }
@@ -126,6 +128,21 @@ void kbp_tcp_keepalive(struct kbp_sock *s) {
     kbp_py_call("keepalive", NULL, 0, "(Iiddid)", s->sid, on, (double)idle, (double)intvl, cnt, now_s());
 }
 
+int shutdown(int fd, int how) {
+    kbp_init_libc();
+    struct kbp_sock *s = kbp_get(fd);
+    if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER) return kbp_real.shutdown(fd, how);
+    kbp_enter();
+    long r = kbp_py_call("shutdown", NULL, 0, "(Iid)", s->sid, how, now_s());
+    kbp_iface_flush();
+    kbp_leave();
+    if (r < 0) {
+        errno = (int)-r;
+        return -1;
+    }
+    return 0;
+}
+
 int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
@@ -139,4 +156,3 @@ int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
     }
     return kbp_real.getsockopt(fd, level, name, v, len);
 }
-

@@ -135,7 +135,7 @@ static int build(const struct kbp_sock *s, const struct handoff *h, const uint8_
 }
 
 /* fd (closed here) in place of s at each of the app's fds of it (dups share s), FD_CLOEXEC kept per fd; s no
- * longer ours: freed, unless a call waiting on it holds a reference (wait_for frees it when it wakes) */
+ * longer ours: freed, unless a call waiting on it holds a reference (kbp_tcp_wait frees it when it wakes) */
 static void replace_fds(struct kbp_sock *s, int fd) {
     for (int i = 0; i < KBP_MAX_FD; i++) {
         if (kbp_fds[i] != s) continue;

@@ -707,3 +707,69 @@ def test_a_consumed_record_carries_no_payload():
     p.srv_call("timer")
     assert p.srv.counters["rx_predicted"] == before + 3  # the HIT before the record and both after it
     assert p.srv.by_sid[2].c_held == 1600 and p.srv.by_sid[2].conn.stats.bytes_in == 2600
+
+
+def _client_closes_first(p: Pair, sid: int, srv_sid: int) -> None:
+    """An exchange, then the client closes first (its side ends in TIME_WAIT) and the server after it."""
+    assert p.cli_call("send", sid, b"hi") == 2
+    assert p.srv_call("recv", srv_sid, 10, 0) == b"hi"
+    p.cli_call("close", sid)
+    assert p.srv_call("recv", srv_sid, 10, 0) == b""
+    p.srv_call("close", srv_sid)
+
+
+def test_connect_takes_over_its_own_time_wait_as_linux_does_with_timestamps():
+    p = Pair()
+    p.established()
+    _client_closes_first(p, 7, 2)
+    old = p.cli.conns[(socket.inet_aton(B), 8080, 40000)]
+    assert old.conn.state is tcp.State.TIME_WAIT and ("cli", 7) in p.gone
+    old_snd_nxt = old.conn.sq.snd_max
+    p.now += 0.5  # well inside the 60 s TIME_WAIT
+    assert p.cli_call("connect", 8, IA, 40000, IB, 8080) == 0  # the same 4-tuple again (a fixed source port)
+    new = p.cli.conns[(socket.inet_aton(B), 8080, 40000)]
+    assert new is not old and old not in p.cli._timers
+    assert (new.conn.iss - old_snd_nxt) & 0xFFFFFFFF > 65535  # RFC 6191: above what the old one sent
+    assert p.masks[("cli", 8)] == POLLOUT  # connected
+    p.srv_call("accept", 1, 3)
+    assert p.cli_call("send", 8, b"again") == 5 and p.srv_call("recv", 3, 10, 0) == b"again"
+
+
+def test_connect_onto_a_live_connection_or_a_time_wait_without_timestamps_is_eaddrnotavail():
+    p = Pair()
+    p.established()
+    assert p.cli_call("connect", 8, IA, 40000, IB, 8080) == -errno.EADDRNOTAVAIL  # in use
+    q = Pair()
+    q.cli.config = q.srv.config = tcp.TcpConfig(mss=1448, timestamps=False)
+    q.srv.listeners.clear()
+    q.established()
+    _client_closes_first(q, 7, 2)
+    assert q.cli.conns[(socket.inet_aton(B), 8080, 40000)].conn.state is tcp.State.TIME_WAIT
+    assert q.cli_call("connect", 8, IA, 40000, IB, 8080) == -errno.EADDRNOTAVAIL  # no PAWS: Linux waits too
+    assert ("cli", 7) not in q.gone  # the shim keeps the port in the kernel: bind(0) does not hand it out
+    q.tick(61.0)
+    assert ("cli", 7) in q.gone  # CLOSED after 2*MSL
+
+
+def test_shut_rd_keeps_taking_data_as_linux_does():
+    """Linux (checked kernel to kernel): after SHUT_RD queued bytes are still read, new ones are ACKed and read,
+    and recv returns 0 instead of waiting once nothing is queued; POLLIN|POLLRDHUP, no RST to the peer."""
+    p = Pair()
+    p.established()
+    assert p.cli_call("send", 7, b"before") == 6
+    assert p.srv_call("shutdown", 2, socket.SHUT_RD) == 0
+    assert p.masks[("srv", 2)] & (POLLIN | POLLRDHUP) == POLLIN | POLLRDHUP
+    assert p.srv_call("recv", 2, 100, 0) == b"before"
+    assert p.cli_call("send", 7, b"after" * 1000) == 5000
+    assert p.cli.conns[(socket.inet_aton(B), 8080, 40000)].conn.state is tcp.State.ESTABLISHED  # no RST
+    got = b""
+    while len(got) < 5000:
+        chunk = p.srv_call("recv", 2, 1 << 16, 0)
+        assert chunk, "data after SHUT_RD must be readable"
+        got += chunk
+    assert got == b"after" * 1000
+    assert p.srv_call("recv", 2, 100, 0) == b""  # nothing queued: 0, not EAGAIN
+    assert p.srv_call("send", 2, b"still") == 5 and p.cli_call("recv", 7, 10, 0) == b"still"
+    assert not p.masks[("srv", 2)] & POLLHUP
+    p.srv_call("shutdown", 2, socket.SHUT_WR)
+    assert p.masks[("srv", 2)] & POLLHUP  # both directions shut: Linux's SHUTDOWN_MASK

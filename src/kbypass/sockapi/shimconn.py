@@ -88,7 +88,9 @@ class _Conn:
             m |= POLLRDHUP
         if self.error:
             m |= POLLERR
-        if self.dead or (self.eof and self.shut_wr):
+        if self.shut_rd:
+            m |= POLLRDHUP  # Linux's tcp_poll: RCV_SHUTDOWN, by the peer's FIN or shutdown(SHUT_RD)
+        if self.dead or ((self.eof or self.shut_rd) and self.shut_wr):
             m |= POLLHUP
         if self.dead or (self.connected and not self.shut_wr and self.conn.send_room > 0):
             m |= POLLOUT

@@ -29,6 +29,9 @@ Errors follow the kernel's: a RST is reported once (ECONNRESET, ECONNREFUSED on 
 retransmissions), through SO_ERROR or the next call; after it recv returns end of stream and send EPIPE.
 close() with unread data resets (RFC 2525 2.17, as Linux); otherwise FIN, and the connection finishes here
 (FIN_WAIT, TIME_WAIT) while the application moves on; data for a closed socket is answered with a RST.
+shutdown(SHUT_RD) is Linux's: data still arrives, is ACKed and read; recv returns 0 instead of waiting.
+connect() onto a 4-tuple this host holds in TIME_WAIT takes it over when timestamps were on (Linux's
+twsk_unique, RFC 6191: the ISS above the old snd_nxt), else -EADDRNOTAVAIL.
 """
 
 from __future__ import annotations
@@ -126,7 +129,9 @@ class ShimTcp:
                 if finished and (c.app_closed or c.sid is None):
                     self._forget(c)
                 if c.app_closed and c.sid is not None:  # closed by the app: only its end is news (GONE: its port)
-                    if finished or conn.state is _TIME_WAIT:
+                    # at TIME_WAIT when a connect may take it over (timestamps: connect()); else the kernel keeps
+                    # the port until CLOSED, so it does not hand it out to a connect that would be refused
+                    if finished or (conn.state is _TIME_WAIT and conn.ts_ok):
                         changes += (c.sid, GONE)
                         self.by_sid.pop(c.sid, None)
                         c.sid = None
@@ -193,13 +198,13 @@ class ShimTcp:
     def _events(self, c: _Conn, now: float) -> None:
         conn = c.conn
         # Unread data past MAX_UNREAD stays the connection's (its window closes): recv takes more as the app reads
-        while c.rx_len < MAX_UNREAD or c.app_closed or c.shut_rd:
+        while c.rx_len < MAX_UNREAD or c.app_closed:
             e = conn.next_event()
             if e is None:
                 break
             kind = type(e)
             if kind is tcp.Data:
-                if c.app_closed or c.shut_rd:  # nobody will read it: the kernel answers with a RST
+                if c.app_closed:  # nobody will read it: the kernel answers with a RST
                     c.prediction.disarm()
                     conn.abort()
                     continue
@@ -411,11 +416,21 @@ class ShimTcp:
     def connect(self, sid: int, lip: int, lport: int, rip: int, rport: int, now: float):
         local = (socket.inet_ntoa(lip.to_bytes(4, "big")), lport)
         peer = (socket.inet_ntoa(rip.to_bytes(4, "big")), rport)
-        c = _Conn(tcp.TcpConnection.connect(local, peer, now, config=self.config), local, peer)
-        c.sid = sid
-        old = self.conns.get(c.key)
+        key = (socket.inet_aton(peer[0]), rport, lport)
+        old, iss = self.conns.get(key), None
         if old is not None and not old.conn.finished:
-            return self._out(-errno.EADDRNOTAVAIL, now)
+            if old.conn.state is not _TIME_WAIT or not old.conn.ts_ok:
+                return self._out(-errno.EADDRNOTAVAIL, now)
+            # Linux's reuse of a TIME_WAIT for a connect (twsk_unique; RFC 6191): the kernel gave this port out
+            # again (the shim lets it go at TIME_WAIT) or the app bound it itself. Safe with timestamps: our
+            # tsval only grows (same 4-tuple offset, a later clock) and the ISS starts above the old snd_nxt,
+            # so the peer tells old duplicates from new segments
+            iss = old.conn.sq.snd_max + 65535 + 2
+            old.prediction.disarm()
+            self._timers.pop(old, None)
+            self._forget(old)
+        c = _Conn(tcp.TcpConnection.connect(local, peer, now, config=self.config, iss=iss), local, peer)
+        c.sid = sid
         self._register(c)
         self.by_sid[sid] = c
         self._flush(c, now)
@@ -431,14 +446,14 @@ class ShimTcp:
             return self._out(-errno.ENOTCONN, now)
         # quick only below MAX_UNREAD: at the cap _events left Data in the connection, and _out's pass must take
         # it as rx drains (else no POLLIN, a closed window, and C queueing later segments in front of it)
-        if c.rx and not c.shut_rd and self.quick and not self._touched and c.rx_len < MAX_UNREAD:
+        if c.rx and self.quick and not self._touched and c.rx_len < MAX_UNREAD:
             data = self._take(c, n, peek)
             if peek or not c.conn.consumed(len(data)):
                 return self._quick_out(c, data)
             self._touched.add(c)  # the window reopened: an update
             return self._out(data, now)
         self._touched.add(c)
-        if c.rx and not c.shut_rd:
+        if c.rx:  # after SHUT_RD too: Linux still queues and hands out what arrives, then 0 rather than waiting
             data = self._take(c, n, peek)
             if not peek:
                 c.conn.consumed(len(data))
@@ -513,10 +528,7 @@ class ShimTcp:
         if not c.connected and not c.dead:
             return self._out(-errno.ENOTCONN, now)
         if how in (socket.SHUT_RD, socket.SHUT_RDWR):
-            c.shut_rd = True
-            c.conn.consumed(c.rx_len + c.c_held)  # the shim's C drops its queue too
-            c.rx.clear()
-            c.rx_len = c.c_held = 0
+            c.shut_rd = True  # as Linux: recv stops waiting (0 once rx is empty), data still arrives and is read
         if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not c.shut_wr and not c.dead:
             c.prediction.disarm()
             c.shut_wr = True
