@@ -4,6 +4,7 @@ sealed memfd of the right layout."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kbypass.cp import protocol, shimpage, sockdiag
+from kbypass.cp import accel, protocol, shimpage, sockdiag
 from kbypass.cp.accel import (
     bound_flow,
     check_exclusive,
@@ -290,11 +291,114 @@ def test_watch_proofs_scans_the_tcp_sockets_only_when_asked():
         assert watch_proofs(state, scan=False) == ([], True)
         (_, _, _, why), = watch_proofs(state, scan=True)[0]
         assert "another user's socket" in why  # s is root's, the proof's owner uid 65534
-        entry.rule = Rule.parse(f"tcp src 127.0.0.2 sport 80 dst 127.0.0.1 dport {s.getsockname()[1]}")
-        assert watch_proofs(state, scan=True) == ([], True)  # an active open's 4-tuple: nobody else's
         check_exclusive(s.fileno(), "tcp", s.getsockname()[1], 65534, scan=False)
         with pytest.raises(ProtocolError, match="another user's socket"):
             check_exclusive(s.fileno(), "tcp", s.getsockname()[1], 65534)
+
+
+def test_an_active_opens_4_tuple_rule_is_checked_against_other_users_sockets_too():
+    """Another user's socket bound beside the proof (SO_REUSEADDR on both, then cleared on the proof) and
+    connected, or connecting later, to the same peer would have its segments steered by the proof's 4-tuple rule:
+    an active open is no exception to the scan, at accelerate and at each PROOF_SCAN (review oq #1)."""
+    with socket.socket() as victim, socket.socket() as proof:
+        for sock in (victim, proof):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        victim.bind(("127.0.0.1", 0))  # root's (the test's) client socket, bound to a fixed port
+        port = victim.getsockname()[1]
+        proof.bind(("127.0.0.1", port))
+        proof.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)  # the attacker's, "owned" by uid 65534
+        with pytest.raises(ProtocolError, match="another user's socket"):
+            check_exclusive(proof.fileno(), "tcp", port, 65534)
+        entry = SimpleNamespace(owner=SimpleNamespace(uid=65534), proof=proof.fileno(),
+                                rule=Rule.parse(f"tcp src 127.0.0.2 sport 80 dst 127.0.0.1 dport {port}"))
+        state = SimpleNamespace(served={"eth0": SimpleNamespace(rules={1: entry})})
+        assert watch_proofs(state, scan=False) == ([], True)
+        (_, _, _, why), = watch_proofs(state, scan=True)[0]
+        assert "another user's socket" in why
+
+
+def test_an_ipv6_only_wildcard_is_no_rival_of_an_ipv4_proof():
+    """An IPV6_V6ONLY [::]:port shares nothing with IPv4 sockets (the kernel lets anyone bind one beside an IPv4
+    proof): counted as a wildcard, any user could get another's rule removed (review oq #4)."""
+    with socket.socket(socket.AF_INET6) as only6, socket.socket(socket.AF_INET6) as dual:
+        only6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        only6.bind(("::", 0))
+        only6.listen()
+        dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        dual.bind(("::", 0))
+        dual.listen()
+        listed = {port: ip for ip, port, _, _ in sockdiag.sockets("tcp")}
+        assert listed[only6.getsockname()[1]] is None and listed[dual.getsockname()[1]] == "0.0.0.0"
+        assert flow_owners("tcp", only6.getsockname()[1], "127.0.0.1") == set()
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u:
+        u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        u.bind(("::", 0))
+        assert flow_owners("udp", u.getsockname()[1], "127.0.0.1") == set()
+
+
+class _Replies:
+    """A netlink socket that answers every request with the next of `replies` (bytes made by `msg`)."""
+
+    def __init__(self, *replies: bytes) -> None:
+        self.replies, self.seq = list(replies), 0
+
+    def send(self, request: bytes) -> None:
+        self.seq = struct.unpack_from("=I", request, 8)[0]
+
+    def recv(self, _n: int) -> bytes:
+        return self.replies.pop(0)(self.seq)
+
+
+def msg(kind: int, body: bytes = b"", flags: int = 0, length: int | None = None):
+    return lambda seq: struct.pack("=IHHII", 16 + len(body) if length is None else length, kind, flags, seq, 0) + body
+
+
+@pytest.mark.parametrize("reply, why", [
+    (msg(sockdiag.NLMSG_ERROR, b"\x00\x00"), "short"),  # an error message without its errno
+    (msg(20, bytes(30)), "short"),  # an inet_diag_msg cut short
+    (msg(20, bytes(80), length=500), "truncated"),  # a length past the datagram's end
+    (msg(sockdiag.NLMSG_DONE, flags=sockdiag.NLM_F_DUMP_INTR), "interrupted"),
+])
+def test_a_malformed_sock_diag_reply_is_an_oserror_not_a_crash(reply, why):
+    """watch_proofs catches OSError: a struct.error out of a short reply would reach the control plane's loop
+    (review oq #9)."""
+    with pytest.raises(OSError, match=why):
+        sockdiag._dump(_Replies(reply), "tcp", socket.AF_INET, sockdiag.STATES)
+
+
+def test_an_interrupted_dump_is_asked_again_once(monkeypatch):
+    calls = []
+
+    def dump(nl, proto, family, states):
+        calls.append(family)
+        if len(calls) == 1:
+            raise OSError(errno.EAGAIN, "interrupted")
+        return [("127.0.0.1", 1, 0, 10)] if family == socket.AF_INET else []
+
+    monkeypatch.setattr(sockdiag, "_dump", dump)
+    assert sockdiag.sockets("tcp") == [("127.0.0.1", 1, 0, 10)]
+    assert calls == [socket.AF_INET, socket.AF_INET, socket.AF_INET6]
+
+
+def test_a_socket_table_that_cannot_be_read_once_keeps_the_rules(monkeypatch):
+    """EMFILE in the control plane for a moment must not take every non-root rule away: only LIST_FAILURES
+    failed reads in a row do (review oq #9)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        entry = SimpleNamespace(owner=SimpleNamespace(uid=65534), proof=s.fileno(),
+                                rule=Rule.parse(f"tcp dst 127.0.0.1 dport {s.getsockname()[1]}"))
+        state = SimpleNamespace(served={"eth0": SimpleNamespace(rules={1: entry})})
+
+        def refused(proto, states=sockdiag.STATES):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(sockdiag, "sockets", refused)
+        failures: dict[str, int] = {}
+        for _ in range(accel.LIST_FAILURES - 1):
+            assert watch_proofs(state, scan=True, failures=failures) == ([], True)
+        (_, _, _, why), = watch_proofs(state, scan=True, failures=failures)[0]
+        assert "cannot be listed" in why
 
 
 def test_a_listener_over_live_kernel_connections_of_its_port_stays_the_kernels():

@@ -75,6 +75,7 @@ def flow_rule(proto: str, ip: str, port: int, peer: str | None = None, peer_port
 TIME_WAIT = 6  # a TIME_WAIT socket's state (its uid shows as 0: a timewait sock has none)
 PROOF_TICK = 0.1  # seconds between the control plane's looks at the non-root proofs (watch_proofs) ...
 PROOF_SCAN = 0.5  # ... and between its scans of the TCP sockets for other users' (~3 ms each: sockdiag)
+LIST_FAILURES = 3  # ticks in a row the socket tables could not be read before non-root rules go (watch_proofs)
 
 
 def port_owners(proto: str) -> dict[int, set[int]]:
@@ -144,8 +145,9 @@ def check_exclusive(fd: int, proto: str, port: int, uid: int, ip: str | None = N
     any user bind a UDP port whose sockets all have SO_REUSEADDR (and gives the last binder the datagrams), so
     SO_REUSEADDR is cleared on it here (the kernel reads it at each later bind: they get EADDRINUSE, root's too,
     even after the app closed its socket); SO_REUSEPORT admits sockets of the same uid only. Other users'
-    sockets are looked for after the clearing, so none joins between (not `scan`: an active open's, steered by
-    its 4-tuple, at each connect); refused, the socket is left as it was."""
+    sockets are looked for after the clearing, so none joins between; an active open's too (its 4-tuple rule
+    would take the segments of another user's socket bound beside it with SO_REUSEADDR and connected, or
+    connecting later, to the same peer); refused, the socket is left as it was."""
     s = socket.socket(fileno=fd)
     cleared = False
     try:
@@ -161,14 +163,19 @@ def check_exclusive(fd: int, proto: str, port: int, uid: int, ip: str | None = N
         s.detach()
 
 
-def watch_proofs(state, scan: bool = True) -> tuple[list[tuple[object, str, int, str]], bool]:
+def watch_proofs(state, scan: bool = True, failures: dict[str, int] | None = None
+                 ) -> tuple[list[tuple[object, str, int, str]], bool]:
     """(client, iface, rule id, why) of each non-root client's `accelerate` rule whose proof no longer keeps its
     port to itself (`exposure`), for the control plane to remove (each PROOF_TICK and before each new rule), and
     whether there was any such proof to look at. Each proof's socket is looked at every time, and the UDP
     sockets (a cheap table); the TCP ones only when `scan` (each PROOF_SCAN: their dump walks the kernel's whole
-    established hash), and not for an active open (flow_rule: steered by its 4-tuple, which another socket on its
-    port does not share). The tables are read once per protocol, and not at all when only root holds proofs."""
+    established hash), an active open's too (another user's socket bound beside it and connected to the same
+    peer would have its segments steered by the 4-tuple rule). The tables are read once per protocol, and not at
+    all when only root holds proofs. A table that cannot be read (EMFILE, say) keeps the rules this time: only
+    `failures` such ticks in a row (state.proof_failures counts them) remove them, so one transient error does not
+    take every non-root rule away."""
     tables: dict[str, dict | OSError] = {}
+    failures = {} if failures is None else failures
     found = []
     watched = False
     for iface, served in list(state.served.items()):
@@ -177,15 +184,21 @@ def watch_proofs(state, scan: bool = True) -> tuple[list[tuple[object, str, int,
                 continue
             watched = True
             proto = entry.rule.proto
-            look = proto == "udp" or scan and entry.rule.src is None  # an active open's 4-tuple is its own
+            look = proto == "udp" or scan
             if look and proto not in tables:
                 try:
                     tables[proto] = by_port(sockdiag.sockets(proto))
-                except OSError as e:  # who else is on the port is not known: the rule goes
+                    failures.pop(proto, None)
+                except OSError as e:  # who else is on the port is not known: the rules go if it lasts
+                    failures[proto] = failures.get(proto, 0) + 1
                     tables[proto] = e
             table = tables.get(proto)
-            why = (f"its port's sockets cannot be listed ({table.strerror})" if isinstance(table, OSError) else
-                   exposure(entry.proof, proto, entry.rule.dport, entry.owner.uid, entry.rule.dst, table, look))
+            if isinstance(table, OSError):
+                if failures.get(proto, 0) < LIST_FAILURES:
+                    continue
+                why = f"its port's sockets cannot be listed ({table.strerror})"
+            else:
+                why = exposure(entry.proof, proto, entry.rule.dport, entry.owner.uid, entry.rule.dst, table, look)
             if why is not None:
                 found.append((entry.owner, iface, rule_id, why))
     return found, watched

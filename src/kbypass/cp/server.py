@@ -146,6 +146,7 @@ class Server:
         self.stop_signal: str | None = None  # set by serve()'s signal handler
         self._wake: tuple[int, int] | None = None  # a pipe: Server.stop wakes the loop's select through it
         self._proofs_due = self._scan_due = 0.0  # when the non-root proofs are next looked at (_watch_proofs)
+        self._list_failures: dict[str, int] = {}  # ticks in a row a socket table could not be read, by protocol
 
     # ---- start and stop --------------------------------------------------------------------------
 
@@ -262,12 +263,12 @@ class Server:
         """Remove each non-root app's `accelerate` rule whose proof no longer keeps its port to itself (kbypass.cp.
         accel.watch_proofs: the app shares that socket and may open its port to other users after the check): every
         PROOF_TICK while there are such proofs, with a scan of the TCP sockets every PROOF_SCAN, and `now` (before
-        a new rule: one exposed since the last look must not keep it out; no scan, a connect must not wait for
-        one). The seconds until the next look."""
+        a new rule: one exposed since the last look must not keep it out; no scan here: check_exclusive scans the
+        new rule's own port). The seconds until the next look."""
         t = time.monotonic()
         if now or t >= self._proofs_due:
             scan = t >= self._scan_due
-            exposed, watching = watch_proofs(self.state, scan)
+            exposed, watching = watch_proofs(self.state, scan, self._list_failures)
             self._proofs_due = t + (PROOF_TICK if watching or now else 0.5)  # now: a rule may follow
             if scan:
                 self._scan_due = t + PROOF_SCAN
@@ -547,7 +548,7 @@ class Server:
                                 "(SO_REUSEPORT): this one stays on the kernel, and that one gets all the port's "
                                 "datagrams")
         if client.uid != 0:
-            check_exclusive(fd, proto, port, client.uid, str(addr.ip), scan=peer is None)
+            check_exclusive(fd, proto, port, client.uid, str(addr.ip))
         if proto == "tcp":
             check_no_kernel_connections(fd, str(addr.ip), port)
         proof = os.dup(fd)  # the rule's: the port stays taken in the kernel for as long as the rule steers it

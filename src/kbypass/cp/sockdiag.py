@@ -5,6 +5,7 @@ it once, in the kernel, ~50x cheaper. The control plane reads it every PROOF_TIC
 
 from __future__ import annotations
 
+import errno
 import itertools
 import socket
 import struct
@@ -13,55 +14,91 @@ NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_DUMP_INTR = 0x10
+INET_DIAG_SKV6ONLY = 11
+TIMEOUT = 1.0  # seconds for the kernel's reply (it comes at once; never wait for ever in the control plane)
 TCP_SYN_RECV, TCP_NEW_SYN_RECV = 3, 12
 # every state but the request sockets of a listener's handshakes (the listener is listed, with its uid)
 STATES = 0xFFFFFFFF & ~(1 << TCP_SYN_RECV | 1 << TCP_NEW_SYN_RECV)
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr
 _REQUEST = struct.Struct("=BBBBI48x")  # inet_diag_req_v2: family, protocol, ext, pad, states, id (any)
+_ATTR = struct.Struct("=HH")  # rtattr: length, type
 _MSG = struct.Struct("=BBBB2sxx16s16x4x8x4x4x4xI")  # inet_diag_msg: family, state, .., sport, src, .., uid
+MSG_LEN = 72  # sizeof(struct inet_diag_msg): the inode after uid, then the attributes
 _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 _MAPPED = bytes(10) + b"\xff\xff"
 _seq = itertools.count(1)
 
 
-def ipv4_of(family: int, src: bytes) -> str | None:
+def ipv4_of(family: int, src: bytes, v6only: bool = False) -> str | None:
     """A socket's local address as IPv4 ("0.0.0.0": a wildcard, IPv6's :: too, a dual-stack socket takes IPv4),
-    None for an IPv6 address no IPv4 packet reaches."""
+    None for an IPv6 address no IPv4 packet reaches (an IPV6_V6ONLY socket's :: among them: it shares no port
+    with IPv4 sockets, so any user may bind one beside a proof, and it must not count as the proof's rival)."""
     if family == socket.AF_INET:
         return socket.inet_ntoa(src[:4])
     if src == bytes(16):
-        return "0.0.0.0"
+        return None if v6only else "0.0.0.0"
     return socket.inet_ntoa(src[12:]) if src[:12] == _MAPPED else None
+
+
+def _v6only(data: bytes, at: int, end: int) -> bool:
+    """INET_DIAG_SKV6ONLY among a message's attributes (the kernel adds it to an AF_INET6 socket that listens
+    or is unconnected, the states a wildcard bind is in)."""
+    while at + _ATTR.size <= end:
+        length, kind = _ATTR.unpack_from(data, at)
+        if length < _ATTR.size or at + length > end:
+            break
+        if kind == INET_DIAG_SKV6ONLY and length > _ATTR.size:
+            return data[at + _ATTR.size] != 0
+        at += (length + 3) & ~3
+    return False
+
+
+def _dump(nl: socket.socket, proto: str, family: int, states: int) -> list[tuple[str | None, int, int, int]]:
+    """One family's sockets; OSError for a refusal, a malformed or truncated reply, or an interrupted dump (the
+    tables changed while the kernel walked them: the caller asks again)."""
+    seq = next(_seq)
+    body = _REQUEST.pack(family, _PROTOS[proto], 0, 0, states)
+    nl.send(_HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+    out = []
+    while True:
+        data = nl.recv(1 << 16)
+        at = 0
+        while at + _HEADER.size <= len(data):
+            length, kind, flags, got_seq, _ = _HEADER.unpack_from(data, at)
+            if length < _HEADER.size or at + length > len(data):
+                raise OSError(errno.EPROTO, f"sock_diag: a truncated {proto} message")
+            if got_seq == seq:
+                if flags & NLM_F_DUMP_INTR:
+                    raise OSError(errno.EAGAIN, f"sock_diag: the {proto} dump was interrupted")
+                if kind == NLMSG_DONE:
+                    return out
+                if kind == NLMSG_ERROR:
+                    if length < _HEADER.size + 4:
+                        raise OSError(errno.EPROTO, f"sock_diag: a short {proto} error message")
+                    code = -struct.unpack_from("=i", data, at + _HEADER.size)[0]
+                    raise OSError(code, f"sock_diag: {proto} dump refused")
+                if length < _HEADER.size + _MSG.size:
+                    raise OSError(errno.EPROTO, f"sock_diag: a short {proto} socket message")
+                fam, state, _, _, sport, src, uid = _MSG.unpack_from(data, at + _HEADER.size)
+                v6only = fam == socket.AF_INET6 and _v6only(data, at + _HEADER.size + MSG_LEN, at + length)
+                out.append((ipv4_of(fam, src, v6only), int.from_bytes(sport, "big"), uid, state))
+            at += (length + 3) & ~3
 
 
 def sockets(proto: str, states: int = STATES) -> list[tuple[str | None, int, int, int]]:
     """(local IPv4 or None, local port, uid, state) of each kernel socket of `proto` ("tcp" or "udp") in this
     namespace, IPv4 and IPv6, in `states` (a mask of 1 << TCP state; a request socket of a handshake shows as
     SYN_RECV). A TIME_WAIT (or FIN_WAIT2 timewait) socket shows uid 0, as in /proc: it has none. OSError when the
-    kernel refuses the dump."""
+    kernel refuses the dump, its reply is malformed, does not come within TIMEOUT, or is interrupted twice."""
     out = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(TIMEOUT)
         for family in (socket.AF_INET, socket.AF_INET6):
-            seq = next(_seq)
-            body = _REQUEST.pack(family, _PROTOS[proto], 0, 0, states)
-            nl.send(_HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-                    + body)
-            done = False
-            while not done:
-                data = nl.recv(1 << 16)
-                at = 0
-                while at + _HEADER.size <= len(data):
-                    length, kind, _, got_seq, _ = _HEADER.unpack_from(data, at)
-                    if length < _HEADER.size:
-                        break
-                    if got_seq == seq:
-                        if kind == NLMSG_DONE:
-                            done = True
-                        elif kind == NLMSG_ERROR:
-                            errno = -struct.unpack_from("=i", data, at + _HEADER.size)[0]
-                            raise OSError(errno, f"sock_diag: {proto} dump refused")
-                        elif length >= _HEADER.size + _MSG.size:
-                            fam, state, _, _, sport, src, uid = _MSG.unpack_from(data, at + _HEADER.size)
-                            out.append((ipv4_of(fam, src), int.from_bytes(sport, "big"), uid, state))
-                    at += (length + 3) & ~3
+            try:
+                out += _dump(nl, proto, family, states)
+            except OSError as e:
+                if e.errno != errno.EAGAIN:
+                    raise
+                out += _dump(nl, proto, family, states)  # once more: an interrupted dump may list a socket twice
     return out
