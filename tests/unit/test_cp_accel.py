@@ -279,15 +279,20 @@ def test_the_page_layout_is_the_shims():
     assert shimpage.SLOT.size == 64 and shimpage.HEADER + shimpage.SLOTS * shimpage.SLOT.size <= shimpage.PAGE_BYTES
 
 
+def listening_proof(s: socket.socket) -> SimpleNamespace:
+    """The control plane's state with one rule: s (root's, listening on 127.0.0.1) the proof of uid 65534."""
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    entry = SimpleNamespace(owner=SimpleNamespace(uid=65534), proof=s.fileno(),
+                            rule=Rule.parse(f"tcp dst 127.0.0.1 dport {s.getsockname()[1]}"))
+    return SimpleNamespace(served={"eth0": SimpleNamespace(rules={1: entry})})
+
+
 def test_watch_proofs_scans_the_tcp_sockets_only_when_asked():
     """A TCP proof's own socket is looked at every PROOF_TICK; the other users' TCP sockets on its port only at a
     scan (PROOF_SCAN, before a new rule): their dump walks the kernel's whole established hash."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        entry = SimpleNamespace(owner=SimpleNamespace(uid=65534), proof=s.fileno(),
-                                rule=Rule.parse(f"tcp dst 127.0.0.1 dport {s.getsockname()[1]}"))
-        state = SimpleNamespace(served={"eth0": SimpleNamespace(rules={1: entry})})
+        state = listening_proof(s)
         assert watch_proofs(state, scan=False) == ([], True)
         (_, _, _, why), = watch_proofs(state, scan=True)[0]
         assert "another user's socket" in why  # s is root's, the proof's owner uid 65534
@@ -384,11 +389,7 @@ def test_a_socket_table_that_cannot_be_read_once_keeps_the_rules(monkeypatch):
     """EMFILE in the control plane for a moment must not take every non-root rule away: only LIST_FAILURES
     failed reads in a row do (review oq #9)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        entry = SimpleNamespace(owner=SimpleNamespace(uid=65534), proof=s.fileno(),
-                                rule=Rule.parse(f"tcp dst 127.0.0.1 dport {s.getsockname()[1]}"))
-        state = SimpleNamespace(served={"eth0": SimpleNamespace(rules={1: entry})})
+        state = listening_proof(s)
 
         def refused(proto, states=sockdiag.STATES):
             raise OSError(errno.EMFILE, "Too many open files")
