@@ -151,6 +151,7 @@ struct kbp_sock {
     unsigned slow_gen;        /* the pump that gave the host a frame of it: no prediction here after it */
     struct kbp_pend *pend;    /* a listener back on the kernel: connections it still hands out (kbp_tcpwake.c) */
     int handed;               /* the kernel's now (kbp_tcprepair.c): its fds are not; a waiting call holds it */
+    int *flow_rules, n_flow_rules; /* a draining listener's: its connections' 4-tuple rules (kbp_tcp.c flows_only) */
     struct kbp_sock *spare_next; /* released: the next spare record (kbp_sock_free) */
 };
 #define KBP_TCP_LISTENER 1

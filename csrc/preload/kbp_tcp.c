@@ -112,6 +112,7 @@ void kbp_tcp_transmit(const uint8_t *pkt, uint32_t len) {
 static void let_go(struct kbp_sock *s);
 static void rule_gone(const char *iface, int *rule_id);
 static int drain_port(struct kbp_sock *s);
+static void flows_only(struct kbp_sock *z);
 static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags);
 
 void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
@@ -202,7 +203,9 @@ void kbp_tcp_before_fork(void) {
         while ((c = accept_ours(s, NULL, NULL, SOCK_CLOEXEC)) >= 0) /* done here, not accepted yet: kept for it */
             if (kbp_tcp_handoff(kbp_fds[c]) < 0 || kbp_tcp_pend(s, c) < 0) close(c);
         long users = kbp_py_call("release", NULL, 0, "(Id)", s->sid, now_s());
+        uint32_t sid = s->sid;
         if (users <= 0 || !drain_port(s)) rule_gone(s->ifc->name, &s->rule_id);
+        else flows_only(by_sid[sid % SID_SLOTS]); /* its zombie's */
         sid_drop(s);
         s->accel = 0;
         if (s->slot) s->slot->used = 0;
@@ -647,14 +650,56 @@ static int drain_port(struct kbp_sock *s) {
         return 0;
     }
     z->fd = held, z->tcp = 1, z->accel = 1, z->zombie = 1, z->tcp_role = KBP_TCP_LISTENER;
-    z->ifc = s->ifc, z->sid = s->sid, z->rule_id = s->rule_id;
+    z->ifc = s->ifc, z->sid = s->sid, z->rule_id = s->rule_id, z->tcp_local = s->tcp_local;
     by_sid[s->sid % SID_SLOTS] = z;
     s->sid = 0, s->rule_id = -1;
     return 1;
 }
 
+#define PEERS_MAX 256 /* shimtcp.PEERS_MAX */
+
+static void flow_rules_gone(struct kbp_sock *z) {
+    for (int i = 0; i < z->n_flow_rules; i++) rule_gone(z->ifc->name, &z->flow_rules[i]);
+    free(z->flow_rules);
+    z->flow_rules = NULL, z->n_flow_rules = 0;
+}
+
+/* A listener released at a fork while connections of its port are still ours (z: its zombie, drain_port): its
+ * port's rule would take every new SYN (which nobody here accepts: the kernel's listener the children share
+ * must see them) and the segments of the connections handed to the kernel. So each connection still ours gets
+ * its 4-tuple's rule (proved by the listener's fd, as an active open's by its socket) and the port's rule goes;
+ * the zombie holds them until the port's last connection is done. Any refused: the port's rule stays. */
+static void flows_only(struct kbp_sock *z) {
+    uint8_t peers[PEERS_MAX * 6];
+    long n = kbp_py_call("port_peers", peers, sizeof(peers), "(Id)", (unsigned)ntohs(z->tcp_local.sin_port), now_s());
+    int *ids = n >= 0 && n % 6 == 0 ? calloc((size_t)n / 6 + 1, sizeof(int)) : NULL;
+    if (!ids) {
+        kbp_verbose("fd %d: fork: the port's rule stays while its connections finish (no peers: %ld)", z->fd, n);
+        return;
+    }
+    z->flow_rules = ids;
+    for (long i = 0; i < n; i += 6) {
+        struct sockaddr_in peer = {.sin_family = AF_INET};
+        memcpy(&peer.sin_addr, peers + i, 4);
+        memcpy(&peer.sin_port, peers + i + 4, 2);
+        char req[128], buf[1024];
+        long long id;
+        kbp_cp_accelerate_req(req, sizeof(req), &peer);
+        if (kbp_cp_call(req, z->fd, buf, sizeof(buf), NULL, 0, NULL) < 0 || kbp_json_int(buf, "rule_id", &id)) {
+            kbp_verbose("fd %d: fork: the port's rule stays while its connections finish (%s)", z->fd, buf);
+            flow_rules_gone(z);
+            return;
+        }
+        ids[z->n_flow_rules++] = (int)id;
+    }
+    rule_gone(z->ifc->name, &z->rule_id);
+    kbp_verbose("fd %d: fork: %d connection(s) still ours keep their 4-tuples' rules, the port is the kernel's", z->fd,
+                z->n_flow_rules);
+}
+
 /* A zombie's connection is done: its rule, port and record go. */
 static void let_go(struct kbp_sock *s) {
+    flow_rules_gone(s);
     rule_gone(s->ifc->name, &s->rule_id);
     kbp_real.close(s->fd);
     if (s->slot) s->slot->used = 0;

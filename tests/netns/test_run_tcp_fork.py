@@ -265,3 +265,34 @@ def test_a_connection_when_the_control_plane_dies(own_cp, forks, user):
         assert said == ["two", "ConnectionResetError"], (said, out)
         assert "read: ECONNRESET" in out, out
     assert "Traceback" not in out, out
+
+
+HOLDING_CLIENT = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+print("connected", flush=True)
+sys.stdin.readline()  # held open (its connection still the app's) while the others connect
+"""
+
+
+def test_a_connection_that_cannot_be_handed_leaves_the_port_to_the_kernels_listener(hosts):
+    """Without CAP_NET_ADMIN the connection open at socat's fork stays the parent's (no TCP_REPAIR): its
+    4-tuple keeps a rule, the port's rule goes, so the next clients' SYNs reach the kernel's listener the
+    children accept from (with the whole port's rule they were dropped on the rings: connect timed out)."""
+    a, b = hosts
+    srv = run_app(b, "socat", f"TCP-LISTEN:9508,bind={b.ipv4},fork,reuseaddr", "EXEC:cat", user=NO_NET_ADMIN)
+    first = None
+    try:
+        wait_for(lambda: sockets_of(b, 9508), what="socat's listening socket to be accelerated")
+        first = subprocess.Popen(in_ns(a, sys.executable, "-c", HOLDING_CLIENT, b.ipv4, "9508"), stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert first.stdout.readline().split() == ["connected"]
+        time.sleep(0.5)  # socat accepted it and forked
+        later = echo_clients(a, b.ipv4, 9508, 3, 50_000)
+    finally:
+        if first is not None:
+            first.kill()
+            first.wait()
+        log = stop(srv)
+    assert later == ["ok"] * 3, (later, log)
+    assert "keep their 4-tuples' rules" in log, log
