@@ -222,7 +222,7 @@ void kbp_tcp_cp_lost(void) {
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
         struct kbp_sock *s = kbp_fds[fd];
         int sp[2];
-        if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER || !s->sid || !s->connected ||
+        if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER || !s->sid || /* and connects under way */
             kbp_real.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0)
             continue;
         kbp_real.send(sp[0], "x", 1, MSG_NOSIGNAL);

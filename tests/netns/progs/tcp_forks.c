@@ -14,12 +14,16 @@
  *   tcp_forks epollfork IP PORT     accept one connection, echo each message as epoll says it is readable;
  *                                   after the first, fork a child that exits at once (a helper, system()'s
  *                                   way): the connection, in epoll, goes on in the parent
+ *   tcp_forks connecting IP PORT DST DPORT  a non-blocking connect to DST:DPORT (one that never answers), then
+ *                                   waits for a line on stdin (the control plane killed meanwhile) and prints
+ *                                   "connect: <errno name or 0> read: <errno name or 0>" once poll says it is done
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -152,6 +156,23 @@ int main(int argc, char **argv) {
             }
         }
         printf("epoll done %d\n", msgs);
+        return 0;
+    }
+    if (!strcmp(mode, "connecting") && argc > 5) {
+        struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[5]))};
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), err = 0;
+        inet_pton(AF_INET, argv[4], &to.sin_addr);
+        if (c < 0 || (connect(c, (struct sockaddr *)&to, sizeof(to)) < 0 && errno != EINPROGRESS)) return 1;
+        printf("connecting\n");
+        fflush(stdout);
+        char line[16];
+        if (!fgets(line, sizeof(line), stdin)) return 1;
+        struct pollfd p = {c, POLLOUT, 0};
+        socklen_t el = sizeof(err);
+        if (poll(&p, 1, 5000) != 1 || getsockopt(c, SOL_SOCKET, SO_ERROR, &err, &el) < 0) return 1;
+        char b;
+        ssize_t k = read(c, &b, 1);
+        printf("connect: %s read: %s\n", err ? strerrorname_np(err) : "0", k < 0 ? strerrorname_np(errno) : "0");
         return 0;
     }
     int c = accept(l, NULL, NULL);
