@@ -316,3 +316,12 @@ def test_a_connect_under_way_when_the_control_plane_dies_is_reset(own_cp, forks)
     finally:
         out = stop(srv)
     assert "connect: ECONNRESET" in out or "read: ECONNRESET" in out, out
+
+
+def test_a_forks_child_does_not_keep_the_parents_flusher_eventfd(hosts, forks):
+    """The flusher's eventfd is one object shared by the copies: a child's flusher would drain the parent's
+    kicks (the parent's then sleeps untimed, its TCP timers late). The child closes its copy."""
+    a, b = hosts
+    srv = run_app(b, forks, "forkfds", b.ipv4, "9510")
+    out, _ = srv.communicate(timeout=20)
+    assert "accelerated" in out and "child eventfds 0" in out, out

@@ -14,6 +14,8 @@
  *   tcp_forks epollfork IP PORT     accept one connection, echo each message as epoll says it is readable;
  *                                   after the first, fork a child that exits at once (a helper, system()'s
  *                                   way): the connection, in epoll, goes on in the parent
+ *   tcp_forks forkfds IP PORT       fork a child that prints "child eventfds N": the eventfds it holds (the
+ *                                   shim's flusher's is the parent's own, not for a child to drain)
  *   tcp_forks connecting IP PORT DST DPORT  a non-blocking connect to DST:DPORT (one that never answers), then
  *                                   waits for a line on stdin (the control plane killed meanwhile) and prints
  *                                   "connect: <errno name or 0> read: <errno name or 0>" once poll says it is done
@@ -157,6 +159,22 @@ int main(int argc, char **argv) {
         }
         printf("epoll done %d\n", msgs);
         return 0;
+    }
+    if (!strcmp(mode, "forkfds")) {
+        pid_t p = fork();
+        if (p == 0) {
+            int n = 0;
+            char path[64], link[64];
+            for (int fd = 0; fd < 1024; fd++) {
+                snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+                ssize_t k = readlink(path, link, sizeof(link) - 1);
+                n += k > 0 && (link[k] = 0, strstr(link, "eventfd") != NULL);
+            }
+            printf("child eventfds %d\n", n);
+            fflush(stdout);
+            _exit(0);
+        }
+        return p < 0 || waitpid(p, NULL, 0) < 0;
     }
     if (!strcmp(mode, "connecting") && argc > 5) {
         struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[5]))};
