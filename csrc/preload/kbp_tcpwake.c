@@ -81,7 +81,12 @@ static int take(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int
     struct pollfd kp = {ls->fd, POLLIN, 0};
     struct sockaddr_in peer;
     socklen_t pl = sizeof(peer);
-    int k = kbp_real.poll(&kp, 1, 0) == 1 ? kbp_real.accept4(ls->fd, (struct sockaddr *)&peer, &pl, flags) : -1;
+    /* non-blocking whatever the app asked: the listener is shared with a fork's children, one may take the
+     * connection between the poll and the accept, and a blocking accept here would hold kbp_lock */
+    int k = kbp_real.poll(&kp, 1, 0) == 1
+                ? kbp_real.accept4(ls->fd, (struct sockaddr *)&peer, &pl, flags | SOCK_NONBLOCK)
+                : -1;
+    if (k >= 0 && !(flags & SOCK_NONBLOCK)) kbp_real.fcntl(k, F_SETFL, kbp_real.fcntl(k, F_GETFL) & ~O_NONBLOCK);
     if (k >= 0 && !is_wake(p, &peer)) { /* the kernel's own (loopback, another interface) */
         kbp_tcp_fill_addr(addr, alen, &peer);
         return k;
