@@ -110,9 +110,7 @@ void kbp_tcp_transmit(const uint8_t *pkt, uint32_t len) {
 }
 
 static void let_go(struct kbp_sock *s);
-static void rule_gone(const char *iface, int *rule_id);
 static int drain_port(struct kbp_sock *s);
-static void flows_only(struct kbp_sock *z);
 static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags);
 
 void kbp_tcp_changed(uint32_t sid, uint32_t mask) {
@@ -187,7 +185,8 @@ short kbp_tcp_revents(struct kbp_sock *s, short events) {
  * kernel's listener (shared with the children) takes the connections, the app works as without kbypass. With
  * the connections handed over nothing of ours uses the port any more, so the rule goes at once (no SYN taken by
  * a listener nobody accepts from, a new listen() on the port works); a connection that could not be handed
- * (no CAP_NET_ADMIN, or our FIN sent) keeps it until it is done (drain_port). Those done and not accepted yet
+ * (no CAP_NET_ADMIN, or our FIN sent) keeps a rule of its 4-tuple until the port's last is done (drain_port,
+ * kbp_tcp_flows_only). Those done and not accepted yet
  * are handed over too and kept for the app's accept (kbp_tcpwake.c). */
 void kbp_tcp_before_fork(void) {
     if (!kbp_tcp_on) return;
@@ -204,8 +203,8 @@ void kbp_tcp_before_fork(void) {
             if (kbp_tcp_handoff(kbp_fds[c]) < 0 || kbp_tcp_pend(s, c) < 0) close(c);
         long users = kbp_py_call("release", NULL, 0, "(Id)", s->sid, now_s());
         uint32_t sid = s->sid;
-        if (users <= 0 || !drain_port(s)) rule_gone(s->ifc->name, &s->rule_id);
-        else flows_only(by_sid[sid % SID_SLOTS]); /* its zombie's */
+        if (users <= 0 || !drain_port(s)) kbp_tcp_rule_gone(s->ifc->name, &s->rule_id);
+        else kbp_tcp_flows_only(by_sid[sid % SID_SLOTS]); /* its zombie's */
         sid_drop(s);
         s->accel = 0;
         if (s->slot) s->slot->used = 0;
@@ -223,7 +222,7 @@ void kbp_tcp_before_fork(void) {
 void kbp_tcp_forget(struct kbp_sock *s, const char *call) {
     kbp_tcpc_detach(s);
     if (call) kbp_py_call(call, NULL, 0, "(Id)", s->sid, now_s());
-    if (s->tcp_role == KBP_TCP_ACTIVE && s->ifc) rule_gone(s->ifc->name, &s->rule_id);
+    if (s->tcp_role == KBP_TCP_ACTIVE && s->ifc) kbp_tcp_rule_gone(s->ifc->name, &s->rule_id);
     if (s->ifc) kbp_iface_drop_sock(s->ifc, s);
     if (s->slot) s->slot->used = 0;
     sid_drop(s);
@@ -246,7 +245,7 @@ void kbp_tcp_after_fork_child(void) {
 
 /* ---- acceleration ----------------------------------------------------------------------------------------- */
 
-static void rule_gone(const char *iface, int *rule_id) {
+void kbp_tcp_rule_gone(const char *iface, int *rule_id) {
     if (kbp_cp_fd() < 0 || *rule_id < 0) return;
     char req[160], buf[512];
     snprintf(req, sizeof(req), "{\"op\":\"remove\",\"iface\":\"%s\",\"rule_id\":%d}", iface, *rule_id);
@@ -317,7 +316,7 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
     int mss = ifc ? (ifc->mtu - 40 < FRAME_MSS ? ifc->mtu - 40 : FRAME_MSS) : 0;
     uint32_t sid = ifc && kbp_py_ready(mss, why, sizeof(why)) == 0 ? sid_take(s) : 0;
     if (!sid) {
-        rule_gone(iface, &s->rule_id);
+        kbp_tcp_rule_gone(iface, &s->rule_id);
         stays(who, why[0] ? why : "too many TCP sockets");
         return -1;
     }
@@ -656,51 +655,10 @@ static int drain_port(struct kbp_sock *s) {
     return 1;
 }
 
-#define PEERS_MAX 256 /* shimtcp.PEERS_MAX */
-
-static void flow_rules_gone(struct kbp_sock *z) {
-    for (int i = 0; i < z->n_flow_rules; i++) rule_gone(z->ifc->name, &z->flow_rules[i]);
-    free(z->flow_rules);
-    z->flow_rules = NULL, z->n_flow_rules = 0;
-}
-
-/* A listener released at a fork while connections of its port are still ours (z: its zombie, drain_port): its
- * port's rule would take every new SYN (which nobody here accepts: the kernel's listener the children share
- * must see them) and the segments of the connections handed to the kernel. So each connection still ours gets
- * its 4-tuple's rule (proved by the listener's fd, as an active open's by its socket) and the port's rule goes;
- * the zombie holds them until the port's last connection is done. Any refused: the port's rule stays. */
-static void flows_only(struct kbp_sock *z) {
-    uint8_t peers[PEERS_MAX * 6];
-    long n = kbp_py_call("port_peers", peers, sizeof(peers), "(Id)", (unsigned)ntohs(z->tcp_local.sin_port), now_s());
-    int *ids = n >= 0 && n % 6 == 0 ? calloc((size_t)n / 6 + 1, sizeof(int)) : NULL;
-    if (!ids) {
-        kbp_verbose("fd %d: fork: the port's rule stays while its connections finish (no peers: %ld)", z->fd, n);
-        return;
-    }
-    z->flow_rules = ids;
-    for (long i = 0; i < n; i += 6) {
-        struct sockaddr_in peer = {.sin_family = AF_INET};
-        memcpy(&peer.sin_addr, peers + i, 4);
-        memcpy(&peer.sin_port, peers + i + 4, 2);
-        char req[128], buf[1024];
-        long long id;
-        kbp_cp_accelerate_req(req, sizeof(req), &peer);
-        if (kbp_cp_call(req, z->fd, buf, sizeof(buf), NULL, 0, NULL) < 0 || kbp_json_int(buf, "rule_id", &id)) {
-            kbp_verbose("fd %d: fork: the port's rule stays while its connections finish (%s)", z->fd, buf);
-            flow_rules_gone(z);
-            return;
-        }
-        ids[z->n_flow_rules++] = (int)id;
-    }
-    rule_gone(z->ifc->name, &z->rule_id);
-    kbp_verbose("fd %d: fork: %d connection(s) still ours keep their 4-tuples' rules, the port is the kernel's", z->fd,
-                z->n_flow_rules);
-}
-
 /* A zombie's connection is done: its rule, port and record go. */
 static void let_go(struct kbp_sock *s) {
-    flow_rules_gone(s);
-    rule_gone(s->ifc->name, &s->rule_id);
+    kbp_tcp_flow_rules_gone(s);
+    kbp_tcp_rule_gone(s->ifc->name, &s->rule_id);
     kbp_real.close(s->fd);
     if (s->slot) s->slot->used = 0;
     sid_drop(s);

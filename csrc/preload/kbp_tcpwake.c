@@ -11,6 +11,8 @@
  * a child that accepts one sees a connection closed without a byte. The kept connections are the parent's: a
  * fork's child closes its copies (else the child's copy would hold the connection open after the parent's
  * child that serves it closed it).
+ *
+ * And the rules of a listener released with connections still ours (kbp_tcp_flows_only): one per 4-tuple.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -127,4 +129,45 @@ void kbp_tcp_pend_drop(struct kbp_sock *ls, int reset) {
     }
     free(p);
     ls->pend = NULL;
+}
+
+#define PEERS_MAX 256 /* shimtcp.PEERS_MAX */
+
+void kbp_tcp_flow_rules_gone(struct kbp_sock *z) {
+    for (int i = 0; i < z->n_flow_rules; i++) kbp_tcp_rule_gone(z->ifc->name, &z->flow_rules[i]);
+    free(z->flow_rules);
+    z->flow_rules = NULL, z->n_flow_rules = 0;
+}
+
+/* A listener released at a fork while connections of its port are still ours (z: its zombie, drain_port): its
+ * port's rule would take every new SYN (which nobody here accepts: the kernel's listener the children share
+ * must see them) and the segments of the connections handed to the kernel. So each connection still ours gets
+ * its 4-tuple's rule (proved by the listener's fd, as an active open's by its socket) and the port's rule goes;
+ * the zombie holds them until the port's last connection is done. Any refused: the port's rule stays. */
+void kbp_tcp_flows_only(struct kbp_sock *z) {
+    uint8_t peers[PEERS_MAX * 6];
+    long n = kbp_py_call("port_peers", peers, sizeof(peers), "(Id)", (unsigned)ntohs(z->tcp_local.sin_port), (double)kbp_now_ns() / 1e9);
+    int *ids = n >= 0 && n % 6 == 0 ? calloc((size_t)n / 6 + 1, sizeof(int)) : NULL;
+    if (!ids) {
+        kbp_verbose("fd %d: fork: the port's rule stays while its connections finish (no peers: %ld)", z->fd, n);
+        return;
+    }
+    z->flow_rules = ids;
+    for (long i = 0; i < n; i += 6) {
+        struct sockaddr_in peer = {.sin_family = AF_INET};
+        memcpy(&peer.sin_addr, peers + i, 4);
+        memcpy(&peer.sin_port, peers + i + 4, 2);
+        char req[128], buf[1024];
+        long long id;
+        kbp_cp_accelerate_req(req, sizeof(req), &peer);
+        if (kbp_cp_call(req, z->fd, buf, sizeof(buf), NULL, 0, NULL) < 0 || kbp_json_int(buf, "rule_id", &id)) {
+            kbp_verbose("fd %d: fork: the port's rule stays while its connections finish (%s)", z->fd, buf);
+            kbp_tcp_flow_rules_gone(z);
+            return;
+        }
+        ids[z->n_flow_rules++] = (int)id;
+    }
+    kbp_tcp_rule_gone(z->ifc->name, &z->rule_id);
+    kbp_verbose("fd %d: fork: %d connection(s) still ours keep their 4-tuples' rules, the port is the kernel's", z->fd,
+                z->n_flow_rules);
 }

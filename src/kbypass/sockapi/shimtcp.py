@@ -75,7 +75,7 @@ from .shimconn import (  # noqa: F401
 )
 
 _CLOSED, _TIME_WAIT, _ESTABLISHED = tcp.State.CLOSED, tcp.State.TIME_WAIT, tcp.State.ESTABLISHED
-PEERS_MAX = 256  # port_peers: the shim's buffer (kbp_tcp.c flows_only) holds this many
+PEERS_MAX = 256  # port_peers: the shim's buffer (kbp_tcpwake.c kbp_tcp_flows_only) holds this many
 NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
 ETH_IP = bytes(12) + b"\x08\x00"  # an Ethernet header in front of a packet for the fast path's rx
 
