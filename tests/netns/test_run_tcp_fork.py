@@ -325,3 +325,38 @@ def test_a_forks_child_does_not_keep_the_parents_flusher_eventfd(hosts, forks):
     srv = run_app(b, forks, "forkfds", b.ipv4, "9510")
     out, _ = srv.communicate(timeout=20)
     assert "accelerated" in out and "child eventfds 0" in out, out
+
+
+BYE_CLIENT = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+got = b""
+while not got.endswith(b"bye\n"):
+    got += s.recv(100)
+print("bye", flush=True)
+sys.stdin.readline()  # its end held open: the server's side of it waits in FIN_WAIT2, still the app's
+"""
+
+
+def test_a_closed_connection_still_finishing_at_a_fork_keeps_only_its_4_tuple(hosts, forks):
+    """root: at the fork the served connection is handed to the kernel (a live kernel connection on the port)
+    and the one the app closed earlier, whose FIN is out, is not (FIN_WAIT2 stays ours): its 4-tuple keeps a
+    rule, the handed connection's segments and the next SYNs go to the kernel."""
+    a, b = hosts
+    srv = run_app(b, forks, "closefork", b.ipv4, "9511", "3")
+    held = None
+    try:
+        wait_for(lambda: sockets_of(b, 9511), what="the listening socket to be accelerated")
+        held = subprocess.Popen(in_ns(a, sys.executable, "-c", BYE_CLIENT, b.ipv4, "9511"), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert held.stdout.readline().split() == ["bye"]
+        first = echo_clients(a, b.ipv4, 9511, 1, 200_000)  # the fork: it is handed, the closed one is not
+        later = echo_clients(a, b.ipv4, 9511, 2, 200_000)  # the kernel's listener
+        out, _ = srv.communicate(timeout=20)
+    finally:
+        if held is not None:
+            held.kill()
+            held.wait()
+        out = stop(srv) if srv.poll() is None else out
+    assert first == ["ok"] and later == ["ok"] * 2, (first, later, out)
+    assert "children done, 0 failed" in out and "keep their 4-tuples' rules" in out, out

@@ -2,6 +2,8 @@
  *
  *   tcp_forks fork IP PORT N        accept N connections, fork a child per connection (inetd style: the parent
  *                                   closes its copy), the child echoes until EOF; the parent reaps them
+ *   tcp_forks closefork IP PORT N   accept one connection, write "bye" and close it (its peer keeps its end:
+ *                                   the connection finishes in FIN_WAIT2), then as fork with N
  *   tcp_forks relisten IP PORT      accept one connection, fork a child that echoes it; the parent closes its
  *                                   listener (the child its copy), listens on the same port again (SO_REUSEADDR, as
  *                                   servers restart; EADDRINUSE retried for up to a second)
@@ -96,6 +98,12 @@ int main(int argc, char **argv) {
     if (l < 0) return 1;
     printf("listening\n");
     fflush(stdout);
+    if (!strcmp(mode, "closefork")) {
+        int c = accept(l, NULL, NULL);
+        if (c < 0 || write(c, "bye\n", 4) != 4) return 1;
+        close(c);
+        mode = "fork";
+    }
     if (!strcmp(mode, "fork")) {
         int n = argc > 4 ? atoi(argv[4]) : 1, bad = 0;
         for (int i = 0; i < n; i++) {
