@@ -298,20 +298,24 @@ def test_a_connection_that_cannot_be_handed_leaves_the_port_to_the_kernels_liste
     assert "keep their 4-tuples' rules" in log, log
 
 
-def test_a_connect_under_way_when_the_control_plane_dies_is_reset(own_cp, forks):
+@pytest.mark.parametrize("how", ["nonblock", "block"])
+def test_a_connect_under_way_when_the_control_plane_dies_is_reset(own_cp, forks, how):
     """A connect still in progress when the rings go cannot go on (the kernel never saw its SYN): the app gets
     ECONNRESET, as a connection that could not be handed does, not a bound-only socket that says nothing."""
     a, b = own_cp
     nobody = b.ipv4.rsplit(".", 1)[0] + ".213"  # on the link, never answers: the connect stays under way
-    srv = run_app(b, forks, "connecting", b.ipv4, "9509", nobody, "9", stdin=subprocess.PIPE)
+    srv = run_app(b, forks, "connecting", b.ipv4, "9509", nobody, "9", how, stdin=subprocess.PIPE)
     try:
         for line in srv.stdout:
             if line.strip() == "connecting":
                 break
+        if how == "block":
+            time.sleep(1.5)  # in connect (the next hop waited for first)
         _kill_the_control_plane(b)
         time.sleep(0.2)
-        srv.stdin.write("go\n")
-        srv.stdin.flush()
+        if how != "block":
+            srv.stdin.write("go\n")
+            srv.stdin.flush()
         srv.wait(10)
     finally:
         out = stop(srv)

@@ -18,9 +18,10 @@
  *                                   way): the connection, in epoll, goes on in the parent
  *   tcp_forks forkfds IP PORT       fork a child that prints "child eventfds N": the eventfds it holds (the
  *                                   shim's flusher's is the parent's own, not for a child to drain)
- *   tcp_forks connecting IP PORT DST DPORT  a non-blocking connect to DST:DPORT (one that never answers), then
+ *   tcp_forks connecting IP PORT DST DPORT [block]  a non-blocking connect to DST:DPORT (one that never answers), then
  *                                   waits for a line on stdin (the control plane killed meanwhile) and prints
- *                                   "connect: <errno name or 0> read: <errno name or 0>" once poll says it is done
+ *                                   "connect: <errno name or 0> read: <errno name or 0>" once poll says it is done;
+ *                                   block: a blocking connect, "connect: <errno name or 0>" when it returns
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -186,8 +187,16 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(mode, "connecting") && argc > 5) {
         struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[5]))};
-        int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), err = 0;
+        int block = argc > 6 && !strcmp(argv[6], "block");
+        int c = socket(AF_INET, SOCK_STREAM | (block ? 0 : SOCK_NONBLOCK), 0), err = 0;
         inet_pton(AF_INET, argv[4], &to.sin_addr);
+        if (block) { /* the control plane is killed while connect waits */
+            printf("connecting\n");
+            fflush(stdout);
+            int r = connect(c, (struct sockaddr *)&to, sizeof(to));
+            printf("connect: %s\n", r < 0 ? strerrorname_np(errno) : "0");
+            return 0;
+        }
         if (c < 0 || (connect(c, (struct sockaddr *)&to, sizeof(to)) < 0 && errno != EINPROGRESS)) return 1;
         printf("connecting\n");
         fflush(stdout);
