@@ -270,9 +270,21 @@ def test_a_connection_when_the_control_plane_dies(own_cp, forks, user):
 HOLDING_CLIENT = r"""
 import socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-print("connected", flush=True)
+got = b""
+while len(sys.argv) > 3 and not got.endswith(sys.argv[3].encode() + b"\n"):  # the server's word first
+    got += s.recv(100)
+print("held", flush=True)
 sys.stdin.readline()  # held open (its connection still the app's) while the others connect
 """
+
+
+def held_client(host, ip: str, port: int, *word: str) -> subprocess.Popen:
+    """A kernel client that connects (and reads `word` when given), then keeps its end open until killed."""
+    c = subprocess.Popen(in_ns(host, sys.executable, "-c", HOLDING_CLIENT, ip, str(port), *word),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = c.stdout.readline()
+    assert line.split() == ["held"], line
+    return c
 
 
 def test_a_connection_that_cannot_be_handed_leaves_the_port_to_the_kernels_listener(hosts):
@@ -284,9 +296,7 @@ def test_a_connection_that_cannot_be_handed_leaves_the_port_to_the_kernels_liste
     first = None
     try:
         wait_for(lambda: sockets_of(b, 9508), what="socat's listening socket to be accelerated")
-        first = subprocess.Popen(in_ns(a, sys.executable, "-c", HOLDING_CLIENT, b.ipv4, "9508"), stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert first.stdout.readline().split() == ["connected"]
+        first = held_client(a, b.ipv4, 9508)
         time.sleep(0.5)  # socat accepted it and forked
         later = echo_clients(a, b.ipv4, 9508, 3, 50_000)
     finally:
@@ -331,17 +341,6 @@ def test_a_forks_child_does_not_keep_the_parents_flusher_eventfd(hosts, forks):
     assert "accelerated" in out and "child eventfds 0" in out, out
 
 
-BYE_CLIENT = r"""
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-got = b""
-while not got.endswith(b"bye\n"):
-    got += s.recv(100)
-print("bye", flush=True)
-sys.stdin.readline()  # its end held open: the server's side of it waits in FIN_WAIT2, still the app's
-"""
-
-
 def test_a_closed_connection_still_finishing_at_a_fork_keeps_only_its_4_tuple(hosts, forks):
     """root: at the fork the served connection is handed to the kernel (a live kernel connection on the port)
     and the one the app closed earlier, whose FIN is out, is not (FIN_WAIT2 stays ours): its 4-tuple keeps a
@@ -351,9 +350,7 @@ def test_a_closed_connection_still_finishing_at_a_fork_keeps_only_its_4_tuple(ho
     held = None
     try:
         wait_for(lambda: sockets_of(b, 9511), what="the listening socket to be accelerated")
-        held = subprocess.Popen(in_ns(a, sys.executable, "-c", BYE_CLIENT, b.ipv4, "9511"), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert held.stdout.readline().split() == ["bye"]
+        held = held_client(a, b.ipv4, 9511, "bye")
         first = echo_clients(a, b.ipv4, 9511, 1, 200_000)  # the fork: it is handed, the closed one is not
         later = echo_clients(a, b.ipv4, 9511, 2, 200_000)  # the kernel's listener
         out, _ = srv.communicate(timeout=20)
