@@ -151,6 +151,7 @@ struct kbp_sock {
     unsigned slow_gen;        /* the pump that gave the host a frame of it: no prediction here after it */
     struct kbp_pend *pend;    /* a listener back on the kernel: connections it still hands out (kbp_tcpwake.c) */
     int handed;               /* the kernel's now (kbp_tcprepair.c): its fds are not; a waiting call holds it */
+    int *flow_rules, n_flow_rules; /* a draining listener's: its connections' 4-tuple rules (kbp_tcpwake.c kbp_tcp_flows_only) */
     struct kbp_sock *spare_next; /* released: the next spare record (kbp_sock_free) */
 };
 #define KBP_TCP_LISTENER 1
@@ -376,6 +377,9 @@ void kbp_tcp_before_exec(void);          /* those the new image inherits */
 int kbp_tcp_pend(struct kbp_sock *ls, int fd); /* fd kept for ls's accept (0), or -1 */
 int kbp_tcp_take_pend(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags);
 void kbp_tcp_pend_drop(struct kbp_sock *ls, int reset);
+void kbp_tcp_flows_only(struct kbp_sock *z); /* a draining listener's port rule -> its connections' 4-tuples */
+void kbp_tcp_flow_rules_gone(struct kbp_sock *z);
+void kbp_tcp_rule_gone(const char *iface, int *rule_id); /* kbp_tcp.c: remove a rule (*rule_id -1 after) */
 
 /* kbp_py.c */
 int kbp_py_ready(int mss, char *why, size_t cap);

@@ -152,5 +152,10 @@ void kbp_flusher_arm(void) {
 }
 
 void kbp_flusher_after_fork_child(void) {
-    started = parked = watching = kbp_ring_sleepers = 0; /* wake_fd stays: the child's flusher, if it starts, uses its copy */
+    started = parked = watching = kbp_ring_sleepers = 0;
+    /* The inherited eventfd is the parent's own object, not a copy: a kick written by one process would be
+     * drained by the other's flusher, leaving the intended one in an untimed ppoll (its TCP timers late).
+     * The child's flusher, if it starts, makes its own (kbp_flusher_arm). */
+    if (wake_fd >= 0) kbp_real.close(wake_fd);
+    wake_fd = -1;
 }

@@ -110,7 +110,6 @@ void kbp_tcp_transmit(const uint8_t *pkt, uint32_t len) {
 }
 
 static void let_go(struct kbp_sock *s);
-static void rule_gone(const char *iface, int *rule_id);
 static int drain_port(struct kbp_sock *s);
 static int accept_ours(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int flags);
 
@@ -186,7 +185,8 @@ short kbp_tcp_revents(struct kbp_sock *s, short events) {
  * kernel's listener (shared with the children) takes the connections, the app works as without kbypass. With
  * the connections handed over nothing of ours uses the port any more, so the rule goes at once (no SYN taken by
  * a listener nobody accepts from, a new listen() on the port works); a connection that could not be handed
- * (no CAP_NET_ADMIN, or our FIN sent) keeps it until it is done (drain_port). Those done and not accepted yet
+ * (no CAP_NET_ADMIN, or our FIN sent) keeps a rule of its 4-tuple until the port's last is done (drain_port,
+ * kbp_tcp_flows_only). Those done and not accepted yet
  * are handed over too and kept for the app's accept (kbp_tcpwake.c). */
 void kbp_tcp_before_fork(void) {
     if (!kbp_tcp_on) return;
@@ -202,7 +202,9 @@ void kbp_tcp_before_fork(void) {
         while ((c = accept_ours(s, NULL, NULL, SOCK_CLOEXEC)) >= 0) /* done here, not accepted yet: kept for it */
             if (kbp_tcp_handoff(kbp_fds[c]) < 0 || kbp_tcp_pend(s, c) < 0) close(c);
         long users = kbp_py_call("release", NULL, 0, "(Id)", s->sid, now_s());
-        if (users <= 0 || !drain_port(s)) rule_gone(s->ifc->name, &s->rule_id);
+        uint32_t sid = s->sid;
+        if (users <= 0 || !drain_port(s)) kbp_tcp_rule_gone(s->ifc->name, &s->rule_id);
+        else kbp_tcp_flows_only(by_sid[sid % SID_SLOTS]); /* its zombie's */
         sid_drop(s);
         s->accel = 0;
         if (s->slot) s->slot->used = 0;
@@ -220,7 +222,7 @@ void kbp_tcp_before_fork(void) {
 void kbp_tcp_forget(struct kbp_sock *s, const char *call) {
     kbp_tcpc_detach(s);
     if (call) kbp_py_call(call, NULL, 0, "(Id)", s->sid, now_s());
-    if (s->tcp_role == KBP_TCP_ACTIVE && s->ifc) rule_gone(s->ifc->name, &s->rule_id);
+    if (s->tcp_role == KBP_TCP_ACTIVE && s->ifc) kbp_tcp_rule_gone(s->ifc->name, &s->rule_id);
     if (s->ifc) kbp_iface_drop_sock(s->ifc, s);
     if (s->slot) s->slot->used = 0;
     sid_drop(s);
@@ -243,7 +245,7 @@ void kbp_tcp_after_fork_child(void) {
 
 /* ---- acceleration ----------------------------------------------------------------------------------------- */
 
-static void rule_gone(const char *iface, int *rule_id) {
+void kbp_tcp_rule_gone(const char *iface, int *rule_id) {
     if (kbp_cp_fd() < 0 || *rule_id < 0) return;
     char req[160], buf[512];
     snprintf(req, sizeof(req), "{\"op\":\"remove\",\"iface\":\"%s\",\"rule_id\":%d}", iface, *rule_id);
@@ -314,7 +316,7 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
     int mss = ifc ? (ifc->mtu - 40 < FRAME_MSS ? ifc->mtu - 40 : FRAME_MSS) : 0;
     uint32_t sid = ifc && kbp_py_ready(mss, why, sizeof(why)) == 0 ? sid_take(s) : 0;
     if (!sid) {
-        rule_gone(iface, &s->rule_id);
+        kbp_tcp_rule_gone(iface, &s->rule_id);
         stays(who, why[0] ? why : "too many TCP sockets");
         return -1;
     }
@@ -647,7 +649,7 @@ static int drain_port(struct kbp_sock *s) {
         return 0;
     }
     z->fd = held, z->tcp = 1, z->accel = 1, z->zombie = 1, z->tcp_role = KBP_TCP_LISTENER;
-    z->ifc = s->ifc, z->sid = s->sid, z->rule_id = s->rule_id;
+    z->ifc = s->ifc, z->sid = s->sid, z->rule_id = s->rule_id, z->tcp_local = s->tcp_local;
     by_sid[s->sid % SID_SLOTS] = z;
     s->sid = 0, s->rule_id = -1;
     return 1;
@@ -655,7 +657,8 @@ static int drain_port(struct kbp_sock *s) {
 
 /* A zombie's connection is done: its rule, port and record go. */
 static void let_go(struct kbp_sock *s) {
-    rule_gone(s->ifc->name, &s->rule_id);
+    kbp_tcp_flow_rules_gone(s);
+    kbp_tcp_rule_gone(s->ifc->name, &s->rule_id);
     kbp_real.close(s->fd);
     if (s->slot) s->slot->used = 0;
     sid_drop(s);

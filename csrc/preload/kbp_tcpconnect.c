@@ -71,7 +71,13 @@ int kbp_tcp_connect(struct kbp_sock *s, const struct sockaddr_in *to, int *r) {
         errno = EINPROGRESS;
         return 1;
     }
-    if (kbp_tcp_wait(s, POLLOUT, 0, s->sndtimeo_us) < 0) {
+    int w = kbp_tcp_wait(s, POLLOUT, 0, s->sndtimeo_us);
+    if (w == -2 || (w == 0 && s->handed)) { /* reset meanwhile (the control plane died: kbp_tcp_cp_lost) */
+        *r = -1;
+        errno = ECONNRESET;
+        return 1;
+    }
+    if (w < 0) {
         *r = -1;
         if (errno == EAGAIN) errno = EINPROGRESS; /* as the kernel's connect after SO_SNDTIMEO */
         return 1;

@@ -56,6 +56,7 @@ static int opt(int fd, int level, int name, int v) { return kbp_real.setsockopt(
 static int write_all(int fd, const uint8_t *p, size_t n, int flags) {
     while (n) {
         ssize_t w = kbp_real.send(fd, p, n < PIECE ? n : PIECE, flags | MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue; /* an app's handler without SA_RESTART: not a failed handoff */
         if (w <= 0) return -1;
         p += w, n -= (size_t)w;
     }
@@ -118,15 +119,17 @@ static int build(const struct kbp_sock *s, const struct handoff *h, const uint8_
          opt(fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF) == 0;
     if (ok) {
         opt(fd, SOL_SOCKET, SO_REUSEADDR, 1); /* repair's forced reuse ends with it: a new listen on the port may */
-        copy_options(s->fd, fd);
-        int fl = kbp_real.fcntl(fd, F_GETFL);
-        kbp_real.fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-        ok = !unsent || write_all(fd, rest, unsent, 0) == 0; /* the socket's buffer was made to take them */
-        kbp_real.fcntl(fd, F_SETFL, fl);
+        /* still blocking and without the app's SO_SNDTIMEO (copy_options comes after): the socket's buffer was
+         * made to take them */
+        ok = !unsent || write_all(fd, rest, unsent, 0) == 0;
+        if (ok) copy_options(s->fd, fd);
         if (ok && (h->flags & H_EOF)) kbp_real.shutdown(fd, SHUT_RD); /* the peer's FIN, taken: reads end after the bytes */
     }
     if (!ok) {
         int e = errno;
+        /* the host keeps the connection: a close out of repair mode would send the peer a RST or FIN, one in
+         * repair mode is silent (tcp_disconnect) */
+        opt(fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON);
         kbp_real.close(fd);
         errno = e;
         return -1;
@@ -222,7 +225,7 @@ void kbp_tcp_cp_lost(void) {
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
         struct kbp_sock *s = kbp_fds[fd];
         int sp[2];
-        if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER || !s->sid || !s->connected ||
+        if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER || !s->sid || /* and connects under way */
             kbp_real.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0)
             continue;
         kbp_real.send(sp[0], "x", 1, MSG_NOSIGNAL);

@@ -11,6 +11,8 @@
  * a child that accepts one sees a connection closed without a byte. The kept connections are the parent's: a
  * fork's child closes its copies (else the child's copy would hold the connection open after the parent's
  * child that serves it closed it).
+ *
+ * And the rules of a listener released with connections still ours (kbp_tcp_flows_only): one per 4-tuple.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -81,7 +83,12 @@ static int take(struct kbp_sock *ls, struct sockaddr *addr, socklen_t *alen, int
     struct pollfd kp = {ls->fd, POLLIN, 0};
     struct sockaddr_in peer;
     socklen_t pl = sizeof(peer);
-    int k = kbp_real.poll(&kp, 1, 0) == 1 ? kbp_real.accept4(ls->fd, (struct sockaddr *)&peer, &pl, flags) : -1;
+    /* non-blocking whatever the app asked: the listener is shared with a fork's children, one may take the
+     * connection between the poll and the accept, and a blocking accept here would hold kbp_lock */
+    int k = kbp_real.poll(&kp, 1, 0) == 1
+                ? kbp_real.accept4(ls->fd, (struct sockaddr *)&peer, &pl, flags | SOCK_NONBLOCK)
+                : -1;
+    if (k >= 0 && !(flags & SOCK_NONBLOCK)) kbp_real.fcntl(k, F_SETFL, kbp_real.fcntl(k, F_GETFL) & ~O_NONBLOCK);
     if (k >= 0 && !is_wake(p, &peer)) { /* the kernel's own (loopback, another interface) */
         kbp_tcp_fill_addr(addr, alen, &peer);
         return k;
@@ -122,4 +129,45 @@ void kbp_tcp_pend_drop(struct kbp_sock *ls, int reset) {
     }
     free(p);
     ls->pend = NULL;
+}
+
+#define PEERS_MAX 256 /* shimtcp.PEERS_MAX */
+
+void kbp_tcp_flow_rules_gone(struct kbp_sock *z) {
+    for (int i = 0; i < z->n_flow_rules; i++) kbp_tcp_rule_gone(z->ifc->name, &z->flow_rules[i]);
+    free(z->flow_rules);
+    z->flow_rules = NULL, z->n_flow_rules = 0;
+}
+
+/* A listener released at a fork while connections of its port are still ours (z: its zombie, drain_port): its
+ * port's rule would take every new SYN (which nobody here accepts: the kernel's listener the children share
+ * must see them) and the segments of the connections handed to the kernel. So each connection still ours gets
+ * its 4-tuple's rule (proved by the listener's fd, as an active open's by its socket) and the port's rule goes;
+ * the zombie holds them until the port's last connection is done. Any refused: the port's rule stays. */
+void kbp_tcp_flows_only(struct kbp_sock *z) {
+    uint8_t peers[PEERS_MAX * 6];
+    long n = kbp_py_call("port_peers", peers, sizeof(peers), "(Id)", (unsigned)ntohs(z->tcp_local.sin_port), (double)kbp_now_ns() / 1e9);
+    int *ids = n >= 0 && n % 6 == 0 ? calloc((size_t)n / 6 + 1, sizeof(int)) : NULL;
+    if (!ids) {
+        kbp_verbose("fd %d: fork: the port's rule stays while its connections finish (no peers: %ld)", z->fd, n);
+        return;
+    }
+    z->flow_rules = ids;
+    for (long i = 0; i < n; i += 6) {
+        struct sockaddr_in peer = {.sin_family = AF_INET};
+        memcpy(&peer.sin_addr, peers + i, 4);
+        memcpy(&peer.sin_port, peers + i + 4, 2);
+        char req[128], buf[1024];
+        long long id;
+        kbp_cp_accelerate_req(req, sizeof(req), &peer);
+        if (kbp_cp_call(req, z->fd, buf, sizeof(buf), NULL, 0, NULL) < 0 || kbp_json_int(buf, "rule_id", &id)) {
+            kbp_verbose("fd %d: fork: the port's rule stays while its connections finish (%s)", z->fd, buf);
+            kbp_tcp_flow_rules_gone(z);
+            return;
+        }
+        ids[z->n_flow_rules++] = (int)id;
+    }
+    kbp_tcp_rule_gone(z->ifc->name, &z->rule_id);
+    kbp_verbose("fd %d: fork: %d connection(s) still ours keep their 4-tuples' rules, the port is the kernel's", z->fd,
+                z->n_flow_rules);
 }

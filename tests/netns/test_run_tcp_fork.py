@@ -265,3 +265,99 @@ def test_a_connection_when_the_control_plane_dies(own_cp, forks, user):
         assert said == ["two", "ConnectionResetError"], (said, out)
         assert "read: ECONNRESET" in out, out
     assert "Traceback" not in out, out
+
+
+HOLDING_CLIENT = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+got = b""
+while len(sys.argv) > 3 and not got.endswith(sys.argv[3].encode() + b"\n"):  # the server's word first
+    got += s.recv(100)
+print("held", flush=True)
+sys.stdin.readline()  # held open (its connection still the app's) while the others connect
+"""
+
+
+def held_client(host, ip: str, port: int, *word: str) -> subprocess.Popen:
+    """A kernel client that connects (and reads `word` when given), then keeps its end open until killed."""
+    c = subprocess.Popen(in_ns(host, sys.executable, "-c", HOLDING_CLIENT, ip, str(port), *word),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = c.stdout.readline()
+    assert line.split() == ["held"], line
+    return c
+
+
+def test_a_connection_that_cannot_be_handed_leaves_the_port_to_the_kernels_listener(hosts):
+    """Without CAP_NET_ADMIN the connection open at socat's fork stays the parent's (no TCP_REPAIR): its
+    4-tuple keeps a rule, the port's rule goes, so the next clients' SYNs reach the kernel's listener the
+    children accept from (with the whole port's rule they were dropped on the rings: connect timed out)."""
+    a, b = hosts
+    srv = run_app(b, "socat", f"TCP-LISTEN:9508,bind={b.ipv4},fork,reuseaddr", "EXEC:cat", user=NO_NET_ADMIN)
+    first = None
+    try:
+        wait_for(lambda: sockets_of(b, 9508), what="socat's listening socket to be accelerated")
+        first = held_client(a, b.ipv4, 9508)
+        time.sleep(0.5)  # socat accepted it and forked
+        later = echo_clients(a, b.ipv4, 9508, 3, 50_000)
+    finally:
+        if first is not None:
+            first.kill()
+            first.wait()
+        log = stop(srv)
+    assert later == ["ok"] * 3, (later, log)
+    assert "keep their 4-tuples' rules" in log, log
+
+
+@pytest.mark.parametrize("how", ["nonblock", "block"])
+def test_a_connect_under_way_when_the_control_plane_dies_is_reset(own_cp, forks, how):
+    """A connect still in progress when the rings go cannot go on (the kernel never saw its SYN): the app gets
+    ECONNRESET, as a connection that could not be handed does, not a bound-only socket that says nothing."""
+    a, b = own_cp
+    nobody = b.ipv4.rsplit(".", 1)[0] + ".213"  # on the link, never answers: the connect stays under way
+    srv = run_app(b, forks, "connecting", b.ipv4, "9509", nobody, "9", how, stdin=subprocess.PIPE)
+    try:
+        for line in srv.stdout:
+            if line.strip() == "connecting":
+                break
+        if how == "block":
+            time.sleep(1.5)  # in connect (the next hop waited for first)
+        _kill_the_control_plane(b)
+        time.sleep(0.2)
+        if how != "block":
+            srv.stdin.write("go\n")
+            srv.stdin.flush()
+        srv.wait(10)
+    finally:
+        out = stop(srv)
+    assert "connect: ECONNRESET" in out or "read: ECONNRESET" in out, out
+
+
+def test_a_forks_child_does_not_keep_the_parents_flusher_eventfd(hosts, forks):
+    """The flusher's eventfd is one object shared by the copies: a child's flusher would drain the parent's
+    kicks (the parent's then sleeps untimed, its TCP timers late). The child closes its copy."""
+    a, b = hosts
+    srv = run_app(b, forks, "forkfds", b.ipv4, "9510")
+    out, _ = srv.communicate(timeout=20)
+    assert "accelerated" in out and "child eventfds 0" in out, out
+
+
+def test_a_closed_connection_still_finishing_at_a_fork_keeps_only_its_4_tuple(hosts, forks):
+    """root: at the fork the served connection is handed to the kernel (a live kernel connection on the port)
+    and the one the app closed earlier, whose FIN is out, is not (FIN_WAIT2 stays ours): its 4-tuple keeps a
+    rule, the handed connection's segments and the next SYNs go to the kernel."""
+    a, b = hosts
+    srv = run_app(b, forks, "closefork", b.ipv4, "9511", "3")
+    held = None
+    try:
+        wait_for(lambda: sockets_of(b, 9511), what="the listening socket to be accelerated")
+        held = held_client(a, b.ipv4, 9511, "bye")
+        first = echo_clients(a, b.ipv4, 9511, 1, 200_000)  # the fork: it is handed, the closed one is not
+        later = echo_clients(a, b.ipv4, 9511, 2, 200_000)  # the kernel's listener
+        out, _ = srv.communicate(timeout=20)
+    finally:
+        if held is not None:
+            held.kill()
+            held.wait()
+        out = stop(srv) if srv.poll() is None else out
+    assert first == ["ok"] and later == ["ok"] * 2, (first, later, out)
+    assert "children done, 0 failed" in out and "keep their 4-tuples' rules" in out, out

@@ -305,6 +305,20 @@ def test_a_closed_listeners_sid_is_gone_when_its_ports_last_connection_is_done()
     assert ("srv", 1) in p.gone and not p.srv.conns
 
 
+def test_a_released_listeners_port_peers_are_its_connections_still_ours():
+    """At a fork the shim steers the connections it still has by their 4-tuples (port_peers), not the port:
+    each peer's address and port, network order, until the connection is done."""
+    p = Pair()
+    p.established()
+    assert p.srv_call("release", 1) == 1
+    assert p.srv_call("port_peers", 8080) == socket.inet_aton(A) + (40000).to_bytes(2, "big")
+    assert p.srv_call("port_peers", 8081) == b""
+    p.cli_call("close", 7)
+    assert p.srv_call("recv", 2, 100, 0) == b""
+    p.srv_call("close", 2)
+    assert p.srv_call("port_peers", 8080) == b"" and ("srv", 1) in p.gone
+
+
 class _Recording(Pair):
     """A Pair whose hosts take (quick=False: every call through _out's general pass) or skip it, recording every
     call's whole answer (result, packets, changes, deadline) of both hosts."""

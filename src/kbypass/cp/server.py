@@ -549,7 +549,7 @@ class Server:
                                 "datagrams")
         if client.uid != 0:
             check_exclusive(fd, proto, port, client.uid, str(addr.ip))
-        if proto == "tcp":
+        if proto == "tcp" and peer is None:  # a 4-tuple's rule takes no other connection's segments
             check_no_kernel_connections(fd, str(addr.ip), port)
         proof = os.dup(fd)  # the rule's: the port stays taken in the kernel for as long as the rule steers it
         try:

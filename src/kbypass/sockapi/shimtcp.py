@@ -75,6 +75,7 @@ from .shimconn import (  # noqa: F401
 )
 
 _CLOSED, _TIME_WAIT, _ESTABLISHED = tcp.State.CLOSED, tcp.State.TIME_WAIT, tcp.State.ESTABLISHED
+PEERS_MAX = 256  # port_peers: the shim's buffer (kbp_tcpwake.c kbp_tcp_flows_only) holds this many
 NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
 ETH_IP = bytes(12) + b"\x08\x00"  # an Ethernet header in front of a packet for the fast path's rx
 
@@ -649,6 +650,13 @@ class ShimTcp:
             self._handed = {k: t for k, t in self._handed.items() if now - t < 10.0}
         self._handed[c.key] = now
         return self._out(0, now)
+
+    def port_peers(self, port: int, now: float):
+        """The peers (4-byte address, 2-byte port, network order) of `port`'s connections still ours, for a
+        released listener's shim to steer each by its 4-tuple instead of the whole port (the kernel's listener
+        then gets the port's new SYNs, the handed connections their segments); -E2BIG past PEERS_MAX."""
+        peers = [k[0] + k[1].to_bytes(2, "big") for k in self.conns if k[2] == port]
+        return self._out(b"".join(peers) if len(peers) <= PEERS_MAX else -errno.E2BIG, now)
 
     def port_users(self, port: int) -> int:
         return sum(1 for k in self.conns if k[2] == port) + (port in self.listeners)

@@ -2,6 +2,8 @@
  *
  *   tcp_forks fork IP PORT N        accept N connections, fork a child per connection (inetd style: the parent
  *                                   closes its copy), the child echoes until EOF; the parent reaps them
+ *   tcp_forks closefork IP PORT N   accept one connection, write "bye" and close it (its peer keeps its end:
+ *                                   the connection finishes in FIN_WAIT2), then as fork with N
  *   tcp_forks relisten IP PORT      accept one connection, fork a child that echoes it; the parent closes its
  *                                   listener (the child its copy), listens on the same port again (SO_REUSEADDR, as
  *                                   servers restart; EADDRINUSE retried for up to a second)
@@ -14,12 +16,19 @@
  *   tcp_forks epollfork IP PORT     accept one connection, echo each message as epoll says it is readable;
  *                                   after the first, fork a child that exits at once (a helper, system()'s
  *                                   way): the connection, in epoll, goes on in the parent
+ *   tcp_forks forkfds IP PORT       fork a child that prints "child eventfds N": the eventfds it holds (the
+ *                                   shim's flusher's is the parent's own, not for a child to drain)
+ *   tcp_forks connecting IP PORT DST DPORT [block]  a non-blocking connect to DST:DPORT (one that never answers), then
+ *                                   waits for a line on stdin (the control plane killed meanwhile) and prints
+ *                                   "connect: <errno name or 0> read: <errno name or 0>" once poll says it is done;
+ *                                   block: a blocking connect, "connect: <errno name or 0>" when it returns
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,6 +99,12 @@ int main(int argc, char **argv) {
     if (l < 0) return 1;
     printf("listening\n");
     fflush(stdout);
+    if (!strcmp(mode, "closefork")) {
+        int c = accept(l, NULL, NULL);
+        if (c < 0 || write(c, "bye\n", 4) != 4) return 1;
+        close(c);
+        mode = "fork";
+    }
     if (!strcmp(mode, "fork")) {
         int n = argc > 4 ? atoi(argv[4]) : 1, bad = 0;
         for (int i = 0; i < n; i++) {
@@ -152,6 +167,47 @@ int main(int argc, char **argv) {
             }
         }
         printf("epoll done %d\n", msgs);
+        return 0;
+    }
+    if (!strcmp(mode, "forkfds")) {
+        pid_t p = fork();
+        if (p == 0) {
+            int n = 0;
+            char path[64], link[64];
+            for (int fd = 0; fd < 1024; fd++) {
+                snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+                ssize_t k = readlink(path, link, sizeof(link) - 1);
+                n += k > 0 && (link[k] = 0, strstr(link, "eventfd") != NULL);
+            }
+            printf("child eventfds %d\n", n);
+            fflush(stdout);
+            _exit(0);
+        }
+        return p < 0 || waitpid(p, NULL, 0) < 0;
+    }
+    if (!strcmp(mode, "connecting") && argc > 5) {
+        struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[5]))};
+        int block = argc > 6 && !strcmp(argv[6], "block");
+        int c = socket(AF_INET, SOCK_STREAM | (block ? 0 : SOCK_NONBLOCK), 0), err = 0;
+        inet_pton(AF_INET, argv[4], &to.sin_addr);
+        if (block) { /* the control plane is killed while connect waits */
+            printf("connecting\n");
+            fflush(stdout);
+            int r = connect(c, (struct sockaddr *)&to, sizeof(to));
+            printf("connect: %s\n", r < 0 ? strerrorname_np(errno) : "0");
+            return 0;
+        }
+        if (c < 0 || (connect(c, (struct sockaddr *)&to, sizeof(to)) < 0 && errno != EINPROGRESS)) return 1;
+        printf("connecting\n");
+        fflush(stdout);
+        char line[16];
+        if (!fgets(line, sizeof(line), stdin)) return 1;
+        struct pollfd p = {c, POLLOUT, 0};
+        socklen_t el = sizeof(err);
+        if (poll(&p, 1, 5000) != 1 || getsockopt(c, SOL_SOCKET, SO_ERROR, &err, &el) < 0) return 1;
+        char b;
+        ssize_t k = read(c, &b, 1);
+        printf("connect: %s read: %s\n", err ? strerrorname_np(err) : "0", k < 0 ? strerrorname_np(errno) : "0");
         return 0;
     }
     int c = accept(l, NULL, NULL);
