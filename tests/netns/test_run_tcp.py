@@ -165,14 +165,24 @@ def test_connect_to_a_closed_port_is_refused(hosts):
     assert "Connection refused" in out and "connecting) accelerated on" in out, out
 
 
-RESETTER = textwrap.dedent("""
-    import socket, struct, sys
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], int(sys.argv[2])))
-    s.listen()
-    print("ready", flush=True)
-    c, _ = s.accept()
+_ACCEPT_ONE = """import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+"""
+
+
+def accepting_peer(body: str) -> str:
+    """A kernel peer's script: listens on argv[1]:argv[2], says "ready", accepts one connection as `c`, then runs
+    `body` (indented as the scripts here are written)."""
+    return _ACCEPT_ONE + textwrap.dedent(body)
+
+
+RESETTER = accepting_peer("""
+    import struct
     c.recv(65536)
     c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 100000\\r\\n\\r\\n" + b"x" * 1000)
     c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -355,14 +365,7 @@ int main(int argc, char **argv) {
 }
 """
 
-PEER = textwrap.dedent("""
-    import socket, sys
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], int(sys.argv[2])))
-    s.listen()
-    print("ready", flush=True)
-    c, _ = s.accept()
+PEER = accepting_peer("""
     c.settimeout(10)
     try:
         print("peer got", c.recv(100), flush=True)
@@ -925,14 +928,7 @@ int main(int argc, char **argv) {
 }
 """
 
-SINK = textwrap.dedent("""
-    import socket, sys
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], int(sys.argv[2])))
-    s.listen()
-    print("ready", flush=True)
-    c, _ = s.accept()
+SINK = accepting_peer("""
     total = 0
     while data := c.recv(1 << 20):
         total += len(data)
@@ -1014,14 +1010,8 @@ def test_msg_oob_is_refused_not_sent_in_band(hosts, tmp_path):
     assert "peer got b'ok'" in peer, peer
 
 
-FLOOD_PEER = textwrap.dedent("""
-    import socket, sys, time
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], int(sys.argv[2])))
-    s.listen()
-    print("ready", flush=True)
-    c, _ = s.accept()
+FLOOD_PEER = accepting_peer("""
+    import time
     c.settimeout(0.2)
     sent, end, chunk = 0, time.monotonic() + float(sys.argv[3]), b"x" * 65536
     while time.monotonic() < end:

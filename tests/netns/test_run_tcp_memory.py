@@ -14,6 +14,7 @@ import textwrap
 
 from tests.netns import test_run
 from tests.netns.test_run import in_ns, run_app, stop
+from tests.netns.test_run_tcp import accepting_peer
 
 _run_hosts, hosts = test_run._run_hosts, test_run.hosts  # test_run's fixtures: one control plane for the module
 
@@ -181,14 +182,8 @@ int main(int argc, char **argv) {
 }
 """
 
-SINK_PEER = textwrap.dedent("""
-    import hashlib, socket, sys
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], int(sys.argv[2])))
-    s.listen()
-    print("ready", flush=True)
-    c, _ = s.accept()
+SINK_PEER = accepting_peer("""
+    import hashlib
     data = bytearray()
     while True:
         b = c.recv(1 << 20)
