@@ -135,18 +135,25 @@ s.close()
 """
 
 
-def test_an_epoll_app_that_forks_a_helper_keeps_its_connection(hosts, forks):
-    """The connection, a member of the app's epoll set, is handed to the kernel at the fork: the kernel
-    socket takes its place in the set (same events, same data) and epoll_wait reports it from then on."""
+def one_client(hosts, forks, mode: str, port: int, client: str):
+    """tcp_forks MODE under run on b, and CLIENT (a Python script) run once against it from a: the client's
+    completed process and the app's output."""
     a, b = hosts
-    srv = run_app(b, forks, "epollfork", b.ipv4, "9506")
+    srv = run_app(b, forks, mode, b.ipv4, str(port))
     try:
-        wait_for(lambda: sockets_of(b, 9506), what="the listening socket to be accelerated")
-        cli = subprocess.run(in_ns(a, sys.executable, "-c", MESSAGES_CLIENT, b.ipv4, "9506"), capture_output=True,
+        wait_for(lambda: sockets_of(b, port), what="the listening socket to be accelerated")
+        cli = subprocess.run(in_ns(a, sys.executable, "-c", client, b.ipv4, str(port)), capture_output=True,
                              text=True, timeout=30)
         out, _ = srv.communicate(timeout=20)
     finally:
         out = stop(srv) if srv.poll() is None else out
+    return cli, out
+
+
+def test_an_epoll_app_that_forks_a_helper_keeps_its_connection(hosts, forks):
+    """The connection, a member of the app's epoll set, is handed to the kernel at the fork: the kernel
+    socket takes its place in the set (same events, same data) and epoll_wait reports it from then on."""
+    cli, out = one_client(hosts, forks, "epollfork", 9506, MESSAGES_CLIENT)
     assert cli.stdout.split("\n")[:3] == ["one True", "two True", "three True"], cli.stdout + cli.stderr + out
     assert "epoll done 3" in out and "handed to the kernel's TCP" in out, out
 
@@ -192,15 +199,7 @@ first.close(); second.close()
 
 
 def test_listen_again_on_the_port_while_a_childs_connection_lives(hosts, forks):
-    a, b = hosts
-    srv = run_app(b, forks, "relisten", b.ipv4, "9504")
-    try:
-        wait_for(lambda: sockets_of(b, 9504), what="the listening socket to be accelerated")
-        cli = subprocess.run(in_ns(a, sys.executable, "-c", RELISTEN_CLIENT, b.ipv4, "9504"), capture_output=True,
-                             text=True, timeout=30)
-        out, _ = srv.communicate(timeout=20)
-    finally:
-        out = stop(srv) if srv.poll() is None else out
+    cli, out = one_client(hosts, forks, "relisten", 9504, RELISTEN_CLIENT)
     assert cli.stdout.split("\n")[:3] == ["first True", "second True", "first-again True"], cli.stdout + cli.stderr
     assert "relisten ok" in out and "done 0 0" in out, out
     # the child's connection is the kernel's: a rule for the port would take its segments, so the new listener
