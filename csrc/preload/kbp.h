@@ -153,6 +153,12 @@ struct kbp_sock {
     int handed;               /* the kernel's now (kbp_tcprepair.c): its fds are not; a waiting call holds it */
     int *flow_rules, n_flow_rules; /* a draining listener's: its connections' 4-tuple rules (kbp_tcpwake.c kbp_tcp_flows_only) */
     struct kbp_sock *spare_next; /* released: the next spare record (kbp_sock_free) */
+    /* an accelerated listener's lineage across fork (kbp_tcpadopt.c) */
+    int heir;                 /* a listener that was ours here or in a parent: a fork's child may adopt it */
+    int adopt;                /* this process is such a child and has not forked since: adopt at accept/poll/epoll */
+    int adopted;              /* it was adopted (shared with the parent's copy: closing it leaves the port at once) */
+    int tcp_backlog;          /* listen()'s backlog, for the host's listener of an adopter */
+    uint64_t adopt_at, adopt_gap; /* refused (another process has the port): the next look, and the gap after */
 };
 #define KBP_TCP_LISTENER 1
 #define KBP_TCP_ACCEPTED 2
@@ -233,6 +239,8 @@ void kbp_init_libc(void);
 
 /* kbp_log.c */
 void kbp_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));      /* always */
+void kbp_env_snapshot(void);         /* kbp_init: KBYPASS_* as the process started with them */
+const char *kbp_env(const char *name); /* ... read here (a fork's child of an app that cleared its environment) */
 void kbp_verbose(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* KBYPASS_LOG=1 */
 uint64_t kbp_now_ns(void);
 
@@ -384,6 +392,17 @@ void kbp_tcp_rule_gone(const char *iface, int *rule_id); /* kbp_tcp.c: remove a 
 /* kbp_py.c */
 int kbp_py_ready(int mss, char *why, size_t cap);
 int kbp_py_app(char *why, size_t cap); /* a Python app: TCP stays the kernel's (why) */
+void kbp_py_before_fork(void);     /* pthread_atfork prepare, under kbp_lock: the GIL held across the fork */
+void kbp_py_after_fork(int child); /* ... parent (1) or child (0): CPython's own fork protocol, the GIL let go */
+/* kbp_tcpadopt.c: a fork's child adopts an inherited listener (nginx's worker) */
+void kbp_fork_register(void);     /* kbp_fork.c: the pthread_atfork handlers */
+void kbp_iface_release_all(void); /* kbp_iface.c: the rings back to the control plane (a fork's idle parent) */
+int kbp_tcp_sids(void);            /* kbp_tcp.c: TCP sockets of ours (connections finishing included) */
+void kbp_tcp_fork_parent(void); /* the parent never adopts again (a fork-per-connection server keeps the kernel's) */
+void kbp_tcp_fork_child(void);  /* the child may adopt its heir listeners */
+int kbp_tcp_adopt(struct kbp_sock *s); /* under kbp_lock: 1 it is ours now; 0 not (yet: looked at again later) */
+int kbp_tcp_adopt_fd(int fd);          /* the same for an fd the app waits on or accepts from (takes kbp_lock) */
+int kbp_tcp_adopt_ms(struct kbp_sock *s); /* ms until s's next look (-1: none due), under kbp_lock */
 long kbp_py_call(const char *method, void *buf, size_t cap, const char *fmt, ...);
 
 /* kbp_signal.c: kbp_sig_count changes when a handler of the app ran on this thread; kbp_sig_interrupted

@@ -1,7 +1,7 @@
 /* kbp_cp.c: the shim's connection to the control plane (kbypass/cp/protocol.py is the protocol).
  *
  * One SOCK_SEQPACKET connection per process, made at the first socket worth accelerating, CLOEXEC (an exec'd
- * image starts afresh) and closed in a fork's child (kbp_socket.c): so the control plane sees the app's end,
+ * image starts afresh) and closed in a fork's child (kbp_socket.c: it makes its own when it needs one): so the control plane sees the app's end,
  * kill -9 included, the moment the last holder goes, and drops its rules and sockets then. Replies are read
  * with a tiny JSON reader: the fields the shim needs are flat numbers and strings of our own server's
  * compact JSON.
@@ -153,7 +153,7 @@ void kbp_page_show_tcp(const struct kbp_sock *s) {
 int kbp_cp_connect(void) {
     if (cp_state) return cp_state == 1 ? 0 : -1;
     cp_state = -1;
-    const char *path = getenv("KBYPASS_CP_SOCKET");
+    const char *path = kbp_env("KBYPASS_CP_SOCKET");
     if (!path || !*path) {
         kbp_verbose("KBYPASS_CP_SOCKET is not set (start the app with 'kbypass run'): sockets stay on the kernel");
         return -1;
@@ -204,11 +204,14 @@ void kbp_cp_lost(void) {
     cp_fd = -1;
 }
 
-/* a fork's child: the connection is the parent's (kbp_socket.c's atfork handler) */
+/* a fork's child: the connection is the parent's (kbp_socket.c's atfork handler). The child makes its own at its
+ * first socket worth accelerating (a "hello" of its own: the control plane counts it as another app, and drops its
+ * rules when it exits, the parent's stay); a parent that had no control plane (none, refused, lost) gives its
+ * children none either, nor the warning once per child. */
 void kbp_cp_forget(void) {
     if (cp_fd >= 0) kbp_real.close(cp_fd);
     cp_fd = -1;
-    cp_state = -1;
+    cp_state = cp_state < 0 ? -1 : 0;
     page = NULL;
 }
 

@@ -561,6 +561,26 @@ int kbp_iface_owns(int fd) {
     return 0;
 }
 
+/* A fork's parent with nothing left on the rings (kbp_socket.c's before_fork: nginx's master, whose listener went
+ * back to the kernel): its AF_XDP sockets go back to the control plane, since it takes one per queue and the
+ * child that adopts the listener (kbp_tcpadopt.c) needs its own. A later socket of the parent's opens them anew.
+ * Under kbp_lock. */
+void kbp_iface_release_all(void) {
+    for (int i = 0; i < KBP_MAX_IFACES; i++) {
+        if (!ifaces[i]) continue;
+        for (int q = 0; q < ifaces[i]->nq; q++) {
+            char req[160], buf[512];
+            snprintf(req, sizeof(req), "{\"op\":\"unregister\",\"iface\":\"%s\",\"queue\":%d}", ifaces[i]->name, q);
+            kbp_cp_call(req, -1, buf, sizeof(buf), NULL, 0, NULL);
+        }
+        kbp_verbose("fork: nothing of this process is on %s's rings any more: its AF_XDP sockets go back to the "
+                    "control plane, for the child", ifaces[i]->name);
+        iface_close(ifaces[i]);
+        ifaces[i] = NULL;
+    }
+    kbp_tx_pending = 0;
+}
+
 void kbp_iface_forget_all(int close_fds) {
     for (int i = 0; i < KBP_MAX_IFACES; i++) {
         if (!ifaces[i]) continue;

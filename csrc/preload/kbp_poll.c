@@ -46,11 +46,13 @@ struct ep_set {
 static struct ep_set *eps[KBP_MAX_FD];
 
 static int has_accel(const struct pollfd *fds, nfds_t n) {
+    int any = 0;
     for (nfds_t i = 0; i < n; i++) {
         struct kbp_sock *s = kbp_get(fds[i].fd);
-        if (s && s->accel) return 1;
+        if (s && s->adopt) kbp_tcp_adopt_fd(fds[i].fd); /* an inherited listener waited on (kbp_tcpadopt.c) */
+        any |= s && s->accel;
     }
-    return 0;
+    return any;
 }
 
 static short ring_revents(struct kbp_sock *s, short events) {
@@ -185,6 +187,7 @@ static int select_engine(int nfds, fd_set *r, fd_set *w, fd_set *e, int timeout_
     int any = 0;
     for (int fd = 0; fd < nfds && fd < FD_SETSIZE && !any; fd++) {
         struct kbp_sock *s = kbp_get(fd);
+        if (s && s->adopt && r && FD_ISSET(fd, r)) kbp_tcp_adopt_fd(fd); /* an inherited listener (kbp_tcpadopt.c) */
         any = s && s->accel && ((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w)));
     }
     if (!any) return 0;
@@ -280,6 +283,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
     kbp_init_libc();
     struct kbp_sock *s = kbp_get(fd);
     if (!s || epfd < 0 || epfd >= KBP_MAX_FD) return kbp_real.epoll_ctl(epfd, op, fd, ev);
+    if (s->adopt && op != EPOLL_CTL_DEL) kbp_tcp_adopt_fd(fd); /* an inherited listener (kbp_tcpadopt.c) */
     if (s->tcp && s->accel && s->tcp_role != KBP_TCP_LISTENER) return shim_only_ctl(epfd, op, fd, ev, s);
     struct epoll_event kev;
     if (ev) {
@@ -355,6 +359,28 @@ static int has_accel_member(struct ep_set *set) {
     return 0;
 }
 
+/* An inherited listener of the set refused its port (kbp_tcpadopt.c: a sibling has it): looked at again when due,
+ * while the app waits. The ms until the next look (-1: none), under kbp_lock. */
+static int adopt_members(struct ep_set *set) {
+    int next = -1;
+    for (int i = 0; set && i < set->n; i++) {
+        struct kbp_sock *s = kbp_get(set->m[i].fd);
+        if (!s || !s->adopt) continue;
+        if (kbp_tcp_adopt_ms(s) == 0) kbp_tcp_adopt(s);
+        int ms = kbp_tcp_adopt_ms(s);
+        if (ms >= 0 && (next < 0 || ms < next)) next = ms;
+    }
+    return next;
+}
+
+static int has_adopter(struct ep_set *set) {
+    for (int i = 0; set && i < set->n; i++) {
+        struct kbp_sock *s = kbp_get(set->m[i].fd);
+        if (s && s->adopt) return 1;
+    }
+    return 0;
+}
+
 /* the kernel's events after ours: ring fds dropped, a member's merged into its one event */
 static int merge(struct epoll_event *ev, int ours, int theirs) {
     int n = ours;
@@ -378,6 +404,7 @@ static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_m
         }
         kbp_enter();
         struct ep_set *set = eps[epfd];
+        int adopt_ms = adopt_members(set);
         int ours = set ? ring_events(epfd, set, ev, max) : 0;
         int sleeping = !ours && timeout_ms != 0 && !(kbp_now_ns() < spin_end);
         if (sleeping) {
@@ -390,6 +417,7 @@ static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_m
         kbp_leave();
         if (ours || sleeping || it % KERNEL_EVERY == 0) {
             int wait = ours || !sleeping ? 0 : kbp_tcp_cap_ms(ms_left(deadline));
+            if (adopt_ms >= 0 && (wait < 0 || adopt_ms < wait)) wait = adopt_ms;
             int r = mask ? kbp_real.epoll_pwait(epfd, ev + ours, max - ours, wait, mask)
                          : kbp_real.epoll_wait(epfd, ev + ours, max - ours, wait);
             if (sleeping) kbp_sleep_end();
@@ -407,7 +435,7 @@ static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_m
 /* a set with an accelerated member waits in epoll_engine; the others in the kernel, their ring fds' events
  * (a member no longer accelerated) taken out */
 static int engine_set(int epfd, int max) {
-    return epfd >= 0 && epfd < KBP_MAX_FD && has_accel_member(eps[epfd]) && max > 0;
+    return epfd >= 0 && epfd < KBP_MAX_FD && (has_accel_member(eps[epfd]) || has_adopter(eps[epfd])) && max > 0;
 }
 
 static int kernel_events(int epfd, struct epoll_event *ev, int r) {

@@ -53,10 +53,16 @@ static struct {
     PyObject *(*Err_Occurred)(void);
     void (*Err_Print)(void);
     void (*Err_Clear)(void);
+    void (*OS_BeforeFork)(void);
+    void (*OS_AfterFork_Parent)(void);
+    void (*OS_AfterFork_Child)(void);
 } py;
 
 static PyObject *host; /* the ShimTcp */
 static int state;      /* 0 not tried, 1 ready, -1 failed */
+static int own;        /* the interpreter is ours (a fork's child: up, its ShimTcp still to make) */
+static PyGILState_STATE fork_gil;
+static int fork_held;
 static char failed[256];
 
 static int load(void *lib, char *why, size_t cap) {
@@ -80,6 +86,8 @@ static int load(void *lib, char *why, size_t cap) {
     SYM(Bytes_AsStringAndSize, "PyBytes_AsStringAndSize") SYM(Long_AsLong, "PyLong_AsLong");
     SYM(Float_AsDouble, "PyFloat_AsDouble") SYM(Err_Occurred, "PyErr_Occurred");
     SYM(Err_Print, "PyErr_Print") SYM(Err_Clear, "PyErr_Clear");
+    SYM(OS_BeforeFork, "PyOS_BeforeFork") SYM(OS_AfterFork_Parent, "PyOS_AfterFork_Parent");
+    SYM(OS_AfterFork_Child, "PyOS_AfterFork_Child");
 #undef SYM
     return 0;
 }
@@ -101,7 +109,7 @@ static int start_own(char *why, size_t cap) {
     c.write_bytecode = 0;
     c.parse_argv = 0;
     c.buffered_stdio = 0;
-    const char *home = getenv("KBYPASS_PYTHONHOME"), *path = getenv("KBYPASS_PYTHONPATH");
+    const char *home = kbp_env("KBYPASS_PYTHONHOME"), *path = kbp_env("KBYPASS_PYTHONPATH");
     if (home && *home) st = py.Config_SetBytesString(&c, &c.home, home);
     if (path && *path) { /* the module path whole, as the kbypass that ran `kbypass run` had it */
         c.module_search_paths_set = 1;
@@ -139,7 +147,7 @@ static PyObject *build(const char *fmt, ...) {
  * is accelerated as ever). */
 int kbp_py_app(char *why, size_t cap) {
     int (*already)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
-    if (!already || !already() || state > 0) return 0;
+    if (!already || !already() || state > 0 || own) return 0;
     const char *(*ver)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "Py_GetVersion");
     snprintf(why, cap, "a Python app (%.6s): its TCP stays the kernel's (the shim's TCP would share the app's GIL)",
              ver ? ver() : "?");
@@ -154,16 +162,18 @@ int kbp_py_ready(int mss, char *why, size_t cap) {
     }
     state = -1;
     void *lib = NULL;
-    if (kbp_py_app(failed, sizeof(failed))) {
+    if (own) { /* a fork's child: the interpreter is up (kbp_py_after_fork), only a ShimTcp of its own to make */
+    } else if (kbp_py_app(failed, sizeof(failed))) {
         snprintf(why, cap, "%s", failed);
         return -1;
-    } else if (!(lib = dlopen(getenv("KBYPASS_LIBPYTHON") ? getenv("KBYPASS_LIBPYTHON") : LIBPYTHON,
+    } else if (!(lib = dlopen(kbp_env("KBYPASS_LIBPYTHON") ? kbp_env("KBYPASS_LIBPYTHON") : LIBPYTHON,
                               RTLD_NOW | RTLD_GLOBAL))) {
         snprintf(failed, sizeof(failed), "cannot load %s (apt install libpython3.11): %s", LIBPYTHON, dlerror());
         snprintf(why, cap, "%s", failed);
         return -1;
     }
-    if (load(lib, failed, sizeof(failed)) < 0 || (!py.IsInitialized() && start_own(failed, sizeof(failed)) < 0)) {
+    if (!own &&
+        (load(lib, failed, sizeof(failed)) < 0 || (!py.IsInitialized() && start_own(failed, sizeof(failed)) < 0))) {
         snprintf(why, cap, "%s", failed);
         return -1;
     }
@@ -175,7 +185,7 @@ int kbp_py_ready(int mss, char *why, size_t cap) {
     if (!host) {
         py.Err_Print();
         snprintf(failed, sizeof(failed), "kbypass.sockapi.shimtcp did not load (KBYPASS_PYTHONPATH=%.120s)",
-                 getenv("KBYPASS_PYTHONPATH") ? getenv("KBYPASS_PYTHONPATH") : "unset");
+                 kbp_env("KBYPASS_PYTHONPATH") ? kbp_env("KBYPASS_PYTHONPATH") : "unset");
     }
     if (args) py.DecRef(args);
     if (cls) py.DecRef(cls);
@@ -186,7 +196,38 @@ int kbp_py_ready(int mss, char *why, size_t cap) {
         return -1;
     }
     state = 1;
+    own = 1;
     return 0;
+}
+
+/* fork (pthread_atfork, kbp_socket.c), with kbp_lock held across it: no other thread is in the shim, so none is
+ * in Python (every call of Python is under kbp_lock). CPython's documented protocol for a C fork() of a process
+ * with an interpreter (what os.fork does): PyOS_BeforeFork with the GIL held by the forking thread, then
+ * PyOS_AfterFork_Parent or PyOS_AfterFork_Child, which in the child makes this thread the main one, re-makes the
+ * GIL and the import lock and drops the other threads' states (the flusher's thread does not exist there).
+ * Only with an interpreter of ours that is up (state 1): a Python app's os.fork runs the protocol itself. */
+void kbp_py_before_fork(void) {
+    if (state <= 0) return;
+    fork_gil = py.GILState_Ensure();
+    py.OS_BeforeFork();
+    fork_held = 1;
+}
+
+/* The child's ShimTcp is a new one (made at its first accelerated socket, kbp_py_ready): the parent's knows the
+ * parent's connections and rings, none of which are the child's. It is dropped here, under the GIL. */
+void kbp_py_after_fork(int child) {
+    if (!fork_held) return;
+    fork_held = 0;
+    if (!child) {
+        py.OS_AfterFork_Parent();
+        py.GILState_Release(fork_gil);
+        return;
+    }
+    py.OS_AfterFork_Child();
+    if (host) py.DecRef(host);
+    host = NULL;
+    state = 0;
+    py.GILState_Release(fork_gil);
 }
 
 /* One call of the ShimTcp (under kbp_lock): its result an int (returned) or bytes (copied into buf, at most

@@ -45,43 +45,10 @@ struct kbp_sock *kbp_fds[KBP_MAX_FD];
 long kbp_spin_us;
 uint64_t kbp_tx_burst_ns = 100000;
 int kbp_log;
-void kbp_cp_forget(void);
-
-/* A fork's child: its copies of the sockets are kernel sockets from now on (the module doc). The counters
- * page and the rings are shared with the parent: dropped here without writing to them. */
-static void child_after_fork(void) {
-    pthread_mutexattr_t ma;
-    pthread_mutexattr_init(&ma);
-    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
-    pthread_mutex_init(&kbp_lock, &ma);
-    pthread_mutexattr_destroy(&ma);
-    kbp_flusher_after_fork_child();
-    kbp_tcp_after_fork_child();
-    kbp_cp_forget();
-    int kept = 0;
-    for (int fd = 0; fd < KBP_MAX_FD; fd++) {
-        struct kbp_sock *s = kbp_fds[fd];
-        if (!s) continue;
-        kept += s->accel;
-        s->slot = NULL;
-        s->accel = 0;
-        s->ifc = NULL;
-        s->sid = 0;
-        s->rule_id = -1;
-        kbp_backlog_clear(s);
-    }
-    kbp_iface_forget_all(1);
-    if (kept) kbp_verbose("fork: this child's copies of %d accelerated socket(s) are kernel sockets", kept);
-}
-
-/* deferred frames go first, then the TCP connections to the kernel's TCP (kbp_tcp_before_fork) */
-static void before_fork(void) {
-    kbp_flush_now();
-    kbp_tcp_before_fork();
-}
 
 __attribute__((constructor)) static void kbp_init(void) {
     kbp_init_libc();
+    kbp_env_snapshot();
     const char *e = getenv("KBYPASS_SPIN_US");
     kbp_spin_us = e ? atol(e) : 0;
     if (kbp_spin_us < 0) kbp_spin_us = 0;
@@ -89,7 +56,7 @@ __attribute__((constructor)) static void kbp_init(void) {
     if (e && atol(e) >= 0) kbp_tx_burst_ns = (uint64_t)atol(e) * 1000;
     e = getenv("KBYPASS_LOG");
     kbp_log = e && *e && strcmp(e, "0") != 0;
-    pthread_atfork(before_fork, NULL, child_after_fork);
+    kbp_fork_register();
 }
 
 /* exit: deferred frames go before the rings do (an _exit() skips this; its last lone send kicked anyway) */

@@ -23,7 +23,8 @@
  *
  * Left on the kernel, said with --log: loopback, a second interface (TCP runs on the first one only), a
  * control plane that refuses, no Python (kbp_py.c), a Python app, KBYPASS_TCP=0. fork: the connections go to
- * the kernel's TCP first (kbp_tcprepair.c), the listeners back to the kernel (kbp_tcp_before_fork).
+ * the kernel's TCP first (kbp_tcprepair.c), the listeners back to the kernel (kbp_tcp_before_fork), for a child
+ * to adopt (kbp_tcpadopt.c).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -209,8 +210,8 @@ void kbp_tcp_before_fork(void) {
         s->accel = 0;
         if (s->slot) s->slot->used = 0;
         s->slot = NULL;
-        kbp_verbose("fd %d: fork: the listening socket is the kernel's again, for the children to accept from (run "
-                    "the server as one process to keep it accelerated: nginx master_process off)", fd);
+        kbp_verbose("fd %d: fork: the listening socket is the kernel's again, for the child to adopt when it accepts "
+                    "(kbp_tcpadopt.c)", fd);
     }
     kbp_iface_flush();
     kbp_leave();
@@ -233,6 +234,12 @@ void kbp_tcp_off(void) {
     kbp_tcp_on = 0;
     tcp_ifc = NULL;
     deadline_ns = 0;
+}
+
+int kbp_tcp_sids(void) {
+    int n = 0;
+    for (int i = 0; i < SID_SLOTS; i++) n += by_sid[i] != NULL;
+    return n;
 }
 
 void kbp_tcp_after_fork_child(void) {
@@ -277,7 +284,7 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
     s->tried = 1;
     char who[96], buf[1024], why[256], iface[32] = "?";
     describe(s, role == KBP_TCP_LISTENER ? "listening" : "connecting", who, sizeof(who));
-    const char *off = getenv("KBYPASS_TCP");
+    const char *off = kbp_env("KBYPASS_TCP");
     if (off && !strcmp(off, "0")) {
         kbp_verbose("%s not accelerated: KBYPASS_TCP=0", who);
         return -1;
@@ -326,6 +333,7 @@ int kbp_tcp_try(struct kbp_sock *s, int role, int backlog) {
     kbp_flusher_arm(); /* it drives TCP while the app is elsewhere (kbp_flush.c) */
     s->tcp_role = role;
     s->accel = 1;
+    s->heir |= role == KBP_TCP_LISTENER; /* a fork's child may adopt it (kbp_tcpadopt.c) */
     if (role == KBP_TCP_LISTENER)
         kbp_py_call("listen", NULL, 0, "(IIiid)", sid, ntohl(s->tcp_steered.s_addr), ntohs(s->tcp_local.sin_port),
                     backlog, now_s());
@@ -514,6 +522,7 @@ int listen(int fd, int backlog) {
     struct kbp_sock *s = kbp_get(fd);
     if (r == 0 && s && s->tcp) {
         kbp_enter();
+        s->tcp_backlog = backlog;
         if (s->accel && s->tcp_role == KBP_TCP_LISTENER)
             kbp_py_call("listen", NULL, 0, "(IIiid)", s->sid, ntohl(s->tcp_steered.s_addr),
                         ntohs(s->tcp_local.sin_port), backlog, now_s());
@@ -566,6 +575,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
     struct kbp_sock *s = kbp_get(fd);
     int r;
     if (s && s->pend && (r = kbp_tcp_take_pend(s, addr, alen, flags)) >= 0) return r; /* kept (kbp_tcpwake.c) */
+    if (s && s->adopt) kbp_tcp_adopt_fd(fd); /* a fork's child accepting from an inherited listener */
     if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER) return kbp_real.accept4(fd, addr, alen, flags);
     kbp_flush_now();
     kbp_enter();
@@ -618,7 +628,10 @@ int kbp_tcp_release(struct kbp_sock *s) {
     long users = kbp_py_call(rst ? "abort" : "close", NULL, 0, "(Id)", s->sid, now_s());
     kbp_iface_flush();
     if (s->tcp_role == KBP_TCP_LISTENER) {
-        if (users > 0 && drain_port(s))
+        uint32_t sid = s->sid; /* an adopted one: the parent's copy still listens (nginx -s reload: the new worker */
+        if (users > 0 && drain_port(s) && s->adopted) /* adopts), so its connections keep only their 4-tuples */
+            kbp_tcp_flows_only(by_sid[sid % SID_SLOTS]);
+        else if (users > 0 && !s->sid)
             kbp_verbose("fd %d: its port's rule stays while its %ld connection(s) finish", s->fd, users);
         sid_drop(s);
         return 0;

@@ -1,4 +1,4 @@
-/* kbp_util.c: libc's own functions (dlsym RTLD_NEXT), the shim's log lines and clock. */
+/* kbp_util.c: libc's own functions (dlsym RTLD_NEXT), the shim's environment, log lines and clock. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdarg.h>
@@ -23,6 +23,27 @@ void kbp_init_libc(void) {
     LOAD(readv), LOAD(writev), LOAD(epoll_pwait2), LOAD(syscall); /* epoll_pwait2: NULL before glibc 2.35 */
     LOAD(listen), LOAD(accept4), LOAD(getsockname), LOAD(getpeername), LOAD(shutdown), LOAD(sendfile), LOAD(socketpair);
     LOAD(socket); /* last: it is the "loaded" mark */
+}
+
+/* The variables `kbypass run` passes the shim, as they were when the process started (kbp_init): an app may
+ * replace its environment, and a fork's child then has none of them (nginx's worker keeps only TZ and the `env`
+ * directive's), yet it adopts its listener (kbp_tcpadopt.c) and needs the control plane's socket for that. */
+static const char *const env_names[] = {"KBYPASS_CP_SOCKET", "KBYPASS_TCP", "KBYPASS_LIBPYTHON", "KBYPASS_PYTHONPATH",
+                                        "KBYPASS_PYTHONHOME"};
+#define ENV_N (sizeof(env_names) / sizeof(env_names[0]))
+static char *env_values[ENV_N];
+
+void kbp_env_snapshot(void) {
+    for (size_t i = 0; i < ENV_N; i++) {
+        const char *v = getenv(env_names[i]);
+        env_values[i] = v ? strdup(v) : NULL;
+    }
+}
+
+const char *kbp_env(const char *name) {
+    for (size_t i = 0; i < ENV_N; i++)
+        if (!strcmp(env_names[i], name)) return env_values[i];
+    return getenv(name);
 }
 
 static void out(const char *fmt, va_list ap) {

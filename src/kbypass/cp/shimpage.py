@@ -9,7 +9,8 @@ Layout (little-endian, PAGE_BYTES): header {magic u32, version u32, slots u32, p
 counters: TCP_COUNTERS u64 each (kbypass.sockapi.shimtcp.ShimTcp.tally)}, padded to 64 bytes, then SLOTS slots of
 64 bytes {used u32, fd u32, ip 4 bytes, port u16, proto u16 (6: TCP, else UDP), rx u64, tx u64, then for UDP
 rx_kernel u64, tx_kernel u64, rx_dropped u64, tx_failed u64; for TCP peer ip 4 bytes, peer port u16, state u8
-(1 + its index in kbypass.proto.tcp.State, 0: none yet), role u8 (1 listener, 2 accepted, 3 connected), accepted
+(1 + its index in kbypass.proto.tcp.State, 0: none yet), role u8 (1 listener, 2 accepted, 3 connected, 4 a listener
+a fork's child inherited and left on the kernel: another process has its port, csrc/preload/kbp_tcpadopt.c), accepted
 u64 (a listener's), 16 bytes unused}. UDP's rx and tx count datagrams, TCP's (rx, tx too) bytes the app read and sent.
 """
 
@@ -36,7 +37,7 @@ PAGE_BYTES = 8192
 COUNTERS = ("rx", "tx", "rx_kernel", "tx_kernel", "rx_dropped", "tx_failed")
 TCP_COUNTERS = ("rx_segments", "rx_predicted", "tx_segments", "retransmits", "connections", "rx_no_socket")
 TCP_STATES = ("", *(s.value for s in State))
-ROLES = {1: "listener", 2: "accepted", 3: "connected"}
+ROLES = {1: "listener", 2: "accepted", 3: "connected", 4: "listener"}
 
 
 class ShimPage:
@@ -68,11 +69,12 @@ class ShimPage:
                 continue
             *_, rx, tx, peer_ip, peer_port, state, role, accepted = TCP_SLOT.unpack_from(self.map,
                                                                                         HEADER + i * SLOT.size)
-            listener = role == 1
+            listener = role in (1, 4)
             out.append({"fd": fd, "proto": "tcp", "local": f"{socket.inet_ntoa(ip)}:{port}",
                         "role": ROLES.get(role, "?"),
                         "peer": "" if listener else f"{socket.inet_ntoa(peer_ip)}:{peer_port}",
-                        "state": "LISTEN" if listener else TCP_STATES[state] if state < len(TCP_STATES) else "?",
+                        "state": "LISTEN (kernel)" if role == 4 else "LISTEN" if listener
+                        else TCP_STATES[state] if state < len(TCP_STATES) else "?",
                         "rx": rx, "tx": tx, **({"accepted": accepted} if listener else {})})
         return out
 

@@ -1,0 +1,157 @@
+"""`kbypass run -- nginx` with nginx's defaults: a master that listens and forks its workers. The worker (a
+fork's child) adopts the inherited listener (csrc/preload/kbp_tcpadopt.c) and serves from the rings: the
+kernel's TCP of that namespace accepts nothing (/proc/net/snmp PassiveOpens), `kbypass run --status` lists the
+worker's listener and connections under the worker's pid, and curl in the other namespace checks every byte
+(SHA-256). Then the ways a worker goes: two workers (one adopts, the other waits on the kernel's listener),
+`nginx -s reload` (the new worker adopts once the old one let go of the port) and a worker killed (the master's
+new one adopts)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.netns import test_run
+from tests.netns.test_run import in_ns, run_app, sockets_of, stop, wait_for
+from tests.netns.test_run_tcp import NGINX_CONF, grew, kernel_tcp, site  # noqa: F401  (site: a fixture)
+
+_run_hosts, hosts = test_run._run_hosts, test_run.hosts  # test_run's fixtures: one control plane for the module
+
+
+def start_nginx(host, d, port: int, workers: int = 1) -> tuple[subprocess.Popen, int]:
+    """nginx as installed: master_process on (user root: the worker reads tmp_path), `workers` workers; and its
+    master's pid."""
+    conf = NGINX_CONF.replace("master_process off;", "master_process on;\nuser root;")
+    conf = conf.replace("worker_processes 1;", f"worker_processes {workers};")
+    (d / "nginx.conf").write_text(conf.format(d=d, ip=host.ipv4, port=port))
+    srv = run_app(host, "nginx", "-c", str(d / "nginx.conf"))
+    pid = wait_for(lambda: (d / "nginx.pid").exists() and (d / "nginx.pid").read_text().strip(), what="nginx.pid")
+    return srv, int(pid)
+
+
+def adopter(host, port: int, master: int, not_pid: int = 0) -> dict:
+    """The listener a worker (not the master, not not_pid) took to the rings, as --status lists it."""
+    (lst,) = wait_for(lambda: [s for s in sockets_of(host, port) if s["role"] == "listener"
+                               and s["state"] == "LISTEN" and s["pid"] not in (master, not_pid)],
+                      what="a worker to adopt the listening socket")
+    return lst
+
+
+def fetch(host, ip: str, port: int, d, name: str, path: str = "big.bin", n: int = 1) -> subprocess.CompletedProcess:
+    url = f"http://{ip}:{port}/{path}"
+    args = [w for i in range(n) for w in ("-o", str(d / f"{name}{i}"), url)]
+    return subprocess.run(in_ns(host, "curl", "-fsS", "--max-time", "60", "-w", "%{http_code}\n", *args),
+                          capture_output=True, text=True, timeout=120)
+
+
+def sha(p) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_default_nginx_is_served_from_the_rings_by_its_worker(hosts, site):  # noqa: F811
+    a, b = hosts
+    d, digest = site
+    srv, master = start_nginx(b, d, 8411)
+    try:
+        lst = adopter(b, 8411, master)
+        k0 = kernel_tcp(b)
+        r = fetch(a, b.ipv4, 8411, d, "got", n=3)
+        k1 = kernel_tcp(b)
+        mine = [s for s in sockets_of(b, 8411) if s["pid"] == lst["pid"]]
+        table = subprocess.run(in_ns(b, test_run.KB, "run", "--status"), capture_output=True, text=True).stdout
+    finally:
+        log = stop(srv)
+    assert r.returncode == 0, r.stderr + log
+    assert all(sha(d / f"got{i}") == digest for i in range(3))
+    # the worker's listener accepted them on the rings, and the kernel's TCP took no connection
+    (listener,) = [s for s in mine if s["role"] == "listener"]
+    assert listener["accepted"] >= 1, mine
+    assert grew(k0, k1, "PassiveOpens") == 0 and grew(k0, k1, "OutSegs") < 20, (k0, k1)
+    assert f"{lst['pid']}" in table and "LISTEN" in table, table
+    err = (d / "error.log").read_text()
+    assert "fork: the listening socket is the kernel's again" in err, err  # the master's, at the fork
+    assert "inherited at the fork is this process's on the rings now" in err, err  # the worker's
+
+
+def test_two_workers_one_adopts_the_other_waits_on_the_kernel_and_every_request_is_answered(hosts, site):  # noqa: F811
+    a, b = hosts
+    d, digest = site
+    small = os.urandom(200_000)
+    (d / "www" / "small.bin").write_bytes(small)
+    srv, master = start_nginx(b, d, 8412, workers=2)
+    try:
+        lst = adopter(b, 8412, master)
+        waiting = wait_for(lambda: [s for s in sockets_of(b, 8412) if s["state"] == "LISTEN (kernel)"],
+                           what="the other worker's listener to show on the kernel")
+        k0 = kernel_tcp(b)
+        r = fetch(a, b.ipv4, 8412, d, "small", path="small.bin", n=20)
+        big = fetch(a, b.ipv4, 8412, d, "big")
+        k1 = kernel_tcp(b)
+    finally:
+        log = stop(srv)
+    assert r.returncode == 0 and big.returncode == 0, r.stderr + big.stderr + log
+    assert r.stdout.split() == ["200"] * 20, r.stdout
+    assert all(hashlib.sha256((d / f"small{i}").read_bytes()).digest() == hashlib.sha256(small).digest()
+               for i in range(20))
+    assert sha(d / "big0") == digest
+    assert waiting[0]["pid"] not in (master, lst["pid"]), waiting
+    assert grew(k0, k1, "PassiveOpens") == 0, (k0, k1)  # the adopter took every connection
+    err = (d / "error.log").read_text()
+    assert err.count("stays on the kernel for now: another process has its port") == 1, err  # said once
+
+
+class Loop(threading.Thread):
+    """curl in a loop against the server while it changes its workers: every answer and every failure."""
+
+    def __init__(self, host, ip: str, port: int, d) -> None:
+        super().__init__(daemon=True)
+        self.argv = in_ns(host, "curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}",
+                          f"http://{ip}:{port}/small.bin")
+        self.codes: list[str] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            r = subprocess.run(self.argv, capture_output=True, text=True, timeout=60)
+            self.codes.append(r.stdout.strip() + ("" if r.returncode == 0 else f" ({r.stderr.strip()})"))
+            time.sleep(0.02)
+
+    def finish(self) -> list[str]:
+        self.done.set()
+        self.join(90)
+        return self.codes
+
+
+@pytest.mark.parametrize("how", ["reload", "kill"])
+def test_a_new_worker_adopts_after_a_reload_or_the_old_one_killed(hosts, site, how):  # noqa: F811
+    a, b = hosts
+    d, _ = site
+    (d / "www" / "small.bin").write_bytes(os.urandom(50_000))
+    port = 8413 if how == "reload" else 8414
+    srv, master = start_nginx(b, d, port)
+    try:
+        old = adopter(b, port, master)
+        loop = Loop(a, b.ipv4, port, d)
+        loop.start()
+        wait_for(lambda: len(loop.codes) >= 5, what="requests before the change")
+        os.kill(master, signal.SIGHUP) if how == "reload" else os.kill(old["pid"], signal.SIGKILL)
+        new = adopter(b, port, master, not_pid=old["pid"])
+        seen = len(loop.codes)
+        wait_for(lambda: len(loop.codes) >= seen + 10, what="requests after the new worker adopted")
+        codes = loop.finish()
+        k0 = kernel_tcp(b)
+        r = fetch(a, b.ipv4, port, d, "after", path="small.bin", n=5)
+        k1 = kernel_tcp(b)
+        served = [s for s in sockets_of(b, port) if s["pid"] == new["pid"] and s["role"] == "listener"]
+    finally:
+        log = stop(srv)
+    assert codes and all(c == "200" for c in codes), codes  # nginx loses none at a reload, nor here
+    assert r.returncode == 0 and r.stdout.split() == ["200"] * 5, r.stderr + log
+    assert grew(k0, k1, "PassiveOpens") == 0, (k0, k1)  # the new worker's rings took them
+    assert served and served[0]["accepted"] >= 5, served
