@@ -108,8 +108,8 @@ def site(tmp_path):
 
 
 def start_nginx(host, d, port: int):
-    """nginx with master_process off: one process, so the accelerated listener is the one that serves (a
-    forked worker's copy of it would be a kernel socket, csrc/preload/kbp_tcp.c)."""
+    """nginx with master_process off: one process, whose accelerated listener serves (nginx as installed, a
+    master and its workers: tests/netns/test_run_nginx_workers.py)."""
     (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, ip=host.ipv4, port=port))
     return run_app(host, "nginx", "-c", str(d / "nginx.conf"))
 
@@ -396,27 +396,6 @@ def test_so_rcvtimeo_and_so_linger_zero_as_the_kernel(hosts, tmp_path, linger):
     m = re.search(r"recv -1 Resource temporarily unavailable after (\d+) ms", out)
     assert m and 280 <= int(m.group(1)) < 2000, out
     assert "peer got ConnectionResetError" in peer, peer
-
-
-def test_nginx_with_a_forked_worker_runs_on_the_kernel(hosts, site):
-    """master_process on: the worker is a fork's child, whose copy of the listener is a kernel socket, so the
-    master gives its listener back to the kernel at the fork (said with --log) and nginx serves as without
-    kbypass, instead of SYNs steered to a process that never accepts."""
-    a, b = hosts
-    d, digest = site
-    conf = NGINX_CONF.replace("master_process off;", "master_process on;\nuser root;")  # the worker reads tmp_path
-    (d / "nginx.conf").write_text(conf.format(d=d, ip=b.ipv4, port=8319))
-    srv = run_app(b, "nginx", "-c", str(d / "nginx.conf"))
-    try:
-        wait_for(lambda: "fork: the listening socket is the kernel's again" in (d / "error.log").read_text()
-                 if (d / "error.log").exists() else False, what="the master's fork")
-        r = subprocess.run(in_ns(a, "curl", "-fsS", "--max-time", "30", "-o", str(d / "got"),
-                                 f"http://{b.ipv4}:8319/big.bin"), capture_output=True, text=True, timeout=60)
-    finally:
-        log = stop(srv)
-    assert r.returncode == 0, r.stderr + log
-    assert hashlib.sha256((d / "got").read_bytes()).hexdigest() == digest
-    assert not sockets_of(b, 8319)
 
 
 KEEPALIVE_C = r"""
