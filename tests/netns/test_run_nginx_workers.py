@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
+import sysconfig
 import threading
 import time
 
 import pytest
 
+from tests.kb import skip_unless_nobody_runs_kbypass
 from tests.netns import test_run
 from tests.netns.test_run import in_ns, run_app, sockets_of, stop, wait_for
 from tests.netns.test_run_tcp import NGINX_CONF, grew, kernel_tcp, site  # noqa: F401  (site: a fixture)
@@ -24,22 +27,25 @@ from tests.netns.test_run_tcp import NGINX_CONF, grew, kernel_tcp, site  # noqa:
 _run_hosts, hosts = test_run._run_hosts, test_run.hosts  # test_run's fixtures: one control plane for the module
 
 
-def start_nginx(host, d, port: int, workers: int = 1) -> tuple[subprocess.Popen, int]:
+def start_nginx(host, d, port: int, workers: int = 1, user: list[str] = ()) -> tuple[subprocess.Popen, int]:
     """nginx as installed: master_process on (user root: the worker reads tmp_path), `workers` workers; and its
-    master's pid."""
-    conf = NGINX_CONF.replace("master_process off;", "master_process on;\nuser root;")
+    master's pid. user: a setpriv prefix (then the master and its workers run as that user)."""
+    conf = NGINX_CONF.replace("master_process off;", "master_process on;" + ("" if user else "\nuser root;"))
     conf = conf.replace("worker_processes 1;", f"worker_processes {workers};")
     (d / "nginx.conf").write_text(conf.format(d=d, ip=host.ipv4, port=port))
-    srv = run_app(host, "nginx", "-c", str(d / "nginx.conf"))
+    srv = run_app(host, "nginx", "-c", str(d / "nginx.conf"), user=user)
     pid = wait_for(lambda: (d / "nginx.pid").exists() and (d / "nginx.pid").read_text().strip(), what="nginx.pid")
     return srv, int(pid)
 
 
-def adopter(host, port: int, master: int, not_pid: int = 0) -> dict:
+def adopter(host, port: int, master: int, d, not_pid: int = 0) -> dict:
     """The listener a worker (not the master, not not_pid) took to the rings, as --status lists it."""
-    (lst,) = wait_for(lambda: [s for s in sockets_of(host, port) if s["role"] == "listener"
-                               and s["state"] == "LISTEN" and s["pid"] not in (master, not_pid)],
-                      what="a worker to adopt the listening socket")
+    try:
+        (lst,) = wait_for(lambda: [s for s in sockets_of(host, port) if s["role"] == "listener"
+                                   and s["state"] == "LISTEN" and s["pid"] not in (master, not_pid)],
+                          what="a worker to adopt the listening socket")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {(d / 'error.log').read_text()}") from None
     return lst
 
 
@@ -59,7 +65,7 @@ def test_default_nginx_is_served_from_the_rings_by_its_worker(hosts, site):  # n
     d, digest = site
     srv, master = start_nginx(b, d, 8411)
     try:
-        lst = adopter(b, 8411, master)
+        lst = adopter(b, 8411, master, d)
         k0 = kernel_tcp(b)
         r = fetch(a, b.ipv4, 8411, d, "got", n=3)
         k1 = kernel_tcp(b)
@@ -86,7 +92,7 @@ def test_two_workers_one_adopts_the_other_waits_on_the_kernel_and_every_request_
     (d / "www" / "small.bin").write_bytes(small)
     srv, master = start_nginx(b, d, 8412, workers=2)
     try:
-        lst = adopter(b, 8412, master)
+        lst = adopter(b, 8412, master, d)
         waiting = wait_for(lambda: [s for s in sockets_of(b, 8412) if s["state"] == "LISTEN (kernel)"],
                            what="the other worker's listener to show on the kernel")
         k0 = kernel_tcp(b)
@@ -104,6 +110,37 @@ def test_two_workers_one_adopts_the_other_waits_on_the_kernel_and_every_request_
     assert grew(k0, k1, "PassiveOpens") == 0, (k0, k1)  # the adopter took every connection
     err = (d / "error.log").read_text()
     assert err.count("stays on the kernel for now: another process has its port") == 1, err  # said once
+
+
+def test_an_unprivileged_nginx_worker_proves_its_inherited_listener_and_adopts_it(hosts):
+    """uid 65534 (no CAP_NET_ADMIN): the control plane takes the worker's inherited listener as the proof of its
+    port (a kernel listener of the same uid, SO_REUSEADDR as nginx sets it, listening)."""
+    skip_unless_nobody_runs_kbypass()  # the shim's embedded Python is this checkout's, loaded as uid 65534
+    lib = os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME"))
+    if subprocess.run([*test_run.UNPRIVILEGED, "test", "-r", lib]).returncode:
+        pytest.skip(f"uid 65534 cannot read {lib}: its TCP would stay on the kernel (the shim's Python)")
+    a, b = hosts
+    d = __import__("pathlib").Path(__import__("tempfile").mkdtemp(prefix="kbp-pa-nginx-"))
+    try:
+        (d / "www").mkdir()
+        body = os.urandom(3_000_000)
+        (d / "www" / "big.bin").write_bytes(body)
+        for p in (d, d / "www", d / "www" / "big.bin"):
+            os.chmod(p, 0o777 if p.is_dir() else 0o644)
+        srv, master = start_nginx(b, d, 8415, user=test_run.UNPRIVILEGED)
+        try:
+            lst = adopter(b, 8415, master, d)
+            k0 = kernel_tcp(b)
+            r = fetch(a, b.ipv4, 8415, d, "got")
+            k1 = kernel_tcp(b)
+            uid = subprocess.check_output(["stat", "-c", "%u", f"/proc/{lst['pid']}"], text=True).strip()
+        finally:
+            log = stop(srv)
+        assert r.returncode == 0, r.stderr + log
+        assert hashlib.sha256((d / "got0").read_bytes()).digest() == hashlib.sha256(body).digest()
+        assert uid == "65534" and grew(k0, k1, "PassiveOpens") == 0, (uid, k0, k1)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 class Loop(threading.Thread):
@@ -138,12 +175,12 @@ def test_a_new_worker_adopts_after_a_reload_or_the_old_one_killed(hosts, site, h
     port = 8413 if how == "reload" else 8414
     srv, master = start_nginx(b, d, port)
     try:
-        old = adopter(b, port, master)
+        old = adopter(b, port, master, d)
         loop = Loop(a, b.ipv4, port, d)
         loop.start()
         wait_for(lambda: len(loop.codes) >= 5, what="requests before the change")
         os.kill(master, signal.SIGHUP) if how == "reload" else os.kill(old["pid"], signal.SIGKILL)
-        new = adopter(b, port, master, not_pid=old["pid"])
+        new = adopter(b, port, master, d, not_pid=old["pid"])
         seen = len(loop.codes)
         wait_for(lambda: len(loop.codes) >= seen + 10, what="requests after the new worker adopted")
         codes = loop.finish()
