@@ -18,7 +18,8 @@
                 answering with the same bytes (kbypass.proto.http: same parser and head cache, same pre-encoded
                 answers, the Date formatted once a second, one write per read as kbypass sends one segment),
                 and nginx on the kernel serving a file of the same size, and that nginx under `kbypass run`
-                (master_process off: one process); requests/s, and CPU time per
+                (master_process off: one process; "nginx run workers": as installed, a master and its worker,
+                which adopts the listener at the fork); requests/s, and CPU time per
                 request: the server's (its process and children: on a busy machine the steadier measure, but
                 it misses a kernel server's TCP receive work, done in softirq on wrk's core) and the whole
                 machine's busy and softirq time over the run (counts that, and wrk, and on a shared machine
@@ -125,7 +126,7 @@ http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
 """
 
 
-HTTP_SERVERS = ("kbypass", "uvloop", "nginx", "nginx run")
+HTTP_SERVERS = ("kbypass", "uvloop", "nginx", "nginx run", "nginx run workers")
 RUN = {"kernel": (), "run": (sys.executable, "-m", "kbypass", "run", "--spin", "0", "--")}  # an app's prefix
 
 
@@ -369,11 +370,11 @@ def _http(kind: str, a, b, seconds: float, body: int, conns: int, poll: str, www
         server = subprocess.Popen(in_ns(b, SERVER_CPU, sys.executable, "-c", UVLOOP_SERVER, b.ipv4, str(HTTP_PORT),
                                         str(body)), stdout=subprocess.PIPE, stderr=None, text=True)
         started(server, "ready", "the uvloop server")
-    else:  # nginx, or "nginx run": the same nginx under `kbypass run` (one process: a forked worker's sockets
-        # would be the kernel's, csrc/preload/kbp_tcp.c)
-        run = kind == "nginx run"
+    else:  # nginx, or "nginx run": the same nginx under `kbypass run` as one process, or with its master and its
+        # worker ("nginx run workers": the worker adopts the listener, csrc/preload/kbp_tcpadopt.c)
+        run = kind.startswith("nginx run")
         conf = Path(www).parent / "nginx.conf"
-        conf.write_text(("master_process off; " if run else "") +
+        conf.write_text(("master_process off; " if kind == "nginx run" else "") +
                         NGINX_CONF.format(d=Path(www).parent, ip=b.ipv4, port=HTTP_PORT))
         server = subprocess.Popen(in_ns(b, SERVER_CPU, *RUN["run" if run else "kernel"], "nginx", "-c", str(conf)),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -650,6 +651,8 @@ def _ratios(t: dict) -> dict:
         "http req/s kbypass / uvloop": r("http kbypass", "http uvloop", "requests_per_s"),
         "http req/s kbypass / nginx": r("http kbypass", "http nginx", "requests_per_s"),
         "http req/s nginx under kbypass run / nginx": r("http nginx run", "http nginx", "requests_per_s"),
+        "http req/s nginx master+worker under kbypass run / nginx": r("http nginx run workers", "http nginx",
+                                                                       "requests_per_s"),
         "http req/s kbypass baseline / uvloop": r("http kbypass baseline", "http uvloop", "requests_per_s"),
         "http req/s kbypass / kbypass baseline": r("http kbypass", "http kbypass baseline", "requests_per_s"),
         "http server CPU/request kbypass / uvloop": r("http kbypass", "http uvloop", "server_cpu_us_per_request"),
