@@ -29,7 +29,7 @@
 #include "kbp.h"
 
 #define ADOPT_GAP_NS 50000000ull       /* a refused adopter looks again after 50 ms, ... */
-#define ADOPT_GAP_MAX_NS 2000000000ull /* ... doubling up to 2 s */
+#define ADOPT_GAP_MAX_NS 5000000000ull /* ... doubling up to 5 s (each look is a request the control plane logs) */
 #define SLOT_KERNEL_ROLE 4             /* shimpage.ROLES: a listener left on the kernel (another has the port) */
 
 void kbp_tcp_fork_parent(void) {
@@ -86,7 +86,7 @@ int kbp_tcp_adopt(struct kbp_sock *s) {
                 "has its port (its sibling worker, or the last one still finishing); looked at again while this "
                 "one waits on it", s->fd);
     s->adopt_at = kbp_now_ns() + s->adopt_gap;
-    if (s->adopt_gap < ADOPT_GAP_MAX_NS) s->adopt_gap *= 2;
+    s->adopt_gap = s->adopt_gap * 2 < ADOPT_GAP_MAX_NS ? s->adopt_gap * 2 : ADOPT_GAP_MAX_NS;
     if ((s->slot = kbp_page_slot())) { /* `kbypass run --status`: LISTEN (kernel) */
         kbp_page_show_tcp(s);
         s->slot->role = SLOT_KERNEL_ROLE;
