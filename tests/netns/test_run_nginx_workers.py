@@ -85,6 +85,30 @@ def test_default_nginx_is_served_from_the_rings_by_its_worker(hosts, site):  # n
     assert "inherited at the fork is this process's on the rings now" in err, err  # the worker's
 
 
+def test_a_daemon_nginx_is_served_from_the_rings_by_its_worker(hosts, site):  # noqa: F811
+    """daemon on, nginx's default too: the listener is made before nginx forks into the background, so the
+    master is a fork's child itself (it may adopt, but forks its worker first and never does), the worker
+    adopts; `kbypass run` returns when the first process exits."""
+    a, b = hosts
+    d, digest = site
+    conf = NGINX_CONF.replace("master_process off;", "master_process on;\nuser root;").replace("daemon off;", "")
+    (d / "nginx.conf").write_text(conf.format(d=d, ip=b.ipv4, port=8416))
+    out = run_app(b, "nginx", "-c", str(d / "nginx.conf")).communicate(timeout=30)[0]
+    master = int(wait_for(lambda: (d / "nginx.pid").exists() and (d / "nginx.pid").read_text().strip(),
+                          what="nginx.pid"))
+    try:
+        lst = adopter(b, 8416, master, d)
+        k0 = kernel_tcp(b)
+        r = fetch(a, b.ipv4, 8416, d, "got", n=2)
+        k1 = kernel_tcp(b)
+    finally:
+        os.kill(master, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(f"/proc/{master}"), what="nginx to stop")
+    assert r.returncode == 0, r.stderr + out
+    assert sha(d / "got0") == digest and sha(d / "got1") == digest
+    assert grew(k0, k1, "PassiveOpens") == 0 and lst["pid"] != master, (k0, k1)
+
+
 def test_two_workers_one_adopts_the_other_waits_on_the_kernel_and_every_request_is_answered(hosts, site):  # noqa: F811
     a, b = hosts
     d, digest = site
