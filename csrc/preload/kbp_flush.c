@@ -6,7 +6,8 @@
  * while there are frames or were lately, untimed ("parked") after IDLE_LOOKS empty looks; a sender wakes a
  * parked flusher only (pthread_cond_signal without a waiter is no syscall), so a steady ping-pong never pays
  * for it. It blocks every signal (the app's handlers run in the app's threads). fork: the child has no
- * flusher and no rings (kbp_socket.c), a later one starts its own if it ever defers a frame.
+ * flusher and no rings (kbp_fork.c), it starts its own if it ever defers a frame or accelerates TCP (a
+ * listener it adopts, kbp_tcpadopt.c).
  *
  * With TCP on it also keeps the connections going while the app is elsewhere (Onload's model: the stack is
  * driven by whoever is in it, and by the kernel's timer and interrupt when nobody is): TCP's timers, and

@@ -351,13 +351,16 @@ static int ring_events(int epfd, struct ep_set *set, struct epoll_event *out, in
     return n;
 }
 
-static int has_accel_member(struct ep_set *set) {
+/* a member on the rings (or, adopting: an inherited listener waiting to be, kbp_tcpadopt.c) */
+static int has_member(struct ep_set *set, int adopting) {
     for (int i = 0; set && i < set->n; i++) {
         struct kbp_sock *s = kbp_get(set->m[i].fd);
-        if (s && s->accel) return 1;
+        if (s && (adopting ? s->adopt : s->accel)) return 1;
     }
     return 0;
 }
+
+static int has_accel_member(struct ep_set *set) { return has_member(set, 0); }
 
 /* An inherited listener of the set refused its port (kbp_tcpadopt.c: a sibling has it): looked at again when due,
  * while the app waits. The ms until the next look (-1: none), under kbp_lock. */
@@ -371,14 +374,6 @@ static int adopt_members(struct ep_set *set) {
         if (ms >= 0 && (next < 0 || ms < next)) next = ms;
     }
     return next;
-}
-
-static int has_adopter(struct ep_set *set) {
-    for (int i = 0; set && i < set->n; i++) {
-        struct kbp_sock *s = kbp_get(set->m[i].fd);
-        if (s && s->adopt) return 1;
-    }
-    return 0;
 }
 
 /* the kernel's events after ours: ring fds dropped, a member's merged into its one event */
@@ -435,7 +430,7 @@ static int epoll_engine(int epfd, struct epoll_event *ev, int max, int timeout_m
 /* a set with an accelerated member waits in epoll_engine; the others in the kernel, their ring fds' events
  * (a member no longer accelerated) taken out */
 static int engine_set(int epfd, int max) {
-    return epfd >= 0 && epfd < KBP_MAX_FD && (has_accel_member(eps[epfd]) || has_adopter(eps[epfd])) && max > 0;
+    return epfd >= 0 && epfd < KBP_MAX_FD && (has_accel_member(eps[epfd]) || has_member(eps[epfd], 1)) && max > 0;
 }
 
 static int kernel_events(int epfd, struct epoll_event *ev, int r) {

@@ -18,9 +18,9 @@
  * calls that may wait (recv*, read, poll, select, epoll, close, fork, exec, exit) kick first, the flusher
  * thread (kbp_flush.c) within TX_FLUSH_NS otherwise.
  *
- * fork: the child's copies of accelerated sockets fall back to the kernel sockets (rings cannot be shared
- * by two processes without a lock on every message); while the parent lives, the flow stays steered to the
- * parent. exec: the control plane connection is CLOEXEC, so the new image starts with kernel sockets and
+ * fork (kbp_fork.c): the child's copies of accelerated sockets fall back to the kernel sockets (rings cannot be
+ * shared by two processes without a lock on every message); while the parent lives, the flow stays steered to
+ * the parent; a child adopts an inherited TCP listener as a process of its own (kbp_tcpadopt.c). exec: the control plane connection is CLOEXEC, so the new image starts with kernel sockets and
  * the old image's rules go with it; the preloaded shim then accelerates what the new image binds.
  */
 #define _GNU_SOURCE
