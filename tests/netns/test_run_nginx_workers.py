@@ -69,7 +69,8 @@ def test_default_nginx_is_served_from_the_rings_by_its_worker(hosts, site):  # n
         k0 = kernel_tcp(b)
         r = fetch(a, b.ipv4, 8411, d, "got", n=3)
         k1 = kernel_tcp(b)
-        mine = [s for s in sockets_of(b, 8411) if s["pid"] == lst["pid"]]
+        every = sockets_of(b, 8411)
+        mine = [s for s in every if s["pid"] == lst["pid"]]
         table = subprocess.run(in_ns(b, test_run.KB, "run", "--status"), capture_output=True, text=True).stdout
     finally:
         log = stop(srv)
@@ -80,6 +81,7 @@ def test_default_nginx_is_served_from_the_rings_by_its_worker(hosts, site):  # n
     assert listener["accepted"] >= 1, mine
     assert grew(k0, k1, "PassiveOpens") == 0 and grew(k0, k1, "OutSegs") < 20, (k0, k1)
     assert f"{lst['pid']}" in table and "LISTEN" in table, table
+    assert not [s for s in every if s["pid"] == master], every  # the master, which forked, never adopts
     err = (d / "error.log").read_text()
     assert "fork: the listening socket is the kernel's again" in err, err  # the master's, at the fork
     assert "inherited at the fork is this process's on the rings now" in err, err  # the worker's

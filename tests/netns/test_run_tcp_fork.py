@@ -85,6 +85,9 @@ def test_socat_fork_echo_server_serves_concurrent_clients_every_byte(hosts):
     assert again == ["ok"] * 4, (again, log)
     assert "handed to the kernel's TCP" in log, log  # the first connection was ours until the fork
     assert "Connection reset" not in log and "Traceback" not in log, log
+    # a parent that forked never adopts its listener again (kbp_tcpadopt.c), nor do the children that do not
+    # accept from it: one rule in all, none made and removed per connection
+    assert log.count("9501, listening) accelerated on") == 1 and "inherited at the fork" not in log, log
 
 
 def test_socat_fork_http_serves_concurrent_curls_intact(hosts, tmp_path):
