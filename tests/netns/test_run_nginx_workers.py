@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import sysconfig
 import threading
 import time
@@ -222,3 +223,48 @@ def test_a_new_worker_adopts_after_a_reload_or_the_old_one_killed(hosts, site, h
     assert r.returncode == 0 and r.stdout.split() == ["200"] * 5, r.stderr + log
     assert grew(k0, k1, "PassiveOpens") == 0, (k0, k1)  # the new worker's rings took them
     assert served and served[0]["accepted"] >= 5, served
+
+
+HALF_REQUEST = r"""
+import hashlib, socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+c.sendall(b"GET /small.bin HTTP/1.1\r\nHost: b\r\n")  # half a request: the old worker waits for the rest
+print("sent", flush=True)
+sys.stdin.readline()
+c.sendall(b"Connection: close\r\n\r\n")
+got = b""
+while chunk := c.recv(65536):
+    got += chunk
+head, _, body = got.partition(b"\r\n\r\n")
+print(head.split(b"\r\n")[0].decode(), hashlib.sha256(body).hexdigest(), flush=True)
+"""
+
+
+def test_a_reload_while_the_old_worker_still_serves_leaves_the_port_to_the_new_one(hosts, site):  # noqa: F811
+    """The old worker closes its listener at the reload and still serves a connection on its rings (half a
+    request in): the port's rule goes at once (that connection keeps its 4-tuple's), so the new connections
+    meanwhile reach the kernel's listener, the new worker accepts them there, and adopts the port when the old
+    worker is gone."""
+    a, b = hosts
+    d, _ = site
+    small = os.urandom(1000)
+    (d / "www" / "small.bin").write_bytes(small)
+    srv, master = start_nginx(b, d, 8417)
+    try:
+        old = adopter(b, 8417, master, d)
+        held = subprocess.Popen(in_ns(a, sys.executable, "-c", HALF_REQUEST, b.ipv4, "8417"), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert held.stdout.readline().strip() == "sent"
+        os.kill(master, signal.SIGHUP)
+        wait_for(lambda: not [s for s in sockets_of(b, 8417) if s["pid"] == old["pid"] and s["role"] == "listener"],
+                 what="the old worker to close its listener")
+        meanwhile = fetch(a, b.ipv4, 8417, d, "meanwhile", path="small.bin", n=5)
+        out, _ = held.communicate("go\n", timeout=30)
+        new = adopter(b, 8417, master, d, not_pid=old["pid"])
+        after = fetch(a, b.ipv4, 8417, d, "after", path="small.bin", n=3)
+    finally:
+        log = stop(srv)
+    assert meanwhile.returncode == 0 and meanwhile.stdout.split() == ["200"] * 5, meanwhile.stderr + log
+    assert out.split() == ["HTTP/1.1", "200", "OK", hashlib.sha256(small).hexdigest()], out + log
+    assert after.returncode == 0 and after.stdout.split() == ["200"] * 3, after.stderr + log
+    assert new["pid"] != old["pid"]
