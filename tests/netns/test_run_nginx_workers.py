@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 
@@ -71,6 +73,7 @@ def test_default_nginx_is_served_from_the_rings_by_its_worker(hosts, site):  # n
         r = fetch(a, b.ipv4, 8411, d, "got", n=3)
         k1 = kernel_tcp(b)
         every = sockets_of(b, 8411)
+        threads = [t.read_text().strip() for t in pathlib.Path(f"/proc/{lst['pid']}/task").glob("*/comm")]
         mine = [s for s in every if s["pid"] == lst["pid"]]
         table = subprocess.run(in_ns(b, test_run.KB, "run", "--status"), capture_output=True, text=True).stdout
     finally:
@@ -83,6 +86,7 @@ def test_default_nginx_is_served_from_the_rings_by_its_worker(hosts, site):  # n
     assert grew(k0, k1, "PassiveOpens") == 0 and grew(k0, k1, "OutSegs") < 20, (k0, k1)
     assert f"{lst['pid']}" in table and "LISTEN" in table, table
     assert not [s for s in every if s["pid"] == master], every  # the master, which forked, never adopts
+    assert "kbypass-flush" in threads, threads  # the worker's own flusher (the master's is not there after a fork)
     err = (d / "error.log").read_text()
     assert "fork: the listening socket is the kernel's again" in err, err  # the master's, at the fork
     assert "inherited at the fork is this process's on the rings now" in err, err  # the worker's
@@ -147,7 +151,7 @@ def test_an_unprivileged_nginx_worker_proves_its_inherited_listener_and_adopts_i
     if subprocess.run([*test_run.UNPRIVILEGED, "test", "-r", lib]).returncode:
         pytest.skip(f"uid 65534 cannot read {lib}: its TCP would stay on the kernel (the shim's Python)")
     a, b = hosts
-    d = __import__("pathlib").Path(__import__("tempfile").mkdtemp(prefix="kbp-pa-nginx-"))
+    d = pathlib.Path(tempfile.mkdtemp(prefix="kbp-pa-nginx-"))
     try:
         (d / "www").mkdir()
         body = os.urandom(3_000_000)
