@@ -393,17 +393,18 @@ void kbp_tcp_rule_gone(const char *iface, int *rule_id); /* kbp_tcp.c: remove a 
 int kbp_py_ready(int mss, char *why, size_t cap);
 int kbp_py_app(char *why, size_t cap); /* a Python app: TCP stays the kernel's (why) */
 void kbp_py_before_fork(void);     /* pthread_atfork prepare, under kbp_lock: the GIL held across the fork */
-void kbp_py_after_fork(int child); /* ... parent (1) or child (0): CPython's own fork protocol, the GIL let go */
-/* kbp_tcpadopt.c: a fork's child adopts an inherited listener (nginx's worker) */
+void kbp_py_after_fork(int child); /* ... child (1) or parent (0): CPython's own fork protocol, the GIL let go */
+long kbp_py_call(const char *method, void *buf, size_t cap, const char *fmt, ...);
+
+/* fork (kbp_fork.c), and a fork's child adopting an inherited listener (kbp_tcpadopt.c: nginx's worker) */
 void kbp_fork_register(void);     /* kbp_fork.c: the pthread_atfork handlers */
 void kbp_iface_release_all(void); /* kbp_iface.c: the rings back to the control plane (a fork's idle parent) */
-int kbp_tcp_sids(void);            /* kbp_tcp.c: TCP sockets of ours (connections finishing included) */
+int kbp_tcp_sids(void);           /* kbp_tcp.c: TCP sockets of ours (connections finishing included) */
 void kbp_tcp_fork_parent(void); /* the parent never adopts again (a fork-per-connection server keeps the kernel's) */
 void kbp_tcp_fork_child(void);  /* the child may adopt its heir listeners */
 int kbp_tcp_adopt(struct kbp_sock *s); /* under kbp_lock: 1 it is ours now; 0 not (yet: looked at again later) */
 int kbp_tcp_adopt_fd(int fd);          /* the same for an fd the app waits on or accepts from (takes kbp_lock) */
 int kbp_tcp_adopt_ms(struct kbp_sock *s); /* ms until s's next look (-1: none due), under kbp_lock */
-long kbp_py_call(const char *method, void *buf, size_t cap, const char *fmt, ...);
 
 /* kbp_signal.c: kbp_sig_count changes when a handler of the app ran on this thread; kbp_sig_interrupted
  * says whether the wait begun at count `since` ends with EINTR (restartable: a recv the kernel restarts under

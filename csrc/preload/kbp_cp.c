@@ -1,8 +1,9 @@
 /* kbp_cp.c: the shim's connection to the control plane (kbypass/cp/protocol.py is the protocol).
  *
  * One SOCK_SEQPACKET connection per process, made at the first socket worth accelerating, CLOEXEC (an exec'd
- * image starts afresh) and closed in a fork's child (kbp_socket.c: it makes its own when it needs one): so the control plane sees the app's end,
- * kill -9 included, the moment the last holder goes, and drops its rules and sockets then. Replies are read
+ * image starts afresh) and closed in a fork's child (kbp_fork.c: it makes its own when it needs one): so the
+ * control plane sees the app's end, kill -9 included, the moment the last holder goes, and drops its rules and
+ * sockets then. Replies are read
  * with a tiny JSON reader: the fields the shim needs are flat numbers and strings of our own server's
  * compact JSON.
  */
@@ -204,7 +205,7 @@ void kbp_cp_lost(void) {
     cp_fd = -1;
 }
 
-/* a fork's child: the connection is the parent's (kbp_socket.c's atfork handler). The child makes its own at its
+/* a fork's child: the connection is the parent's (kbp_fork.c's atfork handler). The child makes its own at its
  * first socket worth accelerating (a "hello" of its own: the control plane counts it as another app, and drops its
  * rules when it exits, the parent's stay); a parent that had no control plane (none, refused, lost) gives its
  * children none either, nor the warning once per child. */

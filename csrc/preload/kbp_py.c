@@ -200,14 +200,14 @@ int kbp_py_ready(int mss, char *why, size_t cap) {
     return 0;
 }
 
-/* fork (pthread_atfork, kbp_socket.c), with kbp_lock held across it: no other thread is in the shim, so none is
+/* fork (pthread_atfork, kbp_fork.c), with kbp_lock held across it: no other thread is in the shim, so none is
  * in Python (every call of Python is under kbp_lock). CPython's documented protocol for a C fork() of a process
  * with an interpreter (what os.fork does): PyOS_BeforeFork with the GIL held by the forking thread, then
  * PyOS_AfterFork_Parent or PyOS_AfterFork_Child, which in the child makes this thread the main one, re-makes the
  * GIL and the import lock and drops the other threads' states (the flusher's thread does not exist there).
- * Only with an interpreter of ours that is up (state 1): a Python app's os.fork runs the protocol itself. */
+ * Only with an interpreter of ours (own): a Python app's os.fork runs the protocol itself. */
 void kbp_py_before_fork(void) {
-    if (state <= 0) return;
+    if (!own) return; /* up since a ShimTcp was made here or in a parent (whether this process made its own or not) */
     fork_gil = py.GILState_Ensure();
     py.OS_BeforeFork();
     fork_held = 1;
