@@ -363,6 +363,7 @@ size_t kbp_tcpc_read(struct kbp_sock *s, void *buf, size_t len, int peek);
 void kbp_tcpc_attach(struct kbp_sock *s); /* accepted or connecting: predict with its Prediction */
 void kbp_tcpc_detach(struct kbp_sock *s); /* closed by the app */
 void kbp_tcpc_after_fork_child(void);
+int kbp_tcp_info(struct kbp_sock *s, void *out, socklen_t *len); /* getsockopt(TCP_INFO) (kbp_tcpinfo.c) */
 void kbp_tcp_keepalive(struct kbp_sock *s); /* SO_KEEPALIVE, TCP_KEEP* from the kernel socket to the host */
 void kbp_tcp_before_fork(void); /* connections to the kernel's TCP, listeners back to the kernel (pthread_atfork) */
 void kbp_tcp_forget(struct kbp_sock *s, const char *call); /* no longer ours: the host's call, then records go */

@@ -47,6 +47,7 @@ from kbypass.proto import ipv4, tcp
 from kbypass.proto.tcp import fastpath
 from kbypass.proto.tcp.config import MAX_UNREAD
 from kbypass.proto.tcp.handoff import handoff_state
+from kbypass.proto.tcp.info import FIELDS, tcp_info
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 # the sockets' records and the formats the host and the shim's C share; the poll bits, PYRX/PYTX, READ_REPORT and
@@ -675,6 +676,12 @@ class ShimTcp:
         if c is None:
             return self._out(0, now)
         return self._out(c.rx_len, now)
+
+    def tcp_info(self, sid: int, now: float):
+        """getsockopt(TCP_INFO): struct tcp_info's values, u64 each in tcp.info.FIELDS' order (b"": not ours)."""
+        c = self._conn(sid)
+        info = tcp_info(c.conn, now) if c is not None else None
+        return self._out(struct.pack(f"<{len(FIELDS)}Q", *(info[k] for k in FIELDS)) if info else b"", now)
 
     def tally(self, now: float):
         """The counters of TALLY, packed (u64 each) for the shim's status page (it asks a few times a second)."""
