@@ -372,7 +372,7 @@ void kbp_tcp_cp_lost(void);              /* the control plane is gone: connectio
 /* kbp_tcprepair.c: an accelerated connection handed to the kernel's TCP (TCP_REPAIR) at the app's fds */
 int kbp_tcp_handoff(struct kbp_sock *s); /* 0: s is freed, its fds are the kernel socket; -1 errno: unchanged */
 int kbp_tcp_handoff_all(void);           /* every accelerated connection: how many stay ours */
-void kbp_tcp_before_exec(void);          /* those the new image inherits */
+int kbp_tcp_before_exec(const int *also, int n_also, int going_on); /* those a new image inherits (kbp_tcprepair.c) */
 
 /* kbp_tcpwake.c: a listener's connections completed here but not accepted when it went back to the kernel */
 int kbp_tcp_pend(struct kbp_sock *ls, int fd); /* fd kept for ls's accept (0), or -1 */
