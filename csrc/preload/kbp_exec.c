@@ -21,7 +21,7 @@
         static int (*real)();                                                                             \
         if (!real) real = (int (*)())dlsym(RTLD_NEXT, #name);                                             \
         kbp_flush_now();                                                                                  \
-        kbp_tcp_before_exec(NULL, 0, 0);                                                                  \
+        kbp_tcp_before_exec(NULL, 0, 1); /* 1: pass rules too, in case the exec fails and the app goes on */ \
         return real(__VA_ARGS__);                                                                         \
     } while (0)
 

@@ -202,7 +202,8 @@ int kbp_tcp_handoff_all(void) {
 }
 
 /* exec: the connections the new image inherits (an fd without FD_CLOEXEC, or one of `also`) to the kernel's TCP
- * (kbp_exec.c, kbp_spawn.c). `going_on`: the process goes on with its listeners on the rings (posix_spawn), whose
+ * (kbp_exec.c, kbp_spawn.c). `going_on`: the process may go on with its listeners on the rings (posix_spawn, an
+ * exec that fails; after an exec that works, its rules go with its control-plane connection), whose
  * port rules would steer a handed connection's segments away from its kernel socket: each accepted one gets a
  * pass rule of its 4-tuple ahead of the port's (the control plane's `handed`, removed when the kernel is done with
  * it). 0, or -1 when such a rule was refused: the caller then gives the listeners back to the kernel. */

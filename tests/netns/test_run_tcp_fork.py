@@ -166,6 +166,14 @@ def test_a_server_that_execs_its_handler_on_the_connection(hosts, forks):
     assert "handed to the kernel's TCP" in out, out
 
 
+def test_a_connection_handed_for_an_exec_that_fails_goes_on_in_the_app(hosts, forks):
+    """exec hands the inherited connection to the kernel's TCP first; when the exec fails the app goes on, its
+    listener still on the rings: the connection's segments must reach its kernel socket (a pass rule)."""
+    cli, out = one_client(hosts, forks, "execfail", 9509, MESSAGES_CLIENT)
+    assert cli.stdout.split("\n")[:3] == ["one True", "two True", "three True"], cli.stdout + cli.stderr + out
+    assert "exec failed: No such file or directory" in out and "handed to the kernel's TCP" in out, out
+
+
 MESSAGES_HELD_CLIENT = MESSAGES_CLIENT.replace("s.close()", "input()  # the test looks at the rules meanwhile\ns.close()")
 
 

@@ -13,6 +13,7 @@
  *                                   after 1 s idle, and "echo done" 2 s after the connection
  *   tcp_forks exec IP PORT          accept one connection, echo its first message, then exec cat on it (stdin
  *                                   and stdout the connection, inetd's way): cat echoes the rest
+ *   tcp_forks execfail IP PORT      as exec, but the exec fails (no such program): the app echoes the rest itself
  *   tcp_forks spawn IP PORT         as exec, but the handler is started with posix_spawnp, its file actions
  *                                   dup2ing the connection (FD_CLOEXEC) onto the child's stdin and stdout; the
  *                                   parent closes its copy, waits for the child, then echoes one more connection
@@ -152,6 +153,16 @@ int main(int argc, char **argv) {
         dup2(c, 0), dup2(c, 1), close(c);
         execlp("cat", "cat", (char *)NULL);
         return 1;
+    }
+    if (!strcmp(mode, "execfail")) {
+        int c = accept(l, NULL, NULL);
+        char buf[4096];
+        ssize_t k = c < 0 ? -1 : read(c, buf, sizeof(buf));
+        if (k <= 0 || write(c, buf, (size_t)k) != k) return 1;
+        execlp("/nonexistent/handler", "handler", (char *)NULL);
+        printf("exec failed: %s\n", strerror(errno));
+        fflush(stdout);
+        return echo(c) != 0;
     }
     if (!strcmp(mode, "spawn") || !strcmp(mode, "spawnfd")) {
         int c = accept4(l, NULL, NULL, SOCK_CLOEXEC), st;
