@@ -21,7 +21,8 @@
         static int (*real)();                                                                             \
         if (!real) real = (int (*)())dlsym(RTLD_NEXT, #name);                                             \
         kbp_flush_now();                                                                                  \
-        kbp_tcp_before_exec(NULL, 0, 1); /* 1: pass rules too, in case the exec fails and the app goes on */ \
+        if (kbp_tcp_before_exec(NULL, 0, 1) < 0) /* 1: pass rules too, in case the exec fails */         \
+            kbp_tcp_before_fork(); /* one refused: the listeners go back to the kernel, as at a fork */       \
         return real(__VA_ARGS__);                                                                         \
     } while (0)
 

@@ -33,26 +33,39 @@ static pthread_mutex_t noted_lock = PTHREAD_MUTEX_INITIALIZER;
     if (!real) real = (type)dlsym(RTLD_NEXT, name)
 
 typedef int (*dup2_fn)(posix_spawn_file_actions_t *, int, int);
-typedef int (*destroy_fn)(posix_spawn_file_actions_t *);
+typedef int (*destroy_fn)(posix_spawn_file_actions_t *); /* init's type too */
 typedef int (*spawn_fn)(pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *,
                         char *const[], char *const[]);
 
 int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *fa, int fd, int newfd) {
     REAL("posix_spawn_file_actions_adddup2", dup2_fn);
-    int r = real(fa, fd, newfd);
+    int r = real(fa, fd, newfd), full = 0;
     pthread_mutex_lock(&noted_lock);
-    if (r == 0 && n_noted < NOTED_MAX) noted[n_noted].fa = fa, noted[n_noted++].fd = fd;
+    if (r == 0 && !(full = n_noted == NOTED_MAX)) noted[n_noted].fa = fa, noted[n_noted++].fd = fd;
     pthread_mutex_unlock(&noted_lock);
+    if (full) kbp_verbose("posix_spawn: more than %d dup2 actions at once: fd %d, if accelerated, goes to the child "
+                          "as a placeholder unless it lacks FD_CLOEXEC", NOTED_MAX, fd);
     return r;
 }
 
-int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *fa) {
-    REAL("posix_spawn_file_actions_destroy", destroy_fn);
+/* the entries of an object at fa's address (destroyed or not: a new object there starts with none) */
+static void forget(const posix_spawn_file_actions_t *fa) {
     pthread_mutex_lock(&noted_lock);
     for (int i = 0; i < n_noted;)
         if (noted[i].fa == fa) noted[i] = noted[--n_noted];
         else i++;
     pthread_mutex_unlock(&noted_lock);
+}
+
+int posix_spawn_file_actions_init(posix_spawn_file_actions_t *fa) {
+    REAL("posix_spawn_file_actions_init", destroy_fn);
+    forget(fa);
+    return real(fa);
+}
+
+int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *fa) {
+    REAL("posix_spawn_file_actions_destroy", destroy_fn);
+    forget(fa);
     return real(fa);
 }
 

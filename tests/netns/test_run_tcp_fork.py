@@ -18,7 +18,7 @@ import time
 import pytest
 
 from kbypass.cp import paths
-from kbypass.cp.client import ControlPlaneClient
+from kbypass.cp.client import ControlPlaneClient, ControlPlaneError
 from tests.netns import test_run
 from tests.netns.test_run import in_ns, run_app, sockets_of, stop, wait_for
 
@@ -172,6 +172,31 @@ def test_a_connection_handed_for_an_exec_that_fails_goes_on_in_the_app(hosts, fo
     cli, out = one_client(hosts, forks, "execfail", 9509, MESSAGES_CLIENT)
     assert cli.stdout.split("\n")[:3] == ["one True", "two True", "three True"], cli.stdout + cli.stderr + out
     assert "exec failed: No such file or directory" in out and "handed to the kernel's TCP" in out, out
+
+
+@pytest.mark.parametrize("mode", ["execfail", "spawn"])
+def test_with_no_room_for_a_pass_rule_the_listener_goes_back_to_the_kernel(hosts, forks, mode):
+    """Every steering slot taken but the listener's: the handed connection's pass rule is refused, so the app's
+    listeners go back to the kernel as at a fork (slower, never a connection whose segments nobody takes)."""
+    a, b = hosts
+    with ControlPlaneClient(b.netns, command="filler") as filler:
+        taken = []
+        with pytest.raises(ControlPlaneError, match="rule slots"):
+            while True:
+                taken.append(filler.add_rule(b.iface, f"udp dst {b.ipv4} dport {20000 + len(taken)}"))
+        filler.remove_rule(b.iface, taken[-1])  # the listener's
+        srv = run_app(b, forks, mode, b.ipv4, "9510")
+        try:
+            wait_for(lambda: sockets_of(b, 9510), what="the listening socket to be accelerated")
+            clients = [subprocess.run(in_ns(a, sys.executable, "-c", MESSAGES_CLIENT, b.ipv4, "9510"),
+                                      capture_output=True, text=True, timeout=30)
+                       for _ in range(2 if mode == "spawn" else 1)]  # spawn's app echoes one more itself
+            out, _ = srv.communicate(timeout=20)
+        finally:
+            out = stop(srv) if srv.poll() is None else out
+    for cli in clients:
+        assert cli.stdout.split("\n")[:3] == ["one True", "two True", "three True"], cli.stdout + cli.stderr + out
+    assert "no pass rule" in out and "the listening socket is the kernel's again" in out, out
 
 
 MESSAGES_HELD_CLIENT = MESSAGES_CLIENT.replace("s.close()", "input()  # the test looks at the rules meanwhile\ns.close()")

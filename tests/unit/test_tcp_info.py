@@ -39,7 +39,7 @@ def test_an_established_connections_options_bytes_and_windows():
         assert i["snd_cwnd"] >= 10 and i["snd_ssthresh"] == info.INFINITE_SSTHRESH  # slow start, no loss
         assert i["max_pacing_rate"] == (1 << 64) - 1 and i["reordering"] == 3
     assert cli["bytes_acked"] == 5001 and cli["bytes_sent"] == 5000 and cli["unacked"] == 0  # with the SYN
-    assert srv["bytes_received"] == 5000 and srv["bytes_acked"] == 1  # Linux counts the SYN acknowledged
+    assert srv["bytes_received"] == 5000 and srv["bytes_acked"] == 0  # a listener's side: Linux counts no SYN
     assert cli["segs_out"] >= 5 and srv["segs_in"] >= 5  # the handshake's ACK and four data segments
     conn = p.srv.by_sid[2].conn
     assert srv["rcv_space"] == conn._adv_right - conn.rcv_nxt > 0
@@ -54,7 +54,7 @@ def test_data_in_flight_unsent_bytes_and_ages():
     assert p.srv_call("send", 2, b"b" * 3000) == 3000
     p.now += 0.25
     srv = _info(p, "srv", 2)
-    assert srv["unacked"] == 3 and srv["bytes_acked"] == 1 and srv["notsent_bytes"] == 0  # 1436+1436+128
+    assert srv["unacked"] == 3 and srv["bytes_acked"] == 0 and srv["notsent_bytes"] == 0  # 1436+1436+128
     assert srv["last_data_sent"] == 250 and srv["last_ack_recv"] == 250
     p.tick(5.0)  # the retransmission timeout fires
     srv = _info(p, "srv", 2)
@@ -69,5 +69,8 @@ def test_states_after_close_and_a_sid_that_is_not_a_connection():
     p.srv_call("shutdown", 2, 1)  # SHUT_WR: our FIN, never acknowledged
     assert _info(p, "srv", 2)["state"] == 4  # TCP_FIN_WAIT1
     assert _info(p, "cli", 7)["state"] == 1  # the FIN did not arrive
+    p.drop_to_cli = False
+    p.cli_call("shutdown", 7, 1)  # the client's FIN, acknowledged: the server's byte count takes it
+    assert _info(p, "srv", 2)["bytes_received"] == 1
     assert p.srv_call("tcp_info", 1) == b""  # the listener: the kernel's own answer stands (the shim reads 0 bytes)
     assert p.srv_call("tcp_info", 99) == b""

@@ -81,14 +81,16 @@ def connected_flow(fd: int) -> tuple[str, int, str, int]:
 
 
 def handed_gone(state) -> list[tuple[object, str, int]]:
-    """(client, iface, rule id) of each `handed` pass rule whose connection the kernel no longer has (closed, its
-    TIME_WAIT over): the control plane removes them at each PROOF_SCAN. A table that cannot be read keeps them."""
+    """(client, iface, rule id) of each `handed` pass rule whose connection the kernel no longer has, or has only
+    in TIME_WAIT (a rule slot for 60 s more would serve at most a retransmitted FIN's ACK; the shim drops such
+    stray segments, a new SYN of the 4-tuple it takes as a new connection): the control plane removes them at
+    each PROOF_SCAN. A table that cannot be read keeps them."""
     entries = [(iface, rid, e) for iface, served in state.served.items() for rid, e in served.rules.items()
                if e.kernel_flow is not None]
     if not entries:
         return []
     try:
-        live = sockdiag.tcp_flows()
+        live = sockdiag.tcp_flows(sockdiag.STATES & ~(1 << TIME_WAIT))
     except OSError:
         return []
     return [(e.owner, iface, rid) for iface, rid, e in entries if e.kernel_flow not in live]

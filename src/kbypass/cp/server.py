@@ -569,15 +569,20 @@ class Server:
         return {**self.routes.describe(iface, addr), "port": port, "rule_id": rule_id}
 
     def _handed(self, client: Client, fd: int) -> dict:
-        """A pass rule for a connection the app handed to the kernel's TCP while its port's rule steers (kbypass.cp.
-        accel's doc), just ahead of the default priority: the connected socket proves the 4-tuple is the app's."""
+        """A pass rule for a connection the app handed to the kernel's TCP while its own rule steers the connection's
+        segments (kbypass.cp.accel's doc), just ahead of the default priority: the connected socket proves the
+        4-tuple, the client's own redirect rule over it that the handoff needs one. Root's only (a handoff takes
+        TCP_REPAIR, CAP_NET_ADMIN: a non-root app never has one to ask for), once per 4-tuple."""
+        if client.uid != 0:
+            raise ProtocolError("only root clients hand connections to the kernel (TCP_REPAIR needs CAP_NET_ADMIN)")
         ip, port, peer, peer_port = connected_flow(fd)
         iface, _ = self.routes.place(ip, self.ifaces)
-        if client.uid != 0:
-            self._may_use(iface)
-            if sum(len(c.rules) for _, c in self.conns.values() if c.uid == client.uid) >= USER_RULES:
-                raise ProtocolError(f"a non-root user has {USER_RULES} rules at most: close a socket first")
-        rule = flow_rule("tcp", ip, port, peer, peer_port) + " pass"
+        rule = parse_rule(flow_rule("tcp", ip, port, peer, peer_port) + " pass")
+        if self.state.has_rule(client, iface, rule):
+            raise ProtocolError(f"handed: tcp {peer}:{peer_port} -> {ip}:{port} has its pass rule already")
+        if not self.state.steers(client, iface, rule):
+            raise ProtocolError(f"handed: no rule of yours steers tcp {peer}:{peer_port} -> {ip}:{port}: its "
+                                "segments reach the kernel already")
         return {"rule_id": self.state.add_rule(client, iface, rule, DEFAULT_PRIORITY - 1,
                                                kernel_flow=(ip, port, peer, peer_port))}
 

@@ -207,6 +207,12 @@ class ControlPlane:
         served = self.served.get(iface)
         return served is not None and any(served.rules[rid].rule == rule for i, rid in client.rules if i == iface)
 
+    def steers(self, client: Client, iface: str, rule: Rule) -> bool:
+        """One of client's redirect rules on iface takes some of rule's packets."""
+        served = self.served.get(iface)
+        return served is not None and any(served.rules[rid].rule.action == "redirect" and
+                                          overlap(served.rules[rid].rule, rule) for i, rid in client.rules if i == iface)
+
     def remove_rule(self, client: Client, iface: str, rule_id: int) -> None:
         if (iface, rule_id) not in client.rules:
             raise ProtocolError(f"you have no rule {rule_id} on {iface!r}: see 'kbypass cp status'")

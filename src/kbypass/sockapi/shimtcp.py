@@ -303,7 +303,9 @@ class ShimTcp:
                 self._forget(c)
                 c = None
         if c is None and self._handed and (h.src, seg.src_port, seg.dst_port) in self._handed:
-            return  # the kernel's now
+            if not seg.has(tcp.SYN) or seg.has(tcp.ACK):
+                return  # the kernel's now
+            del self._handed[(h.src, seg.src_port, seg.dst_port)]  # a new connection: the kernel is done with it
         if c is not None:
             c.prediction.disarm()  # changed outside the fast path: armed again by _out
             c.conn.receive(seg, now)

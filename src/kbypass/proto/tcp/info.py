@@ -6,9 +6,14 @@ kernel socket behind an accelerated fd is only a placeholder (its TCP_INFO says 
 answers from this instead (csrc/preload/kbp_tcpinfo.c).
 
 Units are Linux's (struct tcp_info, include/uapi/linux/tcp.h): times in microseconds, the last_* ages in
-milliseconds, snd_cwnd, snd_ssthresh, unacked and sacked in segments, byte counts since the connection began.
-What this TCP does not count (delivery rate, busy time, data segments apart from all segments, bytes
-retransmitted) is 0, which Linux also reports for what it has not measured; bytes_sent counts new data only."""
+milliseconds, snd_cwnd, snd_ssthresh, unacked and sacked in segments, byte counts since the connection began,
+counted as Linux's tcp_get_info counts them where this TCP keeps the same thing (bytes_acked counts an active
+open's SYN, bytes_received the peer's FIN; a connection past both FINs says CLOSE, as a Linux socket whose
+TIME_WAIT went to its timewait sock). Where it keeps something near but not the same it says that: rcv_space
+and rcv_ssthresh are the window now advertised (Linux: its buffer-tuning estimate and window clamp),
+last_data_recv is the last segment's age, bytes_sent counts new data only, segs_in/segs_out leave out the
+handshake's segments on a listener's side. What it does not measure (pacing and delivery rates, busy time,
+data segments apart from all segments, bytes retransmitted) is 0."""
 
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ FIELDS = ("state", "ca_state", "retransmits", "probes", "backoff", "options", "s
 
 # include/net/tcp_states.h
 LINUX_STATE = {State.ESTABLISHED: 1, State.SYN_SENT: 2, State.SYN_RCVD: 3, State.FIN_WAIT_1: 4, State.FIN_WAIT_2: 5,
-               State.TIME_WAIT: 6, State.CLOSED: 7, State.CLOSE_WAIT: 8, State.LAST_ACK: 9, State.CLOSING: 11}
+               State.TIME_WAIT: 7, State.CLOSED: 7, State.CLOSE_WAIT: 8, State.LAST_ACK: 9, State.CLOSING: 11}
 CA_OPEN, CA_DISORDER, CA_RECOVERY, CA_LOSS = 0, 1, 3, 4  # enum tcp_ca_state
 OPT_TIMESTAMPS, OPT_SACK, OPT_WSCALE = 1, 2, 4  # TCPI_OPT_*
 INFINITE_SSTHRESH = 0x7FFFFFFF  # TCP_INFINITE_SSTHRESH: slow start has not ended
@@ -86,9 +91,9 @@ def tcp_info(conn, now: float) -> dict[str, int]:
         "rcv_space": rcv_wnd,
         "total_retrans": st.retransmits,
         "max_pacing_rate": UNLIMITED_PACING,
-        # as Linux counts them: bytes_acked includes our SYN (and FIN) once acknowledged, bytes_received no SYN
-        "bytes_acked": max(0, sq.snd_una - conn.iss),
-        "bytes_received": st.bytes_in,
+        # as Linux counts them: an active open's SYN and our FIN acknowledged, the peer's FIN received
+        "bytes_acked": max(0, sq.snd_una - conn.iss - (1 if conn.passive else 0)),
+        "bytes_received": max(0, conn.rcv_nxt - conn.irs - 1),
         "segs_out": st.segs_out,
         "segs_in": st.segs_in,
         "notsent_bytes": sq.unsent,
