@@ -371,6 +371,7 @@ size_t kbp_tcpc_read(struct kbp_sock *s, void *buf, size_t len, int peek);
 void kbp_tcpc_attach(struct kbp_sock *s); /* accepted or connecting: predict with its Prediction */
 void kbp_tcpc_detach(struct kbp_sock *s); /* closed by the app */
 void kbp_tcpc_after_fork_child(void);
+int kbp_tcp_info(struct kbp_sock *s, void *out, socklen_t *len); /* getsockopt(TCP_INFO) (kbp_tcpinfo.c) */
 void kbp_tcp_keepalive(struct kbp_sock *s); /* SO_KEEPALIVE, TCP_KEEP* from the kernel socket to the host */
 void kbp_tcp_before_fork(void); /* connections to the kernel's TCP, listeners back to the kernel (pthread_atfork) */
 void kbp_tcp_forget(struct kbp_sock *s, const char *call); /* no longer ours: the host's call, then records go */
@@ -379,7 +380,7 @@ void kbp_tcp_cp_lost(void);              /* the control plane is gone: connectio
 /* kbp_tcprepair.c: an accelerated connection handed to the kernel's TCP (TCP_REPAIR) at the app's fds */
 int kbp_tcp_handoff(struct kbp_sock *s); /* 0: s is freed, its fds are the kernel socket; -1 errno: unchanged */
 int kbp_tcp_handoff_all(void);           /* every accelerated connection: how many stay ours */
-void kbp_tcp_before_exec(void);          /* those the new image inherits */
+int kbp_tcp_before_exec(const int *also, int n_also, int going_on); /* those a new image inherits (kbp_tcprepair.c) */
 
 /* kbp_tcpwake.c: a listener's connections completed here but not accepted when it went back to the kernel */
 int kbp_tcp_pend(struct kbp_sock *ls, int fd); /* fd kept for ls's accept (0), or -1 */

@@ -3,8 +3,8 @@
  * the new image inherits (fds without FD_CLOEXEC: an inetd-style server that execs its handler on the
  * connection) are handed to the kernel's TCP (kbp_tcprepair.c), so the new image holds a real connection, not
  * an unconnected placeholder. glibc's execl* build an argv and call its internal execve, so they get the same
- * here. (posix_spawn and system() exec in a child, which has no rings: a connection they hand a child by
- * inheritance stays the parent's, and the child's copy is the placeholder.)
+ * here. posix_spawn and posix_spawnp exec in a child that never runs our execve: kbp_spawn.c hands the same
+ * connections over before they start it.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -21,7 +21,8 @@
         static int (*real)();                                                                             \
         if (!real) real = (int (*)())dlsym(RTLD_NEXT, #name);                                             \
         kbp_flush_now();                                                                                  \
-        kbp_tcp_before_exec();                                                                            \
+        if (kbp_tcp_before_exec(NULL, 0, 1) < 0) /* 1: pass rules too, in case the exec fails */         \
+            kbp_tcp_before_fork(); /* one refused: the listeners go back to the kernel, as at a fork */       \
         return real(__VA_ARGS__);                                                                         \
     } while (0)
 

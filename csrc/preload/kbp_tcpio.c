@@ -154,5 +154,11 @@ int getsockopt(int fd, int level, int name, void *v, socklen_t *len) {
         *len = sizeof(int);
         return 0;
     }
+    if (s && s->tcp && s->tcp_role != KBP_TCP_LISTENER && level == IPPROTO_TCP && name == TCP_INFO && v && len) {
+        kbp_enter();
+        int r = s->accel && s->sid ? kbp_tcp_info(s, v, len) : -1;
+        kbp_leave();
+        if (r == 0) return 0;
+    }
     return kbp_real.getsockopt(fd, level, name, v, len);
 }

@@ -201,17 +201,32 @@ int kbp_tcp_handoff_all(void) {
     return left;
 }
 
-/* exec: the connections the new image inherits (an fd without FD_CLOEXEC) to the kernel's TCP (kbp_exec.c) */
-void kbp_tcp_before_exec(void) {
-    if (!kbp_tcp_on) return;
+/* exec: the connections the new image inherits (an fd without FD_CLOEXEC, or one of `also`) to the kernel's TCP
+ * (kbp_exec.c, kbp_spawn.c). `going_on`: the process may go on with its listeners on the rings (posix_spawn, an
+ * exec that fails; after an exec that works, its rules go with its control-plane connection), whose
+ * port rules would steer a handed connection's segments away from its kernel socket: each accepted one gets a
+ * pass rule of its 4-tuple ahead of the port's (the control plane's `handed`, removed when the kernel is done with
+ * it). 0, or -1 when such a rule was refused: the caller then gives the listeners back to the kernel. */
+int kbp_tcp_before_exec(const int *also, int n_also, int going_on) {
+    if (!kbp_tcp_on) return 0;
+    int refused = 0;
     kbp_enter();
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
         struct kbp_sock *s = kbp_fds[fd];
-        if (s && s->tcp && s->accel && s->tcp_role != KBP_TCP_LISTENER && !s->zombie &&
-            !(kbp_real.fcntl(fd, F_GETFD) & FD_CLOEXEC) && kbp_tcp_handoff(s) < 0)
+        int given = 0; /* posix_spawn's file actions dup2 it into the child, FD_CLOEXEC or not */
+        for (int i = 0; i < n_also && !given; i++) given = also[i] == fd;
+        if (!s || !s->tcp || !s->accel || s->tcp_role == KBP_TCP_LISTENER || s->zombie ||
+            !(given || !(kbp_real.fcntl(fd, F_GETFD) & FD_CLOEXEC)))
+            continue;
+        int accepted = s->tcp_role == KBP_TCP_ACCEPTED;
+        char buf[512];
+        if (kbp_tcp_handoff(s) < 0)
             kbp_verbose("fd %d: not handed to the kernel's TCP before exec: %s", fd, strerror(errno));
+        else if (going_on && accepted && kbp_cp_call("{\"op\":\"handed\"}", fd, buf, sizeof(buf), NULL, 0, NULL) < 0)
+            refused = 1, kbp_verbose("fd %d: no pass rule for its kernel connection (%s)", fd, buf);
     }
     kbp_leave();
+    return refused ? -1 : 0;
 }
 
 /* The control plane is gone (kbp_cp_lost, before the rings go): its steering program went with it, so the peers'

@@ -770,3 +770,34 @@ def test_a_mistyped_interface_is_refused_from_the_callers_side_and_starts_no_con
     from kbypass.cp.client import running
 
     assert not running(b.netns)  # nothing was started for the typo
+
+
+def test_a_handed_connections_pass_rule_is_granted_once_where_the_clients_own_rule_steers_it(hosts):
+    """`handed` (kbypass run hands a connection to the kernel's TCP before a posix_spawn): the connected socket
+    proves the 4-tuple; a pass rule ahead of the client's own port rule is granted once per 4-tuple, never for a
+    connection no rule of the client's steers (it reaches the kernel already: a rule would only take a slot), and
+    it goes once the kernel is done with the connection (TIME_WAIT counts as done)."""
+    from kbypass import netns
+
+    _, b = hosts
+    with netns.entered(b.netns):
+        lst = socket.create_server((b.ipv4, 0))
+        cli = socket.create_connection(lst.getsockname())
+    srv, peer = lst.accept()
+    port = lst.getsockname()[1]
+
+    def pass_rules(cp):
+        return [r["rule"] for r in cp.counters(b.iface) if r["rule"].endswith(" pass")]
+
+    with ControlPlaneClient(b.netns, command="handed") as cp:
+        with pytest.raises(ControlPlaneError, match="no rule of yours steers"):
+            cp._call("handed", fds=(srv.fileno(),))
+        cp.add_rule(b.iface, f"tcp dst {b.ipv4} dport {port}")
+        cp._call("handed", fds=(srv.fileno(),))
+        with pytest.raises(ControlPlaneError, match="has its pass rule already"):
+            cp._call("handed", fds=(srv.fileno(),))
+        assert pass_rules(cp) == [f"tcp src {b.ipv4} dst {b.ipv4} sport {peer[1]} dport {port} pass"]
+        srv.close()  # this end first: it goes to TIME_WAIT, done as far as the rule is concerned
+        cli.close()
+        wait_for("the pass rule to go", lambda: not pass_rules(cp), timeout=5)
+    lst.close()

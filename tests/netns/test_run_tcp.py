@@ -330,6 +330,9 @@ def test_iperf3_client_under_run_against_a_kernel_iperf3_server(hosts, reverse):
     assert out.count("connecting) accelerated on") == 2, out
     report = json.loads(out[out.index("{"):])
     assert report["end"]["sum_received"]["bytes"] > 1_000_000, report["end"]
+    if not reverse:  # the sender's RTT and cwnd come from TCP_INFO: the shim's TCP answers it, not the placeholder
+        sender = report["end"]["streams"][0]["sender"]
+        assert sender["max_rtt"] > 0 and sender["max_snd_cwnd"] >= 10 * 1448, sender
 
 
 TIMEOUTS_C = r"""

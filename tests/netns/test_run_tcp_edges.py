@@ -220,3 +220,43 @@ def test_a_reconnect_onto_a_time_wait_without_timestamps_fails_as_the_kernels_do
         assert said["kernel"][-2:] == [f"1: ok from {b.ipv4}:{src} to {ports[1]}", "all 2 done"], said
     moved = dict(zip((src, *ports), (run_src, *run_ports)))
     assert said["run"] == [re.sub(r"\b\d{4,5}\b", lambda m: moved.get(m[0], m[0]), line) for line in said["kernel"]]
+
+
+COUNT_SERVER = """
+    import socket, sys
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(8)
+    print("ready", flush=True)
+    for _ in range(2):  # the program natively, then under run
+        c, _ = s.accept()
+        with c:
+            want = int(sys.argv[3])
+            while want:
+                want -= len(c.recv(min(want, 1 << 20)))
+            c.sendall(b"ok"); c.recv(8)
+"""
+
+
+def test_tcp_info_under_run_says_what_the_kernels_says_of_the_same_exchange(hosts, tmp_path):
+    """getsockopt(TCP_INFO): under run the kernel socket behind the fd is a placeholder (CLOSE, RTT 0); the shim
+    answers from its own TCP. The same program natively judges it: state, options, MSS, path MTU and the byte
+    counts match; RTT and cwnd are the connection's (not zero)."""
+    a, b = hosts
+    exe = build(tmp_path, "tcp_info")
+    n = 1_000_000
+    srv = kernel_server(a, COUNT_SERVER, a.ipv4, "8341", str(n))
+    try:
+        native = subprocess.run(in_ns(b, exe, a.ipv4, "8341", str(n)), capture_output=True, text=True, timeout=30)
+        under = finish(run_app(b, exe, a.ipv4, "8341", str(n)), timeout=60)
+    finally:
+        stop(srv)
+    assert native.returncode == 0, native.stderr
+    assert "connecting) accelerated on" in under, under[-3000:]
+    kernel = dict(line.split() for line in native.stdout.splitlines())
+    ours = dict(m.groups() for m in re.finditer(r"^(\w+) (\d+)$", under, re.M))
+    for k in ("len", "state", "options", "snd_mss", "advmss", "pmtu", "unacked", "bytes_acked", "bytes_received",
+              "notsent_bytes"):
+        assert ours[k] == kernel[k], (k, sorted(ours.items()), sorted(kernel.items()))
+    assert ours["bytes_acked"] == str(n + 1) and ours["bytes_received"] == "2" and ours["state"] == "1"
+    assert int(ours["rtt"]) > 0 and int(ours["snd_cwnd"]) >= 10, ours
+    assert int(ours["segs_out"]) >= n // 65536 and int(ours["segs_in"]) >= 2, ours

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from kbypass.cp import paths
+from kbypass.cp.client import ControlPlaneClient, ControlPlaneError
 from tests.netns import test_run
 from tests.netns.test_run import in_ns, run_app, sockets_of, stop, wait_for
 
@@ -163,16 +164,79 @@ def test_an_epoll_app_that_forks_a_helper_keeps_its_connection(hosts, forks):
 
 def test_a_server_that_execs_its_handler_on_the_connection(hosts, forks):
     """inetd's way: the connection as stdin and stdout of an exec'd cat, which must hold a real connection."""
-    a, b = hosts
-    srv = run_app(b, forks, "exec", b.ipv4, "9507")
-    try:
-        wait_for(lambda: sockets_of(b, 9507), what="the listening socket to be accelerated")
-        cli = subprocess.run(in_ns(a, sys.executable, "-c", MESSAGES_CLIENT, b.ipv4, "9507"), capture_output=True,
-                             text=True, timeout=30)
-    finally:
-        out = stop(srv)
+    cli, out = one_client(hosts, forks, "exec", 9507, MESSAGES_CLIENT)
     assert cli.stdout.split("\n")[:3] == ["one True", "two True", "three True"], cli.stdout + cli.stderr + out
     assert "handed to the kernel's TCP" in out, out
+
+
+def test_a_connection_handed_for_an_exec_that_fails_goes_on_in_the_app(hosts, forks):
+    """exec hands the inherited connection to the kernel's TCP first; when the exec fails the app goes on, its
+    listener still on the rings: the connection's segments must reach its kernel socket (a pass rule)."""
+    cli, out = one_client(hosts, forks, "execfail", 9509, MESSAGES_CLIENT)
+    assert cli.stdout.split("\n")[:3] == ["one True", "two True", "three True"], cli.stdout + cli.stderr + out
+    assert "exec failed: No such file or directory" in out and "handed to the kernel's TCP" in out, out
+
+
+@pytest.mark.parametrize("mode", ["execfail", "spawn"])
+def test_with_no_room_for_a_pass_rule_the_listener_goes_back_to_the_kernel(hosts, forks, mode):
+    """Every steering slot taken but the listener's: the handed connection's pass rule is refused, so the app's
+    listeners go back to the kernel as at a fork (slower, never a connection whose segments nobody takes)."""
+    a, b = hosts
+    with ControlPlaneClient(b.netns, command="filler") as filler:
+        taken = []
+        with pytest.raises(ControlPlaneError, match="rule slots"):
+            while True:
+                taken.append(filler.add_rule(b.iface, f"udp dst {b.ipv4} dport {20000 + len(taken)}"))
+        filler.remove_rule(b.iface, taken[-1])  # the listener's
+        srv = run_app(b, forks, mode, b.ipv4, "9510")
+        try:
+            wait_for(lambda: sockets_of(b, 9510), what="the listening socket to be accelerated")
+            clients = [subprocess.run(in_ns(a, sys.executable, "-c", MESSAGES_CLIENT, b.ipv4, "9510"),
+                                      capture_output=True, text=True, timeout=30)
+                       for _ in range(2 if mode == "spawn" else 1)]  # spawn's app echoes one more itself
+            out, _ = srv.communicate(timeout=20)
+        finally:
+            out = stop(srv) if srv.poll() is None else out
+    for cli in clients:
+        assert cli.stdout.split("\n")[:3] == ["one True", "two True", "three True"], cli.stdout + cli.stderr + out
+    assert "no pass rule" in out and "the listening socket is the kernel's again" in out, out
+
+
+MESSAGES_HELD_CLIENT = MESSAGES_CLIENT.replace("s.close()", "input()  # the test looks at the rules meanwhile\ns.close()")
+
+
+def pass_rules(host) -> list[str]:
+    with ControlPlaneClient(host.netns, start=False, command="test_run_tcp_fork rules") as cp:
+        return [r["rule"] for i in cp.status()["interfaces"] for r in i["rules"] if r["rule"].endswith(" pass")]
+
+
+@pytest.mark.parametrize("mode", ["spawn", "spawnfd"], ids=["file-actions", "inherited"])
+def test_a_server_that_spawns_its_handler_on_the_connection(hosts, forks, mode):
+    """posix_spawnp execs in a child that never runs the shim's execve: the connection it gets (dup2'd onto its
+    stdin and stdout by the file actions, or inherited as fd 9 by a shell) must be a real connection there. The
+    parent keeps its listener on the rings: the handed connection's segments reach the kernel through a pass rule
+    of its 4-tuple, which goes when the kernel is done with the connection; the next connection is the rings'."""
+    a, b = hosts
+    srv = run_app(b, forks, mode, b.ipv4, "9508")
+    try:
+        wait_for(lambda: sockets_of(b, 9508), what="the listening socket to be accelerated")
+        cli = subprocess.Popen(in_ns(a, sys.executable, "-c", MESSAGES_HELD_CLIENT, b.ipv4, "9508"), text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lines = [cli.stdout.readline().strip() for _ in range(3)]
+        held = pass_rules(b)
+        got = cli.communicate("\n", timeout=30)[0]
+        wait_for(lambda: not pass_rules(b), timeout=10, what="the pass rule to go with the kernel's connection")
+        again = subprocess.run(in_ns(a, sys.executable, "-c", MESSAGES_CLIENT, b.ipv4, "9508"), capture_output=True,
+                               text=True, timeout=30)
+        out, _ = srv.communicate(timeout=20)
+    finally:
+        out = stop(srv) if srv.poll() is None else out
+    assert lines == ["one True", "two True", "three True"], lines + [got, out]
+    assert len(held) == 1 and f"src {a.ipv4} " in held[0] and f"dst {b.ipv4} " in held[0], held
+    assert "dport 9508 pass" in held[0], held
+    assert again.stdout.split("\n")[:3] == ["one True", "two True", "three True"], again.stdout + again.stderr + out
+    assert "handed to the kernel's TCP" in out and "spawned child done 0" in out, out
+    assert out.count("handed to the kernel's TCP") == 1, out  # the second connection stayed on the rings
 
 
 RELISTEN_CLIENT = r"""

@@ -20,9 +20,11 @@ from kbypass.cp.accel import (
     bound_flow,
     check_exclusive,
     check_no_kernel_connections,
+    connected_flow,
     exposure,
     flow_owners,
     flow_rule,
+    handed_gone,
     kernel_connections,
     port_owners,
     watch_proofs,
@@ -418,6 +420,36 @@ def test_a_listener_over_live_kernel_connections_of_its_port_stays_the_kernels()
     srv.close()
     cli.close()
     check_no_kernel_connections(lst.fileno(), "127.0.0.1", port)  # closed: TIME_WAIT and FIN states aside
+    lst.close()
+
+
+def test_a_handed_connections_pass_rule_lives_as_long_as_the_kernels_connection():
+    """`handed`: the connected socket gives its 4-tuple (never the message), and the rule goes once the kernel
+    lists no socket of that 4-tuple but in TIME_WAIT."""
+    assert protocol.decode_request(b'{"op":"handed"}', 1).op == "handed"
+    with pytest.raises(ProtocolError):
+        protocol.decode_request(b'{"op":"handed"}', 0)
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    cli = socket.create_connection(lst.getsockname())
+    srv, peer = lst.accept()
+    flow = connected_flow(srv.fileno())
+    assert flow == ("127.0.0.1", lst.getsockname()[1], "127.0.0.1", peer[1])
+    with pytest.raises(ProtocolError, match="not connected"):
+        connected_flow(lst.fileno())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, pytest.raises(ProtocolError, match="TCP"):
+        connected_flow(u.fileno())
+    entry = SimpleNamespace(owner="app", kernel_flow=flow)
+    other = SimpleNamespace(owner="app", kernel_flow=None)  # a redirect rule: never handed_gone's
+    state = SimpleNamespace(served={"eth0": SimpleNamespace(rules={4: entry, 5: other})})
+    assert handed_gone(state) == []
+    srv.close()  # the server end closes first: FIN_WAIT, then TIME_WAIT, which counts as done
+    cli.close()
+    deadline = time.monotonic() + 2
+    while not handed_gone(state) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert handed_gone(state) == [("app", "eth0", 4)]
     lst.close()
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import errno
 import socket
 
+from kbypass.proto import tcp
 from kbypass.proto.tcp import handoff
 from kbypass.proto.tcp.handoff import HEADER
-from tests.unit.test_shimtcp import IA, IB, Pair, _syn_packet
+from tests.unit.test_shimtcp import IA, IB, A, B, Pair, _syn_packet
 
 
 def _state(p: Pair, sid: int = 2):
@@ -65,6 +66,18 @@ def test_handed_is_forgotten_without_a_segment_and_its_late_segments_are_dropped
     assert packets and p.srv.frame(packets[0], p.now)[1] == []  # no RST: the kernel's socket answers it
     assert p.srv.counters["rx_no_socket"] == 0
     assert p.srv_call("recv", 2, 10, 0) == -errno.ENOTCONN
+
+
+def test_a_new_syn_of_a_handed_4_tuple_is_a_new_connection():
+    """After a posix_spawn the listener stays ours: once the kernel is done with the handed connection (its pass
+    rule gone), the same peer port connecting again must reach the listener, not be dropped as a stray."""
+    p = Pair()
+    p.established()
+    p.srv.handed(2, p.now)
+    out = p.srv.frame(_syn_packet(A, B, 40000, 8080), p.now + 5)
+    (pkt,) = out[1]
+    seg = tcp.parse_segment(socket.inet_aton(B), socket.inet_aton(A), pkt[20:])
+    assert seg.has(tcp.SYN) and seg.has(tcp.ACK), seg  # the listener's SYN-ACK
 
 
 def test_a_released_listener_drops_stray_syns_and_a_new_listen_answers_them():

@@ -12,6 +12,12 @@ needs to build frames: the interface, its MAC, MTU, receive queues, the address'
 included). A non-root client's rule lasts only while its socket keeps the port to itself: the app shares that
 socket and may change it afterwards, so the control plane looks at it again (watch_proofs).
 
+`handed` comes with one fd: a TCP connection of the app's that `kbypass run` handed to the kernel's TCP while its
+listener's port rule still steers (before a posix_spawn: the child gets the connection, the parent keeps its
+listener on the rings). Its segments must reach that kernel socket, so the control plane adds a `pass` rule of
+its 4-tuple ahead of the port's (connected_flow proves the 4-tuple: the kernel made that connection the app's)
+and removes it once the kernel has no socket of that 4-tuple any more (handed_gone), or with the client.
+
 `next_hop` {iface, dst} answers the MAC the kernel's routes and neighbour table give for dst out of iface
 (the gateway's for an off-link dst), "" while the kernel is still resolving it (it is asked to, NTF_USE): the
 shim then sends that datagram through its kernel socket and asks again later. So the shim needs no netlink.
@@ -52,6 +58,42 @@ def bound_flow(fd: int) -> tuple[str, str, int]:
         raise ProtocolError("accelerate: bind the socket first (its port is 0)")
     return kind, ip, port
 
+
+
+def connected_flow(fd: int) -> tuple[str, int, str, int]:
+    """(local IPv4, port, peer IPv4, peer port) of an app's connected IPv4 TCP socket (`handed`'s proof)."""
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        raise ProtocolError("handed: send the connection's kernel socket with it") from None
+    try:
+        if (s.family, s.type, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)) != (
+                socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP):
+            raise ProtocolError("handed: only an IPv4 TCP connection is handed")
+        try:
+            peer, peer_port = s.getpeername()
+        except OSError:
+            raise ProtocolError("handed: the socket is not connected") from None
+        ip, port = s.getsockname()
+    finally:
+        s.detach()  # the caller closes the fd
+    return ip, port, peer, peer_port
+
+
+def handed_gone(state) -> list[tuple[object, str, int]]:
+    """(client, iface, rule id) of each `handed` pass rule whose connection the kernel no longer has, or has only
+    in TIME_WAIT (a rule slot for 60 s more would serve at most a retransmitted FIN's ACK; the shim drops such
+    stray segments, a new SYN of the 4-tuple it takes as a new connection): the control plane removes them at
+    each PROOF_SCAN. A table that cannot be read keeps them."""
+    entries = [(iface, rid, e) for iface, served in state.served.items() for rid, e in served.rules.items()
+               if e.kernel_flow is not None]
+    if not entries:
+        return []
+    try:
+        live = sockdiag.tcp_flows(sockdiag.STATES & ~(1 << TIME_WAIT))
+    except OSError:
+        return []
+    return [(e.owner, iface, rid) for iface, rid, e in entries if e.kernel_flow not in live]
 
 
 def flow_rule(proto: str, ip: str, port: int, peer: str | None = None, peer_port: int | None = None) -> str:

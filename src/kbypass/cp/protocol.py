@@ -21,6 +21,8 @@ client can match them. The first request of a connection must be `hello` with th
     accelerate   peer?, peer_port? + the app's bound UDP or TCP      iface, ifindex, mac, mtu, ip, prefixlen,
                  socket fd (peer: a TCP active open's, steered by    queues, port, rule_id   (kbypass.cp.accel)
                  its 4-tuple)
+    handed       -  + a TCP connection's kernel socket fd (kbypass    rule_id   (a pass rule of its 4-tuple:
+                 run handed it to the kernel's TCP)                  kbypass.cp.accel)
     next_hop     iface, dst                                          mac ("" while the kernel resolves it)
     shim_page    -  + a memfd of the shim's socket counters          -   (read by status; kbypass.cp.shimpage)
     counters     iface                                               rules: [{rule_id, rule, owner, packets,
@@ -92,6 +94,7 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
                     "multi_buffer": (_BOOL, False)},
     "unregister": {"iface": (_STR, True), "queue": (_INT, True)},
     "accelerate": {"peer": (_STR, False), "peer_port": (_INT, False)},
+    "handed": {},
     "next_hop": {"iface": (_STR, True), "dst": (_STR, True)},
     "shim_page": {},
     "counters": {"iface": (_STR, True)},
@@ -99,7 +102,7 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
     "stop": {"force": (_BOOL, False)},
     "bye": {},
 }
-TAKES_FD = {"register", "accelerate", "shim_page"}
+TAKES_FD = {"register", "accelerate", "handed", "shim_page"}
 _INT_RANGE = (-(2**63), 2**63 - 1)
 
 # open_socket's bounds: the UMEM and rings the control plane makes (and pins, on its own account)

@@ -50,7 +50,9 @@ from .accel import (
     bound_flow,
     check_exclusive,
     check_no_kernel_connections,
+    connected_flow,
     flow_rule,
+    handed_gone,
     port_owners,
     watch_proofs,
 )
@@ -272,9 +274,14 @@ class Server:
             self._proofs_due = t + (PROOF_TICK if watching or now else 0.5)  # now: a rule may follow
             if scan:
                 self._scan_due = t + PROOF_SCAN
-            for client, iface, rule_id, why in exposed:
-                log.warning("%s: removed rule %d on %s, its port no longer the app's alone: %s", client.describe(),
-                            rule_id, iface, why)
+            gone = [(c, i, r, None) for c, i, r in handed_gone(self.state)] if scan else []
+            for client, iface, rule_id, why in exposed + gone:
+                if why is None:
+                    log.info("%s: removed pass rule %d on %s: its kernel connection is gone", client.describe(),
+                             rule_id, iface)
+                else:
+                    log.warning("%s: removed rule %d on %s, its port no longer the app's alone: %s",
+                                client.describe(), rule_id, iface, why)
                 try:
                     self.state.remove_rule(client, iface, rule_id)
                 except (ProtocolError, KbypassError, OSError) as e:  # the books follow anyway (state._remove_rule)
@@ -481,7 +488,7 @@ class Server:
             return {"version": protocol.VERSION, "client": client.cid, "server_pid": os.getpid()}
         if req.op == "hello":
             raise ProtocolError("hello once per connection")
-        if req.op in ("add", "accelerate"):
+        if req.op in ("add", "accelerate", "handed"):
             self._watch_proofs(now=True)  # a rule exposed since the last tick must not keep a new one out
         if req.op == "add":
             rule = parse_rule(a["rule"])
@@ -504,6 +511,8 @@ class Server:
             return {}
         if req.op == "accelerate":
             return self._accelerate(client, fds[0], a.get("peer"), a.get("peer_port"))
+        if req.op == "handed":
+            return self._handed(client, fds[0])
         if req.op == "next_hop":
             if (a["iface"], 0) not in client.sockets:
                 raise ProtocolError(f"next_hop: open a socket on {a['iface']!r} first")
@@ -558,6 +567,24 @@ class Server:
             self.closer.close(proof)
             raise
         return {**self.routes.describe(iface, addr), "port": port, "rule_id": rule_id}
+
+    def _handed(self, client: Client, fd: int) -> dict:
+        """A pass rule for a connection the app handed to the kernel's TCP while its own rule steers the connection's
+        segments (kbypass.cp.accel's doc), just ahead of the default priority: the connected socket proves the
+        4-tuple, the client's own redirect rule over it that the handoff needs one. Root's only (a handoff takes
+        TCP_REPAIR, CAP_NET_ADMIN: a non-root app never has one to ask for), once per 4-tuple."""
+        if client.uid != 0:
+            raise ProtocolError("only root clients hand connections to the kernel (TCP_REPAIR needs CAP_NET_ADMIN)")
+        ip, port, peer, peer_port = connected_flow(fd)
+        iface, _ = self.routes.place(ip, self.ifaces)
+        rule = parse_rule(flow_rule("tcp", ip, port, peer, peer_port) + " pass")
+        if self.state.has_rule(client, iface, rule):
+            raise ProtocolError(f"handed: tcp {peer}:{peer_port} -> {ip}:{port} has its pass rule already")
+        if not self.state.steers(client, iface, rule):
+            raise ProtocolError(f"handed: no rule of yours steers tcp {peer}:{peer_port} -> {ip}:{port}: its "
+                                "segments reach the kernel already")
+        return {"rule_id": self.state.add_rule(client, iface, rule, DEFAULT_PRIORITY - 1,
+                                               kernel_flow=(ip, port, peer, peer_port))}
 
     def _may_add(self, client: Client, iface: str, rule: Rule) -> None:
         """What a non-root client may steer (the module doc): root clients may add anything."""

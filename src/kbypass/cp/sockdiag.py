@@ -23,7 +23,7 @@ STATES = 0xFFFFFFFF & ~(1 << TCP_SYN_RECV | 1 << TCP_NEW_SYN_RECV)
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr
 _REQUEST = struct.Struct("=BBBBI48x")  # inet_diag_req_v2: family, protocol, ext, pad, states, id (any)
 _ATTR = struct.Struct("=HH")  # rtattr: length, type
-_MSG = struct.Struct("=BBBB2sxx16s16x4x8x4x4x4xI")  # inet_diag_msg: family, state, .., sport, src, .., uid
+_MSG = struct.Struct("=BBBB2s2s16s16s4x8x4x4x4xI")  # inet_diag_msg: family, state, .., sport, dport, src, dst, .., uid
 MSG_LEN = 72  # sizeof(struct inet_diag_msg): the inode after uid, then the attributes
 _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 _MAPPED = bytes(10) + b"\xff\xff"
@@ -54,8 +54,8 @@ def _v6only(data: bytes, at: int, end: int) -> bool:
     return False
 
 
-def _dump(nl: socket.socket, proto: str, family: int, states: int) -> list[tuple[str | None, int, int, int]]:
-    """One family's sockets; OSError for a refusal, a malformed or truncated reply, or an interrupted dump (the
+def _dump(nl: socket.socket, proto: str, family: int, states: int) -> list[tuple]:
+    """One family's sockets, as (local IPv4 or None, port, uid, state, peer IPv4 or None, peer port); OSError for a refusal, a malformed or truncated reply, or an interrupted dump (the
     tables changed while the kernel walked them: the caller asks again)."""
     seq = next(_seq)
     body = _REQUEST.pack(family, _PROTOS[proto], 0, 0, states)
@@ -80,9 +80,10 @@ def _dump(nl: socket.socket, proto: str, family: int, states: int) -> list[tuple
                     raise OSError(code, f"sock_diag: {proto} dump refused")
                 if length < _HEADER.size + _MSG.size:
                     raise OSError(errno.EPROTO, f"sock_diag: a short {proto} socket message")
-                fam, state, _, _, sport, src, uid = _MSG.unpack_from(data, at + _HEADER.size)
+                fam, state, _, _, sport, dport, src, dst, uid = _MSG.unpack_from(data, at + _HEADER.size)
                 v6only = fam == socket.AF_INET6 and _v6only(data, at + _HEADER.size + MSG_LEN, at + length)
-                out.append((ipv4_of(fam, src, v6only), int.from_bytes(sport, "big"), uid, state))
+                out.append((ipv4_of(fam, src, v6only), int.from_bytes(sport, "big"), uid, state, ipv4_of(fam, dst),
+                            int.from_bytes(dport, "big")))
             at += (length + 3) & ~3
 
 
@@ -91,6 +92,16 @@ def sockets(proto: str, states: int = STATES) -> list[tuple[str | None, int, int
     namespace, IPv4 and IPv6, in `states` (a mask of 1 << TCP state; a request socket of a handshake shows as
     SYN_RECV). A TIME_WAIT (or FIN_WAIT2 timewait) socket shows uid 0, as in /proc: it has none. OSError when the
     kernel refuses the dump, its reply is malformed, does not come within TIMEOUT, or is interrupted twice."""
+    return [row[:4] for row in _sockets(proto, states)]
+
+
+def tcp_flows(states: int = STATES) -> set[tuple[str, int, str, int]]:
+    """(local IPv4, local port, peer IPv4, peer port) of each kernel TCP socket with a peer (IPv4, or IPv6
+    mapped), TIME_WAIT included; OSError as sockets()."""
+    return {(r[0], r[1], r[4], r[5]) for r in _sockets("tcp", states) if r[0] and r[4] and r[4] != "0.0.0.0"}
+
+
+def _sockets(proto: str, states: int) -> list[tuple]:
     out = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as nl:
         nl.settimeout(TIMEOUT)

@@ -66,6 +66,7 @@ class _RuleEntry:
     share: bool
     seq: int
     proof: int | None = None  # accelerate's: a dup of the app's socket, holding its port while the rule lives
+    kernel_flow: tuple | None = None  # handed's: the kernel connection's 4-tuple, the pass rule's while it lives
 
 
 @dataclass
@@ -171,7 +172,8 @@ class ControlPlane:
     # ---- rules -----------------------------------------------------------------------------------
 
     def add_rule(self, client: Client, iface: str, rule: Rule | str, priority: int = DEFAULT_PRIORITY,
-                 share: bool = False, xdp_mode: str | None = None, proof: int | None = None) -> int:
+                 share: bool = False, xdp_mode: str | None = None, proof: int | None = None,
+                 kernel_flow: tuple | None = None) -> int:
         """The new rule's id. `proof` (an fd, now the rule's) is closed with the rule, through `close_fd`."""
         rule = parse_rule(rule)
         if not 0 <= priority <= 65535:
@@ -193,7 +195,7 @@ class ControlPlane:
             self._release_if_idle(iface)
             raise
         self._seq += 1
-        served.rules[rule_id] = _RuleEntry(client, rule, priority, share, self._seq, proof)
+        served.rules[rule_id] = _RuleEntry(client, rule, priority, share, self._seq, proof, kernel_flow)
         client.rules.add((iface, rule_id))
         log.info("%s: rule %d '%s' on %s (priority %d%s)", client.describe(), rule_id, rule, iface, priority,
                  ", shared" if share else "")
@@ -204,6 +206,12 @@ class ControlPlane:
         rule = parse_rule(rule)
         served = self.served.get(iface)
         return served is not None and any(served.rules[rid].rule == rule for i, rid in client.rules if i == iface)
+
+    def steers(self, client: Client, iface: str, rule: Rule) -> bool:
+        """One of client's redirect rules on iface takes some of rule's packets."""
+        served = self.served.get(iface)
+        return served is not None and any(served.rules[rid].rule.action == "redirect" and
+                                          overlap(served.rules[rid].rule, rule) for i, rid in client.rules if i == iface)
 
     def remove_rule(self, client: Client, iface: str, rule_id: int) -> None:
         if (iface, rule_id) not in client.rules:

@@ -47,6 +47,7 @@ from kbypass.proto import ipv4, tcp
 from kbypass.proto.tcp import fastpath
 from kbypass.proto.tcp.config import MAX_UNREAD
 from kbypass.proto.tcp.handoff import handoff_state
+from kbypass.proto.tcp.info import FIELDS, tcp_info
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 # the sockets' records and the formats the host and the shim's C share; the poll bits, PYRX/PYTX, READ_REPORT and
@@ -302,7 +303,9 @@ class ShimTcp:
                 self._forget(c)
                 c = None
         if c is None and self._handed and (h.src, seg.src_port, seg.dst_port) in self._handed:
-            return  # the kernel's now
+            if not seg.has(tcp.SYN) or seg.has(tcp.ACK):
+                return  # the kernel's now
+            del self._handed[(h.src, seg.src_port, seg.dst_port)]  # a new connection: the kernel is done with it
         if c is not None:
             c.prediction.disarm()  # changed outside the fast path: armed again by _out
             c.conn.receive(seg, now)
@@ -675,6 +678,12 @@ class ShimTcp:
         if c is None:
             return self._out(0, now)
         return self._out(c.rx_len, now)
+
+    def tcp_info(self, sid: int, now: float):
+        """getsockopt(TCP_INFO): struct tcp_info's values, u64 each in tcp.info.FIELDS' order (b"": not ours)."""
+        c = self._conn(sid)
+        info = tcp_info(c.conn, now) if c is not None else None
+        return self._out(struct.pack(f"<{len(FIELDS)}Q", *(info[k] for k in FIELDS)) if info else b"", now)
 
     def tally(self, now: float):
         """The counters of TALLY, packed (u64 each) for the shim's status page (it asks a few times a second)."""

@@ -13,6 +13,13 @@
  *                                   after 1 s idle, and "echo done" 2 s after the connection
  *   tcp_forks exec IP PORT          accept one connection, echo its first message, then exec cat on it (stdin
  *                                   and stdout the connection, inetd's way): cat echoes the rest
+ *   tcp_forks execfail IP PORT      as exec, but the exec fails (no such program): the app echoes the rest itself
+ *   tcp_forks spawn IP PORT         as exec, but the handler is started with posix_spawnp, its file actions
+ *                                   dup2ing the connection (FD_CLOEXEC) onto the child's stdin and stdout; the
+ *                                   parent closes its copy, waits for the child, then echoes one more connection
+ *                                   itself on the listener it kept
+ *   tcp_forks spawnfd IP PORT       as spawn, without file actions: the child (sh) inherits the connection as fd 9
+ *                                   (no FD_CLOEXEC) and runs cat on it
  *   tcp_forks epollfork IP PORT     accept one connection, echo each message as epoll says it is readable;
  *                                   after the first, fork a child that exits at once (a helper, system()'s
  *                                   way): the connection, in epoll, goes on in the parent
@@ -30,6 +37,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,6 +153,40 @@ int main(int argc, char **argv) {
         dup2(c, 0), dup2(c, 1), close(c);
         execlp("cat", "cat", (char *)NULL);
         return 1;
+    }
+    if (!strcmp(mode, "execfail")) {
+        int c = accept(l, NULL, NULL);
+        char buf[4096];
+        ssize_t k = c < 0 ? -1 : read(c, buf, sizeof(buf));
+        if (k <= 0 || write(c, buf, (size_t)k) != k) return 1;
+        execlp("/nonexistent/handler", "handler", (char *)NULL);
+        printf("exec failed: %s\n", strerror(errno));
+        fflush(stdout);
+        return echo(c) != 0;
+    }
+    if (!strcmp(mode, "spawn") || !strcmp(mode, "spawnfd")) {
+        int c = accept4(l, NULL, NULL, SOCK_CLOEXEC), st;
+        char buf[4096];
+        ssize_t k = c < 0 ? -1 : read(c, buf, sizeof(buf));
+        if (k <= 0 || write(c, buf, (size_t)k) != k) return 1;
+        pid_t pid;
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        char *cat[] = {"cat", NULL}, *sh[] = {"sh", "-c", "exec cat <&9 >&9", NULL};
+        if (!strcmp(mode, "spawn")) {
+            posix_spawn_file_actions_adddup2(&fa, c, 0), posix_spawn_file_actions_adddup2(&fa, c, 1);
+        } else if (dup2(c, 9) != 9) {
+            return 1; /* fd 9 without FD_CLOEXEC */
+        }
+        int r = posix_spawnp(&pid, mode[5] ? "sh" : "cat", &fa, NULL, mode[5] ? sh : cat, environ);
+        posix_spawn_file_actions_destroy(&fa);
+        if (r) return printf("posix_spawnp: %s\n", strerror(r)), 1;
+        close(c), close(9);
+        waitpid(pid, &st, 0);
+        printf("spawned child done %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        fflush(stdout);
+        int c2 = accept(l, NULL, NULL);
+        return c2 < 0 || echo(c2) != 0;
     }
     if (!strcmp(mode, "epollfork")) {
         int c = accept(l, NULL, NULL), ep = epoll_create1(0), msgs = 0;

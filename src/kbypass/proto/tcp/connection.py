@@ -93,6 +93,7 @@ class TcpConnection(Output, CannedAnswers):
         self.cc = make_controller(cfg.congestion, DEFAULT_MSS, cfg.initial_cwnd)
         self.stats = TcpStats()
         self.reset_reason: str | None = None
+        self.passive = False  # opened by a listener (from_syn, from_cookie): TCP_INFO counts its bytes so
         self._events: deque[ev.Event] = deque()
         self._unread = 0  # bytes in Data events the application has not taken (app_reads: has not read)
         # A host that queues Data for its application outside the connection (the shim's host and C queue) sets
@@ -155,6 +156,7 @@ class TcpConnection(Output, CannedAnswers):
                  config: TcpConfig | None = None, isn: IsnGenerator | None = None) -> TcpConnection:
         """Passive open (for TcpListener): the SYN-ACK is in the next `segments_to_send(now)`."""
         conn = cls(local, remote, now, iss, config, isn)
+        conn.passive = True
         conn._take_syn(syn, syn.seq)
         conn._go(Input.PEER_SYN)
         conn._syn_due = True
@@ -166,6 +168,7 @@ class TcpConnection(Output, CannedAnswers):
         """Passive open whose SYN-ACK already went out statelessly (a SYN cookie, TcpListener): `syn` is the
         SYN the cookie stands for, rebuilt; the connection waits in SYN_RCVD for the handshake's ACK."""
         conn = cls(local, remote, now, cookie, config, isn)
+        conn.passive = True
         conn._take_syn(syn, syn.seq)
         conn._go(Input.PEER_SYN)
         conn.sq.snd_max = conn.iss + 1  # our SYN was sent (nothing to send again, nothing timed)
