@@ -397,7 +397,8 @@ class TransportEndpoint(DataPath):
         In message mode `data` is one message. Raises LocalProtocolError after close, TransferError if
         the connection dies. lent (byte-stream mode): `data`, any buffer, is handed over uncopied, taken
         whole like a bytes object; the caller changes none of it while anything else holds a reference to
-        it (proto.transport.sendbuf.SendBuffer.write)."""
+        it (proto.transport.sendbuf.SendBuffer.write). With jumbo datagrams and data in flight it may return
+        with `data` queued, not yet sent (_corked): the next call into the endpoint sends it."""
         conn = self._need_conn("send()")
         # no copy here: the send buffer copies a piece it takes, once (a bytes object taken whole: not at all)
         mv = memoryview(data)
