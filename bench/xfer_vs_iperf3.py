@@ -24,7 +24,9 @@ Goodput = application bytes that arrived / seconds (xfer: the receiver's count f
 stream, its --digest checked against the sender's: crc64 by default, CRC-64/XZ at ~0.05 CPU s/GB; sha256
 costs ~0.8 s/GB at each end, iperf3 and kernel TCP check nothing end to end). Receivers in host b on CPU 1, senders in host a on CPU 0;
 every trial is repeated --runs times in rotating order; medians, and ratios against the kernel's TCP of
-the same run. The machine is shared: compare within one run. Writes a table, --json and a PNG.
+the same run. The machine is shared: compare within one run (xfer's rows carry each end's run delay,
+the seconds it was runnable but waited for its core: on 2026-12-07 0.5-2 s of a 4 s run while other
+sessions built and tested, and the goodput of identical code spread 2x with it). Writes a table, --json and a PNG.
 
 Usage:  .venv/bin/python bench/xfer_vs_iperf3.py [--seconds 5] [--runs 3] [--mtus 1500,3506,9000,max]
             [--losses 0,0.01,0.05] [--also-reno] [--contenders 'tcp cubic,xfer'] [--placement sender|sut]
@@ -78,9 +80,17 @@ def xfer_trial(a, b, loss: float, seconds: float, poll: str, congestion: str | N
         if "listening" not in line:
             raise Skip(_last_line(line + recv.stderr.read()))
         cpu0 = _children_cpu()
-        send = subprocess.run(kb("xfer", "send", "--host", "a", "--dst", f"{b.ipv4}:{PORT}", "-t", str(seconds),
-                                 "--cpu", "0", *common), capture_output=True, text=True, timeout=seconds + 120,
-                              env=env)
+        sender = subprocess.Popen(kb("xfer", "send", "--host", "a", "--dst", f"{b.ipv4}:{PORT}", "-t", str(seconds),
+                                     "--cpu", "0", *common), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env)
+        with RunDelay([sender.pid, recv.pid]) as waited:
+            try:
+                out, err = sender.communicate(timeout=seconds + 120)
+            finally:
+                if sender.poll() is None:
+                    sender.kill()
+                    sender.wait()
+        send = subprocess.CompletedProcess(sender.args, sender.returncode, out, err)
         cpu1 = _children_cpu()
         rout, rerr = recv.communicate(timeout=60)
         cpu2 = _children_cpu()
@@ -100,7 +110,47 @@ def xfer_trial(a, b, loss: float, seconds: float, poll: str, congestion: str | N
             "datagram": s["datagram"], "loss_dropped": r["loss_dropped"] + s["loss_dropped"], "cc": s.get("cc"),
             # CPU seconds (user + system, all threads, start-up included) per GB delivered, each end
             "send_cpu_s_per_gb": round((cpu1 - cpu0) / max(r["bytes"], 1) * 1e9, 2),
-            "recv_cpu_s_per_gb": round((cpu2 - cpu1) / max(r["bytes"], 1) * 1e9, 2)}
+            "recv_cpu_s_per_gb": round((cpu2 - cpu1) / max(r["bytes"], 1) * 1e9, 2),
+            # seconds each end was runnable but not running while the sender ran (other processes had its core)
+            "send_run_delay_s": waited.get(sender.pid), "recv_run_delay_s": waited.get(recv.pid)}
+
+
+def run_delay(pid: int) -> float | None:
+    """Seconds process `pid` (its main thread) has waited on a run queue, runnable but not running
+    (/proc/PID/schedstat's second field); None once it is gone or where the kernel keeps no schedstats."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class RunDelay:
+    """Within the block, the run delay (run_delay) of each of `pids`, sampled every `interval` s (a process
+    that exits takes its counters with it); the dict `with` gives holds each pid's last sample, rounded, when
+    the block ends: how much of a run a busy machine took from an end."""
+
+    def __init__(self, pids: list[int], interval: float = 0.05) -> None:
+        self.pids, self.interval = pids, interval
+        self.last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            for pid in self.pids:
+                if (v := run_delay(pid)) is not None:
+                    self.last[pid] = round(v, 3)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> dict[int, float]:
+        self._thread.start()
+        return self.last
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _children_cpu() -> float:

@@ -426,6 +426,7 @@ class _FakeConn:
         from types import SimpleNamespace
 
         self.config = SimpleNamespace(message_mode=False, send_buffer=send_buffer)
+        self.sbuf = SimpleNamespace(inflight_bytes=0)  # nothing in flight: send() pumps before it returns
         self.lost_reason = None
         self.space = space
         self.given: list = []  # per connection: a class-level list was shared by every instance
@@ -446,7 +447,28 @@ def _endpoint_on(conn):
 
     ep = TransportEndpoint.__new__(TransportEndpoint)
     ep.conn, ep._closed, ep.connected_at, ep.lost, ep.clock = conn, False, 1.0, None, lambda: 0.0
+    ep._chain_frames = 0
     return ep
+
+
+def test_endpoint_send_corks_while_data_is_in_flight_and_the_buffer_has_room():
+    """Autocorking: with data in flight and room left, send() returns without a pump (a bulk sender queues
+    until its buffer is full, then pumps once per ACK's worth of room: half the pumps per GB at MTU 65535,
+    not one per 1 MiB block); a send that fills the buffer, or one on an idle connection, pumps at once."""
+    conn = _FakeConn(space=3 << 20)
+    ep = _endpoint_on(conn)
+    ep._chain_frames = 17  # jumbo datagrams, sent as chains of frames (one frame a datagram: never corked)
+    pumps = []
+    ep.pump = lambda timeout=0.0: pumps.append(timeout)
+    block = b"b" * (1 << 20)
+    assert ep.send(block) == len(block) and pumps == [0.0]  # idle: out at once
+    conn.sbuf.inflight_bytes = 1 << 20  # now the first block is out
+    pumps.clear()
+    assert ep.send(block) == len(block) and pumps == []  # room for the next: corked
+    assert ep.send(block) == len(block) and pumps == [0.0]  # the buffer is full: pushed
+    assert conn.space == 0 and [len(d) for d in conn.given] == [1 << 20] * 3
+    ep._chain_frames, conn.space = 0, 3 << 20  # one frame a datagram: pumped each time
+    assert ep.send(block) == len(block) and pumps == [0.0, 0.0]
 
 
 def test_endpoint_send_with_a_timeout_queues_what_fits_before_it_times_out():

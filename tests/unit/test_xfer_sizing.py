@@ -65,3 +65,19 @@ def test_jumbo_flights_delay_their_acks_and_1500_does_not():
     assert default_config(65507).ack_delay == pytest.approx(1e-3)
     assert default_config(65507, congestion="reno").ack_delay == pytest.approx(1e-3)
     assert default_config(1472).ack_delay == 0.0
+
+
+def test_jumbo_acks_come_every_2_mib_and_one_pacing_burst_sends_what_an_ack_frees():
+    """A receiver of jumbo datagrams acknowledges every 2 MiB (32 of 64 KiB), and the sender's pacer lets that
+    much go at once: each ACK's room goes out in one send, so with send() corked the sender pumps about
+    once per 2 MiB. One frame a datagram keeps 1 MiB (more than its batches: per batch)."""
+    from kbypass.proto.transport.bbr import Bbr
+    from kbypass.xfer.sizing import default_config
+
+    cfg = default_config(65507)
+    assert 2_000_000 <= cfg.ack_bytes <= 2 << 20 and cfg.max_window >= 2 * cfg.ack_bytes  # two ACKs' room in flight
+    cc = Bbr(cfg.mss, max_window=cfg.window_limit)
+    cc.pacing_rate = 20e9 / 8  # 20 Gbit/s: its 5 ms of allowance is far more than the burst cap
+    due = -(-cfg.ack_bytes // cfg.mss)  # full segments that make an ACK due (Connection.receive_run's cut)
+    assert due * cfg.mss <= cc._burst()  # ... all of them in one burst
+    assert default_config(1472).ack_bytes == 1 << 20

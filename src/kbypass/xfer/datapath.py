@@ -18,8 +18,8 @@ from .encap import UdpEncap
 
 _MAX_ALLOC = 1024  # frames allocated for one write_chains call (a 1 MiB flight of 4 KiB frames is ~256)
 _LANE_MOST = 4  # a send of at most this many datagrams tries the message lane (ACKs, pings, a paced few)
-# The lane's stash for a sender of chains (lane_chains): two sends of 16 jumbo datagrams (17 frames of 4 KiB each),
-# so that a send's frames come back into it from the completion ring, in C, before the next needs them
+# The lane's stash for a sender of chains (lane_chains): a pacing burst (bbr.BURST_DATAGRAMS, 32) of jumbo datagrams
+# of 17 frames of 4 KiB; a send's frames come back into it from the completion ring, in C, before the next needs them
 _CHAIN_STASH = 544
 
 

@@ -12,6 +12,8 @@ endpoint to send its datagrams as chains (datapath.DataPath._send_chains) when o
 from __future__ import annotations
 
 from kbypass.errors import UsageError
+from kbypass.proto.transport import wire
+from kbypass.proto.transport.bbr import BURST_DATAGRAMS
 from kbypass.proto.transport.config import ConnConfig
 from kbypass.xsk import multibuf
 from kbypass.xsk.consts import XDP_PACKET_HEADROOM
@@ -79,6 +81,13 @@ def check_fits(encap, datagram_size: int, port) -> None:
 JUMBO_FLIGHT = 64  # datagrams in flight at least (default_config)
 
 
+def _jumbo_ack_bytes(max_datagram: int) -> int:
+    """A jumbo receiver's ACK spacing: one pacing burst of full datagrams (bbr.BURST_DATAGRAMS, 2 MiB of 64 KiB
+    ones), so that the room an ACK frees goes out in one send (at 2 MiB flat it took 33 datagrams: a send of
+    the burst's 32, then one of 1)."""
+    return BURST_DATAGRAMS * (max_datagram - wire.OVERHEAD)
+
+
 def default_config(max_datagram: int, **kw) -> ConnConfig:
     """ConnConfig for one L2 segment: datagrams as large as the encapsulation allows, 1 MiB buffers with
     at most 512 KiB in flight, and an RTO floor of 20 ms instead of 200 ms (Python's scheduling jitter is
@@ -119,6 +128,10 @@ def default_config(max_datagram: int, **kw) -> ConnConfig:
     sender's. Measured (busy machine, MTU 65535): the ACKs ack_bytes called for fell from 1,240 per GB to 600
     (a receiver also acknowledges each batch it takes, the part of a burst that had landed when it woke: about
     3,000 ACKs per GB in all, each now one C call through the message lane, datapath._small_lane).
+    Since 2026-12-07 every 32 jumbo datagrams (2 MiB of 64 KiB ones, bbr.BURST_DATAGRAMS: the pacer's burst), and
+    the endpoint's send() corks while data is in flight (TransportEndpoint._corked): the sender pumps once
+    per 2 MiB of room instead of once per 1 MiB block, 1,000 -> 520 pumps per GB, sender CPU 0.50-0.55 ->
+    0.45-0.52 s/GB in the same runs (MTU 65535, 0 and 1% loss, busy machine).
 
     A delayed ACK of 1 ms with jumbo flights (ack_delay; an in-order ACK waits for ack_bytes or the timer):
     the receiver acknowledged what each wake-up took and each 128 KiB its application read (window updates),
@@ -133,6 +146,6 @@ def default_config(max_datagram: int, **kw) -> ConnConfig:
     # 8 Gbit/s (see the docstring)
     jumbo = window > 1 << 20
     base = dict(max_datagram_size=max_datagram, send_buffer=2 * window, recv_buffer=2 * window, max_window=window,
-                ack_delay=1e-3 if jumbo else 0.0, max_message_size=64 * 1024, ack_bytes=1 << 20, initial_rto=0.25, min_rto=0.02, max_rto=2.0, time_wait=2.0)
+                ack_delay=1e-3 if jumbo else 0.0, max_message_size=64 * 1024, ack_bytes=_jumbo_ack_bytes(max_datagram) if jumbo else (1 << 20), initial_rto=0.25, min_rto=0.02, max_rto=2.0, time_wait=2.0)
     base.update(kw)
     return ConnConfig(**base)

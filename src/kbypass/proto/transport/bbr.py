@@ -76,8 +76,9 @@ MAX_BURST = 512 * 1024
 # ... and up to this many datagrams, where that is more than MAX_BURST (jumbo datagrams: 1 MiB of 64 KiB
 # ones). The sender's every wake-up (pacer, ACK) costs a send of its own (frames taken, written, put on the
 # TX ring, the kernel kicked: ~120 us of Python a send besides the copies), so its cost per byte falls with
-# the burst; 8 jumbo datagrams a send was a quarter of the sender's CPU in that overhead.
-BURST_DATAGRAMS = 16
+# the burst; 8 jumbo datagrams a send was a quarter of the sender's CPU in that overhead. 32 (2 MiB of jumbo
+# datagrams) since the receiver acknowledges every 2 MiB of them (xfer.sizing.default_config).
+BURST_DATAGRAMS = 32
 
 
 def _windowed_max(rounds: deque, now_round: int, value: float) -> float:
