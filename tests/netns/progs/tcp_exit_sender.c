@@ -1,0 +1,47 @@
+/* tcp_exit_sender.c connect|accept IP PORT close|shutdown|exit: a connection (to IP:PORT, or the first one
+ * accepted on it: "ready" said once listening), stdin to EOF written to it (nc -q0 PEER PORT < file, a
+ * server's response), then the end the mode names, and exit() at once: close then exit, shutdown(SHUT_WR) then
+ * exit (nc -q0), or exit with the connection still open. Says "wrote N" before the end and "exiting" last. */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    if (argc != 5) return 2;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
+    inet_pton(AF_INET, argv[2], &a.sin_addr);
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (!strcmp(argv[1], "accept")) {
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(s, (struct sockaddr *)&a, sizeof(a)) || listen(s, 8)) {
+            perror("listen");
+            return 1;
+        }
+        printf("ready\n");
+        s = accept(s, NULL, NULL);
+    } else if (connect(s, (struct sockaddr *)&a, sizeof(a))) {
+        perror("connect");
+        return 1;
+    }
+    static char buf[1 << 16];
+    long total = 0;
+    ssize_t n;
+    while ((n = read(0, buf, sizeof(buf))) > 0)
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(s, buf + off, (size_t)(n - off));
+            if (w <= 0) {
+                perror("write");
+                return 1;
+            }
+            off += w, total += w;
+        }
+    printf("wrote %ld\n", total);
+    if (!strcmp(argv[4], "close")) close(s);
+    else if (!strcmp(argv[4], "shutdown")) shutdown(s, SHUT_WR);
+    printf("exiting\n");
+    exit(0);
+}
