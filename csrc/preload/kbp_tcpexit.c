@@ -10,7 +10,7 @@
  *             or SO_LINGER {1, 0}), and while connections closed by the app (now or before: a zombie, an accepted
  *             one) still owe their peer bytes or the FIN, the exit pumps the rings until they are done (all
  *             acknowledged, or reset), KBYPASS_EXIT_LINGER_S at most (default 60, tcp_fin_timeout's; 0: no wait),
- *             then resets what is left, said on stderr. --log says what it waited for and how long.
+ *             then resets what is left, said on stderr. --log says what it waited for and how long (from 0.1 s).
  *
  * The control plane keeps the rules meanwhile: they go when its connection to the process closes, with the
  * process. The wait lets go of kbp_lock (and the GIL, taken per call) while it sleeps on the rings, as
@@ -34,16 +34,13 @@ static int open_conn(const struct kbp_sock *s) {
 }
 
 /* Each open connection to the kernel's TCP where it can be (until one fails for want of CAP_NET_ADMIN), else
- * closed as the exit would (the app's fd stays, an unconnected kernel socket): how many were handed. */
-static int hand_or_close(void) {
-    int handed = 0, can_hand = 1;
+ * closed as the exit would (the app's fd stays, an unconnected kernel socket). */
+static void hand_or_close(void) {
+    int can_hand = 1;
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
         struct kbp_sock *s = kbp_fds[fd];
         if (!open_conn(s)) continue;
-        if (can_hand && kbp_tcp_handoff(s) == 0) {
-            handed++;
-            continue;
-        }
+        if (can_hand && kbp_tcp_handoff(s) == 0) continue;
         if (errno == EPERM) can_hand = 0;
         for (int i = fd; i < KBP_MAX_FD; i++) { /* every fd of it: the last one lets it go (kbp_tcp_release) */
             if (kbp_fds[i] != s) continue;
@@ -53,7 +50,6 @@ static int hand_or_close(void) {
             if (--s->refs == 0) kbp_release(s);
         }
     }
-    return handed;
 }
 
 static double linger_s(void) {
@@ -67,16 +63,15 @@ static double linger_s(void) {
     return v;
 }
 
-/* Under kbp_lock: until the closed connections owe nothing or `limit_ns` passed; how many still owe. */
-static long linger(uint64_t start, uint64_t limit_ns) {
+/* Under kbp_lock: until the closed connections owe nothing or `limit_ns` passed; how many still owe (*first: how
+ * many did at first). */
+static long linger(uint64_t start, uint64_t limit_ns, long *first) {
     long left;
-    int said = 0;
+    *first = -1;
     while ((left = kbp_py_call("exit_pending", NULL, 0, "(id)", 0, (double)kbp_now_ns() / 1e9)) > 0 && kbp_tcp_on) {
         uint64_t now = kbp_now_ns();
+        if (*first < 0) *first = left;
         if (now - start >= limit_ns) break;
-        if (!said++)
-            kbp_verbose("exit: %ld closed connection(s) still deliver (bytes or the FIN not acknowledged): the exit "
-                        "waits for them, %.3g s at most (KBYPASS_EXIT_LINGER_S)", left, (double)limit_ns / 1e9);
         struct pollfd p[KBP_MAX_QUEUES + 1];
         int fds[KBP_MAX_QUEUES], n = kbp_tcp_ring_fds(fds, KBP_MAX_QUEUES), cp = kbp_cp_fd();
         for (int i = 0; i < n; i++) p[i] = (struct pollfd){fds[i], POLLIN, 0};
@@ -101,19 +96,19 @@ void kbp_tcp_exit(void) {
     kbp_enter();
     uint64_t t0 = kbp_now_ns();
     if (kbp_tcp_on) kbp_tcp_pump_idle(); /* what came first: ACKs open the window */
-    int handed = kbp_tcp_on ? hand_or_close() : 0;
+    if (kbp_tcp_on) hand_or_close();     /* each handed one says so with --log (kbp_tcprepair.c) */
     kbp_iface_flush();
     double limit = linger_s();
-    long left = kbp_tcp_on ? linger(t0, (uint64_t)(limit * 1e9)) : 0;
+    long first = 0, left = kbp_tcp_on ? linger(t0, (uint64_t)(limit * 1e9), &first) : 0;
+    double took = (double)(kbp_now_ns() - t0) / 1e9;
     if (left) {
         kbp_py_call("exit_pending", NULL, 0, "(id)", 1, (double)kbp_now_ns() / 1e9);
         kbp_iface_flush();
         kbp_say("exit: %ld closed connection(s) still had bytes or the FIN unacknowledged after %g s "
                 "(KBYPASS_EXIT_LINGER_S): reset", left, limit);
+    } else if (took >= 0.1) { /* a FIN's ACK is a round trip: not worth a line */
+        kbp_verbose("exit: waited %.3f s for %ld closed connection(s) to deliver their bytes and FIN "
+                    "(KBYPASS_EXIT_LINGER_S=%g at most)", took, first, limit);
     }
-    uint64_t took = kbp_now_ns() - t0;
-    if (handed || took > 1000000)
-        kbp_verbose("exit: %d connection(s) handed to the kernel's TCP to finish, the others' end waited for "
-                    "%.3f s", handed, (double)took / 1e9);
     kbp_leave();
 }

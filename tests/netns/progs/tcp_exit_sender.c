@@ -1,12 +1,14 @@
-/* tcp_exit_sender.c connect|accept IP PORT close|shutdown|exit: a connection (to IP:PORT, or the first one
+/* tcp_exit_sender.c connect|accept IP PORT close|shutdown|exit|closed: a connection (to IP:PORT, or the first one
  * accepted on it: "ready" said once listening), stdin to EOF written to it (nc -q0 PEER PORT < file, a
  * server's response), then the end the mode names, and exit() at once: close then exit, shutdown(SHUT_WR) then
- * exit (nc -q0), or exit with the connection still open. Says "wrote N" before the end and "exiting" last. */
+ * exit (nc -q0), or exit with the connection still open; closed: close, 0.2 s, exit (nothing left to send).
+ * Says "wrote N" before the end and "exiting T" last (T: CLOCK_MONOTONIC in ns, for the exit's duration). */
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
@@ -40,8 +42,11 @@ int main(int argc, char **argv) {
             off += w, total += w;
         }
     printf("wrote %ld\n", total);
-    if (!strcmp(argv[4], "close")) close(s);
+    if (!strcmp(argv[4], "close") || !strcmp(argv[4], "closed")) close(s);
     else if (!strcmp(argv[4], "shutdown")) shutdown(s, SHUT_WR);
-    printf("exiting\n");
+    if (!strcmp(argv[4], "closed")) usleep(200000);
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    printf("exiting %lld\n", (long long)t.tv_sec * 1000000000 + t.tv_nsec);
     exit(0);
 }
