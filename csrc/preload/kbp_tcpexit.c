@@ -22,7 +22,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
-#include <stdio.h>
 #include <stdlib.h>
 
 #include "kbp.h"
@@ -92,7 +91,6 @@ static long linger(uint64_t start, uint64_t limit_ns, long *first) {
 
 void kbp_tcp_exit(void) {
     if (!kbp_tcp_on || kbp_depth) return; /* no TCP of ours; or inside a call of the shim (kbp_lock may be ours) */
-    fflush(NULL); /* the app's stdio on its sockets (libc flushes it after the destructors): before they end */
     kbp_enter();
     uint64_t t0 = kbp_now_ns();
     if (kbp_tcp_on) kbp_tcp_pump_idle(); /* what came first: ACKs open the window */
