@@ -158,3 +158,26 @@ def test_the_exit_waits_for_a_stalled_peer_at_most_the_linger_limit(hosts, sende
         assert verdict == f"got {size} {sha} fin", f"{verdict}\n{out[-3000:]}"
         assert "closed connection(s) to deliver their bytes and FIN" in out, out[-3000:]  # --log says so
         assert took >= 4.5, took
+
+
+@pytest.mark.parametrize("user", [(), NO_NET_ADMIN], ids=["root", "no-net-admin"])
+def test_socat_sending_a_file_to_a_slow_reader_delivers_all_of_it(hosts, tmp_path, user):
+    """`socat -u - TCP:PEER:PORT < file` (as `nc -q0`): at the file's end socat shuts the connection down, closes it
+    and exits while much is still unsent (the peer reads slowly); the peer gets every byte and the FIN."""
+    a, b = hosts
+    size, port = 4 << 20, 8970 + bool(user)
+    data = os.urandom(size)
+    (tmp_path / "data").write_bytes(data)
+    peer = subprocess.Popen(in_ns(a, sys.executable, "-c", PEER, "listen", a.ipv4, str(port), "slow"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert peer.stdout.readline().strip() == "ready"
+        with open(tmp_path / "data", "rb") as f:
+            out = run_app(b, *user, "socat", "-u", "-", f"TCP:{a.ipv4}:{port}", stdin=f).communicate(timeout=90)[0]
+        verdict = peer.communicate(timeout=60)[0].strip()
+    finally:
+        if peer.poll() is None:
+            peer.kill()
+            peer.wait()
+    assert "connecting) accelerated on" in out, out[-3000:]
+    assert verdict == f"got {size} {hashlib.sha256(data).hexdigest()} fin", f"{verdict}\n{out[-3000:]}"
