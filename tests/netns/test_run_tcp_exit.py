@@ -64,7 +64,7 @@ def sender():
     d = tempfile.mkdtemp(prefix="kbp-exit-")
     os.chmod(d, 0o755)
     exe = os.path.join(d, "tcp_exit_sender")
-    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", exe, PROG], check=True)
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-pthread", "-o", exe, PROG], check=True)
     yield exe
     shutil.rmtree(d)
 
@@ -126,6 +126,8 @@ CASES = [
     ("connect", "exit", False, NO_NET_ADMIN),
     ("accept", "exit", True, NO_NET_ADMIN),
     ("connect", "shutdown", True, NO_NET_ADMIN),
+    ("connect", "reader", True, ()),  # exit() while another thread of the app waits in recv on the connection
+    ("connect", "reader", True, NO_NET_ADMIN),
 ]
 
 

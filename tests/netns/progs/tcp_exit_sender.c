@@ -1,15 +1,23 @@
-/* tcp_exit_sender.c connect|accept IP PORT close|shutdown|exit|closed: a connection (to IP:PORT, or the first one
+/* tcp_exit_sender.c connect|accept IP PORT close|shutdown|exit|closed|reader: a connection (to IP:PORT, or the first one
  * accepted on it: "ready" said once listening), stdin to EOF written to it (nc -q0 PEER PORT < file, a
  * server's response), then the end the mode names, and exit() at once: close then exit, shutdown(SHUT_WR) then
- * exit (nc -q0), or exit with the connection still open; closed: close, 0.2 s, exit (nothing left to send).
+ * exit (nc -q0), or exit with the connection still open; closed: close, 0.2 s, exit (nothing left to send);
+ * reader: exit with the connection open while another thread of the app is blocked in recv on it.
  * Says "wrote N" before the end and "exiting T" last (T: CLOCK_MONOTONIC in ns, for the exit's duration). */
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+static void *reader(void *arg) {
+    char b[16];
+    recv(*(int *)arg, b, sizeof(b), 0); /* the peer sends nothing: blocked until the exit */
+    return NULL;
+}
 
 int main(int argc, char **argv) {
     if (argc != 5) return 2;
@@ -29,6 +37,8 @@ int main(int argc, char **argv) {
         perror("connect");
         return 1;
     }
+    pthread_t th;
+    if (!strcmp(argv[4], "reader")) pthread_create(&th, NULL, reader, &s);
     static char buf[1 << 16];
     long total = 0;
     ssize_t n;
