@@ -96,10 +96,10 @@ static long linger(uint64_t start, uint64_t limit_ns, long *first) {
         uint64_t rest_ms = (limit_ns - (now - start) + 999999) / 1000000;
         kbp_iface_flush();
         kbp_sleep_begin();
-        pthread_mutex_unlock(&kbp_lock);
+        kbp_leave(); /* the app's signal handlers run meanwhile, not after the wait */
         kbp_real.poll(p, (unsigned long)n, kbp_tcp_cap_ms(rest_ms < 100 ? (int)rest_ms : 100));
         kbp_sleep_end();
-        pthread_mutex_lock(&kbp_lock);
+        kbp_enter();
         if (cp >= 0 && cp == kbp_cp_fd() && p[n - 1].revents) kbp_cp_lost(); /* they are reset: nothing to wait for */
         kbp_tcp_pump_idle();
         kbp_tcp_timers(kbp_now_ns());
