@@ -9,8 +9,8 @@
  *   closed    every other open connection is closed as the exit would (FIN after the data; RST with unread data
  *             or SO_LINGER {1, 0}), and while connections closed by the app (now or before: a zombie, an accepted
  *             one) still owe their peer bytes or the FIN, the exit pumps the rings until they are done (all
- *             acknowledged, or reset), KBYPASS_EXIT_LINGER_S at most (default 60, tcp_fin_timeout's; 0: no wait),
- *             then resets what is left, said on stderr. --log says what it waited for and how long (from 0.1 s).
+ *             acknowledged, or reset), KBYPASS_EXIT_LINGER_S at most (default 60, tcp_fin_timeout's; 0: no wait,
+ *             they die with the process as before), then resets what is left, said on stderr. --log says what it waited for and how long (from 0.1 s).
  *             A connection another app thread waits on (blocked in recv) is closed by that thread when it wakes
  *             (its reference holds the record): the exit waits for that close too.
  *
@@ -115,14 +115,14 @@ void kbp_tcp_exit(void) {
     if (kbp_tcp_on) hand_or_close();     /* each handed one says so with --log (kbp_tcprepair.c) */
     kbp_iface_flush();
     double limit = linger_s();
-    long first = 0, left = kbp_tcp_on ? linger(t0, (uint64_t)(limit * 1e9), &first) : 0;
+    long first = 0, left = kbp_tcp_on && limit > 0 ? linger(t0, (uint64_t)(limit * 1e9), &first) : 0; /* 0: as before */
     double took = (double)(kbp_now_ns() - t0) / 1e9;
     if (left) {
         kbp_py_call("exit_pending", NULL, 0, "(id)", 1, (double)kbp_now_ns() / 1e9);
         kbp_iface_flush();
         kbp_say("exit: %ld closed connection(s) still had bytes or the FIN unacknowledged after %g s "
                 "(KBYPASS_EXIT_LINGER_S): reset", left, limit);
-    } else if (took >= 0.1) { /* a FIN's ACK is a round trip: not worth a line */
+    } else if (took >= 0.1 && first > 0) { /* a FIN's ACK is a round trip: not worth a line */
         kbp_verbose("exit: waited %.3f s for %ld closed connection(s) to deliver their bytes and FIN "
                     "(KBYPASS_EXIT_LINGER_S=%g at most)", took, first, limit);
     }

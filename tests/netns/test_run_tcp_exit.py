@@ -144,15 +144,20 @@ def test_what_an_exiting_app_wrote_reaches_the_peer_then_its_fin(hosts, sender, 
     assert verdict == f"got {size} {sha} fin", f"{verdict}\n{out[-3000:]}"
 
 
-@pytest.mark.parametrize("limit", ["", "1"], ids=["default", "1s"])
+@pytest.mark.parametrize("limit", ["", "1", "0"], ids=["default", "1s", "0s"])
 def test_the_exit_waits_for_a_stalled_peer_at_most_the_linger_limit(hosts, sender, tmp_path, limit):
     """The peer reads nothing for 5 s (its window closes with the app's bytes unsent) while the app closes and
     exits: by default the exit waits until the peer took everything and the FIN; with KBYPASS_EXIT_LINGER_S=1
-    it waits 1 s, says so on stderr and resets the connection (the peer sees the reset, not a hang)."""
+    it waits 1 s, says so on stderr and resets the connection (the peer sees the reset, not a hang); 0 waits
+    for nothing and says nothing (the connection dies with the process)."""
     size = 512 << 10
-    verdict, out, took, sha = _exchange(hosts, sender, tmp_path, 8960 + bool(limit), "connect", "close", size,
-                                        "stall", env={"KBYPASS_EXIT_LINGER_S": limit} if limit else None)
-    if limit:
+    verdict, out, took, sha = _exchange(hosts, sender, tmp_path, 8960 + ["", "1", "0"].index(limit), "connect",
+                                        "close", size, "stall",
+                                        env={"KBYPASS_EXIT_LINGER_S": limit} if limit else None)
+    if limit == "0":
+        assert verdict != f"got {size} {sha} fin" and "KBYPASS_EXIT_LINGER_S" not in out, f"{verdict}\n{out}"
+        assert took < 3, took
+    elif limit:
         assert verdict.endswith(" reset"), f"{verdict}\n{out[-3000:]}"
         assert "after 1 s (KBYPASS_EXIT_LINGER_S): reset" in out, out[-3000:]
         assert 1 <= took < 4.5, took
