@@ -10,9 +10,10 @@
  *             or SO_LINGER {1, 0}), and while connections closed by the app (now or before: a zombie, an accepted
  *             one) still owe their peer bytes or the FIN, the exit pumps the rings until they are done (all
  *             acknowledged, or reset), KBYPASS_EXIT_LINGER_S at most (default 60, tcp_fin_timeout's; 0: no wait,
- *             they die with the process as before), then resets what is left, said on stderr. --log says what it waited for and how long (from 0.1 s).
- *             A connection another app thread waits on (blocked in recv) is closed by that thread when it wakes
- *             (its reference holds the record): the exit waits for that close too.
+ *             they die with the process as before), then resets what is left, said on stderr. --log says what it
+ *             waited for and how long (from 0.1 s).
+ *             A connection an app thread waits on (blocked in recv; maybe the exiting thread itself, exit()
+ *             from a signal handler) is closed the same way.
  *
  * The control plane keeps the rules meanwhile: they go when its connection to the process closes, with the
  * process. The wait lets go of kbp_lock (and the GIL, taken per call) while it sleeps on the rings, as
@@ -34,19 +35,6 @@ static int open_conn(const struct kbp_sock *s) {
     return s && s->tcp && s->accel && s->sid && !s->zombie && s->tcp_role != KBP_TCP_LISTENER;
 }
 
-/* Connections closed here that an app thread still waits on (a recv in kbp_tcp_wait holds a reference): their
- * close (FIN) is that thread's, when it wakes (a frame, or its 1 s poll), so the exit waits for that too. */
-#define WAITED_MAX 64
-static struct kbp_sock *waited[WAITED_MAX];
-static uint32_t waited_sid[WAITED_MAX];
-static int nwaited;
-
-static int still_waited(void) {
-    for (int i = 0; i < nwaited; i++)
-        if (waited[i]->sid == waited_sid[i] && waited[i]->accel && !waited[i]->zombie && waited[i]->refs > 0) return 1;
-    return 0;
-}
-
 /* Each open connection to the kernel's TCP where it can be (until one fails for want of CAP_NET_ADMIN), else
  * closed as the exit would (the app's fd stays, an unconnected kernel socket). */
 static void hand_or_close(void) {
@@ -56,7 +44,6 @@ static void hand_or_close(void) {
         if (!open_conn(s)) continue;
         if (can_hand && kbp_tcp_handoff(s) == 0) continue;
         if (errno == EPERM) can_hand = 0;
-        uint32_t sid = s->sid;
         for (int i = fd; i < KBP_MAX_FD; i++) { /* every fd of it: the last one lets it go (kbp_tcp_release) */
             if (kbp_fds[i] != s) continue;
             kbp_fds[i] = NULL;
@@ -64,7 +51,10 @@ static void hand_or_close(void) {
             s->fd = i;
             if (--s->refs == 0) kbp_release(s);
         }
-        if (s->refs > 0 && nwaited < WAITED_MAX) waited_sid[nwaited] = sid, waited[nwaited++] = s;
+        /* an app thread waits on it (blocked in recv: its reference holds the record), maybe this very one (exit()
+         * from a signal handler that interrupted that recv): closed now all the same; the waiter, if it ever
+         * wakes, lets the record go (kbp_tcp_release knows it closed) */
+        if (s->refs > 0) kbp_tcp_release(s);
     }
 }
 
@@ -84,10 +74,9 @@ static double linger_s(void) {
 static long linger(uint64_t start, uint64_t limit_ns, long *first) {
     long left;
     *first = -1;
-    while (((left = kbp_py_call("exit_pending", NULL, 0, "(id)", 0, (double)kbp_now_ns() / 1e9)) > 0 ||
-            still_waited()) && kbp_tcp_on) {
+    while ((left = kbp_py_call("exit_pending", NULL, 0, "(id)", 0, (double)kbp_now_ns() / 1e9)) > 0 && kbp_tcp_on) {
         uint64_t now = kbp_now_ns();
-        if (*first < 0) *first = left ? left : 1;
+        if (*first < 0) *first = left;
         if (now - start >= limit_ns) break;
         struct pollfd p[KBP_MAX_QUEUES + 1];
         int fds[KBP_MAX_QUEUES], n = kbp_tcp_ring_fds(fds, KBP_MAX_QUEUES), cp = kbp_cp_fd();
@@ -104,7 +93,7 @@ static long linger(uint64_t start, uint64_t limit_ns, long *first) {
         kbp_tcp_pump_idle();
         kbp_tcp_timers(kbp_now_ns());
     }
-    return kbp_tcp_on ? (left > 0 ? left : 0) + still_waited() : 0;
+    return left > 0 && kbp_tcp_on ? left : 0;
 }
 
 void kbp_tcp_exit(void) {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,9 +90,13 @@ def _exchange(hosts, sender, tmp_path, port: int, role: str, end: str, size: int
             t0 = time.monotonic()
             app = run_app(b, *user, sender, role, b.ipv4 if role == "accept" else a.ipv4, port, end, stdin=f,
                           env={**os.environ, **(env or {})})
-        head = ""
-        while role == "accept" and (line := app.stdout.readline()) and line.strip() != "ready":
+        head, until = "", "ready" if role == "accept" else "wrote" if end == "handler" else None
+        while until and (line := app.stdout.readline()) and not line.startswith(until):
             head += line  # the peer connects once the app listens (and its rule steers the port)
+        if end == "handler":  # it waits in recv now: SIGTERM, whose handler exits
+            head += line
+            time.sleep(0.2)
+            app.send_signal(signal.SIGTERM)
         if role == "accept":
             peer = subprocess.Popen(in_ns(a, sys.executable, "-c", PEER, *peer_argv, pace),
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -128,6 +133,7 @@ CASES = [
     ("connect", "shutdown", True, NO_NET_ADMIN),
     ("connect", "reader", True, ()),  # exit() while another thread of the app waits in recv on the connection
     ("connect", "reader", True, NO_NET_ADMIN),
+    ("connect", "handler", True, NO_NET_ADMIN),  # exit() from a SIGTERM handler that interrupted recv on it
 ]
 
 

@@ -1,17 +1,21 @@
-/* tcp_exit_sender.c connect|accept IP PORT close|shutdown|exit|closed|reader: a connection (to IP:PORT, or the first one
+/* tcp_exit_sender.c connect|accept IP PORT close|shutdown|exit|closed|reader|handler: a connection (to IP:PORT, or the first one
  * accepted on it: "ready" said once listening), stdin to EOF written to it (nc -q0 PEER PORT < file, a
  * server's response), then the end the mode names, and exit() at once: close then exit, shutdown(SHUT_WR) then
  * exit (nc -q0), or exit with the connection still open; closed: close, 0.2 s, exit (nothing left to send);
- * reader: exit with the connection open while another thread of the app is blocked in recv on it.
+ * reader: exit with the connection open while another thread of the app is blocked in recv on it; handler: recv
+ * on it until SIGTERM, whose handler calls exit() (a server's shutdown on `kill`).
  * Says "wrote N" before the end and "exiting T" last (T: CLOCK_MONOTONIC in ns, for the exit's duration). */
 #include <arpa/inet.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+static void bye(int sig) { exit(sig == SIGTERM ? 0 : 1); }
 
 static void *reader(void *arg) {
     char b[16];
@@ -52,6 +56,10 @@ int main(int argc, char **argv) {
             off += w, total += w;
         }
     printf("wrote %ld\n", total);
+    if (!strcmp(argv[4], "handler")) {
+        signal(SIGTERM, bye);
+        recv(s, buf, sizeof(buf), 0); /* the peer sends nothing: until SIGTERM */
+    }
     if (!strcmp(argv[4], "close") || !strcmp(argv[4], "closed")) close(s);
     else if (!strcmp(argv[4], "shutdown")) shutdown(s, SHUT_WR);
     if (!strcmp(argv[4], "closed")) usleep(200000);
