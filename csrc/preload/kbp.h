@@ -381,6 +381,7 @@ void kbp_tcp_cp_lost(void);              /* the control plane is gone: connectio
 int kbp_tcp_handoff(struct kbp_sock *s); /* 0: s is freed, its fds are the kernel socket; -1 errno: unchanged */
 int kbp_tcp_handoff_all(void);           /* every accelerated connection: how many stay ours */
 int kbp_tcp_before_exec(const int *also, int n_also, int going_on); /* those a new image inherits (kbp_tcprepair.c) */
+void kbp_tcp_exit(void); /* kbp_tcpexit.c: the app's exit: connections handed, or finished before it goes */
 
 /* kbp_tcpwake.c: a listener's connections completed here but not accepted when it went back to the kernel */
 int kbp_tcp_pend(struct kbp_sock *ls, int fd); /* fd kept for ls's accept (0), or -1 */

@@ -59,8 +59,10 @@ __attribute__((constructor)) static void kbp_init(void) {
     kbp_fork_register();
 }
 
-/* exit: deferred frames go before the rings do (an _exit() skips this; its last lone send kicked anyway) */
+/* exit: TCP connections handed to the kernel or finished (kbp_tcpexit.c), deferred frames go before the rings do
+ * (an _exit() skips this; its last lone send kicked anyway) */
 __attribute__((destructor)) static void kbp_fini(void) {
+    kbp_tcp_exit();
     if (!kbp_tx_pending || pthread_mutex_trylock(&kbp_lock)) return; /* a thread holds the lock: the flusher may */
     kbp_iface_flush();
     pthread_mutex_unlock(&kbp_lock);

@@ -617,7 +617,7 @@ int kbp_tcp_port_finishing(in_port_t port, const struct sockaddr_in *peer) {
 /* The app's last fd of s is closed: 1 keep s (an active open whose connection still finishes holds the
  * port and the rule until GONE), 0 the caller frees it. Under kbp_lock. */
 int kbp_tcp_release(struct kbp_sock *s) {
-    if (!s->sid) return 0;
+    if (!s->sid || s->zombie) return s->zombie; /* closed already (at the exit, while a thread waited: kbp_tcpexit.c) */
     struct linger lg = {0, 0};
     socklen_t ll = sizeof(lg);
     int rst = s->tcp_role != KBP_TCP_LISTENER && kbp_real.getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, &ll) == 0 &&
@@ -675,5 +675,6 @@ static void let_go(struct kbp_sock *s) {
     kbp_real.close(s->fd);
     if (s->slot) s->slot->used = 0;
     sid_drop(s);
-    kbp_sock_free(s);
+    s->accel = 0;
+    if (s->refs <= 0) kbp_sock_free(s); /* else a thread waiting on it frees it as it wakes (kbp_tcpexit.c) */
 }

@@ -23,8 +23,11 @@ def nothing_started(monkeypatch):
     (["run", "--json", "--", "true"], "--json goes with --status"),
     (["run", "--status", "--", "true"], "give it no program"),
     (["run", "--iface", "nope-kb0", "--", "true"], "no interface 'nope-kb0'"),
+    (["run", "--", "true"], "KBYPASS_EXIT_LINGER_S='-1' is not a number of seconds >= 0"),
 ])
-def test_bad_lines_are_one_line_and_exit_2(argv, words, nothing_started, capsys):
+def test_bad_lines_are_one_line_and_exit_2(argv, words, nothing_started, capsys, monkeypatch):
+    if "LINGER" in words:
+        monkeypatch.setenv("KBYPASS_EXIT_LINGER_S", "-1")
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("kbypass: error:") and words in err[0], err

@@ -291,6 +291,33 @@ def test_a_closed_connection_whose_peer_never_closes_is_gone_after_fin_timeout()
     assert not p.srv.conns and ("srv", 2) in p.gone
 
 
+def test_exit_pending_counts_closed_connections_that_still_owe_their_peer_and_gives_up_with_a_reset():
+    """The shim's exit (kbp_tcpexit.c) waits while a connection the app closed has bytes or its FIN not yet
+    acknowledged; an open one is not counted (the exit closes or hands it first); give_up resets those left."""
+    for give_up in (0, 1):
+        p = Pair()
+        p.established()
+        p.drop_to_cli = True  # the peer hears nothing for now: the bytes and the FIN stay unacknowledged
+        assert p.srv_call("exit_pending", 0) == 0  # open: not the exit's to wait for
+        assert p.srv_call("send", 2, b"z" * 5000) == 5000
+        p.srv_call("close", 2)
+        assert p.srv_call("exit_pending", 0) == 1
+        p.drop_to_cli = False
+        if give_up:
+            assert p.srv_call("exit_pending", 1) == 1  # those it gave up on: reset now
+            assert p.masks[("cli", 7)] & POLLERR and p.cli_call("recv", 7, 100, 0) == -errno.ECONNRESET
+        else:
+            for _ in range(30):  # retransmitted: the peer takes the bytes and the FIN
+                if not p.srv_call("exit_pending", 0):
+                    break
+                p.tick(1.0)
+            got = b""
+            while b := p.cli_call("recv", 7, 1 << 20, 0):
+                got += b
+            assert got == b"z" * 5000
+        assert p.srv_call("exit_pending", 0) == 0
+
+
 def test_a_closed_listeners_sid_is_gone_when_its_ports_last_connection_is_done():
     """close of a listener whose accepted connection lives answers 1 (its port is still used); GONE for the
     listener's sid comes when that connection is done, the shim's cue to remove the port's rule."""

@@ -39,6 +39,17 @@ _STATE_BITS = {st: (i + 1) << STATE_SHIFT for i, st in enumerate(tcp.State)}
 TALLY = ("rx_segments", "rx_predicted", "tx_segments", "retransmits", "connections", "rx_no_socket")
 
 
+# a closed connection in these states still owes the peer bytes or its FIN (not yet acknowledged)
+_OWING = frozenset((tcp.State.ESTABLISHED, tcp.State.CLOSE_WAIT, tcp.State.FIN_WAIT_1, tcp.State.CLOSING,
+                    tcp.State.LAST_ACK))
+
+
+def unfinished(conns) -> list[_Conn]:
+    """The connections the app closed whose bytes or FIN the peer has not acknowledged yet: the shim's exit
+    waits for them (csrc/preload/kbp_tcpexit.c, ShimTcp.exit_pending)."""
+    return [c for c in conns if c.app_closed and not c.dead and c.conn.state in _OWING]
+
+
 def _pkey(key: tuple[bytes, int, int]) -> int:
     """A connection's key in the prediction table (kbypass._fasttcp.rx builds the same from a frame)."""
     return (int.from_bytes(key[0], "big") << 32) | (key[1] << 16) | key[2]

@@ -11,7 +11,7 @@ The shim embeds CPython (kbp_py.c) and drives one ShimTcp per process; no socket
     out = host.recv(sid, n, peek, now)                 # result: bytes (b"": end of stream) or -errno
     out = host.send(sid, data, now)                    # result: bytes taken or -errno
     out = host.shutdown(sid, how, now); host.close(sid, now); host.abort(sid, now)  # close, SO_LINGER 0
-    out = host.timer(now); host.so_error(sid, now); host.unread(sid, now)
+    out = host.timer(now); host.so_error(sid, now); host.unread(sid, now); host.exit_pending(give_up, now)
     out = host.keepalive(sid, on, idle, interval, count, now)  # SO_KEEPALIVE and its TCP_KEEP* values
 
 Every call returns (result, packets, changes, deadline): `packets` the IPv4 packets to transmit (the shim
@@ -73,6 +73,7 @@ from .shimconn import (  # noqa: F401
     _Listener,
     _pkey,
     _rearm,
+    unfinished,
 )
 
 _CLOSED, _TIME_WAIT, _ESTABLISHED = tcp.State.CLOSED, tcp.State.TIME_WAIT, tcp.State.ESTABLISHED
@@ -653,6 +654,15 @@ class ShimTcp:
             self._handed = {k: t for k, t in self._handed.items() if now - t < 10.0}
         self._handed[c.key] = now
         return self._out(0, now)
+
+    def exit_pending(self, give_up: int, now: float):
+        """How many closed connections still owe their peer bytes or a FIN (the shim's exit waits); give_up:
+        those are reset (the exit waited KBYPASS_EXIT_LINGER_S)."""
+        left = unfinished(self.conns.values())
+        for c in left if give_up else ():
+            c.conn.abort()
+            self._flush(c, now)
+        return self._out(len(left), now)
 
     def port_peers(self, port: int, now: float):
         """The peers (4-byte address, 2-byte port, network order) of `port`'s connections still ours, for a

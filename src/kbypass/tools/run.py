@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import re
 import shutil
 import socket
 import stat
@@ -62,6 +63,10 @@ def run(args) -> int:
         raise UsageError("name the program to run: kbypass run -- APP ARGS...")
     if args.json:
         raise UsageError("--json goes with --status")
+    linger = os.environ.get("KBYPASS_EXIT_LINGER_S", "")  # read by the shim at the app's exit (kbp_tcpexit.c)
+    if linger and not re.fullmatch(r"\d+(\.\d*)?|\.\d+", linger):
+        raise UsageError(f"KBYPASS_EXIT_LINGER_S={linger!r} is not a number of seconds >= 0 (how long the app's "
+                         "exit waits for its closed TCP connections; 0: not at all)")
     exe = shutil.which(app[0])
     if exe is None:
         raise UsageError(f"no program {app[0]!r} on PATH")
