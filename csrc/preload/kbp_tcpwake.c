@@ -131,7 +131,7 @@ void kbp_tcp_pend_drop(struct kbp_sock *ls, int reset) {
     ls->pend = NULL;
 }
 
-#define PEERS_MAX 256 /* shimtcp.PEERS_MAX */
+#define PEERS_MAX 256 /* shimquery.PEERS_MAX */
 
 void kbp_tcp_flow_rules_gone(struct kbp_sock *z) {
     for (int i = 0; i < z->n_flow_rules; i++) kbp_tcp_rule_gone(z->ifc->name, &z->flow_rules[i]);

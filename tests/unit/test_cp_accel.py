@@ -457,9 +457,9 @@ def test_a_tcp_slot_reads_as_bytes_peer_state_and_the_hosts_counters():
     """TCP slots (kbp.h struct kbp_slot's TCP half): bytes, the peer, the state code shimtcp puts in its changes
     (1 + the index in tcp.State), a listener's accepted count; the header's host counters (ShimTcp.tally)."""
     from kbypass.proto import tcp
-    from kbypass.sockapi import shimtcp
+    from kbypass.sockapi import shimconn, shimtcp
 
-    assert shimtcp.TALLY == shimpage.TCP_COUNTERS
+    assert shimconn.TALLY == shimpage.TCP_COUNTERS
     fd = _page()
     try:
         with mmap.mmap(fd, shimpage.PAGE_BYTES) as m:

@@ -709,7 +709,7 @@ def test_c_queue_keeps_the_stream_whatever_the_order_long(seed):
 def test_changes_carry_the_state_and_tally_packs_the_counters():
     """--status's data: each connection's change carries its state (bits 16-19: 1 + its index in tcp.State, the
     shim copies it to the socket's page slot); tally() packs the host's counters for the page's header."""
-    from kbypass.sockapi.shimtcp import STATE_SHIFT, TALLY
+    from kbypass.sockapi.shimconn import STATE_SHIFT, TALLY
 
     def state(c):
         return list(tcp.State)[(c.mask >> STATE_SHIFT & 0xF) - 1]

@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import socket
-import struct
 from array import array
 
 from kbypass import backend
@@ -47,7 +46,6 @@ from kbypass.proto import ipv4, tcp
 from kbypass.proto.tcp import fastpath
 from kbypass.proto.tcp.config import MAX_UNREAD
 from kbypass.proto.tcp.handoff import handoff_state
-from kbypass.proto.tcp.info import FIELDS, tcp_info
 from kbypass.proto.tcp.segment import IPPROTO_TCP
 
 # the sockets' records and the formats the host and the shim's C share; the poll bits, PYRX/PYTX, READ_REPORT and
@@ -68,16 +66,15 @@ from .shimconn import (  # noqa: F401
     PYTX,
     READ_REPORT,
     STATE_SHIFT,
-    TALLY,
     _Conn,
     _Listener,
     _pkey,
     _rearm,
     unfinished,
 )
+from .shimquery import ShimQueries
 
 _CLOSED, _TIME_WAIT, _ESTABLISHED = tcp.State.CLOSED, tcp.State.TIME_WAIT, tcp.State.ESTABLISHED
-PEERS_MAX = 256  # port_peers: the shim's buffer (kbp_tcpwake.c kbp_tcp_flows_only) holds this many
 NO_ETH = bytes(14)  # frame() builds Ethernet frames: the shim puts its own header in front of the packet
 ETH_IP = bytes(12) + b"\x08\x00"  # an Ethernet header in front of a packet for the fast path's rx
 
@@ -85,7 +82,7 @@ _ERRNO = {tcp.REFUSED: errno.ECONNREFUSED, tcp.PEER_RESET: errno.ECONNRESET, tcp
           tcp.KEEPALIVE: errno.ETIMEDOUT}
 
 
-class ShimTcp:
+class ShimTcp(ShimQueries):
     """The process's TCP (see the module doc). Not thread-safe: the shim calls it under its lock."""
 
     def __init__(self, mss: int = 1460, quick: bool = True, **config) -> None:
@@ -664,16 +661,6 @@ class ShimTcp:
             self._flush(c, now)
         return self._out(len(left), now)
 
-    def port_peers(self, port: int, now: float):
-        """The peers (4-byte address, 2-byte port, network order) of `port`'s connections still ours, for a
-        released listener's shim to steer each by its 4-tuple instead of the whole port (the kernel's listener
-        then gets the port's new SYNs, the handed connections their segments); -E2BIG past PEERS_MAX."""
-        peers = [k[0] + k[1].to_bytes(2, "big") for k in self.conns if k[2] == port]
-        return self._out(b"".join(peers) if len(peers) <= PEERS_MAX else -errno.E2BIG, now)
-
-    def port_users(self, port: int) -> int:
-        return sum(1 for k in self.conns if k[2] == port) + (port in self.listeners)
-
     def so_error(self, sid: int, now: float):
         c = self._conn(sid)
         err = 0
@@ -681,25 +668,3 @@ class ShimTcp:
             self._touched.add(c)
             err, c.error = c.error, 0
         return self._out(err, now)
-
-    def unread(self, sid: int, now: float):
-        """FIONREAD: bytes waiting for the application."""
-        c = self._conn(sid)
-        if c is None:
-            return self._out(0, now)
-        return self._out(c.rx_len, now)
-
-    def tcp_info(self, sid: int, now: float):
-        """getsockopt(TCP_INFO): struct tcp_info's values, u64 each in tcp.info.FIELDS' order (b"": not ours)."""
-        c = self._conn(sid)
-        info = tcp_info(c.conn, now) if c is not None else None
-        return self._out(struct.pack(f"<{len(FIELDS)}Q", *(info[k] for k in FIELDS)) if info else b"", now)
-
-    def tally(self, now: float):
-        """The counters of TALLY, packed (u64 each) for the shim's status page (it asks a few times a second)."""
-        counts = {**self.counters, "connections": len(self.conns),
-                  "retransmits": self._retransmits_gone + sum(c.conn.stats.retransmits for c in self.conns.values())}
-        return self._out(struct.pack(f"<{len(TALLY)}Q", *(counts[k] for k in TALLY)), now)
-
-    def stats(self) -> dict:
-        return {**self.counters, "connections": len(self.conns), "listeners": len(self.listeners)}
