@@ -3,10 +3,14 @@
  * At a fork the parent's accelerated listeners go back to the kernel (kbp_tcp_before_fork): rings cannot be
  * shared by two processes, and the parent may never accept again (nginx's master). The child's copy is the same
  * kernel listener. The child adopts it, as a process of its own (its own control-plane connection, rings,
- * ShimTcp, flusher), when it accepts from it or waits on it: accept/accept4, poll/select naming it, or its
- * epoll_ctl ADD/MOD (nginx adds its listeners to each worker's epoll set, with EPOLLEXCLUSIVE when it runs more
- * than one worker: the flag goes to the kernel with the placeholder as the app asked, and the shim reports the
- * listener's news itself, once per set).
+ * ShimTcp, flusher), when it waits on it: poll/select naming it, or its epoll_ctl ADD/MOD (nginx adds its
+ * listeners to each worker's epoll set, with EPOLLEXCLUSIVE when it runs more than one worker: the flag goes to
+ * the kernel with the placeholder as the app asked, and the shim reports the listener's news itself, once per
+ * set). Never from accept/accept4, blocking or not: a server whose children each block in accept() (a blocking
+ * prefork server) has the kernel spread its connections over the children, N at once; the one child that adopted
+ * would take the port, its siblings' accept would never see a SYN again, and N requests would be served one
+ * after another by one child. An event-driven server waits before it accepts (and so adopts there); a
+ * non-blocking accept without a wait before it (a spinning loop) is rare, and left on the kernel with the rest.
  *
  * Who adopts: a listener that was ours here or in a parent (heir) may be adopted by a process that is a fork's
  * child and has not forked since (adopt). A process that forks never adopts again, so a fork-per-connection
