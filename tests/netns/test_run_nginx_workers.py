@@ -272,3 +272,27 @@ def test_a_reload_while_the_old_worker_still_serves_leaves_the_port_to_the_new_o
     assert out.split() == ["HTTP/1.1", "200", "OK", hashlib.sha256(small).hexdigest()], out + log
     assert after.returncode == 0 and after.stdout.split() == ["200"] * 3, after.stderr + log
     assert new["pid"] != old["pid"]
+
+
+def test_a_reload_with_a_large_response_in_flight_finishes_it_intact(hosts, site):  # noqa: F811
+    """nginx -s reload while the old worker sends 10 MB to a slow client (curl --limit-rate 2M, so ~5 s): the
+    old worker finishes the response before it exits (its connection on the rings, or handed to the kernel's TCP
+    at its exit: csrc/preload/kbp_tcpexit.c), every byte arrives (SHA-256), and the new worker adopts."""
+    a, b = hosts
+    d, digest = site
+    srv, master = start_nginx(b, d, 8418)
+    try:
+        old = adopter(b, 8418, master, d)
+        c = subprocess.Popen(in_ns(a, "curl", "-fsS", "--limit-rate", "2M", "--max-time", "60", "-o",
+                                   str(d / "got"), f"http://{b.ipv4}:8418/big.bin"), stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        os.kill(master, signal.SIGHUP)  # nginx -s reload
+        _, err = c.communicate(timeout=90)
+        new = adopter(b, 8418, master, d, not_pid=old["pid"])
+        after = fetch(a, b.ipv4, 8418, d, "after")
+    finally:
+        log = stop(srv)
+    assert c.returncode == 0, err + log
+    assert sha(d / "got") == digest
+    assert after.returncode == 0 and sha(d / "after0") == digest, after.stderr + log
+    assert new["pid"] != old["pid"]
