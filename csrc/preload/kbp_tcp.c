@@ -271,6 +271,7 @@ static void take_slot(struct kbp_sock *s) {
  * so a run that accelerates nothing does not look like one that does */
 static void stays(const char *who, const char *why) {
     static int said;
+    if (kbp_tcp_quiet) return kbp_cp_refused(why); /* kbp_tcpadopt.c's look: it says why itself */
     if (kbp_log) kbp_verbose("%s not accelerated: %s", who, why);
     else if (!said++) kbp_say("%s stays on the kernel: %s (said once; --log says each)", who, why);
 }
