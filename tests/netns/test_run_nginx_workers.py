@@ -153,26 +153,22 @@ def test_two_workers_one_adopts_the_other_waits_on_the_kernel_and_every_request_
     assert len(refused) == 1, refused  # the control plane's log: the repeats are at debug
 
 
-def test_an_unprivileged_nginx_worker_proves_its_inherited_listener_and_adopts_it(hosts):
-    """uid 65534 (no CAP_NET_ADMIN): the control plane takes the worker's inherited listener as the proof of its
-    port (a kernel listener of the same uid, SO_REUSEADDR as nginx sets it, listening)."""
-    skip_unless_nobody_runs_kbypass()  # the shim's embedded Python is this checkout's, loaded as uid 65534
-    lib = os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME"))
-    if subprocess.run([*test_run.UNPRIVILEGED, "test", "-r", lib]).returncode:
-        pytest.skip(f"uid 65534 cannot read {lib}: its TCP would stay on the kernel (the shim's Python)")
+def served_as_nobody(hosts, port: int, **start) -> str:
+    """nginx whose worker runs as uid 65534 (start_nginx's user or workers_as) serves a 3 MB file from the rings:
+    the worker adopted, the kernel's TCP accepted nothing, every byte arrived. Its error.log."""
     a, b = hosts
-    d = pathlib.Path(tempfile.mkdtemp(prefix="kbp-pa-nginx-"))
+    d = pathlib.Path(tempfile.mkdtemp(prefix="kbp-pe-nginx-"))
     try:
         (d / "www").mkdir()
         body = os.urandom(3_000_000)
         (d / "www" / "big.bin").write_bytes(body)
         for p in (d, d / "www", d / "www" / "big.bin"):
             os.chmod(p, 0o777 if p.is_dir() else 0o644)
-        srv, master = start_nginx(b, d, 8415, user=test_run.UNPRIVILEGED)
+        srv, master = start_nginx(b, d, port, **start)
         try:
-            lst = adopter(b, 8415, master, d)
+            lst = adopter(b, port, master, d)
             k0 = kernel_tcp(b)
-            r = fetch(a, b.ipv4, 8415, d, "got")
+            r = fetch(a, b.ipv4, port, d, "got")
             k1 = kernel_tcp(b)
             uid = subprocess.check_output(["stat", "-c", "%u", f"/proc/{lst['pid']}"], text=True).strip()
         finally:
@@ -180,8 +176,19 @@ def test_an_unprivileged_nginx_worker_proves_its_inherited_listener_and_adopts_i
         assert r.returncode == 0, r.stderr + log
         assert hashlib.sha256((d / "got0").read_bytes()).digest() == hashlib.sha256(body).digest()
         assert uid == "65534" and grew(k0, k1, "PassiveOpens") == 0, (uid, k0, k1)
+        return (d / "error.log").read_text()
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_an_unprivileged_nginx_worker_proves_its_inherited_listener_and_adopts_it(hosts):
+    """uid 65534 (no CAP_NET_ADMIN): the control plane takes the worker's inherited listener as the proof of its
+    port (a kernel listener of the same uid, SO_REUSEADDR as nginx sets it, listening)."""
+    skip_unless_nobody_runs_kbypass()  # the shim's embedded Python is this checkout's, loaded as uid 65534
+    lib = os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME"))
+    if subprocess.run([*test_run.UNPRIVILEGED, "test", "-r", lib]).returncode:
+        pytest.skip(f"uid 65534 cannot read {lib}: its TCP would stay on the kernel (the shim's Python)")
+    served_as_nobody(hosts, 8415, user=test_run.UNPRIVILEGED)
 
 
 class Loop(threading.Thread):
@@ -313,26 +320,5 @@ def test_a_root_master_with_workers_as_nobody_is_served_from_the_rings(hosts):
     the worker (uid 65534) proves its port with it. The control plane leaves the proof socket itself out of the
     port's other users' sockets (by inode), so the worker adopts; the refusal for good that was (another user's
     socket, uid 0) would say so once and stop looking."""
-    a, b = hosts
-    d = pathlib.Path(tempfile.mkdtemp(prefix="kbp-pe-nginx-"))
-    try:
-        (d / "www").mkdir()
-        body = os.urandom(3_000_000)
-        (d / "www" / "big.bin").write_bytes(body)
-        for p in (d, d / "www"):
-            os.chmod(p, 0o755)
-        srv, master = start_nginx(b, d, 8419, workers_as="nobody nogroup")
-        try:
-            lst = adopter(b, 8419, master, d)
-            k0 = kernel_tcp(b)
-            r = fetch(a, b.ipv4, 8419, d, "got")
-            k1 = kernel_tcp(b)
-            uid = subprocess.check_output(["stat", "-c", "%u", f"/proc/{lst['pid']}"], text=True).strip()
-        finally:
-            log = stop(srv)
-        assert r.returncode == 0, r.stderr + log
-        assert sha(d / "got0") == hashlib.sha256(body).hexdigest()
-        assert uid == "65534" and grew(k0, k1, "PassiveOpens") == 0, (uid, k0, k1)
-        assert "stays on the kernel" not in (d / "error.log").read_text()
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    err = served_as_nobody(hosts, 8419, workers_as="nobody nogroup")
+    assert "stays on the kernel" not in err, err
