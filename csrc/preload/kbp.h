@@ -249,6 +249,10 @@ uint64_t kbp_now_ns(void);
 int kbp_cp_fd(void);
 int kbp_cp_connect(void);
 int kbp_cp_call(const char *req, int fd_out, char *buf, size_t cap, int *fds_in, int max_fds, int *nfds);
+extern int kbp_cp_retry;           /* the last call's refusal may not be for good (its reply said "retry": true) */
+extern char kbp_cp_refusal[256];   /* the last call's refusal, "" when it was not refused */
+void kbp_cp_refused(const char *why); /* kbp_cp_refusal = why (cut to its size) */
+extern int kbp_tcp_quiet;          /* kbp_tcp_try says nothing of a refusal (an adopter's repeated look) */
 /* the `accelerate` request: with a TCP active open's peer its rule is that connection's 4-tuple, not the whole
  * port (its kernel socket is bound-only for life: it keeps the port to itself only while no option says
  * otherwise); peer NULL: the socket's port */

@@ -58,8 +58,18 @@ static int send_req(const char *req, int fd_out) {
     return r < 0 ? -1 : 0;
 }
 
+int kbp_cp_retry; /* the last refusal said "retry": true (the same request may succeed later) */
+char kbp_cp_refusal[256]; /* the last error (kbp_tcpadopt.c says it once) */
+
+void kbp_cp_refused(const char *why) {
+    size_t n = strnlen(why, sizeof(kbp_cp_refusal) - 1);
+    memcpy(kbp_cp_refusal, why, n);
+    kbp_cp_refusal[n] = 0;
+}
+
 int kbp_cp_call(const char *req, int fd_out, char *buf, size_t cap, int *fds_in, int max_fds, int *nfds) {
     if (nfds) *nfds = 0;
+    kbp_cp_retry = 0, kbp_cp_refusal[0] = 0;
     if (cp_state != 1) {
         snprintf(buf, cap, "no control plane");
         return -1;
@@ -99,6 +109,8 @@ int kbp_cp_call(const char *req, int fd_out, char *buf, size_t cap, int *fds_in,
     if (strncmp(buf, "{\"ok\":true", 10) != 0) {
         char err[512];
         if (kbp_json_str(buf, "error", err, sizeof(err)) < 0) snprintf(err, sizeof(err), "a malformed reply");
+        kbp_cp_retry = strstr(buf, "\"retry\":true") != NULL; /* protocol.error: only a retryable one has it */
+        kbp_cp_refused(err);
         for (int i = 0; i < got; i++) kbp_real.close(fds_in[i]);
         if (nfds) *nfds = 0;
         snprintf(buf, cap, "%s", err);

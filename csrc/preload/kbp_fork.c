@@ -17,7 +17,7 @@ void kbp_cp_forget(void);
  * page and the rings are shared with the parent: dropped here without writing to them. kbp_lock was held across
  * the fork by this thread (before_fork) and is made anew. The child is a process of its own for the control
  * plane: a new connection (and "hello", counters page, rings, ShimTcp, flusher) at its first socket worth
- * accelerating, and an inherited listener that was ours is adopted when it accepts or waits on it
+ * accelerating, and an inherited listener that was ours is adopted when it waits on it
  * (kbp_tcpadopt.c: nginx's worker). */
 static void child_after_fork(void) {
     pthread_mutexattr_t ma;

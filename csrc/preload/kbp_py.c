@@ -227,7 +227,13 @@ void kbp_py_after_fork(int child) {
     if (host) py.DecRef(host);
     host = NULL;
     state = 0;
-    py.GILState_Release(fork_gil);
+    /* Not GILState_Release: forked from a thread other than the one that started Python, fork_gil's thread state
+     * was made by before_fork's Ensure, and OS_AfterFork_Child made it the child's only one (the others are
+     * gone). Release would delete it, leaving the child with no thread state and the runtime's main one still
+     * marked bound: the next Ensure aborts ("init_threadstate: thread state already initialized"). The thread
+     * state stays, this thread's for good (the GIL is let go as after Py_Initialize); the parent's Release is
+     * the usual one (its other threads' states are there). */
+    py.Eval_SaveThread();
 }
 
 /* One call of the ShimTcp (under kbp_lock): its result an int (returned) or bytes (copied into buf, at most

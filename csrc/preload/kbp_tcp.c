@@ -271,6 +271,7 @@ static void take_slot(struct kbp_sock *s) {
  * so a run that accelerates nothing does not look like one that does */
 static void stays(const char *who, const char *why) {
     static int said;
+    if (kbp_tcp_quiet) return kbp_cp_refused(why); /* kbp_tcpadopt.c's look: it says why itself */
     if (kbp_log) kbp_verbose("%s not accelerated: %s", who, why);
     else if (!said++) kbp_say("%s stays on the kernel: %s (said once; --log says each)", who, why);
 }
@@ -575,7 +576,7 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
     struct kbp_sock *s = kbp_get(fd);
     int r;
     if (s && s->pend && (r = kbp_tcp_take_pend(s, addr, alen, flags)) >= 0) return r; /* kept (kbp_tcpwake.c) */
-    if (s && s->adopt) kbp_tcp_adopt_fd(fd); /* a fork's child accepting from an inherited listener */
+    /* no adoption here: an inherited listener is adopted when waited on (kbp_tcpadopt.c, prefork servers) */
     if (!s || !s->tcp || !s->accel || s->tcp_role != KBP_TCP_LISTENER) return kbp_real.accept4(fd, addr, alen, flags);
     kbp_flush_now();
     kbp_enter();

@@ -3,10 +3,14 @@
  * At a fork the parent's accelerated listeners go back to the kernel (kbp_tcp_before_fork): rings cannot be
  * shared by two processes, and the parent may never accept again (nginx's master). The child's copy is the same
  * kernel listener. The child adopts it, as a process of its own (its own control-plane connection, rings,
- * ShimTcp, flusher), when it accepts from it or waits on it: accept/accept4, poll/select naming it, or its
- * epoll_ctl ADD/MOD (nginx adds its listeners to each worker's epoll set, with EPOLLEXCLUSIVE when it runs more
- * than one worker: the flag goes to the kernel with the placeholder as the app asked, and the shim reports the
- * listener's news itself, once per set).
+ * ShimTcp, flusher), when it waits on it: poll/select naming it, or its epoll_ctl ADD/MOD (nginx adds its
+ * listeners to each worker's epoll set, with EPOLLEXCLUSIVE when it runs more than one worker: the flag goes to
+ * the kernel with the placeholder as the app asked, and the shim reports the listener's news itself, once per
+ * set). Never from accept/accept4, blocking or not: a server whose children each block in accept() (a blocking
+ * prefork server) has the kernel spread its connections over the children, N at once; the one child that adopted
+ * would take the port, its siblings' accept would never see a SYN again, and N requests would be served one
+ * after another by one child. An event-driven server waits before it accepts (and so adopts there); a
+ * non-blocking accept without a wait before it (a spinning loop) is rare, and left on the kernel with the rest.
  *
  * Who adopts: a listener that was ours here or in a parent (heir) may be adopted by a process that is a fork's
  * child and has not forked since (adopt). A process that forks never adopts again, so a fork-per-connection
@@ -22,6 +26,9 @@
  * looks adopts. The look is a request to the control plane and nothing is held across it: no worker waits on
  * another. An accept-mutex server (nginx's accept_mutex on, Apache's prefork) hands its accepts to whichever
  * worker holds the mutex, who may be one left on the kernel: its connections then wait for the adopter's turn.
+ * Only a refusal the control plane says may pass ("retry": true: another client's rule has the port, or live
+ * kernel connections use it) is looked at again; any other (the port shared with another user's socket, no
+ * rings) ends the looking, said once with the control plane's reason.
  */
 #define _GNU_SOURCE
 #include <sys/socket.h>
@@ -31,6 +38,8 @@
 #define ADOPT_GAP_NS 50000000ull       /* a refused adopter looks again after 50 ms, ... */
 #define ADOPT_GAP_MAX_NS 5000000000ull /* ... doubling up to 5 s (each look is a request the control plane logs) */
 #define SLOT_KERNEL_ROLE 4             /* shimpage.ROLES: a listener left on the kernel (another has the port) */
+
+int kbp_tcp_quiet;
 
 void kbp_tcp_fork_parent(void) {
     for (int fd = 0; fd < KBP_MAX_FD; fd++) {
@@ -64,21 +73,24 @@ int kbp_tcp_adopt(struct kbp_sock *s) {
         s->adopt = 0; /* not a listener any more (shutdown): nothing to adopt */
         return 0;
     }
-    int again = s->adopt_at != 0, quiet = kbp_log;
+    int again = s->adopt_at != 0;
     if (s->slot) s->slot->used = 0;
     s->slot = NULL;
     s->tried = 0;
-    if (again) kbp_log = 0; /* a look again says nothing: the first said why */
+    kbp_tcp_quiet = 1, kbp_cp_retry = 0, kbp_cp_refusal[0] = 0; /* this says why, once (below) */
     int r = kbp_tcp_try(s, KBP_TCP_LISTENER, s->tcp_backlog > 0 ? s->tcp_backlog : SOMAXCONN);
-    kbp_log = quiet;
+    kbp_tcp_quiet = 0;
     if (r == 0) {
         s->adopt = 0, s->adopted = 1;
         kbp_verbose("fd %d: the listening socket inherited at the fork is this process's on the rings now", s->fd);
         return 1;
     }
     s->tried = 1;
-    if (kbp_cp_fd() < 0) { /* no control plane (or KBYPASS_TCP=0, asked of none): no use looking again */
+    if (kbp_cp_fd() < 0 || !kbp_cp_retry) { /* no control plane, or a refusal for good (not a sibling's rule, nor
+                                             * live kernel connections on the port): no use looking again */
         s->adopt = 0;
+        if (kbp_cp_refusal[0])
+            kbp_say("fd %d: the listening socket inherited at the fork stays on the kernel: %s", s->fd, kbp_cp_refusal);
         return 0;
     }
     if (!again)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import mmap
 import os
 import socket
@@ -78,8 +79,13 @@ def test_a_udp_proof_with_so_reuseaddr_keeps_its_port_to_itself():
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        with pytest.raises(ProtocolError, match="another user's socket"):  # s is root's, the client uid 65534's
-            check_exclusive(s.fileno(), "udp", port, 65534)
+        check_exclusive(s.fileno(), "udp", port, 65534)  # s is root's, the client uid 65534's: s itself is left out
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with socket.socket(socket.AF_INET, udp) as other:  # but another socket of root's on the port is not
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            other.bind(("127.0.0.1", port))
+            with pytest.raises(ProtocolError, match="another user's socket"):
+                check_exclusive(s.fileno(), "udp", port, 65534)
         assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
         check_exclusive(s.fileno(), "udp", port, os.getuid())
         assert not s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
@@ -106,7 +112,12 @@ def test_a_tcp_proof_with_so_reuseaddr_keeps_its_port_only_while_it_listens():
         assert "only while it listens" in exposure(s.fileno(), "tcp", port, 0)
         s.listen()
         assert exposure(s.fileno(), "tcp", port, 0) is None
-        assert "another user's socket" in exposure(s.fileno(), "tcp", port, 65534)  # s is root's
+        # s is root's: held by uid 65534 (a root master's listener in its worker), it is left out itself, ...
+        assert exposure(s.fileno(), "tcp", port, 65534) is None
+        with socket.create_connection(("127.0.0.1", port)):
+            conn, _ = s.accept()  # ... not another socket of root's on the port
+            with conn:
+                assert "another user's socket" in exposure(s.fileno(), "tcp", port, 65534)
         with socket.socket() as c, socket.socket() as beside:
             c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             c.bind(("127.0.0.1", 0))
@@ -295,12 +306,29 @@ def test_watch_proofs_scans_the_tcp_sockets_only_when_asked():
     scan (PROOF_SCAN, before a new rule): their dump walks the kernel's whole established hash."""
     with socket.socket() as s:
         state = listening_proof(s)
-        assert watch_proofs(state, scan=False) == ([], True)
-        (_, _, _, why), = watch_proofs(state, scan=True)[0]
-        assert "another user's socket" in why  # s is root's, the proof's owner uid 65534
-        check_exclusive(s.fileno(), "tcp", s.getsockname()[1], 65534, scan=False)
-        with pytest.raises(ProtocolError, match="another user's socket"):
-            check_exclusive(s.fileno(), "tcp", s.getsockname()[1], 65534)
+        assert watch_proofs(state, scan=True) == ([], True)  # s is root's, the proof uid 65534's: left out itself
+        with socket.create_connection(s.getsockname()), s.accept()[0]:  # another socket of root's on the port
+            assert watch_proofs(state, scan=False) == ([], True)
+            (_, _, _, why), = watch_proofs(state, scan=True)[0]
+            assert "another user's socket" in why
+            check_exclusive(s.fileno(), "tcp", s.getsockname()[1], 65534, scan=False)
+            with pytest.raises(ProtocolError, match="another user's socket") as refused:
+                check_exclusive(s.fileno(), "tcp", s.getsockname()[1], 65534)
+            assert not refused.value.retry  # for good: the shim's adopter stops looking (kbp_tcpadopt.c)
+
+
+def test_a_refusal_says_whether_it_is_worth_asking_again():
+    """protocol.error's "retry": true only for a refusal that may pass unchanged later (a sibling's rule has the
+    port, live kernel connections use it): a fork's child looks again then, and only then."""
+    assert json.loads(protocol.error(3, "no", retry=True)) == {"ok": False, "id": 3, "error": "no", "retry": True}
+    assert "retry" not in json.loads(protocol.error(3, "no"))
+    with socket.socket() as s, socket.socket() as c:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        c.connect(s.getsockname())
+        with s.accept()[0], pytest.raises(ProtocolError, match="live kernel connection") as refused:
+            check_no_kernel_connections(s.fileno(), "127.0.0.1", s.getsockname()[1])
+        assert refused.value.retry
 
 
 def test_an_active_opens_4_tuple_rule_is_checked_against_other_users_sockets_too():
@@ -393,7 +421,7 @@ def test_a_socket_table_that_cannot_be_read_once_keeps_the_rules(monkeypatch):
     with socket.socket() as s:
         state = listening_proof(s)
 
-        def refused(proto, states=sockdiag.STATES):
+        def refused(proto, states=sockdiag.STATES, inode=False):
             raise OSError(errno.EMFILE, "Too many open files")
 
         monkeypatch.setattr(sockdiag, "sockets", refused)

@@ -26,6 +26,7 @@ shim then sends that datagram through its kernel socket and asks again later. So
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 
 from kbypass.xsk.socket import rx_queue_count
@@ -128,25 +129,29 @@ def port_owners(proto: str) -> dict[int, set[int]]:
     return owners
 
 
-def by_port(rows) -> dict[int, list[tuple[str | None, int, int]]]:
-    """sockdiag.sockets' rows as (local IPv4, uid, state) by local port: read once, looked up for each proof."""
+def by_port(rows) -> dict[int, list[tuple[str | None, int, int, int]]]:
+    """sockdiag.sockets(proto, inode=True)'s rows as (local IPv4, uid, state, inode) by local port: read once,
+    looked up for each proof."""
     index: dict[int, list] = {}
-    for local, port, uid, state in rows:
-        index.setdefault(port, []).append((local, uid, state))
+    for local, port, uid, state, inode in rows:
+        index.setdefault(port, []).append((local, uid, state, inode))
     return index
 
 
-def flow_owners(proto: str, port: int, ip: str | None = None, index=None) -> set[int]:
+def flow_owners(proto: str, port: int, ip: str | None = None, index=None, besides: int = 0) -> set[int]:
     """The uids of the kernel sockets on `port` that take packets to ip (bound to it or to a wildcard; any IPv4
     address when ip is None), TIME_WAIT ones left out: such a socket takes no new connection (a SYN on its 4-tuple
     goes to the port's listener, in the kernel too), and its peer, which sent its FIN, has nothing new to send;
     its uid is not even known (0 shown), and the kernel itself lets SO_REUSEADDR and same-uid SO_REUSEPORT
     sockets bind over it, so a server restarted by a non-root user keeps its port while its old connections
-    linger. `index`: by_port(sockdiag.sockets(proto)), read once for several proofs."""
-    index = by_port(sockdiag.sockets(proto)) if index is None else index
-    return {uid for local, uid, state in index.get(port, ())
+    linger. `index`: by_port(sockdiag.sockets(proto, inode=True)), read once for several proofs. `besides`: the
+    inode of a socket left out, the proof itself: its uid is its maker's, which may not be the app's (a root
+    master's listener inherited by its worker that runs as nobody: nginx's `user`), but whoever holds the proof
+    holds that very socket, and the rule steers nothing the socket would not take."""
+    index = by_port(sockdiag.sockets(proto, inode=True)) if index is None else index
+    return {uid for local, uid, state, inode in index.get(port, ())
             if local is not None and (ip is None or local in (ip, "0.0.0.0")) and
-            not (proto == "tcp" and state == TIME_WAIT)}
+            not (proto == "tcp" and state == TIME_WAIT) and not (besides and inode == besides)}
 
 
 def exposure(fd: int, proto: str, port: int, uid: int, ip: str | None = None, index=None,
@@ -174,7 +179,7 @@ def exposure(fd: int, proto: str, port: int, uid: int, ip: str | None = None, in
         return f"its socket cannot be read ({e.strerror})"
     finally:
         s.detach()
-    others = flow_owners(proto, port, ip, index) - {uid} if scan else set()
+    others = flow_owners(proto, port, ip, index, os.fstat(fd).st_ino) - {uid} if scan else set()
     if others:
         return (f"{proto} port {port} is bound by another user's socket too (uid {', '.join(map(str, sorted(others)))}"
                 "; SO_REUSEADDR or SO_REUSEPORT shares it): it stays the kernel's")
@@ -229,7 +234,7 @@ def watch_proofs(state, scan: bool = True, failures: dict[str, int] | None = Non
             look = proto == "udp" or scan
             if look and proto not in tables:
                 try:
-                    tables[proto] = by_port(sockdiag.sockets(proto))
+                    tables[proto] = by_port(sockdiag.sockets(proto, inode=True))
                     failures.pop(proto, None)
                 except OSError as e:  # who else is on the port is not known: the rules go if it lasts
                     failures[proto] = failures.get(proto, 0) + 1
@@ -267,7 +272,7 @@ def check_no_kernel_connections(fd: int, ip: str, port: int) -> None:
     if listening and (n := kernel_connections(ip, port)):
         raise ProtocolError(f"tcp {ip}:{port} has {n} live kernel connection(s) (a fork's children serve them, or "
                             "the kernel's listener accepted them): this listener stays the kernel's, a rule for the "
-                            "port would take their segments")
+                            "port would take their segments", retry=True)  # until they end
 
 
 class Routes:

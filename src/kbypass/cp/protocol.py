@@ -131,7 +131,13 @@ VALUES: dict[str, dict] = {
 
 
 class ProtocolError(KbypassError):
-    """A request the server cannot act on; its message goes back to the client as the error."""
+    """A request the server cannot act on; its message goes back to the client as the error. retry: the same
+    request may succeed later without the client changing anything (another client's rule holds the flow, live
+    kernel connections have it): the reply says `"retry": true`; without it a refusal is for good."""
+
+    def __init__(self, message: str = "", retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 class ControlPlaneError(KbypassError):
@@ -226,8 +232,8 @@ def ok(req_id: int | None, **fields) -> bytes:
     return encode({"ok": True, "id": req_id, **fields})
 
 
-def error(req_id: int | None, message: str) -> bytes:
-    return encode({"ok": False, "id": req_id, "error": message})
+def error(req_id: int | None, message: str, retry: bool = False) -> bytes:
+    return encode({"ok": False, "id": req_id, "error": message, **({"retry": True} if retry else {})})
 
 
 def decode_reply(data: bytes, req_id: int | None = None) -> dict:

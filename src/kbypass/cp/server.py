@@ -404,9 +404,14 @@ class Server:
             return protocol.ok(req_id, **fields), None
         except (ProtocolError, KbypassError, OSError) as e:  # OSError: a map update the kernel refused, say
             message = (e.strerror or str(e)) if isinstance(e, OSError) else (str(e) or type(e).__name__)
-            if op in _CHANGES:  # a refused change (a conflict, a permission) is part of the story the log tells
-                log.info("%s: refused %s: %s", client.describe(), op, message)
-            return protocol.error(req_id, message), None
+            if op in _CHANGES:  # a refused change (a conflict, a permission) is part of the story the log tells,
+                # once: an app that asks again (a fork's child looking to adopt its listener) repeats it at debug
+                seen = (op, message) in client.refusals
+                if len(client.refusals) < 64:  # bounded: a client's varied refusals, past that, each at info
+                    client.refusals.add((op, message))
+                log.log(logging.DEBUG if seen else logging.INFO, "%s: refused %s: %s%s", client.describe(), op,
+                        message, " (again)" if seen else "")
+            return protocol.error(req_id, message, getattr(e, "retry", False)), None
         except Exception:  # a bug of ours: one client's request must not take everyone's steering down
             log.exception("%s: internal error", client.describe())
             return protocol.error(req_id, "internal error in the control plane (see its log)"), None

@@ -47,6 +47,7 @@ class Client:
     since: float = field(default_factory=time.monotonic)  # when it connected
     leaving: bool = False  # said bye: its connection closes after the reply
     shim_page: object | None = None  # a preload shim's counters (kbypass.cp.shimpage.ShimPage)
+    refusals: set = field(default_factory=set)  # (op, message) of its refused changes: logged once at info
 
     def describe(self) -> str:
         # for one-line errors: a long command line (a test runner's, a shell pipeline) would push the fix
@@ -186,7 +187,7 @@ class ControlPlane:
                            "narrow the rule, or have both ask to share (the first in priority order then takes "
                            "the packets)")
                     raise ProtocolError(f"rule '{rule}' overlaps '{entry.rule}' of {entry.owner.describe()} on "
-                                        f"{iface}: {fix}")
+                                        f"{iface}: {fix}", retry=True)  # until that client lets go of it
             group = self._group(client)
             order = sorted(served.rules.items(), key=lambda kv: (kv[1].priority, kv[1].seq))
             index = sum(1 for _, e in order if e.priority <= priority)
