@@ -237,6 +237,7 @@ def test_a_server_that_spawns_its_handler_on_the_connection(hosts, forks, mode):
     assert again.stdout.split("\n")[:3] == ["one True", "two True", "three True"], again.stdout + again.stderr + out
     assert "handed to the kernel's TCP" in out and "spawned child done 0" in out, out
     assert out.count("handed to the kernel's TCP") == 1, out  # the second connection stayed on the rings
+    assert out.index("handed to the kernel's TCP") < out.index("spawned child done"), out
 
 
 RELISTEN_CLIENT = r"""

@@ -185,8 +185,9 @@ int main(int argc, char **argv) {
         waitpid(pid, &st, 0);
         printf("spawned child done %d\n", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
         fflush(stdout);
-        int c2 = accept(l, NULL, NULL);
-        return c2 < 0 || echo(c2) != 0;
+        int c2 = accept(l, NULL, NULL), bad = c2 < 0 || echo(c2) != 0;
+        close(c2); /* closed, not left to the exit (which would hand an open one to the kernel) */
+        return bad;
     }
     if (!strcmp(mode, "epollfork")) {
         int c = accept(l, NULL, NULL), ep = epoll_create1(0), msgs = 0;
