@@ -801,3 +801,25 @@ def test_a_handed_connections_pass_rule_is_granted_once_where_the_clients_own_ru
         cli.close()
         wait_for("the pass rule to go", lambda: not pass_rules(cp), timeout=5)
     lst.close()
+
+
+def test_a_socket_of_another_namespace_proves_nothing_here(hosts):
+    """A proof must be a socket of the control plane's own namespace (review pe): any user may make a namespace
+    of their own and bind any port there, which holds nothing here, and sock_diag lists only this namespace."""
+    from kbypass import netns
+
+    a, b = hosts
+    with netns.entered(a.netns):
+        there = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with netns.entered(b.netns):
+        here = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    there.bind(("0.0.0.0", 0))
+    here.bind((b.ipv4, 0))
+    try:
+        with ControlPlaneClient(b.netns, command="other namespace") as cp:
+            with pytest.raises(ControlPlaneError, match="another network namespace"):
+                cp._call("accelerate", fds=(there.fileno(),))
+            assert cp._call("accelerate", fds=(here.fileno(),))["port"] == here.getsockname()[1]
+    finally:
+        there.close()
+        here.close()

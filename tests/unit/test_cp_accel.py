@@ -28,6 +28,7 @@ from kbypass.cp.accel import (
     handed_gone,
     kernel_connections,
     port_owners,
+    socket_cookie,
     watch_proofs,
 )
 from kbypass.cp.protocol import ProtocolError
@@ -421,7 +422,7 @@ def test_a_socket_table_that_cannot_be_read_once_keeps_the_rules(monkeypatch):
     with socket.socket() as s:
         state = listening_proof(s)
 
-        def refused(proto, states=sockdiag.STATES, inode=False):
+        def refused(proto, states=sockdiag.STATES, ids=False):
             raise OSError(errno.EMFILE, "Too many open files")
 
         monkeypatch.setattr(sockdiag, "sockets", refused)
@@ -509,3 +510,36 @@ def test_a_tcp_slot_reads_as_bytes_peer_state_and_the_hosts_counters():
         page.close()
     finally:
         os.close(fd)
+
+
+def test_sockets_no_file_holds_are_no_rivals_of_a_proof_and_the_proof_is_left_out_by_cookie():
+    """A root master's listener handed down to a worker of another uid (nginx's `user`): its queued, not yet
+    accepted connection shows uid 0 and inode 0 (review pe). It takes no new connection, so it must not count as
+    another user's socket (a refusal for good, though it is accepted a moment later); the listener itself, the
+    proof, is left out by its cookie, which no other socket ever has."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    port = lst.getsockname()[1]
+    cli = socket.create_connection(("127.0.0.1", port))  # queued in lst's backlog: not accepted
+    try:
+        assert flow_owners("tcp", port, "127.0.0.1") == {0}  # the listener
+        assert flow_owners("tcp", port, "127.0.0.1", besides=socket_cookie(lst.fileno())) == set()
+        with socket.socket() as other:
+            assert socket_cookie(other.fileno()) != socket_cookie(lst.fileno())
+    finally:
+        cli.close()
+        lst.close()
+
+
+def test_a_socket_table_that_cannot_be_read_at_accelerate_is_a_refusal_worth_retrying(monkeypatch):
+    def refused(proto, states=sockdiag.STATES, ids=False):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(sockdiag, "sockets", refused)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(ProtocolError, match="cannot be listed") as e:
+            check_exclusive(s.fileno(), "tcp", s.getsockname()[1], 65534, "127.0.0.1")
+    assert e.value.retry

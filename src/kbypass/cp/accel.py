@@ -26,7 +26,6 @@ shim then sends that datagram through its kernel socket and asks again later. So
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 
 from kbypass.xsk.socket import rx_queue_count
@@ -36,6 +35,40 @@ from .protocol import ProtocolError
 
 NTF_USE = 0x01
 NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
+
+
+SO_COOKIE, SO_NETNS_COOKIE = 57, 71  # asm-generic/socket.h (Python 3.11 names neither)
+
+
+def socket_cookie(fd: int) -> int:
+    """The socket's cookie (SO_COOKIE): the id sock_diag lists it by, never reused while the system runs."""
+    s = socket.socket(fileno=fd)
+    try:
+        return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), "little")
+    finally:
+        s.detach()
+
+
+def _netns_cookie(s: socket.socket) -> int | None:
+    try:
+        return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+    except OSError:  # before Linux 5.14
+        return None
+
+
+_OWN_NETNS: list[int | None] = []
+
+
+def check_own_namespace(s: socket.socket, op: str) -> None:
+    """ProtocolError for a socket of another network namespace (one the app made, even unprivileged, in a user
+    namespace of its own): its port there proves nothing of the port here, and sock_diag lists only this
+    namespace's sockets. Namespace cookies (SO_NETNS_COOKIE) are never reused."""
+    if not _OWN_NETNS:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as here:
+            _OWN_NETNS.append(_netns_cookie(here))
+    theirs = _netns_cookie(s)
+    if theirs is not None and _OWN_NETNS[0] is not None and theirs != _OWN_NETNS[0]:
+        raise ProtocolError(f"{op}: the socket belongs to another network namespace: send one of this namespace's")
 
 
 def bound_flow(fd: int) -> tuple[str, str, int]:
@@ -52,6 +85,7 @@ def bound_flow(fd: int) -> tuple[str, str, int]:
         kind = kinds.get((s.type, proto)) if s.family == socket.AF_INET else None
         if kind is None:
             raise ProtocolError("accelerate: only IPv4 UDP and TCP sockets are accelerated")
+        check_own_namespace(s, "accelerate")
         ip, port = s.getsockname()
     finally:
         s.detach()  # the caller closes the fd
@@ -71,6 +105,7 @@ def connected_flow(fd: int) -> tuple[str, int, str, int]:
         if (s.family, s.type, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)) != (
                 socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP):
             raise ProtocolError("handed: only an IPv4 TCP connection is handed")
+        check_own_namespace(s, "handed")
         try:
             peer, peer_port = s.getpeername()
         except OSError:
@@ -129,29 +164,33 @@ def port_owners(proto: str) -> dict[int, set[int]]:
     return owners
 
 
-def by_port(rows) -> dict[int, list[tuple[str | None, int, int, int]]]:
-    """sockdiag.sockets(proto, inode=True)'s rows as (local IPv4, uid, state, inode) by local port: read once,
-    looked up for each proof."""
+def by_port(rows) -> dict[int, list[tuple[str | None, int, int, int, int]]]:
+    """sockdiag.sockets(proto, ids=True)'s rows as (local IPv4, uid, state, inode, cookie) by local port: read
+    once, looked up for each proof."""
     index: dict[int, list] = {}
-    for local, port, uid, state, inode in rows:
-        index.setdefault(port, []).append((local, uid, state, inode))
+    for local, port, uid, state, inode, cookie in rows:
+        index.setdefault(port, []).append((local, uid, state, inode, cookie))
     return index
 
 
-def flow_owners(proto: str, port: int, ip: str | None = None, index=None, besides: int = 0) -> set[int]:
+def flow_owners(proto: str, port: int, ip: str | None = None, index=None, besides: int | None = None) -> set[int]:
     """The uids of the kernel sockets on `port` that take packets to ip (bound to it or to a wildcard; any IPv4
     address when ip is None), TIME_WAIT ones left out: such a socket takes no new connection (a SYN on its 4-tuple
     goes to the port's listener, in the kernel too), and its peer, which sent its FIN, has nothing new to send;
     its uid is not even known (0 shown), and the kernel itself lets SO_REUSEADDR and same-uid SO_REUSEPORT
     sockets bind over it, so a server restarted by a non-root user keeps its port while its old connections
-    linger. `index`: by_port(sockdiag.sockets(proto, inode=True)), read once for several proofs. `besides`: the
-    inode of a socket left out, the proof itself: its uid is its maker's, which may not be the app's (a root
-    master's listener inherited by its worker that runs as nobody: nginx's `user`), but whoever holds the proof
-    holds that very socket, and the rule steers nothing the socket would not take."""
-    index = by_port(sockdiag.sockets(proto, inode=True)) if index is None else index
-    return {uid for local, uid, state, inode in index.get(port, ())
-            if local is not None and (ip is None or local in (ip, "0.0.0.0")) and
-            not (proto == "tcp" and state == TIME_WAIT) and not (besides and inode == besides)}
+    linger. Nor any other socket no file holds (inode 0: one its app closed that still finishes, a connection
+    not accepted yet, whose listener is listed itself): none takes a new connection, and its uid is not its
+    user's (a listener's queued connection shows the listener's maker); a listener's port with live kernel
+    connections is check_no_kernel_connections' to refuse, for a while. `index`: by_port(sockdiag.sockets(proto,
+    ids=True)), read once for several proofs. `besides`: the cookie of a socket left out, the proof itself: its
+    uid is its maker's, which may not be the app's (a root master's listener inherited by its worker that runs
+    as nobody: nginx's `user`), but whoever holds the proof holds that very socket, and the rule steers nothing
+    the socket would not take. A cookie, not an inode number: those wrap, and are shared with every namespace."""
+    index = by_port(sockdiag.sockets(proto, ids=True)) if index is None else index
+    return {uid for local, uid, state, inode, cookie in index.get(port, ())
+            if local is not None and (ip is None or local in (ip, "0.0.0.0")) and inode != 0 and
+            not (proto == "tcp" and state == TIME_WAIT) and cookie != besides}
 
 
 def exposure(fd: int, proto: str, port: int, uid: int, ip: str | None = None, index=None,
@@ -179,7 +218,7 @@ def exposure(fd: int, proto: str, port: int, uid: int, ip: str | None = None, in
         return f"its socket cannot be read ({e.strerror})"
     finally:
         s.detach()
-    others = flow_owners(proto, port, ip, index, os.fstat(fd).st_ino) - {uid} if scan else set()
+    others = flow_owners(proto, port, ip, index, socket_cookie(fd)) - {uid} if scan else set()
     if others:
         return (f"{proto} port {port} is bound by another user's socket too (uid {', '.join(map(str, sorted(others)))}"
                 "; SO_REUSEADDR or SO_REUSEPORT shares it): it stays the kernel's")
@@ -201,7 +240,13 @@ def check_exclusive(fd: int, proto: str, port: int, uid: int, ip: str | None = N
         if proto == "udp" and s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
             cleared = True
-        why = exposure(fd, proto, port, uid, ip, scan=scan or proto == "udp")
+        try:
+            why = exposure(fd, proto, port, uid, ip, scan=scan or proto == "udp")
+        except OSError as e:  # sock_diag (EMFILE, say): who else is on the port is not known this time
+            why = f"the port's sockets cannot be listed ({e.strerror})"
+            if cleared:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            raise ProtocolError(f"accelerate: {why}", retry=True) from None
         if why is not None:
             if cleared:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -234,7 +279,7 @@ def watch_proofs(state, scan: bool = True, failures: dict[str, int] | None = Non
             look = proto == "udp" or scan
             if look and proto not in tables:
                 try:
-                    tables[proto] = by_port(sockdiag.sockets(proto, inode=True))
+                    tables[proto] = by_port(sockdiag.sockets(proto, ids=True))
                     failures.pop(proto, None)
                 except OSError as e:  # who else is on the port is not known: the rules go if it lasts
                     failures[proto] = failures.get(proto, 0) + 1

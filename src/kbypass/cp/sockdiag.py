@@ -23,7 +23,8 @@ STATES = 0xFFFFFFFF & ~(1 << TCP_SYN_RECV | 1 << TCP_NEW_SYN_RECV)
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr
 _REQUEST = struct.Struct("=BBBBI48x")  # inet_diag_req_v2: family, protocol, ext, pad, states, id (any)
 _ATTR = struct.Struct("=HH")  # rtattr: length, type
-_MSG = struct.Struct("=BBBB2s2s16s16s4x8x4x4x4xII")  # inet_diag_msg: family, state, .., sport, dport, src, dst, .., uid, inode
+# inet_diag_msg: family, state, .., sport, dport, src, dst, .., cookie, .., uid, inode
+_MSG = struct.Struct("=BBBB2s2s16s16s4xQ4x4x4xII")
 MSG_LEN = 72  # sizeof(struct inet_diag_msg): then the attributes
 _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 _MAPPED = bytes(10) + b"\xff\xff"
@@ -55,8 +56,9 @@ def _v6only(data: bytes, at: int, end: int) -> bool:
 
 
 def _dump(nl: socket.socket, proto: str, family: int, states: int) -> list[tuple]:
-    """One family's sockets, as (local IPv4 or None, port, uid, state, peer IPv4 or None, peer port, inode); OSError for a refusal, a malformed or truncated reply, or an interrupted dump (the
-    tables changed while the kernel walked them: the caller asks again)."""
+    """One family's sockets, as (local IPv4 or None, port, uid, state, peer IPv4 or None, peer port, inode,
+    cookie); OSError for a refusal, a malformed or truncated reply, or an interrupted dump (the tables changed
+    while the kernel walked them: the caller asks again)."""
     seq = next(_seq)
     body = _REQUEST.pack(family, _PROTOS[proto], 0, 0, states)
     nl.send(_HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
@@ -80,20 +82,22 @@ def _dump(nl: socket.socket, proto: str, family: int, states: int) -> list[tuple
                     raise OSError(code, f"sock_diag: {proto} dump refused")
                 if length < _HEADER.size + _MSG.size:
                     raise OSError(errno.EPROTO, f"sock_diag: a short {proto} socket message")
-                fam, state, _, _, sport, dport, src, dst, uid, inode = _MSG.unpack_from(data, at + _HEADER.size)
+                fam, state, _, _, sport, dport, src, dst, cookie, uid, inode = _MSG.unpack_from(data, at + _HEADER.size)
                 v6only = fam == socket.AF_INET6 and _v6only(data, at + _HEADER.size + MSG_LEN, at + length)
                 out.append((ipv4_of(fam, src, v6only), int.from_bytes(sport, "big"), uid, state, ipv4_of(fam, dst),
-                            int.from_bytes(dport, "big"), inode))
+                            int.from_bytes(dport, "big"), inode, cookie))
             at += (length + 3) & ~3
 
 
-def sockets(proto: str, states: int = STATES, inode: bool = False) -> list[tuple]:
+def sockets(proto: str, states: int = STATES, ids: bool = False) -> list[tuple]:
     """(local IPv4 or None, local port, uid, state) of each kernel socket of `proto` ("tcp" or "udp") in this
     namespace, IPv4 and IPv6, in `states` (a mask of 1 << TCP state; a request socket of a handshake shows as
     SYN_RECV). A TIME_WAIT (or FIN_WAIT2 timewait) socket shows uid 0, as in /proc: it has none. OSError when the
     kernel refuses the dump, its reply is malformed, does not come within TIMEOUT, or is interrupted twice.
-    inode: each row ends with the socket's inode too (os.fstat(fd).st_ino of a socket's fd; 0: a timewait one)."""
-    return [row[:4] + row[6:] if inode else row[:4] for row in _sockets(proto, states)]
+    ids: each row ends with the socket's inode (0: no file holds it: a timewait socket, one the app closed that
+    still finishes, a connection not accepted yet) and its cookie (SO_COOKIE: never reused, unlike an inode
+    number, which comes from a counter every namespace shares and wraps)."""
+    return [row[:4] + row[6:] if ids else row[:4] for row in _sockets(proto, states)]
 
 
 def tcp_flows(states: int = STATES) -> set[tuple[str, int, str, int]]:
