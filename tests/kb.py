@@ -1,5 +1,6 @@
 """Helpers for running the real `kbypass` command in tests, and for looking at the testbed."""
 
+import importlib.util
 import ipaddress
 import os
 import socket
@@ -38,6 +39,17 @@ def unreachable(monkeypatch, target, name: str, why: str) -> None:
         raise AssertionError(why)
 
     monkeypatch.setattr(target, name, fail)
+
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+def bench_script(name: str):
+    """bench/NAME.py loaded as a module (the benches are scripts, not a package), for tests of their parts."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def kbypass(*args: str, env: dict | None = None, timeout: float = 120, check: bool = False):

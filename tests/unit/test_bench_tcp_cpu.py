@@ -4,7 +4,6 @@ measured beside it (a kernel server's TCP receive work runs in softirq outside i
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -12,17 +11,15 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.kb import bench_script
+
 # burns 0.5 s by its own precise clock; /proc counts in ticks sampled differently, so the test asks for 0.3
 BURN = "import time\nt = time.process_time\nwhile t() < 0.5: pass\ntime.sleep(30)"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("tcp_vs_kernel", ROOT / "bench" / "tcp_vs_kernel.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_script("tcp_vs_kernel")
 
 
 @pytest.fixture

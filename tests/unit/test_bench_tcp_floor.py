@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.kb import bench_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("tcp_vs_kernel", ROOT / "bench" / "tcp_vs_kernel.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_script("tcp_vs_kernel")
 
 
 def test_per_run_ratios_pair_each_run_with_its_own_anchor_and_skip_failed_trials():

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "xfer_vs_iperf3.py"
+from tests.kb import bench_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("xfer_vs_iperf3", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("xfer_vs_iperf3")
 
 
 def test_contenders_named_twice_run_once():

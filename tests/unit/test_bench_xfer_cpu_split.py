@@ -4,20 +4,15 @@ the table's shares and "port receive and the rest" are computed from those."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import time
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "xfer_cpu_split.py"
+from tests.kb import bench_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("xfer_cpu_split", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("xfer_cpu_split")
 
 
 def test_every_part_is_a_method_defined_on_its_class():
