@@ -25,6 +25,7 @@ shim then sends that datagram through its kernel socket and asks again later. So
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 
@@ -56,18 +57,19 @@ def _netns_cookie(s: socket.socket) -> int | None:
         return None
 
 
-_OWN_NETNS: list[int | None] = []
+@functools.cache
+def _own_netns() -> int | None:
+    """This process's namespace cookie (the control plane serves its own namespace for its whole life)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as here:
+        return _netns_cookie(here)
 
 
 def check_own_namespace(s: socket.socket, op: str) -> None:
     """ProtocolError for a socket of another network namespace (one the app made, even unprivileged, in a user
     namespace of its own): its port there proves nothing of the port here, and sock_diag lists only this
     namespace's sockets. Namespace cookies (SO_NETNS_COOKIE) are never reused."""
-    if not _OWN_NETNS:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as here:
-            _OWN_NETNS.append(_netns_cookie(here))
-    theirs = _netns_cookie(s)
-    if theirs is not None and _OWN_NETNS[0] is not None and theirs != _OWN_NETNS[0]:
+    theirs, ours = _netns_cookie(s), _own_netns()
+    if theirs is not None and ours is not None and theirs != ours:
         raise ProtocolError(f"{op}: the socket belongs to another network namespace: send one of this namespace's")
 
 
